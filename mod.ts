@@ -1,0 +1,152 @@
+/**
+ * pgdog: a PostgreSQL connection pooler, load balancer and sharder for Deno.
+ *
+ * Run it as a program (`deno task start`, or `deno run ... mod.ts --help`), or start a proxy from
+ * another Deno program:
+ *
+ * ```ts
+ * import { startProxy } from "./mod.ts";
+ *
+ * const proxy = await startProxy({
+ *   general: { port: 6432 },
+ *   databases: [{ name: "app", host: "127.0.0.1" }],
+ *   users: [{ name: "app", database: "app", password: "secret" }],
+ * });
+ * // ...
+ * await proxy.shutdown();
+ * ```
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { ConfigError, loadConfig, resolveConfig } from "./src/config/mod.ts";
+import type { Config, PartialConfig } from "./src/config/types.ts";
+import { Proxy } from "./src/proxy.ts";
+import { log } from "./src/log.ts";
+import { VERSION } from "./src/version.ts";
+
+export type {
+  AdminConfig,
+  AuthType,
+  Config,
+  DatabaseConfig,
+  DatabaseRole,
+  GeneralConfig,
+  PartialConfig,
+  PoolerMode,
+  UserConfig,
+} from "./src/config/types.ts";
+export { ConfigError, loadConfig, resolveConfig } from "./src/config/mod.ts";
+export { Proxy } from "./src/proxy.ts";
+export { VERSION } from "./src/version.ts";
+
+/**
+ * Validates `config` (filling in defaults exactly as for the TOML files), starts a proxy and
+ * resolves once it listens. Throws {@linkcode ConfigError} for an invalid configuration.
+ */
+export function startProxy(config: PartialConfig): Promise<Proxy> {
+  const { config: resolved, warnings } = resolveConfig(config);
+  for (const w of warnings) log.warn(w);
+  return Promise.resolve(start(resolved));
+}
+
+function start(config: Config): Proxy {
+  const proxy = new Proxy(config);
+  proxy.start();
+  return proxy;
+}
+
+const USAGE = `pgdog ${VERSION}: PostgreSQL pooler, load balancer and sharder
+
+Usage:
+  pgdog [run] [options]        start the proxy (the default)
+  pgdog configcheck [options]  validate the configuration and exit (0 valid, 1 invalid)
+
+Options:
+  -c, --config <path>          pgdog.toml (default: pgdog.toml)
+  -u, --users <path>           users.toml (default: users.toml)
+  -d, --database_url <url>     postgres://user:password@host:port/database; repeatable;
+                               replaces [[databases]] and adds that user
+  -h, --help                   show this help
+  -V, --version                show the version
+`;
+
+/** Runs the command line; resolves with the exit code (the proxy's run never resolves). */
+export async function main(args: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      allowPositionals: true,
+      options: {
+        config: { type: "string", short: "c", default: "pgdog.toml" },
+        users: { type: "string", short: "u", default: "users.toml" },
+        database_url: { type: "string", short: "d", multiple: true },
+        "database-url": { type: "string", multiple: true },
+        help: { type: "boolean", short: "h" },
+        version: { type: "boolean", short: "V" },
+      },
+    });
+  } catch (e) {
+    console.error(`pgdog: ${e instanceof Error ? e.message : e}\n\n${USAGE}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (values.version) {
+    console.log(`pgdog ${VERSION}`);
+    return 0;
+  }
+  const command = positionals[0] ?? "run";
+  if (positionals.length > 1 || (command !== "run" && command !== "configcheck")) {
+    console.error(`pgdog: unknown command "${positionals.join(" ")}"\n\n${USAGE}`);
+    return 2;
+  }
+  const databaseUrls = [...(values.database_url ?? []), ...(values["database-url"] ?? [])];
+  let loaded;
+  try {
+    loaded = await loadConfig({ config: values.config!, users: values.users! }, { databaseUrls });
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      for (const problem of e.problems) console.error(problem);
+      console.error(
+        `pgdog: configuration is invalid (${e.problems.length} problem${
+          e.problems.length === 1 ? "" : "s"
+        })`,
+      );
+      return 1;
+    }
+    throw e;
+  }
+  for (const w of loaded.warnings) log.warn(w);
+  if (command === "configcheck") {
+    console.log(`configuration is valid (${values.config}, ${values.users})`);
+    return 0;
+  }
+  let proxy: Proxy;
+  try {
+    proxy = start(loaded.config);
+  } catch (e) {
+    log.error(`cannot start: ${e instanceof Error ? e.message : e}`);
+    return 1;
+  }
+  let signals = 0;
+  const onSignal = (): void => {
+    if (++signals > 1) {
+      log.warn("second signal: exiting now");
+      Deno.exit(1);
+    }
+    proxy.shutdown().then(() => Deno.exit(0));
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  return await new Promise<number>(() => {});
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

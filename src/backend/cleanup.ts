@@ -1,0 +1,75 @@
+/**
+ * Making a server safe to reuse after its client left or ended a session: finish or abort what
+ * is outstanding, roll back an open transaction, and reset the session when asked. A server that
+ * cannot be brought back to a known clean state within `rollback_timeout` is closed instead, so
+ * no client ever receives a dirty connection.
+ *
+ * @module
+ */
+
+import { copyFail, TxStatus } from "../protocol/messages.ts";
+import { log } from "../log.ts";
+import { sendCancel } from "./connect.ts";
+import { CopyState, type Server } from "./server.ts";
+
+/** How long outstanding queries may run on after their client left before they are cancelled. */
+const CANCEL_AFTER_MS = 500;
+
+/**
+ * Brings `server` back to idle. Resolves true when it is clean; false when it was (or must be)
+ * closed. `reset` also runs `DISCARD ALL` (session mode).
+ */
+export async function cleanServer(
+  server: Server,
+  options: { reset: boolean; timeoutMs: number },
+): Promise<boolean> {
+  if (server.closed) return false;
+  // The client sent part of an extended-protocol request: a Sync would commit it, so let the
+  // server abort it by closing the connection, exactly as if that client had talked to it directly.
+  if (server.openRequest) {
+    server.close("client left in the middle of an extended-protocol request");
+    return false;
+  }
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    server.close(`cleanup took longer than rollback_timeout (${options.timeoutMs} ms)`);
+  }, options.timeoutMs);
+  try {
+    if (server.pendingRfq > 0 || server.swallowRfq > 0 || server.copy !== CopyState.None) {
+      const cancelTimer = setTimeout(() => {
+        log.debug(`${server.label}: cancelling the query its departed client left running`);
+        sendCancel(server.address, { pid: server.backendPid, secret: server.backendSecret });
+      }, CANCEL_AFTER_MS);
+      try {
+        // The drain's handler answers a pending COPY FROM STDIN with CopyFail.
+        const copyIn = server.copy === CopyState.In;
+        await server.drain(copyIn ? COPY_FAIL : undefined);
+      } finally {
+        clearTimeout(cancelTimer);
+      }
+    }
+    if (server.txStatus !== TxStatus.Idle) {
+      const r = await server.query("ROLLBACK");
+      if (r.error) throw new Error(`ROLLBACK failed: ${r.error.message}`);
+    }
+    if (options.reset) {
+      const r = await server.query("DISCARD ALL");
+      if (r.error) throw new Error(`DISCARD ALL failed: ${r.error.message}`);
+      server.applied.clear();
+    }
+    return !timedOut && server.clean;
+  } catch (e) {
+    if (!timedOut && !server.closed) {
+      log.warn(
+        `${server.label}: cleanup failed (${e instanceof Error ? e.message : e}); closing it`,
+      );
+      server.close("cleanup failed");
+    }
+    return false;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const COPY_FAIL = copyFail("client disconnected during COPY");

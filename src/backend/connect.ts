@@ -1,0 +1,231 @@
+/**
+ * Opening a server connection: TCP connect, StartupMessage, whatever authentication PostgreSQL
+ * asks for (trust, cleartext, md5, SCRAM-SHA-256), then the parameters and backend key it sends
+ * until the first ReadyForQuery. Also sending CancelRequests to servers.
+ *
+ * @module
+ */
+
+import {
+  AuthCode,
+  cancelRequest,
+  type ErrorFields,
+  MessageBuilder,
+  Msg,
+  parseErrorFields,
+  readCString,
+  readInt32,
+  startupMessage,
+} from "../protocol/messages.ts";
+import { SqlState } from "../protocol/sqlstate.ts";
+import { ScramClientSession } from "../protocol/scram.ts";
+import { md5PasswordHash } from "../protocol/md5.ts";
+import { MessageBuffer } from "../net/message_buffer.ts";
+import { closeQuietly, tuneTcp, writeAll } from "../net/stream.ts";
+import { Server, type ServerAddress } from "./server.ts";
+
+/** Everything needed to log in to a server. */
+export interface ServerLogin extends ServerAddress {
+  password?: string;
+  /** Extra startup parameters. */
+  params?: Record<string, string>;
+}
+
+/** Why a server connection could not be opened; carries an ErrorResponse for the client. */
+export class ServerConnectError extends Error {
+  /** What the client is told. */
+  readonly fields: ErrorFields;
+  /** The server itself refused (as opposed to a network failure or timeout). */
+  readonly fromServer: boolean;
+  constructor(fields: ErrorFields, fromServer: boolean) {
+    super(fields.message);
+    this.name = "ServerConnectError";
+    this.fields = fields;
+    this.fromServer = fromServer;
+  }
+}
+
+/** Opens and logs in a server connection within `timeoutMs`. */
+export async function connectServer(
+  login: ServerLogin,
+  options: { timeoutMs: number },
+): Promise<Server> {
+  const where = `${login.host}:${login.port}`;
+  let conn: Deno.TcpConn | null = null;
+  let timedOut = false;
+  const abort = new AbortController();
+  const timer = setTimeout(() => {
+    timedOut = true;
+    abort.abort();
+    if (conn) closeQuietly(conn);
+  }, options.timeoutMs);
+  try {
+    conn = await Deno.connect({ hostname: login.host, port: login.port, signal: abort.signal });
+    if (timedOut) throw new Error("timeout");
+    tuneTcp(conn);
+    return await login_(conn, login);
+  } catch (e) {
+    if (conn) closeQuietly(conn);
+    if (e instanceof ServerConnectError) throw e;
+    const reason = timedOut
+      ? `timed out after ${options.timeoutMs} ms (connect_timeout)`
+      : e instanceof Error
+      ? e.message
+      : String(e);
+    throw new ServerConnectError({
+      severity: "FATAL",
+      code: SqlState.ConnectionFailure,
+      message: `pgdog could not connect to server ${where}: ${reason}`,
+    }, false);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function login_(conn: Deno.TcpConn, login: ServerLogin): Promise<Server> {
+  const params: Record<string, string> = {
+    user: login.user,
+    database: login.database,
+    ...login.params,
+  };
+  await writeAll(conn, startupMessage(params));
+  const rb = new MessageBuffer(8192, 1 << 24);
+  let scram: ScramClientSession | null = null;
+  let pid = 0;
+  let secret = 0;
+  const reported = new Map<string, string>();
+  const out = new MessageBuilder(256);
+  for (;;) {
+    let size: number;
+    while ((size = rb.nextMessageSize()) === 0) {
+      if (!(await rb.fill(conn))) throw new Error("server closed the connection during login");
+    }
+    const buf = rb.buf;
+    const p = rb.start;
+    const type = buf[p];
+    const end = p + size;
+    switch (type) {
+      case Msg.Authentication: {
+        const code = readInt32(buf, p + 5);
+        out.reset();
+        if (code === AuthCode.Ok) {
+          // Nothing to answer.
+        } else if (code === AuthCode.CleartextPassword) {
+          out.begin(Msg.Password).cstring(requirePassword(login)).end();
+        } else if (code === AuthCode.Md5Password) {
+          const salt = buf.slice(p + 9, p + 13);
+          out.begin(Msg.Password).cstring(md5PasswordHash(login.user, requirePassword(login), salt))
+            .end();
+        } else if (code === AuthCode.Sasl) {
+          const mechanisms: string[] = [];
+          let q = p + 9;
+          while (q < end && buf[q] !== 0) {
+            const [m, next] = readCString(buf, q, end);
+            mechanisms.push(m);
+            q = next;
+          }
+          if (!mechanisms.includes("SCRAM-SHA-256")) {
+            throw refused(
+              login,
+              `server offers SASL mechanisms ${
+                mechanisms.join(", ")
+              }; pgdog supports SCRAM-SHA-256`,
+            );
+          }
+          scram = new ScramClientSession(requirePassword(login));
+          const first = new TextEncoder().encode(scram.clientFirst());
+          out.begin(Msg.Password).cstring("SCRAM-SHA-256").int32(first.length).bytes(first).end();
+        } else if (code === AuthCode.SaslContinue) {
+          if (!scram) throw refused(login, "server sent SASLContinue before SASL");
+          const serverFirst = new TextDecoder().decode(buf.subarray(p + 9, end));
+          const final = await scram.handleServerFirst(serverFirst);
+          out.begin(Msg.Password).string(final).end();
+        } else if (code === AuthCode.SaslFinal) {
+          const serverFinal = new TextDecoder().decode(buf.subarray(p + 9, end));
+          if (!scram || !scram.verifyServerFinal(serverFinal)) {
+            throw refused(login, "server's SCRAM signature did not verify");
+          }
+        } else {
+          throw refused(
+            login,
+            `server asks for an unsupported authentication method (code ${code})`,
+          );
+        }
+        if (out.length > 0) await writeAll(conn, out.view());
+        break;
+      }
+      case Msg.ErrorResponse: {
+        const fields = parseErrorFields(buf, p + 5, end);
+        if (
+          fields.code === SqlState.InvalidPassword ||
+          fields.code === SqlState.InvalidAuthorizationSpecification
+        ) {
+          fields.detail =
+            `pgdog could not log in to server ${login.host}:${login.port} as "${login.user}"; ` +
+            "check the server password in users.toml (server_password or password) or pgdog.toml";
+        }
+        throw new ServerConnectError(fields, true);
+      }
+      case Msg.ParameterStatus: {
+        const [name, next] = readCString(buf, p + 5, end);
+        const [value] = readCString(buf, next, end);
+        reported.set(name, value);
+        break;
+      }
+      case Msg.BackendKeyData:
+        pid = readInt32(buf, p + 5);
+        secret = readInt32(buf, p + 9);
+        break;
+      case Msg.ReadyForQuery: {
+        rb.consume(size);
+        const leftover = rb.available > 0 ? rb.buf.slice(rb.start, rb.end) : undefined;
+        const server = new Server(conn, login, leftover);
+        server.backendPid = pid;
+        server.backendSecret = secret;
+        for (const [k, v] of reported) server.reported.set(k, v);
+        return server;
+      }
+      default:
+        // NoticeResponse, NegotiateProtocolVersion: nothing to do.
+        break;
+    }
+    rb.consume(size);
+  }
+}
+
+function requirePassword(login: ServerLogin): string {
+  if (login.password === undefined) {
+    throw refused(
+      login,
+      `server asks for a password for "${login.user}" but none is configured ` +
+        "(set password or server_password in users.toml, or password in [[databases]])",
+    );
+  }
+  return login.password;
+}
+
+function refused(login: ServerLogin, message: string): ServerConnectError {
+  return new ServerConnectError({
+    severity: "FATAL",
+    code: SqlState.SqlclientUnableToEstablishSqlconnection,
+    message: `pgdog could not log in to server ${login.host}:${login.port}: ${message}`,
+  }, true);
+}
+
+/** Sends a CancelRequest for a server's backend key; errors are ignored (cancel is best effort). */
+export async function sendCancel(
+  address: { host: string; port: number },
+  key: { pid: number; secret: number },
+): Promise<void> {
+  let conn: Deno.TcpConn | null = null;
+  try {
+    conn = await Deno.connect({ hostname: address.host, port: address.port });
+    await writeAll(conn, cancelRequest(key.pid, key.secret));
+    // PostgreSQL closes the connection once it has read the request.
+    await conn.read(new Uint8Array(1)).catch(() => null);
+  } catch {
+    // Best effort: the query may already be over.
+  } finally {
+    if (conn) closeQuietly(conn);
+  }
+}

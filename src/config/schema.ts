@@ -1,0 +1,622 @@
+/**
+ * The declarative description of every configuration section and key: type, default, whether it
+ * is required, and a one-line description. Validation (`validate.ts`), defaults and the Markdown
+ * reference (`renderReference()`) are all driven by these tables, so adding a key is one entry
+ * here plus its field in `types.ts`.
+ *
+ * PgDog has many settings this version does not implement. Their names are listed too
+ * (`unsupported` and `UNSUPPORTED_SECTIONS`): a file that sets them still loads, with a warning,
+ * so a PgDog configuration can be pointed at this proxy unchanged.
+ *
+ * @module
+ */
+
+import type { AdminConfig, DatabaseConfig, GeneralConfig, UserConfig } from "./types.ts";
+
+/** The two configuration files, by their default names. */
+export type ConfigFile = "pgdog.toml" | "users.toml";
+
+/** The type of a key's value, and the constraints it is checked against. */
+export type ValueType =
+  | { kind: "string"; nonEmpty?: boolean }
+  | { kind: "integer"; min?: number; max?: number }
+  | { kind: "boolean" }
+  | { kind: "enum"; values: readonly string[] }
+  | { kind: "string_list" };
+
+/** A value a key can default to. */
+export type DefaultValue = string | number | boolean | readonly string[];
+
+/** One key of a section. `K` narrows `name` so a section's keys can be checked against its type. */
+export interface KeySpec<K extends string = string> {
+  /** The key as written in TOML (PgDog's name). */
+  name: K;
+  /** Type and constraints of the value. */
+  type: ValueType;
+  /** Value used when the key is left out; without one the key stays unset. */
+  default?: DefaultValue;
+  /** When left out, copy the value of this other key of the same entry (e.g. `database_name`). */
+  defaultFrom?: string;
+  /** Without the key the entry is invalid. */
+  required?: boolean;
+  /** Other names PgDog accepts for the key (e.g. `max_pool_size`). */
+  aliases?: readonly string[];
+  /** Unit of an integer value, shown in the reference. */
+  unit?: "ms";
+  /** One line for the reference. */
+  description: string;
+}
+
+/** A section: a table (`[general]`) or an array of tables (`[[databases]]`). */
+export interface SectionSpec {
+  /** Name without brackets. */
+  name: string;
+  /** `[[name]]` (true) or `[name]` (false). */
+  array: boolean;
+  /** The files the section may appear in. */
+  files: readonly ConfigFile[];
+  /** One or two sentences for the reference. */
+  description: string;
+  /** The keys this version supports. */
+  keys: readonly KeySpec[];
+  /** PgDog keys of this section that this version ignores with a warning. */
+  unsupported: readonly string[];
+}
+
+/** A PgDog section that this version ignores with a warning. */
+export interface UnsupportedSection {
+  /** Name without brackets. */
+  name: string;
+  /** `[[name]]` (true) or `[name]` (false). */
+  array: boolean;
+}
+
+// Builders for one-line key entries (internal; the tables below are the interface).
+const MAX_PORT = 65535;
+
+function str<K extends string>(
+  name: K,
+  description: string,
+  extra: Partial<KeySpec<K>> = {},
+): KeySpec<K> {
+  return { name, type: { kind: "string" }, description, ...extra };
+}
+
+function int<K extends string>(
+  name: K,
+  description: string,
+  extra: Partial<KeySpec<K>> & { min?: number; max?: number } = {},
+): KeySpec<K> {
+  const { min, max, ...rest } = extra;
+  return { name, type: { kind: "integer", min, max }, description, ...rest };
+}
+
+function ms<K extends string>(name: K, defaultValue: number, description: string): KeySpec<K> {
+  return {
+    name,
+    type: { kind: "integer", min: 0 },
+    default: defaultValue,
+    unit: "ms",
+    description,
+  };
+}
+
+function oneOf<K extends string>(
+  name: K,
+  values: readonly string[],
+  description: string,
+  extra: Partial<KeySpec<K>> = {},
+): KeySpec<K> {
+  return { name, type: { kind: "enum", values }, description, ...extra };
+}
+
+const POOLER_MODES = ["transaction", "session"] as const;
+const AUTH_TYPES = ["scram", "md5", "plain", "trust"] as const;
+const ROLES = ["primary", "replica", "auto"] as const;
+
+const GENERAL_KEYS = [
+  str("host", "Address the proxy listens on.", { default: "0.0.0.0" }),
+  int("port", "TCP port the proxy listens on; 0 picks a free port (logged at startup).", {
+    default: 6432,
+    min: 0,
+    max: MAX_PORT,
+  }),
+  int("default_pool_size", "Server connections per pool unless a database or user sets one.", {
+    default: 10,
+    min: 1,
+    aliases: ["max_pool_size"],
+  }),
+  int("min_pool_size", "Server connections each pool keeps open even when idle.", {
+    default: 1,
+    min: 0,
+  }),
+  oneOf("pooler_mode", POOLER_MODES, "Default pooling mode.", { default: "transaction" }),
+  oneOf("auth_type", AUTH_TYPES, "How clients authenticate to the proxy.", { default: "scram" }),
+  ms("checkout_timeout", 5000, "How long a client waits for a server connection."),
+  ms("connect_timeout", 5000, "How long opening and authenticating a server connection may take."),
+  ms("idle_timeout", 60000, "Idle server connections above min_pool_size are closed after this."),
+  ms("server_lifetime", 86400000, "Server connections are closed (when idle) at this age."),
+  ms("client_login_timeout", 60000, "How long a client may take to finish authentication."),
+  ms("shutdown_timeout", 60000, "On SIGINT/SIGTERM, how long transactions may take to finish."),
+  ms("rollback_timeout", 5000, "How long cleaning a returned server may take before it is closed."),
+] satisfies KeySpec<keyof GeneralConfig>[];
+
+const DATABASE_KEYS = [
+  str("name", "The database name clients connect to.", {
+    required: true,
+    type: { kind: "string", nonEmpty: true },
+  }),
+  str("host", "Host name or IP address of the PostgreSQL server.", {
+    required: true,
+    type: { kind: "string", nonEmpty: true },
+  }),
+  int("port", "Port of the PostgreSQL server.", { default: 5432, min: 1, max: MAX_PORT }),
+  str("database_name", "Database name on the PostgreSQL server.", {
+    defaultFrom: "name",
+    type: { kind: "string", nonEmpty: true },
+  }),
+  str("user", "Server login for every user of this database (overrides server_user)."),
+  str("password", "Server password for every user of this database (overrides server_password)."),
+  int("pool_size", "Server connections per pool (overrides default_pool_size).", {
+    min: 1,
+    aliases: ["max_pool_size"],
+  }),
+  int("min_pool_size", "Idle server connections kept per pool (overrides [general]).", { min: 0 }),
+  oneOf("pooler_mode", POOLER_MODES, "Pooling mode of this database (overrides [general])."),
+  oneOf("role", ROLES, "primary, replica, or auto (detected with pg_is_in_recovery()).", {
+    default: "primary",
+  }),
+  int("shard", "Shard number of this host.", { default: 0, min: 0 }),
+] satisfies KeySpec<keyof DatabaseConfig>[];
+
+const USER_KEYS = [
+  str("name", "User name clients log in with.", {
+    required: true,
+    type: { kind: "string", nonEmpty: true },
+  }),
+  str("database", "The [[databases]] name this user may connect to.", {
+    required: true,
+    type: { kind: "string", nonEmpty: true },
+  }),
+  str("password", "Password clients must present; also the default server password."),
+  int("pool_size", "Server connections of this user's pool (overrides the database's).", {
+    min: 1,
+    aliases: ["max_pool_size"],
+  }),
+  int("min_pool_size", "Idle server connections kept (overrides the database's).", { min: 0 }),
+  oneOf("pooler_mode", POOLER_MODES, "Pooling mode of this user (overrides the database's)."),
+  str("server_user", "Login used on the PostgreSQL server; defaults to name."),
+  str("server_password", "Password used on the PostgreSQL server; defaults to password."),
+] satisfies KeySpec<keyof UserConfig>[];
+
+const ADMIN_KEYS = [
+  str("name", "Name of the admin database.", { default: "admin" }),
+  str("user", "User name for the admin database.", { default: "admin" }),
+  str("password", "Admin password; without one the admin database refuses every login."),
+] satisfies KeySpec<keyof AdminConfig>[];
+
+// Compile-time completeness: every field of the config types has a key entry.
+type Missing<T, S extends readonly { name: string }[]> = Exclude<keyof T, S[number]["name"]>;
+const _generalComplete: [Missing<GeneralConfig, typeof GENERAL_KEYS>] extends [never] ? true
+  : never = true;
+const _databaseComplete: [Missing<DatabaseConfig, typeof DATABASE_KEYS>] extends [never] ? true
+  : never = true;
+const _userComplete: [Missing<UserConfig, typeof USER_KEYS>] extends [never] ? true : never = true;
+const _adminComplete: [Missing<AdminConfig, typeof ADMIN_KEYS>] extends [never] ? true
+  : never = true;
+
+/** Role-specific pool keys PgDog accepts in `[[databases]]` and `[[users]]`. */
+const ROLE_POOL_KEYS = [
+  "pool_size_primary",
+  "pool_size_replica",
+  "min_pool_size_primary",
+  "min_pool_size_replica",
+  "idle_timeout_primary",
+  "idle_timeout_replica",
+];
+
+/** `[general]` */
+export const GENERAL: SectionSpec = {
+  name: "general",
+  array: false,
+  files: ["pgdog.toml"],
+  description: "Process-wide settings and the defaults of every pool.",
+  keys: GENERAL_KEYS,
+  unsupported: [
+    "workers",
+    "broadcast_address",
+    "broadcast_port",
+    "healthcheck_port",
+    "openmetrics_host",
+    "openmetrics_port",
+    "openmetrics_namespace",
+    "dns_ttl",
+    "prepared_statements",
+    "prepared_statements_limit",
+    "prepared_statements_ttl",
+    "prepared_statements_ttl_jitter",
+    "query_cache_limit",
+    "server_lifetime_jitter",
+    "connect_attempts",
+    "connect_attempt_delay",
+    "query_timeout",
+    "client_idle_timeout",
+    "client_idle_in_transaction_timeout",
+    "shutdown_termination_timeout",
+    "healthcheck_interval",
+    "idle_healthcheck_interval",
+    "idle_healthcheck_delay",
+    "healthcheck_timeout",
+    "require_healthcheck_on_discovery",
+    "ban_timeout",
+    "ban_replica_lag",
+    "ban_replica_lag_bytes",
+    "lsn_check_interval",
+    "lsn_check_timeout",
+    "lsn_check_delay",
+    "load_balancing_strategy",
+    "read_write_strategy",
+    "read_write_split",
+    "query_parser",
+    "query_parser_enabled",
+    "query_parser_engine",
+    "dry_run",
+    "cross_shard_disabled",
+    "expanded_explain",
+    "system_catalogs",
+    "omnisharded_sticky",
+    "load_schema",
+    "reload_schema_on_ddl",
+    "canonicalize_type_information",
+    "sharding_lookup_cache_size",
+    "sharding_lookup_timeout",
+    "unique_id_min",
+    "unique_id_function",
+    "passthrough_auth",
+    "tls_certificate",
+    "tls_private_key",
+    "tls_client_required",
+    "tls_client_ca_certificate",
+    "tls_verify",
+    "tls_server_ca_certificate",
+    "tls_server_certificate",
+    "tls_server_private_key",
+    "mirror_queue",
+    "mirror_exposure",
+    "pub_sub_channel_size",
+    "two_phase_commit",
+    "two_phase_commit_auto",
+    "two_phase_commit_wal_dir",
+    "two_phase_commit_wal_segment_size",
+    "two_phase_commit_wal_fsync_interval",
+    "two_phase_commit_wal_checkpoint_interval",
+    "resharding_copy_format",
+    "resharding_parallel_copies",
+    "resharding_copy_retry_max_attempts",
+    "resharding_copy_retry_min_delay",
+    "resharding_replication_retry_max_attempts",
+    "resharding_replication_retry_min_delay",
+    "cutover_traffic_stop_threshold",
+    "cutover_replication_lag_threshold",
+    "cutover_last_transaction_delay",
+    "cutover_timeout",
+    "cutover_timeout_action",
+    "cutover_save_config",
+    "connection_recovery",
+    "client_connection_recovery",
+    "log_format",
+    "log_level",
+    "log_connections",
+    "log_disconnections",
+    "log_dedup_window",
+    "log_dedup_threshold",
+    "query_log",
+    "query_log_stdout",
+    "log_min_duration_parse",
+    "log_query_sample_length",
+    "query_size_limit",
+    "query_size_limit_action",
+    "stats_period",
+  ],
+};
+
+/** `[[databases]]` */
+export const DATABASES: SectionSpec = {
+  name: "databases",
+  array: true,
+  files: ["pgdog.toml"],
+  description: "One entry per PostgreSQL host. Entries with the same `name` form one database " +
+    "(its primary, replicas and shards).",
+  keys: DATABASE_KEYS,
+  unsupported: [
+    "statement_timeout",
+    "lock_timeout",
+    "idle_timeout",
+    "read_only",
+    "server_lifetime",
+    "server_lifetime_jitter",
+    "resharding_only",
+    "lb_weight",
+    ...ROLE_POOL_KEYS,
+  ],
+};
+
+/** `[[users]]` (users.toml) */
+export const USERS: SectionSpec = {
+  name: "users",
+  array: true,
+  files: ["users.toml"],
+  description: "Who may connect to which database. A pool is created for each user and the " +
+    "[[databases]] entries with that name.",
+  keys: USER_KEYS,
+  unsupported: [
+    "databases",
+    "all_databases",
+    "passwords",
+    "password_hash",
+    "server_auth",
+    "server_iam_region",
+    "server_vault_path",
+    "vault_refresh_percent",
+    "vault_path",
+    "identity",
+    "tls_client_certificate_required",
+    "statement_timeout",
+    "lock_timeout",
+    "replication_mode",
+    "replication_sharding",
+    "idle_timeout",
+    "read_only",
+    "schema_admin",
+    "cross_shard_disabled",
+    "two_phase_commit",
+    "two_phase_commit_auto",
+    "server_lifetime",
+    "server_lifetime_jitter",
+    ...ROLE_POOL_KEYS,
+  ],
+};
+
+/** `[admin]` */
+export const ADMIN: SectionSpec = {
+  name: "admin",
+  array: false,
+  files: ["pgdog.toml", "users.toml"],
+  description: "Credentials of the admin database. An `[admin]` in users.toml replaces the " +
+    "one in pgdog.toml as a whole.",
+  keys: ADMIN_KEYS,
+  unsupported: [],
+};
+
+/** Every supported section, in reference order. */
+export const SECTIONS: readonly SectionSpec[] = [GENERAL, DATABASES, ADMIN, USERS];
+
+/** PgDog sections of pgdog.toml that this version ignores with a warning. */
+export const UNSUPPORTED_SECTIONS: readonly UnsupportedSection[] = [
+  { name: "sharded_tables", array: true },
+  { name: "sharded_mappings", array: true },
+  { name: "omnisharded_tables", array: true },
+  { name: "sharded_schemas", array: true },
+  { name: "query_parsers", array: true },
+  { name: "multi_tenant", array: false },
+  { name: "rewrite", array: false },
+  { name: "tcp", array: false },
+  { name: "memory", array: false },
+  { name: "plugins", array: true },
+  { name: "replication", array: false },
+  { name: "mirroring", array: true },
+  { name: "replica_lag", array: false },
+  { name: "otel", array: false },
+  { name: "vault", array: false },
+];
+
+/** `[general]` or `[[databases]]`: how a section is written in TOML. */
+export function sectionHeader(section: { name: string; array: boolean }): string {
+  return section.array ? `[[${section.name}]]` : `[${section.name}]`;
+}
+
+/** Finds a key of a section by its name or one of its aliases. */
+export function findKey(section: SectionSpec, name: string): KeySpec | undefined {
+  return section.keys.find((key) => key.name === name || key.aliases?.includes(name));
+}
+
+/**
+ * Fills in defaults: each key of `section` that `values` lacks gets its `default`, or the value
+ * of its `defaultFrom` key. Keys without either stay unset. Returns a new object.
+ */
+export function withDefaults(
+  section: SectionSpec,
+  values: Readonly<Record<string, unknown>>,
+): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const key of section.keys) {
+    if (values[key.name] !== undefined) {
+      out[key.name] = values[key.name];
+    } else if (key.defaultFrom !== undefined && values[key.defaultFrom] !== undefined) {
+      out[key.name] = values[key.defaultFrom];
+    } else if (key.default !== undefined) {
+      out[key.name] = Array.isArray(key.default) ? [...key.default] : key.default;
+    }
+  }
+  return out;
+}
+
+/** Describes a value type in words, as used in the reference and in error messages. */
+export function describeType(type: ValueType): string {
+  switch (type.kind) {
+    case "string":
+      return type.nonEmpty ? "a non-empty string" : "a string";
+    case "boolean":
+      return "true or false";
+    case "string_list":
+      return "a list of strings";
+    case "enum":
+      return `one of ${type.values.join(", ")}`;
+    case "integer":
+      if (type.min !== undefined && type.max !== undefined) {
+        return `an integer from ${type.min} to ${type.max}`;
+      }
+      if (type.min !== undefined) return `an integer >= ${type.min}`;
+      if (type.max !== undefined) return `an integer <= ${type.max}`;
+      return "an integer";
+  }
+}
+
+function typeCell(key: KeySpec): string {
+  const type = key.type;
+  switch (type.kind) {
+    case "string":
+      return "string";
+    case "boolean":
+      return "boolean";
+    case "string_list":
+      return "list of strings";
+    case "enum":
+      return type.values.map((value) => `\`${value}\``).join(" | ");
+    case "integer": {
+      const unit = key.unit ? ` (${key.unit})` : "";
+      if (type.min !== undefined && type.max !== undefined) {
+        return `integer ${type.min}..${type.max}${unit}`;
+      }
+      if (type.min !== undefined) return `integer >= ${type.min}${unit}`;
+      if (type.max !== undefined) return `integer <= ${type.max}${unit}`;
+      return `integer${unit}`;
+    }
+  }
+}
+
+function defaultCell(key: KeySpec, section: SectionSpec): string {
+  if (key.required) return "required";
+  if (key.defaultFrom) return `same as \`${key.defaultFrom}\``;
+  if (key.default === undefined) {
+    return section.name === "general" || section.name === "admin" ? "unset" : "inherited";
+  }
+  if (typeof key.default === "string") return `\`"${key.default}"\``;
+  if (Array.isArray(key.default)) return `\`${JSON.stringify(key.default)}\``;
+  return `\`${key.default}\``;
+}
+
+function keyCell(key: KeySpec): string {
+  const aliases = key.aliases?.length
+    ? ` (alias ${key.aliases.map((alias) => `\`${alias}\``).join(", ")})`
+    : "";
+  return `\`${key.name}\`${aliases}`;
+}
+
+function escapeCell(text: string): string {
+  return text.replaceAll("|", "\\|");
+}
+
+// The reference is written the way `deno fmt` formats Markdown (prose wrapped at 100 columns,
+// table columns padded), so formatting the repository leaves it unchanged.
+const WRAP_WIDTH = 100;
+
+/** Splits prose into words, keeping each `code span` whole. */
+function words(text: string): string[] {
+  const out: string[] = [];
+  let current = "";
+  let inCode = false;
+  for (const c of text) {
+    if (c === "`") inCode = !inCode;
+    if (c === " " && !inCode) {
+      if (current) out.push(current);
+      current = "";
+    } else {
+      current += c;
+    }
+  }
+  if (current) out.push(current);
+  return out;
+}
+
+/** Wraps a paragraph (or a list item, given its marker) at {@link WRAP_WIDTH} columns. */
+function wrap(text: string, marker = ""): string {
+  const indent = " ".repeat(marker.length);
+  const lines: string[] = [];
+  let line = marker;
+  for (const word of words(text)) {
+    const prefix = lines.length === 0 ? marker : indent;
+    if (line === prefix) {
+      line += word;
+    } else if (line.length + 1 + word.length <= WRAP_WIDTH) {
+      line += ` ${word}`;
+    } else {
+      lines.push(line);
+      line = indent + word;
+    }
+  }
+  lines.push(line);
+  return lines.join("\n");
+}
+
+/** A Markdown table with padded columns. */
+function table(header: string[], rows: string[][]): string {
+  const widths = header.map((cell, i) =>
+    Math.max(3, cell.length, ...rows.map((row) => row[i].length))
+  );
+  const line = (cells: string[]): string =>
+    `| ${cells.map((cell, i) => cell.padEnd(widths[i])).join(" | ")} |`;
+  return [
+    line(header),
+    line(widths.map((width) => "-".repeat(width))),
+    ...rows.map(line),
+  ].join("\n");
+}
+
+/**
+ * Renders the configuration reference as Markdown from the schema. `REFERENCE.md` beside this
+ * module is this function's output (a test keeps the two equal).
+ */
+export function renderReference(): string {
+  const out: string[] = [];
+  out.push("# Configuration reference");
+  out.push("");
+  out.push(wrap(
+    "pgdog reads two TOML files: `pgdog.toml` (`[general]`, `[[databases]]`, `[admin]`) and " +
+      "`users.toml` (`[[users]]`, optionally `[admin]`). A missing file is a warning, and " +
+      "defaults are used. Times are integers in milliseconds.",
+  ));
+  out.push("");
+  out.push(wrap(
+    "Pool settings are looked up in the user, then the database, then `[general]`. An unknown " +
+      "key or section is an error; a PgDog setting this version does not implement yet is " +
+      "ignored with a warning (the lists are at the end).",
+  ));
+  out.push("");
+  out.push(wrap(
+    "`--database_url postgres://user:password@host:port/database` (repeatable) replaces every " +
+      "`[[databases]]` entry and adds a `[[users]]` entry for the URL's user and password. Query " +
+      "parameters `database_name`, `role`, `shard`, `pool_size`, `min_pool_size`, " +
+      "`pooler_mode`, `user` and `password` set the database's keys of the same names.",
+  ));
+  for (const section of SECTIONS) {
+    out.push("");
+    out.push(`## \`${sectionHeader(section)}\` (${section.files.join(", ")})`);
+    out.push("");
+    out.push(wrap(section.description));
+    out.push("");
+    out.push(table(
+      ["Key", "Type", "Default", "Description"],
+      section.keys.map((key) => [
+        keyCell(key),
+        escapeCell(typeCell(key)),
+        defaultCell(key, section),
+        escapeCell(key.description),
+      ]),
+    ));
+  }
+  out.push("");
+  out.push("## PgDog settings not supported yet");
+  out.push("");
+  out.push("These load with a warning and have no effect.");
+  out.push("");
+  for (const section of SECTIONS) {
+    if (section.unsupported.length === 0) continue;
+    const names = section.unsupported.map((name) => `\`${name}\``).join(", ");
+    out.push(wrap(`\`${sectionHeader(section)}\`: ${names}.`, "- "));
+  }
+  const sections = UNSUPPORTED_SECTIONS.map((section) => `\`${sectionHeader(section)}\``);
+  out.push(wrap(`Sections of pgdog.toml: ${sections.join(", ")}.`, "- "));
+  out.push("");
+  return out.join("\n");
+}

@@ -1,0 +1,96 @@
+import { deepEqual, equal, match, ok } from "node:assert/strict";
+import {
+  ADMIN,
+  DATABASES,
+  describeType,
+  findKey,
+  GENERAL,
+  renderReference,
+  SECTIONS,
+  UNSUPPORTED_SECTIONS,
+  USERS,
+  withDefaults,
+} from "./schema.ts";
+
+const REFERENCE = new URL("./REFERENCE.md", import.meta.url);
+
+Deno.test("REFERENCE.md is the rendered schema (UPDATE_REFERENCE=1 rewrites it)", async () => {
+  const rendered = renderReference();
+  const envAllowed = Deno.permissions.querySync({ name: "env", variable: "UPDATE_REFERENCE" });
+  if (envAllowed.state === "granted" && Deno.env.get("UPDATE_REFERENCE") === "1") {
+    await Deno.writeTextFile(REFERENCE, rendered);
+  }
+  const onDisk = await Deno.readTextFile(REFERENCE);
+  equal(
+    onDisk,
+    rendered,
+    "REFERENCE.md is stale: run UPDATE_REFERENCE=1 deno test --allow-read --allow-write " +
+      "--allow-env src/config/schema_test.ts",
+  );
+});
+
+Deno.test("the reference lists every key, alias and PgDog-only name", () => {
+  const rendered = renderReference();
+  for (const section of SECTIONS) {
+    for (const key of section.keys) {
+      ok(rendered.includes(`\`${key.name}\``), key.name);
+      for (const alias of key.aliases ?? []) ok(rendered.includes(`\`${alias}\``), alias);
+    }
+    for (const name of section.unsupported) ok(rendered.includes(`\`${name}\``), name);
+  }
+  match(rendered, /\| `port` +\| integer 0\.\.65535 +\| `6432` +\|/);
+  match(rendered, /\| `database_name` +\| string +\| same as `name` +\|/);
+  match(rendered, /\| `pooler_mode` +\| `transaction` \\\| `session` +\|/);
+  ok(rendered.includes("`[[sharded_tables]]`"));
+  ok(rendered.endsWith("\n"));
+});
+
+Deno.test("schema tables are consistent", () => {
+  for (const section of [...SECTIONS]) {
+    const names = new Set<string>();
+    for (const key of section.keys) {
+      for (const name of [key.name, ...(key.aliases ?? [])]) {
+        ok(!names.has(name), `${section.name}.${name} is listed twice`);
+        names.add(name);
+      }
+      ok(key.description.length > 0 && !key.description.includes("\n"), key.name);
+      ok(!(key.required && key.default !== undefined), `${key.name}: required with default`);
+    }
+    for (const name of section.unsupported) {
+      ok(!names.has(name), `${section.name}.${name} is both supported and unsupported`);
+    }
+    equal(new Set(section.unsupported).size, section.unsupported.length);
+  }
+  const sectionNames = SECTIONS.map((section) => section.name);
+  for (const section of UNSUPPORTED_SECTIONS) ok(!sectionNames.includes(section.name));
+});
+
+Deno.test("findKey resolves aliases", () => {
+  equal(findKey(GENERAL, "max_pool_size")?.name, "default_pool_size");
+  equal(findKey(DATABASES, "max_pool_size")?.name, "pool_size");
+  equal(findKey(USERS, "max_pool_size")?.name, "pool_size");
+  equal(findKey(ADMIN, "max_pool_size"), undefined);
+});
+
+Deno.test("withDefaults fills defaults and defaultFrom, and leaves optional keys unset", () => {
+  deepEqual(withDefaults(DATABASES, { name: "shop", host: "db" }), {
+    name: "shop",
+    host: "db",
+    port: 5432,
+    database_name: "shop",
+    role: "primary",
+    shard: 0,
+  });
+  deepEqual(withDefaults(ADMIN, {}), { name: "admin", user: "admin" });
+  equal(withDefaults(GENERAL, {}).server_lifetime, 86_400_000);
+});
+
+Deno.test("describeType", () => {
+  equal(describeType({ kind: "integer", min: 0, max: 65535 }), "an integer from 0 to 65535");
+  equal(describeType({ kind: "integer", min: 1 }), "an integer >= 1");
+  equal(describeType({ kind: "integer", max: 9 }), "an integer <= 9");
+  equal(describeType({ kind: "integer" }), "an integer");
+  equal(describeType({ kind: "enum", values: ["a", "b"] }), "one of a, b");
+  equal(describeType({ kind: "string_list" }), "a list of strings");
+  equal(describeType({ kind: "boolean" }), "true or false");
+});

@@ -1,0 +1,126 @@
+/**
+ * The configuration model: what `pgdog.toml` and `users.toml` hold once loaded, validated and
+ * given their defaults. Key names are PgDog's, in snake_case, so the objects mirror the files and
+ * a program can pass the same shape to `startProxy()`. All durations are milliseconds.
+ *
+ * @module
+ */
+
+/** How long a client keeps a server connection. */
+export type PoolerMode = "transaction" | "session";
+
+/** How clients prove who they are to the proxy. */
+export type AuthType = "scram" | "md5" | "plain" | "trust";
+
+/** The role of a host in its database: fixed, or detected from `pg_is_in_recovery()`. */
+export type DatabaseRole = "primary" | "replica" | "auto";
+
+/** `[general]`: process-wide settings and the defaults of every pool. */
+export interface GeneralConfig {
+  /** Address the proxy listens on. */
+  host: string;
+  /** TCP port the proxy listens on; 0 picks a free port (logged at startup). */
+  port: number;
+  /** Server connections per pool unless a database or user says otherwise. */
+  default_pool_size: number;
+  /** Server connections each pool keeps open even when idle. */
+  min_pool_size: number;
+  /** Default pooling mode. */
+  pooler_mode: PoolerMode;
+  /** Client authentication method. */
+  auth_type: AuthType;
+  /** How long a client waits for a server connection before it gets an error. */
+  checkout_timeout: number;
+  /** How long opening and authenticating a server connection may take. */
+  connect_timeout: number;
+  /** Idle server connections above `min_pool_size` are closed after this long. */
+  idle_timeout: number;
+  /** Server connections are closed (when idle) once they are this old. */
+  server_lifetime: number;
+  /** How long a client may take from connecting to finishing authentication. */
+  client_login_timeout: number;
+  /** On SIGINT/SIGTERM, how long running transactions may take to finish. */
+  shutdown_timeout: number;
+  /** How long cleaning a server (drain, rollback, reset) may take before it is closed instead. */
+  rollback_timeout: number;
+}
+
+/** One `[[databases]]` entry: a PostgreSQL host serving a logical database. */
+export interface DatabaseConfig {
+  /** The name clients connect to. */
+  name: string;
+  /** Host name or IP address of the PostgreSQL server. */
+  host: string;
+  /** Port of the PostgreSQL server (default 5432). */
+  port: number;
+  /** The database name on the PostgreSQL server; defaults to `name`. */
+  database_name: string;
+  /** Server login; overrides the user's `server_user`. */
+  user?: string;
+  /** Server password; overrides the user's `server_password`. */
+  password?: string;
+  /** Server connections per pool; overrides `[general]` default_pool_size. */
+  pool_size?: number;
+  /** Idle server connections kept per pool; overrides `[general]` min_pool_size. */
+  min_pool_size?: number;
+  /** Pooling mode; overrides `[general]` pooler_mode. */
+  pooler_mode?: PoolerMode;
+  /** Role of this host (default primary). */
+  role: DatabaseRole;
+  /** Shard number of this host (default 0). */
+  shard: number;
+}
+
+/** One `[[users]]` entry of `users.toml`: who may connect to which database. */
+export interface UserConfig {
+  /** The user name clients log in with. */
+  name: string;
+  /** The logical database (a `[[databases]]` name) this user may connect to. */
+  database: string;
+  /** The password clients must present (and, by default, the server password). */
+  password?: string;
+  /** Server connections of this user's pools; overrides the database's and `[general]`'s. */
+  pool_size?: number;
+  /** Idle server connections kept; overrides the database's and `[general]`'s. */
+  min_pool_size?: number;
+  /** Pooling mode; overrides the database's and `[general]`'s. */
+  pooler_mode?: PoolerMode;
+  /** Login used on the PostgreSQL server; defaults to `name`. */
+  server_user?: string;
+  /** Password used on the PostgreSQL server; defaults to `password`. */
+  server_password?: string;
+}
+
+/** `[admin]`: the admin database's credentials. */
+export interface AdminConfig {
+  /** Name of the admin database (default `admin`). */
+  name: string;
+  /** User name for the admin database (default `admin`). */
+  user: string;
+  /** Without a password the admin database refuses every login. */
+  password?: string;
+}
+
+/** The whole configuration. */
+export interface Config {
+  /** `[general]` of pgdog.toml. */
+  general: GeneralConfig;
+  /** `[[databases]]` of pgdog.toml (or from `--database_url`). */
+  databases: DatabaseConfig[];
+  /** `[[users]]` of users.toml (plus the users of `--database_url`). */
+  users: UserConfig[];
+  /** `[admin]` of users.toml, else of pgdog.toml, else the defaults. */
+  admin: AdminConfig;
+}
+
+/** A configuration where every section and key may be left out; defaults fill the rest. */
+export interface PartialConfig {
+  /** Process-wide settings; every key has a default. */
+  general?: Partial<GeneralConfig>;
+  /** Database hosts; `name` and `host` are required. */
+  databases?: Array<Partial<DatabaseConfig> & { name: string; host: string }>;
+  /** Users; `name` and `database` are required. */
+  users?: Array<Partial<UserConfig> & { name: string; database: string }>;
+  /** Admin database credentials. */
+  admin?: Partial<AdminConfig>;
+}

@@ -1,0 +1,135 @@
+/**
+ * Checking one value against its schema type, and showing values in error messages.
+ *
+ * @module
+ */
+
+import { describeType, type ValueType } from "./schema.ts";
+
+/** Where a value came from, which decides how integers are recognised. */
+export type ValueOrigin =
+  /** Parsed by smol-toml with `integersAsBigInt`: integers are bigints, numbers are floats. */
+  | "toml"
+  /** Given by a program: integral numbers and bigints are integers. */
+  | "object"
+  /** A query parameter of a database URL: every value is a string. */
+  | "text";
+
+/** The outcome of checking a value: the accepted value, or what is wrong with it. */
+export type CheckResult =
+  | { ok: true; value: string | number | boolean | string[] }
+  | { ok: false; error: string };
+
+const MAX_SHOWN = 80;
+
+/** Shows a value the way it is written in TOML, for "got ..." in error messages. */
+export function formatValue(value: unknown): string {
+  if (typeof value === "string") {
+    const shown = JSON.stringify(value);
+    return shown.length > MAX_SHOWN ? `${shown.slice(0, MAX_SHOWN - 4)}..."` : shown;
+  }
+  if (typeof value === "bigint") return String(value);
+  if (typeof value === "number") {
+    if (Number.isNaN(value)) return "nan";
+    if (!Number.isFinite(value)) return value > 0 ? "inf" : "-inf";
+    return String(value);
+  }
+  if (typeof value === "boolean") return String(value);
+  if (value instanceof Date) return Number.isNaN(value.getTime()) ? "a date" : value.toISOString();
+  if (Array.isArray(value)) return "an array";
+  if (value === null) return "null";
+  if (value === undefined) return "nothing";
+  if (typeof value === "object") return "a table";
+  return typeof value;
+}
+
+function formatFloat(value: number): string {
+  const shown = formatValue(value);
+  return Number.isInteger(value) && !shown.includes("e") ? `${shown}.0` : shown;
+}
+
+function checkInteger(
+  type: Extract<ValueType, { kind: "integer" }>,
+  value: unknown,
+  origin: ValueOrigin,
+): CheckResult {
+  const wrong = (shown: string): CheckResult => ({
+    ok: false,
+    error: `expected ${describeType(type)}, got ${shown}`,
+  });
+  let integer: bigint;
+  if (typeof value === "bigint") {
+    integer = value;
+  } else if (typeof value === "number") {
+    if (origin === "toml") return wrong(formatFloat(value));
+    if (!Number.isInteger(value)) return wrong(formatValue(value));
+    integer = BigInt(value);
+  } else if (origin === "text" && typeof value === "string" && /^[+-]?\d+$/.test(value)) {
+    integer = BigInt(value);
+  } else {
+    return wrong(formatValue(value));
+  }
+  if (type.min !== undefined && integer < BigInt(type.min)) return wrong(String(integer));
+  if (type.max !== undefined && integer > BigInt(type.max)) return wrong(String(integer));
+  if (integer > BigInt(Number.MAX_SAFE_INTEGER) || integer < BigInt(Number.MIN_SAFE_INTEGER)) {
+    return { ok: false, error: `${integer} is too large; expected ${describeType(type)}` };
+  }
+  return { ok: true, value: Number(integer) };
+}
+
+/** Options of {@link checkValue}. */
+export interface CheckValueOptions {
+  /** Where the value came from. */
+  origin: ValueOrigin;
+}
+
+/** Checks `value` against `type`; integers come back as numbers. */
+export function checkValue(
+  type: ValueType,
+  value: unknown,
+  options: CheckValueOptions,
+): CheckResult {
+  const origin = options.origin;
+  switch (type.kind) {
+    case "integer":
+      return checkInteger(type, value, origin);
+    case "string":
+      if (typeof value !== "string" || (type.nonEmpty && value === "")) {
+        return { ok: false, error: `expected ${describeType(type)}, got ${formatValue(value)}` };
+      }
+      return { ok: true, value };
+    case "boolean":
+      if (typeof value === "boolean") return { ok: true, value };
+      if (origin === "text" && (value === "true" || value === "false")) {
+        return { ok: true, value: value === "true" };
+      }
+      return { ok: false, error: `expected true or false, got ${formatValue(value)}` };
+    case "enum":
+      if (typeof value !== "string") {
+        return { ok: false, error: `expected ${describeType(type)}, got ${formatValue(value)}` };
+      }
+      if (!type.values.includes(value)) {
+        return {
+          ok: false,
+          error: `${formatValue(value)} is not allowed; expected one of ${type.values.join(", ")}`,
+        };
+      }
+      return { ok: true, value };
+    case "string_list":
+      if (origin === "text" && typeof value === "string") {
+        return { ok: true, value: value === "" ? [] : value.split(",") };
+      }
+      if (!Array.isArray(value)) {
+        return { ok: false, error: `expected a list of strings, got ${formatValue(value)}` };
+      }
+      for (const [i, item] of value.entries()) {
+        if (typeof item !== "string") {
+          return {
+            ok: false,
+            error: `expected a list of strings, got ${formatValue(item)} at index ${i}`,
+          };
+        }
+      }
+      return { ok: true, value: [...value] };
+  }
+}

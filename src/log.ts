@@ -1,0 +1,59 @@
+/**
+ * One line per event on stderr: `<ISO time> <LEVEL> <message>`. Never pass secrets in.
+ *
+ * @module
+ */
+
+/** Log levels, most severe first. */
+export type LogLevel = "error" | "warn" | "info" | "debug";
+
+const RANK: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
+const LABEL: Record<LogLevel, string> = {
+  error: "ERROR",
+  warn: "WARN",
+  info: "INFO",
+  debug: "DEBUG",
+};
+
+let threshold = RANK.info;
+const encoder = new TextEncoder();
+
+/** Sets the most verbose level that is printed. */
+export function setLogLevel(level: LogLevel): void {
+  threshold = RANK[level];
+}
+
+/** True when messages at `level` are printed (check before building costly messages). */
+export function logEnabled(level: LogLevel): boolean {
+  return RANK[level] <= threshold;
+}
+
+function emit(level: LogLevel, message: string): void {
+  if (RANK[level] > threshold) return;
+  const line = `${new Date().toISOString()} ${LABEL[level]} ${message}\n`;
+  try {
+    Deno.stderr.writeSync(encoder.encode(line));
+  } catch {
+    // stderr closed: nowhere left to report.
+  }
+}
+
+/** The process-wide logger. */
+export const log = {
+  /** Something failed and needs an operator. */
+  error(message: string): void {
+    emit("error", message);
+  },
+  /** Something is wrong but the proxy carries on. */
+  warn(message: string): void {
+    emit("warn", message);
+  },
+  /** Normal events: startup, connections, reloads. */
+  info(message: string): void {
+    emit("info", message);
+  },
+  /** Detail for debugging. */
+  debug(message: string): void {
+    emit("debug", message);
+  },
+};

@@ -1,0 +1,23 @@
+/**
+ * The SQLSTATE codes the proxy itself reports, named as in PostgreSQL's errcodes.txt.
+ *
+ * @module
+ */
+
+/** SQLSTATE codes used by pgdog's own ErrorResponses. */
+export const SqlState = {
+  ConnectionException: "08000",
+  ConnectionFailure: "08006",
+  SqlclientUnableToEstablishSqlconnection: "08001",
+  ProtocolViolation: "08P01",
+  FeatureNotSupported: "0A000",
+  InvalidAuthorizationSpecification: "28000",
+  InvalidPassword: "28P01",
+  InvalidCatalogName: "3D000",
+  QueryCanceled: "57014",
+  AdminShutdown: "57P01",
+  CannotConnectNow: "57P03",
+  TooManyConnections: "53300",
+  ProgramLimitExceeded: "54000",
+  InternalError: "XX000",
+} as const;

@@ -1,0 +1,144 @@
+/**
+ * The proxy: the listener, the pools built from the configuration, the registry of connected
+ * clients (for cancel requests), the periodic upkeep, and graceful shutdown.
+ *
+ * @module
+ */
+
+import type { Config } from "./config/types.ts";
+import { Databases } from "./backend/databases.ts";
+import { Client, type ClientHost } from "./frontend/client.ts";
+import { Listener } from "./net/listener.ts";
+import { log } from "./log.ts";
+import { SqlState } from "./protocol/sqlstate.ts";
+import { closeQuietly } from "./net/stream.ts";
+
+/** How often pools are maintained (waiter deadlines, idle and lifetime limits). */
+const MAINTENANCE_INTERVAL_MS = 100;
+/** Largest protocol message accepted from a client, in bytes. */
+const DEFAULT_MAX_MESSAGE_SIZE = 1 << 30;
+
+/** A running proxy. */
+export class Proxy implements ClientHost {
+  readonly config: Config;
+  readonly databases: Databases;
+  readonly settings: ClientHost["settings"];
+  shuttingDown = false;
+  readonly #clients = new Set<Client>();
+  readonly #byPid = new Map<number, Client>();
+  #listener: Listener | null = null;
+  #maintenance: ReturnType<typeof setInterval> | null = null;
+  #stopped: Promise<void> | null = null;
+
+  constructor(config: Config) {
+    this.config = config;
+    this.databases = new Databases(config);
+    this.settings = {
+      auth_type: config.general.auth_type,
+      client_login_timeout: config.general.client_login_timeout,
+      max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+    };
+  }
+
+  /** Binds the listening socket, starts upkeep, and opens `min_pool_size` connections. */
+  start(): void {
+    const { host, port } = this.config.general;
+    this.#listener = new Listener({ hostname: host, port }, (conn) => this.#accept(conn));
+    this.#maintenance = setInterval(
+      () => this.databases.maintain(Date.now()),
+      MAINTENANCE_INTERVAL_MS,
+    );
+    this.databases.maintain(Date.now());
+    const addr = this.#listener.addr;
+    log.info(`listening on ${addr.hostname}:${addr.port}`);
+  }
+
+  /** The address the proxy listens on. */
+  get addr(): Deno.NetAddr {
+    if (!this.#listener) throw new Error("proxy not started");
+    return this.#listener.addr;
+  }
+
+  /** Connected clients (logging in or logged in). */
+  get clients(): ReadonlySet<Client> {
+    return this.#clients;
+  }
+
+  #accept(conn: Deno.TcpConn): void {
+    if (this.shuttingDown) {
+      closeQuietly(conn);
+      return;
+    }
+    const remote = conn.remoteAddr as Deno.NetAddr;
+    const client = new Client(conn, { host: this, addr: `${remote.hostname}:${remote.port}` });
+    this.#clients.add(client);
+    client.run().finally(() => this.#clients.delete(client));
+  }
+
+  /** Part of {@linkcode ClientHost}: a client finished logging in. */
+  register(client: Client): void {
+    this.#byPid.set(client.id, client);
+  }
+
+  /** Part of {@linkcode ClientHost}: a client left. */
+  unregister(client: Client): void {
+    if (this.#byPid.get(client.id) === client) this.#byPid.delete(client.id);
+  }
+
+  /** Part of {@linkcode ClientHost}: a CancelRequest arrived. Only the exact key cancels anything. */
+  cancel(pid: number, secret: number): void {
+    const client = this.#byPid.get(pid);
+    if (client && client.secret === secret) client.cancel();
+  }
+
+  /**
+   * Stops accepting, lets running transactions finish for up to `shutdown_timeout`, then closes
+   * every client and server connection. Idempotent; resolves when everything is closed.
+   */
+  shutdown(): Promise<void> {
+    this.#stopped ??= this.#shutdown();
+    return this.#stopped;
+  }
+
+  async #shutdown(): Promise<void> {
+    this.shuttingDown = true;
+    this.#listener?.close();
+    log.info(
+      `shutting down: waiting up to ${this.config.general.shutdown_timeout} ms for transactions to finish`,
+    );
+    const deadline = Date.now() + this.config.general.shutdown_timeout;
+    for (;;) {
+      for (const client of this.#clients) {
+        // Idle clients go now; clients inside a transaction go when it ends.
+        if (client.server === null || client.server.clean) client.terminate(SHUTDOWN);
+      }
+      if (this.#clients.size === 0 || Date.now() >= deadline) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    if (this.#clients.size > 0) {
+      log.warn(
+        `shutdown_timeout reached with ${this.#clients.size} client(s) still in a transaction; closing them`,
+      );
+      for (const client of this.#clients) client.terminate(SHUTDOWN);
+    }
+    if (this.#maintenance !== null) clearInterval(this.#maintenance);
+    this.#maintenance = null;
+    // Servers being cleaned up get a moment to finish, then everything closes.
+    const settle = Date.now() + 1000;
+    while (this.databases.pools().some((p) => p.active > 0) && Date.now() < settle) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    this.databases.close();
+    for (const pool of this.databases.pools()) {
+      for (const s of [...pool.servers]) s.close("shutdown");
+    }
+    await this.#listener?.done;
+    log.info("shutdown complete");
+  }
+}
+
+const SHUTDOWN = {
+  severity: "FATAL",
+  code: SqlState.AdminShutdown,
+  message: "pgdog is shutting down",
+};
