@@ -227,12 +227,19 @@ export class Server {
    * Runs SQL as the proxy and resolves with its outcome once ReadyForQuery arrives. Output of
    * requests still outstanding from a client is consumed first. Only for a detached server.
    */
-  query(sql: string, options?: { collect?: boolean }): Promise<InternalResult> {
+  query(sql: string, options?: { collect?: boolean; timeoutMs?: number }): Promise<InternalResult> {
     if (this.closed) return Promise.reject(new Error(`${this.label} is closed`));
     this.pendingRfq++;
     const p = this.#startInternal(options?.collect ?? false);
     this.writer.write(queryMessage(sql)).catch((e) => this.#fail(e));
-    return p;
+    const timeoutMs = options?.timeoutMs;
+    if (timeoutMs === undefined) return p;
+    // An unresponsive server must not hold its caller (or its pool slot) forever.
+    const timer = setTimeout(
+      () => this.close(`query by pgdog took longer than ${timeoutMs} ms`),
+      timeoutMs,
+    );
+    return p.finally(() => clearTimeout(timer));
   }
 
   /**

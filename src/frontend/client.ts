@@ -303,7 +303,7 @@ export class Client implements ServerLink {
     try {
       const sql = paramSyncSql(this.params, server.applied);
       if (sql !== null) {
-        const result = await server.query(sql);
+        const result = await server.query(sql, { timeoutMs: pool.config.rollback_timeout });
         if (result.error) throw new ClientFacingError(result.error);
         markApplied(server.applied, this.params);
       }

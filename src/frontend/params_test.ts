@@ -1,0 +1,56 @@
+import { deepEqual, equal } from "node:assert/strict";
+import {
+  paramsSignature,
+  paramSyncSql,
+  parseStartupOptions,
+  quoteLiteral,
+  sessionParamsFromStartup,
+} from "./params.ts";
+
+Deno.test("startup options: -c, -cname, --name and escaped spaces", () => {
+  deepEqual(
+    parseStartupOptions("-c search_path=a,b -cstatement_timeout=5s --work-mem=64MB -c x=a\\ b -v"),
+    [
+      ["search_path", "a,b"],
+      ["statement_timeout", "5s"],
+      ["work_mem", "64MB"],
+      ["x", "a b"],
+    ],
+  );
+  deepEqual(parseStartupOptions(""), []);
+});
+
+Deno.test("session parameters leave out user, database, protocol and routing keys", () => {
+  const params = sessionParamsFromStartup(
+    new Map([
+      ["user", "u"],
+      ["database", "d"],
+      ["application_name", "app"],
+      ["DateStyle", "ISO"],
+      ["_pq_.x", "1"],
+      ["pgdog.role", "replica"],
+      ["options", "-c TimeZone=UTC -c pgdog.shard=1"],
+    ]),
+  );
+  deepEqual([...params], [["application_name", "app"], ["datestyle", "ISO"], ["timezone", "UTC"]]);
+});
+
+Deno.test("sync SQL resets what the client lacks and sets what differs, quoting safely", () => {
+  const desired = new Map([["application_name", "it's"], ["search_path", '"$user", public']]);
+  const applied = new Map([["application_name", "old"], ["timezone", "UTC"]]);
+  equal(
+    paramSyncSql(desired, applied),
+    "RESET \"timezone\";SELECT pg_catalog.set_config(E'application_name',E'it''s',false)," +
+      "pg_catalog.set_config(E'search_path',E'\"$user\", public',false)",
+  );
+  equal(paramSyncSql(desired, new Map(desired)), null);
+  equal(quoteLiteral("a\\b'c"), "E'a\\\\b''c'");
+});
+
+Deno.test("signature is independent of order", () => {
+  equal(
+    paramsSignature(new Map([["a", "1"], ["b", "2"]])),
+    paramsSignature(new Map([["b", "2"], ["a", "1"]])),
+  );
+  equal(paramsSignature(new Map()), "");
+});

@@ -1,0 +1,12 @@
+/**
+ * Test harness: throwaway PostgreSQL clusters, the proxy as a subprocess, and
+ * real clients (psql, pgbench, npm:pg).
+ *
+ * @module
+ */
+
+export * from "./command.ts";
+export * from "./net.ts";
+export * from "./postgres.ts";
+export * from "./proxy.ts";
+export * from "./clients.ts";
