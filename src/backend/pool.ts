@@ -240,6 +240,7 @@ export class Pool implements ServerOwner {
     this.#connecting++;
     connectServer(this.login, { timeoutMs: this.config.connect_timeout }).then((server) => {
       this.#connecting--;
+      if (this.lastError) log.info(`${this.label}: connected again`);
       this.#connectFailures = 0;
       this.lastError = null;
       if (this.closed) {
@@ -264,8 +265,9 @@ export class Pool implements ServerOwner {
         code: SqlState.ConnectionFailure,
         message: String(e),
       }, false);
+      // The same failure repeating (a server down for a while) is logged once.
+      if (this.lastError?.message !== err.message) log.warn(`${this.label}: ${err.message}`);
       this.lastError = err;
-      log.warn(`${this.label}: ${err.message}`);
       // One waiter per failed attempt learns why at once, instead of waiting for checkout_timeout.
       const w = this.#nextWaiter();
       if (w) this.#settle(w, null, new ClientFacingError(err.fields));

@@ -564,12 +564,13 @@ function table(header: string[], rows: string[][]): string {
 }
 
 /**
- * Renders the configuration reference as Markdown from the schema. `REFERENCE.md` beside this
- * module is this function's output (a test keeps the two equal).
+ * Renders the configuration reference as Markdown from the schema. The README's section between
+ * the `config-reference` markers is this output at heading level 2 (a test keeps them equal).
  */
-export function renderReference(): string {
+export function renderReference(options?: { headingLevel?: number }): string {
+  const h = "#".repeat(options?.headingLevel ?? 1);
   const out: string[] = [];
-  out.push("# Configuration reference");
+  out.push(`${h} Configuration reference`);
   out.push("");
   out.push(wrap(
     "pgdog reads two TOML files: `pgdog.toml` (`[general]`, `[[databases]]`, `[admin]`) and " +
@@ -591,7 +592,7 @@ export function renderReference(): string {
   ));
   for (const section of SECTIONS) {
     out.push("");
-    out.push(`## \`${sectionHeader(section)}\` (${section.files.join(", ")})`);
+    out.push(`${h}# \`${sectionHeader(section)}\` (${section.files.join(", ")})`);
     out.push("");
     out.push(wrap(section.description));
     out.push("");
@@ -606,7 +607,7 @@ export function renderReference(): string {
     ));
   }
   out.push("");
-  out.push("## PgDog settings not supported yet");
+  out.push(`${h}# PgDog settings not supported yet`);
   out.push("");
   out.push("These load with a warning and have no effect.");
   out.push("");

@@ -12,20 +12,31 @@ import {
   withDefaults,
 } from "./schema.ts";
 
-const REFERENCE = new URL("./REFERENCE.md", import.meta.url);
+const README = new URL("../../README.md", import.meta.url);
+const START = "<!-- config-reference:start -->\n";
+const END = "<!-- config-reference:end -->";
 
-Deno.test("REFERENCE.md is the rendered schema (UPDATE_REFERENCE=1 rewrites it)", async () => {
-  const rendered = renderReference();
+Deno.test("README's configuration reference is the rendered schema (UPDATE_REFERENCE=1 rewrites it)", async () => {
+  // deno fmt keeps a blank line after the start marker and before the end marker.
+  const rendered = "\n" + renderReference({ headingLevel: 2 }) + "\n";
+  const readme = await Deno.readTextFile(README);
+  const from = readme.indexOf(START);
+  const to = readme.indexOf(END);
+  ok(from >= 0 && to > from, "README.md lacks the config-reference markers");
+  const section = readme.slice(from + START.length, to);
   const envAllowed = Deno.permissions.querySync({ name: "env", variable: "UPDATE_REFERENCE" });
   if (envAllowed.state === "granted" && Deno.env.get("UPDATE_REFERENCE") === "1") {
-    await Deno.writeTextFile(REFERENCE, rendered);
+    await Deno.writeTextFile(
+      README,
+      readme.slice(0, from + START.length) + rendered + readme.slice(to),
+    );
+    return;
   }
-  const onDisk = await Deno.readTextFile(REFERENCE);
   equal(
-    onDisk,
+    section,
     rendered,
-    "REFERENCE.md is stale: run UPDATE_REFERENCE=1 deno test --allow-read --allow-write " +
-      "--allow-env src/config/schema_test.ts",
+    "README.md's configuration reference is stale: run UPDATE_REFERENCE=1 deno test --allow-read " +
+      "--allow-write --allow-env src/config/schema_test.ts",
   );
 });
 
