@@ -12,6 +12,7 @@ import {
   appendError,
   appendParameterStatus,
   AUTH_OK,
+  describeMessageType,
   type ErrorFields,
   MessageBuilder,
   Msg,
@@ -349,6 +350,16 @@ export class Client implements ServerLink {
         if (runStart >= 0) await this.#forward(runStart, runEnd);
         return false;
       }
+      if (FRONTEND_TYPES[type] === 0) {
+        // Forwarding it would make PostgreSQL drop the (shared) server connection.
+        if (runStart >= 0) await this.#forward(runStart, runEnd);
+        await this.#fatal({
+          severity: "FATAL",
+          code: SqlState.ProtocolViolation,
+          message: `invalid frontend message type ${describeMessageType(type)}`,
+        });
+        return false;
+      }
       if (this.#skipUntilSync) {
         // After an error in an extended-protocol request, everything up to Sync is ignored.
         if (type === Msg.Sync) {
@@ -562,6 +573,29 @@ export class Client implements ServerLink {
     log.debug(`client ${this.id} (${this.addr}) disconnected`);
   }
 }
+
+/** Message types a client may send once logged in. */
+const FRONTEND_TYPES = (() => {
+  const t = new Uint8Array(256);
+  for (
+    const m of [
+      Msg.Bind,
+      Msg.Close,
+      Msg.CopyData,
+      Msg.CopyDone,
+      Msg.CopyFail,
+      Msg.Describe,
+      Msg.Execute,
+      Msg.Flush,
+      Msg.FunctionCall,
+      Msg.Parse,
+      Msg.Query,
+      Msg.Sync,
+      Msg.Terminate,
+    ]
+  ) t[m] = 1;
+  return t;
+})();
 
 /** Answer to SSLRequest/GSSENCRequest when encryption is not offered. */
 const NO_ENCRYPTION = Uint8Array.of(0x4e);

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { readInt32 } from "../protocol/messages.ts";
+import { describeMessageType, readInt32 } from "../protocol/messages.ts";
 import type { ByteStream } from "./stream.ts";
 
 /** Thrown when a peer declares a message length that is impossible or over the limit. */
@@ -18,21 +18,15 @@ export class MessageSizeError extends Error {
   constructor(type: number, declared: number, limit: number) {
     super(
       declared < 5
-        ? `invalid message length ${declared - 1} for message type ${describeType(type)}`
+        ? `invalid message length ${declared - 1} for message type ${describeMessageType(type)}`
         : `message of ${declared} bytes (type ${
-          describeType(type)
+          describeMessageType(type)
         }) exceeds the limit of ${limit} bytes`,
     );
     this.name = "MessageSizeError";
     this.declared = declared;
     this.type = type;
   }
-}
-
-function describeType(t: number): string {
-  return t >= 0x20 && t < 0x7f
-    ? `'${String.fromCharCode(t)}'`
-    : `0x${t.toString(16).padStart(2, "0")}`;
 }
 
 /** Framing read buffer for typed protocol messages. */

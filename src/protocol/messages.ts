@@ -74,6 +74,13 @@ export const TxStatus = { Idle: 0x49, InTransaction: 0x54, Failed: 0x45 } as con
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
+/** A message type byte for error messages: `'Q'`, or hex when not printable. */
+export function describeMessageType(t: number): string {
+  return t >= 0x20 && t < 0x7f
+    ? `'${String.fromCharCode(t)}'`
+    : `0x${t.toString(16).padStart(2, "0")}`;
+}
+
 /** Reads a big-endian int32 at `offset`. */
 export function readInt32(buf: Uint8Array, offset: number): number {
   return (buf[offset] << 24) | (buf[offset + 1] << 16) | (buf[offset + 2] << 8) | buf[offset + 3];
