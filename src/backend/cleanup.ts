@@ -7,7 +7,8 @@
  * @module
  */
 
-import { copyFail, TxStatus } from "../protocol/messages.ts";
+import { copyFail, SYNC, TxStatus } from "../protocol/messages.ts";
+import { Action, Expect } from "./response_queue.ts";
 import { log } from "../log.ts";
 import { sendCancel } from "./connect.ts";
 import { CopyState, type Server } from "./server.ts";
@@ -36,15 +37,25 @@ export async function cleanServer(
     server.close(`cleanup took longer than rollback_timeout (${options.timeoutMs} ms)`);
   }, options.timeoutMs);
   try {
-    if (server.pendingRfq > 0 || server.swallowRfq > 0 || server.copy !== CopyState.None) {
+    if (server.queue.length > 0 || server.copy !== CopyState.None) {
       const cancelTimer = setTimeout(() => {
         log.debug(`${server.label}: cancelling the query its departed client left running`);
         sendCancel(server.address, { pid: server.backendPid, secret: server.backendSecret });
       }, CANCEL_AFTER_MS);
       try {
-        // The drain's handler answers a pending COPY FROM STDIN with CopyFail.
-        const copyIn = server.copy === CopyState.In;
-        await server.drain(copyIn ? COPY_FAIL : undefined);
+        let extra: Uint8Array | undefined;
+        if (server.copy === CopyState.In && !server.copyEnded) {
+          // End the COPY FROM STDIN the client left open. Started by Execute, the server then
+          // skips to a Sync (the client's own Syncs were ignored during the copy), so add one.
+          if (server.queue.headKind === Expect.Execute) {
+            server.copyEnded = true;
+            server.expect(Expect.Sync, Action.Swallow);
+            extra = COPY_FAIL_SYNC;
+          } else {
+            extra = COPY_FAIL;
+          }
+        }
+        await server.drain(extra);
       } finally {
         clearTimeout(cancelTimer);
       }
@@ -73,3 +84,4 @@ export async function cleanServer(
 }
 
 const COPY_FAIL = copyFail("client disconnected during COPY");
+const COPY_FAIL_SYNC = new Uint8Array([...COPY_FAIL, ...SYNC]);

@@ -1,18 +1,18 @@
 /**
  * One connection to a PostgreSQL server, after login. A single read loop runs for the
- * connection's whole life and hands what arrives to whoever uses the server at that moment:
- *
- * - forward mode: a client is attached; bytes are passed on as ranges of the read buffer, and
- *   only the few messages pooling must see (ReadyForQuery, ParameterStatus, COPY responses) are
- *   looked at whole;
- * - internal mode: the proxy runs its own SQL (cleanup, parameter sync) and consumes the answer;
- * - idle mode: the server sits in its pool; anything but a notice or a parameter change is a fault.
+ * connection's whole life. Every request message sent to the server has an entry in its
+ * {@linkcode ResponseQueue}; each response is matched against the head entry, which says whether
+ * it goes to the attached client, is dropped (the proxy's own pipelined messages), or is kept for
+ * the proxy (its own queries). Responses going to a client are passed on as ranges of the read
+ * buffer; only the few messages pooling must see (ReadyForQuery, ParameterStatus, COPY
+ * responses) are looked at whole.
  *
  * @module
  */
 
 import {
   copyFail,
+  describeMessageType,
   type ErrorFields,
   Msg,
   parseErrorFields,
@@ -26,10 +26,7 @@ import {
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import { log } from "../log.ts";
-
-const MODE_IDLE = 0;
-const MODE_FORWARD = 1;
-const MODE_INTERNAL = 2;
+import { Action, endsWithReady, Expect, ResponseQueue } from "./response_queue.ts";
 
 /** Size of each server connection's read buffer. */
 const READ_BUFFER_BYTES = 64 << 10;
@@ -49,7 +46,7 @@ export interface ServerAddress {
 export interface ServerLink {
   /** Where forwarded bytes are written. */
   readonly writer: SocketWriter;
-  /** Asked at each forwarded ReadyForQuery: may the server go back to its pool now? No side effects. */
+  /** Asked at each ReadyForQuery that leaves the server clean: may it go back now? No side effects. */
   shouldRelease(server: Server): boolean;
   /** The server was released after a ReadyForQuery; the link must forget it. */
   released(server: Server): void;
@@ -69,7 +66,7 @@ export interface ServerOwner {
 export interface InternalResult {
   /** The first ErrorResponse, if any. */
   error: ErrorFields | null;
-  /** Data rows as text (only when collected). */
+  /** Data rows as text. */
   rows: (string | null)[][];
   /** CommandComplete tags in order. */
   tags: string[];
@@ -78,7 +75,6 @@ export interface InternalResult {
 }
 
 interface InternalRequest {
-  collect: boolean;
   result: InternalResult;
   resolve: (r: InternalResult) => void;
   reject: (e: Error) => void;
@@ -92,41 +88,35 @@ export class ServerProtocolError extends Error {
   }
 }
 
-// Message types each mode must see whole; all others are streamed (forwarded or skipped) in pieces.
-const FORWARD_WHOLE = typeTable([
-  Msg.ReadyForQuery,
-  Msg.ParameterStatus,
-  Msg.CopyInResponse,
-  Msg.CopyOutResponse,
-  Msg.CopyBothResponse,
-]);
-const SWALLOW_WHOLE = typeTable([Msg.ReadyForQuery, Msg.ParameterStatus, Msg.ErrorResponse]);
-const INTERNAL_WHOLE = typeTable([
-  Msg.ReadyForQuery,
-  Msg.ParameterStatus,
-  Msg.ErrorResponse,
-  Msg.CommandComplete,
-  Msg.CopyInResponse,
-  Msg.CopyOutResponse,
-  Msg.CopyBothResponse,
-]);
-const INTERNAL_COLLECT_WHOLE = typeTable([
-  Msg.ReadyForQuery,
-  Msg.ParameterStatus,
-  Msg.ErrorResponse,
-  Msg.CommandComplete,
-  Msg.CopyInResponse,
-  Msg.CopyOutResponse,
-  Msg.CopyBothResponse,
-  Msg.DataRow,
-]);
-const IDLE_WHOLE = typeTable([
-  Msg.ParameterStatus,
-  Msg.ErrorResponse,
-  Msg.NoticeResponse,
-  Msg.NotificationResponse,
-  Msg.ReadyForQuery,
-]);
+// How responses are handled: by the head entry's action, or IDLE when nothing is expected.
+const IDLE = 3;
+
+// Message types that must be seen whole, per handling; all others stream through in pieces.
+const WHOLE: Uint8Array[] = [
+  typeTable([
+    Msg.ReadyForQuery,
+    Msg.ParameterStatus,
+    Msg.CopyInResponse,
+    Msg.CopyOutResponse,
+    Msg.CopyBothResponse,
+  ]),
+  typeTable([Msg.ReadyForQuery, Msg.ParameterStatus, Msg.ErrorResponse, Msg.CopyInResponse]),
+  typeTable([
+    Msg.ReadyForQuery,
+    Msg.ParameterStatus,
+    Msg.ErrorResponse,
+    Msg.CommandComplete,
+    Msg.DataRow,
+    Msg.CopyInResponse,
+  ]),
+  typeTable([
+    Msg.ParameterStatus,
+    Msg.ErrorResponse,
+    Msg.NoticeResponse,
+    Msg.NotificationResponse,
+    Msg.ReadyForQuery,
+  ]),
+];
 
 function typeTable(types: number[]): Uint8Array {
   const t = new Uint8Array(256);
@@ -152,15 +142,19 @@ export class Server {
   readonly reported: Map<string, string> = new Map();
   /** Session parameters the proxy set on this server, by lower-case name. */
   readonly applied: Map<string, string> = new Map();
+  /** Responses still owed, one entry per request message. */
+  readonly queue: ResponseQueue = new ResponseQueue();
   /** Status of the last ReadyForQuery. */
   txStatus: number = TxStatus.Idle;
-  /** Queries and Syncs sent whose ReadyForQuery hasn't arrived. */
-  pendingRfq = 0;
+  /** Queued entries that end with ReadyForQuery (Query, FunctionCall, Sync). */
+  pendingReady = 0;
   /** Extended-protocol messages were sent after the last Sync. */
   openRequest = false;
-  /** ReadyForQuery answers still to come for proxy-injected requests whose output is dropped. */
-  swallowRfq = 0;
+  /** An extended-protocol message failed and no Sync was sent yet: the server skips until one. */
+  discardUntilSync = false;
   copy: number = CopyState.None;
+  /** The client ended COPY FROM STDIN; Syncs count again. */
+  copyEnded = false;
   readonly createdAt: number = Date.now();
   /** When it last went back to its pool. */
   idleSince: number = Date.now();
@@ -171,14 +165,15 @@ export class Server {
   bytesReceived = 0;
   transactions = 0;
 
-  #mode = MODE_IDLE;
   #buf: Uint8Array = new Uint8Array(READ_BUFFER_BYTES);
   #carry = 0;
   #remaining = 0;
   #dropping = false;
   #need = 0;
-  #internal: InternalRequest | null = null;
+  #internal: InternalRequest[] = [];
+  #drained: Array<() => void> = [];
   #ranges: number[] = [];
+  #runStart = -1;
 
   /**
    * @param conn the connection, already past login
@@ -202,35 +197,60 @@ export class Server {
 
   /** Human-readable identity for logs. */
   get label(): string {
-    return `server ${this.id} (${this.address.user}@${this.address.host}:${this.address.port}/${this.address.database})`;
+    const a = this.address;
+    return `server ${this.id} (${a.user}@${a.host}:${a.port}/${a.database})`;
   }
 
   /** True when nothing is outstanding and no transaction is open. */
   get clean(): boolean {
-    return this.pendingRfq === 0 && !this.openRequest && this.swallowRfq === 0 &&
+    return this.queue.length === 0 && !this.openRequest && !this.discardUntilSync &&
       this.txStatus === TxStatus.Idle && this.copy === CopyState.None && !this.closed;
   }
 
   /** Forward this server's output to `link` until it is released. */
   attach(link: ServerLink): void {
     this.link = link;
-    this.#mode = MODE_FORWARD;
   }
 
   /** Stops forwarding (the client went away); the server's output is then dropped. */
   detach(): void {
     this.link = null;
-    if (this.#mode === MODE_FORWARD) this.#mode = MODE_IDLE;
   }
 
   /**
-   * Runs SQL as the proxy and resolves with its outcome once ReadyForQuery arrives. Output of
-   * requests still outstanding from a client is consumed first. Only for a detached server.
+   * Records that a request message was sent (or, for `Expect.Local`, answered by the proxy with
+   * `local`). Call in the order the messages go out, before writing them.
    */
-  query(sql: string, options?: { collect?: boolean; timeoutMs?: number }): Promise<InternalResult> {
+  expect(kind: number, action: number = Action.Forward, local: Uint8Array | null = null): void {
+    if (kind === Expect.Local && this.queue.length === 0) {
+      // Nothing owed before it: the answer can go out now.
+      if (this.link && local) this.link.writer.enqueue(local);
+      return;
+    }
+    this.queue.push(kind, action, local);
+    if (endsWithReady(kind)) {
+      this.pendingReady++;
+      this.openRequest = false;
+    } else if (kind !== Expect.Local && kind !== Expect.CopyEnd) {
+      this.openRequest = true;
+    }
+  }
+
+  /**
+   * Runs SQL as the proxy and resolves with its outcome once ReadyForQuery arrives. Responses still
+   * owed to a departed client are consumed (dropped) first. Only for a detached server.
+   */
+  query(sql: string, options?: { timeoutMs?: number }): Promise<InternalResult> {
     if (this.closed) return Promise.reject(new Error(`${this.label} is closed`));
-    this.pendingRfq++;
-    const p = this.#startInternal(options?.collect ?? false);
+    this.link = null;
+    const p = new Promise<InternalResult>((resolve, reject) => {
+      this.#internal.push({
+        result: { error: null, rows: [], tags: [], status: this.txStatus },
+        resolve,
+        reject,
+      });
+    });
+    this.expect(Expect.Query, Action.Collect);
     this.writer.write(queryMessage(sql)).catch((e) => this.#fail(e));
     const timeoutMs = options?.timeoutMs;
     if (timeoutMs === undefined) return p;
@@ -243,33 +263,15 @@ export class Server {
   }
 
   /**
-   * Sends raw frontend messages as the proxy (e.g. Sync, CopyFail) and waits until every
-   * outstanding ReadyForQuery has arrived, dropping the output.
+   * Optionally sends `extra` (e.g. CopyFail, Sync) as the proxy, then resolves once every owed
+   * response has arrived, dropping them. Only for a detached server.
    */
-  drain(extra?: Uint8Array, rfqs = 0): Promise<InternalResult> {
+  drain(extra?: Uint8Array): Promise<void> {
     if (this.closed) return Promise.reject(new Error(`${this.label} is closed`));
-    this.pendingRfq += rfqs;
-    if (extra) this.writer.write(extra).catch((e) => this.#fail(e));
-    if (this.pendingRfq === 0 && this.swallowRfq === 0) {
-      return Promise.resolve({ error: null, rows: [], tags: [], status: this.txStatus });
-    }
-    return this.#startInternal(false);
-  }
-
-  #startInternal(collect: boolean): Promise<InternalResult> {
-    if (this.#internal) {
-      return Promise.reject(new Error(`${this.label} already runs an internal request`));
-    }
     this.link = null;
-    this.#mode = MODE_INTERNAL;
-    return new Promise((resolve, reject) => {
-      this.#internal = {
-        collect,
-        result: { error: null, rows: [], tags: [], status: this.txStatus },
-        resolve,
-        reject,
-      };
-    });
+    if (extra) this.writer.write(extra).catch((e) => this.#fail(e));
+    if (this.queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#drained.push(resolve));
   }
 
   /** Closes the connection politely (Terminate, then close) and tells the pool. */
@@ -294,17 +296,14 @@ export class Server {
     if (this.closed) return;
     this.closed = true;
     closeQuietly(this.conn);
-    const error = e instanceof Error ? e : new Error(String(e));
-    this.#ended(error);
+    this.#ended(e instanceof Error ? e : new Error(String(e)));
   }
 
   #ended(error: Error): void {
     const link = this.link;
     this.link = null;
-    this.#mode = MODE_IDLE;
-    const internal = this.#internal;
-    this.#internal = null;
-    internal?.reject(error);
+    for (const req of this.#internal.splice(0)) req.reject(error);
+    for (const resolve of this.#drained.splice(0)) resolve();
     link?.serverLost(this, error);
     this.owner?.serverClosed(this);
   }
@@ -342,25 +341,21 @@ export class Server {
   async #process(total: number): Promise<void> {
     const buf = this.#buf;
     const ranges = this.#ranges;
+    const queue = this.queue;
     ranges.length = 0;
-    let runStart = -1;
+    this.#runStart = -1;
     let p = 0;
     this.#need = 0;
     while (p < total) {
       if (this.#remaining > 0) {
         const take = Math.min(this.#remaining, total - p);
-        if (this.#dropping) {
-          if (runStart >= 0) {
-            ranges.push(runStart, p);
-            runStart = -1;
-          }
-        } else if (runStart < 0) {
-          runStart = p;
-        }
+        if (this.#dropping) this.#endRun(p);
+        else if (this.#runStart < 0) this.#runStart = p;
         p += take;
         this.#remaining -= take;
         continue;
       }
+      this.#settleHead(buf, p);
       if (total - p < 5) break;
       const type = buf[p];
       const len = readInt32(buf, p + 1);
@@ -368,65 +363,72 @@ export class Server {
         throw new ServerProtocolError(`invalid message length ${len} from ${this.label}`);
       }
       const size = len + 1;
-      const mode = this.#mode;
-      const whole = mode === MODE_FORWARD
-        ? (this.swallowRfq > 0 ? SWALLOW_WHOLE : FORWARD_WHOLE)
-        : mode === MODE_INTERNAL
-        ? (this.#internal?.collect ? INTERNAL_COLLECT_WHOLE : INTERNAL_WHOLE)
-        : IDLE_WHOLE;
-      if (whole[type] === 0) {
-        // Streamed: forwarded piece by piece to an attached client, skipped otherwise.
-        this.#dropping = !(mode === MODE_FORWARD && this.swallowRfq === 0);
-        if (this.#dropping && runStart >= 0) {
-          ranges.push(runStart, p);
-          runStart = -1;
-        }
-        if (!this.#dropping && runStart < 0) runStart = p;
+      const head = queue.headKind;
+      const handling = head === 0 ? (this.link ? Action.Forward : IDLE) : queue.headAction;
+      if (handling === IDLE && WHOLE[IDLE][type] === 0) {
+        log.warn(
+          `${this.label} sent unexpected message ${
+            describeMessageType(type)
+          } while idle; closing it`,
+        );
+        this.close("protocol desync");
+        return;
+      }
+      const forwarding = handling === Action.Forward && this.link !== null;
+      if (WHOLE[handling][type] === 0) {
+        // Streamed: passed on piece by piece to an attached client, skipped otherwise.
+        this.#dropping = !forwarding;
+        if (this.#dropping) this.#endRun(p);
+        else if (this.#runStart < 0) this.#runStart = p;
         this.#remaining = size;
+        this.#advance(type);
         continue;
       }
       if (total - p < size) {
         this.#need = size;
         break;
       }
-      if (mode === MODE_FORWARD) {
-        const forward = this.#forwardMessage(type, buf, p, size);
-        if (forward) {
-          if (runStart < 0) runStart = p;
-        } else if (runStart >= 0) {
-          ranges.push(runStart, p);
-          runStart = -1;
-        }
-        p += size;
-        if (forward && type === Msg.ReadyForQuery) {
-          const link = this.link!;
-          if (link.shouldRelease(this)) {
-            if (runStart >= 0) {
-              ranges.push(runStart, p);
-              runStart = -1;
-            }
-            // Copy the tail out: the read buffer is reused while the client may still be slow to read.
-            for (let i = 0; i < ranges.length; i += 2) {
-              link.writer.enqueue(buf.subarray(ranges[i], ranges[i + 1]));
-            }
-            ranges.length = 0;
-            this.link = null;
-            this.#mode = MODE_IDLE;
-            this.idleSince = Date.now();
-            link.released(this);
-            this.owner?.checkin(this);
-          }
-        }
-      } else if (mode === MODE_INTERNAL) {
-        this.#internalMessage(type, buf, p, size);
-        p += size;
-      } else {
+      if (handling === IDLE) {
         this.#idleMessage(type, buf, p, size);
         p += size;
         if (this.closed) return;
+        continue;
+      }
+      if (handling === Action.Collect) this.#collect(type, buf, p, size);
+      else if (handling === Action.Swallow && type === Msg.ErrorResponse) {
+        this.#swallowedError(buf, p, size);
+      }
+      if (type === Msg.ParameterStatus) this.#parameterStatus(buf, p, size);
+      if (forwarding) {
+        if (this.#runStart < 0) this.#runStart = p;
+      } else {
+        this.#endRun(p);
+      }
+      p += size;
+      if (type !== Msg.ReadyForQuery) {
+        this.#advance(type);
+        continue;
+      }
+      this.txStatus = buf[p - 1];
+      this.#advance(type);
+      this.#settleHead(buf, p);
+      const link = this.link;
+      if (link && this.clean && link.shouldRelease(this)) {
+        this.#endRun(p);
+        // Copy the tail out: the read buffer is reused while the client may still be slow to read.
+        for (let i = 0; i < ranges.length; i += 2) {
+          link.writer.enqueue(buf.subarray(ranges[i], ranges[i + 1]));
+        }
+        ranges.length = 0;
+        this.link = null;
+        this.idleSince = Date.now();
+        this.transactions++;
+        link.released(this);
+        this.owner?.checkin(this);
       }
     }
-    if (runStart >= 0) ranges.push(runStart, p);
+    this.#settleHead(buf, p);
+    this.#endRun(p);
     if (ranges.length > 0) {
       const link = this.link;
       if (link) {
@@ -449,84 +451,145 @@ export class Server {
     if (this.#carry > 0) this.#buf.copyWithin(0, p, total);
   }
 
-  /** A whole message in forward mode; returns whether to pass it on. */
-  #forwardMessage(type: number, buf: Uint8Array, p: number, size: number): boolean {
-    if (this.swallowRfq > 0) {
-      if (type === Msg.ReadyForQuery) {
-        this.swallowRfq--;
-        this.txStatus = buf[p + 5];
-      } else if (type === Msg.ParameterStatus) {
-        this.#parameterStatus(buf, p, size);
-      } else if (type === Msg.ErrorResponse) {
-        const e = parseErrorFields(buf, p + 5, p + size);
-        log.warn(
-          `${this.label}: session parameter sync failed: ${e.message}; the server will be closed`,
-        );
-        this.discard = true;
-        this.applied.clear();
-      }
-      return false;
+  /** Closes the current forward run at `p`. */
+  #endRun(p: number): void {
+    if (this.#runStart >= 0) {
+      if (p > this.#runStart) this.#ranges.push(this.#runStart, p);
+      this.#runStart = -1;
     }
-    switch (type) {
-      case Msg.ReadyForQuery:
-        this.txStatus = buf[p + 5];
-        if (this.pendingRfq > 0) this.pendingRfq--;
-        this.copy = CopyState.None;
-        if (this.txStatus === TxStatus.Idle) this.transactions++;
-        return true;
-      case Msg.ParameterStatus:
-        this.#parameterStatus(buf, p, size);
-        return true;
-      case Msg.CopyInResponse:
-        this.copy = CopyState.In;
-        return true;
-      case Msg.CopyOutResponse:
-        this.copy = CopyState.Out;
-        return true;
-      case Msg.CopyBothResponse:
-        this.copy = CopyState.Both;
-        return true;
-    }
-    return true;
   }
 
-  #internalMessage(type: number, buf: Uint8Array, p: number, size: number): void {
-    const req = this.#internal;
+  /**
+   * Settles entries at the head that owe no server message: the proxy's own answers go out (after
+   * everything forwarded so far), copy-end markers are dropped.
+   */
+  #settleHead(buf: Uint8Array, p: number): void {
+    let head = this.queue.headKind;
+    while (head === Expect.Local || head === Expect.CopyEnd) {
+      const local = this.queue.headLocal;
+      const link = this.link;
+      if (local && link) {
+        this.#endRun(p);
+        const ranges = this.#ranges;
+        for (let i = 0; i < ranges.length; i += 2) {
+          link.writer.enqueue(buf.subarray(ranges[i], ranges[i + 1]));
+        }
+        ranges.length = 0;
+        link.writer.enqueue(local);
+      }
+      this.#pop();
+      head = this.queue.headKind;
+    }
+  }
+
+  /** Moves the response queue along for a message of `type` (seen at its header). */
+  #advance(type: number): void {
+    const queue = this.queue;
+    const head = queue.headKind;
     switch (type) {
       case Msg.ReadyForQuery:
-        this.txStatus = buf[p + 5];
         this.copy = CopyState.None;
-        if (this.swallowRfq > 0) this.swallowRfq--;
-        else if (this.pendingRfq > 0) this.pendingRfq--;
-        if (this.pendingRfq === 0 && this.swallowRfq === 0 && req) {
-          this.#internal = null;
-          this.#mode = MODE_IDLE;
-          req.result.status = this.txStatus;
-          req.resolve(req.result);
+        this.copyEnded = false;
+        this.discardUntilSync = false;
+        // Pop through the entry this answers (anything before it was skipped by the server).
+        while (queue.length > 0) {
+          const kind = queue.headKind;
+          this.#pop();
+          if (endsWithReady(kind)) break;
         }
         return;
-      case Msg.ErrorResponse:
-        if (req && !req.result.error) req.result.error = parseErrorFields(buf, p + 5, p + size);
+      case Msg.ParseComplete:
+        if (head === Expect.Parse) this.#pop();
         return;
-      case Msg.ParameterStatus:
-        this.#parameterStatus(buf, p, size);
+      case Msg.BindComplete:
+        if (head === Expect.Bind) this.#pop();
+        return;
+      case Msg.CloseComplete:
+        if (head === Expect.Close) this.#pop();
+        return;
+      case Msg.NoData:
+      case Msg.RowDescription:
+        if (head === Expect.DescribeStatement || head === Expect.DescribePortal) this.#pop();
         return;
       case Msg.CommandComplete:
-        req?.result.tags.push(readCString(buf, p + 5, p + size)[0]);
+      case Msg.EmptyQueryResponse:
+      case Msg.PortalSuspended:
+        if (head === Expect.Execute) this.#pop();
         return;
-      case Msg.DataRow:
-        if (req) req.result.rows.push(decodeDataRow(buf, p, size));
+      case Msg.ErrorResponse:
+        if (
+          head === Expect.Parse || head === Expect.Bind || head === Expect.DescribeStatement ||
+          head === Expect.DescribePortal || head === Expect.Execute || head === Expect.Close
+        ) {
+          // The server now skips every message up to the next Sync.
+          if (!queue.dropUntilSync()) this.discardUntilSync = true;
+          this.#recount();
+        }
         return;
       case Msg.CopyInResponse:
-        // A client left in the middle of COPY FROM STDIN: end it so the server answers.
         this.copy = CopyState.In;
-        this.writer.write(copyFailMessage).catch((e) => this.#fail(e));
+        // Syncs sent after the COPY and before its end are ignored by the server.
+        if (queue.removeSyncsBeforeCopyEnd() > 0) this.#recount();
+        if (head === Expect.Query && queue.headAction !== Action.Forward) {
+          // The proxy's own statement started a COPY (never intended): end it.
+          this.writer.write(COPY_FAIL).catch((e) => this.#fail(e));
+        }
         return;
       case Msg.CopyOutResponse:
-      case Msg.CopyBothResponse:
         this.copy = CopyState.Out;
         return;
+      case Msg.CopyBothResponse:
+        this.copy = CopyState.Both;
+        return;
     }
+  }
+
+  /** Removes the head entry, keeping counters and waiters right. */
+  #pop(): void {
+    const kind = this.queue.headKind;
+    const action = this.queue.headAction;
+    this.queue.shift();
+    if (endsWithReady(kind)) this.pendingReady--;
+    if (action === Action.Collect && endsWithReady(kind)) {
+      const req = this.#internal.shift();
+      if (req) {
+        req.result.status = this.txStatus;
+        req.resolve(req.result);
+      }
+    }
+    if (this.queue.length === 0 && this.#drained.length > 0) {
+      for (const resolve of this.#drained.splice(0)) resolve();
+    }
+  }
+
+  #recount(): void {
+    let ready = 0;
+    for (let n = 0; n < this.queue.length; n++) if (endsWithReady(this.queue.kindAt(n))) ready++;
+    this.pendingReady = ready;
+  }
+
+  #collect(type: number, buf: Uint8Array, p: number, size: number): void {
+    const req = this.#internal[0];
+    if (!req) return;
+    switch (type) {
+      case Msg.ErrorResponse:
+        req.result.error ??= parseErrorFields(buf, p + 5, p + size);
+        return;
+      case Msg.CommandComplete:
+        req.result.tags.push(readCString(buf, p + 5, p + size)[0]);
+        return;
+      case Msg.DataRow:
+        req.result.rows.push(decodeDataRow(buf, p, size));
+        return;
+    }
+  }
+
+  #swallowedError(buf: Uint8Array, p: number, size: number): void {
+    const e = parseErrorFields(buf, p + 5, p + size);
+    log.warn(
+      `${this.label}: a statement pgdog sent failed: ${e.message}; the server will be closed after use`,
+    );
+    this.discard = true;
   }
 
   #idleMessage(type: number, buf: Uint8Array, p: number, size: number): void {
@@ -546,12 +609,7 @@ export class Server {
         return;
       }
       default:
-        log.warn(
-          `${this.label} sent unexpected message '${
-            String.fromCharCode(type)
-          }' while idle; closing it`,
-        );
-        this.close("protocol desync");
+        // ReadyForQuery with nothing owed: harmless, nothing to do.
     }
   }
 
@@ -562,7 +620,7 @@ export class Server {
   }
 }
 
-const copyFailMessage = copyFail("client disconnected during COPY");
+const COPY_FAIL = copyFail("COPY is not allowed in a statement run by pgdog");
 
 function decodeDataRow(buf: Uint8Array, p: number, size: number): (string | null)[] {
   const n = readInt16(buf, p + 5);

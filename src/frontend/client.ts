@@ -26,6 +26,7 @@ import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import type { Server, ServerLink } from "../backend/server.ts";
 import { CopyState } from "../backend/server.ts";
+import { Action, Expect } from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import { sendCancel, ServerConnectError } from "../backend/connect.ts";
@@ -129,7 +130,7 @@ export class Client implements ServerLink {
   /** A CancelRequest for this client arrived. */
   cancel(): void {
     const server = this.server;
-    if (server && (server.pendingRfq > 0 || server.copy !== CopyState.None)) {
+    if (server && (server.queue.length > 0 || server.copy !== CopyState.None)) {
       sendCancel(server.address, { pid: server.backendPid, secret: server.backendSecret });
     } else if (this.#waitAbort) {
       this.#waitAbort.abort(
@@ -397,28 +398,8 @@ export class Client implements ServerLink {
         }
       }
       const server = this.server!;
-      switch (type) {
-        case Msg.Query:
-        case Msg.FunctionCall:
-          this.queries++;
-          server.pendingRfq++;
-          server.openRequest = false;
-          break;
-        case Msg.Sync:
-          server.pendingRfq++;
-          server.openRequest = false;
-          break;
-        case Msg.CopyData:
-        case Msg.CopyDone:
-        case Msg.CopyFail:
-          break;
-        case Msg.Execute:
-          this.queries++;
-          server.openRequest = true;
-          break;
-        default:
-          server.openRequest = true;
-      }
+      if (type === Msg.Query || type === Msg.Execute || type === Msg.FunctionCall) this.queries++;
+      expectResponse(server, type, rb.buf[p + 5]);
       if (runStart < 0) runStart = p;
       runEnd = p + size;
       rb.start += size;
@@ -484,7 +465,7 @@ export class Client implements ServerLink {
     const sql = paramSyncSql(this.params, server.applied);
     if (sql !== null) {
       // Pipelined ahead of the request; its answer is swallowed by the server's reader.
-      server.swallowRfq++;
+      server.expect(Expect.Query, Action.Swallow);
       server.writer.enqueue(queryMessage(sql));
       markApplied(server.applied, this.params);
     }
@@ -524,7 +505,7 @@ export class Client implements ServerLink {
       this.terminate({ ...fields, severity: "FATAL" });
       return;
     }
-    for (let i = 0; i < server.pendingRfq; i++) {
+    for (let i = 0; i < server.pendingReady; i++) {
       this.#queueError(fields);
       this.writer.enqueue(readyForQuery(TxStatus.Idle));
     }
@@ -571,6 +552,48 @@ export class Client implements ServerLink {
     }
     closeQuietly(this.conn);
     log.debug(`client ${this.id} (${this.addr}) disconnected`);
+  }
+}
+
+/**
+ * Records what the server owes for a client message about to be forwarded. `first` is the first
+ * body byte (Describe's 'S'/'P').
+ */
+function expectResponse(server: Server, type: number, first: number): void {
+  if (server.discardUntilSync && type !== Msg.Sync) return; // the server skips it
+  switch (type) {
+    case Msg.Query:
+      server.expect(Expect.Query);
+      return;
+    case Msg.FunctionCall:
+      server.expect(Expect.Function);
+      return;
+    case Msg.Sync:
+      // Ignored by the server during COPY FROM STDIN, until the client ends the copy.
+      if (server.copy === CopyState.In && !server.copyEnded) return;
+      server.expect(Expect.Sync);
+      return;
+    case Msg.Parse:
+      server.expect(Expect.Parse);
+      return;
+    case Msg.Bind:
+      server.expect(Expect.Bind);
+      return;
+    case Msg.Describe:
+      server.expect(first === 0x53 ? Expect.DescribeStatement : Expect.DescribePortal);
+      return;
+    case Msg.Execute:
+      server.expect(Expect.Execute);
+      return;
+    case Msg.Close:
+      server.expect(Expect.Close);
+      return;
+    case Msg.CopyDone:
+    case Msg.CopyFail:
+      if (server.copy === CopyState.In) server.copyEnded = true;
+      server.expect(Expect.CopyEnd);
+      return;
+      // CopyData and Flush owe nothing.
   }
 }
 

@@ -1,0 +1,176 @@
+/**
+ * What a server still owes: one entry per request message sent to it (or answered by the proxy
+ * itself), in order. The server's responses are matched against the head entry, so the proxy
+ * always knows which response belongs to which message: where a transaction ends, which answers
+ * to drop (its own injected messages), where to insert answers it gives itself, and which
+ * messages PostgreSQL skips after an error.
+ *
+ * @module
+ */
+
+/** What a queued entry stands for. */
+export const Expect = {
+  /** Simple Query: everything up to and including ReadyForQuery. */
+  Query: 1,
+  /** FunctionCall: FunctionCallResponse or ErrorResponse, then ReadyForQuery. */
+  Function: 2,
+  /** Parse: ParseComplete or ErrorResponse. */
+  Parse: 3,
+  /** Bind: BindComplete or ErrorResponse. */
+  Bind: 4,
+  /** Describe of a statement: ParameterDescription, then RowDescription or NoData. */
+  DescribeStatement: 5,
+  /** Describe of a portal: RowDescription or NoData. */
+  DescribePortal: 6,
+  /** Execute: rows, then CommandComplete, EmptyQueryResponse or PortalSuspended. */
+  Execute: 7,
+  /** Close: CloseComplete. */
+  Close: 8,
+  /** Sync: ReadyForQuery. */
+  Sync: 9,
+  /** Answered by the proxy: its bytes go to the client when the entry reaches the head. */
+  Local: 10,
+  /** The client ended COPY FROM STDIN (CopyDone/CopyFail); no answer of its own. */
+  CopyEnd: 11,
+} as const;
+
+/** What happens to the responses of an entry. */
+export const Action = {
+  /** Passed on to the attached client. */
+  Forward: 0,
+  /** Dropped (the proxy's own pipelined messages); errors are logged. */
+  Swallow: 1,
+  /** Decoded and kept for the proxy (its own queries). */
+  Collect: 2,
+} as const;
+
+/** Entry kinds that end with ReadyForQuery. */
+export function endsWithReady(kind: number): boolean {
+  return kind === Expect.Query || kind === Expect.Function || kind === Expect.Sync;
+}
+
+/** A first-in first-out queue of expected responses, stored in parallel ring arrays. */
+export class ResponseQueue {
+  #kinds = new Uint8Array(16);
+  #actions = new Uint8Array(16);
+  #locals: (Uint8Array | null)[] = new Array(16).fill(null);
+  #head = 0;
+  #size = 0;
+
+  /** Number of entries. */
+  get length(): number {
+    return this.#size;
+  }
+
+  /** Kind of the head entry, or 0 when empty. */
+  get headKind(): number {
+    return this.#size === 0 ? 0 : this.#kinds[this.#head];
+  }
+
+  /** Action of the head entry (Forward when empty). */
+  get headAction(): number {
+    return this.#size === 0 ? Action.Forward : this.#actions[this.#head];
+  }
+
+  /** Bytes of the head entry when it is a Local one. */
+  get headLocal(): Uint8Array | null {
+    return this.#size === 0 ? null : this.#locals[this.#head];
+  }
+
+  /** Appends an entry. */
+  push(kind: number, action: number, local: Uint8Array | null = null): void {
+    if (this.#size === this.#kinds.length) this.#grow();
+    const i = (this.#head + this.#size) & (this.#kinds.length - 1);
+    this.#kinds[i] = kind;
+    this.#actions[i] = action;
+    this.#locals[i] = local;
+    this.#size++;
+  }
+
+  /** Removes the head entry. */
+  shift(): void {
+    if (this.#size === 0) return;
+    this.#locals[this.#head] = null;
+    this.#head = (this.#head + 1) & (this.#kinds.length - 1);
+    this.#size--;
+  }
+
+  /** Kind of the entry at position `n` from the head. */
+  kindAt(n: number): number {
+    return this.#kinds[(this.#head + n) & (this.#kinds.length - 1)];
+  }
+
+  /** True when some entry ends with ReadyForQuery. */
+  hasReady(): boolean {
+    for (let n = 0; n < this.#size; n++) if (endsWithReady(this.kindAt(n))) return true;
+    return false;
+  }
+
+  /**
+   * After an error in an extended-protocol message, PostgreSQL skips everything up to the next
+   * Sync: drops the entries before the first Sync. Returns false when no Sync is queued yet.
+   */
+  dropUntilSync(): boolean {
+    while (this.#size > 0 && this.#kinds[this.#head] !== Expect.Sync) this.shift();
+    return this.#size > 0;
+  }
+
+  /**
+   * COPY FROM STDIN started: PostgreSQL ignores Syncs until the client ends the copy, so the Sync
+   * entries queued after the head and before the first CopyEnd are removed. Returns how many.
+   */
+  removeSyncsBeforeCopyEnd(): number {
+    const keptKinds: number[] = [];
+    const keptActions: number[] = [];
+    const keptLocals: (Uint8Array | null)[] = [];
+    let removed = 0;
+    let inCopy = true;
+    for (let n = 1; n < this.#size; n++) {
+      const i = (this.#head + n) & (this.#kinds.length - 1);
+      const kind = this.#kinds[i];
+      if (kind === Expect.CopyEnd) inCopy = false;
+      if (inCopy && kind === Expect.Sync) {
+        removed++;
+        continue;
+      }
+      keptKinds.push(kind);
+      keptActions.push(this.#actions[i]);
+      keptLocals.push(this.#locals[i]);
+    }
+    if (removed === 0) return 0;
+    const head = this.#head;
+    const headKind = this.#kinds[head];
+    const headAction = this.#actions[head];
+    const headLocal = this.#locals[head];
+    this.clear();
+    this.push(headKind, headAction, headLocal);
+    for (let k = 0; k < keptKinds.length; k++) {
+      this.push(keptKinds[k], keptActions[k], keptLocals[k]);
+    }
+    return removed;
+  }
+
+  /** Empties the queue. */
+  clear(): void {
+    this.#locals.fill(null);
+    this.#head = 0;
+    this.#size = 0;
+  }
+
+  #grow(): void {
+    const cap = this.#kinds.length * 2;
+    const kinds = new Uint8Array(cap);
+    const actions = new Uint8Array(cap);
+    const locals: (Uint8Array | null)[] = new Array(cap).fill(null);
+    for (let n = 0; n < this.#size; n++) {
+      const i = (this.#head + n) & (this.#kinds.length - 1);
+      kinds[n] = this.#kinds[i];
+      actions[n] = this.#actions[i];
+      locals[n] = this.#locals[i];
+    }
+    this.#kinds = kinds;
+    this.#actions = actions;
+    this.#locals = locals;
+    this.#head = 0;
+  }
+}
