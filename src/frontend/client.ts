@@ -171,20 +171,21 @@ export class Client implements ServerLink {
   async #loginSteps(): Promise<boolean> {
     const host = this.#host;
     let startup: Map<string, string> | null = null;
-    let negotiated = false;
+    // PostgreSQL accepts one SSLRequest and one GSSENCRequest, in either order (libpq may send both).
+    const asked = { ssl: false, gssenc: false };
     while (startup === null) {
       const pkt = await readStartupPacket(this.conn);
       if (pkt === null) return false;
       switch (pkt.kind) {
         case "ssl":
         case "gssenc":
-          if (negotiated) {
+          if (asked[pkt.kind]) {
             return this.#fatalFalse(
               SqlState.ProtocolViolation,
               "unexpected second encryption request",
             );
           }
-          negotiated = true;
+          asked[pkt.kind] = true;
           // No TLS here yet: the client continues in plain text or gives up.
           await this.writer.write(NO_ENCRYPTION);
           continue;
@@ -218,14 +219,21 @@ export class Client implements ServerLink {
     const database = startup.get("database") || user;
     this.user = user;
     this.database = database;
-    if (
-      startup.has("replication") && startup.get("replication") !== "false" &&
-      startup.get("replication") !== "off"
-    ) {
-      return this.#fatalFalse(
-        SqlState.FeatureNotSupported,
-        "replication connections are not supported through pgdog",
-      );
+    const replication = startup.get("replication");
+    if (replication !== undefined) {
+      const mode = parseReplication(replication);
+      if (mode === null) {
+        return this.#fatalFalse(
+          SqlState.InvalidParameterValue,
+          `invalid value for parameter "replication": "${replication}"`,
+        );
+      }
+      if (mode) {
+        return this.#fatalFalse(
+          SqlState.FeatureNotSupported,
+          "replication connections are not supported through pgdog",
+        );
+      }
     }
     if (!host.databases.hasDatabase(database)) {
       return this.#fatalFalse(SqlState.InvalidCatalogName, `database "${database}" does not exist`);
@@ -619,6 +627,24 @@ const FRONTEND_TYPES = (() => {
   ) t[m] = 1;
   return t;
 })();
+
+/**
+ * The startup `replication` value as PostgreSQL reads it: `database`, or a boolean (true, false,
+ * yes, no, on, off, 1, 0 and unique prefixes, any case). True for a replication connection, false
+ * for a normal one, null when invalid.
+ */
+function parseReplication(value: string): boolean | null {
+  const v = value.toLowerCase();
+  if (v === "database") return true;
+  if (v === "1") return true;
+  if (v === "0") return false;
+  if (v.length === 0) return null;
+  if ("true".startsWith(v) || "yes".startsWith(v)) return true;
+  if ("false".startsWith(v) || "no".startsWith(v)) return false;
+  if (v === "on") return true;
+  if (v === "off" || v === "of") return false;
+  return null;
+}
 
 /** Answer to SSLRequest/GSSENCRequest when encryption is not offered. */
 const NO_ENCRYPTION = Uint8Array.of(0x4e);

@@ -56,11 +56,7 @@ export type SessionParams = Map<string, string>;
 /** Session parameters from a startup packet: everything but user, database and protocol keys. */
 export function sessionParamsFromStartup(startup: Map<string, string>): SessionParams {
   const out: SessionParams = new Map();
-  for (const [k, v] of startup) {
-    const name = k.toLowerCase();
-    if (NOT_SESSION.has(name) || name.startsWith("_pq_.") || name.startsWith("pgdog.")) continue;
-    out.set(name, v);
-  }
+  // PostgreSQL applies `options` first; a parameter given on its own wins over the same in options.
   const options = startup.get("options");
   if (options) {
     for (const [k, v] of parseStartupOptions(options)) {
@@ -68,6 +64,11 @@ export function sessionParamsFromStartup(startup: Map<string, string>): SessionP
       if (name.startsWith("pgdog.")) continue;
       out.set(name, v);
     }
+  }
+  for (const [k, v] of startup) {
+    const name = k.toLowerCase();
+    if (NOT_SESSION.has(name) || name.startsWith("_pq_.") || name.startsWith("pgdog.")) continue;
+    out.set(name, v);
   }
   return out;
 }

@@ -32,7 +32,18 @@ Deno.test("session parameters leave out user, database, protocol and routing key
       ["options", "-c TimeZone=UTC -c pgdog.shard=1"],
     ]),
   );
-  deepEqual([...params], [["application_name", "app"], ["datestyle", "ISO"], ["timezone", "UTC"]]);
+  deepEqual([...params].sort(), [["application_name", "app"], ["datestyle", "ISO"], [
+    "timezone",
+    "UTC",
+  ]]);
+});
+
+Deno.test("a parameter given on its own wins over the same one in options, as in PostgreSQL", () => {
+  const params = sessionParamsFromStartup(
+    new Map([["TimeZone", "Asia/Tokyo"], ["options", "-c TimeZone=Europe/Paris -c work_mem=8MB"]]),
+  );
+  equal(params.get("timezone"), "Asia/Tokyo");
+  equal(params.get("work_mem"), "8MB");
 });
 
 Deno.test("sync SQL resets what the client lacks and sets what differs, quoting safely", () => {

@@ -14,6 +14,7 @@ export const SqlState = {
   InvalidAuthorizationSpecification: "28000",
   InvalidPassword: "28P01",
   InvalidCatalogName: "3D000",
+  InvalidParameterValue: "22023",
   QueryCanceled: "57014",
   AdminShutdown: "57P01",
   CannotConnectNow: "57P03",
