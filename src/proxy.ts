@@ -8,6 +8,7 @@
 import type { Config } from "./config/types.ts";
 import { Databases } from "./backend/databases.ts";
 import { Client, type ClientHost } from "./frontend/client.ts";
+import { PreparedCache } from "./frontend/prepared.ts";
 import { Listener } from "./net/listener.ts";
 import { log } from "./log.ts";
 import { SqlState } from "./protocol/sqlstate.ts";
@@ -15,14 +16,14 @@ import { closeQuietly } from "./net/stream.ts";
 
 /** How often pools are maintained (waiter deadlines, idle and lifetime limits). */
 const MAINTENANCE_INTERVAL_MS = 100;
-/** Largest protocol message accepted from a client, in bytes. */
-const DEFAULT_MAX_MESSAGE_SIZE = 1 << 30;
 
 /** A running proxy. */
 export class Proxy implements ClientHost {
   readonly config: Config;
   readonly databases: Databases;
   readonly settings: ClientHost["settings"];
+  /** Every distinct prepared statement clients use (transaction mode). */
+  readonly prepared: PreparedCache = new PreparedCache();
   shuttingDown = false;
   readonly #clients = new Set<Client>();
   readonly #byPid = new Map<number, Client>();
@@ -36,7 +37,9 @@ export class Proxy implements ClientHost {
     this.settings = {
       auth_type: config.general.auth_type,
       client_login_timeout: config.general.client_login_timeout,
-      max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+      max_message_size: config.general.max_message_size,
+      prepared_statements: config.general.prepared_statements,
+      prepared_statements_limit: config.general.prepared_statements_limit,
     };
   }
 

@@ -18,11 +18,11 @@ const CANCEL_AFTER_MS = 500;
 
 /**
  * Brings `server` back to idle. Resolves true when it is clean; false when it was (or must be)
- * closed. `reset` also runs `DISCARD ALL` (session mode).
+ * closed. `resetSql` (DISCARD ALL in session mode, the unpin cleanup) runs last.
  */
 export async function cleanServer(
   server: Server,
-  options: { reset: boolean; timeoutMs: number },
+  options: { resetSql: string | null; timeoutMs: number },
 ): Promise<boolean> {
   if (server.closed) return false;
   // The client sent part of an extended-protocol request: a Sync would commit it, so let the
@@ -64,10 +64,12 @@ export async function cleanServer(
       const r = await server.query("ROLLBACK");
       if (r.error) throw new Error(`ROLLBACK failed: ${r.error.message}`);
     }
-    if (options.reset) {
-      const r = await server.query("DISCARD ALL");
-      if (r.error) throw new Error(`DISCARD ALL failed: ${r.error.message}`);
+    if (options.resetSql !== null) {
+      const r = await server.query(options.resetSql);
+      if (r.error) throw new Error(`${options.resetSql} failed: ${r.error.message}`);
+      // Both resets return every setting to the server's defaults; DISCARD ALL also drops statements.
       server.applied.clear();
+      if (/discard all/i.test(options.resetSql)) server.statements.clear();
     }
     return !timedOut && server.clean;
   } catch (e) {

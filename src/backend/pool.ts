@@ -148,7 +148,7 @@ export class Pool implements ServerOwner {
       return;
     }
     if (!server.clean) {
-      this.#clean(server, false);
+      this.#clean(server, null);
       return;
     }
     server.idleSince = Date.now();
@@ -156,18 +156,19 @@ export class Pool implements ServerOwner {
   }
 
   /**
-   * Takes back a server whose client left (or ended its session): outstanding work is drained,
-   * an open transaction rolled back and, with `reset`, the session discarded, before reuse.
+   * Takes back a server whose client left, ended its session or unpinned it: outstanding work is
+   * drained, an open transaction rolled back and `resetSql` (DISCARD ALL, or the unpin cleanup)
+   * run, before reuse.
    */
-  release(server: Server, options: { reset: boolean }): void {
+  release(server: Server, options: { resetSql: string | null }): void {
     if (server.closed) return;
     server.detach();
-    if (server.clean && !options.reset) this.checkin(server);
-    else this.#clean(server, options.reset);
+    if (server.clean && options.resetSql === null) this.checkin(server);
+    else this.#clean(server, options.resetSql);
   }
 
-  #clean(server: Server, reset: boolean): void {
-    cleanServer(server, { reset, timeoutMs: this.config.rollback_timeout }).then((ok) => {
+  #clean(server: Server, resetSql: string | null): void {
+    cleanServer(server, { resetSql, timeoutMs: this.config.rollback_timeout }).then((ok) => {
       if (ok && server.clean) this.checkin(server);
       else server.close("could not be cleaned");
     });

@@ -42,6 +42,9 @@ export const Action = {
   Swallow: 1,
   /** Decoded and kept for the proxy (its own queries). */
   Collect: 2,
+  /** The proxy's message standing in for the client's (a Parse it injected): success is dropped,
+   * errors go to the client, since they are the answer to what the client asked. */
+  Inject: 3,
 } as const;
 
 /** Entry kinds that end with ReadyForQuery. */
@@ -53,7 +56,7 @@ export function endsWithReady(kind: number): boolean {
 export class ResponseQueue {
   #kinds = new Uint8Array(16);
   #actions = new Uint8Array(16);
-  #locals: (Uint8Array | null)[] = new Array(16).fill(null);
+  #payloads: unknown[] = new Array(16).fill(null);
   #head = 0;
   #size = 0;
 
@@ -72,25 +75,25 @@ export class ResponseQueue {
     return this.#size === 0 ? Action.Forward : this.#actions[this.#head];
   }
 
-  /** Bytes of the head entry when it is a Local one. */
-  get headLocal(): Uint8Array | null {
-    return this.#size === 0 ? null : this.#locals[this.#head];
+  /** What the head entry carries: a Local entry's bytes, a Parse entry's statement. */
+  get headPayload(): unknown {
+    return this.#size === 0 ? null : this.#payloads[this.#head];
   }
 
   /** Appends an entry. */
-  push(kind: number, action: number, local: Uint8Array | null = null): void {
+  push(kind: number, action: number, payload: unknown = null): void {
     if (this.#size === this.#kinds.length) this.#grow();
     const i = (this.#head + this.#size) & (this.#kinds.length - 1);
     this.#kinds[i] = kind;
     this.#actions[i] = action;
-    this.#locals[i] = local;
+    this.#payloads[i] = payload;
     this.#size++;
   }
 
   /** Removes the head entry. */
   shift(): void {
     if (this.#size === 0) return;
-    this.#locals[this.#head] = null;
+    this.#payloads[this.#head] = null;
     this.#head = (this.#head + 1) & (this.#kinds.length - 1);
     this.#size--;
   }
@@ -108,10 +111,14 @@ export class ResponseQueue {
 
   /**
    * After an error in an extended-protocol message, PostgreSQL skips everything up to the next
-   * Sync: drops the entries before the first Sync. Returns false when no Sync is queued yet.
+   * Sync: drops the entries before the first Sync, calling `dropped` with each one's kind and
+   * payload. Returns false when no Sync is queued yet.
    */
-  dropUntilSync(): boolean {
-    while (this.#size > 0 && this.#kinds[this.#head] !== Expect.Sync) this.shift();
+  dropUntilSync(dropped?: (kind: number, payload: unknown) => void): boolean {
+    while (this.#size > 0 && this.#kinds[this.#head] !== Expect.Sync) {
+      dropped?.(this.#kinds[this.#head], this.#payloads[this.#head]);
+      this.shift();
+    }
     return this.#size > 0;
   }
 
@@ -122,7 +129,7 @@ export class ResponseQueue {
   removeSyncsBeforeCopyEnd(): number {
     const keptKinds: number[] = [];
     const keptActions: number[] = [];
-    const keptLocals: (Uint8Array | null)[] = [];
+    const keptPayloads: unknown[] = [];
     let removed = 0;
     let inCopy = true;
     for (let n = 1; n < this.#size; n++) {
@@ -135,24 +142,24 @@ export class ResponseQueue {
       }
       keptKinds.push(kind);
       keptActions.push(this.#actions[i]);
-      keptLocals.push(this.#locals[i]);
+      keptPayloads.push(this.#payloads[i]);
     }
     if (removed === 0) return 0;
     const head = this.#head;
     const headKind = this.#kinds[head];
     const headAction = this.#actions[head];
-    const headLocal = this.#locals[head];
+    const headPayload = this.#payloads[head];
     this.clear();
-    this.push(headKind, headAction, headLocal);
+    this.push(headKind, headAction, headPayload);
     for (let k = 0; k < keptKinds.length; k++) {
-      this.push(keptKinds[k], keptActions[k], keptLocals[k]);
+      this.push(keptKinds[k], keptActions[k], keptPayloads[k]);
     }
     return removed;
   }
 
   /** Empties the queue. */
   clear(): void {
-    this.#locals.fill(null);
+    this.#payloads.fill(null);
     this.#head = 0;
     this.#size = 0;
   }
@@ -161,16 +168,16 @@ export class ResponseQueue {
     const cap = this.#kinds.length * 2;
     const kinds = new Uint8Array(cap);
     const actions = new Uint8Array(cap);
-    const locals: (Uint8Array | null)[] = new Array(cap).fill(null);
+    const payloads: unknown[] = new Array(cap).fill(null);
     for (let n = 0; n < this.#size; n++) {
       const i = (this.#head + n) & (this.#kinds.length - 1);
       kinds[n] = this.#kinds[i];
       actions[n] = this.#actions[i];
-      locals[n] = this.#locals[i];
+      payloads[n] = this.#payloads[i];
     }
     this.#kinds = kinds;
     this.#actions = actions;
-    this.#locals = locals;
+    this.#payloads = payloads;
     this.#head = 0;
   }
 }

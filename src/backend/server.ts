@@ -76,6 +76,7 @@ export interface InternalResult {
 
 interface InternalRequest {
   result: InternalResult;
+  onDone?: (r: InternalResult) => void;
   resolve: (r: InternalResult) => void;
   reject: (e: Error) => void;
 }
@@ -89,7 +90,7 @@ export class ServerProtocolError extends Error {
 }
 
 // How responses are handled: by the head entry's action, or IDLE when nothing is expected.
-const IDLE = 3;
+const IDLE = 4;
 
 // Message types that must be seen whole, per handling; all others stream through in pieces.
 const WHOLE: Uint8Array[] = [
@@ -142,6 +143,9 @@ export class Server {
   readonly reported: Map<string, string> = new Map();
   /** Session parameters the proxy set on this server, by lower-case name. */
   readonly applied: Map<string, string> = new Map();
+  /** Prepared statements this server holds (or is about to, once a Parse in flight completes),
+   * by pgdog's global name, least recently used first. */
+  readonly statements: Map<string, true> = new Map();
   /** Responses still owed, one entry per request message. */
   readonly queue: ResponseQueue = new ResponseQueue();
   /** Status of the last ReadyForQuery. */
@@ -221,13 +225,13 @@ export class Server {
    * Records that a request message was sent (or, for `Expect.Local`, answered by the proxy with
    * `local`). Call in the order the messages go out, before writing them.
    */
-  expect(kind: number, action: number = Action.Forward, local: Uint8Array | null = null): void {
+  expect(kind: number, action: number = Action.Forward, payload: unknown = null): void {
     if (kind === Expect.Local && this.queue.length === 0) {
       // Nothing owed before it: the answer can go out now.
-      if (this.link && local) this.link.writer.enqueue(local);
+      if (this.link) this.link.writer.enqueue(payload as Uint8Array);
       return;
     }
-    this.queue.push(kind, action, local);
+    this.queue.push(kind, action, payload);
     if (endsWithReady(kind)) {
       this.pendingReady++;
       this.openRequest = false;
@@ -237,17 +241,22 @@ export class Server {
   }
 
   /**
-   * Runs SQL as the proxy and resolves with its outcome once ReadyForQuery arrives. Responses still
-   * owed to a departed client are consumed (dropped) first. Only for a detached server.
+   * Runs SQL as the proxy, after whatever is already owed, and resolves with its outcome once its
+   * ReadyForQuery arrives. `onDone` runs synchronously at that moment, before the server can be
+   * released, so its decisions count for that release.
    */
-  query(sql: string, options?: { timeoutMs?: number }): Promise<InternalResult> {
+  query(
+    sql: string,
+    options?: { timeoutMs?: number; onDone?: (r: InternalResult) => void },
+  ): Promise<InternalResult> {
     if (this.closed) return Promise.reject(new Error(`${this.label} is closed`));
-    this.link = null;
+    const onDone = options?.onDone;
     const p = new Promise<InternalResult>((resolve, reject) => {
       this.#internal.push({
         result: { error: null, rows: [], tags: [], status: this.txStatus },
         resolve,
         reject,
+        onDone,
       });
     });
     this.expect(Expect.Query, Action.Collect);
@@ -264,11 +273,10 @@ export class Server {
 
   /**
    * Optionally sends `extra` (e.g. CopyFail, Sync) as the proxy, then resolves once every owed
-   * response has arrived, dropping them. Only for a detached server.
+   * response has arrived. Call on a detached server: its responses are then dropped.
    */
   drain(extra?: Uint8Array): Promise<void> {
     if (this.closed) return Promise.reject(new Error(`${this.label} is closed`));
-    this.link = null;
     if (extra) this.writer.write(extra).catch((e) => this.#fail(e));
     if (this.queue.length === 0) return Promise.resolve();
     return new Promise((resolve) => this.#drained.push(resolve));
@@ -301,7 +309,6 @@ export class Server {
 
   #ended(error: Error): void {
     const link = this.link;
-    this.link = null;
     for (const req of this.#internal.splice(0)) req.reject(error);
     for (const resolve of this.#drained.splice(0)) resolve();
     link?.serverLost(this, error);
@@ -374,7 +381,8 @@ export class Server {
         this.close("protocol desync");
         return;
       }
-      const forwarding = handling === Action.Forward && this.link !== null;
+      const forwarding = this.link !== null &&
+        (handling === Action.Forward || (handling === Action.Inject && type === Msg.ErrorResponse));
       if (WHOLE[handling][type] === 0) {
         // Streamed: passed on piece by piece to an attached client, skipped otherwise.
         this.#dropping = !forwarding;
@@ -466,7 +474,7 @@ export class Server {
   #settleHead(buf: Uint8Array, p: number): void {
     let head = this.queue.headKind;
     while (head === Expect.Local || head === Expect.CopyEnd) {
-      const local = this.queue.headLocal;
+      const local = this.queue.headPayload as Uint8Array | null;
       const link = this.link;
       if (local && link) {
         this.#endRun(p);
@@ -499,7 +507,11 @@ export class Server {
         }
         return;
       case Msg.ParseComplete:
-        if (head === Expect.Parse) this.#pop();
+        if (head === Expect.Parse) {
+          const stmt = queue.headPayload as { validated: boolean } | null;
+          if (stmt) stmt.validated = true;
+          this.#pop();
+        }
         return;
       case Msg.BindComplete:
         if (head === Expect.Bind) this.#pop();
@@ -521,8 +533,9 @@ export class Server {
           head === Expect.Parse || head === Expect.Bind || head === Expect.DescribeStatement ||
           head === Expect.DescribePortal || head === Expect.Execute || head === Expect.Close
         ) {
-          // The server now skips every message up to the next Sync.
-          if (!queue.dropUntilSync()) this.discardUntilSync = true;
+          // The server now skips every message up to the next Sync; statements in skipped (or
+          // failed) Parses were not created.
+          if (!queue.dropUntilSync(this.#forgetStatement)) this.discardUntilSync = true;
           this.#recount();
         }
         return;
@@ -554,6 +567,7 @@ export class Server {
       const req = this.#internal.shift();
       if (req) {
         req.result.status = this.txStatus;
+        req.onDone?.(req.result);
         req.resolve(req.result);
       }
     }
@@ -561,6 +575,12 @@ export class Server {
       for (const resolve of this.#drained.splice(0)) resolve();
     }
   }
+
+  readonly #forgetStatement = (kind: number, payload: unknown): void => {
+    if (kind === Expect.Parse && payload) {
+      this.statements.delete((payload as { name: string }).name);
+    }
+  };
 
   #recount(): void {
     let ready = 0;

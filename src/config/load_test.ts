@@ -50,6 +50,9 @@ const DEFAULT_GENERAL = {
   client_login_timeout: 60000,
   shutdown_timeout: 60000,
   rollback_timeout: 5000,
+  prepared_statements: "extended",
+  prepared_statements_limit: 500,
+  max_message_size: 1073741824,
 } as const;
 
 interface BadCase {
@@ -338,6 +341,9 @@ server_password = "bob_srvpw"
       idle_timeout: 3,
       server_lifetime: 4,
       client_login_timeout: 5,
+      prepared_statements: "extended",
+      prepared_statements_limit: 500,
+      max_message_size: 1073741824,
       shutdown_timeout: 6,
       rollback_timeout: 7,
     },
@@ -393,7 +399,7 @@ Deno.test("loadConfig: [admin] in users.toml replaces pgdog.toml's", async () =>
 Deno.test("loadConfig: warnings", async () => {
   const pgdog = [
     "[general]", //                                   1
-    'prepared_statements = "extended"', //            2
+    "query_cache_limit = 100", //                     2
     "workers = 4", //                                 3
     "", //                                            4
     "[[databases]]", //                               5
@@ -430,7 +436,7 @@ Deno.test("loadConfig: warnings", async () => {
   const { result, error } = await load({ pgdog, users });
   equal(error, undefined);
   deepEqual(result?.warnings, [
-    "pgdog.toml:2: [general] prepared_statements is a PgDog setting this version does not " +
+    "pgdog.toml:2: [general] query_cache_limit is a PgDog setting this version does not " +
     "support yet; ignored",
     "pgdog.toml:3: [general] workers is a PgDog setting this version does not support yet; " +
     "ignored",

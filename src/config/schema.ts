@@ -113,6 +113,7 @@ function oneOf<K extends string>(
 const POOLER_MODES = ["transaction", "session"] as const;
 const AUTH_TYPES = ["scram", "md5", "plain", "trust"] as const;
 const ROLES = ["primary", "replica", "auto"] as const;
+const PREPARED_MODES = ["extended", "disabled"] as const;
 
 const GENERAL_KEYS = [
   str("host", "Address the proxy listens on.", { default: "0.0.0.0" }),
@@ -139,6 +140,28 @@ const GENERAL_KEYS = [
   ms("client_login_timeout", 60000, "How long a client may take to finish authentication."),
   ms("shutdown_timeout", 60000, "On SIGINT/SIGTERM, how long transactions may take to finish."),
   ms("rollback_timeout", 5000, "How long cleaning a returned server may take before it is closed."),
+  oneOf(
+    "prepared_statements",
+    PREPARED_MODES,
+    "Protocol-level prepared statements in transaction mode: extended renames and shares them.",
+    { default: "extended" },
+  ),
+  int(
+    "prepared_statements_limit",
+    "Prepared statements kept per server; the least recently used are closed.",
+    {
+      default: 500,
+      min: 1,
+    },
+  ),
+  int(
+    "max_message_size",
+    "Largest protocol message a client may send, in bytes; larger ones close it.",
+    {
+      default: 1073741824,
+      min: 1024,
+    },
+  ),
 ] satisfies KeySpec<keyof GeneralConfig>[];
 
 const DATABASE_KEYS = [
@@ -231,8 +254,6 @@ export const GENERAL: SectionSpec = {
     "openmetrics_port",
     "openmetrics_namespace",
     "dns_ttl",
-    "prepared_statements",
-    "prepared_statements_limit",
     "prepared_statements_ttl",
     "prepared_statements_ttl_jitter",
     "query_cache_limit",

@@ -43,6 +43,12 @@ export interface GeneralConfig {
   shutdown_timeout: number;
   /** How long cleaning a server (drain, rollback, reset) may take before it is closed instead. */
   rollback_timeout: number;
+  /** Protocol-level prepared statements in transaction mode: `extended` renames and shares them. */
+  prepared_statements: "extended" | "disabled";
+  /** Prepared statements kept on each server; the least recently used beyond it are closed. */
+  prepared_statements_limit: number;
+  /** Largest message a client may send, in bytes; a larger declared length closes that client. */
+  max_message_size: number;
 }
 
 /** One `[[databases]]` entry: a PostgreSQL host serving a logical database. */

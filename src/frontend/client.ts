@@ -1,8 +1,9 @@
 /**
- * One client connection: startup, authentication, then the request loop. In transaction mode a
- * server is taken from the pool when a request arrives and given back at the ReadyForQuery that
- * ends the transaction; in session mode it is kept until the client leaves. Requests are framed
- * in the client's read buffer and forwarded as byte ranges, one write per batch.
+ * One client connection: login, then the request loop. In transaction mode a server is taken
+ * from the pool when a request needs one and given back at the ReadyForQuery that ends the
+ * transaction; in session mode (or while pinned) it is kept. Requests are framed in the client's
+ * read buffer and forwarded as byte ranges, one write per batch; the few messages pgdog answers
+ * or rewrites itself (prepared statement names, session commands it owns) are handled on the way.
  *
  * @module
  */
@@ -12,40 +13,49 @@ import {
   appendError,
   appendParameterStatus,
   AUTH_OK,
+  decodeText,
   describeMessageType,
   type ErrorFields,
   MessageBuilder,
   Msg,
   queryMessage,
   readyForQuery,
+  SYNC,
   TxStatus,
 } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
 import { MessageBuffer, MessageSizeError } from "../net/message_buffer.ts";
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
-import type { Server, ServerLink } from "../backend/server.ts";
-import { CopyState } from "../backend/server.ts";
+import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
 import { Action, Expect } from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import { sendCancel, ServerConnectError } from "../backend/connect.ts";
 import type { AuthType } from "../config/types.ts";
+import { mayAffectSession, scanSession, type SessionScan } from "../router/scan.ts";
 import { log } from "../log.ts";
-import { authenticateClient, ClientGoneError } from "./auth.ts";
-import { readStartupPacket } from "./startup.ts";
+import { ClientGoneError } from "./auth.ts";
+import { logIn, LoginRefused } from "./login.ts";
+import { markApplied, paramsSignature, paramSyncSql, sessionParamsFromStartup } from "./params.ts";
+import { sameParams, SessionState } from "./session.ts";
 import {
-  markApplied,
-  paramsSignature,
-  paramSyncSql,
-  type SessionParams,
-  sessionParamsFromStartup,
-} from "./params.ts";
+  bindStatementName,
+  ClientStatements,
+  describedName,
+  parseName,
+  type PreparedCache,
+  type PreparedStatement,
+  rewriteBind,
+  statementMessage,
+} from "./prepared.ts";
 
 /** Initial size of a client's read buffer; it grows for large messages and shrinks back after. */
 const CLIENT_BUFFER_BYTES = 4096;
 /** Bounded so a client cannot grow the cache without limit with made-up parameters. */
 const LOGIN_CACHE_LIMIT = 256;
+/** Cleans a server a client pinned before others use it. */
+const PIN_CLEANUP = "RESET ALL; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP";
 
 /** What a client needs from the proxy around it. */
 export interface ClientHost {
@@ -55,7 +65,10 @@ export interface ClientHost {
     auth_type: AuthType;
     client_login_timeout: number;
     max_message_size: number;
+    prepared_statements: "extended" | "disabled";
+    prepared_statements_limit: number;
   };
+  readonly prepared: PreparedCache;
   readonly shuttingDown: boolean;
   register(client: Client): void;
   unregister(client: Client): void;
@@ -76,19 +89,30 @@ export class Client implements ServerLink {
   readonly connectedAt: number = Date.now();
   user = "";
   database = "";
-  params: SessionParams = new Map();
   cluster: Cluster | null = null;
   pool: Pool | null = null;
   server: Server | null = null;
+  session: SessionState = new SessionState(new Map());
+  /** This client's prepared statement names (transaction mode). */
+  readonly statements: ClientStatements = new ClientStatements();
   /** login | idle | waiting | active */
   state: "login" | "idle" | "waiting" | "active" = "login";
   closed = false;
   queries = 0;
   transactions = 0;
   #host: ClientHost;
-  #session = false;
+  #sessionMode = false;
+  /** Rename prepared statements (transaction mode with prepared_statements = extended). */
+  #renaming = false;
   #skipUntilSync = false;
   #waitAbort: AbortController | null = null;
+  /** The server's settings may lag behind the client's (session mode, after a read-back). */
+  #needsSync = false;
+  /** The server was pinned at some point since it was taken. */
+  #pinnedThisHold = false;
+  /** What the unnamed statement does to the session, once bound. */
+  #unnamedScan: SessionScan | null = null;
+  readonly #out = new OutBatch();
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
     this.conn = conn;
@@ -113,7 +137,10 @@ export class Client implements ServerLink {
           code: SqlState.ProtocolViolation,
           message: e.message,
         });
-      } else if (!(e instanceof ClientGoneError) && !this.closed && !isConnectionReset(e)) {
+      } else if (
+        !(e instanceof ClientGoneError) && !(e instanceof LoginRefused) && !this.closed &&
+        !isConnectionReset(e)
+      ) {
         log.warn(`client ${this.id} (${this.addr}): ${e instanceof Error ? e.message : e}`);
       }
     } finally {
@@ -170,120 +197,29 @@ export class Client implements ServerLink {
 
   async #loginSteps(): Promise<boolean> {
     const host = this.#host;
-    let startup: Map<string, string> | null = null;
-    // PostgreSQL accepts one SSLRequest and one GSSENCRequest, in either order (libpq may send both).
-    const asked = { ssl: false, gssenc: false };
-    while (startup === null) {
-      const pkt = await readStartupPacket(this.conn);
-      if (pkt === null) return false;
-      switch (pkt.kind) {
-        case "ssl":
-        case "gssenc":
-          if (asked[pkt.kind]) {
-            return this.#fatalFalse(
-              SqlState.ProtocolViolation,
-              "unexpected second encryption request",
-            );
-          }
-          asked[pkt.kind] = true;
-          // No TLS here yet: the client continues in plain text or gives up.
-          await this.writer.write(NO_ENCRYPTION);
-          continue;
-        case "cancel":
-          host.cancel(pkt.pid, pkt.secret);
-          return false;
-        case "invalid":
-          return this.#fatalFalse(SqlState.ProtocolViolation, pkt.reason);
-        case "startup":
-          if (pkt.major !== 3) {
-            return this.#fatalFalse(
-              SqlState.FeatureNotSupported,
-              `unsupported frontend protocol ${pkt.major}.${pkt.minor}: server supports 3.0 to 3.0`,
-            );
-          }
-          if (pkt.minor > 0 || [...pkt.params.keys()].some((k) => k.startsWith("_pq_."))) {
-            await this.writer.write(
-              negotiateProtocolVersion([...pkt.params.keys()].filter((k) => k.startsWith("_pq_."))),
-            );
-          }
-          startup = pkt.params;
-      }
-    }
-    const user = startup.get("user");
-    if (!user) {
-      return this.#fatalFalse(
-        SqlState.InvalidAuthorizationSpecification,
-        "no PostgreSQL user name specified in startup packet",
-      );
-    }
-    const database = startup.get("database") || user;
-    this.user = user;
-    this.database = database;
-    const replication = startup.get("replication");
-    if (replication !== undefined) {
-      const mode = parseReplication(replication);
-      if (mode === null) {
-        return this.#fatalFalse(
-          SqlState.InvalidParameterValue,
-          `invalid value for parameter "replication": "${replication}"`,
-        );
-      }
-      if (mode) {
-        return this.#fatalFalse(
-          SqlState.FeatureNotSupported,
-          "replication connections are not supported through pgdog",
-        );
-      }
-    }
-    if (!host.databases.hasDatabase(database)) {
-      return this.#fatalFalse(SqlState.InvalidCatalogName, `database "${database}" does not exist`);
-    }
-    const cluster = host.databases.lookup(user, database);
-    const method = host.settings.auth_type;
-    const outcome = await authenticateClient(this, {
-      method,
-      user,
-      known: cluster !== undefined,
-      password: cluster?.password,
+    const result = await logIn(this, {
+      databases: host.databases,
+      authType: host.settings.auth_type,
+      get shuttingDown() {
+        return host.shuttingDown;
+      },
+      cancel: (pid, secret) => host.cancel(pid, secret),
     });
-    if (!outcome.ok) {
-      if (outcome.protocol) return this.#fatalFalse(SqlState.ProtocolViolation, outcome.protocol);
-      if (method === "trust") {
-        return this.#fatalFalse(
-          SqlState.InvalidAuthorizationSpecification,
-          `user "${user}" is not configured for database "${database}" in users.toml`,
-        );
-      }
-      if (cluster && cluster.password === undefined) {
-        log.warn(
-          `user "${user}" has no password in users.toml; it cannot log in with auth_type = "${method}"`,
-        );
-      } else if (!cluster) {
-        log.info(`login refused: user "${user}" is not configured for database "${database}"`);
-      }
-      return this.#fatalFalse(
-        SqlState.InvalidPassword,
-        `password authentication failed for user "${user}"`,
-      );
-    }
-    if (host.shuttingDown) {
-      return this.#fatalFalse(SqlState.CannotConnectNow, "pgdog is shutting down");
-    }
-    this.cluster = cluster!;
-    this.pool = cluster!.pool();
-    this.#session = cluster!.poolerMode === "session";
-    this.params = sessionParamsFromStartup(startup);
+    if (result === null) return false;
+    this.user = result.user;
+    this.database = result.database;
+    this.cluster = result.cluster;
+    this.pool = result.cluster.pool();
+    this.#sessionMode = result.cluster.poolerMode === "session";
+    this.#renaming = !this.#sessionMode && host.settings.prepared_statements === "extended";
+    this.session = new SessionState(sessionParamsFromStartup(result.startup));
     let reported: Array<[string, string]>;
     try {
       reported = await this.#loginParameters();
     } catch (e) {
       const fields = e instanceof ClientFacingError || e instanceof ServerConnectError
         ? e.fields
-        : {
-          severity: "FATAL",
-          code: SqlState.InternalError,
-          message: String(e),
-        };
+        : { severity: "FATAL", code: SqlState.InternalError, message: String(e) };
       await this.#fatal({ ...fields, severity: "FATAL" });
       return false;
     }
@@ -296,7 +232,7 @@ export class Client implements ServerLink {
     await this.writer.write(b.view());
     this.state = "idle";
     host.register(this);
-    log.debug(`client ${this.id} (${this.addr}) logged in as ${user}/${database}`);
+    log.debug(`client ${this.id} (${this.addr}) logged in as ${this.user}/${this.database}`);
     return true;
   }
 
@@ -306,16 +242,17 @@ export class Client implements ServerLink {
    */
   async #loginParameters(): Promise<Array<[string, string]>> {
     const pool = this.pool!;
-    const signature = paramsSignature(this.params);
+    const params = this.session.params;
+    const signature = paramsSignature(params);
     const cached = pool.loginParams.get(signature);
     if (cached) return cached;
     const server = pool.tryCheckout() ?? await pool.waitForServer();
     try {
-      const sql = paramSyncSql(this.params, server.applied);
+      const sql = paramSyncSql(params, server.applied);
       if (sql !== null) {
         const result = await server.query(sql, { timeoutMs: pool.config.rollback_timeout });
         if (result.error) throw new ClientFacingError(result.error);
-        markApplied(server.applied, this.params);
+        markApplied(server.applied, params);
       }
       const reported = [...server.reported];
       if (pool.loginParams.size >= LOGIN_CACHE_LIMIT) pool.loginParams.clear();
@@ -349,19 +286,21 @@ export class Client implements ServerLink {
   /** Handles every complete message in the buffer. Returns false when the client is done. */
   async #handleMessages(): Promise<boolean> {
     const rb = this.rbuf;
-    let runStart = -1;
-    let runEnd = -1;
+    const out = this.#out;
+    out.reset(rb.buf);
     let size: number;
     while ((size = rb.nextMessageSize()) > 0) {
+      const buf = rb.buf;
       const p = rb.start;
-      const type = rb.buf[p];
+      const end = p + size;
+      const type = buf[p];
       if (type === Msg.Terminate) {
-        if (runStart >= 0) await this.#forward(runStart, runEnd);
+        await this.#send();
         return false;
       }
       if (FRONTEND_TYPES[type] === 0) {
         // Forwarding it would make PostgreSQL drop the (shared) server connection.
-        if (runStart >= 0) await this.#forward(runStart, runEnd);
+        await this.#send();
         await this.#fatal({
           severity: "FATAL",
           code: SqlState.ProtocolViolation,
@@ -369,69 +308,332 @@ export class Client implements ServerLink {
         });
         return false;
       }
+      rb.start = end;
       if (this.#skipUntilSync) {
-        // After an error in an extended-protocol request, everything up to Sync is ignored.
-        if (type === Msg.Sync) {
-          this.#skipUntilSync = false;
+        // After an error pgdog reported itself, everything up to Sync is ignored, as PostgreSQL does.
+        if (type !== Msg.Sync) continue;
+        this.#skipUntilSync = false;
+        if (this.server === null) {
           this.writer.enqueue(readyForQuery(TxStatus.Idle));
+          continue;
         }
-        rb.start += size;
+      } else if (this.#answerLocally(type, buf, p, end)) {
         continue;
       }
       if (this.server === null) {
-        if (runStart >= 0) throw new Error("internal error: forward run without a server");
-        if (type === Msg.Sync) {
-          // Nothing outstanding: answer locally instead of taking a server for nothing.
-          this.writer.enqueue(readyForQuery(TxStatus.Idle));
-          rb.start += size;
-          continue;
-        }
-        if (
-          type === Msg.Flush || type === Msg.CopyData || type === Msg.CopyDone ||
-          type === Msg.CopyFail
-        ) {
-          // PostgreSQL ignores these outside COPY; there is nothing to flush without a server.
-          rb.start += size;
-          continue;
-        }
-        // Hold the position: acquiring may wait, and nothing else touches the buffer meanwhile.
+        // Nothing is buffered for a server yet: taking one may wait, and nothing else touches the
+        // read buffer meanwhile.
         const ok = await this.#acquire();
         if (this.closed) return false;
         if (!ok) {
           if (type === Msg.Query || type === Msg.FunctionCall) {
             this.writer.enqueue(readyForQuery(TxStatus.Idle));
-          } else this.#skipUntilSync = true;
-          rb.start += size;
+          } else if (type !== Msg.Sync) this.#skipUntilSync = true;
+          else this.writer.enqueue(readyForQuery(TxStatus.Idle));
           continue;
         }
+      } else if (this.#needsSync) {
+        this.#syncParams(this.server);
       }
-      const server = this.server!;
-      if (type === Msg.Query || type === Msg.Execute || type === Msg.FunctionCall) this.queries++;
-      expectResponse(server, type, rb.buf[p + 5]);
-      if (runStart < 0) runStart = p;
-      runEnd = p + size;
-      rb.start += size;
+      this.#forward(type, buf, p, end);
     }
-    if (runStart >= 0) await this.#forward(runStart, runEnd);
+    await this.#send();
     // Make room for the partial message at the front (and shrink after a large one).
     rb.consume(0);
     if (this.writer.congested) await this.writer.flush();
-    else this.writer.flush().catch(() => {});
     return true;
   }
 
-  /** Sends bytes [start, end) of the read buffer to the attached server. */
-  async #forward(start: number, end: number): Promise<void> {
+  /** Writes what the batch collected for the server. */
+  async #send(): Promise<void> {
     const server = this.server;
-    if (!server) return;
+    if (!server || this.#out.empty) {
+      this.#out.reset(this.rbuf.buf);
+      return;
+    }
     try {
-      await server.writer.write(this.rbuf.buf.subarray(start, end));
+      await this.#out.writeTo(server.writer);
     } catch (e) {
       // The server's read loop reports the loss to this client (serverLost).
       log.debug(
         `client ${this.id}: write to ${server.label} failed: ${e instanceof Error ? e.message : e}`,
       );
+    } finally {
+      this.#out.reset(this.rbuf.buf);
     }
+  }
+
+  /**
+   * Answers a message without a server where that is what PostgreSQL would do, or where the
+   * message concerns pgdog itself. Returns true when the message is dealt with.
+   */
+  #answerLocally(type: number, buf: Uint8Array, p: number, end: number): boolean {
+    const server = this.server;
+    switch (type) {
+      case Msg.Query:
+        return this.#localQuery(buf, p, end);
+      case Msg.Parse:
+        return this.#localParse(buf, p, end);
+      case Msg.Close:
+        if (this.#renaming && buf[p + 5] === 0x53) {
+          const name = describedName(buf, p, end);
+          if (name !== "") {
+            // Statements are shared; the client only lets go of its name for one.
+            this.statements.delete(name);
+            this.#answer(CLOSE_COMPLETE);
+            return true;
+          }
+        }
+        return false;
+      case Msg.Sync:
+        if (server !== null) return false;
+        // Nothing outstanding: answer locally instead of taking a server for nothing.
+        this.writer.enqueue(readyForQuery(TxStatus.Idle));
+        return true;
+      case Msg.Flush:
+      case Msg.CopyData:
+      case Msg.CopyDone:
+      case Msg.CopyFail:
+        // Outside COPY PostgreSQL ignores copy messages; there is nothing to flush without a server.
+        return server === null;
+    }
+    return false;
+  }
+
+  /** Simple queries pgdog answers or refuses itself. */
+  #localQuery(buf: Uint8Array, p: number, end: number): boolean {
+    this.#pendingScan = null;
+    if (!mayAffectSession(buf, p + 5, end - 1)) return false;
+    const sql = decodeText(buf, p + 5, end - 1);
+    const scan = scanSession(sql);
+    if (scan === null) return false;
+    if (scan.pgdogSettings.length > 0 && scan.statements === 1) {
+      this.#setPgdog(scan.pgdogSettings[0]);
+      this.#answer(commandComplete("SET", this.#txStatus()));
+      return true;
+    }
+    if (!this.#sessionMode) {
+      if (scan.listen) {
+        this.#answerError(LISTEN_UNSUPPORTED, true);
+        return true;
+      }
+      if (scan.sqlPrepared) {
+        const deallocate =
+          /^\s*deallocate\s+(?:prepare\s+)?(all|"(?:[^"]|"")+"|[a-z_][\w$]*)\s*;?\s*$/i.exec(sql);
+        if (deallocate && this.#renaming) {
+          // Drivers (psycopg, for one) free protocol-level statements with DEALLOCATE.
+          const target = deallocate[1];
+          if (target.toLowerCase() === "all") {
+            this.statements.clear();
+            this.#answer(commandComplete("DEALLOCATE ALL", this.#txStatus()));
+            return true;
+          }
+          const name = target.startsWith('"')
+            ? target.slice(1, -1).replaceAll('""', '"')
+            : target.toLowerCase();
+          if (this.statements.delete(name)) {
+            this.#answer(commandComplete("DEALLOCATE", this.#txStatus()));
+          } else {
+            this.#answerError({
+              severity: "ERROR",
+              code: SqlState.InvalidSqlStatementName,
+              message: `prepared statement "${name}" does not exist`,
+            }, true);
+          }
+          return true;
+        }
+        this.#answerError(SQL_PREPARE_UNSUPPORTED, true);
+        return true;
+      }
+      if (scan.discardAll && scan.statements === 1 && this.server === null) {
+        // The client's session is its state here: reset it without touching a server.
+        this.session.reset();
+        this.statements.clear();
+        this.#answer(commandComplete("DISCARD ALL", TxStatus.Idle));
+        return true;
+      }
+    }
+    this.#pendingScan = scan;
+    return false;
+  }
+
+  /** Parse messages pgdog answers itself (a known statement) or refuses. */
+  #localParse(buf: Uint8Array, p: number, end: number): boolean {
+    const nameEnd = buf.indexOf(0, p + 5);
+    const queryStart = nameEnd + 1;
+    const queryEnd = buf.indexOf(0, queryStart);
+    let scan: SessionScan | null = null;
+    if (mayAffectSession(buf, queryStart, queryEnd)) {
+      scan = scanSession(decodeText(buf, queryStart, queryEnd));
+    }
+    if (scan?.listen && !this.#sessionMode) {
+      this.#answerError(LISTEN_UNSUPPORTED, false);
+      return true;
+    }
+    const name = nameEnd === p + 5 ? "" : parseName(buf, p, end);
+    if (name === "" || !this.#renaming) {
+      this.#unnamedScan = name === "" ? scan : this.#unnamedScan;
+      if (scan && name !== "") this.#pendingScan = scan;
+      return false;
+    }
+    if (this.statements.has(name)) {
+      this.#answerError({
+        severity: "ERROR",
+        code: SqlState.DuplicatePreparedStatement,
+        message: `prepared statement "${name}" already exists`,
+      }, false);
+      return true;
+    }
+    const stmt = this.#host.prepared.forParse(buf, p, end);
+    stmt.scan ??= scan;
+    this.statements.set(name, stmt);
+    const server = this.server;
+    if (
+      (server !== null && server.statements.has(stmt.name)) || (server === null && stmt.validated)
+    ) {
+      // Known good, or already on this server: nothing for a server to do.
+      this.#answer(PARSE_COMPLETE);
+      return true;
+    }
+    return false;
+  }
+
+  /** Pending scan of the Query being forwarded (set by #localQuery). */
+  #pendingScan: SessionScan | null = null;
+
+  /** Queues one message for the server, rewritten where needed, with what the server will owe. */
+  #forward(type: number, buf: Uint8Array, p: number, end: number): void {
+    const server = this.server!;
+    const out = this.#out;
+    switch (type) {
+      case Msg.Query: {
+        this.queries++;
+        const scan = this.#pendingScan;
+        this.#pendingScan = null;
+        if (scan) this.#noteScan(scan, server);
+        break;
+      }
+      case Msg.Parse: {
+        if (this.#renaming && buf.indexOf(0, p + 5) !== p + 5) {
+          const name = parseName(buf, p, end);
+          const stmt = this.statements.get(name)!;
+          if (server.discardUntilSync) {
+            // The server skips this Parse after an earlier error, so the statement is not created.
+            this.statements.delete(name);
+          } else if (server.statements.has(stmt.name)) {
+            // The server taken for this request already has it (decided before the checkout waited).
+            touch(server, stmt.name);
+            server.expect(Expect.Local, Action.Forward, PARSE_COMPLETE);
+          } else {
+            out.addBytes(stmt.parse);
+            server.expect(Expect.Parse, Action.Forward, stmt);
+            touch(server, stmt.name);
+          }
+          return;
+        }
+        const scan = this.#pendingScan;
+        this.#pendingScan = null;
+        if (scan) this.#noteScan(scan, server);
+        break;
+      }
+      case Msg.Bind: {
+        const name = bindStatementName(buf, p, end);
+        if (name === "") {
+          if (this.#unnamedScan) this.#noteScan(this.#unnamedScan, server);
+          break;
+        }
+        const stmt = this.#renaming ? this.statements.get(name) : undefined;
+        if (stmt === undefined) break; // the server reports the unknown name
+        if (stmt.scan) this.#noteScan(stmt.scan, server);
+        if (server.discardUntilSync) return;
+        this.#ensureStatement(server, stmt);
+        out.addBytes(rewriteBind(buf, p, end, stmt.name));
+        server.expect(Expect.Bind);
+        return;
+      }
+      case Msg.Describe: {
+        if (!this.#renaming || buf[p + 5] !== 0x53) break;
+        const name = describedName(buf, p, end);
+        const stmt = name === "" ? undefined : this.statements.get(name);
+        if (stmt === undefined) break;
+        if (server.discardUntilSync) return;
+        this.#ensureStatement(server, stmt);
+        out.addBytes(statementMessage(Msg.Describe, stmt.name));
+        server.expect(Expect.DescribeStatement);
+        return;
+      }
+      case Msg.Execute:
+      case Msg.FunctionCall:
+        this.queries++;
+        break;
+    }
+    out.addRange(p, end);
+    expectResponse(server, type, buf[p + 5]);
+  }
+
+  /** Makes sure `server` has `stmt` before a message that uses it, parsing it there first if not. */
+  #ensureStatement(server: Server, stmt: PreparedStatement): void {
+    if (server.statements.has(stmt.name)) {
+      touch(server, stmt.name);
+      return;
+    }
+    this.#out.addBytes(stmt.parse);
+    server.expect(Expect.Parse, Action.Inject, stmt);
+    server.statements.set(stmt.name, true);
+  }
+
+  #noteScan(scan: SessionScan, server: Server): void {
+    this.session.note(scan);
+    if (scan.discardAll) {
+      // DISCARD ALL on the server drops its prepared statements, and the client's.
+      server.statements.clear();
+      this.statements.clear();
+    }
+  }
+
+  /** Answers with bytes of pgdog's own, in order with whatever the server still owes. */
+  #answer(bytes: Uint8Array): void {
+    if (this.server) this.server.expect(Expect.Local, Action.Forward, bytes);
+    else this.writer.enqueue(bytes);
+  }
+
+  /** Answers with an error; a Query also gets its ReadyForQuery, others skip to the next Sync. */
+  #answerError(fields: ErrorFields, query: boolean): void {
+    const b = new MessageBuilder(128);
+    appendError(b, fields);
+    if (query) b.bytes(readyForQuery(this.#txStatus()));
+    else this.#skipUntilSync = true;
+    this.#answer(b.build());
+  }
+
+  #txStatus(): number {
+    return this.server?.txStatus ?? TxStatus.Idle;
+  }
+
+  /** `SET [LOCAL] pgdog.<name> TO <value>` and `RESET pgdog.<name>`. */
+  #setPgdog([name, value]: [string, string, boolean]): void {
+    if (name === "pin") {
+      const on = /^(true|on|yes|1)$/i.test(value);
+      this.session.manualPin = on;
+      if (on) this.#pinnedThisHold = this.server !== null;
+      else this.#releaseIfUnpinned();
+      return;
+    }
+    if (value === "") this.session.pgdog.delete(name);
+    else this.session.pgdog.set(name, value);
+  }
+
+  /** After an unpin, a server kept only for the pin goes back (cleaned) at once. */
+  #releaseIfUnpinned(): void {
+    const server = this.server;
+    if (
+      !server || this.#sessionMode || this.session.pinned || !server.clean ||
+      this.session.needsReadBack
+    ) return;
+    this.server = null;
+    this.state = "idle";
+    this.#pinnedThisHold = false;
+    this.pool!.release(server, { resetSql: PIN_CLEANUP });
   }
 
   /** Takes a server from the pool for the next request. False (error already queued) on failure. */
@@ -449,15 +651,13 @@ export class Client implements ServerLink {
         if (this.closed) return false;
         const fields = e instanceof ClientFacingError || e instanceof ServerConnectError
           ? e.fields
-          : {
-            severity: "ERROR",
-            code: SqlState.InternalError,
-            message: String(e),
-          };
-        this.#queueError({
+          : { severity: "ERROR", code: SqlState.InternalError, message: String(e) };
+        const b = new MessageBuilder(128);
+        appendError(b, {
           ...fields,
           severity: fields.severity === "FATAL" ? "ERROR" : fields.severity,
         });
+        this.writer.enqueue(b.view());
         return false;
       } finally {
         this.#waitAbort = null;
@@ -469,22 +669,72 @@ export class Client implements ServerLink {
     }
     this.server = server;
     this.state = "active";
+    this.#pinnedThisHold = this.session.pinned;
     server.attach(this);
-    const sql = paramSyncSql(this.params, server.applied);
-    if (sql !== null) {
-      // Pipelined ahead of the request; its answer is swallowed by the server's reader.
-      server.expect(Expect.Query, Action.Swallow);
-      server.writer.enqueue(queryMessage(sql));
-      markApplied(server.applied, this.params);
-    }
+    this.#out.reset(this.rbuf.buf);
+    this.#syncParams(server);
+    if (this.#renaming) this.#evictStatements(server);
     return true;
+  }
+
+  /** Pipelines the settings difference ahead of the request; its answer is swallowed. */
+  #syncParams(server: Server): void {
+    this.#needsSync = false;
+    const params = this.session.params;
+    const sql = paramSyncSql(params, server.applied);
+    if (sql === null) return;
+    this.#out.addBytes(queryMessage(sql));
+    server.expect(Expect.Query, Action.Swallow);
+    markApplied(server.applied, params);
+  }
+
+  /** Closes the least recently used statements beyond prepared_statements_limit, pipelined. */
+  #evictStatements(server: Server): void {
+    let excess = server.statements.size - this.#host.settings.prepared_statements_limit;
+    if (excess <= 0) return;
+    for (const name of server.statements.keys()) {
+      if (excess-- <= 0) break;
+      server.statements.delete(name);
+      this.#out.addBytes(statementMessage(Msg.Close, name));
+      server.expect(Expect.Close, Action.Swallow);
+    }
+    this.#out.addBytes(SYNC);
+    server.expect(Expect.Sync, Action.Swallow);
   }
 
   // ---- ServerLink ----------------------------------------------------------------------------
 
-  /** Part of {@linkcode ServerLink}: release at the end of each transaction in transaction mode. */
+  /**
+   * Part of {@linkcode ServerLink}, asked at each ReadyForQuery that leaves the server idle: if the
+   * transaction may have changed the session, its state is read back first (the server stays until
+   * that answer is in); in transaction mode the server then goes back unless pinned.
+   */
   shouldRelease(server: Server): boolean {
-    return !this.#session && server.clean;
+    if (this.session.needsReadBack) {
+      this.#readBack(server);
+      return false;
+    }
+    if (this.session.pinned) this.#pinnedThisHold = true;
+    return !this.#sessionMode && !this.session.pinned;
+  }
+
+  #readBack(server: Server): void {
+    const sql = this.session.readBackSql();
+    server.query(sql, {
+      timeoutMs: this.pool!.config.rollback_timeout,
+      onDone: (r) => {
+        if (r.error) {
+          log.warn(`client ${this.id}: reading back session settings failed: ${r.error.message}`);
+          server.discard = true;
+          this.session.note(FORGET_SCAN);
+          return;
+        }
+        this.session.applyReadBack(r.rows, server);
+        this.#needsSync = !sameParams(this.session.params, server.applied);
+      },
+    }).catch(() => {
+      // The server was lost; serverLost() tells the client.
+    });
   }
 
   /** Part of {@linkcode ServerLink}. */
@@ -492,6 +742,7 @@ export class Client implements ServerLink {
     this.server = null;
     this.state = "idle";
     this.transactions++;
+    this.#pinnedThisHold = false;
   }
 
   /** Part of {@linkcode ServerLink}: the server died under this client. */
@@ -508,43 +759,38 @@ export class Client implements ServerLink {
         `${server.address.host}:${server.address.port} closed the connection while this client used it`,
     };
     log.warn(`client ${this.id}: ${server.label} lost: ${error.message}`);
-    if (this.#session || server.txStatus !== TxStatus.Idle || server.copy !== CopyState.None) {
+    if (
+      this.#sessionMode || this.session.pinned || server.txStatus !== TxStatus.Idle ||
+      server.copy !== CopyState.None
+    ) {
       // A transaction or session state is gone with the server: the client must start over.
       this.terminate({ ...fields, severity: "FATAL" });
       return;
     }
+    const b = new MessageBuilder(128);
     for (let i = 0; i < server.pendingReady; i++) {
-      this.#queueError(fields);
-      this.writer.enqueue(readyForQuery(TxStatus.Idle));
+      appendError(b, fields);
+      b.bytes(readyForQuery(TxStatus.Idle));
     }
     if (server.openRequest) {
-      this.#queueError(fields);
+      appendError(b, fields);
       this.#skipUntilSync = true;
     }
-    this.writer.flush().catch(() => {});
+    this.writer.enqueue(b.view());
   }
 
   // ---- errors and teardown -------------------------------------------------------------------
 
-  #queueError(fields: ErrorFields): void {
+  async #fatal(fields: ErrorFields): Promise<void> {
+    if (this.closed) return;
     const b = new MessageBuilder(128);
     appendError(b, fields);
     this.writer.enqueue(b.view());
-  }
-
-  async #fatal(fields: ErrorFields): Promise<void> {
-    if (this.closed) return;
-    this.#queueError(fields);
     try {
       await this.writer.flush();
     } catch {
       // Client already gone.
     }
-  }
-
-  async #fatalFalse(code: string, message: string): Promise<false> {
-    await this.#fatal({ severity: "FATAL", code, message });
-    return false;
   }
 
   #teardown(): void {
@@ -556,16 +802,93 @@ export class Client implements ServerLink {
     this.server = null;
     if (server && this.pool) {
       server.detach();
-      this.pool.release(server, { reset: this.#session });
+      const resetSql = this.#sessionMode
+        ? "DISCARD ALL"
+        : this.#pinnedThisHold || this.session.pinned
+        ? PIN_CLEANUP
+        : null;
+      this.pool.release(server, { resetSql });
     }
+    this.statements.clear();
     closeQuietly(this.conn);
     log.debug(`client ${this.id} (${this.addr}) disconnected`);
   }
 }
 
+/** A read-back failed: keep asking next time (settings unknown). */
+const FORGET_SCAN: SessionScan = {
+  settings: [],
+  unknownSetting: true,
+  resetAll: false,
+  discardAll: false,
+  advisoryLocks: true,
+  listen: false,
+  sqlPrepared: false,
+  pgdogSettings: [],
+  statements: 0,
+};
+
+/** Moves a statement to the most recently used end of a server's list. */
+function touch(server: Server, name: string): void {
+  server.statements.delete(name);
+  server.statements.set(name, true);
+}
+
 /**
- * Records what the server owes for a client message about to be forwarded. `first` is the first
- * body byte (Describe's 'S'/'P').
+ * What goes to a server in one write: ranges of the client's read buffer and bytes pgdog made
+ * (rewritten or injected messages). A single range is written without copying.
+ */
+class OutBatch {
+  #src: Uint8Array = new Uint8Array(0);
+  #starts: number[] = [];
+  #ends: number[] = [];
+  #bytes: (Uint8Array | null)[] = [];
+
+  get empty(): boolean {
+    return this.#starts.length === 0;
+  }
+
+  reset(src: Uint8Array): void {
+    this.#src = src;
+    this.#starts.length = 0;
+    this.#ends.length = 0;
+    this.#bytes.length = 0;
+  }
+
+  addRange(start: number, end: number): void {
+    const n = this.#starts.length;
+    if (n > 0 && this.#bytes[n - 1] === null && this.#ends[n - 1] === start) {
+      this.#ends[n - 1] = end;
+      return;
+    }
+    this.#starts.push(start);
+    this.#ends.push(end);
+    this.#bytes.push(null);
+  }
+
+  addBytes(bytes: Uint8Array): void {
+    this.#starts.push(0);
+    this.#ends.push(bytes.length);
+    this.#bytes.push(bytes);
+  }
+
+  writeTo(writer: SocketWriter): Promise<void> {
+    const n = this.#starts.length;
+    if (n === 1) {
+      const bytes = this.#bytes[0];
+      return writer.write(bytes ?? this.#src.subarray(this.#starts[0], this.#ends[0]));
+    }
+    for (let i = 0; i < n; i++) {
+      const bytes = this.#bytes[i];
+      writer.enqueue(bytes ?? this.#src.subarray(this.#starts[i], this.#ends[i]));
+    }
+    return writer.flush();
+  }
+}
+
+/**
+ * Records what the server owes for a client message about to be forwarded unchanged. `first` is
+ * the first body byte (Describe's 'S'/'P').
  */
 function expectResponse(server: Server, type: number, first: number): void {
   if (server.discardUntilSync && type !== Msg.Sync) return; // the server skips it
@@ -605,6 +928,37 @@ function expectResponse(server: Server, type: number, first: number): void {
   }
 }
 
+function commandComplete(tag: string, status: number): Uint8Array {
+  return new MessageBuilder(32).begin(Msg.CommandComplete).cstring(tag).end().bytes(
+    readyForQuery(status as TxStatus),
+  )
+    .build();
+}
+
+const PARSE_COMPLETE = Uint8Array.of(Msg.ParseComplete, 0, 0, 0, 4);
+const CLOSE_COMPLETE = Uint8Array.of(Msg.CloseComplete, 0, 0, 0, 4);
+
+const LISTEN_UNSUPPORTED: ErrorFields = {
+  severity: "ERROR",
+  code: SqlState.FeatureNotSupported,
+  message: "LISTEN is not supported in transaction pooling mode",
+  detail:
+    "Notifications are delivered to a server connection, which pgdog gives to other clients between " +
+    "your transactions.",
+  hint: 'Use pooler_mode = "session" for this user or database.',
+};
+
+const SQL_PREPARE_UNSUPPORTED: ErrorFields = {
+  severity: "ERROR",
+  code: SqlState.FeatureNotSupported,
+  message: "SQL PREPARE and EXECUTE are not supported in transaction pooling mode",
+  detail:
+    "A statement prepared with SQL lives on one server connection, which pgdog gives to other clients " +
+    "between your transactions.",
+  hint:
+    'Use your driver\'s protocol-level prepared statements (supported), or pooler_mode = "session".',
+};
+
 /** Message types a client may send once logged in. */
 const FRONTEND_TYPES = (() => {
   const t = new Uint8Array(256);
@@ -627,35 +981,6 @@ const FRONTEND_TYPES = (() => {
   ) t[m] = 1;
   return t;
 })();
-
-/**
- * The startup `replication` value as PostgreSQL reads it: `database`, or a boolean (true, false,
- * yes, no, on, off, 1, 0 and unique prefixes, any case). True for a replication connection, false
- * for a normal one, null when invalid.
- */
-function parseReplication(value: string): boolean | null {
-  const v = value.toLowerCase();
-  if (v === "database") return true;
-  if (v === "1") return true;
-  if (v === "0") return false;
-  if (v.length === 0) return null;
-  if ("true".startsWith(v) || "yes".startsWith(v)) return true;
-  if ("false".startsWith(v) || "no".startsWith(v)) return false;
-  if (v === "on") return true;
-  if (v === "off" || v === "of") return false;
-  return null;
-}
-
-/** Answer to SSLRequest/GSSENCRequest when encryption is not offered. */
-const NO_ENCRYPTION = Uint8Array.of(0x4e);
-
-function negotiateProtocolVersion(unrecognized: string[]): Uint8Array {
-  const b = new MessageBuilder(64).begin(Msg.NegotiateProtocolVersion).int32((3 << 16) | 0).int32(
-    unrecognized.length,
-  );
-  for (const name of unrecognized) b.cstring(name);
-  return b.end().build();
-}
 
 function isConnectionReset(e: unknown): boolean {
   return e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe ||

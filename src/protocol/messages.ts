@@ -293,7 +293,7 @@ export function parseErrorFields(buf: Uint8Array, start: number, end: number): E
 }
 
 /** ReadyForQuery with the given status. */
-export function readyForQuery(status: TxStatus): Uint8Array {
+export function readyForQuery(status: number): Uint8Array {
   return status === TxStatus.Idle
     ? READY_IDLE
     : status === TxStatus.InTransaction

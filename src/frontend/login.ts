@@ -1,0 +1,172 @@
+/**
+ * A client's login: the startup-phase packets (SSLRequest, GSSENCRequest, CancelRequest,
+ * StartupMessage), the checks PostgreSQL makes on them, and authentication. Ends either with a
+ * known user on a known database, or with the connection refused with PostgreSQL's error.
+ *
+ * @module
+ */
+
+import { appendError, type ErrorFields, MessageBuilder, Msg } from "../protocol/messages.ts";
+import { SqlState } from "../protocol/sqlstate.ts";
+import type { Cluster, Databases } from "../backend/databases.ts";
+import type { AuthType } from "../config/types.ts";
+import { log } from "../log.ts";
+import { authenticateClient, type AuthIo } from "./auth.ts";
+import { readStartupPacket } from "./startup.ts";
+
+/** Who logged in. */
+export interface LoginResult {
+  user: string;
+  database: string;
+  cluster: Cluster;
+  /** Every startup parameter, as sent. */
+  startup: Map<string, string>;
+}
+
+/** What login needs from the proxy. */
+export interface LoginHost {
+  readonly databases: Databases;
+  readonly authType: AuthType;
+  readonly shuttingDown: boolean;
+  cancel(pid: number, secret: number): void;
+}
+
+/** Thrown (after the client was told) when a login is refused. */
+export class LoginRefused extends Error {
+  readonly fields: ErrorFields;
+  constructor(fields: ErrorFields) {
+    super(fields.message);
+    this.name = "LoginRefused";
+    this.fields = fields;
+  }
+}
+
+/** Answer to SSLRequest/GSSENCRequest when encryption is not offered. */
+const NO_ENCRYPTION = Uint8Array.of(0x4e);
+
+/**
+ * Runs the startup phase and authentication. Resolves null when the client left (or only sent a
+ * CancelRequest); throws {@linkcode LoginRefused} once the client has been sent the reason.
+ */
+export async function logIn(io: AuthIo, host: LoginHost): Promise<LoginResult | null> {
+  const refuse = async (code: string, message: string): Promise<never> => {
+    const fields: ErrorFields = { severity: "FATAL", code, message };
+    const b = new MessageBuilder(128);
+    appendError(b, fields);
+    await io.writer.write(b.view()).catch(() => {});
+    throw new LoginRefused(fields);
+  };
+  let startup: Map<string, string> | null = null;
+  // PostgreSQL accepts one SSLRequest and one GSSENCRequest, in either order (libpq may send both).
+  const asked = { ssl: false, gssenc: false };
+  while (startup === null) {
+    const pkt = await readStartupPacket(io.conn);
+    if (pkt === null) return null;
+    switch (pkt.kind) {
+      case "ssl":
+      case "gssenc":
+        if (asked[pkt.kind]) {
+          await refuse(SqlState.ProtocolViolation, "unexpected second encryption request");
+        }
+        asked[pkt.kind] = true;
+        // No TLS here yet: the client continues in plain text or gives up.
+        await io.writer.write(NO_ENCRYPTION);
+        continue;
+      case "cancel":
+        host.cancel(pkt.pid, pkt.secret);
+        return null;
+      case "invalid":
+        return await refuse(SqlState.ProtocolViolation, pkt.reason);
+      case "startup":
+        if (pkt.major !== 3) {
+          await refuse(
+            SqlState.FeatureNotSupported,
+            `unsupported frontend protocol ${pkt.major}.${pkt.minor}: server supports 3.0 to 3.0`,
+          );
+        }
+        if (pkt.minor > 0 || [...pkt.params.keys()].some((k) => k.startsWith("_pq_."))) {
+          await io.writer.write(
+            negotiateProtocolVersion([...pkt.params.keys()].filter((k) => k.startsWith("_pq_."))),
+          );
+        }
+        startup = pkt.params;
+    }
+  }
+  const user = startup.get("user");
+  if (!user) {
+    return await refuse(
+      SqlState.InvalidAuthorizationSpecification,
+      "no PostgreSQL user name specified in startup packet",
+    );
+  }
+  const database = startup.get("database") || user;
+  const replication = startup.get("replication");
+  if (replication !== undefined) {
+    const mode = parseReplication(replication);
+    if (mode === null) {
+      await refuse(
+        SqlState.InvalidParameterValue,
+        `invalid value for parameter "replication": "${replication}"`,
+      );
+    }
+    if (mode) {
+      await refuse(
+        SqlState.FeatureNotSupported,
+        "replication connections are not supported through pgdog",
+      );
+    }
+  }
+  if (!host.databases.hasDatabase(database)) {
+    await refuse(SqlState.InvalidCatalogName, `database "${database}" does not exist`);
+  }
+  const cluster = host.databases.lookup(user, database);
+  const method = host.authType;
+  const outcome = await authenticateClient(io, {
+    method,
+    user,
+    known: cluster !== undefined,
+    password: cluster?.password,
+  });
+  if (!outcome.ok) {
+    if (outcome.protocol) await refuse(SqlState.ProtocolViolation, outcome.protocol);
+    if (method === "trust") {
+      await refuse(
+        SqlState.InvalidAuthorizationSpecification,
+        `user "${user}" is not configured for database "${database}" in users.toml`,
+      );
+    }
+    if (cluster && cluster.password === undefined) {
+      log.warn(
+        `user "${user}" has no password in users.toml; it cannot log in with auth_type = "${method}"`,
+      );
+    } else if (!cluster) {
+      log.info(`login refused: user "${user}" is not configured for database "${database}"`);
+    }
+    await refuse(SqlState.InvalidPassword, `password authentication failed for user "${user}"`);
+  }
+  if (host.shuttingDown) await refuse(SqlState.CannotConnectNow, "pgdog is shutting down");
+  return { user, database, cluster: cluster!, startup };
+}
+
+/**
+ * The startup `replication` value as PostgreSQL reads it: `database`, or a boolean (true, false,
+ * yes, no, on, off, 1, 0 and unique prefixes, any case). True for a replication connection, false
+ * for a normal one, null when invalid.
+ */
+function parseReplication(value: string): boolean | null {
+  const v = value.toLowerCase();
+  if (v === "database" || v === "1" || v === "on") return true;
+  if (v === "0" || v === "off" || v === "of") return false;
+  if (v.length === 0) return null;
+  if ("true".startsWith(v) || "yes".startsWith(v)) return true;
+  if ("false".startsWith(v) || "no".startsWith(v)) return false;
+  return null;
+}
+
+function negotiateProtocolVersion(unrecognized: string[]): Uint8Array {
+  const b = new MessageBuilder(64).begin(Msg.NegotiateProtocolVersion).int32(3 << 16).int32(
+    unrecognized.length,
+  );
+  for (const name of unrecognized) b.cstring(name);
+  return b.end().build();
+}

@@ -1,0 +1,137 @@
+/**
+ * A client's session state in a pooled world: its settings (startup parameters plus what it SET),
+ * whether it must keep its server (pinned by advisory locks or `SET pgdog.pin`), and pgdog's own
+ * `pgdog.*` settings.
+ *
+ * Settings are learned from the server rather than guessed from SQL: when a request may have
+ * changed any (SET, RESET, set_config, DISCARD), pgdog asks the server for its session-level
+ * settings once the transaction is over. Whatever COMMIT, ROLLBACK or SET LOCAL did is then
+ * already applied, exactly as PostgreSQL applied it.
+ *
+ * @module
+ */
+
+import type { Server } from "../backend/server.ts";
+import type { SessionScan } from "../router/scan.ts";
+import { quoteLiteral, type SessionParams } from "./params.ts";
+
+/** The read-back row that carries the number of advisory locks held. */
+const ADVISORY_ROW = "pgdog.advisory_locks";
+
+/** Settings that pg_settings does not list; read by name when the client touched them. */
+function isHidden(name: string): boolean {
+  return name === "role" || name === "session_authorization" || name.includes(".");
+}
+
+/** One client's session state. */
+export class SessionState {
+  /** Settings from the startup packet (what RESET returns to). */
+  readonly startup: SessionParams;
+  /** The settings the client's session has now, by lower-case name. */
+  params: SessionParams;
+  /** Settings not listed by pg_settings that the client changed (read back by name). */
+  readonly #hidden = new Set<string>();
+  /** A request since the last read-back may have changed settings. */
+  #settingsChanged = false;
+  /** Advisory lock functions were called since the last read-back. */
+  #advisoryCalls = false;
+  /** Session-level advisory locks held, per the last read-back. */
+  advisoryHeld = false;
+  /** `SET pgdog.pin TO true`. */
+  manualPin = false;
+  /** `pgdog.*` settings (role, shard, sharding_key, ...), for routing. */
+  readonly pgdog: Map<string, string> = new Map();
+
+  constructor(startup: SessionParams) {
+    this.startup = startup;
+    this.params = new Map(startup);
+    for (const name of startup.keys()) if (isHidden(name)) this.#hidden.add(name);
+  }
+
+  /** The server must stay with this client. */
+  get pinned(): boolean {
+    return this.advisoryHeld || this.manualPin;
+  }
+
+  /** Takes note of what a request about to run does to the session. */
+  note(scan: SessionScan): void {
+    if (scan.settings.length > 0 || scan.unknownSetting || scan.resetAll) {
+      this.#settingsChanged = true;
+    }
+    for (const name of scan.settings) if (isHidden(name)) this.#hidden.add(name);
+    if (scan.advisoryLocks) this.#advisoryCalls = true;
+  }
+
+  /** True when the server must be asked what the session now holds. */
+  get needsReadBack(): boolean {
+    return this.#settingsChanged || this.#advisoryCalls;
+  }
+
+  /** One statement returning (name, value) rows: session-level settings, and advisory locks held. */
+  readBackSql(): string {
+    let sql =
+      "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'";
+    if (this.#hidden.size > 0) {
+      const names = [...this.#hidden].map(quoteLiteral).join(",");
+      sql +=
+        ` UNION ALL SELECT n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest(ARRAY[${names}]::text[]) n`;
+    }
+    if (this.#advisoryCalls || this.advisoryHeld) {
+      sql +=
+        ` UNION ALL SELECT '${ADVISORY_ROW}', pg_catalog.count(*)::text FROM pg_catalog.pg_locks` +
+        " WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()";
+    }
+    return sql;
+  }
+
+  /**
+   * Takes the read-back rows: they become what `server` has applied, and, over the startup
+   * values, what the client's session holds.
+   */
+  applyReadBack(rows: (string | null)[][], server: Server): void {
+    this.#settingsChanged = false;
+    this.#advisoryCalls = false;
+    const now = new Map<string, string>();
+    for (const [rawName, value] of rows) {
+      if (rawName === null) continue;
+      if (rawName === ADVISORY_ROW) {
+        this.advisoryHeld = Number(value) > 0;
+        continue;
+      }
+      const name = rawName.toLowerCase();
+      if (value === null || !isSet(name, value, server)) continue;
+      now.set(name, value);
+    }
+    server.applied.clear();
+    for (const [k, v] of now) server.applied.set(k, v);
+    const params = new Map(this.startup);
+    for (const [k, v] of now) params.set(k, v);
+    this.params = params;
+  }
+
+  /** DISCARD ALL: back to the startup settings, nothing pinned, no pgdog settings. */
+  reset(): void {
+    this.params = new Map(this.startup);
+    this.manualPin = false;
+    this.advisoryHeld = false;
+    this.#advisoryCalls = false;
+    this.#settingsChanged = false;
+    this.pgdog.clear();
+  }
+}
+
+/** Whether a read-back value means the setting is set (not at its default). */
+function isSet(name: string, value: string, server: Server): boolean {
+  if (name === "role") return value !== "none";
+  if (name === "session_authorization") return value !== server.address.user;
+  // A custom setting that was RESET reads as an empty string.
+  if (name.includes(".")) return value !== "";
+  return true;
+}
+
+/** True when both hold the same settings. */
+export function sameParams(a: SessionParams, b: SessionParams): boolean {
+  if (a.size !== b.size) return false;
+  for (const [k, v] of a) if (b.get(k) !== v) return false;
+  return true;
+}

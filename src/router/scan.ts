@@ -1,0 +1,376 @@
+/**
+ * A lexical pass over SQL text that finds the statements pooling must react to, without a full
+ * parse: settings changed for the session (SET, RESET, set_config, DISCARD), session-level
+ * advisory locks, LISTEN, and SQL-level PREPARE/EXECUTE/DEALLOCATE. Strings, quoted identifiers,
+ * dollar quotes and comments are skipped, so `UPDATE t SET ...` or `'SET x'` do not count.
+ *
+ * Most queries contain none of the keywords involved; a cheap test rejects them before any
+ * scanning.
+ *
+ * @module
+ */
+
+/** What a piece of SQL does to the session, as far as pooling cares. */
+export interface SessionScan {
+  /** Settings changed beyond the current transaction, by lower-case name. */
+  settings: string[];
+  /** A setting changed whose name cannot be known from the text (set_config with an expression). */
+  unknownSetting: boolean;
+  /** RESET ALL, or DISCARD ALL. */
+  resetAll: boolean;
+  /** DISCARD ALL. */
+  discardAll: boolean;
+  /** Calls a session-level advisory lock or unlock function. */
+  advisoryLocks: boolean;
+  /** LISTEN. */
+  listen: boolean;
+  /** SQL-level PREPARE, EXECUTE or DEALLOCATE. */
+  sqlPrepared: boolean;
+  /** `SET [SESSION|LOCAL] pgdog.<name> ...` statements, in order: [name, value, local]. */
+  pgdogSettings: Array<[string, string, boolean]>;
+  /** Number of statements in the text. */
+  statements: number;
+}
+
+const MAYBE = /set|discard|listen|prepare|execute|deallocate|advisory|pgdog/i;
+
+const KEYWORDS = [
+  "set",
+  "discard",
+  "listen",
+  "prepare",
+  "execute",
+  "deallocate",
+  "advisory",
+  "pgdog",
+].map((k) => new TextEncoder().encode(k));
+const FIRST = new Uint8Array(256);
+for (const k of KEYWORDS) FIRST[k[0]] = 1;
+
+/**
+ * The byte-level version of the keyword test, on UTF-8 SQL at [start, end): false means
+ * {@linkcode scanSession} would return null, without decoding the text.
+ */
+export function mayAffectSession(buf: Uint8Array, start: number, end: number): boolean {
+  for (let i = start; i < end; i++) {
+    const c = buf[i] | 0x20;
+    if (FIRST[c] === 0) continue;
+    for (const k of KEYWORDS) {
+      if (k[0] !== c || i + k.length > end) continue;
+      let j = 1;
+      while (j < k.length && (buf[i + j] | 0x20) === k[j]) j++;
+      if (j === k.length) return true;
+    }
+  }
+  return false;
+}
+
+/** Scans `sql`; returns null when nothing in it matters to pooling. */
+export function scanSession(sql: string): SessionScan | null {
+  if (!MAYBE.test(sql)) return null;
+  const scan: SessionScan = {
+    settings: [],
+    unknownSetting: false,
+    resetAll: false,
+    discardAll: false,
+    advisoryLocks: false,
+    listen: false,
+    sqlPrepared: false,
+    pgdogSettings: [],
+    statements: 0,
+  };
+  for (const tokens of statements(sql)) {
+    if (tokens.length === 0) continue;
+    scan.statements++;
+    inspect(tokens, scan);
+  }
+  const interesting = scan.settings.length > 0 || scan.unknownSetting || scan.resetAll ||
+    scan.advisoryLocks ||
+    scan.listen || scan.sqlPrepared || scan.pgdogSettings.length > 0;
+  return interesting ? scan : null;
+}
+
+/** Token kinds. */
+const WORD = 0;
+const STRING = 1;
+const IDENT = 2;
+const PUNCT = 3;
+
+interface Token {
+  kind: number;
+  /** Lower-cased words, unquoted identifiers and strings as written. */
+  text: string;
+}
+
+/** Splits `sql` into statements of tokens (words, quoted identifiers, strings, punctuation). */
+function statements(sql: string): Token[][] {
+  const out: Token[][] = [];
+  let cur: Token[] = [];
+  const n = sql.length;
+  let i = 0;
+  while (i < n) {
+    const c = sql.charCodeAt(i);
+    if (c === 0x3b) { // ;
+      out.push(cur);
+      cur = [];
+      i++;
+    } else if (c <= 0x20) {
+      i++;
+    } else if (c === 0x2d && sql.charCodeAt(i + 1) === 0x2d) { // -- comment
+      while (i < n && sql.charCodeAt(i) !== 0x0a) i++;
+    } else if (c === 0x2f && sql.charCodeAt(i + 1) === 0x2a) { // /* comment */, nested
+      let depth = 1;
+      i += 2;
+      while (i < n && depth > 0) {
+        if (sql.charCodeAt(i) === 0x2f && sql.charCodeAt(i + 1) === 0x2a) {
+          depth++;
+          i += 2;
+        } else if (sql.charCodeAt(i) === 0x2a && sql.charCodeAt(i + 1) === 0x2f) {
+          depth--;
+          i += 2;
+        } else {
+          i++;
+        }
+      }
+    } else if (c === 0x27) { // 'string'
+      const [text, next] = quoted(sql, i, 0x27);
+      cur.push({ kind: STRING, text });
+      i = next;
+    } else if ((c === 0x45 || c === 0x65) && sql.charCodeAt(i + 1) === 0x27) { // E'string'
+      const [text, next] = escapeString(sql, i + 1);
+      cur.push({ kind: STRING, text });
+      i = next;
+    } else if (c === 0x22) { // "identifier"
+      const [text, next] = quoted(sql, i, 0x22);
+      cur.push({ kind: IDENT, text });
+      i = next;
+    } else if (c === 0x24 && isDollarQuoteStart(sql, i)) { // $tag$...$tag$
+      const end = sql.indexOf("$", i + 1);
+      const tag = sql.slice(i, end + 1);
+      const close = sql.indexOf(tag, end + 1);
+      const stop = close < 0 ? n : close;
+      cur.push({ kind: STRING, text: sql.slice(end + 1, stop) });
+      i = close < 0 ? n : close + tag.length;
+    } else if (isWordStart(c)) {
+      let j = i + 1;
+      while (j < n && isWordPart(sql.charCodeAt(j))) j++;
+      cur.push({ kind: WORD, text: sql.slice(i, j).toLowerCase() });
+      i = j;
+    } else {
+      cur.push({ kind: PUNCT, text: sql[i] });
+      i++;
+    }
+  }
+  out.push(cur);
+  return out;
+}
+
+function quoted(sql: string, start: number, q: number): [string, number] {
+  let text = "";
+  let i = start + 1;
+  for (;;) {
+    const j = sql.indexOf(String.fromCharCode(q), i);
+    if (j < 0) return [text + sql.slice(i), sql.length];
+    text += sql.slice(i, j);
+    if (sql.charCodeAt(j + 1) === q) {
+      text += String.fromCharCode(q);
+      i = j + 2;
+    } else {
+      return [text, j + 1];
+    }
+  }
+}
+
+function escapeString(sql: string, start: number): [string, number] {
+  let text = "";
+  let i = start + 1;
+  while (i < sql.length) {
+    const c = sql[i];
+    if (c === "\\" && i + 1 < sql.length) {
+      text += sql[i + 1];
+      i += 2;
+    } else if (c === "'" && sql[i + 1] === "'") {
+      text += "'";
+      i += 2;
+    } else if (c === "'") {
+      return [text, i + 1];
+    } else {
+      text += c;
+      i++;
+    }
+  }
+  return [text, sql.length];
+}
+
+function isDollarQuoteStart(sql: string, i: number): boolean {
+  // $$ or $tag$ where tag is an identifier; $1 is a parameter.
+  let j = i + 1;
+  if (j < sql.length && sql[j] === "$") return true;
+  if (j >= sql.length || !isWordStart(sql.charCodeAt(j))) return false;
+  while (j < sql.length && isWordPart(sql.charCodeAt(j)) && sql[j] !== "$") j++;
+  return sql[j] === "$";
+}
+
+function isWordStart(c: number): boolean {
+  return (c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a) || c === 0x5f || c >= 0x80;
+}
+
+function isWordPart(c: number): boolean {
+  return isWordStart(c) || (c >= 0x30 && c <= 0x39) || c === 0x24;
+}
+
+/** A setting name as written after SET/RESET: `a`, `a.b`, `"A".b`. */
+function settingName(tokens: Token[], at: number): [string, number] | null {
+  const first = tokens[at];
+  if (!first || (first.kind !== WORD && first.kind !== IDENT)) return null;
+  let name = first.kind === WORD ? first.text : first.text.toLowerCase();
+  let i = at + 1;
+  while (tokens[i]?.kind === PUNCT && tokens[i].text === "." && tokens[i + 1]) {
+    const part = tokens[i + 1];
+    name += "." + (part.kind === WORD ? part.text : part.text.toLowerCase());
+    i += 2;
+  }
+  return [name, i];
+}
+
+/** Special forms of SET and RESET, with the setting they change. */
+const SPECIAL: Record<string, string> = {
+  role: "role",
+  schema: "search_path",
+  names: "client_encoding",
+};
+
+function inspect(t: Token[], scan: SessionScan): void {
+  const w0 = t[0].kind === WORD ? t[0].text : "";
+  const w1 = t[1]?.kind === WORD ? t[1].text : "";
+  const w2 = t[2]?.kind === WORD ? t[2].text : "";
+  switch (w0) {
+    case "set": {
+      let at = 1;
+      let local = false;
+      if (w1 === "local") {
+        local = true;
+        at = 2;
+      } else if (w1 === "session") {
+        if (w2 === "authorization") {
+          scan.settings.push("session_authorization");
+          return;
+        }
+        if (w2 === "characteristics") {
+          scan.settings.push(
+            "default_transaction_isolation",
+            "default_transaction_read_only",
+            "default_transaction_deferrable",
+          );
+          return;
+        }
+        at = 2;
+      }
+      const word = t[at]?.kind === WORD ? t[at].text : "";
+      if (word === "transaction" || word === "constraints") return; // this transaction only
+      if (word === "time" && t[at + 1]?.text === "zone") {
+        if (!local) scan.settings.push("timezone");
+        return;
+      }
+      if (word === "xml" && t[at + 1]?.text === "option") {
+        if (!local) scan.settings.push("xmloption");
+        return;
+      }
+      if (SPECIAL[word]) {
+        if (!local) scan.settings.push(SPECIAL[word]);
+        return;
+      }
+      const named = settingName(t, at);
+      if (!named) return;
+      const [name, next] = named;
+      if (name.startsWith("pgdog.")) {
+        scan.pgdogSettings.push([name.slice(6), valueText(t, next), local]);
+        return;
+      }
+      if (!local) scan.settings.push(name);
+      return;
+    }
+    case "reset": {
+      if (w1 === "all") {
+        scan.resetAll = true;
+        return;
+      }
+      if (w1 === "session" && w2 === "authorization") {
+        scan.settings.push("session_authorization");
+        return;
+      }
+      if (w1 === "time" && w2 === "zone") {
+        scan.settings.push("timezone");
+        return;
+      }
+      const named = settingName(t, 1);
+      if (!named) return;
+      if (named[0].startsWith("pgdog.")) scan.pgdogSettings.push([named[0].slice(6), "", false]);
+      else scan.settings.push(SPECIAL[named[0]] ?? named[0]);
+      return;
+    }
+    case "discard":
+      if (w1 === "all") {
+        scan.resetAll = true;
+        scan.discardAll = true;
+      }
+      return;
+    case "listen":
+      scan.listen = true;
+      return;
+    case "prepare":
+      // PREPARE TRANSACTION is two-phase commit, not a prepared statement.
+      if (w1 !== "transaction") scan.sqlPrepared = true;
+      return;
+    case "execute":
+    case "deallocate":
+      scan.sqlPrepared = true;
+      return;
+  }
+  // Function calls anywhere in the statement.
+  for (let i = 0; i + 1 < t.length; i++) {
+    if (t[i].kind !== WORD || t[i + 1].kind !== PUNCT || t[i + 1].text !== "(") continue;
+    const fn = t[i].text;
+    if (fn === "set_config") {
+      const call = callArgs(t, i + 2);
+      const [nameArg, , localArg] = call;
+      const local = localArg?.length === 1 && localArg[0].kind === WORD &&
+        (localArg[0].text === "true" || localArg[0].text === "t");
+      if (local) continue;
+      if (nameArg?.length === 1 && nameArg[0].kind === STRING) {
+        scan.settings.push(nameArg[0].text.toLowerCase());
+      } else scan.unknownSetting = true;
+    } else if (fn.startsWith("pg_advisory_") || fn.startsWith("pg_try_advisory_")) {
+      // The _xact_ variants end with the transaction and never hold a server.
+      if (!fn.includes("_xact_")) scan.advisoryLocks = true;
+    }
+  }
+}
+
+/** The arguments of a call starting after its "(", each as a token list (nesting respected). */
+function callArgs(t: Token[], start: number): Token[][] {
+  const args: Token[][] = [[]];
+  let depth = 0;
+  for (let i = start; i < t.length; i++) {
+    const tok = t[i];
+    if (tok.kind === PUNCT) {
+      if (tok.text === "(") depth++;
+      else if (tok.text === ")") {
+        if (depth === 0) break;
+        depth--;
+      } else if (tok.text === "," && depth === 0) {
+        args.push([]);
+        continue;
+      }
+    }
+    args[args.length - 1].push(tok);
+  }
+  return args;
+}
+
+/** The value after `TO`/`=` as text (words, strings, numbers joined). */
+function valueText(t: Token[], at: number): string {
+  let i = at;
+  if (t[i]?.text === "to" || t[i]?.text === "=") i++;
+  return t.slice(i).map((tok) => tok.text).join("");
+}
