@@ -48,12 +48,28 @@ export class Proxy implements ClientHost {
     const { host, port } = this.config.general;
     this.#listener = new Listener({ hostname: host, port }, (conn) => this.#accept(conn));
     this.#maintenance = setInterval(
-      () => this.databases.maintain(Date.now()),
+      () => this.#maintain(Date.now()),
       MAINTENANCE_INTERVAL_MS,
     );
-    this.databases.maintain(Date.now());
+    this.#maintain(Date.now());
     const addr = this.#listener.addr;
     log.info(`listening on ${addr.hostname}:${addr.port}`);
+  }
+
+  #maintain(now: number): void {
+    this.databases.maintain(now);
+    const g = this.config.general;
+    if (
+      g.query_timeout > 0 || g.client_idle_timeout > 0 || g.client_idle_in_transaction_timeout > 0
+    ) {
+      const limits = {
+        query: g.query_timeout,
+        idle: g.client_idle_timeout,
+        idleInTransaction: g.client_idle_in_transaction_timeout,
+        grace: g.rollback_timeout,
+      };
+      for (const client of this.#clients) client.checkTimeouts(now, limits);
+    }
   }
 
   /** The address the proxy listens on. */

@@ -14,6 +14,7 @@ import {
   copyFail,
   describeMessageType,
   type ErrorFields,
+  errorResponse,
   Msg,
   parseErrorFields,
   queryMessage,
@@ -52,6 +53,8 @@ export interface ServerLink {
   released(server: Server): void;
   /** The server failed while attached. */
   serverLost(server: Server, error: Error): void;
+  /** The server sent a FATAL: can the client go on with another server (so it is an ERROR to it)? */
+  survivesServerFatal(server: Server): boolean;
 }
 
 /** The pool a server belongs to. */
@@ -97,6 +100,7 @@ const WHOLE: Uint8Array[] = [
   typeTable([
     Msg.ReadyForQuery,
     Msg.ParameterStatus,
+    Msg.ErrorResponse,
     Msg.CopyInResponse,
     Msg.CopyOutResponse,
     Msg.CopyBothResponse,
@@ -126,6 +130,11 @@ function typeTable(types: number[]): Uint8Array {
 }
 
 const textDecoder = new TextDecoder();
+
+function startsWith(bytes: Uint8Array, ascii: string): boolean {
+  for (let i = 0; i < ascii.length; i++) if (bytes[i] !== ascii.charCodeAt(i)) return false;
+  return true;
+}
 let nextServerId = 1;
 
 /** A logged-in server connection. */
@@ -162,6 +171,12 @@ export class Server {
   readonly createdAt: number = Date.now();
   /** When it last went back to its pool. */
   idleSince: number = Date.now();
+  /** An ErrorResponse went to the client since the last ReadyForQuery. */
+  errorForwarded = false;
+  /** Set when pgdog cancels the running query itself: the client's 57014 error says why. */
+  cancelNote: string | null = null;
+  /** When the request now being answered started (query_timeout). */
+  requestStart = 0;
   /** Close instead of reusing at the next checkin (state no longer known). */
   discard = false;
   closed = false;
@@ -231,6 +246,7 @@ export class Server {
       if (this.link) this.link.writer.enqueue(payload as Uint8Array);
       return;
     }
+    if (this.queue.length === 0) this.requestStart = Date.now();
     this.queue.push(kind, action, payload);
     if (endsWithReady(kind)) {
       this.pendingReady++;
@@ -407,10 +423,25 @@ export class Server {
         this.#swallowedError(buf, p, size);
       }
       if (type === Msg.ParameterStatus) this.#parameterStatus(buf, p, size);
-      if (forwarding) {
+      let replacement: Uint8Array | null = null;
+      if (forwarding && type === Msg.ErrorResponse) {
+        replacement = this.#errorForClient(buf, p, size);
+        this.errorForwarded = true;
+      }
+      if (forwarding && replacement === null) {
         if (this.#runStart < 0) this.#runStart = p;
       } else {
         this.#endRun(p);
+      }
+      if (replacement !== null) {
+        // Everything before it goes out first, then the rewritten error instead of the original.
+        const link = this.link!;
+        const ranges = this.#ranges;
+        for (let i = 0; i < ranges.length; i += 2) {
+          link.writer.enqueue(buf.subarray(ranges[i], ranges[i + 1]));
+        }
+        ranges.length = 0;
+        link.writer.enqueue(replacement);
       }
       p += size;
       if (type !== Msg.ReadyForQuery) {
@@ -490,6 +521,30 @@ export class Server {
     }
   }
 
+  /**
+   * An ErrorResponse about to go to the client, rewritten when pgdog knows better: a cancel pgdog
+   * sent itself names its reason, and a FATAL the client survives (it gets another server) is
+   * passed on as an ERROR. Null keeps the original bytes.
+   */
+  #errorForClient(buf: Uint8Array, p: number, size: number): Uint8Array | null {
+    const note = this.cancelNote;
+    const severity = buf.subarray(p + 6, p + 12);
+    const fatal = buf[p + 5] === 0x53 &&
+      (startsWith(severity, "FATAL") || startsWith(severity, "PANIC"));
+    if (note === null && !fatal) return null;
+    const fields = parseErrorFields(buf, p + 5, p + size);
+    let changed = false;
+    if (note !== null && fields.code === "57014") {
+      fields.message = note;
+      changed = true;
+    }
+    if (fatal && this.link?.survivesServerFatal(this)) {
+      fields.severity = "ERROR";
+      changed = true;
+    }
+    return changed ? errorResponse(fields) : null;
+  }
+
   /** Moves the response queue along for a message of `type` (seen at its header). */
   #advance(type: number): void {
     const queue = this.queue;
@@ -499,6 +554,9 @@ export class Server {
         this.copy = CopyState.None;
         this.copyEnded = false;
         this.discardUntilSync = false;
+        this.errorForwarded = false;
+        this.cancelNote = null;
+        this.requestStart = Date.now();
         // Pop through the entry this answers (anything before it was skipped by the server).
         while (queue.length > 0) {
           const kind = queue.headKind;

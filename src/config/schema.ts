@@ -140,6 +140,17 @@ const GENERAL_KEYS = [
   ms("client_login_timeout", 60000, "How long a client may take to finish authentication."),
   ms("shutdown_timeout", 60000, "On SIGINT/SIGTERM, how long transactions may take to finish."),
   ms("rollback_timeout", 5000, "How long cleaning a returned server may take before it is closed."),
+  ms("query_timeout", 0, "A request still running after this long is cancelled (0: no limit)."),
+  ms(
+    "client_idle_timeout",
+    0,
+    "A client idle outside a transaction this long is disconnected (0: never).",
+  ),
+  ms(
+    "client_idle_in_transaction_timeout",
+    0,
+    "A client idle inside a transaction this long is disconnected and rolled back (0: never).",
+  ),
   oneOf(
     "prepared_statements",
     PREPARED_MODES,
@@ -260,9 +271,6 @@ export const GENERAL: SectionSpec = {
     "server_lifetime_jitter",
     "connect_attempts",
     "connect_attempt_delay",
-    "query_timeout",
-    "client_idle_timeout",
-    "client_idle_in_transaction_timeout",
     "shutdown_termination_timeout",
     "healthcheck_interval",
     "idle_healthcheck_interval",

@@ -43,6 +43,12 @@ export interface GeneralConfig {
   shutdown_timeout: number;
   /** How long cleaning a server (drain, rollback, reset) may take before it is closed instead. */
   rollback_timeout: number;
+  /** A request still running after this long is cancelled; 0 means no limit. */
+  query_timeout: number;
+  /** A client idle outside a transaction this long is disconnected; 0 means never. */
+  client_idle_timeout: number;
+  /** A client idle inside a transaction this long is disconnected (and rolled back); 0 means never. */
+  client_idle_in_transaction_timeout: number;
   /** Protocol-level prepared statements in transaction mode: `extended` renames and shares them. */
   prepared_statements: "extended" | "disabled";
   /** Prepared statements kept on each server; the least recently used beyond it are closed. */

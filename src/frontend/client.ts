@@ -100,6 +100,8 @@ export class Client implements ServerLink {
   closed = false;
   queries = 0;
   transactions = 0;
+  /** When the client last sent something. */
+  lastActivity: number = Date.now();
   #host: ClientHost;
   #sessionMode = false;
   /** Rename prepared statements (transaction mode with prepared_statements = extended). */
@@ -152,6 +154,48 @@ export class Client implements ServerLink {
   terminate(fields: ErrorFields): void {
     if (this.closed) return;
     this.#fatal(fields).finally(() => this.#teardown());
+  }
+
+  /**
+   * Enforces query_timeout (the running request is cancelled, its error says why; a server that
+   * ignores the cancel is closed), client_idle_timeout and client_idle_in_transaction_timeout.
+   * Called periodically; 0 disables a limit.
+   */
+  checkTimeouts(
+    now: number,
+    limits: { query: number; idle: number; idleInTransaction: number; grace: number },
+  ): void {
+    if (this.state === "login" || this.closed) return;
+    const server = this.server;
+    if (server && server.queue.length > 0) {
+      if (limits.query <= 0) return;
+      const running = now - server.requestStart;
+      if (server.cancelNote === null && running >= limits.query) {
+        server.cancelNote = `canceling statement due to query_timeout (${limits.query} ms)`;
+        sendCancel(server.address, { pid: server.backendPid, secret: server.backendSecret });
+      } else if (server.cancelNote !== null && running >= limits.query + limits.grace) {
+        server.close(`query_timeout: the server ignored the cancel for ${limits.grace} ms`);
+      }
+      return;
+    }
+    const idleSince = Math.max(this.lastActivity, server?.requestStart ?? 0);
+    const inTransaction = server !== null && server.txStatus !== TxStatus.Idle;
+    if (
+      inTransaction && limits.idleInTransaction > 0 && now - idleSince >= limits.idleInTransaction
+    ) {
+      this.terminate({
+        severity: "FATAL",
+        code: SqlState.IdleInTransactionSessionTimeout,
+        message:
+          `terminating connection due to client_idle_in_transaction_timeout (${limits.idleInTransaction} ms)`,
+      });
+    } else if (!inTransaction && limits.idle > 0 && now - idleSince >= limits.idle) {
+      this.terminate({
+        severity: "FATAL",
+        code: SqlState.IdleSessionTimeout,
+        message: `terminating connection due to client_idle_timeout (${limits.idle} ms)`,
+      });
+    }
   }
 
   /** A CancelRequest for this client arrived. */
@@ -285,6 +329,7 @@ export class Client implements ServerLink {
 
   /** Handles every complete message in the buffer. Returns false when the client is done. */
   async #handleMessages(): Promise<boolean> {
+    this.lastActivity = Date.now();
     const rb = this.rbuf;
     const out = this.#out;
     out.reset(rb.buf);
@@ -745,6 +790,12 @@ export class Client implements ServerLink {
     this.#pinnedThisHold = false;
   }
 
+  /** Part of {@linkcode ServerLink}: outside a transaction (and unpinned) a lost server is replaced. */
+  survivesServerFatal(server: Server): boolean {
+    return !this.#sessionMode && !this.session.pinned && server.txStatus === TxStatus.Idle &&
+      server.copy === CopyState.None;
+  }
+
   /** Part of {@linkcode ServerLink}: the server died under this client. */
   serverLost(server: Server, error: Error): void {
     if (this.server !== server) return;
@@ -759,17 +810,15 @@ export class Client implements ServerLink {
         `${server.address.host}:${server.address.port} closed the connection while this client used it`,
     };
     log.warn(`client ${this.id}: ${server.label} lost: ${error.message}`);
-    if (
-      this.#sessionMode || this.session.pinned || server.txStatus !== TxStatus.Idle ||
-      server.copy !== CopyState.None
-    ) {
+    if (!this.survivesServerFatal(server)) {
       // A transaction or session state is gone with the server: the client must start over.
       this.terminate({ ...fields, severity: "FATAL" });
       return;
     }
     const b = new MessageBuilder(128);
     for (let i = 0; i < server.pendingReady; i++) {
-      appendError(b, fields);
+      // The request being answered may already have its error (the server's own FATAL).
+      if (i > 0 || !server.errorForwarded) appendError(b, fields);
       b.bytes(readyForQuery(TxStatus.Idle));
     }
     if (server.openRequest) {

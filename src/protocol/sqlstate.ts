@@ -19,6 +19,8 @@ export const SqlState = {
   InsufficientPrivilege: "42501",
   InvalidParameterValue: "22023",
   QueryCanceled: "57014",
+  IdleInTransactionSessionTimeout: "25P03",
+  IdleSessionTimeout: "57P05",
   AdminShutdown: "57P01",
   CannotConnectNow: "57P03",
   TooManyConnections: "53300",
