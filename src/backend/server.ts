@@ -131,10 +131,6 @@ function typeTable(types: number[]): Uint8Array {
 
 const textDecoder = new TextDecoder();
 
-function startsWith(bytes: Uint8Array, ascii: string): boolean {
-  for (let i = 0; i < ascii.length; i++) if (bytes[i] !== ascii.charCodeAt(i)) return false;
-  return true;
-}
 let nextServerId = 1;
 
 /** A logged-in server connection. */
@@ -171,6 +167,8 @@ export class Server {
   readonly createdAt: number = Date.now();
   /** When it last went back to its pool. */
   idleSince: number = Date.now();
+  /** Its prepared statements may have stale plans: DEALLOCATE ALL before the next use. */
+  statementsStale = false;
   /** An ErrorResponse went to the client since the last ReadyForQuery. */
   errorForwarded = false;
   /** Set when pgdog cancels the running query itself: the client's 57014 error says why. */
@@ -527,18 +525,23 @@ export class Server {
    * passed on as an ERROR. Null keeps the original bytes.
    */
   #errorForClient(buf: Uint8Array, p: number, size: number): Uint8Array | null {
-    const note = this.cancelNote;
-    const severity = buf.subarray(p + 6, p + 12);
-    const fatal = buf[p + 5] === 0x53 &&
-      (startsWith(severity, "FATAL") || startsWith(severity, "PANIC"));
-    if (note === null && !fatal) return null;
     const fields = parseErrorFields(buf, p + 5, p + size);
+    if (
+      fields.code === "0A000" &&
+      fields.message.startsWith("cached plan must not change result type")
+    ) {
+      // A table changed under prepared statements: drop them all here before the next use.
+      this.statementsStale = true;
+    }
     let changed = false;
-    if (note !== null && fields.code === "57014") {
-      fields.message = note;
+    if (this.cancelNote !== null && fields.code === "57014") {
+      fields.message = this.cancelNote;
       changed = true;
     }
-    if (fatal && this.link?.survivesServerFatal(this)) {
+    if (
+      (fields.severity === "FATAL" || fields.severity === "PANIC") &&
+      this.link?.survivesServerFatal(this)
+    ) {
       fields.severity = "ERROR";
       changed = true;
     }

@@ -353,6 +353,16 @@ export class Client implements ServerLink {
         });
         return false;
       }
+      if (!wellFormed(type, buf, p, end)) {
+        // pgdog reads these messages' names itself: never past their end.
+        await this.#send();
+        await this.#fatal({
+          severity: "FATAL",
+          code: SqlState.ProtocolViolation,
+          message: `malformed ${describeMessageType(type)} message`,
+        });
+        return false;
+      }
       rb.start = end;
       if (this.#skipUntilSync) {
         // After an error pgdog reported itself, everything up to Sync is ignored, as PostgreSQL does.
@@ -718,6 +728,12 @@ export class Client implements ServerLink {
     server.attach(this);
     this.#out.reset(this.rbuf.buf);
     this.#syncParams(server);
+    if (server.statementsStale) {
+      server.statementsStale = false;
+      server.statements.clear();
+      this.#out.addBytes(DEALLOCATE_ALL);
+      server.expect(Expect.Query, Action.Swallow);
+    }
     if (this.#renaming) this.#evictStatements(server);
     return true;
   }
@@ -985,6 +1001,7 @@ function commandComplete(tag: string, status: number): Uint8Array {
 }
 
 const PARSE_COMPLETE = Uint8Array.of(Msg.ParseComplete, 0, 0, 0, 4);
+const DEALLOCATE_ALL = queryMessage("DEALLOCATE ALL");
 const CLOSE_COMPLETE = Uint8Array.of(Msg.CloseComplete, 0, 0, 0, 4);
 
 const LISTEN_UNSUPPORTED: ErrorFields = {
@@ -1007,6 +1024,40 @@ const SQL_PREPARE_UNSUPPORTED: ErrorFields = {
   hint:
     'Use your driver\'s protocol-level prepared statements (supported), or pooler_mode = "session".',
 };
+
+/**
+ * Whether the strings pgdog reads from a message end inside it: Query's text, Parse's name,
+ * query and parameter type count, Bind's portal and statement names, Describe's and Close's
+ * target. Everything else is left for PostgreSQL to judge.
+ */
+function wellFormed(type: number, buf: Uint8Array, p: number, end: number): boolean {
+  const body = p + 5;
+  switch (type) {
+    case Msg.Query:
+      return end > body && buf[end - 1] === 0;
+    case Msg.Parse: {
+      const nameEnd = indexOfNul(buf, body, end);
+      const queryEnd = nameEnd < 0 ? -1 : indexOfNul(buf, nameEnd + 1, end);
+      if (queryEnd < 0 || queryEnd + 3 > end) return false;
+      const types = (buf[queryEnd + 1] << 8) | buf[queryEnd + 2];
+      return queryEnd + 3 + types * 4 === end;
+    }
+    case Msg.Bind: {
+      const portalEnd = indexOfNul(buf, body, end);
+      return portalEnd >= 0 && indexOfNul(buf, portalEnd + 1, end) >= 0;
+    }
+    case Msg.Describe:
+    case Msg.Close:
+      return end > body + 1 && (buf[body] === 0x53 || buf[body] === 0x50) && buf[end - 1] === 0 &&
+        indexOfNul(buf, body + 1, end) === end - 1;
+  }
+  return true;
+}
+
+function indexOfNul(buf: Uint8Array, from: number, end: number): number {
+  const i = buf.indexOf(0, from);
+  return i >= 0 && i < end ? i : -1;
+}
 
 /** Message types a client may send once logged in. */
 const FRONTEND_TYPES = (() => {
