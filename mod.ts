@@ -45,15 +45,15 @@ export { VERSION } from "./src/version.ts";
  * Validates `config` (filling in defaults exactly as for the TOML files), starts a proxy and
  * resolves once it listens. Throws {@linkcode ConfigError} for an invalid configuration.
  */
-export function startProxy(config: PartialConfig): Promise<Proxy> {
+export async function startProxy(config: PartialConfig): Promise<Proxy> {
   const { config: resolved, warnings } = resolveConfig(config);
   for (const w of warnings) log.warn(w);
-  return Promise.resolve(start(resolved));
+  return await start(resolved);
 }
 
-function start(config: Config): Proxy {
+async function start(config: Config): Promise<Proxy> {
   const proxy = new Proxy(config);
-  proxy.start();
+  await proxy.start();
   return proxy;
 }
 
@@ -129,7 +129,7 @@ export async function main(args: string[]): Promise<number> {
   }
   let proxy: Proxy;
   try {
-    proxy = start(loaded.config);
+    proxy = await start(loaded.config);
   } catch (e) {
     log.error(`cannot start: ${e instanceof Error ? e.message : e}`);
     return 1;

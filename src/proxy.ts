@@ -9,6 +9,7 @@ import type { Config } from "./config/types.ts";
 import { Databases } from "./backend/databases.ts";
 import { Client, type ClientHost } from "./frontend/client.ts";
 import { PreparedCache } from "./frontend/prepared.ts";
+import { loadParser, QueryRouter } from "./router/mod.ts";
 import { Listener } from "./net/listener.ts";
 import { log } from "./log.ts";
 import { SqlState } from "./protocol/sqlstate.ts";
@@ -24,6 +25,9 @@ export class Proxy implements ClientHost {
   readonly settings: ClientHost["settings"];
   /** Every distinct prepared statement clients use (transaction mode). */
   readonly prepared: PreparedCache = new PreparedCache();
+  /** Parsed queries, by normalized text. */
+  readonly router: QueryRouter;
+  readonly routing: ClientHost["routing"];
   shuttingDown = false;
   readonly #clients = new Set<Client>();
   readonly #byPid = new Map<number, Client>();
@@ -34,6 +38,11 @@ export class Proxy implements ClientHost {
   constructor(config: Config) {
     this.config = config;
     this.databases = new Databases(config);
+    this.router = new QueryRouter({ cacheLimit: config.general.query_cache_limit });
+    this.routing = {
+      query_parser: config.general.query_parser,
+      read_write_strategy: config.general.read_write_strategy,
+    };
     this.settings = {
       auth_type: config.general.auth_type,
       client_login_timeout: config.general.client_login_timeout,
@@ -43,8 +52,16 @@ export class Proxy implements ClientHost {
     };
   }
 
-  /** Binds the listening socket, starts upkeep, and opens `min_pool_size` connections. */
-  start(): void {
+  /**
+   * Loads the query parser when some database needs it, binds the listening socket, starts
+   * upkeep and the monitors, and opens `min_pool_size` connections.
+   */
+  async start(): Promise<void> {
+    const parser = this.config.general.query_parser;
+    const needsParser = parser === "on" ||
+      (parser === "auto" && [...this.databases.clusters()].some((c) => c.hasReplicas));
+    if (needsParser) await loadParser();
+    this.databases.startMonitors();
     const { host, port } = this.config.general;
     this.#listener = new Listener({ hostname: host, port }, (conn) => this.#accept(conn));
     this.#maintenance = setInterval(

@@ -1,7 +1,7 @@
 /**
- * The pools the configuration describes. A cluster is what a client connects to: one user on one
- * logical database, made of shards, each with at most one primary and any number of replicas;
- * every (user, database, host) in it is a {@linkcode Pool}.
+ * The pools the configuration describes: one {@linkcode Cluster} per (user, database) pair in
+ * users.toml, its shards and hosts built from the `[[databases]]` entries of that name, and a
+ * monitor per shard for health, bans, replica lag and role detection.
  *
  * @module
  */
@@ -9,63 +9,49 @@
 import type { Config, DatabaseConfig, PoolerMode, UserConfig } from "../config/types.ts";
 import { resolvePoolSettings } from "../config/pool_settings.ts";
 import { Pool } from "./pool.ts";
+import { type BalancerSettings, Cluster, Shard, Target } from "./cluster.ts";
+import { type MonitorSettings, ShardMonitor } from "./monitor.ts";
 
-/** One shard of a cluster. */
-export interface Shard {
-  primary: Pool | null;
-  replicas: Pool[];
-}
-
-/** One user on one logical database. */
-export class Cluster {
-  readonly name: string;
-  readonly user: string;
-  /** The password clients must present (users.toml). */
-  readonly password: string | undefined;
-  readonly poolerMode: PoolerMode;
-  readonly shards: Shard[];
-
-  constructor(
-    options: {
-      name: string;
-      user: string;
-      password?: string;
-      poolerMode: PoolerMode;
-      shards: Shard[];
-    },
-  ) {
-    this.name = options.name;
-    this.user = options.user;
-    this.password = options.password;
-    this.poolerMode = options.poolerMode;
-    this.shards = options.shards;
-  }
-
-  /** The pool unrouted traffic uses: the first shard's primary, else its first replica. */
-  pool(): Pool {
-    const shard = this.shards[0];
-    return shard.primary ?? shard.replicas[0];
-  }
-
-  /** Every pool of the cluster. */
-  pools(): Pool[] {
-    const out: Pool[] = [];
-    for (const s of this.shards) {
-      if (s.primary) out.push(s.primary);
-      out.push(...s.replicas);
-    }
-    return out;
-  }
-}
+export { Cluster, Shard, Target } from "./cluster.ts";
 
 function clusterKey(user: string, database: string): string {
   return `${user}\u0000${database}`;
+}
+
+/** Load-balancing settings from `[general]`. */
+export function balancerSettings(config: Config): BalancerSettings {
+  const g = config.general;
+  return {
+    strategy: g.load_balancing_strategy,
+    split: g.read_write_split,
+    banTimeout: g.ban_timeout,
+    checkoutTimeout: g.checkout_timeout,
+    healthcheckInterval: g.healthcheck_interval,
+    healthcheckTimeout: g.healthcheck_timeout,
+  };
+}
+
+/** Monitor settings from `[general]`. */
+export function monitorSettings(config: Config): MonitorSettings {
+  const g = config.general;
+  return {
+    idleHealthcheckInterval: g.idle_healthcheck_interval,
+    idleHealthcheckDelay: g.idle_healthcheck_delay,
+    healthcheckTimeout: g.healthcheck_timeout,
+    banTimeout: g.ban_timeout,
+    lsnCheckInterval: g.lsn_check_interval,
+    lsnCheckTimeout: g.lsn_check_timeout,
+    lsnCheckDelay: g.lsn_check_delay,
+    banReplicaLag: g.ban_replica_lag,
+    banReplicaLagBytes: g.ban_replica_lag_bytes,
+  };
 }
 
 /** All clusters and pools built from a configuration. */
 export class Databases {
   readonly #clusters = new Map<string, Cluster>();
   readonly #names = new Set<string>();
+  readonly #monitors: ShardMonitor[] = [];
 
   /** Builds clusters for every (user, database) pair in `config`. */
   constructor(config: Config) {
@@ -76,10 +62,14 @@ export class Databases {
       if (list) list.push(db);
       else byName.set(db.name, [db]);
     }
+    const balance = balancerSettings(config);
+    const monitor = monitorSettings(config);
     for (const user of config.users) {
       const entries = byName.get(user.database);
       if (!entries) continue;
-      this.#clusters.set(clusterKey(user.name, user.database), buildCluster(config, user, entries));
+      const cluster = buildCluster(config, user, entries, balance);
+      this.#clusters.set(clusterKey(user.name, user.database), cluster);
+      for (const shard of cluster.shards) this.#monitors.push(new ShardMonitor(shard, monitor));
     }
   }
 
@@ -105,23 +95,36 @@ export class Databases {
     return out;
   }
 
+  /** Every shard monitor. */
+  get monitors(): readonly ShardMonitor[] {
+    return this.#monitors;
+  }
+
+  /** Starts the background checks. */
+  startMonitors(): void {
+    for (const m of this.#monitors) m.start();
+  }
+
   /** Periodic upkeep of every pool. */
   maintain(now: number): void {
     for (const c of this.#clusters.values()) for (const p of c.pools()) p.maintain(now);
   }
 
-  /** Closes every pool. */
+  /** Stops the checks and closes every pool. */
   close(): void {
+    for (const m of this.#monitors) m.stop();
     for (const p of this.pools()) p.close();
   }
 }
 
-function buildCluster(config: Config, user: UserConfig, entries: DatabaseConfig[]): Cluster {
+function buildCluster(
+  config: Config,
+  user: UserConfig,
+  entries: DatabaseConfig[],
+  balance: BalancerSettings,
+): Cluster {
   const shardCount = Math.max(...entries.map((e) => e.shard)) + 1;
-  const shards: Shard[] = Array.from(
-    { length: shardCount },
-    () => ({ primary: null, replicas: [] }),
-  );
+  const targets: Target[][] = Array.from({ length: shardCount }, () => []);
   let poolerMode: PoolerMode | null = null;
   for (const database of entries) {
     const settings = resolvePoolSettings(config, { database, user });
@@ -138,16 +141,35 @@ function buildCluster(config: Config, user: UserConfig, entries: DatabaseConfig[
       },
       config: settings,
     });
-    const shard = shards[database.shard];
-    if (database.role === "replica") shard.replicas.push(pool);
-    else if (shard.primary === null) shard.primary = pool;
-    else shard.replicas.push(pool);
+    targets[database.shard].push(
+      new Target({ pool, role: database.role, weight: database.lb_weight }),
+    );
   }
+  const shards: Shard[] = [];
+  targets.forEach((list, n) => {
+    if (list.length === 0) return;
+    // Fixed roles: the first primary entry is the primary, any other one serves as a replica.
+    if (!list.every((t) => t.configuredRole === "auto")) {
+      let seen = false;
+      for (const t of list) {
+        if (t.configuredRole === "replica") t.role = "replica";
+        else if (t.configuredRole === "primary" && !seen) {
+          t.role = "primary";
+          seen = true;
+        } else t.role = "replica";
+      }
+    } else {
+      // Roles are detected; until the first check, nobody is primary.
+      for (const t of list) t.role = "replica";
+    }
+    shards.push(new Shard(n, list));
+  });
   return new Cluster({
     name: user.database,
     user: user.name,
     password: user.password,
     poolerMode: poolerMode ?? config.general.pooler_mode,
-    shards: shards.filter((s) => s.primary !== null || s.replicas.length > 0),
+    shards,
+    settings: balance,
   });
 }

@@ -56,6 +56,21 @@ const DEFAULT_GENERAL = {
   prepared_statements: "extended",
   prepared_statements_limit: 500,
   max_message_size: 1073741824,
+  query_parser: "auto",
+  query_cache_limit: 1000,
+  read_write_strategy: "conservative",
+  read_write_split: "include_primary",
+  load_balancing_strategy: "random",
+  healthcheck_interval: 30000,
+  idle_healthcheck_interval: 30000,
+  idle_healthcheck_delay: 5000,
+  healthcheck_timeout: 5000,
+  ban_timeout: 300000,
+  ban_replica_lag: 0,
+  ban_replica_lag_bytes: 0,
+  lsn_check_interval: 5000,
+  lsn_check_timeout: 5000,
+  lsn_check_delay: 0,
 } as const;
 
 interface BadCase {
@@ -276,6 +291,7 @@ Deno.test("loadConfig: defaults everywhere", async () => {
         database_name: "shop",
         role: "primary",
         shard: 0,
+        lb_weight: 255,
       }],
       users: [{ name: "bob", database: "shop", password: "pw" }],
       admin: { name: "admin", user: "admin" },
@@ -350,6 +366,21 @@ server_password = "bob_srvpw"
       prepared_statements: "extended",
       prepared_statements_limit: 500,
       max_message_size: 1073741824,
+      query_parser: "auto",
+      query_cache_limit: 1000,
+      read_write_strategy: "conservative",
+      read_write_split: "include_primary",
+      load_balancing_strategy: "random",
+      healthcheck_interval: 30000,
+      idle_healthcheck_interval: 30000,
+      idle_healthcheck_delay: 5000,
+      healthcheck_timeout: 5000,
+      ban_timeout: 300000,
+      ban_replica_lag: 0,
+      ban_replica_lag_bytes: 0,
+      lsn_check_interval: 5000,
+      lsn_check_timeout: 5000,
+      lsn_check_delay: 0,
       shutdown_timeout: 6,
       rollback_timeout: 7,
     },
@@ -365,6 +396,7 @@ server_password = "bob_srvpw"
       pooler_mode: "transaction",
       role: "auto",
       shard: 1,
+      lb_weight: 255,
     }],
     users: [{
       name: "bob",
@@ -405,7 +437,7 @@ Deno.test("loadConfig: [admin] in users.toml replaces pgdog.toml's", async () =>
 Deno.test("loadConfig: warnings", async () => {
   const pgdog = [
     "[general]", //                                   1
-    "query_cache_limit = 100", //                     2
+    "dry_run = true", //                              2
     "workers = 4", //                                 3
     "", //                                            4
     "[[databases]]", //                               5
@@ -442,7 +474,7 @@ Deno.test("loadConfig: warnings", async () => {
   const { result, error } = await load({ pgdog, users });
   equal(error, undefined);
   deepEqual(result?.warnings, [
-    "pgdog.toml:2: [general] query_cache_limit is a PgDog setting this version does not " +
+    "pgdog.toml:2: [general] dry_run is a PgDog setting this version does not " +
     "support yet; ignored",
     "pgdog.toml:3: [general] workers is a PgDog setting this version does not support yet; " +
     "ignored",
@@ -474,6 +506,7 @@ Deno.test("loadConfig: missing files are warnings; URLs stand in for the databas
         database_name: "app",
         role: "replica",
         shard: 0,
+        lb_weight: 255,
       }],
       users: [{ name: "alice", database: "app", password: "secret" }],
       admin: { name: "admin", user: "admin" },
@@ -554,6 +587,7 @@ Deno.test("resolveConfig: defaults and the same checks, without lines", () => {
     database_name: "shop",
     role: "primary",
     shard: 0,
+    lb_weight: 255,
   }]);
   deepEqual(config.admin, { name: "admin", user: "admin" });
   deepEqual(warnings, []);

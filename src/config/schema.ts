@@ -114,6 +114,20 @@ const POOLER_MODES = ["transaction", "session"] as const;
 const AUTH_TYPES = ["scram", "md5", "plain", "trust"] as const;
 const ROLES = ["primary", "replica", "auto"] as const;
 const PREPARED_MODES = ["extended", "disabled"] as const;
+const QUERY_PARSER = ["auto", "on", "off"] as const;
+const RW_STRATEGIES = ["conservative", "aggressive"] as const;
+const RW_SPLITS = [
+  "include_primary",
+  "exclude_primary",
+  "include_primary_if_replica_banned",
+  "prefer_primary",
+] as const;
+const LB_STRATEGIES = [
+  "random",
+  "round_robin",
+  "least_active_connections",
+  "weighted_round_robin",
+] as const;
 
 const GENERAL_KEYS = [
   str("host", "Address the proxy listens on.", { default: "0.0.0.0" }),
@@ -173,6 +187,71 @@ const GENERAL_KEYS = [
       min: 1024,
     },
   ),
+  oneOf(
+    "query_parser",
+    QUERY_PARSER,
+    "Parse queries: auto (when the database has replicas or shards), on, off.",
+    {
+      default: "auto",
+    },
+  ),
+  int(
+    "query_cache_limit",
+    "Parsed queries kept (normalized: literals don't count), least recently used out.",
+    {
+      default: 1000,
+      min: 1,
+    },
+  ),
+  oneOf(
+    "read_write_strategy",
+    RW_STRATEGIES,
+    "conservative: read-write transactions and multi-statement requests go to the primary.",
+    { default: "conservative" },
+  ),
+  oneOf("read_write_split", RW_SPLITS, "Whether the primary serves reads too.", {
+    default: "include_primary",
+  }),
+  oneOf("load_balancing_strategy", LB_STRATEGIES, "How reads are spread over replicas.", {
+    default: "random",
+  }),
+  ms(
+    "healthcheck_interval",
+    30000,
+    "A connection idle this long answers an empty query before it is handed out.",
+  ),
+  ms(
+    "idle_healthcheck_interval",
+    30000,
+    "Every host answers an empty query this often (0: never).",
+  ),
+  ms("idle_healthcheck_delay", 5000, "Delay before the first background health check."),
+  ms("healthcheck_timeout", 5000, "How long a health check may take."),
+  ms(
+    "ban_timeout",
+    300000,
+    "A host that failed stays out of the read rotation at least this long.",
+  ),
+  ms(
+    "ban_replica_lag",
+    0,
+    "A replica lagging this far behind is taken out of rotation (0: never).",
+  ),
+  int(
+    "ban_replica_lag_bytes",
+    "A replica this many WAL bytes behind is taken out of rotation (0: never).",
+    {
+      default: 0,
+      min: 0,
+    },
+  ),
+  ms(
+    "lsn_check_interval",
+    5000,
+    "How often replication positions are checked (replicas and role = auto).",
+  ),
+  ms("lsn_check_timeout", 5000, "How long a replication position check may take."),
+  ms("lsn_check_delay", 0, "Delay before the first replication position check."),
 ] satisfies KeySpec<keyof GeneralConfig>[];
 
 const DATABASE_KEYS = [
@@ -201,6 +280,11 @@ const DATABASE_KEYS = [
     default: "primary",
   }),
   int("shard", "Shard number of this host.", { default: 0, min: 0 }),
+  int("lb_weight", "Weight of this host for weighted_round_robin.", {
+    default: 255,
+    min: 0,
+    max: 255,
+  }),
 ] satisfies KeySpec<keyof DatabaseConfig>[];
 
 const USER_KEYS = [
@@ -267,26 +351,11 @@ export const GENERAL: SectionSpec = {
     "dns_ttl",
     "prepared_statements_ttl",
     "prepared_statements_ttl_jitter",
-    "query_cache_limit",
     "server_lifetime_jitter",
     "connect_attempts",
     "connect_attempt_delay",
     "shutdown_termination_timeout",
-    "healthcheck_interval",
-    "idle_healthcheck_interval",
-    "idle_healthcheck_delay",
-    "healthcheck_timeout",
     "require_healthcheck_on_discovery",
-    "ban_timeout",
-    "ban_replica_lag",
-    "ban_replica_lag_bytes",
-    "lsn_check_interval",
-    "lsn_check_timeout",
-    "lsn_check_delay",
-    "load_balancing_strategy",
-    "read_write_strategy",
-    "read_write_split",
-    "query_parser",
     "query_parser_enabled",
     "query_parser_engine",
     "dry_run",
@@ -365,7 +434,6 @@ export const DATABASES: SectionSpec = {
     "server_lifetime",
     "server_lifetime_jitter",
     "resharding_only",
-    "lb_weight",
     ...ROLE_POOL_KEYS,
   ],
 };

@@ -91,6 +91,7 @@ Deno.test("withDefaults fills defaults and defaultFrom, and leaves optional keys
     database_name: "shop",
     role: "primary",
     shard: 0,
+    lb_weight: 255,
   });
   deepEqual(withDefaults(ADMIN, {}), { name: "admin", user: "admin" });
   equal(withDefaults(GENERAL, {}).server_lifetime, 86_400_000);

@@ -55,6 +55,44 @@ export interface GeneralConfig {
   prepared_statements_limit: number;
   /** Largest message a client may send, in bytes; a larger declared length closes that client. */
   max_message_size: number;
+  /** When queries are parsed: auto (the database has replicas or shards), on, off. */
+  query_parser: "auto" | "on" | "off";
+  /** Parsed (normalized) queries kept in the cache. */
+  query_cache_limit: number;
+  /** conservative: read-write transactions and multi-statement requests go to the primary. */
+  read_write_strategy: "conservative" | "aggressive";
+  /** Whether the primary also serves reads. */
+  read_write_split:
+    | "include_primary"
+    | "exclude_primary"
+    | "include_primary_if_replica_banned"
+    | "prefer_primary";
+  /** How reads are spread over a shard's hosts. */
+  load_balancing_strategy:
+    | "random"
+    | "round_robin"
+    | "least_active_connections"
+    | "weighted_round_robin";
+  /** A connection idle this long is health-checked before it is handed out. */
+  healthcheck_interval: number;
+  /** Background health checks of every host, this often; 0 disables them. */
+  idle_healthcheck_interval: number;
+  /** Delay before the first background health check. */
+  idle_healthcheck_delay: number;
+  /** How long a health check may take. */
+  healthcheck_timeout: number;
+  /** How long a failed host stays out of the read rotation (at least). */
+  ban_timeout: number;
+  /** Replica lag (ms) that takes a replica out of rotation; 0: never. */
+  ban_replica_lag: number;
+  /** Replica lag (WAL bytes) that takes a replica out of rotation; 0: never. */
+  ban_replica_lag_bytes: number;
+  /** How often replication positions are checked. */
+  lsn_check_interval: number;
+  /** How long a replication position check may take. */
+  lsn_check_timeout: number;
+  /** Delay before the first replication position check. */
+  lsn_check_delay: number;
 }
 
 /** One `[[databases]]` entry: a PostgreSQL host serving a logical database. */
@@ -81,6 +119,8 @@ export interface DatabaseConfig {
   role: DatabaseRole;
   /** Shard number of this host (default 0). */
   shard: number;
+  /** Weight for weighted_round_robin (0-255). */
+  lb_weight: number;
 }
 
 /** One `[[users]]` entry of `users.toml`: who may connect to which database. */

@@ -34,10 +34,18 @@ import type { Cluster, Databases } from "../backend/databases.ts";
 import { sendCancel, ServerConnectError } from "../backend/connect.ts";
 import type { AuthType } from "../config/types.ts";
 import { mayAffectSession, scanSession, type SessionScan } from "../router/scan.ts";
+import type { Analysis, QueryRouter } from "../router/mod.ts";
+import { chooseRole, parseRole, type Role } from "../router/route.ts";
 import { log } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
 import { logIn, LoginRefused } from "./login.ts";
-import { markApplied, paramsSignature, paramSyncSql, sessionParamsFromStartup } from "./params.ts";
+import {
+  markApplied,
+  paramsSignature,
+  paramSyncSql,
+  sessionParamsFromStartup,
+  startupOption,
+} from "./params.ts";
 import { sameParams, SessionState } from "./session.ts";
 import {
   bindStatementName,
@@ -69,6 +77,12 @@ export interface ClientHost {
     prepared_statements_limit: number;
   };
   readonly prepared: PreparedCache;
+  readonly router: QueryRouter;
+  /** `[general]` routing settings. */
+  readonly routing: {
+    query_parser: "auto" | "on" | "off";
+    read_write_strategy: "conservative" | "aggressive";
+  };
   readonly shuttingDown: boolean;
   register(client: Client): void;
   unregister(client: Client): void;
@@ -114,6 +128,14 @@ export class Client implements ServerLink {
   #pinnedThisHold = false;
   /** What the unnamed statement does to the session, once bound. */
   #unnamedScan: SessionScan | null = null;
+  /** Parse queries to route them (the database has replicas, or query_parser = on). */
+  #routing = false;
+  /** The unnamed statement's analysis, for routing its Bind. */
+  #unnamedAnalysis: Analysis | null = null;
+  /** A plain BEGIN held back so the transaction's first statement can choose its host. */
+  #deferredBegin: Uint8Array | null = null;
+  /** `pgdog.role` from the startup packet. */
+  #startupRole: Role | null = null;
   readonly #out = new OutBatch();
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
@@ -256,6 +278,11 @@ export class Client implements ServerLink {
     this.pool = result.cluster.pool();
     this.#sessionMode = result.cluster.poolerMode === "session";
     this.#renaming = !this.#sessionMode && host.settings.prepared_statements === "extended";
+    const parser = host.routing.query_parser;
+    this.#routing = parser === "on" || (parser === "auto" && result.cluster.hasReplicas);
+    this.#startupRole = parseRole(
+      result.startup.get("pgdog.role") ?? startupOption(result.startup, "pgdog.role"),
+    );
     this.session = new SessionState(sessionParamsFromStartup(result.startup));
     let reported: Array<[string, string]>;
     try {
@@ -378,7 +405,7 @@ export class Client implements ServerLink {
       if (this.server === null) {
         // Nothing is buffered for a server yet: taking one may wait, and nothing else touches the
         // read buffer meanwhile.
-        const ok = await this.#acquire();
+        const ok = await this.#acquire(this.#route(type, buf, p, end));
         if (this.closed) return false;
         if (!ok) {
           if (type === Msg.Query || type === Msg.FunctionCall) {
@@ -458,9 +485,17 @@ export class Client implements ServerLink {
   /** Simple queries pgdog answers or refuses itself. */
   #localQuery(buf: Uint8Array, p: number, end: number): boolean {
     this.#pendingScan = null;
-    if (!mayAffectSession(buf, p + 5, end - 1)) return false;
+    this.#analysis = null;
+    const maybeSession = mayAffectSession(buf, p + 5, end - 1);
+    if (!maybeSession && !this.#routing) return false;
     const sql = decodeText(buf, p + 5, end - 1);
-    const scan = scanSession(sql);
+    if (this.#routing && this.server === null) {
+      // Routing happens at the start of a transaction; analyze (cached) only then.
+      const analysis = this.#host.router.analyze(sql);
+      this.#analysis = analysis;
+      if (this.#transactionControl(analysis, buf.slice(p, end))) return true;
+    }
+    const scan = maybeSession ? scanSession(sql) : null;
     if (scan === null) return false;
     if (scan.pgdogSettings.length > 0 && scan.statements === 1) {
       this.#setPgdog(scan.pgdogSettings[0]);
@@ -526,8 +561,15 @@ export class Client implements ServerLink {
       return true;
     }
     const name = nameEnd === p + 5 ? "" : parseName(buf, p, end);
+    const analysis = this.#routing
+      ? this.#host.router.analyze(decodeText(buf, queryStart, queryEnd))
+      : null;
+    this.#lastParseAnalysis = analysis;
     if (name === "" || !this.#renaming) {
-      this.#unnamedScan = name === "" ? scan : this.#unnamedScan;
+      if (name === "") {
+        this.#unnamedScan = scan;
+        this.#unnamedAnalysis = analysis;
+      }
       if (scan && name !== "") this.#pendingScan = scan;
       return false;
     }
@@ -541,6 +583,7 @@ export class Client implements ServerLink {
     }
     const stmt = this.#host.prepared.forParse(buf, p, end);
     stmt.scan ??= scan;
+    stmt.analysis ??= analysis;
     this.statements.set(name, stmt);
     const server = this.server;
     if (
@@ -548,6 +591,33 @@ export class Client implements ServerLink {
     ) {
       // Known good, or already on this server: nothing for a server to do.
       this.#answer(PARSE_COMPLETE);
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * BEGIN, COMMIT and ROLLBACK with no server attached, when routing: a plain BEGIN is held back
+   * (answered at once) so the transaction's first statement picks the host; ending a transaction
+   * that never reached a server is answered too. Returns true when answered.
+   */
+  #transactionControl(analysis: Analysis, message: Uint8Array): boolean {
+    const info = analysis.info;
+    if (info.statements !== 1 || analysis.directives !== null) return false;
+    if (info.transaction === "begin" && this.#deferredBegin === null) {
+      this.#deferredBegin = message;
+      this.#answer(commandComplete("BEGIN", TxStatus.InTransaction));
+      return true;
+    }
+    if (
+      this.#deferredBegin !== null &&
+      (info.transaction === "commit" || info.transaction === "rollback")
+    ) {
+      this.#deferredBegin = null;
+      this.session.pgdogLocal.clear();
+      this.#answer(
+        commandComplete(info.transaction === "commit" ? "COMMIT" : "ROLLBACK", TxStatus.Idle),
+      );
       return true;
     }
     return false;
@@ -662,11 +732,18 @@ export class Client implements ServerLink {
   }
 
   #txStatus(): number {
-    return this.server?.txStatus ?? TxStatus.Idle;
+    if (this.server) return this.server.txStatus;
+    return this.#deferredBegin !== null ? TxStatus.InTransaction : TxStatus.Idle;
   }
 
   /** `SET [LOCAL] pgdog.<name> TO <value>` and `RESET pgdog.<name>`. */
-  #setPgdog([name, value]: [string, string, boolean]): void {
+  #setPgdog([name, value, local]: [string, string, boolean]): void {
+    if (local) {
+      // Lasts until the transaction ends.
+      if (value === "") this.session.pgdogLocal.delete(name);
+      else this.session.pgdogLocal.set(name, value);
+      return;
+    }
     if (name === "pin") {
       const on = /^(true|on|yes|1)$/i.test(value);
       this.session.manualPin = on;
@@ -691,16 +768,54 @@ export class Client implements ServerLink {
     this.pool!.release(server, { resetSql: PIN_CLEANUP });
   }
 
-  /** Takes a server from the pool for the next request. False (error already queued) on failure. */
-  async #acquire(): Promise<boolean> {
-    const pool = this.pool!;
-    let server = pool.tryCheckout();
-    if (server === null) {
+  /**
+   * The host a request starting with this message needs. Without routing (no replicas), the
+   * primary; otherwise the statement decides, unless a comment, SET pgdog.role or the startup
+   * parameter says otherwise.
+   */
+  #route(type: number, buf: Uint8Array, p: number, end: number): Role {
+    const override = parseRole(this.session.pgdogLocal.get("role")) ??
+      parseRole(this.session.pgdog.get("role")) ??
+      this.#startupRole;
+    if (!this.#routing) return override ?? "primary";
+    let analysis: Analysis | null = null;
+    if (type === Msg.Query) {
+      analysis = this.#analysis ?? this.#host.router.analyze(decodeText(buf, p + 5, end - 1));
+    } else if (type === Msg.Parse) {
+      analysis = this.#lastParseAnalysis;
+    } else if (type === Msg.Bind) {
+      const name = bindStatementName(buf, p, end);
+      analysis = name === "" ? this.#unnamedAnalysis : this.statements.get(name)?.analysis ?? null;
+    } else if (type === Msg.Describe && buf[p + 5] === 0x53) {
+      const name = describedName(buf, p, end);
+      analysis = name === "" ? this.#unnamedAnalysis : this.statements.get(name)?.analysis ?? null;
+    }
+    return chooseRole(analysis, {
+      override,
+      strategy: this.#host.routing.read_write_strategy,
+      deferredBegin: this.#deferredBegin !== null,
+    });
+  }
+
+  /** The analysis of the Query being handled (set by #localQuery when it analyzed it). */
+  #analysis: Analysis | null = null;
+  /** The analysis of the last Parse seen. */
+  #lastParseAnalysis: Analysis | null = null;
+
+  /** Takes a server for the next request. False (error already queued) on failure. */
+  async #acquire(role: Role): Promise<boolean> {
+    const cluster = this.cluster!;
+    let server: Server;
+    const fast = role === "primary" || !cluster.hasReplicas ? cluster.pool().tryCheckout() : null;
+    if (fast !== null && !this.#needsHealthcheck(fast)) {
+      server = fast;
+    } else {
+      if (fast !== null) fast.owner?.checkin(fast);
       this.state = "waiting";
       const abort = new AbortController();
       this.#waitAbort = abort;
       try {
-        server = await pool.waitForServer({ signal: abort.signal });
+        server = await cluster.checkout(role, { signal: abort.signal });
       } catch (e) {
         this.state = "idle";
         if (this.closed) return false;
@@ -718,10 +833,11 @@ export class Client implements ServerLink {
         this.#waitAbort = null;
       }
       if (this.closed) {
-        pool.checkin(server);
+        server.owner?.checkin(server);
         return false;
       }
     }
+    this.pool = server.owner as Pool;
     this.server = server;
     this.state = "active";
     this.#pinnedThisHold = this.session.pinned;
@@ -735,7 +851,18 @@ export class Client implements ServerLink {
       server.expect(Expect.Query, Action.Swallow);
     }
     if (this.#renaming) this.#evictStatements(server);
+    if (this.#deferredBegin !== null) {
+      // The transaction's first statement chose the host: the BEGIN goes first, answered already.
+      this.#out.addBytes(this.#deferredBegin);
+      server.expect(Expect.Query, Action.Swallow);
+      this.#deferredBegin = null;
+    }
     return true;
+  }
+
+  /** A server idle longer than healthcheck_interval is checked before use (by the cluster). */
+  #needsHealthcheck(server: Server): boolean {
+    return Date.now() - server.idleSince >= this.cluster!.settings.healthcheckInterval;
   }
 
   /** Pipelines the settings difference ahead of the request; its answer is swallowed. */
@@ -771,6 +898,7 @@ export class Client implements ServerLink {
    * that answer is in); in transaction mode the server then goes back unless pinned.
    */
   shouldRelease(server: Server): boolean {
+    this.session.pgdogLocal.clear();
     if (this.session.needsReadBack) {
       this.#readBack(server);
       return false;

@@ -117,3 +117,12 @@ export function markApplied(applied: SessionParams, desired: SessionParams): voi
   applied.clear();
   for (const [k, v] of desired) applied.set(k, v);
 }
+
+/** The value of `name` given in the startup `options` (`-c name=value`), if any. */
+export function startupOption(startup: Map<string, string>, name: string): string | undefined {
+  const options = startup.get("options");
+  if (!options) return undefined;
+  let value: string | undefined;
+  for (const [k, v] of parseStartupOptions(options)) if (k.toLowerCase() === name) value = v;
+  return value;
+}

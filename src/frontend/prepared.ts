@@ -10,6 +10,7 @@
 
 import { Msg, readCString, writeInt32 } from "../protocol/messages.ts";
 import type { SessionScan } from "../router/scan.ts";
+import type { Analysis } from "../router/mod.ts";
 
 /** One distinct statement, shared by every client that prepared it. */
 export class PreparedStatement {
@@ -27,6 +28,8 @@ export class PreparedStatement {
   lastUsed = 0;
   /** What running it does to the session (SET, advisory locks, ...), if anything. */
   scan: SessionScan | null = null;
+  /** The router's analysis of its query (when routing). */
+  analysis: Analysis | null = null;
 
   constructor(name: string, parse: Uint8Array, query: string) {
     this.name = name;

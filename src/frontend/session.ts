@@ -41,6 +41,8 @@ export class SessionState {
   manualPin = false;
   /** `pgdog.*` settings (role, shard, sharding_key, ...), for routing. */
   readonly pgdog: Map<string, string> = new Map();
+  /** `SET LOCAL pgdog.*`: until the transaction ends. */
+  readonly pgdogLocal: Map<string, string> = new Map();
 
   constructor(startup: SessionParams) {
     this.startup = startup;
@@ -117,6 +119,7 @@ export class SessionState {
     this.#advisoryCalls = false;
     this.#settingsChanged = false;
     this.pgdog.clear();
+    this.pgdogLocal.clear();
   }
 }
 

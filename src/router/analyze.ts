@@ -1,0 +1,231 @@
+/**
+ * What a statement is, from PostgreSQL's own parse tree (libpg-query): whether it must run on a
+ * primary, what transaction control it is, which tables it touches. Computed once per distinct
+ * normalized query and cached.
+ *
+ * @module
+ */
+
+import { loadModule, parseSync } from "libpg-query";
+
+/** Transaction control at the start of a request. */
+export type TxControl =
+  | "begin"
+  | "begin_read_only"
+  | "set_read_only"
+  | "commit"
+  | "rollback"
+  | "savepoint"
+  | "other";
+
+/** A table as named in a statement. */
+export interface TableRef {
+  schema?: string;
+  name: string;
+}
+
+/** Everything routing wants to know about one query text. */
+export interface StatementInfo {
+  /** Number of statements in the text. */
+  statements: number;
+  /** Must run on a primary (writes, locks, sequences, DDL, anything unknown). */
+  write: boolean;
+  /** Transaction control of the first statement, or null. */
+  transaction: TxControl | null;
+  /** A read-only transaction is begun by the first two statements (`BEGIN; SET TRANSACTION READ ONLY`). */
+  readOnlyTransaction: boolean;
+  /** Tables named anywhere in the text. */
+  tables: TableRef[];
+  /** The parse tree, or null when the text did not parse. */
+  ast: ParseTree | null;
+  /** PostgreSQL's syntax error, when the text did not parse. */
+  error: string | null;
+}
+
+/** libpg-query's JSON parse tree. */
+export interface ParseTree {
+  version: number;
+  stmts: Array<{ stmt?: Node; stmt_location?: number; stmt_len?: number }>;
+}
+
+/** A parse tree node: `{ NodeType: { ...fields } }`. */
+export type Node = Record<string, unknown>;
+
+let loading: Promise<void> | null = null;
+let loaded = false;
+
+/** Loads PostgreSQL's parser (WebAssembly); call once before {@linkcode analyzeSql}. */
+export function loadParser(): Promise<void> {
+  loading ??= loadModule().then(() => {
+    loaded = true;
+  });
+  return loading;
+}
+
+/** True once {@linkcode loadParser} has finished. */
+export function parserLoaded(): boolean {
+  return loaded;
+}
+
+/** Functions whose call makes a SELECT a write. */
+function isWriteFunction(name: string): boolean {
+  return name === "nextval" || name === "setval" || name.startsWith("pg_advisory_") ||
+    name.startsWith("pg_try_advisory_");
+}
+
+/** Parses and analyzes `sql`. Never throws: a syntax error yields a write with `error` set. */
+export function analyzeSql(sql: string): StatementInfo {
+  let tree: ParseTree;
+  try {
+    // The parser refuses an empty string; PostgreSQL answers it with EmptyQueryResponse.
+    tree = sql.trim() === "" ? { version: 0, stmts: [] } : parseSync(sql) as ParseTree;
+  } catch (e) {
+    return {
+      statements: 1,
+      write: true,
+      transaction: null,
+      readOnlyTransaction: false,
+      tables: [],
+      ast: null,
+      error: e instanceof Error ? e.message : String(e),
+    };
+  }
+  const stmts = tree.stmts.map((s) => s.stmt).filter((s): s is Node => s !== undefined);
+  const tables: TableRef[] = [];
+  let write = false;
+  for (const stmt of stmts) {
+    if (statementWrites(stmt, tables)) write = true;
+  }
+  const first = stmts[0] ? transactionControl(stmts[0]) : null;
+  const second = stmts[1] ? transactionControl(stmts[1]) : null;
+  const readOnlyTransaction = first === "begin_read_only" ||
+    (first === "begin" && second === "set_read_only");
+  return {
+    statements: stmts.length,
+    write,
+    transaction: first,
+    readOnlyTransaction,
+    tables,
+    ast: tree,
+    error: null,
+  };
+}
+
+/** Transaction control of one statement, or null if it isn't any. */
+export function transactionControl(stmt: Node): TxControl | null {
+  const tx = stmt.TransactionStmt as { kind?: string; options?: Node[] } | undefined;
+  if (tx) {
+    switch (tx.kind) {
+      case "TRANS_STMT_BEGIN":
+      case "TRANS_STMT_START":
+        return readOnlyOption(tx.options) ? "begin_read_only" : "begin";
+      case "TRANS_STMT_COMMIT":
+        return "commit";
+      case "TRANS_STMT_ROLLBACK":
+        return "rollback";
+      case "TRANS_STMT_SAVEPOINT":
+      case "TRANS_STMT_RELEASE":
+      case "TRANS_STMT_ROLLBACK_TO":
+        return "savepoint";
+      default:
+        return "other";
+    }
+  }
+  const set = stmt.VariableSetStmt as { kind?: string; name?: string; args?: Node[] } | undefined;
+  if (
+    set && set.kind === "VAR_SET_MULTI" && set.name === "TRANSACTION" && readOnlyOption(set.args)
+  ) {
+    return "set_read_only";
+  }
+  return null;
+}
+
+function readOnlyOption(options: Node[] | undefined): boolean {
+  for (const o of options ?? []) {
+    const d = o.DefElem as { defname?: string; arg?: Node } | undefined;
+    if (d?.defname !== "transaction_read_only") continue;
+    const c = d.arg?.A_Const as { ival?: { ival?: number } } | undefined;
+    return (c?.ival?.ival ?? 0) === 1;
+  }
+  return false;
+}
+
+/** True when a top-level statement must run on a primary; collects its tables. */
+function statementWrites(stmt: Node, tables: TableRef[]): boolean {
+  const type = Object.keys(stmt)[0];
+  const body = stmt[type] as Node;
+  switch (type) {
+    case "SelectStmt":
+      return walk(body, tables, (body as { intoClause?: unknown }).intoClause !== undefined);
+    case "ExplainStmt": {
+      const options = (body.options as Node[] | undefined) ?? [];
+      const analyze = options.some((o) =>
+        (o.DefElem as { defname?: string } | undefined)?.defname === "analyze"
+      );
+      const inner = body.query as Node;
+      const innerWrites = statementWrites(inner, tables);
+      return analyze && innerWrites;
+    }
+    case "CopyStmt": {
+      const copy = body as { is_from?: boolean; relation?: Node; query?: Node };
+      if (copy.relation) collectTable(copy.relation, tables);
+      if (copy.is_from) return true;
+      return copy.query ? statementWrites(copy.query, tables) : false;
+    }
+    case "DeclareCursorStmt":
+      return statementWrites((body as { query: Node }).query, tables);
+    case "TransactionStmt":
+      return false;
+    case "VariableShowStmt":
+      // As PgDog does: SHOW reports the session's own server; keep it with writes.
+      return true;
+    default:
+      walk(body, tables, true);
+      return true;
+  }
+}
+
+/**
+ * Walks a subtree, collecting tables; returns true when it finds something that writes
+ * (data-modifying statements in CTEs, row locks, write functions), or `writes` was already true.
+ */
+function walk(node: unknown, tables: TableRef[], writes: boolean): boolean {
+  if (Array.isArray(node)) {
+    for (const child of node) writes = walk(child, tables, writes);
+    return writes;
+  }
+  if (node === null || typeof node !== "object") return writes;
+  for (const [key, value] of Object.entries(node as Record<string, unknown>)) {
+    switch (key) {
+      case "RangeVar":
+      case "relation":
+        collectTable(value as Node, tables);
+        if (key === "RangeVar") continue;
+        break;
+      case "InsertStmt":
+      case "UpdateStmt":
+      case "DeleteStmt":
+      case "MergeStmt":
+        writes = true;
+        break;
+      case "lockingClause":
+        if (Array.isArray(value) && value.length > 0) writes = true;
+        break;
+      case "FuncCall": {
+        const names = (value as { funcname?: Node[] }).funcname ?? [];
+        const last = names[names.length - 1]?.String as { sval?: string } | undefined;
+        if (last?.sval && isWriteFunction(last.sval)) writes = true;
+        break;
+      }
+    }
+    if (typeof value === "object") writes = walk(value, tables, writes);
+  }
+  return writes;
+}
+
+/** Collects a RangeVar's table (the node's fields, without the `RangeVar` wrapper). */
+function collectTable(node: Node, tables: TableRef[]): void {
+  const rv = node as { schemaname?: string; relname?: string };
+  if (typeof rv.relname !== "string") return;
+  tables.push(rv.schemaname ? { schema: rv.schemaname, name: rv.relname } : { name: rv.relname });
+}

@@ -1,0 +1,123 @@
+/**
+ * The query router's front door: one call answers every question about a statement (read or
+ * write, transaction control, tables, literal values and comment directives for sharding, later
+ * plugins). Parse results are cached by normalized text, so queries that differ only in their
+ * literals share an entry, and a cache hit costs a lexical scan and a map lookup.
+ *
+ * @module
+ */
+
+import { analyzeSql, type StatementInfo } from "./analyze.ts";
+import { type Literal, normalize } from "./normalize.ts";
+
+export {
+  analyzeSql,
+  loadParser,
+  parserLoaded,
+  type StatementInfo,
+  type TableRef,
+  type TxControl,
+} from "./analyze.ts";
+export type { Literal } from "./normalize.ts";
+
+/** One cached parse, with the counters SHOW QUERY_CACHE reports. */
+export interface CacheEntry {
+  /** The normalized query (the cache key). */
+  readonly query: string;
+  readonly info: StatementInfo;
+  /** Literals were replaced by parameters in the parsed text. */
+  readonly normalized: boolean;
+  hits: number;
+  /** Times routed to one shard / to several (sharding). */
+  direct: number;
+  multi: number;
+}
+
+/** A statement, analyzed: the cached facts plus this query's own literals and directives. */
+export interface Analysis {
+  entry: CacheEntry;
+  info: StatementInfo;
+  /** This query's literal values; `literals[i]` is parameter `firstParam + i` in the parse tree. */
+  literals: Literal[];
+  firstParam: number;
+  /** pgdog directives from comments (`role`, `shard`, `sharding_key`). */
+  directives: Map<string, string> | null;
+}
+
+/** Parses, analyzes and caches statements. */
+export class QueryRouter {
+  readonly #cache = new Map<string, CacheEntry>();
+  #limit: number;
+  /** Cache hits and misses since start. */
+  hits = 0;
+  misses = 0;
+
+  constructor(options: { cacheLimit: number }) {
+    this.#limit = Math.max(1, options.cacheLimit);
+  }
+
+  /** Analyzes `sql` (a simple query, or the text of a Parse). */
+  analyze(sql: string): Analysis {
+    const n = normalize(sql);
+    let entry = this.#cache.get(n.key);
+    if (entry !== undefined) {
+      this.hits++;
+      entry.hits++;
+      // Most recently used last.
+      this.#cache.delete(n.key);
+      this.#cache.set(n.key, entry);
+      return entry.normalized
+        ? {
+          entry,
+          info: entry.info,
+          literals: n.literals,
+          firstParam: n.firstParam,
+          directives: n.directives,
+        }
+        : {
+          entry,
+          info: entry.info,
+          literals: [],
+          firstParam: n.firstParam,
+          directives: n.directives,
+        };
+    }
+    this.misses++;
+    let info = analyzeSql(n.key);
+    let normalized = n.literals.length > 0;
+    let key = n.key;
+    if (info.error !== null && n.key !== sql) {
+      // Replacing a literal broke the syntax somewhere: analyze (and cache) the text as written.
+      info = analyzeSql(sql);
+      normalized = false;
+      key = sql;
+    }
+    entry = { query: key, info, normalized, hits: 1, direct: 0, multi: 0 };
+    this.#cache.set(key, entry);
+    if (this.#cache.size > this.#limit) this.#cache.delete(this.#cache.keys().next().value!);
+    return normalized
+      ? { entry, info, literals: n.literals, firstParam: n.firstParam, directives: n.directives }
+      : { entry, info, literals: [], firstParam: n.firstParam, directives: n.directives };
+  }
+
+  /** Cached entries, least recently used first (SHOW QUERY_CACHE). */
+  entries(): IterableIterator<CacheEntry> {
+    return this.#cache.values();
+  }
+
+  /** Number of cached entries. */
+  get size(): number {
+    return this.#cache.size;
+  }
+
+  /** Changes the limit (RELOAD, SET); evicts down to it. */
+  setLimit(limit: number): void {
+    this.#limit = Math.max(1, limit);
+    while (this.#cache.size > this.#limit) this.#cache.delete(this.#cache.keys().next().value!);
+  }
+
+  /** Empties the cache (RESET QUERY_CACHE). */
+  clear(): void {
+    this.#cache.clear();
+  }
+}
