@@ -40,6 +40,8 @@ export async function cleanServer(
     if (server.queue.length > 0 || server.copy !== CopyState.None) {
       const cancelTimer = setTimeout(() => {
         log.debug(`${server.label}: cancelling the query its departed client left running`);
+        // The query may finish before the cancel lands; the server must not serve anyone after.
+        server.discard = true;
         sendCancel(server.address, { pid: server.backendPid, secret: server.backendSecret });
       }, CANCEL_AFTER_MS);
       try {
@@ -71,7 +73,7 @@ export async function cleanServer(
       server.applied.clear();
       if (/discard all/i.test(options.resetSql)) server.statements.clear();
     }
-    return !timedOut && server.clean;
+    return !timedOut && server.clean && !server.discard;
   } catch (e) {
     if (!timedOut && !server.closed) {
       log.warn(

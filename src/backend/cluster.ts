@@ -266,6 +266,18 @@ export class Cluster {
     return (shard.primary ?? shard.targets[0]).pool;
   }
 
+  /** Bans the host behind `pool` from reads (its server just failed under a client). */
+  banPool(pool: Pool, reason: string): void {
+    for (const shard of this.shards) {
+      for (const target of shard.targets) {
+        if (target.pool !== pool) continue;
+        target.healthy = false;
+        shard.ban(target, { reason, kind: "error", ms: this.settings.banTimeout });
+        return;
+      }
+    }
+  }
+
   /** Every pool of the cluster. */
   pools(): Pool[] {
     return this.shards.flatMap((s) => s.targets.map((t) => t.pool));
@@ -298,22 +310,27 @@ export class Cluster {
       }
       return await this.#fromTarget(shard, target, options.signal, false);
     }
-    const candidates = shard.readCandidates(settings);
-    let lastError: unknown = null;
-    for (let i = 0; i < candidates.length; i++) {
+    // A failed target is banned, which can change who may serve reads (exclude_primary lets the
+    // primary in once no replica is left): pick again after each failure, never the same twice.
+    const tried = new Set<Target>();
+    let lastError: ClientFacingError | null = null;
+    for (;;) {
+      const candidates = shard.readCandidates(settings).filter((t) => !tried.has(t));
+      if (candidates.length === 0) break;
+      const target = candidates[0];
+      tried.add(target);
       try {
         return await this.#fromTarget(
           shard,
-          candidates[i],
+          target,
           options.signal,
-          i < candidates.length - 1,
+          tried.size < shard.targets.length,
         );
       } catch (e) {
-        lastError = e;
         if (!(e instanceof TargetFailed)) throw e;
+        lastError = e.cause;
       }
     }
-    if (lastError instanceof TargetFailed) throw lastError.cause;
     throw lastError ?? new ClientFacingError({
       severity: "ERROR",
       code: SqlState.ConnectionFailure,

@@ -157,6 +157,20 @@ export class ResponseQueue {
     return removed;
   }
 
+  /**
+   * Makes the first `count` Forward entries swallow their answers (Local ones give none): a
+   * re-run request whose first answers the client already has.
+   */
+  swallowFirst(count: number): void {
+    for (let n = 0; n < this.#size && count > 0; n++) {
+      const i = (this.#head + n) & (this.#kinds.length - 1);
+      if (this.#actions[i] !== Action.Forward) continue;
+      if (this.#kinds[i] === Expect.Local) this.#payloads[i] = null;
+      else this.#actions[i] = Action.Swallow;
+      count--;
+    }
+  }
+
   /** Empties the queue. */
   clear(): void {
     this.#payloads.fill(null);

@@ -53,8 +53,12 @@ export interface ServerLink {
   released(server: Server): void;
   /** The server failed while attached. */
   serverLost(server: Server, error: Error): void;
-  /** The server sent a FATAL: can the client go on with another server (so it is an ERROR to it)? */
-  survivesServerFatal(server: Server): boolean;
+  /**
+   * The server sent a FATAL (it is about to close): `replay` drops it (the client's request will
+   * run elsewhere), `downgrade` passes it as an ERROR (the client goes on with another server),
+   * `keep` passes it unchanged.
+   */
+  onServerFatal(server: Server): "replay" | "downgrade" | "keep";
 }
 
 /** The pool a server belongs to. */
@@ -123,6 +127,23 @@ const WHOLE: Uint8Array[] = [
   ]),
 ];
 
+/** Answers that carry results: once one reached a client, its request can't be re-run. */
+const DATA = typeTable([
+  Msg.DataRow,
+  Msg.CommandComplete,
+  Msg.EmptyQueryResponse,
+  Msg.PortalSuspended,
+  Msg.ErrorResponse,
+  Msg.ReadyForQuery,
+  Msg.FunctionCallResponse,
+  Msg.CopyInResponse,
+  Msg.CopyOutResponse,
+  Msg.CopyBothResponse,
+  Msg.CopyData,
+  Msg.CopyDone,
+  Msg.NotificationResponse,
+]);
+
 function typeTable(types: number[]): Uint8Array {
   const t = new Uint8Array(256);
   for (const x of types) t[x] = 1;
@@ -130,6 +151,8 @@ function typeTable(types: number[]): Uint8Array {
 }
 
 const textDecoder = new TextDecoder();
+/** An error replacement meaning "pass nothing on". */
+const EMPTY = new Uint8Array(0);
 
 let nextServerId = 1;
 
@@ -169,6 +192,10 @@ export class Server {
   idleSince: number = Date.now();
   /** Its prepared statements may have stale plans: DEALLOCATE ALL before the next use. */
   statementsStale = false;
+  /** Result data (rows, completions, errors, ReadyForQuery) reached the client since it attached. */
+  dataForwarded = false;
+  /** The client's entries answered since it attached (acknowledgements a re-run must not repeat). */
+  answered = 0;
   /** An ErrorResponse went to the client since the last ReadyForQuery. */
   errorForwarded = false;
   /** Set when pgdog cancels the running query itself: the client's 57014 error says why. */
@@ -227,6 +254,8 @@ export class Server {
   /** Forward this server's output to `link` until it is released. */
   attach(link: ServerLink): void {
     this.link = link;
+    this.dataForwarded = false;
+    this.answered = 0;
   }
 
   /** Stops forwarding (the client went away); the server's output is then dropped. */
@@ -397,6 +426,7 @@ export class Server {
       }
       const forwarding = this.link !== null &&
         (handling === Action.Forward || (handling === Action.Inject && type === Msg.ErrorResponse));
+      if (forwarding && DATA[type] === 1) this.dataForwarded = true;
       if (WHOLE[handling][type] === 0) {
         // Streamed: passed on piece by piece to an attached client, skipped otherwise.
         this.#dropping = !forwarding;
@@ -424,14 +454,15 @@ export class Server {
       let replacement: Uint8Array | null = null;
       if (forwarding && type === Msg.ErrorResponse) {
         replacement = this.#errorForClient(buf, p, size);
-        this.errorForwarded = true;
+        if (replacement === EMPTY) this.dataForwarded = false;
+        else this.errorForwarded = true;
       }
       if (forwarding && replacement === null) {
         if (this.#runStart < 0) this.#runStart = p;
       } else {
         this.#endRun(p);
       }
-      if (replacement !== null) {
+      if (replacement !== null && replacement.length > 0) {
         // Everything before it goes out first, then the rewritten error instead of the original.
         const link = this.link!;
         const ranges = this.#ranges;
@@ -513,6 +544,7 @@ export class Server {
         }
         ranges.length = 0;
         link.writer.enqueue(local);
+        if (DATA[local[0]] === 1) this.dataForwarded = true;
       }
       this.#pop();
       head = this.queue.headKind;
@@ -538,12 +570,13 @@ export class Server {
       fields.message = this.cancelNote;
       changed = true;
     }
-    if (
-      (fields.severity === "FATAL" || fields.severity === "PANIC") &&
-      this.link?.survivesServerFatal(this)
-    ) {
-      fields.severity = "ERROR";
-      changed = true;
+    if ((fields.severity === "FATAL" || fields.severity === "PANIC") && this.link) {
+      const verdict = this.link.onServerFatal(this);
+      if (verdict === "replay") return EMPTY;
+      if (verdict === "downgrade") {
+        fields.severity = "ERROR";
+        changed = true;
+      }
     }
     return changed ? errorResponse(fields) : null;
   }
@@ -623,6 +656,7 @@ export class Server {
     const kind = this.queue.headKind;
     const action = this.queue.headAction;
     this.queue.shift();
+    if (action === Action.Forward) this.answered++;
     if (endsWithReady(kind)) this.pendingReady--;
     if (action === Action.Collect && endsWithReady(kind)) {
       const req = this.#internal.shift();

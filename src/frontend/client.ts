@@ -134,8 +134,14 @@ export class Client implements ServerLink {
   #unnamedAnalysis: Analysis | null = null;
   /** A plain BEGIN held back so the transaction's first statement can choose its host. */
   #deferredBegin: Uint8Array | null = null;
+  /** A settings read-back was sent and has not answered yet. */
+  #readBackPending = false;
   /** `pgdog.role` from the startup packet. */
   #startupRole: Role | null = null;
+  /** The request a replica is answering, kept until its answer starts, to re-run it elsewhere. */
+  #replay: { bytes: Uint8Array; role: Role } | null = null;
+  /** A re-run in progress: new requests wait for it. */
+  #replaying: Promise<void> | null = null;
   readonly #out = new OutBatch();
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
@@ -194,6 +200,7 @@ export class Client implements ServerLink {
       const running = now - server.requestStart;
       if (server.cancelNote === null && running >= limits.query) {
         server.cancelNote = `canceling statement due to query_timeout (${limits.query} ms)`;
+        server.discard = true;
         sendCancel(server.address, { pid: server.backendPid, secret: server.backendSecret });
       } else if (server.cancelNote !== null && running >= limits.query + limits.grace) {
         server.close(`query_timeout: the server ignored the cancel for ${limits.grace} ms`);
@@ -224,6 +231,8 @@ export class Client implements ServerLink {
   cancel(): void {
     const server = this.server;
     if (server && (server.queue.length > 0 || server.copy !== CopyState.None)) {
+      // The query may end before the cancel lands: never reuse this server for someone else.
+      server.discard = true;
       sendCancel(server.address, { pid: server.backendPid, secret: server.backendSecret });
     } else if (this.#waitAbort) {
       this.#waitAbort.abort(
@@ -357,9 +366,13 @@ export class Client implements ServerLink {
   /** Handles every complete message in the buffer. Returns false when the client is done. */
   async #handleMessages(): Promise<boolean> {
     this.lastActivity = Date.now();
+    if (this.#replaying) await this.#replaying;
     const rb = this.rbuf;
     const out = this.#out;
     out.reset(rb.buf);
+    // Where the request that took a replica began: kept to re-run it if that replica dies.
+    let replayFrom = -1;
+    let replayRole: Role = "replica";
     let size: number;
     while ((size = rb.nextMessageSize()) > 0) {
       const buf = rb.buf;
@@ -367,12 +380,15 @@ export class Client implements ServerLink {
       const end = p + size;
       const type = buf[p];
       if (type === Msg.Terminate) {
+        // PostgreSQL answers everything before a Terminate; so does pgdog.
         await this.#send();
+        await this.#finishOwed();
         return false;
       }
       if (FRONTEND_TYPES[type] === 0) {
         // Forwarding it would make PostgreSQL drop the (shared) server connection.
         await this.#send();
+        await this.#finishOwed();
         await this.#fatal({
           severity: "FATAL",
           code: SqlState.ProtocolViolation,
@@ -383,6 +399,7 @@ export class Client implements ServerLink {
       if (!wellFormed(type, buf, p, end)) {
         // pgdog reads these messages' names itself: never past their end.
         await this.#send();
+        await this.#finishOwed();
         await this.#fatal({
           severity: "FATAL",
           code: SqlState.ProtocolViolation,
@@ -405,8 +422,13 @@ export class Client implements ServerLink {
       if (this.server === null) {
         // Nothing is buffered for a server yet: taking one may wait, and nothing else touches the
         // read buffer meanwhile.
-        const ok = await this.#acquire(this.#route(type, buf, p, end));
+        const role = this.#route(type, buf, p, end);
+        const ok = await this.#acquire(role);
         if (this.closed) return false;
+        if (ok && role === "replica" && this.#deferredBegin === null && !this.#sessionMode) {
+          replayFrom = p;
+          replayRole = role;
+        }
         if (!ok) {
           if (type === Msg.Query || type === Msg.FunctionCall) {
             this.writer.enqueue(readyForQuery(TxStatus.Idle));
@@ -419,11 +441,33 @@ export class Client implements ServerLink {
       }
       this.#forward(type, buf, p, end);
     }
+    if (this.server !== null && !this.#out.empty) {
+      this.#replay = replayFrom >= 0 && this.#replayable(rb.buf, replayFrom, rb.start)
+        ? { bytes: rb.buf.slice(replayFrom, rb.start), role: replayRole }
+        : null;
+    }
     await this.#send();
     // Make room for the partial message at the front (and shrink after a large one).
     rb.consume(0);
     if (this.writer.congested) await this.writer.flush();
     return true;
+  }
+
+  /**
+   * Waits (bounded by rollback_timeout) until the server has answered everything the client sent
+   * before, so those answers reach the client ahead of a close, as with PostgreSQL.
+   */
+  async #finishOwed(): Promise<void> {
+    const server = this.server;
+    if (server === null || server.queue.length === 0) return;
+    const limit = this.pool?.config.rollback_timeout ?? 5000;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      server.drain(),
+      new Promise<void>((resolve) => timer = setTimeout(resolve, limit)),
+    ]).catch(() => {});
+    clearTimeout(timer);
+    await this.writer.flush().catch(() => {});
   }
 
   /** Writes what the batch collected for the server. */
@@ -860,6 +904,49 @@ export class Client implements ServerLink {
     return true;
   }
 
+  /** A request can be re-run elsewhere when it is whole (ends with Sync or Query) and has no COPY. */
+  #replayable(buf: Uint8Array, start: number, end: number): boolean {
+    let last = 0;
+    for (let p = start; p < end;) {
+      const type = buf[p];
+      if (
+        type === Msg.CopyData || type === Msg.CopyDone || type === Msg.CopyFail ||
+        type === Msg.FunctionCall
+      ) {
+        return false;
+      }
+      last = type;
+      p += 1 + ((buf[p + 1] << 24) | (buf[p + 2] << 16) | (buf[p + 3] << 8) | buf[p + 4]);
+    }
+    return last === Msg.Sync || last === Msg.Query;
+  }
+
+  /** Re-runs a read whose replica died before answering, on another host. */
+  async #rerun(replay: { bytes: Uint8Array; role: Role }, answered: number): Promise<void> {
+    const bytes = replay.bytes;
+    if (!(await this.#acquire(replay.role))) {
+      // The error is queued; each request in it still needs its ReadyForQuery.
+      for (let p = 0; p < bytes.length;) {
+        const type = bytes[p];
+        if (type === Msg.Query || type === Msg.Sync) {
+          this.writer.enqueue(readyForQuery(TxStatus.Idle));
+        }
+        p += 1 + ((bytes[p + 1] << 24) | (bytes[p + 2] << 16) | (bytes[p + 3] << 8) | bytes[p + 4]);
+      }
+      return;
+    }
+    this.#out.useSource(bytes);
+    for (let p = 0; p < bytes.length;) {
+      const end = p + 1 +
+        ((bytes[p + 1] << 24) | (bytes[p + 2] << 16) | (bytes[p + 3] << 8) | bytes[p + 4]);
+      this.#forward(bytes[p], bytes, p, end);
+      p = end;
+    }
+    // The client already has the first answers (ParseComplete, BindComplete, ...): not again.
+    this.server?.queue.swallowFirst(answered);
+    await this.#send();
+  }
+
   /** A server idle longer than healthcheck_interval is checked before use (by the cluster). */
   #needsHealthcheck(server: Server): boolean {
     return Date.now() - server.idleSince >= this.cluster!.settings.healthcheckInterval;
@@ -909,9 +996,11 @@ export class Client implements ServerLink {
 
   #readBack(server: Server): void {
     const sql = this.session.readBackSql();
+    this.#readBackPending = true;
     server.query(sql, {
       timeoutMs: this.pool!.config.rollback_timeout,
       onDone: (r) => {
+        this.#readBackPending = false;
         if (r.error) {
           log.warn(`client ${this.id}: reading back session settings failed: ${r.error.message}`);
           server.discard = true;
@@ -928,14 +1017,21 @@ export class Client implements ServerLink {
 
   /** Part of {@linkcode ServerLink}. */
   released(_server: Server): void {
+    this.#replay = null;
     this.server = null;
     this.state = "idle";
     this.transactions++;
     this.#pinnedThisHold = false;
   }
 
-  /** Part of {@linkcode ServerLink}: outside a transaction (and unpinned) a lost server is replaced. */
-  survivesServerFatal(server: Server): boolean {
+  /** Part of {@linkcode ServerLink}: what a server's FATAL means to this client. */
+  onServerFatal(server: Server): "replay" | "downgrade" | "keep" {
+    if (this.#replay !== null && !server.dataForwarded) return "replay";
+    return this.#survives(server) ? "downgrade" : "keep";
+  }
+
+  /** Outside a transaction (and unpinned) a lost server is simply replaced. */
+  #survives(server: Server): boolean {
     return !this.#sessionMode && !this.session.pinned && server.txStatus === TxStatus.Idle &&
       server.copy === CopyState.None;
   }
@@ -946,6 +1042,23 @@ export class Client implements ServerLink {
     this.server = null;
     this.state = "idle";
     if (this.closed) return;
+    const replay = this.#replay;
+    this.#replay = null;
+    if (replay && !server.dataForwarded && !this.session.pinned && this.cluster) {
+      // A read lost before any of its answer went out: run it again on another host.
+      this.cluster.banPool(server.owner as Pool, `server lost: ${error.message}`);
+      log.info(
+        `client ${this.id}: ${server.label} lost before answering a read; running it on another host`,
+      );
+      this.#replaying = this.#rerun(replay, server.answered).catch((e) => {
+        log.warn(
+          `client ${this.id}: re-running a read failed: ${e instanceof Error ? e.message : e}`,
+        );
+      }).finally(() => {
+        this.#replaying = null;
+      });
+      return;
+    }
     const fields: ErrorFields = {
       severity: "ERROR",
       code: SqlState.ConnectionFailure,
@@ -954,7 +1067,7 @@ export class Client implements ServerLink {
         `${server.address.host}:${server.address.port} closed the connection while this client used it`,
     };
     log.warn(`client ${this.id}: ${server.label} lost: ${error.message}`);
-    if (!this.survivesServerFatal(server)) {
+    if (!this.#survives(server)) {
       // A transaction or session state is gone with the server: the client must start over.
       this.terminate({ ...fields, severity: "FATAL" });
       return;
@@ -995,11 +1108,12 @@ export class Client implements ServerLink {
     this.server = null;
     if (server && this.pool) {
       server.detach();
-      const resetSql = this.#sessionMode
-        ? "DISCARD ALL"
-        : this.#pinnedThisHold || this.session.pinned
-        ? PIN_CLEANUP
-        : null;
+      // Until the read-back has answered, settings or advisory locks the client left are unknown:
+      // reset everything rather than hand them to someone else.
+      const unknownState = this.#pinnedThisHold || this.session.pinned ||
+        this.session.needsReadBack ||
+        this.#readBackPending;
+      const resetSql = this.#sessionMode ? "DISCARD ALL" : unknownState ? PIN_CLEANUP : null;
       this.pool.release(server, { resetSql });
     }
     this.statements.clear();
@@ -1046,6 +1160,14 @@ class OutBatch {
     this.#starts.length = 0;
     this.#ends.length = 0;
     this.#bytes.length = 0;
+  }
+
+  /** Takes later ranges from `src` (only bytes, no ranges, may be queued so far). */
+  useSource(src: Uint8Array): void {
+    if (this.#bytes.some((b) => b === null)) {
+      throw new Error("internal error: ranges of another buffer are queued");
+    }
+    this.#src = src;
   }
 
   addRange(start: number, end: number): void {

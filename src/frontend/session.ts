@@ -71,7 +71,8 @@ export class SessionState {
 
   /** One statement returning (name, value) rows: session-level settings, and advisory locks held. */
   readBackSql(): string {
-    let sql =
+    // In its own transaction, immune to the client's statement_timeout and lock_timeout.
+    let sql = "BEGIN; SET LOCAL statement_timeout TO 0; SET LOCAL lock_timeout TO 0; " +
       "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'";
     if (this.#hidden.size > 0) {
       const names = [...this.#hidden].map(quoteLiteral).join(",");
@@ -83,7 +84,7 @@ export class SessionState {
         ` UNION ALL SELECT '${ADVISORY_ROW}', pg_catalog.count(*)::text FROM pg_catalog.pg_locks` +
         " WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()";
     }
-    return sql;
+    return sql + "; COMMIT";
   }
 
   /**

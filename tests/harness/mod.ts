@@ -1,6 +1,6 @@
 /**
- * Test harness: throwaway PostgreSQL clusters, the proxy as a subprocess, and
- * real clients (psql, pgbench, npm:pg).
+ * Test harness: throwaway PostgreSQL clusters and streaming replicas, the
+ * proxy as a subprocess, and real clients (psql, pgbench, npm:pg).
  *
  * @module
  */
@@ -8,5 +8,6 @@
 export * from "./command.ts";
 export * from "./net.ts";
 export * from "./postgres.ts";
+export * from "./replication.ts";
 export * from "./proxy.ts";
 export * from "./clients.ts";

@@ -139,6 +139,8 @@ export interface PgCluster extends AsyncDisposable {
   reload(): Promise<void>;
   /** Read the server log. */
   log(): Promise<string>;
+  /** Whether the server is a standby (`SELECT pg_is_in_recovery()`). */
+  isInRecovery(): Promise<boolean>;
   /** Stop the server and remove its directories. Idempotent. */
   destroy(): Promise<void>;
 }
@@ -147,7 +149,8 @@ export interface PgCluster extends AsyncDisposable {
 const TEMPLATE_FORMAT = 1;
 const MAX_PORT_TRIES = 8;
 const STARTUP_TIMEOUT_MS = 60_000;
-const READY_LINE = "database system is ready to accept connections";
+/** A primary logs "...accept connections", a hot standby "...accept read-only connections". */
+const READY_LINE = /database system is ready to accept (read-only )?connections/;
 const SHUT_DOWN_LINE = "database system is shut down";
 /** FATAL errors that concern one client connection, not the server. */
 const CLIENT_FATAL =
@@ -563,6 +566,17 @@ class Cluster implements PgCluster {
     return await this.#logFrom(0);
   }
 
+  async isInRecovery(): Promise<boolean> {
+    const rows = await this.sql("SELECT pg_is_in_recovery()");
+    return rows[0]?.[0] === "t";
+  }
+
+  /** The settings a clone of this cluster inherits (all but the port). */
+  settingsForClone(): Record<string, SettingValue> {
+    const { port: _port, ...rest } = this.#settings;
+    return rest;
+  }
+
   /**
    * First start: moves to another port when the chosen one is taken, unless
    * the port was pinned by the settings (then a taken port is an error).
@@ -648,7 +662,7 @@ class Cluster implements PgCluster {
     let lastStatusCheck = Date.now();
     while (Date.now() < deadline) {
       const text = await this.#logFrom(offset);
-      if (text.includes(READY_LINE)) {
+      if (READY_LINE.test(text)) {
         const pid = [...text.matchAll(/\[(\d+)\] LOG:\s+starting PostgreSQL/g)].at(-1)?.[1];
         this.pid = pid ? Number(pid) : await this.#statusPid();
         return "ready";
@@ -663,7 +677,7 @@ class Cluster implements PgCluster {
         const status = await this.#pgCtl(["status"], 30_000);
         if (status.code !== 0) {
           // Not running: it failed (unless it became ready meanwhile).
-          return (await this.#logFrom(offset)).includes(READY_LINE) ? "ready" : "failed";
+          return READY_LINE.test(await this.#logFrom(offset)) ? "ready" : "failed";
         }
       }
       await sleep(5);
@@ -849,6 +863,81 @@ export async function startPostgres(options: PostgresOptions = {}): Promise<PgCl
     await cluster.startFresh();
     const script = setupScript(options, tpl.major);
     if (script) await cluster.script(script);
+    return cluster;
+  } catch (err) {
+    if (cluster) {
+      await cluster.destroy().catch(() => {});
+    } else {
+      if (dataRootDir) await sh('rm -rf "$1"', [dataRootDir]);
+      await Deno.remove(configDir, { recursive: true }).catch(() => {});
+    }
+    throw err;
+  }
+}
+
+/** Options for {@linkcode startPostgresFrom}. */
+export interface StartPostgresFromOptions {
+  /** postgresql.conf settings applied on top of the ones inherited from the source. */
+  settings?: Record<string, SettingValue>;
+}
+
+/**
+ * Low-level building block of `startReplica`: start a cluster whose data
+ * directory `populate(dataDir)` creates (for instance with pg_basebackup, as
+ * the postgres user when root; the parent directory exists and is owned by
+ * postgres) instead of copying the template. The new cluster gets its own
+ * port, config directory and log, the pg_hba.conf of `source` and the
+ * settings `source` was started with (except the port), then
+ * `options.settings`. It is cleaned up like clusters from
+ * {@linkcode startPostgres}.
+ */
+export async function startPostgresFrom(
+  source: PgCluster,
+  populate: (dataDir: string) => Promise<void>,
+  options: StartPostgresFromOptions = {},
+): Promise<PgCluster> {
+  const bin = requirePgBinDir();
+  const [tpl] = await Promise.all([template(), reapAbandoned()]);
+  const root = await dataRoot();
+  const hba = await Deno.readTextFile(source.hbaFile);
+  const configDir = await Deno.makeTempDir({ dir: configRoot(), prefix: "pgdog-test-pgconf-" });
+  let dataRootDir: string | undefined;
+  let cluster: Cluster | undefined;
+  try {
+    const mk = await sh(
+      'set -e; d=$(mktemp -d -p "$1" pgdog-test-pgdata-XXXXXX); echo "$d"; ' +
+        'if [ "$2" = root ]; then chown postgres:postgres "$d"; fi',
+      [root, isRoot() ? "root" : "user"],
+    );
+    dataRootDir = mk.stdout.trim().split("\n")[0] || undefined;
+    if (mk.code !== 0 || !dataRootDir) {
+      throw new Error(`creating a data directory in ${root} failed: ${mk.stderr}`);
+    }
+    if (isRoot()) {
+      const ids = postgresUserIds();
+      await Deno.chown(configDir, ids.uid, ids.gid);
+    }
+    await Deno.writeTextFile(`${configDir}/pg_hba.conf`, hba);
+    const owner: OwnerRecord = {
+      pid: Deno.pid,
+      dataRoot: dataRootDir,
+      dataDir: `${dataRootDir}/data`,
+      bin,
+    };
+    // Written before populating, so an interrupted run's leftovers are reaped.
+    await Deno.writeTextFile(`${configDir}/${OWNER_FILE}`, JSON.stringify(owner));
+    await populate(owner.dataDir);
+    const inherited = source instanceof Cluster ? source.settingsForClone() : {};
+    cluster = new Cluster(
+      { dataRoot: dataRootDir, configDir },
+      bin,
+      tpl.conf,
+      await freePort(),
+      { ...inherited, ...options.settings },
+    );
+    liveClusters.add(cluster);
+    installUnloadHandler();
+    await cluster.startFresh();
     return cluster;
   } catch (err) {
     if (cluster) {
