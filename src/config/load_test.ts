@@ -56,6 +56,8 @@ const DEFAULT_GENERAL = {
   prepared_statements: "extended",
   prepared_statements_limit: 500,
   max_message_size: 1073741824,
+  tls_client_required: false,
+  tls_verify: "prefer",
 } as const;
 
 interface BadCase {
@@ -300,6 +302,8 @@ server_lifetime = 4
 client_login_timeout = 5
 shutdown_timeout = 6
 rollback_timeout = 7
+tls_client_required = false
+tls_verify = "disabled"
 
 [admin]
 name = "pgdog"
@@ -352,6 +356,8 @@ server_password = "bob_srvpw"
       max_message_size: 1073741824,
       shutdown_timeout: 6,
       rollback_timeout: 7,
+      tls_client_required: false,
+      tls_verify: "disabled",
     },
     databases: [{
       name: "shop",

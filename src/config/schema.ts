@@ -101,6 +101,14 @@ function ms<K extends string>(name: K, defaultValue: number, description: string
   };
 }
 
+function bool<K extends string>(
+  name: K,
+  defaultValue: boolean,
+  description: string,
+): KeySpec<K> {
+  return { name, type: { kind: "boolean" }, default: defaultValue, description };
+}
+
 function oneOf<K extends string>(
   name: K,
   values: readonly string[],
@@ -114,6 +122,7 @@ const POOLER_MODES = ["transaction", "session"] as const;
 const AUTH_TYPES = ["scram", "md5", "plain", "trust"] as const;
 const ROLES = ["primary", "replica", "auto"] as const;
 const PREPARED_MODES = ["extended", "disabled"] as const;
+const TLS_VERIFY_MODES = ["disabled", "prefer", "verify_ca", "verify_full"] as const;
 
 const GENERAL_KEYS = [
   str("host", "Address the proxy listens on.", { default: "0.0.0.0" }),
@@ -172,6 +181,26 @@ const GENERAL_KEYS = [
       default: 1073741824,
       min: 1024,
     },
+  ),
+  str(
+    "tls_certificate",
+    "Certificate chain (PEM file) offered to clients; with tls_private_key, TLS is offered.",
+  ),
+  str("tls_private_key", "Private key (PEM file, unencrypted) of tls_certificate."),
+  bool(
+    "tls_client_required",
+    false,
+    "Refuse clients that do not use TLS (needs tls_certificate and tls_private_key).",
+  ),
+  oneOf(
+    "tls_verify",
+    TLS_VERIFY_MODES,
+    "TLS to servers: disabled, prefer (unverified), verify_ca (chain), verify_full (chain, host).",
+    { default: "prefer" },
+  ),
+  str(
+    "tls_server_ca_certificate",
+    "CA certificates (PEM file) for verify_ca and verify_full; built-in roots when unset.",
   ),
 ] satisfies KeySpec<keyof GeneralConfig>[];
 
@@ -302,12 +331,7 @@ export const GENERAL: SectionSpec = {
     "unique_id_min",
     "unique_id_function",
     "passthrough_auth",
-    "tls_certificate",
-    "tls_private_key",
-    "tls_client_required",
     "tls_client_ca_certificate",
-    "tls_verify",
-    "tls_server_ca_certificate",
     "tls_server_certificate",
     "tls_server_private_key",
     "mirror_queue",
