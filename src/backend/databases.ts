@@ -9,6 +9,7 @@
 import type { Config, DatabaseConfig, PoolerMode, UserConfig } from "../config/types.ts";
 import { resolvePoolSettings } from "../config/pool_settings.ts";
 import { Pool } from "./pool.ts";
+import type { ServerTls } from "./connect.ts";
 
 /** One shard of a cluster. */
 export interface Shard {
@@ -67,8 +68,11 @@ export class Databases {
   readonly #clusters = new Map<string, Cluster>();
   readonly #names = new Set<string>();
 
-  /** Builds clusters for every (user, database) pair in `config`. */
-  constructor(config: Config) {
+  /**
+   * Builds clusters for every (user, database) pair in `config`; `serverTls` is how their server
+   * connections use TLS (none when left out).
+   */
+  constructor(config: Config, options: { serverTls?: ServerTls } = {}) {
     const byName = new Map<string, DatabaseConfig[]>();
     for (const db of config.databases) {
       this.#names.add(db.name);
@@ -79,7 +83,10 @@ export class Databases {
     for (const user of config.users) {
       const entries = byName.get(user.database);
       if (!entries) continue;
-      this.#clusters.set(clusterKey(user.name, user.database), buildCluster(config, user, entries));
+      this.#clusters.set(
+        clusterKey(user.name, user.database),
+        buildCluster(config, { user, entries, tls: options.serverTls }),
+      );
     }
   }
 
@@ -116,7 +123,11 @@ export class Databases {
   }
 }
 
-function buildCluster(config: Config, user: UserConfig, entries: DatabaseConfig[]): Cluster {
+function buildCluster(
+  config: Config,
+  options: { user: UserConfig; entries: DatabaseConfig[]; tls: ServerTls | undefined },
+): Cluster {
+  const { user, entries, tls } = options;
   const shardCount = Math.max(...entries.map((e) => e.shard)) + 1;
   const shards: Shard[] = Array.from(
     { length: shardCount },
@@ -135,6 +146,7 @@ function buildCluster(config: Config, user: UserConfig, entries: DatabaseConfig[
         database: database.database_name,
         user: settings.server_user,
         password: settings.server_password,
+        tls,
       },
       config: settings,
     });
