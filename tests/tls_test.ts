@@ -540,32 +540,47 @@ Deno.test("TLS between pgdog and PostgreSQL", async (t) => {
     assert.equal(await psqlValue(bob(chainOnly), SSL_IN_USE), "t");
   });
 
-  await t.step("a server without TLS: prefer goes on in plain text, verify_* fail", async () => {
-    // A stand-in that answers N to SSLRequest and hangs up on anything else.
-    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const port = (listener.addr as Deno.NetAddr).port;
-    const serve = (async () => {
-      for await (const conn of listener) {
-        const head = new Uint8Array(8);
-        if ((await conn.read(head).catch(() => null)) === 8) {
-          await conn.write(Uint8Array.of(0x4e)).catch(() => {});
+  await t.step(
+    "a server without TLS fails verify_*; an error instead of S is passed on",
+    async () => {
+      const enc = new TextEncoder();
+      const fields = enc.encode("SFATAL\0C53300\0Msorry, too many clients already\0\0");
+      const error = new Uint8Array(5 + fields.length);
+      error[0] = "E".charCodeAt(0);
+      new DataView(error.buffer).setInt32(1, 4 + fields.length);
+      error.set(fields, 5);
+      for (
+        const [answer, pattern] of [
+          [Uint8Array.of(0x4e), /does not support TLS, but tls_verify = "verify_full" requires it/],
+          [error, /FATAL: {2}sorry, too many clients already/],
+        ] as const
+      ) {
+        // A stand-in for PostgreSQL that answers the SSLRequest and hangs up.
+        const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+        const port = (listener.addr as Deno.NetAddr).port;
+        const serve = (async () => {
+          for await (const conn of listener) {
+            const head = new Uint8Array(8);
+            if ((await conn.read(head).catch(() => null)) === 8) {
+              await conn.write(answer).catch(() => {});
+            }
+            conn.close();
+          }
+        })();
+        try {
+          await using standIn = await startProxy({
+            config: {
+              general: { min_pool_size: 0, tls_verify: "verify_full" },
+              databases: [{ name: "app", host: "127.0.0.1", port }],
+            },
+            users,
+          });
+          await psqlFails(alice(standIn), pattern);
+        } finally {
+          listener.close();
+          await serve.catch(() => {});
         }
-        conn.close();
       }
-    })();
-    try {
-      await using plain = await startProxy({
-        config: {
-          general: { min_pool_size: 0, tls_verify: "verify_full" },
-          databases: [{ name: "app", host: "127.0.0.1", port }],
-        },
-        users,
-      });
-      const stderr = await psqlFails(alice(plain), /does not support TLS/);
-      assert.match(stderr, /tls_verify = "verify_full" requires it/);
-    } finally {
-      listener.close();
-      await serve.catch(() => {});
-    }
-  });
+    },
+  );
 });

@@ -125,6 +125,13 @@ async function negotiateTls(
         `but tls_verify = "${tls.mode}" requires it`,
     }, false);
   }
+  if (answer[0] === Msg.ErrorResponse) {
+    // A postmaster that cannot start a backend says so before reading anything.
+    const length = readInt32(await readExactly(conn, 4), 0);
+    if (length < 4 || length > 1 << 16) throw new Error("invalid ErrorResponse to SSLRequest");
+    const body = await readExactly(conn, length - 4);
+    throw new ServerConnectError(parseErrorFields(body, 0, body.length), true);
+  }
   if (answer[0] !== 0x53) {
     throw new Error(`unexpected answer to SSLRequest: ${describeByte(answer[0])}`);
   }
@@ -141,6 +148,17 @@ async function negotiateTls(
         `(tls_verify = "${tls.mode}"): ${reason}`,
     }, false);
   }
+}
+
+async function readExactly(conn: ByteStream, n: number): Promise<Uint8Array> {
+  const buf = new Uint8Array(n);
+  let have = 0;
+  while (have < n) {
+    const got = await conn.read(buf.subarray(have));
+    if (got === null) throw new Error("server closed the connection after SSLRequest");
+    have += got;
+  }
+  return buf;
 }
 
 function describeByte(b: number): string {
