@@ -176,7 +176,7 @@ async function startPgbouncer(
     return null;
   }
   const dir = await Deno.makeTempDir({ prefix: "pgdog-bench-pgbouncer-" });
-  const listen = await freeLocalPort();
+  const listen = await freePort();
   await Deno.writeTextFile(`${dir}/userlist.txt`, `"bench" "bench"\n`);
   await Deno.writeTextFile(
     `${dir}/pgbouncer.ini`,
@@ -211,11 +211,4 @@ async function startPgbouncer(
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     },
   };
-}
-
-async function freeLocalPort(): Promise<number> {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }

@@ -5,7 +5,9 @@
  * @module
  */
 
-import type { Config } from "./config/types.ts";
+import type { Config, GeneralConfig } from "./config/types.ts";
+import { ConfigError } from "./config/load.ts";
+import { readTlsFiles, type TlsFiles } from "./config/tls_files.ts";
 import { Databases } from "./backend/databases.ts";
 import { Client, type ClientHost } from "./frontend/client.ts";
 import { PreparedCache } from "./frontend/prepared.ts";
@@ -37,13 +39,19 @@ export class Proxy implements ClientHost {
 
   constructor(config: Config) {
     this.config = config;
-    this.databases = new Databases(config);
-    this.router = new QueryRouter({ cacheLimit: config.general.query_cache_limit });
+    const g = config.general;
+    const tls = tlsFiles(g);
+    this.databases = new Databases(config, {
+      serverTls: g.tls_verify === "disabled" ? undefined : { mode: g.tls_verify, ca: tls.serverCa },
+    });
+    this.router = new QueryRouter({ cacheLimit: g.query_cache_limit });
     this.routing = {
-      query_parser: config.general.query_parser,
-      read_write_strategy: config.general.read_write_strategy,
+      query_parser: g.query_parser,
+      read_write_strategy: g.read_write_strategy,
     };
     this.settings = {
+      tls: tls.acceptor,
+      tls_client_required: g.tls_client_required,
       auth_type: config.general.auth_type,
       client_login_timeout: config.general.client_login_timeout,
       max_message_size: config.general.max_message_size,
@@ -171,6 +179,23 @@ export class Proxy implements ClientHost {
     await this.#listener?.done;
     log.info("shutdown complete");
   }
+}
+
+/**
+ * Reads the certificate files the configuration names (checked once already when it was
+ * loaded; this catches a file that changed since).
+ */
+function tlsFiles(general: GeneralConfig): TlsFiles {
+  const verifies = general.tls_verify === "verify_ca" || general.tls_verify === "verify_full";
+  const { files, problems } = readTlsFiles({
+    tls_certificate: general.tls_certificate,
+    tls_private_key: general.tls_private_key,
+    tls_server_ca_certificate: verifies ? general.tls_server_ca_certificate : undefined,
+  });
+  if (problems.length > 0) {
+    throw new ConfigError(problems.map(({ key, message }) => `[general] ${key}: ${message}`));
+  }
+  return files;
 }
 
 const SHUTDOWN = {

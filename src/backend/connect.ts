@@ -1,7 +1,8 @@
 /**
- * Opening a server connection: TCP connect, StartupMessage, whatever authentication PostgreSQL
- * asks for (trust, cleartext, md5, SCRAM-SHA-256), then the parameters and backend key it sends
- * until the first ReadyForQuery. Also sending CancelRequests to servers.
+ * Opening a server connection: TCP connect, TLS when configured (SSLRequest, then the handshake
+ * on `S`), StartupMessage, whatever authentication PostgreSQL asks for (trust, cleartext, md5,
+ * SCRAM-SHA-256), then the parameters and backend key it sends until the first ReadyForQuery.
+ * Also sending CancelRequests to servers (always in plain text, which PostgreSQL accepts).
  *
  * @module
  */
@@ -15,20 +16,32 @@ import {
   parseErrorFields,
   readCString,
   readInt32,
+  sslRequest,
   startupMessage,
 } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
 import { ScramClientSession } from "../protocol/scram.ts";
 import { md5PasswordHash } from "../protocol/md5.ts";
 import { MessageBuffer } from "../net/message_buffer.ts";
-import { closeQuietly, tuneTcp, writeAll } from "../net/stream.ts";
+import { type ByteStream, closeQuietly, tuneTcp, writeAll } from "../net/stream.ts";
+import { connectTls, type TlsVerifyMode } from "../net/tls.ts";
 import { Server, type ServerAddress } from "./server.ts";
+
+/** How server connections use TLS (`[general] tls_verify` other than `disabled`). */
+export interface ServerTls {
+  /** `prefer`: TLS when the server offers it, unverified; the verify modes require it. */
+  mode: TlsVerifyMode;
+  /** CA certificates (PEM) for the verify modes; the built-in roots when left out. */
+  ca?: string;
+}
 
 /** Everything needed to log in to a server. */
 export interface ServerLogin extends ServerAddress {
   password?: string;
   /** Extra startup parameters. */
   params?: Record<string, string>;
+  /** TLS toward the server; plain text when left out. */
+  tls?: ServerTls;
 }
 
 /** Why a server connection could not be opened; carries an ErrorResponse for the client. */
@@ -51,7 +64,7 @@ export async function connectServer(
   options: { timeoutMs: number },
 ): Promise<Server> {
   const where = `${login.host}:${login.port}`;
-  let conn: Deno.TcpConn | null = null;
+  let conn: ByteStream | null = null;
   let timedOut = false;
   const abort = new AbortController();
   const timer = setTimeout(() => {
@@ -60,13 +73,19 @@ export async function connectServer(
     if (conn) closeQuietly(conn);
   }, options.timeoutMs);
   try {
-    conn = await Deno.connect({ hostname: login.host, port: login.port, signal: abort.signal });
+    const tcp = await Deno.connect({
+      hostname: login.host,
+      port: login.port,
+      signal: abort.signal,
+    });
+    conn = tcp;
     if (timedOut) throw new Error("timeout");
-    tuneTcp(conn);
+    tuneTcp(tcp);
+    if (login.tls) conn = await negotiateTls(tcp, { login, tls: login.tls });
     return await login_(conn, login);
   } catch (e) {
     if (conn) closeQuietly(conn);
-    if (e instanceof ServerConnectError) throw e;
+    if (e instanceof ServerConnectError && !timedOut) throw e;
     const reason = timedOut
       ? `timed out after ${options.timeoutMs} ms (connect_timeout)`
       : e instanceof Error
@@ -82,7 +101,71 @@ export async function connectServer(
   }
 }
 
-async function login_(conn: Deno.TcpConn, login: ServerLogin): Promise<Server> {
+/**
+ * Asks the server for TLS and, when it agrees, runs the handshake. Resolves with the stream the
+ * login continues on: the TLS stream, or `conn` itself when `prefer` met a server without TLS.
+ */
+async function negotiateTls(
+  conn: Deno.TcpConn,
+  options: { login: ServerLogin; tls: ServerTls },
+): Promise<ByteStream> {
+  const { login, tls } = options;
+  const where = `${login.host}:${login.port}`;
+  await writeAll(conn, sslRequest());
+  // Exactly one byte: anything after 'S' belongs to the handshake.
+  const answer = new Uint8Array(1);
+  const n = await conn.read(answer);
+  if (n === null) throw new Error("server closed the connection after SSLRequest");
+  if (answer[0] === 0x4e) {
+    if (tls.mode === "prefer") return conn;
+    throw new ServerConnectError({
+      severity: "FATAL",
+      code: SqlState.SqlclientUnableToEstablishSqlconnection,
+      message: `pgdog could not connect to server ${where}: the server does not support TLS, ` +
+        `but tls_verify = "${tls.mode}" requires it`,
+    }, false);
+  }
+  if (answer[0] === Msg.ErrorResponse) {
+    // A postmaster that cannot start a backend says so before reading anything.
+    const length = readInt32(await readExactly(conn, 4), 0);
+    if (length < 4 || length > 1 << 16) throw new Error("invalid ErrorResponse to SSLRequest");
+    const body = await readExactly(conn, length - 4);
+    throw new ServerConnectError(parseErrorFields(body, 0, body.length), true);
+  }
+  if (answer[0] !== 0x53) {
+    throw new Error(`unexpected answer to SSLRequest: ${describeByte(answer[0])}`);
+  }
+  try {
+    return await connectTls(conn, { mode: tls.mode, ca: tls.ca, servername: login.host });
+  } catch (e) {
+    const code = (e as { code?: unknown }).code;
+    const reason = (e instanceof Error ? e.message : String(e)) +
+      (typeof code === "string" && code.length > 0 ? ` (${code})` : "");
+    throw new ServerConnectError({
+      severity: "FATAL",
+      code: SqlState.SqlclientUnableToEstablishSqlconnection,
+      message: `pgdog could not connect to server ${where}: TLS handshake failed ` +
+        `(tls_verify = "${tls.mode}"): ${reason}`,
+    }, false);
+  }
+}
+
+async function readExactly(conn: ByteStream, n: number): Promise<Uint8Array> {
+  const buf = new Uint8Array(n);
+  let have = 0;
+  while (have < n) {
+    const got = await conn.read(buf.subarray(have));
+    if (got === null) throw new Error("server closed the connection after SSLRequest");
+    have += got;
+  }
+  return buf;
+}
+
+function describeByte(b: number): string {
+  return b >= 0x20 && b < 0x7f ? `'${String.fromCharCode(b)}'` : `byte ${b}`;
+}
+
+async function login_(conn: ByteStream, login: ServerLogin): Promise<Server> {
   const params: Record<string, string> = {
     user: login.user,
     database: login.database,

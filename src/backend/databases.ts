@@ -11,6 +11,7 @@ import { resolvePoolSettings } from "../config/pool_settings.ts";
 import { Pool } from "./pool.ts";
 import { type BalancerSettings, Cluster, Shard, Target } from "./cluster.ts";
 import { type MonitorSettings, ShardMonitor } from "./monitor.ts";
+import type { ServerTls } from "./connect.ts";
 
 export { Cluster, Shard, Target } from "./cluster.ts";
 
@@ -53,8 +54,11 @@ export class Databases {
   readonly #names = new Set<string>();
   readonly #monitors: ShardMonitor[] = [];
 
-  /** Builds clusters for every (user, database) pair in `config`. */
-  constructor(config: Config) {
+  /**
+   * Builds clusters for every (user, database) pair in `config`; `serverTls` is how their server
+   * connections use TLS (none when left out).
+   */
+  constructor(config: Config, options: { serverTls?: ServerTls } = {}) {
     const byName = new Map<string, DatabaseConfig[]>();
     for (const db of config.databases) {
       this.#names.add(db.name);
@@ -67,7 +71,7 @@ export class Databases {
     for (const user of config.users) {
       const entries = byName.get(user.database);
       if (!entries) continue;
-      const cluster = buildCluster(config, user, entries, balance);
+      const cluster = buildCluster(config, { user, entries, balance, tls: options.serverTls });
       this.#clusters.set(clusterKey(user.name, user.database), cluster);
       for (const shard of cluster.shards) this.#monitors.push(new ShardMonitor(shard, monitor));
     }
@@ -119,10 +123,14 @@ export class Databases {
 
 function buildCluster(
   config: Config,
-  user: UserConfig,
-  entries: DatabaseConfig[],
-  balance: BalancerSettings,
+  options: {
+    user: UserConfig;
+    entries: DatabaseConfig[];
+    balance: BalancerSettings;
+    tls: ServerTls | undefined;
+  },
 ): Cluster {
+  const { user, entries, balance, tls } = options;
   const shardCount = Math.max(...entries.map((e) => e.shard)) + 1;
   const targets: Target[][] = Array.from({ length: shardCount }, () => []);
   let poolerMode: PoolerMode | null = null;
@@ -138,6 +146,7 @@ function buildCluster(
         database: database.database_name,
         user: settings.server_user,
         password: settings.server_password,
+        tls,
       },
       config: settings,
     });

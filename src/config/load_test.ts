@@ -71,6 +71,8 @@ const DEFAULT_GENERAL = {
   lsn_check_interval: 5000,
   lsn_check_timeout: 5000,
   lsn_check_delay: 0,
+  tls_client_required: false,
+  tls_verify: "prefer",
 } as const;
 
 interface BadCase {
@@ -316,6 +318,8 @@ server_lifetime = 4
 client_login_timeout = 5
 shutdown_timeout = 6
 rollback_timeout = 7
+tls_client_required = false
+tls_verify = "disabled"
 
 [admin]
 name = "pgdog"
@@ -383,6 +387,8 @@ server_password = "bob_srvpw"
       lsn_check_delay: 0,
       shutdown_timeout: 6,
       rollback_timeout: 7,
+      tls_client_required: false,
+      tls_verify: "disabled",
     },
     databases: [{
       name: "shop",

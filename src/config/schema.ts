@@ -101,6 +101,14 @@ function ms<K extends string>(name: K, defaultValue: number, description: string
   };
 }
 
+function bool<K extends string>(
+  name: K,
+  defaultValue: boolean,
+  description: string,
+): KeySpec<K> {
+  return { name, type: { kind: "boolean" }, default: defaultValue, description };
+}
+
 function oneOf<K extends string>(
   name: K,
   values: readonly string[],
@@ -128,6 +136,7 @@ const LB_STRATEGIES = [
   "least_active_connections",
   "weighted_round_robin",
 ] as const;
+const TLS_VERIFY_MODES = ["disabled", "prefer", "verify_ca", "verify_full"] as const;
 
 const GENERAL_KEYS = [
   str("host", "Address the proxy listens on.", { default: "0.0.0.0" }),
@@ -252,6 +261,26 @@ const GENERAL_KEYS = [
   ),
   ms("lsn_check_timeout", 5000, "How long a replication position check may take."),
   ms("lsn_check_delay", 0, "Delay before the first replication position check."),
+  str(
+    "tls_certificate",
+    "Certificate chain (PEM file) offered to clients; with tls_private_key, TLS is offered.",
+  ),
+  str("tls_private_key", "Private key (PEM file, unencrypted) of tls_certificate."),
+  bool(
+    "tls_client_required",
+    false,
+    "Refuse clients that do not use TLS (needs tls_certificate and tls_private_key).",
+  ),
+  oneOf(
+    "tls_verify",
+    TLS_VERIFY_MODES,
+    "TLS to servers: disabled, prefer (unverified), verify_ca (chain), verify_full (chain, host).",
+    { default: "prefer" },
+  ),
+  str(
+    "tls_server_ca_certificate",
+    "CA certificates (PEM file) for verify_ca and verify_full; built-in roots when unset.",
+  ),
 ] satisfies KeySpec<keyof GeneralConfig>[];
 
 const DATABASE_KEYS = [
@@ -371,12 +400,7 @@ export const GENERAL: SectionSpec = {
     "unique_id_min",
     "unique_id_function",
     "passthrough_auth",
-    "tls_certificate",
-    "tls_private_key",
-    "tls_client_required",
     "tls_client_ca_certificate",
-    "tls_verify",
-    "tls_server_ca_certificate",
     "tls_server_certificate",
     "tls_server_private_key",
     "mirror_queue",

@@ -12,6 +12,13 @@ export type PoolerMode = "transaction" | "session";
 /** How clients prove who they are to the proxy. */
 export type AuthType = "scram" | "md5" | "plain" | "trust";
 
+/**
+ * How pgdog checks PostgreSQL's certificate: `disabled` never asks for TLS, `prefer` uses it
+ * when offered without checking the certificate, `verify_ca` requires it and checks the chain,
+ * `verify_full` also checks that the certificate names the host.
+ */
+export type TlsVerify = "disabled" | "prefer" | "verify_ca" | "verify_full";
+
 /** The role of a host in its database: fixed, or detected from `pg_is_in_recovery()`. */
 export type DatabaseRole = "primary" | "replica" | "auto";
 
@@ -93,6 +100,16 @@ export interface GeneralConfig {
   lsn_check_timeout: number;
   /** Delay before the first replication position check. */
   lsn_check_delay: number;
+  /** Certificate chain (PEM file) offered to clients; TLS is offered when this and the key are set. */
+  tls_certificate?: string;
+  /** Private key (PEM file) of `tls_certificate`. */
+  tls_private_key?: string;
+  /** Refuse clients that do not use TLS. */
+  tls_client_required: boolean;
+  /** TLS toward PostgreSQL servers and how their certificates are checked. */
+  tls_verify: TlsVerify;
+  /** CA certificates (PEM file) that server certificates are checked against. */
+  tls_server_ca_certificate?: string;
 }
 
 /** One `[[databases]]` entry: a PostgreSQL host serving a logical database. */

@@ -25,6 +25,7 @@ import {
 import { closest } from "./suggest.ts";
 import { checkValue, formatValue, type ValueOrigin } from "./value.ts";
 import { parseDatabaseUrl } from "./database_url.ts";
+import { readTlsFiles } from "./tls_files.ts";
 
 /** One configuration input: a file's parsed content or a program's object. */
 export interface ConfigSource {
@@ -333,7 +334,8 @@ export function validateSources(
   const crossGroup = urlGroup + 1;
   const collect = (name: string): Entry[] => found.flatMap((sections) => sections.get(name) ?? []);
 
-  const general = withDefaults(GENERAL, collect("general")[0]?.values ?? {});
+  const generalEntry = collect("general")[0];
+  const general = withDefaults(GENERAL, generalEntry?.values ?? {});
   // users.toml's [admin] replaces pgdog.toml's: the last source that has one wins.
   const admin = withDefaults(ADMIN, collect("admin").at(-1)?.values ?? {});
   let databases = collect("databases");
@@ -466,6 +468,11 @@ export function validateSources(
     );
   }
 
+  checkTls(general as Partial<GeneralConfig>, {
+    report,
+    at: (key) => generalEntry?.at(key) ?? { group: crossGroup, label: "[general]" },
+  });
+
   const problems = report.problems();
   const warnings = report.warnings();
   if (problems.length > 0) return { problems, warnings };
@@ -478,4 +485,55 @@ export function validateSources(
     admin: admin as unknown as AdminConfig,
   };
   return { config, problems, warnings };
+}
+
+/**
+ * The TLS keys of `[general]` together: the client pair comes as a pair, requiring TLS needs it,
+ * and every file named must be usable.
+ */
+function checkTls(
+  general: Partial<GeneralConfig>,
+  options: { report: Report; at: (key: string) => Where },
+): void {
+  const { report, at } = options;
+  const problem = (key: string, text: string): void => {
+    const where = at(key);
+    report.problem(format(where, text, key), where);
+  };
+  const hasCert = general.tls_certificate !== undefined;
+  const hasKey = general.tls_private_key !== undefined;
+  if (hasCert !== hasKey) {
+    problem(
+      hasCert ? "tls_certificate" : "tls_private_key",
+      `${hasCert ? "tls_private_key" : "tls_certificate"} must be set too to offer TLS to clients`,
+    );
+  }
+  if (general.tls_client_required === true && !(hasCert && hasKey)) {
+    problem("tls_client_required", "requires tls_certificate and tls_private_key");
+  }
+  const verify = general.tls_verify;
+  if (
+    general.tls_server_ca_certificate !== undefined && verify !== "verify_ca" &&
+    verify !== "verify_full"
+  ) {
+    const where = at("tls_server_ca_certificate");
+    report.warning(
+      format(
+        where,
+        `only used with tls_verify = "verify_ca" or "verify_full" (it is "${verify}"); ignored`,
+        "tls_server_ca_certificate",
+      ),
+      where,
+    );
+  }
+  const files = readTlsFiles({
+    tls_certificate: general.tls_certificate,
+    tls_private_key: general.tls_private_key,
+    tls_server_ca_certificate: verify === "verify_ca" || verify === "verify_full"
+      ? general.tls_server_ca_certificate
+      : undefined,
+  });
+  for (const { key, message } of files.problems) {
+    problem(key, message);
+  }
 }

@@ -27,6 +27,7 @@ import { SqlState } from "../protocol/sqlstate.ts";
 import { MessageBuffer, MessageSizeError } from "../net/message_buffer.ts";
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
+import type { AcceptTlsOptions } from "../net/tls.ts";
 import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
 import { Action, Expect } from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool } from "../backend/pool.ts";
@@ -75,6 +76,10 @@ export interface ClientHost {
     max_message_size: number;
     prepared_statements: "extended" | "disabled";
     prepared_statements_limit: number;
+    /** The certificate and key offered to clients; null when TLS is not offered. */
+    tls: AcceptTlsOptions | null;
+    /** Refuse clients that do not use TLS. */
+    tls_client_required: boolean;
   };
   readonly prepared: PreparedCache;
   readonly router: QueryRouter;
@@ -96,8 +101,10 @@ export class Client implements ServerLink {
   /** Also the pid in this client's BackendKeyData. */
   readonly id: number;
   readonly secret: number;
-  readonly conn: ByteStream;
-  readonly writer: SocketWriter;
+  /** The connection; replaced by the TLS stream when the client switches to TLS at login. */
+  conn: ByteStream;
+  /** Writes to `conn` (replaced with it). */
+  writer: SocketWriter;
   readonly rbuf: MessageBuffer;
   readonly addr: string;
   readonly connectedAt: number = Date.now();
@@ -275,6 +282,8 @@ export class Client implements ServerLink {
     const result = await logIn(this, {
       databases: host.databases,
       authType: host.settings.auth_type,
+      tls: host.settings.tls,
+      tlsRequired: host.settings.tls_client_required,
       get shuttingDown() {
         return host.shuttingDown;
       },
@@ -312,7 +321,10 @@ export class Client implements ServerLink {
     await this.writer.write(b.view());
     this.state = "idle";
     host.register(this);
-    log.debug(`client ${this.id} (${this.addr}) logged in as ${this.user}/${this.database}`);
+    log.debug(
+      `client ${this.id} (${this.addr}) logged in as ${this.user}/${this.database}` +
+        (result.tls ? " over TLS" : ""),
+    );
     return true;
   }
 

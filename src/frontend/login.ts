@@ -1,7 +1,8 @@
 /**
  * A client's login: the startup-phase packets (SSLRequest, GSSENCRequest, CancelRequest,
- * StartupMessage), the checks PostgreSQL makes on them, and authentication. Ends either with a
- * known user on a known database, or with the connection refused with PostgreSQL's error.
+ * StartupMessage), the switch to TLS when the client asks for it and a certificate is configured,
+ * the checks PostgreSQL makes on them, and authentication. Ends either with a known user on a
+ * known database, or with the connection refused with PostgreSQL's error.
  *
  * @module
  */
@@ -11,6 +12,9 @@ import { SqlState } from "../protocol/sqlstate.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import type { AuthType } from "../config/types.ts";
 import { log } from "../log.ts";
+import { closeQuietly } from "../net/stream.ts";
+import { acceptTls, type AcceptTlsOptions } from "../net/tls.ts";
+import { SocketWriter } from "../net/writer.ts";
 import { authenticateClient, type AuthIo } from "./auth.ts";
 import { readStartupPacket } from "./startup.ts";
 
@@ -21,12 +25,18 @@ export interface LoginResult {
   cluster: Cluster;
   /** Every startup parameter, as sent. */
   startup: Map<string, string>;
+  /** The client switched to TLS. */
+  tls: boolean;
 }
 
 /** What login needs from the proxy. */
 export interface LoginHost {
   readonly databases: Databases;
   readonly authType: AuthType;
+  /** The certificate and key offered to clients that ask for TLS; null: TLS is not offered. */
+  readonly tls: AcceptTlsOptions | null;
+  /** Refuse clients that do not use TLS. */
+  readonly tlsRequired: boolean;
   readonly shuttingDown: boolean;
   cancel(pid: number, secret: number): void;
 }
@@ -43,10 +53,14 @@ export class LoginRefused extends Error {
 
 /** Answer to SSLRequest/GSSENCRequest when encryption is not offered. */
 const NO_ENCRYPTION = Uint8Array.of(0x4e);
+/** Answer to SSLRequest when TLS is offered: the handshake follows. */
+const TLS_OFFERED = Uint8Array.of(0x53);
 
 /**
- * Runs the startup phase and authentication. Resolves null when the client left (or only sent a
- * CancelRequest); throws {@linkcode LoginRefused} once the client has been sent the reason.
+ * Runs the startup phase and authentication. When the client switches to TLS, `io.conn` and
+ * `io.writer` are replaced by the TLS stream and a writer on it. Resolves null when the client
+ * left (or only sent a CancelRequest, or its TLS handshake failed); throws
+ * {@linkcode LoginRefused} once the client has been sent the reason.
  */
 export async function logIn(io: AuthIo, host: LoginHost): Promise<LoginResult | null> {
   const refuse = async (code: string, message: string): Promise<never> => {
@@ -59,6 +73,7 @@ export async function logIn(io: AuthIo, host: LoginHost): Promise<LoginResult | 
   let startup: Map<string, string> | null = null;
   // PostgreSQL accepts one SSLRequest and one GSSENCRequest, in either order (libpq may send both).
   const asked = { ssl: false, gssenc: false };
+  let tls = false;
   while (startup === null) {
     const pkt = await readStartupPacket(io.conn);
     if (pkt === null) return null;
@@ -69,7 +84,22 @@ export async function logIn(io: AuthIo, host: LoginHost): Promise<LoginResult | 
           await refuse(SqlState.ProtocolViolation, "unexpected second encryption request");
         }
         asked[pkt.kind] = true;
-        // No TLS here yet: the client continues in plain text or gives up.
+        if (pkt.kind === "ssl" && host.tls !== null) {
+          await io.writer.write(TLS_OFFERED);
+          const raw = io.conn;
+          try {
+            io.conn = await acceptTls(raw, host.tls);
+          } catch (e) {
+            // Nothing can be said to a client whose handshake failed.
+            log.info(`client TLS handshake failed: ${e instanceof Error ? e.message : e}`);
+            closeQuietly(raw);
+            return null;
+          }
+          io.writer = new SocketWriter(io.conn);
+          tls = true;
+          continue;
+        }
+        // The client continues in plain text or gives up.
         await io.writer.write(NO_ENCRYPTION);
         continue;
       case "cancel":
@@ -87,6 +117,14 @@ export async function logIn(io: AuthIo, host: LoginHost): Promise<LoginResult | 
         if (pkt.minor > 0 || [...pkt.params.keys()].some((k) => k.startsWith("_pq_."))) {
           await io.writer.write(
             negotiateProtocolVersion([...pkt.params.keys()].filter((k) => k.startsWith("_pq_."))),
+          );
+        }
+        if (!tls && host.tlsRequired) {
+          // Like PostgreSQL's hostssl refusal: before anything else about the login.
+          await refuse(
+            SqlState.InvalidAuthorizationSpecification,
+            "pgdog requires TLS (tls_client_required = true): connect with sslmode=require " +
+              "or stronger",
           );
         }
         startup = pkt.params;
@@ -145,7 +183,7 @@ export async function logIn(io: AuthIo, host: LoginHost): Promise<LoginResult | 
     await refuse(SqlState.InvalidPassword, `password authentication failed for user "${user}"`);
   }
   if (host.shuttingDown) await refuse(SqlState.CannotConnectNow, "pgdog is shutting down");
-  return { user, database, cluster: cluster!, startup };
+  return { user, database, cluster: cluster!, startup, tls };
 }
 
 /**

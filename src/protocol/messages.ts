@@ -335,6 +335,14 @@ export function cancelRequest(pid: number, secret: number): Uint8Array {
   return b;
 }
 
+/** The 8-byte SSLRequest packet. */
+export function sslRequest(): Uint8Array {
+  const b = new Uint8Array(8);
+  writeInt32(b, 0, 8);
+  writeInt32(b, 4, StartupCode.SslRequest);
+  return b;
+}
+
 /** A StartupMessage (protocol 3.0) with the given parameters. */
 export function startupMessage(params: Record<string, string>): Uint8Array {
   const b = new MessageBuilder(256).begin(0).int32(StartupCode.Protocol30);

@@ -75,6 +75,12 @@ export interface PostgresOptions {
   hba?: string[];
   /** Databases to create. Everyone may create objects in their public schema. */
   databases?: (string | DatabaseSpec)[];
+  /**
+   * Turn TLS on (`ssl = on`) with this certificate chain and key (PEM text), written to
+   * `server.crt` and `server.key` in the config directory (the key readable by the server's user
+   * only, as PostgreSQL demands; rewrite them and {@linkcode PgCluster.reload} to switch).
+   */
+  tls?: { cert: string; key: string };
 }
 
 /** Options for {@linkcode PgCluster.url}. */
@@ -844,6 +850,24 @@ export async function startPostgres(options: PostgresOptions = {}): Promise<PgCl
       await Deno.chown(configDir, ids.uid, ids.gid);
     }
     await Deno.writeTextFile(`${configDir}/pg_hba.conf`, hbaConf(options));
+    const settings = { ...options.settings };
+    if (options.tls) {
+      const cert = `${configDir}/server.crt`;
+      const key = `${configDir}/server.key`;
+      await Deno.writeTextFile(cert, options.tls.cert);
+      await Deno.writeTextFile(key, options.tls.key, { mode: 0o600 });
+      await Deno.chmod(key, 0o600);
+      if (isRoot()) {
+        const ids = postgresUserIds();
+        await Deno.chown(cert, ids.uid, ids.gid);
+        await Deno.chown(key, ids.uid, ids.gid);
+      }
+      Object.assign(
+        settings,
+        { ssl: true, ssl_cert_file: cert, ssl_key_file: key },
+        options.settings,
+      );
+    }
     const owner: OwnerRecord = {
       pid: Deno.pid,
       dataRoot: dataRootDir,
@@ -856,7 +880,7 @@ export async function startPostgres(options: PostgresOptions = {}): Promise<PgCl
       bin,
       tpl.conf,
       await freePort(),
-      options.settings ?? {},
+      settings,
     );
     liveClusters.add(cluster);
     installUnloadHandler();
