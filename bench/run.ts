@@ -11,6 +11,7 @@
 
 import { parseArgs } from "node:util";
 import {
+  freePort,
   pgbench,
   type PgTarget,
   runCommand,
