@@ -10,7 +10,6 @@
 import { copyFail, SYNC, TxStatus } from "../protocol/messages.ts";
 import { Action, Expect } from "./response_queue.ts";
 import { log } from "../log.ts";
-import { sendCancel } from "./connect.ts";
 import { CopyState, type Server } from "./server.ts";
 
 /** How long outstanding queries may run on after their client left before they are cancelled. */
@@ -40,9 +39,7 @@ export async function cleanServer(
     if (server.queue.length > 0 || server.copy !== CopyState.None) {
       const cancelTimer = setTimeout(() => {
         log.debug(`${server.label}: cancelling the query its departed client left running`);
-        // The query may finish before the cancel lands; the server must not serve anyone after.
-        server.discard = true;
-        sendCancel(server.address, { pid: server.backendPid, secret: server.backendSecret });
+        server.sendCancel();
       }, CANCEL_AFTER_MS);
       try {
         let extra: Uint8Array | undefined;
@@ -73,7 +70,7 @@ export async function cleanServer(
       server.applied.clear();
       if (/discard all/i.test(options.resetSql)) server.statements.clear();
     }
-    return !timedOut && server.clean && !server.discard;
+    return !timedOut && server.clean && !server.discard && !server.cancelPending;
   } catch (e) {
     if (!timedOut && !server.closed) {
       log.warn(

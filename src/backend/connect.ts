@@ -9,7 +9,6 @@
 
 import {
   AuthCode,
-  cancelRequest,
   type ErrorFields,
   MessageBuilder,
   Msg,
@@ -293,22 +292,4 @@ function refused(login: ServerLogin, message: string): ServerConnectError {
     code: SqlState.SqlclientUnableToEstablishSqlconnection,
     message: `pgdog could not log in to server ${login.host}:${login.port}: ${message}`,
   }, true);
-}
-
-/** Sends a CancelRequest for a server's backend key; errors are ignored (cancel is best effort). */
-export async function sendCancel(
-  address: { host: string; port: number },
-  key: { pid: number; secret: number },
-): Promise<void> {
-  let conn: Deno.TcpConn | null = null;
-  try {
-    conn = await Deno.connect({ hostname: address.host, port: address.port });
-    await writeAll(conn, cancelRequest(key.pid, key.secret));
-    // PostgreSQL closes the connection once it has read the request.
-    await conn.read(new Uint8Array(1)).catch(() => null);
-  } catch {
-    // Best effort: the query may already be over.
-  } finally {
-    if (conn) closeQuietly(conn);
-  }
 }

@@ -139,12 +139,17 @@ export class Pool implements ServerOwner {
   /** Returns a server after use. Clean servers are reused; others are cleaned first. */
   checkin(server: Server): void {
     if (server.closed) return;
-    if (
-      this.closed || server.discard || Date.now() - server.createdAt >= this.config.server_lifetime
-    ) {
-      server.close(
-        this.closed ? "pool closed" : server.discard ? "state unknown" : "server_lifetime reached",
-      );
+    const why = this.closed
+      ? "pool closed"
+      : server.discard
+      ? "state unknown"
+      : server.cancelPending
+      ? "a cancel sent to it may still land"
+      : Date.now() - server.createdAt >= this.config.server_lifetime
+      ? "server_lifetime reached"
+      : null;
+    if (why !== null) {
+      server.close(why);
       return;
     }
     if (!server.clean) {

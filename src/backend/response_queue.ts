@@ -47,6 +47,22 @@ export const Action = {
   Inject: 3,
 } as const;
 
+/** What a Parse entry carries: the statement's server-side name and what to do on its outcome. */
+export interface ParseTicket {
+  readonly name: string;
+  /** ParseComplete arrived. */
+  succeeded(): void;
+  /** It failed, or the server skipped it after an earlier error: the statement does not exist. */
+  failed(): void;
+}
+
+/** What a Local entry carries: the bytes pgdog answers with, and what to undo if it is skipped. */
+export interface LocalAnswer {
+  readonly bytes: Uint8Array | null;
+  /** The server skipped to the next Sync before reaching it: PostgreSQL would not have answered. */
+  dropped?(): void;
+}
+
 /** Entry kinds that end with ReadyForQuery. */
 export function endsWithReady(kind: number): boolean {
   return kind === Expect.Query || kind === Expect.Function || kind === Expect.Sync;

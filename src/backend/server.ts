@@ -27,7 +27,15 @@ import {
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import { log } from "../log.ts";
-import { Action, endsWithReady, Expect, ResponseQueue } from "./response_queue.ts";
+import { sendCancel } from "./cancel.ts";
+import {
+  Action,
+  endsWithReady,
+  Expect,
+  type LocalAnswer,
+  type ParseTicket,
+  ResponseQueue,
+} from "./response_queue.ts";
 
 /** Size of each server connection's read buffer. */
 const READ_BUFFER_BYTES = 64 << 10;
@@ -47,8 +55,20 @@ export interface ServerAddress {
 export interface ServerLink {
   /** Where forwarded bytes are written. */
   readonly writer: SocketWriter;
-  /** Asked at each ReadyForQuery that leaves the server clean: may it go back now? No side effects. */
-  shouldRelease(server: Server): boolean;
+  /**
+   * Asked at each ReadyForQuery that leaves the server clean: false keeps it; true gives it back;
+   * a string gives it back after running that SQL on it (resetting what the client left).
+   */
+  shouldRelease(server: Server): boolean | string;
+  /**
+   * A ParameterStatus from the server: `own` when answering the client's request, otherwise from
+   * pgdog's own settings sync. Returns bytes to send the client instead (possibly empty), or null
+   * to pass an own one unchanged (a sync's is dropped unless replaced).
+   */
+  parameterStatus(
+    server: Server,
+    options: { name: string; value: string; own: boolean },
+  ): Uint8Array | null;
   /** The server was released after a ReadyForQuery; the link must forget it. */
   released(server: Server): void;
   /** The server failed while attached. */
@@ -65,6 +85,8 @@ export interface ServerLink {
 export interface ServerOwner {
   /** A clean server comes back. */
   checkin(server: Server): void;
+  /** A server comes back after `resetSql` (and any cleaning) runs on it. */
+  release(server: Server, options: { resetSql: string | null }): void;
   /** The server's connection ended; forget it. */
   serverClosed(server: Server): void;
 }
@@ -144,6 +166,11 @@ const DATA = typeTable([
   Msg.NotificationResponse,
 ]);
 
+/** The SQLSTATE of an ErrorResponse at [p, p + size). */
+function errorCode(buf: Uint8Array, p: number, size: number): string {
+  return parseErrorFields(buf, p + 5, p + size).code;
+}
+
 function typeTable(types: number[]): Uint8Array {
   const t = new Uint8Array(256);
   for (const x of types) t[x] = 1;
@@ -190,6 +217,13 @@ export class Server {
   readonly createdAt: number = Date.now();
   /** When it last went back to its pool. */
   idleSince: number = Date.now();
+  /** Names to put back in the next error: a statement's server-side name becomes the client's. */
+  errorRewrite: { from: string; to: string } | null = null;
+  /**
+   * pgdog sent a CancelRequest and has not seen its 57014 yet: the query may have ended before the
+   * cancel lands, so the server must not serve anyone else (it is closed at check-in).
+   */
+  cancelPending = false;
   /** Its prepared statements may have stale plans: DEALLOCATE ALL before the next use. */
   statementsStale = false;
   /** Result data (rows, completions, errors, ReadyForQuery) reached the client since it attached. */
@@ -270,7 +304,8 @@ export class Server {
   expect(kind: number, action: number = Action.Forward, payload: unknown = null): void {
     if (kind === Expect.Local && this.queue.length === 0) {
       // Nothing owed before it: the answer can go out now.
-      if (this.link) this.link.writer.enqueue(payload as Uint8Array);
+      const bytes = (payload as LocalAnswer).bytes;
+      if (this.link && bytes) this.link.writer.enqueue(bytes);
       return;
     }
     if (this.queue.length === 0) this.requestStart = Date.now();
@@ -323,6 +358,12 @@ export class Server {
     if (extra) this.writer.write(extra).catch((e) => this.#fail(e));
     if (this.queue.length === 0) return Promise.resolve();
     return new Promise((resolve) => this.#drained.push(resolve));
+  }
+
+  /** Cancels whatever the server is running (a separate connection carries the request). */
+  sendCancel(): void {
+    this.cancelPending = true;
+    sendCancel(this.address, { pid: this.backendPid, secret: this.backendSecret });
   }
 
   /** Closes the connection politely (Terminate, then close) and tells the pool. */
@@ -446,12 +487,21 @@ export class Server {
         if (this.closed) return;
         continue;
       }
+      if (type === Msg.ErrorResponse && this.cancelPending && errorCode(buf, p, size) === "57014") {
+        this.cancelPending = false; // the cancel took effect: nothing is left in flight
+      }
       if (handling === Action.Collect) this.#collect(type, buf, p, size);
       else if (handling === Action.Swallow && type === Msg.ErrorResponse) {
         this.#swallowedError(buf, p, size);
       }
-      if (type === Msg.ParameterStatus) this.#parameterStatus(buf, p, size);
       let replacement: Uint8Array | null = null;
+      if (type === Msg.ParameterStatus) {
+        const [name, value] = this.#parameterStatus(buf, p, size);
+        if (this.link && (forwarding || handling === Action.Swallow)) {
+          replacement = this.link.parameterStatus(this, { name, value, own: forwarding });
+          if (!forwarding && replacement === null) replacement = EMPTY;
+        }
+      }
       if (forwarding && type === Msg.ErrorResponse) {
         replacement = this.#errorForClient(buf, p, size);
         if (replacement === EMPTY) this.dataForwarded = false;
@@ -481,7 +531,8 @@ export class Server {
       this.#advance(type);
       this.#settleHead(buf, p);
       const link = this.link;
-      if (link && this.clean && link.shouldRelease(this)) {
+      const verdict = link && this.clean ? link.shouldRelease(this) : false;
+      if (link && verdict !== false) {
         this.#endRun(p);
         // Copy the tail out: the read buffer is reused while the client may still be slow to read.
         for (let i = 0; i < ranges.length; i += 2) {
@@ -492,7 +543,8 @@ export class Server {
         this.idleSince = Date.now();
         this.transactions++;
         link.released(this);
-        this.owner?.checkin(this);
+        if (verdict === true) this.owner?.checkin(this);
+        else this.owner?.release(this, { resetSql: verdict });
       }
     }
     this.#settleHead(buf, p);
@@ -534,7 +586,7 @@ export class Server {
   #settleHead(buf: Uint8Array, p: number): void {
     let head = this.queue.headKind;
     while (head === Expect.Local || head === Expect.CopyEnd) {
-      const local = this.queue.headPayload as Uint8Array | null;
+      const local = (this.queue.headPayload as LocalAnswer | null)?.bytes ?? null;
       const link = this.link;
       if (local && link) {
         this.#endRun(p);
@@ -566,6 +618,12 @@ export class Server {
       this.statementsStale = true;
     }
     let changed = false;
+    const rewrite = this.errorRewrite;
+    if (rewrite !== null && fields.message.includes(`"${rewrite.from}"`)) {
+      this.errorRewrite = null;
+      fields.message = fields.message.replaceAll(`"${rewrite.from}"`, `"${rewrite.to}"`);
+      changed = true;
+    }
     if (this.cancelNote !== null && fields.code === "57014") {
       fields.message = this.cancelNote;
       changed = true;
@@ -591,6 +649,7 @@ export class Server {
         this.copyEnded = false;
         this.discardUntilSync = false;
         this.errorForwarded = false;
+        this.errorRewrite = null;
         this.cancelNote = null;
         this.requestStart = Date.now();
         // Pop through the entry this answers (anything before it was skipped by the server).
@@ -602,8 +661,7 @@ export class Server {
         return;
       case Msg.ParseComplete:
         if (head === Expect.Parse) {
-          const stmt = queue.headPayload as { validated: boolean } | null;
-          if (stmt) stmt.validated = true;
+          (queue.headPayload as ParseTicket | null)?.succeeded();
           this.#pop();
         }
         return;
@@ -672,9 +730,8 @@ export class Server {
   }
 
   readonly #forgetStatement = (kind: number, payload: unknown): void => {
-    if (kind === Expect.Parse && payload) {
-      this.statements.delete((payload as { name: string }).name);
-    }
+    if (kind === Expect.Parse) (payload as ParseTicket | null)?.failed();
+    else if (kind === Expect.Local) (payload as LocalAnswer | null)?.dropped?.();
   };
 
   #recount(): void {
@@ -728,10 +785,11 @@ export class Server {
     }
   }
 
-  #parameterStatus(buf: Uint8Array, p: number, size: number): void {
+  #parameterStatus(buf: Uint8Array, p: number, size: number): [string, string] {
     const [name, next] = readCString(buf, p + 5, p + size);
     const [value] = readCString(buf, next, p + size);
     this.reported.set(name, value);
+    return [name, value];
   }
 }
 

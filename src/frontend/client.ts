@@ -29,10 +29,10 @@ import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import type { AcceptTlsOptions } from "../net/tls.ts";
 import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
-import { Action, Expect } from "../backend/response_queue.ts";
+import { Action, Expect, type LocalAnswer, type ParseTicket } from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
-import { sendCancel, ServerConnectError } from "../backend/connect.ts";
+import { ServerConnectError } from "../backend/connect.ts";
 import type { AuthType } from "../config/types.ts";
 import { mayAffectSession, scanSession, type SessionScan } from "../router/scan.ts";
 import type { Analysis, QueryRouter } from "../router/mod.ts";
@@ -143,6 +143,16 @@ export class Client implements ServerLink {
   #deferredBegin: Uint8Array | null = null;
   /** A settings read-back was sent and has not answered yet. */
   #readBackPending = false;
+  /** Resolves when the pending read-back has answered. */
+  #readBackDone: Promise<void> | null = null;
+  /** A forwarded message may change the session: later pipelined messages wait for it to settle. */
+  #holdRest = false;
+  /** What this client was told of each reported parameter (ParameterStatus). */
+  readonly #told = new Map<string, string>();
+  /** The values reported at login: what RESET returns reported parameters to. */
+  readonly #loginReported = new Map<string, string>();
+  /** Parameters being reset (lower-case names, or all), until their read-back answers. */
+  #resetting: Set<string> | "all" | null = null;
   /** `pgdog.role` from the startup packet. */
   #startupRole: Role | null = null;
   /** The request a replica is answering, kept until its answer starts, to re-run it elsewhere. */
@@ -200,15 +210,14 @@ export class Client implements ServerLink {
     now: number,
     limits: { query: number; idle: number; idleInTransaction: number; grace: number },
   ): void {
-    if (this.state === "login" || this.closed) return;
+    if (this.state === "login" || this.state === "waiting" || this.closed) return;
     const server = this.server;
     if (server && server.queue.length > 0) {
       if (limits.query <= 0) return;
       const running = now - server.requestStart;
       if (server.cancelNote === null && running >= limits.query) {
         server.cancelNote = `canceling statement due to query_timeout (${limits.query} ms)`;
-        server.discard = true;
-        sendCancel(server.address, { pid: server.backendPid, secret: server.backendSecret });
+        server.sendCancel();
       } else if (server.cancelNote !== null && running >= limits.query + limits.grace) {
         server.close(`query_timeout: the server ignored the cancel for ${limits.grace} ms`);
       }
@@ -238,9 +247,7 @@ export class Client implements ServerLink {
   cancel(): void {
     const server = this.server;
     if (server && (server.queue.length > 0 || server.copy !== CopyState.None)) {
-      // The query may end before the cancel lands: never reuse this server for someone else.
-      server.discard = true;
-      sendCancel(server.address, { pid: server.backendPid, secret: server.backendSecret });
+      server.sendCancel();
     } else if (this.#waitAbort) {
       this.#waitAbort.abort(
         new ClientFacingError({
@@ -315,7 +322,11 @@ export class Client implements ServerLink {
     if (this.closed) return false;
     const b = new MessageBuilder(512);
     b.bytes(AUTH_OK);
-    for (const [name, value] of reported) appendParameterStatus(b, name, value);
+    for (const [name, value] of reported) {
+      appendParameterStatus(b, name, value);
+      this.#told.set(name, value);
+      this.#loginReported.set(name, value);
+    }
     appendBackendKeyData(b, this.id, this.secret);
     b.bytes(readyForQuery(TxStatus.Idle));
     await this.writer.write(b.view());
@@ -379,6 +390,8 @@ export class Client implements ServerLink {
   async #handleMessages(): Promise<boolean> {
     this.lastActivity = Date.now();
     if (this.#replaying) await this.#replaying;
+    // The last transaction's settings must be known before the next request runs.
+    if (this.#readBackDone) await this.#readBackDone;
     const rb = this.rbuf;
     const out = this.#out;
     out.reset(rb.buf);
@@ -452,6 +465,20 @@ export class Client implements ServerLink {
         this.#syncParams(this.server);
       }
       this.#forward(type, buf, p, end);
+      // Only where a request ends: PostgreSQL answers nothing before Sync.
+      if (
+        this.#holdRest && (type === Msg.Sync || type === Msg.Query || type === Msg.FunctionCall)
+      ) {
+        this.#holdRest = false;
+        if (rb.nextMessageSize() > 0) {
+          // Later messages must see the settings this one leaves (and pgdog must know them first).
+          await this.#send();
+          await this.#settle();
+          if (this.closed) return false;
+          out.reset(rb.buf);
+          replayFrom = -1;
+        }
+      }
     }
     if (this.server !== null && !this.#out.empty) {
       this.#replay = replayFrom >= 0 && this.#replayable(rb.buf, replayFrom, rb.start)
@@ -480,6 +507,13 @@ export class Client implements ServerLink {
     ]).catch(() => {});
     clearTimeout(timer);
     await this.writer.flush().catch(() => {});
+  }
+
+  /** Waits until the server has answered everything sent and any settings read-back is in. */
+  async #settle(): Promise<void> {
+    const server = this.server;
+    if (server !== null && server.queue.length > 0) await server.drain().catch(() => {});
+    if (this.#readBackDone) await this.#readBackDone;
   }
 
   /** Writes what the batch collected for the server. */
@@ -559,13 +593,11 @@ export class Client implements ServerLink {
       return true;
     }
     if (!this.#sessionMode) {
-      if (scan.listen) {
-        this.#answerError(LISTEN_UNSUPPORTED, true);
-        return true;
-      }
+      if (scan.listen) return this.#refuseQuery(LISTEN_UNSUPPORTED);
       if (scan.sqlPrepared) {
         const deallocate =
-          /^\s*deallocate\s+(?:prepare\s+)?(all|"(?:[^"]|"")+"|[a-z_][\w$]*)\s*;?\s*$/i.exec(sql);
+          /^\s*deallocate\s+(?:prepare\s+)?(all|"(?:[^"]|"")+"|[\p{L}_][\p{L}\p{N}_$]*)\s*;?\s*$/iu
+            .exec(sql);
         if (deallocate && this.#renaming) {
           // Drivers (psycopg, for one) free protocol-level statements with DEALLOCATE.
           const target = deallocate[1];
@@ -574,28 +606,35 @@ export class Client implements ServerLink {
             this.#answer(commandComplete("DEALLOCATE ALL", this.#txStatus()));
             return true;
           }
+          // PostgreSQL folds only A-Z in unquoted identifiers.
           const name = target.startsWith('"')
             ? target.slice(1, -1).replaceAll('""', '"')
-            : target.toLowerCase();
+            : target.replace(/[A-Z]+/g, (m) => m.toLowerCase());
           if (this.statements.delete(name)) {
             this.#answer(commandComplete("DEALLOCATE", this.#txStatus()));
-          } else {
-            this.#answerError({
-              severity: "ERROR",
-              code: SqlState.InvalidSqlStatementName,
-              message: `prepared statement "${name}" does not exist`,
-            }, true);
+            return true;
           }
-          return true;
+          return this.#refuseQuery({
+            severity: "ERROR",
+            code: SqlState.InvalidSqlStatementName,
+            message: `prepared statement "${name}" does not exist`,
+          });
         }
-        this.#answerError(SQL_PREPARE_UNSUPPORTED, true);
-        return true;
+        return this.#refuseQuery(SQL_PREPARE_UNSUPPORTED);
       }
       if (scan.discardAll && scan.statements === 1 && this.server === null) {
         // The client's session is its state here: reset it without touching a server.
         this.session.reset();
         this.statements.clear();
-        this.#answer(commandComplete("DISCARD ALL", TxStatus.Idle));
+        // As PostgreSQL does, report the parameters that go back to their startup values.
+        const b = new MessageBuilder(128);
+        for (const [name, value] of this.#loginReported) {
+          if (this.#told.get(name) === value) continue;
+          this.#told.set(name, value);
+          appendParameterStatus(b, name, value);
+        }
+        b.bytes(commandComplete("DISCARD ALL", TxStatus.Idle));
+        this.#answer(b.build());
         return true;
       }
     }
@@ -629,7 +668,12 @@ export class Client implements ServerLink {
       if (scan && name !== "") this.#pendingScan = scan;
       return false;
     }
-    if (this.statements.has(name)) {
+    const existing = this.statements.get(name);
+    if (existing !== undefined) {
+      if (this.server !== null) {
+        this.#duplicateParse = existing;
+        return false;
+      }
       this.#answerError({
         severity: "ERROR",
         code: SqlState.DuplicatePreparedStatement,
@@ -642,11 +686,14 @@ export class Client implements ServerLink {
     stmt.analysis ??= analysis;
     this.statements.set(name, stmt);
     const server = this.server;
-    if (
-      (server !== null && server.statements.has(stmt.name)) || (server === null && stmt.validated)
-    ) {
-      // Known good, or already on this server: nothing for a server to do.
-      this.#answer(PARSE_COMPLETE);
+    const onServer = server !== null && server.statements.has(stmt.name) &&
+      server.txStatus !== TxStatus.Failed;
+    if (onServer || (server === null && stmt.validated)) {
+      // Known good, or already on this server: nothing for a server to do. Should the server skip
+      // past this point after an earlier error, the statement is not created, as in PostgreSQL.
+      this.#answer(PARSE_COMPLETE, () => {
+        if (this.statements.get(name) === stmt) this.statements.delete(name);
+      });
       return true;
     }
     return false;
@@ -689,6 +736,14 @@ export class Client implements ServerLink {
     switch (type) {
       case Msg.Query: {
         this.queries++;
+        const substitute = this.#substitute;
+        if (substitute) {
+          this.#substitute = null;
+          this.#pendingScan = null;
+          out.addBytes(substitute);
+          server.expect(Expect.Query);
+          return;
+        }
         const scan = this.#pendingScan;
         this.#pendingScan = null;
         if (scan) this.#noteScan(scan, server);
@@ -697,17 +752,45 @@ export class Client implements ServerLink {
       case Msg.Parse: {
         if (this.#renaming && buf.indexOf(0, p + 5) !== p + 5) {
           const name = parseName(buf, p, end);
+          const duplicate = this.#duplicateParse;
+          this.#duplicateParse = null;
+          if (duplicate !== null) {
+            this.#raiseDuplicate(server, duplicate, name);
+            return;
+          }
           const stmt = this.statements.get(name)!;
+          const undo = (): void => {
+            if (this.statements.get(name) === stmt) this.statements.delete(name);
+          };
           if (server.discardUntilSync) {
             // The server skips this Parse after an earlier error, so the statement is not created.
-            this.statements.delete(name);
-          } else if (server.statements.has(stmt.name)) {
+            undo();
+          } else if (server.statements.has(stmt.name) && server.txStatus !== TxStatus.Failed) {
             // The server taken for this request already has it (decided before the checkout waited).
             touch(server, stmt.name);
-            server.expect(Expect.Local, Action.Forward, PARSE_COMPLETE);
+            server.expect(
+              Expect.Local,
+              Action.Forward,
+              { bytes: PARSE_COMPLETE, dropped: undo } satisfies LocalAnswer,
+            );
           } else {
+            // (In a failed transaction the server answers 25P02, as it would to the client's own.)
+            const had = server.statements.has(stmt.name);
             out.addBytes(stmt.parse);
-            server.expect(Expect.Parse, Action.Forward, stmt);
+            server.expect(
+              Expect.Parse,
+              Action.Forward,
+              {
+                name: stmt.name,
+                succeeded: () => {
+                  stmt.validated = true;
+                },
+                failed: () => {
+                  if (!had) server.statements.delete(stmt.name);
+                  undo();
+                },
+              } satisfies ParseTicket,
+            );
             touch(server, stmt.name);
           }
           return;
@@ -759,12 +842,50 @@ export class Client implements ServerLink {
       return;
     }
     this.#out.addBytes(stmt.parse);
-    server.expect(Expect.Parse, Action.Inject, stmt);
+    server.expect(
+      Expect.Parse,
+      Action.Inject,
+      {
+        name: stmt.name,
+        succeeded: () => {
+          stmt.validated = true;
+        },
+        failed: () => {
+          server.statements.delete(stmt.name);
+        },
+      } satisfies ParseTicket,
+    );
     server.statements.set(stmt.name, true);
   }
 
+  /**
+   * The client parses a name it already has. PostgreSQL answers 42P05 and, inside a transaction,
+   * aborts it; so the server is made to do the same (its error names the client's statement).
+   */
+  #raiseDuplicate(server: Server, existing: PreparedStatement, clientName: string): void {
+    this.#ensureStatement(server, existing);
+    server.errorRewrite = { from: existing.name, to: clientName };
+    this.#out.addBytes(existing.parse);
+    server.expect(Expect.Parse, Action.Forward, {
+      name: existing.name,
+      succeeded: () => {},
+      failed: () => {},
+    });
+  }
+
+  /** Set by #localParse when a duplicate Parse goes to the server to fail there. */
+  #duplicateParse: PreparedStatement | null = null;
+
   #noteScan(scan: SessionScan, server: Server): void {
     this.session.note(scan);
+    if (scan.settings.length > 0 || scan.resetAll || scan.unknownSetting || scan.advisoryLocks) {
+      this.#holdRest = true;
+    }
+    if (scan.resetAll) this.#resetting = "all";
+    else if (scan.resets.length > 0 && this.#resetting !== "all") {
+      this.#resetting ??= new Set();
+      for (const name of scan.resets) this.#resetting.add(name);
+    }
     if (scan.discardAll) {
       // DISCARD ALL on the server drops its prepared statements, and the client's.
       server.statements.clear();
@@ -772,10 +893,32 @@ export class Client implements ServerLink {
     }
   }
 
+  /**
+   * Refuses a simple query with `fields`. Inside a transaction the error must abort it, as
+   * PostgreSQL's own would: the server is made to raise it. Returns true when answered locally.
+   */
+  #refuseQuery(fields: ErrorFields): boolean {
+    const server = this.server;
+    if (server === null || server.txStatus === TxStatus.Idle) {
+      this.#answerError(fields, true);
+      return true;
+    }
+    const lit = (v: string): string => `'${v.replaceAll("'", "''")}'`;
+    let using = `ERRCODE = ${lit(fields.code)}, MESSAGE = ${lit(fields.message)}`;
+    if (fields.detail) using += `, DETAIL = ${lit(fields.detail)}`;
+    if (fields.hint) using += `, HINT = ${lit(fields.hint)}`;
+    this.#substitute = queryMessage(`DO $pgdog$ BEGIN RAISE EXCEPTION USING ${using}; END $pgdog$`);
+    return false;
+  }
+
+  /** A Query to send instead of the client's (see #refuseQuery). */
+  #substitute: Uint8Array | null = null;
+
   /** Answers with bytes of pgdog's own, in order with whatever the server still owes. */
-  #answer(bytes: Uint8Array): void {
-    if (this.server) this.server.expect(Expect.Local, Action.Forward, bytes);
-    else this.writer.enqueue(bytes);
+  #answer(bytes: Uint8Array, dropped?: () => void): void {
+    if (this.server) {
+      this.server.expect(Expect.Local, Action.Forward, { bytes, dropped } satisfies LocalAnswer);
+    } else this.writer.enqueue(bytes);
   }
 
   /** Answers with an error; a Query also gets its ReadyForQuery, others skip to the next Sync. */
@@ -900,7 +1043,7 @@ export class Client implements ServerLink {
     server.attach(this);
     this.#out.reset(this.rbuf.buf);
     this.#syncParams(server);
-    if (server.statementsStale) {
+    if (server.statementsStale && this.#renaming) {
       server.statementsStale = false;
       server.statements.clear();
       this.#out.addBytes(DEALLOCATE_ALL);
@@ -996,23 +1139,36 @@ export class Client implements ServerLink {
    * transaction may have changed the session, its state is read back first (the server stays until
    * that answer is in); in transaction mode the server then goes back unless pinned.
    */
-  shouldRelease(server: Server): boolean {
+  shouldRelease(server: Server): boolean | string {
     this.session.pgdogLocal.clear();
     if (this.session.needsReadBack) {
       this.#readBack(server);
       return false;
     }
-    if (this.session.pinned) this.#pinnedThisHold = true;
-    return !this.#sessionMode && !this.session.pinned;
+    if (this.session.pinned) {
+      this.#pinnedThisHold = true;
+      return false;
+    }
+    if (this.#sessionMode) return false;
+    // Unpinned now (locks released): the server still gets the cleanup a pin promises.
+    return this.#pinnedThisHold ? PIN_CLEANUP : true;
   }
 
   #readBack(server: Server): void {
     const sql = this.session.readBackSql();
     this.#readBackPending = true;
+    let done!: () => void;
+    this.#readBackDone = new Promise((resolve) => done = resolve);
+    const finish = (): void => {
+      this.#readBackPending = false;
+      this.#readBackDone = null;
+      this.#resetting = null;
+      done();
+    };
     server.query(sql, {
       timeoutMs: this.pool!.config.rollback_timeout,
       onDone: (r) => {
-        this.#readBackPending = false;
+        finish();
         if (r.error) {
           log.warn(`client ${this.id}: reading back session settings failed: ${r.error.message}`);
           server.discard = true;
@@ -1024,16 +1180,43 @@ export class Client implements ServerLink {
       },
     }).catch(() => {
       // The server was lost; serverLost() tells the client.
+      finish();
     });
   }
 
   /** Part of {@linkcode ServerLink}. */
   released(_server: Server): void {
     this.#replay = null;
+    this.lastActivity = Date.now();
     this.server = null;
     this.state = "idle";
     this.transactions++;
     this.#pinnedThisHold = false;
+  }
+
+  /**
+   * Part of {@linkcode ServerLink}: keeps the client's view of reported parameters what PostgreSQL
+   * would have shown it. A reset parameter shows the client's startup value (the server itself
+   * resets to its own default until pgdog syncs it); a sync's change is shown only when the client
+   * was told something else.
+   */
+  parameterStatus(
+    _server: Server,
+    options: { name: string; value: string; own: boolean },
+  ): Uint8Array | null {
+    const { name, own } = options;
+    let value = options.value;
+    if (own) {
+      const r = this.#resetting;
+      const startup = this.#loginReported.get(name);
+      if (r !== null && startup !== undefined && (r === "all" || r.has(name.toLowerCase()))) {
+        value = startup;
+      }
+    }
+    // PostgreSQL reports a parameter only when the client's value changes.
+    if (this.#told.get(name) === value) return NOTHING;
+    this.#told.set(name, value);
+    return value === options.value && own ? null : parameterStatusMessage(name, value);
   }
 
   /** Part of {@linkcode ServerLink}: what a server's FATAL means to this client. */
@@ -1137,6 +1320,7 @@ export class Client implements ServerLink {
 /** A read-back failed: keep asking next time (settings unknown). */
 const FORGET_SCAN: SessionScan = {
   settings: [],
+  resets: [],
   unknownSetting: true,
   resetAll: false,
   discardAll: false,
@@ -1253,6 +1437,15 @@ function expectResponse(server: Server, type: number, first: number): void {
       return;
       // CopyData and Flush owe nothing.
   }
+}
+
+/** A replacement meaning "send nothing". */
+const NOTHING = new Uint8Array(0);
+
+function parameterStatusMessage(name: string, value: string): Uint8Array {
+  const b = new MessageBuilder(32);
+  appendParameterStatus(b, name, value);
+  return b.build();
 }
 
 function commandComplete(tag: string, status: number): Uint8Array {

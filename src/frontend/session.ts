@@ -15,6 +15,9 @@ import type { Server } from "../backend/server.ts";
 import type { SessionScan } from "../router/scan.ts";
 import { quoteLiteral, type SessionParams } from "./params.ts";
 
+/** Settings the read-back overrides for itself (their values are read before it does). */
+const GUARDED = "'statement_timeout', 'lock_timeout'";
+
 /** The read-back row that carries the number of advisory locks held. */
 const ADVISORY_ROW = "pgdog.advisory_locks";
 
@@ -69,17 +72,28 @@ export class SessionState {
     return this.#settingsChanged || this.#advisoryCalls;
   }
 
-  /** One statement returning (name, value) rows: session-level settings, and advisory locks held. */
+  /**
+   * The read-back to send now: (name, value) rows of the session-level settings and advisory locks
+   * held. Whatever happens after this call counts toward the next read-back.
+   */
   readBackSql(): string {
-    // In its own transaction, immune to the client's statement_timeout and lock_timeout.
-    let sql = "BEGIN; SET LOCAL statement_timeout TO 0; SET LOCAL lock_timeout TO 0; " +
-      "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'";
+    const advisory = this.#advisoryCalls || this.advisoryHeld;
+    this.#settingsChanged = false;
+    this.#advisoryCalls = false;
+    // The client's own statement_timeout / lock_timeout must not cut the read-back short, so the
+    // main query runs under SET LOCAL; their session values are read first, since afterwards
+    // pg_settings shows pgdog's SET LOCAL instead.
+    let sql = "BEGIN; SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings " +
+      `WHERE source = 'session' AND name IN (${GUARDED}); ` +
+      "SET LOCAL statement_timeout TO 0; SET LOCAL lock_timeout TO 0; " +
+      "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings " +
+      `WHERE source = 'session' AND name NOT IN (${GUARDED})`;
     if (this.#hidden.size > 0) {
       const names = [...this.#hidden].map(quoteLiteral).join(",");
       sql +=
         ` UNION ALL SELECT n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest(ARRAY[${names}]::text[]) n`;
     }
-    if (this.#advisoryCalls || this.advisoryHeld) {
+    if (advisory) {
       sql +=
         ` UNION ALL SELECT '${ADVISORY_ROW}', pg_catalog.count(*)::text FROM pg_catalog.pg_locks` +
         " WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()";
@@ -92,8 +106,6 @@ export class SessionState {
    * values, what the client's session holds.
    */
   applyReadBack(rows: (string | null)[][], server: Server): void {
-    this.#settingsChanged = false;
-    this.#advisoryCalls = false;
     const now = new Map<string, string>();
     for (const [rawName, value] of rows) {
       if (rawName === null) continue;

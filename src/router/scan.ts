@@ -14,6 +14,8 @@
 export interface SessionScan {
   /** Settings changed beyond the current transaction, by lower-case name. */
   settings: string[];
+  /** Of those, the ones reset to their default (RESET x, SET x TO DEFAULT). */
+  resets: string[];
   /** A setting changed whose name cannot be known from the text (set_config with an expression). */
   unknownSetting: boolean;
   /** RESET ALL, or DISCARD ALL. */
@@ -70,6 +72,7 @@ export function scanSession(sql: string): SessionScan | null {
   if (!MAYBE.test(sql)) return null;
   const scan: SessionScan = {
     settings: [],
+    resets: [],
     unknownSetting: false,
     resetAll: false,
     discardAll: false,
@@ -287,7 +290,13 @@ function inspect(t: Token[], scan: SessionScan): void {
         scan.pgdogSettings.push([name.slice(6), valueText(t, next), local]);
         return;
       }
-      if (!local) scan.settings.push(name);
+      if (!local) {
+        scan.settings.push(name);
+        const v = t[next]?.text === "to" || t[next]?.text === "=" ? t[next + 1] : undefined;
+        if (v?.kind === WORD && v.text === "default" && t.length === next + 2) {
+          scan.resets.push(name);
+        }
+      }
       return;
     }
     case "reset": {
@@ -301,12 +310,17 @@ function inspect(t: Token[], scan: SessionScan): void {
       }
       if (w1 === "time" && w2 === "zone") {
         scan.settings.push("timezone");
+        scan.resets.push("timezone");
         return;
       }
       const named = settingName(t, 1);
       if (!named) return;
-      if (named[0].startsWith("pgdog.")) scan.pgdogSettings.push([named[0].slice(6), "", false]);
-      else scan.settings.push(SPECIAL[named[0]] ?? named[0]);
+      if (named[0].startsWith("pgdog.")) {
+        scan.pgdogSettings.push([named[0].slice(6), "", false]);
+      } else {
+        scan.settings.push(SPECIAL[named[0]] ?? named[0]);
+        scan.resets.push(SPECIAL[named[0]] ?? named[0]);
+      }
       return;
     }
     case "discard":
