@@ -13,7 +13,8 @@ await loadParser();
 
 const OLTP = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213";
 const UPDATE = "UPDATE pgbench_accounts SET abalance = abalance + -4211 WHERE aid = 48213";
-const JOIN = "SELECT o.id, o.total, c.name FROM orders o JOIN customers c ON c.id = o.customer_id " +
+const JOIN =
+  "SELECT o.id, o.total, c.name FROM orders o JOIN customers c ON c.id = o.customer_id " +
   "WHERE o.customer_id = 42 AND o.created_at > '2024-01-01' ORDER BY o.created_at DESC LIMIT 20";
 const route = { override: null, strategy: "conservative" as const, deferredBegin: false };
 
@@ -23,12 +24,21 @@ hits.analyze(UPDATE);
 hits.analyze(JOIN);
 let n = 0;
 
-Deno.bench("cache hit: pgbench SELECT (literal differs each time)", { group: "hit", baseline: true }, () => {
-  chooseRole(hits.analyze(`SELECT abalance FROM pgbench_accounts WHERE aid = ${n++ % 100000}`), route);
+Deno.bench("cache hit: pgbench SELECT (literal differs each time)", {
+  group: "hit",
+  baseline: true,
+}, () => {
+  chooseRole(
+    hits.analyze(`SELECT abalance FROM pgbench_accounts WHERE aid = ${n++ % 100000}`),
+    route,
+  );
 });
 
 Deno.bench("cache hit: pgbench UPDATE", { group: "hit" }, () => {
-  chooseRole(hits.analyze(`UPDATE pgbench_accounts SET abalance = abalance + ${n++ % 5000} WHERE aid = 7`), route);
+  chooseRole(
+    hits.analyze(`UPDATE pgbench_accounts SET abalance = abalance + ${n++ % 5000} WHERE aid = 7`),
+    route,
+  );
 });
 
 Deno.bench("cache hit: join with ORDER BY and LIMIT", { group: "hit" }, () => {
