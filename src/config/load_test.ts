@@ -297,6 +297,9 @@ Deno.test("loadConfig: defaults everywhere", async () => {
       }],
       users: [{ name: "bob", database: "shop", password: "pw" }],
       admin: { name: "admin", user: "admin" },
+      sharded_tables: [],
+      sharded_schemas: [],
+      omnisharded_tables: [],
     },
     warnings: [],
   });
@@ -415,8 +418,17 @@ server_password = "bob_srvpw"
       server_password: "bob_srvpw",
     }],
     admin: { name: "pgdog", user: "root", password: "adminpw" },
+    sharded_tables: [],
+    sharded_schemas: [],
+    omnisharded_tables: [],
   };
-  deepEqual(result, { config: expected, warnings: [] });
+  deepEqual(result, {
+    config: expected,
+    warnings: [
+      'pgdog.toml:24: database "shop" has a gap in shard numbers: shard 0 is not configured; ' +
+      "queries routed to it will fail",
+    ],
+  });
 });
 
 Deno.test("loadConfig: max_pool_size is an alias in every section", async () => {
@@ -465,9 +477,9 @@ Deno.test("loadConfig: warnings", async () => {
     "", //                                            21
     "[tcp]", //                                       22
     "keepalive = true", //                            23
-    "[[sharded_tables]]", //                          24
+    "[[query_parsers]]", //                           24
     'database = "shop"', //                           25
-    "[[sharded_tables]]", //                          26
+    "[[query_parsers]]", //                           26
     'database = "shop"', //                           27
   ].join("\n");
   const users = [
@@ -490,7 +502,7 @@ Deno.test("loadConfig: warnings", async () => {
     "shard and role)",
     'pgdog.toml:15: database "lonely" has no user in users.toml; no pool is created for it',
     "pgdog.toml:22: [tcp] is a PgDog section this version does not support yet; ignored",
-    "pgdog.toml:24: [[sharded_tables]] is a PgDog section this version does not support yet; " +
+    "pgdog.toml:24: [[query_parsers]] is a PgDog section this version does not support yet; " +
     "ignored",
     'users.toml:5: [[users]] #1 (name "bob") password_hash is a PgDog setting this version ' +
     "does not support yet; ignored",
@@ -516,6 +528,9 @@ Deno.test("loadConfig: missing files are warnings; URLs stand in for the databas
       }],
       users: [{ name: "alice", database: "app", password: "secret" }],
       admin: { name: "admin", user: "admin" },
+      sharded_tables: [],
+      sharded_schemas: [],
+      omnisharded_tables: [],
     },
     warnings: [
       "pgdog.toml: file not found; using defaults",

@@ -11,7 +11,16 @@
  * @module
  */
 
-import type { AdminConfig, DatabaseConfig, GeneralConfig, UserConfig } from "./types.ts";
+import type {
+  AdminConfig,
+  DatabaseConfig,
+  GeneralConfig,
+  OmniTableConfig,
+  PartialShardMapping,
+  ShardedSchemaConfig,
+  ShardedTableConfig,
+  UserConfig,
+} from "./types.ts";
 
 /** The two configuration files, by their default names. */
 export type ConfigFile = "pgdog.toml" | "users.toml";
@@ -21,8 +30,20 @@ export type ValueType =
   | { kind: "string"; nonEmpty?: boolean }
   | { kind: "integer"; min?: number; max?: number }
   | { kind: "boolean" }
-  | { kind: "enum"; values: readonly string[] }
-  | { kind: "string_list" };
+  | {
+    kind: "enum";
+    /** The allowed values. */
+    values: readonly string[];
+    /** Also allowed: any value that starts with one of these and goes on (`plugin:<name>`). */
+    prefixes?: readonly string[];
+    /** PgDog values this version rejects with "not supported" rather than "not allowed". */
+    unsupported?: readonly string[];
+  }
+  | { kind: "string_list" }
+  /** A sharding key value: an integer (kept as a bigint) or a string. */
+  | { kind: "shard_key" }
+  /** A non-empty list of sharding key values. */
+  | { kind: "shard_key_list" };
 
 /** A value a key can default to. */
 export type DefaultValue = string | number | boolean | readonly string[];
@@ -39,6 +60,8 @@ export interface KeySpec<K extends string = string> {
   defaultFrom?: string;
   /** Without the key the entry is invalid. */
   required?: boolean;
+  /** Required unless this boolean key of the same entry is true (`shard` unless `all`). */
+  requiredUnless?: string;
   /** Other names PgDog accepts for the key (e.g. `max_pool_size`). */
   aliases?: readonly string[];
   /** Unit of an integer value, shown in the reference. */
@@ -49,8 +72,10 @@ export interface KeySpec<K extends string = string> {
 
 /** A section: a table (`[general]`) or an array of tables (`[[databases]]`). */
 export interface SectionSpec {
-  /** Name without brackets. */
+  /** Name without brackets; dotted for a nested array (`sharded_tables.mapping`). */
   name: string;
+  /** Other names the section may be written with (`sharded_mapping`). */
+  aliases?: readonly string[];
   /** `[[name]]` (true) or `[name]` (false). */
   array: boolean;
   /** The files the section may appear in. */
@@ -61,6 +86,13 @@ export interface SectionSpec {
   keys: readonly KeySpec[];
   /** PgDog keys of this section that this version ignores with a warning. */
   unsupported: readonly string[];
+  /**
+   * Arrays of tables nested in each entry, e.g. `[[sharded_tables.mapping]]`: each is keyed in
+   * the entry by the last part of its dotted name.
+   */
+  subsections?: readonly SectionSpec[];
+  /** A TOML example for the reference. */
+  example?: string;
 }
 
 /** A PgDog section that this version ignores with a warning. */
@@ -351,6 +383,17 @@ const _databaseComplete: [Missing<DatabaseConfig, typeof DATABASE_KEYS>] extends
 const _userComplete: [Missing<UserConfig, typeof USER_KEYS>] extends [never] ? true : never = true;
 const _adminComplete: [Missing<AdminConfig, typeof ADMIN_KEYS>] extends [never] ? true
   : never = true;
+const _tableComplete: [
+  Missing<Omit<ShardedTableConfig, "mapping">, typeof SHARDED_TABLE_KEYS>,
+] extends [never] ? true
+  : never = true;
+const _ruleComplete: [Missing<PartialShardMapping, typeof MAPPING_RULE_KEYS>] extends [never] ? true
+  : never = true;
+const _schemaComplete: [Missing<ShardedSchemaConfig, typeof SHARDED_SCHEMA_KEYS>] extends [never]
+  ? true
+  : never = true;
+const _omniComplete: [Missing<OmniTableConfig, typeof OMNI_TABLE_KEYS>] extends [never] ? true
+  : never = true;
 
 /** Role-specific pool keys PgDog accepts in `[[databases]]` and `[[users]]`. */
 const ROLE_POOL_KEYS = [
@@ -462,6 +505,89 @@ export const DATABASES: SectionSpec = {
   ],
 };
 
+const DATA_TYPES = ["bigint", "varchar", "uuid"] as const;
+const MAPPING_KINDS = ["list", "range", "default"] as const;
+
+function required<K extends string>(name: K, description: string): KeySpec<K> {
+  return { name, type: { kind: "string", nonEmpty: true }, required: true, description };
+}
+
+const MAPPING_RULE_KEYS = [
+  oneOf("kind", MAPPING_KINDS, "list, range or default; inferred when left out (see above)."),
+  {
+    name: "values",
+    type: { kind: "shard_key_list" },
+    description: "A list rule's values: integers (bigint), strings (varchar) or UUID strings.",
+  },
+  {
+    name: "start",
+    type: { kind: "shard_key" },
+    description: "A range rule's lowest value (inclusive); unset: no lower bound.",
+  },
+  {
+    name: "end",
+    type: { kind: "shard_key" },
+    description: "A range rule's upper bound (exclusive); unset: no upper bound.",
+  },
+  int("shard", "Where the rule's values go: 0 to the database's shard count - 1.", {
+    required: true,
+    min: 0,
+  }),
+] satisfies KeySpec<keyof PartialShardMapping>[];
+
+const SHARDED_TABLE_KEYS = [
+  required("database", "The [[databases]] name the table belongs to."),
+  str("name", "The table; unset: every table that has the column."),
+  str("schema", "The table's schema; unset: any schema."),
+  required("column", "The sharding column."),
+  oneOf(
+    "data_type",
+    DATA_TYPES,
+    "bigint (also smallint and integer), varchar (any text) or uuid; PgDog's vector is not supported.",
+    { default: "bigint", type: { kind: "enum", values: DATA_TYPES, unsupported: ["vector"] } },
+  ),
+  oneOf(
+    "hasher",
+    ["postgres"],
+    "How unmapped values pick a shard: PostgreSQL's hash partitioning; `plugin:<name>` is reserved.",
+    {
+      default: "postgres",
+      type: { kind: "enum", values: ["postgres"], prefixes: ["plugin:"], unsupported: ["sha1"] },
+    },
+  ),
+  bool("primary", false, "PgDog's anchor table for foreign keys; accepted, not used yet."),
+] satisfies KeySpec<Exclude<keyof ShardedTableConfig, "mapping">>[];
+
+const SHARDED_MAPPING_KEYS = [
+  required("database", "The database of the [[sharded_tables]] entry the rule belongs to."),
+  required("column", "Its column."),
+  str("table", "Its name; unset: every entry with this database and column."),
+  str("schema", "Its schema; unset: any."),
+  ...MAPPING_RULE_KEYS,
+];
+
+const SHARDED_SCHEMA_KEYS = [
+  required("database", "The [[databases]] name."),
+  str("name", "The schema; unset: the shard of every schema that is not listed."),
+  int("shard", "The schema's shard: 0 to the database's shard count - 1.", {
+    default: 0,
+    min: 0,
+    requiredUnless: "all",
+  }),
+  bool("all", false, "The schema lives on every shard."),
+] satisfies KeySpec<keyof ShardedSchemaConfig>[];
+
+const OMNI_TABLE_KEYS = [
+  required("database", "The [[databases]] name."),
+  {
+    name: "tables",
+    type: { kind: "string_list" },
+    required: true,
+    description: "Table names, each table or schema.table.",
+  },
+  bool("sticky", false, "Send a client's queries on these tables to the same shard every time."),
+] satisfies KeySpec<keyof OmniTableConfig>[];
+
 /** `[[users]]` (users.toml) */
 export const USERS: SectionSpec = {
   name: "users",
@@ -509,15 +635,141 @@ export const ADMIN: SectionSpec = {
   unsupported: [],
 };
 
-/** Every supported section, in reference order. */
-export const SECTIONS: readonly SectionSpec[] = [GENERAL, DATABASES, ADMIN, USERS];
+/** `[[sharded_tables.mapping]]` (nested in `[[sharded_tables]]`) */
+export const SHARDED_TABLE_MAPPING: SectionSpec = {
+  name: "sharded_tables.mapping",
+  array: true,
+  files: ["pgdog.toml"],
+  description: "Explicit rules for the [[sharded_tables]] entry above it; values no rule matches " +
+    "are hashed. A rule with `values` is a list, one with `start` and/or `end` a range (start " +
+    "inclusive, end exclusive, a missing bound is open), one with neither the default. Lists " +
+    "are checked first, then ranges in order, then the default. Values must fit the table's " +
+    "`data_type`: integers for bigint, strings for varchar, UUID strings for uuid. varchar and " +
+    "uuid ranges compare by Unicode code point (not a collation), which for UUIDs is their order.",
+  keys: MAPPING_RULE_KEYS,
+  unsupported: [],
+  example: `[[sharded_tables]]
+database = "prod"
+name = "orders"
+column = "customer_id"
+
+# customers 1, 2 and 3 live on shard 0
+[[sharded_tables.mapping]]
+values = [1, 2, 3]
+shard = 0
+
+# 1000 <= customer_id < 2000
+[[sharded_tables.mapping]]
+start = 1000
+end = 2000
+shard = 1
+
+# everything else
+[[sharded_tables.mapping]]
+shard = 0
+`,
+};
+
+/** `[[sharded_tables]]` */
+export const SHARDED_TABLES: SectionSpec = {
+  name: "sharded_tables",
+  array: true,
+  files: ["pgdog.toml"],
+  description: "The columns whose values pick the shard of a row, in databases with several " +
+    "shards (several `shard` numbers in [[databases]], 0 to N-1). A value is hashed like " +
+    "PostgreSQL's `PARTITION BY HASH` with N partitions, unless a mapping rule places it.",
+  keys: SHARDED_TABLE_KEYS,
+  unsupported: ["centroids", "centroids_path", "centroid_probes", "lookup_query", "lookup_result"],
+  subsections: [SHARDED_TABLE_MAPPING],
+  example: `[[sharded_tables]]
+database = "prod"
+name = "users"
+column = "id"
+
+# any table with a tenant_id column
+[[sharded_tables]]
+database = "prod"
+column = "tenant_id"
+data_type = "uuid"
+`,
+};
+
+/** `[[sharded_mappings]]` (also spelled `[[sharded_mapping]]`) */
+export const SHARDED_MAPPINGS: SectionSpec = {
+  name: "sharded_mappings",
+  aliases: ["sharded_mapping"],
+  array: true,
+  files: ["pgdog.toml"],
+  description: "PgDog's older, deprecated form of [[sharded_tables.mapping]]: the same rules " +
+    "outside their table, which they join by `database`, `column` and, when given, `table` and " +
+    "`schema`.",
+  keys: SHARDED_MAPPING_KEYS,
+  unsupported: [],
+  example: `[[sharded_mappings]]
+database = "prod"
+table = "orders"
+column = "customer_id"
+kind = "range"
+start = 2000
+shard = 1
+`,
+};
+
+/** `[[sharded_schemas]]` */
+export const SHARDED_SCHEMAS: SectionSpec = {
+  name: "sharded_schemas",
+  array: true,
+  files: ["pgdog.toml"],
+  description: "Schema-based sharding: the tables of a schema live on one shard.",
+  keys: SHARDED_SCHEMA_KEYS,
+  unsupported: [],
+  example: `[[sharded_schemas]]
+database = "prod"
+name = "customer_a"
+shard = 0
+
+[[sharded_schemas]]
+database = "prod"
+name = "customer_b"
+shard = 1
+
+# every other schema
+[[sharded_schemas]]
+database = "prod"
+shard = 0
+`,
+};
+
+/** `[[omnisharded_tables]]` */
+export const OMNISHARDED_TABLES: SectionSpec = {
+  name: "omnisharded_tables",
+  array: true,
+  files: ["pgdog.toml"],
+  description: "Tables with the same content on every shard: reads go to one shard, writes to " +
+    "all. (Tables that are not sharded are treated this way too.)",
+  keys: OMNI_TABLE_KEYS,
+  unsupported: [],
+  example: `[[omnisharded_tables]]
+database = "prod"
+tables = ["countries", "billing.plans"]
+sticky = true
+`,
+};
+
+/** Every supported top-level section, in reference order. */
+export const SECTIONS: readonly SectionSpec[] = [
+  GENERAL,
+  DATABASES,
+  ADMIN,
+  USERS,
+  SHARDED_TABLES,
+  SHARDED_MAPPINGS,
+  SHARDED_SCHEMAS,
+  OMNISHARDED_TABLES,
+];
 
 /** PgDog sections of pgdog.toml that this version ignores with a warning. */
 export const UNSUPPORTED_SECTIONS: readonly UnsupportedSection[] = [
-  { name: "sharded_tables", array: true },
-  { name: "sharded_mappings", array: true },
-  { name: "omnisharded_tables", array: true },
-  { name: "sharded_schemas", array: true },
   { name: "query_parsers", array: true },
   { name: "multi_tenant", array: false },
   { name: "rewrite", array: false },
@@ -534,6 +786,16 @@ export const UNSUPPORTED_SECTIONS: readonly UnsupportedSection[] = [
 /** `[general]` or `[[databases]]`: how a section is written in TOML. */
 export function sectionHeader(section: { name: string; array: boolean }): string {
   return section.array ? `[[${section.name}]]` : `[${section.name}]`;
+}
+
+/** Finds a top-level section (of any file) by its name or one of its aliases. */
+export function findSection(name: string): SectionSpec | undefined {
+  return SECTIONS.find((section) => section.name === name || section.aliases?.includes(name));
+}
+
+/** The key under which a nested section sits in its parent's entries (`mapping`). */
+export function subsectionKey(section: SectionSpec): string {
+  return section.name.slice(section.name.lastIndexOf(".") + 1);
 }
 
 /** Finds a key of a section by its name or one of its aliases. */
@@ -571,8 +833,12 @@ export function describeType(type: ValueType): string {
       return "true or false";
     case "string_list":
       return "a list of strings";
+    case "shard_key":
+      return "an integer or a string";
+    case "shard_key_list":
+      return "a non-empty list of integers or strings";
     case "enum":
-      return `one of ${type.values.join(", ")}`;
+      return `one of ${enumChoices(type).join(", ")}`;
     case "integer":
       if (type.min !== undefined && type.max !== undefined) {
         return `an integer from ${type.min} to ${type.max}`;
@@ -581,6 +847,11 @@ export function describeType(type: ValueType): string {
       if (type.max !== undefined) return `an integer <= ${type.max}`;
       return "an integer";
   }
+}
+
+/** The choices of an enum as shown to people: its values, then `prefix<name>` patterns. */
+export function enumChoices(type: Extract<ValueType, { kind: "enum" }>): string[] {
+  return [...type.values, ...(type.prefixes ?? []).map((prefix) => `${prefix}<name>`)];
 }
 
 function typeCell(key: KeySpec): string {
@@ -592,8 +863,12 @@ function typeCell(key: KeySpec): string {
       return "boolean";
     case "string_list":
       return "list of strings";
+    case "shard_key":
+      return "integer or string";
+    case "shard_key_list":
+      return "list of integers or strings";
     case "enum":
-      return type.values.map((value) => `\`${value}\``).join(" | ");
+      return enumChoices(type).map((value) => `\`${value}\``).join(" | ");
     case "integer": {
       const unit = key.unit ? ` (${key.unit})` : "";
       if (type.min !== undefined && type.max !== undefined) {
@@ -608,9 +883,10 @@ function typeCell(key: KeySpec): string {
 
 function defaultCell(key: KeySpec, section: SectionSpec): string {
   if (key.required) return "required";
+  if (key.requiredUnless) return `required unless \`${key.requiredUnless} = true\``;
   if (key.defaultFrom) return `same as \`${key.defaultFrom}\``;
   if (key.default === undefined) {
-    return section.name === "general" || section.name === "admin" ? "unset" : "inherited";
+    return section === DATABASES || section === USERS ? "inherited" : "unset";
   }
   if (typeof key.default === "string") return `\`"${key.default}"\``;
   if (Array.isArray(key.default)) return `\`${JSON.stringify(key.default)}\``;
@@ -694,9 +970,9 @@ export function renderReference(options?: { headingLevel?: number }): string {
   out.push(`${h} Configuration reference`);
   out.push("");
   out.push(wrap(
-    "pgdog reads two TOML files: `pgdog.toml` (`[general]`, `[[databases]]`, `[admin]`) and " +
-      "`users.toml` (`[[users]]`, optionally `[admin]`). A missing file is a warning, and " +
-      "defaults are used. Times are integers in milliseconds.",
+    "pgdog reads two TOML files: `pgdog.toml` (`[general]`, `[[databases]]`, `[admin]` and the " +
+      "sharding sections) and `users.toml` (`[[users]]`, optionally `[admin]`). A missing file " +
+      "is a warning, and defaults are used. Times are integers in milliseconds.",
   ));
   out.push("");
   out.push(wrap(
@@ -711,9 +987,13 @@ export function renderReference(options?: { headingLevel?: number }): string {
       "parameters `database_name`, `role`, `shard`, `pool_size`, `min_pool_size`, " +
       "`pooler_mode`, `user` and `password` set the database's keys of the same names.",
   ));
-  for (const section of SECTIONS) {
+  const all = SECTIONS.flatMap((section) => [section, ...(section.subsections ?? [])]);
+  for (const section of all) {
+    const names = [section.name, ...(section.aliases ?? [])]
+      .map((name) => `\`${sectionHeader({ name, array: section.array })}\``)
+      .join(" or ");
     out.push("");
-    out.push(`${h}# \`${sectionHeader(section)}\` (${section.files.join(", ")})`);
+    out.push(`${h}# ${names} (${section.files.join(", ")})`);
     out.push("");
     out.push(wrap(section.description));
     out.push("");
@@ -726,13 +1006,21 @@ export function renderReference(options?: { headingLevel?: number }): string {
         escapeCell(key.description),
       ]),
     ));
+    if (section.example !== undefined) {
+      out.push("");
+      out.push("Example:");
+      out.push("");
+      out.push("```toml");
+      out.push(section.example.trimEnd());
+      out.push("```");
+    }
   }
   out.push("");
   out.push(`${h}# PgDog settings not supported yet`);
   out.push("");
   out.push("These load with a warning and have no effect.");
   out.push("");
-  for (const section of SECTIONS) {
+  for (const section of all) {
     if (section.unsupported.length === 0) continue;
     const names = section.unsupported.map((name) => `\`${name}\``).join(", ");
     out.push(wrap(`\`${sectionHeader(section)}\`: ${names}.`, "- "));

@@ -6,6 +6,7 @@ import {
   findKey,
   GENERAL,
   renderReference,
+  sectionHeader,
   SECTIONS,
   UNSUPPORTED_SECTIONS,
   USERS,
@@ -42,7 +43,8 @@ Deno.test("README's configuration reference is the rendered schema (UPDATE_REFER
 
 Deno.test("the reference lists every key, alias and PgDog-only name", () => {
   const rendered = renderReference();
-  for (const section of SECTIONS) {
+  for (const section of SECTIONS.flatMap((spec) => [spec, ...(spec.subsections ?? [])])) {
+    ok(rendered.includes(`\`${sectionHeader(section)}\``), section.name);
     for (const key of section.keys) {
       ok(rendered.includes(`\`${key.name}\``), key.name);
       for (const alias of key.aliases ?? []) ok(rendered.includes(`\`${alias}\``), alias);
@@ -52,12 +54,16 @@ Deno.test("the reference lists every key, alias and PgDog-only name", () => {
   match(rendered, /\| `port` +\| integer 0\.\.65535 +\| `6432` +\|/);
   match(rendered, /\| `database_name` +\| string +\| same as `name` +\|/);
   match(rendered, /\| `pooler_mode` +\| `transaction` \\\| `session` +\|/);
-  ok(rendered.includes("`[[sharded_tables]]`"));
+  ok(rendered.includes("`[[sharded_tables.mapping]]`"));
+  ok(rendered.includes("`[[sharded_mappings]]` or `[[sharded_mapping]]`"));
+  match(rendered, /\| `shard` +\| integer >= 0 +\| required unless `all = true` +\|/);
+  match(rendered, /\| `hasher` +\| `postgres` \\\| `plugin:<name>` +\| `"postgres"` +\|/);
+  ok(rendered.includes("```toml\n[[sharded_tables]]\n"));
   ok(rendered.endsWith("\n"));
 });
 
 Deno.test("schema tables are consistent", () => {
-  for (const section of [...SECTIONS]) {
+  for (const section of SECTIONS.flatMap((spec) => [spec, ...(spec.subsections ?? [])])) {
     const names = new Set<string>();
     for (const key of section.keys) {
       for (const name of [key.name, ...(key.aliases ?? [])]) {
@@ -72,7 +78,8 @@ Deno.test("schema tables are consistent", () => {
     }
     equal(new Set(section.unsupported).size, section.unsupported.length);
   }
-  const sectionNames = SECTIONS.map((section) => section.name);
+  const sectionNames = SECTIONS.flatMap((section) => [section.name, ...(section.aliases ?? [])]);
+  equal(new Set(sectionNames).size, sectionNames.length);
   for (const section of UNSUPPORTED_SECTIONS) ok(!sectionNames.includes(section.name));
 });
 

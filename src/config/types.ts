@@ -170,6 +170,115 @@ export interface AdminConfig {
   password?: string;
 }
 
+/**
+ * The type of a sharding column, which decides how its values are hashed and compared:
+ * `bigint` (also smallint and integer columns), `varchar` (any text type) or `uuid`.
+ */
+export type ShardingDataType = "bigint" | "varchar" | "uuid";
+
+/**
+ * How a sharding key is turned into a shard number when no mapping rule decides: `postgres`
+ * hashes it like PostgreSQL's `PARTITION BY HASH`; `plugin:<name>` (kept as written) is reserved
+ * for hashers provided by plugins.
+ */
+export type ShardingHasher = "postgres" | `plugin:${string}`;
+
+/**
+ * A sharding key value in a mapping rule, already checked against the table's data type:
+ * a `bigint` (a 64-bit signed integer) for `bigint` columns, the string itself for `varchar`
+ * columns, and the UUID in lower-case canonical form (`8-4-4-4-12` hex digits) for `uuid`
+ * columns.
+ */
+export type ShardKeyValue = bigint | string;
+
+/** A list rule: these exact values go to `shard` (like `PARTITION BY LIST`). */
+export interface ShardMappingList {
+  /** The rule's kind. */
+  kind: "list";
+  /** The values, each listed once across all of a table's list rules. */
+  values: ShardKeyValue[];
+  /** The shard, from 0 to the database's shard count - 1. */
+  shard: number;
+}
+
+/**
+ * A range rule: values from `start` (inclusive) to `end` (exclusive) go to `shard` (like
+ * `PARTITION BY RANGE`). A missing bound leaves that side open; at least one is set, and when
+ * both are, `start < end`. Integers compare as numbers; `varchar` and `uuid` values compare as
+ * strings, by Unicode code point (the byte order of their UTF-8 form, not a collation), which for
+ * the canonical lower-case UUID form is the order of the UUIDs.
+ */
+export interface ShardMappingRange {
+  /** The rule's kind. */
+  kind: "range";
+  /** Lowest value in the range; unset: no lower bound. */
+  start?: ShardKeyValue;
+  /** First value past the range; unset: no upper bound. */
+  end?: ShardKeyValue;
+  /** The shard, from 0 to the database's shard count - 1. */
+  shard: number;
+}
+
+/** The default rule: values no list or range rule matches go to `shard` (at most one per table). */
+export interface ShardMappingDefault {
+  /** The rule's kind. */
+  kind: "default";
+  /** The shard, from 0 to the database's shard count - 1. */
+  shard: number;
+}
+
+/**
+ * One rule of a sharded table's `mapping`. Rules are checked lists first, then ranges in their
+ * order (the first that matches wins), then the default; a value that none matches goes to every
+ * shard, as in PgDog.
+ */
+export type ShardMapping = ShardMappingList | ShardMappingRange | ShardMappingDefault;
+
+/** One `[[sharded_tables]]` entry: a column whose value picks the shard of a row. */
+export interface ShardedTableConfig {
+  /** The `[[databases]]` name this table belongs to. */
+  database: string;
+  /** The table; unset: every table that has `column`. */
+  name?: string;
+  /** The table's schema; unset: any schema. */
+  schema?: string;
+  /** The sharding column. */
+  column: string;
+  /** Type of the column's values (default `bigint`). */
+  data_type: ShardingDataType;
+  /** How values that no mapping rule matches are hashed (default `postgres`). */
+  hasher: ShardingHasher;
+  /** PgDog's marker for the anchor table of foreign keys; accepted, not used yet. */
+  primary: boolean;
+  /**
+   * Explicit value-to-shard rules: the entry's `[[sharded_tables.mapping]]` rules in file order,
+   * then the matching top-level `[[sharded_mappings]]` rules in file order. Empty: hash only.
+   */
+  mapping: ShardMapping[];
+}
+
+/** One `[[sharded_schemas]]` entry: the tables of a schema live on one shard (or on all). */
+export interface ShardedSchemaConfig {
+  /** The `[[databases]]` name. */
+  database: string;
+  /** The schema; unset: the default shard for every schema that is not listed. */
+  name?: string;
+  /** The schema's shard; 0 and unused when `all` is true. */
+  shard: number;
+  /** The schema lives on every shard (PgDog's `all`). */
+  all: boolean;
+}
+
+/** One `[[omnisharded_tables]]` entry: tables with the same content on every shard. */
+export interface OmniTableConfig {
+  /** The `[[databases]]` name. */
+  database: string;
+  /** Table names as written, each `table` or `schema.table`. */
+  tables: string[];
+  /** Send a client's queries on these tables to the same shard every time (default false). */
+  sticky: boolean;
+}
+
 /** The whole configuration. */
 export interface Config {
   /** `[general]` of pgdog.toml. */
@@ -180,6 +289,29 @@ export interface Config {
   users: UserConfig[];
   /** `[admin]` of users.toml, else of pgdog.toml, else the defaults. */
   admin: AdminConfig;
+  /** `[[sharded_tables]]` of pgdog.toml, with their mapping rules. */
+  sharded_tables: ShardedTableConfig[];
+  /** `[[sharded_schemas]]` of pgdog.toml. */
+  sharded_schemas: ShardedSchemaConfig[];
+  /** `[[omnisharded_tables]]` of pgdog.toml. */
+  omnisharded_tables: OmniTableConfig[];
+}
+
+/**
+ * A mapping rule as written: `kind` may be left out (`values`: a list, `start`/`end`: a range,
+ * neither: the default), and integers may be numbers.
+ */
+export interface PartialShardMapping {
+  /** `list`, `range` or `default`; inferred when left out. */
+  kind?: ShardMapping["kind"];
+  /** The values of a list rule. */
+  values?: Array<ShardKeyValue | number>;
+  /** Inclusive lower bound of a range rule. */
+  start?: ShardKeyValue | number;
+  /** Exclusive upper bound of a range rule. */
+  end?: ShardKeyValue | number;
+  /** The shard. */
+  shard: number;
 }
 
 /** A configuration where every section and key may be left out; defaults fill the rest. */
@@ -192,4 +324,17 @@ export interface PartialConfig {
   users?: Array<Partial<UserConfig> & { name: string; database: string }>;
   /** Admin database credentials. */
   admin?: Partial<AdminConfig>;
+  /** Sharded tables; `database` and `column` are required. */
+  sharded_tables?: Array<
+    & Partial<Omit<ShardedTableConfig, "mapping">>
+    & { database: string; column: string; mapping?: PartialShardMapping[] }
+  >;
+  /** Mapping rules outside their table, matched by `database`, `column`, `table` and `schema`. */
+  sharded_mappings?: Array<
+    PartialShardMapping & { database: string; column: string; table?: string; schema?: string }
+  >;
+  /** Schema-based sharding; `database` is required, and `shard` unless `all` is true. */
+  sharded_schemas?: Array<Partial<ShardedSchemaConfig> & { database: string }>;
+  /** Tables with the same content on every shard. */
+  omnisharded_tables?: Array<Partial<OmniTableConfig> & { database: string; tables: string[] }>;
 }

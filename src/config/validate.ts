@@ -9,15 +9,18 @@
 
 import type { AdminConfig, Config, DatabaseConfig, GeneralConfig, UserConfig } from "./types.ts";
 import type { TomlLocations, TomlPath } from "./locate.ts";
+import { type Entry, format, Report, type Where } from "./report.ts";
 import {
   ADMIN,
   type ConfigFile,
   DATABASES,
   findKey,
+  findSection,
   GENERAL,
   sectionHeader,
   SECTIONS,
   type SectionSpec,
+  subsectionKey,
   UNSUPPORTED_SECTIONS,
   USERS,
   withDefaults,
@@ -26,6 +29,7 @@ import { closest } from "./suggest.ts";
 import { checkValue, formatValue, type ValueOrigin } from "./value.ts";
 import { parseDatabaseUrl } from "./database_url.ts";
 import { readTlsFiles } from "./tls_files.ts";
+import { checkSharding } from "./sharding.ts";
 
 /** One configuration input: a file's parsed content or a program's object. */
 export interface ConfigSource {
@@ -43,63 +47,7 @@ export interface ConfigSource {
   origin: ValueOrigin;
 }
 
-/** Where a message sorts: by group (source, then URLs, then checks across sources), then line. */
-export interface MessagePosition {
-  /** The source's index; higher groups come later. */
-  group: number;
-  /** Line in the source; messages without one come last in their group. */
-  line?: number;
-}
-
-/** Where a message points: a source (with a line when known) and an entry label. */
-interface Where {
-  /** Sort group: the source's index, then database URLs, then checks across sources. */
-  group: number;
-  file?: string;
-  line?: number;
-  /** `[general]`, `[[databases]] #2 (name "x")`, `--database_url #1`, or empty. */
-  label: string;
-}
-
-interface Message {
-  group: number;
-  line: number;
-  seq: number;
-  text: string;
-}
-
-/** Collects problems and warnings and hands them back in file and line order. */
-export class Report {
-  #problems: Message[] = [];
-  #warnings: Message[] = [];
-  #seq = 0;
-
-  /** Adds a problem (something invalid); `at` places it in the sort order. */
-  problem(text: string, at: MessagePosition): void {
-    this.#problems.push({ group: at.group, line: at.line ?? Infinity, seq: this.#seq++, text });
-  }
-
-  /** Adds a warning; `at` places it in the sort order. */
-  warning(text: string, at: MessagePosition): void {
-    this.#warnings.push({ group: at.group, line: at.line ?? Infinity, seq: this.#seq++, text });
-  }
-
-  /** The problems, sorted. */
-  problems(): string[] {
-    return Report.#sorted(this.#problems);
-  }
-
-  /** The warnings, sorted. */
-  warnings(): string[] {
-    return Report.#sorted(this.#warnings);
-  }
-
-  static #sorted(messages: Message[]): string[] {
-    return [...messages]
-      .sort((a, b) => a.group - b.group || a.line - b.line || a.seq - b.seq)
-      .map((message) => message.text);
-  }
-}
+export { type MessagePosition, Report } from "./report.ts";
 
 /** The outcome of {@link validateSources}: a configuration unless there were problems. */
 export interface ValidationResult {
@@ -122,26 +70,6 @@ export interface ValidateOptions {
 function isTable(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value) &&
     !(value instanceof Date);
-}
-
-function format(where: Where, text: string, key?: string): string {
-  const file = where.file === undefined
-    ? ""
-    : `${where.file}${where.line === undefined ? "" : `:${where.line}`}: `;
-  const subject = [where.label, key].filter((part) => part).join(" ");
-  return subject === "" ? `${file}${text}` : `${file}${subject}: ${text}`;
-}
-
-/** The checked keys of one table, and where it is. */
-interface Entry {
-  values: Record<string, unknown>;
-  where: Where;
-  /** True when every key was valid. */
-  ok: boolean;
-  /** How other messages refer to the entry: `#2`, `--database_url #1`. */
-  ref: string;
-  /** Where one of its keys is (the entry itself when the key's line is unknown). */
-  at(key: string): Where;
 }
 
 class Validator {
@@ -189,9 +117,10 @@ class Validator {
     const sections = this.sections();
     for (const [name, value] of Object.entries(data)) {
       if (value === undefined) continue;
-      const section = sections.find((spec) => spec.name === name);
+      const section = sections.find((spec) => spec.name === name || spec.aliases?.includes(name));
       if (section) {
-        found.set(name, this.section(section, value));
+        const entries = this.section(section, value, { path: [name], written: name });
+        found.set(section.name, [...(found.get(section.name) ?? []), ...entries]);
       } else {
         this.unknownSection(name, value);
       }
@@ -199,26 +128,39 @@ class Validator {
     return found;
   }
 
-  section(section: SectionSpec, value: unknown): Entry[] {
-    const header = sectionHeader(section);
+  /**
+   * Checks a section's content: a table, or each table of an array. `path` leads to it, and
+   * `written` is its name as written (an alias, or `mapping` inside a sharded table); `parent`
+   * starts the labels of a nested array's entries.
+   */
+  section(
+    section: SectionSpec,
+    value: unknown,
+    options: { path: TomlPath; written: string; parent?: string },
+  ): Entry[] {
+    const { path, parent } = options;
+    const header = parent === undefined
+      ? sectionHeader({ name: options.written, array: section.array })
+      : `${parent} ${options.written}`;
     if (!section.array) {
-      const entry = this.table(section, value, [section.name], { label: header, ref: header });
+      const entry = this.table(section, value, path, { label: header, ref: header });
       return entry ? [entry] : [];
     }
     if (!Array.isArray(value)) {
-      const where = this.where([section.name], header);
-      this.problem(where, `expected an array of tables, got ${formatValue(value)}`);
-      this.broken.add(section.name);
+      const where = this.where(path, parent === undefined ? header : parent);
+      const key = parent === undefined ? undefined : options.written;
+      this.problem(where, `expected an array of tables, got ${formatValue(value)}`, key);
+      if (parent === undefined) this.broken.add(section.name);
       return [];
     }
     const entries: Entry[] = [];
     value.forEach((element, index) => {
-      const name = isTable(element) && typeof element.name === "string"
+      const name = parent === undefined && isTable(element) && typeof element.name === "string"
         ? ` (name ${formatValue(element.name)})`
         : "";
-      const ref = `#${index + 1}`;
-      const label = `${header} ${ref}${name}`;
-      const entry = this.table(section, element, [section.name, index], { label, ref });
+      const ref = `${parent === undefined ? "" : `${options.written} `}#${index + 1}`;
+      const label = `${header} #${index + 1}${name}`;
+      const entry = this.table(section, element, [...path, index], { label, ref });
       if (entry) entries.push(entry);
     });
     return entries;
@@ -236,13 +178,23 @@ class Validator {
       return undefined;
     }
     const values: Record<string, unknown> = {};
+    const children = new Map<string, Entry[]>();
     const setBy = new Map<string, string>();
+    const invalid = new Set<string>();
     let ok = true;
     for (const [key, value] of Object.entries(raw)) {
       if (value === undefined) continue;
       const at = this.where([...path, key], label);
       const spec = findKey(section, key);
-      if (spec) {
+      const nested = section.subsections?.find((sub) => subsectionKey(sub) === key);
+      if (nested) {
+        const entries = this.section(nested, value, {
+          path: [...path, key],
+          written: key,
+          parent: label,
+        });
+        children.set(key, entries);
+      } else if (spec) {
         const other = setBy.get(spec.name);
         setBy.set(spec.name, key);
         if (other !== undefined) {
@@ -255,6 +207,7 @@ class Validator {
           values[spec.name] = checked.value;
         } else {
           ok = false;
+          invalid.add(spec.name);
           this.problem(at, checked.error, key);
         }
       } else if (section.unsupported.includes(key)) {
@@ -267,19 +220,41 @@ class Validator {
         );
       } else {
         ok = false;
-        const names = section.keys.flatMap((spec) => [spec.name, ...(spec.aliases ?? [])]);
+        const names = [
+          ...section.keys.flatMap((spec) => [spec.name, ...(spec.aliases ?? [])]),
+          ...(section.subsections ?? []).map(subsectionKey),
+        ];
         const suggestion = closest(key, [...names, ...section.unsupported]);
         const hint = suggestion ? ` (did you mean "${suggestion}"?)` : "";
         this.problem(at, `unknown key "${key}"${hint}`, key);
       }
     }
     for (const spec of section.keys) {
-      if (spec.required && !setBy.has(spec.name)) {
+      if (setBy.has(spec.name)) continue;
+      if (spec.required) {
         ok = false;
         this.problem(where, `missing required key "${spec.name}"`, spec.name);
+      } else if (
+        spec.requiredUnless !== undefined && values[spec.requiredUnless] !== true &&
+        !invalid.has(spec.requiredUnless)
+      ) {
+        ok = false;
+        this.problem(
+          where,
+          `missing required key "${spec.name}" (or set ${spec.requiredUnless} = true)`,
+          spec.name,
+        );
       }
     }
-    return { values, where, ok, ref, at: (key) => this.where([...path, key], label) };
+    return {
+      values,
+      where,
+      ok,
+      ref,
+      invalid,
+      children,
+      at: (key, ...rest) => this.where([...path, key, ...rest], label),
+    };
   }
 
   unknownSection(name: string, value: unknown): void {
@@ -303,7 +278,7 @@ class Validator {
       return;
     }
     const header = sectionHeader({ name, array: tableArray });
-    const elsewhere = SECTIONS.find((section) => section.name === name);
+    const elsewhere = findSection(name);
     if (elsewhere) {
       this.problem(where, `unknown section ${header} (it belongs in ${elsewhere.files[0]})`);
       return;
@@ -473,6 +448,17 @@ export function validateSources(
     at: (key) => generalEntry?.at(key) ?? { group: crossGroup, label: "[general]" },
   });
 
+  const sharding = checkSharding({
+    report,
+    databases,
+    databasesKnown: databasesKnown && !(databasesBroken && urls.length === 0),
+    databasesSource: urls.length > 0 ? "--database_url" : configLabel,
+    tables: collect("sharded_tables"),
+    mappings: collect("sharded_mappings"),
+    schemas: collect("sharded_schemas"),
+    omni: collect("omnisharded_tables"),
+  });
+
   const problems = report.problems();
   const warnings = report.warnings();
   if (problems.length > 0) return { problems, warnings };
@@ -483,6 +469,7 @@ export function validateSources(
     ),
     users: users.map((entry) => withDefaults(USERS, entry.values) as unknown as UserConfig),
     admin: admin as unknown as AdminConfig,
+    ...sharding,
   };
   return { config, problems, warnings };
 }

@@ -4,7 +4,7 @@
  * @module
  */
 
-import { describeType, type ValueType } from "./schema.ts";
+import { describeType, enumChoices, type ValueType } from "./schema.ts";
 
 /** Where a value came from, which decides how integers are recognised. */
 export type ValueOrigin =
@@ -17,7 +17,7 @@ export type ValueOrigin =
 
 /** The outcome of checking a value: the accepted value, or what is wrong with it. */
 export type CheckResult =
-  | { ok: true; value: string | number | boolean | string[] }
+  | { ok: true; value: string | number | boolean | bigint | string[] | Array<bigint | string> }
   | { ok: false; error: string };
 
 const MAX_SHOWN = 80;
@@ -83,7 +83,23 @@ export interface CheckValueOptions {
   origin: ValueOrigin;
 }
 
-/** Checks `value` against `type`; integers come back as numbers. */
+/**
+ * A sharding key value: integers (TOML's are bigints; a program's may also be integral numbers)
+ * come back as bigints, strings as they are. Its data type is checked later, against the table.
+ */
+function checkShardKey(value: unknown, origin: ValueOrigin): bigint | string | undefined {
+  if (typeof value === "bigint" || typeof value === "string") return value;
+  if (typeof value === "number" && origin !== "toml" && Number.isSafeInteger(value)) {
+    return BigInt(value);
+  }
+  return undefined;
+}
+
+function showShardKey(value: unknown): string {
+  return typeof value === "number" ? formatFloat(value) : formatValue(value);
+}
+
+/** Checks `value` against `type`; integers come back as numbers (bigints for sharding keys). */
 export function checkValue(
   type: ValueType,
   value: unknown,
@@ -104,17 +120,45 @@ export function checkValue(
         return { ok: true, value: value === "true" };
       }
       return { ok: false, error: `expected true or false, got ${formatValue(value)}` };
-    case "enum":
+    case "enum": {
       if (typeof value !== "string") {
         return { ok: false, error: `expected ${describeType(type)}, got ${formatValue(value)}` };
       }
-      if (!type.values.includes(value)) {
-        return {
-          ok: false,
-          error: `${formatValue(value)} is not allowed; expected one of ${type.values.join(", ")}`,
-        };
+      const prefixed = type.prefixes?.some((prefix) =>
+        value.startsWith(prefix) && value.length > prefix.length
+      );
+      if (type.values.includes(value) || prefixed) return { ok: true, value };
+      const choices = enumChoices(type).join(", ");
+      const reason = type.unsupported?.includes(value)
+        ? "is a PgDog value this version does not support"
+        : "is not allowed";
+      return { ok: false, error: `${formatValue(value)} ${reason}; expected one of ${choices}` };
+    }
+    case "shard_key": {
+      const key = checkShardKey(value, origin);
+      if (key === undefined) {
+        return { ok: false, error: `expected an integer or a string, got ${showShardKey(value)}` };
       }
-      return { ok: true, value };
+      return { ok: true, value: key };
+    }
+    case "shard_key_list": {
+      if (!Array.isArray(value) || value.length === 0) {
+        const shown = Array.isArray(value) ? "an empty list" : formatValue(value);
+        return { ok: false, error: `expected ${describeType(type)}, got ${shown}` };
+      }
+      const keys: Array<bigint | string> = [];
+      for (const [i, item] of value.entries()) {
+        const key = checkShardKey(item, origin);
+        if (key === undefined) {
+          return {
+            ok: false,
+            error: `expected integers or strings, got ${showShardKey(item)} at index ${i}`,
+          };
+        }
+        keys.push(key);
+      }
+      return { ok: true, value: keys };
+    }
     case "string_list":
       if (origin === "text" && typeof value === "string") {
         return { ok: true, value: value === "" ? [] : value.split(",") };
