@@ -385,6 +385,7 @@ class ShardingChecker {
     switch (kind) {
       case "list": {
         const list: ShardKeyValue[] = [];
+        const rule = state({ kind: "list", values: list, shard });
         const own = new Set<string>();
         const duplicates: Array<[number, string]> = [];
         (values.values as ShardKeyValue[]).forEach((raw, i) => {
@@ -408,10 +409,11 @@ class ShardingChecker {
           ok = false;
           this.problem(entry.at("values", i), text, "values");
         }
-        if (!ok) return;
-        const rule = state({ kind: "list", values: list, shard });
-        for (const value of list) table.listed.set(valueKey(value), rule);
-        this.add(table, rule);
+        // Later rules are checked against these values even when this rule is invalid.
+        for (const value of list) {
+          if (!table.listed.has(valueKey(value))) table.listed.set(valueKey(value), rule);
+        }
+        if (ok) this.add(table, rule);
         return;
       }
       case "range": {

@@ -87,16 +87,15 @@ export interface CheckValueOptions {
  * A sharding key value: integers (TOML's are bigints; a program's may also be integral numbers)
  * come back as bigints, strings as they are. Its data type is checked later, against the table.
  */
-function checkShardKey(value: unknown, origin: ValueOrigin): bigint | string | undefined {
-  if (typeof value === "bigint" || typeof value === "string") return value;
-  if (typeof value === "number" && origin !== "toml" && Number.isSafeInteger(value)) {
-    return BigInt(value);
-  }
-  return undefined;
-}
-
-function showShardKey(value: unknown): string {
-  return typeof value === "number" ? formatFloat(value) : formatValue(value);
+function checkShardKey(
+  value: unknown,
+  origin: ValueOrigin,
+): { value: bigint | string } | { got: string } {
+  if (typeof value === "bigint" || typeof value === "string") return { value };
+  if (typeof value !== "number") return { got: formatValue(value) };
+  if (origin === "toml" || !Number.isInteger(value)) return { got: formatFloat(value) };
+  if (!Number.isSafeInteger(value)) return { got: `${value} (beyond 2^53: pass a bigint)` };
+  return { value: BigInt(value) };
 }
 
 /** Checks `value` against `type`; integers come back as numbers (bigints for sharding keys). */
@@ -136,10 +135,10 @@ export function checkValue(
     }
     case "shard_key": {
       const key = checkShardKey(value, origin);
-      if (key === undefined) {
-        return { ok: false, error: `expected an integer or a string, got ${showShardKey(value)}` };
+      if ("got" in key) {
+        return { ok: false, error: `expected an integer or a string, got ${key.got}` };
       }
-      return { ok: true, value: key };
+      return { ok: true, value: key.value };
     }
     case "shard_key_list": {
       if (!Array.isArray(value) || value.length === 0) {
@@ -149,13 +148,10 @@ export function checkValue(
       const keys: Array<bigint | string> = [];
       for (const [i, item] of value.entries()) {
         const key = checkShardKey(item, origin);
-        if (key === undefined) {
-          return {
-            ok: false,
-            error: `expected integers or strings, got ${showShardKey(item)} at index ${i}`,
-          };
+        if ("got" in key) {
+          return { ok: false, error: `expected integers or strings, got ${key.got} at index ${i}` };
         }
-        keys.push(key);
+        keys.push(key.value);
       }
       return { ok: true, value: keys };
     }

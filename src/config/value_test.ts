@@ -90,3 +90,66 @@ Deno.test("formatValue", () => {
   deepEqual(formatValue("x".repeat(100)), `"${"x".repeat(75)}..."`);
   deepEqual(formatValue('say "hi"'), '"say \\"hi\\""');
 });
+
+Deno.test("checkValue: enums with prefixes and PgDog values this version rejects", () => {
+  const hasher: ValueType = {
+    kind: "enum",
+    values: ["postgres"],
+    prefixes: ["plugin:"],
+    unsupported: ["sha1"],
+  };
+  deepEqual(checkValue(hasher, "postgres", { origin: "toml" }), { ok: true, value: "postgres" });
+  deepEqual(checkValue(hasher, "plugin:geo", { origin: "toml" }), {
+    ok: true,
+    value: "plugin:geo",
+  });
+  deepEqual(checkValue(hasher, "plugin:", { origin: "toml" }), {
+    ok: false,
+    error: '"plugin:" is not allowed; expected one of postgres, plugin:<name>',
+  });
+  deepEqual(checkValue(hasher, "sha1", { origin: "toml" }), {
+    ok: false,
+    error: '"sha1" is a PgDog value this version does not support; expected one of postgres, ' +
+      "plugin:<name>",
+  });
+});
+
+Deno.test("checkValue: sharding key values keep integers as bigints", () => {
+  const key: ValueType = { kind: "shard_key" };
+  const list: ValueType = { kind: "shard_key_list" };
+  deepEqual(checkValue(key, 2n ** 63n, { origin: "toml" }), { ok: true, value: 2n ** 63n });
+  deepEqual(checkValue(key, "eu", { origin: "toml" }), { ok: true, value: "eu" });
+  deepEqual(checkValue(key, 5, { origin: "toml" }), {
+    ok: false,
+    error: "expected an integer or a string, got 5.0",
+  });
+  deepEqual(checkValue(key, 5, { origin: "object" }), { ok: true, value: 5n });
+  deepEqual(checkValue(key, 2 ** 60, { origin: "object" }), {
+    ok: false,
+    error: "expected an integer or a string, got 1152921504606847000 (beyond 2^53: pass a bigint)",
+  });
+  deepEqual(checkValue(key, 1.5, { origin: "object" }), {
+    ok: false,
+    error: "expected an integer or a string, got 1.5",
+  });
+  deepEqual(checkValue(key, true, { origin: "object" }), {
+    ok: false,
+    error: "expected an integer or a string, got true",
+  });
+  deepEqual(checkValue(list, [1n, "a", 2], { origin: "object" }), {
+    ok: true,
+    value: [1n, "a", 2n],
+  });
+  deepEqual(checkValue(list, [], { origin: "toml" }), {
+    ok: false,
+    error: "expected a non-empty list of integers or strings, got an empty list",
+  });
+  deepEqual(checkValue(list, 1n, { origin: "toml" }), {
+    ok: false,
+    error: "expected a non-empty list of integers or strings, got 1",
+  });
+  deepEqual(checkValue(list, [1n, 1.5], { origin: "toml" }), {
+    ok: false,
+    error: "expected integers or strings, got 1.5 at index 1",
+  });
+});
