@@ -150,15 +150,13 @@ interface TableState {
   listed: Map<string, RuleState>;
 }
 
-/** One accepted mapping rule. */
+/** One mapping rule of a table. */
 interface RuleState {
   rule: ShardMapping;
-  /** How its own table's other rules refer to it (`mapping #2`, `[[sharded_mappings]] #1`). */
+  /** How its table's nested rules refer to it (`mapping #2`, `[[sharded_mappings]] #1`). */
   ref: string;
-  /** How rules of other sections refer to it. */
+  /** How top-level rules refer to it (`[[sharded_tables]] #1 mapping #2`). */
   longRef: string;
-  /** True for a `[[sharded_tables.mapping]]` rule. */
-  nested: boolean;
 }
 
 function valueKey(value: ShardKeyValue): string {
@@ -305,13 +303,12 @@ class ShardingChecker {
         listed: new Map(),
       };
       states.push(state);
-      for (const [index, child] of (entry.children?.get("mapping") ?? []).entries()) {
+      for (const child of entry.children?.get("mapping") ?? []) {
         this.rule(child, {
           table: state,
           ref: child.ref,
           longRef: `${entry.where.label} ${child.ref}`,
           nested: true,
-          index,
         });
       }
     }
@@ -362,7 +359,7 @@ class ShardingChecker {
   /** Checks one mapping rule for a table and adds it to the table's rules. */
   rule(
     entry: Entry,
-    options: { table: TableState; ref: string; longRef: string; nested: boolean; index?: number },
+    options: { table: TableState; ref: string; longRef: string; nested: boolean },
   ): void {
     const { table } = options;
     if (!entry.ok) return;
@@ -379,7 +376,6 @@ class ShardingChecker {
       rule,
       ref: options.ref,
       longRef: options.longRef,
-      nested: options.nested,
     });
     let ok = true;
     switch (kind) {
