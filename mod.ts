@@ -23,7 +23,7 @@ import { parseArgs } from "node:util";
 import { ConfigError, loadConfig, resolveConfig } from "./src/config/mod.ts";
 import type { Config, PartialConfig } from "./src/config/types.ts";
 import { Proxy } from "./src/proxy.ts";
-import { log } from "./src/log.ts";
+import { applyLogLevelFromEnv, log } from "./src/log.ts";
 import { VERSION } from "./src/version.ts";
 
 export type {
@@ -85,6 +85,7 @@ Options:
 
 /** Runs the command line; resolves with the exit code (the proxy's run never resolves). */
 export async function main(args: string[]): Promise<number> {
+  applyLogLevelFromEnv();
   let parsed;
   try {
     parsed = parseArgs({

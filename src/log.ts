@@ -57,3 +57,20 @@ export const log = {
     emit("debug", message);
   },
 };
+
+/**
+ * Applies `PGDOG_LOG` (error, warn, info or debug) when it is set; an unknown value is reported
+ * and ignored.
+ */
+export function applyLogLevelFromEnv(): void {
+  let value: string | undefined;
+  try {
+    value = Deno.env.get("PGDOG_LOG");
+  } catch {
+    return; // no permission to read it: keep the default
+  }
+  if (value === undefined || value === "") return;
+  const level = value.toLowerCase();
+  if (level in RANK) setLogLevel(level as LogLevel);
+  else emit("warn", `PGDOG_LOG=${value} is not one of error, warn, info, debug; using info`);
+}

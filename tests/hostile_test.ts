@@ -1072,6 +1072,8 @@ const GENERATORS: Array<[number, string, Generator]> = [
       ["empty Describe", typed("D", new Uint8Array(0)), /malformed 'D'/],
       ["Close 'Z'", typed("C", cat(encoder.encode("Z"), cstr("x"))), /malformed 'C'/],
       ["Close without NUL", typed("C", encoder.encode("Sname")), /malformed 'C'/],
+      // PostgreSQL would answer with an ERROR nothing waits for, then skip to a Sync.
+      ["Flush with a body", typed("H", encoder.encode("xy")), /malformed 'H'/],
     ];
     const [what, bytes, message] = rng.pick(cases);
     const before = rng.chance(0.3) ? [query("select 1")] : [];

@@ -148,6 +148,7 @@ const WHOLE: Uint8Array[] = [
     Msg.ReadyForQuery,
   ]),
 ];
+WHOLE[IDLE] = WHOLE[3];
 
 /** Answers that carry results: once one reached a client, its request can't be re-run. */
 const DATA = typeTable([
@@ -467,7 +468,7 @@ export class Server {
       }
       const forwarding = this.link !== null &&
         (handling === Action.Forward || (handling === Action.Inject && type === Msg.ErrorResponse));
-      if (forwarding && DATA[type] === 1) this.dataForwarded = true;
+      if (forwarding && DATA[type] === 1 && type !== Msg.ErrorResponse) this.dataForwarded = true;
       if (WHOLE[handling][type] === 0) {
         // Streamed: passed on piece by piece to an attached client, skipped otherwise.
         this.#dropping = !forwarding;
@@ -504,8 +505,10 @@ export class Server {
       }
       if (forwarding && type === Msg.ErrorResponse) {
         replacement = this.#errorForClient(buf, p, size);
-        if (replacement === EMPTY) this.dataForwarded = false;
-        else this.errorForwarded = true;
+        if (replacement !== EMPTY) {
+          this.dataForwarded = true;
+          this.errorForwarded = true;
+        }
       }
       if (forwarding && replacement === null) {
         if (this.#runStart < 0) this.#runStart = p;
@@ -775,9 +778,9 @@ export class Server {
       case Msg.ErrorResponse: {
         const e = parseErrorFields(buf, p + 5, p + size);
         log.warn(`${this.label} reported while idle: ${e.severity} ${e.code} ${e.message}`);
-        if (e.severity === "FATAL" || e.severity === "PANIC") {
-          this.close("server sent FATAL while idle");
-        }
+        // Nothing was owed: after an unexpected ERROR PostgreSQL may be skipping to a Sync
+        // nobody will send, so the connection can't be trusted with another request.
+        this.close(`server sent ${e.severity} while idle`);
         return;
       }
       default:

@@ -300,7 +300,7 @@ export class Client implements ServerLink {
     this.user = result.user;
     this.database = result.database;
     this.cluster = result.cluster;
-    this.pool = result.cluster.pool();
+    this.pool = result.cluster.loginPool();
     this.#sessionMode = result.cluster.poolerMode === "session";
     this.#renaming = !this.#sessionMode && host.settings.prepared_statements === "extended";
     const parser = host.routing.query_parser;
@@ -465,6 +465,17 @@ export class Client implements ServerLink {
         this.#syncParams(this.server);
       }
       this.#forward(type, buf, p, end);
+      if (
+        this.#routing && !this.#sessionMode && !this.#holdRest &&
+        (type === Msg.Sync || type === Msg.Query) && rb.nextMessageSize() > 0
+      ) {
+        await this.#send();
+        await this.#settle();
+        if (this.closed) return false;
+        out.reset(rb.buf);
+        replayFrom = -1;
+        continue;
+      }
       // Only where a request ends: PostgreSQL answers nothing before Sync.
       if (
         this.#holdRest && (type === Msg.Sync || type === Msg.Query || type === Msg.FunctionCall)
@@ -938,6 +949,7 @@ export class Client implements ServerLink {
   /** `SET [LOCAL] pgdog.<name> TO <value>` and `RESET pgdog.<name>`. */
   #setPgdog([name, value, local]: [string, string, boolean]): void {
     if (local) {
+      if (this.#txStatus() === TxStatus.Idle) return;
       // Lasts until the transaction ends.
       if (value === "") this.session.pgdogLocal.delete(name);
       else this.session.pgdogLocal.set(name, value);
@@ -1035,6 +1047,10 @@ export class Client implements ServerLink {
         server.owner?.checkin(server);
         return false;
       }
+    }
+    if (server.closed) {
+      // Lost between checkout and attach: nothing will report it to this client; take another.
+      return await this.#acquire(role);
     }
     this.pool = server.owner as Pool;
     this.server = server;
@@ -1501,6 +1517,9 @@ function wellFormed(type: number, buf: Uint8Array, p: number, end: number): bool
       const portalEnd = indexOfNul(buf, body, end);
       return portalEnd >= 0 && indexOfNul(buf, portalEnd + 1, end) >= 0;
     }
+    case Msg.Flush:
+      // PostgreSQL answers extra bytes with an error nothing waits for, then skips to a Sync.
+      return end === body;
     case Msg.Describe:
     case Msg.Close:
       return end > body + 1 && (buf[body] === 0x53 || buf[body] === 0x50) && buf[end - 1] === 0 &&
