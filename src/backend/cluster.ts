@@ -266,6 +266,14 @@ export class Cluster {
     return (shard.primary ?? shard.targets[0]).pool;
   }
 
+  /** A pool to learn login parameters from: the primary when usable, else any usable host. */
+  loginPool(): Pool {
+    const shard = this.shards[0];
+    const primary = shard.primary;
+    if (primary && primary.ban === null) return primary.pool;
+    return (shard.targets.find((t) => t.ban === null) ?? primary ?? shard.targets[0]).pool;
+  }
+
   /** Bans the host behind `pool` from reads (its server just failed under a client). */
   banPool(pool: Pool, reason: string): void {
     for (const shard of this.shards) {

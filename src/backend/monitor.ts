@@ -40,6 +40,7 @@ export class ShardMonitor {
   #stopped = false;
   #lsnRunning = false;
   #healthRunning = false;
+  #history: Array<{ lsn: number; at: number }> = [];
 
   constructor(shard: Shard, settings: MonitorSettings) {
     this.shard = shard;
@@ -149,6 +150,13 @@ export class ShardMonitor {
       }
       const primary = this.shard.primary;
       const primaryResult = fresh.find((r) => r.target === primary);
+      if (primaryResult) {
+        const last = this.#history[this.#history.length - 1];
+        if (!last || last.lsn !== primaryResult.target.lsn) {
+          this.#history.push({ lsn: primaryResult.target.lsn, at: Date.now() });
+          if (this.#history.length > 1000) this.#history.shift();
+        }
+      }
       for (const target of this.shard.targets) {
         if (target === primary) continue;
         const mine = fresh.find((r) => r.target === target);
@@ -164,9 +172,12 @@ export class ShardMonitor {
         }
         if (!primaryResult) continue;
         const bytes = Math.max(0, primaryResult.target.lsn - target.lsn);
-        const ms = bytes > 0 && primaryResult.ts !== null && mine.ts !== null
-          ? Math.max(0, primaryResult.ts - mine.ts)
-          : 0;
+        let ms = 0;
+        if (bytes > 0) {
+          // Since when the primary has been past this replica's position.
+          const first = this.#history.find((h) => h.lsn > target.lsn);
+          ms = first ? Math.max(0, Date.now() - first.at) : 0;
+        }
         target.lagBytes = bytes;
         target.lagMs = ms;
         const s = this.settings;
