@@ -66,8 +66,10 @@ export class Proxy implements ClientHost {
    */
   async start(): Promise<void> {
     const parser = this.config.general.query_parser;
-    const needsParser = parser === "on" ||
-      (parser === "auto" && [...this.databases.clusters()].some((c) => c.hasReplicas));
+    const clusters = [...this.databases.clusters()];
+    // A sharded database can't find its shards without the parser, whatever query_parser says.
+    const needsParser = parser === "on" || clusters.some((c) => c.sharding !== null) ||
+      (parser === "auto" && clusters.some((c) => c.hasReplicas));
     if (needsParser) await loadParser();
     this.databases.startMonitors();
     const { host, port } = this.config.general;

@@ -13,6 +13,7 @@ import { SqlState } from "../protocol/sqlstate.ts";
 import { log } from "../log.ts";
 import { ClientFacingError, type Pool } from "./pool.ts";
 import type { Server } from "./server.ts";
+import type { ShardingConfig } from "../router/shard.ts";
 
 /** How reads are spread over a shard's targets. */
 export type LoadBalancingStrategy =
@@ -238,6 +239,8 @@ export class Cluster {
   readonly poolerMode: PoolerMode;
   readonly shards: Shard[];
   settings: BalancerSettings;
+  /** How statements find their shard; null for a database of one shard. */
+  readonly sharding: ShardingConfig | null;
 
   constructor(options: {
     name: string;
@@ -246,6 +249,7 @@ export class Cluster {
     poolerMode: PoolerMode;
     shards: Shard[];
     settings: BalancerSettings;
+    sharding?: ShardingConfig | null;
   }) {
     this.name = options.name;
     this.user = options.user;
@@ -253,6 +257,15 @@ export class Cluster {
     this.poolerMode = options.poolerMode;
     this.shards = options.shards;
     this.settings = options.settings;
+    this.sharding = options.sharding ?? null;
+  }
+
+  /** The shard number of the host behind `pool` (0 when it is not in this cluster). */
+  shardOf(pool: Pool): number {
+    for (const shard of this.shards) {
+      if (shard.targets.some((t) => t.pool === pool)) return shard.number;
+    }
+    return 0;
   }
 
   /** True when some shard has a replica (routing by read/write matters). */
@@ -260,9 +273,9 @@ export class Cluster {
     return this.shards.some((s) => s.targets.length > 1);
   }
 
-  /** The pool unrouted traffic (and login) uses: the first shard's primary, else any target. */
-  pool(): Pool {
-    const shard = this.shards[0];
+  /** The pool unrouted traffic uses: the shard's (first by default) primary, else any target. */
+  pool(shardNumber = 0): Pool {
+    const shard = this.shards[shardNumber];
     return (shard.primary ?? shard.targets[0]).pool;
   }
 

@@ -12,6 +12,7 @@ import { Pool } from "./pool.ts";
 import { type BalancerSettings, Cluster, Shard, Target } from "./cluster.ts";
 import { type MonitorSettings, ShardMonitor } from "./monitor.ts";
 import type { ServerTls } from "./connect.ts";
+import { shardingConfigFor } from "../router/shard.ts";
 
 export { Cluster, Shard, Target } from "./cluster.ts";
 
@@ -180,5 +181,8 @@ function buildCluster(
     poolerMode: poolerMode ?? config.general.pooler_mode,
     shards,
     settings: balance,
+    sharding: shards.length > 1
+      ? shardingConfigFor(config, user.database, { shards: shards.length })
+      : null,
   });
 }

@@ -19,6 +19,8 @@ import {
   MessageBuilder,
   Msg,
   queryMessage,
+  readInt16,
+  readInt32,
   readyForQuery,
   SYNC,
   TxStatus,
@@ -37,7 +39,17 @@ import type { AuthType } from "../config/types.ts";
 import { mayAffectSession, scanSession, type SessionScan } from "../router/scan.ts";
 import type { Analysis, QueryRouter } from "../router/mod.ts";
 import { chooseRole, parseRole, type Role } from "../router/route.ts";
-import { log } from "../log.ts";
+import {
+  type BindValues,
+  decideShard,
+  isSessionControl,
+  searchPathSet,
+  type ShardDecision,
+  type ShardingConfig,
+  type ShardSession,
+} from "../router/shard.ts";
+import { FanOut } from "./fan_out.ts";
+import { log, logEnabled } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
 import { logIn, LoginRefused } from "./login.ts";
 import {
@@ -159,7 +171,25 @@ export class Client implements ServerLink {
   #replay: { bytes: Uint8Array; role: Role } | null = null;
   /** A re-run in progress: new requests wait for it. */
   #replaying: Promise<void> | null = null;
-  readonly #out = new OutBatch();
+  #out = new OutBatch();
+  /** Sharded databases: how statements find their shard (null otherwise). */
+  #sharding: ShardingConfig | null = null;
+  /** The shard the next checkout is for. */
+  #shard = 0;
+  /** Spreads statements any shard can answer. */
+  #nextAnyShard = 0;
+  /** Servers of other shards the open transaction holds, by shard. */
+  readonly #parked = new Map<number, Server>();
+  /** What opened the transaction (BEGIN, then SET LOCAL ...): replayed on each shard it reaches. */
+  #txnPrelude: Uint8Array[] = [];
+  /** Between a request's first message and its Sync (sharded routing decides once per request). */
+  #inRequest = false;
+  /** The attached server got a Flush and no Sync since: its batch is still open. */
+  #unsynced = false;
+  /** search_path set inside the open transaction (it decides schema-sharded routing). */
+  #txnSearchPath: string | null = null;
+  /** The legs of a request running on several shards; local answers go to each. */
+  #fanLegs: Server[] | null = null;
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
     this.conn = conn;
@@ -304,7 +334,9 @@ export class Client implements ServerLink {
     this.#sessionMode = result.cluster.poolerMode === "session";
     this.#renaming = !this.#sessionMode && host.settings.prepared_statements === "extended";
     const parser = host.routing.query_parser;
-    this.#routing = parser === "on" || (parser === "auto" && result.cluster.hasReplicas);
+    this.#sharding = result.cluster.sharding;
+    this.#routing = parser === "on" || (parser === "auto" && result.cluster.hasReplicas) ||
+      this.#sharding !== null;
     this.#startupRole = parseRole(
       result.startup.get("pgdog.role") ?? startupOption(result.startup, "pgdog.role"),
     );
@@ -432,17 +464,40 @@ export class Client implements ServerLink {
         });
         return false;
       }
+      if (
+        this.#sharding !== null && !this.#inRequest && !this.#skipUntilSync &&
+        EXTENDED_START[type] === 1 && !requestBuffered(buf, p, rb.end)
+      ) {
+        // Sharded routing needs the whole request (the Bind's values) before it picks shards.
+        break;
+      }
       rb.start = end;
       if (this.#skipUntilSync) {
         // After an error pgdog reported itself, everything up to Sync is ignored, as PostgreSQL does.
         if (type !== Msg.Sync) continue;
         this.#skipUntilSync = false;
+        this.#inRequest = false;
         if (this.server === null) {
           this.writer.enqueue(readyForQuery(TxStatus.Idle));
           continue;
         }
       } else if (this.#answerLocally(type, buf, p, end)) {
         continue;
+      }
+      if (this.#sharding !== null) {
+        if (!this.#inRequest) {
+          const routed = await this.#routeShards(type, buf, p, end);
+          if (this.closed) return false;
+          if (routed === "done") {
+            out.reset(rb.buf);
+            continue;
+          }
+        }
+        // A Flush lets the client read answers before the rest of the batch: postgres.js sends
+        // Bind and Execute only then, so the request routes again with its values.
+        this.#inRequest = type !== Msg.Sync && type !== Msg.Query && type !== Msg.FunctionCall &&
+          type !== Msg.Flush;
+        this.#unsynced = type === Msg.Flush || (this.#unsynced && this.#inRequest);
       }
       if (this.server === null) {
         // Nothing is buffered for a server yet: taking one may wait, and nothing else touches the
@@ -590,6 +645,10 @@ export class Client implements ServerLink {
     const maybeSession = mayAffectSession(buf, p + 5, end - 1);
     if (!maybeSession && !this.#routing) return false;
     const sql = decodeText(buf, p + 5, end - 1);
+    if (SHOW_SHARDS.test(sql)) {
+      this.#answer(textResult("shards", String(this.cluster!.shards.length), this.#txStatus()));
+      return true;
+    }
     if (this.#routing && this.server === null) {
       // Routing happens at the start of a transaction; analyze (cached) only then.
       const analysis = this.#host.router.analyze(sql);
@@ -728,6 +787,7 @@ export class Client implements ServerLink {
       (info.transaction === "commit" || info.transaction === "rollback")
     ) {
       this.#deferredBegin = null;
+      this.#transactionOver();
       this.session.pgdogLocal.clear();
       this.#answer(
         commandComplete(info.transaction === "commit" ? "COMMIT" : "ROLLBACK", TxStatus.Idle),
@@ -927,7 +987,20 @@ export class Client implements ServerLink {
 
   /** Answers with bytes of pgdog's own, in order with whatever the server still owes. */
   #answer(bytes: Uint8Array, dropped?: () => void): void {
-    if (this.server) {
+    const legs = this.#fanLegs;
+    if (legs !== null) {
+      // Every shard's answers carry it, so the merged answer has it once, in its place.
+      legs.forEach((server, i) =>
+        server.expect(
+          Expect.Local,
+          Action.Forward,
+          {
+            bytes,
+            dropped: i === 0 ? dropped : undefined,
+          } satisfies LocalAnswer,
+        )
+      );
+    } else if (this.server) {
       this.server.expect(Expect.Local, Action.Forward, { bytes, dropped } satisfies LocalAnswer);
     } else this.writer.enqueue(bytes);
   }
@@ -942,6 +1015,13 @@ export class Client implements ServerLink {
   }
 
   #txStatus(): number {
+    if (this.#parked.size > 0) {
+      let status: number = this.server?.txStatus ?? TxStatus.InTransaction;
+      for (const s of this.#parked.values()) {
+        if (s.txStatus === TxStatus.Failed) status = TxStatus.Failed;
+      }
+      return status;
+    }
     if (this.server) return this.server.txStatus;
     return this.#deferredBegin !== null ? TxStatus.InTransaction : TxStatus.Idle;
   }
@@ -989,23 +1069,267 @@ export class Client implements ServerLink {
       parseRole(this.session.pgdog.get("role")) ??
       this.#startupRole;
     if (!this.#routing) return override ?? "primary";
-    let analysis: Analysis | null = null;
-    if (type === Msg.Query) {
-      analysis = this.#analysis ?? this.#host.router.analyze(decodeText(buf, p + 5, end - 1));
-    } else if (type === Msg.Parse) {
-      analysis = this.#lastParseAnalysis;
-    } else if (type === Msg.Bind) {
-      const name = bindStatementName(buf, p, end);
-      analysis = name === "" ? this.#unnamedAnalysis : this.statements.get(name)?.analysis ?? null;
-    } else if (type === Msg.Describe && buf[p + 5] === 0x53) {
-      const name = describedName(buf, p, end);
-      analysis = name === "" ? this.#unnamedAnalysis : this.statements.get(name)?.analysis ?? null;
-    }
-    return chooseRole(analysis, {
+    return chooseRole(this.#analysisOf(type, buf, p, end), {
       override,
       strategy: this.#host.routing.read_write_strategy,
       deferredBegin: this.#deferredBegin !== null,
     });
+  }
+
+  /** The analysis of the statement a message runs, when routing can know it. */
+  #analysisOf(type: number, buf: Uint8Array, p: number, end: number): Analysis | null {
+    if (type === Msg.Query) {
+      return this.#analysis ?? this.#host.router.analyze(decodeText(buf, p + 5, end - 1));
+    } else if (type === Msg.Parse) {
+      return this.#lastParseAnalysis;
+    } else if (type === Msg.Bind) {
+      const name = bindStatementName(buf, p, end);
+      return name === "" ? this.#unnamedAnalysis : this.statements.get(name)?.analysis ?? null;
+    } else if (type === Msg.Describe && buf[p + 5] === 0x53) {
+      const name = describedName(buf, p, end);
+      return name === "" ? this.#unnamedAnalysis : this.statements.get(name)?.analysis ?? null;
+    }
+    return null;
+  }
+
+  // ---- sharding ------------------------------------------------------------------------------
+
+  /**
+   * Picks the shards of the request starting with this message (the whole request is buffered).
+   * One shard: the request goes on through the usual path to that shard's server ("go"). Several:
+   * it runs on all of them here. An error (a statement that can't run sharded) answers it.
+   */
+  async #routeShards(
+    type: number,
+    buf: Uint8Array,
+    p: number,
+    end: number,
+  ): Promise<"go" | "done"> {
+    const config = this.#sharding!;
+    const analysis = this.#analysisOf(type, buf, p, end);
+    const request = scanRequest(buf, type === Msg.Bind ? p : this.rbuf.start, this.rbuf.end);
+    if (type === Msg.Execute) request.executes = true;
+    const bind = type === Msg.Bind ? bindValues(buf, p, end) : request.bind;
+    const inTxn = this.#txStatus() !== TxStatus.Idle;
+    const set = analysis ? searchPathSet(analysis) : null;
+    if (set !== null && inTxn) this.#txnSearchPath = set;
+    const session: ShardSession = {
+      shard: this.session.pgdogLocal.get("shard") ?? this.session.pgdog.get("shard"),
+      shardingKey: this.session.pgdogLocal.get("sharding_key") ??
+        this.session.pgdog.get("sharding_key"),
+      searchPath: this.#txnSearchPath ?? this.session.params.get("search_path"),
+    };
+    let decision: ShardDecision = analysis === null ||
+        (type !== Msg.Query && !request.executes)
+      ? { target: { kind: "any" }, reason: "nothing to run", omniWrite: false }
+      : decideShard(analysis, { config, session, bind: bind ?? undefined });
+    if (decision.unsupported) {
+      this.#answerError({
+        severity: "ERROR",
+        code: SqlState.FeatureNotSupported,
+        message: decision.unsupported,
+      }, type === Msg.Query);
+      return "done";
+    }
+    const held = this.#heldShards();
+    const control = analysis !== null && isSessionControl(analysis);
+    let shards: number[];
+    const t = decision.target;
+    if (t.kind === "one") shards = [t.shard];
+    else if (t.kind === "some") shards = t.shards;
+    else if (t.kind === "any" || control) {
+      shards = held.length === 0
+        ? [this.#nextAnyShard++ % config.shards]
+        : control
+        ? held
+        : [held[0]];
+    } else shards = Array.from({ length: config.shards }, (_, i) => i);
+    if (logEnabled("debug")) {
+      log.debug(`client ${this.id}: shards ${shards.join(",")} (${decision.reason})`);
+    }
+    if (analysis) {
+      if (shards.length === 1) analysis.entry.direct++;
+      else analysis.entry.multi++;
+    }
+    if (set !== null && inTxn && type === Msg.Query) {
+      this.#txnPrelude.push(buf.slice(p, end));
+    }
+    if (shards.length === 1) {
+      const n = shards[0];
+      const current = this.server;
+      if (current !== null) {
+        if (this.cluster!.shardOf(current.owner as Pool) === n) return "go";
+        await this.#closeBatch();
+        await this.#settle();
+        if (this.closed) return "done";
+        if (this.server !== null) this.#park(this.server);
+      }
+      this.#shard = n;
+      return "go";
+    }
+    decision = { ...decision };
+    await this.#fanOut(shards, { type, p, end, omniWrite: decision.omniWrite });
+    return "done";
+  }
+
+  /** Ends a batch left open by a Flush (its answers are in) before the server is left. */
+  async #closeBatch(): Promise<void> {
+    const server = this.server;
+    if (server === null || !this.#unsynced) return;
+    this.#unsynced = false;
+    this.#out.reset(this.rbuf.buf);
+    this.#out.addBytes(SYNC);
+    server.expect(Expect.Sync, Action.Swallow);
+    await this.#send();
+  }
+
+  /** Shards whose servers the client holds now (the attached one first). */
+  #heldShards(): number[] {
+    const held: number[] = [];
+    if (this.server !== null) held.push(this.cluster!.shardOf(this.server.owner as Pool));
+    for (const n of this.#parked.keys()) if (!held.includes(n)) held.push(n);
+    return held;
+  }
+
+  /** Sets the attached server aside (its transaction goes on) while another shard is used. */
+  #park(server: Server): void {
+    server.detach();
+    this.#parked.set(this.cluster!.shardOf(server.owner as Pool), server);
+    this.server = null;
+  }
+
+  /** A server of shard `n` for a request that runs on several: held already, or checked out. */
+  async #legServer(n: number, role: Role): Promise<{ server: Server; fresh: boolean }> {
+    const parked = this.#parked.get(n);
+    if (parked !== undefined) {
+      this.#parked.delete(n);
+      return { server: parked, fresh: false };
+    }
+    const current = this.server;
+    if (current !== null && this.cluster!.shardOf(current.owner as Pool) === n) {
+      this.server = null;
+      current.detach();
+      return { server: current, fresh: false };
+    }
+    const server = await this.cluster!.checkout(role, { shard: n });
+    return { server, fresh: true };
+  }
+
+  /**
+   * Runs the request starting at message [p, end) on every shard in `shards` and answers the
+   * client once (see {@linkcode FanOut}). Consumes the rest of the request from the read buffer.
+   */
+  async #fanOut(
+    shards: number[],
+    options: { type: number; p: number; end: number; omniWrite: boolean },
+  ): Promise<void> {
+    const rb = this.rbuf;
+    const buf = rb.buf;
+    if (this.server !== null) {
+      await this.#closeBatch();
+      await this.#settle();
+    }
+    if (this.closed) return;
+    if (this.#deferredBegin !== null) {
+      this.#txnPrelude.unshift(this.#deferredBegin);
+      this.#deferredBegin = null;
+    }
+    const role: Role = "primary";
+    const legs: Server[] = [];
+    const fresh: boolean[] = [];
+    this.state = "waiting";
+    try {
+      for (const n of shards) {
+        const leg = await this.#legServer(n, role);
+        legs.push(leg.server);
+        fresh.push(leg.fresh);
+      }
+    } catch (e) {
+      this.state = "idle";
+      for (let i = 0; i < legs.length; i++) {
+        if (fresh[i]) legs[i].owner?.checkin(legs[i]);
+        else this.#parked.set(this.cluster!.shardOf(legs[i].owner as Pool), legs[i]);
+      }
+      if (this.closed) return;
+      const fields = e instanceof ClientFacingError || e instanceof ServerConnectError
+        ? e.fields
+        : { severity: "ERROR", code: SqlState.InternalError, message: String(e) };
+      this.#answerError({ ...fields, severity: "ERROR" }, options.type === Msg.Query);
+      return;
+    }
+    this.state = "active";
+    const fan = new FanOut({
+      writer: this.writer,
+      parameterStatus: (server, o) => this.parameterStatus(server, o),
+      legReleased: () => {},
+    }, { shards, sumCounts: !options.omniWrite, keep: this.#sessionMode });
+    const mainOut = this.#out;
+    const outs = legs.map(() => new OutBatch());
+    legs.forEach((server, i) => {
+      server.attach(fan.link(i, server));
+      outs[i].reset(buf);
+      this.server = server;
+      this.#out = outs[i];
+      this.#syncParams(server);
+      if (fresh[i]) {
+        for (const msg of this.#txnPrelude) {
+          outs[i].addBytes(msg);
+          server.expect(Expect.Query, Action.Swallow);
+        }
+      }
+    });
+    this.#fanLegs = legs;
+    try {
+      let { type, p, end } = options;
+      let first = true;
+      for (;;) {
+        this.server = legs[0];
+        this.#out = outs[0];
+        if (first || !this.#answerLocally(type, buf, p, end)) {
+          const pendingScan = this.#pendingScan;
+          const substitute = this.#substitute;
+          for (let i = 0; i < legs.length; i++) {
+            this.server = legs[i];
+            this.#out = outs[i];
+            this.#pendingScan = pendingScan;
+            this.#substitute = substitute;
+            this.#forward(type, buf, p, end);
+          }
+        }
+        first = false;
+        if (type === Msg.Sync || type === Msg.Query || type === Msg.FunctionCall) break;
+        const size = rb.nextMessageSize();
+        if (size === 0) break; // a Flush ended the buffered part: the rest comes as its own request
+        p = rb.start;
+        end = p + size;
+        type = buf[p];
+        if (
+          type === Msg.Terminate || FRONTEND_TYPES[type] === 0 || !wellFormed(type, buf, p, end)
+        ) break;
+        rb.start = end;
+      }
+    } finally {
+      this.#fanLegs = null;
+      this.server = null;
+      this.#out = mainOut;
+    }
+    await Promise.all(legs.map((server, i) => outs[i].writeTo(server.writer).catch(() => {})));
+    await fan.done;
+    this.state = "idle";
+    this.lastActivity = Date.now();
+    for (const server of legs) {
+      if (server.link === null || server.closed) continue; // released, or lost
+      server.detach();
+      if (fan.status === TxStatus.Idle && !this.#sessionMode) server.owner?.checkin(server);
+      else this.#parked.set(this.cluster!.shardOf(server.owner as Pool), server);
+    }
+    if (fan.status === TxStatus.Idle) this.#transactionOver();
+  }
+
+  /** The transaction ended: nothing of it is replayed on later shards. */
+  #transactionOver(): void {
+    this.#txnPrelude = [];
+    this.#txnSearchPath = null;
   }
 
   /** The analysis of the Query being handled (set by #localQuery when it analyzed it). */
@@ -1017,7 +1341,21 @@ export class Client implements ServerLink {
   async #acquire(role: Role): Promise<boolean> {
     const cluster = this.cluster!;
     let server: Server;
-    const fast = role === "primary" || !cluster.hasReplicas ? cluster.pool().tryCheckout() : null;
+    const shard = this.#shard;
+    const parked = this.#sharding !== null ? this.#parked.get(shard) : undefined;
+    if (parked !== undefined) {
+      // This transaction already runs on that shard.
+      this.#parked.delete(shard);
+      this.pool = parked.owner as Pool;
+      this.server = parked;
+      this.state = "active";
+      parked.attach(this);
+      this.#out.reset(this.rbuf.buf);
+      return true;
+    }
+    const fast = role === "primary" || !cluster.hasReplicas
+      ? cluster.pool(shard).tryCheckout()
+      : null;
     if (fast !== null && !this.#needsHealthcheck(fast)) {
       server = fast;
     } else {
@@ -1026,7 +1364,7 @@ export class Client implements ServerLink {
       const abort = new AbortController();
       this.#waitAbort = abort;
       try {
-        server = await cluster.checkout(role, { signal: abort.signal });
+        server = await cluster.checkout(role, { signal: abort.signal, shard });
       } catch (e) {
         this.state = "idle";
         if (this.closed) return false;
@@ -1070,7 +1408,14 @@ export class Client implements ServerLink {
       // The transaction's first statement chose the host: the BEGIN goes first, answered already.
       this.#out.addBytes(this.#deferredBegin);
       server.expect(Expect.Query, Action.Swallow);
+      if (this.#sharding !== null) this.#txnPrelude.unshift(this.#deferredBegin);
       this.#deferredBegin = null;
+    } else if (this.#txnPrelude.length > 0) {
+      // A transaction reaching another shard: it starts there as it did on the first.
+      for (const msg of this.#txnPrelude) {
+        this.#out.addBytes(msg);
+        server.expect(Expect.Query, Action.Swallow);
+      }
     }
     return true;
   }
@@ -1157,6 +1502,7 @@ export class Client implements ServerLink {
    */
   shouldRelease(server: Server): boolean | string {
     this.session.pgdogLocal.clear();
+    if (this.#parked.size === 0) this.#transactionOver();
     if (this.session.needsReadBack) {
       this.#readBack(server);
       return false;
@@ -1327,6 +1673,13 @@ export class Client implements ServerLink {
       const resetSql = this.#sessionMode ? "DISCARD ALL" : unknownState ? PIN_CLEANUP : null;
       this.pool.release(server, { resetSql });
     }
+    for (const parked of this.#parked.values()) {
+      parked.detach();
+      (parked.owner as Pool).release(parked, {
+        resetSql: this.#sessionMode ? "DISCARD ALL" : null,
+      });
+    }
+    this.#parked.clear();
     this.statements.clear();
     closeQuietly(this.conn);
     log.debug(`client ${this.id} (${this.addr}) disconnected`);
@@ -1458,6 +1811,20 @@ function expectResponse(server: Server, type: number, first: number): void {
 /** A replacement meaning "send nothing". */
 const NOTHING = new Uint8Array(0);
 
+/** `SHOW pgdog.shards`: the number of shards of the client's database. */
+const SHOW_SHARDS = /^\s*show\s+pgdog\.shards\s*;?\s*$/i;
+
+/** A one-row, one-text-column result of a SHOW, with its ReadyForQuery. */
+function textResult(column: string, value: string, status: number): Uint8Array {
+  const b = new MessageBuilder(64);
+  b.begin(Msg.RowDescription).int16(1).cstring(column).int32(0).int16(0).int32(25).int16(-1)
+    .int32(-1).int16(0).end();
+  const v = new TextEncoder().encode(value);
+  b.begin(Msg.DataRow).int16(1).int32(v.length).bytes(v).end();
+  b.begin(Msg.CommandComplete).cstring("SHOW").end();
+  return b.bytes(readyForQuery(status as TxStatus)).build();
+}
+
 function parameterStatusMessage(name: string, value: string): Uint8Array {
   const b = new MessageBuilder(32);
   appendParameterStatus(b, name, value);
@@ -1531,6 +1898,70 @@ function wellFormed(type: number, buf: Uint8Array, p: number, end: number): bool
 function indexOfNul(buf: Uint8Array, from: number, end: number): number {
   const i = buf.indexOf(0, from);
   return i >= 0 && i < end ? i : -1;
+}
+
+/** Extended-protocol messages that may start a request. */
+const EXTENDED_START = (() => {
+  const t = new Uint8Array(256);
+  for (const m of [Msg.Parse, Msg.Bind, Msg.Describe, Msg.Execute, Msg.Close]) t[m] = 1;
+  return t;
+})();
+
+/** True when the messages from `p` to `end` include the Sync (or Flush) ending the request. */
+function requestBuffered(buf: Uint8Array, p: number, end: number): boolean {
+  while (end - p >= 5) {
+    const type = buf[p];
+    if (type === Msg.Sync || type === Msg.Flush || type === Msg.Query) return true;
+    p += readInt32(buf, p + 1) + 1;
+  }
+  return false;
+}
+
+/** What the rest of a buffered request holds: its first Bind's values, and whether it executes. */
+function scanRequest(
+  buf: Uint8Array,
+  p: number,
+  end: number,
+): { bind: BindValues | null; executes: boolean } {
+  let bind: BindValues | null = null;
+  let executes = false;
+  while (end - p >= 5) {
+    const type = buf[p];
+    const next = p + readInt32(buf, p + 1) + 1;
+    if (next > end || type === Msg.Sync || type === Msg.Flush || type === Msg.Query) break;
+    if (type === Msg.Bind && bind === null) bind = bindValues(buf, p, next);
+    if (type === Msg.Execute) executes = true;
+    p = next;
+  }
+  return { bind, executes };
+}
+
+/** The parameter formats and values of a Bind message (null when it is malformed). */
+function bindValues(buf: Uint8Array, p: number, end: number): BindValues | null {
+  let q = buf.indexOf(0, p + 5) + 1;
+  if (q <= 0 || q >= end) return null;
+  q = buf.indexOf(0, q) + 1;
+  if (q <= 0 || q + 2 > end) return null;
+  const nFormats = readInt16(buf, q);
+  q += 2;
+  const formats: number[] = [];
+  for (let i = 0; i < nFormats && q + 2 <= end; i++, q += 2) formats.push(readInt16(buf, q));
+  if (q + 2 > end) return null;
+  const n = readInt16(buf, q);
+  q += 2;
+  const values: (Uint8Array | null)[] = [];
+  for (let i = 0; i < n; i++) {
+    if (q + 4 > end) return null;
+    const len = readInt32(buf, q);
+    q += 4;
+    if (len < 0) values.push(null);
+    else {
+      if (q + len > end) return null;
+      values.push(buf.subarray(q, q + len));
+      q += len;
+    }
+  }
+  return { formats, values };
 }
 
 /** Message types a client may send once logged in. */

@@ -1,0 +1,264 @@
+/**
+ * One request run on several shards at once, answered to the client as if one server ran it.
+ * Every shard gets the same messages, so their answers have the same shape: at each answer other
+ * than a row (RowDescription, CommandComplete, ParseComplete, ReadyForQuery, ...) the shards are
+ * lined up and one answer goes out for all of them, while rows stream through as they come.
+ * CommandComplete counts are summed (or, for writes to tables copied on every shard, the first
+ * shard's answer stands for all); ReadyForQuery carries the status of the whole (failed if any
+ * shard failed, in a transaction if any shard is). The first error wins; after it, everything up
+ * to each shard's ReadyForQuery is dropped, since PostgreSQL skips the rest of the request too.
+ *
+ * @module
+ */
+
+import {
+  appendError,
+  MessageBuilder,
+  Msg,
+  readInt32,
+  readyForQuery,
+} from "../protocol/messages.ts";
+import { SqlState } from "../protocol/sqlstate.ts";
+import type { Server, ServerLink } from "../backend/server.ts";
+import type { SocketWriter } from "../net/writer.ts";
+
+/** What a leg's server link asks of the client it stands in for. */
+export interface FanOutHost {
+  /** Where merged answers go. */
+  readonly writer: SocketWriter;
+  /** A ParameterStatus of the first shard (see {@linkcode ServerLink.parameterStatus}). */
+  parameterStatus(
+    server: Server,
+    options: { name: string; value: string; own: boolean },
+  ): Uint8Array | null;
+  /** A leg's server went back to its pool after its ReadyForQuery. */
+  legReleased(server: Server): void;
+}
+
+/** Sink a leg's server writes its answers into; frames them into messages for the merger. */
+class LegSink {
+  #buf = new Uint8Array(256);
+  #len = 0;
+  readonly #onMessage: (msg: Uint8Array) => void;
+  readonly #out: SocketWriter;
+
+  constructor(out: SocketWriter, onMessage: (msg: Uint8Array) => void) {
+    this.#out = out;
+    this.#onMessage = onMessage;
+  }
+
+  get congested(): boolean {
+    return this.#out.congested;
+  }
+
+  get error(): Error | null {
+    return this.#out.error;
+  }
+
+  write(data: Uint8Array): Promise<void> {
+    this.enqueue(data);
+    return this.#out.congested ? this.#out.flush() : Promise.resolve();
+  }
+
+  enqueue(data: Uint8Array): void {
+    if (this.#len + data.length > this.#buf.length) {
+      let cap = this.#buf.length * 2;
+      while (cap < this.#len + data.length) cap *= 2;
+      const next = new Uint8Array(cap);
+      next.set(this.#buf.subarray(0, this.#len));
+      this.#buf = next;
+    }
+    this.#buf.set(data, this.#len);
+    this.#len += data.length;
+    let p = 0;
+    while (this.#len - p >= 5) {
+      const size = readInt32(this.#buf, p + 1) + 1;
+      if (this.#len - p < size) break;
+      this.#onMessage(this.#buf.slice(p, p + size));
+      p += size;
+    }
+    if (p > 0) {
+      this.#buf.copyWithin(0, p, this.#len);
+      this.#len -= p;
+    }
+  }
+
+  flush(): Promise<void> {
+    return this.#out.flush();
+  }
+}
+
+/** Answers that line the shards up (everything but rows and asynchronous messages). */
+function isSyncPoint(type: number): boolean {
+  return type !== Msg.DataRow && type !== Msg.NoticeResponse &&
+    type !== Msg.NotificationResponse && type !== Msg.ParameterStatus;
+}
+
+/** A request in flight on several shards. */
+export class FanOut {
+  readonly #host: FanOutHost;
+  readonly #sum: boolean;
+  readonly #shards: number[];
+  /** Per leg: answers waiting for the others to line up. */
+  readonly #pending: Uint8Array[][];
+  /** Per leg: its ReadyForQuery arrived (the request is over there). */
+  readonly #ready: boolean[];
+  readonly #servers: Server[] = [];
+  #failed = false;
+  #status = 0x49; // 'I'
+  #readies = 0;
+  #resolve!: () => void;
+  /** Settles once every shard answered the whole request. */
+  readonly done: Promise<void>;
+
+  readonly #keep: boolean;
+
+  constructor(
+    host: FanOutHost,
+    options: { shards: number[]; sumCounts: boolean; keep: boolean },
+  ) {
+    this.#host = host;
+    this.#keep = options.keep;
+    this.#shards = options.shards;
+    this.#sum = options.sumCounts;
+    this.#pending = options.shards.map(() => []);
+    this.#ready = options.shards.map(() => false);
+    this.done = new Promise((resolve) => this.#resolve = resolve);
+  }
+
+  /** The server link for leg `i` (the shard `shards[i]`), to attach to that shard's server. */
+  link(i: number, server: Server): ServerLink {
+    this.#servers[i] = server;
+    const sink = new LegSink(this.#host.writer, (msg) => this.#message(i, msg));
+    const host = this.#host;
+    return {
+      writer: sink as unknown as SocketWriter,
+      shouldRelease: () => !this.#keep,
+      parameterStatus: (s, options) =>
+        i === 0 ? host.parameterStatus(s, options) : new Uint8Array(0),
+      released: (s) => host.legReleased(s),
+      serverLost: (_s, error) => this.#lost(i, error),
+      onServerFatal: () => "keep",
+    };
+  }
+
+  /** The servers of the legs, in shard order. */
+  get servers(): readonly Server[] {
+    return this.#servers;
+  }
+
+  #lost(i: number, error: Error): void {
+    if (this.#ready[i]) return;
+    const b = new MessageBuilder(128);
+    appendError(b, {
+      severity: "ERROR",
+      code: SqlState.ConnectionFailure,
+      message: `lost the connection to shard ${this.#shards[i]}: ${error.message}`,
+    });
+    this.#message(i, b.build());
+    this.#message(i, readyForQuery(0x45)); // 'E': the transaction, if any, is gone there
+  }
+
+  #message(i: number, msg: Uint8Array): void {
+    if (this.#ready[i]) return;
+    const type = msg[0];
+    if (this.#failed && type !== Msg.ReadyForQuery) return;
+    if (!isSyncPoint(type)) {
+      // Rows and notices stream through once this leg is lined up with the others.
+      if (this.#pending[i].length === 0) this.#host.writer.enqueue(msg);
+      else this.#pending[i].push(msg);
+      return;
+    }
+    this.#pending[i].push(msg);
+    this.#align();
+  }
+
+  /** Emits merged answers while every leg has one waiting at its head. */
+  #align(): void {
+    const pending = this.#pending;
+    for (;;) {
+      let errorAt = -1;
+      let allHead = true;
+      for (let i = 0; i < pending.length; i++) {
+        const head = this.#headSyncPoint(i);
+        if (head === null) {
+          allHead = false;
+          continue;
+        }
+        if (head[0] === Msg.ErrorResponse && errorAt < 0) errorAt = i;
+      }
+      if (errorAt >= 0 && !this.#failed) {
+        // The first error is the client's answer; the rest of the request is skipped everywhere.
+        this.#host.writer.enqueue(this.#headSyncPoint(errorAt)!);
+        this.#failed = true;
+        for (let i = 0; i < pending.length; i++) {
+          pending[i] = pending[i].filter((m) => m[0] === Msg.ReadyForQuery);
+        }
+        continue;
+      }
+      if (!allHead) return;
+      const heads = pending.map((q) => q.shift()!);
+      const type = heads[0][0];
+      if (type === Msg.ReadyForQuery) {
+        for (let i = 0; i < heads.length; i++) this.#ready[i] = true;
+        this.#finish(heads);
+        return;
+      }
+      if (this.#failed) continue;
+      this.#host.writer.enqueue(
+        type === Msg.CommandComplete ? this.#commandComplete(heads) : heads[0],
+      );
+      // Rows queued behind the answer just sent may go now.
+      for (let i = 0; i < pending.length; i++) {
+        while (pending[i].length > 0 && !isSyncPoint(pending[i][0][0])) {
+          this.#host.writer.enqueue(pending[i].shift()!);
+        }
+      }
+    }
+  }
+
+  /** The first queued answer of leg `i` once only lining-up answers are left at its head. */
+  #headSyncPoint(i: number): Uint8Array | null {
+    const q = this.#pending[i];
+    while (q.length > 0 && !isSyncPoint(q[0][0])) this.#host.writer.enqueue(q.shift()!);
+    return q.length > 0 ? q[0] : null;
+  }
+
+  #commandComplete(heads: Uint8Array[]): Uint8Array {
+    if (!this.#sum) return heads[0];
+    const tags = heads.map((m) => new TextDecoder().decode(m.subarray(5, m.length - 1)));
+    const parts = tags[0].split(" ");
+    const last = Number(parts[parts.length - 1]);
+    if (!Number.isInteger(last) || parts.length < 2) return heads[0];
+    let total = 0;
+    for (const tag of tags) {
+      const n = Number(tag.slice(tag.lastIndexOf(" ") + 1));
+      if (Number.isInteger(n)) total += n;
+    }
+    parts[parts.length - 1] = String(total);
+    return new MessageBuilder(32).begin(Msg.CommandComplete).cstring(parts.join(" ")).end().build();
+  }
+
+  #finish(heads: Uint8Array[]): void {
+    let status = 0x49; // 'I'
+    for (const z of heads) {
+      const s = z[5];
+      if (s === 0x45) status = 0x45;
+      else if (s === 0x54 && status !== 0x45) status = 0x54;
+    }
+    this.#status = status;
+    this.#readies = heads.length;
+    this.#host.writer.enqueue(readyForQuery(status));
+    this.#resolve();
+  }
+
+  /** The transaction status the client was told ('I', 'T' or 'E'). */
+  get status(): number {
+    return this.#status;
+  }
+
+  /** True once every leg answered. */
+  get finished(): boolean {
+    return this.#readies > 0;
+  }
+}

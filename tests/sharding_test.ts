@@ -1,0 +1,381 @@
+/**
+ * Sharding through the real proxy into real PostgreSQL shards. Every placement claim is checked by
+ * asking each shard directly, and the expected shard comes from PostgreSQL itself: a table
+ * `PARTITION BY HASH` with as many partitions as there are shards, on a separate server, says
+ * which partition (remainder) each value belongs in.
+ *
+ * - keys found in INSERT values and WHERE clauses (bigint, text, uuid), through npm:pg's extended
+ *   protocol (parameters as text) and npm:postgres (binary parameters, prepared statements);
+ * - list and range mappings; schema sharding by qualified name, search_path and SET LOCAL;
+ * - keyless reads return every shard's rows; ORDER BY without a key is refused with 0A000;
+ * - a transaction across shards commits (and rolls back) everywhere; DDL reaches every shard;
+ * - manual routing with comments and SET pgdog.shard / pgdog.sharding_key.
+ */
+
+import assert from "node:assert/strict";
+import postgres from "postgres";
+import {
+  connectPg,
+  dumpLogsOnFailure,
+  type PgCluster,
+  startPostgres,
+  startProxy,
+  type TomlDocument,
+} from "./harness/mod.ts";
+
+const USER = "postgres";
+const PASSWORD = "sharding-test-pw";
+const DB = "app";
+
+/** Starts `n` shards (and one reference server holding the hash-partitioned oracle tables). */
+async function startShards(n: number): Promise<{ shards: PgCluster[]; oracle: PgCluster }> {
+  const all = await Promise.all(
+    Array.from({ length: n + 1 }, () => startPostgres({ databases: [DB] })),
+  );
+  return { shards: all.slice(0, n), oracle: all[n] };
+}
+
+/** The shard PostgreSQL's own hash partitioning chooses for each value (by partition remainder). */
+async function oracleShards(
+  oracle: PgCluster,
+  type: string,
+  values: string[],
+  shards: number,
+): Promise<number[]> {
+  const table = `oracle_${type}_${shards}`;
+  const parts = Array.from(
+    { length: shards },
+    (_, i) =>
+      `CREATE TABLE ${table}_${i} PARTITION OF ${table} FOR VALUES WITH (MODULUS ${shards}, REMAINDER ${i});`,
+  ).join("\n");
+  await oracle.sql(
+    `DROP TABLE IF EXISTS ${table}; CREATE TABLE ${table} (k ${type}, i int) PARTITION BY HASH (k);\n${parts}`,
+    { database: DB },
+  );
+  const rows = values.map((v, i) => `(${literal(v)}::${type}, ${i})`).join(",");
+  await oracle.sql(`INSERT INTO ${table} VALUES ${rows}`, { database: DB });
+  const out = await oracle.sql(
+    `SELECT i, substring(tableoid::regclass::text from '_([0-9]+)$') FROM ${table}`,
+    { database: DB },
+  );
+  const result = new Array<number>(values.length);
+  for (const [i, part] of out) result[Number(i)] = Number(part);
+  return result;
+}
+
+function literal(v: string): string {
+  return `'${v.replaceAll("'", "''")}'`;
+}
+
+function databases(shards: PgCluster[]): TomlDocument[] {
+  return shards.map((s, i) => ({
+    name: DB,
+    host: s.host,
+    port: s.port,
+    database_name: DB,
+    shard: i,
+  }));
+}
+
+/** Which shards hold a row with this key (asked directly). */
+async function holders(shards: PgCluster[], sql: string): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < shards.length; i++) {
+    const rows = await shards[i].sql(sql, { database: DB });
+    if (rows.length > 0 && rows[0][0] !== "0") out.push(i);
+  }
+  return out;
+}
+
+function randomText(i: number): string {
+  const alphabet = ["a", "é", "字", "🙂", "Z", " ", "'", "0"];
+  let s = "";
+  for (let k = 0; k < i % 7; k++) s += alphabet[(i * 31 + k * 7) % alphabet.length];
+  return s + String(i);
+}
+
+Deno.test("sharding", async (t) => {
+  const { shards, oracle } = await startShards(3);
+  await using _o = oracle;
+  await using _s0 = shards[0];
+  await using _s1 = shards[1];
+  await using _s2 = shards[2];
+
+  const ddl = `
+    CREATE TABLE users (id bigint PRIMARY KEY, name text);
+    CREATE TABLE notes (author text, body text);
+    CREATE TABLE things (id uuid, v int);
+    CREATE TABLE regions (code bigint, label text);
+    CREATE TABLE countries (code text, name text);
+    CREATE SCHEMA tenant_a; CREATE SCHEMA tenant_b;
+    CREATE TABLE tenant_a.items (id int); CREATE TABLE tenant_b.items (id int);
+  `;
+  for (const s of shards) await s.sql(ddl, { database: DB });
+
+  await using proxy = await startProxy({
+    config: {
+      general: { idle_healthcheck_interval: 0 },
+      databases: databases(shards),
+      sharded_tables: [
+        { database: DB, name: "users", column: "id" },
+        { database: DB, name: "notes", column: "author", data_type: "varchar" },
+        { database: DB, name: "things", column: "id", data_type: "uuid" },
+        {
+          database: DB,
+          name: "regions",
+          column: "code",
+          mapping: [
+            { values: [1, 2, 3], shard: 2 },
+            { start: 100, end: 200, shard: 1 },
+            { shard: 0 },
+          ],
+        },
+      ],
+      sharded_schemas: [
+        { database: DB, name: "tenant_a", shard: 1 },
+        { database: DB, name: "tenant_b", shard: 2 },
+      ],
+    },
+    users: { users: [{ name: USER, password: PASSWORD, database: DB }] },
+  });
+  const target = proxy.target({ user: USER, password: PASSWORD, database: DB });
+
+  await dumpLogsOnFailure(proxy, async () => {
+    await t.step("bigint keys: INSERT and SELECT land on PostgreSQL's partition", async () => {
+      const ids = [0n, 1n, -1n, 42n, 9223372036854775807n, -9223372036854775808n];
+      for (let i = 0; i < 60; i++) ids.push(BigInt(i * 7919 - 100000));
+      const expected = await oracleShards(oracle, "bigint", ids.map(String), 3);
+      const c = await connectPg(target);
+      try {
+        for (const id of ids) {
+          await c.query("INSERT INTO users (id, name) VALUES ($1, $2)", [String(id), `u${id}`]);
+        }
+        for (let i = 0; i < ids.length; i++) {
+          const where = await holders(shards, `SELECT count(*) FROM users WHERE id = ${ids[i]}`);
+          assert.deepEqual(where, [expected[i]], `id ${ids[i]}`);
+          const r = await c.query("SELECT name FROM users WHERE id = $1", [String(ids[i])]);
+          assert.deepEqual(r.rows, [{ name: `u${ids[i]}` }]);
+          const simple = await c.query(`SELECT name FROM users WHERE id = ${ids[i]}`);
+          assert.deepEqual(simple.rows, [{ name: `u${ids[i]}` }]);
+        }
+      } finally {
+        await c.end();
+      }
+    });
+
+    await t.step("text and uuid keys, binary parameters with npm:postgres", async () => {
+      const texts = Array.from({ length: 40 }, (_, i) => randomText(i));
+      texts.push("");
+      const uuids = Array.from({ length: 40 }, () => crypto.randomUUID());
+      const [textShards, uuidShards] = await Promise.all([
+        oracleShards(oracle, "text", texts, 3),
+        oracleShards(oracle, "uuid", uuids, 3),
+      ]);
+      const sql = postgres({
+        host: target.host,
+        port: target.port,
+        user: USER,
+        password: PASSWORD,
+        database: DB,
+        max: 2,
+        onnotice: () => {},
+      });
+      try {
+        for (const a of texts) await sql`INSERT INTO notes (author, body) VALUES (${a}, 'x')`;
+        for (const u of uuids) await sql`INSERT INTO things (id, v) VALUES (${u}::uuid, 1)`;
+        for (let i = 0; i < texts.length; i++) {
+          const where = await holders(
+            shards,
+            `SELECT count(*) FROM notes WHERE author = ${literal(texts[i])}`,
+          );
+          assert.deepEqual(where, [textShards[i]], `author ${JSON.stringify(texts[i])}`);
+          const rows = await sql`SELECT body FROM notes WHERE author = ${texts[i]}`;
+          assert.equal(rows.length, 1);
+        }
+        for (let i = 0; i < uuids.length; i++) {
+          const where = await holders(
+            shards,
+            `SELECT count(*) FROM things WHERE id = '${uuids[i]}'`,
+          );
+          assert.deepEqual(where, [uuidShards[i]], `uuid ${uuids[i]}`);
+          const rows = await sql`SELECT v FROM things WHERE id = ${uuids[i]}::uuid`;
+          assert.equal(rows.length, 1);
+        }
+      } finally {
+        await sql.end();
+      }
+    });
+
+    await t.step("list and range mappings", async () => {
+      const c = await connectPg(target);
+      try {
+        const cases: Array<[number, number]> = [[1, 2], [3, 2], [100, 1], [199, 1], [200, 0], [
+          -5,
+          0,
+        ]];
+        for (const [code] of cases) {
+          await c.query("INSERT INTO regions (code, label) VALUES ($1, 'r')", [code]);
+        }
+        for (const [code, shard] of cases) {
+          const where = await holders(shards, `SELECT count(*) FROM regions WHERE code = ${code}`);
+          assert.deepEqual(where, [shard], `code ${code}`);
+        }
+      } finally {
+        await c.end();
+      }
+    });
+
+    await t.step("keyless SELECT returns every shard's rows; ORDER BY is refused", async () => {
+      const c = await connectPg(target);
+      try {
+        const direct = (await Promise.all(
+          shards.map((s) => s.sql("SELECT count(*) FROM users", { database: DB })),
+        )).reduce((n, rows) => n + Number(rows[0][0]), 0);
+        const all = await c.query("SELECT id FROM users");
+        assert.equal(all.rows.length, direct);
+        assert.equal(all.rowCount, direct);
+        const extended = await c.query({
+          text: "SELECT id, name FROM users WHERE name <> $1",
+          values: ["none"],
+        });
+        assert.equal(extended.rows.length, direct);
+        await assert.rejects(
+          c.query("SELECT id FROM users ORDER BY id"),
+          (e: { code?: string }) => {
+            assert.equal(e.code, "0A000");
+            return true;
+          },
+        );
+        // The connection goes on.
+        assert.equal((await c.query("SELECT 1 AS one")).rows[0].one, 1);
+        const updated = await c.query("UPDATE users SET name = name");
+        assert.equal(updated.rowCount, direct);
+      } finally {
+        await c.end();
+      }
+    });
+
+    await t.step("a transaction across shards commits and rolls back everywhere", async () => {
+      const c = await connectPg(target);
+      try {
+        const ids = [1001n, 1002n, 1003n, 1004n, 1005n, 1006n];
+        const expected = await oracleShards(oracle, "bigint", ids.map(String), 3);
+        assert.ok(new Set(expected).size > 1, "the ids span shards");
+        await c.query("BEGIN");
+        for (const id of ids) {
+          await c.query("INSERT INTO users (id, name) VALUES ($1, 'tx')", [String(id)]);
+        }
+        await c.query("ROLLBACK");
+        for (const id of ids) {
+          assert.deepEqual(
+            await holders(shards, `SELECT count(*) FROM users WHERE id = ${id}`),
+            [],
+          );
+        }
+        await c.query("BEGIN");
+        for (const id of ids) {
+          await c.query("INSERT INTO users (id, name) VALUES ($1, 'tx')", [String(id)]);
+        }
+        // Inside the transaction, every shard's part is visible through the proxy.
+        const seen = await c.query("SELECT id FROM users WHERE name = 'tx'");
+        assert.equal(seen.rows.length, ids.length);
+        await c.query("COMMIT");
+        for (let i = 0; i < ids.length; i++) {
+          assert.deepEqual(
+            await holders(shards, `SELECT count(*) FROM users WHERE id = ${ids[i]}`),
+            [expected[i]],
+          );
+        }
+        // No shard is left in a transaction.
+        for (const s of shards) {
+          const open = await s.sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+            { database: DB },
+          );
+          assert.equal(open[0][0], "0");
+        }
+      } finally {
+        await c.end();
+      }
+    });
+
+    await t.step("DDL reaches every shard", async () => {
+      const c = await connectPg(target);
+      try {
+        await c.query("CREATE TABLE made_by_proxy (id bigint)");
+        for (const s of shards) {
+          const rows = await s.sql("SELECT to_regclass('made_by_proxy') IS NOT NULL", {
+            database: DB,
+          });
+          assert.equal(rows[0][0], "t");
+        }
+        await assert.rejects(
+          c.query("CREATE TABLE made_by_proxy (id bigint)"),
+          (e: { code?: string }) => {
+            assert.equal(e.code, "42P07");
+            return true;
+          },
+        );
+      } finally {
+        await c.end();
+      }
+    });
+
+    await t.step("schema sharding: qualified names, search_path, SET LOCAL", async () => {
+      const c = await connectPg(target);
+      try {
+        await c.query("INSERT INTO tenant_a.items VALUES (1)");
+        await c.query("SET search_path TO tenant_b, public");
+        await c.query("INSERT INTO items VALUES (2)");
+        await c.query("RESET search_path");
+        await c.query("BEGIN");
+        await c.query("SET LOCAL search_path TO tenant_a");
+        await c.query("INSERT INTO items VALUES (3)");
+        await c.query("COMMIT");
+        assert.deepEqual(
+          await holders(shards, "SELECT count(*) FROM tenant_a.items WHERE id = 1"),
+          [1],
+        );
+        assert.deepEqual(
+          await holders(shards, "SELECT count(*) FROM tenant_b.items WHERE id = 2"),
+          [2],
+        );
+        assert.deepEqual(
+          await holders(shards, "SELECT count(*) FROM tenant_a.items WHERE id = 3"),
+          [1],
+        );
+      } finally {
+        await c.end();
+      }
+    });
+
+    await t.step("manual routing: comments and SET pgdog.shard / pgdog.sharding_key", async () => {
+      const c = await connectPg(target);
+      try {
+        await c.query(
+          "/* pgdog_shard: 2 */ INSERT INTO regions (code, label) VALUES (5000, 'manual')",
+        );
+        assert.deepEqual(await holders(shards, "SELECT count(*) FROM regions WHERE code = 5000"), [
+          2,
+        ]);
+        await c.query("SET pgdog.shard TO 1");
+        await c.query("INSERT INTO regions (code, label) VALUES (5001, 'manual')");
+        await c.query("RESET pgdog.shard");
+        assert.deepEqual(await holders(shards, "SELECT count(*) FROM regions WHERE code = 5001"), [
+          1,
+        ]);
+        const [key] = await oracleShards(oracle, "bigint", ["777"], 3);
+        await c.query("SET pgdog.sharding_key TO '777'");
+        await c.query("INSERT INTO regions (code, label) VALUES (5002, 'manual')");
+        await c.query("RESET pgdog.sharding_key");
+        assert.deepEqual(await holders(shards, "SELECT count(*) FROM regions WHERE code = 5002"), [
+          key,
+        ]);
+        const r = await c.query("SHOW pgdog.shards");
+        assert.equal(Number(r.rows[0].shards), 3);
+      } finally {
+        await c.end();
+      }
+    });
+  });
+});
