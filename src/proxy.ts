@@ -14,6 +14,7 @@ import { PreparedCache } from "./frontend/prepared.ts";
 import { loadParser, QueryRouter } from "./router/mod.ts";
 import { Listener } from "./net/listener.ts";
 import { log } from "./log.ts";
+import { nodeIdFromEnv, UniqueIdGenerator } from "./sharding/unique_id.ts";
 import { SqlState } from "./protocol/sqlstate.ts";
 import { closeQuietly } from "./net/stream.ts";
 
@@ -29,6 +30,8 @@ export class Proxy implements ClientHost {
   readonly prepared: PreparedCache = new PreparedCache();
   /** Parsed queries, by normalized text. */
   readonly router: QueryRouter;
+  /** Ids for `pgdog.unique_id()`, from this node's NODE_ID. */
+  readonly uniqueIds: UniqueIdGenerator;
   readonly routing: ClientHost["routing"];
   shuttingDown = false;
   readonly #clients = new Set<Client>();
@@ -45,6 +48,13 @@ export class Proxy implements ClientHost {
       serverTls: g.tls_verify === "disabled" ? undefined : { mode: g.tls_verify, ca: tls.serverCa },
     });
     this.router = new QueryRouter({ cacheLimit: g.query_cache_limit });
+    let nodeId: string | undefined;
+    try {
+      nodeId = Deno.env.get("NODE_ID");
+    } catch {
+      // No permission to read it: node 0.
+    }
+    this.uniqueIds = new UniqueIdGenerator({ nodeId: nodeIdFromEnv(nodeId) });
     this.routing = {
       query_parser: g.query_parser,
       read_write_strategy: g.read_write_strategy,

@@ -13,6 +13,7 @@
  */
 
 import assert from "node:assert/strict";
+import type pg from "pg";
 import postgres from "postgres";
 import {
   connectPg,
@@ -87,6 +88,20 @@ async function holders(shards: PgCluster[], sql: string): Promise<number[]> {
   return out;
 }
 
+/** For each key (text form) the shards holding it, from one query per shard. */
+async function placement(
+  shards: PgCluster[],
+  sql: string,
+): Promise<Map<string, number[]>> {
+  const out = new Map<string, number[]>();
+  for (let i = 0; i < shards.length; i++) {
+    for (const [key] of await shards[i].sql(sql, { database: DB })) {
+      out.set(key, [...(out.get(key) ?? []), i]);
+    }
+  }
+  return out;
+}
+
 function randomText(i: number): string {
   const alphabet = ["a", "é", "字", "🙂", "Z", " ", "'", "0"];
   let s = "";
@@ -150,9 +165,9 @@ Deno.test("sharding", async (t) => {
         for (const id of ids) {
           await c.query("INSERT INTO users (id, name) VALUES ($1, $2)", [String(id), `u${id}`]);
         }
+        const placed = await placement(shards, "SELECT id FROM users");
         for (let i = 0; i < ids.length; i++) {
-          const where = await holders(shards, `SELECT count(*) FROM users WHERE id = ${ids[i]}`);
-          assert.deepEqual(where, [expected[i]], `id ${ids[i]}`);
+          assert.deepEqual(placed.get(String(ids[i])), [expected[i]], `id ${ids[i]}`);
           const r = await c.query("SELECT name FROM users WHERE id = $1", [String(ids[i])]);
           assert.deepEqual(r.rows, [{ name: `u${ids[i]}` }]);
           const simple = await c.query(`SELECT name FROM users WHERE id = ${ids[i]}`);
@@ -183,21 +198,21 @@ Deno.test("sharding", async (t) => {
       try {
         for (const a of texts) await sql`INSERT INTO notes (author, body) VALUES (${a}, 'x')`;
         for (const u of uuids) await sql`INSERT INTO things (id, v) VALUES (${u}::uuid, 1)`;
+        const hex = (t: string) =>
+          [...new TextEncoder().encode(t)].map((b) => b.toString(16).padStart(2, "0")).join("");
+        const placedTexts = await placement(
+          shards,
+          "SELECT 'x' || encode(convert_to(author, 'UTF8'), 'hex') FROM notes",
+        );
+        const placedUuids = await placement(shards, "SELECT id FROM things");
         for (let i = 0; i < texts.length; i++) {
-          const where = await holders(
-            shards,
-            `SELECT count(*) FROM notes WHERE author = ${literal(texts[i])}`,
-          );
+          const where = placedTexts.get(`x${hex(texts[i])}`);
           assert.deepEqual(where, [textShards[i]], `author ${JSON.stringify(texts[i])}`);
           const rows = await sql`SELECT body FROM notes WHERE author = ${texts[i]}`;
           assert.equal(rows.length, 1);
         }
         for (let i = 0; i < uuids.length; i++) {
-          const where = await holders(
-            shards,
-            `SELECT count(*) FROM things WHERE id = '${uuids[i]}'`,
-          );
-          assert.deepEqual(where, [uuidShards[i]], `uuid ${uuids[i]}`);
+          assert.deepEqual(placedUuids.get(uuids[i]), [uuidShards[i]], `uuid ${uuids[i]}`);
           const rows = await sql`SELECT v FROM things WHERE id = ${uuids[i]}::uuid`;
           assert.equal(rows.length, 1);
         }
@@ -346,6 +361,43 @@ Deno.test("sharding", async (t) => {
         );
       } finally {
         await c.end();
+      }
+    });
+
+    await t.step("pgdog.unique_id(): answered by pgdog, and a key in INSERT VALUES", async () => {
+      const clients: pg.Client[] = await Promise.all(
+        Array.from({ length: 4 }, () => connectPg(target)),
+      );
+      try {
+        const seen = new Set<string>();
+        let last = 0n;
+        for (let round = 0; round < 50; round++) {
+          const ids: string[] = await Promise.all(
+            clients.map(async (c) => (await c.query("SELECT pgdog.unique_id()")).rows[0].unique_id),
+          );
+          for (const id of ids) {
+            assert.ok(!seen.has(String(id)), `id ${id} repeated`);
+            seen.add(String(id));
+          }
+          const max = ids.map((x) => BigInt(x)).reduce((a, b) => a > b ? a : b);
+          assert.ok(max > last, "ids increase over time");
+          last = max;
+        }
+        const c = clients[0];
+        for (let i = 0; i < 10; i++) {
+          await c.query("INSERT INTO users (id, name) VALUES (pgdog.unique_id(), 'generated')");
+        }
+        const found = await Promise.all(
+          shards.map((s) =>
+            s.sql("SELECT id FROM users WHERE name = 'generated'", { database: DB })
+          ),
+        );
+        const placed = found.flatMap((rows, shard) => rows.map((r) => [r[0], shard] as const));
+        assert.equal(placed.length, 10);
+        const expected = await oracleShards(oracle, "bigint", placed.map(([id]) => id), 3);
+        assert.deepEqual(placed.map(([, shard]) => shard), expected);
+      } finally {
+        await Promise.all(clients.map((c) => c.end()));
       }
     });
 

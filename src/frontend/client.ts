@@ -49,6 +49,7 @@ import {
   type ShardSession,
 } from "../router/shard.ts";
 import { FanOut } from "./fan_out.ts";
+import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { log, logEnabled } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
 import { logIn, LoginRefused } from "./login.ts";
@@ -95,6 +96,8 @@ export interface ClientHost {
   };
   readonly prepared: PreparedCache;
   readonly router: QueryRouter;
+  /** `pgdog.unique_id()`. */
+  readonly uniqueIds: UniqueIdGenerator;
   /** `[general]` routing settings. */
   readonly routing: {
     query_parser: "auto" | "on" | "off";
@@ -644,7 +647,19 @@ export class Client implements ServerLink {
     this.#analysis = null;
     const maybeSession = mayAffectSession(buf, p + 5, end - 1);
     if (!maybeSession && !this.#routing) return false;
-    const sql = decodeText(buf, p + 5, end - 1);
+    let sql = decodeText(buf, p + 5, end - 1);
+    if (UNIQUE_ID_CALL.test(sql)) {
+      if (SELECT_UNIQUE_ID.test(sql)) {
+        const id = this.#host.uniqueIds.nextText();
+        this.#answer(textResult("unique_id", id, this.#txStatus(), { int8: true }));
+        return true;
+      }
+      // Each call becomes its own id before routing, so an id can be the sharding key.
+      sql = replaceOutsideStrings(sql, UNIQUE_ID_CALLS, () => this.#host.uniqueIds.nextText());
+      this.#substitute = queryMessage(sql);
+      if (this.#routing) this.#analysis = this.#host.router.analyze(sql);
+      if (!(this.#routing && this.server === null)) return false;
+    }
     if (SHOW_SHARDS.test(sql)) {
       this.#answer(textResult("shards", String(this.cluster!.shards.length), this.#txStatus()));
       return true;
@@ -1814,14 +1829,48 @@ const NOTHING = new Uint8Array(0);
 /** `SHOW pgdog.shards`: the number of shards of the client's database. */
 const SHOW_SHARDS = /^\s*show\s+pgdog\.shards\s*;?\s*$/i;
 
-/** A one-row, one-text-column result of a SHOW, with its ReadyForQuery. */
-function textResult(column: string, value: string, status: number): Uint8Array {
+/** A call of `pgdog.unique_id()` somewhere in a query. */
+const UNIQUE_ID_CALL = /pgdog\s*\.\s*unique_id\s*\(\s*\)/i;
+const UNIQUE_ID_CALLS = new RegExp(UNIQUE_ID_CALL.source, "gi");
+/** `SELECT pgdog.unique_id() [AS name]`, answered by pgdog itself. */
+const SELECT_UNIQUE_ID =
+  /^\s*select\s+pgdog\s*\.\s*unique_id\s*\(\s*\)\s*(?:(?:as\s+)?[a-z_][a-z0-9_]*\s*)?;?\s*$/i;
+
+/** Replaces matches of `pattern` (global) that are not inside single-quoted strings. */
+function replaceOutsideStrings(sql: string, pattern: RegExp, make: () => string): string {
+  let out = "";
+  let i = 0;
+  while (i < sql.length) {
+    const quote = sql.indexOf("'", i);
+    const stop = quote < 0 ? sql.length : quote;
+    out += sql.slice(i, stop).replace(pattern, make);
+    if (quote < 0) break;
+    let close = quote + 1;
+    for (;;) {
+      close = sql.indexOf("'", close);
+      if (close < 0 || sql[close + 1] !== "'") break;
+      close += 2;
+    }
+    const endAt = close < 0 ? sql.length : close + 1;
+    out += sql.slice(quote, endAt);
+    i = endAt;
+  }
+  return out;
+}
+
+/** A one-row, one-column result (text, or int8 for ids), with its ReadyForQuery. */
+function textResult(
+  column: string,
+  value: string,
+  status: number,
+  options: { int8?: boolean } = {},
+): Uint8Array {
   const b = new MessageBuilder(64);
-  b.begin(Msg.RowDescription).int16(1).cstring(column).int32(0).int16(0).int32(25).int16(-1)
-    .int32(-1).int16(0).end();
+  b.begin(Msg.RowDescription).int16(1).cstring(column).int32(0).int16(0)
+    .int32(options.int8 ? 20 : 25).int16(options.int8 ? 8 : -1).int32(-1).int16(0).end();
   const v = new TextEncoder().encode(value);
   b.begin(Msg.DataRow).int16(1).int32(v.length).bytes(v).end();
-  b.begin(Msg.CommandComplete).cstring("SHOW").end();
+  b.begin(Msg.CommandComplete).cstring(options.int8 ? "SELECT 1" : "SHOW").end();
   return b.bytes(readyForQuery(status as TxStatus)).build();
 }
 

@@ -66,21 +66,15 @@ export class QueryRouter {
       // Most recently used last.
       this.#cache.delete(n.key);
       this.#cache.set(n.key, entry);
-      return entry.normalized
-        ? {
-          entry,
-          info: entry.info,
-          literals: n.literals,
-          firstParam: n.firstParam,
-          directives: n.directives,
-        }
-        : {
-          entry,
-          info: entry.info,
-          literals: [],
-          firstParam: n.firstParam,
-          directives: n.directives,
-        };
+      // The entry may have come from a text with these very parameters ($n written by the
+      // client): this query's literals still fill them.
+      return {
+        entry,
+        info: entry.info,
+        literals: n.literals,
+        firstParam: n.firstParam,
+        directives: n.directives,
+      };
     }
     this.misses++;
     let info = analyzeSql(n.key);

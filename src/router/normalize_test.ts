@@ -42,3 +42,14 @@ Deno.test("a query without literals or comments is its own key", () => {
   equal(r.literals.length, 0);
   equal(r.directives, null);
 });
+
+Deno.test("a query whose literals match a cached parameterized text keeps its literal values", async () => {
+  const { loadParser, QueryRouter } = await import("./mod.ts");
+  await loadParser();
+  const router = new QueryRouter({ cacheLimit: 10 });
+  const withParams = router.analyze("INSERT INTO t (id, name) VALUES ($1, $2)");
+  deepEqual(withParams.literals, []);
+  const withLiterals = router.analyze("INSERT INTO t (id, name) VALUES (42, 'x')");
+  equal(withLiterals.entry, withParams.entry);
+  deepEqual(withLiterals.literals.map((l) => l.value), ["42", "x"]);
+});
