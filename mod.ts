@@ -25,6 +25,8 @@ import type { Config, PartialConfig } from "./src/config/types.ts";
 import { Proxy } from "./src/proxy.ts";
 import { applyLogLevelFromEnv, log } from "./src/log.ts";
 import { VERSION } from "./src/version.ts";
+import { loadParser } from "./src/router/mod.ts";
+import { explainRoutes } from "./src/router/explain.ts";
 
 export type {
   AdminConfig,
@@ -73,15 +75,45 @@ const USAGE = `pgdog ${VERSION}: PostgreSQL pooler, load balancer and sharder
 Usage:
   pgdog [run] [options]        start the proxy (the default)
   pgdog configcheck [options]  validate the configuration and exit (0 valid, 1 invalid)
+  pgdog route [file] [options] print where each SQL statement of the file (or stdin) would
+                               go, and why, without connecting to anything
 
 Options:
   -c, --config <path>          pgdog.toml (default: pgdog.toml)
   -u, --users <path>           users.toml (default: users.toml)
   -d, --database_url <url>     postgres://user:password@host:port/database; repeatable;
                                replaces [[databases]] and adds that user
+  -D, --database <name>        route: the database to route for (default: the first sharded
+                               one, else the first)
   -h, --help                   show this help
   -V, --version                show the version
 `;
+
+/** `pgdog route`: prints each statement's route; 1 when the database is unknown. */
+async function routeCommand(
+  config: Config,
+  file: string | undefined,
+  database: string | undefined,
+): Promise<number> {
+  const names = [...new Set(config.databases.map((d) => d.name))];
+  const sharded = names.find((n) =>
+    new Set(config.databases.filter((d) => d.name === n).map((d) => d.shard)).size > 1
+  );
+  const name = database ?? sharded ?? names[0];
+  if (name === undefined || !names.includes(name)) {
+    console.error(`pgdog route: no database "${name ?? ""}" in the configuration`);
+    return 1;
+  }
+  const sql = file === undefined || file === "-"
+    ? await new Response(Deno.stdin.readable).text()
+    : await Deno.readTextFile(file);
+  await loadParser();
+  for (const r of explainRoutes(sql, { config, database: name })) {
+    const where = r.target === null ? r.role : `${r.target} (${r.role})`;
+    console.log(`${where}: ${r.reason}\n  ${r.sql.replaceAll("\n", "\n  ")}`);
+  }
+  return 0;
+}
 
 /** Runs the command line; resolves with the exit code (the proxy's run never resolves). */
 export async function main(args: string[]): Promise<number> {
@@ -96,6 +128,7 @@ export async function main(args: string[]): Promise<number> {
         users: { type: "string", short: "u", default: "users.toml" },
         database_url: { type: "string", short: "d", multiple: true },
         "database-url": { type: "string", multiple: true },
+        database: { type: "string", short: "D" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
       },
@@ -114,7 +147,11 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
   const command = positionals[0] ?? "run";
-  if (positionals.length > 1 || (command !== "run" && command !== "configcheck")) {
+  const maxArgs = command === "route" ? 2 : 1;
+  if (
+    positionals.length > maxArgs ||
+    (command !== "run" && command !== "configcheck" && command !== "route")
+  ) {
     console.error(`pgdog: unknown command "${positionals.join(" ")}"\n\n${USAGE}`);
     return 2;
   }
@@ -138,6 +175,9 @@ export async function main(args: string[]): Promise<number> {
   if (command === "configcheck") {
     console.log(`configuration is valid (${values.config}, ${values.users})`);
     return 0;
+  }
+  if (command === "route") {
+    return await routeCommand(loaded.config, positionals[1], values.database);
   }
   let proxy: Proxy;
   try {

@@ -13,6 +13,7 @@ import {
   startPostgres,
   startProxy,
 } from "./harness/mod.ts";
+import { shardForBigint } from "../src/sharding/hash.ts";
 
 const DENO_JSON = JSON.parse(
   Deno.readTextFileSync(new URL("../deno.json", import.meta.url)),
@@ -331,4 +332,41 @@ Deno.test("cli: --database_url supplies the database and its user to a running p
       );
     });
   });
+});
+
+Deno.test("pgdog route: each statement's shard and reason, without connecting", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pgdog-test-route-" });
+  try {
+    await Deno.writeTextFile(
+      `${dir}/queries.sql`,
+      "SELECT * FROM users WHERE id = 42;\nINSERT INTO users (id, name) VALUES (7, 'x');\n" +
+        "SELECT * FROM users ORDER BY id;\nCREATE TABLE t (x int);\n",
+    );
+    const r = await runPgdog(["route", `${dir}/queries.sql`], {
+      cwd: dir,
+      config: {
+        databases: [0, 1, 2].map((shard) => ({ name: "app", host: "127.0.0.1", shard })),
+        sharded_tables: [{ database: "app", name: "users", column: "id" }],
+      },
+      users: { users: [{ name: "u", password: "p", database: "app" }] },
+    });
+    assert.equal(r.code, 0, r.stderr);
+    const lines = r.stdout.split("\n").filter((l) => !l.startsWith("  ") && l !== "");
+    assert.deepEqual(lines, [
+      `shard ${shardForBigint(42n, 3)} (replica): users.id`,
+      `shard ${shardForBigint(7n, 3)} (primary): INSERT users.id`,
+      "refused (replica): ORDER BY across shards is not supported yet: add the sharding key to " +
+      "the WHERE clause (or route with /* pgdog_shard: N */)",
+      "all shards (primary): Create runs on every shard",
+    ]);
+    const unknown = await runPgdog(["route", `${dir}/queries.sql`, "-D", "nope"], {
+      cwd: dir,
+      config: { databases: [{ name: "app", host: "127.0.0.1" }] },
+      users: { users: [{ name: "u", password: "p", database: "app" }] },
+    });
+    assert.equal(unknown.code, 1);
+    assert.match(unknown.stderr, /no database "nope"/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

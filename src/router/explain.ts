@@ -1,0 +1,88 @@
+/**
+ * `pgdog route`: where each statement of a SQL text would go, and why, decided by the same code
+ * the proxy runs, without connecting to anything.
+ *
+ * @module
+ */
+
+import type { Config } from "../config/types.ts";
+import { QueryRouter } from "./mod.ts";
+import { analyzeSql } from "./analyze.ts";
+import { decideShard, shardingConfigFor } from "./shard.ts";
+
+/** One statement's route. */
+export interface ExplainedRoute {
+  /** The statement as written. */
+  sql: string;
+  /** `primary` (writes) or `replica` (reads the replicas may serve). */
+  role: "primary" | "replica";
+  /** `shard N`, `shards 0,2`, `all shards`, `any shard`, or `refused` (sharded databases only). */
+  target: string | null;
+  /** Why. */
+  reason: string;
+}
+
+/**
+ * Routes each statement of `sql` for database `options.database` of `config` (the parser must be
+ * loaded first).
+ */
+export function explainRoutes(
+  sql: string,
+  options: { config: Config; database: string },
+): ExplainedRoute[] {
+  const { config, database } = options;
+  const shardCount = new Set(
+    config.databases.filter((d) => d.name === database).map((d) => d.shard),
+  ).size;
+  const sharding = shardCount > 1
+    ? shardingConfigFor(config, database, { shards: shardCount })
+    : null;
+  const router = new QueryRouter({ cacheLimit: 1000 });
+  const out: ExplainedRoute[] = [];
+  for (const text of splitStatements(sql)) {
+    const analysis = router.analyze(text);
+    const role = analysis.info.write ? "primary" : "replica";
+    if (analysis.info.error) {
+      out.push({ sql: text, role, target: null, reason: `does not parse: ${analysis.info.error}` });
+      continue;
+    }
+    if (sharding === null) {
+      out.push({
+        sql: text,
+        role,
+        target: null,
+        reason: analysis.info.write ? "writes" : "reads",
+      });
+      continue;
+    }
+    const d = decideShard(analysis, { config: sharding });
+    const t = d.target;
+    const target = d.unsupported
+      ? "refused"
+      : t.kind === "one"
+      ? `shard ${t.shard}`
+      : t.kind === "some"
+      ? `shards ${t.shards.join(",")}`
+      : t.kind === "all"
+      ? "all shards"
+      : "any shard";
+    out.push({ sql: text, role, target, reason: d.unsupported ?? d.reason });
+  }
+  return out;
+}
+
+/** The statements of a SQL text, as written (PostgreSQL's parser finds the boundaries). */
+export function splitStatements(sql: string): string[] {
+  const info = analyzeSql(sql);
+  if (info.ast === null) return sql.trim() === "" ? [] : [sql.trim()];
+  const bytes = new TextEncoder().encode(sql);
+  const decoder = new TextDecoder();
+  const out: string[] = [];
+  for (const s of info.ast.stmts) {
+    const start = s.stmt_location ?? 0;
+    const end = s.stmt_len ? start + s.stmt_len : bytes.length;
+    const text = decoder.decode(bytes.subarray(start, end)).trim();
+    if (text !== "") out.push(text);
+  }
+  return out;
+}
