@@ -15,6 +15,7 @@
 import assert from "node:assert/strict";
 import type pg from "pg";
 import postgres from "postgres";
+import { shardForBigint } from "../src/sharding/hash.ts";
 import {
   connectPg,
   dumpLogsOnFailure,
@@ -170,6 +171,12 @@ Deno.test("sharding", async (t) => {
           assert.deepEqual(placed.get(String(ids[i])), [expected[i]], `id ${ids[i]}`);
           const r = await c.query("SELECT name FROM users WHERE id = $1", [String(ids[i])]);
           assert.deepEqual(r.rows, [{ name: `u${ids[i]}` }]);
+          const named = await c.query({
+            name: "user_by_id",
+            text: "SELECT name FROM users WHERE id = $1",
+            values: [String(ids[i])],
+          });
+          assert.deepEqual(named.rows, [{ name: `u${ids[i]}` }]);
           const simple = await c.query(`SELECT name FROM users WHERE id = ${ids[i]}`);
           assert.deepEqual(simple.rows, [{ name: `u${ids[i]}` }]);
         }
@@ -314,6 +321,72 @@ Deno.test("sharding", async (t) => {
       }
     });
 
+    await t.step(
+      "a client leaving mid-transaction leaves nothing behind on any shard",
+      async () => {
+        const ids = [2001n, 2002n, 2003n, 2004n, 2005n, 2006n];
+        const c = await connectPg(target);
+        await c.query("BEGIN");
+        for (const id of ids) {
+          await c.query("INSERT INTO users (id, name) VALUES ($1, 'left')", [String(id)]);
+        }
+        await c.query("SELECT id FROM users WHERE name = 'left'"); // every shard joins
+        await c.end();
+        const deadline = Date.now() + 5000;
+        for (;;) {
+          const open = await Promise.all(shards.map((s) =>
+            s.sql(
+              "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+              { database: DB },
+            )
+          ));
+          if (open.every((r) => r[0][0] === "0")) break;
+          assert.ok(Date.now() < deadline, "a shard stayed in the transaction");
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        assert.deepEqual(
+          await placement(shards, "SELECT id FROM users WHERE name = 'left'"),
+          new Map(),
+        );
+      },
+    );
+
+    await t.step(
+      "20 clients at once: keyed writes and reads, keyless reads, transactions",
+      async () => {
+        const base = 100_000;
+        await Promise.all(Array.from({ length: 20 }, async (_, k) => {
+          const c = await connectPg(target);
+          try {
+            for (let j = 0; j < 25; j++) {
+              const id = base + k * 100 + j;
+              if (j % 5 === 0) {
+                await c.query("BEGIN");
+                await c.query("INSERT INTO users (id, name) VALUES ($1, 'load')", [id]);
+                await c.query("INSERT INTO users (id, name) VALUES ($1, 'load')", [id + 50]);
+                await c.query("COMMIT");
+              } else {
+                await c.query("INSERT INTO users (id, name) VALUES ($1, 'load')", [id]);
+              }
+              const r = await c.query("SELECT name FROM users WHERE id = $1", [id]);
+              assert.deepEqual(r.rows, [{ name: "load" }]);
+              if (j % 7 === 0) {
+                const all = await c.query("SELECT id FROM users WHERE name = 'load'");
+                assert.ok(all.rows.length > 0);
+              }
+            }
+          } finally {
+            await c.end();
+          }
+        }));
+        const placed = await placement(shards, `SELECT id FROM users WHERE name = 'load'`);
+        assert.equal(placed.size, 20 * 25 + 20 * 5);
+        for (const [id, where] of placed) {
+          assert.deepEqual(where, [shardForBigint(BigInt(id), 3)], `id ${id}`);
+        }
+      },
+    );
+
     await t.step("DDL reaches every shard", async () => {
       const c = await connectPg(target);
       try {
@@ -339,6 +412,13 @@ Deno.test("sharding", async (t) => {
     await t.step("schema sharding: qualified names, search_path, SET LOCAL", async () => {
       const c = await connectPg(target);
       try {
+        await c.query("CREATE TABLE tenant_b.made_here (id int)");
+        const made = await Promise.all(
+          shards.map((s) =>
+            s.sql("SELECT to_regclass('tenant_b.made_here') IS NOT NULL", { database: DB })
+          ),
+        );
+        assert.deepEqual(made.map((r) => r[0][0]), ["f", "f", "t"]);
         await c.query("INSERT INTO tenant_a.items VALUES (1)");
         await c.query("SET search_path TO tenant_b, public");
         await c.query("INSERT INTO items VALUES (2)");

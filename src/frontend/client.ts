@@ -1263,6 +1263,7 @@ export class Client implements ServerLink {
       this.state = "idle";
       for (let i = 0; i < legs.length; i++) {
         if (fresh[i]) legs[i].owner?.checkin(legs[i]);
+        else if (this.closed) (legs[i].owner as Pool).release(legs[i], { resetSql: null });
         else this.#parked.set(this.cluster!.shardOf(legs[i].owner as Pool), legs[i]);
       }
       if (this.closed) return;
@@ -1332,10 +1333,16 @@ export class Client implements ServerLink {
     await fan.done;
     this.state = "idle";
     this.lastActivity = Date.now();
-    for (const server of legs) {
-      if (server.link === null || server.closed) continue; // released, or lost
+    for (const [i, server] of legs.entries()) {
+      // Released at its ReadyForQuery (maybe taken by another client since), or lost.
+      if (!fan.holds(i) || server.closed) continue;
       server.detach();
-      if (fan.status === TxStatus.Idle && !this.#sessionMode) server.owner?.checkin(server);
+      if (this.closed) {
+        // The client left meanwhile: its teardown is over, so clean these up here.
+        (server.owner as Pool).release(server, {
+          resetSql: this.#sessionMode ? "DISCARD ALL" : null,
+        });
+      } else if (fan.status === TxStatus.Idle && !this.#sessionMode) server.owner?.checkin(server);
       else this.#parked.set(this.cluster!.shardOf(server.owner as Pool), server);
     }
     if (fan.status === TxStatus.Idle) this.#transactionOver();

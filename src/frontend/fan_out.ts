@@ -104,6 +104,7 @@ export class FanOut {
   /** Per leg: its ReadyForQuery arrived (the request is over there). */
   readonly #ready: boolean[];
   readonly #servers: Server[] = [];
+  readonly #links: ServerLink[] = [];
   #failed = false;
   #status = 0x49; // 'I'
   #readies = 0;
@@ -131,7 +132,7 @@ export class FanOut {
     this.#servers[i] = server;
     const sink = new LegSink(this.#host.writer, (msg) => this.#message(i, msg));
     const host = this.#host;
-    return {
+    return this.#links[i] = {
       writer: sink as unknown as SocketWriter,
       shouldRelease: () => !this.#keep,
       parameterStatus: (s, options) =>
@@ -140,6 +141,12 @@ export class FanOut {
       serverLost: (_s, error) => this.#lost(i, error),
       onServerFatal: () => "keep",
     };
+  }
+
+  /** True while leg `i`'s server is still attached to this request (not given back). */
+  holds(i: number): boolean {
+    const server = this.#servers[i];
+    return server !== undefined && server.link === this.#links[i];
   }
 
   /** The servers of the legs, in shard order. */
