@@ -469,9 +469,11 @@ export class Client implements ServerLink {
       }
       if (
         this.#sharding !== null && !this.#inRequest && !this.#skipUntilSync &&
-        EXTENDED_START[type] === 1 && !requestBuffered(buf, p, rb.end)
+        EXTENDED_START[type] === 1 && !requestBuffered(buf, p, rb.end) &&
+        rb.end - p < this.#host.settings.max_message_size
       ) {
-        // Sharded routing needs the whole request (the Bind's values) before it picks shards.
+        // Sharded routing needs the whole request (the Bind's values) before it picks shards;
+        // a request larger than max_message_size is routed on what has arrived.
         break;
       }
       rb.start = end;
