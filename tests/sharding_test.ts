@@ -151,6 +151,7 @@ Deno.test("sharding", async (t) => {
         { database: DB, name: "tenant_a", shard: 1 },
         { database: DB, name: "tenant_b", shard: 2 },
       ],
+      omnisharded_tables: [{ database: DB, tables: ["countries"] }],
     },
     users: { users: [{ name: USER, password: PASSWORD, database: DB }] },
   });
@@ -227,6 +228,50 @@ Deno.test("sharding", async (t) => {
         await sql.end();
       }
     });
+
+    await t.step(
+      "IN lists, IS NOT DISTINCT FROM, aliases, OR; UPDATE and DELETE by key",
+      async () => {
+        const c = await connectPg(target);
+        try {
+          const ids = [910n, 911n, 912n, 913n, 914n, 915n];
+          for (const id of ids) {
+            await c.query("INSERT INTO users (id, name) VALUES ($1, 'w')", [String(id)]);
+          }
+          const list = ids.join(", ");
+          assert.equal(
+            (await c.query(`SELECT id FROM users WHERE id IN (${list})`)).rows.length,
+            6,
+          );
+          assert.equal(
+            (await c.query(`SELECT u.id FROM users AS u WHERE u.id IN (${list}) AND u.name = 'w'`))
+              .rows.length,
+            6,
+          );
+          assert.equal(
+            (await c.query("SELECT id FROM users WHERE id IS NOT DISTINCT FROM 913")).rows.length,
+            1,
+          );
+          assert.equal(
+            (await c.query("SELECT id FROM users WHERE id = 910 OR id = 915")).rows.length,
+            2,
+          );
+          const updated = await c.query("UPDATE users SET name = 'w2' WHERE id = $1", ["911"]);
+          assert.equal(updated.rowCount, 1);
+          const placed = await placement(shards, "SELECT id FROM users WHERE name = 'w2'");
+          assert.deepEqual(placed.get("911"), [shardForBigint(911n, 3)]);
+          const deleted = await c.query("DELETE FROM users WHERE id = 912");
+          assert.equal(deleted.rowCount, 1);
+          assert.equal((await placement(shards, "SELECT id FROM users WHERE id = 912")).size, 0);
+          await assert.rejects(
+            c.query("UPDATE users SET id = 1 WHERE id = 913"),
+            (e: { code?: string }) => e.code === "0A000",
+          );
+        } finally {
+          await c.end();
+        }
+      },
+    );
 
     await t.step("list and range mappings", async () => {
       const c = await connectPg(target);
@@ -387,6 +432,26 @@ Deno.test("sharding", async (t) => {
       },
     );
 
+    await t.step("omnisharded tables: writes reach every shard and answer once", async () => {
+      const c = await connectPg(target);
+      try {
+        const inserted = await c.query("INSERT INTO countries VALUES ('fr', 'France')");
+        assert.equal(inserted.rowCount, 1);
+        const params = await c.query("INSERT INTO countries VALUES ($1, $2)", ["de", "Germany"]);
+        assert.equal(params.rowCount, 1);
+        for (const s of shards) {
+          const rows = await s.sql("SELECT code FROM countries ORDER BY code", { database: DB });
+          assert.deepEqual(rows, [["de"], ["fr"]]);
+        }
+        const read = await c.query("SELECT name FROM countries WHERE code = 'fr'");
+        assert.deepEqual(read.rows, [{ name: "France" }]);
+        const updated = await c.query("UPDATE countries SET name = upper(name)");
+        assert.equal(updated.rowCount, 2);
+      } finally {
+        await c.end();
+      }
+    });
+
     await t.step("DDL reaches every shard", async () => {
       const c = await connectPg(target);
       try {
@@ -509,5 +574,65 @@ Deno.test("sharding", async (t) => {
         await c.end();
       }
     });
+  });
+});
+
+Deno.test("sharding: 2 shards, keys of every type, where PostgreSQL puts them", async () => {
+  const { shards, oracle } = await startShards(2);
+  await using _o = oracle;
+  await using _s0 = shards[0];
+  await using _s1 = shards[1];
+  for (const s of shards) {
+    await s.sql(
+      "CREATE TABLE a (k bigint, v text); CREATE TABLE b (k text, v text); " +
+        "CREATE TABLE c (k uuid, v text);",
+      { database: DB },
+    );
+  }
+  await using proxy = await startProxy({
+    config: {
+      general: { idle_healthcheck_interval: 0 },
+      databases: databases(shards),
+      sharded_tables: [
+        { database: DB, name: "a", column: "k" },
+        { database: DB, name: "b", column: "k", data_type: "varchar" },
+        { database: DB, name: "c", column: "k", data_type: "uuid" },
+      ],
+    },
+    users: { users: [{ name: USER, password: PASSWORD, database: DB }] },
+  });
+  await dumpLogsOnFailure(proxy, async () => {
+    const keys: Record<string, string[]> = {
+      a: Array.from({ length: 50 }, (_, i) => String(BigInt(i) * 1_000_003n - 25_000_000n)),
+      b: Array.from({ length: 50 }, (_, i) => randomText(i + 7)),
+      c: Array.from({ length: 50 }, () => crypto.randomUUID()),
+    };
+    const types: Record<string, string> = { a: "bigint", b: "text", c: "uuid" };
+    const c = await connectPg(proxy.target({ user: USER, password: PASSWORD, database: DB }));
+    try {
+      for (const table of ["a", "b", "c"]) {
+        const expected = await oracleShards(oracle, types[table], keys[table], 2);
+        for (const k of keys[table]) {
+          await c.query(`INSERT INTO ${table} (k, v) VALUES ($1, 'x')`, [k]);
+        }
+        const placed = await placement(
+          shards,
+          `SELECT 'x' || encode(convert_to(k::text, 'UTF8'), 'hex') FROM ${table}`,
+        );
+        const hex = (t: string) =>
+          [...new TextEncoder().encode(t)].map((b) => b.toString(16).padStart(2, "0")).join("");
+        keys[table].forEach((k, i) => {
+          assert.deepEqual(placed.get(`x${hex(k)}`), [expected[i]], `${table} key ${k}`);
+        });
+        // Keyed reads find each row; a keyless read finds them all.
+        for (const k of keys[table].slice(0, 10)) {
+          const r = await c.query(`SELECT v FROM ${table} WHERE k = $1`, [k]);
+          assert.equal(r.rows.length, 1, `${table} key ${k}`);
+        }
+        assert.equal((await c.query(`SELECT k FROM ${table}`)).rows.length, keys[table].length);
+      }
+    } finally {
+      await c.end();
+    }
   });
 });
