@@ -20,6 +20,7 @@ import {
   connectPg,
   dumpLogsOnFailure,
   type PgCluster,
+  psql,
   startPostgres,
   startProxy,
   type TomlDocument,
@@ -450,6 +451,20 @@ Deno.test("sharding", async (t) => {
       } finally {
         await c.end();
       }
+    });
+
+    await t.step("COPY TO STDOUT from every shard; COPY FROM STDIN refused", async () => {
+      const direct = (await Promise.all(
+        shards.map((s) => s.sql("SELECT count(*) FROM users", { database: DB })),
+      )).reduce((n, rows) => n + Number(rows[0][0]), 0);
+      const out = await psql(target, "COPY users (id) TO STDOUT");
+      assert.equal(out.code, 0, out.stderr);
+      assert.equal(out.stdout.trim().split("\n").length, direct);
+      const into = await psql(target, "COPY countries FROM STDIN");
+      assert.notEqual(into.code, 0);
+      assert.match(into.stderr, /not supported/);
+      // The session goes on after the refusal.
+      assert.equal((await psql(target, "SELECT 1")).stdout.trim(), "1");
     });
 
     await t.step("DDL reaches every shard", async () => {

@@ -13,6 +13,7 @@ import {
   appendError,
   appendParameterStatus,
   AUTH_OK,
+  copyFail,
   decodeText,
   describeMessageType,
   type ErrorFields,
@@ -1280,6 +1281,11 @@ export class Client implements ServerLink {
       writer: this.writer,
       parameterStatus: (server, o) => this.parameterStatus(server, o),
       legReleased: () => {},
+      refuseCopyIn: (server) => {
+        server.copyEnded = true;
+        server.expect(Expect.CopyEnd);
+        server.writer.write(COPY_ACROSS_SHARDS).catch(() => {});
+      },
     }, { shards, sumCounts: !options.omniWrite, keep: this.#sessionMode });
     const mainOut = this.#out;
     const outs = legs.map(() => new OutBatch());
@@ -1834,6 +1840,9 @@ function expectResponse(server: Server, type: number, first: number): void {
 
 /** A replacement meaning "send nothing". */
 const NOTHING = new Uint8Array(0);
+
+/** Ends a COPY FROM STDIN that reached several shards (the statement was not recognized). */
+const COPY_ACROSS_SHARDS = copyFail("COPY FROM STDIN on several shards is not supported by pgdog");
 
 /** `SHOW pgdog.shards`: the number of shards of the client's database. */
 const SHOW_SHARDS = /^\s*show\s+pgdog\.shards\s*;?\s*$/i;

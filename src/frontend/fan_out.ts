@@ -33,6 +33,8 @@ export interface FanOutHost {
   ): Uint8Array | null;
   /** A leg's server went back to its pool after its ReadyForQuery. */
   legReleased(server: Server): void;
+  /** A leg's server asks for COPY data, which a request on several shards can't give: end it. */
+  refuseCopyIn(server: Server): void;
 }
 
 /** Sink a leg's server writes its answers into; frames them into messages for the merger. */
@@ -88,9 +90,9 @@ class LegSink {
   }
 }
 
-/** Answers that line the shards up (everything but rows and asynchronous messages). */
+/** Answers that line the shards up (everything but rows, COPY data and asynchronous messages). */
 function isSyncPoint(type: number): boolean {
-  return type !== Msg.DataRow && type !== Msg.NoticeResponse &&
+  return type !== Msg.DataRow && type !== Msg.CopyData && type !== Msg.NoticeResponse &&
     type !== Msg.NotificationResponse && type !== Msg.ParameterStatus;
 }
 
@@ -169,6 +171,11 @@ export class FanOut {
   #message(i: number, msg: Uint8Array): void {
     if (this.#ready[i]) return;
     const type = msg[0];
+    if (type === Msg.CopyInResponse || type === Msg.CopyBothResponse) {
+      // The server now waits for data; it gets a CopyFail and answers with the error.
+      this.#host.refuseCopyIn(this.#servers[i]);
+      return;
+    }
     if (this.#failed && type !== Msg.ReadyForQuery) return;
     if (!isSyncPoint(type)) {
       // Rows and notices stream through once this leg is lined up with the others.

@@ -238,8 +238,10 @@ function decideStatement(
       if (copy.is_from) {
         return {
           target: { kind: "all" },
-          reason: "COPY into an omnisharded table",
+          reason: "COPY into a table on every shard",
           omniWrite: true,
+          unsupported: "COPY FROM into a table copied on every shard is not supported yet: " +
+            "insert the rows with INSERT",
         };
       }
       if (t && !isSharded(t, config)) {
