@@ -131,7 +131,7 @@ Deno.test("sharding", async (t) => {
 
   await using proxy = await startProxy({
     config: {
-      general: { idle_healthcheck_interval: 0 },
+      general: { idle_healthcheck_interval: 0, query_timeout: 3000 },
       databases: databases(shards),
       sharded_tables: [
         { database: DB, name: "users", column: "id" },
@@ -465,6 +465,33 @@ Deno.test("sharding", async (t) => {
       assert.match(into.stderr, /not supported/);
       // The session goes on after the refusal.
       assert.equal((await psql(target, "SELECT 1")).stdout.trim(), "1");
+    });
+
+    await t.step("query_timeout cancels a statement running on every shard", async () => {
+      const c = await connectPg(target);
+      try {
+        const started = Date.now();
+        await assert.rejects(
+          c.query("SELECT id FROM users WHERE pg_sleep(0.5) IS NULL"),
+          (e: { code?: string; message?: string }) => {
+            assert.equal(e.code, "57014");
+            assert.match(e.message ?? "", /query_timeout/);
+            return true;
+          },
+        );
+        assert.ok(Date.now() - started < 8000, "canceled in time");
+        assert.equal((await c.query("SELECT 1 AS one")).rows[0].one, 1);
+        for (const s of shards) {
+          const busy = await s.sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(0.5)%' " +
+              "AND state = 'active' AND pid <> pg_backend_pid()",
+            { database: DB },
+          );
+          assert.equal(busy[0][0], "0");
+        }
+      } finally {
+        await c.end();
+      }
     });
 
     await t.step("DDL reaches every shard", async () => {

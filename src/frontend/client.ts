@@ -194,6 +194,8 @@ export class Client implements ServerLink {
   #txnSearchPath: string | null = null;
   /** The legs of a request running on several shards; local answers go to each. */
   #fanLegs: Server[] | null = null;
+  /** The servers of the request running on several shards now (for cancels and timeouts). */
+  #fanRunning: Server[] | null = null;
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
     this.conn = conn;
@@ -246,14 +248,18 @@ export class Client implements ServerLink {
   ): void {
     if (this.state === "login" || this.state === "waiting" || this.closed) return;
     const server = this.server;
-    if (server && server.queue.length > 0) {
+    const running = server && server.queue.length > 0 ? [server] : this.#fanRunning;
+    if (running !== null) {
       if (limits.query <= 0) return;
-      const running = now - server.requestStart;
-      if (server.cancelNote === null && running >= limits.query) {
-        server.cancelNote = `canceling statement due to query_timeout (${limits.query} ms)`;
-        server.sendCancel();
-      } else if (server.cancelNote !== null && running >= limits.query + limits.grace) {
-        server.close(`query_timeout: the server ignored the cancel for ${limits.grace} ms`);
+      for (const s of running) {
+        if (s.queue.length === 0 || s.closed) continue;
+        const elapsed = now - s.requestStart;
+        if (s.cancelNote === null && elapsed >= limits.query) {
+          s.cancelNote = `canceling statement due to query_timeout (${limits.query} ms)`;
+          s.sendCancel();
+        } else if (s.cancelNote !== null && elapsed >= limits.query + limits.grace) {
+          s.close(`query_timeout: the server ignored the cancel for ${limits.grace} ms`);
+        }
       }
       return;
     }
@@ -282,6 +288,8 @@ export class Client implements ServerLink {
     const server = this.server;
     if (server && (server.queue.length > 0 || server.copy !== CopyState.None)) {
       server.sendCancel();
+    } else if (this.#fanRunning !== null) {
+      for (const s of this.#fanRunning) if (s.queue.length > 0 && !s.closed) s.sendCancel();
     } else if (this.#waitAbort) {
       this.#waitAbort.abort(
         new ClientFacingError({
@@ -1337,8 +1345,13 @@ export class Client implements ServerLink {
       this.server = null;
       this.#out = mainOut;
     }
-    await Promise.all(legs.map((server, i) => outs[i].writeTo(server.writer).catch(() => {})));
-    await fan.done;
+    this.#fanRunning = legs;
+    try {
+      await Promise.all(legs.map((server, i) => outs[i].writeTo(server.writer).catch(() => {})));
+      await fan.done;
+    } finally {
+      this.#fanRunning = null;
+    }
     this.state = "idle";
     this.lastActivity = Date.now();
     for (const [i, server] of legs.entries()) {
