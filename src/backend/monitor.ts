@@ -109,8 +109,12 @@ export class ShardMonitor {
     }
   }
 
-  /** Runs `;` on the target (an idle connection, or a new one). */
+  /** Runs `;` on the target (an idle connection, or a new one when it has none at all). */
   async check(target: Target): Promise<boolean> {
+    const pool = target.pool;
+    // Every connection is serving clients: the host answers them, and a connection of the
+    // monitor's own would go over pool_size.
+    if (pool.idle.length === 0 && pool.total > 0 && pool.servers.size > 0) return true;
     try {
       const r = await this.#run(target, ";", this.settings.healthcheckTimeout);
       return r.error === null;
