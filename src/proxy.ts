@@ -14,6 +14,7 @@ import { PreparedCache } from "./frontend/prepared.ts";
 import { loadParser, QueryRouter } from "./router/mod.ts";
 import { Listener } from "./net/listener.ts";
 import { log } from "./log.ts";
+import type { AdminHost } from "./admin/mod.ts";
 import { nodeIdFromEnv, UniqueIdGenerator } from "./sharding/unique_id.ts";
 import { SqlState } from "./protocol/sqlstate.ts";
 import { closeQuietly } from "./net/stream.ts";
@@ -107,6 +108,11 @@ export class Proxy implements ClientHost {
       };
       for (const client of this.#clients) client.checkTimeouts(now, limits);
     }
+  }
+
+  /** Part of the client host: the admin database reads this proxy. */
+  get console(): AdminHost {
+    return this;
   }
 
   /** The address the proxy listens on. */

@@ -50,6 +50,7 @@ import {
   type ShardSession,
 } from "../router/shard.ts";
 import { FanOut } from "./fan_out.ts";
+import { adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { log, logEnabled } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
@@ -99,6 +100,8 @@ export interface ClientHost {
   readonly router: QueryRouter;
   /** `pgdog.unique_id()`. */
   readonly uniqueIds: UniqueIdGenerator;
+  /** What the admin database shows and changes. */
+  readonly console: AdminHost;
   /** `[general]` routing settings. */
   readonly routing: {
     query_parser: "auto" | "on" | "off";
@@ -176,6 +179,8 @@ export class Client implements ServerLink {
   /** A re-run in progress: new requests wait for it. */
   #replaying: Promise<void> | null = null;
   #out = new OutBatch();
+  /** Logged in to the admin database. */
+  #admin = false;
   /** Sharded databases: how statements find their shard (null otherwise). */
   #sharding: ShardingConfig | null = null;
   /** The shard the next checkout is for. */
@@ -333,6 +338,7 @@ export class Client implements ServerLink {
       authType: host.settings.auth_type,
       tls: host.settings.tls,
       tlsRequired: host.settings.tls_client_required,
+      admin: host.console.config.admin,
       get shuttingDown() {
         return host.shuttingDown;
       },
@@ -341,6 +347,21 @@ export class Client implements ServerLink {
     if (result === null) return false;
     this.user = result.user;
     this.database = result.database;
+    if (result.cluster === null) {
+      this.#admin = true;
+      this.session = new SessionState(sessionParamsFromStartup(result.startup));
+      const b = new MessageBuilder(256);
+      b.bytes(AUTH_OK);
+      for (const [name, value] of ADMIN_PARAMETERS) appendParameterStatus(b, name, value);
+      appendParameterStatus(b, "application_name", result.startup.get("application_name") ?? "");
+      appendBackendKeyData(b, this.id, this.secret);
+      b.bytes(readyForQuery(TxStatus.Idle));
+      await this.writer.write(b.view());
+      this.state = "idle";
+      host.register(this);
+      log.info(`client ${this.id} (${this.addr}) logged in to the admin database as ${this.user}`);
+      return true;
+    }
     this.cluster = result.cluster;
     this.pool = result.cluster.loginPool();
     this.#sessionMode = result.cluster.poolerMode === "session";
@@ -413,6 +434,7 @@ export class Client implements ServerLink {
   // ---- requests ------------------------------------------------------------------------------
 
   async #requestLoop(): Promise<void> {
+    if (this.#admin) return await this.#adminLoop();
     const rb = this.rbuf;
     for (;;) {
       if (this.writer.congested) await this.writer.flush();
@@ -426,6 +448,56 @@ export class Client implements ServerLink {
       }
       if (rb.available >= 5 && !(await this.#handleMessages())) return;
       if (this.closed) return;
+      if (!(await rb.fill(this.conn))) return;
+    }
+  }
+
+  /** The admin database: simple queries only, each one command (see src/admin). */
+  async #adminLoop(): Promise<void> {
+    const rb = this.rbuf;
+    let skipping = false;
+    for (;;) {
+      let size: number;
+      while ((size = rb.nextMessageSize()) > 0) {
+        const buf = rb.buf;
+        const p = rb.start;
+        const type = buf[p];
+        rb.start = p + size;
+        this.lastActivity = Date.now();
+        if (type === Msg.Terminate) return;
+        if (type === Msg.Query) {
+          if (!wellFormed(type, buf, p, p + size)) {
+            await this.#fatal({
+              severity: "FATAL",
+              code: SqlState.ProtocolViolation,
+              message: "malformed 'Q' message",
+            });
+            return;
+          }
+          this.queries++;
+          const sql = decodeText(buf, p + 5, p + size - 1);
+          this.writer.enqueue(encodeAnswer(adminCommand(sql, this.#host.console)));
+          this.writer.enqueue(readyForQuery(TxStatus.Idle));
+          continue;
+        }
+        if (type === Msg.Sync) {
+          skipping = false;
+          this.writer.enqueue(readyForQuery(TxStatus.Idle));
+          continue;
+        }
+        if (skipping || type === Msg.Flush) continue;
+        skipping = true;
+        this.writer.enqueue(encodeAnswer({
+          error: {
+            severity: "ERROR",
+            code: SqlState.FeatureNotSupported,
+            message: "the admin database accepts simple queries only (psql -c, or psql's prompt)",
+          },
+        }));
+      }
+      rb.consume(0);
+      await this.writer.flush();
+      if (this.closed || this.#host.shuttingDown) return;
       if (!(await rb.fill(this.conn))) return;
     }
   }
@@ -1536,6 +1608,16 @@ export class Client implements ServerLink {
     server.expect(Expect.Sync, Action.Swallow);
   }
 
+  /** The client's application_name (SHOW CLIENTS). */
+  get applicationName(): string {
+    return this.session.params.get("application_name") ?? "";
+  }
+
+  /** Connected to the admin database. */
+  get admin(): boolean {
+    return this.#admin;
+  }
+
   // ---- ServerLink ----------------------------------------------------------------------------
 
   /**
@@ -1856,6 +1938,18 @@ const NOTHING = new Uint8Array(0);
 
 /** Ends a COPY FROM STDIN that reached several shards (the statement was not recognized). */
 const COPY_ACROSS_SHARDS = copyFail("COPY FROM STDIN on several shards is not supported by pgdog");
+
+/** What an admin database client is told about the "server" at login. */
+const ADMIN_PARAMETERS: Array<[string, string]> = [
+  ["server_version", "15.0 (pgdog admin)"],
+  ["server_encoding", "UTF8"],
+  ["client_encoding", "UTF8"],
+  ["DateStyle", "ISO, MDY"],
+  ["TimeZone", "UTC"],
+  ["integer_datetimes", "on"],
+  ["standard_conforming_strings", "on"],
+  ["is_superuser", "on"],
+];
 
 /** `SHOW pgdog.shards`: the number of shards of the client's database. */
 const SHOW_SHARDS = /^\s*show\s+pgdog\.shards\s*;?\s*$/i;

@@ -10,7 +10,7 @@
 import { appendError, type ErrorFields, MessageBuilder, Msg } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
-import type { AuthType } from "../config/types.ts";
+import type { AdminConfig, AuthType } from "../config/types.ts";
 import { log } from "../log.ts";
 import { closeQuietly } from "../net/stream.ts";
 import { acceptTls, type AcceptTlsOptions } from "../net/tls.ts";
@@ -22,7 +22,8 @@ import { readStartupPacket } from "./startup.ts";
 export interface LoginResult {
   user: string;
   database: string;
-  cluster: Cluster;
+  /** The pools behind the database; null for the admin database. */
+  cluster: Cluster | null;
   /** Every startup parameter, as sent. */
   startup: Map<string, string>;
   /** The client switched to TLS. */
@@ -38,6 +39,8 @@ export interface LoginHost {
   /** Refuse clients that do not use TLS. */
   readonly tlsRequired: boolean;
   readonly shuttingDown: boolean;
+  /** The admin database's name, user and password. */
+  readonly admin: AdminConfig;
   cancel(pid: number, secret: number): void;
 }
 
@@ -154,6 +157,9 @@ export async function logIn(io: AuthIo, host: LoginHost): Promise<LoginResult | 
       );
     }
   }
+  if (database === host.admin.name) {
+    return await adminLogin(io, { user, startup, tls, host, refuse });
+  }
   if (!host.databases.hasDatabase(database)) {
     await refuse(SqlState.InvalidCatalogName, `database "${database}" does not exist`);
   }
@@ -184,6 +190,40 @@ export async function logIn(io: AuthIo, host: LoginHost): Promise<LoginResult | 
   }
   if (host.shuttingDown) await refuse(SqlState.CannotConnectNow, "pgdog is shutting down");
   return { user, database, cluster: cluster!, startup, tls };
+}
+
+/** Login to the admin database: its own user and password, never trust. */
+async function adminLogin(
+  io: AuthIo,
+  options: {
+    user: string;
+    startup: Map<string, string>;
+    tls: boolean;
+    host: LoginHost;
+    refuse: (code: string, message: string) => Promise<never>;
+  },
+): Promise<LoginResult> {
+  const { user, host, refuse } = options;
+  const admin = host.admin;
+  if (admin.password === undefined || admin.password === "") {
+    return await refuse(
+      SqlState.InvalidAuthorizationSpecification,
+      `the admin database "${admin.name}" is disabled: set a password in [admin] ` +
+        "(pgdog.toml or users.toml) to use it",
+    );
+  }
+  const method = host.authType === "trust" || host.authType === "plain" ? "scram" : host.authType;
+  const outcome = await authenticateClient(io, {
+    method,
+    user,
+    known: user === admin.user,
+    password: admin.password,
+  });
+  if (!outcome.ok) {
+    if (outcome.protocol) await refuse(SqlState.ProtocolViolation, outcome.protocol);
+    await refuse(SqlState.InvalidPassword, `password authentication failed for user "${user}"`);
+  }
+  return { user, database: admin.name, cluster: null, startup: options.startup, tls: options.tls };
 }
 
 /**

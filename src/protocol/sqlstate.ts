@@ -25,5 +25,6 @@ export const SqlState = {
   CannotConnectNow: "57P03",
   TooManyConnections: "53300",
   ProgramLimitExceeded: "54000",
+  SyntaxError: "42601",
   InternalError: "XX000",
 } as const;

@@ -1,0 +1,387 @@
+/**
+ * The admin database: operators connect with psql to database `admin` (PgDog's `[admin]` name,
+ * user and password) and run commands with PgDog's (and PgBouncer's) column names, so dashboards
+ * and scripts written for them keep working. Commands are case-insensitive, a trailing `;` is
+ * allowed; any other `SHOW x` answers one empty column named x, so client probes don't fail.
+ *
+ * @module
+ */
+
+import type { Config } from "../config/types.ts";
+import type { Cluster, Databases, Target } from "../backend/databases.ts";
+import type { Pool } from "../backend/pool.ts";
+import type { Server } from "../backend/server.ts";
+import type { QueryRouter } from "../router/mod.ts";
+import { appendError, type ErrorFields, MessageBuilder, Msg } from "../protocol/messages.ts";
+import { SqlState } from "../protocol/sqlstate.ts";
+import { VERSION } from "../version.ts";
+
+/** What SHOW CLIENTS reads of a connected client. */
+export interface ClientView {
+  readonly id: number;
+  readonly user: string;
+  readonly database: string;
+  readonly addr: string;
+  readonly state: string;
+  readonly connectedAt: number;
+  readonly lastActivity: number;
+  readonly queries: number;
+  readonly transactions: number;
+  readonly applicationName: string;
+  /** The admin console's own clients are listed too, as PgBouncer does. */
+  readonly admin: boolean;
+}
+
+/** What the admin console reads and changes. */
+export interface AdminHost {
+  readonly config: Config;
+  readonly databases: Databases;
+  readonly clients: ReadonlySet<ClientView>;
+  readonly router: QueryRouter;
+  readonly prepared: { values(): IterableIterator<{ name: string; query: string; refs: number }> };
+}
+
+/** A command's answer: rows under columns and a command tag, or an error. */
+export type AdminAnswer =
+  | { columns: string[]; rows: (string | number | boolean | null)[][]; tag: string }
+  | { error: ErrorFields };
+
+/** The commands the console knows, for the error that lists them. */
+export const ADMIN_COMMANDS = [
+  "SHOW POOLS",
+  "SHOW CLIENTS",
+  "SHOW SERVERS",
+  "SHOW CONFIG",
+  "SHOW LISTS",
+  "SHOW VERSION",
+  "SHOW BANS",
+  "SHOW QUERY_CACHE",
+  "SHOW PREPARED",
+  "RESET QUERY_CACHE",
+];
+
+const time = (ms: number): string => new Date(ms).toISOString();
+
+/** Runs one admin command. */
+export function adminCommand(sql: string, host: AdminHost): AdminAnswer {
+  const text = sql.trim().replace(/;\s*$/, "").trim();
+  const words = text.split(/\s+/).map((w) => w.toLowerCase());
+  if (words[0] === "show" && words.length === 2) return show(words[1], host);
+  if (words.length === 2 && words[0] === "reset" && words[1] === "query_cache") {
+    host.router.clear();
+    return { columns: [], rows: [], tag: "RESET" };
+  }
+  return {
+    error: {
+      severity: "ERROR",
+      code: SqlState.SyntaxError,
+      message: text === ""
+        ? "empty admin command"
+        : `unknown admin command: ${text.length > 80 ? `${text.slice(0, 80)}...` : text}`,
+      hint: `The admin database knows: ${ADMIN_COMMANDS.join(", ")}.`,
+    },
+  };
+}
+
+function show(what: string, host: AdminHost): AdminAnswer {
+  switch (what) {
+    case "pools":
+      return showPools(host);
+    case "clients":
+      return showClients(host);
+    case "servers":
+      return showServers(host);
+    case "config":
+      return {
+        columns: ["name", "value"],
+        rows: Object.entries(host.config.general).map(([k, v]) => [k, formatValue(v)]),
+        tag: "SHOW",
+      };
+    case "lists":
+      return showLists(host);
+    case "version":
+      return {
+        columns: ["version"],
+        rows: [[`pgdog ${VERSION} (Deno ${Deno.version.deno})`]],
+        tag: "SHOW",
+      };
+    case "bans":
+      return showBans(host);
+    case "query_cache":
+      return {
+        columns: ["query", "hits", "direct", "multi"],
+        rows: [...host.router.entries()].map((e) => [e.query, e.hits, e.direct, e.multi]),
+        tag: "SHOW",
+      };
+    case "prepared":
+      return {
+        columns: ["name", "statement", "used_by"],
+        rows: [...host.prepared.values()].map((p) => [p.name, p.query, p.refs]),
+        tag: "SHOW",
+      };
+    default:
+      // Client probes (SHOW server_version, ...) get an answer rather than an error.
+      return { columns: [what], rows: [], tag: "SHOW" };
+  }
+}
+
+function formatValue(v: unknown): string {
+  if (v === null || v === undefined) return "";
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+
+/** A pool and where it sits: its cluster, shard and host. */
+interface PoolPlace {
+  cluster: Cluster;
+  shard: number;
+  target: Target;
+  pool: Pool;
+}
+
+/** Every pool with where it sits. */
+function* poolsWithPlace(host: AdminHost): Generator<PoolPlace> {
+  for (const cluster of host.databases.clusters()) {
+    for (const shard of cluster.shards) {
+      for (const target of shard.targets) {
+        yield { cluster, shard: shard.number, target, pool: target.pool };
+      }
+    }
+  }
+}
+
+/** The columns that say which pool a row is about (SHOW POOLS, SHOW BANS). */
+const POOL_COLUMNS = ["id", "database", "user", "addr", "port", "shard", "role"];
+
+function poolIdentity(place: PoolPlace): (string | number)[] {
+  const { cluster, shard, target, pool } = place;
+  return [
+    pool.id,
+    cluster.name,
+    cluster.user,
+    pool.login.host,
+    pool.login.port,
+    shard,
+    target.role,
+  ];
+}
+
+function showPools(host: AdminHost): AdminAnswer {
+  const now = Date.now();
+  const rows = [];
+  for (const place of poolsWithPlace(host)) {
+    const { target, pool } = place;
+    const wait = pool.maxWait(now);
+    const active = pool.servers.size - pool.idle.length;
+    rows.push([
+      ...poolIdentity(place),
+      pool.waiting,
+      pool.idle.length,
+      active,
+      0,
+      pool.total,
+      Math.floor(wait / 1000),
+      (wait % 1000) * 1000,
+      pool.config.pooler_mode,
+      false,
+      target.ban !== null,
+      target.healthy,
+      pool.errors,
+      0,
+      0,
+      0,
+      !pool.closed,
+      false,
+    ]);
+  }
+  return {
+    columns: [
+      ...POOL_COLUMNS,
+      "cl_waiting",
+      "sv_idle",
+      "sv_active",
+      "sv_idle_xact",
+      "sv_total",
+      "maxwait",
+      "maxwait_us",
+      "pool_mode",
+      "paused",
+      "banned",
+      "healthy",
+      "errors",
+      "re_synced",
+      "out_of_sync",
+      "force_closed",
+      "online",
+      "schema_admin",
+    ],
+    rows,
+    tag: "SHOW",
+  };
+}
+
+function showClients(host: AdminHost): AdminAnswer {
+  const rows = [...host.clients].map((c) => {
+    const [addr, port] = splitAddr(c.addr);
+    return [
+      c.id,
+      c.user,
+      c.database,
+      addr,
+      port,
+      c.state,
+      false,
+      time(c.connectedAt),
+      time(c.lastActivity),
+      c.queries,
+      c.transactions,
+      c.applicationName,
+    ];
+  });
+  return {
+    columns: [
+      "id",
+      "user",
+      "database",
+      "addr",
+      "port",
+      "state",
+      "replication",
+      "connect_time",
+      "last_request",
+      "queries",
+      "transactions",
+      "application_name",
+    ],
+    rows,
+    tag: "SHOW",
+  };
+}
+
+function splitAddr(addr: string): [string, string] {
+  const i = addr.lastIndexOf(":");
+  return i < 0 ? [addr, ""] : [addr.slice(0, i), addr.slice(i + 1)];
+}
+
+function showServers(host: AdminHost): AdminAnswer {
+  const now = Date.now();
+  const rows = [];
+  for (const { cluster, pool } of poolsWithPlace(host)) {
+    for (const server of pool.servers) {
+      const link = server.link as { id?: number } | null;
+      rows.push([
+        pool.id,
+        cluster.name,
+        cluster.user,
+        pool.login.host,
+        pool.login.port,
+        serverState(server),
+        time(server.createdAt),
+        server.requestStart > 0 ? time(server.requestStart) : null,
+        server.backendPid,
+        link?.id ?? null,
+        server.transactions,
+        server.statements.size,
+        server.bytesReceived,
+        server.writer.bytesWritten,
+        Math.floor((now - server.createdAt) / 1000),
+      ]);
+    }
+  }
+  return {
+    columns: [
+      "pool_id",
+      "database",
+      "user",
+      "addr",
+      "port",
+      "state",
+      "connect_time",
+      "request_time",
+      "remote_pid",
+      "client_id",
+      "transactions",
+      "prepared_statements",
+      "bytes_received",
+      "bytes_sent",
+      "age",
+    ],
+    rows,
+    tag: "SHOW",
+  };
+}
+
+function serverState(server: Server): string {
+  if (server.link !== null) return "active";
+  return server.clean ? "idle" : "cleaning";
+}
+
+function showLists(host: AdminHost): AdminAnswer {
+  let pools = 0;
+  let free = 0;
+  let used = 0;
+  for (const { pool } of poolsWithPlace(host)) {
+    pools++;
+    free += pool.idle.length;
+    used += pool.servers.size - pool.idle.length;
+  }
+  const users = new Set(host.config.users.map((u) => u.name)).size;
+  const databases = new Set(host.config.databases.map((d) => d.name)).size;
+  return {
+    columns: ["databases", "users", "pools", "used_clients", "free_servers", "used_servers"],
+    rows: [[databases, users, pools, host.clients.size, free, used]],
+    tag: "SHOW",
+  };
+}
+
+function showBans(host: AdminHost): AdminAnswer {
+  const now = Date.now();
+  const rows = [];
+  for (const place of poolsWithPlace(host)) {
+    const ban = place.target.ban;
+    if (ban === null) continue;
+    rows.push([
+      ...poolIdentity(place),
+      ban.reason,
+      ban.kind === "error" ? Math.max(0, ban.until - now) : null,
+    ]);
+  }
+  return {
+    columns: [...POOL_COLUMNS, "ban_reason", "ban_time_left"],
+    rows,
+    tag: "SHOW",
+  };
+}
+
+/**
+ * The wire answer to a simple query: RowDescription (all columns text), DataRows and
+ * CommandComplete (`SHOW`, or `SELECT n`-style tags as given), or an ErrorResponse.
+ */
+export function encodeAnswer(answer: AdminAnswer): Uint8Array {
+  const b = new MessageBuilder(256);
+  if ("error" in answer) {
+    appendError(b, answer.error);
+    return b.build();
+  }
+  if (answer.columns.length > 0) {
+    b.begin(Msg.RowDescription).int16(answer.columns.length);
+    for (const c of answer.columns) {
+      b.cstring(c).int32(0).int16(0).int32(25).int16(-1).int32(-1).int16(0);
+    }
+    b.end();
+    const enc = new TextEncoder();
+    for (const row of answer.rows) {
+      b.begin(Msg.DataRow).int16(row.length);
+      for (const v of row) {
+        if (v === null) b.int32(-1);
+        else {
+          const bytes = enc.encode(typeof v === "boolean" ? (v ? "t" : "f") : String(v));
+          b.int32(bytes.length).bytes(bytes);
+        }
+      }
+      b.end();
+    }
+  }
+  b.begin(Msg.CommandComplete).cstring(answer.tag).end();
+  return b.build();
+}

@@ -1,0 +1,171 @@
+/**
+ * The admin database through psql and npm:pg, as operators use it: login with the `[admin]`
+ * password (and refusals), the SHOW commands with PgDog's column names checked against what is
+ * really connected, probes answered, unknown commands explained, RESET QUERY_CACHE.
+ */
+
+import assert from "node:assert/strict";
+import { connectPg, dumpLogsOnFailure, psql, startPostgres, startProxy } from "./harness/mod.ts";
+
+const ADMIN_PASSWORD = "admin-test-pw";
+
+/** Runs an admin command with psql; rows as objects keyed by column (psql -A with a header). */
+async function admin(
+  target: { host: string; port: number },
+  sql: string,
+  password = ADMIN_PASSWORD,
+): Promise<{ code: number; rows: Record<string, string>[]; stderr: string }> {
+  const r = await psql(
+    { host: target.host, port: target.port, user: "admin", password, database: "admin" },
+    sql,
+    { extraArgs: ["-F", "\t", "--pset=tuples_only=off", "--pset=footer=off"] },
+  );
+  const lines = r.stdout.split("\n").filter((l) => l !== "");
+  const header = lines[0]?.split("\t") ?? [];
+  const rows = lines.slice(1).map((l) => {
+    const cells = l.split("\t");
+    return Object.fromEntries(header.map((h, i) => [h, cells[i]]));
+  });
+  return { code: r.code, rows, stderr: r.stderr };
+}
+
+Deno.test("admin database", async (t) => {
+  await using pg = await startPostgres({ databases: ["app"] });
+  await using proxy = await startProxy({
+    config: {
+      general: { query_parser: "on" },
+      databases: [{ name: "app", host: pg.host, port: pg.port, pool_size: 1 }],
+      admin: { password: ADMIN_PASSWORD },
+    },
+    users: { users: [{ name: "postgres", password: "app-pw", database: "app" }] },
+  });
+  const at = { host: "127.0.0.1", port: proxy.port };
+  const app = proxy.target({ user: "postgres", password: "app-pw", database: "app" });
+
+  await dumpLogsOnFailure(proxy, async () => {
+    await t.step("login: the [admin] password, nothing else", async () => {
+      const ok = await admin(at, "SHOW VERSION");
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.match(ok.rows[0].version, /^pgdog \d+\.\d+\.\d+/);
+      const wrong = await admin(at, "SHOW VERSION", "nope");
+      assert.notEqual(wrong.code, 0);
+      assert.match(wrong.stderr, /password authentication failed for user "admin"/);
+    });
+
+    await t.step("SHOW CLIENTS, SERVERS, POOLS, LISTS reflect what is connected", async () => {
+      const c = await connectPg({ ...app }, { applicationName: "admin-test-app" });
+      const holder = await connectPg(app);
+      try {
+        await c.query("SELECT 1");
+        const clients = await admin(at, "show clients;");
+        assert.equal(clients.code, 0, clients.stderr);
+        const mine = clients.rows.find((r) => r.application_name === "admin-test-app");
+        assert.ok(mine, JSON.stringify(clients.rows));
+        assert.equal(mine.user, "postgres");
+        assert.equal(mine.database, "app");
+        assert.equal(mine.addr, "127.0.0.1");
+        assert.ok(Number(mine.queries) >= 1);
+
+        const servers = await admin(at, "SHOW SERVERS");
+        assert.equal(servers.rows.length, 1);
+        assert.equal(servers.rows[0].database, "app");
+        assert.equal(Number(servers.rows[0].port), pg.port);
+        const pids = await pg.sql("SELECT pid FROM pg_stat_activity WHERE datname = 'app'");
+        assert.ok(pids.some(([pid]) => pid === servers.rows[0].remote_pid));
+
+        // pool_size 1: one client holds the server, the next one waits.
+        await holder.query("BEGIN");
+        await holder.query("SELECT 1");
+        const waiting = c.query("SELECT 2");
+        let pools = await admin(at, "SHOW POOLS");
+        for (let i = 0; i < 50 && pools.rows[0]?.cl_waiting !== "1"; i++) {
+          await new Promise((r) => setTimeout(r, 50));
+          pools = await admin(at, "SHOW POOLS");
+        }
+        assert.equal(pools.rows.length, 1);
+        const pool = pools.rows[0];
+        assert.equal(pool.database, "app");
+        assert.equal(pool.cl_waiting, "1");
+        assert.equal(pool.sv_active, "1");
+        assert.equal(pool.pool_mode, "transaction");
+        assert.equal(pool.online, "t");
+        await holder.query("COMMIT");
+        await waiting;
+
+        const lists = await admin(at, "SHOW LISTS");
+        assert.equal(lists.rows[0].databases, "1");
+        assert.equal(lists.rows[0].pools, "1");
+        assert.ok(Number(lists.rows[0].used_clients) >= 3); // two apps and this admin session
+      } finally {
+        await c.end();
+        await holder.end();
+      }
+    });
+
+    await t.step("SHOW CONFIG, QUERY_CACHE, PREPARED, BANS; RESET QUERY_CACHE", async () => {
+      const config = await admin(at, "SHOW CONFIG");
+      assert.equal(config.rows.find((r) => r.name === "query_parser")?.value, "on");
+      assert.equal(config.rows.find((r) => r.name === "default_pool_size")?.value, "10");
+      const c = await connectPg(app);
+      try {
+        await c.query({ name: "admin-test-stmt", text: "SELECT $1::int AS n", values: [1] });
+        await c.query("SELECT 41 + 1");
+      } finally {
+        await c.end();
+      }
+      const cache = await admin(at, "SHOW QUERY_CACHE");
+      assert.ok(cache.rows.some((r) => r.query.includes("SELECT $1 + $2")), JSON.stringify(cache));
+      const prepared = await admin(at, "SHOW PREPARED");
+      assert.ok(prepared.rows.some((r) => r.statement === "SELECT $1::int AS n"));
+      assert.deepEqual((await admin(at, "SHOW BANS")).rows, []);
+      const reset = await admin(at, "RESET QUERY_CACHE");
+      assert.equal(reset.code, 0, reset.stderr);
+      assert.deepEqual((await admin(at, "SHOW QUERY_CACHE")).rows, []);
+    });
+
+    await t.step("probes get an empty column; unknown commands list what exists", async () => {
+      const probe = await psql(
+        { ...at, user: "admin", password: ADMIN_PASSWORD, database: "admin" },
+        "SHOW server_version_num",
+        { extraArgs: ["--pset=tuples_only=off"] },
+      );
+      assert.equal(probe.code, 0, probe.stderr);
+      assert.match(probe.stdout, /server_version_num/);
+      const bad = await admin(at, "DROP DATABASE app");
+      assert.notEqual(bad.code, 0);
+      assert.match(bad.stderr, /unknown admin command: DROP DATABASE app/);
+      assert.match(bad.stderr, /SHOW POOLS/);
+      // The extended protocol is refused, the connection stays usable.
+      const c = await connectPg({
+        ...at,
+        user: "admin",
+        password: ADMIN_PASSWORD,
+        database: "admin",
+      });
+      try {
+        await assert.rejects(
+          c.query("SHOW POOLS WHERE $1", [1]),
+          (e: { code?: string }) => e.code === "0A000",
+        );
+        const r = await c.query("SHOW VERSION");
+        assert.equal(r.rows.length, 1);
+      } finally {
+        await c.end();
+      }
+    });
+  });
+});
+
+Deno.test("admin database without a password refuses every login and says why", async () => {
+  await using pg = await startPostgres({ databases: ["app"] });
+  await using proxy = await startProxy({
+    config: { databases: [{ name: "app", host: pg.host, port: pg.port }] },
+    users: { users: [{ name: "postgres", password: "x", database: "app" }] },
+  });
+  const r = await psql(
+    { host: "127.0.0.1", port: proxy.port, user: "admin", password: "admin", database: "admin" },
+    "SHOW VERSION",
+  );
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /admin database "admin" is disabled: set a password in \[admin\]/);
+});
