@@ -196,7 +196,8 @@ export async function main(args: string[]): Promise<number> {
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
-  return await new Promise<number>(() => {});
+  await proxy.finished;
+  return 0;
 }
 
 if (import.meta.main) {

@@ -158,8 +158,15 @@ export class Proxy implements ClientHost {
    * every client and server connection. Idempotent; resolves when everything is closed.
    */
   shutdown(): Promise<void> {
-    this.#stopped ??= this.#shutdown();
+    this.#stopped ??= this.#shutdown().finally(() => this.#finished.resolve());
     return this.#stopped;
+  }
+
+  readonly #finished = Promise.withResolvers<void>();
+
+  /** Settles once a shutdown (by signal, SHUTDOWN in the admin database, or a call) is over. */
+  get finished(): Promise<void> {
+    return this.#finished.promise;
   }
 
   async #shutdown(): Promise<void> {

@@ -169,3 +169,60 @@ Deno.test("admin database without a password refuses every login and says why", 
   assert.notEqual(r.code, 0);
   assert.match(r.stderr, /admin database "admin" is disabled: set a password in \[admin\]/);
 });
+
+Deno.test("admin: BAN/UNBAN, SHOW REPLICATION, SHUTDOWN", async () => {
+  await using pg = await startPostgres({ databases: ["app"] });
+  // The same server twice, as primary and replica: two hosts for one shard, so one can be banned.
+  await using proxy = await startProxy({
+    config: {
+      general: { lsn_check_interval: 200, lsn_check_delay: 0, shutdown_timeout: 2000 },
+      databases: [
+        { name: "app", host: pg.host, port: pg.port, role: "primary" },
+        { name: "app", host: "127.0.0.1", port: pg.port, role: "replica" },
+      ],
+      admin: { password: ADMIN_PASSWORD },
+    },
+    users: { users: [{ name: "postgres", password: "app-pw", database: "app" }] },
+  });
+  const at = { host: "127.0.0.1", port: proxy.port };
+  await dumpLogsOnFailure(proxy, async () => {
+    const pools = (await admin(at, "SHOW POOLS")).rows;
+    assert.deepEqual(pools.map((p) => p.role), ["primary", "replica"]);
+    const replica = pools[1].id;
+    assert.equal((await admin(at, `BAN ${replica}`)).code, 0);
+    const bans = (await admin(at, "SHOW BANS")).rows;
+    assert.equal(bans.length, 1);
+    assert.equal(bans[0].id, replica);
+    assert.equal(bans[0].ban_reason, "banned by an admin");
+    assert.equal((await admin(at, "SHOW POOLS")).rows[1].banned, "t");
+    const missing = await admin(at, "BAN 99999");
+    assert.match(missing.stderr, /no pool with id 99999/);
+    assert.equal((await admin(at, `UNBAN ${replica}`)).code, 0);
+    assert.deepEqual((await admin(at, "SHOW BANS")).rows, []);
+
+    // The LSN checks fill SHOW REPLICATION.
+    let rows = (await admin(at, "SHOW REPLICATION")).rows;
+    for (let i = 0; i < 50 && rows.some((r) => r.pg_lsn === ""); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      rows = (await admin(at, "SHOW REPLICATION")).rows;
+    }
+    assert.equal(rows.length, 2);
+    for (const r of rows) {
+      assert.match(r.pg_lsn, /^[0-9A-F]+\/[0-9A-F]+$/);
+      assert.equal(r.pg_is_in_recovery, "f");
+    }
+
+    const app = await connectPg(
+      proxy.target({ user: "postgres", password: "app-pw", database: "app" }),
+    );
+    app.on("error", () => {});
+    const shutdown = await admin(at, "SHUTDOWN");
+    assert.equal(shutdown.code, 0, shutdown.stderr);
+    const deadline = Date.now() + 10_000;
+    while (!proxy.exited) {
+      assert.ok(Date.now() < deadline, "the proxy did not exit after SHUTDOWN");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await app.end().catch(() => {});
+  });
+});

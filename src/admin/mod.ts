@@ -39,6 +39,8 @@ export interface AdminHost {
   readonly clients: ReadonlySet<ClientView>;
   readonly router: QueryRouter;
   readonly prepared: { values(): IterableIterator<{ name: string; query: string; refs: number }> };
+  /** Graceful shutdown (SHUTDOWN). */
+  shutdown(): Promise<void>;
 }
 
 /** A command's answer: rows under columns and a command tag, or an error. */
@@ -57,7 +59,11 @@ export const ADMIN_COMMANDS = [
   "SHOW BANS",
   "SHOW QUERY_CACHE",
   "SHOW PREPARED",
+  "SHOW REPLICATION",
   "RESET QUERY_CACHE",
+  "BAN [id]",
+  "UNBAN [id]",
+  "SHUTDOWN",
 ];
 
 const time = (ms: number): string => new Date(ms).toISOString();
@@ -70,6 +76,14 @@ export function adminCommand(sql: string, host: AdminHost): AdminAnswer {
   if (words.length === 2 && words[0] === "reset" && words[1] === "query_cache") {
     host.router.clear();
     return { columns: [], rows: [], tag: "RESET" };
+  }
+  if ((words[0] === "ban" || words[0] === "unban") && words.length <= 2) {
+    return banCommand(words[0], words[1], host);
+  }
+  if (words.length === 1 && words[0] === "shutdown") {
+    // Answered first: the shutdown then ends this session with the others.
+    setTimeout(() => host.shutdown(), 0);
+    return { columns: [], rows: [], tag: "SHUTDOWN" };
   }
   return {
     error: {
@@ -113,6 +127,8 @@ function show(what: string, host: AdminHost): AdminAnswer {
         rows: [...host.router.entries()].map((e) => [e.query, e.hits, e.direct, e.multi]),
         tag: "SHOW",
       };
+    case "replication":
+      return showReplication(host);
     case "prepared":
       return {
         columns: ["name", "statement", "used_by"],
@@ -314,6 +330,85 @@ function showServers(host: AdminHost): AdminAnswer {
 function serverState(server: Server): string {
   if (server.link !== null) return "active";
   return server.clean ? "idle" : "cleaning";
+}
+
+function showReplication(host: AdminHost): AdminAnswer {
+  const now = Date.now();
+  const rows = [];
+  for (const place of poolsWithPlace(host)) {
+    const t = place.target;
+    const checked = t.lsnCheckedAt > 0;
+    rows.push([
+      ...poolIdentity(place),
+      checked && t.role === "replica" ? t.lagMs : null,
+      checked && t.role === "replica" ? t.lagBytes : null,
+      checked ? lsnText(t.lsn) : null,
+      checked ? now - t.lsnCheckedAt : null,
+      t.inRecovery,
+    ]);
+  }
+  return {
+    columns: [
+      ...POOL_COLUMNS,
+      "replica_lag",
+      "replica_lag_bytes",
+      "pg_lsn",
+      "lsn_age",
+      "pg_is_in_recovery",
+    ],
+    rows,
+    tag: "SHOW",
+  };
+}
+
+/** An LSN as PostgreSQL writes it (`16/B374D848`). */
+function lsnText(lsn: number): string {
+  const hi = Math.floor(lsn / 2 ** 32);
+  const lo = lsn % 2 ** 32;
+  return `${hi.toString(16).toUpperCase()}/${lo.toString(16).toUpperCase()}`;
+}
+
+/** BAN / UNBAN a pool by id (SHOW POOLS), or every pool with none given. */
+function banCommand(verb: string, idText: string | undefined, host: AdminHost): AdminAnswer {
+  const id = idText === undefined ? null : Number(idText);
+  if (id !== null && !Number.isInteger(id)) {
+    return {
+      error: {
+        severity: "ERROR",
+        code: SqlState.SyntaxError,
+        message: `${verb.toUpperCase()} takes a pool id from SHOW POOLS, not "${idText}"`,
+      },
+    };
+  }
+  let matched = 0;
+  let alone = 0;
+  for (const { cluster, shard, target, pool } of poolsWithPlace(host)) {
+    if (id !== null && pool.id !== id) continue;
+    matched++;
+    const s = cluster.shards.find((x) => x.number === shard)!;
+    if (verb === "unban") s.unban(target);
+    else if (s.targets.length < 2) alone++;
+    else s.ban(target, { reason: "banned by an admin", kind: "manual", ms: 0 });
+  }
+  if (id !== null && alone > 0) {
+    return {
+      error: {
+        severity: "ERROR",
+        code: SqlState.FeatureNotSupported,
+        message: `pool ${id} is its shard's only host: pgdog never bans it`,
+      },
+    };
+  }
+  if (id !== null && matched === 0) {
+    return {
+      error: {
+        severity: "ERROR",
+        code: SqlState.UndefinedObject,
+        message: `no pool with id ${id} (see SHOW POOLS)`,
+      },
+    };
+  }
+  return { columns: [], rows: [], tag: verb.toUpperCase() };
 }
 
 function showLists(host: AdminHost): AdminAnswer {

@@ -26,5 +26,6 @@ export const SqlState = {
   TooManyConnections: "53300",
   ProgramLimitExceeded: "54000",
   SyntaxError: "42601",
+  UndefinedObject: "42704",
   InternalError: "XX000",
 } as const;
