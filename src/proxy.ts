@@ -14,7 +14,7 @@ import { PreparedCache } from "./frontend/prepared.ts";
 import { loadParser, QueryRouter } from "./router/mod.ts";
 import { Listener } from "./net/listener.ts";
 import { log } from "./log.ts";
-import type { AdminHost } from "./admin/mod.ts";
+import { type AdminHost, StatsWindow } from "./admin/mod.ts";
 import { nodeIdFromEnv, UniqueIdGenerator } from "./sharding/unique_id.ts";
 import { SqlState } from "./protocol/sqlstate.ts";
 import { closeQuietly } from "./net/stream.ts";
@@ -96,6 +96,10 @@ export class Proxy implements ClientHost {
 
   #maintain(now: number): void {
     this.databases.maintain(now);
+    this.stats.tick(now, {
+      period: this.config.general.stats_period,
+      pools: () => this.databases.pools(),
+    });
     const g = this.config.general;
     if (
       g.query_timeout > 0 || g.client_idle_timeout > 0 || g.client_idle_in_transaction_timeout > 0
@@ -109,6 +113,9 @@ export class Proxy implements ClientHost {
       for (const client of this.#clients) client.checkTimeouts(now, limits);
     }
   }
+
+  /** Pool counters for SHOW STATS averages. */
+  readonly stats: StatsWindow = new StatsWindow();
 
   /** Part of the client host: the admin database reads this proxy. */
   get console(): AdminHost {

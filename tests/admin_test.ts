@@ -5,7 +5,14 @@
  */
 
 import assert from "node:assert/strict";
-import { connectPg, dumpLogsOnFailure, psql, startPostgres, startProxy } from "./harness/mod.ts";
+import {
+  connectPg,
+  dumpLogsOnFailure,
+  pgbench,
+  psql,
+  startPostgres,
+  startProxy,
+} from "./harness/mod.ts";
 
 const ADMIN_PASSWORD = "admin-test-pw";
 
@@ -224,5 +231,43 @@ Deno.test("admin: BAN/UNBAN, SHOW REPLICATION, SHUTDOWN", async () => {
       await new Promise((r) => setTimeout(r, 100));
     }
     await app.end().catch(() => {});
+  });
+});
+
+Deno.test("admin: SHOW STATS counts a pgbench workload; averages over stats_period", async () => {
+  await using pg = await startPostgres({ databases: ["app"] });
+  const init = await pgbench(
+    { host: pg.host, port: pg.port, user: "postgres", database: "app" },
+    ["-i", "-s", "1", "-q"],
+  );
+  assert.equal(init.code, 0, init.stderr);
+  await using proxy = await startProxy({
+    config: {
+      general: { stats_period: 500 },
+      databases: [{ name: "app", host: pg.host, port: pg.port, pool_size: 4 }],
+      admin: { password: ADMIN_PASSWORD },
+    },
+    users: { users: [{ name: "postgres", password: "app-pw", database: "app" }] },
+  });
+  const at = { host: "127.0.0.1", port: proxy.port };
+  const app = proxy.target({ user: "postgres", password: "app-pw", database: "app" });
+  await dumpLogsOnFailure(proxy, async () => {
+    const before = (await admin(at, "SHOW STATS")).rows[0];
+    const running = pgbench(app, ["-n", "-c", "4", "-T", "3"], { timeoutMs: 60_000 });
+    await new Promise((r) => setTimeout(r, 2000));
+    const during = (await admin(at, "SHOW STATS")).rows[0];
+    const run = await running;
+    assert.equal(run.code, 0, run.stderr);
+    const after = (await admin(at, "SHOW STATS")).rows[0];
+    const moved = (k: string): number => Number(after[k]) - Number(before[k]);
+    // TPC-B: 7 statements per transaction (BEGIN ... END), each a query.
+    assert.ok(moved("total_xact_count") >= run.processed!, JSON.stringify(after));
+    assert.ok(moved("total_query_count") >= run.processed! * 7, JSON.stringify(after));
+    assert.ok(moved("total_server_assignment_count") >= run.processed!);
+    assert.ok(moved("total_received") > 0 && moved("total_sent") > 0);
+    assert.ok(Number(after.total_xact_time) > 0);
+    assert.ok(Number(during.avg_xact_count) > 0, JSON.stringify(during));
+    assert.ok(Number(during.avg_query_count) > Number(during.avg_xact_count));
+    assert.ok(Number(during.avg_xact_time) > 0);
   });
 });

@@ -9,7 +9,7 @@
 
 import type { Config } from "../config/types.ts";
 import type { Cluster, Databases, Target } from "../backend/databases.ts";
-import type { Pool } from "../backend/pool.ts";
+import type { Pool, PoolTotals } from "../backend/pool.ts";
 import type { Server } from "../backend/server.ts";
 import type { QueryRouter } from "../router/mod.ts";
 import { appendError, type ErrorFields, MessageBuilder, Msg } from "../protocol/messages.ts";
@@ -41,6 +41,36 @@ export interface AdminHost {
   readonly prepared: { values(): IterableIterator<{ name: string; query: string; refs: number }> };
   /** Graceful shutdown (SHUTDOWN). */
   shutdown(): Promise<void>;
+  /** The two latest snapshots of pool counters, `stats_period` apart (SHOW STATS averages). */
+  readonly stats: StatsWindow;
+}
+
+/** Pool counters at the ends of the last full `stats_period`. */
+export class StatsWindow {
+  #previous = new Map<number, PoolTotals>();
+  #current = new Map<number, PoolTotals>();
+  #seconds = 0;
+  #at = 0;
+
+  /** Takes a snapshot when a period has passed since the last one. */
+  tick(now: number, options: { period: number; pools: () => Iterable<Pool> }): void {
+    if (this.#at !== 0 && now - this.#at < options.period) return;
+    this.#previous = this.#current;
+    this.#current = new Map();
+    for (const pool of options.pools()) this.#current.set(pool.id, pool.totals());
+    this.#seconds = this.#at === 0 ? 0 : (now - this.#at) / 1000;
+    this.#at = now;
+  }
+
+  /** What happened in pool `id` during the last full period, and its length in seconds. */
+  delta(id: number): { d: PoolTotals; seconds: number } | null {
+    const a = this.#previous.get(id);
+    const b = this.#current.get(id);
+    if (!a || !b || this.#seconds <= 0) return null;
+    const d = { ...b };
+    for (const k of Object.keys(d) as (keyof PoolTotals)[]) d[k] = b[k] - a[k];
+    return { d, seconds: this.#seconds };
+  }
 }
 
 /** A command's answer: rows under columns and a command tag, or an error. */
@@ -60,6 +90,7 @@ export const ADMIN_COMMANDS = [
   "SHOW QUERY_CACHE",
   "SHOW PREPARED",
   "SHOW REPLICATION",
+  "SHOW STATS",
   "RESET QUERY_CACHE",
   "BAN [id]",
   "UNBAN [id]",
@@ -129,6 +160,8 @@ function show(what: string, host: AdminHost): AdminAnswer {
       };
     case "replication":
       return showReplication(host);
+    case "stats":
+      return showStats(host);
     case "prepared":
       return {
         columns: ["name", "statement", "used_by"],
@@ -330,6 +363,60 @@ function showServers(host: AdminHost): AdminAnswer {
 function serverState(server: Server): string {
   if (server.link !== null) return "active";
   return server.clean ? "idle" : "cleaning";
+}
+
+const STAT_NAMES = [
+  "xact_count",
+  "query_count",
+  "server_assignment_count",
+  "received",
+  "sent",
+  "xact_time",
+  "wait_time",
+  "errors",
+];
+
+/** Totals since start, and averages over the last stats_period (per second; times in µs). */
+function showStats(host: AdminHost): AdminAnswer {
+  const rows = [];
+  for (const place of poolsWithPlace(host)) {
+    const t = place.pool.totals();
+    const totals = [
+      t.transactions,
+      t.queries,
+      t.assignments,
+      t.received,
+      t.sent,
+      t.xactTimeMs * 1000,
+      t.waitTimeMs * 1000,
+      t.errors,
+    ];
+    const w = host.stats.delta(place.pool.id);
+    const rate = (n: number): number => w ? Math.round(n / w.seconds) : 0;
+    const per = (us: number, n: number): number => n > 0 ? Math.round(us / n) : 0;
+    const averages = w
+      ? [
+        rate(w.d.transactions),
+        rate(w.d.queries),
+        rate(w.d.assignments),
+        rate(w.d.received),
+        rate(w.d.sent),
+        per(w.d.xactTimeMs * 1000, w.d.transactions),
+        per(w.d.waitTimeMs * 1000, w.d.assignments),
+        rate(w.d.errors),
+      ]
+      : STAT_NAMES.map(() => 0);
+    rows.push([...poolIdentity(place), ...totals, ...averages]);
+  }
+  return {
+    columns: [
+      ...POOL_COLUMNS,
+      ...STAT_NAMES.map((n) => `total_${n}`),
+      ...STAT_NAMES.map((n) => `avg_${n}`),
+    ],
+    rows,
+    tag: "SHOW",
+  };
 }
 
 function showReplication(host: AdminHost): AdminAnswer {

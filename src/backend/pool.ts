@@ -14,6 +14,19 @@ import { connectServer, ServerConnectError, type ServerLogin } from "./connect.t
 import type { Server, ServerOwner } from "./server.ts";
 import { cleanServer } from "./cleanup.ts";
 
+/** What a pool has done since start (SHOW STATS). */
+export interface PoolTotals {
+  transactions: number;
+  queries: number;
+  /** Server checkouts. */
+  assignments: number;
+  received: number;
+  sent: number;
+  xactTimeMs: number;
+  waitTimeMs: number;
+  errors: number;
+}
+
 /** Settings of one pool, resolved from user > database > general. */
 export interface PoolConfig {
   pool_size: number;
@@ -64,6 +77,10 @@ export class Pool implements ServerOwner {
   readonly loginParams: Map<string, Array<[string, string]>> = new Map();
   /** Checkouts served, and connect errors, since start. */
   checkouts = 0;
+  /** Time clients waited for a server, summed (ms). */
+  waitTimeMs = 0;
+  /** Counters of servers already closed, kept for SHOW STATS. */
+  readonly #retired = { transactions: 0, queries: 0, xactTimeMs: 0, received: 0, sent: 0 };
   errors = 0;
 
   #waiters: Waiter[] = [];
@@ -84,6 +101,24 @@ export class Pool implements ServerOwner {
   /** Human-readable identity for logs. */
   get label(): string {
     return `pool ${this.user}@${this.login.host}:${this.login.port}/${this.database}`;
+  }
+
+  /** Counters since start, over open and closed servers (SHOW STATS). */
+  totals(): PoolTotals {
+    const t: PoolTotals = {
+      ...this.#retired,
+      assignments: this.checkouts,
+      waitTimeMs: this.waitTimeMs,
+      errors: this.errors,
+    };
+    for (const s of this.servers) {
+      t.transactions += s.transactions;
+      t.queries += s.queries;
+      t.xactTimeMs += s.xactTimeMs;
+      t.received += s.bytesReceived;
+      t.sent += s.writer.bytesWritten;
+    }
+    return t;
   }
 
   /** Connections open or being opened. */
@@ -182,6 +217,12 @@ export class Pool implements ServerOwner {
   /** Part of {@linkcode ServerOwner}: a server's connection ended. */
   serverClosed(server: Server): void {
     if (!this.servers.delete(server)) return;
+    const r = this.#retired;
+    r.transactions += server.transactions;
+    r.queries += server.queries;
+    r.xactTimeMs += server.xactTimeMs;
+    r.received += server.bytesReceived;
+    r.sent += server.writer.bytesWritten;
     this.#total--;
     const i = this.idle.indexOf(server);
     if (i >= 0) this.idle.splice(i, 1);
@@ -195,6 +236,7 @@ export class Pool implements ServerOwner {
     this.#live--;
     if (server) {
       this.checkouts++;
+      this.waitTimeMs += Date.now() - w.since;
       w.resolve(server);
     } else {
       w.reject(error);

@@ -237,6 +237,12 @@ export class Server {
   cancelNote: string | null = null;
   /** When the request now being answered started (query_timeout). */
   requestStart = 0;
+  /** When the current client got this server (SHOW STATS transaction time). */
+  attachedAt = 0;
+  /** Queries (simple Query and Execute) run for clients. */
+  queries = 0;
+  /** Time held by clients, summed over the transactions they ran (ms). */
+  xactTimeMs = 0;
   /** Close instead of reusing at the next checkin (state no longer known). */
   discard = false;
   closed = false;
@@ -289,6 +295,7 @@ export class Server {
   /** Forward this server's output to `link` until it is released. */
   attach(link: ServerLink): void {
     this.link = link;
+    this.attachedAt = Date.now();
     this.dataForwarded = false;
     this.answered = 0;
   }
@@ -545,6 +552,7 @@ export class Server {
         this.link = null;
         this.idleSince = Date.now();
         this.transactions++;
+        this.xactTimeMs += this.idleSince - this.attachedAt;
         link.released(this);
         if (verdict === true) this.owner?.checkin(this);
         else this.owner?.release(this, { resetSql: verdict });

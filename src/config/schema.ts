@@ -267,6 +267,11 @@ const GENERAL_KEYS = [
     "Every host answers an empty query this often (0: never).",
   ),
   ms("idle_healthcheck_delay", 5000, "Delay before the first background health check."),
+  ms(
+    "stats_period",
+    15000,
+    "The averages of the admin database's SHOW STATS are over this period.",
+  ),
   ms("healthcheck_timeout", 5000, "How long a health check may take."),
   ms(
     "ban_timeout",
@@ -481,7 +486,6 @@ export const GENERAL: SectionSpec = {
     "log_query_sample_length",
     "query_size_limit",
     "query_size_limit_action",
-    "stats_period",
   ],
 };
 

@@ -905,6 +905,7 @@ export class Client implements ServerLink {
     switch (type) {
       case Msg.Query: {
         this.queries++;
+        server.queries++;
         const substitute = this.#substitute;
         if (substitute) {
           this.#substitute = null;
@@ -998,6 +999,7 @@ export class Client implements ServerLink {
       case Msg.Execute:
       case Msg.FunctionCall:
         this.queries++;
+        server.queries++;
         break;
     }
     out.addRange(p, end);
@@ -1217,7 +1219,7 @@ export class Client implements ServerLink {
         this.session.pgdog.get("sharding_key"),
       searchPath: this.#txnSearchPath ?? this.session.params.get("search_path"),
     };
-    let decision: ShardDecision = analysis === null ||
+    const decision: ShardDecision = analysis === null ||
         (type !== Msg.Query && !request.executes)
       ? { target: { kind: "any" }, reason: "nothing to run", omniWrite: false }
       : decideShard(analysis, { config, session, bind: bind ?? undefined });
@@ -1265,7 +1267,6 @@ export class Client implements ServerLink {
       this.#shard = n;
       return "go";
     }
-    decision = { ...decision };
     await this.#fanOut(shards, { type, p, end, omniWrite: decision.omniWrite });
     return "done";
   }
