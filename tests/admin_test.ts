@@ -36,18 +36,33 @@ async function admin(
   return { code: r.code, rows, stderr: r.stderr };
 }
 
-Deno.test("admin database", async (t) => {
-  await using pg = await startPostgres({ databases: ["app"] });
-  await using proxy = await startProxy({
+/** A proxy with an admin password in front of `pg`'s database "app" (one host). */
+async function adminProxy(
+  pg: { host: string; port: number },
+  options: { general: Record<string, unknown>; poolSize: number },
+) {
+  const proxy = await startProxy({
     config: {
-      general: { query_parser: "on" },
-      databases: [{ name: "app", host: pg.host, port: pg.port, pool_size: 1 }],
+      general: options.general,
+      databases: [{ name: "app", host: pg.host, port: pg.port, pool_size: options.poolSize }],
       admin: { password: ADMIN_PASSWORD },
     },
     users: { users: [{ name: "postgres", password: "app-pw", database: "app" }] },
   });
-  const at = { host: "127.0.0.1", port: proxy.port };
-  const app = proxy.target({ user: "postgres", password: "app-pw", database: "app" });
+  return {
+    proxy,
+    at: { host: "127.0.0.1", port: proxy.port },
+    app: proxy.target({ user: "postgres", password: "app-pw", database: "app" }),
+  };
+}
+
+Deno.test("admin database", async (t) => {
+  await using pg = await startPostgres({ databases: ["app"] });
+  const { proxy: p, at, app } = await adminProxy(pg, {
+    general: { query_parser: "on" },
+    poolSize: 1,
+  });
+  await using proxy = p;
 
   await dumpLogsOnFailure(proxy, async () => {
     await t.step("login: the [admin] password, nothing else", async () => {
@@ -241,16 +256,11 @@ Deno.test("admin: SHOW STATS counts a pgbench workload; averages over stats_peri
     ["-i", "-s", "1", "-q"],
   );
   assert.equal(init.code, 0, init.stderr);
-  await using proxy = await startProxy({
-    config: {
-      general: { stats_period: 500 },
-      databases: [{ name: "app", host: pg.host, port: pg.port, pool_size: 4 }],
-      admin: { password: ADMIN_PASSWORD },
-    },
-    users: { users: [{ name: "postgres", password: "app-pw", database: "app" }] },
+  const { proxy: p, at, app } = await adminProxy(pg, {
+    general: { stats_period: 500 },
+    poolSize: 4,
   });
-  const at = { host: "127.0.0.1", port: proxy.port };
-  const app = proxy.target({ user: "postgres", password: "app-pw", database: "app" });
+  await using proxy = p;
   await dumpLogsOnFailure(proxy, async () => {
     const before = (await admin(at, "SHOW STATS")).rows[0];
     const running = pgbench(app, ["-n", "-c", "4", "-T", "3"], { timeoutMs: 60_000 });
