@@ -15,6 +15,7 @@ import { loadParser, QueryRouter } from "./router/mod.ts";
 import { Listener } from "./net/listener.ts";
 import { log } from "./log.ts";
 import { type AdminHost, StatsWindow } from "./admin/mod.ts";
+import { Gate } from "./admin/gate.ts";
 import { nodeIdFromEnv, UniqueIdGenerator } from "./sharding/unique_id.ts";
 import { SqlState } from "./protocol/sqlstate.ts";
 import { closeQuietly } from "./net/stream.ts";
@@ -116,6 +117,8 @@ export class Proxy implements ClientHost {
 
   /** Pool counters for SHOW STATS averages. */
   readonly stats: StatsWindow = new StatsWindow();
+  /** PAUSE / RESUME / MAINTENANCE: whether new transactions may start. */
+  readonly gate: Gate = new Gate();
 
   /** Part of the client host: the admin database reads this proxy. */
   get console(): AdminHost {

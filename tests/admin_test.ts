@@ -9,6 +9,7 @@ import {
   connectPg,
   dumpLogsOnFailure,
   pgbench,
+  type PgCluster,
   psql,
   startPostgres,
   startProxy,
@@ -34,6 +35,20 @@ async function admin(
     return Object.fromEntries(header.map((h, i) => [h, cells[i]]));
   });
   return { code: r.code, rows, stderr: r.stderr };
+}
+
+/** A cluster with database "app" holding pgbench's tables. */
+async function startPgbenchCluster(): Promise<PgCluster> {
+  const pg = await startPostgres({ databases: ["app"] });
+  const init = await pgbench(
+    { host: pg.host, port: pg.port, user: "postgres", database: "app" },
+    ["-i", "-s", "1", "-q"],
+  );
+  if (init.code !== 0) {
+    await pg[Symbol.asyncDispose]();
+    throw new Error(`pgbench -i: ${init.stderr}`);
+  }
+  return pg;
 }
 
 /** A proxy with an admin password in front of `pg`'s database "app" (one host). */
@@ -250,12 +265,7 @@ Deno.test("admin: BAN/UNBAN, SHOW REPLICATION, SHUTDOWN", async () => {
 });
 
 Deno.test("admin: SHOW STATS counts a pgbench workload; averages over stats_period", async () => {
-  await using pg = await startPostgres({ databases: ["app"] });
-  const init = await pgbench(
-    { host: pg.host, port: pg.port, user: "postgres", database: "app" },
-    ["-i", "-s", "1", "-q"],
-  );
-  assert.equal(init.code, 0, init.stderr);
+  await using pg = await startPgbenchCluster();
   const { proxy: p, at, app } = await adminProxy(pg, {
     general: { stats_period: 500 },
     poolSize: 4,
@@ -279,5 +289,63 @@ Deno.test("admin: SHOW STATS counts a pgbench workload; averages over stats_peri
     assert.ok(Number(during.avg_xact_count) > 0, JSON.stringify(during));
     assert.ok(Number(during.avg_query_count) > Number(during.avg_xact_count));
     assert.ok(Number(during.avg_xact_time) > 0);
+  });
+});
+
+Deno.test("admin: PAUSE waits for running transactions and holds new ones; MAINTENANCE under pgbench", async () => {
+  await using pg = await startPgbenchCluster();
+  const { proxy: p, at, app } = await adminProxy(pg, { general: {}, poolSize: 4 });
+  await using proxy = p;
+  await dumpLogsOnFailure(proxy, async () => {
+    const console = await connectPg({
+      ...at,
+      user: "admin",
+      password: ADMIN_PASSWORD,
+      database: "admin",
+    });
+    const a = await connectPg(app);
+    const b = await connectPg(app);
+    const settled = (promise: Promise<unknown>) => {
+      let done = false;
+      promise.then(() => done = true, () => done = true);
+      return () => done;
+    };
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    try {
+      await a.query("BEGIN");
+      await a.query("SELECT 1");
+      const pausing = console.query("PAUSE app");
+      const paused = settled(pausing);
+      await sleep(300);
+      assert.equal(paused(), false, "PAUSE answered while a transaction was running");
+      await a.query("SELECT 2"); // the running transaction goes on
+      await a.query("COMMIT");
+      await pausing;
+      const held = b.query("SELECT 42 AS n");
+      const heldDone = settled(held);
+      await sleep(300);
+      assert.equal(heldDone(), false, "a new transaction ran while paused");
+      const pools = await console.query("SHOW POOLS");
+      assert.equal(pools.rows[0].paused, "t");
+      await console.query("RESUME app");
+      assert.deepEqual((await held).rows, [{ n: 42 }]);
+
+      // The cutover primitive: pgbench sees no error across MAINTENANCE ON ... OFF.
+      const bench = pgbench(app, ["-n", "-c", "4", "-T", "4"], { timeoutMs: 60_000 });
+      await sleep(1000);
+      await console.query("MAINTENANCE ON");
+      const parked = b.query("SELECT 7 AS n");
+      const parkedDone = settled(parked);
+      await sleep(800);
+      assert.equal(parkedDone(), false, "a query ran during maintenance");
+      await console.query("MAINTENANCE OFF");
+      assert.deepEqual((await parked).rows, [{ n: 7 }]);
+      const run = await bench;
+      assert.equal(run.code, 0, `${run.stdout}\n${run.stderr}`);
+      assert.equal(run.failed ?? 0, 0, run.stdout);
+      assert.ok((run.processed ?? 0) > 0);
+    } finally {
+      await Promise.all([a.end(), b.end(), console.end()]);
+    }
   });
 });

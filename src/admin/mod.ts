@@ -15,6 +15,7 @@ import type { QueryRouter } from "../router/mod.ts";
 import { appendError, type ErrorFields, MessageBuilder, Msg } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
 import { VERSION } from "../version.ts";
+import type { Gate } from "./gate.ts";
 
 /** What SHOW CLIENTS reads of a connected client. */
 export interface ClientView {
@@ -43,6 +44,8 @@ export interface AdminHost {
   shutdown(): Promise<void>;
   /** The two latest snapshots of pool counters, `stats_period` apart (SHOW STATS averages). */
   readonly stats: StatsWindow;
+  /** PAUSE / RESUME / MAINTENANCE. */
+  readonly gate: Gate;
 }
 
 /** Pool counters at the ends of the last full `stats_period`. */
@@ -94,15 +97,34 @@ export const ADMIN_COMMANDS = [
   "RESET QUERY_CACHE",
   "BAN [id]",
   "UNBAN [id]",
+  "PAUSE [db]",
+  "RESUME [db]",
+  "MAINTENANCE ON|OFF",
   "SHUTDOWN",
 ];
+
+/** How long PAUSE waits for running transactions before it says they are still running. */
+const PAUSE_WAIT_MS = 60_000;
 
 const time = (ms: number): string => new Date(ms).toISOString();
 
 /** Runs one admin command. */
-export function adminCommand(sql: string, host: AdminHost): AdminAnswer {
+export async function adminCommand(sql: string, host: AdminHost): Promise<AdminAnswer> {
   const text = sql.trim().replace(/;\s*$/, "").trim();
   const words = text.split(/\s+/).map((w) => w.toLowerCase());
+  // Database names keep their case.
+  const arg = text.split(/\s+/)[1];
+  if (words[0] === "pause" && words.length <= 2) return await pause(arg, host);
+  if (words[0] === "resume" && words.length <= 2) {
+    host.gate.resume(arg);
+    return { columns: [], rows: [], tag: "RESUME" };
+  }
+  if (
+    words[0] === "maintenance" && words.length === 2 && (words[1] === "on" || words[1] === "off")
+  ) {
+    host.gate.maintenance(words[1] === "on");
+    return { columns: [], rows: [], tag: "MAINTENANCE" };
+  }
   if (words[0] === "show" && words.length === 2) return show(words[1], host);
   if (words.length === 2 && words[0] === "reset" && words[1] === "query_cache") {
     host.router.clear();
@@ -232,7 +254,7 @@ function showPools(host: AdminHost): AdminAnswer {
       Math.floor(wait / 1000),
       (wait % 1000) * 1000,
       pool.config.pooler_mode,
-      false,
+      host.gate.paused(place.cluster.name),
       target.ban !== null,
       target.healthy,
       pool.errors,
@@ -417,6 +439,41 @@ function showStats(host: AdminHost): AdminAnswer {
     rows,
     tag: "SHOW",
   };
+}
+
+/** PAUSE [db]: new transactions wait; answers once the running ones have finished. */
+async function pause(database: string | undefined, host: AdminHost): Promise<AdminAnswer> {
+  if (database !== undefined && !host.config.databases.some((d) => d.name === database)) {
+    return {
+      error: {
+        severity: "ERROR",
+        code: SqlState.UndefinedObject,
+        message: `no database "${database}" to pause`,
+      },
+    };
+  }
+  host.gate.pause(database);
+  const deadline = Date.now() + PAUSE_WAIT_MS;
+  for (;;) {
+    let active = 0;
+    for (const { cluster, pool } of poolsWithPlace(host)) {
+      if (database === undefined || cluster.name === database) {
+        active += pool.servers.size - pool.idle.length;
+      }
+    }
+    if (active === 0) return { columns: [], rows: [], tag: "PAUSE" };
+    if (Date.now() >= deadline || !host.gate.paused(database ?? "")) {
+      return {
+        error: {
+          severity: "ERROR",
+          code: SqlState.QueryCanceled,
+          message: `paused, but ${active} server connections are still in use`,
+          hint: "New transactions wait until RESUME; the running ones are still going.",
+        },
+      };
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 function showReplication(host: AdminHost): AdminAnswer {

@@ -476,7 +476,8 @@ export class Client implements ServerLink {
           }
           this.queries++;
           const sql = decodeText(buf, p + 5, p + size - 1);
-          this.writer.enqueue(encodeAnswer(adminCommand(sql, this.#host.console)));
+          await this.writer.flush();
+          this.writer.enqueue(encodeAnswer(await adminCommand(sql, this.#host.console)));
           this.writer.enqueue(readyForQuery(TxStatus.Idle));
           continue;
         }
@@ -1282,6 +1283,16 @@ export class Client implements ServerLink {
     await this.#send();
   }
 
+  /** A new transaction waits here while PAUSE or MAINTENANCE holds its database. */
+  async #atGate(): Promise<void> {
+    const gate = this.#host.console.gate;
+    if (!gate.closed(this.database)) return;
+    const was = this.state;
+    this.state = "waiting";
+    await gate.wait(this.database);
+    this.state = was;
+  }
+
   /** Shards whose servers the client holds now (the attached one first). */
   #heldShards(): number[] {
     const held: number[] = [];
@@ -1334,6 +1345,7 @@ export class Client implements ServerLink {
       this.#deferredBegin = null;
     }
     const role: Role = "primary";
+    if (this.#parked.size === 0) await this.#atGate();
     const legs: Server[] = [];
     const fresh: boolean[] = [];
     this.state = "waiting";
@@ -1456,6 +1468,7 @@ export class Client implements ServerLink {
   /** Takes a server for the next request. False (error already queued) on failure. */
   async #acquire(role: Role): Promise<boolean> {
     const cluster = this.cluster!;
+    if (this.#parked.size === 0) await this.#atGate();
     let server: Server;
     const shard = this.#shard;
     const parked = this.#sharding !== null ? this.#parked.get(shard) : undefined;
