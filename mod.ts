@@ -89,6 +89,17 @@ Options:
   -V, --version                show the version
 `;
 
+/** A refused reload: the same messages as at startup; the running configuration stays. */
+function logReloadFailure(e: unknown): void {
+  if (e instanceof ConfigError) {
+    for (const problem of e.problems) log.error(problem);
+    log.error(
+      `reload refused: configuration is invalid (${e.problems.length} problems); ` +
+        "the running configuration stays",
+    );
+  } else log.error(`reload failed: ${e instanceof Error ? e.message : e}`);
+}
+
 /** `pgdog route`: prints each statement's route; 1 when the database is unknown. */
 async function routeCommand(
   config: Config,
@@ -186,6 +197,16 @@ export async function main(args: string[]): Promise<number> {
     log.error(`cannot start: ${e instanceof Error ? e.message : e}`);
     return 1;
   }
+  proxy.reloader = async () => {
+    const next = await loadConfig({ config: values.config!, users: values.users! }, {
+      databaseUrls,
+    });
+    for (const w of next.warnings) log.warn(w);
+    return next.config;
+  };
+  Deno.addSignalListener("SIGHUP", () => {
+    proxy.reload().catch((e) => logReloadFailure(e));
+  });
   let signals = 0;
   const onSignal = (): void => {
     if (++signals > 1) {

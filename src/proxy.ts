@@ -21,20 +21,51 @@ import { SqlState } from "./protocol/sqlstate.ts";
 import { closeQuietly } from "./net/stream.ts";
 
 /** How often pools are maintained (waiter deadlines, idle and lifetime limits). */
+function buildDatabases(config: Config, previous?: Databases): Databases {
+  const g = config.general;
+  const tls = tlsFiles(g);
+  return new Databases(config, {
+    serverTls: g.tls_verify === "disabled" ? undefined : { mode: g.tls_verify, ca: tls.serverCa },
+    previous,
+  });
+}
+
+function routingSettings(config: Config): ClientHost["routing"] {
+  return {
+    query_parser: config.general.query_parser,
+    read_write_strategy: config.general.read_write_strategy,
+  };
+}
+
+function clientSettings(config: Config): ClientHost["settings"] {
+  const g = config.general;
+  return {
+    tls: tlsFiles(g).acceptor,
+    tls_client_required: g.tls_client_required,
+    auth_type: g.auth_type,
+    client_login_timeout: g.client_login_timeout,
+    max_message_size: g.max_message_size,
+    prepared_statements: g.prepared_statements,
+    prepared_statements_limit: g.prepared_statements_limit,
+  };
+}
+
 const MAINTENANCE_INTERVAL_MS = 100;
 
 /** A running proxy. */
 export class Proxy implements ClientHost {
-  readonly config: Config;
-  readonly databases: Databases;
-  readonly settings: ClientHost["settings"];
+  config: Config;
+  databases: Databases;
+  settings: ClientHost["settings"];
   /** Every distinct prepared statement clients use (transaction mode). */
   readonly prepared: PreparedCache = new PreparedCache();
   /** Parsed queries, by normalized text. */
   readonly router: QueryRouter;
   /** Ids for `pgdog.unique_id()`, from this node's NODE_ID. */
   readonly uniqueIds: UniqueIdGenerator;
-  readonly routing: ClientHost["routing"];
+  routing: ClientHost["routing"];
+  /** Reads the configuration files again (set by the CLI; RELOAD and SIGHUP use it). */
+  reloader: (() => Promise<Config>) | null = null;
   shuttingDown = false;
   readonly #clients = new Set<Client>();
   readonly #byPid = new Map<number, Client>();
@@ -45,10 +76,7 @@ export class Proxy implements ClientHost {
   constructor(config: Config) {
     this.config = config;
     const g = config.general;
-    const tls = tlsFiles(g);
-    this.databases = new Databases(config, {
-      serverTls: g.tls_verify === "disabled" ? undefined : { mode: g.tls_verify, ca: tls.serverCa },
-    });
+    this.databases = buildDatabases(config);
     this.router = new QueryRouter({ cacheLimit: g.query_cache_limit });
     let nodeId: string | undefined;
     try {
@@ -57,19 +85,38 @@ export class Proxy implements ClientHost {
       // No permission to read it: node 0.
     }
     this.uniqueIds = new UniqueIdGenerator({ nodeId: nodeIdFromEnv(nodeId) });
-    this.routing = {
-      query_parser: g.query_parser,
-      read_write_strategy: g.read_write_strategy,
-    };
-    this.settings = {
-      tls: tls.acceptor,
-      tls_client_required: g.tls_client_required,
-      auth_type: config.general.auth_type,
-      client_login_timeout: config.general.client_login_timeout,
-      max_message_size: config.general.max_message_size,
-      prepared_statements: config.general.prepared_statements,
-      prepared_statements_limit: config.general.prepared_statements_limit,
-    };
+    this.routing = routingSettings(config);
+    this.settings = clientSettings(config);
+  }
+
+  /**
+   * Applies the configuration files as they are now: hosts that keep their address and
+   * credentials keep their pools and server connections (pool settings change in place), new
+   * databases and users appear, removed pools drain. Connected clients stay; their next
+   * transaction uses the new configuration. Throws (ConfigError with the problems, as at
+   * startup) and changes nothing when the files are invalid.
+   */
+  async reload(): Promise<void> {
+    if (this.reloader === null) {
+      throw new Error("pgdog was started without configuration files: nothing to reload");
+    }
+    const next = await this.reloader();
+    const previous = this.databases;
+    const databases = buildDatabases(next, previous);
+    const clusters = [...databases.clusters()];
+    if (
+      next.general.query_parser !== "off" &&
+        clusters.some((c) => c.hasReplicas || c.sharding !== null) ||
+      next.general.query_parser === "on" || clusters.some((c) => c.sharding !== null)
+    ) await loadParser();
+    this.config = next;
+    this.databases = databases;
+    this.routing = routingSettings(next);
+    this.settings = clientSettings(next);
+    this.router.setLimit(next.general.query_cache_limit);
+    databases.retire(previous);
+    databases.startMonitors();
+    log.info("configuration reloaded");
   }
 
   /**

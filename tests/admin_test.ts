@@ -292,7 +292,7 @@ Deno.test("admin: SHOW STATS counts a pgbench workload; averages over stats_peri
   });
 });
 
-Deno.test("admin: PAUSE waits for running transactions and holds new ones; MAINTENANCE under pgbench", async () => {
+Deno.test("admin: PAUSE waits for running transactions and holds new ones; MAINTENANCE ON, RELOAD, MAINTENANCE OFF under pgbench", async () => {
   await using pg = await startPgbenchCluster();
   const { proxy: p, at, app } = await adminProxy(pg, { general: {}, poolSize: 4 });
   await using proxy = p;
@@ -338,6 +338,12 @@ Deno.test("admin: PAUSE waits for running transactions and holds new ones; MAINT
       const parkedDone = settled(parked);
       await sleep(800);
       assert.equal(parkedDone(), false, "a query ran during maintenance");
+      // The cutover: a new configuration (a smaller pool here) while everything is parked.
+      await proxy.writeConfig({
+        databases: [{ name: "app", host: pg.host, port: pg.port, pool_size: 3 }],
+        admin: { password: ADMIN_PASSWORD },
+      });
+      await console.query("RELOAD");
       await console.query("MAINTENANCE OFF");
       assert.deepEqual((await parked).rows, [{ n: 7 }]);
       const run = await bench;

@@ -42,6 +42,8 @@ export interface AdminHost {
   readonly prepared: { values(): IterableIterator<{ name: string; query: string; refs: number }> };
   /** Graceful shutdown (SHUTDOWN). */
   shutdown(): Promise<void>;
+  /** Re-reads the configuration files (RELOAD); throws ConfigError when they are invalid. */
+  reload(): Promise<void>;
   /** The two latest snapshots of pool counters, `stats_period` apart (SHOW STATS averages). */
   readonly stats: StatsWindow;
   /** PAUSE / RESUME / MAINTENANCE. */
@@ -97,6 +99,7 @@ export const ADMIN_COMMANDS = [
   "RESET QUERY_CACHE",
   "BAN [id]",
   "UNBAN [id]",
+  "RELOAD",
   "PAUSE [db]",
   "RESUME [db]",
   "MAINTENANCE ON|OFF",
@@ -115,6 +118,7 @@ export async function adminCommand(sql: string, host: AdminHost): Promise<AdminA
   // Database names keep their case.
   const arg = text.split(/\s+/)[1];
   if (words[0] === "pause" && words.length <= 2) return await pause(arg, host);
+  if (words.length === 1 && words[0] === "reload") return await reload(host);
   if (words[0] === "resume" && words.length <= 2) {
     host.gate.resume(arg);
     return { columns: [], rows: [], tag: "RESUME" };
@@ -439,6 +443,28 @@ function showStats(host: AdminHost): AdminAnswer {
     rows,
     tag: "SHOW",
   };
+}
+
+/** RELOAD: the new configuration, or the reasons it was refused (the old one keeps serving). */
+async function reload(host: AdminHost): Promise<AdminAnswer> {
+  try {
+    await host.reload();
+    return { columns: [], rows: [], tag: "RELOAD" };
+  } catch (e) {
+    const problems = (e as { problems?: string[] }).problems;
+    return {
+      error: {
+        severity: "ERROR",
+        code: SqlState.InvalidParameterValue,
+        message: problems
+          ? `configuration is invalid (${problems.length} problem${
+            problems.length === 1 ? "" : "s"
+          }); the running configuration stays`
+          : `reload failed: ${e instanceof Error ? e.message : e}`,
+        detail: problems?.join("\n"),
+      },
+    };
+  }
 }
 
 /** PAUSE [db]: new transactions wait; answers once the running ones have finished. */

@@ -11,7 +11,7 @@ import { resolvePoolSettings } from "../config/pool_settings.ts";
 import { Pool } from "./pool.ts";
 import { type BalancerSettings, Cluster, Shard, Target } from "./cluster.ts";
 import { type MonitorSettings, ShardMonitor } from "./monitor.ts";
-import type { ServerTls } from "./connect.ts";
+import type { ServerLogin, ServerTls } from "./connect.ts";
 import { shardingConfigFor } from "../router/shard.ts";
 
 export { Cluster, Shard, Target } from "./cluster.ts";
@@ -59,7 +59,22 @@ export class Databases {
    * Builds clusters for every (user, database) pair in `config`; `serverTls` is how their server
    * connections use TLS (none when left out).
    */
-  constructor(config: Config, options: { serverTls?: ServerTls } = {}) {
+  constructor(
+    config: Config,
+    options: { serverTls?: ServerTls; previous?: Databases } = {},
+  ) {
+    // On reload, hosts that keep their address and credentials keep their pool (and its server
+    // connections, bans and detected role); their pool settings are updated in place.
+    const reusable = new Map<string, Target>();
+    if (options.previous) {
+      for (const c of options.previous.clusters()) {
+        for (const shard of c.shards) {
+          for (const t of shard.targets) {
+            reusable.set(targetKey(c.user, c.name, shard.number, t.pool.login), t);
+          }
+        }
+      }
+    }
     const byName = new Map<string, DatabaseConfig[]>();
     for (const db of config.databases) {
       this.#names.add(db.name);
@@ -72,10 +87,27 @@ export class Databases {
     for (const user of config.users) {
       const entries = byName.get(user.database);
       if (!entries) continue;
-      const cluster = buildCluster(config, { user, entries, balance, tls: options.serverTls });
+      const cluster = buildCluster(config, {
+        user,
+        entries,
+        balance,
+        tls: options.serverTls,
+        reusable,
+      });
       this.#clusters.set(clusterKey(user.name, user.database), cluster);
       for (const shard of cluster.shards) this.#monitors.push(new ShardMonitor(shard, monitor));
     }
+    this.#retired = [...reusable.values()].map((t) => t.pool);
+  }
+
+  /** Pools of the previous configuration that this one dropped (a reload drains them). */
+  #retired: Pool[] = [];
+
+  /** Closes the pools the previous configuration had and this one doesn't; stops its monitors. */
+  retire(previous: Databases): void {
+    for (const m of previous.monitors) m.stop();
+    for (const p of this.#retired) p.close();
+    this.#retired = [];
   }
 
   /** True when some `[[databases]]` entry has this name. */
@@ -122,6 +154,12 @@ export class Databases {
   }
 }
 
+/** What identifies a host's pool across reloads. */
+function targetKey(user: string, database: string, shard: number, login: ServerLogin): string {
+  return [user, database, shard, login.host, login.port, login.database, login.user, login.password]
+    .join("\u0000");
+}
+
 function buildCluster(
   config: Config,
   options: {
@@ -129,28 +167,35 @@ function buildCluster(
     entries: DatabaseConfig[];
     balance: BalancerSettings;
     tls: ServerTls | undefined;
+    reusable: Map<string, Target>;
   },
 ): Cluster {
-  const { user, entries, balance, tls } = options;
+  const { user, entries, balance, tls, reusable } = options;
   const shardCount = Math.max(...entries.map((e) => e.shard)) + 1;
   const targets: Target[][] = Array.from({ length: shardCount }, () => []);
   let poolerMode: PoolerMode | null = null;
   for (const database of entries) {
     const settings = resolvePoolSettings(config, { database, user });
     poolerMode ??= settings.pooler_mode;
-    const pool = new Pool({
-      database: user.database,
-      user: user.name,
-      login: {
-        host: database.host,
-        port: database.port,
-        database: database.database_name,
-        user: settings.server_user,
-        password: settings.server_password,
-        tls,
-      },
-      config: settings,
-    });
+    const login: ServerLogin = {
+      host: database.host,
+      port: database.port,
+      database: database.database_name,
+      user: settings.server_user,
+      password: settings.server_password,
+      tls,
+    };
+    const key = targetKey(user.name, user.database, database.shard, login);
+    const old = reusable.get(key);
+    reusable.delete(key);
+    if (old && old.configuredRole === database.role && old.weight === database.lb_weight) {
+      old.pool.config = settings;
+      targets[database.shard].push(old);
+      continue;
+    }
+    const pool = old?.pool ??
+      new Pool({ database: user.database, user: user.name, login, config: settings });
+    pool.config = settings;
     targets[database.shard].push(
       new Target({ pool, role: database.role, weight: database.lb_weight }),
     );
@@ -169,8 +214,9 @@ function buildCluster(
         } else t.role = "replica";
       }
     } else {
-      // Roles are detected; until the first check, nobody is primary.
-      for (const t of list) t.role = "replica";
+      // Roles are detected; until the first check, nobody is primary (hosts kept by a reload
+      // keep what was detected).
+      for (const t of list) if (t.inRecovery === null) t.role = "replica";
     }
     shards.push(new Shard(n, list));
   });

@@ -1283,14 +1283,34 @@ export class Client implements ServerLink {
     await this.#send();
   }
 
-  /** A new transaction waits here while PAUSE or MAINTENANCE holds its database. */
-  async #atGate(): Promise<void> {
+  /**
+   * A new transaction waits here while PAUSE or MAINTENANCE holds its database, then picks up
+   * the configuration in force (a RELOAD may have changed it). False (the client told, and
+   * closed) when its user or database was removed.
+   */
+  async #atGate(): Promise<boolean> {
     const gate = this.#host.console.gate;
-    if (!gate.closed(this.database)) return;
-    const was = this.state;
-    this.state = "waiting";
-    await gate.wait(this.database);
-    this.state = was;
+    if (gate.closed(this.database)) {
+      const was = this.state;
+      this.state = "waiting";
+      await gate.wait(this.database);
+      this.state = was;
+    }
+    const cluster = this.#host.databases.lookup(this.user, this.database);
+    if (cluster === this.cluster) return true;
+    if (cluster === undefined) {
+      await this.#fatal({
+        severity: "FATAL",
+        code: SqlState.AdminShutdown,
+        message: `user "${this.user}" on database "${this.database}" is no longer in the ` +
+          "configuration (RELOAD)",
+      });
+      return false;
+    }
+    this.cluster = cluster;
+    this.#sharding = cluster.sharding;
+    this.#routing ||= cluster.hasReplicas || cluster.sharding !== null;
+    return true;
   }
 
   /** Shards whose servers the client holds now (the attached one first). */
@@ -1345,7 +1365,7 @@ export class Client implements ServerLink {
       this.#deferredBegin = null;
     }
     const role: Role = "primary";
-    if (this.#parked.size === 0) await this.#atGate();
+    if (this.#parked.size === 0 && !(await this.#atGate())) return;
     const legs: Server[] = [];
     const fresh: boolean[] = [];
     this.state = "waiting";
@@ -1467,8 +1487,8 @@ export class Client implements ServerLink {
 
   /** Takes a server for the next request. False (error already queued) on failure. */
   async #acquire(role: Role): Promise<boolean> {
+    if (this.#parked.size === 0 && !(await this.#atGate())) return false;
     const cluster = this.cluster!;
-    if (this.#parked.size === 0) await this.#atGate();
     let server: Server;
     const shard = this.#shard;
     const parked = this.#sharding !== null ? this.#parked.get(shard) : undefined;
