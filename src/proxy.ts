@@ -8,7 +8,7 @@
 import type { Config, GeneralConfig } from "./config/types.ts";
 import { ConfigError } from "./config/load.ts";
 import { readTlsFiles, type TlsFiles } from "./config/tls_files.ts";
-import { Databases } from "./backend/databases.ts";
+import { balancerSettings, Databases } from "./backend/databases.ts";
 import { Client, type ClientHost } from "./frontend/client.ts";
 import { PreparedCache } from "./frontend/prepared.ts";
 import { loadParser, QueryRouter } from "./router/mod.ts";
@@ -87,6 +87,18 @@ export class Proxy implements ClientHost {
     this.uniqueIds = new UniqueIdGenerator({ nodeId: nodeIdFromEnv(nodeId) });
     this.routing = routingSettings(config);
     this.settings = clientSettings(config);
+  }
+
+  /** Makes `config.general` values changed at run time (admin SET) take effect. */
+  applySettings(): void {
+    const g = this.config.general;
+    this.routing = routingSettings(this.config);
+    const balance = balancerSettings(this.config);
+    for (const cluster of this.databases.clusters()) cluster.settings = balance;
+    for (const pool of this.databases.pools()) {
+      pool.config = { ...pool.config, checkout_timeout: g.checkout_timeout };
+    }
+    this.router.setLimit(g.query_cache_limit);
   }
 
   /**

@@ -355,3 +355,38 @@ Deno.test("admin: PAUSE waits for running transactions and holds new ones; MAINT
     }
   });
 });
+
+Deno.test("admin: RECONNECT, HEALTHCHECK, SET at run time", async () => {
+  await using pg = await startPostgres({ databases: ["app"] });
+  const { proxy: p, at, app } = await adminProxy(pg, { general: {}, poolSize: 1 });
+  await using proxy = p;
+  await dumpLogsOnFailure(proxy, async () => {
+    const c = await connectPg(app);
+    try {
+      const pid = async () => (await c.query("SELECT pg_backend_pid() AS pid")).rows[0].pid;
+      const before = await pid();
+      assert.equal(await pid(), before);
+      assert.equal((await admin(at, "RECONNECT")).code, 0);
+      assert.notEqual(await pid(), before, "RECONNECT kept the old server connection");
+
+      const checked = await admin(at, "HEALTHCHECK");
+      assert.equal(checked.code, 0, checked.stderr);
+      assert.deepEqual(checked.rows.map((r) => r.healthy), ["t"]);
+
+      assert.equal((await admin(at, "SET query_timeout TO 300")).code, 0);
+      assert.equal(
+        (await admin(at, "SHOW CONFIG")).rows.find((r) => r.name === "query_timeout")?.value,
+        "300",
+      );
+      await assert.rejects(c.query("SELECT pg_sleep(3)"), /query_timeout/);
+      assert.equal((await admin(at, "SET query_timeout = 0")).code, 0);
+      assert.equal((await c.query("SELECT pg_sleep(0.5), 1 AS one")).rows[0].one, 1);
+      const bad = await admin(at, "SET read_write_strategy TO 'sometimes'");
+      assert.match(bad.stderr, /read_write_strategy is one of conservative, aggressive/);
+      const fixed = await admin(at, "SET port TO 1");
+      assert.match(fixed.stderr, /port can't be changed at run time/);
+    } finally {
+      await c.end();
+    }
+  });
+});

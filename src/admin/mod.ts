@@ -44,6 +44,8 @@ export interface AdminHost {
   shutdown(): Promise<void>;
   /** Re-reads the configuration files (RELOAD); throws ConfigError when they are invalid. */
   reload(): Promise<void>;
+  /** Makes changed `config.general` values take effect (SET). */
+  applySettings(): void;
   /** The two latest snapshots of pool counters, `stats_period` apart (SHOW STATS averages). */
   readonly stats: StatsWindow;
   /** PAUSE / RESUME / MAINTENANCE. */
@@ -100,6 +102,9 @@ export const ADMIN_COMMANDS = [
   "BAN [id]",
   "UNBAN [id]",
   "RELOAD",
+  "RECONNECT",
+  "HEALTHCHECK [id]",
+  "SET <setting> TO <value>",
   "PAUSE [db]",
   "RESUME [db]",
   "MAINTENANCE ON|OFF",
@@ -119,6 +124,13 @@ export async function adminCommand(sql: string, host: AdminHost): Promise<AdminA
   const arg = text.split(/\s+/)[1];
   if (words[0] === "pause" && words.length <= 2) return await pause(arg, host);
   if (words.length === 1 && words[0] === "reload") return await reload(host);
+  if (words.length === 1 && words[0] === "reconnect") {
+    for (const { pool } of poolsWithPlace(host)) pool.reconnect();
+    return { columns: [], rows: [], tag: "RECONNECT" };
+  }
+  if (words[0] === "healthcheck" && words.length <= 2) return await healthcheck(arg, host);
+  const set = /^set\s+([a-z_]+)\s*(?:to|=)\s*'?([^']*?)'?$/i.exec(text);
+  if (set) return setting(set[1].toLowerCase(), set[2], host);
   if (words[0] === "resume" && words.length <= 2) {
     host.gate.resume(arg);
     return { columns: [], rows: [], tag: "RESUME" };
@@ -465,6 +477,82 @@ async function reload(host: AdminHost): Promise<AdminAnswer> {
       },
     };
   }
+}
+
+/** HEALTHCHECK [id]: an empty query on each host (or one) now; their health after it. */
+async function healthcheck(idText: string | undefined, host: AdminHost): Promise<AdminAnswer> {
+  const id = idText === undefined ? null : Number(idText);
+  const places = [...poolsWithPlace(host)].filter((p) => id === null || p.pool.id === id);
+  if (places.length === 0) {
+    return {
+      error: {
+        severity: "ERROR",
+        code: SqlState.UndefinedObject,
+        message: `no pool with id ${idText} (see SHOW POOLS)`,
+      },
+    };
+  }
+  const rows = await Promise.all(places.map(async (place) => {
+    const monitor = host.databases.monitors.find((m) => m.shard.targets.includes(place.target));
+    const healthy = monitor ? await monitor.check(place.target) : false;
+    place.target.healthy = healthy;
+    return [...poolIdentity(place), healthy];
+  }));
+  return { columns: [...POOL_COLUMNS, "healthy"], rows, tag: "HEALTHCHECK" };
+}
+
+/** Settings SET may change while running, with the values each accepts. */
+const RUNTIME_SETTINGS: Record<string, readonly string[] | "ms" | "count"> = {
+  query_timeout: "ms",
+  checkout_timeout: "ms",
+  client_idle_timeout: "ms",
+  client_idle_in_transaction_timeout: "ms",
+  query_cache_limit: "count",
+  read_write_strategy: ["conservative", "aggressive"],
+  read_write_split: [
+    "include_primary",
+    "exclude_primary",
+    "include_primary_if_replica_banned",
+    "prefer_primary",
+  ],
+  load_balancing_strategy: [
+    "random",
+    "round_robin",
+    "least_active_connections",
+    "weighted_round_robin",
+  ],
+};
+
+/** SET <setting> TO <value>: changes a [general] setting until the next RELOAD. */
+function setting(name: string, value: string, host: AdminHost): AdminAnswer {
+  const kind = RUNTIME_SETTINGS[name];
+  const refuse = (message: string): AdminAnswer => ({
+    error: { severity: "ERROR", code: SqlState.InvalidParameterValue, message },
+  });
+  if (kind === undefined) {
+    return refuse(
+      `${name} can't be changed at run time (edit pgdog.toml and RELOAD); SET takes ` +
+        Object.keys(RUNTIME_SETTINGS).join(", "),
+    );
+  }
+  const general = host.config.general as unknown as Record<string, unknown>;
+  if (kind === "ms" || kind === "count") {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < (kind === "count" ? 1 : 0)) {
+      return refuse(
+        `${name} takes ${
+          kind === "ms" ? "milliseconds (0 or more)" : "a count (1 or more)"
+        }, not "${value}"`,
+      );
+    }
+    general[name] = n;
+  } else {
+    const v = value.toLowerCase();
+    if (!kind.includes(v)) return refuse(`${name} is one of ${kind.join(", ")}, not "${value}"`);
+    general[name] = v;
+  }
+  host.applySettings();
+  return { columns: [], rows: [], tag: "SET" };
 }
 
 /** PAUSE [db]: new transactions wait; answers once the running ones have finished. */

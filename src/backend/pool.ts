@@ -103,6 +103,15 @@ export class Pool implements ServerOwner {
     return `pool ${this.user}@${this.login.host}:${this.login.port}/${this.database}`;
   }
 
+  #reconnectBefore = 0;
+
+  /** RECONNECT: idle connections close now, busy ones when they come back; new ones replace them. */
+  reconnect(): void {
+    this.#reconnectBefore = Date.now();
+    for (const s of this.idle.splice(0)) s.close("RECONNECT");
+    this.#grow();
+  }
+
   /** Counters since start, over open and closed servers (SHOW STATS). */
   totals(): PoolTotals {
     const t: PoolTotals = {
@@ -182,6 +191,8 @@ export class Pool implements ServerOwner {
       ? "a cancel sent to it may still land"
       : Date.now() - server.createdAt >= this.config.server_lifetime
       ? "server_lifetime reached"
+      : server.createdAt <= this.#reconnectBefore
+      ? "RECONNECT"
       : null;
     if (why !== null) {
       server.close(why);
