@@ -150,8 +150,30 @@ export class Proxy implements ClientHost {
       MAINTENANCE_INTERVAL_MS,
     );
     this.#maintain(Date.now());
+    const healthPort = this.config.general.healthcheck_port;
+    if (healthPort !== undefined) {
+      this.#health = Deno.serve({
+        hostname: host,
+        port: healthPort,
+        onListen: (a) => log.info(`healthcheck on http://${a.hostname}:${a.port}/`),
+      }, () => this.#healthResponse());
+    }
     const addr = this.#listener.addr;
     log.info(`listening on ${addr.hostname}:${addr.port}`);
+  }
+
+  #health: Deno.HttpServer | null = null;
+
+  /** healthcheck_port: 200 while some pool is online (its host healthy), 502 otherwise. */
+  #healthResponse(): Response {
+    for (const cluster of this.databases.clusters()) {
+      for (const shard of cluster.shards) {
+        for (const t of shard.targets) {
+          if (!t.pool.closed && t.healthy && t.ban === null) return new Response("up\n");
+        }
+      }
+    }
+    return new Response("down\n", { status: 502 });
   }
 
   #maintain(now: number): void {
@@ -241,6 +263,7 @@ export class Proxy implements ClientHost {
   async #shutdown(): Promise<void> {
     this.shuttingDown = true;
     this.#listener?.close();
+    await this.#health?.shutdown();
     log.info(
       `shutting down: waiting up to ${this.config.general.shutdown_timeout} ms for transactions to finish`,
     );

@@ -390,3 +390,34 @@ Deno.test("admin: RECONNECT, HEALTHCHECK, SET at run time", async () => {
     }
   });
 });
+
+Deno.test("healthcheck_port: 200 while a pool is online, 502 when its host is down", async () => {
+  await using pg = await startPostgres({ databases: ["app"] });
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (probe.addr as Deno.NetAddr).port;
+  probe.close();
+  const { proxy: p } = await adminProxy(pg, {
+    general: { healthcheck_port: port, idle_healthcheck_interval: 100, idle_healthcheck_delay: 0 },
+    poolSize: 2,
+  });
+  await using proxy = p;
+  await dumpLogsOnFailure(proxy, async () => {
+    const status = async () => {
+      const r = await fetch(`http://127.0.0.1:${port}/`);
+      await r.body?.cancel();
+      return r.status;
+    };
+    const until = async (want: number) => {
+      const deadline = Date.now() + 10_000;
+      while (await status() !== want) {
+        assert.ok(Date.now() < deadline, `healthcheck never answered ${want}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    await until(200);
+    await pg.stop();
+    await until(502);
+    await pg.start();
+    await until(200);
+  });
+});

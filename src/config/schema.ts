@@ -267,6 +267,11 @@ const GENERAL_KEYS = [
     "Every host answers an empty query this often (0: never).",
   ),
   ms("idle_healthcheck_delay", 5000, "Delay before the first background health check."),
+  int(
+    "healthcheck_port",
+    "A plain HTTP port on the same host: 200 while any pool is online, 502 otherwise (unset: off).",
+    { min: 0, max: MAX_PORT },
+  ),
   ms(
     "stats_period",
     15000,
@@ -421,7 +426,7 @@ export const GENERAL: SectionSpec = {
     "workers",
     "broadcast_address",
     "broadcast_port",
-    "healthcheck_port",
+
     "openmetrics_host",
     "openmetrics_port",
     "openmetrics_namespace",

@@ -86,6 +86,8 @@ export interface GeneralConfig {
   idle_healthcheck_interval: number;
   /** Delay before the first background health check. */
   idle_healthcheck_delay: number;
+  /** HTTP health endpoint port (unset: off). */
+  healthcheck_port?: number;
   /** Period of SHOW STATS averages (ms). */
   stats_period: number;
   /** How long a health check may take. */
