@@ -16,6 +16,7 @@ import { Listener } from "./net/listener.ts";
 import { log } from "./log.ts";
 import { type AdminHost, StatsWindow } from "./admin/mod.ts";
 import { Gate } from "./admin/gate.ts";
+import { metricsRegistry, serveMetrics } from "./metrics/mod.ts";
 import { nodeIdFromEnv, UniqueIdGenerator } from "./sharding/unique_id.ts";
 import { SqlState } from "./protocol/sqlstate.ts";
 import { closeQuietly } from "./net/stream.ts";
@@ -150,6 +151,17 @@ export class Proxy implements ClientHost {
       MAINTENANCE_INTERVAL_MS,
     );
     this.#maintain(Date.now());
+    const metricsPort = this.config.general.openmetrics_port;
+    if (metricsPort !== undefined) {
+      const registry = metricsRegistry(this, {
+        namespace: this.config.general.openmetrics_namespace,
+      });
+      this.#metrics = serveMetrics(registry, {
+        hostname: host,
+        port: metricsPort,
+        onListen: (a) => log.info(`metrics on http://${a.hostname}:${a.port}/metrics`),
+      });
+    }
     const healthPort = this.config.general.healthcheck_port;
     if (healthPort !== undefined) {
       this.#health = Deno.serve({
@@ -163,6 +175,7 @@ export class Proxy implements ClientHost {
   }
 
   #health: Deno.HttpServer | null = null;
+  #metrics: Deno.HttpServer | null = null;
 
   /** healthcheck_port: 200 while some pool is online (its host healthy), 502 otherwise. */
   #healthResponse(): Response {
@@ -264,6 +277,7 @@ export class Proxy implements ClientHost {
     this.shuttingDown = true;
     this.#listener?.close();
     await this.#health?.shutdown();
+    await this.#metrics?.shutdown();
     log.info(
       `shutting down: waiting up to ${this.config.general.shutdown_timeout} ms for transactions to finish`,
     );

@@ -421,3 +421,44 @@ Deno.test("healthcheck_port: 200 while a pool is online, 502 when its host is do
     await until(200);
   });
 });
+
+Deno.test("openmetrics_port: /metrics moves with a pgbench workload", async () => {
+  await using pg = await startPgbenchCluster();
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (probe.addr as Deno.NetAddr).port;
+  probe.close();
+  const { proxy: p, app } = await adminProxy(pg, {
+    general: { openmetrics_port: port, openmetrics_namespace: "pgdog_" },
+    poolSize: 4,
+  });
+  await using proxy = p;
+  await dumpLogsOnFailure(proxy, async () => {
+    const scrape = async () => {
+      const r = await fetch(`http://127.0.0.1:${port}/metrics`);
+      assert.equal(r.status, 200);
+      assert.match(r.headers.get("content-type") ?? "", /openmetrics/);
+      return await r.text();
+    };
+    const value = (text: string, name: string): number => {
+      const line = text.split("\n").find((l) =>
+        l.startsWith(`${name}{`) && l.includes('database="app"')
+      );
+      return line ? Number(line.slice(line.lastIndexOf(" ") + 1)) : NaN;
+    };
+    const before = await scrape();
+    const run = await pgbench(app, ["-n", "-c", "4", "-t", "50"], { timeoutMs: 60_000 });
+    assert.equal(run.code, 0, run.stderr);
+    const after = await scrape();
+    const moved = (name: string) => value(after, name) - (value(before, name) || 0);
+    assert.ok(moved("pgdog_xact_count_total") >= 200, after);
+    assert.ok(moved("pgdog_query_count_total") >= 200 * 7, after);
+    assert.ok(moved("pgdog_received_bytes_total") > 0);
+    assert.equal(value(after, "pgdog_pool_size"), 4);
+    assert.equal(value(after, "pgdog_healthy"), 1);
+    assert.match(
+      after,
+      /pgdog_sv_idle\{user="postgres",database="app",host="[^"]+",port="\d+",shard="0",role="primary"\}/,
+    );
+    assert.equal((await fetch(`http://127.0.0.1:${port}/nope`)).status, 404);
+  });
+});

@@ -267,6 +267,11 @@ const GENERAL_KEYS = [
     "Every host answers an empty query this often (0: never).",
   ),
   ms("idle_healthcheck_delay", 5000, "Delay before the first background health check."),
+  int("openmetrics_port", "HTTP port serving OpenMetrics at /metrics (unset: off).", {
+    min: 0,
+    max: MAX_PORT,
+  }),
+  str("openmetrics_namespace", "Prefix of every metric name, e.g. `pgdog_`.", { default: "" }),
   int(
     "healthcheck_port",
     "A plain HTTP port on the same host: 200 while any pool is online, 502 otherwise (unset: off).",
@@ -426,10 +431,7 @@ export const GENERAL: SectionSpec = {
     "workers",
     "broadcast_address",
     "broadcast_port",
-
     "openmetrics_host",
-    "openmetrics_port",
-    "openmetrics_namespace",
     "dns_ttl",
     "prepared_statements_ttl",
     "prepared_statements_ttl_jitter",

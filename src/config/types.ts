@@ -86,6 +86,10 @@ export interface GeneralConfig {
   idle_healthcheck_interval: number;
   /** Delay before the first background health check. */
   idle_healthcheck_delay: number;
+  /** OpenMetrics port (unset: off). */
+  openmetrics_port?: number;
+  /** Prefix of metric names. */
+  openmetrics_namespace: string;
   /** HTTP health endpoint port (unset: off). */
   healthcheck_port?: number;
   /** Period of SHOW STATS averages (ms). */

@@ -1,0 +1,163 @@
+/**
+ * `GET /metrics` on `openmetrics_port`: OpenMetrics from the proxy's own state, read when scraped
+ * (nothing is counted on the query path for it), names prefixed by `openmetrics_namespace`, and
+ * labelled by user, database, host, port, shard and role.
+ *
+ * @module
+ */
+
+import client from "prom-client";
+import type { Databases, Target } from "../backend/databases.ts";
+import type { Pool } from "../backend/pool.ts";
+import type { ClientView } from "../admin/mod.ts";
+
+/** What the metrics read. */
+export interface MetricsSource {
+  readonly databases: Databases;
+  readonly clients: ReadonlySet<ClientView>;
+}
+
+const POOL_LABELS = ["user", "database", "host", "port", "shard", "role"] as const;
+type PoolLabels = Record<(typeof POOL_LABELS)[number], string | number>;
+
+function labelsOf(pool: Pool, shard: number, target: Target): PoolLabels {
+  return {
+    user: pool.user,
+    database: pool.database,
+    host: pool.login.host,
+    port: pool.login.port,
+    shard,
+    role: target.role,
+  };
+}
+
+/** A registry whose metrics are computed from `source` at each scrape. */
+export function metricsRegistry(
+  source: MetricsSource,
+  options: { namespace: string },
+): client.Registry<client.OpenMetricsContentType> {
+  const registry = new client.Registry<client.OpenMetricsContentType>();
+  registry.setContentType(client.openMetricsContentType);
+  const ns = options.namespace;
+  const places = function* (): Generator<{ pool: Pool; shard: number; target: Target }> {
+    for (const cluster of source.databases.clusters()) {
+      for (const shard of cluster.shards) {
+        for (const target of shard.targets) {
+          yield { pool: target.pool, shard: shard.number, target };
+        }
+      }
+    }
+  };
+  const perPool = (
+    name: string,
+    help: string,
+    value: (pool: Pool, target: Target) => number,
+    kind: "gauge" | "counter" = "gauge",
+  ): void => {
+    const Metric = kind === "gauge" ? client.Gauge : client.Counter;
+    new Metric({
+      name: `${ns}${name}`,
+      help,
+      labelNames: POOL_LABELS,
+      registers: [registry],
+      collect(this: client.Gauge<string> | client.Counter<string>) {
+        this.reset();
+        for (const { pool, shard, target } of places()) {
+          const v = value(pool, target);
+          if (this instanceof client.Gauge) this.set(labelsOf(pool, shard, target), v);
+          else this.inc(labelsOf(pool, shard, target), v);
+        }
+      },
+    });
+  };
+
+  new client.Gauge({
+    name: `${ns}clients`,
+    help: "Connected clients, by state.",
+    labelNames: ["user", "database", "state"],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const counts = new Map<
+        string,
+        { user: string; database: string; state: string; n: number }
+      >();
+      for (const c of source.clients) {
+        const key = `${c.user}\u0000${c.database}\u0000${c.state}`;
+        const e = counts.get(key) ?? { user: c.user, database: c.database, state: c.state, n: 0 };
+        e.n++;
+        counts.set(key, e);
+      }
+      for (const e of counts.values()) {
+        this.set({ user: e.user, database: e.database, state: e.state }, e.n);
+      }
+    },
+  });
+  perPool(
+    "sv_active",
+    "Server connections in use by clients.",
+    (p) => p.servers.size - p.idle.length,
+  );
+  perPool("sv_idle", "Idle server connections.", (p) => p.idle.length);
+  perPool("cl_waiting", "Clients waiting for a server connection.", (p) => p.waiting);
+  perPool(
+    "maxwait_seconds",
+    "The longest current wait for a server, in seconds.",
+    (p) => p.maxWait(Date.now()) / 1000,
+  );
+  perPool(
+    "pool_size",
+    "The pool's maximum number of server connections.",
+    (p) => p.config.pool_size,
+  );
+  perPool("banned", "1 while the host is banned from reads.", (_p, t) => t.ban === null ? 0 : 1);
+  perPool("healthy", "1 while the host passes its health checks.", (_p, t) => t.healthy ? 1 : 0);
+  perPool(
+    "replica_lag_seconds",
+    "Replica lag behind its primary, in seconds.",
+    (_p, t) => t.role === "replica" ? t.lagMs / 1000 : 0,
+  );
+  perPool(
+    "replica_lag_bytes",
+    "Replica lag behind its primary, in bytes.",
+    (_p, t) => t.role === "replica" ? t.lagBytes : 0,
+  );
+  perPool("xact_count", "Transactions run.", (p) => p.totals().transactions, "counter");
+  perPool("query_count", "Queries run.", (p) => p.totals().queries, "counter");
+  perPool("server_assignment_count", "Server checkouts.", (p) => p.totals().assignments, "counter");
+  perPool("errors", "Server connection errors.", (p) => p.totals().errors, "counter");
+  perPool("received_bytes", "Bytes received from servers.", (p) => p.totals().received, "counter");
+  perPool("sent_bytes", "Bytes sent to servers.", (p) => p.totals().sent, "counter");
+  perPool(
+    "xact_time_seconds",
+    "Time servers were held by clients, summed.",
+    (p) => p.totals().xactTimeMs / 1000,
+    "counter",
+  );
+  perPool(
+    "wait_time_seconds",
+    "Time clients waited for a server, summed.",
+    (p) => p.totals().waitTimeMs / 1000,
+    "counter",
+  );
+  return registry;
+}
+
+/** Serves `registry` at `GET /metrics` on `port` until the returned server is shut down. */
+export function serveMetrics(
+  registry: client.Registry<client.OpenMetricsContentType>,
+  options: { hostname: string; port: number; onListen?: (addr: Deno.NetAddr) => void },
+): Deno.HttpServer {
+  return Deno.serve({
+    hostname: options.hostname,
+    port: options.port,
+    onListen: (a) => options.onListen?.(a),
+  }, async (req) => {
+    if (new URL(req.url).pathname !== "/metrics") {
+      return new Response("not found\n", { status: 404 });
+    }
+    return new Response(await registry.metrics(), {
+      headers: { "content-type": registry.contentType },
+    });
+  });
+}
