@@ -17,6 +17,7 @@ import { log } from "./log.ts";
 import { type AdminHost, StatsWindow } from "./admin/mod.ts";
 import { Gate } from "./admin/gate.ts";
 import { metricsRegistry, serveMetrics } from "./metrics/mod.ts";
+import { healthy, STATUS_PAGE, statusJson, TpsSeries } from "./admin/status.ts";
 import { nodeIdFromEnv, UniqueIdGenerator } from "./sharding/unique_id.ts";
 import { SqlState } from "./protocol/sqlstate.ts";
 import { closeQuietly } from "./net/stream.ts";
@@ -168,7 +169,7 @@ export class Proxy implements ClientHost {
         hostname: host,
         port: healthPort,
         onListen: (a) => log.info(`healthcheck on http://${a.hostname}:${a.port}/`),
-      }, () => this.#healthResponse());
+      }, (req) => this.#healthResponse(req));
     }
     const addr = this.#listener.addr;
     log.info(`listening on ${addr.hostname}:${addr.port}`);
@@ -177,20 +178,39 @@ export class Proxy implements ClientHost {
   #health: Deno.HttpServer | null = null;
   #metrics: Deno.HttpServer | null = null;
 
-  /** healthcheck_port: 200 while some pool is online (its host healthy), 502 otherwise. */
-  #healthResponse(): Response {
-    for (const cluster of this.databases.clusters()) {
-      for (const shard of cluster.shards) {
-        for (const t of shard.targets) {
-          if (!t.pool.closed && t.healthy && t.ban === null) return new Response("up\n");
-        }
-      }
+  /**
+   * healthcheck_port: `/` is the status page, `/status.json` its data, `/health` plain text; the
+   * page and `/health` answer 200 while some pool is online, 502 otherwise.
+   */
+  #healthResponse(req: Request): Response {
+    const path = new URL(req.url).pathname;
+    if (path === "/status.json") {
+      return Response.json(statusJson(this, this.#tps), {
+        headers: { "cache-control": "no-store" },
+      });
     }
-    return new Response("down\n", { status: 502 });
+    const status = healthy(this) ? 200 : 502;
+    if (path === "/") {
+      return new Response(STATUS_PAGE, {
+        status,
+        headers: { "content-type": "text/html; charset=utf-8" },
+      });
+    }
+    if (path === "/health") return new Response(status === 200 ? "up\n" : "down\n", { status });
+    return new Response("not found\n", { status: 404 });
   }
+
+  readonly #tps = new TpsSeries();
 
   #maintain(now: number): void {
     this.databases.maintain(now);
+    if (this.#health !== null) {
+      this.#tps.tick(now, () => {
+        let n = 0;
+        for (const p of this.databases.pools()) n += p.totals().transactions;
+        return n;
+      });
+    }
     this.stats.tick(now, {
       period: this.config.general.stats_period,
       pools: () => this.databases.pools(),
