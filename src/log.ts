@@ -16,6 +16,9 @@ const LABEL: Record<LogLevel, string> = {
 };
 
 let threshold = RANK.info;
+let json = false;
+/** PGDOG_LOG was set: it wins over the configuration's log_level. */
+let levelFromEnv = false;
 const encoder = new TextEncoder();
 
 /** Sets the most verbose level that is printed. */
@@ -28,9 +31,12 @@ export function logEnabled(level: LogLevel): boolean {
   return RANK[level] <= threshold;
 }
 
-function emit(level: LogLevel, message: string): void {
-  if (RANK[level] > threshold) return;
-  const line = `${new Date().toISOString()} ${LABEL[level]} ${message}\n`;
+function emit(level: LogLevel, message: string, always = false): void {
+  if (!always && RANK[level] > threshold) return;
+  const time = new Date().toISOString();
+  const line = json
+    ? `${JSON.stringify({ time, level, message })}\n`
+    : `${time} ${LABEL[level]} ${message}\n`;
   try {
     Deno.stderr.writeSync(encoder.encode(line));
   } catch {
@@ -56,6 +62,10 @@ export const log = {
   debug(message: string): void {
     emit("debug", message);
   },
+  /** An info line printed whatever the level (where the proxy listens: operators need it). */
+  always(message: string): void {
+    emit("info", message, true);
+  },
 };
 
 /**
@@ -71,6 +81,14 @@ export function applyLogLevelFromEnv(): void {
   }
   if (value === undefined || value === "") return;
   const level = value.toLowerCase();
-  if (level in RANK) setLogLevel(level as LogLevel);
-  else emit("warn", `PGDOG_LOG=${value} is not one of error, warn, info, debug; using info`);
+  if (level in RANK) {
+    setLogLevel(level as LogLevel);
+    levelFromEnv = true;
+  } else emit("warn", `PGDOG_LOG=${value} is not one of error, warn, info, debug; using info`);
+}
+
+/** Applies `[general] log_level` (unless PGDOG_LOG set one) and `log_format`. */
+export function configureLogging(options: { level: LogLevel; format: "text" | "json" }): void {
+  if (!levelFromEnv) setLogLevel(options.level);
+  json = options.format === "json";
 }

@@ -13,7 +13,7 @@ import { Client, type ClientHost } from "./frontend/client.ts";
 import { PreparedCache } from "./frontend/prepared.ts";
 import { loadParser, QueryRouter } from "./router/mod.ts";
 import { Listener } from "./net/listener.ts";
-import { log } from "./log.ts";
+import { configureLogging, log } from "./log.ts";
 import { type AdminHost, StatsWindow } from "./admin/mod.ts";
 import { Gate } from "./admin/gate.ts";
 import { metricsRegistry, serveMetrics } from "./metrics/mod.ts";
@@ -49,6 +49,8 @@ function clientSettings(config: Config): ClientHost["settings"] {
     max_message_size: g.max_message_size,
     prepared_statements: g.prepared_statements,
     prepared_statements_limit: g.prepared_statements_limit,
+    log_connections: g.log_connections,
+    log_disconnections: g.log_disconnections,
   };
 }
 
@@ -78,6 +80,7 @@ export class Proxy implements ClientHost {
   constructor(config: Config) {
     this.config = config;
     const g = config.general;
+    configureLogging({ level: g.log_level, format: g.log_format });
     this.databases = buildDatabases(config);
     this.router = new QueryRouter({ cacheLimit: g.query_cache_limit });
     let nodeId: string | undefined;
@@ -127,6 +130,7 @@ export class Proxy implements ClientHost {
     this.databases = databases;
     this.routing = routingSettings(next);
     this.settings = clientSettings(next);
+    configureLogging({ level: next.general.log_level, format: next.general.log_format });
     this.router.setLimit(next.general.query_cache_limit);
     databases.retire(previous);
     databases.startMonitors();
@@ -172,7 +176,7 @@ export class Proxy implements ClientHost {
       }, (req) => this.#healthResponse(req));
     }
     const addr = this.#listener.addr;
-    log.info(`listening on ${addr.hostname}:${addr.port}`);
+    log.always(`listening on ${addr.hostname}:${addr.port}`);
   }
 
   #health: Deno.HttpServer | null = null;

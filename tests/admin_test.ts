@@ -462,3 +462,38 @@ Deno.test("openmetrics_port: /metrics moves with a pgbench workload", async () =
     assert.equal((await fetch(`http://127.0.0.1:${port}/nope`)).status, 404);
   });
 });
+
+Deno.test("logging: log_format json, log_connections / log_disconnections, log_level", async () => {
+  await using pg = await startPostgres({ databases: ["app"] });
+  const { proxy: p, app } = await adminProxy(pg, {
+    general: { log_format: "json", log_connections: true, log_disconnections: true },
+    poolSize: 1,
+  });
+  await using proxy = p;
+  await dumpLogsOnFailure(proxy, async () => {
+    const c = await connectPg(app);
+    await c.query("SELECT 1");
+    await c.end();
+    await proxy.waitForLog(/disconnected after/, { since: 0, timeoutMs: 5000 });
+    const lines = proxy.logs().trim().split("\n");
+    const parsed = lines.map((l) =>
+      JSON.parse(l) as { time: string; level: string; message: string }
+    );
+    assert.ok(
+      parsed.some((l) => l.level === "info" && /logged in as postgres\/app/.test(l.message)),
+    );
+    assert.ok(parsed.some((l) => l.level === "info" && /disconnected after/.test(l.message)));
+    assert.ok(!proxy.logs().includes("app-pw"), "a password reached the log");
+  });
+
+  const { proxy: q, app: app2 } = await adminProxy(pg, {
+    general: { log_level: "warn", log_connections: true },
+    poolSize: 1,
+  });
+  await using quiet = q;
+  const c = await connectPg(app2);
+  await c.query("SELECT 1");
+  await c.end();
+  await new Promise((r) => setTimeout(r, 200));
+  assert.doesNotMatch(quiet.logs(), /logged in as|disconnected/);
+});

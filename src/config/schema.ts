@@ -267,6 +267,24 @@ const GENERAL_KEYS = [
     "Every host answers an empty query this often (0: never).",
   ),
   ms("idle_healthcheck_delay", 5000, "Delay before the first background health check."),
+  oneOf(
+    "log_level",
+    ["error", "warn", "info", "debug"],
+    "Most verbose log lines printed (PGDOG_LOG overrides).",
+    {
+      default: "info",
+    },
+  ),
+  oneOf(
+    "log_format",
+    ["text", "json"],
+    "text: `<time> <LEVEL> <message>`; json: one object per line.",
+    {
+      default: "text",
+    },
+  ),
+  bool("log_connections", true, "Log each client login (user, database, address)."),
+  bool("log_disconnections", true, "Log each client disconnection."),
   int("openmetrics_port", "HTTP port serving OpenMetrics at /metrics (unset: off).", {
     min: 0,
     max: MAX_PORT,
@@ -481,10 +499,6 @@ export const GENERAL: SectionSpec = {
     "cutover_save_config",
     "connection_recovery",
     "client_connection_recovery",
-    "log_format",
-    "log_level",
-    "log_connections",
-    "log_disconnections",
     "log_dedup_window",
     "log_dedup_threshold",
     "query_log",

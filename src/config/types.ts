@@ -86,6 +86,14 @@ export interface GeneralConfig {
   idle_healthcheck_interval: number;
   /** Delay before the first background health check. */
   idle_healthcheck_delay: number;
+  /** Most verbose log level printed. */
+  log_level: "error" | "warn" | "info" | "debug";
+  /** Log line format. */
+  log_format: "text" | "json";
+  /** Log client logins. */
+  log_connections: boolean;
+  /** Log client disconnections. */
+  log_disconnections: boolean;
   /** OpenMetrics port (unset: off). */
   openmetrics_port?: number;
   /** Prefix of metric names. */

@@ -91,6 +91,8 @@ export interface ClientHost {
     max_message_size: number;
     prepared_statements: "extended" | "disabled";
     prepared_statements_limit: number;
+    log_connections: boolean;
+    log_disconnections: boolean;
     /** The certificate and key offered to clients; null when TLS is not offered. */
     tls: AcceptTlsOptions | null;
     /** Refuse clients that do not use TLS. */
@@ -397,12 +399,16 @@ export class Client implements ServerLink {
     await this.writer.write(b.view());
     this.state = "idle";
     host.register(this);
-    log.debug(
-      `client ${this.id} (${this.addr}) logged in as ${this.user}/${this.database}` +
-        (result.tls ? " over TLS" : ""),
-    );
+    this.#loggedIn = true;
+    const line = `client ${this.id} (${this.addr}) logged in as ${this.user}/${this.database}` +
+      (result.tls ? " over TLS" : "");
+    if (host.settings.log_connections) log.info(line);
+    else log.debug(line);
     return true;
   }
+
+  /** Logged in (its disconnection is worth a line). */
+  #loggedIn = false;
 
   /**
    * The ParameterStatus values this client is shown at login: a real server's, after the client's
@@ -1841,7 +1847,11 @@ export class Client implements ServerLink {
     this.#parked.clear();
     this.statements.clear();
     closeQuietly(this.conn);
-    log.debug(`client ${this.id} (${this.addr}) disconnected`);
+    const line = `client ${this.id} (${this.addr}) disconnected after ${
+      ((Date.now() - this.connectedAt) / 1000).toFixed(1)
+    } s`;
+    if (this.#loggedIn && this.#host.settings.log_disconnections) log.info(line);
+    else log.debug(line);
   }
 }
 
