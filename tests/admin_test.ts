@@ -286,6 +286,7 @@ Deno.test("admin: SHOW STATS counts a pgbench workload; averages over stats_peri
     assert.ok(moved("total_server_assignment_count") >= run.processed!);
     assert.ok(moved("total_received") > 0 && moved("total_sent") > 0);
     assert.ok(Number(after.total_xact_time) > 0);
+    assert.ok(Number(after.total_query_time) > 0);
     assert.ok(Number(during.avg_xact_count) > 0, JSON.stringify(during));
     assert.ok(Number(during.avg_query_count) > Number(during.avg_xact_count));
     assert.ok(Number(during.avg_xact_time) > 0);
@@ -453,6 +454,8 @@ Deno.test("openmetrics_port: /metrics moves with a pgbench workload", async () =
     assert.ok(moved("pgdog_xact_count_total") >= 200, after);
     assert.ok(moved("pgdog_query_count_total") >= 200 * 7, after);
     assert.ok(moved("pgdog_received_bytes_total") > 0);
+    assert.ok(moved("pgdog_query_time_seconds_total") > 0);
+    assert.ok(moved("pgdog_checkout_wait_seconds_count") >= 200, after);
     assert.equal(value(after, "pgdog_pool_size"), 4);
     assert.equal(value(after, "pgdog_healthy"), 1);
     assert.match(

@@ -410,6 +410,7 @@ const STAT_NAMES = [
   "received",
   "sent",
   "xact_time",
+  "query_time",
   "wait_time",
   "errors",
 ];
@@ -426,6 +427,7 @@ function showStats(host: AdminHost): AdminAnswer {
       t.received,
       t.sent,
       t.xactTimeMs * 1000,
+      t.queryTimeMs * 1000,
       t.waitTimeMs * 1000,
       t.errors,
     ];
@@ -440,6 +442,7 @@ function showStats(host: AdminHost): AdminAnswer {
         rate(w.d.received),
         rate(w.d.sent),
         per(w.d.xactTimeMs * 1000, w.d.transactions),
+        per(w.d.queryTimeMs * 1000, w.d.queries),
         per(w.d.waitTimeMs * 1000, w.d.assignments),
         rate(w.d.errors),
       ]

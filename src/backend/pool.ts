@@ -23,6 +23,7 @@ export interface PoolTotals {
   received: number;
   sent: number;
   xactTimeMs: number;
+  queryTimeMs: number;
   waitTimeMs: number;
   errors: number;
 }
@@ -80,7 +81,14 @@ export class Pool implements ServerOwner {
   /** Time clients waited for a server, summed (ms). */
   waitTimeMs = 0;
   /** Counters of servers already closed, kept for SHOW STATS. */
-  readonly #retired = { transactions: 0, queries: 0, xactTimeMs: 0, received: 0, sent: 0 };
+  readonly #retired = {
+    transactions: 0,
+    queries: 0,
+    xactTimeMs: 0,
+    queryTimeMs: 0,
+    received: 0,
+    sent: 0,
+  };
   errors = 0;
 
   #waiters: Waiter[] = [];
@@ -124,6 +132,7 @@ export class Pool implements ServerOwner {
       t.transactions += s.transactions;
       t.queries += s.queries;
       t.xactTimeMs += s.xactTimeMs;
+      t.queryTimeMs += s.queryTimeMs;
       t.received += s.bytesReceived;
       t.sent += s.writer.bytesWritten;
     }
@@ -159,8 +168,12 @@ export class Pool implements ServerOwner {
     const server = this.idle.pop();
     if (server === undefined) return null;
     this.checkouts++;
+    Pool.observeWait?.(this, 0);
     return server;
   }
+
+  /** Called with each checkout's wait (ms), when metrics want a histogram of them. */
+  static observeWait: ((pool: Pool, ms: number) => void) | null = null;
 
   /**
    * Waits for a server until `checkout_timeout`; rejects with a {@linkcode ClientFacingError}, or
@@ -232,6 +245,7 @@ export class Pool implements ServerOwner {
     r.transactions += server.transactions;
     r.queries += server.queries;
     r.xactTimeMs += server.xactTimeMs;
+    r.queryTimeMs += server.queryTimeMs;
     r.received += server.bytesReceived;
     r.sent += server.writer.bytesWritten;
     this.#total--;
@@ -247,7 +261,9 @@ export class Pool implements ServerOwner {
     this.#live--;
     if (server) {
       this.checkouts++;
-      this.waitTimeMs += Date.now() - w.since;
+      const waited = Date.now() - w.since;
+      this.waitTimeMs += waited;
+      Pool.observeWait?.(this, waited);
       w.resolve(server);
     } else {
       w.reject(error);

@@ -243,6 +243,8 @@ export class Server {
   queries = 0;
   /** Time held by clients, summed over the transactions they ran (ms). */
   xactTimeMs = 0;
+  /** Time from each request to its ReadyForQuery, summed (ms). */
+  queryTimeMs = 0;
   /** Close instead of reusing at the next checkin (state no longer known). */
   discard = false;
   closed = false;
@@ -662,7 +664,11 @@ export class Server {
         this.errorForwarded = false;
         this.errorRewrite = null;
         this.cancelNote = null;
-        this.requestStart = Date.now();
+        {
+          const now = Date.now();
+          this.queryTimeMs += now - this.requestStart;
+          this.requestStart = now;
+        }
         // Pop through the entry this answers (anything before it was skipped by the server).
         while (queue.length > 0) {
           const kind = queue.headKind;

@@ -8,7 +8,7 @@
 
 import client from "prom-client";
 import type { Databases, Target } from "../backend/databases.ts";
-import type { Pool } from "../backend/pool.ts";
+import { Pool } from "../backend/pool.ts";
 import type { ClientView } from "../admin/mod.ts";
 
 /** What the metrics read. */
@@ -140,6 +140,26 @@ export function metricsRegistry(
     (p) => p.totals().waitTimeMs / 1000,
     "counter",
   );
+  perPool(
+    "query_time_seconds",
+    "Time from each request to its answer, summed.",
+    (p) => p.totals().queryTimeMs / 1000,
+    "counter",
+  );
+  const waits = new client.Histogram({
+    name: `${ns}checkout_wait_seconds`,
+    help: "How long each checkout waited for a server connection.",
+    labelNames: ["user", "database", "host", "port"],
+    buckets: [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
+    registers: [registry],
+  });
+  Pool.observeWait = (pool, ms) =>
+    waits.observe({
+      user: pool.user,
+      database: pool.database,
+      host: pool.login.host,
+      port: pool.login.port,
+    }, ms / 1000);
   return registry;
 }
 
