@@ -78,50 +78,14 @@ function rotl(x: number, k: number): number {
  * `outHi` (b) and `outLo` (c).
  */
 function hashWord(k: number, seed: Seed): void {
-  let a = (INIT + 4) | 0;
-  let b = a;
-  let c = a;
+  a = b = c = (INIT + 4) | 0;
   if (seed.set) {
     a = (a + seed.hi) | 0;
     b = (b + seed.lo) | 0;
-    // mix(a, b, c)
-    a = (a - c) | 0;
-    a ^= rotl(c, 4);
-    c = (c + b) | 0;
-    b = (b - a) | 0;
-    b ^= rotl(a, 6);
-    a = (a + c) | 0;
-    c = (c - b) | 0;
-    c ^= rotl(b, 8);
-    b = (b + a) | 0;
-    a = (a - c) | 0;
-    a ^= rotl(c, 16);
-    c = (c + b) | 0;
-    b = (b - a) | 0;
-    b ^= rotl(a, 19);
-    a = (a + c) | 0;
-    c = (c - b) | 0;
-    c ^= rotl(b, 4);
-    b = (b + a) | 0;
+    mix();
   }
   a = (a + k) | 0;
-  // final(a, b, c)
-  c ^= b;
-  c = (c - rotl(b, 14)) | 0;
-  a ^= c;
-  a = (a - rotl(c, 11)) | 0;
-  b ^= a;
-  b = (b - rotl(a, 25)) | 0;
-  c ^= b;
-  c = (c - rotl(b, 16)) | 0;
-  a ^= c;
-  a = (a - rotl(c, 4)) | 0;
-  b ^= a;
-  b = (b - rotl(a, 14)) | 0;
-  c ^= b;
-  c = (c - rotl(b, 24)) | 0;
-  outHi = b >>> 0;
-  outLo = c >>> 0;
+  final();
 }
 
 /**
@@ -129,30 +93,11 @@ function hashWord(k: number, seed: Seed): void {
  * loads); leaves the result in `outHi` (b) and `outLo` (c).
  */
 function hashBytes(bytes: Uint8Array, length: number, seed: Seed): void {
-  let a = (INIT + length) | 0;
-  let b = a;
-  let c = a;
+  a = b = c = (INIT + length) | 0;
   if (seed.set) {
     a = (a + seed.hi) | 0;
     b = (b + seed.lo) | 0;
-    a = (a - c) | 0;
-    a ^= rotl(c, 4);
-    c = (c + b) | 0;
-    b = (b - a) | 0;
-    b ^= rotl(a, 6);
-    a = (a + c) | 0;
-    c = (c - b) | 0;
-    c ^= rotl(b, 8);
-    b = (b + a) | 0;
-    a = (a - c) | 0;
-    a ^= rotl(c, 16);
-    c = (c + b) | 0;
-    b = (b - a) | 0;
-    b ^= rotl(a, 19);
-    a = (a + c) | 0;
-    c = (c - b) | 0;
-    c ^= rotl(b, 4);
-    b = (b + a) | 0;
+    mix();
   }
   let i = 0;
   let left = length;
@@ -162,24 +107,7 @@ function hashBytes(bytes: Uint8Array, length: number, seed: Seed): void {
       0;
     c = (c + (bytes[i + 8] | (bytes[i + 9] << 8) | (bytes[i + 10] << 16) | (bytes[i + 11] << 24))) |
       0;
-    a = (a - c) | 0;
-    a ^= rotl(c, 4);
-    c = (c + b) | 0;
-    b = (b - a) | 0;
-    b ^= rotl(a, 6);
-    a = (a + c) | 0;
-    c = (c - b) | 0;
-    c ^= rotl(b, 8);
-    b = (b + a) | 0;
-    a = (a - c) | 0;
-    a ^= rotl(c, 16);
-    c = (c + b) | 0;
-    b = (b - a) | 0;
-    b ^= rotl(a, 19);
-    a = (a + c) | 0;
-    c = (c - b) | 0;
-    c ^= rotl(b, 4);
-    b = (b + a) | 0;
+    mix();
     i += 12;
     left -= 12;
   }
@@ -190,6 +118,38 @@ function hashBytes(bytes: Uint8Array, length: number, seed: Seed): void {
     else if (j < 8) b = (b + (bytes[i + j] << ((j - 4) << 3))) | 0;
     else c = (c + (bytes[i + j] << ((j - 7) << 3))) | 0;
   }
+  final();
+}
+
+/** The lookup3 state: three 32-bit words (module-level, so hashing allocates nothing). */
+let a = 0;
+let b = 0;
+let c = 0;
+
+/** lookup3's `mix(a, b, c)`. */
+function mix(): void {
+  a = (a - c) | 0;
+  a ^= rotl(c, 4);
+  c = (c + b) | 0;
+  b = (b - a) | 0;
+  b ^= rotl(a, 6);
+  a = (a + c) | 0;
+  c = (c - b) | 0;
+  c ^= rotl(b, 8);
+  b = (b + a) | 0;
+  a = (a - c) | 0;
+  a ^= rotl(c, 16);
+  c = (c + b) | 0;
+  b = (b - a) | 0;
+  b ^= rotl(a, 19);
+  a = (a + c) | 0;
+  c = (c - b) | 0;
+  c ^= rotl(b, 4);
+  b = (b + a) | 0;
+}
+
+/** lookup3's `final(a, b, c)`; the result goes to `outHi` (b) and `outLo` (c). */
+function final(): void {
   c ^= b;
   c = (c - rotl(b, 14)) | 0;
   a ^= c;
