@@ -661,7 +661,8 @@ export class Client implements ServerLink {
     const limit = this.pool?.config.rollback_timeout ?? 5000;
     let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([
-      server.drain(),
+      // A Flush: PostgreSQL holds answers to extended-protocol messages until Sync or Flush.
+      server.drain(FLUSH_MESSAGE),
       new Promise<void>((resolve) => timer = setTimeout(resolve, limit)),
     ]).catch(() => {});
     clearTimeout(timer);
@@ -1976,6 +1977,9 @@ function expectResponse(server: Server, type: number, first: number): void {
       // CopyData and Flush owe nothing.
   }
 }
+
+/** Flush: asks the server for the answers it holds back until Sync. */
+const FLUSH_MESSAGE = Uint8Array.of(Msg.Flush, 0, 0, 0, 4);
 
 /** A replacement meaning "send nothing". */
 const NOTHING = new Uint8Array(0);
