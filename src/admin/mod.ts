@@ -8,7 +8,7 @@
  */
 
 import type { Config } from "../config/types.ts";
-import type { Cluster, Databases, Target } from "../backend/databases.ts";
+import type { Databases, HostPlace as PoolPlace } from "../backend/databases.ts";
 import type { Pool, PoolTotals } from "../backend/pool.ts";
 import type { Server } from "../backend/server.ts";
 import type { QueryRouter } from "../router/mod.ts";
@@ -82,7 +82,13 @@ export class StatsWindow {
 
 /** A command's answer: rows under columns and a command tag, or an error. */
 export type AdminAnswer =
-  | { columns: string[]; rows: (string | number | boolean | null)[][]; tag: string }
+  | {
+    columns: string[];
+    rows: (string | number | boolean | null)[][];
+    tag: string;
+    /** Column type OIDs (text when left out); only int8 (20) and text (25) are used. */
+    types?: number[];
+  }
   | { error: ErrorFields };
 
 /** The commands the console knows, for the error that lists them. */
@@ -218,23 +224,9 @@ function formatValue(v: unknown): string {
   return String(v);
 }
 
-/** A pool and where it sits: its cluster, shard and host. */
-interface PoolPlace {
-  cluster: Cluster;
-  shard: number;
-  target: Target;
-  pool: Pool;
-}
-
-/** Every pool with where it sits. */
-function* poolsWithPlace(host: AdminHost): Generator<PoolPlace> {
-  for (const cluster of host.databases.clusters()) {
-    for (const shard of cluster.shards) {
-      for (const target of shard.targets) {
-        yield { cluster, shard: shard.number, target, pool: target.pool };
-      }
-    }
-  }
+/** Every host with where it sits. */
+function poolsWithPlace(host: AdminHost): Generator<PoolPlace> {
+  return host.databases.hosts();
 }
 
 /** The columns that say which pool a row is about (SHOW POOLS, SHOW BANS). */
@@ -709,8 +701,11 @@ function showBans(host: AdminHost): AdminAnswer {
   };
 }
 
+const TEXT_OID = 25;
+const INT8_OID = 20;
+
 /**
- * The wire answer to a simple query: RowDescription (all columns text), DataRows and
+ * The wire answer to a simple query: RowDescription (text columns unless `types` says int8), DataRows and
  * CommandComplete (`SHOW`, or `SELECT n`-style tags as given), or an ErrorResponse.
  */
 export function encodeAnswer(answer: AdminAnswer): Uint8Array {
@@ -721,9 +716,11 @@ export function encodeAnswer(answer: AdminAnswer): Uint8Array {
   }
   if (answer.columns.length > 0) {
     b.begin(Msg.RowDescription).int16(answer.columns.length);
-    for (const c of answer.columns) {
-      b.cstring(c).int32(0).int16(0).int32(25).int16(-1).int32(-1).int16(0);
-    }
+    answer.columns.forEach((c, i) => {
+      const int8 = answer.types?.[i] === INT8_OID;
+      b.cstring(c).int32(0).int16(0).int32(int8 ? INT8_OID : TEXT_OID).int16(int8 ? 8 : -1)
+        .int32(-1).int16(0);
+    });
     b.end();
     const enc = new TextEncoder();
     for (const row of answer.rows) {

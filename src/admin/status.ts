@@ -32,12 +32,8 @@ export class TpsSeries {
 
 /** True while some pool's host is online (the health answer). */
 export function healthy(host: AdminHost): boolean {
-  for (const cluster of host.databases.clusters()) {
-    for (const shard of cluster.shards) {
-      for (const t of shard.targets) {
-        if (!t.pool.closed && t.healthy && t.ban === null) return true;
-      }
-    }
+  for (const { target: t } of host.databases.hosts()) {
+    if (!t.pool.closed && t.healthy && t.ban === null) return true;
   }
   return false;
 }

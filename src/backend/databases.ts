@@ -49,6 +49,14 @@ export function monitorSettings(config: Config): MonitorSettings {
   };
 }
 
+/** A host's pool and where it sits: its cluster, shard number and target. */
+export interface HostPlace {
+  cluster: Cluster;
+  shard: number;
+  target: Target;
+  pool: Pool;
+}
+
 /** All clusters and pools built from a configuration. */
 export class Databases {
   readonly #clusters = new Map<string, Cluster>();
@@ -123,6 +131,17 @@ export class Databases {
   /** Every cluster. */
   clusters(): IterableIterator<Cluster> {
     return this.#clusters.values();
+  }
+
+  /** Every host of every cluster, with where it sits (admin, metrics, status page). */
+  *hosts(): Generator<HostPlace> {
+    for (const cluster of this.#clusters.values()) {
+      for (const shard of cluster.shards) {
+        for (const target of shard.targets) {
+          yield { cluster, shard: shard.number, target, pool: target.pool };
+        }
+      }
+    }
   }
 
   /** Every pool. */

@@ -50,7 +50,7 @@ import {
   type ShardSession,
 } from "../router/shard.ts";
 import { FanOut } from "./fan_out.ts";
-import { adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
+import { type AdminAnswer, adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { log, logEnabled } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
@@ -742,7 +742,10 @@ export class Client implements ServerLink {
     if (UNIQUE_ID_CALL.test(sql)) {
       if (SELECT_UNIQUE_ID.test(sql)) {
         const id = this.#host.uniqueIds.nextText();
-        this.#answer(textResult("unique_id", id, this.#txStatus(), { int8: true }));
+        this.#answer(oneValue(
+          { columns: ["unique_id"], rows: [[id]], tag: "SELECT 1", types: [20] },
+          this.#txStatus(),
+        ));
         return true;
       }
       // Each call becomes its own id before routing, so an id can be the sharding key.
@@ -752,7 +755,10 @@ export class Client implements ServerLink {
       if (!(this.#routing && this.server === null)) return false;
     }
     if (SHOW_SHARDS.test(sql)) {
-      this.#answer(textResult("shards", String(this.cluster!.shards.length), this.#txStatus()));
+      this.#answer(oneValue(
+        { columns: ["shards"], rows: [[this.cluster!.shards.length]], tag: "SHOW" },
+        this.#txStatus(),
+      ));
       return true;
     }
     if (this.#routing && this.server === null) {
@@ -1400,7 +1406,6 @@ export class Client implements ServerLink {
     const fan = new FanOut({
       writer: this.writer,
       parameterStatus: (server, o) => this.parameterStatus(server, o),
-      legReleased: () => {},
       refuseCopyIn: (server) => {
         server.copyEnded = true;
         server.expect(Expect.CopyEnd);
@@ -2031,20 +2036,14 @@ function replaceOutsideStrings(sql: string, pattern: RegExp, make: () => string)
   return out;
 }
 
-/** A one-row, one-column result (text, or int8 for ids), with its ReadyForQuery. */
-function textResult(
-  column: string,
-  value: string,
-  status: number,
-  options: { int8?: boolean } = {},
-): Uint8Array {
-  const b = new MessageBuilder(64);
-  b.begin(Msg.RowDescription).int16(1).cstring(column).int32(0).int16(0)
-    .int32(options.int8 ? 20 : 25).int16(options.int8 ? 8 : -1).int32(-1).int16(0).end();
-  const v = new TextEncoder().encode(value);
-  b.begin(Msg.DataRow).int16(1).int32(v.length).bytes(v).end();
-  b.begin(Msg.CommandComplete).cstring(options.int8 ? "SELECT 1" : "SHOW").end();
-  return b.bytes(readyForQuery(status as TxStatus)).build();
+/** A result pgdog answers itself, with its ReadyForQuery. */
+function oneValue(answer: AdminAnswer, status: number): Uint8Array {
+  const body = encodeAnswer(answer);
+  const z = readyForQuery(status as TxStatus);
+  const out = new Uint8Array(body.length + z.length);
+  out.set(body);
+  out.set(z, body.length);
+  return out;
 }
 
 function parameterStatusMessage(name: string, value: string): Uint8Array {

@@ -31,8 +31,6 @@ export interface FanOutHost {
     server: Server,
     options: { name: string; value: string; own: boolean },
   ): Uint8Array | null;
-  /** A leg's server went back to its pool after its ReadyForQuery. */
-  legReleased(server: Server): void;
   /** A leg's server asks for COPY data, which a request on several shards can't give: end it. */
   refuseCopyIn(server: Server): void;
 }
@@ -109,7 +107,6 @@ export class FanOut {
   readonly #links: ServerLink[] = [];
   #failed = false;
   #status = 0x49; // 'I'
-  #readies = 0;
   #resolve!: () => void;
   /** Settles once every shard answered the whole request. */
   readonly done: Promise<void>;
@@ -139,7 +136,7 @@ export class FanOut {
       shouldRelease: () => !this.#keep,
       parameterStatus: (s, options) =>
         i === 0 ? host.parameterStatus(s, options) : new Uint8Array(0),
-      released: (s) => host.legReleased(s),
+      released: () => {},
       serverLost: (_s, error) => this.#lost(i, error),
       onServerFatal: () => "keep",
     };
@@ -149,11 +146,6 @@ export class FanOut {
   holds(i: number): boolean {
     const server = this.#servers[i];
     return server !== undefined && server.link === this.#links[i];
-  }
-
-  /** The servers of the legs, in shard order. */
-  get servers(): readonly Server[] {
-    return this.#servers;
   }
 
   #lost(i: number, error: Error): void {
@@ -261,7 +253,6 @@ export class FanOut {
       else if (s === 0x54 && status !== 0x45) status = 0x54;
     }
     this.#status = status;
-    this.#readies = heads.length;
     this.#host.writer.enqueue(readyForQuery(status));
     this.#resolve();
   }
@@ -269,10 +260,5 @@ export class FanOut {
   /** The transaction status the client was told ('I', 'T' or 'E'). */
   get status(): number {
     return this.#status;
-  }
-
-  /** True once every leg answered. */
-  get finished(): boolean {
-    return this.#readies > 0;
   }
 }

@@ -39,15 +39,7 @@ export function metricsRegistry(
   const registry = new client.Registry<client.OpenMetricsContentType>();
   registry.setContentType(client.openMetricsContentType);
   const ns = options.namespace;
-  const places = function* (): Generator<{ pool: Pool; shard: number; target: Target }> {
-    for (const cluster of source.databases.clusters()) {
-      for (const shard of cluster.shards) {
-        for (const target of shard.targets) {
-          yield { pool: target.pool, shard: shard.number, target };
-        }
-      }
-    }
-  };
+  const places = () => source.databases.hosts();
   const perPool = (
     name: string,
     help: string,
