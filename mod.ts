@@ -53,6 +53,8 @@ export type {
 export { ConfigError, loadConfig, resolveConfig } from "./src/config/mod.ts";
 export { Proxy } from "./src/proxy.ts";
 export { VERSION } from "./src/version.ts";
+// The plugin API, for plugins that import their types from this package.
+export * from "./src/plugin/api.ts";
 
 /**
  * Validates `config` (filling in defaults exactly as for the TOML files), starts a proxy and
