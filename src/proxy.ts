@@ -12,6 +12,7 @@ import { balancerSettings, Databases } from "./backend/databases.ts";
 import { Client, type ClientHost } from "./frontend/client.ts";
 import { PreparedCache } from "./frontend/prepared.ts";
 import { loadParser, QueryRouter } from "./router/mod.ts";
+import { PluginSet, pluginsKey } from "./plugin/mod.ts";
 import { Listener } from "./net/listener.ts";
 import { configureLogging, log } from "./log.ts";
 import { type AdminHost, StatsWindow } from "./admin/mod.ts";
@@ -68,6 +69,8 @@ export class Proxy implements ClientHost {
   /** Ids for `pgdog.unique_id()`, from this node's NODE_ID. */
   readonly uniqueIds: UniqueIdGenerator;
   routing: ClientHost["routing"];
+  /** The `[[plugins]]`, running (null when none is configured). */
+  plugins: PluginSet | null = null;
   /** Reads the configuration files again (set by the CLI; RELOAD and SIGHUP use it). */
   reloader: (() => Promise<Config>) | null = null;
   shuttingDown = false;
@@ -118,6 +121,11 @@ export class Proxy implements ClientHost {
       throw new Error("pgdog was started without configuration files: nothing to reload");
     }
     const next = await this.reloader();
+    // Changed plugins start before anything switches: one that can't start refuses the reload.
+    const oldPlugins = this.plugins;
+    const samePlugins = pluginsKey(next.plugins) === (oldPlugins?.key ?? pluginsKey([]));
+    const plugins = samePlugins ? oldPlugins : await startPlugins(next);
+    if (plugins !== null) await loadParser();
     const previous = this.databases;
     const databases = buildDatabases(next, previous);
     const clusters = [...databases.clusters()];
@@ -128,6 +136,8 @@ export class Proxy implements ClientHost {
     ) await loadParser();
     this.config = next;
     this.databases = databases;
+    this.plugins = plugins;
+    if (!samePlugins) oldPlugins?.close();
     this.routing = routingSettings(next);
     this.settings = clientSettings(next);
     configureLogging({ level: next.general.log_level, format: next.general.log_format });
@@ -147,7 +157,8 @@ export class Proxy implements ClientHost {
     // A sharded database can't find its shards without the parser, whatever query_parser says.
     const needsParser = parser === "on" || clusters.some((c) => c.sharding !== null) ||
       (parser === "auto" && clusters.some((c) => c.hasReplicas));
-    if (needsParser) await loadParser();
+    if (needsParser || this.config.plugins.length > 0) await loadParser();
+    this.plugins = await startPlugins(this.config);
     this.databases.startMonitors();
     const { host, port } = this.config.general;
     this.#listener = new Listener({ hostname: host, port }, (conn) => this.#accept(conn));
@@ -332,8 +343,17 @@ export class Proxy implements ClientHost {
       for (const s of [...pool.servers]) s.close("shutdown");
     }
     await this.#listener?.done;
+    await this.plugins?.close();
     log.info("shutdown complete");
   }
+}
+
+/** Starts the configuration's plugins (null when it has none). */
+async function startPlugins(config: Config): Promise<PluginSet | null> {
+  if (config.plugins.length === 0) return null;
+  const shardHooks = config.sharded_tables.filter((t) => t.hasher.startsWith("plugin:"))
+    .map((t) => t.hasher.slice("plugin:".length));
+  return await PluginSet.start(config.plugins, { shardHooks });
 }
 
 /**

@@ -17,6 +17,7 @@ import type {
   GeneralConfig,
   OmniTableConfig,
   PartialShardMapping,
+  PluginConfig,
   ShardedSchemaConfig,
   ShardedTableConfig,
   UserConfig,
@@ -43,7 +44,11 @@ export type ValueType =
   /** A sharding key value: an integer (kept as a bigint) or a string. */
   | { kind: "shard_key" }
   /** A non-empty list of sharding key values. */
-  | { kind: "shard_key_list" };
+  | { kind: "shard_key_list" }
+  /** A TOML table (kept as written), or a string: the path of a TOML file holding one. */
+  | { kind: "table_or_path" }
+  /** A plugin's permissions: `read`, `write`, `net`, `env` (lists of strings), `sys` (boolean). */
+  | { kind: "permissions" };
 
 /** A value a key can default to. */
 export type DefaultValue = string | number | boolean | readonly string[];
@@ -574,7 +579,8 @@ const SHARDED_TABLE_KEYS = [
   oneOf(
     "hasher",
     ["postgres"],
-    "How unmapped values pick a shard: PostgreSQL's hash partitioning; `plugin:<name>` is reserved.",
+    "How unmapped values pick a shard: PostgreSQL's hash partitioning, or `plugin:<name>`: the " +
+      "`shard` hook of that [[plugins]] entry.",
     {
       default: "postgres",
       type: { kind: "enum", values: ["postgres"], prefixes: ["plugin:"], unsupported: ["sha1"] },
@@ -781,6 +787,72 @@ sticky = true
 `,
 };
 
+const PLUGIN_KEYS = [
+  required("name", 'The plugin\'s name, used in logs, errors and `hasher = "plugin:<name>"`.'),
+  required(
+    "path",
+    "The plugin module: a local file (relative to the working directory) or any specifier " +
+      "Deno imports (`jsr:`, `npm:`, `https:`).",
+  ),
+  {
+    name: "config",
+    type: { kind: "table_or_path" },
+    description: "What the plugin's `init` hook receives: an inline table, or the path of a " +
+      "TOML file pgdog reads for it; unset: an empty table.",
+  },
+  {
+    name: "permissions",
+    type: { kind: "permissions" },
+    description: "What the sandbox may do besides reading the plugin's own folder: " +
+      "`read`, `write`, `net`, `env` (lists) and `sys` (boolean); unset: nothing.",
+  },
+  oneOf(
+    "isolation",
+    ["process", "worker"],
+    "`process`: its own Deno process (killable, memory-capped); `worker`: a Deno Worker (faster, " +
+      'for trusted plugins; see "Writing a plugin").',
+    { default: "process" },
+  ),
+  int("timeout", "How long one call may take; then `on_error` applies (a process is restarted).", {
+    default: 100,
+    min: 1,
+    unit: "ms",
+  }),
+  oneOf(
+    "on_error",
+    ["fallback", "error"],
+    "When a call fails or times out: `fallback` keeps pgdog's own decision, `error` fails the " +
+      "statement (SQLSTATE 58000).",
+    { default: "fallback" },
+  ),
+  int("memory_mb", "Heap limit of the plugin's process (V8 old space), in MiB.", {
+    default: 256,
+    min: 16,
+  }),
+] satisfies KeySpec<keyof PluginConfig>[];
+
+/** `[[plugins]]` */
+export const PLUGINS: SectionSpec = {
+  name: "plugins",
+  array: true,
+  files: ["pgdog.toml"],
+  description: "Routing plugins written in TypeScript, each in its own sandbox, called in the " +
+    'order listed (see "Writing a plugin"). Read at startup and on RELOAD.',
+  keys: PLUGIN_KEYS,
+  unsupported: [],
+  example: `[[plugins]]
+name = "guard"
+path = "plugins/guard/mod.ts"
+timeout = 50
+
+[[plugins]]
+name = "tenants"
+path = "plugins/tenant_router/mod.ts"
+config = { tenants = { acme = 0, globex = 1 } }
+permissions = { read = ["./data"] }
+`,
+};
+
 /** Every supported top-level section, in reference order. */
 export const SECTIONS: readonly SectionSpec[] = [
   GENERAL,
@@ -791,6 +863,7 @@ export const SECTIONS: readonly SectionSpec[] = [
   SHARDED_MAPPINGS,
   SHARDED_SCHEMAS,
   OMNISHARDED_TABLES,
+  PLUGINS,
 ];
 
 /** PgDog sections of pgdog.toml that this version ignores with a warning. */
@@ -800,7 +873,6 @@ export const UNSUPPORTED_SECTIONS: readonly UnsupportedSection[] = [
   { name: "rewrite", array: false },
   { name: "tcp", array: false },
   { name: "memory", array: false },
-  { name: "plugins", array: true },
   { name: "replication", array: false },
   { name: "mirroring", array: true },
   { name: "replica_lag", array: false },
@@ -862,6 +934,10 @@ export function describeType(type: ValueType): string {
       return "an integer or a string";
     case "shard_key_list":
       return "a non-empty list of integers or strings";
+    case "table_or_path":
+      return "a table or a file path";
+    case "permissions":
+      return "a table of read, write, net, env (lists of strings) and sys (true or false)";
     case "enum":
       return `one of ${enumChoices(type).join(", ")}`;
     case "integer":
@@ -892,6 +968,10 @@ function typeCell(key: KeySpec): string {
       return "integer or string";
     case "shard_key_list":
       return "list of integers or strings";
+    case "table_or_path":
+      return "table or string";
+    case "permissions":
+      return "table";
     case "enum":
       return enumChoices(type).map((value) => `\`${value}\``).join(" | ");
     case "integer": {

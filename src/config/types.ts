@@ -311,6 +311,42 @@ export interface Config {
   sharded_schemas: ShardedSchemaConfig[];
   /** `[[omnisharded_tables]]` of pgdog.toml. */
   omnisharded_tables: OmniTableConfig[];
+  /** `[[plugins]]` of pgdog.toml, in order. */
+  plugins: PluginConfig[];
+}
+
+/** What a plugin's sandbox may do besides reading the plugin's own folder. */
+export interface PluginPermissions {
+  /** Paths it may read. */
+  read: string[];
+  /** Paths it may write. */
+  write: string[];
+  /** Hosts (`host` or `host:port`) it may connect to. */
+  net: string[];
+  /** Environment variables it may read. */
+  env: string[];
+  /** System information (hostname, load average). */
+  sys: boolean;
+}
+
+/** `[[plugins]]`: one routing plugin. */
+export interface PluginConfig {
+  /** Its name, in logs, errors and `hasher = "plugin:<name>"`. */
+  name: string;
+  /** The module: a local path or any specifier Deno imports. */
+  path: string;
+  /** What `init` receives: a table, or the path of a TOML file holding one. */
+  config?: Record<string, unknown> | string;
+  /** What the sandbox may do; unset: nothing. */
+  permissions?: PluginPermissions;
+  /** Its own process (default) or a Worker. */
+  isolation: "process" | "worker";
+  /** Milliseconds one call may take. */
+  timeout: number;
+  /** A failed call: pgdog's own decision (`fallback`) or an error for the client. */
+  on_error: "fallback" | "error";
+  /** Heap limit of the plugin's process, in MiB. */
+  memory_mb: number;
 }
 
 /**

@@ -7,7 +7,14 @@
  * @module
  */
 
-import type { AdminConfig, Config, DatabaseConfig, GeneralConfig, UserConfig } from "./types.ts";
+import type {
+  AdminConfig,
+  Config,
+  DatabaseConfig,
+  GeneralConfig,
+  PluginConfig,
+  UserConfig,
+} from "./types.ts";
 import type { TomlLocations, TomlPath } from "./locate.ts";
 import { type Entry, format, Report, type Where } from "./report.ts";
 import {
@@ -17,6 +24,7 @@ import {
   findKey,
   findSection,
   GENERAL,
+  PLUGINS,
   sectionHeader,
   SECTIONS,
   type SectionSpec,
@@ -459,6 +467,9 @@ export function validateSources(
     omni: collect("omnisharded_tables"),
   });
 
+  const plugins = collect("plugins");
+  checkPlugins(plugins, collect("sharded_tables"), report);
+
   const problems = report.problems();
   const warnings = report.warnings();
   if (problems.length > 0) return { problems, warnings };
@@ -470,6 +481,7 @@ export function validateSources(
     users: users.map((entry) => withDefaults(USERS, entry.values) as unknown as UserConfig),
     admin: admin as unknown as AdminConfig,
     ...sharding,
+    plugins: plugins.map((entry) => withDefaults(PLUGINS, entry.values) as unknown as PluginConfig),
   };
   return { config, problems, warnings };
 }
@@ -522,5 +534,34 @@ function checkTls(
   });
   for (const { key, message } of files.problems) {
     problem(key, message);
+  }
+}
+
+/** Plugin names are unique, and every `hasher = "plugin:<name>"` names one of them. */
+function checkPlugins(plugins: Entry[], tables: Entry[], report: Report): void {
+  const names = new Map<string, Entry>();
+  for (const entry of plugins) {
+    const name = entry.values.name;
+    if (typeof name !== "string") continue;
+    const first = names.get(name);
+    if (first) {
+      const where = entry.at("name");
+      report.problem(
+        format(where, `plugin "${name}" is already defined by ${first.ref}`, "name"),
+        where,
+      );
+    } else names.set(name, entry);
+  }
+  for (const entry of tables) {
+    const hasher = entry.values.hasher;
+    if (typeof hasher !== "string" || !hasher.startsWith("plugin:")) continue;
+    const name = hasher.slice("plugin:".length);
+    if (names.has(name)) continue;
+    const where = entry.at("hasher");
+    const known = [...names.keys()].map((n) => `"${n}"`).join(", ") || "none";
+    report.problem(
+      format(where, `no [[plugins]] entry named "${name}" (plugins: ${known})`, "hasher"),
+      where,
+    );
   }
 }

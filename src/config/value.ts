@@ -17,7 +17,17 @@ export type ValueOrigin =
 
 /** The outcome of checking a value: the accepted value, or what is wrong with it. */
 export type CheckResult =
-  | { ok: true; value: string | number | boolean | bigint | string[] | Array<bigint | string> }
+  | {
+    ok: true;
+    value:
+      | string
+      | number
+      | boolean
+      | bigint
+      | string[]
+      | Array<bigint | string>
+      | Record<string, unknown>;
+  }
   | { ok: false; error: string };
 
 const MAX_SHOWN = 80;
@@ -155,6 +165,12 @@ export function checkValue(
       }
       return { ok: true, value: keys };
     }
+    case "table_or_path":
+      if (typeof value === "string" && value !== "") return { ok: true, value };
+      if (isPlainTable(value)) return { ok: true, value: structuredClone(value) };
+      return { ok: false, error: `expected a table or a file path, got ${formatValue(value)}` };
+    case "permissions":
+      return checkPermissions(value);
     case "string_list":
       if (origin === "text" && typeof value === "string") {
         return { ok: true, value: value === "" ? [] : value.split(",") };
@@ -172,4 +188,53 @@ export function checkValue(
       }
       return { ok: true, value: [...value] };
   }
+}
+
+function isPlainTable(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value) &&
+    !(value instanceof Date);
+}
+
+const PERMISSION_LISTS = ["read", "write", "net", "env"];
+
+/** A plugin's permissions table: known keys only, lists of non-empty strings, `sys` a boolean. */
+function checkPermissions(value: unknown): CheckResult {
+  if (!isPlainTable(value)) {
+    return {
+      ok: false,
+      error: `expected a table (e.g. { read = ["./data"] }), got ${formatValue(value)}`,
+    };
+  }
+  const out: Record<string, unknown> = { read: [], write: [], net: [], env: [], sys: false };
+  for (const [key, item] of Object.entries(value)) {
+    if (key === "sys") {
+      if (typeof item !== "boolean") {
+        return {
+          ok: false,
+          error: `permissions.sys: expected true or false, got ${formatValue(item)}`,
+        };
+      }
+      out.sys = item;
+    } else if (PERMISSION_LISTS.includes(key)) {
+      if (
+        !Array.isArray(item) ||
+        item.some((x) => typeof x !== "string" || x === "" || x.includes(","))
+      ) {
+        return {
+          ok: false,
+          error: `permissions.${key}: expected a list of non-empty strings without commas, got ${
+            formatValue(item)
+          }`,
+        };
+      }
+      out[key] = [...item];
+    } else {
+      return {
+        ok: false,
+        error: `permissions.${key} is not a permission; allowed: read, write, net, env, sys ` +
+          "(subprocesses and FFI are never allowed)",
+      };
+    }
+  }
+  return { ok: true, value: out };
 }

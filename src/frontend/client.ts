@@ -44,11 +44,15 @@ import {
   type BindValues,
   decideShard,
   isSessionControl,
+  pluginKey,
   searchPathSet,
   type ShardDecision,
   type ShardingConfig,
+  type ShardLookup,
   type ShardSession,
 } from "../router/shard.ts";
+import type { PluginSet, RouteVerdict } from "../plugin/mod.ts";
+import { rewrittenParse, routeContextJson } from "./plugin_context.ts";
 import { FanOut } from "./fan_out.ts";
 import { type AdminAnswer, adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
@@ -68,6 +72,7 @@ import {
   ClientStatements,
   describedName,
   parseName,
+  parseQuery,
   type PreparedCache,
   type PreparedStatement,
   rewriteBind,
@@ -100,6 +105,8 @@ export interface ClientHost {
   };
   readonly prepared: PreparedCache;
   readonly router: QueryRouter;
+  /** The routing plugins (null when none is configured). */
+  readonly plugins: PluginSet | null;
   /** `pgdog.unique_id()`. */
   readonly uniqueIds: UniqueIdGenerator;
   /** What the admin database shows and changes. */
@@ -521,6 +528,10 @@ export class Client implements ServerLink {
     // Where the request that took a replica began: kept to re-run it if that replica dies.
     let replayFrom = -1;
     let replayRole: Role = "replica";
+    const plugins = this.#host.plugins;
+    // Plugins route each request whole, as sharding does (they see its Bind values).
+    const whole = this.#sharding !== null || (plugins !== null && plugins.routes);
+    if (whole && this.cluster !== null) this.#routing = true;
     let size: number;
     while ((size = rb.nextMessageSize()) > 0) {
       const buf = rb.buf;
@@ -556,7 +567,7 @@ export class Client implements ServerLink {
         return false;
       }
       if (
-        this.#sharding !== null && !this.#inRequest && !this.#skipUntilSync &&
+        whole && !this.#inRequest && !this.#skipUntilSync &&
         EXTENDED_START[type] === 1 && !requestBuffered(buf, p, rb.end) &&
         rb.end - p < this.#host.settings.max_message_size
       ) {
@@ -577,9 +588,12 @@ export class Client implements ServerLink {
       } else if (this.#answerLocally(type, buf, p, end)) {
         continue;
       }
-      if (this.#sharding !== null) {
+      if (whole) {
         if (!this.#inRequest) {
-          const routed = await this.#routeShards(type, buf, p, end);
+          this.#pluginRole = null;
+          const routed = this.#sharding !== null
+            ? await this.#routeShards(type, buf, p, end)
+            : await this.#routePlugins(type, buf, p, end);
           if (this.closed) return false;
           if (routed === "done") {
             out.reset(rb.buf);
@@ -846,6 +860,7 @@ export class Client implements ServerLink {
       if (name === "") {
         this.#unnamedScan = scan;
         this.#unnamedAnalysis = analysis;
+        this.#unnamedSql = analysis === null ? null : decodeText(buf, queryStart, queryEnd);
       }
       if (scan && name !== "") this.#pendingScan = scan;
       return false;
@@ -1016,6 +1031,13 @@ export class Client implements ServerLink {
         server.queries++;
         break;
     }
+    if (type === Msg.Parse && this.#substitute !== null) {
+      // A plugin rewrote the statement.
+      out.addBytes(this.#substitute);
+      this.#substitute = null;
+      expectResponse(server, type, 0);
+      return;
+    }
     out.addRange(p, end);
     expectResponse(server, type, buf[p + 5]);
   }
@@ -1084,7 +1106,10 @@ export class Client implements ServerLink {
    */
   #refuseQuery(fields: ErrorFields): boolean {
     const server = this.server;
-    if (server === null || server.txStatus === TxStatus.Idle) {
+    // (A BEGIN held back has not reached a server yet: one is taken for it, and the error.)
+    if (
+      server === null ? this.#deferredBegin === null : server.txStatus === TxStatus.Idle
+    ) {
       this.#answerError(fields, true);
       return true;
     }
@@ -1179,6 +1204,7 @@ export class Client implements ServerLink {
    * parameter says otherwise.
    */
   #route(type: number, buf: Uint8Array, p: number, end: number): Role {
+    if (this.#pluginRole !== null) return this.#pluginRole;
     const override = parseRole(this.session.pgdogLocal.get("role")) ??
       parseRole(this.session.pgdog.get("role")) ??
       this.#startupRole;
@@ -1220,7 +1246,7 @@ export class Client implements ServerLink {
     end: number,
   ): Promise<"go" | "done"> {
     const config = this.#sharding!;
-    const analysis = this.#analysisOf(type, buf, p, end);
+    let analysis = this.#analysisOf(type, buf, p, end);
     const request = scanRequest(buf, type === Msg.Bind ? p : this.rbuf.start, this.rbuf.end);
     if (type === Msg.Execute) request.executes = true;
     const bind = type === Msg.Bind ? bindValues(buf, p, end) : request.bind;
@@ -1233,10 +1259,44 @@ export class Client implements ServerLink {
         this.session.pgdog.get("sharding_key"),
       searchPath: this.#txnSearchPath ?? this.session.params.get("search_path"),
     };
-    const decision: ShardDecision = analysis === null ||
-        (type !== Msg.Query && !request.executes)
-      ? { target: { kind: "any" }, reason: "nothing to run", omniWrite: false }
-      : decideShard(analysis, { config, session, bind: bind ?? undefined });
+    const runs = analysis !== null && (type === Msg.Query || request.executes);
+    let lookup: ShardLookup | null = null;
+    let decision: ShardDecision;
+    if (!runs) decision = { target: { kind: "any" }, reason: "nothing to run", omniWrite: false };
+    else {
+      lookup = { found: [], pluginShards: new Map(), missing: [] };
+      const decided = await this.#decideShard(analysis!, { config, session, bind, lookup }, type);
+      if (decided === null) return "done";
+      decision = decided;
+    }
+    const plugins = this.#host.plugins;
+    if (runs && plugins !== null && plugins.routes) {
+      const t = decision.target;
+      const verdict = await this.#askPlugins(type, buf, p, end, {
+        analysis: analysis!,
+        bind,
+        shard: t.kind === "one" ? t.shard : t.kind === "any" ? null : "all",
+        keys: lookup!.found,
+      });
+      if (this.closed) return "done";
+      const next = this.#applyVerdict(verdict, type, buf, p, end);
+      if (next === "done") return "done";
+      if (next !== null && next !== analysis) {
+        analysis = next;
+        lookup = { found: [], pluginShards: new Map(), missing: [] };
+        const decided = await this.#decideShard(analysis, { config, session, bind, lookup }, type);
+        if (decided === null) return "done";
+        decision = decided;
+      }
+      if (verdict.shard !== undefined) {
+        decision = {
+          target: verdict.shard === "all" ? { kind: "all" } : { kind: "one", shard: verdict.shard },
+          reason: `plugin ${verdict.by.shard}`,
+          omniWrite: false,
+          unsupported: verdict.shard === "all" ? decision.unsupported : undefined,
+        };
+      }
+    }
     if (decision.unsupported) {
       this.#answerError({
         severity: "ERROR",
@@ -1283,6 +1343,198 @@ export class Client implements ServerLink {
     }
     await this.#fanOut(shards, { type, p, end, omniWrite: decision.omniWrite });
     return "done";
+  }
+
+  /**
+   * decideShard, with the answers of plugin hashers (`hasher = "plugin:<name>"`) it needs: asked
+   * after a first pass finds the keys, then it decides again. Null when a plugin hasher failed
+   * (the client has its error).
+   */
+  async #decideShard(
+    analysis: Analysis,
+    options: {
+      config: ShardingConfig;
+      session: ShardSession;
+      bind: BindValues | null;
+      lookup: ShardLookup;
+    },
+    type: number,
+  ): Promise<ShardDecision | null> {
+    const { config, session, lookup } = options;
+    const bind = options.bind ?? undefined;
+    const decision = decideShard(analysis, { config, session, bind, lookup });
+    if (lookup.missing.length === 0) return decision;
+    const plugins = this.#host.plugins;
+    try {
+      if (plugins === null) throw new Error("no plugins are running");
+      await Promise.all(lookup.missing.map(async (m) => {
+        const shard = await plugins.shard(m.plugin, m.value, {
+          table: m.spec.name,
+          column: m.spec.column,
+          dataType: m.spec.type,
+          shards: config.shards,
+          database: this.database,
+        });
+        lookup.pluginShards.set(pluginKey(m.plugin, m.value), shard);
+      }));
+    } catch (e) {
+      this.#answerPluginError(e instanceof Error ? e.message : String(e), type);
+      return null;
+    }
+    lookup.found = [];
+    lookup.missing = [];
+    return decideShard(analysis, { config, session, bind, lookup });
+  }
+
+  // ---- plugins -------------------------------------------------------------------------------
+
+  /** The role a plugin chose for the request being routed (it beats comments and SET). */
+  #pluginRole: Role | null = null;
+  /** The text of the unnamed statement (for plugins). */
+  #unnamedSql: string | null = null;
+
+  /**
+   * Asks the route plugins about the request starting with this message, without sharding.
+   * "done" when they answered it (blocked, or failed with on_error = error).
+   */
+  async #routePlugins(
+    type: number,
+    buf: Uint8Array,
+    p: number,
+    end: number,
+  ): Promise<"go" | "done"> {
+    const analysis = this.#analysisOf(type, buf, p, end);
+    if (analysis === null) return "go";
+    const request = scanRequest(buf, type === Msg.Bind ? p : this.rbuf.start, this.rbuf.end);
+    if (type !== Msg.Query && type !== Msg.Execute && !request.executes) return "go";
+    const bind = type === Msg.Bind ? bindValues(buf, p, end) : request.bind;
+    const verdict = await this.#askPlugins(type, buf, p, end, {
+      analysis,
+      bind,
+      shard: null,
+      keys: [],
+    });
+    if (this.closed) return "done";
+    return this.#applyVerdict(verdict, type, buf, p, end) === "done" ? "done" : "go";
+  }
+
+  /** The statement's text: the message's own, or the prepared statement's a Bind runs. */
+  #statementSql(type: number, buf: Uint8Array, p: number, end: number, analysis: Analysis): string {
+    if (type === Msg.Query) return decodeText(buf, p + 5, end - 1);
+    if (type === Msg.Parse) return parseQuery(buf, p, end);
+    if (type === Msg.Bind) {
+      const name = bindStatementName(buf, p, end);
+      if (name === "") return this.#unnamedSql ?? analysis.entry.query;
+      return this.statements.get(name)?.query ?? analysis.entry.query;
+    }
+    return analysis.entry.query;
+  }
+
+  /** Calls every route plugin with this statement's context and merges their answers. */
+  #askPlugins(
+    type: number,
+    buf: Uint8Array,
+    p: number,
+    end: number,
+    found: {
+      analysis: Analysis;
+      bind: BindValues | null;
+      shard: number | "all" | null;
+      keys: ShardLookup["found"];
+    },
+  ): Promise<RouteVerdict> {
+    const plugins = this.#host.plugins!;
+    const { analysis } = found;
+    const sql = this.#statementSql(type, buf, p, end, analysis);
+    const ctx = routeContextJson({
+      sql,
+      treeJson: this.#host.router.treeJson(analysis, sql),
+      bind: found.bind,
+      tables: analysis.info.tables,
+      keys: found.keys,
+      write: analysis.info.write,
+      inTransaction: this.#txStatus() !== TxStatus.Idle,
+      shards: this.cluster!.shards.length,
+      replicas: this.cluster!.hasReplicas,
+      role: this.#route(type, buf, p, end),
+      shard: found.shard,
+      user: this.user,
+      database: this.database,
+      applicationName: this.session.params.get("application_name") ?? "",
+    });
+    return plugins.route(ctx, { shards: this.cluster!.shards.length });
+  }
+
+  /**
+   * Acts on the plugins' verdict: an error or a block answers the request ("done"); a rewrite
+   * replaces the message (the new statement's analysis is returned); a role is kept for #route.
+   */
+  #applyVerdict(
+    verdict: RouteVerdict,
+    type: number,
+    buf: Uint8Array,
+    p: number,
+    end: number,
+  ): "done" | Analysis | null {
+    if (verdict.error !== undefined) {
+      return this.#answerPluginError(verdict.error, type) ? "done" : null;
+    }
+    if (verdict.block !== undefined) {
+      const fields: ErrorFields = {
+        severity: "ERROR",
+        code: SqlState.InsufficientPrivilege,
+        message: verdict.block,
+        detail: `blocked by plugin "${verdict.by.block}"`,
+      };
+      return this.#refuse(fields, type) ? "done" : null;
+    }
+    if (verdict.role !== undefined) this.#pluginRole = verdict.role;
+    const current = this.#analysisOf(type, buf, p, end);
+    if (verdict.rewrite === undefined) return current;
+    const sql = verdict.rewrite;
+    const unnamedOrSession = type === Msg.Parse &&
+      (!this.#renaming || buf.indexOf(0, p + 5) === p + 5);
+    if (type !== Msg.Query && !unnamedOrSession) {
+      const why = `plugin "${verdict.by.rewrite}": a rewrite can't change a named prepared ` +
+        "statement (only simple queries and unnamed statements)";
+      if (this.#host.plugins?.onError(verdict.by.rewrite!) === "error") {
+        return this.#answerPluginError(why, type) ? "done" : null;
+      }
+      log.warn(`${why}; ignored`);
+      return current;
+    }
+    if (logEnabled("debug")) {
+      log.debug(`client ${this.id}: plugin ${verdict.by.rewrite} rewrote the statement: ${sql}`);
+    }
+    const analysis = this.#host.router.analyze(sql);
+    if (type === Msg.Query) {
+      this.#substitute = queryMessage(sql);
+      this.#analysis = analysis;
+    } else {
+      this.#substitute = rewrittenParse(buf, p, end, sql);
+      this.#lastParseAnalysis = analysis;
+      if (buf.indexOf(0, p + 5) === p + 5) {
+        this.#unnamedAnalysis = analysis;
+        this.#unnamedSql = sql;
+      }
+    }
+    return analysis;
+  }
+
+  /** A request fails with a plugin's error (SQLSTATE 58000); see #refuse. */
+  #answerPluginError(message: string, type: number): boolean {
+    return this.#refuse({ severity: "ERROR", code: SqlState.SystemError, message }, type);
+  }
+
+  /**
+   * Refuses the request starting with a message of `type`, as PostgreSQL reports errors. True
+   * when answered here; false when a simple query inside a transaction must go on to the server,
+   * replaced by one that raises the error there (so the transaction fails as it would).
+   */
+  #refuse(fields: ErrorFields, type: number): boolean {
+    if (type === Msg.Query) return this.#refuseQuery(fields);
+    this.#answerError(fields, false);
+    return true;
   }
 
   /** Ends a batch left open by a Flush (its answers are in) before the server is left. */

@@ -17,6 +17,8 @@ export const SqlState = {
   InvalidSqlStatementName: "26000",
   DuplicatePreparedStatement: "42P05",
   InsufficientPrivilege: "42501",
+  /** An error outside PostgreSQL (a plugin failed). */
+  SystemError: "58000",
   InvalidParameterValue: "22023",
   QueryCanceled: "57014",
   IdleInTransactionSessionTimeout: "25P03",

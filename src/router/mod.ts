@@ -7,6 +7,7 @@
  * @module
  */
 
+import { parseSync } from "libpg-query";
 import { analyzeSql, type StatementInfo } from "./analyze.ts";
 import { type Literal, normalize } from "./normalize.ts";
 
@@ -31,6 +32,8 @@ export interface CacheEntry {
   /** Times routed to one shard / to several (sharding). */
   direct: number;
   multi: number;
+  /** The parse tree as JSON text, for plugins (kept once asked for, when it has the literals). */
+  treeJson?: string;
 }
 
 /** A statement, analyzed: the cached facts plus this query's own literals and directives. */
@@ -43,6 +46,9 @@ export interface Analysis {
   /** pgdog directives from comments (`role`, `shard`, `sharding_key`). */
   directives: Map<string, string> | null;
 }
+
+/** Parse trees of texts with literals kept for plugins (a few: literals vary). */
+const TREE_CACHE = 256;
 
 /** Parses, analyzes and caches statements. */
 export class QueryRouter {
@@ -93,6 +99,31 @@ export class QueryRouter {
       ? { entry, info, literals: n.literals, firstParam: n.firstParam, directives: n.directives }
       : { entry, info, literals: [], firstParam: n.firstParam, directives: n.directives };
   }
+
+  /**
+   * PostgreSQL's parse tree of `sql` (the text `analysis` came from) as JSON text, with its
+   * literals: the cached tree when normalizing changed nothing, else a parse of the text itself
+   * (the last few are kept). "null" when it does not parse.
+   */
+  treeJson(analysis: Analysis, sql: string): string {
+    const entry = analysis.entry;
+    if (!entry.normalized && entry.query === sql) {
+      return entry.treeJson ??= JSON.stringify(entry.info.ast);
+    }
+    let json = this.#trees.get(sql);
+    if (json === undefined) {
+      try {
+        json = JSON.stringify(parseSync(sql));
+      } catch {
+        json = "null";
+      }
+      this.#trees.set(sql, json);
+      if (this.#trees.size > TREE_CACHE) this.#trees.delete(this.#trees.keys().next().value!);
+    }
+    return json;
+  }
+
+  readonly #trees = new Map<string, string>();
 
   /** Cached entries, least recently used first (SHOW QUERY_CACHE). */
   entries(): IterableIterator<CacheEntry> {

@@ -31,6 +31,26 @@ export interface ShardedTable {
   column: string;
   type: KeyType;
   mapping: KeyMapping[];
+  /** `hasher = "plugin:<name>"`: that plugin's `shard` hook hashes values no mapping decides. */
+  plugin?: string;
+}
+
+/**
+ * What one decision found and needs beyond the statement: the key values it met (for plugins),
+ * and shards that plugin hashers gave (or must still give) for them.
+ */
+export interface ShardLookup {
+  /** Key values met, in order. */
+  found: Array<{ table?: string; column: string; value: string }>;
+  /** Shards plugin hashers gave, by {@linkcode pluginKey}. */
+  pluginShards: Map<string, number>;
+  /** Plugin hasher answers the decision lacked; decide again once they are in `pluginShards`. */
+  missing: Array<{ plugin: string; value: string; spec: ShardedTable }>;
+}
+
+/** The key of a plugin hasher's answer in {@linkcode ShardLookup.pluginShards}. */
+export function pluginKey(plugin: string, value: string): string {
+  return `${plugin}\u0000${value}`;
 }
 
 /** Everything routing needs to know about a sharded database. */
@@ -84,9 +104,14 @@ const utf8 = new TextDecoder();
 /** Decides the shards for an analyzed statement. */
 export function decideShard(
   analysis: Analysis,
-  options: { config: ShardingConfig; session?: ShardSession; bind?: BindValues },
+  options: {
+    config: ShardingConfig;
+    session?: ShardSession;
+    bind?: BindValues;
+    lookup?: ShardLookup;
+  },
 ): ShardDecision {
-  const { config } = options;
+  const { config, lookup } = options;
   const session = options.session ?? {};
   const one = (shard: number, reason: string): ShardDecision => ({
     target: { kind: "one", shard },
@@ -110,7 +135,7 @@ export function decideShard(
   }
   const commentKey = analysis.directives?.get("sharding_key");
   if (commentKey !== undefined) {
-    return one(keyShard(commentKey, config), "pgdog_sharding_key comment");
+    return one(keyShard(commentKey, config, lookup), "pgdog_sharding_key comment");
   }
   if (session.shard !== undefined) {
     const n = manualShard(session.shard, config.shards);
@@ -119,7 +144,7 @@ export function decideShard(
       : one(n, "SET pgdog.shard");
   }
   if (session.shardingKey !== undefined) {
-    return one(keyShard(session.shardingKey, config), "SET pgdog.sharding_key");
+    return one(keyShard(session.shardingKey, config, lookup), "SET pgdog.sharding_key");
   }
 
   const info = analysis.info;
@@ -176,10 +201,10 @@ function manualShard(text: string, shards: number): number | null {
 }
 
 /** A bare sharding key (comment or SET): hashed with the database's sharding function. */
-function keyShard(key: string, config: ShardingConfig): number {
+function keyShard(key: string, config: ShardingConfig, lookup?: ShardLookup): number {
   const table = config.tables[0];
   if (table === undefined) return 0;
-  return valueShard({ text: key, binary: null }, table, config.shards) ?? 0;
+  return valueShard({ text: key, binary: null }, table, { shards: config.shards, lookup }) ?? 0;
 }
 
 function searchPath(value: string | undefined): string[] {
@@ -199,12 +224,12 @@ interface RangeTable {
 function decideStatement(
   stmt: Node,
   analysis: Analysis,
-  options: { config: ShardingConfig; bind?: BindValues },
+  options: { config: ShardingConfig; bind?: BindValues; lookup?: ShardLookup },
 ): ShardDecision {
   const { config } = options;
   const type = Object.keys(stmt)[0];
   const body = stmt[type] as Record<string, unknown>;
-  const ctx: ValueContext = { analysis, bind: options.bind };
+  const ctx: ValueContext = { analysis, bind: options.bind, lookup: options.lookup };
   switch (type) {
     case "SelectStmt":
       return decideSelect(body, ctx, config);
@@ -448,7 +473,9 @@ function decideInsert(
   for (const row of select.valuesLists) {
     const items = (row.List as { items: Node[] }).items;
     const value = valueOf(items[at], ctx);
-    const shard = value === null ? null : valueShard(value, spec, config.shards);
+    const shard = value === null
+      ? null
+      : valueShard(value, spec, { shards: config.shards, lookup: ctx.lookup });
     if (shard === null) {
       return {
         target: { kind: "all" },
@@ -529,6 +556,7 @@ function tableSpec(t: RangeTable, config: ShardingConfig): ShardedTable | undefi
 interface ValueContext {
   analysis: Analysis;
   bind?: BindValues;
+  lookup?: ShardLookup;
 }
 
 /** A key value: text, or (Bind in binary format) raw bytes. */
@@ -565,7 +593,7 @@ function keysIn(
         if (!key) continue;
         const value = valueOf(valueSide, ctx);
         if (value === null) continue;
-        const shard = valueShard(value, key.spec, config.shards);
+        const shard = valueShard(value, key.spec, { shards: config.shards, lookup: ctx.lookup });
         if (shard === null) {
           sets.push({ shards: allShards(config.shards), why: `${key.label} matches no mapping` });
         } else sets.push({ shards: new Set([shard]), why: key.label });
@@ -579,7 +607,7 @@ function keysIn(
       for (const item of items) {
         const value = valueOf(item, ctx);
         if (value === null) return;
-        const shard = valueShard(value, key.spec, config.shards);
+        const shard = valueShard(value, key.spec, { shards: config.shards, lookup: ctx.lookup });
         if (shard === null) return;
         shards.add(shard);
       }
@@ -684,10 +712,19 @@ function paramValue(number: number, ctx: ValueContext): KeyValue | null {
   return format === 1 ? { text: null, binary: value } : { text: utf8.decode(value), binary: null };
 }
 
-/** The shard of a key value: mapping rules first (list, range, default), else the hash. */
-export function valueShard(value: KeyValue, spec: ShardedTable, shards: number): number | null {
+/**
+ * The shard of a key value: mapping rules first (list, range, default), else the hash (or the
+ * plugin hasher's answer in `lookup`; a missing answer is noted there and gives 0 for now).
+ */
+export function valueShard(
+  value: KeyValue,
+  spec: ShardedTable,
+  options: { shards: number; lookup?: ShardLookup },
+): number | null {
+  const { shards, lookup } = options;
   const typed = typedValue(value, spec.type);
   if (typed === null) return null;
+  lookup?.found.push({ table: spec.name, column: spec.column, value: String(typed) });
   if (spec.mapping.length > 0) {
     for (const m of spec.mapping) {
       if (m.kind === "list" && m.values.some((v) => v === typed)) return m.shard;
@@ -700,7 +737,14 @@ export function valueShard(value: KeyValue, spec: ShardedTable, shards: number):
       }
     }
     for (const m of spec.mapping) if (m.kind === "default") return m.shard;
-    return null; // matches nothing: every shard
+    if (spec.plugin === undefined) return null; // matches nothing: every shard
+  }
+  if (spec.plugin !== undefined) {
+    const text = String(typed);
+    const known = lookup?.pluginShards.get(pluginKey(spec.plugin, text));
+    if (known !== undefined) return known;
+    lookup?.missing.push({ plugin: spec.plugin, value: text, spec });
+    return 0;
   }
   if (typeof typed === "bigint") return shardForBigint(typed, shards);
   if (spec.type === "uuid") return shardForUuid(typed, shards);
@@ -762,6 +806,7 @@ export function shardingConfigFor(
           ? { kind: "range", start: m.start, end: m.end, shard: m.shard }
           : { kind: "default", shard: m.shard }
       ),
+      plugin: t.hasher.startsWith("plugin:") ? t.hasher.slice("plugin:".length) : undefined,
     }));
   const schemas = new Map<string, number>();
   let defaultSchemaShard: number | undefined;

@@ -1,0 +1,55 @@
+/**
+ * The wire between pgdog and a plugin process: frames of a 4-byte big-endian length and that many
+ * bytes of UTF-8 JSON. Requests are `{"id":n,"op":"route","args":[...]}`; answers are
+ * `{"id":n,"ok":value}` or `{"id":n,"error":"message"}`. Ids let many calls be in flight at once.
+ *
+ * @module
+ */
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Largest frame either side accepts (a parse tree of a very long statement fits). */
+export const MAX_FRAME = 64 * 1024 * 1024;
+
+/** One JSON text as a frame. */
+export function encodeFrame(json: string): Uint8Array {
+  const body = encoder.encode(json);
+  const frame = new Uint8Array(4 + body.length);
+  new DataView(frame.buffer).setUint32(0, body.length);
+  frame.set(body, 4);
+  return frame;
+}
+
+/** Splits a byte stream into frames' JSON texts; keeps a partial frame until the rest arrives. */
+export class FrameReader {
+  #buf = new Uint8Array(64 * 1024);
+  #start = 0;
+  #end = 0;
+
+  /** Adds bytes read from the stream and returns the complete frames' texts. */
+  push(chunk: Uint8Array): string[] {
+    if (this.#end + chunk.length > this.#buf.length) {
+      const pending = this.#end - this.#start;
+      const size = Math.max(this.#buf.length, (pending + chunk.length) * 2);
+      const next = size > this.#buf.length ? new Uint8Array(size) : this.#buf;
+      next.set(this.#buf.subarray(this.#start, this.#end), 0);
+      this.#buf = next;
+      this.#start = 0;
+      this.#end = pending;
+    }
+    this.#buf.set(chunk, this.#end);
+    this.#end += chunk.length;
+    const texts: string[] = [];
+    const view = new DataView(this.#buf.buffer);
+    while (this.#end - this.#start >= 4) {
+      const length = view.getUint32(this.#start);
+      if (length > MAX_FRAME) throw new Error(`frame of ${length} bytes is over the limit`);
+      if (this.#end - this.#start - 4 < length) break;
+      texts.push(decoder.decode(this.#buf.subarray(this.#start + 4, this.#start + 4 + length)));
+      this.#start += 4 + length;
+    }
+    if (this.#start === this.#end) this.#start = this.#end = 0;
+    return texts;
+  }
+}

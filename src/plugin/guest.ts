@@ -1,0 +1,51 @@
+/**
+ * The plugin's side of the sandbox, shared by the process runner and the Worker: imports the
+ * plugin module, checks what it exports, and answers calls to its hooks.
+ *
+ * @module
+ */
+
+import { API_VERSION, incompatibility, type Plugin } from "./api.ts";
+
+/** The hooks a sandbox can be asked to call. */
+export type HookName = "init" | "route" | "shard" | "shutdown";
+
+/** What the sandbox reports once the module is loaded. */
+export interface Hello {
+  apiVersion: string;
+  hooks: HookName[];
+}
+
+const HOOKS: HookName[] = ["init", "route", "shard", "shutdown"];
+
+/** Imports the plugin at `specifier` and checks its API version; throws with the reason. */
+export async function loadGuest(specifier: string): Promise<{ plugin: Plugin; hello: Hello }> {
+  const module = await import(specifier);
+  const exported = module.default !== null && typeof module.default === "object"
+    ? module.default
+    : module;
+  const apiVersion = exported.apiVersion ?? module.apiVersion;
+  const why = incompatibility(apiVersion, API_VERSION);
+  if (why !== null) throw new Error(why);
+  const hooks = HOOKS.filter((h) => typeof exported[h] === "function");
+  const plugin = { ...exported, apiVersion } as Plugin;
+  for (const h of hooks) {
+    (plugin as unknown as Record<string, unknown>)[h] = exported[h].bind(exported);
+  }
+  return { plugin, hello: { apiVersion: String(apiVersion), hooks } };
+}
+
+/** Calls one hook with its arguments and returns its answer (undefined becomes null). */
+export async function callHook(plugin: Plugin, op: string, args: unknown[]): Promise<unknown> {
+  const hook = (plugin as unknown as Record<string, unknown>)[op];
+  if (!HOOKS.includes(op as HookName)) throw new Error(`unknown hook ${op}`);
+  if (typeof hook !== "function") return null;
+  const answer = await hook(...args);
+  return answer === undefined ? null : answer;
+}
+
+/** An error as one line of text for the host's log. */
+export function describeError(e: unknown): string {
+  if (e instanceof Error) return `${e.name}: ${e.message}`;
+  return String(e);
+}

@@ -1,0 +1,406 @@
+/**
+ * The plugins of a running proxy: each `[[plugins]]` entry started in its sandbox, initialised
+ * with its configuration, restarted when it crashes or passes its timeout, and asked for routing
+ * answers that are merged in configuration order.
+ *
+ * @module
+ */
+
+import { parse as parseToml } from "smol-toml";
+import type { PluginConfig } from "../config/types.ts";
+import { log } from "../log.ts";
+import type { RouteAnswer } from "./api.ts";
+import type { HookName } from "./guest.ts";
+import { type Grants, type Sandbox, startProcess, startWorker } from "./sandbox.ts";
+
+export { API_VERSION } from "./api.ts";
+
+/** A plugin that could not be started, with a message naming it. */
+export class PluginError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "PluginError";
+  }
+}
+
+/** The merged answer of every plugin to one statement. */
+export interface RouteVerdict {
+  shard?: number | "all";
+  role?: "primary" | "replica";
+  block?: string;
+  rewrite?: string;
+  /** Which plugin decided each field, for logs. */
+  by: Partial<Record<"shard" | "role" | "block" | "rewrite", string>>;
+  /** A call failed and its plugin has `on_error = "error"`: the statement fails with this. */
+  error?: string;
+}
+
+/** Counters of one plugin (SHOW PLUGINS). */
+export interface PluginStats {
+  name: string;
+  isolation: string;
+  hooks: string;
+  calls: number;
+  errors: number;
+  timeouts: number;
+  restarts: number;
+  state: string;
+}
+
+/** How long `init` may take (it may load data). */
+const INIT_TIMEOUT_MS = 10_000;
+/** How long `shutdown` may take before the sandbox is stopped anyway. */
+const SHUTDOWN_TIMEOUT_MS = 1_000;
+/** A plugin that keeps failing is restarted no faster than this (doubling from 100 ms). */
+const MAX_BACKOFF_MS = 10_000;
+
+/** One configured plugin and its current sandbox. */
+class RunningPlugin {
+  readonly config: PluginConfig;
+  #sandbox: Sandbox | null = null;
+  #init: string;
+  #closed = false;
+  #backoff = 100;
+  hooks: ReadonlySet<HookName> = new Set();
+  calls = 0;
+  errors = 0;
+  timeouts = 0;
+  restarts = 0;
+
+  constructor(config: PluginConfig, initJson: string) {
+    this.config = config;
+    this.#init = initJson;
+  }
+
+  get name(): string {
+    return this.config.name;
+  }
+
+  get ready(): boolean {
+    return this.#sandbox !== null;
+  }
+
+  /** Starts the sandbox and runs `init`; throws a {@linkcode PluginError} when it can't. */
+  async start(): Promise<void> {
+    const spec = sandboxSpec(this.config);
+    const start = this.config.isolation === "worker" ? startWorker : startProcess;
+    let sandbox: Sandbox;
+    try {
+      sandbox = await start(spec);
+    } catch (e) {
+      throw new PluginError(`plugin "${this.name}" (${this.config.path}): ${message(e)}`);
+    }
+    this.hooks = new Set(sandbox.hello.hooks);
+    try {
+      if (this.hooks.has("init")) await sandbox.call("init", this.#init, INIT_TIMEOUT_MS);
+    } catch (e) {
+      sandbox.kill();
+      throw new PluginError(`plugin "${this.name}": init failed: ${message(e)}`);
+    }
+    if (this.#closed) {
+      sandbox.kill();
+      return;
+    }
+    this.#sandbox = sandbox;
+    const startedAt = Date.now();
+    sandbox.ended.then((how) => {
+      if (this.#sandbox !== sandbox) return;
+      this.#sandbox = null;
+      if (this.#closed) return;
+      log.error(`plugin "${this.name}": its ${this.config.isolation} ${how}; restarting`);
+      if (Date.now() - startedAt > 30_000) this.#backoff = 100;
+      this.#restartLater();
+    });
+  }
+
+  #restartLater(): void {
+    const delay = this.#backoff;
+    this.#backoff = Math.min(this.#backoff * 2, MAX_BACKOFF_MS);
+    setTimeout(() => {
+      if (this.#closed || this.#sandbox !== null) return;
+      this.restarts++;
+      this.start().then(
+        () => log.info(`plugin "${this.name}": restarted`),
+        (e) => {
+          log.error(`${message(e)}; trying again`);
+          this.#restartLater();
+        },
+      );
+    }, delay);
+  }
+
+  /** Calls a hook with `argsJson` (the JSON text of its arguments) within the timeout. */
+  async call(op: HookName, argsJson: string): Promise<unknown> {
+    const sandbox = this.#sandbox;
+    this.calls++;
+    if (sandbox === null) {
+      this.errors++;
+      throw new Error("it is restarting");
+    }
+    try {
+      return await sandbox.call(op, argsJson, this.config.timeout);
+    } catch (e) {
+      this.errors++;
+      if (e instanceof Error && e.name === "PluginTimeout") {
+        this.timeouts++;
+        // A process is killed by the timeout itself; its `ended` restarts it.
+        if (this.#sandbox === sandbox) sandbox.kill();
+      }
+      throw e;
+    }
+  }
+
+  /** Runs `shutdown` (briefly) and stops the sandbox. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    const sandbox = this.#sandbox;
+    this.#sandbox = null;
+    if (sandbox === null) return;
+    if (this.hooks.has("shutdown")) {
+      await sandbox.call("shutdown", "[]", SHUTDOWN_TIMEOUT_MS).catch(() => {});
+    }
+    sandbox.kill();
+    await sandbox.ended;
+  }
+}
+
+/** The sandbox of a `[[plugins]]` entry: the module, its folder and the permissions granted. */
+function sandboxSpec(config: PluginConfig) {
+  const local = !/^[a-z][a-z0-9+.-]*:/i.test(config.path) || config.path.startsWith("file:");
+  const file = local
+    ? (config.path.startsWith("file:") ? new URL(config.path).pathname : absolute(config.path))
+    : null;
+  const perms = config.permissions;
+  const grants: Grants = {
+    read: (perms?.read ?? []).map(absolute),
+    write: (perms?.write ?? []).map(absolute),
+    net: perms?.net ?? [],
+    env: perms?.env ?? [],
+    sys: perms?.sys ?? false,
+  };
+  return {
+    name: config.name,
+    specifier: file === null ? config.path : `file://${file}`,
+    folder: file === null ? null : file.slice(0, file.lastIndexOf("/")) || "/",
+    grants,
+    memoryMb: config.memory_mb,
+    onOutput: (line: string) => log.info(`plugin "${config.name}": ${line}`),
+  };
+}
+
+function absolute(path: string): string {
+  if (path.startsWith("/")) return path;
+  const cwd = Deno.cwd();
+  const joined = `${cwd}/${path}`.split("/");
+  const out: string[] = [];
+  for (const part of joined) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") out.pop();
+    else out.push(part);
+  }
+  return `/${out.join("/")}`;
+}
+
+function message(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** The plugins of a configuration, started. */
+export class PluginSet {
+  readonly #plugins: RunningPlugin[];
+  readonly #routers: RunningPlugin[];
+  /** The configuration they were started from (to tell whether RELOAD changes them). */
+  readonly key: string;
+
+  private constructor(plugins: RunningPlugin[], key: string) {
+    this.#plugins = plugins;
+    this.#routers = plugins.filter((p) => p.hooks.has("route"));
+    this.key = key;
+  }
+
+  /**
+   * Starts every plugin of `configs` (all at once) and runs their `init`. Throws a
+   * {@linkcode PluginError} naming the plugin when one cannot start (a missing module, an
+   * incompatible API version, a failing init), after stopping the others.
+   */
+  static async start(
+    configs: readonly PluginConfig[],
+    options: { shardHooks?: readonly string[] } = {},
+  ): Promise<PluginSet> {
+    const plugins: RunningPlugin[] = [];
+    for (const config of configs) {
+      plugins.push(new RunningPlugin(config, JSON.stringify([await initConfig(config)])));
+    }
+    const results = await Promise.allSettled(plugins.map((p) => p.start()));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    const set = new PluginSet(plugins, pluginsKey(configs));
+    if (failed === undefined) {
+      for (const name of options.shardHooks ?? []) {
+        const plugin = plugins.find((p) => p.name === name);
+        if (plugin && !plugin.hooks.has("shard")) {
+          await set.close();
+          throw new PluginError(
+            `plugin "${name}" has no shard hook, but a [[sharded_tables]] hasher names it`,
+          );
+        }
+      }
+      for (const p of plugins) {
+        log.info(
+          `plugin "${p.name}" loaded (${p.config.isolation}; hooks: ${[...p.hooks].join(", ")})`,
+        );
+      }
+      return set;
+    }
+    await set.close();
+    throw failed.reason instanceof PluginError
+      ? failed.reason
+      : new PluginError(message(failed.reason));
+  }
+
+  /** No plugin has a `route` hook. */
+  get routes(): boolean {
+    return this.#routers.length > 0;
+  }
+
+  /** The plugins' names, in order. */
+  get names(): string[] {
+    return this.#plugins.map((p) => p.name);
+  }
+
+  /**
+   * Asks every plugin with a `route` hook about one statement (`ctxJson`: the JSON text of a
+   * RouteContext); `shards` bounds a shard answer. All are asked at once; the first plugin (in
+   * configuration order) to set a field decides it.
+   */
+  async route(ctxJson: string, options: { shards: number }): Promise<RouteVerdict> {
+    const args = `[${ctxJson}]`;
+    const answers = await Promise.allSettled(this.#routers.map((p) => p.call("route", args)));
+    const verdict: RouteVerdict = { by: {} };
+    answers.forEach((result, i) => {
+      const plugin = this.#routers[i];
+      let answer: RouteAnswer | null;
+      try {
+        if (result.status === "rejected") throw result.reason;
+        answer = checkAnswer(result.value, options.shards);
+      } catch (e) {
+        const why = `plugin "${plugin.name}": route failed: ${message(e)}`;
+        if (plugin.config.on_error === "error") verdict.error ??= why;
+        log.warn(
+          `${why}; ${plugin.config.on_error === "error" ? "the statement fails" : "ignored"}`,
+        );
+        return;
+      }
+      if (answer === null) return;
+      for (const field of ["shard", "role", "block", "rewrite"] as const) {
+        if (answer[field] === undefined || verdict[field] !== undefined) continue;
+        (verdict as unknown as Record<string, unknown>)[field] = answer[field];
+        verdict.by[field] = plugin.name;
+      }
+    });
+    return verdict;
+  }
+
+  /** The shard of `key` by plugin `name`'s `shard` hook; throws when the call fails. */
+  async shard(
+    name: string,
+    key: string,
+    ctx: { table?: string; column: string; dataType: string; shards: number; database: string },
+  ): Promise<number> {
+    const plugin = this.#plugins.find((p) => p.name === name);
+    if (plugin === undefined) throw new Error(`no plugin named "${name}"`);
+    let shard: unknown;
+    try {
+      shard = await plugin.call("shard", JSON.stringify([key, ctx]));
+    } catch (e) {
+      throw new Error(`plugin "${name}": shard failed: ${message(e)}`);
+    }
+    if (typeof shard !== "number" || !Number.isInteger(shard) || shard < 0 || shard >= ctx.shards) {
+      throw new Error(
+        `plugin "${name}": shard answered ${JSON.stringify(shard)} for ${JSON.stringify(key)}, ` +
+          `not a shard number from 0 to ${ctx.shards - 1}`,
+      );
+    }
+    return shard;
+  }
+
+  /** The `on_error` of plugin `name`. */
+  onError(name: string): "fallback" | "error" {
+    return this.#plugins.find((p) => p.name === name)?.config.on_error ?? "fallback";
+  }
+
+  /** Counters for SHOW PLUGINS. */
+  stats(): PluginStats[] {
+    return this.#plugins.map((p) => ({
+      name: p.name,
+      isolation: p.config.isolation,
+      hooks: [...p.hooks].join(","),
+      calls: p.calls,
+      errors: p.errors,
+      timeouts: p.timeouts,
+      restarts: p.restarts,
+      state: p.ready ? "ready" : "restarting",
+    }));
+  }
+
+  /** Runs every `shutdown` hook and stops the sandboxes. */
+  async close(): Promise<void> {
+    await Promise.all(this.#plugins.map((p) => p.close().catch(() => {})));
+  }
+}
+
+/** Identifies a `[[plugins]]` list: equal keys, nothing to restart on RELOAD. */
+export function pluginsKey(configs: readonly PluginConfig[]): string {
+  return JSON.stringify(configs);
+}
+
+/** What `init` receives: the inline table, or the TOML file's content. */
+async function initConfig(config: PluginConfig): Promise<Record<string, unknown>> {
+  if (config.config === undefined) return {};
+  if (typeof config.config !== "string") return config.config;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(config.config);
+  } catch (e) {
+    throw new PluginError(
+      `plugin "${config.name}": cannot read its config file ${config.config}: ${message(e)}`,
+    );
+  }
+  try {
+    return parseToml(text) as Record<string, unknown>;
+  } catch (e) {
+    throw new PluginError(
+      `plugin "${config.name}": its config file ${config.config} is not valid TOML: ${message(e)}`,
+    );
+  }
+}
+
+/** Checks a route answer's shape; throws with what is wrong. */
+function checkAnswer(value: unknown, shards: number): RouteAnswer | null {
+  if (value === null || value === undefined) return null;
+  if (typeof value !== "object" || Array.isArray(value)) {
+    throw new Error(`answered ${JSON.stringify(value)}, not an object`);
+  }
+  const a = value as Record<string, unknown>;
+  for (const key of Object.keys(a)) {
+    if (!["shard", "role", "block", "rewrite"].includes(key)) {
+      throw new Error(`answered an unknown field "${key}" (shard, role, block, rewrite)`);
+    }
+  }
+  if (
+    a.shard !== undefined && a.shard !== "all" &&
+    !(typeof a.shard === "number" && Number.isInteger(a.shard) && a.shard >= 0 &&
+      a.shard < Math.max(1, shards))
+  ) {
+    throw new Error(`answered shard ${JSON.stringify(a.shard)}: not "all" or 0 to ${shards - 1}`);
+  }
+  if (a.role !== undefined && a.role !== "primary" && a.role !== "replica") {
+    throw new Error(`answered role ${JSON.stringify(a.role)}: not "primary" or "replica"`);
+  }
+  if (a.block !== undefined && (typeof a.block !== "string" || a.block === "")) {
+    throw new Error(`answered block ${JSON.stringify(a.block)}: not a message`);
+  }
+  if (a.rewrite !== undefined && (typeof a.rewrite !== "string" || a.rewrite.trim() === "")) {
+    throw new Error(`answered rewrite ${JSON.stringify(a.rewrite)}: not SQL text`);
+  }
+  return a as RouteAnswer;
+}

@@ -1,0 +1,60 @@
+/**
+ * The entry of a plugin's own Deno process (`isolation = "process"`): reads request frames on
+ * stdin, answers on stdout. The process runs with only the permissions the plugin is granted.
+ *
+ * Usage (by pgdog): `deno run <flags> runner.ts <plugin specifier>`
+ *
+ * @module
+ */
+
+import { callHook, describeError, loadGuest } from "./guest.ts";
+import { encodeFrame, FrameReader } from "./frames.ts";
+
+// stdout carries frames: whatever the plugin prints goes to stderr (pgdog logs it).
+const toStderr = (...args: unknown[]): void => console.error(...args);
+console.log = toStderr;
+console.info = toStderr;
+console.debug = toStderr;
+
+const stdout = Deno.stdout;
+let writing = Promise.resolve();
+
+function reply(json: string): void {
+  const frame = encodeFrame(json);
+  writing = writing.then(async () => {
+    let off = 0;
+    while (off < frame.length) off += await stdout.write(frame.subarray(off));
+  });
+}
+
+function answer(id: number, run: () => Promise<unknown>): void {
+  run().then(
+    (value) => reply(`{"id":${id},"ok":${JSON.stringify(value ?? null)}}`),
+    (e) => reply(JSON.stringify({ id, error: describeError(e) })),
+  );
+}
+
+const specifier = Deno.args[0];
+let loaded: Awaited<ReturnType<typeof loadGuest>>;
+try {
+  loaded = await loadGuest(specifier);
+} catch (e) {
+  reply(JSON.stringify({ id: 0, error: e instanceof Error ? e.message : String(e) }));
+  await writing;
+  Deno.exit(3);
+}
+reply(JSON.stringify({ id: 0, ok: loaded.hello }));
+
+const reader = new FrameReader();
+const buf = new Uint8Array(64 * 1024);
+for (;;) {
+  const n = await Deno.stdin.read(buf);
+  if (n === null) break;
+  for (const text of reader.push(buf.subarray(0, n))) {
+    const request = JSON.parse(text) as { id: number; op: string; args: unknown[] };
+    answer(request.id, () => callHook(loaded.plugin, request.op, request.args));
+  }
+}
+await callHook(loaded.plugin, "shutdown", []).catch(() => {});
+await writing;
+Deno.exit(0);

@@ -1,0 +1,49 @@
+/**
+ * A plugin that tries what a sandboxed plugin must not do, chosen by the query text
+ * (`select 'fetch'`, ...), and reports each attempt as a block message: "<what> denied: <error>"
+ * or "<what> ALLOWED". Some attempts misbehave instead: throw, loop, allocate, exit.
+ */
+
+import { definePlugin } from "@pgdog/pgdog/plugin";
+
+async function attempt(what: string, run: () => Promise<unknown> | unknown): Promise<string> {
+  try {
+    await run();
+    return `${what} ALLOWED`;
+  } catch (e) {
+    return `${what} denied: ${e instanceof Error ? `${e.name}: ${e.message}` : e}`;
+  }
+}
+
+const TRIES: Record<string, () => Promise<unknown> | unknown> = {
+  fetch: () => fetch("http://127.0.0.1:45999/"),
+  connect: () => Deno.connect({ hostname: "127.0.0.1", port: 45999 }),
+  read: () => Deno.readTextFile("/etc/passwd"),
+  import: () => import("file:///etc/passwd", { with: { type: "text" } }),
+  import_json: () =>
+    import(new URL("../../deno.json", import.meta.url).href, { with: { type: "json" } }),
+  env: () => Deno.env.get("PATH"),
+  run: () => new Deno.Command("true").output(),
+  write: () => Deno.writeTextFile("/tmp/pgdog-plugin-wrote", "x"),
+  ffi: () => Deno.dlopen("libc.so.6", {}),
+};
+
+let leak: unknown[] = [];
+
+export default definePlugin({
+  apiVersion: "1.0.0",
+  async route(ctx) {
+    const m = /'([a-z_]+)'/.exec(ctx.query);
+    const what = m?.[1] ?? "";
+    if (what in TRIES) return { block: await attempt(what, TRIES[what]) };
+    if (what === "throw") throw new Error("the plugin threw on purpose");
+    if (what === "loop") { for (;;) { /* never answers */ } }
+    if (what === "oom") {
+      for (;;) leak.push(new Array(1_000_000).fill(Math.random()));
+    }
+    if (what === "exit") Deno.exit(7);
+    if (what === "pid") return { block: `pid ${Deno.pid}` };
+    leak = [];
+    return null;
+  },
+});
