@@ -15,7 +15,8 @@ export default definePlugin({
   },
   route(ctx) {
     const m = /\/\* plugin: (.*?) \*\//s.exec(ctx.query);
-    if (m === null) return null;
+    // `config.always`: the answer to statements without a directive.
+    if (m === null) return (config.always as RouteAnswer | undefined) ?? null;
     const text = m[1];
     if (text === "echo") return { block: JSON.stringify({ ...ctx, config }) };
     const rewrite = /rewrite=(.*)$/s.exec(text);
