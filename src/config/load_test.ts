@@ -306,6 +306,7 @@ Deno.test("loadConfig: defaults everywhere", async () => {
       sharded_tables: [],
       sharded_schemas: [],
       omnisharded_tables: [],
+      plugins: [],
     },
     warnings: [],
   });
@@ -433,6 +434,7 @@ server_password = "bob_srvpw"
     sharded_tables: [],
     sharded_schemas: [],
     omnisharded_tables: [],
+    plugins: [],
   };
   deepEqual(result, {
     config: expected,
@@ -543,6 +545,7 @@ Deno.test("loadConfig: missing files are warnings; URLs stand in for the databas
       sharded_tables: [],
       sharded_schemas: [],
       omnisharded_tables: [],
+      plugins: [],
     },
     warnings: [
       "pgdog.toml: file not found; using defaults",

@@ -143,6 +143,10 @@ Deno.test("sharding: every form of every section, as the model", async () => {
     "[[omnisharded_tables]]", //                                        91
     'database = "prod"', //                                             92
     "tables = []", //                                                   93
+    "", //                                                              94
+    "[[plugins]]", //                                                   95
+    'name = "tenants"', //                                              96
+    'path = "plugins/tenants.ts"', //                                   97
   );
   const { result, error } = await load(pgdog);
   equal(error, undefined, error?.message);
@@ -772,4 +776,102 @@ Deno.test("compareShardKeys: integers as numbers, strings by code point", () => 
   // although its UTF-16 code unit is larger than the pair's first one.
   ok(compareShardKeys("\uff5e", "\u{1f600}") < 0);
   ok("\uff5e" > "\u{1f600}");
+});
+
+Deno.test("plugins: defaults, and every mistake named by file, line and key", async () => {
+  const ok1 = await load(
+    DATABASES + lines(
+      "[[plugins]]", //                                                   12
+      'name = "guard"', //                                                13
+      'path = "plugins/guard/mod.ts"', //                                 14
+      "", //                                                              15
+      "[[plugins]]", //                                                   16
+      'name = "tenants"', //                                              17
+      'path = "jsr:@acme/tenants"', //                                    18
+      "config = { tenants = { acme = 0 } }", //                           19
+      'permissions = { read = ["./data"], net = ["10.0.0.5:8080"], sys = true }', // 20
+      'isolation = "worker"', //                                          21
+      "timeout = 50", //                                                  22
+      'on_error = "error"', //                                            23
+      "memory_mb = 64", //                                                24
+    ),
+  );
+  equal(ok1.error, undefined, ok1.error?.message);
+  deepEqual(ok1.result!.config.plugins, [
+    {
+      name: "guard",
+      path: "plugins/guard/mod.ts",
+      isolation: "process",
+      timeout: 100,
+      on_error: "fallback",
+      memory_mb: 256,
+    },
+    {
+      name: "tenants",
+      path: "jsr:@acme/tenants",
+      config: { tenants: { acme: 0 } },
+      permissions: { read: ["./data"], write: [], net: ["10.0.0.5:8080"], env: [], sys: true },
+      isolation: "worker",
+      timeout: 50,
+      on_error: "error",
+      memory_mb: 64,
+    },
+  ]);
+  const bad = await load(
+    DATABASES + lines(
+      "[[plugins]]", //                                                   12
+      'name = "a"', //                                                    13
+      'path = "a.ts"', //                                                 14
+      'permissions = { run = ["ls"] }', //                                15
+      "", //                                                              16
+      "[[plugins]]", //                                                   17
+      'name = "a"', //                                                    18
+      'path = "b.ts"', //                                                 19
+      'isolation = "thread"', //                                          20
+      "config = 3", //                                                    21
+      "", //                                                              22
+      "[[plugins]]", //                                                   23
+      'name = "c"', //                                                    24
+      "", //                                                              25
+      "[[sharded_tables]]", //                                            26
+      'database = "prod"', //                                             27
+      'column = "id"', //                                                 28
+      'hasher = "plugin:nope"', //                                        29
+    ),
+  );
+  const problems = bad.error!.problems.join("\n");
+  ok(
+    problems.includes(
+      'pgdog.toml:15: [[plugins]] #1 (name "a") permissions: permissions.run is not a permission',
+    ),
+    problems,
+  );
+  ok(
+    problems.includes(
+      'pgdog.toml:18: [[plugins]] #2 (name "a") name: plugin "a" is already defined by #1',
+    ),
+    problems,
+  );
+  ok(
+    problems.includes(
+      'pgdog.toml:20: [[plugins]] #2 (name "a") isolation: "thread" is not allowed',
+    ),
+    problems,
+  );
+  ok(
+    problems.includes(
+      'pgdog.toml:21: [[plugins]] #2 (name "a") config: expected a table or a file path, got 3',
+    ),
+    problems,
+  );
+  ok(
+    problems.includes('pgdog.toml:23: [[plugins]] #3 (name "c") path: missing required key "path"'),
+    problems,
+  );
+  ok(
+    problems.includes(
+      'pgdog.toml:29: [[sharded_tables]] #1 hasher: no [[plugins]] entry named "nope"',
+    ),
+    problems,
+  );
 });
