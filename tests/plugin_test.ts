@@ -45,6 +45,7 @@ function proxyWith(
       general: { idle_healthcheck_interval: 0, ...extra.general },
       databases: [{ name: "app", host: pg.host, port: pg.port, database_name: "postgres" }],
       plugins,
+      admin: { password: "plugin-admin-pw" },
     },
     users: { users: [{ name: USER, password: PASSWORD, database: "app" }] },
     denoFlags: ["--allow-run"],
@@ -149,6 +150,19 @@ Deno.test("plugins: the process sandbox denies escapes and survives misbehaving 
         },
       );
     }
+
+    await t.step("SHOW PLUGINS counts calls, errors, timeouts and restarts", async () => {
+      const admin = { ...target, user: "admin", password: "plugin-admin-pw", database: "admin" };
+      const r = await psql(admin, "SHOW PLUGINS");
+      assert.equal(r.code, 0, r.stderr);
+      const [name, isolation, hooks, state, calls, errors, timeouts, restarts] = r.stdout.trim()
+        .split("|");
+      assert.deepEqual([name, isolation, hooks, state], ["hostile", "process", "route", "ready"]);
+      assert.ok(Number(calls) >= 20, calls);
+      assert.ok(Number(errors) >= 4, errors);
+      assert.ok(Number(timeouts) >= 1, timeouts);
+      assert.equal(Number(restarts), 3);
+    });
   });
 });
 

@@ -7,6 +7,7 @@
  * @module
  */
 
+import type { PluginStats } from "../plugin/mod.ts";
 import type { Config } from "../config/types.ts";
 import type { Databases, HostPlace as PoolPlace } from "../backend/databases.ts";
 import type { Pool, PoolTotals } from "../backend/pool.ts";
@@ -50,6 +51,8 @@ export interface AdminHost {
   readonly stats: StatsWindow;
   /** PAUSE / RESUME / MAINTENANCE. */
   readonly gate: Gate;
+  /** The running plugins (SHOW PLUGINS). */
+  readonly plugins: { stats(): PluginStats[] } | null;
 }
 
 /** Pool counters at the ends of the last full `stats_period`. */
@@ -104,6 +107,7 @@ export const ADMIN_COMMANDS = [
   "SHOW PREPARED",
   "SHOW REPLICATION",
   "SHOW STATS",
+  "SHOW PLUGINS",
   "RESET QUERY_CACHE",
   "BAN [id]",
   "UNBAN [id]",
@@ -206,6 +210,30 @@ function show(what: string, host: AdminHost): AdminAnswer {
       return showReplication(host);
     case "stats":
       return showStats(host);
+    case "plugins":
+      return {
+        columns: [
+          "name",
+          "isolation",
+          "hooks",
+          "state",
+          "calls",
+          "errors",
+          "timeouts",
+          "restarts",
+        ],
+        rows: (host.plugins?.stats() ?? []).map((p) => [
+          p.name,
+          p.isolation,
+          p.hooks,
+          p.state,
+          p.calls,
+          p.errors,
+          p.timeouts,
+          p.restarts,
+        ]),
+        tag: "SHOW",
+      };
     case "prepared":
       return {
         columns: ["name", "statement", "used_by"],
