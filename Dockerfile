@@ -20,6 +20,6 @@ USER deno
 EXPOSE 6432
 
 ENTRYPOINT ["deno", "run", "--frozen", "--cached-only", "--no-prompt", \
-  "--allow-net", "--allow-read=/app,/etc/pgdog", "--allow-env=PGDOG_*,NODE_ID", \
+  "--allow-net", "--allow-read=/app,/etc/pgdog", "--allow-env=PGDOG_*,NODE_ID", "--allow-run=deno", \
   "/app/mod.ts"]
 CMD ["-c", "/etc/pgdog/pgdog.toml", "-u", "/etc/pgdog/users.toml"]

@@ -115,6 +115,16 @@ export function permissionFlags(spec: Pick<SandboxSpec, "folder" | "grants">): s
   return flags;
 }
 
+/**
+ * The Deno to run plugins with: this one, when pgdog may run it by path; else `deno` from PATH
+ * (what `--allow-run=deno` grants).
+ */
+function denoCommand(): string {
+  const path = Deno.execPath();
+  const allowed = Deno.permissions.querySync({ name: "run", command: path }).state === "granted";
+  return allowed ? path : "deno";
+}
+
 /** Starts a plugin in its own Deno process and waits until the module is loaded. */
 export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
   const args = ["run", "--quiet", ...permissionFlags(spec)];
@@ -127,7 +137,7 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
     // No configuration beside pgdog (an installed copy): plugins use full specifiers.
   }
   args.push(RUNNER.href, spec.specifier);
-  const child = new Deno.Command(Deno.execPath(), {
+  const child = new Deno.Command(denoCommand(), {
     args,
     env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
     stdin: "piped",
