@@ -38,7 +38,7 @@ const plugin = (file: string): string => `${HERE}plugins/${file}`;
 function proxyWith(
   pg: { host: string; port: number },
   plugins: TomlDocument[],
-  extra: { general?: TomlDocument } = {},
+  extra: { general?: TomlDocument; denoFlags?: string[] } = {},
 ) {
   return startProxy({
     config: {
@@ -48,7 +48,7 @@ function proxyWith(
       admin: { password: "plugin-admin-pw" },
     },
     users: { users: [{ name: USER, password: PASSWORD, database: "app" }] },
-    denoFlags: ["--allow-run"],
+    denoFlags: extra.denoFlags ?? ["--allow-run"],
   });
 }
 
@@ -400,7 +400,8 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
     await using proxy = await proxyWith(pg, [
       { name: "first", path: plugin("directives.ts") },
       { name: "second", path: plugin("directives.ts"), config: { always: { block: "second" } } },
-    ]);
+      // The start task's narrow grant: plugin processes run as `deno` from PATH.
+    ], { denoFlags: ["--allow-run=deno"] });
     await dumpLogsOnFailure(proxy, async () => {
       const first = await psql(via(proxy), "/* plugin: block=first */ select 1");
       assert.match(first.stderr, /ERROR:  first\n/);
