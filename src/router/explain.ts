@@ -8,7 +8,7 @@
 import type { Config } from "../config/types.ts";
 import { QueryRouter } from "./mod.ts";
 import { analyzeSql } from "./analyze.ts";
-import { decideShard, shardingConfigFor } from "./shard.ts";
+import { decideShard, shardingConfigFor, type ShardLookup } from "./shard.ts";
 
 /** One statement's route. */
 export interface ExplainedRoute {
@@ -16,7 +16,7 @@ export interface ExplainedRoute {
   sql: string;
   /** `primary` (writes) or `replica` (reads the replicas may serve). */
   role: "primary" | "replica";
-  /** `shard N`, `shards 0,2`, `all shards`, `any shard`, or `refused` (sharded databases only). */
+  /** `shard N`, `shards 0,2`, `all shards`, `any shard`, `refused` or `decided by a plugin`. */
   target: string | null;
   /** Why. */
   reason: string;
@@ -55,7 +55,19 @@ export function explainRoutes(
       });
       continue;
     }
-    const d = decideShard(analysis, { config: sharding });
+    const lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
+    const d = decideShard(analysis, { config: sharding, lookup });
+    if (lookup.missing.length > 0) {
+      // Plugins run only inside the proxy.
+      const names = [...new Set(lookup.missing.map((m) => m.plugin))].join(", ");
+      out.push({
+        sql: text,
+        role,
+        target: "decided by a plugin",
+        reason: `hasher plugin:${names} (plugins run only in the proxy)`,
+      });
+      continue;
+    }
     const t = d.target;
     const target = d.unsupported
       ? "refused"

@@ -1,6 +1,13 @@
 import { deepEqual, equal, ok } from "node:assert/strict";
 import { loadParser, QueryRouter } from "./mod.ts";
-import { type BindValues, decideShard, type ShardingConfig, type ShardTarget } from "./shard.ts";
+import {
+  type BindValues,
+  decideShard,
+  pluginKey,
+  type ShardingConfig,
+  type ShardLookup,
+  type ShardTarget,
+} from "./shard.ts";
 import { shardForBigint, shardForText } from "../sharding/hash.ts";
 
 await loadParser();
@@ -121,4 +128,43 @@ Deno.test("results that need merging are refused, comments route by hand", () =>
     shard: 3,
   });
   deepEqual(target("/* pgdog_sharding_key: 42 */ SELECT * FROM users"), one(42n));
+});
+
+Deno.test("plugin hashers: keys found first, then decided with the plugin's answers", () => {
+  const plugged: ShardingConfig = {
+    ...config,
+    tables: [
+      { name: "events", column: "id", type: "bigint", mapping: [], plugin: "mod" },
+      {
+        name: "zones",
+        column: "z",
+        type: "bigint",
+        mapping: [{ kind: "list", values: [7n], shard: 2 }],
+        plugin: "mod",
+      },
+    ],
+  };
+  const lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
+  const analysis = router.analyze("select * from events where id in (10, 11)");
+  decideShard(analysis, { config: plugged, lookup });
+  deepEqual(lookup.found.map((k) => k.value), ["10", "11"]);
+  deepEqual(lookup.missing.map((m) => [m.plugin, m.value]), [["mod", "10"], ["mod", "11"]]);
+  // The plugin's answers (here: 3 and 1) decide the second pass.
+  lookup.pluginShards.set(pluginKey("mod", "10"), 3);
+  lookup.pluginShards.set(pluginKey("mod", "11"), 1);
+  lookup.found = [];
+  lookup.missing = [];
+  const d = decideShard(analysis, { config: plugged, lookup });
+  deepEqual(d.target, { kind: "some", shards: [1, 3] });
+  deepEqual(lookup.missing, []);
+  // A mapping rule still comes first: no plugin call for 7.
+  const z: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
+  deepEqual(
+    decideShard(router.analyze("select * from zones where z = 7"), {
+      config: plugged,
+      lookup: z,
+    }).target,
+    { kind: "one", shard: 2 },
+  );
+  deepEqual(z.missing, []);
 });
