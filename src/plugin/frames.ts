@@ -53,3 +53,57 @@ export class FrameReader {
     return texts;
   }
 }
+
+/**
+ * Writes frames in order, coalescing those queued while a write is in flight into one write: a
+ * lone call is written at once, a burst of calls costs one write.
+ */
+export class FrameWriter {
+  readonly #write: (bytes: Uint8Array) => Promise<unknown>;
+  #queue: Uint8Array[] = [];
+  #queued = 0;
+  #busy = false;
+
+  constructor(write: (bytes: Uint8Array) => Promise<unknown>) {
+    this.#write = write;
+  }
+
+  /** Queues one JSON text as a frame. */
+  send(json: string): void {
+    const frame = encodeFrame(json);
+    this.#queue.push(frame);
+    this.#queued += frame.length;
+    if (!this.#busy) this.#drain();
+  }
+
+  /** Resolves once everything queued is written (or the write failed). */
+  async flushed(): Promise<void> {
+    while (this.#busy) await new Promise((r) => setTimeout(r, 1));
+  }
+
+  async #drain(): Promise<void> {
+    this.#busy = true;
+    while (this.#queue.length > 0) {
+      let bytes: Uint8Array;
+      if (this.#queue.length === 1) bytes = this.#queue[0];
+      else {
+        bytes = new Uint8Array(this.#queued);
+        let at = 0;
+        for (const f of this.#queue) {
+          bytes.set(f, at);
+          at += f.length;
+        }
+      }
+      this.#queue = [];
+      this.#queued = 0;
+      try {
+        await this.#write(bytes);
+      } catch {
+        this.#queue = [];
+        this.#queued = 0;
+        break;
+      }
+    }
+    this.#busy = false;
+  }
+}

@@ -8,7 +8,7 @@
  */
 
 import { callHook, describeError, loadGuest } from "./guest.ts";
-import { encodeFrame, FrameReader } from "./frames.ts";
+import { FrameReader, FrameWriter } from "./frames.ts";
 
 // stdout carries frames: whatever the plugin prints goes to stderr (pgdog logs it).
 const toStderr = (...args: unknown[]): void => console.error(...args);
@@ -17,14 +17,13 @@ console.info = toStderr;
 console.debug = toStderr;
 
 const stdout = Deno.stdout;
-let writing = Promise.resolve();
+const out = new FrameWriter(async (bytes) => {
+  let off = 0;
+  while (off < bytes.length) off += await stdout.write(bytes.subarray(off));
+});
 
 function reply(json: string): void {
-  const frame = encodeFrame(json);
-  writing = writing.then(async () => {
-    let off = 0;
-    while (off < frame.length) off += await stdout.write(frame.subarray(off));
-  });
+  out.send(json);
 }
 
 function answer(id: number, run: () => Promise<unknown>): void {
@@ -40,7 +39,7 @@ try {
   loaded = await loadGuest(specifier);
 } catch (e) {
   reply(JSON.stringify({ id: 0, error: e instanceof Error ? e.message : String(e) }));
-  await writing;
+  await out.flushed();
   Deno.exit(3);
 }
 reply(JSON.stringify({ id: 0, ok: loaded.hello }));
@@ -56,5 +55,5 @@ for (;;) {
   }
 }
 await callHook(loaded.plugin, "shutdown", []).catch(() => {});
-await writing;
+await out.flushed();
 Deno.exit(0);

@@ -7,7 +7,7 @@
  */
 
 import type { Hello } from "./guest.ts";
-import { encodeFrame, FrameReader } from "./frames.ts";
+import { FrameReader, FrameWriter } from "./frames.ts";
 
 /** What a plugin may do, as `[[plugins]].permissions` grants it (resolved to absolute paths). */
 export interface Grants {
@@ -145,7 +145,8 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
     stderr: "piped",
   }).spawn();
   const calls = new Calls();
-  const stdin = child.stdin.getWriter();
+  const stdinWriter = child.stdin.getWriter();
+  const stdin = new FrameWriter((bytes) => stdinWriter.write(bytes));
   let alive = true;
   const kill = (): void => {
     if (!alive) return;
@@ -208,7 +209,7 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
       call(op, argsJson, timeoutMs) {
         if (!alive) return Promise.reject(new Error("the plugin process has ended"));
         const { id, answer } = calls.start(timeoutMs, kill);
-        stdin.write(encodeFrame(`{"id":${id},"op":"${op}","args":${argsJson}}`)).catch(() => {});
+        stdin.send(`{"id":${id},"op":"${op}","args":${argsJson}}`);
         return answer;
       },
       kill,
