@@ -59,6 +59,8 @@ interface RangeVar {
 
 let except: Entry[] = [];
 
+const MAYBE = /delete|update/i;
+
 function parseEntries(value: unknown, key: string): Entry[] {
   if (value === undefined) return [];
   if (!Array.isArray(value)) throw new Error(`guard: config.${key} must be an array of strings`);
@@ -101,28 +103,32 @@ function explainRuns(explain: Record<string, unknown>): boolean {
   return runs;
 }
 
-/** The first unguarded DELETE or UPDATE under `node`, or null. */
-function findUnguarded(node: unknown): { kind: string; relation: RangeVar } | null {
-  if (Array.isArray(node)) {
-    for (const child of node) {
-      const found = findUnguarded(child);
-      if (found) return found;
+/**
+ * The first unguarded DELETE or UPDATE under `root` in document order, or null. The walk uses its
+ * own stack: expression trees can be nested deeper than the call stack allows.
+ */
+function findUnguarded(root: unknown): { kind: string; relation: RangeVar } | null {
+  const stack: Array<[string | null, unknown]> = [[null, root]];
+  while (stack.length > 0) {
+    const [key, node] = stack.pop()!;
+    if (Array.isArray(node)) {
+      for (let i = node.length - 1; i >= 0; i--) stack.push([null, node[i]]);
+      continue;
     }
-    return null;
-  }
-  if (!isRecord(node)) return null;
-  for (const [key, value] of Object.entries(node)) {
-    if (!isRecord(value) && !Array.isArray(value)) continue;
+    if (!isRecord(node)) continue;
     if (key === "RuleStmt" || key === "CreateFunctionStmt") continue;
-    if (key === "ExplainStmt" && isRecord(value) && !explainRuns(value)) continue;
-    if ((key === "DeleteStmt" || key === "UpdateStmt") && isRecord(value)) {
-      const relation = isRecord(value.relation) ? value.relation as RangeVar : {};
-      if (value.whereClause == null && !excepted(relation)) {
+    if (key === "ExplainStmt" && !explainRuns(node)) continue;
+    if (key === "DeleteStmt" || key === "UpdateStmt") {
+      const relation = isRecord(node.relation) ? node.relation as RangeVar : {};
+      if (node.whereClause == null && !excepted(relation)) {
         return { kind: key === "DeleteStmt" ? "DELETE" : "UPDATE", relation };
       }
     }
-    const found = findUnguarded(value);
-    if (found) return found;
+    const entries = Object.entries(node);
+    for (let i = entries.length - 1; i >= 0; i--) {
+      const value = entries[i][1];
+      if (typeof value === "object" && value !== null) stack.push(entries[i]);
+    }
   }
   return null;
 }
@@ -144,6 +150,8 @@ const plugin: Plugin<GuardConfig> = definePlugin<GuardConfig>({
   route(ctx: RouteContext): RouteAnswer | undefined {
     const stmts = ctx?.statement?.stmts;
     if (!Array.isArray(stmts)) return undefined;
+    // Neither statement can be written without its keyword: most queries need no walk at all.
+    if (typeof ctx.query === "string" && !MAYBE.test(ctx.query)) return undefined;
     for (let i = 0; i < stmts.length; i++) {
       const found = findUnguarded(stmts[i]);
       if (found === null) continue;

@@ -15,9 +15,11 @@ function context(query: string): RouteContext {
     // Unparsable text: pgdog passes statement = null.
   }
   const tables: PluginTable[] = [];
-  const collect = (node: unknown): void => {
-    if (Array.isArray(node)) return node.forEach(collect);
-    if (typeof node !== "object" || node === null) return;
+  // An explicit stack: expression trees can be deeper than the call stack.
+  const stack: unknown[] = [statement];
+  while (stack.length > 0) {
+    const node = stack.pop();
+    if (typeof node !== "object" || node === null) continue;
     for (const [key, value] of Object.entries(node)) {
       if (key === "RangeVar" || key === "relation") {
         const rv = value as { schemaname?: string; relname: string };
@@ -25,10 +27,9 @@ function context(query: string): RouteContext {
           rv.schemaname ? { schema: rv.schemaname, name: rv.relname } : { name: rv.relname },
         );
       }
-      collect(value);
+      stack.push(value);
     }
-  };
-  collect(statement);
+  }
   return {
     query,
     statement,
@@ -154,6 +155,30 @@ Deno.test("tables in except may be changed without WHERE; schema rules apply", (
   equal(route("DELETE FROM SCRATCH"), undefined);
   setup();
   match(blocked("DELETE FROM scratch")!, /on table "scratch"/);
+});
+
+Deno.test("deeply nested trees are walked without exhausting the stack", () => {
+  setup();
+  const deep = "a" + " + a".repeat(8000);
+  equal(route(`UPDATE t SET x = ${deep} WHERE id = 1`), undefined);
+  match(blocked(`UPDATE t SET x = ${deep}`)!, /^UPDATE without WHERE on table "t"/);
+  match(blocked(`SELECT ${deep}; DELETE FROM t`)!, /\(statement 2 of 2\)/);
+});
+
+Deno.test("the first offending statement is reported, outer before nested", () => {
+  setup();
+  match(
+    blocked("WITH a AS (DELETE FROM first RETURNING 1) UPDATE second SET x = 1")!,
+    /^UPDATE without WHERE on table "second"/,
+  );
+  match(
+    blocked("WITH a AS (DELETE FROM first RETURNING 1) UPDATE second SET x = 1 WHERE id = 1")!,
+    /^DELETE without WHERE on table "first"/,
+  );
+  match(
+    blocked("UPDATE outer_t SET x = 1 FROM (SELECT 1) s; DELETE FROM later")!,
+    /^UPDATE without WHERE on table "outer_t" \(statement 1 of 2\)/,
+  );
 });
 
 Deno.test("odd input never throws and has no opinion", () => {
