@@ -404,9 +404,9 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
     ], { denoFlags: ["--allow-run=deno"] });
     await dumpLogsOnFailure(proxy, async () => {
       const first = await psql(via(proxy), "/* plugin: block=first */ select 1");
-      assert.match(first.stderr, /ERROR:  first\n/);
+      assert.match(first.stderr, /ERROR: {2}first\n/);
       const second = await psql(via(proxy), "select 1");
-      assert.match(second.stderr, /ERROR:  second\n/);
+      assert.match(second.stderr, /ERROR: {2}second\n/);
     });
   });
 
@@ -419,7 +419,7 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
     await dumpLogsOnFailure(proxy, async () => {
       await proxy.waitForLog(/plugin "w" loaded \(worker; hooks: init, route, shard\)/);
       const blocked = await psql(via(proxy), "/* plugin: block=from a worker */ select 1");
-      assert.match(blocked.stderr, /ERROR:  from a worker\n/);
+      assert.match(blocked.stderr, /ERROR: {2}from a worker\n/);
       const rewritten = await psql(via(proxy), "/* plugin: rewrite=select 'w' */ select 'x'");
       assert.equal(rewritten.stdout.trim(), "w");
       for (const what of ["fetch", "connect", "read", "env", "run", "write"]) {
