@@ -431,3 +431,125 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
     });
   });
 });
+
+Deno.test("plugins: the example plugins in plugins/, through the proxy", async (t) => {
+  await using a = await startPostgres();
+  await using b = await startPostgres();
+  for (const node of [a, b]) {
+    await node.sql(
+      "create table users (id bigint primary key, name text); " +
+        "create table orders (id int primary key); insert into orders values (1), (2); " +
+        "create table events (id int); insert into events select generate_series(1, 5)",
+    );
+  }
+  await using r = await startReplica(a);
+  await r.waitForReplay();
+  const examples = new URL("../plugins/", import.meta.url).pathname;
+  const host = (node: { host: string; port: number }, extra: TomlDocument) => ({
+    host: node.host,
+    port: node.port,
+    database_name: "postgres",
+    ...extra,
+  });
+  await using proxy = await startProxy({
+    config: {
+      general: {
+        idle_healthcheck_interval: 0,
+        lsn_check_interval: 600_000,
+        read_write_split: "exclude_primary",
+      },
+      databases: [
+        { name: "app", ...host(a, { shard: 0 }) },
+        { name: "app", ...host(r, { shard: 0, role: "replica" }) },
+        { name: "app", ...host(b, { shard: 1 }) },
+        { name: "plain", ...host(a, { role: "primary" }) },
+        { name: "plain", ...host(r, { role: "replica" }) },
+      ],
+      sharded_tables: [
+        { database: "app", name: "users", column: "id", hasher: "plugin:modulo_sharding" },
+      ],
+      plugins: [
+        { name: "guard", path: `${examples}guard/mod.ts` },
+        {
+          name: "primary_only_tables",
+          path: `${examples}primary_only_tables/mod.ts`,
+          config: { tables: ["orders"] },
+        },
+        {
+          name: "tenant_router",
+          path: `${examples}tenant_router/mod.ts`,
+          config: { tenants: { acme: 0, globex: 1 } },
+        },
+        { name: "modulo_sharding", path: `${examples}modulo_sharding/mod.ts` },
+        {
+          name: "limit_rewriter",
+          path: `${examples}limit_rewriter/mod.ts`,
+          config: { tables: ["events"], limit: 2 },
+        },
+      ],
+    },
+    users: {
+      users: [
+        { name: USER, password: PASSWORD, database: "app" },
+        { name: USER, password: PASSWORD, database: "plain" },
+      ],
+    },
+    denoFlags: ["--allow-run"],
+  });
+  const app = proxy.target({ user: USER, password: PASSWORD, database: "app" });
+  const plain = proxy.target({ user: USER, password: PASSWORD, database: "plain" });
+  const port = "select current_setting('port')::int as port";
+  await dumpLogsOnFailure(proxy, async () => {
+    await t.step("modulo_sharding: rows where id mod 2 says", async () => {
+      const c = await connectPg(app);
+      try {
+        for (let id = 1; id <= 4; id++) {
+          await c.query("insert into users (id, name) values ($1, $2)", [id, `u${id}`]);
+        }
+      } finally {
+        await c.end();
+      }
+      const ids = async (node: typeof a) =>
+        (await node.sql("select id from users order by id")).map((row) => Number(row[0]));
+      assert.deepEqual(await ids(a), [2, 4]);
+      assert.deepEqual(await ids(b), [1, 3]);
+    });
+
+    await t.step("tenant_router: a comment, or application_name", async () => {
+      const c = await connectPg(app);
+      const acme = await connectPg(app, { applicationName: "tenant:acme" });
+      try {
+        const at = async (q: typeof c, sql: string) => Number((await q.query(sql)).rows[0].port);
+        assert.equal(await at(c, `/* tenant: globex */ ${port} from events limit 1`), b.port);
+        assert.equal(await at(c, `/* tenant: acme */ ${port} from events limit 1`), r.port);
+        assert.equal(await at(acme, `${port} from events limit 1`), r.port);
+        // primary_only_tables has an opinion on the role only: both apply.
+        assert.equal(await at(acme, `${port} from orders limit 1`), a.port);
+      } finally {
+        await c.end();
+        await acme.end();
+      }
+    });
+
+    await t.step("primary_only_tables, guard and limit_rewriter", async () => {
+      const c = await connectPg(plain);
+      try {
+        const at = async (sql: string) => Number((await c.query(sql)).rows[0].port);
+        assert.equal(await at(`${port} from orders limit 1`), a.port);
+        assert.equal(await at(`${port} from events limit 1`), r.port);
+        await assert.rejects(c.query("delete from orders"), (e: Error & { code?: string }) => {
+          assert.equal(e.code, "42501");
+          assert.match(e.message, /DELETE without WHERE on table "orders" is blocked by the guard/);
+          return true;
+        });
+        await c.query("delete from orders where id = 2");
+        assert.equal((await a.sql("select count(*) from orders"))[0][0], "1");
+        assert.equal((await c.query("select id from events")).rows.length, 2);
+        assert.equal((await c.query("select id from events limit 4")).rows.length, 4);
+        assert.equal((await c.query("select id from events where id > $1", [1])).rows.length, 2);
+      } finally {
+        await c.end();
+      }
+    });
+  });
+});

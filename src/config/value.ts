@@ -167,7 +167,7 @@ export function checkValue(
     }
     case "table_or_path":
       if (typeof value === "string" && value !== "") return { ok: true, value };
-      if (isPlainTable(value)) return { ok: true, value: structuredClone(value) };
+      if (isPlainTable(value)) return { ok: true, value: jsonTable(value) };
       return { ok: false, error: `expected a table or a file path, got ${formatValue(value)}` };
     case "permissions":
       return checkPermissions(value);
@@ -237,4 +237,25 @@ function checkPermissions(value: unknown): CheckResult {
     }
   }
   return { ok: true, value: out };
+}
+
+/**
+ * A TOML table as plain JSON data for a plugin: integers as numbers (as strings beyond 2^53),
+ * dates as ISO strings.
+ */
+function jsonTable(value: Record<string, unknown>): Record<string, unknown> {
+  const convert = (v: unknown): unknown => {
+    if (typeof v === "bigint") {
+      return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER)
+        ? Number(v)
+        : v.toString();
+    }
+    if (v instanceof Date) return v.toISOString();
+    if (Array.isArray(v)) return v.map(convert);
+    if (typeof v === "object" && v !== null) {
+      return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, convert(x)]));
+    }
+    return v;
+  };
+  return convert(value) as Record<string, unknown>;
 }
