@@ -576,6 +576,9 @@ export class Client implements ServerLink {
         break;
       }
       rb.start = end;
+      // A replacement belongs to the message that set it (one left by a request that never
+      // reached a server must not replace the next message).
+      this.#substitute = null;
       if (this.#skipUntilSync) {
         // After an error pgdog reported itself, everything up to Sync is ignored, as PostgreSQL does.
         if (type !== Msg.Sync) continue;
