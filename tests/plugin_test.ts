@@ -106,6 +106,31 @@ Deno.test("plugins: the process sandbox denies escapes and survives misbehaving 
       assert.equal(processAlive(Number.NaN), false);
     });
 
+    await t.step("calls are pipelined: a slow answer does not hold other clients", async () => {
+      const other = await connectPg(target);
+      try {
+        await other.query("select 0");
+        let slowDone = 0;
+        const slow = psql(target, "select 'slow'").then((r) => {
+          slowDone = Date.now();
+          return r;
+        });
+        await sleep(150);
+        for (let i = 1; i <= 5; i++) {
+          assert.equal((await other.query(`select ${i} as n`)).rows[0].n, i);
+        }
+        const othersDone = Date.now();
+        assert.equal((await slow).stdout.trim(), "slow");
+        // The plugin answered the other client while its slow call (800 ms) was still open.
+        assert.ok(
+          othersDone < slowDone,
+          `others done ${slowDone - othersDone} ms after the slow one`,
+        );
+      } finally {
+        await other.end();
+      }
+    });
+
     await t.step("a plugin that throws: pgdog's own decision (fallback), logged", async () => {
       const since = proxy.logOffset();
       const r = await ask("throw");
@@ -408,6 +433,41 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
       const second = await psql(via(proxy), "select 1");
       assert.match(second.stderr, /ERROR: {2}second\n/);
     });
+  });
+
+  await t.step("config from a TOML file; permissions granted reach the sandbox", async () => {
+    const dir = await Deno.makeTempDir({ prefix: "pgdog-plugin-config-" });
+    try {
+      await Deno.writeTextFile(`${dir}/dir.toml`, 'greeting = "from a file"\nlimit = 7\n');
+      await using proxy = await proxyWith(pg, [
+        { name: "dir", path: plugin("directives.ts"), config: `${dir}/dir.toml` },
+        {
+          name: "hostile",
+          path: plugin("hostile.ts"),
+          timeout: 3000,
+          permissions: { read: ["/etc/passwd"], env: ["PATH"] },
+        },
+      ]);
+      await dumpLogsOnFailure(proxy, async () => {
+        const echo = await psql(via(proxy), "/* plugin: echo */ select 1");
+        const ctx = JSON.parse(/ERROR: {2}(.*)\n/.exec(echo.stderr)![1]);
+        assert.deepEqual(ctx.config, { greeting: "from a file", limit: 7 });
+        for (const what of ["read", "env"]) {
+          assert.match(
+            (await psql(via(proxy), `select '${what}'`)).stderr,
+            new RegExp(`${what} ALLOWED`),
+          );
+        }
+        for (const what of ["fetch", "write", "import_json"]) {
+          assert.match(
+            (await psql(via(proxy), `select '${what}'`)).stderr,
+            new RegExp(`${what} denied`),
+          );
+        }
+      });
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
   });
 
   await t.step("isolation = worker: answers, and the worker's permissions hold", async () => {
