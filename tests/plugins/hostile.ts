@@ -43,7 +43,7 @@ export default definePlugin({
     }
     if (what === "exit") Deno.exit(7);
     if (what === "pid") return { block: `pid ${Deno.pid}` };
-    if (what === "slow") await new Promise((resolve) => setTimeout(resolve, 800));
+    if (what === "slow") await new Promise((resolve) => setTimeout(resolve, 1200));
     leak = [];
     return null;
   },
