@@ -78,6 +78,8 @@ function listed(table: PluginTable): boolean {
  */
 const plugin: Plugin<PrimaryOnlyTablesConfig> = definePlugin<PrimaryOnlyTablesConfig>({
   apiVersion: "1.0.0",
+  // Reads ctx.tables and ctx.write only, never the parse tree.
+  parseTree: false,
   init(config: PrimaryOnlyTablesConfig): void {
     tables = parseTables(
       typeof config === "object" && config !== null ? config.tables : undefined,

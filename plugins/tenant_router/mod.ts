@@ -178,6 +178,8 @@ function applicationTenant(name: string): string | null {
  */
 const plugin: Plugin<TenantRouterConfig> = definePlugin<TenantRouterConfig>({
   apiVersion: "1.0.0",
+  // Reads the query text, tables and application_name, never the parse tree.
+  parseTree: false,
   init(config: TenantRouterConfig): void {
     settings = parseConfig(config);
   },

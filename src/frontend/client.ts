@@ -1451,7 +1451,7 @@ export class Client implements ServerLink {
     const sql = this.#statementSql(type, buf, p, end, analysis);
     const ctx = routeContextJson({
       sql,
-      treeJson: this.#host.router.treeJson(analysis, sql),
+      treeJson: plugins.needsTree ? this.#host.router.treeJson(analysis, sql) : "null",
       bind: found.bind,
       tables: analysis.info.tables,
       keys: found.keys,

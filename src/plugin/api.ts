@@ -117,6 +117,12 @@ export type MaybePromise<T> = T | Promise<T>;
 export interface Plugin<Config = Record<string, unknown>> {
   /** The API version the plugin was written for (e.g. "1.0.0"). */
   apiVersion: string;
+  /**
+   * False when `route` never reads `ctx.statement`: pgdog then sends null there and skips
+   * parsing statements for this plugin (a simple query's literals make each text new). Default
+   * true.
+   */
+  parseTree?: boolean;
   /** Called once, before any other hook, with the plugin's `config` table. */
   init?(config: Config): MaybePromise<void>;
   /** Called for each statement pgdog routes. */

@@ -14,6 +14,8 @@ export type HookName = "init" | "route" | "shard" | "shutdown";
 export interface Hello {
   apiVersion: string;
   hooks: HookName[];
+  /** `route` reads `ctx.statement`. */
+  parseTree: boolean;
 }
 
 const HOOKS: HookName[] = ["init", "route", "shard", "shutdown"];
@@ -32,7 +34,8 @@ export async function loadGuest(specifier: string): Promise<{ plugin: Plugin; he
   for (const h of hooks) {
     (plugin as unknown as Record<string, unknown>)[h] = exported[h].bind(exported);
   }
-  return { plugin, hello: { apiVersion: String(apiVersion), hooks } };
+  const parseTree = (exported.parseTree ?? module.parseTree) !== false;
+  return { plugin, hello: { apiVersion: String(apiVersion), hooks, parseTree } };
 }
 
 /** Calls one hook with its arguments and returns its answer (undefined becomes null). */

@@ -62,6 +62,7 @@ class RunningPlugin {
   #closed = false;
   #backoff = 100;
   hooks: ReadonlySet<HookName> = new Set();
+  parseTree = true;
   calls = 0;
   errors = 0;
   timeouts = 0;
@@ -91,6 +92,7 @@ class RunningPlugin {
       throw new PluginError(`plugin "${this.name}" (${this.config.path}): ${message(e)}`);
     }
     this.hooks = new Set(sandbox.hello.hooks);
+    this.parseTree = sandbox.hello.parseTree !== false;
     try {
       if (this.hooks.has("init")) await sandbox.call("init", this.#init, INIT_TIMEOUT_MS);
     } catch (e) {
@@ -257,9 +259,14 @@ export class PluginSet {
       : new PluginError(message(failed.reason));
   }
 
-  /** No plugin has a `route` hook. */
+  /** Some plugin has a `route` hook. */
   get routes(): boolean {
     return this.#routers.length > 0;
+  }
+
+  /** Some `route` hook reads the parse tree (`parseTree` is not false). */
+  get needsTree(): boolean {
+    return this.#routers.some((p) => p.parseTree);
   }
 
   /** The plugins' names, in order. */
