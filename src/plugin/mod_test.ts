@@ -1,0 +1,98 @@
+import { deepEqual, equal, match, rejects } from "node:assert/strict";
+import { encodeFrame, FrameReader } from "./frames.ts";
+import { incompatibility } from "./api.ts";
+import { permissionFlags } from "./sandbox.ts";
+import { PluginError, PluginSet } from "./mod.ts";
+import type { PluginConfig } from "../config/types.ts";
+
+const fixture = (name: string): string =>
+  new URL(`../../tests/plugins/${name}`, import.meta.url).pathname;
+
+function config(name: string, file: string, extra: Partial<PluginConfig> = {}): PluginConfig {
+  return {
+    name,
+    path: fixture(file),
+    isolation: "process",
+    timeout: 10_000,
+    on_error: "fallback",
+    memory_mb: 64,
+    ...extra,
+  };
+}
+
+Deno.test("frames: split anywhere, joined back in order", () => {
+  const texts = ['{"id":1}', '{"id":2,"ok":"é ✓"}', "{}"];
+  const bytes = new Uint8Array(texts.reduce((n, t) => n + encodeFrame(t).length, 0));
+  let at = 0;
+  for (const t of texts) {
+    const f = encodeFrame(t);
+    bytes.set(f, at);
+    at += f.length;
+  }
+  for (let cut = 1; cut < bytes.length; cut += 3) {
+    const reader = new FrameReader();
+    const got = [...reader.push(bytes.subarray(0, cut)), ...reader.push(bytes.subarray(cut))];
+    deepEqual(got, texts);
+  }
+});
+
+Deno.test("API versions: same major, minor not newer", () => {
+  equal(incompatibility("1.0.0", "1.0.0"), null);
+  equal(incompatibility("1.0.3", "1.2.0"), null);
+  equal(incompatibility("1.1", "1.2.0"), null);
+  match(incompatibility("1.3.0", "1.2.0")!, /1\.3\.0, newer than pgdog's 1\.2\.0/);
+  match(incompatibility("2.0.0", "1.2.0")!, /major versions differ/);
+  match(incompatibility(undefined, "1.0.0")!, /apiVersion null is not a version/);
+  match(incompatibility("one", "1.0.0")!, /"one" is not a version/);
+});
+
+Deno.test("a plugin process gets exactly its grants as flags", () => {
+  deepEqual(
+    permissionFlags({
+      folder: "/p",
+      grants: { read: [], write: [], net: [], env: [], sys: false },
+    }),
+    ["--no-prompt", "--allow-read=/p"],
+  );
+  deepEqual(
+    permissionFlags({
+      folder: null,
+      grants: { read: ["/d"], write: ["/w"], net: ["h:1"], env: ["TZ"], sys: true },
+    }),
+    [
+      "--no-prompt",
+      "--allow-read=/d",
+      "--allow-write=/w",
+      "--allow-net=h:1",
+      "--allow-env=TZ",
+      "--allow-sys",
+    ],
+  );
+});
+
+Deno.test("PluginSet: parseTree, merged answers, a missing module named", async () => {
+  const set = await PluginSet.start([
+    config("t", "trivial.ts"),
+    config("d", "directives.ts"),
+  ]);
+  try {
+    equal(set.needsTree, true);
+    deepEqual(set.names, ["t", "d"]);
+    const ctx = (query: string) => JSON.stringify({ query });
+    deepEqual(await set.route(ctx("/* plugin: shard=1 role=primary */"), { shards: 2 }), {
+      by: { shard: "d", role: "d" },
+      shard: 1,
+      role: "primary",
+    });
+  } finally {
+    await set.close();
+  }
+  const lean = await PluginSet.start([config("t", "trivial.ts")]);
+  equal(lean.needsTree, false);
+  await lean.close();
+  await rejects(
+    PluginSet.start([config("gone", "no_such_plugin.ts")]),
+    (e: Error) =>
+      e instanceof PluginError && /plugin "gone" \(.*no_such_plugin\.ts\)/.test(e.message),
+  );
+});
