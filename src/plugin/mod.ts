@@ -84,6 +84,12 @@ class RunningPlugin {
   /** Starts the sandbox and runs `init`; throws a {@linkcode PluginError} when it can't. */
   async start(): Promise<void> {
     const spec = sandboxSpec(this.config);
+    if (spec.folder !== null && Deno.cwd().startsWith(spec.folder) && this.restarts === 0) {
+      log.warn(
+        `plugin "${this.name}" sits in ${spec.folder}, which it may read, and so pgdog's own ` +
+          "directory (its configuration files too): give each plugin a folder of its own",
+      );
+    }
     const start = this.config.isolation === "worker" ? startWorker : startProcess;
     let sandbox: Sandbox;
     try {
