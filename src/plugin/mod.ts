@@ -84,7 +84,7 @@ class RunningPlugin {
   /** Starts the sandbox and runs `init`; throws a {@linkcode PluginError} when it can't. */
   async start(): Promise<void> {
     const spec = sandboxSpec(this.config);
-    if (spec.folder !== null && Deno.cwd().startsWith(spec.folder) && this.restarts === 0) {
+    if (spec.folder !== null && cwdOrNull()?.startsWith(spec.folder) && this.restarts === 0) {
       log.warn(
         `plugin "${this.name}" sits in ${spec.folder}, which it may read, and so pgdog's own ` +
           "directory (its configuration files too): give each plugin a folder of its own",
@@ -194,6 +194,14 @@ function sandboxSpec(config: PluginConfig) {
     memoryMb: config.memory_mb,
     onOutput: (line: string) => log.info(`plugin "${config.name}": ${line}`),
   };
+}
+
+function cwdOrNull(): string | null {
+  try {
+    return Deno.cwd();
+  } catch {
+    return null;
+  }
 }
 
 function absolute(path: string): string {
