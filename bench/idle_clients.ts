@@ -46,6 +46,7 @@ export interface IdleClients {
 }
 
 const encoder = new TextEncoder();
+const LOGIN_TIMEOUT_MS = 30_000;
 
 function message(type: string, body: Uint8Array): Uint8Array {
   const out = new Uint8Array(5 + body.length);
@@ -126,6 +127,12 @@ async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
 /** Opens one connection and logs in; returns it open and idle. */
 async function login(target: IdleTarget, index: number, prepare: boolean): Promise<Deno.Conn> {
   const conn = await Deno.connect({ hostname: target.host, port: target.port });
+  // A pooler out of file descriptors leaves the connection in its listen backlog, unanswered.
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    conn.close();
+  }, LOGIN_TIMEOUT_MS);
   try {
     const reader = new Reader(conn);
     await writeAll(conn, startupMessage(target.user, target.database));
@@ -157,8 +164,11 @@ async function login(target: IdleTarget, index: number, prepare: boolean): Promi
     }
     return conn;
   } catch (err) {
+    if (timedOut) throw new Error(`no answer to the login within ${LOGIN_TIMEOUT_MS} ms`);
     conn.close();
     throw err;
+  } finally {
+    clearTimeout(timer);
   }
 }
 

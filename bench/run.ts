@@ -18,6 +18,7 @@
 
 import { parseArgs } from "node:util";
 import {
+  freePort,
   pgbench,
   type PgTarget,
   pgTool,
@@ -31,6 +32,7 @@ import { VERSION } from "../src/version.ts";
 import { type LatencySummary, summariseLogDir } from "./latency.ts";
 import { openFilesLimit, openIdleClients, residentKiB } from "./idle_clients.ts";
 import { type Pgbouncer, startPgbouncer } from "./pgbouncer.ts";
+import { connectInspector } from "./inspector.ts";
 
 /** One pgbench workload. */
 interface Workload {
@@ -193,10 +195,13 @@ function pgdogConfig(workers: number): Record<string, unknown> {
 const pgdogUsers = { users: [{ name: "bench", database: "bench", password: "bench" }] };
 
 /** Starts pgdog, or returns why it cannot run with this many workers. */
-async function startPgdog(workers: number): Promise<ProxyProcess | string> {
+async function startPgdog(
+  workers: number,
+  denoFlags: string[] = [],
+): Promise<ProxyProcess | string> {
   let proxy: ProxyProcess;
   try {
-    proxy = await startProxy({ config: pgdogConfig(workers), users: pgdogUsers });
+    proxy = await startProxy({ config: pgdogConfig(workers), users: pgdogUsers, denoFlags });
   } catch (err) {
     return `pgdog did not start with workers = ${workers}: ${String(err).split("\n")[0]}`;
   }
@@ -383,10 +388,23 @@ function addRun(cell: Cell, r: Run): void {
   if (r.problem && !cell.problems.includes(r.problem)) cell.problems.push(r.problem);
 }
 
+/** Memory of a pooler process before and after a batch of idle logins. */
+interface MemoryStep {
+  name: string;
+  note?: string;
+  loginMs: number;
+  /** VmRSS, KiB, before and after the logins. */
+  rss: [number, number];
+  /** VmRSS, KiB, right after a full garbage collection, before and after (pgdog only). */
+  rssAfterGc?: [number, number];
+  /** JavaScript heap in use after a full garbage collection, bytes, before and after. */
+  heapAfterGc?: [number, number];
+}
+
 /** What the idle-client checks measured. */
 interface IdleResult {
   count: number;
-  rss: Array<{ name: string; beforeKiB: number; afterKiB: number; loginMs: number; note?: string }>;
+  memory: MemoryStep[];
   impact: Array<{ state: string; workload: string; run: Run }>;
 }
 
@@ -397,8 +415,9 @@ interface IdleResult {
  * resident memory for the same idle clients.
  */
 async function idleChecks(): Promise<IdleResult> {
-  const result: IdleResult = { count: idleCount, rss: [], impact: [] };
-  const started = await startPgdog(1);
+  const result: IdleResult = { count: idleCount, memory: [], impact: [] };
+  const inspectPort = await freePort();
+  const started = await startPgdog(1, [`--inspect=127.0.0.1:${inspectPort}`]);
   if (typeof started === "string") throw new Error(started);
   const proxy = started;
   proxies.push(proxy);
@@ -411,51 +430,55 @@ async function idleChecks(): Promise<IdleResult> {
       console.error(`idle check, ${state}, ${w.label}: ${fmt(run.tps, 0)} tps`);
     }
   };
+  /** RSS as is, then RSS and heap right after a full collection (asked for over the inspector). */
+  const measure = async (): Promise<[number, number, number]> => {
+    await settle();
+    const rss = await residentKiB(proxy.pid);
+    const session = await connectInspector(inspectPort);
+    try {
+      const heap = await session.collectAndMeasure();
+      return [rss, await residentKiB(proxy.pid), heap.usedSize];
+    } finally {
+      session.close();
+    }
+  };
+  const step = async (prepare: boolean, note?: string): Promise<void> => {
+    const before = await measure();
+    const idle = await openIdleClients(target, idleCount, { prepare });
+    const after = await measure();
+    result.memory.push({
+      name: "pgdog",
+      note,
+      loginMs: idle.elapsedMs,
+      rss: [before[0], after[0]],
+      rssAfterGc: [before[1], after[1]],
+      heapAfterGc: [before[2], after[2]],
+    });
+    console.error(
+      `pgdog: RSS ${before[0]} -> ${after[0]} KiB, after GC ${before[1]} -> ${after[1]} KiB, ` +
+        `heap ${before[2]} -> ${after[2]} bytes with ${idle.count} idle clients`,
+    );
+    await impact(`${idleCount} idle clients${prepare ? `, ${idleCount} statements cached` : ""}`);
+    await idle.close();
+  };
   // Warm-up, including a few logins, so that code paths are compiled before the baseline.
   await runPgbench(target, ["-S", "-M", "simple"], 16, Math.min(2, seconds));
   await (await openIdleClients(target, Math.min(200, idleCount))).close();
   await settle();
   await impact("no idle clients");
-
-  await settle();
-  let before = await residentKiB(proxy.pid);
-  let idle = await openIdleClients(target, idleCount);
-  await settle();
-  let after = await residentKiB(proxy.pid);
-  result.rss.push({ name: "pgdog", beforeKiB: before, afterKiB: after, loginMs: idle.elapsedMs });
-  console.error(`pgdog: ${before} KiB -> ${after} KiB with ${idle.count} idle clients`);
-  await impact(`${idleCount} idle clients`);
-  await idle.close();
-
-  await settle();
-  before = await residentKiB(proxy.pid);
-  idle = await openIdleClients(target, idleCount, { prepare: true });
-  await settle();
-  after = await residentKiB(proxy.pid);
-  result.rss.push({
-    name: "pgdog",
-    beforeKiB: before,
-    afterKiB: after,
-    loginMs: idle.elapsedMs,
-    note: "each prepared one statement of its own",
-  });
-  await impact(`${idleCount} idle clients, ${idleCount} statements cached`);
-  await idle.close();
+  await step(false);
+  await step(true, "each prepared one statement of its own");
   await settle();
   await impact("no idle clients again");
 
   if (bouncer) {
     const pid = await bouncer.pid();
-    before = await residentKiB(pid);
-    idle = await openIdleClients(bouncer.target, idleCount);
     await settle();
-    after = await residentKiB(pid);
-    result.rss.push({
-      name: "pgbouncer",
-      beforeKiB: before,
-      afterKiB: after,
-      loginMs: idle.elapsedMs,
-    });
+    const before = await residentKiB(pid);
+    const idle = await openIdleClients(bouncer.target, idleCount);
+    await settle();
+    const after = await residentKiB(pid);
+    result.memory.push({ name: "pgbouncer", loginMs: idle.elapsedMs, rss: [before, after] });
     await idle.close();
   }
   return result;
@@ -528,19 +551,24 @@ function renderTable(rows: Row[], names: string[]): string {
 }
 
 function renderIdle(idle: IdleResult): string {
+  const perClient = (pair: [number, number] | undefined, unit: number): string =>
+    pair ? fmt((pair[1] - pair[0]) / unit / idle.count, 1) : "n/a";
   const lines = [
-    `Idle clients: ${idle.count} authenticated connections held open at once; resident memory ` +
-    `(VmRSS) of the pooler process before and after, 2 s after the last login.`,
+    `Idle clients: ${idle.count} authenticated connections held open at once. VmRSS of the ` +
+    `pooler process before and after the logins (2 s after the last one); for pgdog also after a ` +
+    `full garbage collection (asked for over the V8 inspector), with the JavaScript heap then in ` +
+    `use.`,
     "",
-    "| pooler | idle clients | RSS before (KiB) | RSS after (KiB) | per idle client (KiB) | logins took (s) |",
-    "|---|---|---|---|---|---|",
+    "| pooler | idle clients | RSS before → after (KiB) | RSS per idle client (KiB) | " +
+    "after a full GC: RSS per client (KiB) | after a full GC: JS heap per client (KiB) | " +
+    "logins took (s) |",
+    "|---|---|---|---|---|---|---|",
   ];
-  for (const r of idle.rss) {
+  for (const m of idle.memory) {
     lines.push(
-      `| ${r.name}${
-        r.note ? ` (${r.note})` : ""
-      } | ${idle.count} | ${r.beforeKiB} | ${r.afterKiB} | ` +
-        `${fmt((r.afterKiB - r.beforeKiB) / idle.count, 1)} | ${fmt(r.loginMs / 1000, 1)} |`,
+      `| ${m.name}${m.note ? ` (${m.note})` : ""} | ${idle.count} | ${m.rss[0]} → ${m.rss[1]} | ` +
+        `${perClient(m.rss, 1)} | ${perClient(m.rssAfterGc, 1)} | ` +
+        `${perClient(m.heapAfterGc, 1024)} | ${fmt(m.loginMs / 1000, 1)} |`,
     );
   }
   lines.push(
