@@ -137,6 +137,8 @@ const poolSize = positive(args["pool-size"], "pool-size");
 const scale = positive(args.scale, "scale");
 let idleCount = positive(args.idle, "idle", 0);
 const outDir = args.out;
+/** Pause before reading memory, so that logins and closes have finished (shorter for short runs). */
+const SETTLE_MS = Math.min(2, seconds) * 1000;
 const wantTargets = new Set(list(args.targets));
 for (const t of wantTargets) {
   if (!["direct", "pgdog", "pgbouncer"].includes(t)) throw new Error(`--targets: unknown ${t}`);
@@ -304,6 +306,8 @@ try {
   const versions = await describeVersions(bouncer);
   const report = [
     `# pgdog benchmark, ${startedAt.toISOString().slice(0, 19).replace("T", " ")} UTC`,
+    "",
+    `Command: \`deno task bench${Deno.args.map((a) => ` ${a}`).join("")}\``,
     "",
     `Machine: ${machine}`,
     "",
@@ -486,7 +490,7 @@ async function idleChecks(): Promise<IdleResult> {
 
 /** Gives the processes a moment to finish logins and closes. */
 async function settle(): Promise<void> {
-  await new Promise((r) => setTimeout(r, 2000));
+  await new Promise((r) => setTimeout(r, SETTLE_MS));
 }
 
 function median(xs: number[]): number {
@@ -555,7 +559,9 @@ function renderIdle(idle: IdleResult): string {
     pair ? fmt((pair[1] - pair[0]) / unit / idle.count, 1) : "n/a";
   const lines = [
     `Idle clients: ${idle.count} authenticated connections held open at once. VmRSS of the ` +
-    `pooler process before and after the logins (2 s after the last one); for pgdog also after a ` +
+    `pooler process before and after the logins (${
+      SETTLE_MS / 1000
+    } s after the last one); for pgdog also after a ` +
     `full garbage collection (asked for over the V8 inspector), with the JavaScript heap then in ` +
     `use.`,
     "",
