@@ -14,6 +14,11 @@ export interface HeapUsage {
   usedSize: number;
   /** Bytes the heap has reserved. */
   totalSize: number;
+  /**
+   * Bytes of ArrayBuffer backing stores (outside the heap: read buffers and such), when this V8
+   * reports it.
+   */
+  backingStorageSize?: number;
 }
 
 /** A connected inspector session. */
@@ -27,14 +32,16 @@ export interface InspectorSession {
 /** Connects to the inspector listening on `port` (retrying while it starts). */
 export async function connectInspector(port: number): Promise<InspectorSession> {
   let url: string | undefined;
-  for (let attempt = 0; attempt < 50 && !url; attempt++) {
+  const deadline = Date.now() + 10_000;
+  while (!url && Date.now() < deadline) {
     try {
       const res = await fetch(`http://127.0.0.1:${port}/json/list`);
       const targets = await res.json() as Array<{ webSocketDebuggerUrl?: string }>;
       url = targets.find((t) => t.webSocketDebuggerUrl)?.webSocketDebuggerUrl;
     } catch {
-      await sleep(100);
+      // Not listening yet.
     }
+    if (!url) await sleep(100);
   }
   if (!url) throw new Error(`no inspector target on port ${port}`);
   const ws = new WebSocket(url);
@@ -65,7 +72,11 @@ export async function connectInspector(port: number): Promise<InspectorSession> 
     async collectAndMeasure(): Promise<HeapUsage> {
       await call("HeapProfiler.collectGarbage");
       const usage = await call("Runtime.getHeapUsage") as HeapUsage;
-      return { usedSize: usage.usedSize, totalSize: usage.totalSize };
+      return {
+        usedSize: usage.usedSize,
+        totalSize: usage.totalSize,
+        backingStorageSize: usage.backingStorageSize,
+      };
     },
     close(): void {
       ws.close();

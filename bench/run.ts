@@ -440,6 +440,8 @@ interface MemoryStep {
   rssAfterGc?: [number, number];
   /** JavaScript heap in use after a full garbage collection, bytes, before and after. */
   heapAfterGc?: [number, number];
+  /** ArrayBuffer backing stores (outside the heap) after a full collection, bytes. */
+  buffersAfterGc?: [number, number];
 }
 
 /** What the idle-client checks measured. */
@@ -472,13 +474,13 @@ async function idleChecks(): Promise<IdleResult> {
     }
   };
   /** RSS as is, then RSS and heap right after a full collection (asked for over the inspector). */
-  const measure = async (): Promise<[number, number, number]> => {
+  const measure = async (): Promise<[number, number, number, number]> => {
     await settle();
     const rss = await residentKiB(proxy.pid);
     const session = await connectInspector(inspectPort);
     try {
       const heap = await session.collectAndMeasure();
-      return [rss, await residentKiB(proxy.pid), heap.usedSize];
+      return [rss, await residentKiB(proxy.pid), heap.usedSize, heap.backingStorageSize ?? NaN];
     } finally {
       session.close();
     }
@@ -494,6 +496,7 @@ async function idleChecks(): Promise<IdleResult> {
       rss: [before[0], after[0]],
       rssAfterGc: [before[1], after[1]],
       heapAfterGc: [before[2], after[2]],
+      buffersAfterGc: [before[3], after[3]],
     });
     console.error(
       `pgdog: RSS ${before[0]} -> ${after[0]} KiB, after GC ${before[1]} -> ${after[1]} KiB, ` +
@@ -600,18 +603,20 @@ function renderIdle(idle: IdleResult): string {
       SETTLE_MS / 1000
     } s after the last one); for pgdog also after a ` +
     `full garbage collection (asked for over the V8 inspector), with the JavaScript heap then in ` +
-    `use.`,
+    `use and the ArrayBuffer memory outside it (read buffers); the rest of the RSS is Deno's own ` +
+    `per-socket state and allocator overhead.`,
     "",
     "| pooler | idle clients | RSS before → after (KiB) | RSS per idle client (KiB) | " +
-    "after a full GC: RSS per client (KiB) | after a full GC: JS heap per client (KiB) | " +
-    "logins took (s) |",
-    "|---|---|---|---|---|---|---|",
+    "after a full GC: RSS per client (KiB) | of which JS heap (KiB) | of which ArrayBuffers " +
+    "(KiB) | logins took (s) |",
+    "|---|---|---|---|---|---|---|---|",
   ];
   for (const m of idle.memory) {
     lines.push(
       `| ${m.name}${m.note ? ` (${m.note})` : ""} | ${idle.count} | ${m.rss[0]} → ${m.rss[1]} | ` +
         `${perClient(m.rss, 1)} | ${perClient(m.rssAfterGc, 1)} | ` +
-        `${perClient(m.heapAfterGc, 1024)} | ${fmt(m.loginMs / 1000, 1)} |`,
+        `${perClient(m.heapAfterGc, 1024)} | ${perClient(m.buffersAfterGc, 1024)} | ` +
+        `${fmt(m.loginMs / 1000, 1)} |`,
     );
   }
   lines.push(
