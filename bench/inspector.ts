@@ -25,6 +25,8 @@ export interface HeapUsage {
 export interface InspectorSession {
   /** Runs a full garbage collection and returns the heap usage after it. */
   collectAndMeasure(): Promise<HeapUsage>;
+  /** Takes a heap snapshot (after a full collection) and returns its JSON text. */
+  heapSnapshot(): Promise<string>;
   /** Closes the session. */
   close(): void;
 }
@@ -50,13 +52,17 @@ export async function connectInspector(port: number): Promise<InspectorSession> 
     ws.onerror = () => reject(new Error(`cannot open ${url}`));
   });
   let nextId = 1;
+  const chunks: string[] = [];
   const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   ws.onmessage = (event) => {
     const msg = JSON.parse(String(event.data)) as {
       id?: number;
+      method?: string;
+      params?: { chunk?: string };
       result?: unknown;
       error?: { message: string };
     };
+    if (msg.method === "HeapProfiler.addHeapSnapshotChunk") chunks.push(msg.params?.chunk ?? "");
     if (msg.id === undefined) return;
     const waiter = pending.get(msg.id);
     pending.delete(msg.id);
@@ -77,6 +83,14 @@ export async function connectInspector(port: number): Promise<InspectorSession> 
         totalSize: usage.totalSize,
         backingStorageSize: usage.backingStorageSize,
       };
+    },
+    async heapSnapshot(): Promise<string> {
+      chunks.length = 0;
+      await call("HeapProfiler.collectGarbage");
+      await call("HeapProfiler.takeHeapSnapshot", { reportProgress: false });
+      const text = chunks.join("");
+      chunks.length = 0;
+      return text;
     },
     close(): void {
       ws.close();
