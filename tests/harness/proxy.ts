@@ -467,7 +467,8 @@ export async function startProxy(options: ProxyOptions = {}): Promise<ProxyProce
     JSON.stringify({ owner: Deno.pid, pid: child.pid }),
   );
   try {
-    const match = await proxy.waitForLog(/listening on (\S+):(\d+)/, {
+    // Not the V8 inspector's "Debugger listening on ws://..." (with --inspect in denoFlags).
+    const match = await proxy.waitForLog(/listening on (?!ws:\/\/)(\S+):(\d+)/, {
       timeoutMs: options.startTimeoutMs ?? 30_000,
     });
     proxy.host = match[1].replace(/^\[(.*)\]$/, "$1");

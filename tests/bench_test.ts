@@ -1,0 +1,56 @@
+/**
+ * Smoke test of `deno task bench`: a one-second run against direct PostgreSQL and pgdog writes a
+ * results file with real, non-zero TPS, and the idle-client memory and per-query cost checks run.
+ */
+
+import { ok } from "node:assert/strict";
+import { REPO_ROOT, runCommand } from "./harness/mod.ts";
+
+Deno.test("bench/run.ts: a short run writes a results table with real numbers", async () => {
+  const out = await Deno.makeTempDir({ prefix: "pgdog-bench-test-" });
+  try {
+    const run = await runCommand(Deno.execPath(), [
+      "run",
+      "--allow-all",
+      `${REPO_ROOT}/bench/run.ts`,
+      "--seconds",
+      "1",
+      "--clients",
+      "2",
+      "--workloads",
+      "select-simple",
+      "--targets",
+      "direct,pgdog",
+      "--idle",
+      "200",
+      "--scale",
+      "1",
+      "--out",
+      out,
+    ], { timeoutMs: 120_000, env: { NO_COLOR: "1" } });
+    ok(run.code === 0, `bench exited with ${run.code}:\n${run.stderr}`);
+    const report = await Deno.readTextFile(`${out}/latest.md`);
+    const files = [...Deno.readDirSync(out)].map((e) => e.name);
+    ok(files.length === 2, `expected <timestamp>.md and latest.md, got ${files}`);
+
+    const row = report.split("\n").find((l) => l.startsWith("| -S -M simple | 2 |"));
+    ok(row, `no -S -M simple row in:\n${report}`);
+    const cells = row.split("|").map((c) => c.trim()).slice(1, -1);
+    // workload, clients, direct TPS, pgdog TPS, latencies, errors, pgdog/direct
+    ok(Number(cells[2]) > 0 && Number(cells[3]) > 0, `TPS not positive: ${row}`);
+    ok(/^[\d.]+ \/ [\d.]+$/.test(cells[5]), `pgdog latency cell: ${cells[5]}`);
+    ok(cells[6] === "0 / 0", `errors: ${cells[6]}`);
+    ok(Number(cells[7]) > 0, `ratio: ${cells[7]}`);
+
+    const idle = report.split("\n").find((l) => l.startsWith("| pgdog | 200 |"));
+    ok(idle, `no idle-client row in:\n${report}`);
+    ok(Number.isFinite(Number(idle.split("|")[4].trim())), `RSS per client: ${idle}`);
+    const impact = report.split("\n").filter((l) => /^\| (no )?.*idle clients.* \| -S -M /.test(l));
+    ok(impact.length === 8, `expected 8 per-query cost rows, got ${impact.length}`);
+    for (const line of impact) ok(Number(line.split("|")[3]) > 0, `no TPS: ${line}`);
+    ok(/Machine: .+cores.+load average/.test(report), "machine description");
+    ok(/Versions: pgdog .+deno .+PostgreSQL.+pgbench/.test(report), "versions");
+  } finally {
+    await Deno.remove(out, { recursive: true }).catch(() => {});
+  }
+});
