@@ -10,7 +10,7 @@
  *
  * Options: --entry PATH (repeatable; default this checkout), --pgbouncer (also PgBouncer),
  * --workload NAME (repeatable: "-S simple", "-S extended", "-S prepared", "tpcb simple"),
- * --clients N (16), --jobs N (2), --seconds N (5), --rounds N (2), --workers N (1),
+ * --clients N (16), --jobs N (2), --seconds N (5), --rounds N (2), --workers N[,N...] (1),
  * --cpu-prof DIR.
  *
  * @module
@@ -71,28 +71,33 @@ const init = await pgbench(direct, ["-i", "-s", "10", "-q"]);
 if (init.code !== 0) throw new Error(`pgbench -i failed: ${init.stderr}`);
 
 const targets: Array<{ name: string; target: PgTarget; stop: () => Promise<unknown> }> = [];
+const workerCounts = args.workers!.split(",").map(Number);
 for (const [i, entry] of entries.entries()) {
-  const flags = args["cpu-prof"] ? ["--cpu-prof", `--cpu-prof-dir=${args["cpu-prof"]}`] : [];
-  const proxy = await startProxy({
-    entry,
-    denoFlags: flags,
-    config: {
-      general: {
-        default_pool_size: poolSize,
-        auth_type: "md5",
-        workers: Number(args.workers),
-        log_connections: false,
-        log_disconnections: false,
+  for (const workers of workerCounts) {
+    const flags = args["cpu-prof"] ? ["--cpu-prof", `--cpu-prof-dir=${args["cpu-prof"]}`] : [];
+    const proxy = await startProxy({
+      entry,
+      denoFlags: flags,
+      config: {
+        general: {
+          default_pool_size: poolSize,
+          auth_type: "md5",
+          workers,
+          log_connections: false,
+          log_disconnections: false,
+        },
+        databases: [{ name: "bench", host: pg.host, port: pg.port }],
       },
-      databases: [{ name: "bench", host: pg.host, port: pg.port }],
-    },
-    users: { users: [{ name: "bench", database: "bench", password: "bench" }] },
-  });
-  targets.push({
-    name: entries.length > 1 ? `pgdog#${i} ${entry}` : "pgdog",
-    target: proxy.target({ user: "bench", password: "bench", database: "bench" }),
-    stop: () => proxy.stop({ timeoutMs: 30_000 }),
-  });
+      users: { users: [{ name: "bench", database: "bench", password: "bench" }] },
+    });
+    targets.push({
+      name: `pgdog${entries.length > 1 ? `#${i}` : ""}${
+        workerCounts.length > 1 ? ` w=${workers}` : ""
+      }`,
+      target: proxy.target({ user: "bench", password: "bench", database: "bench" }),
+      stop: () => proxy.stop({ timeoutMs: 30_000 }),
+    });
+  }
 }
 if (args.pgbouncer) {
   const bouncer = await pgbouncer(pg, poolSize);
