@@ -1503,7 +1503,7 @@ export class Client implements ServerLink {
 
   /** The transaction ended: nothing of it is replayed on later shards. */
   #transactionOver(): void {
-    this.#txnPrelude = [];
+    if (this.#txnPrelude.length > 0) this.#txnPrelude = [];
     this.#txnSearchPath = null;
   }
 
@@ -1687,7 +1687,8 @@ export class Client implements ServerLink {
    * that answer is in); in transaction mode the server then goes back unless pinned.
    */
   shouldRelease(server: Server): boolean | string {
-    this.session.pgdogLocal.clear();
+    // Map#clear allocates a new table even when the map is empty: once per transaction here.
+    if (this.session.pgdogLocal.size > 0) this.session.pgdogLocal.clear();
     if (this.#parked.size === 0) this.#transactionOver();
     if (this.session.needsReadBack) {
       this.#readBack(server);
