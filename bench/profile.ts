@@ -74,7 +74,9 @@ const targets: Array<{ name: string; target: PgTarget; stop: () => Promise<unkno
 const workerCounts = args.workers!.split(",").map(Number);
 for (const [i, entry] of entries.entries()) {
   for (const workers of workerCounts) {
-    const flags = args["cpu-prof"] ? ["--cpu-prof", `--cpu-prof-dir=${args["cpu-prof"]}`] : [];
+    // Another checkout's files (and its node_modules) must be readable too.
+    const flags = [`--allow-read=${entry.slice(0, entry.lastIndexOf("/"))}`];
+    if (args["cpu-prof"]) flags.push("--cpu-prof", `--cpu-prof-dir=${args["cpu-prof"]}`);
     const proxy = await startProxy({
       entry,
       denoFlags: flags,

@@ -1,8 +1,8 @@
 /**
  * `[general] workers = 2`: two event loops share the port. Many short connections all succeed
  * and land on both workers, the server connections of both stay within pool_size in total,
- * CancelRequests reach a client of the other worker, RELOAD reaches both, and SIGTERM stops
- * both cleanly.
+ * CancelRequests reach a client of the other worker, RELOAD and SIGHUP reach both, and SIGTERM
+ * stops both cleanly.
  */
 
 import assert from "node:assert/strict";
@@ -138,6 +138,11 @@ Deno.test("workers = 2: both serve, pools split, RELOAD and SIGTERM reach both",
       await proxy.waitForLog(/\[worker 1\] configuration reloaded/, { since });
       const shown = await psql({ host: proxy.host, port: proxy.port, ...ADMIN }, "SHOW CONFIG");
       assert.match(shown.stdout, /default_pool_size\|6/);
+      // SIGHUP (the main thread's signal) reaches both too.
+      const hup = proxy.logOffset();
+      proxy.signal("SIGHUP");
+      await proxy.waitForLog(/\[worker 0\] configuration reloaded/, { since: hup });
+      await proxy.waitForLog(/\[worker 1\] configuration reloaded/, { since: hup });
       const again = await pgbench(target, ["-n", "-S", "-c", "8", "-j", "2", "-T", "1"]);
       assert.equal(again.code, 0, again.stderr);
 
