@@ -14,7 +14,7 @@ import { PreparedCache } from "./frontend/prepared.ts";
 import { loadParser, QueryRouter } from "./router/mod.ts";
 import { Listener } from "./net/listener.ts";
 import { configureLogging, log, setLogWorker } from "./log.ts";
-import { type AdminHost, StatsWindow } from "./admin/mod.ts";
+import { adminCommand, type AdminHost, StatsWindow } from "./admin/mod.ts";
 import { Gate } from "./admin/gate.ts";
 import { metricsRegistry, serveMetrics } from "./metrics/mod.ts";
 import { healthy, STATUS_PAGE, statusJson, TpsSeries } from "./admin/status.ts";
@@ -72,6 +72,11 @@ export interface WorkerGroupLink {
   shutdown(): void;
   /** Passes a cancel request this worker has no client for to the other workers. */
   cancel(pid: number, secret: number): void;
+  /**
+   * Passes an admin command that changes state (PAUSE, SET, BAN, ...) to the other workers;
+   * resolves (never rejects) once each has started it.
+   */
+  admin(sql: string): Promise<void>;
 }
 
 /** Options for {@linkcode Proxy}. */
@@ -286,6 +291,35 @@ export class Proxy implements ClientHost {
   readonly stats: StatsWindow = new StatsWindow();
   /** PAUSE / RESUME / MAINTENANCE: whether new transactions may start. */
   readonly gate: Gate = new Gate();
+
+  /** Part of {@linkcode AdminHost}: with several workers, the others run the command too. */
+  relay(sql: string): Promise<void> {
+    if (this.#relaying || this.group === null) return Promise.resolve();
+    return this.group.admin(sql);
+  }
+
+  #relaying = false;
+
+  /**
+   * Runs an admin command another worker passed on (without passing it on again). Its state
+   * change is made when this returns; the promise settles when the command is done (never
+   * rejects).
+   */
+  async runRelayed(sql: string): Promise<void> {
+    let answer: ReturnType<typeof adminCommand>;
+    this.#relaying = true;
+    try {
+      answer = adminCommand(sql, this); // relays (or not) before its first await
+    } finally {
+      this.#relaying = false;
+    }
+    try {
+      const result = await answer;
+      if ("error" in result) throw new Error(result.error.message);
+    } catch (e) {
+      log.warn(`admin command from another worker (${sql}): ${e instanceof Error ? e.message : e}`);
+    }
+  }
 
   /** Part of the client host: the admin database reads this proxy. */
   get console(): AdminHost {

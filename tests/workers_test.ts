@@ -1,8 +1,8 @@
 /**
  * `[general] workers = 2`: two event loops share the port. Many short connections all succeed
  * and land on both workers, the server connections of both stay within pool_size in total,
- * CancelRequests reach a client of the other worker, RELOAD and SIGHUP reach both, and SIGTERM
- * stops both cleanly.
+ * CancelRequests reach a client of the other worker, PAUSE/RESUME, RELOAD and SIGHUP reach
+ * both, and SIGTERM stops both cleanly.
  */
 
 import assert from "node:assert/strict";
@@ -70,7 +70,7 @@ function perWorker(logs: string, pattern: RegExp): number[] {
   return counts;
 }
 
-Deno.test("workers = 2: both serve, pools split, RELOAD and SIGTERM reach both", async () => {
+Deno.test("workers = 2: both serve, pools split, admin commands and signals reach both", async () => {
   await using pg = await startPostgres({ databases: ["app"], settings: { max_connections: 60 } });
   const init = await pgbench({ host: pg.host, port: pg.port, user: "postgres", database: "app" }, [
     "-i",
@@ -129,14 +129,34 @@ Deno.test("workers = 2: both serve, pools split, RELOAD and SIGTERM reach both",
         await Promise.all(sleepers.map((c) => c.end().catch(() => {})));
       }
 
+      // PAUSE (answered by either worker) holds new transactions on both until RESUME.
+      const adminAt = { host: proxy.host, port: proxy.port, ...ADMIN };
+      const held: pg.Client[] = await Promise.all([0, 1, 2, 3].map(() => connectPg(target)));
+      try {
+        for (const c of held) await c.query("select 1");
+        const paused = await psql(adminAt, "PAUSE");
+        assert.equal(paused.code, 0, paused.stderr);
+        let ran = 0;
+        const queries = held.map((c) => c.query("select 1").then(() => ran++));
+        for (const q of queries) q.catch(() => {}); // awaited below; no unhandled rejection meanwhile
+        await new Promise((r) => setTimeout(r, 500));
+        assert.equal(ran, 0, "a transaction ran while paused");
+        const resumed = await psql(adminAt, "RESUME");
+        assert.equal(resumed.code, 0, resumed.stderr);
+        await Promise.all(queries);
+        assert.equal(ran, 4);
+      } finally {
+        await Promise.all(held.map((c) => c.end().catch(() => {})));
+      }
+
       // RELOAD (answered by either worker) reaches both.
       const since = proxy.logOffset();
       await proxy.writeConfig(config(6));
-      const reloaded = await psql({ host: proxy.host, port: proxy.port, ...ADMIN }, "RELOAD");
+      const reloaded = await psql(adminAt, "RELOAD");
       assert.equal(reloaded.code, 0, reloaded.stderr);
       await proxy.waitForLog(/\[worker 0\] configuration reloaded/, { since });
       await proxy.waitForLog(/\[worker 1\] configuration reloaded/, { since });
-      const shown = await psql({ host: proxy.host, port: proxy.port, ...ADMIN }, "SHOW CONFIG");
+      const shown = await psql(adminAt, "SHOW CONFIG");
       assert.match(shown.stdout, /default_pool_size\|6/);
       // SIGHUP (the main thread's signal) reaches both too.
       const hup = proxy.logOffset();

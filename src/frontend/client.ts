@@ -1333,7 +1333,7 @@ export class Client implements ServerLink {
   }
 
   /** The configuration (pools) this client last passed the gate with. */
-  #gatePassed: object | null = null;
+  #gatePassed: Databases | null = null;
 
   /** True when {@linkcode #atGate} would let the client through at once, as it is. */
   #gateOpen(): boolean {

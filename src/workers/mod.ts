@@ -24,7 +24,9 @@ export type ToWorker =
   | { type: "reload"; id: number; config: Config }
   | { type: "reload-result"; id: number; error?: ReloadError }
   | { type: "shutdown" }
-  | { type: "cancel"; pid: number; secret: number };
+  | { type: "cancel"; pid: number; secret: number }
+  | { type: "admin"; id: number; sql: string }
+  | { type: "admin-relayed"; id: number };
 
 /** Messages a worker sends the main thread. */
 export type FromWorker =
@@ -34,6 +36,8 @@ export type FromWorker =
   | { type: "reload"; id: number }
   | { type: "shutdown" }
   | { type: "cancel"; pid: number; secret: number }
+  | { type: "admin"; id: number; sql: string }
+  | { type: "admin-started"; id: number }
   | { type: "stopped" };
 
 /** A failed reload as it crosses threads. */
@@ -100,6 +104,7 @@ export class WorkerGroup {
       reload: () => group.reload(),
       shutdown: () => group.#shutdown(),
       cancel: (pid, secret) => group.#cancel(pid, secret, null),
+      admin: (sql) => group.#admin(sql, null),
     };
     return group;
   }
@@ -160,10 +165,11 @@ export class WorkerGroup {
 
   #onMessage(member: Member, msg: FromWorker): void {
     switch (msg.type) {
+      case "admin-started":
       case "reloaded": {
         const pending = this.#pending.get(msg.id);
         this.#pending.delete(msg.id);
-        pending?.answer.resolve(msg.error);
+        pending?.answer.resolve(msg.type === "reloaded" ? msg.error : undefined);
         break;
       }
       case "reload":
@@ -177,6 +183,11 @@ export class WorkerGroup {
         break;
       case "cancel":
         this.#cancel(msg.pid, msg.secret, member);
+        break;
+      case "admin":
+        this.#admin(msg.sql, member).then(() =>
+          this.#post(member, { type: "admin-relayed", id: msg.id })
+        );
         break;
       case "stopped":
         this.#stop(member);
@@ -215,6 +226,22 @@ export class WorkerGroup {
     if (this.#shuttingDown) return;
     this.#shuttingDown = true;
     for (const m of this.#members) this.#post(m, { type: "shutdown" });
+  }
+
+  /**
+   * An admin command that changes state, run on one worker: every other worker runs it too.
+   * Resolves once each has started it (its state change made).
+   */
+  #admin(sql: string, from: Member | null): Promise<void> {
+    if (from !== null) this.#proxy.runRelayed(sql);
+    const started = this.#members.filter((m) => m !== from && !m.stopped).map((m) => {
+      const id = this.#nextId++;
+      const answer = Promise.withResolvers<ReloadError | undefined>();
+      this.#pending.set(id, { member: m, answer });
+      this.#post(m, { type: "admin", id, sql });
+      return answer.promise;
+    });
+    return Promise.all(started).then(() => {});
   }
 
   /** A cancel request nobody here knew: every other worker checks its clients. */

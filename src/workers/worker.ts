@@ -48,6 +48,13 @@ async function start(msg: Extract<ToWorker, { type: "start" }>): Promise<void> {
       post({ type: "shutdown" });
     },
     cancel: (pid, secret) => post({ type: "cancel", pid, secret }),
+    admin: (sql) => {
+      const id = nextId++;
+      const answer = Promise.withResolvers<void>();
+      pending.set(id, answer);
+      post({ type: "admin", id, sql });
+      return answer.promise;
+    },
   };
   proxy.finished.then(() => post({ type: "stopped" }));
   post({ type: "started" });
@@ -81,6 +88,15 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       break;
     case "cancel":
       proxy?.cancelHere(msg.pid, msg.secret);
+      break;
+    case "admin":
+      // The command's state change is made within this call; then the main thread hears of it.
+      proxy?.runRelayed(msg.sql);
+      post({ type: "admin-started", id: msg.id });
+      break;
+    case "admin-relayed":
+      pending.get(msg.id)?.resolve();
+      pending.delete(msg.id);
       break;
   }
 };
