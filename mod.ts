@@ -27,6 +27,7 @@ import { applyLogLevelFromEnv, log } from "./src/log.ts";
 import { VERSION } from "./src/version.ts";
 import { loadParser } from "./src/router/mod.ts";
 import { explainRoutes } from "./src/router/explain.ts";
+import { smallPoolWarnings, WorkerGroup } from "./src/workers/mod.ts";
 
 export type {
   AdminConfig,
@@ -70,6 +71,28 @@ async function start(config: Config): Promise<Proxy> {
   const proxy = new Proxy(config);
   await proxy.start();
   return proxy;
+}
+
+/**
+ * The program's proxy: with `[general] workers` > 1, this thread is worker 0 and the others are
+ * started next to it; the "listening" line is logged once all of them accept connections.
+ */
+async function startWorkers(config: Config): Promise<{ proxy: Proxy; group: WorkerGroup | null }> {
+  const count = config.general.workers;
+  if (count <= 1) return { proxy: await start(config), group: null };
+  for (const w of smallPoolWarnings(config)) log.warn(w);
+  const proxy = new Proxy(config, { worker: { index: 0, count } });
+  await proxy.start();
+  let group: WorkerGroup;
+  try {
+    group = await WorkerGroup.start(proxy, { count });
+  } catch (e) {
+    await proxy.shutdown();
+    throw e;
+  }
+  const addr = proxy.addr;
+  log.always(`listening on ${addr.hostname}:${addr.port} (${count} workers)`);
+  return { proxy, group };
 }
 
 const USAGE = `pgdog ${VERSION}: PostgreSQL pooler, load balancer and sharder
@@ -193,8 +216,9 @@ export async function main(args: string[]): Promise<number> {
     return await routeCommand(loaded.config, positionals[1], values.database);
   }
   let proxy: Proxy;
+  let group: WorkerGroup | null;
   try {
-    proxy = await start(loaded.config);
+    ({ proxy, group } = await startWorkers(loaded.config));
   } catch (e) {
     log.error(`cannot start: ${e instanceof Error ? e.message : e}`);
     return 1;
@@ -215,11 +239,21 @@ export async function main(args: string[]): Promise<number> {
       log.warn("second signal: exiting now");
       Deno.exit(1);
     }
-    proxy.shutdown().then(() => Deno.exit(0));
+    proxy.shutdown();
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
   await proxy.finished;
+  // Every worker had the same shutdown_timeout; the extra second covers their last cleanup.
+  if (group !== null) {
+    const wait = proxy.config.general.shutdown_timeout + 2000;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      group.finished,
+      new Promise((r) => timer = setTimeout(r, wait)),
+    ]);
+    clearTimeout(timer);
+  }
   return 0;
 }
 

@@ -19,6 +19,8 @@ let threshold = RANK.info;
 let json = false;
 /** PGDOG_LOG was set: it wins over the configuration's log_level. */
 let levelFromEnv = false;
+/** With several workers (`[general] workers`): this thread's worker number, in every line. */
+let worker: number | null = null;
 const encoder = new TextEncoder();
 
 /** Sets the most verbose level that is printed. */
@@ -35,8 +37,12 @@ function emit(level: LogLevel, message: string, always = false): void {
   if (!always && RANK[level] > threshold) return;
   const time = new Date().toISOString();
   const line = json
-    ? `${JSON.stringify({ time, level, message })}\n`
-    : `${time} ${LABEL[level]} ${message}\n`;
+    ? `${
+      JSON.stringify(worker === null ? { time, level, message } : { time, level, worker, message })
+    }\n`
+    : worker === null
+    ? `${time} ${LABEL[level]} ${message}\n`
+    : `${time} ${LABEL[level]} [worker ${worker}] ${message}\n`;
   try {
     Deno.stderr.writeSync(encoder.encode(line));
   } catch {
@@ -85,6 +91,11 @@ export function applyLogLevelFromEnv(): void {
     setLogLevel(level as LogLevel);
     levelFromEnv = true;
   } else emit("warn", `PGDOG_LOG=${value} is not one of error, warn, info, debug; using info`);
+}
+
+/** With several workers: tags this thread's lines with its worker number (null: untagged). */
+export function setLogWorker(index: number | null): void {
+  worker = index;
 }
 
 /** Applies `[general] log_level` (unless PGDOG_LOG set one) and `log_format`. */

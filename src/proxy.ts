@@ -14,22 +14,27 @@ import { PreparedCache } from "./frontend/prepared.ts";
 import { loadParser, QueryRouter } from "./router/mod.ts";
 import { PluginSet, pluginsKey } from "./plugin/mod.ts";
 import { Listener } from "./net/listener.ts";
-import { configureLogging, log } from "./log.ts";
-import { type AdminHost, StatsWindow } from "./admin/mod.ts";
+import { configureLogging, log, setLogWorker } from "./log.ts";
+import { adminCommand, type AdminHost, StatsWindow } from "./admin/mod.ts";
 import { Gate } from "./admin/gate.ts";
 import { metricsRegistry, serveMetrics } from "./metrics/mod.ts";
 import { healthy, STATUS_PAGE, statusJson, TpsSeries } from "./admin/status.ts";
 import { nodeIdFromEnv, UniqueIdGenerator } from "./sharding/unique_id.ts";
 import { SqlState } from "./protocol/sqlstate.ts";
 import { closeQuietly } from "./net/stream.ts";
+import type { WorkerShare } from "./config/pool_settings.ts";
 
 /** How often pools are maintained (waiter deadlines, idle and lifetime limits). */
-function buildDatabases(config: Config, previous?: Databases): Databases {
+function buildDatabases(
+  config: Config,
+  options: { previous?: Databases; worker?: WorkerShare },
+): Databases {
   const g = config.general;
   const tls = tlsFiles(g);
   return new Databases(config, {
     serverTls: g.tls_verify === "disabled" ? undefined : { mode: g.tls_verify, ca: tls.serverCa },
-    previous,
+    previous: options.previous,
+    worker: options.worker,
   });
 }
 
@@ -57,6 +62,32 @@ function clientSettings(config: Config): ClientHost["settings"] {
 
 const MAINTENANCE_INTERVAL_MS = 100;
 
+/**
+ * How one worker of several (`[general]` workers > 1) reaches the others: RELOAD, SHUTDOWN and
+ * cancel requests arriving at one worker must reach all of them.
+ */
+export interface WorkerGroupLink {
+  /** Re-reads the configuration files and applies them in every worker. */
+  reload(): Promise<void>;
+  /** Starts the shutdown of every worker. */
+  shutdown(): void;
+  /** Passes a cancel request this worker has no client for to the other workers. */
+  cancel(pid: number, secret: number): void;
+  /**
+   * Passes an admin command that changes state (PAUSE, SET, BAN, ...) to the other workers;
+   * resolves (never rejects) once each has started it.
+   */
+  admin(sql: string): Promise<void>;
+}
+
+/** Options for {@linkcode Proxy}. */
+export interface ProxyOptions {
+  /** This proxy is one worker of several: its pools get this worker's share of every size. */
+  worker?: WorkerShare;
+  /** Listen on this port instead of `[general]` port (workers after the first use its port). */
+  port?: number;
+}
+
 /** A running proxy. */
 export class Proxy implements ClientHost {
   config: Config;
@@ -74,17 +105,27 @@ export class Proxy implements ClientHost {
   /** Reads the configuration files again (set by the CLI; RELOAD and SIGHUP use it). */
   reloader: (() => Promise<Config>) | null = null;
   shuttingDown = false;
+  /** Set when this proxy is one of several workers (see {@linkcode WorkerGroupLink}). */
+  group: WorkerGroupLink | null = null;
+  /** Which worker this is, when there are several. */
+  readonly worker: WorkerShare | undefined;
+  readonly #port: number | undefined;
   readonly #clients = new Set<Client>();
   readonly #byPid = new Map<number, Client>();
   #listener: Listener | null = null;
   #maintenance: ReturnType<typeof setInterval> | null = null;
   #stopped: Promise<void> | null = null;
 
-  constructor(config: Config) {
+  constructor(config: Config, options: ProxyOptions = {}) {
     this.config = config;
+    this.worker = options.worker !== undefined && options.worker.count > 1
+      ? options.worker
+      : undefined;
+    this.#port = options.port;
+    if (this.worker !== undefined) setLogWorker(this.worker.index);
     const g = config.general;
     configureLogging({ level: g.log_level, format: g.log_format });
-    this.databases = buildDatabases(config);
+    this.databases = buildDatabases(config, { worker: this.worker });
     this.router = new QueryRouter({ cacheLimit: g.query_cache_limit });
     let nodeId: string | undefined;
     try {
@@ -92,7 +133,7 @@ export class Proxy implements ClientHost {
     } catch {
       // No permission to read it: node 0.
     }
-    this.uniqueIds = new UniqueIdGenerator({ nodeId: nodeIdFromEnv(nodeId) });
+    this.uniqueIds = new UniqueIdGenerator({ nodeId: nodeIdFromEnv(nodeId), lane: this.worker });
     this.routing = routingSettings(config);
     this.settings = clientSettings(config);
   }
@@ -114,20 +155,26 @@ export class Proxy implements ClientHost {
    * credentials keep their pools and server connections (pool settings change in place), new
    * databases and users appear, removed pools drain. Connected clients stay; their next
    * transaction uses the new configuration. Throws (ConfigError with the problems, as at
-   * startup) and changes nothing when the files are invalid.
+   * startup) and changes nothing when the files are invalid. With several workers, every worker
+   * applies the new configuration.
    */
   async reload(): Promise<void> {
+    if (this.group !== null) return await this.group.reload();
     if (this.reloader === null) {
       throw new Error("pgdog was started without configuration files: nothing to reload");
     }
-    const next = await this.reloader();
+    await this.apply(await this.reloader());
+  }
+
+  /** Applies a configuration read (and validated) already: the second half of a reload. */
+  async apply(next: Config): Promise<void> {
     // Changed plugins start before anything switches: one that can't start refuses the reload.
     const oldPlugins = this.plugins;
     const samePlugins = pluginsKey(next.plugins) === (oldPlugins?.key ?? pluginsKey([]));
     const plugins = samePlugins ? oldPlugins : await startPlugins(next);
     if (plugins !== null) await loadParser();
     const previous = this.databases;
-    const databases = buildDatabases(next, previous);
+    const databases = buildDatabases(next, { previous, worker: this.worker });
     const clusters = [...databases.clusters()];
     if (
       next.general.query_parser !== "off" &&
@@ -160,15 +207,21 @@ export class Proxy implements ClientHost {
     if (needsParser || this.config.plugins.length > 0) await loadParser();
     this.plugins = await startPlugins(this.config);
     this.databases.startMonitors();
-    const { host, port } = this.config.general;
-    this.#listener = new Listener({ hostname: host, port }, (conn) => this.#accept(conn));
+    const { host } = this.config.general;
+    const port = this.#port ?? this.config.general.port;
+    this.#listener = new Listener(
+      { hostname: host, port, reusePort: this.worker !== undefined },
+      (conn) => this.#accept(conn),
+    );
     this.#maintenance = setInterval(
       () => this.#maintain(Date.now()),
       MAINTENANCE_INTERVAL_MS,
     );
     this.#maintain(Date.now());
+    // With several workers, the HTTP endpoints are the first worker's (the main thread's).
+    const first = this.worker === undefined || this.worker.index === 0;
     const metricsPort = this.config.general.openmetrics_port;
-    if (metricsPort !== undefined) {
+    if (metricsPort !== undefined && first) {
       const registry = metricsRegistry(this, {
         namespace: this.config.general.openmetrics_namespace,
       });
@@ -179,7 +232,7 @@ export class Proxy implements ClientHost {
       });
     }
     const healthPort = this.config.general.healthcheck_port;
-    if (healthPort !== undefined) {
+    if (healthPort !== undefined && first) {
       this.#health = Deno.serve({
         hostname: host,
         port: healthPort,
@@ -187,7 +240,8 @@ export class Proxy implements ClientHost {
       }, (req) => this.#healthResponse(req));
     }
     const addr = this.#listener.addr;
-    log.always(`listening on ${addr.hostname}:${addr.port}`);
+    if (this.worker === undefined) log.always(`listening on ${addr.hostname}:${addr.port}`);
+    else log.info(`accepting connections on port ${addr.port}`);
   }
 
   #health: Deno.HttpServer | null = null;
@@ -249,6 +303,35 @@ export class Proxy implements ClientHost {
   /** PAUSE / RESUME / MAINTENANCE: whether new transactions may start. */
   readonly gate: Gate = new Gate();
 
+  /** Part of {@linkcode AdminHost}: with several workers, the others run the command too. */
+  relay(sql: string): Promise<void> {
+    if (this.#relaying || this.group === null) return Promise.resolve();
+    return this.group.admin(sql);
+  }
+
+  #relaying = false;
+
+  /**
+   * Runs an admin command another worker passed on (without passing it on again). Its state
+   * change is made when this returns; the promise settles when the command is done (never
+   * rejects).
+   */
+  async runRelayed(sql: string): Promise<void> {
+    let answer: ReturnType<typeof adminCommand>;
+    this.#relaying = true;
+    try {
+      answer = adminCommand(sql, this); // relays (or not) before its first await
+    } finally {
+      this.#relaying = false;
+    }
+    try {
+      const result = await answer;
+      if ("error" in result) throw new Error(result.error.message);
+    } catch (e) {
+      log.warn(`admin command from another worker (${sql}): ${e instanceof Error ? e.message : e}`);
+    }
+  }
+
   /** Part of the client host: the admin database reads this proxy. */
   get console(): AdminHost {
     return this;
@@ -286,17 +369,29 @@ export class Proxy implements ClientHost {
     if (this.#byPid.get(client.id) === client) this.#byPid.delete(client.id);
   }
 
-  /** Part of {@linkcode ClientHost}: a CancelRequest arrived. Only the exact key cancels anything. */
+  /**
+   * Part of {@linkcode ClientHost}: a CancelRequest arrived. Only the exact key cancels anything;
+   * with several workers, a key this worker doesn't know goes to the others.
+   */
   cancel(pid: number, secret: number): void {
+    if (!this.cancelHere(pid, secret)) this.group?.cancel(pid, secret);
+  }
+
+  /** Cancels the request of this worker's client with that key; false when there is none. */
+  cancelHere(pid: number, secret: number): boolean {
     const client = this.#byPid.get(pid);
-    if (client && client.secret === secret) client.cancel();
+    if (!client || client.secret !== secret) return false;
+    client.cancel();
+    return true;
   }
 
   /**
    * Stops accepting, lets running transactions finish for up to `shutdown_timeout`, then closes
-   * every client and server connection. Idempotent; resolves when everything is closed.
+   * every client and server connection. Idempotent; resolves when everything is closed. With
+   * several workers, every worker shuts down.
    */
   shutdown(): Promise<void> {
+    this.group?.shutdown();
     this.#stopped ??= this.#shutdown().finally(() => this.#finished.resolve());
     return this.#stopped;
   }

@@ -53,7 +53,26 @@ export interface AdminHost {
   readonly gate: Gate;
   /** The running plugins (SHOW PLUGINS). */
   readonly plugins: { stats(): PluginStats[] } | null;
+  /**
+   * With several workers (`[general] workers`): passes a command that changes state to the other
+   * workers, which run it too (SHOW commands describe the worker that answers). Resolves (never
+   * rejects) once every other worker has started it.
+   */
+  relay?(sql: string): Promise<void>;
 }
+
+/** Admin commands (first word) that change state: with several workers, every worker runs them. */
+const RELAYED = new Set([
+  "pause",
+  "resume",
+  "maintenance",
+  "reconnect",
+  "healthcheck",
+  "set",
+  "reset",
+  "ban",
+  "unban",
+]);
 
 /** Pool counters at the ends of the last full `stats_period`. */
 export class StatsWindow {
@@ -126,10 +145,21 @@ const PAUSE_WAIT_MS = 60_000;
 
 const time = (ms: number): string => new Date(ms).toISOString();
 
-/** Runs one admin command. */
+/**
+ * Runs one admin command. With several workers, a command that changes state is passed on to
+ * the other workers first; the answer waits until each of them has started it (a PAUSE has
+ * closed every worker's gate).
+ */
 export async function adminCommand(sql: string, host: AdminHost): Promise<AdminAnswer> {
   const text = sql.trim().replace(/;\s*$/, "").trim();
   const words = text.split(/\s+/).map((w) => w.toLowerCase());
+  const relayed = RELAYED.has(words[0]) ? host.relay?.(text) : undefined;
+  const answer = await runCommand(text, words, host);
+  await relayed;
+  return answer;
+}
+
+async function runCommand(text: string, words: string[], host: AdminHost): Promise<AdminAnswer> {
   // Database names keep their case.
   const arg = text.split(/\s+/)[1];
   if (words[0] === "pause" && words.length <= 2) return await pause(arg, host);

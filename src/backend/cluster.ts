@@ -11,7 +11,7 @@
 import type { PoolerMode } from "../config/types.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
 import { log } from "../log.ts";
-import { ClientFacingError, type Pool } from "./pool.ts";
+import { ClientFacingError, type Pool, type WaitAbort } from "./pool.ts";
 import type { Server } from "./server.ts";
 import type { ShardingConfig } from "../router/shard.ts";
 
@@ -312,7 +312,7 @@ export class Cluster {
    */
   async checkout(
     role: "primary" | "replica",
-    options: { shard?: number; signal?: AbortSignal },
+    options: { shard?: number; abort?: WaitAbort },
   ): Promise<Server> {
     const shard = this.shards[options.shard ?? 0];
     const settings = this.settings;
@@ -329,7 +329,7 @@ export class Cluster {
           hint: "Every host is in recovery or unreachable; pgdog waits for one to be promoted.",
         });
       }
-      return await this.#fromTarget(shard, target, options.signal, false);
+      return await this.#fromTarget(shard, target, options.abort, false);
     }
     // A failed target is banned, which can change who may serve reads (exclude_primary lets the
     // primary in once no replica is left): pick again after each failure, never the same twice.
@@ -344,7 +344,7 @@ export class Cluster {
         return await this.#fromTarget(
           shard,
           target,
-          options.signal,
+          options.abort,
           tried.size < shard.targets.length,
         );
       } catch (e) {
@@ -362,14 +362,14 @@ export class Cluster {
   async #fromTarget(
     shard: Shard,
     target: Target,
-    signal: AbortSignal | undefined,
+    abort: WaitAbort | undefined,
     canRetry: boolean,
   ): Promise<Server> {
     const pool = target.pool;
     for (let attempt = 0; attempt < 3; attempt++) {
       let server: Server;
       try {
-        server = pool.tryCheckout() ?? await pool.waitForServer({ signal });
+        server = pool.tryCheckout() ?? await pool.waitForServer({ abort });
       } catch (e) {
         if (e instanceof ClientFacingError && isConnectFailure(e)) {
           target.healthy = false;

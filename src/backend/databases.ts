@@ -7,7 +7,7 @@
  */
 
 import type { Config, DatabaseConfig, PoolerMode, UserConfig } from "../config/types.ts";
-import { resolvePoolSettings } from "../config/pool_settings.ts";
+import { resolvePoolSettings, type WorkerShare } from "../config/pool_settings.ts";
 import { Pool } from "./pool.ts";
 import { type BalancerSettings, Cluster, Shard, Target } from "./cluster.ts";
 import { type MonitorSettings, ShardMonitor } from "./monitor.ts";
@@ -65,11 +65,11 @@ export class Databases {
 
   /**
    * Builds clusters for every (user, database) pair in `config`; `serverTls` is how their server
-   * connections use TLS (none when left out).
+   * connections use TLS (none when left out); `worker` makes every pool that worker's share.
    */
   constructor(
     config: Config,
-    options: { serverTls?: ServerTls; previous?: Databases } = {},
+    options: { serverTls?: ServerTls; previous?: Databases; worker?: WorkerShare } = {},
   ) {
     // On reload, hosts that keep their address and credentials keep their pool (and its server
     // connections, bans and detected role); their pool settings are updated in place.
@@ -101,6 +101,7 @@ export class Databases {
         balance,
         tls: options.serverTls,
         reusable,
+        worker: options.worker,
       });
       this.#clusters.set(clusterKey(user.name, user.database), cluster);
       for (const shard of cluster.shards) this.#monitors.push(new ShardMonitor(shard, monitor));
@@ -187,14 +188,15 @@ function buildCluster(
     balance: BalancerSettings;
     tls: ServerTls | undefined;
     reusable: Map<string, Target>;
+    worker: WorkerShare | undefined;
   },
 ): Cluster {
-  const { user, entries, balance, tls, reusable } = options;
+  const { user, entries, balance, tls, reusable, worker } = options;
   const shardCount = Math.max(...entries.map((e) => e.shard)) + 1;
   const targets: Target[][] = Array.from({ length: shardCount }, () => []);
   let poolerMode: PoolerMode | null = null;
   for (const database of entries) {
-    const settings = resolvePoolSettings(config, { database, user });
+    const settings = resolvePoolSettings(config, { database, user, worker });
     poolerMode ??= settings.pooler_mode;
     const login: ServerLogin = {
       host: database.host,

@@ -50,6 +50,34 @@ export class ClientFacingError extends Error {
   }
 }
 
+/**
+ * Ends a wait for a server early (a cancel, or the client leaving): a lighter AbortSignal for the
+ * checkout path, where one is made for every request that has to wait.
+ */
+export class WaitAbort {
+  /** Set once {@linkcode WaitAbort.abort} was called. */
+  aborted = false;
+  /** What the wait rejects with. */
+  reason: unknown = undefined;
+  #listener: ((reason: unknown) => void) | null = null;
+
+  /** Ends the wait (once); it rejects with `reason`. */
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    const listener = this.#listener;
+    this.#listener = null;
+    listener?.(reason);
+  }
+
+  /** Part of the pool: `listener` runs when aborted (at once when it is already). */
+  onAbort(listener: (reason: unknown) => void): void {
+    if (this.aborted) listener(this.reason);
+    else this.#listener = listener;
+  }
+}
+
 interface Waiter {
   resolve: (s: Server) => void;
   reject: (e: unknown) => void;
@@ -177,19 +205,16 @@ export class Pool implements ServerOwner {
 
   /**
    * Waits for a server until `checkout_timeout`; rejects with a {@linkcode ClientFacingError}, or
-   * with the signal's reason when it aborts.
+   * with the abort's reason when it aborts.
    */
-  waitForServer(options?: { signal?: AbortSignal }): Promise<Server> {
+  waitForServer(options?: { abort?: WaitAbort }): Promise<Server> {
     if (this.closed) return Promise.reject(new ClientFacingError(SHUTTING_DOWN));
     return new Promise((resolve, reject) => {
       const waiter: Waiter = { resolve, reject, since: Date.now(), done: false };
-      const signal = options?.signal;
-      signal?.addEventListener("abort", () => this.#settle(waiter, null, signal.reason), {
-        once: true,
-      });
       this.#waiters.push(waiter);
       this.#live++;
-      this.#grow();
+      options?.abort?.onAbort((reason) => this.#settle(waiter, null, reason));
+      if (!waiter.done) this.#grow();
     });
   }
 

@@ -414,7 +414,9 @@ export class Server {
       if (this.#carry > 0) await this.#process(this.#carry);
       while (!this.closed) {
         if (this.#need > this.#buf.length) this.#grow(this.#need);
-        const n = await this.conn.read(this.#buf.subarray(this.#carry));
+        const buf = this.#buf;
+        // No subarray (an allocation per read) when nothing is carried over.
+        const n = await this.conn.read(this.#carry === 0 ? buf : buf.subarray(this.#carry));
         if (n === null) {
           this.#fail(new Error("server closed the connection unexpectedly"));
           return;

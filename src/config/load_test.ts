@@ -39,6 +39,7 @@ const ONE_USER = '[[users]]\nname = "bob"\ndatabase = "shop"\npassword = "pw"\n'
 const DEFAULT_GENERAL = {
   host: "0.0.0.0",
   port: 6432,
+  workers: 1,
   default_pool_size: 10,
   min_pool_size: 1,
   pooler_mode: "transaction",
@@ -365,6 +366,7 @@ server_password = "bob_srvpw"
     general: {
       host: "127.0.0.1",
       port: 0,
+      workers: 1,
       default_pool_size: 20,
       min_pool_size: 2,
       pooler_mode: "session",
@@ -470,7 +472,7 @@ Deno.test("loadConfig: warnings", async () => {
   const pgdog = [
     "[general]", //                                   1
     "dry_run = true", //                              2
-    "workers = 4", //                                 3
+    "dns_ttl = 4", //                                 3
     "", //                                            4
     "[[databases]]", //                               5
     'name = "shop"', //                               6
@@ -508,7 +510,7 @@ Deno.test("loadConfig: warnings", async () => {
   deepEqual(result?.warnings, [
     "pgdog.toml:2: [general] dry_run is a PgDog setting this version does not " +
     "support yet; ignored",
-    "pgdog.toml:3: [general] workers is a PgDog setting this version does not support yet; " +
+    "pgdog.toml:3: [general] dns_ttl is a PgDog setting this version does not support yet; " +
     "ignored",
     'pgdog.toml:8: [[databases]] #1 (name "shop") statement_timeout is a PgDog setting this ' +
     "version does not support yet; ignored",
@@ -656,12 +658,12 @@ Deno.test("resolveConfig: defaults and the same checks, without lines", () => {
 
 Deno.test("resolveConfig: warnings, source label and database URLs", () => {
   const { config, warnings } = resolveConfig(
-    { general: { workers: 2 } as never, users: [] },
+    { general: { dns_ttl: 2 } as never, users: [] },
     { databaseUrls: ["postgres://u:p@h/d"], source: "startProxy()" },
   );
   deepEqual(config.users, [{ name: "u", database: "d", password: "p" }]);
   deepEqual(warnings, [
-    "startProxy(): [general] workers is a PgDog setting this version does not support yet; " +
+    "startProxy(): [general] dns_ttl is a PgDog setting this version does not support yet; " +
     "ignored",
   ]);
   const lonely = resolveConfig({ databases: [{ name: "shop", host: "h" }] });

@@ -37,6 +37,30 @@ export interface PoolSettingsOptions {
   database: DatabaseConfig;
   /** The `[[users]]` entry of the pool. */
   user: UserConfig;
+  /** With `[general]` workers > 1: which worker the pool belongs to (its share of the sizes). */
+  worker?: WorkerShare;
+}
+
+/** One worker among `count` (`[general]` workers), numbered from 0. */
+export interface WorkerShare {
+  /** This worker, 0 to count - 1. */
+  index: number;
+  /** How many workers there are. */
+  count: number;
+}
+
+/**
+ * The part of `total` connections that worker `share.index` of `share.count` gets: `total` is
+ * split as evenly as possible (the first `total % count` workers get one more), so the shares
+ * add up to `total`. With `atLeastOne`, a worker whose share would be 0 gets 1 instead (a pool
+ * smaller than the number of workers: every worker must be able to serve its clients, so the
+ * pool then opens up to `count` connections).
+ */
+export function workerShare(total: number, share: WorkerShare & { atLeastOne?: boolean }): number {
+  const { index, count } = share;
+  if (count <= 1) return total;
+  const part = Math.floor(total / count) + (index < total % count ? 1 : 0);
+  return share.atLeastOne ? Math.max(1, part) : part;
 }
 
 /**
@@ -44,12 +68,17 @@ export interface PoolSettingsOptions {
  * size and mode come from the user, else the database, else `[general]`; the server login is
  * the database's `user`, else the user's `server_user`, else the user's name; the server
  * password is the database's `password`, else `server_password`, else the user's `password`.
+ * With `options.worker`, both sizes are that worker's share ({@linkcode workerShare}).
  */
 export function resolvePoolSettings(config: Config, options: PoolSettingsOptions): PoolSettings {
-  const { database, user } = options;
+  const { database, user, worker } = options;
   const general = config.general;
-  const poolSize = user.pool_size ?? database.pool_size ?? general.default_pool_size;
-  const minPoolSize = user.min_pool_size ?? database.min_pool_size ?? general.min_pool_size;
+  let poolSize = user.pool_size ?? database.pool_size ?? general.default_pool_size;
+  let minPoolSize = user.min_pool_size ?? database.min_pool_size ?? general.min_pool_size;
+  if (worker !== undefined) {
+    poolSize = workerShare(poolSize, { ...worker, atLeastOne: true });
+    minPoolSize = workerShare(minPoolSize, worker);
+  }
   const settings: PoolSettings = {
     pool_size: poolSize,
     min_pool_size: Math.min(minPoolSize, poolSize),

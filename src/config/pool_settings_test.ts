@@ -1,6 +1,6 @@
 import { deepEqual, equal } from "node:assert/strict";
 import { resolveConfig } from "./load.ts";
-import { resolvePoolSettings } from "./pool_settings.ts";
+import { resolvePoolSettings, workerShare } from "./pool_settings.ts";
 import type { Config } from "./types.ts";
 
 function config(): Config {
@@ -98,4 +98,41 @@ Deno.test("resolvePoolSettings: server login falls back to server_user, then the
   equal(srv.server_password, "sp");
   const bare = resolvePoolSettings(c, { database: c.databases[0], user: c.users[0] });
   equal("server_password" in bare, false);
+});
+
+Deno.test("workerShare: the shares add up to the total, the first workers get the remainder", () => {
+  for (const total of [0, 1, 2, 3, 7, 10, 64]) {
+    for (const count of [1, 2, 3, 4, 8]) {
+      const shares = Array.from(
+        { length: count },
+        (_, index) => workerShare(total, { index, count }),
+      );
+      equal(shares.reduce((a, b) => a + b, 0), total, `${total} over ${count}`);
+      equal(Math.max(...shares) - Math.min(...shares) <= 1, true);
+    }
+  }
+  deepEqual([0, 1, 2].map((index) => workerShare(7, { index, count: 3 })), [3, 2, 2]);
+  // A pool smaller than the number of workers: every worker still gets one connection.
+  deepEqual([0, 1, 2].map((index) => workerShare(2, { index, count: 3, atLeastOne: true })), [
+    1,
+    1,
+    1,
+  ]);
+});
+
+Deno.test("resolvePoolSettings: a worker's share of pool_size and min_pool_size", () => {
+  const c = config();
+  const tuned = { database: c.databases[1], user: c.users[2] }; // pool_size 30, min 40 -> 30
+  const shares = [0, 1, 2, 3].map((index) =>
+    resolvePoolSettings(c, { ...tuned, worker: { index, count: 4 } })
+  );
+  deepEqual(shares.map((s) => s.pool_size), [8, 8, 7, 7]);
+  deepEqual(shares.map((s) => s.min_pool_size), [8, 8, 7, 7]);
+  const plain = resolvePoolSettings(c, {
+    database: c.databases[0],
+    user: c.users[0],
+    worker: { index: 1, count: 2 },
+  });
+  equal(plain.pool_size, 5);
+  equal(plain.min_pool_size, 1);
 });

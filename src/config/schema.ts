@@ -182,6 +182,11 @@ const GENERAL_KEYS = [
     min: 0,
     max: MAX_PORT,
   }),
+  int(
+    "workers",
+    "Event loops (threads) serving clients; each has its own pools with a share of pool_size.",
+    { default: 1, min: 1, max: 64 },
+  ),
   int("default_pool_size", "Server connections per pool unless a database or user sets one.", {
     default: 10,
     min: 1,
@@ -451,7 +456,6 @@ export const GENERAL: SectionSpec = {
   description: "Process-wide settings and the defaults of every pool.",
   keys: GENERAL_KEYS,
   unsupported: [
-    "workers",
     "broadcast_address",
     "broadcast_port",
     "openmetrics_host",

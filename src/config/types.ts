@@ -28,6 +28,11 @@ export interface GeneralConfig {
   host: string;
   /** TCP port the proxy listens on; 0 picks a free port (logged at startup). */
   port: number;
+  /**
+   * Event loops (threads) serving clients, sharing the port; each has its own pools with a share
+   * of every pool_size and min_pool_size.
+   */
+  workers: number;
   /** Server connections per pool unless a database or user says otherwise. */
   default_pool_size: number;
   /** Server connections each pool keeps open even when idle. */

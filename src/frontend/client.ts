@@ -33,7 +33,7 @@ import { SocketWriter } from "../net/writer.ts";
 import type { AcceptTlsOptions } from "../net/tls.ts";
 import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
 import { Action, Expect, type LocalAnswer, type ParseTicket } from "../backend/response_queue.ts";
-import { ClientFacingError, type Pool } from "../backend/pool.ts";
+import { ClientFacingError, type Pool, WaitAbort } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import { ServerConnectError } from "../backend/connect.ts";
 import type { AuthType } from "../config/types.ts";
@@ -156,7 +156,7 @@ export class Client implements ServerLink {
   /** Rename prepared statements (transaction mode with prepared_statements = extended). */
   #renaming = false;
   #skipUntilSync = false;
-  #waitAbort: AbortController | null = null;
+  #waitAbort: WaitAbort | null = null;
   /** The server's settings may lag behind the client's (session mode, after a read-back). */
   #needsSync = false;
   /** The server was pinned at some point since it was taken. */
@@ -1557,6 +1557,7 @@ export class Client implements ServerLink {
    * closed) when its user or database was removed.
    */
   async #atGate(): Promise<boolean> {
+    this.#gatePassed = null;
     const gate = this.#host.console.gate;
     if (gate.closed(this.database)) {
       const was = this.state;
@@ -1564,8 +1565,12 @@ export class Client implements ServerLink {
       await gate.wait(this.database);
       this.state = was;
     }
-    const cluster = this.#host.databases.lookup(this.user, this.database);
-    if (cluster === this.cluster) return true;
+    const databases = this.#host.databases;
+    const cluster = databases.lookup(this.user, this.database);
+    if (cluster === this.cluster) {
+      this.#gatePassed = databases;
+      return true;
+    }
     if (cluster === undefined) {
       await this.#fatal({
         severity: "FATAL",
@@ -1578,7 +1583,17 @@ export class Client implements ServerLink {
     this.cluster = cluster;
     this.#sharding = cluster.sharding;
     this.#routing ||= cluster.hasReplicas || cluster.sharding !== null;
+    this.#gatePassed = databases;
     return true;
+  }
+
+  /** The configuration (pools) this client last passed the gate with. */
+  #gatePassed: Databases | null = null;
+
+  /** True when {@linkcode #atGate} would let the client through at once, as it is. */
+  #gateOpen(): boolean {
+    return this.#host.databases === this.#gatePassed &&
+      !this.#host.console.gate.closed(this.database);
   }
 
   /** Shards whose servers the client holds now (the attached one first). */
@@ -1743,7 +1758,7 @@ export class Client implements ServerLink {
 
   /** The transaction ended: nothing of it is replayed on later shards. */
   #transactionOver(): void {
-    this.#txnPrelude = [];
+    if (this.#txnPrelude.length > 0) this.#txnPrelude = [];
     this.#txnSearchPath = null;
   }
 
@@ -1754,7 +1769,7 @@ export class Client implements ServerLink {
 
   /** Takes a server for the next request. False (error already queued) on failure. */
   async #acquire(role: Role): Promise<boolean> {
-    if (this.#parked.size === 0 && !(await this.#atGate())) return false;
+    if (this.#parked.size === 0 && !this.#gateOpen() && !(await this.#atGate())) return false;
     const cluster = this.cluster!;
     let server: Server;
     const shard = this.#shard;
@@ -1777,10 +1792,10 @@ export class Client implements ServerLink {
     } else {
       if (fast !== null) fast.owner?.checkin(fast);
       this.state = "waiting";
-      const abort = new AbortController();
+      const abort = new WaitAbort();
       this.#waitAbort = abort;
       try {
-        server = await cluster.checkout(role, { signal: abort.signal, shard });
+        server = await cluster.checkout(role, { abort, shard });
       } catch (e) {
         this.state = "idle";
         if (this.closed) return false;
@@ -1927,7 +1942,8 @@ export class Client implements ServerLink {
    * that answer is in); in transaction mode the server then goes back unless pinned.
    */
   shouldRelease(server: Server): boolean | string {
-    this.session.pgdogLocal.clear();
+    // Map#clear allocates a new table even when the map is empty: once per transaction here.
+    if (this.session.pgdogLocal.size > 0) this.session.pgdogLocal.clear();
     if (this.#parked.size === 0) this.#transactionOver();
     if (this.session.needsReadBack) {
       this.#readBack(server);

@@ -14,15 +14,20 @@ export class Listener {
   /** Resolves when the accept loop has ended. */
   readonly done: Promise<void>;
 
-  /** Listens on `hostname:port` and calls `onConnection` for every accepted connection. */
+  /**
+   * Listens on `hostname:port` and calls `onConnection` for every accepted connection. With
+   * `reusePort`, other listeners (workers) may bind the same port and the kernel spreads new
+   * connections among them (needs `--unstable-net`).
+   */
   constructor(
-    address: { hostname: string; port: number },
+    address: { hostname: string; port: number; reusePort?: boolean },
     onConnection: (conn: Deno.TcpConn) => void,
   ) {
     this.#listener = Deno.listen({
       hostname: address.hostname,
       port: address.port,
       transport: "tcp",
+      ...(address.reusePort ? { reusePort: true } : {}),
     });
     this.done = this.#accept(onConnection);
   }

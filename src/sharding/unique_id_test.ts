@@ -199,3 +199,38 @@ Deno.test("nodeIdFromEnv reads the number after the last hyphen", () => {
   assert.throws(() => nodeIdFromEnv("pgdog-1024"), /exceeds the maximum \(1023\)/);
   assert.throws(() => nodeIdFromEnv("pgdog"), /NODE_ID "pgdog" is not a node id/);
 });
+
+Deno.test("lanes: workers of one node never issue the same id", () => {
+  const now = PGDOG_EPOCH + 5000;
+  const lanes = [0, 1, 2].map((index) =>
+    new UniqueIdGenerator({
+      nodeId: 3,
+      now: fakeClock([now, now, now, now + 1]).now,
+      lane: {
+        index,
+        count: 3,
+      },
+    })
+  );
+  const seen = new Set<bigint>();
+  for (const ids of lanes) {
+    const issued = [ids.next(), ids.next(), ids.next(), ids.next()];
+    assert.deepEqual(
+      issued.map((id) => decodeUniqueId(id).sequence % 3),
+      [0, 1, 2, 3].map(() => lanes.indexOf(ids)),
+    );
+    for (const id of issued) seen.add(id);
+  }
+  assert.equal(seen.size, 12);
+  // A lane runs out after 4096 / count ids in one millisecond, then moves on.
+  const clock = fakeClock([now, ...Array(2047).fill(now), now + 1]);
+  const last = new UniqueIdGenerator({ nodeId: 0, now: clock.now, lane: { index: 1, count: 2 } });
+  const ids = Array.from({ length: 2049 }, () => last.next());
+  assert.equal(decodeUniqueId(ids[2047]).sequence, MAX_SEQUENCE);
+  assert.equal(decodeUniqueId(ids[2048]).elapsed, 5001);
+  assert.equal(decodeUniqueId(ids[2048]).sequence, 1);
+  assert.throws(
+    () => new UniqueIdGenerator({ nodeId: 0, lane: { index: 2, count: 2 } }),
+    RangeError,
+  );
+});
