@@ -512,8 +512,9 @@ async function idleChecks(): Promise<IdleResult> {
     await impact(`${idleCount} idle clients${prepare ? `, ${idleCount} statements cached` : ""}`);
     await idle.close();
   };
-  // Warm-up, including a few logins, so that code paths are compiled before the baseline.
-  await runPgbench(target, ["-S", "-M", "simple"], 16, Math.min(2, seconds));
+  // Warm-up, including a few logins, so that code paths are compiled before the baseline (in
+  // the runs so far, the first baseline was the slowest of the eight).
+  for (const w of impactWorkloads) await runPgbench(target, w.args, 16, Math.min(3, seconds));
   await (await openIdleClients(target, Math.min(200, idleCount))).close();
   await settle();
   await impact("no idle clients");
