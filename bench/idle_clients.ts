@@ -237,10 +237,11 @@ export async function residentKiB(pid: number): Promise<number> {
   return Number(match[1]);
 }
 
-/** Soft limit on open files of this process (from /proc/self/limits). */
-export async function openFilesLimit(): Promise<number> {
+/** Soft and hard limits on open files of this process (from /proc/self/limits). */
+export async function openFilesLimits(): Promise<{ soft: number; hard: number }> {
   const limits = await Deno.readTextFile("/proc/self/limits");
-  const match = limits.match(/^Max open files\s+(\d+|unlimited)/m);
-  if (!match) return 1024;
-  return match[1] === "unlimited" ? Number.MAX_SAFE_INTEGER : Number(match[1]);
+  const match = limits.match(/^Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)/m);
+  const value = (s: string | undefined): number =>
+    s === undefined ? 1024 : s === "unlimited" ? Number.MAX_SAFE_INTEGER : Number(s);
+  return { soft: value(match?.[1]), hard: value(match?.[2]) };
 }
