@@ -91,7 +91,9 @@ const HELP = `deno task bench [options]
   --rounds N         runs per target and cell, interleaved; the median is shown (default 1)
   --clients LIST     client counts (default 1,16,64,256)
   --workloads LIST   ${WORKLOADS.map((w) => w.name).join(",")} (default: all)
-  --targets LIST     direct,pgdog,pgbouncer (default: all; pgbouncer when installed)
+  --targets LIST     direct,pgdog,pgbouncer (default: all; pgbouncer when installed), and
+                     pgdog-plugin: pgdog with a trivial route plugin in its own process
+                     (tests/plugins/trivial.ts), shown with the ratio plugin/pgdog
   --workers LIST     pgdog [general] workers values, one pgdog target each (default 1)
   --idle N           idle clients for the memory and per-query cost checks (default 10000; 0: skip)
   --pool-size N      server connections per pool, pgdog and PgBouncer alike (default 10)
@@ -141,7 +143,9 @@ const outDir = args.out;
 const SETTLE_MS = Math.min(2, seconds) * 1000;
 const wantTargets = new Set(list(args.targets));
 for (const t of wantTargets) {
-  if (!["direct", "pgdog", "pgbouncer"].includes(t)) throw new Error(`--targets: unknown ${t}`);
+  if (!["direct", "pgdog", "pgbouncer", "pgdog-plugin"].includes(t)) {
+    throw new Error(`--targets: unknown ${t}`);
+  }
 }
 const workloads = list(args.workloads).map((name) => {
   const w = WORKLOADS.find((w) => w.name === name);
@@ -205,9 +209,15 @@ console.error(`pgbench -i -s ${scale} ...`);
 const init = await pgbench(direct, ["-i", "-s", String(scale), "-q"]);
 if (init.code !== 0) throw new Error(`pgbench -i failed: ${init.stderr}`);
 
+/** The route plugin of the pgdog-plugin target: answers nothing, reads no parse tree. */
+const TRIVIAL_PLUGIN = decodeURIComponent(
+  new URL("../tests/plugins/trivial.ts", import.meta.url).pathname,
+);
+
 /** pgdog's pgdog.toml for the benchmark; `workers` only when above 1 (see --workers). */
-function pgdogConfig(workers: number): Record<string, unknown> {
+function pgdogConfig(workers: number, plugin = false): Record<string, unknown> {
   return {
+    ...(plugin ? { plugins: [{ name: "trivial", path: TRIVIAL_PLUGIN, timeout: 5000 }] } : {}),
     general: {
       default_pool_size: poolSize,
       auth_type: "md5",
@@ -223,11 +233,16 @@ const pgdogUsers = { users: [{ name: "bench", database: "bench", password: "benc
 /** Starts pgdog, or returns why it cannot run with this many workers. */
 async function startPgdog(
   workers: number,
-  denoFlags: string[] = [],
+  options: { denoFlags?: string[]; plugin?: boolean } = {},
 ): Promise<ProxyProcess | string> {
   let proxy: ProxyProcess;
+  const denoFlags = [...(options.denoFlags ?? []), ...(options.plugin ? ["--allow-run"] : [])];
   try {
-    proxy = await startProxy({ config: pgdogConfig(workers), users: pgdogUsers, denoFlags });
+    proxy = await startProxy({
+      config: pgdogConfig(workers, options.plugin),
+      users: pgdogUsers,
+      denoFlags,
+    });
   } catch (err) {
     return `pgdog did not start with workers = ${workers}: ${String(err).split("\n")[0]}`;
   }
@@ -256,6 +271,14 @@ try {
         name: workers === 1 ? "pgdog" : `pgdog w${workers}`,
         target: started.target(USER),
       });
+    }
+  }
+  if (wantTargets.has("pgdog-plugin")) {
+    const started = await startPgdog(1, { plugin: true });
+    if (typeof started === "string") note(`target pgdog-plugin skipped: ${started}`);
+    else {
+      proxies.push(started);
+      targets.push({ name: "pgdog-plugin", target: started.target(USER) });
     }
   }
   if (wantTargets.has("pgbouncer")) {
@@ -489,7 +512,7 @@ interface IdleResult {
 async function idleChecks(): Promise<IdleResult> {
   const result: IdleResult = { count: idleCount, memory: [], impact: [] };
   const inspectPort = await freePort();
-  const started = await startPgdog(1, [`--inspect=127.0.0.1:${inspectPort}`]);
+  const started = await startPgdog(1, { denoFlags: [`--inspect=127.0.0.1:${inspectPort}`] });
   if (typeof started === "string") throw new Error(started);
   const proxy = started;
   proxies.push(proxy);
@@ -575,11 +598,14 @@ function fmt(x: number | undefined, digits: number): string {
 }
 
 function renderTable(rows: Row[], names: string[]): string {
-  const pgdogs = names.filter((n) => n.startsWith("pgdog"));
+  const pgdogs = names.filter((n) => n.startsWith("pgdog") && n !== "pgdog-plugin");
   const ratios: Array<[string, string]> = [];
   for (const p of pgdogs) {
     if (names.includes("pgbouncer")) ratios.push([p, "pgbouncer"]);
     if (names.includes("direct")) ratios.push([p, "direct"]);
+  }
+  if (names.includes("pgdog-plugin") && names.includes("pgdog")) {
+    ratios.push(["pgdog-plugin", "pgdog"]);
   }
   const head = [
     "workload",
