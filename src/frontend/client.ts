@@ -1453,7 +1453,7 @@ export class Client implements ServerLink {
       sql,
       treeJson: plugins.needsTree ? this.#host.router.treeJson(analysis, sql) : "null",
       bind: found.bind,
-      tables: analysis.info.tables,
+      tablesJson: analysis.entry.tablesJson ??= JSON.stringify(analysis.info.tables),
       keys: found.keys,
       write: analysis.info.write,
       inTransaction: this.#txStatus() !== TxStatus.Idle,

@@ -17,7 +17,8 @@ export interface PluginStatement {
   /** The parse tree as JSON text ("null" when it does not parse). */
   treeJson: string;
   bind: BindValues | null;
-  tables: ReadonlyArray<{ schema?: string; name: string }>;
+  /** The tables as JSON text. */
+  tablesJson: string;
   keys: ReadonlyArray<{ table?: string; column: string; value: string }>;
   write: boolean;
   inTransaction: boolean;
@@ -34,9 +35,7 @@ export interface PluginStatement {
 export function routeContextJson(s: PluginStatement): string {
   return `{"query":${JSON.stringify(s.sql)},"statement":${s.treeJson},"params":${
     JSON.stringify(bindText(s.bind))
-  },"tables":${JSON.stringify(s.tables)},"shardingKeys":${
-    JSON.stringify(s.keys)
-  },"write":${s.write},` +
+  },"tables":${s.tablesJson},"shardingKeys":${JSON.stringify(s.keys)},"write":${s.write},` +
     `"inTransaction":${s.inTransaction},"cluster":{"shards":${s.shards},"replicas":${s.replicas}},` +
     `"decision":{"role":"${s.role}","shard":${JSON.stringify(s.shard)}},"user":${
       JSON.stringify(s.user)

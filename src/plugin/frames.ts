@@ -55,8 +55,8 @@ export class FrameReader {
 }
 
 /**
- * Writes frames in order, coalescing those queued while a write is in flight into one write: a
- * lone call is written at once, a burst of calls costs one write.
+ * Writes frames in order, coalescing those queued in the same turn of the event loop, or while a
+ * write is in flight, into one write: a burst of calls costs one write.
  */
 export class FrameWriter {
   readonly #write: (bytes: Uint8Array) => Promise<unknown>;
@@ -73,8 +73,17 @@ export class FrameWriter {
     const frame = encodeFrame(json);
     this.#queue.push(frame);
     this.#queued += frame.length;
-    if (!this.#busy) this.#drain();
+    if (this.#busy || this.#scheduled) return;
+    // After the current microtasks: calls made by other clients woken in the same turn (or
+    // answers to frames read in one chunk) join this write.
+    this.#scheduled = true;
+    queueMicrotask(() => {
+      this.#scheduled = false;
+      if (!this.#busy) this.#drain();
+    });
   }
+
+  #scheduled = false;
 
   /** Resolves once everything queued is written (or the write failed). */
   async flushed(): Promise<void> {

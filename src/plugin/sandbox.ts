@@ -56,25 +56,46 @@ export class PluginTimeout extends Error {
 interface Pending {
   resolve: (value: unknown) => void;
   reject: (e: Error) => void;
-  timer: ReturnType<typeof setTimeout>;
+  /** Date.now() after which the call has failed. */
+  deadline: number;
+  timeoutMs: number;
+  onTimeout: () => void;
 }
+
+/** How often calls in flight are checked against their deadlines (one timer, not one per call). */
+const SWEEP_MS = 5;
 
 /** Calls in flight over one channel, by id. */
 class Calls {
   #next = 1;
   readonly #pending = new Map<number, Pending>();
+  #sweep: ReturnType<typeof setInterval> | null = null;
 
   start(timeoutMs: number, onTimeout: () => void): { id: number; answer: Promise<unknown> } {
     const id = this.#next++;
     const answer = new Promise<unknown>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#pending.delete(id);
-        reject(new PluginTimeout(timeoutMs));
-        onTimeout();
-      }, timeoutMs);
-      this.#pending.set(id, { resolve, reject, timer });
+      const deadline = Date.now() + timeoutMs;
+      this.#pending.set(id, { resolve, reject, deadline, timeoutMs, onTimeout });
     });
+    this.#sweep ??= setInterval(() => this.#expire(), Math.min(SWEEP_MS, timeoutMs));
     return { id, answer };
+  }
+
+  #expire(): void {
+    const now = Date.now();
+    for (const [id, pending] of this.#pending) {
+      if (pending.deadline >= now) continue;
+      this.#pending.delete(id);
+      pending.reject(new PluginTimeout(pending.timeoutMs));
+      pending.onTimeout();
+    }
+    this.#idle();
+  }
+
+  #idle(): void {
+    if (this.#pending.size > 0 || this.#sweep === null) return;
+    clearInterval(this.#sweep);
+    this.#sweep = null;
   }
 
   settle(text: string): void {
@@ -82,17 +103,15 @@ class Calls {
     const pending = this.#pending.get(message.id);
     if (pending === undefined) return;
     this.#pending.delete(message.id);
-    clearTimeout(pending.timer);
     if (message.error !== undefined) pending.reject(new Error(message.error));
     else pending.resolve(message.ok ?? null);
+    // The sweep stays while calls keep coming; it stops at its next run once none is left.
   }
 
   failAll(why: string): void {
-    for (const pending of this.#pending.values()) {
-      clearTimeout(pending.timer);
-      pending.reject(new Error(why));
-    }
+    for (const pending of this.#pending.values()) pending.reject(new Error(why));
     this.#pending.clear();
+    this.#idle();
   }
 }
 

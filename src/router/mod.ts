@@ -34,6 +34,8 @@ export interface CacheEntry {
   multi: number;
   /** The parse tree as JSON text, for plugins (kept once asked for, when it has the literals). */
   treeJson?: string;
+  /** The tables as JSON text, for plugins (kept once asked for). */
+  tablesJson?: string;
 }
 
 /** A statement, analyzed: the cached facts plus this query's own literals and directives. */
