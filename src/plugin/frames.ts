@@ -87,7 +87,9 @@ export class FrameWriter {
 
   /** Resolves once everything queued is written (or the write failed). */
   async flushed(): Promise<void> {
-    while (this.#busy) await new Promise((r) => setTimeout(r, 1));
+    while (this.#busy || this.#scheduled || this.#queue.length > 0) {
+      await new Promise((r) => setTimeout(r, 1));
+    }
   }
 
   async #drain(): Promise<void> {

@@ -1,5 +1,5 @@
 import { deepEqual, equal, match, rejects } from "node:assert/strict";
-import { encodeFrame, FrameReader } from "./frames.ts";
+import { encodeFrame, FrameReader, FrameWriter } from "./frames.ts";
 import { incompatibility } from "./api.ts";
 import { permissionFlags } from "./sandbox.ts";
 import { PluginError, PluginSet } from "./mod.ts";
@@ -95,4 +95,16 @@ Deno.test("PluginSet: parseTree, merged answers, a missing module named", async 
     (e: Error) =>
       e instanceof PluginError && /plugin "gone" \(.*no_such_plugin\.ts\)/.test(e.message),
   );
+});
+
+Deno.test("FrameWriter.flushed waits for frames not yet handed to the write", async () => {
+  const written: Uint8Array[] = [];
+  const writer = new FrameWriter(async (bytes) => {
+    await new Promise((r) => setTimeout(r, 5));
+    written.push(bytes);
+  });
+  writer.send('{"id":0}');
+  await writer.flushed();
+  equal(written.length, 1);
+  deepEqual(new FrameReader().push(written[0]), ['{"id":0}']);
 });
