@@ -50,7 +50,15 @@ for (;;) {
   const n = await Deno.stdin.read(buf);
   if (n === null) break;
   for (const text of reader.push(buf.subarray(0, n))) {
-    const request = JSON.parse(text) as { id: number; op: string; args: unknown[] };
+    let request: { id: number; op: string; args: unknown[] };
+    try {
+      request = JSON.parse(text);
+    } catch (e) {
+      // (A tree too deep for JSON.parse's stack, say): that call fails, the plugin goes on.
+      const id = Number(/^\{"id":(\d+)/.exec(text)?.[1] ?? 0);
+      reply(JSON.stringify({ id, error: describeError(e) }));
+      continue;
+    }
     answer(request.id, () => callHook(loaded.plugin, request.op, request.args));
   }
 }

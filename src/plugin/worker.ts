@@ -12,7 +12,14 @@ import { callHook, describeError, loadGuest } from "./guest.ts";
 let loaded: Awaited<ReturnType<typeof loadGuest>> | null = null;
 
 self.onmessage = (event: MessageEvent<string>): void => {
-  const request = JSON.parse(event.data) as { id: number; op: string; args: unknown[] };
+  let request: { id: number; op: string; args: unknown[] };
+  try {
+    request = JSON.parse(event.data);
+  } catch (e) {
+    const id = Number(/^\{"id":(\d+)/.exec(event.data)?.[1] ?? 0);
+    self.postMessage(JSON.stringify({ id, error: describeError(e) }));
+    return;
+  }
   if (request.op === "load") {
     loadGuest(request.args[0] as string).then(
       (guest) => {
