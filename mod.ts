@@ -215,12 +215,22 @@ export async function main(args: string[]): Promise<number> {
   if (command === "route") {
     return await routeCommand(loaded.config, positionals[1], values.database);
   }
+  // SIGHUP is handled from before "listening on" is printed (its default action would end the
+  // process); one that arrives while starting reloads once the proxy runs.
+  let started: Proxy | null = null;
+  let hupWhileStarting = false;
+  const onHangup = (): void => {
+    if (started === null) hupWhileStarting = true;
+    else started.reload().catch((e) => logReloadFailure(e));
+  };
+  Deno.addSignalListener("SIGHUP", onHangup);
   let proxy: Proxy;
   let group: WorkerGroup | null;
   try {
     ({ proxy, group } = await startWorkers(loaded.config));
   } catch (e) {
     log.error(`cannot start: ${e instanceof Error ? e.message : e}`);
+    Deno.removeSignalListener("SIGHUP", onHangup);
     return 1;
   }
   proxy.reloader = async () => {
@@ -230,9 +240,8 @@ export async function main(args: string[]): Promise<number> {
     for (const w of next.warnings) log.warn(w);
     return next.config;
   };
-  Deno.addSignalListener("SIGHUP", () => {
-    proxy.reload().catch((e) => logReloadFailure(e));
-  });
+  started = proxy;
+  if (hupWhileStarting) onHangup();
   let signals = 0;
   const onSignal = (): void => {
     if (++signals > 1) {
