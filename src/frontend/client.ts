@@ -1250,9 +1250,7 @@ export class Client implements ServerLink {
   ): Promise<"go" | "done"> {
     const config = this.#sharding!;
     let analysis = this.#analysisOf(type, buf, p, end);
-    const request = scanRequest(buf, type === Msg.Bind ? p : this.rbuf.start, this.rbuf.end);
-    if (type === Msg.Execute) request.executes = true;
-    const bind = type === Msg.Bind ? bindValues(buf, p, end) : request.bind;
+    const { bind, executes } = this.#requestAt(type, buf, p, end);
     const inTxn = this.#txStatus() !== TxStatus.Idle;
     const set = analysis ? searchPathSet(analysis) : null;
     if (set !== null && inTxn) this.#txnSearchPath = set;
@@ -1262,7 +1260,7 @@ export class Client implements ServerLink {
         this.session.pgdog.get("sharding_key"),
       searchPath: this.#txnSearchPath ?? this.session.params.get("search_path"),
     };
-    const runs = analysis !== null && (type === Msg.Query || request.executes);
+    const runs = analysis !== null && (type === Msg.Query || executes);
     let lookup: ShardLookup | null = null;
     let decision: ShardDecision;
     if (!runs) decision = { target: { kind: "any" }, reason: "nothing to run", omniWrite: false };
@@ -1408,9 +1406,8 @@ export class Client implements ServerLink {
   ): Promise<"go" | "done"> {
     const analysis = this.#analysisOf(type, buf, p, end);
     if (analysis === null) return "go";
-    const request = scanRequest(buf, type === Msg.Bind ? p : this.rbuf.start, this.rbuf.end);
-    if (type !== Msg.Query && type !== Msg.Execute && !request.executes) return "go";
-    const bind = type === Msg.Bind ? bindValues(buf, p, end) : request.bind;
+    const { bind, executes } = this.#requestAt(type, buf, p, end);
+    if (type !== Msg.Query && !executes) return "go";
     const verdict = await this.#askPlugins(type, buf, p, end, {
       analysis,
       bind,
@@ -1419,6 +1416,20 @@ export class Client implements ServerLink {
     });
     if (this.closed) return "done";
     return this.#applyVerdict(verdict, type, buf, p, end) === "done" ? "done" : "go";
+  }
+
+  /** What the (buffered) request starting with this message binds, and whether it executes. */
+  #requestAt(
+    type: number,
+    buf: Uint8Array,
+    p: number,
+    end: number,
+  ): { bind: BindValues | null; executes: boolean } {
+    const request = scanRequest(buf, type === Msg.Bind ? p : this.rbuf.start, this.rbuf.end);
+    return {
+      bind: type === Msg.Bind ? bindValues(buf, p, end) : request.bind,
+      executes: request.executes || type === Msg.Execute,
+    };
   }
 
   /** The statement's text: the message's own, or the prepared statement's a Bind runs. */

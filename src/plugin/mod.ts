@@ -13,8 +13,6 @@ import type { RouteAnswer } from "./api.ts";
 import type { HookName } from "./guest.ts";
 import { type Grants, type Sandbox, startProcess, startWorker } from "./sandbox.ts";
 
-export { API_VERSION } from "./api.ts";
-
 /** A plugin that could not be started, with a message naming it. */
 export class PluginError extends Error {
   constructor(message: string) {
