@@ -90,6 +90,7 @@ Deno.test("plugins: the process sandbox denies escapes and survives misbehaving 
         const what of [
           "fetch",
           "connect",
+          "channel",
           "read",
           "import",
           "import_json",
@@ -182,9 +183,11 @@ Deno.test("plugins: the process sandbox denies escapes and survives misbehaving 
       const admin = { ...target, user: "admin", password: "plugin-admin-pw", database: "admin" };
       const r = await psql(admin, "SHOW PLUGINS");
       assert.equal(r.code, 0, r.stderr);
-      const [name, isolation, hooks, state, calls, errors, timeouts, restarts] = r.stdout.trim()
-        .split("|");
+      const [name, isolation, hooks, state, calls, errors, timeouts, restarts, channel] = r.stdout
+        .trim().split("|");
       assert.deepEqual([name, isolation, hooks, state], ["hostile", "process", "route", "ready"]);
+      // The fast channel, not the fallback over pipes.
+      assert.equal(channel, "loopback");
       assert.ok(Number(calls) >= 20, calls);
       assert.ok(Number(errors) >= 4, errors);
       assert.ok(Number(timeouts) >= 1, timeouts);

@@ -251,6 +251,7 @@ function show(what: string, host: AdminHost): AdminAnswer {
           "errors",
           "timeouts",
           "restarts",
+          "channel",
         ],
         rows: (host.plugins?.stats() ?? []).map((p) => [
           p.name,
@@ -261,6 +262,7 @@ function show(what: string, host: AdminHost): AdminAnswer {
           p.errors,
           p.timeouts,
           p.restarts,
+          p.channel,
         ]),
         tag: "SHOW",
       };

@@ -56,13 +56,16 @@ export class FrameReader {
 
 /**
  * Writes frames in order, coalescing those queued in the same turn of the event loop, or while a
- * write is in flight, into one write: a burst of calls costs one write.
+ * write is in flight, into one write: a burst of calls costs one write. Frames are encoded straight
+ * into one of two buffers (one filling, one being written), so a frame allocates nothing.
  */
 export class FrameWriter {
   readonly #write: (bytes: Uint8Array) => Promise<unknown>;
-  #queue: Uint8Array[] = [];
+  #filling = new Uint8Array(16 * 1024);
+  #spare = new Uint8Array(16 * 1024);
   #queued = 0;
   #busy = false;
+  #scheduled = false;
 
   constructor(write: (bytes: Uint8Array) => Promise<unknown>) {
     this.#write = write;
@@ -70,9 +73,16 @@ export class FrameWriter {
 
   /** Queues one JSON text as a frame. */
   send(json: string): void {
-    const frame = encodeFrame(json);
-    this.#queue.push(frame);
-    this.#queued += frame.length;
+    // UTF-8 takes at most 3 bytes per UTF-16 code unit.
+    const room = this.#queued + 4 + json.length * 3;
+    if (room > this.#filling.length) {
+      const bigger = new Uint8Array(Math.max(room, this.#filling.length * 2));
+      bigger.set(this.#filling.subarray(0, this.#queued));
+      this.#filling = bigger;
+    }
+    const { written } = encoder.encodeInto(json, this.#filling.subarray(this.#queued + 4));
+    new DataView(this.#filling.buffer).setUint32(this.#queued, written);
+    this.#queued += 4 + written;
     if (this.#busy || this.#scheduled) return;
     // After the current microtasks: calls made by other clients woken in the same turn (or
     // answers to frames read in one chunk) join this write.
@@ -83,34 +93,23 @@ export class FrameWriter {
     });
   }
 
-  #scheduled = false;
-
   /** Resolves once everything queued is written (or the write failed). */
   async flushed(): Promise<void> {
-    while (this.#busy || this.#scheduled || this.#queue.length > 0) {
+    while (this.#busy || this.#scheduled || this.#queued > 0) {
       await new Promise((r) => setTimeout(r, 1));
     }
   }
 
   async #drain(): Promise<void> {
     this.#busy = true;
-    while (this.#queue.length > 0) {
-      let bytes: Uint8Array;
-      if (this.#queue.length === 1) bytes = this.#queue[0];
-      else {
-        bytes = new Uint8Array(this.#queued);
-        let at = 0;
-        for (const f of this.#queue) {
-          bytes.set(f, at);
-          at += f.length;
-        }
-      }
-      this.#queue = [];
+    while (this.#queued > 0) {
+      const bytes = this.#filling.subarray(0, this.#queued);
+      // Frames sent during the write go to the other buffer.
+      [this.#filling, this.#spare] = [this.#spare, this.#filling];
       this.#queued = 0;
       try {
         await this.#write(bytes);
       } catch {
-        this.#queue = [];
         this.#queued = 0;
         break;
       }

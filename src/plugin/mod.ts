@@ -43,6 +43,8 @@ export interface PluginStats {
   timeouts: number;
   restarts: number;
   state: string;
+  /** "loopback" or "pipes" (process), "messages" (worker); empty while restarting. */
+  channel: string;
 }
 
 /** How long `init` may take (it may load data). */
@@ -73,6 +75,11 @@ class RunningPlugin {
 
   get name(): string {
     return this.config.name;
+  }
+
+  /** How pgdog talks to the running sandbox (null while restarting). */
+  get channel(): string | null {
+    return this.#sandbox?.channel ?? null;
   }
 
   get ready(): boolean {
@@ -358,6 +365,7 @@ export class PluginSet {
       timeouts: p.timeouts,
       restarts: p.restarts,
       state: p.ready ? "ready" : "restarting",
+      channel: p.channel ?? "",
     }));
   }
 

@@ -68,6 +68,14 @@ Deno.test("a plugin process gets exactly its grants as flags", () => {
       "--allow-sys",
     ],
   );
+  // The loopback port of its channel joins the net grants.
+  deepEqual(
+    permissionFlags({
+      folder: "/p",
+      grants: { read: [], write: [], net: ["h:1"], env: [], sys: false },
+    }, { channel: 40001 }),
+    ["--no-prompt", "--allow-read=/p", "--allow-net=h:1,127.0.0.1:40001"],
+  );
 });
 
 Deno.test("PluginSet: parseTree, merged answers, a missing module named", async () => {

@@ -31,6 +31,8 @@ export interface SandboxSpec {
   memoryMb: number;
   /** Called with each line the plugin writes to stderr (or console). */
   onOutput: (line: string) => void;
+  /** A process talks over its stdin and stdout even when pgdog could listen on loopback. */
+  pipes?: boolean;
 }
 
 /** A running sandbox. */
@@ -43,6 +45,8 @@ export interface Sandbox {
   call(op: string, argsJson: string, timeoutMs: number): Promise<unknown>;
   /** Stops it at once (a busy plugin too, for a process). */
   kill(): void;
+  /** How calls travel: "loopback" (a TCP connection), "pipes" (stdin/stdout), "messages". */
+  readonly channel: string;
 }
 
 /** A call that passed its timeout. */
@@ -121,14 +125,21 @@ const CONFIG = new URL("../../deno.json", import.meta.url);
 /** How long a sandbox may take to load its plugin. */
 const LOAD_TIMEOUT_MS = 30_000;
 
-/** The `deno run` flags that grant a plugin process what its configuration allows, no more. */
-export function permissionFlags(spec: Pick<SandboxSpec, "folder" | "grants">): string[] {
+/**
+ * The `deno run` flags that grant a plugin process what its configuration allows, no more, plus
+ * the loopback port it talks to pgdog over (`channel`), where pgdog accepts only its connection.
+ */
+export function permissionFlags(
+  spec: Pick<SandboxSpec, "folder" | "grants">,
+  options: { channel?: number } = {},
+): string[] {
   const g = spec.grants;
   const read = spec.folder === null ? [...g.read] : [spec.folder, ...g.read];
+  const net = options.channel === undefined ? g.net : [...g.net, `127.0.0.1:${options.channel}`];
   const flags = ["--no-prompt"];
   if (read.length > 0) flags.push(`--allow-read=${read.join(",")}`);
   if (g.write.length > 0) flags.push(`--allow-write=${g.write.join(",")}`);
-  if (g.net.length > 0) flags.push(`--allow-net=${g.net.join(",")}`);
+  if (net.length > 0) flags.push(`--allow-net=${net.join(",")}`);
   if (g.env.length > 0) flags.push(`--allow-env=${g.env.join(",")}`);
   if (g.sys) flags.push("--allow-sys");
   return flags;
@@ -144,9 +155,79 @@ function denoCommand(): string {
   return allowed ? path : "deno";
 }
 
+/**
+ * A loopback listener for one plugin process: a socket read with `conn.read` into a reused buffer
+ * costs a fraction of the child's pipes (web streams here; stdin read on a blocking thread there).
+ * Null when pgdog may not listen on loopback: the plugin then talks over pipes.
+ */
+function channelListener(): Deno.TcpListener | null {
+  try {
+    return Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  } catch {
+    return null;
+  }
+}
+
+/** Length of the token a plugin process sends first on its channel (a UUID and a newline). */
+const TOKEN_BYTES = 37;
+
+/**
+ * The first connection to `listener` that sends `token` first: any other local process may
+ * connect to a loopback port, only the plugin process was given the token (on its stdin).
+ * Resolves with the connection and the bytes that followed the token.
+ */
+export function acceptChannel(
+  listener: Deno.TcpListener,
+  token: string,
+): Promise<{ conn: Deno.TcpConn; rest: Uint8Array }> {
+  const expected = new TextEncoder().encode(`${token}\n`);
+  return new Promise((resolve, reject) => {
+    let done = false;
+    const check = async (conn: Deno.TcpConn): Promise<void> => {
+      const buf = new Uint8Array(64 * 1024);
+      let got = 0;
+      const giveUp = setTimeout(() => conn.close(), 5_000);
+      try {
+        while (got < TOKEN_BYTES) {
+          const n = await conn.read(buf.subarray(got));
+          if (n === null) throw new Error("closed");
+          got += n;
+        }
+        clearTimeout(giveUp);
+        if (done || expected.some((byte, i) => buf[i] !== byte)) throw new Error("wrong token");
+        done = true;
+        conn.setNoDelay(true);
+        resolve({ conn, rest: buf.slice(TOKEN_BYTES, got) });
+      } catch {
+        clearTimeout(giveUp);
+        try {
+          conn.close();
+        } catch {
+          // Closed by the timer.
+        }
+      }
+    };
+    (async () => {
+      try {
+        for (;;) check(await listener.accept());
+      } catch (e) {
+        if (!done) reject(e);
+      }
+    })();
+  });
+}
+
+/** Writes all of `bytes` to a connection. */
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < bytes.length) off += await conn.write(off === 0 ? bytes : bytes.subarray(off));
+}
+
 /** Starts a plugin in its own Deno process and waits until the module is loaded. */
 export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
-  const args = ["run", "--quiet", ...permissionFlags(spec)];
+  const channel = spec.pipes ? null : channelListener();
+  const port = channel === null ? undefined : (channel.addr as Deno.NetAddr).port;
+  const args = ["run", "--quiet", ...permissionFlags(spec, { channel: port })];
   args.push(`--v8-flags=--max-old-space-size=${spec.memoryMb}`);
   try {
     if (CONFIG.protocol === "file:" && Deno.statSync(CONFIG).isFile) {
@@ -156,6 +237,11 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
     // No configuration beside pgdog (an installed copy): plugins use full specifiers.
   }
   args.push(RUNNER.href, spec.specifier);
+  if (port !== undefined) {
+    // Revoking 127.0.0.1:<port> would also revoke a grant of all of 127.0.0.1.
+    const covered = spec.grants.net.some((n) => n === "127.0.0.1" || n === `127.0.0.1:${port}`);
+    args.push(String(port), covered ? "keep" : "revoke");
+  }
   const child = new Deno.Command(denoCommand(), {
     args,
     env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
@@ -164,8 +250,6 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
     stderr: "piped",
   }).spawn();
   const calls = new Calls();
-  const stdinWriter = child.stdin.getWriter();
-  const stdin = new FrameWriter((bytes) => stdinWriter.write(bytes));
   let alive = true;
   const kill = (): void => {
     if (!alive) return;
@@ -182,29 +266,85 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
     hello = resolve;
     helloFailed = reject;
   });
+  const timer = setTimeout(() => {
+    helloFailed(new Error(`the plugin did not load within ${LOAD_TIMEOUT_MS} ms`));
+    kill();
+  }, LOAD_TIMEOUT_MS);
   const reader = new FrameReader();
-  const readLoop = (async () => {
-    try {
-      for await (const chunk of child.stdout) {
-        for (const text of reader.push(chunk)) {
-          if (text.startsWith('{"id":0,')) {
-            const m = JSON.parse(text) as { ok?: Hello; error?: string };
-            if (m.error !== undefined) helloFailed(new Error(m.error));
-            else hello(m.ok);
-          } else calls.settle(text);
-        }
-      }
-    } catch {
-      // The process is gone; `ended` says how.
+  const received = (chunk: Uint8Array): void => {
+    for (const text of reader.push(chunk)) {
+      if (text.startsWith('{"id":0,')) {
+        const m = JSON.parse(text) as { ok?: Hello; error?: string };
+        if (m.error !== undefined) helloFailed(new Error(m.error));
+        else hello(m.ok);
+      } else calls.settle(text);
     }
-  })();
+  };
   let outOfMemory = false;
-  const output = pipeLines(child.stderr, (line) => {
+  const onLine = (line: string): void => {
     if (line.includes("out of memory")) outOfMemory = true;
     spec.onOutput(line);
-  });
+  };
+  const output = pipeLines(child.stderr, onLine);
+  let send: FrameWriter;
+  let readLoop: Promise<void>;
+  let closeChannel = (): void => {};
+  if (channel === null) {
+    const stdinWriter = child.stdin.getWriter();
+    // A copy: the stream may hold the bytes after the write resolves, and the writer reuses them.
+    send = new FrameWriter((bytes) => stdinWriter.write(bytes.slice()));
+    readLoop = (async () => {
+      try {
+        for await (const chunk of child.stdout) received(chunk);
+      } catch {
+        // The process is gone; `ended` says how.
+      }
+    })();
+  } else {
+    // What the plugin prints on stdout (the runner sends console output to stderr) is logged too.
+    const printed = pipeLines(child.stdout, onLine);
+    const token = crypto.randomUUID();
+    const stdin = child.stdin.getWriter();
+    stdin.write(new TextEncoder().encode(`${token}\n`)).then(() => stdin.close()).catch(() => {});
+    const connected = await Promise.race([
+      acceptChannel(channel, token).catch(() => null),
+      child.status.then(() => null),
+      loaded.then(() => null, () => null),
+    ]);
+    // The listener stays open (accepting nothing more) while the process lives, so the port it
+    // may connect to stays pgdog's.
+    const conn = connected?.conn ?? null;
+    closeChannel = () => {
+      channel.close();
+      conn?.close();
+    };
+    send = new FrameWriter((bytes) =>
+      conn === null ? Promise.reject(new Error("not connected")) : writeAll(conn, bytes)
+    );
+    readLoop = (async () => {
+      if (connected !== null) {
+        received(connected.rest);
+        const buf = new Uint8Array(64 * 1024);
+        try {
+          for (;;) {
+            const n = await connected.conn.read(buf);
+            if (n === null) break;
+            received(buf.subarray(0, n));
+          }
+        } catch {
+          // The process is gone; `ended` says how.
+        }
+      }
+      await printed;
+    })();
+  }
   const ended = child.status.then(async (status) => {
     alive = false;
+    try {
+      closeChannel();
+    } catch {
+      // Closed already.
+    }
     await readLoop;
     await output;
     const how = outOfMemory
@@ -216,10 +356,6 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
     helloFailed(new Error(`the plugin process ${how} before it loaded`));
     return how;
   });
-  const timer = setTimeout(() => {
-    helloFailed(new Error(`the plugin did not load within ${LOAD_TIMEOUT_MS} ms`));
-    kill();
-  }, LOAD_TIMEOUT_MS);
   try {
     const answer = await loaded as Hello;
     return {
@@ -228,10 +364,11 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
       call(op, argsJson, timeoutMs) {
         if (!alive) return Promise.reject(new Error("the plugin process has ended"));
         const { id, answer } = calls.start(timeoutMs, kill);
-        stdin.send(`{"id":${id},"op":"${op}","args":${argsJson}}`);
+        send.send(`{"id":${id},"op":"${op}","args":${argsJson}}`);
         return answer;
       },
       kill,
+      channel: channel === null ? "pipes" : "loopback",
     };
   } catch (e) {
     kill();
@@ -289,7 +426,7 @@ export async function startWorker(spec: SandboxSpec): Promise<Sandbox> {
   };
   try {
     const hello = await send("load", JSON.stringify([spec.specifier]), LOAD_TIMEOUT_MS) as Hello;
-    return { hello, ended, call: send, kill: () => end("was stopped") };
+    return { hello, ended, call: send, kill: () => end("was stopped"), channel: "messages" };
   } catch (e) {
     end("failed to load");
     throw e;
