@@ -38,13 +38,22 @@ export async function loadGuest(specifier: string): Promise<{ plugin: Plugin; he
   return { plugin, hello: { apiVersion: String(apiVersion), hooks, parseTree } };
 }
 
-/** Calls one hook with its arguments and returns its answer (undefined becomes null). */
-export async function callHook(plugin: Plugin, op: string, args: unknown[]): Promise<unknown> {
+/**
+ * Calls one hook with its arguments: its answer (undefined becomes null), or a promise of it when
+ * the hook is async. A synchronous answer skips the promise hops (the sandboxes answer it at once).
+ */
+export function invokeHook(plugin: Plugin, op: string, args: unknown[]): unknown {
   const hook = (plugin as unknown as Record<string, unknown>)[op];
   if (!HOOKS.includes(op as HookName)) throw new Error(`unknown hook ${op}`);
   if (typeof hook !== "function") return null;
-  const answer = await hook(...args);
+  const answer = hook(...args);
+  if (answer instanceof Promise) return answer.then((a) => a === undefined ? null : a);
   return answer === undefined ? null : answer;
+}
+
+/** Calls one hook with its arguments and returns its answer (undefined becomes null). */
+export async function callHook(plugin: Plugin, op: string, args: unknown[]): Promise<unknown> {
+  return await invokeHook(plugin, op, args);
 }
 
 /** An error as one line of text for the host's log. */

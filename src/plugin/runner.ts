@@ -10,7 +10,7 @@
  * @module
  */
 
-import { callHook, describeError, loadGuest } from "./guest.ts";
+import { callHook, describeError, invokeHook, loadGuest } from "./guest.ts";
 import { FrameReader, FrameWriter } from "./frames.ts";
 
 // stdout carries frames: whatever the plugin prints goes to stderr (pgdog logs it).
@@ -56,11 +56,16 @@ function reply(json: string): void {
   out.send(json);
 }
 
-function answer(id: number, run: () => Promise<unknown>): void {
-  run().then(
-    (value) => reply(`{"id":${id},"ok":${JSON.stringify(value ?? null)}}`),
-    (e) => reply(JSON.stringify({ id, error: describeError(e) })),
-  );
+function answer(id: number, op: string, args: unknown[]): void {
+  const ok = (value: unknown): void => reply(`{"id":${id},"ok":${JSON.stringify(value ?? null)}}`);
+  const failed = (e: unknown): void => reply(JSON.stringify({ id, error: describeError(e) }));
+  try {
+    const value = invokeHook(loaded.plugin, op, args);
+    if (value instanceof Promise) value.then(ok, failed);
+    else ok(value);
+  } catch (e) {
+    failed(e);
+  }
 }
 
 const specifier = Deno.args[0];
@@ -89,7 +94,7 @@ for (;;) {
       reply(JSON.stringify({ id, error: describeError(e) }));
       continue;
     }
-    answer(request.id, () => callHook(loaded.plugin, request.op, request.args));
+    answer(request.id, request.op, request.args);
   }
 }
 await callHook(loaded.plugin, "shutdown", []).catch(() => {});
