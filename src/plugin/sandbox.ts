@@ -8,6 +8,7 @@
 
 import type { Hello } from "./guest.ts";
 import { FrameReader, FrameWriter } from "./frames.ts";
+import { channelBuffer, openChannel, POSTED, STOP } from "./ring.ts";
 
 /** What a plugin may do, as `[[plugins]].permissions` grants it (resolved to absolute paths). */
 export interface Grants {
@@ -112,6 +113,11 @@ class Calls {
     // The sweep stays while calls keep coming; it stops at its next run once none is left.
   }
 
+  /** Calls waiting for their answer. */
+  get pending(): number {
+    return this.#pending.size;
+  }
+
   failAll(why: string): void {
     for (const pending of this.#pending.values()) pending.reject(new Error(why));
     this.#pending.clear();
@@ -124,6 +130,8 @@ const WORKER = new URL("./worker.ts", import.meta.url);
 const CONFIG = new URL("../../deno.json", import.meta.url);
 /** How long a sandbox may take to load its plugin. */
 const LOAD_TIMEOUT_MS = 30_000;
+/** Longest sleep of a Worker's answer pump between checks that calls are still waiting. */
+const PUMP_WAIT_MS = 50;
 
 /**
  * The `deno run` flags that grant a plugin process what its configuration allows, no more, plus
@@ -398,6 +406,10 @@ export async function startWorker(spec: SandboxSpec): Promise<Sandbox> {
       },
     },
   });
+  // Calls and answers travel through two rings in shared memory (see ./ring.ts and ./worker.ts);
+  // the load handshake, and frames too large for a ring, by postMessage.
+  const buffer = channelBuffer();
+  const { flags, requests, answers } = openChannel(buffer);
   const calls = new Calls();
   let alive = true;
   let endedWith: (how: string) => void = () => {};
@@ -405,8 +417,13 @@ export async function startWorker(spec: SandboxSpec): Promise<Sandbox> {
   const end = (how: string): void => {
     if (!alive) return;
     alive = false;
+    // A Worker blocked in Atomics.wait (or busy) ignores terminate(): the stop word ends its loop.
+    Atomics.store(flags, STOP, 1);
+    requests.notify();
     worker.terminate();
     calls.failAll(`the plugin worker ${how}`);
+    // The pump, if waiting, sees that no call is left.
+    answers.notify();
     endedWith(how);
   };
   worker.onmessage = (event: MessageEvent<string>) => calls.settle(event.data);
@@ -415,18 +432,40 @@ export async function startWorker(spec: SandboxSpec): Promise<Sandbox> {
     spec.onOutput(`uncaught: ${event.message}`);
     end("failed with an uncaught error");
   };
-  const send = (op: string, argsJson: string, timeoutMs: number): Promise<unknown> => {
+  let pumping = false;
+  /** Reads answers while calls are in flight; stops when none is left. */
+  const pump = async (): Promise<void> => {
+    pumping = true;
+    while (calls.pending > 0) {
+      // Read before the ring is drained: an answer written after it ends the wait at once.
+      const seen = answers.seq;
+      for (let text = answers.read(); text !== null; text = answers.read()) calls.settle(text);
+      // Bounded: an answer that came by postMessage settles its call without waking the pump.
+      if (calls.pending > 0) await answers.waitAsync(seen, PUMP_WAIT_MS);
+    }
+    pumping = false;
+  };
+  const start = (timeoutMs: number): { id: number; answer: Promise<unknown> } =>
+    calls.start(timeoutMs, () => end(`gave no answer within ${timeoutMs} ms`));
+  const call = (op: string, argsJson: string, timeoutMs: number): Promise<unknown> => {
     if (!alive) return Promise.reject(new Error("the plugin worker has ended"));
-    const { id, answer } = calls.start(
-      timeoutMs,
-      () => end(`gave no answer within ${timeoutMs} ms`),
-    );
-    worker.postMessage(`{"id":${id},"op":"${op}","args":${argsJson}}`);
+    const { id, answer } = start(timeoutMs);
+    const json = `{"id":${id},"op":"${op}","args":${argsJson}}`;
+    if (!requests.write(json)) {
+      // Too large for the ring, or the ring is full: the Worker takes it from its messages.
+      worker.postMessage(json);
+      Atomics.add(flags, POSTED, 1);
+    }
+    requests.notify();
+    if (!pumping) pump();
     return answer;
   };
+  worker.postMessage(buffer);
   try {
-    const hello = await send("load", JSON.stringify([spec.specifier]), LOAD_TIMEOUT_MS) as Hello;
-    return { hello, ended, call: send, kill: () => end("was stopped"), channel: "messages" };
+    const { id, answer } = start(LOAD_TIMEOUT_MS);
+    worker.postMessage(JSON.stringify({ id, op: "load", args: [spec.specifier] }));
+    const hello = await answer as Hello;
+    return { hello, ended, call, kill: () => end("was stopped"), channel: "shared memory" };
   } catch (e) {
     end("failed to load");
     throw e;

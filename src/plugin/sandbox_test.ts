@@ -1,5 +1,5 @@
-import { deepEqual, equal } from "node:assert/strict";
-import { acceptChannel, startProcess } from "./sandbox.ts";
+import { deepEqual, equal, ok, rejects } from "node:assert/strict";
+import { acceptChannel, type Sandbox, startProcess, startWorker } from "./sandbox.ts";
 
 const encoder = new TextEncoder();
 
@@ -56,4 +56,88 @@ Deno.test("a plugin process answers over loopback, and over pipes where it must"
     sandbox.kill();
     await sandbox.ended;
   }
+});
+
+const FIXTURES = new URL("../../tests/plugins/", import.meta.url);
+
+function channelWorker(): Promise<Sandbox> {
+  return startWorker({
+    name: "worker_channel",
+    specifier: new URL("worker_channel.ts", FIXTURES).href,
+    folder: FIXTURES.pathname,
+    grants: { read: [], write: [], net: [], env: [], sys: false },
+    memoryMb: 64,
+    onOutput: () => {},
+  });
+}
+
+/** One route call with `query` as the whole context. */
+function route(sandbox: Sandbox, query: string, timeoutMs = 10_000): Promise<unknown> {
+  return sandbox.call("route", JSON.stringify([{ query }]), timeoutMs);
+}
+
+Deno.test("a plugin worker answers through shared memory, async hooks too", async () => {
+  const sandbox = await channelWorker();
+  try {
+    equal(sandbox.channel, "shared memory");
+    deepEqual(await route(sandbox, "abc"), { block: "3" });
+    // Async hooks need the worker's event loop; quick calls go on meanwhile.
+    const slow = [route(sandbox, "sleep 30"), route(sandbox, "sleep 10")];
+    deepEqual(await route(sandbox, "abcd"), { block: "4" });
+    deepEqual(await Promise.all(slow), [{ block: "slept 30" }, { block: "slept 10" }]);
+    deepEqual(await route(sandbox, "abcde"), { block: "5" });
+  } finally {
+    sandbox.kill();
+    await sandbox.ended;
+  }
+});
+
+Deno.test("a plugin worker's own timers run while it waits for calls", async () => {
+  const sandbox = await channelWorker();
+  try {
+    const before = Number((await route(sandbox, "ticks") as { block: string }).block);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const after = Number((await route(sandbox, "ticks") as { block: string }).block);
+    // A 10 ms interval: the idle worker lets its event loop run every 20 ms or so (0 if never).
+    ok(after - before >= 5, `${after - before} ticks in 300 ms`);
+  } finally {
+    sandbox.kill();
+    await sandbox.ended;
+  }
+});
+
+Deno.test("a plugin worker takes frames larger than its rings, and more than fit at once", async () => {
+  const sandbox = await channelWorker();
+  try {
+    // 1 MB each way: four times a ring.
+    const big = `echo ${"x".repeat(1024 * 1024)}`;
+    deepEqual(await route(sandbox, big), { rewrite: big });
+    // 64 calls of 20 kB in flight: more than a ring holds, so some wait for room or go as messages.
+    const queries = Array.from({ length: 64 }, (_, i) => "y".repeat(20_000 + i));
+    const answers = await Promise.all(queries.map((q) => route(sandbox, q)));
+    deepEqual(answers, queries.map((q) => ({ block: String(q.length) })));
+    // Mixed with async calls and small ones, in any order.
+    const mixed = await Promise.all([
+      route(sandbox, "sleep 5"),
+      route(sandbox, big),
+      route(sandbox, "z"),
+    ]);
+    deepEqual(mixed, [{ block: "slept 5" }, { rewrite: big }, { block: "1" }]);
+  } finally {
+    sandbox.kill();
+    await sandbox.ended;
+  }
+});
+
+Deno.test("a plugin worker waiting for calls ends when stopped, and one past its timeout too", async () => {
+  const sandbox = await channelWorker();
+  deepEqual(await route(sandbox, "abc"), { block: "3" });
+  // Idle: blocked in Atomics.wait. The test's sanitizers fail it if the worker lives on.
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  sandbox.kill();
+  equal(await sandbox.ended, "was stopped");
+  await rejects(route(sandbox, "abc"), /has ended/);
+  const late = await channelWorker();
+  await rejects(route(late, "sleep 2000", 50), /no answer within 50 ms/);
+  equal(await late.ended, "gave no answer within 50 ms");
 });

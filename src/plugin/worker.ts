@@ -1,40 +1,148 @@
 /**
- * The entry of a plugin's Worker (`isolation = "worker"`): the same calls as the process runner,
- * over postMessage. Requests arrive as JSON text (cheaper to pass than objects).
+ * The entry of a plugin's Worker (`isolation = "worker"`): the same calls as the process runner.
+ * pgdog first posts a SharedArrayBuffer (./ring.ts) and the load request; once the plugin is
+ * loaded, calls arrive as JSON text frames in the request ring, and answers go back in the answer
+ * ring. The Worker sleeps in `Atomics.wait` between calls (a wake-up costs a fraction of a
+ * message's), and lets its event loop run whenever a hook is async, a request came by postMessage
+ * (too large for the ring), or it has been idle a while (so the plugin's own timers run).
  *
  * @module
  */
 
 /// <reference lib="deno.worker" />
 
-import { callHook, describeError, loadGuest } from "./guest.ts";
+import { describeError, invokeHook, loadGuest } from "./guest.ts";
+import type { Plugin } from "./api.ts";
+import { type Channel, openChannel, POSTED, STOP } from "./ring.ts";
 
-let loaded: Awaited<ReturnType<typeof loadGuest>> | null = null;
+/** How long the Worker sleeps in `Atomics.wait` before it lets its event loop run once. */
+const IDLE_WAIT_MS = 20;
+/** How long a turn of the event loop may last when idle (a request ends it at once). */
+const YIELD_MS = 1;
 
-self.onmessage = (event: MessageEvent<string>): void => {
+let channel: Channel | null = null;
+let plugin: Plugin | null = null;
+/** Requests taken from postMessage, against the channel's count of those posted. */
+let taken = 0;
+/** Resolves the serving loop's wait for a posted request. */
+let tookMessage: (() => void) | null = null;
+/** Answers written to the ring since the reader was last woken. */
+let unannounced = 0;
+/** Hook calls that returned a promise and have not settled. */
+let inFlight = 0;
+
+/** Sends one answer: in the ring, or by postMessage when it does not fit there. */
+function reply(json: string): void {
+  if (channel?.answers.write(json)) unannounced++;
+  else self.postMessage(json);
+}
+
+/** Wakes pgdog's reader for the answers written since it was last woken. */
+function announce(): void {
+  if (unannounced === 0) return;
+  unannounced = 0;
+  channel!.answers.notify();
+}
+
+function ok(id: number, value: unknown): void {
+  let json: string;
+  try {
+    json = `{"id":${id},"ok":${JSON.stringify(value ?? null)}}`;
+  } catch (e) {
+    json = JSON.stringify({ id, error: describeError(e) });
+  }
+  reply(json);
+}
+
+function failed(id: number, e: unknown): void {
+  reply(JSON.stringify({ id, error: describeError(e) }));
+}
+
+/** Answers one request; a synchronous hook at once, an async one when it settles. */
+function handle(text: string): void {
   let request: { id: number; op: string; args: unknown[] };
   try {
-    request = JSON.parse(event.data);
+    request = JSON.parse(text);
   } catch (e) {
-    const id = Number(/^\{"id":(\d+)/.exec(event.data)?.[1] ?? 0);
-    self.postMessage(JSON.stringify({ id, error: describeError(e) }));
+    failed(Number(/^\{"id":(\d+)/.exec(text)?.[1] ?? 0), e);
     return;
   }
-  if (request.op === "load") {
-    loadGuest(request.args[0] as string).then(
-      (guest) => {
-        loaded = guest;
-        self.postMessage(JSON.stringify({ id: request.id, ok: guest.hello }));
-      },
-      (e) =>
-        self.postMessage(
-          JSON.stringify({ id: request.id, error: e instanceof Error ? e.message : String(e) }),
-        ),
-    );
+  const id = request.id;
+  let value: unknown;
+  try {
+    value = invokeHook(plugin!, request.op, request.args);
+  } catch (e) {
+    failed(id, e);
     return;
   }
-  callHook(loaded!.plugin, request.op, request.args).then(
-    (value) => self.postMessage(`{"id":${request.id},"ok":${JSON.stringify(value ?? null)}}`),
-    (e) => self.postMessage(JSON.stringify({ id: request.id, error: describeError(e) })),
+  if (!(value instanceof Promise)) {
+    ok(id, value);
+    return;
+  }
+  inFlight++;
+  value.then((v) => ok(id, v), (e) => failed(id, e)).finally(() => {
+    inFlight--;
+    announce();
+    // Wakes the serving loop (waiting for a request) to sleep in Atomics.wait again.
+    if (inFlight === 0) channel!.requests.notify();
+  });
+}
+
+/** Takes requests from the ring until pgdog sets the stop word. */
+async function serve(c: Channel): Promise<void> {
+  for (;;) {
+    // Read before the ring is drained: a request written after it changes the word, so the
+    // waits below return at once instead of sleeping through it.
+    const seen = c.requests.seq;
+    if (Atomics.load(c.flags, STOP) !== 0) break;
+    for (let text = c.requests.read(); text !== null; text = c.requests.read()) handle(text);
+    announce();
+    if (Atomics.load(c.flags, POSTED) !== taken) {
+      // A request too large for the ring waits in the message queue (onmessage takes it).
+      await new Promise<void>((resolve) => tookMessage = resolve);
+      tookMessage = null;
+    } else if (inFlight > 0) {
+      // Async hooks (and their timers) need the event loop; a request or the last of them to
+      // settle ends the wait.
+      await c.requests.waitAsync(seen, IDLE_WAIT_MS);
+    } else if (c.requests.waitSync(seen, IDLE_WAIT_MS) === "timed-out") {
+      // Idle: one turn of the event loop, for the plugin's own timers and intervals.
+      await c.requests.waitAsync(seen, YIELD_MS);
+    }
+  }
+  self.close();
+}
+
+self.onmessage = (event: MessageEvent<string | SharedArrayBuffer>): void => {
+  if (typeof event.data !== "string") {
+    channel = openChannel(event.data);
+    return;
+  }
+  const text = event.data;
+  if (plugin !== null) {
+    // A request that did not fit in the ring.
+    taken++;
+    handle(text);
+    announce();
+    tookMessage?.();
+    return;
+  }
+  let request: { id: number; op: string; args: unknown[] };
+  try {
+    request = JSON.parse(text);
+  } catch (e) {
+    failed(Number(/^\{"id":(\d+)/.exec(text)?.[1] ?? 0), e);
+    return;
+  }
+  loadGuest(request.args[0] as string).then(
+    (guest) => {
+      plugin = guest.plugin;
+      self.postMessage(JSON.stringify({ id: request.id, ok: guest.hello }));
+      if (channel !== null) serve(channel);
+    },
+    (e) =>
+      self.postMessage(
+        JSON.stringify({ id: request.id, error: e instanceof Error ? e.message : String(e) }),
+      ),
   );
 };
