@@ -453,8 +453,9 @@ export async function startWorker(spec: SandboxSpec): Promise<Sandbox> {
     const json = `{"id":${id},"op":"${op}","args":${argsJson}}`;
     if (!requests.write(json)) {
       // Too large for the ring, or the ring is full: the Worker takes it from its messages.
-      worker.postMessage(json);
+      // Counted first, so the Worker never takes more messages than it has been told of.
       Atomics.add(flags, POSTED, 1);
+      worker.postMessage(json);
     }
     requests.notify();
     if (!pumping) pump();

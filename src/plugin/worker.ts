@@ -19,6 +19,13 @@ import { type Channel, openChannel, POSTED, STOP } from "./ring.ts";
 const IDLE_WAIT_MS = 20;
 /** How long a turn of the event loop may last when idle (a request ends it at once). */
 const YIELD_MS = 1;
+/**
+ * How long the Worker watches for the next request after answering before it sleeps: a client's
+ * next statement often comes sooner than a sleeping thread wakes up.
+ */
+const SPIN_MS = 0.05;
+/** Microtask turns given to async hooks before waiting in the event loop (most need a few). */
+const MICROTASK_TURNS = 8;
 
 let channel: Channel | null = null;
 let plugin: Plugin | null = null;
@@ -28,11 +35,16 @@ let taken = 0;
 let tookMessage: (() => void) | null = null;
 /** Answers written to the ring since the reader was last woken. */
 let unannounced = 0;
+/** Some answer was sent since the serving loop last slept (so another request may be near). */
+let answered = false;
 /** Hook calls that returned a promise and have not settled. */
 let inFlight = 0;
+/** Resolves the serving loop's wait while async hooks are in flight, when the last settles. */
+let allSettled: (() => void) | null = null;
 
 /** Sends one answer: in the ring, or by postMessage when it does not fit there. */
 function reply(json: string): void {
+  answered = true;
   if (channel?.answers.write(json)) unannounced++;
   else self.postMessage(json);
 }
@@ -58,6 +70,13 @@ function failed(id: number, e: unknown): void {
   reply(JSON.stringify({ id, error: describeError(e) }));
 }
 
+/** An async hook's answer, sent as soon as it settles. */
+function settled(): void {
+  inFlight--;
+  announce();
+  if (inFlight === 0) allSettled?.();
+}
+
 /** Answers one request; a synchronous hook at once, an async one when it settles. */
 function handle(text: string): void {
   let request: { id: number; op: string; args: unknown[] };
@@ -80,12 +99,33 @@ function handle(text: string): void {
     return;
   }
   inFlight++;
-  value.then((v) => ok(id, v), (e) => failed(id, e)).finally(() => {
-    inFlight--;
-    announce();
-    // Wakes the serving loop (waiting for a request) to sleep in Atomics.wait again.
-    if (inFlight === 0) channel!.requests.notify();
+  value.then((v) => {
+    ok(id, v);
+    settled();
+  }, (e) => {
+    failed(id, e);
+    settled();
   });
+}
+
+/** Watches the request ring for up to {@linkcode SPIN_MS}; true when a request came. */
+function spin(c: Channel, seen: number): boolean {
+  const until = performance.now() + SPIN_MS;
+  while (performance.now() < until) if (c.requests.seq !== seen) return true;
+  return false;
+}
+
+/** Waits in the event loop (where async hooks and their timers run) while any is in flight. */
+async function awaitHooks(c: Channel, seen: number): Promise<void> {
+  for (let turn = 0; turn < MICROTASK_TURNS && inFlight > 0; turn++) await null;
+  if (inFlight === 0) return;
+  // A request or the last hook to settle ends the wait.
+  const request = c.requests.waitAsync(seen, IDLE_WAIT_MS).then(() => true);
+  const hooks = new Promise<boolean>((resolve) => allSettled = () => resolve(false));
+  const woken = await Promise.race([request, hooks]);
+  allSettled = null;
+  // Wakes the waiter left behind, so pgdog's next notify finds no one to post a task to.
+  if (!woken) c.requests.notify();
 }
 
 /** Takes requests from the ring until pgdog sets the stop word. */
@@ -102,12 +142,15 @@ async function serve(c: Channel): Promise<void> {
       await new Promise<void>((resolve) => tookMessage = resolve);
       tookMessage = null;
     } else if (inFlight > 0) {
-      // Async hooks (and their timers) need the event loop; a request or the last of them to
-      // settle ends the wait.
-      await c.requests.waitAsync(seen, IDLE_WAIT_MS);
-    } else if (c.requests.waitSync(seen, IDLE_WAIT_MS) === "timed-out") {
-      // Idle: one turn of the event loop, for the plugin's own timers and intervals.
-      await c.requests.waitAsync(seen, YIELD_MS);
+      await awaitHooks(c, seen);
+    } else {
+      const busy = answered;
+      answered = false;
+      if (busy && spin(c, seen)) continue;
+      if (c.requests.waitSync(seen, IDLE_WAIT_MS) === "timed-out") {
+        // Idle: one turn of the event loop, for the plugin's own timers and intervals.
+        await c.requests.waitAsync(seen, YIELD_MS);
+      }
     }
   }
   self.close();
