@@ -43,7 +43,7 @@ export interface PluginStats {
   timeouts: number;
   restarts: number;
   state: string;
-  /** "loopback" or "pipes" (process), "messages" (worker); empty while restarting. */
+  /** "loopback" or "pipes" (process), "shared memory" (worker); empty while restarting. */
   channel: string;
 }
 

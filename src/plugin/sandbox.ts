@@ -46,7 +46,7 @@ export interface Sandbox {
   call(op: string, argsJson: string, timeoutMs: number): Promise<unknown>;
   /** Stops it at once (a busy plugin too, for a process). */
   kill(): void;
-  /** How calls travel: "loopback" (a TCP connection), "pipes" (stdin/stdout), "messages". */
+  /** How calls travel: "loopback" (a TCP connection), "pipes" (stdin/stdout), "shared memory". */
   readonly channel: string;
 }
 
