@@ -170,11 +170,12 @@ self.onmessage = (event: MessageEvent<string | SharedArrayBuffer>): void => {
     tookMessage?.();
     return;
   }
+  // The load request, and its answer, go by postMessage.
   let request: { id: number; op: string; args: unknown[] };
   try {
     request = JSON.parse(text);
   } catch (e) {
-    failed(Number(/^\{"id":(\d+)/.exec(text)?.[1] ?? 0), e);
+    self.postMessage(JSON.stringify({ id: 0, error: describeError(e) }));
     return;
   }
   loadGuest(request.args[0] as string).then(
