@@ -130,8 +130,6 @@ const WORKER = new URL("./worker.ts", import.meta.url);
 const CONFIG = new URL("../../deno.json", import.meta.url);
 /** How long a sandbox may take to load its plugin. */
 const LOAD_TIMEOUT_MS = 30_000;
-/** Longest sleep of a Worker's answer pump between checks that calls are still waiting. */
-const PUMP_WAIT_MS = 50;
 
 /**
  * The `deno run` flags that grant a plugin process what its configuration allows, no more, plus
@@ -387,6 +385,9 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
   }
 }
 
+/** Longest sleep of a Worker's answer pump between checks that calls are still waiting. */
+const PUMP_WAIT_MS = 50;
+
 /** Starts a plugin in a Worker with its permissions and waits until the module is loaded. */
 export async function startWorker(spec: SandboxSpec): Promise<Sandbox> {
   const g = spec.grants;
@@ -417,7 +418,8 @@ export async function startWorker(spec: SandboxSpec): Promise<Sandbox> {
   const end = (how: string): void => {
     if (!alive) return;
     alive = false;
-    // A Worker blocked in Atomics.wait (or busy) ignores terminate(): the stop word ends its loop.
+    // terminate() acts when the Worker's event loop next runs (every 20 ms while it sleeps in
+    // Atomics.wait; never while a hook is busy): the stop word ends its loop at once.
     Atomics.store(flags, STOP, 1);
     requests.notify();
     worker.terminate();
