@@ -93,7 +93,8 @@ const HELP = `deno task bench [options]
   --workloads LIST   ${WORKLOADS.map((w) => w.name).join(",")} (default: all)
   --targets LIST     direct,pgdog,pgbouncer (default: all; pgbouncer when installed), and
                      pgdog-plugin: pgdog with a trivial route plugin in its own process
-                     (tests/plugins/trivial.ts), shown with the ratio plugin/pgdog
+                     (tests/plugins/trivial.ts), pgdog-plugin-worker: the same plugin with
+                     isolation = "worker"; each shown with its ratio to pgdog
   --workers LIST     pgdog [general] workers values, one pgdog target each (default 1)
   --idle N           idle clients for the memory and per-query cost checks (default 10000; 0: skip)
   --pool-size N      server connections per pool, pgdog and PgBouncer alike (default 10)
@@ -143,7 +144,7 @@ const outDir = args.out;
 const SETTLE_MS = Math.min(2, seconds) * 1000;
 const wantTargets = new Set(list(args.targets));
 for (const t of wantTargets) {
-  if (!["direct", "pgdog", "pgbouncer", "pgdog-plugin"].includes(t)) {
+  if (!["direct", "pgdog", "pgbouncer", "pgdog-plugin", "pgdog-plugin-worker"].includes(t)) {
     throw new Error(`--targets: unknown ${t}`);
   }
 }
@@ -215,9 +216,13 @@ const TRIVIAL_PLUGIN = decodeURIComponent(
 );
 
 /** pgdog's pgdog.toml for the benchmark; `workers` only when above 1 (see --workers). */
-function pgdogConfig(workers: number, plugin = false): Record<string, unknown> {
+function pgdogConfig(
+  workers: number,
+  plugin: "process" | "worker" | null = null,
+): Record<string, unknown> {
+  const trivial = { name: "trivial", path: TRIVIAL_PLUGIN, timeout: 5000, isolation: plugin };
   return {
-    ...(plugin ? { plugins: [{ name: "trivial", path: TRIVIAL_PLUGIN, timeout: 5000 }] } : {}),
+    ...(plugin !== null ? { plugins: [trivial] } : {}),
     general: {
       default_pool_size: poolSize,
       auth_type: "md5",
@@ -233,13 +238,13 @@ const pgdogUsers = { users: [{ name: "bench", database: "bench", password: "benc
 /** Starts pgdog, or returns why it cannot run with this many workers. */
 async function startPgdog(
   workers: number,
-  options: { denoFlags?: string[]; plugin?: boolean } = {},
+  options: { denoFlags?: string[]; plugin?: "process" | "worker" } = {},
 ): Promise<ProxyProcess | string> {
   let proxy: ProxyProcess;
   const denoFlags = [...(options.denoFlags ?? []), ...(options.plugin ? ["--allow-run"] : [])];
   try {
     proxy = await startProxy({
-      config: pgdogConfig(workers, options.plugin),
+      config: pgdogConfig(workers, options.plugin ?? null),
       users: pgdogUsers,
       denoFlags,
     });
@@ -273,12 +278,14 @@ try {
       });
     }
   }
-  if (wantTargets.has("pgdog-plugin")) {
-    const started = await startPgdog(1, { plugin: true });
-    if (typeof started === "string") note(`target pgdog-plugin skipped: ${started}`);
+  for (const isolation of ["process", "worker"] as const) {
+    const name = isolation === "process" ? "pgdog-plugin" : "pgdog-plugin-worker";
+    if (!wantTargets.has(name)) continue;
+    const started = await startPgdog(1, { plugin: isolation });
+    if (typeof started === "string") note(`target ${name} skipped: ${started}`);
     else {
       proxies.push(started);
-      targets.push({ name: "pgdog-plugin", target: started.target(USER) });
+      targets.push({ name, target: started.target(USER) });
     }
   }
   if (wantTargets.has("pgbouncer")) {
@@ -598,14 +605,14 @@ function fmt(x: number | undefined, digits: number): string {
 }
 
 function renderTable(rows: Row[], names: string[]): string {
-  const pgdogs = names.filter((n) => n.startsWith("pgdog") && n !== "pgdog-plugin");
+  const pgdogs = names.filter((n) => n.startsWith("pgdog") && !n.startsWith("pgdog-plugin"));
   const ratios: Array<[string, string]> = [];
   for (const p of pgdogs) {
     if (names.includes("pgbouncer")) ratios.push([p, "pgbouncer"]);
     if (names.includes("direct")) ratios.push([p, "direct"]);
   }
-  if (names.includes("pgdog-plugin") && names.includes("pgdog")) {
-    ratios.push(["pgdog-plugin", "pgdog"]);
+  for (const plugin of ["pgdog-plugin", "pgdog-plugin-worker"]) {
+    if (names.includes(plugin) && names.includes("pgdog")) ratios.push([plugin, "pgdog"]);
   }
   const head = [
     "workload",

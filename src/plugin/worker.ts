@@ -108,10 +108,30 @@ function handle(text: string): void {
   });
 }
 
-/** Watches the request ring for up to {@linkcode SPIN_MS}; true when a request came. */
+/** Answers after which the Worker sleeps without watching, since the last watch found nothing. */
+let skipSpins = 0;
+/** The next value of skipSpins after a watch that finds nothing (doubles, up to 64). */
+let spinBackoff = 1;
+
+/**
+ * Watches the request ring for up to {@linkcode SPIN_MS}; true when a request came. Adaptive:
+ * when requests come further apart than that (many clients, spread out), a watch only burns CPU
+ * that PostgreSQL and pgdog need, so after each that finds nothing the next few are skipped.
+ */
 function spin(c: Channel, seen: number): boolean {
+  if (skipSpins > 0) {
+    skipSpins--;
+    return false;
+  }
   const until = performance.now() + SPIN_MS;
-  while (performance.now() < until) if (c.requests.seq !== seen) return true;
+  while (performance.now() < until) {
+    if (c.requests.seq !== seen) {
+      spinBackoff = 1;
+      return true;
+    }
+  }
+  skipSpins = spinBackoff;
+  spinBackoff = Math.min(spinBackoff * 2, 64);
   return false;
 }
 
