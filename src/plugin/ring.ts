@@ -110,6 +110,10 @@ export class Ring {
       at = 0;
       length = this.#words[0];
     }
+    // The other side is a plugin's thread: a length that can't be a frame is not trusted.
+    if (length < 0 || at + 4 + length > this.#capacity) {
+      throw new RangeError(`a frame of ${length} bytes at ${at} is not in the ring`);
+    }
     if (length > this.#scratch.length) {
       this.#scratch = new Uint8Array(Math.max(length, this.#scratch.length * 2));
     }

@@ -1,4 +1,4 @@
-import { deepEqual, equal } from "node:assert/strict";
+import { deepEqual, equal, throws } from "node:assert/strict";
 import { channelBuffer, openChannel, POSTED, Ring, STOP } from "./ring.ts";
 
 function ring(capacity: number): Ring {
@@ -129,4 +129,18 @@ Deno.test("a waiting reader wakes when a frame is published", async () => {
   equal(await woke, "ok");
   equal(r.waitSync(seen, 0), "not-equal");
   clearTimeout(alive);
+});
+
+Deno.test("a length word that can't be a frame is refused, not read past the ring", () => {
+  const buffer = new SharedArrayBuffer(Ring.byteLength(64));
+  const r = new Ring(buffer, 0, 64);
+  equal(r.write("ok"), true);
+  // The writer is another thread (a plugin's): its words are not trusted.
+  const lengths = new Int32Array(buffer, 16, 16);
+  for (const bad of [1_000_000, -7, 61]) {
+    lengths[0] = bad;
+    throws(() => r.read(), RangeError);
+  }
+  lengths[0] = 2;
+  equal(r.read(), "ok");
 });

@@ -103,8 +103,14 @@ class Calls {
     this.#sweep = null;
   }
 
+  /** Settles the call an answer frame names; throws when the frame is not an answer. */
   settle(text: string): void {
-    const message = JSON.parse(text) as { id: number; ok?: unknown; error?: string };
+    let message: { id: number; ok?: unknown; error?: string };
+    try {
+      message = JSON.parse(text);
+    } catch {
+      throw new Error(`sent an unreadable answer: ${text.slice(0, 80)}`);
+    }
     const pending = this.#pending.get(message.id);
     if (pending === undefined) return;
     this.#pending.delete(message.id);
@@ -278,20 +284,33 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
   }, LOAD_TIMEOUT_MS);
   const reader = new FrameReader();
   const received = (chunk: Uint8Array): void => {
-    for (const text of reader.push(chunk)) {
-      if (text.startsWith('{"id":0,')) {
-        const m = JSON.parse(text) as { ok?: Hello; error?: string };
-        if (m.error !== undefined) helloFailed(new Error(m.error));
-        else hello(m.ok);
-      } else calls.settle(text);
+    try {
+      for (const text of reader.push(chunk)) {
+        if (text.startsWith('{"id":0,')) {
+          const m = JSON.parse(text) as { ok?: Hello; error?: string };
+          if (m.error !== undefined) helloFailed(new Error(m.error));
+          else hello(m.ok);
+        } else calls.settle(text);
+      }
+    } catch (e) {
+      const why = e instanceof Error ? e.message : String(e);
+      throw new Error(why.startsWith("sent") ? why : `sent an unreadable answer: ${why}`);
     }
   };
+  /** Why pgdog ended the process itself (an unreadable answer), for `ended`. */
+  let misbehaved: string | null = null;
   let outOfMemory = false;
   const onLine = (line: string): void => {
     if (line.includes("out of memory")) outOfMemory = true;
     spec.onOutput(line);
   };
   const output = pipeLines(child.stderr, onLine);
+  /** A read that failed: the process is gone, or it sent what is not an answer (then it goes). */
+  const unreadable = (e: unknown): void => {
+    if (!alive || !(e instanceof Error) || !e.message.startsWith("sent an unreadable")) return;
+    misbehaved = e.message;
+    kill();
+  };
   let send: FrameWriter;
   let readLoop: Promise<void>;
   let closeChannel = (): void => {};
@@ -302,8 +321,8 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
     readLoop = (async () => {
       try {
         for await (const chunk of child.stdout) received(chunk);
-      } catch {
-        // The process is gone; `ended` says how.
+      } catch (e) {
+        unreadable(e);
       }
     })();
   } else {
@@ -329,16 +348,16 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
     );
     readLoop = (async () => {
       if (connected !== null) {
-        received(connected.rest);
         const buf = new Uint8Array(64 * 1024);
         try {
+          received(connected.rest);
           for (;;) {
             const n = await connected.conn.read(buf);
             if (n === null) break;
             received(buf.subarray(0, n));
           }
-        } catch {
-          // The process is gone; `ended` says how.
+        } catch (e) {
+          unreadable(e);
         }
       }
       await printed;
@@ -353,7 +372,9 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
     }
     await readLoop;
     await output;
-    const how = outOfMemory
+    const how = misbehaved !== null
+      ? misbehaved
+      : outOfMemory
       ? `ran out of memory (memory_mb = ${spec.memoryMb})`
       : status.signal !== null
       ? `was killed (${status.signal})`
@@ -428,7 +449,17 @@ export async function startWorker(spec: SandboxSpec): Promise<Sandbox> {
     answers.notify();
     endedWith(how);
   };
-  worker.onmessage = (event: MessageEvent<string>) => calls.settle(event.data);
+  /** Settles calls with answers; a Worker that sends what is not an answer is ended. */
+  const settle = (read: () => void): void => {
+    try {
+      read();
+    } catch (e) {
+      end(
+        e instanceof Error && e.message.startsWith("sent") ? e.message : `broke its channel: ${e}`,
+      );
+    }
+  };
+  worker.onmessage = (event: MessageEvent<string>) => settle(() => calls.settle(event.data));
   worker.onerror = (event: ErrorEvent) => {
     event.preventDefault();
     spec.onOutput(`uncaught: ${event.message}`);
@@ -441,7 +472,9 @@ export async function startWorker(spec: SandboxSpec): Promise<Sandbox> {
     while (calls.pending > 0) {
       // Read before the ring is drained: an answer written after it ends the wait at once.
       const seen = answers.seq;
-      for (let text = answers.read(); text !== null; text = answers.read()) calls.settle(text);
+      settle(() => {
+        for (let text = answers.read(); text !== null; text = answers.read()) calls.settle(text);
+      });
       // Bounded: an answer that came by postMessage settles its call without waking the pump.
       if (calls.pending > 0) await answers.waitAsync(seen, PUMP_WAIT_MS);
     }

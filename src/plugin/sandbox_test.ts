@@ -1,4 +1,4 @@
-import { deepEqual, equal, ok, rejects } from "node:assert/strict";
+import { deepEqual, equal, match, ok, rejects } from "node:assert/strict";
 import { acceptChannel, type Sandbox, startProcess, startWorker } from "./sandbox.ts";
 
 const encoder = new TextEncoder();
@@ -140,4 +140,10 @@ Deno.test("a plugin worker waiting for calls ends when stopped, and one past its
   const late = await channelWorker();
   await rejects(route(late, "sleep 2000", 50), /no answer within 50 ms/);
   equal(await late.ended, "gave no answer within 50 ms");
+});
+
+Deno.test("a plugin worker that sends what is not an answer is ended, pgdog goes on", async () => {
+  const sandbox = await channelWorker();
+  await rejects(route(sandbox, "garble"), /sent an unreadable answer/);
+  match(await sandbox.ended, /^sent an unreadable answer: /);
 });

@@ -1,7 +1,8 @@
 /**
  * A plugin that tries what a sandboxed plugin must not do, chosen by the query text
  * (`select 'fetch'`, ...), and reports each attempt as a block message: "<what> denied: <error>"
- * or "<what> ALLOWED". Some attempts misbehave instead: throw, loop, allocate, exit.
+ * or "<what> ALLOWED". Some attempts misbehave instead: throw, loop, allocate, exit, garble
+ * (answers that are not JSON).
  */
 
 import { definePlugin } from "@pgdog/pgdog/plugin";
@@ -44,6 +45,11 @@ export default definePlugin({
       for (;;) leak.push(new Array(1_000_000).fill(Math.random()));
     }
     if (what === "exit") Deno.exit(7);
+    if (what === "garble") {
+      // Every answer from now on is not JSON (the runner builds answers with JSON.stringify).
+      JSON.stringify = () => "}{";
+      return null;
+    }
     if (what === "pid") return { block: `pid ${Deno.pid}` };
     if (what === "slow") await new Promise((resolve) => setTimeout(resolve, 1200));
     leak = [];

@@ -2,7 +2,8 @@
  * A test plugin for the Worker's shared-memory channel (src/plugin/sandbox_test.ts): `sleep <ms>`
  * answers after a timer (an async hook), `ticks` tells how often its own interval has run,
  * `echo <text>` answers with the whole query as a rewrite (a large answer for a large query), and
- * anything else is answered at once with the query's length.
+ * `garble` breaks every later answer, and anything else is answered at once with the query's
+ * length.
  */
 
 import { definePlugin, type RouteAnswer } from "@pgdog/pgdog/plugin";
@@ -21,6 +22,11 @@ export default definePlugin({
       );
     }
     if (ctx.query === "ticks") return { block: String(ticks) };
+    if (ctx.query === "garble") {
+      // Every answer from now on is not JSON (the Worker builds answers with JSON.stringify).
+      JSON.stringify = () => "}{";
+      return null;
+    }
     if (ctx.query.startsWith("echo ")) return { rewrite: ctx.query };
     return { block: String(ctx.query.length) };
   },
