@@ -21,6 +21,7 @@ import type pg from "pg";
 import {
   connectPg,
   dumpLogsOnFailure,
+  freePort,
   type PgTarget,
   psql,
   sleep,
@@ -480,6 +481,28 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
         const r = await psql(via(proxy), `select '${what}'`);
         assert.match(r.stderr, new RegExp(`${what} denied`));
       }
+    });
+  });
+
+  await t.step("a process talks over pipes where pgdog may not listen on loopback", async () => {
+    await using proxy = await proxyWith(
+      pg,
+      [{ name: "d", path: plugin("directives.ts"), timeout: SLACK }],
+      // pgdog's own port fixed: the denied "port 0" is only the plugin channel's listener.
+      { denoFlags: ["--allow-run", "--deny-net=127.0.0.1:0"], general: { port: await freePort() } },
+    );
+    await dumpLogsOnFailure(proxy, async () => {
+      await proxy.waitForLog(/plugin "d" talks over pipes, about twice as slow/);
+      const blocked = await psql(via(proxy), "/* plugin: block=over pipes */ select 1");
+      assert.match(blocked.stderr, /ERROR: {2}over pipes\n/);
+      const admin = {
+        ...via(proxy),
+        user: "admin",
+        password: "plugin-admin-pw",
+        database: "admin",
+      };
+      const r = await psql(admin, "SHOW PLUGINS");
+      assert.equal(r.stdout.trim().split("|").at(-1), "pipes", r.stdout);
     });
   });
 

@@ -102,6 +102,12 @@ class RunningPlugin {
     } catch (e) {
       throw new PluginError(`plugin "${this.name}" (${this.config.path}): ${message(e)}`);
     }
+    if (sandbox.channel === "pipes" && this.restarts === 0) {
+      log.warn(
+        `plugin "${this.name}" talks over pipes, about twice as slow: pgdog may not listen on ` +
+          "127.0.0.1 (grant it with --allow-net)",
+      );
+    }
     this.hooks = new Set(sandbox.hello.hooks);
     this.parseTree = sandbox.hello.parseTree !== false;
     try {
