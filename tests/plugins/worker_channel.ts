@@ -25,7 +25,7 @@ export default definePlugin({
     if (ctx.query === "garble") {
       // Every answer from now on is not JSON (the Worker builds answers with JSON.stringify).
       JSON.stringify = () => "}{";
-      return null;
+      return {};
     }
     if (ctx.query.startsWith("echo ")) return { rewrite: ctx.query };
     return { block: String(ctx.query.length) };
