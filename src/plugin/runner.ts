@@ -12,6 +12,7 @@
 
 import { callHook, describeError, invokeHook, loadGuest } from "./guest.ts";
 import { FrameReader, FrameWriter } from "./frames.ts";
+import { type ByteStream, writeAll } from "../net/stream.ts";
 
 // stdout carries frames: whatever the plugin prints goes to stderr (pgdog logs it).
 const toStderr = (...args: unknown[]): void => console.error(...args);
@@ -19,13 +20,8 @@ console.log = toStderr;
 console.info = toStderr;
 console.debug = toStderr;
 
-interface Channel {
-  read(buf: Uint8Array): Promise<number | null>;
-  write(bytes: Uint8Array): Promise<number>;
-}
-
 /** The loopback connection pgdog listens for, opened with its token (the first line on stdin). */
-async function connect(port: number): Promise<Channel> {
+async function connect(port: number): Promise<ByteStream> {
   const buf = new Uint8Array(64);
   let got = 0;
   while (!buf.subarray(0, got).includes(10)) {
@@ -35,7 +31,7 @@ async function connect(port: number): Promise<Channel> {
   }
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   conn.setNoDelay(true);
-  await conn.write(buf.subarray(0, buf.indexOf(10) + 1));
+  await writeAll(conn, buf.subarray(0, buf.indexOf(10) + 1));
   // The port was granted for this connection only (unless the plugin's own grants cover it).
   if (Deno.args[2] === "revoke") {
     Deno.permissions.revokeSync({ name: "net", host: `127.0.0.1:${port}` });
@@ -44,13 +40,10 @@ async function connect(port: number): Promise<Channel> {
 }
 
 // Connected before the plugin's module runs: its code never gets the token.
-const channel: Channel = Deno.args[1] === undefined
-  ? { read: (b) => Deno.stdin.read(b), write: (b) => Deno.stdout.write(b) }
+const channel: ByteStream = Deno.args[1] === undefined
+  ? { read: (b) => Deno.stdin.read(b), write: (b) => Deno.stdout.write(b), close: () => {} }
   : await connect(Number(Deno.args[1]));
-const out = new FrameWriter(async (bytes) => {
-  let off = 0;
-  while (off < bytes.length) off += await channel.write(bytes.subarray(off));
-});
+const out = new FrameWriter((bytes) => writeAll(channel, bytes));
 
 function reply(json: string): void {
   out.send(json);

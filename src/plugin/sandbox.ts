@@ -8,6 +8,7 @@
 
 import type { Hello } from "./guest.ts";
 import { FrameReader, FrameWriter } from "./frames.ts";
+import { writeAll } from "../net/stream.ts";
 import { channelBuffer, openChannel, POSTED, STOP } from "./ring.ts";
 
 /** What a plugin may do, as `[[plugins]].permissions` grants it (resolved to absolute paths). */
@@ -227,12 +228,6 @@ export function acceptChannel(
       }
     })();
   });
-}
-
-/** Writes all of `bytes` to a connection. */
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < bytes.length) off += await conn.write(off === 0 ? bytes : bytes.subarray(off));
 }
 
 /** Starts a plugin in its own Deno process and waits until the module is loaded. */
