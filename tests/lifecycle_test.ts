@@ -17,6 +17,7 @@ import {
   type PgTarget,
   pgTool,
   type ProxyProcess,
+  sendCancelRequest,
   sleep,
   startPostgres,
   startProxy,
@@ -148,23 +149,6 @@ async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> 
     return await Promise.race([p.then(() => true, () => true), timeout]);
   } finally {
     clearTimeout(timer);
-  }
-}
-
-/** Sends a raw CancelRequest to the proxy and waits until it closes the connection. */
-async function sendCancelRequest(proxy: ProxyProcess, pid: number, secret: number): Promise<void> {
-  const conn = await Deno.connect({ hostname: proxy.host, port: proxy.port });
-  try {
-    const msg = new Uint8Array(16);
-    const dv = new DataView(msg.buffer);
-    dv.setInt32(0, 16);
-    dv.setInt32(4, 80877102);
-    dv.setInt32(8, pid);
-    dv.setInt32(12, secret);
-    await conn.write(msg);
-    await conn.read(new Uint8Array(1)).catch(() => null);
-  } finally {
-    conn.close();
   }
 }
 

@@ -11,8 +11,8 @@ import {
   connectPg,
   dumpLogsOnFailure,
   pgbench,
-  type ProxyProcess,
   psql,
+  sendCancelRequest,
   startPostgres,
   startProxy,
 } from "./harness/mod.ts";
@@ -41,23 +41,6 @@ function sampleServers(direct: pg.Client): { stop: () => Promise<number> } {
       return max;
     },
   };
-}
-
-/** Sends a raw CancelRequest and waits until the proxy closes the connection. */
-async function sendCancelRequest(proxy: ProxyProcess, pid: number, secret: number): Promise<void> {
-  const conn = await Deno.connect({ hostname: proxy.host, port: proxy.port });
-  try {
-    const msg = new Uint8Array(16);
-    const dv = new DataView(msg.buffer);
-    dv.setInt32(0, 16);
-    dv.setInt32(4, 80877102);
-    dv.setInt32(8, pid);
-    dv.setInt32(12, secret);
-    await conn.write(msg);
-    await conn.read(new Uint8Array(1)).catch(() => null);
-  } finally {
-    conn.close();
-  }
 }
 
 /** How many lines of each worker match `pattern` (text logs tag lines `[worker N]`). */

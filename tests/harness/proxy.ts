@@ -579,3 +579,27 @@ export async function dumpLogsOnFailure<T>(
     throw err;
   }
 }
+
+/**
+ * Sends a raw CancelRequest (built here byte by byte, not with pgdog's codec) for `pid` and
+ * `secret`, and waits until the proxy closes the connection.
+ */
+export async function sendCancelRequest(
+  proxy: { host: string; port: number },
+  pid: number,
+  secret: number,
+): Promise<void> {
+  const conn = await Deno.connect({ hostname: proxy.host, port: proxy.port });
+  try {
+    const msg = new Uint8Array(16);
+    const dv = new DataView(msg.buffer);
+    dv.setInt32(0, 16);
+    dv.setInt32(4, 80877102);
+    dv.setInt32(8, pid);
+    dv.setInt32(12, secret);
+    await conn.write(msg);
+    await conn.read(new Uint8Array(1)).catch(() => null);
+  } finally {
+    conn.close();
+  }
+}
