@@ -71,14 +71,24 @@ function channelWorker(): Promise<Sandbox> {
   });
 }
 
+/** Runs `body` with a fresh channel worker, and stops the worker afterwards. */
+async function withChannelWorker(body: (sandbox: Sandbox) => Promise<void>): Promise<void> {
+  const sandbox = await channelWorker();
+  try {
+    await body(sandbox);
+  } finally {
+    sandbox.kill();
+    await sandbox.ended;
+  }
+}
+
 /** One route call with `query` as the whole context. */
 function route(sandbox: Sandbox, query: string, timeoutMs = 10_000): Promise<unknown> {
   return sandbox.call("route", JSON.stringify([{ query }]), timeoutMs);
 }
 
-Deno.test("a plugin worker answers through shared memory, async hooks too", async () => {
-  const sandbox = await channelWorker();
-  try {
+Deno.test("a plugin worker answers through shared memory, async hooks too", () =>
+  withChannelWorker(async (sandbox) => {
     equal(sandbox.channel, "shared memory");
     deepEqual(await route(sandbox, "abc"), { block: "3" });
     // Async hooks need the worker's event loop; quick calls go on meanwhile.
@@ -86,29 +96,19 @@ Deno.test("a plugin worker answers through shared memory, async hooks too", asyn
     deepEqual(await route(sandbox, "abcd"), { block: "4" });
     deepEqual(await Promise.all(slow), [{ block: "slept 30" }, { block: "slept 10" }]);
     deepEqual(await route(sandbox, "abcde"), { block: "5" });
-  } finally {
-    sandbox.kill();
-    await sandbox.ended;
-  }
-});
+  }));
 
-Deno.test("a plugin worker's own timers run while it waits for calls", async () => {
-  const sandbox = await channelWorker();
-  try {
+Deno.test("a plugin worker's own timers run while it waits for calls", () =>
+  withChannelWorker(async (sandbox) => {
     const before = Number((await route(sandbox, "ticks") as { block: string }).block);
     await new Promise((resolve) => setTimeout(resolve, 300));
     const after = Number((await route(sandbox, "ticks") as { block: string }).block);
     // A 10 ms interval: the idle worker lets its event loop run every 20 ms or so (0 if never).
     ok(after - before >= 5, `${after - before} ticks in 300 ms`);
-  } finally {
-    sandbox.kill();
-    await sandbox.ended;
-  }
-});
+  }));
 
-Deno.test("a plugin worker takes frames larger than its rings, and more than fit at once", async () => {
-  const sandbox = await channelWorker();
-  try {
+Deno.test("a plugin worker takes frames larger than its rings, and more than fit at once", () =>
+  withChannelWorker(async (sandbox) => {
     // 1 MB each way: four times a ring.
     const big = `echo ${"x".repeat(1024 * 1024)}`;
     deepEqual(await route(sandbox, big), { rewrite: big });
@@ -123,11 +123,7 @@ Deno.test("a plugin worker takes frames larger than its rings, and more than fit
       route(sandbox, "z"),
     ]);
     deepEqual(mixed, [{ block: "slept 5" }, { rewrite: big }, { block: "1" }]);
-  } finally {
-    sandbox.kill();
-    await sandbox.ended;
-  }
-});
+  }));
 
 Deno.test("a plugin worker waiting for calls ends when stopped, and one past its timeout too", async () => {
   const sandbox = await channelWorker();
