@@ -21,6 +21,7 @@ import {
   utf8Encode,
   xorBytes,
 } from "./crypto_util.ts";
+import { LruMap } from "../lru.ts";
 
 /** The mechanism name announced in AuthenticationSASL. */
 export const SCRAM_SHA_256 = "SCRAM-SHA-256";
@@ -309,39 +310,8 @@ function checkIterations(iterations: number): void {
   }
 }
 
-/** Bounded map with least-recently-used eviction. */
-class LruCache<V> {
-  readonly #max: number;
-  readonly #map = new Map<string, V>();
-
-  constructor(max: number) {
-    this.#max = max;
-  }
-
-  get(key: string): V | undefined {
-    const value = this.#map.get(key);
-    if (value !== undefined) {
-      this.#map.delete(key);
-      this.#map.set(key, value);
-    }
-    return value;
-  }
-
-  set(key: string, value: V): void {
-    this.#map.delete(key);
-    this.#map.set(key, value);
-    if (this.#map.size > this.#max) {
-      this.#map.delete(this.#map.keys().next().value!);
-    }
-  }
-
-  delete(key: string, value: V): void {
-    if (this.#map.get(key) === value) this.#map.delete(key);
-  }
-}
-
 /** Keys derived for outgoing connections, per (password, salt, iterations). */
-const clientKeyCache = new LruCache<Promise<ScramKeys>>(256);
+const clientKeyCache = new LruMap<string, Promise<ScramKeys>>(256);
 
 function cachedClientKeys(
   password: string,
@@ -390,7 +360,7 @@ interface SecretCacheEntry {
   secret: Promise<ScramSecret>;
 }
 
-const secretCache = new LruCache<SecretCacheEntry>(10_000);
+const secretCache = new LruMap<string, SecretCacheEntry>(10_000);
 
 /**
  * Returns the SCRAM secret for a user's configured password, deriving it at

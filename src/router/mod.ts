@@ -10,6 +10,7 @@
 import { parseSync } from "libpg-query";
 import { analyzeSql, type StatementInfo } from "./analyze.ts";
 import { type Literal, normalize } from "./normalize.ts";
+import { LruMap } from "../lru.ts";
 
 export {
   analyzeSql,
@@ -54,14 +55,13 @@ const TREE_CACHE = 256;
 
 /** Parses, analyzes and caches statements. */
 export class QueryRouter {
-  readonly #cache = new Map<string, CacheEntry>();
-  #limit: number;
+  readonly #cache: LruMap<string, CacheEntry>;
   /** Cache hits and misses since start. */
   hits = 0;
   misses = 0;
 
   constructor(options: { cacheLimit: number }) {
-    this.#limit = Math.max(1, options.cacheLimit);
+    this.#cache = new LruMap(options.cacheLimit);
   }
 
   /** Analyzes `sql` (a simple query, or the text of a Parse). */
@@ -71,9 +71,6 @@ export class QueryRouter {
     if (entry !== undefined) {
       this.hits++;
       entry.hits++;
-      // Most recently used last.
-      this.#cache.delete(n.key);
-      this.#cache.set(n.key, entry);
       // The entry may have come from a text with these very parameters ($n written by the
       // client): this query's literals still fill them.
       return {
@@ -96,7 +93,6 @@ export class QueryRouter {
     }
     entry = { query: key, info, normalized, hits: 1, direct: 0, multi: 0 };
     this.#cache.set(key, entry);
-    if (this.#cache.size > this.#limit) this.#cache.delete(this.#cache.keys().next().value!);
     return normalized
       ? { entry, info, literals: n.literals, firstParam: n.firstParam, directives: n.directives }
       : { entry, info, literals: [], firstParam: n.firstParam, directives: n.directives };
@@ -120,12 +116,11 @@ export class QueryRouter {
         json = "null";
       }
       this.#trees.set(sql, json);
-      if (this.#trees.size > TREE_CACHE) this.#trees.delete(this.#trees.keys().next().value!);
     }
     return json;
   }
 
-  readonly #trees = new Map<string, string>();
+  readonly #trees = new LruMap<string, string>(TREE_CACHE);
 
   /** Cached entries, least recently used first (SHOW QUERY_CACHE). */
   entries(): IterableIterator<CacheEntry> {
@@ -139,8 +134,7 @@ export class QueryRouter {
 
   /** Changes the limit (RELOAD, SET); evicts down to it. */
   setLimit(limit: number): void {
-    this.#limit = Math.max(1, limit);
-    while (this.#cache.size > this.#limit) this.#cache.delete(this.#cache.keys().next().value!);
+    this.#cache.limit = limit;
   }
 
   /** Empties the cache (RESET QUERY_CACHE). */
