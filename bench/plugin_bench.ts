@@ -9,7 +9,7 @@
  * @module
  */
 
-import { PluginSet } from "../src/plugin/mod.ts";
+import { PluginSet, type RouteStatement } from "../src/plugin/mod.ts";
 import type { PluginConfig } from "../src/config/types.ts";
 
 const TRIVIAL = new URL("../tests/plugins/trivial.ts", import.meta.url).pathname;
@@ -27,6 +27,15 @@ const CTX = JSON.stringify({
   database: "bench",
   applicationName: "pgbench",
 });
+const STATEMENT: RouteStatement = {
+  sql: "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+  user: "bench",
+  database: "bench",
+  applicationName: "pgbench",
+  shards: 1,
+  replicas: false,
+  context: () => CTX,
+};
 
 function config(isolation: "process" | "worker"): PluginConfig {
   return {
@@ -36,6 +45,7 @@ function config(isolation: "process" | "worker"): PluginConfig {
     timeout: 5000,
     on_error: "fallback",
     memory_mb: 64,
+    cache_size: 0,
   };
 }
 
@@ -45,11 +55,11 @@ const sets = {
 };
 
 for (const [isolation, set] of Object.entries(sets)) {
-  for (let i = 0; i < 500; i++) await set.route(CTX, { shards: 1 });
+  for (let i = 0; i < 500; i++) await set.route(STATEMENT);
   const times: number[] = [];
   for (let i = 0; i < 5000; i++) {
     const t = performance.now();
-    await set.route(CTX, { shards: 1 });
+    await set.route(STATEMENT);
     times.push(performance.now() - t);
   }
   times.sort((a, b) => a - b);
@@ -60,14 +70,14 @@ for (const [isolation, set] of Object.entries(sets)) {
 for (const isolation of ["process", "worker"] as const) {
   const set = sets[isolation];
   Deno.bench(`route call, ${isolation}, sequential`, { group: isolation }, async () => {
-    await set.route(CTX, { shards: 1 });
+    await set.route(STATEMENT);
   });
   Deno.bench(`route calls, ${isolation}, 16 in flight (time for all 16)`, {
     group: isolation,
     n: 200,
   }, async (b) => {
     b.start();
-    await Promise.all(Array.from({ length: 16 }, () => set.route(CTX, { shards: 1 })));
+    await Promise.all(Array.from({ length: 16 }, () => set.route(STATEMENT)));
     b.end();
   });
 }

@@ -143,7 +143,9 @@ function tableName(rv: RangeVar): string {
  * DELETE or UPDATE without WHERE and nothing otherwise.
  */
 const plugin: Plugin<GuardConfig> = definePlugin<GuardConfig>({
-  apiVersion: "1.0.0",
+  apiVersion: "1.1.0",
+  // Its answer follows from the statement's text alone: pgdog may keep it per text.
+  cacheRoute: true,
   init(config: GuardConfig): void {
     except = parseEntries(isRecord(config) ? config.except : undefined, "except");
   },

@@ -77,9 +77,11 @@ function listed(table: PluginTable): boolean {
  * `{ role: "primary" }` for a read that names a listed table, and nothing otherwise.
  */
 const plugin: Plugin<PrimaryOnlyTablesConfig> = definePlugin<PrimaryOnlyTablesConfig>({
-  apiVersion: "1.0.0",
-  // Reads ctx.tables and ctx.write only, never the parse tree.
+  apiVersion: "1.1.0",
+  // Reads ctx.tables and ctx.write only, never the parse tree: both follow from the text, so
+  // pgdog may keep the answer per text.
   parseTree: false,
+  cacheRoute: true,
   init(config: PrimaryOnlyTablesConfig): void {
     tables = parseTables(
       typeof config === "object" && config !== null ? config.tables : undefined,

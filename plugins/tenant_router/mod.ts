@@ -177,9 +177,11 @@ function applicationTenant(name: string): string | null {
  * statement whose tenant is configured, `{ block }` when it must refuse it, nothing otherwise.
  */
 const plugin: Plugin<TenantRouterConfig> = definePlugin<TenantRouterConfig>({
-  apiVersion: "1.0.0",
-  // Reads the query text, tables and application_name, never the parse tree.
+  apiVersion: "1.1.0",
+  // Reads the query text, tables and application_name, never the parse tree; the answer follows
+  // from those (and the cluster's shape), so pgdog may keep it per text and application_name.
   parseTree: false,
+  cacheRoute: true,
   init(config: TenantRouterConfig): void {
     settings = parseConfig(config);
   },

@@ -252,6 +252,8 @@ function show(what: string, host: AdminHost): AdminAnswer {
           "timeouts",
           "restarts",
           "channel",
+          "cache_hits",
+          "cached",
         ],
         rows: (host.plugins?.stats() ?? []).map((p) => [
           p.name,
@@ -263,6 +265,8 @@ function show(what: string, host: AdminHost): AdminAnswer {
           p.timeouts,
           p.restarts,
           p.channel,
+          p.cacheHits,
+          p.cached,
         ]),
         tag: "SHOW",
       };

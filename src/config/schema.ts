@@ -833,6 +833,11 @@ const PLUGIN_KEYS = [
     default: 256,
     min: 16,
   }),
+  int(
+    "cache_size",
+    "How many `route` answers to keep for a plugin that declares `cacheRoute`; 0: none.",
+    { default: 10_000, min: 0 },
+  ),
 ] satisfies KeySpec<keyof PluginConfig>[];
 
 /** `[[plugins]]` */

@@ -794,6 +794,7 @@ Deno.test("plugins: defaults, and every mistake named by file, line and key", as
       "timeout = 50", //                                                  22
       'on_error = "error"', //                                            23
       "memory_mb = 64", //                                                24
+      "cache_size = 0", //                                                25
     ),
   );
   equal(ok1.error, undefined, ok1.error?.message);
@@ -805,6 +806,7 @@ Deno.test("plugins: defaults, and every mistake named by file, line and key", as
       timeout: 100,
       on_error: "fallback",
       memory_mb: 256,
+      cache_size: 10_000,
     },
     {
       name: "tenants",
@@ -815,6 +817,7 @@ Deno.test("plugins: defaults, and every mistake named by file, line and key", as
       timeout: 50,
       on_error: "error",
       memory_mb: 64,
+      cache_size: 0,
     },
   ]);
   const bad = await load(
@@ -832,7 +835,7 @@ Deno.test("plugins: defaults, and every mistake named by file, line and key", as
       "", //                                                              22
       "[[plugins]]", //                                                   23
       'name = "c"', //                                                    24
-      "", //                                                              25
+      "cache_size = -1", //                                               25
       "[[sharded_tables]]", //                                            26
       'database = "prod"', //                                             27
       'column = "id"', //                                                 28
@@ -866,6 +869,12 @@ Deno.test("plugins: defaults, and every mistake named by file, line and key", as
   );
   ok(
     problems.includes('pgdog.toml:23: [[plugins]] #3 (name "c") path: missing required key "path"'),
+    problems,
+  );
+  ok(
+    problems.includes(
+      'pgdog.toml:25: [[plugins]] #3 (name "c") cache_size: expected an integer >= 0, got -1',
+    ),
     problems,
   );
   ok(

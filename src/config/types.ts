@@ -352,6 +352,8 @@ export interface PluginConfig {
   on_error: "fallback" | "error";
   /** Heap limit of the plugin's process, in MiB. */
   memory_mb: number;
+  /** Route answers kept for a plugin that declares `cacheRoute`; 0 keeps none. */
+  cache_size: number;
 }
 
 /**

@@ -1460,23 +1460,34 @@ export class Client implements ServerLink {
     const plugins = this.#host.plugins!;
     const { analysis } = found;
     const sql = this.#statementSql(type, buf, p, end, analysis);
-    const ctx = routeContextJson({
+    const shards = this.cluster!.shards.length;
+    const replicas = this.cluster!.hasReplicas;
+    const applicationName = this.session.params.get("application_name") ?? "";
+    return plugins.route({
       sql,
-      treeJson: plugins.needsTree ? this.#host.router.treeJson(analysis, sql) : "null",
-      bind: found.bind,
-      tablesJson: analysis.entry.tablesJson ??= JSON.stringify(analysis.info.tables),
-      keys: found.keys,
-      write: analysis.info.write,
-      inTransaction: this.#txStatus() !== TxStatus.Idle,
-      shards: this.cluster!.shards.length,
-      replicas: this.cluster!.hasReplicas,
-      role: this.#route(type, buf, p, end),
-      shard: found.shard,
       user: this.user,
       database: this.database,
-      applicationName: this.session.params.get("application_name") ?? "",
+      applicationName,
+      shards,
+      replicas,
+      context: () =>
+        routeContextJson({
+          sql,
+          treeJson: plugins.needsTree ? this.#host.router.treeJson(analysis, sql) : "null",
+          bind: found.bind,
+          tablesJson: analysis.entry.tablesJson ??= JSON.stringify(analysis.info.tables),
+          keys: found.keys,
+          write: analysis.info.write,
+          inTransaction: this.#txStatus() !== TxStatus.Idle,
+          shards,
+          replicas,
+          role: this.#route(type, buf, p, end),
+          shard: found.shard,
+          user: this.user,
+          database: this.database,
+          applicationName,
+        }),
     });
-    return plugins.route(ctx, { shards: this.cluster!.shards.length });
   }
 
   /**

@@ -26,7 +26,7 @@
  * The version of this API (semver). pgdog loads a plugin whose `apiVersion` has the same major
  * version and a minor version no newer than this one.
  */
-export const API_VERSION = "1.0.0";
+export const API_VERSION = "1.1.0";
 
 /** Which kind of host a statement runs on. */
 export type Role = "primary" | "replica";
@@ -123,6 +123,14 @@ export interface Plugin<Config = Record<string, unknown>> {
    * true.
    */
   parseTree?: boolean;
+  /**
+   * True when `route`'s answer depends only on the statement's text (`ctx.query`, and what pgdog
+   * derives from it), the user, the database, the application_name and the cluster's shape: not on
+   * Bind parameters, the transaction, pgdog's decision or state of the plugin's own that changes.
+   * pgdog then keeps answers (up to the entry's `cache_size`) and calls `route` only for a
+   * combination it has not kept. Since API 1.1. Default false.
+   */
+  cacheRoute?: boolean;
   /** Called once, before any other hook, with the plugin's `config` table. */
   init?(config: Config): MaybePromise<void>;
   /** Called for each statement pgdog routes. */

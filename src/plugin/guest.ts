@@ -16,6 +16,8 @@ export interface Hello {
   hooks: HookName[];
   /** `route` reads `ctx.statement`. */
   parseTree: boolean;
+  /** `route`'s answers may be kept per statement text, user, database and application_name. */
+  cacheRoute: boolean;
 }
 
 const HOOKS: HookName[] = ["init", "route", "shard", "shutdown"];
@@ -35,7 +37,8 @@ export async function loadGuest(specifier: string): Promise<{ plugin: Plugin; he
     (plugin as unknown as Record<string, unknown>)[h] = exported[h].bind(exported);
   }
   const parseTree = (exported.parseTree ?? module.parseTree) !== false;
-  return { plugin, hello: { apiVersion: String(apiVersion), hooks, parseTree } };
+  const cacheRoute = (exported.cacheRoute ?? module.cacheRoute) === true;
+  return { plugin, hello: { apiVersion: String(apiVersion), hooks, parseTree, cacheRoute } };
 }
 
 /**

@@ -9,6 +9,7 @@
 import { parse as parseToml } from "smol-toml";
 import type { PluginConfig } from "../config/types.ts";
 import { log } from "../log.ts";
+import { LruMap } from "../lru.ts";
 import type { RouteAnswer } from "./api.ts";
 import type { HookName } from "./guest.ts";
 import { type Grants, type Sandbox, startProcess, startWorker } from "./sandbox.ts";
@@ -42,6 +43,9 @@ export interface PluginStats {
   errors: number;
   timeouts: number;
   restarts: number;
+  /** Route calls answered from the kept answers, and how many are kept. */
+  cacheHits: number;
+  cached: number;
   state: string;
   /** "loopback" or "pipes" (process), "shared memory" (worker); empty while restarting. */
   channel: string;
@@ -63,6 +67,9 @@ class RunningPlugin {
   #backoff = 100;
   hooks: ReadonlySet<HookName> = new Set();
   parseTree = true;
+  /** Route answers by statement (see {@linkcode routeCacheKey}); null when not kept. */
+  answers: LruMap<string, RouteAnswer | null> | null = null;
+  cacheHits = 0;
   calls = 0;
   errors = 0;
   timeouts = 0;
@@ -110,6 +117,10 @@ class RunningPlugin {
     }
     this.hooks = new Set(sandbox.hello.hooks);
     this.parseTree = sandbox.hello.parseTree !== false;
+    // A new sandbox starts with an empty cache: a restarted plugin may answer differently.
+    this.answers = sandbox.hello.cacheRoute === true && this.config.cache_size > 0
+      ? new LruMap(this.config.cache_size)
+      : null;
     try {
       if (this.hooks.has("init")) await sandbox.call("init", this.#init, INIT_TIMEOUT_MS);
     } catch (e) {
@@ -300,20 +311,32 @@ export class PluginSet {
   }
 
   /**
-   * Asks every plugin with a `route` hook about one statement (`ctxJson`: the JSON text of a
-   * RouteContext); `shards` bounds a shard answer. All are asked at once; the first plugin (in
-   * configuration order) to set a field decides it.
+   * Asks every plugin with a `route` hook about one statement (its cluster's shard count bounds a
+   * shard answer). All are asked at once, except a plugin that has an answer kept for the
+   * statement; the first plugin (in configuration order) to set a field decides it.
    */
-  async route(ctxJson: string, options: { shards: number }): Promise<RouteVerdict> {
-    const args = `[${ctxJson}]`;
-    const answers = await Promise.allSettled(this.#routers.map((p) => p.call("route", args)));
+  async route(statement: RouteStatement): Promise<RouteVerdict> {
+    const routers = this.#routers;
+    // The kept answers as the calls start: a restart meanwhile starts a new, empty cache.
+    const caches = routers.map((p) => p.answers);
+    const key = caches.some((c) => c !== null) ? routeCacheKey(statement) : "";
+    let args: string | null = null;
+    const answers = await Promise.allSettled(routers.map((p, i) => {
+      const kept = caches[i]?.get(key);
+      if (kept !== undefined) {
+        p.cacheHits++;
+        return kept;
+      }
+      args ??= `[${statement.context()}]`;
+      return p.call("route", args);
+    }));
     const verdict: RouteVerdict = { by: {} };
     answers.forEach((result, i) => {
-      const plugin = this.#routers[i];
+      const plugin = routers[i];
       let answer: RouteAnswer | null;
       try {
         if (result.status === "rejected") throw result.reason;
-        answer = checkAnswer(result.value, options.shards);
+        answer = checkAnswer(result.value, statement.shards);
       } catch (e) {
         const why = `plugin "${plugin.name}": route failed: ${message(e)}`;
         if (plugin.config.on_error === "error") verdict.error ??= why;
@@ -322,6 +345,7 @@ export class PluginSet {
         );
         return;
       }
+      if (caches[i] !== null && caches[i]!.peek(key) === undefined) caches[i]!.set(key, answer);
       if (answer === null) return;
       for (const field of ["shard", "role", "block", "rewrite"] as const) {
         if (answer[field] === undefined || verdict[field] !== undefined) continue;
@@ -370,6 +394,8 @@ export class PluginSet {
       errors: p.errors,
       timeouts: p.timeouts,
       restarts: p.restarts,
+      cacheHits: p.cacheHits,
+      cached: p.answers?.size ?? 0,
       state: p.ready ? "ready" : "restarting",
       channel: p.channel ?? "",
     }));
@@ -379,6 +405,25 @@ export class PluginSet {
   async close(): Promise<void> {
     await Promise.all(this.#plugins.map((p) => p.close().catch(() => {})));
   }
+}
+
+/** A statement a `route` hook is asked about. */
+export interface RouteStatement {
+  /** The SQL text (the context's `query`). */
+  sql: string;
+  user: string;
+  database: string;
+  applicationName: string;
+  /** The shape of the client's cluster. */
+  shards: number;
+  replicas: boolean;
+  /** The RouteContext as JSON text (built only when some plugin is called). */
+  context(): string;
+}
+
+/** What a kept route answer is filed under: everything `cacheRoute` lets the answer depend on. */
+function routeCacheKey(s: RouteStatement): string {
+  return `${s.user}\0${s.database}\0${s.applicationName}\0${s.shards}\0${s.replicas}\0${s.sql}`;
 }
 
 /** Identifies a `[[plugins]]` list: equal keys, nothing to restart on RELOAD. */

@@ -2,7 +2,7 @@ import { deepEqual, equal, match, rejects } from "node:assert/strict";
 import { encodeFrame, FrameReader, FrameWriter } from "./frames.ts";
 import { incompatibility } from "./api.ts";
 import { permissionFlags } from "./sandbox.ts";
-import { PluginError, PluginSet } from "./mod.ts";
+import { PluginError, PluginSet, type RouteStatement } from "./mod.ts";
 import type { PluginConfig } from "../config/types.ts";
 
 const fixture = (name: string): string =>
@@ -16,6 +16,7 @@ function config(name: string, file: string, extra: Partial<PluginConfig> = {}): 
     timeout: 10_000,
     on_error: "fallback",
     memory_mb: 64,
+    cache_size: 10_000,
     ...extra,
   };
 }
@@ -86,8 +87,16 @@ Deno.test("PluginSet: parseTree, merged answers, a missing module named", async 
   try {
     equal(set.needsTree, true);
     deepEqual(set.names, ["t", "d"]);
-    const ctx = (query: string) => JSON.stringify({ query });
-    deepEqual(await set.route(ctx("/* plugin: shard=1 role=primary */"), { shards: 2 }), {
+    const ctx = (query: string): RouteStatement => ({
+      sql: query,
+      user: "u",
+      database: "db",
+      applicationName: "",
+      shards: 2,
+      replicas: false,
+      context: () => JSON.stringify({ query }),
+    });
+    deepEqual(await set.route(ctx("/* plugin: shard=1 role=primary */")), {
       by: { shard: "d", role: "d" },
       shard: 1,
       role: "primary",
@@ -103,6 +112,57 @@ Deno.test("PluginSet: parseTree, merged answers, a missing module named", async 
     (e: Error) =>
       e instanceof PluginError && /plugin "gone" \(.*no_such_plugin\.ts\)/.test(e.message),
   );
+});
+
+Deno.test("PluginSet: kept route answers (cacheRoute, cache_size), dropped on restart", async () => {
+  const statement = (sql: string, applicationName = ""): RouteStatement => ({
+    sql,
+    user: "u",
+    database: "db",
+    applicationName,
+    shards: 1,
+    replicas: false,
+    context: () => JSON.stringify({ query: sql }),
+  });
+  const set = await PluginSet.start([
+    config("c", "cached.ts", { cache_size: 2 }),
+    config("off", "cached.ts", { cache_size: 0 }),
+    config("t", "trivial.ts"),
+  ]);
+  const calls = () => set.stats().map((s) => [s.calls, s.cacheHits, s.cached]);
+  try {
+    for (let i = 0; i < 3; i++) deepEqual(await set.route(statement("select 1")), { by: {} });
+    // Kept by "c" only: "off" has cache_size = 0, "t" does not declare cacheRoute.
+    deepEqual(calls(), [[1, 2, 1], [3, 0, 0], [3, 0, 0]]);
+    for (let i = 0; i < 2; i++) {
+      deepEqual(await set.route(statement("select 'blocked'")), {
+        by: { block: "c" },
+        block: "blocked by a kept answer",
+      });
+    }
+    deepEqual(calls()[0], [2, 3, 2]);
+    // Another application_name is another key; the oldest key ("select 1") makes room.
+    await set.route(statement("select 1", "other"));
+    deepEqual(calls()[0], [3, 3, 2]);
+    await set.route(statement("select 1"));
+    deepEqual(calls()[0], [4, 3, 2]);
+    // A failed call is not kept.
+    for (let i = 0; i < 2; i++) await set.route(statement("select 'throw'"));
+    deepEqual(calls()[0].slice(0, 2), [6, 3]);
+    // A restarted plugin starts with nothing kept.
+    await set.route(statement("select 'exit'"));
+    for (
+      let i = 0;
+      i < 100 && !(set.stats()[0].state === "ready" && set.stats()[0].restarts);
+      i++
+    ) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    equal(set.stats()[0].restarts, 1);
+    equal(set.stats()[0].cached, 0);
+  } finally {
+    await set.close();
+  }
 });
 
 Deno.test("FrameWriter.flushed waits for frames not yet handed to the write", async () => {
