@@ -94,7 +94,8 @@ const HELP = `deno task bench [options]
   --targets LIST     direct,pgdog,pgbouncer (default: all; pgbouncer when installed), and
                      pgdog-plugin: pgdog with a trivial route plugin in its own process
                      (tests/plugins/trivial.ts), pgdog-plugin-worker: the same plugin with
-                     isolation = "worker"; each shown with its ratio to pgdog
+                     isolation = "worker", pgdog-plugin-cached: the same plugin in a process,
+                     declaring cacheRoute; each shown with its ratio to pgdog
   --workers LIST     pgdog [general] workers values, one pgdog target each (default 1)
   --idle N           idle clients for the memory and per-query cost checks (default 10000; 0: skip)
   --pool-size N      server connections per pool, pgdog and PgBouncer alike (default 10)
@@ -143,8 +144,15 @@ const outDir = args.out;
 /** Pause before reading memory, so that logins and closes have finished (shorter for short runs). */
 const SETTLE_MS = Math.min(2, seconds) * 1000;
 const wantTargets = new Set(list(args.targets));
+/** Targets that run pgdog with a trivial route plugin, and how. */
+const PLUGIN_TARGETS = ["pgdog-plugin", "pgdog-plugin-worker", "pgdog-plugin-cached"];
+type PluginTarget = { isolation: "process" | "worker"; cached: boolean };
+const pluginTarget = (name: string): PluginTarget => ({
+  isolation: name === "pgdog-plugin-worker" ? "worker" : "process",
+  cached: name === "pgdog-plugin-cached",
+});
 for (const t of wantTargets) {
-  if (!["direct", "pgdog", "pgbouncer", "pgdog-plugin", "pgdog-plugin-worker"].includes(t)) {
+  if (!["direct", "pgdog", "pgbouncer", ...PLUGIN_TARGETS].includes(t)) {
     throw new Error(`--targets: unknown ${t}`);
   }
 }
@@ -210,19 +218,29 @@ console.error(`pgbench -i -s ${scale} ...`);
 const init = await pgbench(direct, ["-i", "-s", String(scale), "-q"]);
 if (init.code !== 0) throw new Error(`pgbench -i failed: ${init.stderr}`);
 
-/** The route plugin of the pgdog-plugin target: answers nothing, reads no parse tree. */
-const TRIVIAL_PLUGIN = decodeURIComponent(
-  new URL("../tests/plugins/trivial.ts", import.meta.url).pathname,
-);
+/** The route plugin of the pgdog-plugin targets: answers nothing, reads no parse tree. */
+const trivialPlugin = (cached: boolean): string =>
+  decodeURIComponent(
+    new URL(`../tests/plugins/${cached ? "trivial_cached" : "trivial"}.ts`, import.meta.url)
+      .pathname,
+  );
 
 /** pgdog's pgdog.toml for the benchmark; `workers` only when above 1 (see --workers). */
 function pgdogConfig(
   workers: number,
-  plugin: "process" | "worker" | null = null,
+  plugin: PluginTarget | null = null,
 ): Record<string, unknown> {
-  const trivial = { name: "trivial", path: TRIVIAL_PLUGIN, timeout: 5000, isolation: plugin };
   return {
-    ...(plugin !== null ? { plugins: [trivial] } : {}),
+    ...(plugin !== null
+      ? {
+        plugins: [{
+          name: "trivial",
+          path: trivialPlugin(plugin.cached),
+          timeout: 5000,
+          isolation: plugin.isolation,
+        }],
+      }
+      : {}),
     general: {
       default_pool_size: poolSize,
       auth_type: "md5",
@@ -238,7 +256,7 @@ const pgdogUsers = { users: [{ name: "bench", database: "bench", password: "benc
 /** Starts pgdog, or returns why it cannot run with this many workers. */
 async function startPgdog(
   workers: number,
-  options: { denoFlags?: string[]; plugin?: "process" | "worker" } = {},
+  options: { denoFlags?: string[]; plugin?: PluginTarget } = {},
 ): Promise<ProxyProcess | string> {
   let proxy: ProxyProcess;
   const denoFlags = [...(options.denoFlags ?? []), ...(options.plugin ? ["--allow-run"] : [])];
@@ -278,10 +296,9 @@ try {
       });
     }
   }
-  for (const isolation of ["process", "worker"] as const) {
-    const name = isolation === "process" ? "pgdog-plugin" : "pgdog-plugin-worker";
+  for (const name of PLUGIN_TARGETS) {
     if (!wantTargets.has(name)) continue;
-    const started = await startPgdog(1, { plugin: isolation });
+    const started = await startPgdog(1, { plugin: pluginTarget(name) });
     if (typeof started === "string") note(`target ${name} skipped: ${started}`);
     else {
       proxies.push(started);
@@ -611,7 +628,7 @@ function renderTable(rows: Row[], names: string[]): string {
     if (names.includes("pgbouncer")) ratios.push([p, "pgbouncer"]);
     if (names.includes("direct")) ratios.push([p, "direct"]);
   }
-  for (const plugin of ["pgdog-plugin", "pgdog-plugin-worker"]) {
+  for (const plugin of PLUGIN_TARGETS) {
     if (names.includes(plugin) && names.includes("pgdog")) ratios.push([plugin, "pgdog"]);
   }
   const head = [

@@ -1,6 +1,7 @@
 /**
- * Smoke test of `deno task bench`: a one-second run against direct PostgreSQL and pgdog writes a
- * results file with real, non-zero TPS, and the idle-client memory and per-query cost checks run.
+ * Smoke test of `deno task bench`: a one-second run against direct PostgreSQL, pgdog and pgdog with
+ * a plugin (pgdog-plugin-cached) writes a results file with real, non-zero TPS, and the idle-client
+ * memory and per-query cost checks run.
  */
 
 import { ok } from "node:assert/strict";
@@ -20,7 +21,7 @@ Deno.test("bench/run.ts: a short run writes a results table with real numbers", 
       "--workloads",
       "select-simple",
       "--targets",
-      "direct,pgdog",
+      "direct,pgdog,pgdog-plugin-cached",
       "--idle",
       "200",
       "--scale",
@@ -36,11 +37,12 @@ Deno.test("bench/run.ts: a short run writes a results table with real numbers", 
     const row = report.split("\n").find((l) => l.startsWith("| -S -M simple | 2 |"));
     ok(row, `no -S -M simple row in:\n${report}`);
     const cells = row.split("|").map((c) => c.trim()).slice(1, -1);
-    // workload, clients, direct TPS, pgdog TPS, latencies, errors, pgdog/direct
-    ok(Number(cells[2]) > 0 && Number(cells[3]) > 0, `TPS not positive: ${row}`);
-    ok(/^[\d.]+ \/ [\d.]+$/.test(cells[5]), `pgdog latency cell: ${cells[5]}`);
-    ok(cells[6] === "0 / 0", `errors: ${cells[6]}`);
-    ok(Number(cells[7]) > 0, `ratio: ${cells[7]}`);
+    // workload, clients, TPS (direct, pgdog, pgdog-plugin-cached), latencies, errors,
+    // pgdog/direct, pgdog-plugin-cached/pgdog
+    ok(cells.slice(2, 5).every((c) => Number(c) > 0), `TPS not positive: ${row}`);
+    ok(/^[\d.]+ \/ [\d.]+$/.test(cells[6]), `pgdog latency cell: ${cells[6]}`);
+    ok(cells[8] === "0 / 0 / 0", `errors: ${cells[8]}`);
+    ok(Number(cells[9]) > 0 && Number(cells[10]) > 0, `ratios: ${cells[9]}, ${cells[10]}`);
 
     const idle = report.split("\n").find((l) => l.startsWith("| pgdog | 200 |"));
     ok(idle, `no idle-client row in:\n${report}`);
