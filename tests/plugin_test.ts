@@ -623,6 +623,7 @@ Deno.test("plugins: the example plugins in plugins/, through the proxy", async (
       sharded_tables: [
         { database: "app", name: "users", column: "id", hasher: "plugin:modulo_sharding" },
       ],
+      admin: { password: "plugin-admin-pw" },
       plugins: [
         { name: "guard", path: `${examples}guard/mod.ts`, timeout: SLACK },
         {
@@ -671,6 +672,22 @@ Deno.test("plugins: the example plugins in plugins/, through the proxy", async (
         (await node.sql("select id from users order by id")).map((row) => Number(row[0]));
       assert.deepEqual(await ids(a), [2, 4]);
       assert.deepEqual(await ids(b), [1, 3]);
+      // It declares cacheShard: a key it was asked about is not asked again.
+      const again = await connectPg(app);
+      try {
+        for (let i = 0; i < 2; i++) {
+          const found = await again.query("select name from users where id = $1", [3]);
+          assert.equal(found.rows[0].name, "u3");
+        }
+      } finally {
+        await again.end();
+      }
+      const admin = proxy.target({ user: "admin", password: "plugin-admin-pw", database: "admin" });
+      const row = (await psql(admin, "SHOW PLUGINS")).stdout.split("\n")
+        .find((line) => line.startsWith("modulo_sharding|"))?.split("|");
+      assert.ok(row, "no modulo_sharding row in SHOW PLUGINS");
+      // calls, cache_hits, cached: four keys asked, then key 3 found twice.
+      assert.deepEqual([row[4], row[9], row[10]], ["4", "2", "4"]);
     });
 
     await t.step("tenant_router: a comment, or application_name", async () => {

@@ -90,7 +90,9 @@ function describe(ctx: ShardContext): string {
  * The plugin: `shard(key, ctx)` only; it takes no configuration.
  */
 const plugin: Plugin = definePlugin({
-  apiVersion: "1.0.0",
+  apiVersion: "1.1.0",
+  // The shard follows from the key and the shard count alone: pgdog may keep it per key.
+  cacheShard: true,
   shard(key: string, ctx: ShardContext): number {
     const shards = ctx?.shards;
     if (!Number.isSafeInteger(shards) || shards < 1) {

@@ -121,8 +121,9 @@ Deno.test("a bad shard count or data type throws", () => {
   );
 });
 
-Deno.test("declares API version 1.0.0 and no route hook", () => {
-  equal(plugin.apiVersion, "1.0.0");
+Deno.test("declares API version 1.1.0, kept answers (cacheShard) and no route hook", () => {
+  equal(plugin.apiVersion, "1.1.0");
+  equal(plugin.cacheShard, true);
   equal(plugin.route, undefined);
 });
 

@@ -835,7 +835,8 @@ const PLUGIN_KEYS = [
   }),
   int(
     "cache_size",
-    "How many `route` answers to keep for a plugin that declares `cacheRoute`; 0: none.",
+    "How many answers to keep for a plugin that declares `cacheRoute` or `cacheShard`, per hook; " +
+      "0: none.",
     { default: 10_000, min: 0 },
   ),
 ] satisfies KeySpec<keyof PluginConfig>[];

@@ -131,6 +131,14 @@ export interface Plugin<Config = Record<string, unknown>> {
    * combination it has not kept. Since API 1.1. Default false.
    */
   cacheRoute?: boolean;
+  /**
+   * True when `shard`'s answer depends only on its arguments (the key, the table and column, the
+   * data type, the shard count, the database), as a sharding function's must for rows to stay
+   * findable, and never changes while the plugin runs: pgdog then keeps answers (up to the
+   * entry's `cache_size`) and calls `shard` only for a key it has not kept. Since API 1.1.
+   * Default false.
+   */
+  cacheShard?: boolean;
   /** Called once, before any other hook, with the plugin's `config` table. */
   init?(config: Config): MaybePromise<void>;
   /** Called for each statement pgdog routes. */

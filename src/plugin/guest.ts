@@ -18,6 +18,8 @@ export interface Hello {
   parseTree: boolean;
   /** `route`'s answers may be kept per statement text, user, database and application_name. */
   cacheRoute: boolean;
+  /** `shard`'s answers may be kept per key and shard context. */
+  cacheShard: boolean;
 }
 
 const HOOKS: HookName[] = ["init", "route", "shard", "shutdown"];
@@ -38,7 +40,11 @@ export async function loadGuest(specifier: string): Promise<{ plugin: Plugin; he
   }
   const parseTree = (exported.parseTree ?? module.parseTree) !== false;
   const cacheRoute = (exported.cacheRoute ?? module.cacheRoute) === true;
-  return { plugin, hello: { apiVersion: String(apiVersion), hooks, parseTree, cacheRoute } };
+  const cacheShard = (exported.cacheShard ?? module.cacheShard) === true;
+  return {
+    plugin,
+    hello: { apiVersion: String(apiVersion), hooks, parseTree, cacheRoute, cacheShard },
+  };
 }
 
 /**

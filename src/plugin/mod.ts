@@ -43,7 +43,7 @@ export interface PluginStats {
   errors: number;
   timeouts: number;
   restarts: number;
-  /** Route calls answered from the kept answers, and how many are kept. */
+  /** Route and shard calls answered from kept answers, and how many are kept. */
   cacheHits: number;
   cached: number;
   state: string;
@@ -69,6 +69,8 @@ class RunningPlugin {
   parseTree = true;
   /** Route answers by statement (see {@linkcode routeCacheKey}); null when not kept. */
   answers: LruMap<string, RouteAnswer | null> | null = null;
+  /** Shard answers by key and shard context; null when not kept. */
+  shards: LruMap<string, number> | null = null;
   cacheHits = 0;
   calls = 0;
   errors = 0;
@@ -117,10 +119,11 @@ class RunningPlugin {
     }
     this.hooks = new Set(sandbox.hello.hooks);
     this.parseTree = sandbox.hello.parseTree !== false;
-    // A new sandbox starts with an empty cache: a restarted plugin may answer differently.
-    this.answers = sandbox.hello.cacheRoute === true && this.config.cache_size > 0
-      ? new LruMap(this.config.cache_size)
-      : null;
+    // A new sandbox starts with empty caches: a restarted plugin may answer differently.
+    const keep = <V>(declared: boolean | undefined): LruMap<string, V> | null =>
+      declared === true && this.config.cache_size > 0 ? new LruMap(this.config.cache_size) : null;
+    this.answers = keep(sandbox.hello.cacheRoute);
+    this.shards = keep(sandbox.hello.cacheShard);
     try {
       if (this.hooks.has("init")) await sandbox.call("init", this.#init, INIT_TIMEOUT_MS);
     } catch (e) {
@@ -364,6 +367,17 @@ export class PluginSet {
   ): Promise<number> {
     const plugin = this.#plugins.find((p) => p.name === name);
     if (plugin === undefined) throw new Error(`no plugin named "${name}"`);
+    const cache = plugin.shards;
+    const cacheKey = cache === null
+      ? ""
+      : `${key}\0${
+        ctx.table ?? ""
+      }\0${ctx.column}\0${ctx.dataType}\0${ctx.shards}\0${ctx.database}`;
+    const kept = cache?.get(cacheKey);
+    if (kept !== undefined) {
+      plugin.cacheHits++;
+      return kept;
+    }
     let shard: unknown;
     try {
       shard = await plugin.call("shard", JSON.stringify([key, ctx]));
@@ -376,6 +390,7 @@ export class PluginSet {
           `not a shard number from 0 to ${ctx.shards - 1}`,
       );
     }
+    cache?.set(cacheKey, shard);
     return shard;
   }
 
@@ -395,7 +410,7 @@ export class PluginSet {
       timeouts: p.timeouts,
       restarts: p.restarts,
       cacheHits: p.cacheHits,
-      cached: p.answers?.size ?? 0,
+      cached: (p.answers?.size ?? 0) + (p.shards?.size ?? 0),
       state: p.ready ? "ready" : "restarting",
       channel: p.channel ?? "",
     }));

@@ -165,6 +165,31 @@ Deno.test("PluginSet: kept route answers (cacheRoute, cache_size), dropped on re
   }
 });
 
+Deno.test("PluginSet: kept shard answers (cacheShard), per key and shard context", async () => {
+  const set = await PluginSet.start([
+    config("c", "cached.ts", { cache_size: 2 }),
+    config("d", "directives.ts"),
+  ]);
+  const ctx = { table: "t", column: "id", dataType: "bigint", shards: 3, database: "db" };
+  try {
+    for (const key of ["7", "7", "8", "7"]) {
+      equal(await set.shard("c", key, ctx), Number(key) % 3);
+      equal(await set.shard("d", key, ctx), Number(key) % 3);
+    }
+    equal(await set.shard("c", "7", { ...ctx, shards: 2 }), 1);
+    const [c, d] = set.stats();
+    // "c": 7 and 8 asked, then 7 for 2 shards; "d" does not declare cacheShard.
+    deepEqual([c.calls, c.cacheHits, c.cached], [3, 2, 2]);
+    deepEqual([d.calls, d.cacheHits, d.cached], [4, 0, 0]);
+    // A failed call is not kept.
+    await rejects(set.shard("c", "x", ctx));
+    await rejects(set.shard("c", "x", ctx));
+    equal(set.stats()[0].calls, 5);
+  } finally {
+    await set.close();
+  }
+});
+
 Deno.test("FrameWriter.flushed waits for frames not yet handed to the write", async () => {
   const written: Uint8Array[] = [];
   const writer = new FrameWriter(async (bytes) => {
