@@ -100,6 +100,9 @@ const HELP = `deno task bench [options]
   --idle N           idle clients for the memory and per-query cost checks (default 10000; 0: skip)
   --pool-size N      server connections per pool, pgdog and PgBouncer alike (default 10)
   --scale N          pgbench -i scale (default 10)
+  --proxy-cpus LIST  run the poolers (pgdog, its plugin processes, PgBouncer) on these CPUs and
+                     PostgreSQL and pgbench on the others, as on a host of their own (taskset;
+                     default: everything shares every CPU)
   --out DIR          results directory (default bench/results)
 `;
 
@@ -115,6 +118,7 @@ const args = parseArgs({
     idle: { type: "string", default: "10000" },
     "pool-size": { type: "string", default: "10" },
     scale: { type: "string", default: "10" },
+    "proxy-cpus": { type: "string", default: "" },
     out: {
       type: "string",
       default: decodeURIComponent(new URL("./results", import.meta.url).pathname),
@@ -201,6 +205,13 @@ if (idleCount > 0 && idleCount + 200 > fdLimit) {
   idleCount = fit;
 }
 
+/** CPUs of the poolers (--proxy-cpus) and of everything else; null: all share every CPU. */
+const cpuSplit = splitCpus(args["proxy-cpus"]);
+if (cpuSplit !== null) {
+  // PostgreSQL and pgbench, started from here, inherit this process's CPUs.
+  await pinCpus(Deno.pid, cpuSplit.rest);
+}
+
 const loadBefore = await loadAverage();
 const startedAt = new Date();
 const USER = { user: "bench", password: "bench", database: "bench" };
@@ -274,6 +285,10 @@ async function startPgdog(
     await proxy.stop();
     return `pgdog ignores workers = ${workers}: ${refused.trim()}`;
   }
+  if (cpuSplit !== null) {
+    // Plugin processes started later (restarts) inherit pgdog's CPUs.
+    for (const pid of [proxy.pid, ...childrenOf(proxy.pid)]) await pinCpus(pid, cpuSplit.proxies);
+  }
   return proxy;
 }
 
@@ -317,6 +332,7 @@ try {
       note(`target pgbouncer skipped: ${started}`);
     } else {
       bouncer = started;
+      if (cpuSplit !== null) await pinCpus(await started.pid(), cpuSplit.proxies);
       const why =
         `n/a: PgBouncer ${started.version} has no prepared statements in transaction mode`;
       targets.push({
@@ -729,7 +745,50 @@ async function describeMachine(before: string, after: string): Promise<string> {
   const memKiB = Number(meminfo.match(/^MemTotal:\s+(\d+)/m)?.[1] ?? NaN);
   return `${cpu}, ${navigator.hardwareConcurrency} cores, ${fmt(memKiB / 1024 / 1024, 1)} GiB ` +
     `memory, ${Deno.build.os} ${Deno.osRelease()}; load average (1, 5, 15 min) ${before} before, ` +
-    `${after} after; pgbench, PostgreSQL and the poolers share these cores.`;
+    `${after} after; ` +
+    (cpuSplit === null
+      ? "pgbench, PostgreSQL and the poolers share these cores."
+      : `the poolers run on CPU ${cpuSplit.proxies.join(",")}, pgbench and PostgreSQL on CPU ` +
+        `${cpuSplit.rest.join(",")} (--proxy-cpus).`);
+}
+
+/** The CPUs `--proxy-cpus` gives the poolers, and the rest; null when it is not given. */
+function splitCpus(option: string): { proxies: number[]; rest: number[] } | null {
+  if (option === "") return null;
+  const cores = navigator.hardwareConcurrency;
+  const proxies = list(option).map((c) => {
+    const n = Number(c);
+    if (!Number.isInteger(n) || n < 0 || n >= cores) {
+      throw new Error(`--proxy-cpus: ${c} is not a CPU of this machine (0 to ${cores - 1})`);
+    }
+    return n;
+  });
+  const rest = [...Array(cores).keys()].filter((c) => !proxies.includes(c));
+  if (rest.length === 0) throw new Error("--proxy-cpus: no CPU is left for PostgreSQL and pgbench");
+  return { proxies, rest };
+}
+
+/** Sets the CPUs of every thread of process `pid` (taskset, from util-linux). */
+async function pinCpus(pid: number, cpus: number[]): Promise<void> {
+  const r = await runCommand("taskset", ["-a", "-p", "-c", cpus.join(","), String(pid)]);
+  if (r.code !== 0) throw new Error(`taskset failed for process ${pid}: ${r.stderr.trim()}`);
+}
+
+/** The processes whose parent is `pid` (a pgdog's plugin processes). */
+function childrenOf(pid: number): number[] {
+  const children: number[] = [];
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${entry.name}/stat`);
+      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === pid) {
+        children.push(Number(entry.name));
+      }
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return children;
 }
 
 async function describeVersions(bouncer: Pgbouncer | undefined): Promise<string> {

@@ -26,6 +26,8 @@ Deno.test("bench/run.ts: a short run writes a results table with real numbers", 
       "200",
       "--scale",
       "1",
+      // The poolers on CPU 1, PostgreSQL and pgbench on the rest (with two CPUs or more).
+      ...(navigator.hardwareConcurrency >= 2 ? ["--proxy-cpus", "1"] : []),
       "--out",
       out,
     ], { timeoutMs: 120_000, env: { NO_COLOR: "1" } });
@@ -51,6 +53,9 @@ Deno.test("bench/run.ts: a short run writes a results table with real numbers", 
     ok(impact.length === 8, `expected 8 per-query cost rows, got ${impact.length}`);
     for (const line of impact) ok(Number(line.split("|")[3]) > 0, `no TPS: ${line}`);
     ok(/Machine: .+cores.+load average/.test(report), "machine description");
+    if (navigator.hardwareConcurrency >= 2) {
+      ok(/the poolers run on CPU 1, pgbench and PostgreSQL on CPU 0/.test(report), "CPU split");
+    }
     ok(/Versions: pgdog .+deno .+PostgreSQL.+pgbench/.test(report), "versions");
   } finally {
     await Deno.remove(out, { recursive: true }).catch(() => {});
