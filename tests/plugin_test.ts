@@ -455,10 +455,11 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
   });
 
   await t.step("cacheRoute: a kept answer stands for its text, Bind values aside", async () => {
+    const metricsPort = await freePort();
     await using proxy = await proxyWith(pg, [
       { name: "kept", path: plugin("cached.ts"), timeout: SLACK, cache_size: 3 },
       { name: "asked", path: plugin("trivial.ts"), timeout: SLACK },
-    ]);
+    ], { general: { openmetrics_port: metricsPort, openmetrics_namespace: "pgdog_" } });
     await dumpLogsOnFailure(proxy, async () => {
       const admin = {
         ...via(proxy),
@@ -510,6 +511,23 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
         await other.end();
       }
       assert.deepEqual((await counters())[0].slice(0, 2), [8, 6]);
+      // The same counters in OpenMetrics.
+      const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      const metric = (name: string, plugin: string): number => {
+        const line = metrics.split("\n")
+          .find((l) =>
+            l.startsWith(`pgdog_plugin_${name}{plugin="${plugin}",isolation="process"}`)
+          );
+        assert.ok(line, `no pgdog_plugin_${name} for ${plugin} in:\n${metrics}`);
+        return Number(line.split(" ").at(-1));
+      };
+      assert.deepEqual(
+        ["calls_total", "cache_hits_total", "cached", "errors_total", "ready"].map((m) =>
+          metric(m, "kept")
+        ),
+        [8, 6, 3, 2, 1],
+      );
+      assert.equal(metric("calls_total", "asked"), 14);
     });
   });
 

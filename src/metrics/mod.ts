@@ -10,11 +10,14 @@ import client from "prom-client";
 import type { Databases, Target } from "../backend/databases.ts";
 import { Pool } from "../backend/pool.ts";
 import type { ClientView } from "../admin/mod.ts";
+import type { PluginStats } from "../plugin/mod.ts";
 
 /** What the metrics read. */
 export interface MetricsSource {
   readonly databases: Databases;
   readonly clients: ReadonlySet<ClientView>;
+  /** The running `[[plugins]]` (null when none is configured). */
+  readonly plugins: { stats(): PluginStats[] } | null;
 }
 
 const POOL_LABELS = ["user", "database", "host", "port", "shard", "role"] as const;
@@ -137,6 +140,44 @@ export function metricsRegistry(
     "Time from each request to its answer, summed.",
     (p) => p.totals().queryTimeMs / 1000,
     "counter",
+  );
+  const perPlugin = (
+    name: string,
+    help: string,
+    value: (p: PluginStats) => number,
+    kind: "gauge" | "counter" = "counter",
+  ): void => {
+    const Metric = kind === "gauge" ? client.Gauge : client.Counter;
+    new Metric({
+      name: `${ns}plugin_${name}`,
+      help,
+      labelNames: ["plugin", "isolation"],
+      registers: [registry],
+      collect(this: client.Gauge<string> | client.Counter<string>) {
+        this.reset();
+        for (const p of source.plugins?.stats() ?? []) {
+          const labels = { plugin: p.name, isolation: p.isolation };
+          if (this instanceof client.Gauge) this.set(labels, value(p));
+          else this.inc(labels, value(p));
+        }
+      },
+    });
+  };
+  perPlugin("calls", "Hook calls sent to the plugin.", (p) => p.calls);
+  perPlugin(
+    "errors",
+    "Hook calls that failed (thrown, timed out, ended, bad answers).",
+    (p) => p.errors,
+  );
+  perPlugin("timeouts", "Hook calls that passed the plugin's timeout.", (p) => p.timeouts);
+  perPlugin("restarts", "Times the plugin's sandbox was replaced.", (p) => p.restarts);
+  perPlugin("cache_hits", "Hook calls answered from kept answers.", (p) => p.cacheHits);
+  perPlugin("cached", "Answers kept (cacheRoute, cacheShard).", (p) => p.cached, "gauge");
+  perPlugin(
+    "ready",
+    "1 while the plugin's sandbox runs, 0 while it restarts.",
+    (p) => p.state === "ready" ? 1 : 0,
+    "gauge",
   );
   const waits = new client.Histogram({
     name: `${ns}checkout_wait_seconds`,
