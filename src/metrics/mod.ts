@@ -43,28 +43,40 @@ export function metricsRegistry(
   registry.setContentType(client.openMetricsContentType);
   const ns = options.namespace;
   const places = () => source.databases.hosts();
+  /** A metric read from pgdog's state at each scrape: one value per labelled row. */
+  const fromState = <T>(
+    spec: { name: string; help: string; labelNames: readonly string[]; kind: "gauge" | "counter" },
+    rows: () => Iterable<T>,
+    labels: (row: T) => Record<string, string | number>,
+    value: (row: T) => number,
+  ): void => {
+    const Metric = spec.kind === "gauge" ? client.Gauge : client.Counter;
+    new Metric({
+      name: `${ns}${spec.name}`,
+      help: spec.help,
+      labelNames: spec.labelNames,
+      registers: [registry],
+      collect(this: client.Gauge<string> | client.Counter<string>) {
+        this.reset();
+        for (const row of rows()) {
+          if (this instanceof client.Gauge) this.set(labels(row), value(row));
+          else this.inc(labels(row), value(row));
+        }
+      },
+    });
+  };
   const perPool = (
     name: string,
     help: string,
     value: (pool: Pool, target: Target) => number,
     kind: "gauge" | "counter" = "gauge",
-  ): void => {
-    const Metric = kind === "gauge" ? client.Gauge : client.Counter;
-    new Metric({
-      name: `${ns}${name}`,
-      help,
-      labelNames: POOL_LABELS,
-      registers: [registry],
-      collect(this: client.Gauge<string> | client.Counter<string>) {
-        this.reset();
-        for (const { pool, shard, target } of places()) {
-          const v = value(pool, target);
-          if (this instanceof client.Gauge) this.set(labelsOf(pool, shard, target), v);
-          else this.inc(labelsOf(pool, shard, target), v);
-        }
-      },
-    });
-  };
+  ): void =>
+    fromState(
+      { name, help, labelNames: POOL_LABELS, kind },
+      places,
+      ({ pool, shard, target }) => labelsOf(pool, shard, target),
+      ({ pool, target }) => value(pool, target),
+    );
 
   new client.Gauge({
     name: `${ns}clients`,
@@ -146,23 +158,13 @@ export function metricsRegistry(
     help: string,
     value: (p: PluginStats) => number,
     kind: "gauge" | "counter" = "counter",
-  ): void => {
-    const Metric = kind === "gauge" ? client.Gauge : client.Counter;
-    new Metric({
-      name: `${ns}plugin_${name}`,
-      help,
-      labelNames: ["plugin", "isolation"],
-      registers: [registry],
-      collect(this: client.Gauge<string> | client.Counter<string>) {
-        this.reset();
-        for (const p of source.plugins?.stats() ?? []) {
-          const labels = { plugin: p.name, isolation: p.isolation };
-          if (this instanceof client.Gauge) this.set(labels, value(p));
-          else this.inc(labels, value(p));
-        }
-      },
-    });
-  };
+  ): void =>
+    fromState(
+      { name: `plugin_${name}`, help, labelNames: ["plugin", "isolation"], kind },
+      () => source.plugins?.stats() ?? [],
+      (p) => ({ plugin: p.name, isolation: p.isolation }),
+      value,
+    );
   perPlugin("calls", "Hook calls sent to the plugin.", (p) => p.calls);
   perPlugin(
     "errors",

@@ -16,7 +16,7 @@ export interface Hello {
   hooks: HookName[];
   /** `route` reads `ctx.statement`. */
   parseTree: boolean;
-  /** `route`'s answers may be kept per statement text, user, database and application_name. */
+  /** `route`'s answers may be kept per statement (see `Plugin.cacheRoute`). */
   cacheRoute: boolean;
   /** `shard`'s answers may be kept per key and shard context. */
   cacheShard: boolean;
