@@ -29,6 +29,7 @@ const CTX = JSON.stringify({
 });
 const STATEMENT: RouteStatement = {
   sql: "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+  shape: "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
   user: "bench",
   database: "bench",
   applicationName: "pgbench",

@@ -95,7 +95,7 @@ const HELP = `deno task bench [options]
                      pgdog-plugin: pgdog with a trivial route plugin in its own process
                      (tests/plugins/trivial.ts), pgdog-plugin-worker: the same plugin with
                      isolation = "worker", pgdog-plugin-cached: the same plugin in a process,
-                     declaring cacheRoute; each shown with its ratio to pgdog
+                     declaring cacheRoute: "shape"; each shown with its ratio to pgdog
   --workers LIST     pgdog [general] workers values, one pgdog target each (default 1)
   --idle N           idle clients for the memory and per-query cost checks (default 10000; 0: skip)
   --pool-size N      server connections per pool, pgdog and PgBouncer alike (default 10)

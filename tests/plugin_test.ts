@@ -30,6 +30,7 @@ import {
   startReplica,
   type TomlDocument,
 } from "./harness/mod.ts";
+import { API_VERSION } from "../src/plugin/api.ts";
 
 const USER = "postgres";
 const PASSWORD = "plugin-test-pw";
@@ -37,6 +38,8 @@ const HERE = new URL(".", import.meta.url).pathname;
 const plugin = (file: string): string => `${HERE}plugins/${file}`;
 /** A timeout for plugins whose timing is not under test (a loaded machine is slow). */
 const SLACK = 10_000;
+/** pgdog's plugin API version, as a pattern. */
+const HOST_API = API_VERSION.replaceAll(".", "\\.");
 
 function proxyWith(
   pg: { host: string; port: number },
@@ -228,7 +231,10 @@ Deno.test("plugins: on_error = error and API version checks", async (t) => {
   await t.step("a newer minor API version is refused at startup, naming both", async () => {
     await assert.rejects(
       proxyWith(pg, [{ name: "future", path: plugin("future.ts") }]),
-      /plugin "future" \(.*future\.ts\): it was written for plugin API 1\.99\.0, newer than pgdog's 1\.1\.0/,
+      new RegExp(
+        `plugin "future" \\(.*future\\.ts\\): it was written for plugin API 1\\.99\\.0, newer than ` +
+          `pgdog's ${HOST_API}`,
+      ),
     );
   });
 
@@ -244,9 +250,12 @@ Deno.test("plugins: on_error = error and API version checks", async (t) => {
         plugins: [{ name: "future", path: plugin("future.ts") }],
       });
       proxy.signal("SIGHUP");
-      await proxy.waitForLog(/reload failed: plugin "future".*newer than pgdog's 1\.1\.0/, {
-        since,
-      });
+      await proxy.waitForLog(
+        new RegExp(`reload failed: plugin "future".*newer than pgdog's ${HOST_API}`),
+        {
+          since,
+        },
+      );
       assert.equal((await psql(via(proxy), "select 'still here'")).stdout.trim(), "still here");
     });
   });
@@ -531,6 +540,50 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
     });
   });
 
+  await t.step('cacheRoute "shape": one answer for texts differing in constants', async () => {
+    await using proxy = await proxyWith(pg, [
+      { name: "shape", path: plugin("shape_cached.ts"), timeout: SLACK },
+    ]);
+    await dumpLogsOnFailure(proxy, async () => {
+      const admin = {
+        ...via(proxy),
+        user: "admin",
+        password: "plugin-admin-pw",
+        database: "admin",
+      };
+      /** [calls, cache_hits, cached], from SHOW PLUGINS. */
+      const counters = async () => {
+        const r = await psql(admin, "SHOW PLUGINS");
+        assert.equal(r.code, 0, r.stderr);
+        const f = r.stdout.trim().split("|");
+        return [Number(f[4]), Number(f[9]), Number(f[10])];
+      };
+      const c = await connectPg(via(proxy));
+      try {
+        // Simple protocol: other constants, a comment, the same shape.
+        for (const text of ["select 1 as one", "select 2 as one", "/* hi */ select 3 as one"]) {
+          assert.equal((await c.query(text)).rows.length, 1);
+        }
+        assert.deepEqual(await counters(), [1, 2, 1]);
+        for (const v of [1, 2]) {
+          await assert.rejects(c.query(`select ${v} as secret`), (e: Error & { code?: string }) => {
+            assert.equal(e.code, "42501");
+            assert.equal(e.message, "secret is not to be read");
+            return true;
+          });
+        }
+        assert.deepEqual(await counters(), [2, 3, 2]);
+        // A rewrite carries one statement's values: asked again for each.
+        for (const v of [5, 6]) {
+          assert.equal((await c.query(`select ${v} as rewrite_me`)).rows[0].rewritten, v);
+        }
+        assert.deepEqual(await counters(), [4, 3, 2]);
+      } finally {
+        await c.end();
+      }
+    });
+  });
+
   await t.step("config from a TOML file; permissions granted reach the sandbox", async () => {
     await using proxy = await proxyWith(pg, [
       {
@@ -740,6 +793,30 @@ Deno.test("plugins: the example plugins in plugins/, through the proxy", async (
         assert.equal((await c.query("select id from events")).rows.length, 2);
         assert.equal((await c.query("select id from events limit 4")).rows.length, 4);
         assert.equal((await c.query("select id from events where id > $1", [1])).rows.length, 2);
+        // guard and primary_only_tables declare cacheRoute "shape": other constants, no new call;
+        // limit_rewriter keeps nothing.
+        const admin = proxy.target({
+          user: "admin",
+          password: "plugin-admin-pw",
+          database: "admin",
+        });
+        const counters = async () =>
+          new Map(
+            (await psql(admin, "SHOW PLUGINS")).stdout.trim().split("\n").map((line) => {
+              const f = line.split("|");
+              return [f[0], [Number(f[4]), Number(f[9])]];
+            }),
+          );
+        const before = await counters();
+        for (const id of [1, 7, 9]) {
+          const sql = `${port}, (select count(*) from orders where id = ${id}) as n`;
+          assert.equal(await at(sql), a.port);
+        }
+        const after = await counters();
+        const change = (name: string) => after.get(name)!.map((n, i) => n - before.get(name)![i]);
+        assert.deepEqual(change("guard"), [1, 2]);
+        assert.deepEqual(change("primary_only_tables"), [1, 2]);
+        assert.deepEqual(change("limit_rewriter"), [3, 0]);
       } finally {
         await c.end();
       }

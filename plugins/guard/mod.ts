@@ -143,9 +143,10 @@ function tableName(rv: RangeVar): string {
  * DELETE or UPDATE without WHERE and nothing otherwise.
  */
 const plugin: Plugin<GuardConfig> = definePlugin<GuardConfig>({
-  apiVersion: "1.1.0",
-  // Its answer follows from the statement's text alone: pgdog may keep it per text.
-  cacheRoute: true,
+  apiVersion: "1.2.0",
+  // Whether a DELETE or UPDATE has a WHERE clause, and on which table, does not depend on the
+  // statement's constants or comments: pgdog may keep one answer per shape.
+  cacheRoute: "shape",
   init(config: GuardConfig): void {
     except = parseEntries(isRecord(config) ? config.except : undefined, "except");
   },

@@ -77,11 +77,11 @@ function listed(table: PluginTable): boolean {
  * `{ role: "primary" }` for a read that names a listed table, and nothing otherwise.
  */
 const plugin: Plugin<PrimaryOnlyTablesConfig> = definePlugin<PrimaryOnlyTablesConfig>({
-  apiVersion: "1.1.0",
-  // Reads ctx.tables and ctx.write only, never the parse tree: both follow from the text, so
-  // pgdog may keep the answer per text.
+  apiVersion: "1.2.0",
+  // Reads ctx.tables and ctx.write only, never the parse tree: both follow from the statement's
+  // shape, whatever its constants and comments, so pgdog may keep one answer per shape.
   parseTree: false,
-  cacheRoute: true,
+  cacheRoute: "shape",
   init(config: PrimaryOnlyTablesConfig): void {
     tables = parseTables(
       typeof config === "object" && config !== null ? config.tables : undefined,

@@ -1465,6 +1465,7 @@ export class Client implements ServerLink {
     const applicationName = this.session.params.get("application_name") ?? "";
     return plugins.route({
       sql,
+      shape: analysis.entry.query,
       user: this.user,
       database: this.database,
       applicationName,

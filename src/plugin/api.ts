@@ -26,7 +26,7 @@
  * The version of this API (semver). pgdog loads a plugin whose `apiVersion` has the same major
  * version and a minor version no newer than this one.
  */
-export const API_VERSION = "1.1.0";
+export const API_VERSION = "1.2.0";
 
 /** Which kind of host a statement runs on. */
 export type Role = "primary" | "replica";
@@ -129,8 +129,14 @@ export interface Plugin<Config = Record<string, unknown>> {
    * Bind parameters, the transaction, pgdog's decision or state of the plugin's own that changes.
    * pgdog then keeps answers (up to the entry's `cache_size`) and calls `route` only for a
    * combination it has not kept. Since API 1.1. Default false.
+   *
+   * `"shape"` (since API 1.2) says more: the answer does not depend on the statement's constants
+   * or comments either, only on its shape (its kind, tables and clauses). pgdog then keeps one
+   * answer for `... WHERE id = 1` and `... WHERE id = 2` (and `... WHERE id = $1`), so queries
+   * that differ only in their values cost one call. A `rewrite` answer is never kept this way
+   * (it is a text with the values of one statement); `block`, `role` and `shard` are.
    */
-  cacheRoute?: boolean;
+  cacheRoute?: boolean | "shape";
   /**
    * True when `shard`'s answer depends only on its arguments (the key, the table and column, the
    * data type, the shard count, the database), as a sharding function's must for rows to stay

@@ -16,11 +16,14 @@ export interface Hello {
   hooks: HookName[];
   /** `route` reads `ctx.statement`. */
   parseTree: boolean;
-  /** `route`'s answers may be kept per statement (see `Plugin.cacheRoute`). */
-  cacheRoute: boolean;
+  /** `route`'s answers may be kept per statement text or shape (see `Plugin.cacheRoute`). */
+  cacheRoute: RouteCaching;
   /** `shard`'s answers may be kept per key and shard context. */
   cacheShard: boolean;
 }
+
+/** What a kept `route` answer is filed under: no keeping, the text, or the text's shape. */
+export type RouteCaching = false | "text" | "shape";
 
 const HOOKS: HookName[] = ["init", "route", "shard", "shutdown"];
 
@@ -39,7 +42,12 @@ export async function loadGuest(specifier: string): Promise<{ plugin: Plugin; he
     (plugin as unknown as Record<string, unknown>)[h] = exported[h].bind(exported);
   }
   const parseTree = (exported.parseTree ?? module.parseTree) !== false;
-  const cacheRoute = (exported.cacheRoute ?? module.cacheRoute) === true;
+  const declared = exported.cacheRoute ?? module.cacheRoute;
+  const cacheRoute: RouteCaching = declared === true
+    ? "text"
+    : declared === "shape"
+    ? "shape"
+    : false;
   const cacheShard = (exported.cacheShard ?? module.cacheShard) === true;
   return {
     plugin,

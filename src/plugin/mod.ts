@@ -11,7 +11,7 @@ import type { PluginConfig } from "../config/types.ts";
 import { log } from "../log.ts";
 import { LruMap } from "../lru.ts";
 import type { RouteAnswer } from "./api.ts";
-import type { HookName } from "./guest.ts";
+import type { HookName, RouteCaching } from "./guest.ts";
 import { type Grants, type Sandbox, startProcess, startWorker } from "./sandbox.ts";
 
 /** A plugin that could not be started, with a message naming it. */
@@ -69,6 +69,8 @@ class RunningPlugin {
   parseTree = true;
   /** Route answers by statement (see {@linkcode routeCacheKey}); null when not kept. */
   answers: LruMap<string, RouteAnswer | null> | null = null;
+  /** What `answers` are filed under: the statement's text, or its shape. */
+  answersBy: RouteCaching = false;
   /** Shard answers by key and shard context; null when not kept. */
   shards: LruMap<string, number> | null = null;
   cacheHits = 0;
@@ -120,10 +122,11 @@ class RunningPlugin {
     this.hooks = new Set(sandbox.hello.hooks);
     this.parseTree = sandbox.hello.parseTree !== false;
     // A new sandbox starts with empty caches: a restarted plugin may answer differently.
-    const keep = <V>(declared: boolean | undefined): LruMap<string, V> | null =>
-      declared === true && this.config.cache_size > 0 ? new LruMap(this.config.cache_size) : null;
-    this.answers = keep(sandbox.hello.cacheRoute);
-    this.shards = keep(sandbox.hello.cacheShard);
+    const keep = <V>(declared: boolean): LruMap<string, V> | null =>
+      declared && this.config.cache_size > 0 ? new LruMap(this.config.cache_size) : null;
+    this.answers = keep(sandbox.hello.cacheRoute !== false);
+    this.answersBy = this.answers === null ? false : sandbox.hello.cacheRoute;
+    this.shards = keep(sandbox.hello.cacheShard === true);
     try {
       if (this.hooks.has("init")) await sandbox.call("init", this.#init, INIT_TIMEOUT_MS);
     } catch (e) {
@@ -322,10 +325,18 @@ export class PluginSet {
     const routers = this.#routers;
     // The kept answers as the calls start: a restart meanwhile starts a new, empty cache.
     const caches = routers.map((p) => p.answers);
-    const key = caches.some((c) => c !== null) ? routeCacheKey(statement) : "";
+    let textKey: string | null = null;
+    let shapeKey: string | null = null;
+    const keys = routers.map((p) =>
+      p.answersBy === "text"
+        ? textKey ??= routeCacheKey(statement, "text")
+        : p.answersBy === "shape"
+        ? shapeKey ??= routeCacheKey(statement, "shape")
+        : ""
+    );
     let args: string | null = null;
     const answers = await Promise.allSettled(routers.map((p, i) => {
-      const kept = caches[i]?.get(key);
+      const kept = caches[i]?.get(keys[i]);
       if (kept !== undefined) {
         p.cacheHits++;
         return kept;
@@ -348,7 +359,11 @@ export class PluginSet {
         );
         return;
       }
-      if (caches[i] !== null && caches[i]!.peek(key) === undefined) caches[i]!.set(key, answer);
+      const cache = caches[i];
+      // A rewrite is the text of one statement: it stands for another only with the same text.
+      const keeps = cache !== null &&
+        (plugin.answersBy === "text" || answer === null || answer.rewrite === undefined);
+      if (keeps && cache.peek(keys[i]) === undefined) cache.set(keys[i], answer);
       if (answer === null) return;
       for (const field of ["shard", "role", "block", "rewrite"] as const) {
         if (answer[field] === undefined || verdict[field] !== undefined) continue;
@@ -426,6 +441,8 @@ export class PluginSet {
 export interface RouteStatement {
   /** The SQL text (the context's `query`). */
   sql: string;
+  /** The text with its constants replaced by parameters and its comments removed. */
+  shape: string;
   user: string;
   database: string;
   applicationName: string;
@@ -437,8 +454,10 @@ export interface RouteStatement {
 }
 
 /** What a kept route answer is filed under: everything `cacheRoute` lets the answer depend on. */
-function routeCacheKey(s: RouteStatement): string {
-  return `${s.user}\0${s.database}\0${s.applicationName}\0${s.shards}\0${s.replicas}\0${s.sql}`;
+function routeCacheKey(s: RouteStatement, by: "text" | "shape"): string {
+  return `${s.user}\0${s.database}\0${s.applicationName}\0${s.shards}\0${s.replicas}\0${
+    by === "text" ? s.sql : s.shape
+  }`;
 }
 
 /** Identifies a `[[plugins]]` list: equal keys, nothing to restart on RELOAD. */

@@ -89,6 +89,7 @@ Deno.test("PluginSet: parseTree, merged answers, a missing module named", async 
     deepEqual(set.names, ["t", "d"]);
     const ctx = (query: string): RouteStatement => ({
       sql: query,
+      shape: query,
       user: "u",
       database: "db",
       applicationName: "",
@@ -117,6 +118,7 @@ Deno.test("PluginSet: parseTree, merged answers, a missing module named", async 
 Deno.test("PluginSet: kept route answers (cacheRoute, cache_size), dropped on restart", async () => {
   const statement = (sql: string, applicationName = ""): RouteStatement => ({
     sql,
+    shape: sql,
     user: "u",
     database: "db",
     applicationName,
@@ -160,6 +162,47 @@ Deno.test("PluginSet: kept route answers (cacheRoute, cache_size), dropped on re
     }
     equal(set.stats()[0].restarts, 1);
     equal(set.stats()[0].cached, 0);
+  } finally {
+    await set.close();
+  }
+});
+
+Deno.test('PluginSet: cacheRoute "shape" keeps answers per shape, rewrites not', async () => {
+  const statement = (sql: string, shape: string): RouteStatement => ({
+    sql,
+    shape,
+    user: "u",
+    database: "db",
+    applicationName: "",
+    shards: 1,
+    replicas: false,
+    context: () => JSON.stringify({ query: sql }),
+  });
+  const set = await PluginSet.start([
+    config("shape", "shape_cached.ts"),
+    config("text", "cached.ts"),
+  ]);
+  const calls = () => set.stats().map((s) => [s.calls, s.cacheHits, s.cached]);
+  try {
+    for (const v of [1, 2, 3]) {
+      deepEqual(await set.route(statement(`select ${v} as one`, "select $1 as one")), { by: {} });
+    }
+    // One shape, three texts.
+    deepEqual(calls(), [[1, 2, 1], [3, 0, 3]]);
+    for (const v of [1, 2]) {
+      deepEqual(await set.route(statement(`select ${v} as secret`, "select $1 as secret")), {
+        by: { block: "shape" },
+        block: "secret is not to be read",
+      });
+    }
+    deepEqual(calls()[0], [2, 3, 2]);
+    for (const v of [5, 6]) {
+      deepEqual(
+        await set.route(statement(`select ${v} as rewrite_me`, "select $1 as rewrite_me")),
+        { by: { rewrite: "shape" }, rewrite: `select ${v} as rewritten` },
+      );
+    }
+    deepEqual(calls()[0], [4, 3, 2]);
   } finally {
     await set.close();
   }

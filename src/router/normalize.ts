@@ -3,7 +3,7 @@
  * `... WHERE aid = 17` and `... WHERE aid = 42` share one parse-cache entry, (2) keeps the
  * literals' values for the router, and (3) takes pgdog's comment directives
  * (`/* pgdog_role: replica *\/`, `/* pgdog_shard: 2 *\/`, `/* pgdog_sharding_key: 42 *\/`) out of
- * the text, so comments never split the cache.
+ * the text, so comments never split the cache (nor the blanks they leave at either end).
  *
  * @module
  */
@@ -46,6 +46,7 @@ export function normalize(sql: string): Normalized {
   let key = "";
   let from = 0;
   let prevTypeWord = false;
+  let removedComment = false;
   const replace = (start: number, end: number, literal: Literal): void => {
     key += sql.slice(from, start) + "$" + (firstParam + literals.length);
     literals.push(literal);
@@ -64,6 +65,7 @@ export function normalize(sql: string): Normalized {
     ) {
       const end = commentEnd(sql, i);
       directives = collectDirectives(sql.slice(i + 2, end), directives);
+      removedComment = true;
       key += sql.slice(from, i) + " ";
       from = end;
       i = end;
@@ -129,7 +131,9 @@ export function normalize(sql: string): Normalized {
     i++;
   }
   if (from === 0) return { key: sql, literals, firstParam, directives };
-  return { key: key + sql.slice(from), literals, firstParam, directives };
+  key += sql.slice(from);
+  // Without its comments, `/* app: x */ SELECT 1` is the same statement as `SELECT 1`.
+  return { key: removedComment ? key.trim() : key, literals, firstParam, directives };
 }
 
 const PARAM = /\$(\d+)/g;

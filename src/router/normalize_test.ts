@@ -26,9 +26,10 @@ Deno.test("identifiers, typed literals, parameters and dollar quotes", () => {
 
 Deno.test("comments leave the key and leave their directives", () => {
   const r = normalize("/* pgdog_role: replica */ SELECT 1 -- pgdog_shard: 3\n");
-  equal(r.key, "  SELECT $1  \n");
+  equal(r.key, "SELECT $1");
   deepEqual([...r.directives!], [["role", "replica"], ["shard", "3"]]);
   equal(normalize("SELECT 1 /* trace=abc */").key, normalize("SELECT 2 /* trace=xyz */").key);
+  equal(normalize("/* app: web */\n  SELECT 1 -- end").key, normalize("SELECT 2").key);
   deepEqual([...normalize("/* pgdog_sharding_key: 'us-east-1' */ select 1").directives!], [[
     "sharding_key",
     "us-east-1",
