@@ -103,3 +103,8 @@ export function configureLogging(options: { level: LogLevel; format: "text" | "j
   if (!levelFromEnv) setLogLevel(options.level);
   json = options.format === "json";
 }
+
+/** What a caught value says: an Error's message, or the value as text. */
+export function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

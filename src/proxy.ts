@@ -14,7 +14,7 @@ import { PreparedCache } from "./frontend/prepared.ts";
 import { loadParser, QueryRouter } from "./router/mod.ts";
 import { PluginSet, pluginsKey } from "./plugin/mod.ts";
 import { Listener } from "./net/listener.ts";
-import { configureLogging, log, setLogWorker } from "./log.ts";
+import { configureLogging, errorMessage, log, setLogWorker } from "./log.ts";
 import { adminCommand, type AdminHost, StatsWindow } from "./admin/mod.ts";
 import { Gate } from "./admin/gate.ts";
 import { metricsRegistry, serveMetrics } from "./metrics/mod.ts";
@@ -328,7 +328,7 @@ export class Proxy implements ClientHost {
       const result = await answer;
       if ("error" in result) throw new Error(result.error.message);
     } catch (e) {
-      log.warn(`admin command from another worker (${sql}): ${e instanceof Error ? e.message : e}`);
+      log.warn(`admin command from another worker (${sql}): ${errorMessage(e)}`);
     }
   }
 

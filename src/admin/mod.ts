@@ -17,6 +17,7 @@ import { appendError, type ErrorFields, MessageBuilder, Msg } from "../protocol/
 import { SqlState } from "../protocol/sqlstate.ts";
 import { VERSION } from "../version.ts";
 import type { Gate } from "./gate.ts";
+import { errorMessage } from "../log.ts";
 
 /** What SHOW CLIENTS reads of a connected client. */
 export interface ClientView {
@@ -531,7 +532,7 @@ async function reload(host: AdminHost): Promise<AdminAnswer> {
           ? `configuration is invalid (${problems.length} problem${
             problems.length === 1 ? "" : "s"
           }); the running configuration stays`
-          : `reload failed: ${e instanceof Error ? e.message : e}`,
+          : `reload failed: ${errorMessage(e)}`,
         detail: problems?.join("\n"),
       },
     };

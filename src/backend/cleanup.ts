@@ -9,7 +9,7 @@
 
 import { copyFail, SYNC, TxStatus } from "../protocol/messages.ts";
 import { Action, Expect } from "./response_queue.ts";
-import { log } from "../log.ts";
+import { errorMessage, log } from "../log.ts";
 import { CopyState, type Server } from "./server.ts";
 
 /** How long outstanding queries may run on after their client left before they are cancelled. */
@@ -74,7 +74,7 @@ export async function cleanServer(
   } catch (e) {
     if (!timedOut && !server.closed) {
       log.warn(
-        `${server.label}: cleanup failed (${e instanceof Error ? e.message : e}); closing it`,
+        `${server.label}: cleanup failed (${errorMessage(e)}); closing it`,
       );
       server.close("cleanup failed");
     }

@@ -25,6 +25,7 @@ import { MessageBuffer } from "../net/message_buffer.ts";
 import { type ByteStream, closeQuietly, tuneTcp, writeAll } from "../net/stream.ts";
 import { connectTls, type TlsVerifyMode } from "../net/tls.ts";
 import { Server, type ServerAddress } from "./server.ts";
+import { errorMessage } from "../log.ts";
 
 /** How server connections use TLS (`[general] tls_verify` other than `disabled`). */
 export interface ServerTls {
@@ -138,7 +139,7 @@ async function negotiateTls(
     return await connectTls(conn, { mode: tls.mode, ca: tls.ca, servername: login.host });
   } catch (e) {
     const code = (e as { code?: unknown }).code;
-    const reason = (e instanceof Error ? e.message : String(e)) +
+    const reason = (errorMessage(e)) +
       (typeof code === "string" && code.length > 0 ? ` (${code})` : "");
     throw new ServerConnectError({
       severity: "FATAL",

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { log } from "../log.ts";
+import { errorMessage, log } from "../log.ts";
 import { connectServer } from "./connect.ts";
 import type { InternalResult, Server } from "./server.ts";
 import type { Shard, Target } from "./cluster.ts";
@@ -77,7 +77,7 @@ export class ShardMonitor {
   #every(delay: number, interval: number, fn: () => Promise<void>): void {
     const run = (): void => {
       if (this.#stopped) return;
-      fn().catch((e) => log.debug(`monitor: ${e instanceof Error ? e.message : e}`)).finally(() => {
+      fn().catch((e) => log.debug(`monitor: ${errorMessage(e)}`)).finally(() => {
         if (!this.#stopped) this.#timers.push(setTimeout(run, Math.max(10, interval)));
       });
     };

@@ -26,7 +26,7 @@ import {
 } from "../protocol/messages.ts";
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
-import { log } from "../log.ts";
+import { errorMessage, log } from "../log.ts";
 import { sendCancel } from "./cancel.ts";
 import {
   Action,
@@ -426,7 +426,7 @@ export class Server {
       }
     } catch (e) {
       if (!this.closed) {
-        log.debug(`${this.label} read loop ended: ${e instanceof Error ? e.message : e}`);
+        log.debug(`${this.label} read loop ended: ${errorMessage(e)}`);
       }
       this.#fail(e);
     }

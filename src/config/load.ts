@@ -10,6 +10,7 @@ import type { Config, PartialConfig } from "./types.ts";
 import { locateToml } from "./locate.ts";
 import { type ConfigSource, Report, validateSources } from "./validate.ts";
 import type { ConfigFile } from "./schema.ts";
+import { errorMessage } from "../log.ts";
 
 /** A valid configuration and the warnings found while loading it. */
 export interface LoadedConfig {
@@ -74,7 +75,7 @@ async function readSource(
       report.warning(`${path}: file not found; using defaults`, { group, line: 0 });
       return source;
     }
-    const reason = error instanceof Error ? error.message : String(error);
+    const reason = errorMessage(error);
     report.problem(`${path}: cannot read the file: ${reason}`, { group, line: 0 });
     return { ...source, failed: true };
   }

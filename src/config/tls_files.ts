@@ -8,6 +8,7 @@
 
 import { createPrivateKey, type KeyObject, X509Certificate } from "node:crypto";
 import type { GeneralConfig } from "./types.ts";
+import { errorMessage } from "../log.ts";
 
 /** The `[general]` keys that name files. */
 export type TlsFileKey = "tls_certificate" | "tls_private_key" | "tls_server_ca_certificate";
@@ -110,7 +111,7 @@ function parseCertificates(
       return new X509Certificate(block[0]);
     } catch (e) {
       const which = blocks.length > 1 ? ` #${i + 1}` : "";
-      const reason = e instanceof Error ? e.message : String(e);
+      const reason = errorMessage(e);
       return new Error(`"${path}": certificate${which} is invalid (${key}): ${reason}`);
     }
   });
@@ -129,7 +130,7 @@ function parseKey(path: string, text: string): KeyObject | Error | null {
     return createPrivateKey(block[0]);
   } catch (e) {
     return new Error(
-      `"${path}": the private key is invalid: ${e instanceof Error ? e.message : e}`,
+      `"${path}": the private key is invalid: ${errorMessage(e)}`,
     );
   }
 }

@@ -56,7 +56,7 @@ import { rewrittenParse, routeContextJson } from "./plugin_context.ts";
 import { FanOut } from "./fan_out.ts";
 import { type AdminAnswer, adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
-import { log, logEnabled } from "../log.ts";
+import { errorMessage, log, logEnabled } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
 import { logIn, LoginRefused } from "./login.ts";
 import {
@@ -238,7 +238,7 @@ export class Client implements ServerLink {
         !(e instanceof ClientGoneError) && !(e instanceof LoginRefused) && !this.closed &&
         !isConnectionReset(e)
       ) {
-        log.warn(`client ${this.id} (${this.addr}): ${e instanceof Error ? e.message : e}`);
+        log.warn(`client ${this.id} (${this.addr}): ${errorMessage(e)}`);
       }
     } finally {
       this.#teardown();
@@ -705,7 +705,7 @@ export class Client implements ServerLink {
     } catch (e) {
       // The server's read loop reports the loss to this client (serverLost).
       log.debug(
-        `client ${this.id}: write to ${server.label} failed: ${e instanceof Error ? e.message : e}`,
+        `client ${this.id}: write to ${server.label} failed: ${errorMessage(e)}`,
       );
     } finally {
       this.#out.reset(this.rbuf.buf);
@@ -1379,7 +1379,7 @@ export class Client implements ServerLink {
         lookup.pluginShards.set(pluginKey(m.plugin, m.value), shard);
       }));
     } catch (e) {
-      this.#answerPluginError(e instanceof Error ? e.message : String(e), type);
+      this.#answerPluginError(errorMessage(e), type);
       return null;
     }
     lookup.found = [];
@@ -2074,7 +2074,7 @@ export class Client implements ServerLink {
       );
       this.#replaying = this.#rerun(replay, server.answered).catch((e) => {
         log.warn(
-          `client ${this.id}: re-running a read failed: ${e instanceof Error ? e.message : e}`,
+          `client ${this.id}: re-running a read failed: ${errorMessage(e)}`,
         );
       }).finally(() => {
         this.#replaying = null;

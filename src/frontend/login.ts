@@ -11,7 +11,7 @@ import { appendError, type ErrorFields, MessageBuilder, Msg } from "../protocol/
 import { SqlState } from "../protocol/sqlstate.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import type { AdminConfig, AuthType } from "../config/types.ts";
-import { log } from "../log.ts";
+import { errorMessage, log } from "../log.ts";
 import { closeQuietly } from "../net/stream.ts";
 import { acceptTls, type AcceptTlsOptions } from "../net/tls.ts";
 import { SocketWriter } from "../net/writer.ts";
@@ -94,7 +94,7 @@ export async function logIn(io: AuthIo, host: LoginHost): Promise<LoginResult | 
             io.conn = await acceptTls(raw, host.tls);
           } catch (e) {
             // Nothing can be said to a client whose handshake failed.
-            log.info(`client TLS handshake failed: ${e instanceof Error ? e.message : e}`);
+            log.info(`client TLS handshake failed: ${errorMessage(e)}`);
             closeQuietly(raw);
             return null;
           }

@@ -4,7 +4,7 @@
  * @module
  */
 
-import { log } from "../log.ts";
+import { errorMessage, log } from "../log.ts";
 import { tuneTcp } from "./stream.ts";
 
 /** A listening socket and its accept loop. */
@@ -45,7 +45,7 @@ export class Listener {
       } catch (e) {
         if (this.#closed || e instanceof Deno.errors.BadResource) return;
         // Out of file descriptors and the like: wait a moment instead of spinning.
-        log.error(`accept failed: ${e instanceof Error ? e.message : e}`);
+        log.error(`accept failed: ${errorMessage(e)}`);
         await new Promise((r) => setTimeout(r, 100));
         continue;
       }

@@ -7,6 +7,7 @@
  */
 
 import { loadModule, parseSync } from "libpg-query";
+import { errorMessage } from "../log.ts";
 
 /** Transaction control at the start of a request. */
 export type TxControl =
@@ -87,7 +88,7 @@ export function analyzeSql(sql: string): StatementInfo {
       readOnlyTransaction: false,
       tables: [],
       ast: null,
-      error: e instanceof Error ? e.message : String(e),
+      error: errorMessage(e),
     };
   }
   const stmts = tree.stmts.map((s) => s.stmt).filter((s): s is Node => s !== undefined);

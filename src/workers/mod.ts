@@ -16,7 +16,7 @@ import type { Config } from "../config/types.ts";
 import { resolvePoolSettings } from "../config/pool_settings.ts";
 import { ConfigError } from "../config/load.ts";
 import type { Proxy } from "../proxy.ts";
-import { log } from "../log.ts";
+import { errorMessage, log } from "../log.ts";
 
 /** Messages the main thread sends a worker. */
 export type ToWorker =
@@ -51,7 +51,7 @@ export interface ReloadError {
 /** Turns an error into a message that can cross threads. */
 export function reloadError(e: unknown): ReloadError {
   if (e instanceof ConfigError) return { message: e.message, problems: e.problems };
-  return { message: e instanceof Error ? e.message : String(e) };
+  return { message: errorMessage(e) };
 }
 
 /** The error a {@linkcode ReloadError} stands for. */

@@ -8,7 +8,7 @@
 /// <reference lib="deno.worker" />
 
 import { Proxy } from "../proxy.ts";
-import { applyLogLevelFromEnv, log } from "../log.ts";
+import { applyLogLevelFromEnv, errorMessage, log } from "../log.ts";
 import { fromReloadError, type FromWorker, reloadError, type ToWorker } from "./mod.ts";
 
 let proxy: Proxy | null = null;
@@ -29,7 +29,7 @@ async function start(msg: Extract<ToWorker, { type: "start" }>): Promise<void> {
     await p.start();
     proxy = p;
   } catch (e) {
-    post({ type: "failed", message: e instanceof Error ? e.message : String(e) });
+    post({ type: "failed", message: errorMessage(e) });
     return;
   }
   let shutdownAsked = false;
@@ -71,7 +71,7 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       proxy.apply(msg.config).then(
         () => post({ type: "reloaded", id: msg.id }),
         (err) => {
-          log.error(`reload failed: ${err instanceof Error ? err.message : err}`);
+          log.error(`reload failed: ${errorMessage(err)}`);
           post({ type: "reloaded", id: msg.id, error: reloadError(err) });
         },
       );
