@@ -584,6 +584,78 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
     });
   });
 
+  await t.step(
+    "a module by URL: its own host may be imported from, others when granted",
+    async () => {
+      const serve = (files: Record<string, string>) =>
+        Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+          const body = files[new URL(req.url).pathname];
+          return body === undefined ? new Response("not found", { status: 404 }) : new Response(
+            body,
+            { headers: { "content-type": "application/typescript" } },
+          );
+        });
+      const helper = serve({ "/note.ts": 'export const note = "from another host";' });
+      const helperHost = `127.0.0.1:${helper.addr.port}`;
+      const origin = serve({
+        "/plain.ts": 'export const apiVersion = "1.0.0";\n' +
+          "export function route(ctx: { query: string }) {\n" +
+          '  if (ctx.query.includes("remote")) return { block: "loaded over http" };\n}\n',
+        "/importing.ts": `import { note } from "http://${helperHost}/note.ts";\n` +
+          'export const apiVersion = "1.0.0";\n' +
+          "export function route(ctx: { query: string }) {\n" +
+          '  if (ctx.query.includes("remote")) return { block: note };\n}\n',
+      });
+      const url = (file: string) => `http://127.0.0.1:${origin.addr.port}/${file}`;
+      try {
+        {
+          await using proxy = await proxyWith(pg, [
+            { name: "plain", path: url("plain.ts"), timeout: SLACK },
+          ]);
+          const r = await psql(via(proxy), "select 'remote'");
+          assert.match(r.stderr, /ERROR: {2}loaded over http\n/);
+        }
+        await assert.rejects(
+          proxyWith(pg, [{ name: "importing", path: url("importing.ts"), timeout: SLACK }]),
+          new RegExp(`plugin "importing".*Requires import access to "${helperHost}"`),
+        );
+        await using proxy = await proxyWith(pg, [{
+          name: "importing",
+          path: url("importing.ts"),
+          timeout: SLACK,
+          permissions: { import: [helperHost] },
+        }]);
+        const r = await psql(via(proxy), "select 'remote'");
+        assert.match(r.stderr, /ERROR: {2}from another host\n/);
+        // A Worker imports with the same grants, which pgdog itself must hold.
+        const worker = {
+          name: "importing",
+          path: url("importing.ts"),
+          isolation: "worker",
+          timeout: SLACK,
+          permissions: { import: [helperHost] },
+        };
+        await assert.rejects(
+          proxyWith(pg, [worker]),
+          new RegExp(
+            'plugin "importing".*a worker plugin can be granted only what pgdog itself was ' +
+              `granted: run pgdog with --allow-import=\\S*${helperHost} too, or use ` +
+              'isolation = "process"',
+          ),
+        );
+        const origins = `127.0.0.1:${origin.addr.port},${helperHost}`;
+        await using inWorker = await proxyWith(pg, [worker], {
+          denoFlags: [`--allow-import=${origins}`],
+        });
+        const w = await psql(via(inWorker), "select 'remote'");
+        assert.match(w.stderr, /ERROR: {2}from another host\n/);
+      } finally {
+        await origin.shutdown();
+        await helper.shutdown();
+      }
+    },
+  );
+
   await t.step("config from a TOML file; permissions granted reach the sandbox", async () => {
     await using proxy = await proxyWith(pg, [
       {
@@ -655,6 +727,16 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
       const thrown = await psql(via(proxy), "select 'throw'");
       assert.equal(thrown.stdout.trim(), "throw");
     });
+    // A worker cannot be granted what pgdog lacks (pgdog reads only its own files here).
+    await assert.rejects(
+      proxyWith(pg, [{
+        name: "wide",
+        path: plugin("trivial.ts"),
+        isolation: "worker",
+        permissions: { read: ["/etc/hostname"] },
+      }]),
+      /plugin "wide".*run pgdog with --allow-read=\S*\/etc\/hostname too, or use isolation = "process"/,
+    );
   });
 });
 

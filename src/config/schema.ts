@@ -47,7 +47,10 @@ export type ValueType =
   | { kind: "shard_key_list" }
   /** A TOML table (kept as written), or a string: the path of a TOML file holding one. */
   | { kind: "table_or_path" }
-  /** A plugin's permissions: `read`, `write`, `net`, `env` (lists of strings), `sys` (boolean). */
+  /**
+   * A plugin's permissions: `read`, `write`, `net`, `env`, `import` (lists of strings), `sys`
+   * (boolean).
+   */
   | { kind: "permissions" };
 
 /** A value a key can default to. */
@@ -808,7 +811,7 @@ const PLUGIN_KEYS = [
     name: "permissions",
     type: { kind: "permissions" },
     description: "What the sandbox may do besides reading the plugin's own folder: " +
-      "`read`, `write`, `net`, `env` (lists) and `sys` (boolean); unset: nothing.",
+      "`read`, `write`, `net`, `env`, `import` (lists) and `sys` (boolean); unset: nothing.",
   },
   oneOf(
     "isolation",
@@ -947,7 +950,7 @@ export function describeType(type: ValueType): string {
     case "table_or_path":
       return "a table or a file path";
     case "permissions":
-      return "a table of read, write, net, env (lists of strings) and sys (true or false)";
+      return "a table of read, write, net, env, import (lists of strings) and sys (true or false)";
     case "enum":
       return `one of ${enumChoices(type).join(", ")}`;
     case "integer":

@@ -789,7 +789,7 @@ Deno.test("plugins: defaults, and every mistake named by file, line and key", as
       'name = "tenants"', //                                              17
       'path = "jsr:@acme/tenants"', //                                    18
       "config = { tenants = { acme = 0 } }", //                           19
-      'permissions = { read = ["./data"], net = ["10.0.0.5:8080"], sys = true }', // 20
+      'permissions = { read = ["./data"], net = ["10.0.0.5:8080"], import = ["x.dev"], sys = true }',
       'isolation = "worker"', //                                          21
       "timeout = 50", //                                                  22
       'on_error = "error"', //                                            23
@@ -812,7 +812,14 @@ Deno.test("plugins: defaults, and every mistake named by file, line and key", as
       name: "tenants",
       path: "jsr:@acme/tenants",
       config: { tenants: { acme: 0 } },
-      permissions: { read: ["./data"], write: [], net: ["10.0.0.5:8080"], env: [], sys: true },
+      permissions: {
+        read: ["./data"],
+        write: [],
+        net: ["10.0.0.5:8080"],
+        env: [],
+        import: ["x.dev"],
+        sys: true,
+      },
       isolation: "worker",
       timeout: 50,
       on_error: "error",

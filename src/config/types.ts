@@ -330,6 +330,11 @@ export interface PluginPermissions {
   net: string[];
   /** Environment variables it may read. */
   env: string[];
+  /**
+   * Hosts (`host` or `host:port`) it may import modules from, besides Deno's defaults (jsr.io,
+   * deno.land, esm.sh, ...) and, for a module given by URL, the module's own host.
+   */
+  import: string[];
   /** System information (hostname, load average). */
   sys: boolean;
 }

@@ -195,7 +195,7 @@ function isPlainTable(value: unknown): value is Record<string, unknown> {
     !(value instanceof Date);
 }
 
-const PERMISSION_LISTS = ["read", "write", "net", "env"];
+const PERMISSION_LISTS = ["read", "write", "net", "env", "import"];
 
 /** A plugin's permissions table: known keys only, lists of non-empty strings, `sys` a boolean. */
 function checkPermissions(value: unknown): CheckResult {
@@ -205,7 +205,14 @@ function checkPermissions(value: unknown): CheckResult {
       error: `expected a table (e.g. { read = ["./data"] }), got ${formatValue(value)}`,
     };
   }
-  const out: Record<string, unknown> = { read: [], write: [], net: [], env: [], sys: false };
+  const out: Record<string, unknown> = {
+    read: [],
+    write: [],
+    net: [],
+    env: [],
+    import: [],
+    sys: false,
+  };
   for (const [key, item] of Object.entries(value)) {
     if (key === "sys") {
       if (typeof item !== "boolean") {
@@ -231,7 +238,8 @@ function checkPermissions(value: unknown): CheckResult {
     } else {
       return {
         ok: false,
-        error: `permissions.${key} is not a permission; allowed: read, write, net, env, sys ` +
+        error:
+          `permissions.${key} is not a permission; allowed: read, write, net, env, import, sys ` +
           "(subprocesses and FFI are never allowed)",
       };
     }

@@ -8,7 +8,7 @@
 
 import { parse as parseToml } from "smol-toml";
 import type { PluginConfig } from "../config/types.ts";
-import { log } from "../log.ts";
+import { errorMessage, log } from "../log.ts";
 import { LruMap } from "../lru.ts";
 import type { RouteAnswer } from "./api.ts";
 import type { HookName, RouteCaching } from "./guest.ts";
@@ -111,7 +111,7 @@ class RunningPlugin {
     try {
       sandbox = await start(spec);
     } catch (e) {
-      throw new PluginError(`plugin "${this.name}" (${this.config.path}): ${message(e)}`);
+      throw new PluginError(`plugin "${this.name}" (${this.config.path}): ${errorMessage(e)}`);
     }
     if (sandbox.channel === "pipes" && this.restarts === 0) {
       log.warn(
@@ -131,7 +131,7 @@ class RunningPlugin {
       if (this.hooks.has("init")) await sandbox.call("init", this.#init, INIT_TIMEOUT_MS);
     } catch (e) {
       sandbox.kill();
-      throw new PluginError(`plugin "${this.name}": init failed: ${message(e)}`);
+      throw new PluginError(`plugin "${this.name}": init failed: ${errorMessage(e)}`);
     }
     if (this.#closed) {
       sandbox.kill();
@@ -158,7 +158,7 @@ class RunningPlugin {
       this.start().then(
         () => log.info(`plugin "${this.name}": restarted`),
         (e) => {
-          log.error(`${message(e)}; trying again`);
+          log.error(`${errorMessage(e)}; trying again`);
           this.#restartLater();
         },
       );
@@ -212,6 +212,7 @@ function sandboxSpec(config: PluginConfig) {
     write: (perms?.write ?? []).map(absolute),
     net: perms?.net ?? [],
     env: perms?.env ?? [],
+    import: [...moduleHost(config.path), ...perms?.import ?? []],
     sys: perms?.sys ?? false,
   };
   return {
@@ -222,6 +223,17 @@ function sandboxSpec(config: PluginConfig) {
     memoryMb: config.memory_mb,
     onOutput: (line: string) => log.info(`plugin "${config.name}": ${line}`),
   };
+}
+
+/** The `host:port` of a module given by an http(s) URL, which its sandbox may import from. */
+function moduleHost(path: string): string[] {
+  if (!/^https?:\/\//i.test(path)) return [];
+  try {
+    const url = new URL(path);
+    return [`${url.hostname}:${url.port || (url.protocol === "https:" ? 443 : 80)}`];
+  } catch {
+    return [];
+  }
 }
 
 function cwdOrNull(): string | null {
@@ -243,10 +255,6 @@ function absolute(path: string): string {
     else out.push(part);
   }
   return `/${out.join("/")}`;
-}
-
-function message(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
 
 /** The plugins of a configuration, started. */
@@ -298,7 +306,7 @@ export class PluginSet {
     await set.close();
     throw failed.reason instanceof PluginError
       ? failed.reason
-      : new PluginError(message(failed.reason));
+      : new PluginError(errorMessage(failed.reason));
   }
 
   /** Some plugin has a `route` hook. */
@@ -352,7 +360,7 @@ export class PluginSet {
         if (result.status === "rejected") throw result.reason;
         answer = checkAnswer(result.value, statement.shards);
       } catch (e) {
-        const why = `plugin "${plugin.name}": route failed: ${message(e)}`;
+        const why = `plugin "${plugin.name}": route failed: ${errorMessage(e)}`;
         if (plugin.config.on_error === "error") verdict.error ??= why;
         log.warn(
           `${why}; ${plugin.config.on_error === "error" ? "the statement fails" : "ignored"}`,
@@ -397,7 +405,7 @@ export class PluginSet {
     try {
       shard = await plugin.call("shard", JSON.stringify([key, ctx]));
     } catch (e) {
-      throw new Error(`plugin "${name}": shard failed: ${message(e)}`);
+      throw new Error(`plugin "${name}": shard failed: ${errorMessage(e)}`);
     }
     if (typeof shard !== "number" || !Number.isInteger(shard) || shard < 0 || shard >= ctx.shards) {
       throw new Error(
@@ -474,14 +482,16 @@ async function initConfig(config: PluginConfig): Promise<Record<string, unknown>
     text = await Deno.readTextFile(config.config);
   } catch (e) {
     throw new PluginError(
-      `plugin "${config.name}": cannot read its config file ${config.config}: ${message(e)}`,
+      `plugin "${config.name}": cannot read its config file ${config.config}: ${errorMessage(e)}`,
     );
   }
   try {
     return parseToml(text) as Record<string, unknown>;
   } catch (e) {
     throw new PluginError(
-      `plugin "${config.name}": its config file ${config.config} is not valid TOML: ${message(e)}`,
+      `plugin "${config.name}": its config file ${config.config} is not valid TOML: ${
+        errorMessage(e)
+      }`,
     );
   }
 }

@@ -1,7 +1,7 @@
 import { deepEqual, equal, match, rejects } from "node:assert/strict";
 import { encodeFrame, FrameReader, FrameWriter } from "./frames.ts";
 import { incompatibility } from "./api.ts";
-import { permissionFlags } from "./sandbox.ts";
+import { DEFAULT_IMPORT_HOSTS, permissionFlags } from "./sandbox.ts";
 import { PluginError, PluginSet, type RouteStatement } from "./mod.ts";
 import type { PluginConfig } from "../config/types.ts";
 
@@ -51,14 +51,14 @@ Deno.test("a plugin process gets exactly its grants as flags", () => {
   deepEqual(
     permissionFlags({
       folder: "/p",
-      grants: { read: [], write: [], net: [], env: [], sys: false },
+      grants: { read: [], write: [], net: [], env: [], import: [], sys: false },
     }),
     ["--no-prompt", "--allow-read=/p"],
   );
   deepEqual(
     permissionFlags({
       folder: null,
-      grants: { read: ["/d"], write: ["/w"], net: ["h:1"], env: ["TZ"], sys: true },
+      grants: { read: ["/d"], write: ["/w"], net: ["h:1"], env: ["TZ"], import: [], sys: true },
     }),
     [
       "--no-prompt",
@@ -69,14 +69,43 @@ Deno.test("a plugin process gets exactly its grants as flags", () => {
       "--allow-sys",
     ],
   );
+  // Import grants keep Deno's default hosts.
+  deepEqual(
+    permissionFlags({
+      folder: null,
+      grants: { read: [], write: [], net: [], env: [], import: ["h:80"], sys: false },
+    }),
+    ["--no-prompt", `--allow-import=${[...DEFAULT_IMPORT_HOSTS, "h:80"].join(",")}`],
+  );
   // The loopback port of its channel joins the net grants.
   deepEqual(
     permissionFlags({
       folder: "/p",
-      grants: { read: [], write: [], net: ["h:1"], env: [], sys: false },
+      grants: { read: [], write: [], net: ["h:1"], env: [], import: [], sys: false },
     }, { channel: 40001 }),
     ["--no-prompt", "--allow-read=/p", "--allow-net=h:1,127.0.0.1:40001"],
   );
+});
+
+Deno.test("DEFAULT_IMPORT_HOSTS are the hosts this Deno imports from without flags", async () => {
+  const file = await Deno.makeTempFile({ suffix: ".ts" });
+  try {
+    await Deno.writeTextFile(
+      file,
+      `for (const host of ${JSON.stringify(DEFAULT_IMPORT_HOSTS)}) {\n` +
+        '  console.log(host, Deno.permissions.querySync({ name: "import", host }).state);\n}\n',
+    );
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--quiet", "--no-prompt", "--no-config", file],
+      stdout: "piped",
+    }).output();
+    deepEqual(
+      new TextDecoder().decode(out.stdout).trim().split("\n"),
+      DEFAULT_IMPORT_HOSTS.map((host) => `${host} granted`),
+    );
+  } finally {
+    await Deno.remove(file);
+  }
 });
 
 Deno.test("PluginSet: parseTree, merged answers, a missing module named", async () => {

@@ -10,6 +10,7 @@ import type { Hello } from "./guest.ts";
 import { FrameReader, FrameWriter } from "./frames.ts";
 import { writeAll } from "../net/stream.ts";
 import { channelBuffer, openChannel, POSTED, STOP } from "./ring.ts";
+import { errorMessage } from "../log.ts";
 
 /** What a plugin may do, as `[[plugins]].permissions` grants it (resolved to absolute paths). */
 export interface Grants {
@@ -17,8 +18,23 @@ export interface Grants {
   write: string[];
   net: string[];
   env: string[];
+  /** Hosts it may import modules from, besides {@linkcode DEFAULT_IMPORT_HOSTS}. */
+  import: string[];
   sys: boolean;
 }
+
+/**
+ * The hosts Deno lets any program import from when it is given no `--allow-import`; an
+ * `--allow-import` list replaces them, so a plugin granted more keeps these too.
+ */
+export const DEFAULT_IMPORT_HOSTS: readonly string[] = [
+  "deno.land:443",
+  "jsr.io:443",
+  "esm.sh:443",
+  "cdn.jsdelivr.net:443",
+  "raw.githubusercontent.com:443",
+  "gist.githubusercontent.com:443",
+];
 
 /** How to start a sandbox. */
 export interface SandboxSpec {
@@ -154,6 +170,9 @@ export function permissionFlags(
   if (g.write.length > 0) flags.push(`--allow-write=${g.write.join(",")}`);
   if (net.length > 0) flags.push(`--allow-net=${net.join(",")}`);
   if (g.env.length > 0) flags.push(`--allow-env=${g.env.join(",")}`);
+  if (g.import.length > 0) {
+    flags.push(`--allow-import=${[...DEFAULT_IMPORT_HOSTS, ...g.import].join(",")}`);
+  }
   if (g.sys) flags.push("--allow-sys");
   return flags;
 }
@@ -288,7 +307,7 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
         } else calls.settle(text);
       }
     } catch (e) {
-      const why = e instanceof Error ? e.message : String(e);
+      const why = errorMessage(e);
       throw new Error(why.startsWith("sent") ? why : `sent an unreadable answer: ${why}`);
     }
   };
@@ -401,6 +420,13 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
   }
 }
 
+/** The hosts of {@linkcode DEFAULT_IMPORT_HOSTS} pgdog itself may import from. */
+function heldImportHosts(): string[] {
+  return DEFAULT_IMPORT_HOSTS.filter((host) =>
+    Deno.permissions.querySync({ name: "import", host }).state === "granted"
+  );
+}
+
 /** Longest sleep of a Worker's answer pump between checks that calls are still waiting. */
 const PUMP_WAIT_MS = 50;
 
@@ -408,21 +434,34 @@ const PUMP_WAIT_MS = 50;
 export async function startWorker(spec: SandboxSpec): Promise<Sandbox> {
   const g = spec.grants;
   const read = spec.folder === null ? [...g.read] : [spec.folder, ...g.read];
-  const worker = new Worker(WORKER.href, {
-    type: "module",
-    name: `plugin ${spec.name}`,
-    deno: {
-      permissions: {
-        read: read.length > 0 ? read : false,
-        write: g.write.length > 0 ? g.write : false,
-        net: g.net.length > 0 ? g.net : false,
-        env: g.env.length > 0 ? g.env : false,
-        sys: g.sys,
-        run: false,
-        ffi: false,
+  let worker: Worker;
+  try {
+    worker = new Worker(WORKER.href, {
+      type: "module",
+      name: `plugin ${spec.name}`,
+      deno: {
+        permissions: {
+          read: read.length > 0 ? read : false,
+          write: g.write.length > 0 ? g.write : false,
+          net: g.net.length > 0 ? g.net : false,
+          env: g.env.length > 0 ? g.env : false,
+          sys: g.sys,
+          run: false,
+          ffi: false,
+          // Unset, a Worker imports as pgdog does; a list replaces that, so it keeps the default
+          // hosts pgdog holds (all of them, unless pgdog runs with an --allow-import of its own).
+          ...(g.import.length > 0 ? { import: [...heldImportHosts(), ...g.import] } : {}),
+        },
       },
-    },
-  });
+    });
+  } catch (e) {
+    if (!/escalate/i.test(errorMessage(e))) throw e;
+    // A Worker may hold no permission its parent lacks.
+    throw new Error(
+      "a worker plugin can be granted only what pgdog itself was granted: run pgdog with " +
+        `${permissionFlags(spec).slice(1).join(" ")} too, or use isolation = "process"`,
+    );
+  }
   // Calls and answers travel through two rings in shared memory (see ./ring.ts and ./worker.ts);
   // the load handshake, and frames too large for a ring, by postMessage.
   const buffer = channelBuffer();

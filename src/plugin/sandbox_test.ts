@@ -35,7 +35,7 @@ Deno.test("a plugin process answers over loopback, and over pipes where it must"
       name: "trivial",
       specifier: new URL("../../tests/plugins/directives.ts", import.meta.url).href,
       folder: new URL("../../tests/plugins", import.meta.url).pathname,
-      grants: { read: [], write: [], net: [], env: [], sys: false },
+      grants: { read: [], write: [], net: [], env: [], import: [], sys: false },
       memoryMb: 64,
       onOutput: () => {},
       pipes,
@@ -65,7 +65,7 @@ function channelWorker(): Promise<Sandbox> {
     name: "worker_channel",
     specifier: new URL("worker_channel.ts", FIXTURES).href,
     folder: FIXTURES.pathname,
-    grants: { read: [], write: [], net: [], env: [], sys: false },
+    grants: { read: [], write: [], net: [], env: [], import: [], sys: false },
     memoryMb: 64,
     onOutput: () => {},
   });
