@@ -44,7 +44,7 @@ const HOST_API = API_VERSION.replaceAll(".", "\\.");
 function proxyWith(
   pg: { host: string; port: number },
   plugins: TomlDocument[],
-  extra: { general?: TomlDocument; denoFlags?: string[] } = {},
+  extra: { general?: TomlDocument; denoFlags?: string[]; cwd?: string } = {},
 ) {
   return startProxy({
     config: {
@@ -55,6 +55,7 @@ function proxyWith(
     },
     users: { users: [{ name: USER, password: PASSWORD, database: "app" }] },
     denoFlags: extra.denoFlags ?? ["--allow-run"],
+    cwd: extra.cwd,
   });
 }
 
@@ -259,6 +260,51 @@ Deno.test("plugins: on_error = error and API version checks", async (t) => {
       assert.equal((await psql(via(proxy), "select 'still here'")).stdout.trim(), "still here");
     });
   });
+  for (const isolation of ["process", "worker"]) {
+    await t.step(
+      `RELOAD restarts a ${isolation} plugin whose code or config file changed`,
+      async () => {
+        const cwd = await Deno.makeTempDir({ prefix: "pgdog-plugin-reload-" });
+        try {
+          await Deno.mkdir(`${cwd}/word`);
+          const code = (version: string) =>
+            'export const apiVersion = "1.0.0";\nlet word = "";\n' +
+            "export function init(config: { word: string }) {\n  word = config.word;\n}\n" +
+            "export function route(ctx: { query: string }) {\n" +
+            `  if (ctx.query.includes("which")) return { block: \`${version} \${word}\` };\n}\n`;
+          await Deno.writeTextFile(`${cwd}/word/mod.ts`, code("v1"));
+          await Deno.writeTextFile(`${cwd}/word.toml`, 'word = "one"\n');
+          const plugins = [{
+            name: "word",
+            path: "./word/mod.ts",
+            config: "./word.toml",
+            isolation,
+            timeout: SLACK,
+          }];
+          await using proxy = await proxyWith(pg, plugins, { cwd });
+          const answer = async () =>
+            (await psql(via(proxy), "select 'which'")).stderr.split("\n")[0];
+          const reload = async (expect: RegExp) => {
+            const since = proxy.logOffset();
+            proxy.signal("SIGHUP");
+            await proxy.waitForLog(/configuration reloaded/, { since });
+            return expect.test(proxy.logs().slice(since));
+          };
+          assert.equal(await answer(), "ERROR:  v1 one");
+          // Nothing changed: the running plugin stays.
+          assert.equal(await reload(/plugin "word" loaded/), false);
+          await Deno.writeTextFile(`${cwd}/word.toml`, 'word = "two"\n');
+          assert.equal(await reload(/plugin "word" loaded/), true);
+          assert.equal(await answer(), "ERROR:  v1 two");
+          await Deno.writeTextFile(`${cwd}/word/mod.ts`, code("v2"));
+          assert.equal(await reload(/plugin "word" loaded/), true);
+          assert.equal(await answer(), "ERROR:  v2 two");
+        } finally {
+          await Deno.remove(cwd, { recursive: true });
+        }
+      },
+    );
+  }
 });
 
 Deno.test("plugins: what route hooks see, and every answer", async (t) => {

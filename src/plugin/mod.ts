@@ -279,13 +279,15 @@ export class PluginSet {
     configs: readonly PluginConfig[],
     options: { shardHooks?: readonly string[] } = {},
   ): Promise<PluginSet> {
+    // Taken before the plugins load their code: a change meanwhile shows at the next RELOAD.
+    const key = pluginsKey(configs);
     const plugins: RunningPlugin[] = [];
     for (const config of configs) {
       plugins.push(new RunningPlugin(config, JSON.stringify([await initConfig(config)])));
     }
     const results = await Promise.allSettled(plugins.map((p) => p.start()));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
-    const set = new PluginSet(plugins, pluginsKey(configs));
+    const set = new PluginSet(plugins, key);
     if (failed === undefined) {
       for (const name of options.shardHooks ?? []) {
         const plugin = plugins.find((p) => p.name === name);
@@ -468,9 +470,53 @@ function routeCacheKey(s: RouteStatement, by: "text" | "shape"): string {
   }`;
 }
 
-/** Identifies a `[[plugins]]` list: equal keys, nothing to restart on RELOAD. */
+/**
+ * Identifies a `[[plugins]]` list and the files its plugins load: equal keys, nothing to restart
+ * on RELOAD. A local plugin's folder and a `config` file count by their files' sizes and
+ * modification times, so editing a plugin's code or its config file and reloading restarts it.
+ */
 export function pluginsKey(configs: readonly PluginConfig[]): string {
-  return JSON.stringify(configs);
+  return JSON.stringify(configs.map((config) => {
+    const spec = sandboxSpec(config);
+    const stamps: string[] = [];
+    if (spec.folder !== null) stampFolder(spec.folder, stamps);
+    if (typeof config.config === "string") stampFile(absolute(config.config), stamps);
+    return [config, stamps];
+  }));
+}
+
+/** Most files of a plugin's folder looked at for changes (a folder this big is not a plugin's). */
+const STAMP_LIMIT = 2_000;
+
+/** Appends `path size mtime` of each file under `folder` (not hidden ones, not node_modules). */
+function stampFolder(folder: string, stamps: string[]): void {
+  const dirs = [folder];
+  while (dirs.length > 0 && stamps.length < STAMP_LIMIT) {
+    const dir = dirs.pop()!;
+    let entries: Deno.DirEntry[];
+    try {
+      entries = [...Deno.readDirSync(dir)];
+    } catch {
+      stamps.push(`${dir} unreadable`);
+      continue;
+    }
+    entries.sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+    for (const entry of entries) {
+      if (entry.name.startsWith(".") || entry.name === "node_modules") continue;
+      const path = `${dir}/${entry.name}`;
+      if (entry.isDirectory) dirs.push(path);
+      else if (entry.isFile) stampFile(path, stamps);
+    }
+  }
+}
+
+function stampFile(path: string, stamps: string[]): void {
+  try {
+    const info = Deno.statSync(path);
+    stamps.push(`${path} ${info.size} ${info.mtime?.getTime() ?? 0}`);
+  } catch {
+    stamps.push(`${path} missing`);
+  }
 }
 
 /** What `init` receives: the inline table, or the TOML file's content. */
