@@ -633,8 +633,10 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
   await t.step(
     "a module by URL: its own host may be imported from, others when granted",
     async () => {
+      const requested: string[] = [];
       const serve = (files: Record<string, string>) =>
         Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+          requested.push(new URL(req.url).pathname);
           const body = files[new URL(req.url).pathname];
           return body === undefined ? new Response("not found", { status: 404 }) : new Response(
             body,
@@ -643,15 +645,26 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
         });
       const helper = serve({ "/note.ts": 'export const note = "from another host";' });
       const helperHost = `127.0.0.1:${helper.addr.port}`;
+      // Once loaded, a plugin may not import from its own host: that would carry data out.
+      const leak = "  if (ctx.query.includes('leak')) {\n" +
+        "    const url = new URL(`/leak.ts?q=${encodeURIComponent(ctx.query)}`, import.meta.url);\n" +
+        "    return import(url.href).then(() => ({ block: 'leak ALLOWED' }),\n" +
+        "      (e: Error) => ({ block: `leak denied: ${e.message}` }));\n  }\n";
       const origin = serve({
         "/plain.ts": 'export const apiVersion = "1.0.0";\n' +
-          "export function route(ctx: { query: string }) {\n" +
+          "export function route(ctx: { query: string }) {\n" + leak +
           '  if (ctx.query.includes("remote")) return { block: "loaded over http" };\n}\n',
         "/importing.ts": `import { note } from "http://${helperHost}/note.ts";\n` +
           'export const apiVersion = "1.0.0";\n' +
-          "export function route(ctx: { query: string }) {\n" +
+          "export function route(ctx: { query: string }) {\n" + leak +
           '  if (ctx.query.includes("remote")) return { block: note };\n}\n',
+        "/leak.ts": "export {};",
       });
+      const leakDenied = async (target: PgTarget) => {
+        const r = await psql(target, "select 'leak'");
+        assert.match(r.stderr, /ERROR: {2}leak denied: Requires import access/);
+        assert.equal(requested.filter((path) => path.startsWith("/leak")).length, 0);
+      };
       const url = (file: string) => `http://127.0.0.1:${origin.addr.port}/${file}`;
       try {
         {
@@ -660,6 +673,7 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
           ]);
           const r = await psql(via(proxy), "select 'remote'");
           assert.match(r.stderr, /ERROR: {2}loaded over http\n/);
+          await leakDenied(via(proxy));
         }
         await assert.rejects(
           proxyWith(pg, [{ name: "importing", path: url("importing.ts"), timeout: SLACK }]),
@@ -695,6 +709,7 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
         });
         const w = await psql(via(inWorker), "select 'remote'");
         assert.match(w.stderr, /ERROR: {2}from another host\n/);
+        await leakDenied(via(inWorker));
       } finally {
         await origin.shutdown();
         await helper.shutdown();

@@ -27,9 +27,18 @@ export type RouteCaching = false | "text" | "shape";
 
 const HOOKS: HookName[] = ["init", "route", "shard", "shutdown"];
 
-/** Imports the plugin at `specifier` and checks its API version; throws with the reason. */
-export async function loadGuest(specifier: string): Promise<{ plugin: Plugin; hello: Hello }> {
+/**
+ * Imports the plugin at `specifier` and checks its API version; throws with the reason. Then
+ * gives up the import grants of `loadOnly` (hosts), which were for loading it.
+ */
+export async function loadGuest(
+  specifier: string,
+  options: { loadOnly?: readonly string[] } = {},
+): Promise<{ plugin: Plugin; hello: Hello }> {
   const module = await import(specifier);
+  for (const host of options.loadOnly ?? []) {
+    Deno.permissions.revokeSync({ name: "import", host });
+  }
   const exported = module.default !== null && typeof module.default === "object"
     ? module.default
     : module;

@@ -215,11 +215,13 @@ function sandboxSpec(config: PluginConfig) {
     import: [...moduleHost(config.path), ...perms?.import ?? []],
     sys: perms?.sys ?? false,
   };
+  const loadOnly = moduleHost(config.path).filter((host) => !perms?.import?.includes(host));
   return {
     name: config.name,
     specifier: file === null ? config.path : `file://${file}`,
     folder: file === null ? null : file.slice(0, file.lastIndexOf("/")) || "/",
     grants,
+    loadOnly,
     memoryMb: config.memory_mb,
     onOutput: (line: string) => log.info(`plugin "${config.name}": ${line}`),
   };

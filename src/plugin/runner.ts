@@ -2,10 +2,11 @@
  * The entry of a plugin's own Deno process (`isolation = "process"`): reads request frames on
  * stdin, answers on stdout. The process runs with only the permissions the plugin is granted.
  *
- * Usage (by pgdog): `deno run <flags> runner.ts <plugin specifier> [<port> revoke|keep]`: with a
- * port, frames go over a loopback connection to it (faster), opened with the token pgdog writes on
- * stdin, after which the permission to reach that port is revoked (`revoke`); without, over stdin
- * and stdout.
+ * Usage (by pgdog): `deno run <flags> runner.ts <plugin specifier> <port>|pipes revoke|keep
+ * [<host>...]`: with a port, frames go over a loopback connection to it (faster), opened with the
+ * token pgdog writes on stdin, after which the permission to reach that port is revoked (`revoke`);
+ * with `pipes`, over stdin and stdout. The hosts are import grants given up once the plugin is
+ * loaded.
  *
  * @module
  */
@@ -40,7 +41,7 @@ async function connect(port: number): Promise<ByteStream> {
 }
 
 // Connected before the plugin's module runs: its code never gets the token.
-const channel: ByteStream = Deno.args[1] === undefined
+const channel: ByteStream = Deno.args[1] === "pipes"
   ? { read: (b) => Deno.stdin.read(b), write: (b) => Deno.stdout.write(b), close: () => {} }
   : await connect(Number(Deno.args[1]));
 const out = new FrameWriter((bytes) => writeAll(channel, bytes));
@@ -64,7 +65,7 @@ function answer(id: number, op: string, args: unknown[]): void {
 const specifier = Deno.args[0];
 let loaded: Awaited<ReturnType<typeof loadGuest>>;
 try {
-  loaded = await loadGuest(specifier);
+  loaded = await loadGuest(specifier, { loadOnly: Deno.args.slice(3) });
 } catch (e) {
   reply(JSON.stringify({ id: 0, error: e instanceof Error ? e.message : String(e) }));
   await out.flushed();

@@ -45,6 +45,11 @@ export interface SandboxSpec {
   /** The plugin's own folder (for a local module), readable by it. */
   folder: string | null;
   grants: Grants;
+  /**
+   * Import grants for loading only: the host of a module given by URL (unless `permissions.import`
+   * names it too), given up once the module is loaded, so its code cannot reach that host later.
+   */
+  loadOnly: string[];
   /** Heap limit of a plugin process, in MiB. */
   memoryMb: number;
   /** Called with each line the plugin writes to stderr (or console). */
@@ -263,11 +268,10 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
     // No configuration beside pgdog (an installed copy): plugins use full specifiers.
   }
   args.push(RUNNER.href, spec.specifier);
-  if (port !== undefined) {
-    // Revoking 127.0.0.1:<port> would also revoke a grant of all of 127.0.0.1.
-    const covered = spec.grants.net.some((n) => n === "127.0.0.1" || n === `127.0.0.1:${port}`);
-    args.push(String(port), covered ? "keep" : "revoke");
-  }
+  // Revoking 127.0.0.1:<port> would also revoke a grant of all of 127.0.0.1.
+  const covered = spec.grants.net.some((n) => n === "127.0.0.1" || n === `127.0.0.1:${port}`);
+  args.push(port === undefined ? "pipes" : String(port), covered ? "keep" : "revoke");
+  args.push(...spec.loadOnly);
   const child = new Deno.Command(denoCommand(), {
     args,
     env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
@@ -533,7 +537,9 @@ export async function startWorker(spec: SandboxSpec): Promise<Sandbox> {
   worker.postMessage(buffer);
   try {
     const { id, answer } = start(LOAD_TIMEOUT_MS);
-    worker.postMessage(JSON.stringify({ id, op: "load", args: [spec.specifier] }));
+    worker.postMessage(
+      JSON.stringify({ id, op: "load", args: [spec.specifier, spec.loadOnly] }),
+    );
     const hello = await answer as Hello;
     return { hello, ended, call, kill: () => end("was stopped"), channel: "shared memory" };
   } catch (e) {

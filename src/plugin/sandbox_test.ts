@@ -36,6 +36,7 @@ Deno.test("a plugin process answers over loopback, and over pipes where it must"
       specifier: new URL("../../tests/plugins/directives.ts", import.meta.url).href,
       folder: new URL("../../tests/plugins", import.meta.url).pathname,
       grants: { read: [], write: [], net: [], env: [], import: [], sys: false },
+      loadOnly: [],
       memoryMb: 64,
       onOutput: () => {},
       pipes,
@@ -66,6 +67,7 @@ function channelWorker(): Promise<Sandbox> {
     specifier: new URL("worker_channel.ts", FIXTURES).href,
     folder: FIXTURES.pathname,
     grants: { read: [], write: [], net: [], env: [], import: [], sys: false },
+    loadOnly: [],
     memoryMb: 64,
     onOutput: () => {},
   });

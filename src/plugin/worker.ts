@@ -198,7 +198,7 @@ self.onmessage = (event: MessageEvent<string | SharedArrayBuffer>): void => {
     self.postMessage(JSON.stringify({ id: 0, error: describeError(e) }));
     return;
   }
-  loadGuest(request.args[0] as string).then(
+  loadGuest(request.args[0] as string, { loadOnly: request.args[1] as string[] }).then(
     (guest) => {
       plugin = guest.plugin;
       self.postMessage(JSON.stringify({ id: request.id, ok: guest.hello }));
