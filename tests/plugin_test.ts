@@ -99,6 +99,7 @@ Deno.test("plugins: the process sandbox denies escapes and survives misbehaving 
           "read",
           "import",
           "import_json",
+          "import_remote",
           "env",
           "run",
           "write",
@@ -109,6 +110,10 @@ Deno.test("plugins: the process sandbox denies escapes and survives misbehaving 
         assert.equal(r.ok, false, `${what}: ${JSON.stringify(r)}`);
         assert.match(r.err, new RegExp(`ERROR:  ${what} denied: `), what);
         assert.doesNotMatch(r.err, /ALLOWED/);
+        // Denied by the sandbox, not by a network that happens to be out of reach.
+        if (what === "import_remote") {
+          assert.match(r.err, /Requires import access to "esm\.sh:443"/);
+        }
         assert.equal((await psql(target, "select 40 + 2")).stdout.trim(), "42");
       }
       assert.equal(processAlive(Number.NaN), false);
@@ -704,8 +709,10 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
           ),
         );
         const origins = `127.0.0.1:${origin.addr.port},${helperHost}`;
+        // --no-lock: a Worker's modules load through pgdog's own process, which would record
+        // these throwaway URLs in the repository's deno.lock.
         await using inWorker = await proxyWith(pg, [worker], {
-          denoFlags: [`--allow-import=${origins}`],
+          denoFlags: [`--allow-import=${origins}`, "--no-lock"],
         });
         const w = await psql(via(inWorker), "select 'remote'");
         assert.match(w.stderr, /ERROR: {2}from another host\n/);
@@ -716,6 +723,16 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
       }
     },
   );
+
+  await t.step("imports from Deno's default hosts: while loading, not after", async () => {
+    for (const isolation of ["process", "worker"]) {
+      await using proxy = await proxyWith(pg, [
+        { name: "probe", path: plugin("import_probe.ts"), isolation, timeout: SLACK },
+      ]);
+      const r = await psql(via(proxy), "select 'import_probe'");
+      assert.match(r.stderr, /ERROR: {2}at load granted, now prompt\n/, isolation);
+    }
+  });
 
   await t.step("config from a TOML file; permissions granted reach the sandbox", async () => {
     await using proxy = await proxyWith(pg, [
@@ -781,9 +798,12 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
       assert.match(blocked.stderr, /ERROR: {2}from a worker\n/);
       const rewritten = await psql(via(proxy), "/* plugin: rewrite=select 'w' */ select 'x'");
       assert.equal(rewritten.stdout.trim(), "w");
-      for (const what of ["fetch", "connect", "read", "env", "run", "write"]) {
+      for (const what of ["fetch", "connect", "read", "env", "run", "write", "import_remote"]) {
         const r = await psql(via(proxy), `select '${what}'`);
         assert.match(r.stderr, new RegExp(`ERROR:  ${what} denied: `), r.stderr);
+        if (what === "import_remote") {
+          assert.match(r.stderr, /Requires import access to "esm\.sh:443"/);
+        }
       }
       const thrown = await psql(via(proxy), "select 'throw'");
       assert.equal(thrown.stdout.trim(), "throw");

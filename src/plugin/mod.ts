@@ -12,7 +12,13 @@ import { errorMessage, log } from "../log.ts";
 import { LruMap } from "../lru.ts";
 import type { RouteAnswer } from "./api.ts";
 import type { HookName, RouteCaching } from "./guest.ts";
-import { type Grants, type Sandbox, startProcess, startWorker } from "./sandbox.ts";
+import {
+  DEFAULT_IMPORT_HOSTS,
+  type Grants,
+  type Sandbox,
+  startProcess,
+  startWorker,
+} from "./sandbox.ts";
 
 /** A plugin that could not be started, with a message naming it. */
 export class PluginError extends Error {
@@ -215,7 +221,9 @@ function sandboxSpec(config: PluginConfig) {
     import: [...moduleHost(config.path), ...perms?.import ?? []],
     sys: perms?.sys ?? false,
   };
-  const loadOnly = moduleHost(config.path).filter((host) => !perms?.import?.includes(host));
+  // Once loaded, a plugin imports from no host but those its entry grants.
+  const loadOnly = [...DEFAULT_IMPORT_HOSTS, ...moduleHost(config.path)]
+    .filter((host) => !perms?.import?.includes(host));
   return {
     name: config.name,
     specifier: file === null ? config.path : `file://${file}`,

@@ -46,8 +46,9 @@ export interface SandboxSpec {
   folder: string | null;
   grants: Grants;
   /**
-   * Import grants for loading only: the host of a module given by URL (unless `permissions.import`
-   * names it too), given up once the module is loaded, so its code cannot reach that host later.
+   * Import grants for loading only, given up once the module is loaded (so its code cannot carry
+   * data out in an import's URL): Deno's default hosts and the host of a module given by URL,
+   * those `permissions.import` names aside.
    */
   loadOnly: string[];
   /** Heap limit of a plugin process, in MiB. */
@@ -258,7 +259,9 @@ export function acceptChannel(
 export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
   const channel = spec.pipes ? null : channelListener();
   const port = channel === null ? undefined : (channel.addr as Deno.NetAddr).port;
-  const args = ["run", "--quiet", ...permissionFlags(spec, { channel: port })];
+  // --no-lock: a plugin's modules are not pgdog's dependencies, and pgdog's lockfile is not the
+  // sandbox's to write.
+  const args = ["run", "--quiet", "--no-lock", ...permissionFlags(spec, { channel: port })];
   args.push(`--v8-flags=--max-old-space-size=${spec.memoryMb}`);
   try {
     if (CONFIG.protocol === "file:" && Deno.statSync(CONFIG).isFile) {
@@ -452,9 +455,9 @@ export async function startWorker(spec: SandboxSpec): Promise<Sandbox> {
           sys: g.sys,
           run: false,
           ffi: false,
-          // Unset, a Worker imports as pgdog does; a list replaces that, so it keeps the default
-          // hosts pgdog holds (all of them, unless pgdog runs with an --allow-import of its own).
-          ...(g.import.length > 0 ? { import: [...heldImportHosts(), ...g.import] } : {}),
+          // Unset, a Worker may import from no host at all (not even jsr.io, which a `jsr:`
+          // plugin needs): the default hosts pgdog holds, and the granted ones.
+          import: [...heldImportHosts(), ...g.import],
         },
       },
     });

@@ -25,6 +25,8 @@ const TRIES: Record<string, () => Promise<unknown> | unknown> = {
   import: () => import("file:///etc/passwd", { with: { type: "text" } }),
   import_json: () =>
     import(new URL("../../deno.json", import.meta.url).href, { with: { type: "json" } }),
+  // A URL built at run time (a literal one Deno fetches before any code runs): data could ride in it.
+  import_remote: () => import(["https://esm.sh", `pgdog-probe@${Date.now()}`].join("/")),
   env: () => Deno.env.get("PATH"),
   run: () => new Deno.Command("true").output(),
   write: () => Deno.writeTextFile("/tmp/pgdog-plugin-wrote", "x"),
