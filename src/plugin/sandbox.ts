@@ -441,6 +441,7 @@ const PUMP_WAIT_MS = 50;
 export async function startWorker(spec: SandboxSpec): Promise<Sandbox> {
   const g = spec.grants;
   const read = spec.folder === null ? [...g.read] : [spec.folder, ...g.read];
+  const imports = [...heldImportHosts(), ...g.import];
   let worker: Worker;
   try {
     worker = new Worker(WORKER.href, {
@@ -457,7 +458,7 @@ export async function startWorker(spec: SandboxSpec): Promise<Sandbox> {
           ffi: false,
           // Unset, a Worker may import from no host at all (not even jsr.io, which a `jsr:`
           // plugin needs): the default hosts pgdog holds, and the granted ones.
-          import: [...heldImportHosts(), ...g.import],
+          import: imports.length > 0 ? imports : false,
         },
       },
     });
