@@ -30,6 +30,7 @@ import {
   startReplica,
   type TomlDocument,
 } from "./harness/mod.ts";
+import { parse as parseToml } from "smol-toml";
 import { API_VERSION } from "../src/plugin/api.ts";
 
 const USER = "postgres";
@@ -823,6 +824,24 @@ Deno.test("plugins: the example plugins in plugins/, through the proxy", async (
   await using r = await startReplica(a);
   await r.waitForReplay();
   const examples = new URL("../plugins/", import.meta.url).pathname;
+  // "Writing a plugin" (plugins/README.md): its first plugin and its entry, as the page shows them.
+  const page = await Deno.readTextFile(`${examples}README.md`);
+  const firstPlugin = page.slice(page.indexOf("## A first plugin"), page.indexOf("## Hooks"));
+  const block = (lang: string): string => {
+    const m = new RegExp("```" + lang + "\\n([\\s\\S]*?)```").exec(firstPlugin);
+    assert.ok(m, `no ${lang} block under "A first plugin"`);
+    return m[1];
+  };
+  await using docs = {
+    dir: await Deno.makeTempDir({ prefix: "pgdog-docs-plugin-" }),
+    async [Symbol.asyncDispose]() {
+      await Deno.remove(this.dir, { recursive: true });
+    },
+  };
+  const docsEntry = (parseToml(block("toml")) as { plugins: TomlDocument[] }).plugins[0];
+  const docsModule = `${docs.dir}/${String(docsEntry.path).replace(/^\.\//, "")}`;
+  await Deno.mkdir(docsModule.slice(0, docsModule.lastIndexOf("/")), { recursive: true });
+  await Deno.writeTextFile(docsModule, block("ts"));
   const host = (node: { host: string; port: number }, extra: TomlDocument) => ({
     host: node.host,
     port: node.port,
@@ -868,6 +887,7 @@ Deno.test("plugins: the example plugins in plugins/, through the proxy", async (
           config: { tables: ["events"], limit: 2 },
           timeout: SLACK,
         },
+        { ...docsEntry, path: docsModule, timeout: SLACK },
       ],
     },
     users: {
@@ -922,6 +942,25 @@ Deno.test("plugins: the example plugins in plugins/, through the proxy", async (
       } finally {
         await c.end();
         await acme.end();
+      }
+    });
+
+    await t.step("Writing a plugin: the first plugin works as the page shows it", async () => {
+      const reports = await connectPg(plain, { applicationName: "reports" });
+      try {
+        // A read pgdog would send to the primary (the comment) goes to the replica.
+        const read = await reports.query(`/* pgdog_role: primary */ ${port} from events limit 1`);
+        assert.equal(Number(read.rows[0].port), r.port);
+        await assert.rejects(
+          reports.query("insert into events values (9)"),
+          (e: Error & { code?: string }) => {
+            assert.equal(e.code, "42501");
+            assert.equal(e.message, "reports connections are read-only");
+            return true;
+          },
+        );
+      } finally {
+        await reports.end();
       }
     });
 
