@@ -24,17 +24,24 @@ function licensed(dir: string): boolean {
   return [...Deno.readDirSync(`${ROOT}${dir}`)].some((e) => /^licen[cs]e(\.|$)/i.test(e.name));
 }
 
+/** `deno publish --dry-run` in `cwd`: its exit code and everything it printed. */
+async function dryRun(cwd: string): Promise<{ code: number; text: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["publish", "--dry-run", "--allow-dirty"],
+    cwd,
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decoder = new TextDecoder();
+  return { code: out.code, text: decoder.decode(out.stdout) + decoder.decode(out.stderr) };
+}
+
 Deno.test("deno publish --dry-run: no problem but a license not chosen yet", async (t) => {
   for (const dir of packages()) {
     await t.step(dir === "." ? "@pgdog/pgdog" : dir, async () => {
-      const out = await new Deno.Command(Deno.execPath(), {
-        args: ["publish", "--dry-run", "--allow-dirty"],
-        cwd: `${ROOT}${dir}`,
-        env: { NO_COLOR: "1" },
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+      const out = await dryRun(`${ROOT}${dir}`);
+      const text = out.text;
       const problems = [...text.matchAll(/^error\[([a-z-]+)\]/gm)].map((m) => m[1]);
       if (licensed(dir)) {
         assert.equal(out.code, 0, text.slice(-4000));
@@ -56,15 +63,8 @@ Deno.test("pgdog's published files: its code, with what it loads by URL; no test
     await Deno.symlink(`${ROOT}node_modules`, `${dir}/node_modules`);
     const config = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`));
     await Deno.writeTextFile(`${dir}/deno.json`, JSON.stringify({ ...config, license: "MIT" }));
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["publish", "--dry-run", "--allow-dirty"],
-      cwd: dir,
-      env: { NO_COLOR: "1" },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-    assert.equal(out.code, 0, text.slice(-4000));
+    const { code, text } = await dryRun(dir);
+    assert.equal(code, 0, text.slice(-4000));
     const listed = text.slice(text.indexOf("Simulating publish of @pgdog/pgdog@"));
     const files = [...listed.matchAll(/file:\/\/(\S+)/g)]
       .map((m) => m[1].slice(dir.length + 1))
