@@ -213,16 +213,17 @@ function sandboxSpec(config: PluginConfig) {
     ? (config.path.startsWith("file:") ? new URL(config.path).pathname : absolute(config.path))
     : null;
   const perms = config.permissions;
+  const own = moduleHost(config.path);
   const grants: Grants = {
     read: (perms?.read ?? []).map(absolute),
     write: (perms?.write ?? []).map(absolute),
     net: perms?.net ?? [],
     env: perms?.env ?? [],
-    import: [...moduleHost(config.path), ...perms?.import ?? []],
+    import: [...own, ...perms?.import ?? []],
     sys: perms?.sys ?? false,
   };
   // Once loaded, a plugin imports from no host but those its entry grants.
-  const loadOnly = [...DEFAULT_IMPORT_HOSTS, ...moduleHost(config.path)]
+  const loadOnly = [...DEFAULT_IMPORT_HOSTS, ...own]
     .filter((host) => !perms?.import?.includes(host));
   return {
     name: config.name,
@@ -345,18 +346,16 @@ export class PluginSet {
     const routers = this.#routers;
     // The kept answers as the calls start: a restart meanwhile starts a new, empty cache.
     const caches = routers.map((p) => p.answers);
+    // Each key built once, and only when some plugin keeps answers by it.
     let textKey: string | null = null;
     let shapeKey: string | null = null;
-    const keys = routers.map((p) =>
-      p.answersBy === "text"
-        ? textKey ??= routeCacheKey(statement, "text")
-        : p.answersBy === "shape"
+    const keyOf = (p: RunningPlugin): string =>
+      p.answersBy === "shape"
         ? shapeKey ??= routeCacheKey(statement, "shape")
-        : ""
-    );
+        : textKey ??= routeCacheKey(statement, "text");
     let args: string | null = null;
     const answers = await Promise.allSettled(routers.map((p, i) => {
-      const kept = caches[i]?.get(keys[i]);
+      const kept = caches[i]?.get(keyOf(p));
       if (kept !== undefined) {
         p.cacheHits++;
         return kept;
@@ -383,7 +382,7 @@ export class PluginSet {
       // A rewrite is the text of one statement: it stands for another only with the same text.
       const keeps = cache !== null &&
         (plugin.answersBy === "text" || answer === null || answer.rewrite === undefined);
-      if (keeps && cache.peek(keys[i]) === undefined) cache.set(keys[i], answer);
+      if (keeps && cache.peek(keyOf(plugin)) === undefined) cache.set(keyOf(plugin), answer);
       if (answer === null) return;
       for (const field of ["shard", "role", "block", "rewrite"] as const) {
         if (answer[field] === undefined || verdict[field] !== undefined) continue;
