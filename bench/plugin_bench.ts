@@ -11,6 +11,7 @@
 
 import { PluginSet, type RouteStatement } from "../src/plugin/mod.ts";
 import type { PluginConfig } from "../src/config/types.ts";
+import { routeContextJson } from "../src/frontend/plugin_context.ts";
 
 const TRIVIAL = new URL("../tests/plugins/trivial.ts", import.meta.url).pathname;
 const CTX = JSON.stringify({
@@ -82,6 +83,32 @@ for (const isolation of ["process", "worker"] as const) {
     b.end();
   });
 }
+
+// The JavaScript pgdog runs per call besides the round trip (the router's analysis of the text is
+// in bench/router_bench.ts): most of a call's cost is the round trip's I/O (bench/profile.md).
+const aid = new TextEncoder().encode("48213");
+let id = 0;
+Deno.bench("the context's JSON (a Bind with one value)", { group: "pgdog's side" }, () => {
+  routeContextJson({
+    sql: STATEMENT.sql,
+    treeJson: "null",
+    bind: { values: [aid], formats: [] },
+    tablesJson: '[{"name":"pgbench_accounts"}]',
+    keys: [],
+    write: false,
+    inTransaction: false,
+    shards: 1,
+    replicas: false,
+    role: "primary",
+    shard: null,
+    user: "bench",
+    database: "bench",
+    applicationName: "pgbench",
+  });
+});
+Deno.bench("the answer's frame parsed", { group: "pgdog's side" }, () => {
+  JSON.parse(`{"id":${id++},"ok":null}`);
+});
 
 globalThis.addEventListener("unload", () => {
   for (const set of Object.values(sets)) set.close();

@@ -11,7 +11,8 @@
  * Options: --entry PATH (repeatable; default this checkout), --pgbouncer (also PgBouncer),
  * --workload NAME (repeatable: "-S simple", "-S extended", "-S prepared", "tpcb simple"),
  * --clients N (16), --jobs N (2), --seconds N (5), --rounds N (2), --workers N[,N...] (1),
- * --cpu-prof DIR.
+ * --plugin none|process|worker[,...] (none: pgdog without plugins; process, worker: with the
+ * trivial route plugin of tests/plugins/trivial.ts in that isolation), --cpu-prof DIR.
  *
  * @module
  */
@@ -46,6 +47,7 @@ const args = parseArgs({
     "pool-size": { type: "string", default: "10" },
     pgbouncer: { type: "boolean", default: false },
     "cpu-prof": { type: "string" },
+    plugin: { type: "string", default: "none" },
   },
 }).values;
 const entries = (args.entry ?? [new URL("../mod.ts", import.meta.url).pathname]).map((e) =>
@@ -72,33 +74,44 @@ if (init.code !== 0) throw new Error(`pgbench -i failed: ${init.stderr}`);
 
 const targets: Array<{ name: string; target: PgTarget; stop: () => Promise<unknown> }> = [];
 const workerCounts = args.workers!.split(",").map(Number);
+const pluginModes = args.plugin!.split(",");
+for (const mode of pluginModes) {
+  if (!["none", "process", "worker"].includes(mode)) throw new Error(`--plugin: unknown ${mode}`);
+}
+const trivial = new URL("../tests/plugins/trivial.ts", import.meta.url).pathname;
 for (const [i, entry] of entries.entries()) {
   for (const workers of workerCounts) {
-    // Another checkout's files (and its node_modules) must be readable too.
-    const flags = [`--allow-read=${entry.slice(0, entry.lastIndexOf("/"))}`];
-    if (args["cpu-prof"]) flags.push("--cpu-prof", `--cpu-prof-dir=${args["cpu-prof"]}`);
-    const proxy = await startProxy({
-      entry,
-      denoFlags: flags,
-      config: {
-        general: {
-          default_pool_size: poolSize,
-          auth_type: "md5",
-          workers,
-          log_connections: false,
-          log_disconnections: false,
+    for (const mode of pluginModes) {
+      // Another checkout's files (and its node_modules) must be readable too.
+      const flags = [`--allow-read=${entry.slice(0, entry.lastIndexOf("/"))}`];
+      if (args["cpu-prof"]) flags.push("--cpu-prof", `--cpu-prof-dir=${args["cpu-prof"]}`);
+      if (mode !== "none") flags.push("--allow-run");
+      const proxy = await startProxy({
+        entry,
+        denoFlags: flags,
+        config: {
+          ...(mode === "none"
+            ? {}
+            : { plugins: [{ name: "trivial", path: trivial, timeout: 5000, isolation: mode }] }),
+          general: {
+            default_pool_size: poolSize,
+            auth_type: "md5",
+            workers,
+            log_connections: false,
+            log_disconnections: false,
+          },
+          databases: [{ name: "bench", host: pg.host, port: pg.port }],
         },
-        databases: [{ name: "bench", host: pg.host, port: pg.port }],
-      },
-      users: { users: [{ name: "bench", database: "bench", password: "bench" }] },
-    });
-    targets.push({
-      name: `pgdog${entries.length > 1 ? `#${i}` : ""}${
-        workerCounts.length > 1 ? ` w=${workers}` : ""
-      }`,
-      target: proxy.target({ user: "bench", password: "bench", database: "bench" }),
-      stop: () => proxy.stop({ timeoutMs: 30_000 }),
-    });
+        users: { users: [{ name: "bench", database: "bench", password: "bench" }] },
+      });
+      targets.push({
+        name: `pgdog${entries.length > 1 ? `#${i}` : ""}${
+          workerCounts.length > 1 ? ` w=${workers}` : ""
+        }${pluginModes.length > 1 || mode !== "none" ? ` plugin=${mode}` : ""}`,
+        target: proxy.target({ user: "bench", password: "bench", database: "bench" }),
+        stop: () => proxy.stop({ timeoutMs: 30_000 }),
+      });
+    }
   }
 }
 if (args.pgbouncer) {
