@@ -24,6 +24,7 @@ import {
   freePort,
   type PgTarget,
   psql,
+  REPO_ROOT,
   sleep,
   startPostgres,
   startProxy,
@@ -723,6 +724,41 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
       assert.match(r.stderr, /ERROR: {2}at load granted, now prompt\n/, isolation);
     }
   });
+
+  await t.step(
+    "npm dependencies: in either isolation, and not into pgdog's node_modules",
+    async () => {
+      for (const isolation of ["process", "worker"]) {
+        await using proxy = await proxyWith(pg, [
+          { name: "npm", path: plugin("npm_dependency.ts"), isolation, timeout: SLACK },
+        ]);
+        const r = await psql(via(proxy), "select 'a = 1'");
+        assert.match(r.stderr, /ERROR: {2}toml: \{"a":1\}\n/, isolation);
+      }
+      // A package pgdog does not use: a plugin process takes it from Deno's cache (downloading it
+      // the first time) instead of installing it into pgdog's node_modules.
+      const dir = await Deno.makeTempDir({ prefix: "pgdog-npm-plugin-" });
+      try {
+        await Deno.writeTextFile(
+          `${dir}/mod.ts`,
+          'import isNumber from "npm:is-number@7.0.0";\nexport const apiVersion = "1.0.0";\n' +
+            "export function route() {\n" +
+            '  return { block: `is-number: ${isNumber("42")} ${isNumber("x")}` };\n}\n',
+        );
+        await using proxy = await proxyWith(pg, [
+          { name: "own", path: `${dir}/mod.ts`, timeout: SLACK },
+        ]);
+        const r = await psql(via(proxy), "select 1");
+        assert.match(r.stderr, /ERROR: {2}is-number: true false\n/);
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+      for (const path of ["node_modules/is-number", "node_modules/.deno/is-number@7.0.0"]) {
+        const installed = await Deno.lstat(`${REPO_ROOT}/${path}`).then(() => true, () => false);
+        assert.equal(installed, false, `${path} was installed`);
+      }
+    },
+  );
 
   await t.step("config from a TOML file; permissions granted reach the sandbox", async () => {
     await using proxy = await proxyWith(pg, [

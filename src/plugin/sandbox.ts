@@ -259,9 +259,15 @@ export function acceptChannel(
 export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
   const channel = spec.pipes ? null : channelListener();
   const port = channel === null ? undefined : (channel.addr as Deno.NetAddr).port;
-  // --no-lock: a plugin's modules are not pgdog's dependencies, and pgdog's lockfile is not the
-  // sandbox's to write.
-  const args = ["run", "--quiet", "--no-lock", ...permissionFlags(spec, { channel: port })];
+  // A plugin's modules are not pgdog's dependencies: pgdog's lockfile (--no-lock) and node_modules
+  // (--node-modules-dir=none: npm packages come from Deno's cache) are not the sandbox's to write.
+  const args = [
+    "run",
+    "--quiet",
+    "--no-lock",
+    "--node-modules-dir=none",
+    ...permissionFlags(spec, { channel: port }),
+  ];
   args.push(`--v8-flags=--max-old-space-size=${spec.memoryMb}`);
   try {
     if (CONFIG.protocol === "file:" && Deno.statSync(CONFIG).isFile) {
