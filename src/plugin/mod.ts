@@ -15,6 +15,8 @@ import type { HookName, RouteCaching } from "./guest.ts";
 import {
   DEFAULT_IMPORT_HOSTS,
   type Grants,
+  ownConfig,
+  ownLock,
   type Sandbox,
   startProcess,
   startWorker,
@@ -110,6 +112,16 @@ class RunningPlugin {
       log.warn(
         `plugin "${this.name}" sits in ${spec.folder}, which it may read, and so pgdog's own ` +
           "directory (its configuration files too): give each plugin a folder of its own",
+      );
+    }
+    const own = this.config.isolation === "worker" && this.restarts === 0
+      ? ownConfig(spec.folder)
+      : null;
+    if (own !== null) {
+      log.warn(
+        `plugin "${this.name}" has a deno.json of its own (${own}), which a worker does not use: ` +
+          "its imports resolve with pgdog's; name its dependencies by full specifier, or use " +
+          'isolation = "process"',
       );
     }
     const start = this.config.isolation === "worker" ? startWorker : startProcess;
@@ -481,8 +493,9 @@ function routeCacheKey(s: RouteStatement, by: "text" | "shape"): string {
 
 /**
  * Identifies a `[[plugins]]` list and the files its plugins load: equal keys, nothing to restart
- * on RELOAD. A local plugin's folder and a `config` file count by their files' sizes and
- * modification times, so editing a plugin's code or its config file and reloading restarts it.
+ * on RELOAD. A local plugin's folder, its own deno.json and lockfile, and a `config` file count by
+ * their files' sizes and modification times, so editing a plugin's code or its config file and
+ * reloading restarts it.
  */
 export function pluginsKey(configs: readonly PluginConfig[]): string {
   return JSON.stringify(configs.map((config) => {
@@ -490,6 +503,11 @@ export function pluginsKey(configs: readonly PluginConfig[]): string {
     const stamps: string[] = [];
     if (spec.folder !== null) stampFolder(spec.folder, stamps);
     if (typeof config.config === "string") stampFile(absolute(config.config), stamps);
+    // The plugin's own deno.json and lockfile may sit above its folder.
+    const own = ownConfig(spec.folder);
+    if (own !== null) stampFile(own, stamps);
+    const lock = own === null ? null : ownLock(own);
+    if (lock !== null) stampFile(lock, stamps);
     return [config, stamps];
   }));
 }

@@ -255,27 +255,74 @@ export function acceptChannel(
   });
 }
 
-/** Starts a plugin in its own Deno process and waits until the module is loaded. */
-export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
-  const channel = spec.pipes ? null : channelListener();
-  const port = channel === null ? undefined : (channel.addr as Deno.NetAddr).port;
-  // A plugin's modules are not pgdog's dependencies: pgdog's lockfile (--no-lock) and node_modules
-  // (--node-modules-dir=none: npm packages come from Deno's cache) are not the sandbox's to write.
-  const args = [
-    "run",
-    "--quiet",
-    "--no-lock",
-    "--node-modules-dir=none",
-    ...permissionFlags(spec, { channel: port }),
-  ];
-  args.push(`--v8-flags=--max-old-space-size=${spec.memoryMb}`);
+/** pgdog's own folder (null when pgdog is not run from files). */
+const PGDOG_ROOT = CONFIG.protocol === "file:"
+  ? decodeURIComponent(new URL(".", CONFIG).pathname).replace(/\/$/, "")
+  : null;
+
+/**
+ * The deno.json (or deno.jsonc) of a local plugin's own project: the nearest one above its folder,
+ * the one its own `deno test` uses. Null for a plugin in pgdog's folder (pgdog's workspace has
+ * it), for one with none, and where pgdog may not look.
+ */
+export function ownConfig(folder: string | null): string | null {
+  for (let dir = folder; dir !== null;) {
+    if (PGDOG_ROOT !== null && (dir === PGDOG_ROOT || dir.startsWith(`${PGDOG_ROOT}/`))) {
+      return null;
+    }
+    for (const name of ["deno.json", "deno.jsonc"]) {
+      try {
+        if (Deno.statSync(`${dir}/${name}`).isFile) return `${dir}/${name}`;
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) return null;
+      }
+    }
+    dir = dir === "/" ? null : dir.slice(0, dir.lastIndexOf("/")) || "/";
+  }
+  return null;
+}
+
+/** The lockfile beside a plugin's own deno.json, when there is one. */
+export function ownLock(config: string): string | null {
+  const lock = `${config.slice(0, config.lastIndexOf("/"))}/deno.lock`;
+  try {
+    return Deno.statSync(lock).isFile ? lock : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The `deno run` flags that choose a plugin process's configuration: its own project's deno.json
+ * and lockfile (used as it is: `--frozen`), else pgdog's deno.json without its lockfile. npm
+ * packages come from Deno's cache either way, never installed into a node_modules folder.
+ */
+function configFlags(folder: string | null): string[] {
+  const flags = ["--node-modules-dir=none"];
+  const own = ownConfig(folder);
+  if (own !== null) {
+    flags.push(`--config=${own}`, ownLock(own) !== null ? "--frozen" : "--no-lock");
+    return flags;
+  }
+  // pgdog's lockfile is not the sandbox's to write.
+  flags.push("--no-lock");
   try {
     if (CONFIG.protocol === "file:" && Deno.statSync(CONFIG).isFile) {
-      args.push(`--config=${CONFIG.pathname}`);
+      flags.push(`--config=${CONFIG.pathname}`);
     }
   } catch {
     // No configuration beside pgdog (an installed copy): plugins use full specifiers.
   }
+  return flags;
+}
+
+/** Starts a plugin in its own Deno process and waits until the module is loaded. */
+export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
+  const channel = spec.pipes ? null : channelListener();
+  const port = channel === null ? undefined : (channel.addr as Deno.NetAddr).port;
+  const args = ["run", "--quiet", ...permissionFlags(spec, { channel: port })];
+  args.push(`--v8-flags=--max-old-space-size=${spec.memoryMb}`);
+  args.push(...configFlags(spec.folder));
   args.push(RUNNER.href, spec.specifier);
   // Revoking 127.0.0.1:<port> would also revoke a grant of all of 127.0.0.1.
   const covered = spec.grants.net.some((n) => n === "127.0.0.1" || n === `127.0.0.1:${port}`);

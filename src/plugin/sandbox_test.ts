@@ -1,5 +1,12 @@
 import { deepEqual, equal, match, ok, rejects } from "node:assert/strict";
-import { acceptChannel, type Sandbox, startProcess, startWorker } from "./sandbox.ts";
+import {
+  acceptChannel,
+  ownConfig,
+  ownLock,
+  type Sandbox,
+  startProcess,
+  startWorker,
+} from "./sandbox.ts";
 
 const encoder = new TextEncoder();
 
@@ -144,4 +151,28 @@ Deno.test("a plugin worker that sends what is not an answer is ended, pgdog goes
   const sandbox = await channelWorker();
   await rejects(route(sandbox, "garble"), /sent an unreadable answer/);
   match(await sandbox.ended, /^sent an unreadable answer: /);
+});
+
+Deno.test("a plugin's own deno.json is the nearest above it, outside pgdog's folder", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "pgdog-own-config-" });
+  try {
+    Deno.mkdirSync(`${dir}/project/plugins/guard`, { recursive: true });
+    equal(ownConfig(`${dir}/project/plugins/guard`), null);
+    Deno.writeTextFileSync(`${dir}/project/deno.jsonc`, "{}");
+    equal(ownConfig(`${dir}/project/plugins/guard`), `${dir}/project/deno.jsonc`);
+    Deno.writeTextFileSync(`${dir}/project/plugins/guard/deno.json`, "{}");
+    equal(ownConfig(`${dir}/project/plugins/guard`), `${dir}/project/plugins/guard/deno.json`);
+    equal(ownLock(`${dir}/project/plugins/guard/deno.json`), null);
+    Deno.writeTextFileSync(`${dir}/project/plugins/guard/deno.lock`, "{}");
+    equal(
+      ownLock(`${dir}/project/plugins/guard/deno.json`),
+      `${dir}/project/plugins/guard/deno.lock`,
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+  // A plugin in pgdog's folder runs in pgdog's workspace, even with a deno.json of its own.
+  const guard = decodeURIComponent(new URL("../../plugins/guard", import.meta.url).pathname);
+  ok(Deno.statSync(`${guard}/deno.json`).isFile);
+  equal(ownConfig(guard), null);
 });
