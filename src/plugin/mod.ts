@@ -15,8 +15,7 @@ import type { HookName, RouteCaching } from "./guest.ts";
 import {
   DEFAULT_IMPORT_HOSTS,
   type Grants,
-  ownConfig,
-  ownLock,
+  ownProject,
   type Sandbox,
   startProcess,
   startWorker,
@@ -115,13 +114,13 @@ class RunningPlugin {
       );
     }
     const own = this.config.isolation === "worker" && this.restarts === 0
-      ? ownConfig(spec.folder)
+      ? ownProject(spec.folder)
       : null;
     if (own !== null) {
       log.warn(
-        `plugin "${this.name}" has a deno.json of its own (${own}), which a worker does not use: ` +
-          "its imports resolve with pgdog's; name its dependencies by full specifier, or use " +
-          'isolation = "process"',
+        `plugin "${this.name}" has a deno.json of its own (${own.config}), which a worker does ` +
+          "not use: its imports resolve with pgdog's; name its dependencies by full specifier, " +
+          'or use isolation = "process"',
       );
     }
     const start = this.config.isolation === "worker" ? startWorker : startProcess;
@@ -504,10 +503,9 @@ export function pluginsKey(configs: readonly PluginConfig[]): string {
     if (spec.folder !== null) stampFolder(spec.folder, stamps);
     if (typeof config.config === "string") stampFile(absolute(config.config), stamps);
     // The plugin's own deno.json and lockfile may sit above its folder.
-    const own = ownConfig(spec.folder);
-    if (own !== null) stampFile(own, stamps);
-    const lock = own === null ? null : ownLock(own);
-    if (lock !== null) stampFile(lock, stamps);
+    const own = ownProject(spec.folder);
+    if (own !== null) stampFile(own.config, stamps);
+    if (own?.lock) stampFile(own.lock, stamps);
     return [config, stamps];
   }));
 }

@@ -260,19 +260,27 @@ const PGDOG_ROOT = CONFIG.protocol === "file:"
   ? decodeURIComponent(new URL(".", CONFIG).pathname).replace(/\/$/, "")
   : null;
 
+/** A local plugin's own Deno project: its deno.json, and the lockfile beside it if any. */
+export interface OwnProject {
+  config: string;
+  lock: string | null;
+}
+
 /**
- * The deno.json (or deno.jsonc) of a local plugin's own project: the nearest one above its folder,
- * the one its own `deno test` uses. Null for a plugin in pgdog's folder (pgdog's workspace has
- * it), for one with none, and where pgdog may not look.
+ * The project of a local plugin: the nearest deno.json (or deno.jsonc) above its folder, the one
+ * its own `deno test` uses. Null for a plugin in pgdog's folder (pgdog's workspace has it), for one
+ * with none, and where pgdog may not look.
  */
-export function ownConfig(folder: string | null): string | null {
+export function ownProject(folder: string | null): OwnProject | null {
   for (let dir = folder; dir !== null;) {
     if (PGDOG_ROOT !== null && (dir === PGDOG_ROOT || dir.startsWith(`${PGDOG_ROOT}/`))) {
       return null;
     }
     for (const name of ["deno.json", "deno.jsonc"]) {
       try {
-        if (Deno.statSync(`${dir}/${name}`).isFile) return `${dir}/${name}`;
+        if (Deno.statSync(`${dir}/${name}`).isFile) {
+          return { config: `${dir}/${name}`, lock: fileOrNull(`${dir}/deno.lock`) };
+        }
       } catch (e) {
         if (!(e instanceof Deno.errors.NotFound)) return null;
       }
@@ -282,11 +290,9 @@ export function ownConfig(folder: string | null): string | null {
   return null;
 }
 
-/** The lockfile beside a plugin's own deno.json, when there is one. */
-export function ownLock(config: string): string | null {
-  const lock = `${config.slice(0, config.lastIndexOf("/"))}/deno.lock`;
+function fileOrNull(path: string): string | null {
   try {
-    return Deno.statSync(lock).isFile ? lock : null;
+    return Deno.statSync(path).isFile ? path : null;
   } catch {
     return null;
   }
@@ -299,9 +305,9 @@ export function ownLock(config: string): string | null {
  */
 function configFlags(folder: string | null): string[] {
   const flags = ["--node-modules-dir=none"];
-  const own = ownConfig(folder);
+  const own = ownProject(folder);
   if (own !== null) {
-    flags.push(`--config=${own}`, ownLock(own) !== null ? "--frozen" : "--no-lock");
+    flags.push(`--config=${own.config}`, own.lock !== null ? "--frozen" : "--no-lock");
     return flags;
   }
   // pgdog's lockfile is not the sandbox's to write.

@@ -1,12 +1,5 @@
 import { deepEqual, equal, match, ok, rejects } from "node:assert/strict";
-import {
-  acceptChannel,
-  ownConfig,
-  ownLock,
-  type Sandbox,
-  startProcess,
-  startWorker,
-} from "./sandbox.ts";
+import { acceptChannel, ownProject, type Sandbox, startProcess, startWorker } from "./sandbox.ts";
 
 const encoder = new TextEncoder();
 
@@ -153,26 +146,22 @@ Deno.test("a plugin worker that sends what is not an answer is ended, pgdog goes
   match(await sandbox.ended, /^sent an unreadable answer: /);
 });
 
-Deno.test("a plugin's own deno.json is the nearest above it, outside pgdog's folder", () => {
+Deno.test("a plugin's own project is the nearest deno.json above it, outside pgdog's", () => {
   const dir = Deno.makeTempDirSync({ prefix: "pgdog-own-config-" });
+  const folder = `${dir}/project/plugins/guard`;
   try {
-    Deno.mkdirSync(`${dir}/project/plugins/guard`, { recursive: true });
-    equal(ownConfig(`${dir}/project/plugins/guard`), null);
+    Deno.mkdirSync(folder, { recursive: true });
+    equal(ownProject(folder), null);
     Deno.writeTextFileSync(`${dir}/project/deno.jsonc`, "{}");
-    equal(ownConfig(`${dir}/project/plugins/guard`), `${dir}/project/deno.jsonc`);
-    Deno.writeTextFileSync(`${dir}/project/plugins/guard/deno.json`, "{}");
-    equal(ownConfig(`${dir}/project/plugins/guard`), `${dir}/project/plugins/guard/deno.json`);
-    equal(ownLock(`${dir}/project/plugins/guard/deno.json`), null);
-    Deno.writeTextFileSync(`${dir}/project/plugins/guard/deno.lock`, "{}");
-    equal(
-      ownLock(`${dir}/project/plugins/guard/deno.json`),
-      `${dir}/project/plugins/guard/deno.lock`,
-    );
+    deepEqual(ownProject(folder), { config: `${dir}/project/deno.jsonc`, lock: null });
+    Deno.writeTextFileSync(`${folder}/deno.json`, "{}");
+    Deno.writeTextFileSync(`${folder}/deno.lock`, "{}");
+    deepEqual(ownProject(folder), { config: `${folder}/deno.json`, lock: `${folder}/deno.lock` });
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
   // A plugin in pgdog's folder runs in pgdog's workspace, even with a deno.json of its own.
   const guard = decodeURIComponent(new URL("../../plugins/guard", import.meta.url).pathname);
   ok(Deno.statSync(`${guard}/deno.json`).isFile);
-  equal(ownConfig(guard), null);
+  equal(ownProject(guard), null);
 });
