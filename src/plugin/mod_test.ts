@@ -2,7 +2,7 @@ import { deepEqual, equal, match, rejects } from "node:assert/strict";
 import { encodeFrame, FrameReader, FrameWriter } from "./frames.ts";
 import { incompatibility } from "./api.ts";
 import { DEFAULT_IMPORT_HOSTS, permissionFlags } from "./sandbox.ts";
-import { PluginError, PluginSet, type RouteStatement } from "./mod.ts";
+import { PluginError, PluginSet, pluginsKey, type RouteStatement } from "./mod.ts";
 import type { PluginConfig } from "../config/types.ts";
 
 const fixture = (name: string): string =>
@@ -272,4 +272,27 @@ Deno.test("FrameWriter.flushed waits for frames not yet handed to the write", as
   await writer.flushed();
   equal(written.length, 1);
   deepEqual(new FrameReader().push(written[0]), ['{"id":0}']);
+});
+
+Deno.test("pluginsKey: a plugin's files, its own deno.json and lockfile above it, count", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "pgdog-plugins-key-" });
+  const touch = (path: string, text: string): void => Deno.writeTextFileSync(path, text);
+  try {
+    Deno.mkdirSync(`${dir}/plugins/own`, { recursive: true });
+    touch(`${dir}/plugins/own/mod.ts`, "export const apiVersion = '1.0.0';\n");
+    const configs = [config("own", "trivial.ts", { path: `${dir}/plugins/own/mod.ts` })];
+    const keys = [pluginsKey(configs)];
+    for (const [file, text] of [["deno.json", "{}"], ["deno.lock", "{}"], ["deno.json", "{ }"]]) {
+      touch(`${dir}/${file}`, text);
+      keys.push(pluginsKey(configs));
+    }
+    touch(`${dir}/plugins/own/mod.ts`, "export const apiVersion = '1.10.0';\n");
+    keys.push(pluginsKey(configs));
+    keys.push(pluginsKey(configs));
+    // Each change makes a new key; nothing changed, the same key.
+    equal(new Set(keys.slice(0, -1)).size, keys.length - 1);
+    equal(keys.at(-1), keys.at(-2));
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
