@@ -760,49 +760,58 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
     },
   );
 
-  await t.step("a plugin's own deno.json: its import map, and its lockfile as it is", async () => {
-    const dir = await Deno.makeTempDir({ prefix: "pgdog-plugin-project-" });
-    const module = (specifier: string): string =>
-      `import isNumber from "${specifier}";\nexport const apiVersion = "1.0.0";\n` +
-      "export function route() {\n" +
-      '  return { block: `is-number: ${isNumber("42")} ${isNumber("x")}` };\n}\n';
-    // pgdog finds a plugin's deno.json where it may read (cwd: pgdog reads its working directory).
-    const answers = async (): Promise<void> => {
-      await using proxy = await proxyWith(pg, [entry], { cwd: dir });
-      const r = await psql(via(proxy), "select 1");
-      assert.match(r.stderr, /ERROR: {2}is-number: true false\n/);
-    };
-    const entry = { name: "own", path: `${dir}/mod.ts`, timeout: SLACK };
-    try {
-      await Deno.writeTextFile(
-        `${dir}/deno.json`,
-        JSON.stringify({ imports: { "is-number": "npm:is-number@7.0.0" } }),
-      );
-      await Deno.writeTextFile(`${dir}/mod.ts`, module("is-number"));
-      await answers();
-      // The lockfile its own tooling writes is used as it is: a dependency not in it is refused.
-      const install = await new Deno.Command(Deno.execPath(), {
-        args: ["install", "--entrypoint", "mod.ts"],
-        cwd: dir,
-        env: { NO_COLOR: "1" },
-      }).output();
-      assert.equal(install.code, 0, new TextDecoder().decode(install.stderr));
-      await answers();
-      await Deno.writeTextFile(`${dir}/mod.ts`, module("npm:is-number@6.0.0"));
-      await assert.rejects(
-        proxyWith(pg, [entry], { cwd: dir }),
-        /plugin "own".*lockfile is out of date/s,
-      );
-      // A worker resolves imports with pgdog's deno.json, and says so.
-      await Deno.writeTextFile(`${dir}/mod.ts`, module("is-number"));
-      await assert.rejects(
-        proxyWith(pg, [{ ...entry, isolation: "worker" }], { cwd: dir }),
-        /plugin "own" has a deno\.json of its own \(\S+\), which a worker does not use/,
-      );
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  });
+  await t.step(
+    "a plugin's own deno.json: its import map and lockfile, not its permissions",
+    async () => {
+      const dir = await Deno.makeTempDir({ prefix: "pgdog-plugin-project-" });
+      const module = (specifier: string): string =>
+        `import isNumber from "${specifier}";\nexport const apiVersion = "1.0.0";\n` +
+        "export function route() {\n" +
+        '  let env = "denied";\n' +
+        '  try { Deno.env.get("HOME"); env = "granted"; } catch { /* the sandbox */ }\n' +
+        '  return { block: `is-number: ${isNumber("42")} ${isNumber("x")}, env ${env}` };\n}\n';
+      // pgdog finds a plugin's deno.json where it may read (cwd: pgdog reads its working directory).
+      const answers = async (): Promise<void> => {
+        await using proxy = await proxyWith(pg, [entry], { cwd: dir });
+        const r = await psql(via(proxy), "select 1");
+        assert.match(r.stderr, /ERROR: {2}is-number: true false, env denied\n/);
+      };
+      const entry = { name: "own", path: `${dir}/mod.ts`, timeout: SLACK };
+      try {
+        // Permissions a deno.json lists apply only to a run that asks for them (-P): not this one.
+        await Deno.writeTextFile(
+          `${dir}/deno.json`,
+          JSON.stringify({
+            imports: { "is-number": "npm:is-number@7.0.0" },
+            permissions: { default: { env: true, read: true, net: true } },
+          }),
+        );
+        await Deno.writeTextFile(`${dir}/mod.ts`, module("is-number"));
+        await answers();
+        // The lockfile its own tooling writes is used as it is: a dependency not in it is refused.
+        const install = await new Deno.Command(Deno.execPath(), {
+          args: ["install", "--entrypoint", "mod.ts"],
+          cwd: dir,
+          env: { NO_COLOR: "1" },
+        }).output();
+        assert.equal(install.code, 0, new TextDecoder().decode(install.stderr));
+        await answers();
+        await Deno.writeTextFile(`${dir}/mod.ts`, module("npm:is-number@6.0.0"));
+        await assert.rejects(
+          proxyWith(pg, [entry], { cwd: dir }),
+          /plugin "own".*lockfile is out of date/s,
+        );
+        // A worker resolves imports with pgdog's deno.json, and says so.
+        await Deno.writeTextFile(`${dir}/mod.ts`, module("is-number"));
+        await assert.rejects(
+          proxyWith(pg, [{ ...entry, isolation: "worker" }], { cwd: dir }),
+          /plugin "own" has a deno\.json of its own \(\S+\), which a worker does not use/,
+        );
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+    },
+  );
 
   await t.step("config from a TOML file; permissions granted reach the sandbox", async () => {
     await using proxy = await proxyWith(pg, [
