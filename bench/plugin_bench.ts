@@ -4,7 +4,8 @@
  * (what many clients see; divide by 16 for the cost per call). Goals: under 60 µs median for a process, under 30 µs for a worker.
  *
  * Before the benchmarks run, the file prints the median and p99 of 5,000 sequential calls per
- * isolation (`deno bench` itself reports the average, p75 and p99).
+ * isolation (`deno bench` itself reports the average, p75 and p99), and pgdog's CPU time per call
+ * with 1 and 16 calls in flight.
  *
  * @module
  */
@@ -67,6 +68,30 @@ for (const [isolation, set] of Object.entries(sets)) {
   times.sort((a, b) => a - b);
   const us = (q: number) => (times[Math.floor(q * (times.length - 1))] * 1000).toFixed(1);
   console.log(`${isolation}: median ${us(0.5)} µs, p99 ${us(0.99)} µs (5,000 sequential calls)`);
+  // This process's CPU per call (a worker's thread included): a lone call pays a whole wake-up
+  // and send, calls in flight together share them (bench/profile.md).
+  for (const inFlight of [1, 16]) {
+    const cpu = processCpuMs();
+    const start = performance.now();
+    let calls = 0;
+    while (performance.now() - start < 1000) {
+      await Promise.all(Array.from({ length: inFlight }, () => set.route(STATEMENT)));
+      calls += inFlight;
+    }
+    const perCall = ((processCpuMs() - cpu) * 1000 / calls).toFixed(1);
+    console.log(`${isolation}: ${perCall} µs of pgdog's CPU per call, ${inFlight} in flight`);
+  }
+}
+
+/** CPU time of this process so far, in ms (user + system, from /proc; 0 where there is none). */
+function processCpuMs(): number {
+  try {
+    const fields = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
+    // utime and stime, in clock ticks of 10 ms.
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return 0;
+  }
 }
 
 for (const isolation of ["process", "worker"] as const) {
