@@ -13,6 +13,7 @@
 import { PluginSet, type RouteStatement } from "../src/plugin/mod.ts";
 import type { PluginConfig } from "../src/config/types.ts";
 import { routeContextJson } from "../src/frontend/plugin_context.ts";
+import { processCpuMs } from "./cpu_time.ts";
 
 const TRIVIAL = new URL("../tests/plugins/trivial.ts", import.meta.url).pathname;
 const CTX = JSON.stringify({
@@ -83,17 +84,6 @@ for (const [isolation, set] of Object.entries(sets)) {
   }
 }
 
-/** CPU time of this process so far, in ms (user + system, from /proc; 0 where there is none). */
-function processCpuMs(): number {
-  try {
-    const fields = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
-    // utime and stime, in clock ticks of 10 ms.
-    return (Number(fields[11]) + Number(fields[12])) * 10;
-  } catch {
-    return 0;
-  }
-}
-
 for (const isolation of ["process", "worker"] as const) {
   const set = sets[isolation];
   Deno.bench(`route call, ${isolation}, sequential`, { group: isolation }, async () => {
@@ -109,8 +99,8 @@ for (const isolation of ["process", "worker"] as const) {
   });
 }
 
-// The JavaScript pgdog runs per call besides the round trip (the router's analysis of the text is
-// in bench/router_bench.ts): most of a call's cost is the round trip's I/O (bench/profile.md).
+// Two pieces of the JavaScript pgdog runs per call, in a hot loop (the router's analysis of the
+// text is in bench/router_bench.ts); in the running proxy a call costs far more (bench/profile.md).
 const aid = new TextEncoder().encode("48213");
 let id = 0;
 Deno.bench("the context's JSON (a Bind with one value)", { group: "pgdog's side" }, () => {

@@ -8,10 +8,10 @@
  * @module
  */
 
+import { processCpuMs } from "./cpu_time.ts";
+
 const count = Number(Deno.args[0] ?? 20_000);
 const MESSAGE_BYTES = 600;
-/** Clock ticks per second of /proc/<pid>/stat (USER_HZ; 100 on Linux). */
-const TICKS = 100;
 
 if (Deno.args[0] === "echo") {
   await echo(Deno.args[1], Deno.args[2]);
@@ -28,13 +28,6 @@ async function echo(kind: string, address: string): Promise<void> {
   for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
     for (let off = 0; off < n;) off += await conn.write(buf.subarray(off, n));
   }
-}
-
-/** This process's CPU time so far, in ms. */
-function cpuMs(): number {
-  const fields = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
-  // utime and stime are the stat file's 14th and 15th fields (11th and 12th after the name).
-  return (Number(fields[11]) + Number(fields[12])) * 1000 / TICKS;
 }
 
 async function measure(kind: "tcp" | "unix"): Promise<void> {
@@ -55,11 +48,11 @@ async function measure(kind: "tcp" | "unix"): Promise<void> {
     for (let got = 0; got < message.length;) got += (await conn.read(buf)) ?? message.length;
   };
   for (let i = 0; i < 1000; i++) await trip();
-  const cpu = cpuMs();
+  const cpu = processCpuMs();
   const start = performance.now();
   for (let i = 0; i < count; i++) await trip();
   const wall = performance.now() - start;
-  const used = cpuMs() - cpu;
+  const used = processCpuMs() - cpu;
   console.log(
     `${kind.padEnd(4)}: round trip ${(wall * 1000 / count).toFixed(1)} µs, ` +
       `this process's CPU ${(used * 1000 / count).toFixed(1)} µs per round trip`,

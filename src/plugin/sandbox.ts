@@ -310,15 +310,11 @@ function configFlags(folder: string | null): string[] {
     flags.push(`--config=${own.config}`, own.lock !== null ? "--frozen" : "--no-lock");
     return flags;
   }
-  // pgdog's lockfile is not the sandbox's to write.
+  // pgdog's lockfile is not the sandbox's to write. Without a deno.json beside pgdog (an installed
+  // copy), plugins use full specifiers.
   flags.push("--no-lock");
-  try {
-    if (CONFIG.protocol === "file:" && Deno.statSync(CONFIG).isFile) {
-      flags.push(`--config=${CONFIG.pathname}`);
-    }
-  } catch {
-    // No configuration beside pgdog (an installed copy): plugins use full specifiers.
-  }
+  const pgdogConfig = CONFIG.protocol === "file:" ? fileOrNull(CONFIG.pathname) : null;
+  if (pgdogConfig !== null) flags.push(`--config=${pgdogConfig}`);
   return flags;
 }
 
