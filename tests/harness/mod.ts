@@ -11,3 +11,5 @@ export * from "./postgres.ts";
 export * from "./replication.ts";
 export * from "./proxy.ts";
 export * from "./clients.ts";
+export * from "./sharded.ts";
+export * from "./python.ts";
