@@ -45,15 +45,25 @@ import {
   decideShard,
   isSessionControl,
   pluginKey,
+  sameTarget,
   searchPathSet,
   type ShardDecision,
   type ShardingConfig,
   type ShardLookup,
   type ShardSession,
+  type ShardTarget,
 } from "../router/shard.ts";
 import type { PluginSet, RouteVerdict } from "../plugin/mod.ts";
 import { rewrittenParse, routeContextJson } from "./plugin_context.ts";
 import { FanOut } from "./fan_out.ts";
+import { asSocketWriter, BlockWriter } from "./block_writer.ts";
+import {
+  parseTree,
+  queryMessageOf,
+  SEGMENT_SYNC,
+  splitPipeline,
+  statementRanges,
+} from "./request_units.ts";
 import { type AdminAnswer, adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { errorMessage, log, logEnabled } from "../log.ts";
@@ -200,6 +210,10 @@ export class Client implements ServerLink {
   readonly #parked = new Map<number, Server>();
   /** What opened the transaction (BEGIN, then SET LOCAL ...): replayed on each shard it reaches. */
   #txnPrelude: Uint8Array[] = [];
+  /** The next checkout is for a request that runs nothing: no transaction starts there. */
+  #outsideTransaction = false;
+  /** The savepoint each SAVEPOINT message of the prelude takes. */
+  readonly #savepointMarks = new Map<Uint8Array, string>();
   /** Between a request's first message and its Sync (sharded routing decides once per request). */
   #inRequest = false;
   /** The attached server got a Flush and no Sync since: its batch is still open. */
@@ -210,6 +224,8 @@ export class Client implements ServerLink {
   #fanLegs: Server[] | null = null;
   /** The servers of the request running on several shards now (for cancels and timeouts). */
   #fanRunning: Server[] | null = null;
+  /** A request cut into statements that run one by one (see #planSplit), while it runs. */
+  #split: SplitRun | null = null;
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
     this.conn = conn;
@@ -532,8 +548,17 @@ export class Client implements ServerLink {
     // Plugins route each request whole, as sharding does (they see its Bind values).
     const whole = this.#sharding !== null || (plugins !== null && plugins.routes);
     if (whole && this.cluster !== null) this.#routing = true;
-    let size: number;
-    while ((size = rb.nextMessageSize()) > 0) {
+    for (;;) {
+      const split = this.#split;
+      if (split !== null && rb.start >= split.ends[split.next]) {
+        // One statement of a split request is over: the next one, or the request's end.
+        await this.#splitStep(split);
+        if (this.closed) return false;
+        out.reset(rb.buf);
+        continue;
+      }
+      const size = rb.nextMessageSize();
+      if (size === 0) break;
       const buf = rb.buf;
       const p = rb.start;
       const end = p + size;
@@ -574,6 +599,22 @@ export class Client implements ServerLink {
         // Sharded routing needs the whole request (the Bind's values) before it picks shards;
         // a request larger than max_message_size is routed on what has arrived.
         break;
+      }
+      if (
+        this.#sharding !== null && !this.#inRequest && !this.#skipUntilSync &&
+        (type === Msg.Query || EXTENDED_START[type] === 1)
+      ) {
+        const plan = split === null ? this.#planSplit(type, buf, p, end) : null;
+        if (plan !== null) {
+          await this.#startSplit(plan);
+          if (this.closed) return false;
+          out.reset(rb.buf);
+          continue;
+        }
+        if ((type === Msg.Parse || type === Msg.Bind) && this.#localTransactionControl(buf, p)) {
+          out.reset(rb.buf);
+          continue;
+        }
       }
       rb.start = end;
       // A replacement belongs to the message that set it (one left by a request that never
@@ -778,8 +819,9 @@ export class Client implements ServerLink {
       ));
       return true;
     }
-    if (this.#routing && this.server === null) {
-      // Routing happens at the start of a transaction; analyze (cached) only then.
+    if (this.#routing && (this.server === null || this.#split !== null)) {
+      // Routing happens at the start of a transaction (and of each statement of a split
+      // request); analyze (cached) only then.
       const analysis = this.#host.router.analyze(sql);
       this.#analysis = analysis;
       if (this.#transactionControl(analysis, buf.slice(p, end))) return true;
@@ -905,26 +947,10 @@ export class Client implements ServerLink {
    * that never reached a server is answered too. Returns true when answered.
    */
   #transactionControl(analysis: Analysis, message: Uint8Array): boolean {
-    const info = analysis.info;
-    if (info.statements !== 1 || analysis.directives !== null) return false;
-    if (info.transaction === "begin" && this.#deferredBegin === null) {
-      this.#deferredBegin = message;
-      this.#answer(commandComplete("BEGIN", TxStatus.InTransaction));
-      return true;
-    }
-    if (
-      this.#deferredBegin !== null &&
-      (info.transaction === "commit" || info.transaction === "rollback")
-    ) {
-      this.#deferredBegin = null;
-      this.#transactionOver();
-      this.session.pgdogLocal.clear();
-      this.#answer(
-        commandComplete(info.transaction === "commit" ? "COMMIT" : "ROLLBACK", TxStatus.Idle),
-      );
-      return true;
-    }
-    return false;
+    const tag = this.#heldBackControl(analysis, message);
+    if (tag === null) return false;
+    this.#answer(commandComplete(tag, this.#txStatus()));
+    return true;
   }
 
   /** Pending scan of the Query being forwarded (set by #localQuery). */
@@ -1000,12 +1026,31 @@ export class Client implements ServerLink {
         const scan = this.#pendingScan;
         this.#pendingScan = null;
         if (scan) this.#noteScan(scan, server);
+        const split = this.#split;
+        if (split !== null && buf[p + 5] === 0) {
+          // Later statements of the request may bind it on other shards' servers.
+          if (split.unnamedAt !== p) {
+            split.unnamedAt = p;
+            split.unnamedParse = buf.slice(p, end);
+            split.parsedOn = [];
+          }
+          split.parsedOn.push(server);
+        }
         break;
       }
       case Msg.Bind: {
         const name = bindStatementName(buf, p, end);
         if (name === "") {
           if (this.#unnamedScan) this.#noteScan(this.#unnamedScan, server);
+          const split = this.#split;
+          if (
+            split?.unnamedParse && !split.parsedOn.includes(server) && !server.discardUntilSync
+          ) {
+            // The request parsed it on another shard's server: parse it here too, silently.
+            out.addBytes(split.unnamedParse);
+            server.expect(Expect.Parse, Action.Inject);
+            split.parsedOn.push(server);
+          }
           break;
         }
         const stmt = this.#renaming ? this.statements.get(name) : undefined;
@@ -1254,12 +1299,7 @@ export class Client implements ServerLink {
     const inTxn = this.#txStatus() !== TxStatus.Idle;
     const set = analysis ? searchPathSet(analysis) : null;
     if (set !== null && inTxn) this.#txnSearchPath = set;
-    const session: ShardSession = {
-      shard: this.session.pgdogLocal.get("shard") ?? this.session.pgdog.get("shard"),
-      shardingKey: this.session.pgdogLocal.get("sharding_key") ??
-        this.session.pgdog.get("sharding_key"),
-      searchPath: this.#txnSearchPath ?? this.session.params.get("search_path"),
-    };
+    const session = this.#shardSession();
     const runs = analysis !== null && (type === Msg.Query || executes);
     let lookup: ShardLookup | null = null;
     let decision: ShardDecision;
@@ -1313,11 +1353,7 @@ export class Client implements ServerLink {
     if (t.kind === "one") shards = [t.shard];
     else if (t.kind === "some") shards = t.shards;
     else if (t.kind === "any" || control) {
-      shards = held.length === 0
-        ? [this.#nextAnyShard++ % config.shards]
-        : control
-        ? held
-        : [held[0]];
+      shards = held.length === 0 ? [this.#anyShard(config.shards)] : control ? held : [held[0]];
     } else shards = Array.from({ length: config.shards }, (_, i) => i);
     if (logEnabled("debug")) {
       log.debug(`client ${this.id}: shards ${shards.join(",")} (${decision.reason})`);
@@ -1329,6 +1365,12 @@ export class Client implements ServerLink {
     if (set !== null && inTxn && type === Msg.Query) {
       this.#txnPrelude.push(buf.slice(p, end));
     }
+    if (control && inTxn && runs && analysis!.info.transaction === "savepoint") {
+      this.#noteSavepoint(analysis!, false);
+    }
+    // A request that runs nothing (Parse, Describe) must not open the held-back transaction on
+    // the shard it happens to use: the transaction's first statement picks its shards.
+    this.#outsideTransaction = !runs && held.length === 0;
     if (shards.length === 1) {
       const n = shards[0];
       const current = this.server;
@@ -1385,6 +1427,422 @@ export class Client implements ServerLink {
     lookup.found = [];
     lookup.missing = [];
     return decideShard(analysis, { config, session, bind, lookup });
+  }
+
+  // ---- split requests ------------------------------------------------------------------------
+
+  /**
+   * A request whose statements must be routed one by one: a multi-statement simple query or a
+   * pipelined extended-protocol request whose statements do not all go to the same shards (or
+   * that holds something pgdog answers itself, or a statement it refuses). Null when the request
+   * runs whole, as today: every statement for the same shards, or nothing to split.
+   */
+  #planSplit(type: number, buf: Uint8Array, p: number, end: number): SplitPlan | null {
+    const config = this.#sharding!;
+    const units: Array<{ bytes: Uint8Array; analysis: Analysis | null; bind: BindValues | null }> =
+      [];
+    let requestEnd: number;
+    if (type === Msg.Query) {
+      if (buf.indexOf(SEMICOLON, p + 5) < 0 || buf.indexOf(SEMICOLON, p + 5) >= end) return null;
+      const sql = decodeText(buf, p + 5, end - 1);
+      const whole = this.#host.router.analyze(sql);
+      if (whole.info.statements < 2 || whole.info.ast === null || whole.directives !== null) {
+        return null;
+      }
+      // The cached tree is of the text with its constants replaced: locations need the original.
+      const tree = whole.entry.normalized || whole.entry.query !== sql
+        ? parseTree(sql)
+        : whole.info.ast;
+      if (tree === null) return null;
+      const body = buf.subarray(p + 5, end - 1);
+      for (const r of statementRanges(tree, body.length)) {
+        const text = body.subarray(r.start, r.end);
+        units.push({
+          bytes: queryMessageOf(text),
+          analysis: this.#host.router.analyze(decodeText(text, 0, text.length)),
+          bind: null,
+        });
+      }
+      requestEnd = end;
+    } else {
+      const pipe = splitPipeline(buf, p, this.rbuf.end);
+      if (pipe === null) return null;
+      // Statements parsed earlier in this request, by name.
+      const parsed = new Map<string, Analysis>();
+      for (const seg of pipe.segments) {
+        let analysis: Analysis | null = null;
+        let bind: BindValues | null = null;
+        for (let q = seg.start; q < seg.end;) {
+          const next = q + readInt32(buf, q + 1) + 1;
+          if (buf[q] === Msg.Parse) {
+            parsed.set(
+              parseName(buf, q, next),
+              this.#host.router.analyze(parseQuery(buf, q, next)),
+            );
+          } else if (buf[q] === Msg.Bind && q === seg.bind && seg.execute >= 0) {
+            const name = bindStatementName(buf, q, next);
+            analysis = parsed.get(name) ??
+              (name === "" ? this.#unnamedAnalysis : this.statements.get(name)?.analysis ?? null);
+            bind = bindValues(buf, q, next);
+          }
+          q = next;
+        }
+        units.push({ bytes: buf.subarray(seg.start, seg.end), analysis, bind });
+      }
+      requestEnd = pipe.syncAt + 5;
+    }
+    // Each statement's target, as if sent alone; statements that only follow (session and
+    // transaction control, no table) go wherever the others go.
+    const session = this.#shardSession();
+    let target: ShardTarget | null = null;
+    let split = false;
+    let endsTransaction = false;
+    const shards = new Set<number>();
+    for (const u of units) {
+      const a = u.analysis;
+      if (a === null || a.info.ast === null) continue;
+      const stmt = a.info.ast.stmts[0]?.stmt;
+      const kind = stmt === undefined ? "" : Object.keys(stmt)[0];
+      if (kind === "CopyStmt") return null; // COPY data follows the request: it runs whole
+      if (kind === "TransactionStmt") {
+        const tx = a.info.transaction;
+        if (tx === "savepoint" || tx === "begin" || tx === "begin_read_only") split = true;
+        else endsTransaction = true;
+        continue;
+      }
+      if (kind === "VariableSetStmt" || kind === "VariableShowStmt") {
+        const name = (stmt![kind] as { name?: string }).name ?? "";
+        if (name.toLowerCase().startsWith("pgdog.")) split = true; // pgdog answers these
+        continue;
+      }
+      if (kind === "DeallocateStmt" || kind === "DiscardStmt") split = true;
+      const lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
+      const d = decideShard(a, { config, session, bind: u.bind ?? undefined, lookup });
+      if (d.unsupported !== undefined || lookup.missing.length > 0) split = true;
+      const t = d.target;
+      if (t.kind === "one") shards.add(t.shard);
+      else if (t.kind === "some") { for (const n of t.shards) shards.add(n); }
+      else if (t.kind === "all") { for (let n = 0; n < config.shards; n++) shards.add(n); }
+      if (target === null) target = t;
+      else if (!sameTarget(target, t)) split = true;
+    }
+    const held = this.#heldShards();
+    if (!split && target !== null && target.kind === "any" && shards.size === 0) {
+      // Statements any shard can answer: they run whole on one of them.
+    } else if (!split && endsTransaction && held.some((n) => !shards.has(n))) {
+      split = true; // COMMIT or ROLLBACK must reach the transaction's other shards too
+    }
+    if (!split) return null;
+    let size = 0;
+    for (const u of units) size += u.bytes.length + (type === Msg.Query ? 0 : 5);
+    const bytes = new Uint8Array(size);
+    const ends: number[] = [];
+    let at = 0;
+    for (let i = 0; i < units.length; i++) {
+      bytes.set(units[i].bytes, at);
+      at += units[i].bytes.length;
+      if (type !== Msg.Query) {
+        bytes.set(SEGMENT_SYNC, at);
+        at += 5;
+      }
+      ends.push(p + at);
+    }
+    return { from: p, to: requestEnd, bytes, ends, shards: [...shards].sort((a, b) => a - b) };
+  }
+
+  /**
+   * Starts a split request: its statements replace it in the read buffer, each as a request of
+   * its own (simple queries one statement each; extended-protocol executions each closed by a
+   * Sync of pgdog's), the servers of every shard it needs are taken in shard order (a client
+   * never holds one shard while waiting for a lower one), and outside a transaction pgdog opens
+   * one, as PostgreSQL runs such a request in an implicit transaction.
+   */
+  async #startSplit(plan: SplitPlan): Promise<void> {
+    const rb = this.rbuf;
+    // What the client sent before must be answered before its servers are set aside.
+    await this.#send();
+    await this.#closeBatch();
+    await this.#settle();
+    if (this.closed) return;
+    rb.replace(plan.from, plan.to, plan.bytes);
+    const last = plan.ends[plan.ends.length - 1];
+    const implicit = this.#txStatus() === TxStatus.Idle;
+    if (implicit) this.#deferredBegin = IMPLICIT_BEGIN;
+    const held = this.#heldShards();
+    for (const n of plan.shards) {
+      if (held.includes(n)) continue;
+      if (this.server !== null) this.#park(this.server);
+      this.#shard = n;
+      const ok = await this.#acquire("primary");
+      if (this.closed) return;
+      if (!ok) {
+        // The error is queued; the request is not run at all.
+        rb.start = last;
+        if (implicit) await this.#endImplicit(false);
+        this.writer.enqueue(readyForQuery(this.#txStatus() as TxStatus));
+        return;
+      }
+      await this.#send();
+    }
+    const writer = new BlockWriter(this.writer);
+    this.writer = asSocketWriter(writer);
+    this.#split = { ends: plan.ends, next: 0, writer, implicit, unnamedParse: null, parsedOn: [] };
+  }
+
+  /** One statement of the split request is answered: go on, skip the rest after an error, or end. */
+  async #splitStep(split: SplitRun): Promise<void> {
+    await this.#send();
+    await this.#settle();
+    const rb = this.rbuf;
+    const last = split.ends[split.ends.length - 1];
+    split.next++;
+    if (split.writer.failed && split.next < split.ends.length) {
+      // PostgreSQL stops at the first error: the rest of the request is not run.
+      rb.start = last;
+      split.next = split.ends.length;
+      this.#skipUntilSync = false;
+      this.#inRequest = false;
+    }
+    if (split.next < split.ends.length) {
+      // After a COMMIT or ROLLBACK in the request, what follows runs in a new implicit transaction.
+      if (this.#txStatus() === TxStatus.Idle && this.#deferredBegin === null) {
+        this.#deferredBegin = IMPLICIT_BEGIN;
+        split.implicit = true;
+      }
+      return;
+    }
+    this.#split = null;
+    this.writer = split.writer.target;
+    if (
+      split.implicit && this.#deferredBegin !== IMPLICIT_BEGIN && this.#txStatus() !== TxStatus.Idle
+    ) {
+      const error = await this.#endImplicit(!split.writer.failed);
+      if (error !== null) {
+        const b = new MessageBuilder(128);
+        appendError(b, error);
+        this.writer.enqueue(b.build());
+      }
+    } else if (split.implicit && this.#deferredBegin === IMPLICIT_BEGIN) {
+      // Nothing reached a server: there is no transaction to end.
+      this.#deferredBegin = null;
+      this.#transactionOver();
+    }
+    if (this.closed) return;
+    this.writer.enqueue(readyForQuery(this.#txStatus() as TxStatus));
+  }
+
+  /**
+   * Ends the transaction pgdog opened for a split request on every server it reached, and gives
+   * them back. Returns the first error (a COMMIT can fail, e.g. a deferred constraint).
+   */
+  async #endImplicit(commit: boolean): Promise<ErrorFields | null> {
+    this.#deferredBegin = null;
+    const servers: Server[] = [...this.#parked.values()];
+    this.#parked.clear();
+    const attached = this.server;
+    if (attached !== null) {
+      attached.detach();
+      this.server = null;
+      this.state = "idle";
+      servers.unshift(attached);
+    }
+    this.#transactionOver();
+    this.session.pgdogLocal.clear();
+    const limit = this.pool?.config.rollback_timeout ?? 5000;
+    const sql = commit ? "COMMIT" : "ROLLBACK";
+    let error: ErrorFields | null = null;
+    const results = await Promise.all(
+      servers.map((s) => s.query(sql, { timeoutMs: limit }).catch((e) => ({ error: lost(e) }))),
+    );
+    for (const r of results) error ??= r.error;
+    if (servers.length > 0 && this.session.needsReadBack && !servers[0].closed) {
+      // The statements may have changed settings: every server ran them; read them from one.
+      const r = await servers[0].query(this.session.readBackSql(), { timeoutMs: limit })
+        .catch(() => null);
+      if (r !== null && r.error === null) {
+        this.session.applyReadBack(r.rows, servers[0]);
+        this.#needsSync = true;
+      }
+      this.#resetting = null;
+    }
+    for (const s of servers) (s.owner as Pool).release(s, { resetSql: null });
+    this.transactions++;
+    return error === null ? null : { ...error, severity: "ERROR" };
+  }
+
+  /**
+   * An extended-protocol BEGIN, COMMIT or ROLLBACK request (Parse, Bind, Describe, Execute of an
+   * unnamed statement, then Sync) that pgdog answers itself, as it does the simple-query ones: a
+   * BEGIN is held back until the transaction's first statement picks its shard (taking a shard at
+   * random would hold it while the statement waits for another), and ending a transaction that
+   * never reached a server needs none. True when answered (the request is consumed).
+   */
+  #localTransactionControl(buf: Uint8Array, p: number): boolean {
+    const rb = this.rbuf;
+    let analysis: Analysis | null = null;
+    let text: string | null = null;
+    if (buf[p] === Msg.Parse) {
+      // Cheap test first (this runs for every extended request): an unnamed Parse whose text
+      // starts like BEGIN, START, COMMIT, END, ROLLBACK, ABORT, SAVEPOINT or RELEASE.
+      if (buf[p + 5] !== 0) return false;
+      let first = p + 6;
+      while (buf[first] === 0x20 || buf[first] === 0x0a || buf[first] === 0x09) first++;
+      const prefix = ((buf[first] | 0x20) << 8) | (buf[first + 1] | 0x20);
+      if (!CONTROL_PREFIXES.has(prefix)) return false;
+    } else {
+      // A Bind of a statement parsed earlier (pgbench -M prepared runs BEGIN that way).
+      if (buf[p + 5] !== 0) return false;
+      const name = bindStatementName(buf, p, rb.end);
+      if (name === "") {
+        analysis = this.#unnamedAnalysis;
+        text = this.#unnamedSql;
+      } else if (this.#renaming) {
+        const stmt = this.statements.get(name);
+        analysis = stmt?.analysis ?? null;
+        text = stmt?.query ?? null;
+      }
+      if (analysis === null || analysis.info.transaction === null) return false;
+    }
+    let q = p;
+    let syncAt = -1;
+    const answers = new MessageBuilder(64);
+    while (rb.end - q >= 5) {
+      const type = buf[q];
+      const next = q + readInt32(buf, q + 1) + 1;
+      if (next > rb.end) return false;
+      if (type === Msg.Sync) {
+        syncAt = q;
+        break;
+      }
+      if (type === Msg.Parse) {
+        if (q !== p) return false;
+        text = parseQuery(buf, q, next);
+        analysis = this.#host.router.analyze(text);
+        answers.bytes(PARSE_COMPLETE);
+      } else if (type === Msg.Bind) {
+        if (analysis === null || buf[q + 5] !== 0) return false;
+        answers.bytes(BIND_COMPLETE);
+      } else if (type === Msg.Describe) {
+        if (buf[q + 5] !== 0x50 || buf[q + 6] !== 0) return false;
+        answers.bytes(NO_DATA);
+      } else if (type !== Msg.Execute) return false;
+      q = next;
+    }
+    if (syncAt < 0 || analysis === null || text === null) return false;
+    const tag = this.#heldBackControl(analysis, queryMessage(text));
+    if (tag === null) return false;
+    if (buf[p] === Msg.Parse) {
+      // The statement exists for the client now, as after a real Parse.
+      this.#unnamedAnalysis = analysis;
+      this.#unnamedSql = text;
+      this.#unnamedScan = null;
+    }
+    answers.begin(Msg.CommandComplete).cstring(tag).end();
+    answers.bytes(readyForQuery(this.#txStatus() as TxStatus));
+    rb.start = syncAt + 5;
+    this.#answer(answers.build());
+    return true;
+  }
+
+  /**
+   * Transaction control pgdog answers without a server (`message` is the statement as a simple
+   * Query): a BEGIN held back until the transaction's first statement picks its host; inside a
+   * split request's implicit transaction, a BEGIN that makes it explicit; COMMIT and ROLLBACK of
+   * a transaction that never reached a server; savepoints of such a transaction (replayed on
+   * each shard it reaches). Returns the command tag when answered, null otherwise.
+   */
+  #heldBackControl(analysis: Analysis, message: Uint8Array): string | null {
+    const info = analysis.info;
+    if (info.statements !== 1 || analysis.directives !== null) return null;
+    const tx = info.transaction;
+    const split = this.#split;
+    if (tx === "begin" || tx === "begin_read_only") {
+      if (split?.implicit) {
+        // BEGIN inside a request run in an implicit transaction makes that transaction explicit.
+        split.implicit = false;
+        if (this.#deferredBegin === IMPLICIT_BEGIN) this.#deferredBegin = message;
+        return "BEGIN";
+      }
+      if (tx === "begin" && this.#deferredBegin === null && this.#txStatus() === TxStatus.Idle) {
+        this.#deferredBegin = message;
+        return "BEGIN";
+      }
+      return null;
+    }
+    const untouched = this.#deferredBegin !== null && this.server === null &&
+      this.#parked.size === 0;
+    if (!untouched) return null;
+    if (tx === "commit" || tx === "rollback") {
+      this.#deferredBegin = null;
+      this.#transactionOver();
+      this.session.pgdogLocal.clear();
+      return tx === "commit" ? "COMMIT" : "ROLLBACK";
+    }
+    if (tx === "savepoint") return this.#noteSavepoint(analysis, true);
+    return null;
+  }
+
+  /**
+   * Keeps the transaction's savepoints in the statements replayed on each shard it reaches
+   * later, so a ROLLBACK TO finds them there. With `local`, answers for a transaction that has
+   * not reached a server (returns the tag, or null when the savepoint is unknown: the server
+   * then reports it). Returns the command tag.
+   */
+  #noteSavepoint(analysis: Analysis, local: boolean): string | null {
+    const stmt = analysis.info.ast?.stmts[0]?.stmt?.TransactionStmt as
+      | { kind?: string; savepoint_name?: string }
+      | undefined;
+    const name = stmt?.savepoint_name;
+    if (stmt === undefined || name === undefined) return null;
+    const prelude = this.#txnPrelude;
+    const marks = this.#savepointMarks;
+    let at = -1;
+    for (let i = prelude.length - 1; i >= 0 && at < 0; i--) {
+      if (marks.get(prelude[i]) === name) at = i;
+    }
+    switch (stmt.kind) {
+      case "TRANS_STMT_SAVEPOINT": {
+        const msg = queryMessage(`SAVEPOINT "${name.replaceAll('"', '""')}"`);
+        marks.set(msg, name);
+        prelude.push(msg);
+        return "SAVEPOINT";
+      }
+      case "TRANS_STMT_RELEASE":
+        if (at < 0) return local ? null : "RELEASE";
+        // Releasing a savepoint also releases those taken after it; what ran since stays.
+        this.#txnPrelude = prelude.filter((m, i) => i < at || !marks.has(m));
+        return "RELEASE";
+      case "TRANS_STMT_ROLLBACK_TO":
+        if (at < 0) return local ? null : "ROLLBACK";
+        // Everything after the savepoint is undone; the savepoint itself stays.
+        prelude.length = at + 1;
+        return "ROLLBACK";
+    }
+    return null;
+  }
+
+  /**
+   * A shard for a statement any shard can answer: the next in turn with an idle server, so the
+   * client does not wait for a busy shard while another is free (a client program that waits
+   * for this answer may be what keeps the busy shard's servers busy).
+   */
+  #anyShard(shards: number): number {
+    const cluster = this.cluster!;
+    for (let i = 0; i < shards; i++) {
+      const n = this.#nextAnyShard++ % shards;
+      if (cluster.pool(n).idle.length > 0) return n;
+    }
+    return this.#nextAnyShard++ % shards;
+  }
+
+  /** The session's manual routing and search_path, as shard decisions see them. */
+  #shardSession(): ShardSession {
+    return {
+      shard: this.session.pgdogLocal.get("shard") ?? this.session.pgdog.get("shard"),
+      shardingKey: this.session.pgdogLocal.get("sharding_key") ??
+        this.session.pgdog.get("sharding_key"),
+      searchPath: this.#txnSearchPath ?? this.session.params.get("search_path"),
+    };
   }
 
   // ---- plugins -------------------------------------------------------------------------------
@@ -1782,6 +2240,7 @@ export class Client implements ServerLink {
   /** The transaction ended: nothing of it is replayed on later shards. */
   #transactionOver(): void {
     if (this.#txnPrelude.length > 0) this.#txnPrelude = [];
+    if (this.#savepointMarks.size > 0) this.#savepointMarks.clear();
     this.#txnSearchPath = null;
   }
 
@@ -1858,14 +2317,20 @@ export class Client implements ServerLink {
       server.expect(Expect.Query, Action.Swallow);
     }
     if (this.#renaming) this.#evictStatements(server);
-    if (this.#deferredBegin !== null) {
+    if (this.#outsideTransaction) {
+      this.#outsideTransaction = false;
+    } else if (this.#deferredBegin !== null && this.#sharding === null) {
       // The transaction's first statement chose the host: the BEGIN goes first, answered already.
       this.#out.addBytes(this.#deferredBegin);
       server.expect(Expect.Query, Action.Swallow);
-      if (this.#sharding !== null) this.#txnPrelude.unshift(this.#deferredBegin);
       this.#deferredBegin = null;
-    } else if (this.#txnPrelude.length > 0) {
-      // A transaction reaching another shard: it starts there as it did on the first.
+    } else if (this.#sharding !== null) {
+      if (this.#deferredBegin !== null) {
+        this.#txnPrelude.unshift(this.#deferredBegin);
+        this.#deferredBegin = null;
+      }
+      // A transaction reaching a shard: it starts there as it did on the first (BEGIN, then
+      // what was held back or must be replayed: SET LOCAL search_path, savepoints).
       for (const msg of this.#txnPrelude) {
         this.#out.addBytes(msg);
         server.expect(Expect.Query, Action.Swallow);
@@ -2168,6 +2633,55 @@ const FORGET_SCAN: SessionScan = {
   pgdogSettings: [],
   statements: 0,
 };
+
+/** A request cut into statements (see Client#planSplit): what replaces it in the read buffer. */
+interface SplitPlan {
+  /** The request's bytes in the read buffer. */
+  from: number;
+  to: number;
+  /** Its statements, each a request of its own. */
+  bytes: Uint8Array;
+  /** Where each of them ends in the read buffer once `bytes` replaced the request. */
+  ends: number[];
+  /** Every shard a statement goes to, ascending (taken before the first runs). */
+  shards: number[];
+}
+
+/** A split request while it runs. */
+interface SplitRun {
+  ends: number[];
+  /** The statement running now (index into `ends`). */
+  next: number;
+  /** Stands in for the client's writer: one answer, one ReadyForQuery. */
+  writer: BlockWriter;
+  /** pgdog opened the transaction the statements run in (PostgreSQL's implicit transaction). */
+  implicit: boolean;
+  /** The request's last unnamed Parse (where it is in the buffer, a copy, who has it). */
+  unnamedAt?: number;
+  unnamedParse: Uint8Array | null;
+  parsedOn: Server[];
+}
+
+/** The BEGIN pgdog sends for a split request run outside a transaction. */
+const IMPLICIT_BEGIN = queryMessage("BEGIN");
+const SEMICOLON = 0x3b;
+/** First two letters (lower case) of transaction control statements. */
+const CONTROL_PREFIXES = new Set(
+  ["be", "st", "co", "en", "ro", "ab", "sa", "re"].map((w) =>
+    (w.charCodeAt(0) << 8) | w.charCodeAt(1)
+  ),
+);
+const BIND_COMPLETE = Uint8Array.of(Msg.BindComplete, 0, 0, 0, 4);
+const NO_DATA = Uint8Array.of(Msg.NoData, 0, 0, 0, 4);
+
+/** A server lost while pgdog ran its own statement on it. */
+function lost(e: unknown): ErrorFields {
+  return {
+    severity: "ERROR",
+    code: SqlState.ConnectionFailure,
+    message: `server connection lost: ${errorMessage(e)}`,
+  };
+}
 
 /** Moves a statement to the most recently used end of a server's list. */
 function touch(server: Server, name: string): void {

@@ -103,6 +103,25 @@ export class MessageBuffer {
     }
   }
 
+  /**
+   * Replaces bytes [from, to) (complete messages at or after `start`) with `bytes`, keeping what
+   * follows. Offsets past `to` move by the difference; `buf` may be a new array afterwards.
+   */
+  replace(from: number, to: number, bytes: Uint8Array): void {
+    const tail = this.end - to;
+    const size = from + bytes.length + tail;
+    if (size > this.buf.length) {
+      const next = new Uint8Array(size);
+      next.set(this.buf.subarray(0, from));
+      next.set(this.buf.subarray(to, this.end), from + bytes.length);
+      this.buf = next;
+    } else {
+      this.buf.copyWithin(from + bytes.length, to, this.end);
+    }
+    this.buf.set(bytes, from);
+    this.end = size;
+  }
+
   /** Moves unconsumed bytes to the front so the tail has room. */
   #compact(): void {
     if (this.start === 0) return;

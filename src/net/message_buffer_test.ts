@@ -90,3 +90,18 @@ Deno.test("grows for a large message and shrinks back once it is consumed", asyn
   rb.consume(5005);
   equal(rb.buf.length, 64);
 });
+
+Deno.test("replace swaps complete messages in place, growing when needed", () => {
+  const rb = new MessageBuffer(16, 1 << 20);
+  rb.buf.set([...msg("S", []), ...msg("Q", [65, 0])]);
+  rb.end = 12;
+  rb.replace(0, 5, Uint8Array.from([...msg("Q", [66, 0]), ...msg("S", [])]));
+  deepEqual([...rb.buf.subarray(rb.start, rb.end)], [
+    ...msg("Q", [66, 0]),
+    ...msg("S", []),
+    ...msg("Q", [65, 0]),
+  ]);
+  equal(rb.end, 19);
+  rb.replace(7, 12, Uint8Array.of());
+  deepEqual([...rb.buf.subarray(0, rb.end)], [...msg("Q", [66, 0]), ...msg("Q", [65, 0])]);
+});

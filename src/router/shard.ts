@@ -188,7 +188,8 @@ export function decideShard(
   return decideStatement(stmts[0], analysis, options);
 }
 
-function sameTarget(a: ShardTarget, b: ShardTarget): boolean {
+/** True when two targets name the same shards. */
+export function sameTarget(a: ShardTarget, b: ShardTarget): boolean {
   if (a.kind !== b.kind) return false;
   if (a.kind === "one" && b.kind === "one") return a.shard === b.shard;
   if (a.kind === "some" && b.kind === "some") return a.shards.join() === b.shards.join();
