@@ -217,6 +217,40 @@ print(json.dumps(err))
       }
     });
 
+    await t.step(
+      "a transaction that failed on one shard fails on all: COMMIT rolls back",
+      async () => {
+        await clean(setup);
+        const answers: unknown[][] = [];
+        for (const target of [setup.target, setup.referenceTarget]) {
+          const c = await connectPg(target);
+          const seen: unknown[] = [];
+          try {
+            await c.query("BEGIN");
+            await c.query("INSERT INTO users (id, email) VALUES (1, 'a')");
+            await c.query("INSERT INTO users (id, email) VALUES (8, 'h')");
+            // Fails on 8's shard only (the row exists there).
+            for (
+              const sql of [
+                "INSERT INTO users (id, email) VALUES (8, 'again')",
+                "INSERT INTO users (id, email) VALUES (2, 'b')",
+                "SELECT email FROM users WHERE id = 1",
+              ]
+            ) {
+              seen.push(await c.query(sql).then(() => "ok", (e: { code?: string }) => e.code));
+            }
+            seen.push((await c.query("COMMIT")).command);
+          } finally {
+            await c.end();
+          }
+          answers.push(seen);
+        }
+        assert.deepEqual(answers[0], ["23505", "25P02", "25P02", "ROLLBACK"]);
+        assert.deepEqual(answers[0], answers[1]);
+        await assertPlaced(setup, "users", []);
+      },
+    );
+
     await t.step("a savepoint taken before a shard joins is there to roll back to", async () => {
       await clean(setup);
       // 1 and 8 live on different shards; the transaction reaches 8's shard after SAVEPOINT.

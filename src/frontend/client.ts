@@ -1296,6 +1296,8 @@ export class Client implements ServerLink {
     const config = this.#sharding!;
     let analysis = this.#analysisOf(type, buf, p, end);
     const { bind, executes } = this.#requestAt(type, buf, p, end);
+    if (this.#parked.size > 0) await this.#abortEverywhere();
+    if (this.closed) return "done";
     const inTxn = this.#txStatus() !== TxStatus.Idle;
     const set = analysis ? searchPathSet(analysis) : null;
     if (set !== null && inTxn) this.#txnSearchPath = set;
@@ -1350,7 +1352,10 @@ export class Client implements ServerLink {
     const control = analysis !== null && isSessionControl(analysis);
     let shards: number[];
     const t = decision.target;
-    if (t.kind === "one") shards = [t.shard];
+    if (held.length > 0 && !control && this.#txStatus() === TxStatus.Failed) {
+      // The transaction failed: a shard it holds answers what PostgreSQL would (25P02).
+      shards = [held[0]];
+    } else if (t.kind === "one") shards = [t.shard];
     else if (t.kind === "some") shards = t.shards;
     else if (t.kind === "any" || control) {
       shards = held.length === 0 ? [this.#anyShard(config.shards)] : control ? held : [held[0]];
@@ -1833,6 +1838,25 @@ export class Client implements ServerLink {
       if (cluster.pool(n).idle.length > 0) return n;
     }
     return this.#nextAnyShard++ % shards;
+  }
+
+  /**
+   * A transaction on several shards failed on one of them: it fails on the others too (a
+   * statement of pgdog's raises an error there), so a later COMMIT rolls back everywhere, as
+   * PostgreSQL would, instead of committing the shards that did not see the error.
+   */
+  async #abortEverywhere(): Promise<void> {
+    const servers = [...this.#parked.values()];
+    if (this.server !== null) servers.push(this.server);
+    if (!servers.some((s) => s.txStatus === TxStatus.Failed)) return;
+    const healthy = servers.filter((s) => s.txStatus === TxStatus.InTransaction && !s.closed);
+    if (healthy.length === 0) return;
+    await this.#send();
+    await this.#settle();
+    const limit = this.pool?.config.rollback_timeout ?? 5000;
+    await Promise.all(
+      healthy.map((s) => s.query(ABORT_ELSEWHERE, { timeoutMs: limit }).catch(() => {})),
+    );
   }
 
   /** The session's manual routing and search_path, as shard decisions see them. */
@@ -2661,6 +2685,10 @@ interface SplitRun {
   unnamedParse: Uint8Array | null;
   parsedOn: Server[];
 }
+
+/** Fails a shard's part of a transaction that failed on another shard. */
+const ABORT_ELSEWHERE =
+  "DO $pgdog$ BEGIN RAISE EXCEPTION 'the transaction failed on another shard'; END $pgdog$";
 
 /** The BEGIN pgdog sends for a split request run outside a transaction. */
 const IMPLICIT_BEGIN = queryMessage("BEGIN");
