@@ -530,7 +530,7 @@ export class Client implements ServerLink {
     let replayRole: Role = "replica";
     const plugins = this.#host.plugins;
     // Plugins route each request whole, as sharding does (they see its Bind values).
-    const whole = this.#sharding !== null || (plugins !== null && plugins.routes);
+    let whole = this.#sharding !== null || (plugins !== null && plugins.routes);
     if (whole && this.cluster !== null) this.#routing = true;
     let size: number;
     while ((size = rb.nextMessageSize()) > 0) {
@@ -565,6 +565,16 @@ export class Client implements ServerLink {
           message: `malformed ${describeMessageType(type)} message`,
         });
         return false;
+      }
+      if (
+        !this.#inRequest && !this.#skipUntilSync && this.server === null &&
+        this.#parked.size === 0 && !this.#gateOpen()
+      ) {
+        // A new transaction waits out PAUSE and MAINTENANCE and routes by the configuration in
+        // force after them (a RELOAD may have changed the shards).
+        if (!(await this.#atGate())) return false;
+        whole = this.#sharding !== null || (plugins !== null && plugins.routes);
+        if (whole) this.#routing = true;
       }
       if (
         whole && !this.#inRequest && !this.#skipUntilSync &&
@@ -1226,13 +1236,23 @@ export class Client implements ServerLink {
     } else if (type === Msg.Parse) {
       return this.#lastParseAnalysis;
     } else if (type === Msg.Bind) {
-      const name = bindStatementName(buf, p, end);
-      return name === "" ? this.#unnamedAnalysis : this.statements.get(name)?.analysis ?? null;
+      return this.#statementAnalysis(bindStatementName(buf, p, end));
     } else if (type === Msg.Describe && buf[p + 5] === 0x53) {
-      const name = describedName(buf, p, end);
-      return name === "" ? this.#unnamedAnalysis : this.statements.get(name)?.analysis ?? null;
+      return this.#statementAnalysis(describedName(buf, p, end));
     }
     return null;
+  }
+
+  /** The analysis of a prepared statement (named `""`: the unnamed one). */
+  #statementAnalysis(name: string): Analysis | null {
+    if (name === "") return this.#unnamedAnalysis;
+    const stmt = this.statements.get(name);
+    if (stmt === undefined) return null;
+    // Prepared while routing was off (a RELOAD has sharded the database since): analyzed now.
+    if (stmt.analysis === null && this.#routing) {
+      stmt.analysis = this.#host.router.analyze(stmt.query);
+    }
+    return stmt.analysis;
   }
 
   // ---- sharding ------------------------------------------------------------------------------
@@ -1297,6 +1317,11 @@ export class Client implements ServerLink {
           unsupported: verdict.shard === "all" ? decision.unsupported : undefined,
         };
       }
+    }
+    if (this.server === null && this.#parked.size === 0 && !this.#gateOpen()) {
+      // RELOAD or MAINTENANCE came while deciding: decide again by what is in force after it.
+      if (!(await this.#atGate())) return "done";
+      return this.#sharding === null ? "go" : await this.#routeShards(type, buf, p, end);
     }
     if (decision.unsupported) {
       this.#answerError({
@@ -1605,6 +1630,8 @@ export class Client implements ServerLink {
     }
     this.cluster = cluster;
     this.#sharding = cluster.sharding;
+    // A shard chosen under the old configuration may not exist in this one.
+    if (this.#shard >= cluster.shards.length) this.#shard = 0;
     this.#routing ||= cluster.hasReplicas || cluster.sharding !== null;
     this.#gatePassed = databases;
     return true;
