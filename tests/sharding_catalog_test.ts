@@ -5,11 +5,15 @@
  *   MAINTENANCE OFF) with clients that keep their connection and their prepared statements
  *   (psycopg after its prepare threshold, npm:pg named statements): every statement after the
  *   cutover, and one parked during it, routes by the new layout.
+ * - INSERT without a column list: the sharding key's position comes from the table's column order
+ *   (read from shard 0's catalog, kept per table and search_path, read again after DDL through
+ *   pgdog and after RELOAD); rows are checked on each shard and against a reference database.
  */
 
 import assert from "node:assert/strict";
 import { shardForBigint } from "../src/sharding/hash.ts";
 import {
+  compareAnswers,
   connectPg,
   dsn,
   dumpLogsOnFailure,
@@ -197,4 +201,146 @@ print(json.dumps({"before": before, "parked": out["parked"], "after": after}))
       }
     });
   });
+});
+
+const SCHEMA = `
+CREATE TABLE users (id bigint PRIMARY KEY, email text);
+CREATE TABLE events (note text, kind text, user_id bigint, seq int);
+CREATE SCHEMA other;
+CREATE TABLE other.events (user_id bigint, note text, kind text, seq int);
+CREATE TABLE notes (user_id bigint DEFAULT 5, body text DEFAULT 'x');
+`;
+
+/** Where each value of the first column of `sql` is, by shard (read from every shard directly). */
+async function placed(setup: ShardedSetup, sql: string): Promise<Record<string, number[]>> {
+  return Object.fromEntries(await setup.placement(sql));
+}
+
+/** Where 3 shards put each of `keys`: each on the one shard its hash says. */
+function byHash(keys: number[]): Record<string, number[]> {
+  return Object.fromEntries(keys.map((k) => [String(k), [shardForBigint(BigInt(k), 3)]]));
+}
+
+Deno.test("sharding catalog: INSERT without a column list goes where its key belongs", async (t) => {
+  await using setup = await startSharded({
+    shardedTables: [{ name: "users", column: "id" }, { column: "user_id" }],
+    schema: SCHEMA,
+    extra: { admin: { password: ADMIN_PASSWORD } },
+  });
+  const dog = await connectPg(setup.target);
+  const ref = await connectPg(setup.referenceTarget);
+  /** Runs a statement through pgdog and on the reference database. */
+  const both = async (sql: string, values?: unknown[]): Promise<void> => {
+    await ref.query(sql, values);
+    await dog.query(sql, values);
+  };
+  try {
+    await dumpLogsOnFailure(setup.proxy, async () => {
+      await t.step("simple and extended protocol, key first", async () => {
+        const ids = Array.from({ length: 12 }, (_, k) => k + 1);
+        for (const id of ids.slice(0, 6)) await both(`INSERT INTO users VALUES (${id}, 'u${id}')`);
+        for (const id of ids.slice(6)) {
+          await both("INSERT INTO users VALUES ($1, $2)", [id, `u${id}`]);
+        }
+        assert.deepEqual(await placed(setup, "SELECT id FROM users"), byHash(ids));
+        await compareAnswers(setup, "SELECT * FROM users", { unordered: true });
+      });
+
+      await t.step(
+        "the key in the third column; search_path and schema-qualified names",
+        async () => {
+          await both("INSERT INTO events VALUES ('a', 'k', 21, 1), ('b', 'k', 21, 2)");
+          await both("INSERT INTO events VALUES ($1, $2, $3, $4)", ["c", "k", 22, 3]);
+          // The same name in another schema, its key first: the cache must not mix them up.
+          await both("SET search_path TO other, public");
+          await both("INSERT INTO events VALUES (23, 'd', 'k', 4)");
+          await both("INSERT INTO events VALUES ($1, $2, $3, $4)", [24, "e", "k", 5]);
+          await both("RESET search_path");
+          await both("INSERT INTO other.events VALUES (25, 'f', 'k', 6)");
+          await both("INSERT INTO events VALUES ('g', 'k', 26, 7)");
+          assert.deepEqual(
+            await placed(setup, "SELECT DISTINCT user_id FROM public.events"),
+            byHash([21, 22, 26]),
+          );
+          assert.deepEqual(
+            await placed(setup, "SELECT user_id FROM other.events"),
+            byHash([23, 24, 25]),
+          );
+          await compareAnswers(setup, "SELECT * FROM public.events", { unordered: true });
+          await compareAnswers(setup, "SELECT * FROM other.events", { unordered: true });
+        },
+      );
+
+      await t.step("DEFAULT VALUES and DEFAULT keys go to one shard", async () => {
+        await both("INSERT INTO notes DEFAULT VALUES");
+        await both("INSERT INTO notes VALUES (DEFAULT, 'y')");
+        await both("INSERT INTO notes VALUES (31, 'z')");
+        const rows = await placed(setup, "SELECT body FROM notes");
+        assert.equal(rows.x?.length, 1, JSON.stringify(rows));
+        assert.equal(rows.y?.length, 1, JSON.stringify(rows));
+        assert.deepEqual(rows.z, [shardForBigint(31n, 3)]);
+      });
+
+      await t.step("a table that does not exist: PostgreSQL's error", async () => {
+        await compareAnswers(setup, "INSERT INTO nosuch VALUES (1, 2)");
+        await compareAnswers(setup, "INSERT INTO other.nosuch VALUES (1, 2)");
+      });
+
+      await t.step("DDL through pgdog: the new column order is read again", async () => {
+        await both("CREATE TABLE moved (pad text, user_id bigint, note text)");
+        await both("INSERT INTO moved VALUES ('p', 41, 'n')");
+        await both("ALTER TABLE moved DROP COLUMN pad");
+        await both("INSERT INTO moved VALUES (42, 'n')");
+        await both("ALTER TABLE moved ADD COLUMN pad text");
+        await both("INSERT INTO moved VALUES (43, 'n', 'p')");
+        // Inside a transaction: the table is created and filled before anyone else can see it.
+        await both("BEGIN");
+        await both("DROP TABLE moved");
+        await both("CREATE TABLE moved (note text, user_id bigint)");
+        await both("INSERT INTO moved VALUES ('n', 44)");
+        await both("COMMIT");
+        await both("INSERT INTO moved VALUES ('n', 45)");
+        await both("ALTER TABLE moved RENAME TO gone");
+        await both("CREATE TABLE moved (user_id bigint, note text)");
+        await both("INSERT INTO moved VALUES (46, 'n')");
+        assert.deepEqual(await placed(setup, "SELECT user_id FROM gone"), byHash([44, 45]));
+        assert.deepEqual(await placed(setup, "SELECT user_id FROM moved"), byHash([46]));
+        await compareAnswers(setup, "SELECT * FROM gone", { unordered: true });
+      });
+
+      await t.step("DDL straight on the shards, then RELOAD", async () => {
+        await both("CREATE TABLE direct (user_id bigint, note text)");
+        await both("INSERT INTO direct VALUES (51, 'n')");
+        // pgdog does not see this: RELOAD makes it read the column order again.
+        await setup.everywhere(
+          "DROP TABLE direct; CREATE TABLE direct (note text, user_id bigint)",
+        );
+        await admin(setup, "RELOAD");
+        await both("INSERT INTO direct VALUES ('n', 52)");
+        await both("INSERT INTO direct VALUES ('n', 53)");
+        assert.deepEqual(await placed(setup, "SELECT user_id FROM direct"), byHash([52, 53]));
+      });
+
+      await t.step("psycopg, prepared", async () => {
+        const ids = [61, 62, 63, 64, 65, 66];
+        const counts = await runPsycopg<number[]>(
+          setup.target,
+          `
+conn = psycopg.connect(DSN, autocommit=True)
+out = []
+for i in json.loads(os.environ["IDS"]):
+    out.append(conn.execute("INSERT INTO events VALUES (%s, %s, %s, %s)", ("p", "k", i, i),
+                            prepare=True).rowcount)
+print(json.dumps(out))
+`,
+          { env: { IDS: JSON.stringify(ids) } },
+        );
+        assert.deepEqual(counts, ids.map(() => 1));
+        const rows = await placed(setup, "SELECT user_id FROM public.events WHERE note = 'p'");
+        assert.deepEqual(rows, byHash(ids));
+      });
+    });
+  } finally {
+    await Promise.all([dog.end(), ref.end()]);
+  }
 });

@@ -40,6 +40,8 @@ import type { AuthType } from "../config/types.ts";
 import { mayAffectSession, scanSession, type SessionScan } from "../router/scan.ts";
 import type { Analysis, QueryRouter } from "../router/mod.ts";
 import { chooseRole, parseRole, type Role } from "../router/route.ts";
+import { changesTables } from "../router/columns.ts";
+import { learnColumnOrders } from "../backend/catalog.ts";
 import {
   type BindValues,
   decideShard,
@@ -1372,9 +1374,10 @@ export class Client implements ServerLink {
   }
 
   /**
-   * decideShard, with the answers of plugin hashers (`hasher = "plugin:<name>"`) it needs: asked
-   * after a first pass finds the keys, then it decides again. Null when a plugin hasher failed
-   * (the client has its error).
+   * decideShard, with the column orders (INSERT without a column list, read from shard 0's
+   * catalog) and the answers of plugin hashers (`hasher = "plugin:<name>"`) it needs: asked after
+   * a pass finds them missing, then it decides again. Null when a lookup failed (the client has
+   * its error). DDL makes the database's column orders be read again.
    */
   async #decideShard(
     analysis: Analysis,
@@ -1388,7 +1391,34 @@ export class Client implements ServerLink {
   ): Promise<ShardDecision | null> {
     const { config, session, lookup } = options;
     const bind = options.bind ?? undefined;
-    const decision = decideShard(analysis, { config, session, bind, lookup });
+    const cluster = this.cluster!;
+    if (changesTables(analysis)) {
+      // Forgotten now and again when the transaction ends (reads meanwhile see the old tables).
+      cluster.columns.clear();
+      this.#tablesChanged = true;
+    }
+    const names = { user: this.user, searchPath: session.searchPath };
+    lookup.columns = (table) => cluster.columns.get(table, names);
+    lookup.missingColumns = [];
+    let decision = decideShard(analysis, { config, session, bind, lookup });
+    if (lookup.missingColumns.length > 0) {
+      try {
+        lookup.columns = await learnColumnOrders(lookup.missingColumns, {
+          ...names,
+          cluster,
+          held: this.#catalogServer(),
+          timeoutMs: cluster.settings.checkoutTimeout,
+        });
+      } catch (e) {
+        if (!(e instanceof ClientFacingError)) throw e;
+        this.#answerError(e.fields, type === Msg.Query);
+        return null;
+      }
+      lookup.found = [];
+      lookup.missing = [];
+      lookup.missingColumns = [];
+      decision = decideShard(analysis, { config, session, bind, lookup });
+    }
     if (lookup.missing.length === 0) return decision;
     const plugins = this.#host.plugins;
     try {
@@ -1410,6 +1440,20 @@ export class Client implements ServerLink {
     lookup.found = [];
     lookup.missing = [];
     return decideShard(analysis, { config, session, bind, lookup });
+  }
+
+  /** DDL ran in the open transaction: column orders are read again once it ends. */
+  #tablesChanged = false;
+
+  /** The client's own server on shard 0, if it holds one with nothing outstanding (catalog reads). */
+  #catalogServer(): Server | null {
+    const server = this.server !== null && this.cluster!.shardOf(this.server.owner as Pool) === 0
+      ? this.server
+      : this.#parked.get(0) ?? null;
+    return server !== null && server.queue.length === 0 &&
+        !(server === this.server && this.#unsynced)
+      ? server
+      : null;
   }
 
   // ---- plugins -------------------------------------------------------------------------------
@@ -1808,6 +1852,10 @@ export class Client implements ServerLink {
 
   /** The transaction ended: nothing of it is replayed on later shards. */
   #transactionOver(): void {
+    if (this.#tablesChanged) {
+      this.#tablesChanged = false;
+      this.cluster?.columns.clear();
+    }
     if (this.#txnPrelude.length > 0) this.#txnPrelude = [];
     this.#txnSearchPath = null;
   }

@@ -1,0 +1,99 @@
+/**
+ * Reads what routing needs from a shard's catalog: the column order of a table that an INSERT
+ * without a column list names (see `router/columns.ts`, which keeps the answers). Shard 0 answers,
+ * on the server the client already holds there (its own transaction sees its own DDL) or on one
+ * checked out for the query and checked in right after it.
+ *
+ * @module
+ */
+
+import type { Cluster } from "./cluster.ts";
+import { ClientFacingError } from "./pool.ts";
+import type { Server } from "./server.ts";
+import type { TableRef } from "../router/mod.ts";
+import {
+  columnOrderKey,
+  columnOrderSql,
+  columnsFromRows,
+  type NameContext,
+} from "../router/columns.ts";
+import { SqlState } from "../protocol/sqlstate.ts";
+import { errorMessage } from "../log.ts";
+
+/**
+ * Reads the column orders of `tables` (from the cluster's cache or shard 0's catalog) for one
+ * routing decision; returns where the decision finds them. `held` is the client's own server on
+ * shard 0, when it has one with nothing outstanding. Throws ClientFacingError: 42P01 for a table
+ * that does not exist (as PostgreSQL would answer the INSERT), or why the catalog can't be read.
+ */
+export async function learnColumnOrders(
+  tables: TableRef[],
+  options: NameContext & { cluster: Cluster; held: Server | null; timeoutMs: number },
+): Promise<(table: TableRef) => string[] | undefined> {
+  const { cluster } = options;
+  // Kept here too: the cache may refuse an answer that DDL overtook, and this decision needs it.
+  const learned = new Map<string, string[]>();
+  for (const table of tables) {
+    const key = columnOrderKey(table, options);
+    if (learned.has(key) || cluster.columns.get(table, options) !== undefined) continue;
+    const columns = await readColumnOrder(table, options);
+    if (columns === null) {
+      throw new ClientFacingError({
+        severity: "ERROR",
+        code: SqlState.UndefinedTable,
+        message: `relation "${describe(table)}" does not exist`,
+      });
+    }
+    learned.set(key, columns);
+  }
+  return (table) =>
+    learned.get(columnOrderKey(table, options)) ?? cluster.columns.get(table, options);
+}
+
+/** The columns of `table` in order, read from shard 0 and kept in the cache; null: no such table. */
+async function readColumnOrder(
+  table: TableRef,
+  options: NameContext & { cluster: Cluster; held: Server | null; timeoutMs: number },
+): Promise<string[] | null> {
+  const { cluster, held, timeoutMs } = options;
+  const cache = cluster.columns;
+  const generation = cache.generation;
+  let server = held;
+  let result;
+  try {
+    server ??= await cluster.checkout("primary", { shard: 0 });
+    try {
+      result = await server.query(
+        columnOrderSql(table, { searchPath: options.searchPath, ownTransaction: server !== held }),
+        { timeoutMs },
+      );
+    } finally {
+      if (server !== held) server.owner?.checkin(server);
+    }
+  } catch (e) {
+    const fields = e instanceof ClientFacingError ? e.fields : null;
+    throw lookupFailed(table, {
+      code: fields?.code ?? SqlState.ConnectionFailure,
+      message: fields?.message ?? errorMessage(e),
+    });
+  }
+  if (result.error !== null) throw lookupFailed(table, result.error);
+  const columns = columnsFromRows(result.rows);
+  if (columns !== null) {
+    cache.set(table, { user: options.user, searchPath: options.searchPath, columns, generation });
+  }
+  return columns;
+}
+
+function describe(table: TableRef): string {
+  return table.schema !== undefined ? `${table.schema}.${table.name}` : table.name;
+}
+
+function lookupFailed(table: TableRef, cause: { code: string; message: string }): Error {
+  return new ClientFacingError({
+    severity: "ERROR",
+    code: cause.code,
+    message: `pgdog could not read the columns of table "${describe(table)}" on shard 0 (to ` +
+      `route an INSERT without a column list): ${cause.message}`,
+  });
+}
