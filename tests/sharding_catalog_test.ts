@@ -11,6 +11,7 @@
  */
 
 import assert from "node:assert/strict";
+import type pg from "pg";
 import { shardForBigint } from "../src/sharding/hash.ts";
 import {
   compareAnswers,
@@ -343,4 +344,40 @@ print(json.dumps(out))
   } finally {
     await Promise.all([dog.end(), ref.end()]);
   }
+});
+
+Deno.test("sharding catalog: with workers = 2, DDL through one worker reaches the other", async () => {
+  await using setup = await startSharded({
+    shardedTables: [{ column: "user_id" }],
+    schema: "CREATE TABLE items (user_id bigint, note text);",
+    general: { workers: 2, log_connections: true },
+  });
+  await dumpLogsOnFailure(setup.proxy, async () => {
+    const clients: pg.Client[] = await Promise.all(
+      Array.from({ length: 8 }, () => connectPg(setup.target)),
+    );
+    try {
+      const logins = [0, 1].map((w) =>
+        setup.proxy.logs().split("\n").filter((l) =>
+          l.includes(` [worker ${w}] `) && l.includes("logged in as postgres/app")
+        ).length
+      );
+      assert.ok(logins[0] > 0 && logins[1] > 0, `clients per worker: ${logins}`);
+      // Every client's worker learns the column order...
+      for (const [i, c] of clients.entries()) {
+        await c.query(`INSERT INTO items VALUES (${100 + i}, 'n')`);
+      }
+      // ...which DDL through one of them changes for all.
+      await clients[0].query("DROP TABLE items; CREATE TABLE items (note text, user_id bigint)");
+      for (const [i, c] of clients.entries()) {
+        await c.query(`INSERT INTO items VALUES ('n', ${200 + i})`);
+      }
+      assert.deepEqual(
+        await placed(setup, "SELECT user_id FROM items"),
+        byHash(clients.map((_, i) => 200 + i)),
+      );
+    } finally {
+      await Promise.all(clients.map((c) => c.end()));
+    }
+  });
 });

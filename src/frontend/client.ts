@@ -122,6 +122,8 @@ export interface ClientHost {
   register(client: Client): void;
   unregister(client: Client): void;
   cancel(pid: number, secret: number): void;
+  /** DDL on `database` passed through pgdog: its column orders are read again everywhere. */
+  tablesChanged(database: string): void;
 }
 
 let nextClientPid = 1 + Math.floor(Math.random() * 1000);
@@ -1395,6 +1397,7 @@ export class Client implements ServerLink {
     if (changesTables(analysis)) {
       // Forgotten now and again when the transaction ends (reads meanwhile see the old tables).
       cluster.columns.clear();
+      this.#host.tablesChanged(this.database);
       this.#tablesChanged = true;
     }
     const names = { user: this.user, searchPath: session.searchPath };
@@ -1855,6 +1858,7 @@ export class Client implements ServerLink {
     if (this.#tablesChanged) {
       this.#tablesChanged = false;
       this.cluster?.columns.clear();
+      this.#host.tablesChanged(this.database);
     }
     if (this.#txnPrelude.length > 0) this.#txnPrelude = [];
     this.#txnSearchPath = null;
