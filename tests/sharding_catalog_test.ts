@@ -14,6 +14,7 @@ import assert from "node:assert/strict";
 import type pg from "pg";
 import { shardForBigint } from "../src/sharding/hash.ts";
 import {
+  assertRefused,
   compareAnswers,
   connectPg,
   dsn,
@@ -307,6 +308,38 @@ Deno.test("sharding catalog: INSERT without a column list goes where its key bel
         assert.deepEqual(await placed(setup, "SELECT user_id FROM gone"), byHash([44, 45]));
         assert.deepEqual(await placed(setup, "SELECT user_id FROM moved"), byHash([46]));
         await compareAnswers(setup, "SELECT * FROM gone", { unordered: true });
+      });
+
+      await t.step("a transaction's own DDL stays its own until it commits", async () => {
+        await both("CREATE TABLE own (pad text, user_id bigint, note text)");
+        await both("INSERT INTO own VALUES ('p', 71, 'n')");
+        const other = await connectPg(setup.target);
+        try {
+          await dog.query("BEGIN");
+          await dog.query("ALTER TABLE own DROP COLUMN pad");
+          await dog.query("INSERT INTO own VALUES (72, 'n')");
+          // Another client routes by the committed table; its INSERT waits for the lock.
+          const waiting = other.query("INSERT INTO own VALUES ('p', 73, 'n')").then(
+            () => "inserted",
+            (e: Error) => e.message,
+          );
+          await new Promise((r) => setTimeout(r, 300));
+          await dog.query("ROLLBACK");
+          assert.equal(await waiting, "inserted");
+          await ref.query("INSERT INTO own VALUES ('p', 73, 'n')");
+          await both("INSERT INTO own VALUES ('p', 74, 'n')");
+        } finally {
+          await other.end();
+        }
+        assert.deepEqual(await placed(setup, "SELECT user_id FROM own"), byHash([71, 73, 74]));
+        await compareAnswers(setup, "SELECT * FROM own", { unordered: true });
+        // In the same query as DDL, the column order can't be known yet: refused, nothing runs.
+        await assertRefused(
+          setup,
+          "CREATE TABLE same (note text, user_id bigint); INSERT INTO same VALUES ('n', 75)",
+          { protocols: ["simple"], message: /without a column list/ },
+        );
+        assert.deepEqual(await setup.onShard(0, "SELECT to_regclass('same') IS NULL"), [["t"]]);
       });
 
       await t.step("DDL straight on the shards, then RELOAD", async () => {

@@ -1,8 +1,8 @@
 /**
  * Reads what routing needs from a shard's catalog: the column order of a table that an INSERT
  * without a column list names (see `router/columns.ts`, which keeps the answers). Shard 0 answers,
- * on the server the client already holds there (its own transaction sees its own DDL) or on one
- * checked out for the query and checked in right after it.
+ * on the server the client already holds there (its own transaction sees its own DDL; not kept,
+ * since others don't see it) or on one checked out for the query and checked in right after it.
  *
  * @module
  */
@@ -20,22 +20,37 @@ import {
 import { SqlState } from "../protocol/sqlstate.ts";
 import { errorMessage } from "../log.ts";
 
+/** What {@linkcode learnColumnOrders} needs to know about the client. */
+export interface CatalogOptions extends NameContext {
+  cluster: Cluster;
+  /** The client's own server on shard 0, when it holds one with nothing outstanding. */
+  held: Server | null;
+  /**
+   * The client's open transaction has run DDL: its tables are its own until it commits, so the
+   * cache is neither read nor written (and its own server answers, when it holds shard 0).
+   */
+  ownTables: boolean;
+  timeoutMs: number;
+}
+
 /**
  * Reads the column orders of `tables` (from the cluster's cache or shard 0's catalog) for one
- * routing decision; returns where the decision finds them. `held` is the client's own server on
- * shard 0, when it has one with nothing outstanding. Throws ClientFacingError: 42P01 for a table
- * that does not exist (as PostgreSQL would answer the INSERT), or why the catalog can't be read.
+ * routing decision; returns where the decision finds them. Throws ClientFacingError: 42P01 for a
+ * table that does not exist (as PostgreSQL would answer the INSERT), or why the catalog can't be
+ * read.
  */
 export async function learnColumnOrders(
   tables: TableRef[],
-  options: NameContext & { cluster: Cluster; held: Server | null; timeoutMs: number },
+  options: CatalogOptions,
 ): Promise<(table: TableRef) => string[] | undefined> {
-  const { cluster } = options;
-  // Kept here too: the cache may refuse an answer that DDL overtook, and this decision needs it.
+  const { cluster, ownTables } = options;
+  // Kept here too: the cache may refuse an answer, and this decision needs it.
   const learned = new Map<string, string[]>();
+  const known = (table: TableRef): string[] | undefined =>
+    learned.get(columnOrderKey(table, options)) ??
+      (ownTables ? undefined : cluster.columns.get(table, options));
   for (const table of tables) {
-    const key = columnOrderKey(table, options);
-    if (learned.has(key) || cluster.columns.get(table, options) !== undefined) continue;
+    if (known(table) !== undefined) continue;
     const columns = await readColumnOrder(table, options);
     if (columns === null) {
       throw new ClientFacingError({
@@ -44,17 +59,16 @@ export async function learnColumnOrders(
         message: `relation "${describe(table)}" does not exist`,
       });
     }
-    learned.set(key, columns);
+    learned.set(columnOrderKey(table, options), columns);
   }
-  return (table) =>
-    learned.get(columnOrderKey(table, options)) ?? cluster.columns.get(table, options);
+  return known;
 }
 
-/** The columns of `table` in order, read from shard 0 and kept in the cache; null: no such table. */
-async function readColumnOrder(
-  table: TableRef,
-  options: NameContext & { cluster: Cluster; held: Server | null; timeoutMs: number },
-): Promise<string[] | null> {
+/**
+ * The columns of `table` in order, read from shard 0; null: no such table. What a pooled server
+ * read (committed tables, a fresh snapshot) is kept in the cache.
+ */
+async function readColumnOrder(table: TableRef, options: CatalogOptions): Promise<string[] | null> {
   const { cluster, held, timeoutMs } = options;
   const cache = cluster.columns;
   const generation = cache.generation;
@@ -79,7 +93,7 @@ async function readColumnOrder(
   }
   if (result.error !== null) throw lookupFailed(table, result.error);
   const columns = columnsFromRows(result.rows);
-  if (columns !== null) {
+  if (columns !== null && server !== held && !options.ownTables) {
     cache.set(table, { user: options.user, searchPath: options.searchPath, columns, generation });
   }
   return columns;

@@ -532,9 +532,7 @@ export class Client implements ServerLink {
     // Where the request that took a replica began: kept to re-run it if that replica dies.
     let replayFrom = -1;
     let replayRole: Role = "replica";
-    const plugins = this.#host.plugins;
-    // Plugins route each request whole, as sharding does (they see its Bind values).
-    let whole = this.#sharding !== null || (plugins !== null && plugins.routes);
+    let whole = this.#routesWhole();
     if (whole && this.cluster !== null) this.#routing = true;
     let size: number;
     while ((size = rb.nextMessageSize()) > 0) {
@@ -570,14 +568,13 @@ export class Client implements ServerLink {
         });
         return false;
       }
-      if (
-        !this.#inRequest && !this.#skipUntilSync && this.server === null &&
-        this.#parked.size === 0 && !this.#gateOpen()
-      ) {
-        // A new transaction waits out PAUSE and MAINTENANCE and routes by the configuration in
-        // force after them (a RELOAD may have changed the shards).
-        if (!(await this.#atGate())) return false;
-        whole = this.#sharding !== null || (plugins !== null && plugins.routes);
+      if (!this.#inRequest && !this.#skipUntilSync) {
+        if (this.server === null && this.#parked.size === 0 && !this.#gateOpen()) {
+          // A new transaction waits out PAUSE and MAINTENANCE and routes by the configuration in
+          // force after them (a RELOAD may have changed the shards).
+          if (!(await this.#atGate())) return false;
+        }
+        whole = this.#routesWhole();
         if (whole) this.#routing = true;
       }
       if (
@@ -705,6 +702,12 @@ export class Client implements ServerLink {
     const server = this.server;
     if (server !== null && server.queue.length > 0) await server.drain().catch(() => {});
     if (this.#readBackDone) await this.#readBackDone;
+  }
+
+  /** Plugins route each request whole, as sharding does (they see its Bind values). */
+  #routesWhole(): boolean {
+    const plugins = this.#host.plugins;
+    return this.#sharding !== null || (plugins !== null && plugins.routes);
   }
 
   /** Writes what the batch collected for the server. */
@@ -1394,22 +1397,26 @@ export class Client implements ServerLink {
     const { config, session, lookup } = options;
     const bind = options.bind ?? undefined;
     const cluster = this.cluster!;
-    if (changesTables(analysis)) {
+    const ddl = changesTables(analysis);
+    if (ddl) {
       // Forgotten now and again when the transaction ends (reads meanwhile see the old tables).
       cluster.columns.clear();
       this.#host.tablesChanged(this.database);
       this.#tablesChanged = true;
     }
     const names = { user: this.user, searchPath: session.searchPath };
-    lookup.columns = (table) => cluster.columns.get(table, names);
+    const ownTables = this.#tablesChanged;
+    lookup.columns = ownTables ? undefined : (table) => cluster.columns.get(table, names);
     lookup.missingColumns = [];
     let decision = decideShard(analysis, { config, session, bind, lookup });
-    if (lookup.missingColumns.length > 0) {
+    // With DDL in the same query, the catalog can't tell yet: decideShard's refusal stands.
+    if (lookup.missingColumns.length > 0 && !ddl) {
       try {
         lookup.columns = await learnColumnOrders(lookup.missingColumns, {
           ...names,
           cluster,
           held: this.#catalogServer(),
+          ownTables,
           timeoutMs: cluster.settings.checkoutTimeout,
         });
       } catch (e) {

@@ -183,10 +183,11 @@ export function decideShard(
   if (stmts.length > 1) {
     // Each statement would need its own decision; they go together, so together they must agree.
     const decisions = stmts.map((stmt) => decideStatement(stmt, analysis, options));
+    const refused = decisions.find((d) => d.unsupported);
+    if (refused) return refused;
     const first = decisions[0];
     const same = decisions.every((d) => sameTarget(d.target, first.target));
     if (same) return { ...first, reason: `every statement: ${first.reason}` };
-    if (decisions.some((d) => d.unsupported)) return decisions.find((d) => d.unsupported)!;
     return { target: { kind: "all" }, reason: "statements for different shards", omniWrite: false };
   }
   return decideStatement(stmts[0], analysis, options);
@@ -476,7 +477,8 @@ function decideInsert(
         reason: `INSERT into ${describe(t)} without a column list: column order unknown`,
         omniWrite: false,
         unsupported: `an INSERT into sharded table ${describe(t)} without a column list needs ` +
-          "the table's column order, which pgdog could not look up: name the columns",
+          "the table's column order, which pgdog reads before the query runs (so not in a query " +
+          "that also changes tables): name the columns, or send the DDL first",
       };
     }
     cols = known;

@@ -216,3 +216,8 @@ Deno.test("INSERT without a column list: the key's position from the column orde
   ok(select.decision.unsupported?.includes("INSERT ... SELECT"));
   deepEqual(select.lookup.missingColumns, []);
 });
+
+Deno.test("several statements: any one refused refuses them all", () => {
+  ok(refused("DELETE FROM users; SELECT * FROM users ORDER BY id").includes("ORDER BY"));
+  ok(refused("SELECT * FROM users ORDER BY id; DELETE FROM users").includes("ORDER BY"));
+});
