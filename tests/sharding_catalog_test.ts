@@ -8,6 +8,8 @@
  * - INSERT without a column list: the sharding key's position comes from the table's column order
  *   (read from shard 0's catalog, kept per table and search_path, read again after DDL through
  *   pgdog and after RELOAD); rows are checked on each shard and against a reference database.
+ *   A transaction's own DDL and a session's temporary tables are not shared with other clients;
+ *   with workers = 2, DDL through one worker reaches the other.
  */
 
 import assert from "node:assert/strict";
@@ -379,36 +381,75 @@ print(json.dumps(out))
   }
 });
 
-Deno.test("sharding catalog: with workers = 2, DDL through one worker reaches the other", async () => {
+Deno.test("sharding catalog: workers = 2, session mode: DDL reaches both workers, temporary tables stay in their session", async (t) => {
   await using setup = await startSharded({
     shardedTables: [{ column: "user_id" }],
-    schema: "CREATE TABLE items (user_id bigint, note text);",
-    general: { workers: 2, log_connections: true },
+    schema: "CREATE TABLE items (user_id bigint, note text); CREATE TABLE kept (user_id bigint);",
+    general: { workers: 2, log_connections: true, default_pool_size: 24 },
+    user: { pooler_mode: "session" },
   });
   await dumpLogsOnFailure(setup.proxy, async () => {
     const clients: pg.Client[] = await Promise.all(
       Array.from({ length: 8 }, () => connectPg(setup.target)),
     );
     try {
-      const logins = [0, 1].map((w) =>
-        setup.proxy.logs().split("\n").filter((l) =>
-          l.includes(` [worker ${w}] `) && l.includes("logged in as postgres/app")
-        ).length
-      );
-      assert.ok(logins[0] > 0 && logins[1] > 0, `clients per worker: ${logins}`);
-      // Every client's worker learns the column order...
-      for (const [i, c] of clients.entries()) {
-        await c.query(`INSERT INTO items VALUES (${100 + i}, 'n')`);
-      }
-      // ...which DDL through one of them changes for all.
-      await clients[0].query("DROP TABLE items; CREATE TABLE items (note text, user_id bigint)");
-      for (const [i, c] of clients.entries()) {
-        await c.query(`INSERT INTO items VALUES ('n', ${200 + i})`);
-      }
-      assert.deepEqual(
-        await placed(setup, "SELECT user_id FROM items"),
-        byHash(clients.map((_, i) => 200 + i)),
-      );
+      /** The worker each client is on (from the login lines, by the client's port). */
+      const workers = async (): Promise<number[]> => {
+        let found: (number | undefined)[] = [];
+        // Log lines arrive a little after the logins.
+        for (let i = 0; i < 50; i++) {
+          const logs = setup.proxy.logs();
+          found = clients.map((c) => {
+            const port = (c as unknown as { connection: { stream: { localPort: number } } })
+              .connection.stream.localPort;
+            const m = logs.match(
+              new RegExp(`\\[worker (\\d)\\] client \\d+ \\(127\\.0\\.0\\.1:${port}\\) logged in`),
+            );
+            return m ? Number(m[1]) : undefined;
+          });
+          if (found.every((w) => w !== undefined)) break;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        assert.ok(found.every((w) => w !== undefined), `workers: ${found}`);
+        return found as number[];
+      };
+      const worker = await workers();
+
+      await t.step("DDL through one worker: the other reads the column order again", async () => {
+        assert.ok(worker.includes(0) && worker.includes(1), `clients' workers: ${worker}`);
+        // Every client's worker learns the column order...
+        for (const [i, c] of clients.entries()) {
+          await c.query(`INSERT INTO items VALUES (${100 + i}, 'n')`);
+        }
+        // ...which DDL through one of them changes for all.
+        await clients[0].query("DROP TABLE items; CREATE TABLE items (note text, user_id bigint)");
+        for (const [i, c] of clients.entries()) {
+          await c.query(`INSERT INTO items VALUES ('n', ${200 + i})`);
+        }
+        assert.deepEqual(
+          await placed(setup, "SELECT user_id FROM items"),
+          byHash(clients.map((_, i) => 200 + i)),
+        );
+      });
+
+      await t.step("a temporary table's column order is its session's own", async () => {
+        // Two clients of one worker, which keeps one cache for both.
+        const i = worker.findIndex((w, k) => worker.indexOf(w, k + 1) > k);
+        const [a, b] = [clients[i], clients[worker.indexOf(worker[i], i + 1)]];
+        // A's temporary table hides the permanent one, with its key elsewhere.
+        await a.query("CREATE TEMP TABLE kept (note text, user_id bigint)");
+        await a.query("INSERT INTO kept VALUES ('n', 81)");
+        await b.query("INSERT INTO kept VALUES (82)");
+        await a.query("INSERT INTO kept VALUES ('n', 83)");
+        for (const key of [81, 83]) {
+          const shard = shardForBigint(BigInt(key), 3);
+          const r = await a.query(
+            `/* pgdog_shard: ${shard} */ SELECT user_id FROM kept WHERE user_id = ${key}`,
+          );
+          assert.deepEqual(r.rows, [{ user_id: String(key) }], `temporary row ${key}`);
+        }
+        assert.deepEqual(await placed(setup, "SELECT user_id FROM kept"), byHash([82]));
+      });
     } finally {
       await Promise.all(clients.map((c) => c.end()));
     }

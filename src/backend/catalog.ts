@@ -18,6 +18,7 @@ import {
   type NameContext,
 } from "../router/columns.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
+import { TxStatus } from "../protocol/messages.ts";
 import { errorMessage } from "../log.ts";
 
 /** What {@linkcode learnColumnOrders} needs to know about the client. */
@@ -65,13 +66,15 @@ export async function learnColumnOrders(
 }
 
 /**
- * The columns of `table` in order, read from shard 0; null: no such table. What a pooled server
- * read (committed tables, a fresh snapshot) is kept in the cache.
+ * The columns of `table` in order, read from shard 0; null: no such table. What everyone would
+ * read (committed tables, in a fresh snapshot: a pooled server, or the client's own outside a
+ * transaction; not a temporary table) is kept in the cache.
  */
 async function readColumnOrder(table: TableRef, options: CatalogOptions): Promise<string[] | null> {
   const { cluster, held, timeoutMs } = options;
   const cache = cluster.columns;
   const generation = cache.generation;
+  const shared = !options.ownTables && (held === null || held.txStatus === TxStatus.Idle);
   let server = held;
   let result;
   try {
@@ -92,11 +95,17 @@ async function readColumnOrder(table: TableRef, options: CatalogOptions): Promis
     });
   }
   if (result.error !== null) throw lookupFailed(table, result.error);
-  const columns = columnsFromRows(result.rows);
-  if (columns !== null && server !== held && !options.ownTables) {
-    cache.set(table, { user: options.user, searchPath: options.searchPath, columns, generation });
+  const found = columnsFromRows(result.rows);
+  if (found === null) return null;
+  if (shared && !found.temporary) {
+    cache.set(table, {
+      user: options.user,
+      searchPath: options.searchPath,
+      columns: found.columns,
+      generation,
+    });
   }
-  return columns;
+  return found.columns;
 }
 
 function describe(table: TableRef): string {

@@ -40,7 +40,7 @@ import type { AuthType } from "../config/types.ts";
 import { mayAffectSession, scanSession, type SessionScan } from "../router/scan.ts";
 import type { Analysis, QueryRouter } from "../router/mod.ts";
 import { chooseRole, parseRole, type Role } from "../router/route.ts";
-import { changesTables } from "../router/columns.ts";
+import { changesTables, createsTemporaryTable } from "../router/columns.ts";
 import { learnColumnOrders } from "../backend/catalog.ts";
 import {
   type BindValues,
@@ -1403,9 +1403,11 @@ export class Client implements ServerLink {
       cluster.columns.clear();
       this.#host.tablesChanged(this.database);
       this.#tablesChanged = true;
+      this.#tempTables ||= createsTemporaryTable(analysis);
     }
     const names = { user: this.user, searchPath: session.searchPath };
-    const ownTables = this.#tablesChanged;
+    // Others' column orders may not be this session's (its temporary tables hide theirs).
+    const ownTables = this.#tablesChanged || this.#tempTables;
     lookup.columns = ownTables ? undefined : (table) => cluster.columns.get(table, names);
     lookup.missingColumns = [];
     let decision = decideShard(analysis, { config, session, bind, lookup });
@@ -1454,6 +1456,8 @@ export class Client implements ServerLink {
 
   /** DDL ran in the open transaction: column orders are read again once it ends. */
   #tablesChanged = false;
+  /** The session has created temporary tables. */
+  #tempTables = false;
 
   /** The client's own server on shard 0, if it holds one with nothing outstanding (catalog reads). */
   #catalogServer(): Server | null {

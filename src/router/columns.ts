@@ -75,8 +75,9 @@ export function columnOrderKey(table: TableRef, context: NameContext): string {
  * the name resolved as PostgreSQL resolves it for the session: `to_regclass` with the session's
  * search_path. Without `ownTransaction` the query runs as is, in the client's own session; with it,
  * on a pooled server, inside a transaction that sets the client's search_path for its length
- * (or the server's default, when the client set none). One row per column; one row with a NULL
- * name for a table without columns; no row when there is no such table.
+ * (or the server's default, when the client set none). One row per column (its name, and whether
+ * the table is temporary); one row with a NULL name for a table without columns; no row when
+ * there is no such table.
  */
 export function columnOrderSql(
   table: TableRef,
@@ -85,9 +86,10 @@ export function columnOrderSql(
   const name = table.schema !== undefined
     ? `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`
     : quoteIdent(table.name);
-  const select = "SELECT a.attname FROM (SELECT pg_catalog.to_regclass(" + quoteLiteral(name) +
-    ") AS oid) t LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 " +
-    "AND NOT a.attisdropped WHERE t.oid IS NOT NULL ORDER BY a.attnum";
+  const select = "SELECT a.attname, c.relpersistence = 't' FROM (SELECT pg_catalog.to_regclass(" +
+    quoteLiteral(name) + ") AS oid) t JOIN pg_catalog.pg_class c ON c.oid = t.oid " +
+    "LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 " +
+    "AND NOT a.attisdropped ORDER BY a.attnum";
   if (!options.ownTransaction) return select;
   // set_config(..., true) lasts until COMMIT; the WHERE runs it once and returns no row.
   const path = options.searchPath === undefined
@@ -98,10 +100,15 @@ export function columnOrderSql(
   return `BEGIN;${path};${select};COMMIT`;
 }
 
-/** The column order in the rows {@linkcode columnOrderSql} returned; null: no such table. */
-export function columnsFromRows(rows: (string | null)[][]): string[] | null {
+/** The table {@linkcode columnOrderSql} found: its columns in order; null: no such table. */
+export function columnsFromRows(
+  rows: (string | null)[][],
+): { columns: string[]; temporary: boolean } | null {
   if (rows.length === 0) return null;
-  return rows.map((r) => r[0]).filter((c): c is string => c !== null);
+  return {
+    columns: rows.map((r) => r[0]).filter((c): c is string => c !== null),
+    temporary: rows[0][1] === "t",
+  };
 }
 
 /**
@@ -144,6 +151,25 @@ const KEEPS_TABLES = new Set([
 export function changesTables(analysis: Analysis): boolean {
   for (const s of analysis.info.ast?.stmts ?? []) {
     if (s.stmt !== undefined && statementChangesTables(s.stmt)) return true;
+  }
+  return false;
+}
+
+/**
+ * True when the statement creates a temporary table (or view): a name the session resolves to a
+ * table no other session sees.
+ */
+export function createsTemporaryTable(analysis: Analysis): boolean {
+  for (const s of analysis.info.ast?.stmts ?? []) {
+    const stmt = s.stmt as Record<string, Record<string, unknown> | undefined> | undefined;
+    if (stmt === undefined) continue;
+    const into = (stmt.CreateTableAsStmt?.into ?? stmt.SelectStmt?.intoClause) as
+      | { rel?: unknown }
+      | undefined;
+    for (const rel of [stmt.CreateStmt?.relation, stmt.ViewStmt?.view, into?.rel]) {
+      const r = rel as { relpersistence?: string; schemaname?: string } | undefined;
+      if (r?.relpersistence === "t" || r?.schemaname?.startsWith("pg_temp")) return true;
+    }
   }
   return false;
 }

@@ -6,6 +6,7 @@ import {
   ColumnOrders,
   columnOrderSql,
   columnsFromRows,
+  createsTemporaryTable,
 } from "./columns.ts";
 
 await loadParser();
@@ -72,8 +73,11 @@ Deno.test("column orders: the catalog query quotes names and the search_path", (
     ),
   );
   equal(columnsFromRows([]), null);
-  deepEqual(columnsFromRows([[null]]), []);
-  deepEqual(columnsFromRows([["id"], ["name"]]), ["id", "name"]);
+  deepEqual(columnsFromRows([[null, "f"]]), { columns: [], temporary: false });
+  deepEqual(columnsFromRows([["id", "t"], ["name", "t"]]), {
+    columns: ["id", "name"],
+    temporary: true,
+  });
 });
 
 Deno.test("column orders: which statements make pgdog read them again", () => {
@@ -107,4 +111,20 @@ Deno.test("column orders: which statements make pgdog read them again", () => {
       "not sql at all",
     ]
   ) ok(!changesTables(router.analyze(sql)), sql);
+});
+
+Deno.test("column orders: statements that create temporary tables", () => {
+  for (
+    const sql of [
+      "CREATE TEMP TABLE t (a int)",
+      "CREATE TEMPORARY TABLE t AS SELECT 1",
+      "SELECT 1 INTO TEMP t",
+      "CREATE TABLE pg_temp.t (a int)",
+      "CREATE TEMP VIEW v AS SELECT 1",
+      "SELECT 1; CREATE TEMP TABLE t (a int)",
+    ]
+  ) ok(createsTemporaryTable(router.analyze(sql)), sql);
+  for (const sql of ["CREATE TABLE t (a int)", "SELECT 1 INTO t", "INSERT INTO t VALUES (1)"]) {
+    ok(!createsTemporaryTable(router.analyze(sql)), sql);
+  }
 });
