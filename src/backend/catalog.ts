@@ -1,8 +1,8 @@
 /**
  * Reads what routing needs from a shard's catalog: the column order of a table that an INSERT
  * without a column list names (see `router/columns.ts`, which keeps the answers). Shard 0 answers,
- * on the server the client already holds there (its own transaction sees its own DDL; not kept,
- * since others don't see it) or on one checked out for the query and checked in right after it.
+ * on the server the client already holds there (so its own transaction's DDL and its session's
+ * temporary tables count) or on one checked out for the query and checked in right after it.
  *
  * @module
  */
@@ -23,14 +23,17 @@ import { errorMessage } from "../log.ts";
 
 /** What {@linkcode learnColumnOrders} needs to know about the client. */
 export interface CatalogOptions extends NameContext {
+  /** The client's cluster: its shard 0 answers, its cache keeps the answers. */
   cluster: Cluster;
   /** The client's own server on shard 0, when it holds one with nothing outstanding. */
   held: Server | null;
   /**
-   * The client's open transaction has run DDL: its tables are its own until it commits, so the
-   * cache is neither read nor written (and its own server answers, when it holds shard 0).
+   * The client's open transaction has run DDL, or its session has temporary tables: the tables
+   * its names resolve to may not be everyone's, so the cache is neither read nor written (and its
+   * own server answers, when it holds shard 0).
    */
   ownTables: boolean;
+  /** How long the catalog query may take before its server is closed. */
   timeoutMs: number;
 }
 

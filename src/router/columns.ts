@@ -26,6 +26,7 @@ export class ColumnOrders {
   readonly #orders: LruMap<string, string[]>;
   #generation = 0;
 
+  /** `limit`: the most column orders kept (10,000 by default). */
   constructor(options: { limit?: number } = {}) {
     this.#orders = new LruMap(options.limit ?? COLUMN_ORDERS_LIMIT);
   }
