@@ -78,6 +78,8 @@ export interface WorkerGroupLink {
    * resolves (never rejects) once each has started it.
    */
   admin(sql: string): Promise<void>;
+  /** DDL on `database` passed through this worker: the others forget its column orders too. */
+  tablesChanged(database: string): void;
 }
 
 /** Options for {@linkcode Proxy}. */
@@ -375,6 +377,22 @@ export class Proxy implements ClientHost {
    */
   cancel(pid: number, secret: number): void {
     if (!this.cancelHere(pid, secret)) this.group?.cancel(pid, secret);
+  }
+
+  /**
+   * Part of {@linkcode ClientHost}: DDL on `database` passed through pgdog, so the column orders
+   * known for it are read again, in every worker.
+   */
+  tablesChanged(database: string): void {
+    this.forgetColumns(database);
+    this.group?.tablesChanged(database);
+  }
+
+  /** Forgets the column orders this worker knows for `database`. */
+  forgetColumns(database: string): void {
+    for (const cluster of this.databases.clusters()) {
+      if (cluster.name === database) cluster.columns.clear();
+    }
   }
 
   /** Cancels the request of this worker's client with that key; false when there is none. */

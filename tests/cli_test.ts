@@ -340,7 +340,8 @@ Deno.test("pgdog route: each statement's shard and reason, without connecting", 
     await Deno.writeTextFile(
       `${dir}/queries.sql`,
       "SELECT * FROM users WHERE id = 42;\nINSERT INTO users (id, name) VALUES (7, 'x');\n" +
-        "SELECT * FROM users ORDER BY id;\nCREATE TABLE t (x int);\n",
+        "SELECT * FROM users ORDER BY id;\nCREATE TABLE t (x int);\n" +
+        "INSERT INTO users VALUES (8, 'y');\n",
     );
     const r = await runPgdog(["route", `${dir}/queries.sql`], {
       cwd: dir,
@@ -358,6 +359,8 @@ Deno.test("pgdog route: each statement's shard and reason, without connecting", 
       "refused (replica): ORDER BY across shards is not supported yet: add the sharding key to " +
       "the WHERE clause (or route with /* pgdog_shard: N */)",
       "all shards (primary): Create runs on every shard",
+      "decided by the table's column order (primary): INSERT without a column list: the proxy " +
+      "reads the column order of users from shard 0",
     ]);
     const unknown = await runPgdog(["route", `${dir}/queries.sql`, "-D", "nope"], {
       cwd: dir,

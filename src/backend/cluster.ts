@@ -14,6 +14,7 @@ import { log } from "../log.ts";
 import { ClientFacingError, type Pool, type WaitAbort } from "./pool.ts";
 import type { Server } from "./server.ts";
 import type { ShardingConfig } from "../router/shard.ts";
+import { ColumnOrders } from "../router/columns.ts";
 
 /** How reads are spread over a shard's targets. */
 export type LoadBalancingStrategy =
@@ -241,6 +242,8 @@ export class Cluster {
   settings: BalancerSettings;
   /** How statements find their shard; null for a database of one shard. */
   readonly sharding: ShardingConfig | null;
+  /** Column orders read from shard 0's catalog (shared by the database's clusters). */
+  readonly columns: ColumnOrders;
 
   constructor(options: {
     name: string;
@@ -250,6 +253,7 @@ export class Cluster {
     shards: Shard[];
     settings: BalancerSettings;
     sharding?: ShardingConfig | null;
+    columns?: ColumnOrders;
   }) {
     this.name = options.name;
     this.user = options.user;
@@ -258,6 +262,7 @@ export class Cluster {
     this.shards = options.shards;
     this.settings = options.settings;
     this.sharding = options.sharding ?? null;
+    this.columns = options.columns ?? new ColumnOrders();
   }
 
   /** The shard number of the host behind `pool` (0 when it is not in this cluster). */

@@ -13,6 +13,7 @@ import { type BalancerSettings, Cluster, Shard, Target } from "./cluster.ts";
 import { type MonitorSettings, ShardMonitor } from "./monitor.ts";
 import type { ServerLogin, ServerTls } from "./connect.ts";
 import { shardingConfigFor } from "../router/shard.ts";
+import { ColumnOrders } from "../router/columns.ts";
 
 export { Cluster, Shard, Target } from "./cluster.ts";
 
@@ -92,9 +93,14 @@ export class Databases {
     }
     const balance = balancerSettings(config);
     const monitor = monitorSettings(config);
+    // One cache per database, whoever asks: DDL by one user changes the tables for all. A reload
+    // starts empty caches.
+    const columns = new Map<string, ColumnOrders>();
     for (const user of config.users) {
       const entries = byName.get(user.database);
       if (!entries) continue;
+      let orders = columns.get(user.database);
+      if (orders === undefined) columns.set(user.database, orders = new ColumnOrders());
       const cluster = buildCluster(config, {
         user,
         entries,
@@ -102,6 +108,7 @@ export class Databases {
         tls: options.serverTls,
         reusable,
         worker: options.worker,
+        columns: orders,
       });
       this.#clusters.set(clusterKey(user.name, user.database), cluster);
       for (const shard of cluster.shards) this.#monitors.push(new ShardMonitor(shard, monitor));
@@ -189,6 +196,7 @@ function buildCluster(
     tls: ServerTls | undefined;
     reusable: Map<string, Target>;
     worker: WorkerShare | undefined;
+    columns: ColumnOrders;
   },
 ): Cluster {
   const { user, entries, balance, tls, reusable, worker } = options;
@@ -251,5 +259,6 @@ function buildCluster(
     sharding: shards.length > 1
       ? shardingConfigFor(config, user.database, { shards: shards.length })
       : null,
+    columns: options.columns,
   });
 }

@@ -40,6 +40,8 @@ import type { AuthType } from "../config/types.ts";
 import { mayAffectSession, scanSession, type SessionScan } from "../router/scan.ts";
 import type { Analysis, QueryRouter } from "../router/mod.ts";
 import { chooseRole, parseRole, type Role } from "../router/route.ts";
+import { changesTables, createsTemporaryTable } from "../router/columns.ts";
+import { learnColumnOrders } from "../backend/catalog.ts";
 import {
   type BindValues,
   decideShard,
@@ -130,6 +132,8 @@ export interface ClientHost {
   register(client: Client): void;
   unregister(client: Client): void;
   cancel(pid: number, secret: number): void;
+  /** DDL on `database` passed through pgdog: its column orders are read again everywhere. */
+  tablesChanged(database: string): void;
 }
 
 let nextClientPid = 1 + Math.floor(Math.random() * 1000);
@@ -544,9 +548,7 @@ export class Client implements ServerLink {
     // Where the request that took a replica began: kept to re-run it if that replica dies.
     let replayFrom = -1;
     let replayRole: Role = "replica";
-    const plugins = this.#host.plugins;
-    // Plugins route each request whole, as sharding does (they see its Bind values).
-    const whole = this.#sharding !== null || (plugins !== null && plugins.routes);
+    let whole = this.#routesWhole();
     if (whole && this.cluster !== null) this.#routing = true;
     for (;;) {
       const split = this.#split;
@@ -590,6 +592,15 @@ export class Client implements ServerLink {
           message: `malformed ${describeMessageType(type)} message`,
         });
         return false;
+      }
+      if (!this.#inRequest && !this.#skipUntilSync) {
+        if (this.server === null && this.#parked.size === 0 && !this.#gateOpen()) {
+          // A new transaction waits out PAUSE and MAINTENANCE and routes by the configuration in
+          // force after them (a RELOAD may have changed the shards).
+          if (!(await this.#atGate())) return false;
+        }
+        whole = this.#routesWhole();
+        if (whole) this.#routing = true;
       }
       if (
         whole && !this.#inRequest && !this.#skipUntilSync &&
@@ -732,6 +743,12 @@ export class Client implements ServerLink {
     const server = this.server;
     if (server !== null && server.queue.length > 0) await server.drain().catch(() => {});
     if (this.#readBackDone) await this.#readBackDone;
+  }
+
+  /** Plugins route each request whole, as sharding does (they see its Bind values). */
+  #routesWhole(): boolean {
+    const plugins = this.#host.plugins;
+    return this.#sharding !== null || (plugins !== null && plugins.routes);
   }
 
   /** Writes what the batch collected for the server. */
@@ -1271,13 +1288,23 @@ export class Client implements ServerLink {
     } else if (type === Msg.Parse) {
       return this.#lastParseAnalysis;
     } else if (type === Msg.Bind) {
-      const name = bindStatementName(buf, p, end);
-      return name === "" ? this.#unnamedAnalysis : this.statements.get(name)?.analysis ?? null;
+      return this.#statementAnalysis(bindStatementName(buf, p, end));
     } else if (type === Msg.Describe && buf[p + 5] === 0x53) {
-      const name = describedName(buf, p, end);
-      return name === "" ? this.#unnamedAnalysis : this.statements.get(name)?.analysis ?? null;
+      return this.#statementAnalysis(describedName(buf, p, end));
     }
     return null;
+  }
+
+  /** The analysis of a prepared statement (named `""`: the unnamed one). */
+  #statementAnalysis(name: string): Analysis | null {
+    if (name === "") return this.#unnamedAnalysis;
+    const stmt = this.statements.get(name);
+    if (stmt === undefined) return null;
+    // Prepared while routing was off (a RELOAD has sharded the database since): analyzed now.
+    if (stmt.analysis === null && this.#routing) {
+      stmt.analysis = this.#host.router.analyze(stmt.query);
+    }
+    return stmt.analysis;
   }
 
   // ---- sharding ------------------------------------------------------------------------------
@@ -1340,6 +1367,11 @@ export class Client implements ServerLink {
         };
       }
     }
+    if (this.server === null && this.#parked.size === 0 && !this.#gateOpen()) {
+      // RELOAD or MAINTENANCE came while deciding: decide again by what is in force after it.
+      if (!(await this.#atGate())) return "done";
+      return this.#sharding === null ? "go" : await this.#routeShards(type, buf, p, end);
+    }
     if (decision.unsupported) {
       this.#answerError({
         severity: "ERROR",
@@ -1394,9 +1426,10 @@ export class Client implements ServerLink {
   }
 
   /**
-   * decideShard, with the answers of plugin hashers (`hasher = "plugin:<name>"`) it needs: asked
-   * after a first pass finds the keys, then it decides again. Null when a plugin hasher failed
-   * (the client has its error).
+   * decideShard, with the column orders (INSERT without a column list, read from shard 0's
+   * catalog) and the answers of plugin hashers (`hasher = "plugin:<name>"`) it needs: asked after
+   * a pass finds them missing, then it decides again. Null when a lookup failed (the client has
+   * its error). DDL makes the database's column orders be read again.
    */
   async #decideShard(
     analysis: Analysis,
@@ -1410,7 +1443,41 @@ export class Client implements ServerLink {
   ): Promise<ShardDecision | null> {
     const { config, session, lookup } = options;
     const bind = options.bind ?? undefined;
-    const decision = decideShard(analysis, { config, session, bind, lookup });
+    const cluster = this.cluster!;
+    const ddl = changesTables(analysis);
+    if (ddl) {
+      // Forgotten now and again when the transaction ends (reads meanwhile see the old tables).
+      cluster.columns.clear();
+      this.#host.tablesChanged(this.database);
+      this.#tablesChanged = true;
+      this.#tempTables ||= createsTemporaryTable(analysis);
+    }
+    const names = { user: this.user, searchPath: session.searchPath };
+    // Others' column orders may not be this session's (its temporary tables hide theirs).
+    const ownTables = this.#tablesChanged || this.#tempTables;
+    lookup.columns = ownTables ? undefined : (table) => cluster.columns.get(table, names);
+    lookup.missingColumns = [];
+    let decision = decideShard(analysis, { config, session, bind, lookup });
+    // With DDL in the same query, the catalog can't tell yet: decideShard's refusal stands.
+    if (lookup.missingColumns.length > 0 && !ddl) {
+      try {
+        lookup.columns = await learnColumnOrders(lookup.missingColumns, {
+          ...names,
+          cluster,
+          held: this.#catalogServer(),
+          ownTables,
+          timeoutMs: cluster.settings.checkoutTimeout,
+        });
+      } catch (e) {
+        if (!(e instanceof ClientFacingError)) throw e;
+        this.#answerError(e.fields, type === Msg.Query);
+        return null;
+      }
+      lookup.found = [];
+      lookup.missing = [];
+      lookup.missingColumns = [];
+      decision = decideShard(analysis, { config, session, bind, lookup });
+    }
     if (lookup.missing.length === 0) return decision;
     const plugins = this.#host.plugins;
     try {
@@ -1869,6 +1936,22 @@ export class Client implements ServerLink {
     };
   }
 
+  /** DDL ran in the open transaction: column orders are read again once it ends. */
+  #tablesChanged = false;
+  /** The session has created temporary tables. */
+  #tempTables = false;
+
+  /** The client's own server on shard 0, if it holds one with nothing outstanding (catalog reads). */
+  #catalogServer(): Server | null {
+    const server = this.server !== null && this.cluster!.shardOf(this.server.owner as Pool) === 0
+      ? this.server
+      : this.#parked.get(0) ?? null;
+    return server !== null && server.queue.length === 0 &&
+        !(server === this.server && this.#unsynced)
+      ? server
+      : null;
+  }
+
   // ---- plugins -------------------------------------------------------------------------------
 
   /** The role a plugin chose for the request being routed (it beats comments and SET). */
@@ -2087,6 +2170,8 @@ export class Client implements ServerLink {
     }
     this.cluster = cluster;
     this.#sharding = cluster.sharding;
+    // A shard chosen under the old configuration may not exist in this one.
+    if (this.#shard >= cluster.shards.length) this.#shard = 0;
     this.#routing ||= cluster.hasReplicas || cluster.sharding !== null;
     this.#gatePassed = databases;
     return true;
@@ -2263,6 +2348,11 @@ export class Client implements ServerLink {
 
   /** The transaction ended: nothing of it is replayed on later shards. */
   #transactionOver(): void {
+    if (this.#tablesChanged) {
+      this.#tablesChanged = false;
+      this.cluster?.columns.clear();
+      this.#host.tablesChanged(this.database);
+    }
     if (this.#txnPrelude.length > 0) this.#txnPrelude = [];
     if (this.#savepointMarks.size > 0) this.#savepointMarks.clear();
     this.#txnSearchPath = null;

@@ -29,5 +29,6 @@ export const SqlState = {
   ProgramLimitExceeded: "54000",
   SyntaxError: "42601",
   UndefinedObject: "42704",
+  UndefinedTable: "42P01",
   InternalError: "XX000",
 } as const;

@@ -16,7 +16,10 @@ export interface ExplainedRoute {
   sql: string;
   /** `primary` (writes) or `replica` (reads the replicas may serve). */
   role: "primary" | "replica";
-  /** `shard N`, `shards 0,2`, `all shards`, `any shard`, `refused` or `decided by a plugin`. */
+  /**
+   * `shard N`, `shards 0,2`, `all shards`, `any shard`, `refused`, `decided by a plugin` or
+   * `decided by the table's column order`.
+   */
   target: string | null;
   /** Why. */
   reason: string;
@@ -55,8 +58,25 @@ export function explainRoutes(
       });
       continue;
     }
-    const lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
+    const lookup: ShardLookup = {
+      found: [],
+      pluginShards: new Map(),
+      missing: [],
+      missingColumns: [],
+    };
     const d = decideShard(analysis, { config: sharding, lookup });
+    if (lookup.missingColumns!.length > 0) {
+      // The proxy reads the column order from shard 0's catalog.
+      const names = lookup.missingColumns!.map((t) => t.schema ? `${t.schema}.${t.name}` : t.name);
+      out.push({
+        sql: text,
+        role,
+        target: "decided by the table's column order",
+        reason: `INSERT without a column list: the proxy reads the column order of ` +
+          `${names.join(", ")} from shard 0`,
+      });
+      continue;
+    }
     if (lookup.missing.length > 0) {
       // Plugins run only inside the proxy.
       const names = [...new Set(lookup.missing.map((m) => m.plugin))].join(", ");

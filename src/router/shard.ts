@@ -9,7 +9,7 @@
  * @module
  */
 
-import type { Analysis, Literal } from "./mod.ts";
+import type { Analysis, Literal, TableRef } from "./mod.ts";
 import type { Config } from "../config/types.ts";
 import type { Node } from "./analyze.ts";
 import { parseBigint, shardForBigint, shardForText, shardForUuid } from "../sharding/hash.ts";
@@ -46,6 +46,10 @@ export interface ShardLookup {
   pluginShards: Map<string, number>;
   /** Plugin hasher answers the decision lacked; decide again once they are in `pluginShards`. */
   missing: Array<{ plugin: string; value: string; spec: ShardedTable }>;
+  /** The column order of a table (for INSERT without a column list), when known. */
+  columns?: (table: TableRef) => string[] | undefined;
+  /** Column orders the decision lacked; decide again once `columns` knows them. */
+  missingColumns?: TableRef[];
 }
 
 /** The key of a plugin hasher's answer in {@linkcode ShardLookup.pluginShards}. */
@@ -179,10 +183,11 @@ export function decideShard(
   if (stmts.length > 1) {
     // Each statement would need its own decision; they go together, so together they must agree.
     const decisions = stmts.map((stmt) => decideStatement(stmt, analysis, options));
+    const refused = decisions.find((d) => d.unsupported);
+    if (refused) return refused;
     const first = decisions[0];
     const same = decisions.every((d) => sameTarget(d.target, first.target));
     if (same) return { ...first, reason: `every statement: ${first.reason}` };
-    if (decisions.some((d) => d.unsupported)) return decisions.find((d) => d.unsupported)!;
     return { target: { kind: "all" }, reason: "statements for different shards", omniWrite: false };
   }
   return decideStatement(stmts[0], analysis, options);
@@ -447,13 +452,39 @@ function decideInsert(
   if (!spec) {
     return { target: { kind: "all" }, reason: `INSERT into ${describe(t)}`, omniWrite: false };
   }
-  const cols = ((body.cols as Node[] | undefined) ?? []).map((c) =>
+  if (body.selectStmt === undefined) {
+    // DEFAULT VALUES: a column default makes the key, as below.
+    return {
+      target: { kind: "any" },
+      reason: `INSERT ... DEFAULT VALUES into ${describe(t)}: one shard`,
+      omniWrite: false,
+    };
+  }
+  let cols = ((body.cols as Node[] | undefined) ?? []).map((c) =>
     (c.ResTarget as { name: string }).name
   );
-  const at = cols.indexOf(spec.column);
   const select = (body.selectStmt as Node | undefined)?.SelectStmt as
     | { valuesLists?: Node[] }
     | undefined;
+  if (cols.length === 0 && select?.valuesLists) {
+    // No column list: the values are the table's columns in order, which the catalog knows.
+    const known = ctx.lookup?.columns?.(t);
+    if (known === undefined) {
+      ctx.lookup?.missingColumns?.push(
+        t.schema ? { schema: t.schema, name: t.name } : { name: t.name },
+      );
+      return {
+        target: { kind: "all" },
+        reason: `INSERT into ${describe(t)} without a column list: column order unknown`,
+        omniWrite: false,
+        unsupported: `an INSERT into sharded table ${describe(t)} without a column list needs ` +
+          "the table's column order, which pgdog reads before the query runs (so not in a query " +
+          "that also changes tables): name the columns, or send the DDL first",
+      };
+    }
+    cols = known;
+  }
+  const at = cols.indexOf(spec.column);
   if (!select?.valuesLists) {
     return {
       target: { kind: "all" },
@@ -473,6 +504,8 @@ function decideInsert(
   const shards = new Set<number>();
   for (const row of select.valuesLists) {
     const items = (row.List as { items: Node[] }).items;
+    // DEFAULT (or a short row, without a column list) leaves the key to a column default.
+    if (at >= items.length || items[at].SetToDefault !== undefined) continue;
     const value = valueOf(items[at], ctx);
     const shard = value === null
       ? null
@@ -486,6 +519,13 @@ function decideInsert(
       };
     }
     shards.add(shard);
+  }
+  if (shards.size === 0) {
+    return {
+      target: { kind: "any" },
+      reason: `INSERT with DEFAULT for ${spec.column}: one shard`,
+      omniWrite: false,
+    };
   }
   if (shards.size === 1) {
     const [shard] = shards;

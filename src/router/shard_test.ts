@@ -168,3 +168,56 @@ Deno.test("plugin hashers: keys found first, then decided with the plugin's answ
   );
   deepEqual(z.missing, []);
 });
+
+Deno.test("INSERT without a column list: the key's position from the column order", () => {
+  const orders = new Map([
+    ["users", ["id", "name"]],
+    ["events", ["note", "kind", "user_id"]],
+    ["s.events", ["user_id", "note"]],
+  ]);
+  const decide = (sql: string, known = orders) => {
+    const lookup: ShardLookup = {
+      found: [],
+      pluginShards: new Map(),
+      missing: [],
+      columns: (t) => known.get(t.schema ? `${t.schema}.${t.name}` : t.name),
+      missingColumns: [],
+    };
+    return { decision: decideShard(router.analyze(sql), { config, lookup }), lookup };
+  };
+  deepEqual(decide("INSERT INTO users VALUES (9, 'x')").decision.target, one(9n));
+  deepEqual(decide("INSERT INTO events VALUES ('n', 'k', 42)").decision.target, one(42n));
+  deepEqual(decide("INSERT INTO s.events VALUES (43, 'n')").decision.target, one(43n));
+  deepEqual(
+    decide("INSERT INTO events VALUES ('a', 'k', 7), ('b', 'k', 7)").decision.target,
+    one(7n),
+  );
+  // A short row or DEFAULT leaves the key to the column default: any one shard.
+  equal(decide("INSERT INTO events VALUES ('n')").decision.target.kind, "any");
+  equal(decide("INSERT INTO events VALUES ('n', 'k', DEFAULT)").decision.target.kind, "any");
+  equal(decide("INSERT INTO events (user_id) VALUES (DEFAULT)").decision.target.kind, "any");
+  deepEqual(
+    decide("INSERT INTO events VALUES ('a', 'k', DEFAULT), ('b', 'k', 8)").decision.target,
+    one(8n),
+  );
+  // DEFAULT VALUES needs no column order.
+  const defaults = decide("INSERT INTO events DEFAULT VALUES", new Map());
+  equal(defaults.decision.target.kind, "any");
+  deepEqual(defaults.lookup.missingColumns, []);
+  // Unknown column order: noted for the caller to look up; refused if it can't.
+  const unknown = decide("INSERT INTO s.other VALUES (1, 2)");
+  deepEqual(unknown.lookup.missingColumns, [{ schema: "s", name: "other" }]);
+  ok(unknown.decision.unsupported?.includes("without a column list"));
+  // With a column list, or INSERT ... SELECT, nothing is looked up.
+  const listed = decide("INSERT INTO nosuch (user_id) VALUES (5)", new Map());
+  deepEqual(listed.decision.target, one(5n));
+  deepEqual(listed.lookup.missingColumns, []);
+  const select = decide("INSERT INTO nosuch SELECT 1", new Map());
+  ok(select.decision.unsupported?.includes("INSERT ... SELECT"));
+  deepEqual(select.lookup.missingColumns, []);
+});
+
+Deno.test("several statements: any one refused refuses them all", () => {
+  ok(refused("DELETE FROM users; SELECT * FROM users ORDER BY id").includes("ORDER BY"));
+  ok(refused("SELECT * FROM users ORDER BY id; DELETE FROM users").includes("ORDER BY"));
+});

@@ -6,8 +6,9 @@
  * with its share of every `pool_size` and `min_pool_size` (see `workerShare`).
  *
  * The main thread relays what must reach every worker: RELOAD and SIGHUP (the main thread reads
- * the files once and sends the configuration to each worker), SHUTDOWN and SIGTERM/SIGINT, and
- * cancel requests for a client of another worker.
+ * the files once and sends the configuration to each worker), SHUTDOWN and SIGTERM/SIGINT,
+ * cancel requests for a client of another worker, and DDL (each worker forgets the column orders
+ * it read for that database).
  *
  * @module
  */
@@ -26,7 +27,8 @@ export type ToWorker =
   | { type: "shutdown" }
   | { type: "cancel"; pid: number; secret: number }
   | { type: "admin"; id: number; sql: string }
-  | { type: "admin-relayed"; id: number };
+  | { type: "admin-relayed"; id: number }
+  | { type: "tables-changed"; database: string };
 
 /** Messages a worker sends the main thread. */
 export type FromWorker =
@@ -38,6 +40,7 @@ export type FromWorker =
   | { type: "cancel"; pid: number; secret: number }
   | { type: "admin"; id: number; sql: string }
   | { type: "admin-started"; id: number }
+  | { type: "tables-changed"; database: string }
   | { type: "stopped" };
 
 /** A failed reload as it crosses threads. */
@@ -105,6 +108,7 @@ export class WorkerGroup {
       shutdown: () => group.#shutdown(),
       cancel: (pid, secret) => group.#cancel(pid, secret, null),
       admin: (sql) => group.#admin(sql, null),
+      tablesChanged: (database) => group.#tablesChanged(database, null),
     };
     return group;
   }
@@ -189,6 +193,9 @@ export class WorkerGroup {
           this.#post(member, { type: "admin-relayed", id: msg.id })
         );
         break;
+      case "tables-changed":
+        this.#tablesChanged(msg.database, member);
+        break;
       case "stopped":
         this.#stop(member);
         break;
@@ -242,6 +249,14 @@ export class WorkerGroup {
       return answer.promise;
     });
     return Promise.all(started).then(() => {});
+  }
+
+  /** DDL passed through one worker: every other one forgets the database's column orders. */
+  #tablesChanged(database: string, from: Member | null): void {
+    if (from !== null) this.#proxy.forgetColumns(database);
+    for (const m of this.#members) {
+      if (m !== from) this.#post(m, { type: "tables-changed", database });
+    }
   }
 
   /** A cancel request nobody here knew: every other worker checks its clients. */

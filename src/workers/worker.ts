@@ -48,6 +48,7 @@ async function start(msg: Extract<ToWorker, { type: "start" }>): Promise<void> {
       post({ type: "shutdown" });
     },
     cancel: (pid, secret) => post({ type: "cancel", pid, secret }),
+    tablesChanged: (database) => post({ type: "tables-changed", database }),
     admin: (sql) => {
       const id = nextId++;
       const answer = Promise.withResolvers<void>();
@@ -93,6 +94,9 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
       // The command's state change is made within this call; then the main thread hears of it.
       proxy?.runRelayed(msg.sql);
       post({ type: "admin-started", id: msg.id });
+      break;
+    case "tables-changed":
+      proxy?.forgetColumns(msg.database);
       break;
     case "admin-relayed":
       pending.get(msg.id)?.resolve();
