@@ -828,8 +828,8 @@ const PLUGIN_KEYS = [
   oneOf(
     "on_error",
     ["fallback", "error"],
-    "When a call fails or times out: `fallback` keeps pgdog's own decision, `error` fails the " +
-      "statement (SQLSTATE 58000).",
+    "When a call fails or times out: `fallback` keeps pgdog's own decision (fails open), `error` " +
+      "fails the statement (SQLSTATE 58000); a plugin that blocks statements needs `error`.",
     { default: "fallback" },
   ),
   int("memory_mb", "Heap limit of the plugin's process (V8 old space), in MiB.", {
@@ -857,6 +857,7 @@ export const PLUGINS: SectionSpec = {
 name = "guard"
 path = "plugins/guard/mod.ts"
 timeout = 50
+on_error = "error"
 
 [[plugins]]
 name = "tenants"
