@@ -56,6 +56,8 @@ import { rewrittenParse, routeContextJson } from "./plugin_context.ts";
 import { FanOut } from "./fan_out.ts";
 import { type AdminAnswer, adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
+import { mayCallUniqueId } from "../router/unique_id_calls.ts";
+import { type UniqueIdParse, UniqueIdStatements } from "./unique_ids.ts";
 import { errorMessage, log, logEnabled } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
 import { logIn, LoginRefused } from "./login.ts";
@@ -163,6 +165,8 @@ export class Client implements ServerLink {
   #pinnedThisHold = false;
   /** What the unnamed statement does to the session, once bound. */
   #unnamedScan: SessionScan | null = null;
+  /** Prepared statements that call pgdog.unique_id() (created at the first such Parse). */
+  #uniqueIdStatements: UniqueIdStatements | null = null;
   /** Parse queries to route them (the database has replicas, or query_parser = on). */
   #routing = false;
   /** The unnamed statement's analysis, for routing its Bind. */
@@ -525,6 +529,7 @@ export class Client implements ServerLink {
     const rb = this.rbuf;
     const out = this.#out;
     out.reset(rb.buf);
+    this.#uniqueIdStatements?.newBatch();
     // Where the request that took a replica began: kept to re-run it if that replica dies.
     let replayFrom = -1;
     let replayRole: Role = "replica";
@@ -724,6 +729,7 @@ export class Client implements ServerLink {
       case Msg.Parse:
         return this.#localParse(buf, p, end);
       case Msg.Close:
+        if (buf[p + 5] === 0x53) this.#uniqueIdStatements?.forget(describedName(buf, p, end));
         if (this.#renaming && buf[p + 5] === 0x53) {
           const name = describedName(buf, p, end);
           if (name !== "") {
@@ -756,7 +762,7 @@ export class Client implements ServerLink {
     const maybeSession = mayAffectSession(buf, p + 5, end - 1);
     if (!maybeSession && !this.#routing) return false;
     let sql = decodeText(buf, p + 5, end - 1);
-    if (UNIQUE_ID_CALL.test(sql)) {
+    if (mayCallUniqueId(sql)) {
       if (SELECT_UNIQUE_ID.test(sql)) {
         const id = this.#host.uniqueIds.nextText();
         this.#answer(oneValue(
@@ -765,11 +771,18 @@ export class Client implements ServerLink {
         ));
         return true;
       }
-      // Each call becomes its own id before routing, so an id can be the sharding key.
-      sql = replaceOutsideStrings(sql, UNIQUE_ID_CALLS, () => this.#host.uniqueIds.nextText());
-      this.#substitute = queryMessage(sql);
-      if (this.#routing) this.#analysis = this.#host.router.analyze(sql);
-      if (!(this.#routing && this.server === null)) return false;
+      // Each call (as the parser sees calls) becomes its own id before routing, so an id can be
+      // the sharding key.
+      const rewritten = this.#host.router.rewriteUniqueIds(
+        sql,
+        () => this.#host.uniqueIds.nextText(),
+      );
+      if (rewritten !== null) {
+        sql = rewritten;
+        this.#substitute = queryMessage(sql);
+        if (this.#routing) this.#analysis = this.#host.router.analyze(sql);
+        if (!(this.#routing && this.server === null)) return false;
+      }
     }
     if (SHOW_SHARDS.test(sql)) {
       this.#answer(oneValue(
@@ -847,16 +860,19 @@ export class Client implements ServerLink {
     const queryStart = nameEnd + 1;
     const queryEnd = buf.indexOf(0, queryStart);
     let scan: SessionScan | null = null;
-    if (mayAffectSession(buf, queryStart, queryEnd)) {
-      scan = scanSession(decodeText(buf, queryStart, queryEnd));
-    }
+    // (Also true for any text that mentions pgdog, so for every call of pgdog.unique_id().)
+    const maybeSession = mayAffectSession(buf, queryStart, queryEnd);
+    if (maybeSession) scan = scanSession(decodeText(buf, queryStart, queryEnd));
     if (scan?.listen && !this.#sessionMode) {
       this.#answerError(LISTEN_UNSUPPORTED, false);
       return true;
     }
     const name = nameEnd === p + 5 ? "" : parseName(buf, p, end);
+    // pgdog.unique_id(): the server prepares a stand-in, each execution gets fresh ids.
+    const uniqueIds = maybeSession ? this.#uniqueIdsParse(buf, p, end) : null;
+    if (!maybeSession) this.#uniqueIdStatements?.forget(name);
     const analysis = this.#routing
-      ? this.#host.router.analyze(decodeText(buf, queryStart, queryEnd))
+      ? this.#host.router.analyze(uniqueIds?.next ?? decodeText(buf, queryStart, queryEnd))
       : null;
     this.#lastParseAnalysis = analysis;
     if (name === "" || !this.#renaming) {
@@ -866,6 +882,7 @@ export class Client implements ServerLink {
         this.#unnamedSql = analysis === null ? null : decodeText(buf, queryStart, queryEnd);
       }
       if (scan && name !== "") this.#pendingScan = scan;
+      if (uniqueIds !== null) this.#substitute = uniqueIds.parse;
       return false;
     }
     const existing = this.statements.get(name);
@@ -881,7 +898,9 @@ export class Client implements ServerLink {
       }, false);
       return true;
     }
-    const stmt = this.#host.prepared.forParse(buf, p, end);
+    const stmt = uniqueIds === null
+      ? this.#host.prepared.forParse(buf, p, end)
+      : this.#host.prepared.forParse(uniqueIds.parse, 0, uniqueIds.parse.length);
     stmt.scan ??= scan;
     stmt.analysis ??= analysis;
     this.statements.set(name, stmt);
@@ -1004,6 +1023,11 @@ export class Client implements ServerLink {
       }
       case Msg.Bind: {
         const name = bindStatementName(buf, p, end);
+        const run = this.#uniqueIdRun(name, p);
+        if (run !== null) {
+          this.#forwardUniqueIdBind(server, { buf, p, end, name, run });
+          return;
+        }
         if (name === "") {
           if (this.#unnamedScan) this.#noteScan(this.#unnamedScan, server);
           break;
@@ -1043,6 +1067,44 @@ export class Client implements ServerLink {
     }
     out.addRange(p, end);
     expectResponse(server, type, buf[p + 5]);
+  }
+
+  /** A Parse's unique-id rewrite (see unique_ids.ts), or null when it calls no pgdog.unique_id(). */
+  #uniqueIdsParse(buf: Uint8Array, p: number, end: number): UniqueIdParse | null {
+    if (this.#uniqueIdStatements === null) {
+      const queryStart = buf.indexOf(0, p + 5) + 1;
+      if (!mayCallUniqueId(decodeText(buf, queryStart, buf.indexOf(0, queryStart)))) return null;
+      this.#uniqueIdStatements = new UniqueIdStatements(this.#host.uniqueIds);
+    }
+    return this.#uniqueIdStatements.parse(buf, p, end);
+  }
+
+  /** The text (with its ids) the Bind at `p` runs, when its statement calls pgdog.unique_id(). */
+  #uniqueIdRun(name: string, p: number): string | null {
+    const statements = this.#uniqueIdStatements;
+    if (statements === null || statements.empty) return null;
+    // A name the client no longer has: the server reports it, as for any statement.
+    if (this.#renaming && name !== "" && !this.statements.has(name)) return null;
+    return statements.execution(name, p);
+  }
+
+  /** A Bind of a statement that calls pgdog.unique_id(): its execution statement, then the Bind. */
+  #forwardUniqueIdBind(
+    server: Server,
+    bind: { buf: Uint8Array; p: number; end: number; name: string; run: string },
+  ): void {
+    const { buf, p, end, name, run } = bind;
+    const scan = name === "" ? this.#unnamedScan : this.statements.get(name)?.scan;
+    if (scan) this.#noteScan(scan, server);
+    // The server skips to the next Sync after an error: nothing to send.
+    if (server.discardUntilSync) return;
+    const m = this.#uniqueIdStatements!.messages(buf, p, end, name, run);
+    this.#out.addBytes(m.close);
+    server.expect(Expect.Close, Action.Swallow);
+    this.#out.addBytes(m.parse);
+    server.expect(Expect.Parse, Action.Inject);
+    this.#out.addBytes(m.bind);
+    server.expect(Expect.Bind);
   }
 
   /** Makes sure `server` has `stmt` before a message that uses it, parsing it there first if not. */
@@ -1100,6 +1162,7 @@ export class Client implements ServerLink {
       // DISCARD ALL on the server drops its prepared statements, and the client's.
       server.statements.clear();
       this.statements.clear();
+      this.#uniqueIdStatements?.clear();
     }
   }
 
@@ -1227,6 +1290,8 @@ export class Client implements ServerLink {
       return this.#lastParseAnalysis;
     } else if (type === Msg.Bind) {
       const name = bindStatementName(buf, p, end);
+      const run = this.#uniqueIdRun(name, p);
+      if (run !== null) return this.#host.router.analyze(run);
       return name === "" ? this.#unnamedAnalysis : this.statements.get(name)?.analysis ?? null;
     } else if (type === Msg.Describe && buf[p + 5] === 0x53) {
       const name = describedName(buf, p, end);
@@ -2301,34 +2366,9 @@ const ADMIN_PARAMETERS: Array<[string, string]> = [
 /** `SHOW pgdog.shards`: the number of shards of the client's database. */
 const SHOW_SHARDS = /^\s*show\s+pgdog\.shards\s*;?\s*$/i;
 
-/** A call of `pgdog.unique_id()` somewhere in a query. */
-const UNIQUE_ID_CALL = /pgdog\s*\.\s*unique_id\s*\(\s*\)/i;
-const UNIQUE_ID_CALLS = new RegExp(UNIQUE_ID_CALL.source, "gi");
 /** `SELECT pgdog.unique_id() [AS name]`, answered by pgdog itself. */
 const SELECT_UNIQUE_ID =
   /^\s*select\s+pgdog\s*\.\s*unique_id\s*\(\s*\)\s*(?:(?:as\s+)?[a-z_][a-z0-9_]*\s*)?;?\s*$/i;
-
-/** Replaces matches of `pattern` (global) that are not inside single-quoted strings. */
-function replaceOutsideStrings(sql: string, pattern: RegExp, make: () => string): string {
-  let out = "";
-  let i = 0;
-  while (i < sql.length) {
-    const quote = sql.indexOf("'", i);
-    const stop = quote < 0 ? sql.length : quote;
-    out += sql.slice(i, stop).replace(pattern, make);
-    if (quote < 0) break;
-    let close = quote + 1;
-    for (;;) {
-      close = sql.indexOf("'", close);
-      if (close < 0 || sql[close + 1] !== "'") break;
-      close += 2;
-    }
-    const endAt = close < 0 ? sql.length : close + 1;
-    out += sql.slice(quote, endAt);
-    i = endAt;
-  }
-  return out;
-}
 
 /** A result pgdog answers itself, with its ReadyForQuery. */
 function oneValue(answer: AdminAnswer, status: number): Uint8Array {

@@ -11,6 +11,7 @@ import { parseSync } from "libpg-query";
 import { analyzeSql, type StatementInfo } from "./analyze.ts";
 import { type Literal, normalize } from "./normalize.ts";
 import { LruMap } from "../lru.ts";
+import { rewriteUniqueIdCalls } from "./unique_id_calls.ts";
 
 export {
   analyzeSql,
@@ -96,6 +97,14 @@ export class QueryRouter {
     return normalized
       ? { entry, info, literals: n.literals, firstParam: n.firstParam, directives: n.directives }
       : { entry, info, literals: [], firstParam: n.firstParam, directives: n.directives };
+  }
+
+  /**
+   * `sql` with each call of `pgdog.unique_id()` (as PostgreSQL's parser sees calls: not inside
+   * strings, quoted names or comments) replaced by `next()`; null when it calls none.
+   */
+  rewriteUniqueIds(sql: string, next: () => string): string | null {
+    return rewriteUniqueIdCalls(sql, next);
   }
 
   /**
