@@ -77,7 +77,13 @@ Deno.test("pgdog's published files: its code, with what it loads by URL; no test
     const files = [...listed.matchAll(/file:\/\/(\S+)/g)]
       .map((m) => m[1].slice(dir.length + 1))
       .filter((f) => !f.startsWith("plugins/"));
-    for (const loaded of ["mod.ts", "src/plugin/runner.ts", "src/plugin/worker.ts"]) {
+    const loadedByUrl = [
+      "mod.ts",
+      "src/plugin/runner.ts",
+      "src/plugin/worker.ts",
+      "src/router/parse_worker.ts",
+    ];
+    for (const loaded of loadedByUrl) {
       assert.ok(files.includes(loaded), `${loaded} not published: ${files.join(" ")}`);
     }
     assert.ok(files.includes("src/workers/worker.ts"), files.join(" "));

@@ -27,7 +27,7 @@ import {
   TxStatus,
 } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
-import { MessageBuffer, MessageSizeError } from "../net/message_buffer.ts";
+import { MessageBuffer, MessageSizeError, QueryTooLargeError } from "../net/message_buffer.ts";
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import type { AcceptTlsOptions } from "../net/tls.ts";
@@ -38,7 +38,12 @@ import type { Cluster, Databases } from "../backend/databases.ts";
 import { ServerConnectError } from "../backend/connect.ts";
 import type { AuthType } from "../config/types.ts";
 import { mayAffectSession, scanSession, type SessionScan } from "../router/scan.ts";
-import type { Analysis, QueryRouter } from "../router/mod.ts";
+import {
+  type Analysis,
+  ANALYZE_MAX,
+  ANALYZE_ON_LOOP_MAX,
+  type QueryRouter,
+} from "../router/mod.ts";
 import { chooseRole, parseRole, type Role } from "../router/route.ts";
 import {
   type BindValues,
@@ -96,6 +101,9 @@ export interface ClientHost {
     auth_type: AuthType;
     client_login_timeout: number;
     max_message_size: number;
+    /** Largest Query or Parse before query_size_limit_action (unset: no limit). */
+    query_size_limit?: number;
+    query_size_limit_action: "warn" | "block";
     prepared_statements: "extended" | "disabled";
     prepared_statements_limit: number;
     log_connections: boolean;
@@ -232,7 +240,18 @@ export class Client implements ServerLink {
       if (!(await this.#login())) return;
       await this.#requestLoop();
     } catch (e) {
-      if (e instanceof MessageSizeError) {
+      if (e instanceof QueryTooLargeError) {
+        log.error(
+          `client ${this.id} (${this.user}@${this.database}): [large_query] refused a message of ` +
+            `${e.size} bytes (query_size_limit is ${e.limit} bytes): '${this.#querySample()}...'`,
+        );
+        await this.#fatal({
+          severity: "FATAL",
+          code: SqlState.ProgramLimitExceeded,
+          message: e.message,
+          detail: `message is ${e.size} bytes, query_size_limit is ${e.limit} bytes`,
+        });
+      } else if (e instanceof MessageSizeError) {
         await this.#fatal({
           severity: "FATAL",
           code: SqlState.ProtocolViolation,
@@ -463,6 +482,11 @@ export class Client implements ServerLink {
         });
         return;
       }
+      const settings = this.#host.settings;
+      // query_size_limit with "block": refused from its header, before its body is read.
+      rb.queryLimit = settings.query_size_limit_action === "block"
+        ? settings.query_size_limit ?? Infinity
+        : Infinity;
       if (rb.available >= 5 && !(await this.#handleMessages())) return;
       if (this.closed) return;
       if (!(await rb.fill(this.conn))) return;
@@ -537,6 +561,8 @@ export class Client implements ServerLink {
     // Plugins route each request whole, as sharding does (they see its Bind values).
     const whole = this.#sharding !== null || (plugins !== null && plugins.routes);
     if (whole && this.cluster !== null) this.#routing = true;
+    // Query, Parse and Bind messages from this size on may need a look before they are handled.
+    const large = Math.min(ANALYZE_ON_LOOP_MAX, this.#host.settings.query_size_limit ?? Infinity);
     let size: number;
     while ((size = rb.nextMessageSize()) > 0) {
       const buf = rb.buf;
@@ -584,6 +610,10 @@ export class Client implements ServerLink {
       // A replacement belongs to the message that set it (one left by a request that never
       // reached a server must not replace the next message).
       this.#substitute = null;
+      if (size > large && STATEMENT_TYPES[type] === 1 && !this.#skipUntilSync) {
+        await this.#largeMessage(type, buf, p, end);
+        if (this.closed) return false;
+      }
       if (this.#skipUntilSync) {
         // After an error pgdog reported itself, everything up to Sync is ignored, as PostgreSQL does.
         if (type !== Msg.Sync) continue;
@@ -715,6 +745,43 @@ export class Client implements ServerLink {
     } finally {
       this.#out.reset(this.rbuf.buf);
     }
+  }
+
+  /**
+   * A large Query, Parse or Bind: query_size_limit's warning, and a long statement analyzed off
+   * the event loop (the router keeps the answer for the synchronous calls that follow).
+   */
+  async #largeMessage(type: number, buf: Uint8Array, p: number, end: number): Promise<void> {
+    const { query_size_limit: limit, query_size_limit_action: action } = this.#host.settings;
+    if (type !== Msg.Bind && limit !== undefined && end - p > limit && action === "warn") {
+      log.warn(
+        `[large_query] size=${end - p}B query_size_limit=${limit}B '${this.#querySample(p)}...' ` +
+          `[database: ${this.database}, user: ${this.user}]`,
+      );
+    }
+    // Short texts are analyzed on the event loop; texts beyond ANALYZE_MAX are not parsed at all.
+    if (end - p <= ANALYZE_ON_LOOP_MAX || end - p > 4 * ANALYZE_MAX) return;
+    // Without routing, only pgdog.unique_id() calls matter (and they mention pgdog).
+    if (!this.#routing && (type !== Msg.Query || !mayAffectSession(buf, p + 5, end - 1))) return;
+    const router = this.#host.router;
+    const sql = type === Msg.Query
+      ? decodeText(buf, p + 5, end - 1)
+      : type === Msg.Parse
+      ? parseQuery(buf, p, end)
+      : this.#uniqueIdRun(bindStatementName(buf, p, end), p);
+    if (sql === null || !router.needsPreparing(sql)) return;
+    if (!this.#routing && !mayCallUniqueId(sql)) return;
+    await router.prepare(sql, {
+      uniqueIds: type === Msg.Query ? () => this.#host.uniqueIds.nextText() : undefined,
+      rawTree: this.#host.plugins?.needsTree === true,
+    });
+  }
+
+  /** The start of the message at `p` of the read buffer (from `start`), on one line, for logs. */
+  #querySample(p = this.rbuf.start): string {
+    const rb = this.rbuf;
+    const text = decodeText(rb.buf, Math.min(p + 5, rb.end), Math.min(p + 5 + 200, rb.end));
+    return text.replaceAll("\0", " ").replace(/\s+/g, " ").slice(0, 100);
   }
 
   /**
@@ -2518,6 +2585,13 @@ function bindValues(buf: Uint8Array, p: number, end: number): BindValues | null 
   }
   return { formats, values };
 }
+
+/** Messages whose statement text may need a look when large (see #largeMessage). */
+const STATEMENT_TYPES = (() => {
+  const t = new Uint8Array(256);
+  for (const m of [Msg.Query, Msg.Parse, Msg.Bind]) t[m] = 1;
+  return t;
+})();
 
 /** Message types a client may send once logged in. */
 const FRONTEND_TYPES = (() => {
