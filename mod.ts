@@ -29,6 +29,7 @@ import { loadParser } from "./src/router/mod.ts";
 import { explainRoutes } from "./src/router/explain.ts";
 import { smallPoolWarnings, WorkerGroup } from "./src/workers/mod.ts";
 import { READ_DENIED, readAccessHint } from "./src/config/read_grants.ts";
+import { LAUNCHED_ENV } from "./src/launch.ts";
 
 export type {
   AdminConfig,
@@ -138,7 +139,7 @@ function logReloadFailure(e: unknown, args: string[]): void {
 async function launcherGone(): Promise<boolean> {
   let launched = false;
   try {
-    launched = Deno.env.get("PGDOG_LAUNCHED") === "1";
+    launched = Deno.env.get(LAUNCHED_ENV) === "1";
   } catch {
     // No permission to read it: not started by the launcher.
   }

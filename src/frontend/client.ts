@@ -929,15 +929,18 @@ export class Client implements ServerLink {
     let scan: SessionScan | null = null;
     // (Also true for any text that mentions pgdog, so for every call of pgdog.unique_id().)
     const maybeSession = mayAffectSession(buf, queryStart, queryEnd);
-    if (maybeSession) scan = scanSession(decodeText(buf, queryStart, queryEnd));
+    const text = maybeSession ? decodeText(buf, queryStart, queryEnd) : null;
+    if (text !== null) scan = scanSession(text);
     if (scan?.listen && !this.#sessionMode) {
       this.#answerError(LISTEN_UNSUPPORTED, false);
       return true;
     }
     const name = nameEnd === p + 5 ? "" : parseName(buf, p, end);
     // pgdog.unique_id(): the server prepares a stand-in, each execution gets fresh ids.
-    const uniqueIds = maybeSession ? this.#uniqueIdsParse(buf, p, end) : null;
-    if (!maybeSession) this.#uniqueIdStatements?.forget(name);
+    const uniqueIds = text !== null && (this.#uniqueIdStatements !== null || mayCallUniqueId(text))
+      ? this.#uniqueIdsParse(buf, p, end)
+      : null;
+    if (text === null) this.#uniqueIdStatements?.forget(name);
     const analysis = this.#routing
       ? this.#host.router.analyze(uniqueIds?.next ?? decodeText(buf, queryStart, queryEnd))
       : null;
@@ -1138,11 +1141,7 @@ export class Client implements ServerLink {
 
   /** A Parse's unique-id rewrite (see unique_ids.ts), or null when it calls no pgdog.unique_id(). */
   #uniqueIdsParse(buf: Uint8Array, p: number, end: number): UniqueIdParse | null {
-    if (this.#uniqueIdStatements === null) {
-      const queryStart = buf.indexOf(0, p + 5) + 1;
-      if (!mayCallUniqueId(decodeText(buf, queryStart, buf.indexOf(0, queryStart)))) return null;
-      this.#uniqueIdStatements = new UniqueIdStatements(this.#host.uniqueIds);
-    }
+    this.#uniqueIdStatements ??= new UniqueIdStatements(this.#host.uniqueIds);
     return this.#uniqueIdStatements.parse(buf, p, end);
   }
 
