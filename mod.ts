@@ -28,6 +28,8 @@ import { VERSION } from "./src/version.ts";
 import { loadParser } from "./src/router/mod.ts";
 import { explainRoutes } from "./src/router/explain.ts";
 import { smallPoolWarnings, WorkerGroup } from "./src/workers/mod.ts";
+import { READ_DENIED, readAccessHint } from "./src/config/read_grants.ts";
+import { LAUNCHED_ENV } from "./src/launch.ts";
 
 export type {
   AdminConfig,
@@ -115,14 +117,41 @@ Options:
 `;
 
 /** A refused reload: the same messages as at startup; the running configuration stays. */
-function logReloadFailure(e: unknown): void {
+function logReloadFailure(e: unknown, args: string[]): void {
   if (e instanceof ConfigError) {
     for (const problem of e.problems) log.error(problem);
     log.error(
       `reload refused: configuration is invalid (${e.problems.length} problems); ` +
         "the running configuration stays",
     );
-  } else log.error(`reload failed: ${e instanceof Error ? e.message : e}`);
+    if (e.problems.some((p) => READ_DENIED.test(p))) log.error(readAccessHint(args));
+  } else {
+    const why = e instanceof Error ? e.message : String(e);
+    log.error(`reload failed: ${why}`);
+    if (READ_DENIED.test(why)) log.error(readAccessHint(args));
+  }
+}
+
+/**
+ * Started by `deno task start` (src/launch.ts): its stdin stays open while the launcher runs.
+ * Resolves when it closes (the launcher is gone), so that pgdog does not outlive it.
+ */
+async function launcherGone(): Promise<boolean> {
+  let launched = false;
+  try {
+    launched = Deno.env.get(LAUNCHED_ENV) === "1";
+  } catch {
+    // No permission to read it: not started by the launcher.
+  }
+  if (!launched) return await new Promise<boolean>(() => {});
+  try {
+    for await (const _ of Deno.stdin.readable) {
+      // Nothing is sent; only the end matters.
+    }
+  } catch {
+    // Closed either way.
+  }
+  return true;
 }
 
 /** `pgdog route`: prints each statement's route; 1 when the database is unknown. */
@@ -203,6 +232,9 @@ export async function main(args: string[]): Promise<number> {
           e.problems.length === 1 ? "" : "s"
         })`,
       );
+      if (e.problems.some((p) => READ_DENIED.test(p))) {
+        console.error(`pgdog: ${readAccessHint(args)}`);
+      }
       return 1;
     }
     throw e;
@@ -221,7 +253,7 @@ export async function main(args: string[]): Promise<number> {
   let hupWhileStarting = false;
   const onHangup = (): void => {
     if (started === null) hupWhileStarting = true;
-    else started.reload().catch((e) => logReloadFailure(e));
+    else started.reload().catch((e) => logReloadFailure(e, args));
   };
   Deno.addSignalListener("SIGHUP", onHangup);
   let proxy: Proxy;
@@ -229,7 +261,9 @@ export async function main(args: string[]): Promise<number> {
   try {
     ({ proxy, group } = await startWorkers(loaded.config));
   } catch (e) {
-    log.error(`cannot start: ${e instanceof Error ? e.message : e}`);
+    const why = e instanceof Error ? e.message : String(e);
+    log.error(`cannot start: ${why}`);
+    if (READ_DENIED.test(why)) log.error(readAccessHint(args));
     Deno.removeSignalListener("SIGHUP", onHangup);
     return 1;
   }
@@ -252,6 +286,10 @@ export async function main(args: string[]): Promise<number> {
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
+  launcherGone().then(() => {
+    log.warn("the launcher (deno task start) is gone: shutting down");
+    proxy.shutdown();
+  });
   await proxy.finished;
   // Every worker had the same shutdown_timeout; the extra second covers their last cleanup.
   if (group !== null) {

@@ -53,6 +53,8 @@ function clientSettings(config: Config): ClientHost["settings"] {
     auth_type: g.auth_type,
     client_login_timeout: g.client_login_timeout,
     max_message_size: g.max_message_size,
+    query_size_limit: g.query_size_limit,
+    query_size_limit_action: g.query_size_limit_action,
     prepared_statements: g.prepared_statements,
     prepared_statements_limit: g.prepared_statements_limit,
     log_connections: g.log_connections,
@@ -457,6 +459,7 @@ export class Proxy implements ClientHost {
     }
     await this.#listener?.done;
     await this.plugins?.close();
+    this.router.close();
     log.info("shutdown complete");
   }
 }

@@ -224,6 +224,43 @@ Deno.test("plugins: the process sandbox denies escapes and survives misbehaving 
   });
 });
 
+Deno.test("plugins: a statement that arrives while its plugin restarts waits for it", async (t) => {
+  await using pg = await startPostgres();
+  for (const onError of ["fallback", "error"] as const) {
+    await t.step(`on_error = ${onError}: the guard still blocks right after it hung`, async () => {
+      // Long enough for a restart on a loaded machine (a process starts in about 150 ms).
+      await using proxy = await proxyWith(pg, [
+        { name: "guard", path: plugin("hostile.ts"), timeout: 4000, on_error: onError },
+      ]);
+      await dumpLogsOnFailure(proxy, async () => {
+        const c = await connectPg(via(proxy));
+        try {
+          await c.query("create table if not exists restart_guard (id int)");
+          await c.query("truncate restart_guard");
+          await c.query("insert into restart_guard select generate_series(1, 10)");
+          // The plugin hangs: after its timeout its process is killed and a new one started.
+          const hung = c.query("select 'loop' as x");
+          if (onError === "fallback") assert.equal((await hung).rows[0].x, "loop");
+          else await assert.rejects(hung, (e: Error & { code?: string }) => e.code === "58000");
+          // At once, while it restarts: the restarted plugin decides, not pgdog's fallback.
+          await assert.rejects(
+            c.query("delete from restart_guard"),
+            (e: Error & { code?: string }) => {
+              assert.equal(e.code, "42501", e.message);
+              assert.equal(e.message, "DELETE without WHERE is blocked");
+              return true;
+            },
+          );
+          const left = await c.query("select count(*)::int as n from restart_guard");
+          assert.equal(left.rows[0].n, 10);
+        } finally {
+          await c.end();
+        }
+      });
+    });
+  }
+});
+
 Deno.test("plugins: on_error = error and API version checks", async (t) => {
   await using pg = await startPostgres();
 
@@ -956,7 +993,7 @@ Deno.test("plugins: the example plugins in plugins/, through the proxy", async (
       ],
       admin: { password: "plugin-admin-pw" },
       plugins: [
-        { name: "guard", path: `${examples}guard/mod.ts`, timeout: SLACK },
+        { name: "guard", path: `${examples}guard/mod.ts`, timeout: SLACK, on_error: "error" },
         {
           name: "primary_only_tables",
           path: `${examples}primary_only_tables/mod.ts`,

@@ -103,6 +103,21 @@ Deno.test("requests with several statements on shards", async (t) => {
       assert.equal(r.stdout, "g\na\n");
     });
 
+    await t.step(
+      "a long multi-statement query (parsed off the event loop) is cut too",
+      async () => {
+        await clean(setup);
+        const ids = Array.from({ length: 300 }, (_, i) => 1000 + i);
+        const sql = ids.map((id) =>
+          `INSERT INTO users (id, email) VALUES (${id}, 'user-${id}@example.com')`
+        )
+          .join("; ");
+        assert.ok(sql.length > 16 * 1024);
+        await bothSimple(setup, sql);
+        await assertPlaced(setup, "users", ids);
+      },
+    );
+
     await t.step("an error rolls back the request's implicit transaction", async () => {
       await clean(setup);
       const failing = "INSERT INTO users (id, email) VALUES (3, 'c'); " +

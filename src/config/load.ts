@@ -10,7 +10,7 @@ import type { Config, PartialConfig } from "./types.ts";
 import { locateToml } from "./locate.ts";
 import { type ConfigSource, Report, validateSources } from "./validate.ts";
 import type { ConfigFile } from "./schema.ts";
-import { errorMessage } from "../log.ts";
+import { readErrorMessage } from "./read_grants.ts";
 
 /** A valid configuration and the warnings found while loading it. */
 export interface LoadedConfig {
@@ -75,7 +75,7 @@ async function readSource(
       report.warning(`${path}: file not found; using defaults`, { group, line: 0 });
       return source;
     }
-    const reason = errorMessage(error);
+    const reason = readErrorMessage(error);
     report.problem(`${path}: cannot read the file: ${reason}`, { group, line: 0 });
     return { ...source, failed: true };
   }

@@ -56,7 +56,8 @@ const DEFAULT_GENERAL = {
   client_idle_in_transaction_timeout: 0,
   prepared_statements: "extended",
   prepared_statements_limit: 500,
-  max_message_size: 1073741824,
+  max_message_size: 67108864,
+  query_size_limit_action: "warn",
   query_parser: "auto",
   query_cache_limit: 1000,
   read_write_strategy: "conservative",
@@ -381,7 +382,8 @@ server_password = "bob_srvpw"
       client_idle_in_transaction_timeout: 0,
       prepared_statements: "extended",
       prepared_statements_limit: 500,
-      max_message_size: 1073741824,
+      max_message_size: 67108864,
+      query_size_limit_action: "warn",
       query_parser: "auto",
       query_cache_limit: 1000,
       read_write_strategy: "conservative",
@@ -674,4 +676,37 @@ Deno.test("resolveConfig: warnings, source label and database URLs", () => {
     message: "no databases configured: add [[databases]] to <config object> or pass " +
       "--database_url",
   });
+});
+
+Deno.test("loadConfig: query_size_limit and its action; max_message_size's default", async () => {
+  const set = await load({
+    pgdog: '[general]\nquery_size_limit = 1048576\nquery_size_limit_action = "block"\n' +
+      ONE_DATABASE,
+    users: ONE_USER,
+  });
+  equal(set.error, undefined);
+  equal(set.result?.config.general.query_size_limit, 1048576);
+  equal(set.result?.config.general.query_size_limit_action, "block");
+  // Unset: no limit, and "warn" as in PgDog; 64 MiB messages at most.
+  const unset = await load({ pgdog: ONE_DATABASE, users: ONE_USER });
+  equal(unset.result?.config.general.query_size_limit, undefined);
+  equal(unset.result?.config.general.query_size_limit_action, "warn");
+  equal(unset.result?.config.general.max_message_size, 64 * 1024 * 1024);
+  const bad = await load({
+    pgdog: '[general]\nquery_size_limit = 0\nquery_size_limit_action = "drop"\n' + ONE_DATABASE,
+    users: ONE_USER,
+  });
+  deepEqual(bad.error?.problems.map((p) => p.replace(/;.*$/, "")), [
+    "pgdog.toml:2: [general] query_size_limit: expected an integer >= 1, got 0",
+    'pgdog.toml:3: [general] query_size_limit_action: "drop" is not allowed',
+  ]);
+  const pointless = await load({
+    pgdog: "[general]\nmax_message_size = 4096\nquery_size_limit = 8192\n" + ONE_DATABASE,
+    users: ONE_USER,
+  });
+  deepEqual(pointless.result?.warnings, [
+    "pgdog.toml:3: [general] query_size_limit: 8192 is not below max_message_size (4096): a " +
+    "larger message closes the connection first (08P01), so query_size_limit_action never " +
+    "applies",
+  ]);
 });

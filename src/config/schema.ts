@@ -235,11 +235,22 @@ const GENERAL_KEYS = [
   ),
   int(
     "max_message_size",
-    "Largest protocol message a client may send, in bytes; larger ones close it.",
+    "Largest protocol message a client may send, in bytes; larger ones close it (64 MiB).",
     {
-      default: 1073741824,
+      default: 67108864,
       min: 1024,
     },
+  ),
+  int(
+    "query_size_limit",
+    "Bytes (header included) a Query or Parse may have before query_size_limit_action applies.",
+    { min: 1 },
+  ),
+  oneOf(
+    "query_size_limit_action",
+    ["warn", "block"],
+    "warn: log the query; block: refuse it before reading it (FATAL 54000) and disconnect.",
+    { default: "warn" },
   ),
   oneOf(
     "query_parser",
@@ -517,8 +528,6 @@ export const GENERAL: SectionSpec = {
     "query_log_stdout",
     "log_min_duration_parse",
     "log_query_sample_length",
-    "query_size_limit",
-    "query_size_limit_action",
   ],
 };
 
@@ -828,8 +837,8 @@ const PLUGIN_KEYS = [
   oneOf(
     "on_error",
     ["fallback", "error"],
-    "When a call fails or times out: `fallback` keeps pgdog's own decision, `error` fails the " +
-      "statement (SQLSTATE 58000).",
+    "When a call fails or times out: `fallback` keeps pgdog's own decision (fails open), `error` " +
+      "fails the statement (SQLSTATE 58000); a plugin that blocks statements needs `error`.",
     { default: "fallback" },
   ),
   int("memory_mb", "Heap limit of the plugin's process (V8 old space), in MiB.", {
@@ -857,6 +866,7 @@ export const PLUGINS: SectionSpec = {
 name = "guard"
 path = "plugins/guard/mod.ts"
 timeout = 50
+on_error = "error"
 
 [[plugins]]
 name = "tenants"

@@ -9,6 +9,7 @@
 import { createPrivateKey, type KeyObject, X509Certificate } from "node:crypto";
 import type { GeneralConfig } from "./types.ts";
 import { errorMessage } from "../log.ts";
+import { readErrorMessage } from "./read_grants.ts";
 
 /** The `[general]` keys that name files. */
 export type TlsFileKey = "tls_certificate" | "tls_private_key" | "tls_server_ca_certificate";
@@ -87,9 +88,10 @@ function readPem(key: TlsFileKey, path: string, problems: TlsFileProblem[]): str
   try {
     return Deno.readTextFileSync(path);
   } catch (e) {
-    const reason = e instanceof Error
-      ? e.message.replace(/ \(os error \d+\)/, "").replace(/: readfile '.*'$/, "")
-      : String(e);
+    const reason = readErrorMessage(e).replace(/ \(os error \d+\)/, "").replace(
+      /: readfile '.*'$/,
+      "",
+    );
     problems.push({ key, message: `cannot read "${path}": ${reason}` });
     return null;
   }

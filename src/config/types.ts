@@ -67,6 +67,10 @@ export interface GeneralConfig {
   prepared_statements_limit: number;
   /** Largest message a client may send, in bytes; a larger declared length closes that client. */
   max_message_size: number;
+  /** Largest Query or Parse message (with its 5-byte header) before `query_size_limit_action`. */
+  query_size_limit?: number;
+  /** What a Query or Parse over `query_size_limit` gets: a logged warning, or refused. */
+  query_size_limit_action: "warn" | "block";
   /** When queries are parsed: auto (the database has replicas or shards), on, off. */
   query_parser: "auto" | "on" | "off";
   /** Parsed (normalized) queries kept in the cache. */

@@ -455,6 +455,10 @@ export function validateSources(
     report,
     at: (key) => generalEntry?.at(key) ?? { group: crossGroup, label: "[general]" },
   });
+  checkQuerySize(general as Partial<GeneralConfig>, {
+    report,
+    at: (key) => generalEntry?.at(key) ?? { group: crossGroup, label: "[general]" },
+  });
 
   const sharding = checkSharding({
     report,
@@ -535,6 +539,26 @@ function checkTls(
   for (const { key, message } of files.problems) {
     problem(key, message);
   }
+}
+
+/** A query_size_limit that max_message_size makes pointless is worth a warning. */
+function checkQuerySize(
+  general: Partial<GeneralConfig>,
+  options: { report: Report; at: (key: string) => Where },
+): void {
+  const limit = general.query_size_limit;
+  const max = general.max_message_size;
+  if (limit === undefined || max === undefined || limit < max) return;
+  const where = options.at("query_size_limit");
+  options.report.warning(
+    format(
+      where,
+      `${limit} is not below max_message_size (${max}): a larger message closes the connection ` +
+        "first (08P01), so query_size_limit_action never applies",
+      "query_size_limit",
+    ),
+    where,
+  );
 }
 
 /** Plugin names are unique, and every `hasher = "plugin:<name>"` names one of them. */

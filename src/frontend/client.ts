@@ -27,7 +27,7 @@ import {
   TxStatus,
 } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
-import { MessageBuffer, MessageSizeError } from "../net/message_buffer.ts";
+import { MessageBuffer, MessageSizeError, QueryTooLargeError } from "../net/message_buffer.ts";
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import type { AcceptTlsOptions } from "../net/tls.ts";
@@ -38,7 +38,13 @@ import type { Cluster, Databases } from "../backend/databases.ts";
 import { ServerConnectError } from "../backend/connect.ts";
 import type { AuthType } from "../config/types.ts";
 import { mayAffectSession, scanSession, type SessionScan } from "../router/scan.ts";
-import type { Analysis, QueryRouter } from "../router/mod.ts";
+import {
+  type Analysis,
+  ANALYZE_MAX,
+  ANALYZE_ON_LOOP_MAX,
+  type QueryRouter,
+} from "../router/mod.ts";
+import type { ParseTree } from "../router/analyze.ts";
 import { chooseRole, parseRole, type Role } from "../router/route.ts";
 import { changesTables, createsTemporaryTable } from "../router/columns.ts";
 import { learnColumnOrders } from "../backend/catalog.ts";
@@ -68,6 +74,8 @@ import {
 } from "./request_units.ts";
 import { type AdminAnswer, adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
+import { mayCallUniqueId } from "../router/unique_id_calls.ts";
+import { type UniqueIdParse, UniqueIdStatements } from "./unique_ids.ts";
 import { errorMessage, log, logEnabled } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
 import { logIn, LoginRefused } from "./login.ts";
@@ -106,6 +114,9 @@ export interface ClientHost {
     auth_type: AuthType;
     client_login_timeout: number;
     max_message_size: number;
+    /** Largest Query or Parse before query_size_limit_action (unset: no limit). */
+    query_size_limit?: number;
+    query_size_limit_action: "warn" | "block";
     prepared_statements: "extended" | "disabled";
     prepared_statements_limit: number;
     log_connections: boolean;
@@ -177,6 +188,8 @@ export class Client implements ServerLink {
   #pinnedThisHold = false;
   /** What the unnamed statement does to the session, once bound. */
   #unnamedScan: SessionScan | null = null;
+  /** Prepared statements that call pgdog.unique_id() (created at the first such Parse). */
+  #uniqueIdStatements: UniqueIdStatements | null = null;
   /** Parse queries to route them (the database has replicas, or query_parser = on). */
   #routing = false;
   /** The unnamed statement's analysis, for routing its Bind. */
@@ -248,7 +261,18 @@ export class Client implements ServerLink {
       if (!(await this.#login())) return;
       await this.#requestLoop();
     } catch (e) {
-      if (e instanceof MessageSizeError) {
+      if (e instanceof QueryTooLargeError) {
+        log.error(
+          `client ${this.id} (${this.user}@${this.database}): [large_query] refused a message of ` +
+            `${e.size} bytes (query_size_limit is ${e.limit} bytes): '${this.#querySample()}...'`,
+        );
+        await this.#fatal({
+          severity: "FATAL",
+          code: SqlState.ProgramLimitExceeded,
+          message: e.message,
+          detail: `message is ${e.size} bytes, query_size_limit is ${e.limit} bytes`,
+        });
+      } else if (e instanceof MessageSizeError) {
         await this.#fatal({
           severity: "FATAL",
           code: SqlState.ProtocolViolation,
@@ -479,6 +503,11 @@ export class Client implements ServerLink {
         });
         return;
       }
+      const settings = this.#host.settings;
+      // query_size_limit with "block": refused from its header, before its body is read.
+      rb.queryLimit = settings.query_size_limit_action === "block"
+        ? settings.query_size_limit ?? Infinity
+        : Infinity;
       if (rb.available >= 5 && !(await this.#handleMessages())) return;
       if (this.closed) return;
       if (!(await rb.fill(this.conn))) return;
@@ -545,11 +574,14 @@ export class Client implements ServerLink {
     const rb = this.rbuf;
     const out = this.#out;
     out.reset(rb.buf);
+    this.#uniqueIdStatements?.newBatch();
     // Where the request that took a replica began: kept to re-run it if that replica dies.
     let replayFrom = -1;
     let replayRole: Role = "replica";
     let whole = this.#routesWhole();
     if (whole && this.cluster !== null) this.#routing = true;
+    // Query, Parse and Bind messages from this size on may need a look before they are handled.
+    const large = Math.min(ANALYZE_ON_LOOP_MAX, this.#host.settings.query_size_limit ?? Infinity);
     for (;;) {
       const split = this.#split;
       if (split !== null && rb.start >= split.ends[split.next]) {
@@ -631,6 +663,10 @@ export class Client implements ServerLink {
       // A replacement belongs to the message that set it (one left by a request that never
       // reached a server must not replace the next message).
       this.#substitute = null;
+      if (size > large && STATEMENT_TYPES[type] === 1 && !this.#skipUntilSync) {
+        await this.#largeMessage(type, buf, p, end);
+        if (this.closed) return false;
+      }
       if (this.#skipUntilSync) {
         // After an error pgdog reported itself, everything up to Sync is ignored, as PostgreSQL does.
         if (type !== Msg.Sync) continue;
@@ -771,6 +807,43 @@ export class Client implements ServerLink {
   }
 
   /**
+   * A large Query, Parse or Bind: query_size_limit's warning, and a long statement analyzed off
+   * the event loop (the router keeps the answer for the synchronous calls that follow).
+   */
+  async #largeMessage(type: number, buf: Uint8Array, p: number, end: number): Promise<void> {
+    const { query_size_limit: limit, query_size_limit_action: action } = this.#host.settings;
+    if (type !== Msg.Bind && limit !== undefined && end - p > limit && action === "warn") {
+      log.warn(
+        `[large_query] size=${end - p}B query_size_limit=${limit}B '${this.#querySample(p)}...' ` +
+          `[database: ${this.database}, user: ${this.user}]`,
+      );
+    }
+    // Short texts are analyzed on the event loop; texts beyond ANALYZE_MAX are not parsed at all.
+    if (end - p <= ANALYZE_ON_LOOP_MAX || end - p > 4 * ANALYZE_MAX) return;
+    // Without routing, only pgdog.unique_id() calls matter (and they mention pgdog).
+    if (!this.#routing && (type !== Msg.Query || !mayAffectSession(buf, p + 5, end - 1))) return;
+    const router = this.#host.router;
+    const sql = type === Msg.Query
+      ? decodeText(buf, p + 5, end - 1)
+      : type === Msg.Parse
+      ? parseQuery(buf, p, end)
+      : this.#uniqueIdRun(bindStatementName(buf, p, end), p);
+    if (sql === null || !router.needsPreparing(sql)) return;
+    if (!this.#routing && !mayCallUniqueId(sql)) return;
+    await router.prepare(sql, {
+      uniqueIds: type === Msg.Query ? () => this.#host.uniqueIds.nextText() : undefined,
+      rawTree: this.#host.plugins?.needsTree === true,
+    });
+  }
+
+  /** The start of the message at `p` of the read buffer (from `start`), on one line, for logs. */
+  #querySample(p = this.rbuf.start): string {
+    const rb = this.rbuf;
+    const text = decodeText(rb.buf, Math.min(p + 5, rb.end), Math.min(p + 5 + 200, rb.end));
+    return text.replaceAll("\0", " ").replace(/\s+/g, " ").slice(0, 100);
+  }
+
+  /**
    * Answers a message without a server where that is what PostgreSQL would do, or where the
    * message concerns pgdog itself. Returns true when the message is dealt with.
    */
@@ -782,6 +855,7 @@ export class Client implements ServerLink {
       case Msg.Parse:
         return this.#localParse(buf, p, end);
       case Msg.Close:
+        if (buf[p + 5] === 0x53) this.#uniqueIdStatements?.forget(describedName(buf, p, end));
         if (this.#renaming && buf[p + 5] === 0x53) {
           const name = describedName(buf, p, end);
           if (name !== "") {
@@ -814,7 +888,7 @@ export class Client implements ServerLink {
     const maybeSession = mayAffectSession(buf, p + 5, end - 1);
     if (!maybeSession && !this.#routing) return false;
     let sql = decodeText(buf, p + 5, end - 1);
-    if (UNIQUE_ID_CALL.test(sql)) {
+    if (mayCallUniqueId(sql)) {
       if (SELECT_UNIQUE_ID.test(sql)) {
         const id = this.#host.uniqueIds.nextText();
         this.#answer(oneValue(
@@ -823,11 +897,18 @@ export class Client implements ServerLink {
         ));
         return true;
       }
-      // Each call becomes its own id before routing, so an id can be the sharding key.
-      sql = replaceOutsideStrings(sql, UNIQUE_ID_CALLS, () => this.#host.uniqueIds.nextText());
-      this.#substitute = queryMessage(sql);
-      if (this.#routing) this.#analysis = this.#host.router.analyze(sql);
-      if (!(this.#routing && this.server === null)) return false;
+      // Each call (as the parser sees calls) becomes its own id before routing, so an id can be
+      // the sharding key.
+      const rewritten = this.#host.router.rewriteUniqueIds(
+        sql,
+        () => this.#host.uniqueIds.nextText(),
+      );
+      if (rewritten !== null) {
+        sql = rewritten;
+        this.#substitute = queryMessage(sql);
+        if (this.#routing) this.#analysis = this.#host.router.analyze(sql);
+        if (!(this.#routing && this.server === null)) return false;
+      }
     }
     if (SHOW_SHARDS.test(sql)) {
       this.#answer(oneValue(
@@ -906,16 +987,22 @@ export class Client implements ServerLink {
     const queryStart = nameEnd + 1;
     const queryEnd = buf.indexOf(0, queryStart);
     let scan: SessionScan | null = null;
-    if (mayAffectSession(buf, queryStart, queryEnd)) {
-      scan = scanSession(decodeText(buf, queryStart, queryEnd));
-    }
+    // (Also true for any text that mentions pgdog, so for every call of pgdog.unique_id().)
+    const maybeSession = mayAffectSession(buf, queryStart, queryEnd);
+    const text = maybeSession ? decodeText(buf, queryStart, queryEnd) : null;
+    if (text !== null) scan = scanSession(text);
     if (scan?.listen && !this.#sessionMode) {
       this.#answerError(LISTEN_UNSUPPORTED, false);
       return true;
     }
     const name = nameEnd === p + 5 ? "" : parseName(buf, p, end);
+    // pgdog.unique_id(): the server prepares a stand-in, each execution gets fresh ids.
+    const uniqueIds = text !== null && (this.#uniqueIdStatements !== null || mayCallUniqueId(text))
+      ? this.#uniqueIdsParse(buf, p, end)
+      : null;
+    if (text === null) this.#uniqueIdStatements?.forget(name);
     const analysis = this.#routing
-      ? this.#host.router.analyze(decodeText(buf, queryStart, queryEnd))
+      ? this.#host.router.analyze(uniqueIds?.next ?? decodeText(buf, queryStart, queryEnd))
       : null;
     this.#lastParseAnalysis = analysis;
     if (name === "" || !this.#renaming) {
@@ -925,6 +1012,7 @@ export class Client implements ServerLink {
         this.#unnamedSql = analysis === null ? null : decodeText(buf, queryStart, queryEnd);
       }
       if (scan && name !== "") this.#pendingScan = scan;
+      if (uniqueIds !== null) this.#substitute = uniqueIds.parse;
       return false;
     }
     const existing = this.statements.get(name);
@@ -940,7 +1028,9 @@ export class Client implements ServerLink {
       }, false);
       return true;
     }
-    const stmt = this.#host.prepared.forParse(buf, p, end);
+    const stmt = uniqueIds === null
+      ? this.#host.prepared.forParse(buf, p, end)
+      : this.#host.prepared.forParse(uniqueIds.parse, 0, uniqueIds.parse.length);
     stmt.scan ??= scan;
     stmt.analysis ??= analysis;
     this.statements.set(name, stmt);
@@ -1057,6 +1147,11 @@ export class Client implements ServerLink {
       }
       case Msg.Bind: {
         const name = bindStatementName(buf, p, end);
+        const run = this.#uniqueIdRun(name, p);
+        if (run !== null) {
+          this.#forwardUniqueIdBind(server, { buf, p, end, name, run });
+          return;
+        }
         if (name === "") {
           if (this.#unnamedScan) this.#noteScan(this.#unnamedScan, server);
           const split = this.#split;
@@ -1105,6 +1200,40 @@ export class Client implements ServerLink {
     }
     out.addRange(p, end);
     expectResponse(server, type, buf[p + 5]);
+  }
+
+  /** A Parse's unique-id rewrite (see unique_ids.ts), or null when it calls no pgdog.unique_id(). */
+  #uniqueIdsParse(buf: Uint8Array, p: number, end: number): UniqueIdParse | null {
+    this.#uniqueIdStatements ??= new UniqueIdStatements(this.#host.uniqueIds);
+    return this.#uniqueIdStatements.parse(buf, p, end);
+  }
+
+  /** The text (with its ids) the Bind at `p` runs, when its statement calls pgdog.unique_id(). */
+  #uniqueIdRun(name: string, p: number): string | null {
+    const statements = this.#uniqueIdStatements;
+    if (statements === null || statements.empty) return null;
+    // A name the client no longer has: the server reports it, as for any statement.
+    if (this.#renaming && name !== "" && !this.statements.has(name)) return null;
+    return statements.execution(name, p);
+  }
+
+  /** A Bind of a statement that calls pgdog.unique_id(): its execution statement, then the Bind. */
+  #forwardUniqueIdBind(
+    server: Server,
+    bind: { buf: Uint8Array; p: number; end: number; name: string; run: string },
+  ): void {
+    const { buf, p, end, name, run } = bind;
+    const scan = name === "" ? this.#unnamedScan : this.statements.get(name)?.scan;
+    if (scan) this.#noteScan(scan, server);
+    // The server skips to the next Sync after an error: nothing to send.
+    if (server.discardUntilSync) return;
+    const m = this.#uniqueIdStatements!.messages(buf, p, end, name, run);
+    this.#out.addBytes(m.close);
+    server.expect(Expect.Close, Action.Swallow);
+    this.#out.addBytes(m.parse);
+    server.expect(Expect.Parse, Action.Inject);
+    this.#out.addBytes(m.bind);
+    server.expect(Expect.Bind);
   }
 
   /** Makes sure `server` has `stmt` before a message that uses it, parsing it there first if not. */
@@ -1162,6 +1291,7 @@ export class Client implements ServerLink {
       // DISCARD ALL on the server drops its prepared statements, and the client's.
       server.statements.clear();
       this.statements.clear();
+      this.#uniqueIdStatements?.clear();
     }
   }
 
@@ -1288,7 +1418,10 @@ export class Client implements ServerLink {
     } else if (type === Msg.Parse) {
       return this.#lastParseAnalysis;
     } else if (type === Msg.Bind) {
-      return this.#statementAnalysis(bindStatementName(buf, p, end));
+      const name = bindStatementName(buf, p, end);
+      const run = this.#uniqueIdRun(name, p);
+      if (run !== null) return this.#host.router.analyze(run);
+      return this.#statementAnalysis(name);
     } else if (type === Msg.Describe && buf[p + 5] === 0x53) {
       return this.#statementAnalysis(describedName(buf, p, end));
     }
@@ -1521,10 +1654,15 @@ export class Client implements ServerLink {
       if (whole.info.statements < 2 || whole.info.ast === null || whole.directives !== null) {
         return null;
       }
-      // The cached tree is of the text with its constants replaced: locations need the original.
-      const tree = whole.entry.normalized || whole.entry.query !== sql
-        ? parseTree(sql)
-        : whole.info.ast;
+      // The cached tree is of the text with its constants replaced: locations need the original
+      // (a large text's was parsed by the parse worker).
+      let tree: ParseTree | null;
+      if (!whole.entry.normalized && whole.entry.query === sql) tree = whole.info.ast;
+      else if (sql.length <= ANALYZE_ON_LOOP_MAX) tree = parseTree(sql);
+      else {
+        const json = this.#host.router.treeJson(whole, sql);
+        tree = json === "null" ? null : JSON.parse(json) as ParseTree;
+      }
       if (tree === null) return null;
       const body = buf.subarray(p + 5, end - 1);
       for (const r of statementRanges(tree, body.length)) {
@@ -2933,34 +3071,9 @@ const ADMIN_PARAMETERS: Array<[string, string]> = [
 /** `SHOW pgdog.shards`: the number of shards of the client's database. */
 const SHOW_SHARDS = /^\s*show\s+pgdog\.shards\s*;?\s*$/i;
 
-/** A call of `pgdog.unique_id()` somewhere in a query. */
-const UNIQUE_ID_CALL = /pgdog\s*\.\s*unique_id\s*\(\s*\)/i;
-const UNIQUE_ID_CALLS = new RegExp(UNIQUE_ID_CALL.source, "gi");
 /** `SELECT pgdog.unique_id() [AS name]`, answered by pgdog itself. */
 const SELECT_UNIQUE_ID =
   /^\s*select\s+pgdog\s*\.\s*unique_id\s*\(\s*\)\s*(?:(?:as\s+)?[a-z_][a-z0-9_]*\s*)?;?\s*$/i;
-
-/** Replaces matches of `pattern` (global) that are not inside single-quoted strings. */
-function replaceOutsideStrings(sql: string, pattern: RegExp, make: () => string): string {
-  let out = "";
-  let i = 0;
-  while (i < sql.length) {
-    const quote = sql.indexOf("'", i);
-    const stop = quote < 0 ? sql.length : quote;
-    out += sql.slice(i, stop).replace(pattern, make);
-    if (quote < 0) break;
-    let close = quote + 1;
-    for (;;) {
-      close = sql.indexOf("'", close);
-      if (close < 0 || sql[close + 1] !== "'") break;
-      close += 2;
-    }
-    const endAt = close < 0 ? sql.length : close + 1;
-    out += sql.slice(quote, endAt);
-    i = endAt;
-  }
-  return out;
-}
 
 /** A result pgdog answers itself, with its ReadyForQuery. */
 function oneValue(answer: AdminAnswer, status: number): Uint8Array {
@@ -3110,6 +3223,13 @@ function bindValues(buf: Uint8Array, p: number, end: number): BindValues | null 
   }
   return { formats, values };
 }
+
+/** Messages whose statement text may need a look when large (see #largeMessage). */
+const STATEMENT_TYPES = (() => {
+  const t = new Uint8Array(256);
+  for (const m of [Msg.Query, Msg.Parse, Msg.Bind]) t[m] = 1;
+  return t;
+})();
 
 /** Message types a client may send once logged in. */
 const FRONTEND_TYPES = (() => {

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { describeMessageType, readInt32 } from "../protocol/messages.ts";
+import { describeMessageType, Msg, readInt32 } from "../protocol/messages.ts";
 import type { ByteStream } from "./stream.ts";
 
 /** Thrown when a peer declares a message length that is impossible or over the limit. */
@@ -29,6 +29,22 @@ export class MessageSizeError extends Error {
   }
 }
 
+/**
+ * Thrown when a Query or Parse message declares more bytes than `query_size_limit` allows with
+ * `query_size_limit_action = "block"`: refused before its body is read.
+ */
+export class QueryTooLargeError extends Error {
+  /** The declared total size (type byte + length field + body). */
+  readonly size: number;
+  readonly limit: number;
+  constructor(size: number, limit: number) {
+    super("query size exceeds query_size_limit");
+    this.name = "QueryTooLargeError";
+    this.size = size;
+    this.limit = limit;
+  }
+}
+
 /** Framing read buffer for typed protocol messages. */
 export class MessageBuffer {
   /** The backing array; valid offsets are [start, end). */
@@ -37,6 +53,8 @@ export class MessageBuffer {
   start = 0;
   /** Offset after the last byte read. */
   end = 0;
+  /** Largest Query or Parse message accepted (`query_size_limit` with `block`). */
+  queryLimit = Infinity;
   readonly #initial: number;
   readonly #max: number;
 
@@ -58,7 +76,9 @@ export class MessageBuffer {
   /**
    * Size (type + length + body) of the complete message at `start`, or 0 when more bytes are
    * needed. Never moves bytes, so offsets taken earlier stay valid until {@linkcode fill}.
-   * Throws {@linkcode MessageSizeError} for a bad declared length, before any of it is buffered.
+   * Throws {@linkcode MessageSizeError} for a bad declared length, and
+   * {@linkcode QueryTooLargeError} for a Query or Parse over `queryLimit`, before any of it is
+   * buffered.
    */
   nextMessageSize(): number {
     const avail = this.end - this.start;
@@ -67,6 +87,12 @@ export class MessageBuffer {
     const size = len + 1;
     if (len < 4 || size > this.#max) {
       throw new MessageSizeError(this.buf[this.start], size, this.#max);
+    }
+    if (size > this.queryLimit) {
+      const type = this.buf[this.start];
+      if (type === Msg.Query || type === Msg.Parse) {
+        throw new QueryTooLargeError(size, this.queryLimit);
+      }
     }
     return avail >= size ? size : 0;
   }

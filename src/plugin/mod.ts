@@ -62,8 +62,18 @@ export interface PluginStats {
 const INIT_TIMEOUT_MS = 10_000;
 /** How long `shutdown` may take before the sandbox is stopped anyway. */
 const SHUTDOWN_TIMEOUT_MS = 1_000;
-/** A plugin that keeps failing is restarted no faster than this (doubling from 100 ms). */
+/** A plugin that keeps failing is restarted no faster than this (at once, then from 100 ms up). */
 const MAX_BACKOFF_MS = 10_000;
+/** The first wait between restarts after the immediate one (doubling up to MAX_BACKOFF_MS). */
+const FIRST_BACKOFF_MS = 100;
+
+/** A call that found its plugin restarting and was not answered by the restarted one in time. */
+class PluginRestarting extends Error {
+  constructor(ms: number) {
+    super(`it is restarting and was not back within its timeout (${ms} ms)`);
+    this.name = "PluginRestarting";
+  }
+}
 
 /** One configured plugin and its current sandbox. */
 class RunningPlugin {
@@ -71,7 +81,10 @@ class RunningPlugin {
   #sandbox: Sandbox | null = null;
   #init: string;
   #closed = false;
-  #backoff = 100;
+  /** Wait before the next restart: none for the first, then growing (see #restartLater). */
+  #backoff = 0;
+  /** Settled when a sandbox runs again (or the plugin is closed): what calls meanwhile await. */
+  #back: PromiseWithResolvers<void> | null = null;
   hooks: ReadonlySet<HookName> = new Set();
   parseTree = true;
   /** Route answers by statement (see {@linkcode routeCacheKey}); null when not kept. */
@@ -155,20 +168,48 @@ class RunningPlugin {
       return;
     }
     this.#sandbox = sandbox;
+    this.#wake();
     const startedAt = Date.now();
     sandbox.ended.then((how) => {
       if (this.#sandbox !== sandbox) return;
       this.#sandbox = null;
       if (this.#closed) return;
       log.error(`plugin "${this.name}": its ${this.config.isolation} ${how}; restarting`);
-      if (Date.now() - startedAt > 30_000) this.#backoff = 100;
+      if (Date.now() - startedAt > 30_000) this.#backoff = 0;
       this.#restartLater();
     });
   }
 
+  /** Lets the calls waiting for a running sandbox go on. */
+  #wake(): void {
+    this.#back?.resolve();
+    this.#back = null;
+  }
+
+  /**
+   * The running sandbox, or, while the plugin restarts, the restarted one if it is back within
+   * `ms`; null when it is not (or the plugin is closed).
+   */
+  async #running(ms: number): Promise<Sandbox | null> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const sandbox = this.#sandbox;
+      if (sandbox !== null && sandbox.alive) return sandbox;
+      const left = deadline - Date.now();
+      if (this.#closed || left <= 0) return null;
+      this.#back ??= Promise.withResolvers<void>();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        this.#back.promise,
+        new Promise<void>((resolve) => timer = setTimeout(resolve, left)),
+      ]);
+      clearTimeout(timer);
+    }
+  }
+
   #restartLater(): void {
     const delay = this.#backoff;
-    this.#backoff = Math.min(this.#backoff * 2, MAX_BACKOFF_MS);
+    this.#backoff = Math.min(Math.max(delay * 2, FIRST_BACKOFF_MS), MAX_BACKOFF_MS);
     setTimeout(() => {
       if (this.#closed || this.#sandbox !== null) return;
       this.restarts++;
@@ -182,16 +223,29 @@ class RunningPlugin {
     }, delay);
   }
 
-  /** Calls a hook with `argsJson` (the JSON text of its arguments) within the timeout. */
+  /**
+   * Calls a hook with `argsJson` (the JSON text of its arguments) within the timeout. A call that
+   * finds the plugin restarting (after a timeout or a crash) waits for it, within the same
+   * timeout, rather than fail at once: a plugin that blocks statements must not let them through
+   * just because it was being replaced.
+   */
   async call(op: HookName, argsJson: string): Promise<unknown> {
-    const sandbox = this.#sandbox;
     this.calls++;
-    if (sandbox === null) {
-      this.errors++;
-      throw new Error("it is restarting");
+    const timeout = this.config.timeout;
+    let sandbox = this.#sandbox;
+    let left = timeout;
+    if (sandbox === null || !sandbox.alive) {
+      const waitedFrom = Date.now();
+      sandbox = await this.#running(timeout);
+      left = timeout - (Date.now() - waitedFrom);
+      if (sandbox === null || left < 1) {
+        this.errors++;
+        this.timeouts++;
+        throw new PluginRestarting(timeout);
+      }
     }
     try {
-      return await sandbox.call(op, argsJson, this.config.timeout);
+      return await sandbox.call(op, argsJson, left);
     } catch (e) {
       this.errors++;
       if (e instanceof Error && e.name === "PluginTimeout") {
@@ -206,6 +260,7 @@ class RunningPlugin {
   /** Runs `shutdown` (briefly) and stops the sandbox. */
   async close(): Promise<void> {
     this.#closed = true;
+    this.#wake();
     const sandbox = this.#sandbox;
     this.#sandbox = null;
     if (sandbox === null) return;

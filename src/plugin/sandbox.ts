@@ -69,6 +69,8 @@ export interface Sandbox {
   call(op: string, argsJson: string, timeoutMs: number): Promise<unknown>;
   /** Stops it at once (a busy plugin too, for a process). */
   kill(): void;
+  /** False once it was stopped or has ended (before `ended` settles, too). */
+  readonly alive: boolean;
   /** How calls travel: "loopback" (a TCP connection), "pipes" (stdin/stdout), "shared memory". */
   readonly channel: string;
 }
@@ -464,6 +466,9 @@ export async function startProcess(spec: SandboxSpec): Promise<Sandbox> {
     return {
       hello: answer,
       ended,
+      get alive() {
+        return alive;
+      },
       call(op, argsJson, timeoutMs) {
         if (!alive) return Promise.reject(new Error("the plugin process has ended"));
         const { id, answer } = calls.start(timeoutMs, kill);
@@ -600,7 +605,16 @@ export async function startWorker(spec: SandboxSpec): Promise<Sandbox> {
       JSON.stringify({ id, op: "load", args: [spec.specifier, spec.loadOnly] }),
     );
     const hello = await answer as Hello;
-    return { hello, ended, call, kill: () => end("was stopped"), channel: "shared memory" };
+    return {
+      hello,
+      ended,
+      call,
+      kill: () => end("was stopped"),
+      get alive() {
+        return alive;
+      },
+      channel: "shared memory",
+    };
   } catch (e) {
     end("failed to load");
     throw e;

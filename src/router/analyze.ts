@@ -41,6 +41,13 @@ export interface StatementInfo {
   ast: ParseTree | null;
   /** PostgreSQL's syntax error, when the text did not parse. */
   error: string | null;
+  /**
+   * Set when the text was too large to analyze whole: why, for the client. The other facts are
+   * then either the text's own (it was parsed, but its tree was too large to keep: `ast` is null)
+   * or conservative ones (it was not parsed: a write, no tables, no transaction control).
+   * Routing sends it to the primary, and a sharded database refuses it.
+   */
+  tooLarge?: string;
 }
 
 /** libpg-query's JSON parse tree. */

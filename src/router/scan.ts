@@ -47,6 +47,9 @@ const KEYWORDS = [
   "pgdog",
 ].map((k) => new TextEncoder().encode(k));
 const FIRST = new Uint8Array(256);
+/** Texts longer than this are tested with MAYBE, in pieces this long (see mayAffectSession). */
+const LONG_TEXT = 64 * 1024;
+const utf8 = new TextDecoder();
 for (const k of KEYWORDS) FIRST[k[0]] = 1;
 
 /**
@@ -54,10 +57,20 @@ for (const k of KEYWORDS) FIRST[k[0]] = 1;
  * {@linkcode scanSession} would return null, without decoding the text.
  */
 export function mayAffectSession(buf: Uint8Array, start: number, end: number): boolean {
+  // A long text: decoding it and one regular expression beat this loop by far (a 3.6 MB query
+  // takes 10 ms instead of 100), a piece at a time (pieces overlap by a keyword's length).
+  if (end - start > LONG_TEXT) {
+    for (let i = start; i < end; i += LONG_TEXT) {
+      if (MAYBE.test(utf8.decode(buf.subarray(i, Math.min(end, i + LONG_TEXT + 10))))) return true;
+    }
+    return false;
+  }
+  const count = KEYWORDS.length;
   for (let i = start; i < end; i++) {
     const c = buf[i] | 0x20;
     if (FIRST[c] === 0) continue;
-    for (const k of KEYWORDS) {
+    for (let n = 0; n < count; n++) {
+      const k = KEYWORDS[n];
       if (k[0] !== c || i + k.length > end) continue;
       let j = 1;
       while (j < k.length && (buf[i + j] | 0x20) === k[j]) j++;

@@ -90,3 +90,16 @@ Deno.test("the byte prefilter agrees with the text test", () => {
     );
   }
 });
+
+Deno.test("mayAffectSession: long texts, keywords across the pieces they are read in", () => {
+  const bytes = (s: string) => new TextEncoder().encode(s);
+  const plain = "SELECT 1;".repeat(30_000);
+  equal(mayAffectSession(bytes(plain), 0, plain.length), false);
+  // Every position around the 64 KiB pieces' edges.
+  for (let at = 65536 - 12; at <= 65536 + 2; at++) {
+    const text = "x".repeat(at) + "DISCARD" + "y".repeat(100_000);
+    equal(mayAffectSession(bytes(text), 0, text.length), true, `at ${at}`);
+  }
+  const tail = plain + "pgdog";
+  equal(mayAffectSession(bytes(tail), 0, tail.length), true);
+});

@@ -152,6 +152,13 @@ export function decideShard(
   }
 
   const info = analysis.info;
+  if (info.tooLarge !== undefined) {
+    // Routed on what is known of it, a statement could reach the wrong shard: refused instead.
+    return fail(
+      `${info.tooLarge}: a sharded database cannot route it; send it in smaller pieces, or ` +
+        "choose the shard with /* pgdog_shard: n */ or SET pgdog.shard",
+    );
+  }
   if (info.ast === null) {
     return {
       target: { kind: "any" },

@@ -2,7 +2,7 @@
  * A plugin that tries what a sandboxed plugin must not do, chosen by the query text
  * (`select 'fetch'`, ...), and reports each attempt as a block message: "<what> denied: <error>"
  * or "<what> ALLOWED". Some attempts misbehave instead: throw, loop, allocate, exit, garble
- * (answers that are not JSON).
+ * (answers that are not JSON). Like a guard, it blocks `DELETE FROM <table>` without WHERE.
  */
 
 import { definePlugin } from "@pgdog/pgdog/plugin";
@@ -53,6 +53,10 @@ export default definePlugin({
       return null;
     }
     if (what === "pid") return { block: `pid ${Deno.pid}` };
+    // A guard's rule, for the test of statements that arrive while the plugin restarts.
+    if (/^\s*delete\s+from\s+\w+\s*;?\s*$/i.test(ctx.query)) {
+      return { block: "DELETE without WHERE is blocked" };
+    }
     if (what === "slow") await new Promise((resolve) => setTimeout(resolve, 1200));
     leak = [];
     return null;
