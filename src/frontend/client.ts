@@ -647,6 +647,11 @@ export class Client implements ServerLink {
         this.#sharding !== null && !this.#inRequest && !this.#skipUntilSync &&
         (type === Msg.Query || EXTENDED_START[type] === 1)
       ) {
+        if (split === null && type === Msg.Query && size > large) {
+          // Its statements' boundaries come from the parse worker, not the event loop.
+          await this.#largeMessage(type, buf, p, end);
+          if (this.closed) return false;
+        }
         const plan = split === null ? this.#planSplit(type, buf, p, end) : null;
         if (plan !== null) {
           await this.#startSplit(plan);
@@ -832,7 +837,9 @@ export class Client implements ServerLink {
     if (!this.#routing && !mayCallUniqueId(sql)) return;
     await router.prepare(sql, {
       uniqueIds: type === Msg.Query ? () => this.#host.uniqueIds.nextText() : undefined,
-      rawTree: this.#host.plugins?.needsTree === true,
+      // Sharded: a multi-statement query is cut where the statements of the text as written end.
+      rawTree: this.#host.plugins?.needsTree === true ||
+        (this.#sharding !== null && type === Msg.Query),
     });
   }
 
