@@ -32,7 +32,13 @@ import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import type { AcceptTlsOptions } from "../net/tls.ts";
 import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
-import { Action, Expect, type LocalAnswer, type ParseTicket } from "../backend/response_queue.ts";
+import {
+  Action,
+  Expect,
+  type LocalAnswer,
+  type ParseTicket,
+  type RunTicket,
+} from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool, WaitAbort } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import { ServerConnectError } from "../backend/connect.ts";
@@ -77,7 +83,15 @@ import {
   type PreparedStatement,
   rewriteBind,
   statementMessage,
+  Use,
 } from "./prepared.ts";
+import { preparedNow, touchCopy } from "../backend/prepared_copies.ts";
+import {
+  DEALLOCATE_NOOP,
+  DeallocatePortal,
+  noSuchStatement,
+  rewriteDeallocations,
+} from "./deallocate.ts";
 
 /** Initial size of a client's read buffer; it grows for large messages and shrinks back after. */
 const CLIENT_BUFFER_BYTES = 4096;
@@ -579,6 +593,7 @@ export class Client implements ServerLink {
       // A replacement belongs to the message that set it (one left by a request that never
       // reached a server must not replace the next message).
       this.#substitute = null;
+      this.#queryTicket = null;
       if (this.#skipUntilSync) {
         // After an error pgdog reported itself, everything up to Sync is ignored, as PostgreSQL does.
         if (type !== Msg.Sync) continue;
@@ -629,7 +644,20 @@ export class Client implements ServerLink {
       } else if (this.#needsSync) {
         this.#syncParams(this.server);
       }
-      this.#forward(type, buf, p, end);
+      this.#mayWait = true;
+      const queued = this.#forward(type, buf, p, end);
+      this.#mayWait = false;
+      if (!queued) {
+        // The server must describe a statement before this message (prepared.ts): wait for it.
+        const server = this.server;
+        await this.#send();
+        await this.#settle();
+        if (this.closed) return false;
+        out.reset(rb.buf);
+        replayFrom = -1;
+        if (this.server !== server || server === null) continue; // lost: the client was told
+        this.#forward(type, buf, p, end);
+      }
       if (
         this.#routing && !this.#sessionMode && !this.#holdRest &&
         (type === Msg.Sync || type === Msg.Query) && rb.nextMessageSize() > 0
@@ -813,11 +841,18 @@ export class Client implements ServerLink {
             this.#answer(commandComplete("DEALLOCATE", this.#txStatus()));
             return true;
           }
-          return this.#refuseQuery({
-            severity: "ERROR",
-            code: SqlState.InvalidSqlStatementName,
-            message: `prepared statement "${name}" does not exist`,
+          return this.#refuseQuery(noSuchStatement(name));
+        }
+        if (this.#renaming && !scan.prepareOrExecute) {
+          // DEALLOCATE among other statements: the others run, each DEALLOCATE as a no-op.
+          const rewritten = rewriteDeallocations(sql, {
+            deallocations: scan.deallocations,
+            statements: this.statements,
           });
+          this.#substitute = rewritten.query;
+          this.#queryTicket = rewritten.ticket;
+          this.#pendingScan = scan;
+          return false;
         }
         return this.#refuseQuery(SQL_PREPARE_UNSUPPORTED);
       }
@@ -859,11 +894,20 @@ export class Client implements ServerLink {
       ? this.#host.router.analyze(decodeText(buf, queryStart, queryEnd))
       : null;
     this.#lastParseAnalysis = analysis;
+    // A client's DEALLOCATE must not reach a server as written: it runs as a no-op (deallocate.ts).
+    const deallocate = this.#renaming && scan?.sqlPrepared && scan.statements === 1 &&
+        scan.deallocations.length === 1
+      ? scan.deallocations[0].target
+      : undefined;
     if (name === "" || !this.#renaming) {
       if (name === "") {
         this.#unnamedScan = scan;
         this.#unnamedAnalysis = analysis;
         this.#unnamedSql = analysis === null ? null : decodeText(buf, queryStart, queryEnd);
+        this.#unnamedDeallocate = deallocate;
+        if (deallocate !== undefined) {
+          this.#substitute = rewrittenParse(buf, p, end, DEALLOCATE_NOOP);
+        }
       }
       if (scan && name !== "") this.#pendingScan = scan;
       return false;
@@ -881,10 +925,15 @@ export class Client implements ServerLink {
       }, false);
       return true;
     }
-    const stmt = this.#host.prepared.forParse(buf, p, end);
+    let stmt: PreparedStatement;
+    if (deallocate === undefined) stmt = this.#host.prepared.forParse(buf, p, end);
+    else {
+      const noop = rewrittenParse(buf, p, end, DEALLOCATE_NOOP);
+      stmt = this.#host.prepared.forParse(noop, 0, noop.length);
+    }
     stmt.scan ??= scan;
     stmt.analysis ??= analysis;
-    this.statements.set(name, stmt);
+    this.statements.set(name, stmt).deallocate = deallocate;
     const server = this.server;
     const onServer = server !== null && server.statements.has(stmt.name) &&
       server.txStatus !== TxStatus.Failed;
@@ -930,8 +979,12 @@ export class Client implements ServerLink {
   /** Pending scan of the Query being forwarded (set by #localQuery). */
   #pendingScan: SessionScan | null = null;
 
-  /** Queues one message for the server, rewritten where needed, with what the server will owe. */
-  #forward(type: number, buf: Uint8Array, p: number, end: number): void {
+  /**
+   * Queues one message for the server, rewritten where needed, with what the server will owe.
+   * False (only while `#mayWait`) when nothing was queued for the message yet: the server was asked
+   * to describe a statement first; wait for that answer and call again.
+   */
+  #forward(type: number, buf: Uint8Array, p: number, end: number): boolean {
     const server = this.server!;
     const out = this.#out;
     switch (type) {
@@ -941,10 +994,15 @@ export class Client implements ServerLink {
         const substitute = this.#substitute;
         if (substitute) {
           this.#substitute = null;
+          // DEALLOCATE among other statements (deallocate.ts): the others run as written.
+          const ticket = this.#queryTicket;
+          this.#queryTicket = null;
+          const scan = ticket === null ? null : this.#pendingScan;
           this.#pendingScan = null;
+          if (scan) this.#noteScan(scan, server);
           out.addBytes(substitute);
-          server.expect(Expect.Query);
-          return;
+          server.expect(Expect.Query, Action.Forward, ticket);
+          return true;
         }
         const scan = this.#pendingScan;
         this.#pendingScan = null;
@@ -958,7 +1016,7 @@ export class Client implements ServerLink {
           this.#duplicateParse = null;
           if (duplicate !== null) {
             this.#raiseDuplicate(server, duplicate, name);
-            return;
+            return true;
           }
           const stmt = this.statements.get(name)!;
           const undo = (): void => {
@@ -969,7 +1027,7 @@ export class Client implements ServerLink {
             undo();
           } else if (server.statements.has(stmt.name) && server.txStatus !== TxStatus.Failed) {
             // The server taken for this request already has it (decided before the checkout waited).
-            touch(server, stmt.name);
+            touchCopy(server.statements, stmt.name);
             server.expect(
               Expect.Local,
               Action.Forward,
@@ -977,8 +1035,9 @@ export class Client implements ServerLink {
             );
           } else {
             // (In a failed transaction the server answers 25P02, as it would to the client's own.)
-            const had = server.statements.has(stmt.name);
+            const had = server.statements.get(stmt.name);
             out.addBytes(stmt.parse);
+            const copy = preparedNow(server.statements, stmt.name);
             server.expect(
               Expect.Parse,
               Action.Forward,
@@ -988,14 +1047,15 @@ export class Client implements ServerLink {
                   stmt.validated = true;
                 },
                 failed: () => {
-                  if (!had) server.statements.delete(stmt.name);
+                  if (server.statements.get(stmt.name) !== copy) return;
+                  if (had === undefined) server.statements.delete(stmt.name);
+                  else server.statements.set(stmt.name, had);
                   undo();
                 },
               } satisfies ParseTicket,
             );
-            touch(server, stmt.name);
           }
-          return;
+          return true;
         }
         const scan = this.#pendingScan;
         this.#pendingScan = null;
@@ -1006,52 +1066,74 @@ export class Client implements ServerLink {
         const name = bindStatementName(buf, p, end);
         if (name === "") {
           if (this.#unnamedScan) this.#noteScan(this.#unnamedScan, server);
+          if (this.#unnamedDeallocate !== undefined || this.#deallocating.active) {
+            this.#deallocating.bind(this.#unnamedDeallocate, buf, { p, end });
+          }
           break;
         }
-        const stmt = this.#renaming ? this.statements.get(name) : undefined;
-        if (stmt === undefined) break; // the server reports the unknown name
+        const entry = this.#renaming ? this.statements.entry(name) : undefined;
+        if (entry === undefined) break; // the server reports the unknown name
+        const stmt = entry.stmt;
+        const use = server.discardUntilSync ? Use.Ready : entry.use(server, out);
+        if (use === Use.Unverified && this.#mayWait) {
+          // The client was told the statement's description: the copy's must be known first.
+          entry.askDescription(server, out);
+          return false;
+        }
         if (stmt.scan) this.#noteScan(stmt.scan, server);
-        if (server.discardUntilSync) return;
-        this.#ensureStatement(server, stmt);
+        if (entry.deallocate !== undefined || this.#deallocating.active) {
+          this.#deallocating.bind(entry.deallocate, buf, { p, end });
+        }
+        if (server.discardUntilSync) return true;
+        if (use === Use.Changed) {
+          entry.raiseChanged(server, out);
+          return true;
+        }
         out.addBytes(rewriteBind(buf, p, end, stmt.name));
-        server.expect(Expect.Bind);
-        return;
+        server.expect(Expect.Bind, Action.Forward, entry);
+        return true;
       }
       case Msg.Describe: {
         if (!this.#renaming || buf[p + 5] !== 0x53) break;
         const name = describedName(buf, p, end);
-        const stmt = name === "" ? undefined : this.statements.get(name);
-        if (stmt === undefined) break;
-        if (server.discardUntilSync) return;
-        this.#ensureStatement(server, stmt);
-        out.addBytes(statementMessage(Msg.Describe, stmt.name));
-        server.expect(Expect.DescribeStatement);
-        return;
+        const entry = name === "" ? undefined : this.statements.entry(name);
+        if (entry === undefined) break;
+        if (server.discardUntilSync) return true;
+        // Whatever the copy now describes, the client is shown it (and told it from then on).
+        entry.use(server, out);
+        entry.describe(server, out);
+        return true;
       }
       case Msg.Execute:
+        this.queries++;
+        server.queries++;
+        if (
+          this.#deallocating.active &&
+          this.#deallocating.execute(server, out, { buf, p, end, statements: this.statements })
+        ) return true;
+        break;
       case Msg.FunctionCall:
         this.queries++;
         server.queries++;
         break;
     }
     if (type === Msg.Parse && this.#substitute !== null) {
-      // A plugin rewrote the statement.
+      // A plugin rewrote the statement (or it is a DEALLOCATE, run as a no-op).
       out.addBytes(this.#substitute);
       this.#substitute = null;
       expectResponse(server, type, 0);
-      return;
+      return true;
     }
     out.addRange(p, end);
     expectResponse(server, type, buf[p + 5]);
+    return true;
   }
 
   /** Makes sure `server` has `stmt` before a message that uses it, parsing it there first if not. */
   #ensureStatement(server: Server, stmt: PreparedStatement): void {
-    if (server.statements.has(stmt.name)) {
-      touch(server, stmt.name);
-      return;
-    }
+    if (touchCopy(server.statements, stmt.name) !== undefined) return;
     this.#out.addBytes(stmt.parse);
+    const copy = preparedNow(server.statements, stmt.name);
     server.expect(
       Expect.Parse,
       Action.Inject,
@@ -1061,12 +1143,19 @@ export class Client implements ServerLink {
           stmt.validated = true;
         },
         failed: () => {
-          server.statements.delete(stmt.name);
+          if (server.statements.get(stmt.name) === copy) server.statements.delete(stmt.name);
         },
       } satisfies ParseTicket,
     );
-    server.statements.set(stmt.name, true);
   }
+
+  /** `#forward` may return false (wait for a description, then call it again). */
+  #mayWait = false;
+
+  /** What the unnamed statement deallocates (a client's DEALLOCATE; undefined for others). */
+  #unnamedDeallocate: string | null | undefined = undefined;
+  /** The portal running a client's DEALLOCATE (extended protocol), if any. */
+  readonly #deallocating = new DeallocatePortal();
 
   /**
    * The client parses a name it already has. PostgreSQL answers 42P05 and, inside a transaction,
@@ -1126,6 +1215,8 @@ export class Client implements ServerLink {
 
   /** A Query to send instead of the client's (see #refuseQuery). */
   #substitute: Uint8Array | null = null;
+  /** What the substitute Query's entry carries (a rewritten DEALLOCATE, see deallocate.ts). */
+  #queryTicket: RunTicket | null = null;
 
   /** Answers with bytes of pgdog's own, in order with whatever the server still owes. */
   #answer(bytes: Uint8Array, dropped?: () => void): void {
@@ -1851,12 +1942,6 @@ export class Client implements ServerLink {
     server.attach(this);
     this.#out.reset(this.rbuf.buf);
     this.#syncParams(server);
-    if (server.statementsStale && this.#renaming) {
-      server.statementsStale = false;
-      server.statements.clear();
-      this.#out.addBytes(DEALLOCATE_ALL);
-      server.expect(Expect.Query, Action.Swallow);
-    }
     if (this.#renaming) this.#evictStatements(server);
     if (this.#deferredBegin !== null) {
       // The transaction's first statement chose the host: the BEGIN goes first, answered already.
@@ -2165,15 +2250,11 @@ const FORGET_SCAN: SessionScan = {
   advisoryLocks: true,
   listen: false,
   sqlPrepared: false,
+  prepareOrExecute: false,
+  deallocations: [],
   pgdogSettings: [],
   statements: 0,
 };
-
-/** Moves a statement to the most recently used end of a server's list. */
-function touch(server: Server, name: string): void {
-  server.statements.delete(name);
-  server.statements.set(name, true);
-}
 
 /**
  * What goes to a server in one write: ranges of the client's read buffer and bytes pgdog made
@@ -2354,7 +2435,6 @@ function commandComplete(tag: string, status: number): Uint8Array {
 }
 
 const PARSE_COMPLETE = Uint8Array.of(Msg.ParseComplete, 0, 0, 0, 4);
-const DEALLOCATE_ALL = queryMessage("DEALLOCATE ALL");
 const CLOSE_COMPLETE = Uint8Array.of(Msg.CloseComplete, 0, 0, 0, 4);
 
 const LISTEN_UNSUPPORTED: ErrorFields = {
