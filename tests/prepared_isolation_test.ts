@@ -30,6 +30,7 @@ const PASSWORD = "isolation-test-pw";
 const USERS: Record<string, number> = {
   pjs_shape: 1,
   pjs_shape2: 2,
+  wire_shape: 1,
   pjs_assign: 1,
   psy_fresh: 1,
   node_fresh: 1,
@@ -168,6 +169,51 @@ Deno.test("prepared statements shared between clients stay isolated", async (t) 
       await l.end();
       await holder.end();
     }
+  });
+
+  /**
+   * The same at the protocol level: L described its statement and gets PostgreSQL's 0A000 (inside a
+   * transaction, which it aborts), while M, which parsed it after the change, reads the array.
+   */
+  async function describedThenChanged(target: PgTarget, table: string): Promise<string[]> {
+    const l = await WireClient.connect(target);
+    const m = await WireClient.connect(target);
+    const out: BackendMessage[] = [];
+    const rt = async (c: WireClient, ...msgs: Uint8Array[]) => {
+      await c.send(...msgs);
+      out.push(...await c.untilReady());
+    };
+    const sql = `select x from ${table}`;
+    try {
+      await l.simple(`create table ${table} (x int); insert into ${table} values (1)`);
+      await rt(l, fe.parse("s", sql), fe.describe("S", "s"), fe.sync());
+      await rt(l, fe.bind("", "s"), fe.execute(""), fe.sync());
+      out.push(
+        ...await m.simple(
+          `drop table ${table}; create table ${table} (x int[]); ` +
+            `insert into ${table} values ('{1,2,3}')`,
+        ),
+      );
+      await rt(m, fe.parse("m", sql), fe.describe("S", "m"), fe.sync());
+      await rt(m, fe.bind("", "m"), fe.execute(""), fe.sync());
+      out.push(...await l.simple("begin"));
+      await rt(l, fe.bind("", "s"), fe.execute(""), fe.sync());
+      const error = out[out.length - 2];
+      assert.equal(error.type, "E");
+      assert.equal(errorFields(error.body).R, "RevalidateCachedQuery");
+      out.push(...await l.simple("rollback"));
+      return detail(out);
+    } finally {
+      await l.close();
+      await m.close();
+    }
+  }
+
+  await step("raw protocol: the client that described it gets PostgreSQL's 0A000", async () => {
+    const expected = await describedThenChanged(direct("wire_shape"), "described_direct");
+    assert.deepEqual(await describedThenChanged(via("wire_shape"), "described_proxy"), expected);
+    assert.ok(expected.includes("E 0A000 cached plan must not change result type"));
+    assert.ok(expected.includes("D {1,2,3}"), expected.join("\n"));
   });
 
   // -------------------------------------------------------------------------------------------

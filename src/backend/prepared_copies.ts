@@ -25,6 +25,8 @@ export class StatementCopy {
   readonly preparedAt: number;
   /** Its parameter and result types as the server described them, or null until described. */
   description: string | null = null;
+  /** A Describe of it that pgdog sent has not been answered yet. */
+  describing = false;
   /**
    * The server reported it stale (a table changed under it) or may have lost it (a DEALLOCATE
    * pgdog did not send): it is closed and parsed again before its next use.

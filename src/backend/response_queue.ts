@@ -81,6 +81,8 @@ export interface StatementTicket {
    * whole.
    */
   described?(type: number, buf: Uint8Array, start: number): void;
+  /** The server skipped it (after an earlier error). */
+  dropped?(): void;
 }
 
 /** What an Execute or simple Query entry carries when pgdog changed what it runs. */

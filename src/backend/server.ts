@@ -487,7 +487,7 @@ export class Server {
       if (forwarding && DATA[type] === 1 && type !== Msg.ErrorResponse) this.dataForwarded = true;
       if (
         WHOLE[handling][type] === 0 &&
-        (DESCRIPTION[type] === 0 || head !== Expect.DescribeStatement || queue.headPayload === null)
+        (head !== Expect.DescribeStatement || DESCRIPTION[type] === 0 || queue.headPayload === null)
       ) {
         // Streamed: passed on piece by piece to an attached client, skipped otherwise.
         this.#dropping = !forwarding;
@@ -510,7 +510,7 @@ export class Server {
       if (type === Msg.ErrorResponse && this.cancelPending && errorCode(buf, p, size) === "57014") {
         this.cancelPending = false; // the cancel took effect: nothing is left in flight
       }
-      if (DESCRIPTION[type] === 1 && head === Expect.DescribeStatement) {
+      if (head === Expect.DescribeStatement && DESCRIPTION[type] === 1) {
         (queue.headPayload as StatementTicket | null)?.described?.(type, buf, p + 5);
       } else if (
         type === Msg.ErrorResponse && queue.headPayload !== null &&
@@ -793,6 +793,7 @@ export class Server {
     if (kind === Expect.Parse) (payload as ParseTicket | null)?.failed();
     else if (kind === Expect.Local) (payload as LocalAnswer | null)?.dropped?.();
     else if (kind === Expect.Execute) (payload as RunTicket | null)?.dropped?.();
+    else if (kind === Expect.DescribeStatement) (payload as StatementTicket | null)?.dropped?.();
   };
 
   #recount(): void {

@@ -75,6 +75,7 @@ import {
 import { sameParams, SessionState } from "./session.ts";
 import {
   bindStatementName,
+  type ClientStatement,
   ClientStatements,
   describedName,
   parseName,
@@ -912,7 +913,7 @@ export class Client implements ServerLink {
       if (scan && name !== "") this.#pendingScan = scan;
       return false;
     }
-    const existing = this.statements.get(name);
+    const existing = this.statements.entry(name);
     if (existing !== undefined) {
       if (this.server !== null) {
         this.#duplicateParse = existing;
@@ -1047,9 +1048,10 @@ export class Client implements ServerLink {
                   stmt.validated = true;
                 },
                 failed: () => {
-                  if (server.statements.get(stmt.name) !== copy) return;
-                  if (had === undefined) server.statements.delete(stmt.name);
-                  else server.statements.set(stmt.name, had);
+                  if (server.statements.get(stmt.name) === copy) {
+                    if (had === undefined) server.statements.delete(stmt.name);
+                    else server.statements.set(stmt.name, had);
+                  }
                   undo();
                 },
               } satisfies ParseTicket,
@@ -1129,26 +1131,6 @@ export class Client implements ServerLink {
     return true;
   }
 
-  /** Makes sure `server` has `stmt` before a message that uses it, parsing it there first if not. */
-  #ensureStatement(server: Server, stmt: PreparedStatement): void {
-    if (touchCopy(server.statements, stmt.name) !== undefined) return;
-    this.#out.addBytes(stmt.parse);
-    const copy = preparedNow(server.statements, stmt.name);
-    server.expect(
-      Expect.Parse,
-      Action.Inject,
-      {
-        name: stmt.name,
-        succeeded: () => {
-          stmt.validated = true;
-        },
-        failed: () => {
-          if (server.statements.get(stmt.name) === copy) server.statements.delete(stmt.name);
-        },
-      } satisfies ParseTicket,
-    );
-  }
-
   /** `#forward` may return false (wait for a description, then call it again). */
   #mayWait = false;
 
@@ -1161,19 +1143,20 @@ export class Client implements ServerLink {
    * The client parses a name it already has. PostgreSQL answers 42P05 and, inside a transaction,
    * aborts it; so the server is made to do the same (its error names the client's statement).
    */
-  #raiseDuplicate(server: Server, existing: PreparedStatement, clientName: string): void {
-    this.#ensureStatement(server, existing);
-    server.errorRewrite = { from: existing.name, to: clientName };
-    this.#out.addBytes(existing.parse);
+  #raiseDuplicate(server: Server, existing: ClientStatement, clientName: string): void {
+    existing.use(server, this.#out);
+    const stmt = existing.stmt;
+    server.errorRewrite = { from: stmt.name, to: clientName };
+    this.#out.addBytes(stmt.parse);
     server.expect(Expect.Parse, Action.Forward, {
-      name: existing.name,
+      name: stmt.name,
       succeeded: () => {},
       failed: () => {},
     });
   }
 
   /** Set by #localParse when a duplicate Parse goes to the server to fail there. */
-  #duplicateParse: PreparedStatement | null = null;
+  #duplicateParse: ClientStatement | null = null;
 
   #noteScan(scan: SessionScan, server: Server): void {
     this.session.note(scan);

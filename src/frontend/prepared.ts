@@ -186,6 +186,8 @@ export class ClientStatement implements StatementTicket {
       copy = preparedNow(copies, stmt.name);
       out.addBytes(stmt.parse);
       server.expect(Expect.Parse, Action.Inject, new CopyParse(stmt, copy, copies));
+      // Its description, for clients that were told one (pipelined: nobody waits for it here).
+      describeCopy(server, out, { name: stmt.name, copy });
     }
     const told = this.told;
     if (told === null) return Use.Ready;
@@ -201,12 +203,7 @@ export class ClientStatement implements StatementTicket {
   askDescription(server: Server, out: MessageSink): void {
     const copy = server.statements.get(this.stmt.name);
     if (copy === undefined) return;
-    out.addBytes(statementMessage(Msg.Describe, this.stmt.name));
-    server.expect(
-      Expect.DescribeStatement,
-      Action.Inject,
-      new DescribeTicket(this.stmt.name, copy, null),
-    );
+    if (!copy.describing) describeCopy(server, out, { name: this.stmt.name, copy });
     out.addBytes(FLUSH);
   }
 
@@ -250,6 +247,21 @@ export class ClientStatement implements StatementTicket {
 export function raiseOnServer(server: Server, out: MessageSink, fields: ErrorFields): void {
   out.addBytes(EXECUTE_NO_PORTAL);
   server.expect(Expect.Execute, Action.Forward, { raise: fields } satisfies RunTicket);
+}
+
+/**
+ * Asks the server to describe its copy of a statement: the answer is recorded, not shown; an error
+ * is the answer to the client's message it precedes.
+ */
+function describeCopy(
+  server: Server,
+  out: MessageSink,
+  options: { name: string; copy: StatementCopy },
+): void {
+  const { name, copy } = options;
+  copy.describing = true;
+  out.addBytes(statementMessage(Msg.Describe, name));
+  server.expect(Expect.DescribeStatement, Action.Inject, new DescribeTicket(name, copy, null));
 }
 
 /** An error that means the server's copy was planned against tables that have changed since. */
@@ -315,10 +327,16 @@ class DescribeTicket implements StatementTicket {
     }
     const description = this.#reader.rows(buf, type === Msg.RowDescription ? start : null);
     this.#copy.description = description;
+    this.#copy.describing = false;
     if (this.#client !== null) this.#client.told = description;
   }
 
+  dropped(): void {
+    this.#copy.describing = false;
+  }
+
   failed(copies: StatementCopies, fields: ErrorFields): void {
+    this.#copy.describing = false;
     noteFailure(copies, this.#name, fields);
     if (this.#client !== null && isStale(fields)) this.#client.told = null;
   }
