@@ -384,6 +384,15 @@ print(json.dumps(out))
     await rt(fe.parse("", "DEALLOCATE nope"), fe.bind("", ""), fe.execute(""), fe.sync());
     out.push(...await c.simple("select 1"));
     out.push(...await c.simple("rollback"));
+    // In a failed transaction DEALLOCATE fails too, and frees nothing.
+    await rt(fe.parse("e", "select 7 as seven"), fe.sync());
+    out.push(...await c.simple("begin"));
+    out.push(...await c.simple("select 1/0"));
+    out.push(...await c.simple("DEALLOCATE e"));
+    out.push(...await c.simple("DEALLOCATE ALL"));
+    await rt(fe.parse("", "DEALLOCATE e"), fe.bind("", ""), fe.execute(""), fe.sync());
+    out.push(...await c.simple("rollback"));
+    await run("e");
     return detail(out);
   }
 

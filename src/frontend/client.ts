@@ -826,7 +826,8 @@ export class Client implements ServerLink {
         const deallocate =
           /^\s*deallocate\s+(?:prepare\s+)?(all|"(?:[^"]|"")+"|[\p{L}_][\p{L}\p{N}_$]*)\s*;?\s*$/iu
             .exec(sql);
-        if (deallocate && this.#renaming) {
+        // (In a failed transaction the server answers, with 25P02, as PostgreSQL would.)
+        if (deallocate && this.#renaming && this.#txStatus() !== TxStatus.Failed) {
           // Drivers (psycopg, for one) free protocol-level statements with DEALLOCATE.
           const target = deallocate[1];
           if (target.toLowerCase() === "all") {

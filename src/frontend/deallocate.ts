@@ -4,8 +4,8 @@
  * statement must not reach a server as written: pgdog frees the client's names and the server runs
  * a no-op in its place (`DO`), whose CommandComplete becomes PostgreSQL's `DEALLOCATE` (or
  * `DEALLOCATE ALL`). Where the statement sits in a transaction, its errors, and which later
- * statements run are then exactly PostgreSQL's. A name the client does not have is left as
- * written: the server answers PostgreSQL's own 26000 for it.
+ * statements run are then exactly PostgreSQL's. For a name the client does not have, the server
+ * itself fails with PostgreSQL's 26000 (in a simple query the statement is left as written).
  *
  * A DEALLOCATE sent alone as a simple query is answered without a server (see client.ts).
  *

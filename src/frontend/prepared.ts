@@ -177,7 +177,8 @@ export class ClientStatement implements StatementTicket {
     const copies = server.statements;
     let copy = touchCopy(copies, stmt.name);
     if (copy === undefined || copy.stale || copy.preparedAt < this.since) {
-      if (copy !== undefined) {
+      const again = copy !== undefined;
+      if (again) {
         // Parsed again for this client: planned against the tables as they are now, as its own
         // Parse would have been.
         out.addBytes(statementMessage(Msg.Close, stmt.name));
@@ -185,7 +186,7 @@ export class ClientStatement implements StatementTicket {
       }
       copy = preparedNow(copies, stmt.name);
       out.addBytes(stmt.parse);
-      server.expect(Expect.Parse, Action.Inject, new CopyParse(stmt, copy, copies));
+      server.expect(Expect.Parse, Action.Inject, new CopyParse(stmt, { copy, copies, again }));
       // Its description, for clients that were told one (pipelined: nobody waits for it here).
       describeCopy(server, out, { name: stmt.name, copy });
     }
@@ -289,12 +290,18 @@ class CopyParse implements ParseTicket {
   readonly #stmt: PreparedStatement;
   readonly #copy: StatementCopy;
   readonly #copies: StatementCopies;
+  /** A Close of an older copy went before it. */
+  readonly #again: boolean;
 
-  constructor(stmt: PreparedStatement, copy: StatementCopy, copies: StatementCopies) {
+  constructor(
+    stmt: PreparedStatement,
+    options: { copy: StatementCopy; copies: StatementCopies; again: boolean },
+  ) {
     this.name = stmt.name;
     this.#stmt = stmt;
-    this.#copy = copy;
-    this.#copies = copies;
+    this.#copy = options.copy;
+    this.#copies = options.copies;
+    this.#again = options.again;
   }
 
   succeeded(): void {
@@ -302,8 +309,11 @@ class CopyParse implements ParseTicket {
   }
 
   failed(): void {
-    // Whether an older copy is still there is unknown (the Close may have been skipped too).
-    if (this.#copies.get(this.name) === this.#copy) this.#copy.stale = true;
+    if (this.#copies.get(this.name) !== this.#copy) return;
+    // After a Close that may have been skipped too, whether the older copy is there is unknown:
+    // the next use closes and parses it again.
+    if (this.#again) this.#copy.stale = true;
+    else this.#copies.delete(this.name);
   }
 }
 
