@@ -1102,9 +1102,10 @@ export class Client implements ServerLink {
         const entry = name === "" ? undefined : this.statements.entry(name);
         if (entry === undefined) break;
         if (server.discardUntilSync) return true;
-        // Whatever the copy now describes, the client is shown it (and told it from then on).
-        entry.use(server, out);
-        entry.describe(server, out);
+        // A copy known to differ from what the client was told fails as PostgreSQL's would;
+        // otherwise the client is shown (and told from then on) what the copy describes.
+        if (entry.use(server, out) === Use.Changed) entry.raiseChanged(server, out);
+        else entry.describe(server, out);
         return true;
       }
       case Msg.Execute:
