@@ -172,10 +172,15 @@ Deno.test("prepared statements shared between clients stay isolated", async (t) 
   });
 
   /**
-   * The same at the protocol level: L described its statement and gets PostgreSQL's 0A000 (inside a
-   * transaction, which it aborts), while M, which parsed it after the change, reads the array.
+   * The same at the protocol level: L described its statement (or, as pgjdbc does, the portal of
+   * its first run, keeping that description) and gets PostgreSQL's 0A000 (inside a transaction,
+   * which it aborts), while M, which parsed it after the change, reads the array.
    */
-  async function describedThenChanged(target: PgTarget, table: string): Promise<string[]> {
+  async function describedThenChanged(
+    target: PgTarget,
+    options: { table: string; portal: boolean },
+  ): Promise<string[]> {
+    const { table, portal } = options;
     const l = await WireClient.connect(target);
     const m = await WireClient.connect(target);
     const out: BackendMessage[] = [];
@@ -186,8 +191,13 @@ Deno.test("prepared statements shared between clients stay isolated", async (t) 
     const sql = `select x from ${table}`;
     try {
       await l.simple(`create table ${table} (x int); insert into ${table} values (1)`);
-      await rt(l, fe.parse("s", sql), fe.describe("S", "s"), fe.sync());
-      await rt(l, fe.bind("", "s"), fe.execute(""), fe.sync());
+      if (portal) {
+        await rt(l, fe.parse("s", sql), fe.sync());
+        await rt(l, fe.bind("", "s"), fe.describe("P", ""), fe.execute(""), fe.sync());
+      } else {
+        await rt(l, fe.parse("s", sql), fe.describe("S", "s"), fe.sync());
+        await rt(l, fe.bind("", "s"), fe.execute(""), fe.sync());
+      }
       out.push(
         ...await m.simple(
           `drop table ${table}; create table ${table} (x int[]); ` +
@@ -210,10 +220,20 @@ Deno.test("prepared statements shared between clients stay isolated", async (t) 
   }
 
   await step("raw protocol: the client that described it gets PostgreSQL's 0A000", async () => {
-    const expected = await describedThenChanged(direct("wire_shape"), "described_direct");
-    assert.deepEqual(await describedThenChanged(via("wire_shape"), "described_proxy"), expected);
-    assert.ok(expected.includes("E 0A000 cached plan must not change result type"));
-    assert.ok(expected.includes("D {1,2,3}"), expected.join("\n"));
+    for (const portal of [false, true]) {
+      const name = portal ? "portal" : "statement";
+      const expected = await describedThenChanged(direct("wire_shape"), {
+        table: `described_${name}_direct`,
+        portal,
+      });
+      const actual = await describedThenChanged(via("wire_shape"), {
+        table: `described_${name}_proxy`,
+        portal,
+      });
+      assert.deepEqual(actual, expected, `described: ${name}`);
+      assert.ok(expected.includes("E 0A000 cached plan must not change result type"));
+      assert.ok(expected.includes("D {1,2,3}"), expected.join("\n"));
+    }
   });
 
   // -------------------------------------------------------------------------------------------

@@ -23,8 +23,13 @@ export function preparedClock(): number {
 export class StatementCopy {
   /** When pgdog sent the Parse that created it ({@linkcode preparedClock}). */
   readonly preparedAt: number;
-  /** Its parameter and result types as the server described them, or null until described. */
-  description: string | null = null;
+  /**
+   * Its result columns as the server described them (see {@linkcode describeRows}), or null until
+   * described.
+   */
+  rows: string | null = null;
+  /** Its parameter types as the server described them ({@linkcode describeParameters}), or null. */
+  params: string | null = null;
   /** A Describe of it that pgdog sent has not been answered yet. */
   describing = false;
   /**
@@ -63,41 +68,35 @@ export function allStale(copies: StatementCopies): void {
   for (const copy of copies.values()) copy.stale = true;
 }
 
+/** The parameter types of a ParameterDescription whose body starts at `start`, as a string. */
+export function describeParameters(buf: Uint8Array, start: number): string {
+  const view = new DataView(buf.buffer, buf.byteOffset);
+  const n = view.getInt16(start);
+  const types: number[] = [];
+  for (let i = 0; i < n; i++) types.push(view.getInt32(start + 2 + 4 * i));
+  return types.join(",");
+}
+
 /**
- * A description ('t' ParameterDescription, then 'T' RowDescription or 'n' NoData) as a string
- * that is equal for two descriptions exactly when PostgreSQL would call the statement unchanged:
- * parameter types, and each column's name, type and type modifier (not its table or format).
+ * The result columns of a RowDescription whose body starts at `start` (null for NoData), as a
+ * string that is equal for two descriptions exactly when PostgreSQL would call the result type
+ * unchanged: each column's name, type and type modifier (not its table or format).
  */
-export class DescriptionReader {
-  #params: string | null = null;
-
-  /** Reads a ParameterDescription whose body starts at `start`. */
-  parameters(buf: Uint8Array, start: number): void {
-    const view = new DataView(buf.buffer, buf.byteOffset);
-    const n = view.getInt16(start);
-    const types: number[] = [];
-    for (let i = 0; i < n; i++) types.push(view.getInt32(start + 2 + 4 * i));
-    this.#params = types.join(",");
+export function describeRows(buf: Uint8Array, start: number | null): string {
+  if (start === null) return "-";
+  const view = new DataView(buf.buffer, buf.byteOffset);
+  const n = view.getInt16(start);
+  const columns: string[] = [];
+  let q = start + 2;
+  for (let i = 0; i < n; i++) {
+    const nameEnd = buf.indexOf(0, q);
+    const name = utf8.decode(buf.subarray(q, nameEnd));
+    q = nameEnd + 1;
+    // table oid (4), attnum (2), type oid (4), typlen (2), typmod (4), format (2)
+    columns.push(`${name}:${view.getInt32(q + 6)}:${view.getInt32(q + 12)}`);
+    q += 18;
   }
-
-  /** The whole description, given the RowDescription body at `start` (or null for NoData). */
-  rows(buf: Uint8Array, start: number | null): string {
-    const params = this.#params ?? "?";
-    if (start === null) return `${params}|-`;
-    const view = new DataView(buf.buffer, buf.byteOffset);
-    const n = view.getInt16(start);
-    const columns: string[] = [];
-    let q = start + 2;
-    for (let i = 0; i < n; i++) {
-      const nameEnd = buf.indexOf(0, q);
-      const name = utf8.decode(buf.subarray(q, nameEnd));
-      q = nameEnd + 1;
-      // table oid (4), attnum (2), type oid (4), typlen (2), typmod (4), format (2)
-      columns.push(`${name}:${view.getInt32(q + 6)}:${view.getInt32(q + 12)}`);
-      q += 18;
-    }
-    return `${params}|${columns.join(",")}`;
-  }
+  return columns.join(",");
 }
 
 const utf8 = new TextDecoder();

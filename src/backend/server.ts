@@ -487,7 +487,8 @@ export class Server {
       if (forwarding && DATA[type] === 1 && type !== Msg.ErrorResponse) this.dataForwarded = true;
       if (
         WHOLE[handling][type] === 0 &&
-        (head !== Expect.DescribeStatement || DESCRIPTION[type] === 0 || queue.headPayload === null)
+        (DESCRIPTION[type] === 0 || queue.headPayload === null ||
+          (head !== Expect.DescribeStatement && head !== Expect.DescribePortal))
       ) {
         // Streamed: passed on piece by piece to an attached client, skipped otherwise.
         this.#dropping = !forwarding;
@@ -510,11 +511,15 @@ export class Server {
       if (type === Msg.ErrorResponse && this.cancelPending && errorCode(buf, p, size) === "57014") {
         this.cancelPending = false; // the cancel took effect: nothing is left in flight
       }
-      if (head === Expect.DescribeStatement && DESCRIPTION[type] === 1) {
+      if (
+        DESCRIPTION[type] === 1 &&
+        (head === Expect.DescribeStatement || head === Expect.DescribePortal)
+      ) {
         (queue.headPayload as StatementTicket | null)?.described?.(type, buf, p + 5);
       } else if (
         type === Msg.ErrorResponse && queue.headPayload !== null &&
-        (head === Expect.Bind || head === Expect.DescribeStatement)
+        (head === Expect.Bind || head === Expect.DescribeStatement ||
+          head === Expect.DescribePortal)
       ) {
         (queue.headPayload as StatementTicket).failed(
           this.statements,
@@ -793,7 +798,9 @@ export class Server {
     if (kind === Expect.Parse) (payload as ParseTicket | null)?.failed();
     else if (kind === Expect.Local) (payload as LocalAnswer | null)?.dropped?.();
     else if (kind === Expect.Execute) (payload as RunTicket | null)?.dropped?.();
-    else if (kind === Expect.DescribeStatement) (payload as StatementTicket | null)?.dropped?.();
+    else if (kind === Expect.DescribeStatement || kind === Expect.DescribePortal) {
+      (payload as StatementTicket | null)?.dropped?.();
+    }
   };
 
   #recount(): void {

@@ -20,6 +20,7 @@ import {
   MessageBuilder,
   Msg,
   queryMessage,
+  readCString,
   readInt16,
   readInt32,
   readyForQuery,
@@ -77,6 +78,7 @@ import {
   bindStatementName,
   type ClientStatement,
   ClientStatements,
+  describeCopy,
   describedName,
   parseName,
   parseQuery,
@@ -1057,6 +1059,8 @@ export class Client implements ServerLink {
                 },
               } satisfies ParseTicket,
             );
+            // Its description, for clients told one (pipelined, answered to pgdog only).
+            describeCopy(server, out, { name: stmt.name, copy });
           }
           return true;
         }
@@ -1069,6 +1073,7 @@ export class Client implements ServerLink {
         const name = bindStatementName(buf, p, end);
         if (name === "") {
           if (this.#unnamedScan) this.#noteScan(this.#unnamedScan, server);
+          if (buf[p + 5] === 0) this.#boundEntry = null; // the unnamed portal is replaced
           if (this.#unnamedDeallocate !== undefined || this.#deallocating.active) {
             this.#deallocating.bind(this.#unnamedDeallocate, buf, { p, end });
           }
@@ -1094,10 +1099,24 @@ export class Client implements ServerLink {
         }
         out.addBytes(rewriteBind(buf, p, end, stmt.name));
         server.expect(Expect.Bind, Action.Forward, entry);
+        this.#boundEntry = entry;
+        this.#boundPortal = buf[p + 5] === 0 ? "" : readCString(buf, p + 5, end)[0];
         return true;
       }
       case Msg.Describe: {
-        if (!this.#renaming || buf[p + 5] !== 0x53) break;
+        if (!this.#renaming) break;
+        if (buf[p + 5] !== 0x53) {
+          // A portal: its description is what the client is told of the statement it was bound
+          // from, until told otherwise (pgjdbc keeps it and describes no more).
+          const bound = this.#boundEntry;
+          if (
+            bound === null || bound.toldRows !== null || server.discardUntilSync ||
+            describedName(buf, p, end) !== this.#boundPortal
+          ) break;
+          out.addRange(p, end);
+          server.expect(Expect.DescribePortal, Action.Forward, bound.portalTicket(server));
+          return true;
+        }
         const name = describedName(buf, p, end);
         const entry = name === "" ? undefined : this.statements.entry(name);
         if (entry === undefined) break;
@@ -1136,6 +1155,9 @@ export class Client implements ServerLink {
   /** `#forward` may return false (wait for a description, then call it again). */
   #mayWait = false;
 
+  /** The client statement the last Bind of one bound, and into which portal. */
+  #boundEntry: ClientStatement | null = null;
+  #boundPortal = "";
   /** What the unnamed statement deallocates (a client's DEALLOCATE; undefined for others). */
   #unnamedDeallocate: string | null | undefined = undefined;
   /** The portal running a client's DEALLOCATE (extended protocol), if any. */

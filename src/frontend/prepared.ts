@@ -29,7 +29,8 @@ import {
   type StatementTicket,
 } from "../backend/response_queue.ts";
 import {
-  DescriptionReader,
+  describeParameters,
+  describeRows,
   preparedClock,
   preparedNow,
   type StatementCopies,
@@ -156,8 +157,13 @@ export class ClientStatement implements StatementTicket {
   readonly stmt: PreparedStatement;
   /** When the client parsed it ({@linkcode preparedClock}). */
   readonly since: number;
-  /** The description the client was shown (Describe of the statement), or null. */
-  told: string | null = null;
+  /**
+   * The result columns the client was shown (a Describe of the statement, or of a portal bound
+   * from it: pgjdbc keeps those), or null; see describeRows in prepared_copies.ts.
+   */
+  toldRows: string | null = null;
+  /** The parameter types the client was shown (a Describe of the statement), or null. */
+  toldParams: string | null = null;
   /** A `DEALLOCATE` statement: what it deallocates (null for ALL); undefined otherwise. */
   deallocate?: string | null;
 
@@ -190,10 +196,14 @@ export class ClientStatement implements StatementTicket {
       // Its description, for clients that were told one (pipelined: nobody waits for it here).
       describeCopy(server, out, { name: stmt.name, copy });
     }
-    const told = this.told;
-    if (told === null) return Use.Ready;
-    if (copy.description === null) return Use.Unverified;
-    return copy.description === told ? Use.Ready : Use.Changed;
+    const rows = this.toldRows;
+    if (rows === null) return Use.Ready;
+    if (copy.rows === null) return Use.Unverified;
+    if (copy.rows !== rows) return Use.Changed;
+    const params = this.toldParams;
+    return params === null || copy.params === null || copy.params === params
+      ? Use.Ready
+      : Use.Changed;
   }
 
   /**
@@ -223,12 +233,22 @@ export class ClientStatement implements StatementTicket {
   }
 
   /**
+   * What a Describe of a portal bound from this statement carries, when the client was not told a
+   * description yet (its answer is then what the client was told), or null.
+   */
+  portalTicket(server: Server): StatementTicket | null {
+    if (this.toldRows !== null) return null;
+    const copy = server.statements.get(this.stmt.name);
+    return copy === undefined ? null : new DescribeTicket(this.stmt.name, copy, this);
+  }
+
+  /**
    * Instead of the client's message: the server fails with PostgreSQL's 0A000 (in a transaction it
    * aborts it, as PostgreSQL's own would). The client is told once; it describes again, or goes
    * on with the statement as it now is.
    */
   raiseChanged(server: Server, out: MessageSink): void {
-    this.told = null;
+    this.forget();
     raiseOnServer(server, out, CACHED_PLAN_CHANGED);
   }
 
@@ -236,7 +256,13 @@ export class ClientStatement implements StatementTicket {
   failed(copies: StatementCopies, fields: ErrorFields): void {
     noteFailure(copies, this.stmt.name, fields);
     // Told once, as with PostgreSQL's own error: the client describes again or goes on.
-    if (isStale(fields)) this.told = null;
+    if (isStale(fields)) this.forget();
+  }
+
+  /** The client no longer relies on a description (it was told the statement changed). */
+  forget(): void {
+    this.toldRows = null;
+    this.toldParams = null;
   }
 }
 
@@ -254,7 +280,7 @@ export function raiseOnServer(server: Server, out: MessageSink, fields: ErrorFie
  * Asks the server to describe its copy of a statement: the answer is recorded, not shown; an error
  * is the answer to the client's message it precedes.
  */
-function describeCopy(
+export function describeCopy(
   server: Server,
   out: MessageSink,
   options: { name: string; copy: StatementCopy },
@@ -317,12 +343,15 @@ class CopyParse implements ParseTicket {
   }
 }
 
-/** Records a statement's description from the server's answer to a Describe of it. */
+/**
+ * Records a copy's description from the server's answer to a Describe of it (or of a portal bound
+ * from it), and, for a client's own Describe, what the client was told.
+ */
 class DescribeTicket implements StatementTicket {
   readonly #name: string;
   readonly #copy: StatementCopy;
   readonly #client: ClientStatement | null;
-  readonly #reader = new DescriptionReader();
+  #params: string | null = null;
 
   constructor(name: string, copy: StatementCopy, client: ClientStatement | null) {
     this.#name = name;
@@ -332,13 +361,19 @@ class DescribeTicket implements StatementTicket {
 
   described(type: number, buf: Uint8Array, start: number): void {
     if (type === Msg.ParameterDescription) {
-      this.#reader.parameters(buf, start);
+      this.#params = describeParameters(buf, start);
       return;
     }
-    const description = this.#reader.rows(buf, type === Msg.RowDescription ? start : null);
-    this.#copy.description = description;
-    this.#copy.describing = false;
-    if (this.#client !== null) this.#client.told = description;
+    const rows = describeRows(buf, type === Msg.RowDescription ? start : null);
+    const copy = this.#copy;
+    copy.rows = rows;
+    copy.params = this.#params ?? copy.params;
+    copy.describing = false;
+    const client = this.#client;
+    if (client !== null) {
+      client.toldRows = rows;
+      if (this.#params !== null) client.toldParams = this.#params;
+    }
   }
 
   dropped(): void {
@@ -348,7 +383,7 @@ class DescribeTicket implements StatementTicket {
   failed(copies: StatementCopies, fields: ErrorFields): void {
     this.#copy.describing = false;
     noteFailure(copies, this.#name, fields);
-    if (this.#client !== null && isStale(fields)) this.#client.told = null;
+    if (this.#client !== null && isStale(fields)) this.#client.forget();
   }
 }
 
