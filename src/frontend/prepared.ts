@@ -10,9 +10,10 @@
  * a table changes, a statement parsed before the change fails once the change makes it fail, and
  * one parsed after works. So a client only uses a server's copy that was prepared after its own
  * Parse (an older copy is parsed again, Close then Parse, just before the client uses it), and a
- * client that was shown a description (Describe of the statement) gets PostgreSQL's 0A000
- * "cached plan must not change result type" rather than rows of another shape when the copy it
- * would use describes itself differently.
+ * client that was shown a description (a Describe of the statement, or of a portal bound from it)
+ * gets PostgreSQL's 0A000 "cached plan must not change result type" rather than rows of another
+ * shape when the copy it would use describes itself differently. pgdog describes every copy it
+ * parses, pipelined, so it rarely has to wait for a description.
  *
  * @module
  */
