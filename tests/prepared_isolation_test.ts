@@ -1,9 +1,19 @@
 /**
  * Prepared statements shared between clients (transaction mode, `prepared_statements =
  * "extended"`) never give a client a wrong or stale answer, through the drivers that found the
- * problems (issue #18): postgres.js (`prepare: true`), psycopg 3 (`prepare=True`, a small
- * `prepared_max`) and npm:pg named queries. Every pool has one or two servers, so clients share
- * them and their `__pgdog_<n>` statements.
+ * problems (issue #18). Every pool has one or two servers, so clients share them and their
+ * `__pgdog_<n>` statements.
+ *
+ * - A statement described before a table change: postgres.js gets the new rows (after
+ *   PostgreSQL's 0A000, which it answers by preparing again), never the old description's
+ *   decoding of them, on the same server or another; at the protocol level, after a Describe of
+ *   the statement or of a portal, the exchange equals PostgreSQL's.
+ * - A statement parsed after the change: psycopg (`prepare=True`) and npm:pg named queries get no
+ *   0A000; postgres.js, preparing again after 42804, gets a statement planned anew.
+ * - DEALLOCATE: psycopg's, over the extended protocol (a small `prepared_max`, and DEALLOCATE ALL
+ *   after DROP) concern only that client; among other statements and over the extended protocol
+ *   the exchange equals PostgreSQL's; one that still runs on a server (a server-side name, a
+ *   function) leaves pgdog preparing its statements again.
  *
  * Where it is cheap, the same scenario also runs straight against PostgreSQL and must give the
  * same answer: what PostgreSQL shows a client is the reference.
@@ -379,6 +389,9 @@ print(json.dumps(out))
     await run("a");
     await run("b");
     out.push(...await c.simple("DEALLOCATE nope; select 1"));
+    await rt(fe.parse("f", "select 8 as eight"), fe.sync());
+    out.push(...await c.simple("select 1; DEALLOCATE f; DEALLOCATE f; select 2"));
+    await run("f");
     out.push(...await c.simple('select 5 as z; DEALLOCATE PREPARE "MiXed"'));
     await run("MiXed");
     // Extended protocol: unnamed statement, as psycopg sends it.
