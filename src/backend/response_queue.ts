@@ -8,6 +8,9 @@
  * @module
  */
 
+import type { ErrorFields } from "../protocol/messages.ts";
+import type { StatementCopies } from "./prepared_copies.ts";
+
 /** What a queued entry stands for. */
 export const Expect = {
   /** Simple Query: everything up to and including ReadyForQuery. */
@@ -60,6 +63,38 @@ export interface ParseTicket {
 export interface LocalAnswer {
   readonly bytes: Uint8Array | null;
   /** The server skipped to the next Sync before reaching it: PostgreSQL would not have answered. */
+  dropped?(): void;
+}
+
+/**
+ * What a Bind or a statement Describe of a shared prepared statement carries: its outcome tells
+ * pgdog about the server's copy of the statement.
+ */
+export interface StatementTicket {
+  /**
+   * The server answered it with an error (`copies` are that server's statements): a stale or lost
+   * copy is noted.
+   */
+  failed(copies: StatementCopies, fields: ErrorFields): void;
+  /**
+   * Describe only: a message of the answer ('t', 'T' or 'n'; the body starts at `start`), seen
+   * whole.
+   */
+  described?(type: number, buf: Uint8Array, start: number): void;
+  /** The server skipped it (after an earlier error). */
+  dropped?(): void;
+}
+
+/** What an Execute or simple Query entry carries when pgdog changed what it runs. */
+export interface RunTicket {
+  /** The server fails it on pgdog's request: the client gets this error instead of the server's. */
+  readonly raise?: ErrorFields;
+  /**
+   * A CommandComplete whose tag starts with "D" (DO, DEALLOCATE, ...): the message to send the
+   * client instead, or null for the server's own.
+   */
+  completed?(tag: string): Uint8Array | null;
+  /** The server skipped it (after an earlier error) or it failed: what pgdog did for it is undone. */
   dropped?(): void;
 }
 

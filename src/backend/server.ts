@@ -35,7 +35,10 @@ import {
   type LocalAnswer,
   type ParseTicket,
   ResponseQueue,
+  type RunTicket,
+  type StatementTicket,
 } from "./response_queue.ts";
+import { allStale, type StatementCopies } from "./prepared_copies.ts";
 
 /** Size of each server connection's read buffer. */
 const READ_BUFFER_BYTES = 64 << 10;
@@ -127,6 +130,7 @@ const WHOLE: Uint8Array[] = [
     Msg.ReadyForQuery,
     Msg.ParameterStatus,
     Msg.ErrorResponse,
+    Msg.CommandComplete,
     Msg.CopyInResponse,
     Msg.CopyOutResponse,
     Msg.CopyBothResponse,
@@ -149,6 +153,9 @@ const WHOLE: Uint8Array[] = [
   ]),
 ];
 WHOLE[IDLE] = WHOLE[3];
+
+/** The answer to a statement Describe: seen whole when pgdog records the description. */
+const DESCRIPTION = typeTable([Msg.ParameterDescription, Msg.RowDescription, Msg.NoData]);
 
 /** Answers that carry results: once one reached a client, its request can't be re-run. */
 const DATA = typeTable([
@@ -201,7 +208,7 @@ export class Server {
   readonly applied: Map<string, string> = new Map();
   /** Prepared statements this server holds (or is about to, once a Parse in flight completes),
    * by pgdog's global name, least recently used first. */
-  readonly statements: Map<string, true> = new Map();
+  readonly statements: StatementCopies = new Map();
   /** Responses still owed, one entry per request message. */
   readonly queue: ResponseQueue = new ResponseQueue();
   /** Status of the last ReadyForQuery. */
@@ -225,8 +232,6 @@ export class Server {
    * cancel lands, so the server must not serve anyone else (it is closed at check-in).
    */
   cancelPending = false;
-  /** Its prepared statements may have stale plans: DEALLOCATE ALL before the next use. */
-  statementsStale = false;
   /** Result data (rows, completions, errors, ReadyForQuery) reached the client since it attached. */
   dataForwarded = false;
   /** The client's entries answered since it attached (acknowledgements a re-run must not repeat). */
@@ -480,7 +485,11 @@ export class Server {
       const forwarding = this.link !== null &&
         (handling === Action.Forward || (handling === Action.Inject && type === Msg.ErrorResponse));
       if (forwarding && DATA[type] === 1 && type !== Msg.ErrorResponse) this.dataForwarded = true;
-      if (WHOLE[handling][type] === 0) {
+      if (
+        WHOLE[handling][type] === 0 &&
+        (DESCRIPTION[type] === 0 || queue.headPayload === null ||
+          (head !== Expect.DescribeStatement && head !== Expect.DescribePortal))
+      ) {
         // Streamed: passed on piece by piece to an attached client, skipped otherwise.
         this.#dropping = !forwarding;
         if (this.#dropping) this.#endRun(p);
@@ -502,6 +511,21 @@ export class Server {
       if (type === Msg.ErrorResponse && this.cancelPending && errorCode(buf, p, size) === "57014") {
         this.cancelPending = false; // the cancel took effect: nothing is left in flight
       }
+      if (
+        DESCRIPTION[type] === 1 &&
+        (head === Expect.DescribeStatement || head === Expect.DescribePortal)
+      ) {
+        (queue.headPayload as StatementTicket | null)?.described?.(type, buf, p + 5);
+      } else if (
+        type === Msg.ErrorResponse && queue.headPayload !== null &&
+        (head === Expect.Bind || head === Expect.DescribeStatement ||
+          head === Expect.DescribePortal)
+      ) {
+        (queue.headPayload as StatementTicket).failed(
+          this.statements,
+          parseErrorFields(buf, p + 5, p + size),
+        );
+      }
       if (handling === Action.Collect) this.#collect(type, buf, p, size);
       else if (handling === Action.Swallow && type === Msg.ErrorResponse) {
         this.#swallowedError(buf, p, size);
@@ -520,6 +544,10 @@ export class Server {
           this.dataForwarded = true;
           this.errorForwarded = true;
         }
+      } else if (type === Msg.CommandComplete && buf[p + 5] === 0x44) {
+        // 'D': DO, DEALLOCATE, DELETE, ...
+        replacement = this.#commandTag(buf, p, size);
+        if (!forwarding) replacement = null;
       }
       if (forwarding && replacement === null) {
         if (this.#runStart < 0) this.#runStart = p;
@@ -625,12 +653,11 @@ export class Server {
    */
   #errorForClient(buf: Uint8Array, p: number, size: number): Uint8Array | null {
     const fields = parseErrorFields(buf, p + 5, p + size);
-    if (
-      fields.code === "0A000" &&
-      fields.message.startsWith("cached plan must not change result type")
-    ) {
-      // A table changed under prepared statements: drop them all here before the next use.
-      this.statementsStale = true;
+    if (this.queue.headKind === Expect.Execute) {
+      const raise = (this.queue.headPayload as RunTicket | null)?.raise;
+      // pgdog made the server fail here (an Execute of a portal that does not exist); in a failed
+      // transaction the server's own 25P02 is what PostgreSQL would have said.
+      if (raise !== undefined && fields.code === "34000") return errorResponse(raise);
     }
     let changed = false;
     const rewrite = this.errorRewrite;
@@ -652,6 +679,25 @@ export class Server {
       }
     }
     return changed ? errorResponse(fields) : null;
+  }
+
+  /**
+   * A CommandComplete whose tag starts with "D". A statement pgdog rewrote (a client's DEALLOCATE
+   * run as a no-op) gets the tag PostgreSQL would give; a DEALLOCATE pgdog did not write (typed by
+   * a client with a server-side name, say) may have dropped any statement here. Returns the
+   * message to send instead, or null.
+   */
+  #commandTag(buf: Uint8Array, p: number, size: number): Uint8Array | null {
+    const ticket = this.queue.headPayload as RunTicket | null;
+    if (ticket?.completed !== undefined) {
+      const replacement = ticket.completed(readCString(buf, p + 5, p + size)[0]);
+      if (replacement !== null) return replacement;
+    }
+    // "DEAL": DEALLOCATE or DEALLOCATE ALL.
+    if (buf[p + 6] === 0x45 && buf[p + 7] === 0x41 && buf[p + 8] === 0x4c) {
+      allStale(this.statements);
+    }
+    return null;
   }
 
   /** Moves the response queue along for a message of `type` (seen at its header). */
@@ -751,6 +797,10 @@ export class Server {
   readonly #forgetStatement = (kind: number, payload: unknown): void => {
     if (kind === Expect.Parse) (payload as ParseTicket | null)?.failed();
     else if (kind === Expect.Local) (payload as LocalAnswer | null)?.dropped?.();
+    else if (kind === Expect.Execute) (payload as RunTicket | null)?.dropped?.();
+    else if (kind === Expect.DescribeStatement || kind === Expect.DescribePortal) {
+      (payload as StatementTicket | null)?.dropped?.();
+    }
   };
 
   #recount(): void {

@@ -20,6 +20,7 @@ import {
   MessageBuilder,
   Msg,
   queryMessage,
+  readCString,
   readInt16,
   readInt32,
   readyForQuery,
@@ -32,7 +33,13 @@ import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import type { AcceptTlsOptions } from "../net/tls.ts";
 import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
-import { Action, Expect, type LocalAnswer, type ParseTicket } from "../backend/response_queue.ts";
+import {
+  Action,
+  Expect,
+  type LocalAnswer,
+  type ParseTicket,
+  type RunTicket,
+} from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool, WaitAbort } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import { ServerConnectError } from "../backend/connect.ts";
@@ -89,7 +96,9 @@ import {
 import { sameParams, SessionState } from "./session.ts";
 import {
   bindStatementName,
+  type ClientStatement,
   ClientStatements,
+  describeCopy,
   describedName,
   parseName,
   parseQuery,
@@ -97,7 +106,15 @@ import {
   type PreparedStatement,
   rewriteBind,
   statementMessage,
+  Use,
 } from "./prepared.ts";
+import { preparedNow, touchCopy } from "../backend/prepared_copies.ts";
+import {
+  DEALLOCATE_NOOP,
+  DeallocatePortal,
+  noSuchStatement,
+  rewriteDeallocations,
+} from "./deallocate.ts";
 
 /** Initial size of a client's read buffer; it grows for large messages and shrinks back after. */
 const CLIENT_BUFFER_BYTES = 4096;
@@ -672,6 +689,7 @@ export class Client implements ServerLink {
         await this.#largeMessage(type, buf, p, end);
         if (this.closed) return false;
       }
+      this.#queryTicket = null;
       if (this.#skipUntilSync) {
         // After an error pgdog reported itself, everything up to Sync is ignored, as PostgreSQL does.
         if (type !== Msg.Sync) continue;
@@ -722,7 +740,20 @@ export class Client implements ServerLink {
       } else if (this.#needsSync) {
         this.#syncParams(this.server);
       }
-      this.#forward(type, buf, p, end);
+      this.#mayWait = true;
+      const queued = this.#forward(type, buf, p, end);
+      this.#mayWait = false;
+      if (!queued) {
+        // The server must describe a statement before this message (prepared.ts): wait for it.
+        const server = this.server;
+        await this.#send();
+        await this.#settle();
+        if (this.closed) return false;
+        out.reset(rb.buf);
+        replayFrom = -1;
+        if (this.server !== server || server === null) continue; // lost: the client was told
+        this.#forward(type, buf, p, end);
+      }
       if (
         this.#routing && !this.#sessionMode && !this.#holdRest &&
         (type === Msg.Sync || type === Msg.Query) && rb.nextMessageSize() > 0
@@ -944,7 +975,8 @@ export class Client implements ServerLink {
         const deallocate =
           /^\s*deallocate\s+(?:prepare\s+)?(all|"(?:[^"]|"")+"|[\p{L}_][\p{L}\p{N}_$]*)\s*;?\s*$/iu
             .exec(sql);
-        if (deallocate && this.#renaming) {
+        // (In a failed transaction the server answers, with 25P02, as PostgreSQL would.)
+        if (deallocate && this.#renaming && this.#txStatus() !== TxStatus.Failed) {
           // Drivers (psycopg, for one) free protocol-level statements with DEALLOCATE.
           const target = deallocate[1];
           if (target.toLowerCase() === "all") {
@@ -960,11 +992,18 @@ export class Client implements ServerLink {
             this.#answer(commandComplete("DEALLOCATE", this.#txStatus()));
             return true;
           }
-          return this.#refuseQuery({
-            severity: "ERROR",
-            code: SqlState.InvalidSqlStatementName,
-            message: `prepared statement "${name}" does not exist`,
+          return this.#refuseQuery(noSuchStatement(name));
+        }
+        if (this.#renaming && !scan.prepareOrExecute) {
+          // DEALLOCATE among other statements: the others run, each DEALLOCATE as a no-op.
+          const rewritten = rewriteDeallocations(sql, {
+            deallocations: scan.deallocations,
+            statements: this.statements,
           });
+          this.#substitute = rewritten.query;
+          this.#queryTicket = rewritten.ticket;
+          this.#pendingScan = scan;
+          return false;
         }
         return this.#refuseQuery(SQL_PREPARE_UNSUPPORTED);
       }
@@ -1012,17 +1051,26 @@ export class Client implements ServerLink {
       ? this.#host.router.analyze(uniqueIds?.next ?? decodeText(buf, queryStart, queryEnd))
       : null;
     this.#lastParseAnalysis = analysis;
+    // A client's DEALLOCATE must not reach a server as written: it runs as a no-op (deallocate.ts).
+    const deallocate = this.#renaming && scan?.sqlPrepared && scan.statements === 1 &&
+        scan.deallocations.length === 1
+      ? scan.deallocations[0].target
+      : undefined;
     if (name === "" || !this.#renaming) {
       if (name === "") {
         this.#unnamedScan = scan;
         this.#unnamedAnalysis = analysis;
         this.#unnamedSql = analysis === null ? null : decodeText(buf, queryStart, queryEnd);
+        this.#unnamedDeallocate = deallocate;
+        if (deallocate !== undefined) {
+          this.#substitute = rewrittenParse(buf, p, end, DEALLOCATE_NOOP);
+        }
       }
       if (scan && name !== "") this.#pendingScan = scan;
       if (uniqueIds !== null) this.#substitute = uniqueIds.parse;
       return false;
     }
-    const existing = this.statements.get(name);
+    const existing = this.statements.entry(name);
     if (existing !== undefined) {
       if (this.server !== null) {
         this.#duplicateParse = existing;
@@ -1035,12 +1083,16 @@ export class Client implements ServerLink {
       }, false);
       return true;
     }
-    const stmt = uniqueIds === null
-      ? this.#host.prepared.forParse(buf, p, end)
-      : this.#host.prepared.forParse(uniqueIds.parse, 0, uniqueIds.parse.length);
+    let stmt: PreparedStatement;
+    if (deallocate !== undefined) {
+      const noop = rewrittenParse(buf, p, end, DEALLOCATE_NOOP);
+      stmt = this.#host.prepared.forParse(noop, 0, noop.length);
+    } else if (uniqueIds !== null) {
+      stmt = this.#host.prepared.forParse(uniqueIds.parse, 0, uniqueIds.parse.length);
+    } else stmt = this.#host.prepared.forParse(buf, p, end);
     stmt.scan ??= scan;
     stmt.analysis ??= analysis;
-    this.statements.set(name, stmt);
+    this.statements.set(name, stmt).deallocate = deallocate;
     const server = this.server;
     const onServer = server !== null && server.statements.has(stmt.name) &&
       server.txStatus !== TxStatus.Failed;
@@ -1070,8 +1122,12 @@ export class Client implements ServerLink {
   /** Pending scan of the Query being forwarded (set by #localQuery). */
   #pendingScan: SessionScan | null = null;
 
-  /** Queues one message for the server, rewritten where needed, with what the server will owe. */
-  #forward(type: number, buf: Uint8Array, p: number, end: number): void {
+  /**
+   * Queues one message for the server, rewritten where needed, with what the server will owe.
+   * False (only while `#mayWait`) when nothing was queued for the message yet: the server was asked
+   * to describe a statement first; wait for that answer and call again.
+   */
+  #forward(type: number, buf: Uint8Array, p: number, end: number): boolean {
     const server = this.server!;
     const out = this.#out;
     switch (type) {
@@ -1081,10 +1137,15 @@ export class Client implements ServerLink {
         const substitute = this.#substitute;
         if (substitute) {
           this.#substitute = null;
+          // DEALLOCATE among other statements (deallocate.ts): the others run as written.
+          const ticket = this.#queryTicket;
+          this.#queryTicket = null;
+          const scan = ticket === null ? null : this.#pendingScan;
           this.#pendingScan = null;
+          if (scan) this.#noteScan(scan, server);
           out.addBytes(substitute);
-          server.expect(Expect.Query);
-          return;
+          server.expect(Expect.Query, Action.Forward, ticket);
+          return true;
         }
         const scan = this.#pendingScan;
         this.#pendingScan = null;
@@ -1098,7 +1159,7 @@ export class Client implements ServerLink {
           this.#duplicateParse = null;
           if (duplicate !== null) {
             this.#raiseDuplicate(server, duplicate, name);
-            return;
+            return true;
           }
           const stmt = this.statements.get(name)!;
           const undo = (): void => {
@@ -1109,7 +1170,7 @@ export class Client implements ServerLink {
             undo();
           } else if (server.statements.has(stmt.name) && server.txStatus !== TxStatus.Failed) {
             // The server taken for this request already has it (decided before the checkout waited).
-            touch(server, stmt.name);
+            touchCopy(server.statements, stmt.name);
             server.expect(
               Expect.Local,
               Action.Forward,
@@ -1117,8 +1178,9 @@ export class Client implements ServerLink {
             );
           } else {
             // (In a failed transaction the server answers 25P02, as it would to the client's own.)
-            const had = server.statements.has(stmt.name);
+            const had = server.statements.get(stmt.name);
             out.addBytes(stmt.parse);
+            const copy = preparedNow(server.statements, stmt.name);
             server.expect(
               Expect.Parse,
               Action.Forward,
@@ -1128,14 +1190,18 @@ export class Client implements ServerLink {
                   stmt.validated = true;
                 },
                 failed: () => {
-                  if (!had) server.statements.delete(stmt.name);
+                  if (server.statements.get(stmt.name) === copy) {
+                    if (had === undefined) server.statements.delete(stmt.name);
+                    else server.statements.set(stmt.name, had);
+                  }
                   undo();
                 },
               } satisfies ParseTicket,
             );
-            touch(server, stmt.name);
+            // Its description, for clients told one (pipelined, answered to pgdog only).
+            describeCopy(server, out, { name: stmt.name, copy });
           }
-          return;
+          return true;
         }
         const scan = this.#pendingScan;
         this.#pendingScan = null;
@@ -1157,7 +1223,7 @@ export class Client implements ServerLink {
         const run = this.#uniqueIdRun(name, p);
         if (run !== null) {
           this.#forwardUniqueIdBind(server, { buf, p, end, name, run });
-          return;
+          return true;
         }
         if (name === "") {
           if (this.#unnamedScan) this.#noteScan(this.#unnamedScan, server);
@@ -1170,43 +1236,83 @@ export class Client implements ServerLink {
             server.expect(Expect.Parse, Action.Inject);
             split.parsedOn.push(server);
           }
+          if (buf[p + 5] === 0) this.#boundEntry = null; // the unnamed portal is replaced
+          if (this.#unnamedDeallocate !== undefined || this.#deallocating.active) {
+            this.#deallocating.bind(this.#unnamedDeallocate, buf, { p, end });
+          }
           break;
         }
-        const stmt = this.#renaming ? this.statements.get(name) : undefined;
-        if (stmt === undefined) break; // the server reports the unknown name
+        const entry = this.#renaming ? this.statements.entry(name) : undefined;
+        if (entry === undefined) break; // the server reports the unknown name
+        const stmt = entry.stmt;
+        const use = server.discardUntilSync ? Use.Ready : entry.use(server, out);
+        if (use === Use.Unverified && this.#mayWait) {
+          // The client was told the statement's description: the copy's must be known first.
+          entry.askDescription(server, out);
+          return false;
+        }
         if (stmt.scan) this.#noteScan(stmt.scan, server);
-        if (server.discardUntilSync) return;
-        this.#ensureStatement(server, stmt);
+        if (entry.deallocate !== undefined || this.#deallocating.active) {
+          this.#deallocating.bind(entry.deallocate, buf, { p, end });
+        }
+        if (server.discardUntilSync) return true;
+        if (use === Use.Changed) {
+          entry.raiseChanged(server, out);
+          return true;
+        }
         out.addBytes(rewriteBind(buf, p, end, stmt.name));
-        server.expect(Expect.Bind);
-        return;
+        server.expect(Expect.Bind, Action.Forward, entry);
+        this.#boundEntry = entry;
+        this.#boundPortal = buf[p + 5] === 0 ? "" : readCString(buf, p + 5, end)[0];
+        return true;
       }
       case Msg.Describe: {
-        if (!this.#renaming || buf[p + 5] !== 0x53) break;
+        if (!this.#renaming) break;
+        if (buf[p + 5] !== 0x53) {
+          // A portal: its description is what the client is told of the statement it was bound
+          // from, until told otherwise (pgjdbc keeps it and describes no more).
+          const bound = this.#boundEntry;
+          if (
+            bound === null || bound.toldRows !== null || server.discardUntilSync ||
+            describedName(buf, p, end) !== this.#boundPortal
+          ) break;
+          out.addRange(p, end);
+          server.expect(Expect.DescribePortal, Action.Forward, bound.portalTicket(server));
+          return true;
+        }
         const name = describedName(buf, p, end);
-        const stmt = name === "" ? undefined : this.statements.get(name);
-        if (stmt === undefined) break;
-        if (server.discardUntilSync) return;
-        this.#ensureStatement(server, stmt);
-        out.addBytes(statementMessage(Msg.Describe, stmt.name));
-        server.expect(Expect.DescribeStatement);
-        return;
+        const entry = name === "" ? undefined : this.statements.entry(name);
+        if (entry === undefined) break;
+        if (server.discardUntilSync) return true;
+        // A copy known to differ from what the client was told fails as PostgreSQL's would;
+        // otherwise the client is shown (and told from then on) what the copy describes.
+        if (entry.use(server, out) === Use.Changed) entry.raiseChanged(server, out);
+        else entry.describe(server, out);
+        return true;
       }
       case Msg.Execute:
+        this.queries++;
+        server.queries++;
+        if (
+          this.#deallocating.active &&
+          this.#deallocating.execute(server, out, { buf, p, end, statements: this.statements })
+        ) return true;
+        break;
       case Msg.FunctionCall:
         this.queries++;
         server.queries++;
         break;
     }
     if (type === Msg.Parse && this.#substitute !== null) {
-      // A plugin rewrote the statement.
+      // A plugin rewrote the statement (or it is a DEALLOCATE, run as a no-op).
       out.addBytes(this.#substitute);
       this.#substitute = null;
       expectResponse(server, type, 0);
-      return;
+      return true;
     }
     out.addRange(p, end);
     expectResponse(server, type, buf[p + 5]);
+    return true;
   }
 
   /** A Parse's unique-id rewrite (see unique_ids.ts), or null when it calls no pgdog.unique_id(). */
@@ -1243,46 +1349,35 @@ export class Client implements ServerLink {
     server.expect(Expect.Bind);
   }
 
-  /** Makes sure `server` has `stmt` before a message that uses it, parsing it there first if not. */
-  #ensureStatement(server: Server, stmt: PreparedStatement): void {
-    if (server.statements.has(stmt.name)) {
-      touch(server, stmt.name);
-      return;
-    }
-    this.#out.addBytes(stmt.parse);
-    server.expect(
-      Expect.Parse,
-      Action.Inject,
-      {
-        name: stmt.name,
-        succeeded: () => {
-          stmt.validated = true;
-        },
-        failed: () => {
-          server.statements.delete(stmt.name);
-        },
-      } satisfies ParseTicket,
-    );
-    server.statements.set(stmt.name, true);
-  }
+  /** `#forward` may return false (wait for a description, then call it again). */
+  #mayWait = false;
+
+  /** The client statement the last Bind of one bound, and into which portal. */
+  #boundEntry: ClientStatement | null = null;
+  #boundPortal = "";
+  /** What the unnamed statement deallocates (a client's DEALLOCATE; undefined for others). */
+  #unnamedDeallocate: string | null | undefined = undefined;
+  /** The portal running a client's DEALLOCATE (extended protocol), if any. */
+  readonly #deallocating = new DeallocatePortal();
 
   /**
    * The client parses a name it already has. PostgreSQL answers 42P05 and, inside a transaction,
    * aborts it; so the server is made to do the same (its error names the client's statement).
    */
-  #raiseDuplicate(server: Server, existing: PreparedStatement, clientName: string): void {
-    this.#ensureStatement(server, existing);
-    server.errorRewrite = { from: existing.name, to: clientName };
-    this.#out.addBytes(existing.parse);
+  #raiseDuplicate(server: Server, existing: ClientStatement, clientName: string): void {
+    existing.use(server, this.#out);
+    const stmt = existing.stmt;
+    server.errorRewrite = { from: stmt.name, to: clientName };
+    this.#out.addBytes(stmt.parse);
     server.expect(Expect.Parse, Action.Forward, {
-      name: existing.name,
+      name: stmt.name,
       succeeded: () => {},
       failed: () => {},
     });
   }
 
   /** Set by #localParse when a duplicate Parse goes to the server to fail there. */
-  #duplicateParse: PreparedStatement | null = null;
+  #duplicateParse: ClientStatement | null = null;
 
   #noteScan(scan: SessionScan, server: Server): void {
     this.session.note(scan);
@@ -1325,6 +1420,8 @@ export class Client implements ServerLink {
 
   /** A Query to send instead of the client's (see #refuseQuery). */
   #substitute: Uint8Array | null = null;
+  /** What the substitute Query's entry carries (a rewritten DEALLOCATE, see deallocate.ts). */
+  #queryTicket: RunTicket | null = null;
 
   /** Answers with bytes of pgdog's own, in order with whatever the server still owes. */
   #answer(bytes: Uint8Array, dropped?: () => void): void {
@@ -2569,12 +2666,6 @@ export class Client implements ServerLink {
     server.attach(this);
     this.#out.reset(this.rbuf.buf);
     this.#syncParams(server);
-    if (server.statementsStale && this.#renaming) {
-      server.statementsStale = false;
-      server.statements.clear();
-      this.#out.addBytes(DEALLOCATE_ALL);
-      server.expect(Expect.Query, Action.Swallow);
-    }
     if (this.#renaming) this.#evictStatements(server);
     if (this.#outsideTransaction) {
       this.#outsideTransaction = false;
@@ -2889,6 +2980,8 @@ const FORGET_SCAN: SessionScan = {
   advisoryLocks: true,
   listen: false,
   sqlPrepared: false,
+  prepareOrExecute: false,
+  deallocations: [],
   pgdogSettings: [],
   statements: 0,
 };
@@ -2944,12 +3037,6 @@ function lost(e: unknown): ErrorFields {
     code: SqlState.ConnectionFailure,
     message: `server connection lost: ${errorMessage(e)}`,
   };
-}
-
-/** Moves a statement to the most recently used end of a server's list. */
-function touch(server: Server, name: string): void {
-  server.statements.delete(name);
-  server.statements.set(name, true);
 }
 
 /**
@@ -3106,7 +3193,6 @@ function commandComplete(tag: string, status: number): Uint8Array {
 }
 
 const PARSE_COMPLETE = Uint8Array.of(Msg.ParseComplete, 0, 0, 0, 4);
-const DEALLOCATE_ALL = queryMessage("DEALLOCATE ALL");
 const CLOSE_COMPLETE = Uint8Array.of(Msg.CloseComplete, 0, 0, 0, 4);
 
 const LISTEN_UNSUPPORTED: ErrorFields = {

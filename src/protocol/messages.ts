@@ -245,6 +245,13 @@ export function appendError(
   b.byte(0x4d).cstring(fields.message); // M
   if (fields.detail) b.byte(0x44).cstring(fields.detail); // D
   if (fields.hint) b.byte(0x48).cstring(fields.hint); // H
+  if (fields.other) {
+    // Position, where, file, line, routine, ...: drivers read some of them (postgres.js decides by
+    // the routine whether to prepare a statement again).
+    for (const [code, value] of Object.entries(fields.other)) {
+      if (code.length === 1) b.byte(code.charCodeAt(0)).cstring(value);
+    }
+  }
   b.byte(0);
   b.end();
 }

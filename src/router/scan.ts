@@ -28,10 +28,28 @@ export interface SessionScan {
   listen: boolean;
   /** SQL-level PREPARE, EXECUTE or DEALLOCATE. */
   sqlPrepared: boolean;
+  /** SQL-level PREPARE or EXECUTE (DEALLOCATE alone leaves it false). */
+  prepareOrExecute: boolean;
+  /** The DEALLOCATE statements, in order. */
+  deallocations: Deallocation[];
   /** `SET [SESSION|LOCAL] pgdog.<name> ...` statements, in order: [name, value, local]. */
   pgdogSettings: Array<[string, string, boolean]>;
   /** Number of statements in the text. */
   statements: number;
+}
+
+/** A `DEALLOCATE [PREPARE] name|ALL` statement in a piece of SQL. */
+export interface Deallocation {
+  /**
+   * The statement name (folded as PostgreSQL folds identifiers), null for ALL, or undefined when
+   * the statement is not one pgdog understands (PostgreSQL will judge it).
+   */
+  target: string | null | undefined;
+  /** Where the statement is in the text: [from, to), in UTF-16 code units. */
+  from: number;
+  to: number;
+  /** How many DO statements come before it in the text. */
+  dosBefore: number;
 }
 
 const MAYBE = /set|discard|listen|prepare|execute|deallocate|advisory|pgdog/i;
@@ -92,12 +110,24 @@ export function scanSession(sql: string): SessionScan | null {
     advisoryLocks: false,
     listen: false,
     sqlPrepared: false,
+    prepareOrExecute: false,
+    deallocations: [],
     pgdogSettings: [],
     statements: 0,
   };
+  let dos = 0;
   for (const tokens of statements(sql)) {
     if (tokens.length === 0) continue;
     scan.statements++;
+    if (tokens[0].kind === WORD && tokens[0].text === "do") dos++;
+    else if (tokens[0].kind === WORD && tokens[0].text === "deallocate") {
+      scan.deallocations.push({
+        target: deallocateTarget(tokens, sql),
+        from: tokens[0].start,
+        to: tokens[tokens.length - 1].end,
+        dosBefore: dos,
+      });
+    }
     inspect(tokens, scan);
   }
   const interesting = scan.settings.length > 0 || scan.unknownSetting || scan.resetAll ||
@@ -116,6 +146,9 @@ interface Token {
   kind: number;
   /** Lower-cased words, unquoted identifiers and strings as written. */
   text: string;
+  /** Where it is in the text: [start, end). */
+  start: number;
+  end: number;
 }
 
 /** Splits `sql` into statements of tokens (words, quoted identifiers, strings, punctuation). */
@@ -150,30 +183,31 @@ function statements(sql: string): Token[][] {
       }
     } else if (c === 0x27) { // 'string'
       const [text, next] = quoted(sql, i, 0x27);
-      cur.push({ kind: STRING, text });
+      cur.push({ kind: STRING, text, start: i, end: next });
       i = next;
     } else if ((c === 0x45 || c === 0x65) && sql.charCodeAt(i + 1) === 0x27) { // E'string'
       const [text, next] = escapeString(sql, i + 1);
-      cur.push({ kind: STRING, text });
+      cur.push({ kind: STRING, text, start: i, end: next });
       i = next;
     } else if (c === 0x22) { // "identifier"
       const [text, next] = quoted(sql, i, 0x22);
-      cur.push({ kind: IDENT, text });
+      cur.push({ kind: IDENT, text, start: i, end: next });
       i = next;
     } else if (c === 0x24 && isDollarQuoteStart(sql, i)) { // $tag$...$tag$
       const end = sql.indexOf("$", i + 1);
       const tag = sql.slice(i, end + 1);
       const close = sql.indexOf(tag, end + 1);
       const stop = close < 0 ? n : close;
-      cur.push({ kind: STRING, text: sql.slice(end + 1, stop) });
-      i = close < 0 ? n : close + tag.length;
+      const next = close < 0 ? n : close + tag.length;
+      cur.push({ kind: STRING, text: sql.slice(end + 1, stop), start: i, end: next });
+      i = next;
     } else if (isWordStart(c)) {
       let j = i + 1;
       while (j < n && isWordPart(sql.charCodeAt(j))) j++;
-      cur.push({ kind: WORD, text: sql.slice(i, j).toLowerCase() });
+      cur.push({ kind: WORD, text: sql.slice(i, j).toLowerCase(), start: i, end: j });
       i = j;
     } else {
-      cur.push({ kind: PUNCT, text: sql[i] });
+      cur.push({ kind: PUNCT, text: sql[i], start: i, end: i + 1 });
       i++;
     }
   }
@@ -347,9 +381,15 @@ function inspect(t: Token[], scan: SessionScan): void {
       return;
     case "prepare":
       // PREPARE TRANSACTION is two-phase commit, not a prepared statement.
-      if (w1 !== "transaction") scan.sqlPrepared = true;
+      if (w1 !== "transaction") {
+        scan.sqlPrepared = true;
+        scan.prepareOrExecute = true;
+      }
       return;
     case "execute":
+      scan.sqlPrepared = true;
+      scan.prepareOrExecute = true;
+      return;
     case "deallocate":
       scan.sqlPrepared = true;
       return;
@@ -372,6 +412,21 @@ function inspect(t: Token[], scan: SessionScan): void {
       if (!fn.includes("_xact_")) scan.advisoryLocks = true;
     }
   }
+}
+
+/**
+ * What `DEALLOCATE [PREPARE] name|ALL` (the tokens of one statement) deallocates: the name as
+ * PostgreSQL reads it (unquoted, only A-Z are folded), null for ALL, undefined when malformed.
+ */
+function deallocateTarget(t: Token[], sql: string): string | null | undefined {
+  let i = 1;
+  if (t[i]?.kind === WORD && t[i].text === "prepare" && t.length === 3) i++;
+  if (t.length !== i + 1) return undefined;
+  const name = t[i];
+  if (name.kind === IDENT) return name.text;
+  if (name.kind !== WORD) return undefined;
+  if (name.text === "all") return null;
+  return sql.slice(name.start, name.end).replace(/[A-Z]+/g, (m) => m.toLowerCase());
 }
 
 /** The arguments of a call starting after its "(", each as a token list (nesting respected). */

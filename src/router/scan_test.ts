@@ -103,3 +103,25 @@ Deno.test("mayAffectSession: long texts, keywords across the pieces they are rea
   const tail = plain + "pgdog";
   equal(mayAffectSession(bytes(tail), 0, tail.length), true);
 });
+
+Deno.test("DEALLOCATE statements: their target, place and the DO statements before them", () => {
+  const sql = 'select 1; DEALLOCATE MiXeD; do $$ begin end $$; deallocate prepare "Q"; ' +
+    "DEALLOCATE ALL; deallocate a b; DEALLOCATE prepare";
+  const scan = scanSession(sql)!;
+  equal(scan.sqlPrepared, true);
+  equal(scan.prepareOrExecute, false);
+  deepEqual(
+    scan.deallocations.map((d) => [d.target, sql.slice(d.from, d.to), d.dosBefore]),
+    [
+      ["mixed", "DEALLOCATE MiXeD", 0],
+      ["Q", 'deallocate prepare "Q"', 1],
+      [null, "DEALLOCATE ALL", 1],
+      [undefined, "deallocate a b", 1],
+      // A statement named "prepare".
+      ["prepare", "DEALLOCATE prepare", 1],
+    ],
+  );
+  // Only A-Z fold, as in PostgreSQL.
+  deepEqual(scanSession("DEALLOCATE ÜNÏ")!.deallocations.map((d) => d.target), ["ÜnÏ"]);
+  equal(scanSession("DEALLOCATE x; EXECUTE y")!.prepareOrExecute, true);
+});
