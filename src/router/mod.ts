@@ -11,6 +11,7 @@ import { parseSync } from "libpg-query";
 import { analyzeSql, type StatementInfo } from "./analyze.ts";
 import { type Literal, normalize } from "./normalize.ts";
 import { LruMap } from "../lru.ts";
+import { MAX_NESTING, nestingEstimate } from "./depth.ts";
 
 export {
   analyzeSql,
@@ -106,15 +107,12 @@ export class QueryRouter {
   treeJson(analysis: Analysis, sql: string): string {
     const entry = analysis.entry;
     if (!entry.normalized && entry.query === sql) {
-      return entry.treeJson ??= JSON.stringify(entry.info.ast);
+      return entry.treeJson ??= treeText(entry.info.ast);
     }
     let json = this.#trees.get(sql);
     if (json === undefined) {
-      try {
-        json = JSON.stringify(parseSync(sql));
-      } catch {
-        json = "null";
-      }
+      // A text too deep for the parser (see depth.ts) has no tree: never hand it to the parser.
+      json = analysis.info.tooDeep || nestingEstimate(sql) > MAX_NESTING ? "null" : treeText(sql);
       this.#trees.set(sql, json);
     }
     return json;
@@ -140,5 +138,14 @@ export class QueryRouter {
   /** Empties the cache (RESET QUERY_CACHE). */
   clear(): void {
     this.#cache.clear();
+  }
+}
+
+/** A parse tree (or the tree of a text) as JSON text; "null" when there is none. */
+function treeText(tree: unknown): string {
+  try {
+    return JSON.stringify(typeof tree === "string" ? parseSync(tree) : tree);
+  } catch {
+    return "null"; // a syntax error, or a tree too deep for JSON.stringify
   }
 }
