@@ -9,6 +9,7 @@ import type { Config } from "../config/types.ts";
 import { QueryRouter } from "./mod.ts";
 import { analyzeSql } from "./analyze.ts";
 import { decideShard, shardingConfigFor, type ShardLookup } from "./shard.ts";
+import { chooseRole } from "./route.ts";
 
 /** One statement's route. */
 export interface ExplainedRoute {
@@ -41,8 +42,13 @@ export function explainRoutes(
   const out: ExplainedRoute[] = [];
   for (const text of splitStatements(sql)) {
     const analysis = router.analyze(text);
-    const role = analysis.info.write ? "primary" : "replica";
-    if (analysis.info.error) {
+    // As the proxy chooses for a statement that starts a request (comments included).
+    const role = chooseRole(analysis, {
+      override: null,
+      strategy: config.general.read_write_strategy,
+      deferredBegin: false,
+    });
+    if (analysis.info.error && !analysis.info.tooDeep) {
       out.push({ sql: text, role, target: null, reason: `does not parse: ${analysis.info.error}` });
       continue;
     }
