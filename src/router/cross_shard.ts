@@ -205,12 +205,16 @@ interface Query {
   targets: Node[] | null;
   /** The parts of a UNION ALL, else null. */
   arms: Query[] | null;
+  /** The CTE whose query this is, if it is one. */
+  cteBody: Cte | null;
 }
 
 /** A CTE definition. */
 interface Cte {
   name: string;
   query: Node;
+  /** Its position in its WITH clause (without RECURSIVE, a CTE sees only those before it). */
+  index: number;
   recursive: boolean;
   /** The query whose WITH defines it. */
   home: Query;
@@ -224,18 +228,50 @@ interface QueryOptions {
   outer: Query | null;
   cteParent: Query | null;
   place: string;
+  /** The CTE whose query this is. */
+  cteBody?: Cte;
 }
 
 const JOIN_LEFT = "JOIN_LEFT";
 const JOIN_RIGHT = "JOIN_RIGHT";
 const JOIN_FULL = "JOIN_FULL";
 
-/** The statement's occurrences and the facts about them, gathered in one pass. */
+/**
+ * A key compared with values (`=`, `IN`, `IS NOT DISTINCT FROM`) in a condition that filters its
+ * occurrence: the values' shards hold every row of it that matters. The values (constants or
+ * parameters) are read for each execution.
+ */
+interface Pin {
+  occ: Occurrence;
+  spec: ShardedTable;
+  values: Node[];
+  label: string;
+  /** Shards of the values, once read (null: they don't narrow anything down). */
+  shards: Set<number> | null;
+}
+
+/** The rows of an INSERT into a sharded table, whose key values say its shard. */
+interface InsertRows {
+  occ: Occurrence;
+  spec: ShardedTable;
+  column: string;
+  table: string;
+  /** The key's value in each row. */
+  values: Node[];
+}
+
+/**
+ * A statement's occurrences and the facts about them, gathered in one pass over its parse tree.
+ * They don't depend on the values of constants and parameters: kept with the parse tree.
+ */
 class Statement {
   readonly occurrences: Occurrence[] = [];
   /** `[to, from]`: the rows of `to` that matter have the key of a row of `from` that matters. */
   readonly edges: Array<[Occurrence, Occurrence]> = [];
-  readonly pins: Array<{ occ: Occurrence; shards: Set<number>; label: string }> = [];
+  readonly pins: Pin[] = [];
+  insert: InsertRows | null = null;
+  /** The statement's own query. */
+  top: Query | null = null;
   /** Omnisharded tables written. */
   readonly omniWrites: string[] = [];
   /** The first data-modifying CTE, described. */
@@ -246,7 +282,7 @@ class Statement {
   free: Occurrence | null = null;
   #queries = 0;
 
-  constructor(readonly ctx: RouteContext) {}
+  constructor(readonly config: ShardingConfig) {}
 
   #newQuery(options: QueryOptions): Query {
     if (++this.#queries > MAX_QUERIES) {
@@ -266,11 +302,12 @@ class Statement {
       natural: false,
       targets: null,
       arms: null,
+      cteBody: options.cteBody ?? null,
     };
   }
 
   #occurrence(t: RangeTable, query: Query): Occurrence | null {
-    const { config } = this.ctx;
+    const { config } = this;
     if (!isSharded(t, config)) return null;
     const keys = new Map<string, ShardedTable>();
     const named = config.tables.filter((s) =>
@@ -395,8 +432,7 @@ class Statement {
     const q = this.#newQuery(options);
     this.#with(body.withClause, q);
     const t = tableOf(body.relation as Node);
-    const { config } = this.ctx;
-    const omni = !isSharded(t, config);
+    const omni = !isSharded(t, this.config);
     if (omni) this.omniWrites.push(describe(t));
     const occ = omni ? null : this.#occurrence(t, q);
     q.rels.push(occ ? tableRel(occ, t) : otherRel(t.alias ?? t.name));
@@ -461,34 +497,19 @@ class Statement {
       this.free = occ;
       return;
     }
-    const spec = occ.keys.get(column)!;
     const at = cols.indexOf(column);
-    const shards = new Set<number>();
-    for (const row of rows) {
-      const items = (row.List as { items: Node[] }).items;
-      const value = valueOf(items[at], this.ctx.values);
-      const shard = value === null ? null : valueShard(value, spec, this.#shardOptions());
-      if (shard === null) {
-        this.refusal ??= `the value of sharding key ${column} must be a constant or a parameter`;
-        return;
-      }
-      shards.add(shard);
-    }
-    if (shards.size > 1) {
-      this.refusal ??= `a multi-row INSERT into ${describe(t)} whose rows belong to different ` +
-        "shards is not supported: insert them in separate statements";
-      return;
-    }
-    this.pins.push({ occ, shards, label: `INSERT ${describe(t)}.${column}` });
-  }
-
-  #shardOptions(): { shards: number; lookup?: ValueContext["lookup"] } {
-    return { shards: this.ctx.config.shards, lookup: this.ctx.values.lookup };
+    this.insert = {
+      occ,
+      spec: occ.keys.get(column)!,
+      column,
+      table: describe(t),
+      values: rows.map((row) => (row.List as { items: Node[] }).items[at]),
+    };
   }
 
   #with(clause: unknown, q: Query): void {
     const w = clause as { ctes?: Node[]; recursive?: boolean } | undefined;
-    for (const item of w?.ctes ?? []) {
+    const ctes = (w?.ctes ?? []).map((item, index): Cte => {
       const c = item.CommonTableExpr as {
         ctename: string;
         ctequery: Node;
@@ -497,6 +518,7 @@ class Statement {
       const cte: Cte = {
         name: c.ctename,
         query: c.ctequery,
+        index,
         recursive: w!.recursive === true,
         home: q,
         colnames: c.aliascolnames ? c.aliascolnames.map(stringOf) : null,
@@ -504,18 +526,22 @@ class Statement {
         dataModifying: false,
       };
       q.ctes.set(c.ctename, cte);
-      const type = Object.keys(c.ctequery)[0];
+      return cte;
+    });
+    for (const cte of ctes) {
+      const type = Object.keys(cte.query)[0];
       if (type === "InsertStmt" || type === "UpdateStmt" || type === "DeleteStmt") {
         // It runs once, referenced or not.
+        cte.dataModifying = true;
         const verb = type.slice(0, -4).toUpperCase();
-        const target = tableOf((c.ctequery[type] as Node).relation as Node);
-        this.dataModifying ??= `a data-modifying WITH (${c.ctename}: ${verb} ${describe(target)})`;
-        this.write(type, c.ctequery[type] as Node, {
+        const target = tableOf((cte.query[type] as Node).relation as Node);
+        this.dataModifying ??= `a data-modifying WITH (${cte.name}: ${verb} ${describe(target)})`;
+        this.write(type, cte.query[type] as Node, {
           outer: q.outer,
           cteParent: q,
-          place: `WITH ${c.ctename}`,
+          place: `WITH ${cte.name}`,
+          cteBody: cte,
         });
-        cte.dataModifying = true;
       } else if (type === "MergeStmt") {
         this.refusal ??= "MERGE in a WITH clause is not supported on a sharded database: route " +
           "it with /* pgdog_shard: N */";
@@ -639,10 +665,14 @@ class Statement {
   }
 
   #cte(name: string, q: Query): Cte | null {
+    // The CTE whose query the lookup just left, if any.
+    let inside = null as Cte | null;
     for (let s: Query | null = q; s !== null; s = s.cteParent) {
       const cte = s.ctes.get(name);
-      // Inside its own query, a CTE is visible only WITH RECURSIVE (else the name is a table's).
-      if (cte && (!cte.instantiating || cte.recursive)) return cte;
+      // Inside a CTE of the same WITH, only those before it are visible, unless WITH RECURSIVE
+      // (else the name is an outer CTE's, or a table's).
+      if (cte && (inside?.home !== s || inside.recursive || cte.index < inside.index)) return cte;
+      inside = s.cteBody;
     }
     return null;
   }
@@ -656,6 +686,7 @@ class Statement {
       outer: cte.home.outer,
       cteParent: cte.home,
       place: `WITH ${cte.name}`,
+      cteBody: cte,
     });
     cte.instantiating = false;
     return derivedRel(inner, { name, colnames: cte.colnames, rowsOfItsOwn: !cte.recursive });
@@ -722,39 +753,29 @@ class Statement {
           if (expr.kind === "AEXPR_OP") this.#keyEquality(q, l, r, sides);
         } else if (l || r) {
           const ref = (l ?? r)!;
-          const value = valueOf(l ? expr.rexpr : expr.lexpr, this.ctx.values);
-          if (value !== null && ref.home === q && sides.filters.has(ref.rel)) {
-            const shard = valueShard(value, spec(ref.key), this.#shardOptions());
-            if (shard !== null) {
-              this.pins.push({
-                occ: ref.key.occ,
-                shards: new Set([shard]),
-                label: `${ref.key.occ.label}.${ref.key.column}`,
-              });
-            }
+          const value = l ? expr.rexpr : expr.lexpr;
+          if (value && isValue(value) && ref.home === q && sides.filters.has(ref.rel)) {
+            this.pins.push({
+              occ: ref.key.occ,
+              spec: spec(ref.key),
+              values: [value],
+              label: `${ref.key.occ.label}.${ref.key.column}`,
+              shards: null,
+            });
           }
         }
       } else if (expr.kind === "AEXPR_IN" && op === "=") {
         const ref = this.#keyRef(expr.lexpr, q);
         const items = (expr.rexpr?.List as { items?: Node[] } | undefined)?.items;
         if (!ref || !items || ref.home !== q || !sides.filters.has(ref.rel)) continue;
-        const shards = new Set<number>();
-        let known = true;
-        for (const item of items) {
-          const value = valueOf(item, this.ctx.values);
-          const shard = value === null
-            ? null
-            : valueShard(value, spec(ref.key), this.#shardOptions());
-          if (shard === null) known = false;
-          else shards.add(shard);
-        }
-        if (known) {
-          this.pins.push({
-            occ: ref.key.occ,
-            shards,
-            label: `${ref.key.occ.label}.${ref.key.column} IN (...)`,
-          });
-        }
+        if (!items.every(isValue)) continue;
+        this.pins.push({
+          occ: ref.key.occ,
+          spec: spec(ref.key),
+          values: items,
+          label: `${ref.key.occ.label}.${ref.key.column} IN (...)`,
+          shards: null,
+        });
       }
     }
   }
@@ -1013,6 +1034,16 @@ function nonEmpty(v: unknown): boolean {
   return Array.isArray(v) && v.length > 0;
 }
 
+/** A constant or a parameter (maybe cast, maybe negated): what {@linkcode valueOf} reads. */
+function isValue(node: Node): boolean {
+  let n: Node | undefined = node;
+  for (;;) {
+    if (n?.TypeCast) n = (n.TypeCast as { arg: Node }).arg;
+    else if (n?.A_Expr && !(n.A_Expr as Node).lexpr) n = (n.A_Expr as Node).rexpr as Node;
+    else return n?.A_Const !== undefined || n?.ParamRef !== undefined;
+  }
+}
+
 /** PostgreSQL's built-in aggregate functions (pg_proc, prokind 'a'). */
 const AGGREGATES = new Set(
   ("any_value array_agg avg bit_and bit_or bit_xor bool_and bool_or corr count covar_pop " +
@@ -1041,8 +1072,8 @@ function prove(
   ctx: RouteContext,
   options: { everyShard?: boolean },
 ): ShardDecision {
-  const s = new Statement(ctx);
-  const top = s.query(node, { outer: null, cteParent: null, place: "the statement" });
+  const s = statementOf(node, ctx.config);
+  const top = s.top!;
   if (s.refusal) return refuse(s.refusal);
   const type = Object.keys(node)[0];
   if (s.omniWrites.length > 0) {
@@ -1060,6 +1091,49 @@ function prove(
       omniWrite: true,
     };
   }
+  // The values: the shards of the keys compared with constants or parameters, and of INSERT rows.
+  const shardOptions = { shards: ctx.config.shards, lookup: ctx.values.lookup };
+  for (const pin of s.pins) {
+    pin.shards = new Set();
+    for (const v of pin.values) {
+      const value = valueOf(v, ctx.values);
+      const shard = value === null ? null : valueShard(value, pin.spec, shardOptions);
+      if (shard === null) {
+        pin.shards = null; // unknown, or matching no mapping: every shard
+        break;
+      }
+      pin.shards.add(shard);
+    }
+  }
+  const insert = s.insert;
+  let inserted: Pin | null = null;
+  if (insert) {
+    const shards = new Set<number>();
+    for (const v of insert.values) {
+      const value = valueOf(v, ctx.values);
+      const shard = value === null ? null : valueShard(value, insert.spec, shardOptions);
+      if (shard === null) {
+        return refuse(
+          `the value of sharding key ${insert.column} must be a constant or a parameter`,
+        );
+      }
+      shards.add(shard);
+    }
+    if (shards.size > 1) {
+      return refuse(
+        `a multi-row INSERT into ${insert.table} whose rows belong to different shards is not ` +
+          "supported: insert them in separate statements",
+      );
+    }
+    inserted = {
+      occ: insert.occ,
+      spec: insert.spec,
+      values: insert.values,
+      label: `INSERT ${insert.table}.${insert.column}`,
+      shards,
+    };
+  }
+  const pins = inserted ? [inserted, ...s.pins] : s.pins;
   const checked = s.occurrences.filter((o) => o !== s.free);
   if (checked.length === 0) {
     const reason = s.free
@@ -1068,7 +1142,7 @@ function prove(
     return { target: { kind: "any" }, reason, omniWrite: false };
   }
   if (!options.everyShard) {
-    const one = oneShard(s, checked);
+    const one = oneShard(s, pins, checked);
     if (one) return one;
   }
   if (type === "InsertStmt") {
@@ -1084,12 +1158,28 @@ function prove(
     );
   }
   if (top.issue) return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
-  return everyShard(s, checked, top.arms ?? [top]);
+  return everyShard(s, { pins, checked, tops: top.arms ?? [top], shards: ctx.config.shards });
+}
+
+/** Statements analyzed for a sharding configuration, by parse tree (kept with the parse tree). */
+const statements = new WeakMap<ShardingConfig, WeakMap<Node, Statement>>();
+
+/** The facts of a statement, gathered once for its parse tree. */
+function statementOf(node: Node, config: ShardingConfig): Statement {
+  let byNode = statements.get(config);
+  if (!byNode) statements.set(config, byNode = new WeakMap());
+  let s = byNode.get(node);
+  if (!s) {
+    s = new Statement(config);
+    s.top = s.query(node, { outer: null, cteParent: null, place: "the statement" });
+    byNode.set(node, s);
+  }
+  return s;
 }
 
 /** Every occurrence confined to one shard, the same for all: that shard. */
-function oneShard(s: Statement, checked: Occurrence[]): ShardDecision | null {
-  propagate(s, []);
+function oneShard(s: Statement, pins: Pin[], checked: Occurrence[]): ShardDecision | null {
+  propagate(s, pins, []);
   const union = new Set<number>();
   for (const o of checked) {
     if (o.shards === null) return null;
@@ -1097,8 +1187,8 @@ function oneShard(s: Statement, checked: Occurrence[]): ShardDecision | null {
   }
   if (union.size > 1) return null;
   // No row can match anywhere (contradictory keys): the first key's shard answers that.
-  const shard = union.size === 1 ? [...union][0] : [...s.pins[0]?.shards ?? [0]][0] ?? 0;
-  const labels = [...new Set(s.pins.map((p) => p.label))];
+  const shard = union.size === 1 ? [...union][0] : [...pins[0]?.shards ?? [0]][0] ?? 0;
+  const labels = [...new Set(pins.filter((p) => p.shards !== null).map((p) => p.label))];
   return {
     target: { kind: "one", shard },
     reason: labels.join(" and "),
@@ -1107,7 +1197,11 @@ function oneShard(s: Statement, checked: Occurrence[]): ShardDecision | null {
 }
 
 /** Runs on every shard (or those the keys select), answers concatenated, when that is proven. */
-function everyShard(s: Statement, checked: Occurrence[], tops: Query[]): ShardDecision {
+function everyShard(
+  s: Statement,
+  options: { pins: Pin[]; checked: Occurrence[]; tops: Query[]; shards: number },
+): ShardDecision {
+  const { pins, checked, tops } = options;
   const members: Array<[Occurrence, boolean]> = [];
   const perTop: Array<Array<[Occurrence, boolean]>> = [];
   for (const top of tops) {
@@ -1132,6 +1226,11 @@ function everyShard(s: Statement, checked: Occurrence[], tops: Query[]): ShardDe
       );
     }
     // Rows are made on one shard only when every sharded table in them is joined on the keys.
+    for (const [o] of own) o.parent = o;
+    for (const [a, b] of connections) {
+      a.parent = a;
+      b.parent = b;
+    }
     for (const [a, b] of connections) unite(a, b);
     const root = find(own[0][0]);
     const apart = own.find(([o]) => find(o) !== root);
@@ -1147,7 +1246,7 @@ function everyShard(s: Statement, checked: Occurrence[], tops: Query[]): ShardDe
     members.push(...own);
     perTop.push(own);
   }
-  propagate(s, members.map(([o]) => o));
+  propagate(s, pins, members.map(([o]) => o));
   const inTop = new Set(members.map(([o]) => o));
   const bad = checked.filter((o) => !inTop.has(o) && !o.onRowShard && o.shards?.size !== 0);
   if (bad.length > 0) return refuse(unconfined(s, bad, tops));
@@ -1162,11 +1261,13 @@ function everyShard(s: Statement, checked: Occurrence[], tops: Query[]): ShardDe
     }
     for (const n of these) shards.add(n);
   }
-  const labels = [...new Set(s.pins.filter((p) => inTop.has(p.occ)).map((p) => p.label))];
+  const labels = [
+    ...new Set(pins.filter((p) => p.shards !== null && inTop.has(p.occ)).map((p) => p.label)),
+  ];
   const reason = shards === null || labels.length === 0
     ? `no sharding key for ${members[0][0].table}: every shard's rows`
     : labels.join(" and ");
-  const n = s.ctx.config.shards;
+  const n = options.shards;
   let target: ShardTarget;
   if (shards === null || shards.size === 0 || shards.size === n) target = { kind: "all" };
   else if (shards.size === 1) target = { kind: "one", shard: [...shards][0] };
@@ -1201,12 +1302,12 @@ function firstKey(o: Occurrence): string {
  * The fixed point of the facts: pins restrict an occurrence's shards, edges pass restrictions
  * (and "on the row's shard", from `seeds`) on.
  */
-function propagate(s: Statement, seeds: Occurrence[]): void {
+function propagate(s: Statement, pins: Pin[], seeds: Occurrence[]): void {
   for (const o of s.occurrences) {
     o.shards = null;
     o.onRowShard = false;
   }
-  for (const p of s.pins) p.occ.shards = intersect(p.occ.shards, p.shards);
+  for (const p of pins) p.occ.shards = intersect(p.occ.shards, p.shards);
   for (const o of seeds) o.onRowShard = true;
   for (let changed = true; changed;) {
     changed = false;

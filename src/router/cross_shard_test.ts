@@ -287,3 +287,37 @@ Deno.test("a statement too deep to parse is refused, unless routed by hand", () 
   // The parser still works afterwards.
   one(`SELECT * FROM users WHERE id = ${a}`);
 });
+
+Deno.test("column-only sharding: every table with the column, but not the system catalogs", () => {
+  const columnOnly: ShardingConfig = {
+    shards: 3,
+    tables: [{ column: "user_id", type: "bigint", mapping: [] }],
+    schemas: new Map(),
+    omni: new Set(["countries"]),
+  };
+  const route = (sql: string) => decideShard(router.analyze(sql), { config: columnOnly });
+  deepEqual(route(`SELECT * FROM payments WHERE user_id = ${a}`).target, { kind: "one", shard: A });
+  deepEqual(
+    route("SELECT * FROM payments p JOIN invoices i ON i.user_id = p.user_id").target,
+    { kind: "all" },
+  );
+  ok(route("SELECT count(*) FROM payments").unsupported);
+  for (const sql of ["SELECT count(*) FROM pg_class", "SELECT * FROM information_schema.tables"]) {
+    deepEqual(route(sql).target, { kind: "any" }, sql);
+  }
+});
+
+Deno.test("CTE names: a WITH sees only the CTEs before it (all of them WITH RECURSIVE)", () => {
+  // Inside its own query (or an earlier one's), a CTE's name is the table's.
+  refused("WITH users AS (SELECT count(*) AS id FROM users) SELECT * FROM users");
+  refused("WITH a AS (SELECT count(*) FROM users), users AS (SELECT 1 AS id) SELECT * FROM a");
+  deepEqual(
+    decide("WITH users AS (SELECT 1 AS id), a AS (SELECT count(*) FROM users) SELECT * FROM a")
+      .target,
+    { kind: "any" },
+  );
+  refused(
+    "WITH d AS (DELETE FROM orders WHERE user_id IN (SELECT id FROM users) RETURNING 1), " +
+      "users AS (SELECT 1 AS id) SELECT * FROM d",
+  );
+});

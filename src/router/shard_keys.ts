@@ -107,8 +107,14 @@ export function isSharded(t: RangeTable, config: ShardingConfig): boolean {
       : s.name === t.name && (!s.schema || !t.schema || s.schema === t.schema)
   ) ||
     // A column-only entry makes any table with that column sharded; without a schema cache, a
-    // table counts as sharded when it is not declared omnisharded.
-    (config.tables.some((s) => s.name === undefined) && !isOmni(t, config));
+    // table counts as sharded when it is not declared omnisharded (nor a system catalog).
+    (config.tables.some((s) => s.name === undefined) && !isOmni(t, config) && !isCatalog(t));
+}
+
+/** PostgreSQL's own catalogs and views: the same on every shard. */
+function isCatalog(t: RangeTable): boolean {
+  return t.schema === "pg_catalog" || t.schema === "information_schema" ||
+    (t.schema === undefined && t.name.startsWith("pg_"));
 }
 
 /** A table listed in `[[omnisharded_tables]]`. */
