@@ -59,8 +59,7 @@ export interface RouteContext {
 const MAX_QUERIES = 1000;
 
 /** What to do about a refused shape, when adding the key is the way out. */
-export const ADVICE =
-  "add the sharding key to the WHERE clause (or route with /* pgdog_shard: N */)";
+const ADVICE = "add the sharding key to the WHERE clause (or route with /* pgdog_shard: N */)";
 
 /**
  * Decides where one statement goes (see the module documentation). With `everyShard`, only a
@@ -269,7 +268,7 @@ class Statement {
   /** `[to, from]`: the rows of `to` that matter have the key of a row of `from` that matters. */
   readonly edges: Array<[Occurrence, Occurrence]> = [];
   readonly pins: Pin[] = [];
-  insert: InsertRows | null = null;
+  readonly inserts: InsertRows[] = [];
   /** The statement's own query. */
   top: Query | null = null;
   /** Omnisharded tables written. */
@@ -278,8 +277,8 @@ class Statement {
   dataModifying: string | null = null;
   /** A shape refused wherever it would run. */
   refusal: string | null = null;
-  /** The table an INSERT without its key writes: any one shard will do for it. */
-  free: Occurrence | null = null;
+  /** Tables INSERTs without their key write: any one shard will do for them. */
+  readonly free: Occurrence[] = [];
   #queries = 0;
 
   constructor(readonly config: ShardingConfig) {}
@@ -484,7 +483,20 @@ class Statement {
     const rows = select?.valuesLists as Node[] | undefined;
     let column: string | null = null;
     for (const c of cols) if (occ.keys.has(c)) column ??= c;
-    if (!rows) return;
+    const conflict = body.onConflictClause as { targetList?: Node[] } | undefined;
+    for (const c of conflict?.targetList ?? []) {
+      const name = (c.ResTarget as { name?: string }).name;
+      if (name !== undefined && occ.keys.has(name)) {
+        this.refusal ??= `changing sharding key ${name} with ON CONFLICT DO UPDATE is not ` +
+          "supported: the row would belong to another shard";
+      }
+    }
+    if (!select) {
+      // DEFAULT VALUES: a column default makes the key; any one shard keeps the row once.
+      this.free.push(occ);
+      return;
+    }
+    if (!rows) return; // INSERT ... SELECT, refused
     if (cols.length === 0) {
       // The key's position is in the table's definition, which pgdog doesn't know.
       this.refusal ??= `an INSERT into sharded table ${describe(t)} without a column list is not ` +
@@ -494,17 +506,17 @@ class Statement {
     }
     if (column === null) {
       // No key given (a column default will make one): any one shard keeps the row once.
-      this.free = occ;
+      this.free.push(occ);
       return;
     }
     const at = cols.indexOf(column);
-    this.insert = {
+    this.inserts.push({
       occ,
       spec: occ.keys.get(column)!,
       column,
       table: describe(t),
       values: rows.map((row) => (row.List as { items: Node[] }).items[at]),
-    };
+    });
   }
 
   #with(clause: unknown, q: Query): void {
@@ -659,7 +671,9 @@ class Statement {
     }
     const alias = (Object.values(node)[0] as { alias?: { aliasname?: string } } | undefined)
       ?.alias?.aliasname;
-    const fn = (node.RangeFunction as { functions?: Node[][] } | undefined)?.functions?.[0]?.[0];
+    // A function without an alias is named after the function.
+    const first = (node.RangeFunction as { functions?: Node[] } | undefined)?.functions?.[0];
+    const fn = (first?.List as { items?: Node[] } | undefined)?.items?.[0];
     const fname = (fn?.FuncCall as { funcname?: Node[] } | undefined)?.funcname;
     return { ...otherRel(alias ?? (fname ? stringOf(fname[fname.length - 1]) : null)), nullable };
   }
@@ -1105,9 +1119,8 @@ function prove(
       pin.shards.add(shard);
     }
   }
-  const insert = s.insert;
-  let inserted: Pin | null = null;
-  if (insert) {
+  const pins = [...s.pins];
+  for (const insert of s.inserts) {
     const shards = new Set<number>();
     for (const v of insert.values) {
       const value = valueOf(v, ctx.values);
@@ -1125,19 +1138,18 @@ function prove(
           "supported: insert them in separate statements",
       );
     }
-    inserted = {
+    pins.unshift({
       occ: insert.occ,
       spec: insert.spec,
       values: insert.values,
       label: `INSERT ${insert.table}.${insert.column}`,
       shards,
-    };
+    });
   }
-  const pins = inserted ? [inserted, ...s.pins] : s.pins;
-  const checked = s.occurrences.filter((o) => o !== s.free);
+  const checked = s.occurrences.filter((o) => !s.free.includes(o));
   if (checked.length === 0) {
-    const reason = s.free
-      ? `INSERT without ${[...s.free.keys.keys()].join(", ")}: one shard`
+    const reason = s.free.length > 0
+      ? `INSERT without ${[...s.free[0].keys.keys()].join(", ")}: one shard`
       : "no sharded table";
     return { target: { kind: "any" }, reason, omniWrite: false };
   }

@@ -321,3 +321,26 @@ Deno.test("CTE names: a WITH sees only the CTEs before it (all of them WITH RECU
       "users AS (SELECT 1 AS id) SELECT * FROM d",
   );
 });
+
+Deno.test("INSERT: DEFAULT VALUES and keyless rows go to one shard; ON CONFLICT can't move a key", () => {
+  deepEqual(decide("INSERT INTO users DEFAULT VALUES").target, { kind: "any" });
+  deepEqual(decide("INSERT INTO users (email) VALUES ('x') RETURNING id").target, { kind: "any" });
+  one(
+    `WITH i AS (INSERT INTO users (id) VALUES (${a}) RETURNING id), ` +
+      `j AS (INSERT INTO orders (user_id, amount) VALUES (${a2}, 1) RETURNING user_id) ` +
+      "SELECT * FROM i, j",
+  );
+  refused(
+    `WITH i AS (INSERT INTO users (id) VALUES (${a}) RETURNING id), ` +
+      `j AS (INSERT INTO orders (user_id, amount) VALUES (${b}, 1) RETURNING user_id) ` +
+      "SELECT * FROM i, j",
+  );
+  refused(
+    `INSERT INTO users (id, email) VALUES (${a}, 'x') ON CONFLICT (id) DO UPDATE SET id = ${b}`,
+    /ON CONFLICT/,
+  );
+  one(
+    `INSERT INTO users (id, email) VALUES (${a}, 'x') ON CONFLICT (id) DO UPDATE ` +
+      "SET email = excluded.email",
+  );
+});
