@@ -55,8 +55,11 @@ export interface RouteContext {
   values: ValueContext;
 }
 
-/** Queries (and subqueries, and CTEs once per reference) analyzed in one statement at most. */
-const MAX_QUERIES = 1000;
+/**
+ * Queries (and subqueries, and CTEs once per reference) analyzed in one statement at most; it
+ * also bounds how deeply the analysis recurses (a CTE chain needs no parentheses of its own).
+ */
+const MAX_QUERIES = 500;
 
 /** What to do about a refused shape, when adding the key is the way out. */
 const ADVICE = "add the sharding key to the WHERE clause (or route with /* pgdog_shard: N */)";
@@ -284,10 +287,7 @@ class Statement {
   constructor(readonly config: ShardingConfig) {}
 
   #newQuery(options: QueryOptions): Query {
-    if (++this.#queries > MAX_QUERIES) {
-      this.refusal ??= `the statement has more than ${MAX_QUERIES} queries and subqueries for ` +
-        "pgdog to prove where it can run across shards: route it with /* pgdog_shard: N */";
-    }
+    if (++this.#queries > MAX_QUERIES) throw new TooComplex();
     return {
       outer: options.outer,
       cteParent: options.cteParent,
@@ -1173,6 +1173,9 @@ function prove(
   return everyShard(s, { pins, checked, tops: top.arms ?? [top], shards: ctx.config.shards });
 }
 
+/** Thrown when a statement has more queries than pgdog analyzes (CTEs count per reference). */
+class TooComplex extends Error {}
+
 /** Statements analyzed for a sharding configuration, by parse tree (kept with the parse tree). */
 const statements = new WeakMap<ShardingConfig, WeakMap<Node, Statement>>();
 
@@ -1183,7 +1186,15 @@ function statementOf(node: Node, config: ShardingConfig): Statement {
   let s = byNode.get(node);
   if (!s) {
     s = new Statement(config);
-    s.top = s.query(node, { outer: null, cteParent: null, place: "the statement" });
+    try {
+      s.top = s.query(node, { outer: null, cteParent: null, place: "the statement" });
+    } catch (e) {
+      if (!(e instanceof TooComplex)) throw e;
+      s = new Statement(config);
+      s.refusal = `the statement has more than ${MAX_QUERIES} queries and subqueries (CTEs ` +
+        "count once per reference) for pgdog to prove where it can run across shards: route " +
+        "it with /* pgdog_shard: N */";
+    }
     byNode.set(node, s);
   }
   return s;

@@ -344,3 +344,14 @@ Deno.test("INSERT: DEFAULT VALUES and keyless rows go to one shard; ON CONFLICT 
       "SET email = excluded.email",
   );
 });
+
+Deno.test("CTEs referenced again and again: analyzed up to a bound, then refused", () => {
+  const chain = ["a0 AS (SELECT * FROM users)"];
+  for (let i = 1; i < 3000; i++) chain.push(`a${i} AS (SELECT * FROM a${i - 1})`);
+  refused(`WITH ${chain.join(", ")} SELECT * FROM a2999`, /more than 500 queries/);
+  // Each CTE read twice by the next: 2^40 references.
+  const doubling = ["b0 AS (SELECT * FROM users)"];
+  for (let i = 1; i < 40; i++) doubling.push(`b${i} AS (SELECT * FROM b${i - 1} x, b${i - 1} y)`);
+  refused(`WITH ${doubling.join(", ")} SELECT * FROM b39`, /more than 500 queries/);
+  everywhere(`WITH ${chain.slice(0, 100).join(", ")} SELECT * FROM a99`);
+});

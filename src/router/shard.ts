@@ -12,6 +12,7 @@ import type { Analysis } from "./mod.ts";
 import type { Config } from "../config/types.ts";
 import type { Node } from "./analyze.ts";
 import { routeStatement } from "./cross_shard.ts";
+import { errorMessage } from "../log.ts";
 import {
   type BindValues,
   type KeyMapping,
@@ -132,8 +133,15 @@ export function decideShard(
     config,
     values: { analysis, bind: options.bind, lookup } satisfies ValueContext,
   };
-  if (stmts.length === 1) return routeStatement(stmts[0], ctx);
-  return combine(stmts, ctx);
+  try {
+    return stmts.length === 1 ? routeStatement(stmts[0], ctx) : combine(stmts, ctx);
+  } catch (e) {
+    // A parse tree the rule can't walk (a bug, or a stack too small): refused, never a guess.
+    return fail(
+      `pgdog could not prove where the statement may run (${errorMessage(e)}): route it with ` +
+        "/* pgdog_shard: N */",
+    );
+  }
 }
 
 /**
