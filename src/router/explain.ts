@@ -96,11 +96,15 @@ export function splitStatements(sql: string): string[] {
   const bytes = new TextEncoder().encode(sql);
   const decoder = new TextDecoder();
   const out: string[] = [];
+  // A statement's location is its first token: it starts right after the previous one's `;`, so
+  // the comments before it stay with it (they may route it, as they do in the proxy).
+  let start = 0;
   for (const s of info.ast.stmts) {
-    const start = s.stmt_location ?? 0;
-    const end = s.stmt_len ? start + s.stmt_len : bytes.length;
+    const location = s.stmt_location ?? 0;
+    const end = s.stmt_len ? location + s.stmt_len : bytes.length;
     const text = decoder.decode(bytes.subarray(start, end)).trim();
     if (text !== "") out.push(text);
+    start = end + 1;
   }
   return out;
 }
