@@ -1658,7 +1658,13 @@ export class Client implements ServerLink {
       this.#shard = n;
       return "go";
     }
-    await this.#fanOut(shards, { type, p, end, omniWrite: decision.omniWrite });
+    await this.#fanOut(shards, {
+      type,
+      p,
+      end,
+      omniWrite: decision.omniWrite,
+      copyHeader: decision.copyHeader,
+    });
     return "done";
   }
 
@@ -2466,7 +2472,7 @@ export class Client implements ServerLink {
    */
   async #fanOut(
     shards: number[],
-    options: { type: number; p: number; end: number; omniWrite: boolean },
+    options: { type: number; p: number; end: number; omniWrite: boolean; copyHeader?: boolean },
   ): Promise<void> {
     const rb = this.rbuf;
     const buf = rb.buf;
@@ -2513,7 +2519,12 @@ export class Client implements ServerLink {
         server.expect(Expect.CopyEnd);
         server.writer.write(COPY_ACROSS_SHARDS).catch(() => {});
       },
-    }, { shards, sumCounts: !options.omniWrite, keep: this.#sessionMode });
+    }, {
+      shards,
+      sumCounts: !options.omniWrite,
+      keep: this.#sessionMode,
+      copyHeader: options.copyHeader,
+    });
     const mainOut = this.#out;
     const outs = legs.map(() => new OutBatch());
     legs.forEach((server, i) => {

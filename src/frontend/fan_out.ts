@@ -4,9 +4,16 @@
  * than a row (RowDescription, CommandComplete, ParseComplete, ReadyForQuery, ...) the shards are
  * lined up and one answer goes out for all of them, while rows stream through as they come.
  * CommandComplete counts are summed (or, for writes to tables copied on every shard, the first
- * shard's answer stands for all); ReadyForQuery carries the status of the whole (failed if any
- * shard failed, in a transaction if any shard is). The first error wins; after it, everything up
- * to each shard's ReadyForQuery is dropped, since PostgreSQL skips the rest of the request too.
+ * shard's answer stands for all, rows included); ReadyForQuery carries the status of the whole
+ * (failed if any shard failed, in a transaction if any shard is). The first error wins; after it,
+ * everything up to each shard's ReadyForQuery is dropped, since PostgreSQL skips the rest of the
+ * request too.
+ *
+ * COPY TO from several shards is one stream: one CopyOutResponse and CopyDone, rows as they come,
+ * and one header: with CSV or text HEADER, the first header line to arrive; in binary, the first
+ * 19-byte signature and header, and one trailer at the end. (PostgreSQL sends each row in a
+ * CopyData of its own, the binary header with the first row, the trailer alone or with the header
+ * when there are no rows; rows of different shards never share a message.)
  *
  * @module
  */
@@ -94,6 +101,26 @@ function isSyncPoint(type: number): boolean {
     type !== Msg.NotificationResponse && type !== Msg.ParameterStatus;
 }
 
+/** A shard's COPY OUT stream, as it is merged. */
+interface CopyStream {
+  binary: boolean;
+  /** No CopyData from this shard yet. */
+  first: boolean;
+  /** Binary: this shard's latest CopyData, held back until the next (the last ends in the trailer). */
+  held: Uint8Array | null;
+}
+
+/** The binary COPY trailer: a tuple field count of -1. */
+const COPY_TRAILER = copyData(new Uint8Array([0xff, 0xff]));
+
+function copyData(payload: Uint8Array): Uint8Array {
+  const m = new Uint8Array(5 + payload.length);
+  m[0] = Msg.CopyData;
+  new DataView(m.buffer).setInt32(1, 4 + payload.length);
+  m.set(payload, 5);
+  return m;
+}
+
 /** A request in flight on several shards. */
 export class FanOut {
   readonly #host: FanOutHost;
@@ -112,13 +139,25 @@ export class FanOut {
   readonly done: Promise<void>;
 
   readonly #keep: boolean;
+  /** COPY TO in text or CSV with HEADER: each shard starts with the header line. */
+  readonly #copyHeader: boolean;
+  /** Per leg: its COPY OUT stream, while one runs. */
+  readonly #copies: (CopyStream | null)[];
+  /** The COPY header (text line or binary signature) went to the client. */
+  #headerSent = false;
+  /** A COPY OUT runs (headers may be waiting to go out). */
+  #copying = false;
+  /** Each shard's first CopyData, which starts with its header: true in binary. */
+  readonly #headers = new WeakMap<Uint8Array, boolean>();
 
   constructor(
     host: FanOutHost,
-    options: { shards: number[]; sumCounts: boolean; keep: boolean },
+    options: { shards: number[]; sumCounts: boolean; keep: boolean; copyHeader?: boolean },
   ) {
     this.#host = host;
     this.#keep = options.keep;
+    this.#copyHeader = options.copyHeader ?? false;
+    this.#copies = options.shards.map(() => null);
     this.#shards = options.shards;
     this.#sum = options.sumCounts;
     this.#pending = options.shards.map(() => []);
@@ -170,13 +209,82 @@ export class FanOut {
     }
     if (this.#failed && type !== Msg.ReadyForQuery) return;
     if (!isSyncPoint(type)) {
-      // Rows and notices stream through once this leg is lined up with the others.
-      if (this.#pending[i].length === 0) this.#host.writer.enqueue(msg);
-      else this.#pending[i].push(msg);
+      if (type === Msg.DataRow || type === Msg.CopyData) {
+        // Writes to tables copied on every shard: the first shard's rows stand for all.
+        if (!this.#sum && i !== 0) return;
+        if (type === Msg.CopyData && this.#copies[i] !== null) {
+          this.#copyData(i, this.#copies[i]!, msg);
+          return;
+        }
+      }
+      this.#stream(i, msg);
       return;
+    }
+    if (type === Msg.CopyOutResponse) {
+      this.#copies[i] = { binary: msg[5] === 1, first: true, held: null };
+      this.#copying = true;
+    } else if (type === Msg.CopyDone && this.#copies[i] !== null) {
+      const rest = this.#endCopy(this.#copies[i]!);
+      if (rest !== null) this.#stream(i, rest);
     }
     this.#pending[i].push(msg);
     this.#align();
+  }
+
+  /** Rows and notices stream through once this leg is lined up with the others. */
+  #stream(i: number, msg: Uint8Array): void {
+    if (this.#pending[i].length === 0) this.#emit(msg);
+    else this.#pending[i].push(msg);
+  }
+
+  /**
+   * A shard's CopyData. Its first (in text or CSV with HEADER, the header line; in binary, the
+   * header and maybe rows) is marked, to be cut when it goes out (see {@linkcode #emit}). In
+   * binary, each CopyData is held back until the next: the last ends in the trailer.
+   */
+  #copyData(i: number, copy: CopyStream, msg: Uint8Array): void {
+    if (copy.first) {
+      copy.first = false;
+      if (copy.binary || this.#copyHeader) this.#headers.set(msg, copy.binary);
+    }
+    if (!copy.binary) {
+      this.#stream(i, msg);
+      return;
+    }
+    const previous = copy.held;
+    copy.held = msg;
+    if (previous !== null) this.#stream(i, previous);
+  }
+
+  /** A shard's COPY OUT ended: its held-back data without the binary trailer. */
+  #endCopy(copy: CopyStream): Uint8Array | null {
+    const last = copy.held;
+    copy.held = null;
+    if (last === null) return null;
+    const n = last.length;
+    if (n < 7 || last[n - 2] !== 0xff || last[n - 1] !== 0xff) return last;
+    const rest = copyData(last.subarray(5, n - 2));
+    const header = this.#headers.get(last);
+    if (header !== undefined) this.#headers.set(rest, header);
+    return rest.length > 5 ? rest : null;
+  }
+
+  /** Writes a row, notice or CopyData; a shard's COPY header goes out only the first time. */
+  #emit(msg: Uint8Array): void {
+    const binary = this.#copying ? this.#headers.get(msg) : undefined;
+    if (binary === undefined) {
+      this.#host.writer.enqueue(msg);
+      return;
+    }
+    const first = !this.#headerSent;
+    this.#headerSent = true;
+    if (first) this.#host.writer.enqueue(msg);
+    else if (binary && msg.length >= 5 + 19) {
+      // Signature (11 bytes), flags (4), header extension length (4) and the extension.
+      const ext = new DataView(msg.buffer, msg.byteOffset).getInt32(5 + 15);
+      const end = 5 + 19 + Math.max(0, ext);
+      if (end < msg.length) this.#host.writer.enqueue(copyData(msg.subarray(end)));
+    }
   }
 
   /** Emits merged answers while every leg has one waiting at its head. */
@@ -211,13 +319,22 @@ export class FanOut {
         return;
       }
       if (this.#failed) continue;
+      if (type === Msg.CopyDone && this.#copies[0]?.binary) {
+        // Every shard's rows are out: the one trailer ends the stream.
+        this.#host.writer.enqueue(COPY_TRAILER);
+      }
+      if (type === Msg.CopyDone) {
+        this.#copies.fill(null);
+        this.#headerSent = false;
+        this.#copying = false;
+      }
       this.#host.writer.enqueue(
         type === Msg.CommandComplete ? this.#commandComplete(heads) : heads[0],
       );
       // Rows queued behind the answer just sent may go now.
       for (let i = 0; i < pending.length; i++) {
         while (pending[i].length > 0 && !isSyncPoint(pending[i][0][0])) {
-          this.#host.writer.enqueue(pending[i].shift()!);
+          this.#emit(pending[i].shift()!);
         }
       }
     }
@@ -226,7 +343,7 @@ export class FanOut {
   /** The first queued answer of leg `i` once only lining-up answers are left at its head. */
   #headSyncPoint(i: number): Uint8Array | null {
     const q = this.#pending[i];
-    while (q.length > 0 && !isSyncPoint(q[0][0])) this.#host.writer.enqueue(q.shift()!);
+    while (q.length > 0 && !isSyncPoint(q[0][0])) this.#emit(q.shift()!);
     return q.length > 0 ? q[0] : null;
   }
 

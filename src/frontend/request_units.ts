@@ -10,9 +10,11 @@
 import { parseSync } from "libpg-query";
 import { Msg, readInt32 } from "../protocol/messages.ts";
 import type { ParseTree } from "../router/analyze.ts";
+import { MAX_NESTING, nestingEstimate } from "../router/depth.ts";
 
-/** PostgreSQL's parse tree of `sql`, or null when it does not parse. */
+/** PostgreSQL's parse tree of `sql`, or null when it does not parse (or nests too deeply). */
 export function parseTree(sql: string): ParseTree | null {
+  if (nestingEstimate(sql) > MAX_NESTING) return null;
   try {
     return parseSync(sql) as ParseTree;
   } catch {

@@ -8,6 +8,7 @@
 
 import { loadModule, parseSync } from "libpg-query";
 import { errorMessage } from "../log.ts";
+import { MAX_NESTING, nestingEstimate } from "./depth.ts";
 
 /** Transaction control at the start of a request. */
 export type TxControl =
@@ -48,6 +49,11 @@ export interface StatementInfo {
    * Routing sends it to the primary, and a sharded database refuses it.
    */
   tooLarge?: string;
+  /**
+   * The text may nest too deeply to parse safely (see {@linkcode nestingEstimate}): it was not
+   * parsed (`ast` is null, `error` says why) and counts as a write.
+   */
+  tooDeep: boolean;
 }
 
 /** libpg-query's JSON parse tree. */
@@ -83,20 +89,28 @@ function isWriteFunction(name: string): boolean {
 
 /** Parses and analyzes `sql`. Never throws: a syntax error yields a write with `error` set. */
 export function analyzeSql(sql: string): StatementInfo {
+  const unparsed = (error: string, tooDeep: boolean): StatementInfo => ({
+    statements: 1,
+    write: true,
+    transaction: null,
+    readOnlyTransaction: false,
+    tables: [],
+    ast: null,
+    error,
+    tooDeep,
+  });
+  if (nestingEstimate(sql) > MAX_NESTING) {
+    return unparsed(
+      `nested too deeply for pgdog to parse (more than ${MAX_NESTING} levels)`,
+      true,
+    );
+  }
   let tree: ParseTree;
   try {
     // The parser refuses an empty string; PostgreSQL answers it with EmptyQueryResponse.
     tree = sql.trim() === "" ? { version: 0, stmts: [] } : parseSync(sql) as ParseTree;
   } catch (e) {
-    return {
-      statements: 1,
-      write: true,
-      transaction: null,
-      readOnlyTransaction: false,
-      tables: [],
-      ast: null,
-      error: errorMessage(e),
-    };
+    return unparsed(errorMessage(e), e instanceof RangeError);
   }
   const stmts = tree.stmts.map((s) => s.stmt).filter((s): s is Node => s !== undefined);
   const tables: TableRef[] = [];
@@ -116,6 +130,7 @@ export function analyzeSql(sql: string): StatementInfo {
     tables,
     ast: tree,
     error: null,
+    tooDeep: false,
   };
 }
 
@@ -159,51 +174,61 @@ function readOnlyOption(options: Node[] | undefined): boolean {
 }
 
 /** True when a top-level statement must run on a primary; collects its tables. */
-function statementWrites(stmt: Node, tables: TableRef[]): boolean {
-  const type = Object.keys(stmt)[0];
-  const body = stmt[type] as Node;
-  switch (type) {
-    case "SelectStmt":
-      return walk(body, tables, (body as { intoClause?: unknown }).intoClause !== undefined);
-    case "ExplainStmt": {
-      const options = (body.options as Node[] | undefined) ?? [];
-      const analyze = options.some((o) =>
-        (o.DefElem as { defname?: string } | undefined)?.defname === "analyze"
-      );
-      const inner = body.query as Node;
-      const innerWrites = statementWrites(inner, tables);
-      return analyze && innerWrites;
+function statementWrites(top: Node, tables: TableRef[]): boolean {
+  // EXPLAIN, COPY and DECLARE wrap the statement that decides; unwrap them without recursion.
+  let stmt = top;
+  let explainAnalyze: boolean | null = null;
+  for (;;) {
+    const type = Object.keys(stmt)[0];
+    const body = stmt[type] as Node;
+    switch (type) {
+      case "SelectStmt": {
+        const writes = walk(body, tables) || body.intoClause !== undefined;
+        return explainAnalyze === null ? writes : explainAnalyze && writes;
+      }
+      case "ExplainStmt": {
+        const options = (body.options as Node[] | undefined) ?? [];
+        const analyze = options.some((o) =>
+          (o.DefElem as { defname?: string } | undefined)?.defname === "analyze"
+        );
+        // The outermost EXPLAIN decides whether the inner statement runs.
+        explainAnalyze ??= analyze;
+        stmt = body.query as Node;
+        continue;
+      }
+      case "CopyStmt": {
+        const copy = body as { is_from?: boolean; relation?: Node; query?: Node };
+        if (copy.relation) collectTable(copy.relation, tables);
+        if (copy.is_from) return explainAnalyze ?? true;
+        if (!copy.query) return false;
+        stmt = copy.query;
+        continue;
+      }
+      case "DeclareCursorStmt":
+        stmt = (body as { query: Node }).query;
+        continue;
+      case "TransactionStmt":
+        return false;
+      case "VariableShowStmt":
+        // As PgDog does: SHOW reports the session's own server; keep it with writes.
+        return explainAnalyze ?? true;
+      default:
+        walk(body, tables);
+        return explainAnalyze ?? true;
     }
-    case "CopyStmt": {
-      const copy = body as { is_from?: boolean; relation?: Node; query?: Node };
-      if (copy.relation) collectTable(copy.relation, tables);
-      if (copy.is_from) return true;
-      return copy.query ? statementWrites(copy.query, tables) : false;
-    }
-    case "DeclareCursorStmt":
-      return statementWrites((body as { query: Node }).query, tables);
-    case "TransactionStmt":
-      return false;
-    case "VariableShowStmt":
-      // As PgDog does: SHOW reports the session's own server; keep it with writes.
-      return true;
-    default:
-      walk(body, tables, true);
-      return true;
   }
 }
 
 /**
- * Walks a subtree, collecting tables; returns true when it finds something that writes
- * (data-modifying statements in CTEs, row locks, write functions), or `writes` was already true.
+ * Walks a subtree (with an explicit stack: trees can be deep), collecting tables; true when it
+ * finds something that writes (data-modifying statements in CTEs, row locks, write functions).
  */
-function walk(node: unknown, tables: TableRef[], writes: boolean): boolean {
-  if (Array.isArray(node)) {
-    for (const child of node) writes = walk(child, tables, writes);
-    return writes;
-  }
-  if (node === null || typeof node !== "object") return writes;
-  for (const [key, value] of Object.entries(node as Record<string, unknown>)) {
+function walk(root: unknown, tables: TableRef[]): boolean {
+  let writes = false;
+  // [field name, value] pairs, visited in document order (the tables' order matters).
+  const stack: Array<[string | null, unknown]> = [[null, root]];
+  while (stack.length > 0) {
+    const [key, value] = stack.pop()!;
     switch (key) {
       case "RangeVar":
       case "relation":
@@ -226,7 +251,14 @@ function walk(node: unknown, tables: TableRef[], writes: boolean): boolean {
         break;
       }
     }
-    if (typeof value === "object") writes = walk(value, tables, writes);
+    if (Array.isArray(value)) {
+      for (let i = value.length - 1; i >= 0; i--) stack.push([null, value[i]]);
+    } else if (value !== null && typeof value === "object") {
+      const entries = Object.entries(value as Record<string, unknown>);
+      for (let i = entries.length - 1; i >= 0; i--) {
+        if (typeof entries[i][1] === "object") stack.push(entries[i]);
+      }
+    }
   }
   return writes;
 }

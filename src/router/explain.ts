@@ -9,6 +9,7 @@ import type { Config } from "../config/types.ts";
 import { QueryRouter } from "./mod.ts";
 import { analyzeSql } from "./analyze.ts";
 import { decideShard, shardingConfigFor, type ShardLookup } from "./shard.ts";
+import { chooseRole } from "./route.ts";
 
 /** One statement's route. */
 export interface ExplainedRoute {
@@ -44,8 +45,13 @@ export function explainRoutes(
   const out: ExplainedRoute[] = [];
   for (const text of splitStatements(sql)) {
     const analysis = router.analyze(text);
-    const role = analysis.info.write ? "primary" : "replica";
-    if (analysis.info.error) {
+    // As the proxy chooses for a statement that starts a request (comments included).
+    const role = chooseRole(analysis, {
+      override: null,
+      strategy: config.general.read_write_strategy,
+      deferredBegin: false,
+    });
+    if (analysis.info.error && !analysis.info.tooDeep) {
       out.push({ sql: text, role, target: null, reason: `does not parse: ${analysis.info.error}` });
       continue;
     }
@@ -110,11 +116,15 @@ export function splitStatements(sql: string): string[] {
   const bytes = new TextEncoder().encode(sql);
   const decoder = new TextDecoder();
   const out: string[] = [];
+  // A statement's location is its first token: it starts right after the previous one's `;`, so
+  // the comments before it stay with it (they may route it, as they do in the proxy).
+  let start = 0;
   for (const s of info.ast.stmts) {
-    const start = s.stmt_location ?? 0;
-    const end = s.stmt_len ? start + s.stmt_len : bytes.length;
+    const location = s.stmt_location ?? 0;
+    const end = s.stmt_len ? location + s.stmt_len : bytes.length;
     const text = decoder.decode(bytes.subarray(start, end)).trim();
     if (text !== "") out.push(text);
+    start = end + 1;
   }
   return out;
 }

@@ -21,6 +21,7 @@ import {
   ParseWorker,
   TREE_MAX_CHARS,
 } from "./offload.ts";
+import { MAX_NESTING, nestingEstimate } from "./depth.ts";
 
 export {
   analyzeSql,
@@ -270,6 +271,7 @@ export class QueryRouter {
       tables: [],
       ast: null,
       error: null,
+      tooDeep: false,
       tooLarge: `the statement is too large to analyze (${sql.length} characters; pgdog parses ` +
         `at most ${ANALYZE_MAX / 1024 / 1024} MiB)`,
     };
@@ -317,7 +319,7 @@ export class QueryRouter {
   treeJson(analysis: Analysis, sql: string): string {
     const entry = analysis.entry;
     if (!entry.normalized && entry.query === sql) {
-      return entry.treeJson ??= JSON.stringify(entry.info.ast);
+      return entry.treeJson ??= treeText(entry.info.ast);
     }
     if (sql.length > ANALYZE_ON_LOOP_MAX) {
       // Parsed (or not) by prepare(); never here, and never kept among the trees.
@@ -325,11 +327,8 @@ export class QueryRouter {
     }
     let json = this.#trees.get(sql);
     if (json === undefined) {
-      try {
-        json = JSON.stringify(parseSync(sql));
-      } catch {
-        json = "null";
-      }
+      // A text too deep for the parser (see depth.ts) has no tree: never hand it to the parser.
+      json = analysis.info.tooDeep || nestingEstimate(sql) > MAX_NESTING ? "null" : treeText(sql);
       this.#trees.set(sql, json);
     }
     return json;
@@ -355,5 +354,14 @@ export class QueryRouter {
   /** Empties the cache (RESET QUERY_CACHE). */
   clear(): void {
     this.#cache.clear();
+  }
+}
+
+/** A parse tree (or the tree of a text) as JSON text; "null" when there is none. */
+function treeText(tree: unknown): string {
+  try {
+    return JSON.stringify(typeof tree === "string" ? parseSync(tree) : tree);
+  } catch {
+    return "null"; // a syntax error, or a tree too deep for JSON.stringify
   }
 }

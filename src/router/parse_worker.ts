@@ -18,6 +18,7 @@ import {
 import { findUniqueIdCalls } from "./unique_id_calls.ts";
 import { errorMessage } from "../log.ts";
 import { parseSync } from "libpg-query";
+import { MAX_NESTING, nestingEstimate } from "./depth.ts";
 
 await loadParser();
 
@@ -51,6 +52,8 @@ self.onmessage = (event: MessageEvent<OffloadRequest>) => {
 /** The tree of `sql` as written, as JSON (null when it does not parse or is too large). */
 function treeOfText(sql: string, known: string | null): string | null {
   if (known !== null) return known;
+  // Too deep for the parser (see depth.ts): it would break the parser for every later text.
+  if (nestingEstimate(sql) > MAX_NESTING) return "null";
   try {
     const json = JSON.stringify(parseSync(sql));
     return json.length > TREE_MAX_CHARS ? null : json;

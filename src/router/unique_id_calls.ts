@@ -19,6 +19,7 @@
  */
 
 import { parseSync } from "libpg-query";
+import { MAX_NESTING, nestingEstimate } from "./depth.ts";
 
 /** Where one call is in a text: [start, end) in UTF-16 code units, `pgdog` to `)`. */
 export interface CallSpan {
@@ -45,7 +46,8 @@ export function mayCallUniqueId(sql: string): boolean {
  * the text does not parse (PostgreSQL then reports the syntax error itself).
  */
 export function findUniqueIdCalls(sql: string): CallSpan[] {
-  if (!mayCallUniqueId(sql)) return [];
+  // A text too deep for the parser (see depth.ts) is never handed to it.
+  if (!mayCallUniqueId(sql) || nestingEstimate(sql) > MAX_NESTING) return [];
   let tree: unknown;
   try {
     tree = parseSync(sql);

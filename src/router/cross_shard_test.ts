@@ -1,0 +1,357 @@
+import { deepEqual, equal, match, ok } from "node:assert/strict";
+import { loadParser, QueryRouter } from "./mod.ts";
+import { decideShard, type ShardDecision, type ShardingConfig } from "./shard.ts";
+import { shardForBigint } from "../sharding/hash.ts";
+
+await loadParser();
+
+// users.id and orders.user_id hash the same way (co-located); notes.author is text.
+const config: ShardingConfig = {
+  shards: 3,
+  tables: [
+    { name: "users", column: "id", type: "bigint", mapping: [] },
+    { name: "orders", column: "user_id", type: "bigint", mapping: [] },
+    { name: "notes", column: "author", type: "varchar", mapping: [] },
+  ],
+  schemas: new Map(),
+  omni: new Set(["countries"]),
+};
+
+const router = new QueryRouter({ cacheLimit: 1000 });
+
+function decide(sql: string): ShardDecision {
+  return decideShard(router.analyze(sql), { config });
+}
+
+/** Keys on shards 0, 1 and 2, and a second key on the shard of the first. */
+const byShard = [0, 1, 2].map((n) => {
+  for (let k = 1n;; k++) if (shardForBigint(k, 3) === n) return k;
+});
+const [a, b] = byShard;
+const A = shardForBigint(a, 3);
+let a2 = a + 1n;
+while (shardForBigint(a2, 3) !== A) a2++;
+
+function one(sql: string, shard = A): ShardDecision {
+  const d = decide(sql);
+  ok(!d.unsupported, `${sql}: refused: ${d.unsupported}`);
+  deepEqual(d.target, { kind: "one", shard }, `${sql}: ${d.reason}`);
+  return d;
+}
+
+function everywhere(sql: string): ShardDecision {
+  const d = decide(sql);
+  ok(!d.unsupported, `${sql}: refused: ${d.unsupported}`);
+  deepEqual(d.target, { kind: "all" }, `${sql}: ${d.reason}`);
+  return d;
+}
+
+function refused(sql: string, message?: RegExp): string {
+  const d = decide(sql);
+  ok(d.unsupported, `${sql} should be refused; it goes to ${JSON.stringify(d.target)}`);
+  if (message) match(d.unsupported!, message, sql);
+  return d.unsupported!;
+}
+
+Deno.test("one shard: every sharded table in the statement is confined there by its key", () => {
+  const cases = [
+    `SELECT * FROM users WHERE id = ${a}`,
+    `SELECT count(*), max(email) FROM users WHERE id IN (${a}, ${a2})`,
+    `SELECT id FROM users WHERE id = ${a} ORDER BY id LIMIT 3`,
+    `SELECT id, row_number() OVER (ORDER BY id), sum(id) OVER () FROM users WHERE id = ${a}`,
+    // Joins and correlations on the keys carry the confinement over.
+    `SELECT * FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id = ${a}`,
+    `SELECT count(*) FROM users u, orders o WHERE o.user_id = u.id AND o.user_id = ${a}`,
+    `SELECT * FROM users u LEFT JOIN orders o ON o.user_id = u.id WHERE u.id = ${a}`,
+    `SELECT (SELECT count(*) FROM orders o WHERE o.user_id = u.id) FROM users u WHERE u.id = ${a}`,
+    `SELECT * FROM users u WHERE u.id = ${a} AND u.id IN (SELECT user_id FROM orders)`,
+    `SELECT * FROM users WHERE id = ${a} AND EXISTS (SELECT 1 FROM orders WHERE user_id = users.id)`,
+    // Subqueries, CTEs and set operations with keys of their own.
+    `SELECT (SELECT count(*) FROM users WHERE id = ${a})`,
+    `SELECT * FROM (SELECT id AS uid FROM users) s WHERE s.uid = ${a}`,
+    `WITH t AS (SELECT * FROM users) SELECT count(*) FROM t WHERE id = ${a}`,
+    `SELECT id FROM users WHERE id = ${a} UNION SELECT user_id FROM orders WHERE user_id = ${a2}`,
+    `SELECT id FROM users WHERE id = ${a} INTERSECT SELECT id FROM users WHERE id = ${a2}`,
+    // Writes, and a data-modifying CTE confined with them.
+    `UPDATE users SET email = 'x' WHERE id = ${a}`,
+    `DELETE FROM orders WHERE user_id = ${a} AND amount > (SELECT avg(amount) FROM orders ` +
+    `WHERE user_id = ${a})`,
+    `WITH d AS (DELETE FROM orders WHERE user_id = ${a} RETURNING *) SELECT count(*) FROM d`,
+    `INSERT INTO users (id, email) VALUES (${a}, (SELECT email FROM users WHERE id = ${a2}))`,
+    `INSERT INTO orders (id, user_id, amount) VALUES (1, ${a}, 5) RETURNING *`,
+    `SELECT * FROM users WHERE id = ${a} FOR UPDATE`,
+    `DECLARE c CURSOR FOR SELECT * FROM users WHERE id = ${a}`,
+    `COPY (SELECT * FROM users WHERE id = ${a} ORDER BY id LIMIT 1) TO STDOUT`,
+    `EXPLAIN SELECT count(*) FROM users WHERE id = ${a}`,
+  ];
+  for (const sql of cases) one(sql);
+  // The reason shows the keys that prove it.
+  equal(one(`SELECT * FROM users WHERE id = ${a}`).reason, "users.id");
+  equal(one(`INSERT INTO users (id) VALUES (${a})`).reason, "INSERT users.id");
+});
+
+Deno.test("several shards, answers concatenated: plain reads, co-located joins, writes", () => {
+  const cases = [
+    "SELECT * FROM users",
+    "SELECT id, email FROM users WHERE email LIKE 'a%' FOR UPDATE",
+    "SELECT * FROM users u JOIN orders o ON o.user_id = u.id",
+    "SELECT * FROM users u LEFT JOIN orders o ON o.user_id = u.id",
+    "SELECT * FROM users u FULL JOIN orders o ON o.user_id = u.id",
+    "SELECT * FROM users u, orders o WHERE u.id = o.user_id AND o.amount > 3",
+    "SELECT * FROM orders o JOIN users u USING (id) JOIN orders o2 ON o2.user_id = u.id " +
+    "WHERE o.user_id = u.id",
+    // Tables copied on every shard where they can't add rows of their own.
+    "SELECT * FROM users u JOIN countries c ON c.code = u.country",
+    "SELECT * FROM users u LEFT JOIN countries c ON c.code = u.country",
+    "SELECT * FROM users, generate_series(1, 2)",
+    // Subqueries confined to the shard of their row.
+    "SELECT u.id, (SELECT count(*) FROM orders o WHERE o.user_id = u.id) FROM users u",
+    "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id)",
+    "SELECT * FROM users u WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id)",
+    "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders WHERE amount > 3)",
+    "SELECT * FROM users u, LATERAL (SELECT max(amount) FROM orders o WHERE o.user_id = u.id) m",
+    "SELECT * FROM (SELECT id, email FROM users) s JOIN orders o ON o.user_id = s.id",
+    "WITH u AS (SELECT * FROM users) SELECT * FROM u JOIN orders o ON o.user_id = u.id",
+    "SELECT id FROM users UNION ALL SELECT user_id FROM orders",
+    // Writes without a key.
+    "UPDATE users SET email = lower(email)",
+    "DELETE FROM users WHERE id IN (SELECT user_id FROM orders WHERE amount = 0) RETURNING id",
+    "UPDATE users u SET email = 'x' FROM orders o WHERE o.user_id = u.id",
+    "UPDATE users u SET email = c.name FROM countries c WHERE c.code = u.country",
+    "COPY users TO STDOUT",
+    "COPY (SELECT id FROM users WHERE email IS NOT NULL) TO STDOUT",
+    "CREATE TABLE users_copy AS SELECT * FROM users",
+    "CREATE INDEX ON users (email)",
+  ];
+  for (const sql of cases) everywhere(sql);
+  // Keys that select some shards narrow it down.
+  const d = decide(`SELECT * FROM users WHERE id IN (${a}, ${b})`);
+  deepEqual(d.target, { kind: "some", shards: [A, shardForBigint(b, 3)].sort() });
+  const union = decide(
+    `SELECT id FROM users WHERE id = ${a} UNION ALL SELECT user_id FROM orders WHERE user_id = ${b}`,
+  );
+  deepEqual(union.target, { kind: "some", shards: [A, shardForBigint(b, 3)].sort() });
+  equal(everywhere("SELECT * FROM users").reason, "no sharding key for users: every shard's rows");
+});
+
+Deno.test("refused: what would need merging across shards, with what to do", () => {
+  const merge = /across shards is not supported yet: add the sharding key/;
+  // Item 5: a key that selects several shards is no better than none.
+  for (
+    const shape of [
+      "ORDER BY id",
+      "LIMIT 3",
+      "OFFSET 1",
+      "FETCH FIRST 2 ROWS ONLY",
+    ]
+  ) refused(`SELECT id FROM users WHERE id IN (${a}, ${b}) ${shape}`, merge);
+  for (
+    const sql of [
+      `SELECT count(*) FROM users WHERE id IN (${a}, ${b})`,
+      "SELECT count(*) FROM users",
+      "SELECT email FROM users GROUP BY email",
+      "SELECT DISTINCT email FROM users",
+      "SELECT DISTINCT ON (email) email, id FROM users",
+      "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY id) FROM users",
+      "SELECT max(id) FILTER (WHERE id > 1) FROM users",
+    ]
+  ) refused(sql, merge);
+  // Item 6: set operations.
+  refused("SELECT id FROM users UNION SELECT user_id FROM orders", /^UNION across shards/);
+  refused("SELECT id FROM users INTERSECT SELECT user_id FROM orders", /^INTERSECT across/);
+  refused("SELECT id FROM users EXCEPT SELECT user_id FROM orders", /^EXCEPT across/);
+  refused("SELECT id FROM users UNION ALL SELECT user_id FROM orders ORDER BY 1", /^ORDER BY/);
+  refused("SELECT id FROM users UNION ALL SELECT 1", /subquery|statement/);
+  // Item 7: subqueries and CTEs over a sharded table without its key.
+  const subquery = /reading users without its sharding key is not supported across shards yet/;
+  refused("SELECT * FROM (SELECT count(*) FROM users) s", subquery);
+  refused("WITH t AS (SELECT count(*) AS c FROM users) SELECT c FROM t", subquery);
+  refused("SELECT id FROM users WHERE id IN (SELECT max(id) FROM users)", subquery);
+  refused(`SELECT id FROM users WHERE id = ${a} AND id IN (SELECT max(id) FROM users)`, subquery);
+  refused("SELECT (SELECT count(*) FROM users)", subquery);
+  refused("SELECT * FROM countries c WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = c.id)");
+  refused("SELECT * FROM users WHERE id NOT IN (SELECT user_id FROM orders)");
+  refused("SELECT * FROM users WHERE id IN (SELECT user_id FROM orders LIMIT 5)");
+  refused(`SELECT * FROM users u WHERE u.id = ${a} OR u.id IN (SELECT user_id FROM orders)`);
+  refused("SELECT * FROM (SELECT * FROM users ORDER BY id LIMIT 5) s", /ORDER BY in subquery s/);
+  refused(`SELECT * FROM users u, (SELECT * FROM orders WHERE user_id = ${a}) o`);
+  refused(
+    "WITH RECURSIVE r AS (SELECT id FROM users UNION ALL SELECT id + 1 FROM r) " +
+      "SELECT * FROM r",
+  );
+  // A CTE named like a table reads the table inside its own definition.
+  refused("WITH users AS (SELECT count(*) AS id FROM users) SELECT * FROM users");
+  // Item 8: window functions.
+  refused("SELECT id, row_number() OVER (ORDER BY id) FROM users", /^a window function/);
+  refused("SELECT id, sum(id) OVER () FROM users", /^a window function/);
+  // Item 9: joins not on the keys.
+  const join = /^a join of users and orders that is not on their sharding keys/;
+  refused("SELECT * FROM users u JOIN orders o ON o.amount = u.id", join);
+  refused("SELECT * FROM users u, orders o", join);
+  refused("SELECT * FROM users u JOIN orders o ON o.user_id = u.id OR o.amount = 1", join);
+  refused("SELECT * FROM users u JOIN orders o USING (id)", join);
+  refused("SELECT * FROM notes n JOIN users u ON u.id::text = n.author", /^a join of notes/);
+  refused(
+    "SELECT * FROM countries c LEFT JOIN users u ON u.country = c.code",
+    /^a LEFT JOIN that keeps every row of c \(not sharded\)/,
+  );
+  refused("SELECT * FROM users u FULL JOIN countries c ON c.code = u.country");
+  refused("UPDATE users u SET email = 'x' FROM orders o WHERE o.amount = 1");
+  // Item 10: data-modifying CTEs across shards.
+  refused(
+    "WITH d AS (DELETE FROM orders WHERE amount > 5 RETURNING *) SELECT count(*) FROM d",
+    /^a data-modifying WITH \(d: DELETE orders\) across shards/,
+  );
+  refused("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d");
+  // Item 11: COPY of a query that needs merging.
+  refused("COPY (SELECT * FROM users ORDER BY id LIMIT 10) TO STDOUT", /^ORDER BY/);
+  refused("COPY (SELECT count(*) FROM users) TO STDOUT", /^an aggregate/);
+  // Writes whose rows would differ per shard, or whose placement pgdog can't see.
+  refused("UPDATE users SET email = (SELECT max(email) FROM users)", subquery);
+  refused("INSERT INTO countries SELECT code, name FROM users", /omnisharded countries/);
+  refused("UPDATE countries SET name = (SELECT max(email) FROM users)", /each shard would write/);
+  refused(`INSERT INTO users VALUES (${a}, 'x')`, /without a column list/);
+  refused(`INSERT INTO users (id) VALUES (${a}), (${b})`, /different shards/);
+  refused("INSERT INTO users (id) SELECT user_id FROM orders", /INSERT \.\.\. SELECT/);
+  refused("MERGE INTO users u USING countries c ON u.id = c.id WHEN MATCHED THEN DELETE");
+  refused("CREATE TABLE t AS SELECT count(*) FROM users", /^CREATE TABLE AS runs on every/);
+  refused("DECLARE c CURSOR FOR SELECT * FROM users", /cursor over rows of several shards/);
+  refused("EXECUTE p(1)", /SQL PREPARE/);
+  refused("EXPLAIN SELECT count(*) FROM users");
+});
+
+Deno.test("tables copied on every shard and no table: one shard reads, every shard writes", () => {
+  for (
+    const sql of [
+      "SELECT 1",
+      "SELECT * FROM countries",
+      "SELECT count(*) FROM countries",
+      "SELECT * FROM countries ORDER BY code LIMIT 1",
+      "VALUES (1), (2)",
+      "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) " +
+      "SELECT * FROM r",
+      // A CTE shadows the table of that name.
+      "WITH users AS (SELECT 1 AS id) SELECT count(*) FROM users",
+      "FETCH 10 FROM c",
+    ]
+  ) deepEqual(decide(sql).target, { kind: "any" }, sql);
+  for (
+    const sql of [
+      "INSERT INTO countries VALUES ('fr', 'France') RETURNING *",
+      "UPDATE countries SET name = upper(name)",
+      "DELETE FROM countries WHERE code IN (SELECT code FROM countries WHERE name = '')",
+      "WITH x AS (INSERT INTO countries VALUES ('de') RETURNING *) SELECT * FROM x",
+      "SELECT * INTO countries_copy FROM countries",
+    ]
+  ) {
+    const d = decide(sql);
+    ok(!d.unsupported, `${sql}: ${d.unsupported}`);
+    deepEqual(d.target, { kind: "all" }, sql);
+    equal(d.omniWrite, true, sql);
+  }
+});
+
+Deno.test("statements of one request go together only when each is right where they go", () => {
+  one(`BEGIN; SELECT * FROM users WHERE id = ${a}; UPDATE users SET email = 'y' WHERE id = ${a2}`);
+  everywhere(`CREATE TABLE x (a int); SELECT * FROM users`);
+  everywhere(`SELECT * FROM users WHERE id = ${a}; SELECT * FROM users WHERE id = ${b}`);
+  const different = /^statements in one query that need different shards are not supported/;
+  // Each INSERT would run on every shard, writing its row three times.
+  refused(
+    `BEGIN; INSERT INTO users (id) VALUES (${a}); INSERT INTO users (id) VALUES (${b}); COMMIT`,
+    different,
+  );
+  refused("SELECT 1; SELECT * FROM users", different);
+  refused(
+    `SELECT count(*) FROM users WHERE id = ${a}; SELECT count(*) FROM users WHERE id = ${b}`,
+    different,
+  );
+  refused("INSERT INTO countries VALUES ('it'); SELECT * FROM users", different);
+});
+
+Deno.test("COPY TO: text and CSV with HEADER say so (one header line for every shard)", () => {
+  equal(decide("COPY users TO STDOUT WITH CSV HEADER").copyHeader, true);
+  equal(decide("COPY users TO STDOUT (FORMAT csv, HEADER true)").copyHeader, true);
+  equal(decide("COPY users TO STDOUT (FORMAT text, HEADER)").copyHeader, true);
+  ok(!decide("COPY users TO STDOUT (FORMAT csv, HEADER false)").copyHeader);
+  ok(!decide("COPY users TO STDOUT (FORMAT binary)").copyHeader);
+  equal(decide("COPY (SELECT * FROM users) TO STDOUT WITH CSV HEADER").copyHeader, true);
+  deepEqual(decide("COPY countries TO STDOUT").target, { kind: "any" });
+  refused("COPY users FROM STDIN", /COPY FROM/);
+});
+
+Deno.test("a statement too deep to parse is refused, unless routed by hand", () => {
+  const deep = "SELECT " + "abs(".repeat(3000) + "1" + ")".repeat(3000);
+  refused(deep, /nested too deeply/);
+  deepEqual(decide(`/* pgdog_shard: 1 */ ${deep}`).target, { kind: "one", shard: 1 });
+  // The parser still works afterwards.
+  one(`SELECT * FROM users WHERE id = ${a}`);
+});
+
+Deno.test("column-only sharding: every table with the column, but not the system catalogs", () => {
+  const columnOnly: ShardingConfig = {
+    shards: 3,
+    tables: [{ column: "user_id", type: "bigint", mapping: [] }],
+    schemas: new Map(),
+    omni: new Set(["countries"]),
+  };
+  const route = (sql: string) => decideShard(router.analyze(sql), { config: columnOnly });
+  deepEqual(route(`SELECT * FROM payments WHERE user_id = ${a}`).target, { kind: "one", shard: A });
+  deepEqual(
+    route("SELECT * FROM payments p JOIN invoices i ON i.user_id = p.user_id").target,
+    { kind: "all" },
+  );
+  ok(route("SELECT count(*) FROM payments").unsupported);
+  for (const sql of ["SELECT count(*) FROM pg_class", "SELECT * FROM information_schema.tables"]) {
+    deepEqual(route(sql).target, { kind: "any" }, sql);
+  }
+});
+
+Deno.test("CTE names: a WITH sees only the CTEs before it (all of them WITH RECURSIVE)", () => {
+  // Inside its own query (or an earlier one's), a CTE's name is the table's.
+  refused("WITH users AS (SELECT count(*) AS id FROM users) SELECT * FROM users");
+  refused("WITH a AS (SELECT count(*) FROM users), users AS (SELECT 1 AS id) SELECT * FROM a");
+  deepEqual(
+    decide("WITH users AS (SELECT 1 AS id), a AS (SELECT count(*) FROM users) SELECT * FROM a")
+      .target,
+    { kind: "any" },
+  );
+  refused(
+    "WITH d AS (DELETE FROM orders WHERE user_id IN (SELECT id FROM users) RETURNING 1), " +
+      "users AS (SELECT 1 AS id) SELECT * FROM d",
+  );
+});
+
+Deno.test("INSERT: DEFAULT VALUES and keyless rows go to one shard; ON CONFLICT can't move a key", () => {
+  deepEqual(decide("INSERT INTO users DEFAULT VALUES").target, { kind: "any" });
+  deepEqual(decide("INSERT INTO users (email) VALUES ('x') RETURNING id").target, { kind: "any" });
+  one(
+    `WITH i AS (INSERT INTO users (id) VALUES (${a}) RETURNING id), ` +
+      `j AS (INSERT INTO orders (user_id, amount) VALUES (${a2}, 1) RETURNING user_id) ` +
+      "SELECT * FROM i, j",
+  );
+  refused(
+    `WITH i AS (INSERT INTO users (id) VALUES (${a}) RETURNING id), ` +
+      `j AS (INSERT INTO orders (user_id, amount) VALUES (${b}, 1) RETURNING user_id) ` +
+      "SELECT * FROM i, j",
+  );
+  refused(
+    `INSERT INTO users (id, email) VALUES (${a}, 'x') ON CONFLICT (id) DO UPDATE SET id = ${b}`,
+    /ON CONFLICT/,
+  );
+  one(
+    `INSERT INTO users (id, email) VALUES (${a}, 'x') ON CONFLICT (id) DO UPDATE ` +
+      "SET email = excluded.email",
+  );
+});
+
+Deno.test("CTEs referenced again and again: analyzed up to a bound, then refused", () => {
+  const chain = ["a0 AS (SELECT * FROM users)"];
+  for (let i = 1; i < 3000; i++) chain.push(`a${i} AS (SELECT * FROM a${i - 1})`);
+  refused(`WITH ${chain.join(", ")} SELECT * FROM a2999`, /more than 500 queries/);
+  // Each CTE read twice by the next: 2^40 references.
+  const doubling = ["b0 AS (SELECT * FROM users)"];
+  for (let i = 1; i < 40; i++) doubling.push(`b${i} AS (SELECT * FROM b${i - 1} x, b${i - 1} y)`);
+  refused(`WITH ${doubling.join(", ")} SELECT * FROM b39`, /more than 500 queries/);
+  everywhere(`WITH ${chain.slice(0, 100).join(", ")} SELECT * FROM a99`);
+});
