@@ -96,6 +96,13 @@ export function decideShard(
   }
 
   const info = analysis.info;
+  if (info.tooLarge !== undefined) {
+    // Routed on what is known of it, a statement could reach the wrong shard: refused instead.
+    return fail(
+      `${info.tooLarge}: a sharded database cannot route it; send it in smaller pieces, or ` +
+        "choose the shard with /* pgdog_shard: n */ or SET pgdog.shard",
+    );
+  }
   if (info.tooDeep) {
     return fail(
       "the statement is nested too deeply for pgdog to prove where it can run across shards: " +
