@@ -7,7 +7,13 @@
  * @module
  */
 
-import { appendError, type ErrorFields, MessageBuilder, Msg } from "../protocol/messages.ts";
+import {
+  appendError,
+  type ErrorFields,
+  MessageBuilder,
+  Msg,
+  StartupCode,
+} from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import type { AdminConfig, AuthType } from "../config/types.ts";
@@ -83,8 +89,15 @@ export async function logIn(io: AuthIo, host: LoginHost): Promise<LoginResult | 
     switch (pkt.kind) {
       case "ssl":
       case "gssenc":
-        if (asked[pkt.kind]) {
-          await refuse(SqlState.ProtocolViolation, "unexpected second encryption request");
+        if (asked[pkt.kind] || tls) {
+          // PostgreSQL reads a request it already answered (or any after TLS is up) as a startup
+          // packet with an unknown protocol version.
+          const code = pkt.kind === "ssl" ? StartupCode.SslRequest : StartupCode.GssEncRequest;
+          await refuse(
+            SqlState.FeatureNotSupported,
+            `unsupported frontend protocol ${code >>> 16}.${code & 0xffff}: ` +
+              "server supports 3.0 to 3.0",
+          );
         }
         asked[pkt.kind] = true;
         if (pkt.kind === "ssl" && host.tls !== null) {
@@ -110,6 +123,10 @@ export async function logIn(io: AuthIo, host: LoginHost): Promise<LoginResult | 
         return null;
       case "invalid":
         return await refuse(SqlState.ProtocolViolation, pkt.reason);
+      case "drop":
+        // Like PostgreSQL: logged, and the connection closed without an answer.
+        log.info(`client sent a malformed startup packet (${pkt.reason}); closing the connection`);
+        return null;
       case "startup":
         if (pkt.major !== 3) {
           await refuse(
