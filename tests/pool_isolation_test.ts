@@ -15,13 +15,23 @@
 
 import assert from "node:assert/strict";
 import pg from "pg";
-import { dumpLogsOnFailure, sleep, startPostgres, startProxy } from "./harness/mod.ts";
+import { connectPg, dumpLogsOnFailure, sleep, startPostgres, startProxy } from "./harness/mod.ts";
 import { errorFields } from "./wire.ts";
 
 const PASSWORD = "isolation-pw";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
+
+/** The SQLSTATE of a driver error. */
+function codeOf(e: unknown): string | undefined {
+  return (e as { code?: string })?.code;
+}
+
+/** Resolves with the error a promise rejects with, or null when it fulfils. */
+function failure<T>(p: Promise<T>): Promise<(Error & { code?: string }) | null> {
+  return p.then(() => null, (e) => e as Error & { code?: string });
+}
 
 /**
  * Sends raw bytes on a new connection (then optionally ends its write side) and reads until the
@@ -196,4 +206,44 @@ Deno.test("startup packets PostgreSQL drops silently are dropped silently", asyn
       },
     );
   });
+});
+
+Deno.test("an unknown database is refused like a wrong password until the client authenticated", async (t) => {
+  await using cluster = await startPostgres({
+    roles: [{ name: "known", password: PASSWORD, auth: "scram" }],
+    databases: ["app"],
+  });
+  for (const authType of ["scram", "md5", "plain"]) {
+    await t.step(`auth_type = "${authType}"`, async () => {
+      await using proxy = await startProxy({
+        config: {
+          general: { auth_type: authType },
+          databases: [{ name: "app", host: cluster.host, port: cluster.port }],
+        },
+        users: { users: [{ name: "known", password: PASSWORD, database: "app" }] },
+      });
+      await dumpLogsOnFailure(proxy, async () => {
+        const attempt = async (user: string, password: string, database: string) => {
+          const e = await failure(connectPg({ ...proxy.target({ user, password, database }) }));
+          return e === null ? "logged in" : `${codeOf(e)} ${e.message}`;
+        };
+        const wrongPassword = 'password authentication failed for user "known"';
+        // Before the password is proven, a database that does not exist is not told apart.
+        assert.equal(await attempt("known", "wrong", "nosuchdb"), `28P01 ${wrongPassword}`);
+        assert.equal(await attempt("known", "wrong", "app"), `28P01 ${wrongPassword}`);
+        assert.equal(
+          await attempt("nobody", PASSWORD, "nosuchdb"),
+          '28P01 password authentication failed for user "nobody"',
+        );
+        // After it, the client learns what PostgreSQL would tell it.
+        assert.equal(
+          await attempt("known", PASSWORD, "nosuchdb"),
+          '3D000 database "nosuchdb" does not exist',
+        );
+        assert.equal(await attempt("known", PASSWORD, "app"), "logged in");
+        // The log says more than the client is told.
+        assert.match(proxy.logs(), /database "nosuchdb" does not exist \(user "known"\)/);
+      });
+    });
+  }
 });

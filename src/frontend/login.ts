@@ -177,11 +177,27 @@ export async function logIn(io: AuthIo, host: LoginHost): Promise<LoginResult | 
   if (database === host.admin.name) {
     return await adminLogin(io, { user, startup, tls, host, refuse });
   }
+  const method = host.authType;
   if (!host.databases.hasDatabase(database)) {
+    // As PostgreSQL: which databases exist is told only to a client that authenticated. Until
+    // then the answer (and the exchange before it) is that of a wrong password.
+    if (method !== "trust") {
+      const password = host.databases.passwordOf(user);
+      const outcome = await authenticateClient(io, {
+        method,
+        user,
+        known: password !== undefined,
+        password,
+      });
+      if (!outcome.ok) {
+        if (outcome.protocol) await refuse(SqlState.ProtocolViolation, outcome.protocol);
+        log.info(`login refused: database "${database}" does not exist (user "${user}")`);
+        await refuse(SqlState.InvalidPassword, `password authentication failed for user "${user}"`);
+      }
+    }
     await refuse(SqlState.InvalidCatalogName, `database "${database}" does not exist`);
   }
   const cluster = host.databases.lookup(user, database);
-  const method = host.authType;
   const outcome = await authenticateClient(io, {
     method,
     user,
