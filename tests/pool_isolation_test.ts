@@ -15,8 +15,15 @@
 
 import assert from "node:assert/strict";
 import pg from "pg";
-import { connectPg, dumpLogsOnFailure, sleep, startPostgres, startProxy } from "./harness/mod.ts";
-import { errorFields } from "./wire.ts";
+import {
+  connectPg,
+  dumpLogsOnFailure,
+  type PgTarget,
+  sleep,
+  startPostgres,
+  startProxy,
+} from "./harness/mod.ts";
+import { type BackendMessage, errorFields, fe, WireClient } from "./wire.ts";
 
 const PASSWORD = "isolation-pw";
 
@@ -31,6 +38,28 @@ function codeOf(e: unknown): string | undefined {
 /** Resolves with the error a promise rejects with, or null when it fulfils. */
 function failure<T>(p: Promise<T>): Promise<(Error & { code?: string }) | null> {
   return p.then(() => null, (e) => e as Error & { code?: string });
+}
+
+/** Every backend message until the server closes the connection (or `timeoutMs` passes). */
+async function untilClosed(c: WireClient, timeoutMs = 10_000): Promise<BackendMessage[]> {
+  const out: BackendMessage[] = [];
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      out.push(await c.next(Math.max(1, deadline - Date.now())));
+    } catch (e) {
+      if (/closed|reset|broken pipe/i.test(String(e))) return out;
+      throw e;
+    }
+  }
+}
+
+/** `(code) message` of each ErrorResponse among `msgs`. */
+function errors(msgs: BackendMessage[]): string[] {
+  return msgs.filter((m) => m.type === "E").map((m) => {
+    const f = errorFields(m.body);
+    return `${f.S} ${f.C} ${f.M}`;
+  });
 }
 
 /**
@@ -246,4 +275,88 @@ Deno.test("an unknown database is refused like a wrong password until the client
       });
     });
   }
+});
+
+Deno.test("a server's FATAL reaches the client once, then the connection closes", async (t) => {
+  await using cluster = await startPostgres({
+    roles: [
+      { name: "sess", password: PASSWORD, auth: "scram", superuser: true },
+      { name: "txn", password: PASSWORD, auth: "scram", superuser: true },
+    ],
+    databases: ["app"],
+  });
+  await using proxy = await startProxy({
+    config: { databases: [{ name: "app", host: cluster.host, port: cluster.port }] },
+    users: {
+      users: [
+        { name: "sess", password: PASSWORD, database: "app", pool_size: 2, pooler_mode: "session" },
+        { name: "txn", password: PASSWORD, database: "app", pool_size: 2 },
+      ],
+    },
+  });
+  const direct = (user: string) => ({
+    host: cluster.host,
+    port: cluster.port,
+    user,
+    password: PASSWORD,
+    database: "app",
+  });
+  const via = (user: string) => proxy.target({ user, password: PASSWORD, database: "app" });
+  const step = (name: string, fn: () => Promise<void>) =>
+    t.step(name, () => dumpLogsOnFailure(proxy, fn));
+  const TERMINATED = "FATAL 57P01 terminating connection due to administrator command";
+
+  /** What a client running `sqls` (one simple query each) receives until the connection ends. */
+  const terminatedBySelf = async (target: PgTarget, sqls: string[]): Promise<string[]> => {
+    const c = await WireClient.connect(target);
+    try {
+      for (const sql of sqls.slice(0, -1)) await c.rows(sql);
+      await c.send(fe.query(sqls.at(-1)!));
+      return errors(await untilClosed(c));
+    } finally {
+      await c.close();
+    }
+  };
+
+  await step("session mode: pg_terminate_backend(pg_backend_pid())", async () => {
+    const sql = ["select pg_terminate_backend(pg_backend_pid())"];
+    assert.deepEqual(await terminatedBySelf(direct("sess"), sql), [TERMINATED]);
+    assert.deepEqual(await terminatedBySelf(via("sess"), sql), [TERMINATED]);
+  });
+
+  await step("transaction mode inside a transaction: one FATAL", async () => {
+    const sql = ["begin", "select pg_terminate_backend(pg_backend_pid())"];
+    assert.deepEqual(await terminatedBySelf(direct("txn"), sql), [TERMINATED]);
+    assert.deepEqual(await terminatedBySelf(via("txn"), sql), [TERMINATED]);
+  });
+
+  await step("session mode: the backend terminated from elsewhere while idle", async () => {
+    for (const target of [direct("sess"), via("sess")]) {
+      const c = await WireClient.connect(target);
+      try {
+        const [[pid]] = await c.rows("select pg_backend_pid()");
+        await cluster.sql(`select pg_terminate_backend(${pid})`);
+        assert.deepEqual(errors(await untilClosed(c)), [TERMINATED], `port ${target.port}`);
+      } finally {
+        await c.close();
+      }
+    }
+  });
+
+  await step("npm:pg's pool sees the error once, as with PostgreSQL", async () => {
+    const events = async (target: PgTarget): Promise<string[]> => {
+      const seen: string[] = [];
+      const pool = new pg.Pool({ ...target, max: 1, ssl: false });
+      pool.on("error", (e: Error) => seen.push(`pool: ${codeOf(e)}`));
+      try {
+        const e = await failure(pool.query("select pg_terminate_backend(pg_backend_pid())"));
+        seen.push(`query: ${codeOf(e)}`);
+        await sleep(500);
+        return seen;
+      } finally {
+        await pool.end().catch(() => {});
+      }
+    };
+    assert.deepEqual(await events(via("sess")), await events(direct("sess")));
+  });
 });

@@ -2049,8 +2049,14 @@ export class Client implements ServerLink {
   /** Part of {@linkcode ServerLink}: what a server's FATAL means to this client. */
   onServerFatal(server: Server): "replay" | "downgrade" | "keep" {
     if (this.#replay !== null && !server.dataForwarded) return "replay";
-    return this.#survives(server) ? "downgrade" : "keep";
+    if (this.#survives(server)) return "downgrade";
+    // The client has the server's FATAL, as PostgreSQL sends it: nothing follows but the close.
+    this.#fatalForwarded = true;
+    return "keep";
   }
+
+  /** A server's FATAL went to the client unchanged: its connection ends without another word. */
+  #fatalForwarded = false;
 
   /** Outside a transaction (and unpinned) a lost server is simply replaced. */
   #survives(server: Server): boolean {
@@ -2089,6 +2095,10 @@ export class Client implements ServerLink {
         `${server.address.host}:${server.address.port} closed the connection while this client used it`,
     };
     log.warn(`client ${this.id}: ${server.label} lost: ${error.message}`);
+    if (this.#fatalForwarded) {
+      this.writer.flush().catch(() => {}).finally(() => this.#teardown());
+      return;
+    }
     if (!this.#survives(server)) {
       // A transaction or session state is gone with the server: the client must start over.
       this.terminate({ ...fields, severity: "FATAL" });
