@@ -40,6 +40,20 @@ function failure<T>(p: Promise<T>): Promise<(Error & { code?: string }) | null> 
   return p.then(() => null, (e) => e as Error & { code?: string });
 }
 
+/** Polls `check` until it returns true; false when `timeoutMs` passes first. */
+async function waitUntil(
+  check: () => Promise<boolean>,
+  timeoutMs: number,
+  intervalMs = 100,
+): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check()) return true;
+    await sleep(intervalMs);
+  }
+  return await check();
+}
+
 /** Every backend message until the server closes the connection (or `timeoutMs` passes). */
 async function untilClosed(c: WireClient, timeoutMs = 10_000): Promise<BackendMessage[]> {
   const out: BackendMessage[] = [];
@@ -358,5 +372,41 @@ Deno.test("a server's FATAL reaches the client once, then the connection closes"
       }
     };
     assert.deepEqual(await events(via("sess")), await events(direct("sess")));
+  });
+});
+
+Deno.test("idle_timeout empties a min_pool_size = 0 pool although health checks run", async () => {
+  await using cluster = await startPostgres({
+    roles: [{ name: "idler", password: PASSWORD, auth: "scram" }],
+    databases: ["app"],
+  });
+  await using proxy = await startProxy({
+    config: {
+      general: {
+        min_pool_size: 0,
+        idle_timeout: 3000,
+        idle_healthcheck_interval: 1000,
+        idle_healthcheck_delay: 0,
+      },
+      databases: [{ name: "app", host: cluster.host, port: cluster.port }],
+    },
+    users: { users: [{ name: "idler", password: PASSWORD, database: "app" }] },
+  });
+  await dumpLogsOnFailure(proxy, async () => {
+    const serverConnections = async () =>
+      Number(
+        (await cluster.sql("select count(*) from pg_stat_activity where usename = 'idler'"))[0][0],
+      );
+    const client = await connectPg(
+      proxy.target({ user: "idler", password: PASSWORD, database: "app" }),
+    );
+    await client.query("select 1");
+    await client.end();
+    assert.equal(await serverConnections(), 1);
+    // Health checks every second use the idle connection; they are not use by a client.
+    assert.ok(
+      await waitUntil(async () => (await serverConnections()) === 0, 15_000, 250),
+      "the idle connection outlived idle_timeout",
+    );
   });
 });

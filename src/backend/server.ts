@@ -216,8 +216,10 @@ export class Server {
   /** The client ended COPY FROM STDIN; Syncs count again. */
   copyEnded = false;
   readonly createdAt: number = Date.now();
-  /** When it last went back to its pool. */
+  /** When it last went back to its pool (a health check counts: it says the server answers). */
   idleSince: number = Date.now();
+  /** When a client last had it: what `idle_timeout` counts from (a health check is not use). */
+  lastUsed: number = this.idleSince;
   /** Names to put back in the next error: a statement's server-side name becomes the client's. */
   errorRewrite: { from: string; to: string } | null = null;
   /**
@@ -297,7 +299,7 @@ export class Server {
   /** Forward this server's output to `link` until it is released. */
   attach(link: ServerLink): void {
     this.link = link;
-    this.attachedAt = Date.now();
+    this.attachedAt = this.lastUsed = Date.now();
     this.dataForwarded = false;
     this.answered = 0;
   }
@@ -305,6 +307,7 @@ export class Server {
   /** Stops forwarding (the client went away); the server's output is then dropped. */
   detach(): void {
     this.link = null;
+    this.lastUsed = Date.now();
   }
 
   /**
@@ -554,7 +557,7 @@ export class Server {
         }
         ranges.length = 0;
         this.link = null;
-        this.idleSince = Date.now();
+        this.idleSince = this.lastUsed = Date.now();
         this.transactions++;
         this.xactTimeMs += this.idleSince - this.attachedAt;
         link.released(this);
