@@ -15,6 +15,7 @@
 
 import assert from "node:assert/strict";
 import pg from "pg";
+import postgres from "postgres";
 import {
   connectPg,
   dumpLogsOnFailure,
@@ -38,6 +39,11 @@ function codeOf(e: unknown): string | undefined {
 /** Resolves with the error a promise rejects with, or null when it fulfils. */
 function failure<T>(p: Promise<T>): Promise<(Error & { code?: string }) | null> {
   return p.then(() => null, (e) => e as Error & { code?: string });
+}
+
+/** The first row of a query. */
+async function row(c: pg.Client, sql: string): Promise<Record<string, unknown>> {
+  return (await c.query(sql)).rows[0];
 }
 
 /** Polls `check` until it returns true; false when `timeoutMs` passes first. */
@@ -409,4 +415,148 @@ Deno.test("idle_timeout empties a min_pool_size = 0 pool although health checks 
       "the idle connection outlived idle_timeout",
     );
   });
+});
+
+Deno.test("no client runs with another client's identity or settings", async (t) => {
+  await using cluster = await startPostgres({
+    roles: [{ name: "su", password: PASSWORD, auth: "scram", superuser: true }],
+    databases: ["app"],
+  });
+  await cluster.sql(
+    "create role lo_user nologin; create role r_gone nologin; create table sync_log (v text)",
+    { database: "app" },
+  );
+  // One server: every client of the pool takes turns on it (or on its replacement).
+  await using proxy = await startProxy({
+    config: { databases: [{ name: "app", host: cluster.host, port: cluster.port }] },
+    users: { users: [{ name: "su", password: PASSWORD, database: "app", pool_size: 1 }] },
+  });
+  const target = proxy.target({ user: "su", password: PASSWORD, database: "app" });
+  const step = (name: string, fn: () => Promise<void>) =>
+    t.step(name, () => dumpLogsOnFailure(proxy, fn));
+  const logged = async (): Promise<string[][]> =>
+    await cluster.sql("select v from sync_log order by v", { database: "app" });
+
+  await step(
+    "SET SESSION AUTHORIZATION and a superuser-only setting do not reach the next client",
+    async () => {
+      const first = await connectPg(target);
+      await first.query("SET lo_compat_privileges = true");
+      await first.query("SET SESSION AUTHORIZATION lo_user");
+      assert.equal((await row(first, "select current_user as u")).u, "lo_user");
+      await first.end();
+      const next = await connectPg(target);
+      try {
+        assert.deepEqual(
+          await row(next, "select current_user as u, current_setting('lo_compat_privileges') as l"),
+          { u: "su", l: "off" },
+        );
+      } finally {
+        await next.end();
+      }
+      assert.doesNotMatch(proxy.logs(), /a statement pgdog sent failed/);
+    },
+  );
+
+  await step("SET ROLE does not reach the next client (postgres.js)", async () => {
+    const first = postgres({ ...target, username: target.user, max: 1, onnotice: () => {} });
+    const next = postgres({ ...target, username: target.user, max: 1, onnotice: () => {} });
+    try {
+      await first`set role lo_user`;
+      assert.deepEqual([...await first`select current_user as u`], [{ u: "lo_user" }]);
+      assert.deepEqual([...await next`select current_user as u`], [{ u: "su" }]);
+      assert.deepEqual([...await first`select current_user as u`], [{ u: "lo_user" }]);
+    } finally {
+      await Promise.all([first.end(), next.end()]);
+    }
+  });
+
+  await step("the cleanup after a pin undoes SET ROLE before the next client", async () => {
+    const first = await connectPg(target);
+    await first.query("SET ROLE lo_user");
+    await first.query("SET pgdog.pin TO true");
+    await first.query("select 1");
+    await first.query("SET pgdog.pin TO false"); // the server goes back, cleaned
+    const next = await connectPg(target);
+    try {
+      assert.deepEqual(await row(next, "select current_user as u"), { u: "su" });
+    } finally {
+      await Promise.all([first.end(), next.end()]);
+    }
+  });
+
+  await step(
+    "a login is not refused because the server's last client became someone else",
+    async () => {
+      const first = await connectPg(target);
+      try {
+        await first.query("SET lo_compat_privileges = on");
+        await first.query("SET SESSION AUTHORIZATION lo_user");
+        // New startup parameters: pgdog applies them on the server to show the login its values.
+        const next = await connectPg(target, { applicationName: `fresh-${crypto.randomUUID()}` });
+        try {
+          assert.deepEqual(
+            await row(
+              next,
+              "select current_user as u, current_setting('lo_compat_privileges') as l",
+            ),
+            { u: "su", l: "off" },
+          );
+        } finally {
+          await next.end();
+        }
+        assert.deepEqual(
+          await row(
+            first,
+            "select current_user as u, current_setting('lo_compat_privileges') as l",
+          ),
+          { u: "lo_user", l: "on" },
+        );
+      } finally {
+        await first.end();
+      }
+    },
+  );
+
+  await step("a settings sync that fails on one server runs the request on another", async () => {
+    await cluster.sql("truncate sync_log", { database: "app" });
+    const b = await connectPg(target);
+    const a = await connectPg(target);
+    try {
+      // Accepted as a placeholder where auto_explain is not loaded...
+      await b.query("SET auto_explain.log_format = 'bogus'");
+      // ...and refused on the server once another client loaded it there.
+      await a.query("LOAD 'auto_explain'");
+      await b.query("insert into sync_log values (current_setting('auto_explain.log_format'))");
+      assert.deepEqual(await logged(), [["bogus"]]);
+      assert.deepEqual(
+        await row(b, "select current_setting('auto_explain.log_format') as v"),
+        { v: "bogus" },
+      );
+      assert.match(proxy.logs(), /applying a client's settings failed .*"bogus"/);
+    } finally {
+      await Promise.all([a.end(), b.end()]);
+    }
+  });
+
+  await step(
+    "a setting no server accepts any more fails the request instead of running it",
+    async () => {
+      await cluster.sql("truncate sync_log", { database: "app" });
+      const b = await connectPg(target);
+      const a = await connectPg(target);
+      try {
+        await b.query("SET ROLE r_gone");
+        await a.query("select 1"); // the server is the login's again
+        await cluster.sql("drop role r_gone");
+        const e = await failure(b.query("insert into sync_log values ('ran as ' || current_user)"));
+        assert.match(String(e?.message), /role "r_gone" does not exist/);
+        assert.deepEqual(await logged(), []);
+        // Others are not affected.
+        assert.deepEqual(await row(a, "select current_user as u"), { u: "su" });
+      } finally {
+        await Promise.all([a.end(), b.end()]);
+      }
+    },
+  );
 });
