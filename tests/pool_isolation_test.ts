@@ -20,6 +20,8 @@ import {
   connectPg,
   dumpLogsOnFailure,
   type PgTarget,
+  psycopgAvailable,
+  runPsycopg,
   sleep,
   startPostgres,
   startProxy,
@@ -27,6 +29,7 @@ import {
 import { type BackendMessage, errorFields, fe, WireClient } from "./wire.ts";
 
 const PASSWORD = "isolation-pw";
+const ADMIN_PASSWORD = "isolation-admin-pw";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -58,6 +61,21 @@ async function waitUntil(
     await sleep(intervalMs);
   }
   return await check();
+}
+
+/** Closes everything opened through it at the end of the scope. */
+class Closer implements AsyncDisposable {
+  readonly #all: Array<() => Promise<unknown>> = [];
+
+  add<T extends { end(): Promise<unknown> }>(c: T): T {
+    this.#all.push(() => c.end());
+    return c;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await Promise.all(this.#all.map((f) => f().catch(() => {})));
+    this.#all.length = 0;
+  }
 }
 
 /** Every backend message until the server closes the connection (or `timeoutMs` passes). */
@@ -559,4 +577,199 @@ Deno.test("no client runs with another client's identity or settings", async (t)
       }
     },
   );
+});
+
+Deno.test("temporary objects and WITH HOLD cursors keep their server; nobody else sees them", async (t) => {
+  await using cluster = await startPostgres({
+    roles: [
+      { name: "tmp2", password: PASSWORD, auth: "scram" },
+      { name: "tmp1", password: PASSWORD, auth: "scram" },
+    ],
+    databases: ["app"],
+  });
+  await cluster.sql(
+    "create table person (x int); insert into person values (1), (2), (3); " +
+      "grant all on person to tmp2, tmp1",
+    { database: "app" },
+  );
+  await using proxy = await startProxy({
+    config: {
+      // A client that should be kept waiting gives up quickly (53300).
+      general: { checkout_timeout: 1000 },
+      databases: [{ name: "app", host: cluster.host, port: cluster.port }],
+      admin: { password: ADMIN_PASSWORD },
+    },
+    users: {
+      users: [
+        { name: "tmp2", password: PASSWORD, database: "app", pool_size: 2 },
+        { name: "tmp1", password: PASSWORD, database: "app", pool_size: 1 },
+      ],
+    },
+  });
+  const via = (user: string) => proxy.target({ user, password: PASSWORD, database: "app" });
+  const step = (name: string, fn: () => Promise<void>) =>
+    t.step(name, () => dumpLogsOnFailure(proxy, fn));
+  const count = async (c: pg.Client, sql: string): Promise<number> =>
+    Number((await c.query(sql)).rows[0].n);
+  /**
+   * SHOW CLIENTS' pinned column for an npm:pg client (its pid is pgdog's client id), once it says
+   * `expected` (pgdog counts what pins after the transaction's answer went out) or a second passed.
+   */
+  const pinnedOf = async (c: pg.Client, expected = ""): Promise<string> => {
+    let seen = "";
+    await waitUntil(async () => (seen = await showPinned(c)) === expected, 1000, 50);
+    return seen;
+  };
+  const showPinned = async (c: pg.Client): Promise<string> => {
+    const admin = await connectPg(
+      proxy.target({ user: "admin", password: ADMIN_PASSWORD, database: "admin" }),
+    );
+    try {
+      const rows: Array<Record<string, string>> = (await admin.query("SHOW CLIENTS")).rows;
+      const pid = (c as unknown as { processID: number }).processID;
+      const mine = rows.find((r) => Number(r.id) === pid);
+      assert.ok(mine, JSON.stringify(rows));
+      return mine.pinned;
+    } finally {
+      await admin.end();
+    }
+  };
+
+  await step(
+    "a temporary table shadows nothing for other clients and keeps its server until dropped",
+    async () => {
+      await using closer = new Closer();
+      const a = closer.add(await connectPg(via("tmp2")));
+      const b = closer.add(await connectPg(via("tmp2")));
+      await a.query("create temp table person (x int)");
+      assert.equal(await pinnedOf(a, "temporary objects"), "temporary objects");
+      // b's statements reach the regular table, never a's temporary one.
+      assert.equal(await count(b, "select count(*) as n from person"), 3);
+      await b.query("insert into person values (4)");
+      assert.equal(await count(a, "select count(*) as n from person"), 0);
+      await a.query("insert into person values (100)");
+      assert.equal(await count(b, "select count(*) as n from person"), 4);
+      assert.equal(await count(a, "select count(*) as n from person"), 1);
+      assert.equal(await pinnedOf(b, ""), "");
+      await a.query("drop table person");
+      assert.equal(await pinnedOf(a, ""), "");
+      assert.equal(await count(a, "select count(*) as n from person"), 4);
+      await cluster.sql("delete from person where x = 4", { database: "app" });
+    },
+  );
+
+  await step(
+    "two clients create the same temporary table, each its own (postgres.js)",
+    async () => {
+      const one = postgres({ ...via("tmp2"), username: "tmp2", max: 1, onnotice: () => {} });
+      const two = postgres({ ...via("tmp2"), username: "tmp2", max: 1, onnotice: () => {} });
+      try {
+        await one`create temp table scratch (who text)`;
+        await two`create temp table scratch (who text)`;
+        await one`insert into scratch values ('one')`;
+        await two`insert into scratch values ('two')`;
+        assert.deepEqual([...await one`select who from scratch`], [{ who: "one" }]);
+        assert.deepEqual([...await two`select who from scratch`], [{ who: "two" }]);
+      } finally {
+        await Promise.all([one.end(), two.end()]);
+      }
+    },
+  );
+
+  await step(
+    "each way to create a temporary object pins; dropping it unpins and cleans",
+    async () => {
+      await using closer = new Closer();
+      const b = closer.add(await connectPg(via("tmp1")));
+      /** Whether b can get the pool's one server now. */
+      const free = async (): Promise<boolean> => {
+        const e = await failure(b.query("select 1"));
+        if (e === null) return true;
+        assert.equal(codeOf(e), "53300", String(e));
+        return false;
+      };
+      const tempObjects =
+        "select count(*) as n from pg_class where relnamespace = pg_my_temp_schema()";
+      const cases: Array<[string, string, string]> = [
+        ["create temp table t (a int)", "drop table t", "temporary objects"],
+        ["create temporary sequence s", "drop sequence s", "temporary objects"],
+        ["create temp view v as select 1 as a", "discard temp", "temporary objects"],
+        ["create table pg_temp.t (a int)", "discard all", "temporary objects"],
+        ["select 1 as a into temp table t", "drop table t", "temporary objects"],
+        ["create temp table t as select 1 as a", "drop table t", "temporary objects"],
+        [
+          "create function pg_temp.f() returns int language sql as 'select 1'",
+          "drop function pg_temp.f()",
+          "temporary objects",
+        ],
+        [
+          "set search_path = pg_temp, public; create table t (a int)",
+          "drop table t; reset search_path",
+          "temporary objects",
+        ],
+        ["declare c cursor with hold for select 1", "close c", "WITH HOLD cursors"],
+        ["declare c cursor with hold for select 1", "close all", "WITH HOLD cursors"],
+      ];
+      for (const [create, undo, why] of cases) {
+        const a = await connectPg(via("tmp1"));
+        try {
+          await a.query(create);
+          assert.equal(await pinnedOf(a, why), why, create);
+          assert.equal(await free(), false, `${create}: another client got the server`);
+          await a.query(undo);
+          assert.equal(await pinnedOf(a, ""), "", `${create}; ${undo}`);
+          assert.equal(await free(), true, `${create}; ${undo}: still pinned`);
+          assert.equal(await count(b, tempObjects), 0);
+        } finally {
+          await a.end();
+        }
+      }
+      // A client that leaves with its temporary table leaves nothing behind.
+      const leaver = await connectPg(via("tmp1"));
+      await leaver.query("create temp table person (x int)");
+      await leaver.end();
+      assert.ok(await waitUntil(free, 5000), "the server did not come back");
+      assert.equal(await count(b, tempObjects), 0);
+      assert.equal(await count(b, "select count(*) as n from person"), 3);
+    },
+  );
+
+  await step("temporary objects gone by the end of the transaction do not pin", async () => {
+    await using closer = new Closer();
+    const a = closer.add(await connectPg(via("tmp1")));
+    const b = closer.add(await connectPg(via("tmp1")));
+    await a.query("begin");
+    await a.query("create temp table t (a int)");
+    await a.query("rollback");
+    await a.query("create temp table t (a int) on commit drop");
+    await a.query(
+      "begin; create temp table t (a int) on commit drop; insert into t values (1); commit",
+    );
+    assert.equal(await pinnedOf(a, ""), "");
+    await b.query("select 1");
+  });
+
+  await step("a WITH HOLD cursor keeps its server until closed (psycopg)", async () => {
+    if (!(await psycopgAvailable())) throw new Error("psycopg 3 is not installed");
+    const result = await runPsycopg<{ first: number[]; rest: number[] }>(
+      via("tmp2"),
+      `
+c1 = psycopg.connect(DSN)
+c2 = psycopg.connect(DSN)
+cur = c1.cursor(name="held", withhold=True)
+cur.execute("select generate_series(1, 10)")
+c1.commit()
+# c2 opens a transaction: it takes a server and keeps it.
+c2.execute("select 1")
+first = [r[0] for r in cur.fetchmany(3)]
+c1.commit()
+c2.commit()
+rest = [r[0] for r in cur.fetchall()]
+cur.close()
+c1.commit()
+print(json.dumps({"first": first, "rest": rest}))
+`,
+    );
+    assert.deepEqual(result, { first: [1, 2, 3], rest: [4, 5, 6, 7, 8, 9, 10] });
+  });
 });

@@ -31,12 +31,7 @@ import { MessageBuffer, MessageSizeError } from "../net/message_buffer.ts";
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import type { AcceptTlsOptions } from "../net/tls.ts";
-import {
-  CopyState,
-  type Server,
-  type ServerLink,
-  SettingsSyncError,
-} from "../backend/server.ts";
+import { CopyState, type Server, type ServerLink, SettingsSyncError } from "../backend/server.ts";
 import { Action, Expect, type LocalAnswer, type ParseTicket } from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool, WaitAbort } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
@@ -93,7 +88,7 @@ const LOGIN_CACHE_LIMIT = 256;
  * Cleans a server a client pinned (or left in a state pgdog does not know) before others use it:
  * the identity first (RESET ALL keeps it, and another identity may not reset everything).
  */
-const PIN_CLEANUP = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; " +
+const PIN_CLEANUP = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; " +
   "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP";
 
 /** What a client needs from the proxy around it. */
@@ -2002,6 +1997,11 @@ export class Client implements ServerLink {
     server.expect(Expect.Sync, Action.Swallow);
   }
 
+  /** Why the client keeps its server between transactions, or "" (SHOW CLIENTS). */
+  get pinned(): string {
+    return this.session.pinReasons;
+  }
+
   /** The client's application_name (SHOW CLIENTS). */
   get applicationName(): string {
     return this.session.params.get("application_name") ?? "";
@@ -2157,7 +2157,8 @@ export class Client implements ServerLink {
       ? {
         ...error.fields,
         severity: "ERROR",
-        message: `pgdog could not apply this session's settings on a server: ${error.fields.message}`,
+        message:
+          `pgdog could not apply this session's settings on a server: ${error.fields.message}`,
         detail: "The request did not run.",
       }
       : {
@@ -2251,6 +2252,9 @@ const FORGET_SCAN: SessionScan = {
   resetAll: false,
   discardAll: false,
   advisoryLocks: true,
+  tempObjects: true,
+  creates: false,
+  tempRelease: false,
   listen: false,
   sqlPrepared: false,
   pgdogSettings: [],
