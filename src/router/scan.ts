@@ -62,8 +62,10 @@ const KEYWORDS = [
 const WORDS = ["create", "drop", "close", "declare", "temp", "temporary", "pg_temp"].map((k) =>
   new TextEncoder().encode(k)
 );
+/** First bytes (lower case) of KEYWORDS (bit 1) and of WORDS (bit 2). */
 const FIRST = new Uint8Array(256);
-for (const k of [...KEYWORDS, ...WORDS]) FIRST[k[0]] = 1;
+for (const k of KEYWORDS) FIRST[k[0]] |= 1;
+for (const k of WORDS) FIRST[k[0]] |= 2;
 /** Bytes that continue an identifier: letters, digits, _, $ and non-ASCII. */
 const WORD_BYTE = new Uint8Array(256);
 for (let c = 0; c < 256; c++) {
@@ -81,13 +83,15 @@ export function mayAffectSession(buf: Uint8Array, start: number, end: number): b
   for (let i = start; i < end; i++) {
     const c = buf[i] | 0x20;
     if (FIRST[c] === 0) continue;
-    for (const k of KEYWORDS) {
-      if (k[0] !== c || i + k.length > end) continue;
-      let j = 1;
-      while (j < k.length && (buf[i + j] | 0x20) === k[j]) j++;
-      if (j === k.length) return true;
+    if ((FIRST[c] & 1) !== 0) {
+      for (const k of KEYWORDS) {
+        if (k[0] !== c || i + k.length > end) continue;
+        let j = 1;
+        while (j < k.length && (buf[i + j] | 0x20) === k[j]) j++;
+        if (j === k.length) return true;
+      }
     }
-    if (i > start && WORD_BYTE[buf[i - 1]] === 1) continue;
+    if ((FIRST[c] & 2) === 0 || (i > start && WORD_BYTE[buf[i - 1]] === 1)) continue;
     for (const k of WORDS) {
       if (k[0] !== c || i + k.length > end) continue;
       let j = 1;
