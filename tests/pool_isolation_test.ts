@@ -558,6 +558,36 @@ Deno.test("no client runs with another client's identity or settings", async (t)
   });
 
   await step(
+    "re-run after a failed sync, a transaction's first statement keeps its BEGIN",
+    async () => {
+      // With query_parser = "on", pgdog holds BEGIN back until the first statement picks a host.
+      await using routing = await startProxy({
+        config: {
+          general: { query_parser: "on" },
+          databases: [{ name: "app", host: cluster.host, port: cluster.port }],
+        },
+        users: { users: [{ name: "su", password: PASSWORD, database: "app", pool_size: 1 }] },
+      });
+      await cluster.sql("truncate sync_log", { database: "app" });
+      const at = routing.target({ user: "su", password: PASSWORD, database: "app" });
+      const b = await connectPg(at);
+      const a = await connectPg(at);
+      try {
+        await b.query("SET auto_explain.log_format = 'bogus'");
+        await a.query("LOAD 'auto_explain'");
+        await b.query("begin");
+        await b.query("insert into sync_log values (current_setting('auto_explain.log_format'))");
+        assert.deepEqual(await logged(), [], "the insert ran outside the transaction");
+        await b.query("commit");
+        assert.deepEqual(await logged(), [["bogus"]]);
+        assert.match(routing.logs(), /applying a client's settings failed/);
+      } finally {
+        await Promise.all([a.end(), b.end()]);
+      }
+    },
+  );
+
+  await step(
     "a setting no server accepts any more fails the request instead of running it",
     async () => {
       await cluster.sql("truncate sync_log", { database: "app" });
