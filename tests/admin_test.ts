@@ -102,6 +102,7 @@ Deno.test("admin database", async (t) => {
         assert.equal(mine.database, "app");
         assert.equal(mine.addr, "127.0.0.1");
         assert.ok(Number(mine.queries) >= 1);
+        assert.equal(mine.pinned, "");
 
         const servers = await admin(at, "SHOW SERVERS");
         assert.equal(servers.rows.length, 1);

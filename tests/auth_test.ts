@@ -389,7 +389,15 @@ Deno.test("auth", async (t) => {
               assert.deepEqual(await pgRow(as("alice", "alice-pw"), "SELECT 1"), [1]);
             }
 
-            // Unknown database, whatever the method.
+            // Unknown database, whatever the method: told only once the password is right
+            // (before that, the answer is a wrong password's, so names can't be probed).
+            if (method !== "trust") {
+              await assertPgRejects(
+                as("alice", "wrong-pw", "nosuchdb"),
+                "28P01",
+                'password authentication failed for user "alice"',
+              );
+            }
             await assertPgRejects(
               as("alice", "alice-pw", "nosuchdb"),
               "3D000",

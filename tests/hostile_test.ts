@@ -475,6 +475,18 @@ function closedByProxy(raw: Raw, end: End | "timeout"): string | null {
   return null;
 }
 
+/** The proxy closed the connection without a word, as PostgreSQL does (a log line only). */
+function silentClose(raw: Raw, end: End | "timeout"): string | null {
+  const closed = closedByProxy(raw, end);
+  if (closed) return closed;
+  return raw.msgs.length === 0 ? null : `expected a close without an answer, got ${raw.describe()}`;
+}
+
+/** PostgreSQL's range for a startup packet's length word (length word included). */
+function startupLengthOk(len: number): boolean {
+  return len >= 8 && len <= 10004;
+}
+
 /**
  * The proxy answered with a FATAL ErrorResponse (SQLSTATE in `codes`, message matching `message`)
  * as its last message, and closed the connection.
@@ -653,9 +665,9 @@ const GENERATORS: Array<[number, string, Generator]> = [
       -1,
       0x80000000,
       0x7fffffff,
-      10001,
+      10005,
       1 << 20,
-      rng.int(10001, 0x7fffffff),
+      rng.int(10005, 0x7fffffff),
     ]);
     const tail = rng.chance(0.5) ? new Uint8Array(0) : rng.bytes(rng.int(1, 32));
     return {
@@ -666,7 +678,8 @@ const GENERATORS: Array<[number, string, Generator]> = [
         oneShot(
           ctx,
           [u32(len), tail],
-          (raw, end) => fatalThenClose(raw, end, ["08P01"], /invalid length of startup packet/),
+          // PostgreSQL only logs it ("invalid length of startup packet") and closes.
+          (raw, end) => silentClose(raw, end),
         ),
     };
   }],
@@ -685,7 +698,7 @@ const GENERATORS: Array<[number, string, Generator]> = [
       if ([SSL_CODE, GSSENC_CODE, CANCEL_CODE].includes(code)) bytes[4] ^= 0x40;
     }
     const len = bytes.length >= 4 ? new DataView(bytes.buffer).getInt32(0) : -1;
-    const waits = bytes.length < 4 || (len >= 8 && len <= 10000 && len > bytes.length);
+    const waits = bytes.length < 4 || (startupLengthOk(len) && len > bytes.length);
     return {
       kind: "startup-random",
       lane: waits ? "idle" : "normal",
@@ -697,6 +710,7 @@ const GENERATORS: Array<[number, string, Generator]> = [
             if (p) return p;
             return elapsed < LOGIN_TIMEOUT_MS * 0.9 ? `closed after ${elapsed} ms` : null;
           }
+          if (!startupLengthOk(len)) return silentClose(raw, end);
           return fatalThenClose(raw, end, STARTUP_CODES);
         }),
     };
@@ -781,7 +795,8 @@ const GENERATORS: Array<[number, string, Generator]> = [
     if (variant === 0) {
       packets.push(startupPacket(first));
       what = "the same request twice";
-      check = (raw, end) => fatalThenClose(raw, end, ["08P01"], /second encryption request/);
+      // PostgreSQL reads it as a startup packet of protocol 1234.5679 (or 1234.5680).
+      check = (raw, end) => fatalThenClose(raw, end, ["0A000"], /unsupported frontend protocol/);
     } else if (variant === 1) {
       // A TLS ClientHello where the startup packet should be.
       packets.push(
@@ -791,7 +806,7 @@ const GENERATORS: Array<[number, string, Generator]> = [
         ),
       );
       what = "a TLS ClientHello";
-      check = (raw, end) => fatalThenClose(raw, end, ["08P01"], /invalid length of startup packet/);
+      check = silentClose;
     } else if (variant === 2) {
       packets.push(cat(u32(rng.int(8, 64)), rng.bytes(rng.int(0, 3))));
       what = "half a startup packet";
@@ -803,7 +818,7 @@ const GENERATORS: Array<[number, string, Generator]> = [
       );
       prefix = 2;
       what = "both requests, then a bad length";
-      check = (raw, end) => fatalThenClose(raw, end, ["08P01"], /invalid length of startup packet/);
+      check = silentClose;
     } else {
       packets.push(startupMessage(LOGIN));
       what = "a proper login";
@@ -888,9 +903,8 @@ const GENERATORS: Array<[number, string, Generator]> = [
             if (closed) return closed;
             return raw.msgs.length === 0 ? null : `expected a plain close, got ${raw.describe()}`;
           }
-          // PostgreSQL only logs a malformed CancelRequest; an 08P01 answer is fine too.
-          if (raw.msgs.length === 0) return closedByProxy(raw, end);
-          return fatalThenClose(raw, end, ["08P01"]);
+          // PostgreSQL only logs a malformed CancelRequest.
+          return silentClose(raw, end);
         }),
     };
   }],

@@ -941,8 +941,12 @@ async function pinning(
       await p.blocked("A holds an advisory lock");
       assert.equal(await p.advisoryLocks(), 1);
       assert.equal((await row(a, "select pg_advisory_unlock(1) as r")).r, true);
-      await p.free("after pg_advisory_unlock");
+      // The temporary table pins on its own.
+      await p.blocked("A still has a temporary table");
       assert.equal(await p.advisoryLocks(), 0);
+      await a.query("drop table pinned_tmp");
+      await a.query("create temp table pinned_tmp (x int) on commit drop"); // pins nothing
+      await p.free("after pg_advisory_unlock and dropping the temporary table");
       assert.equal(
         (await row(b, "select to_regclass('pg_temp.pinned_tmp')::text as r")).r,
         null,
@@ -1026,7 +1030,9 @@ async function pinning(
     assert.equal((await row(a, "select count(*)::int as n from manual_tmp")).n, 1);
     assert.equal(await p.pidOf(a), pid);
     await a.query("set pgdog.pin to false");
-    await p.free("after SET pgdog.pin TO false");
+    await p.blocked("A still has a temporary table");
+    await a.query("discard temp");
+    await p.free("after SET pgdog.pin TO false and DISCARD TEMP");
     assert.equal(
       (await row(b, "select to_regclass('pg_temp.manual_tmp')::text as r")).r,
       null,

@@ -438,15 +438,12 @@ Deno.test("startup", async (t) => {
     );
 
     await t.step(
-      "bad startup packet lengths get 08P01 (or a close); others are served",
+      "bad startup packet lengths get a close without a word, like PostgreSQL; others are served",
       async () => {
-        for (const len of [3, 0, -1, 10_001, 100_000]) {
+        for (const len of [3, 0, -1, 10_005, 100_000]) {
           const result = await attempt(port, lengthOnly(len));
-          if (result.messages.length > 0) {
-            assertRefused(result, "08P01");
-          } else {
-            assert.equal(result.closed, true);
-          }
+          assert.equal(result.messages.length, 0, `length ${len}: ${types(result)}`);
+          assert.equal(result.closed, true);
         }
         // Malformed bodies: not terminated, a name without a value.
         const unterminated = startupPacket(PROTOCOL_3_0, paramList(LOGIN, false));

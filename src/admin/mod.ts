@@ -31,6 +31,8 @@ export interface ClientView {
   readonly queries: number;
   readonly transactions: number;
   readonly applicationName: string;
+  /** Why it keeps its server between transactions (advisory locks, temporary objects, ...), or "". */
+  readonly pinned: string;
   /** The admin console's own clients are listed too, as PgBouncer does. */
   readonly admin: boolean;
 }
@@ -380,6 +382,7 @@ function showClients(host: AdminHost): AdminAnswer {
       c.queries,
       c.transactions,
       c.applicationName,
+      c.pinned,
     ];
   });
   return {
@@ -396,6 +399,7 @@ function showClients(host: AdminHost): AdminAnswer {
       "queries",
       "transactions",
       "application_name",
+      "pinned",
     ],
     rows,
     tag: "SHOW",

@@ -63,6 +63,8 @@ export class Databases {
   readonly #clusters = new Map<string, Cluster>();
   readonly #names = new Set<string>();
   readonly #monitors: ShardMonitor[] = [];
+  /** Each user's password, when its entries agree on one (null when they differ). */
+  readonly #passwords = new Map<string, string | null>();
 
   /**
    * Builds clusters for every (user, database) pair in `config`; `serverTls` is how their server
@@ -97,6 +99,13 @@ export class Databases {
     // starts empty caches.
     const columns = new Map<string, ColumnOrders>();
     for (const user of config.users) {
+      if (user.password !== undefined) {
+        const seen = this.#passwords.get(user.name);
+        this.#passwords.set(
+          user.name,
+          seen === undefined || seen === user.password ? user.password : null,
+        );
+      }
       const entries = byName.get(user.database);
       if (!entries) continue;
       let orders = columns.get(user.database);
@@ -124,6 +133,14 @@ export class Databases {
     for (const m of previous.monitors) m.stop();
     for (const p of this.#retired) p.close();
     this.#retired = [];
+  }
+
+  /**
+   * The password users.toml gives `user`, when all its entries (whatever their database) agree on
+   * one: what a client naming a database that does not exist must prove before being told so.
+   */
+  passwordOf(user: string): string | undefined {
+    return this.#passwords.get(user) ?? undefined;
   }
 
   /** True when some `[[databases]]` entry has this name. */

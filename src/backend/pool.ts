@@ -395,7 +395,7 @@ export class Pool implements ServerOwner {
     for (let i = 0; i < this.idle.length; i++) {
       const s = this.idle[i];
       const tooOld = now - s.createdAt >= this.config.server_lifetime;
-      const tooIdle = now - s.idleSince >= this.config.idle_timeout &&
+      const tooIdle = now - s.lastUsed >= this.config.idle_timeout &&
         this.#total > this.config.min_pool_size;
       if (tooOld || tooIdle) {
         this.idle.splice(i--, 1);

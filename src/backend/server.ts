@@ -15,6 +15,7 @@ import {
   describeMessageType,
   type ErrorFields,
   errorResponse,
+  MessageBuilder,
   Msg,
   parseErrorFields,
   queryMessage,
@@ -111,6 +112,30 @@ interface InternalRequest {
   onDone?: (r: InternalResult) => void;
   resolve: (r: InternalResult) => void;
   reject: (e: Error) => void;
+}
+
+/**
+ * What the entries of a settings sync carry (see {@linkcode Server.settingsSync}); a Parse ticket
+ * that does nothing, so the queue treats its Parse like any other.
+ */
+const SETTINGS_SYNC: ParseTicket = { name: "", succeeded() {}, failed() {} };
+
+/** The settings sync ahead of a client's request failed: the server was closed before running it. */
+export class SettingsSyncError extends Error {
+  /** The server's error. */
+  readonly fields: ErrorFields;
+  constructor(fields: ErrorFields) {
+    super(`a statement pgdog ran to apply the client's settings failed: ${fields.message}`);
+    this.name = "SettingsSyncError";
+    this.fields = fields;
+  }
+}
+
+/** One extended-protocol statement (unnamed statement and portal), without a Sync. */
+function appendStatement(b: MessageBuilder, sql: string): void {
+  b.begin(Msg.Parse).cstring("").cstring(sql).int16(0).end();
+  b.begin(Msg.Bind).cstring("").cstring("").int16(0).int16(0).int16(0).end();
+  b.begin(Msg.Execute).cstring("").int32(0).end();
 }
 
 /** A PostgreSQL protocol violation by a server. */
@@ -223,8 +248,10 @@ export class Server {
   /** The client ended COPY FROM STDIN; Syncs count again. */
   copyEnded = false;
   readonly createdAt: number = Date.now();
-  /** When it last went back to its pool. */
+  /** When it last went back to its pool (a health check counts: it says the server answers). */
   idleSince: number = Date.now();
+  /** When a client last had it: what `idle_timeout` counts from (a health check is not use). */
+  lastUsed: number = this.idleSince;
   /** Names to put back in the next error: a statement's server-side name becomes the client's. */
   errorRewrite: { from: string; to: string } | null = null;
   /**
@@ -302,7 +329,7 @@ export class Server {
   /** Forward this server's output to `link` until it is released. */
   attach(link: ServerLink): void {
     this.link = link;
-    this.attachedAt = Date.now();
+    this.attachedAt = this.lastUsed = Date.now();
     this.dataForwarded = false;
     this.answered = 0;
   }
@@ -310,6 +337,7 @@ export class Server {
   /** Stops forwarding (the client went away); the server's output is then dropped. */
   detach(): void {
     this.link = null;
+    this.lastUsed = Date.now();
   }
 
   /**
@@ -331,6 +359,29 @@ export class Server {
     } else if (kind !== Expect.Local && kind !== Expect.CopyEnd) {
       this.openRequest = true;
     }
+  }
+
+  /**
+   * Queues `statements` (a settings sync) to run ahead of a client's request in the same write, and
+   * returns their bytes, to be sent first. They go as extended-protocol messages without a Sync,
+   * inside BEGIN and COMMIT: should one fail, PostgreSQL rolls them back and skips everything up to
+   * the client's next Sync (or, for simple queries, everything), so the request never runs in a
+   * state nobody chose; pgdog then closes the server at once and reports a
+   * {@linkcode SettingsSyncError} to the client, which runs the request on another server. COMMIT
+   * ends the transaction before the client's first message, so a client's BEGIN or ROLLBACK cannot
+   * take the settings into its own transaction.
+   */
+  settingsSync(statements: string[]): Uint8Array {
+    const b = new MessageBuilder(256);
+    b.bytes(SYNC_BEGIN);
+    for (const sql of statements) appendStatement(b, sql);
+    b.bytes(SYNC_COMMIT);
+    for (let i = statements.length + 2; i > 0; i--) {
+      this.expect(Expect.Parse, Action.Swallow, SETTINGS_SYNC);
+      this.expect(Expect.Bind, Action.Swallow, SETTINGS_SYNC);
+      this.expect(Expect.Execute, Action.Swallow, SETTINGS_SYNC);
+    }
+    return b.build();
   }
 
   /**
@@ -381,8 +432,11 @@ export class Server {
     sendCancel(this.address, { pid: this.backendPid, secret: this.backendSecret });
   }
 
-  /** Closes the connection politely (Terminate, then close) and tells the pool. */
-  close(reason?: string): void {
+  /**
+   * Closes the connection politely (Terminate, then close) and tells the pool; the attached client
+   * learns of it with `error` (by default, one saying `reason`).
+   */
+  close(reason?: string, error?: Error): void {
     if (this.closed) return;
     this.closed = true;
     if (reason) log.debug(`closing ${this.label}: ${reason}`);
@@ -396,7 +450,7 @@ export class Server {
         closeQuietly(this.conn);
       });
     }
-    this.#ended(new Error(reason ?? "server connection closed by pgdog"));
+    this.#ended(error ?? new Error(reason ?? "server connection closed by pgdog"));
   }
 
   #fail(e: unknown): void {
@@ -528,6 +582,19 @@ export class Server {
       }
       if (handling === Action.Collect) this.#collect(type, buf, p, size);
       else if (handling === Action.Swallow && type === Msg.ErrorResponse) {
+        if (queue.headPayload === SETTINGS_SYNC) {
+          // The request behind it is being skipped: this server must not answer it at all.
+          this.#endRun(p);
+          const link = this.link;
+          if (link) {
+            for (let i = 0; i < ranges.length; i += 2) {
+              link.writer.enqueue(buf.subarray(ranges[i], ranges[i + 1]));
+            }
+          }
+          ranges.length = 0;
+          this.#settingsSyncFailed(parseErrorFields(buf, p + 5, p + size));
+          return;
+        }
         this.#swallowedError(buf, p, size);
       }
       let replacement: Uint8Array | null = null;
@@ -582,7 +649,7 @@ export class Server {
         }
         ranges.length = 0;
         this.link = null;
-        this.idleSince = Date.now();
+        this.idleSince = this.lastUsed = Date.now();
         this.transactions++;
         this.xactTimeMs += this.idleSince - this.attachedAt;
         link.released(this);
@@ -825,6 +892,15 @@ export class Server {
     }
   }
 
+  #settingsSyncFailed(fields: ErrorFields): void {
+    log.warn(
+      `${this.label}: applying a client's settings failed (${fields.code} ${fields.message}); ` +
+        "closing it before it runs the request",
+    );
+    const error = new SettingsSyncError(fields);
+    this.close(error.message, error);
+  }
+
   #swallowedError(buf: Uint8Array, p: number, size: number): void {
     const e = parseErrorFields(buf, p + 5, p + size);
     log.warn(
@@ -863,6 +939,17 @@ export class Server {
 }
 
 const COPY_FAIL = copyFail("COPY is not allowed in a statement run by pgdog");
+
+const SYNC_BEGIN = ((): Uint8Array => {
+  const b = new MessageBuilder(64);
+  appendStatement(b, "BEGIN");
+  return b.build();
+})();
+const SYNC_COMMIT = ((): Uint8Array => {
+  const b = new MessageBuilder(64);
+  appendStatement(b, "COMMIT");
+  return b.build();
+})();
 
 function decodeDataRow(buf: Uint8Array, p: number, size: number): (string | null)[] {
   const n = readInt16(buf, p + 5);

@@ -203,7 +203,11 @@ const GENERAL_KEYS = [
   oneOf("auth_type", AUTH_TYPES, "How clients authenticate to the proxy.", { default: "scram" }),
   ms("checkout_timeout", 5000, "How long a client waits for a server connection."),
   ms("connect_timeout", 5000, "How long opening and authenticating a server connection may take."),
-  ms("idle_timeout", 60000, "Idle server connections above min_pool_size are closed after this."),
+  ms(
+    "idle_timeout",
+    60000,
+    "Idle server connections above min_pool_size close this long after a client last used them.",
+  ),
   ms("server_lifetime", 86400000, "Server connections are closed (when idle) at this age."),
   ms("client_login_timeout", 60000, "How long a client may take to finish authentication."),
   ms("shutdown_timeout", 60000, "On SIGINT/SIGTERM, how long transactions may take to finish."),

@@ -8,9 +8,14 @@
 
 import type { AuthType } from "../config/types.ts";
 import { AuthCode, MessageBuilder, Msg, readCString, readInt32 } from "../protocol/messages.ts";
-import { cachedScramSecret, ScramServerSession } from "../protocol/scram.ts";
+import {
+  cachedScramSecret,
+  SCRAM_DEFAULT_ITERATIONS,
+  type ScramSecret,
+  ScramServerSession,
+} from "../protocol/scram.ts";
 import { md5Verify } from "../protocol/md5.ts";
-import { randomBytes, timingSafeEqual } from "../protocol/crypto_util.ts";
+import { randomBytes, timingSafeEqual, utf8Encode } from "../protocol/crypto_util.ts";
 import type { MessageBuffer } from "../net/message_buffer.ts";
 import type { ByteStream } from "../net/stream.ts";
 import type { SocketWriter } from "../net/writer.ts";
@@ -75,7 +80,9 @@ export async function authenticateClient(
       return { ok: ok && known };
     }
     case "scram": {
-      const secret = await cachedScramSecret(user, password ?? UNKNOWN_USER_SECRET);
+      const secret = password === undefined
+        ? await mockScramSecret(user)
+        : await cachedScramSecret(user, password);
       const session = new ScramServerSession(secret, user);
       b.begin(Msg.Authentication).int32(AuthCode.Sasl).cstring("SCRAM-SHA-256").byte(0).end();
       await io.writer.write(b.view());
@@ -115,6 +122,31 @@ export async function authenticateClient(
       return { ok: true };
     }
   }
+}
+
+/** Makes each user name's mock salt the same on every attempt, as a real user's is. */
+let mockSaltKey: Promise<CryptoKey> | null = null;
+
+/**
+ * A SCRAM secret for a login that must fail (unknown user or database): a salt that is stable per
+ * name and keys nobody has, made without PBKDF2 so it takes as long as a configured user's cached
+ * secret (and without touching that cache).
+ */
+async function mockScramSecret(user: string): Promise<ScramSecret> {
+  mockSaltKey ??= crypto.subtle.importKey(
+    "raw",
+    randomBytes(32),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const mac = await crypto.subtle.sign("HMAC", await mockSaltKey, utf8Encode(user));
+  return {
+    iterations: SCRAM_DEFAULT_ITERATIONS,
+    salt: new Uint8Array(mac, 0, 16),
+    storedKey: randomBytes(32),
+    serverKey: randomBytes(32),
+  };
 }
 
 /** Reads the next message, which must be a PasswordMessage; returns its body or a protocol complaint. */

@@ -32,7 +32,7 @@ import { MessageBuffer, MessageSizeError, QueryTooLargeError } from "../net/mess
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import type { AcceptTlsOptions } from "../net/tls.ts";
-import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
+import { CopyState, type Server, type ServerLink, SettingsSyncError } from "../backend/server.ts";
 import {
   Action,
   Expect,
@@ -90,6 +90,7 @@ import {
   markApplied,
   paramsSignature,
   paramSyncSql,
+  paramSyncStatements,
   sessionParamsFromStartup,
   startupOption,
 } from "./params.ts";
@@ -120,8 +121,12 @@ import {
 const CLIENT_BUFFER_BYTES = 4096;
 /** Bounded so a client cannot grow the cache without limit with made-up parameters. */
 const LOGIN_CACHE_LIMIT = 256;
-/** Cleans a server a client pinned before others use it. */
-const PIN_CLEANUP = "RESET ALL; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP";
+/**
+ * Cleans a server a client pinned (or left in a state pgdog does not know) before others use it:
+ * the identity first (RESET ALL keeps it, and another identity may not reset everything).
+ */
+const PIN_CLEANUP = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; " +
+  "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP";
 
 /** What a client needs from the proxy around it. */
 export interface ClientHost {
@@ -227,8 +232,17 @@ export class Client implements ServerLink {
   #resetting: Set<string> | "all" | null = null;
   /** `pgdog.role` from the startup packet. */
   #startupRole: Role | null = null;
-  /** The request a replica is answering, kept until its answer starts, to re-run it elsewhere. */
-  #replay: { bytes: Uint8Array; role: Role } | null = null;
+  /**
+   * The request a replica is answering (or one behind a settings sync), kept until its answer
+   * starts, to re-run it elsewhere; `begin` is the held-back BEGIN that went ahead of it.
+   */
+  #replay: { bytes: Uint8Array; role: Role; begin: Uint8Array | null } | null = null;
+  /** The held-back BEGIN sent with the current server's first request (to re-run with it). */
+  #sentBegin: Uint8Array | null = null;
+  /** A settings sync went ahead of the request being sent. */
+  #syncSent = false;
+  /** A request was re-run after a settings sync failed, and has not completed since. */
+  #syncRetried = false;
   /** A re-run in progress: new requests wait for it. */
   #replaying: Promise<void> | null = null;
   #out = new OutBatch();
@@ -492,8 +506,15 @@ export class Client implements ServerLink {
     try {
       const sql = paramSyncSql(params, server.applied);
       if (sql !== null) {
-        const result = await server.query(sql, { timeoutMs: pool.config.rollback_timeout });
-        if (result.error) throw new ClientFacingError(result.error);
+        // In a transaction, so that a failure (the client's parameters are invalid) leaves the
+        // server exactly as it was.
+        const timeoutMs = pool.config.rollback_timeout;
+        const result = await server.query(`BEGIN;${sql};COMMIT`, { timeoutMs });
+        if (result.error) {
+          const rollback = await server.query("ROLLBACK", { timeoutMs });
+          if (rollback.error) server.close("ROLLBACK failed after a failed settings sync");
+          throw new ClientFacingError(result.error);
+        }
         markApplied(server.applied, params);
       }
       const reported = [...server.reported];
@@ -726,7 +747,10 @@ export class Client implements ServerLink {
         const role = this.#route(type, buf, p, end);
         const ok = await this.#acquire(role);
         if (this.closed) return false;
-        if (ok && role === "replica" && this.#deferredBegin === null && !this.#sessionMode) {
+        if (
+          ok && (role === "replica" || this.#syncSent) && this.#deferredBegin === null &&
+          !this.#sessionMode
+        ) {
           replayFrom = p;
           replayRole = role;
         }
@@ -772,6 +796,7 @@ export class Client implements ServerLink {
         this.#holdRest = false;
         if (rb.nextMessageSize() > 0) {
           // Later messages must see the settings this one leaves (and pgdog must know them first).
+          this.#keepForReplay(rb.buf, replayFrom, rb.start, replayRole);
           await this.#send();
           await this.#settle();
           if (this.closed) return false;
@@ -781,9 +806,7 @@ export class Client implements ServerLink {
       }
     }
     if (this.server !== null && !this.#out.empty) {
-      this.#replay = replayFrom >= 0 && this.#replayable(rb.buf, replayFrom, rb.start)
-        ? { bytes: rb.buf.slice(replayFrom, rb.start), role: replayRole }
-        : null;
+      this.#keepForReplay(rb.buf, replayFrom, rb.start, replayRole);
     }
     await this.#send();
     // Make room for the partial message at the front (and shrink after a large one).
@@ -814,6 +837,7 @@ export class Client implements ServerLink {
   async #settle(): Promise<void> {
     const server = this.server;
     if (server !== null && server.queue.length > 0) await server.drain().catch(() => {});
+    if (this.#replaying) await this.#replaying;
     if (this.#readBackDone) await this.#readBackDone;
   }
 
@@ -821,6 +845,13 @@ export class Client implements ServerLink {
   #routesWhole(): boolean {
     const plugins = this.#host.plugins;
     return this.#sharding !== null || (plugins !== null && plugins.routes);
+  }
+
+  /** Keeps the request at [from, to) to re-run on another server (when it is whole). */
+  #keepForReplay(buf: Uint8Array, from: number, to: number, role: Role): void {
+    this.#replay = from >= 0 && this.#replayable(buf, from, to)
+      ? { bytes: buf.slice(from, to), role, begin: this.#sentBegin }
+      : null;
   }
 
   /** Writes what the batch collected for the server. */
@@ -2676,8 +2707,10 @@ export class Client implements ServerLink {
     this.#pinnedThisHold = this.session.pinned;
     server.attach(this);
     this.#out.reset(this.rbuf.buf);
-    this.#syncParams(server);
     if (this.#renaming) this.#evictStatements(server);
+    // Last before the request: nothing with a Sync may come between (see Server.settingsSync).
+    this.#syncParams(server);
+    this.#sentBegin = this.#outsideTransaction ? null : this.#deferredBegin;
     if (this.#outsideTransaction) {
       this.#outsideTransaction = false;
     } else if (this.#deferredBegin !== null && this.#sharding === null) {
@@ -2717,9 +2750,20 @@ export class Client implements ServerLink {
     return last === Msg.Sync || last === Msg.Query;
   }
 
-  /** Re-runs a read whose replica died before answering, on another host. */
-  async #rerun(replay: { bytes: Uint8Array; role: Role }, answered: number): Promise<void> {
+  /**
+   * Re-runs a request lost before any of its answer went out (a read whose replica died, or one
+   * whose server failed to take the client's settings) on another server.
+   */
+  async #rerun(
+    replay: { bytes: Uint8Array; role: Role; begin: Uint8Array | null },
+    answered: number,
+  ): Promise<void> {
     const bytes = replay.bytes;
+    if (replay.begin !== null) {
+      // The held-back BEGIN goes ahead of it again (once in a sharded transaction's prelude).
+      if (this.#txnPrelude[0] === replay.begin) this.#txnPrelude.shift();
+      this.#deferredBegin = replay.begin;
+    }
     if (!(await this.#acquire(replay.role))) {
       // The error is queued; each request in it still needs its ReadyForQuery.
       for (let p = 0; p < bytes.length;) {
@@ -2748,15 +2792,21 @@ export class Client implements ServerLink {
     return Date.now() - server.idleSince >= this.cluster!.settings.healthcheckInterval;
   }
 
-  /** Pipelines the settings difference ahead of the request; its answer is swallowed. */
+  /**
+   * Pipelines the settings difference ahead of the request; its answer is swallowed. Should it
+   * fail, the server skips the request and is closed (serverLost re-runs it elsewhere); later
+   * requests of the batch wait until this one is answered.
+   */
   #syncParams(server: Server): void {
     this.#needsSync = false;
+    this.#syncSent = false;
     const params = this.session.params;
-    const sql = paramSyncSql(params, server.applied);
-    if (sql === null) return;
-    this.#out.addBytes(queryMessage(sql));
-    server.expect(Expect.Query, Action.Swallow);
+    const statements = paramSyncStatements(params, server.applied);
+    if (statements === null) return;
+    this.#out.addBytes(server.settingsSync(statements));
     markApplied(server.applied, params);
+    this.#syncSent = true;
+    this.#holdRest = true;
   }
 
   /** Closes the least recently used statements beyond prepared_statements_limit, pipelined. */
@@ -2771,6 +2821,11 @@ export class Client implements ServerLink {
     }
     this.#out.addBytes(SYNC);
     server.expect(Expect.Sync, Action.Swallow);
+  }
+
+  /** Why the client keeps its server between transactions, or "" (SHOW CLIENTS). */
+  get pinned(): string {
+    return this.session.pinReasons;
   }
 
   /** The client's application_name (SHOW CLIENTS). */
@@ -2840,6 +2895,7 @@ export class Client implements ServerLink {
   /** Part of {@linkcode ServerLink}. */
   released(_server: Server): void {
     this.#replay = null;
+    this.#syncRetried = false;
     this.lastActivity = Date.now();
     this.server = null;
     this.state = "idle";
@@ -2874,9 +2930,15 @@ export class Client implements ServerLink {
 
   /** Part of {@linkcode ServerLink}: what a server's FATAL means to this client. */
   onServerFatal(server: Server): "replay" | "downgrade" | "keep" {
-    if (this.#replay !== null && !server.dataForwarded) return "replay";
-    return this.#survives(server) ? "downgrade" : "keep";
+    if (this.#replay?.role === "replica" && !server.dataForwarded) return "replay";
+    if (this.#survives(server)) return "downgrade";
+    // The client has the server's FATAL, as PostgreSQL sends it: nothing follows but the close.
+    this.#fatalForwarded = true;
+    return "keep";
   }
+
+  /** A server's FATAL went to the client unchanged: its connection ends without another word. */
+  #fatalForwarded = false;
 
   /** Outside a transaction (and unpinned) a lost server is simply replaced. */
   #survives(server: Server): boolean {
@@ -2892,12 +2954,22 @@ export class Client implements ServerLink {
     if (this.closed) return;
     const replay = this.#replay;
     this.#replay = null;
-    if (replay && !server.dataForwarded && !this.session.pinned && this.cluster) {
-      // A read lost before any of its answer went out: run it again on another host.
-      this.cluster.banPool(server.owner as Pool, `server lost: ${error.message}`);
-      log.info(
-        `client ${this.id}: ${server.label} lost before answering a read; running it on another host`,
-      );
+    const syncFailed = error instanceof SettingsSyncError;
+    if (
+      replay && !server.dataForwarded && !this.session.pinned && this.cluster &&
+      (syncFailed ? !this.#syncRetried : replay.role === "replica")
+    ) {
+      if (syncFailed) {
+        // The server skipped the request: it runs on another server, with the settings applied.
+        this.#syncRetried = true;
+        log.info(`client ${this.id}: running the request on another server`);
+      } else {
+        // A read lost before any of its answer went out: run it again on another host.
+        this.cluster.banPool(server.owner as Pool, `server lost: ${error.message}`);
+        log.info(
+          `client ${this.id}: ${server.label} lost before answering a read; running it on another host`,
+        );
+      }
       this.#replaying = this.#rerun(replay, server.answered).catch((e) => {
         log.warn(
           `client ${this.id}: re-running a read failed: ${errorMessage(e)}`,
@@ -2907,14 +2979,31 @@ export class Client implements ServerLink {
       });
       return;
     }
-    const fields: ErrorFields = {
-      severity: "ERROR",
-      code: SqlState.ConnectionFailure,
-      message: `server connection lost: ${error.message}`,
-      detail:
-        `${server.address.host}:${server.address.port} closed the connection while this client used it`,
-    };
+    const fields: ErrorFields = syncFailed
+      ? {
+        ...error.fields,
+        severity: "ERROR",
+        message:
+          `pgdog could not apply this session's settings on a server: ${error.fields.message}`,
+        detail: "The request did not run.",
+      }
+      : {
+        severity: "ERROR",
+        code: SqlState.ConnectionFailure,
+        message: `server connection lost: ${error.message}`,
+        detail:
+          `${server.address.host}:${server.address.port} closed the connection while this client used it`,
+      };
     log.warn(`client ${this.id}: ${server.label} lost: ${error.message}`);
+    if (syncFailed && this.#syncRetried) {
+      // Two servers in a row refused the session's settings: no server can take this session.
+      this.terminate({ ...fields, severity: "FATAL" });
+      return;
+    }
+    if (this.#fatalForwarded) {
+      this.writer.flush().catch(() => {}).finally(() => this.#teardown());
+      return;
+    }
     if (!this.#survives(server)) {
       // A transaction or session state is gone with the server: the client must start over.
       this.terminate({ ...fields, severity: "FATAL" });
@@ -2989,6 +3078,9 @@ const FORGET_SCAN: SessionScan = {
   resetAll: false,
   discardAll: false,
   advisoryLocks: true,
+  tempObjects: true,
+  creates: false,
+  tempRelease: false,
   listen: false,
   sqlPrepared: false,
   prepareOrExecute: false,

@@ -7,7 +7,13 @@
  * @module
  */
 
-import { appendError, type ErrorFields, MessageBuilder, Msg } from "../protocol/messages.ts";
+import {
+  appendError,
+  type ErrorFields,
+  MessageBuilder,
+  Msg,
+  StartupCode,
+} from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import type { AdminConfig, AuthType } from "../config/types.ts";
@@ -83,8 +89,15 @@ export async function logIn(io: AuthIo, host: LoginHost): Promise<LoginResult | 
     switch (pkt.kind) {
       case "ssl":
       case "gssenc":
-        if (asked[pkt.kind]) {
-          await refuse(SqlState.ProtocolViolation, "unexpected second encryption request");
+        if (asked[pkt.kind] || tls) {
+          // PostgreSQL reads a request it already answered (or any after TLS is up) as a startup
+          // packet with an unknown protocol version.
+          const code = pkt.kind === "ssl" ? StartupCode.SslRequest : StartupCode.GssEncRequest;
+          await refuse(
+            SqlState.FeatureNotSupported,
+            `unsupported frontend protocol ${code >>> 16}.${code & 0xffff}: ` +
+              "server supports 3.0 to 3.0",
+          );
         }
         asked[pkt.kind] = true;
         if (pkt.kind === "ssl" && host.tls !== null) {
@@ -110,6 +123,10 @@ export async function logIn(io: AuthIo, host: LoginHost): Promise<LoginResult | 
         return null;
       case "invalid":
         return await refuse(SqlState.ProtocolViolation, pkt.reason);
+      case "drop":
+        // Like PostgreSQL: logged, and the connection closed without an answer.
+        log.info(`client sent a malformed startup packet (${pkt.reason}); closing the connection`);
+        return null;
       case "startup":
         if (pkt.major !== 3) {
           await refuse(
@@ -160,11 +177,27 @@ export async function logIn(io: AuthIo, host: LoginHost): Promise<LoginResult | 
   if (database === host.admin.name) {
     return await adminLogin(io, { user, startup, tls, host, refuse });
   }
+  const method = host.authType;
   if (!host.databases.hasDatabase(database)) {
+    // As PostgreSQL: which databases exist is told only to a client that authenticated. Until
+    // then the answer (and the exchange before it) is that of a wrong password.
+    if (method !== "trust") {
+      const password = host.databases.passwordOf(user);
+      const outcome = await authenticateClient(io, {
+        method,
+        user,
+        known: password !== undefined,
+        password,
+      });
+      if (!outcome.ok) {
+        if (outcome.protocol) await refuse(SqlState.ProtocolViolation, outcome.protocol);
+        log.info(`login refused: database "${database}" does not exist (user "${user}")`);
+        await refuse(SqlState.InvalidPassword, `password authentication failed for user "${user}"`);
+      }
+    }
     await refuse(SqlState.InvalidCatalogName, `database "${database}" does not exist`);
   }
   const cluster = host.databases.lookup(user, database);
-  const method = host.authType;
   const outcome = await authenticateClient(io, {
     method,
     user,

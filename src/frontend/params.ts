@@ -92,24 +92,57 @@ export function quoteLiteral(value: string): string {
 }
 
 /**
- * The SQL that changes a server from `applied` to `desired` (RESETs, then one set_config call per
- * changed value), or null when nothing differs. `set_config` takes the value as text, the same way a
- * startup parameter is given, so list values such as search_path keep their meaning.
+ * Settings that decide who the session is. Another client's identity may lack the rights to change
+ * the rest (superuser-only settings), so they are reset first and set last.
  */
-export function paramSyncSql(desired: SessionParams, applied: SessionParams): string | null {
-  let sql = "";
+const IDENTITY = ["session_authorization", "role"];
+
+/**
+ * The statements that change a server from `applied` to `desired`, or null when nothing differs:
+ * the identity back to the login's (`SET SESSION AUTHORIZATION DEFAULT` also resets the role) when
+ * the server has another one, RESETs, then one `SELECT` of `set_config` calls, the identity last.
+ * `set_config` takes the value as text, the same way a startup parameter is given, so list values
+ * such as search_path keep their meaning.
+ */
+export function paramSyncStatements(
+  desired: SessionParams,
+  applied: SessionParams,
+): string[] | null {
+  if (sameSettings(desired, applied)) return null;
+  const out: string[] = [];
+  const identityApplied = IDENTITY.some((name) => applied.has(name));
+  if (identityApplied) out.push("SET SESSION AUTHORIZATION DEFAULT");
   for (const name of applied.keys()) {
-    if (!desired.has(name)) sql += `RESET ${quoteIdent(name)};`;
+    if (!desired.has(name) && !IDENTITY.includes(name)) out.push(`RESET ${quoteIdent(name)}`);
   }
   let sets = "";
-  for (const [name, value] of desired) {
-    if (applied.get(name) === value) continue;
+  const set = (name: string, value: string): void => {
     sets += `${sets ? "," : ""}pg_catalog.set_config(${quoteLiteral(name)},${
       quoteLiteral(value)
     },false)`;
+  };
+  for (const [name, value] of desired) {
+    if (applied.get(name) !== value && !IDENTITY.includes(name)) set(name, value);
   }
-  if (sets) sql += `SELECT ${sets}`;
-  return sql === "" ? null : sql;
+  // After the reset above (or on a server that had none), the identity is set in full.
+  for (const name of IDENTITY) {
+    const value = desired.get(name);
+    if (value !== undefined) set(name, value);
+  }
+  if (sets) out.push(`SELECT ${sets}`);
+  return out;
+}
+
+/** {@linkcode paramSyncStatements} as one simple-query string, or null when nothing differs. */
+export function paramSyncSql(desired: SessionParams, applied: SessionParams): string | null {
+  return paramSyncStatements(desired, applied)?.join(";") ?? null;
+}
+
+/** True when both hold the same settings. */
+function sameSettings(a: SessionParams, b: SessionParams): boolean {
+  if (a.size !== b.size) return false;
+  for (const [k, v] of a) if (b.get(k) !== v) return false;
+  return true;
 }
 
 /** Records that `desired` is now what the server has. */

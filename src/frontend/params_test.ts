@@ -2,6 +2,7 @@ import { deepEqual, equal } from "node:assert/strict";
 import {
   paramsSignature,
   paramSyncSql,
+  paramSyncStatements,
   parseStartupOptions,
   quoteLiteral,
   sessionParamsFromStartup,
@@ -64,4 +65,25 @@ Deno.test("signature is independent of order", () => {
     paramsSignature(new Map([["b", "2"], ["a", "1"]])),
   );
   equal(paramsSignature(new Map()), "");
+});
+
+Deno.test("sync SQL resets another identity first and sets the client's last", () => {
+  // A superuser-only setting left by a client that then became lo_user: reset as the login.
+  const applied = new Map([["lo_compat_privileges", "on"], ["session_authorization", "lo_user"]]);
+  deepEqual(paramSyncStatements(new Map(), applied), [
+    "SET SESSION AUTHORIZATION DEFAULT",
+    'RESET "lo_compat_privileges"',
+  ]);
+  // The client's own identity goes on after its settings (which it set before changing it).
+  const desired = new Map([["role", "r"], ["work_mem", "8MB"], ["session_authorization", "s"]]);
+  deepEqual(paramSyncStatements(desired, new Map([["role", "r"]])), [
+    "SET SESSION AUTHORIZATION DEFAULT",
+    "SELECT pg_catalog.set_config(E'work_mem',E'8MB',false)," +
+    "pg_catalog.set_config(E'session_authorization',E's',false)," +
+    "pg_catalog.set_config(E'role',E'r',false)",
+  ]);
+  deepEqual(paramSyncStatements(new Map([["role", "r"]]), new Map()), [
+    "SELECT pg_catalog.set_config(E'role',E'r',false)",
+  ]);
+  equal(paramSyncStatements(desired, new Map(desired)), null);
 });

@@ -1,12 +1,14 @@
 /**
  * A client's session state in a pooled world: its settings (startup parameters plus what it SET),
- * whether it must keep its server (pinned by advisory locks or `SET pgdog.pin`), and pgdog's own
- * `pgdog.*` settings.
+ * whether it must keep its server (pinned by advisory locks, temporary objects, WITH HOLD cursors
+ * or `SET pgdog.pin`), and pgdog's own `pgdog.*` settings.
  *
  * Settings are learned from the server rather than guessed from SQL: when a request may have
  * changed any (SET, RESET, set_config, DISCARD), pgdog asks the server for its session-level
  * settings once the transaction is over. Whatever COMMIT, ROLLBACK or SET LOCAL did is then
- * already applied, exactly as PostgreSQL applied it.
+ * already applied, exactly as PostgreSQL applied it. Pins are learned the same way: after a
+ * transaction that may have taken an advisory lock, created or dropped a temporary object or a
+ * WITH HOLD cursor, the same read-back counts what the session holds.
  *
  * @module
  */
@@ -20,6 +22,18 @@ const GUARDED = "'statement_timeout', 'lock_timeout'";
 
 /** The read-back row that carries the number of advisory locks held. */
 const ADVISORY_ROW = "pgdog.advisory_locks";
+/** The read-back row with the number of temporary objects (tables, views, sequences, ...). */
+const TEMP_ROW = "pgdog.temp_objects";
+/** The read-back row with the number of WITH HOLD cursors open. */
+const HOLD_ROW = "pgdog.hold_cursors";
+
+/** What the session's temporary schema holds (nothing when it has none: the schema is 0 then). */
+const TEMP_COUNT = "(SELECT pg_catalog.count(*) FROM pg_catalog.pg_class" +
+  " WHERE relnamespace = pg_catalog.pg_my_temp_schema())" +
+  " + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc" +
+  " WHERE pronamespace = pg_catalog.pg_my_temp_schema())" +
+  " + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_type" +
+  " WHERE typnamespace = pg_catalog.pg_my_temp_schema())";
 
 /** Settings that pg_settings does not list; read by name when the client touched them. */
 function isHidden(name: string): boolean {
@@ -40,6 +54,13 @@ export class SessionState {
   #advisoryCalls = false;
   /** Session-level advisory locks held, per the last read-back. */
   advisoryHeld = false;
+  /** Statements that may create (or drop, while some are held) temporary objects or WITH HOLD
+   * cursors ran since the last read-back. */
+  #tempCalls = false;
+  /** The session has temporary objects, per the last read-back. */
+  tempHeld = false;
+  /** The session has WITH HOLD cursors open, per the last read-back. */
+  holdCursors = false;
   /** `SET pgdog.pin TO true`. */
   manualPin = false;
   /** `pgdog.*` settings (role, shard, sharding_key, ...), for routing. */
@@ -55,7 +76,18 @@ export class SessionState {
 
   /** The server must stay with this client. */
   get pinned(): boolean {
-    return this.advisoryHeld || this.manualPin;
+    return this.advisoryHeld || this.manualPin || this.tempHeld || this.holdCursors;
+  }
+
+  /** Why the server stays with this client (SHOW CLIENTS), or "" when it doesn't. */
+  get pinReasons(): string {
+    if (!this.pinned) return "";
+    const why: string[] = [];
+    if (this.advisoryHeld) why.push("advisory locks");
+    if (this.tempHeld) why.push("temporary objects");
+    if (this.holdCursors) why.push("WITH HOLD cursors");
+    if (this.manualPin) why.push("pgdog.pin");
+    return why.join(", ");
   }
 
   /** Takes note of what a request about to run does to the session. */
@@ -65,11 +97,21 @@ export class SessionState {
     }
     for (const name of scan.settings) if (isHidden(name)) this.#hidden.add(name);
     if (scan.advisoryLocks) this.#advisoryCalls = true;
+    if (
+      scan.tempObjects || (scan.tempRelease && (this.tempHeld || this.holdCursors)) ||
+      (scan.creates && this.#tempFirst(scan))
+    ) this.#tempCalls = true;
+  }
+
+  /** pg_temp may be where unqualified objects are created (it is named in search_path). */
+  #tempFirst(scan: SessionScan): boolean {
+    return scan.settings.includes("search_path") ||
+      (this.params.get("search_path")?.includes("pg_temp") ?? false);
   }
 
   /** True when the server must be asked what the session now holds. */
   get needsReadBack(): boolean {
-    return this.#settingsChanged || this.#advisoryCalls;
+    return this.#settingsChanged || this.#advisoryCalls || this.#tempCalls;
   }
 
   /**
@@ -78,8 +120,10 @@ export class SessionState {
    */
   readBackSql(): string {
     const advisory = this.#advisoryCalls || this.advisoryHeld;
+    const temp = this.#tempCalls || this.tempHeld || this.holdCursors;
     this.#settingsChanged = false;
     this.#advisoryCalls = false;
+    this.#tempCalls = false;
     // The client's own statement_timeout / lock_timeout must not cut the read-back short, so the
     // main query runs under SET LOCAL; their session values are read first, since afterwards
     // pg_settings shows pgdog's SET LOCAL instead.
@@ -98,6 +142,11 @@ export class SessionState {
         ` UNION ALL SELECT '${ADVISORY_ROW}', pg_catalog.count(*)::text FROM pg_catalog.pg_locks` +
         " WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()";
     }
+    if (temp) {
+      sql += ` UNION ALL SELECT '${TEMP_ROW}', (${TEMP_COUNT})::text` +
+        ` UNION ALL SELECT '${HOLD_ROW}', pg_catalog.count(*)::text FROM pg_catalog.pg_cursors` +
+        " WHERE is_holdable";
+    }
     return sql + "; COMMIT";
   }
 
@@ -111,6 +160,14 @@ export class SessionState {
       if (rawName === null) continue;
       if (rawName === ADVISORY_ROW) {
         this.advisoryHeld = Number(value) > 0;
+        continue;
+      }
+      if (rawName === TEMP_ROW) {
+        this.tempHeld = Number(value) > 0;
+        continue;
+      }
+      if (rawName === HOLD_ROW) {
+        this.holdCursors = Number(value) > 0;
         continue;
       }
       const name = rawName.toLowerCase();
@@ -130,6 +187,9 @@ export class SessionState {
     this.manualPin = false;
     this.advisoryHeld = false;
     this.#advisoryCalls = false;
+    this.tempHeld = false;
+    this.holdCursors = false;
+    this.#tempCalls = false;
     this.#settingsChanged = false;
     this.pgdog.clear();
     this.pgdogLocal.clear();

@@ -1,7 +1,8 @@
 /**
  * A lexical pass over SQL text that finds the statements pooling must react to, without a full
  * parse: settings changed for the session (SET, RESET, set_config, DISCARD), session-level
- * advisory locks, LISTEN, and SQL-level PREPARE/EXECUTE/DEALLOCATE. Strings, quoted identifiers,
+ * advisory locks, temporary objects and WITH HOLD cursors (and what may drop them), LISTEN, and
+ * SQL-level PREPARE/EXECUTE/DEALLOCATE. Strings, quoted identifiers,
  * dollar quotes and comments are skipped, so `UPDATE t SET ...` or `'SET x'` do not count.
  *
  * Most queries contain none of the keywords involved; a cheap test rejects them before any
@@ -24,6 +25,15 @@ export interface SessionScan {
   discardAll: boolean;
   /** Calls a session-level advisory lock or unlock function. */
   advisoryLocks: boolean;
+  /**
+   * May create a temporary object or a WITH HOLD cursor: CREATE TEMP/TEMPORARY ..., CREATE ...
+   * pg_temp.x (or a view on one), SELECT ... INTO TEMP, DECLARE ... WITH HOLD.
+   */
+  tempObjects: boolean;
+  /** A CREATE statement (with pg_temp first in search_path, it creates a temporary object). */
+  creates: boolean;
+  /** May drop what tempObjects creates: DROP, DISCARD TEMP or ALL, CLOSE. */
+  tempRelease: boolean;
   /** LISTEN. */
   listen: boolean;
   /** SQL-level PREPARE, EXECUTE or DEALLOCATE. */
@@ -52,8 +62,10 @@ export interface Deallocation {
   dosBefore: number;
 }
 
-const MAYBE = /set|discard|listen|prepare|execute|deallocate|advisory|pgdog/i;
+const MAYBE =
+  /set|discard|listen|prepare|execute|deallocate|advisory|pgdog|\b(?:create|drop|close|declare|temp|temporary|pg_temp)\b/i;
 
+/** Keywords found inside words too (`set` in `offset` costs only a scan). */
 const KEYWORDS = [
   "set",
   "discard",
@@ -64,11 +76,25 @@ const KEYWORDS = [
   "advisory",
   "pgdog",
 ].map((k) => new TextEncoder().encode(k));
+/** Keywords that count only as whole words (`created_at` and `dropped` are common columns). */
+const WORDS = ["create", "drop", "close", "declare", "temp", "temporary", "pg_temp"].map((k) =>
+  new TextEncoder().encode(k)
+);
+/** First bytes (lower case) of KEYWORDS (bit 1) and of WORDS (bit 2). */
 const FIRST = new Uint8Array(256);
 /** Texts longer than this are tested with MAYBE, in pieces this long (see mayAffectSession). */
 const LONG_TEXT = 64 * 1024;
 const utf8 = new TextDecoder();
-for (const k of KEYWORDS) FIRST[k[0]] = 1;
+for (const k of KEYWORDS) FIRST[k[0]] |= 1;
+for (const k of WORDS) FIRST[k[0]] |= 2;
+/** Bytes that continue an identifier: letters, digits, _, $ and non-ASCII. */
+const WORD_BYTE = new Uint8Array(256);
+for (let c = 0; c < 256; c++) {
+  WORD_BYTE[c] = (c >= 0x30 && c <= 0x39) || ((c | 0x20) >= 0x61 && (c | 0x20) <= 0x7a) ||
+      c === 0x5f || c === 0x24 || c >= 0x80
+    ? 1
+    : 0;
+}
 
 /**
  * The byte-level version of the keyword test, on UTF-8 SQL at [start, end): false means
@@ -83,16 +109,24 @@ export function mayAffectSession(buf: Uint8Array, start: number, end: number): b
     }
     return false;
   }
-  const count = KEYWORDS.length;
   for (let i = start; i < end; i++) {
     const c = buf[i] | 0x20;
     if (FIRST[c] === 0) continue;
-    for (let n = 0; n < count; n++) {
-      const k = KEYWORDS[n];
+    if ((FIRST[c] & 1) !== 0) {
+      for (const k of KEYWORDS) {
+        if (k[0] !== c || i + k.length > end) continue;
+        let j = 1;
+        while (j < k.length && (buf[i + j] | 0x20) === k[j]) j++;
+        if (j === k.length) return true;
+      }
+    }
+    if ((FIRST[c] & 2) === 0 || (i > start && WORD_BYTE[buf[i - 1]] === 1)) continue;
+    for (const k of WORDS) {
       if (k[0] !== c || i + k.length > end) continue;
       let j = 1;
-      while (j < k.length && (buf[i + j] | 0x20) === k[j]) j++;
-      if (j === k.length) return true;
+      // `_` | 0x20 is DEL: compare it as is.
+      while (j < k.length && (buf[i + j] === k[j] || (buf[i + j] | 0x20) === k[j])) j++;
+      if (j === k.length && (i + j === end || WORD_BYTE[buf[i + j]] === 0)) return true;
     }
   }
   return false;
@@ -108,6 +142,9 @@ export function scanSession(sql: string): SessionScan | null {
     resetAll: false,
     discardAll: false,
     advisoryLocks: false,
+    tempObjects: false,
+    creates: false,
+    tempRelease: false,
     listen: false,
     sqlPrepared: false,
     prepareOrExecute: false,
@@ -131,7 +168,7 @@ export function scanSession(sql: string): SessionScan | null {
     inspect(tokens, scan);
   }
   const interesting = scan.settings.length > 0 || scan.unknownSetting || scan.resetAll ||
-    scan.advisoryLocks ||
+    scan.advisoryLocks || scan.tempObjects || scan.creates || scan.tempRelease ||
     scan.listen || scan.sqlPrepared || scan.pgdogSettings.length > 0;
   return interesting ? scan : null;
 }
@@ -375,7 +412,27 @@ function inspect(t: Token[], scan: SessionScan): void {
         scan.resetAll = true;
         scan.discardAll = true;
       }
+      if (w1 === "all" || w1 === "temp" || w1 === "temporary") scan.tempRelease = true;
       return;
+    case "drop":
+    case "close":
+      scan.tempRelease = true;
+      return;
+    case "create":
+      scan.creates = true;
+      if (createsTemp(t)) scan.tempObjects = true;
+      break; // CREATE TABLE ... AS SELECT may call functions
+    case "select":
+    case "with":
+      if (selectsIntoTemp(t)) scan.tempObjects = true;
+      break;
+    case "declare":
+      for (let i = 1; i + 1 < t.length; i++) {
+        if (t[i].kind === WORD && t[i].text === "with" && t[i + 1].text === "hold") {
+          scan.tempObjects = true;
+        }
+      }
+      break;
     case "listen":
       scan.listen = true;
       return;
@@ -427,6 +484,52 @@ function deallocateTarget(t: Token[], sql: string): string | null | undefined {
   if (name.kind !== WORD) return undefined;
   if (name.text === "all") return null;
   return sql.slice(name.start, name.end).replace(/[A-Z]+/g, (m) => m.toLowerCase());
+}
+
+/** Words that may come between CREATE and the kind of object. */
+const CREATE_MODIFIERS = new Set([
+  "or",
+  "replace",
+  "global",
+  "local",
+  "temp",
+  "temporary",
+  "unlogged",
+  "recursive",
+  "trusted",
+  "procedural",
+]);
+
+/** Whether `t[i]` names the pg_temp schema followed by a dot (`pg_temp.x`). */
+function isPgTempQualifier(t: Token[], i: number): boolean {
+  const tok = t[i];
+  return (tok.kind === WORD || tok.kind === IDENT) && tok.text === "pg_temp" &&
+    t[i + 1]?.kind === PUNCT && t[i + 1].text === ".";
+}
+
+/**
+ * CREATE TEMP/TEMPORARY ..., or a CREATE naming pg_temp.x anywhere (the object itself, or a view
+ * on a temporary table, which PostgreSQL makes temporary too).
+ */
+function createsTemp(t: Token[]): boolean {
+  for (let i = 1; i < t.length && t[i].kind === WORD && CREATE_MODIFIERS.has(t[i].text); i++) {
+    if (t[i].text === "temp" || t[i].text === "temporary") return true;
+  }
+  for (let i = 1; i < t.length; i++) if (isPgTempQualifier(t, i)) return true;
+  return false;
+}
+
+/** SELECT ... INTO [GLOBAL | LOCAL] TEMP/TEMPORARY [TABLE] x, or INTO pg_temp.x. */
+function selectsIntoTemp(t: Token[]): boolean {
+  for (let i = 1; i + 1 < t.length; i++) {
+    if (t[i].kind !== WORD || t[i].text !== "into") continue;
+    const next = t[i + 1];
+    if (next.kind === WORD && ["temp", "temporary", "global", "local"].includes(next.text)) {
+      return true;
+    }
+    if (isPgTempQualifier(t, i + 1)) return true;
+  }
+  return false;
 }
 
 /** The arguments of a call starting after its "(", each as a token list (nesting respected). */

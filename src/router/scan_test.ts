@@ -80,12 +80,20 @@ Deno.test("the byte prefilter agrees with the text test", () => {
       "SeT x = 1",
       "DISCARD ALL",
       "x pg_ADVISORY_lock",
+      "select created_at, dropped, closed_by, temperature, my_temp from t",
+      "CREATE TEMP TABLE x (a int)",
+      "create temporary table x (a int)",
+      "select 1 into Pg_Temp.x",
+      "drop table x",
+      "CLOSE c",
+      "declare c cursor with hold for select 1",
     ]
   ) {
     const b = enc.encode(`..${sql}..`);
     equal(
       mayAffectSession(b, 2, b.length - 2),
-      /set|discard|listen|prepare|execute|deallocate|advisory|pgdog/i.test(sql),
+      /set|discard|listen|prepare|execute|deallocate|advisory|pgdog|\b(?:create|drop|close|declare|temp|temporary|pg_temp)\b/i
+        .test(sql),
       sql,
     );
   }
@@ -124,4 +132,47 @@ Deno.test("DEALLOCATE statements: their target, place and the DO statements befo
   // Only A-Z fold, as in PostgreSQL.
   deepEqual(scanSession("DEALLOCATE ÜNÏ")!.deallocations.map((d) => d.target), ["ÜnÏ"]);
   equal(scanSession("DEALLOCATE x; EXECUTE y")!.prepareOrExecute, true);
+});
+
+Deno.test("temporary objects and WITH HOLD cursors, and what may drop them", () => {
+  for (
+    const sql of [
+      "CREATE TEMP TABLE t (a int)",
+      "create temporary table if not exists t (a int)",
+      "CREATE LOCAL TEMPORARY TABLE t (a int) ON COMMIT DELETE ROWS",
+      "CREATE GLOBAL TEMP SEQUENCE s",
+      "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+      "CREATE TEMP TABLE t AS SELECT 1 AS a",
+      "CREATE TABLE pg_temp.t (a int)",
+      'CREATE FUNCTION "pg_temp".f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$',
+      "CREATE VIEW v AS SELECT * FROM pg_temp.t",
+      "SELECT 1 AS a INTO TEMP t",
+      "select 1 as a into temporary table t",
+      "SELECT * INTO LOCAL TEMP t FROM x",
+      "SELECT 1 AS a INTO pg_temp.t",
+      "WITH x AS (SELECT 1 AS a) SELECT * INTO TEMP t FROM x",
+      "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+      "declare c no scroll cursor with hold for select 1",
+    ]
+  ) {
+    equal(scanSession(sql)?.tempObjects, true, sql);
+  }
+  for (
+    const sql of [
+      "CREATE TABLE t (temp int, temporary text)",
+      "CREATE INDEX ON t (a)",
+      "SELECT temp FROM weather",
+      "SELECT 1 INTO STRICT x",
+      "DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1",
+      "DECLARE c CURSOR FOR SELECT 'with hold'",
+    ]
+  ) {
+    equal(scanSession(sql)?.tempObjects ?? false, false, sql);
+  }
+  equal(scanSession("CREATE TABLE t (a int)")?.creates, true);
+  equal(scanSession("SELECT temp FROM weather"), null);
+  for (const sql of ["DROP TABLE t", "DISCARD TEMP", "DISCARD ALL", "CLOSE ALL", "close c"]) {
+    equal(scanSession(sql)?.tempRelease, true, sql);
+  }
+  equal(scanSession("DISCARD PLANS")?.tempRelease ?? false, false);
 });
