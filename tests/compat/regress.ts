@@ -71,7 +71,7 @@ const SERVER_SETTINGS = { max_prepared_transactions: 2 };
 export function parseRegressOutput(output: string): TestOutcome[] {
   const outcomes: TestOutcome[] = [];
   const line =
-    /^(?:test |     )(\S+)\s+\.\.\. (ok|FAILED|failed \(ignored\))\s*(\([^)]*\))?\s+(\d+) ms$/gm;
+    /^(?:test | {5})(\S+)\s+\.\.\. (ok|FAILED|failed \(ignored\))\s*(\([^)]*\))?\s+(\d+) ms$/gm;
   for (const m of output.matchAll(line)) {
     outcomes.push({
       name: m[1],
