@@ -63,12 +63,14 @@ function report(
   print: (line: string) => void,
 ): void {
   const { run, verdict } = result;
+  const printDiff = (name: string, maxLines: number) => {
+    const lines = (run.diffs.get(name) ?? "(no diff)").split("\n");
+    for (const line of lines.slice(0, maxLines)) print(`  ${line}`);
+    if (lines.length > maxLines) print(`  ... (${lines.length - maxLines} more lines)`);
+  };
   for (const name of verdict.unexpected) {
-    const diff = run.diffs.get(name) ?? "(no diff)";
-    const lines = diff.split("\n");
     print(`compat: ${run.target}: ${name} FAILED and is not in expected_failures.toml; its diff:`);
-    for (const line of lines.slice(0, DIFF_LINES)) print(`  ${line}`);
-    if (lines.length > DIFF_LINES) print(`  ... (${lines.length - DIFF_LINES} more lines)`);
+    printDiff(name, DIFF_LINES);
   }
   if (verdict.missing.length > 0) {
     print(
@@ -82,6 +84,10 @@ function report(
       `compat: ${run.target}: warning: failed, but passed when the schedule ran again ` +
         `(timing: list them if they fail again): ${verdict.unconfirmed.join(", ")}`,
     );
+    for (const name of verdict.unconfirmed) {
+      print(`compat: ${run.target}: ${name}'s diff in the first run:`);
+      printDiff(name, DIFF_LINES / 2);
+    }
   }
   if (verdict.nowPassing.length > 0) {
     print(

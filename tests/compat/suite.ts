@@ -4,18 +4,17 @@
  * `autoinc.so`/`refint.so` from contrib/spi), built against the installed server headers.
  *
  * The source comes from Debian's archive through apt itself, with a private apt configuration
- * (deb-src lines of its own, its own lists and cache under the cache directory), so the machine's
- * apt setup is untouched and apt verifies the download: the archive's signed InRelease vouches for
+ * (deb-src lines made from the machine's `deb` sources, its own lists and cache under the cache
+ * directory), so the machine's apt setup is untouched and apt verifies the download: the archive's signed InRelease vouches for
  * the Sources index, which holds the checksums of the `.dsc` and the tarballs. The tarball's
  * SHA-256 is checked against the `.dsc` once more before it is unpacked. Only
- * `src/test/regress` and `contrib/spi` are kept, in `<cache>/<package>_<version>/`; a later run
- * reuses them.
+ * `src/test/regress` and `contrib/spi` are kept, in `<cache>/<package>_<version>-v<layout>/`; a
+ * later run reuses them.
  *
  * @module
  */
 
 import { asPostgresUser, isRoot, requirePgBinDir, runCommand } from "../harness/mod.ts";
-import { REPO_ROOT } from "../harness/mod.ts";
 
 /** The regression suite, ready to run with pg_regress. */
 export interface RegressSuite {
@@ -38,8 +37,9 @@ export interface RegressSuite {
 /** Options for {@linkcode prepareSuite}. */
 export interface PrepareSuiteOptions {
   /**
-   * Where the suite is kept between runs: env `PGDOG_COMPAT_CACHE`, else `.cache/compat` in the
-   * repository (ignored by git).
+   * Where the suite is kept between runs: env `PGDOG_COMPAT_CACHE`, else `pgdog-compat-cache` in
+   * TMPDIR (the server, as user postgres, reads the suite's data files, so not under a home
+   * directory it may not enter).
    */
   cacheDir?: string;
   /** Progress lines (downloading, building); silent by default. */
@@ -132,7 +132,8 @@ const LAYOUT = 1;
 
 /** The default cache directory. */
 export function defaultCacheDir(): string {
-  return Deno.env.get("PGDOG_COMPAT_CACHE") || `${REPO_ROOT}/.cache/compat`;
+  return Deno.env.get("PGDOG_COMPAT_CACHE") ||
+    `${Deno.env.get("TMPDIR") || "/tmp"}/pgdog-compat-cache`;
 }
 
 async function run(
@@ -193,13 +194,16 @@ async function sha256File(path: string): Promise<string> {
   return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** Download the source package with a private apt setup; returns the download directory. */
+/**
+ * Download the source package with a private apt setup: the installed version, or, when the
+ * archive no longer has it, the newest one it has. Returns the download directory and the `.dsc`.
+ */
 async function aptDownload(
   workDir: string,
   pkg: string,
   debianVersion: string,
   log: (line: string) => void,
-): Promise<string> {
+): Promise<{ download: string; dscName: string }> {
   if (!exists("/usr/bin/apt-get")) {
     throw new Error("apt-get not found: the compatibility run needs Debian's apt");
   }
@@ -229,10 +233,21 @@ async function aptDownload(
   log(`compat: fetching the source index of the machine's apt sources (${lines.length} suites)`);
   await run("apt-get", [...options, "update"]);
   log(`compat: downloading ${pkg} ${debianVersion} (apt checks it against the signed index)`);
-  await run("apt-get", [...options, "source", "--download-only", `${pkg}=${debianVersion}`], {
-    cwd: download,
-  });
-  return download;
+  const source = (spec: string) =>
+    run("apt-get", [...options, "source", "--download-only", spec], { cwd: download });
+  try {
+    await source(`${pkg}=${debianVersion}`);
+  } catch (err) {
+    if (!/Can not find version|Unable to find a source package/.test(String(err))) throw err;
+    log(
+      `compat: warning: the archive no longer has ${pkg} ${debianVersion}; using its newest ` +
+        `${pkg} (expected outputs may differ where the minor releases differ)`,
+    );
+    await source(pkg);
+  }
+  const dscs = [...Deno.readDirSync(download)].map((e) => e.name).filter((n) => n.endsWith(".dsc"));
+  if (dscs.length !== 1) throw new Error(`apt-get source left ${dscs.length} .dsc files`);
+  return { download, dscName: dscs[0] };
 }
 
 /**
@@ -321,8 +336,7 @@ async function fetchAndBuild(
   const { build, pkg, debian, binDir, log } = options;
   await Deno.remove(build, { recursive: true }).catch(() => {});
   await Deno.mkdir(`${build}/source`, { recursive: true });
-  const download = await aptDownload(build, pkg, debian, log);
-  const dscName = `${pkg}_${debian.replace(/^\d+:/, "")}.dsc`;
+  const { download, dscName } = await aptDownload(build, pkg, debian, log);
   const tarball = await verifiedTarball(download, dscName);
   log(`compat: unpacking src/test/regress and contrib/spi (sha256 ${tarball.sha})`);
   await run("tar", [
