@@ -978,6 +978,15 @@ Deno.test("prepared statements in transaction mode", async (t) => {
           );
           assert.match(f.H ?? "", /protocol-level prepared statements/);
         }
+        // Inside a transaction the server raises pgdog's error (the transaction fails as it
+        // would): the client sees pgdog's fields, not the DO block pgdog ran for it.
+        assert.deepEqual(summary(await c.simple("BEGIN")), ["C BEGIN", "Z T"]);
+        const inTx = await c.simple("PREPARE x AS select 1");
+        assert.deepEqual(summary(inTx), ["E 0A000", "Z E"]);
+        const f = errorFields(inTx[0].body);
+        assert.match(f.M, /SQL PREPARE and EXECUTE are not supported/);
+        assert.equal(f.W, undefined, `no CONTEXT: ${f.W}`);
+        assert.deepEqual(summary(await c.simple("ROLLBACK")), ["C ROLLBACK", "Z I"]);
         // PL/pgSQL's EXECUTE is not SQL EXECUTE.
         assert.deepEqual(
           summary(await c.simple("DO $$ BEGIN EXECUTE 'select 1'; END $$")),

@@ -720,11 +720,15 @@ export class Server {
    */
   #errorForClient(buf: Uint8Array, p: number, size: number): Uint8Array | null {
     const fields = parseErrorFields(buf, p + 5, p + size);
-    if (this.queue.headKind === Expect.Execute) {
+    const head = this.queue.headKind;
+    if (head === Expect.Execute || head === Expect.Query) {
       const raise = (this.queue.headPayload as RunTicket | null)?.raise;
-      // pgdog made the server fail here (an Execute of a portal that does not exist); in a failed
-      // transaction the server's own 25P02 is what PostgreSQL would have said.
-      if (raise !== undefined && fields.code === "34000") return errorResponse(raise);
+      // pgdog made the server fail here (an Execute of a portal that does not exist, or a DO
+      // block raising pgdog's error); in a failed transaction the server's own 25P02 is what
+      // PostgreSQL would have said.
+      if (raise !== undefined && fields.code === (head === Expect.Query ? raise.code : "34000")) {
+        return errorResponse(raise);
+      }
     }
     let changed = false;
     const rewrite = this.errorRewrite;

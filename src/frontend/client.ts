@@ -1446,6 +1446,8 @@ export class Client implements ServerLink {
     if (fields.detail) using += `, DETAIL = ${lit(fields.detail)}`;
     if (fields.hint) using += `, HINT = ${lit(fields.hint)}`;
     this.#substitute = queryMessage(`DO $pgdog$ BEGIN RAISE EXCEPTION USING ${using}; END $pgdog$`);
+    // The client gets the error as pgdog means it, without the DO block's CONTEXT line.
+    this.#queryTicket = { raise: fields };
     return false;
   }
 
