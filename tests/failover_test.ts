@@ -20,6 +20,7 @@
 import assert from "node:assert/strict";
 import type pg from "pg";
 import {
+  codeOf,
   connectPg,
   dumpLogsOnFailure,
   pgbench,
@@ -33,6 +34,7 @@ import {
   startProxy,
   startReplica,
   type TomlDocument,
+  waitUntil,
 } from "./harness/mod.ts";
 
 const PASSWORD = "failover-test-pw";
@@ -66,20 +68,6 @@ function namer(nodes: Record<string, PgCluster>): (port: unknown) => string {
   return (port) => byPort.get(Number(port)) ?? `port ${port}`;
 }
 
-/** Polls `check` until it returns true; false when `timeoutMs` passes first. */
-async function waitUntil(
-  check: () => Promise<boolean>,
-  timeoutMs: number,
-  intervalMs = 25,
-): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return true;
-    await sleep(intervalMs);
-  }
-  return await check();
-}
-
 /** Where `n` sequential reads ran. */
 async function reads(c: pg.Client, name: (p: unknown) => string, n: number): Promise<string[]> {
   const out: string[] = [];
@@ -89,11 +77,6 @@ async function reads(c: pg.Client, name: (p: unknown) => string, n: number): Pro
 
 function count(seq: string[], what: string): number {
   return seq.filter((s) => s === what).length;
-}
-
-/** The SQLSTATE of an npm:pg error. */
-function codeOf(e: unknown): string | undefined {
-  return (e as { code?: string })?.code;
 }
 
 function escape(s: string): string {

@@ -10,8 +10,10 @@
 import assert from "node:assert/strict";
 import type pg from "pg";
 import {
+  codeOf,
   connectPg,
   dumpLogsOnFailure,
+  failure,
   NO_PGPASS,
   type PgCluster,
   type PgTarget,
@@ -22,6 +24,7 @@ import {
   startPostgres,
   startProxy,
   type TomlDocument,
+  waitUntil,
 } from "./harness/mod.ts";
 
 const PASSWORD = "life-test-pw";
@@ -41,20 +44,6 @@ async function serverCount(admin: pg.Client, user: string): Promise<number> {
     [user],
   );
   return r.rows[0].n;
-}
-
-/** Polls `check` until it returns true; false when `timeoutMs` passes first. */
-async function waitUntil(
-  check: () => Promise<boolean>,
-  timeoutMs: number,
-  intervalMs = 50,
-): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return true;
-    await sleep(intervalMs);
-  }
-  return await check();
 }
 
 /** Backend pid of the session of `user` running a query that contains `text`, once it runs. */
@@ -127,16 +116,6 @@ function proxyFor(
 
 function via(proxy: ProxyProcess, user: string): PgTarget {
   return proxy.target({ user, password: PASSWORD, database: "app" });
-}
-
-/** The SQLSTATE of an npm:pg error. */
-function codeOf(e: unknown): string | undefined {
-  return (e as { code?: string })?.code;
-}
-
-/** Resolves with the error a promise rejects with, or null when it fulfils. */
-function failure<T>(p: Promise<T>): Promise<(Error & { code?: string }) | null> {
-  return p.then(() => null, (e) => e as Error & { code?: string });
 }
 
 /** Resolves true when `p` settles within `ms`. */

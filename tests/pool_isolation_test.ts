@@ -17,14 +17,18 @@ import assert from "node:assert/strict";
 import pg from "pg";
 import postgres from "postgres";
 import {
+  codeOf,
   connectPg,
   dumpLogsOnFailure,
+  failure,
   type PgTarget,
   psycopgAvailable,
+  row,
   runPsycopg,
   sleep,
   startPostgres,
   startProxy,
+  waitUntil,
 } from "./harness/mod.ts";
 import { type BackendMessage, errorFields, fe, WireClient } from "./wire.ts";
 
@@ -33,35 +37,6 @@ const ADMIN_PASSWORD = "isolation-admin-pw";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/** The SQLSTATE of a driver error. */
-function codeOf(e: unknown): string | undefined {
-  return (e as { code?: string })?.code;
-}
-
-/** Resolves with the error a promise rejects with, or null when it fulfils. */
-function failure<T>(p: Promise<T>): Promise<(Error & { code?: string }) | null> {
-  return p.then(() => null, (e) => e as Error & { code?: string });
-}
-
-/** The first row of a query. */
-async function row(c: pg.Client, sql: string): Promise<Record<string, unknown>> {
-  return (await c.query(sql)).rows[0];
-}
-
-/** Polls `check` until it returns true; false when `timeoutMs` passes first. */
-async function waitUntil(
-  check: () => Promise<boolean>,
-  timeoutMs: number,
-  intervalMs = 100,
-): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return true;
-    await sleep(intervalMs);
-  }
-  return await check();
-}
 
 /** Closes everything opened through it at the end of the scope. */
 class Closer implements AsyncDisposable {

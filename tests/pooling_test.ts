@@ -11,8 +11,10 @@
 import assert from "node:assert/strict";
 import type pg from "pg";
 import {
+  codeOf,
   connectPg,
   dumpLogsOnFailure,
+  failure,
   NO_PGPASS,
   pgbench,
   type PgCluster,
@@ -23,6 +25,7 @@ import {
   startPostgres,
   startProxy,
   type TomlDocument,
+  waitUntil,
 } from "./harness/mod.ts";
 
 const PASSWORD = "pool-test-pw";
@@ -81,20 +84,6 @@ function sampleServers(admin: pg.Client, users: string[], intervalMs = 50) {
       return { max, samples };
     },
   };
-}
-
-/** Polls `check` until it returns true; false when `timeoutMs` passes first. */
-async function waitUntil(
-  check: () => Promise<boolean>,
-  timeoutMs: number,
-  intervalMs = 50,
-): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return true;
-    await sleep(intervalMs);
-  }
-  return await check();
 }
 
 /** npm:pg clients that are all ended at the end of the scope. */
@@ -161,16 +150,6 @@ function proxyFor(
 
 function via(proxy: ProxyProcess, user: string, database = "app"): PgTarget {
   return proxy.target({ user, password: PASSWORD, database });
-}
-
-/** The SQLSTATE of an npm:pg error. */
-function codeOf(e: unknown): string | undefined {
-  return (e as { code?: string })?.code;
-}
-
-/** Resolves with the error a promise rejects with, or null when it fulfils. */
-function failure<T>(p: Promise<T>): Promise<(Error & { code?: string }) | null> {
-  return p.then(() => null, (e) => e as Error & { code?: string });
 }
 
 /**

@@ -24,6 +24,7 @@ import assert from "node:assert/strict";
 import type pg from "pg";
 import postgres from "postgres";
 import {
+  codeOf,
   connectPg,
   dumpLogsOnFailure,
   pgbench,
@@ -36,6 +37,7 @@ import {
   startProxy,
   startReplica,
   type TomlDocument,
+  waitUntil,
 } from "./harness/mod.ts";
 import { dataRow, errorFields, fe, WireClient } from "./wire.ts";
 
@@ -134,20 +136,6 @@ function tally(seq: NodeName[]): Record<NodeName, number> {
   return t;
 }
 
-/** Polls `check` until it returns true; false when `timeoutMs` passes first. */
-async function waitUntil(
-  check: () => Promise<boolean>,
-  timeoutMs: number,
-  intervalMs = 50,
-): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return true;
-    await sleep(intervalMs);
-  }
-  return await check();
-}
-
 /** Client backends on `node` other than the asking one. */
 async function otherBackends(node: PgCluster, where = "true"): Promise<number> {
   const rows = await node.sql(
@@ -163,11 +151,6 @@ async function commits(node: PgCluster): Promise<number> {
     "select xact_commit from pg_stat_database where datname = 'postgres'",
   );
   return Number(rows[0][0]);
-}
-
-/** The SQLSTATE of an npm:pg error. */
-function codeOf(e: unknown): string | undefined {
-  return (e as { code?: string })?.code;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,12 +16,16 @@ import assert from "node:assert/strict";
 import pg from "pg";
 import postgres from "postgres";
 import {
+  codeOf,
   dumpLogsOnFailure,
+  failure,
   type PgTarget,
   psql,
+  row,
   sleep,
   startPostgres,
   startProxy,
+  waitUntil,
 } from "./harness/mod.ts";
 import { type BackendMessage, dataRow, errorFields, fe, summary, WireClient } from "./wire.ts";
 
@@ -76,35 +80,6 @@ async function openPg(target: PgTarget, opts: PgOptions = {}): Promise<pg.Client
   client.on("error", () => {});
   await client.connect();
   return client;
-}
-
-/** The SQLSTATE of an npm:pg error. */
-function codeOf(e: unknown): string | undefined {
-  return (e as { code?: string })?.code;
-}
-
-/** Resolves with the error a promise rejects with, or null when it fulfils. */
-function failure<T>(p: Promise<T>): Promise<(Error & { code?: string }) | null> {
-  return p.then(() => null, (e) => e as Error & { code?: string });
-}
-
-/** One row of an npm:pg query. */
-async function row(c: pg.Client, sql: string): Promise<Record<string, unknown>> {
-  return (await c.query(sql)).rows[0];
-}
-
-/** Polls `check` until it returns true; false when `timeoutMs` passes first. */
-async function waitUntil(
-  check: () => Promise<boolean>,
-  timeoutMs: number,
-  intervalMs = 50,
-): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return true;
-    await sleep(intervalMs);
-  }
-  return await check();
 }
 
 /** ParameterStatus messages among `msgs`, as sorted "name=value". */

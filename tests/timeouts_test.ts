@@ -12,6 +12,7 @@
 import assert from "node:assert/strict";
 import pg from "pg";
 import {
+  codeOf,
   dumpLogsOnFailure,
   type PgTarget,
   type ProxyProcess,
@@ -19,6 +20,7 @@ import {
   sleep,
   startPostgres,
   startProxy,
+  waitUntil,
 } from "./harness/mod.ts";
 import { type BackendMessage, dataRow, errorFields, fe, summary, WireClient } from "./wire.ts";
 
@@ -47,10 +49,6 @@ async function openPg(target: PgTarget, onError?: (e: Error) => void): Promise<p
   return client;
 }
 
-function codeOf(e: unknown): string | undefined {
-  return (e as { code?: string })?.code;
-}
-
 /** Runs `p`; resolves with its error (null when it fulfils) and how long it took. */
 async function timed<T>(
   p: () => Promise<T>,
@@ -62,19 +60,6 @@ async function timed<T>(
   } catch (e) {
     return { err: e as Error & { code?: string }, ms: performance.now() - started };
   }
-}
-
-async function waitUntil(
-  check: () => Promise<boolean>,
-  timeoutMs: number,
-  intervalMs = 50,
-): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return true;
-    await sleep(intervalMs);
-  }
-  return await check();
 }
 
 /** Closes everything opened through it at the end of the scope. */

@@ -10,12 +10,12 @@
 
 import { Msg, readInt32 } from "../protocol/messages.ts";
 import type { SocketWriter } from "../net/writer.ts";
+import { MessageFramer } from "../net/framer.ts";
 
 /** A writer that passes messages on to `out`, without their ReadyForQuery. */
 export class BlockWriter {
   readonly #out: SocketWriter;
-  #buf = new Uint8Array(256);
-  #len = 0;
+  readonly #framer = new MessageFramer();
   /** An ErrorResponse went through since the last {@linkcode clearFailed}. */
   failed = false;
 
@@ -42,30 +42,8 @@ export class BlockWriter {
   }
 
   enqueue(data: Uint8Array): void {
-    if (this.#len === 0 && wholeMessages(data)) {
-      // The common case: whole messages, no copy needed unless one is dropped.
-      this.#pass(data, 0, data.length);
-      return;
-    }
-    if (this.#len + data.length > this.#buf.length) {
-      let cap = this.#buf.length * 2;
-      while (cap < this.#len + data.length) cap *= 2;
-      const next = new Uint8Array(cap);
-      next.set(this.#buf.subarray(0, this.#len));
-      this.#buf = next;
-    }
-    this.#buf.set(data, this.#len);
-    this.#len += data.length;
-    let p = 0;
-    while (this.#len - p >= 5) {
-      const size = readInt32(this.#buf, p + 1) + 1;
-      if (this.#len - p < size) break;
-      p += size;
-    }
-    if (p === 0) return;
-    this.#pass(this.#buf.slice(0, p), 0, p);
-    this.#buf.copyWithin(0, p, this.#len);
-    this.#len -= p;
+    const run = this.#framer.push(data);
+    if (run !== null) this.#pass(run, 0, run.length);
   }
 
   flush(): Promise<void> {
@@ -89,13 +67,6 @@ export class BlockWriter {
       this.#out.enqueue(from === 0 && end === data.length ? data : data.subarray(from, end));
     }
   }
-}
-
-/** True when `data` is a run of whole messages. */
-function wholeMessages(data: Uint8Array): boolean {
-  let p = 0;
-  while (data.length - p >= 5) p += readInt32(data, p + 1) + 1;
-  return p === data.length;
 }
 
 /** A {@linkcode BlockWriter} where a {@linkcode SocketWriter} is expected. */

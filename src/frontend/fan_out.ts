@@ -28,6 +28,7 @@ import {
 import { SqlState } from "../protocol/sqlstate.ts";
 import type { Server, ServerLink } from "../backend/server.ts";
 import type { SocketWriter } from "../net/writer.ts";
+import { MessageFramer } from "../net/framer.ts";
 
 /** What a leg's server link asks of the client it stands in for. */
 export interface FanOutHost {
@@ -44,8 +45,7 @@ export interface FanOutHost {
 
 /** Sink a leg's server writes its answers into; frames them into messages for the merger. */
 class LegSink {
-  #buf = new Uint8Array(256);
-  #len = 0;
+  readonly #framer = new MessageFramer();
   readonly #onMessage: (msg: Uint8Array) => void;
   readonly #out: SocketWriter;
 
@@ -68,25 +68,12 @@ class LegSink {
   }
 
   enqueue(data: Uint8Array): void {
-    if (this.#len + data.length > this.#buf.length) {
-      let cap = this.#buf.length * 2;
-      while (cap < this.#len + data.length) cap *= 2;
-      const next = new Uint8Array(cap);
-      next.set(this.#buf.subarray(0, this.#len));
-      this.#buf = next;
-    }
-    this.#buf.set(data, this.#len);
-    this.#len += data.length;
-    let p = 0;
-    while (this.#len - p >= 5) {
-      const size = readInt32(this.#buf, p + 1) + 1;
-      if (this.#len - p < size) break;
-      this.#onMessage(this.#buf.slice(p, p + size));
+    const run = this.#framer.push(data);
+    if (run === null) return;
+    for (let p = 0; p < run.length;) {
+      const size = readInt32(run, p + 1) + 1;
+      this.#onMessage(run.slice(p, p + size));
       p += size;
-    }
-    if (p > 0) {
-      this.#buf.copyWithin(0, p, this.#len);
-      this.#len -= p;
     }
   }
 

@@ -87,18 +87,31 @@ function isWriteFunction(name: string): boolean {
     name.startsWith("pg_try_advisory_");
 }
 
-/** Parses and analyzes `sql`. Never throws: a syntax error yields a write with `error` set. */
-export function analyzeSql(sql: string): StatementInfo {
-  const unparsed = (error: string, tooDeep: boolean): StatementInfo => ({
+/**
+ * The facts of a text that was not parsed (a syntax error, too deep, too large): conservative
+ * ones, a write with no tables and no transaction control.
+ */
+export function unparsedInfo(
+  why: { error: string | null; tooDeep?: boolean; tooLarge?: string },
+): StatementInfo {
+  const info: StatementInfo = {
     statements: 1,
     write: true,
     transaction: null,
     readOnlyTransaction: false,
     tables: [],
     ast: null,
-    error,
-    tooDeep,
-  });
+    error: why.error,
+    tooDeep: why.tooDeep ?? false,
+  };
+  if (why.tooLarge !== undefined) info.tooLarge = why.tooLarge;
+  return info;
+}
+
+/** Parses and analyzes `sql`. Never throws: a syntax error yields a write with `error` set. */
+export function analyzeSql(sql: string): StatementInfo {
+  const unparsed = (error: string, tooDeep: boolean): StatementInfo =>
+    unparsedInfo({ error, tooDeep });
   if (nestingEstimate(sql) > MAX_NESTING) {
     return unparsed(
       `nested too deeply for pgdog to parse (more than ${MAX_NESTING} levels)`,

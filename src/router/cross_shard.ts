@@ -34,6 +34,7 @@
  */
 
 import type { Node } from "./analyze.ts";
+import { walkTree } from "./tree.ts";
 import {
   describe,
   isOmni,
@@ -1521,19 +1522,11 @@ function merge(body: Node, ctx: RouteContext): ShardDecision {
 /** Every table named anywhere under `root` (CTE names included), without recursion. */
 function rangeVars(root: unknown): RangeTable[] {
   const out: RangeTable[] = [];
-  const stack: unknown[] = [root];
-  while (stack.length > 0) {
-    const node = stack.pop();
-    if (node === null || typeof node !== "object") continue;
-    if (Array.isArray(node)) {
-      for (const child of node) stack.push(child);
-      continue;
+  walkTree([root], (key, value) => {
+    if ((key === "RangeVar" || key === "relation") && (value as Node).relname !== undefined) {
+      out.push(tableOf(value as Node));
+      return false;
     }
-    for (const [key, value] of Object.entries(node as Node)) {
-      if ((key === "RangeVar" || key === "relation") && (value as Node).relname !== undefined) {
-        out.push(tableOf(value as Node));
-      } else if (typeof value === "object") stack.push(value);
-    }
-  }
+  });
   return out;
 }

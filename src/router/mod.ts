@@ -8,7 +8,7 @@
  */
 
 import { parseSync } from "libpg-query";
-import { analyzeSql, type StatementInfo } from "./analyze.ts";
+import { analyzeSql, type StatementInfo, unparsedInfo } from "./analyze.ts";
 import { type Literal, normalize } from "./normalize.ts";
 import { LruMap } from "../lru.ts";
 import { errorMessage, log } from "../log.ts";
@@ -263,18 +263,11 @@ export class QueryRouter {
    */
   #notParsed(sql: string): Analysis {
     this.tooLarge++;
-    const info: StatementInfo = {
-      statements: 1,
-      write: true,
-      transaction: null,
-      readOnlyTransaction: false,
-      tables: [],
-      ast: null,
+    const info = unparsedInfo({
       error: null,
-      tooDeep: false,
       tooLarge: `the statement is too large to analyze (${sql.length} characters; pgdog parses ` +
         `at most ${ANALYZE_MAX / 1024 / 1024} MiB)`,
-    };
+    });
     const head = normalize(sql.slice(0, 4096));
     const entry: CacheEntry = { query: sql, info, normalized: false, hits: 1, direct: 0, multi: 0 };
     return { entry, info, literals: [], firstParam: 1, directives: head.directives };

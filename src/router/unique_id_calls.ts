@@ -20,6 +20,7 @@
 
 import { parseSync } from "libpg-query";
 import { MAX_NESTING, nestingEstimate } from "./depth.ts";
+import { walkTree } from "./tree.ts";
 
 /** Where one call is in a text: [start, end) in UTF-16 code units, `pgdog` to `)`. */
 export interface CallSpan {
@@ -63,22 +64,11 @@ export function findUniqueIdCalls(sql: string): CallSpan[] {
  */
 export function uniqueIdCallsIn(tree: unknown, sql: string): CallSpan[] {
   const starts: number[] = [];
-  // Iterative: expression trees can nest thousands deep.
-  const stack: unknown[] = [tree];
-  while (stack.length > 0) {
-    const node = stack.pop();
-    if (node === null || typeof node !== "object") continue;
-    if (Array.isArray(node)) {
-      for (const child of node) stack.push(child);
-      continue;
+  walkTree([tree], (key, value) => {
+    if (key === "FuncCall" && isUniqueIdCall(value)) {
+      starts.push((value as { location: number }).location);
     }
-    for (const [key, value] of Object.entries(node as Record<string, unknown>)) {
-      if (key === "FuncCall" && isUniqueIdCall(value)) {
-        starts.push((value as { location: number }).location);
-      }
-      if (value !== null && typeof value === "object") stack.push(value);
-    }
-  }
+  });
   if (starts.length === 0) return [];
   starts.sort((a, b) => a - b);
   const spans: CallSpan[] = [];

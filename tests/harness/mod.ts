@@ -13,3 +13,4 @@ export * from "./proxy.ts";
 export * from "./clients.ts";
 export * from "./sharded.ts";
 export * from "./python.ts";
+export * from "./util.ts";
