@@ -1121,6 +1121,8 @@ async function setRightBehindSet(target: PgTarget, superuser: PgTarget): Promise
   }
   // The same, made certain: the second SET reaches pgdog while it reads back the first.
   await a.rows("reset all");
+  // The next request waits for RESET ALL's read-back: it must be over before the stall begins.
+  await a.rows("select 1");
   const stall = await stallReadBacks(superuser);
   try {
     await a.rows("set application_name = 'stalled-1'");
