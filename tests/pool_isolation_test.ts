@@ -451,6 +451,37 @@ Deno.test("no client runs with another client's identity or settings", async (t)
     },
   );
 
+  await step(
+    "a client's SET of a reported parameter is reported to it, before ReadyForQuery",
+    async () => {
+      // Another client left the server with the same value: the settings sync puts it back, the
+      // client's SET sets it again, and PostgreSQL, seeing no change, reports nothing itself.
+      const a = await WireClient.connect(target);
+      const b = await WireClient.connect(target);
+      try {
+        for (
+          const [name, value] of [["standard_conforming_strings", "off"], [
+            "TimeZone",
+            "Asia/Tokyo",
+          ]]
+        ) {
+          await b.simple(`SET ${name} = '${value}'`);
+          const msgs = await a.simple(`SET ${name} = '${value}'`);
+          const reported = msgs.findIndex((m) =>
+            m.type === "S" && new TextDecoder().decode(m.body) === `${name}\0${value}\0`
+          );
+          assert.ok(reported >= 0, `${name}: ${msgs.map((m) => m.type).join(" ")}`);
+          assert.ok(reported < msgs.findIndex((m) => m.type === "Z"));
+          await a.simple(`RESET ${name}`);
+          await b.simple(`RESET ${name}`);
+        }
+      } finally {
+        await a.close();
+        await b.close();
+      }
+    },
+  );
+
   await step("SET ROLE does not reach the next client (postgres.js)", async () => {
     const first = postgres({ ...target, username: target.user, max: 1, onnotice: () => {} });
     const next = postgres({ ...target, username: target.user, max: 1, onnotice: () => {} });

@@ -75,6 +75,11 @@ export interface ServerLink {
   ): Uint8Array | null;
   /** The server was released after a ReadyForQuery; the link must forget it. */
   released(server: Server): void;
+  /**
+   * At the ReadyForQuery that ends a request the link forwarded: ParameterStatus messages the
+   * client is owed that PostgreSQL did not send (null: none), to go out before the ReadyForQuery.
+   */
+  owedParameterStatus?(server: Server): Uint8Array | null;
   /** The server failed while attached. */
   serverLost(server: Server, error: Error): void;
   /**
@@ -615,6 +620,19 @@ export class Server {
         // 'D': DO, DEALLOCATE, DELETE, ...
         replacement = this.#commandTag(buf, p, size);
         if (!forwarding) replacement = null;
+      }
+      if (type === Msg.ReadyForQuery && forwarding) {
+        const owed = this.link!.owedParameterStatus?.(this) ?? null;
+        if (owed !== null) {
+          // What the client is owed goes out first, then the ReadyForQuery.
+          this.#endRun(p);
+          const link = this.link!;
+          for (let i = 0; i < ranges.length; i += 2) {
+            link.writer.enqueue(buf.subarray(ranges[i], ranges[i + 1]));
+          }
+          ranges.length = 0;
+          link.writer.enqueue(owed);
+        }
       }
       if (forwarding && replacement === null) {
         if (this.#runStart < 0) this.#runStart = p;

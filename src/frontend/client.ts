@@ -2808,6 +2808,7 @@ export class Client implements ServerLink {
     this.#out.addBytes(server.settingsSync(statements));
     markApplied(server.applied, params);
     this.#syncSent = true;
+    this.#reportsOwed = true;
     this.#holdRest = true;
   }
 
@@ -2929,6 +2930,33 @@ export class Client implements ServerLink {
     this.#told.set(name, value);
     return value === options.value && own ? null : parameterStatusMessage(name, value);
   }
+
+  /**
+   * Part of {@linkcode ServerLink}. A settings sync and the client's request share one
+   * ReadyForQuery, and PostgreSQL reports a parameter there only when its value differs from what
+   * it last reported on that connection: a sync that set it back and a client SET that set it
+   * again report nothing, though this client was told otherwise (libpq's string escaping relies
+   * on standard_conforming_strings). So after such a request the client is told what differs.
+   */
+  owedParameterStatus(server: Server): Uint8Array | null {
+    if (!this.#reportsOwed) return null;
+    this.#reportsOwed = false;
+    let b: MessageBuilder | null = null;
+    const resetting = this.#resetting;
+    for (const [name, value] of server.reported) {
+      const told = this.#told.get(name);
+      if (told === undefined || told === value) continue;
+      // A RESET shows the client's startup value (see parameterStatus).
+      if (resetting === "all" || resetting?.has(name.toLowerCase())) continue;
+      this.#told.set(name, value);
+      b ??= new MessageBuilder(64);
+      appendParameterStatus(b, name, value);
+    }
+    return b === null ? null : b.build();
+  }
+
+  /** A settings sync went out with the request being answered (see owedParameterStatus). */
+  #reportsOwed = false;
 
   /** Part of {@linkcode ServerLink}: what a server's FATAL means to this client. */
   onServerFatal(server: Server): "replay" | "downgrade" | "keep" {
