@@ -625,7 +625,8 @@ Deno.test("temporary objects and WITH HOLD cursors keep their server; nobody els
   });
   await cluster.sql(
     "create table person (x int); insert into person values (1), (2), (3); " +
-      "grant all on person to tmp2, tmp1",
+      "grant all on person to tmp2, tmp1; create table stat_base (a int, b int); " +
+      "alter table stat_base owner to tmp1",
     { database: "app" },
   );
   await using proxy = await startProxy({
@@ -743,6 +744,11 @@ Deno.test("temporary objects and WITH HOLD cursors keep their server; nobody els
           "drop table t; reset search_path",
           "temporary objects",
         ],
+        [
+          "create statistics pg_temp.s1 on a, b from stat_base",
+          "drop statistics pg_temp.s1",
+          "temporary objects",
+        ],
         ["declare c cursor with hold for select 1", "close c", "WITH HOLD cursors"],
         ["declare c cursor with hold for select 1", "close all", "WITH HOLD cursors"],
       ];
@@ -769,6 +775,21 @@ Deno.test("temporary objects and WITH HOLD cursors keep their server; nobody els
       assert.equal(await count(b, "select count(*) as n from person"), 3);
     },
   );
+
+  await step("a custom setting RESET stays in the session, empty, on every server", async () => {
+    await using closer = new Closer();
+    const a = closer.add(await connectPg(via("tmp2")));
+    const b = closer.add(await connectPg(via("tmp2")));
+    const c = closer.add(await connectPg(via("tmp2")));
+    await b.query("begin");
+    await a.query("set custom.my_guc = 42");
+    await a.query("reset custom.my_guc");
+    // c takes the server a ran on, b gives back the other: a's next statement runs there.
+    await c.query("begin");
+    await b.query("commit");
+    assert.deepEqual((await a.query("show custom.my_guc")).rows, [{ "custom.my_guc": "" }]);
+    await c.query("commit");
+  });
 
   await step("temporary objects gone by the end of the transaction do not pin", async () => {
     await using closer = new Closer();

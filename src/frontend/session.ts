@@ -27,13 +27,27 @@ const TEMP_ROW = "pgdog.temp_objects";
 /** The read-back row with the number of WITH HOLD cursors open. */
 const HOLD_ROW = "pgdog.hold_cursors";
 
+/** Catalogs whose objects a session can create in its temporary schema, by namespace column. */
+const TEMP_CATALOGS: Array<[string, string]> = [
+  ["pg_class", "relnamespace"],
+  ["pg_proc", "pronamespace"],
+  ["pg_type", "typnamespace"],
+  ["pg_statistic_ext", "stxnamespace"],
+  ["pg_collation", "collnamespace"],
+  ["pg_conversion", "connamespace"],
+  ["pg_operator", "oprnamespace"],
+  ["pg_opclass", "opcnamespace"],
+  ["pg_opfamily", "opfnamespace"],
+  ["pg_ts_config", "cfgnamespace"],
+  ["pg_ts_dict", "dictnamespace"],
+  ["pg_ts_parser", "prsnamespace"],
+  ["pg_ts_template", "tmplnamespace"],
+];
 /** What the session's temporary schema holds (nothing when it has none: the schema is 0 then). */
-const TEMP_COUNT = "(SELECT pg_catalog.count(*) FROM pg_catalog.pg_class" +
-  " WHERE relnamespace = pg_catalog.pg_my_temp_schema())" +
-  " + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc" +
-  " WHERE pronamespace = pg_catalog.pg_my_temp_schema())" +
-  " + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_type" +
-  " WHERE typnamespace = pg_catalog.pg_my_temp_schema())";
+const TEMP_COUNT = TEMP_CATALOGS.map(([catalog, column]) =>
+  `(SELECT pg_catalog.count(*) FROM pg_catalog.${catalog}` +
+  ` WHERE ${column} = pg_catalog.pg_my_temp_schema())`
+).join(" + ");
 
 /** Settings that pg_settings does not list; read by name when the client touched them. */
 function isHidden(name: string): boolean {
@@ -172,6 +186,9 @@ export class SessionState {
       }
       const name = rawName.toLowerCase();
       if (value === null || !isSet(name, value, server)) continue;
+      // A custom setting from the startup packet reads as empty once RESET on a server that
+      // got it by SET: its value is the startup one again.
+      if (value === "" && name.includes(".") && this.startup.has(name)) continue;
       now.set(name, value);
     }
     server.applied.clear();
@@ -200,8 +217,8 @@ export class SessionState {
 function isSet(name: string, value: string, server: Server): boolean {
   if (name === "role") return value !== "none";
   if (name === "session_authorization") return value !== server.address.user;
-  // A custom setting that was RESET reads as an empty string.
-  if (name.includes(".")) return value !== "";
+  // A custom setting reads as an empty string once RESET: PostgreSQL keeps it, empty, for the
+  // rest of the session (SHOW finds it), so the client's session holds it too.
   return true;
 }
 
