@@ -30,7 +30,7 @@ import {
   startProxy,
   waitUntil,
 } from "./harness/mod.ts";
-import { type BackendMessage, errorFields, fe, WireClient } from "./wire.ts";
+import { type BackendMessage, errorFields, fe, summary, WireClient } from "./wire.ts";
 
 const PASSWORD = "isolation-pw";
 const ADMIN_PASSWORD = "isolation-admin-pw";
@@ -478,6 +478,39 @@ Deno.test("no client runs with another client's identity or settings", async (t)
       } finally {
         await a.close();
         await b.close();
+      }
+    },
+  );
+
+  await step(
+    "the unnamed statement is each client's own, across requests and servers",
+    async () => {
+      const a = await WireClient.connect(target);
+      const b = await WireClient.connect(target);
+      const c = await WireClient.connect(target);
+      try {
+        await a.rows(
+          "create table if not exists unnamed_t (x int); truncate unnamed_t; " +
+            "insert into unnamed_t values (7)",
+        );
+        // a parses, b parses its own on the same (only) server, a executes and describes its own.
+        await a.send(fe.parse("", "select 3 as x"), fe.sync());
+        await a.untilReady();
+        await b.send(fe.parse("", "delete from unnamed_t returning x"), fe.sync());
+        await b.untilReady();
+        await a.send(fe.bind("", ""), fe.execute(""), fe.sync());
+        assert.deepEqual(summary(await a.untilReady()), ["2", "D 3", "C SELECT 1", "Z I"]);
+        await a.send(fe.describe("S", ""), fe.sync());
+        const described = await a.untilReady();
+        assert.deepEqual(summary(described), ["t", "T", "Z I"]);
+        assert.deepEqual(await a.rows("select x from unnamed_t"), [["7"]]);
+        // A client that never parsed one gets PostgreSQL's error, not another client's statement.
+        await c.send(fe.bind("", ""), fe.execute(""), fe.sync());
+        const none = await c.untilReady();
+        assert.deepEqual(summary(none), ["E 26000", "Z I"]);
+        assert.deepEqual(await a.rows("select x from unnamed_t"), [["7"]]);
+      } finally {
+        await Promise.all([a.close(), b.close(), c.close()]);
       }
     },
   );

@@ -1165,6 +1165,8 @@ export class Client implements ServerLink {
       case Msg.Query: {
         this.queries++;
         server.queries++;
+        // PostgreSQL's simple Query destroys the unnamed statement.
+        this.#unnamedOn.length = 0;
         const substitute = this.#substitute;
         if (substitute) {
           this.#substitute = null;
@@ -1237,16 +1239,6 @@ export class Client implements ServerLink {
         const scan = this.#pendingScan;
         this.#pendingScan = null;
         if (scan) this.#noteScan(scan, server);
-        const split = this.#split;
-        if (split !== null && buf[p + 5] === 0) {
-          // Later statements of the request may bind it on other shards' servers.
-          if (split.unnamedAt !== p) {
-            split.unnamedAt = p;
-            split.unnamedParse = buf.slice(p, end);
-            split.parsedOn = [];
-          }
-          split.parsedOn.push(server);
-        }
         break;
       }
       case Msg.Bind: {
@@ -1258,15 +1250,7 @@ export class Client implements ServerLink {
         }
         if (name === "") {
           if (this.#unnamedScan) this.#noteScan(this.#unnamedScan, server);
-          const split = this.#split;
-          if (
-            split?.unnamedParse && !split.parsedOn.includes(server) && !server.discardUntilSync
-          ) {
-            // The request parsed it on another shard's server: parse it here too, silently.
-            out.addBytes(split.unnamedParse);
-            server.expect(Expect.Parse, Action.Inject);
-            split.parsedOn.push(server);
-          }
+          this.#ensureUnnamed(server);
           if (buf[p + 5] === 0) this.#boundEntry = null; // the unnamed portal is replaced
           if (this.#unnamedDeallocate !== undefined || this.#deallocating.active) {
             this.#deallocating.bind(this.#unnamedDeallocate, buf, { p, end });
@@ -1298,6 +1282,7 @@ export class Client implements ServerLink {
         return true;
       }
       case Msg.Describe: {
+        if (buf[p + 5] === 0x53 && buf[p + 6] === 0) this.#ensureUnnamed(server);
         if (!this.#renaming) break;
         if (buf[p + 5] !== 0x53) {
           // A portal: its description is what the client is told of the statement it was bound
@@ -1336,15 +1321,59 @@ export class Client implements ServerLink {
     }
     if (type === Msg.Parse && this.#substitute !== null) {
       // A plugin rewrote the statement (or it is a DEALLOCATE, run as a no-op).
+      if (buf[p + 5] === 0) this.#noteUnnamed(this.#substitute, 0, this.#substitute.length, server);
       out.addBytes(this.#substitute);
       this.#substitute = null;
       expectResponse(server, type, 0);
       return true;
     }
+    if (type === Msg.Parse && buf[p + 5] === 0) this.#noteUnnamed(buf, p, end, server);
+    else if (type === Msg.Sync) this.#unnamedOn.length = 0;
     out.addRange(p, end);
     expectResponse(server, type, buf[p + 5]);
     return true;
   }
+
+  /**
+   * Keeps the client's unnamed Parse (as sent, in a reused buffer): `server` has it now. Any
+   * server may have someone else's unnamed statement by the client's next request (another
+   * client's, or one pgdog's own statements replaced), so it is parsed again when needed.
+   */
+  #noteUnnamed(buf: Uint8Array, p: number, end: number, server: Server | null): void {
+    const n = end - p;
+    const same = n === this.#unnamedParseLen &&
+      indexOfDifference(this.#unnamedParse, buf, { from: p, length: n }) < 0;
+    if (!same) {
+      if (this.#unnamedParse.length < n) this.#unnamedParse = new Uint8Array(Math.max(n, 256));
+      this.#unnamedParse.set(buf.subarray(p, end));
+      this.#unnamedParseLen = n;
+      this.#unnamedOn.length = 0;
+    }
+    if (server !== null && !this.#unnamedOn.includes(server)) this.#unnamedOn.push(server);
+  }
+
+  /**
+   * Before a Bind or Describe of the unnamed statement: unless this request parsed it on
+   * `server`, it is parsed there again, silently (the server's may be another client's); a client
+   * that never parsed one gets PostgreSQL's error, not someone else's statement.
+   */
+  #ensureUnnamed(server: Server): void {
+    if (this.#unnamedOn.includes(server) || server.discardUntilSync) return;
+    if (this.#unnamedParseLen === 0) {
+      this.#out.addBytes(CLOSE_UNNAMED);
+      server.expect(Expect.Close, Action.Swallow);
+      return;
+    }
+    this.#out.addBytes(this.#unnamedParse.slice(0, this.#unnamedParseLen));
+    server.expect(Expect.Parse, Action.Inject);
+    this.#unnamedOn.push(server);
+  }
+
+  /** The client's last unnamed Parse (bytes [0, #unnamedParseLen) of a reused buffer). */
+  #unnamedParse = new Uint8Array(0);
+  #unnamedParseLen = 0;
+  /** The servers that have it as their unnamed statement, as far as this request knows. */
+  readonly #unnamedOn: Server[] = [];
 
   /** A Parse's unique-id rewrite (see unique_ids.ts), or null when it calls no pgdog.unique_id(). */
   #uniqueIdsParse(buf: Uint8Array, p: number, end: number): UniqueIdParse | null {
@@ -1939,7 +1968,7 @@ export class Client implements ServerLink {
     }
     const writer = new BlockWriter(this.writer);
     this.writer = asSocketWriter(writer);
-    this.#split = { ends: plan.ends, next: 0, writer, implicit, unnamedParse: null, parsedOn: [] };
+    this.#split = { ends: plan.ends, next: 0, writer, implicit };
   }
 
   /** One statement of the split request is answered: go on, skip the rest after an error, or end. */
@@ -2085,7 +2114,9 @@ export class Client implements ServerLink {
     const tag = this.#heldBackControl(analysis, queryMessage(text));
     if (tag === null) return false;
     if (buf[p] === Msg.Parse) {
-      // The statement exists for the client now, as after a real Parse.
+      // The statement exists for the client now, as after a real Parse (no server has it).
+      this.#noteUnnamed(buf, p, p + readInt32(buf, p + 1) + 1, null);
+      this.#unnamedOn.length = 0;
       this.#unnamedAnalysis = analysis;
       this.#unnamedSql = text;
       this.#unnamedScan = null;
@@ -3141,10 +3172,6 @@ interface SplitRun {
   writer: BlockWriter;
   /** pgdog opened the transaction the statements run in (PostgreSQL's implicit transaction). */
   implicit: boolean;
-  /** The request's last unnamed Parse (where it is in the buffer, a copy, who has it). */
-  unnamedAt?: number;
-  unnamedParse: Uint8Array | null;
-  parsedOn: Server[];
 }
 
 /** Fails a shard's part of a transaction that failed on another shard. */
@@ -3161,6 +3188,18 @@ const CONTROL_PREFIXES = new Set(
   ),
 );
 const BIND_COMPLETE = Uint8Array.of(Msg.BindComplete, 0, 0, 0, 4);
+/** Close of the unnamed statement. */
+const CLOSE_UNNAMED = Uint8Array.of(Msg.Close, 0, 0, 0, 6, 0x53, 0);
+
+/** The first index where `a` and `b` (from `from`, `length` bytes) differ, or -1. */
+function indexOfDifference(
+  a: Uint8Array,
+  b: Uint8Array,
+  range: { from: number; length: number },
+): number {
+  for (let i = 0; i < range.length; i++) if (a[i] !== b[range.from + i]) return i;
+  return -1;
+}
 const NO_DATA = Uint8Array.of(Msg.NoData, 0, 0, 0, 4);
 
 /** A server lost while pgdog ran its own statement on it. */
