@@ -978,6 +978,13 @@ Deno.test("prepared statements in transaction mode", async (t) => {
           );
           assert.match(f.H ?? "", /protocol-level prepared statements/);
         }
+        // Other clients' statements are not reachable through EXPLAIN or CREATE TABLE AS either,
+        // nor through the extended protocol.
+        for (const sql of ["EXPLAIN EXECUTE __pgdog_1(1)", "CREATE TABLE x AS EXECUTE __pgdog_1"]) {
+          assert.deepEqual(summary(await c.simple(sql)), ["E 0A000", "Z I"], sql);
+        }
+        await c.send(fe.parse("", "EXECUTE __pgdog_1"), fe.bind("", ""), fe.execute(""), fe.sync());
+        assert.deepEqual(summary(await c.untilReady()), ["E 0A000", "Z I"]);
         // Inside a transaction the server raises pgdog's error (the transaction fails as it
         // would): the client sees pgdog's fields, not the DO block pgdog ran for it.
         assert.deepEqual(summary(await c.simple("BEGIN")), ["C BEGIN", "Z T"]);

@@ -1072,6 +1072,12 @@ export class Client implements ServerLink {
       this.#answerError(LISTEN_UNSUPPORTED, false);
       return true;
     }
+    if (scan?.prepareOrExecute && !this.#sessionMode) {
+      // SQL PREPARE/EXECUTE (also EXPLAIN EXECUTE, CREATE TABLE AS EXECUTE), extended protocol
+      // too: a server's statements are other clients' (pgdog's __pgdog_N among them).
+      this.#answerError(SQL_PREPARE_UNSUPPORTED, false);
+      return true;
+    }
     const name = nameEnd === p + 5 ? "" : parseName(buf, p, end);
     // pgdog.unique_id(): the server prepares a stand-in, each execution gets fresh ids.
     const uniqueIds = text !== null && (this.#uniqueIdStatements !== null || mayCallUniqueId(text))

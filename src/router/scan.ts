@@ -421,7 +421,32 @@ function inspect(t: Token[], scan: SessionScan): void {
     case "create":
       scan.creates = true;
       if (createsTemp(t)) scan.tempObjects = true;
+      // CREATE TABLE ... AS EXECUTE runs a prepared statement, like EXECUTE.
+      if (wordsFollow(t, "as", "execute")) {
+        scan.sqlPrepared = true;
+        scan.prepareOrExecute = true;
+      }
       break; // CREATE TABLE ... AS SELECT may call functions
+    case "explain": {
+      // EXPLAIN [ANALYZE] [VERBOSE] [(options)] EXECUTE name runs a prepared statement.
+      let depth = 0;
+      for (let i = 1; i < t.length; i++) {
+        const tok = t[i];
+        if (tok.kind === PUNCT) {
+          if (tok.text === "(") depth++;
+          else if (tok.text === ")") depth--;
+          continue;
+        }
+        if (depth > 0) continue;
+        if (tok.kind === WORD && EXPLAIN_OPTIONS.has(tok.text)) continue;
+        if (tok.kind === WORD && tok.text === "execute") {
+          scan.sqlPrepared = true;
+          scan.prepareOrExecute = true;
+        }
+        break;
+      }
+      break;
+    }
     case "select":
     case "with":
       if (selectsIntoTemp(t)) scan.tempObjects = true;
@@ -484,6 +509,19 @@ function deallocateTarget(t: Token[], sql: string): string | null | undefined {
   if (name.kind !== WORD) return undefined;
   if (name.text === "all") return null;
   return sql.slice(name.start, name.end).replace(/[A-Z]+/g, (m) => m.toLowerCase());
+}
+
+/** Words that may come between EXPLAIN and the statement explained (outside its parentheses). */
+const EXPLAIN_OPTIONS = new Set(["analyze", "analyse", "verbose"]);
+
+/** Whether the word `a` is followed at once by the word `b` somewhere in the statement. */
+function wordsFollow(t: Token[], a: string, b: string): boolean {
+  for (let i = 1; i + 1 < t.length; i++) {
+    if (t[i].kind === WORD && t[i].text === a && t[i + 1].kind === WORD && t[i + 1].text === b) {
+      return true;
+    }
+  }
+  return false;
 }
 
 /** Words that may come between CREATE and the kind of object. */

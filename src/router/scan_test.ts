@@ -176,3 +176,21 @@ Deno.test("temporary objects and WITH HOLD cursors, and what may drop them", () 
   }
   equal(scanSession("DISCARD PLANS")?.tempRelease ?? false, false);
 });
+
+Deno.test("EXPLAIN EXECUTE and CREATE TABLE ... AS EXECUTE run SQL prepared statements", () => {
+  for (
+    const sql of [
+      "EXPLAIN EXECUTE __pgdog_1(1)",
+      "explain analyze verbose execute p",
+      "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE p(2)",
+      "CREATE TABLE x AS EXECUTE __pgdog_1(1)",
+      "create temp table x as execute p",
+    ]
+  ) {
+    equal(scanSession(sql)?.sqlPrepared, true, sql);
+    equal(scanSession(sql)?.prepareOrExecute, true, sql);
+  }
+  for (const sql of ["EXPLAIN SELECT 'execute'", "CREATE TABLE execute_log (a int)"]) {
+    equal(scanSession(sql)?.sqlPrepared ?? false, false, sql);
+  }
+});
