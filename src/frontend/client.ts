@@ -71,7 +71,8 @@ import {
 import type { PluginSet, RouteVerdict } from "../plugin/mod.ts";
 import { rewrittenParse, routeContextJson } from "./plugin_context.ts";
 import { FanOut } from "./fan_out.ts";
-import { asSocketWriter, BlockWriter } from "./block_writer.ts";
+import { BlockWriter } from "./block_writer.ts";
+import { asSocketWriter } from "../net/framer.ts";
 import {
   parseTree,
   queryMessageOf,

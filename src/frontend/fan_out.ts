@@ -28,7 +28,7 @@ import {
 import { SqlState } from "../protocol/sqlstate.ts";
 import type { Server, ServerLink } from "../backend/server.ts";
 import type { SocketWriter } from "../net/writer.ts";
-import { MessageFramer } from "../net/framer.ts";
+import { asSocketWriter, FramedWriter } from "../net/framer.ts";
 
 /** What a leg's server link asks of the client it stands in for. */
 export interface FanOutHost {
@@ -44,41 +44,20 @@ export interface FanOutHost {
 }
 
 /** Sink a leg's server writes its answers into; frames them into messages for the merger. */
-class LegSink {
-  readonly #framer = new MessageFramer();
+class LegSink extends FramedWriter {
   readonly #onMessage: (msg: Uint8Array) => void;
-  readonly #out: SocketWriter;
 
   constructor(out: SocketWriter, onMessage: (msg: Uint8Array) => void) {
-    this.#out = out;
+    super(out);
     this.#onMessage = onMessage;
   }
 
-  get congested(): boolean {
-    return this.#out.congested;
-  }
-
-  get error(): Error | null {
-    return this.#out.error;
-  }
-
-  write(data: Uint8Array): Promise<void> {
-    this.enqueue(data);
-    return this.#out.congested ? this.#out.flush() : Promise.resolve();
-  }
-
-  enqueue(data: Uint8Array): void {
-    const run = this.#framer.push(data);
-    if (run === null) return;
+  protected messages(run: Uint8Array): void {
     for (let p = 0; p < run.length;) {
       const size = readInt32(run, p + 1) + 1;
       this.#onMessage(run.slice(p, p + size));
       p += size;
     }
-  }
-
-  flush(): Promise<void> {
-    return this.#out.flush();
   }
 }
 
@@ -158,7 +137,7 @@ export class FanOut {
     const sink = new LegSink(this.#host.writer, (msg) => this.#message(i, msg));
     const host = this.#host;
     return this.#links[i] = {
-      writer: sink as unknown as SocketWriter,
+      writer: asSocketWriter(sink),
       shouldRelease: () => !this.#keep,
       parameterStatus: (s, options) =>
         i === 0 ? host.parameterStatus(s, options) : new Uint8Array(0),

@@ -7,6 +7,7 @@
  */
 
 import { readInt32 } from "../protocol/messages.ts";
+import type { SocketWriter } from "./writer.ts";
 
 /** Reassembles whole messages from the chunks pushed into it. */
 export class MessageFramer {
@@ -47,4 +48,54 @@ export function wholeMessages(data: Uint8Array): boolean {
   let p = 0;
   while (data.length - p >= 5) p += readInt32(data, p + 1) + 1;
   return p === data.length;
+}
+
+/**
+ * Stands in for a {@linkcode SocketWriter} where a server's output must be seen message by
+ * message: takes it in pieces, hands whole messages to {@linkcode FramedWriter.messages}, and
+ * leaves the writing (and its backpressure) to `out`.
+ */
+export abstract class FramedWriter {
+  /** Where what passes goes. */
+  protected readonly out: SocketWriter;
+  readonly #framer = new MessageFramer();
+
+  constructor(out: SocketWriter) {
+    this.out = out;
+  }
+
+  /** As {@linkcode SocketWriter.congested}. */
+  get congested(): boolean {
+    return this.out.congested;
+  }
+
+  /** As {@linkcode SocketWriter.error}. */
+  get error(): Error | null {
+    return this.out.error;
+  }
+
+  /** As {@linkcode SocketWriter.write}: waits only while `out` is congested. */
+  write(data: Uint8Array): Promise<void> {
+    this.enqueue(data);
+    return this.out.congested ? this.out.flush() : Promise.resolve();
+  }
+
+  /** As {@linkcode SocketWriter.enqueue}. */
+  enqueue(data: Uint8Array): void {
+    const run = this.#framer.push(data);
+    if (run !== null) this.messages(run);
+  }
+
+  /** As {@linkcode SocketWriter.flush}. */
+  flush(): Promise<void> {
+    return this.out.flush();
+  }
+
+  /** Whole messages, one run of them. */
+  protected abstract messages(run: Uint8Array): void;
+}
+
+/** A {@linkcode FramedWriter} where a {@linkcode SocketWriter} is expected. */
+export function asSocketWriter(w: FramedWriter): SocketWriter {
+  return w as unknown as SocketWriter;
 }

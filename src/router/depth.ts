@@ -14,6 +14,8 @@
  * @module
  */
 
+import { commentEnd, dollarTagEnd, isWordPart, isWordStart } from "./lex.ts";
+
 /** What one bracket level counts (a parenthesized subquery adds some four tree levels). */
 export const BRACKET_WEIGHT = 4;
 
@@ -96,23 +98,11 @@ export function nestingEstimate(sql: string, limit = MAX_NESTING): number {
       i++;
       continue;
     }
-    if (c === 0x2d && sql.charCodeAt(i + 1) === 0x2d) { // -- comment
-      const end = sql.indexOf("\n", i);
-      i = end < 0 ? n : end;
-      continue;
-    }
-    if (c === 0x2f && sql.charCodeAt(i + 1) === 0x2a) { // /* nested */ comment
-      let nested = 1;
-      i += 2;
-      while (i < n && nested > 0) {
-        if (sql.charCodeAt(i) === 0x2f && sql.charCodeAt(i + 1) === 0x2a) {
-          nested++;
-          i += 2;
-        } else if (sql.charCodeAt(i) === 0x2a && sql.charCodeAt(i + 1) === 0x2f) {
-          nested--;
-          i += 2;
-        } else i++;
-      }
+    if (
+      (c === 0x2d && sql.charCodeAt(i + 1) === 0x2d) ||
+      (c === 0x2f && sql.charCodeAt(i + 1) === 0x2a)
+    ) { // -- comment, /* nested */ comment
+      i = commentEnd(sql, i);
       continue;
     }
     if (c === 0x28 || c === 0x5b) { // ( [
@@ -135,8 +125,8 @@ export function nestingEstimate(sql: string, limit = MAX_NESTING): number {
     } else if (c === 0x22) { // "identifier"
       i = quotedEnd(sql, i, 0x22);
       level.chain++;
-    } else if (c === 0x24 && dollarTag(sql, i) !== null) { // $tag$ string $tag$
-      const tag = dollarTag(sql, i)!;
+    } else if (c === 0x24 && dollarTagEnd(sql, i) >= 0) { // $tag$ string $tag$
+      const tag = sql.slice(i, dollarTagEnd(sql, i) + 1);
       const close = sql.indexOf(tag, i + tag.length);
       i = close < 0 ? n : close + tag.length;
       level.chain++;
@@ -202,22 +192,4 @@ function escapeStringEnd(sql: string, quote: number): number {
     else i++;
   }
   return sql.length;
-}
-
-/** The `$tag$` opening a dollar-quoted string at `i`, or null (`$1` is a parameter). */
-function dollarTag(sql: string, i: number): string | null {
-  if (i > 0 && isWordPart(sql.charCodeAt(i - 1))) return null;
-  let j = i + 1;
-  if (sql.charCodeAt(j) === 0x24) return "$$";
-  if (!isWordStart(sql.charCodeAt(j))) return null;
-  while (j < sql.length && isWordPart(sql.charCodeAt(j)) && sql.charCodeAt(j) !== 0x24) j++;
-  return sql.charCodeAt(j) === 0x24 ? sql.slice(i, j + 1) : null;
-}
-
-function isWordStart(c: number): boolean {
-  return (c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a) || c === 0x5f || c >= 0x80;
-}
-
-function isWordPart(c: number): boolean {
-  return isWordStart(c) || (c >= 0x30 && c <= 0x39) || c === 0x24;
 }

@@ -8,6 +8,8 @@
  * @module
  */
 
+import { commentEnd, dollarTagEnd, isDigit, isWordPart, isWordStart } from "./lex.ts";
+
 /** A query with its constants replaced. */
 export interface Normalized {
   /** The text with literals replaced by `$n` and comments removed: the cache key. */
@@ -138,29 +140,6 @@ export function normalize(sql: string): Normalized {
 
 const PARAM = /\$(\d+)/g;
 
-/** End (exclusive) of the comment starting at `i` (`--` to end of line, nested `/* *\/`). */
-function commentEnd(sql: string, i: number): number {
-  const n = sql.length;
-  if (sql.charCodeAt(i) === 0x2d) {
-    const end = sql.indexOf("\n", i);
-    return end < 0 ? n : end;
-  }
-  let depth = 1;
-  let j = i + 2;
-  while (j < n && depth > 0) {
-    if (sql.charCodeAt(j) === 0x2f && sql.charCodeAt(j + 1) === 0x2a) {
-      depth++;
-      j += 2;
-    } else if (sql.charCodeAt(j) === 0x2a && sql.charCodeAt(j + 1) === 0x2f) {
-      depth--;
-      j += 2;
-    } else {
-      j++;
-    }
-  }
-  return j;
-}
-
 /** Words after which a string literal is a typed constant (`interval '1 day'`). */
 const TYPE_NAMES = new Set([
   "interval",
@@ -266,26 +245,4 @@ function readEscape(sql: string, quote: number): [string, number] {
     }
   }
   return [value, sql.length];
-}
-
-/** Index of the closing `$` of a dollar-quote tag starting at `i`, or -1. */
-function dollarTagEnd(sql: string, i: number): number {
-  if (isWordPart(sql.charCodeAt(i - 1))) return -1;
-  let j = i + 1;
-  if (sql.charCodeAt(j) === 0x24) return j;
-  if (!isWordStart(sql.charCodeAt(j))) return -1;
-  while (j < sql.length && isWordPart(sql.charCodeAt(j)) && sql.charCodeAt(j) !== 0x24) j++;
-  return sql.charCodeAt(j) === 0x24 ? j : -1;
-}
-
-function isDigit(c: number): boolean {
-  return c >= 0x30 && c <= 0x39;
-}
-
-function isWordStart(c: number): boolean {
-  return (c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a) || c === 0x5f || c >= 0x80;
-}
-
-function isWordPart(c: number): boolean {
-  return isWordStart(c) || isDigit(c) || c === 0x24;
 }
