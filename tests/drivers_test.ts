@@ -12,9 +12,10 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import pg from "pg";
-import postgres from "postgres";
+import type postgres from "postgres";
 import {
   connectPg,
+  connectPostgresJs,
   dumpLogsOnFailure,
   type PgCluster,
   type PgTarget,
@@ -48,21 +49,6 @@ async function withPg<T>(target: PgTarget, fn: (c: pg.Client) => Promise<T>): Pr
   } finally {
     await c.end();
   }
-}
-
-function postgresJs(target: PgTarget, options: { prepare: boolean; max: number }) {
-  return postgres({
-    host: target.host,
-    port: target.port,
-    user: target.user,
-    password: target.password,
-    database: target.database,
-    prepare: options.prepare,
-    max: options.max,
-    ssl: false,
-    connect_timeout: 10,
-    onnotice: () => {},
-  });
 }
 
 /** Keeps `n` clients of `target` busy with short queries until stopped. */
@@ -328,7 +314,7 @@ Deno.test("drivers through the proxy", async (t) => {
 
   // -------------------------------------------------------------------------------------------
   await step("postgres.js (prepare: false): templates, begin, unsafe, 10 connections", async () => {
-    const sql = postgresJs(viaProxy(env, "tx2"), { prepare: false, max: 10 });
+    const sql = connectPostgresJs(viaProxy(env, "tx2"), { prepare: false, max: 10 });
     try {
       const [r] =
         await sql`select ${40}::int + ${2}::int as s, ${UNICODE}::text as u, ${null}::text as n`;
@@ -398,7 +384,7 @@ Deno.test("drivers through the proxy", async (t) => {
   });
 
   await step("postgres.js (prepare: true) in session mode", async () => {
-    const sql = postgresJs(viaProxy(env, "sess"), { prepare: true, max: 1 });
+    const sql = connectPostgresJs(viaProxy(env, "sess"), { prepare: true, max: 1 });
     try {
       for (let i = 0; i < 5; i++) {
         const [r] = await sql`select ${i}::int * 3 as x, ${UNICODE}::text as u`;

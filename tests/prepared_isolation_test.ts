@@ -22,9 +22,9 @@
  */
 
 import assert from "node:assert/strict";
-import postgres from "postgres";
 import {
   connectPg,
+  connectPostgresJs,
   dumpLogsOnFailure,
   type PgTarget,
   psycopgAvailable,
@@ -49,21 +49,6 @@ const USERS: Record<string, number> = {
   wire_dealloc: 1,
   wire_resync: 1,
 };
-
-function postgresJs(target: PgTarget) {
-  return postgres({
-    host: target.host,
-    port: target.port,
-    user: target.user,
-    password: target.password,
-    database: target.database,
-    prepare: true,
-    max: 1,
-    ssl: false,
-    connect_timeout: 10,
-    onnotice: () => {},
-  });
-}
 
 /** A readable summary of messages: errors with SQLSTATE and message, the rest by `summary`. */
 function detail(msgs: BackendMessage[]): string[] {
@@ -129,8 +114,8 @@ Deno.test("prepared statements shared between clients stay isolated", async (t) 
    * preparing again), so L sees the array.
    */
   async function shapeChange(target: PgTarget, table: string): Promise<unknown> {
-    const l = postgresJs(target);
-    const m = postgresJs(target);
+    const l = connectPostgresJs(target);
+    const m = connectPostgresJs(target);
     try {
       await l.unsafe(`create table ${table} (x int)`);
       await l`insert into ${l(table)} values (1)`;
@@ -156,7 +141,7 @@ Deno.test("prepared statements shared between clients stay isolated", async (t) 
   await step("postgres.js: the server that prepares it again is another one", async () => {
     // L describes the statement on one server; after the change, L's next use lands on the other
     // server (the first is held by a transaction), where pgdog prepares it for the first time.
-    const l = postgresJs(via("pjs_shape2"));
+    const l = connectPostgresJs(via("pjs_shape2"));
     const holder = await connectPg(via("pjs_shape2"));
     try {
       await pgc.sql("create table shape2 (x int); insert into shape2 values (1)", {
@@ -307,7 +292,7 @@ print(json.dumps({"first": first, "rows": rows, "again": again}))
    * `RevalidateCachedQuery`) errors: that new Parse must be planned against the current table.
    */
   async function assignAfterAlter(target: PgTarget, table: string): Promise<unknown> {
-    const l = postgresJs(target);
+    const l = connectPostgresJs(target);
     try {
       await l.unsafe(`create table ${table} (name text)`);
       await l`insert into ${l(table)} (name) values (${"1"})`;

@@ -21,9 +21,10 @@
 
 import assert from "node:assert/strict";
 import type pg from "pg";
-import postgres from "postgres";
+import type postgres from "postgres";
 import {
   connectPg,
+  connectPostgresJs,
   dumpLogsOnFailure,
   pgbench,
   type PgCluster,
@@ -221,21 +222,6 @@ async function sampleServers(env: Env, user: string) {
 async function logErrors(env: Env, user: string, offset: number): Promise<string[]> {
   const log = (await env.pg.log()).slice(offset);
   return log.split("\n").filter((l) => l.includes(` ${user}@app ERROR:`));
-}
-
-function postgresJs(target: PgTarget, max: number) {
-  return postgres({
-    host: target.host,
-    port: target.port,
-    user: target.user,
-    password: target.password,
-    database: target.database,
-    prepare: true,
-    max,
-    ssl: false,
-    connect_timeout: 10,
-    onnotice: () => {},
-  });
 }
 
 /** The postgres.js workload: concurrent prepared queries, and transactions that reuse them. */
@@ -462,7 +448,7 @@ Deno.test("prepared statements in transaction mode", async (t) => {
   // -------------------------------------------------------------------------------------------
   await step("postgres.js (prepare: true): 10 connections over 2 servers", async () => {
     const offset = (await pgc.log()).length;
-    const sql = postgresJs(via(proxy, "pjs"), 10);
+    const sql = connectPostgresJs(via(proxy, "pjs"), { max: 10 });
     try {
       const backends = await postgresJsWorkload(sql, "extended");
       assert.ok(backends.size >= 1 && backends.size <= 2, `${backends.size} backends`);

@@ -5,6 +5,7 @@
  */
 
 import pg from "pg";
+import postgres from "postgres";
 import { NO_PGPASS, pgTool, runCommand } from "./command.ts";
 
 /** Where and as whom a client connects. */
@@ -189,4 +190,26 @@ export async function connectPg(
   client.on("error", (err: Error) => options.onError?.(err));
   await client.connect();
   return client;
+}
+
+/**
+ * A postgres.js client of `target` (no TLS, notices ignored); end it with `sql.end()`. Prepared
+ * statements by default, as postgres.js does.
+ */
+export function connectPostgresJs(
+  target: PgTarget,
+  options: { prepare?: boolean; max?: number } = {},
+): postgres.Sql {
+  return postgres({
+    host: target.host,
+    port: target.port,
+    user: target.user,
+    password: target.password,
+    database: target.database,
+    prepare: options.prepare ?? true,
+    max: options.max ?? 1,
+    ssl: false,
+    connect_timeout: 10,
+    onnotice: () => {},
+  });
 }
