@@ -1348,8 +1348,9 @@ export class Client implements ServerLink {
    */
   #noteUnnamed(buf: Uint8Array, p: number, end: number, server: Server | null): void {
     const n = end - p;
-    const same = n === this.#unnamedParseLen &&
-      indexOfDifference(this.#unnamedParse, buf, { from: p, length: n }) < 0;
+    const saved = this.#unnamedParse;
+    let same = n === this.#unnamedParseLen;
+    for (let i = 0; same && i < n; i++) same = saved[i] === buf[p + i];
     if (!same) {
       if (this.#unnamedParse.length < n) this.#unnamedParse = new Uint8Array(Math.max(n, 256));
       this.#unnamedParse.set(buf.subarray(p, end));
@@ -1827,7 +1828,8 @@ export class Client implements ServerLink {
       [];
     let requestEnd: number;
     if (type === Msg.Query) {
-      if (buf.indexOf(SEMICOLON, p + 5) < 0 || buf.indexOf(SEMICOLON, p + 5) >= end) return null;
+      const semicolon = buf.indexOf(SEMICOLON, p + 5);
+      if (semicolon < 0 || semicolon >= end) return null;
       const sql = decodeText(buf, p + 5, end - 1);
       const whole = this.#host.router.analyze(sql);
       if (whole.info.statements < 2 || whole.info.ast === null || whole.directives !== null) {
@@ -3198,15 +3200,6 @@ const BIND_COMPLETE = Uint8Array.of(Msg.BindComplete, 0, 0, 0, 4);
 /** Close of the unnamed statement. */
 const CLOSE_UNNAMED = Uint8Array.of(Msg.Close, 0, 0, 0, 6, 0x53, 0);
 
-/** The first index where `a` and `b` (from `from`, `length` bytes) differ, or -1. */
-function indexOfDifference(
-  a: Uint8Array,
-  b: Uint8Array,
-  range: { from: number; length: number },
-): number {
-  for (let i = 0; i < range.length; i++) if (a[i] !== b[range.from + i]) return i;
-  return -1;
-}
 const NO_DATA = Uint8Array.of(Msg.NoData, 0, 0, 0, 4);
 
 /** A server lost while pgdog ran its own statement on it. */
