@@ -159,6 +159,23 @@ Deno.test("requests with several statements on shards", async (t) => {
       assert.deepEqual(await referenceIds(setup, "users"), []);
     });
 
+    await t.step("a COMMIT sent with another statement reaches every shard held", async () => {
+      await clean(setup);
+      for (const target of [setup.target, setup.referenceTarget]) {
+        const c = await connectPg(target);
+        try {
+          await c.query("BEGIN");
+          await c.query("INSERT INTO users (id, email) VALUES (1, 'a')");
+          await c.query("INSERT INTO users (id, email) VALUES (8, 'h')");
+          await c.query("SELECT 1; COMMIT");
+        } finally {
+          await c.end();
+        }
+      }
+      assert.deepEqual(await referenceIds(setup, "users"), [1, 8]);
+      await assertPlaced(setup, "users", [1, 8]);
+    });
+
     await t.step("psycopg: a pipeline's executions each reach their own shard", async () => {
       await clean(setup);
       const load = "INSERT INTO orders (id, user_id, amount) VALUES " +

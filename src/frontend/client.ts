@@ -1917,12 +1917,8 @@ export class Client implements ServerLink {
       if (target === null) target = t;
       else if (!sameTarget(target, t)) split = true;
     }
-    const held = this.#heldShards();
-    if (!split && target !== null && target.kind === "any" && shards.size === 0) {
-      // Statements any shard can answer: they run whole on one of them.
-    } else if (!split && endsTransaction && held.some((n) => !shards.has(n))) {
-      split = true; // COMMIT or ROLLBACK must reach the transaction's other shards too
-    }
+    // COMMIT or ROLLBACK must reach every shard the transaction holds, not only these.
+    if (!split && endsTransaction && this.#heldShards().some((n) => !shards.has(n))) split = true;
     if (!split) return null;
     let size = 0;
     for (const u of units) size += u.bytes.length + (type === Msg.Query ? 0 : 5);
