@@ -21,6 +21,7 @@ import { MergeError } from "./errors.ts";
 import { compositeKey, setOperationCount, toCount } from "./group.ts";
 import { resolveCount, RowWindow } from "./limit.ts";
 import { KWayMerge } from "./merge.ts";
+import { TopN } from "./top_n.ts";
 import type { AggregateFunction, MergePlan, SortKey } from "./plan.ts";
 import {
   appendDataRow,
@@ -320,7 +321,9 @@ export class MergePipeline {
   #distinctLast: string | null = null;
   #distinctAdjacent = false;
   // sort and group modes
-  #held_rows: WorkRow[] = [];
+  #heldRows: WorkRow[] = [];
+  /** Sort mode with a LIMIT: only the first OFFSET + LIMIT rows are kept. */
+  #top: TopN<WorkRow> | null = null;
   #distinctBest: Map<string, WorkRow> | null = null;
   #groups: Map<string, Group> = new Map();
   #output: WorkRow[] | null = null;
@@ -359,6 +362,9 @@ export class MergePipeline {
       : plan.distinct.length === 0
       ? Array.from({ length: plan.visible }, (_, i) => i)
       : plan.distinct;
+    if (this.#mode === "sort" && plan.distinct === null && limit !== null) {
+      this.#top = new TopN((offset ?? 0) + limit, (a, b) => this.#compareStable(a, b));
+    }
     if (this.#mode === "merge") {
       this.#merge = new KWayMerge(options.shards, (a, b) => this.#compareKeys(a, b));
     }
@@ -562,7 +568,8 @@ export class MergePipeline {
     this.#merge?.clear();
     this.#fifo = [];
     this.#fifoHead = 0;
-    this.#held_rows = [];
+    this.#heldRows = [];
+    this.#top = null;
     this.#groups = new Map();
     this.#distinctBest = null;
     this.#distinctSeen = null;
@@ -691,8 +698,14 @@ export class MergePipeline {
 
   /** Sort mode: holds a row until every shard is done (with DISTINCT, the first per key). */
   #keep(row: WorkRow): void {
+    if (this.#top !== null) {
+      const dropped = this.#top.offer(row);
+      if (dropped !== row) this.#hold(row.size);
+      if (dropped !== null && dropped !== row) this.#held -= dropped.size;
+      return;
+    }
     if (this.#distinctBest === null) {
-      this.#held_rows.push(row);
+      this.#heldRows.push(row);
       this.#hold(row.size);
       return;
     }
@@ -792,10 +805,14 @@ export class MergePipeline {
         rows = [...this.#distinctBest.values()];
       }
     } else {
-      rows = this.#distinctBest !== null ? [...this.#distinctBest.values()] : this.#held_rows;
+      rows = this.#top !== null
+        ? this.#top.sorted()
+        : this.#distinctBest !== null
+        ? [...this.#distinctBest.values()]
+        : this.#heldRows;
     }
     this.#distinctBest = null;
-    this.#held_rows = [];
+    this.#heldRows = [];
     if (this.#plan.orderBy.length > 0) rows.sort((a, b) => this.#compareStable(a, b));
     else if (this.#distinctColumns !== null) rows.sort((a, b) => a.seq - b.seq);
     this.#output = rows;

@@ -501,3 +501,25 @@ Deno.test("a type the merge can't decode passes through, but can't be a sort key
   deepEqual(pull(p), [["(3,4)", "1"], ["(1,2)", "2"]]);
   throws(() => pipeline(plan({ orderBy: [asc(0)] }), { cols }), code("0A000"));
 });
+
+Deno.test("ORDER BY ... LIMIT the shards don't sort by holds only OFFSET + LIMIT rows", () => {
+  const pl = plan({
+    orderBy: [desc(0)],
+    shardsSorted: false,
+    offset: { value: 1 },
+    limit: { value: 2 },
+  });
+  const p = pipeline(pl, { bufferLimit: 100 }); // 3 rows of ~20 bytes fit, 1000 would not
+  for (let i = 0; i < 1000; i++) p.row(i % 3, row((i * 7919) % 1000, "r"));
+  equal(p.held <= 3 * 20, true);
+  for (let s = 0; s < 3; s++) p.shardDone(s);
+  deepEqual(pull(p).map((r) => r[0]), ["998", "997"]);
+  // Ties keep arrival order there too.
+  const t = pipeline(plan({ orderBy: [asc(0)], shardsSorted: false, limit: { value: 2 } }));
+  t.row(0, row(1, "a"));
+  t.row(1, row(0, "b"));
+  t.row(2, row(1, "c"));
+  t.row(0, row(1, "d"));
+  for (let s = 0; s < 3; s++) t.shardDone(s);
+  deepEqual(pull(t).map((r) => r[1]), ["b", "a"]);
+});
