@@ -621,16 +621,19 @@ export class MergePipeline {
     return ops;
   }
 
+  /** The TypeOps a sort key compares with: its column's type in the key's collation. */
   #sortKeyOps(key: SortKey): TypeOps {
-    if (key.collation === null) return this.#columnOps(key.column);
-    const base = this.#columnOps(key.column);
-    const ops = this.#modules.typeOps(base.oid, {
-      collation: collationByName(key.collation, {
-        fallback: this.#collation,
-        modules: this.#modules,
-      }),
-    });
-    if (ops === null) throw unsupportedType(base.oid);
+    const layout = this.#layout!;
+    const a = layout.aggregate[key.column];
+    if (a >= 0 && key.collation === null) return layout.kinds[a].ops;
+    const oid = a >= 0
+      ? layout.kinds[a].resultOid
+      : layout.fields[layout.shardColumn[key.column]].typeOid;
+    const collation = key.collation === null
+      ? this.#collation
+      : collationByName(key.collation, { fallback: this.#collation, modules: this.#modules });
+    const ops = this.#modules.typeOps(oid, { collation, ordering: true });
+    if (ops === null) throw unsupportedType(oid);
     return ops;
   }
 

@@ -46,8 +46,11 @@ export interface ExprRow {
 
 /** The functions of `values.ts`, `aggregate.ts` and `expr.ts` the pipeline calls. */
 export interface ValueModules {
-  /** Null: a type the merge can't decode (the pipeline refuses with 0A000 when it must). */
-  typeOps(oid: number, options: { collation: Collation }): TypeOps | null;
+  /**
+   * Null: a type the merge can't decode (the pipeline refuses with 0A000 when it must);
+   * `ordering`: null also for a type without an order (json), asked for sort keys.
+   */
+  typeOps(oid: number, options: { collation: Collation; ordering?: boolean }): TypeOps | null;
   aggregateKind(
     spec: AggregateSpec,
     options: { partialTypes: { oid: number; format: 0 | 1 }[]; collation: Collation },
