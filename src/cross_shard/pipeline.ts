@@ -276,6 +276,22 @@ export function describeMerged(
  * resume), and {@linkcode pull} whenever output can be written (after a batch of messages). Any
  * of them may throw a {@linkcode MergeError}: the statement fails with it and the pipeline takes
  * no more rows. The constructor throws for a negative LIMIT or OFFSET.
+ *
+ * ```ts ignore
+ * const merge = new MergePipeline(plan, { shards: 3, bufferLimit, params, modules });
+ * const out = new MessageBuilder();
+ * // for each message of shard i:
+ * if (type === Msg.RowDescription) {
+ *   const t = merge.rowDescription(i, msg);
+ *   if (t !== null) writer.enqueue(t);
+ * } else if (type === Msg.DataRow) merge.row(i, msg);
+ * else if (type === Msg.CommandComplete) merge.shardDone(i);
+ * // after a batch (Execute with a row limit: pull(out, n), PortalSuspended while !finished):
+ * merge.pull(out);
+ * writer.enqueue(out.view());
+ * out.reset();
+ * if (merge.finished) // CommandComplete `SELECT ${merge.rowCount}`
+ * ```
  */
 export class MergePipeline {
   readonly #plan: MergePlan;
