@@ -266,7 +266,7 @@ const GENERAL_KEYS = [
   ),
   int(
     "cross_shard_buffer_limit",
-    "Bytes of rows one cross-shard query may hold to merge (grouping, DISTINCT, a sort the shards can't do); past it that query fails with 53200.",
+    "Bytes of rows one cross-shard query may hold to merge; past it, that query fails (53200).",
     { default: 134217728, min: 1024 },
   ),
   int(
