@@ -70,7 +70,9 @@ export const ORDER_BY: Case[] = cases([
   "SELECT id, big FROM users ORDER BY big, id",
   "SELECT id, active FROM users ORDER BY active, id",
   "SELECT id, born FROM users ORDER BY born DESC, id",
-  "SELECT id, created_at FROM users ORDER BY created_at DESC",
+  "SELECT id, created_at FROM users ORDER BY created_at DESC, id",
+  "SELECT id, wake FROM users ORDER BY wake DESC NULLS LAST, id",
+  "SELECT id, name::name AS n FROM users ORDER BY n, id",
   "SELECT id, last_login FROM users ORDER BY last_login NULLS FIRST, id",
   "SELECT id, session_len FROM users ORDER BY session_len, id",
   "SELECT id, token FROM users ORDER BY token, id",
@@ -85,7 +87,7 @@ export const ORDER_BY: Case[] = cases([
   "SELECT id, age FROM users WHERE age > 1000 ORDER BY id",
   "SELECT order_id, line, qty FROM order_items ORDER BY unit_price DESC, order_id, line LIMIT 50",
   "SELECT id, name, email, country, age, small, big, flags, balance, bonus, rating, weight, " +
-  "active, born, created_at, last_login, session_len, token, avatar, prefs, lucky FROM users " +
+  "active, born, created_at, wake, last_login, session_len, token, avatar, prefs, lucky FROM users " +
   "ORDER BY id",
   "SELECT * FROM order_items ORDER BY order_id, line",
   { sql: "SELECT id, lucky FROM users ORDER BY lucky, id", orRefused: true },
@@ -155,6 +157,12 @@ export const AGGREGATES: Case[] = cases([
   "SELECT min(balance), max(balance), min(bonus), max(bonus) FROM users",
   "SELECT min(rating), max(rating), min(weight), max(weight) FROM users",
   "SELECT min(born), max(born), min(created_at), max(last_login) FROM users",
+  "SELECT min(wake), max(wake), min(created_at) FILTER (WHERE id > 0) FROM users",
+  {
+    sql: "SELECT corr(age, small), regr_slope(age, small) FROM users",
+    floats: true,
+    orRefused: true,
+  },
   "SELECT stddev(age), stddev_samp(age), stddev_pop(age), variance(age), var_samp(age), " +
   "var_pop(age) FROM users",
   "SELECT stddev(big), variance(small) FROM users",
@@ -218,6 +226,12 @@ export const GROUPING: Case[] = cases([
   unordered("SELECT prefs, count(*) FROM users GROUP BY prefs"),
   unordered("SELECT lucky, count(*) FROM users GROUP BY lucky", { orRefused: true }),
   unordered("SELECT born, count(*) FROM users GROUP BY born"),
+  unordered("SELECT wake, count(*), max(created_at) FROM users GROUP BY wake"),
+  // Functionally dependent columns: grouped by the primary key.
+  "SELECT id, name, count(*) FROM users GROUP BY id ORDER BY id LIMIT 40",
+  unordered("SELECT ARRAY[[age % 2, 1], [0, small % 2]] AS m, count(*) FROM users GROUP BY 1", {
+    orRefused: true,
+  }),
   unordered("SELECT date_trunc('month', last_login) AS m, count(*) FROM users GROUP BY m"),
   unordered("SELECT name, count(*) FROM users GROUP BY name"),
   "SELECT user_id, count(*), sum(amount) FROM orders GROUP BY user_id ORDER BY user_id",
@@ -395,6 +409,10 @@ export const REFUSALS: string[] = [
   "SELECT count(*) FROM users a JOIN users b ON a.age = b.age",
   "SELECT count(*) FROM orders o JOIN order_items i ON i.order_id = o.id",
   "SELECT u.id FROM users u WHERE u.age IN (SELECT amount FROM orders)",
+  // Aggregates pgdog can't combine from the shards' answers.
+  "SELECT my_sum(age) FROM users",
+  "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY age) FROM users",
+  "SELECT country, mode() WITHIN GROUP (ORDER BY name) FROM users GROUP BY country",
 ];
 
 /** ORDER BY text (and what compares text) under an ICU default collation. */

@@ -10,7 +10,8 @@
  * Values meant to trip a merge: NULLs, duplicates, text in mixed case, with accents, digits,
  * empty strings and punctuation; negative numbers; numerics of different scales (1.5 and
  * 1.50), NaN and ±Infinity; float8 NaN, ±Infinity, 0 and -0; intervals equal but written
- * differently ('1 day' and '24 hours', '1 mon' and '30 days'); dates with infinity; uuids,
+ * differently ('1 day' and '24 hours', '1 mon' and '30 days'); dates and timestamps with
+ * ±infinity; times; uuids,
  * bytea of several lengths, jsonb with keys in any order, int arrays; int8 values near the
  * limits (their sum only fits a numeric).
  *
@@ -52,6 +53,7 @@ export const SCHEMA = `
     active bool,
     born date,
     created_at timestamp,
+    wake time,
     last_login timestamptz,
     session_len interval,
     token uuid,
@@ -78,6 +80,8 @@ export const SCHEMA = `
   );
   CREATE INDEX ON orders (user_id);
   CREATE INDEX ON order_items (user_id, order_id);
+  -- An aggregate pgdog doesn't know: cross-shard, it must be refused.
+  CREATE AGGREGATE my_sum (int4) (sfunc = int4_sum, stype = bigint);
   CREATE TABLE products (code text PRIMARY KEY, name text, category text);
   CREATE TABLE countries (code char(2) PRIMARY KEY, name text);
 `;
@@ -109,7 +113,10 @@ export const ROWS = `
     CASE g % 5 WHEN 0 THEN NULL ELSE g % 3 <> 0 END,
     CASE WHEN g % 23 = 0 THEN NULL WHEN g % 1000 = 7 THEN 'infinity'::date
       ELSE date '1950-01-01' + (g * 41) % 25000 END,
-    timestamp '2020-01-01 00:00:00' + g * interval '1 hour 7 minutes 13.123456 seconds',
+    CASE g % 1000 WHEN 3 THEN '-infinity'::timestamp WHEN 4 THEN 'infinity'::timestamp
+      ELSE timestamp '2020-01-01 00:00:00' + g * interval '1 hour 7 minutes 13.123456 seconds'
+    END,
+    CASE WHEN g % 19 = 0 THEN NULL ELSE time '00:00' + g * interval '17 minutes 3.5 seconds' END,
     CASE WHEN g % 11 = 0 THEN NULL ELSE timestamptz '2024-03-01 12:00:00+00'
       - (g % 400) * interval '1 day' + (g % 7) * interval '1 microsecond' END,
     CASE g % 7 WHEN 0 THEN interval '1 day' WHEN 1 THEN interval '24 hours'

@@ -33,6 +33,7 @@ import {
   type Protocol,
   type ShardedSetup,
   startSharded,
+  wireAnswerOf,
 } from "./harness/mod.ts";
 import {
   loadData,
@@ -76,9 +77,13 @@ async function alive(client: pg.Client): Promise<boolean> {
   return r === true;
 }
 
-/** A connection through pgdog that is replaced when it breaks or hangs. */
+/**
+ * Connections to one side (npm:pg for the simple and extended text protocols, a raw one for
+ * binary results), replaced when they break or hang.
+ */
 class Connection {
   #client: pg.Client | null = null;
+  #wire: WireClient | null = null;
   constructor(readonly target: PgTarget) {}
 
   async client(): Promise<pg.Client> {
@@ -86,16 +91,34 @@ class Connection {
     return this.#client;
   }
 
-  /** Drops the connection (not waiting for a hung one); the next use connects again. */
+  async wire(): Promise<WireClient> {
+    this.#wire ??= await WireClient.connect(this.target);
+    return this.#wire;
+  }
+
+  /** Runs `sql` in `protocol`. */
+  async answer(sql: string, protocol: Protocol, values?: unknown[]): Promise<Answer> {
+    if (protocol === "binary" || protocol === "prepared") {
+      return await wireAnswerOf(await this.wire(), sql, { protocol, values });
+    }
+    return await answerOf(await this.client(), sql, { protocol, values });
+  }
+
+  /** Drops the connections (not waiting for a hung one); the next use connects again. */
   drop(): void {
     this.#client?.end().catch(() => {});
+    this.#wire?.close().catch(() => {});
     this.#client = null;
+    this.#wire = null;
   }
 
   async end(): Promise<void> {
     const c = this.#client;
+    const w = this.#wire;
     this.#client = null;
+    this.#wire = null;
     if (c) await within(c.end().catch(() => {}), 5_000);
+    if (w) await within(w.close().catch(() => {}), 5_000);
   }
 }
 
@@ -124,10 +147,12 @@ async function runCases(
       const refused: Protocol[] = [];
       const protocols = protocolsOf(c);
       for (const protocol of protocols) {
-        const options = { protocol, values: c.values };
-        const expected = await answerOf(await ref.client(), c.sql, options);
+        const expected = await ref.answer(c.sql, protocol, c.values);
         const actual = await within(
-          answerOf(await dog.client(), c.sql, options),
+          dog.answer(c.sql, protocol, c.values).catch((e): Answer => ({
+            error: "connection",
+            message: String(e),
+          })),
           STATEMENT_TIMEOUT_MS,
         );
         if (actual === "timeout") {
@@ -144,7 +169,8 @@ async function runCases(
         }
         const difference = differenceOf(expected, actual, c);
         if (difference !== null) failures.push(`${protocol}: ${c.sql}\n    ${difference}`);
-        if (actual.error !== undefined && !(await alive(await dog.client()))) {
+        if (actual.error === "connection") dog.drop();
+        else if (actual.error !== undefined && !(await alive(await dog.client()))) {
           failures.push(`${protocol}: ${c.sql}\n    the connection broke after the error`);
           dog.drop();
         }
@@ -174,12 +200,19 @@ async function checkRefusals(setup: ShardedSetup): Promise<string[]> {
   try {
     for (const sql of REFUSALS) {
       for (const protocol of ["simple", "extended", "binary"] as Protocol[]) {
-        const a = await within(answerOf(await dog.client(), sql, { protocol }), 20_000);
+        const a = await within(
+          dog.answer(sql, protocol).catch((e): Answer => ({
+            error: "connection",
+            message: String(e),
+          })),
+          20_000,
+        );
         if (a === "timeout") {
           failures.push(`${protocol}: ${sql}\n    no answer`);
           dog.drop();
           continue;
         }
+        if (a.error === "connection") dog.drop();
         if (AGAINST_REFERENCE) {
           // The reference answers them: the statement must at least be valid SQL.
           if (a.error !== undefined) failures.push(`${protocol}: ${sql}\n    ${a.message}`);

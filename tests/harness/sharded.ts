@@ -13,6 +13,14 @@ import type pg from "pg";
 import { connectPg, type PgTarget } from "./clients.ts";
 import { type PgCluster, startPostgres } from "./postgres.ts";
 import { type ProxyProcess, startProxy, type TomlDocument } from "./proxy.ts";
+import {
+  type BackendMessage,
+  commandTag,
+  dataRowRaw,
+  errorFields,
+  fe,
+  WireClient,
+} from "../wire.ts";
 
 /** The user and database every sharded setup uses. */
 export const SHARDED_USER = "postgres";
@@ -172,7 +180,11 @@ export interface Answer {
 
 let preparedNames = 0;
 
-/** Runs one statement with npm:pg on `client`, in the given protocol. */
+/**
+ * Runs one statement with npm:pg on `client`, in the given protocol. npm:pg decodes binary
+ * values as UTF-8 before handing them over, which loses bytes that aren't valid UTF-8: compare
+ * binary results with {@linkcode wireAnswerOf} (as {@linkcode compareAnswers} does).
+ */
 export async function answerOf(
   client: pg.Client,
   sql: string,
@@ -208,6 +220,70 @@ export async function answerOf(
     const err = e as { code?: string; message?: string };
     return { error: err.code ?? "?", message: err.message };
   }
+}
+
+/** The answer in the messages of one exchange (up to ReadyForQuery). */
+function answerFromMessages(msgs: BackendMessage[]): Answer {
+  const answer: Answer = { rows: [] };
+  for (const m of msgs) {
+    if (m.type === "T") answer.columns = rowDescriptionColumns(m.body);
+    else if (m.type === "D") {
+      answer.rows!.push(dataRowRaw(m.body).map((v) => v === null ? "NULL" : valueText(v)));
+    } else if (m.type === "C") {
+      const tag = commandTag(m.body).split(" ");
+      answer.command = tag[0];
+      answer.rowCount = tag.length > 1 ? Number(tag[tag.length - 1]) : null;
+    } else if (m.type === "E") {
+      const fields = errorFields(m.body);
+      return { error: fields.C, message: fields.M };
+    }
+  }
+  answer.columns ??= [];
+  return answer;
+}
+
+function rowDescriptionColumns(body: Uint8Array): Array<[string, number]> {
+  const view = new DataView(body.buffer, body.byteOffset, body.byteLength);
+  const columns: Array<[string, number]> = [];
+  let at = 2;
+  for (let i = 0; i < view.getInt16(0); i++) {
+    const end = body.indexOf(0, at);
+    columns.push([new TextDecoder().decode(body.subarray(at, end)), view.getInt32(end + 7)]);
+    at = end + 19;
+  }
+  return columns;
+}
+
+/**
+ * Runs one statement on a raw protocol connection in the extended protocol with every result
+ * column in binary (values kept byte for byte, shown as hex): `binary` with the unnamed
+ * statement; `prepared` with a named statement executed twice (the second answer counts).
+ * Parameters are sent as text.
+ */
+export async function wireAnswerOf(
+  w: WireClient,
+  sql: string,
+  options: { protocol: "binary" | "prepared"; values?: unknown[] },
+): Promise<Answer> {
+  const params = (options.values ?? []).map((v) =>
+    v === null || v === undefined ? null : String(v)
+  );
+  const name = options.protocol === "prepared" ? `difftest_${++preparedNames}` : "";
+  const run = [
+    fe.bind("", name, params, { resultFormats: [1] }),
+    fe.describe("P", ""),
+    fe.execute("", 0),
+    fe.sync(),
+  ];
+  if (name === "") {
+    await w.send(fe.parse("", sql), ...run);
+    return answerFromMessages(await w.untilReady());
+  }
+  await w.send(fe.parse(name, sql), ...run);
+  const first = answerFromMessages(await w.untilReady());
+  if (first.error !== undefined) return first;
+  await w.send(...run, fe.close("S", name), fe.sync());
+  return answerFromMessages(await w.untilReady(2));
 }
 
 function valueText(v: unknown): string {
@@ -320,11 +396,19 @@ export async function compareAnswers(
 ): Promise<Answer> {
   const ref = await connectPg(setup.referenceTarget);
   const dog = await connectPg(setup.target);
+  const refWire = await WireClient.connect(setup.referenceTarget);
+  const dogWire = await WireClient.connect(setup.target);
   let last: Answer = {};
   try {
     for (const protocol of options.protocols ?? ["simple", "extended", "binary"]) {
-      const expected = await answerOf(ref, sql, { protocol, values: options.values });
-      const actual = await answerOf(dog, sql, { protocol, values: options.values });
+      const run = { protocol, values: options.values };
+      const wire = protocol === "binary" || protocol === "prepared";
+      const expected = wire
+        ? await wireAnswerOf(refWire, sql, { ...run, protocol })
+        : await answerOf(ref, sql, run);
+      const actual = wire
+        ? await wireAnswerOf(dogWire, sql, { ...run, protocol })
+        : await answerOf(dog, sql, run);
       const difference = differenceOf(expected, actual, options);
       if (difference !== null) assert.fail(`${protocol}: ${sql}\n${difference}`);
       last = actual;
@@ -332,6 +416,8 @@ export async function compareAnswers(
   } finally {
     await ref.end();
     await dog.end();
+    await refWire.close();
+    await dogWire.close();
   }
   return last;
 }
