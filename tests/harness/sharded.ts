@@ -387,7 +387,8 @@ export function differenceOf(
 
 /**
  * Runs `sql` on the reference and through pgdog, in each protocol, and asserts the same answer
- * (rows in order unless `unordered`). Returns pgdog's answer in the last protocol.
+ * (rows in order unless `unordered`). Returns pgdog's answer in the last text protocol (simple
+ * or extended; binary values are hex), else in the last protocol.
  */
 export async function compareAnswers(
   setup: ShardedSetup,
@@ -398,7 +399,7 @@ export async function compareAnswers(
   const dog = await connectPg(setup.target);
   const refWire = await WireClient.connect(setup.referenceTarget);
   const dogWire = await WireClient.connect(setup.target);
-  let last: Answer = {};
+  let last: Answer | undefined;
   try {
     for (const protocol of options.protocols ?? ["simple", "extended", "binary"]) {
       const run = { protocol, values: options.values };
@@ -411,7 +412,7 @@ export async function compareAnswers(
         : await answerOf(dog, sql, run);
       const difference = differenceOf(expected, actual, options);
       if (difference !== null) assert.fail(`${protocol}: ${sql}\n${difference}`);
-      last = actual;
+      if (!wire || last === undefined) last = actual;
     }
   } finally {
     await ref.end();
@@ -419,7 +420,7 @@ export async function compareAnswers(
     await refWire.close();
     await dogWire.close();
   }
-  return last;
+  return last ?? {};
 }
 
 /** Asserts that pgdog refuses `sql` with 0A000 (in each protocol) and returns the message. */
