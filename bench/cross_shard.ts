@@ -12,7 +12,7 @@
  * @module
  */
 
-import pg from "pg";
+import type pg from "pg";
 import { connectPg, type PgTarget, type ProxyProcess, startSharded } from "../tests/harness/mod.ts";
 
 /** Options of {@linkcode runCrossShardBench}. */
