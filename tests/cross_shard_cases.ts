@@ -42,7 +42,7 @@ const FINITE = "rating < 'Infinity' AND rating > '-Infinity'";
 /** ORDER BY: names, aliases, positions, expressions, unselected columns, every type. */
 export const ORDER_BY: Case[] = cases([
   "SELECT id, name FROM users ORDER BY id",
-  "SELECT id, name FROM users ORDER BY id DESC",
+  { sql: "SELECT id, name FROM users ORDER BY id DESC", prepared: true },
   "SELECT id AS uid, name FROM users ORDER BY uid DESC LIMIT 20",
   "SELECT name, id FROM users ORDER BY 2 LIMIT 30",
   "SELECT name, id FROM users ORDER BY 1, 2",
@@ -52,7 +52,7 @@ export const ORDER_BY: Case[] = cases([
   "SELECT id FROM users ORDER BY age, id",
   "SELECT id, name FROM users ORDER BY age DESC NULLS LAST, name, id",
   "SELECT id, age FROM users ORDER BY age * -1, id",
-  "SELECT id FROM users ORDER BY lower(name), id",
+  { sql: "SELECT id FROM users ORDER BY lower(name), id", prepared: true },
   "SELECT id, name || '!' AS shout FROM users ORDER BY shout, id",
   "SELECT id FROM users ORDER BY length(name) DESC NULLS LAST, id",
   "SELECT name FROM users ORDER BY name, id",
@@ -147,7 +147,7 @@ export const AGGREGATES: Case[] = cases([
   "SELECT sum(price), sum(amount) FROM orders",
   { sql: `SELECT sum(weight), sum(rating) FROM users WHERE ${FINITE}`, floats: true },
   { sql: "SELECT sum(rating) FROM users", floats: true },
-  "SELECT avg(age), avg(small), avg(big) FROM users",
+  { sql: "SELECT avg(age), avg(small), avg(big) FROM users", prepared: true },
   "SELECT avg(balance) FROM users",
   "SELECT avg(price), avg(amount) FROM orders",
   { sql: `SELECT avg(rating), avg(weight) FROM users WHERE ${FINITE}`, floats: true },
@@ -179,14 +179,20 @@ export const AGGREGATES: Case[] = cases([
   "SELECT bit_and(flags), bit_or(flags), bit_and(small), bit_or(small) FROM users",
   "SELECT array_agg(id ORDER BY id) FROM users WHERE age = 42",
   "SELECT array_agg(name ORDER BY name DESC, id) FROM users WHERE age < -5",
-  "SELECT string_agg(name, ',' ORDER BY name, id) FROM users WHERE age BETWEEN 10 AND 12",
+  {
+    sql: "SELECT string_agg(name, ',' ORDER BY name, id) FROM users WHERE age BETWEEN 10 AND 12",
+    prepared: true,
+  },
   "SELECT string_agg(DISTINCT status, '|' ORDER BY status) FROM orders",
   "SELECT json_agg(id ORDER BY id DESC) FROM users WHERE age = 7",
   "SELECT jsonb_agg(prefs ORDER BY id) FROM users WHERE age = 8",
   "SELECT array_agg(DISTINCT country ORDER BY country) FROM users",
   "SELECT count(*) FILTER (WHERE active), count(*) FILTER (WHERE NOT active) FROM users",
   "SELECT sum(age) FILTER (WHERE country = 'fr'), avg(age) FILTER (WHERE age > 50) FROM users",
-  "SELECT count(DISTINCT country), count(DISTINCT name), count(DISTINCT age) FROM users",
+  {
+    sql: "SELECT count(DISTINCT country), count(DISTINCT name), count(DISTINCT age) FROM users",
+    prepared: true,
+  },
   "SELECT sum(DISTINCT age), avg(DISTINCT small) FROM users",
   "SELECT count(DISTINCT session_len), count(DISTINCT rating), count(DISTINCT balance) FROM users",
   "SELECT count(DISTINCT token), count(DISTINCT prefs), count(DISTINCT avatar) FROM users",
@@ -242,7 +248,7 @@ export const GROUPING: Case[] = cases([
   "SELECT country, count(*) AS n FROM users GROUP BY country ORDER BY n, country",
   "SELECT user_id, sum(amount) FROM orders GROUP BY user_id ORDER BY sum(amount) DESC, user_id " +
   "LIMIT 10",
-  "SELECT status, sum(price) FROM orders GROUP BY status ORDER BY 2 DESC LIMIT 3",
+  "SELECT status, sum(price) FROM orders GROUP BY status ORDER BY 2 DESC, 1 LIMIT 3",
   "SELECT placed_on, count(*) FROM orders GROUP BY placed_on ORDER BY count(*) DESC, placed_on " +
   "LIMIT 5 OFFSET 2",
   {
@@ -316,7 +322,11 @@ export const DISTINCT_AND_SETS: Case[] = cases([
   "SELECT DISTINCT ON (country) country, id FROM users ORDER BY country DESC, age, id",
   "SELECT DISTINCT ON (user_id) user_id, id, amount FROM orders ORDER BY user_id, amount DESC, id",
   "SELECT DISTINCT ON (status) status, id, amount FROM orders ORDER BY status, amount DESC, id",
-  "SELECT DISTINCT ON (status) status, id FROM orders ORDER BY status, amount DESC, id LIMIT 2",
+  {
+    sql:
+      "SELECT DISTINCT ON (status) status, id FROM orders ORDER BY status, amount DESC, id LIMIT 2",
+    prepared: true,
+  },
   "SELECT DISTINCT ON (age % 3) age % 3, name FROM users ORDER BY age % 3, name, id",
   unordered("SELECT country FROM users UNION SELECT code FROM countries"),
   "SELECT id FROM users UNION SELECT user_id FROM orders ORDER BY 1",

@@ -360,6 +360,41 @@ Deno.test({
         assert.equal(got.filter((m) => m === "s").length, 2);
       });
 
+      await t.step("result formats chosen per column (text and binary mixed)", async () => {
+        const problems: string[] = [];
+        const ref = await WireClient.connect(setup.referenceTarget);
+        const dog = await WireClient.connect(target);
+        try {
+          for (
+            const [sql, formats] of [
+              ["SELECT id, name, balance FROM users ORDER BY name, id LIMIT 50", [1, 0, 1]],
+              ["SELECT country, avg(age), count(*) FROM users GROUP BY country ORDER BY 1", [
+                0,
+                1,
+                0,
+              ]],
+              ["SELECT DISTINCT status, placed_on FROM orders ORDER BY 2, 1 LIMIT 30", [0, 1]],
+              ["SELECT sum(big), stddev(rating), max(created_at) FROM users WHERE age > 0", [
+                1,
+                0,
+                1,
+              ]],
+            ] as const
+          ) {
+            const run = { protocol: "binary" as const, resultFormats: [...formats] };
+            const difference = differenceOf(
+              await wireAnswerOf(ref, sql, run),
+              await wireAnswerOf(dog, sql, run),
+            );
+            if (difference !== null) problems.push(`${sql} (${formats})\n    ${difference}`);
+          }
+        } finally {
+          await ref.close();
+          await dog.close();
+        }
+        report("per-column formats", 4, problems);
+      });
+
       await t.step("Describe answers the columns the client gets, no hidden ones", async () => {
         const problems: string[] = [];
         for (

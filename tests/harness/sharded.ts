@@ -256,21 +256,26 @@ function rowDescriptionColumns(body: Uint8Array): Array<[string, number]> {
 
 /**
  * Runs one statement on a raw protocol connection in the extended protocol with every result
- * column in binary (values kept byte for byte, shown as hex): `binary` with the unnamed
+ * column in binary, or in `resultFormats` (values kept byte for byte, shown as hex): `binary` with the unnamed
  * statement; `prepared` with a named statement executed twice (the second answer counts).
  * Parameters are sent as text.
  */
 export async function wireAnswerOf(
   w: WireClient,
   sql: string,
-  options: { protocol: "binary" | "prepared"; values?: unknown[] },
+  options: {
+    protocol: "binary" | "prepared";
+    values?: unknown[];
+    /** Result format per column (0 text, 1 binary), as Bind sends them; `[1]` by default. */
+    resultFormats?: number[];
+  },
 ): Promise<Answer> {
   const params = (options.values ?? []).map((v) =>
     v === null || v === undefined ? null : String(v)
   );
   const name = options.protocol === "prepared" ? `difftest_${++preparedNames}` : "";
   const run = [
-    fe.bind("", name, params, { resultFormats: [1] }),
+    fe.bind("", name, params, { resultFormats: options.resultFormats ?? [1] }),
     fe.describe("P", ""),
     fe.execute("", 0),
     fe.sync(),
