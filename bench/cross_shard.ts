@@ -272,6 +272,11 @@ function render(
     lines.push(`| ${q.name} (\`${q.sql}\`) | ${q.directMs.toFixed(2)} | ${pgdog} | ${ratio} |`);
     if (q.problem) notes.push(`- ${q.name}: ${q.problem}`);
   }
+  if (memory.problem) {
+    lines.push("", `pgdog's peak memory while streaming: not measured (${memory.problem}).`);
+    notes.push(`- memory check: ${memory.problem}`);
+    return [...lines, "", "Problems:", "", ...notes].join("\n") + "\n";
+  }
   lines.push(
     "",
     `pgdog's peak resident memory (VmHWM of a fresh pgdog process) while it streams a full ` +
@@ -287,7 +292,6 @@ function render(
       mib(memory.afterBig - memory.afterSmall)
     } MiB.`,
   );
-  if (memory.problem) notes.push(`- memory check: ${memory.problem}`);
   if (notes.length > 0) lines.push("", "Problems:", "", ...notes);
   return lines.join("\n") + "\n";
 }
