@@ -11,9 +11,12 @@
  *
  * Also: the refusals (0A000 with a reason, the connection goes on); ORDER BY text under an ICU
  * default collation and under "C"; Execute with a row limit (PortalSuspended) on cross-shard
- * statements; Describe shows no hidden columns; an error on one shard reaches the client once
- * and the connection works afterwards; `cross_shard_buffer_limit` makes a big GROUP BY fail
- * with 53200 while other clients (and streamed merges) carry on.
+ * statements; result formats chosen per column; Describe shows no hidden columns; an error on
+ * one shard reaches the client once and the connection works afterwards; EXPLAIN (with
+ * `expanded_explain`) shows every shard's plan; `cross_shard_buffer_limit` makes a big GROUP BY
+ * and a big DISTINCT fail with 53200 while other clients (and streamed merges) carry on.
+ *
+ * Binary results are read over a raw connection (tests/wire.ts), byte for byte.
  *
  * `CROSS_SHARD_AGAINST=reference deno test --allow-all tests/cross_shard_queries_test.ts` runs
  * the cases with the reference on both sides (every case must pass: checks the suite itself);
@@ -484,6 +487,34 @@ Deno.test({
               ])),
           );
           report("after errors", 12, failures.flat());
+        },
+      );
+
+      await t.step(
+        "EXPLAIN with expanded_explain shows every shard's plan",
+        async () => {
+          if (AGAINST_REFERENCE) return;
+          const sql =
+            "EXPLAIN SELECT country, count(*) FROM users GROUP BY country ORDER BY country";
+          const { proxy, target: explained } = await setup.startProxy({ expanded_explain: true });
+          const c = await connectPg(explained);
+          try {
+            await dumpLogsOnFailure(proxy, async () => {
+              for (const protocol of ["simple", "extended"] as const) {
+                const a = await answerOf(c, sql, { protocol });
+                assert.equal(a.error, undefined, `${protocol}: ${a.message}`);
+                const text = (a.rows ?? []).map((r) => r[0]).join("\n");
+                // Every shard's own plan, and the shards named.
+                assert.ok((text.match(/Scan on users/g) ?? []).length >= 3, text);
+                for (const shard of [0, 1, 2]) {
+                  assert.match(text, new RegExp(`shard\\W*${shard}\\b`, "i"));
+                }
+              }
+            });
+          } finally {
+            await c.end();
+            await proxy.stop();
+          }
         },
       );
 
