@@ -307,7 +307,7 @@ export interface CompareOptions {
   /** Rows may come back in any order (no ORDER BY): compare them sorted. */
   unordered?: boolean;
   /**
-   * float4 and float8 columns are equal within rounding (a relative 1e-12 for float8, 1e-6 for
+   * float4 and float8 columns are equal within rounding (a relative 1e-10 for float8, 1e-4 for
    * float4; NaN equals NaN): sums of floats depend on the order they are added in.
    */
   floats?: boolean;
@@ -331,7 +331,7 @@ function floatsClose(a: string, b: string, oid: number): boolean {
   const y = floatOf(b, oid);
   if (Number.isNaN(x) || Number.isNaN(y)) return Number.isNaN(x) && Number.isNaN(y);
   if (!Number.isFinite(x) || !Number.isFinite(y)) return x === y;
-  const tolerance = oid === FLOAT4 ? 1e-6 : 1e-12;
+  const tolerance = oid === FLOAT4 ? 1e-4 : 1e-10;
   return Math.abs(x - y) <= tolerance * Math.max(Math.abs(x), Math.abs(y), 1e-300);
 }
 
