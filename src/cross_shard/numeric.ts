@@ -116,6 +116,8 @@ export function numericToBinary(n: Numeric): Uint8Array {
     const out = new Uint8Array(8);
     const sign = n.special === "nan" ? 0xc000 : n.special === "inf" ? 0xd000 : 0xf000;
     new DataView(out.buffer).setUint16(4, sign);
+    // numeric_send reads dscale from the special header's bits: 32 for ±Infinity, 0 for NaN.
+    new DataView(out.buffer).setUint16(6, sign === 0xc000 ? 0 : 32);
     return out;
   }
   const { digits, weight } = toBase10000(n);

@@ -244,10 +244,7 @@ export function formatFloat(x: number, single: boolean): string {
   if (x === -Infinity) return "-Infinity";
   if (x === 0) return Object.is(x, -0) ? "-0" : "0";
   const neg = x < 0;
-  const [mantissa, exponent] = (single ? shortestFloat4(Math.abs(x)) : Math.abs(x).toExponential())
-    .split("e");
-  const digits = mantissa.replace(".", "");
-  const exp = Number(exponent);
+  const { digits, exp } = single ? shortestFloat4(Math.abs(x)) : decimalDigits(String(Math.abs(x)));
   let out: string;
   if (exp >= -4 && exp < (single ? 6 : 15)) {
     if (exp < 0) out = "0." + "0".repeat(-exp - 1) + digits;
@@ -261,26 +258,74 @@ export function formatFloat(x: number, single: boolean): string {
   return neg ? "-" + out : out;
 }
 
-/** The shortest decimal (as toExponential text) that reads back as the same float4. */
-function shortestFloat4(x: number): string {
+/** A positive number's JS text (shortest round-trip, ties to even) → significant digits and
+ * the decimal exponent of the first one. */
+function decimalDigits(s: string): { digits: string; exp: number } {
+  const [mantissa, e] = s.split("e");
+  const point = mantissa.indexOf(".");
+  let digits = mantissa.replace(".", "");
+  let exp = (point < 0 ? mantissa.length : point) - 1 + Number(e ?? 0);
+  const lead = digits.length - digits.replace(/^0+/, "").length;
+  digits = digits.slice(lead).replace(/0+$/, "") || "0";
+  exp -= lead;
+  return { digits, exp };
+}
+
+/**
+ * Ryu's shortest float4 digits: the fewest digits whose decimal lies strictly inside the float's
+ * rounding interval, the nearest such, ties to even.
+ * Exact BigInt arithmetic: no double rounding through float8.
+ */
+function shortestFloat4(x: number): { digits: string; exp: number } {
+  const bits = new DataView(new ArrayBuffer(4));
+  bits.setFloat32(0, x);
+  const raw = bits.getUint32(0);
+  const field = (raw >>> 23) & 0xff;
+  const m = BigInt(field === 0 ? raw & 0x7fffff : (raw & 0x7fffff) | 0x800000);
+  const e = (field === 0 ? 1 : field) - 150;
+  // In units of 2^(e-2): the value, and the bounds of its rounding interval.
+  const value = 4n * m;
+  const high = value + 2n;
+  const low = m === 0x800000n && field > 1 ? value - 1n : value - 2n;
+  // PostgreSQL's f2s keeps the interval's bounds out (53112832 prints as 5.3112832e+07).
+  const inclusive = false;
   for (let p = 1; p <= 9; p++) {
-    const s = x.toExponential(p - 1);
-    if (Math.fround(Number(s)) === x) return Number(s).toExponential();
-    // The rounding interval of a power of two is lopsided: a neighbour may fit where the
-    // nearest p-digit decimal doesn't.
-    const [m, e] = s.split("e");
-    const d = BigInt(m.replace(".", ""));
-    let best: string | null = null;
-    for (const n of [d - 1n, d + 1n]) {
-      const c = `${n}e${Number(e) - (p - 1)}`;
-      const v = Number(c);
-      if (Math.fround(v) === x && String(n).length === p) {
-        if (best === null || Math.abs(v - x) < Math.abs(Number(best) - x)) best = c;
-      }
+    const [mant, ex] = x.toExponential(p - 1).split("e");
+    const d = BigInt(mant.replace(".", ""));
+    const k = Number(ex) - (p - 1);
+    // candidate c = D × 10^k; compare c / 2^(e-2) with the bounds: scale both to integers.
+    const scaleC = (D: bigint): [bigint, bigint] => {
+      let num = D;
+      let den = 1n;
+      if (k >= 0) num *= 10n ** BigInt(k);
+      else den *= 10n ** BigInt(-k);
+      const shift = 2 - e;
+      if (shift >= 0) num *= 1n << BigInt(shift);
+      else den *= 1n << BigInt(-shift);
+      return [num, den];
+    };
+    let best: { d: bigint; dist: bigint; den: bigint } | null = null;
+    for (const cand of [d - 1n, d, d + 1n]) {
+      if (cand <= 0n) continue;
+      const [num, den] = scaleC(cand);
+      const inside = inclusive
+        ? num >= low * den && num <= high * den
+        : num > low * den && num < high * den;
+      if (!inside) continue;
+      const diff = num - value * den;
+      const dist = diff < 0n ? -diff : diff;
+      // All candidates share one denominator (same k).
+      if (
+        best === null || dist < best.dist || (dist === best.dist && cand % 2n === 0n)
+      ) best = { d: cand, dist, den };
     }
-    if (best !== null) return Number(best).toExponential();
+    if (best !== null) {
+      const text = best.d.toString();
+      const digits = text.replace(/0+$/, "");
+      return { digits, exp: k + text.length - 1 };
+    }
   }
-  return x.toExponential();
+  return decimalDigits(x.toExponential());
 }
 
 function floatOps(oid: number, single: boolean): TypeOps {
