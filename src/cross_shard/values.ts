@@ -1136,6 +1136,7 @@ function scalarOps(oid: number, collation: Collation): TypeOps | null {
     case OID.numeric:
       return numericOps();
     case OID.text:
+    case 705: // unknown: a literal's type in a shard's result, text in PostgreSQL 10+
     case OID.varchar:
     case OID.bpchar:
     case OID.name:
