@@ -889,8 +889,145 @@ function jsonbKey(s: string): string {
   );
 }
 
-function jsonOps(oid: number): TypeOps {
+/** A parsed jsonb value (numbers exact). */
+type JsonNode =
+  | { t: 0 }
+  | { t: 1; s: string }
+  | { t: 2; n: Numeric }
+  | { t: 3; b: boolean }
+  | { t: 4; items: JsonNode[] }
+  | { t: 5; pairs: [string, JsonNode][] };
+
+/** Parse JSON text (jsonb's output: keys already in storage order). */
+function parseJson(text: string): JsonNode {
+  let i = 0;
+  const ws = (): void => {
+    while (i < text.length && " \t\n\r".includes(text[i])) i++;
+  };
+  const fail = (): never => {
+    throw badText("jsonb", text);
+  };
+  const str = (): string => {
+    const m = /^"(?:[^"\\]|\\.)*"/.exec(text.slice(i));
+    if (m === null) fail();
+    i += m![0].length;
+    return JSON.parse(m![0]);
+  };
+  const value = (): JsonNode => {
+    ws();
+    const c = text[i];
+    let node: JsonNode;
+    if (c === "{") {
+      i++;
+      const pairs: [string, JsonNode][] = [];
+      ws();
+      if (text[i] === "}") i++;
+      else {
+        for (;;) {
+          ws();
+          const k = str();
+          ws();
+          if (text[i++] !== ":") fail();
+          pairs.push([k, value()]);
+          ws();
+          const d = text[i++];
+          if (d === "}") break;
+          if (d !== ",") fail();
+        }
+      }
+      node = { t: 5, pairs };
+    } else if (c === "[") {
+      i++;
+      const items: JsonNode[] = [];
+      ws();
+      if (text[i] === "]") i++;
+      else {
+        for (;;) {
+          items.push(value());
+          ws();
+          const d = text[i++];
+          if (d === "]") break;
+          if (d !== ",") fail();
+        }
+      }
+      node = { t: 4, items };
+    } else if (c === '"') node = { t: 1, s: str() };
+    else if (text.startsWith("true", i)) {
+      i += 4;
+      node = { t: 3, b: true };
+    } else if (text.startsWith("false", i)) {
+      i += 5;
+      node = { t: 3, b: false };
+    } else if (text.startsWith("null", i)) {
+      i += 4;
+      node = { t: 0 };
+    } else {
+      const m = /^-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/.exec(text.slice(i));
+      if (m === null) fail();
+      i += m![0].length;
+      node = { t: 2, n: parseNumeric(m![0]) };
+    }
+    ws();
+    return node;
+  };
+  const root = value();
+  if (i !== text.length) fail();
+  return root;
+}
+
+/**
+ * compareJsonbContainers: Null < String < Number < Boolean < Array < Object; arrays by length
+ * then elements; objects by pair count then key, value... in storage order; strings by the
+ * database collation. At the top level a scalar sorts below any array but an empty one.
+ */
+function jsonbComparator(text: (a: string, b: string) => number): (a: string, b: string) => number {
+  const cmp = (a: JsonNode, b: JsonNode): number => {
+    if (a.t !== b.t) return a.t - b.t;
+    switch (a.t) {
+      case 0:
+        return 0;
+      case 1:
+        return text(a.s, (b as { s: string }).s);
+      case 2:
+        return compareNumeric(a.n, (b as { n: Numeric }).n);
+      case 3:
+        return Number(a.b) - Number((b as { b: boolean }).b);
+      case 4: {
+        const y = (b as { items: JsonNode[] }).items;
+        if (a.items.length !== y.length) return a.items.length - y.length;
+        for (let i = 0; i < y.length; i++) {
+          const c = cmp(a.items[i], y[i]);
+          if (c !== 0) return c;
+        }
+        return 0;
+      }
+      case 5: {
+        const y = (b as { pairs: [string, JsonNode][] }).pairs;
+        if (a.pairs.length !== y.length) return a.pairs.length - y.length;
+        for (let i = 0; i < y.length; i++) {
+          const c = text(a.pairs[i][0], y[i][0]) || cmp(a.pairs[i][1], y[i][1]);
+          if (c !== 0) return c;
+        }
+        return 0;
+      }
+    }
+  };
+  return (x, y) => {
+    if (x === y) return 0;
+    const a = parseJson(x);
+    const b = parseJson(y);
+    const scalarA = a.t < 4;
+    const scalarB = b.t < 4;
+    // A top-level scalar is a one-element "raw scalar" array to PostgreSQL.
+    if (scalarA && b.t === 4) return b.items.length === 0 ? 1 : -1;
+    if (scalarB && a.t === 4) return a.items.length === 0 ? -1 : 1;
+    return cmp(a, b);
+  };
+}
+
+function jsonOps(oid: number, collation: Collation): TypeOps {
   const binary = oid === OID.jsonb;
+  const compareJsonb = binary ? jsonbComparator(textComparator(collation)) : null;
   return {
     oid,
     decode(field, format) {
@@ -908,7 +1045,9 @@ function jsonOps(oid: number): TypeOps {
       out.set(b, 1);
       return out;
     },
-    compare: () => refuseOrder(binary ? "jsonb" : "json"),
+    compare: compareJsonb === null
+      ? () => refuseOrder("json")
+      : (a, b) => compareJsonb(a as string, b as string),
     groupKey: binary ? (v) => jsonbKey(v as string) : () => {
       throw new MergeError("0A000", "could not identify an equality operator for type json");
     },
@@ -1157,7 +1296,7 @@ function scalarOps(oid: number, collation: Collation): TypeOps | null {
       return uuidOps();
     case OID.json:
     case OID.jsonb:
-      return jsonOps(oid);
+      return jsonOps(oid, collation);
     default:
       return null;
   }
@@ -1167,14 +1306,14 @@ const cache = new Map<string, TypeOps | null>();
 
 /**
  * The operations for a type, or null when pgdog can't compare/compute it (the caller refuses
- * with 0A000). json and jsonb decode, encode and (jsonb) group, but their `compare` throws
- * MergeError 0A000; pass `ordering: true` to get null for them instead.
+ * with 0A000). json (which PostgreSQL can't compare either) decodes and encodes, but its
+ * `compare` and `groupKey` throw MergeError 0A000; pass `ordering: true` to get null for it.
  */
 export function typeOps(
   oid: number,
   options: { collation: Collation; ordering?: boolean },
 ): TypeOps | null {
-  if (options.ordering && (oid === OID.json || oid === OID.jsonb || oid === 199 || oid === 3807)) {
+  if (options.ordering && (oid === OID.json || oid === 199)) {
     return null;
   }
   const key = `${oid}/${options.collation.kind === "icu" ? options.collation.locale : ""}`;
