@@ -22,7 +22,7 @@ import {
   subNumeric,
 } from "./numeric.ts";
 import type { Expr } from "./plan.ts";
-import { compareFloat, OID, type TypeOps, type Value } from "./values.ts";
+import { type Collation, compareFloat, OID, type TypeOps, typeOps, type Value } from "./values.ts";
 
 /** What an expression reads: the working row's values and types, and the client's parameters. */
 export interface EvalContext {
@@ -32,6 +32,8 @@ export interface EvalContext {
   ops(i: number): TypeOps;
   /** Parameter $n (1-based) as text, null for NULL. */
   param(n: number): string | null;
+  /** The database collation, for comparing two untyped literals (byte order when absent). */
+  collation?: Collation;
 }
 
 type Kind =
@@ -180,31 +182,24 @@ function toFloat(t: Typed): number {
 }
 
 /** Bring two non-null operands to one type. */
-function unify(a: Typed, b: Typed): [Typed, Typed] {
+function unify(a: Typed, b: Typed, collation: Collation | undefined): [Typed, Typed] {
   if (a.kind === "unknown" && b.kind === "unknown") {
-    return [{ kind: "other", v: a.v, ops: TEXT }, { kind: "other", v: b.v, ops: TEXT }];
+    // Two untyped literals compare as text in the database's collation.
+    const ops = typeOps(OID.text, { collation: collation ?? { kind: "bytes" } })!;
+    return [{ kind: "other", v: a.v, ops }, { kind: "other", v: b.v, ops }];
   }
   if (a.kind === "unknown") return [coerce(a.v as string, b), b];
   if (b.kind === "unknown") return [a, coerce(b.v as string, a)];
   return [a, b];
 }
 
-/** Plain text comparison for two untyped literals (PostgreSQL resolves them as text). */
-const TEXT: TypeOps = {
-  oid: OID.text,
-  decode: (f) => new TextDecoder().decode(f),
-  encode: (v) => enc.encode(v as string),
-  compare: (a, b) => ((a as string) < (b as string) ? -1 : (a as string) > (b as string) ? 1 : 0),
-  groupKey: (v) => v as string,
-};
-
 function numericKind(k: Kind): boolean {
   return k in RANK;
 }
 
 /** Compare two non-null operands (negative, 0, positive). */
-function compareTyped(x: Typed, y: Typed): number {
-  const [a, b] = unify(x, y);
+function compareTyped(x: Typed, y: Typed, collation: Collation | undefined): number {
+  const [a, b] = unify(x, y, collation);
   if (numericKind(a.kind) && numericKind(b.kind)) {
     const top = Math.max(RANK[a.kind], RANK[b.kind]);
     if (top <= RANK.int8) {
@@ -223,8 +218,7 @@ function compareTyped(x: Typed, y: Typed): number {
       unsupported(`pgdog can't compare types with OIDs ${a.ops!.oid} and ${b.ops!.oid} in HAVING`);
     }
     // A literal coerced to the column's type uses the column's order (and collation).
-    const ops = TEXT_OIDS.has(a.ops!.oid) && a.ops !== TEXT ? a.ops! : b.ops!;
-    return ops.compare(a.v, b.v);
+    return a.ops!.compare(a.v, b.v);
   }
   return unsupported(`pgdog can't compare ${kindName(a.kind)} with ${kindName(b.kind)} in HAVING`);
 }
@@ -233,7 +227,7 @@ const TEXT_OIDS: ReadonlySet<number> = new Set([OID.text, OID.varchar, OID.bpcha
 
 /** Arithmetic on two non-null operands. */
 function arithmetic(op: string, x: Typed, y: Typed): Typed {
-  const [a, b] = unify(x, y);
+  const [a, b] = unify(x, y, undefined);
   if (!numericKind(a.kind) || !numericKind(b.kind)) {
     unsupported(`pgdog can't compute ${kindName(a.kind)} ${op} ${kindName(b.kind)} in HAVING`);
   }
@@ -317,9 +311,14 @@ function truth(expr: Expr, ctx: EvalContext): boolean | null {
   return unsupported(`argument of HAVING must be type boolean, not ${kindName(t.kind)}`);
 }
 
-function compareOp(op: string, a: Typed, b: Typed): boolean | null {
+function compareOp(
+  op: string,
+  a: Typed,
+  b: Typed,
+  collation: Collation | undefined,
+): boolean | null {
   if (a.v === null || b.v === null) return null;
-  const c = compareTyped(a, b);
+  const c = compareTyped(a, b, collation);
   switch (op) {
     case "=":
       return c === 0;
@@ -356,7 +355,12 @@ function logic(expr: Expr, ctx: EvalContext): boolean | null {
     case "<=":
     case ">":
     case ">=":
-      return compareOp(expr.op, typedValue(expr.args[0], ctx), typedValue(expr.args[1], ctx));
+      return compareOp(
+        expr.op,
+        typedValue(expr.args[0], ctx),
+        typedValue(expr.args[1], ctx),
+        ctx.collation,
+      );
     case "and":
     case "or": {
       // Left to right, stopping at the first deciding value, as PostgreSQL's executor does.
@@ -387,7 +391,9 @@ function logic(expr: Expr, ctx: EvalContext): boolean | null {
     }
     case "in": {
       const x = typedValue(expr.args[0], ctx);
-      const r = or3(expr.args.slice(1).map((e) => compareOp("=", x, typedValue(e, ctx))));
+      const r = or3(
+        expr.args.slice(1).map((e) => compareOp("=", x, typedValue(e, ctx), ctx.collation)),
+      );
       return expr.not ? not3(r) : r;
     }
     default:

@@ -233,3 +233,27 @@ Deno.test("expr: HAVING expressions evaluate as PostgreSQL evaluates them", asyn
     `${refused} refused, ${typeErrors} type errors`,
   );
 });
+
+Deno.test("expr: text compares in the database collation (answers from PostgreSQL 15)", () => {
+  const icu = { kind: "icu", locale: "en-US" } as const;
+  const bytes = { kind: "bytes" } as const;
+  const textOps = (collation: typeof icu | typeof bytes): TypeOps =>
+    typeOps(OID.text, { collation })!;
+  const run = (e: Expr, collation: typeof icu | typeof bytes): Value | null =>
+    evaluate(e, {
+      value: () => "abc",
+      ops: () => textOps(collation),
+      param: () => null,
+      collation,
+    });
+  // SELECT 'a' < 'B', 'abc'::text > 'ABC', 'é' < 'f': ICU en-US t|f|t, C f|t|f.
+  const cases: [Expr, boolean, boolean][] = [
+    [{ op: "<", args: [str("a"), str("B")] }, true, false],
+    [{ op: ">", args: [col(0), str("ABC")] }, false, true],
+    [{ op: "<", args: [str("é"), str("f")] }, true, false],
+  ];
+  for (const [e, inIcu, inC] of cases) {
+    equal(run(e, icu), inIcu, `${toSql(e)} (ICU)`);
+    equal(run(e, bytes), inC, `${toSql(e)} (C)`);
+  }
+});

@@ -154,7 +154,7 @@ const CASES: Case[] = [
     ],
   },
   ...["text", "varchar", "name"].flatMap((type): Case[] =>
-    ["postgres", "icu"].map((database) => ({
+    ["postgres", "icu", "cutf8"].map((database) => ({
       type,
       oid: type === "text" ? OID.text : type === "varchar" ? OID.varchar : OID.name,
       send: type === "text" ? "textsend" : type === "varchar" ? "varcharsend" : "namesend",
@@ -416,7 +416,13 @@ Deno.test("values: decode, encode, order and equality agree with PostgreSQL 15",
   );
   const icu = collationFor({ provider, collate, icuLocale });
   assertEquals(icu, { kind: "icu", locale: "en-US" });
-  const collations: Record<string, Collation> = { postgres: { kind: "bytes" }, icu };
+  await pg.sql("CREATE DATABASE cutf8 LOCALE 'C.UTF-8' TEMPLATE template0");
+  const [[p2, c2, i2]] = await pg.sql(
+    "SELECT datlocprovider, datcollate, daticulocale FROM pg_database WHERE datname = 'cutf8'",
+  );
+  const cutf8 = collationFor({ provider: p2, collate: c2, icuLocale: i2 || null });
+  assertEquals(cutf8, { kind: "bytes" });
+  const collations: Record<string, Collation> = { postgres: { kind: "bytes" }, icu, cutf8 };
   for (const c of CASES) {
     await t.step(
       `${c.type} (${c.database ?? "postgres"}${c.setup ? ", " + c.setup : ""})`,
