@@ -134,12 +134,37 @@ function cmp<T extends number | bigint | string>(a: T, b: T): number {
 
 // ---------------------------------------------------------------- integers, bool, oid, char
 
+/** A decimal integer's text as a number, without building a string (up to 15 digits), else
+ * NaN. */
+function asciiInt(field: Uint8Array): number {
+  const n = field.length;
+  if (n === 0 || n > 16) return NaN;
+  let i = 0;
+  let neg = false;
+  if (field[0] === 0x2d) {
+    neg = true;
+    i = 1;
+    if (n === 1) return NaN;
+  }
+  if (n - i > 15) return NaN;
+  let v = 0;
+  for (; i < n; i++) {
+    const d = field[i] - 0x30;
+    if (d < 0 || d > 9) return NaN;
+    v = v * 10 + d;
+  }
+  return neg ? -v : v;
+}
+
 function intOps(oid: number, bytes: 2 | 4): TypeOps {
   const type = bytes === 2 ? "smallint" : "integer";
   return {
     oid,
     decode(field, format) {
-      if (format === 0) return Number(text(field));
+      if (format === 0) {
+        const v = asciiInt(field);
+        return Number.isNaN(v) ? Number(text(field)) : v;
+      }
       expectLength(field, bytes, type);
       return bytes === 2 ? view(field).getInt16(0) : view(field).getInt32(0);
     },
@@ -159,7 +184,10 @@ function int8Ops(): TypeOps {
   return {
     oid: OID.int8,
     decode(field, format) {
-      if (format === 0) return BigInt(text(field));
+      if (format === 0) {
+        const v = asciiInt(field);
+        return Number.isNaN(v) ? BigInt(text(field)) : BigInt(v);
+      }
       expectLength(field, 8, "bigint");
       return view(field).getBigInt64(0);
     },
