@@ -436,3 +436,47 @@ Deno.test("aggregate: types pgdog can't combine are refused with 0A000", () => {
   refused({ fn: "array_agg" }, 600);
   refused({ fn: "string_agg" }, OID.int4);
 });
+
+Deno.test("aggregate: json_agg and jsonb_agg write each type as PostgreSQL's to_json/to_jsonb", async () => {
+  await using pg = await startPostgres({});
+  const cases: [string, number, string[]][] = [
+    ["timestamptz", OID.timestamptz, ["2024-01-15 10:30:00.5+00", "infinity", "0044-03-15 BC"]],
+    ["text", OID.text, ['a"b', "\\x", "tab\there", "é", "nl\nx", "\u0001"]],
+    ["bool", OID.bool, ["true", "false"]],
+    ["date", OID.date, ["2024-01-15", "infinity", "0044-03-15 BC"]],
+    ["interval", OID.interval, ["1 day", "-1 mons 02:00"]],
+    ["float8", OID.float8, ["NaN", "1e100", "-0", "0.1", "Infinity"]],
+    ["float4", OID.float4, ["0.1", "1e30"]],
+    ["numeric", OID.numeric, ["NaN", "1.50", "-0.001"]],
+    ["int8", OID.int8, ["9223372036854775807"]],
+    ["text[]", 1009, ['{a,"b c",NULL}', "{}"]],
+    ["int4[]", 1007, ["{{1,2},{3,4}}", "{5}"]],
+    ["bytea", OID.bytea, ["\\x0102"]],
+    ["uuid", OID.uuid, ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"]],
+    ["time", OID.time, ["12:00:01.5"]],
+    ["jsonb", OID.jsonb, ['{"b": 1, "a": [1, 2.50]}', '"s"']],
+  ];
+  for (const tz of ["UTC", "Asia/Kolkata"]) {
+    for (const fn of ["json_agg", "jsonb_agg"] as const) {
+      for (const [type, oid, values] of cases) {
+        const rows = values.map((v) => `('${v.replace(/'/g, "''")}'::${type})`).join(", ");
+        const out = await pg.sql(
+          `SET TimeZone = '${tz}';
+           SELECT ${textField("x")} FROM (VALUES ${rows}) t(x)
+           UNION ALL SELECT ${textField(`${fn}(x)`)} FROM (VALUES ${rows}) t(x)`,
+        );
+        const kind = aggregateKind(
+          { fn, partials: [0], distinct: false, star: false, orderBy: [] },
+          { partialTypes: [{ oid, format: 0 }], collation: { kind: "bytes" } },
+        );
+        const acc = kind.create();
+        for (const [h] of out.slice(0, values.length)) acc.add([unhex(h)]);
+        equal(
+          dec.decode(kind.ops.encode(acc.value(), 0)),
+          dec.decode(unhex(out[values.length][0])),
+          `${fn}(${type}) in ${tz}`,
+        );
+      }
+    }
+  }
+});
