@@ -95,6 +95,30 @@ export const ARRAY_ELEMENT: ReadonlyMap<number, number> = new Map([
   [3807, OID.jsonb],
 ]);
 
+const FIXED_SIZE: ReadonlyMap<number, number> = new Map([
+  [OID.bool, 1],
+  [OID.char, 1],
+  [OID.name, 64],
+  [OID.int8, 8],
+  [OID.int2, 2],
+  [OID.int4, 4],
+  [OID.oid, 4],
+  [OID.float4, 4],
+  [OID.float8, 8],
+  [OID.date, 4],
+  [OID.time, 8],
+  [OID.timestamp, 8],
+  [OID.timestamptz, 8],
+  [OID.interval, 16],
+  [OID.timetz, 12],
+  [OID.uuid, 16],
+]);
+
+/** pg_type.typlen of a type pgdog knows (RowDescription's type size): -1 for varlena types. */
+export function typeSize(oid: number): number {
+  return FIXED_SIZE.get(oid) ?? -1;
+}
+
 /** Element type OID → its array type OID. */
 export function arrayTypeOf(elementOid: number): number | null {
   for (const [array, element] of ARRAY_ELEMENT) if (element === elementOid) return array;

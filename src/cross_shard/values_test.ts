@@ -7,7 +7,15 @@
 import { deepEqual as assertEquals, throws } from "node:assert/strict";
 import { startPostgres } from "../../tests/harness/mod.ts";
 import { MergeError } from "./errors.ts";
-import { type Collation, collationFor, formatFloat, OID, typeOps } from "./values.ts";
+import {
+  ARRAY_ELEMENT,
+  type Collation,
+  collationFor,
+  formatFloat,
+  OID,
+  typeOps,
+  typeSize,
+} from "./values.ts";
 
 interface Case {
   /** SQL type name. */
@@ -423,6 +431,14 @@ Deno.test("values: decode, encode, order and equality agree with PostgreSQL 15",
   const cutf8 = collationFor({ provider: p2, collate: c2, icuLocale: i2 || null });
   assertEquals(cutf8, { kind: "bytes" });
   const collations: Record<string, Collation> = { postgres: { kind: "bytes" }, icu, cutf8 };
+  await t.step("type sizes are pg_type.typlen", async () => {
+    const oids = [...Object.values(OID), ...ARRAY_ELEMENT.keys()];
+    const rows = await pg.sql(
+      `SELECT oid, typlen FROM pg_type WHERE oid IN (${oids.join(", ")}) ORDER BY oid`,
+    );
+    assertEquals(rows.length, oids.length);
+    for (const [oid, typlen] of rows) assertEquals(typeSize(Number(oid)), Number(typlen), oid);
+  });
   for (const c of CASES) {
     await t.step(
       `${c.type} (${c.database ?? "postgres"}${c.setup ? ", " + c.setup : ""})`,
