@@ -35,6 +35,7 @@
 
 import type { Node } from "./analyze.ts";
 import { walkTree } from "./tree.ts";
+import { planMerge } from "./merge_plan.ts";
 import {
   describe,
   isOmni,
@@ -73,7 +74,7 @@ const ADVICE = "add the sharding key to the WHERE clause (or route with /* pgdog
 export function routeStatement(
   stmt: Node,
   ctx: RouteContext,
-  options: { everyShard?: boolean } = {},
+  options: ProveOptions = {},
 ): ShardDecision {
   // EXPLAIN runs (or plans) its statement where the statement would run.
   let node = stmt;
@@ -133,6 +134,14 @@ export function routeStatement(
       // DDL and everything else runs on every shard.
       return allShards(`${type.replace(/Stmt$/, "")} runs on every shard`);
   }
+}
+
+/** How a statement is proven. */
+interface ProveOptions {
+  /** Only running it on every shard, answers concatenated, will do. */
+  everyShard?: boolean;
+  /** No merge plan: the answers are sent on as they come (COPY). */
+  noMerge?: boolean;
 }
 
 function allShards(reason: string): ShardDecision {
@@ -1101,7 +1110,7 @@ function isAggregate(f: Node): boolean {
 function prove(
   node: Node,
   ctx: RouteContext,
-  options: { everyShard?: boolean },
+  options: ProveOptions,
 ): ShardDecision {
   const s = statementOf(node, ctx.config);
   const top = s.top!;
@@ -1222,8 +1231,24 @@ function prove(
         "shard, run it as a statement of its own, or route with /* pgdog_shard: N */",
     );
   }
-  if (top.issue) return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
-  return everyShard(s, { pins, checked, tops: top.arms ?? [top], shards: ctx.config.shards });
+  const tops = top.arms ?? [top];
+  if (top.issue) {
+    const mergeable = ctx.config.merge === true && type === "SelectStmt" && !options.everyShard &&
+      !options.noMerge;
+    if (!mergeable) return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
+    // The outer query is merged; every part inside it must be proven as for concatenation.
+    const d = everyShard(s, { pins, checked, tops, shards: ctx.config.shards, merged: top });
+    if (d.unsupported || d.target.kind === "one") return d;
+    const plan = planMerge(node, { values: ctx.values });
+    if ("refused" in plan) return refuse(plan.refused);
+    return {
+      target: d.target,
+      reason: `${d.reason}, merged`,
+      omniWrite: false,
+      merge: plan,
+    };
+  }
+  return everyShard(s, { pins, checked, tops, shards: ctx.config.shards });
 }
 
 /** Thrown when a statement has more queries than pgdog analyzes (CTEs count per reference). */
@@ -1275,13 +1300,22 @@ function oneShard(s: Statement, pins: Pin[], checked: Occurrence[]): ShardDecisi
 /** Runs on every shard (or those the keys select), answers concatenated, when that is proven. */
 function everyShard(
   s: Statement,
-  options: { pins: Pin[]; checked: Occurrence[]; tops: Query[]; shards: number },
+  options: {
+    pins: Pin[];
+    checked: Occurrence[];
+    tops: Query[];
+    shards: number;
+    /** The query whose rows pgdog merges (its own ORDER BY, aggregates... are planned). */
+    merged?: Query;
+  },
 ): ShardDecision {
   const { pins, checked, tops } = options;
   const members: Array<[Occurrence, boolean]> = [];
   const perTop: Array<Array<[Occurrence, boolean]>> = [];
   for (const top of tops) {
-    if (top.issue) return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
+    if (top.issue && top !== options.merged) {
+      return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
+    }
     const own: Array<[Occurrence, boolean]> = [];
     const connections = [...top.connections];
     let issue = top.joinIssue;
@@ -1423,7 +1457,7 @@ function unite(a: Occurrence, b: Occurrence): void {
 // ---- statements around queries ---------------------------------------------------------------
 
 /** COPY: out of a table or a query (from every shard, one stream), into a table (refused). */
-function copy(body: Node, ctx: RouteContext, options: { everyShard?: boolean }): ShardDecision {
+function copy(body: Node, ctx: RouteContext, options: ProveOptions): ShardDecision {
   const c = body as { relation?: Node; query?: Node; is_from?: boolean; options?: Node[] };
   const { config } = ctx;
   const t = c.relation ? tableOf(c.relation) : undefined;
@@ -1443,7 +1477,7 @@ function copy(body: Node, ctx: RouteContext, options: { everyShard?: boolean }):
   }
   const header = copyHeader(c.options ?? []);
   if (c.query) {
-    const d = prove(c.query, ctx, options);
+    const d = prove(c.query, ctx, { ...options, noMerge: true });
     return d.target.kind === "all" || d.target.kind === "some" ? { ...d, copyHeader: header } : d;
   }
   if (t && isOmni(t, config)) {
