@@ -245,7 +245,14 @@ const MERGEABLE = new Set<AggregateFunction>([
   "jsonb_agg",
 ]);
 
-const VARIANCE = new Set(["stddev", "stddev_samp", "stddev_pop", "variance", "var_samp", "var_pop"]);
+const VARIANCE = new Set([
+  "stddev",
+  "stddev_samp",
+  "stddev_pop",
+  "variance",
+  "var_samp",
+  "var_pop",
+]);
 /** Aggregates whose shards send one row per input value. */
 const PER_ROW = new Set(["array_agg", "string_agg", "json_agg", "jsonb_agg"]);
 /** Aggregates for which DISTINCT changes nothing. */
@@ -702,7 +709,11 @@ class AggregatePlanner {
       const k = deparse(s.node);
       let at = partials.findIndex((p) => deparse(p) === k);
       if (at < 0) {
-        if (distinct) throw new MergeRefusal("in an aggregate with DISTINCT, ORDER BY expressions must appear in argument list");
+        if (distinct) {
+          throw new MergeRefusal(
+            "in an aggregate with DISTINCT, ORDER BY expressions must appear in argument list",
+          );
+        }
         partials.push(s.node);
         at = partials.length - 1;
       }
@@ -728,7 +739,9 @@ class AggregatePlanner {
   /** HAVING (or anything pgdog evaluates after the merge) as an {@linkcode Expr}. */
   expr(node: Node, firstParam: number): Expr {
     const e = (n: Node): Expr => this.expr(n, firstParam);
-    if (isAggregateCall(node)) return { column: this.outputOf({ aggregate: this.aggregate(node) }) };
+    if (isAggregateCall(node)) {
+      return { column: this.outputOf({ aggregate: this.aggregate(node) }) };
+    }
     const key = deparse(node);
     const g = this.groupKeys.indexOf(key);
     if (g >= 0) return { column: this.outputOf({ group: g }) };
@@ -737,7 +750,9 @@ class AggregatePlanner {
       if (c.isnull) return { constant: null, type: "text" };
       if (c.ival !== undefined) return { constant: String(intOf(node)), type: "int" };
       if (c.fval) return { constant: (c.fval as { fval: string }).fval, type: "numeric" };
-      if (c.boolval) return { constant: (c.boolval as { boolval?: boolean }).boolval ? "t" : "f", type: "bool" };
+      if (c.boolval) {
+        return { constant: (c.boolval as { boolval?: boolean }).boolval ? "t" : "f", type: "bool" };
+      }
       if (c.sval) return { constant: (c.sval as { sval?: string }).sval ?? "", type: "text" };
     }
     const tc = node.TypeCast as { arg: Node; typeName: { names: Node[] } } | undefined;
@@ -845,7 +860,9 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
         if (!vf || stringOf(vf[vf.length - 1]) !== name) node = val;
       }
     }
-    if (isAggregateCall(node)) throw new MergeRefusal("aggregate functions are not allowed in GROUP BY");
+    if (isAggregateCall(node)) {
+      throw new MergeRefusal("aggregate functions are not allowed in GROUP BY");
+    }
     p.group(node);
   }
   p.shardGroupBy = p.groups.length;
@@ -1055,8 +1072,8 @@ function planSetOperation(body: Node, ctx: MergePlanContext): MergePlan {
   const shard: Node = {
     op: "SETOP_UNION",
     all: true,
-    larg: (side(body.larg as Node, 1, 0, "pgdog_l").SelectStmt as Node),
-    rarg: (side(body.rarg as Node, 0, 1, "pgdog_r").SelectStmt as Node),
+    larg: side(body.larg as Node, 1, 0, "pgdog_l").SelectStmt as Node,
+    rarg: side(body.rarg as Node, 0, 1, "pgdog_r").SelectStmt as Node,
     limitOption: "LIMIT_OPTION_DEFAULT",
   };
   if (body.withClause) shard.withClause = body.withClause;

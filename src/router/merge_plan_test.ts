@@ -1,0 +1,449 @@
+import { deepEqual, equal, match, ok } from "node:assert/strict";
+import { loadParser, QueryRouter } from "./mod.ts";
+import { decideShard, type ShardDecision, type ShardingConfig } from "./shard.ts";
+import { describeMergePlan } from "./merge_plan.ts";
+import type { MergePlan } from "../cross_shard/plan.ts";
+import { connectPg, startPostgres } from "../../tests/harness/mod.ts";
+
+await loadParser();
+
+// users.id and orders.user_id hash the same way (co-located); countries is on every shard.
+const config: ShardingConfig = {
+  shards: 3,
+  tables: [
+    { name: "users", column: "id", type: "bigint", mapping: [] },
+    { name: "orders", column: "user_id", type: "bigint", mapping: [] },
+  ],
+  schemas: new Map(),
+  omni: new Set(["countries"]),
+  merge: true,
+};
+
+const COLUMNS: Record<string, string[]> = {
+  users: ["id", "email", "country"],
+  orders: ["id", "user_id", "amount"],
+};
+
+const router = new QueryRouter({ cacheLimit: 1000 });
+
+function decide(sql: string, merge = true): ShardDecision {
+  return decideShard(router.analyze(sql), {
+    config: { ...config, merge },
+    lookup: {
+      found: [],
+      pluginShards: new Map(),
+      missing: [],
+      columns: (t) => COLUMNS[t.name],
+      missingColumns: [],
+    },
+  });
+}
+
+function plan(sql: string): MergePlan {
+  const d = decide(sql);
+  ok(!d.unsupported, `${sql}: refused: ${d.unsupported}`);
+  ok(d.merge, `${sql}: no merge plan (${d.reason})`);
+  deepEqual(d.target, { kind: "all" });
+  return d.merge;
+}
+
+function refused(sql: string, message: RegExp): void {
+  const d = decide(sql);
+  ok(d.unsupported, `${sql} should be refused; it goes to ${JSON.stringify(d.target)}`);
+  match(d.unsupported, message, sql);
+}
+
+const none = {
+  aggregate: null,
+  having: null,
+  setOperation: null,
+  distinct: null,
+  orderBy: [],
+  shardsSorted: false,
+  limit: null,
+  offset: null,
+};
+const asc = (column: number, collation: string | null = null) => ({
+  column,
+  descending: false,
+  nullsFirst: false,
+  collation,
+});
+const desc = (column: number) => ({ column, descending: true, nullsFirst: true, collation: null });
+
+Deno.test("ORDER BY: output names, aliases, positions, expressions, hidden columns", () => {
+  deepEqual(plan("SELECT id, email AS e FROM users ORDER BY e DESC, 1"), {
+    ...none,
+    shardSql: null,
+    shardColumns: 2,
+    orderBy: [desc(1), asc(0)],
+    shardsSorted: true,
+    visible: 2,
+  });
+  deepEqual(
+    plan("SELECT id FROM users ORDER BY lower(email) NULLS FIRST, country DESC NULLS LAST"),
+    {
+      ...none,
+      shardSql: "SELECT id, lower(email), country FROM users ORDER BY lower(email) NULLS FIRST, " +
+        "country DESC NULLS LAST",
+      shardColumns: 3,
+      orderBy: [{ ...asc(1), nullsFirst: true }, { ...desc(2), nullsFirst: false }],
+      shardsSorted: true,
+      visible: 1,
+    },
+  );
+  // An expression of the select list is its column; COLLATE is kept for the engine.
+  deepEqual(plan('SELECT id, upper(email) FROM users ORDER BY upper(email) COLLATE "C"').orderBy, [
+    asc(1, "C"),
+  ]);
+  // SELECT * is expanded by the catalog's column order.
+  deepEqual(plan("SELECT * FROM users ORDER BY country, id").orderBy, [asc(2), asc(0)]);
+  deepEqual(
+    plan("SELECT u.*, o.amount FROM users u JOIN orders o ON o.user_id = u.id ORDER BY o.id"),
+    {
+      ...none,
+      shardSql: "SELECT u.*, o.amount, o.id FROM users AS u JOIN orders AS o ON o.user_id = u.id " +
+        "ORDER BY o.id",
+      shardColumns: 5,
+      orderBy: [asc(4)],
+      shardsSorted: true,
+      visible: 4,
+    },
+  );
+  deepEqual(plan("SELECT id FROM users ORDER BY id USING >").orderBy, [desc(0)]);
+});
+
+Deno.test("LIMIT, OFFSET, FETCH FIRST: literals and parameters; shards get limit + offset", () => {
+  deepEqual(plan("SELECT id FROM users ORDER BY id LIMIT 10"), {
+    ...none,
+    shardSql: null,
+    shardColumns: 1,
+    orderBy: [asc(0)],
+    shardsSorted: true,
+    limit: { value: 10 },
+    visible: 1,
+  });
+  const p = plan("SELECT id FROM users ORDER BY id LIMIT 10 OFFSET 5");
+  equal(p.shardSql, "SELECT id FROM users ORDER BY id LIMIT 15");
+  deepEqual([p.limit, p.offset], [{ value: 10 }, { value: 5 }]);
+  const f = plan("SELECT id FROM users ORDER BY id OFFSET 2 ROWS FETCH FIRST 3 ROWS ONLY");
+  equal(f.shardSql, "SELECT id FROM users ORDER BY id LIMIT 5");
+  const q = plan("SELECT id FROM users WHERE email = $1 ORDER BY id LIMIT $2 OFFSET $3");
+  equal(
+    q.shardSql,
+    "SELECT id FROM users WHERE email = $1 ORDER BY id LIMIT CAST($2 AS bigint) + CAST($3 AS bigint)",
+  );
+  deepEqual([q.limit, q.offset], [{ param: 2 }, { param: 3 }]);
+  const o = plan("SELECT id FROM users OFFSET 4");
+  equal(o.shardSql, "SELECT id FROM users");
+  deepEqual([o.limit, o.offset], [null, { value: 4 }]);
+  // Without ORDER BY, any rows will do: the shards still stop early.
+  equal(plan("SELECT id FROM users LIMIT 3").limit?.toString(), { value: 3 }.toString());
+  refused("SELECT id FROM users ORDER BY id FETCH FIRST 3 ROWS WITH TIES", /WITH TIES/);
+  refused("SELECT id FROM users LIMIT (SELECT 3)", /LIMIT with an expression/);
+  equal(
+    describeMergePlan(plan("SELECT id FROM users ORDER BY 1 DESC LIMIT 10")),
+    "merge: merge sorted by 1 desc; limit 10",
+  );
+});
+
+Deno.test("aggregates: partials per function, FILTER kept, shared partials once", () => {
+  deepEqual(
+    plan(
+      "SELECT count(*), count(email), sum(id), avg(id), min(email), max(id) FILTER (WHERE id > 3), " +
+        "var_pop(id), bool_and(id > 0), bit_or(id) FROM users",
+    ),
+    {
+      ...none,
+      shardSql: "SELECT count(*), count(email), sum(id), count(id), min(email), max(id) FILTER " +
+        "(WHERE id > 3), sum(id * (id + 0.0)), bool_and(id > 0), bit_or(id) FROM users",
+      shardColumns: 9,
+      aggregate: {
+        groupBy: [],
+        aggregates: [
+          { fn: "count", distinct: false, star: true, partials: [0], orderBy: [] },
+          { fn: "count", distinct: false, star: false, partials: [1], orderBy: [] },
+          { fn: "sum", distinct: false, star: false, partials: [2], orderBy: [] },
+          { fn: "avg", distinct: false, star: false, partials: [2, 3], orderBy: [] },
+          { fn: "min", distinct: false, star: false, partials: [4], orderBy: [] },
+          { fn: "max", distinct: false, star: false, partials: [5], orderBy: [] },
+          { fn: "var_pop", distinct: false, star: false, partials: [3, 2, 6], orderBy: [] },
+          { fn: "bool_and", distinct: false, star: false, partials: [7], orderBy: [] },
+          { fn: "bit_or", distinct: false, star: false, partials: [8], orderBy: [] },
+        ],
+        output: [0, 1, 2, 3, 4, 5, 6, 7, 8].map((aggregate) => ({ aggregate })),
+      },
+      visible: 9,
+    },
+  );
+  // FILTER applies to every partial of avg.
+  equal(
+    plan("SELECT avg(amount) FILTER (WHERE amount > 1) FROM orders").shardSql,
+    "SELECT sum(amount) FILTER (WHERE amount > 1), count(amount) FILTER (WHERE amount > 1) FROM " +
+      "orders",
+  );
+  // Aggregates over expressions.
+  equal(
+    plan("SELECT sum(amount * 2 + id) FROM orders").shardSql,
+    "SELECT sum((amount * 2) + id) FROM orders",
+  );
+  // DISTINCT aggregates: the shards send each value once per group.
+  deepEqual(
+    plan("SELECT country, count(DISTINCT email), sum(id) FROM users GROUP BY 1").aggregate,
+    {
+      groupBy: [0],
+      aggregates: [
+        { fn: "count", distinct: true, star: false, partials: [1], orderBy: [] },
+        { fn: "sum", distinct: false, star: false, partials: [2], orderBy: [] },
+      ],
+      output: [{ group: 0 }, { aggregate: 0 }, { aggregate: 1 }],
+    },
+  );
+  equal(
+    plan("SELECT country, count(DISTINCT email), sum(id) FROM users GROUP BY 1").shardSql,
+    "SELECT country, email, sum(id) FROM users GROUP BY 1, 2",
+  );
+  // min(DISTINCT x) is min(x).
+  equal(plan("SELECT min(DISTINCT id) FROM users").shardSql, "SELECT min(id) FROM users");
+  // array_agg and friends: one shard row per input value, with the keys of their ORDER BY.
+  deepEqual(plan("SELECT array_agg(email ORDER BY id DESC), string_agg(email, ',') FROM users"), {
+    ...none,
+    shardSql: "SELECT email, id, ',' FROM users",
+    shardColumns: 3,
+    aggregate: {
+      groupBy: [],
+      aggregates: [
+        { fn: "array_agg", distinct: false, star: false, partials: [0, 1], orderBy: [desc(1)] },
+        { fn: "string_agg", distinct: false, star: false, partials: [0, 2], orderBy: [] },
+      ],
+      output: [{ aggregate: 0 }, { aggregate: 1 }],
+    },
+    visible: 2,
+  });
+  refused("SELECT count(*) * 2 FROM users", /over aggregates is not supported/);
+  refused("SELECT sum(id) / count(id) FROM users", /over aggregates is not supported/);
+  refused("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY id) FROM users", /percentile_cont/);
+  refused("SELECT corr(id, id) FROM users", /corr\(\) can't be merged/);
+  refused("SELECT array_agg(id), count(*) FROM users", /array_agg.*together/);
+  refused("SELECT count(DISTINCT id), count(DISTINCT email) FROM users", /different arguments/);
+  refused("SELECT id, count(*) FROM users", /without GROUP BY/);
+});
+
+Deno.test("GROUP BY, HAVING, ORDER BY an aggregate, LIMIT after grouping", () => {
+  const p = plan(
+    "SELECT country, count(*) AS n FROM users GROUP BY country HAVING count(*) > 1 AND " +
+      "max(id) BETWEEN $1 AND 100 ORDER BY n DESC, sum(id) LIMIT 3",
+  );
+  deepEqual(p, {
+    ...none,
+    shardSql: "SELECT country, count(*), max(id), sum(id) FROM users GROUP BY 1",
+    shardColumns: 4,
+    aggregate: {
+      groupBy: [0],
+      aggregates: [
+        { fn: "count", distinct: false, star: true, partials: [1], orderBy: [] },
+        { fn: "max", distinct: false, star: false, partials: [2], orderBy: [] },
+        { fn: "sum", distinct: false, star: false, partials: [3], orderBy: [] },
+      ],
+      output: [{ group: 0 }, { aggregate: 0 }, { aggregate: 1 }, { aggregate: 2 }],
+    },
+    having: {
+      op: "and",
+      args: [
+        { op: ">", args: [{ column: 1 }, { constant: "1", type: "int" }] },
+        {
+          op: "between",
+          args: [{ column: 2 }, { param: 1 }, { constant: "100", type: "int" }],
+          not: false,
+        },
+      ],
+    },
+    orderBy: [desc(1), asc(3)],
+    limit: { value: 3 },
+    visible: 2,
+  });
+  // GROUP BY a position, an alias, an unselected column, an expression.
+  equal(
+    plan("SELECT lower(email) AS e, count(*) FROM users GROUP BY e, country ORDER BY country")
+      .shardSql,
+    "SELECT lower(email), country, count(*) FROM users GROUP BY 1, 2",
+  );
+  deepEqual(
+    plan("SELECT lower(email) AS e, count(*) FROM users GROUP BY e, country ORDER BY country")
+      .aggregate?.output,
+    [{ group: 0 }, { aggregate: 0 }, { group: 1 }],
+  );
+  equal(
+    plan("SELECT country, upper(country), count(*) FROM users GROUP BY 1").shardSql,
+    "SELECT country, upper(country), count(*) FROM users GROUP BY 1",
+  );
+  deepEqual(
+    plan(
+      "SELECT country FROM users GROUP BY country HAVING country IN ('fr', 'de') OR NOT " +
+        "count(*) IS NULL",
+    ).having,
+    {
+      op: "or",
+      args: [
+        {
+          op: "in",
+          args: [{ column: 0 }, { constant: "fr", type: "text" }, { constant: "de", type: "text" }],
+          not: false,
+        },
+        { op: "not", args: [{ op: "isnull", args: [{ column: 1 }] }] },
+      ],
+    },
+  );
+  // No GROUP BY: HAVING filters the one group.
+  equal(
+    plan("SELECT max(id) FROM users HAVING count(*) > 0").shardSql,
+    "SELECT max(id), count(*) FROM users",
+  );
+  refused("SELECT 1 FROM users HAVING count(*) > 0", /without GROUP BY/);
+  refused("SELECT country, count(*) FROM users GROUP BY ROLLUP (country)", /ROLLUP/);
+  refused("SELECT country, count(*) FROM users GROUP BY CUBE (country)", /CUBE/);
+  refused(
+    "SELECT country, count(*) FROM users GROUP BY GROUPING SETS ((country), ())",
+    /GROUPING SETS/,
+  );
+  refused("SELECT country FROM users GROUP BY country HAVING length(country) > 1", /HAVING/);
+  refused("SELECT country FROM users GROUP BY country ORDER BY min(email) || 'x'", /ORDER BY/);
+});
+
+Deno.test("DISTINCT, DISTINCT ON, UNION, INTERSECT, EXCEPT", () => {
+  deepEqual(plan("SELECT DISTINCT country FROM users ORDER BY 1 LIMIT 2"), {
+    ...none,
+    shardSql: null,
+    shardColumns: 1,
+    distinct: [],
+    orderBy: [asc(0)],
+    shardsSorted: true,
+    limit: { value: 2 },
+    visible: 1,
+  });
+  deepEqual(plan("SELECT DISTINCT ON (country) id FROM users ORDER BY country, id DESC"), {
+    ...none,
+    shardSql: "SELECT DISTINCT ON (country) id, country FROM users ORDER BY country, id DESC",
+    shardColumns: 2,
+    distinct: [1],
+    orderBy: [asc(1), desc(0)],
+    shardsSorted: true,
+    visible: 1,
+  });
+  refused("SELECT DISTINCT country FROM users ORDER BY id", /must appear in select list/);
+  // Aggregates, then DISTINCT on the groups' rows.
+  deepEqual(plan("SELECT DISTINCT count(*) FROM users GROUP BY country").distinct, []);
+  // UNION ALL with ORDER BY/LIMIT: sorted concatenation; UNION: every shard's distinct rows.
+  deepEqual(plan("SELECT id FROM users UNION ALL SELECT user_id FROM orders ORDER BY id LIMIT 5"), {
+    ...none,
+    shardSql: null,
+    shardColumns: 1,
+    orderBy: [asc(0)],
+    shardsSorted: true,
+    limit: { value: 5 },
+    visible: 1,
+  });
+  deepEqual(plan("SELECT id FROM users UNION SELECT user_id FROM orders"), {
+    ...none,
+    shardSql: null,
+    shardColumns: 1,
+    distinct: [],
+    visible: 1,
+  });
+  const i = plan(
+    "SELECT id, email FROM users INTERSECT ALL SELECT user_id, 'x' FROM orders ORDER BY 2",
+  );
+  deepEqual(i, {
+    ...none,
+    shardSql: "SELECT *, CAST(1 AS bigint) AS pgdog_left, CAST(0 AS bigint) AS pgdog_right FROM " +
+      "( SELECT id, email FROM users ) AS pgdog_l UNION ALL SELECT *, CAST(0 AS bigint) AS " +
+      "pgdog_left, CAST(1 AS bigint) AS pgdog_right FROM ( SELECT user_id, 'x' FROM orders ) AS " +
+      "pgdog_r",
+    shardColumns: 4,
+    aggregate: {
+      groupBy: [0, 1],
+      aggregates: [
+        { fn: "count", partials: [2], distinct: false, star: true, orderBy: [] },
+        { fn: "count", partials: [3], distinct: false, star: true, orderBy: [] },
+      ],
+      output: [{ group: 0 }, { group: 1 }, { aggregate: 0 }, { aggregate: 1 }],
+    },
+    setOperation: { op: "intersect", all: true, left: 0, right: 1 },
+    orderBy: [asc(1)],
+    visible: 2,
+  });
+  deepEqual(plan("SELECT id FROM users EXCEPT SELECT user_id FROM orders").setOperation, {
+    op: "except",
+    all: false,
+    left: 0,
+    right: 1,
+  });
+  refused(
+    "SELECT id FROM users UNION SELECT id FROM users INTERSECT SELECT user_id FROM orders",
+    /combination of UNION, INTERSECT and EXCEPT/,
+  );
+  refused(
+    "(SELECT id FROM users UNION SELECT id FROM users) UNION ALL SELECT user_id FROM orders",
+    /combination/,
+  );
+});
+
+Deno.test("the outer query is merged; what is inside it must be exact on each shard", () => {
+  // Co-located joins, omnisharded joins, correlated subqueries: pushed down, then merged.
+  plan("SELECT u.country, sum(o.amount) FROM users u JOIN orders o ON o.user_id = u.id GROUP BY 1");
+  plan("SELECT c.name, count(*) FROM users u JOIN countries c ON c.code = u.country GROUP BY 1");
+  plan(
+    "SELECT id, (SELECT count(*) FROM orders o WHERE o.user_id = u.id) AS n FROM users u " +
+      "ORDER BY n DESC LIMIT 5",
+  );
+  plan("SELECT count(*) FROM users u WHERE EXISTS (SELECT 1 FROM orders o WHERE o.user_id = u.id)");
+  plan("WITH t AS (SELECT id, email FROM users) SELECT count(*) FROM t");
+  plan("SELECT max(amount) FROM (SELECT user_id, amount FROM orders) s");
+  // Keys that select several shards: those shards only.
+  const d = decide("SELECT count(*) FROM users WHERE id IN (1, 2, 3, 4, 5, 6)");
+  ok(d.merge);
+  // One shard holds every row: no merging.
+  const one = decide("SELECT count(*) FROM users WHERE id = 1");
+  equal(one.merge, undefined);
+  equal(one.target.kind, "one");
+  const subquery = /reading users without its sharding key is not supported across shards/;
+  refused("SELECT * FROM (SELECT count(*) FROM users) s ORDER BY 1", subquery);
+  refused("SELECT count(*) FROM users WHERE id IN (SELECT max(id) FROM users)", subquery);
+  refused("SELECT id, (SELECT count(*) FROM users) FROM users ORDER BY 1", subquery);
+  refused("WITH t AS (SELECT count(*) AS c FROM users) SELECT max(c) FROM t", subquery);
+  refused(
+    "SELECT count(*) FROM (SELECT id FROM users ORDER BY id LIMIT 5) s",
+    /ORDER BY in subquery s/,
+  );
+  refused(
+    "SELECT count(*) FROM users u JOIN orders o ON o.amount = u.id",
+    /not on their sharding keys/,
+  );
+  refused("SELECT id, row_number() OVER (ORDER BY id) FROM users", /^a window function/);
+  refused("SELECT id, sum(id) OVER () FROM users ORDER BY id", /^a window function/);
+  refused("SELECT id FROM users ORDER BY id LIMIT 1 FOR UPDATE", /FOR UPDATE/);
+  // COPY, cursors, CREATE TABLE AS and requests of several statements don't merge.
+  refused("COPY (SELECT * FROM users ORDER BY id) TO STDOUT", /^ORDER BY across shards/);
+  refused("DECLARE c CURSOR FOR SELECT count(*) FROM users", /cursor over rows of several shards/);
+  refused("CREATE TABLE t AS SELECT count(*) FROM users", /^CREATE TABLE AS/);
+  refused("SELECT count(*) FROM users; SELECT 1", /different shards/);
+  // Without an engine to run it, nothing is planned: refused as before.
+  const off = decide("SELECT count(*) FROM users", false);
+  match(off.unsupported ?? "", /^an aggregate across shards is not supported yet/);
+  equal(off.merge, undefined);
+});
+
+Deno.test("SELECT * needs the catalog's column order: asked for, else refused", () => {
+  const lookup = {
+    found: [],
+    pluginShards: new Map(),
+    missing: [],
+    columns: (_t: { name: string }) => undefined,
+    missingColumns: [] as Array<{ name: string }>,
+  };
+  const d = decideShard(router.analyze("SELECT * FROM users ORDER BY id"), { config, lookup });
+  ok(d.unsupported);
+  deepEqual(lookup.missingColumns, [{ name: "users" }]);
+  const bare = decideShard(router.analyze("SELECT * FROM users ORDER BY id"), { config });
+  match(bare.unsupported ?? "", /name the columns/);
+});
