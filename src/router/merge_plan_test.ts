@@ -447,3 +447,98 @@ Deno.test("SELECT * needs the catalog's column order: asked for, else refused", 
   const bare = decideShard(router.analyze("SELECT * FROM users ORDER BY id"), { config });
   match(bare.unsupported ?? "", /name the columns/);
 });
+
+Deno.test("the shard SQL runs on PostgreSQL with the column layout the plan claims", async () => {
+  await using pg = await startPostgres({ databases: ["app"] });
+  await pg.sql(
+    `CREATE TABLE users (id bigint PRIMARY KEY, email text, country text);
+     CREATE TABLE orders (id bigint, user_id bigint, amount int);
+     CREATE TABLE countries (code text PRIMARY KEY, name text);
+     CREATE TABLE nums (i2 int2, i4 int4, i8 int8, n numeric, f4 float4, f8 float8);
+     INSERT INTO users SELECT i, 'u' || i, (ARRAY['fr', 'de', NULL])[i % 3 + 1]
+       FROM generate_series(1, 20) i;
+     INSERT INTO orders SELECT i, i % 20 + 1, i * 7 % 50 FROM generate_series(1, 60) i;
+     INSERT INTO countries VALUES ('fr', 'France'), ('de', 'Germany');
+     INSERT INTO nums VALUES (32767, 2147483647, 9223372036854775807, 1.5, 1.5, 2.25);`,
+    { database: "app" },
+  );
+  const client = await connectPg({
+    host: pg.host,
+    port: pg.port,
+    user: "postgres",
+    database: "app",
+  });
+  try {
+    // The sum of squares is exact numeric for integers and numeric, float8 for floats, and never
+    // overflows the argument's type.
+    const squares = await client.query({
+      rowMode: "array",
+      text:
+        "SELECT pg_typeof(sum(i2 * (i2 + 0.0)))::text, pg_typeof(sum(i4 * (i4 + 0.0)))::text, " +
+        "pg_typeof(sum(i8 * (i8 + 0.0)))::text, pg_typeof(sum(n * (n + 0.0)))::text, " +
+        "pg_typeof(sum(f4 * (f4 + 0.0)))::text, pg_typeof(sum(f8 * (f8 + 0.0)))::text, " +
+        "sum(i8 * (i8 + 0.0))::text FROM nums",
+    });
+    deepEqual(squares.rows[0], [
+      "numeric",
+      "numeric",
+      "numeric",
+      "numeric",
+      "double precision",
+      "double precision",
+      (9223372036854775807n * 9223372036854775807n).toString() + ".0",
+    ]);
+    const shapes: Array<[string, unknown[]]> = [
+      ["SELECT * FROM users ORDER BY lower(email) NULLS FIRST LIMIT $1 OFFSET $2", [3, 2]],
+      ["SELECT id FROM users ORDER BY id LIMIT 10 OFFSET 5", []],
+      ["SELECT u.*, o.amount FROM users u JOIN orders o ON o.user_id = u.id ORDER BY o.id", []],
+      [
+        "SELECT count(*), count(email), sum(id), avg(id), min(email), max(id) FILTER (WHERE " +
+        "id > 3), var_pop(id), stddev(id), bool_and(id > 0), bit_or(id) FROM users",
+        [],
+      ],
+      [
+        "SELECT country, count(*) AS n FROM users GROUP BY country HAVING count(*) > 1 ORDER BY " +
+        "n DESC, sum(id) LIMIT 3",
+        [],
+      ],
+      ["SELECT lower(email) AS e, count(*) FROM users GROUP BY e, country ORDER BY country", []],
+      ["SELECT country, count(DISTINCT email), sum(id) FROM users GROUP BY 1", []],
+      ["SELECT string_agg(DISTINCT email, ',' ORDER BY email) FROM users", []],
+      [
+        "SELECT array_agg(email ORDER BY id DESC), json_agg(id), string_agg(email, ',') FROM users",
+        [],
+      ],
+      ["SELECT DISTINCT ON (country) id FROM users ORDER BY country, id DESC", []],
+      ["SELECT id, email FROM users INTERSECT ALL SELECT user_id, 'x' FROM orders ORDER BY 2", []],
+      ["SELECT id FROM users EXCEPT SELECT user_id FROM orders ORDER BY 1 LIMIT 2", []],
+      [
+        "SELECT c.name, avg(o.amount) FROM users u JOIN countries c ON c.code = u.country " +
+        "JOIN orders o ON o.user_id = u.id GROUP BY 1 HAVING avg(o.amount) > 0",
+        [],
+      ],
+    ];
+    for (const [sql, params] of shapes) {
+      const p = plan(sql);
+      const result = await client.query({
+        text: p.shardSql ?? sql,
+        values: params,
+        rowMode: "array",
+      });
+      equal(result.fields.length, p.shardColumns, `${sql}: ${p.shardSql}`);
+      ok(p.visible <= (p.aggregate?.output.length ?? p.shardColumns), sql);
+      for (const a of p.aggregate?.aggregates ?? []) {
+        for (const c of a.partials) ok(c < p.shardColumns, sql);
+      }
+      // The client's own statement answers as many columns as the plan shows it.
+      const own = await client.query({ text: sql, values: params, rowMode: "array" });
+      equal(own.fields.length, p.visible, sql);
+      // Hidden sort columns are the expressions sorted on: the shards' rows come sorted by them.
+      if (p.shardsSorted && p.shardSql !== null && p.limit === null) {
+        equal(result.rows.length, own.rows.length, sql);
+      }
+    }
+  } finally {
+    await client.end();
+  }
+});
