@@ -36,6 +36,7 @@
 import type { Node } from "./analyze.ts";
 import { walkTree } from "./tree.ts";
 import { planMerge } from "./merge_plan.ts";
+import type { MergePlan } from "../cross_shard/plan.ts";
 import {
   describe,
   isOmni,
@@ -841,6 +842,16 @@ class Statement {
     if (across || (aFiltered && bFiltered)) q.connections.push([a.key.occ, b.key.occ]);
   }
 
+  /**
+   * Whether `node` names a sharding key of the rows of `q` that is never null-extended: rows
+   * with equal values of it are on one shard.
+   */
+  isRowKey(node: Node | undefined, q: Query): boolean {
+    const ref = this.#keyRef(node, q);
+    if (!ref || ref.home !== q || ref.rel.nullable) return false;
+    return ref.rel.members.some(([occ, nullable]) => occ === ref.key.occ && !nullable);
+  }
+
   /** The sharding key a column reference names, and the relation it comes through. */
   #keyRef(node: Node | undefined, q: Query): ResolvedRef | null {
     const names = columnNames(node);
@@ -1239,8 +1250,13 @@ function prove(
     // The outer query is merged; every part inside it must be proven as for concatenation.
     const d = everyShard(s, { pins, checked, tops, shards: ctx.config.shards, merged: top });
     if (d.unsupported || d.target.kind === "one") return d;
-    const plan = planMerge(node, { values: ctx.values });
+    const plan = planMerge(node, {
+      values: ctx.values,
+      isKey: (column) => top.arms === null && s.isRowKey(column, top),
+    });
     if ("refused" in plan) return refuse(plan.refused);
+    // Window functions partitioned by the key, say: the shards' rows are the answer.
+    if (concatenation(plan)) return d;
     return {
       target: d.target,
       reason: `${d.reason}, merged`,
@@ -1249,6 +1265,13 @@ function prove(
     };
   }
   return everyShard(s, { pins, checked, tops, shards: ctx.config.shards });
+}
+
+/** A plan with nothing to merge: the answers concatenated are the answer. */
+function concatenation(plan: MergePlan): boolean {
+  return plan.shardSql === null && plan.aggregate === null && plan.setOperation === null &&
+    plan.distinct === null && plan.orderBy.length === 0 && plan.limit === null &&
+    plan.offset === null && plan.visible === plan.shardColumns;
 }
 
 /** Thrown when a statement has more queries than pgdog analyzes (CTEs count per reference). */

@@ -31,6 +31,12 @@ export class MergeRefusal extends Error {}
 /** What planning needs besides the statement. */
 export interface MergePlanContext {
   values: ValueContext;
+  /**
+   * Whether a column reference of the outer query names a sharding key of its rows (rows with
+   * equal values of it are on one shard): groups and window partitions on it are whole on one
+   * shard, so the shards compute them.
+   */
+  isKey?: (column: Node) => boolean;
 }
 
 /**
@@ -292,7 +298,11 @@ function numberSource(node: Node | undefined, what: string): NumberSource | null
   const c = n.A_Const as { isnull?: boolean; ival?: { ival?: number }; fval?: { fval: string } };
   if (c?.isnull) return null;
   if (c?.ival !== undefined) return { value: c.ival.ival ?? 0 };
-  if (c?.fval && /^\d+$/.test(c.fval.fval)) return { value: Number(c.fval.fval) };
+  if (c?.fval && Number.isFinite(Number(c.fval.fval))) {
+    // LIMIT 2.5 is LIMIT 3, as numeric to bigint rounds.
+    const x = Number(c.fval.fval);
+    return { value: Math.sign(x) * Math.round(Math.abs(x)) };
+  }
   const p = n.ParamRef as { number?: number } | undefined;
   if (p?.number !== undefined) return { param: p.number };
   const e = n.A_Expr as { lexpr?: Node; rexpr?: Node; name?: Node[] } | undefined;
@@ -319,6 +329,12 @@ function shardLimit(limit: NumberSource, offset: NumberSource | null): Node {
 interface Limits {
   limit: NumberSource | null;
   offset: NumberSource | null;
+}
+
+/** A negative literal: the shards get the client's own clauses and raise PostgreSQL's error. */
+function negative(l: Limits): boolean {
+  return (l.limit !== null && "value" in l.limit && l.limit.value < 0) ||
+    (l.offset !== null && "value" in l.offset && l.offset.value < 0);
 }
 
 function limitsOf(body: Node): Limits {
@@ -518,16 +534,82 @@ function planSelect(body: Node, ctx: MergePlanContext): MergePlan {
     body.sortClause,
     body.distinctClause,
   ]);
+  const groupClause = (body.groupClause as Node[] | undefined) ?? [];
+  const grouped = f.aggregate || groupClause.length > 0 || body.havingClause !== undefined;
+  // Groups on a sharding key are whole on one shard: the shards aggregate them completely.
+  const keyGrouped = grouped && ctx.isKey !== undefined &&
+    groupClause.some((g) => ctx.isKey!(groupExpression(g, body)));
   if (f.window || (body.windowClause as Node[] | undefined)?.length) {
-    throw new MergeRefusal(
-      "a window function over rows of several shards is not supported: partition it by the " +
-        "sharding key, add the sharding key to the WHERE clause, or route with " +
-        "/* pgdog_shard: N */",
-    );
+    if ((grouped && !keyGrouped) || !windowsOnKey(body, ctx)) {
+      throw new MergeRefusal(
+        "a window function over rows of several shards is not supported: partition it by the " +
+          "sharding key, add the sharding key to the WHERE clause, or route with " +
+          "/* pgdog_shard: N */",
+      );
+    }
   }
-  const grouped = f.aggregate || (body.groupClause as Node[] | undefined)?.length ||
-    body.havingClause !== undefined;
-  return grouped ? planAggregate(body, ctx) : planRows(body, ctx);
+  return grouped && !keyGrouped ? planAggregate(body, ctx) : planRows(body, ctx);
+}
+
+/** A GROUP BY item as an expression (a position or an output name stands for its target). */
+function groupExpression(item: Node, body: Node): Node {
+  const targets = (body.targetList as Node[] | undefined) ?? [];
+  const position = intOf(item);
+  if (position !== null) {
+    const t = targets[position - 1]?.ResTarget as { val?: Node } | undefined;
+    return t?.val ?? item;
+  }
+  const fields = (item.ColumnRef as { fields?: Node[] } | undefined)?.fields;
+  const name = fields?.length === 1 ? stringOf(fields[0]) : null;
+  const t = targets.find((t) => (t.ResTarget as { name?: string }).name === name);
+  if (name !== null && t) {
+    const val = (t.ResTarget as { val: Node }).val;
+    const vf = (val.ColumnRef as { fields?: Node[] } | undefined)?.fields;
+    if (!vf || stringOf(vf[vf.length - 1]) !== name) return val;
+  }
+  return item;
+}
+
+/** Every window of the query is partitioned by a sharding key (each partition on one shard). */
+function windowsOnKey(body: Node, ctx: MergePlanContext): boolean {
+  const isKey = ctx.isKey;
+  if (!isKey) return false;
+  const named = new Map<string, Node>();
+  for (const w of (body.windowClause as Node[] | undefined) ?? []) {
+    const def = w.WindowDef as { name?: string };
+    if (def.name) named.set(def.name, def as Node);
+  }
+  const onKey = (def: Node): boolean => {
+    let d: Node | undefined = def;
+    // A window may take its PARTITION BY from a named one (`OVER (w ORDER BY ...)`).
+    for (let hops = 0; d && hops < 100; hops++) {
+      const parts = d.partitionClause as Node[] | undefined;
+      if (parts?.length) return parts.some((p) => isKey(p));
+      const ref = (d.refname ?? (d.name !== undefined && d !== def ? undefined : d.name)) as
+        | string
+        | undefined;
+      const next = ref !== undefined ? named.get(ref) : undefined;
+      if (next === d) return false;
+      d = next;
+    }
+    return false;
+  };
+  const stack: unknown[] = [body.targetList, body.sortClause, body.windowClause];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (Array.isArray(v)) {
+      stack.push(...v);
+      continue;
+    }
+    if (v === null || typeof v !== "object") continue;
+    for (const [k, x] of Object.entries(v as Node)) {
+      if (k === "SubLink" || k === "RangeSubselect") continue;
+      if (k === "FuncCall" && (x as Node).over && !onKey((x as Node).over as Node)) return false;
+      if (k === "WindowDef" && !onKey(x as Node)) return false;
+      stack.push(x);
+    }
+  }
+  return true;
 }
 
 /** No aggregation: the shards' rows, sorted, deduplicated and cut as the client asked. */
@@ -562,13 +644,14 @@ function planRows(body: Node, ctx: MergePlanContext): MergePlan {
   else if (distinctClause !== undefined) {
     distinct = distinctClause.map((d) => column(d, "DISTINCT ON"));
   }
-  const { limit, offset } = limitsOf(body);
+  const limits = limitsOf(body);
+  const { limit, offset } = limits;
   const shard: Node = { ...body };
   let changed = hidden.length > 0;
   if (hidden.length > 0) {
     shard.targetList = [...(body.targetList as Node[]), ...hidden.map((h) => target(h))];
   }
-  if (offset !== null) {
+  if (offset !== null && !negative(limits)) {
     changed = true;
     delete shard.limitOffset;
     if (limit === null) delete shard.limitCount;
@@ -1019,14 +1102,15 @@ function planSetOperation(body: Node, ctx: MergePlanContext): MergePlan {
     }
     return { column: at, ...s.key };
   });
-  const { limit, offset } = limitsOf(body);
+  const limits = limitsOf(body);
+  const { limit, offset } = limits;
   const top = ops[0];
   const unions = ops.every((o) => o.op === "SETOP_UNION");
   if (unions && (top.all ? ops.every((o) => o.all) : true)) {
     // UNION ALL concatenates; a UNION (at the top) removes every duplicate: shards do it too.
     const shard: Node = { ...body };
     let changed = false;
-    if (offset !== null) {
+    if (offset !== null && !negative(limits)) {
       changed = true;
       delete shard.limitOffset;
       if (limit === null) delete shard.limitCount;

@@ -542,3 +542,77 @@ Deno.test("the shard SQL runs on PostgreSQL with the column layout the plan clai
     await client.end();
   }
 });
+
+Deno.test("groups and window partitions on the sharding key are whole on one shard: pushed down", () => {
+  // Any aggregate, HAVING and expressions over aggregates run on the shards; pgdog sorts and cuts.
+  deepEqual(
+    plan(
+      "SELECT u.id, count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY amount), sum(amount) * 2 " +
+        "FROM users u JOIN orders o ON o.user_id = u.id GROUP BY u.id HAVING count(*) > 1 " +
+        "ORDER BY 2 DESC, max(amount) LIMIT 5 OFFSET 1",
+    ),
+    {
+      ...none,
+      shardSql: "SELECT u.id, count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY amount), " +
+        "sum(amount) * 2, max(amount) FROM users AS u JOIN orders AS o ON o.user_id = u.id GROUP " +
+        "BY u.id HAVING count(*) > 1 ORDER BY 2 DESC, max(amount) LIMIT 6",
+      shardColumns: 5,
+      orderBy: [desc(1), asc(4)],
+      shardsSorted: true,
+      limit: { value: 5 },
+      offset: { value: 1 },
+      visible: 4,
+    },
+  );
+  equal(plan("SELECT user_id, avg(amount) FROM orders GROUP BY 1 ORDER BY 2").shardSql, null);
+  // A group key on the side an outer join may fill with NULLs is not whole on one shard.
+  ok(
+    plan(
+      "SELECT o.user_id, count(*) FROM users u LEFT JOIN orders o ON o.user_id = u.id GROUP BY 1",
+    ).aggregate,
+  );
+  // Window functions partitioned by the key: the shards' rows are the answer (maybe sorted).
+  const d = decide(
+    "SELECT user_id, sum(amount) OVER (PARTITION BY user_id ORDER BY id) FROM orders",
+  );
+  ok(!d.unsupported && d.merge === undefined && d.concatenates, d.unsupported);
+  ok(
+    !decide("SELECT user_id, sum(amount) OVER w FROM orders WINDOW w AS (PARTITION BY user_id)")
+      .unsupported,
+  );
+  ok(
+    !decide(
+      "SELECT sum(amount) OVER (w ORDER BY id) FROM orders WINDOW w AS (PARTITION BY user_id)",
+    ).unsupported,
+  );
+  deepEqual(
+    plan(
+      "SELECT id, row_number() OVER (PARTITION BY id ORDER BY email) AS r FROM users ORDER BY r LIMIT 3",
+    ),
+    {
+      ...none,
+      shardSql: null,
+      shardColumns: 2,
+      orderBy: [asc(1)],
+      shardsSorted: true,
+      limit: { value: 3 },
+      visible: 2,
+    },
+  );
+  refused("SELECT sum(amount) OVER (PARTITION BY amount) FROM orders", /^a window function/);
+  refused("SELECT sum(amount) OVER w FROM orders WINDOW w AS (ORDER BY user_id)", /^a window/);
+  refused("SELECT country, rank() OVER (ORDER BY count(*)) FROM users GROUP BY 1", /^a window/);
+});
+
+Deno.test("LIMIT edge cases: negative literals reach the shards as written; NULL and ALL mean none", () => {
+  const n = plan("SELECT id FROM users ORDER BY id LIMIT -1 OFFSET 5");
+  equal(n.shardSql, null);
+  deepEqual([n.limit, n.offset], [{ value: -1 }, { value: 5 }]);
+  const all = plan("SELECT id FROM users ORDER BY id LIMIT ALL OFFSET 1");
+  deepEqual([all.limit, all.offset, all.shardSql], [
+    null,
+    { value: 1 },
+    "SELECT id FROM users ORDER BY id",
+  ]);
+  deepEqual(plan("SELECT id FROM users ORDER BY id LIMIT 2.5").limit, { value: 3 });
+});
