@@ -23,6 +23,14 @@
  *   (a subquery in the select list or WHERE clause, a LATERAL subquery, a CTE that aggregates) is
  *   confined to the shard of the row it belongs to, by a correlation on the keys. It runs on every
  *   shard, or only on the shards the keys select. There must be no data-modifying CTE.
+ * - **Several shards, answers merged** (when the caller runs merge plans, `ShardingConfig.merge`).
+ *   A SELECT whose outer query needs merging (ORDER BY, LIMIT/OFFSET, aggregates, GROUP BY,
+ *   HAVING, DISTINCT [ON], UNION, INTERSECT, EXCEPT) is proven as above with the outer query's
+ *   own ORDER BY, aggregates... set aside: its rows are made on one shard each and every part
+ *   inside it (subqueries, CTEs, the parts of a set operation) is exact on each shard. The
+ *   decision then carries the {@linkcode MergePlan} (`merge_plan.ts`) that merges the shards'
+ *   answers, or the statement is refused with the reason it can't be merged. Groups and window
+ *   partitions on a sharding key of the rows are whole on one shard: the shards compute them.
  * - **No sharded table.** Tables copied on every shard (omnisharded) and parts without tables are
  *   the same everywhere: a read goes to any one shard; a write goes to every shard and answers
  *   once, provided it reads no sharded table (each shard would write different rows).

@@ -355,3 +355,65 @@ Deno.test("CTEs referenced again and again: analyzed up to a bound, then refused
   refused(`WITH ${doubling.join(", ")} SELECT * FROM b39`, /more than 500 queries/);
   everywhere(`WITH ${chain.slice(0, 100).join(", ")} SELECT * FROM a99`);
 });
+
+Deno.test("with the merge engine: shapes that need merging get a plan; the rest stays refused", () => {
+  const merging = { ...config, merge: true };
+  const route = (sql: string): ShardDecision =>
+    decideShard(router.analyze(sql), { config: merging });
+  // Each of these was refused above; now it runs on every shard (or the keys' shards), merged.
+  for (
+    const sql of [
+      `SELECT id FROM users WHERE id IN (${a}, ${b}) ORDER BY id`,
+      `SELECT id FROM users WHERE id IN (${a}, ${b}) LIMIT 3`,
+      `SELECT id FROM users WHERE id IN (${a}, ${b}) OFFSET 1`,
+      `SELECT id FROM users WHERE id IN (${a}, ${b}) FETCH FIRST 2 ROWS ONLY`,
+      `SELECT count(*) FROM users WHERE id IN (${a}, ${b})`,
+      "SELECT count(*) FROM users",
+      "SELECT email FROM users GROUP BY email",
+      "SELECT DISTINCT email FROM users",
+      "SELECT DISTINCT ON (email) email, id FROM users",
+      "SELECT max(id) FILTER (WHERE id > 1) FROM users",
+      "SELECT id FROM users UNION SELECT user_id FROM orders",
+      "SELECT id FROM users INTERSECT SELECT user_id FROM orders",
+      "SELECT id FROM users EXCEPT SELECT user_id FROM orders",
+      "SELECT id FROM users UNION ALL SELECT user_id FROM orders ORDER BY 1",
+    ]
+  ) {
+    const d = route(sql);
+    ok(!d.unsupported, `${sql}: ${d.unsupported}`);
+    ok(d.merge, `${sql}: no merge plan`);
+    equal(d.concatenates, undefined, sql);
+  }
+  const keys = route(`SELECT count(*) FROM users WHERE id IN (${a}, ${b})`);
+  deepEqual(keys.target, { kind: "some", shards: [A, shardForBigint(b, 3)].sort() });
+  // A window partitioned by the key: concatenated, no plan needed.
+  const w = route("SELECT id, row_number() OVER (PARTITION BY id) FROM users");
+  ok(!w.unsupported && w.concatenates && !w.merge, w.unsupported);
+  // Refusals that stay, with why.
+  const still = (sql: string, message: RegExp): void => {
+    const d = route(sql);
+    ok(d.unsupported, `${sql} should be refused`);
+    match(d.unsupported!, message, sql);
+  };
+  still("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY id) FROM users", /percentile_cont/);
+  still("SELECT id FROM users UNION ALL SELECT 1", /subquery|statement/);
+  const subquery = /reading users without its sharding key is not supported across shards yet/;
+  still("SELECT * FROM (SELECT count(*) FROM users) s", subquery);
+  still("WITH t AS (SELECT count(*) AS c FROM users) SELECT c FROM t", subquery);
+  still("SELECT id FROM users WHERE id IN (SELECT max(id) FROM users)", subquery);
+  still("SELECT (SELECT count(*) FROM users)", subquery);
+  still("SELECT * FROM (SELECT * FROM users ORDER BY id LIMIT 5) s", /ORDER BY in subquery s/);
+  still("SELECT count(*) FROM (SELECT * FROM users ORDER BY id LIMIT 5) s", /ORDER BY in subquery/);
+  still("SELECT id, row_number() OVER (ORDER BY id) FROM users", /^a window function/);
+  still("SELECT id, sum(id) OVER () FROM users", /^a window function/);
+  still("SELECT count(*) FROM users u JOIN orders o ON o.amount = u.id", /^a join of users and/);
+  still("SELECT count(*) FROM countries c LEFT JOIN users u ON u.country = c.code", /LEFT JOIN/);
+  still("COPY (SELECT * FROM users ORDER BY id LIMIT 10) TO STDOUT", /^ORDER BY/);
+  still("COPY (SELECT count(*) FROM users) TO STDOUT", /^an aggregate/);
+  still("CREATE TABLE t AS SELECT count(*) FROM users", /^CREATE TABLE AS runs on every/);
+  still("DECLARE c CURSOR FOR SELECT count(*) FROM users", /cursor over rows of several shards/);
+  still("SELECT count(*) FROM users; SELECT 1", /different shards/);
+  still("WITH d AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM d", /data-modifying/);
+  still("SELECT country, count(*) FROM users GROUP BY ROLLUP (country)", /ROLLUP/);
+  still("SELECT count(*) + 1 FROM users", /over aggregates/);
+});
