@@ -261,6 +261,8 @@ const VARIANCE = new Set([
 ]);
 /** Aggregates whose shards send one row per input value. */
 const PER_ROW = new Set(["array_agg", "string_agg", "json_agg", "jsonb_agg"]);
+/** Aggregates that skip NULL inputs. */
+const NULL_SKIPPING = new Set(["count", "sum", "avg", "string_agg", ...VARIANCE]);
 /** Aggregates for which DISTINCT changes nothing. */
 const DISTINCT_FREE = new Set(["min", "max", "bool_and", "bool_or", "every", "bit_and", "bit_or"]);
 
@@ -695,8 +697,10 @@ class AggregatePlanner {
   /** Shards send one row per input row (array_agg and friends). */
   perRow = false;
   /** The argument DISTINCT aggregates share (shards group on it too). */
-  distinctArg: Node | null = null;
-  distinctExtra: Node[] = [];
+  /** The query has GROUP BY: expressions of its keys are columns of the shard row. */
+  hasGroupBy = false;
+  /** The arguments of DISTINCT aggregates (the shards group on them too). */
+  readonly distinctArgs: Node[] = [];
 
   group(node: Node): number {
     const key = deparse(node);
@@ -747,23 +751,23 @@ class AggregatePlanner {
     const partials: Node[] = [];
     const orderBy: PlannedAggregate["orderBy"] = [];
     if (distinct) {
-      if (filter) {
-        throw new MergeRefusal(
-          `${fn}(DISTINCT ...) FILTER (WHERE ...) is not supported across shards yet`,
-        );
-      }
       if (this.perRow) throw this.#mixed();
-      const argKey = deparse(x);
-      if (this.distinctArg !== null && deparse(this.distinctArg) !== argKey) {
-        throw new MergeRefusal(
-          "DISTINCT aggregates over different arguments are not supported across shards yet",
-        );
+      let arg = x;
+      if (filter) {
+        // Rows the filter drops count as NULL, which these aggregates skip.
+        if (!NULL_SKIPPING.has(fn)) {
+          throw new MergeRefusal(
+            `${fn}(DISTINCT ...) FILTER (WHERE ...) is not supported across shards yet`,
+          );
+        }
+        arg = { CaseExpr: { args: [{ CaseWhen: { expr: filter, result: x } }] } };
       }
-      this.distinctArg = x;
-      partials.push(x);
+      // The shards group on each DISTINCT argument too (each value once per group and shard).
+      if (!this.distinctArgs.some((d) => deparse(d) === deparse(arg))) this.distinctArgs.push(arg);
+      partials.push(arg);
       if (fn === "string_agg") {
         partials.push(args[1]);
-        this.distinctExtra.push(args[1]);
+        this.distinctArgs.push(args[1]);
       }
     } else if (PER_ROW.has(fn)) {
       if (filter) {
@@ -771,7 +775,9 @@ class AggregatePlanner {
           `${fn}(...) FILTER (WHERE ...) is not supported across shards yet`,
         );
       }
-      if (this.distinctArg !== null || this.aggregates.some((a) => !PER_ROW.has(a.spec.fn))) {
+      if (
+        this.distinctArgs.length > 0 || this.aggregates.some((a) => !PER_ROW.has(a.spec.fn))
+      ) {
         throw this.#mixed();
       }
       this.perRow = true;
@@ -790,7 +796,7 @@ class AggregatePlanner {
     for (const s of sortItems(f.agg_order)) {
       if (!distinct && !PER_ROW.has(fn)) continue; // order doesn't change the others
       const k = deparse(s.node);
-      let at = partials.findIndex((p) => deparse(p) === k);
+      let at = distinct && k === deparse(x) ? 0 : partials.findIndex((p) => deparse(p) === k);
       if (at < 0) {
         if (distinct) {
           throw new MergeRefusal(
@@ -891,6 +897,10 @@ class AggregatePlanner {
         return { op: "in", args: [e(a.lexpr), ...items.map(e)], not: op === "<>" };
       }
     }
+    // An expression of the group keys (no aggregate): computed by the shards, once per group.
+    if (this.hasGroupBy && !found(node).aggregate) {
+      return { column: this.outputOf({ group: this.group(node) }) };
+    }
     throw new MergeRefusal(
       `HAVING ${deparse(node)} is not supported across shards yet: pgdog evaluates comparisons, ` +
         "AND/OR/NOT, arithmetic, IS [NOT] NULL, BETWEEN and IN over aggregates and group keys",
@@ -950,6 +960,7 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
   }
   p.shardGroupBy = p.groups.length;
   const hasGroupBy = groupClause.length > 0;
+  p.hasGroupBy = hasGroupBy;
   // The client's columns: group keys (or expressions of them) and aggregates.
   for (const c of cols) {
     if (isAggregateCall(c.expr)) {
@@ -986,7 +997,9 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
     if (column === null) {
       if (isAggregateCall(s.node)) column = p.outputOf({ aggregate: p.aggregate(s.node) });
       else {
-        const g = p.groupKeys.indexOf(deparse(s.node));
+        let g = p.groupKeys.indexOf(deparse(s.node));
+        // An expression of the group keys: a hidden column the shards compute per group.
+        if (g < 0 && p.hasGroupBy && !found(s.node).aggregate) g = p.group(s.node);
         if (g < 0) {
           throw new MergeRefusal(
             `ORDER BY ${deparse(s.node)} after GROUP BY across shards: order by a group key, ` +
@@ -1011,8 +1024,8 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
   // is a group key of the shards (each value once per group), not of pgdog.
   const groupBy = p.groups.map((_, i) => i);
   const shardGroups = groupBy.slice(0, p.shardGroupBy);
-  if (p.distinctArg !== null) {
-    for (const d of [p.distinctArg, ...p.distinctExtra]) {
+  if (p.distinctArgs.length > 0) {
+    for (const d of p.distinctArgs) {
       const before = p.groups.length;
       const at = p.group(d);
       if (at >= before) shardGroups.push(at);

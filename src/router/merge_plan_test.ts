@@ -225,7 +225,38 @@ Deno.test("aggregates: partials per function, FILTER kept, shared partials once"
   refused("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY id) FROM users", /percentile_cont/);
   refused("SELECT corr(id, id) FROM users", /corr\(\) can't be merged/);
   refused("SELECT array_agg(id), count(*) FROM users", /array_agg.*together/);
-  refused("SELECT count(DISTINCT id), count(DISTINCT email) FROM users", /different arguments/);
+  // Several DISTINCT arguments: the shards group on each; FILTER makes the others NULL.
+  deepEqual(
+    plan(
+      "SELECT country, count(DISTINCT email) FILTER (WHERE id > 2), count(DISTINCT id), sum(id) " +
+        "FROM users GROUP BY 1",
+    ),
+    {
+      ...none,
+      shardSql: "SELECT country, CASE WHEN id > 2 THEN email END, id, sum(id) FROM users GROUP " +
+        "BY 1, 2, 3",
+      shardColumns: 4,
+      aggregate: {
+        groupBy: [0],
+        aggregates: [
+          { fn: "count", distinct: true, star: false, partials: [1], orderBy: [] },
+          { fn: "count", distinct: true, star: false, partials: [2], orderBy: [] },
+          { fn: "sum", distinct: false, star: false, partials: [3], orderBy: [] },
+        ],
+        output: [{ group: 0 }, { aggregate: 0 }, { aggregate: 1 }, { aggregate: 2 }],
+      },
+      visible: 4,
+    },
+  );
+  deepEqual(
+    plan("SELECT string_agg(DISTINCT email, ',' ORDER BY email) FILTER (WHERE id > 1) FROM users")
+      .aggregate?.aggregates,
+    [{ fn: "string_agg", distinct: true, star: false, partials: [0, 1], orderBy: [asc(0)] }],
+  );
+  refused(
+    "SELECT array_agg(DISTINCT id) FILTER (WHERE id > 1) FROM users",
+    /array_agg\(DISTINCT \.\.\.\) FILTER/,
+  );
   refused("SELECT id, count(*) FROM users", /without GROUP BY/);
 });
 
@@ -306,7 +337,28 @@ Deno.test("GROUP BY, HAVING, ORDER BY an aggregate, LIMIT after grouping", () =>
     "SELECT country, count(*) FROM users GROUP BY GROUPING SETS ((country), ())",
     /GROUPING SETS/,
   );
-  refused("SELECT country FROM users GROUP BY country HAVING length(country) > 1", /HAVING/);
+  // Expressions of the group keys in HAVING and ORDER BY: hidden group columns of the shards.
+  deepEqual(
+    plan(
+      "SELECT country, count(*) FROM users GROUP BY country HAVING length(country) > 1 ORDER BY " +
+        "lower(country) DESC",
+    ),
+    {
+      ...none,
+      shardSql: "SELECT country, length(country), lower(country), count(*) FROM users GROUP BY 1",
+      shardColumns: 4,
+      aggregate: {
+        groupBy: [0, 1, 2],
+        aggregates: [{ fn: "count", distinct: false, star: true, partials: [3], orderBy: [] }],
+        output: [{ group: 0 }, { aggregate: 0 }, { group: 1 }, { group: 2 }],
+      },
+      having: { op: ">", args: [{ column: 2 }, { constant: "1", type: "int" }] },
+      orderBy: [desc(3)],
+      visible: 2,
+    },
+  );
+  refused("SELECT country FROM users GROUP BY country HAVING abs(sum(id)) > 1", /HAVING/);
+  refused("SELECT count(*) FROM users HAVING length('x') > 0", /HAVING/);
   refused("SELECT country FROM users GROUP BY country ORDER BY min(email) || 'x'", /ORDER BY/);
 });
 
@@ -510,6 +562,22 @@ Deno.test("the shard SQL runs on PostgreSQL with the column layout the plan clai
         [],
       ],
       ["SELECT DISTINCT ON (country) id FROM users ORDER BY country, id DESC", []],
+      [
+        "SELECT country, count(DISTINCT email) FILTER (WHERE id > 2), count(DISTINCT id), " +
+        "sum(id) FROM users GROUP BY 1",
+        [],
+      ],
+      [
+        "SELECT country, count(*) FROM users GROUP BY country HAVING length(country) > 1 " +
+        "ORDER BY lower(country) DESC",
+        [],
+      ],
+      [
+        "SELECT u.id, count(*), sum(amount) * 2 FROM users u JOIN orders o ON o.user_id = u.id " +
+        "GROUP BY u.id HAVING count(*) > 1 ORDER BY 2 DESC, max(amount) LIMIT 5 OFFSET 1",
+        [],
+      ],
+      ["SELECT id, row_number() OVER (PARTITION BY id) AS r FROM users ORDER BY r LIMIT 3", []],
       ["SELECT id, email FROM users INTERSECT ALL SELECT user_id, 'x' FROM orders ORDER BY 2", []],
       ["SELECT id FROM users EXCEPT SELECT user_id FROM orders ORDER BY 1 LIMIT 2", []],
       [
