@@ -751,7 +751,6 @@ class AggregatePlanner {
     const partials: Node[] = [];
     const orderBy: PlannedAggregate["orderBy"] = [];
     if (distinct) {
-      if (this.perRow) throw this.#mixed();
       let arg = x;
       if (filter) {
         // Rows the filter drops count as NULL, which these aggregates skip.
@@ -775,16 +774,10 @@ class AggregatePlanner {
           `${fn}(...) FILTER (WHERE ...) is not supported across shards yet`,
         );
       }
-      if (
-        this.distinctArgs.length > 0 || this.aggregates.some((a) => !PER_ROW.has(a.spec.fn))
-      ) {
-        throw this.#mixed();
-      }
       this.perRow = true;
       partials.push(x);
       if (fn === "string_agg") partials.push(args[1]);
     } else {
-      if (this.perRow) throw this.#mixed();
       const agg = (name: string, a: Node[]): Node => call(name, a, filter);
       if (fn === "avg") partials.push(agg("sum", [x]), agg("count", [x]));
       else if (VARIANCE.has(fn)) {
@@ -816,13 +809,6 @@ class AggregatePlanner {
       orderBy,
     });
     return this.aggregates.length - 1;
-  }
-
-  #mixed(): MergeRefusal {
-    return new MergeRefusal(
-      "array_agg, string_agg, json_agg or jsonb_agg together with DISTINCT or other aggregates " +
-        "is not supported across shards yet: query them separately",
-    );
   }
 
   /** HAVING (or anything pgdog evaluates after the merge) as an {@linkcode Expr}. */
@@ -1038,7 +1024,10 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
   const shardKeys: string[] = [];
   for (const a of p.aggregates) {
     const at: number[] = [];
-    for (const node of a.partials) {
+    // Shards that send one row per input row send the others' partials of that row alone.
+    const own = p.perRow && !a.spec.distinct && !PER_ROW.has(a.spec.fn);
+    for (const partial of a.partials) {
+      const node = own ? rowPartial(partial) : partial;
       const k = deparse(node);
       // A DISTINCT aggregate's argument is a group key already.
       const g = a.spec.distinct ? p.groupKeys.indexOf(k) : -1;
@@ -1085,6 +1074,40 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
     offset,
     visible,
   };
+}
+
+/**
+ * An aggregate partial over one row (the row the shard sends): `(SELECT sum(a0) FROM (VALUES
+ * (x)) AS r(a0) WHERE filter)`, so it has the aggregate's type and FILTER.
+ */
+function rowPartial(partial: Node): Node {
+  const f = partial.FuncCall as Node;
+  const args = (f.args as Node[] | undefined) ?? [];
+  const names = args.map((_, i) => `pgdog_a${i}`);
+  const inner: Node = { funcname: f.funcname, funcformat: "COERCE_EXPLICIT_CALL" };
+  if (args.length === 0) inner.agg_star = true;
+  else inner.args = names.map((n) => ({ ColumnRef: { fields: [str("pgdog_row"), str(n)] } }));
+  const select: Node = {
+    targetList: [target({ FuncCall: inner })],
+    limitOption: "LIMIT_OPTION_DEFAULT",
+    op: "SETOP_NONE",
+  };
+  if (args.length > 0) {
+    select.fromClause = [{
+      RangeSubselect: {
+        subquery: {
+          SelectStmt: {
+            valuesLists: [{ List: { items: args } }],
+            limitOption: "LIMIT_OPTION_DEFAULT",
+            op: "SETOP_NONE",
+          },
+        },
+        alias: { aliasname: "pgdog_row", colnames: names.map(str) },
+      },
+    }];
+  }
+  if (f.agg_filter) select.whereClause = f.agg_filter;
+  return { SubLink: { subLinkType: "EXPR_SUBLINK", subselect: { SelectStmt: select } } };
 }
 
 // ---- set operations --------------------------------------------------------------------------

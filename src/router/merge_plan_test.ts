@@ -224,7 +224,34 @@ Deno.test("aggregates: partials per function, FILTER kept, shared partials once"
   refused("SELECT sum(id) / count(id) FROM users", /over aggregates is not supported/);
   refused("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY id) FROM users", /percentile_cont/);
   refused("SELECT corr(id, id) FROM users", /corr\(\) can't be merged/);
-  refused("SELECT array_agg(id), count(*) FROM users", /array_agg.*together/);
+  // With array_agg and friends, the others' partials are of each row alone.
+  deepEqual(
+    plan(
+      "SELECT country, array_agg(id ORDER BY id), count(*) FILTER (WHERE id > 2), avg(id), " +
+        "count(DISTINCT email) FROM users GROUP BY 1",
+    ),
+    {
+      ...none,
+      shardSql: "SELECT country, email, id, (SELECT count(*) WHERE id > 2), (SELECT " +
+        "sum(pgdog_row.pgdog_a0) FROM ( VALUES (id) ) AS pgdog_row(pgdog_a0)), (SELECT " +
+        "count(pgdog_row.pgdog_a0) FROM ( VALUES (id) ) AS pgdog_row(pgdog_a0)) FROM users",
+      shardColumns: 6,
+      aggregate: {
+        groupBy: [0],
+        aggregates: [
+          { fn: "array_agg", distinct: false, star: false, partials: [2], orderBy: [asc(2)] },
+          { fn: "count", distinct: false, star: true, partials: [3], orderBy: [] },
+          { fn: "avg", distinct: false, star: false, partials: [4, 5], orderBy: [] },
+          { fn: "count", distinct: true, star: false, partials: [1], orderBy: [] },
+        ],
+        output: [{ group: 0 }, { aggregate: 0 }, { aggregate: 1 }, { aggregate: 2 }, {
+          aggregate: 3,
+        }],
+      },
+      visible: 5,
+    },
+  );
+  refused("SELECT array_agg(id) FILTER (WHERE id > 1) FROM users", /FILTER/);
   // Several DISTINCT arguments: the shards group on each; FILTER makes the others NULL.
   deepEqual(
     plan(
@@ -562,6 +589,11 @@ Deno.test("the shard SQL runs on PostgreSQL with the column layout the plan clai
         [],
       ],
       ["SELECT DISTINCT ON (country) id FROM users ORDER BY country, id DESC", []],
+      [
+        "SELECT country, array_agg(id ORDER BY id), count(*) FILTER (WHERE id > 2), avg(id), " +
+        "var_samp(id), count(DISTINCT email) FROM users GROUP BY 1",
+        [],
+      ],
       [
         "SELECT country, count(DISTINCT email) FILTER (WHERE id > 2), count(DISTINCT id), " +
         "sum(id) FROM users GROUP BY 1",
