@@ -404,14 +404,18 @@ interface OutCol {
 }
 
 /** The client's columns, `*` expanded by the catalog's column orders. */
-function outputColumns(body: Node, ctx: MergePlanContext): OutCol[] {
+function outputColumns(
+  body: Node,
+  ctx: MergePlanContext,
+  outer: Map<string, Cte> = new Map(),
+): OutCol[] {
   const out: OutCol[] = [];
   for (const t of (body.targetList as Node[] | undefined) ?? []) {
     const val = (t.ResTarget as { val: Node }).val;
     const fields = (val.ColumnRef as { fields?: Node[] } | undefined)?.fields;
     if (fields && fields[fields.length - 1].A_Star !== undefined) {
       const qualifier = fields.length > 1 ? stringOf(fields[fields.length - 2]) : null;
-      for (const [rel, column] of starColumns(body, qualifier, ctx)) {
+      for (const [rel, column] of starColumns(body, qualifier, ctx, outer)) {
         const expr = { ColumnRef: { fields: [str(rel), str(column)] } };
         out.push({ name: column, key: deparse(expr), expr });
       }
@@ -427,13 +431,17 @@ function starColumns(
   body: Node,
   qualifier: string | null,
   ctx: MergePlanContext,
+  outer: Map<string, Cte>,
 ): Array<[string, string]> {
   const out: Array<[string, string]> = [];
-  const ctes = new Map<string, Node>();
+  const ctes = new Map(outer);
   const w = body.withClause as { ctes?: Node[] } | undefined;
   for (const c of w?.ctes ?? []) {
-    const cte = c.CommonTableExpr as { ctename: string; ctequery: Node };
-    ctes.set(cte.ctename, cte.ctequery);
+    const cte = c.CommonTableExpr as { ctename: string; ctequery: Node; aliascolnames?: Node[] };
+    ctes.set(cte.ctename, {
+      query: cte.ctequery,
+      names: cte.aliascolnames ? cte.aliascolnames.map(stringOf) : null,
+    });
   }
   const star = (): never => {
     throw new MergeRefusal(
@@ -463,7 +471,13 @@ function starColumns(
     if (name === null) star();
     let columns: string[] | undefined;
     if (rv && rv.schemaname === undefined && ctes.has(rv.relname)) {
-      columns = subqueryColumns(ctes.get(rv.relname)!, ctx);
+      const cte = ctes.get(rv.relname)!;
+      // `WITH t AS (SELECT * FROM t)` reads table t: not this CTE again.
+      const inside = new Map(ctes);
+      inside.delete(rv.relname);
+      columns = subqueryColumns(cte.query, ctx, inside);
+      // WITH t(a, b) renames the first columns.
+      if (cte.names) columns = columns.map((c, i) => cte.names![i] ?? c);
     } else if (rv) {
       const table = rv.schemaname ? { schema: rv.schemaname, name: rv.relname } : {
         name: rv.relname,
@@ -478,7 +492,7 @@ function starColumns(
         }
         star();
       }
-    } else if (sub) columns = subqueryColumns(sub.subquery, ctx);
+    } else if (sub) columns = subqueryColumns(sub.subquery, ctx, ctes);
     else star();
     const renamed = (alias?.colnames ?? []).map(stringOf);
     columns!.forEach((c, i) => out.push([name!, renamed[i] ?? c]));
@@ -488,13 +502,19 @@ function starColumns(
   return out;
 }
 
-function subqueryColumns(query: Node, ctx: MergePlanContext): string[] {
+/** A CTE as `*` sees it. */
+interface Cte {
+  query: Node;
+  names: string[] | null;
+}
+
+function subqueryColumns(query: Node, ctx: MergePlanContext, ctes: Map<string, Cte>): string[] {
   let body = query.SelectStmt as Node | undefined;
   while (body && body.op && body.op !== "SETOP_NONE") body = body.larg as Node;
   if (!body || body.valuesLists) {
     throw new MergeRefusal("SELECT * over a subquery here: name the columns in the select list");
   }
-  return outputColumns(body, ctx).map((c) => c.name);
+  return outputColumns(body, ctx, ctes).map((c) => c.name);
 }
 
 /** The client's column an ORDER BY (or DISTINCT ON) item names, by position, name or expression. */

@@ -716,3 +716,23 @@ Deno.test("LIMIT edge cases: negative literals reach the shards as written; NULL
   ]);
   deepEqual(plan("SELECT id FROM users ORDER BY id LIMIT 2.5").limit, { value: 3 });
 });
+
+Deno.test("SELECT * over CTEs and subqueries: their columns, renamed by WITH t(a, b)", () => {
+  deepEqual(
+    plan("WITH t(a, b) AS (SELECT id, email FROM users) SELECT * FROM t ORDER BY b").orderBy,
+    [asc(1)],
+  );
+  deepEqual(
+    plan(
+      "WITH t AS (SELECT id, email FROM users) SELECT * FROM (SELECT * FROM t) s ORDER BY email",
+    ).orderBy,
+    [asc(1)],
+  );
+  // A CTE named like a table reads the table inside itself.
+  deepEqual(
+    plan("WITH users AS (SELECT * FROM users WHERE id > 0) SELECT * FROM users ORDER BY country")
+      .orderBy,
+    [asc(2)],
+  );
+  refused("SELECT * FROM generate_series(1, 3) g, users ORDER BY 1", /name the columns/);
+});
