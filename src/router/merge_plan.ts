@@ -72,7 +72,12 @@ export function describeMergePlan(plan: MergePlan): string {
     if (a.groupBy.length > 0) parts.push(`group by ${a.groupBy.map(col).join(", ")}`);
     const aggs = a.aggregates.map((s) =>
       `${s.fn}(${s.distinct ? "distinct " : ""}${s.star ? "*" : s.partials.map(col).join(", ")}` +
-      `${s.orderBy.length > 0 ? ` order by ${keys(s.orderBy)}` : ""})`
+      // Its ORDER BY keys are positions in its partials: shown as shard columns.
+      `${
+        s.orderBy.length > 0
+          ? ` order by ${keys(s.orderBy.map((k) => ({ ...k, column: s.partials[k.column] })))}`
+          : ""
+      })`
     );
     parts.push(`aggregate ${aggs.join(", ")}`);
   }
@@ -1075,7 +1080,8 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
   const aggregates: AggregateSpec[] = p.aggregates.map((a, i) => ({
     ...a.spec,
     partials: partialAt[i],
-    orderBy: a.orderBy.map((o) => ({ column: partialAt[i][o.partial], ...o.key })),
+    // Keys over positions in `partials` (as the engine reads them).
+    orderBy: a.orderBy.map((o) => ({ column: o.partial, ...o.key })),
   }));
   return {
     shardSql: deparse({ SelectStmt: shard }),

@@ -239,7 +239,7 @@ Deno.test("aggregates: partials per function, FILTER kept, shared partials once"
       aggregate: {
         groupBy: [0],
         aggregates: [
-          { fn: "array_agg", distinct: false, star: false, partials: [2], orderBy: [asc(2)] },
+          { fn: "array_agg", distinct: false, star: false, partials: [2], orderBy: [asc(0)] },
           { fn: "count", distinct: false, star: true, partials: [3], orderBy: [] },
           { fn: "avg", distinct: false, star: false, partials: [4, 5], orderBy: [] },
           { fn: "count", distinct: true, star: false, partials: [1], orderBy: [] },
@@ -252,6 +252,16 @@ Deno.test("aggregates: partials per function, FILTER kept, shared partials once"
     },
   );
   refused("SELECT array_agg(id) FILTER (WHERE id > 1) FROM users", /FILTER/);
+  // ORDER BY inside an aggregate: keys are positions in its partials.
+  const ordered = plan("SELECT country, array_agg(email ORDER BY id DESC) FROM users GROUP BY 1");
+  deepEqual(ordered.aggregate?.aggregates, [
+    { fn: "array_agg", distinct: false, star: false, partials: [1, 2], orderBy: [desc(1)] },
+  ]);
+  equal(
+    describeMergePlan(ordered),
+    "merge: group by 1; aggregate array_agg(2, 3 order by 3 desc) (shards: SELECT country, " +
+      "email, id FROM users)",
+  );
   // Several DISTINCT arguments: the shards group on each; FILTER makes the others NULL.
   deepEqual(
     plan(
