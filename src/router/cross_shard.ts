@@ -146,7 +146,7 @@ export function routeStatement(
 }
 
 /** How a statement is proven. */
-interface ProveOptions {
+export interface ProveOptions {
   /** Only running it on every shard, answers concatenated, will do. */
   everyShard?: boolean;
   /** No merge plan: the answers are sent on as they come (COPY). */
