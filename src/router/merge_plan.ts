@@ -13,6 +13,7 @@
  */
 
 import { deparseSync } from "pgsql-deparser";
+import { parseSync } from "libpg-query";
 import type {
   AggregateFunction,
   AggregateSpec,
@@ -112,6 +113,18 @@ function withLiterals(node: unknown, values: ValueContext): unknown {
     if (Array.isArray(v)) return v.map(copy);
     if (v === null || typeof v !== "object") return v;
     const o = v as Node;
+    // `-5` became `-$n`: the parser folds a minus into the constant; so does this.
+    const minus = o.A_Expr as { kind?: string; name?: Node[]; lexpr?: Node; rexpr?: Node };
+    const negated = minus?.kind === "AEXPR_OP" && !minus.lexpr && minus.name?.length === 1 &&
+        stringOf(minus.name[0]) === "-"
+      ? (minus.rexpr?.ParamRef as { number?: number } | undefined)?.number
+      : undefined;
+    if (negated !== undefined) {
+      const lit = literals[negated - firstParam];
+      if (lit?.kind === "number") {
+        return numberConst(lit.value.startsWith("-") ? lit.value.slice(1) : `-${lit.value}`);
+      }
+    }
     const p = o.ParamRef as { number?: number } | undefined;
     if (p?.number !== undefined) {
       const at = p.number - firstParam;
@@ -131,14 +144,17 @@ function stringConst(value: string): Node {
   return { A_Const: { sval: { sval: value } } };
 }
 
+/** A number as PostgreSQL's parser makes it: int4 when it fits, else its text. */
 function numberConst(text: string): Node {
-  if (/^\d+$/.test(text) && Number(text) <= 2147483647) return intConst(Number(text));
+  const digits = text.replace(/^-/, "").replaceAll("_", "");
+  if (/^\d+$/.test(digits) && Number(digits) <= 2147483647) {
+    return intConst(text.startsWith("-") ? -Number(digits) : Number(digits));
+  }
   return { A_Const: { fval: { fval: text } } };
 }
 
 function intConst(n: number): Node {
-  if (n < 0) return { A_Expr: { kind: "AEXPR_OP", name: [str("-")], rexpr: intConst(-n) } };
-  if (n > 2147483647) return { A_Const: { fval: { fval: String(n) } } };
+  if (Math.abs(n) > 2147483647) return { A_Const: { fval: { fval: String(n) } } };
   return { A_Const: { ival: n === 0 ? {} : { ival: n } } };
 }
 
@@ -147,6 +163,53 @@ function str(s: string): Node {
 }
 
 // ---- node helpers ----------------------------------------------------------------------------
+
+/** Shard statements written before, by their tree: the text, or null where it didn't read back. */
+const written = new Map<string, string | null>();
+const WRITTEN_MAX = 1000;
+
+/**
+ * The SQL of a shard statement, checked: PostgreSQL's parser must read it back as the same tree
+ * (pgsql-deparser can drop parentheses an expression needs), else the statement is refused.
+ */
+function shardText(stmt: Node): string {
+  const tree = canonical(stmt);
+  let sql = written.get(tree);
+  if (sql === undefined) {
+    const text = deparse(stmt);
+    let same = false;
+    try {
+      const back = (parseSync(text) as { stmts: Array<{ stmt?: Node }> }).stmts;
+      same = back.length === 1 && canonical(back[0].stmt) === tree;
+    } catch {
+      same = false;
+    }
+    sql = same ? text : null;
+    if (written.size >= WRITTEN_MAX) written.clear();
+    written.set(tree, sql);
+  }
+  if (sql === null) {
+    throw new MergeRefusal(
+      "pgdog can't write this statement for the shards without changing its meaning (a limit of " +
+        "its SQL writer): put parentheses around the expressions in it, or route with " +
+        "/* pgdog_shard: N */",
+    );
+  }
+  return sql;
+}
+
+/** Fields of a parse tree that are positions in the text. */
+const POSITION = /location$|_start$|_end$/;
+
+/** JSON of a tree with sorted keys and no positions. */
+function canonical(node: unknown): string {
+  if (Array.isArray(node)) return `[${node.map(canonical).join(",")}]`;
+  if (node === null || typeof node !== "object") return JSON.stringify(node) ?? "null";
+  const keys = Object.keys(node as Node).filter((k) =>
+    !POSITION.test(k) && (node as Node)[k] !== undefined
+  ).sort();
+  return `{${keys.map((k) => `${JSON.stringify(k)}:${canonical((node as Node)[k])}`).join(",")}}`;
+}
 
 function deparse(node: Node): string {
   return deparseSync(node as never, { pretty: false });
@@ -686,7 +749,7 @@ function planRows(body: Node, ctx: MergePlanContext): MergePlan {
     shard.limitOption = limit === null ? "LIMIT_OPTION_DEFAULT" : "LIMIT_OPTION_COUNT";
   }
   return {
-    shardSql: changed ? deparse({ SelectStmt: shard }) : null,
+    shardSql: changed ? shardText({ SelectStmt: shard }) : null,
     shardColumns: visible + hidden.length,
     aggregate: null,
     having: null,
@@ -1084,7 +1147,7 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
     orderBy: a.orderBy.map((o) => ({ column: o.partial, ...o.key })),
   }));
   return {
-    shardSql: deparse({ SelectStmt: shard }),
+    shardSql: shardText({ SelectStmt: shard }),
     shardColumns: next,
     aggregate: {
       groupBy,
@@ -1180,7 +1243,7 @@ function planSetOperation(body: Node, ctx: MergePlanContext): MergePlan {
       shard.limitOption = limit === null ? "LIMIT_OPTION_DEFAULT" : "LIMIT_OPTION_COUNT";
     }
     return {
-      shardSql: changed ? deparse({ SelectStmt: shard }) : null,
+      shardSql: changed ? shardText({ SelectStmt: shard }) : null,
       shardColumns: visible,
       aggregate: null,
       having: null,
@@ -1232,7 +1295,7 @@ function planSetOperation(body: Node, ctx: MergePlanContext): MergePlan {
   });
   const groupBy = names.map((_, i) => i);
   return {
-    shardSql: deparse({ SelectStmt: shard }),
+    shardSql: shardText({ SelectStmt: shard }),
     shardColumns: visible + 2,
     aggregate: {
       groupBy,
