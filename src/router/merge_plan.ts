@@ -24,6 +24,7 @@ import type {
   SortKey,
 } from "../cross_shard/plan.ts";
 import type { Node } from "./analyze.ts";
+import { errorMessage } from "../log.ts";
 import type { ValueContext } from "./shard_keys.ts";
 
 /** Why a statement can't be merged (SQLSTATE 0A000), said to the client. */
@@ -53,7 +54,11 @@ export function planMerge(stmt: Node, ctx: MergePlanContext): MergePlan | { refu
     return op && op !== "SETOP_NONE" ? planSetOperation(body, ctx) : planSelect(body, ctx);
   } catch (e) {
     if (e instanceof MergeRefusal) return { refused: e.message };
-    throw e;
+    // pgsql-deparser doesn't know every node: refused, never a guess.
+    return {
+      refused: `pgdog can't write this statement for the shards (${errorMessage(e)}): route it ` +
+        "with /* pgdog_shard: N */",
+    };
   }
 }
 
