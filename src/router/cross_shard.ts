@@ -41,7 +41,7 @@
  * @module
  */
 
-import type { Node } from "./analyze.ts";
+import type { Node, TableRef } from "./analyze.ts";
 import { walkTree } from "./tree.ts";
 import { planMerge } from "./merge_plan.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
@@ -1258,10 +1258,7 @@ function prove(
     // The outer query is merged; every part inside it must be proven as for concatenation.
     const d = everyShard(s, { pins, checked, tops, shards: ctx.config.shards, merged: top });
     if (d.unsupported || d.target.kind === "one") return d;
-    const plan = planMerge(node, {
-      values: ctx.values,
-      isKey: (column) => top.arms === null && s.isRowKey(column, top),
-    });
+    const plan = mergePlanOf(node, s, ctx);
     if ("refused" in plan) return refuse(plan.refused);
     // Window functions partitioned by the key, say: the shards' rows are the answer.
     if (concatenation(plan)) return d;
@@ -1273,6 +1270,56 @@ function prove(
     };
   }
   return everyShard(s, { pins, checked, tops, shards: ctx.config.shards });
+}
+
+/** A merge plan made for a tree and its literals, and the column orders it read. */
+interface PlanMade {
+  result: MergePlan | { refused: string };
+  columnsUsed: Array<{ table: TableRef; columns: string[] | undefined }>;
+}
+
+/** Merge plans by statement and literal values (a few per statement). */
+const plans = new WeakMap<Statement, Map<string, PlanMade>>();
+const PLANS_PER_STATEMENT = 64;
+
+/**
+ * The merge plan of a statement for this execution's literals: made once and kept with the
+ * statement's facts, as long as the column orders it read (for `*`) are still those.
+ */
+function mergePlanOf(node: Node, s: Statement, ctx: RouteContext): MergePlan | { refused: string } {
+  const { analysis, lookup } = ctx.values;
+  const key = analysis.literals.map((l) => `${l.kind[0]}${l.value}`).join("\u0000");
+  let made = plans.get(s);
+  const kept = made?.get(key);
+  if (
+    kept &&
+    kept.columnsUsed.every((u) =>
+      JSON.stringify(lookup?.columns?.(u.table)) === JSON.stringify(u.columns)
+    )
+  ) return kept.result;
+  const missing = lookup?.missingColumns?.length ?? 0;
+  const columnsUsed: PlanMade["columnsUsed"] = [];
+  const top = s.top!;
+  const result = planMerge(node, {
+    values: ctx.values,
+    isKey: (column) => top.arms === null && s.isRowKey(column, top),
+    columnsUsed,
+  });
+  // Kept plans are shared by executions: nobody may change them.
+  if (!("refused" in result)) deepFreeze(result);
+  // A plan waiting for column orders is made again once they are known.
+  if ((lookup?.missingColumns?.length ?? 0) === missing) {
+    if (!made) plans.set(s, made = new Map());
+    if (made.size >= PLANS_PER_STATEMENT) made.clear();
+    made.set(key, { result, columnsUsed });
+  }
+  return result;
+}
+
+function deepFreeze(value: unknown): void {
+  if (value === null || typeof value !== "object" || Object.isFrozen(value)) return;
+  Object.freeze(value);
+  for (const v of Object.values(value)) deepFreeze(v);
 }
 
 /** A plan with nothing to merge: the answers concatenated are the answer. */

@@ -26,6 +26,7 @@ import type {
 import type { Node } from "./analyze.ts";
 import { errorMessage } from "../log.ts";
 import type { ValueContext } from "./shard_keys.ts";
+import type { TableRef } from "./analyze.ts";
 
 /** Why a statement can't be merged (SQLSTATE 0A000), said to the client. */
 export class MergeRefusal extends Error {}
@@ -39,6 +40,8 @@ export interface MergePlanContext {
    * shard, so the shards compute them.
    */
   isKey?: (column: Node) => boolean;
+  /** Filled with the column orders the plan read from `values.lookup` (for `*`). */
+  columnsUsed?: Array<{ table: TableRef; columns: string[] | undefined }>;
 }
 
 /**
@@ -556,6 +559,7 @@ function starColumns(
         name: rv.relname,
       };
       columns = lookup?.columns?.(table);
+      ctx.columnsUsed?.push({ table, columns });
       if (columns === undefined) {
         if (lookup?.columns && lookup.missingColumns) {
           lookup.missingColumns.push(table);

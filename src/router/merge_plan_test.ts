@@ -825,3 +825,26 @@ Deno.test("the deparsed shard SQL parses back to the client's statement (express
     "NOT (id > 1 AND id < 5)",
   ]);
 });
+
+Deno.test("plans are kept per statement and literals, and made again when a table's columns change", () => {
+  const fixed: ShardingConfig = { ...config };
+  let columns = ["id", "email", "country"];
+  const route = (sql: string): ShardDecision =>
+    decideShard(router.analyze(sql), {
+      config: fixed,
+      lookup: { found: [], pluginShards: new Map(), missing: [], columns: () => columns },
+    });
+  const first = route("SELECT * FROM users ORDER BY country LIMIT 5 OFFSET 1").merge!;
+  equal(first.shardSql, "SELECT * FROM users ORDER BY country LIMIT 6");
+  ok(Object.isFrozen(first) && Object.isFrozen(first.orderBy[0]));
+  // The same plan object for the same literals; another for others.
+  equal(route("SELECT * FROM users ORDER BY country LIMIT 5 OFFSET 1").merge, first);
+  equal(
+    route("SELECT * FROM users ORDER BY country LIMIT 7 OFFSET 1").merge?.shardSql,
+    "SELECT * FROM users ORDER BY country LIMIT 8",
+  );
+  // ALTER TABLE users ADD COLUMN ... FIRST, say: country moved.
+  columns = ["created", "id", "email", "country"];
+  const again = route("SELECT * FROM users ORDER BY country LIMIT 5 OFFSET 1").merge!;
+  deepEqual([again.orderBy[0].column, again.visible], [3, 4]);
+});
