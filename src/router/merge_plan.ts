@@ -637,7 +637,7 @@ function planSelect(body: Node, ctx: MergePlanContext): MergePlan {
   const grouped = f.aggregate || groupClause.length > 0 || body.havingClause !== undefined;
   // Groups on a sharding key are whole on one shard: the shards aggregate them completely.
   const keyGrouped = grouped && ctx.isKey !== undefined &&
-    groupClause.some((g) => ctx.isKey!(groupExpression(g, body)));
+    groupClause.some((g) => ctx.isKey!(groupExpression(g, body, ctx)));
   if (f.window || (body.windowClause as Node[] | undefined)?.length) {
     if ((grouped && !keyGrouped) || !windowsOnKey(body, ctx)) {
       throw new MergeRefusal(
@@ -651,7 +651,7 @@ function planSelect(body: Node, ctx: MergePlanContext): MergePlan {
 }
 
 /** A GROUP BY item as an expression (a position or an output name stands for its target). */
-function groupExpression(item: Node, body: Node): Node {
+function groupExpression(item: Node, body: Node, ctx: MergePlanContext): Node {
   const targets = (body.targetList as Node[] | undefined) ?? [];
   const position = intOf(item);
   if (position !== null) {
@@ -664,7 +664,20 @@ function groupExpression(item: Node, body: Node): Node {
   if (name !== null && t) {
     const val = (t.ResTarget as { val: Node }).val;
     const vf = (val.ColumnRef as { fields?: Node[] } | undefined)?.fields;
-    if (!vf || stringOf(vf[vf.length - 1]) !== name) return val;
+    if (vf && vf.length === 1 && stringOf(vf[0]) === name) return item;
+    // PostgreSQL takes a column of the FROM clause first, the select list's alias after.
+    let inputs: Set<string>;
+    try {
+      inputs = new Set(starColumns(body, null, ctx, new Map()).map(([, c]) => c));
+    } catch (e) {
+      if (!(e instanceof MergeRefusal)) throw e;
+      throw new MergeRefusal(
+        `GROUP BY ${name} names an output column of the select list, and pgdog can't tell ` +
+          "whether a table has a column of that name (which PostgreSQL would take): group by " +
+          "the expression or its position",
+      );
+    }
+    if (!inputs.has(name)) return val;
   }
   return item;
 }
@@ -1019,23 +1032,11 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
           "per grouping set and combine them with UNION ALL, or route with /* pgdog_shard: N */",
       );
     }
-    let node = item;
     const position = intOf(item);
-    if (position !== null) {
-      if (position < 1 || position > cols.length) {
-        throw new MergeRefusal(`GROUP BY position ${position} is not in select list`);
-      }
-      node = cols[position - 1].expr;
-    } else {
-      const fields = (item.ColumnRef as { fields?: Node[] } | undefined)?.fields;
-      const name = fields?.length === 1 ? stringOf(fields[0]) : null;
-      const t = targets.find((t) => (t.ResTarget as { name?: string }).name === name);
-      if (name !== null && t) {
-        const val = (t.ResTarget as { val: Node }).val;
-        const vf = (val.ColumnRef as { fields?: Node[] } | undefined)?.fields;
-        if (!vf || stringOf(vf[vf.length - 1]) !== name) node = val;
-      }
+    if (position !== null && (position < 1 || position > cols.length)) {
+      throw new MergeRefusal(`GROUP BY position ${position} is not in select list`);
     }
+    const node = groupExpression(item, body, ctx);
     if (isAggregateCall(node)) {
       throw new MergeRefusal("aggregate functions are not allowed in GROUP BY");
     }

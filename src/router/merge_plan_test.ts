@@ -369,6 +369,31 @@ Deno.test("GROUP BY, HAVING, ORDER BY an aggregate, LIMIT after grouping", () =>
     "SELECT max(id), count(*) FROM users",
   );
   refused("SELECT 1 FROM users HAVING count(*) > 0", /without GROUP BY/);
+  // GROUP BY a name: a column of the FROM clause first (as PostgreSQL does), else the alias.
+  deepEqual(
+    plan("SELECT lower(email) AS email, count(*) FROM users GROUP BY email"),
+    {
+      ...none,
+      shardSql: "SELECT email, lower(email), count(*) FROM users GROUP BY 1",
+      shardColumns: 3,
+      aggregate: {
+        groupBy: [0, 1],
+        aggregates: [{ fn: "count", distinct: false, star: true, partials: [2], orderBy: [] }],
+        output: [{ group: 1 }, { aggregate: 0 }],
+      },
+      visible: 2,
+    },
+  );
+  // users.id is the sharding key: grouped whole on the shards, whatever the select list says.
+  equal(
+    plan("SELECT id + 1 AS id, count(*) FROM users GROUP BY id ORDER BY 2").shardSql,
+    null,
+  );
+  const noCatalog = decideShard(
+    router.analyze("SELECT lower(email) AS e, count(*) FROM users GROUP BY e"),
+    { config },
+  );
+  match(noCatalog.unsupported ?? "", /GROUP BY e names an output column/);
   refused("SELECT country, count(*) FROM users GROUP BY ROLLUP (country)", /ROLLUP/);
   refused("SELECT country, count(*) FROM users GROUP BY CUBE (country)", /CUBE/);
   refused(
@@ -593,6 +618,7 @@ Deno.test("the shard SQL runs on PostgreSQL with the column layout the plan clai
         [],
       ],
       ["SELECT lower(email) AS e, count(*) FROM users GROUP BY e, country ORDER BY country", []],
+      ["SELECT lower(email) AS email, count(*) FROM users GROUP BY email", []],
       ["SELECT country, count(DISTINCT email), sum(id) FROM users GROUP BY 1", []],
       ["SELECT string_agg(DISTINCT email, ',' ORDER BY email) FROM users", []],
       [
