@@ -228,6 +228,8 @@ interface Query {
   arms: Query[] | null;
   /** The CTE whose query this is, if it is one. */
   cteBody: Cte | null;
+  /** A subquery in it aggregates its rows (`(SELECT max(outer.x))`). */
+  outerAggregate: boolean;
 }
 
 /** A CTE definition. */
@@ -335,6 +337,7 @@ class Statement {
       targets: null,
       arms: null,
       cteBody: options.cteBody ?? null,
+      outerAggregate: false,
     };
   }
 
@@ -413,7 +416,7 @@ class Statement {
       ? "DISTINCT"
       : found.window || nonEmpty(body.windowClause)
       ? "a window function"
-      : found.aggregate
+      : found.aggregate || q.outerAggregate
       ? "an aggregate"
       : null;
     return q;
@@ -935,6 +938,8 @@ class Statement {
       cteParent: q,
       place: "a subquery",
     });
+    // `(SELECT max(u.id))`: an aggregate over the outer query's columns aggregates its rows.
+    if (outerAggregate(sub.subselect as Node, inner)) q.outerAggregate = true;
     // `key IN (SELECT key FROM t ...)`: the rows of t that matter have the outer row's key.
     if (!from || inner.issue !== null || inner.targets?.length !== 1) return;
     const val = (inner.targets[0].ResTarget as { val?: Node } | undefined)?.val;
@@ -1103,6 +1108,36 @@ function isValue(node: Node): boolean {
   }
 }
 
+/**
+ * A subquery has an aggregate of the query outside it: one whose arguments name columns, all of
+ * relations outside the subquery (PostgreSQL evaluates an aggregate at the level of its columns).
+ * An unqualified column counts as the subquery's own when it has a FROM clause.
+ */
+function outerAggregate(select: Node, inner: Query): boolean {
+  const body = select.SelectStmt as Node | undefined;
+  if (!body) return false;
+  const own = new Set(inner.rels.map((r) => r.name));
+  let found = false;
+  walkTree([body.targetList, body.havingClause, body.sortClause], (key, value) => {
+    if (found || key === "SubLink" || key === "RangeSubselect") return false;
+    if (key !== "FuncCall") return;
+    const f = value as Node;
+    if (f.over || !isAggregate(f)) return;
+    const refs: string[][] = [];
+    walkTree([f.args, f.agg_filter, f.agg_order], (k, v) => {
+      if (k === "SubLink") return false;
+      if (k === "ColumnRef") {
+        const names = columnNames({ ColumnRef: v });
+        if (names) refs.push(names);
+      }
+    });
+    if (refs.length === 0) return;
+    found = refs.every((n) => n.length > 1 ? !own.has(n[n.length - 2]) : inner.rels.length === 0);
+    return false;
+  });
+  return found;
+}
+
 /** PostgreSQL's built-in aggregate functions (pg_proc, prokind 'a'). */
 const AGGREGATES = new Set(
   ("any_value array_agg avg bit_and bit_or bit_xor bool_and bool_or corr count covar_pop " +
@@ -1255,6 +1290,13 @@ function prove(
     const mergeable = ctx.config.merge === true && type === "SelectStmt" && !options.everyShard &&
       !options.noMerge;
     if (!mergeable) return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
+    if (top.outerAggregate) {
+      return refuse(
+        "an aggregate of the outer query's rows inside a subquery (SELECT (SELECT max(t.x)) " +
+          "FROM t) is not supported across shards: write the aggregate in the outer query, add " +
+          "the sharding key to the WHERE clause, or route with /* pgdog_shard: N */",
+      );
+    }
     // The outer query is merged; every part inside it must be proven as for concatenation.
     const d = everyShard(s, { pins, checked, tops, shards: ctx.config.shards, merged: top });
     if (d.unsupported || d.target.kind === "one") return d;

@@ -181,6 +181,9 @@ Deno.test("refused: what would need merging across shards, with what to do", () 
   );
   // A CTE named like a table reads the table inside its own definition.
   refused("WITH users AS (SELECT count(*) AS id FROM users) SELECT * FROM users");
+  // An aggregate in a subquery over the outer query's columns aggregates the outer rows.
+  refused("SELECT (SELECT max(u.id)) FROM users u", /^an aggregate across shards/);
+  refused("SELECT (SELECT max(u.id) FROM countries c) FROM users u", /^an aggregate across/);
   // Item 8: window functions.
   refused("SELECT id, row_number() OVER (ORDER BY id) FROM users", /^a window function/);
   refused("SELECT id, sum(id) OVER () FROM users", /^a window function/);
@@ -416,4 +419,11 @@ Deno.test("with the merge engine: shapes that need merging get a plan; the rest 
   still("WITH d AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM d", /data-modifying/);
   still("SELECT country, count(*) FROM users GROUP BY ROLLUP (country)", /ROLLUP/);
   still("SELECT count(*) + 1 FROM users", /over aggregates/);
+  still("SELECT (SELECT max(u.id)) FROM users u", /outer query's rows inside a subquery/);
+  // Its own columns (qualified, or unqualified with a FROM clause): the subquery's aggregate.
+  ok(
+    !route("SELECT u.id, (SELECT sum(amount) FROM orders o WHERE o.user_id = u.id) FROM users u")
+      .unsupported,
+  );
+  ok(!route("SELECT (SELECT max(u.id)) FROM users u WHERE u.id = 3").unsupported);
 });
