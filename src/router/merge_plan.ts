@@ -5,6 +5,29 @@
  * The cross-shard rule (`cross_shard.ts`) proves where the statement may run; this module only
  * plans the merge of its outer query, or says why it can't.
  *
+ * What is planned:
+ * - **Rows** (no aggregation): ORDER BY on output names, aliases, positions, expressions and
+ *   columns not selected (hidden columns appended to the shard's select list), ASC/DESC, NULLS
+ *   FIRST/LAST, COLLATE; the shards sort too (`shardsSorted`). LIMIT/OFFSET/FETCH FIRST: the
+ *   shards get `LIMIT limit + offset`. DISTINCT and DISTINCT ON run on the shards and again here.
+ * - **Aggregates**: count, sum, min, max, avg, stddev/variance (+ _pop/_samp), bool_and, bool_or,
+ *   every, bit_and, bit_or split into partials (see `AggregateSpec`); FILTER stays in the partial;
+ *   DISTINCT aggregates make the shards group on their arguments too; array_agg, string_agg,
+ *   json_agg, jsonb_agg make the shards send one row per input row (the other aggregates' partials
+ *   then cover that row alone). GROUP BY on expressions, positions, aliases; HAVING, ORDER BY and
+ *   LIMIT after grouping.
+ * - **Groups and window partitions on a sharding key** are whole on one shard: the shards run the
+ *   query as it is (any aggregate, HAVING, window function), pgdog sorts and cuts.
+ * - **Set operations**: UNION ALL (sorted and cut if asked), UNION (the shards' distinct rows,
+ *   deduplicated again), one INTERSECT [ALL] or EXCEPT [ALL] of two SELECTs (each row with its
+ *   count on either side).
+ *
+ * What is refused (0A000, with the reason): expressions over aggregates in the select list,
+ * aggregates pgdog can't combine (percentile_*, mode, corr...), GROUPING SETS/ROLLUP/CUBE,
+ * window functions not partitioned by a sharding key, FETCH ... WITH TIES, FOR UPDATE with a
+ * merge, mixes of UNION/INTERSECT/EXCEPT, and any shard statement PostgreSQL's parser would not
+ * read back as the tree pgdog meant.
+ *
  * Literals that normalization turned into parameters are put back first (the plan and the shard
  * SQL carry their values); the client's own `$n` keep their numbers, and the engine reads their
  * values at run time ({@linkcode NumberSource} `{ param }`, {@linkcode Expr} `{ param }`).
