@@ -43,7 +43,7 @@
 
 import type { Node, TableRef } from "./analyze.ts";
 import { walkTree } from "./tree.ts";
-import { planMerge } from "./merge_plan.ts";
+import { planMerge, windowsOnKey } from "./merge_plan.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
 import {
   describe,
@@ -230,6 +230,8 @@ interface Query {
   cteBody: Cte | null;
   /** A subquery in it aggregates its rows (`(SELECT max(outer.x))`). */
   outerAggregate: boolean;
+  /** Its issue is groups or window partitions on a sharding key: exact on each shard. */
+  exact: boolean;
 }
 
 /** A CTE definition. */
@@ -338,6 +340,7 @@ class Statement {
       arms: null,
       cteBody: options.cteBody ?? null,
       outerAggregate: false,
+      exact: false,
     };
   }
 
@@ -419,7 +422,25 @@ class Statement {
       : found.aggregate || q.outerAggregate
       ? "an aggregate"
       : null;
+    q.exact = q.issue !== null && this.#wholeOnShards(body, q, found);
     return q;
+  }
+
+  /**
+   * Groups on a sharding key of the rows, and window partitions on one, are whole on one shard:
+   * a query whose only issue is those answers exactly on each shard.
+   */
+  #wholeOnShards(body: Node, q: Query, found: { aggregate: boolean; window: boolean }): boolean {
+    if (
+      nonEmpty(body.sortClause) || body.limitCount || body.limitOffset ||
+      Array.isArray(body.distinctClause) || q.outerAggregate
+    ) return false;
+    const isKey = (node: Node): boolean => this.isRowKey(node, q);
+    const groups = (body.groupClause as Node[] | undefined) ?? [];
+    const grouped = groups.length > 0 || body.havingClause !== undefined || found.aggregate;
+    if (grouped && !groups.some((g) => groupItemIsKey(g, body, isKey))) return false;
+    if (found.window || nonEmpty(body.windowClause)) return windowsOnKey(body, isKey);
+    return true;
   }
 
   /** UNION, INTERSECT, EXCEPT: the parts are queries of their own, side by side. */
@@ -941,7 +962,7 @@ class Statement {
     // `(SELECT max(u.id))`: an aggregate over the outer query's columns aggregates its rows.
     if (outerAggregate(sub.subselect as Node, inner)) q.outerAggregate = true;
     // `key IN (SELECT key FROM t ...)`: the rows of t that matter have the outer row's key.
-    if (!from || inner.issue !== null || inner.targets?.length !== 1) return;
+    if (!from || (inner.issue !== null && !inner.exact) || inner.targets?.length !== 1) return;
     const val = (inner.targets[0].ResTarget as { val?: Node } | undefined)?.val;
     const ref = this.#keyRef(val, inner);
     if (ref && ref.home === inner && sameFunction(spec(ref.key), spec(from))) {
@@ -1000,7 +1021,9 @@ function derivedRel(
   options: { name: string | null; colnames: string[] | null; rowsOfItsOwn: boolean },
 ): Rel {
   const rel = otherRel(options.name);
-  if (!options.rowsOfItsOwn || inner.issue !== null || inner.targets === null) return rel;
+  if (!options.rowsOfItsOwn || (inner.issue !== null && !inner.exact) || inner.targets === null) {
+    return rel;
+  }
   for (const r of inner.rels) {
     for (const [occ, nullable] of r.members) rel.members.push([occ, nullable || r.nullable]);
     rel.connections.push(...r.connections);
@@ -1106,6 +1129,25 @@ function isValue(node: Node): boolean {
     else if (n?.A_Expr && !(n.A_Expr as Node).lexpr) n = (n.A_Expr as Node).rexpr as Node;
     else return n?.A_Const !== undefined || n?.ParamRef !== undefined;
   }
+}
+
+/**
+ * A GROUP BY item names a sharding key of the rows: a column first (as PostgreSQL takes a column
+ * of the FROM clause first), else the select-list entry its position or alias names.
+ */
+function groupItemIsKey(item: Node, body: Node, isKey: (node: Node) => boolean): boolean {
+  if (isKey(item)) return true;
+  const targets = (body.targetList as Node[] | undefined) ?? [];
+  const c = (item.A_Const as { ival?: { ival?: number } } | undefined)?.ival;
+  if (c !== undefined) {
+    const val = (targets[(c.ival ?? 0) - 1]?.ResTarget as { val?: Node } | undefined)?.val;
+    return val !== undefined && isKey(val);
+  }
+  const names = columnNames(item);
+  if (names?.length !== 1) return false;
+  const t = targets.find((t) => (t.ResTarget as { name?: string }).name === names[0]);
+  const val = (t?.ResTarget as { val?: Node } | undefined)?.val;
+  return val !== undefined && isKey(val);
 }
 
 /**
@@ -1286,7 +1328,7 @@ function prove(
     );
   }
   const tops = top.arms ?? [top];
-  if (top.issue) {
+  if (top.issue && !top.exact) {
     const mergeable = ctx.config.merge === true && type === "SelectStmt" && !options.everyShard &&
       !options.noMerge;
     if (!mergeable) return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
@@ -1433,7 +1475,7 @@ function everyShard(
   const members: Array<[Occurrence, boolean]> = [];
   const perTop: Array<Array<[Occurrence, boolean]>> = [];
   for (const top of tops) {
-    if (top.issue && top !== options.merged) {
+    if (top.issue && top !== options.merged && !top.exact) {
       return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
     }
     const own: Array<[Occurrence, boolean]> = [];

@@ -223,6 +223,41 @@ Deno.test("refused: what would need merging across shards, with what to do", () 
   refused("EXPLAIN SELECT count(*) FROM users");
 });
 
+Deno.test("groups and window partitions on the sharding key are whole on one shard: concatenated", () => {
+  for (
+    const sql of [
+      "SELECT user_id, count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders " +
+      "GROUP BY user_id HAVING count(*) > 1",
+      "SELECT u.id, u.email, sum(o.amount) FROM users u JOIN orders o ON o.user_id = u.id " +
+      "GROUP BY u.id, u.email",
+      "SELECT user_id, sum(amount) OVER (PARTITION BY user_id ORDER BY id) FROM orders",
+      // The classic first row per group.
+      "SELECT * FROM (SELECT id, user_id, row_number() OVER (PARTITION BY user_id ORDER BY " +
+      "amount DESC) AS rn FROM orders) s WHERE rn = 1",
+      "SELECT u.email, t.n FROM users u JOIN (SELECT user_id, count(*) AS n FROM orders GROUP BY " +
+      "user_id) t ON t.user_id = u.id",
+      "WITH t AS (SELECT user_id, count(*) AS n FROM orders GROUP BY user_id) SELECT * FROM t " +
+      "WHERE n > 2",
+      "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders GROUP BY user_id HAVING " +
+      "count(*) > 2)",
+    ]
+  ) everywhere(sql);
+  const notKey = /reading orders without its sharding key/;
+  // Not the key, a position (its literal isn't known with the statement's facts), an outer
+  // join's nullable side, DISTINCT or LIMIT after the groups: refused as before.
+  refused("SELECT * FROM (SELECT amount, count(*) FROM orders GROUP BY amount) s", notKey);
+  refused("SELECT * FROM (SELECT user_id, count(*) FROM orders GROUP BY 1) s", notKey);
+  refused(
+    "SELECT * FROM (SELECT o.user_id, count(*) FROM users u LEFT JOIN orders o ON o.user_id = " +
+      "u.id GROUP BY o.user_id) s",
+  );
+  refused("SELECT * FROM (SELECT DISTINCT count(*) FROM orders GROUP BY user_id) s", notKey);
+  refused("SELECT * FROM (SELECT user_id FROM orders GROUP BY user_id LIMIT 3) s", notKey);
+  refused("SELECT user_id, count(*) FROM orders GROUP BY user_id ORDER BY 2", /^ORDER BY/);
+  refused("SELECT user_id, sum(amount) OVER (PARTITION BY amount) FROM orders", /^a window/);
+  refused("SELECT count(*) FROM orders GROUP BY amount", /^GROUP BY/);
+});
+
 Deno.test("tables copied on every shard and no table: one shard reads, every shard writes", () => {
   for (
     const sql of [

@@ -662,7 +662,7 @@ function planSelect(body: Node, ctx: MergePlanContext): MergePlan {
   const keyGrouped = grouped && ctx.isKey !== undefined &&
     groupClause.some((g) => ctx.isKey!(groupExpression(g, body, ctx)));
   if (f.window || (body.windowClause as Node[] | undefined)?.length) {
-    if ((grouped && !keyGrouped) || !windowsOnKey(body, ctx)) {
+    if ((grouped && !keyGrouped) || !windowsOnKey(body, ctx.isKey)) {
       throw new MergeRefusal(
         "a window function over rows of several shards is not supported: partition it by the " +
           "sharding key, add the sharding key to the WHERE clause, or route with " +
@@ -706,8 +706,7 @@ function groupExpression(item: Node, body: Node, ctx: MergePlanContext): Node {
 }
 
 /** Every window of the query is partitioned by a sharding key (each partition on one shard). */
-function windowsOnKey(body: Node, ctx: MergePlanContext): boolean {
-  const isKey = ctx.isKey;
+export function windowsOnKey(body: Node, isKey: ((column: Node) => boolean) | undefined): boolean {
   if (!isKey) return false;
   const named = new Map<string, Node>();
   for (const w of (body.windowClause as Node[] | undefined) ?? []) {
