@@ -15,8 +15,10 @@
  *   side whose rows it can drop. The shard then holds every row that can matter, so anything
  *   (aggregates, ORDER BY, LIMIT, window functions, CTEs, writes) is answered exactly.
  * - **Several shards, answers concatenated.** Nothing needs merging: the statement is a plain
- *   SELECT (no aggregate, GROUP BY, HAVING, DISTINCT, ORDER BY, LIMIT/OFFSET or window function;
- *   or UNION ALL of such parts), an UPDATE or DELETE, or COPY / CREATE TABLE AS of such a query;
+ *   SELECT (no aggregate, GROUP BY, HAVING, DISTINCT, ORDER BY, LIMIT/OFFSET or window function,
+ *   except groups on a sharding key of its rows and windows partitioned by one, which are whole on
+ *   one shard; or UNION ALL of such parts), an UPDATE or DELETE, or COPY / CREATE TABLE AS of such
+ *   a query;
  *   the sharded tables that make its rows are joined on their keys (directly or through plain
  *   subqueries in FROM and CTEs), so each row is made on one shard; a table copied on every shard
  *   never sits on the kept side of an outer join against sharded rows; and every other occurrence
