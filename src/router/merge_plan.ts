@@ -659,8 +659,17 @@ function planSelect(body: Node, ctx: MergePlanContext): MergePlan {
   const groupClause = (body.groupClause as Node[] | undefined) ?? [];
   const grouped = f.aggregate || groupClause.length > 0 || body.havingClause !== undefined;
   // Groups on a sharding key are whole on one shard: the shards aggregate them completely.
-  const keyGrouped = grouped && ctx.isKey !== undefined &&
-    groupClause.some((g) => ctx.isKey!(groupExpression(g, body, ctx)));
+  const isKey = ctx.isKey;
+  const keyGrouped = grouped && isKey !== undefined && groupClause.some((g) => {
+    // A key is a column of the FROM clause, which PostgreSQL takes before an alias.
+    if (isKey(g)) return true;
+    try {
+      return isKey(groupExpression(g, body, ctx));
+    } catch (e) {
+      if (e instanceof MergeRefusal) return false;
+      throw e;
+    }
+  });
   if (f.window || (body.windowClause as Node[] | undefined)?.length) {
     if ((grouped && !keyGrouped) || !windowsOnKey(body, ctx.isKey)) {
       throw new MergeRefusal(

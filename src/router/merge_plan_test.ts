@@ -389,6 +389,11 @@ Deno.test("GROUP BY, HAVING, ORDER BY an aggregate, LIMIT after grouping", () =>
     plan("SELECT id + 1 AS id, count(*) FROM users GROUP BY id ORDER BY 2").shardSql,
     null,
   );
+  // The key column, not the alias of the same name: grouped whole on the shards.
+  deepEqual(
+    plan("SELECT lower(email) AS id, count(*) FROM users GROUP BY id ORDER BY 2").aggregate,
+    null,
+  );
   const noCatalog = decideShard(
     router.analyze("SELECT lower(email) AS e, count(*) FROM users GROUP BY e"),
     { config },
