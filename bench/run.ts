@@ -7,10 +7,16 @@
  * Prints one table (TPS, average and p99 latency, errors, ratios) and writes it, with the machine
  * and the versions, to bench/results/<timestamp>.md and bench/results/latest.md.
  *
+ * Then the cross-shard group (bench/cross_shard.ts): 3 shards holding 1M rows behind pgdog
+ * against one PostgreSQL holding them all, and pgdog's peak memory while streaming a full ORDER
+ * BY; written to bench/results/<timestamp>-cross-shard.md and latest-cross-shard.md.
+ * `--only pgbench` or `--only cross-shard` runs one group.
+ *
  * ```
  * deno task bench [--seconds 5] [--rounds 1] [--clients 1,16,64,256]
  *   [--workloads select-simple,select-extended,select-prepared,tpcb,select-connect]
  *   [--targets direct,pgdog,pgbouncer] [--workers 1] [--idle 10000] [--out bench/results]
+ *   [--only pgbench|cross-shard] [--cross-shard-rows 1000000]
  * ```
  *
  * @module
@@ -33,6 +39,7 @@ import { type LatencySummary, summariseLogDir } from "./latency.ts";
 import { openFilesLimits, openIdleClients, residentKiB } from "./idle_clients.ts";
 import { type Pgbouncer, startPgbouncer } from "./pgbouncer.ts";
 import { connectInspector } from "./inspector.ts";
+import { runCrossShardBench } from "./cross_shard.ts";
 
 /** One pgbench workload. */
 interface Workload {
@@ -104,6 +111,10 @@ const HELP = `deno task bench [options]
                      PostgreSQL and pgbench on the others, as on a host of their own (taskset;
                      default: everything shares every CPU)
   --out DIR          results directory (default bench/results)
+  --only GROUP       pgbench (the pgbench table and the idle clients) or cross-shard (3 shards
+                     behind pgdog against one PostgreSQL: ORDER BY LIMIT, count, GROUP BY, a
+                     streamed full ORDER BY, and pgdog's peak memory); default: both
+  --cross-shard-rows N  rows of the cross-shard group, in all (default 1000000)
 `;
 
 const args = parseArgs({
@@ -119,6 +130,8 @@ const args = parseArgs({
     "pool-size": { type: "string", default: "10" },
     scale: { type: "string", default: "10" },
     "proxy-cpus": { type: "string", default: "" },
+    only: { type: "string", default: "" },
+    "cross-shard-rows": { type: "string", default: "1000000" },
     out: {
       type: "string",
       default: decodeURIComponent(new URL("./results", import.meta.url).pathname),
@@ -165,6 +178,39 @@ const workloads = list(args.workloads).map((name) => {
   if (!w) throw new Error(`--workloads: unknown ${name} (${WORKLOADS.map((w) => w.name)})`);
   return w;
 });
+
+if (!["", "pgbench", "cross-shard"].includes(args.only)) {
+  throw new Error(`--only: expected pgbench or cross-shard, not ${args.only}`);
+}
+const crossShardRows = positive(args["cross-shard-rows"], "cross-shard-rows", 1000);
+
+/** Runs the cross-shard group and writes its report next to the others. */
+async function crossShardGroup(): Promise<void> {
+  const started = new Date();
+  const text = await runCrossShardBench({
+    rows: crossShardRows,
+    smallRows: Math.max(1000, Math.floor(crossShardRows / 100)),
+    rounds: Math.max(3, rounds),
+  });
+  console.log(`\n${text}`);
+  const report = [
+    `# pgdog cross-shard benchmark, ${started.toISOString().slice(0, 19).replace("T", " ")} UTC`,
+    "",
+    `Command: \`deno task bench${Deno.args.map((a) => ` ${a}`).join("")}\``,
+    "",
+    text,
+  ].join("\n");
+  await Deno.mkdir(outDir, { recursive: true });
+  const stamp = started.toISOString().slice(0, 19).replace(/[:]/g, "-");
+  await Deno.writeTextFile(`${outDir}/${stamp}-cross-shard.md`, report);
+  await Deno.writeTextFile(`${outDir}/latest-cross-shard.md`, report);
+  console.error(`wrote ${outDir}/${stamp}-cross-shard.md and ${outDir}/latest-cross-shard.md`);
+}
+
+if (args.only === "cross-shard") {
+  await crossShardGroup();
+  Deno.exit(0);
+}
 
 const notes: string[] = [];
 /** Extra seconds of -T per target and client count, for slow initial connections. */
@@ -420,6 +466,7 @@ try {
   for (const p of proxies) await p.stop();
   await bouncer?.stop();
 }
+if (args.only === "") await crossShardGroup();
 
 /** One pgbench run, summarised. */
 interface Run {

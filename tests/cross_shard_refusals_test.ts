@@ -146,6 +146,16 @@ Deno.test("cross-shard: answered exactly as one database, or refused", async (t)
         "UPDATE users SET email = email WHERE id IN (SELECT user_id FROM orders " +
         "WHERE amount > 160) RETURNING id",
         "UPDATE countries SET name = name RETURNING code, name",
+        // Groups and window partitions on the sharding key are whole on one shard.
+        "SELECT user_id, count(*), sum(amount), percentile_cont(0.5) WITHIN GROUP (ORDER BY " +
+        "amount) FROM orders GROUP BY user_id HAVING count(*) > 1",
+        "SELECT id, user_id, rank() OVER (PARTITION BY user_id ORDER BY amount DESC) FROM orders",
+        "SELECT * FROM (SELECT id, user_id, row_number() OVER (PARTITION BY user_id ORDER BY " +
+        "amount DESC) AS rn FROM orders) s WHERE rn = 1",
+        "SELECT u.email, t.n FROM users u JOIN (SELECT user_id, sum(amount) AS n FROM orders " +
+        "GROUP BY user_id) t ON t.user_id = u.id",
+        "SELECT id FROM users WHERE id IN (SELECT user_id FROM orders GROUP BY user_id HAVING " +
+        "max(amount) > 155)",
       ];
       for (const sql of unordered) await compareAnswers(setup, sql, { unordered: true });
       const ordered = [

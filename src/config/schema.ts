@@ -265,6 +265,11 @@ const GENERAL_KEYS = [
     },
   ),
   int(
+    "cross_shard_buffer_limit",
+    "Bytes of rows one cross-shard query may hold to merge; past it, that query fails (53200).",
+    { default: 134217728, min: 1024 },
+  ),
+  int(
     "query_cache_limit",
     "Parsed queries kept (normalized: literals don't count), least recently used out.",
     {

@@ -73,6 +73,8 @@ export interface GeneralConfig {
   query_size_limit_action: "warn" | "block";
   /** When queries are parsed: auto (the database has replicas or shards), on, off. */
   query_parser: "auto" | "on" | "off";
+  /** Bytes of rows one cross-shard query may hold to merge; past it that query fails (53200). */
+  cross_shard_buffer_limit: number;
   /** Parsed (normalized) queries kept in the cache. */
   query_cache_limit: number;
   /** conservative: read-write transactions and multi-statement requests go to the primary. */

@@ -15,14 +15,24 @@
  *   side whose rows it can drop. The shard then holds every row that can matter, so anything
  *   (aggregates, ORDER BY, LIMIT, window functions, CTEs, writes) is answered exactly.
  * - **Several shards, answers concatenated.** Nothing needs merging: the statement is a plain
- *   SELECT (no aggregate, GROUP BY, HAVING, DISTINCT, ORDER BY, LIMIT/OFFSET or window function;
- *   or UNION ALL of such parts), an UPDATE or DELETE, or COPY / CREATE TABLE AS of such a query;
+ *   SELECT (no aggregate, GROUP BY, HAVING, DISTINCT, ORDER BY, LIMIT/OFFSET or window function,
+ *   except groups on a sharding key of its rows and windows partitioned by one, which are whole on
+ *   one shard; or UNION ALL of such parts), an UPDATE or DELETE, or COPY / CREATE TABLE AS of such
+ *   a query;
  *   the sharded tables that make its rows are joined on their keys (directly or through plain
  *   subqueries in FROM and CTEs), so each row is made on one shard; a table copied on every shard
  *   never sits on the kept side of an outer join against sharded rows; and every other occurrence
  *   (a subquery in the select list or WHERE clause, a LATERAL subquery, a CTE that aggregates) is
  *   confined to the shard of the row it belongs to, by a correlation on the keys. It runs on every
  *   shard, or only on the shards the keys select. There must be no data-modifying CTE.
+ * - **Several shards, answers merged** (when the caller runs merge plans, `ShardingConfig.merge`).
+ *   A SELECT whose outer query needs merging (ORDER BY, LIMIT/OFFSET, aggregates, GROUP BY,
+ *   HAVING, DISTINCT [ON], UNION, INTERSECT, EXCEPT) is proven as above with the outer query's
+ *   own ORDER BY, aggregates... set aside: its rows are made on one shard each and every part
+ *   inside it (subqueries, CTEs, the parts of a set operation) is exact on each shard. The
+ *   decision then carries the {@linkcode MergePlan} (`merge_plan.ts`) that merges the shards'
+ *   answers, or the statement is refused with the reason it can't be merged. Groups and window
+ *   partitions on a sharding key of the rows are whole on one shard: the shards compute them.
  * - **No sharded table.** Tables copied on every shard (omnisharded) and parts without tables are
  *   the same everywhere: a read goes to any one shard; a write goes to every shard and answers
  *   once, provided it reads no sharded table (each shard would write different rows).
@@ -33,8 +43,10 @@
  * @module
  */
 
-import type { Node } from "./analyze.ts";
+import type { Node, TableRef } from "./analyze.ts";
 import { walkTree } from "./tree.ts";
+import { planMerge, windowsOnKey } from "./merge_plan.ts";
+import type { MergePlan } from "../cross_shard/plan.ts";
 import {
   describe,
   isOmni,
@@ -73,7 +85,7 @@ const ADVICE = "add the sharding key to the WHERE clause (or route with /* pgdog
 export function routeStatement(
   stmt: Node,
   ctx: RouteContext,
-  options: { everyShard?: boolean } = {},
+  options: ProveOptions = {},
 ): ShardDecision {
   // EXPLAIN runs (or plans) its statement where the statement would run.
   let node = stmt;
@@ -133,6 +145,14 @@ export function routeStatement(
       // DDL and everything else runs on every shard.
       return allShards(`${type.replace(/Stmt$/, "")} runs on every shard`);
   }
+}
+
+/** How a statement is proven. */
+export interface ProveOptions {
+  /** Only running it on every shard, answers concatenated, will do. */
+  everyShard?: boolean;
+  /** No merge plan: the answers are sent on as they come (COPY). */
+  noMerge?: boolean;
 }
 
 function allShards(reason: string): ShardDecision {
@@ -210,6 +230,10 @@ interface Query {
   arms: Query[] | null;
   /** The CTE whose query this is, if it is one. */
   cteBody: Cte | null;
+  /** A subquery in it aggregates its rows (`(SELECT max(outer.x))`). */
+  outerAggregate: boolean;
+  /** Its issue is groups or window partitions on a sharding key: exact on each shard. */
+  exact: boolean;
 }
 
 /** A CTE definition. */
@@ -317,6 +341,8 @@ class Statement {
       targets: null,
       arms: null,
       cteBody: options.cteBody ?? null,
+      outerAggregate: false,
+      exact: false,
     };
   }
 
@@ -395,10 +421,28 @@ class Statement {
       ? "DISTINCT"
       : found.window || nonEmpty(body.windowClause)
       ? "a window function"
-      : found.aggregate
+      : found.aggregate || q.outerAggregate
       ? "an aggregate"
       : null;
+    q.exact = q.issue !== null && this.#wholeOnShards(body, q, found);
     return q;
+  }
+
+  /**
+   * Groups on a sharding key of the rows, and window partitions on one, are whole on one shard:
+   * a query whose only issue is those answers exactly on each shard.
+   */
+  #wholeOnShards(body: Node, q: Query, found: { aggregate: boolean; window: boolean }): boolean {
+    if (
+      nonEmpty(body.sortClause) || body.limitCount || body.limitOffset ||
+      Array.isArray(body.distinctClause) || q.outerAggregate
+    ) return false;
+    const isKey = (node: Node): boolean => this.isRowKey(node, q);
+    const groups = (body.groupClause as Node[] | undefined) ?? [];
+    const grouped = groups.length > 0 || body.havingClause !== undefined || found.aggregate;
+    if (grouped && !groups.some((g) => groupItemIsKey(g, body, isKey))) return false;
+    if (found.window || nonEmpty(body.windowClause)) return windowsOnKey(body, isKey);
+    return true;
   }
 
   /** UNION, INTERSECT, EXCEPT: the parts are queries of their own, side by side. */
@@ -832,6 +876,16 @@ class Statement {
     if (across || (aFiltered && bFiltered)) q.connections.push([a.key.occ, b.key.occ]);
   }
 
+  /**
+   * Whether `node` names a sharding key of the rows of `q` that is never null-extended: rows
+   * with equal values of it are on one shard.
+   */
+  isRowKey(node: Node | undefined, q: Query): boolean {
+    const ref = this.#keyRef(node, q);
+    if (!ref || ref.home !== q || ref.rel.nullable) return false;
+    return ref.rel.members.some(([occ, nullable]) => occ === ref.key.occ && !nullable);
+  }
+
   /** The sharding key a column reference names, and the relation it comes through. */
   #keyRef(node: Node | undefined, q: Query): ResolvedRef | null {
     const names = columnNames(node);
@@ -907,8 +961,10 @@ class Statement {
       cteParent: q,
       place: "a subquery",
     });
+    // `(SELECT max(u.id))`: an aggregate over the outer query's columns aggregates its rows.
+    if (outerAggregate(sub.subselect as Node, inner)) q.outerAggregate = true;
     // `key IN (SELECT key FROM t ...)`: the rows of t that matter have the outer row's key.
-    if (!from || inner.issue !== null || inner.targets?.length !== 1) return;
+    if (!from || (inner.issue !== null && !inner.exact) || inner.targets?.length !== 1) return;
     const val = (inner.targets[0].ResTarget as { val?: Node } | undefined)?.val;
     const ref = this.#keyRef(val, inner);
     if (ref && ref.home === inner && sameFunction(spec(ref.key), spec(from))) {
@@ -967,7 +1023,9 @@ function derivedRel(
   options: { name: string | null; colnames: string[] | null; rowsOfItsOwn: boolean },
 ): Rel {
   const rel = otherRel(options.name);
-  if (!options.rowsOfItsOwn || inner.issue !== null || inner.targets === null) return rel;
+  if (!options.rowsOfItsOwn || (inner.issue !== null && !inner.exact) || inner.targets === null) {
+    return rel;
+  }
   for (const r of inner.rels) {
     for (const [occ, nullable] of r.members) rel.members.push([occ, nullable || r.nullable]);
     rel.connections.push(...r.connections);
@@ -1075,6 +1133,55 @@ function isValue(node: Node): boolean {
   }
 }
 
+/**
+ * A GROUP BY item names a sharding key of the rows: a column first (as PostgreSQL takes a column
+ * of the FROM clause first), else the select-list entry its position or alias names.
+ */
+function groupItemIsKey(item: Node, body: Node, isKey: (node: Node) => boolean): boolean {
+  if (isKey(item)) return true;
+  const targets = (body.targetList as Node[] | undefined) ?? [];
+  const c = (item.A_Const as { ival?: { ival?: number } } | undefined)?.ival;
+  if (c !== undefined) {
+    const val = (targets[(c.ival ?? 0) - 1]?.ResTarget as { val?: Node } | undefined)?.val;
+    return val !== undefined && isKey(val);
+  }
+  const names = columnNames(item);
+  if (names?.length !== 1) return false;
+  const t = targets.find((t) => (t.ResTarget as { name?: string }).name === names[0]);
+  const val = (t?.ResTarget as { val?: Node } | undefined)?.val;
+  return val !== undefined && isKey(val);
+}
+
+/**
+ * A subquery has an aggregate of the query outside it: one whose arguments name columns, all of
+ * relations outside the subquery (PostgreSQL evaluates an aggregate at the level of its columns).
+ * An unqualified column counts as the subquery's own when it has a FROM clause.
+ */
+function outerAggregate(select: Node, inner: Query): boolean {
+  const body = select.SelectStmt as Node | undefined;
+  if (!body) return false;
+  const own = new Set(inner.rels.map((r) => r.name));
+  let found = false;
+  walkTree([body.targetList, body.havingClause, body.sortClause], (key, value) => {
+    if (found || key === "SubLink" || key === "RangeSubselect") return false;
+    if (key !== "FuncCall") return;
+    const f = value as Node;
+    if (f.over || !isAggregate(f)) return;
+    const refs: string[][] = [];
+    walkTree([f.args, f.agg_filter, f.agg_order], (k, v) => {
+      if (k === "SubLink") return false;
+      if (k === "ColumnRef") {
+        const names = columnNames({ ColumnRef: v });
+        if (names) refs.push(names);
+      }
+    });
+    if (refs.length === 0) return;
+    found = refs.every((n) => n.length > 1 ? !own.has(n[n.length - 2]) : inner.rels.length === 0);
+    return false;
+  });
+  return found;
+}
+
 /** PostgreSQL's built-in aggregate functions (pg_proc, prokind 'a'). */
 const AGGREGATES = new Set(
   ("any_value array_agg avg bit_and bit_or bit_xor bool_and bool_or corr count covar_pop " +
@@ -1101,7 +1208,7 @@ function isAggregate(f: Node): boolean {
 function prove(
   node: Node,
   ctx: RouteContext,
-  options: { everyShard?: boolean },
+  options: ProveOptions,
 ): ShardDecision {
   const s = statementOf(node, ctx.config);
   const top = s.top!;
@@ -1222,8 +1329,90 @@ function prove(
         "shard, run it as a statement of its own, or route with /* pgdog_shard: N */",
     );
   }
-  if (top.issue) return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
-  return everyShard(s, { pins, checked, tops: top.arms ?? [top], shards: ctx.config.shards });
+  const tops = top.arms ?? [top];
+  if (top.issue && !top.exact) {
+    const mergeable = ctx.config.merge === true && type === "SelectStmt" && !options.everyShard &&
+      !options.noMerge;
+    if (!mergeable) return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
+    if (top.outerAggregate) {
+      return refuse(
+        "an aggregate of the outer query's rows inside a subquery (SELECT (SELECT max(t.x)) " +
+          "FROM t) is not supported across shards: write the aggregate in the outer query, add " +
+          "the sharding key to the WHERE clause, or route with /* pgdog_shard: N */",
+      );
+    }
+    // The outer query is merged; every part inside it must be proven as for concatenation.
+    const d = everyShard(s, { pins, checked, tops, shards: ctx.config.shards, merged: top });
+    if (d.unsupported || d.target.kind === "one") return d;
+    const plan = mergePlanOf(node, s, ctx);
+    if ("refused" in plan) return refuse(plan.refused);
+    // Window functions partitioned by the key, say: the shards' rows are the answer.
+    if (concatenation(plan)) return d;
+    return {
+      target: d.target,
+      reason: `${d.reason}, merged`,
+      omniWrite: false,
+      merge: plan,
+    };
+  }
+  return everyShard(s, { pins, checked, tops, shards: ctx.config.shards });
+}
+
+/** A merge plan made for a tree and its literals, and the column orders it read. */
+interface PlanMade {
+  result: MergePlan | { refused: string };
+  columnsUsed: Array<{ table: TableRef; columns: string[] | undefined }>;
+}
+
+/** Merge plans by statement and literal values (a few per statement). */
+const plans = new WeakMap<Statement, Map<string, PlanMade>>();
+const PLANS_PER_STATEMENT = 64;
+
+/**
+ * The merge plan of a statement for this execution's literals: made once and kept with the
+ * statement's facts, as long as the column orders it read (for `*`) are still those.
+ */
+function mergePlanOf(node: Node, s: Statement, ctx: RouteContext): MergePlan | { refused: string } {
+  const { analysis, lookup } = ctx.values;
+  const key = analysis.literals.map((l) => `${l.kind[0]}${l.value}`).join("\u0000");
+  let made = plans.get(s);
+  const kept = made?.get(key);
+  if (
+    kept &&
+    kept.columnsUsed.every((u) =>
+      JSON.stringify(lookup?.columns?.(u.table)) === JSON.stringify(u.columns)
+    )
+  ) return kept.result;
+  const missing = lookup?.missingColumns?.length ?? 0;
+  const columnsUsed: PlanMade["columnsUsed"] = [];
+  const top = s.top!;
+  const result = planMerge(node, {
+    values: ctx.values,
+    isKey: (column) => top.arms === null && s.isRowKey(column, top),
+    columnsUsed,
+  });
+  // Kept plans are shared by executions: nobody may change them.
+  if (!("refused" in result)) deepFreeze(result);
+  // A plan waiting for column orders is made again once they are known.
+  if ((lookup?.missingColumns?.length ?? 0) === missing) {
+    if (!made) plans.set(s, made = new Map());
+    if (made.size >= PLANS_PER_STATEMENT) made.clear();
+    made.set(key, { result, columnsUsed });
+  }
+  return result;
+}
+
+function deepFreeze(value: unknown): void {
+  if (value === null || typeof value !== "object" || Object.isFrozen(value)) return;
+  Object.freeze(value);
+  for (const v of Object.values(value)) deepFreeze(v);
+}
+
+/** A plan with nothing to merge: the answers concatenated are the answer. */
+function concatenation(plan: MergePlan): boolean {
+  return plan.shardSql === null && plan.aggregate === null && plan.setOperation === null &&
+    plan.distinct === null && plan.orderBy.length === 0 && plan.limit === null &&
+    plan.offset === null && plan.visible === plan.shardColumns;
 }
 
 /** Thrown when a statement has more queries than pgdog analyzes (CTEs count per reference). */
@@ -1275,13 +1464,22 @@ function oneShard(s: Statement, pins: Pin[], checked: Occurrence[]): ShardDecisi
 /** Runs on every shard (or those the keys select), answers concatenated, when that is proven. */
 function everyShard(
   s: Statement,
-  options: { pins: Pin[]; checked: Occurrence[]; tops: Query[]; shards: number },
+  options: {
+    pins: Pin[];
+    checked: Occurrence[];
+    tops: Query[];
+    shards: number;
+    /** The query whose rows pgdog merges (its own ORDER BY, aggregates... are planned). */
+    merged?: Query;
+  },
 ): ShardDecision {
   const { pins, checked, tops } = options;
   const members: Array<[Occurrence, boolean]> = [];
   const perTop: Array<Array<[Occurrence, boolean]>> = [];
   for (const top of tops) {
-    if (top.issue) return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
+    if (top.issue && top !== options.merged && !top.exact) {
+      return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
+    }
     const own: Array<[Occurrence, boolean]> = [];
     const connections = [...top.connections];
     let issue = top.joinIssue;
@@ -1423,7 +1621,7 @@ function unite(a: Occurrence, b: Occurrence): void {
 // ---- statements around queries ---------------------------------------------------------------
 
 /** COPY: out of a table or a query (from every shard, one stream), into a table (refused). */
-function copy(body: Node, ctx: RouteContext, options: { everyShard?: boolean }): ShardDecision {
+function copy(body: Node, ctx: RouteContext, options: ProveOptions): ShardDecision {
   const c = body as { relation?: Node; query?: Node; is_from?: boolean; options?: Node[] };
   const { config } = ctx;
   const t = c.relation ? tableOf(c.relation) : undefined;
@@ -1443,7 +1641,7 @@ function copy(body: Node, ctx: RouteContext, options: { everyShard?: boolean }):
   }
   const header = copyHeader(c.options ?? []);
   if (c.query) {
-    const d = prove(c.query, ctx, options);
+    const d = prove(c.query, ctx, { ...options, noMerge: true });
     return d.target.kind === "all" || d.target.kind === "some" ? { ...d, copyHeader: header } : d;
   }
   if (t && isOmni(t, config)) {

@@ -181,6 +181,9 @@ Deno.test("refused: what would need merging across shards, with what to do", () 
   );
   // A CTE named like a table reads the table inside its own definition.
   refused("WITH users AS (SELECT count(*) AS id FROM users) SELECT * FROM users");
+  // An aggregate in a subquery over the outer query's columns aggregates the outer rows.
+  refused("SELECT (SELECT max(u.id)) FROM users u", /^an aggregate across shards/);
+  refused("SELECT (SELECT max(u.id) FROM countries c) FROM users u", /^an aggregate across/);
   // Item 8: window functions.
   refused("SELECT id, row_number() OVER (ORDER BY id) FROM users", /^a window function/);
   refused("SELECT id, sum(id) OVER () FROM users", /^a window function/);
@@ -218,6 +221,41 @@ Deno.test("refused: what would need merging across shards, with what to do", () 
   refused("DECLARE c CURSOR FOR SELECT * FROM users", /cursor over rows of several shards/);
   refused("EXECUTE p(1)", /SQL PREPARE/);
   refused("EXPLAIN SELECT count(*) FROM users");
+});
+
+Deno.test("groups and window partitions on the sharding key are whole on one shard: concatenated", () => {
+  for (
+    const sql of [
+      "SELECT user_id, count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders " +
+      "GROUP BY user_id HAVING count(*) > 1",
+      "SELECT u.id, u.email, sum(o.amount) FROM users u JOIN orders o ON o.user_id = u.id " +
+      "GROUP BY u.id, u.email",
+      "SELECT user_id, sum(amount) OVER (PARTITION BY user_id ORDER BY id) FROM orders",
+      // The classic first row per group.
+      "SELECT * FROM (SELECT id, user_id, row_number() OVER (PARTITION BY user_id ORDER BY " +
+      "amount DESC) AS rn FROM orders) s WHERE rn = 1",
+      "SELECT u.email, t.n FROM users u JOIN (SELECT user_id, count(*) AS n FROM orders GROUP BY " +
+      "user_id) t ON t.user_id = u.id",
+      "WITH t AS (SELECT user_id, count(*) AS n FROM orders GROUP BY user_id) SELECT * FROM t " +
+      "WHERE n > 2",
+      "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders GROUP BY user_id HAVING " +
+      "count(*) > 2)",
+    ]
+  ) everywhere(sql);
+  const notKey = /reading orders without its sharding key/;
+  // Not the key, a position (its literal isn't known with the statement's facts), an outer
+  // join's nullable side, DISTINCT or LIMIT after the groups: refused as before.
+  refused("SELECT * FROM (SELECT amount, count(*) FROM orders GROUP BY amount) s", notKey);
+  refused("SELECT * FROM (SELECT user_id, count(*) FROM orders GROUP BY 1) s", notKey);
+  refused(
+    "SELECT * FROM (SELECT o.user_id, count(*) FROM users u LEFT JOIN orders o ON o.user_id = " +
+      "u.id GROUP BY o.user_id) s",
+  );
+  refused("SELECT * FROM (SELECT DISTINCT count(*) FROM orders GROUP BY user_id) s", notKey);
+  refused("SELECT * FROM (SELECT user_id FROM orders GROUP BY user_id LIMIT 3) s", notKey);
+  refused("SELECT user_id, count(*) FROM orders GROUP BY user_id ORDER BY 2", /^ORDER BY/);
+  refused("SELECT user_id, sum(amount) OVER (PARTITION BY amount) FROM orders", /^a window/);
+  refused("SELECT count(*) FROM orders GROUP BY amount", /^GROUP BY/);
 });
 
 Deno.test("tables copied on every shard and no table: one shard reads, every shard writes", () => {
@@ -354,4 +392,73 @@ Deno.test("CTEs referenced again and again: analyzed up to a bound, then refused
   for (let i = 1; i < 40; i++) doubling.push(`b${i} AS (SELECT * FROM b${i - 1} x, b${i - 1} y)`);
   refused(`WITH ${doubling.join(", ")} SELECT * FROM b39`, /more than 500 queries/);
   everywhere(`WITH ${chain.slice(0, 100).join(", ")} SELECT * FROM a99`);
+});
+
+Deno.test("with the merge engine: shapes that need merging get a plan; the rest stays refused", () => {
+  const merging = { ...config, merge: true };
+  const route = (sql: string): ShardDecision =>
+    decideShard(router.analyze(sql), { config: merging });
+  // Each of these was refused above; now it runs on every shard (or the keys' shards), merged.
+  for (
+    const sql of [
+      `SELECT id FROM users WHERE id IN (${a}, ${b}) ORDER BY id`,
+      `SELECT id FROM users WHERE id IN (${a}, ${b}) LIMIT 3`,
+      `SELECT id FROM users WHERE id IN (${a}, ${b}) OFFSET 1`,
+      `SELECT id FROM users WHERE id IN (${a}, ${b}) FETCH FIRST 2 ROWS ONLY`,
+      `SELECT count(*) FROM users WHERE id IN (${a}, ${b})`,
+      "SELECT count(*) FROM users",
+      "SELECT email FROM users GROUP BY email",
+      "SELECT DISTINCT email FROM users",
+      "SELECT DISTINCT ON (email) email, id FROM users",
+      "SELECT max(id) FILTER (WHERE id > 1) FROM users",
+      "SELECT id FROM users UNION SELECT user_id FROM orders",
+      "SELECT id FROM users INTERSECT SELECT user_id FROM orders",
+      "SELECT id FROM users EXCEPT SELECT user_id FROM orders",
+      "SELECT id FROM users UNION ALL SELECT user_id FROM orders ORDER BY 1",
+    ]
+  ) {
+    const d = route(sql);
+    ok(!d.unsupported, `${sql}: ${d.unsupported}`);
+    ok(d.merge, `${sql}: no merge plan`);
+    equal(d.concatenates, undefined, sql);
+  }
+  const keys = route(`SELECT count(*) FROM users WHERE id IN (${a}, ${b})`);
+  deepEqual(keys.target, { kind: "some", shards: [A, shardForBigint(b, 3)].sort() });
+  // A window partitioned by the key: concatenated, no plan needed.
+  const w = route("SELECT id, row_number() OVER (PARTITION BY id) FROM users");
+  ok(!w.unsupported && w.concatenates && !w.merge, w.unsupported);
+  // Refusals that stay, with why.
+  const still = (sql: string, message: RegExp): void => {
+    const d = route(sql);
+    ok(d.unsupported, `${sql} should be refused`);
+    match(d.unsupported!, message, sql);
+  };
+  still("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY id) FROM users", /percentile_cont/);
+  still("SELECT id FROM users UNION ALL SELECT 1", /subquery|statement/);
+  const subquery = /reading users without its sharding key is not supported across shards yet/;
+  still("SELECT * FROM (SELECT count(*) FROM users) s", subquery);
+  still("WITH t AS (SELECT count(*) AS c FROM users) SELECT c FROM t", subquery);
+  still("SELECT id FROM users WHERE id IN (SELECT max(id) FROM users)", subquery);
+  still("SELECT (SELECT count(*) FROM users)", subquery);
+  still("SELECT * FROM (SELECT * FROM users ORDER BY id LIMIT 5) s", /ORDER BY in subquery s/);
+  still("SELECT count(*) FROM (SELECT * FROM users ORDER BY id LIMIT 5) s", /ORDER BY in subquery/);
+  still("SELECT id, row_number() OVER (ORDER BY id) FROM users", /^a window function/);
+  still("SELECT id, sum(id) OVER () FROM users", /^a window function/);
+  still("SELECT count(*) FROM users u JOIN orders o ON o.amount = u.id", /^a join of users and/);
+  still("SELECT count(*) FROM countries c LEFT JOIN users u ON u.country = c.code", /LEFT JOIN/);
+  still("COPY (SELECT * FROM users ORDER BY id LIMIT 10) TO STDOUT", /^ORDER BY/);
+  still("COPY (SELECT count(*) FROM users) TO STDOUT", /^an aggregate/);
+  still("CREATE TABLE t AS SELECT count(*) FROM users", /^CREATE TABLE AS runs on every/);
+  still("DECLARE c CURSOR FOR SELECT count(*) FROM users", /cursor over rows of several shards/);
+  still("SELECT count(*) FROM users; SELECT 1", /different shards/);
+  still("WITH d AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM d", /data-modifying/);
+  still("SELECT country, count(*) FROM users GROUP BY ROLLUP (country)", /ROLLUP/);
+  still("SELECT count(*) + 1 FROM users", /over aggregates/);
+  still("SELECT (SELECT max(u.id)) FROM users u", /outer query's rows inside a subquery/);
+  // Its own columns (qualified, or unqualified with a FROM clause): the subquery's aggregate.
+  ok(
+    !route("SELECT u.id, (SELECT sum(amount) FROM orders o WHERE o.user_id = u.id) FROM users u")
+      .unsupported,
+  );
+  ok(!route("SELECT (SELECT max(u.id)) FROM users u WHERE u.id = 3").unsupported);
 });

@@ -8,6 +8,7 @@
 
 import type { Analysis, Literal, TableRef } from "./mod.ts";
 import type { Node } from "./analyze.ts";
+import type { MergePlan } from "../cross_shard/plan.ts";
 import { parseBigint, shardForBigint, shardForText, shardForUuid } from "../sharding/hash.ts";
 
 /** How a sharded table's key is typed and hashed. */
@@ -63,6 +64,11 @@ export interface ShardingConfig {
   defaultSchemaShard?: number;
   /** `[[omnisharded_tables]]` names (and `schema.name`). */
   omni: Set<string>;
+  /**
+   * The caller runs merge plans (the cross-shard engine): a SELECT whose shards' answers need
+   * merging gets a {@linkcode ShardDecision.merge} plan. Without it, such shapes are refused.
+   */
+  merge?: boolean;
 }
 
 /** Where a statement goes. */
@@ -88,6 +94,11 @@ export interface ShardDecision {
   concatenates?: boolean;
   /** COPY TO of several shards in text or CSV with HEADER: only the first header line is sent. */
   copyHeader?: boolean;
+  /**
+   * Runs on several shards whose answers pgdog merges by this plan (sort, aggregate, distinct,
+   * limit...); the shards run `merge.shardSql` (null: the statement as the client sent it).
+   */
+  merge?: MergePlan;
 }
 
 /** Bind parameter values of an extended-protocol execution (raw bytes per format code). */

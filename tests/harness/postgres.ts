@@ -57,6 +57,11 @@ export interface DatabaseSpec {
   name: string;
   /** Owning role (created from `roles` first). */
   owner?: string;
+  /**
+   * An ICU locale (e.g. "en-US") for the database's default collation (PostgreSQL 15+:
+   * `LOCALE_PROVIDER icu`, from template0); the cluster's own default is the C locale.
+   */
+  icuLocale?: string;
 }
 
 /** Options for {@linkcode startPostgres}. */
@@ -802,7 +807,10 @@ function setupScript(options: PostgresOptions, major: number): string {
     const owner = spec.owner ? ` OWNER ${quoteIdent(spec.owner)}` : "";
     // FILE_COPY (PostgreSQL 15+) is about twice as fast as WAL-logging every block.
     const strategy = major >= 15 ? " STRATEGY FILE_COPY" : "";
-    lines.push(`CREATE DATABASE ${quoteIdent(spec.name)}${owner}${strategy};`);
+    const locale = spec.icuLocale === undefined
+      ? ""
+      : ` LOCALE_PROVIDER icu ICU_LOCALE ${quoteLiteral(spec.icuLocale)} TEMPLATE template0`;
+    lines.push(`CREATE DATABASE ${quoteIdent(spec.name)}${owner}${strategy}${locale};`);
     lines.push(`GRANT ALL ON DATABASE ${quoteIdent(spec.name)} TO PUBLIC;`);
   }
   return lines.join("\n");
