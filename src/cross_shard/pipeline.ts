@@ -33,14 +33,15 @@ import {
   parseRowDescription,
   projectRowDescription,
 } from "./rows.ts";
-import type {
-  Accumulator,
-  AggregateKind,
-  Collation,
-  ExprRow,
-  TypeOps,
-  Value,
-  ValueModules,
+import {
+  type Accumulator,
+  type AggregateKind,
+  type Collation,
+  type ExprRow,
+  type TypeOps,
+  type Value,
+  VALUE_MODULES,
+  type ValueModules,
 } from "./value_deps.ts";
 
 /** How a {@linkcode MergePipeline} runs. */
@@ -63,8 +64,8 @@ export interface MergePipelineOptions {
    * the format the shards send each column in.
    */
   resultFormats?: readonly number[];
-  /** The typed-value functions (values.ts, aggregate.ts, expr.ts). */
-  modules: ValueModules;
+  /** The typed-value functions (default: values.ts, aggregate.ts, expr.ts). */
+  modules?: ValueModules;
 }
 
 /** A row inside the pipeline: a shard row, or a group's row after aggregation. */
@@ -90,8 +91,6 @@ interface Group {
   /** Its first shard row (group columns are read from it); null for the empty input's group. */
   fields: Fields | null;
   accumulators: Accumulator[];
-  /** DISTINCT aggregates: keys of the partial values already added. */
-  seen: (Set<string> | null)[];
   seq: number;
 }
 
@@ -244,6 +243,12 @@ function layoutOf(
     resultTypes,
     formats: outFormats,
   });
+  const names = plan.columnNames;
+  if (names !== undefined) {
+    for (let i = 0; i < description.length; i++) {
+      if (names[i] !== undefined) description[i].name = names[i];
+    }
+  }
   return { work, shardColumn, aggregate, shardFormats, outFormats, fields, kinds, description };
 }
 
@@ -259,12 +264,13 @@ export function describeMerged(
     collation?: Collation;
     shardFormats?: readonly number[];
     resultFormats?: readonly number[];
-    modules: ValueModules;
-  },
+    modules?: ValueModules;
+  } = {},
 ): Uint8Array {
   const layout = layoutOf(plan, parseRowDescription(shardDescription), {
     ...options,
     collation: options.collation ?? { kind: "bytes" },
+    modules: options.modules ?? VALUE_MODULES,
   });
   return buildRowDescription(layout.description);
 }
@@ -352,7 +358,7 @@ export class MergePipeline {
 
   constructor(plan: MergePlan, options: MergePipelineOptions) {
     this.#plan = plan;
-    this.#modules = options.modules;
+    this.#modules = options.modules ?? VALUE_MODULES;
     this.#collation = options.collation ?? { kind: "bytes" };
     this.#params = options.params ?? [];
     this.#bufferLimit = options.bufferLimit;
@@ -778,19 +784,9 @@ export class MergePipeline {
         partials.push(f);
         if (f !== null) bytes += f.length;
       }
-      const seen = group.seen[a];
-      if (seen !== null) {
-        const partialKey = compositeKey(
-          spec.partials.length,
-          (i) => this.#shardValue(fields, spec.partials[i]),
-          (i) => this.#shardColumnOps(spec.partials[i]),
-        );
-        if (seen.has(partialKey)) continue;
-        seen.add(partialKey);
-        this.#hold(partialKey.length * 2 + bytes);
-      } else if (COLLECTING.has(spec.fn)) {
-        this.#hold(bytes + 16);
-      }
+      // DISTINCT aggregates and the collecting ones keep values (DISTINCT ones dedupe them
+      // themselves): counted as if every value were kept.
+      if (spec.distinct || COLLECTING.has(spec.fn)) this.#hold(bytes + 16);
       group.accumulators[a].add(partials);
     }
   }
@@ -800,7 +796,6 @@ export class MergePipeline {
     return {
       fields,
       accumulators: this.#layout!.kinds.map((k) => k.create()),
-      seen: stage.aggregates.map((s) => s.distinct ? new Set<string>() : null),
       seq: this.#seq++,
     };
   }

@@ -145,4 +145,11 @@ export interface MergePlan {
   offset: NumberSource | null;
   /** The client's columns: the first `visible` of the working row. */
   visible: number;
+  /**
+   * The client's column names (`visible` of them), where the shards' RowDescription names
+   * differ from what one PostgreSQL would call them (an aggregate split into partials: `avg`
+   * whose shard column is `sum`; a group key selected under an alias). Absent: the shards'
+   * names (an aggregate's column takes the name of its first partial).
+   */
+  columnNames?: string[];
 }

@@ -1,48 +1,21 @@
 /**
- * What the merge pipeline needs from the typed-value modules (`values.ts`, `aggregate.ts`,
- * `expr.ts`), written here so the pipeline builds and is tested while those are written in
- * parallel. The pipeline takes them as one injected object, {@linkcode ValueModules}.
+ * What the merge pipeline takes from the typed-value modules (`values.ts`, `aggregate.ts`,
+ * `expr.ts`), as one object: {@linkcode VALUE_MODULES} by default, another in tests that need
+ * to see or change what the pipeline asks of them.
  *
  * @module
  */
 
+import { type AggregateKind, aggregateKind, type AggregateOptions } from "./aggregate.ts";
+import { type EvalContext, evaluate } from "./expr.ts";
 import type { AggregateSpec, Expr } from "./plan.ts";
+import { type Collation, collationFor, type TypeOps, typeOps, type Value } from "./values.ts";
 
-/** A decoded value (its representation is the type's own, see `values.ts`). */
-export type Value = unknown;
-
-/** How text compares: byte order (the "C" collation) or an ICU locale's. */
-export type Collation = { kind: "bytes" } | { kind: "icu"; locale: string };
-
-/** PostgreSQL's behaviour for one type. */
-export interface TypeOps {
-  readonly oid: number;
-  decode(field: Uint8Array, format: 0 | 1): Value;
-  encode(value: Value, format: 0 | 1): Uint8Array;
-  compare(a: Value, b: Value): number;
-  /** Equal keys exactly for values PostgreSQL's GROUP BY/DISTINCT treats as equal. */
-  groupKey(value: Value): string;
-}
-
-/** One group's running aggregate. */
-export interface Accumulator {
-  add(partials: (Uint8Array | null)[]): void;
-  value(): Value | null;
-}
-
-/** An aggregate of a given spec and partial types. */
-export interface AggregateKind {
-  readonly resultOid: number;
-  readonly ops: TypeOps;
-  create(): Accumulator;
-}
+export type { Accumulator, AggregateKind } from "./aggregate.ts";
+export type { Collation, TypeOps, Value } from "./values.ts";
 
 /** What an expression (HAVING) reads of a working row. */
-export interface ExprRow {
-  value(i: number): Value | null;
-  ops(i: number): TypeOps;
-  param(n: number): string | null;
-}
+export type ExprRow = EvalContext;
 
 /** The functions of `values.ts`, `aggregate.ts` and `expr.ts` the pipeline calls. */
 export interface ValueModules {
@@ -51,11 +24,16 @@ export interface ValueModules {
    * `ordering`: null also for a type without an order (json), asked for sort keys.
    */
   typeOps(oid: number, options: { collation: Collation; ordering?: boolean }): TypeOps | null;
-  aggregateKind(
-    spec: AggregateSpec,
-    options: { partialTypes: { oid: number; format: 0 | 1 }[]; collation: Collation },
-  ): AggregateKind;
+  aggregateKind(spec: AggregateSpec, options: AggregateOptions): AggregateKind;
   evaluate(expr: Expr, row: ExprRow): Value | null;
   /** The collation a `COLLATE "name"` means; null when pgdog can't compare text that way. */
   collationFor(name: string): Collation | null;
 }
+
+/** The real ones. */
+export const VALUE_MODULES: ValueModules = {
+  typeOps,
+  aggregateKind,
+  evaluate,
+  collationFor: (name) => collationFor(name),
+};
