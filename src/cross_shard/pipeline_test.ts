@@ -520,3 +520,78 @@ Deno.test("ORDER BY ... LIMIT the shards don't sort by holds only OFFSET + LIMIT
   for (let s = 0; s < 3; s++) t.shardDone(s);
   deepEqual(pull(t).map((r) => r[1]), ["b", "a"]);
 });
+
+Deno.test("avg from shard sums and counts: exact numeric, named as the client's column", () => {
+  // SELECT g AS grp, avg(x) FROM t GROUP BY g ORDER BY g; shard rows: (g, sum(x), count(x))
+  const pl = plan({
+    shardColumns: 3,
+    aggregate: {
+      groupBy: [0],
+      aggregates: [agg("avg", [1, 2])],
+      output: [{ group: 0 }, { aggregate: 0 }],
+    },
+    orderBy: [asc(0)],
+    shardsSorted: false,
+    columnNames: ["grp", "avg"],
+  });
+  const p = new MergePipeline(pl, { shards: 2, bufferLimit: 1 << 20 });
+  const shardDescription = rowDescription([["g", 25], ["sum", 20], ["count", 20]]);
+  const t = parseRowDescription(p.rowDescription(0, shardDescription)!);
+  deepEqual(t.map((f) => [f.name, f.typeOid, f.size, f.typmod]), [
+    ["grp", 25, -1, -1],
+    ["avg", 1700, -1, -1],
+  ]);
+  deepEqual(describeMerged(pl, shardDescription), buildOut(t));
+  p.row(0, row("b", 1, 1));
+  p.row(0, row("a", 3, 2));
+  p.row(1, row("a", 7, 2));
+  p.row(1, row("c", null, 0));
+  p.shardDone(0);
+  p.shardDone(1);
+  deepEqual(pull(p), [["a", "2.5000000000000000"], ["b", "1.00000000000000000000"], ["c", null]]);
+});
+
+Deno.test("aggregates go out in the client's result format; count is binary int8 when asked", () => {
+  const p = pipeline(
+    plan({
+      shardColumns: 1,
+      visible: 1,
+      aggregate: {
+        groupBy: [],
+        aggregates: [agg("count", [0], { star: true })],
+        output: [{ aggregate: 0 }],
+      },
+    }),
+    { cols: [["count", 20]], resultFormats: [1] },
+  );
+  p.row(0, row(2));
+  p.row(1, row(3));
+  for (let s = 0; s < 3; s++) p.shardDone(s);
+  const b = new MessageBuilder();
+  p.pull(b);
+  deepEqual(parseDataRow(b.view()), [Uint8Array.of(0, 0, 0, 0, 0, 0, 0, 5)]);
+});
+
+Deno.test("an error while aggregating (sum overflows bigint: 22003) fails the statement once", () => {
+  const p = pipeline(
+    plan({
+      shardColumns: 1,
+      visible: 1,
+      aggregate: { groupBy: [], aggregates: [agg("sum", [0])], output: [{ aggregate: 0 }] },
+    }),
+    { cols: [["sum", 20]] },
+  );
+  let error: unknown = null;
+  try {
+    p.row(0, row("9223372036854775807"));
+    p.row(1, row(1));
+    for (let s = 0; s < 3; s++) p.shardDone(s);
+    pull(p);
+  } catch (e) {
+    error = e;
+  }
+  equal((error as MergeError).code, "22003");
+  equal(p.finished, true);
+  deepEqual(pull(p), []);
+  p.row(2, row(1)); // ignored
+});
