@@ -792,7 +792,6 @@ export class MergePipeline {
   }
 
   #newGroup(fields: Fields | null): Group {
-    const stage = this.#plan.aggregate!;
     return {
       fields,
       accumulators: this.#layout!.kinds.map((k) => k.create()),
