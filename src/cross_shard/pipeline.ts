@@ -443,7 +443,10 @@ export class MergePipeline {
     });
   }
 
-  /** A shard's DataRow. */
+  /**
+   * A shard's DataRow (the whole message, type byte included). The pipeline may keep it until
+   * the row goes out, as it is: the caller must not reuse its bytes.
+   */
   row(shard: number, msg: Uint8Array): void {
     if (this.#failed || this.#stopped) return;
     if (this.#layout === null) {
