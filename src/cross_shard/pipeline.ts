@@ -496,7 +496,10 @@ export class MergePipeline {
 
   /**
    * Appends the client's DataRows that are ready, at most `max`, to `out`; returns how many.
-   * Rows come out only here, so a row-limited Execute pulls its count and later the rest.
+   * Rows come out only here, so a row-limited Execute pulls its count and later the rest. As
+   * PostgreSQL does, an Execute that got all `max` rows ends in PortalSuspended (even when none
+   * are left: the next Execute then gets none and CommandComplete), one that got fewer once
+   * {@linkcode finished} in CommandComplete `SELECT <rows of this Execute>`.
    */
   pull(out: MessageBuilder, max: number = Infinity): number {
     if (this.#failed || (this.#stopped && this.#currentLeft === 0)) return 0;
@@ -549,7 +552,7 @@ export class MergePipeline {
     return this.#stopped;
   }
 
-  /** Rows sent so far (the count of the client's `SELECT n`). */
+  /** Rows sent so far (the client's `SELECT n` when one Execute or Query took them all). */
   get rowCount(): number {
     return this.#sent;
   }
