@@ -10,7 +10,8 @@
  *   a row leaves as soon as no shard can still send a smaller one; a DISTINCT whose columns
  *   lead the ORDER BY only remembers the last row's key;
  * - otherwise (aggregates, or an ORDER BY the shards don't sort by) everything is held until
- *   every shard finished, then grouped, filtered, deduplicated and sorted (stable).
+ *   every shard finished, then grouped, filtered, deduplicated and sorted (stable); with a LIMIT
+ *   and no DISTINCT, a sort holds only the first OFFSET + LIMIT rows.
  * Held bytes count against `bufferLimit`: past it, 53200 (`cross_shard_buffer_limit`).
  *
  * @module
