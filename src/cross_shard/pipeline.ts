@@ -247,7 +247,8 @@ function layoutOf(
   const names = plan.columnNames;
   if (names !== undefined) {
     for (let i = 0; i < description.length; i++) {
-      if (names[i] !== undefined) description[i].name = names[i];
+      const name = names[i];
+      if (name !== undefined) description[i].name = name;
     }
   }
   return { work, shardColumn, aggregate, shardFormats, outFormats, fields, kinds, description };

@@ -149,7 +149,8 @@ export interface MergePlan {
    * The client's column names (`visible` of them), where the shards' RowDescription names
    * differ from what one PostgreSQL would call them (an aggregate split into partials: `avg`
    * whose shard column is `sum`; a group key selected under an alias). Absent: the shards'
-   * names (an aggregate's column takes the name of its first partial).
+   * names (an aggregate's column takes the name of its first partial); so does an undefined
+   * entry.
    */
-  columnNames?: string[];
+  columnNames?: (string | undefined)[];
 }

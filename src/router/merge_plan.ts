@@ -497,6 +497,8 @@ function sortItems(clause: unknown): SortItem[] {
 /** A column of the client's answer. */
 interface OutCol {
   name: string;
+  /** Named with AS. */
+  aliased?: boolean;
   /** Deparsed expression (for matching ORDER BY and GROUP BY expressions). */
   key: string;
   expr: Node;
@@ -520,7 +522,8 @@ function outputColumns(
       }
       continue;
     }
-    out.push({ name: outputName(t), key: deparse(val), expr: val });
+    const aliased = (t.ResTarget as { name?: string }).name !== undefined;
+    out.push({ name: outputName(t), key: deparse(val), expr: val, aliased });
   }
   return out;
 }
@@ -1053,7 +1056,8 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
         "SELECT * with aggregates or GROUP BY across shards: name the columns",
       );
     }
-    return { name: outputName(t), key: deparse(val), expr: val };
+    const aliased = (t.ResTarget as { name?: string }).name !== undefined;
+    return { name: outputName(t), key: deparse(val), expr: val, aliased };
   });
   // GROUP BY items: positions and output names stand for their select-list expressions.
   for (const item of groupClause) {
@@ -1203,6 +1207,8 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
     limit,
     offset,
     visible,
+    // An aggregate's shard column is named after its first partial; an alias may be lost too.
+    columnNames: cols.map((c) => c.aliased || isAggregateCall(c.expr) ? c.name : undefined),
   };
 }
 

@@ -40,7 +40,13 @@ function decide(sql: string, merge = true): ShardDecision {
   });
 }
 
+/** The plan of `sql` (its column names are checked by a test of their own). */
 function plan(sql: string): MergePlan {
+  const { columnNames: _, ...rest } = planNamed(sql);
+  return rest;
+}
+
+function planNamed(sql: string): MergePlan {
   const d = decide(sql);
   ok(!d.unsupported, `${sql}: refused: ${d.unsupported}`);
   ok(d.merge, `${sql}: no merge plan (${d.reason})`);
@@ -296,6 +302,17 @@ Deno.test("aggregates: partials per function, FILTER kept, shared partials once"
     /array_agg\(DISTINCT \.\.\.\) FILTER/,
   );
   refused("SELECT id, count(*) FROM users", /without GROUP BY/);
+});
+
+Deno.test("column names: an aggregate's (not its first partial's) and aliases; others as the shards name them", () => {
+  deepEqual(
+    planNamed("SELECT avg(id), stddev(id) AS s, count(*) FROM users").columnNames,
+    ["avg", "s", "count"],
+  );
+  deepEqual(
+    planNamed("SELECT country AS c, upper(email), max(id) FROM users GROUP BY 1, 2").columnNames,
+    ["c", undefined, "max"],
+  );
 });
 
 Deno.test("GROUP BY, HAVING, ORDER BY an aggregate, LIMIT after grouping", () => {
