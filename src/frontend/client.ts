@@ -110,6 +110,17 @@ import {
   statementMessage,
   Use,
 } from "./prepared.ts";
+import {
+  bindValues,
+  EXTENDED_START,
+  FRONTEND_TYPES,
+  requestBuffered,
+  scanRequest,
+  STATEMENT_TYPES,
+  wellFormed,
+} from "../protocol/frontend_messages.ts";
+import { OutBatch } from "./out_batch.ts";
+import { expectResponse } from "../backend/expect_response.ts";
 import { preparedNow, touchCopy } from "../backend/prepared_copies.ts";
 import {
   DEALLOCATE_NOOP,
@@ -3207,108 +3218,6 @@ function lost(e: unknown): ErrorFields {
   };
 }
 
-/**
- * What goes to a server in one write: ranges of the client's read buffer and bytes pgdog made
- * (rewritten or injected messages). A single range is written without copying.
- */
-class OutBatch {
-  #src: Uint8Array = new Uint8Array(0);
-  #starts: number[] = [];
-  #ends: number[] = [];
-  #bytes: (Uint8Array | null)[] = [];
-
-  get empty(): boolean {
-    return this.#starts.length === 0;
-  }
-
-  reset(src: Uint8Array): void {
-    this.#src = src;
-    this.#starts.length = 0;
-    this.#ends.length = 0;
-    this.#bytes.length = 0;
-  }
-
-  /** Takes later ranges from `src` (only bytes, no ranges, may be queued so far). */
-  useSource(src: Uint8Array): void {
-    if (this.#bytes.some((b) => b === null)) {
-      throw new Error("internal error: ranges of another buffer are queued");
-    }
-    this.#src = src;
-  }
-
-  addRange(start: number, end: number): void {
-    const n = this.#starts.length;
-    if (n > 0 && this.#bytes[n - 1] === null && this.#ends[n - 1] === start) {
-      this.#ends[n - 1] = end;
-      return;
-    }
-    this.#starts.push(start);
-    this.#ends.push(end);
-    this.#bytes.push(null);
-  }
-
-  addBytes(bytes: Uint8Array): void {
-    this.#starts.push(0);
-    this.#ends.push(bytes.length);
-    this.#bytes.push(bytes);
-  }
-
-  writeTo(writer: SocketWriter): Promise<void> {
-    const n = this.#starts.length;
-    if (n === 1) {
-      const bytes = this.#bytes[0];
-      return writer.write(bytes ?? this.#src.subarray(this.#starts[0], this.#ends[0]));
-    }
-    for (let i = 0; i < n; i++) {
-      const bytes = this.#bytes[i];
-      writer.enqueue(bytes ?? this.#src.subarray(this.#starts[i], this.#ends[i]));
-    }
-    return writer.flush();
-  }
-}
-
-/**
- * Records what the server owes for a client message about to be forwarded unchanged. `first` is
- * the first body byte (Describe's 'S'/'P').
- */
-function expectResponse(server: Server, type: number, first: number): void {
-  if (server.discardUntilSync && type !== Msg.Sync) return; // the server skips it
-  switch (type) {
-    case Msg.Query:
-      server.expect(Expect.Query);
-      return;
-    case Msg.FunctionCall:
-      server.expect(Expect.Function);
-      return;
-    case Msg.Sync:
-      // Ignored by the server during COPY FROM STDIN, until the client ends the copy.
-      if (server.copy === CopyState.In && !server.copyEnded) return;
-      server.expect(Expect.Sync);
-      return;
-    case Msg.Parse:
-      server.expect(Expect.Parse);
-      return;
-    case Msg.Bind:
-      server.expect(Expect.Bind);
-      return;
-    case Msg.Describe:
-      server.expect(first === 0x53 ? Expect.DescribeStatement : Expect.DescribePortal);
-      return;
-    case Msg.Execute:
-      server.expect(Expect.Execute);
-      return;
-    case Msg.Close:
-      server.expect(Expect.Close);
-      return;
-    case Msg.CopyDone:
-    case Msg.CopyFail:
-      if (server.copy === CopyState.In) server.copyEnded = true;
-      server.expect(Expect.CopyEnd);
-      return;
-      // CopyData and Flush owe nothing.
-  }
-}
-
 /** Flush: asks the server for the answers it holds back until Sync. */
 const FLUSH_MESSAGE = Uint8Array.of(Msg.Flush, 0, 0, 0, 4);
 
@@ -3383,137 +3292,6 @@ const SQL_PREPARE_UNSUPPORTED: ErrorFields = {
   hint:
     'Use your driver\'s protocol-level prepared statements (supported), or pooler_mode = "session".',
 };
-
-/**
- * Whether the strings pgdog reads from a message end inside it: Query's text, Parse's name,
- * query and parameter type count, Bind's portal and statement names, Describe's and Close's
- * target. Everything else is left for PostgreSQL to judge.
- */
-function wellFormed(type: number, buf: Uint8Array, p: number, end: number): boolean {
-  const body = p + 5;
-  switch (type) {
-    case Msg.Query:
-      return end > body && buf[end - 1] === 0;
-    case Msg.Parse: {
-      const nameEnd = indexOfNul(buf, body, end);
-      const queryEnd = nameEnd < 0 ? -1 : indexOfNul(buf, nameEnd + 1, end);
-      if (queryEnd < 0 || queryEnd + 3 > end) return false;
-      const types = (buf[queryEnd + 1] << 8) | buf[queryEnd + 2];
-      return queryEnd + 3 + types * 4 === end;
-    }
-    case Msg.Bind: {
-      const portalEnd = indexOfNul(buf, body, end);
-      return portalEnd >= 0 && indexOfNul(buf, portalEnd + 1, end) >= 0;
-    }
-    case Msg.Flush:
-      // PostgreSQL answers extra bytes with an error nothing waits for, then skips to a Sync.
-      return end === body;
-    case Msg.Describe:
-    case Msg.Close:
-      return end > body + 1 && (buf[body] === 0x53 || buf[body] === 0x50) && buf[end - 1] === 0 &&
-        indexOfNul(buf, body + 1, end) === end - 1;
-  }
-  return true;
-}
-
-function indexOfNul(buf: Uint8Array, from: number, end: number): number {
-  const i = buf.indexOf(0, from);
-  return i >= 0 && i < end ? i : -1;
-}
-
-/** Extended-protocol messages that may start a request. */
-const EXTENDED_START = (() => {
-  const t = new Uint8Array(256);
-  for (const m of [Msg.Parse, Msg.Bind, Msg.Describe, Msg.Execute, Msg.Close]) t[m] = 1;
-  return t;
-})();
-
-/** True when the messages from `p` to `end` include the Sync (or Flush) ending the request. */
-function requestBuffered(buf: Uint8Array, p: number, end: number): boolean {
-  while (end - p >= 5) {
-    const type = buf[p];
-    if (type === Msg.Sync || type === Msg.Flush || type === Msg.Query) return true;
-    p += readInt32(buf, p + 1) + 1;
-  }
-  return false;
-}
-
-/** What the rest of a buffered request holds: its first Bind's values, and whether it executes. */
-function scanRequest(
-  buf: Uint8Array,
-  p: number,
-  end: number,
-): { bind: BindValues | null; executes: boolean } {
-  let bind: BindValues | null = null;
-  let executes = false;
-  while (end - p >= 5) {
-    const type = buf[p];
-    const next = p + readInt32(buf, p + 1) + 1;
-    if (next > end || type === Msg.Sync || type === Msg.Flush || type === Msg.Query) break;
-    if (type === Msg.Bind && bind === null) bind = bindValues(buf, p, next);
-    if (type === Msg.Execute) executes = true;
-    p = next;
-  }
-  return { bind, executes };
-}
-
-/** The parameter formats and values of a Bind message (null when it is malformed). */
-function bindValues(buf: Uint8Array, p: number, end: number): BindValues | null {
-  let q = buf.indexOf(0, p + 5) + 1;
-  if (q <= 0 || q >= end) return null;
-  q = buf.indexOf(0, q) + 1;
-  if (q <= 0 || q + 2 > end) return null;
-  const nFormats = readInt16(buf, q);
-  q += 2;
-  const formats: number[] = [];
-  for (let i = 0; i < nFormats && q + 2 <= end; i++, q += 2) formats.push(readInt16(buf, q));
-  if (q + 2 > end) return null;
-  const n = readInt16(buf, q);
-  q += 2;
-  const values: (Uint8Array | null)[] = [];
-  for (let i = 0; i < n; i++) {
-    if (q + 4 > end) return null;
-    const len = readInt32(buf, q);
-    q += 4;
-    if (len < 0) values.push(null);
-    else {
-      if (q + len > end) return null;
-      values.push(buf.subarray(q, q + len));
-      q += len;
-    }
-  }
-  return { formats, values };
-}
-
-/** Messages whose statement text may need a look when large (see #largeMessage). */
-const STATEMENT_TYPES = (() => {
-  const t = new Uint8Array(256);
-  for (const m of [Msg.Query, Msg.Parse, Msg.Bind]) t[m] = 1;
-  return t;
-})();
-
-/** Message types a client may send once logged in. */
-const FRONTEND_TYPES = (() => {
-  const t = new Uint8Array(256);
-  for (
-    const m of [
-      Msg.Bind,
-      Msg.Close,
-      Msg.CopyData,
-      Msg.CopyDone,
-      Msg.CopyFail,
-      Msg.Describe,
-      Msg.Execute,
-      Msg.Flush,
-      Msg.FunctionCall,
-      Msg.Parse,
-      Msg.Query,
-      Msg.Sync,
-      Msg.Terminate,
-    ]
-  ) t[m] = 1;
-  return t;
-})();
 
 function isConnectionReset(e: unknown): boolean {
   return e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe ||
