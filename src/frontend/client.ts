@@ -21,7 +21,6 @@ import {
   Msg,
   queryMessage,
   readCString,
-  readInt16,
   readInt32,
   readyForQuery,
   SYNC,
