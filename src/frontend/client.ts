@@ -70,6 +70,7 @@ import {
 import type { PluginSet, RouteVerdict } from "../plugin/mod.ts";
 import { rewrittenParse, routeContextJson } from "./plugin_context.ts";
 import { FanOut } from "./fan_out.ts";
+import { ShardTransaction } from "./shard_transaction.ts";
 import { BlockWriter } from "./block_writer.ts";
 import { asSocketWriter } from "../net/framer.ts";
 import {
@@ -263,22 +264,14 @@ export class Client implements ServerLink {
   #sharding: ShardingConfig | null = null;
   /** The shard the next checkout is for. */
   #shard = 0;
-  /** Spreads statements any shard can answer. */
-  #nextAnyShard = 0;
-  /** Servers of other shards the open transaction holds, by shard. */
-  readonly #parked = new Map<number, Server>();
-  /** What opened the transaction (BEGIN, then SET LOCAL ...): replayed on each shard it reaches. */
-  #txnPrelude: Uint8Array[] = [];
+  /** The transaction's servers on other shards, and what is replayed on each shard it reaches. */
+  readonly #txn = new ShardTransaction();
   /** The next checkout is for a request that runs nothing: no transaction starts there. */
   #outsideTransaction = false;
-  /** The savepoint each SAVEPOINT message of the prelude takes. */
-  readonly #savepointMarks = new Map<Uint8Array, string>();
   /** Between a request's first message and its Sync (sharded routing decides once per request). */
   #inRequest = false;
   /** The attached server got a Flush and no Sync since: its batch is still open. */
   #unsynced = false;
-  /** search_path set inside the open transaction (it decides schema-sharded routing). */
-  #txnSearchPath: string | null = null;
   /** The legs of a request running on several shards; local answers go to each. */
   #fanLegs: Server[] | null = null;
   /** The servers of the request running on several shards now (for cancels and timeouts). */
@@ -675,7 +668,7 @@ export class Client implements ServerLink {
         return false;
       }
       if (!this.#inRequest && !this.#skipUntilSync) {
-        if (this.server === null && this.#parked.size === 0 && !this.#gateOpen()) {
+        if (this.server === null && this.#txn.empty && !this.#gateOpen()) {
           // A new transaction waits out PAUSE and MAINTENANCE and routes by the configuration in
           // force after them (a RELOAD may have changed the shards).
           if (!(await this.#atGate())) return false;
@@ -1533,12 +1526,8 @@ export class Client implements ServerLink {
   }
 
   #txStatus(): number {
-    if (this.#parked.size > 0) {
-      let status: number = this.server?.txStatus ?? TxStatus.InTransaction;
-      for (const s of this.#parked.values()) {
-        if (s.txStatus === TxStatus.Failed) status = TxStatus.Failed;
-      }
-      return status;
+    if (!this.#txn.empty) {
+      return this.#txn.status(this.server);
     }
     if (this.server) return this.server.txStatus;
     return this.#deferredBegin !== null ? TxStatus.InTransaction : TxStatus.Idle;
@@ -1640,11 +1629,11 @@ export class Client implements ServerLink {
     const config = this.#sharding!;
     let analysis = this.#analysisOf(type, buf, p, end);
     const { bind, executes } = this.#requestAt(type, buf, p, end);
-    if (this.#parked.size > 0) await this.#abortEverywhere();
+    if (!this.#txn.empty) await this.#abortEverywhere();
     if (this.closed) return "done";
     const inTxn = this.#txStatus() !== TxStatus.Idle;
     const set = analysis ? searchPathSet(analysis) : null;
-    if (set !== null && inTxn) this.#txnSearchPath = set;
+    if (set !== null && inTxn) this.#txn.searchPath = set;
     const session = this.#shardSession();
     const runs = analysis !== null && (type === Msg.Query || executes);
     let lookup: ShardLookup | null = null;
@@ -1684,7 +1673,7 @@ export class Client implements ServerLink {
         };
       }
     }
-    if (this.server === null && this.#parked.size === 0 && !this.#gateOpen()) {
+    if (this.server === null && this.#txn.empty && !this.#gateOpen()) {
       // RELOAD or MAINTENANCE came while deciding: decide again by what is in force after it.
       if (!(await this.#atGate())) return "done";
       return this.#sharding === null ? "go" : await this.#routeShards(type, buf, p, end);
@@ -1697,7 +1686,7 @@ export class Client implements ServerLink {
       }, type === Msg.Query);
       return "done";
     }
-    const held = this.#heldShards();
+    const held = this.#txn.heldShards(this.cluster!, this.server);
     const control = analysis !== null && isSessionControl(analysis);
     let shards: number[];
     const t = decision.target;
@@ -1707,7 +1696,11 @@ export class Client implements ServerLink {
     } else if (t.kind === "one") shards = [t.shard];
     else if (t.kind === "some") shards = t.shards;
     else if (t.kind === "any" || control) {
-      shards = held.length === 0 ? [this.#anyShard(config.shards)] : control ? held : [held[0]];
+      shards = held.length === 0
+        ? [this.#txn.anyShard(this.cluster!, config.shards)]
+        : control
+        ? held
+        : [held[0]];
     } else shards = Array.from({ length: config.shards }, (_, i) => i);
     if (logEnabled("debug")) {
       log.debug(`client ${this.id}: shards ${shards.join(",")} (${decision.reason})`);
@@ -1717,10 +1710,10 @@ export class Client implements ServerLink {
       else analysis.entry.multi++;
     }
     if (set !== null && inTxn && type === Msg.Query) {
-      this.#txnPrelude.push(buf.slice(p, end));
+      this.#txn.prelude.push(buf.slice(p, end));
     }
     if (control && inTxn && runs && analysis!.info.transaction === "savepoint") {
-      this.#noteSavepoint(analysis!, false);
+      this.#txn.noteSavepoint(analysis!, false);
     }
     // A request that runs nothing (Parse, Describe) must not open the held-back transaction on
     // the shard it happens to use: the transaction's first statement picks its shards.
@@ -1928,7 +1921,10 @@ export class Client implements ServerLink {
       else if (!sameTarget(target, t)) split = true;
     }
     // COMMIT or ROLLBACK must reach every shard the transaction holds, not only these.
-    if (!split && endsTransaction && this.#heldShards().some((n) => !shards.has(n))) split = true;
+    if (
+      !split && endsTransaction &&
+      this.#txn.heldShards(this.cluster!, this.server).some((n) => !shards.has(n))
+    ) split = true;
     if (!split) return null;
     let size = 0;
     for (const u of units) size += u.bytes.length + (type === Msg.Query ? 0 : 5);
@@ -1965,7 +1961,7 @@ export class Client implements ServerLink {
     const last = plan.ends[plan.ends.length - 1];
     const implicit = this.#txStatus() === TxStatus.Idle;
     if (implicit) this.#deferredBegin = IMPLICIT_BEGIN;
-    const held = this.#heldShards();
+    const held = this.#txn.heldShards(this.cluster!, this.server);
     for (const n of plan.shards) {
       if (held.includes(n)) continue;
       if (this.server !== null) this.#park(this.server);
@@ -2034,8 +2030,7 @@ export class Client implements ServerLink {
    */
   async #endImplicit(commit: boolean): Promise<ErrorFields | null> {
     this.#deferredBegin = null;
-    const servers: Server[] = [...this.#parked.values()];
-    this.#parked.clear();
+    const servers: Server[] = this.#txn.takeAll();
     const attached = this.server;
     if (attached !== null) {
       attached.detach();
@@ -2169,7 +2164,7 @@ export class Client implements ServerLink {
       return null;
     }
     const untouched = this.#deferredBegin !== null && this.server === null &&
-      this.#parked.size === 0;
+      this.#txn.empty;
     if (!untouched) return null;
     if (tx === "commit" || tx === "rollback") {
       this.#deferredBegin = null;
@@ -2177,61 +2172,8 @@ export class Client implements ServerLink {
       this.session.pgdogLocal.clear();
       return tx === "commit" ? "COMMIT" : "ROLLBACK";
     }
-    if (tx === "savepoint") return this.#noteSavepoint(analysis, true);
+    if (tx === "savepoint") return this.#txn.noteSavepoint(analysis, true);
     return null;
-  }
-
-  /**
-   * Keeps the transaction's savepoints in the statements replayed on each shard it reaches
-   * later, so a ROLLBACK TO finds them there. With `local`, answers for a transaction that has
-   * not reached a server (returns the tag, or null when the savepoint is unknown: the server
-   * then reports it). Returns the command tag.
-   */
-  #noteSavepoint(analysis: Analysis, local: boolean): string | null {
-    const stmt = analysis.info.ast?.stmts[0]?.stmt?.TransactionStmt as
-      | { kind?: string; savepoint_name?: string }
-      | undefined;
-    const name = stmt?.savepoint_name;
-    if (stmt === undefined || name === undefined) return null;
-    const prelude = this.#txnPrelude;
-    const marks = this.#savepointMarks;
-    let at = -1;
-    for (let i = prelude.length - 1; i >= 0 && at < 0; i--) {
-      if (marks.get(prelude[i]) === name) at = i;
-    }
-    switch (stmt.kind) {
-      case "TRANS_STMT_SAVEPOINT": {
-        const msg = queryMessage(`SAVEPOINT "${name.replaceAll('"', '""')}"`);
-        marks.set(msg, name);
-        prelude.push(msg);
-        return "SAVEPOINT";
-      }
-      case "TRANS_STMT_RELEASE":
-        if (at < 0) return local ? null : "RELEASE";
-        // Releasing a savepoint also releases those taken after it; what ran since stays.
-        this.#txnPrelude = prelude.filter((m, i) => i < at || !marks.has(m));
-        return "RELEASE";
-      case "TRANS_STMT_ROLLBACK_TO":
-        if (at < 0) return local ? null : "ROLLBACK";
-        // Everything after the savepoint is undone; the savepoint itself stays.
-        prelude.length = at + 1;
-        return "ROLLBACK";
-    }
-    return null;
-  }
-
-  /**
-   * A shard for a statement any shard can answer: the next in turn with an idle server, so the
-   * client does not wait for a busy shard while another is free (a client program that waits
-   * for this answer may be what keeps the busy shard's servers busy).
-   */
-  #anyShard(shards: number): number {
-    const cluster = this.cluster!;
-    for (let i = 0; i < shards; i++) {
-      const n = this.#nextAnyShard++ % shards;
-      if (cluster.pool(n).idle.length > 0) return n;
-    }
-    return this.#nextAnyShard++ % shards;
   }
 
   /**
@@ -2240,17 +2182,11 @@ export class Client implements ServerLink {
    * PostgreSQL would, instead of committing the shards that did not see the error.
    */
   async #abortEverywhere(): Promise<void> {
-    const servers = [...this.#parked.values()];
-    if (this.server !== null) servers.push(this.server);
-    if (!servers.some((s) => s.txStatus === TxStatus.Failed)) return;
-    const healthy = servers.filter((s) => s.txStatus === TxStatus.InTransaction && !s.closed);
+    const healthy = this.#txn.toAbort(this.server);
     if (healthy.length === 0) return;
     await this.#send();
     await this.#settle();
-    const limit = this.pool?.config.rollback_timeout ?? 5000;
-    await Promise.all(
-      healthy.map((s) => s.query(ABORT_ELSEWHERE, { timeoutMs: limit }).catch(() => {})),
-    );
+    await this.#txn.abortOn(healthy, this.pool?.config.rollback_timeout ?? 5000);
   }
 
   /** The session's manual routing and search_path, as shard decisions see them. */
@@ -2259,7 +2195,7 @@ export class Client implements ServerLink {
       shard: this.session.pgdogLocal.get("shard") ?? this.session.pgdog.get("shard"),
       shardingKey: this.session.pgdogLocal.get("sharding_key") ??
         this.session.pgdog.get("sharding_key"),
-      searchPath: this.#txnSearchPath ?? this.session.params.get("search_path"),
+      searchPath: this.#txn.searchPath ?? this.session.params.get("search_path"),
     };
   }
 
@@ -2272,7 +2208,7 @@ export class Client implements ServerLink {
   #catalogServer(): Server | null {
     const server = this.server !== null && this.cluster!.shardOf(this.server.owner as Pool) === 0
       ? this.server
-      : this.#parked.get(0) ?? null;
+      : this.#txn.parked.get(0) ?? null;
     return server !== null && server.queue.length === 0 &&
         !(server === this.server && this.#unsynced)
       ? server
@@ -2513,26 +2449,16 @@ export class Client implements ServerLink {
       !this.#host.console.gate.closed(this.database);
   }
 
-  /** Shards whose servers the client holds now (the attached one first). */
-  #heldShards(): number[] {
-    const held: number[] = [];
-    if (this.server !== null) held.push(this.cluster!.shardOf(this.server.owner as Pool));
-    for (const n of this.#parked.keys()) if (!held.includes(n)) held.push(n);
-    return held;
-  }
-
   /** Sets the attached server aside (its transaction goes on) while another shard is used. */
   #park(server: Server): void {
-    server.detach();
-    this.#parked.set(this.cluster!.shardOf(server.owner as Pool), server);
+    this.#txn.park(this.cluster!, server);
     this.server = null;
   }
 
   /** A server of shard `n` for a request that runs on several: held already, or checked out. */
   async #legServer(n: number, role: Role): Promise<{ server: Server; fresh: boolean }> {
-    const parked = this.#parked.get(n);
+    const parked = this.#txn.take(n);
     if (parked !== undefined) {
-      this.#parked.delete(n);
       return { server: parked, fresh: false };
     }
     const current = this.server;
@@ -2561,11 +2487,11 @@ export class Client implements ServerLink {
     }
     if (this.closed) return;
     if (this.#deferredBegin !== null) {
-      this.#txnPrelude.unshift(this.#deferredBegin);
+      this.#txn.prelude.unshift(this.#deferredBegin);
       this.#deferredBegin = null;
     }
     const role: Role = "primary";
-    if (this.#parked.size === 0 && !(await this.#atGate())) return;
+    if (this.#txn.empty && !(await this.#atGate())) return;
     const legs: Server[] = [];
     const fresh: boolean[] = [];
     this.state = "waiting";
@@ -2580,7 +2506,7 @@ export class Client implements ServerLink {
       for (let i = 0; i < legs.length; i++) {
         if (fresh[i]) legs[i].owner?.checkin(legs[i]);
         else if (this.closed) (legs[i].owner as Pool).release(legs[i], { resetSql: null });
-        else this.#parked.set(this.cluster!.shardOf(legs[i].owner as Pool), legs[i]);
+        else this.#txn.keep(this.cluster!, legs[i]);
       }
       if (this.closed) return;
       const fields = e instanceof ClientFacingError || e instanceof ServerConnectError
@@ -2613,7 +2539,7 @@ export class Client implements ServerLink {
       this.#out = outs[i];
       this.#syncParams(server);
       if (fresh[i]) {
-        for (const msg of this.#txnPrelude) {
+        for (const msg of this.#txn.prelude) {
           outs[i].addBytes(msg);
           server.expect(Expect.Query, Action.Swallow);
         }
@@ -2673,7 +2599,7 @@ export class Client implements ServerLink {
           resetSql: this.#sessionMode ? "DISCARD ALL" : null,
         });
       } else if (fan.status === TxStatus.Idle && !this.#sessionMode) server.owner?.checkin(server);
-      else this.#parked.set(this.cluster!.shardOf(server.owner as Pool), server);
+      else this.#txn.keep(this.cluster!, server);
     }
     if (fan.status === TxStatus.Idle) this.#transactionOver();
   }
@@ -2685,9 +2611,7 @@ export class Client implements ServerLink {
       this.cluster?.columns.clear();
       this.#host.tablesChanged(this.database);
     }
-    if (this.#txnPrelude.length > 0) this.#txnPrelude = [];
-    if (this.#savepointMarks.size > 0) this.#savepointMarks.clear();
-    this.#txnSearchPath = null;
+    this.#txn.over();
   }
 
   /** The analysis of the Query being handled (set by #localQuery when it analyzed it). */
@@ -2697,14 +2621,13 @@ export class Client implements ServerLink {
 
   /** Takes a server for the next request. False (error already queued) on failure. */
   async #acquire(role: Role): Promise<boolean> {
-    if (this.#parked.size === 0 && !this.#gateOpen() && !(await this.#atGate())) return false;
+    if (this.#txn.empty && !this.#gateOpen() && !(await this.#atGate())) return false;
     const cluster = this.cluster!;
     let server: Server;
     const shard = this.#shard;
-    const parked = this.#sharding !== null ? this.#parked.get(shard) : undefined;
+    const parked = this.#sharding !== null ? this.#txn.take(shard) : undefined;
     if (parked !== undefined) {
       // This transaction already runs on that shard.
-      this.#parked.delete(shard);
       this.pool = parked.owner as Pool;
       this.server = parked;
       this.state = "active";
@@ -2768,12 +2691,12 @@ export class Client implements ServerLink {
       this.#deferredBegin = null;
     } else if (this.#sharding !== null) {
       if (this.#deferredBegin !== null) {
-        this.#txnPrelude.unshift(this.#deferredBegin);
+        this.#txn.prelude.unshift(this.#deferredBegin);
         this.#deferredBegin = null;
       }
       // A transaction reaching a shard: it starts there as it did on the first (BEGIN, then
       // what was held back or must be replayed: SET LOCAL search_path, savepoints).
-      for (const msg of this.#txnPrelude) {
+      for (const msg of this.#txn.prelude) {
         this.#out.addBytes(msg);
         server.expect(Expect.Query, Action.Swallow);
       }
@@ -2809,7 +2732,7 @@ export class Client implements ServerLink {
     const bytes = replay.bytes;
     if (replay.begin !== null) {
       // The held-back BEGIN goes ahead of it again (once in a sharded transaction's prelude).
-      if (this.#txnPrelude[0] === replay.begin) this.#txnPrelude.shift();
+      if (this.#txn.prelude[0] === replay.begin) this.#txn.prelude.shift();
       this.#deferredBegin = replay.begin;
     }
     if (!(await this.#acquire(replay.role))) {
@@ -2897,7 +2820,7 @@ export class Client implements ServerLink {
   shouldRelease(server: Server): boolean | string {
     // Map#clear allocates a new table even when the map is empty: once per transaction here.
     if (this.session.pgdogLocal.size > 0) this.session.pgdogLocal.clear();
-    if (this.#parked.size === 0) this.#transactionOver();
+    if (this.#txn.empty) this.#transactionOver();
     if (this.session.needsReadBack) {
       this.#readBack(server);
       return false;
@@ -3129,13 +3052,7 @@ export class Client implements ServerLink {
       const resetSql = this.#sessionMode ? "DISCARD ALL" : unknownState ? PIN_CLEANUP : null;
       this.pool.release(server, { resetSql });
     }
-    for (const parked of this.#parked.values()) {
-      parked.detach();
-      (parked.owner as Pool).release(parked, {
-        resetSql: this.#sessionMode ? "DISCARD ALL" : null,
-      });
-    }
-    this.#parked.clear();
+    this.#txn.releaseAll(this.#sessionMode ? "DISCARD ALL" : null);
     this.statements.clear();
     closeQuietly(this.conn);
     const line = `client ${this.id} (${this.addr}) disconnected after ${
@@ -3188,10 +3105,6 @@ interface SplitRun {
   /** pgdog opened the transaction the statements run in (PostgreSQL's implicit transaction). */
   implicit: boolean;
 }
-
-/** Fails a shard's part of a transaction that failed on another shard. */
-const ABORT_ELSEWHERE =
-  "DO $pgdog$ BEGIN RAISE EXCEPTION 'the transaction failed on another shard'; END $pgdog$";
 
 /** The BEGIN pgdog sends for a split request run outside a transaction. */
 const IMPLICIT_BEGIN = queryMessage("BEGIN");
