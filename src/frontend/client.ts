@@ -52,6 +52,7 @@ import {
 } from "../router/mod.ts";
 import type { ParseTree } from "../router/analyze.ts";
 import { chooseRole, parseRole, type Role } from "../router/route.ts";
+import { holdsBackBegin, shardsFor } from "../router/request_route.ts";
 import { changesTables, createsTemporaryTable } from "../router/columns.ts";
 import { learnColumnOrders } from "../backend/catalog.ts";
 import {
@@ -1688,20 +1689,13 @@ export class Client implements ServerLink {
     }
     const held = this.#txn.heldShards(this.cluster!, this.server);
     const control = analysis !== null && isSessionControl(analysis);
-    let shards: number[];
-    const t = decision.target;
-    if (held.length > 0 && !control && this.#txStatus() === TxStatus.Failed) {
-      // The transaction failed: a shard it holds answers what PostgreSQL would (25P02).
-      shards = [held[0]];
-    } else if (t.kind === "one") shards = [t.shard];
-    else if (t.kind === "some") shards = t.shards;
-    else if (t.kind === "any" || control) {
-      shards = held.length === 0
-        ? [this.#txn.anyShard(this.cluster!, config.shards)]
-        : control
-        ? held
-        : [held[0]];
-    } else shards = Array.from({ length: config.shards }, (_, i) => i);
+    const picked = shardsFor(decision, {
+      shards: config.shards,
+      held,
+      control,
+      failed: this.#txStatus() === TxStatus.Failed,
+    });
+    const shards = picked === "any" ? [this.#txn.anyShard(this.cluster!, config.shards)] : picked;
     if (logEnabled("debug")) {
       log.debug(`client ${this.id}: shards ${shards.join(",")} (${decision.reason})`);
     }
@@ -2157,7 +2151,10 @@ export class Client implements ServerLink {
         if (this.#deferredBegin === IMPLICIT_BEGIN) this.#deferredBegin = message;
         return "BEGIN";
       }
-      if (tx === "begin" && this.#deferredBegin === null && this.#txStatus() === TxStatus.Idle) {
+      const inTransaction = this.#txStatus() !== TxStatus.Idle;
+      if (
+        holdsBackBegin(analysis, { inTransaction, deferredBegin: this.#deferredBegin !== null })
+      ) {
         this.#deferredBegin = message;
         return "BEGIN";
       }
