@@ -50,7 +50,6 @@ import {
   ANALYZE_ON_LOOP_MAX,
   type QueryRouter,
 } from "../router/mod.ts";
-import type { ParseTree } from "../router/analyze.ts";
 import { chooseRole, parseRole, type Role } from "../router/route.ts";
 import { holdsBackBegin, shardsFor } from "../router/request_route.ts";
 import { changesTables, createsTemporaryTable } from "../router/columns.ts";
@@ -60,27 +59,25 @@ import {
   decideShard,
   isSessionControl,
   pluginKey,
-  sameTarget,
   searchPathSet,
   type ShardDecision,
   type ShardingConfig,
   type ShardLookup,
   type ShardSession,
-  type ShardTarget,
 } from "../router/shard.ts";
 import type { PluginSet, RouteVerdict } from "../plugin/mod.ts";
 import { rewrittenParse, routeContextJson } from "./plugin_context.ts";
 import { FanOut } from "./fan_out.ts";
 import { ShardTransaction } from "./shard_transaction.ts";
+import {
+  IMPLICIT_BEGIN,
+  planSplit,
+  type SplitClient,
+  type SplitPlan,
+  type SplitRun,
+} from "./split_request.ts";
 import { BlockWriter } from "./block_writer.ts";
 import { asSocketWriter } from "../net/framer.ts";
-import {
-  parseTree,
-  queryMessageOf,
-  SEGMENT_SYNC,
-  splitPipeline,
-  statementRanges,
-} from "./request_units.ts";
 import { type AdminAnswer, adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { mayCallUniqueId } from "../router/unique_id_calls.ts";
@@ -277,8 +274,21 @@ export class Client implements ServerLink {
   #fanLegs: Server[] | null = null;
   /** The servers of the request running on several shards now (for cancels and timeouts). */
   #fanRunning: Server[] | null = null;
-  /** A request cut into statements that run one by one (see #planSplit), while it runs. */
+  /** A request cut into statements that run one by one (see planSplit), while it runs. */
   #split: SplitRun | null = null;
+  /** What planning a split reads of this client. */
+  readonly #splitClient: SplitClient = ((client: Client): SplitClient => ({
+    get router() {
+      return client.#host.router;
+    },
+    get sharding() {
+      return client.#sharding;
+    },
+    shardSession: () => client.#shardSession(),
+    statementAnalysis: (name) =>
+      name === "" ? client.#unnamedAnalysis : client.statements.get(name)?.analysis ?? null,
+    heldShards: () => client.#txn.heldShards(client.cluster!, client.server),
+  }))(this);
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
     this.conn = conn;
@@ -695,7 +705,9 @@ export class Client implements ServerLink {
           await this.#largeMessage(type, buf, p, end);
           if (this.closed) return false;
         }
-        const plan = split === null ? this.#planSplit(type, buf, p, end) : null;
+        const plan = split === null
+          ? planSplit({ type, buf, p, end, bufferEnd: rb.end }, this.#splitClient)
+          : null;
         if (plan !== null) {
           await this.#startSplit(plan);
           if (this.closed) return false;
@@ -1812,130 +1824,6 @@ export class Client implements ServerLink {
   }
 
   // ---- split requests ------------------------------------------------------------------------
-
-  /**
-   * A request whose statements must be routed one by one: a multi-statement simple query or a
-   * pipelined extended-protocol request whose statements do not all go to the same shards (or
-   * that holds something pgdog answers itself, or a statement it refuses). Null when the request
-   * runs whole, as today: every statement for the same shards, or nothing to split.
-   */
-  #planSplit(type: number, buf: Uint8Array, p: number, end: number): SplitPlan | null {
-    const config = this.#sharding!;
-    const units: Array<{ bytes: Uint8Array; analysis: Analysis | null; bind: BindValues | null }> =
-      [];
-    let requestEnd: number;
-    if (type === Msg.Query) {
-      const semicolon = buf.indexOf(SEMICOLON, p + 5);
-      if (semicolon < 0 || semicolon >= end) return null;
-      const sql = decodeText(buf, p + 5, end - 1);
-      const whole = this.#host.router.analyze(sql);
-      if (whole.info.statements < 2 || whole.info.ast === null || whole.directives !== null) {
-        return null;
-      }
-      // The cached tree is of the text with its constants replaced: locations need the original
-      // (a large text's was parsed by the parse worker).
-      let tree: ParseTree | null;
-      if (!whole.entry.normalized && whole.entry.query === sql) tree = whole.info.ast;
-      else if (sql.length <= ANALYZE_ON_LOOP_MAX) tree = parseTree(sql);
-      else {
-        const json = this.#host.router.treeJson(whole, sql);
-        tree = json === "null" ? null : JSON.parse(json) as ParseTree;
-      }
-      if (tree === null) return null;
-      const body = buf.subarray(p + 5, end - 1);
-      for (const r of statementRanges(tree, body.length)) {
-        const text = body.subarray(r.start, r.end);
-        units.push({
-          bytes: queryMessageOf(text),
-          analysis: this.#host.router.analyze(decodeText(text, 0, text.length)),
-          bind: null,
-        });
-      }
-      requestEnd = end;
-    } else {
-      const pipe = splitPipeline(buf, p, this.rbuf.end);
-      if (pipe === null) return null;
-      // Statements parsed earlier in this request, by name.
-      const parsed = new Map<string, Analysis>();
-      for (const seg of pipe.segments) {
-        let analysis: Analysis | null = null;
-        let bind: BindValues | null = null;
-        for (let q = seg.start; q < seg.end;) {
-          const next = q + readInt32(buf, q + 1) + 1;
-          if (buf[q] === Msg.Parse) {
-            parsed.set(
-              parseName(buf, q, next),
-              this.#host.router.analyze(parseQuery(buf, q, next)),
-            );
-          } else if (buf[q] === Msg.Bind && q === seg.bind && seg.execute >= 0) {
-            const name = bindStatementName(buf, q, next);
-            analysis = parsed.get(name) ??
-              (name === "" ? this.#unnamedAnalysis : this.statements.get(name)?.analysis ?? null);
-            bind = bindValues(buf, q, next);
-          }
-          q = next;
-        }
-        units.push({ bytes: buf.subarray(seg.start, seg.end), analysis, bind });
-      }
-      requestEnd = pipe.syncAt + 5;
-    }
-    // Each statement's target, as if sent alone; statements that only follow (session and
-    // transaction control, no table) go wherever the others go.
-    const session = this.#shardSession();
-    let target: ShardTarget | null = null;
-    let split = false;
-    let endsTransaction = false;
-    const shards = new Set<number>();
-    for (const u of units) {
-      const a = u.analysis;
-      if (a === null || a.info.ast === null) continue;
-      const stmt = a.info.ast.stmts[0]?.stmt;
-      const kind = stmt === undefined ? "" : Object.keys(stmt)[0];
-      if (kind === "CopyStmt") return null; // COPY data follows the request: it runs whole
-      if (kind === "TransactionStmt") {
-        const tx = a.info.transaction;
-        if (tx === "savepoint" || tx === "begin" || tx === "begin_read_only") split = true;
-        else endsTransaction = true;
-        continue;
-      }
-      if (kind === "VariableSetStmt" || kind === "VariableShowStmt") {
-        const name = (stmt![kind] as { name?: string }).name ?? "";
-        if (name.toLowerCase().startsWith("pgdog.")) split = true; // pgdog answers these
-        continue;
-      }
-      if (kind === "DeallocateStmt" || kind === "DiscardStmt") split = true;
-      const lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
-      const d = decideShard(a, { config, session, bind: u.bind ?? undefined, lookup });
-      if (d.unsupported !== undefined || lookup.missing.length > 0) split = true;
-      const t = d.target;
-      if (t.kind === "one") shards.add(t.shard);
-      else if (t.kind === "some") { for (const n of t.shards) shards.add(n); }
-      else if (t.kind === "all") { for (let n = 0; n < config.shards; n++) shards.add(n); }
-      if (target === null) target = t;
-      else if (!sameTarget(target, t)) split = true;
-    }
-    // COMMIT or ROLLBACK must reach every shard the transaction holds, not only these.
-    if (
-      !split && endsTransaction &&
-      this.#txn.heldShards(this.cluster!, this.server).some((n) => !shards.has(n))
-    ) split = true;
-    if (!split) return null;
-    let size = 0;
-    for (const u of units) size += u.bytes.length + (type === Msg.Query ? 0 : 5);
-    const bytes = new Uint8Array(size);
-    const ends: number[] = [];
-    let at = 0;
-    for (let i = 0; i < units.length; i++) {
-      bytes.set(units[i].bytes, at);
-      at += units[i].bytes.length;
-      if (type !== Msg.Query) {
-        bytes.set(SEGMENT_SYNC, at);
-        at += 5;
-      }
-      ends.push(p + at);
-    }
-    return { from: p, to: requestEnd, bytes, ends, shards: [...shards].sort((a, b) => a - b) };
-  }
 
   /**
    * Starts a split request: its statements replace it in the read buffer, each as a request of
@@ -3079,33 +2967,6 @@ const FORGET_SCAN: SessionScan = {
   statements: 0,
 };
 
-/** A request cut into statements (see Client#planSplit): what replaces it in the read buffer. */
-interface SplitPlan {
-  /** The request's bytes in the read buffer. */
-  from: number;
-  to: number;
-  /** Its statements, each a request of its own. */
-  bytes: Uint8Array;
-  /** Where each of them ends in the read buffer once `bytes` replaced the request. */
-  ends: number[];
-  /** Every shard a statement goes to, ascending (taken before the first runs). */
-  shards: number[];
-}
-
-/** A split request while it runs. */
-interface SplitRun {
-  ends: number[];
-  /** The statement running now (index into `ends`). */
-  next: number;
-  /** Stands in for the client's writer: one answer, one ReadyForQuery. */
-  writer: BlockWriter;
-  /** pgdog opened the transaction the statements run in (PostgreSQL's implicit transaction). */
-  implicit: boolean;
-}
-
-/** The BEGIN pgdog sends for a split request run outside a transaction. */
-const IMPLICIT_BEGIN = queryMessage("BEGIN");
-const SEMICOLON = 0x3b;
 /** First two letters (lower case) of transaction control statements. */
 const CONTROL_PREFIXES = new Set(
   ["be", "st", "co", "en", "ro", "ab", "sa", "re"].map((w) =>

@@ -1,0 +1,206 @@
+/**
+ * Split requests: a request whose statements must be routed one by one (a multi-statement simple
+ * query, or a pipelined extended-protocol request whose statements go to different shards) is
+ * cut into statements, each run as a request of its own, in one implicit transaction as
+ * PostgreSQL runs it. This file plans the cut; the client runs it.
+ *
+ * @module
+ */
+
+import { decodeText, Msg, queryMessage, readInt32 } from "../protocol/messages.ts";
+import { bindValues } from "../protocol/frontend_messages.ts";
+import { type Analysis, ANALYZE_ON_LOOP_MAX, type QueryRouter } from "../router/mod.ts";
+import type { ParseTree } from "../router/analyze.ts";
+import {
+  type BindValues,
+  decideShard,
+  sameTarget,
+  type ShardingConfig,
+  type ShardLookup,
+  type ShardSession,
+  type ShardTarget,
+} from "../router/shard.ts";
+import type { BlockWriter } from "./block_writer.ts";
+import { bindStatementName, parseName, parseQuery } from "./prepared.ts";
+import {
+  parseTree,
+  queryMessageOf,
+  SEGMENT_SYNC,
+  splitPipeline,
+  statementRanges,
+} from "./request_units.ts";
+
+/** What planning a split asks of the client. */
+export interface SplitClient {
+  readonly router: QueryRouter;
+  readonly sharding: ShardingConfig | null;
+  /** The session's manual routing and search_path, as shard decisions see them. */
+  shardSession(): ShardSession;
+  /** The analysis of a statement the client prepared before (`""`: the unnamed one). */
+  statementAnalysis(name: string): Analysis | null;
+  /** The shards the client's transaction holds. */
+  heldShards(): number[];
+}
+
+/** The BEGIN pgdog sends for a split request run outside a transaction. */
+export const IMPLICIT_BEGIN: Uint8Array = queryMessage("BEGIN");
+const SEMICOLON = 0x3b;
+
+/** A request cut into statements (see planSplit): what replaces it in the read buffer. */
+export interface SplitPlan {
+  /** The request's bytes in the read buffer. */
+  from: number;
+  to: number;
+  /** Its statements, each a request of its own. */
+  bytes: Uint8Array;
+  /** Where each of them ends in the read buffer once `bytes` replaced the request. */
+  ends: number[];
+  /** Every shard a statement goes to, ascending (taken before the first runs). */
+  shards: number[];
+}
+
+/** A split request while it runs. */
+export interface SplitRun {
+  ends: number[];
+  /** The statement running now (index into `ends`). */
+  next: number;
+  /** Stands in for the client's writer: one answer, one ReadyForQuery. */
+  writer: BlockWriter;
+  /** pgdog opened the transaction the statements run in (PostgreSQL's implicit transaction). */
+  implicit: boolean;
+}
+
+/**
+ * A request whose statements must be routed one by one: a multi-statement simple query or a
+ * pipelined extended-protocol request whose statements do not all go to the same shards (or
+ * that holds something pgdog answers itself, or a statement it refuses). Null when the request
+ * runs whole, as today: every statement for the same shards, or nothing to split.
+ */
+export function planSplit(
+  request: {
+    type: number;
+    buf: Uint8Array;
+    /** The request's first message is [p, end); the buffered bytes end at `bufferEnd`. */
+    p: number;
+    end: number;
+    bufferEnd: number;
+  },
+  client: SplitClient,
+): SplitPlan | null {
+  const { type, buf, p, end } = request;
+  const router = client.router;
+  const config = client.sharding!;
+  const units: Array<{ bytes: Uint8Array; analysis: Analysis | null; bind: BindValues | null }> =
+    [];
+  let requestEnd: number;
+  if (type === Msg.Query) {
+    const semicolon = buf.indexOf(SEMICOLON, p + 5);
+    if (semicolon < 0 || semicolon >= end) return null;
+    const sql = decodeText(buf, p + 5, end - 1);
+    const whole = router.analyze(sql);
+    if (whole.info.statements < 2 || whole.info.ast === null || whole.directives !== null) {
+      return null;
+    }
+    // The cached tree is of the text with its constants replaced: locations need the original
+    // (a large text's was parsed by the parse worker).
+    let tree: ParseTree | null;
+    if (!whole.entry.normalized && whole.entry.query === sql) tree = whole.info.ast;
+    else if (sql.length <= ANALYZE_ON_LOOP_MAX) tree = parseTree(sql);
+    else {
+      const json = router.treeJson(whole, sql);
+      tree = json === "null" ? null : JSON.parse(json) as ParseTree;
+    }
+    if (tree === null) return null;
+    const body = buf.subarray(p + 5, end - 1);
+    for (const r of statementRanges(tree, body.length)) {
+      const text = body.subarray(r.start, r.end);
+      units.push({
+        bytes: queryMessageOf(text),
+        analysis: router.analyze(decodeText(text, 0, text.length)),
+        bind: null,
+      });
+    }
+    requestEnd = end;
+  } else {
+    const pipe = splitPipeline(buf, p, request.bufferEnd);
+    if (pipe === null) return null;
+    // Statements parsed earlier in this request, by name.
+    const parsed = new Map<string, Analysis>();
+    for (const seg of pipe.segments) {
+      let analysis: Analysis | null = null;
+      let bind: BindValues | null = null;
+      for (let q = seg.start; q < seg.end;) {
+        const next = q + readInt32(buf, q + 1) + 1;
+        if (buf[q] === Msg.Parse) {
+          parsed.set(
+            parseName(buf, q, next),
+            router.analyze(parseQuery(buf, q, next)),
+          );
+        } else if (buf[q] === Msg.Bind && q === seg.bind && seg.execute >= 0) {
+          const name = bindStatementName(buf, q, next);
+          analysis = parsed.get(name) ?? client.statementAnalysis(name);
+          bind = bindValues(buf, q, next);
+        }
+        q = next;
+      }
+      units.push({ bytes: buf.subarray(seg.start, seg.end), analysis, bind });
+    }
+    requestEnd = pipe.syncAt + 5;
+  }
+  const session = client.shardSession();
+  // Each statement's target, as if sent alone; statements that only follow (session and
+  // transaction control, no table) go wherever the others go.
+  let target: ShardTarget | null = null;
+  let split = false;
+  let endsTransaction = false;
+  const shards = new Set<number>();
+  for (const u of units) {
+    const a = u.analysis;
+    if (a === null || a.info.ast === null) continue;
+    const stmt = a.info.ast.stmts[0]?.stmt;
+    const kind = stmt === undefined ? "" : Object.keys(stmt)[0];
+    if (kind === "CopyStmt") return null; // COPY data follows the request: it runs whole
+    if (kind === "TransactionStmt") {
+      const tx = a.info.transaction;
+      if (tx === "savepoint" || tx === "begin" || tx === "begin_read_only") split = true;
+      else endsTransaction = true;
+      continue;
+    }
+    if (kind === "VariableSetStmt" || kind === "VariableShowStmt") {
+      const name = (stmt![kind] as { name?: string }).name ?? "";
+      if (name.toLowerCase().startsWith("pgdog.")) split = true; // pgdog answers these
+      continue;
+    }
+    if (kind === "DeallocateStmt" || kind === "DiscardStmt") split = true;
+    const lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
+    const d = decideShard(a, { config, session, bind: u.bind ?? undefined, lookup });
+    if (d.unsupported !== undefined || lookup.missing.length > 0) split = true;
+    const t = d.target;
+    if (t.kind === "one") shards.add(t.shard);
+    else if (t.kind === "some") { for (const n of t.shards) shards.add(n); }
+    else if (t.kind === "all") { for (let n = 0; n < config.shards; n++) shards.add(n); }
+    if (target === null) target = t;
+    else if (!sameTarget(target, t)) split = true;
+  }
+  // COMMIT or ROLLBACK must reach every shard the transaction holds, not only these.
+  if (
+    !split && endsTransaction &&
+    client.heldShards().some((n) => !shards.has(n))
+  ) split = true;
+  if (!split) return null;
+  let size = 0;
+  for (const u of units) size += u.bytes.length + (type === Msg.Query ? 0 : 5);
+  const bytes = new Uint8Array(size);
+  const ends: number[] = [];
+  let at = 0;
+  for (let i = 0; i < units.length; i++) {
+    bytes.set(units[i].bytes, at);
+    at += units[i].bytes.length;
+    if (type !== Msg.Query) {
+      bytes.set(SEGMENT_SYNC, at);
+      at += 5;
+    }
+    ends.push(p + at);
+  }
+  return { from: p, to: requestEnd, bytes, ends, shards: [...shards].sort((a, b) => a - b) };
+}
