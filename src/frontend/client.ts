@@ -20,7 +20,6 @@ import {
   MessageBuilder,
   Msg,
   queryMessage,
-  readCString,
   readInt32,
   readyForQuery,
   SYNC,
@@ -32,13 +31,7 @@ import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import type { AcceptTlsOptions } from "../net/tls.ts";
 import { CopyState, type Server, type ServerLink, SettingsSyncError } from "../backend/server.ts";
-import {
-  Action,
-  Expect,
-  type LocalAnswer,
-  type ParseTicket,
-  type RunTicket,
-} from "../backend/response_queue.ts";
+import { Action, Expect, type LocalAnswer } from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool, WaitAbort } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import { ServerConnectError } from "../backend/connect.ts";
@@ -68,6 +61,8 @@ import {
 import type { PluginSet, RouteVerdict } from "../plugin/mod.ts";
 import { rewrittenParse, routeContextJson } from "./plugin_context.ts";
 import { FanOut } from "./fan_out.ts";
+import { Forwarder } from "./forward.ts";
+import { RoutedMessage } from "./routed_message.ts";
 import { ShardTransaction } from "./shard_transaction.ts";
 import {
   IMPLICIT_BEGIN,
@@ -81,7 +76,6 @@ import { asSocketWriter } from "../net/framer.ts";
 import { type AdminAnswer, adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { mayCallUniqueId } from "../router/unique_id_calls.ts";
-import { type UniqueIdParse, UniqueIdStatements } from "./unique_ids.ts";
 import { errorMessage, log, logEnabled } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
 import { logIn, LoginRefused } from "./login.ts";
@@ -96,17 +90,13 @@ import {
 import { sameParams, SessionState } from "./session.ts";
 import {
   bindStatementName,
-  type ClientStatement,
   ClientStatements,
-  describeCopy,
   describedName,
   parseName,
   parseQuery,
   type PreparedCache,
   type PreparedStatement,
-  rewriteBind,
   statementMessage,
-  Use,
 } from "./prepared.ts";
 import {
   bindValues,
@@ -118,14 +108,7 @@ import {
   wellFormed,
 } from "../protocol/frontend_messages.ts";
 import { OutBatch } from "./out_batch.ts";
-import { expectResponse } from "../backend/expect_response.ts";
-import { preparedNow, touchCopy } from "../backend/prepared_copies.ts";
-import {
-  DEALLOCATE_NOOP,
-  DeallocatePortal,
-  noSuchStatement,
-  rewriteDeallocations,
-} from "./deallocate.ts";
+import { DEALLOCATE_NOOP, noSuchStatement, rewriteDeallocations } from "./deallocate.ts";
 
 /** Initial size of a client's read buffer; it grows for large messages and shrinks back after. */
 const CLIENT_BUFFER_BYTES = 4096;
@@ -218,14 +201,8 @@ export class Client implements ServerLink {
   #needsSync = false;
   /** The server was pinned at some point since it was taken. */
   #pinnedThisHold = false;
-  /** What the unnamed statement does to the session, once bound. */
-  #unnamedScan: SessionScan | null = null;
-  /** Prepared statements that call pgdog.unique_id() (created at the first such Parse). */
-  #uniqueIdStatements: UniqueIdStatements | null = null;
   /** Parse queries to route them (the database has replicas, or query_parser = on). */
   #routing = false;
-  /** The unnamed statement's analysis, for routing its Bind. */
-  #unnamedAnalysis: Analysis | null = null;
   /** A plain BEGIN held back so the transaction's first statement can choose its host. */
   #deferredBegin: Uint8Array | null = null;
   /** A settings read-back was sent and has not answered yet. */
@@ -276,6 +253,24 @@ export class Client implements ServerLink {
   #fanRunning: Server[] | null = null;
   /** A request cut into statements that run one by one (see planSplit), while it runs. */
   #split: SplitRun | null = null;
+  /** The message being handled, and what handling it decided (reused for every message). */
+  readonly #msg = new RoutedMessage();
+  /** Forwards messages to servers, rewriting prepared statements. */
+  readonly #forwarder: Forwarder = ((client: Client): Forwarder =>
+    new Forwarder({
+      statements: client.statements,
+      get renaming() {
+        return client.#renaming;
+      },
+      get uniqueIdGenerator() {
+        return client.#host.uniqueIds;
+      },
+      noteScan: (scan, server) => client.#noteScan(scan, server),
+      countQuery: (server) => {
+        client.queries++;
+        server.queries++;
+      },
+    }))(this);
   /** What planning a split reads of this client. */
   readonly #splitClient: SplitClient = ((client: Client): SplitClient => ({
     get router() {
@@ -286,7 +281,9 @@ export class Client implements ServerLink {
     },
     shardSession: () => client.#shardSession(),
     statementAnalysis: (name) =>
-      name === "" ? client.#unnamedAnalysis : client.statements.get(name)?.analysis ?? null,
+      name === ""
+        ? client.#forwarder.unnamedAnalysis
+        : client.statements.get(name)?.analysis ?? null,
     heldShards: () => client.#txn.heldShards(client.cluster!, client.server),
   }))(this);
 
@@ -627,7 +624,7 @@ export class Client implements ServerLink {
     const rb = this.rbuf;
     const out = this.#out;
     out.reset(rb.buf);
-    this.#uniqueIdStatements?.newBatch();
+    this.#forwarder.uniqueIds?.newBatch();
     // Where the request that took a replica began: kept to re-run it if that replica dies.
     let replayFrom = -1;
     let replayRole: Role = "replica";
@@ -720,14 +717,13 @@ export class Client implements ServerLink {
         }
       }
       rb.start = end;
-      // A replacement belongs to the message that set it (one left by a request that never
-      // reached a server must not replace the next message).
-      this.#substitute = null;
+      // What handling decides belongs to this message (one left by a request that never reached
+      // a server must not replace the next message).
+      const msg = this.#msg.at(type, buf, p, end);
       if (size > large && STATEMENT_TYPES[type] === 1 && !this.#skipUntilSync) {
         await this.#largeMessage(type, buf, p, end);
         if (this.closed) return false;
       }
-      this.#queryTicket = null;
       if (this.#skipUntilSync) {
         // After an error pgdog reported itself, everything up to Sync is ignored, as PostgreSQL does.
         if (type !== Msg.Sync) continue;
@@ -781,9 +777,9 @@ export class Client implements ServerLink {
       } else if (this.#needsSync) {
         this.#syncParams(this.server);
       }
-      this.#mayWait = true;
-      const queued = this.#forward(type, buf, p, end);
-      this.#mayWait = false;
+      this.#forwarder.mayWait = true;
+      const queued = this.#forwarder.forward(msg, this.server!, this.#out);
+      this.#forwarder.mayWait = false;
       if (!queued) {
         // The server must describe a statement before this message (prepared.ts): wait for it.
         const server = this.server;
@@ -793,7 +789,7 @@ export class Client implements ServerLink {
         out.reset(rb.buf);
         replayFrom = -1;
         if (this.server !== server || server === null) continue; // lost: the client was told
-        this.#forward(type, buf, p, end);
+        this.#forwarder.forward(msg, server, this.#out);
       }
       if (
         this.#routing && !this.#sessionMode && !this.#holdRest &&
@@ -911,7 +907,7 @@ export class Client implements ServerLink {
       ? decodeText(buf, p + 5, end - 1)
       : type === Msg.Parse
       ? parseQuery(buf, p, end)
-      : this.#uniqueIdRun(bindStatementName(buf, p, end), p);
+      : this.#forwarder.uniqueIdRun(bindStatementName(buf, p, end), p);
     if (sql === null || !router.needsPreparing(sql)) return;
     if (!this.#routing && !mayCallUniqueId(sql)) return;
     await router.prepare(sql, {
@@ -941,7 +937,7 @@ export class Client implements ServerLink {
       case Msg.Parse:
         return this.#localParse(buf, p, end);
       case Msg.Close:
-        if (buf[p + 5] === 0x53) this.#uniqueIdStatements?.forget(describedName(buf, p, end));
+        if (buf[p + 5] === 0x53) this.#forwarder.uniqueIds?.forget(describedName(buf, p, end));
         if (this.#renaming && buf[p + 5] === 0x53) {
           const name = describedName(buf, p, end);
           if (name !== "") {
@@ -969,8 +965,7 @@ export class Client implements ServerLink {
 
   /** Simple queries pgdog answers or refuses itself. */
   #localQuery(buf: Uint8Array, p: number, end: number): boolean {
-    this.#pendingScan = null;
-    this.#analysis = null;
+    const msg = this.#msg;
     const maybeSession = mayAffectSession(buf, p + 5, end - 1);
     if (!maybeSession && !this.#routing) return false;
     let sql = decodeText(buf, p + 5, end - 1);
@@ -991,8 +986,8 @@ export class Client implements ServerLink {
       );
       if (rewritten !== null) {
         sql = rewritten;
-        this.#substitute = queryMessage(sql);
-        if (this.#routing) this.#analysis = this.#host.router.analyze(sql);
+        msg.substitute = queryMessage(sql);
+        if (this.#routing) msg.analysis = this.#host.router.analyze(sql);
         if (!(this.#routing && this.server === null)) return false;
       }
     }
@@ -1007,7 +1002,7 @@ export class Client implements ServerLink {
       // Routing happens at the start of a transaction (and of each statement of a split
       // request); analyze (cached) only then.
       const analysis = this.#host.router.analyze(sql);
-      this.#analysis = analysis;
+      msg.analysis = analysis;
       if (this.#transactionControl(analysis, buf.slice(p, end))) return true;
     }
     const scan = maybeSession ? scanSession(sql) : null;
@@ -1048,9 +1043,9 @@ export class Client implements ServerLink {
             deallocations: scan.deallocations,
             statements: this.statements,
           });
-          this.#substitute = rewritten.query;
-          this.#queryTicket = rewritten.ticket;
-          this.#pendingScan = scan;
+          msg.substitute = rewritten.query;
+          msg.ticket = rewritten.ticket;
+          msg.scan = scan;
           return false;
         }
         return this.#refuseQuery(SQL_PREPARE_UNSUPPORTED);
@@ -1071,7 +1066,7 @@ export class Client implements ServerLink {
         return true;
       }
     }
-    this.#pendingScan = scan;
+    msg.scan = scan;
     return false;
   }
 
@@ -1097,14 +1092,15 @@ export class Client implements ServerLink {
     }
     const name = nameEnd === p + 5 ? "" : parseName(buf, p, end);
     // pgdog.unique_id(): the server prepares a stand-in, each execution gets fresh ids.
-    const uniqueIds = text !== null && (this.#uniqueIdStatements !== null || mayCallUniqueId(text))
-      ? this.#uniqueIdsParse(buf, p, end)
+    const uniqueIds = text !== null && (this.#forwarder.uniqueIds !== null || mayCallUniqueId(text))
+      ? this.#forwarder.uniqueIdsParse(buf, p, end)
       : null;
-    if (text === null) this.#uniqueIdStatements?.forget(name);
+    if (text === null) this.#forwarder.uniqueIds?.forget(name);
     const analysis = this.#routing
       ? this.#host.router.analyze(uniqueIds?.next ?? decodeText(buf, queryStart, queryEnd))
       : null;
-    this.#lastParseAnalysis = analysis;
+    const msg = this.#msg;
+    msg.analysis = analysis;
     // A client's DEALLOCATE must not reach a server as written: it runs as a no-op (deallocate.ts).
     const deallocate = this.#renaming && scan?.sqlPrepared && scan.statements === 1 &&
         scan.deallocations.length === 1
@@ -1112,22 +1108,24 @@ export class Client implements ServerLink {
       : undefined;
     if (name === "" || !this.#renaming) {
       if (name === "") {
-        this.#unnamedScan = scan;
-        this.#unnamedAnalysis = analysis;
-        this.#unnamedSql = analysis === null ? null : decodeText(buf, queryStart, queryEnd);
-        this.#unnamedDeallocate = deallocate;
+        this.#forwarder.unnamedScan = scan;
+        this.#forwarder.unnamedAnalysis = analysis;
+        this.#forwarder.unnamedSql = analysis === null
+          ? null
+          : decodeText(buf, queryStart, queryEnd);
+        this.#forwarder.unnamedDeallocate = deallocate;
         if (deallocate !== undefined) {
-          this.#substitute = rewrittenParse(buf, p, end, DEALLOCATE_NOOP);
+          msg.substitute = rewrittenParse(buf, p, end, DEALLOCATE_NOOP);
         }
       }
-      if (scan && name !== "") this.#pendingScan = scan;
-      if (uniqueIds !== null) this.#substitute = uniqueIds.parse;
+      if (scan && name !== "") msg.scan = scan;
+      if (uniqueIds !== null) msg.substitute = uniqueIds.parse;
       return false;
     }
     const existing = this.statements.entry(name);
     if (existing !== undefined) {
       if (this.server !== null) {
-        this.#duplicateParse = existing;
+        msg.duplicate = existing;
         return false;
       }
       this.#answerError({
@@ -1173,296 +1171,7 @@ export class Client implements ServerLink {
     return true;
   }
 
-  /** Pending scan of the Query being forwarded (set by #localQuery). */
-  #pendingScan: SessionScan | null = null;
-
-  /**
-   * Queues one message for the server, rewritten where needed, with what the server will owe.
-   * False (only while `#mayWait`) when nothing was queued for the message yet: the server was asked
-   * to describe a statement first; wait for that answer and call again.
-   */
-  #forward(type: number, buf: Uint8Array, p: number, end: number): boolean {
-    const server = this.server!;
-    const out = this.#out;
-    switch (type) {
-      case Msg.Query: {
-        this.queries++;
-        server.queries++;
-        // PostgreSQL's simple Query destroys the unnamed statement.
-        this.#unnamedOn.length = 0;
-        const substitute = this.#substitute;
-        if (substitute) {
-          this.#substitute = null;
-          // DEALLOCATE among other statements (deallocate.ts): the others run as written.
-          const ticket = this.#queryTicket;
-          this.#queryTicket = null;
-          const scan = ticket === null ? null : this.#pendingScan;
-          this.#pendingScan = null;
-          if (scan) this.#noteScan(scan, server);
-          out.addBytes(substitute);
-          server.expect(Expect.Query, Action.Forward, ticket);
-          return true;
-        }
-        const scan = this.#pendingScan;
-        this.#pendingScan = null;
-        if (scan) this.#noteScan(scan, server);
-        break;
-      }
-      case Msg.Parse: {
-        if (this.#renaming && buf.indexOf(0, p + 5) !== p + 5) {
-          const name = parseName(buf, p, end);
-          const duplicate = this.#duplicateParse;
-          this.#duplicateParse = null;
-          if (duplicate !== null) {
-            this.#raiseDuplicate(server, duplicate, name);
-            return true;
-          }
-          const stmt = this.statements.get(name)!;
-          const undo = (): void => {
-            if (this.statements.get(name) === stmt) this.statements.delete(name);
-          };
-          if (server.discardUntilSync) {
-            // The server skips this Parse after an earlier error, so the statement is not created.
-            undo();
-          } else if (server.statements.has(stmt.name) && server.txStatus !== TxStatus.Failed) {
-            // The server taken for this request already has it (decided before the checkout waited).
-            touchCopy(server.statements, stmt.name);
-            server.expect(
-              Expect.Local,
-              Action.Forward,
-              { bytes: PARSE_COMPLETE, dropped: undo } satisfies LocalAnswer,
-            );
-          } else {
-            // (In a failed transaction the server answers 25P02, as it would to the client's own.)
-            const had = server.statements.get(stmt.name);
-            out.addBytes(stmt.parse);
-            const copy = preparedNow(server.statements, stmt.name);
-            server.expect(
-              Expect.Parse,
-              Action.Forward,
-              {
-                name: stmt.name,
-                succeeded: () => {
-                  stmt.validated = true;
-                },
-                failed: () => {
-                  if (server.statements.get(stmt.name) === copy) {
-                    if (had === undefined) server.statements.delete(stmt.name);
-                    else server.statements.set(stmt.name, had);
-                  }
-                  undo();
-                },
-              } satisfies ParseTicket,
-            );
-            // Its description, for clients told one (pipelined, answered to pgdog only).
-            describeCopy(server, out, { name: stmt.name, copy });
-          }
-          return true;
-        }
-        const scan = this.#pendingScan;
-        this.#pendingScan = null;
-        if (scan) this.#noteScan(scan, server);
-        break;
-      }
-      case Msg.Bind: {
-        const name = bindStatementName(buf, p, end);
-        const run = this.#uniqueIdRun(name, p);
-        if (run !== null) {
-          this.#forwardUniqueIdBind(server, { buf, p, end, name, run });
-          return true;
-        }
-        if (name === "") {
-          if (this.#unnamedScan) this.#noteScan(this.#unnamedScan, server);
-          this.#ensureUnnamed(server);
-          if (buf[p + 5] === 0) this.#boundEntry = null; // the unnamed portal is replaced
-          if (this.#unnamedDeallocate !== undefined || this.#deallocating.active) {
-            this.#deallocating.bind(this.#unnamedDeallocate, buf, { p, end });
-          }
-          break;
-        }
-        const entry = this.#renaming ? this.statements.entry(name) : undefined;
-        if (entry === undefined) break; // the server reports the unknown name
-        const stmt = entry.stmt;
-        const use = server.discardUntilSync ? Use.Ready : entry.use(server, out);
-        if (use === Use.Unverified && this.#mayWait) {
-          // The client was told the statement's description: the copy's must be known first.
-          entry.askDescription(server, out);
-          return false;
-        }
-        if (stmt.scan) this.#noteScan(stmt.scan, server);
-        if (entry.deallocate !== undefined || this.#deallocating.active) {
-          this.#deallocating.bind(entry.deallocate, buf, { p, end });
-        }
-        if (server.discardUntilSync) return true;
-        if (use === Use.Changed) {
-          entry.raiseChanged(server, out);
-          return true;
-        }
-        out.addBytes(rewriteBind(buf, p, end, stmt.name));
-        server.expect(Expect.Bind, Action.Forward, entry);
-        this.#boundEntry = entry;
-        this.#boundPortal = buf[p + 5] === 0 ? "" : readCString(buf, p + 5, end)[0];
-        return true;
-      }
-      case Msg.Describe: {
-        if (buf[p + 5] === 0x53 && buf[p + 6] === 0) this.#ensureUnnamed(server);
-        if (!this.#renaming) break;
-        if (buf[p + 5] !== 0x53) {
-          // A portal: its description is what the client is told of the statement it was bound
-          // from, until told otherwise (pgjdbc keeps it and describes no more).
-          const bound = this.#boundEntry;
-          if (
-            bound === null || bound.toldRows !== null || server.discardUntilSync ||
-            describedName(buf, p, end) !== this.#boundPortal
-          ) break;
-          out.addRange(p, end);
-          server.expect(Expect.DescribePortal, Action.Forward, bound.portalTicket(server));
-          return true;
-        }
-        const name = describedName(buf, p, end);
-        const entry = name === "" ? undefined : this.statements.entry(name);
-        if (entry === undefined) break;
-        if (server.discardUntilSync) return true;
-        // A copy known to differ from what the client was told fails as PostgreSQL's would;
-        // otherwise the client is shown (and told from then on) what the copy describes.
-        if (entry.use(server, out) === Use.Changed) entry.raiseChanged(server, out);
-        else entry.describe(server, out);
-        return true;
-      }
-      case Msg.Execute:
-        this.queries++;
-        server.queries++;
-        if (
-          this.#deallocating.active &&
-          this.#deallocating.execute(server, out, { buf, p, end, statements: this.statements })
-        ) return true;
-        break;
-      case Msg.FunctionCall:
-        this.queries++;
-        server.queries++;
-        break;
-    }
-    if (type === Msg.Parse && this.#substitute !== null) {
-      // A plugin rewrote the statement (or it is a DEALLOCATE, run as a no-op).
-      if (buf[p + 5] === 0) this.#noteUnnamed(this.#substitute, 0, this.#substitute.length, server);
-      out.addBytes(this.#substitute);
-      this.#substitute = null;
-      expectResponse(server, type, 0);
-      return true;
-    }
-    if (type === Msg.Parse && buf[p + 5] === 0) this.#noteUnnamed(buf, p, end, server);
-    else if (type === Msg.Sync) this.#unnamedOn.length = 0;
-    out.addRange(p, end);
-    expectResponse(server, type, buf[p + 5]);
-    return true;
-  }
-
-  /**
-   * Keeps the client's unnamed Parse (as sent, in a reused buffer): `server` has it now. Any
-   * server may have someone else's unnamed statement by the client's next request (another
-   * client's, or one pgdog's own statements replaced), so it is parsed again when needed.
-   */
-  #noteUnnamed(buf: Uint8Array, p: number, end: number, server: Server | null): void {
-    const n = end - p;
-    const saved = this.#unnamedParse;
-    let same = n === this.#unnamedParseLen;
-    for (let i = 0; same && i < n; i++) same = saved[i] === buf[p + i];
-    if (!same) {
-      if (this.#unnamedParse.length < n) this.#unnamedParse = new Uint8Array(Math.max(n, 256));
-      this.#unnamedParse.set(buf.subarray(p, end));
-      this.#unnamedParseLen = n;
-      this.#unnamedOn.length = 0;
-    }
-    if (server !== null && !this.#unnamedOn.includes(server)) this.#unnamedOn.push(server);
-  }
-
-  /**
-   * Before a Bind or Describe of the unnamed statement: unless this request parsed it on
-   * `server`, it is parsed there again, silently (the server's may be another client's); a client
-   * that never parsed one gets PostgreSQL's error, not someone else's statement.
-   */
-  #ensureUnnamed(server: Server): void {
-    if (this.#unnamedOn.includes(server) || server.discardUntilSync) return;
-    if (this.#unnamedParseLen === 0) {
-      this.#out.addBytes(CLOSE_UNNAMED);
-      server.expect(Expect.Close, Action.Swallow);
-      return;
-    }
-    this.#out.addBytes(this.#unnamedParse.slice(0, this.#unnamedParseLen));
-    server.expect(Expect.Parse, Action.Inject);
-    this.#unnamedOn.push(server);
-  }
-
-  /** The client's last unnamed Parse (bytes [0, #unnamedParseLen) of a reused buffer). */
-  #unnamedParse = new Uint8Array(0);
-  #unnamedParseLen = 0;
-  /** The servers that have it as their unnamed statement, as far as this request knows. */
-  readonly #unnamedOn: Server[] = [];
-
-  /** A Parse's unique-id rewrite (see unique_ids.ts), or null when it calls no pgdog.unique_id(). */
-  #uniqueIdsParse(buf: Uint8Array, p: number, end: number): UniqueIdParse | null {
-    this.#uniqueIdStatements ??= new UniqueIdStatements(this.#host.uniqueIds);
-    return this.#uniqueIdStatements.parse(buf, p, end);
-  }
-
-  /** The text (with its ids) the Bind at `p` runs, when its statement calls pgdog.unique_id(). */
-  #uniqueIdRun(name: string, p: number): string | null {
-    const statements = this.#uniqueIdStatements;
-    if (statements === null || statements.empty) return null;
-    // A name the client no longer has: the server reports it, as for any statement.
-    if (this.#renaming && name !== "" && !this.statements.has(name)) return null;
-    return statements.execution(name, p);
-  }
-
-  /** A Bind of a statement that calls pgdog.unique_id(): its execution statement, then the Bind. */
-  #forwardUniqueIdBind(
-    server: Server,
-    bind: { buf: Uint8Array; p: number; end: number; name: string; run: string },
-  ): void {
-    const { buf, p, end, name, run } = bind;
-    const scan = name === "" ? this.#unnamedScan : this.statements.get(name)?.scan;
-    if (scan) this.#noteScan(scan, server);
-    // The server skips to the next Sync after an error: nothing to send.
-    if (server.discardUntilSync) return;
-    const m = this.#uniqueIdStatements!.messages(buf, p, end, name, run);
-    this.#out.addBytes(m.close);
-    server.expect(Expect.Close, Action.Swallow);
-    this.#out.addBytes(m.parse);
-    server.expect(Expect.Parse, Action.Inject);
-    this.#out.addBytes(m.bind);
-    server.expect(Expect.Bind);
-  }
-
-  /** `#forward` may return false (wait for a description, then call it again). */
-  #mayWait = false;
-
-  /** The client statement the last Bind of one bound, and into which portal. */
-  #boundEntry: ClientStatement | null = null;
-  #boundPortal = "";
-  /** What the unnamed statement deallocates (a client's DEALLOCATE; undefined for others). */
-  #unnamedDeallocate: string | null | undefined = undefined;
-  /** The portal running a client's DEALLOCATE (extended protocol), if any. */
-  readonly #deallocating = new DeallocatePortal();
-
-  /**
-   * The client parses a name it already has. PostgreSQL answers 42P05 and, inside a transaction,
-   * aborts it; so the server is made to do the same (its error names the client's statement).
-   */
-  #raiseDuplicate(server: Server, existing: ClientStatement, clientName: string): void {
-    existing.use(server, this.#out);
-    const stmt = existing.stmt;
-    server.errorRewrite = { from: stmt.name, to: clientName };
-    this.#out.addBytes(stmt.parse);
-    server.expect(Expect.Parse, Action.Forward, {
-      name: stmt.name,
-      succeeded: () => {},
-      failed: () => {},
-    });
-  }
-
-  /** Set by #localParse when a duplicate Parse goes to the server to fail there. */
-  #duplicateParse: ClientStatement | null = null;
-
+  /** Session bookkeeping for a statement that reached `server`. */
   #noteScan(scan: SessionScan, server: Server): void {
     this.session.note(scan);
     if (scan.settings.length > 0 || scan.resetAll || scan.unknownSetting || scan.advisoryLocks) {
@@ -1477,7 +1186,7 @@ export class Client implements ServerLink {
       // DISCARD ALL on the server drops its prepared statements, and the client's.
       server.statements.clear();
       this.statements.clear();
-      this.#uniqueIdStatements?.clear();
+      this.#forwarder.uniqueIds?.clear();
     }
   }
 
@@ -1498,16 +1207,12 @@ export class Client implements ServerLink {
     let using = `ERRCODE = ${lit(fields.code)}, MESSAGE = ${lit(fields.message)}`;
     if (fields.detail) using += `, DETAIL = ${lit(fields.detail)}`;
     if (fields.hint) using += `, HINT = ${lit(fields.hint)}`;
-    this.#substitute = queryMessage(`DO $pgdog$ BEGIN RAISE EXCEPTION USING ${using}; END $pgdog$`);
+    const msg = this.#msg;
+    msg.substitute = queryMessage(`DO $pgdog$ BEGIN RAISE EXCEPTION USING ${using}; END $pgdog$`);
     // The client gets the error as pgdog means it, without the DO block's CONTEXT line.
-    this.#queryTicket = { raise: fields };
+    msg.ticket = { raise: fields };
     return false;
   }
-
-  /** A Query to send instead of the client's (see #refuseQuery). */
-  #substitute: Uint8Array | null = null;
-  /** What the substitute Query's entry carries (a rewritten DEALLOCATE, see deallocate.ts). */
-  #queryTicket: RunTicket | null = null;
 
   /** Answers with bytes of pgdog's own, in order with whatever the server still owes. */
   #answer(bytes: Uint8Array, dropped?: () => void): void {
@@ -1600,12 +1305,12 @@ export class Client implements ServerLink {
   /** The analysis of the statement a message runs, when routing can know it. */
   #analysisOf(type: number, buf: Uint8Array, p: number, end: number): Analysis | null {
     if (type === Msg.Query) {
-      return this.#analysis ?? this.#host.router.analyze(decodeText(buf, p + 5, end - 1));
+      return this.#msg.analysis ?? this.#host.router.analyze(decodeText(buf, p + 5, end - 1));
     } else if (type === Msg.Parse) {
-      return this.#lastParseAnalysis;
+      return this.#msg.analysis;
     } else if (type === Msg.Bind) {
       const name = bindStatementName(buf, p, end);
-      const run = this.#uniqueIdRun(name, p);
+      const run = this.#forwarder.uniqueIdRun(name, p);
       if (run !== null) return this.#host.router.analyze(run);
       return this.#statementAnalysis(name);
     } else if (type === Msg.Describe && buf[p + 5] === 0x53) {
@@ -1616,7 +1321,7 @@ export class Client implements ServerLink {
 
   /** The analysis of a prepared statement (named `""`: the unnamed one). */
   #statementAnalysis(name: string): Analysis | null {
-    if (name === "") return this.#unnamedAnalysis;
+    if (name === "") return this.#forwarder.unnamedAnalysis;
     const stmt = this.statements.get(name);
     if (stmt === undefined) return null;
     // Prepared while routing was off (a RELOAD has sharded the database since): analyzed now.
@@ -1968,8 +1673,8 @@ export class Client implements ServerLink {
       if (buf[p + 5] !== 0) return false;
       const name = bindStatementName(buf, p, rb.end);
       if (name === "") {
-        analysis = this.#unnamedAnalysis;
-        text = this.#unnamedSql;
+        analysis = this.#forwarder.unnamedAnalysis;
+        text = this.#forwarder.unnamedSql;
       } else if (this.#renaming) {
         const stmt = this.statements.get(name);
         analysis = stmt?.analysis ?? null;
@@ -2007,11 +1712,11 @@ export class Client implements ServerLink {
     if (tag === null) return false;
     if (buf[p] === Msg.Parse) {
       // The statement exists for the client now, as after a real Parse (no server has it).
-      this.#noteUnnamed(buf, p, p + readInt32(buf, p + 1) + 1, null);
-      this.#unnamedOn.length = 0;
-      this.#unnamedAnalysis = analysis;
-      this.#unnamedSql = text;
-      this.#unnamedScan = null;
+      this.#forwarder.noteUnnamed(buf, p, p + readInt32(buf, p + 1) + 1, null);
+      this.#forwarder.forgetUnnamedServers();
+      this.#forwarder.unnamedAnalysis = analysis;
+      this.#forwarder.unnamedSql = text;
+      this.#forwarder.unnamedScan = null;
     }
     answers.begin(Msg.CommandComplete).cstring(tag).end();
     answers.bytes(readyForQuery(this.#txStatus() as TxStatus));
@@ -2104,8 +1809,6 @@ export class Client implements ServerLink {
 
   /** The role a plugin chose for the request being routed (it beats comments and SET). */
   #pluginRole: Role | null = null;
-  /** The text of the unnamed statement (for plugins). */
-  #unnamedSql: string | null = null;
 
   /**
    * Asks the route plugins about the request starting with this message, without sharding.
@@ -2151,7 +1854,7 @@ export class Client implements ServerLink {
     if (type === Msg.Parse) return parseQuery(buf, p, end);
     if (type === Msg.Bind) {
       const name = bindStatementName(buf, p, end);
-      if (name === "") return this.#unnamedSql ?? analysis.entry.query;
+      if (name === "") return this.#forwarder.unnamedSql ?? analysis.entry.query;
       return this.statements.get(name)?.query ?? analysis.entry.query;
     }
     return analysis.entry.query;
@@ -2246,15 +1949,16 @@ export class Client implements ServerLink {
       log.debug(`client ${this.id}: plugin ${verdict.by.rewrite} rewrote the statement: ${sql}`);
     }
     const analysis = this.#host.router.analyze(sql);
+    const msg = this.#msg;
     if (type === Msg.Query) {
-      this.#substitute = queryMessage(sql);
-      this.#analysis = analysis;
+      msg.substitute = queryMessage(sql);
+      msg.analysis = analysis;
     } else {
-      this.#substitute = rewrittenParse(buf, p, end, sql);
-      this.#lastParseAnalysis = analysis;
+      msg.substitute = rewrittenParse(buf, p, end, sql);
+      msg.analysis = analysis;
       if (buf.indexOf(0, p + 5) === p + 5) {
-        this.#unnamedAnalysis = analysis;
-        this.#unnamedSql = sql;
+        this.#forwarder.unnamedAnalysis = analysis;
+        this.#forwarder.unnamedSql = sql;
       }
     }
     return analysis;
@@ -2438,14 +2142,14 @@ export class Client implements ServerLink {
         this.server = legs[0];
         this.#out = outs[0];
         if (first || !this.#answerLocally(type, buf, p, end)) {
-          const pendingScan = this.#pendingScan;
-          const substitute = this.#substitute;
+          const msg = this.#msg;
           for (let i = 0; i < legs.length; i++) {
             this.server = legs[i];
             this.#out = outs[i];
-            this.#pendingScan = pendingScan;
-            this.#substitute = substitute;
-            this.#forward(type, buf, p, end);
+            this.#forwarder.forward(msg, legs[i], outs[i]);
+            // One shard's entry carries the substitute's ticket, one shard fails a duplicate.
+            msg.ticket = null;
+            msg.duplicate = null;
           }
         }
         first = false;
@@ -2459,6 +2163,7 @@ export class Client implements ServerLink {
           type === Msg.Terminate || FRONTEND_TYPES[type] === 0 || !wellFormed(type, buf, p, end)
         ) break;
         rb.start = end;
+        this.#msg.at(type, buf, p, end);
       }
     } finally {
       this.#fanLegs = null;
@@ -2498,11 +2203,6 @@ export class Client implements ServerLink {
     }
     this.#txn.over();
   }
-
-  /** The analysis of the Query being handled (set by #localQuery when it analyzed it). */
-  #analysis: Analysis | null = null;
-  /** The analysis of the last Parse seen. */
-  #lastParseAnalysis: Analysis | null = null;
 
   /** Takes a server for the next request. False (error already queued) on failure. */
   async #acquire(role: Role): Promise<boolean> {
@@ -2632,10 +2332,12 @@ export class Client implements ServerLink {
       return;
     }
     this.#out.useSource(bytes);
+    // Not the request loop's message: a re-run may start while that one waits.
+    const msg = new RoutedMessage();
     for (let p = 0; p < bytes.length;) {
       const end = p + 1 +
         ((bytes[p + 1] << 24) | (bytes[p + 2] << 16) | (bytes[p + 3] << 8) | bytes[p + 4]);
-      this.#forward(bytes[p], bytes, p, end);
+      this.#forwarder.forward(msg.at(bytes[p], bytes, p, end), this.server!, this.#out);
       p = end;
     }
     // The client already has the first answers (ParseComplete, BindComplete, ...): not again.
@@ -2974,8 +2676,6 @@ const CONTROL_PREFIXES = new Set(
   ),
 );
 const BIND_COMPLETE = Uint8Array.of(Msg.BindComplete, 0, 0, 0, 4);
-/** Close of the unnamed statement. */
-const CLOSE_UNNAMED = Uint8Array.of(Msg.Close, 0, 0, 0, 6, 0x53, 0);
 
 const NO_DATA = Uint8Array.of(Msg.NoData, 0, 0, 0, 4);
 
