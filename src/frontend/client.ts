@@ -20,7 +20,6 @@ import {
   MessageBuilder,
   Msg,
   queryMessage,
-  readInt32,
   readyForQuery,
   SYNC,
   TxStatus,
@@ -36,7 +35,7 @@ import { ClientFacingError, type Pool, WaitAbort } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import { ServerConnectError } from "../backend/connect.ts";
 import type { AuthType } from "../config/types.ts";
-import { mayAffectSession, scanSession, type SessionScan } from "../router/scan.ts";
+import { mayAffectSession, type SessionScan } from "../router/scan.ts";
 import {
   type Analysis,
   ANALYZE_MAX,
@@ -44,7 +43,7 @@ import {
   type QueryRouter,
 } from "../router/mod.ts";
 import { chooseRole, parseRole, type Role } from "../router/route.ts";
-import { holdsBackBegin, shardsFor } from "../router/request_route.ts";
+import { shardsFor } from "../router/request_route.ts";
 import { changesTables, createsTemporaryTable } from "../router/columns.ts";
 import { learnColumnOrders } from "../backend/catalog.ts";
 import {
@@ -61,6 +60,7 @@ import {
 import type { PluginSet, RouteVerdict } from "../plugin/mod.ts";
 import { rewrittenParse, routeContextJson } from "./plugin_context.ts";
 import { FanOut } from "./fan_out.ts";
+import { LocalAnswers } from "./local_answers.ts";
 import { Forwarder } from "./forward.ts";
 import { RoutedMessage } from "./routed_message.ts";
 import { ShardTransaction } from "./shard_transaction.ts";
@@ -73,7 +73,7 @@ import {
 } from "./split_request.ts";
 import { BlockWriter } from "./block_writer.ts";
 import { asSocketWriter } from "../net/framer.ts";
-import { type AdminAnswer, adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
+import { adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { mayCallUniqueId } from "../router/unique_id_calls.ts";
 import { errorMessage, log, logEnabled } from "../log.ts";
@@ -92,10 +92,8 @@ import {
   bindStatementName,
   ClientStatements,
   describedName,
-  parseName,
   parseQuery,
   type PreparedCache,
-  type PreparedStatement,
   statementMessage,
 } from "./prepared.ts";
 import {
@@ -108,7 +106,6 @@ import {
   wellFormed,
 } from "../protocol/frontend_messages.ts";
 import { OutBatch } from "./out_batch.ts";
-import { DEALLOCATE_NOOP, noSuchStatement, rewriteDeallocations } from "./deallocate.ts";
 
 /** Initial size of a client's read buffer; it grows for large messages and shrinks back after. */
 const CLIENT_BUFFER_BYTES = 4096;
@@ -255,6 +252,74 @@ export class Client implements ServerLink {
   #split: SplitRun | null = null;
   /** The message being handled, and what handling it decided (reused for every message). */
   readonly #msg = new RoutedMessage();
+  /** What pgdog answers itself. */
+  readonly #local: LocalAnswers = ((client: Client): LocalAnswers =>
+    new LocalAnswers({
+      get router() {
+        return client.#host.router;
+      },
+      get uniqueIdGenerator() {
+        return client.#host.uniqueIds;
+      },
+      get prepared() {
+        return client.#host.prepared;
+      },
+      get shardCount() {
+        return client.cluster!.shards.length;
+      },
+      get routing() {
+        return client.#routing;
+      },
+      get sessionMode() {
+        return client.#sessionMode;
+      },
+      get renaming() {
+        return client.#renaming;
+      },
+      get server() {
+        return client.server;
+      },
+      get session() {
+        return client.session;
+      },
+      statements: client.statements,
+      get writer() {
+        return client.writer;
+      },
+      // (Getters: fields that are set after this one.)
+      get rbuf() {
+        return client.rbuf;
+      },
+      get msg() {
+        return client.#msg;
+      },
+      get forwarder() {
+        return client.#forwarder;
+      },
+      get txn() {
+        return client.#txn;
+      },
+      get split() {
+        return client.#split;
+      },
+      get deferredBegin() {
+        return client.#deferredBegin;
+      },
+      set deferredBegin(begin: Uint8Array | null) {
+        client.#deferredBegin = begin;
+      },
+      get skipUntilSync() {
+        return client.#skipUntilSync;
+      },
+      set skipUntilSync(skip: boolean) {
+        client.#skipUntilSync = skip;
+      },
+      txStatus: () => client.#txStatus(),
+      transactionOver: () => client.#transactionOver(),
+      setPgdog: (setting) => client.#setPgdog(setting),
+      answer: (bytes, dropped) => client.#answer(bytes, dropped),
+      resetSession: (b) => client.#resetSession(b),
+    }))(this);
   /** Forwards messages to servers, rewriting prepared statements. */
   readonly #forwarder: Forwarder = ((client: Client): Forwarder =>
     new Forwarder({
@@ -711,7 +776,9 @@ export class Client implements ServerLink {
           out.reset(rb.buf);
           continue;
         }
-        if ((type === Msg.Parse || type === Msg.Bind) && this.#localTransactionControl(buf, p)) {
+        if (
+          (type === Msg.Parse || type === Msg.Bind) && this.#local.localTransactionControl(buf, p)
+        ) {
           out.reset(rb.buf);
           continue;
         }
@@ -733,7 +800,7 @@ export class Client implements ServerLink {
           this.writer.enqueue(readyForQuery(TxStatus.Idle));
           continue;
         }
-      } else if (this.#answerLocally(type, buf, p, end)) {
+      } else if (this.#local.answerLocally(type, buf, p, end)) {
         continue;
       }
       if (whole) {
@@ -925,252 +992,6 @@ export class Client implements ServerLink {
     return text.replaceAll("\0", " ").replace(/\s+/g, " ").slice(0, 100);
   }
 
-  /**
-   * Answers a message without a server where that is what PostgreSQL would do, or where the
-   * message concerns pgdog itself. Returns true when the message is dealt with.
-   */
-  #answerLocally(type: number, buf: Uint8Array, p: number, end: number): boolean {
-    const server = this.server;
-    switch (type) {
-      case Msg.Query:
-        return this.#localQuery(buf, p, end);
-      case Msg.Parse:
-        return this.#localParse(buf, p, end);
-      case Msg.Close:
-        if (buf[p + 5] === 0x53) this.#forwarder.uniqueIds?.forget(describedName(buf, p, end));
-        if (this.#renaming && buf[p + 5] === 0x53) {
-          const name = describedName(buf, p, end);
-          if (name !== "") {
-            // Statements are shared; the client only lets go of its name for one.
-            this.statements.delete(name);
-            this.#answer(CLOSE_COMPLETE);
-            return true;
-          }
-        }
-        return false;
-      case Msg.Sync:
-        if (server !== null) return false;
-        // Nothing outstanding: answer locally instead of taking a server for nothing.
-        this.writer.enqueue(readyForQuery(TxStatus.Idle));
-        return true;
-      case Msg.Flush:
-      case Msg.CopyData:
-      case Msg.CopyDone:
-      case Msg.CopyFail:
-        // Outside COPY PostgreSQL ignores copy messages; there is nothing to flush without a server.
-        return server === null;
-    }
-    return false;
-  }
-
-  /** Simple queries pgdog answers or refuses itself. */
-  #localQuery(buf: Uint8Array, p: number, end: number): boolean {
-    const msg = this.#msg;
-    const maybeSession = mayAffectSession(buf, p + 5, end - 1);
-    if (!maybeSession && !this.#routing) return false;
-    let sql = decodeText(buf, p + 5, end - 1);
-    if (mayCallUniqueId(sql)) {
-      if (SELECT_UNIQUE_ID.test(sql)) {
-        const id = this.#host.uniqueIds.nextText();
-        this.#answer(oneValue(
-          { columns: ["unique_id"], rows: [[id]], tag: "SELECT 1", types: [20] },
-          this.#txStatus(),
-        ));
-        return true;
-      }
-      // Each call (as the parser sees calls) becomes its own id before routing, so an id can be
-      // the sharding key.
-      const rewritten = this.#host.router.rewriteUniqueIds(
-        sql,
-        () => this.#host.uniqueIds.nextText(),
-      );
-      if (rewritten !== null) {
-        sql = rewritten;
-        msg.substitute = queryMessage(sql);
-        if (this.#routing) msg.analysis = this.#host.router.analyze(sql);
-        if (!(this.#routing && this.server === null)) return false;
-      }
-    }
-    if (SHOW_SHARDS.test(sql)) {
-      this.#answer(oneValue(
-        { columns: ["shards"], rows: [[this.cluster!.shards.length]], tag: "SHOW" },
-        this.#txStatus(),
-      ));
-      return true;
-    }
-    if (this.#routing && (this.server === null || this.#split !== null)) {
-      // Routing happens at the start of a transaction (and of each statement of a split
-      // request); analyze (cached) only then.
-      const analysis = this.#host.router.analyze(sql);
-      msg.analysis = analysis;
-      if (this.#transactionControl(analysis, buf.slice(p, end))) return true;
-    }
-    const scan = maybeSession ? scanSession(sql) : null;
-    if (scan === null) return false;
-    if (scan.pgdogSettings.length > 0 && scan.statements === 1) {
-      this.#setPgdog(scan.pgdogSettings[0]);
-      this.#answer(commandComplete("SET", this.#txStatus()));
-      return true;
-    }
-    if (!this.#sessionMode) {
-      if (scan.listen) return this.#refuseQuery(LISTEN_UNSUPPORTED);
-      if (scan.sqlPrepared) {
-        const deallocate =
-          /^\s*deallocate\s+(?:prepare\s+)?(all|"(?:[^"]|"")+"|[\p{L}_][\p{L}\p{N}_$]*)\s*;?\s*$/iu
-            .exec(sql);
-        // (In a failed transaction the server answers, with 25P02, as PostgreSQL would.)
-        if (deallocate && this.#renaming && this.#txStatus() !== TxStatus.Failed) {
-          // Drivers (psycopg, for one) free protocol-level statements with DEALLOCATE.
-          const target = deallocate[1];
-          if (target.toLowerCase() === "all") {
-            this.statements.clear();
-            this.#answer(commandComplete("DEALLOCATE ALL", this.#txStatus()));
-            return true;
-          }
-          // PostgreSQL folds only A-Z in unquoted identifiers.
-          const name = target.startsWith('"')
-            ? target.slice(1, -1).replaceAll('""', '"')
-            : target.replace(/[A-Z]+/g, (m) => m.toLowerCase());
-          if (this.statements.delete(name)) {
-            this.#answer(commandComplete("DEALLOCATE", this.#txStatus()));
-            return true;
-          }
-          return this.#refuseQuery(noSuchStatement(name));
-        }
-        if (this.#renaming && !scan.prepareOrExecute) {
-          // DEALLOCATE among other statements: the others run, each DEALLOCATE as a no-op.
-          const rewritten = rewriteDeallocations(sql, {
-            deallocations: scan.deallocations,
-            statements: this.statements,
-          });
-          msg.substitute = rewritten.query;
-          msg.ticket = rewritten.ticket;
-          msg.scan = scan;
-          return false;
-        }
-        return this.#refuseQuery(SQL_PREPARE_UNSUPPORTED);
-      }
-      if (scan.discardAll && scan.statements === 1 && this.server === null) {
-        // The client's session is its state here: reset it without touching a server.
-        this.session.reset();
-        this.statements.clear();
-        // As PostgreSQL does, report the parameters that go back to their startup values.
-        const b = new MessageBuilder(128);
-        for (const [name, value] of this.#loginReported) {
-          if (this.#told.get(name) === value) continue;
-          this.#told.set(name, value);
-          appendParameterStatus(b, name, value);
-        }
-        b.bytes(commandComplete("DISCARD ALL", TxStatus.Idle));
-        this.#answer(b.build());
-        return true;
-      }
-    }
-    msg.scan = scan;
-    return false;
-  }
-
-  /** Parse messages pgdog answers itself (a known statement) or refuses. */
-  #localParse(buf: Uint8Array, p: number, end: number): boolean {
-    const nameEnd = buf.indexOf(0, p + 5);
-    const queryStart = nameEnd + 1;
-    const queryEnd = buf.indexOf(0, queryStart);
-    let scan: SessionScan | null = null;
-    // (Also true for any text that mentions pgdog, so for every call of pgdog.unique_id().)
-    const maybeSession = mayAffectSession(buf, queryStart, queryEnd);
-    const text = maybeSession ? decodeText(buf, queryStart, queryEnd) : null;
-    if (text !== null) scan = scanSession(text);
-    if (scan?.listen && !this.#sessionMode) {
-      this.#answerError(LISTEN_UNSUPPORTED, false);
-      return true;
-    }
-    if (scan?.prepareOrExecute && !this.#sessionMode) {
-      // SQL PREPARE/EXECUTE (also EXPLAIN EXECUTE, CREATE TABLE AS EXECUTE), extended protocol
-      // too: a server's statements are other clients' (pgdog's __pgdog_N among them).
-      this.#answerError(SQL_PREPARE_UNSUPPORTED, false);
-      return true;
-    }
-    const name = nameEnd === p + 5 ? "" : parseName(buf, p, end);
-    // pgdog.unique_id(): the server prepares a stand-in, each execution gets fresh ids.
-    const uniqueIds = text !== null && (this.#forwarder.uniqueIds !== null || mayCallUniqueId(text))
-      ? this.#forwarder.uniqueIdsParse(buf, p, end)
-      : null;
-    if (text === null) this.#forwarder.uniqueIds?.forget(name);
-    const analysis = this.#routing
-      ? this.#host.router.analyze(uniqueIds?.next ?? decodeText(buf, queryStart, queryEnd))
-      : null;
-    const msg = this.#msg;
-    msg.analysis = analysis;
-    // A client's DEALLOCATE must not reach a server as written: it runs as a no-op (deallocate.ts).
-    const deallocate = this.#renaming && scan?.sqlPrepared && scan.statements === 1 &&
-        scan.deallocations.length === 1
-      ? scan.deallocations[0].target
-      : undefined;
-    if (name === "" || !this.#renaming) {
-      if (name === "") {
-        this.#forwarder.unnamedScan = scan;
-        this.#forwarder.unnamedAnalysis = analysis;
-        this.#forwarder.unnamedSql = analysis === null
-          ? null
-          : decodeText(buf, queryStart, queryEnd);
-        this.#forwarder.unnamedDeallocate = deallocate;
-        if (deallocate !== undefined) {
-          msg.substitute = rewrittenParse(buf, p, end, DEALLOCATE_NOOP);
-        }
-      }
-      if (scan && name !== "") msg.scan = scan;
-      if (uniqueIds !== null) msg.substitute = uniqueIds.parse;
-      return false;
-    }
-    const existing = this.statements.entry(name);
-    if (existing !== undefined) {
-      if (this.server !== null) {
-        msg.duplicate = existing;
-        return false;
-      }
-      this.#answerError({
-        severity: "ERROR",
-        code: SqlState.DuplicatePreparedStatement,
-        message: `prepared statement "${name}" already exists`,
-      }, false);
-      return true;
-    }
-    let stmt: PreparedStatement;
-    if (deallocate !== undefined) {
-      const noop = rewrittenParse(buf, p, end, DEALLOCATE_NOOP);
-      stmt = this.#host.prepared.forParse(noop, 0, noop.length);
-    } else if (uniqueIds !== null) {
-      stmt = this.#host.prepared.forParse(uniqueIds.parse, 0, uniqueIds.parse.length);
-    } else stmt = this.#host.prepared.forParse(buf, p, end);
-    stmt.scan ??= scan;
-    stmt.analysis ??= analysis;
-    this.statements.set(name, stmt).deallocate = deallocate;
-    const server = this.server;
-    const onServer = server !== null && server.statements.has(stmt.name) &&
-      server.txStatus !== TxStatus.Failed;
-    if (onServer || (server === null && stmt.validated)) {
-      // Known good, or already on this server: nothing for a server to do. Should the server skip
-      // past this point after an earlier error, the statement is not created, as in PostgreSQL.
-      this.#answer(PARSE_COMPLETE, () => {
-        if (this.statements.get(name) === stmt) this.statements.delete(name);
-      });
-      return true;
-    }
-    return false;
-  }
-
-  /**
-   * BEGIN, COMMIT and ROLLBACK with no server attached, when routing: a plain BEGIN is held back
-   * (answered at once) so the transaction's first statement picks the host; ending a transaction
-   * that never reached a server is answered too. Returns true when answered.
-   */
-  #transactionControl(analysis: Analysis, message: Uint8Array): boolean {
-    const tag = this.#heldBackControl(analysis, message);
-    if (tag === null) return false;
-    this.#answer(commandComplete(tag, this.#txStatus()));
-    return true;
-  }
-
   /** Session bookkeeping for a statement that reached `server`. */
   #noteScan(scan: SessionScan, server: Server): void {
     this.session.note(scan);
@@ -1190,28 +1011,16 @@ export class Client implements ServerLink {
     }
   }
 
-  /**
-   * Refuses a simple query with `fields`. Inside a transaction the error must abort it, as
-   * PostgreSQL's own would: the server is made to raise it. Returns true when answered locally.
-   */
-  #refuseQuery(fields: ErrorFields): boolean {
-    const server = this.server;
-    // (A BEGIN held back has not reached a server yet: one is taken for it, and the error.)
-    if (
-      server === null ? this.#deferredBegin === null : server.txStatus === TxStatus.Idle
-    ) {
-      this.#answerError(fields, true);
-      return true;
+  /** DISCARD ALL without a server (see LocalClient.resetSession). */
+  #resetSession(b: MessageBuilder): void {
+    this.session.reset();
+    this.statements.clear();
+    // As PostgreSQL does, report the parameters that go back to their startup values.
+    for (const [name, value] of this.#loginReported) {
+      if (this.#told.get(name) === value) continue;
+      this.#told.set(name, value);
+      appendParameterStatus(b, name, value);
     }
-    const lit = (v: string): string => `'${v.replaceAll("'", "''")}'`;
-    let using = `ERRCODE = ${lit(fields.code)}, MESSAGE = ${lit(fields.message)}`;
-    if (fields.detail) using += `, DETAIL = ${lit(fields.detail)}`;
-    if (fields.hint) using += `, HINT = ${lit(fields.hint)}`;
-    const msg = this.#msg;
-    msg.substitute = queryMessage(`DO $pgdog$ BEGIN RAISE EXCEPTION USING ${using}; END $pgdog$`);
-    // The client gets the error as pgdog means it, without the DO block's CONTEXT line.
-    msg.ticket = { raise: fields };
-    return false;
   }
 
   /** Answers with bytes of pgdog's own, in order with whatever the server still owes. */
@@ -1232,15 +1041,6 @@ export class Client implements ServerLink {
     } else if (this.server) {
       this.server.expect(Expect.Local, Action.Forward, { bytes, dropped } satisfies LocalAnswer);
     } else this.writer.enqueue(bytes);
-  }
-
-  /** Answers with an error; a Query also gets its ReadyForQuery, others skip to the next Sync. */
-  #answerError(fields: ErrorFields, query: boolean): void {
-    const b = new MessageBuilder(128);
-    appendError(b, fields);
-    if (query) b.bytes(readyForQuery(this.#txStatus()));
-    else this.#skipUntilSync = true;
-    this.#answer(b.build());
   }
 
   #txStatus(): number {
@@ -1397,7 +1197,7 @@ export class Client implements ServerLink {
       return this.#sharding === null ? "go" : await this.#routeShards(type, buf, p, end);
     }
     if (decision.unsupported) {
-      this.#answerError({
+      this.#local.answerError({
         severity: "ERROR",
         code: SqlState.FeatureNotSupported,
         message: decision.unsupported,
@@ -1497,7 +1297,7 @@ export class Client implements ServerLink {
         });
       } catch (e) {
         if (!(e instanceof ClientFacingError)) throw e;
-        this.#answerError(e.fields, type === Msg.Query);
+        this.#local.answerError(e.fields, type === Msg.Query);
         return null;
       }
       lookup.found = [];
@@ -1647,123 +1447,6 @@ export class Client implements ServerLink {
     for (const s of servers) (s.owner as Pool).release(s, { resetSql: null });
     this.transactions++;
     return error === null ? null : { ...error, severity: "ERROR" };
-  }
-
-  /**
-   * An extended-protocol BEGIN, COMMIT or ROLLBACK request (Parse, Bind, Describe, Execute of an
-   * unnamed statement, then Sync) that pgdog answers itself, as it does the simple-query ones: a
-   * BEGIN is held back until the transaction's first statement picks its shard (taking a shard at
-   * random would hold it while the statement waits for another), and ending a transaction that
-   * never reached a server needs none. True when answered (the request is consumed).
-   */
-  #localTransactionControl(buf: Uint8Array, p: number): boolean {
-    const rb = this.rbuf;
-    let analysis: Analysis | null = null;
-    let text: string | null = null;
-    if (buf[p] === Msg.Parse) {
-      // Cheap test first (this runs for every extended request): an unnamed Parse whose text
-      // starts like BEGIN, START, COMMIT, END, ROLLBACK, ABORT, SAVEPOINT or RELEASE.
-      if (buf[p + 5] !== 0) return false;
-      let first = p + 6;
-      while (buf[first] === 0x20 || buf[first] === 0x0a || buf[first] === 0x09) first++;
-      const prefix = ((buf[first] | 0x20) << 8) | (buf[first + 1] | 0x20);
-      if (!CONTROL_PREFIXES.has(prefix)) return false;
-    } else {
-      // A Bind of a statement parsed earlier (pgbench -M prepared runs BEGIN that way).
-      if (buf[p + 5] !== 0) return false;
-      const name = bindStatementName(buf, p, rb.end);
-      if (name === "") {
-        analysis = this.#forwarder.unnamedAnalysis;
-        text = this.#forwarder.unnamedSql;
-      } else if (this.#renaming) {
-        const stmt = this.statements.get(name);
-        analysis = stmt?.analysis ?? null;
-        text = stmt?.query ?? null;
-      }
-      if (analysis === null || analysis.info.transaction === null) return false;
-    }
-    let q = p;
-    let syncAt = -1;
-    const answers = new MessageBuilder(64);
-    while (rb.end - q >= 5) {
-      const type = buf[q];
-      const next = q + readInt32(buf, q + 1) + 1;
-      if (next > rb.end) return false;
-      if (type === Msg.Sync) {
-        syncAt = q;
-        break;
-      }
-      if (type === Msg.Parse) {
-        if (q !== p) return false;
-        text = parseQuery(buf, q, next);
-        analysis = this.#host.router.analyze(text);
-        answers.bytes(PARSE_COMPLETE);
-      } else if (type === Msg.Bind) {
-        if (analysis === null || buf[q + 5] !== 0) return false;
-        answers.bytes(BIND_COMPLETE);
-      } else if (type === Msg.Describe) {
-        if (buf[q + 5] !== 0x50 || buf[q + 6] !== 0) return false;
-        answers.bytes(NO_DATA);
-      } else if (type !== Msg.Execute) return false;
-      q = next;
-    }
-    if (syncAt < 0 || analysis === null || text === null) return false;
-    const tag = this.#heldBackControl(analysis, queryMessage(text));
-    if (tag === null) return false;
-    if (buf[p] === Msg.Parse) {
-      // The statement exists for the client now, as after a real Parse (no server has it).
-      this.#forwarder.noteUnnamed(buf, p, p + readInt32(buf, p + 1) + 1, null);
-      this.#forwarder.forgetUnnamedServers();
-      this.#forwarder.unnamedAnalysis = analysis;
-      this.#forwarder.unnamedSql = text;
-      this.#forwarder.unnamedScan = null;
-    }
-    answers.begin(Msg.CommandComplete).cstring(tag).end();
-    answers.bytes(readyForQuery(this.#txStatus() as TxStatus));
-    rb.start = syncAt + 5;
-    this.#answer(answers.build());
-    return true;
-  }
-
-  /**
-   * Transaction control pgdog answers without a server (`message` is the statement as a simple
-   * Query): a BEGIN held back until the transaction's first statement picks its host; inside a
-   * split request's implicit transaction, a BEGIN that makes it explicit; COMMIT and ROLLBACK of
-   * a transaction that never reached a server; savepoints of such a transaction (replayed on
-   * each shard it reaches). Returns the command tag when answered, null otherwise.
-   */
-  #heldBackControl(analysis: Analysis, message: Uint8Array): string | null {
-    const info = analysis.info;
-    if (info.statements !== 1 || analysis.directives !== null) return null;
-    const tx = info.transaction;
-    const split = this.#split;
-    if (tx === "begin" || tx === "begin_read_only") {
-      if (split?.implicit) {
-        // BEGIN inside a request run in an implicit transaction makes that transaction explicit.
-        split.implicit = false;
-        if (this.#deferredBegin === IMPLICIT_BEGIN) this.#deferredBegin = message;
-        return "BEGIN";
-      }
-      const inTransaction = this.#txStatus() !== TxStatus.Idle;
-      if (
-        holdsBackBegin(analysis, { inTransaction, deferredBegin: this.#deferredBegin !== null })
-      ) {
-        this.#deferredBegin = message;
-        return "BEGIN";
-      }
-      return null;
-    }
-    const untouched = this.#deferredBegin !== null && this.server === null &&
-      this.#txn.empty;
-    if (!untouched) return null;
-    if (tx === "commit" || tx === "rollback") {
-      this.#deferredBegin = null;
-      this.#transactionOver();
-      this.session.pgdogLocal.clear();
-      return tx === "commit" ? "COMMIT" : "ROLLBACK";
-    }
-    if (tx === "savepoint") return this.#txn.noteSavepoint(analysis, true);
-    return null;
   }
 
   /**
@@ -1975,8 +1658,8 @@ export class Client implements ServerLink {
    * replaced by one that raises the error there (so the transaction fails as it would).
    */
   #refuse(fields: ErrorFields, type: number): boolean {
-    if (type === Msg.Query) return this.#refuseQuery(fields);
-    this.#answerError(fields, false);
+    if (type === Msg.Query) return this.#local.refuseQuery(fields);
+    this.#local.answerError(fields, false);
     return true;
   }
 
@@ -2101,7 +1784,7 @@ export class Client implements ServerLink {
       const fields = e instanceof ClientFacingError || e instanceof ServerConnectError
         ? e.fields
         : { severity: "ERROR", code: SqlState.InternalError, message: String(e) };
-      this.#answerError({ ...fields, severity: "ERROR" }, options.type === Msg.Query);
+      this.#local.answerError({ ...fields, severity: "ERROR" }, options.type === Msg.Query);
       return;
     }
     this.state = "active";
@@ -2141,7 +1824,7 @@ export class Client implements ServerLink {
       for (;;) {
         this.server = legs[0];
         this.#out = outs[0];
-        if (first || !this.#answerLocally(type, buf, p, end)) {
+        if (first || !this.#local.answerLocally(type, buf, p, end)) {
           const msg = this.#msg;
           for (let i = 0; i < legs.length; i++) {
             this.server = legs[i];
@@ -2669,16 +2352,6 @@ const FORGET_SCAN: SessionScan = {
   statements: 0,
 };
 
-/** First two letters (lower case) of transaction control statements. */
-const CONTROL_PREFIXES = new Set(
-  ["be", "st", "co", "en", "ro", "ab", "sa", "re"].map((w) =>
-    (w.charCodeAt(0) << 8) | w.charCodeAt(1)
-  ),
-);
-const BIND_COMPLETE = Uint8Array.of(Msg.BindComplete, 0, 0, 0, 4);
-
-const NO_DATA = Uint8Array.of(Msg.NoData, 0, 0, 0, 4);
-
 /** A server lost while pgdog ran its own statement on it. */
 function lost(e: unknown): ErrorFields {
   return {
@@ -2709,59 +2382,11 @@ const ADMIN_PARAMETERS: Array<[string, string]> = [
   ["is_superuser", "on"],
 ];
 
-/** `SHOW pgdog.shards`: the number of shards of the client's database. */
-const SHOW_SHARDS = /^\s*show\s+pgdog\.shards\s*;?\s*$/i;
-
-/** `SELECT pgdog.unique_id() [AS name]`, answered by pgdog itself. */
-const SELECT_UNIQUE_ID =
-  /^\s*select\s+pgdog\s*\.\s*unique_id\s*\(\s*\)\s*(?:(?:as\s+)?[a-z_][a-z0-9_]*\s*)?;?\s*$/i;
-
-/** A result pgdog answers itself, with its ReadyForQuery. */
-function oneValue(answer: AdminAnswer, status: number): Uint8Array {
-  const body = encodeAnswer(answer);
-  const z = readyForQuery(status as TxStatus);
-  const out = new Uint8Array(body.length + z.length);
-  out.set(body);
-  out.set(z, body.length);
-  return out;
-}
-
 function parameterStatusMessage(name: string, value: string): Uint8Array {
   const b = new MessageBuilder(32);
   appendParameterStatus(b, name, value);
   return b.build();
 }
-
-function commandComplete(tag: string, status: number): Uint8Array {
-  return new MessageBuilder(32).begin(Msg.CommandComplete).cstring(tag).end().bytes(
-    readyForQuery(status as TxStatus),
-  )
-    .build();
-}
-
-const PARSE_COMPLETE = Uint8Array.of(Msg.ParseComplete, 0, 0, 0, 4);
-const CLOSE_COMPLETE = Uint8Array.of(Msg.CloseComplete, 0, 0, 0, 4);
-
-const LISTEN_UNSUPPORTED: ErrorFields = {
-  severity: "ERROR",
-  code: SqlState.FeatureNotSupported,
-  message: "LISTEN is not supported in transaction pooling mode",
-  detail:
-    "Notifications are delivered to a server connection, which pgdog gives to other clients between " +
-    "your transactions.",
-  hint: 'Use pooler_mode = "session" for this user or database.',
-};
-
-const SQL_PREPARE_UNSUPPORTED: ErrorFields = {
-  severity: "ERROR",
-  code: SqlState.FeatureNotSupported,
-  message: "SQL PREPARE and EXECUTE are not supported in transaction pooling mode",
-  detail:
-    "A statement prepared with SQL lives on one server connection, which pgdog gives to other clients " +
-    "between your transactions.",
-  hint:
-    'Use your driver\'s protocol-level prepared statements (supported), or pooler_mode = "session".',
-};
 
 function isConnectionReset(e: unknown): boolean {
   return e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe ||
