@@ -60,6 +60,7 @@ import {
 import type { PluginSet, RouteVerdict } from "../plugin/mod.ts";
 import { rewrittenParse, routeContextJson } from "./plugin_context.ts";
 import { FanOut } from "./fan_out.ts";
+import { ReportedParameters } from "./reported_parameters.ts";
 import { LocalAnswers } from "./local_answers.ts";
 import { Forwarder } from "./forward.ts";
 import { RoutedMessage } from "./routed_message.ts";
@@ -208,12 +209,8 @@ export class Client implements ServerLink {
   #readBackDone: Promise<void> | null = null;
   /** A forwarded message may change the session: later pipelined messages wait for it to settle. */
   #holdRest = false;
-  /** What this client was told of each reported parameter (ParameterStatus). */
-  readonly #told = new Map<string, string>();
-  /** The values reported at login: what RESET returns reported parameters to. */
-  readonly #loginReported = new Map<string, string>();
-  /** Parameters being reset (lower-case names, or all), until their read-back answers. */
-  #resetting: Set<string> | "all" | null = null;
+  /** What this client was told of reported parameters (ParameterStatus). */
+  readonly #reported = new ReportedParameters();
   /** `pgdog.role` from the startup packet. */
   #startupRole: Role | null = null;
   /**
@@ -550,8 +547,7 @@ export class Client implements ServerLink {
     b.bytes(AUTH_OK);
     for (const [name, value] of reported) {
       appendParameterStatus(b, name, value);
-      this.#told.set(name, value);
-      this.#loginReported.set(name, value);
+      this.#reported.login(name, value);
     }
     appendBackendKeyData(b, this.id, this.secret);
     b.bytes(readyForQuery(TxStatus.Idle));
@@ -998,11 +994,7 @@ export class Client implements ServerLink {
     if (scan.settings.length > 0 || scan.resetAll || scan.unknownSetting || scan.advisoryLocks) {
       this.#holdRest = true;
     }
-    if (scan.resetAll) this.#resetting = "all";
-    else if (scan.resets.length > 0 && this.#resetting !== "all") {
-      this.#resetting ??= new Set();
-      for (const name of scan.resets) this.#resetting.add(name);
-    }
+    this.#reported.noteResets(scan);
     if (scan.discardAll) {
       // DISCARD ALL on the server drops its prepared statements, and the client's.
       server.statements.clear();
@@ -1016,11 +1008,7 @@ export class Client implements ServerLink {
     this.session.reset();
     this.statements.clear();
     // As PostgreSQL does, report the parameters that go back to their startup values.
-    for (const [name, value] of this.#loginReported) {
-      if (this.#told.get(name) === value) continue;
-      this.#told.set(name, value);
-      appendParameterStatus(b, name, value);
-    }
+    this.#reported.backToStartup(b);
   }
 
   /** Answers with bytes of pgdog's own, in order with whatever the server still owes. */
@@ -1442,7 +1430,7 @@ export class Client implements ServerLink {
         this.session.applyReadBack(r.rows, servers[0]);
         this.#needsSync = true;
       }
-      this.#resetting = null;
+      this.#reported.resetDone();
     }
     for (const s of servers) (s.owner as Pool).release(s, { resetSql: null });
     this.transactions++;
@@ -2047,7 +2035,7 @@ export class Client implements ServerLink {
     this.#out.addBytes(server.settingsSync(statements));
     markApplied(server.applied, params);
     this.#syncSent = true;
-    this.#reportsOwed = true;
+    this.#reported.syncSent();
     this.#holdRest = true;
   }
 
@@ -2112,7 +2100,7 @@ export class Client implements ServerLink {
     const finish = (): void => {
       this.#readBackPending = false;
       this.#readBackDone = null;
-      this.#resetting = null;
+      this.#reported.resetDone();
       done();
     };
     server.query(sql, {
@@ -2147,55 +2135,19 @@ export class Client implements ServerLink {
 
   /**
    * Part of {@linkcode ServerLink}: keeps the client's view of reported parameters what PostgreSQL
-   * would have shown it. A reset parameter shows the client's startup value (the server itself
-   * resets to its own default until pgdog syncs it); a sync's change is shown only when the client
-   * was told something else.
+   * would have shown it (see ReportedParameters.parameterStatus).
    */
   parameterStatus(
     _server: Server,
     options: { name: string; value: string; own: boolean },
   ): Uint8Array | null {
-    const { name, own } = options;
-    let value = options.value;
-    if (own) {
-      const r = this.#resetting;
-      const startup = this.#loginReported.get(name);
-      if (r !== null && startup !== undefined && (r === "all" || r.has(name.toLowerCase()))) {
-        value = startup;
-      }
-    }
-    // PostgreSQL reports a parameter only when the client's value changes.
-    if (this.#told.get(name) === value) return NOTHING;
-    this.#told.set(name, value);
-    return value === options.value && own ? null : parameterStatusMessage(name, value);
+    return this.#reported.parameterStatus(options);
   }
 
-  /**
-   * Part of {@linkcode ServerLink}. A settings sync and the client's request share one
-   * ReadyForQuery, and PostgreSQL reports a parameter there only when its value differs from what
-   * it last reported on that connection: a sync that set it back and a client SET that set it
-   * again report nothing, though this client was told otherwise (libpq's string escaping relies
-   * on standard_conforming_strings). So after such a request the client is told what differs.
-   */
+  /** Part of {@linkcode ServerLink} (see ReportedParameters.owed). */
   owedParameterStatus(server: Server): Uint8Array | null {
-    if (!this.#reportsOwed) return null;
-    this.#reportsOwed = false;
-    let b: MessageBuilder | null = null;
-    const resetting = this.#resetting;
-    for (const [name, value] of server.reported) {
-      const told = this.#told.get(name);
-      if (told === undefined || told === value) continue;
-      // A RESET shows the client's startup value (see parameterStatus).
-      if (resetting === "all" || resetting?.has(name.toLowerCase())) continue;
-      this.#told.set(name, value);
-      b ??= new MessageBuilder(64);
-      appendParameterStatus(b, name, value);
-    }
-    return b === null ? null : b.build();
+    return this.#reported.owed(server);
   }
-
-  /** A settings sync went out with the request being answered (see owedParameterStatus). */
-  #reportsOwed = false;
 
   /** Part of {@linkcode ServerLink}: what a server's FATAL means to this client. */
   onServerFatal(server: Server): "replay" | "downgrade" | "keep" {
@@ -2364,9 +2316,6 @@ function lost(e: unknown): ErrorFields {
 /** Flush: asks the server for the answers it holds back until Sync. */
 const FLUSH_MESSAGE = Uint8Array.of(Msg.Flush, 0, 0, 0, 4);
 
-/** A replacement meaning "send nothing". */
-const NOTHING = new Uint8Array(0);
-
 /** Ends a COPY FROM STDIN that reached several shards (the statement was not recognized). */
 const COPY_ACROSS_SHARDS = copyFail("COPY FROM STDIN on several shards is not supported by pgdog");
 
@@ -2381,12 +2330,6 @@ const ADMIN_PARAMETERS: Array<[string, string]> = [
   ["standard_conforming_strings", "on"],
   ["is_superuser", "on"],
 ];
-
-function parameterStatusMessage(name: string, value: string): Uint8Array {
-  const b = new MessageBuilder(32);
-  appendParameterStatus(b, name, value);
-  return b.build();
-}
 
 function isConnectionReset(e: unknown): boolean {
   return e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe ||
