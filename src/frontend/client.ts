@@ -274,7 +274,7 @@ export class Client implements ServerLink {
         return client.#renaming;
       },
       get server() {
-        return client.server;
+        return client.#leadServer();
       },
       get session() {
         return client.session;
@@ -838,7 +838,7 @@ export class Client implements ServerLink {
           continue;
         }
       } else if (this.#needsSync) {
-        this.#syncParams(this.server);
+        this.#syncParams(this.server, this.#out);
       }
       this.#forwarder.mayWait = true;
       const queued = this.#forwarder.forward(msg, this.server!, this.#out);
@@ -1032,11 +1032,19 @@ export class Client implements ServerLink {
   }
 
   #txStatus(): number {
-    if (!this.#txn.empty) {
-      return this.#txn.status(this.server);
-    }
-    if (this.server) return this.server.txStatus;
+    const server = this.#leadServer();
+    if (!this.#txn.empty) return this.#txn.status(server);
+    if (server) return server.txStatus;
     return this.#deferredBegin !== null ? TxStatus.InTransaction : TxStatus.Idle;
+  }
+
+  /**
+   * The server whose state answers for the client's: the attached one, or while a request runs
+   * on several shards, the first shard's.
+   */
+  #leadServer(): Server | null {
+    const legs = this.#fanLegs;
+    return legs !== null ? legs[0] : this.server;
   }
 
   /** `SET [LOCAL] pgdog.<name> TO <value>` and `RESET pgdog.<name>`. */
@@ -1051,7 +1059,7 @@ export class Client implements ServerLink {
     if (name === "pin") {
       const on = /^(true|on|yes|1)$/i.test(value);
       this.session.manualPin = on;
-      if (on) this.#pinnedThisHold = this.server !== null;
+      if (on) this.#pinnedThisHold = this.#leadServer() !== null;
       else this.#releaseIfUnpinned();
       return;
     }
@@ -1064,7 +1072,7 @@ export class Client implements ServerLink {
     const server = this.server;
     if (
       !server || this.#sessionMode || this.session.pinned || !server.clean ||
-      this.session.needsReadBack
+      this.session.needsReadBack || this.#fanLegs !== null
     ) return;
     this.server = null;
     this.state = "idle";
@@ -1790,14 +1798,11 @@ export class Client implements ServerLink {
       keep: this.#sessionMode,
       copyHeader: options.copyHeader,
     });
-    const mainOut = this.#out;
     const outs = legs.map(() => new OutBatch());
     legs.forEach((server, i) => {
       server.attach(fan.link(i, server));
       outs[i].reset(buf);
-      this.server = server;
-      this.#out = outs[i];
-      this.#syncParams(server);
+      this.#syncParams(server, outs[i]);
       if (fresh[i]) {
         for (const msg of this.#txn.prelude) {
           outs[i].addBytes(msg);
@@ -1810,13 +1815,9 @@ export class Client implements ServerLink {
       let { type, p, end } = options;
       let first = true;
       for (;;) {
-        this.server = legs[0];
-        this.#out = outs[0];
         if (first || !this.#local.answerLocally(type, buf, p, end)) {
           const msg = this.#msg;
           for (let i = 0; i < legs.length; i++) {
-            this.server = legs[i];
-            this.#out = outs[i];
             this.#forwarder.forward(msg, legs[i], outs[i]);
             // One shard's entry carries the substitute's ticket, one shard fails a duplicate.
             msg.ticket = null;
@@ -1838,8 +1839,8 @@ export class Client implements ServerLink {
       }
     } finally {
       this.#fanLegs = null;
+      // (An attached server of a shard the request does not run on is let go of here.)
       this.server = null;
-      this.#out = mainOut;
     }
     this.#fanRunning = legs;
     try {
@@ -1936,7 +1937,7 @@ export class Client implements ServerLink {
     this.#out.reset(this.rbuf.buf);
     if (this.#renaming) this.#evictStatements(server);
     // Last before the request: nothing with a Sync may come between (see Server.settingsSync).
-    this.#syncParams(server);
+    this.#syncParams(server, this.#out);
     this.#sentBegin = this.#outsideTransaction ? null : this.#deferredBegin;
     if (this.#outsideTransaction) {
       this.#outsideTransaction = false;
@@ -2026,13 +2027,13 @@ export class Client implements ServerLink {
    * fail, the server skips the request and is closed (serverLost re-runs it elsewhere); later
    * requests of the batch wait until this one is answered.
    */
-  #syncParams(server: Server): void {
+  #syncParams(server: Server, out: OutBatch): void {
     this.#needsSync = false;
     this.#syncSent = false;
     const params = this.session.params;
     const statements = paramSyncStatements(params, server.applied);
     if (statements === null) return;
-    this.#out.addBytes(server.settingsSync(statements));
+    out.addBytes(server.settingsSync(statements));
     markApplied(server.applied, params);
     this.#syncSent = true;
     this.#reported.syncSent();
