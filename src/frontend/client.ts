@@ -19,7 +19,6 @@ import {
   type ErrorFields,
   MessageBuilder,
   Msg,
-  queryMessage,
   readyForQuery,
   SYNC,
   TxStatus,
@@ -36,30 +35,12 @@ import type { Cluster, Databases } from "../backend/databases.ts";
 import { ServerConnectError } from "../backend/connect.ts";
 import type { AuthType } from "../config/types.ts";
 import { mayAffectSession, type SessionScan } from "../router/scan.ts";
-import {
-  type Analysis,
-  ANALYZE_MAX,
-  ANALYZE_ON_LOOP_MAX,
-  type QueryRouter,
-} from "../router/mod.ts";
-import { chooseRole, parseRole, type Role } from "../router/route.ts";
-import { shardsFor } from "../router/request_route.ts";
-import { changesTables, createsTemporaryTable } from "../router/columns.ts";
-import { learnColumnOrders } from "../backend/catalog.ts";
-import {
-  type BindValues,
-  decideShard,
-  isSessionControl,
-  pluginKey,
-  searchPathSet,
-  type ShardDecision,
-  type ShardingConfig,
-  type ShardLookup,
-  type ShardSession,
-} from "../router/shard.ts";
-import type { PluginSet, RouteVerdict } from "../plugin/mod.ts";
-import { rewrittenParse, routeContextJson } from "./plugin_context.ts";
+import { ANALYZE_MAX, ANALYZE_ON_LOOP_MAX, type QueryRouter } from "../router/mod.ts";
+import { parseRole, type Role } from "../router/route.ts";
+import type { ShardingConfig } from "../router/shard.ts";
+import type { PluginSet } from "../plugin/mod.ts";
 import { FanOut } from "./fan_out.ts";
+import { RequestRouter } from "./request_router.ts";
 import { ReportedParameters } from "./reported_parameters.ts";
 import { LocalAnswers } from "./local_answers.ts";
 import { Forwarder } from "./forward.ts";
@@ -77,7 +58,7 @@ import { asSocketWriter } from "../net/framer.ts";
 import { adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { mayCallUniqueId } from "../router/unique_id_calls.ts";
-import { errorMessage, log, logEnabled } from "../log.ts";
+import { errorMessage, log } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
 import { logIn, LoginRefused } from "./login.ts";
 import {
@@ -92,17 +73,14 @@ import { sameParams, SessionState } from "./session.ts";
 import {
   bindStatementName,
   ClientStatements,
-  describedName,
   parseQuery,
   type PreparedCache,
   statementMessage,
 } from "./prepared.ts";
 import {
-  bindValues,
   EXTENDED_START,
   FRONTEND_TYPES,
   requestBuffered,
-  scanRequest,
   STATEMENT_TYPES,
   wellFormed,
 } from "../protocol/frontend_messages.ts";
@@ -317,6 +295,80 @@ export class Client implements ServerLink {
       answer: (bytes, dropped) => client.#answer(bytes, dropped),
       resetSession: (b) => client.#resetSession(b),
     }))(this);
+  /** Routes requests: their role, and their shards. */
+  readonly #router: RequestRouter = ((client: Client): RequestRouter =>
+    new RequestRouter({
+      get id() {
+        return client.id;
+      },
+      get user() {
+        return client.user;
+      },
+      get database() {
+        return client.database;
+      },
+      get cluster() {
+        return client.cluster;
+      },
+      get sharding() {
+        return client.#sharding;
+      },
+      get router() {
+        return client.#host.router;
+      },
+      get plugins() {
+        return client.#host.plugins;
+      },
+      get strategy() {
+        return client.#host.routing.read_write_strategy;
+      },
+      get routing() {
+        return client.#routing;
+      },
+      get renaming() {
+        return client.#renaming;
+      },
+      get startupRole() {
+        return client.#startupRole;
+      },
+      get closed() {
+        return client.closed;
+      },
+      get server() {
+        return client.server;
+      },
+      get unsynced() {
+        return client.#unsynced;
+      },
+      get deferredBegin() {
+        return client.#deferredBegin;
+      },
+      get session() {
+        return client.session;
+      },
+      statements: client.statements,
+      // (Getters: fields that are set after this one.)
+      get rbuf() {
+        return client.rbuf;
+      },
+      get msg() {
+        return client.#msg;
+      },
+      get forwarder() {
+        return client.#forwarder;
+      },
+      get txn() {
+        return client.#txn;
+      },
+      get local() {
+        return client.#local;
+      },
+      txStatus: () => client.#txStatus(),
+      tablesChanged: () => client.#host.tablesChanged(client.database),
+      abortEverywhere: () => client.#abortEverywhere(),
+      gateOpen: () => client.#gateOpen(),
+      atGate: () => client.#atGate(),
+    }))(this);
   /** Forwards messages to servers, rewriting prepared statements. */
   readonly #forwarder: Forwarder = ((client: Client): Forwarder =>
     new Forwarder({
@@ -341,7 +393,7 @@ export class Client implements ServerLink {
     get sharding() {
       return client.#sharding;
     },
-    shardSession: () => client.#shardSession(),
+    shardSession: () => client.#router.shardSession(),
     statementAnalysis: (name) =>
       name === ""
         ? client.#forwarder.unnamedAnalysis
@@ -801,10 +853,10 @@ export class Client implements ServerLink {
       }
       if (whole) {
         if (!this.#inRequest) {
-          this.#pluginRole = null;
+          this.#router.newRequest();
           const routed = this.#sharding !== null
             ? await this.#routeShards(type, buf, p, end)
-            : await this.#routePlugins(type, buf, p, end);
+            : await this.#router.routePlugins(type, buf, p, end);
           if (this.closed) return false;
           if (routed === "done") {
             out.reset(rb.buf);
@@ -820,7 +872,7 @@ export class Client implements ServerLink {
       if (this.server === null) {
         // Nothing is buffered for a server yet: taking one may wait, and nothing else touches the
         // read buffer meanwhile.
-        const role = this.#route(type, buf, p, end);
+        const role = this.#router.role(type, buf, p, end);
         const ok = await this.#acquire(role);
         if (this.closed) return false;
         if (
@@ -1080,59 +1132,13 @@ export class Client implements ServerLink {
     this.pool!.release(server, { resetSql: PIN_CLEANUP });
   }
 
-  /**
-   * The host a request starting with this message needs. Without routing (no replicas), the
-   * primary; otherwise the statement decides, unless a comment, SET pgdog.role or the startup
-   * parameter says otherwise.
-   */
-  #route(type: number, buf: Uint8Array, p: number, end: number): Role {
-    if (this.#pluginRole !== null) return this.#pluginRole;
-    const override = parseRole(this.session.pgdogLocal.get("role")) ??
-      parseRole(this.session.pgdog.get("role")) ??
-      this.#startupRole;
-    if (!this.#routing) return override ?? "primary";
-    return chooseRole(this.#analysisOf(type, buf, p, end), {
-      override,
-      strategy: this.#host.routing.read_write_strategy,
-      deferredBegin: this.#deferredBegin !== null,
-    });
-  }
-
-  /** The analysis of the statement a message runs, when routing can know it. */
-  #analysisOf(type: number, buf: Uint8Array, p: number, end: number): Analysis | null {
-    if (type === Msg.Query) {
-      return this.#msg.analysis ?? this.#host.router.analyze(decodeText(buf, p + 5, end - 1));
-    } else if (type === Msg.Parse) {
-      return this.#msg.analysis;
-    } else if (type === Msg.Bind) {
-      const name = bindStatementName(buf, p, end);
-      const run = this.#forwarder.uniqueIdRun(name, p);
-      if (run !== null) return this.#host.router.analyze(run);
-      return this.#statementAnalysis(name);
-    } else if (type === Msg.Describe && buf[p + 5] === 0x53) {
-      return this.#statementAnalysis(describedName(buf, p, end));
-    }
-    return null;
-  }
-
-  /** The analysis of a prepared statement (named `""`: the unnamed one). */
-  #statementAnalysis(name: string): Analysis | null {
-    if (name === "") return this.#forwarder.unnamedAnalysis;
-    const stmt = this.statements.get(name);
-    if (stmt === undefined) return null;
-    // Prepared while routing was off (a RELOAD has sharded the database since): analyzed now.
-    if (stmt.analysis === null && this.#routing) {
-      stmt.analysis = this.#host.router.analyze(stmt.query);
-    }
-    return stmt.analysis;
-  }
-
   // ---- sharding ------------------------------------------------------------------------------
 
   /**
-   * Picks the shards of the request starting with this message (the whole request is buffered).
-   * One shard: the request goes on through the usual path to that shard's server ("go"). Several:
-   * it runs on all of them here. An error (a statement that can't run sharded) answers it.
+   * Routes the request starting with this message on a sharded database (the whole request is
+   * buffered; see RequestRouter.shardRoute). One shard: the request goes on through the usual
+   * path to that shard's server ("go"). Several: it runs on all of them here ("done"), as does a
+   * request answered while routing (an error, a plugin's block).
    */
   async #routeShards(
     type: number,
@@ -1140,91 +1146,10 @@ export class Client implements ServerLink {
     p: number,
     end: number,
   ): Promise<"go" | "done"> {
-    const config = this.#sharding!;
-    let analysis = this.#analysisOf(type, buf, p, end);
-    const { bind, executes } = this.#requestAt(type, buf, p, end);
-    if (!this.#txn.empty) await this.#abortEverywhere();
-    if (this.closed) return "done";
-    const inTxn = this.#txStatus() !== TxStatus.Idle;
-    const set = analysis ? searchPathSet(analysis) : null;
-    if (set !== null && inTxn) this.#txn.searchPath = set;
-    const session = this.#shardSession();
-    const runs = analysis !== null && (type === Msg.Query || executes);
-    let lookup: ShardLookup | null = null;
-    let decision: ShardDecision;
-    if (!runs) decision = { target: { kind: "any" }, reason: "nothing to run", omniWrite: false };
-    else {
-      lookup = { found: [], pluginShards: new Map(), missing: [] };
-      const decided = await this.#decideShard(analysis!, { config, session, bind, lookup }, type);
-      if (decided === null) return "done";
-      decision = decided;
-    }
-    const plugins = this.#host.plugins;
-    if (runs && plugins !== null && plugins.routes) {
-      const t = decision.target;
-      const verdict = await this.#askPlugins(type, buf, p, end, {
-        analysis: analysis!,
-        bind,
-        shard: t.kind === "one" ? t.shard : t.kind === "any" ? null : "all",
-        keys: lookup!.found,
-      });
-      if (this.closed) return "done";
-      const next = this.#applyVerdict(verdict, type, buf, p, end);
-      if (next === "done") return "done";
-      if (next !== null && next !== analysis) {
-        analysis = next;
-        lookup = { found: [], pluginShards: new Map(), missing: [] };
-        const decided = await this.#decideShard(analysis, { config, session, bind, lookup }, type);
-        if (decided === null) return "done";
-        decision = decided;
-      }
-      if (verdict.shard !== undefined) {
-        decision = {
-          target: verdict.shard === "all" ? { kind: "all" } : { kind: "one", shard: verdict.shard },
-          reason: `plugin ${verdict.by.shard}`,
-          omniWrite: false,
-          unsupported: verdict.shard === "all" ? decision.unsupported : undefined,
-        };
-      }
-    }
-    if (this.server === null && this.#txn.empty && !this.#gateOpen()) {
-      // RELOAD or MAINTENANCE came while deciding: decide again by what is in force after it.
-      if (!(await this.#atGate())) return "done";
-      return this.#sharding === null ? "go" : await this.#routeShards(type, buf, p, end);
-    }
-    if (decision.unsupported) {
-      this.#local.answerError({
-        severity: "ERROR",
-        code: SqlState.FeatureNotSupported,
-        message: decision.unsupported,
-      }, type === Msg.Query);
-      return "done";
-    }
-    const held = this.#txn.heldShards(this.cluster!, this.server);
-    const control = analysis !== null && isSessionControl(analysis);
-    const picked = shardsFor(decision, {
-      shards: config.shards,
-      held,
-      control,
-      failed: this.#txStatus() === TxStatus.Failed,
-    });
-    const shards = picked === "any" ? [this.#txn.anyShard(this.cluster!, config.shards)] : picked;
-    if (logEnabled("debug")) {
-      log.debug(`client ${this.id}: shards ${shards.join(",")} (${decision.reason})`);
-    }
-    if (analysis) {
-      if (shards.length === 1) analysis.entry.direct++;
-      else analysis.entry.multi++;
-    }
-    if (set !== null && inTxn && type === Msg.Query) {
-      this.#txn.prelude.push(buf.slice(p, end));
-    }
-    if (control && inTxn && runs && analysis!.info.transaction === "savepoint") {
-      this.#txn.noteSavepoint(analysis!, false);
-    }
-    // A request that runs nothing (Parse, Describe) must not open the held-back transaction on
-    // the shard it happens to use: the transaction's first statement picks its shards.
-    this.#outsideTransaction = !runs && held.length === 0;
+    const route = await this.#router.shardRoute(type, buf, p, end);
+    if (route === "go" || route === "done") return route;
+    this.#outsideTransaction = route.outsideTransaction;
+    const shards = route.shards;
     if (shards.length === 1) {
       const n = shards[0];
       const current = this.server;
@@ -1242,86 +1167,10 @@ export class Client implements ServerLink {
       type,
       p,
       end,
-      omniWrite: decision.omniWrite,
-      copyHeader: decision.copyHeader,
+      omniWrite: route.omniWrite,
+      copyHeader: route.copyHeader,
     });
     return "done";
-  }
-
-  /**
-   * decideShard, with the column orders (INSERT without a column list, read from shard 0's
-   * catalog) and the answers of plugin hashers (`hasher = "plugin:<name>"`) it needs: asked after
-   * a pass finds them missing, then it decides again. Null when a lookup failed (the client has
-   * its error). DDL makes the database's column orders be read again.
-   */
-  async #decideShard(
-    analysis: Analysis,
-    options: {
-      config: ShardingConfig;
-      session: ShardSession;
-      bind: BindValues | null;
-      lookup: ShardLookup;
-    },
-    type: number,
-  ): Promise<ShardDecision | null> {
-    const { config, session, lookup } = options;
-    const bind = options.bind ?? undefined;
-    const cluster = this.cluster!;
-    const ddl = changesTables(analysis);
-    if (ddl) {
-      // Forgotten now and again when the transaction ends (reads meanwhile see the old tables).
-      cluster.columns.clear();
-      this.#host.tablesChanged(this.database);
-      this.#tablesChanged = true;
-      this.#tempTables ||= createsTemporaryTable(analysis);
-    }
-    const names = { user: this.user, searchPath: session.searchPath };
-    // Others' column orders may not be this session's (its temporary tables hide theirs).
-    const ownTables = this.#tablesChanged || this.#tempTables;
-    lookup.columns = ownTables ? undefined : (table) => cluster.columns.get(table, names);
-    lookup.missingColumns = [];
-    let decision = decideShard(analysis, { config, session, bind, lookup });
-    // With DDL in the same query, the catalog can't tell yet: decideShard's refusal stands.
-    if (lookup.missingColumns.length > 0 && !ddl) {
-      try {
-        lookup.columns = await learnColumnOrders(lookup.missingColumns, {
-          ...names,
-          cluster,
-          held: this.#catalogServer(),
-          ownTables,
-          timeoutMs: cluster.settings.checkoutTimeout,
-        });
-      } catch (e) {
-        if (!(e instanceof ClientFacingError)) throw e;
-        this.#local.answerError(e.fields, type === Msg.Query);
-        return null;
-      }
-      lookup.found = [];
-      lookup.missing = [];
-      lookup.missingColumns = [];
-      decision = decideShard(analysis, { config, session, bind, lookup });
-    }
-    if (lookup.missing.length === 0) return decision;
-    const plugins = this.#host.plugins;
-    try {
-      if (plugins === null) throw new Error("no plugins are running");
-      await Promise.all(lookup.missing.map(async (m) => {
-        const shard = await plugins.shard(m.plugin, m.value, {
-          table: m.spec.name,
-          column: m.spec.column,
-          dataType: m.spec.type,
-          shards: config.shards,
-          database: this.database,
-        });
-        lookup.pluginShards.set(pluginKey(m.plugin, m.value), shard);
-      }));
-    } catch (e) {
-      this.#answerPluginError(errorMessage(e), type);
-      return null;
-    }
-    lookup.found = [];
-    lookup.missing = [];
-    return decideShard(analysis, { config, session, bind, lookup });
   }
 
   // ---- split requests ------------------------------------------------------------------------
@@ -1456,207 +1305,6 @@ export class Client implements ServerLink {
     await this.#send();
     await this.#settle();
     await this.#txn.abortOn(healthy, this.pool?.config.rollback_timeout ?? 5000);
-  }
-
-  /** The session's manual routing and search_path, as shard decisions see them. */
-  #shardSession(): ShardSession {
-    return {
-      shard: this.session.pgdogLocal.get("shard") ?? this.session.pgdog.get("shard"),
-      shardingKey: this.session.pgdogLocal.get("sharding_key") ??
-        this.session.pgdog.get("sharding_key"),
-      searchPath: this.#txn.searchPath ?? this.session.params.get("search_path"),
-    };
-  }
-
-  /** DDL ran in the open transaction: column orders are read again once it ends. */
-  #tablesChanged = false;
-  /** The session has created temporary tables. */
-  #tempTables = false;
-
-  /** The client's own server on shard 0, if it holds one with nothing outstanding (catalog reads). */
-  #catalogServer(): Server | null {
-    const server = this.server !== null && this.cluster!.shardOf(this.server.owner as Pool) === 0
-      ? this.server
-      : this.#txn.parked.get(0) ?? null;
-    return server !== null && server.queue.length === 0 &&
-        !(server === this.server && this.#unsynced)
-      ? server
-      : null;
-  }
-
-  // ---- plugins -------------------------------------------------------------------------------
-
-  /** The role a plugin chose for the request being routed (it beats comments and SET). */
-  #pluginRole: Role | null = null;
-
-  /**
-   * Asks the route plugins about the request starting with this message, without sharding.
-   * "done" when they answered it (blocked, or failed with on_error = error).
-   */
-  async #routePlugins(
-    type: number,
-    buf: Uint8Array,
-    p: number,
-    end: number,
-  ): Promise<"go" | "done"> {
-    const analysis = this.#analysisOf(type, buf, p, end);
-    if (analysis === null) return "go";
-    const { bind, executes } = this.#requestAt(type, buf, p, end);
-    if (type !== Msg.Query && !executes) return "go";
-    const verdict = await this.#askPlugins(type, buf, p, end, {
-      analysis,
-      bind,
-      shard: null,
-      keys: [],
-    });
-    if (this.closed) return "done";
-    return this.#applyVerdict(verdict, type, buf, p, end) === "done" ? "done" : "go";
-  }
-
-  /** What the (buffered) request starting with this message binds, and whether it executes. */
-  #requestAt(
-    type: number,
-    buf: Uint8Array,
-    p: number,
-    end: number,
-  ): { bind: BindValues | null; executes: boolean } {
-    const request = scanRequest(buf, type === Msg.Bind ? p : this.rbuf.start, this.rbuf.end);
-    return {
-      bind: type === Msg.Bind ? bindValues(buf, p, end) : request.bind,
-      executes: request.executes || type === Msg.Execute,
-    };
-  }
-
-  /** The statement's text: the message's own, or the prepared statement's a Bind runs. */
-  #statementSql(type: number, buf: Uint8Array, p: number, end: number, analysis: Analysis): string {
-    if (type === Msg.Query) return decodeText(buf, p + 5, end - 1);
-    if (type === Msg.Parse) return parseQuery(buf, p, end);
-    if (type === Msg.Bind) {
-      const name = bindStatementName(buf, p, end);
-      if (name === "") return this.#forwarder.unnamedSql ?? analysis.entry.query;
-      return this.statements.get(name)?.query ?? analysis.entry.query;
-    }
-    return analysis.entry.query;
-  }
-
-  /** Calls every route plugin with this statement's context and merges their answers. */
-  #askPlugins(
-    type: number,
-    buf: Uint8Array,
-    p: number,
-    end: number,
-    found: {
-      analysis: Analysis;
-      bind: BindValues | null;
-      shard: number | "all" | null;
-      keys: ShardLookup["found"];
-    },
-  ): Promise<RouteVerdict> {
-    const plugins = this.#host.plugins!;
-    const { analysis } = found;
-    const sql = this.#statementSql(type, buf, p, end, analysis);
-    const shards = this.cluster!.shards.length;
-    const replicas = this.cluster!.hasReplicas;
-    const applicationName = this.session.params.get("application_name") ?? "";
-    return plugins.route({
-      sql,
-      shape: analysis.entry.query,
-      user: this.user,
-      database: this.database,
-      applicationName,
-      shards,
-      replicas,
-      context: () =>
-        routeContextJson({
-          sql,
-          treeJson: plugins.needsTree ? this.#host.router.treeJson(analysis, sql) : "null",
-          bind: found.bind,
-          tablesJson: analysis.entry.tablesJson ??= JSON.stringify(analysis.info.tables),
-          keys: found.keys,
-          write: analysis.info.write,
-          inTransaction: this.#txStatus() !== TxStatus.Idle,
-          shards,
-          replicas,
-          role: this.#route(type, buf, p, end),
-          shard: found.shard,
-          user: this.user,
-          database: this.database,
-          applicationName,
-        }),
-    });
-  }
-
-  /**
-   * Acts on the plugins' verdict: an error or a block answers the request ("done"); a rewrite
-   * replaces the message (the new statement's analysis is returned); a role is kept for #route.
-   */
-  #applyVerdict(
-    verdict: RouteVerdict,
-    type: number,
-    buf: Uint8Array,
-    p: number,
-    end: number,
-  ): "done" | Analysis | null {
-    if (verdict.error !== undefined) {
-      return this.#answerPluginError(verdict.error, type) ? "done" : null;
-    }
-    if (verdict.block !== undefined) {
-      const fields: ErrorFields = {
-        severity: "ERROR",
-        code: SqlState.InsufficientPrivilege,
-        message: verdict.block,
-        detail: `blocked by plugin "${verdict.by.block}"`,
-      };
-      return this.#refuse(fields, type) ? "done" : null;
-    }
-    if (verdict.role !== undefined) this.#pluginRole = verdict.role;
-    const current = this.#analysisOf(type, buf, p, end);
-    if (verdict.rewrite === undefined) return current;
-    const sql = verdict.rewrite;
-    const unnamedOrSession = type === Msg.Parse &&
-      (!this.#renaming || buf.indexOf(0, p + 5) === p + 5);
-    if (type !== Msg.Query && !unnamedOrSession) {
-      const why = `plugin "${verdict.by.rewrite}": a rewrite can't change a named prepared ` +
-        "statement (only simple queries and unnamed statements)";
-      if (this.#host.plugins?.onError(verdict.by.rewrite!) === "error") {
-        return this.#answerPluginError(why, type) ? "done" : null;
-      }
-      log.warn(`${why}; ignored`);
-      return current;
-    }
-    if (logEnabled("debug")) {
-      log.debug(`client ${this.id}: plugin ${verdict.by.rewrite} rewrote the statement: ${sql}`);
-    }
-    const analysis = this.#host.router.analyze(sql);
-    const msg = this.#msg;
-    if (type === Msg.Query) {
-      msg.substitute = queryMessage(sql);
-      msg.analysis = analysis;
-    } else {
-      msg.substitute = rewrittenParse(buf, p, end, sql);
-      msg.analysis = analysis;
-      if (buf.indexOf(0, p + 5) === p + 5) {
-        this.#forwarder.unnamedAnalysis = analysis;
-        this.#forwarder.unnamedSql = sql;
-      }
-    }
-    return analysis;
-  }
-
-  /** A request fails with a plugin's error (SQLSTATE 58000); see #refuse. */
-  #answerPluginError(message: string, type: number): boolean {
-    return this.#refuse({ severity: "ERROR", code: SqlState.SystemError, message }, type);
-  }
-
-  /**
-   * Refuses the request starting with a message of `type`, as PostgreSQL reports errors. True
-   * when answered here; false when a simple query inside a transaction must go on to the server,
-   * replaced by one that raises the error there (so the transaction fails as it would).
-   */
-  #refuse(fields: ErrorFields, type: number): boolean {
-    if (type === Msg.Query) return this.#local.refuseQuery(fields);
-    this.#local.answerError(fields, false);
-    return true;
   }
 
   /** Ends a batch left open by a Flush (its answers are in) before the server is left. */
@@ -1868,8 +1516,8 @@ export class Client implements ServerLink {
 
   /** The transaction ended: nothing of it is replayed on later shards. */
   #transactionOver(): void {
-    if (this.#tablesChanged) {
-      this.#tablesChanged = false;
+    if (this.#router.ddlInTransaction) {
+      this.#router.ddlInTransaction = false;
       this.cluster?.columns.clear();
       this.#host.tablesChanged(this.database);
     }
