@@ -40,6 +40,9 @@ import { parseRole, type Role } from "../router/route.ts";
 import type { ShardingConfig } from "../router/shard.ts";
 import type { PluginSet } from "../plugin/mod.ts";
 import { FanOut } from "./fan_out.ts";
+import type { ForwardClient } from "./forward.ts";
+import type { LocalClient } from "./local_answers.ts";
+import type { RouterClient } from "./request_router.ts";
 import { RequestRouter } from "./request_router.ts";
 import { ReportedParameters } from "./reported_parameters.ts";
 import { LocalAnswers } from "./local_answers.ts";
@@ -96,6 +99,9 @@ const LOGIN_CACHE_LIMIT = 256;
  */
 const PIN_CLEANUP = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; " +
   "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP";
+
+/** What the parts of a client's request handling read and change of it. */
+type ClientParts = LocalClient & RouterClient & ForwardClient & SplitClient;
 
 /** What a client needs from the proxy around it. */
 export interface ClientHost {
@@ -227,171 +233,116 @@ export class Client implements ServerLink {
   #split: SplitRun | null = null;
   /** The message being handled, and what handling it decided (reused for every message). */
   readonly #msg = new RoutedMessage();
-  /** What pgdog answers itself. */
-  readonly #local: LocalAnswers = ((client: Client): LocalAnswers =>
-    new LocalAnswers({
-      get router() {
-        return client.#host.router;
-      },
-      get uniqueIdGenerator() {
-        return client.#host.uniqueIds;
-      },
-      get prepared() {
-        return client.#host.prepared;
-      },
-      get shardCount() {
-        return client.cluster!.shards.length;
-      },
-      get routing() {
-        return client.#routing;
-      },
-      get sessionMode() {
-        return client.#sessionMode;
-      },
-      get renaming() {
-        return client.#renaming;
-      },
-      get server() {
-        return client.#leadServer();
-      },
-      get session() {
-        return client.session;
-      },
-      statements: client.statements,
-      get writer() {
-        return client.writer;
-      },
-      // (Getters: fields that are set after this one.)
-      get rbuf() {
-        return client.rbuf;
-      },
-      get msg() {
-        return client.#msg;
-      },
-      get forwarder() {
-        return client.#forwarder;
-      },
-      get txn() {
-        return client.#txn;
-      },
-      get split() {
-        return client.#split;
-      },
-      get deferredBegin() {
-        return client.#deferredBegin;
-      },
-      set deferredBegin(begin: Uint8Array | null) {
-        client.#deferredBegin = begin;
-      },
-      get skipUntilSync() {
-        return client.#skipUntilSync;
-      },
-      set skipUntilSync(skip: boolean) {
-        client.#skipUntilSync = skip;
-      },
-      txStatus: () => client.#txStatus(),
-      transactionOver: () => client.#transactionOver(),
-      setPgdog: (setting) => client.#setPgdog(setting),
-      answer: (bytes, dropped) => client.#answer(bytes, dropped),
-      resetSession: (b) => client.#resetSession(b),
-    }))(this);
-  /** Routes requests: their role, and their shards. */
-  readonly #router: RequestRouter = ((client: Client): RequestRouter =>
-    new RequestRouter({
-      get id() {
-        return client.id;
-      },
-      get user() {
-        return client.user;
-      },
-      get database() {
-        return client.database;
-      },
-      get cluster() {
-        return client.cluster;
-      },
-      get sharding() {
-        return client.#sharding;
-      },
-      get router() {
-        return client.#host.router;
-      },
-      get plugins() {
-        return client.#host.plugins;
-      },
-      get strategy() {
-        return client.#host.routing.read_write_strategy;
-      },
-      get routing() {
-        return client.#routing;
-      },
-      get renaming() {
-        return client.#renaming;
-      },
-      get startupRole() {
-        return client.#startupRole;
-      },
-      get closed() {
-        return client.closed;
-      },
-      get server() {
-        return client.server;
-      },
-      get unsynced() {
-        return client.#unsynced;
-      },
-      get deferredBegin() {
-        return client.#deferredBegin;
-      },
-      get session() {
-        return client.session;
-      },
-      statements: client.statements,
-      // (Getters: fields that are set after this one.)
-      get rbuf() {
-        return client.rbuf;
-      },
-      get msg() {
-        return client.#msg;
-      },
-      get forwarder() {
-        return client.#forwarder;
-      },
-      get txn() {
-        return client.#txn;
-      },
-      get local() {
-        return client.#local;
-      },
-      txStatus: () => client.#txStatus(),
-      tablesChanged: () => client.#host.tablesChanged(client.database),
-      abortEverywhere: () => client.#abortEverywhere(),
-      gateOpen: () => client.#gateOpen(),
-      atGate: () => client.#atGate(),
-    }))(this);
-  /** Forwards messages to servers, rewriting prepared statements. */
-  readonly #forwarder: Forwarder = ((client: Client): Forwarder =>
-    new Forwarder({
-      statements: client.statements,
-      get renaming() {
-        return client.#renaming;
-      },
-      get uniqueIdGenerator() {
-        return client.#host.uniqueIds;
-      },
-      noteScan: (scan, server) => client.#noteScan(scan, server),
-      countQuery: (server) => {
-        client.queries++;
-        server.queries++;
-      },
-    }))(this);
-  /** What planning a split reads of this client. */
-  readonly #splitClient: SplitClient = ((client: Client): SplitClient => ({
-    get router() {
-      return client.#host.router;
+  /**
+   * The client as the parts of its request handling see it (local answers, routing, forwarding,
+   * split planning): one view of its state for all of them.
+   */
+  readonly #parts: ClientParts = ((client: Client): ClientParts => ({
+    get id() {
+      return client.id;
+    },
+    get user() {
+      return client.user;
+    },
+    get database() {
+      return client.database;
+    },
+    get cluster() {
+      return client.cluster;
     },
     get sharding() {
       return client.#sharding;
+    },
+    get router() {
+      return client.#host.router;
+    },
+    get plugins() {
+      return client.#host.plugins;
+    },
+    get prepared() {
+      return client.#host.prepared;
+    },
+    get uniqueIdGenerator() {
+      return client.#host.uniqueIds;
+    },
+    get strategy() {
+      return client.#host.routing.read_write_strategy;
+    },
+    get shardCount() {
+      return client.cluster!.shards.length;
+    },
+    get routing() {
+      return client.#routing;
+    },
+    get sessionMode() {
+      return client.#sessionMode;
+    },
+    get renaming() {
+      return client.#renaming;
+    },
+    get startupRole() {
+      return client.#startupRole;
+    },
+    get closed() {
+      return client.closed;
+    },
+    get server() {
+      return client.#leadServer();
+    },
+    get unsynced() {
+      return client.#unsynced;
+    },
+    get session() {
+      return client.session;
+    },
+    statements: client.statements,
+    get writer() {
+      return client.writer;
+    },
+    // (Getters: fields that are set after this one.)
+    get rbuf() {
+      return client.rbuf;
+    },
+    get msg() {
+      return client.#msg;
+    },
+    get forwarder() {
+      return client.#forwarder;
+    },
+    get txn() {
+      return client.#txn;
+    },
+    get local() {
+      return client.#local;
+    },
+    get split() {
+      return client.#split;
+    },
+    get deferredBegin() {
+      return client.#deferredBegin;
+    },
+    set deferredBegin(begin: Uint8Array | null) {
+      client.#deferredBegin = begin;
+    },
+    get skipUntilSync() {
+      return client.#skipUntilSync;
+    },
+    set skipUntilSync(skip: boolean) {
+      client.#skipUntilSync = skip;
+    },
+    txStatus: () => client.#txStatus(),
+    transactionOver: () => client.#transactionOver(),
+    setPgdog: (setting) => client.#setPgdog(setting),
+    answer: (bytes, dropped) => client.#answer(bytes, dropped),
+    resetSession: (b) => client.#resetSession(b),
+    tablesChanged: () => client.#host.tablesChanged(client.database),
+    abortEverywhere: () => client.#abortEverywhere(),
+    gateOpen: () => client.#gateOpen(),
+    atGate: () => client.#atGate(),
+    noteScan: (scan, server) => client.#noteScan(scan, server),
+    countQuery: (server) => {
+      client.queries++;
+      server.queries++;
     },
     shardSession: () => client.#router.shardSession(),
     statementAnalysis: (name) =>
@@ -400,6 +351,12 @@ export class Client implements ServerLink {
         : client.statements.get(name)?.analysis ?? null,
     heldShards: () => client.#txn.heldShards(client.cluster!, client.server),
   }))(this);
+  /** What pgdog answers itself. */
+  readonly #local = new LocalAnswers(this.#parts);
+  /** Routes requests: their role, and their shards. */
+  readonly #router = new RequestRouter(this.#parts);
+  /** Forwards messages to servers, rewriting prepared statements. */
+  readonly #forwarder = new Forwarder(this.#parts);
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
     this.conn = conn;
@@ -816,7 +773,7 @@ export class Client implements ServerLink {
           if (this.closed) return false;
         }
         const plan = split === null
-          ? planSplit({ type, buf, p, end, bufferEnd: rb.end }, this.#splitClient)
+          ? planSplit({ type, buf, p, end, bufferEnd: rb.end }, this.#parts)
           : null;
         if (plan !== null) {
           await this.#startSplit(plan);
