@@ -39,7 +39,7 @@ import { ANALYZE_MAX, ANALYZE_ON_LOOP_MAX, type QueryRouter } from "../router/mo
 import { parseRole, type Role } from "../router/route.ts";
 import type { ShardingConfig } from "../router/shard.ts";
 import type { PluginSet } from "../plugin/mod.ts";
-import { FanOut } from "./fan_out.ts";
+import { FanOut, type FanOutSender } from "./fan_out.ts";
 import type { ForwardClient } from "./forward.ts";
 import type { LocalClient } from "./local_answers.ts";
 import type { RouterClient } from "./request_router.ts";
@@ -101,7 +101,7 @@ const PIN_CLEANUP = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; " 
   "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP";
 
 /** What the parts of a client's request handling read and change of it. */
-type ClientParts = LocalClient & RouterClient & ForwardClient & SplitClient;
+type ClientParts = LocalClient & RouterClient & ForwardClient & SplitClient & FanOutSender;
 
 /** What a client needs from the proxy around it. */
 export interface ClientHost {
@@ -225,10 +225,8 @@ export class Client implements ServerLink {
   #inRequest = false;
   /** The attached server got a Flush and no Sync since: its batch is still open. */
   #unsynced = false;
-  /** The legs of a request running on several shards; local answers go to each. */
-  #fanLegs: Server[] | null = null;
-  /** The servers of the request running on several shards now (for cancels and timeouts). */
-  #fanRunning: Server[] | null = null;
+  /** The request running on several shards, if any. */
+  #fan: FanOut | null = null;
   /** A request cut into statements that run one by one (see planSplit), while it runs. */
   #split: SplitRun | null = null;
   /** The message being handled, and what handling it decided (reused for every message). */
@@ -350,6 +348,12 @@ export class Client implements ServerLink {
         ? client.#forwarder.unnamedAnalysis
         : client.statements.get(name)?.analysis ?? null,
     heldShards: () => client.#txn.heldShards(client.cluster!, client.server),
+    get prelude() {
+      return client.#txn.prelude;
+    },
+    answerLocally: (type, buf, p, end) => client.#local.answerLocally(type, buf, p, end),
+    forward: (msg, server, out) => client.#forwarder.forward(msg, server, out),
+    syncParams: (server, out) => client.#syncParams(server, out),
   }))(this);
   /** What pgdog answers itself. */
   readonly #local = new LocalAnswers(this.#parts);
@@ -420,7 +424,12 @@ export class Client implements ServerLink {
   ): void {
     if (this.state === "login" || this.state === "waiting" || this.closed) return;
     const server = this.server;
-    const running = server && server.queue.length > 0 ? [server] : this.#fanRunning;
+    const fan = this.#fan;
+    const running = server && server.queue.length > 0
+      ? [server]
+      : fan !== null && fan.running
+      ? fan.servers
+      : null;
     if (running !== null) {
       if (limits.query <= 0) return;
       for (const s of running) {
@@ -460,8 +469,8 @@ export class Client implements ServerLink {
     const server = this.server;
     if (server && (server.queue.length > 0 || server.copy !== CopyState.None)) {
       server.sendCancel();
-    } else if (this.#fanRunning !== null) {
-      for (const s of this.#fanRunning) if (s.queue.length > 0 && !s.closed) s.sendCancel();
+    } else if (this.#fan !== null && this.#fan.running) {
+      for (const s of this.#fan.servers) if (s.queue.length > 0 && !s.closed) s.sendCancel();
     } else if (this.#waitAbort) {
       this.#waitAbort.abort(
         new ClientFacingError({
@@ -1022,7 +1031,7 @@ export class Client implements ServerLink {
 
   /** Answers with bytes of pgdog's own, in order with whatever the server still owes. */
   #answer(bytes: Uint8Array, dropped?: () => void): void {
-    const legs = this.#fanLegs;
+    const legs = this.#fan !== null && this.#fan.queueing ? this.#fan.servers : null;
     if (legs !== null) {
       // Every shard's answers carry it, so the merged answer has it once, in its place.
       legs.forEach((server, i) =>
@@ -1052,8 +1061,8 @@ export class Client implements ServerLink {
    * on several shards, the first shard's.
    */
   #leadServer(): Server | null {
-    const legs = this.#fanLegs;
-    return legs !== null ? legs[0] : this.server;
+    const fan = this.#fan;
+    return fan !== null && fan.queueing ? fan.servers[0] : this.server;
   }
 
   /** `SET [LOCAL] pgdog.<name> TO <value>` and `RESET pgdog.<name>`. */
@@ -1081,7 +1090,7 @@ export class Client implements ServerLink {
     const server = this.server;
     if (
       !server || this.#sessionMode || this.session.pinned || !server.clean ||
-      this.session.needsReadBack || this.#fanLegs !== null
+      this.session.needsReadBack || this.#fan !== null
     ) return;
     this.server = null;
     this.state = "idle";
@@ -1352,8 +1361,6 @@ export class Client implements ServerLink {
     shards: number[],
     options: { type: number; p: number; end: number; omniWrite: boolean; copyHeader?: boolean },
   ): Promise<void> {
-    const rb = this.rbuf;
-    const buf = rb.buf;
     if (this.server !== null) {
       await this.#closeBatch();
       await this.#settle();
@@ -1403,56 +1410,16 @@ export class Client implements ServerLink {
       keep: this.#sessionMode,
       copyHeader: options.copyHeader,
     });
-    const outs = legs.map(() => new OutBatch());
-    legs.forEach((server, i) => {
-      server.attach(fan.link(i, server));
-      outs[i].reset(buf);
-      this.#syncParams(server, outs[i]);
-      if (fresh[i]) {
-        for (const msg of this.#txn.prelude) {
-          outs[i].addBytes(msg);
-          server.expect(Expect.Query, Action.Swallow);
-        }
-      }
-    });
-    this.#fanLegs = legs;
+    // (An attached server of a shard the request does not run on is let go of here.)
+    this.server = null;
+    this.#fan = fan;
     try {
-      let { type, p, end } = options;
-      let first = true;
-      for (;;) {
-        if (first || !this.#local.answerLocally(type, buf, p, end)) {
-          const msg = this.#msg;
-          for (let i = 0; i < legs.length; i++) {
-            this.#forwarder.forward(msg, legs[i], outs[i]);
-            // One shard's entry carries the substitute's ticket, one shard fails a duplicate.
-            msg.ticket = null;
-            msg.duplicate = null;
-          }
-        }
-        first = false;
-        if (type === Msg.Sync || type === Msg.Query || type === Msg.FunctionCall) break;
-        const size = rb.nextMessageSize();
-        if (size === 0) break; // a Flush ended the buffered part: the rest comes as its own request
-        p = rb.start;
-        end = p + size;
-        type = buf[p];
-        if (
-          type === Msg.Terminate || FRONTEND_TYPES[type] === 0 || !wellFormed(type, buf, p, end)
-        ) break;
-        rb.start = end;
-        this.#msg.at(type, buf, p, end);
-      }
+      await fan.run({ servers: legs, fresh }, {
+        first: { type: options.type, p: options.p, end: options.end },
+        client: this.#parts,
+      });
     } finally {
-      this.#fanLegs = null;
-      // (An attached server of a shard the request does not run on is let go of here.)
-      this.server = null;
-    }
-    this.#fanRunning = legs;
-    try {
-      await Promise.all(legs.map((server, i) => outs[i].writeTo(server.writer).catch(() => {})));
-      await fan.done;
-    } finally {
-      this.#fanRunning = null;
+      this.#fan = null;
     }
     this.state = "idle";
     this.lastActivity = Date.now();
