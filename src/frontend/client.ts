@@ -49,15 +49,7 @@ import { LocalAnswers } from "./local_answers.ts";
 import { Forwarder } from "./forward.ts";
 import { RoutedMessage } from "./routed_message.ts";
 import { ShardTransaction } from "./shard_transaction.ts";
-import {
-  IMPLICIT_BEGIN,
-  planSplit,
-  type SplitClient,
-  type SplitPlan,
-  type SplitRun,
-} from "./split_request.ts";
-import { BlockWriter } from "./block_writer.ts";
-import { asSocketWriter } from "../net/framer.ts";
+import { planSplit, type SplitClient, type SplitHost, SplitRunner } from "./split_request.ts";
 import { adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { mayCallUniqueId } from "../router/unique_id_calls.ts";
@@ -101,7 +93,13 @@ const PIN_CLEANUP = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; " 
   "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP";
 
 /** What the parts of a client's request handling read and change of it. */
-type ClientParts = LocalClient & RouterClient & ForwardClient & SplitClient & FanOutSender;
+type ClientParts =
+  & LocalClient
+  & RouterClient
+  & ForwardClient
+  & SplitClient
+  & SplitHost
+  & FanOutSender;
 
 /** What a client needs from the proxy around it. */
 export interface ClientHost {
@@ -227,8 +225,6 @@ export class Client implements ServerLink {
   #unsynced = false;
   /** The request running on several shards, if any. */
   #fan: FanOut | null = null;
-  /** A request cut into statements that run one by one (see planSplit), while it runs. */
-  #split: SplitRun | null = null;
   /** The message being handled, and what handling it decided (reused for every message). */
   readonly #msg = new RoutedMessage();
   /**
@@ -297,6 +293,21 @@ export class Client implements ServerLink {
     get writer() {
       return client.writer;
     },
+    set writer(writer: SocketWriter) {
+      client.writer = writer;
+    },
+    set inRequest(inRequest: boolean) {
+      client.#inRequest = inRequest;
+    },
+    send: () => client.#send(),
+    closeBatch: () => client.#closeBatch(),
+    settle: () => client.#settle(),
+    useShard: async (n) => {
+      if (client.server !== null) client.#park(client.server);
+      client.#shard = n;
+      return await client.#acquire("primary");
+    },
+    endImplicit: (commit) => client.#endImplicit(commit),
     // (Getters: fields that are set after this one.)
     get rbuf() {
       return client.rbuf;
@@ -314,7 +325,7 @@ export class Client implements ServerLink {
       return client.#local;
     },
     get split() {
-      return client.#split;
+      return client.#splits.current;
     },
     get deferredBegin() {
       return client.#deferredBegin;
@@ -361,6 +372,8 @@ export class Client implements ServerLink {
   readonly #router = new RequestRouter(this.#parts);
   /** Forwards messages to servers, rewriting prepared statements. */
   readonly #forwarder = new Forwarder(this.#parts);
+  /** Runs requests cut into statements that run one by one (see planSplit). */
+  readonly #splits = new SplitRunner(this.#parts);
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
     this.conn = conn;
@@ -712,10 +725,10 @@ export class Client implements ServerLink {
     // Query, Parse and Bind messages from this size on may need a look before they are handled.
     const large = Math.min(ANALYZE_ON_LOOP_MAX, this.#host.settings.query_size_limit ?? Infinity);
     for (;;) {
-      const split = this.#split;
+      const split = this.#splits.current;
       if (split !== null && rb.start >= split.ends[split.next]) {
         // One statement of a split request is over: the next one, or the request's end.
-        await this.#splitStep(split);
+        await this.#splits.step(split);
         if (this.closed) return false;
         out.reset(rb.buf);
         continue;
@@ -785,7 +798,7 @@ export class Client implements ServerLink {
           ? planSplit({ type, buf, p, end, bufferEnd: rb.end }, this.#parts)
           : null;
         if (plan !== null) {
-          await this.#startSplit(plan);
+          await this.#splits.start(plan);
           if (this.closed) return false;
           out.reset(rb.buf);
           continue;
@@ -1140,87 +1153,6 @@ export class Client implements ServerLink {
   }
 
   // ---- split requests ------------------------------------------------------------------------
-
-  /**
-   * Starts a split request: its statements replace it in the read buffer, each as a request of
-   * its own (simple queries one statement each; extended-protocol executions each closed by a
-   * Sync of pgdog's), the servers of every shard it needs are taken in shard order (a client
-   * never holds one shard while waiting for a lower one), and outside a transaction pgdog opens
-   * one, as PostgreSQL runs such a request in an implicit transaction.
-   */
-  async #startSplit(plan: SplitPlan): Promise<void> {
-    const rb = this.rbuf;
-    // What the client sent before must be answered before its servers are set aside.
-    await this.#send();
-    await this.#closeBatch();
-    await this.#settle();
-    if (this.closed) return;
-    rb.replace(plan.from, plan.to, plan.bytes);
-    const last = plan.ends[plan.ends.length - 1];
-    const implicit = this.#txStatus() === TxStatus.Idle;
-    if (implicit) this.#deferredBegin = IMPLICIT_BEGIN;
-    const held = this.#txn.heldShards(this.cluster!, this.server);
-    for (const n of plan.shards) {
-      if (held.includes(n)) continue;
-      if (this.server !== null) this.#park(this.server);
-      this.#shard = n;
-      const ok = await this.#acquire("primary");
-      if (this.closed) return;
-      if (!ok) {
-        // The error is queued; the request is not run at all.
-        rb.start = last;
-        if (implicit) await this.#endImplicit(false);
-        this.writer.enqueue(readyForQuery(this.#txStatus() as TxStatus));
-        return;
-      }
-      await this.#send();
-    }
-    const writer = new BlockWriter(this.writer);
-    this.writer = asSocketWriter(writer);
-    this.#split = { ends: plan.ends, next: 0, writer, implicit };
-  }
-
-  /** One statement of the split request is answered: go on, skip the rest after an error, or end. */
-  async #splitStep(split: SplitRun): Promise<void> {
-    await this.#send();
-    await this.#settle();
-    const rb = this.rbuf;
-    const last = split.ends[split.ends.length - 1];
-    split.next++;
-    if (split.writer.failed && split.next < split.ends.length) {
-      // PostgreSQL stops at the first error: the rest of the request is not run.
-      rb.start = last;
-      split.next = split.ends.length;
-      this.#skipUntilSync = false;
-      this.#inRequest = false;
-    }
-    if (split.next < split.ends.length) {
-      // After a COMMIT or ROLLBACK in the request, what follows runs in a new implicit transaction.
-      if (this.#txStatus() === TxStatus.Idle && this.#deferredBegin === null) {
-        this.#deferredBegin = IMPLICIT_BEGIN;
-        split.implicit = true;
-      }
-      return;
-    }
-    this.#split = null;
-    this.writer = split.writer.target;
-    if (
-      split.implicit && this.#deferredBegin !== IMPLICIT_BEGIN && this.#txStatus() !== TxStatus.Idle
-    ) {
-      const error = await this.#endImplicit(!split.writer.failed);
-      if (error !== null) {
-        const b = new MessageBuilder(128);
-        appendError(b, error);
-        this.writer.enqueue(b.build());
-      }
-    } else if (split.implicit && this.#deferredBegin === IMPLICIT_BEGIN) {
-      // Nothing reached a server: there is no transaction to end.
-      this.#deferredBegin = null;
-      this.#transactionOver();
-    }
-    if (this.closed) return;
-    this.writer.enqueue(readyForQuery(this.#txStatus() as TxStatus));
-  }
 
   /**
    * Ends the transaction pgdog opened for a split request on every server it reached, and gives

@@ -2,12 +2,25 @@
  * Split requests: a request whose statements must be routed one by one (a multi-statement simple
  * query, or a pipelined extended-protocol request whose statements go to different shards) is
  * cut into statements, each run as a request of its own, in one implicit transaction as
- * PostgreSQL runs it. This file plans the cut; the client runs it.
+ * PostgreSQL runs it. planSplit plans the cut; SplitRunner runs it.
  *
  * @module
  */
 
-import { decodeText, Msg, queryMessage, readInt32 } from "../protocol/messages.ts";
+import {
+  appendError,
+  decodeText,
+  type ErrorFields,
+  MessageBuilder,
+  Msg,
+  queryMessage,
+  readInt32,
+  readyForQuery,
+  TxStatus,
+} from "../protocol/messages.ts";
+import type { MessageBuffer } from "../net/message_buffer.ts";
+import type { SocketWriter } from "../net/writer.ts";
+import { asSocketWriter } from "../net/framer.ts";
 import { bindValues } from "../protocol/frontend_messages.ts";
 import { type Analysis, ANALYZE_ON_LOOP_MAX, type QueryRouter } from "../router/mod.ts";
 import type { ParseTree } from "../router/analyze.ts";
@@ -20,7 +33,7 @@ import {
   type ShardSession,
   type ShardTarget,
 } from "../router/shard.ts";
-import type { BlockWriter } from "./block_writer.ts";
+import { BlockWriter } from "./block_writer.ts";
 import { bindStatementName, parseName, parseQuery } from "./prepared.ts";
 import {
   parseTree,
@@ -203,4 +216,124 @@ export function planSplit(
     ends.push(p + at);
   }
   return { from: p, to: requestEnd, bytes, ends, shards: [...shards].sort((a, b) => a - b) };
+}
+
+/** What running a split request asks of the client. */
+export interface SplitHost {
+  readonly rbuf: MessageBuffer;
+  readonly closed: boolean;
+  /** Where answers to the client go (a split request puts a BlockWriter in front). */
+  writer: SocketWriter;
+  /** A BEGIN held back (IMPLICIT_BEGIN: pgdog's, for the implicit transaction). */
+  deferredBegin: Uint8Array | null;
+  skipUntilSync: boolean;
+  /** Set false: the client is between requests. */
+  set inRequest(inRequest: boolean);
+  txStatus(): number;
+  /** The shards the client's transaction holds. */
+  heldShards(): number[];
+  /** Writes what the batch collected for the server. */
+  send(): Promise<void>;
+  /** Ends a batch left open by a Flush before the server is left. */
+  closeBatch(): Promise<void>;
+  /** Waits until the server has answered everything sent. */
+  settle(): Promise<void>;
+  /** Takes a server of shard `n` (the attached one is parked); false when that failed (told). */
+  useShard(n: number): Promise<boolean>;
+  /** Ends the implicit transaction on every server it reached; returns the first error. */
+  endImplicit(commit: boolean): Promise<ErrorFields | null>;
+  /** The transaction ended. */
+  transactionOver(): void;
+}
+
+/** Runs one client's split requests. */
+export class SplitRunner {
+  readonly #host: SplitHost;
+  /** The split request running, if any. */
+  current: SplitRun | null = null;
+
+  constructor(host: SplitHost) {
+    this.#host = host;
+  }
+
+  /**
+   * Starts a split request: its statements replace it in the read buffer, each as a request of
+   * its own (simple queries one statement each; extended-protocol executions each closed by a
+   * Sync of pgdog's), the servers of every shard it needs are taken in shard order (a client
+   * never holds one shard while waiting for a lower one), and outside a transaction pgdog opens
+   * one, as PostgreSQL runs such a request in an implicit transaction.
+   */
+  async start(plan: SplitPlan): Promise<void> {
+    const h = this.#host;
+    const rb = h.rbuf;
+    // What the client sent before must be answered before its servers are set aside.
+    await h.send();
+    await h.closeBatch();
+    await h.settle();
+    if (h.closed) return;
+    rb.replace(plan.from, plan.to, plan.bytes);
+    const last = plan.ends[plan.ends.length - 1];
+    const implicit = h.txStatus() === TxStatus.Idle;
+    if (implicit) h.deferredBegin = IMPLICIT_BEGIN;
+    const held = h.heldShards();
+    for (const n of plan.shards) {
+      if (held.includes(n)) continue;
+      const ok = await h.useShard(n);
+      if (h.closed) return;
+      if (!ok) {
+        // The error is queued; the request is not run at all.
+        rb.start = last;
+        if (implicit) await h.endImplicit(false);
+        h.writer.enqueue(readyForQuery(h.txStatus() as TxStatus));
+        return;
+      }
+      await h.send();
+    }
+    const writer = new BlockWriter(h.writer);
+    h.writer = asSocketWriter(writer);
+    this.current = { ends: plan.ends, next: 0, writer, implicit };
+  }
+
+  /** One statement of the split request is answered: go on, skip the rest after an error, or end. */
+  async step(split: SplitRun): Promise<void> {
+    const h = this.#host;
+    await h.send();
+    await h.settle();
+    const rb = h.rbuf;
+    const last = split.ends[split.ends.length - 1];
+    split.next++;
+    if (split.writer.failed && split.next < split.ends.length) {
+      // PostgreSQL stops at the first error: the rest of the request is not run.
+      rb.start = last;
+      split.next = split.ends.length;
+      h.skipUntilSync = false;
+      h.inRequest = false;
+    }
+    if (split.next < split.ends.length) {
+      // After a COMMIT or ROLLBACK in the request, what follows runs in a new implicit transaction.
+      if (h.txStatus() === TxStatus.Idle && h.deferredBegin === null) {
+        h.deferredBegin = IMPLICIT_BEGIN;
+        split.implicit = true;
+      }
+      return;
+    }
+    this.current = null;
+    h.writer = split.writer.target;
+    if (
+      split.implicit && h.deferredBegin !== IMPLICIT_BEGIN && h.txStatus() !== TxStatus.Idle
+    ) {
+      const error = await h.endImplicit(!split.writer.failed);
+      if (error !== null) {
+        const b = new MessageBuilder(128);
+        appendError(b, error);
+        h.writer.enqueue(b.build());
+      }
+    } else if (split.implicit && h.deferredBegin === IMPLICIT_BEGIN) {
+      // Nothing reached a server: there is no transaction to end.
+      h.deferredBegin = null;
+      h.transactionOver();
+    }
+    if (h.closed) return;
+    h.writer.enqueue(readyForQuery(h.txStatus() as TxStatus));
+  }
 }
