@@ -55,11 +55,11 @@ import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { mayCallUniqueId } from "../router/unique_id_calls.ts";
 import { errorMessage, log } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
-import { logIn, LoginRefused } from "./login.ts";
+import { logIn, loginParameters, LoginRefused } from "./login.ts";
 import {
   markApplied,
-  paramsSignature,
-  paramSyncSql,
+  
+  
   paramSyncStatements,
   sessionParamsFromStartup,
   startupOption,
@@ -83,8 +83,6 @@ import { OutBatch } from "./out_batch.ts";
 
 /** Initial size of a client's read buffer; it grows for large messages and shrinks back after. */
 const CLIENT_BUFFER_BYTES = 4096;
-/** Bounded so a client cannot grow the cache without limit with made-up parameters. */
-const LOGIN_CACHE_LIMIT = 256;
 /**
  * Cleans a server a client pinned (or left in a state pgdog does not know) before others use it:
  * the identity first (RESET ALL keeps it, and another identity may not reset everything).
@@ -565,7 +563,7 @@ export class Client implements ServerLink {
     this.session = new SessionState(sessionParamsFromStartup(result.startup));
     let reported: Array<[string, string]>;
     try {
-      reported = await this.#loginParameters();
+      reported = await loginParameters(this.pool!, this.session.params);
     } catch (e) {
       const fields = e instanceof ClientFacingError || e instanceof ServerConnectError
         ? e.fields
@@ -595,40 +593,6 @@ export class Client implements ServerLink {
 
   /** Logged in (its disconnection is worth a line). */
   #loggedIn = false;
-
-  /**
-   * The ParameterStatus values this client is shown at login: a real server's, after the client's
-   * own startup parameters are applied there (which also validates them, as PostgreSQL would).
-   */
-  async #loginParameters(): Promise<Array<[string, string]>> {
-    const pool = this.pool!;
-    const params = this.session.params;
-    const signature = paramsSignature(params);
-    const cached = pool.loginParams.get(signature);
-    if (cached) return cached;
-    const server = pool.tryCheckout() ?? await pool.waitForServer();
-    try {
-      const sql = paramSyncSql(params, server.applied);
-      if (sql !== null) {
-        // In a transaction, so that a failure (the client's parameters are invalid) leaves the
-        // server exactly as it was.
-        const timeoutMs = pool.config.rollback_timeout;
-        const result = await server.query(`BEGIN;${sql};COMMIT`, { timeoutMs });
-        if (result.error) {
-          const rollback = await server.query("ROLLBACK", { timeoutMs });
-          if (rollback.error) server.close("ROLLBACK failed after a failed settings sync");
-          throw new ClientFacingError(result.error);
-        }
-        markApplied(server.applied, params);
-      }
-      const reported = [...server.reported];
-      if (pool.loginParams.size >= LOGIN_CACHE_LIMIT) pool.loginParams.clear();
-      pool.loginParams.set(signature, reported);
-      return reported;
-    } finally {
-      pool.checkin(server);
-    }
-  }
 
   // ---- requests ------------------------------------------------------------------------------
 
