@@ -58,8 +58,6 @@ import { ClientGoneError } from "./auth.ts";
 import { logIn, loginParameters, LoginRefused } from "./login.ts";
 import {
   markApplied,
-  
-  
   paramSyncStatements,
   sessionParamsFromStartup,
   startupOption,
