@@ -40,6 +40,7 @@ import { parseRole, type Role } from "../router/route.ts";
 import type { ShardingConfig } from "../router/shard.ts";
 import type { PluginSet } from "../plugin/mod.ts";
 import { FanOut, type FanOutSender } from "./fan_out.ts";
+import { adminGreeting, serveAdmin } from "./admin_session.ts";
 import type { ForwardClient } from "./forward.ts";
 import type { LocalClient } from "./local_answers.ts";
 import type { RouterClient } from "./request_router.ts";
@@ -50,7 +51,7 @@ import { Forwarder } from "./forward.ts";
 import { RoutedMessage } from "./routed_message.ts";
 import { ShardTransaction } from "./shard_transaction.ts";
 import { planSplit, type SplitClient, type SplitHost, SplitRunner } from "./split_request.ts";
-import { adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
+import type { AdminHost } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { mayCallUniqueId } from "../router/unique_id_calls.ts";
 import { errorMessage, log } from "../log.ts";
@@ -535,13 +536,11 @@ export class Client implements ServerLink {
     if (result.cluster === null) {
       this.#admin = true;
       this.session = new SessionState(sessionParamsFromStartup(result.startup));
-      const b = new MessageBuilder(256);
-      b.bytes(AUTH_OK);
-      for (const [name, value] of ADMIN_PARAMETERS) appendParameterStatus(b, name, value);
-      appendParameterStatus(b, "application_name", result.startup.get("application_name") ?? "");
-      appendBackendKeyData(b, this.id, this.secret);
-      b.bytes(readyForQuery(TxStatus.Idle));
-      await this.writer.write(b.view());
+      await this.writer.write(adminGreeting({
+        applicationName: result.startup.get("application_name") ?? "",
+        pid: this.id,
+        secret: this.secret,
+      }));
       this.state = "idle";
       host.register(this);
       log.info(`client ${this.id} (${this.addr}) logged in to the admin database as ${this.user}`);
@@ -595,7 +594,22 @@ export class Client implements ServerLink {
   // ---- requests ------------------------------------------------------------------------------
 
   async #requestLoop(): Promise<void> {
-    if (this.#admin) return await this.#adminLoop();
+    if (this.#admin) {
+      return await serveAdmin({
+        rbuf: this.rbuf,
+        conn: this.conn,
+        writer: this.writer,
+        console: this.#host.console,
+        isOver: () => this.closed || this.#host.shuttingDown,
+        fatal: (fields) => this.#fatal(fields),
+        received: () => {
+          this.lastActivity = Date.now();
+        },
+        countQuery: () => {
+          this.queries++;
+        },
+      });
+    }
     const rb = this.rbuf;
     for (;;) {
       if (this.writer.congested) await this.writer.flush();
@@ -614,57 +628,6 @@ export class Client implements ServerLink {
         : Infinity;
       if (rb.available >= 5 && !(await this.#handleMessages())) return;
       if (this.closed) return;
-      if (!(await rb.fill(this.conn))) return;
-    }
-  }
-
-  /** The admin database: simple queries only, each one command (see src/admin). */
-  async #adminLoop(): Promise<void> {
-    const rb = this.rbuf;
-    let skipping = false;
-    for (;;) {
-      let size: number;
-      while ((size = rb.nextMessageSize()) > 0) {
-        const buf = rb.buf;
-        const p = rb.start;
-        const type = buf[p];
-        rb.start = p + size;
-        this.lastActivity = Date.now();
-        if (type === Msg.Terminate) return;
-        if (type === Msg.Query) {
-          if (!wellFormed(type, buf, p, p + size)) {
-            await this.#fatal({
-              severity: "FATAL",
-              code: SqlState.ProtocolViolation,
-              message: "malformed 'Q' message",
-            });
-            return;
-          }
-          this.queries++;
-          const sql = decodeText(buf, p + 5, p + size - 1);
-          await this.writer.flush();
-          this.writer.enqueue(encodeAnswer(await adminCommand(sql, this.#host.console)));
-          this.writer.enqueue(readyForQuery(TxStatus.Idle));
-          continue;
-        }
-        if (type === Msg.Sync) {
-          skipping = false;
-          this.writer.enqueue(readyForQuery(TxStatus.Idle));
-          continue;
-        }
-        if (skipping || type === Msg.Flush) continue;
-        skipping = true;
-        this.writer.enqueue(encodeAnswer({
-          error: {
-            severity: "ERROR",
-            code: SqlState.FeatureNotSupported,
-            message: "the admin database accepts simple queries only (psql -c, or psql's prompt)",
-          },
-        }));
-      }
-      rb.consume(0);
-      await this.writer.flush();
-      if (this.closed || this.#host.shuttingDown) return;
       if (!(await rb.fill(this.conn))) return;
     }
   }
@@ -1785,18 +1748,6 @@ const FLUSH_MESSAGE = Uint8Array.of(Msg.Flush, 0, 0, 0, 4);
 
 /** Ends a COPY FROM STDIN that reached several shards (the statement was not recognized). */
 const COPY_ACROSS_SHARDS = copyFail("COPY FROM STDIN on several shards is not supported by pgdog");
-
-/** What an admin database client is told about the "server" at login. */
-const ADMIN_PARAMETERS: Array<[string, string]> = [
-  ["server_version", "15.0 (pgdog admin)"],
-  ["server_encoding", "UTF8"],
-  ["client_encoding", "UTF8"],
-  ["DateStyle", "ISO, MDY"],
-  ["TimeZone", "UTC"],
-  ["integer_datetimes", "on"],
-  ["standard_conforming_strings", "on"],
-  ["is_superuser", "on"],
-];
 
 function isConnectionReset(e: unknown): boolean {
   return e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe ||
