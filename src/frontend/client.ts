@@ -74,6 +74,7 @@ import {
 import {
   EXTENDED_START,
   FRONTEND_TYPES,
+  replayable,
   requestBuffered,
   STATEMENT_TYPES,
   wellFormed,
@@ -881,7 +882,7 @@ export class Client implements ServerLink {
 
   /** Keeps the request at [from, to) to re-run on another server (when it is whole). */
   #keepForReplay(buf: Uint8Array, from: number, to: number, role: Role): void {
-    this.#replay = from >= 0 && this.#replayable(buf, from, to)
+    this.#replay = from >= 0 && replayable(buf, from, to)
       ? { bytes: buf.slice(from, to), role, begin: this.#sentBegin }
       : null;
   }
@@ -1388,23 +1389,6 @@ export class Client implements ServerLink {
       }
     }
     return true;
-  }
-
-  /** A request can be re-run elsewhere when it is whole (ends with Sync or Query) and has no COPY. */
-  #replayable(buf: Uint8Array, start: number, end: number): boolean {
-    let last = 0;
-    for (let p = start; p < end;) {
-      const type = buf[p];
-      if (
-        type === Msg.CopyData || type === Msg.CopyDone || type === Msg.CopyFail ||
-        type === Msg.FunctionCall
-      ) {
-        return false;
-      }
-      last = type;
-      p += 1 + ((buf[p + 1] << 24) | (buf[p + 2] << 16) | (buf[p + 3] << 8) | buf[p + 4]);
-    }
-    return last === Msg.Sync || last === Msg.Query;
   }
 
   /**

@@ -145,3 +145,23 @@ export const FRONTEND_TYPES: Uint8Array = (() => {
   ) t[m] = 1;
   return t;
 })();
+
+/**
+ * Whether the request in [start, end) can be re-run on another server: it is whole (ends with
+ * Sync or Query) and has no COPY data or FunctionCall.
+ */
+export function replayable(buf: Uint8Array, start: number, end: number): boolean {
+  let last = 0;
+  for (let p = start; p < end;) {
+    const type = buf[p];
+    if (
+      type === Msg.CopyData || type === Msg.CopyDone || type === Msg.CopyFail ||
+      type === Msg.FunctionCall
+    ) {
+      return false;
+    }
+    last = type;
+    p += 1 + ((buf[p + 1] << 24) | (buf[p + 2] << 16) | (buf[p + 3] << 8) | buf[p + 4]);
+  }
+  return last === Msg.Sync || last === Msg.Query;
+}
