@@ -34,8 +34,8 @@ import { ClientFacingError, type Pool, WaitAbort } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import { ServerConnectError } from "../backend/connect.ts";
 import type { AuthType } from "../config/types.ts";
-import { mayAffectSession, type SessionScan } from "../router/scan.ts";
-import { ANALYZE_MAX, ANALYZE_ON_LOOP_MAX, type QueryRouter } from "../router/mod.ts";
+import type { SessionScan } from "../router/scan.ts";
+import { ANALYZE_ON_LOOP_MAX, type QueryRouter } from "../router/mod.ts";
 import { parseRole, type Role } from "../router/route.ts";
 import type { ShardingConfig } from "../router/shard.ts";
 import type { PluginSet } from "../plugin/mod.ts";
@@ -53,7 +53,6 @@ import { ShardTransaction } from "./shard_transaction.ts";
 import { planSplit, type SplitClient, type SplitHost, SplitRunner } from "./split_request.ts";
 import type { AdminHost } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
-import { mayCallUniqueId } from "../router/unique_id_calls.ts";
 import { errorMessage, log } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
 import { logIn, loginParameters, LoginRefused } from "./login.ts";
@@ -64,13 +63,7 @@ import {
   startupOption,
 } from "./params.ts";
 import { sameParams, SessionState } from "./session.ts";
-import {
-  bindStatementName,
-  ClientStatements,
-  parseQuery,
-  type PreparedCache,
-  statementMessage,
-} from "./prepared.ts";
+import { ClientStatements, type PreparedCache, statementMessage } from "./prepared.ts";
 import {
   EXTENDED_START,
   FRONTEND_TYPES,
@@ -908,7 +901,7 @@ export class Client implements ServerLink {
 
   /**
    * A large Query, Parse or Bind: query_size_limit's warning, and a long statement analyzed off
-   * the event loop (the router keeps the answer for the synchronous calls that follow).
+   * the event loop (see RequestRouter.prepareLarge).
    */
   async #largeMessage(type: number, buf: Uint8Array, p: number, end: number): Promise<void> {
     const { query_size_limit: limit, query_size_limit_action: action } = this.#host.settings;
@@ -918,24 +911,7 @@ export class Client implements ServerLink {
           `[database: ${this.database}, user: ${this.user}]`,
       );
     }
-    // Short texts are analyzed on the event loop; texts beyond ANALYZE_MAX are not parsed at all.
-    if (end - p <= ANALYZE_ON_LOOP_MAX || end - p > 4 * ANALYZE_MAX) return;
-    // Without routing, only pgdog.unique_id() calls matter (and they mention pgdog).
-    if (!this.#routing && (type !== Msg.Query || !mayAffectSession(buf, p + 5, end - 1))) return;
-    const router = this.#host.router;
-    const sql = type === Msg.Query
-      ? decodeText(buf, p + 5, end - 1)
-      : type === Msg.Parse
-      ? parseQuery(buf, p, end)
-      : this.#forwarder.uniqueIdRun(bindStatementName(buf, p, end), p);
-    if (sql === null || !router.needsPreparing(sql)) return;
-    if (!this.#routing && !mayCallUniqueId(sql)) return;
-    await router.prepare(sql, {
-      uniqueIds: type === Msg.Query ? () => this.#host.uniqueIds.nextText() : undefined,
-      // Sharded: a multi-statement query is cut where the statements of the text as written end.
-      rawTree: this.#host.plugins?.needsTree === true ||
-        (this.#sharding !== null && type === Msg.Query),
-    });
+    await this.#router.prepareLarge(type, buf, p, end);
   }
 
   /** The start of the message at `p` of the read buffer (from `start`), on one line, for logs. */

@@ -17,7 +17,15 @@ import type { Server } from "../backend/server.ts";
 import { ClientFacingError, type Pool } from "../backend/pool.ts";
 import type { Cluster } from "../backend/databases.ts";
 import { learnColumnOrders } from "../backend/catalog.ts";
-import type { Analysis, QueryRouter } from "../router/mod.ts";
+import {
+  type Analysis,
+  ANALYZE_MAX,
+  ANALYZE_ON_LOOP_MAX,
+  type QueryRouter,
+} from "../router/mod.ts";
+import { mayAffectSession } from "../router/scan.ts";
+import { mayCallUniqueId } from "../router/unique_id_calls.ts";
+import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { chooseRole, parseRole, type ReadWriteStrategy, type Role } from "../router/route.ts";
 import { shardsFor } from "../router/request_route.ts";
 import { changesTables, createsTemporaryTable } from "../router/columns.ts";
@@ -64,6 +72,8 @@ export interface RouterClient {
   readonly router: QueryRouter;
   /** The routing plugins (null when none is configured). */
   readonly plugins: PluginSet | null;
+  /** `pgdog.unique_id()`. */
+  readonly uniqueIdGenerator: UniqueIdGenerator;
   readonly strategy: ReadWriteStrategy;
   /** Statements are parsed to route them. */
   readonly routing: boolean;
@@ -99,6 +109,32 @@ export class RequestRouter {
 
   constructor(client: RouterClient) {
     this.#client = client;
+  }
+
+  /**
+   * A large Query, Parse or Bind: its statement is parsed off the event loop now (by the parse
+   * worker; the query router keeps the answer for the synchronous calls that follow).
+   */
+  async prepareLarge(type: number, buf: Uint8Array, p: number, end: number): Promise<void> {
+    const c = this.#client;
+    // Short texts are analyzed on the event loop; texts beyond ANALYZE_MAX are not parsed at all.
+    if (end - p <= ANALYZE_ON_LOOP_MAX || end - p > 4 * ANALYZE_MAX) return;
+    // Without routing, only pgdog.unique_id() calls matter (and they mention pgdog).
+    if (!c.routing && (type !== Msg.Query || !mayAffectSession(buf, p + 5, end - 1))) return;
+    const router = c.router;
+    const sql = type === Msg.Query
+      ? decodeText(buf, p + 5, end - 1)
+      : type === Msg.Parse
+      ? parseQuery(buf, p, end)
+      : c.forwarder.uniqueIdRun(bindStatementName(buf, p, end), p);
+    if (sql === null || !router.needsPreparing(sql)) return;
+    if (!c.routing && !mayCallUniqueId(sql)) return;
+    await router.prepare(sql, {
+      uniqueIds: type === Msg.Query ? () => c.uniqueIdGenerator.nextText() : undefined,
+      // Sharded: a multi-statement query is cut where the statements of the text as written end.
+      rawTree: c.plugins?.needsTree === true ||
+        (c.sharding !== null && type === Msg.Query),
+    });
   }
 
   /** A new request: what a plugin chose for the last one no longer stands. */
