@@ -1171,22 +1171,6 @@ export class Client implements ServerLink {
     this.server = null;
   }
 
-  /** A server of shard `n` for a request that runs on several: held already, or checked out. */
-  async #legServer(n: number, role: Role): Promise<{ server: Server; fresh: boolean }> {
-    const parked = this.#txn.take(n);
-    if (parked !== undefined) {
-      return { server: parked, fresh: false };
-    }
-    const current = this.server;
-    if (current !== null && this.cluster!.shardOf(current.owner as Pool) === n) {
-      this.server = null;
-      current.detach();
-      return { server: current, fresh: false };
-    }
-    const server = await this.cluster!.checkout(role, { shard: n });
-    return { server, fresh: true };
-  }
-
   /**
    * Runs the request starting at message [p, end) on every shard in `shards` and answers the
    * client once (see {@linkcode FanOut}). Consumes the rest of the request from the read buffer.
@@ -1211,7 +1195,8 @@ export class Client implements ServerLink {
     this.state = "waiting";
     try {
       for (const n of shards) {
-        const leg = await this.#legServer(n, role);
+        const leg = await this.#txn.leg(this.cluster!, n, { role, attached: this.server });
+        if (leg.attached) this.server = null;
         legs.push(leg.server);
         fresh.push(leg.fresh);
       }

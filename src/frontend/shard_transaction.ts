@@ -12,6 +12,7 @@ import type { Server } from "../backend/server.ts";
 import type { Pool } from "../backend/pool.ts";
 import type { Cluster } from "../backend/databases.ts";
 import type { Analysis } from "../router/mod.ts";
+import type { Role } from "../router/route.ts";
 
 /** Fails a shard's part of a transaction that failed on another shard. */
 const ABORT_ELSEWHERE =
@@ -59,6 +60,26 @@ export class ShardTransaction {
     const server = this.parked.get(n);
     if (server !== undefined) this.parked.delete(n);
     return server;
+  }
+
+  /**
+   * A server of shard `n` for a request that runs on several: a parked one, the attached one
+   * (detached; `attached` says the caller lets go of it), or one checked out (`fresh`).
+   */
+  async leg(
+    cluster: Cluster,
+    n: number,
+    options: { role: Role; attached: Server | null },
+  ): Promise<{ server: Server; fresh: boolean; attached: boolean }> {
+    const parked = this.take(n);
+    if (parked !== undefined) return { server: parked, fresh: false, attached: false };
+    const current = options.attached;
+    if (current !== null && cluster.shardOf(current.owner as Pool) === n) {
+      current.detach();
+      return { server: current, fresh: false, attached: true };
+    }
+    const server = await cluster.checkout(options.role, { shard: n });
+    return { server, fresh: true, attached: false };
   }
 
   /** Every parked server, taken out. */
