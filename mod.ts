@@ -174,7 +174,11 @@ async function routeCommand(
     : await Deno.readTextFile(file);
   await loadParser();
   for (const r of explainRoutes(sql, { config, database: name })) {
-    const where = r.target === null ? r.role : `${r.target} (${r.role})`;
+    const where = r.role === null
+      ? r.target
+      : r.target === null
+      ? r.role
+      : `${r.target} (${r.role})`;
     console.log(`${where}: ${r.reason}\n  ${r.sql.replaceAll("\n", "\n  ")}`);
   }
   return 0;

@@ -19,10 +19,6 @@ import {
   type ErrorFields,
   MessageBuilder,
   Msg,
-  queryMessage,
-  readCString,
-  readInt16,
-  readInt32,
   readyForQuery,
   SYNC,
   TxStatus,
@@ -33,101 +29,68 @@ import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import type { AcceptTlsOptions } from "../net/tls.ts";
 import { CopyState, type Server, type ServerLink, SettingsSyncError } from "../backend/server.ts";
-import {
-  Action,
-  Expect,
-  type LocalAnswer,
-  type ParseTicket,
-  type RunTicket,
-} from "../backend/response_queue.ts";
+import { Action, Expect, type LocalAnswer } from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool, WaitAbort } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import { ServerConnectError } from "../backend/connect.ts";
 import type { AuthType } from "../config/types.ts";
-import { mayAffectSession, scanSession, type SessionScan } from "../router/scan.ts";
-import {
-  type Analysis,
-  ANALYZE_MAX,
-  ANALYZE_ON_LOOP_MAX,
-  type QueryRouter,
-} from "../router/mod.ts";
-import type { ParseTree } from "../router/analyze.ts";
-import { chooseRole, parseRole, type Role } from "../router/route.ts";
-import { changesTables, createsTemporaryTable } from "../router/columns.ts";
-import { learnColumnOrders } from "../backend/catalog.ts";
-import {
-  type BindValues,
-  decideShard,
-  isSessionControl,
-  pluginKey,
-  sameTarget,
-  searchPathSet,
-  type ShardDecision,
-  type ShardingConfig,
-  type ShardLookup,
-  type ShardSession,
-  type ShardTarget,
-} from "../router/shard.ts";
-import type { PluginSet, RouteVerdict } from "../plugin/mod.ts";
-import { rewrittenParse, routeContextJson } from "./plugin_context.ts";
-import { FanOut } from "./fan_out.ts";
-import { BlockWriter } from "./block_writer.ts";
-import { asSocketWriter } from "../net/framer.ts";
-import {
-  parseTree,
-  queryMessageOf,
-  SEGMENT_SYNC,
-  splitPipeline,
-  statementRanges,
-} from "./request_units.ts";
-import { type AdminAnswer, adminCommand, type AdminHost, encodeAnswer } from "../admin/mod.ts";
+import type { SessionScan } from "../router/scan.ts";
+import { ANALYZE_ON_LOOP_MAX, type QueryRouter } from "../router/mod.ts";
+import { parseRole, type Role } from "../router/route.ts";
+import type { ShardingConfig } from "../router/shard.ts";
+import type { PluginSet } from "../plugin/mod.ts";
+import { FanOut, type FanOutSender } from "./fan_out.ts";
+import { adminGreeting, serveAdmin } from "./admin_session.ts";
+import type { ForwardClient } from "./forward.ts";
+import type { LocalClient } from "./local_answers.ts";
+import type { RouterClient } from "./request_router.ts";
+import { RequestRouter } from "./request_router.ts";
+import { ReportedParameters } from "./reported_parameters.ts";
+import { LocalAnswers } from "./local_answers.ts";
+import { Forwarder } from "./forward.ts";
+import { RoutedMessage } from "./routed_message.ts";
+import { ShardTransaction } from "./shard_transaction.ts";
+import { planSplit, type SplitClient, type SplitHost, SplitRunner } from "./split_request.ts";
+import type { AdminHost } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
-import { mayCallUniqueId } from "../router/unique_id_calls.ts";
-import { type UniqueIdParse, UniqueIdStatements } from "./unique_ids.ts";
-import { errorMessage, log, logEnabled } from "../log.ts";
+import { errorMessage, log } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
-import { logIn, LoginRefused } from "./login.ts";
+import { logIn, loginParameters, LoginRefused } from "./login.ts";
 import {
   markApplied,
-  paramsSignature,
-  paramSyncSql,
   paramSyncStatements,
   sessionParamsFromStartup,
   startupOption,
 } from "./params.ts";
 import { sameParams, SessionState } from "./session.ts";
+import { ClientStatements, type PreparedCache, statementMessage } from "./prepared.ts";
 import {
-  bindStatementName,
-  type ClientStatement,
-  ClientStatements,
-  describeCopy,
-  describedName,
-  parseName,
-  parseQuery,
-  type PreparedCache,
-  type PreparedStatement,
-  rewriteBind,
-  statementMessage,
-  Use,
-} from "./prepared.ts";
-import { preparedNow, touchCopy } from "../backend/prepared_copies.ts";
-import {
-  DEALLOCATE_NOOP,
-  DeallocatePortal,
-  noSuchStatement,
-  rewriteDeallocations,
-} from "./deallocate.ts";
+  EXTENDED_START,
+  FRONTEND_TYPES,
+  replayable,
+  requestBuffered,
+  STATEMENT_TYPES,
+  wellFormed,
+} from "../protocol/frontend_messages.ts";
+import { OutBatch } from "./out_batch.ts";
 
 /** Initial size of a client's read buffer; it grows for large messages and shrinks back after. */
 const CLIENT_BUFFER_BYTES = 4096;
-/** Bounded so a client cannot grow the cache without limit with made-up parameters. */
-const LOGIN_CACHE_LIMIT = 256;
 /**
  * Cleans a server a client pinned (or left in a state pgdog does not know) before others use it:
  * the identity first (RESET ALL keeps it, and another identity may not reset everything).
  */
 const PIN_CLEANUP = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; " +
   "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP";
+
+/** What the parts of a client's request handling read and change of it. */
+type ClientParts =
+  & LocalClient
+  & RouterClient
+  & ForwardClient
+  & SplitClient
+  & SplitHost
+  & FanOutSender;
 
 /** What a client needs from the proxy around it. */
 export interface ClientHost {
@@ -209,14 +172,8 @@ export class Client implements ServerLink {
   #needsSync = false;
   /** The server was pinned at some point since it was taken. */
   #pinnedThisHold = false;
-  /** What the unnamed statement does to the session, once bound. */
-  #unnamedScan: SessionScan | null = null;
-  /** Prepared statements that call pgdog.unique_id() (created at the first such Parse). */
-  #uniqueIdStatements: UniqueIdStatements | null = null;
   /** Parse queries to route them (the database has replicas, or query_parser = on). */
   #routing = false;
-  /** The unnamed statement's analysis, for routing its Bind. */
-  #unnamedAnalysis: Analysis | null = null;
   /** A plain BEGIN held back so the transaction's first statement can choose its host. */
   #deferredBegin: Uint8Array | null = null;
   /** A settings read-back was sent and has not answered yet. */
@@ -225,12 +182,8 @@ export class Client implements ServerLink {
   #readBackDone: Promise<void> | null = null;
   /** A forwarded message may change the session: later pipelined messages wait for it to settle. */
   #holdRest = false;
-  /** What this client was told of each reported parameter (ParameterStatus). */
-  readonly #told = new Map<string, string>();
-  /** The values reported at login: what RESET returns reported parameters to. */
-  readonly #loginReported = new Map<string, string>();
-  /** Parameters being reset (lower-case names, or all), until their read-back answers. */
-  #resetting: Set<string> | "all" | null = null;
+  /** What this client was told of reported parameters (ParameterStatus). */
+  readonly #reported = new ReportedParameters();
   /** `pgdog.role` from the startup packet. */
   #startupRole: Role | null = null;
   /**
@@ -253,28 +206,165 @@ export class Client implements ServerLink {
   #sharding: ShardingConfig | null = null;
   /** The shard the next checkout is for. */
   #shard = 0;
-  /** Spreads statements any shard can answer. */
-  #nextAnyShard = 0;
-  /** Servers of other shards the open transaction holds, by shard. */
-  readonly #parked = new Map<number, Server>();
-  /** What opened the transaction (BEGIN, then SET LOCAL ...): replayed on each shard it reaches. */
-  #txnPrelude: Uint8Array[] = [];
+  /** The transaction's servers on other shards, and what is replayed on each shard it reaches. */
+  readonly #txn = new ShardTransaction();
   /** The next checkout is for a request that runs nothing: no transaction starts there. */
   #outsideTransaction = false;
-  /** The savepoint each SAVEPOINT message of the prelude takes. */
-  readonly #savepointMarks = new Map<Uint8Array, string>();
   /** Between a request's first message and its Sync (sharded routing decides once per request). */
   #inRequest = false;
   /** The attached server got a Flush and no Sync since: its batch is still open. */
   #unsynced = false;
-  /** search_path set inside the open transaction (it decides schema-sharded routing). */
-  #txnSearchPath: string | null = null;
-  /** The legs of a request running on several shards; local answers go to each. */
-  #fanLegs: Server[] | null = null;
-  /** The servers of the request running on several shards now (for cancels and timeouts). */
-  #fanRunning: Server[] | null = null;
-  /** A request cut into statements that run one by one (see #planSplit), while it runs. */
-  #split: SplitRun | null = null;
+  /** The request running on several shards, if any. */
+  #fan: FanOut | null = null;
+  /** The message being handled, and what handling it decided (reused for every message). */
+  readonly #msg = new RoutedMessage();
+  /**
+   * The client as the parts of its request handling see it (local answers, routing, forwarding,
+   * split planning): one view of its state for all of them.
+   */
+  readonly #parts: ClientParts = ((client: Client): ClientParts => ({
+    get id() {
+      return client.id;
+    },
+    get user() {
+      return client.user;
+    },
+    get database() {
+      return client.database;
+    },
+    get cluster() {
+      return client.cluster;
+    },
+    get sharding() {
+      return client.#sharding;
+    },
+    get router() {
+      return client.#host.router;
+    },
+    get plugins() {
+      return client.#host.plugins;
+    },
+    get prepared() {
+      return client.#host.prepared;
+    },
+    get uniqueIdGenerator() {
+      return client.#host.uniqueIds;
+    },
+    get strategy() {
+      return client.#host.routing.read_write_strategy;
+    },
+    get shardCount() {
+      return client.cluster!.shards.length;
+    },
+    get routing() {
+      return client.#routing;
+    },
+    get sessionMode() {
+      return client.#sessionMode;
+    },
+    get renaming() {
+      return client.#renaming;
+    },
+    get startupRole() {
+      return client.#startupRole;
+    },
+    get closed() {
+      return client.closed;
+    },
+    get server() {
+      return client.#leadServer();
+    },
+    get unsynced() {
+      return client.#unsynced;
+    },
+    get session() {
+      return client.session;
+    },
+    statements: client.statements,
+    get writer() {
+      return client.writer;
+    },
+    set writer(writer: SocketWriter) {
+      client.writer = writer;
+    },
+    set inRequest(inRequest: boolean) {
+      client.#inRequest = inRequest;
+    },
+    send: () => client.#send(),
+    closeBatch: () => client.#closeBatch(),
+    settle: () => client.#settle(),
+    useShard: async (n) => {
+      if (client.server !== null) client.#park(client.server);
+      client.#shard = n;
+      return await client.#acquire("primary");
+    },
+    endImplicit: (commit) => client.#endImplicit(commit),
+    // (Getters: fields that are set after this one.)
+    get rbuf() {
+      return client.rbuf;
+    },
+    get msg() {
+      return client.#msg;
+    },
+    get forwarder() {
+      return client.#forwarder;
+    },
+    get txn() {
+      return client.#txn;
+    },
+    get local() {
+      return client.#local;
+    },
+    get split() {
+      return client.#splits.current;
+    },
+    get deferredBegin() {
+      return client.#deferredBegin;
+    },
+    set deferredBegin(begin: Uint8Array | null) {
+      client.#deferredBegin = begin;
+    },
+    get skipUntilSync() {
+      return client.#skipUntilSync;
+    },
+    set skipUntilSync(skip: boolean) {
+      client.#skipUntilSync = skip;
+    },
+    txStatus: () => client.#txStatus(),
+    transactionOver: () => client.#transactionOver(),
+    setPgdog: (setting) => client.#setPgdog(setting),
+    answer: (bytes, dropped) => client.#answer(bytes, dropped),
+    resetSession: (b) => client.#resetSession(b),
+    tablesChanged: () => client.#host.tablesChanged(client.database),
+    abortEverywhere: () => client.#abortEverywhere(),
+    gateOpen: () => client.#gateOpen(),
+    atGate: () => client.#atGate(),
+    noteScan: (scan, server) => client.#noteScan(scan, server),
+    countQuery: (server) => {
+      client.queries++;
+      server.queries++;
+    },
+    shardSession: () => client.#router.shardSession(),
+    statementAnalysis: (name) =>
+      name === ""
+        ? client.#forwarder.unnamedAnalysis
+        : client.statements.get(name)?.analysis ?? null,
+    heldShards: () => client.#txn.heldShards(client.cluster!, client.server),
+    get prelude() {
+      return client.#txn.prelude;
+    },
+    answerLocally: (type, buf, p, end) => client.#local.answerLocally(type, buf, p, end),
+    forward: (msg, server, out) => client.#forwarder.forward(msg, server, out),
+    syncParams: (server, out) => client.#syncParams(server, out),
+  }))(this);
+  /** What pgdog answers itself. */
+  readonly #local = new LocalAnswers(this.#parts);
+  /** Routes requests: their role, and their shards. */
+  readonly #router = new RequestRouter(this.#parts);
+  /** Forwards messages to servers, rewriting prepared statements. */
+  readonly #forwarder = new Forwarder(this.#parts);
+  /** Runs requests cut into statements that run one by one (see planSplit). */
+  readonly #splits = new SplitRunner(this.#parts);
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
     this.conn = conn;
@@ -338,7 +428,12 @@ export class Client implements ServerLink {
   ): void {
     if (this.state === "login" || this.state === "waiting" || this.closed) return;
     const server = this.server;
-    const running = server && server.queue.length > 0 ? [server] : this.#fanRunning;
+    const fan = this.#fan;
+    const running = server && server.queue.length > 0
+      ? [server]
+      : fan !== null && fan.running
+      ? fan.servers
+      : null;
     if (running !== null) {
       if (limits.query <= 0) return;
       for (const s of running) {
@@ -378,8 +473,8 @@ export class Client implements ServerLink {
     const server = this.server;
     if (server && (server.queue.length > 0 || server.copy !== CopyState.None)) {
       server.sendCancel();
-    } else if (this.#fanRunning !== null) {
-      for (const s of this.#fanRunning) if (s.queue.length > 0 && !s.closed) s.sendCancel();
+    } else if (this.#fan !== null && this.#fan.running) {
+      for (const s of this.#fan.servers) if (s.queue.length > 0 && !s.closed) s.sendCancel();
     } else if (this.#waitAbort) {
       this.#waitAbort.abort(
         new ClientFacingError({
@@ -435,13 +530,11 @@ export class Client implements ServerLink {
     if (result.cluster === null) {
       this.#admin = true;
       this.session = new SessionState(sessionParamsFromStartup(result.startup));
-      const b = new MessageBuilder(256);
-      b.bytes(AUTH_OK);
-      for (const [name, value] of ADMIN_PARAMETERS) appendParameterStatus(b, name, value);
-      appendParameterStatus(b, "application_name", result.startup.get("application_name") ?? "");
-      appendBackendKeyData(b, this.id, this.secret);
-      b.bytes(readyForQuery(TxStatus.Idle));
-      await this.writer.write(b.view());
+      await this.writer.write(adminGreeting({
+        applicationName: result.startup.get("application_name") ?? "",
+        pid: this.id,
+        secret: this.secret,
+      }));
       this.state = "idle";
       host.register(this);
       log.info(`client ${this.id} (${this.addr}) logged in to the admin database as ${this.user}`);
@@ -461,7 +554,7 @@ export class Client implements ServerLink {
     this.session = new SessionState(sessionParamsFromStartup(result.startup));
     let reported: Array<[string, string]>;
     try {
-      reported = await this.#loginParameters();
+      reported = await loginParameters(this.pool!, this.session.params);
     } catch (e) {
       const fields = e instanceof ClientFacingError || e instanceof ServerConnectError
         ? e.fields
@@ -474,8 +567,7 @@ export class Client implements ServerLink {
     b.bytes(AUTH_OK);
     for (const [name, value] of reported) {
       appendParameterStatus(b, name, value);
-      this.#told.set(name, value);
-      this.#loginReported.set(name, value);
+      this.#reported.login(name, value);
     }
     appendBackendKeyData(b, this.id, this.secret);
     b.bytes(readyForQuery(TxStatus.Idle));
@@ -493,44 +585,25 @@ export class Client implements ServerLink {
   /** Logged in (its disconnection is worth a line). */
   #loggedIn = false;
 
-  /**
-   * The ParameterStatus values this client is shown at login: a real server's, after the client's
-   * own startup parameters are applied there (which also validates them, as PostgreSQL would).
-   */
-  async #loginParameters(): Promise<Array<[string, string]>> {
-    const pool = this.pool!;
-    const params = this.session.params;
-    const signature = paramsSignature(params);
-    const cached = pool.loginParams.get(signature);
-    if (cached) return cached;
-    const server = pool.tryCheckout() ?? await pool.waitForServer();
-    try {
-      const sql = paramSyncSql(params, server.applied);
-      if (sql !== null) {
-        // In a transaction, so that a failure (the client's parameters are invalid) leaves the
-        // server exactly as it was.
-        const timeoutMs = pool.config.rollback_timeout;
-        const result = await server.query(`BEGIN;${sql};COMMIT`, { timeoutMs });
-        if (result.error) {
-          const rollback = await server.query("ROLLBACK", { timeoutMs });
-          if (rollback.error) server.close("ROLLBACK failed after a failed settings sync");
-          throw new ClientFacingError(result.error);
-        }
-        markApplied(server.applied, params);
-      }
-      const reported = [...server.reported];
-      if (pool.loginParams.size >= LOGIN_CACHE_LIMIT) pool.loginParams.clear();
-      pool.loginParams.set(signature, reported);
-      return reported;
-    } finally {
-      pool.checkin(server);
-    }
-  }
-
   // ---- requests ------------------------------------------------------------------------------
 
   async #requestLoop(): Promise<void> {
-    if (this.#admin) return await this.#adminLoop();
+    if (this.#admin) {
+      return await serveAdmin({
+        rbuf: this.rbuf,
+        conn: this.conn,
+        writer: this.writer,
+        console: this.#host.console,
+        isOver: () => this.closed || this.#host.shuttingDown,
+        fatal: (fields) => this.#fatal(fields),
+        received: () => {
+          this.lastActivity = Date.now();
+        },
+        countQuery: () => {
+          this.queries++;
+        },
+      });
+    }
     const rb = this.rbuf;
     for (;;) {
       if (this.writer.congested) await this.writer.flush();
@@ -553,57 +626,6 @@ export class Client implements ServerLink {
     }
   }
 
-  /** The admin database: simple queries only, each one command (see src/admin). */
-  async #adminLoop(): Promise<void> {
-    const rb = this.rbuf;
-    let skipping = false;
-    for (;;) {
-      let size: number;
-      while ((size = rb.nextMessageSize()) > 0) {
-        const buf = rb.buf;
-        const p = rb.start;
-        const type = buf[p];
-        rb.start = p + size;
-        this.lastActivity = Date.now();
-        if (type === Msg.Terminate) return;
-        if (type === Msg.Query) {
-          if (!wellFormed(type, buf, p, p + size)) {
-            await this.#fatal({
-              severity: "FATAL",
-              code: SqlState.ProtocolViolation,
-              message: "malformed 'Q' message",
-            });
-            return;
-          }
-          this.queries++;
-          const sql = decodeText(buf, p + 5, p + size - 1);
-          await this.writer.flush();
-          this.writer.enqueue(encodeAnswer(await adminCommand(sql, this.#host.console)));
-          this.writer.enqueue(readyForQuery(TxStatus.Idle));
-          continue;
-        }
-        if (type === Msg.Sync) {
-          skipping = false;
-          this.writer.enqueue(readyForQuery(TxStatus.Idle));
-          continue;
-        }
-        if (skipping || type === Msg.Flush) continue;
-        skipping = true;
-        this.writer.enqueue(encodeAnswer({
-          error: {
-            severity: "ERROR",
-            code: SqlState.FeatureNotSupported,
-            message: "the admin database accepts simple queries only (psql -c, or psql's prompt)",
-          },
-        }));
-      }
-      rb.consume(0);
-      await this.writer.flush();
-      if (this.closed || this.#host.shuttingDown) return;
-      if (!(await rb.fill(this.conn))) return;
-    }
-  }
-
   /** Handles every complete message in the buffer. Returns false when the client is done. */
   async #handleMessages(): Promise<boolean> {
     this.lastActivity = Date.now();
@@ -613,7 +635,7 @@ export class Client implements ServerLink {
     const rb = this.rbuf;
     const out = this.#out;
     out.reset(rb.buf);
-    this.#uniqueIdStatements?.newBatch();
+    this.#forwarder.uniqueIds?.newBatch();
     // Where the request that took a replica began: kept to re-run it if that replica dies.
     let replayFrom = -1;
     let replayRole: Role = "replica";
@@ -622,10 +644,10 @@ export class Client implements ServerLink {
     // Query, Parse and Bind messages from this size on may need a look before they are handled.
     const large = Math.min(ANALYZE_ON_LOOP_MAX, this.#host.settings.query_size_limit ?? Infinity);
     for (;;) {
-      const split = this.#split;
+      const split = this.#splits.current;
       if (split !== null && rb.start >= split.ends[split.next]) {
         // One statement of a split request is over: the next one, or the request's end.
-        await this.#splitStep(split);
+        await this.#splits.step(split);
         if (this.closed) return false;
         out.reset(rb.buf);
         continue;
@@ -665,7 +687,7 @@ export class Client implements ServerLink {
         return false;
       }
       if (!this.#inRequest && !this.#skipUntilSync) {
-        if (this.server === null && this.#parked.size === 0 && !this.#gateOpen()) {
+        if (this.server === null && this.#txn.empty && !this.#gateOpen()) {
           // A new transaction waits out PAUSE and MAINTENANCE and routes by the configuration in
           // force after them (a RELOAD may have changed the shards).
           if (!(await this.#atGate())) return false;
@@ -691,27 +713,30 @@ export class Client implements ServerLink {
           await this.#largeMessage(type, buf, p, end);
           if (this.closed) return false;
         }
-        const plan = split === null ? this.#planSplit(type, buf, p, end) : null;
+        const plan = split === null
+          ? planSplit({ type, buf, p, end, bufferEnd: rb.end }, this.#parts)
+          : null;
         if (plan !== null) {
-          await this.#startSplit(plan);
+          await this.#splits.start(plan);
           if (this.closed) return false;
           out.reset(rb.buf);
           continue;
         }
-        if ((type === Msg.Parse || type === Msg.Bind) && this.#localTransactionControl(buf, p)) {
+        if (
+          (type === Msg.Parse || type === Msg.Bind) && this.#local.localTransactionControl(buf, p)
+        ) {
           out.reset(rb.buf);
           continue;
         }
       }
       rb.start = end;
-      // A replacement belongs to the message that set it (one left by a request that never
-      // reached a server must not replace the next message).
-      this.#substitute = null;
+      // What handling decides belongs to this message (one left by a request that never reached
+      // a server must not replace the next message).
+      const msg = this.#msg.at(type, buf, p, end);
       if (size > large && STATEMENT_TYPES[type] === 1 && !this.#skipUntilSync) {
         await this.#largeMessage(type, buf, p, end);
         if (this.closed) return false;
       }
-      this.#queryTicket = null;
       if (this.#skipUntilSync) {
         // After an error pgdog reported itself, everything up to Sync is ignored, as PostgreSQL does.
         if (type !== Msg.Sync) continue;
@@ -721,15 +746,15 @@ export class Client implements ServerLink {
           this.writer.enqueue(readyForQuery(TxStatus.Idle));
           continue;
         }
-      } else if (this.#answerLocally(type, buf, p, end)) {
+      } else if (this.#local.answerLocally(type, buf, p, end)) {
         continue;
       }
       if (whole) {
         if (!this.#inRequest) {
-          this.#pluginRole = null;
+          this.#router.newRequest();
           const routed = this.#sharding !== null
             ? await this.#routeShards(type, buf, p, end)
-            : await this.#routePlugins(type, buf, p, end);
+            : await this.#router.routePlugins(type, buf, p, end);
           if (this.closed) return false;
           if (routed === "done") {
             out.reset(rb.buf);
@@ -745,7 +770,7 @@ export class Client implements ServerLink {
       if (this.server === null) {
         // Nothing is buffered for a server yet: taking one may wait, and nothing else touches the
         // read buffer meanwhile.
-        const role = this.#route(type, buf, p, end);
+        const role = this.#router.role(type, buf, p, end);
         const ok = await this.#acquire(role);
         if (this.closed) return false;
         if (
@@ -763,11 +788,11 @@ export class Client implements ServerLink {
           continue;
         }
       } else if (this.#needsSync) {
-        this.#syncParams(this.server);
+        this.#syncParams(this.server, this.#out);
       }
-      this.#mayWait = true;
-      const queued = this.#forward(type, buf, p, end);
-      this.#mayWait = false;
+      this.#forwarder.mayWait = true;
+      const queued = this.#forwarder.forward(msg, this.server!, this.#out);
+      this.#forwarder.mayWait = false;
       if (!queued) {
         // The server must describe a statement before this message (prepared.ts): wait for it.
         const server = this.server;
@@ -777,7 +802,7 @@ export class Client implements ServerLink {
         out.reset(rb.buf);
         replayFrom = -1;
         if (this.server !== server || server === null) continue; // lost: the client was told
-        this.#forward(type, buf, p, end);
+        this.#forwarder.forward(msg, server, this.#out);
       }
       if (
         this.#routing && !this.#sessionMode && !this.#holdRest &&
@@ -850,7 +875,7 @@ export class Client implements ServerLink {
 
   /** Keeps the request at [from, to) to re-run on another server (when it is whole). */
   #keepForReplay(buf: Uint8Array, from: number, to: number, role: Role): void {
-    this.#replay = from >= 0 && this.#replayable(buf, from, to)
+    this.#replay = from >= 0 && replayable(buf, from, to)
       ? { bytes: buf.slice(from, to), role, begin: this.#sentBegin }
       : null;
   }
@@ -876,7 +901,7 @@ export class Client implements ServerLink {
 
   /**
    * A large Query, Parse or Bind: query_size_limit's warning, and a long statement analyzed off
-   * the event loop (the router keeps the answer for the synchronous calls that follow).
+   * the event loop (see RequestRouter.prepareLarge).
    */
   async #largeMessage(type: number, buf: Uint8Array, p: number, end: number): Promise<void> {
     const { query_size_limit: limit, query_size_limit_action: action } = this.#host.settings;
@@ -886,24 +911,7 @@ export class Client implements ServerLink {
           `[database: ${this.database}, user: ${this.user}]`,
       );
     }
-    // Short texts are analyzed on the event loop; texts beyond ANALYZE_MAX are not parsed at all.
-    if (end - p <= ANALYZE_ON_LOOP_MAX || end - p > 4 * ANALYZE_MAX) return;
-    // Without routing, only pgdog.unique_id() calls matter (and they mention pgdog).
-    if (!this.#routing && (type !== Msg.Query || !mayAffectSession(buf, p + 5, end - 1))) return;
-    const router = this.#host.router;
-    const sql = type === Msg.Query
-      ? decodeText(buf, p + 5, end - 1)
-      : type === Msg.Parse
-      ? parseQuery(buf, p, end)
-      : this.#uniqueIdRun(bindStatementName(buf, p, end), p);
-    if (sql === null || !router.needsPreparing(sql)) return;
-    if (!this.#routing && !mayCallUniqueId(sql)) return;
-    await router.prepare(sql, {
-      uniqueIds: type === Msg.Query ? () => this.#host.uniqueIds.nextText() : undefined,
-      // Sharded: a multi-statement query is cut where the statements of the text as written end.
-      rawTree: this.#host.plugins?.needsTree === true ||
-        (this.#sharding !== null && type === Msg.Query),
-    });
+    await this.#router.prepareLarge(type, buf, p, end);
   }
 
   /** The start of the message at `p` of the read buffer (from `start`), on one line, for logs. */
@@ -913,589 +921,32 @@ export class Client implements ServerLink {
     return text.replaceAll("\0", " ").replace(/\s+/g, " ").slice(0, 100);
   }
 
-  /**
-   * Answers a message without a server where that is what PostgreSQL would do, or where the
-   * message concerns pgdog itself. Returns true when the message is dealt with.
-   */
-  #answerLocally(type: number, buf: Uint8Array, p: number, end: number): boolean {
-    const server = this.server;
-    switch (type) {
-      case Msg.Query:
-        return this.#localQuery(buf, p, end);
-      case Msg.Parse:
-        return this.#localParse(buf, p, end);
-      case Msg.Close:
-        if (buf[p + 5] === 0x53) this.#uniqueIdStatements?.forget(describedName(buf, p, end));
-        if (this.#renaming && buf[p + 5] === 0x53) {
-          const name = describedName(buf, p, end);
-          if (name !== "") {
-            // Statements are shared; the client only lets go of its name for one.
-            this.statements.delete(name);
-            this.#answer(CLOSE_COMPLETE);
-            return true;
-          }
-        }
-        return false;
-      case Msg.Sync:
-        if (server !== null) return false;
-        // Nothing outstanding: answer locally instead of taking a server for nothing.
-        this.writer.enqueue(readyForQuery(TxStatus.Idle));
-        return true;
-      case Msg.Flush:
-      case Msg.CopyData:
-      case Msg.CopyDone:
-      case Msg.CopyFail:
-        // Outside COPY PostgreSQL ignores copy messages; there is nothing to flush without a server.
-        return server === null;
-    }
-    return false;
-  }
-
-  /** Simple queries pgdog answers or refuses itself. */
-  #localQuery(buf: Uint8Array, p: number, end: number): boolean {
-    this.#pendingScan = null;
-    this.#analysis = null;
-    const maybeSession = mayAffectSession(buf, p + 5, end - 1);
-    if (!maybeSession && !this.#routing) return false;
-    let sql = decodeText(buf, p + 5, end - 1);
-    if (mayCallUniqueId(sql)) {
-      if (SELECT_UNIQUE_ID.test(sql)) {
-        const id = this.#host.uniqueIds.nextText();
-        this.#answer(oneValue(
-          { columns: ["unique_id"], rows: [[id]], tag: "SELECT 1", types: [20] },
-          this.#txStatus(),
-        ));
-        return true;
-      }
-      // Each call (as the parser sees calls) becomes its own id before routing, so an id can be
-      // the sharding key.
-      const rewritten = this.#host.router.rewriteUniqueIds(
-        sql,
-        () => this.#host.uniqueIds.nextText(),
-      );
-      if (rewritten !== null) {
-        sql = rewritten;
-        this.#substitute = queryMessage(sql);
-        if (this.#routing) this.#analysis = this.#host.router.analyze(sql);
-        if (!(this.#routing && this.server === null)) return false;
-      }
-    }
-    if (SHOW_SHARDS.test(sql)) {
-      this.#answer(oneValue(
-        { columns: ["shards"], rows: [[this.cluster!.shards.length]], tag: "SHOW" },
-        this.#txStatus(),
-      ));
-      return true;
-    }
-    if (this.#routing && (this.server === null || this.#split !== null)) {
-      // Routing happens at the start of a transaction (and of each statement of a split
-      // request); analyze (cached) only then.
-      const analysis = this.#host.router.analyze(sql);
-      this.#analysis = analysis;
-      if (this.#transactionControl(analysis, buf.slice(p, end))) return true;
-    }
-    const scan = maybeSession ? scanSession(sql) : null;
-    if (scan === null) return false;
-    if (scan.pgdogSettings.length > 0 && scan.statements === 1) {
-      this.#setPgdog(scan.pgdogSettings[0]);
-      this.#answer(commandComplete("SET", this.#txStatus()));
-      return true;
-    }
-    if (!this.#sessionMode) {
-      if (scan.listen) return this.#refuseQuery(LISTEN_UNSUPPORTED);
-      if (scan.sqlPrepared) {
-        const deallocate =
-          /^\s*deallocate\s+(?:prepare\s+)?(all|"(?:[^"]|"")+"|[\p{L}_][\p{L}\p{N}_$]*)\s*;?\s*$/iu
-            .exec(sql);
-        // (In a failed transaction the server answers, with 25P02, as PostgreSQL would.)
-        if (deallocate && this.#renaming && this.#txStatus() !== TxStatus.Failed) {
-          // Drivers (psycopg, for one) free protocol-level statements with DEALLOCATE.
-          const target = deallocate[1];
-          if (target.toLowerCase() === "all") {
-            this.statements.clear();
-            this.#answer(commandComplete("DEALLOCATE ALL", this.#txStatus()));
-            return true;
-          }
-          // PostgreSQL folds only A-Z in unquoted identifiers.
-          const name = target.startsWith('"')
-            ? target.slice(1, -1).replaceAll('""', '"')
-            : target.replace(/[A-Z]+/g, (m) => m.toLowerCase());
-          if (this.statements.delete(name)) {
-            this.#answer(commandComplete("DEALLOCATE", this.#txStatus()));
-            return true;
-          }
-          return this.#refuseQuery(noSuchStatement(name));
-        }
-        if (this.#renaming && !scan.prepareOrExecute) {
-          // DEALLOCATE among other statements: the others run, each DEALLOCATE as a no-op.
-          const rewritten = rewriteDeallocations(sql, {
-            deallocations: scan.deallocations,
-            statements: this.statements,
-          });
-          this.#substitute = rewritten.query;
-          this.#queryTicket = rewritten.ticket;
-          this.#pendingScan = scan;
-          return false;
-        }
-        return this.#refuseQuery(SQL_PREPARE_UNSUPPORTED);
-      }
-      if (scan.discardAll && scan.statements === 1 && this.server === null) {
-        // The client's session is its state here: reset it without touching a server.
-        this.session.reset();
-        this.statements.clear();
-        // As PostgreSQL does, report the parameters that go back to their startup values.
-        const b = new MessageBuilder(128);
-        for (const [name, value] of this.#loginReported) {
-          if (this.#told.get(name) === value) continue;
-          this.#told.set(name, value);
-          appendParameterStatus(b, name, value);
-        }
-        b.bytes(commandComplete("DISCARD ALL", TxStatus.Idle));
-        this.#answer(b.build());
-        return true;
-      }
-    }
-    this.#pendingScan = scan;
-    return false;
-  }
-
-  /** Parse messages pgdog answers itself (a known statement) or refuses. */
-  #localParse(buf: Uint8Array, p: number, end: number): boolean {
-    const nameEnd = buf.indexOf(0, p + 5);
-    const queryStart = nameEnd + 1;
-    const queryEnd = buf.indexOf(0, queryStart);
-    let scan: SessionScan | null = null;
-    // (Also true for any text that mentions pgdog, so for every call of pgdog.unique_id().)
-    const maybeSession = mayAffectSession(buf, queryStart, queryEnd);
-    const text = maybeSession ? decodeText(buf, queryStart, queryEnd) : null;
-    if (text !== null) scan = scanSession(text);
-    if (scan?.listen && !this.#sessionMode) {
-      this.#answerError(LISTEN_UNSUPPORTED, false);
-      return true;
-    }
-    if (scan?.prepareOrExecute && !this.#sessionMode) {
-      // SQL PREPARE/EXECUTE (also EXPLAIN EXECUTE, CREATE TABLE AS EXECUTE), extended protocol
-      // too: a server's statements are other clients' (pgdog's __pgdog_N among them).
-      this.#answerError(SQL_PREPARE_UNSUPPORTED, false);
-      return true;
-    }
-    const name = nameEnd === p + 5 ? "" : parseName(buf, p, end);
-    // pgdog.unique_id(): the server prepares a stand-in, each execution gets fresh ids.
-    const uniqueIds = text !== null && (this.#uniqueIdStatements !== null || mayCallUniqueId(text))
-      ? this.#uniqueIdsParse(buf, p, end)
-      : null;
-    if (text === null) this.#uniqueIdStatements?.forget(name);
-    const analysis = this.#routing
-      ? this.#host.router.analyze(uniqueIds?.next ?? decodeText(buf, queryStart, queryEnd))
-      : null;
-    this.#lastParseAnalysis = analysis;
-    // A client's DEALLOCATE must not reach a server as written: it runs as a no-op (deallocate.ts).
-    const deallocate = this.#renaming && scan?.sqlPrepared && scan.statements === 1 &&
-        scan.deallocations.length === 1
-      ? scan.deallocations[0].target
-      : undefined;
-    if (name === "" || !this.#renaming) {
-      if (name === "") {
-        this.#unnamedScan = scan;
-        this.#unnamedAnalysis = analysis;
-        this.#unnamedSql = analysis === null ? null : decodeText(buf, queryStart, queryEnd);
-        this.#unnamedDeallocate = deallocate;
-        if (deallocate !== undefined) {
-          this.#substitute = rewrittenParse(buf, p, end, DEALLOCATE_NOOP);
-        }
-      }
-      if (scan && name !== "") this.#pendingScan = scan;
-      if (uniqueIds !== null) this.#substitute = uniqueIds.parse;
-      return false;
-    }
-    const existing = this.statements.entry(name);
-    if (existing !== undefined) {
-      if (this.server !== null) {
-        this.#duplicateParse = existing;
-        return false;
-      }
-      this.#answerError({
-        severity: "ERROR",
-        code: SqlState.DuplicatePreparedStatement,
-        message: `prepared statement "${name}" already exists`,
-      }, false);
-      return true;
-    }
-    let stmt: PreparedStatement;
-    if (deallocate !== undefined) {
-      const noop = rewrittenParse(buf, p, end, DEALLOCATE_NOOP);
-      stmt = this.#host.prepared.forParse(noop, 0, noop.length);
-    } else if (uniqueIds !== null) {
-      stmt = this.#host.prepared.forParse(uniqueIds.parse, 0, uniqueIds.parse.length);
-    } else stmt = this.#host.prepared.forParse(buf, p, end);
-    stmt.scan ??= scan;
-    stmt.analysis ??= analysis;
-    this.statements.set(name, stmt).deallocate = deallocate;
-    const server = this.server;
-    const onServer = server !== null && server.statements.has(stmt.name) &&
-      server.txStatus !== TxStatus.Failed;
-    if (onServer || (server === null && stmt.validated)) {
-      // Known good, or already on this server: nothing for a server to do. Should the server skip
-      // past this point after an earlier error, the statement is not created, as in PostgreSQL.
-      this.#answer(PARSE_COMPLETE, () => {
-        if (this.statements.get(name) === stmt) this.statements.delete(name);
-      });
-      return true;
-    }
-    return false;
-  }
-
-  /**
-   * BEGIN, COMMIT and ROLLBACK with no server attached, when routing: a plain BEGIN is held back
-   * (answered at once) so the transaction's first statement picks the host; ending a transaction
-   * that never reached a server is answered too. Returns true when answered.
-   */
-  #transactionControl(analysis: Analysis, message: Uint8Array): boolean {
-    const tag = this.#heldBackControl(analysis, message);
-    if (tag === null) return false;
-    this.#answer(commandComplete(tag, this.#txStatus()));
-    return true;
-  }
-
-  /** Pending scan of the Query being forwarded (set by #localQuery). */
-  #pendingScan: SessionScan | null = null;
-
-  /**
-   * Queues one message for the server, rewritten where needed, with what the server will owe.
-   * False (only while `#mayWait`) when nothing was queued for the message yet: the server was asked
-   * to describe a statement first; wait for that answer and call again.
-   */
-  #forward(type: number, buf: Uint8Array, p: number, end: number): boolean {
-    const server = this.server!;
-    const out = this.#out;
-    switch (type) {
-      case Msg.Query: {
-        this.queries++;
-        server.queries++;
-        // PostgreSQL's simple Query destroys the unnamed statement.
-        this.#unnamedOn.length = 0;
-        const substitute = this.#substitute;
-        if (substitute) {
-          this.#substitute = null;
-          // DEALLOCATE among other statements (deallocate.ts): the others run as written.
-          const ticket = this.#queryTicket;
-          this.#queryTicket = null;
-          const scan = ticket === null ? null : this.#pendingScan;
-          this.#pendingScan = null;
-          if (scan) this.#noteScan(scan, server);
-          out.addBytes(substitute);
-          server.expect(Expect.Query, Action.Forward, ticket);
-          return true;
-        }
-        const scan = this.#pendingScan;
-        this.#pendingScan = null;
-        if (scan) this.#noteScan(scan, server);
-        break;
-      }
-      case Msg.Parse: {
-        if (this.#renaming && buf.indexOf(0, p + 5) !== p + 5) {
-          const name = parseName(buf, p, end);
-          const duplicate = this.#duplicateParse;
-          this.#duplicateParse = null;
-          if (duplicate !== null) {
-            this.#raiseDuplicate(server, duplicate, name);
-            return true;
-          }
-          const stmt = this.statements.get(name)!;
-          const undo = (): void => {
-            if (this.statements.get(name) === stmt) this.statements.delete(name);
-          };
-          if (server.discardUntilSync) {
-            // The server skips this Parse after an earlier error, so the statement is not created.
-            undo();
-          } else if (server.statements.has(stmt.name) && server.txStatus !== TxStatus.Failed) {
-            // The server taken for this request already has it (decided before the checkout waited).
-            touchCopy(server.statements, stmt.name);
-            server.expect(
-              Expect.Local,
-              Action.Forward,
-              { bytes: PARSE_COMPLETE, dropped: undo } satisfies LocalAnswer,
-            );
-          } else {
-            // (In a failed transaction the server answers 25P02, as it would to the client's own.)
-            const had = server.statements.get(stmt.name);
-            out.addBytes(stmt.parse);
-            const copy = preparedNow(server.statements, stmt.name);
-            server.expect(
-              Expect.Parse,
-              Action.Forward,
-              {
-                name: stmt.name,
-                succeeded: () => {
-                  stmt.validated = true;
-                },
-                failed: () => {
-                  if (server.statements.get(stmt.name) === copy) {
-                    if (had === undefined) server.statements.delete(stmt.name);
-                    else server.statements.set(stmt.name, had);
-                  }
-                  undo();
-                },
-              } satisfies ParseTicket,
-            );
-            // Its description, for clients told one (pipelined, answered to pgdog only).
-            describeCopy(server, out, { name: stmt.name, copy });
-          }
-          return true;
-        }
-        const scan = this.#pendingScan;
-        this.#pendingScan = null;
-        if (scan) this.#noteScan(scan, server);
-        break;
-      }
-      case Msg.Bind: {
-        const name = bindStatementName(buf, p, end);
-        const run = this.#uniqueIdRun(name, p);
-        if (run !== null) {
-          this.#forwardUniqueIdBind(server, { buf, p, end, name, run });
-          return true;
-        }
-        if (name === "") {
-          if (this.#unnamedScan) this.#noteScan(this.#unnamedScan, server);
-          this.#ensureUnnamed(server);
-          if (buf[p + 5] === 0) this.#boundEntry = null; // the unnamed portal is replaced
-          if (this.#unnamedDeallocate !== undefined || this.#deallocating.active) {
-            this.#deallocating.bind(this.#unnamedDeallocate, buf, { p, end });
-          }
-          break;
-        }
-        const entry = this.#renaming ? this.statements.entry(name) : undefined;
-        if (entry === undefined) break; // the server reports the unknown name
-        const stmt = entry.stmt;
-        const use = server.discardUntilSync ? Use.Ready : entry.use(server, out);
-        if (use === Use.Unverified && this.#mayWait) {
-          // The client was told the statement's description: the copy's must be known first.
-          entry.askDescription(server, out);
-          return false;
-        }
-        if (stmt.scan) this.#noteScan(stmt.scan, server);
-        if (entry.deallocate !== undefined || this.#deallocating.active) {
-          this.#deallocating.bind(entry.deallocate, buf, { p, end });
-        }
-        if (server.discardUntilSync) return true;
-        if (use === Use.Changed) {
-          entry.raiseChanged(server, out);
-          return true;
-        }
-        out.addBytes(rewriteBind(buf, p, end, stmt.name));
-        server.expect(Expect.Bind, Action.Forward, entry);
-        this.#boundEntry = entry;
-        this.#boundPortal = buf[p + 5] === 0 ? "" : readCString(buf, p + 5, end)[0];
-        return true;
-      }
-      case Msg.Describe: {
-        if (buf[p + 5] === 0x53 && buf[p + 6] === 0) this.#ensureUnnamed(server);
-        if (!this.#renaming) break;
-        if (buf[p + 5] !== 0x53) {
-          // A portal: its description is what the client is told of the statement it was bound
-          // from, until told otherwise (pgjdbc keeps it and describes no more).
-          const bound = this.#boundEntry;
-          if (
-            bound === null || bound.toldRows !== null || server.discardUntilSync ||
-            describedName(buf, p, end) !== this.#boundPortal
-          ) break;
-          out.addRange(p, end);
-          server.expect(Expect.DescribePortal, Action.Forward, bound.portalTicket(server));
-          return true;
-        }
-        const name = describedName(buf, p, end);
-        const entry = name === "" ? undefined : this.statements.entry(name);
-        if (entry === undefined) break;
-        if (server.discardUntilSync) return true;
-        // A copy known to differ from what the client was told fails as PostgreSQL's would;
-        // otherwise the client is shown (and told from then on) what the copy describes.
-        if (entry.use(server, out) === Use.Changed) entry.raiseChanged(server, out);
-        else entry.describe(server, out);
-        return true;
-      }
-      case Msg.Execute:
-        this.queries++;
-        server.queries++;
-        if (
-          this.#deallocating.active &&
-          this.#deallocating.execute(server, out, { buf, p, end, statements: this.statements })
-        ) return true;
-        break;
-      case Msg.FunctionCall:
-        this.queries++;
-        server.queries++;
-        break;
-    }
-    if (type === Msg.Parse && this.#substitute !== null) {
-      // A plugin rewrote the statement (or it is a DEALLOCATE, run as a no-op).
-      if (buf[p + 5] === 0) this.#noteUnnamed(this.#substitute, 0, this.#substitute.length, server);
-      out.addBytes(this.#substitute);
-      this.#substitute = null;
-      expectResponse(server, type, 0);
-      return true;
-    }
-    if (type === Msg.Parse && buf[p + 5] === 0) this.#noteUnnamed(buf, p, end, server);
-    else if (type === Msg.Sync) this.#unnamedOn.length = 0;
-    out.addRange(p, end);
-    expectResponse(server, type, buf[p + 5]);
-    return true;
-  }
-
-  /**
-   * Keeps the client's unnamed Parse (as sent, in a reused buffer): `server` has it now. Any
-   * server may have someone else's unnamed statement by the client's next request (another
-   * client's, or one pgdog's own statements replaced), so it is parsed again when needed.
-   */
-  #noteUnnamed(buf: Uint8Array, p: number, end: number, server: Server | null): void {
-    const n = end - p;
-    const saved = this.#unnamedParse;
-    let same = n === this.#unnamedParseLen;
-    for (let i = 0; same && i < n; i++) same = saved[i] === buf[p + i];
-    if (!same) {
-      if (this.#unnamedParse.length < n) this.#unnamedParse = new Uint8Array(Math.max(n, 256));
-      this.#unnamedParse.set(buf.subarray(p, end));
-      this.#unnamedParseLen = n;
-      this.#unnamedOn.length = 0;
-    }
-    if (server !== null && !this.#unnamedOn.includes(server)) this.#unnamedOn.push(server);
-  }
-
-  /**
-   * Before a Bind or Describe of the unnamed statement: unless this request parsed it on
-   * `server`, it is parsed there again, silently (the server's may be another client's); a client
-   * that never parsed one gets PostgreSQL's error, not someone else's statement.
-   */
-  #ensureUnnamed(server: Server): void {
-    if (this.#unnamedOn.includes(server) || server.discardUntilSync) return;
-    if (this.#unnamedParseLen === 0) {
-      this.#out.addBytes(CLOSE_UNNAMED);
-      server.expect(Expect.Close, Action.Swallow);
-      return;
-    }
-    this.#out.addBytes(this.#unnamedParse.slice(0, this.#unnamedParseLen));
-    server.expect(Expect.Parse, Action.Inject);
-    this.#unnamedOn.push(server);
-  }
-
-  /** The client's last unnamed Parse (bytes [0, #unnamedParseLen) of a reused buffer). */
-  #unnamedParse = new Uint8Array(0);
-  #unnamedParseLen = 0;
-  /** The servers that have it as their unnamed statement, as far as this request knows. */
-  readonly #unnamedOn: Server[] = [];
-
-  /** A Parse's unique-id rewrite (see unique_ids.ts), or null when it calls no pgdog.unique_id(). */
-  #uniqueIdsParse(buf: Uint8Array, p: number, end: number): UniqueIdParse | null {
-    this.#uniqueIdStatements ??= new UniqueIdStatements(this.#host.uniqueIds);
-    return this.#uniqueIdStatements.parse(buf, p, end);
-  }
-
-  /** The text (with its ids) the Bind at `p` runs, when its statement calls pgdog.unique_id(). */
-  #uniqueIdRun(name: string, p: number): string | null {
-    const statements = this.#uniqueIdStatements;
-    if (statements === null || statements.empty) return null;
-    // A name the client no longer has: the server reports it, as for any statement.
-    if (this.#renaming && name !== "" && !this.statements.has(name)) return null;
-    return statements.execution(name, p);
-  }
-
-  /** A Bind of a statement that calls pgdog.unique_id(): its execution statement, then the Bind. */
-  #forwardUniqueIdBind(
-    server: Server,
-    bind: { buf: Uint8Array; p: number; end: number; name: string; run: string },
-  ): void {
-    const { buf, p, end, name, run } = bind;
-    const scan = name === "" ? this.#unnamedScan : this.statements.get(name)?.scan;
-    if (scan) this.#noteScan(scan, server);
-    // The server skips to the next Sync after an error: nothing to send.
-    if (server.discardUntilSync) return;
-    const m = this.#uniqueIdStatements!.messages(buf, p, end, name, run);
-    this.#out.addBytes(m.close);
-    server.expect(Expect.Close, Action.Swallow);
-    this.#out.addBytes(m.parse);
-    server.expect(Expect.Parse, Action.Inject);
-    this.#out.addBytes(m.bind);
-    server.expect(Expect.Bind);
-  }
-
-  /** `#forward` may return false (wait for a description, then call it again). */
-  #mayWait = false;
-
-  /** The client statement the last Bind of one bound, and into which portal. */
-  #boundEntry: ClientStatement | null = null;
-  #boundPortal = "";
-  /** What the unnamed statement deallocates (a client's DEALLOCATE; undefined for others). */
-  #unnamedDeallocate: string | null | undefined = undefined;
-  /** The portal running a client's DEALLOCATE (extended protocol), if any. */
-  readonly #deallocating = new DeallocatePortal();
-
-  /**
-   * The client parses a name it already has. PostgreSQL answers 42P05 and, inside a transaction,
-   * aborts it; so the server is made to do the same (its error names the client's statement).
-   */
-  #raiseDuplicate(server: Server, existing: ClientStatement, clientName: string): void {
-    existing.use(server, this.#out);
-    const stmt = existing.stmt;
-    server.errorRewrite = { from: stmt.name, to: clientName };
-    this.#out.addBytes(stmt.parse);
-    server.expect(Expect.Parse, Action.Forward, {
-      name: stmt.name,
-      succeeded: () => {},
-      failed: () => {},
-    });
-  }
-
-  /** Set by #localParse when a duplicate Parse goes to the server to fail there. */
-  #duplicateParse: ClientStatement | null = null;
-
+  /** Session bookkeeping for a statement that reached `server`. */
   #noteScan(scan: SessionScan, server: Server): void {
     this.session.note(scan);
     if (scan.settings.length > 0 || scan.resetAll || scan.unknownSetting || scan.advisoryLocks) {
       this.#holdRest = true;
     }
-    if (scan.resetAll) this.#resetting = "all";
-    else if (scan.resets.length > 0 && this.#resetting !== "all") {
-      this.#resetting ??= new Set();
-      for (const name of scan.resets) this.#resetting.add(name);
-    }
+    this.#reported.noteResets(scan);
     if (scan.discardAll) {
       // DISCARD ALL on the server drops its prepared statements, and the client's.
       server.statements.clear();
       this.statements.clear();
-      this.#uniqueIdStatements?.clear();
+      this.#forwarder.uniqueIds?.clear();
     }
   }
 
-  /**
-   * Refuses a simple query with `fields`. Inside a transaction the error must abort it, as
-   * PostgreSQL's own would: the server is made to raise it. Returns true when answered locally.
-   */
-  #refuseQuery(fields: ErrorFields): boolean {
-    const server = this.server;
-    // (A BEGIN held back has not reached a server yet: one is taken for it, and the error.)
-    if (
-      server === null ? this.#deferredBegin === null : server.txStatus === TxStatus.Idle
-    ) {
-      this.#answerError(fields, true);
-      return true;
-    }
-    const lit = (v: string): string => `'${v.replaceAll("'", "''")}'`;
-    let using = `ERRCODE = ${lit(fields.code)}, MESSAGE = ${lit(fields.message)}`;
-    if (fields.detail) using += `, DETAIL = ${lit(fields.detail)}`;
-    if (fields.hint) using += `, HINT = ${lit(fields.hint)}`;
-    this.#substitute = queryMessage(`DO $pgdog$ BEGIN RAISE EXCEPTION USING ${using}; END $pgdog$`);
-    // The client gets the error as pgdog means it, without the DO block's CONTEXT line.
-    this.#queryTicket = { raise: fields };
-    return false;
+  /** DISCARD ALL without a server (see LocalClient.resetSession). */
+  #resetSession(b: MessageBuilder): void {
+    this.session.reset();
+    this.statements.clear();
+    // As PostgreSQL does, report the parameters that go back to their startup values.
+    this.#reported.backToStartup(b);
   }
-
-  /** A Query to send instead of the client's (see #refuseQuery). */
-  #substitute: Uint8Array | null = null;
-  /** What the substitute Query's entry carries (a rewritten DEALLOCATE, see deallocate.ts). */
-  #queryTicket: RunTicket | null = null;
 
   /** Answers with bytes of pgdog's own, in order with whatever the server still owes. */
   #answer(bytes: Uint8Array, dropped?: () => void): void {
-    const legs = this.#fanLegs;
+    const legs = this.#fan !== null && this.#fan.queueing ? this.#fan.servers : null;
     if (legs !== null) {
       // Every shard's answers carry it, so the merged answer has it once, in its place.
       legs.forEach((server, i) =>
@@ -1513,25 +964,20 @@ export class Client implements ServerLink {
     } else this.writer.enqueue(bytes);
   }
 
-  /** Answers with an error; a Query also gets its ReadyForQuery, others skip to the next Sync. */
-  #answerError(fields: ErrorFields, query: boolean): void {
-    const b = new MessageBuilder(128);
-    appendError(b, fields);
-    if (query) b.bytes(readyForQuery(this.#txStatus()));
-    else this.#skipUntilSync = true;
-    this.#answer(b.build());
+  #txStatus(): number {
+    const server = this.#leadServer();
+    if (!this.#txn.empty) return this.#txn.status(server);
+    if (server) return server.txStatus;
+    return this.#deferredBegin !== null ? TxStatus.InTransaction : TxStatus.Idle;
   }
 
-  #txStatus(): number {
-    if (this.#parked.size > 0) {
-      let status: number = this.server?.txStatus ?? TxStatus.InTransaction;
-      for (const s of this.#parked.values()) {
-        if (s.txStatus === TxStatus.Failed) status = TxStatus.Failed;
-      }
-      return status;
-    }
-    if (this.server) return this.server.txStatus;
-    return this.#deferredBegin !== null ? TxStatus.InTransaction : TxStatus.Idle;
+  /**
+   * The server whose state answers for the client's: the attached one, or while a request runs
+   * on several shards, the first shard's.
+   */
+  #leadServer(): Server | null {
+    const fan = this.#fan;
+    return fan !== null && fan.queueing ? fan.servers[0] : this.server;
   }
 
   /** `SET [LOCAL] pgdog.<name> TO <value>` and `RESET pgdog.<name>`. */
@@ -1546,7 +992,7 @@ export class Client implements ServerLink {
     if (name === "pin") {
       const on = /^(true|on|yes|1)$/i.test(value);
       this.session.manualPin = on;
-      if (on) this.#pinnedThisHold = this.server !== null;
+      if (on) this.#pinnedThisHold = this.#leadServer() !== null;
       else this.#releaseIfUnpinned();
       return;
     }
@@ -1559,7 +1005,7 @@ export class Client implements ServerLink {
     const server = this.server;
     if (
       !server || this.#sessionMode || this.session.pinned || !server.clean ||
-      this.session.needsReadBack
+      this.session.needsReadBack || this.#fan !== null
     ) return;
     this.server = null;
     this.state = "idle";
@@ -1567,59 +1013,13 @@ export class Client implements ServerLink {
     this.pool!.release(server, { resetSql: PIN_CLEANUP });
   }
 
-  /**
-   * The host a request starting with this message needs. Without routing (no replicas), the
-   * primary; otherwise the statement decides, unless a comment, SET pgdog.role or the startup
-   * parameter says otherwise.
-   */
-  #route(type: number, buf: Uint8Array, p: number, end: number): Role {
-    if (this.#pluginRole !== null) return this.#pluginRole;
-    const override = parseRole(this.session.pgdogLocal.get("role")) ??
-      parseRole(this.session.pgdog.get("role")) ??
-      this.#startupRole;
-    if (!this.#routing) return override ?? "primary";
-    return chooseRole(this.#analysisOf(type, buf, p, end), {
-      override,
-      strategy: this.#host.routing.read_write_strategy,
-      deferredBegin: this.#deferredBegin !== null,
-    });
-  }
-
-  /** The analysis of the statement a message runs, when routing can know it. */
-  #analysisOf(type: number, buf: Uint8Array, p: number, end: number): Analysis | null {
-    if (type === Msg.Query) {
-      return this.#analysis ?? this.#host.router.analyze(decodeText(buf, p + 5, end - 1));
-    } else if (type === Msg.Parse) {
-      return this.#lastParseAnalysis;
-    } else if (type === Msg.Bind) {
-      const name = bindStatementName(buf, p, end);
-      const run = this.#uniqueIdRun(name, p);
-      if (run !== null) return this.#host.router.analyze(run);
-      return this.#statementAnalysis(name);
-    } else if (type === Msg.Describe && buf[p + 5] === 0x53) {
-      return this.#statementAnalysis(describedName(buf, p, end));
-    }
-    return null;
-  }
-
-  /** The analysis of a prepared statement (named `""`: the unnamed one). */
-  #statementAnalysis(name: string): Analysis | null {
-    if (name === "") return this.#unnamedAnalysis;
-    const stmt = this.statements.get(name);
-    if (stmt === undefined) return null;
-    // Prepared while routing was off (a RELOAD has sharded the database since): analyzed now.
-    if (stmt.analysis === null && this.#routing) {
-      stmt.analysis = this.#host.router.analyze(stmt.query);
-    }
-    return stmt.analysis;
-  }
-
   // ---- sharding ------------------------------------------------------------------------------
 
   /**
-   * Picks the shards of the request starting with this message (the whole request is buffered).
-   * One shard: the request goes on through the usual path to that shard's server ("go"). Several:
-   * it runs on all of them here. An error (a statement that can't run sharded) answers it.
+   * Routes the request starting with this message on a sharded database (the whole request is
+   * buffered; see RequestRouter.shardRoute). One shard: the request goes on through the usual
+   * path to that shard's server ("go"). Several: it runs on all of them here ("done"), as does a
+   * request answered while routing (an error, a plugin's block).
    */
   async #routeShards(
     type: number,
@@ -1627,94 +1027,10 @@ export class Client implements ServerLink {
     p: number,
     end: number,
   ): Promise<"go" | "done"> {
-    const config = this.#sharding!;
-    let analysis = this.#analysisOf(type, buf, p, end);
-    const { bind, executes } = this.#requestAt(type, buf, p, end);
-    if (this.#parked.size > 0) await this.#abortEverywhere();
-    if (this.closed) return "done";
-    const inTxn = this.#txStatus() !== TxStatus.Idle;
-    const set = analysis ? searchPathSet(analysis) : null;
-    if (set !== null && inTxn) this.#txnSearchPath = set;
-    const session = this.#shardSession();
-    const runs = analysis !== null && (type === Msg.Query || executes);
-    let lookup: ShardLookup | null = null;
-    let decision: ShardDecision;
-    if (!runs) decision = { target: { kind: "any" }, reason: "nothing to run", omniWrite: false };
-    else {
-      lookup = { found: [], pluginShards: new Map(), missing: [] };
-      const decided = await this.#decideShard(analysis!, { config, session, bind, lookup }, type);
-      if (decided === null) return "done";
-      decision = decided;
-    }
-    const plugins = this.#host.plugins;
-    if (runs && plugins !== null && plugins.routes) {
-      const t = decision.target;
-      const verdict = await this.#askPlugins(type, buf, p, end, {
-        analysis: analysis!,
-        bind,
-        shard: t.kind === "one" ? t.shard : t.kind === "any" ? null : "all",
-        keys: lookup!.found,
-      });
-      if (this.closed) return "done";
-      const next = this.#applyVerdict(verdict, type, buf, p, end);
-      if (next === "done") return "done";
-      if (next !== null && next !== analysis) {
-        analysis = next;
-        lookup = { found: [], pluginShards: new Map(), missing: [] };
-        const decided = await this.#decideShard(analysis, { config, session, bind, lookup }, type);
-        if (decided === null) return "done";
-        decision = decided;
-      }
-      if (verdict.shard !== undefined) {
-        decision = {
-          target: verdict.shard === "all" ? { kind: "all" } : { kind: "one", shard: verdict.shard },
-          reason: `plugin ${verdict.by.shard}`,
-          omniWrite: false,
-          unsupported: verdict.shard === "all" ? decision.unsupported : undefined,
-        };
-      }
-    }
-    if (this.server === null && this.#parked.size === 0 && !this.#gateOpen()) {
-      // RELOAD or MAINTENANCE came while deciding: decide again by what is in force after it.
-      if (!(await this.#atGate())) return "done";
-      return this.#sharding === null ? "go" : await this.#routeShards(type, buf, p, end);
-    }
-    if (decision.unsupported) {
-      this.#answerError({
-        severity: "ERROR",
-        code: SqlState.FeatureNotSupported,
-        message: decision.unsupported,
-      }, type === Msg.Query);
-      return "done";
-    }
-    const held = this.#heldShards();
-    const control = analysis !== null && isSessionControl(analysis);
-    let shards: number[];
-    const t = decision.target;
-    if (held.length > 0 && !control && this.#txStatus() === TxStatus.Failed) {
-      // The transaction failed: a shard it holds answers what PostgreSQL would (25P02).
-      shards = [held[0]];
-    } else if (t.kind === "one") shards = [t.shard];
-    else if (t.kind === "some") shards = t.shards;
-    else if (t.kind === "any" || control) {
-      shards = held.length === 0 ? [this.#anyShard(config.shards)] : control ? held : [held[0]];
-    } else shards = Array.from({ length: config.shards }, (_, i) => i);
-    if (logEnabled("debug")) {
-      log.debug(`client ${this.id}: shards ${shards.join(",")} (${decision.reason})`);
-    }
-    if (analysis) {
-      if (shards.length === 1) analysis.entry.direct++;
-      else analysis.entry.multi++;
-    }
-    if (set !== null && inTxn && type === Msg.Query) {
-      this.#txnPrelude.push(buf.slice(p, end));
-    }
-    if (control && inTxn && runs && analysis!.info.transaction === "savepoint") {
-      this.#noteSavepoint(analysis!, false);
-    }
-    // A request that runs nothing (Parse, Describe) must not open the held-back transaction on
-    // the shard it happens to use: the transaction's first statement picks its shards.
-    this.#outsideTransaction = !runs && held.length === 0;
+    const route = await this.#router.shardRoute(type, buf, p, end);
+    if (route === "go" || route === "done") return route;
+    this.#outsideTransaction = route.outsideTransaction;
+    const shards = route.shards;
     if (shards.length === 1) {
       const n = shards[0];
       const current = this.server;
@@ -1732,291 +1048,13 @@ export class Client implements ServerLink {
       type,
       p,
       end,
-      omniWrite: decision.omniWrite,
-      copyHeader: decision.copyHeader,
+      omniWrite: route.omniWrite,
+      copyHeader: route.copyHeader,
     });
     return "done";
   }
 
-  /**
-   * decideShard, with the column orders (INSERT without a column list, read from shard 0's
-   * catalog) and the answers of plugin hashers (`hasher = "plugin:<name>"`) it needs: asked after
-   * a pass finds them missing, then it decides again. Null when a lookup failed (the client has
-   * its error). DDL makes the database's column orders be read again.
-   */
-  async #decideShard(
-    analysis: Analysis,
-    options: {
-      config: ShardingConfig;
-      session: ShardSession;
-      bind: BindValues | null;
-      lookup: ShardLookup;
-    },
-    type: number,
-  ): Promise<ShardDecision | null> {
-    const { config, session, lookup } = options;
-    const bind = options.bind ?? undefined;
-    const cluster = this.cluster!;
-    const ddl = changesTables(analysis);
-    if (ddl) {
-      // Forgotten now and again when the transaction ends (reads meanwhile see the old tables).
-      cluster.columns.clear();
-      this.#host.tablesChanged(this.database);
-      this.#tablesChanged = true;
-      this.#tempTables ||= createsTemporaryTable(analysis);
-    }
-    const names = { user: this.user, searchPath: session.searchPath };
-    // Others' column orders may not be this session's (its temporary tables hide theirs).
-    const ownTables = this.#tablesChanged || this.#tempTables;
-    lookup.columns = ownTables ? undefined : (table) => cluster.columns.get(table, names);
-    lookup.missingColumns = [];
-    let decision = decideShard(analysis, { config, session, bind, lookup });
-    // With DDL in the same query, the catalog can't tell yet: decideShard's refusal stands.
-    if (lookup.missingColumns.length > 0 && !ddl) {
-      try {
-        lookup.columns = await learnColumnOrders(lookup.missingColumns, {
-          ...names,
-          cluster,
-          held: this.#catalogServer(),
-          ownTables,
-          timeoutMs: cluster.settings.checkoutTimeout,
-        });
-      } catch (e) {
-        if (!(e instanceof ClientFacingError)) throw e;
-        this.#answerError(e.fields, type === Msg.Query);
-        return null;
-      }
-      lookup.found = [];
-      lookup.missing = [];
-      lookup.missingColumns = [];
-      decision = decideShard(analysis, { config, session, bind, lookup });
-    }
-    if (lookup.missing.length === 0) return decision;
-    const plugins = this.#host.plugins;
-    try {
-      if (plugins === null) throw new Error("no plugins are running");
-      await Promise.all(lookup.missing.map(async (m) => {
-        const shard = await plugins.shard(m.plugin, m.value, {
-          table: m.spec.name,
-          column: m.spec.column,
-          dataType: m.spec.type,
-          shards: config.shards,
-          database: this.database,
-        });
-        lookup.pluginShards.set(pluginKey(m.plugin, m.value), shard);
-      }));
-    } catch (e) {
-      this.#answerPluginError(errorMessage(e), type);
-      return null;
-    }
-    lookup.found = [];
-    lookup.missing = [];
-    return decideShard(analysis, { config, session, bind, lookup });
-  }
-
   // ---- split requests ------------------------------------------------------------------------
-
-  /**
-   * A request whose statements must be routed one by one: a multi-statement simple query or a
-   * pipelined extended-protocol request whose statements do not all go to the same shards (or
-   * that holds something pgdog answers itself, or a statement it refuses). Null when the request
-   * runs whole, as today: every statement for the same shards, or nothing to split.
-   */
-  #planSplit(type: number, buf: Uint8Array, p: number, end: number): SplitPlan | null {
-    const config = this.#sharding!;
-    const units: Array<{ bytes: Uint8Array; analysis: Analysis | null; bind: BindValues | null }> =
-      [];
-    let requestEnd: number;
-    if (type === Msg.Query) {
-      const semicolon = buf.indexOf(SEMICOLON, p + 5);
-      if (semicolon < 0 || semicolon >= end) return null;
-      const sql = decodeText(buf, p + 5, end - 1);
-      const whole = this.#host.router.analyze(sql);
-      if (whole.info.statements < 2 || whole.info.ast === null || whole.directives !== null) {
-        return null;
-      }
-      // The cached tree is of the text with its constants replaced: locations need the original
-      // (a large text's was parsed by the parse worker).
-      let tree: ParseTree | null;
-      if (!whole.entry.normalized && whole.entry.query === sql) tree = whole.info.ast;
-      else if (sql.length <= ANALYZE_ON_LOOP_MAX) tree = parseTree(sql);
-      else {
-        const json = this.#host.router.treeJson(whole, sql);
-        tree = json === "null" ? null : JSON.parse(json) as ParseTree;
-      }
-      if (tree === null) return null;
-      const body = buf.subarray(p + 5, end - 1);
-      for (const r of statementRanges(tree, body.length)) {
-        const text = body.subarray(r.start, r.end);
-        units.push({
-          bytes: queryMessageOf(text),
-          analysis: this.#host.router.analyze(decodeText(text, 0, text.length)),
-          bind: null,
-        });
-      }
-      requestEnd = end;
-    } else {
-      const pipe = splitPipeline(buf, p, this.rbuf.end);
-      if (pipe === null) return null;
-      // Statements parsed earlier in this request, by name.
-      const parsed = new Map<string, Analysis>();
-      for (const seg of pipe.segments) {
-        let analysis: Analysis | null = null;
-        let bind: BindValues | null = null;
-        for (let q = seg.start; q < seg.end;) {
-          const next = q + readInt32(buf, q + 1) + 1;
-          if (buf[q] === Msg.Parse) {
-            parsed.set(
-              parseName(buf, q, next),
-              this.#host.router.analyze(parseQuery(buf, q, next)),
-            );
-          } else if (buf[q] === Msg.Bind && q === seg.bind && seg.execute >= 0) {
-            const name = bindStatementName(buf, q, next);
-            analysis = parsed.get(name) ??
-              (name === "" ? this.#unnamedAnalysis : this.statements.get(name)?.analysis ?? null);
-            bind = bindValues(buf, q, next);
-          }
-          q = next;
-        }
-        units.push({ bytes: buf.subarray(seg.start, seg.end), analysis, bind });
-      }
-      requestEnd = pipe.syncAt + 5;
-    }
-    // Each statement's target, as if sent alone; statements that only follow (session and
-    // transaction control, no table) go wherever the others go.
-    const session = this.#shardSession();
-    let target: ShardTarget | null = null;
-    let split = false;
-    let endsTransaction = false;
-    const shards = new Set<number>();
-    for (const u of units) {
-      const a = u.analysis;
-      if (a === null || a.info.ast === null) continue;
-      const stmt = a.info.ast.stmts[0]?.stmt;
-      const kind = stmt === undefined ? "" : Object.keys(stmt)[0];
-      if (kind === "CopyStmt") return null; // COPY data follows the request: it runs whole
-      if (kind === "TransactionStmt") {
-        const tx = a.info.transaction;
-        if (tx === "savepoint" || tx === "begin" || tx === "begin_read_only") split = true;
-        else endsTransaction = true;
-        continue;
-      }
-      if (kind === "VariableSetStmt" || kind === "VariableShowStmt") {
-        const name = (stmt![kind] as { name?: string }).name ?? "";
-        if (name.toLowerCase().startsWith("pgdog.")) split = true; // pgdog answers these
-        continue;
-      }
-      if (kind === "DeallocateStmt" || kind === "DiscardStmt") split = true;
-      const lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
-      const d = decideShard(a, { config, session, bind: u.bind ?? undefined, lookup });
-      if (d.unsupported !== undefined || lookup.missing.length > 0) split = true;
-      const t = d.target;
-      if (t.kind === "one") shards.add(t.shard);
-      else if (t.kind === "some") { for (const n of t.shards) shards.add(n); }
-      else if (t.kind === "all") { for (let n = 0; n < config.shards; n++) shards.add(n); }
-      if (target === null) target = t;
-      else if (!sameTarget(target, t)) split = true;
-    }
-    // COMMIT or ROLLBACK must reach every shard the transaction holds, not only these.
-    if (!split && endsTransaction && this.#heldShards().some((n) => !shards.has(n))) split = true;
-    if (!split) return null;
-    let size = 0;
-    for (const u of units) size += u.bytes.length + (type === Msg.Query ? 0 : 5);
-    const bytes = new Uint8Array(size);
-    const ends: number[] = [];
-    let at = 0;
-    for (let i = 0; i < units.length; i++) {
-      bytes.set(units[i].bytes, at);
-      at += units[i].bytes.length;
-      if (type !== Msg.Query) {
-        bytes.set(SEGMENT_SYNC, at);
-        at += 5;
-      }
-      ends.push(p + at);
-    }
-    return { from: p, to: requestEnd, bytes, ends, shards: [...shards].sort((a, b) => a - b) };
-  }
-
-  /**
-   * Starts a split request: its statements replace it in the read buffer, each as a request of
-   * its own (simple queries one statement each; extended-protocol executions each closed by a
-   * Sync of pgdog's), the servers of every shard it needs are taken in shard order (a client
-   * never holds one shard while waiting for a lower one), and outside a transaction pgdog opens
-   * one, as PostgreSQL runs such a request in an implicit transaction.
-   */
-  async #startSplit(plan: SplitPlan): Promise<void> {
-    const rb = this.rbuf;
-    // What the client sent before must be answered before its servers are set aside.
-    await this.#send();
-    await this.#closeBatch();
-    await this.#settle();
-    if (this.closed) return;
-    rb.replace(plan.from, plan.to, plan.bytes);
-    const last = plan.ends[plan.ends.length - 1];
-    const implicit = this.#txStatus() === TxStatus.Idle;
-    if (implicit) this.#deferredBegin = IMPLICIT_BEGIN;
-    const held = this.#heldShards();
-    for (const n of plan.shards) {
-      if (held.includes(n)) continue;
-      if (this.server !== null) this.#park(this.server);
-      this.#shard = n;
-      const ok = await this.#acquire("primary");
-      if (this.closed) return;
-      if (!ok) {
-        // The error is queued; the request is not run at all.
-        rb.start = last;
-        if (implicit) await this.#endImplicit(false);
-        this.writer.enqueue(readyForQuery(this.#txStatus() as TxStatus));
-        return;
-      }
-      await this.#send();
-    }
-    const writer = new BlockWriter(this.writer);
-    this.writer = asSocketWriter(writer);
-    this.#split = { ends: plan.ends, next: 0, writer, implicit };
-  }
-
-  /** One statement of the split request is answered: go on, skip the rest after an error, or end. */
-  async #splitStep(split: SplitRun): Promise<void> {
-    await this.#send();
-    await this.#settle();
-    const rb = this.rbuf;
-    const last = split.ends[split.ends.length - 1];
-    split.next++;
-    if (split.writer.failed && split.next < split.ends.length) {
-      // PostgreSQL stops at the first error: the rest of the request is not run.
-      rb.start = last;
-      split.next = split.ends.length;
-      this.#skipUntilSync = false;
-      this.#inRequest = false;
-    }
-    if (split.next < split.ends.length) {
-      // After a COMMIT or ROLLBACK in the request, what follows runs in a new implicit transaction.
-      if (this.#txStatus() === TxStatus.Idle && this.#deferredBegin === null) {
-        this.#deferredBegin = IMPLICIT_BEGIN;
-        split.implicit = true;
-      }
-      return;
-    }
-    this.#split = null;
-    this.writer = split.writer.target;
-    if (
-      split.implicit && this.#deferredBegin !== IMPLICIT_BEGIN && this.#txStatus() !== TxStatus.Idle
-    ) {
-      const error = await this.#endImplicit(!split.writer.failed);
-      if (error !== null) {
-        const b = new MessageBuilder(128);
-        appendError(b, error);
-        this.writer.enqueue(b.build());
-      }
-    } else if (split.implicit && this.#deferredBegin === IMPLICIT_BEGIN) {
-      // Nothing reached a server: there is no transaction to end.
-      this.#deferredBegin = null;
-      this.#transactionOver();
-    }
-    if (this.closed) return;
-    this.writer.enqueue(readyForQuery(this.#txStatus() as TxStatus));
-  }
 
   /**
    * Ends the transaction pgdog opened for a split request on every server it reached, and gives
@@ -2024,8 +1062,7 @@ export class Client implements ServerLink {
    */
   async #endImplicit(commit: boolean): Promise<ErrorFields | null> {
     this.#deferredBegin = null;
-    const servers: Server[] = [...this.#parked.values()];
-    this.#parked.clear();
+    const servers: Server[] = this.#txn.takeAll();
     const attached = this.server;
     if (attached !== null) {
       attached.detach();
@@ -2050,178 +1087,11 @@ export class Client implements ServerLink {
         this.session.applyReadBack(r.rows, servers[0]);
         this.#needsSync = true;
       }
-      this.#resetting = null;
+      this.#reported.resetDone();
     }
     for (const s of servers) (s.owner as Pool).release(s, { resetSql: null });
     this.transactions++;
     return error === null ? null : { ...error, severity: "ERROR" };
-  }
-
-  /**
-   * An extended-protocol BEGIN, COMMIT or ROLLBACK request (Parse, Bind, Describe, Execute of an
-   * unnamed statement, then Sync) that pgdog answers itself, as it does the simple-query ones: a
-   * BEGIN is held back until the transaction's first statement picks its shard (taking a shard at
-   * random would hold it while the statement waits for another), and ending a transaction that
-   * never reached a server needs none. True when answered (the request is consumed).
-   */
-  #localTransactionControl(buf: Uint8Array, p: number): boolean {
-    const rb = this.rbuf;
-    let analysis: Analysis | null = null;
-    let text: string | null = null;
-    if (buf[p] === Msg.Parse) {
-      // Cheap test first (this runs for every extended request): an unnamed Parse whose text
-      // starts like BEGIN, START, COMMIT, END, ROLLBACK, ABORT, SAVEPOINT or RELEASE.
-      if (buf[p + 5] !== 0) return false;
-      let first = p + 6;
-      while (buf[first] === 0x20 || buf[first] === 0x0a || buf[first] === 0x09) first++;
-      const prefix = ((buf[first] | 0x20) << 8) | (buf[first + 1] | 0x20);
-      if (!CONTROL_PREFIXES.has(prefix)) return false;
-    } else {
-      // A Bind of a statement parsed earlier (pgbench -M prepared runs BEGIN that way).
-      if (buf[p + 5] !== 0) return false;
-      const name = bindStatementName(buf, p, rb.end);
-      if (name === "") {
-        analysis = this.#unnamedAnalysis;
-        text = this.#unnamedSql;
-      } else if (this.#renaming) {
-        const stmt = this.statements.get(name);
-        analysis = stmt?.analysis ?? null;
-        text = stmt?.query ?? null;
-      }
-      if (analysis === null || analysis.info.transaction === null) return false;
-    }
-    let q = p;
-    let syncAt = -1;
-    const answers = new MessageBuilder(64);
-    while (rb.end - q >= 5) {
-      const type = buf[q];
-      const next = q + readInt32(buf, q + 1) + 1;
-      if (next > rb.end) return false;
-      if (type === Msg.Sync) {
-        syncAt = q;
-        break;
-      }
-      if (type === Msg.Parse) {
-        if (q !== p) return false;
-        text = parseQuery(buf, q, next);
-        analysis = this.#host.router.analyze(text);
-        answers.bytes(PARSE_COMPLETE);
-      } else if (type === Msg.Bind) {
-        if (analysis === null || buf[q + 5] !== 0) return false;
-        answers.bytes(BIND_COMPLETE);
-      } else if (type === Msg.Describe) {
-        if (buf[q + 5] !== 0x50 || buf[q + 6] !== 0) return false;
-        answers.bytes(NO_DATA);
-      } else if (type !== Msg.Execute) return false;
-      q = next;
-    }
-    if (syncAt < 0 || analysis === null || text === null) return false;
-    const tag = this.#heldBackControl(analysis, queryMessage(text));
-    if (tag === null) return false;
-    if (buf[p] === Msg.Parse) {
-      // The statement exists for the client now, as after a real Parse (no server has it).
-      this.#noteUnnamed(buf, p, p + readInt32(buf, p + 1) + 1, null);
-      this.#unnamedOn.length = 0;
-      this.#unnamedAnalysis = analysis;
-      this.#unnamedSql = text;
-      this.#unnamedScan = null;
-    }
-    answers.begin(Msg.CommandComplete).cstring(tag).end();
-    answers.bytes(readyForQuery(this.#txStatus() as TxStatus));
-    rb.start = syncAt + 5;
-    this.#answer(answers.build());
-    return true;
-  }
-
-  /**
-   * Transaction control pgdog answers without a server (`message` is the statement as a simple
-   * Query): a BEGIN held back until the transaction's first statement picks its host; inside a
-   * split request's implicit transaction, a BEGIN that makes it explicit; COMMIT and ROLLBACK of
-   * a transaction that never reached a server; savepoints of such a transaction (replayed on
-   * each shard it reaches). Returns the command tag when answered, null otherwise.
-   */
-  #heldBackControl(analysis: Analysis, message: Uint8Array): string | null {
-    const info = analysis.info;
-    if (info.statements !== 1 || analysis.directives !== null) return null;
-    const tx = info.transaction;
-    const split = this.#split;
-    if (tx === "begin" || tx === "begin_read_only") {
-      if (split?.implicit) {
-        // BEGIN inside a request run in an implicit transaction makes that transaction explicit.
-        split.implicit = false;
-        if (this.#deferredBegin === IMPLICIT_BEGIN) this.#deferredBegin = message;
-        return "BEGIN";
-      }
-      if (tx === "begin" && this.#deferredBegin === null && this.#txStatus() === TxStatus.Idle) {
-        this.#deferredBegin = message;
-        return "BEGIN";
-      }
-      return null;
-    }
-    const untouched = this.#deferredBegin !== null && this.server === null &&
-      this.#parked.size === 0;
-    if (!untouched) return null;
-    if (tx === "commit" || tx === "rollback") {
-      this.#deferredBegin = null;
-      this.#transactionOver();
-      this.session.pgdogLocal.clear();
-      return tx === "commit" ? "COMMIT" : "ROLLBACK";
-    }
-    if (tx === "savepoint") return this.#noteSavepoint(analysis, true);
-    return null;
-  }
-
-  /**
-   * Keeps the transaction's savepoints in the statements replayed on each shard it reaches
-   * later, so a ROLLBACK TO finds them there. With `local`, answers for a transaction that has
-   * not reached a server (returns the tag, or null when the savepoint is unknown: the server
-   * then reports it). Returns the command tag.
-   */
-  #noteSavepoint(analysis: Analysis, local: boolean): string | null {
-    const stmt = analysis.info.ast?.stmts[0]?.stmt?.TransactionStmt as
-      | { kind?: string; savepoint_name?: string }
-      | undefined;
-    const name = stmt?.savepoint_name;
-    if (stmt === undefined || name === undefined) return null;
-    const prelude = this.#txnPrelude;
-    const marks = this.#savepointMarks;
-    let at = -1;
-    for (let i = prelude.length - 1; i >= 0 && at < 0; i--) {
-      if (marks.get(prelude[i]) === name) at = i;
-    }
-    switch (stmt.kind) {
-      case "TRANS_STMT_SAVEPOINT": {
-        const msg = queryMessage(`SAVEPOINT "${name.replaceAll('"', '""')}"`);
-        marks.set(msg, name);
-        prelude.push(msg);
-        return "SAVEPOINT";
-      }
-      case "TRANS_STMT_RELEASE":
-        if (at < 0) return local ? null : "RELEASE";
-        // Releasing a savepoint also releases those taken after it; what ran since stays.
-        this.#txnPrelude = prelude.filter((m, i) => i < at || !marks.has(m));
-        return "RELEASE";
-      case "TRANS_STMT_ROLLBACK_TO":
-        if (at < 0) return local ? null : "ROLLBACK";
-        // Everything after the savepoint is undone; the savepoint itself stays.
-        prelude.length = at + 1;
-        return "ROLLBACK";
-    }
-    return null;
-  }
-
-  /**
-   * A shard for a statement any shard can answer: the next in turn with an idle server, so the
-   * client does not wait for a busy shard while another is free (a client program that waits
-   * for this answer may be what keeps the busy shard's servers busy).
-   */
-  #anyShard(shards: number): number {
-    const cluster = this.cluster!;
-    for (let i = 0; i < shards; i++) {
-      const n = this.#nextAnyShard++ % shards;
-      if (cluster.pool(n).idle.length > 0) return n;
-    }
-    return this.#nextAnyShard++ % shards;
   }
 
   /**
@@ -2230,219 +1100,11 @@ export class Client implements ServerLink {
    * PostgreSQL would, instead of committing the shards that did not see the error.
    */
   async #abortEverywhere(): Promise<void> {
-    const servers = [...this.#parked.values()];
-    if (this.server !== null) servers.push(this.server);
-    if (!servers.some((s) => s.txStatus === TxStatus.Failed)) return;
-    const healthy = servers.filter((s) => s.txStatus === TxStatus.InTransaction && !s.closed);
+    const healthy = this.#txn.toAbort(this.server);
     if (healthy.length === 0) return;
     await this.#send();
     await this.#settle();
-    const limit = this.pool?.config.rollback_timeout ?? 5000;
-    await Promise.all(
-      healthy.map((s) => s.query(ABORT_ELSEWHERE, { timeoutMs: limit }).catch(() => {})),
-    );
-  }
-
-  /** The session's manual routing and search_path, as shard decisions see them. */
-  #shardSession(): ShardSession {
-    return {
-      shard: this.session.pgdogLocal.get("shard") ?? this.session.pgdog.get("shard"),
-      shardingKey: this.session.pgdogLocal.get("sharding_key") ??
-        this.session.pgdog.get("sharding_key"),
-      searchPath: this.#txnSearchPath ?? this.session.params.get("search_path"),
-    };
-  }
-
-  /** DDL ran in the open transaction: column orders are read again once it ends. */
-  #tablesChanged = false;
-  /** The session has created temporary tables. */
-  #tempTables = false;
-
-  /** The client's own server on shard 0, if it holds one with nothing outstanding (catalog reads). */
-  #catalogServer(): Server | null {
-    const server = this.server !== null && this.cluster!.shardOf(this.server.owner as Pool) === 0
-      ? this.server
-      : this.#parked.get(0) ?? null;
-    return server !== null && server.queue.length === 0 &&
-        !(server === this.server && this.#unsynced)
-      ? server
-      : null;
-  }
-
-  // ---- plugins -------------------------------------------------------------------------------
-
-  /** The role a plugin chose for the request being routed (it beats comments and SET). */
-  #pluginRole: Role | null = null;
-  /** The text of the unnamed statement (for plugins). */
-  #unnamedSql: string | null = null;
-
-  /**
-   * Asks the route plugins about the request starting with this message, without sharding.
-   * "done" when they answered it (blocked, or failed with on_error = error).
-   */
-  async #routePlugins(
-    type: number,
-    buf: Uint8Array,
-    p: number,
-    end: number,
-  ): Promise<"go" | "done"> {
-    const analysis = this.#analysisOf(type, buf, p, end);
-    if (analysis === null) return "go";
-    const { bind, executes } = this.#requestAt(type, buf, p, end);
-    if (type !== Msg.Query && !executes) return "go";
-    const verdict = await this.#askPlugins(type, buf, p, end, {
-      analysis,
-      bind,
-      shard: null,
-      keys: [],
-    });
-    if (this.closed) return "done";
-    return this.#applyVerdict(verdict, type, buf, p, end) === "done" ? "done" : "go";
-  }
-
-  /** What the (buffered) request starting with this message binds, and whether it executes. */
-  #requestAt(
-    type: number,
-    buf: Uint8Array,
-    p: number,
-    end: number,
-  ): { bind: BindValues | null; executes: boolean } {
-    const request = scanRequest(buf, type === Msg.Bind ? p : this.rbuf.start, this.rbuf.end);
-    return {
-      bind: type === Msg.Bind ? bindValues(buf, p, end) : request.bind,
-      executes: request.executes || type === Msg.Execute,
-    };
-  }
-
-  /** The statement's text: the message's own, or the prepared statement's a Bind runs. */
-  #statementSql(type: number, buf: Uint8Array, p: number, end: number, analysis: Analysis): string {
-    if (type === Msg.Query) return decodeText(buf, p + 5, end - 1);
-    if (type === Msg.Parse) return parseQuery(buf, p, end);
-    if (type === Msg.Bind) {
-      const name = bindStatementName(buf, p, end);
-      if (name === "") return this.#unnamedSql ?? analysis.entry.query;
-      return this.statements.get(name)?.query ?? analysis.entry.query;
-    }
-    return analysis.entry.query;
-  }
-
-  /** Calls every route plugin with this statement's context and merges their answers. */
-  #askPlugins(
-    type: number,
-    buf: Uint8Array,
-    p: number,
-    end: number,
-    found: {
-      analysis: Analysis;
-      bind: BindValues | null;
-      shard: number | "all" | null;
-      keys: ShardLookup["found"];
-    },
-  ): Promise<RouteVerdict> {
-    const plugins = this.#host.plugins!;
-    const { analysis } = found;
-    const sql = this.#statementSql(type, buf, p, end, analysis);
-    const shards = this.cluster!.shards.length;
-    const replicas = this.cluster!.hasReplicas;
-    const applicationName = this.session.params.get("application_name") ?? "";
-    return plugins.route({
-      sql,
-      shape: analysis.entry.query,
-      user: this.user,
-      database: this.database,
-      applicationName,
-      shards,
-      replicas,
-      context: () =>
-        routeContextJson({
-          sql,
-          treeJson: plugins.needsTree ? this.#host.router.treeJson(analysis, sql) : "null",
-          bind: found.bind,
-          tablesJson: analysis.entry.tablesJson ??= JSON.stringify(analysis.info.tables),
-          keys: found.keys,
-          write: analysis.info.write,
-          inTransaction: this.#txStatus() !== TxStatus.Idle,
-          shards,
-          replicas,
-          role: this.#route(type, buf, p, end),
-          shard: found.shard,
-          user: this.user,
-          database: this.database,
-          applicationName,
-        }),
-    });
-  }
-
-  /**
-   * Acts on the plugins' verdict: an error or a block answers the request ("done"); a rewrite
-   * replaces the message (the new statement's analysis is returned); a role is kept for #route.
-   */
-  #applyVerdict(
-    verdict: RouteVerdict,
-    type: number,
-    buf: Uint8Array,
-    p: number,
-    end: number,
-  ): "done" | Analysis | null {
-    if (verdict.error !== undefined) {
-      return this.#answerPluginError(verdict.error, type) ? "done" : null;
-    }
-    if (verdict.block !== undefined) {
-      const fields: ErrorFields = {
-        severity: "ERROR",
-        code: SqlState.InsufficientPrivilege,
-        message: verdict.block,
-        detail: `blocked by plugin "${verdict.by.block}"`,
-      };
-      return this.#refuse(fields, type) ? "done" : null;
-    }
-    if (verdict.role !== undefined) this.#pluginRole = verdict.role;
-    const current = this.#analysisOf(type, buf, p, end);
-    if (verdict.rewrite === undefined) return current;
-    const sql = verdict.rewrite;
-    const unnamedOrSession = type === Msg.Parse &&
-      (!this.#renaming || buf.indexOf(0, p + 5) === p + 5);
-    if (type !== Msg.Query && !unnamedOrSession) {
-      const why = `plugin "${verdict.by.rewrite}": a rewrite can't change a named prepared ` +
-        "statement (only simple queries and unnamed statements)";
-      if (this.#host.plugins?.onError(verdict.by.rewrite!) === "error") {
-        return this.#answerPluginError(why, type) ? "done" : null;
-      }
-      log.warn(`${why}; ignored`);
-      return current;
-    }
-    if (logEnabled("debug")) {
-      log.debug(`client ${this.id}: plugin ${verdict.by.rewrite} rewrote the statement: ${sql}`);
-    }
-    const analysis = this.#host.router.analyze(sql);
-    if (type === Msg.Query) {
-      this.#substitute = queryMessage(sql);
-      this.#analysis = analysis;
-    } else {
-      this.#substitute = rewrittenParse(buf, p, end, sql);
-      this.#lastParseAnalysis = analysis;
-      if (buf.indexOf(0, p + 5) === p + 5) {
-        this.#unnamedAnalysis = analysis;
-        this.#unnamedSql = sql;
-      }
-    }
-    return analysis;
-  }
-
-  /** A request fails with a plugin's error (SQLSTATE 58000); see #refuse. */
-  #answerPluginError(message: string, type: number): boolean {
-    return this.#refuse({ severity: "ERROR", code: SqlState.SystemError, message }, type);
-  }
-
-  /**
-   * Refuses the request starting with a message of `type`, as PostgreSQL reports errors. True
-   * when answered here; false when a simple query inside a transaction must go on to the server,
-   * replaced by one that raises the error there (so the transaction fails as it would).
-   */
-  #refuse(fields: ErrorFields, type: number): boolean {
-    if (type === Msg.Query) return this.#refuseQuery(fields);
-    this.#answerError(fields, false);
-    return true;
+    await this.#txn.abortOn(healthy, this.pool?.config.rollback_timeout ?? 5000);
   }
 
   /** Ends a batch left open by a Flush (its answers are in) before the server is left. */
@@ -2503,36 +1165,10 @@ export class Client implements ServerLink {
       !this.#host.console.gate.closed(this.database);
   }
 
-  /** Shards whose servers the client holds now (the attached one first). */
-  #heldShards(): number[] {
-    const held: number[] = [];
-    if (this.server !== null) held.push(this.cluster!.shardOf(this.server.owner as Pool));
-    for (const n of this.#parked.keys()) if (!held.includes(n)) held.push(n);
-    return held;
-  }
-
   /** Sets the attached server aside (its transaction goes on) while another shard is used. */
   #park(server: Server): void {
-    server.detach();
-    this.#parked.set(this.cluster!.shardOf(server.owner as Pool), server);
+    this.#txn.park(this.cluster!, server);
     this.server = null;
-  }
-
-  /** A server of shard `n` for a request that runs on several: held already, or checked out. */
-  async #legServer(n: number, role: Role): Promise<{ server: Server; fresh: boolean }> {
-    const parked = this.#parked.get(n);
-    if (parked !== undefined) {
-      this.#parked.delete(n);
-      return { server: parked, fresh: false };
-    }
-    const current = this.server;
-    if (current !== null && this.cluster!.shardOf(current.owner as Pool) === n) {
-      this.server = null;
-      current.detach();
-      return { server: current, fresh: false };
-    }
-    const server = await this.cluster!.checkout(role, { shard: n });
-    return { server, fresh: true };
   }
 
   /**
@@ -2543,25 +1179,24 @@ export class Client implements ServerLink {
     shards: number[],
     options: { type: number; p: number; end: number; omniWrite: boolean; copyHeader?: boolean },
   ): Promise<void> {
-    const rb = this.rbuf;
-    const buf = rb.buf;
     if (this.server !== null) {
       await this.#closeBatch();
       await this.#settle();
     }
     if (this.closed) return;
     if (this.#deferredBegin !== null) {
-      this.#txnPrelude.unshift(this.#deferredBegin);
+      this.#txn.prelude.unshift(this.#deferredBegin);
       this.#deferredBegin = null;
     }
     const role: Role = "primary";
-    if (this.#parked.size === 0 && !(await this.#atGate())) return;
+    if (this.#txn.empty && !(await this.#atGate())) return;
     const legs: Server[] = [];
     const fresh: boolean[] = [];
     this.state = "waiting";
     try {
       for (const n of shards) {
-        const leg = await this.#legServer(n, role);
+        const leg = await this.#txn.leg(this.cluster!, n, { role, attached: this.server });
+        if (leg.attached) this.server = null;
         legs.push(leg.server);
         fresh.push(leg.fresh);
       }
@@ -2570,13 +1205,13 @@ export class Client implements ServerLink {
       for (let i = 0; i < legs.length; i++) {
         if (fresh[i]) legs[i].owner?.checkin(legs[i]);
         else if (this.closed) (legs[i].owner as Pool).release(legs[i], { resetSql: null });
-        else this.#parked.set(this.cluster!.shardOf(legs[i].owner as Pool), legs[i]);
+        else this.#txn.keep(this.cluster!, legs[i]);
       }
       if (this.closed) return;
       const fields = e instanceof ClientFacingError || e instanceof ServerConnectError
         ? e.fields
         : { severity: "ERROR", code: SqlState.InternalError, message: String(e) };
-      this.#answerError({ ...fields, severity: "ERROR" }, options.type === Msg.Query);
+      this.#local.answerError({ ...fields, severity: "ERROR" }, options.type === Msg.Query);
       return;
     }
     this.state = "active";
@@ -2594,62 +1229,16 @@ export class Client implements ServerLink {
       keep: this.#sessionMode,
       copyHeader: options.copyHeader,
     });
-    const mainOut = this.#out;
-    const outs = legs.map(() => new OutBatch());
-    legs.forEach((server, i) => {
-      server.attach(fan.link(i, server));
-      outs[i].reset(buf);
-      this.server = server;
-      this.#out = outs[i];
-      this.#syncParams(server);
-      if (fresh[i]) {
-        for (const msg of this.#txnPrelude) {
-          outs[i].addBytes(msg);
-          server.expect(Expect.Query, Action.Swallow);
-        }
-      }
-    });
-    this.#fanLegs = legs;
+    // (An attached server of a shard the request does not run on is let go of here.)
+    this.server = null;
+    this.#fan = fan;
     try {
-      let { type, p, end } = options;
-      let first = true;
-      for (;;) {
-        this.server = legs[0];
-        this.#out = outs[0];
-        if (first || !this.#answerLocally(type, buf, p, end)) {
-          const pendingScan = this.#pendingScan;
-          const substitute = this.#substitute;
-          for (let i = 0; i < legs.length; i++) {
-            this.server = legs[i];
-            this.#out = outs[i];
-            this.#pendingScan = pendingScan;
-            this.#substitute = substitute;
-            this.#forward(type, buf, p, end);
-          }
-        }
-        first = false;
-        if (type === Msg.Sync || type === Msg.Query || type === Msg.FunctionCall) break;
-        const size = rb.nextMessageSize();
-        if (size === 0) break; // a Flush ended the buffered part: the rest comes as its own request
-        p = rb.start;
-        end = p + size;
-        type = buf[p];
-        if (
-          type === Msg.Terminate || FRONTEND_TYPES[type] === 0 || !wellFormed(type, buf, p, end)
-        ) break;
-        rb.start = end;
-      }
+      await fan.run({ servers: legs, fresh }, {
+        first: { type: options.type, p: options.p, end: options.end },
+        client: this.#parts,
+      });
     } finally {
-      this.#fanLegs = null;
-      this.server = null;
-      this.#out = mainOut;
-    }
-    this.#fanRunning = legs;
-    try {
-      await Promise.all(legs.map((server, i) => outs[i].writeTo(server.writer).catch(() => {})));
-      await fan.done;
-    } finally {
-      this.#fanRunning = null;
+      this.#fan = null;
     }
     this.state = "idle";
     this.lastActivity = Date.now();
@@ -2663,38 +1252,30 @@ export class Client implements ServerLink {
           resetSql: this.#sessionMode ? "DISCARD ALL" : null,
         });
       } else if (fan.status === TxStatus.Idle && !this.#sessionMode) server.owner?.checkin(server);
-      else this.#parked.set(this.cluster!.shardOf(server.owner as Pool), server);
+      else this.#txn.keep(this.cluster!, server);
     }
     if (fan.status === TxStatus.Idle) this.#transactionOver();
   }
 
   /** The transaction ended: nothing of it is replayed on later shards. */
   #transactionOver(): void {
-    if (this.#tablesChanged) {
-      this.#tablesChanged = false;
+    if (this.#router.ddlInTransaction) {
+      this.#router.ddlInTransaction = false;
       this.cluster?.columns.clear();
       this.#host.tablesChanged(this.database);
     }
-    if (this.#txnPrelude.length > 0) this.#txnPrelude = [];
-    if (this.#savepointMarks.size > 0) this.#savepointMarks.clear();
-    this.#txnSearchPath = null;
+    this.#txn.over();
   }
-
-  /** The analysis of the Query being handled (set by #localQuery when it analyzed it). */
-  #analysis: Analysis | null = null;
-  /** The analysis of the last Parse seen. */
-  #lastParseAnalysis: Analysis | null = null;
 
   /** Takes a server for the next request. False (error already queued) on failure. */
   async #acquire(role: Role): Promise<boolean> {
-    if (this.#parked.size === 0 && !this.#gateOpen() && !(await this.#atGate())) return false;
+    if (this.#txn.empty && !this.#gateOpen() && !(await this.#atGate())) return false;
     const cluster = this.cluster!;
     let server: Server;
     const shard = this.#shard;
-    const parked = this.#sharding !== null ? this.#parked.get(shard) : undefined;
+    const parked = this.#sharding !== null ? this.#txn.take(shard) : undefined;
     if (parked !== undefined) {
       // This transaction already runs on that shard.
-      this.#parked.delete(shard);
       this.pool = parked.owner as Pool;
       this.server = parked;
       this.state = "active";
@@ -2747,7 +1328,7 @@ export class Client implements ServerLink {
     this.#out.reset(this.rbuf.buf);
     if (this.#renaming) this.#evictStatements(server);
     // Last before the request: nothing with a Sync may come between (see Server.settingsSync).
-    this.#syncParams(server);
+    this.#syncParams(server, this.#out);
     this.#sentBegin = this.#outsideTransaction ? null : this.#deferredBegin;
     if (this.#outsideTransaction) {
       this.#outsideTransaction = false;
@@ -2758,34 +1339,17 @@ export class Client implements ServerLink {
       this.#deferredBegin = null;
     } else if (this.#sharding !== null) {
       if (this.#deferredBegin !== null) {
-        this.#txnPrelude.unshift(this.#deferredBegin);
+        this.#txn.prelude.unshift(this.#deferredBegin);
         this.#deferredBegin = null;
       }
       // A transaction reaching a shard: it starts there as it did on the first (BEGIN, then
       // what was held back or must be replayed: SET LOCAL search_path, savepoints).
-      for (const msg of this.#txnPrelude) {
+      for (const msg of this.#txn.prelude) {
         this.#out.addBytes(msg);
         server.expect(Expect.Query, Action.Swallow);
       }
     }
     return true;
-  }
-
-  /** A request can be re-run elsewhere when it is whole (ends with Sync or Query) and has no COPY. */
-  #replayable(buf: Uint8Array, start: number, end: number): boolean {
-    let last = 0;
-    for (let p = start; p < end;) {
-      const type = buf[p];
-      if (
-        type === Msg.CopyData || type === Msg.CopyDone || type === Msg.CopyFail ||
-        type === Msg.FunctionCall
-      ) {
-        return false;
-      }
-      last = type;
-      p += 1 + ((buf[p + 1] << 24) | (buf[p + 2] << 16) | (buf[p + 3] << 8) | buf[p + 4]);
-    }
-    return last === Msg.Sync || last === Msg.Query;
   }
 
   /**
@@ -2799,7 +1363,7 @@ export class Client implements ServerLink {
     const bytes = replay.bytes;
     if (replay.begin !== null) {
       // The held-back BEGIN goes ahead of it again (once in a sharded transaction's prelude).
-      if (this.#txnPrelude[0] === replay.begin) this.#txnPrelude.shift();
+      if (this.#txn.prelude[0] === replay.begin) this.#txn.prelude.shift();
       this.#deferredBegin = replay.begin;
     }
     if (!(await this.#acquire(replay.role))) {
@@ -2814,10 +1378,12 @@ export class Client implements ServerLink {
       return;
     }
     this.#out.useSource(bytes);
+    // Not the request loop's message: a re-run may start while that one waits.
+    const msg = new RoutedMessage();
     for (let p = 0; p < bytes.length;) {
       const end = p + 1 +
         ((bytes[p + 1] << 24) | (bytes[p + 2] << 16) | (bytes[p + 3] << 8) | bytes[p + 4]);
-      this.#forward(bytes[p], bytes, p, end);
+      this.#forwarder.forward(msg.at(bytes[p], bytes, p, end), this.server!, this.#out);
       p = end;
     }
     // The client already has the first answers (ParseComplete, BindComplete, ...): not again.
@@ -2835,16 +1401,16 @@ export class Client implements ServerLink {
    * fail, the server skips the request and is closed (serverLost re-runs it elsewhere); later
    * requests of the batch wait until this one is answered.
    */
-  #syncParams(server: Server): void {
+  #syncParams(server: Server, out: OutBatch): void {
     this.#needsSync = false;
     this.#syncSent = false;
     const params = this.session.params;
     const statements = paramSyncStatements(params, server.applied);
     if (statements === null) return;
-    this.#out.addBytes(server.settingsSync(statements));
+    out.addBytes(server.settingsSync(statements));
     markApplied(server.applied, params);
     this.#syncSent = true;
-    this.#reportsOwed = true;
+    this.#reported.syncSent();
     this.#holdRest = true;
   }
 
@@ -2887,7 +1453,7 @@ export class Client implements ServerLink {
   shouldRelease(server: Server): boolean | string {
     // Map#clear allocates a new table even when the map is empty: once per transaction here.
     if (this.session.pgdogLocal.size > 0) this.session.pgdogLocal.clear();
-    if (this.#parked.size === 0) this.#transactionOver();
+    if (this.#txn.empty) this.#transactionOver();
     if (this.session.needsReadBack) {
       this.#readBack(server);
       return false;
@@ -2909,7 +1475,7 @@ export class Client implements ServerLink {
     const finish = (): void => {
       this.#readBackPending = false;
       this.#readBackDone = null;
-      this.#resetting = null;
+      this.#reported.resetDone();
       done();
     };
     server.query(sql, {
@@ -2944,55 +1510,19 @@ export class Client implements ServerLink {
 
   /**
    * Part of {@linkcode ServerLink}: keeps the client's view of reported parameters what PostgreSQL
-   * would have shown it. A reset parameter shows the client's startup value (the server itself
-   * resets to its own default until pgdog syncs it); a sync's change is shown only when the client
-   * was told something else.
+   * would have shown it (see ReportedParameters.parameterStatus).
    */
   parameterStatus(
     _server: Server,
     options: { name: string; value: string; own: boolean },
   ): Uint8Array | null {
-    const { name, own } = options;
-    let value = options.value;
-    if (own) {
-      const r = this.#resetting;
-      const startup = this.#loginReported.get(name);
-      if (r !== null && startup !== undefined && (r === "all" || r.has(name.toLowerCase()))) {
-        value = startup;
-      }
-    }
-    // PostgreSQL reports a parameter only when the client's value changes.
-    if (this.#told.get(name) === value) return NOTHING;
-    this.#told.set(name, value);
-    return value === options.value && own ? null : parameterStatusMessage(name, value);
+    return this.#reported.parameterStatus(options);
   }
 
-  /**
-   * Part of {@linkcode ServerLink}. A settings sync and the client's request share one
-   * ReadyForQuery, and PostgreSQL reports a parameter there only when its value differs from what
-   * it last reported on that connection: a sync that set it back and a client SET that set it
-   * again report nothing, though this client was told otherwise (libpq's string escaping relies
-   * on standard_conforming_strings). So after such a request the client is told what differs.
-   */
+  /** Part of {@linkcode ServerLink} (see ReportedParameters.owed). */
   owedParameterStatus(server: Server): Uint8Array | null {
-    if (!this.#reportsOwed) return null;
-    this.#reportsOwed = false;
-    let b: MessageBuilder | null = null;
-    const resetting = this.#resetting;
-    for (const [name, value] of server.reported) {
-      const told = this.#told.get(name);
-      if (told === undefined || told === value) continue;
-      // A RESET shows the client's startup value (see parameterStatus).
-      if (resetting === "all" || resetting?.has(name.toLowerCase())) continue;
-      this.#told.set(name, value);
-      b ??= new MessageBuilder(64);
-      appendParameterStatus(b, name, value);
-    }
-    return b === null ? null : b.build();
+    return this.#reported.owed(server);
   }
-
-  /** A settings sync went out with the request being answered (see owedParameterStatus). */
-  #reportsOwed = false;
 
   /** Part of {@linkcode ServerLink}: what a server's FATAL means to this client. */
   onServerFatal(server: Server): "replay" | "downgrade" | "keep" {
@@ -3119,13 +1649,7 @@ export class Client implements ServerLink {
       const resetSql = this.#sessionMode ? "DISCARD ALL" : unknownState ? PIN_CLEANUP : null;
       this.pool.release(server, { resetSql });
     }
-    for (const parked of this.#parked.values()) {
-      parked.detach();
-      (parked.owner as Pool).release(parked, {
-        resetSql: this.#sessionMode ? "DISCARD ALL" : null,
-      });
-    }
-    this.#parked.clear();
+    this.#txn.releaseAll(this.#sessionMode ? "DISCARD ALL" : null);
     this.statements.clear();
     closeQuietly(this.conn);
     const line = `client ${this.id} (${this.addr}) disconnected after ${
@@ -3155,49 +1679,6 @@ const FORGET_SCAN: SessionScan = {
   statements: 0,
 };
 
-/** A request cut into statements (see Client#planSplit): what replaces it in the read buffer. */
-interface SplitPlan {
-  /** The request's bytes in the read buffer. */
-  from: number;
-  to: number;
-  /** Its statements, each a request of its own. */
-  bytes: Uint8Array;
-  /** Where each of them ends in the read buffer once `bytes` replaced the request. */
-  ends: number[];
-  /** Every shard a statement goes to, ascending (taken before the first runs). */
-  shards: number[];
-}
-
-/** A split request while it runs. */
-interface SplitRun {
-  ends: number[];
-  /** The statement running now (index into `ends`). */
-  next: number;
-  /** Stands in for the client's writer: one answer, one ReadyForQuery. */
-  writer: BlockWriter;
-  /** pgdog opened the transaction the statements run in (PostgreSQL's implicit transaction). */
-  implicit: boolean;
-}
-
-/** Fails a shard's part of a transaction that failed on another shard. */
-const ABORT_ELSEWHERE =
-  "DO $pgdog$ BEGIN RAISE EXCEPTION 'the transaction failed on another shard'; END $pgdog$";
-
-/** The BEGIN pgdog sends for a split request run outside a transaction. */
-const IMPLICIT_BEGIN = queryMessage("BEGIN");
-const SEMICOLON = 0x3b;
-/** First two letters (lower case) of transaction control statements. */
-const CONTROL_PREFIXES = new Set(
-  ["be", "st", "co", "en", "ro", "ab", "sa", "re"].map((w) =>
-    (w.charCodeAt(0) << 8) | w.charCodeAt(1)
-  ),
-);
-const BIND_COMPLETE = Uint8Array.of(Msg.BindComplete, 0, 0, 0, 4);
-/** Close of the unnamed statement. */
-const CLOSE_UNNAMED = Uint8Array.of(Msg.Close, 0, 0, 0, 6, 0x53, 0);
-
-const NO_DATA = Uint8Array.of(Msg.NoData, 0, 0, 0, 4);
-
 /** A server lost while pgdog ran its own statement on it. */
 function lost(e: unknown): ErrorFields {
   return {
@@ -3207,313 +1688,11 @@ function lost(e: unknown): ErrorFields {
   };
 }
 
-/**
- * What goes to a server in one write: ranges of the client's read buffer and bytes pgdog made
- * (rewritten or injected messages). A single range is written without copying.
- */
-class OutBatch {
-  #src: Uint8Array = new Uint8Array(0);
-  #starts: number[] = [];
-  #ends: number[] = [];
-  #bytes: (Uint8Array | null)[] = [];
-
-  get empty(): boolean {
-    return this.#starts.length === 0;
-  }
-
-  reset(src: Uint8Array): void {
-    this.#src = src;
-    this.#starts.length = 0;
-    this.#ends.length = 0;
-    this.#bytes.length = 0;
-  }
-
-  /** Takes later ranges from `src` (only bytes, no ranges, may be queued so far). */
-  useSource(src: Uint8Array): void {
-    if (this.#bytes.some((b) => b === null)) {
-      throw new Error("internal error: ranges of another buffer are queued");
-    }
-    this.#src = src;
-  }
-
-  addRange(start: number, end: number): void {
-    const n = this.#starts.length;
-    if (n > 0 && this.#bytes[n - 1] === null && this.#ends[n - 1] === start) {
-      this.#ends[n - 1] = end;
-      return;
-    }
-    this.#starts.push(start);
-    this.#ends.push(end);
-    this.#bytes.push(null);
-  }
-
-  addBytes(bytes: Uint8Array): void {
-    this.#starts.push(0);
-    this.#ends.push(bytes.length);
-    this.#bytes.push(bytes);
-  }
-
-  writeTo(writer: SocketWriter): Promise<void> {
-    const n = this.#starts.length;
-    if (n === 1) {
-      const bytes = this.#bytes[0];
-      return writer.write(bytes ?? this.#src.subarray(this.#starts[0], this.#ends[0]));
-    }
-    for (let i = 0; i < n; i++) {
-      const bytes = this.#bytes[i];
-      writer.enqueue(bytes ?? this.#src.subarray(this.#starts[i], this.#ends[i]));
-    }
-    return writer.flush();
-  }
-}
-
-/**
- * Records what the server owes for a client message about to be forwarded unchanged. `first` is
- * the first body byte (Describe's 'S'/'P').
- */
-function expectResponse(server: Server, type: number, first: number): void {
-  if (server.discardUntilSync && type !== Msg.Sync) return; // the server skips it
-  switch (type) {
-    case Msg.Query:
-      server.expect(Expect.Query);
-      return;
-    case Msg.FunctionCall:
-      server.expect(Expect.Function);
-      return;
-    case Msg.Sync:
-      // Ignored by the server during COPY FROM STDIN, until the client ends the copy.
-      if (server.copy === CopyState.In && !server.copyEnded) return;
-      server.expect(Expect.Sync);
-      return;
-    case Msg.Parse:
-      server.expect(Expect.Parse);
-      return;
-    case Msg.Bind:
-      server.expect(Expect.Bind);
-      return;
-    case Msg.Describe:
-      server.expect(first === 0x53 ? Expect.DescribeStatement : Expect.DescribePortal);
-      return;
-    case Msg.Execute:
-      server.expect(Expect.Execute);
-      return;
-    case Msg.Close:
-      server.expect(Expect.Close);
-      return;
-    case Msg.CopyDone:
-    case Msg.CopyFail:
-      if (server.copy === CopyState.In) server.copyEnded = true;
-      server.expect(Expect.CopyEnd);
-      return;
-      // CopyData and Flush owe nothing.
-  }
-}
-
 /** Flush: asks the server for the answers it holds back until Sync. */
 const FLUSH_MESSAGE = Uint8Array.of(Msg.Flush, 0, 0, 0, 4);
 
-/** A replacement meaning "send nothing". */
-const NOTHING = new Uint8Array(0);
-
 /** Ends a COPY FROM STDIN that reached several shards (the statement was not recognized). */
 const COPY_ACROSS_SHARDS = copyFail("COPY FROM STDIN on several shards is not supported by pgdog");
-
-/** What an admin database client is told about the "server" at login. */
-const ADMIN_PARAMETERS: Array<[string, string]> = [
-  ["server_version", "15.0 (pgdog admin)"],
-  ["server_encoding", "UTF8"],
-  ["client_encoding", "UTF8"],
-  ["DateStyle", "ISO, MDY"],
-  ["TimeZone", "UTC"],
-  ["integer_datetimes", "on"],
-  ["standard_conforming_strings", "on"],
-  ["is_superuser", "on"],
-];
-
-/** `SHOW pgdog.shards`: the number of shards of the client's database. */
-const SHOW_SHARDS = /^\s*show\s+pgdog\.shards\s*;?\s*$/i;
-
-/** `SELECT pgdog.unique_id() [AS name]`, answered by pgdog itself. */
-const SELECT_UNIQUE_ID =
-  /^\s*select\s+pgdog\s*\.\s*unique_id\s*\(\s*\)\s*(?:(?:as\s+)?[a-z_][a-z0-9_]*\s*)?;?\s*$/i;
-
-/** A result pgdog answers itself, with its ReadyForQuery. */
-function oneValue(answer: AdminAnswer, status: number): Uint8Array {
-  const body = encodeAnswer(answer);
-  const z = readyForQuery(status as TxStatus);
-  const out = new Uint8Array(body.length + z.length);
-  out.set(body);
-  out.set(z, body.length);
-  return out;
-}
-
-function parameterStatusMessage(name: string, value: string): Uint8Array {
-  const b = new MessageBuilder(32);
-  appendParameterStatus(b, name, value);
-  return b.build();
-}
-
-function commandComplete(tag: string, status: number): Uint8Array {
-  return new MessageBuilder(32).begin(Msg.CommandComplete).cstring(tag).end().bytes(
-    readyForQuery(status as TxStatus),
-  )
-    .build();
-}
-
-const PARSE_COMPLETE = Uint8Array.of(Msg.ParseComplete, 0, 0, 0, 4);
-const CLOSE_COMPLETE = Uint8Array.of(Msg.CloseComplete, 0, 0, 0, 4);
-
-const LISTEN_UNSUPPORTED: ErrorFields = {
-  severity: "ERROR",
-  code: SqlState.FeatureNotSupported,
-  message: "LISTEN is not supported in transaction pooling mode",
-  detail:
-    "Notifications are delivered to a server connection, which pgdog gives to other clients between " +
-    "your transactions.",
-  hint: 'Use pooler_mode = "session" for this user or database.',
-};
-
-const SQL_PREPARE_UNSUPPORTED: ErrorFields = {
-  severity: "ERROR",
-  code: SqlState.FeatureNotSupported,
-  message: "SQL PREPARE and EXECUTE are not supported in transaction pooling mode",
-  detail:
-    "A statement prepared with SQL lives on one server connection, which pgdog gives to other clients " +
-    "between your transactions.",
-  hint:
-    'Use your driver\'s protocol-level prepared statements (supported), or pooler_mode = "session".',
-};
-
-/**
- * Whether the strings pgdog reads from a message end inside it: Query's text, Parse's name,
- * query and parameter type count, Bind's portal and statement names, Describe's and Close's
- * target. Everything else is left for PostgreSQL to judge.
- */
-function wellFormed(type: number, buf: Uint8Array, p: number, end: number): boolean {
-  const body = p + 5;
-  switch (type) {
-    case Msg.Query:
-      return end > body && buf[end - 1] === 0;
-    case Msg.Parse: {
-      const nameEnd = indexOfNul(buf, body, end);
-      const queryEnd = nameEnd < 0 ? -1 : indexOfNul(buf, nameEnd + 1, end);
-      if (queryEnd < 0 || queryEnd + 3 > end) return false;
-      const types = (buf[queryEnd + 1] << 8) | buf[queryEnd + 2];
-      return queryEnd + 3 + types * 4 === end;
-    }
-    case Msg.Bind: {
-      const portalEnd = indexOfNul(buf, body, end);
-      return portalEnd >= 0 && indexOfNul(buf, portalEnd + 1, end) >= 0;
-    }
-    case Msg.Flush:
-      // PostgreSQL answers extra bytes with an error nothing waits for, then skips to a Sync.
-      return end === body;
-    case Msg.Describe:
-    case Msg.Close:
-      return end > body + 1 && (buf[body] === 0x53 || buf[body] === 0x50) && buf[end - 1] === 0 &&
-        indexOfNul(buf, body + 1, end) === end - 1;
-  }
-  return true;
-}
-
-function indexOfNul(buf: Uint8Array, from: number, end: number): number {
-  const i = buf.indexOf(0, from);
-  return i >= 0 && i < end ? i : -1;
-}
-
-/** Extended-protocol messages that may start a request. */
-const EXTENDED_START = (() => {
-  const t = new Uint8Array(256);
-  for (const m of [Msg.Parse, Msg.Bind, Msg.Describe, Msg.Execute, Msg.Close]) t[m] = 1;
-  return t;
-})();
-
-/** True when the messages from `p` to `end` include the Sync (or Flush) ending the request. */
-function requestBuffered(buf: Uint8Array, p: number, end: number): boolean {
-  while (end - p >= 5) {
-    const type = buf[p];
-    if (type === Msg.Sync || type === Msg.Flush || type === Msg.Query) return true;
-    p += readInt32(buf, p + 1) + 1;
-  }
-  return false;
-}
-
-/** What the rest of a buffered request holds: its first Bind's values, and whether it executes. */
-function scanRequest(
-  buf: Uint8Array,
-  p: number,
-  end: number,
-): { bind: BindValues | null; executes: boolean } {
-  let bind: BindValues | null = null;
-  let executes = false;
-  while (end - p >= 5) {
-    const type = buf[p];
-    const next = p + readInt32(buf, p + 1) + 1;
-    if (next > end || type === Msg.Sync || type === Msg.Flush || type === Msg.Query) break;
-    if (type === Msg.Bind && bind === null) bind = bindValues(buf, p, next);
-    if (type === Msg.Execute) executes = true;
-    p = next;
-  }
-  return { bind, executes };
-}
-
-/** The parameter formats and values of a Bind message (null when it is malformed). */
-function bindValues(buf: Uint8Array, p: number, end: number): BindValues | null {
-  let q = buf.indexOf(0, p + 5) + 1;
-  if (q <= 0 || q >= end) return null;
-  q = buf.indexOf(0, q) + 1;
-  if (q <= 0 || q + 2 > end) return null;
-  const nFormats = readInt16(buf, q);
-  q += 2;
-  const formats: number[] = [];
-  for (let i = 0; i < nFormats && q + 2 <= end; i++, q += 2) formats.push(readInt16(buf, q));
-  if (q + 2 > end) return null;
-  const n = readInt16(buf, q);
-  q += 2;
-  const values: (Uint8Array | null)[] = [];
-  for (let i = 0; i < n; i++) {
-    if (q + 4 > end) return null;
-    const len = readInt32(buf, q);
-    q += 4;
-    if (len < 0) values.push(null);
-    else {
-      if (q + len > end) return null;
-      values.push(buf.subarray(q, q + len));
-      q += len;
-    }
-  }
-  return { formats, values };
-}
-
-/** Messages whose statement text may need a look when large (see #largeMessage). */
-const STATEMENT_TYPES = (() => {
-  const t = new Uint8Array(256);
-  for (const m of [Msg.Query, Msg.Parse, Msg.Bind]) t[m] = 1;
-  return t;
-})();
-
-/** Message types a client may send once logged in. */
-const FRONTEND_TYPES = (() => {
-  const t = new Uint8Array(256);
-  for (
-    const m of [
-      Msg.Bind,
-      Msg.Close,
-      Msg.CopyData,
-      Msg.CopyDone,
-      Msg.CopyFail,
-      Msg.Describe,
-      Msg.Execute,
-      Msg.Flush,
-      Msg.FunctionCall,
-      Msg.Parse,
-      Msg.Query,
-      Msg.Sync,
-      Msg.Terminate,
-    ]
-  ) t[m] = 1;
-  return t;
-})();
 
 function isConnectionReset(e: unknown): boolean {
   return e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe ||

@@ -26,9 +26,14 @@ import {
   readyForQuery,
 } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
+import { FRONTEND_TYPES, wellFormed } from "../protocol/frontend_messages.ts";
 import type { Server, ServerLink } from "../backend/server.ts";
+import { Action, Expect } from "../backend/response_queue.ts";
 import type { SocketWriter } from "../net/writer.ts";
+import type { MessageBuffer } from "../net/message_buffer.ts";
 import { asSocketWriter, FramedWriter } from "../net/framer.ts";
+import { OutBatch } from "./out_batch.ts";
+import type { RoutedMessage } from "./routed_message.ts";
 
 /** What a leg's server link asks of the client it stands in for. */
 export interface FanOutHost {
@@ -41,6 +46,29 @@ export interface FanOutHost {
   ): Uint8Array | null;
   /** A leg's server asks for COPY data, which a request on several shards can't give: end it. */
   refuseCopyIn(server: Server): void;
+}
+
+/** The servers a request runs on: one per shard of the fan-out, in the same order. */
+export interface ShardLegs {
+  servers: Server[];
+  /** Per leg: checked out for this request (the transaction's prelude goes first there). */
+  fresh: boolean[];
+}
+
+/** What sending a request to several shards asks of the client. */
+export interface FanOutSender {
+  /** The client's read buffer: the request's messages, consumed as they are sent. */
+  readonly rbuf: MessageBuffer;
+  /** The message being handled (reused). */
+  readonly msg: RoutedMessage;
+  /** What opened the client's transaction, replayed on each fresh leg. */
+  readonly prelude: Uint8Array[];
+  /** Answers a message itself where pgdog does (see LocalAnswers.answerLocally). */
+  answerLocally(type: number, buf: Uint8Array, p: number, end: number): boolean;
+  /** Queues a message for one leg (see Forwarder.forward). */
+  forward(msg: RoutedMessage, server: Server, out: OutBatch): boolean;
+  /** Queues the client's settings where a leg's differ. */
+  syncParams(server: Server, out: OutBatch): void;
 }
 
 /** Sink a leg's server writes its answers into; frames them into messages for the merger. */
@@ -115,6 +143,8 @@ export class FanOut {
   #copying = false;
   /** Each shard's first CopyData, which starts with its header: true in binary. */
   readonly #headers = new WeakMap<Uint8Array, boolean>();
+  /** Where the request is: sent to the legs, then running there, then answered. */
+  #phase: "new" | "queueing" | "running" | "over" = "new";
 
   constructor(
     host: FanOutHost,
@@ -145,6 +175,85 @@ export class FanOut {
       serverLost: (_s, error) => this.#lost(i, error),
       onServerFatal: () => "keep",
     };
+  }
+
+  /** The legs' servers, in shard order. */
+  get servers(): readonly Server[] {
+    return this.#servers;
+  }
+
+  /** The request's messages are being queued on the legs (pgdog's own answers go to each). */
+  get queueing(): boolean {
+    return this.#phase === "queueing";
+  }
+
+  /** The request was sent and runs on the legs (for cancels and query_timeout). */
+  get running(): boolean {
+    return this.#phase === "running";
+  }
+
+  /**
+   * Runs a request on the shards: attaches each leg's server, queues the request (from the
+   * message `first` of the client's read buffer up to its Sync, Query or FunctionCall, or what is
+   * buffered of it; consumed from the buffer) on each, writes it, and settles once every shard
+   * has answered it all, the client having had one answer.
+   */
+  async run(
+    legs: ShardLegs,
+    request: { first: { type: number; p: number; end: number }; client: FanOutSender },
+  ): Promise<void> {
+    const { client } = request;
+    const rb = client.rbuf;
+    const buf = rb.buf;
+    const servers = legs.servers;
+    const outs = servers.map(() => new OutBatch());
+    servers.forEach((server, i) => {
+      server.attach(this.link(i, server));
+      outs[i].reset(buf);
+      client.syncParams(server, outs[i]);
+      if (legs.fresh[i]) {
+        for (const msg of client.prelude) {
+          outs[i].addBytes(msg);
+          server.expect(Expect.Query, Action.Swallow);
+        }
+      }
+    });
+    this.#phase = "queueing";
+    try {
+      let { type, p, end } = request.first;
+      let first = true;
+      for (;;) {
+        if (first || !client.answerLocally(type, buf, p, end)) {
+          const msg = client.msg;
+          for (let i = 0; i < servers.length; i++) {
+            client.forward(msg, servers[i], outs[i]);
+            // One shard's entry carries the substitute's ticket, one shard fails a duplicate.
+            msg.ticket = null;
+            msg.duplicate = null;
+          }
+        }
+        first = false;
+        if (type === Msg.Sync || type === Msg.Query || type === Msg.FunctionCall) break;
+        const size = rb.nextMessageSize();
+        if (size === 0) break; // a Flush ended the buffered part: the rest comes as its own request
+        p = rb.start;
+        end = p + size;
+        type = buf[p];
+        if (
+          type === Msg.Terminate || FRONTEND_TYPES[type] === 0 || !wellFormed(type, buf, p, end)
+        ) break;
+        rb.start = end;
+        client.msg.at(type, buf, p, end);
+      }
+    } finally {
+      this.#phase = "running";
+    }
+    try {
+      await Promise.all(servers.map((server, i) => outs[i].writeTo(server.writer).catch(() => {})));
+      await this.done;
+    } finally {
+      this.#phase = "over";
+    }
   }
 
   /** True while leg `i`'s server is still attached to this request (not given back). */

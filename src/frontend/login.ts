@@ -16,6 +16,8 @@ import {
 } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
+import { ClientFacingError, type Pool } from "../backend/pool.ts";
+import { markApplied, paramsSignature, paramSyncSql } from "./params.ts";
 import type { AdminConfig, AuthType } from "../config/types.ts";
 import { errorMessage, log } from "../log.ts";
 import { closeQuietly } from "../net/stream.ts";
@@ -280,4 +282,42 @@ function negotiateProtocolVersion(unrecognized: string[]): Uint8Array {
   );
   for (const name of unrecognized) b.cstring(name);
   return b.end().build();
+}
+
+/** Bounded so a client cannot grow the cache without limit with made-up parameters. */
+const LOGIN_CACHE_LIMIT = 256;
+
+/**
+ * The ParameterStatus values a client is shown at login: a real server's, after the client's
+ * own startup parameters are applied there (which also validates them, as PostgreSQL would).
+ */
+export async function loginParameters(
+  pool: Pool,
+  params: Map<string, string>,
+): Promise<Array<[string, string]>> {
+  const signature = paramsSignature(params);
+  const cached = pool.loginParams.get(signature);
+  if (cached) return cached;
+  const server = pool.tryCheckout() ?? await pool.waitForServer();
+  try {
+    const sql = paramSyncSql(params, server.applied);
+    if (sql !== null) {
+      // In a transaction, so that a failure (the client's parameters are invalid) leaves the
+      // server exactly as it was.
+      const timeoutMs = pool.config.rollback_timeout;
+      const result = await server.query(`BEGIN;${sql};COMMIT`, { timeoutMs });
+      if (result.error) {
+        const rollback = await server.query("ROLLBACK", { timeoutMs });
+        if (rollback.error) server.close("ROLLBACK failed after a failed settings sync");
+        throw new ClientFacingError(result.error);
+      }
+      markApplied(server.applied, params);
+    }
+    const reported = [...server.reported];
+    if (pool.loginParams.size >= LOGIN_CACHE_LIMIT) pool.loginParams.clear();
+    pool.loginParams.set(signature, reported);
+    return reported;
+  } finally {
+    pool.checkin(server);
+  }
 }

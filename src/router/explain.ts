@@ -8,18 +8,22 @@
 import type { Config } from "../config/types.ts";
 import { QueryRouter } from "./mod.ts";
 import { analyzeSql } from "./analyze.ts";
-import { decideShard, shardingConfigFor, type ShardLookup } from "./shard.ts";
-import { chooseRole } from "./route.ts";
+import { shardingConfigFor, type ShardLookup } from "./shard.ts";
+import type { Role } from "./route.ts";
+import { routeStatement, type TransactionView } from "./request_route.ts";
 
 /** One statement's route. */
 export interface ExplainedRoute {
   /** The statement as written. */
   sql: string;
-  /** `primary` (writes) or `replica` (reads the replicas may serve). */
-  role: "primary" | "replica";
   /**
-   * `shard N`, `shards 0,2`, `all shards`, `any shard`, `refused`, `decided by a plugin` or
-   * `decided by the table's column order`.
+   * `primary` (writes) or `replica` (reads the replicas may serve); null when pgdog answers the
+   * statement itself (a held-back BEGIN).
+   */
+  role: Role | null;
+  /**
+   * `shard N`, `shards 0,2`, `all shards`, `any shard`, `refused`, `decided by a plugin`,
+   * `decided by the table's column order` or `answered by pgdog`.
    */
   target: string | null;
   /** Why. */
@@ -28,7 +32,8 @@ export interface ExplainedRoute {
 
 /**
  * Routes each statement of `sql` for database `options.database` of `config` (the parser must be
- * loaded first).
+ * loaded first), as the proxy routes them one after another on one connection (see
+ * request_route.ts, which the proxy uses too).
  */
 export function explainRoutes(
   sql: string,
@@ -43,14 +48,36 @@ export function explainRoutes(
     : null;
   const router = new QueryRouter({ cacheLimit: 1000 });
   const out: ExplainedRoute[] = [];
+  const tx: TransactionView = { inTransaction: false, deferredBegin: false };
   for (const text of splitStatements(sql)) {
     const analysis = router.analyze(text);
-    // As the proxy chooses for a statement that starts a request (comments included).
-    const role = chooseRole(analysis, {
-      override: null,
+    const lookup: ShardLookup = {
+      found: [],
+      pluginShards: new Map(),
+      missing: [],
+      missingColumns: [],
+    };
+    // As the proxy routes a statement that starts a request (comments included).
+    const route = routeStatement(analysis, {
       strategy: config.general.read_write_strategy,
-      deferredBegin: false,
+      override: null,
+      tx,
+      sharding,
+      lookup,
     });
+    const role = route.role;
+    if (route.local !== null) {
+      out.push({
+        sql: text,
+        role,
+        target: "answered by pgdog",
+        reason: route.local === "BEGIN"
+          ? "a plain BEGIN is held back: it goes with the transaction's first statement, which " +
+            "picks the host"
+          : `the transaction reached no server: pgdog answers ${route.local} itself`,
+      });
+      continue;
+    }
     if (analysis.info.error && !analysis.info.tooDeep) {
       out.push({ sql: text, role, target: null, reason: `does not parse: ${analysis.info.error}` });
       continue;
@@ -64,13 +91,7 @@ export function explainRoutes(
       });
       continue;
     }
-    const lookup: ShardLookup = {
-      found: [],
-      pluginShards: new Map(),
-      missing: [],
-      missingColumns: [],
-    };
-    const d = decideShard(analysis, { config: sharding, lookup });
+    const d = route.decision!;
     if (lookup.missingColumns!.length > 0) {
       // The proxy reads the column order from shard 0's catalog.
       const names = lookup.missingColumns!.map((t) => t.schema ? `${t.schema}.${t.name}` : t.name);

@@ -52,3 +52,32 @@ Deno.test("pgdog route: the same cross-shard rule as the proxy", () => {
     [["refused", "primary"]],
   );
 });
+
+Deno.test("pgdog route: a lone BEGIN is held back, as the proxy holds it back", () => {
+  const { config } = resolveConfig({
+    databases: [
+      { name: "app", host: "127.0.0.1", role: "primary" },
+      { name: "app", host: "127.0.0.2", role: "replica" },
+    ],
+    ...users,
+  });
+  const route = (sql: string): Array<[string | null, string | null]> =>
+    explainRoutes(sql, { config, database: "app" }).map((r) => [r.role, r.target]);
+  // The proxy answers BEGIN itself and sends it with the transaction's first statement.
+  deepEqual(route("BEGIN"), [[null, "answered by pgdog"]]);
+  // That statement picks the host for both: conservative routing keeps a transaction's reads
+  // on the primary, while a SELECT alone goes to a replica.
+  deepEqual(route("BEGIN; SELECT 1"), [[null, "answered by pgdog"], ["primary", null]]);
+  deepEqual(route("SELECT 1"), [["replica", null]]);
+  // After its first statement the transaction is on a server: COMMIT goes there.
+  deepEqual(route("BEGIN; SELECT 1; COMMIT; BEGIN").map((r) => r[1]), [
+    "answered by pgdog",
+    null,
+    null,
+    "answered by pgdog",
+  ]);
+  // A transaction that reached no server ends without one.
+  deepEqual(route("BEGIN; ROLLBACK"), [[null, "answered by pgdog"], [null, "answered by pgdog"]]);
+  // Not held back: BEGIN READ ONLY goes with its reads, a BEGIN inside a transaction to the server.
+  deepEqual(route("BEGIN READ ONLY").map((r) => r[0]), ["replica"]);
+});
