@@ -57,6 +57,7 @@ function clientSettings(config: Config): ClientHost["settings"] {
     query_size_limit_action: g.query_size_limit_action,
     prepared_statements: g.prepared_statements,
     prepared_statements_limit: g.prepared_statements_limit,
+    cross_shard_buffer_limit: g.cross_shard_buffer_limit,
     log_connections: g.log_connections,
     log_disconnections: g.log_disconnections,
   };

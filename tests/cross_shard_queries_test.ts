@@ -51,6 +51,7 @@ import { type BackendMessage, errorFields, fe, summary, WireClient } from "./wir
 
 /** Run the suite with the reference on both sides, to check the suite itself. */
 const AGAINST_REFERENCE = Deno.env.get("CROSS_SHARD_AGAINST") === "reference";
+const ONLY = Deno.env.get("CROSS_SHARD_ONLY");
 /** How long one statement may take before the case counts as hung. */
 const STATEMENT_TIMEOUT_MS = 20_000;
 
@@ -287,6 +288,9 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn(t) {
+    // CROSS_SHARD_ONLY=<part of a step's name> runs only the steps that match (when debugging).
+    const step = (name: string, fn: (t: Deno.TestContext) => Promise<void>): Promise<boolean> =>
+      ONLY !== undefined && !name.includes(ONLY) ? Promise.resolve(true) : t.step(name, fn);
     await using setup = await startSharded({
       shardedTables: SHARDED_TABLES,
       omnisharded: OMNISHARDED,
@@ -295,7 +299,7 @@ Deno.test({
     const target = pgdogSide(setup);
 
     await dumpLogsOnFailure(setup.proxy, async () => {
-      await t.step("pgdog routes a key to the shard holding its row", async () => {
+      await step("pgdog routes a key to the shard holding its row", async () => {
         const dog = await connectPg(setup.target);
         try {
           for (const id of userIds().filter((_, i) => i % 97 === 0)) {
@@ -308,16 +312,16 @@ Deno.test({
       });
 
       for (const [name, cases] of CASE_GROUPS) {
-        await t.step(`${name} (${cases.length} queries)`, async () => {
+        await step(`${name} (${cases.length} queries)`, async () => {
           report(name, cases.length, await runCases(setup.referenceTarget, target, cases));
         });
       }
 
-      await t.step(`refusals (${REFUSALS.length} queries)`, async () => {
+      await step(`refusals (${REFUSALS.length} queries)`, async () => {
         report("refusals", REFUSALS.length, await checkRefusals(setup));
       });
 
-      await t.step("Execute with a row limit: PortalSuspended, batches as asked", async () => {
+      await step("Execute with a row limit: PortalSuspended, batches as asked", async () => {
         const ref = connectPostgresJs(setup.referenceTarget);
         const dog = connectPostgresJs(target);
         try {
@@ -363,7 +367,7 @@ Deno.test({
         assert.equal(got.filter((m) => m === "s").length, 2);
       });
 
-      await t.step("result formats chosen per column (text and binary mixed)", async () => {
+      await step("result formats chosen per column (text and binary mixed)", async () => {
         const problems: string[] = [];
         const ref = await WireClient.connect(setup.referenceTarget);
         const dog = await WireClient.connect(target);
@@ -398,7 +402,7 @@ Deno.test({
         report("per-column formats", 4, problems);
       });
 
-      await t.step("Describe answers the columns the client gets, no hidden ones", async () => {
+      await step("Describe answers the columns the client gets, no hidden ones", async () => {
         const problems: string[] = [];
         for (
           const [sql, params] of [
@@ -437,7 +441,7 @@ Deno.test({
         report("Describe", 5, problems);
       });
 
-      await t.step(
+      await step(
         "an error on one shard reaches the client once; the connection goes on",
         async () => {
           // A user on shard 1 only: dividing by (id - x) fails there alone.
@@ -490,7 +494,7 @@ Deno.test({
         },
       );
 
-      await t.step(
+      await step(
         "EXPLAIN with expanded_explain shows every shard's plan",
         async () => {
           if (AGAINST_REFERENCE) return;
@@ -518,7 +522,7 @@ Deno.test({
         },
       );
 
-      await t.step("cross_shard_buffer_limit: 53200 for that query, others carry on", async () => {
+      await step("cross_shard_buffer_limit: 53200 for that query, others carry on", async () => {
         if (AGAINST_REFERENCE) return;
         const { proxy, target: limited } = await setup.startProxy({
           cross_shard_buffer_limit: 16_384,

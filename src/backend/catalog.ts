@@ -20,6 +20,7 @@ import {
 import { SqlState } from "../protocol/sqlstate.ts";
 import { TxStatus } from "../protocol/messages.ts";
 import { errorMessage } from "../log.ts";
+import { type Collation, collationFor } from "../cross_shard/values.ts";
 
 /** What {@linkcode learnColumnOrders} needs to know about the client. */
 export interface CatalogOptions extends NameContext {
@@ -121,5 +122,53 @@ function lookupFailed(table: TableRef, cause: { code: string; message: string })
     code: cause.code,
     message: `pgdog could not read the columns of table "${describe(table)}" on shard 0 (to ` +
       `route an INSERT without a column list): ${cause.message}`,
+  });
+}
+
+/**
+ * The database's collation as the cross-shard merge compares text, read once per cluster from
+ * shard 0's `pg_database` and kept on the cluster; null when pgdog can't compare text as that
+ * collation does (a libc locale other than C). Throws ClientFacingError when it can't be read.
+ */
+export async function learnCollation(
+  cluster: Cluster,
+  options: { held: Server | null; timeoutMs: number },
+): Promise<Collation | null> {
+  if (cluster.collation !== undefined) return cluster.collation;
+  const { held, timeoutMs } = options;
+  let result;
+  try {
+    const server = held ?? await cluster.checkout("primary", { shard: 0 });
+    try {
+      result = await server.query(
+        "SELECT datlocprovider::text, datcollate, daticulocale FROM pg_catalog.pg_database " +
+          "WHERE datname = pg_catalog.current_database()",
+        { timeoutMs },
+      );
+    } finally {
+      if (server !== held) server.owner?.checkin(server);
+    }
+  } catch (e) {
+    const fields = e instanceof ClientFacingError ? e.fields : null;
+    throw collationFailed(fields?.message ?? errorMessage(e));
+  }
+  if (result.error !== null || result.rows.length !== 1) {
+    throw collationFailed(result.error?.message ?? "no row for the database");
+  }
+  const [provider, collate, icuLocale] = result.rows[0];
+  const collation = collationFor({
+    provider: provider ?? "c",
+    collate: collate ?? "",
+    icuLocale: icuLocale ?? null,
+  });
+  cluster.collation = collation;
+  return collation;
+}
+
+function collationFailed(message: string): Error {
+  return new ClientFacingError({
+    severity: "ERROR",
+    code: SqlState.ConnectionFailure,
+    message: `pgdog could not read the database's collation from shard 0: ${message}`,
   });
 }

@@ -15,6 +15,7 @@ import { ClientFacingError, type Pool, type WaitAbort } from "./pool.ts";
 import type { Server } from "./server.ts";
 import type { ShardingConfig } from "../router/shard.ts";
 import { ColumnOrders } from "../router/columns.ts";
+import type { Collation } from "../cross_shard/values.ts";
 
 /** How reads are spread over a shard's targets. */
 export type LoadBalancingStrategy =
@@ -244,6 +245,11 @@ export class Cluster {
   readonly sharding: ShardingConfig | null;
   /** Column orders read from shard 0's catalog (shared by the database's clusters). */
   readonly columns: ColumnOrders;
+  /**
+   * The database's collation, as the cross-shard merge compares text: undefined until read from
+   * the catalog (see learnCollation), null when pgdog can't match it.
+   */
+  collation: Collation | null | undefined = undefined;
 
   constructor(options: {
     name: string;

@@ -40,6 +40,10 @@ import { parseRole, type Role } from "../router/route.ts";
 import type { ShardingConfig } from "../router/shard.ts";
 import type { PluginSet } from "../plugin/mod.ts";
 import { FanOut, type FanOutSender } from "./fan_out.ts";
+import { MergeRun } from "./merge_run.ts";
+import { learnCollation } from "../backend/catalog.ts";
+import type { Collation } from "../cross_shard/values.ts";
+import type { MergePlan } from "../cross_shard/plan.ts";
 import { adminGreeting, serveAdmin } from "./admin_session.ts";
 import type { ForwardClient } from "./forward.ts";
 import type { LocalClient } from "./local_answers.ts";
@@ -105,6 +109,8 @@ export interface ClientHost {
     query_size_limit_action: "warn" | "block";
     prepared_statements: "extended" | "disabled";
     prepared_statements_limit: number;
+    /** Bytes of rows one cross-shard query may hold to merge. */
+    cross_shard_buffer_limit: number;
     log_connections: boolean;
     log_disconnections: boolean;
     /** The certificate and key offered to clients; null when TLS is not offered. */
@@ -1050,6 +1056,7 @@ export class Client implements ServerLink {
       end,
       omniWrite: route.omniWrite,
       copyHeader: route.copyHeader,
+      merge: route.merge,
     });
     return "done";
   }
@@ -1177,7 +1184,14 @@ export class Client implements ServerLink {
    */
   async #fanOut(
     shards: number[],
-    options: { type: number; p: number; end: number; omniWrite: boolean; copyHeader?: boolean },
+    options: {
+      type: number;
+      p: number;
+      end: number;
+      omniWrite: boolean;
+      copyHeader?: boolean;
+      merge?: MergePlan | null;
+    },
   ): Promise<void> {
     if (this.server !== null) {
       await this.#closeBatch();
@@ -1190,6 +1204,31 @@ export class Client implements ServerLink {
     }
     const role: Role = "primary";
     if (this.#txn.empty && !(await this.#atGate())) return;
+    let collation: Collation | null = null;
+    if (options.merge) {
+      try {
+        collation = await learnCollation(this.cluster!, {
+          held: null,
+          timeoutMs: this.cluster!.settings.checkoutTimeout,
+        });
+      } catch (e) {
+        if (!(e instanceof ClientFacingError)) throw e;
+        this.#local.answerError(e.fields, options.type === Msg.Query);
+        return;
+      }
+      if (this.closed) return;
+      if (collation === null) {
+        this.#local.answerError({
+          severity: "ERROR",
+          code: SqlState.FeatureNotSupported,
+          message: "a cross-shard query that needs merging is not supported on a database whose " +
+            "default collation pgdog can't compare text by (a libc locale other than C)",
+          hint: 'create the database with LOCALE "C" or an ICU locale, or route with ' +
+            "/* pgdog_shard: N */",
+        }, options.type === Msg.Query);
+        return;
+      }
+    }
     const legs: Server[] = [];
     const fresh: boolean[] = [];
     this.state = "waiting";
@@ -1228,6 +1267,18 @@ export class Client implements ServerLink {
       sumCounts: !options.omniWrite,
       keep: this.#sessionMode,
       copyHeader: options.copyHeader,
+      merge: options.merge
+        ? new MergeRun({
+          prepared: this.#host.prepared,
+          statementParse: (name) =>
+            name === "" ? this.#forwarder.unnamedParse() : this.statements.get(name)?.parse ?? null,
+        }, {
+          plan: options.merge,
+          shards: shards.length,
+          bufferLimit: this.#host.settings.cross_shard_buffer_limit,
+          collation: collation!,
+        })
+        : null,
     });
     // (An attached server of a shard the request does not run on is let go of here.)
     this.server = null;

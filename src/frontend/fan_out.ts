@@ -20,12 +20,15 @@
 
 import {
   appendError,
+  errorResponse,
   MessageBuilder,
   Msg,
   readInt32,
   readyForQuery,
 } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
+import { MergeError } from "../cross_shard/errors.ts";
+import { mergeErrorFields, type MergeRun } from "./merge_run.ts";
 import { FRONTEND_TYPES, wellFormed } from "../protocol/frontend_messages.ts";
 import type { Server, ServerLink } from "../backend/server.ts";
 import { Action, Expect } from "../backend/response_queue.ts";
@@ -95,6 +98,11 @@ function isSyncPoint(type: number): boolean {
     type !== Msg.NotificationResponse && type !== Msg.ParameterStatus;
 }
 
+/** Answers a merged statement's merge gives instead of the shards'. */
+function isMerged(type: number): boolean {
+  return type === Msg.RowDescription || type === Msg.NoData || type === Msg.CommandComplete;
+}
+
 /** A shard's COPY OUT stream, as it is merged. */
 interface CopyStream {
   binary: boolean;
@@ -146,11 +154,21 @@ export class FanOut {
   /** Where the request is: sent to the legs, then running there, then answered. */
   #phase: "new" | "queueing" | "running" | "over" = "new";
 
+  /** A cross-shard statement whose answers are merged (see merge_run.ts). */
+  readonly #merge: MergeRun | null;
+
   constructor(
     host: FanOutHost,
-    options: { shards: number[]; sumCounts: boolean; keep: boolean; copyHeader?: boolean },
+    options: {
+      shards: number[];
+      sumCounts: boolean;
+      keep: boolean;
+      copyHeader?: boolean;
+      merge?: MergeRun | null;
+    },
   ) {
     this.#host = host;
+    this.#merge = options.merge ?? null;
     this.#keep = options.keep;
     this.#copyHeader = options.copyHeader ?? false;
     this.#copies = options.shards.map(() => null);
@@ -225,11 +243,17 @@ export class FanOut {
       for (;;) {
         if (first || !client.answerLocally(type, buf, p, end)) {
           const msg = client.msg;
-          for (let i = 0; i < servers.length; i++) {
-            client.forward(msg, servers[i], outs[i]);
-            // One shard's entry carries the substitute's ticket, one shard fails a duplicate.
-            msg.ticket = null;
-            msg.duplicate = null;
+          const merge = this.#merge;
+          if (merge !== null && type === Msg.Query) msg.substitute ??= merge.querySubstitute();
+          if (merge !== null && merge.send(type, buf, { p, end, servers, outs })) {
+            // Queued on every leg by the merge.
+          } else {
+            for (let i = 0; i < servers.length; i++) {
+              client.forward(msg, servers[i], outs[i]);
+              // One shard's entry carries the substitute's ticket, one shard fails a duplicate.
+              msg.ticket = null;
+              msg.duplicate = null;
+            }
           }
         }
         first = false;
@@ -308,8 +332,37 @@ export class FanOut {
 
   /** Rows and notices stream through once this leg is lined up with the others. */
   #stream(i: number, msg: Uint8Array): void {
-    if (this.#pending[i].length === 0) this.#emit(msg);
+    if (this.#pending[i].length === 0) this.#emitFrom(i, msg);
     else this.#pending[i].push(msg);
+  }
+
+  /** A row, notice or CopyData of leg `i` is due: a merged statement's rows go to the merge. */
+  #emitFrom(i: number, msg: Uint8Array): void {
+    const merge = this.#merge;
+    if (merge === null || msg[0] !== Msg.DataRow) {
+      this.#emit(msg);
+      return;
+    }
+    if (this.#failed) return;
+    try {
+      const out = merge.row(i, msg);
+      if (out !== null) this.#host.writer.enqueue(out);
+    } catch (e) {
+      this.#mergeFailed(e);
+    }
+  }
+
+  /** The merge failed (a MergeError): the client's error; the rest is drained. */
+  #mergeFailed(e: unknown): void {
+    if (!(e instanceof MergeError)) throw e;
+    this.#merge?.fail();
+    if (this.#failed) return;
+    this.#host.writer.enqueue(errorResponse(mergeErrorFields(e)));
+    this.#failed = true;
+    const pending = this.#pending;
+    for (let i = 0; i < pending.length; i++) {
+      pending[i] = pending[i].filter((m) => m[0] === Msg.ReadyForQuery);
+    }
   }
 
   /**
@@ -378,6 +431,7 @@ export class FanOut {
       }
       if (errorAt >= 0 && !this.#failed) {
         // The first error is the client's answer; the rest of the request is skipped everywhere.
+        this.#merge?.fail();
         this.#host.writer.enqueue(this.#headSyncPoint(errorAt)!);
         this.#failed = true;
         for (let i = 0; i < pending.length; i++) {
@@ -403,13 +457,26 @@ export class FanOut {
         this.#headerSent = false;
         this.#copying = false;
       }
-      this.#host.writer.enqueue(
-        type === Msg.CommandComplete ? this.#commandComplete(heads) : heads[0],
-      );
+      const merge = this.#merge;
+      if (merge !== null && isMerged(type)) {
+        try {
+          const answer = type === Msg.CommandComplete
+            ? merge.complete(heads)
+            : merge.description(heads);
+          if (answer !== null) this.#host.writer.enqueue(answer);
+        } catch (e) {
+          this.#mergeFailed(e);
+          continue;
+        }
+      } else {
+        this.#host.writer.enqueue(
+          type === Msg.CommandComplete ? this.#commandComplete(heads) : heads[0],
+        );
+      }
       // Rows queued behind the answer just sent may go now.
       for (let i = 0; i < pending.length; i++) {
         while (pending[i].length > 0 && !isSyncPoint(pending[i][0][0])) {
-          this.#emit(pending[i].shift()!);
+          this.#emitFrom(i, pending[i].shift()!);
         }
       }
     }
@@ -418,8 +485,20 @@ export class FanOut {
   /** The first queued answer of leg `i` once only lining-up answers are left at its head. */
   #headSyncPoint(i: number): Uint8Array | null {
     const q = this.#pending[i];
-    while (q.length > 0 && !isSyncPoint(q[0][0])) this.#emit(q.shift()!);
-    return q.length > 0 ? q[0] : null;
+    while (q.length > 0 && !isSyncPoint(q[0][0])) this.#emitFrom(i, q.shift()!);
+    if (q.length === 0) return null;
+    const merge = this.#merge;
+    if (merge !== null && q[0][0] === Msg.CommandComplete && !this.#failed) {
+      // This shard's rows are all in: the merge may give rows it held for it.
+      try {
+        const out = merge.legDone(i);
+        if (out !== null) this.#host.writer.enqueue(out);
+      } catch (e) {
+        this.#mergeFailed(e);
+        return this.#pending[i].length > 0 ? this.#pending[i][0] : null;
+      }
+    }
+    return q[0];
   }
 
   #commandComplete(heads: Uint8Array[]): Uint8Array {

@@ -272,6 +272,11 @@ export class Forwarder {
   /** The servers that have it as their unnamed statement, as far as this request knows. */
   readonly #unnamedOn: Server[] = [];
 
+  /** The client's last unnamed Parse, or null (a copy). */
+  unnamedParse(): Uint8Array | null {
+    return this.#unnamedParseLen === 0 ? null : this.#unnamedParse.slice(0, this.#unnamedParseLen);
+  }
+
   /** The unnamed statement is on no server as far as this request knows. */
   forgetUnnamedServers(): void {
     this.#unnamedOn.length = 0;

@@ -49,6 +49,7 @@ import type { Forwarder } from "./forward.ts";
 import type { LocalAnswers } from "./local_answers.ts";
 import type { RoutedMessage } from "./routed_message.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
+import type { MergePlan } from "../cross_shard/plan.ts";
 
 /** Where a request on a sharded database runs: the value routing returns. */
 export interface ShardRoute {
@@ -60,6 +61,8 @@ export interface ShardRoute {
   copyHeader?: boolean;
   /** The request runs nothing (Parse, Describe) and opens no transaction on its shard. */
   outsideTransaction: boolean;
+  /** A cross-shard statement whose answers pgdog merges by this plan. */
+  merge: MergePlan | null;
 }
 
 /** What routing reads of the client (and the few things it asks it to do). */
@@ -292,6 +295,7 @@ export class RequestRouter {
       shards,
       omniWrite: decision.omniWrite,
       copyHeader: decision.copyHeader,
+      merge: shards.length > 1 ? decision.merge ?? null : null,
       // A request that runs nothing (Parse, Describe) must not open the held-back transaction on
       // the shard it happens to use: the transaction's first statement picks its shards.
       outsideTransaction: !runs && held.length === 0,

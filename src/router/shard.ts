@@ -264,7 +264,8 @@ export function shardingConfigFor(
   for (const o of config.omnisharded_tables) {
     if (o.database === database) { for (const t of o.tables) omni.add(t); }
   }
-  return { shards: options.shards, tables, schemas, defaultSchemaShard, omni };
+  // Cross-shard statements whose answers need merging get a merge plan (src/cross_shard/).
+  return { shards: options.shards, tables, schemas, defaultSchemaShard, omni, merge: true };
 }
 
 /** A single statement that only concerns the session or the transaction (BEGIN, SET, SHOW). */
