@@ -142,7 +142,7 @@ export class MergeRun {
     const { p, end, servers, outs } = options;
     const bind = readBind(buf, p, end);
     const plan = this.#options.plan;
-    const variant = this.#variantFor(bind.statement);
+    const variant = this.#variantFor(bind);
     // The shards send each of their columns in the client's format for it where it is one of
     // the client's columns (rows, not aggregates); the merge converts the rest.
     const shardFormats = plan.aggregate === null ? spread(bind.resultFormats, plan) : [];
@@ -175,13 +175,12 @@ export class MergeRun {
    * parameter types of the client's; null when pgdog doesn't know the client's statement (it is
    * bound as the client named it).
    */
-  #variantFor(statement: string): ClientStatement | null {
+  #variantFor(bind: BindParts): ClientStatement | null {
     if (this.#variant !== null) return this.#variant;
-    const parse = this.#client.statementParse(statement);
+    const parse = this.#client.statementParse(bind.statement);
     const sql = this.#options.plan.shardSql ?? (parse === null ? null : parseQueryText(parse));
     if (sql === null) return null;
-    const types = parse === null ? new Uint8Array(2) : parameterTypes(parse);
-    const message = parseMessage(sql, types);
+    const message = parseMessage(sql, shardParameterTypes(sql, { parse, bind }));
     const stmt: PreparedStatement = this.#client.prepared.forParse(message, 0, message.length);
     const entry = (stmt as PreparedStatement & { merged?: ClientStatement }).merged ??=
       new ClientStatement(stmt);
@@ -302,6 +301,8 @@ interface BindParts {
   /** Where the result formats start. */
   resultsAt: number;
   params: (string | null)[];
+  /** Per parameter: sent in binary. */
+  binary: boolean[];
   resultFormats: number[];
 }
 
@@ -320,14 +321,16 @@ function readBind(buf: Uint8Array, p: number, end: number): BindParts {
   const n = readInt16(buf, q);
   q += 2;
   const params: (string | null)[] = [];
+  const binary: boolean[] = [];
   for (let i = 0; i < n; i++) {
     const len = readInt32(buf, q);
     q += 4;
+    const format = nFormats === 0 ? 0 : nFormats === 1 ? formats[0] : formats[i];
+    binary.push(format === 1);
     if (len < 0) {
       params.push(null);
       continue;
     }
-    const format = nFormats === 0 ? 0 : nFormats === 1 ? formats[0] : formats[i];
     const value = buf.subarray(q, q + len);
     params.push(format === 0 ? decoder.decode(value) : binaryInteger(value));
     q += len;
@@ -336,7 +339,7 @@ function readBind(buf: Uint8Array, p: number, end: number): BindParts {
   const nResults = q + 2 <= end ? readInt16(buf, q) : 0;
   const resultFormats: number[] = [];
   for (let i = 0; i < nResults; i++) resultFormats.push(readInt16(buf, q + 2 + 2 * i));
-  return { portal, statement, paramsAt, resultsAt, params, resultFormats };
+  return { portal, statement, paramsAt, resultsAt, params, binary, resultFormats };
 }
 
 /** A binary int2/int4/int8 parameter as text (LIMIT $1 and the like); null for other values. */
@@ -396,11 +399,36 @@ function parseQueryText(parse: Uint8Array): string {
   return decoder.decode(parse.subarray(nameEnd + 1, parse.indexOf(0, nameEnd + 1)));
 }
 
-/** The parameter types of a Parse message (count and OIDs, as the message has them). */
-function parameterTypes(parse: Uint8Array): Uint8Array {
-  const nameEnd = parse.indexOf(0, 5);
-  const queryEnd = parse.indexOf(0, nameEnd + 1);
-  return parse.subarray(queryEnd + 1);
+/**
+ * The parameter types the shard SQL is prepared with (count and OIDs): the client's, and for a
+ * parameter the shard SQL no longer uses (a LIMIT $n or HAVING ... $n applied by the merge) a
+ * type that takes whatever the Bind sends for it (text, or bytea for binary), since PostgreSQL
+ * can't infer one and the Bind still carries the value.
+ */
+function shardParameterTypes(
+  sql: string,
+  options: { parse: Uint8Array | null; bind: BindParts },
+): Uint8Array {
+  const { parse, bind } = options;
+  const declared: number[] = [];
+  if (parse !== null) {
+    const nameEnd = parse.indexOf(0, 5);
+    const q = parse.indexOf(0, nameEnd + 1) + 1;
+    const n = readInt16(parse, q);
+    for (let i = 0; i < n; i++) declared.push(readInt32(parse, q + 2 + 4 * i));
+  }
+  const used = new Set<number>();
+  for (const m of sql.matchAll(/\$(\d+)/g)) used.add(Number(m[1]));
+  const count = Math.max(declared.length, bind.params.length);
+  const out = new Uint8Array(2 + 4 * count);
+  const view = new DataView(out.buffer);
+  view.setInt16(0, count);
+  for (let i = 0; i < count; i++) {
+    let type = declared[i] ?? 0;
+    if (type === 0 && !used.has(i + 1)) type = bind.binary[i] ? 17 : 25; // bytea, text
+    view.setInt32(2 + 4 * i, type);
+  }
+  return out;
 }
 
 /** An unnamed Parse of `sql` with the given parameter types (count and OIDs). */
