@@ -100,7 +100,8 @@ function isSyncPoint(type: number): boolean {
 
 /** Answers a merged statement's merge gives instead of the shards'. */
 function isMerged(type: number): boolean {
-  return type === Msg.RowDescription || type === Msg.NoData || type === Msg.CommandComplete;
+  return type === Msg.RowDescription || type === Msg.NoData ||
+    type === Msg.CommandComplete || type === Msg.ParameterDescription;
 }
 
 /** A shard's COPY OUT stream, as it is merged. */

@@ -77,6 +77,8 @@ export class MergeRun {
   /** Per leg: it finished the current execution (its CommandComplete was seen). */
   readonly #legDone: boolean[];
   readonly #out = new MessageBuilder(8192);
+  /** A statement's ParameterDescription went out: its RowDescription or NoData comes next. */
+  #statementDescribed = false;
   /** The portal bound last (its Describe is answered from the merge). */
   #portal: string | null = null;
   /** The shard SQL, prepared as a shared statement (extended protocol). */
@@ -223,6 +225,15 @@ export class MergeRun {
    * client gets, or null (it didn't ask). Throws MergeError.
    */
   description(heads: readonly Uint8Array[]): Uint8Array | null {
+    if (heads[0][0] === Msg.ParameterDescription) {
+      // A Describe of the client's statement: its rows are described as the client wrote it.
+      this.#statementDescribed = true;
+      return heads[0];
+    }
+    if (this.#statementDescribed) {
+      this.#statementDescribed = false;
+      return heads[0];
+    }
     const exec = this.#executions[this.#current];
     if (exec === undefined) return heads[0];
     if (exec.refusal !== undefined) throw exec.refusal;
