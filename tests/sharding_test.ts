@@ -293,35 +293,44 @@ Deno.test("sharding", async (t) => {
       }
     });
 
-    await t.step("keyless SELECT returns every shard's rows; ORDER BY is refused", async () => {
-      const c = await connectPg(target);
-      try {
-        const direct = (await Promise.all(
-          shards.map((s) => s.sql("SELECT count(*) FROM users", { database: DB })),
-        )).reduce((n, rows) => n + Number(rows[0][0]), 0);
-        const all = await c.query("SELECT id FROM users");
-        assert.equal(all.rows.length, direct);
-        assert.equal(all.rowCount, direct);
-        const extended = await c.query({
-          text: "SELECT id, name FROM users WHERE name <> $1",
-          values: ["none"],
-        });
-        assert.equal(extended.rows.length, direct);
-        await assert.rejects(
-          c.query("SELECT id FROM users ORDER BY id"),
-          (e: { code?: string }) => {
-            assert.equal(e.code, "0A000");
-            return true;
-          },
-        );
-        // The connection goes on.
-        assert.equal((await c.query("SELECT 1 AS one")).rows[0].one, 1);
-        const updated = await c.query("UPDATE users SET name = name");
-        assert.equal(updated.rowCount, direct);
-      } finally {
-        await c.end();
-      }
-    });
+    await t.step(
+      "keyless SELECT returns every shard's rows; ORDER BY merges them; a window over all is refused",
+      async () => {
+        const c = await connectPg(target);
+        try {
+          const direct = (await Promise.all(
+            shards.map((s) => s.sql("SELECT count(*) FROM users", { database: DB })),
+          )).reduce((n, rows) => n + Number(rows[0][0]), 0);
+          const all = await c.query("SELECT id FROM users");
+          assert.equal(all.rows.length, direct);
+          assert.equal(all.rowCount, direct);
+          const extended = await c.query({
+            text: "SELECT id, name FROM users WHERE name <> $1",
+            values: ["none"],
+          });
+          assert.equal(extended.rows.length, direct);
+          // Merged across shards in order (the cross-shard engine).
+          const sorted = await c.query("SELECT id FROM users ORDER BY id");
+          assert.equal(sorted.rows.length, direct);
+          const ids = sorted.rows.map((r: { id: number }) => Number(r.id));
+          assert.deepEqual(ids, [...ids].sort((a, b) => a - b));
+          // A window over every shard's rows is still refused.
+          await assert.rejects(
+            c.query("SELECT id, row_number() OVER (ORDER BY id) FROM users"),
+            (e: { code?: string }) => {
+              assert.equal(e.code, "0A000");
+              return true;
+            },
+          );
+          // The connection goes on.
+          assert.equal((await c.query("SELECT 1 AS one")).rows[0].one, 1);
+          const updated = await c.query("UPDATE users SET name = name");
+          assert.equal(updated.rowCount, direct);
+        } finally {
+          await c.end();
+        }
+      },
+    );
 
     await t.step("a transaction across shards commits and rolls back everywhere", async () => {
       const c = await connectPg(target);
