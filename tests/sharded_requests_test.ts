@@ -118,6 +118,29 @@ Deno.test("requests with several statements on shards", async (t) => {
       },
     );
 
+    await t.step(
+      "statements merged across shards each run alone in a multi-statement query",
+      async () => {
+        await clean(setup);
+        await bothSimple(
+          setup,
+          "INSERT INTO users (id, email) VALUES (1, 'a'); INSERT INTO users (id, email) VALUES " +
+            "(2, 'b'); INSERT INTO users (id, email) VALUES (7, 'g'); " +
+            "INSERT INTO users (id, email) VALUES (8, 'h')",
+        );
+        await bothSimple(
+          setup,
+          "SELECT count(*) FROM users; SELECT email FROM users ORDER BY email DESC LIMIT 3; " +
+            "SELECT max(id), min(email) FROM users",
+        );
+        // In the request's transaction: the merge sees the rows it wrote.
+        await bothSimple(
+          setup,
+          "INSERT INTO users (id, email) VALUES (3, 'c'); SELECT count(*), max(email) FROM users",
+        );
+      },
+    );
+
     await t.step("an error rolls back the request's implicit transaction", async () => {
       await clean(setup);
       const failing = "INSERT INTO users (id, email) VALUES (3, 'c'); " +
