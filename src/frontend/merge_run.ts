@@ -101,7 +101,6 @@ export class MergeRun {
     options: { p: number; end: number; servers: readonly Server[]; outs: readonly OutBatch[] },
   ): boolean {
     const { p, end, servers, outs } = options;
-    const plan = this.#options.plan;
     switch (type) {
       case Msg.Query:
         // Sent as a substitute by the caller (see querySubstitute).
