@@ -304,7 +304,12 @@ function found(root: unknown): { aggregate: boolean; window: boolean } {
     }
     if (v === null || typeof v !== "object") continue;
     for (const [k, x] of Object.entries(v as Node)) {
-      if (k === "SubLink" || k === "RangeSubselect") continue;
+      if (k === "RangeSubselect") continue;
+      if (k === "SubLink") {
+        // The subquery is its own; what it is compared with (`sum(x) > ALL (...)`) is not.
+        stack.push((x as Node).testexpr);
+        continue;
+      }
       if (k === "FuncCall") {
         if ((x as Node).over) out.window = true;
         else if (isAggregateCall({ FuncCall: x })) out.aggregate = true;
@@ -749,7 +754,11 @@ export function windowsOnKey(body: Node, isKey: ((column: Node) => boolean) | un
     }
     if (v === null || typeof v !== "object") continue;
     for (const [k, x] of Object.entries(v as Node)) {
-      if (k === "SubLink" || k === "RangeSubselect") continue;
+      if (k === "RangeSubselect") continue;
+      if (k === "SubLink") {
+        stack.push((x as Node).testexpr);
+        continue;
+      }
       if (k === "FuncCall" && (x as Node).over && !onKey((x as Node).over as Node)) return false;
       if (k === "WindowDef" && !onKey(x as Node)) return false;
       stack.push(x);

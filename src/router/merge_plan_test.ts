@@ -896,3 +896,14 @@ Deno.test("plans are kept per statement and literals, and made again when a tabl
   const again = route("SELECT * FROM users ORDER BY country LIMIT 5 OFFSET 1").merge!;
   deepEqual([again.orderBy[0].column, again.visible], [3, 4]);
 });
+
+Deno.test("an aggregate compared with a subquery is an aggregate too (not a group expression)", () => {
+  refused(
+    "SELECT country, sum(id) > ALL (SELECT 14000) FROM users GROUP BY country",
+    /over aggregates/,
+  );
+  refused(
+    "SELECT country FROM users GROUP BY country HAVING sum(id) > ALL (SELECT 460)",
+    /HAVING|subquer|not supported/,
+  );
+});
