@@ -26,6 +26,8 @@ Deno.test("bench/run.ts: a short run writes a results table with real numbers", 
       "200",
       "--scale",
       "1",
+      "--only",
+      "pgbench",
       // The poolers on CPU 1, PostgreSQL and pgbench on the rest (with two CPUs or more).
       ...(navigator.hardwareConcurrency >= 2 ? ["--proxy-cpus", "1"] : []),
       "--out",
@@ -59,5 +61,38 @@ Deno.test("bench/run.ts: a short run writes a results table with real numbers", 
     ok(/Versions: pgdog .+deno .+PostgreSQL.+pgbench/.test(report), "versions");
   } finally {
     await Deno.remove(out, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("bench/run.ts --only cross-shard: a small run writes ratios and pgdog's peak memory", async () => {
+  const out = await Deno.makeTempDir({ prefix: "pgdog-bench-test-" });
+  try {
+    const run = await runCommand(Deno.execPath(), [
+      "run",
+      "--allow-all",
+      `${REPO_ROOT}/bench/run.ts`,
+      "--only",
+      "cross-shard",
+      "--cross-shard-rows",
+      "3000",
+      "--out",
+      out,
+    ], { timeoutMs: 120_000, env: { NO_COLOR: "1" } });
+    ok(run.code === 0, `bench exited with ${run.code}:\n${run.stderr}`);
+    const report = await Deno.readTextFile(`${out}/latest-cross-shard.md`);
+    const rows = report.split("\n").filter((l) =>
+      /^\| (ORDER BY|count|GROUP BY|full ORDER BY)/.test(l)
+    );
+    ok(rows.length === 4, `expected 4 query rows in:\n${report}`);
+    for (const row of rows) {
+      const ratio = Number(row.split("|").at(-2)!.trim());
+      ok(ratio > 0, `no ratio (refused or wrong?): ${row}`);
+    }
+    ok(
+      /\| then streaming 3000 rows \| [\d.]+ \|/.test(report),
+      `no peak memory row in:\n${report}`,
+    );
+  } finally {
+    await Deno.remove(out, { recursive: true });
   }
 });
