@@ -28,7 +28,7 @@ import { MessageBuffer, MessageSizeError, QueryTooLargeError } from "../net/mess
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import type { AcceptTlsOptions } from "../net/tls.ts";
-import { CopyState, type Server, type ServerLink, SettingsSyncError } from "../backend/server.ts";
+import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
 import { Action, Expect, type LocalAnswer } from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool, WaitAbort } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
@@ -49,6 +49,7 @@ import { ReportedParameters } from "./reported_parameters.ts";
 import { LocalAnswers } from "./local_answers.ts";
 import { Forwarder } from "./forward.ts";
 import { RoutedMessage } from "./routed_message.ts";
+import { type LostServerClient, LostServers } from "./lost_server.ts";
 import { ShardTransaction } from "./shard_transaction.ts";
 import { planSplit, type SplitClient, type SplitHost, SplitRunner } from "./split_request.ts";
 import type { AdminHost } from "../admin/mod.ts";
@@ -67,7 +68,6 @@ import { ClientStatements, type PreparedCache, statementMessage } from "./prepar
 import {
   EXTENDED_START,
   FRONTEND_TYPES,
-  replayable,
   requestBuffered,
   STATEMENT_TYPES,
   wellFormed,
@@ -90,7 +90,8 @@ type ClientParts =
   & ForwardClient
   & SplitClient
   & SplitHost
-  & FanOutSender;
+  & FanOutSender
+  & LostServerClient;
 
 /** What a client needs from the proxy around it. */
 export interface ClientHost {
@@ -186,19 +187,10 @@ export class Client implements ServerLink {
   readonly #reported = new ReportedParameters();
   /** `pgdog.role` from the startup packet. */
   #startupRole: Role | null = null;
-  /**
-   * The request a replica is answering (or one behind a settings sync), kept until its answer
-   * starts, to re-run it elsewhere; `begin` is the held-back BEGIN that went ahead of it.
-   */
-  #replay: { bytes: Uint8Array; role: Role; begin: Uint8Array | null } | null = null;
   /** The held-back BEGIN sent with the current server's first request (to re-run with it). */
   #sentBegin: Uint8Array | null = null;
   /** A settings sync went ahead of the request being sent. */
   #syncSent = false;
-  /** A request was re-run after a settings sync failed, and has not completed since. */
-  #syncRetried = false;
-  /** A re-run in progress: new requests wait for it. */
-  #replaying: Promise<void> | null = null;
   #out = new OutBatch();
   /** Logged in to the admin database. */
   #admin = false;
@@ -356,6 +348,15 @@ export class Client implements ServerLink {
     answerLocally: (type, buf, p, end) => client.#local.answerLocally(type, buf, p, end),
     forward: (msg, server, out) => client.#forwarder.forward(msg, server, out),
     syncParams: (server, out) => client.#syncParams(server, out),
+    get out() {
+      return client.#out;
+    },
+    get attached() {
+      return client.server;
+    },
+    acquire: (role) => client.#acquire(role),
+    terminate: (fields) => client.terminate(fields),
+    end: () => client.writer.flush().catch(() => {}).finally(() => client.#teardown()),
   }))(this);
   /** What pgdog answers itself. */
   readonly #local = new LocalAnswers(this.#parts);
@@ -365,6 +366,8 @@ export class Client implements ServerLink {
   readonly #forwarder = new Forwarder(this.#parts);
   /** Runs requests cut into statements that run one by one (see planSplit). */
   readonly #splits = new SplitRunner(this.#parts);
+  /** Requests kept to re-run, and what a lost server means to the client. */
+  readonly #lost = new LostServers(this.#parts);
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
     this.conn = conn;
@@ -629,7 +632,7 @@ export class Client implements ServerLink {
   /** Handles every complete message in the buffer. Returns false when the client is done. */
   async #handleMessages(): Promise<boolean> {
     this.lastActivity = Date.now();
-    if (this.#replaying) await this.#replaying;
+    if (this.#lost.replaying) await this.#lost.replaying;
     // The last transaction's settings must be known before the next request runs.
     if (this.#readBackDone) await this.#readBackDone;
     const rb = this.rbuf;
@@ -863,7 +866,7 @@ export class Client implements ServerLink {
   async #settle(): Promise<void> {
     const server = this.server;
     if (server !== null && server.queue.length > 0) await server.drain().catch(() => {});
-    if (this.#replaying) await this.#replaying;
+    if (this.#lost.replaying) await this.#lost.replaying;
     if (this.#readBackDone) await this.#readBackDone;
   }
 
@@ -875,9 +878,7 @@ export class Client implements ServerLink {
 
   /** Keeps the request at [from, to) to re-run on another server (when it is whole). */
   #keepForReplay(buf: Uint8Array, from: number, to: number, role: Role): void {
-    this.#replay = from >= 0 && replayable(buf, from, to)
-      ? { bytes: buf.slice(from, to), role, begin: this.#sentBegin }
-      : null;
+    this.#lost.keep(buf, from, to, { role, begin: this.#sentBegin });
   }
 
   /** Writes what the batch collected for the server. */
@@ -1352,45 +1353,6 @@ export class Client implements ServerLink {
     return true;
   }
 
-  /**
-   * Re-runs a request lost before any of its answer went out (a read whose replica died, or one
-   * whose server failed to take the client's settings) on another server.
-   */
-  async #rerun(
-    replay: { bytes: Uint8Array; role: Role; begin: Uint8Array | null },
-    answered: number,
-  ): Promise<void> {
-    const bytes = replay.bytes;
-    if (replay.begin !== null) {
-      // The held-back BEGIN goes ahead of it again (once in a sharded transaction's prelude).
-      if (this.#txn.prelude[0] === replay.begin) this.#txn.prelude.shift();
-      this.#deferredBegin = replay.begin;
-    }
-    if (!(await this.#acquire(replay.role))) {
-      // The error is queued; each request in it still needs its ReadyForQuery.
-      for (let p = 0; p < bytes.length;) {
-        const type = bytes[p];
-        if (type === Msg.Query || type === Msg.Sync) {
-          this.writer.enqueue(readyForQuery(TxStatus.Idle));
-        }
-        p += 1 + ((bytes[p + 1] << 24) | (bytes[p + 2] << 16) | (bytes[p + 3] << 8) | bytes[p + 4]);
-      }
-      return;
-    }
-    this.#out.useSource(bytes);
-    // Not the request loop's message: a re-run may start while that one waits.
-    const msg = new RoutedMessage();
-    for (let p = 0; p < bytes.length;) {
-      const end = p + 1 +
-        ((bytes[p + 1] << 24) | (bytes[p + 2] << 16) | (bytes[p + 3] << 8) | bytes[p + 4]);
-      this.#forwarder.forward(msg.at(bytes[p], bytes, p, end), this.server!, this.#out);
-      p = end;
-    }
-    // The client already has the first answers (ParseComplete, BindComplete, ...): not again.
-    this.server?.queue.swallowFirst(answered);
-    await this.#send();
-  }
-
   /** A server idle longer than healthcheck_interval is checked before use (by the cluster). */
   #needsHealthcheck(server: Server): boolean {
     return Date.now() - server.idleSince >= this.cluster!.settings.healthcheckInterval;
@@ -1499,8 +1461,7 @@ export class Client implements ServerLink {
 
   /** Part of {@linkcode ServerLink}. */
   released(_server: Server): void {
-    this.#replay = null;
-    this.#syncRetried = false;
+    this.#lost.released();
     this.lastActivity = Date.now();
     this.server = null;
     this.state = "idle";
@@ -1526,96 +1487,16 @@ export class Client implements ServerLink {
 
   /** Part of {@linkcode ServerLink}: what a server's FATAL means to this client. */
   onServerFatal(server: Server): "replay" | "downgrade" | "keep" {
-    if (this.#replay?.role === "replica" && !server.dataForwarded) return "replay";
-    if (this.#survives(server)) return "downgrade";
-    // The client has the server's FATAL, as PostgreSQL sends it: nothing follows but the close.
-    this.#fatalForwarded = true;
-    return "keep";
+    return this.#lost.onServerFatal(server);
   }
 
-  /** A server's FATAL went to the client unchanged: its connection ends without another word. */
-  #fatalForwarded = false;
-
-  /** Outside a transaction (and unpinned) a lost server is simply replaced. */
-  #survives(server: Server): boolean {
-    return !this.#sessionMode && !this.session.pinned && server.txStatus === TxStatus.Idle &&
-      server.copy === CopyState.None;
-  }
-
-  /** Part of {@linkcode ServerLink}: the server died under this client. */
+  /** Part of {@linkcode ServerLink}: the server died under this client (see LostServers). */
   serverLost(server: Server, error: Error): void {
     if (this.server !== server) return;
     this.server = null;
     this.state = "idle";
     if (this.closed) return;
-    const replay = this.#replay;
-    this.#replay = null;
-    const syncFailed = error instanceof SettingsSyncError;
-    if (
-      replay && !server.dataForwarded && !this.session.pinned && this.cluster &&
-      (syncFailed ? !this.#syncRetried : replay.role === "replica")
-    ) {
-      if (syncFailed) {
-        // The server skipped the request: it runs on another server, with the settings applied.
-        this.#syncRetried = true;
-        log.info(`client ${this.id}: running the request on another server`);
-      } else {
-        // A read lost before any of its answer went out: run it again on another host.
-        this.cluster.banPool(server.owner as Pool, `server lost: ${error.message}`);
-        log.info(
-          `client ${this.id}: ${server.label} lost before answering a read; running it on another host`,
-        );
-      }
-      this.#replaying = this.#rerun(replay, server.answered).catch((e) => {
-        log.warn(
-          `client ${this.id}: re-running a read failed: ${errorMessage(e)}`,
-        );
-      }).finally(() => {
-        this.#replaying = null;
-      });
-      return;
-    }
-    const fields: ErrorFields = syncFailed
-      ? {
-        ...error.fields,
-        severity: "ERROR",
-        message:
-          `pgdog could not apply this session's settings on a server: ${error.fields.message}`,
-        detail: "The request did not run.",
-      }
-      : {
-        severity: "ERROR",
-        code: SqlState.ConnectionFailure,
-        message: `server connection lost: ${error.message}`,
-        detail:
-          `${server.address.host}:${server.address.port} closed the connection while this client used it`,
-      };
-    log.warn(`client ${this.id}: ${server.label} lost: ${error.message}`);
-    if (syncFailed && this.#syncRetried) {
-      // Two servers in a row refused the session's settings: no server can take this session.
-      this.terminate({ ...fields, severity: "FATAL" });
-      return;
-    }
-    if (this.#fatalForwarded) {
-      this.writer.flush().catch(() => {}).finally(() => this.#teardown());
-      return;
-    }
-    if (!this.#survives(server)) {
-      // A transaction or session state is gone with the server: the client must start over.
-      this.terminate({ ...fields, severity: "FATAL" });
-      return;
-    }
-    const b = new MessageBuilder(128);
-    for (let i = 0; i < server.pendingReady; i++) {
-      // The request being answered may already have its error (the server's own FATAL).
-      if (i > 0 || !server.errorForwarded) appendError(b, fields);
-      b.bytes(readyForQuery(TxStatus.Idle));
-    }
-    if (server.openRequest) {
-      appendError(b, fields);
-      this.#skipUntilSync = true;
-    }
-    this.writer.enqueue(b.view());
+    this.#lost.lost(server, error);
   }
 
   // ---- errors and teardown -------------------------------------------------------------------
