@@ -30,7 +30,7 @@ import { SocketWriter } from "../net/writer.ts";
 import type { AcceptTlsOptions } from "../net/tls.ts";
 import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
 import { Action, Expect, type LocalAnswer } from "../backend/response_queue.ts";
-import { ClientFacingError, type Pool, WaitAbort } from "../backend/pool.ts";
+import { ClientFacingError, type Pool } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import { ServerConnectError } from "../backend/connect.ts";
 import type { AuthType } from "../config/types.ts";
@@ -50,6 +50,7 @@ import { LocalAnswers } from "./local_answers.ts";
 import { Forwarder } from "./forward.ts";
 import { RoutedMessage } from "./routed_message.ts";
 import { type LostServerClient, LostServers } from "./lost_server.ts";
+import { Checkout, type CheckoutClient } from "./checkout.ts";
 import { ShardTransaction } from "./shard_transaction.ts";
 import { planSplit, type SplitClient, type SplitHost, SplitRunner } from "./split_request.ts";
 import type { AdminHost } from "../admin/mod.ts";
@@ -57,14 +58,9 @@ import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { errorMessage, log } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
 import { logIn, loginParameters, LoginRefused } from "./login.ts";
-import {
-  markApplied,
-  paramSyncStatements,
-  sessionParamsFromStartup,
-  startupOption,
-} from "./params.ts";
+import { sessionParamsFromStartup, startupOption } from "./params.ts";
 import { sameParams, SessionState } from "./session.ts";
-import { ClientStatements, type PreparedCache, statementMessage } from "./prepared.ts";
+import { ClientStatements, type PreparedCache } from "./prepared.ts";
 import {
   EXTENDED_START,
   FRONTEND_TYPES,
@@ -91,7 +87,8 @@ type ClientParts =
   & SplitClient
   & SplitHost
   & FanOutSender
-  & LostServerClient;
+  & LostServerClient
+  & CheckoutClient;
 
 /** What a client needs from the proxy around it. */
 export interface ClientHost {
@@ -168,9 +165,6 @@ export class Client implements ServerLink {
   /** Rename prepared statements (transaction mode with prepared_statements = extended). */
   #renaming = false;
   #skipUntilSync = false;
-  #waitAbort: WaitAbort | null = null;
-  /** The server's settings may lag behind the client's (session mode, after a read-back). */
-  #needsSync = false;
   /** The server was pinned at some point since it was taken. */
   #pinnedThisHold = false;
   /** Parse queries to route them (the database has replicas, or query_parser = on). */
@@ -187,21 +181,13 @@ export class Client implements ServerLink {
   readonly #reported = new ReportedParameters();
   /** `pgdog.role` from the startup packet. */
   #startupRole: Role | null = null;
-  /** The held-back BEGIN sent with the current server's first request (to re-run with it). */
-  #sentBegin: Uint8Array | null = null;
-  /** A settings sync went ahead of the request being sent. */
-  #syncSent = false;
   #out = new OutBatch();
   /** Logged in to the admin database. */
   #admin = false;
   /** Sharded databases: how statements find their shard (null otherwise). */
   #sharding: ShardingConfig | null = null;
-  /** The shard the next checkout is for. */
-  #shard = 0;
   /** The transaction's servers on other shards, and what is replayed on each shard it reaches. */
   readonly #txn = new ShardTransaction();
-  /** The next checkout is for a request that runs nothing: no transaction starts there. */
-  #outsideTransaction = false;
   /** Between a request's first message and its Sync (sharded routing decides once per request). */
   #inRequest = false;
   /** The attached server got a Flush and no Sync since: its batch is still open. */
@@ -287,8 +273,8 @@ export class Client implements ServerLink {
     settle: () => client.#settle(),
     useShard: async (n) => {
       if (client.server !== null) client.#park(client.server);
-      client.#shard = n;
-      return await client.#acquire("primary");
+      client.#checkout.shard = n;
+      return await client.#checkout.acquire("primary");
     },
     endImplicit: (commit) => client.#endImplicit(commit),
     // (Getters: fields that are set after this one.)
@@ -347,14 +333,27 @@ export class Client implements ServerLink {
     },
     answerLocally: (type, buf, p, end) => client.#local.answerLocally(type, buf, p, end),
     forward: (msg, server, out) => client.#forwarder.forward(msg, server, out),
-    syncParams: (server, out) => client.#syncParams(server, out),
+    syncParams: (server, out) => client.#checkout.syncParams(server, out),
     get out() {
       return client.#out;
     },
     get attached() {
       return client.server;
     },
-    acquire: (role) => client.#acquire(role),
+    acquire: (role) => client.#checkout.acquire(role),
+    get reported() {
+      return client.#reported;
+    },
+    get statementsLimit() {
+      return client.#host.settings.prepared_statements_limit;
+    },
+    set holdRest(hold: boolean) {
+      client.#holdRest = hold;
+    },
+    set state(state: "idle" | "waiting") {
+      client.state = state;
+    },
+    attach: (server, fresh) => client.#attach(server, fresh),
     terminate: (fields) => client.terminate(fields),
     end: () => client.writer.flush().catch(() => {}).finally(() => client.#teardown()),
   }))(this);
@@ -368,6 +367,8 @@ export class Client implements ServerLink {
   readonly #splits = new SplitRunner(this.#parts);
   /** Requests kept to re-run, and what a lost server means to the client. */
   readonly #lost = new LostServers(this.#parts);
+  /** Takes servers for requests, and brings their settings to the client's. */
+  readonly #checkout = new Checkout(this.#parts);
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
     this.conn = conn;
@@ -478,8 +479,8 @@ export class Client implements ServerLink {
       server.sendCancel();
     } else if (this.#fan !== null && this.#fan.running) {
       for (const s of this.#fan.servers) if (s.queue.length > 0 && !s.closed) s.sendCancel();
-    } else if (this.#waitAbort) {
-      this.#waitAbort.abort(
+    } else if (this.#checkout.waitAbort) {
+      this.#checkout.waitAbort.abort(
         new ClientFacingError({
           severity: "ERROR",
           code: SqlState.QueryCanceled,
@@ -774,10 +775,10 @@ export class Client implements ServerLink {
         // Nothing is buffered for a server yet: taking one may wait, and nothing else touches the
         // read buffer meanwhile.
         const role = this.#router.role(type, buf, p, end);
-        const ok = await this.#acquire(role);
+        const ok = await this.#checkout.acquire(role);
         if (this.closed) return false;
         if (
-          ok && (role === "replica" || this.#syncSent) && this.#deferredBegin === null &&
+          ok && (role === "replica" || this.#checkout.syncSent) && this.#deferredBegin === null &&
           !this.#sessionMode
         ) {
           replayFrom = p;
@@ -790,8 +791,8 @@ export class Client implements ServerLink {
           else this.writer.enqueue(readyForQuery(TxStatus.Idle));
           continue;
         }
-      } else if (this.#needsSync) {
-        this.#syncParams(this.server, this.#out);
+      } else if (this.#checkout.needsSync) {
+        this.#checkout.syncParams(this.server, this.#out);
       }
       this.#forwarder.mayWait = true;
       const queued = this.#forwarder.forward(msg, this.server!, this.#out);
@@ -878,7 +879,7 @@ export class Client implements ServerLink {
 
   /** Keeps the request at [from, to) to re-run on another server (when it is whole). */
   #keepForReplay(buf: Uint8Array, from: number, to: number, role: Role): void {
-    this.#lost.keep(buf, from, to, { role, begin: this.#sentBegin });
+    this.#lost.keep(buf, from, to, { role, begin: this.#checkout.sentBegin });
   }
 
   /** Writes what the batch collected for the server. */
@@ -1030,7 +1031,7 @@ export class Client implements ServerLink {
   ): Promise<"go" | "done"> {
     const route = await this.#router.shardRoute(type, buf, p, end);
     if (route === "go" || route === "done") return route;
-    this.#outsideTransaction = route.outsideTransaction;
+    this.#checkout.outsideTransaction = route.outsideTransaction;
     const shards = route.shards;
     if (shards.length === 1) {
       const n = shards[0];
@@ -1042,7 +1043,7 @@ export class Client implements ServerLink {
         if (this.closed) return "done";
         if (this.server !== null) this.#park(this.server);
       }
-      this.#shard = n;
+      this.#checkout.shard = n;
       return "go";
     }
     await this.#fanOut(shards, {
@@ -1086,7 +1087,7 @@ export class Client implements ServerLink {
         .catch(() => null);
       if (r !== null && r.error === null) {
         this.session.applyReadBack(r.rows, servers[0]);
-        this.#needsSync = true;
+        this.#checkout.needsSync = true;
       }
       this.#reported.resetDone();
     }
@@ -1151,7 +1152,7 @@ export class Client implements ServerLink {
     this.cluster = cluster;
     this.#sharding = cluster.sharding;
     // A shard chosen under the old configuration may not exist in this one.
-    if (this.#shard >= cluster.shards.length) this.#shard = 0;
+    if (this.#checkout.shard >= cluster.shards.length) this.#checkout.shard = 0;
     this.#routing ||= cluster.hasReplicas || cluster.sharding !== null;
     this.#gatePassed = databases;
     return true;
@@ -1268,126 +1269,14 @@ export class Client implements ServerLink {
     this.#txn.over();
   }
 
-  /** Takes a server for the next request. False (error already queued) on failure. */
-  async #acquire(role: Role): Promise<boolean> {
-    if (this.#txn.empty && !this.#gateOpen() && !(await this.#atGate())) return false;
-    const cluster = this.cluster!;
-    let server: Server;
-    const shard = this.#shard;
-    const parked = this.#sharding !== null ? this.#txn.take(shard) : undefined;
-    if (parked !== undefined) {
-      // This transaction already runs on that shard.
-      this.pool = parked.owner as Pool;
-      this.server = parked;
-      this.state = "active";
-      parked.attach(this);
-      this.#out.reset(this.rbuf.buf);
-      return true;
-    }
-    const fast = role === "primary" || !cluster.hasReplicas
-      ? cluster.pool(shard).tryCheckout()
-      : null;
-    if (fast !== null && !this.#needsHealthcheck(fast)) {
-      server = fast;
-    } else {
-      if (fast !== null) fast.owner?.checkin(fast);
-      this.state = "waiting";
-      const abort = new WaitAbort();
-      this.#waitAbort = abort;
-      try {
-        server = await cluster.checkout(role, { abort, shard });
-      } catch (e) {
-        this.state = "idle";
-        if (this.closed) return false;
-        const fields = e instanceof ClientFacingError || e instanceof ServerConnectError
-          ? e.fields
-          : { severity: "ERROR", code: SqlState.InternalError, message: String(e) };
-        const b = new MessageBuilder(128);
-        appendError(b, {
-          ...fields,
-          severity: fields.severity === "FATAL" ? "ERROR" : fields.severity,
-        });
-        this.writer.enqueue(b.view());
-        return false;
-      } finally {
-        this.#waitAbort = null;
-      }
-      if (this.closed) {
-        server.owner?.checkin(server);
-        return false;
-      }
-    }
-    if (server.closed) {
-      // Lost between checkout and attach: nothing will report it to this client; take another.
-      return await this.#acquire(role);
-    }
+  /** Attaches a server taken for the next request (`fresh`: from the pool, not a parked one). */
+  #attach(server: Server, fresh: boolean): void {
     this.pool = server.owner as Pool;
     this.server = server;
     this.state = "active";
-    this.#pinnedThisHold = this.session.pinned;
+    if (fresh) this.#pinnedThisHold = this.session.pinned;
     server.attach(this);
     this.#out.reset(this.rbuf.buf);
-    if (this.#renaming) this.#evictStatements(server);
-    // Last before the request: nothing with a Sync may come between (see Server.settingsSync).
-    this.#syncParams(server, this.#out);
-    this.#sentBegin = this.#outsideTransaction ? null : this.#deferredBegin;
-    if (this.#outsideTransaction) {
-      this.#outsideTransaction = false;
-    } else if (this.#deferredBegin !== null && this.#sharding === null) {
-      // The transaction's first statement chose the host: the BEGIN goes first, answered already.
-      this.#out.addBytes(this.#deferredBegin);
-      server.expect(Expect.Query, Action.Swallow);
-      this.#deferredBegin = null;
-    } else if (this.#sharding !== null) {
-      if (this.#deferredBegin !== null) {
-        this.#txn.prelude.unshift(this.#deferredBegin);
-        this.#deferredBegin = null;
-      }
-      // A transaction reaching a shard: it starts there as it did on the first (BEGIN, then
-      // what was held back or must be replayed: SET LOCAL search_path, savepoints).
-      for (const msg of this.#txn.prelude) {
-        this.#out.addBytes(msg);
-        server.expect(Expect.Query, Action.Swallow);
-      }
-    }
-    return true;
-  }
-
-  /** A server idle longer than healthcheck_interval is checked before use (by the cluster). */
-  #needsHealthcheck(server: Server): boolean {
-    return Date.now() - server.idleSince >= this.cluster!.settings.healthcheckInterval;
-  }
-
-  /**
-   * Pipelines the settings difference ahead of the request; its answer is swallowed. Should it
-   * fail, the server skips the request and is closed (serverLost re-runs it elsewhere); later
-   * requests of the batch wait until this one is answered.
-   */
-  #syncParams(server: Server, out: OutBatch): void {
-    this.#needsSync = false;
-    this.#syncSent = false;
-    const params = this.session.params;
-    const statements = paramSyncStatements(params, server.applied);
-    if (statements === null) return;
-    out.addBytes(server.settingsSync(statements));
-    markApplied(server.applied, params);
-    this.#syncSent = true;
-    this.#reported.syncSent();
-    this.#holdRest = true;
-  }
-
-  /** Closes the least recently used statements beyond prepared_statements_limit, pipelined. */
-  #evictStatements(server: Server): void {
-    let excess = server.statements.size - this.#host.settings.prepared_statements_limit;
-    if (excess <= 0) return;
-    for (const name of server.statements.keys()) {
-      if (excess-- <= 0) break;
-      server.statements.delete(name);
-      this.#out.addBytes(statementMessage(Msg.Close, name));
-      server.expect(Expect.Close, Action.Swallow);
-    }
-    this.#out.addBytes(SYNC);
-    server.expect(Expect.Sync, Action.Swallow);
   }
 
   /** Why the client keeps its server between transactions, or "" (SHOW CLIENTS). */
@@ -1451,7 +1340,7 @@ export class Client implements ServerLink {
           return;
         }
         this.session.applyReadBack(r.rows, server);
-        this.#needsSync = !sameParams(this.session.params, server.applied);
+        this.#checkout.needsSync = !sameParams(this.session.params, server.applied);
       },
     }).catch(() => {
       // The server was lost; serverLost() tells the client.
@@ -1517,7 +1406,7 @@ export class Client implements ServerLink {
     if (this.closed) return;
     this.closed = true;
     this.#host.unregister(this);
-    this.#waitAbort?.abort(new ClientGoneError());
+    this.#checkout.waitAbort?.abort(new ClientGoneError());
     const server = this.server;
     this.server = null;
     if (server && this.pool) {

@@ -1,0 +1,192 @@
+/**
+ * Taking a server for a client's next request: a parked server of its transaction on that shard,
+ * or one from the pool (checked first when idle past healthcheck_interval), then readied with
+ * what must go ahead of the request: excess prepared statements closed, the client's settings,
+ * and the held-back BEGIN or the transaction's prelude.
+ *
+ * @module
+ */
+
+import { appendError, MessageBuilder, Msg, SYNC } from "../protocol/messages.ts";
+import { SqlState } from "../protocol/sqlstate.ts";
+import type { MessageBuffer } from "../net/message_buffer.ts";
+import type { SocketWriter } from "../net/writer.ts";
+import type { Server } from "../backend/server.ts";
+import { Action, Expect } from "../backend/response_queue.ts";
+import { ClientFacingError, WaitAbort } from "../backend/pool.ts";
+import type { Cluster } from "../backend/databases.ts";
+import { ServerConnectError } from "../backend/connect.ts";
+import type { Role } from "../router/route.ts";
+import type { ShardingConfig } from "../router/shard.ts";
+import { markApplied, paramSyncStatements } from "./params.ts";
+import type { SessionState } from "./session.ts";
+import { statementMessage } from "./prepared.ts";
+import type { ShardTransaction } from "./shard_transaction.ts";
+import type { ReportedParameters } from "./reported_parameters.ts";
+import type { OutBatch } from "./out_batch.ts";
+
+/** What taking a server reads of the client and asks of it. */
+export interface CheckoutClient {
+  readonly cluster: Cluster | null;
+  readonly sharding: ShardingConfig | null;
+  readonly session: SessionState;
+  readonly renaming: boolean;
+  readonly closed: boolean;
+  readonly writer: SocketWriter;
+  readonly rbuf: MessageBuffer;
+  readonly txn: ShardTransaction;
+  /** What the client's batch collects for its server. */
+  readonly out: OutBatch;
+  /** What the client was told of reported parameters. */
+  readonly reported: ReportedParameters;
+  /** prepared_statements_limit. */
+  readonly statementsLimit: number;
+  deferredBegin: Uint8Array | null;
+  /** Set true: later pipelined messages wait until the request's answer is in. */
+  set holdRest(hold: boolean);
+  /** Set "waiting" while the pool is waited on, "idle" when that failed. */
+  set state(state: "idle" | "waiting");
+  /** The gate (PAUSE, MAINTENANCE, RELOAD) would let a new transaction through as it is. */
+  gateOpen(): boolean;
+  /** Waits at the gate; false when the client was told to go (and closed). */
+  atGate(): Promise<boolean>;
+  /** Attaches `server` to the client (`fresh`: from the pool, not a parked one). */
+  attach(server: Server, fresh: boolean): void;
+}
+
+/** One client's checkouts, and the settings its servers carry. */
+export class Checkout {
+  readonly #client: CheckoutClient;
+  /** The shard the next checkout is for. */
+  shard = 0;
+  /** The next checkout is for a request that runs nothing: no transaction starts there. */
+  outsideTransaction = false;
+  /** The held-back BEGIN sent with the current server's first request (to re-run with it). */
+  sentBegin: Uint8Array | null = null;
+  /** The server's settings may lag behind the client's (session mode, after a read-back). */
+  needsSync = false;
+  /** A settings sync went ahead of the request being sent. */
+  syncSent = false;
+  /** Aborts the wait for a pool (a cancel, the client leaving). */
+  waitAbort: WaitAbort | null = null;
+
+  constructor(client: CheckoutClient) {
+    this.#client = client;
+  }
+
+  /** Takes a server for the next request. False (error already queued) on failure. */
+  async acquire(role: Role): Promise<boolean> {
+    const c = this.#client;
+    if (c.txn.empty && !c.gateOpen() && !(await c.atGate())) return false;
+    const cluster = c.cluster!;
+    let server: Server;
+    const shard = this.shard;
+    const parked = c.sharding !== null ? c.txn.take(shard) : undefined;
+    if (parked !== undefined) {
+      // This transaction already runs on that shard.
+      c.attach(parked, false);
+      return true;
+    }
+    const fast = role === "primary" || !cluster.hasReplicas
+      ? cluster.pool(shard).tryCheckout()
+      : null;
+    if (fast !== null && !this.#needsHealthcheck(fast)) {
+      server = fast;
+    } else {
+      if (fast !== null) fast.owner?.checkin(fast);
+      c.state = "waiting";
+      const abort = new WaitAbort();
+      this.waitAbort = abort;
+      try {
+        server = await cluster.checkout(role, { abort, shard });
+      } catch (e) {
+        c.state = "idle";
+        if (c.closed) return false;
+        const fields = e instanceof ClientFacingError || e instanceof ServerConnectError
+          ? e.fields
+          : { severity: "ERROR", code: SqlState.InternalError, message: String(e) };
+        const b = new MessageBuilder(128);
+        appendError(b, {
+          ...fields,
+          severity: fields.severity === "FATAL" ? "ERROR" : fields.severity,
+        });
+        c.writer.enqueue(b.view());
+        return false;
+      } finally {
+        this.waitAbort = null;
+      }
+      if (c.closed) {
+        server.owner?.checkin(server);
+        return false;
+      }
+    }
+    if (server.closed) {
+      // Lost between checkout and attach: nothing will report it to this client; take another.
+      return await this.acquire(role);
+    }
+    c.attach(server, true);
+    const out = c.out;
+    if (c.renaming) this.#evictStatements(server, out);
+    // Last before the request: nothing with a Sync may come between (see Server.settingsSync).
+    this.syncParams(server, out);
+    this.sentBegin = this.outsideTransaction ? null : c.deferredBegin;
+    if (this.outsideTransaction) {
+      this.outsideTransaction = false;
+    } else if (c.deferredBegin !== null && c.sharding === null) {
+      // The transaction's first statement chose the host: the BEGIN goes first, answered already.
+      out.addBytes(c.deferredBegin);
+      server.expect(Expect.Query, Action.Swallow);
+      c.deferredBegin = null;
+    } else if (c.sharding !== null) {
+      if (c.deferredBegin !== null) {
+        c.txn.prelude.unshift(c.deferredBegin);
+        c.deferredBegin = null;
+      }
+      // A transaction reaching a shard: it starts there as it did on the first (BEGIN, then
+      // what was held back or must be replayed: SET LOCAL search_path, savepoints).
+      for (const msg of c.txn.prelude) {
+        out.addBytes(msg);
+        server.expect(Expect.Query, Action.Swallow);
+      }
+    }
+    return true;
+  }
+
+  /** A server idle longer than healthcheck_interval is checked before use (by the cluster). */
+  #needsHealthcheck(server: Server): boolean {
+    return Date.now() - server.idleSince >= this.#client.cluster!.settings.healthcheckInterval;
+  }
+
+  /**
+   * Pipelines the settings difference ahead of the request; its answer is swallowed. Should it
+   * fail, the server skips the request and is closed (serverLost re-runs it elsewhere); later
+   * requests of the batch wait until this one is answered.
+   */
+  syncParams(server: Server, out: OutBatch): void {
+    this.needsSync = false;
+    this.syncSent = false;
+    const c = this.#client;
+    const params = c.session.params;
+    const statements = paramSyncStatements(params, server.applied);
+    if (statements === null) return;
+    out.addBytes(server.settingsSync(statements));
+    markApplied(server.applied, params);
+    this.syncSent = true;
+    c.reported.syncSent();
+    c.holdRest = true;
+  }
+
+  /** Closes the least recently used statements beyond prepared_statements_limit, pipelined. */
+  #evictStatements(server: Server, out: OutBatch): void {
+    let excess = server.statements.size - this.#client.statementsLimit;
+    if (excess <= 0) return;
+    for (const name of server.statements.keys()) {
+      if (excess-- <= 0) break;
+      server.statements.delete(name);
+      out.addBytes(statementMessage(Msg.Close, name));
+      server.expect(Expect.Close, Action.Swallow);
+    }
+    out.addBytes(SYNC);
+    server.expect(Expect.Sync, Action.Swallow);
+  }
+}
