@@ -2,31 +2,46 @@
  * Taking a server for a client's next request: a parked server of its transaction on that shard,
  * or one from the pool (checked first when idle past healthcheck_interval), then readied with
  * what must go ahead of the request: excess prepared statements closed, the client's settings,
- * and the held-back BEGIN or the transaction's prelude.
+ * and the held-back BEGIN or the transaction's prelude. And giving it back: at the end of a
+ * transaction (after reading back the settings it may have changed) unless pinned or in session
+ * mode, cleaned when a pin may have left something on it.
  *
  * @module
  */
 
-import { appendError, MessageBuilder, Msg, SYNC } from "../protocol/messages.ts";
+import { appendError, type ErrorFields, MessageBuilder, Msg, SYNC } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
 import type { MessageBuffer } from "../net/message_buffer.ts";
 import type { SocketWriter } from "../net/writer.ts";
 import type { Server } from "../backend/server.ts";
 import { Action, Expect } from "../backend/response_queue.ts";
-import { ClientFacingError, WaitAbort } from "../backend/pool.ts";
+import { ClientFacingError, type Pool, WaitAbort } from "../backend/pool.ts";
 import type { Cluster } from "../backend/databases.ts";
 import { ServerConnectError } from "../backend/connect.ts";
 import type { Role } from "../router/route.ts";
+import type { SessionScan } from "../router/scan.ts";
+import { errorMessage, log } from "../log.ts";
 import type { ShardingConfig } from "../router/shard.ts";
 import { markApplied, paramSyncStatements } from "./params.ts";
-import type { SessionState } from "./session.ts";
+import { sameParams, type SessionState } from "./session.ts";
 import { statementMessage } from "./prepared.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 import type { ReportedParameters } from "./reported_parameters.ts";
 import type { OutBatch } from "./out_batch.ts";
 
-/** What taking a server reads of the client and asks of it. */
+/**
+ * Cleans a server a client pinned (or left in a state pgdog does not know) before others use it:
+ * the identity first (RESET ALL keeps it, and another identity may not reset everything).
+ */
+export const PIN_CLEANUP = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; " +
+  "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP";
+
+/** What taking a server and giving it back read of the client and ask of it. */
 export interface CheckoutClient {
+  readonly id: number;
+  readonly sessionMode: boolean;
+  /** The pool of the client's server (rollback_timeout). */
+  readonly pool: Pool | null;
   readonly cluster: Cluster | null;
   readonly sharding: ShardingConfig | null;
   readonly session: SessionState;
@@ -52,6 +67,8 @@ export interface CheckoutClient {
   atGate(): Promise<boolean>;
   /** Attaches `server` to the client (`fresh`: from the pool, not a parked one). */
   attach(server: Server, fresh: boolean): void;
+  /** The transaction ended. */
+  transactionOver(): void;
 }
 
 /** One client's checkouts, and the settings its servers carry. */
@@ -69,6 +86,12 @@ export class Checkout {
   syncSent = false;
   /** Aborts the wait for a pool (a cancel, the client leaving). */
   waitAbort: WaitAbort | null = null;
+  /** The server was pinned at some point since it was taken. */
+  pinnedThisHold = false;
+  /** A settings read-back was sent and has not answered yet. */
+  #readBackPending = false;
+  /** Resolves when the pending read-back has answered. */
+  readBackDone: Promise<void> | null = null;
 
   constructor(client: CheckoutClient) {
     this.#client = client;
@@ -152,6 +175,100 @@ export class Checkout {
     return true;
   }
 
+  /**
+   * At each ReadyForQuery that leaves the server idle (see ServerLink.shouldRelease): if the
+   * transaction may have changed the session, its state is read back first (the server stays until
+   * that answer is in); in transaction mode the server then goes back unless pinned.
+   */
+  shouldRelease(server: Server): boolean | string {
+    const c = this.#client;
+    const session = c.session;
+    // Map#clear allocates a new table even when the map is empty: once per transaction here.
+    if (session.pgdogLocal.size > 0) session.pgdogLocal.clear();
+    if (c.txn.empty) c.transactionOver();
+    if (session.needsReadBack) {
+      this.#readBack(server);
+      return false;
+    }
+    if (session.pinned) {
+      this.pinnedThisHold = true;
+      return false;
+    }
+    if (c.sessionMode) return false;
+    // Unpinned now (locks released): the server still gets the cleanup a pin promises.
+    return this.pinnedThisHold ? PIN_CLEANUP : true;
+  }
+
+  #readBack(server: Server): void {
+    const c = this.#client;
+    const sql = c.session.readBackSql();
+    this.#readBackPending = true;
+    let done!: () => void;
+    this.readBackDone = new Promise((resolve) => done = resolve);
+    const finish = (): void => {
+      this.#readBackPending = false;
+      this.readBackDone = null;
+      c.reported.resetDone();
+      done();
+    };
+    server.query(sql, {
+      timeoutMs: c.pool!.config.rollback_timeout,
+      onDone: (r) => {
+        finish();
+        if (r.error) {
+          log.warn(`client ${c.id}: reading back session settings failed: ${r.error.message}`);
+          server.discard = true;
+          c.session.note(FORGET_SCAN);
+          return;
+        }
+        c.session.applyReadBack(r.rows, server);
+        this.needsSync = !sameParams(c.session.params, server.applied);
+      },
+    }).catch(() => {
+      // The server was lost; serverLost() tells the client.
+      finish();
+    });
+  }
+
+  /** What runs on the client's server when it goes back at the client's end. */
+  leavingSql(): string | null {
+    const c = this.#client;
+    if (c.sessionMode) return "DISCARD ALL";
+    // Until the read-back has answered, settings or advisory locks the client left are unknown:
+    // reset everything rather than hand them to someone else.
+    const unknownState = this.pinnedThisHold || c.session.pinned || c.session.needsReadBack ||
+      this.#readBackPending;
+    return unknownState ? PIN_CLEANUP : null;
+  }
+
+  /**
+   * Ends the implicit transaction of a split request on `servers` (detached, taken from the
+   * client), reads back the settings its statements may have changed, and gives them back.
+   * Returns the first error (a COMMIT can fail, e.g. a deferred constraint).
+   */
+  async endImplicit(servers: Server[], commit: boolean): Promise<ErrorFields | null> {
+    const c = this.#client;
+    const limit = c.pool?.config.rollback_timeout ?? 5000;
+    const sql = commit ? "COMMIT" : "ROLLBACK";
+    let error: ErrorFields | null = null;
+    const results = await Promise.all(
+      servers.map((s) => s.query(sql, { timeoutMs: limit }).catch((e) => ({ error: lost(e) }))),
+    );
+    for (const r of results) error ??= r.error;
+    if (servers.length > 0 && c.session.needsReadBack && !servers[0].closed) {
+      // The statements may have changed settings: every server ran them; read them from one.
+      const r = await servers[0].query(c.session.readBackSql(), { timeoutMs: limit })
+        .catch(() => null);
+      if (r !== null && r.error === null) {
+        c.session.applyReadBack(r.rows, servers[0]);
+        this.needsSync = true;
+      }
+      c.reported.resetDone();
+    }
+    for (const s of servers) (s.owner as Pool).release(s, { resetSql: null });
+    return error === null ? null : { ...error, severity: "ERROR" };
+  }
+
   /** A server idle longer than healthcheck_interval is checked before use (by the cluster). */
   #needsHealthcheck(server: Server): boolean {
     return Date.now() - server.idleSince >= this.#client.cluster!.settings.healthcheckInterval;
@@ -189,4 +306,32 @@ export class Checkout {
     out.addBytes(SYNC);
     server.expect(Expect.Sync, Action.Swallow);
   }
+}
+
+/** A read-back failed: keep asking next time (settings unknown). */
+const FORGET_SCAN: SessionScan = {
+  settings: [],
+  resets: [],
+  unknownSetting: true,
+  resetAll: false,
+  discardAll: false,
+  advisoryLocks: true,
+  tempObjects: true,
+  creates: false,
+  tempRelease: false,
+  listen: false,
+  sqlPrepared: false,
+  prepareOrExecute: false,
+  deallocations: [],
+  pgdogSettings: [],
+  statements: 0,
+};
+
+/** A server lost while pgdog ran its own statement on it. */
+function lost(e: unknown): ErrorFields {
+  return {
+    severity: "ERROR",
+    code: SqlState.ConnectionFailure,
+    message: `server connection lost: ${errorMessage(e)}`,
+  };
 }

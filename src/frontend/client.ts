@@ -50,7 +50,7 @@ import { LocalAnswers } from "./local_answers.ts";
 import { Forwarder } from "./forward.ts";
 import { RoutedMessage } from "./routed_message.ts";
 import { type LostServerClient, LostServers } from "./lost_server.ts";
-import { Checkout, type CheckoutClient } from "./checkout.ts";
+import { Checkout, type CheckoutClient, PIN_CLEANUP } from "./checkout.ts";
 import { ShardTransaction } from "./shard_transaction.ts";
 import { planSplit, type SplitClient, type SplitHost, SplitRunner } from "./split_request.ts";
 import type { AdminHost } from "../admin/mod.ts";
@@ -59,7 +59,7 @@ import { errorMessage, log } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
 import { logIn, loginParameters, LoginRefused } from "./login.ts";
 import { sessionParamsFromStartup, startupOption } from "./params.ts";
-import { sameParams, SessionState } from "./session.ts";
+import { SessionState } from "./session.ts";
 import { ClientStatements, type PreparedCache } from "./prepared.ts";
 import {
   EXTENDED_START,
@@ -72,13 +72,6 @@ import { OutBatch } from "./out_batch.ts";
 
 /** Initial size of a client's read buffer; it grows for large messages and shrinks back after. */
 const CLIENT_BUFFER_BYTES = 4096;
-/**
- * Cleans a server a client pinned (or left in a state pgdog does not know) before others use it:
- * the identity first (RESET ALL keeps it, and another identity may not reset everything).
- */
-const PIN_CLEANUP = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; " +
-  "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP";
-
 /** What the parts of a client's request handling read and change of it. */
 type ClientParts =
   & LocalClient
@@ -165,16 +158,10 @@ export class Client implements ServerLink {
   /** Rename prepared statements (transaction mode with prepared_statements = extended). */
   #renaming = false;
   #skipUntilSync = false;
-  /** The server was pinned at some point since it was taken. */
-  #pinnedThisHold = false;
   /** Parse queries to route them (the database has replicas, or query_parser = on). */
   #routing = false;
   /** A plain BEGIN held back so the transaction's first statement can choose its host. */
   #deferredBegin: Uint8Array | null = null;
-  /** A settings read-back was sent and has not answered yet. */
-  #readBackPending = false;
-  /** Resolves when the pending read-back has answered. */
-  #readBackDone: Promise<void> | null = null;
   /** A forwarded message may change the session: later pipelined messages wait for it to settle. */
   #holdRest = false;
   /** What this client was told of reported parameters (ParameterStatus). */
@@ -354,6 +341,9 @@ export class Client implements ServerLink {
       client.state = state;
     },
     attach: (server, fresh) => client.#attach(server, fresh),
+    get pool() {
+      return client.pool;
+    },
     terminate: (fields) => client.terminate(fields),
     end: () => client.writer.flush().catch(() => {}).finally(() => client.#teardown()),
   }))(this);
@@ -635,7 +625,7 @@ export class Client implements ServerLink {
     this.lastActivity = Date.now();
     if (this.#lost.replaying) await this.#lost.replaying;
     // The last transaction's settings must be known before the next request runs.
-    if (this.#readBackDone) await this.#readBackDone;
+    if (this.#checkout.readBackDone) await this.#checkout.readBackDone;
     const rb = this.rbuf;
     const out = this.#out;
     out.reset(rb.buf);
@@ -868,7 +858,7 @@ export class Client implements ServerLink {
     const server = this.server;
     if (server !== null && server.queue.length > 0) await server.drain().catch(() => {});
     if (this.#lost.replaying) await this.#lost.replaying;
-    if (this.#readBackDone) await this.#readBackDone;
+    if (this.#checkout.readBackDone) await this.#checkout.readBackDone;
   }
 
   /** Plugins route each request whole, as sharding does (they see its Bind values). */
@@ -994,7 +984,7 @@ export class Client implements ServerLink {
     if (name === "pin") {
       const on = /^(true|on|yes|1)$/i.test(value);
       this.session.manualPin = on;
-      if (on) this.#pinnedThisHold = this.#leadServer() !== null;
+      if (on) this.#checkout.pinnedThisHold = this.#leadServer() !== null;
       else this.#releaseIfUnpinned();
       return;
     }
@@ -1011,7 +1001,7 @@ export class Client implements ServerLink {
     ) return;
     this.server = null;
     this.state = "idle";
-    this.#pinnedThisHold = false;
+    this.#checkout.pinnedThisHold = false;
     this.pool!.release(server, { resetSql: PIN_CLEANUP });
   }
 
@@ -1074,26 +1064,9 @@ export class Client implements ServerLink {
     }
     this.#transactionOver();
     this.session.pgdogLocal.clear();
-    const limit = this.pool?.config.rollback_timeout ?? 5000;
-    const sql = commit ? "COMMIT" : "ROLLBACK";
-    let error: ErrorFields | null = null;
-    const results = await Promise.all(
-      servers.map((s) => s.query(sql, { timeoutMs: limit }).catch((e) => ({ error: lost(e) }))),
-    );
-    for (const r of results) error ??= r.error;
-    if (servers.length > 0 && this.session.needsReadBack && !servers[0].closed) {
-      // The statements may have changed settings: every server ran them; read them from one.
-      const r = await servers[0].query(this.session.readBackSql(), { timeoutMs: limit })
-        .catch(() => null);
-      if (r !== null && r.error === null) {
-        this.session.applyReadBack(r.rows, servers[0]);
-        this.#checkout.needsSync = true;
-      }
-      this.#reported.resetDone();
-    }
-    for (const s of servers) (s.owner as Pool).release(s, { resetSql: null });
+    const error = await this.#checkout.endImplicit(servers, commit);
     this.transactions++;
-    return error === null ? null : { ...error, severity: "ERROR" };
+    return error;
   }
 
   /**
@@ -1274,7 +1247,7 @@ export class Client implements ServerLink {
     this.pool = server.owner as Pool;
     this.server = server;
     this.state = "active";
-    if (fresh) this.#pinnedThisHold = this.session.pinned;
+    if (fresh) this.#checkout.pinnedThisHold = this.session.pinned;
     server.attach(this);
     this.#out.reset(this.rbuf.buf);
   }
@@ -1296,56 +1269,9 @@ export class Client implements ServerLink {
 
   // ---- ServerLink ----------------------------------------------------------------------------
 
-  /**
-   * Part of {@linkcode ServerLink}, asked at each ReadyForQuery that leaves the server idle: if the
-   * transaction may have changed the session, its state is read back first (the server stays until
-   * that answer is in); in transaction mode the server then goes back unless pinned.
-   */
+  /** Part of {@linkcode ServerLink} (see Checkout.shouldRelease). */
   shouldRelease(server: Server): boolean | string {
-    // Map#clear allocates a new table even when the map is empty: once per transaction here.
-    if (this.session.pgdogLocal.size > 0) this.session.pgdogLocal.clear();
-    if (this.#txn.empty) this.#transactionOver();
-    if (this.session.needsReadBack) {
-      this.#readBack(server);
-      return false;
-    }
-    if (this.session.pinned) {
-      this.#pinnedThisHold = true;
-      return false;
-    }
-    if (this.#sessionMode) return false;
-    // Unpinned now (locks released): the server still gets the cleanup a pin promises.
-    return this.#pinnedThisHold ? PIN_CLEANUP : true;
-  }
-
-  #readBack(server: Server): void {
-    const sql = this.session.readBackSql();
-    this.#readBackPending = true;
-    let done!: () => void;
-    this.#readBackDone = new Promise((resolve) => done = resolve);
-    const finish = (): void => {
-      this.#readBackPending = false;
-      this.#readBackDone = null;
-      this.#reported.resetDone();
-      done();
-    };
-    server.query(sql, {
-      timeoutMs: this.pool!.config.rollback_timeout,
-      onDone: (r) => {
-        finish();
-        if (r.error) {
-          log.warn(`client ${this.id}: reading back session settings failed: ${r.error.message}`);
-          server.discard = true;
-          this.session.note(FORGET_SCAN);
-          return;
-        }
-        this.session.applyReadBack(r.rows, server);
-        this.#checkout.needsSync = !sameParams(this.session.params, server.applied);
-      },
-    }).catch(() => {
-      // The server was lost; serverLost() tells the client.
-      finish();
-    });
+    return this.#checkout.shouldRelease(server);
   }
 
   /** Part of {@linkcode ServerLink}. */
@@ -1355,7 +1281,7 @@ export class Client implements ServerLink {
     this.server = null;
     this.state = "idle";
     this.transactions++;
-    this.#pinnedThisHold = false;
+    this.#checkout.pinnedThisHold = false;
   }
 
   /**
@@ -1411,13 +1337,7 @@ export class Client implements ServerLink {
     this.server = null;
     if (server && this.pool) {
       server.detach();
-      // Until the read-back has answered, settings or advisory locks the client left are unknown:
-      // reset everything rather than hand them to someone else.
-      const unknownState = this.#pinnedThisHold || this.session.pinned ||
-        this.session.needsReadBack ||
-        this.#readBackPending;
-      const resetSql = this.#sessionMode ? "DISCARD ALL" : unknownState ? PIN_CLEANUP : null;
-      this.pool.release(server, { resetSql });
+      this.pool.release(server, { resetSql: this.#checkout.leavingSql() });
     }
     this.#txn.releaseAll(this.#sessionMode ? "DISCARD ALL" : null);
     this.statements.clear();
@@ -1428,34 +1348,6 @@ export class Client implements ServerLink {
     if (this.#loggedIn && this.#host.settings.log_disconnections) log.info(line);
     else log.debug(line);
   }
-}
-
-/** A read-back failed: keep asking next time (settings unknown). */
-const FORGET_SCAN: SessionScan = {
-  settings: [],
-  resets: [],
-  unknownSetting: true,
-  resetAll: false,
-  discardAll: false,
-  advisoryLocks: true,
-  tempObjects: true,
-  creates: false,
-  tempRelease: false,
-  listen: false,
-  sqlPrepared: false,
-  prepareOrExecute: false,
-  deallocations: [],
-  pgdogSettings: [],
-  statements: 0,
-};
-
-/** A server lost while pgdog ran its own statement on it. */
-function lost(e: unknown): ErrorFields {
-  return {
-    severity: "ERROR",
-    code: SqlState.ConnectionFailure,
-    message: `server connection lost: ${errorMessage(e)}`,
-  };
 }
 
 /** Flush: asks the server for the answers it holds back until Sync. */
