@@ -69,6 +69,7 @@ import {
   wellFormed,
 } from "../protocol/frontend_messages.ts";
 import { OutBatch } from "./out_batch.ts";
+import { enforceQueryTimeout, idleTimeout, type TimeLimits } from "./timeouts.ts";
 
 /** Initial size of a client's read buffer; it grows for large messages and shrinks back after. */
 const CLIENT_BUFFER_BYTES = 4096;
@@ -416,10 +417,7 @@ export class Client implements ServerLink {
    * ignores the cancel is closed), client_idle_timeout and client_idle_in_transaction_timeout.
    * Called periodically; 0 disables a limit.
    */
-  checkTimeouts(
-    now: number,
-    limits: { query: number; idle: number; idleInTransaction: number; grace: number },
-  ): void {
+  checkTimeouts(now: number, limits: TimeLimits): void {
     if (this.state === "login" || this.state === "waiting" || this.closed) return;
     const server = this.server;
     const fan = this.#fan;
@@ -428,38 +426,11 @@ export class Client implements ServerLink {
       : fan !== null && fan.running
       ? fan.servers
       : null;
-    if (running !== null) {
-      if (limits.query <= 0) return;
-      for (const s of running) {
-        if (s.queue.length === 0 || s.closed) continue;
-        const elapsed = now - s.requestStart;
-        if (s.cancelNote === null && elapsed >= limits.query) {
-          s.cancelNote = `canceling statement due to query_timeout (${limits.query} ms)`;
-          s.sendCancel();
-        } else if (s.cancelNote !== null && elapsed >= limits.query + limits.grace) {
-          s.close(`query_timeout: the server ignored the cancel for ${limits.grace} ms`);
-        }
-      }
-      return;
-    }
+    if (running !== null) return enforceQueryTimeout(running, { now, limits });
     const idleSince = Math.max(this.lastActivity, server?.requestStart ?? 0);
     const inTransaction = server !== null && server.txStatus !== TxStatus.Idle;
-    if (
-      inTransaction && limits.idleInTransaction > 0 && now - idleSince >= limits.idleInTransaction
-    ) {
-      this.terminate({
-        severity: "FATAL",
-        code: SqlState.IdleInTransactionSessionTimeout,
-        message:
-          `terminating connection due to client_idle_in_transaction_timeout (${limits.idleInTransaction} ms)`,
-      });
-    } else if (!inTransaction && limits.idle > 0 && now - idleSince >= limits.idle) {
-      this.terminate({
-        severity: "FATAL",
-        code: SqlState.IdleSessionTimeout,
-        message: `terminating connection due to client_idle_timeout (${limits.idle} ms)`,
-      });
-    }
+    const fatal = idleTimeout(idleSince, { now, inTransaction, limits });
+    if (fatal !== null) this.terminate(fatal);
   }
 
   /** A CancelRequest for this client arrived. */
