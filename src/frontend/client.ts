@@ -34,7 +34,6 @@ import { ClientFacingError, type Pool } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import { ServerConnectError } from "../backend/connect.ts";
 import type { AuthType } from "../config/types.ts";
-import type { SessionScan } from "../router/scan.ts";
 import { ANALYZE_ON_LOOP_MAX, type QueryRouter } from "../router/mod.ts";
 import { parseRole, type Role } from "../router/route.ts";
 import type { ShardingConfig } from "../router/shard.ts";
@@ -45,7 +44,6 @@ import type { ForwardClient } from "./forward.ts";
 import type { LocalClient } from "./local_answers.ts";
 import type { RouterClient } from "./request_router.ts";
 import { RequestRouter } from "./request_router.ts";
-import { ReportedParameters } from "./reported_parameters.ts";
 import { LocalAnswers } from "./local_answers.ts";
 import { Forwarder } from "./forward.ts";
 import { RoutedMessage } from "./routed_message.ts";
@@ -69,6 +67,7 @@ import {
   wellFormed,
 } from "../protocol/frontend_messages.ts";
 import { OutBatch } from "./out_batch.ts";
+import { type BookkeepingClient, SessionBookkeeping } from "./session_bookkeeping.ts";
 import { enforceQueryTimeout, idleTimeout, type TimeLimits } from "./timeouts.ts";
 
 /** Initial size of a client's read buffer; it grows for large messages and shrinks back after. */
@@ -82,7 +81,8 @@ type ClientParts =
   & SplitHost
   & FanOutSender
   & LostServerClient
-  & CheckoutClient;
+  & CheckoutClient
+  & BookkeepingClient;
 
 /** What a client needs from the proxy around it. */
 export interface ClientHost {
@@ -163,10 +163,6 @@ export class Client implements ServerLink {
   #routing = false;
   /** A plain BEGIN held back so the transaction's first statement can choose its host. */
   #deferredBegin: Uint8Array | null = null;
-  /** A forwarded message may change the session: later pipelined messages wait for it to settle. */
-  #holdRest = false;
-  /** What this client was told of reported parameters (ParameterStatus). */
-  readonly #reported = new ReportedParameters();
   /** `pgdog.role` from the startup packet. */
   #startupRole: Role | null = null;
   #out = new OutBatch();
@@ -298,14 +294,14 @@ export class Client implements ServerLink {
     },
     txStatus: () => client.#txStatus(),
     transactionOver: () => client.#transactionOver(),
-    setPgdog: (setting) => client.#setPgdog(setting),
+    setPgdog: (setting) => client.#book.setPgdog(setting),
     answer: (bytes, dropped) => client.#answer(bytes, dropped),
-    resetSession: (b) => client.#resetSession(b),
+    resetSession: (b) => client.#book.resetSession(b),
     tablesChanged: () => client.#host.tablesChanged(client.database),
     abortEverywhere: () => client.#abortEverywhere(),
     gateOpen: () => client.#gateOpen(),
     atGate: () => client.#atGate(),
-    noteScan: (scan, server) => client.#noteScan(scan, server),
+    noteScan: (scan, server) => client.#book.noteScan(scan, server),
     countQuery: (server) => {
       client.queries++;
       server.queries++;
@@ -330,18 +326,22 @@ export class Client implements ServerLink {
     },
     acquire: (role) => client.#checkout.acquire(role),
     get reported() {
-      return client.#reported;
+      return client.#book.reported;
     },
     get statementsLimit() {
       return client.#host.settings.prepared_statements_limit;
     },
     set holdRest(hold: boolean) {
-      client.#holdRest = hold;
+      client.#book.holdRest = hold;
     },
     set state(state: "idle" | "waiting") {
       client.state = state;
     },
     attach: (server, fresh) => client.#attach(server, fresh),
+    get checkout() {
+      return client.#checkout;
+    },
+    releaseIfUnpinned: () => client.#releaseIfUnpinned(),
     get pool() {
       return client.pool;
     },
@@ -360,6 +360,8 @@ export class Client implements ServerLink {
   readonly #lost = new LostServers(this.#parts);
   /** Takes servers for requests, and brings their settings to the client's. */
   readonly #checkout = new Checkout(this.#parts);
+  /** What statements change of the session, pgdog's own settings, reported parameters. */
+  readonly #book = new SessionBookkeeping(this.#parts);
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
     this.conn = conn;
@@ -532,7 +534,7 @@ export class Client implements ServerLink {
     b.bytes(AUTH_OK);
     for (const [name, value] of reported) {
       appendParameterStatus(b, name, value);
-      this.#reported.login(name, value);
+      this.#book.reported.login(name, value);
     }
     appendBackendKeyData(b, this.id, this.secret);
     b.bytes(readyForQuery(TxStatus.Idle));
@@ -770,7 +772,7 @@ export class Client implements ServerLink {
         this.#forwarder.forward(msg, server, this.#out);
       }
       if (
-        this.#routing && !this.#sessionMode && !this.#holdRest &&
+        this.#routing && !this.#sessionMode && !this.#book.holdRest &&
         (type === Msg.Sync || type === Msg.Query) && rb.nextMessageSize() > 0
       ) {
         await this.#send();
@@ -782,9 +784,10 @@ export class Client implements ServerLink {
       }
       // Only where a request ends: PostgreSQL answers nothing before Sync.
       if (
-        this.#holdRest && (type === Msg.Sync || type === Msg.Query || type === Msg.FunctionCall)
+        this.#book.holdRest &&
+        (type === Msg.Sync || type === Msg.Query || type === Msg.FunctionCall)
       ) {
-        this.#holdRest = false;
+        this.#book.holdRest = false;
         if (rb.nextMessageSize() > 0) {
           // Later messages must see the settings this one leaves (and pgdog must know them first).
           this.#keepForReplay(rb.buf, replayFrom, rb.start, replayRole);
@@ -884,29 +887,6 @@ export class Client implements ServerLink {
     return text.replaceAll("\0", " ").replace(/\s+/g, " ").slice(0, 100);
   }
 
-  /** Session bookkeeping for a statement that reached `server`. */
-  #noteScan(scan: SessionScan, server: Server): void {
-    this.session.note(scan);
-    if (scan.settings.length > 0 || scan.resetAll || scan.unknownSetting || scan.advisoryLocks) {
-      this.#holdRest = true;
-    }
-    this.#reported.noteResets(scan);
-    if (scan.discardAll) {
-      // DISCARD ALL on the server drops its prepared statements, and the client's.
-      server.statements.clear();
-      this.statements.clear();
-      this.#forwarder.uniqueIds?.clear();
-    }
-  }
-
-  /** DISCARD ALL without a server (see LocalClient.resetSession). */
-  #resetSession(b: MessageBuilder): void {
-    this.session.reset();
-    this.statements.clear();
-    // As PostgreSQL does, report the parameters that go back to their startup values.
-    this.#reported.backToStartup(b);
-  }
-
   /** Answers with bytes of pgdog's own, in order with whatever the server still owes. */
   #answer(bytes: Uint8Array, dropped?: () => void): void {
     const legs = this.#fan !== null && this.#fan.queueing ? this.#fan.servers : null;
@@ -941,26 +921,6 @@ export class Client implements ServerLink {
   #leadServer(): Server | null {
     const fan = this.#fan;
     return fan !== null && fan.queueing ? fan.servers[0] : this.server;
-  }
-
-  /** `SET [LOCAL] pgdog.<name> TO <value>` and `RESET pgdog.<name>`. */
-  #setPgdog([name, value, local]: [string, string, boolean]): void {
-    if (local) {
-      if (this.#txStatus() === TxStatus.Idle) return;
-      // Lasts until the transaction ends.
-      if (value === "") this.session.pgdogLocal.delete(name);
-      else this.session.pgdogLocal.set(name, value);
-      return;
-    }
-    if (name === "pin") {
-      const on = /^(true|on|yes|1)$/i.test(value);
-      this.session.manualPin = on;
-      if (on) this.#checkout.pinnedThisHold = this.#leadServer() !== null;
-      else this.#releaseIfUnpinned();
-      return;
-    }
-    if (value === "") this.session.pgdog.delete(name);
-    else this.session.pgdog.set(name, value);
   }
 
   /** After an unpin, a server kept only for the pin goes back (cleaned) at once. */
@@ -1263,12 +1223,12 @@ export class Client implements ServerLink {
     _server: Server,
     options: { name: string; value: string; own: boolean },
   ): Uint8Array | null {
-    return this.#reported.parameterStatus(options);
+    return this.#book.reported.parameterStatus(options);
   }
 
   /** Part of {@linkcode ServerLink} (see ReportedParameters.owed). */
   owedParameterStatus(server: Server): Uint8Array | null {
-    return this.#reported.owed(server);
+    return this.#book.reported.owed(server);
   }
 
   /** Part of {@linkcode ServerLink}: what a server's FATAL means to this client. */
