@@ -36,21 +36,15 @@ import { ServerConnectError } from "../backend/connect.ts";
 import type { AuthType } from "../config/types.ts";
 import { ANALYZE_ON_LOOP_MAX, type QueryRouter } from "../router/mod.ts";
 import { parseRole, type Role } from "../router/route.ts";
-import type { ShardingConfig } from "../router/shard.ts";
 import type { PluginSet } from "../plugin/mod.ts";
-import { FanOut, type FanOutSender } from "./fan_out.ts";
+import { FanOut } from "./fan_out.ts";
 import { adminGreeting, serveAdmin } from "./admin_session.ts";
-import type { ForwardClient } from "./forward.ts";
-import type { LocalClient } from "./local_answers.ts";
-import type { RouterClient } from "./request_router.ts";
-import { RequestRouter } from "./request_router.ts";
-import { LocalAnswers } from "./local_answers.ts";
-import { Forwarder } from "./forward.ts";
-import { RoutedMessage } from "./routed_message.ts";
-import { type LostServerClient, LostServers } from "./lost_server.ts";
-import { Checkout, type CheckoutClient, PIN_CLEANUP } from "./checkout.ts";
-import { ShardTransaction } from "./shard_transaction.ts";
-import { planSplit, type SplitClient, type SplitHost, SplitRunner } from "./split_request.ts";
+import type { LocalAnswers } from "./local_answers.ts";
+import type { Forwarder } from "./forward.ts";
+import { PIN_CLEANUP } from "./checkout.ts";
+import type { ShardTransaction } from "./shard_transaction.ts";
+import { planSplit } from "./split_request.ts";
+import { ClientView } from "./client_view.ts";
 import type { AdminHost } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { errorMessage, log } from "../log.ts";
@@ -66,24 +60,11 @@ import {
   STATEMENT_TYPES,
   wellFormed,
 } from "../protocol/frontend_messages.ts";
-import { OutBatch } from "./out_batch.ts";
-import { type BookkeepingClient, SessionBookkeeping } from "./session_bookkeeping.ts";
+import type { OutBatch } from "./out_batch.ts";
 import { enforceQueryTimeout, idleTimeout, type TimeLimits } from "./timeouts.ts";
 
 /** Initial size of a client's read buffer; it grows for large messages and shrinks back after. */
 const CLIENT_BUFFER_BYTES = 4096;
-/** What the parts of a client's request handling read and change of it. */
-type ClientParts =
-  & LocalClient
-  & RouterClient
-  & ForwardClient
-  & SplitClient
-  & SplitHost
-  & FanOutSender
-  & LostServerClient
-  & CheckoutClient
-  & BookkeepingClient;
-
 /** What a client needs from the proxy around it. */
 export interface ClientHost {
   readonly databases: Databases;
@@ -155,213 +136,20 @@ export class Client implements ServerLink {
   /** When the client last sent something. */
   lastActivity: number = Date.now();
   #host: ClientHost;
-  #sessionMode = false;
-  /** Rename prepared statements (transaction mode with prepared_statements = extended). */
-  #renaming = false;
-  #skipUntilSync = false;
-  /** Parse queries to route them (the database has replicas, or query_parser = on). */
-  #routing = false;
-  /** A plain BEGIN held back so the transaction's first statement can choose its host. */
-  #deferredBegin: Uint8Array | null = null;
-  /** `pgdog.role` from the startup packet. */
-  #startupRole: Role | null = null;
-  #out = new OutBatch();
   /** Logged in to the admin database. */
   #admin = false;
-  /** Sharded databases: how statements find their shard (null otherwise). */
-  #sharding: ShardingConfig | null = null;
-  /** The transaction's servers on other shards, and what is replayed on each shard it reaches. */
-  readonly #txn = new ShardTransaction();
-  /** Between a request's first message and its Sync (sharded routing decides once per request). */
-  #inRequest = false;
-  /** The attached server got a Flush and no Sync since: its batch is still open. */
-  #unsynced = false;
   /** The request running on several shards, if any. */
   #fan: FanOut | null = null;
-  /** The message being handled, and what handling it decided (reused for every message). */
-  readonly #msg = new RoutedMessage();
   /**
-   * The client as the parts of its request handling see it (local answers, routing, forwarding,
-   * split planning): one view of its state for all of them.
+   * The client as the parts of its request handling see it, holding the state they share and
+   * the parts themselves (see ClientView).
    */
-  readonly #parts: ClientParts = ((client: Client): ClientParts => ({
-    get id() {
-      return client.id;
-    },
-    get user() {
-      return client.user;
-    },
-    get database() {
-      return client.database;
-    },
-    get cluster() {
-      return client.cluster;
-    },
-    get sharding() {
-      return client.#sharding;
-    },
-    get router() {
-      return client.#host.router;
-    },
-    get plugins() {
-      return client.#host.plugins;
-    },
-    get prepared() {
-      return client.#host.prepared;
-    },
-    get uniqueIdGenerator() {
-      return client.#host.uniqueIds;
-    },
-    get strategy() {
-      return client.#host.routing.read_write_strategy;
-    },
-    get shardCount() {
-      return client.cluster!.shards.length;
-    },
-    get routing() {
-      return client.#routing;
-    },
-    get sessionMode() {
-      return client.#sessionMode;
-    },
-    get renaming() {
-      return client.#renaming;
-    },
-    get startupRole() {
-      return client.#startupRole;
-    },
-    get closed() {
-      return client.closed;
-    },
-    get server() {
-      return client.#leadServer();
-    },
-    get unsynced() {
-      return client.#unsynced;
-    },
-    get session() {
-      return client.session;
-    },
-    statements: client.statements,
-    get writer() {
-      return client.writer;
-    },
-    set writer(writer: SocketWriter) {
-      client.writer = writer;
-    },
-    set inRequest(inRequest: boolean) {
-      client.#inRequest = inRequest;
-    },
-    send: () => client.#send(),
-    closeBatch: () => client.#closeBatch(),
-    settle: () => client.#settle(),
-    useShard: async (n) => {
-      if (client.server !== null) client.#park(client.server);
-      client.#checkout.shard = n;
-      return await client.#checkout.acquire("primary");
-    },
-    endImplicit: (commit) => client.#endImplicit(commit),
-    // (Getters: fields that are set after this one.)
-    get rbuf() {
-      return client.rbuf;
-    },
-    get msg() {
-      return client.#msg;
-    },
-    get forwarder() {
-      return client.#forwarder;
-    },
-    get txn() {
-      return client.#txn;
-    },
-    get local() {
-      return client.#local;
-    },
-    get split() {
-      return client.#splits.current;
-    },
-    get deferredBegin() {
-      return client.#deferredBegin;
-    },
-    set deferredBegin(begin: Uint8Array | null) {
-      client.#deferredBegin = begin;
-    },
-    get skipUntilSync() {
-      return client.#skipUntilSync;
-    },
-    set skipUntilSync(skip: boolean) {
-      client.#skipUntilSync = skip;
-    },
-    txStatus: () => client.#txStatus(),
-    transactionOver: () => client.#transactionOver(),
-    setPgdog: (setting) => client.#book.setPgdog(setting),
-    answer: (bytes, dropped) => client.#answer(bytes, dropped),
-    resetSession: (b) => client.#book.resetSession(b),
-    tablesChanged: () => client.#host.tablesChanged(client.database),
-    abortEverywhere: () => client.#abortEverywhere(),
-    gateOpen: () => client.#gateOpen(),
-    atGate: () => client.#atGate(),
-    noteScan: (scan, server) => client.#book.noteScan(scan, server),
-    countQuery: (server) => {
-      client.queries++;
-      server.queries++;
-    },
-    shardSession: () => client.#router.shardSession(),
-    statementAnalysis: (name) =>
-      name === ""
-        ? client.#forwarder.unnamedAnalysis
-        : client.statements.get(name)?.analysis ?? null,
-    heldShards: () => client.#txn.heldShards(client.cluster!, client.server),
-    get prelude() {
-      return client.#txn.prelude;
-    },
-    answerLocally: (type, buf, p, end) => client.#local.answerLocally(type, buf, p, end),
-    forward: (msg, server, out) => client.#forwarder.forward(msg, server, out),
-    syncParams: (server, out) => client.#checkout.syncParams(server, out),
-    get out() {
-      return client.#out;
-    },
-    get attached() {
-      return client.server;
-    },
-    acquire: (role) => client.#checkout.acquire(role),
-    get reported() {
-      return client.#book.reported;
-    },
-    get statementsLimit() {
-      return client.#host.settings.prepared_statements_limit;
-    },
-    set holdRest(hold: boolean) {
-      client.#book.holdRest = hold;
-    },
-    set state(state: "idle" | "waiting") {
-      client.state = state;
-    },
-    attach: (server, fresh) => client.#attach(server, fresh),
-    get checkout() {
-      return client.#checkout;
-    },
-    releaseIfUnpinned: () => client.#releaseIfUnpinned(),
-    get pool() {
-      return client.pool;
-    },
-    terminate: (fields) => client.terminate(fields),
-    end: () => client.writer.flush().catch(() => {}).finally(() => client.#teardown()),
-  }))(this);
-  /** What pgdog answers itself. */
-  readonly #local = new LocalAnswers(this.#parts);
-  /** Routes requests: their role, and their shards. */
-  readonly #router = new RequestRouter(this.#parts);
-  /** Forwards messages to servers, rewriting prepared statements. */
-  readonly #forwarder = new Forwarder(this.#parts);
-  /** Runs requests cut into statements that run one by one (see planSplit). */
-  readonly #splits = new SplitRunner(this.#parts);
-  /** Requests kept to re-run, and what a lost server means to the client. */
-  readonly #lost = new LostServers(this.#parts);
-  /** Takes servers for requests, and brings their settings to the client's. */
-  readonly #checkout = new Checkout(this.#parts);
-  /** What statements change of the session, pgdog's own settings, reported parameters. */
-  readonly #book = new SessionBookkeeping(this.#parts);
+  readonly #parts: ClientView;
+  // The parts the request loop and fan-out use most.
+  readonly #local: LocalAnswers;
+  readonly #forwarder: Forwarder;
+  readonly #txn: ShardTransaction;
+  readonly #out: OutBatch;
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
     this.conn = conn;
@@ -372,6 +160,43 @@ export class Client implements ServerLink {
     this.id = nextClientPid;
     nextClientPid = nextClientPid >= 0x7ffffff0 ? 1 : nextClientPid + 1;
     this.secret = crypto.getRandomValues(new Int32Array(1))[0];
+    const parts = new ClientView(this, {
+      host: options.host,
+      actions: {
+        send: () => this.#send(),
+        closeBatch: () => this.#closeBatch(),
+        settle: () => this.#settle(),
+        endImplicit: (commit) => this.#endImplicit(commit),
+        txStatus: () => this.#txStatus(),
+        transactionOver: () => this.#transactionOver(),
+        answer: (bytes, dropped) => this.#answer(bytes, dropped),
+        abortEverywhere: () => this.#abortEverywhere(),
+        gateOpen: () => this.#gateOpen(),
+        atGate: () => this.#atGate(),
+        leadServer: () => this.#leadServer(),
+        park: (server) => this.#park(server),
+        attach: (server, fresh) => this.#attach(server, fresh),
+        releaseIfUnpinned: () => this.#releaseIfUnpinned(),
+        terminate: (fields) => this.terminate(fields),
+        end: () => this.writer.flush().catch(() => {}).finally(() => this.#teardown()),
+      },
+    });
+    this.#parts = parts;
+    this.#local = parts.local;
+    this.#forwarder = parts.forwarder;
+    this.#txn = parts.txn;
+    this.#out = parts.out;
+  }
+
+  // The view's state that fan-out reads under its old names.
+  get #deferredBegin(): Uint8Array | null {
+    return this.#parts.deferredBegin;
+  }
+  set #deferredBegin(begin: Uint8Array | null) {
+    this.#parts.deferredBegin = begin;
+  }
+  get #sessionMode(): boolean {
+    return this.#parts.sessionMode;
   }
 
   /** Serves the connection until it ends. Never throws. */
@@ -442,8 +267,8 @@ export class Client implements ServerLink {
       server.sendCancel();
     } else if (this.#fan !== null && this.#fan.running) {
       for (const s of this.#fan.servers) if (s.queue.length > 0 && !s.closed) s.sendCancel();
-    } else if (this.#checkout.waitAbort) {
-      this.#checkout.waitAbort.abort(
+    } else if (this.#parts.checkout.waitAbort) {
+      this.#parts.checkout.waitAbort.abort(
         new ClientFacingError({
           severity: "ERROR",
           code: SqlState.QueryCanceled,
@@ -509,13 +334,13 @@ export class Client implements ServerLink {
     }
     this.cluster = result.cluster;
     this.pool = result.cluster.loginPool();
-    this.#sessionMode = result.cluster.poolerMode === "session";
-    this.#renaming = !this.#sessionMode && host.settings.prepared_statements === "extended";
+    this.#parts.sessionMode = result.cluster.poolerMode === "session";
+    this.#parts.renaming = !this.#sessionMode && host.settings.prepared_statements === "extended";
     const parser = host.routing.query_parser;
-    this.#sharding = result.cluster.sharding;
-    this.#routing = parser === "on" || (parser === "auto" && result.cluster.hasReplicas) ||
-      this.#sharding !== null;
-    this.#startupRole = parseRole(
+    this.#parts.sharding = result.cluster.sharding;
+    this.#parts.routing = parser === "on" || (parser === "auto" && result.cluster.hasReplicas) ||
+      this.#parts.sharding !== null;
+    this.#parts.startupRole = parseRole(
       result.startup.get("pgdog.role") ?? startupOption(result.startup, "pgdog.role"),
     );
     this.session = new SessionState(sessionParamsFromStartup(result.startup));
@@ -534,7 +359,7 @@ export class Client implements ServerLink {
     b.bytes(AUTH_OK);
     for (const [name, value] of reported) {
       appendParameterStatus(b, name, value);
-      this.#book.reported.login(name, value);
+      this.#parts.book.reported.login(name, value);
     }
     appendBackendKeyData(b, this.id, this.secret);
     b.bytes(readyForQuery(TxStatus.Idle));
@@ -596,9 +421,9 @@ export class Client implements ServerLink {
   /** Handles every complete message in the buffer. Returns false when the client is done. */
   async #handleMessages(): Promise<boolean> {
     this.lastActivity = Date.now();
-    if (this.#lost.replaying) await this.#lost.replaying;
+    if (this.#parts.lost.replaying) await this.#parts.lost.replaying;
     // The last transaction's settings must be known before the next request runs.
-    if (this.#checkout.readBackDone) await this.#checkout.readBackDone;
+    if (this.#parts.checkout.readBackDone) await this.#parts.checkout.readBackDone;
     const rb = this.rbuf;
     const out = this.#out;
     out.reset(rb.buf);
@@ -607,14 +432,14 @@ export class Client implements ServerLink {
     let replayFrom = -1;
     let replayRole: Role = "replica";
     let whole = this.#routesWhole();
-    if (whole && this.cluster !== null) this.#routing = true;
+    if (whole && this.cluster !== null) this.#parts.routing = true;
     // Query, Parse and Bind messages from this size on may need a look before they are handled.
     const large = Math.min(ANALYZE_ON_LOOP_MAX, this.#host.settings.query_size_limit ?? Infinity);
     for (;;) {
-      const split = this.#splits.current;
+      const split = this.#parts.splits.current;
       if (split !== null && rb.start >= split.ends[split.next]) {
         // One statement of a split request is over: the next one, or the request's end.
-        await this.#splits.step(split);
+        await this.#parts.splits.step(split);
         if (this.closed) return false;
         out.reset(rb.buf);
         continue;
@@ -653,17 +478,17 @@ export class Client implements ServerLink {
         });
         return false;
       }
-      if (!this.#inRequest && !this.#skipUntilSync) {
+      if (!this.#parts.inRequest && !this.#parts.skipUntilSync) {
         if (this.server === null && this.#txn.empty && !this.#gateOpen()) {
           // A new transaction waits out PAUSE and MAINTENANCE and routes by the configuration in
           // force after them (a RELOAD may have changed the shards).
           if (!(await this.#atGate())) return false;
         }
         whole = this.#routesWhole();
-        if (whole) this.#routing = true;
+        if (whole) this.#parts.routing = true;
       }
       if (
-        whole && !this.#inRequest && !this.#skipUntilSync &&
+        whole && !this.#parts.inRequest && !this.#parts.skipUntilSync &&
         EXTENDED_START[type] === 1 && !requestBuffered(buf, p, rb.end) &&
         rb.end - p < this.#host.settings.max_message_size
       ) {
@@ -672,7 +497,7 @@ export class Client implements ServerLink {
         break;
       }
       if (
-        this.#sharding !== null && !this.#inRequest && !this.#skipUntilSync &&
+        this.#parts.sharding !== null && !this.#parts.inRequest && !this.#parts.skipUntilSync &&
         (type === Msg.Query || EXTENDED_START[type] === 1)
       ) {
         if (split === null && type === Msg.Query && size > large) {
@@ -684,7 +509,7 @@ export class Client implements ServerLink {
           ? planSplit({ type, buf, p, end, bufferEnd: rb.end }, this.#parts)
           : null;
         if (plan !== null) {
-          await this.#splits.start(plan);
+          await this.#parts.splits.start(plan);
           if (this.closed) return false;
           out.reset(rb.buf);
           continue;
@@ -699,16 +524,16 @@ export class Client implements ServerLink {
       rb.start = end;
       // What handling decides belongs to this message (one left by a request that never reached
       // a server must not replace the next message).
-      const msg = this.#msg.at(type, buf, p, end);
-      if (size > large && STATEMENT_TYPES[type] === 1 && !this.#skipUntilSync) {
+      const msg = this.#parts.msg.at(type, buf, p, end);
+      if (size > large && STATEMENT_TYPES[type] === 1 && !this.#parts.skipUntilSync) {
         await this.#largeMessage(type, buf, p, end);
         if (this.closed) return false;
       }
-      if (this.#skipUntilSync) {
+      if (this.#parts.skipUntilSync) {
         // After an error pgdog reported itself, everything up to Sync is ignored, as PostgreSQL does.
         if (type !== Msg.Sync) continue;
-        this.#skipUntilSync = false;
-        this.#inRequest = false;
+        this.#parts.skipUntilSync = false;
+        this.#parts.inRequest = false;
         if (this.server === null) {
           this.writer.enqueue(readyForQuery(TxStatus.Idle));
           continue;
@@ -717,11 +542,11 @@ export class Client implements ServerLink {
         continue;
       }
       if (whole) {
-        if (!this.#inRequest) {
-          this.#router.newRequest();
-          const routed = this.#sharding !== null
+        if (!this.#parts.inRequest) {
+          this.#parts.requests.newRequest();
+          const routed = this.#parts.sharding !== null
             ? await this.#routeShards(type, buf, p, end)
-            : await this.#router.routePlugins(type, buf, p, end);
+            : await this.#parts.requests.routePlugins(type, buf, p, end);
           if (this.closed) return false;
           if (routed === "done") {
             out.reset(rb.buf);
@@ -730,18 +555,21 @@ export class Client implements ServerLink {
         }
         // A Flush lets the client read answers before the rest of the batch: postgres.js sends
         // Bind and Execute only then, so the request routes again with its values.
-        this.#inRequest = type !== Msg.Sync && type !== Msg.Query && type !== Msg.FunctionCall &&
+        this.#parts.inRequest = type !== Msg.Sync && type !== Msg.Query &&
+          type !== Msg.FunctionCall &&
           type !== Msg.Flush;
-        this.#unsynced = type === Msg.Flush || (this.#unsynced && this.#inRequest);
+        this.#parts.unsynced = type === Msg.Flush ||
+          (this.#parts.unsynced && this.#parts.inRequest);
       }
       if (this.server === null) {
         // Nothing is buffered for a server yet: taking one may wait, and nothing else touches the
         // read buffer meanwhile.
-        const role = this.#router.role(type, buf, p, end);
-        const ok = await this.#checkout.acquire(role);
+        const role = this.#parts.requests.role(type, buf, p, end);
+        const ok = await this.#parts.checkout.acquire(role);
         if (this.closed) return false;
         if (
-          ok && (role === "replica" || this.#checkout.syncSent) && this.#deferredBegin === null &&
+          ok && (role === "replica" || this.#parts.checkout.syncSent) &&
+          this.#deferredBegin === null &&
           !this.#sessionMode
         ) {
           replayFrom = p;
@@ -750,12 +578,12 @@ export class Client implements ServerLink {
         if (!ok) {
           if (type === Msg.Query || type === Msg.FunctionCall) {
             this.writer.enqueue(readyForQuery(TxStatus.Idle));
-          } else if (type !== Msg.Sync) this.#skipUntilSync = true;
+          } else if (type !== Msg.Sync) this.#parts.skipUntilSync = true;
           else this.writer.enqueue(readyForQuery(TxStatus.Idle));
           continue;
         }
-      } else if (this.#checkout.needsSync) {
-        this.#checkout.syncParams(this.server, this.#out);
+      } else if (this.#parts.checkout.needsSync) {
+        this.#parts.checkout.syncParams(this.server, this.#out);
       }
       this.#forwarder.mayWait = true;
       const queued = this.#forwarder.forward(msg, this.server!, this.#out);
@@ -772,7 +600,7 @@ export class Client implements ServerLink {
         this.#forwarder.forward(msg, server, this.#out);
       }
       if (
-        this.#routing && !this.#sessionMode && !this.#book.holdRest &&
+        this.#parts.routing && !this.#sessionMode && !this.#parts.book.holdRest &&
         (type === Msg.Sync || type === Msg.Query) && rb.nextMessageSize() > 0
       ) {
         await this.#send();
@@ -784,10 +612,10 @@ export class Client implements ServerLink {
       }
       // Only where a request ends: PostgreSQL answers nothing before Sync.
       if (
-        this.#book.holdRest &&
+        this.#parts.book.holdRest &&
         (type === Msg.Sync || type === Msg.Query || type === Msg.FunctionCall)
       ) {
-        this.#book.holdRest = false;
+        this.#parts.book.holdRest = false;
         if (rb.nextMessageSize() > 0) {
           // Later messages must see the settings this one leaves (and pgdog must know them first).
           this.#keepForReplay(rb.buf, replayFrom, rb.start, replayRole);
@@ -831,19 +659,19 @@ export class Client implements ServerLink {
   async #settle(): Promise<void> {
     const server = this.server;
     if (server !== null && server.queue.length > 0) await server.drain().catch(() => {});
-    if (this.#lost.replaying) await this.#lost.replaying;
-    if (this.#checkout.readBackDone) await this.#checkout.readBackDone;
+    if (this.#parts.lost.replaying) await this.#parts.lost.replaying;
+    if (this.#parts.checkout.readBackDone) await this.#parts.checkout.readBackDone;
   }
 
   /** Plugins route each request whole, as sharding does (they see its Bind values). */
   #routesWhole(): boolean {
     const plugins = this.#host.plugins;
-    return this.#sharding !== null || (plugins !== null && plugins.routes);
+    return this.#parts.sharding !== null || (plugins !== null && plugins.routes);
   }
 
   /** Keeps the request at [from, to) to re-run on another server (when it is whole). */
   #keepForReplay(buf: Uint8Array, from: number, to: number, role: Role): void {
-    this.#lost.keep(buf, from, to, { role, begin: this.#checkout.sentBegin });
+    this.#parts.lost.keep(buf, from, to, { role, begin: this.#parts.checkout.sentBegin });
   }
 
   /** Writes what the batch collected for the server. */
@@ -877,7 +705,7 @@ export class Client implements ServerLink {
           `[database: ${this.database}, user: ${this.user}]`,
       );
     }
-    await this.#router.prepareLarge(type, buf, p, end);
+    await this.#parts.requests.prepareLarge(type, buf, p, end);
   }
 
   /** The start of the message at `p` of the read buffer (from `start`), on one line, for logs. */
@@ -932,7 +760,7 @@ export class Client implements ServerLink {
     ) return;
     this.server = null;
     this.state = "idle";
-    this.#checkout.pinnedThisHold = false;
+    this.#parts.checkout.pinnedThisHold = false;
     this.pool!.release(server, { resetSql: PIN_CLEANUP });
   }
 
@@ -950,9 +778,9 @@ export class Client implements ServerLink {
     p: number,
     end: number,
   ): Promise<"go" | "done"> {
-    const route = await this.#router.shardRoute(type, buf, p, end);
+    const route = await this.#parts.requests.shardRoute(type, buf, p, end);
     if (route === "go" || route === "done") return route;
-    this.#checkout.outsideTransaction = route.outsideTransaction;
+    this.#parts.checkout.outsideTransaction = route.outsideTransaction;
     const shards = route.shards;
     if (shards.length === 1) {
       const n = shards[0];
@@ -964,7 +792,7 @@ export class Client implements ServerLink {
         if (this.closed) return "done";
         if (this.server !== null) this.#park(this.server);
       }
-      this.#checkout.shard = n;
+      this.#parts.checkout.shard = n;
       return "go";
     }
     await this.#fanOut(shards, {
@@ -995,7 +823,7 @@ export class Client implements ServerLink {
     }
     this.#transactionOver();
     this.session.pgdogLocal.clear();
-    const error = await this.#checkout.endImplicit(servers, commit);
+    const error = await this.#parts.checkout.endImplicit(servers, commit);
     this.transactions++;
     return error;
   }
@@ -1016,8 +844,8 @@ export class Client implements ServerLink {
   /** Ends a batch left open by a Flush (its answers are in) before the server is left. */
   async #closeBatch(): Promise<void> {
     const server = this.server;
-    if (server === null || !this.#unsynced) return;
-    this.#unsynced = false;
+    if (server === null || !this.#parts.unsynced) return;
+    this.#parts.unsynced = false;
     this.#out.reset(this.rbuf.buf);
     this.#out.addBytes(SYNC);
     server.expect(Expect.Sync, Action.Swallow);
@@ -1054,10 +882,10 @@ export class Client implements ServerLink {
       return false;
     }
     this.cluster = cluster;
-    this.#sharding = cluster.sharding;
+    this.#parts.sharding = cluster.sharding;
     // A shard chosen under the old configuration may not exist in this one.
-    if (this.#checkout.shard >= cluster.shards.length) this.#checkout.shard = 0;
-    this.#routing ||= cluster.hasReplicas || cluster.sharding !== null;
+    if (this.#parts.checkout.shard >= cluster.shards.length) this.#parts.checkout.shard = 0;
+    this.#parts.routing ||= cluster.hasReplicas || cluster.sharding !== null;
     this.#gatePassed = databases;
     return true;
   }
@@ -1165,8 +993,8 @@ export class Client implements ServerLink {
 
   /** The transaction ended: nothing of it is replayed on later shards. */
   #transactionOver(): void {
-    if (this.#router.ddlInTransaction) {
-      this.#router.ddlInTransaction = false;
+    if (this.#parts.requests.ddlInTransaction) {
+      this.#parts.requests.ddlInTransaction = false;
       this.cluster?.columns.clear();
       this.#host.tablesChanged(this.database);
     }
@@ -1178,7 +1006,7 @@ export class Client implements ServerLink {
     this.pool = server.owner as Pool;
     this.server = server;
     this.state = "active";
-    if (fresh) this.#checkout.pinnedThisHold = this.session.pinned;
+    if (fresh) this.#parts.checkout.pinnedThisHold = this.session.pinned;
     server.attach(this);
     this.#out.reset(this.rbuf.buf);
   }
@@ -1202,17 +1030,17 @@ export class Client implements ServerLink {
 
   /** Part of {@linkcode ServerLink} (see Checkout.shouldRelease). */
   shouldRelease(server: Server): boolean | string {
-    return this.#checkout.shouldRelease(server);
+    return this.#parts.checkout.shouldRelease(server);
   }
 
   /** Part of {@linkcode ServerLink}. */
   released(_server: Server): void {
-    this.#lost.released();
+    this.#parts.lost.released();
     this.lastActivity = Date.now();
     this.server = null;
     this.state = "idle";
     this.transactions++;
-    this.#checkout.pinnedThisHold = false;
+    this.#parts.checkout.pinnedThisHold = false;
   }
 
   /**
@@ -1223,17 +1051,17 @@ export class Client implements ServerLink {
     _server: Server,
     options: { name: string; value: string; own: boolean },
   ): Uint8Array | null {
-    return this.#book.reported.parameterStatus(options);
+    return this.#parts.book.reported.parameterStatus(options);
   }
 
   /** Part of {@linkcode ServerLink} (see ReportedParameters.owed). */
   owedParameterStatus(server: Server): Uint8Array | null {
-    return this.#book.reported.owed(server);
+    return this.#parts.book.reported.owed(server);
   }
 
   /** Part of {@linkcode ServerLink}: what a server's FATAL means to this client. */
   onServerFatal(server: Server): "replay" | "downgrade" | "keep" {
-    return this.#lost.onServerFatal(server);
+    return this.#parts.lost.onServerFatal(server);
   }
 
   /** Part of {@linkcode ServerLink}: the server died under this client (see LostServers). */
@@ -1242,7 +1070,7 @@ export class Client implements ServerLink {
     this.server = null;
     this.state = "idle";
     if (this.closed) return;
-    this.#lost.lost(server, error);
+    this.#parts.lost.lost(server, error);
   }
 
   // ---- errors and teardown -------------------------------------------------------------------
@@ -1263,12 +1091,12 @@ export class Client implements ServerLink {
     if (this.closed) return;
     this.closed = true;
     this.#host.unregister(this);
-    this.#checkout.waitAbort?.abort(new ClientGoneError());
+    this.#parts.checkout.waitAbort?.abort(new ClientGoneError());
     const server = this.server;
     this.server = null;
     if (server && this.pool) {
       server.detach();
-      this.pool.release(server, { resetSql: this.#checkout.leavingSql() });
+      this.pool.release(server, { resetSql: this.#parts.checkout.leavingSql() });
     }
     this.#txn.releaseAll(this.#sessionMode ? "DISCARD ALL" : null);
     this.statements.clear();
