@@ -28,74 +28,47 @@ import { MessageBuffer, MessageSizeError, QueryTooLargeError } from "../net/mess
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import type { AcceptTlsOptions } from "../net/tls.ts";
-import { CopyState, type Server, type ServerLink, SettingsSyncError } from "../backend/server.ts";
+import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
 import { Action, Expect, type LocalAnswer } from "../backend/response_queue.ts";
-import { ClientFacingError, type Pool, WaitAbort } from "../backend/pool.ts";
+import { ClientFacingError, type Pool } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
 import { ServerConnectError } from "../backend/connect.ts";
 import type { AuthType } from "../config/types.ts";
-import type { SessionScan } from "../router/scan.ts";
 import { ANALYZE_ON_LOOP_MAX, type QueryRouter } from "../router/mod.ts";
 import { parseRole, type Role } from "../router/route.ts";
-import type { ShardingConfig } from "../router/shard.ts";
 import type { PluginSet } from "../plugin/mod.ts";
-import { FanOut, type FanOutSender } from "./fan_out.ts";
+import { FanOut } from "./fan_out.ts";
 import { MergeRun } from "./merge_run.ts";
 import { learnCollation } from "../backend/catalog.ts";
 import type { Collation } from "../cross_shard/values.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
 import { adminGreeting, serveAdmin } from "./admin_session.ts";
-import type { ForwardClient } from "./forward.ts";
-import type { LocalClient } from "./local_answers.ts";
-import type { RouterClient } from "./request_router.ts";
-import { RequestRouter } from "./request_router.ts";
-import { ReportedParameters } from "./reported_parameters.ts";
-import { LocalAnswers } from "./local_answers.ts";
-import { Forwarder } from "./forward.ts";
-import { RoutedMessage } from "./routed_message.ts";
-import { ShardTransaction } from "./shard_transaction.ts";
-import { planSplit, type SplitClient, type SplitHost, SplitRunner } from "./split_request.ts";
+import type { LocalAnswers } from "./local_answers.ts";
+import type { Forwarder } from "./forward.ts";
+import { PIN_CLEANUP } from "./checkout.ts";
+import type { ShardTransaction } from "./shard_transaction.ts";
+import { planSplit } from "./split_request.ts";
+import { ClientView } from "./client_view.ts";
 import type { AdminHost } from "../admin/mod.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { errorMessage, log } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
 import { logIn, loginParameters, LoginRefused } from "./login.ts";
-import {
-  markApplied,
-  paramSyncStatements,
-  sessionParamsFromStartup,
-  startupOption,
-} from "./params.ts";
-import { sameParams, SessionState } from "./session.ts";
-import { ClientStatements, type PreparedCache, statementMessage } from "./prepared.ts";
+import { sessionParamsFromStartup, startupOption } from "./params.ts";
+import { SessionState } from "./session.ts";
+import { ClientStatements, type PreparedCache } from "./prepared.ts";
 import {
   EXTENDED_START,
   FRONTEND_TYPES,
-  replayable,
   requestBuffered,
   STATEMENT_TYPES,
   wellFormed,
 } from "../protocol/frontend_messages.ts";
-import { OutBatch } from "./out_batch.ts";
+import type { OutBatch } from "./out_batch.ts";
+import { enforceQueryTimeout, idleTimeout, type TimeLimits } from "./timeouts.ts";
 
 /** Initial size of a client's read buffer; it grows for large messages and shrinks back after. */
 const CLIENT_BUFFER_BYTES = 4096;
-/**
- * Cleans a server a client pinned (or left in a state pgdog does not know) before others use it:
- * the identity first (RESET ALL keeps it, and another identity may not reset everything).
- */
-const PIN_CLEANUP = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; " +
-  "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP";
-
-/** What the parts of a client's request handling read and change of it. */
-type ClientParts =
-  & LocalClient
-  & RouterClient
-  & ForwardClient
-  & SplitClient
-  & SplitHost
-  & FanOutSender;
-
 /** What a client needs from the proxy around it. */
 export interface ClientHost {
   readonly databases: Databases;
@@ -169,208 +142,20 @@ export class Client implements ServerLink {
   /** When the client last sent something. */
   lastActivity: number = Date.now();
   #host: ClientHost;
-  #sessionMode = false;
-  /** Rename prepared statements (transaction mode with prepared_statements = extended). */
-  #renaming = false;
-  #skipUntilSync = false;
-  #waitAbort: WaitAbort | null = null;
-  /** The server's settings may lag behind the client's (session mode, after a read-back). */
-  #needsSync = false;
-  /** The server was pinned at some point since it was taken. */
-  #pinnedThisHold = false;
-  /** Parse queries to route them (the database has replicas, or query_parser = on). */
-  #routing = false;
-  /** A plain BEGIN held back so the transaction's first statement can choose its host. */
-  #deferredBegin: Uint8Array | null = null;
-  /** A settings read-back was sent and has not answered yet. */
-  #readBackPending = false;
-  /** Resolves when the pending read-back has answered. */
-  #readBackDone: Promise<void> | null = null;
-  /** A forwarded message may change the session: later pipelined messages wait for it to settle. */
-  #holdRest = false;
-  /** What this client was told of reported parameters (ParameterStatus). */
-  readonly #reported = new ReportedParameters();
-  /** `pgdog.role` from the startup packet. */
-  #startupRole: Role | null = null;
-  /**
-   * The request a replica is answering (or one behind a settings sync), kept until its answer
-   * starts, to re-run it elsewhere; `begin` is the held-back BEGIN that went ahead of it.
-   */
-  #replay: { bytes: Uint8Array; role: Role; begin: Uint8Array | null } | null = null;
-  /** The held-back BEGIN sent with the current server's first request (to re-run with it). */
-  #sentBegin: Uint8Array | null = null;
-  /** A settings sync went ahead of the request being sent. */
-  #syncSent = false;
-  /** A request was re-run after a settings sync failed, and has not completed since. */
-  #syncRetried = false;
-  /** A re-run in progress: new requests wait for it. */
-  #replaying: Promise<void> | null = null;
-  #out = new OutBatch();
   /** Logged in to the admin database. */
   #admin = false;
-  /** Sharded databases: how statements find their shard (null otherwise). */
-  #sharding: ShardingConfig | null = null;
-  /** The shard the next checkout is for. */
-  #shard = 0;
-  /** The transaction's servers on other shards, and what is replayed on each shard it reaches. */
-  readonly #txn = new ShardTransaction();
-  /** The next checkout is for a request that runs nothing: no transaction starts there. */
-  #outsideTransaction = false;
-  /** Between a request's first message and its Sync (sharded routing decides once per request). */
-  #inRequest = false;
-  /** The attached server got a Flush and no Sync since: its batch is still open. */
-  #unsynced = false;
   /** The request running on several shards, if any. */
   #fan: FanOut | null = null;
-  /** The message being handled, and what handling it decided (reused for every message). */
-  readonly #msg = new RoutedMessage();
   /**
-   * The client as the parts of its request handling see it (local answers, routing, forwarding,
-   * split planning): one view of its state for all of them.
+   * The client as the parts of its request handling see it, holding the state they share and
+   * the parts themselves (see ClientView).
    */
-  readonly #parts: ClientParts = ((client: Client): ClientParts => ({
-    get id() {
-      return client.id;
-    },
-    get user() {
-      return client.user;
-    },
-    get database() {
-      return client.database;
-    },
-    get cluster() {
-      return client.cluster;
-    },
-    get sharding() {
-      return client.#sharding;
-    },
-    get router() {
-      return client.#host.router;
-    },
-    get plugins() {
-      return client.#host.plugins;
-    },
-    get prepared() {
-      return client.#host.prepared;
-    },
-    get uniqueIdGenerator() {
-      return client.#host.uniqueIds;
-    },
-    get strategy() {
-      return client.#host.routing.read_write_strategy;
-    },
-    get shardCount() {
-      return client.cluster!.shards.length;
-    },
-    get routing() {
-      return client.#routing;
-    },
-    get sessionMode() {
-      return client.#sessionMode;
-    },
-    get renaming() {
-      return client.#renaming;
-    },
-    get startupRole() {
-      return client.#startupRole;
-    },
-    get closed() {
-      return client.closed;
-    },
-    get server() {
-      return client.#leadServer();
-    },
-    get unsynced() {
-      return client.#unsynced;
-    },
-    get session() {
-      return client.session;
-    },
-    statements: client.statements,
-    get writer() {
-      return client.writer;
-    },
-    set writer(writer: SocketWriter) {
-      client.writer = writer;
-    },
-    set inRequest(inRequest: boolean) {
-      client.#inRequest = inRequest;
-    },
-    send: () => client.#send(),
-    closeBatch: () => client.#closeBatch(),
-    settle: () => client.#settle(),
-    useShard: async (n) => {
-      if (client.server !== null) client.#park(client.server);
-      client.#shard = n;
-      return await client.#acquire("primary");
-    },
-    endImplicit: (commit) => client.#endImplicit(commit),
-    // (Getters: fields that are set after this one.)
-    get rbuf() {
-      return client.rbuf;
-    },
-    get msg() {
-      return client.#msg;
-    },
-    get forwarder() {
-      return client.#forwarder;
-    },
-    get txn() {
-      return client.#txn;
-    },
-    get local() {
-      return client.#local;
-    },
-    get split() {
-      return client.#splits.current;
-    },
-    get deferredBegin() {
-      return client.#deferredBegin;
-    },
-    set deferredBegin(begin: Uint8Array | null) {
-      client.#deferredBegin = begin;
-    },
-    get skipUntilSync() {
-      return client.#skipUntilSync;
-    },
-    set skipUntilSync(skip: boolean) {
-      client.#skipUntilSync = skip;
-    },
-    txStatus: () => client.#txStatus(),
-    transactionOver: () => client.#transactionOver(),
-    setPgdog: (setting) => client.#setPgdog(setting),
-    answer: (bytes, dropped) => client.#answer(bytes, dropped),
-    resetSession: (b) => client.#resetSession(b),
-    tablesChanged: () => client.#host.tablesChanged(client.database),
-    abortEverywhere: () => client.#abortEverywhere(),
-    gateOpen: () => client.#gateOpen(),
-    atGate: () => client.#atGate(),
-    noteScan: (scan, server) => client.#noteScan(scan, server),
-    countQuery: (server) => {
-      client.queries++;
-      server.queries++;
-    },
-    shardSession: () => client.#router.shardSession(),
-    statementAnalysis: (name) =>
-      name === ""
-        ? client.#forwarder.unnamedAnalysis
-        : client.statements.get(name)?.analysis ?? null,
-    heldShards: () => client.#txn.heldShards(client.cluster!, client.server),
-    get prelude() {
-      return client.#txn.prelude;
-    },
-    answerLocally: (type, buf, p, end) => client.#local.answerLocally(type, buf, p, end),
-    forward: (msg, server, out) => client.#forwarder.forward(msg, server, out),
-    syncParams: (server, out) => client.#syncParams(server, out),
-  }))(this);
-  /** What pgdog answers itself. */
-  readonly #local = new LocalAnswers(this.#parts);
-  /** Routes requests: their role, and their shards. */
-  readonly #router = new RequestRouter(this.#parts);
-  /** Forwards messages to servers, rewriting prepared statements. */
-  readonly #forwarder = new Forwarder(this.#parts);
-  /** Runs requests cut into statements that run one by one (see planSplit). */
-  readonly #splits = new SplitRunner(this.#parts);
+  readonly #parts: ClientView;
+  // The parts the request loop and fan-out use most.
+  readonly #local: LocalAnswers;
+  readonly #forwarder: Forwarder;
+  readonly #txn: ShardTransaction;
+  readonly #out: OutBatch;
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
     this.conn = conn;
@@ -381,6 +166,43 @@ export class Client implements ServerLink {
     this.id = nextClientPid;
     nextClientPid = nextClientPid >= 0x7ffffff0 ? 1 : nextClientPid + 1;
     this.secret = crypto.getRandomValues(new Int32Array(1))[0];
+    const parts = new ClientView(this, {
+      host: options.host,
+      actions: {
+        send: () => this.#send(),
+        closeBatch: () => this.#closeBatch(),
+        settle: () => this.#settle(),
+        endImplicit: (commit) => this.#endImplicit(commit),
+        txStatus: () => this.#txStatus(),
+        transactionOver: () => this.#transactionOver(),
+        answer: (bytes, dropped) => this.#answer(bytes, dropped),
+        abortEverywhere: () => this.#abortEverywhere(),
+        gateOpen: () => this.#gateOpen(),
+        atGate: () => this.#atGate(),
+        leadServer: () => this.#leadServer(),
+        park: (server) => this.#park(server),
+        attach: (server, fresh) => this.#attach(server, fresh),
+        releaseIfUnpinned: () => this.#releaseIfUnpinned(),
+        terminate: (fields) => this.terminate(fields),
+        end: () => this.writer.flush().catch(() => {}).finally(() => this.#teardown()),
+      },
+    });
+    this.#parts = parts;
+    this.#local = parts.local;
+    this.#forwarder = parts.forwarder;
+    this.#txn = parts.txn;
+    this.#out = parts.out;
+  }
+
+  // The view's state that fan-out reads under its old names.
+  get #deferredBegin(): Uint8Array | null {
+    return this.#parts.deferredBegin;
+  }
+  set #deferredBegin(begin: Uint8Array | null) {
+    this.#parts.deferredBegin = begin;
+  }
+  get #sessionMode(): boolean {
+    return this.#parts.sessionMode;
   }
 
   /** Serves the connection until it ends. Never throws. */
@@ -428,10 +250,7 @@ export class Client implements ServerLink {
    * ignores the cancel is closed), client_idle_timeout and client_idle_in_transaction_timeout.
    * Called periodically; 0 disables a limit.
    */
-  checkTimeouts(
-    now: number,
-    limits: { query: number; idle: number; idleInTransaction: number; grace: number },
-  ): void {
+  checkTimeouts(now: number, limits: TimeLimits): void {
     if (this.state === "login" || this.state === "waiting" || this.closed) return;
     const server = this.server;
     const fan = this.#fan;
@@ -440,38 +259,11 @@ export class Client implements ServerLink {
       : fan !== null && fan.running
       ? fan.servers
       : null;
-    if (running !== null) {
-      if (limits.query <= 0) return;
-      for (const s of running) {
-        if (s.queue.length === 0 || s.closed) continue;
-        const elapsed = now - s.requestStart;
-        if (s.cancelNote === null && elapsed >= limits.query) {
-          s.cancelNote = `canceling statement due to query_timeout (${limits.query} ms)`;
-          s.sendCancel();
-        } else if (s.cancelNote !== null && elapsed >= limits.query + limits.grace) {
-          s.close(`query_timeout: the server ignored the cancel for ${limits.grace} ms`);
-        }
-      }
-      return;
-    }
+    if (running !== null) return enforceQueryTimeout(running, { now, limits });
     const idleSince = Math.max(this.lastActivity, server?.requestStart ?? 0);
     const inTransaction = server !== null && server.txStatus !== TxStatus.Idle;
-    if (
-      inTransaction && limits.idleInTransaction > 0 && now - idleSince >= limits.idleInTransaction
-    ) {
-      this.terminate({
-        severity: "FATAL",
-        code: SqlState.IdleInTransactionSessionTimeout,
-        message:
-          `terminating connection due to client_idle_in_transaction_timeout (${limits.idleInTransaction} ms)`,
-      });
-    } else if (!inTransaction && limits.idle > 0 && now - idleSince >= limits.idle) {
-      this.terminate({
-        severity: "FATAL",
-        code: SqlState.IdleSessionTimeout,
-        message: `terminating connection due to client_idle_timeout (${limits.idle} ms)`,
-      });
-    }
+    const fatal = idleTimeout(idleSince, { now, inTransaction, limits });
+    if (fatal !== null) this.terminate(fatal);
   }
 
   /** A CancelRequest for this client arrived. */
@@ -481,8 +273,8 @@ export class Client implements ServerLink {
       server.sendCancel();
     } else if (this.#fan !== null && this.#fan.running) {
       for (const s of this.#fan.servers) if (s.queue.length > 0 && !s.closed) s.sendCancel();
-    } else if (this.#waitAbort) {
-      this.#waitAbort.abort(
+    } else if (this.#parts.checkout.waitAbort) {
+      this.#parts.checkout.waitAbort.abort(
         new ClientFacingError({
           severity: "ERROR",
           code: SqlState.QueryCanceled,
@@ -548,13 +340,13 @@ export class Client implements ServerLink {
     }
     this.cluster = result.cluster;
     this.pool = result.cluster.loginPool();
-    this.#sessionMode = result.cluster.poolerMode === "session";
-    this.#renaming = !this.#sessionMode && host.settings.prepared_statements === "extended";
+    this.#parts.sessionMode = result.cluster.poolerMode === "session";
+    this.#parts.renaming = !this.#sessionMode && host.settings.prepared_statements === "extended";
     const parser = host.routing.query_parser;
-    this.#sharding = result.cluster.sharding;
-    this.#routing = parser === "on" || (parser === "auto" && result.cluster.hasReplicas) ||
-      this.#sharding !== null;
-    this.#startupRole = parseRole(
+    this.#parts.sharding = result.cluster.sharding;
+    this.#parts.routing = parser === "on" || (parser === "auto" && result.cluster.hasReplicas) ||
+      this.#parts.sharding !== null;
+    this.#parts.startupRole = parseRole(
       result.startup.get("pgdog.role") ?? startupOption(result.startup, "pgdog.role"),
     );
     this.session = new SessionState(sessionParamsFromStartup(result.startup));
@@ -573,7 +365,7 @@ export class Client implements ServerLink {
     b.bytes(AUTH_OK);
     for (const [name, value] of reported) {
       appendParameterStatus(b, name, value);
-      this.#reported.login(name, value);
+      this.#parts.book.reported.login(name, value);
     }
     appendBackendKeyData(b, this.id, this.secret);
     b.bytes(readyForQuery(TxStatus.Idle));
@@ -635,9 +427,9 @@ export class Client implements ServerLink {
   /** Handles every complete message in the buffer. Returns false when the client is done. */
   async #handleMessages(): Promise<boolean> {
     this.lastActivity = Date.now();
-    if (this.#replaying) await this.#replaying;
+    if (this.#parts.lost.replaying) await this.#parts.lost.replaying;
     // The last transaction's settings must be known before the next request runs.
-    if (this.#readBackDone) await this.#readBackDone;
+    if (this.#parts.checkout.readBackDone) await this.#parts.checkout.readBackDone;
     const rb = this.rbuf;
     const out = this.#out;
     out.reset(rb.buf);
@@ -646,14 +438,14 @@ export class Client implements ServerLink {
     let replayFrom = -1;
     let replayRole: Role = "replica";
     let whole = this.#routesWhole();
-    if (whole && this.cluster !== null) this.#routing = true;
+    if (whole && this.cluster !== null) this.#parts.routing = true;
     // Query, Parse and Bind messages from this size on may need a look before they are handled.
     const large = Math.min(ANALYZE_ON_LOOP_MAX, this.#host.settings.query_size_limit ?? Infinity);
     for (;;) {
-      const split = this.#splits.current;
+      const split = this.#parts.splits.current;
       if (split !== null && rb.start >= split.ends[split.next]) {
         // One statement of a split request is over: the next one, or the request's end.
-        await this.#splits.step(split);
+        await this.#parts.splits.step(split);
         if (this.closed) return false;
         out.reset(rb.buf);
         continue;
@@ -692,17 +484,17 @@ export class Client implements ServerLink {
         });
         return false;
       }
-      if (!this.#inRequest && !this.#skipUntilSync) {
+      if (!this.#parts.inRequest && !this.#parts.skipUntilSync) {
         if (this.server === null && this.#txn.empty && !this.#gateOpen()) {
           // A new transaction waits out PAUSE and MAINTENANCE and routes by the configuration in
           // force after them (a RELOAD may have changed the shards).
           if (!(await this.#atGate())) return false;
         }
         whole = this.#routesWhole();
-        if (whole) this.#routing = true;
+        if (whole) this.#parts.routing = true;
       }
       if (
-        whole && !this.#inRequest && !this.#skipUntilSync &&
+        whole && !this.#parts.inRequest && !this.#parts.skipUntilSync &&
         EXTENDED_START[type] === 1 && !requestBuffered(buf, p, rb.end) &&
         rb.end - p < this.#host.settings.max_message_size
       ) {
@@ -711,7 +503,7 @@ export class Client implements ServerLink {
         break;
       }
       if (
-        this.#sharding !== null && !this.#inRequest && !this.#skipUntilSync &&
+        this.#parts.sharding !== null && !this.#parts.inRequest && !this.#parts.skipUntilSync &&
         (type === Msg.Query || EXTENDED_START[type] === 1)
       ) {
         if (split === null && type === Msg.Query && size > large) {
@@ -723,7 +515,7 @@ export class Client implements ServerLink {
           ? planSplit({ type, buf, p, end, bufferEnd: rb.end }, this.#parts)
           : null;
         if (plan !== null) {
-          await this.#splits.start(plan);
+          await this.#parts.splits.start(plan);
           if (this.closed) return false;
           out.reset(rb.buf);
           continue;
@@ -738,16 +530,16 @@ export class Client implements ServerLink {
       rb.start = end;
       // What handling decides belongs to this message (one left by a request that never reached
       // a server must not replace the next message).
-      const msg = this.#msg.at(type, buf, p, end);
-      if (size > large && STATEMENT_TYPES[type] === 1 && !this.#skipUntilSync) {
+      const msg = this.#parts.msg.at(type, buf, p, end);
+      if (size > large && STATEMENT_TYPES[type] === 1 && !this.#parts.skipUntilSync) {
         await this.#largeMessage(type, buf, p, end);
         if (this.closed) return false;
       }
-      if (this.#skipUntilSync) {
+      if (this.#parts.skipUntilSync) {
         // After an error pgdog reported itself, everything up to Sync is ignored, as PostgreSQL does.
         if (type !== Msg.Sync) continue;
-        this.#skipUntilSync = false;
-        this.#inRequest = false;
+        this.#parts.skipUntilSync = false;
+        this.#parts.inRequest = false;
         if (this.server === null) {
           this.writer.enqueue(readyForQuery(TxStatus.Idle));
           continue;
@@ -756,11 +548,11 @@ export class Client implements ServerLink {
         continue;
       }
       if (whole) {
-        if (!this.#inRequest) {
-          this.#router.newRequest();
-          const routed = this.#sharding !== null
+        if (!this.#parts.inRequest) {
+          this.#parts.requests.newRequest();
+          const routed = this.#parts.sharding !== null
             ? await this.#routeShards(type, buf, p, end)
-            : await this.#router.routePlugins(type, buf, p, end);
+            : await this.#parts.requests.routePlugins(type, buf, p, end);
           if (this.closed) return false;
           if (routed === "done") {
             out.reset(rb.buf);
@@ -769,18 +561,21 @@ export class Client implements ServerLink {
         }
         // A Flush lets the client read answers before the rest of the batch: postgres.js sends
         // Bind and Execute only then, so the request routes again with its values.
-        this.#inRequest = type !== Msg.Sync && type !== Msg.Query && type !== Msg.FunctionCall &&
+        this.#parts.inRequest = type !== Msg.Sync && type !== Msg.Query &&
+          type !== Msg.FunctionCall &&
           type !== Msg.Flush;
-        this.#unsynced = type === Msg.Flush || (this.#unsynced && this.#inRequest);
+        this.#parts.unsynced = type === Msg.Flush ||
+          (this.#parts.unsynced && this.#parts.inRequest);
       }
       if (this.server === null) {
         // Nothing is buffered for a server yet: taking one may wait, and nothing else touches the
         // read buffer meanwhile.
-        const role = this.#router.role(type, buf, p, end);
-        const ok = await this.#acquire(role);
+        const role = this.#parts.requests.role(type, buf, p, end);
+        const ok = await this.#parts.checkout.acquire(role);
         if (this.closed) return false;
         if (
-          ok && (role === "replica" || this.#syncSent) && this.#deferredBegin === null &&
+          ok && (role === "replica" || this.#parts.checkout.syncSent) &&
+          this.#deferredBegin === null &&
           !this.#sessionMode
         ) {
           replayFrom = p;
@@ -789,12 +584,12 @@ export class Client implements ServerLink {
         if (!ok) {
           if (type === Msg.Query || type === Msg.FunctionCall) {
             this.writer.enqueue(readyForQuery(TxStatus.Idle));
-          } else if (type !== Msg.Sync) this.#skipUntilSync = true;
+          } else if (type !== Msg.Sync) this.#parts.skipUntilSync = true;
           else this.writer.enqueue(readyForQuery(TxStatus.Idle));
           continue;
         }
-      } else if (this.#needsSync) {
-        this.#syncParams(this.server, this.#out);
+      } else if (this.#parts.checkout.needsSync) {
+        this.#parts.checkout.syncParams(this.server, this.#out);
       }
       this.#forwarder.mayWait = true;
       const queued = this.#forwarder.forward(msg, this.server!, this.#out);
@@ -811,7 +606,7 @@ export class Client implements ServerLink {
         this.#forwarder.forward(msg, server, this.#out);
       }
       if (
-        this.#routing && !this.#sessionMode && !this.#holdRest &&
+        this.#parts.routing && !this.#sessionMode && !this.#parts.book.holdRest &&
         (type === Msg.Sync || type === Msg.Query) && rb.nextMessageSize() > 0
       ) {
         await this.#send();
@@ -823,9 +618,10 @@ export class Client implements ServerLink {
       }
       // Only where a request ends: PostgreSQL answers nothing before Sync.
       if (
-        this.#holdRest && (type === Msg.Sync || type === Msg.Query || type === Msg.FunctionCall)
+        this.#parts.book.holdRest &&
+        (type === Msg.Sync || type === Msg.Query || type === Msg.FunctionCall)
       ) {
-        this.#holdRest = false;
+        this.#parts.book.holdRest = false;
         if (rb.nextMessageSize() > 0) {
           // Later messages must see the settings this one leaves (and pgdog must know them first).
           this.#keepForReplay(rb.buf, replayFrom, rb.start, replayRole);
@@ -869,21 +665,19 @@ export class Client implements ServerLink {
   async #settle(): Promise<void> {
     const server = this.server;
     if (server !== null && server.queue.length > 0) await server.drain().catch(() => {});
-    if (this.#replaying) await this.#replaying;
-    if (this.#readBackDone) await this.#readBackDone;
+    if (this.#parts.lost.replaying) await this.#parts.lost.replaying;
+    if (this.#parts.checkout.readBackDone) await this.#parts.checkout.readBackDone;
   }
 
   /** Plugins route each request whole, as sharding does (they see its Bind values). */
   #routesWhole(): boolean {
     const plugins = this.#host.plugins;
-    return this.#sharding !== null || (plugins !== null && plugins.routes);
+    return this.#parts.sharding !== null || (plugins !== null && plugins.routes);
   }
 
   /** Keeps the request at [from, to) to re-run on another server (when it is whole). */
   #keepForReplay(buf: Uint8Array, from: number, to: number, role: Role): void {
-    this.#replay = from >= 0 && replayable(buf, from, to)
-      ? { bytes: buf.slice(from, to), role, begin: this.#sentBegin }
-      : null;
+    this.#parts.lost.keep(buf, from, to, { role, begin: this.#parts.checkout.sentBegin });
   }
 
   /** Writes what the batch collected for the server. */
@@ -917,7 +711,7 @@ export class Client implements ServerLink {
           `[database: ${this.database}, user: ${this.user}]`,
       );
     }
-    await this.#router.prepareLarge(type, buf, p, end);
+    await this.#parts.requests.prepareLarge(type, buf, p, end);
   }
 
   /** The start of the message at `p` of the read buffer (from `start`), on one line, for logs. */
@@ -925,29 +719,6 @@ export class Client implements ServerLink {
     const rb = this.rbuf;
     const text = decodeText(rb.buf, Math.min(p + 5, rb.end), Math.min(p + 5 + 200, rb.end));
     return text.replaceAll("\0", " ").replace(/\s+/g, " ").slice(0, 100);
-  }
-
-  /** Session bookkeeping for a statement that reached `server`. */
-  #noteScan(scan: SessionScan, server: Server): void {
-    this.session.note(scan);
-    if (scan.settings.length > 0 || scan.resetAll || scan.unknownSetting || scan.advisoryLocks) {
-      this.#holdRest = true;
-    }
-    this.#reported.noteResets(scan);
-    if (scan.discardAll) {
-      // DISCARD ALL on the server drops its prepared statements, and the client's.
-      server.statements.clear();
-      this.statements.clear();
-      this.#forwarder.uniqueIds?.clear();
-    }
-  }
-
-  /** DISCARD ALL without a server (see LocalClient.resetSession). */
-  #resetSession(b: MessageBuilder): void {
-    this.session.reset();
-    this.statements.clear();
-    // As PostgreSQL does, report the parameters that go back to their startup values.
-    this.#reported.backToStartup(b);
   }
 
   /** Answers with bytes of pgdog's own, in order with whatever the server still owes. */
@@ -986,26 +757,6 @@ export class Client implements ServerLink {
     return fan !== null && fan.queueing ? fan.servers[0] : this.server;
   }
 
-  /** `SET [LOCAL] pgdog.<name> TO <value>` and `RESET pgdog.<name>`. */
-  #setPgdog([name, value, local]: [string, string, boolean]): void {
-    if (local) {
-      if (this.#txStatus() === TxStatus.Idle) return;
-      // Lasts until the transaction ends.
-      if (value === "") this.session.pgdogLocal.delete(name);
-      else this.session.pgdogLocal.set(name, value);
-      return;
-    }
-    if (name === "pin") {
-      const on = /^(true|on|yes|1)$/i.test(value);
-      this.session.manualPin = on;
-      if (on) this.#pinnedThisHold = this.#leadServer() !== null;
-      else this.#releaseIfUnpinned();
-      return;
-    }
-    if (value === "") this.session.pgdog.delete(name);
-    else this.session.pgdog.set(name, value);
-  }
-
   /** After an unpin, a server kept only for the pin goes back (cleaned) at once. */
   #releaseIfUnpinned(): void {
     const server = this.server;
@@ -1015,7 +766,7 @@ export class Client implements ServerLink {
     ) return;
     this.server = null;
     this.state = "idle";
-    this.#pinnedThisHold = false;
+    this.#parts.checkout.pinnedThisHold = false;
     this.pool!.release(server, { resetSql: PIN_CLEANUP });
   }
 
@@ -1033,9 +784,9 @@ export class Client implements ServerLink {
     p: number,
     end: number,
   ): Promise<"go" | "done"> {
-    const route = await this.#router.shardRoute(type, buf, p, end);
+    const route = await this.#parts.requests.shardRoute(type, buf, p, end);
     if (route === "go" || route === "done") return route;
-    this.#outsideTransaction = route.outsideTransaction;
+    this.#parts.checkout.outsideTransaction = route.outsideTransaction;
     const shards = route.shards;
     if (shards.length === 1) {
       const n = shards[0];
@@ -1047,7 +798,7 @@ export class Client implements ServerLink {
         if (this.closed) return "done";
         if (this.server !== null) this.#park(this.server);
       }
-      this.#shard = n;
+      this.#parts.checkout.shard = n;
       return "go";
     }
     await this.#fanOut(shards, {
@@ -1079,26 +830,9 @@ export class Client implements ServerLink {
     }
     this.#transactionOver();
     this.session.pgdogLocal.clear();
-    const limit = this.pool?.config.rollback_timeout ?? 5000;
-    const sql = commit ? "COMMIT" : "ROLLBACK";
-    let error: ErrorFields | null = null;
-    const results = await Promise.all(
-      servers.map((s) => s.query(sql, { timeoutMs: limit }).catch((e) => ({ error: lost(e) }))),
-    );
-    for (const r of results) error ??= r.error;
-    if (servers.length > 0 && this.session.needsReadBack && !servers[0].closed) {
-      // The statements may have changed settings: every server ran them; read them from one.
-      const r = await servers[0].query(this.session.readBackSql(), { timeoutMs: limit })
-        .catch(() => null);
-      if (r !== null && r.error === null) {
-        this.session.applyReadBack(r.rows, servers[0]);
-        this.#needsSync = true;
-      }
-      this.#reported.resetDone();
-    }
-    for (const s of servers) (s.owner as Pool).release(s, { resetSql: null });
+    const error = await this.#parts.checkout.endImplicit(servers, commit);
     this.transactions++;
-    return error === null ? null : { ...error, severity: "ERROR" };
+    return error;
   }
 
   /**
@@ -1117,8 +851,8 @@ export class Client implements ServerLink {
   /** Ends a batch left open by a Flush (its answers are in) before the server is left. */
   async #closeBatch(): Promise<void> {
     const server = this.server;
-    if (server === null || !this.#unsynced) return;
-    this.#unsynced = false;
+    if (server === null || !this.#parts.unsynced) return;
+    this.#parts.unsynced = false;
     this.#out.reset(this.rbuf.buf);
     this.#out.addBytes(SYNC);
     server.expect(Expect.Sync, Action.Swallow);
@@ -1155,10 +889,10 @@ export class Client implements ServerLink {
       return false;
     }
     this.cluster = cluster;
-    this.#sharding = cluster.sharding;
+    this.#parts.sharding = cluster.sharding;
     // A shard chosen under the old configuration may not exist in this one.
-    if (this.#shard >= cluster.shards.length) this.#shard = 0;
-    this.#routing ||= cluster.hasReplicas || cluster.sharding !== null;
+    if (this.#parts.checkout.shard >= cluster.shards.length) this.#parts.checkout.shard = 0;
+    this.#parts.routing ||= cluster.hasReplicas || cluster.sharding !== null;
     this.#gatePassed = databases;
     return true;
   }
@@ -1310,173 +1044,22 @@ export class Client implements ServerLink {
 
   /** The transaction ended: nothing of it is replayed on later shards. */
   #transactionOver(): void {
-    if (this.#router.ddlInTransaction) {
-      this.#router.ddlInTransaction = false;
+    if (this.#parts.requests.ddlInTransaction) {
+      this.#parts.requests.ddlInTransaction = false;
       this.cluster?.columns.clear();
       this.#host.tablesChanged(this.database);
     }
     this.#txn.over();
   }
 
-  /** Takes a server for the next request. False (error already queued) on failure. */
-  async #acquire(role: Role): Promise<boolean> {
-    if (this.#txn.empty && !this.#gateOpen() && !(await this.#atGate())) return false;
-    const cluster = this.cluster!;
-    let server: Server;
-    const shard = this.#shard;
-    const parked = this.#sharding !== null ? this.#txn.take(shard) : undefined;
-    if (parked !== undefined) {
-      // This transaction already runs on that shard.
-      this.pool = parked.owner as Pool;
-      this.server = parked;
-      this.state = "active";
-      parked.attach(this);
-      this.#out.reset(this.rbuf.buf);
-      return true;
-    }
-    const fast = role === "primary" || !cluster.hasReplicas
-      ? cluster.pool(shard).tryCheckout()
-      : null;
-    if (fast !== null && !this.#needsHealthcheck(fast)) {
-      server = fast;
-    } else {
-      if (fast !== null) fast.owner?.checkin(fast);
-      this.state = "waiting";
-      const abort = new WaitAbort();
-      this.#waitAbort = abort;
-      try {
-        server = await cluster.checkout(role, { abort, shard });
-      } catch (e) {
-        this.state = "idle";
-        if (this.closed) return false;
-        const fields = e instanceof ClientFacingError || e instanceof ServerConnectError
-          ? e.fields
-          : { severity: "ERROR", code: SqlState.InternalError, message: String(e) };
-        const b = new MessageBuilder(128);
-        appendError(b, {
-          ...fields,
-          severity: fields.severity === "FATAL" ? "ERROR" : fields.severity,
-        });
-        this.writer.enqueue(b.view());
-        return false;
-      } finally {
-        this.#waitAbort = null;
-      }
-      if (this.closed) {
-        server.owner?.checkin(server);
-        return false;
-      }
-    }
-    if (server.closed) {
-      // Lost between checkout and attach: nothing will report it to this client; take another.
-      return await this.#acquire(role);
-    }
+  /** Attaches a server taken for the next request (`fresh`: from the pool, not a parked one). */
+  #attach(server: Server, fresh: boolean): void {
     this.pool = server.owner as Pool;
     this.server = server;
     this.state = "active";
-    this.#pinnedThisHold = this.session.pinned;
+    if (fresh) this.#parts.checkout.pinnedThisHold = this.session.pinned;
     server.attach(this);
     this.#out.reset(this.rbuf.buf);
-    if (this.#renaming) this.#evictStatements(server);
-    // Last before the request: nothing with a Sync may come between (see Server.settingsSync).
-    this.#syncParams(server, this.#out);
-    this.#sentBegin = this.#outsideTransaction ? null : this.#deferredBegin;
-    if (this.#outsideTransaction) {
-      this.#outsideTransaction = false;
-    } else if (this.#deferredBegin !== null && this.#sharding === null) {
-      // The transaction's first statement chose the host: the BEGIN goes first, answered already.
-      this.#out.addBytes(this.#deferredBegin);
-      server.expect(Expect.Query, Action.Swallow);
-      this.#deferredBegin = null;
-    } else if (this.#sharding !== null) {
-      if (this.#deferredBegin !== null) {
-        this.#txn.prelude.unshift(this.#deferredBegin);
-        this.#deferredBegin = null;
-      }
-      // A transaction reaching a shard: it starts there as it did on the first (BEGIN, then
-      // what was held back or must be replayed: SET LOCAL search_path, savepoints).
-      for (const msg of this.#txn.prelude) {
-        this.#out.addBytes(msg);
-        server.expect(Expect.Query, Action.Swallow);
-      }
-    }
-    return true;
-  }
-
-  /**
-   * Re-runs a request lost before any of its answer went out (a read whose replica died, or one
-   * whose server failed to take the client's settings) on another server.
-   */
-  async #rerun(
-    replay: { bytes: Uint8Array; role: Role; begin: Uint8Array | null },
-    answered: number,
-  ): Promise<void> {
-    const bytes = replay.bytes;
-    if (replay.begin !== null) {
-      // The held-back BEGIN goes ahead of it again (once in a sharded transaction's prelude).
-      if (this.#txn.prelude[0] === replay.begin) this.#txn.prelude.shift();
-      this.#deferredBegin = replay.begin;
-    }
-    if (!(await this.#acquire(replay.role))) {
-      // The error is queued; each request in it still needs its ReadyForQuery.
-      for (let p = 0; p < bytes.length;) {
-        const type = bytes[p];
-        if (type === Msg.Query || type === Msg.Sync) {
-          this.writer.enqueue(readyForQuery(TxStatus.Idle));
-        }
-        p += 1 + ((bytes[p + 1] << 24) | (bytes[p + 2] << 16) | (bytes[p + 3] << 8) | bytes[p + 4]);
-      }
-      return;
-    }
-    this.#out.useSource(bytes);
-    // Not the request loop's message: a re-run may start while that one waits.
-    const msg = new RoutedMessage();
-    for (let p = 0; p < bytes.length;) {
-      const end = p + 1 +
-        ((bytes[p + 1] << 24) | (bytes[p + 2] << 16) | (bytes[p + 3] << 8) | bytes[p + 4]);
-      this.#forwarder.forward(msg.at(bytes[p], bytes, p, end), this.server!, this.#out);
-      p = end;
-    }
-    // The client already has the first answers (ParseComplete, BindComplete, ...): not again.
-    this.server?.queue.swallowFirst(answered);
-    await this.#send();
-  }
-
-  /** A server idle longer than healthcheck_interval is checked before use (by the cluster). */
-  #needsHealthcheck(server: Server): boolean {
-    return Date.now() - server.idleSince >= this.cluster!.settings.healthcheckInterval;
-  }
-
-  /**
-   * Pipelines the settings difference ahead of the request; its answer is swallowed. Should it
-   * fail, the server skips the request and is closed (serverLost re-runs it elsewhere); later
-   * requests of the batch wait until this one is answered.
-   */
-  #syncParams(server: Server, out: OutBatch): void {
-    this.#needsSync = false;
-    this.#syncSent = false;
-    const params = this.session.params;
-    const statements = paramSyncStatements(params, server.applied);
-    if (statements === null) return;
-    out.addBytes(server.settingsSync(statements));
-    markApplied(server.applied, params);
-    this.#syncSent = true;
-    this.#reported.syncSent();
-    this.#holdRest = true;
-  }
-
-  /** Closes the least recently used statements beyond prepared_statements_limit, pipelined. */
-  #evictStatements(server: Server): void {
-    let excess = server.statements.size - this.#host.settings.prepared_statements_limit;
-    if (excess <= 0) return;
-    for (const name of server.statements.keys()) {
-      if (excess-- <= 0) break;
-      server.statements.delete(name);
-      this.#out.addBytes(statementMessage(Msg.Close, name));
-      server.expect(Expect.Close, Action.Swallow);
-    }
-    this.#out.addBytes(SYNC);
-    server.expect(Expect.Sync, Action.Swallow);
   }
 
   /** Why the client keeps its server between transactions, or "" (SHOW CLIENTS). */
@@ -1496,67 +1079,19 @@ export class Client implements ServerLink {
 
   // ---- ServerLink ----------------------------------------------------------------------------
 
-  /**
-   * Part of {@linkcode ServerLink}, asked at each ReadyForQuery that leaves the server idle: if the
-   * transaction may have changed the session, its state is read back first (the server stays until
-   * that answer is in); in transaction mode the server then goes back unless pinned.
-   */
+  /** Part of {@linkcode ServerLink} (see Checkout.shouldRelease). */
   shouldRelease(server: Server): boolean | string {
-    // Map#clear allocates a new table even when the map is empty: once per transaction here.
-    if (this.session.pgdogLocal.size > 0) this.session.pgdogLocal.clear();
-    if (this.#txn.empty) this.#transactionOver();
-    if (this.session.needsReadBack) {
-      this.#readBack(server);
-      return false;
-    }
-    if (this.session.pinned) {
-      this.#pinnedThisHold = true;
-      return false;
-    }
-    if (this.#sessionMode) return false;
-    // Unpinned now (locks released): the server still gets the cleanup a pin promises.
-    return this.#pinnedThisHold ? PIN_CLEANUP : true;
-  }
-
-  #readBack(server: Server): void {
-    const sql = this.session.readBackSql();
-    this.#readBackPending = true;
-    let done!: () => void;
-    this.#readBackDone = new Promise((resolve) => done = resolve);
-    const finish = (): void => {
-      this.#readBackPending = false;
-      this.#readBackDone = null;
-      this.#reported.resetDone();
-      done();
-    };
-    server.query(sql, {
-      timeoutMs: this.pool!.config.rollback_timeout,
-      onDone: (r) => {
-        finish();
-        if (r.error) {
-          log.warn(`client ${this.id}: reading back session settings failed: ${r.error.message}`);
-          server.discard = true;
-          this.session.note(FORGET_SCAN);
-          return;
-        }
-        this.session.applyReadBack(r.rows, server);
-        this.#needsSync = !sameParams(this.session.params, server.applied);
-      },
-    }).catch(() => {
-      // The server was lost; serverLost() tells the client.
-      finish();
-    });
+    return this.#parts.checkout.shouldRelease(server);
   }
 
   /** Part of {@linkcode ServerLink}. */
   released(_server: Server): void {
-    this.#replay = null;
-    this.#syncRetried = false;
+    this.#parts.lost.released();
     this.lastActivity = Date.now();
     this.server = null;
     this.state = "idle";
     this.transactions++;
-    this.#pinnedThisHold = false;
+    this.#parts.checkout.pinnedThisHold = false;
   }
 
   /**
@@ -1567,106 +1102,26 @@ export class Client implements ServerLink {
     _server: Server,
     options: { name: string; value: string; own: boolean },
   ): Uint8Array | null {
-    return this.#reported.parameterStatus(options);
+    return this.#parts.book.reported.parameterStatus(options);
   }
 
   /** Part of {@linkcode ServerLink} (see ReportedParameters.owed). */
   owedParameterStatus(server: Server): Uint8Array | null {
-    return this.#reported.owed(server);
+    return this.#parts.book.reported.owed(server);
   }
 
   /** Part of {@linkcode ServerLink}: what a server's FATAL means to this client. */
   onServerFatal(server: Server): "replay" | "downgrade" | "keep" {
-    if (this.#replay?.role === "replica" && !server.dataForwarded) return "replay";
-    if (this.#survives(server)) return "downgrade";
-    // The client has the server's FATAL, as PostgreSQL sends it: nothing follows but the close.
-    this.#fatalForwarded = true;
-    return "keep";
+    return this.#parts.lost.onServerFatal(server);
   }
 
-  /** A server's FATAL went to the client unchanged: its connection ends without another word. */
-  #fatalForwarded = false;
-
-  /** Outside a transaction (and unpinned) a lost server is simply replaced. */
-  #survives(server: Server): boolean {
-    return !this.#sessionMode && !this.session.pinned && server.txStatus === TxStatus.Idle &&
-      server.copy === CopyState.None;
-  }
-
-  /** Part of {@linkcode ServerLink}: the server died under this client. */
+  /** Part of {@linkcode ServerLink}: the server died under this client (see LostServers). */
   serverLost(server: Server, error: Error): void {
     if (this.server !== server) return;
     this.server = null;
     this.state = "idle";
     if (this.closed) return;
-    const replay = this.#replay;
-    this.#replay = null;
-    const syncFailed = error instanceof SettingsSyncError;
-    if (
-      replay && !server.dataForwarded && !this.session.pinned && this.cluster &&
-      (syncFailed ? !this.#syncRetried : replay.role === "replica")
-    ) {
-      if (syncFailed) {
-        // The server skipped the request: it runs on another server, with the settings applied.
-        this.#syncRetried = true;
-        log.info(`client ${this.id}: running the request on another server`);
-      } else {
-        // A read lost before any of its answer went out: run it again on another host.
-        this.cluster.banPool(server.owner as Pool, `server lost: ${error.message}`);
-        log.info(
-          `client ${this.id}: ${server.label} lost before answering a read; running it on another host`,
-        );
-      }
-      this.#replaying = this.#rerun(replay, server.answered).catch((e) => {
-        log.warn(
-          `client ${this.id}: re-running a read failed: ${errorMessage(e)}`,
-        );
-      }).finally(() => {
-        this.#replaying = null;
-      });
-      return;
-    }
-    const fields: ErrorFields = syncFailed
-      ? {
-        ...error.fields,
-        severity: "ERROR",
-        message:
-          `pgdog could not apply this session's settings on a server: ${error.fields.message}`,
-        detail: "The request did not run.",
-      }
-      : {
-        severity: "ERROR",
-        code: SqlState.ConnectionFailure,
-        message: `server connection lost: ${error.message}`,
-        detail:
-          `${server.address.host}:${server.address.port} closed the connection while this client used it`,
-      };
-    log.warn(`client ${this.id}: ${server.label} lost: ${error.message}`);
-    if (syncFailed && this.#syncRetried) {
-      // Two servers in a row refused the session's settings: no server can take this session.
-      this.terminate({ ...fields, severity: "FATAL" });
-      return;
-    }
-    if (this.#fatalForwarded) {
-      this.writer.flush().catch(() => {}).finally(() => this.#teardown());
-      return;
-    }
-    if (!this.#survives(server)) {
-      // A transaction or session state is gone with the server: the client must start over.
-      this.terminate({ ...fields, severity: "FATAL" });
-      return;
-    }
-    const b = new MessageBuilder(128);
-    for (let i = 0; i < server.pendingReady; i++) {
-      // The request being answered may already have its error (the server's own FATAL).
-      if (i > 0 || !server.errorForwarded) appendError(b, fields);
-      b.bytes(readyForQuery(TxStatus.Idle));
-    }
-    if (server.openRequest) {
-      appendError(b, fields);
-      this.#skipUntilSync = true;
-    }
-    this.writer.enqueue(b.view());
+    this.#parts.lost.lost(server, error);
   }
 
   // ---- errors and teardown -------------------------------------------------------------------
@@ -1687,18 +1142,12 @@ export class Client implements ServerLink {
     if (this.closed) return;
     this.closed = true;
     this.#host.unregister(this);
-    this.#waitAbort?.abort(new ClientGoneError());
+    this.#parts.checkout.waitAbort?.abort(new ClientGoneError());
     const server = this.server;
     this.server = null;
     if (server && this.pool) {
       server.detach();
-      // Until the read-back has answered, settings or advisory locks the client left are unknown:
-      // reset everything rather than hand them to someone else.
-      const unknownState = this.#pinnedThisHold || this.session.pinned ||
-        this.session.needsReadBack ||
-        this.#readBackPending;
-      const resetSql = this.#sessionMode ? "DISCARD ALL" : unknownState ? PIN_CLEANUP : null;
-      this.pool.release(server, { resetSql });
+      this.pool.release(server, { resetSql: this.#parts.checkout.leavingSql() });
     }
     this.#txn.releaseAll(this.#sessionMode ? "DISCARD ALL" : null);
     this.statements.clear();
@@ -1709,34 +1158,6 @@ export class Client implements ServerLink {
     if (this.#loggedIn && this.#host.settings.log_disconnections) log.info(line);
     else log.debug(line);
   }
-}
-
-/** A read-back failed: keep asking next time (settings unknown). */
-const FORGET_SCAN: SessionScan = {
-  settings: [],
-  resets: [],
-  unknownSetting: true,
-  resetAll: false,
-  discardAll: false,
-  advisoryLocks: true,
-  tempObjects: true,
-  creates: false,
-  tempRelease: false,
-  listen: false,
-  sqlPrepared: false,
-  prepareOrExecute: false,
-  deallocations: [],
-  pgdogSettings: [],
-  statements: 0,
-};
-
-/** A server lost while pgdog ran its own statement on it. */
-function lost(e: unknown): ErrorFields {
-  return {
-    severity: "ERROR",
-    code: SqlState.ConnectionFailure,
-    message: `server connection lost: ${errorMessage(e)}`,
-  };
 }
 
 /** Flush: asks the server for the answers it holds back until Sync. */
