@@ -180,6 +180,12 @@ Deno.test({
   },
 });
 
+/** Resident memory of process `pid`, in bytes. */
+function rssBytes(pid: number): number {
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  return Number(/VmRSS:\s+(\d+)/.exec(status)![1]) * 1024;
+}
+
 Deno.test({
   name: "cross-shard backpressure: a shard far ahead, or a slow client, is not read meanwhile",
   sanitizeOps: false,
@@ -229,12 +235,18 @@ Deno.test({
           try {
             await locker.simple("BEGIN");
             await locker.simple("LOCK TABLE big IN ACCESS EXCLUSIVE MODE");
+            const before = rssBytes(setup.proxy.pid);
             const rows = dog.query("SELECT id, pad FROM big ORDER BY id").then(
               (r: pg.QueryResult) => r,
               (e: unknown) => e as Error,
             );
             const events = await waitFor((e) => e.every((x) => x === "ClientWrite"));
             assert.deepEqual(events, ["ClientWrite", "ClientWrite"]);
+            // They stay paused: pgdog doesn't hold their ~48 MB of rows meanwhile.
+            await new Promise((r) => setTimeout(r, 2000));
+            assert.deepEqual(await waitEvents(), ["ClientWrite", "ClientWrite"]);
+            const grown = rssBytes(setup.proxy.pid) - before;
+            assert.ok(grown < 24 << 20, `pgdog grew by ${grown} bytes while shard 1 was locked`);
             await locker.simple("COMMIT");
             const r = await rows;
             if (r instanceof Error) throw r;
