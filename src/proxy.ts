@@ -58,6 +58,7 @@ function clientSettings(config: Config): ClientHost["settings"] {
     prepared_statements: g.prepared_statements,
     prepared_statements_limit: g.prepared_statements_limit,
     cross_shard_buffer_limit: g.cross_shard_buffer_limit,
+    expanded_explain: g.expanded_explain,
     log_connections: g.log_connections,
     log_disconnections: g.log_disconnections,
   };

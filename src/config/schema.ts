@@ -269,6 +269,11 @@ const GENERAL_KEYS = [
     "Bytes of rows one cross-shard query may hold to merge; past it, that query fails (53200).",
     { default: 134217728, min: 1024 },
   ),
+  bool(
+    "expanded_explain",
+    false,
+    "EXPLAIN across shards shows each shard's plan and pgdog's merge (off: shard 0's plan).",
+  ),
   int(
     "query_cache_limit",
     "Parsed queries kept (normalized: literals don't count), least recently used out.",
@@ -494,7 +499,6 @@ export const GENERAL: SectionSpec = {
     "query_parser_engine",
     "dry_run",
     "cross_shard_disabled",
-    "expanded_explain",
     "system_catalogs",
     "omnisharded_sticky",
     "load_schema",

@@ -75,6 +75,8 @@ export interface GeneralConfig {
   query_parser: "auto" | "on" | "off";
   /** Bytes of rows one cross-shard query may hold to merge; past it that query fails (53200). */
   cross_shard_buffer_limit: number;
+  /** EXPLAIN of a cross-shard query shows every shard's plan and pgdog's merge steps. */
+  expanded_explain: boolean;
   /** Parsed (normalized) queries kept in the cache. */
   query_cache_limit: number;
   /** conservative: read-write transactions and multi-statement requests go to the primary. */

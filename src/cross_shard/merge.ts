@@ -91,6 +91,11 @@ export class KWayMerge<T> {
     return this.#size === 0 && this.#finished.every((f) => f);
   }
 
+  /** Nothing can come out until a source that has not finished sends an item. */
+  get blocked(): boolean {
+    return this.#blocking > 0;
+  }
+
   /** Items waiting in all sources. */
   get size(): number {
     return this.#size;

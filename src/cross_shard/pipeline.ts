@@ -12,7 +12,11 @@
  * - otherwise (aggregates, or an ORDER BY the shards don't sort by) everything is held until
  *   every shard finished, then grouped, filtered, deduplicated and sorted (stable); with a LIMIT
  *   and no DISTINCT, a sort holds only the first OFFSET + LIMIT rows.
- * Held bytes count against `bufferLimit`: past it, 53200 (`cross_shard_buffer_limit`).
+ * Held bytes count against `bufferLimit`: past it, 53200 (`cross_shard_buffer_limit`). Rows
+ * waiting to stream (in arrival order, or in the k-way merge for a shard that is behind) don't:
+ * the caller bounds them by reading less from a shard that is ahead ({@linkcode
+ * MergePipeline.waiting}, {@linkcode MergePipeline.blocked}), unless it says it can't
+ * ({@linkcode MergePipeline.countWaiting}).
  *
  * @module
  */
@@ -328,6 +332,10 @@ export class MergePipeline {
 
   #seq = 0;
   #held = 0;
+  /** Bytes of rows waiting to stream (stream and merge modes). */
+  #waitingBytes = 0;
+  /** Waiting rows count against the limit too (see countWaiting). */
+  #countWaiting = false;
   #sent = 0;
   #failed = false;
   #stopped = false;
@@ -461,7 +469,7 @@ export class MergePipeline {
           const needFields = !this.#verbatim || this.#distinctColumns !== null;
           const row = this.#workRow(msg, needFields ? parseDataRow(msg) : null);
           this.#fifo.push(row);
-          this.#hold(row.size);
+          this.#wait(row.size);
           break;
         }
         case "merge": {
@@ -469,7 +477,7 @@ export class MergePipeline {
           // Decode the sort keys once, here, rather than in every comparison.
           for (const k of this.#plan.orderBy) this.#value(row, k.column);
           this.#merge!.push(shard, row);
-          this.#hold(row.size);
+          this.#wait(row.size);
           break;
         }
         case "sort":
@@ -564,12 +572,37 @@ export class MergePipeline {
     return this.#held;
   }
 
+  /** Bytes of rows waiting to stream (not counted in {@linkcode held} unless countWaiting). */
+  get waitingBytes(): number {
+    return this.#waitingBytes;
+  }
+
   /**
-   * Rows of shard `shard` waiting for the other shards in the merge (a caller can stop reading
-   * a shard that is far ahead).
+   * Rows of shard `shard` that wait to go out: in the merge, for the other shards; in arrival
+   * order (no ORDER BY), every shard's rows that wait (any of them can go next). A caller can
+   * stop reading a shard that is far ahead.
    */
   waiting(shard: number): number {
+    if (this.#mode === "stream") return this.#fifo.length - this.#fifoHead;
     return this.#merge?.waiting(shard) ?? 0;
+  }
+
+  /**
+   * The merge waits for a shard that has sent nothing it can merge yet: the shards with rows
+   * {@linkcode waiting} are ahead (always false outside the k-way merge).
+   */
+  get blocked(): boolean {
+    return this.#merge !== null && !this.#stopped && !this.#failed && this.#merge.blocked;
+  }
+
+  /**
+   * From now on, rows waiting to stream count against the buffer limit too (the caller can't
+   * bound them by reading less: the shards run to completion while the client fetches in parts).
+   */
+  countWaiting(): void {
+    if (this.#countWaiting) return;
+    this.#countWaiting = true;
+    this.#guard(() => this.#hold(this.#waitingBytes));
   }
 
   // ---- internals ----
@@ -605,6 +638,19 @@ export class MergePipeline {
     this.#distinctSeen = null;
     this.#output = null;
     this.#held = 0;
+    this.#waitingBytes = 0;
+  }
+
+  /** A row waits to stream. */
+  #wait(bytes: number): void {
+    this.#waitingBytes += bytes;
+    if (this.#countWaiting) this.#hold(bytes);
+  }
+
+  /** A waiting row went out. */
+  #waited(bytes: number): void {
+    this.#waitingBytes -= bytes;
+    if (this.#countWaiting) this.#held -= bytes;
   }
 
   #hold(bytes: number): void {
@@ -900,12 +946,12 @@ export class MergePipeline {
           this.#fifo.splice(0, this.#fifoHead);
           this.#fifoHead = 0;
         }
-        this.#held -= row.size;
+        this.#waited(row.size);
         return row;
       }
       case "merge": {
         const row = this.#merge!.next();
-        if (row !== undefined) this.#held -= row.size;
+        if (row !== undefined) this.#waited(row.size);
         return row;
       }
       default: {

@@ -257,11 +257,28 @@ Deno.test("rows held past bufferLimit fail with 53200 naming cross_shard_buffer_
   equal(p.held, 0);
 });
 
-Deno.test("a streaming merge counts the rows waiting against bufferLimit too", () => {
+Deno.test("a streaming merge: waiting rows are not held (the caller bounds them), until countWaiting", () => {
   const p = pipeline(plan({ orderBy: [asc(0)] }), { bufferLimit: 200 });
-  throws(() => {
-    for (let i = 0; i < 50; i++) p.row(0, row(i, "waiting for shards 1 and 2"));
-  }, code("53200"));
+  for (let i = 0; i < 50; i++) p.row(0, row(i, "waiting for shards 1 and 2"));
+  equal(p.held, 0);
+  equal(p.waitingBytes > 200, true);
+  equal(p.waiting(0), 50);
+  equal(p.waiting(1), 0);
+  equal(p.blocked, true); // shard 0 is ahead: its reader may pause
+  p.row(1, row(100, "b"));
+  equal(p.blocked, true);
+  p.shardDone(2);
+  equal(p.blocked, false);
+  equal(pull(p, 10).length, 10);
+  equal(p.waiting(0), 40);
+  // Fetched in parts while the shards run to completion: waiting rows count from now on.
+  throws(() => p.countWaiting(), code("53200"));
+  // Without ORDER BY, every shard's waiting rows can go next.
+  const s = pipeline(plan({}));
+  s.row(0, row(1, "a"));
+  s.row(1, row(2, "b"));
+  equal(s.waiting(2), 2);
+  equal(s.blocked, false);
 });
 
 Deno.test("DISTINCT without ORDER BY streams, keeping only keys", () => {

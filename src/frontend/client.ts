@@ -39,6 +39,7 @@ import { parseRole, type Role } from "../router/route.ts";
 import type { PluginSet } from "../plugin/mod.ts";
 import { FanOut } from "./fan_out.ts";
 import { MergeRun } from "./merge_run.ts";
+import { OpenFan, type OpenLegs } from "./open_fan.ts";
 import { learnCollation } from "../backend/catalog.ts";
 import type { Collation } from "../cross_shard/values.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
@@ -84,6 +85,8 @@ export interface ClientHost {
     prepared_statements_limit: number;
     /** Bytes of rows one cross-shard query may hold to merge. */
     cross_shard_buffer_limit: number;
+    /** EXPLAIN of a cross-shard query shows every shard's plan. */
+    expanded_explain: boolean;
     log_connections: boolean;
     log_disconnections: boolean;
     /** The certificate and key offered to clients; null when TLS is not offered. */
@@ -146,6 +149,8 @@ export class Client implements ServerLink {
   #admin = false;
   /** The request running on several shards, if any. */
   #fan: FanOut | null = null;
+  /** A multi-shard request left portals or an unsynced request on its legs (see open_fan.ts). */
+  #openFan: OpenFan | null = null;
   /**
    * The client as the parts of its request handling see it, holding the state they share and
    * the parts themselves (see ClientView).
@@ -784,6 +789,12 @@ export class Client implements ServerLink {
     p: number,
     end: number,
   ): Promise<"go" | "done"> {
+    const open = this.#openFan?.continuedBy(type, buf, p, end) ?? null;
+    if (open !== null) {
+      // Its portal (or its unsynced request) is on those legs: the request goes on there.
+      await this.#fanOut(open.shards, { type, p, end, omniWrite: false, open });
+      return "done";
+    }
     const route = await this.#parts.requests.shardRoute(type, buf, p, end);
     if (route === "go" || route === "done") return route;
     this.#parts.checkout.outsideTransaction = route.outsideTransaction;
@@ -925,6 +936,8 @@ export class Client implements ServerLink {
       omniWrite: boolean;
       copyHeader?: boolean;
       merge?: MergePlan | null;
+      /** The request goes on with a run whose portals live on the legs. */
+      open?: OpenLegs;
     },
   ): Promise<void> {
     if (this.server !== null) {
@@ -939,7 +952,7 @@ export class Client implements ServerLink {
     const role: Role = "primary";
     if (this.#txn.empty && !(await this.#atGate())) return;
     let collation: Collation | null = null;
-    if (options.merge) {
+    if (options.merge && !options.open) {
       try {
         collation = await learnCollation(this.cluster!, {
           held: null,
@@ -1001,7 +1014,7 @@ export class Client implements ServerLink {
       sumCounts: !options.omniWrite,
       keep: this.#sessionMode,
       copyHeader: options.copyHeader,
-      merge: options.merge
+      merge: options.open ? options.open.run : options.merge
         ? new MergeRun({
           prepared: this.#host.prepared,
           statementParse: (name) =>
@@ -1009,6 +1022,8 @@ export class Client implements ServerLink {
         }, {
           plan: options.merge,
           shards: shards.length,
+          shardIds: shards,
+          expandedExplain: this.#host.settings.expanded_explain,
           bufferLimit: this.#host.settings.cross_shard_buffer_limit,
           collation: collation!,
         })
@@ -1036,10 +1051,12 @@ export class Client implements ServerLink {
         (server.owner as Pool).release(server, {
           resetSql: this.#sessionMode ? "DISCARD ALL" : null,
         });
-      } else if (fan.status === TxStatus.Idle && !this.#sessionMode) server.owner?.checkin(server);
-      else this.#txn.keep(this.cluster!, server);
+      } else if (fan.synced && fan.status === TxStatus.Idle && !this.#sessionMode) {
+        server.owner?.checkin(server);
+      } else this.#txn.keep(this.cluster!, server);
     }
-    if (fan.status === TxStatus.Idle) this.#transactionOver();
+    this.#openFan = OpenFan.after(fan, { shards, previous: this.#openFan, closed: this.closed });
+    if (fan.synced && fan.status === TxStatus.Idle) this.#transactionOver();
   }
 
   /** The transaction ended: nothing of it is replayed on later shards. */

@@ -20,6 +20,7 @@
 
 import {
   appendError,
+  decodeText,
   errorResponse,
   MessageBuilder,
   Msg,
@@ -31,7 +32,7 @@ import { MergeError } from "../cross_shard/errors.ts";
 import { mergeErrorFields, type MergeRun } from "./merge_run.ts";
 import { FRONTEND_TYPES, wellFormed } from "../protocol/frontend_messages.ts";
 import type { Server, ServerLink } from "../backend/server.ts";
-import { Action, Expect } from "../backend/response_queue.ts";
+import { Action, Expect, type LocalAnswer } from "../backend/response_queue.ts";
 import type { SocketWriter } from "../net/writer.ts";
 import type { MessageBuffer } from "../net/message_buffer.ts";
 import { asSocketWriter, FramedWriter } from "../net/framer.ts";
@@ -74,13 +75,34 @@ export interface FanOutSender {
   syncParams(server: Server, out: OutBatch): void;
 }
 
-/** Sink a leg's server writes its answers into; frames them into messages for the merger. */
+/**
+ * Sink a leg's server writes its answers into; frames them into messages for the merger. The
+ * server's read loop waits on what its writes return before it reads more: while the client's
+ * socket is congested, and while this leg is far ahead of the others (`gate`).
+ */
 class LegSink extends FramedWriter {
   readonly #onMessage: (msg: Uint8Array) => void;
+  readonly #gate: () => Promise<void> | null;
 
-  constructor(out: SocketWriter, onMessage: (msg: Uint8Array) => void) {
+  constructor(
+    out: SocketWriter,
+    options: { onMessage: (msg: Uint8Array) => void; gate: () => Promise<void> | null },
+  ) {
     super(out);
-    this.#onMessage = onMessage;
+    this.#onMessage = options.onMessage;
+    this.#gate = options.gate;
+  }
+
+  override write(data: Uint8Array): Promise<void> {
+    this.enqueue(data);
+    const gate = this.#gate();
+    if (gate !== null) return gate.then(() => this.out.congested ? this.out.flush() : undefined);
+    return this.out.congested ? this.out.flush() : Promise.resolve();
+  }
+
+  override flush(): Promise<void> {
+    const gate = this.#gate();
+    return gate !== null ? gate.then(() => this.out.flush()) : this.out.flush();
   }
 
   protected messages(run: Uint8Array): void {
@@ -92,6 +114,22 @@ class LegSink extends FramedWriter {
   }
 }
 
+/**
+ * pgdog's own marker at the end of a request that ends without a Sync (a Flush): each leg gives
+ * it once it answered everything before it (the request is over there, its transaction open).
+ */
+const REQUEST_END = 0x01;
+const REQUEST_END_MESSAGE = Uint8Array.of(REQUEST_END, 0, 0, 0, 4);
+const FLUSH = Uint8Array.of(Msg.Flush, 0, 0, 0, 4);
+
+/** A leg whose rows wait this many messages for the others stops being read until they drain. */
+const PAUSE_MESSAGES = 256;
+
+/** The answers a request ends with: everything after them is left for a later request. */
+function endsRequest(type: number): boolean {
+  return type === Msg.ReadyForQuery || type === REQUEST_END;
+}
+
 /** Answers that line the shards up (everything but rows, COPY data and asynchronous messages). */
 function isSyncPoint(type: number): boolean {
   return type !== Msg.DataRow && type !== Msg.CopyData && type !== Msg.NoticeResponse &&
@@ -101,7 +139,8 @@ function isSyncPoint(type: number): boolean {
 /** Answers a merged statement's merge gives instead of the shards'. */
 function isMerged(type: number): boolean {
   return type === Msg.RowDescription || type === Msg.NoData ||
-    type === Msg.CommandComplete || type === Msg.ParameterDescription;
+    type === Msg.CommandComplete || type === Msg.PortalSuspended ||
+    type === Msg.ParameterDescription;
 }
 
 /** A shard's COPY OUT stream, as it is merged. */
@@ -157,6 +196,11 @@ export class FanOut {
 
   /** A cross-shard statement whose answers are merged (see merge_run.ts). */
   readonly #merge: MergeRun | null;
+  /** The request ended with a Sync (or Query): every leg's ReadyForQuery came. */
+  #synced = true;
+  /** Per leg: resumes its server's reading, while it is paused (see #gate). */
+  readonly #resumes: ((() => void) | null)[];
+  #paused = 0;
 
   constructor(
     host: FanOutHost,
@@ -177,13 +221,17 @@ export class FanOut {
     this.#sum = options.sumCounts;
     this.#pending = options.shards.map(() => []);
     this.#ready = options.shards.map(() => false);
+    this.#resumes = options.shards.map(() => null);
     this.done = new Promise((resolve) => this.#resolve = resolve);
   }
 
   /** The server link for leg `i` (the shard `shards[i]`), to attach to that shard's server. */
   link(i: number, server: Server): ServerLink {
     this.#servers[i] = server;
-    const sink = new LegSink(this.#host.writer, (msg) => this.#message(i, msg));
+    const sink = new LegSink(this.#host.writer, {
+      onMessage: (msg) => this.#message(i, msg),
+      gate: () => this.#gate(i),
+    });
     const host = this.#host;
     return this.#links[i] = {
       writer: asSocketWriter(sink),
@@ -196,9 +244,50 @@ export class FanOut {
     };
   }
 
+  /** The merge run of the request (null: answers are not merged). */
+  get merge(): MergeRun | null {
+    return this.#merge;
+  }
+
   /** The legs' servers, in shard order. */
   get servers(): readonly Server[] {
     return this.#servers;
+  }
+
+  /**
+   * The request ended with a Sync or a Query (false: with a Flush; the legs' implicit
+   * transactions and portals live on until the client's Sync).
+   */
+  get synced(): boolean {
+    return this.#synced;
+  }
+
+  /**
+   * While leg `i` is far ahead of the others (its rows wait to be lined up, or in the merge for
+   * another leg), a promise its server's reader waits on before reading more; else null.
+   */
+  #gate(i: number): Promise<void> | null {
+    if (!this.#ahead(i) || this.#resumes[i] !== null) return null;
+    this.#paused++;
+    return new Promise((resolve) => this.#resumes[i] = resolve);
+  }
+
+  #ahead(i: number): boolean {
+    if (this.#phase === "over" || this.#ready[i] || this.#failed) return false;
+    if (this.#pending[i].length > PAUSE_MESSAGES) return true;
+    return this.#merge !== null && this.#merge.backlog(i) > PAUSE_MESSAGES;
+  }
+
+  /** Paused legs that are no longer ahead are read again. */
+  #resume(): void {
+    if (this.#paused === 0) return;
+    for (let i = 0; i < this.#resumes.length; i++) {
+      const resume = this.#resumes[i];
+      if (resume === null || this.#ahead(i)) continue;
+      this.#resumes[i] = null;
+      this.#paused--;
+      resume();
+    }
   }
 
   /** The request's messages are being queued on the legs (pgdog's own answers go to each). */
@@ -238,6 +327,8 @@ export class FanOut {
       }
     });
     this.#phase = "queueing";
+    this.#merge?.beginRequest();
+    let last = -1;
     try {
       let { type, p, end } = request.first;
       let first = true;
@@ -245,7 +336,9 @@ export class FanOut {
         if (first || !client.answerLocally(type, buf, p, end)) {
           const msg = client.msg;
           const merge = this.#merge;
-          if (merge !== null && type === Msg.Query) msg.substitute ??= merge.querySubstitute();
+          if (merge !== null && type === Msg.Query) {
+            msg.substitute ??= merge.querySubstitute(decodeText(buf, p + 5, end - 1));
+          }
           if (merge !== null && merge.send(type, buf, { p, end, servers, outs })) {
             // Queued on every leg by the merge.
           } else {
@@ -258,9 +351,11 @@ export class FanOut {
           }
         }
         first = false;
+        last = type;
         if (type === Msg.Sync || type === Msg.Query || type === Msg.FunctionCall) break;
         const size = rb.nextMessageSize();
-        if (size === 0) break; // a Flush ended the buffered part: the rest comes as its own request
+        // A Flush ended the buffered part: the rest comes as its own request.
+        if (size === 0) break;
         p = rb.start;
         end = p + size;
         type = buf[p];
@@ -270,6 +365,9 @@ export class FanOut {
         rb.start = end;
         client.msg.at(type, buf, p, end);
       }
+      if (last !== Msg.Sync && last !== Msg.Query && last !== Msg.FunctionCall) {
+        this.#endUnsynced(outs);
+      }
     } finally {
       this.#phase = "running";
     }
@@ -278,7 +376,27 @@ export class FanOut {
       await this.done;
     } finally {
       this.#phase = "over";
+      this.#resume();
     }
+  }
+
+  /**
+   * The request ends without a Sync: each leg answers what it was sent (a Flush makes sure) and
+   * then gives pgdog's end marker, even when an error made it skip the rest.
+   */
+  #endUnsynced(outs: readonly OutBatch[]): void {
+    this.#servers.forEach((server, i) => {
+      outs[i].addBytes(FLUSH);
+      server.expect(
+        Expect.Local,
+        Action.Forward,
+        {
+          bytes: REQUEST_END_MESSAGE,
+          // Skipped after an error: the marker comes after the error's own message.
+          dropped: () => queueMicrotask(() => this.#message(i, REQUEST_END_MESSAGE)),
+        } satisfies LocalAnswer,
+      );
+    });
   }
 
   /** True while leg `i`'s server is still attached to this request (not given back). */
@@ -307,7 +425,7 @@ export class FanOut {
       this.#host.refuseCopyIn(this.#servers[i]);
       return;
     }
-    if (this.#failed && type !== Msg.ReadyForQuery) return;
+    if (this.#failed && !endsRequest(type)) return;
     if (!isSyncPoint(type)) {
       if (type === Msg.DataRow || type === Msg.CopyData) {
         // Writes to tables copied on every shard: the first shard's rows stand for all.
@@ -329,6 +447,7 @@ export class FanOut {
     }
     this.#pending[i].push(msg);
     this.#align();
+    this.#resume();
   }
 
   /** Rows and notices stream through once this leg is lined up with the others. */
@@ -348,6 +467,7 @@ export class FanOut {
     try {
       const out = merge.row(i, msg);
       if (out !== null) this.#host.writer.enqueue(out);
+      this.#resume();
     } catch (e) {
       this.#mergeFailed(e);
     }
@@ -362,8 +482,9 @@ export class FanOut {
     this.#failed = true;
     const pending = this.#pending;
     for (let i = 0; i < pending.length; i++) {
-      pending[i] = pending[i].filter((m) => m[0] === Msg.ReadyForQuery);
+      pending[i] = pending[i].filter((m) => endsRequest(m[0]));
     }
+    this.#resume();
   }
 
   /**
@@ -436,7 +557,7 @@ export class FanOut {
         this.#host.writer.enqueue(this.#headSyncPoint(errorAt)!);
         this.#failed = true;
         for (let i = 0; i < pending.length; i++) {
-          pending[i] = pending[i].filter((m) => m[0] === Msg.ReadyForQuery);
+          pending[i] = pending[i].filter((m) => endsRequest(m[0]));
         }
         continue;
       }
@@ -446,6 +567,13 @@ export class FanOut {
       if (type === Msg.ReadyForQuery) {
         for (let i = 0; i < heads.length; i++) this.#ready[i] = true;
         this.#finish(heads);
+        return;
+      }
+      if (type === REQUEST_END) {
+        for (let i = 0; i < heads.length; i++) this.#ready[i] = true;
+        this.#synced = false;
+        this.#resume();
+        this.#resolve();
         return;
       }
       if (this.#failed) continue;
@@ -461,7 +589,7 @@ export class FanOut {
       const merge = this.#merge;
       if (merge !== null && isMerged(type)) {
         try {
-          const answer = type === Msg.CommandComplete
+          const answer = type === Msg.CommandComplete || type === Msg.PortalSuspended
             ? merge.complete(heads)
             : merge.description(heads);
           if (answer !== null) this.#host.writer.enqueue(answer);
@@ -526,6 +654,7 @@ export class FanOut {
     }
     this.#status = status;
     this.#host.writer.enqueue(readyForQuery(status));
+    this.#resume();
     this.#resolve();
   }
 

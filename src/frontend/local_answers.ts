@@ -125,11 +125,13 @@ export class LocalAnswers {
         }
         return false;
       case Msg.Sync:
-        if (server !== null) return false;
+        // Servers set aside by a request on several shards may owe it (a Flush-ended request).
+        if (server !== null || !c.txn.empty) return false;
         // Nothing outstanding: answer locally instead of taking a server for nothing.
         c.writer.enqueue(readyForQuery(TxStatus.Idle));
         return true;
       case Msg.Flush:
+        return server === null && c.txn.empty;
       case Msg.CopyData:
       case Msg.CopyDone:
       case Msg.CopyFail:
