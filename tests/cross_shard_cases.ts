@@ -26,7 +26,7 @@ export interface Case {
 }
 
 /** A case from a string (ordered) or as given. */
-function cases(list: Array<string | Case>): Case[] {
+export function cases(list: Array<string | Case>): Case[] {
   return list.map((c) => typeof c === "string" ? { sql: c } : c);
 }
 

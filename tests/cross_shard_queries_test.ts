@@ -46,7 +46,7 @@ import {
   USER_COUNT,
   userIds,
 } from "./cross_shard_data.ts";
-import { type Case, CASE_GROUPS, COLLATION, REFUSALS } from "./cross_shard_cases.ts";
+import { type Case, CASE_GROUPS, cases, COLLATION, REFUSALS } from "./cross_shard_cases.ts";
 import { type BackendMessage, errorFields, fe, summary, WireClient } from "./wire.ts";
 
 /** Run the suite with the reference on both sides, to check the suite itself. */
@@ -586,11 +586,25 @@ Deno.test({
       );
     }
     await loadData(setup);
+    // A column with a collation of its own: sorted by it, not by the database's.
+    await setup.everywhere(
+      'ALTER TABLE order_items ADD COLUMN label text COLLATE "C"; ' +
+        "UPDATE order_items SET label = (ARRAY['b', 'B', 'a', 'A', 'é', 'e', '_', '1'])" +
+        "[1 + (line + order_id::int) % 8] || line",
+    );
+    const columnCollation = cases([
+      "SELECT label, order_id, line FROM order_items ORDER BY label, order_id, line LIMIT 300",
+      "SELECT label, count(*) FROM order_items GROUP BY label ORDER BY label",
+      "SELECT DISTINCT label FROM order_items ORDER BY label DESC",
+    ]);
     await dumpLogsOnFailure(setup.proxy, async () => {
       report(
         "ICU collation",
-        COLLATION.length,
-        await runCases(setup.referenceTarget, pgdogSide(setup), COLLATION),
+        COLLATION.length + columnCollation.length,
+        await runCases(setup.referenceTarget, pgdogSide(setup), [
+          ...COLLATION,
+          ...columnCollation,
+        ]),
       );
     });
   },

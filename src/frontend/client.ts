@@ -40,7 +40,8 @@ import type { PluginSet } from "../plugin/mod.ts";
 import { FanOut } from "./fan_out.ts";
 import { MergeRun } from "./merge_run.ts";
 import { OpenFan, type OpenLegs } from "./open_fan.ts";
-import { learnCollation } from "../backend/catalog.ts";
+import { mergeCollations } from "../backend/collations.ts";
+import type { ColumnCollations } from "../cross_shard/column_collations.ts";
 import type { Collation } from "../cross_shard/values.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
 import { adminGreeting, serveAdmin } from "./admin_session.ts";
@@ -951,11 +952,10 @@ export class Client implements ServerLink {
     }
     const role: Role = "primary";
     if (this.#txn.empty && !(await this.#atGate())) return;
-    let collation: Collation | null = null;
+    let collations: { collation: Collation; columns: ColumnCollations } | null = null;
     if (options.merge && !options.open) {
       try {
-        collation = await learnCollation(this.cluster!, {
-          held: null,
+        collations = await mergeCollations(this.cluster!, {
           timeoutMs: this.cluster!.settings.checkoutTimeout,
         });
       } catch (e) {
@@ -964,17 +964,6 @@ export class Client implements ServerLink {
         return;
       }
       if (this.closed) return;
-      if (collation === null) {
-        this.#local.answerError({
-          severity: "ERROR",
-          code: SqlState.FeatureNotSupported,
-          message: "a cross-shard query that needs merging is not supported on a database whose " +
-            "default collation pgdog can't compare text by (a libc locale other than C)",
-          hint: 'create the database with LOCALE "C" or an ICU locale, or route with ' +
-            "/* pgdog_shard: N */",
-        }, options.type === Msg.Query);
-        return;
-      }
     }
     const legs: Server[] = [];
     const fresh: boolean[] = [];
@@ -1025,7 +1014,8 @@ export class Client implements ServerLink {
           shardIds: shards,
           expandedExplain: this.#host.settings.expanded_explain,
           bufferLimit: this.#host.settings.cross_shard_buffer_limit,
-          collation: collation!,
+          collation: collations!.collation,
+          columnCollations: collations!.columns,
         })
         : null,
     });

@@ -27,6 +27,7 @@ import { resolveCount } from "../cross_shard/limit.ts";
 import { parseDataRow } from "../cross_shard/rows.ts";
 import { describeMergePlan } from "../router/merge_plan.ts";
 import { MergePipeline } from "../cross_shard/pipeline.ts";
+import { type ColumnCollations, withColumnCollations } from "../cross_shard/column_collations.ts";
 import type { Collation } from "../cross_shard/values.ts";
 import {
   type ErrorFields,
@@ -66,6 +67,8 @@ export interface MergeRunOptions {
   bufferLimit: number;
   /** The database's collation. */
   collation: Collation;
+  /** Table columns with a collation of their own (sort keys on them compare by it). */
+  columnCollations?: ColumnCollations;
 }
 
 /** An EXPLAIN of the merged statement: the shards explain their SQL; their plans are shown. */
@@ -80,7 +83,8 @@ interface Execution {
   /** Null until its row types are known (and after it failed). */
   pipeline: MergePipeline | null;
   /** Made at the first shard RowDescription. */
-  readonly make: () => MergePipeline;
+  /** Makes its pipeline, given a shard's RowDescription. */
+  readonly make: (shardDescription: Uint8Array) => MergePipeline;
   /** The client asked for the row description (a Query, or its own Describe of the portal). */
   describe: boolean;
   /** The client's RowDescription, once known (a later Describe of the portal answers it). */
@@ -337,7 +341,7 @@ export class MergeRun {
       explain: ExplainText | null;
     },
   ): Execution {
-    const { plan, shards, bufferLimit, collation } = this.#options;
+    const { plan, shards, bufferLimit, collation, columnCollations } = this.#options;
     const explain = options.explain;
     const exec: Execution = {
       pipeline: null,
@@ -349,15 +353,20 @@ export class MergeRun {
       request: this.#request,
       explain: explain === null ? null : { options: explain.options, format: explain.format },
       plans: explain === null ? [] : Array.from({ length: shards }, () => []),
-      make: () =>
-        new MergePipeline(plan, {
-          shards,
-          bufferLimit,
-          collation,
-          params: options.params,
-          shardFormats: options.shardFormats,
-          resultFormats: options.resultFormats,
-        }),
+      make: (shardDescription) =>
+        new MergePipeline(
+          columnCollations === undefined
+            ? plan
+            : withColumnCollations(plan, { shardDescription, columns: columnCollations }),
+          {
+            shards,
+            bufferLimit,
+            collation,
+            params: options.params,
+            shardFormats: options.shardFormats,
+            resultFormats: options.resultFormats,
+          },
+        ),
     };
     if (explain !== null && explain.format !== "text") {
       exec.refusal = new MergeError(
@@ -403,7 +412,7 @@ export class MergeRun {
     if (heads[0][0] !== Msg.RowDescription || exec.explain !== null) {
       return exec.describe || owed.again ? heads[0] : null;
     }
-    const pipeline = exec.pipeline ??= exec.make();
+    const pipeline = exec.pipeline ??= exec.make(heads[0]);
     let client: Uint8Array | null = null;
     for (let i = 0; i < heads.length; i++) {
       client = pipeline.rowDescription(i, heads[i]) ?? client;

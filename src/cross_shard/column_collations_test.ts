@@ -1,0 +1,70 @@
+import { deepEqual, equal } from "node:assert/strict";
+import { MessageBuilder, Msg } from "../protocol/messages.ts";
+import type { MergePlan } from "./plan.ts";
+import { columnKey, withColumnCollations } from "./column_collations.ts";
+
+function rowDescription(fields: Array<[string, number, number]>): Uint8Array {
+  const b = new MessageBuilder(256).begin(Msg.RowDescription).int16(fields.length);
+  for (const [name, table, attnum] of fields) {
+    b.cstring(name).int32(table).int16(attnum).int32(25).int16(-1).int32(-1).int16(0);
+  }
+  return b.end().build();
+}
+
+const base: MergePlan = {
+  shardSql: null,
+  shardColumns: 2,
+  aggregate: null,
+  having: null,
+  setOperation: null,
+  distinct: null,
+  orderBy: [
+    { column: 0, descending: false, nullsFirst: false, collation: null },
+    { column: 1, descending: true, nullsFirst: true, collation: null },
+  ],
+  shardsSorted: true,
+  limit: null,
+  offset: null,
+  visible: 2,
+};
+
+Deno.test("sort keys on a column declared with a collation take it; others keep the default", () => {
+  const columns = new Map([[columnKey(16400, 2), "C"]]);
+  const shardDescription = rowDescription([["name", 16400, 1], ["code", 16400, 2]]);
+  const plan = withColumnCollations(base, { shardDescription, columns });
+  deepEqual(plan.orderBy.map((k) => k.collation), [null, "C"]);
+  equal(base.orderBy[1].collation, null, "the shared plan is not changed");
+  // An explicit COLLATE wins; expressions (no table) keep the default.
+  const explicit: MergePlan = {
+    ...base,
+    orderBy: [{ ...base.orderBy[0] }, { ...base.orderBy[1], collation: "en-x-icu" }],
+  };
+  deepEqual(
+    withColumnCollations(explicit, { shardDescription, columns }).orderBy.map((k) => k.collation),
+    [null, "en-x-icu"],
+  );
+  const expressions = rowDescription([["lower", 0, 0], ["code", 0, 0]]);
+  equal(withColumnCollations(base, { shardDescription: expressions, columns }), base);
+});
+
+Deno.test("after GROUP BY, a sort key on a group column finds the column it groups by", () => {
+  const grouped: MergePlan = {
+    ...base,
+    aggregate: {
+      groupBy: [1],
+      aggregates: [{ fn: "count", partials: [0], distinct: false, star: true, orderBy: [] }],
+      output: [{ group: 0 }, { aggregate: 0 }],
+    },
+    orderBy: [
+      { column: 0, descending: false, nullsFirst: false, collation: null },
+      { column: 1, descending: false, nullsFirst: false, collation: null },
+    ],
+    shardsSorted: false,
+  };
+  const columns = new Map([[columnKey(16400, 7), "C"]]);
+  const shardDescription = rowDescription([["count", 0, 0], ["code", 16400, 7]]);
+  deepEqual(
+    withColumnCollations(grouped, { shardDescription, columns }).orderBy.map((k) => k.collation),
+    ["C", null],
+  );
+});
