@@ -27,16 +27,14 @@ import { SqlState } from "../protocol/sqlstate.ts";
 import { MessageBuffer, MessageSizeError, QueryTooLargeError } from "../net/message_buffer.ts";
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
-import type { AcceptTlsOptions } from "../net/tls.ts";
 import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
 import { Action, Expect, type LocalAnswer } from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool } from "../backend/pool.ts";
 import type { Cluster, Databases } from "../backend/databases.ts";
+import type { ClientHost } from "./client_host.ts";
 import { ServerConnectError } from "../backend/connect.ts";
-import type { AuthType } from "../config/types.ts";
-import { ANALYZE_ON_LOOP_MAX, type QueryRouter } from "../router/mod.ts";
+import { ANALYZE_ON_LOOP_MAX } from "../router/mod.ts";
 import { parseRole, type Role } from "../router/route.ts";
-import type { PluginSet } from "../plugin/mod.ts";
 import { FanOut } from "./fan_out.ts";
 import { MergeRun } from "./merge_run.ts";
 import { learnCollation } from "../backend/catalog.ts";
@@ -49,14 +47,12 @@ import { PIN_CLEANUP } from "./checkout.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 import { planSplit } from "./split_request.ts";
 import { ClientView } from "./client_view.ts";
-import type { AdminHost } from "../admin/mod.ts";
-import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { errorMessage, log } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
 import { logIn, loginParameters, LoginRefused } from "./login.ts";
 import { sessionParamsFromStartup, startupOption } from "./params.ts";
 import { SessionState } from "./session.ts";
-import { ClientStatements, type PreparedCache } from "./prepared.ts";
+import { ClientStatements } from "./prepared.ts";
 import {
   EXTENDED_START,
   FRONTEND_TYPES,
@@ -69,48 +65,6 @@ import { enforceQueryTimeout, idleTimeout, type TimeLimits } from "./timeouts.ts
 
 /** Initial size of a client's read buffer; it grows for large messages and shrinks back after. */
 const CLIENT_BUFFER_BYTES = 4096;
-/** What a client needs from the proxy around it. */
-export interface ClientHost {
-  readonly databases: Databases;
-  /** Current `[general]` values that clients use. */
-  readonly settings: {
-    auth_type: AuthType;
-    client_login_timeout: number;
-    max_message_size: number;
-    /** Largest Query or Parse before query_size_limit_action (unset: no limit). */
-    query_size_limit?: number;
-    query_size_limit_action: "warn" | "block";
-    prepared_statements: "extended" | "disabled";
-    prepared_statements_limit: number;
-    /** Bytes of rows one cross-shard query may hold to merge. */
-    cross_shard_buffer_limit: number;
-    log_connections: boolean;
-    log_disconnections: boolean;
-    /** The certificate and key offered to clients; null when TLS is not offered. */
-    tls: AcceptTlsOptions | null;
-    /** Refuse clients that do not use TLS. */
-    tls_client_required: boolean;
-  };
-  readonly prepared: PreparedCache;
-  readonly router: QueryRouter;
-  /** The routing plugins (null when none is configured). */
-  readonly plugins: PluginSet | null;
-  /** `pgdog.unique_id()`. */
-  readonly uniqueIds: UniqueIdGenerator;
-  /** What the admin database shows and changes. */
-  readonly console: AdminHost;
-  /** `[general]` routing settings. */
-  readonly routing: {
-    query_parser: "auto" | "on" | "off";
-    read_write_strategy: "conservative" | "aggressive";
-  };
-  readonly shuttingDown: boolean;
-  register(client: Client): void;
-  unregister(client: Client): void;
-  cancel(pid: number, secret: number): void;
-  /** DDL on `database` passed through pgdog: its column orders are read again everywhere. */
-  tablesChanged(database: string): void;
-}
 
 let nextClientPid = 1 + Math.floor(Math.random() * 1000);
 
