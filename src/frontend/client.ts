@@ -30,7 +30,7 @@ import { SocketWriter } from "../net/writer.ts";
 import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
 import { Action, Expect, type LocalAnswer } from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool } from "../backend/pool.ts";
-import type { Cluster, Databases } from "../backend/databases.ts";
+import type { Cluster } from "../backend/databases.ts";
 import type { ClientHost } from "./client_host.ts";
 import { ServerConnectError } from "../backend/connect.ts";
 import { ANALYZE_ON_LOOP_MAX } from "../router/mod.ts";
@@ -47,6 +47,7 @@ import { PIN_CLEANUP } from "./checkout.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 import { planSplit } from "./split_request.ts";
 import { ClientView } from "./client_view.ts";
+import { ClientGate } from "./client_gate.ts";
 import { errorMessage, log } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
 import { logIn, loginParameters, LoginRefused } from "./login.ts";
@@ -110,6 +111,8 @@ export class Client implements ServerLink {
   readonly #forwarder: Forwarder;
   readonly #txn: ShardTransaction;
   readonly #out: OutBatch;
+  /** Where a new transaction waits out PAUSE and picks up a RELOAD. */
+  readonly #gate: ClientGate;
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
     this.conn = conn;
@@ -131,8 +134,8 @@ export class Client implements ServerLink {
         transactionOver: () => this.#transactionOver(),
         answer: (bytes, dropped) => this.#answer(bytes, dropped),
         abortEverywhere: () => this.#abortEverywhere(),
-        gateOpen: () => this.#gateOpen(),
-        atGate: () => this.#atGate(),
+        gateOpen: () => this.#gate.open(),
+        atGate: () => this.#gate.pass(),
         leadServer: () => this.#leadServer(),
         park: (server) => this.#park(server),
         attach: (server, fresh) => this.#attach(server, fresh),
@@ -146,6 +149,11 @@ export class Client implements ServerLink {
     this.#forwarder = parts.forwarder;
     this.#txn = parts.txn;
     this.#out = parts.out;
+    this.#gate = new ClientGate(this, {
+      host: options.host,
+      routing: parts,
+      fatal: (fields) => this.#fatal(fields),
+    });
   }
 
   // The view's state that fan-out reads under its old names.
@@ -439,10 +447,10 @@ export class Client implements ServerLink {
         return false;
       }
       if (!this.#parts.inRequest && !this.#parts.skipUntilSync) {
-        if (this.server === null && this.#txn.empty && !this.#gateOpen()) {
+        if (this.server === null && this.#txn.empty && !this.#gate.open()) {
           // A new transaction waits out PAUSE and MAINTENANCE and routes by the configuration in
           // force after them (a RELOAD may have changed the shards).
-          if (!(await this.#atGate())) return false;
+          if (!(await this.#gate.pass())) return false;
         }
         whole = this.#routesWhole();
         if (whole) this.#parts.routing = true;
@@ -813,51 +821,9 @@ export class Client implements ServerLink {
     await this.#send();
   }
 
-  /**
-   * A new transaction waits here while PAUSE or MAINTENANCE holds its database, then picks up
-   * the configuration in force (a RELOAD may have changed it). False (the client told, and
-   * closed) when its user or database was removed.
-   */
-  async #atGate(): Promise<boolean> {
-    this.#gatePassed = null;
-    const gate = this.#host.console.gate;
-    if (gate.closed(this.database)) {
-      const was = this.state;
-      this.state = "waiting";
-      await gate.wait(this.database);
-      this.state = was;
-    }
-    const databases = this.#host.databases;
-    const cluster = databases.lookup(this.user, this.database);
-    if (cluster === this.cluster) {
-      this.#gatePassed = databases;
-      return true;
-    }
-    if (cluster === undefined) {
-      await this.#fatal({
-        severity: "FATAL",
-        code: SqlState.AdminShutdown,
-        message: `user "${this.user}" on database "${this.database}" is no longer in the ` +
-          "configuration (RELOAD)",
-      });
-      return false;
-    }
-    this.cluster = cluster;
-    this.#parts.sharding = cluster.sharding;
-    // A shard chosen under the old configuration may not exist in this one.
-    if (this.#parts.checkout.shard >= cluster.shards.length) this.#parts.checkout.shard = 0;
-    this.#parts.routing ||= cluster.hasReplicas || cluster.sharding !== null;
-    this.#gatePassed = databases;
-    return true;
-  }
-
-  /** The configuration (pools) this client last passed the gate with. */
-  #gatePassed: Databases | null = null;
-
-  /** True when {@linkcode #atGate} would let the client through at once, as it is. */
-  #gateOpen(): boolean {
-    return this.#host.databases === this.#gatePassed &&
-      !this.#host.console.gate.closed(this.database);
+  /** See ClientGate.pass. */
+  #atGate(): Promise<boolean> {
+    return this.#gate.pass();
   }
 
   /** Sets the attached server aside (its transaction goes on) while another shard is used. */
