@@ -14,7 +14,6 @@ import {
   appendParameterStatus,
   AUTH_OK,
   copyFail,
-  decodeText,
   describeMessageType,
   type ErrorFields,
   MessageBuilder,
@@ -24,7 +23,7 @@ import {
   TxStatus,
 } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
-import { MessageBuffer, MessageSizeError, QueryTooLargeError } from "../net/message_buffer.ts";
+import { MessageBuffer } from "../net/message_buffer.ts";
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
@@ -48,9 +47,11 @@ import type { ShardTransaction } from "./shard_transaction.ts";
 import { planSplit } from "./split_request.ts";
 import { ClientView } from "./client_view.ts";
 import { ClientGate } from "./client_gate.ts";
+import { endingError, finishOwed } from "./client_end.ts";
+import { warnLargeQuery } from "./large_query.ts";
 import { errorMessage, log } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
-import { logIn, loginParameters, LoginRefused } from "./login.ts";
+import { logIn, loginParameters } from "./login.ts";
 import { sessionParamsFromStartup, startupOption } from "./params.ts";
 import { SessionState } from "./session.ts";
 import { ClientStatements } from "./prepared.ts";
@@ -173,29 +174,8 @@ export class Client implements ServerLink {
       if (!(await this.#login())) return;
       await this.#requestLoop();
     } catch (e) {
-      if (e instanceof QueryTooLargeError) {
-        log.error(
-          `client ${this.id} (${this.user}@${this.database}): [large_query] refused a message of ` +
-            `${e.size} bytes (query_size_limit is ${e.limit} bytes): '${this.#querySample()}...'`,
-        );
-        await this.#fatal({
-          severity: "FATAL",
-          code: SqlState.ProgramLimitExceeded,
-          message: e.message,
-          detail: `message is ${e.size} bytes, query_size_limit is ${e.limit} bytes`,
-        });
-      } else if (e instanceof MessageSizeError) {
-        await this.#fatal({
-          severity: "FATAL",
-          code: SqlState.ProtocolViolation,
-          message: e.message,
-        });
-      } else if (
-        !(e instanceof ClientGoneError) && !(e instanceof LoginRefused) && !this.closed &&
-        !isConnectionReset(e)
-      ) {
-        log.warn(`client ${this.id} (${this.addr}): ${errorMessage(e)}`);
-      }
+      const fatal = endingError(e, this);
+      if (fatal !== null) await this.#fatal(fatal);
     } finally {
       this.#teardown();
     }
@@ -605,22 +585,12 @@ export class Client implements ServerLink {
     return true;
   }
 
-  /**
-   * Waits (bounded by rollback_timeout) until the server has answered everything the client sent
-   * before, so those answers reach the client ahead of a close, as with PostgreSQL.
-   */
-  async #finishOwed(): Promise<void> {
-    const server = this.server;
-    if (server === null || server.queue.length === 0) return;
-    const limit = this.pool?.config.rollback_timeout ?? 5000;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([
-      // A Flush: PostgreSQL holds answers to extended-protocol messages until Sync or Flush.
-      server.drain(FLUSH_MESSAGE),
-      new Promise<void>((resolve) => timer = setTimeout(resolve, limit)),
-    ]).catch(() => {});
-    clearTimeout(timer);
-    await this.writer.flush().catch(() => {});
+  /** See finishOwed (client_end.ts). */
+  #finishOwed(): Promise<void> {
+    return finishOwed(this.server, {
+      writer: this.writer,
+      timeoutMs: this.pool?.config.rollback_timeout ?? 5000,
+    });
   }
 
   /** Waits until the server has answered everything sent and any settings read-back is in. */
@@ -666,21 +636,12 @@ export class Client implements ServerLink {
    * the event loop (see RequestRouter.prepareLarge).
    */
   async #largeMessage(type: number, buf: Uint8Array, p: number, end: number): Promise<void> {
-    const { query_size_limit: limit, query_size_limit_action: action } = this.#host.settings;
-    if (type !== Msg.Bind && limit !== undefined && end - p > limit && action === "warn") {
-      log.warn(
-        `[large_query] size=${end - p}B query_size_limit=${limit}B '${this.#querySample(p)}...' ` +
-          `[database: ${this.database}, user: ${this.user}]`,
-      );
-    }
+    warnLargeQuery(this.rbuf, { type, p, end }, {
+      settings: this.#host.settings,
+      database: this.database,
+      user: this.user,
+    });
     await this.#parts.requests.prepareLarge(type, buf, p, end);
-  }
-
-  /** The start of the message at `p` of the read buffer (from `start`), on one line, for logs. */
-  #querySample(p = this.rbuf.start): string {
-    const rb = this.rbuf;
-    const text = decodeText(rb.buf, Math.min(p + 5, rb.end), Math.min(p + 5 + 200, rb.end));
-    return text.replaceAll("\0", " ").replace(/\s+/g, " ").slice(0, 100);
   }
 
   /** Answers with bytes of pgdog's own, in order with whatever the server still owes. */
@@ -1080,13 +1041,5 @@ export class Client implements ServerLink {
   }
 }
 
-/** Flush: asks the server for the answers it holds back until Sync. */
-const FLUSH_MESSAGE = Uint8Array.of(Msg.Flush, 0, 0, 0, 4);
-
 /** Ends a COPY FROM STDIN that reached several shards (the statement was not recognized). */
 const COPY_ACROSS_SHARDS = copyFail("COPY FROM STDIN on several shards is not supported by pgdog");
-
-function isConnectionReset(e: unknown): boolean {
-  return e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe ||
-    e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted;
-}
