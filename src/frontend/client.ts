@@ -19,7 +19,6 @@ import {
   MessageBuilder,
   Msg,
   readyForQuery,
-  SYNC,
   TxStatus,
 } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
@@ -47,6 +46,7 @@ import type { ShardTransaction } from "./shard_transaction.ts";
 import { planSplit } from "./split_request.ts";
 import { ClientView } from "./client_view.ts";
 import { ClientGate } from "./client_gate.ts";
+import { ShardSwitch } from "./shard_switch.ts";
 import { endingError, finishOwed } from "./client_end.ts";
 import { warnLargeQuery } from "./large_query.ts";
 import { errorMessage, log } from "../log.ts";
@@ -112,6 +112,8 @@ export class Client implements ServerLink {
   readonly #forwarder: Forwarder;
   readonly #txn: ShardTransaction;
   readonly #out: OutBatch;
+  /** Moves between the shards of a transaction. */
+  readonly #shards: ShardSwitch;
   /** Where a new transaction waits out PAUSE and picks up a RELOAD. */
   readonly #gate: ClientGate;
 
@@ -128,17 +130,17 @@ export class Client implements ServerLink {
       host: options.host,
       actions: {
         send: () => this.#send(),
-        closeBatch: () => this.#closeBatch(),
+        closeBatch: () => this.#shards.closeBatch(),
         settle: () => this.#settle(),
-        endImplicit: (commit) => this.#endImplicit(commit),
+        endImplicit: (commit) => this.#shards.endImplicit(commit),
         txStatus: () => this.#txStatus(),
         transactionOver: () => this.#transactionOver(),
         answer: (bytes, dropped) => this.#answer(bytes, dropped),
-        abortEverywhere: () => this.#abortEverywhere(),
+        abortEverywhere: () => this.#shards.abortEverywhere(),
         gateOpen: () => this.#gate.open(),
         atGate: () => this.#gate.pass(),
         leadServer: () => this.#leadServer(),
-        park: (server) => this.#park(server),
+        park: (server) => this.#shards.park(server),
         attach: (server, fresh) => this.#attach(server, fresh),
         releaseIfUnpinned: () => this.#releaseIfUnpinned(),
         terminate: (fields) => this.terminate(fields),
@@ -150,6 +152,7 @@ export class Client implements ServerLink {
     this.#forwarder = parts.forwarder;
     this.#txn = parts.txn;
     this.#out = parts.out;
+    this.#shards = new ShardSwitch(this, parts);
     this.#gate = new ClientGate(this, {
       host: options.host,
       routing: parts,
@@ -711,19 +714,7 @@ export class Client implements ServerLink {
     if (route === "go" || route === "done") return route;
     this.#parts.checkout.outsideTransaction = route.outsideTransaction;
     const shards = route.shards;
-    if (shards.length === 1) {
-      const n = shards[0];
-      const current = this.server;
-      if (current !== null) {
-        if (this.cluster!.shardOf(current.owner as Pool) === n) return "go";
-        await this.#closeBatch();
-        await this.#settle();
-        if (this.closed) return "done";
-        if (this.server !== null) this.#park(this.server);
-      }
-      this.#parts.checkout.shard = n;
-      return "go";
-    }
+    if (shards.length === 1) return await this.#shards.toShard(shards[0]);
     await this.#fanOut(shards, {
       type,
       p,
@@ -735,62 +726,14 @@ export class Client implements ServerLink {
     return "done";
   }
 
-  // ---- split requests ------------------------------------------------------------------------
-
-  /**
-   * Ends the transaction pgdog opened for a split request on every server it reached, and gives
-   * them back. Returns the first error (a COMMIT can fail, e.g. a deferred constraint).
-   */
-  async #endImplicit(commit: boolean): Promise<ErrorFields | null> {
-    this.#deferredBegin = null;
-    const servers: Server[] = this.#txn.takeAll();
-    const attached = this.server;
-    if (attached !== null) {
-      attached.detach();
-      this.server = null;
-      this.state = "idle";
-      servers.unshift(attached);
-    }
-    this.#transactionOver();
-    this.session.pgdogLocal.clear();
-    const error = await this.#parts.checkout.endImplicit(servers, commit);
-    this.transactions++;
-    return error;
-  }
-
-  /**
-   * A transaction on several shards failed on one of them: it fails on the others too (a
-   * statement of pgdog's raises an error there), so a later COMMIT rolls back everywhere, as
-   * PostgreSQL would, instead of committing the shards that did not see the error.
-   */
-  async #abortEverywhere(): Promise<void> {
-    const healthy = this.#txn.toAbort(this.server);
-    if (healthy.length === 0) return;
-    await this.#send();
-    await this.#settle();
-    await this.#txn.abortOn(healthy, this.pool?.config.rollback_timeout ?? 5000);
-  }
-
-  /** Ends a batch left open by a Flush (its answers are in) before the server is left. */
-  async #closeBatch(): Promise<void> {
-    const server = this.server;
-    if (server === null || !this.#parts.unsynced) return;
-    this.#parts.unsynced = false;
-    this.#out.reset(this.rbuf.buf);
-    this.#out.addBytes(SYNC);
-    server.expect(Expect.Sync, Action.Swallow);
-    await this.#send();
+  /** See ShardSwitch.closeBatch. */
+  #closeBatch(): Promise<void> {
+    return this.#shards.closeBatch();
   }
 
   /** See ClientGate.pass. */
   #atGate(): Promise<boolean> {
     return this.#gate.pass();
-  }
-
-  /** Sets the attached server aside (its transaction goes on) while another shard is used. */
-  #park(server: Server): void {
-    this.#txn.park(this.cluster!, server);
-    this.server = null;
   }
 
   /**
