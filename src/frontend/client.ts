@@ -14,7 +14,6 @@ import {
   appendParameterStatus,
   AUTH_OK,
   copyFail,
-  describeMessageType,
   type ErrorFields,
   MessageBuilder,
   Msg,
@@ -57,10 +56,9 @@ import { SessionState } from "./session.ts";
 import { ClientStatements } from "./prepared.ts";
 import {
   EXTENDED_START,
-  FRONTEND_TYPES,
+  invalidMessage,
   requestBuffered,
   STATEMENT_TYPES,
-  wellFormed,
 } from "../protocol/frontend_messages.ts";
 import type { OutBatch } from "./out_batch.ts";
 import { enforceQueryTimeout, idleTimeout, type TimeLimits } from "./timeouts.ts";
@@ -401,32 +399,19 @@ export class Client implements ServerLink {
       const p = rb.start;
       const end = p + size;
       const type = buf[p];
-      if (type === Msg.Terminate) {
-        // PostgreSQL answers everything before a Terminate; so does pgdog.
+      const invalid = type === Msg.Terminate ? null : invalidMessage(type, buf, p, end);
+      if (type === Msg.Terminate || invalid !== null) {
+        // PostgreSQL answers everything before a Terminate; so does pgdog, and before it ends a
+        // connection over a message it can't forward.
         await this.#send();
         await this.#finishOwed();
-        return false;
-      }
-      if (FRONTEND_TYPES[type] === 0) {
-        // Forwarding it would make PostgreSQL drop the (shared) server connection.
-        await this.#send();
-        await this.#finishOwed();
-        await this.#fatal({
-          severity: "FATAL",
-          code: SqlState.ProtocolViolation,
-          message: `invalid frontend message type ${describeMessageType(type)}`,
-        });
-        return false;
-      }
-      if (!wellFormed(type, buf, p, end)) {
-        // pgdog reads these messages' names itself: never past their end.
-        await this.#send();
-        await this.#finishOwed();
-        await this.#fatal({
-          severity: "FATAL",
-          code: SqlState.ProtocolViolation,
-          message: `malformed ${describeMessageType(type)} message`,
-        });
+        if (invalid !== null) {
+          await this.#fatal({
+            severity: "FATAL",
+            code: SqlState.ProtocolViolation,
+            message: invalid,
+          });
+        }
         return false;
       }
       if (!this.#parts.inRequest && !this.#parts.skipUntilSync) {
