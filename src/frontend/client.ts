@@ -9,10 +9,7 @@
  */
 
 import {
-  appendBackendKeyData,
   appendError,
-  appendParameterStatus,
-  AUTH_OK,
   copyFail,
   type ErrorFields,
   MessageBuilder,
@@ -31,13 +28,13 @@ import type { Cluster } from "../backend/databases.ts";
 import type { ClientHost } from "./client_host.ts";
 import { ServerConnectError } from "../backend/connect.ts";
 import { ANALYZE_ON_LOOP_MAX } from "../router/mod.ts";
-import { parseRole, type Role } from "../router/route.ts";
+import type { Role } from "../router/route.ts";
 import { FanOut } from "./fan_out.ts";
 import { MergeRun } from "./merge_run.ts";
 import { learnCollation } from "../backend/catalog.ts";
 import type { Collation } from "../cross_shard/values.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
-import { adminGreeting, serveAdmin } from "./admin_session.ts";
+import { serveAdmin } from "./admin_session.ts";
 import type { LocalAnswers } from "./local_answers.ts";
 import type { Forwarder } from "./forward.ts";
 import { PIN_CLEANUP } from "./checkout.ts";
@@ -50,8 +47,7 @@ import { endingError, finishOwed } from "./client_end.ts";
 import { warnLargeQuery } from "./large_query.ts";
 import { errorMessage, log } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
-import { logIn, loginParameters } from "./login.ts";
-import { sessionParamsFromStartup, startupOption } from "./params.ts";
+import { logInClient } from "./client_login.ts";
 import { SessionState } from "./session.ts";
 import { ClientStatements } from "./prepared.ts";
 import {
@@ -230,97 +226,14 @@ export class Client implements ServerLink {
   // ---- login ---------------------------------------------------------------------------------
 
   async #login(): Promise<boolean> {
-    const host = this.#host;
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      this.#fatal({
-        severity: "FATAL",
-        code: SqlState.ProtocolViolation,
-        message:
-          `login not completed within client_login_timeout (${host.settings.client_login_timeout} ms)`,
-      }).finally(() => closeQuietly(this.conn));
-    }, host.settings.client_login_timeout);
-    try {
-      const ok = await this.#loginSteps();
-      return ok && !timedOut && !this.closed;
-    } catch (e) {
-      if (timedOut) return false;
-      throw e;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  async #loginSteps(): Promise<boolean> {
-    const host = this.#host;
-    const result = await logIn(this, {
-      databases: host.databases,
-      authType: host.settings.auth_type,
-      tls: host.settings.tls,
-      tlsRequired: host.settings.tls_client_required,
-      admin: host.console.config.admin,
-      get shuttingDown() {
-        return host.shuttingDown;
-      },
-      cancel: (pid, secret) => host.cancel(pid, secret),
+    const outcome = await logInClient(this, {
+      host: this.#host,
+      parts: this.#parts,
+      fatal: (fields) => this.#fatal(fields),
     });
-    if (result === null) return false;
-    this.user = result.user;
-    this.database = result.database;
-    if (result.cluster === null) {
-      this.#admin = true;
-      this.session = new SessionState(sessionParamsFromStartup(result.startup));
-      await this.writer.write(adminGreeting({
-        applicationName: result.startup.get("application_name") ?? "",
-        pid: this.id,
-        secret: this.secret,
-      }));
-      this.state = "idle";
-      host.register(this);
-      log.info(`client ${this.id} (${this.addr}) logged in to the admin database as ${this.user}`);
-      return true;
-    }
-    this.cluster = result.cluster;
-    this.pool = result.cluster.loginPool();
-    this.#parts.sessionMode = result.cluster.poolerMode === "session";
-    this.#parts.renaming = !this.#sessionMode && host.settings.prepared_statements === "extended";
-    const parser = host.routing.query_parser;
-    this.#parts.sharding = result.cluster.sharding;
-    this.#parts.routing = parser === "on" || (parser === "auto" && result.cluster.hasReplicas) ||
-      this.#parts.sharding !== null;
-    this.#parts.startupRole = parseRole(
-      result.startup.get("pgdog.role") ?? startupOption(result.startup, "pgdog.role"),
-    );
-    this.session = new SessionState(sessionParamsFromStartup(result.startup));
-    let reported: Array<[string, string]>;
-    try {
-      reported = await loginParameters(this.pool!, this.session.params);
-    } catch (e) {
-      const fields = e instanceof ClientFacingError || e instanceof ServerConnectError
-        ? e.fields
-        : { severity: "FATAL", code: SqlState.InternalError, message: String(e) };
-      await this.#fatal({ ...fields, severity: "FATAL" });
-      return false;
-    }
-    if (this.closed) return false;
-    const b = new MessageBuilder(512);
-    b.bytes(AUTH_OK);
-    for (const [name, value] of reported) {
-      appendParameterStatus(b, name, value);
-      this.#parts.book.reported.login(name, value);
-    }
-    appendBackendKeyData(b, this.id, this.secret);
-    b.bytes(readyForQuery(TxStatus.Idle));
-    await this.writer.write(b.view());
-    this.state = "idle";
-    host.register(this);
-    this.#loggedIn = true;
-    const line = `client ${this.id} (${this.addr}) logged in as ${this.user}/${this.database}` +
-      (result.tls ? " over TLS" : "");
-    if (host.settings.log_connections) log.info(line);
-    else log.debug(line);
-    return true;
+    this.#admin = outcome.as === "admin";
+    this.#loggedIn = outcome.as === "database";
+    return outcome.ok;
   }
 
   /** Logged in (its disconnection is worth a line). */
