@@ -22,7 +22,7 @@ import { MessageBuffer } from "../net/message_buffer.ts";
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
 import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
-import { Action, Expect, type LocalAnswer } from "../backend/response_queue.ts";
+import { Expect } from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool } from "../backend/pool.ts";
 import type { Cluster } from "../backend/databases.ts";
 import type { ClientHost } from "./client_host.ts";
@@ -37,12 +37,12 @@ import type { MergePlan } from "../cross_shard/plan.ts";
 import { serveAdmin } from "./admin_session.ts";
 import type { LocalAnswers } from "./local_answers.ts";
 import type { Forwarder } from "./forward.ts";
-import { PIN_CLEANUP } from "./checkout.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 import { planSplit } from "./split_request.ts";
 import { ClientView } from "./client_view.ts";
 import { ClientGate } from "./client_gate.ts";
 import { ShardSwitch } from "./shard_switch.ts";
+import { RequestServers } from "./request_servers.ts";
 import { endingError, finishOwed } from "./client_end.ts";
 import { warnLargeQuery } from "./large_query.ts";
 import { errorMessage, log } from "../log.ts";
@@ -94,8 +94,6 @@ export class Client implements ServerLink {
   #host: ClientHost;
   /** Logged in to the admin database. */
   #admin = false;
-  /** The request running on several shards, if any. */
-  #fan: FanOut | null = null;
   /**
    * The client as the parts of its request handling see it, holding the state they share and
    * the parts themselves (see ClientView).
@@ -106,6 +104,8 @@ export class Client implements ServerLink {
   readonly #forwarder: Forwarder;
   readonly #txn: ShardTransaction;
   readonly #out: OutBatch;
+  /** The servers the request runs on (the attached one, or a fan-out's). */
+  readonly #servers: RequestServers;
   /** Moves between the shards of a transaction. */
   readonly #shards: ShardSwitch;
   /** Where a new transaction waits out PAUSE and picks up a RELOAD. */
@@ -127,16 +127,16 @@ export class Client implements ServerLink {
         closeBatch: () => this.#shards.closeBatch(),
         settle: () => this.#settle(),
         endImplicit: (commit) => this.#shards.endImplicit(commit),
-        txStatus: () => this.#txStatus(),
+        txStatus: () => this.#servers.txStatus(),
         transactionOver: () => this.#transactionOver(),
-        answer: (bytes, dropped) => this.#answer(bytes, dropped),
+        answer: (bytes, dropped) => this.#servers.answer(bytes, dropped),
         abortEverywhere: () => this.#shards.abortEverywhere(),
         gateOpen: () => this.#gate.open(),
         atGate: () => this.#gate.pass(),
-        leadServer: () => this.#leadServer(),
+        leadServer: () => this.#servers.lead(),
         park: (server) => this.#shards.park(server),
         attach: (server, fresh) => this.#attach(server, fresh),
-        releaseIfUnpinned: () => this.#releaseIfUnpinned(),
+        releaseIfUnpinned: () => this.#servers.releaseIfUnpinned(),
         terminate: (fields) => this.terminate(fields),
         end: () => this.writer.flush().catch(() => {}).finally(() => this.#teardown()),
       },
@@ -146,12 +146,21 @@ export class Client implements ServerLink {
     this.#forwarder = parts.forwarder;
     this.#txn = parts.txn;
     this.#out = parts.out;
+    this.#servers = new RequestServers(this, parts);
     this.#shards = new ShardSwitch(this, parts);
     this.#gate = new ClientGate(this, {
       host: options.host,
       routing: parts,
       fatal: (fields) => this.#fatal(fields),
     });
+  }
+
+  /** The request running on several shards, if any. */
+  get #fan(): FanOut | null {
+    return this.#servers.fan;
+  }
+  set #fan(fan: FanOut | null) {
+    this.#servers.fan = fan;
   }
 
   // The view's state that fan-out reads under its old names.
@@ -543,55 +552,6 @@ export class Client implements ServerLink {
       user: this.user,
     });
     await this.#parts.requests.prepareLarge(type, buf, p, end);
-  }
-
-  /** Answers with bytes of pgdog's own, in order with whatever the server still owes. */
-  #answer(bytes: Uint8Array, dropped?: () => void): void {
-    const legs = this.#fan !== null && this.#fan.queueing ? this.#fan.servers : null;
-    if (legs !== null) {
-      // Every shard's answers carry it, so the merged answer has it once, in its place.
-      legs.forEach((server, i) =>
-        server.expect(
-          Expect.Local,
-          Action.Forward,
-          {
-            bytes,
-            dropped: i === 0 ? dropped : undefined,
-          } satisfies LocalAnswer,
-        )
-      );
-    } else if (this.server) {
-      this.server.expect(Expect.Local, Action.Forward, { bytes, dropped } satisfies LocalAnswer);
-    } else this.writer.enqueue(bytes);
-  }
-
-  #txStatus(): number {
-    const server = this.#leadServer();
-    if (!this.#txn.empty) return this.#txn.status(server);
-    if (server) return server.txStatus;
-    return this.#deferredBegin !== null ? TxStatus.InTransaction : TxStatus.Idle;
-  }
-
-  /**
-   * The server whose state answers for the client's: the attached one, or while a request runs
-   * on several shards, the first shard's.
-   */
-  #leadServer(): Server | null {
-    const fan = this.#fan;
-    return fan !== null && fan.queueing ? fan.servers[0] : this.server;
-  }
-
-  /** After an unpin, a server kept only for the pin goes back (cleaned) at once. */
-  #releaseIfUnpinned(): void {
-    const server = this.server;
-    if (
-      !server || this.#sessionMode || this.session.pinned || !server.clean ||
-      this.session.needsReadBack || this.#fan !== null
-    ) return;
-    this.server = null;
-    this.state = "idle";
-    this.#parts.checkout.pinnedThisHold = false;
-    this.pool!.release(server, { resetSql: PIN_CLEANUP });
   }
 
   // ---- sharding ------------------------------------------------------------------------------
