@@ -21,7 +21,7 @@ import { SqlState } from "../protocol/sqlstate.ts";
 import { MessageBuffer } from "../net/message_buffer.ts";
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
-import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
+import type { Server, ServerLink } from "../backend/server.ts";
 import { Expect } from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool } from "../backend/pool.ts";
 import type { Cluster } from "../backend/databases.ts";
@@ -201,12 +201,7 @@ export class Client implements ServerLink {
   checkTimeouts(now: number, limits: TimeLimits): void {
     if (this.state === "login" || this.state === "waiting" || this.closed) return;
     const server = this.server;
-    const fan = this.#fan;
-    const running = server && server.queue.length > 0
-      ? [server]
-      : fan !== null && fan.running
-      ? fan.servers
-      : null;
+    const running = this.#servers.running();
     if (running !== null) return enforceQueryTimeout(running, { now, limits });
     const idleSince = Math.max(this.lastActivity, server?.requestStart ?? 0);
     const inTransaction = server !== null && server.txStatus !== TxStatus.Idle;
@@ -216,20 +211,7 @@ export class Client implements ServerLink {
 
   /** A CancelRequest for this client arrived. */
   cancel(): void {
-    const server = this.server;
-    if (server && (server.queue.length > 0 || server.copy !== CopyState.None)) {
-      server.sendCancel();
-    } else if (this.#fan !== null && this.#fan.running) {
-      for (const s of this.#fan.servers) if (s.queue.length > 0 && !s.closed) s.sendCancel();
-    } else if (this.#parts.checkout.waitAbort) {
-      this.#parts.checkout.waitAbort.abort(
-        new ClientFacingError({
-          severity: "ERROR",
-          code: SqlState.QueryCanceled,
-          message: "canceling statement due to user request",
-        }),
-      );
-    }
+    this.#servers.cancel();
   }
 
   // ---- login ---------------------------------------------------------------------------------

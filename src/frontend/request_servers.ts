@@ -1,17 +1,18 @@
 /**
  * The servers a client's request runs on: the attached one, or while a request runs on several
  * shards, its fan-out's legs. pgdog's own answers go in order with theirs; the first of them
- * answers for the client's transaction status; a server kept only for a pin goes back once
- * unpinned.
+ * answers for the client's transaction status; a cancel reaches those running the request; a
+ * server kept only for a pin goes back once unpinned.
  *
  * @module
  */
 
 import { TxStatus } from "../protocol/messages.ts";
+import { SqlState } from "../protocol/sqlstate.ts";
 import type { SocketWriter } from "../net/writer.ts";
-import type { Server } from "../backend/server.ts";
+import { CopyState, type Server } from "../backend/server.ts";
 import { Action, Expect, type LocalAnswer } from "../backend/response_queue.ts";
-import type { Pool } from "../backend/pool.ts";
+import { ClientFacingError, type Pool } from "../backend/pool.ts";
 import type { FanOut } from "./fan_out.ts";
 import { type Checkout, PIN_CLEANUP } from "./checkout.ts";
 import type { SessionState } from "./session.ts";
@@ -84,6 +85,38 @@ export class RequestServers {
   lead(): Server | null {
     const fan = this.fan;
     return fan !== null && fan.queueing ? fan.servers[0] : this.#client.server;
+  }
+
+  /** The servers running the client's request now (null when none is). */
+  running(): readonly Server[] | null {
+    const server = this.#client.server;
+    const fan = this.fan;
+    return server && server.queue.length > 0
+      ? [server]
+      : fan !== null && fan.running
+      ? fan.servers
+      : null;
+  }
+
+  /**
+   * A CancelRequest for the client: the running request is cancelled on its servers, or the wait
+   * for a pool ends.
+   */
+  cancel(): void {
+    const server = this.#client.server;
+    if (server && (server.queue.length > 0 || server.copy !== CopyState.None)) {
+      server.sendCancel();
+    } else if (this.fan !== null && this.fan.running) {
+      for (const s of this.fan.servers) if (s.queue.length > 0 && !s.closed) s.sendCancel();
+    } else if (this.#parts.checkout.waitAbort) {
+      this.#parts.checkout.waitAbort.abort(
+        new ClientFacingError({
+          severity: "ERROR",
+          code: SqlState.QueryCanceled,
+          message: "canceling statement due to user request",
+        }),
+      );
+    }
   }
 
   /** After an unpin, a server kept only for the pin goes back (cleaned) at once. */
