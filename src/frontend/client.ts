@@ -45,7 +45,7 @@ import { ShardSwitch } from "./shard_switch.ts";
 import { RequestServers } from "./request_servers.ts";
 import { endingError, finishOwed } from "./client_end.ts";
 import { warnLargeQuery } from "./large_query.ts";
-import { errorMessage, log } from "../log.ts";
+import { log } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
 import { logInClient } from "./client_login.ts";
 import { SessionState } from "./session.ts";
@@ -485,12 +485,9 @@ export class Client implements ServerLink {
     });
   }
 
-  /** Waits until the server has answered everything sent and any settings read-back is in. */
-  async #settle(): Promise<void> {
-    const server = this.server;
-    if (server !== null && server.queue.length > 0) await server.drain().catch(() => {});
-    if (this.#parts.lost.replaying) await this.#parts.lost.replaying;
-    if (this.#parts.checkout.readBackDone) await this.#parts.checkout.readBackDone;
+  /** See RequestServers.settle. */
+  #settle(): Promise<void> {
+    return this.#servers.settle();
   }
 
   /** Plugins route each request whole, as sharding does (they see its Bind values). */
@@ -504,23 +501,9 @@ export class Client implements ServerLink {
     this.#parts.lost.keep(buf, from, to, { role, begin: this.#parts.checkout.sentBegin });
   }
 
-  /** Writes what the batch collected for the server. */
-  async #send(): Promise<void> {
-    const server = this.server;
-    if (!server || this.#out.empty) {
-      this.#out.reset(this.rbuf.buf);
-      return;
-    }
-    try {
-      await this.#out.writeTo(server.writer);
-    } catch (e) {
-      // The server's read loop reports the loss to this client (serverLost).
-      log.debug(
-        `client ${this.id}: write to ${server.label} failed: ${errorMessage(e)}`,
-      );
-    } finally {
-      this.#out.reset(this.rbuf.buf);
-    }
+  /** See RequestServers.send. */
+  #send(): Promise<void> {
+    return this.#servers.send();
   }
 
   /**

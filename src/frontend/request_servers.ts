@@ -1,6 +1,6 @@
 /**
- * The servers a client's request runs on: the attached one, or while a request runs on several
- * shards, its fan-out's legs. pgdog's own answers go in order with theirs; the first of them
+ * The servers a client's request runs on: the attached one (the batch written to it, its answers
+ * waited for), or while a request runs on several shards, its fan-out's legs. pgdog's own answers go in order with theirs; the first of them
  * answers for the client's transaction status; a cancel reaches those running the request; a
  * server kept only for a pin goes back once unpinned.
  *
@@ -10,6 +10,7 @@
 import { TxStatus } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
 import type { SocketWriter } from "../net/writer.ts";
+import type { MessageBuffer } from "../net/message_buffer.ts";
 import { CopyState, type Server } from "../backend/server.ts";
 import { Action, Expect, type LocalAnswer } from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool } from "../backend/pool.ts";
@@ -17,9 +18,14 @@ import type { FanOut } from "./fan_out.ts";
 import { type Checkout, PIN_CLEANUP } from "./checkout.ts";
 import type { SessionState } from "./session.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
+import type { OutBatch } from "./out_batch.ts";
+import type { LostServers } from "./lost_server.ts";
+import { errorMessage, log } from "../log.ts";
 
 /** The client's own fields read and set here. */
 export interface ServingClient {
+  readonly id: number;
+  readonly rbuf: MessageBuffer;
   /** The attached server. */
   server: Server | null;
   state: "login" | "idle" | "waiting" | "active";
@@ -30,6 +36,9 @@ export interface ServingClient {
 
 /** The client's request-handling state read here (see ClientView). */
 export interface ServingParts {
+  /** What the batch collects for the attached server. */
+  readonly out: OutBatch;
+  readonly lost: LostServers;
   readonly txn: ShardTransaction;
   readonly checkout: Checkout;
   readonly sessionMode: boolean;
@@ -85,6 +94,37 @@ export class RequestServers {
   lead(): Server | null {
     const fan = this.fan;
     return fan !== null && fan.queueing ? fan.servers[0] : this.#client.server;
+  }
+
+  /** Writes what the batch collected for the attached server. */
+  async send(): Promise<void> {
+    const c = this.#client;
+    const out = this.#parts.out;
+    const server = c.server;
+    if (!server || out.empty) {
+      out.reset(c.rbuf.buf);
+      return;
+    }
+    try {
+      await out.writeTo(server.writer);
+    } catch (e) {
+      // The server's read loop reports the loss to this client (serverLost).
+      log.debug(`client ${c.id}: write to ${server.label} failed: ${errorMessage(e)}`);
+    } finally {
+      out.reset(c.rbuf.buf);
+    }
+  }
+
+  /**
+   * Waits until the attached server has answered everything sent and any settings read-back is
+   * in.
+   */
+  async settle(): Promise<void> {
+    const server = this.#client.server;
+    if (server !== null && server.queue.length > 0) await server.drain().catch(() => {});
+    const parts = this.#parts;
+    if (parts.lost.replaying) await parts.lost.replaying;
+    if (parts.checkout.readBackDone) await parts.checkout.readBackDone;
   }
 
   /** The servers running the client's request now (null when none is). */
