@@ -9,34 +9,26 @@
  */
 
 import {
-  appendBackendKeyData,
   appendError,
-  appendParameterStatus,
-  AUTH_OK,
   copyFail,
-  decodeText,
-  describeMessageType,
   type ErrorFields,
   MessageBuilder,
   Msg,
   readyForQuery,
-  SYNC,
   TxStatus,
 } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
-import { MessageBuffer, MessageSizeError, QueryTooLargeError } from "../net/message_buffer.ts";
+import { MessageBuffer } from "../net/message_buffer.ts";
 import { type ByteStream, closeQuietly } from "../net/stream.ts";
 import { SocketWriter } from "../net/writer.ts";
-import type { AcceptTlsOptions } from "../net/tls.ts";
-import { CopyState, type Server, type ServerLink } from "../backend/server.ts";
-import { Action, Expect, type LocalAnswer } from "../backend/response_queue.ts";
+import type { Server, ServerLink } from "../backend/server.ts";
+import { Expect } from "../backend/response_queue.ts";
 import { ClientFacingError, type Pool } from "../backend/pool.ts";
-import type { Cluster, Databases } from "../backend/databases.ts";
+import type { Cluster } from "../backend/databases.ts";
+import type { ClientHost } from "./client_host.ts";
 import { ServerConnectError } from "../backend/connect.ts";
-import type { AuthType } from "../config/types.ts";
-import { ANALYZE_ON_LOOP_MAX, type QueryRouter } from "../router/mod.ts";
-import { parseRole, type Role } from "../router/route.ts";
-import type { PluginSet } from "../plugin/mod.ts";
+import { ANALYZE_ON_LOOP_MAX } from "../router/mod.ts";
+import type { Role } from "../router/route.ts";
 import { FanOut } from "./fan_out.ts";
 import { MergeRun } from "./merge_run.ts";
 import { OpenFan, type OpenLegs } from "./open_fan.ts";
@@ -44,77 +36,33 @@ import { mergeCollations } from "../backend/collations.ts";
 import type { ColumnCollations } from "../cross_shard/column_collations.ts";
 import type { Collation } from "../cross_shard/values.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
-import { adminGreeting, serveAdmin } from "./admin_session.ts";
+import { serveAdmin } from "./admin_session.ts";
 import type { LocalAnswers } from "./local_answers.ts";
 import type { Forwarder } from "./forward.ts";
-import { PIN_CLEANUP } from "./checkout.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 import { planSplit } from "./split_request.ts";
 import { ClientView } from "./client_view.ts";
-import type { AdminHost } from "../admin/mod.ts";
-import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
-import { errorMessage, log } from "../log.ts";
+import { ClientGate } from "./client_gate.ts";
+import { ShardSwitch } from "./shard_switch.ts";
+import { RequestServers } from "./request_servers.ts";
+import { endingError, finishOwed } from "./client_end.ts";
+import { warnLargeQuery } from "./large_query.ts";
+import { log } from "../log.ts";
 import { ClientGoneError } from "./auth.ts";
-import { logIn, loginParameters, LoginRefused } from "./login.ts";
-import { sessionParamsFromStartup, startupOption } from "./params.ts";
+import { logInClient } from "./client_login.ts";
 import { SessionState } from "./session.ts";
-import { ClientStatements, type PreparedCache } from "./prepared.ts";
+import { ClientStatements } from "./prepared.ts";
 import {
   EXTENDED_START,
-  FRONTEND_TYPES,
+  invalidMessage,
   requestBuffered,
   STATEMENT_TYPES,
-  wellFormed,
 } from "../protocol/frontend_messages.ts";
 import type { OutBatch } from "./out_batch.ts";
 import { enforceQueryTimeout, idleTimeout, type TimeLimits } from "./timeouts.ts";
 
 /** Initial size of a client's read buffer; it grows for large messages and shrinks back after. */
 const CLIENT_BUFFER_BYTES = 4096;
-/** What a client needs from the proxy around it. */
-export interface ClientHost {
-  readonly databases: Databases;
-  /** Current `[general]` values that clients use. */
-  readonly settings: {
-    auth_type: AuthType;
-    client_login_timeout: number;
-    max_message_size: number;
-    /** Largest Query or Parse before query_size_limit_action (unset: no limit). */
-    query_size_limit?: number;
-    query_size_limit_action: "warn" | "block";
-    prepared_statements: "extended" | "disabled";
-    prepared_statements_limit: number;
-    /** Bytes of rows one cross-shard query may hold to merge. */
-    cross_shard_buffer_limit: number;
-    /** EXPLAIN of a cross-shard query shows every shard's plan. */
-    expanded_explain: boolean;
-    log_connections: boolean;
-    log_disconnections: boolean;
-    /** The certificate and key offered to clients; null when TLS is not offered. */
-    tls: AcceptTlsOptions | null;
-    /** Refuse clients that do not use TLS. */
-    tls_client_required: boolean;
-  };
-  readonly prepared: PreparedCache;
-  readonly router: QueryRouter;
-  /** The routing plugins (null when none is configured). */
-  readonly plugins: PluginSet | null;
-  /** `pgdog.unique_id()`. */
-  readonly uniqueIds: UniqueIdGenerator;
-  /** What the admin database shows and changes. */
-  readonly console: AdminHost;
-  /** `[general]` routing settings. */
-  readonly routing: {
-    query_parser: "auto" | "on" | "off";
-    read_write_strategy: "conservative" | "aggressive";
-  };
-  readonly shuttingDown: boolean;
-  register(client: Client): void;
-  unregister(client: Client): void;
-  cancel(pid: number, secret: number): void;
-  /** DDL on `database` passed through pgdog: its column orders are read again everywhere. */
-  tablesChanged(database: string): void;
-}
 
 let nextClientPid = 1 + Math.floor(Math.random() * 1000);
 
@@ -148,8 +96,6 @@ export class Client implements ServerLink {
   #host: ClientHost;
   /** Logged in to the admin database. */
   #admin = false;
-  /** The request running on several shards, if any. */
-  #fan: FanOut | null = null;
   /** A multi-shard request left portals or an unsynced request on its legs (see open_fan.ts). */
   #openFan: OpenFan | null = null;
   /**
@@ -162,6 +108,12 @@ export class Client implements ServerLink {
   readonly #forwarder: Forwarder;
   readonly #txn: ShardTransaction;
   readonly #out: OutBatch;
+  /** The servers the request runs on (the attached one, or a fan-out's). */
+  readonly #servers: RequestServers;
+  /** Moves between the shards of a transaction. */
+  readonly #shards: ShardSwitch;
+  /** Where a new transaction waits out PAUSE and picks up a RELOAD. */
+  readonly #gate: ClientGate;
 
   constructor(conn: ByteStream, options: { host: ClientHost; addr: string }) {
     this.conn = conn;
@@ -176,19 +128,19 @@ export class Client implements ServerLink {
       host: options.host,
       actions: {
         send: () => this.#send(),
-        closeBatch: () => this.#closeBatch(),
+        closeBatch: () => this.#shards.closeBatch(),
         settle: () => this.#settle(),
-        endImplicit: (commit) => this.#endImplicit(commit),
-        txStatus: () => this.#txStatus(),
+        endImplicit: (commit) => this.#shards.endImplicit(commit),
+        txStatus: () => this.#servers.txStatus(),
         transactionOver: () => this.#transactionOver(),
-        answer: (bytes, dropped) => this.#answer(bytes, dropped),
-        abortEverywhere: () => this.#abortEverywhere(),
-        gateOpen: () => this.#gateOpen(),
-        atGate: () => this.#atGate(),
-        leadServer: () => this.#leadServer(),
-        park: (server) => this.#park(server),
+        answer: (bytes, dropped) => this.#servers.answer(bytes, dropped),
+        abortEverywhere: () => this.#shards.abortEverywhere(),
+        gateOpen: () => this.#gate.open(),
+        atGate: () => this.#gate.pass(),
+        leadServer: () => this.#servers.lead(),
+        park: (server) => this.#shards.park(server),
         attach: (server, fresh) => this.#attach(server, fresh),
-        releaseIfUnpinned: () => this.#releaseIfUnpinned(),
+        releaseIfUnpinned: () => this.#servers.releaseIfUnpinned(),
         terminate: (fields) => this.terminate(fields),
         end: () => this.writer.flush().catch(() => {}).finally(() => this.#teardown()),
       },
@@ -198,6 +150,21 @@ export class Client implements ServerLink {
     this.#forwarder = parts.forwarder;
     this.#txn = parts.txn;
     this.#out = parts.out;
+    this.#servers = new RequestServers(this, parts);
+    this.#shards = new ShardSwitch(this, parts);
+    this.#gate = new ClientGate(this, {
+      host: options.host,
+      routing: parts,
+      fatal: (fields) => this.#fatal(fields),
+    });
+  }
+
+  /** The request running on several shards, if any. */
+  get #fan(): FanOut | null {
+    return this.#servers.fan;
+  }
+  set #fan(fan: FanOut | null) {
+    this.#servers.fan = fan;
   }
 
   // The view's state that fan-out reads under its old names.
@@ -217,29 +184,8 @@ export class Client implements ServerLink {
       if (!(await this.#login())) return;
       await this.#requestLoop();
     } catch (e) {
-      if (e instanceof QueryTooLargeError) {
-        log.error(
-          `client ${this.id} (${this.user}@${this.database}): [large_query] refused a message of ` +
-            `${e.size} bytes (query_size_limit is ${e.limit} bytes): '${this.#querySample()}...'`,
-        );
-        await this.#fatal({
-          severity: "FATAL",
-          code: SqlState.ProgramLimitExceeded,
-          message: e.message,
-          detail: `message is ${e.size} bytes, query_size_limit is ${e.limit} bytes`,
-        });
-      } else if (e instanceof MessageSizeError) {
-        await this.#fatal({
-          severity: "FATAL",
-          code: SqlState.ProtocolViolation,
-          message: e.message,
-        });
-      } else if (
-        !(e instanceof ClientGoneError) && !(e instanceof LoginRefused) && !this.closed &&
-        !isConnectionReset(e)
-      ) {
-        log.warn(`client ${this.id} (${this.addr}): ${errorMessage(e)}`);
-      }
+      const fatal = endingError(e, this);
+      if (fatal !== null) await this.#fatal(fatal);
     } finally {
       this.#teardown();
     }
@@ -259,12 +205,7 @@ export class Client implements ServerLink {
   checkTimeouts(now: number, limits: TimeLimits): void {
     if (this.state === "login" || this.state === "waiting" || this.closed) return;
     const server = this.server;
-    const fan = this.#fan;
-    const running = server && server.queue.length > 0
-      ? [server]
-      : fan !== null && fan.running
-      ? fan.servers
-      : null;
+    const running = this.#servers.running();
     if (running !== null) return enforceQueryTimeout(running, { now, limits });
     const idleSince = Math.max(this.lastActivity, server?.requestStart ?? 0);
     const inTransaction = server !== null && server.txStatus !== TxStatus.Idle;
@@ -274,116 +215,20 @@ export class Client implements ServerLink {
 
   /** A CancelRequest for this client arrived. */
   cancel(): void {
-    const server = this.server;
-    if (server && (server.queue.length > 0 || server.copy !== CopyState.None)) {
-      server.sendCancel();
-    } else if (this.#fan !== null && this.#fan.running) {
-      for (const s of this.#fan.servers) if (s.queue.length > 0 && !s.closed) s.sendCancel();
-    } else if (this.#parts.checkout.waitAbort) {
-      this.#parts.checkout.waitAbort.abort(
-        new ClientFacingError({
-          severity: "ERROR",
-          code: SqlState.QueryCanceled,
-          message: "canceling statement due to user request",
-        }),
-      );
-    }
+    this.#servers.cancel();
   }
 
   // ---- login ---------------------------------------------------------------------------------
 
   async #login(): Promise<boolean> {
-    const host = this.#host;
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      this.#fatal({
-        severity: "FATAL",
-        code: SqlState.ProtocolViolation,
-        message:
-          `login not completed within client_login_timeout (${host.settings.client_login_timeout} ms)`,
-      }).finally(() => closeQuietly(this.conn));
-    }, host.settings.client_login_timeout);
-    try {
-      const ok = await this.#loginSteps();
-      return ok && !timedOut && !this.closed;
-    } catch (e) {
-      if (timedOut) return false;
-      throw e;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  async #loginSteps(): Promise<boolean> {
-    const host = this.#host;
-    const result = await logIn(this, {
-      databases: host.databases,
-      authType: host.settings.auth_type,
-      tls: host.settings.tls,
-      tlsRequired: host.settings.tls_client_required,
-      admin: host.console.config.admin,
-      get shuttingDown() {
-        return host.shuttingDown;
-      },
-      cancel: (pid, secret) => host.cancel(pid, secret),
+    const outcome = await logInClient(this, {
+      host: this.#host,
+      parts: this.#parts,
+      fatal: (fields) => this.#fatal(fields),
     });
-    if (result === null) return false;
-    this.user = result.user;
-    this.database = result.database;
-    if (result.cluster === null) {
-      this.#admin = true;
-      this.session = new SessionState(sessionParamsFromStartup(result.startup));
-      await this.writer.write(adminGreeting({
-        applicationName: result.startup.get("application_name") ?? "",
-        pid: this.id,
-        secret: this.secret,
-      }));
-      this.state = "idle";
-      host.register(this);
-      log.info(`client ${this.id} (${this.addr}) logged in to the admin database as ${this.user}`);
-      return true;
-    }
-    this.cluster = result.cluster;
-    this.pool = result.cluster.loginPool();
-    this.#parts.sessionMode = result.cluster.poolerMode === "session";
-    this.#parts.renaming = !this.#sessionMode && host.settings.prepared_statements === "extended";
-    const parser = host.routing.query_parser;
-    this.#parts.sharding = result.cluster.sharding;
-    this.#parts.routing = parser === "on" || (parser === "auto" && result.cluster.hasReplicas) ||
-      this.#parts.sharding !== null;
-    this.#parts.startupRole = parseRole(
-      result.startup.get("pgdog.role") ?? startupOption(result.startup, "pgdog.role"),
-    );
-    this.session = new SessionState(sessionParamsFromStartup(result.startup));
-    let reported: Array<[string, string]>;
-    try {
-      reported = await loginParameters(this.pool!, this.session.params);
-    } catch (e) {
-      const fields = e instanceof ClientFacingError || e instanceof ServerConnectError
-        ? e.fields
-        : { severity: "FATAL", code: SqlState.InternalError, message: String(e) };
-      await this.#fatal({ ...fields, severity: "FATAL" });
-      return false;
-    }
-    if (this.closed) return false;
-    const b = new MessageBuilder(512);
-    b.bytes(AUTH_OK);
-    for (const [name, value] of reported) {
-      appendParameterStatus(b, name, value);
-      this.#parts.book.reported.login(name, value);
-    }
-    appendBackendKeyData(b, this.id, this.secret);
-    b.bytes(readyForQuery(TxStatus.Idle));
-    await this.writer.write(b.view());
-    this.state = "idle";
-    host.register(this);
-    this.#loggedIn = true;
-    const line = `client ${this.id} (${this.addr}) logged in as ${this.user}/${this.database}` +
-      (result.tls ? " over TLS" : "");
-    if (host.settings.log_connections) log.info(line);
-    else log.debug(line);
-    return true;
+    this.#admin = outcome.as === "admin";
+    this.#loggedIn = outcome.as === "database";
+    return outcome.ok;
   }
 
   /** Logged in (its disconnection is worth a line). */
@@ -462,39 +307,26 @@ export class Client implements ServerLink {
       const p = rb.start;
       const end = p + size;
       const type = buf[p];
-      if (type === Msg.Terminate) {
-        // PostgreSQL answers everything before a Terminate; so does pgdog.
+      const invalid = type === Msg.Terminate ? null : invalidMessage(type, buf, p, end);
+      if (type === Msg.Terminate || invalid !== null) {
+        // PostgreSQL answers everything before a Terminate; so does pgdog, and before it ends a
+        // connection over a message it can't forward.
         await this.#send();
         await this.#finishOwed();
-        return false;
-      }
-      if (FRONTEND_TYPES[type] === 0) {
-        // Forwarding it would make PostgreSQL drop the (shared) server connection.
-        await this.#send();
-        await this.#finishOwed();
-        await this.#fatal({
-          severity: "FATAL",
-          code: SqlState.ProtocolViolation,
-          message: `invalid frontend message type ${describeMessageType(type)}`,
-        });
-        return false;
-      }
-      if (!wellFormed(type, buf, p, end)) {
-        // pgdog reads these messages' names itself: never past their end.
-        await this.#send();
-        await this.#finishOwed();
-        await this.#fatal({
-          severity: "FATAL",
-          code: SqlState.ProtocolViolation,
-          message: `malformed ${describeMessageType(type)} message`,
-        });
+        if (invalid !== null) {
+          await this.#fatal({
+            severity: "FATAL",
+            code: SqlState.ProtocolViolation,
+            message: invalid,
+          });
+        }
         return false;
       }
       if (!this.#parts.inRequest && !this.#parts.skipUntilSync) {
-        if (this.server === null && this.#txn.empty && !this.#gateOpen()) {
+        if (this.server === null && this.#txn.empty && !this.#gate.open()) {
           // A new transaction waits out PAUSE and MAINTENANCE and routes by the configuration in
           // force after them (a RELOAD may have changed the shards).
-          if (!(await this.#atGate())) return false;
+          if (!(await this.#gate.pass())) return false;
         }
         whole = this.#routesWhole();
         if (whole) this.#parts.routing = true;
@@ -649,30 +481,17 @@ export class Client implements ServerLink {
     return true;
   }
 
-  /**
-   * Waits (bounded by rollback_timeout) until the server has answered everything the client sent
-   * before, so those answers reach the client ahead of a close, as with PostgreSQL.
-   */
-  async #finishOwed(): Promise<void> {
-    const server = this.server;
-    if (server === null || server.queue.length === 0) return;
-    const limit = this.pool?.config.rollback_timeout ?? 5000;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([
-      // A Flush: PostgreSQL holds answers to extended-protocol messages until Sync or Flush.
-      server.drain(FLUSH_MESSAGE),
-      new Promise<void>((resolve) => timer = setTimeout(resolve, limit)),
-    ]).catch(() => {});
-    clearTimeout(timer);
-    await this.writer.flush().catch(() => {});
+  /** See finishOwed (client_end.ts). */
+  #finishOwed(): Promise<void> {
+    return finishOwed(this.server, {
+      writer: this.writer,
+      timeoutMs: this.pool?.config.rollback_timeout ?? 5000,
+    });
   }
 
-  /** Waits until the server has answered everything sent and any settings read-back is in. */
-  async #settle(): Promise<void> {
-    const server = this.server;
-    if (server !== null && server.queue.length > 0) await server.drain().catch(() => {});
-    if (this.#parts.lost.replaying) await this.#parts.lost.replaying;
-    if (this.#parts.checkout.readBackDone) await this.#parts.checkout.readBackDone;
+  /** See RequestServers.settle. */
+  #settle(): Promise<void> {
+    return this.#servers.settle();
   }
 
   /** Plugins route each request whole, as sharding does (they see its Bind values). */
@@ -686,23 +505,9 @@ export class Client implements ServerLink {
     this.#parts.lost.keep(buf, from, to, { role, begin: this.#parts.checkout.sentBegin });
   }
 
-  /** Writes what the batch collected for the server. */
-  async #send(): Promise<void> {
-    const server = this.server;
-    if (!server || this.#out.empty) {
-      this.#out.reset(this.rbuf.buf);
-      return;
-    }
-    try {
-      await this.#out.writeTo(server.writer);
-    } catch (e) {
-      // The server's read loop reports the loss to this client (serverLost).
-      log.debug(
-        `client ${this.id}: write to ${server.label} failed: ${errorMessage(e)}`,
-      );
-    } finally {
-      this.#out.reset(this.rbuf.buf);
-    }
+  /** See RequestServers.send. */
+  #send(): Promise<void> {
+    return this.#servers.send();
   }
 
   /**
@@ -710,70 +515,12 @@ export class Client implements ServerLink {
    * the event loop (see RequestRouter.prepareLarge).
    */
   async #largeMessage(type: number, buf: Uint8Array, p: number, end: number): Promise<void> {
-    const { query_size_limit: limit, query_size_limit_action: action } = this.#host.settings;
-    if (type !== Msg.Bind && limit !== undefined && end - p > limit && action === "warn") {
-      log.warn(
-        `[large_query] size=${end - p}B query_size_limit=${limit}B '${this.#querySample(p)}...' ` +
-          `[database: ${this.database}, user: ${this.user}]`,
-      );
-    }
+    warnLargeQuery(this.rbuf, { type, p, end }, {
+      settings: this.#host.settings,
+      database: this.database,
+      user: this.user,
+    });
     await this.#parts.requests.prepareLarge(type, buf, p, end);
-  }
-
-  /** The start of the message at `p` of the read buffer (from `start`), on one line, for logs. */
-  #querySample(p = this.rbuf.start): string {
-    const rb = this.rbuf;
-    const text = decodeText(rb.buf, Math.min(p + 5, rb.end), Math.min(p + 5 + 200, rb.end));
-    return text.replaceAll("\0", " ").replace(/\s+/g, " ").slice(0, 100);
-  }
-
-  /** Answers with bytes of pgdog's own, in order with whatever the server still owes. */
-  #answer(bytes: Uint8Array, dropped?: () => void): void {
-    const legs = this.#fan !== null && this.#fan.queueing ? this.#fan.servers : null;
-    if (legs !== null) {
-      // Every shard's answers carry it, so the merged answer has it once, in its place.
-      legs.forEach((server, i) =>
-        server.expect(
-          Expect.Local,
-          Action.Forward,
-          {
-            bytes,
-            dropped: i === 0 ? dropped : undefined,
-          } satisfies LocalAnswer,
-        )
-      );
-    } else if (this.server) {
-      this.server.expect(Expect.Local, Action.Forward, { bytes, dropped } satisfies LocalAnswer);
-    } else this.writer.enqueue(bytes);
-  }
-
-  #txStatus(): number {
-    const server = this.#leadServer();
-    if (!this.#txn.empty) return this.#txn.status(server);
-    if (server) return server.txStatus;
-    return this.#deferredBegin !== null ? TxStatus.InTransaction : TxStatus.Idle;
-  }
-
-  /**
-   * The server whose state answers for the client's: the attached one, or while a request runs
-   * on several shards, the first shard's.
-   */
-  #leadServer(): Server | null {
-    const fan = this.#fan;
-    return fan !== null && fan.queueing ? fan.servers[0] : this.server;
-  }
-
-  /** After an unpin, a server kept only for the pin goes back (cleaned) at once. */
-  #releaseIfUnpinned(): void {
-    const server = this.server;
-    if (
-      !server || this.#sessionMode || this.session.pinned || !server.clean ||
-      this.session.needsReadBack || this.#fan !== null
-    ) return;
-    this.server = null;
-    this.state = "idle";
-    this.#parts.checkout.pinnedThisHold = false;
-    this.pool!.release(server, { resetSql: PIN_CLEANUP });
   }
 
   // ---- sharding ------------------------------------------------------------------------------
@@ -800,19 +547,7 @@ export class Client implements ServerLink {
     if (route === "go" || route === "done") return route;
     this.#parts.checkout.outsideTransaction = route.outsideTransaction;
     const shards = route.shards;
-    if (shards.length === 1) {
-      const n = shards[0];
-      const current = this.server;
-      if (current !== null) {
-        if (this.cluster!.shardOf(current.owner as Pool) === n) return "go";
-        await this.#closeBatch();
-        await this.#settle();
-        if (this.closed) return "done";
-        if (this.server !== null) this.#park(this.server);
-      }
-      this.#parts.checkout.shard = n;
-      return "go";
-    }
+    if (shards.length === 1) return await this.#shards.toShard(shards[0]);
     await this.#fanOut(shards, {
       type,
       p,
@@ -824,104 +559,14 @@ export class Client implements ServerLink {
     return "done";
   }
 
-  // ---- split requests ------------------------------------------------------------------------
-
-  /**
-   * Ends the transaction pgdog opened for a split request on every server it reached, and gives
-   * them back. Returns the first error (a COMMIT can fail, e.g. a deferred constraint).
-   */
-  async #endImplicit(commit: boolean): Promise<ErrorFields | null> {
-    this.#deferredBegin = null;
-    const servers: Server[] = this.#txn.takeAll();
-    const attached = this.server;
-    if (attached !== null) {
-      attached.detach();
-      this.server = null;
-      this.state = "idle";
-      servers.unshift(attached);
-    }
-    this.#transactionOver();
-    this.session.pgdogLocal.clear();
-    const error = await this.#parts.checkout.endImplicit(servers, commit);
-    this.transactions++;
-    return error;
+  /** See ShardSwitch.closeBatch. */
+  #closeBatch(): Promise<void> {
+    return this.#shards.closeBatch();
   }
 
-  /**
-   * A transaction on several shards failed on one of them: it fails on the others too (a
-   * statement of pgdog's raises an error there), so a later COMMIT rolls back everywhere, as
-   * PostgreSQL would, instead of committing the shards that did not see the error.
-   */
-  async #abortEverywhere(): Promise<void> {
-    const healthy = this.#txn.toAbort(this.server);
-    if (healthy.length === 0) return;
-    await this.#send();
-    await this.#settle();
-    await this.#txn.abortOn(healthy, this.pool?.config.rollback_timeout ?? 5000);
-  }
-
-  /** Ends a batch left open by a Flush (its answers are in) before the server is left. */
-  async #closeBatch(): Promise<void> {
-    const server = this.server;
-    if (server === null || !this.#parts.unsynced) return;
-    this.#parts.unsynced = false;
-    this.#out.reset(this.rbuf.buf);
-    this.#out.addBytes(SYNC);
-    server.expect(Expect.Sync, Action.Swallow);
-    await this.#send();
-  }
-
-  /**
-   * A new transaction waits here while PAUSE or MAINTENANCE holds its database, then picks up
-   * the configuration in force (a RELOAD may have changed it). False (the client told, and
-   * closed) when its user or database was removed.
-   */
-  async #atGate(): Promise<boolean> {
-    this.#gatePassed = null;
-    const gate = this.#host.console.gate;
-    if (gate.closed(this.database)) {
-      const was = this.state;
-      this.state = "waiting";
-      await gate.wait(this.database);
-      this.state = was;
-    }
-    const databases = this.#host.databases;
-    const cluster = databases.lookup(this.user, this.database);
-    if (cluster === this.cluster) {
-      this.#gatePassed = databases;
-      return true;
-    }
-    if (cluster === undefined) {
-      await this.#fatal({
-        severity: "FATAL",
-        code: SqlState.AdminShutdown,
-        message: `user "${this.user}" on database "${this.database}" is no longer in the ` +
-          "configuration (RELOAD)",
-      });
-      return false;
-    }
-    this.cluster = cluster;
-    this.#parts.sharding = cluster.sharding;
-    // A shard chosen under the old configuration may not exist in this one.
-    if (this.#parts.checkout.shard >= cluster.shards.length) this.#parts.checkout.shard = 0;
-    this.#parts.routing ||= cluster.hasReplicas || cluster.sharding !== null;
-    this.#gatePassed = databases;
-    return true;
-  }
-
-  /** The configuration (pools) this client last passed the gate with. */
-  #gatePassed: Databases | null = null;
-
-  /** True when {@linkcode #atGate} would let the client through at once, as it is. */
-  #gateOpen(): boolean {
-    return this.#host.databases === this.#gatePassed &&
-      !this.#host.console.gate.closed(this.database);
-  }
-
-  /** Sets the attached server aside (its transaction goes on) while another shard is used. */
-  #park(server: Server): void {
-    this.#txn.park(this.cluster!, server);
-    this.server = null;
+  /** See ClientGate.pass. */
+  #atGate(): Promise<boolean> {
+    return this.#gate.pass();
   }
 
   /**
@@ -1167,13 +812,5 @@ export class Client implements ServerLink {
   }
 }
 
-/** Flush: asks the server for the answers it holds back until Sync. */
-const FLUSH_MESSAGE = Uint8Array.of(Msg.Flush, 0, 0, 0, 4);
-
 /** Ends a COPY FROM STDIN that reached several shards (the statement was not recognized). */
 const COPY_ACROSS_SHARDS = copyFail("COPY FROM STDIN on several shards is not supported by pgdog");
-
-function isConnectionReset(e: unknown): boolean {
-  return e instanceof Deno.errors.ConnectionReset || e instanceof Deno.errors.BrokenPipe ||
-    e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted;
-}

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { Msg, readInt16, readInt32 } from "./messages.ts";
+import { describeMessageType, Msg, readInt16, readInt32 } from "./messages.ts";
 
 /** A Bind message's parameter formats and raw values. */
 export interface BindParameters {
@@ -164,4 +164,22 @@ export function replayable(buf: Uint8Array, start: number, end: number): boolean
     p += 1 + ((buf[p + 1] << 24) | (buf[p + 2] << 16) | (buf[p + 3] << 8) | buf[p + 4]);
   }
   return last === Msg.Sync || last === Msg.Query;
+}
+
+/**
+ * Why the message at [p, end) can't be handled (forwarding it would make PostgreSQL drop the
+ * shared server connection): an unknown type, or a string pgdog reads that does not end inside
+ * it (see {@linkcode wellFormed}). Null when it can.
+ */
+export function invalidMessage(
+  type: number,
+  buf: Uint8Array,
+  p: number,
+  end: number,
+): string | null {
+  if (FRONTEND_TYPES[type] === 0) {
+    return `invalid frontend message type ${describeMessageType(type)}`;
+  }
+  if (!wellFormed(type, buf, p, end)) return `malformed ${describeMessageType(type)} message`;
+  return null;
 }
