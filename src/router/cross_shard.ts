@@ -45,6 +45,7 @@
 
 import type { Node, TableRef } from "./analyze.ts";
 import { walkTree } from "./tree.ts";
+import { isAggregateFunction, mayBeUserAggregate } from "./aggregates.ts";
 import { planMerge, windowsOnKey } from "./merge_plan.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
 import {
@@ -321,9 +322,18 @@ class Statement {
   refusal: string | null = null;
   /** Tables INSERTs without their key write: any one shard will do for them. */
   readonly free: Occurrence[] = [];
+  /**
+   * A function call met may be one of the database's own aggregates, which `userAggregates`
+   * doesn't say (unknown): counted as a plain function.
+   */
+  unknownFunctions = false;
   #queries = 0;
 
-  constructor(readonly config: ShardingConfig) {}
+  constructor(
+    readonly config: ShardingConfig,
+    /** The database's own aggregates and window functions (undefined: not known). */
+    readonly userAggregates: ReadonlySet<string> | undefined,
+  ) {}
 
   #newQuery(options: QueryOptions): Query {
     if (++this.#queries > MAX_QUERIES) throw new TooComplex();
@@ -939,7 +949,7 @@ class Statement {
         if (key === "FuncCall") {
           const f = value as Node;
           if (f.over) found.window = true;
-          else if (isAggregate(f)) found.aggregate = true;
+          else if (isAggregate(f, this)) found.aggregate = true;
         } else if (key === "GroupingFunc") found.aggregate = true;
         else if (key === "JsonObjectAgg" || key === "JsonArrayAgg") {
           // JSON_OBJECTAGG(...) / JSON_ARRAYAGG(...), maybe with OVER.
@@ -962,7 +972,7 @@ class Statement {
       place: "a subquery",
     });
     // `(SELECT max(u.id))`: an aggregate over the outer query's columns aggregates its rows.
-    if (outerAggregate(sub.subselect as Node, inner)) q.outerAggregate = true;
+    if (outerAggregate(sub.subselect as Node, inner, this)) q.outerAggregate = true;
     // `key IN (SELECT key FROM t ...)`: the rows of t that matter have the outer row's key.
     if (!from || (inner.issue !== null && !inner.exact) || inner.targets?.length !== 1) return;
     const val = (inner.targets[0].ResTarget as { val?: Node } | undefined)?.val;
@@ -1157,7 +1167,7 @@ function groupItemIsKey(item: Node, body: Node, isKey: (node: Node) => boolean):
  * relations outside the subquery (PostgreSQL evaluates an aggregate at the level of its columns).
  * An unqualified column counts as the subquery's own when it has a FROM clause.
  */
-function outerAggregate(select: Node, inner: Query): boolean {
+function outerAggregate(select: Node, inner: Query, s: Statement): boolean {
   const body = select.SelectStmt as Node | undefined;
   if (!body) return false;
   const own = new Set(inner.rels.map((r) => r.name));
@@ -1166,7 +1176,7 @@ function outerAggregate(select: Node, inner: Query): boolean {
     if (found || key === "SubLink" || key === "RangeSubselect") return false;
     if (key !== "FuncCall") return;
     const f = value as Node;
-    if (f.over || !isAggregate(f)) return;
+    if (f.over || !isAggregate(f, s)) return;
     const refs: string[][] = [];
     walkTree([f.args, f.agg_filter, f.agg_order], (k, v) => {
       if (k === "SubLink") return false;
@@ -1182,24 +1192,10 @@ function outerAggregate(select: Node, inner: Query): boolean {
   return found;
 }
 
-/** PostgreSQL's built-in aggregate functions (pg_proc, prokind 'a'). */
-const AGGREGATES = new Set(
-  ("any_value array_agg avg bit_and bit_or bit_xor bool_and bool_or corr count covar_pop " +
-    "covar_samp cume_dist dense_rank every json_agg json_agg_strict json_object_agg " +
-    "json_object_agg_strict json_object_agg_unique json_object_agg_unique_strict jsonb_agg " +
-    "jsonb_agg_strict jsonb_object_agg jsonb_object_agg_strict jsonb_object_agg_unique " +
-    "jsonb_object_agg_unique_strict max min mode percent_rank percentile_cont percentile_disc " +
-    "range_agg range_intersect_agg rank regr_avgx regr_avgy regr_count regr_intercept regr_r2 " +
-    "regr_slope regr_sxx regr_sxy regr_syy stddev stddev_pop stddev_samp string_agg sum var_pop " +
-    "var_samp variance xmlagg").split(" "),
-);
-
-function isAggregate(f: Node): boolean {
-  if (f.agg_star || f.agg_distinct || f.agg_within_group || f.agg_filter || f.agg_order) {
-    return true;
-  }
-  const names = f.funcname as Node[] | undefined;
-  return names !== undefined && AGGREGATES.has(stringOf(names[names.length - 1]));
+/** An aggregate call (not a window call) of a statement whose database knows `user`. */
+function isAggregate(f: Node, s: Statement): boolean {
+  if (mayBeUserAggregate(f, s.userAggregates)) s.unknownFunctions = true;
+  return isAggregateFunction(f, s.userAggregates);
 }
 
 // ---- the proof -------------------------------------------------------------------------------
@@ -1210,7 +1206,7 @@ function prove(
   ctx: RouteContext,
   options: ProveOptions,
 ): ShardDecision {
-  const s = statementOf(node, ctx.config);
+  const s = statementOf(node, ctx);
   const top = s.top!;
   if (s.refusal) return refuse(s.refusal);
   const type = Object.keys(node)[0];
@@ -1418,27 +1414,41 @@ function concatenation(plan: MergePlan): boolean {
 /** Thrown when a statement has more queries than pgdog analyzes (CTEs count per reference). */
 class TooComplex extends Error {}
 
-/** Statements analyzed for a sharding configuration, by parse tree (kept with the parse tree). */
-const statements = new WeakMap<ShardingConfig, WeakMap<Node, Statement>>();
+/**
+ * Statements analyzed for a sharding configuration and the database's own aggregates (a set
+ * learned from the catalog, kept until DDL), by parse tree (kept with the parse tree).
+ */
+const statements = new WeakMap<ShardingConfig, WeakMap<object, WeakMap<Node, Statement>>>();
+/** The key of {@linkcode statements} while the database's own aggregates are not known. */
+const UNKNOWN_AGGREGATES = {};
 
-/** The facts of a statement, gathered once for its parse tree. */
-function statementOf(node: Node, config: ShardingConfig): Statement {
-  let byNode = statements.get(config);
-  if (!byNode) statements.set(config, byNode = new WeakMap());
+/**
+ * The facts of a statement, gathered once for its parse tree; tells the lookup when the
+ * database's own aggregates could change them (see {@linkcode ShardLookup.missingAggregates}).
+ */
+function statementOf(node: Node, ctx: RouteContext): Statement {
+  const { config } = ctx;
+  const lookup = ctx.values.lookup;
+  const user = lookup?.aggregates;
+  let byAggregates = statements.get(config);
+  if (!byAggregates) statements.set(config, byAggregates = new WeakMap());
+  let byNode = byAggregates.get(user ?? UNKNOWN_AGGREGATES);
+  if (!byNode) byAggregates.set(user ?? UNKNOWN_AGGREGATES, byNode = new WeakMap());
   let s = byNode.get(node);
   if (!s) {
-    s = new Statement(config);
+    s = new Statement(config, user);
     try {
       s.top = s.query(node, { outer: null, cteParent: null, place: "the statement" });
     } catch (e) {
       if (!(e instanceof TooComplex)) throw e;
-      s = new Statement(config);
+      s = new Statement(config, user);
       s.refusal = `the statement has more than ${MAX_QUERIES} queries and subqueries (CTEs ` +
         "count once per reference) for pgdog to prove where it can run across shards: route " +
         "it with /* pgdog_shard: N */";
     }
     byNode.set(node, s);
   }
+  if (s.unknownFunctions && lookup?.missingAggregates === false) lookup.missingAggregates = true;
   return s;
 }
 

@@ -56,6 +56,7 @@ export function explainRoutes(
       pluginShards: new Map(),
       missing: [],
       missingColumns: [],
+      missingAggregates: false,
     };
     // As the proxy routes a statement that starts a request (comments included).
     const route = routeStatement(analysis, {
@@ -125,7 +126,14 @@ export function explainRoutes(
       : t.kind === "all"
       ? "all shards"
       : "any shard";
-    out.push({ sql: text, role, target, reason: d.unsupported ?? d.reason });
+    // Without a database, a function that is not a built-in aggregate is a plain function.
+    const unknown = lookup.missingAggregates && !d.unsupported &&
+        (t.kind === "all" || t.kind === "some")
+      ? "; a function of a name that is not a built-in aggregate counts as a plain function " +
+        "here (the proxy reads the database's own aggregates from shard 0 and refuses them " +
+        "across shards)"
+      : "";
+    out.push({ sql: text, role, target, reason: (d.unsupported ?? d.reason) + unknown });
   }
   return out;
 }

@@ -1,4 +1,4 @@
-import { deepEqual } from "node:assert/strict";
+import { deepEqual, ok } from "node:assert/strict";
 import { loadParser } from "./mod.ts";
 import { explainRoutes } from "./explain.ts";
 import { resolveConfig } from "../config/load.ts";
@@ -80,4 +80,21 @@ Deno.test("pgdog route: a lone BEGIN is held back, as the proxy holds it back", 
   deepEqual(route("BEGIN; ROLLBACK"), [[null, "answered by pgdog"], [null, "answered by pgdog"]]);
   // Not held back: BEGIN READ ONLY goes with its reads, a BEGIN inside a transaction to the server.
   deepEqual(route("BEGIN READ ONLY").map((r) => r[0]), ["replica"]);
+});
+
+Deno.test("pgdog route: an unknown function across shards is a plain function, and says so", () => {
+  const { config } = resolveConfig({
+    databases: [0, 1, 2].map((shard) => ({ name: "app", host: "127.0.0.1", shard })),
+    sharded_tables: [{ database: "app", name: "users", column: "id" }],
+    ...users,
+  });
+  const [plain, mine, one] = explainRoutes(
+    "SELECT id FROM users; SELECT my_sum(age) FROM users; SELECT my_sum(age) FROM users " +
+      "WHERE id = 1",
+    { config, database: "app" },
+  );
+  deepEqual([plain.target, mine.target], ["all shards", "all shards"]);
+  ok(!plain.reason.includes("plain function"), plain.reason);
+  ok(mine.reason.includes("counts as a plain function"), mine.reason);
+  ok(!one.reason.includes("plain function"), one.reason);
 });

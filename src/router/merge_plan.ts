@@ -50,6 +50,7 @@ import type { Node } from "./analyze.ts";
 import { errorMessage } from "../log.ts";
 import type { ValueContext } from "./shard_keys.ts";
 import type { TableRef } from "./analyze.ts";
+import { BUILTIN_AGGREGATES, functionName, isAggregateFunction } from "./aggregates.ts";
 
 /** Why a statement can't be merged (SQLSTATE 0A000), said to the client. */
 export class MergeRefusal extends Error {}
@@ -284,16 +285,21 @@ function intOf(node: Node | undefined): number | null {
   return null;
 }
 
-/** A function call that is an aggregate (not a window function). */
-function isAggregateCall(node: Node): boolean {
+/**
+ * A function call that is an aggregate (not a window function); `user`: the database's own
+ * aggregates (see aggregates.ts).
+ */
+function isAggregateCall(node: Node, user: ReadonlySet<string> | undefined): boolean {
   const f = node.FuncCall as Node | undefined;
   if (!f || f.over) return false;
-  return Boolean(f.agg_star || f.agg_distinct || f.agg_filter || f.agg_order) ||
-    f.agg_within_group === true || AGGREGATES.has(funcName(f));
+  return isAggregateFunction(f, user);
 }
 
 /** Whether `root` has an aggregate or window function (outside subqueries), by kind. */
-function found(root: unknown): { aggregate: boolean; window: boolean } {
+function found(
+  root: unknown,
+  user: ReadonlySet<string> | undefined,
+): { aggregate: boolean; window: boolean } {
   const out = { aggregate: false, window: false };
   const stack = [root];
   while (stack.length > 0) {
@@ -307,25 +313,13 @@ function found(root: unknown): { aggregate: boolean; window: boolean } {
       if (k === "SubLink" || k === "RangeSubselect") continue;
       if (k === "FuncCall") {
         if ((x as Node).over) out.window = true;
-        else if (isAggregateCall({ FuncCall: x })) out.aggregate = true;
+        else if (isAggregateCall({ FuncCall: x }, user)) out.aggregate = true;
       } else if (k === "GroupingFunc") out.aggregate = true;
       stack.push(x);
     }
   }
   return out;
 }
-
-/** PostgreSQL's built-in aggregate functions (pg_proc, prokind 'a'). */
-const AGGREGATES = new Set(
-  ("any_value array_agg avg bit_and bit_or bit_xor bool_and bool_or corr count covar_pop " +
-    "covar_samp cume_dist dense_rank every json_agg json_agg_strict json_object_agg " +
-    "json_object_agg_strict json_object_agg_unique json_object_agg_unique_strict jsonb_agg " +
-    "jsonb_agg_strict jsonb_object_agg jsonb_object_agg_strict jsonb_object_agg_unique " +
-    "jsonb_object_agg_unique_strict max min mode percent_rank percentile_cont percentile_disc " +
-    "range_agg range_intersect_agg rank regr_avgx regr_avgy regr_count regr_intercept regr_r2 " +
-    "regr_slope regr_sxx regr_sxy regr_syy stddev stddev_pop stddev_samp string_agg sum var_pop " +
-    "var_samp variance xmlagg").split(" "),
-);
 
 const MERGEABLE = new Set<AggregateFunction>([
   "count",
@@ -658,7 +652,7 @@ function planSelect(body: Node, ctx: MergePlanContext): MergePlan {
     body.havingClause,
     body.sortClause,
     body.distinctClause,
-  ]);
+  ], ctx.values.lookup?.aggregates);
   const groupClause = (body.groupClause as Node[] | undefined) ?? [];
   const grouped = f.aggregate || groupClause.length > 0 || body.havingClause !== undefined;
   // Groups on a sharding key are whole on one shard: the shards aggregate them completely.
@@ -831,6 +825,9 @@ interface PlannedAggregate {
 }
 
 class AggregatePlanner {
+  /** The database's own aggregates (see aggregates.ts). */
+  constructor(readonly userAggregates: ReadonlySet<string> | undefined) {}
+
   /** Shard columns that are group keys (deparsed), first in the shard row. */
   readonly groups: Node[] = [];
   readonly groupKeys: string[] = [];
@@ -876,6 +873,13 @@ class AggregatePlanner {
     if (names.length > 1 && stringOf(names[0]) !== "pg_catalog") {
       throw new MergeRefusal(`aggregate ${deparse(node)} can't be merged across shards`);
     }
+    if (this.userAggregates?.has(functionName(f)) && !BUILTIN_AGGREGATES.has(fn)) {
+      throw new MergeRefusal(
+        `aggregate ${fn}() is defined in the database, and pgdog can't combine an aggregate it ` +
+          "doesn't know from the shards' answers: group by the sharding key, add the sharding " +
+          "key to the WHERE clause, or route with /* pgdog_shard: N */",
+      );
+    }
     if (f.agg_within_group || !MERGEABLE.has(fn as AggregateFunction)) {
       throw new MergeRefusal(
         `aggregate ${fn}() can't be merged across shards (pgdog merges count, sum, min, max, ` +
@@ -884,7 +888,7 @@ class AggregatePlanner {
           "to the WHERE clause, or route with /* pgdog_shard: N */",
       );
     }
-    if (found([f.args, f.agg_filter, f.agg_order]).aggregate) {
+    if (found([f.args, f.agg_filter, f.agg_order], this.userAggregates).aggregate) {
       throw new MergeRefusal("nested aggregate calls are not allowed");
     }
     const args = (f.args as Node[] | undefined) ?? [];
@@ -958,7 +962,7 @@ class AggregatePlanner {
   /** HAVING (or anything pgdog evaluates after the merge) as an {@linkcode Expr}. */
   expr(node: Node, firstParam: number): Expr {
     const e = (n: Node): Expr => this.expr(n, firstParam);
-    if (isAggregateCall(node)) {
+    if (isAggregateCall(node, this.userAggregates)) {
       return { column: this.outputOf({ aggregate: this.aggregate(node) }) };
     }
     const key = deparse(node);
@@ -1028,7 +1032,7 @@ class AggregatePlanner {
       }
     }
     // An expression of the group keys (no aggregate): computed by the shards, once per group.
-    if (this.hasGroupBy && !found(node).aggregate) {
+    if (this.hasGroupBy && !found(node, this.userAggregates).aggregate) {
       return { column: this.outputOf({ group: this.group(node) }) };
     }
     throw new MergeRefusal(
@@ -1042,7 +1046,8 @@ const BINARY = new Set(["=", "<>", "!=", "<", "<=", ">", ">=", "+", "-", "*", "/
 
 /** Aggregates and GROUP BY: shards send group keys and partials; pgdog combines them. */
 function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
-  const p = new AggregatePlanner();
+  const user = ctx.values.lookup?.aggregates;
+  const p = new AggregatePlanner(user);
   const targets = (body.targetList as Node[] | undefined) ?? [];
   const groupClause = (body.groupClause as Node[] | undefined) ?? [];
   if (body.groupDistinct) {
@@ -1072,7 +1077,7 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
       throw new MergeRefusal(`GROUP BY position ${position} is not in select list`);
     }
     const node = groupExpression(item, body, ctx);
-    if (isAggregateCall(node)) {
+    if (isAggregateCall(node, user)) {
       throw new MergeRefusal("aggregate functions are not allowed in GROUP BY");
     }
     p.group(node);
@@ -1082,7 +1087,7 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
   p.hasGroupBy = hasGroupBy;
   // The client's columns: group keys (or expressions of them) and aggregates.
   for (const c of cols) {
-    if (isAggregateCall(c.expr)) {
+    if (isAggregateCall(c.expr, user)) {
       p.output.push({ aggregate: p.aggregate(c.expr) });
       continue;
     }
@@ -1091,7 +1096,7 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
       p.output.push({ group: g });
       continue;
     }
-    if (found(c.expr).aggregate) {
+    if (found(c.expr, user).aggregate) {
       throw new MergeRefusal(
         `the expression ${c.key} over aggregates is not supported across shards yet: select ` +
           "the aggregates themselves and compute it in the application (or route with " +
@@ -1114,11 +1119,11 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
   const orderBy: SortKey[] = sortItems(body.sortClause).map((s) => {
     let column = outputIndex(s.node, cols, "ORDER BY");
     if (column === null) {
-      if (isAggregateCall(s.node)) column = p.outputOf({ aggregate: p.aggregate(s.node) });
+      if (isAggregateCall(s.node, user)) column = p.outputOf({ aggregate: p.aggregate(s.node) });
       else {
         let g = p.groupKeys.indexOf(deparse(s.node));
         // An expression of the group keys: a hidden column the shards compute per group.
-        if (g < 0 && p.hasGroupBy && !found(s.node).aggregate) g = p.group(s.node);
+        if (g < 0 && p.hasGroupBy && !found(s.node, user).aggregate) g = p.group(s.node);
         if (g < 0) {
           throw new MergeRefusal(
             `ORDER BY ${deparse(s.node)} after GROUP BY across shards: order by a group key, ` +
@@ -1208,7 +1213,7 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
     offset,
     visible,
     // An aggregate's shard column is named after its first partial; an alias may be lost too.
-    columnNames: cols.map((c) => c.aliased || isAggregateCall(c.expr) ? c.name : undefined),
+    columnNames: cols.map((c) => c.aliased || isAggregateCall(c.expr, user) ? c.name : undefined),
   };
 }
 
