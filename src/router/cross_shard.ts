@@ -31,7 +31,9 @@
  *   own ORDER BY, aggregates... set aside: its rows are made on one shard each and every part
  *   inside it (subqueries, CTEs, the parts of a set operation) is exact on each shard. The
  *   decision then carries the {@linkcode MergePlan} (`merge_plan.ts`) that merges the shards'
- *   answers, or the statement is refused with the reason it can't be merged. Groups and window
+ *   answers, or the statement is refused with the reason it can't be merged. A part of a set
+ *   operation whose rows no sharded table makes (omnisharded tables, no table) is the same on
+ *   every shard: the plan counts its rows once. Groups and window
  *   partitions on a sharding key of the rows are whole on one shard: the shards compute them.
  * - **No sharded table.** Tables copied on every shard (omnisharded) and parts without tables are
  *   the same everywhere: a read goes to any one shard; a write goes to every shard and answers
@@ -1326,9 +1328,11 @@ function prove(
     );
   }
   const tops = top.arms ?? [top];
-  if (top.issue && !top.exact) {
-    const mergeable = ctx.config.merge === true && type === "SelectStmt" && !options.everyShard &&
-      !options.noMerge;
+  const mergeable = ctx.config.merge === true && type === "SelectStmt" && !options.everyShard &&
+    !options.noMerge;
+  // UNION ALL with a part every shard has (omnisharded tables): merged, so it counts once.
+  const replicatedArm = mergeable && top.arms !== null && top.arms.some(sameEverywhere);
+  if ((top.issue && !top.exact) || replicatedArm) {
     if (!mergeable) return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
     if (top.outerAggregate) {
       return refuse(
@@ -1340,7 +1344,9 @@ function prove(
     // The outer query is merged; every part inside it must be proven as for concatenation.
     const d = everyShard(s, { pins, checked, tops, shards: ctx.config.shards, merged: top });
     if (d.unsupported || d.target.kind === "one") return d;
-    const plan = mergePlanOf(node, s, ctx);
+    // The parts of a set operation whose rows every shard has: counted once by the plan.
+    const replicated = tops.length > 1 ? tops.map(sameEverywhere) : undefined;
+    const plan = mergePlanOf(node, s, ctx, replicated);
     if ("refused" in plan) return refuse(plan.refused);
     // Window functions partitioned by the key, say: the shards' rows are the answer.
     if (concatenation(plan)) return d;
@@ -1368,7 +1374,12 @@ const PLANS_PER_STATEMENT = 64;
  * The merge plan of a statement for this execution's literals: made once and kept with the
  * statement's facts, as long as the column orders it read (for `*`) are still those.
  */
-function mergePlanOf(node: Node, s: Statement, ctx: RouteContext): MergePlan | { refused: string } {
+function mergePlanOf(
+  node: Node,
+  s: Statement,
+  ctx: RouteContext,
+  replicatedArms: boolean[] | undefined,
+): MergePlan | { refused: string } {
   const { analysis, lookup } = ctx.values;
   const key = analysis.literals.map((l) => `${l.kind[0]}${l.value}`).join("\u0000");
   let made = plans.get(s);
@@ -1386,6 +1397,7 @@ function mergePlanOf(node: Node, s: Statement, ctx: RouteContext): MergePlan | {
     values: ctx.values,
     isKey: (column) => top.arms === null && s.isRowKey(column, top),
     columnsUsed,
+    replicatedArms,
   });
   // Kept plans are shared by executions: nobody may change them.
   if (!("refused" in result)) deepFreeze(result);
@@ -1487,6 +1499,9 @@ function everyShard(
   const members: Array<[Occurrence, boolean]> = [];
   const perTop: Array<Array<[Occurrence, boolean]>> = [];
   for (const top of tops) {
+    // A part of a merged set operation whose rows are the same on every shard (omnisharded
+    // tables, no table): the merge plan counts its rows once (see sameEverywhere).
+    if (options.merged !== undefined && tops.length > 1 && sameEverywhere(top)) continue;
     if (top.issue && top !== options.merged && !top.exact) {
       return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
     }
@@ -1530,6 +1545,10 @@ function everyShard(
     members.push(...own);
     perTop.push(own);
   }
+  if (members.length === 0) {
+    // Every part is the same on every shard, but something inside reads a sharded table.
+    return refuse(unconfined(s, [checked[0]], []));
+  }
   propagate(s, pins, members.map(([o]) => o));
   const inTop = new Set(members.map(([o]) => o));
   const bad = checked.filter((o) => !inTop.has(o) && !o.onRowShard && o.shards?.size !== 0);
@@ -1557,6 +1576,12 @@ function everyShard(
   else if (shards.size === 1) target = { kind: "one", shard: [...shards][0] };
   else target = { kind: "some", shards: [...shards].sort((a, b) => a - b) };
   return { target, reason, omniWrite: false, concatenates: true };
+}
+
+/** A query whose rows no sharded table makes: each shard has them all (its parts may differ). */
+function sameEverywhere(q: Query): boolean {
+  if (q.arms !== null) return q.arms.every(sameEverywhere);
+  return q.rels.every((r) => r.members.length === 0);
 }
 
 /** The refusal for occurrences not confined to one shard. */

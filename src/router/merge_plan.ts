@@ -20,7 +20,10 @@
  *   query as it is (any aggregate, HAVING, window function), pgdog sorts and cuts.
  * - **Set operations**: UNION ALL (sorted and cut if asked), UNION (the shards' distinct rows,
  *   deduplicated again), one INTERSECT [ALL] or EXCEPT [ALL] of two SELECTs (each row with its
- *   count on either side).
+ *   count on either side). A part every shard has (omnisharded tables, no table;
+ *   `replicatedArms`) is counted once: each shard sends its distinct rows with their count there,
+ *   and pgdog takes the largest count instead of adding them up (UNION ALL with one such part
+ *   is planned that way too).
  *
  * What is refused (0A000, with the reason): expressions over aggregates in the select list,
  * aggregates pgdog can't combine (percentile_*, mode, corr...), GROUPING SETS/ROLLUP/CUBE,
@@ -66,6 +69,12 @@ export interface MergePlanContext {
   isKey?: (column: Node) => boolean;
   /** Filled with the column orders the plan read from `values.lookup` (for `*`). */
   columnsUsed?: Array<{ table: TableRef; columns: string[] | undefined }>;
+  /**
+   * A set operation's parts (left to right, as {@linkcode setOperationArms} finds them) whose
+   * rows every shard has (omnisharded tables, no table): each shard would send them again, so
+   * the plan counts them once.
+   */
+  replicatedArms?: boolean[];
 }
 
 /**
@@ -1283,6 +1292,43 @@ function planSetOperation(body: Node, ctx: MergePlanContext): MergePlan {
   const { limit, offset } = limits;
   const top = ops[0];
   const unions = ops.every((o) => o.op === "SETOP_UNION");
+  const arms = setOperationArms(body);
+  const replicated = ctx.replicatedArms ?? [];
+  if (replicated.length > 0 && replicated.length !== arms.length) {
+    throw new Error("the set operation's parts are not those the rule found");
+  }
+  const anyReplicated = replicated.some((r) => r);
+  if (unions && top.all && ops.every((o) => o.all) && anyReplicated) {
+    // UNION ALL with a part every shard has: its rows counted once (its count on one shard).
+    if (replicated.filter((r) => r).length > 1) {
+      throw new MergeRefusal(
+        "UNION ALL of several parts without a sharded table (omnisharded tables, constants) and " +
+          "a sharded table is not supported across shards yet: put those parts in one " +
+          "subquery, or route with /* pgdog_shard: N */",
+      );
+    }
+    const shard = { ...body } as Node;
+    delete shard.sortClause;
+    delete shard.limitCount;
+    delete shard.limitOffset;
+    shard.limitOption = "LIMIT_OPTION_DEFAULT";
+    return countedPlan({
+      shard: replaceArms(
+        shard,
+        arms,
+        (arm, i) =>
+          replicated[i] ? groupedSide(arm, { right: true, columns: visible }) : side(arm, 1, 0),
+      ),
+      op: "union",
+      all: true,
+      replicatedRight: true,
+      visible,
+      names: names.map((c) => c.name),
+      orderBy,
+      limit,
+      offset,
+    });
+  }
   if (unions && (top.all ? ops.every((o) => o.all) : true)) {
     // UNION ALL concatenates; a UNION (at the top) removes every duplicate: shards do it too.
     const shard: Node = { ...body };
@@ -1316,56 +1362,158 @@ function planSetOperation(body: Node, ctx: MergePlanContext): MergePlan {
     );
   }
   // Each shard sends every row of either side with a count of 1 on its side; pgdog groups them.
-  const side = (n: Node, l: number, r: number, alias: string): Node => ({
-    SelectStmt: {
-      targetList: [
-        target({ ColumnRef: { fields: [{ A_Star: {} }] } }),
-        target(cast(intConst(l), "int8"), "pgdog_left"),
-        target(cast(intConst(r), "int8"), "pgdog_right"),
-      ],
-      fromClause: [{
-        RangeSubselect: { subquery: { SelectStmt: n }, alias: { aliasname: alias } },
-      }],
-      limitOption: "LIMIT_OPTION_DEFAULT",
-      op: "SETOP_NONE",
-    },
-  });
+  // A side every shard has sends each of its rows once with its count there (counted once).
+  const [leftSame, rightSame] = [replicated[0] === true, replicated[1] === true];
   const shard: Node = {
     op: "SETOP_UNION",
     all: true,
-    larg: side(body.larg as Node, 1, 0, "pgdog_l").SelectStmt as Node,
-    rarg: side(body.rarg as Node, 0, 1, "pgdog_r").SelectStmt as Node,
+    larg: leftSame
+      ? groupedSide(body.larg as Node, { right: false, columns: visible })
+      : side(body.larg as Node, 1, 0),
+    rarg: rightSame
+      ? groupedSide(body.rarg as Node, { right: true, columns: visible })
+      : side(body.rarg as Node, 0, 1),
     limitOption: "LIMIT_OPTION_DEFAULT",
   };
   if (body.withClause) shard.withClause = body.withClause;
-  const count = (column: number): AggregateSpec => ({
-    fn: "count",
+  return countedPlan({
+    shard,
+    op: top.op === "SETOP_INTERSECT" ? "intersect" : "except",
+    all: top.all,
+    replicatedLeft: leftSame,
+    replicatedRight: rightSame,
+    visible,
+    names: leftSame ? names.map((c) => c.name) : undefined,
+    orderBy,
+    limit,
+    offset,
+  });
+}
+
+/**
+ * The parts of a set operation, left to right, as the cross-shard rule finds them: its SELECTs,
+ * and nested operations with their own ORDER BY, LIMIT or WITH as one part each.
+ */
+function setOperationArms(body: Node): Node[] {
+  const arms: Node[] = [];
+  const stack: Node[] = [body];
+  while (stack.length > 0) {
+    const s = stack.pop()!;
+    const op = s.op as string | undefined;
+    const nested = s !== body &&
+      (((s.sortClause as Node[] | undefined)?.length ?? 0) > 0 || s.limitCount ||
+        s.limitOffset || s.withClause);
+    if (!op || op === "SETOP_NONE" || nested) {
+      arms.push(s);
+      continue;
+    }
+    stack.push(s.rarg as Node, s.larg as Node);
+  }
+  return arms;
+}
+
+/** A copy of a set operation's tree with its parts (see setOperationArms) replaced. */
+function replaceArms(body: Node, arms: Node[], f: (arm: Node, i: number) => Node): Node {
+  const at = new Map(arms.map((a, i) => [a, i]));
+  const copy = (n: Node): Node => {
+    const i = at.get(n);
+    if (i !== undefined) return f(n, i);
+    return { ...n, larg: copy(n.larg as Node), rarg: copy(n.rarg as Node) };
+  };
+  return copy(body);
+}
+
+/** A part of a set operation, each row with a count of 1 on its side (`l`, `r`). */
+function side(n: Node, l: number, r: number): Node {
+  return {
+    targetList: [
+      target({ ColumnRef: { fields: [{ A_Star: {} }] } }),
+      target(cast(intConst(l), "int8"), "pgdog_left"),
+      target(cast(intConst(r), "int8"), "pgdog_right"),
+    ],
+    fromClause: [{
+      RangeSubselect: {
+        subquery: { SelectStmt: n },
+        alias: { aliasname: l === 1 ? "pgdog_l" : "pgdog_r" },
+      },
+    }],
+    limitOption: "LIMIT_OPTION_DEFAULT",
+    op: "SETOP_NONE",
+  };
+}
+
+/**
+ * A part every shard has, each distinct row once with how many times it occurs (on its side,
+ * 0 on the other): the same on every shard, so pgdog takes the largest (one shard's count).
+ */
+function groupedSide(n: Node, options: { right: boolean; columns: number }): Node {
+  const names = Array.from({ length: options.columns }, (_, i) => `pgdog_c${i + 1}`);
+  const count: Node = {
+    FuncCall: { funcname: [str("count")], agg_star: true, funcformat: "COERCE_EXPLICIT_CALL" },
+  };
+  const zero = cast(intConst(0), "int8");
+  return {
+    targetList: [
+      ...names.map((c) => target({ ColumnRef: { fields: [str(c)] } })),
+      target(options.right ? zero : count, "pgdog_left"),
+      target(options.right ? count : zero, "pgdog_right"),
+    ],
+    fromClause: [{
+      RangeSubselect: {
+        subquery: { SelectStmt: n },
+        alias: { aliasname: "pgdog_same", colnames: names.map(str) },
+      },
+    }],
+    groupClause: names.map((_, i) => intConst(i + 1)),
+    limitOption: "LIMIT_OPTION_DEFAULT",
+    op: "SETOP_NONE",
+  };
+}
+
+/**
+ * The plan of a set operation whose shards send each row with its counts on either side
+ * (`visible` columns, then the left and right counts): pgdog groups equal rows, adds up a
+ * sharded side's counts and takes the largest of a replicated side's (every shard has it).
+ */
+function countedPlan(o: {
+  shard: Node;
+  op: "union" | "intersect" | "except";
+  all: boolean;
+  replicatedLeft?: boolean;
+  replicatedRight?: boolean;
+  visible: number;
+  /** The client's column names, where the shards' first part is not the client's. */
+  names?: string[];
+  orderBy: SortKey[];
+  limit: NumberSource | null;
+  offset: NumberSource | null;
+}): MergePlan {
+  const visible = o.visible;
+  const count = (column: number, replicated: boolean | undefined): AggregateSpec => ({
+    fn: replicated ? "max" : "count",
     partials: [column],
     distinct: false,
-    star: true,
+    star: !replicated,
     orderBy: [],
   });
-  const groupBy = names.map((_, i) => i);
-  return {
-    shardSql: shardText({ SelectStmt: shard }),
+  const groupBy = Array.from({ length: visible }, (_, i) => i);
+  const plan: MergePlan = {
+    shardSql: shardText({ SelectStmt: o.shard }),
     shardColumns: visible + 2,
     aggregate: {
       groupBy,
-      aggregates: [count(visible), count(visible + 1)],
+      aggregates: [count(visible, o.replicatedLeft), count(visible + 1, o.replicatedRight)],
       output: [...groupBy.map((g) => ({ group: g })), { aggregate: 0 }, { aggregate: 1 }],
     },
     having: null,
-    setOperation: {
-      op: top.op === "SETOP_INTERSECT" ? "intersect" : "except",
-      all: top.all,
-      left: 0,
-      right: 1,
-    },
+    setOperation: { op: o.op, all: o.all, left: 0, right: 1 },
     distinct: null,
-    orderBy,
+    orderBy: o.orderBy,
     shardsSorted: false,
-    limit,
-    offset,
+    limit: o.limit,
+    offset: o.offset,
     visible,
   };
+  if (o.names !== undefined) plan.columnNames = o.names;
+  return plan;
 }
