@@ -981,7 +981,11 @@ class AggregatePlanner {
     if (c) {
       if (c.isnull) return { constant: null, type: "text" };
       if (c.ival !== undefined) return { constant: String(intOf(node)), type: "int" };
-      if (c.fval) return { constant: (c.fval as { fval: string }).fval, type: "numeric" };
+      if (c.fval) {
+        // An integer beyond int4 is int8 when it fits (as PostgreSQL's make_const types it).
+        const text = (c.fval as { fval: string }).fval;
+        return { constant: text, type: /^-?\d+$/.test(text) ? "int" : "numeric" };
+      }
       if (c.boolval) {
         return { constant: (c.boolval as { boolval?: boolean }).boolval ? "t" : "f", type: "bool" };
       }

@@ -1,10 +1,13 @@
-import { deepEqual, equal, match, ok } from "node:assert/strict";
+import { deepEqual, equal, match, ok, throws } from "node:assert/strict";
 import { loadParser, QueryRouter } from "./mod.ts";
 import { decideShard, type ShardDecision, type ShardingConfig } from "./shard.ts";
 import { describeMergePlan } from "./merge_plan.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
 import { connectPg, startPostgres } from "../../tests/harness/mod.ts";
 import { parseSync } from "libpg-query";
+import { evaluate } from "../cross_shard/expr.ts";
+import { OID, typeOps } from "../cross_shard/values.ts";
+import type { MergeError } from "../cross_shard/errors.ts";
 
 await loadParser();
 
@@ -895,4 +898,32 @@ Deno.test("plans are kept per statement and literals, and made again when a tabl
   columns = ["created", "id", "email", "country"];
   const again = route("SELECT * FROM users ORDER BY country LIMIT 5 OFFSET 1").merge!;
   deepEqual([again.orderBy[0].column, again.visible], [3, 4]);
+});
+
+Deno.test("HAVING: an integer literal beyond int4 is int8 (as PostgreSQL types it), so int8 arithmetic overflows", () => {
+  const having = plan(
+    "SELECT count(*) FROM users HAVING count(*) * 9223372036854775807 > 0",
+  ).having!;
+  deepEqual(having, {
+    op: ">",
+    args: [
+      { op: "*", args: [{ column: 0 }, { constant: "9223372036854775807", type: "int" }] },
+      { constant: "0", type: "int" },
+    ],
+  });
+  const row = {
+    value: () => 2n,
+    ops: () => typeOps(OID.int8, { collation: { kind: "bytes" } })!,
+    param: () => null,
+  };
+  throws(() => evaluate(having, row), (e: Error) => (e as MergeError).code === "22003");
+  // Beyond int8: numeric, no overflow.
+  const wide = plan("SELECT count(*) FROM users HAVING count(*) * 92233720368547758070 > 0")
+    .having!;
+  equal(evaluate(wide, row), true);
+  // A decimal stays numeric.
+  deepEqual(
+    plan("SELECT count(*) FROM users HAVING count(*) > 1.5").having,
+    { op: ">", args: [{ column: 0 }, { constant: "1.5", type: "numeric" }] },
+  );
 });
