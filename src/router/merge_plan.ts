@@ -936,11 +936,17 @@ class AggregatePlanner {
       if (fn === "string_agg") partials.push(args[1]);
     } else {
       const agg = (name: string, a: Node[]): Node => call(name, a, filter);
-      if (fn === "avg") partials.push(agg("sum", [x]), agg("count", [x]));
+      // avg(x): the shard's sum of float4 in float8 (sum(float4) is float4), as avg × count.
+      if (fn === "avg") partials.push(agg("sum", [x]), agg("count", [x]), agg("avg", [x]));
       else if (VARIANCE.has(fn)) {
         // x * (x + 0.0): numeric (exact) for integers and numeric, float8 for float4 and float8.
         const square = binary("*", x, binary("+", x, { A_Const: { fval: { fval: "0.0" } } }));
-        partials.push(agg("count", [x]), agg("sum", [x]), agg("sum", [square]));
+        partials.push(
+          agg("count", [x]),
+          agg("sum", [x]),
+          agg("sum", [square]),
+          agg("avg", [x]),
+        );
       } else partials.push(agg(fn, star ? [] : [x]));
     }
     for (const s of sortItems(f.agg_order)) {

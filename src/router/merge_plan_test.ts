@@ -165,21 +165,21 @@ Deno.test("aggregates: partials per function, FILTER kept, shared partials once"
     ),
     {
       ...none,
-      shardSql: "SELECT count(*), count(email), sum(id), count(id), min(email), max(id) FILTER " +
-        "(WHERE id > 3), sum(id * (id + 0.0)), bool_and(id > 0), bit_or(id) FROM users",
-      shardColumns: 9,
+      shardSql: "SELECT count(*), count(email), sum(id), count(id), avg(id), min(email), max(id) " +
+        "FILTER (WHERE id > 3), sum(id * (id + 0.0)), bool_and(id > 0), bit_or(id) FROM users",
+      shardColumns: 10,
       aggregate: {
         groupBy: [],
         aggregates: [
           { fn: "count", distinct: false, star: true, partials: [0], orderBy: [] },
           { fn: "count", distinct: false, star: false, partials: [1], orderBy: [] },
           { fn: "sum", distinct: false, star: false, partials: [2], orderBy: [] },
-          { fn: "avg", distinct: false, star: false, partials: [2, 3], orderBy: [] },
-          { fn: "min", distinct: false, star: false, partials: [4], orderBy: [] },
-          { fn: "max", distinct: false, star: false, partials: [5], orderBy: [] },
-          { fn: "var_pop", distinct: false, star: false, partials: [3, 2, 6], orderBy: [] },
-          { fn: "bool_and", distinct: false, star: false, partials: [7], orderBy: [] },
-          { fn: "bit_or", distinct: false, star: false, partials: [8], orderBy: [] },
+          { fn: "avg", distinct: false, star: false, partials: [2, 3, 4], orderBy: [] },
+          { fn: "min", distinct: false, star: false, partials: [5], orderBy: [] },
+          { fn: "max", distinct: false, star: false, partials: [6], orderBy: [] },
+          { fn: "var_pop", distinct: false, star: false, partials: [3, 2, 7, 4], orderBy: [] },
+          { fn: "bool_and", distinct: false, star: false, partials: [8], orderBy: [] },
+          { fn: "bit_or", distinct: false, star: false, partials: [9], orderBy: [] },
         ],
         output: [0, 1, 2, 3, 4, 5, 6, 7, 8].map((aggregate) => ({ aggregate })),
       },
@@ -189,8 +189,8 @@ Deno.test("aggregates: partials per function, FILTER kept, shared partials once"
   // FILTER applies to every partial of avg.
   equal(
     plan("SELECT avg(amount) FILTER (WHERE amount > 1) FROM orders").shardSql,
-    "SELECT sum(amount) FILTER (WHERE amount > 1), count(amount) FILTER (WHERE amount > 1) FROM " +
-      "orders",
+    "SELECT sum(amount) FILTER (WHERE amount > 1), count(amount) FILTER (WHERE amount > 1), " +
+      "avg(amount) FILTER (WHERE amount > 1) FROM orders",
   );
   // Aggregates over expressions.
   equal(
@@ -244,14 +244,15 @@ Deno.test("aggregates: partials per function, FILTER kept, shared partials once"
       ...none,
       shardSql: "SELECT country, email, id, (SELECT count(*) WHERE id > 2), (SELECT " +
         "sum(pgdog_row.pgdog_a0) FROM ( VALUES (id) ) AS pgdog_row(pgdog_a0)), (SELECT " +
-        "count(pgdog_row.pgdog_a0) FROM ( VALUES (id) ) AS pgdog_row(pgdog_a0)) FROM users",
-      shardColumns: 6,
+        "count(pgdog_row.pgdog_a0) FROM ( VALUES (id) ) AS pgdog_row(pgdog_a0)), (SELECT " +
+        "avg(pgdog_row.pgdog_a0) FROM ( VALUES (id) ) AS pgdog_row(pgdog_a0)) FROM users",
+      shardColumns: 7,
       aggregate: {
         groupBy: [0],
         aggregates: [
           { fn: "array_agg", distinct: false, star: false, partials: [2], orderBy: [asc(0)] },
           { fn: "count", distinct: false, star: true, partials: [3], orderBy: [] },
-          { fn: "avg", distinct: false, star: false, partials: [4, 5], orderBy: [] },
+          { fn: "avg", distinct: false, star: false, partials: [4, 5, 6], orderBy: [] },
           { fn: "count", distinct: true, star: false, partials: [1], orderBy: [] },
         ],
         output: [{ group: 0 }, { aggregate: 0 }, { aggregate: 1 }, { aggregate: 2 }, {
