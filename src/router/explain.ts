@@ -11,6 +11,7 @@ import { analyzeSql } from "./analyze.ts";
 import { shardingConfigFor, type ShardLookup } from "./shard.ts";
 import type { Role } from "./route.ts";
 import { routeStatement, type TransactionView } from "./request_route.ts";
+import { describeMergePlan } from "./merge_plan.ts";
 
 /** One statement's route. */
 export interface ExplainedRoute {
@@ -28,6 +29,11 @@ export interface ExplainedRoute {
   target: string | null;
   /** Why. */
   reason: string;
+  /**
+   * A cross-shard statement whose answers pgdog merges: the merge steps (see
+   * describeMergePlan) and the statement each shard runs.
+   */
+  merge?: { steps: string; shardSql: string };
 }
 
 /**
@@ -55,6 +61,8 @@ export function explainRoutes(
       found: [],
       pluginShards: new Map(),
       missing: [],
+      // Column orders are not known here: the decision says which it would read.
+      columns: () => undefined,
       missingColumns: [],
       missingAggregates: false,
     };
@@ -95,13 +103,16 @@ export function explainRoutes(
     const d = route.decision!;
     if (lookup.missingColumns!.length > 0) {
       // The proxy reads the column order from shard 0's catalog.
-      const names = lookup.missingColumns!.map((t) => t.schema ? `${t.schema}.${t.name}` : t.name);
+      const names = [
+        ...new Set(lookup.missingColumns!.map((t) => t.schema ? `${t.schema}.${t.name}` : t.name)),
+      ];
+      const insert = analysis.info.ast?.stmts[0]?.stmt?.InsertStmt !== undefined;
       out.push({
         sql: text,
         role,
         target: "decided by the table's column order",
-        reason: `INSERT without a column list: the proxy reads the column order of ` +
-          `${names.join(", ")} from shard 0`,
+        reason: `${insert ? "INSERT without a column list" : "SELECT * across shards"}: the ` +
+          `proxy reads the column order of ${names.join(", ")} from shard 0`,
       });
       continue;
     }
@@ -133,7 +144,19 @@ export function explainRoutes(
         "here (the proxy reads the database's own aggregates from shard 0 and refuses them " +
         "across shards)"
       : "";
-    out.push({ sql: text, role, target, reason: (d.unsupported ?? d.reason) + unknown });
+    const explained: ExplainedRoute = {
+      sql: text,
+      role,
+      target,
+      reason: (d.unsupported ?? d.reason) + unknown,
+    };
+    if (d.merge && !d.unsupported && t.kind !== "one" && t.kind !== "any") {
+      explained.merge = {
+        steps: describeMergePlan({ ...d.merge, shardSql: null }),
+        shardSql: d.merge.shardSql ?? text,
+      };
+    }
+    out.push(explained);
   }
   return out;
 }

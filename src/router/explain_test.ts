@@ -1,4 +1,4 @@
-import { deepEqual, ok } from "node:assert/strict";
+import { deepEqual, equal, ok } from "node:assert/strict";
 import { loadParser } from "./mod.ts";
 import { explainRoutes } from "./explain.ts";
 import { resolveConfig } from "../config/load.ts";
@@ -97,4 +97,39 @@ Deno.test("pgdog route: an unknown function across shards is a plain function, a
   ok(!plain.reason.includes("plain function"), plain.reason);
   ok(mine.reason.includes("counts as a plain function"), mine.reason);
   ok(!one.reason.includes("plain function"), one.reason);
+});
+
+Deno.test("pgdog route: a merged cross-shard statement shows its merge plan and shard SQL", () => {
+  const { config } = resolveConfig({
+    databases: [0, 1, 2].map((shard) => ({ name: "app", host: "127.0.0.1", shard })),
+    sharded_tables: [{ database: "app", name: "users", column: "id" }],
+    ...users,
+  });
+  const [sorted, counted, star, one] = explainRoutes(
+    "SELECT id, email FROM users ORDER BY email LIMIT 5 OFFSET 2;\n" +
+      "SELECT country, avg(age) FROM users GROUP BY country HAVING count(*) > 1;\n" +
+      "SELECT * FROM users ORDER BY id;\n" +
+      "SELECT count(*) FROM users WHERE id = 1",
+    { config, database: "app" },
+  );
+  deepEqual(sorted.target, "all shards");
+  deepEqual(sorted.merge, {
+    steps: "merge: merge sorted by 2; offset 2; limit 5",
+    shardSql: "SELECT id, email FROM users ORDER BY email LIMIT 7",
+  });
+  deepEqual(counted.merge, {
+    steps: "merge: group by 1; aggregate avg(2, 3, 4), count(*); having",
+    shardSql: "SELECT country, sum(age), count(age), avg(age), count(*) FROM users GROUP BY 1",
+  });
+  // SELECT * across shards: the proxy reads the table's column order first.
+  deepEqual(
+    [star.target, star.reason],
+    [
+      "decided by the table's column order",
+      "SELECT * across shards: the proxy reads the column order of users from shard 0",
+    ],
+  );
+  equal(star.merge, undefined);
+  // One shard: nothing to merge.
+  equal(one.merge, undefined);
 });
