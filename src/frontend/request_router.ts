@@ -27,7 +27,7 @@ import { mayAffectSession } from "../router/scan.ts";
 import { mayCallUniqueId } from "../router/unique_id_calls.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { chooseRole, parseRole, type ReadWriteStrategy, type Role } from "../router/route.ts";
-import { shardsFor } from "../router/request_route.ts";
+import { crossShardDisabled, shardsFor } from "../router/request_route.ts";
 import { changesTables, createsTemporaryTable } from "../router/columns.ts";
 import {
   type BindValues,
@@ -278,6 +278,11 @@ export class RequestRouter {
       failed: c.txStatus() === TxStatus.Failed,
     });
     const shards = picked === "any" ? [c.txn.anyShard(c.cluster!, config.shards)] : picked;
+    const disabled = crossShardDisabled(decision, { config, shards: shards.length, control });
+    if (disabled !== null) {
+      c.local.answerError({ severity: "ERROR", ...disabled }, type === Msg.Query);
+      return "done";
+    }
     if (logEnabled("debug")) {
       log.debug(`client ${c.id}: shards ${shards.join(",")} (${decision.reason})`);
     }

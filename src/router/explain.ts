@@ -8,9 +8,9 @@
 import type { Config } from "../config/types.ts";
 import { QueryRouter } from "./mod.ts";
 import { analyzeSql } from "./analyze.ts";
-import { shardingConfigFor, type ShardLookup } from "./shard.ts";
+import { isSessionControl, shardingConfigFor, type ShardLookup } from "./shard.ts";
 import type { Role } from "./route.ts";
-import { routeStatement, type TransactionView } from "./request_route.ts";
+import { crossShardDisabled, routeStatement, type TransactionView } from "./request_route.ts";
 import { describeMergePlan } from "./merge_plan.ts";
 
 /** One statement's route. */
@@ -50,7 +50,10 @@ export function explainRoutes(
     config.databases.filter((d) => d.name === database).map((d) => d.shard),
   ).size;
   const sharding = shardCount > 1
-    ? shardingConfigFor(config, database, { shards: shardCount })
+    ? shardingConfigFor(config, database, {
+      shards: shardCount,
+      crossShardDisabled: config.general.cross_shard_disabled,
+    })
     : null;
   const router = new QueryRouter({ cacheLimit: 1000 });
   const out: ExplainedRoute[] = [];
@@ -128,6 +131,20 @@ export function explainRoutes(
       continue;
     }
     const t = d.target;
+    const several = t.kind === "all" ? shardCount : t.kind === "some" ? t.shards.length : 1;
+    const control = analysis.info.ast?.stmts.length === 1 && isSessionControl(analysis);
+    const disabled = d.unsupported
+      ? null
+      : crossShardDisabled(d, { config: sharding, shards: several, control });
+    if (disabled !== null) {
+      out.push({
+        sql: text,
+        role,
+        target: "refused",
+        reason: `${disabled.message}: ${disabled.detail}`,
+      });
+      continue;
+    }
     const target = d.unsupported
       ? "refused"
       : t.kind === "one"

@@ -133,3 +133,26 @@ Deno.test("pgdog route: a merged cross-shard statement shows its merge plan and 
   // One shard: nothing to merge.
   equal(one.merge, undefined);
 });
+
+Deno.test("pgdog route: cross_shard_disabled refuses what would run on several shards", () => {
+  const { config } = resolveConfig({
+    general: { cross_shard_disabled: true },
+    databases: [0, 1, 2].map((shard) => ({ name: "app", host: "127.0.0.1", shard })),
+    sharded_tables: [{ database: "app", name: "users", column: "id" }],
+    omnisharded_tables: [{ database: "app", tables: ["countries"] }],
+    ...users,
+  });
+  const routes = explainRoutes(
+    "SELECT count(*) FROM users; SELECT * FROM users WHERE id = 1; " +
+      "INSERT INTO countries VALUES ('fr'); SET application_name = 'x'; SELECT 1",
+    { config, database: "app" },
+  );
+  deepEqual(routes.map((r) => r.target), [
+    "refused",
+    `shard ${shardForBigint(1n, 3)}`,
+    "all shards",
+    "all shards",
+    "any shard",
+  ]);
+  ok(routes[0].reason.startsWith("cross-shard queries are disabled"), routes[0].reason);
+});

@@ -80,6 +80,8 @@ export interface ShardingConfig {
    * merging gets a {@linkcode ShardDecision.merge} plan. Without it, such shapes are refused.
    */
   merge?: boolean;
+  /** `cross_shard_disabled`: a query that would run on several shards is refused (58000). */
+  crossShardDisabled?: boolean;
 }
 
 /** Where a statement goes. */
