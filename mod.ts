@@ -180,6 +180,9 @@ async function routeCommand(
       ? r.role
       : `${r.target} (${r.role})`;
     console.log(`${where}: ${r.reason}\n  ${r.sql.replaceAll("\n", "\n  ")}`);
+    if (r.merge) {
+      console.log(`  ${r.merge.steps}\n  each shard runs: ${r.merge.shardSql}`);
+    }
   }
   return 0;
 }

@@ -340,8 +340,9 @@ Deno.test("pgdog route: each statement's shard and reason, without connecting", 
     await Deno.writeTextFile(
       `${dir}/queries.sql`,
       "SELECT * FROM users WHERE id = 42;\nINSERT INTO users (id, name) VALUES (7, 'x');\n" +
-        "SELECT * FROM users ORDER BY id;\nCREATE TABLE t (x int);\n" +
-        "INSERT INTO users VALUES (8, 'y');\n",
+        "SELECT id, name FROM users ORDER BY id LIMIT 3;\nCREATE TABLE t (x int);\n" +
+        "INSERT INTO users VALUES (8, 'y');\nSELECT id FROM users WHERE id IN (SELECT max(id) " +
+        "FROM users);\n",
     );
     const r = await runPgdog(["route", `${dir}/queries.sql`], {
       cwd: dir,
@@ -356,11 +357,21 @@ Deno.test("pgdog route: each statement's shard and reason, without connecting", 
     assert.deepEqual(lines, [
       `shard ${shardForBigint(42n, 3)} (replica): users.id`,
       `shard ${shardForBigint(7n, 3)} (primary): INSERT users.id`,
-      "refused (replica): ORDER BY across shards is not supported yet: add the sharding key to " +
-      "the WHERE clause (or route with /* pgdog_shard: N */)",
+      "all shards (replica): no sharding key for users: every shard's rows, merged",
       "all shards (primary): Create runs on every shard",
       "decided by the table's column order (primary): INSERT without a column list: the proxy " +
       "reads the column order of users from shard 0",
+      "refused (replica): an aggregate in a subquery reading users without its sharding key is " +
+      "not supported across shards yet: each shard would answer it from its own rows; add " +
+      "users.id = ... to it, correlate it on the sharding key with the outer query, or route with " +
+      "/* pgdog_shard: N */",
+    ]);
+    // A merged statement: its merge steps and what each shard runs, under its text.
+    const merged = r.stdout.split("\n");
+    const at = merged.indexOf("  SELECT id, name FROM users ORDER BY id LIMIT 3");
+    assert.deepEqual(merged.slice(at + 1, at + 3), [
+      "  merge: merge sorted by 1; limit 3",
+      "  each shard runs: SELECT id, name FROM users ORDER BY id LIMIT 3",
     ]);
     const unknown = await runPgdog(["route", `${dir}/queries.sql`, "-D", "nope"], {
       cwd: dir,

@@ -346,6 +346,21 @@ export const DISTINCT_AND_SETS: Case[] = cases([
   "SELECT id FROM users INTERSECT SELECT user_id FROM orders WHERE amount > 800 ORDER BY 1",
   unordered("SELECT country FROM users EXCEPT SELECT code FROM countries"),
   unordered("SELECT user_id FROM orders EXCEPT ALL SELECT user_id FROM order_items"),
+  // A part every shard has (omnisharded, or no table): its rows count once.
+  unordered("SELECT country FROM users INTERSECT ALL SELECT code FROM countries"),
+  unordered("SELECT country FROM users EXCEPT ALL SELECT code FROM countries"),
+  unordered("SELECT code FROM countries EXCEPT ALL SELECT country FROM users WHERE age > 80"),
+  unordered("SELECT code AS c FROM countries INTERSECT SELECT country FROM users"),
+  unordered("SELECT code FROM countries UNION SELECT country FROM users"),
+  unordered("SELECT length(category) AS n FROM products INTERSECT ALL SELECT age FROM users"),
+  unordered(
+    "SELECT length(category) FROM products EXCEPT ALL SELECT age FROM users WHERE age < 6",
+  ),
+  unordered("SELECT age FROM users EXCEPT ALL SELECT length(category) FROM products"),
+  unordered("SELECT country FROM users UNION ALL SELECT code FROM countries"),
+  "SELECT category FROM products UNION ALL SELECT status FROM orders WHERE amount > 900 " +
+  "ORDER BY 1 NULLS FIRST LIMIT 30",
+  unordered("SELECT id, name FROM users WHERE age > 85 UNION ALL SELECT 0, 'none'"),
   {
     sql: "SELECT count(*) FROM (SELECT id FROM users UNION SELECT user_id FROM orders) s",
     orRefused: true,

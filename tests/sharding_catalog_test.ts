@@ -16,6 +16,7 @@ import assert from "node:assert/strict";
 import type pg from "pg";
 import { shardForBigint } from "../src/sharding/hash.ts";
 import {
+  assertRefused,
   compareAnswers,
   connectPg,
   dsn,
@@ -372,6 +373,49 @@ print(json.dumps(out))
         assert.deepEqual(counts, ids.map(() => 1));
         const rows = await placed(setup, "SELECT user_id FROM public.events WHERE note = 'p'");
         assert.deepEqual(rows, byHash(ids));
+      });
+    });
+  } finally {
+    await Promise.all([dog.end(), ref.end()]);
+  }
+});
+
+Deno.test("sharding catalog: the database's own aggregates are read from shard 0, again after DDL and RELOAD", async (t) => {
+  await using setup = await startSharded({
+    shardedTables: [{ name: "users", column: "id" }],
+    schema: SCHEMA,
+    extra: { admin: { password: ADMIN_PASSWORD } },
+  });
+  const dog = await connectPg(setup.target);
+  const ref = await connectPg(setup.referenceTarget);
+  const both = async (sql: string): Promise<void> => {
+    await ref.query(sql);
+    await dog.query(sql);
+  };
+  try {
+    for (let id = 1; id <= 30; id++) await both(`INSERT INTO users VALUES (${id}, 'u${id}')`);
+    await dumpLogsOnFailure(setup.proxy, async () => {
+      await t.step("an aggregate created through pgdog: refused across shards", async () => {
+        // The database's aggregates are read now (none of its own yet) and kept.
+        await compareAnswers(setup, "SELECT upper(email) FROM users", { unordered: true });
+        await both("CREATE AGGREGATE my_sum (int8) (sfunc = int8pl, stype = int8)");
+        await assertRefused(setup, "SELECT my_sum(id) FROM users", {
+          message: /pgdog can't combine an aggregate it doesn't know/,
+        });
+        await assertRefused(
+          setup,
+          "SELECT id FROM users WHERE id > (SELECT my_sum(id) FROM users)",
+        );
+        // Whole on one shard, or grouped by the sharding key: the shards compute it.
+        await compareAnswers(setup, "SELECT my_sum(id) FROM users WHERE id = 7");
+        await compareAnswers(setup, "SELECT id, my_sum(id) FROM users GROUP BY id ORDER BY id");
+      });
+
+      await t.step("an aggregate created straight on the shards: known after RELOAD", async () => {
+        await setup.everywhere("CREATE AGGREGATE other_sum (int8) (sfunc = int8pl, stype = int8)");
+        await admin(setup, "RELOAD");
+        await assertRefused(setup, "SELECT other_sum(id) FROM users");
+        await compareAnswers(setup, "SELECT other_sum(id) FROM users WHERE id = 8");
       });
     });
   } finally {

@@ -21,6 +21,7 @@ import { SqlState } from "../protocol/sqlstate.ts";
 import { TxStatus } from "../protocol/messages.ts";
 import { errorMessage } from "../log.ts";
 import { type Collation, collationFor } from "../cross_shard/values.ts";
+import { USER_AGGREGATES_SQL } from "../router/aggregates.ts";
 
 /** What {@linkcode learnColumnOrders} needs to know about the client. */
 export interface CatalogOptions extends NameContext {
@@ -122,6 +123,53 @@ function lookupFailed(table: TableRef, cause: { code: string; message: string })
     code: cause.code,
     message: `pgdog could not read the columns of table "${describe(table)}" on shard 0 (to ` +
       `route an INSERT without a column list): ${cause.message}`,
+  });
+}
+
+/**
+ * The names of the database's own aggregates and window functions (user-defined: outside
+ * pg_catalog), from the cluster's cache or shard 0's catalog: the cross-shard rule must not run
+ * them per shard (see router/aggregates.ts). Read as {@linkcode learnColumnOrders} reads (the
+ * client's own server when it holds shard 0; kept only when everyone would read the same).
+ * Throws ClientFacingError when the catalog can't be read.
+ */
+export async function learnAggregates(
+  options: Pick<CatalogOptions, "cluster" | "held" | "ownTables" | "timeoutMs">,
+): Promise<ReadonlySet<string>> {
+  const { cluster, held, timeoutMs, ownTables } = options;
+  const cache = cluster.columns;
+  if (!ownTables && cache.aggregates !== undefined) return cache.aggregates;
+  const generation = cache.generation;
+  const shared = !ownTables && (held === null || held.txStatus === TxStatus.Idle);
+  let result;
+  try {
+    const server = held ?? await cluster.checkout("primary", { shard: 0 });
+    try {
+      result = await server.query(USER_AGGREGATES_SQL, { timeoutMs });
+    } finally {
+      if (server !== held) server.owner?.checkin(server);
+    }
+  } catch (e) {
+    const fields = e instanceof ClientFacingError ? e.fields : null;
+    throw aggregatesFailed({
+      code: fields?.code ?? SqlState.ConnectionFailure,
+      message: fields?.message ?? errorMessage(e),
+    });
+  }
+  if (result.error !== null) throw aggregatesFailed(result.error);
+  const names: ReadonlySet<string> = new Set(
+    result.rows.map((r) => r[0]).filter((n): n is string => n !== null),
+  );
+  if (shared) cache.setAggregates(names, generation);
+  return names;
+}
+
+function aggregatesFailed(cause: { code: string; message: string }): Error {
+  return new ClientFacingError({
+    severity: "ERROR",
+    code: cause.code,
+    message: "pgdog could not read the database's aggregate functions on shard 0 (to route a " +
+      `query across shards): ${cause.message}`,
   });
 }
 

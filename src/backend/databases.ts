@@ -274,7 +274,10 @@ function buildCluster(
     shards,
     settings: balance,
     sharding: shards.length > 1
-      ? shardingConfigFor(config, user.database, { shards: shards.length })
+      ? shardingConfigFor(config, user.database, {
+        shards: shards.length,
+        crossShardDisabled: user.cross_shard_disabled ?? config.general.cross_shard_disabled,
+      })
       : null,
     columns: options.columns,
   });

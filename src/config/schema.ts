@@ -264,6 +264,11 @@ const GENERAL_KEYS = [
       default: "auto",
     },
   ),
+  bool(
+    "cross_shard_disabled",
+    false,
+    "Queries that would run on several shards (no sharding key) are refused (58000).",
+  ),
   int(
     "cross_shard_buffer_limit",
     "Bytes of rows one cross-shard query may hold to merge; past it, that query fails (53200).",
@@ -437,6 +442,11 @@ const USER_KEYS = [
   oneOf("pooler_mode", POOLER_MODES, "Pooling mode of this user (overrides the database's)."),
   str("server_user", "Login used on the PostgreSQL server; defaults to name."),
   str("server_password", "Password used on the PostgreSQL server; defaults to password."),
+  {
+    name: "cross_shard_disabled",
+    type: { kind: "boolean" },
+    description: "Refuse queries for several shards (overrides [general]).",
+  },
 ] satisfies KeySpec<keyof UserConfig>[];
 
 const ADMIN_KEYS = [
@@ -498,7 +508,6 @@ export const GENERAL: SectionSpec = {
     "query_parser_enabled",
     "query_parser_engine",
     "dry_run",
-    "cross_shard_disabled",
     "system_catalogs",
     "omnisharded_sticky",
     "load_schema",
@@ -675,7 +684,6 @@ export const USERS: SectionSpec = {
     "idle_timeout",
     "read_only",
     "schema_admin",
-    "cross_shard_disabled",
     "two_phase_commit",
     "two_phase_commit_auto",
     "server_lifetime",

@@ -73,6 +73,8 @@ export interface GeneralConfig {
   query_size_limit_action: "warn" | "block";
   /** When queries are parsed: auto (the database has replicas or shards), on, off. */
   query_parser: "auto" | "on" | "off";
+  /** Queries that would run on several shards are refused (58000). */
+  cross_shard_disabled: boolean;
   /** Bytes of rows one cross-shard query may hold to merge; past it that query fails (53200). */
   cross_shard_buffer_limit: number;
   /** EXPLAIN of a cross-shard query shows every shard's plan and pgdog's merge steps. */
@@ -187,6 +189,8 @@ export interface UserConfig {
   server_user?: string;
   /** Password used on the PostgreSQL server; defaults to `password`. */
   server_password?: string;
+  /** Refuse this user's queries that would run on several shards; overrides `[general]`'s. */
+  cross_shard_disabled?: boolean;
 }
 
 /** `[admin]`: the admin database's credentials. */

@@ -502,6 +502,37 @@ function extremeKind(fn: "min" | "max", options: AggregateOptions, what: string)
   };
 }
 
+/**
+ * A shard's sum of float input as PostgreSQL's avg and variance accumulate it (float8): the sum
+ * partial, or for float4 (whose sum is float4) its avg partial (at `avg`, float8) × its count.
+ */
+function float8Sum(
+  options: AggregateOptions,
+  partials: {
+    sum: ReturnType<typeof decoder>;
+    count: ReturnType<typeof decoder>;
+    /** The avg partial's index. */
+    avg: number;
+    /** The count partial's index (`sum`'s is the other of 0 and 1). */
+    countAt?: number;
+  },
+  what: string,
+): (p: (Uint8Array | null)[]) => number | null {
+  const { sum, count } = partials;
+  const countAt = partials.countAt ?? 1;
+  const sumAt = countAt === 1 ? 0 : 1;
+  if (sum.oid !== OID.float4 || options.partialTypes[partials.avg] === undefined) {
+    return (p) => p[sumAt] === null ? null : Number(sum.decode(p[sumAt]!));
+  }
+  const avg = decoder(options, partials.avg, what);
+  return (p) => {
+    const a = p[partials.avg];
+    const n = p[countAt];
+    if (a === null || a === undefined || n === null) return null;
+    return (avg.decode(a) as number) * Number(asBigInt(count.decode(n)));
+  };
+}
+
 function avgKind(options: AggregateOptions, what: string): AggregateKind {
   const sum = decoder(options, 0, what);
   const count = decoder(options, 1, what);
@@ -527,6 +558,7 @@ function avgKind(options: AggregateOptions, what: string): AggregateKind {
     };
   }
   if (FLOAT_OIDS.has(sum.oid)) {
+    const shardSum = float8Sum(options, { sum, count, avg: 2 }, what);
     return {
       resultOid: OID.float8,
       ops: resultOps(OID.float8, options.collation),
@@ -536,7 +568,8 @@ function avgKind(options: AggregateOptions, what: string): AggregateKind {
         return {
           add(p) {
             if (p[1] !== null) n += asBigInt(count.decode(p[1]));
-            if (p[0] !== null) total += sum.decode(p[0]) as number;
+            const s = shardSum(p);
+            if (s !== null) total += s;
           },
           value: () => (n === 0n ? null : total / Number(n)),
         };
@@ -597,6 +630,7 @@ function varianceKind(fn: VarianceFn, options: AggregateOptions, what: string): 
     refuse(`pgdog can't compute ${fn}() over partial sums of type OID ${sum.oid}`);
   }
   const resultOid = exact ? OID.numeric : OID.float8;
+  const shardSum = exact ? null : float8Sum(options, { sum, count, avg: 3, countAt: 0 }, what);
   return {
     resultOid,
     ops: resultOps(resultOid, options.collation),
@@ -619,7 +653,8 @@ function varianceKind(fn: VarianceFn, options: AggregateOptions, what: string): 
               sxx = sxx === null ? v : addNumeric(sxx, v);
             }
           } else {
-            if (p[1] !== null) fx += Number(sum.decode(p[1]));
+            const s = shardSum!(p);
+            if (s !== null) fx += s;
             if (p[2] !== null) fxx += numberOf(sumSq.decode(p[2]), sumSq.oid);
           }
         },

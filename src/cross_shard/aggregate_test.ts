@@ -94,6 +94,19 @@ const CASES: Case[] = [
   { agg: "avg(n)", fn: "avg", partials: ["sum(n)", "count(n)"], send: "numeric_send" },
   { agg: "avg(f)", fn: "avg", partials: ["sum(f)", "count(f)"], tolerance: 1e-12 },
   { agg: "avg(iv)", fn: "avg", partials: ["sum(iv)", "count(iv)"], send: "interval_send" },
+  // float4 is summed in float8 by avg (sum(f4) is float4): the shard's sum is avg × count.
+  {
+    agg: "avg(f4)",
+    fn: "avg",
+    partials: ["sum(f4)", "count(f4)", "avg(f4)"],
+    tolerance: 1e-13,
+  },
+  ...(["stddev", "var_pop"] as const).map((fn): Case => ({
+    agg: `${fn}(f4)`,
+    fn,
+    partials: ["count(f4)", "sum(f4)", "sum(f4 * (f4 + 0.0))", "avg(f4)"],
+    tolerance: 1e-9,
+  })),
   { agg: "avg(n)", fn: "avg", partials: ["sum(n)", "count(n)"], table: "nums" },
   { agg: "avg(n)", fn: "avg", partials: ["sum(n)", "count(n)"], table: "infs" },
   ...(["stddev", "stddev_samp", "stddev_pop", "variance", "var_samp", "var_pop"] as const)

@@ -73,10 +73,12 @@ export type AggregateFunction =
  * One aggregate of the client's query, split into partials the shards compute. Partial layouts
  * (shard column indices in `partials`, in this order):
  * - count: `[count(...)]` (int8);  sum, min, max, bool_*, every, bit_*: `[same(...)]`;
- * - avg: `[sum(x), count(x)]`; the result type follows the sum's type (int8 or numeric:
- *   numeric; float4/float8: float8; interval: interval);
- * - stddev/variance family: `[count(x), sum(x), sum(x*x)]` with the sum of squares exact for
- *   integers and numeric (numeric), float8 for floats;
+ * - avg: `[sum(x), count(x), avg(x)]`; the result type follows the sum's type (int8 or numeric:
+ *   numeric; float4/float8: float8; interval: interval). PostgreSQL accumulates float4 in
+ *   float8 while sum(float4) is float4: when the sum is float4, a shard's sum is taken as
+ *   avg × count (float8) instead; the other types use the exact sum;
+ * - stddev/variance family: `[count(x), sum(x), sum(x*x), avg(x)]` with the sum of squares exact
+ *   for integers and numeric (numeric), float8 for floats; `avg(x)` as for avg (Σx of float4);
  * - array_agg, json_agg, jsonb_agg: `[x]` one shard row per input value (shards don't
  *   aggregate; with `orderBy` the shard rows carry the keys as further partial columns);
  *   string_agg: `[x, delimiter]`;

@@ -16,7 +16,7 @@ import type { MessageBuffer } from "../net/message_buffer.ts";
 import type { Server } from "../backend/server.ts";
 import { ClientFacingError, type Pool } from "../backend/pool.ts";
 import type { Cluster } from "../backend/databases.ts";
-import { learnColumnOrders } from "../backend/catalog.ts";
+import { learnAggregates, learnColumnOrders } from "../backend/catalog.ts";
 import {
   type Analysis,
   ANALYZE_MAX,
@@ -27,7 +27,7 @@ import { mayAffectSession } from "../router/scan.ts";
 import { mayCallUniqueId } from "../router/unique_id_calls.ts";
 import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { chooseRole, parseRole, type ReadWriteStrategy, type Role } from "../router/route.ts";
-import { shardsFor } from "../router/request_route.ts";
+import { crossShardDisabled, shardsFor } from "../router/request_route.ts";
 import { changesTables, createsTemporaryTable } from "../router/columns.ts";
 import {
   type BindValues,
@@ -278,6 +278,11 @@ export class RequestRouter {
       failed: c.txStatus() === TxStatus.Failed,
     });
     const shards = picked === "any" ? [c.txn.anyShard(c.cluster!, config.shards)] : picked;
+    const disabled = crossShardDisabled(decision, { config, shards: shards.length, control });
+    if (disabled !== null) {
+      c.local.answerError({ severity: "ERROR", ...disabled }, type === Msg.Query);
+      return "done";
+    }
     if (logEnabled("debug")) {
       log.debug(`client ${c.id}: shards ${shards.join(",")} (${decision.reason})`);
     }
@@ -304,9 +309,10 @@ export class RequestRouter {
 
   /**
    * decideShard, with the column orders (INSERT without a column list, read from shard 0's
-   * catalog) and the answers of plugin hashers (`hasher = "plugin:<name>"`) it needs: asked after
-   * a pass finds them missing, then it decides again. Null when a lookup failed (the client has
-   * its error). DDL makes the database's column orders be read again.
+   * catalog), the database's own aggregates (a statement for several shards calling functions
+   * routing doesn't know) and the answers of plugin hashers (`hasher = "plugin:<name>"`) it needs:
+   * asked after a pass finds them missing, then it decides again. Null when a lookup failed (the
+   * client has its error). DDL makes the database's column orders and aggregates be read again.
    */
   async #decideShard(
     analysis: Analysis,
@@ -335,17 +341,26 @@ export class RequestRouter {
     const ownTables = this.ddlInTransaction || this.#tempTables;
     lookup.columns = ownTables ? undefined : (table) => cluster.columns.get(table, names);
     lookup.missingColumns = [];
+    lookup.aggregates = ownTables ? undefined : cluster.columns.aggregates;
+    lookup.missingAggregates = false;
     let decision = decideShard(analysis, { config, session, bind, lookup });
+    // The database's own aggregates matter to a statement for several shards.
+    const several = decision.target.kind === "all" || decision.target.kind === "some";
     // With DDL in the same query, the catalog can't tell yet: decideShard's refusal stands.
-    if (lookup.missingColumns.length > 0 && !ddl) {
+    if ((lookup.missingColumns.length > 0 || (lookup.missingAggregates && several)) && !ddl) {
+      const catalog = {
+        cluster,
+        held: this.#catalogServer(),
+        ownTables,
+        timeoutMs: cluster.settings.checkoutTimeout,
+      };
       try {
-        lookup.columns = await learnColumnOrders(lookup.missingColumns, {
-          ...names,
-          cluster,
-          held: this.#catalogServer(),
-          ownTables,
-          timeoutMs: cluster.settings.checkoutTimeout,
-        });
+        if (lookup.missingColumns.length > 0) {
+          lookup.columns = await learnColumnOrders(lookup.missingColumns, { ...names, ...catalog });
+        }
+        if (lookup.missingAggregates && several) {
+          lookup.aggregates = await learnAggregates(catalog);
+        }
       } catch (e) {
         if (!(e instanceof ClientFacingError)) throw e;
         c.local.answerError(e.fields, type === Msg.Query);
@@ -354,6 +369,7 @@ export class RequestRouter {
       lookup.found = [];
       lookup.missing = [];
       lookup.missingColumns = [];
+      lookup.missingAggregates = false;
       decision = decideShard(analysis, { config, session, bind, lookup });
     }
     if (lookup.missing.length === 0) return decision;

@@ -21,7 +21,7 @@ export interface NameContext {
 /** Column orders kept at most (tables × distinct search_paths); the least recently used go. */
 const COLUMN_ORDERS_LIMIT = 10_000;
 
-/** Known column orders of one database's tables. */
+/** Known column orders of one database's tables (and the names of its own aggregates). */
 export class ColumnOrders {
   readonly #orders: LruMap<string, string[]>;
   #generation = 0;
@@ -54,6 +54,22 @@ export class ColumnOrders {
   clear(): void {
     this.#generation++;
     if (this.#orders.size > 0) this.#orders.clear();
+    this.#aggregates = undefined;
+  }
+
+  #aggregates: ReadonlySet<string> | undefined = undefined;
+
+  /**
+   * The names of the database's own aggregates and window functions (see router/aggregates.ts),
+   * once read from the catalog; kept, and forgotten, with the column orders.
+   */
+  get aggregates(): ReadonlySet<string> | undefined {
+    return this.#aggregates;
+  }
+
+  /** Keeps the aggregates read from the catalog when the read began at `generation`. */
+  setAggregates(names: ReadonlySet<string>, generation: number): void {
+    if (generation === this.#generation) this.#aggregates = names;
   }
 
   /** The number of column orders kept. */

@@ -31,7 +31,9 @@
  *   own ORDER BY, aggregates... set aside: its rows are made on one shard each and every part
  *   inside it (subqueries, CTEs, the parts of a set operation) is exact on each shard. The
  *   decision then carries the {@linkcode MergePlan} (`merge_plan.ts`) that merges the shards'
- *   answers, or the statement is refused with the reason it can't be merged. Groups and window
+ *   answers, or the statement is refused with the reason it can't be merged. A part of a set
+ *   operation whose rows no sharded table makes (omnisharded tables, no table) is the same on
+ *   every shard: the plan counts its rows once. Groups and window
  *   partitions on a sharding key of the rows are whole on one shard: the shards compute them.
  * - **No sharded table.** Tables copied on every shard (omnisharded) and parts without tables are
  *   the same everywhere: a read goes to any one shard; a write goes to every shard and answers
@@ -45,6 +47,7 @@
 
 import type { Node, TableRef } from "./analyze.ts";
 import { walkTree } from "./tree.ts";
+import { isAggregateFunction, mayBeUserAggregate } from "./aggregates.ts";
 import { planMerge, windowsOnKey } from "./merge_plan.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
 import {
@@ -321,9 +324,18 @@ class Statement {
   refusal: string | null = null;
   /** Tables INSERTs without their key write: any one shard will do for them. */
   readonly free: Occurrence[] = [];
+  /**
+   * A function call met may be one of the database's own aggregates, which `userAggregates`
+   * doesn't say (unknown): counted as a plain function.
+   */
+  unknownFunctions = false;
   #queries = 0;
 
-  constructor(readonly config: ShardingConfig) {}
+  constructor(
+    readonly config: ShardingConfig,
+    /** The database's own aggregates and window functions (undefined: not known). */
+    readonly userAggregates: ReadonlySet<string> | undefined,
+  ) {}
 
   #newQuery(options: QueryOptions): Query {
     if (++this.#queries > MAX_QUERIES) throw new TooComplex();
@@ -939,7 +951,7 @@ class Statement {
         if (key === "FuncCall") {
           const f = value as Node;
           if (f.over) found.window = true;
-          else if (isAggregate(f)) found.aggregate = true;
+          else if (isAggregate(f, this)) found.aggregate = true;
         } else if (key === "GroupingFunc") found.aggregate = true;
         else if (key === "JsonObjectAgg" || key === "JsonArrayAgg") {
           // JSON_OBJECTAGG(...) / JSON_ARRAYAGG(...), maybe with OVER.
@@ -962,7 +974,7 @@ class Statement {
       place: "a subquery",
     });
     // `(SELECT max(u.id))`: an aggregate over the outer query's columns aggregates its rows.
-    if (outerAggregate(sub.subselect as Node, inner)) q.outerAggregate = true;
+    if (outerAggregate(sub.subselect as Node, inner, this)) q.outerAggregate = true;
     // `key IN (SELECT key FROM t ...)`: the rows of t that matter have the outer row's key.
     if (!from || (inner.issue !== null && !inner.exact) || inner.targets?.length !== 1) return;
     const val = (inner.targets[0].ResTarget as { val?: Node } | undefined)?.val;
@@ -1157,7 +1169,7 @@ function groupItemIsKey(item: Node, body: Node, isKey: (node: Node) => boolean):
  * relations outside the subquery (PostgreSQL evaluates an aggregate at the level of its columns).
  * An unqualified column counts as the subquery's own when it has a FROM clause.
  */
-function outerAggregate(select: Node, inner: Query): boolean {
+function outerAggregate(select: Node, inner: Query, s: Statement): boolean {
   const body = select.SelectStmt as Node | undefined;
   if (!body) return false;
   const own = new Set(inner.rels.map((r) => r.name));
@@ -1166,7 +1178,7 @@ function outerAggregate(select: Node, inner: Query): boolean {
     if (found || key === "SubLink" || key === "RangeSubselect") return false;
     if (key !== "FuncCall") return;
     const f = value as Node;
-    if (f.over || !isAggregate(f)) return;
+    if (f.over || !isAggregate(f, s)) return;
     const refs: string[][] = [];
     walkTree([f.args, f.agg_filter, f.agg_order], (k, v) => {
       if (k === "SubLink") return false;
@@ -1182,24 +1194,10 @@ function outerAggregate(select: Node, inner: Query): boolean {
   return found;
 }
 
-/** PostgreSQL's built-in aggregate functions (pg_proc, prokind 'a'). */
-const AGGREGATES = new Set(
-  ("any_value array_agg avg bit_and bit_or bit_xor bool_and bool_or corr count covar_pop " +
-    "covar_samp cume_dist dense_rank every json_agg json_agg_strict json_object_agg " +
-    "json_object_agg_strict json_object_agg_unique json_object_agg_unique_strict jsonb_agg " +
-    "jsonb_agg_strict jsonb_object_agg jsonb_object_agg_strict jsonb_object_agg_unique " +
-    "jsonb_object_agg_unique_strict max min mode percent_rank percentile_cont percentile_disc " +
-    "range_agg range_intersect_agg rank regr_avgx regr_avgy regr_count regr_intercept regr_r2 " +
-    "regr_slope regr_sxx regr_sxy regr_syy stddev stddev_pop stddev_samp string_agg sum var_pop " +
-    "var_samp variance xmlagg").split(" "),
-);
-
-function isAggregate(f: Node): boolean {
-  if (f.agg_star || f.agg_distinct || f.agg_within_group || f.agg_filter || f.agg_order) {
-    return true;
-  }
-  const names = f.funcname as Node[] | undefined;
-  return names !== undefined && AGGREGATES.has(stringOf(names[names.length - 1]));
+/** An aggregate call (not a window call) of a statement whose database knows `user`. */
+function isAggregate(f: Node, s: Statement): boolean {
+  if (mayBeUserAggregate(f, s.userAggregates)) s.unknownFunctions = true;
+  return isAggregateFunction(f, s.userAggregates);
 }
 
 // ---- the proof -------------------------------------------------------------------------------
@@ -1210,7 +1208,7 @@ function prove(
   ctx: RouteContext,
   options: ProveOptions,
 ): ShardDecision {
-  const s = statementOf(node, ctx.config);
+  const s = statementOf(node, ctx);
   const top = s.top!;
   if (s.refusal) return refuse(s.refusal);
   const type = Object.keys(node)[0];
@@ -1330,9 +1328,11 @@ function prove(
     );
   }
   const tops = top.arms ?? [top];
-  if (top.issue && !top.exact) {
-    const mergeable = ctx.config.merge === true && type === "SelectStmt" && !options.everyShard &&
-      !options.noMerge;
+  const mergeable = ctx.config.merge === true && type === "SelectStmt" && !options.everyShard &&
+    !options.noMerge;
+  // UNION ALL with a part every shard has (omnisharded tables): merged, so it counts once.
+  const replicatedArm = mergeable && top.arms !== null && top.arms.some(sameEverywhere);
+  if ((top.issue && !top.exact) || replicatedArm) {
     if (!mergeable) return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
     if (top.outerAggregate) {
       return refuse(
@@ -1344,7 +1344,9 @@ function prove(
     // The outer query is merged; every part inside it must be proven as for concatenation.
     const d = everyShard(s, { pins, checked, tops, shards: ctx.config.shards, merged: top });
     if (d.unsupported || d.target.kind === "one") return d;
-    const plan = mergePlanOf(node, s, ctx);
+    // The parts of a set operation whose rows every shard has: counted once by the plan.
+    const replicated = tops.length > 1 ? tops.map(sameEverywhere) : undefined;
+    const plan = mergePlanOf(node, s, ctx, replicated);
     if ("refused" in plan) return refuse(plan.refused);
     // Window functions partitioned by the key, say: the shards' rows are the answer.
     if (concatenation(plan)) return d;
@@ -1372,7 +1374,12 @@ const PLANS_PER_STATEMENT = 64;
  * The merge plan of a statement for this execution's literals: made once and kept with the
  * statement's facts, as long as the column orders it read (for `*`) are still those.
  */
-function mergePlanOf(node: Node, s: Statement, ctx: RouteContext): MergePlan | { refused: string } {
+function mergePlanOf(
+  node: Node,
+  s: Statement,
+  ctx: RouteContext,
+  replicatedArms: boolean[] | undefined,
+): MergePlan | { refused: string } {
   const { analysis, lookup } = ctx.values;
   const key = analysis.literals.map((l) => `${l.kind[0]}${l.value}`).join("\u0000");
   let made = plans.get(s);
@@ -1390,6 +1397,7 @@ function mergePlanOf(node: Node, s: Statement, ctx: RouteContext): MergePlan | {
     values: ctx.values,
     isKey: (column) => top.arms === null && s.isRowKey(column, top),
     columnsUsed,
+    replicatedArms,
   });
   // Kept plans are shared by executions: nobody may change them.
   if (!("refused" in result)) deepFreeze(result);
@@ -1418,27 +1426,41 @@ function concatenation(plan: MergePlan): boolean {
 /** Thrown when a statement has more queries than pgdog analyzes (CTEs count per reference). */
 class TooComplex extends Error {}
 
-/** Statements analyzed for a sharding configuration, by parse tree (kept with the parse tree). */
-const statements = new WeakMap<ShardingConfig, WeakMap<Node, Statement>>();
+/**
+ * Statements analyzed for a sharding configuration and the database's own aggregates (a set
+ * learned from the catalog, kept until DDL), by parse tree (kept with the parse tree).
+ */
+const statements = new WeakMap<ShardingConfig, WeakMap<object, WeakMap<Node, Statement>>>();
+/** The key of {@linkcode statements} while the database's own aggregates are not known. */
+const UNKNOWN_AGGREGATES = {};
 
-/** The facts of a statement, gathered once for its parse tree. */
-function statementOf(node: Node, config: ShardingConfig): Statement {
-  let byNode = statements.get(config);
-  if (!byNode) statements.set(config, byNode = new WeakMap());
+/**
+ * The facts of a statement, gathered once for its parse tree; tells the lookup when the
+ * database's own aggregates could change them (see {@linkcode ShardLookup.missingAggregates}).
+ */
+function statementOf(node: Node, ctx: RouteContext): Statement {
+  const { config } = ctx;
+  const lookup = ctx.values.lookup;
+  const user = lookup?.aggregates;
+  let byAggregates = statements.get(config);
+  if (!byAggregates) statements.set(config, byAggregates = new WeakMap());
+  let byNode = byAggregates.get(user ?? UNKNOWN_AGGREGATES);
+  if (!byNode) byAggregates.set(user ?? UNKNOWN_AGGREGATES, byNode = new WeakMap());
   let s = byNode.get(node);
   if (!s) {
-    s = new Statement(config);
+    s = new Statement(config, user);
     try {
       s.top = s.query(node, { outer: null, cteParent: null, place: "the statement" });
     } catch (e) {
       if (!(e instanceof TooComplex)) throw e;
-      s = new Statement(config);
+      s = new Statement(config, user);
       s.refusal = `the statement has more than ${MAX_QUERIES} queries and subqueries (CTEs ` +
         "count once per reference) for pgdog to prove where it can run across shards: route " +
         "it with /* pgdog_shard: N */";
     }
     byNode.set(node, s);
   }
+  if (s.unknownFunctions && lookup?.missingAggregates === false) lookup.missingAggregates = true;
   return s;
 }
 
@@ -1477,6 +1499,9 @@ function everyShard(
   const members: Array<[Occurrence, boolean]> = [];
   const perTop: Array<Array<[Occurrence, boolean]>> = [];
   for (const top of tops) {
+    // A part of a merged set operation whose rows are the same on every shard (omnisharded
+    // tables, no table): the merge plan counts its rows once (see sameEverywhere).
+    if (options.merged !== undefined && tops.length > 1 && sameEverywhere(top)) continue;
     if (top.issue && top !== options.merged && !top.exact) {
       return refuse(`${top.issue} across shards is not supported yet: ${ADVICE}`);
     }
@@ -1520,6 +1545,10 @@ function everyShard(
     members.push(...own);
     perTop.push(own);
   }
+  if (members.length === 0) {
+    // Every part is the same on every shard, but something inside reads a sharded table.
+    return refuse(unconfined(s, [checked[0]], []));
+  }
   propagate(s, pins, members.map(([o]) => o));
   const inTop = new Set(members.map(([o]) => o));
   const bad = checked.filter((o) => !inTop.has(o) && !o.onRowShard && o.shards?.size !== 0);
@@ -1547,6 +1576,12 @@ function everyShard(
   else if (shards.size === 1) target = { kind: "one", shard: [...shards][0] };
   else target = { kind: "some", shards: [...shards].sort((a, b) => a - b) };
   return { target, reason, omniWrite: false, concatenates: true };
+}
+
+/** A query whose rows no sharded table makes: each shard has them all (its parts may differ). */
+function sameEverywhere(q: Query): boolean {
+  if (q.arms !== null) return q.arms.every(sameEverywhere);
+  return q.rels.every((r) => r.members.length === 0);
 }
 
 /** The refusal for occurrences not confined to one shard. */

@@ -434,7 +434,31 @@ Deno.test("with the merge engine: shapes that need merging get a plan; the rest 
     match(d.unsupported!, message, sql);
   };
   still("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY id) FROM users", /percentile_cont/);
-  still("SELECT id FROM users UNION ALL SELECT 1", /subquery|statement/);
+  // A part every shard has: merged, its rows counted once (the largest of the shards' counts).
+  for (
+    const sql of [
+      "SELECT id FROM users UNION ALL SELECT 1",
+      "SELECT email FROM users UNION ALL SELECT name FROM countries ORDER BY 1",
+      "SELECT email FROM users INTERSECT ALL SELECT name FROM countries",
+      "SELECT name FROM countries EXCEPT ALL SELECT email FROM users",
+    ]
+  ) {
+    const d = route(sql);
+    ok(!d.unsupported, `${sql}: ${d.unsupported}`);
+    const aggregates = d.merge?.aggregate?.aggregates.map((x) => x.fn);
+    ok(aggregates?.includes("max") && aggregates.includes("count"), `${sql}: ${aggregates}`);
+  }
+  // The distinct forms: every shard's copy deduplicates (or counts as present) the same.
+  ok(!route("SELECT email FROM users UNION SELECT name FROM countries").unsupported);
+  ok(!route("SELECT email FROM users EXCEPT SELECT name FROM countries").unsupported);
+  still(
+    "SELECT id FROM users UNION ALL SELECT 1 UNION ALL SELECT 2",
+    /several parts without a sharded table/,
+  );
+  still(
+    "SELECT id FROM users UNION ALL SELECT count(*) FROM orders",
+    /an aggregate across shards is not supported/,
+  );
   const subquery = /reading users without its sharding key is not supported across shards yet/;
   still("SELECT * FROM (SELECT count(*) FROM users) s", subquery);
   still("WITH t AS (SELECT count(*) AS c FROM users) SELECT c FROM t", subquery);

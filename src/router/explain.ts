@@ -8,9 +8,10 @@
 import type { Config } from "../config/types.ts";
 import { QueryRouter } from "./mod.ts";
 import { analyzeSql } from "./analyze.ts";
-import { shardingConfigFor, type ShardLookup } from "./shard.ts";
+import { isSessionControl, shardingConfigFor, type ShardLookup } from "./shard.ts";
 import type { Role } from "./route.ts";
-import { routeStatement, type TransactionView } from "./request_route.ts";
+import { crossShardDisabled, routeStatement, type TransactionView } from "./request_route.ts";
+import { describeMergePlan } from "./merge_plan.ts";
 
 /** One statement's route. */
 export interface ExplainedRoute {
@@ -28,6 +29,11 @@ export interface ExplainedRoute {
   target: string | null;
   /** Why. */
   reason: string;
+  /**
+   * A cross-shard statement whose answers pgdog merges: the merge steps (see
+   * describeMergePlan) and the statement each shard runs.
+   */
+  merge?: { steps: string; shardSql: string };
 }
 
 /**
@@ -44,7 +50,10 @@ export function explainRoutes(
     config.databases.filter((d) => d.name === database).map((d) => d.shard),
   ).size;
   const sharding = shardCount > 1
-    ? shardingConfigFor(config, database, { shards: shardCount })
+    ? shardingConfigFor(config, database, {
+      shards: shardCount,
+      crossShardDisabled: config.general.cross_shard_disabled,
+    })
     : null;
   const router = new QueryRouter({ cacheLimit: 1000 });
   const out: ExplainedRoute[] = [];
@@ -55,7 +64,10 @@ export function explainRoutes(
       found: [],
       pluginShards: new Map(),
       missing: [],
+      // Column orders are not known here: the decision says which it would read.
+      columns: () => undefined,
       missingColumns: [],
+      missingAggregates: false,
     };
     // As the proxy routes a statement that starts a request (comments included).
     const route = routeStatement(analysis, {
@@ -94,13 +106,16 @@ export function explainRoutes(
     const d = route.decision!;
     if (lookup.missingColumns!.length > 0) {
       // The proxy reads the column order from shard 0's catalog.
-      const names = lookup.missingColumns!.map((t) => t.schema ? `${t.schema}.${t.name}` : t.name);
+      const names = [
+        ...new Set(lookup.missingColumns!.map((t) => t.schema ? `${t.schema}.${t.name}` : t.name)),
+      ];
+      const insert = analysis.info.ast?.stmts[0]?.stmt?.InsertStmt !== undefined;
       out.push({
         sql: text,
         role,
         target: "decided by the table's column order",
-        reason: `INSERT without a column list: the proxy reads the column order of ` +
-          `${names.join(", ")} from shard 0`,
+        reason: `${insert ? "INSERT without a column list" : "SELECT * across shards"}: the ` +
+          `proxy reads the column order of ${names.join(", ")} from shard 0`,
       });
       continue;
     }
@@ -116,6 +131,20 @@ export function explainRoutes(
       continue;
     }
     const t = d.target;
+    const several = t.kind === "all" ? shardCount : t.kind === "some" ? t.shards.length : 1;
+    const control = analysis.info.ast?.stmts.length === 1 && isSessionControl(analysis);
+    const disabled = d.unsupported
+      ? null
+      : crossShardDisabled(d, { config: sharding, shards: several, control });
+    if (disabled !== null) {
+      out.push({
+        sql: text,
+        role,
+        target: "refused",
+        reason: `${disabled.message}: ${disabled.detail}`,
+      });
+      continue;
+    }
     const target = d.unsupported
       ? "refused"
       : t.kind === "one"
@@ -125,7 +154,26 @@ export function explainRoutes(
       : t.kind === "all"
       ? "all shards"
       : "any shard";
-    out.push({ sql: text, role, target, reason: d.unsupported ?? d.reason });
+    // Without a database, a function that is not a built-in aggregate is a plain function.
+    const unknown = lookup.missingAggregates && !d.unsupported &&
+        (t.kind === "all" || t.kind === "some")
+      ? "; a function of a name that is not a built-in aggregate counts as a plain function " +
+        "here (the proxy reads the database's own aggregates from shard 0 and refuses them " +
+        "across shards)"
+      : "";
+    const explained: ExplainedRoute = {
+      sql: text,
+      role,
+      target,
+      reason: (d.unsupported ?? d.reason) + unknown,
+    };
+    if (d.merge && !d.unsupported && t.kind !== "one" && t.kind !== "any") {
+      explained.merge = {
+        steps: describeMergePlan({ ...d.merge, shardSql: null }),
+        shardSql: d.merge.shardSql ?? text,
+      };
+    }
+    out.push(explained);
   }
   return out;
 }

@@ -1,4 +1,4 @@
-import { deepEqual } from "node:assert/strict";
+import { deepEqual, equal, ok } from "node:assert/strict";
 import { loadParser } from "./mod.ts";
 import { explainRoutes } from "./explain.ts";
 import { resolveConfig } from "../config/load.ts";
@@ -80,4 +80,79 @@ Deno.test("pgdog route: a lone BEGIN is held back, as the proxy holds it back", 
   deepEqual(route("BEGIN; ROLLBACK"), [[null, "answered by pgdog"], [null, "answered by pgdog"]]);
   // Not held back: BEGIN READ ONLY goes with its reads, a BEGIN inside a transaction to the server.
   deepEqual(route("BEGIN READ ONLY").map((r) => r[0]), ["replica"]);
+});
+
+Deno.test("pgdog route: an unknown function across shards is a plain function, and says so", () => {
+  const { config } = resolveConfig({
+    databases: [0, 1, 2].map((shard) => ({ name: "app", host: "127.0.0.1", shard })),
+    sharded_tables: [{ database: "app", name: "users", column: "id" }],
+    ...users,
+  });
+  const [plain, mine, one] = explainRoutes(
+    "SELECT id FROM users; SELECT my_sum(age) FROM users; SELECT my_sum(age) FROM users " +
+      "WHERE id = 1",
+    { config, database: "app" },
+  );
+  deepEqual([plain.target, mine.target], ["all shards", "all shards"]);
+  ok(!plain.reason.includes("plain function"), plain.reason);
+  ok(mine.reason.includes("counts as a plain function"), mine.reason);
+  ok(!one.reason.includes("plain function"), one.reason);
+});
+
+Deno.test("pgdog route: a merged cross-shard statement shows its merge plan and shard SQL", () => {
+  const { config } = resolveConfig({
+    databases: [0, 1, 2].map((shard) => ({ name: "app", host: "127.0.0.1", shard })),
+    sharded_tables: [{ database: "app", name: "users", column: "id" }],
+    ...users,
+  });
+  const [sorted, counted, star, one] = explainRoutes(
+    "SELECT id, email FROM users ORDER BY email LIMIT 5 OFFSET 2;\n" +
+      "SELECT country, avg(age) FROM users GROUP BY country HAVING count(*) > 1;\n" +
+      "SELECT * FROM users ORDER BY id;\n" +
+      "SELECT count(*) FROM users WHERE id = 1",
+    { config, database: "app" },
+  );
+  deepEqual(sorted.target, "all shards");
+  deepEqual(sorted.merge, {
+    steps: "merge: merge sorted by 2; offset 2; limit 5",
+    shardSql: "SELECT id, email FROM users ORDER BY email LIMIT 7",
+  });
+  deepEqual(counted.merge, {
+    steps: "merge: group by 1; aggregate avg(2, 3, 4), count(*); having",
+    shardSql: "SELECT country, sum(age), count(age), avg(age), count(*) FROM users GROUP BY 1",
+  });
+  // SELECT * across shards: the proxy reads the table's column order first.
+  deepEqual(
+    [star.target, star.reason],
+    [
+      "decided by the table's column order",
+      "SELECT * across shards: the proxy reads the column order of users from shard 0",
+    ],
+  );
+  equal(star.merge, undefined);
+  // One shard: nothing to merge.
+  equal(one.merge, undefined);
+});
+
+Deno.test("pgdog route: cross_shard_disabled refuses what would run on several shards", () => {
+  const { config } = resolveConfig({
+    general: { cross_shard_disabled: true },
+    databases: [0, 1, 2].map((shard) => ({ name: "app", host: "127.0.0.1", shard })),
+    sharded_tables: [{ database: "app", name: "users", column: "id" }],
+    omnisharded_tables: [{ database: "app", tables: ["countries"] }],
+    ...users,
+  });
+  const routes = explainRoutes(
+    "SELECT count(*) FROM users; SELECT * FROM users WHERE id = 1; " +
+      "INSERT INTO countries VALUES ('fr'); SET application_name = 'x'; SELECT 1",
+    { config, database: "app" },
+  );
+  deepEqual(routes.map((r) => r.target), [
+    "refused",
+    `shard ${shardForBigint(1n, 3)}`,
+    "all shards",
+    "all shards",
+    "any shard",
+  ]);
+  ok(routes[0].reason.startsWith("cross-shard queries are disabled"), routes[0].reason);
 });

@@ -20,7 +20,10 @@
  *   query as it is (any aggregate, HAVING, window function), pgdog sorts and cuts.
  * - **Set operations**: UNION ALL (sorted and cut if asked), UNION (the shards' distinct rows,
  *   deduplicated again), one INTERSECT [ALL] or EXCEPT [ALL] of two SELECTs (each row with its
- *   count on either side).
+ *   count on either side). A part every shard has (omnisharded tables, no table;
+ *   `replicatedArms`) is counted once: each shard sends its distinct rows with their count there,
+ *   and pgdog takes the largest count instead of adding them up (UNION ALL with one such part
+ *   is planned that way too).
  *
  * What is refused (0A000, with the reason): expressions over aggregates in the select list,
  * aggregates pgdog can't combine (percentile_*, mode, corr...), GROUPING SETS/ROLLUP/CUBE,
@@ -50,6 +53,7 @@ import type { Node } from "./analyze.ts";
 import { errorMessage } from "../log.ts";
 import type { ValueContext } from "./shard_keys.ts";
 import type { TableRef } from "./analyze.ts";
+import { BUILTIN_AGGREGATES, functionName, isAggregateFunction } from "./aggregates.ts";
 
 /** Why a statement can't be merged (SQLSTATE 0A000), said to the client. */
 export class MergeRefusal extends Error {}
@@ -65,6 +69,12 @@ export interface MergePlanContext {
   isKey?: (column: Node) => boolean;
   /** Filled with the column orders the plan read from `values.lookup` (for `*`). */
   columnsUsed?: Array<{ table: TableRef; columns: string[] | undefined }>;
+  /**
+   * A set operation's parts (left to right, as {@linkcode setOperationArms} finds them) whose
+   * rows every shard has (omnisharded tables, no table): each shard would send them again, so
+   * the plan counts them once.
+   */
+  replicatedArms?: boolean[];
 }
 
 /**
@@ -284,16 +294,21 @@ function intOf(node: Node | undefined): number | null {
   return null;
 }
 
-/** A function call that is an aggregate (not a window function). */
-function isAggregateCall(node: Node): boolean {
+/**
+ * A function call that is an aggregate (not a window function); `user`: the database's own
+ * aggregates (see aggregates.ts).
+ */
+function isAggregateCall(node: Node, user: ReadonlySet<string> | undefined): boolean {
   const f = node.FuncCall as Node | undefined;
   if (!f || f.over) return false;
-  return Boolean(f.agg_star || f.agg_distinct || f.agg_filter || f.agg_order) ||
-    f.agg_within_group === true || AGGREGATES.has(funcName(f));
+  return isAggregateFunction(f, user);
 }
 
 /** Whether `root` has an aggregate or window function (outside subqueries), by kind. */
-function found(root: unknown): { aggregate: boolean; window: boolean } {
+function found(
+  root: unknown,
+  user: ReadonlySet<string> | undefined,
+): { aggregate: boolean; window: boolean } {
   const out = { aggregate: false, window: false };
   const stack = [root];
   while (stack.length > 0) {
@@ -312,25 +327,13 @@ function found(root: unknown): { aggregate: boolean; window: boolean } {
       }
       if (k === "FuncCall") {
         if ((x as Node).over) out.window = true;
-        else if (isAggregateCall({ FuncCall: x })) out.aggregate = true;
+        else if (isAggregateCall({ FuncCall: x }, user)) out.aggregate = true;
       } else if (k === "GroupingFunc") out.aggregate = true;
       stack.push(x);
     }
   }
   return out;
 }
-
-/** PostgreSQL's built-in aggregate functions (pg_proc, prokind 'a'). */
-const AGGREGATES = new Set(
-  ("any_value array_agg avg bit_and bit_or bit_xor bool_and bool_or corr count covar_pop " +
-    "covar_samp cume_dist dense_rank every json_agg json_agg_strict json_object_agg " +
-    "json_object_agg_strict json_object_agg_unique json_object_agg_unique_strict jsonb_agg " +
-    "jsonb_agg_strict jsonb_object_agg jsonb_object_agg_strict jsonb_object_agg_unique " +
-    "jsonb_object_agg_unique_strict max min mode percent_rank percentile_cont percentile_disc " +
-    "range_agg range_intersect_agg rank regr_avgx regr_avgy regr_count regr_intercept regr_r2 " +
-    "regr_slope regr_sxx regr_sxy regr_syy stddev stddev_pop stddev_samp string_agg sum var_pop " +
-    "var_samp variance xmlagg").split(" "),
-);
 
 const MERGEABLE = new Set<AggregateFunction>([
   "count",
@@ -663,7 +666,7 @@ function planSelect(body: Node, ctx: MergePlanContext): MergePlan {
     body.havingClause,
     body.sortClause,
     body.distinctClause,
-  ]);
+  ], ctx.values.lookup?.aggregates);
   const groupClause = (body.groupClause as Node[] | undefined) ?? [];
   const grouped = f.aggregate || groupClause.length > 0 || body.havingClause !== undefined;
   // Groups on a sharding key are whole on one shard: the shards aggregate them completely.
@@ -840,6 +843,9 @@ interface PlannedAggregate {
 }
 
 class AggregatePlanner {
+  /** The database's own aggregates (see aggregates.ts). */
+  constructor(readonly userAggregates: ReadonlySet<string> | undefined) {}
+
   /** Shard columns that are group keys (deparsed), first in the shard row. */
   readonly groups: Node[] = [];
   readonly groupKeys: string[] = [];
@@ -885,6 +891,13 @@ class AggregatePlanner {
     if (names.length > 1 && stringOf(names[0]) !== "pg_catalog") {
       throw new MergeRefusal(`aggregate ${deparse(node)} can't be merged across shards`);
     }
+    if (this.userAggregates?.has(functionName(f)) && !BUILTIN_AGGREGATES.has(fn)) {
+      throw new MergeRefusal(
+        `aggregate ${fn}() is defined in the database, and pgdog can't combine an aggregate it ` +
+          "doesn't know from the shards' answers: group by the sharding key, add the sharding " +
+          "key to the WHERE clause, or route with /* pgdog_shard: N */",
+      );
+    }
     if (f.agg_within_group || !MERGEABLE.has(fn as AggregateFunction)) {
       throw new MergeRefusal(
         `aggregate ${fn}() can't be merged across shards (pgdog merges count, sum, min, max, ` +
@@ -893,7 +906,7 @@ class AggregatePlanner {
           "to the WHERE clause, or route with /* pgdog_shard: N */",
       );
     }
-    if (found([f.args, f.agg_filter, f.agg_order]).aggregate) {
+    if (found([f.args, f.agg_filter, f.agg_order], this.userAggregates).aggregate) {
       throw new MergeRefusal("nested aggregate calls are not allowed");
     }
     const args = (f.args as Node[] | undefined) ?? [];
@@ -932,11 +945,17 @@ class AggregatePlanner {
       if (fn === "string_agg") partials.push(args[1]);
     } else {
       const agg = (name: string, a: Node[]): Node => call(name, a, filter);
-      if (fn === "avg") partials.push(agg("sum", [x]), agg("count", [x]));
+      // avg(x): the shard's sum of float4 in float8 (sum(float4) is float4), as avg × count.
+      if (fn === "avg") partials.push(agg("sum", [x]), agg("count", [x]), agg("avg", [x]));
       else if (VARIANCE.has(fn)) {
         // x * (x + 0.0): numeric (exact) for integers and numeric, float8 for float4 and float8.
         const square = binary("*", x, binary("+", x, { A_Const: { fval: { fval: "0.0" } } }));
-        partials.push(agg("count", [x]), agg("sum", [x]), agg("sum", [square]));
+        partials.push(
+          agg("count", [x]),
+          agg("sum", [x]),
+          agg("sum", [square]),
+          agg("avg", [x]),
+        );
       } else partials.push(agg(fn, star ? [] : [x]));
     }
     for (const s of sortItems(f.agg_order)) {
@@ -967,7 +986,7 @@ class AggregatePlanner {
   /** HAVING (or anything pgdog evaluates after the merge) as an {@linkcode Expr}. */
   expr(node: Node, firstParam: number): Expr {
     const e = (n: Node): Expr => this.expr(n, firstParam);
-    if (isAggregateCall(node)) {
+    if (isAggregateCall(node, this.userAggregates)) {
       return { column: this.outputOf({ aggregate: this.aggregate(node) }) };
     }
     const key = deparse(node);
@@ -977,7 +996,11 @@ class AggregatePlanner {
     if (c) {
       if (c.isnull) return { constant: null, type: "text" };
       if (c.ival !== undefined) return { constant: String(intOf(node)), type: "int" };
-      if (c.fval) return { constant: (c.fval as { fval: string }).fval, type: "numeric" };
+      if (c.fval) {
+        // An integer beyond int4 is int8 when it fits (as PostgreSQL's make_const types it).
+        const text = (c.fval as { fval: string }).fval;
+        return { constant: text, type: /^-?\d+$/.test(text) ? "int" : "numeric" };
+      }
       if (c.boolval) {
         return { constant: (c.boolval as { boolval?: boolean }).boolval ? "t" : "f", type: "bool" };
       }
@@ -1037,7 +1060,7 @@ class AggregatePlanner {
       }
     }
     // An expression of the group keys (no aggregate): computed by the shards, once per group.
-    if (this.hasGroupBy && !found(node).aggregate) {
+    if (this.hasGroupBy && !found(node, this.userAggregates).aggregate) {
       return { column: this.outputOf({ group: this.group(node) }) };
     }
     throw new MergeRefusal(
@@ -1051,7 +1074,8 @@ const BINARY = new Set(["=", "<>", "!=", "<", "<=", ">", ">=", "+", "-", "*", "/
 
 /** Aggregates and GROUP BY: shards send group keys and partials; pgdog combines them. */
 function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
-  const p = new AggregatePlanner();
+  const user = ctx.values.lookup?.aggregates;
+  const p = new AggregatePlanner(user);
   const targets = (body.targetList as Node[] | undefined) ?? [];
   const groupClause = (body.groupClause as Node[] | undefined) ?? [];
   if (body.groupDistinct) {
@@ -1081,7 +1105,7 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
       throw new MergeRefusal(`GROUP BY position ${position} is not in select list`);
     }
     const node = groupExpression(item, body, ctx);
-    if (isAggregateCall(node)) {
+    if (isAggregateCall(node, user)) {
       throw new MergeRefusal("aggregate functions are not allowed in GROUP BY");
     }
     p.group(node);
@@ -1091,7 +1115,7 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
   p.hasGroupBy = hasGroupBy;
   // The client's columns: group keys (or expressions of them) and aggregates.
   for (const c of cols) {
-    if (isAggregateCall(c.expr)) {
+    if (isAggregateCall(c.expr, user)) {
       p.output.push({ aggregate: p.aggregate(c.expr) });
       continue;
     }
@@ -1100,7 +1124,7 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
       p.output.push({ group: g });
       continue;
     }
-    if (found(c.expr).aggregate) {
+    if (found(c.expr, user).aggregate) {
       throw new MergeRefusal(
         `the expression ${c.key} over aggregates is not supported across shards yet: select ` +
           "the aggregates themselves and compute it in the application (or route with " +
@@ -1123,11 +1147,11 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
   const orderBy: SortKey[] = sortItems(body.sortClause).map((s) => {
     let column = outputIndex(s.node, cols, "ORDER BY");
     if (column === null) {
-      if (isAggregateCall(s.node)) column = p.outputOf({ aggregate: p.aggregate(s.node) });
+      if (isAggregateCall(s.node, user)) column = p.outputOf({ aggregate: p.aggregate(s.node) });
       else {
         let g = p.groupKeys.indexOf(deparse(s.node));
         // An expression of the group keys: a hidden column the shards compute per group.
-        if (g < 0 && p.hasGroupBy && !found(s.node).aggregate) g = p.group(s.node);
+        if (g < 0 && p.hasGroupBy && !found(s.node, user).aggregate) g = p.group(s.node);
         if (g < 0) {
           throw new MergeRefusal(
             `ORDER BY ${deparse(s.node)} after GROUP BY across shards: order by a group key, ` +
@@ -1217,7 +1241,7 @@ function planAggregate(body: Node, ctx: MergePlanContext): MergePlan {
     offset,
     visible,
     // An aggregate's shard column is named after its first partial; an alias may be lost too.
-    columnNames: cols.map((c) => c.aliased || isAggregateCall(c.expr) ? c.name : undefined),
+    columnNames: cols.map((c) => c.aliased || isAggregateCall(c.expr, user) ? c.name : undefined),
   };
 }
 
@@ -1287,6 +1311,43 @@ function planSetOperation(body: Node, ctx: MergePlanContext): MergePlan {
   const { limit, offset } = limits;
   const top = ops[0];
   const unions = ops.every((o) => o.op === "SETOP_UNION");
+  const arms = setOperationArms(body);
+  const replicated = ctx.replicatedArms ?? [];
+  if (replicated.length > 0 && replicated.length !== arms.length) {
+    throw new Error("the set operation's parts are not those the rule found");
+  }
+  const anyReplicated = replicated.some((r) => r);
+  if (unions && top.all && ops.every((o) => o.all) && anyReplicated) {
+    // UNION ALL with a part every shard has: its rows counted once (its count on one shard).
+    if (replicated.filter((r) => r).length > 1) {
+      throw new MergeRefusal(
+        "UNION ALL of several parts without a sharded table (omnisharded tables, constants) and " +
+          "a sharded table is not supported across shards yet: put those parts in one " +
+          "subquery, or route with /* pgdog_shard: N */",
+      );
+    }
+    const shard = { ...body } as Node;
+    delete shard.sortClause;
+    delete shard.limitCount;
+    delete shard.limitOffset;
+    shard.limitOption = "LIMIT_OPTION_DEFAULT";
+    return countedPlan({
+      shard: replaceArms(
+        shard,
+        arms,
+        (arm, i) =>
+          replicated[i] ? groupedSide(arm, { right: true, columns: visible }) : side(arm, 1, 0),
+      ),
+      op: "union",
+      all: true,
+      replicatedRight: true,
+      visible,
+      names: names.map((c) => c.name),
+      orderBy,
+      limit,
+      offset,
+    });
+  }
   if (unions && (top.all ? ops.every((o) => o.all) : true)) {
     // UNION ALL concatenates; a UNION (at the top) removes every duplicate: shards do it too.
     const shard: Node = { ...body };
@@ -1320,56 +1381,158 @@ function planSetOperation(body: Node, ctx: MergePlanContext): MergePlan {
     );
   }
   // Each shard sends every row of either side with a count of 1 on its side; pgdog groups them.
-  const side = (n: Node, l: number, r: number, alias: string): Node => ({
-    SelectStmt: {
-      targetList: [
-        target({ ColumnRef: { fields: [{ A_Star: {} }] } }),
-        target(cast(intConst(l), "int8"), "pgdog_left"),
-        target(cast(intConst(r), "int8"), "pgdog_right"),
-      ],
-      fromClause: [{
-        RangeSubselect: { subquery: { SelectStmt: n }, alias: { aliasname: alias } },
-      }],
-      limitOption: "LIMIT_OPTION_DEFAULT",
-      op: "SETOP_NONE",
-    },
-  });
+  // A side every shard has sends each of its rows once with its count there (counted once).
+  const [leftSame, rightSame] = [replicated[0] === true, replicated[1] === true];
   const shard: Node = {
     op: "SETOP_UNION",
     all: true,
-    larg: side(body.larg as Node, 1, 0, "pgdog_l").SelectStmt as Node,
-    rarg: side(body.rarg as Node, 0, 1, "pgdog_r").SelectStmt as Node,
+    larg: leftSame
+      ? groupedSide(body.larg as Node, { right: false, columns: visible })
+      : side(body.larg as Node, 1, 0),
+    rarg: rightSame
+      ? groupedSide(body.rarg as Node, { right: true, columns: visible })
+      : side(body.rarg as Node, 0, 1),
     limitOption: "LIMIT_OPTION_DEFAULT",
   };
   if (body.withClause) shard.withClause = body.withClause;
-  const count = (column: number): AggregateSpec => ({
-    fn: "count",
+  return countedPlan({
+    shard,
+    op: top.op === "SETOP_INTERSECT" ? "intersect" : "except",
+    all: top.all,
+    replicatedLeft: leftSame,
+    replicatedRight: rightSame,
+    visible,
+    names: leftSame ? names.map((c) => c.name) : undefined,
+    orderBy,
+    limit,
+    offset,
+  });
+}
+
+/**
+ * The parts of a set operation, left to right, as the cross-shard rule finds them: its SELECTs,
+ * and nested operations with their own ORDER BY, LIMIT or WITH as one part each.
+ */
+function setOperationArms(body: Node): Node[] {
+  const arms: Node[] = [];
+  const stack: Node[] = [body];
+  while (stack.length > 0) {
+    const s = stack.pop()!;
+    const op = s.op as string | undefined;
+    const nested = s !== body &&
+      (((s.sortClause as Node[] | undefined)?.length ?? 0) > 0 || s.limitCount ||
+        s.limitOffset || s.withClause);
+    if (!op || op === "SETOP_NONE" || nested) {
+      arms.push(s);
+      continue;
+    }
+    stack.push(s.rarg as Node, s.larg as Node);
+  }
+  return arms;
+}
+
+/** A copy of a set operation's tree with its parts (see setOperationArms) replaced. */
+function replaceArms(body: Node, arms: Node[], f: (arm: Node, i: number) => Node): Node {
+  const at = new Map(arms.map((a, i) => [a, i]));
+  const copy = (n: Node): Node => {
+    const i = at.get(n);
+    if (i !== undefined) return f(n, i);
+    return { ...n, larg: copy(n.larg as Node), rarg: copy(n.rarg as Node) };
+  };
+  return copy(body);
+}
+
+/** A part of a set operation, each row with a count of 1 on its side (`l`, `r`). */
+function side(n: Node, l: number, r: number): Node {
+  return {
+    targetList: [
+      target({ ColumnRef: { fields: [{ A_Star: {} }] } }),
+      target(cast(intConst(l), "int8"), "pgdog_left"),
+      target(cast(intConst(r), "int8"), "pgdog_right"),
+    ],
+    fromClause: [{
+      RangeSubselect: {
+        subquery: { SelectStmt: n },
+        alias: { aliasname: l === 1 ? "pgdog_l" : "pgdog_r" },
+      },
+    }],
+    limitOption: "LIMIT_OPTION_DEFAULT",
+    op: "SETOP_NONE",
+  };
+}
+
+/**
+ * A part every shard has, each distinct row once with how many times it occurs (on its side,
+ * 0 on the other): the same on every shard, so pgdog takes the largest (one shard's count).
+ */
+function groupedSide(n: Node, options: { right: boolean; columns: number }): Node {
+  const names = Array.from({ length: options.columns }, (_, i) => `pgdog_c${i + 1}`);
+  const count: Node = {
+    FuncCall: { funcname: [str("count")], agg_star: true, funcformat: "COERCE_EXPLICIT_CALL" },
+  };
+  const zero = cast(intConst(0), "int8");
+  return {
+    targetList: [
+      ...names.map((c) => target({ ColumnRef: { fields: [str(c)] } })),
+      target(options.right ? zero : count, "pgdog_left"),
+      target(options.right ? count : zero, "pgdog_right"),
+    ],
+    fromClause: [{
+      RangeSubselect: {
+        subquery: { SelectStmt: n },
+        alias: { aliasname: "pgdog_same", colnames: names.map(str) },
+      },
+    }],
+    groupClause: names.map((_, i) => intConst(i + 1)),
+    limitOption: "LIMIT_OPTION_DEFAULT",
+    op: "SETOP_NONE",
+  };
+}
+
+/**
+ * The plan of a set operation whose shards send each row with its counts on either side
+ * (`visible` columns, then the left and right counts): pgdog groups equal rows, adds up a
+ * sharded side's counts and takes the largest of a replicated side's (every shard has it).
+ */
+function countedPlan(o: {
+  shard: Node;
+  op: "union" | "intersect" | "except";
+  all: boolean;
+  replicatedLeft?: boolean;
+  replicatedRight?: boolean;
+  visible: number;
+  /** The client's column names, where the shards' first part is not the client's. */
+  names?: string[];
+  orderBy: SortKey[];
+  limit: NumberSource | null;
+  offset: NumberSource | null;
+}): MergePlan {
+  const visible = o.visible;
+  const count = (column: number, replicated: boolean | undefined): AggregateSpec => ({
+    fn: replicated ? "max" : "count",
     partials: [column],
     distinct: false,
-    star: true,
+    star: !replicated,
     orderBy: [],
   });
-  const groupBy = names.map((_, i) => i);
-  return {
-    shardSql: shardText({ SelectStmt: shard }),
+  const groupBy = Array.from({ length: visible }, (_, i) => i);
+  const plan: MergePlan = {
+    shardSql: shardText({ SelectStmt: o.shard }),
     shardColumns: visible + 2,
     aggregate: {
       groupBy,
-      aggregates: [count(visible), count(visible + 1)],
+      aggregates: [count(visible, o.replicatedLeft), count(visible + 1, o.replicatedRight)],
       output: [...groupBy.map((g) => ({ group: g })), { aggregate: 0 }, { aggregate: 1 }],
     },
     having: null,
-    setOperation: {
-      op: top.op === "SETOP_INTERSECT" ? "intersect" : "except",
-      all: top.all,
-      left: 0,
-      right: 1,
-    },
+    setOperation: { op: o.op, all: o.all, left: 0, right: 1 },
     distinct: null,
-    orderBy,
+    orderBy: o.orderBy,
     shardsSorted: false,
-    limit,
-    offset,
+    limit: o.limit,
+    offset: o.offset,
     visible,
   };
+  if (o.names !== undefined) plan.columnNames = o.names;
+  return plan;
 }

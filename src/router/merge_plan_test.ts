@@ -1,10 +1,13 @@
-import { deepEqual, equal, match, ok } from "node:assert/strict";
+import { deepEqual, equal, match, ok, throws } from "node:assert/strict";
 import { loadParser, QueryRouter } from "./mod.ts";
 import { decideShard, type ShardDecision, type ShardingConfig } from "./shard.ts";
 import { describeMergePlan } from "./merge_plan.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
 import { connectPg, startPostgres } from "../../tests/harness/mod.ts";
 import { parseSync } from "libpg-query";
+import { evaluate } from "../cross_shard/expr.ts";
+import { OID, typeOps } from "../cross_shard/values.ts";
+import type { MergeError } from "../cross_shard/errors.ts";
 
 await loadParser();
 
@@ -162,21 +165,21 @@ Deno.test("aggregates: partials per function, FILTER kept, shared partials once"
     ),
     {
       ...none,
-      shardSql: "SELECT count(*), count(email), sum(id), count(id), min(email), max(id) FILTER " +
-        "(WHERE id > 3), sum(id * (id + 0.0)), bool_and(id > 0), bit_or(id) FROM users",
-      shardColumns: 9,
+      shardSql: "SELECT count(*), count(email), sum(id), count(id), avg(id), min(email), max(id) " +
+        "FILTER (WHERE id > 3), sum(id * (id + 0.0)), bool_and(id > 0), bit_or(id) FROM users",
+      shardColumns: 10,
       aggregate: {
         groupBy: [],
         aggregates: [
           { fn: "count", distinct: false, star: true, partials: [0], orderBy: [] },
           { fn: "count", distinct: false, star: false, partials: [1], orderBy: [] },
           { fn: "sum", distinct: false, star: false, partials: [2], orderBy: [] },
-          { fn: "avg", distinct: false, star: false, partials: [2, 3], orderBy: [] },
-          { fn: "min", distinct: false, star: false, partials: [4], orderBy: [] },
-          { fn: "max", distinct: false, star: false, partials: [5], orderBy: [] },
-          { fn: "var_pop", distinct: false, star: false, partials: [3, 2, 6], orderBy: [] },
-          { fn: "bool_and", distinct: false, star: false, partials: [7], orderBy: [] },
-          { fn: "bit_or", distinct: false, star: false, partials: [8], orderBy: [] },
+          { fn: "avg", distinct: false, star: false, partials: [2, 3, 4], orderBy: [] },
+          { fn: "min", distinct: false, star: false, partials: [5], orderBy: [] },
+          { fn: "max", distinct: false, star: false, partials: [6], orderBy: [] },
+          { fn: "var_pop", distinct: false, star: false, partials: [3, 2, 7, 4], orderBy: [] },
+          { fn: "bool_and", distinct: false, star: false, partials: [8], orderBy: [] },
+          { fn: "bit_or", distinct: false, star: false, partials: [9], orderBy: [] },
         ],
         output: [0, 1, 2, 3, 4, 5, 6, 7, 8].map((aggregate) => ({ aggregate })),
       },
@@ -186,8 +189,8 @@ Deno.test("aggregates: partials per function, FILTER kept, shared partials once"
   // FILTER applies to every partial of avg.
   equal(
     plan("SELECT avg(amount) FILTER (WHERE amount > 1) FROM orders").shardSql,
-    "SELECT sum(amount) FILTER (WHERE amount > 1), count(amount) FILTER (WHERE amount > 1) FROM " +
-      "orders",
+    "SELECT sum(amount) FILTER (WHERE amount > 1), count(amount) FILTER (WHERE amount > 1), " +
+      "avg(amount) FILTER (WHERE amount > 1) FROM orders",
   );
   // Aggregates over expressions.
   equal(
@@ -241,14 +244,15 @@ Deno.test("aggregates: partials per function, FILTER kept, shared partials once"
       ...none,
       shardSql: "SELECT country, email, id, (SELECT count(*) WHERE id > 2), (SELECT " +
         "sum(pgdog_row.pgdog_a0) FROM ( VALUES (id) ) AS pgdog_row(pgdog_a0)), (SELECT " +
-        "count(pgdog_row.pgdog_a0) FROM ( VALUES (id) ) AS pgdog_row(pgdog_a0)) FROM users",
-      shardColumns: 6,
+        "count(pgdog_row.pgdog_a0) FROM ( VALUES (id) ) AS pgdog_row(pgdog_a0)), (SELECT " +
+        "avg(pgdog_row.pgdog_a0) FROM ( VALUES (id) ) AS pgdog_row(pgdog_a0)) FROM users",
+      shardColumns: 7,
       aggregate: {
         groupBy: [0],
         aggregates: [
           { fn: "array_agg", distinct: false, star: false, partials: [2], orderBy: [asc(0)] },
           { fn: "count", distinct: false, star: true, partials: [3], orderBy: [] },
-          { fn: "avg", distinct: false, star: false, partials: [4, 5], orderBy: [] },
+          { fn: "avg", distinct: false, star: false, partials: [4, 5, 6], orderBy: [] },
           { fn: "count", distinct: true, star: false, partials: [1], orderBy: [] },
         ],
         output: [{ group: 0 }, { aggregate: 0 }, { aggregate: 1 }, { aggregate: 2 }, {
@@ -905,5 +909,33 @@ Deno.test("an aggregate compared with a subquery is an aggregate too (not a grou
   refused(
     "SELECT country FROM users GROUP BY country HAVING sum(id) > ALL (SELECT 460)",
     /HAVING|subquer|not supported/,
+  );
+});
+
+Deno.test("HAVING: an integer literal beyond int4 is int8 (as PostgreSQL types it), so int8 arithmetic overflows", () => {
+  const having = plan(
+    "SELECT count(*) FROM users HAVING count(*) * 9223372036854775807 > 0",
+  ).having!;
+  deepEqual(having, {
+    op: ">",
+    args: [
+      { op: "*", args: [{ column: 0 }, { constant: "9223372036854775807", type: "int" }] },
+      { constant: "0", type: "int" },
+    ],
+  });
+  const row = {
+    value: () => 2n,
+    ops: () => typeOps(OID.int8, { collation: { kind: "bytes" } })!,
+    param: () => null,
+  };
+  throws(() => evaluate(having, row), (e: Error) => (e as MergeError).code === "22003");
+  // Beyond int8: numeric, no overflow.
+  const wide = plan("SELECT count(*) FROM users HAVING count(*) * 92233720368547758070 > 0")
+    .having!;
+  equal(evaluate(wide, row), true);
+  // A decimal stays numeric.
+  deepEqual(
+    plan("SELECT count(*) FROM users HAVING count(*) > 1.5").having,
+    { op: ">", args: [{ column: 0 }, { constant: "1.5", type: "numeric" }] },
   );
 });

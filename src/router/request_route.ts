@@ -55,6 +55,25 @@ export function shardsFor(
   return Array.from({ length: options.shards }, (_, i) => i);
 }
 
+/**
+ * Why a request is refused under `cross_shard_disabled` (PgDog's 58000 "cross-shard queries are
+ * disabled"), or null: it would run on several shards and is neither a write to omnisharded
+ * tables (one answer) nor session or transaction control.
+ */
+export function crossShardDisabled(
+  decision: ShardDecision,
+  options: { config: ShardingConfig; shards: number; control: boolean },
+): { code: string; message: string; detail: string } | null {
+  if (!options.config.crossShardDisabled || options.shards <= 1) return null;
+  if (decision.omniWrite || options.control) return null;
+  return {
+    code: "58000",
+    message: "cross-shard queries are disabled",
+    detail: `the query doesn't have a sharding key (${decision.reason}); cross_shard_disabled ` +
+      "is on: add the sharding key, or route it with /* pgdog_shard: N */",
+  };
+}
+
 /** One statement's route, as `pgdog route` shows it. */
 export interface StatementRoute {
   /** The host the statement reaches; null when pgdog answers it (see `local`). */

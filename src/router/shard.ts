@@ -236,7 +236,7 @@ function searchPath(value: string | undefined): string[] {
 export function shardingConfigFor(
   config: Pick<Config, "sharded_tables" | "sharded_schemas" | "omnisharded_tables">,
   database: string,
-  options: { shards: number },
+  options: { shards: number; crossShardDisabled?: boolean },
 ): ShardingConfig {
   const tables: ShardedTable[] = config.sharded_tables.filter((t) => t.database === database)
     .map((t) => ({
@@ -265,7 +265,15 @@ export function shardingConfigFor(
     if (o.database === database) { for (const t of o.tables) omni.add(t); }
   }
   // Cross-shard statements whose answers need merging get a merge plan (src/cross_shard/).
-  return { shards: options.shards, tables, schemas, defaultSchemaShard, omni, merge: true };
+  return {
+    shards: options.shards,
+    tables,
+    schemas,
+    defaultSchemaShard,
+    omni,
+    merge: true,
+    crossShardDisabled: options.crossShardDisabled === true,
+  };
 }
 
 /** A single statement that only concerns the session or the transaction (BEGIN, SET, SHOW). */

@@ -47,6 +47,17 @@ export interface ShardLookup {
   columns?: (table: TableRef) => string[] | undefined;
   /** Column orders the decision lacked; decide again once `columns` knows them. */
   missingColumns?: TableRef[];
+  /**
+   * The database's own aggregates and window functions (user-defined, read from the catalog):
+   * calls of them are aggregates to the cross-shard rule. Undefined: not known, a function of a
+   * name that is not a built-in aggregate counts as a plain function.
+   */
+  aggregates?: ReadonlySet<string>;
+  /**
+   * Set false by a caller that can read `aggregates` from the catalog: the decision sets it true
+   * when it met a call that may be one of them; decide again once `aggregates` is known.
+   */
+  missingAggregates?: boolean;
 }
 
 /** The key of a plugin hasher's answer in {@linkcode ShardLookup.pluginShards}. */
@@ -69,6 +80,8 @@ export interface ShardingConfig {
    * merging gets a {@linkcode ShardDecision.merge} plan. Without it, such shapes are refused.
    */
   merge?: boolean;
+  /** `cross_shard_disabled`: a query that would run on several shards is refused (58000). */
+  crossShardDisabled?: boolean;
 }
 
 /** Where a statement goes. */
