@@ -48,6 +48,33 @@ export function withColumnCollations(
   return changed ? { ...plan, orderBy } : plan;
 }
 
+/** Text types, whose order depends on the collation. */
+const TEXT_TYPES = new Set([25, 1043, 1042, 19]);
+
+/**
+ * Why `plan` can't be merged exactly in a database with columns of their own collation, or null:
+ * an aggregate that orders text (min, max, or an ORDER BY inside it) would compare its shards'
+ * partial values by the database's collation, and pgdog can't tell which column they came from.
+ */
+export function textAggregateRefusal(
+  plan: MergePlan,
+  options: { shardDescription: Uint8Array; columns: ColumnCollations },
+): string | null {
+  const aggregates = plan.aggregate?.aggregates ?? [];
+  if (options.columns.size === 0 || aggregates.length === 0) return null;
+  const fields = parseRowDescription(options.shardDescription);
+  for (const a of aggregates) {
+    const ordered = a.fn === "min" || a.fn === "max"
+      ? [a.partials[0]]
+      : a.orderBy.map((k) => a.partials[k.column]);
+    if (ordered.some((c) => c !== undefined && TEXT_TYPES.has(fields[c]?.typeOid ?? 0))) {
+      return `${a.fn}() of text across shards is not supported in a database with columns of ` +
+        "their own collation (pgdog can't tell which collation the shards compared by)";
+    }
+  }
+  return null;
+}
+
 /** The shard column a working-row column is (null: an aggregate's result). */
 function shardColumnOf(plan: MergePlan, column: number): number | null {
   const aggregate = plan.aggregate;

@@ -1,7 +1,7 @@
-import { deepEqual, equal } from "node:assert/strict";
+import { deepEqual, equal, match } from "node:assert/strict";
 import { MessageBuilder, Msg } from "../protocol/messages.ts";
 import type { MergePlan } from "./plan.ts";
-import { columnKey, withColumnCollations } from "./column_collations.ts";
+import { columnKey, textAggregateRefusal, withColumnCollations } from "./column_collations.ts";
 
 function rowDescription(fields: Array<[string, number, number]>): Uint8Array {
   const b = new MessageBuilder(256).begin(Msg.RowDescription).int16(fields.length);
@@ -67,4 +67,30 @@ Deno.test("after GROUP BY, a sort key on a group column finds the column it grou
     withColumnCollations(grouped, { shardDescription, columns }).orderBy.map((k) => k.collation),
     ["C", null],
   );
+});
+
+Deno.test("min/max of text are refused where columns have their own collation; others merge", () => {
+  const plan: MergePlan = {
+    ...base,
+    orderBy: [],
+    shardsSorted: false,
+    aggregate: {
+      groupBy: [],
+      aggregates: [
+        { fn: "max", partials: [0], distinct: false, star: false, orderBy: [] },
+        { fn: "count", partials: [1], distinct: false, star: true, orderBy: [] },
+      ],
+      output: [{ aggregate: 0 }, { aggregate: 1 }],
+    },
+  };
+  const text = new MessageBuilder(64).begin(Msg.RowDescription).int16(2)
+    .cstring("max").int32(0).int16(0).int32(25).int16(-1).int32(-1).int16(0)
+    .cstring("count").int32(0).int16(0).int32(20).int16(8).int32(-1).int16(0).end().build();
+  const columns = new Map([[columnKey(16400, 2), "C"]]);
+  match(textAggregateRefusal(plan, { shardDescription: text, columns }) ?? "", /max\(\) of text/);
+  equal(textAggregateRefusal(plan, { shardDescription: text, columns: new Map() }), null);
+  const numbers = new MessageBuilder(64).begin(Msg.RowDescription).int16(2)
+    .cstring("max").int32(0).int16(0).int32(23).int16(4).int32(-1).int16(0)
+    .cstring("count").int32(0).int16(0).int32(20).int16(8).int32(-1).int16(0).end().build();
+  equal(textAggregateRefusal(plan, { shardDescription: numbers, columns }), null);
 });

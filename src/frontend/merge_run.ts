@@ -27,7 +27,11 @@ import { resolveCount } from "../cross_shard/limit.ts";
 import { parseDataRow } from "../cross_shard/rows.ts";
 import { describeMergePlan } from "../router/merge_plan.ts";
 import { MergePipeline } from "../cross_shard/pipeline.ts";
-import { type ColumnCollations, withColumnCollations } from "../cross_shard/column_collations.ts";
+import {
+  type ColumnCollations,
+  textAggregateRefusal,
+  withColumnCollations,
+} from "../cross_shard/column_collations.ts";
 import type { Collation } from "../cross_shard/values.ts";
 import {
   type ErrorFields,
@@ -353,8 +357,17 @@ export class MergeRun {
       request: this.#request,
       explain: explain === null ? null : { options: explain.options, format: explain.format },
       plans: explain === null ? [] : Array.from({ length: shards }, () => []),
-      make: (shardDescription) =>
-        new MergePipeline(
+      make: (shardDescription) => {
+        const refusal = columnCollations === undefined
+          ? null
+          : textAggregateRefusal(plan, { shardDescription, columns: columnCollations });
+        if (refusal !== null) {
+          throw new MergeError(SqlState.FeatureNotSupported, refusal, {
+            hint: "route the query to one shard with /* pgdog_shard: N */, or aggregate in the " +
+              "application",
+          });
+        }
+        return new MergePipeline(
           columnCollations === undefined
             ? plan
             : withColumnCollations(plan, { shardDescription, columns: columnCollations }),
@@ -366,7 +379,8 @@ export class MergeRun {
             shardFormats: options.shardFormats,
             resultFormats: options.resultFormats,
           },
-        ),
+        );
+      },
     };
     if (explain !== null && explain.format !== "text") {
       exec.refusal = new MergeError(
