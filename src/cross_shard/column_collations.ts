@@ -53,16 +53,28 @@ const TEXT_TYPES = new Set([25, 1043, 1042, 19]);
 
 /**
  * Why `plan` can't be merged exactly in a database with columns of their own collation, or null:
- * an aggregate that orders text (min, max, or an ORDER BY inside it) would compare its shards'
- * partial values by the database's collation, and pgdog can't tell which column they came from.
+ * a sort key on a text expression, or an aggregate that orders text (min, max, or an ORDER BY
+ * inside it), would compare by the database's collation while PostgreSQL uses the collation the
+ * expression inherits from its columns, which pgdog can't see.
  */
 export function textAggregateRefusal(
   plan: MergePlan,
   options: { shardDescription: Uint8Array; columns: ColumnCollations },
 ): string | null {
   const aggregates = plan.aggregate?.aggregates ?? [];
-  if (options.columns.size === 0 || aggregates.length === 0) return null;
+  if (options.columns.size === 0) return null;
+  if (aggregates.length === 0 && plan.orderBy.every((k) => k.collation !== null)) return null;
   const fields = parseRowDescription(options.shardDescription);
+  for (const key of plan.orderBy) {
+    if (key.collation !== null) continue;
+    const column = shardColumnOf(plan, key.column);
+    const field = column === null ? undefined : fields[column];
+    // A table column's own collation is known (withColumnCollations); an expression's is not.
+    if (field !== undefined && field.tableOid === 0 && TEXT_TYPES.has(field.typeOid)) {
+      return `ORDER BY a text expression across shards is not supported without COLLATE in a ` +
+        "database with columns of their own collation (pgdog can't tell which collation it has)";
+    }
+  }
   for (const a of aggregates) {
     const ordered = a.fn === "min" || a.fn === "max"
       ? [a.partials[0]]

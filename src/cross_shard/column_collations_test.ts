@@ -94,3 +94,18 @@ Deno.test("min/max of text are refused where columns have their own collation; o
     .cstring("count").int32(0).int16(0).int32(20).int16(8).int32(-1).int16(0).end().build();
   equal(textAggregateRefusal(plan, { shardDescription: numbers, columns }), null);
 });
+
+Deno.test("ORDER BY a text expression without COLLATE is refused where columns have their own", () => {
+  const columns = new Map([[columnKey(16400, 2), "C"]]);
+  const expression = rowDescription([["lower", 0, 0], ["code", 16400, 2]]);
+  match(
+    textAggregateRefusal(base, { shardDescription: expression, columns }) ?? "",
+    /text expression/,
+  );
+  equal(textAggregateRefusal(base, { shardDescription: expression, columns: new Map() }), null);
+  const collated: MergePlan = {
+    ...base,
+    orderBy: [{ ...base.orderBy[0], collation: "C" }, base.orderBy[1]],
+  };
+  equal(textAggregateRefusal(collated, { shardDescription: expression, columns }), null);
+});
