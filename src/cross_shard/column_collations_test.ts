@@ -1,14 +1,20 @@
 import { deepEqual, equal, match } from "node:assert/strict";
-import { MessageBuilder, Msg } from "../protocol/messages.ts";
+import { buildRowDescription } from "./rows.ts";
 import type { MergePlan } from "./plan.ts";
 import { columnKey, textAggregateRefusal, withColumnCollations } from "./column_collations.ts";
 
-function rowDescription(fields: Array<[string, number, number]>): Uint8Array {
-  const b = new MessageBuilder(256).begin(Msg.RowDescription).int16(fields.length);
-  for (const [name, table, attnum] of fields) {
-    b.cstring(name).int32(table).int16(attnum).int32(25).int16(-1).int32(-1).int16(0);
-  }
-  return b.end().build();
+function rowDescription(fields: Array<[string, number, number]>, typeOid = 25): Uint8Array {
+  return buildRowDescription(
+    fields.map(([name, tableOid, attnum]) => ({
+      name,
+      tableOid,
+      attnum,
+      typeOid,
+      size: -1,
+      typmod: -1,
+      format: 0,
+    })),
+  );
 }
 
 const base: MergePlan = {
@@ -83,15 +89,17 @@ Deno.test("min/max of text are refused where columns have their own collation; o
       output: [{ aggregate: 0 }, { aggregate: 1 }],
     },
   };
-  const text = new MessageBuilder(64).begin(Msg.RowDescription).int16(2)
-    .cstring("max").int32(0).int16(0).int32(25).int16(-1).int32(-1).int16(0)
-    .cstring("count").int32(0).int16(0).int32(20).int16(8).int32(-1).int16(0).end().build();
+  const text = buildRowDescription([
+    { name: "max", tableOid: 0, attnum: 0, typeOid: 25, size: -1, typmod: -1, format: 0 },
+    { name: "count", tableOid: 0, attnum: 0, typeOid: 20, size: 8, typmod: -1, format: 0 },
+  ]);
   const columns = new Map([[columnKey(16400, 2), "C"]]);
   match(textAggregateRefusal(plan, { shardDescription: text, columns }) ?? "", /max\(\) of text/);
   equal(textAggregateRefusal(plan, { shardDescription: text, columns: new Map() }), null);
-  const numbers = new MessageBuilder(64).begin(Msg.RowDescription).int16(2)
-    .cstring("max").int32(0).int16(0).int32(23).int16(4).int32(-1).int16(0)
-    .cstring("count").int32(0).int16(0).int32(20).int16(8).int32(-1).int16(0).end().build();
+  const numbers = buildRowDescription([
+    { name: "max", tableOid: 0, attnum: 0, typeOid: 23, size: 4, typmod: -1, format: 0 },
+    { name: "count", tableOid: 0, attnum: 0, typeOid: 20, size: 8, typmod: -1, format: 0 },
+  ]);
   equal(textAggregateRefusal(plan, { shardDescription: numbers, columns }), null);
 });
 

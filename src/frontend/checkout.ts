@@ -19,7 +19,7 @@ import { ClientFacingError, type Pool, WaitAbort } from "../backend/pool.ts";
 import type { Cluster } from "../backend/databases.ts";
 import { ServerConnectError } from "../backend/connect.ts";
 import type { Role } from "../router/route.ts";
-import type { SessionScan } from "../router/scan.ts";
+import { emptyScan, type SessionScan } from "../router/scan.ts";
 import { errorMessage, log } from "../log.ts";
 import type { ShardingConfig } from "../router/shard.ts";
 import { markApplied, paramSyncStatements } from "./params.ts";
@@ -310,21 +310,10 @@ export class Checkout {
 
 /** A read-back failed: keep asking next time (settings unknown). */
 const FORGET_SCAN: SessionScan = {
-  settings: [],
-  resets: [],
+  ...emptyScan(),
   unknownSetting: true,
-  resetAll: false,
-  discardAll: false,
   advisoryLocks: true,
   tempObjects: true,
-  creates: false,
-  tempRelease: false,
-  listen: false,
-  sqlPrepared: false,
-  prepareOrExecute: false,
-  deallocations: [],
-  pgdogSettings: [],
-  statements: 0,
 };
 
 /** A server lost while pgdog ran its own statement on it. */

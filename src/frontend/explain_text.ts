@@ -6,6 +6,8 @@
  * @module
  */
 
+import { skipBlanks } from "../router/lex.ts";
+
 /** An EXPLAIN, cut into its parts. */
 export interface ExplainText {
   /** The options as the client wrote them (empty: none), to put before the shards' statement. */
@@ -16,36 +18,13 @@ export interface ExplainText {
   statement: string;
 }
 
-/** Comments and white space at `i` of `sql`: the index after them. */
-function skipSpace(sql: string, i: number): number {
-  for (;;) {
-    while (i < sql.length && /\s/.test(sql[i])) i++;
-    if (sql.startsWith("--", i)) {
-      const nl = sql.indexOf("\n", i);
-      i = nl < 0 ? sql.length : nl + 1;
-    } else if (sql.startsWith("/*", i)) {
-      let depth = 1;
-      i += 2;
-      while (i < sql.length && depth > 0) {
-        if (sql.startsWith("/*", i)) {
-          depth++;
-          i += 2;
-        } else if (sql.startsWith("*/", i)) {
-          depth--;
-          i += 2;
-        } else i++;
-      }
-    } else return i;
-  }
-}
-
 const LEGACY_OPTIONS = /^(analyze|analyse|verbose)\b/i;
 
 /** `sql` cut into its EXPLAIN parts; null when it is not an EXPLAIN. */
 export function explainText(sql: string): ExplainText | null {
-  let i = skipSpace(sql, 0);
+  let i = skipBlanks(sql, 0);
   if (!/^explain\b/i.test(sql.slice(i, i + 8))) return null;
-  i = skipSpace(sql, i + 7);
+  i = skipBlanks(sql, i + 7);
   const start = i;
   let format = "text";
   if (sql[i] === "(") {
@@ -69,9 +48,9 @@ export function explainText(sql: string): ExplainText | null {
     for (;;) {
       const m = LEGACY_OPTIONS.exec(sql.slice(i));
       if (m === null) break;
-      i = skipSpace(sql, i + m[0].length);
+      i = skipBlanks(sql, i + m[0].length);
     }
   }
   const options = sql.slice(start, i).trim();
-  return { options, format, statement: sql.slice(skipSpace(sql, i)) };
+  return { options, format, statement: sql.slice(skipBlanks(sql, i)) };
 }

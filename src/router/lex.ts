@@ -52,3 +52,12 @@ export function isWordStart(c: number): boolean {
 export function isWordPart(c: number): boolean {
   return isWordStart(c) || isDigit(c) || c === 0x24;
 }
+
+/** The first index at or after `i` of `sql` that is not white space or part of a comment. */
+export function skipBlanks(sql: string, i: number): number {
+  for (;;) {
+    while (i < sql.length && /\s/.test(sql[i])) i++;
+    if (!sql.startsWith("--", i) && !sql.startsWith("/*", i)) return i;
+    i = commentEnd(sql, i);
+  }
+}

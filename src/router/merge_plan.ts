@@ -50,6 +50,7 @@ import type {
   SortKey,
 } from "../cross_shard/plan.ts";
 import type { Node } from "./analyze.ts";
+import { walkTree } from "./tree.ts";
 import { errorMessage } from "../log.ts";
 import type { ValueContext } from "./shard_keys.ts";
 import type { TableRef } from "./analyze.ts";
@@ -304,34 +305,35 @@ function isAggregateCall(node: Node, user: ReadonlySet<string> | undefined): boo
   return isAggregateFunction(f, user);
 }
 
+/**
+ * Calls `visit` with every key and value under `roots` that belongs to this query level: not
+ * inside a subquery (a SubLink's subquery or a subquery in FROM), though what a SubLink compares
+ * with (`sum(x) > ALL (...)`) is. `visit` returns false to skip what is under a value.
+ */
+function walkLevel(roots: unknown[], visit: (key: string, value: Node) => boolean | void): void {
+  const step = (key: string, value: unknown): boolean | void => {
+    if (key === "RangeSubselect") return false;
+    if (key === "SubLink") {
+      walkTree([(value as Node).testexpr], step);
+      return false;
+    }
+    return visit(key, value as Node);
+  };
+  walkTree(roots, step);
+}
+
 /** Whether `root` has an aggregate or window function (outside subqueries), by kind. */
 function found(
   root: unknown,
   user: ReadonlySet<string> | undefined,
 ): { aggregate: boolean; window: boolean } {
   const out = { aggregate: false, window: false };
-  const stack = [root];
-  while (stack.length > 0) {
-    const v = stack.pop();
-    if (Array.isArray(v)) {
-      stack.push(...v);
-      continue;
-    }
-    if (v === null || typeof v !== "object") continue;
-    for (const [k, x] of Object.entries(v as Node)) {
-      if (k === "RangeSubselect") continue;
-      if (k === "SubLink") {
-        // The subquery is its own; what it is compared with (`sum(x) > ALL (...)`) is not.
-        stack.push((x as Node).testexpr);
-        continue;
-      }
-      if (k === "FuncCall") {
-        if ((x as Node).over) out.window = true;
-        else if (isAggregateCall({ FuncCall: x }, user)) out.aggregate = true;
-      } else if (k === "GroupingFunc") out.aggregate = true;
-      stack.push(x);
-    }
-  }
+  walkLevel([root], (k, x) => {
+    if (k === "FuncCall") {
+      if (x.over) out.window = true;
+      else if (isAggregateCall({ FuncCall: x }, user)) out.aggregate = true;
+    } else if (k === "GroupingFunc") out.aggregate = true;
+  });
   return out;
 }
 
@@ -748,26 +750,13 @@ export function windowsOnKey(body: Node, isKey: ((column: Node) => boolean) | un
     }
     return false;
   };
-  const stack: unknown[] = [body.targetList, body.sortClause, body.windowClause];
-  while (stack.length > 0) {
-    const v = stack.pop();
-    if (Array.isArray(v)) {
-      stack.push(...v);
-      continue;
-    }
-    if (v === null || typeof v !== "object") continue;
-    for (const [k, x] of Object.entries(v as Node)) {
-      if (k === "RangeSubselect") continue;
-      if (k === "SubLink") {
-        stack.push((x as Node).testexpr);
-        continue;
-      }
-      if (k === "FuncCall" && (x as Node).over && !onKey((x as Node).over as Node)) return false;
-      if (k === "WindowDef" && !onKey(x as Node)) return false;
-      stack.push(x);
-    }
-  }
-  return true;
+  let partitioned = true;
+  walkLevel([body.targetList, body.sortClause, body.windowClause], (k, x) => {
+    if (!partitioned) return false;
+    if (k === "FuncCall" && x.over && !onKey(x.over as Node)) partitioned = false;
+    if (k === "WindowDef" && !onKey(x)) partitioned = false;
+  });
+  return partitioned;
 }
 
 /** No aggregation: the shards' rows, sorted, deduplicated and cut as the client asked. */

@@ -132,10 +132,9 @@ export function mayAffectSession(buf: Uint8Array, start: number, end: number): b
   return false;
 }
 
-/** Scans `sql`; returns null when nothing in it matters to pooling. */
-export function scanSession(sql: string): SessionScan | null {
-  if (!MAYBE.test(sql)) return null;
-  const scan: SessionScan = {
+/** A scan of statements that do nothing to the session (fields to fill in). */
+export function emptyScan(): SessionScan {
+  return {
     settings: [],
     resets: [],
     unknownSetting: false,
@@ -152,6 +151,12 @@ export function scanSession(sql: string): SessionScan | null {
     pgdogSettings: [],
     statements: 0,
   };
+}
+
+/** Scans `sql`; returns null when nothing in it matters to pooling. */
+export function scanSession(sql: string): SessionScan | null {
+  if (!MAYBE.test(sql)) return null;
+  const scan = emptyScan();
   let dos = 0;
   for (const tokens of statements(sql)) {
     if (tokens.length === 0) continue;

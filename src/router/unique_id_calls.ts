@@ -19,6 +19,7 @@
  */
 
 import { parseSync } from "libpg-query";
+import { skipBlanks } from "./lex.ts";
 import { MAX_NESTING, nestingEstimate } from "./depth.ts";
 import { walkTree } from "./tree.ts";
 
@@ -183,27 +184,4 @@ function identifierEnd(sql: string, i: number): number {
   let j = i;
   while (j < sql.length && /[\p{L}\p{N}_$]/u.test(sql[j])) j++;
   return j > i ? j : -1;
-}
-
-/** The first index at or after `i` that is not whitespace or part of a comment. */
-function skipBlanks(sql: string, i: number): number {
-  for (;;) {
-    while (i < sql.length && /\s/.test(sql[i])) i++;
-    if (sql.startsWith("--", i)) {
-      const nl = sql.indexOf("\n", i);
-      i = nl < 0 ? sql.length : nl + 1;
-    } else if (sql.startsWith("/*", i)) {
-      let depth = 1;
-      i += 2;
-      while (i < sql.length && depth > 0) {
-        if (sql.startsWith("/*", i)) {
-          depth++;
-          i += 2;
-        } else if (sql.startsWith("*/", i)) {
-          depth--;
-          i += 2;
-        } else i++;
-      }
-    } else return i;
-  }
 }
