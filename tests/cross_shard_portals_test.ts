@@ -130,6 +130,34 @@ Deno.test({
         }
       });
 
+      await t.step(
+        "a merge error inside a transaction aborts it, as PostgreSQL's would",
+        async () => {
+          for (const target of [setup.referenceTarget, setup.target]) {
+            const c = await connectPg(target);
+            try {
+              await c.query("BEGIN");
+              await c.query("UPDATE users SET name = 'aborted' WHERE id = $1", [userIds()[3]]);
+              await assert.rejects(
+                c.query("SELECT count(*) FROM users HAVING count(*) * 9223372036854775807 > 0"),
+                (e: { code?: string }) => e.code === "22003",
+              );
+              await assert.rejects(
+                c.query("SELECT 1"),
+                (e: { code?: string }) => e.code === "25P02",
+                "the transaction is aborted",
+              );
+              const end = await c.query("COMMIT");
+              assert.equal(end.command, "ROLLBACK");
+              const r = await c.query("SELECT name FROM users WHERE id = $1", [userIds()[3]]);
+              assert.notEqual(r.rows[0].name, "aborted");
+            } finally {
+              await c.end();
+            }
+          }
+        },
+      );
+
       const explained = async (target: PgTarget, sql: string): Promise<BackendMessage[]> => {
         const w = await WireClient.connect(target);
         try {

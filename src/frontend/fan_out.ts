@@ -24,6 +24,7 @@ import {
   errorResponse,
   MessageBuilder,
   Msg,
+  queryMessage,
   readInt32,
   readyForQuery,
 } from "../protocol/messages.ts";
@@ -136,6 +137,11 @@ function isSyncPoint(type: number): boolean {
     type !== Msg.NotificationResponse && type !== Msg.ParameterStatus;
 }
 
+/** Fails the transaction on a shard (its error is pgdog's own, swallowed). */
+const ABORT_TRANSACTION = queryMessage(
+  "DO $$BEGIN RAISE EXCEPTION 'pgdog: a cross-shard query of this transaction failed'; END$$",
+);
+
 /** Answers a merged statement's merge gives instead of the shards'. */
 function isMerged(type: number): boolean {
   return type === Msg.RowDescription || type === Msg.NoData ||
@@ -175,6 +181,8 @@ export class FanOut {
   readonly #servers: Server[] = [];
   readonly #links: ServerLink[] = [];
   #failed = false;
+  /** The merge failed (not a shard): the shards' transaction must fail too. */
+  #mergeFailure = false;
   #status = 0x49; // 'I'
   #resolve!: () => void;
   /** Settles once every shard answered the whole request. */
@@ -480,6 +488,7 @@ export class FanOut {
     if (this.#failed) return;
     this.#host.writer.enqueue(errorResponse(mergeErrorFields(e)));
     this.#failed = true;
+    this.#mergeFailure = true;
     const pending = this.#pending;
     for (let i = 0; i < pending.length; i++) {
       pending[i] = pending[i].filter((m) => endsRequest(m[0]));
@@ -651,6 +660,16 @@ export class FanOut {
       const s = z[5];
       if (s === 0x45) status = 0x45;
       else if (s === 0x54 && status !== 0x45) status = 0x54;
+    }
+    if (this.#mergeFailure && status === 0x54) {
+      // PostgreSQL's transaction would be aborted by the error: so are the shards' (a COMMIT
+      // then rolls back, other statements get 25P02), as the client was told.
+      for (const server of this.#servers) {
+        if (server.closed) continue;
+        server.expect(Expect.Query, Action.Swallow);
+        server.writer.write(ABORT_TRANSACTION).catch(() => {});
+      }
+      status = 0x45;
     }
     this.#status = status;
     this.#host.writer.enqueue(readyForQuery(status));
