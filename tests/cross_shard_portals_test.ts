@@ -12,7 +12,15 @@ import assert from "node:assert/strict";
 import type pg from "pg";
 import { connectPg, dumpLogsOnFailure, type PgTarget, startSharded } from "./harness/mod.ts";
 import { loadData, OMNISHARDED, SHARDED_TABLES, USER_COUNT, userIds } from "./cross_shard_data.ts";
-import { type BackendMessage, errorFields, fe, summary, WireClient } from "./wire.ts";
+import {
+  type BackendMessage,
+  commandTag,
+  dataRow,
+  errorFields,
+  fe,
+  summary,
+  WireClient,
+} from "./wire.ts";
 
 /** The messages a request of `messages` gets, up to (and with) the first answer of `until`. */
 async function answered(
@@ -83,6 +91,52 @@ Deno.test({
           assert.equal(got[0].filter((m) => m.startsWith("D")).length, 6, sql);
         }
       });
+
+      await t.step(
+        "a concatenated cross-shard SELECT fetched in parts: at most N rows a batch",
+        async () => {
+          // No ORDER BY: pgdog concatenates the shards' rows, but a row-limited Execute still gets
+          // at most the rows it asks for, then PortalSuspended, and every row exactly once.
+          const w = await WireClient.connect(setup.target);
+          try {
+            const ids = new Set<string>();
+            let batches = 0;
+            let first = true;
+            for (;;) {
+              await w.send(
+                ...(first ? [fe.parse("", "SELECT id FROM users"), fe.bind("", "")] : []),
+                fe.execute("", 500),
+                fe.flush(),
+              );
+              first = false;
+              const got: BackendMessage[] = [];
+              while (!"sCE".includes(got.at(-1)?.type ?? "-")) got.push(await w.next(10_000));
+              const last = got[got.length - 1];
+              assert.notEqual(last.type, "E", "no error");
+              const rows = got.filter((m) => m.type === "D");
+              assert.ok(rows.length <= 500, `batch of ${rows.length} rows, asked for 500`);
+              for (const r of rows) {
+                const id = dataRow(r.body)[0]!;
+                assert.ok(!ids.has(id), `row ${id} twice`);
+                ids.add(id);
+              }
+              batches++;
+              if (last.type === "C") {
+                assert.equal(commandTag(last.body), `SELECT ${rows.length}`);
+                break;
+              }
+              assert.equal(rows.length, 500, "a suspended batch is full");
+              assert.ok(batches < 100);
+            }
+            assert.equal(ids.size, USER_COUNT);
+            assert.equal(batches, Math.ceil((USER_COUNT + 1) / 500));
+            await w.send(fe.sync());
+            assert.deepEqual(summary(await w.untilReady(1, 5000)), ["Z I"]);
+          } finally {
+            await w.close();
+          }
+        },
+      );
 
       await t.step(
         "in a transaction, other statements between the fetches (pg-cursor, JDBC)",

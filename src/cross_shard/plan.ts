@@ -130,6 +130,22 @@ export interface SetOperation {
   right: number;
 }
 
+/** A plan that passes the shards' rows through as they arrive (see MergePlan.passThrough). */
+export const PASS_THROUGH: MergePlan = Object.freeze({
+  shardSql: null,
+  shardColumns: 0,
+  aggregate: null,
+  having: null,
+  setOperation: null,
+  distinct: null,
+  orderBy: [],
+  shardsSorted: false,
+  limit: null,
+  offset: null,
+  visible: 0,
+  passThrough: true,
+});
+
 /** The whole plan. */
 export interface MergePlan {
   /** The statement each shard runs ($n parameters keep their numbers); null: the client's own. */
@@ -147,6 +163,12 @@ export interface MergePlan {
   offset: NumberSource | null;
   /** The client's columns: the first `visible` of the working row. */
   visible: number;
+  /**
+   * The shards' rows as they come, no stage but the row count (a cross-shard SELECT that is
+   * concatenated, fetched in parts by a row-limited Execute): `shardColumns` and `visible` are
+   * the first RowDescription's column count.
+   */
+  passThrough?: boolean;
   /**
    * The client's column names (`visible` of them), where the shards' RowDescription names
    * differ from what one PostgreSQL would call them (an aggregate split into partials: `avg`

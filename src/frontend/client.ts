@@ -598,7 +598,7 @@ export class Client implements ServerLink {
     const role: Role = "primary";
     if (this.#txn.empty && !(await this.#atGate())) return;
     let collations: { collation: Collation; columns: ColumnCollations } | null = null;
-    if (options.merge && !options.open) {
+    if (options.merge && !options.merge.passThrough && !options.open) {
       try {
         collations = await mergeCollations(this.cluster!, {
           timeoutMs: this.cluster!.settings.checkoutTimeout,
@@ -659,8 +659,9 @@ export class Client implements ServerLink {
           shardIds: shards,
           expandedExplain: this.#host.settings.expanded_explain,
           bufferLimit: this.#host.settings.cross_shard_buffer_limit,
-          collation: collations!.collation,
-          columnCollations: collations!.columns,
+          // A pass-through compares nothing.
+          collation: collations?.collation ?? { kind: "bytes" },
+          columnCollations: collations?.columns,
         })
         : null,
     });

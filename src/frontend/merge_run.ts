@@ -345,7 +345,7 @@ export class MergeRun {
       explain: ExplainText | null;
     },
   ): Execution {
-    const { plan, shards, bufferLimit, collation, columnCollations } = this.#options;
+    const { shards, bufferLimit, collation, columnCollations } = this.#options;
     const explain = options.explain;
     const exec: Execution = {
       pipeline: null,
@@ -357,7 +357,9 @@ export class MergeRun {
       request: this.#request,
       explain: explain === null ? null : { options: explain.options, format: explain.format },
       plans: explain === null ? [] : Array.from({ length: shards }, () => []),
-      make: (shardDescription) => {
+      make: (description) => {
+        const shardDescription = description;
+        const plan = concrete(this.#options.plan, shardDescription);
         const refusal = columnCollations === undefined
           ? null
           : textAggregateRefusal(plan, { shardDescription, columns: columnCollations });
@@ -643,7 +645,7 @@ function binaryInteger(value: Uint8Array): string | null {
  * shard columns (hidden columns in text); else the client's own codes (none or one for all).
  */
 function spread(formats: number[], plan: MergePlan): number[] {
-  if (formats.length <= 1) return formats;
+  if (formats.length <= 1 || plan.passThrough) return formats;
   const out = new Array(plan.shardColumns).fill(0);
   for (let i = 0; i < plan.visible && i < formats.length; i++) out[i] = formats[i];
   return out;
@@ -739,4 +741,11 @@ function describePortal(name: string): Uint8Array {
   out[5] = 0x50;
   out.set(bytes, 6);
   return out;
+}
+
+/** `plan`, with a pass-through plan's columns counted from the shards' RowDescription. */
+function concrete(plan: MergePlan, shardDescription: Uint8Array): MergePlan {
+  if (!plan.passThrough) return plan;
+  const columns = readInt16(shardDescription, 5);
+  return { ...plan, shardColumns: columns, visible: columns };
 }

@@ -49,7 +49,7 @@ import type { Forwarder } from "./forward.ts";
 import type { LocalAnswers } from "./local_answers.ts";
 import type { RoutedMessage } from "./routed_message.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
-import type { MergePlan } from "../cross_shard/plan.ts";
+import { type MergePlan, PASS_THROUGH } from "../cross_shard/plan.ts";
 
 /** Where a request on a sharded database runs: the value routing returns. */
 export interface ShardRoute {
@@ -211,7 +211,7 @@ export class RequestRouter {
     const c = this.#client;
     const config = c.sharding!;
     let analysis = this.analysisOf(type, buf, p, end);
-    const { bind, executes } = this.#requestAt(type, buf, p, end);
+    const { bind, executes, limited } = this.#requestAt(type, buf, p, end);
     if (!c.txn.empty) await c.abortEverywhere();
     if (c.closed) return "done";
     const inTxn = c.txStatus() !== TxStatus.Idle;
@@ -300,7 +300,13 @@ export class RequestRouter {
       shards,
       omniWrite: decision.omniWrite,
       copyHeader: decision.copyHeader,
-      merge: shards.length > 1 ? decision.merge ?? null : null,
+      merge: shards.length <= 1
+        ? null
+        : decision.merge ?? (limited && decision.concatenates && !decision.omniWrite &&
+            isSelect(analysis)
+          // Fetched in parts: the merge gives at most the rows asked for, as one server would.
+          ? PASS_THROUGH
+          : null),
       // A request that runs nothing (Parse, Describe) must not open the held-back transaction on
       // the shard it happens to use: the transaction's first statement picks its shards.
       outsideTransaction: !runs && held.length === 0,
@@ -457,12 +463,13 @@ export class RequestRouter {
     buf: Uint8Array,
     p: number,
     end: number,
-  ): { bind: BindValues | null; executes: boolean } {
+  ): { bind: BindValues | null; executes: boolean; limited: boolean } {
     const c = this.#client;
     const request = scanRequest(buf, type === Msg.Bind ? p : c.rbuf.start, c.rbuf.end);
     return {
       bind: type === Msg.Bind ? bindValues(buf, p, end) : request.bind,
       executes: request.executes || type === Msg.Execute,
+      limited: request.limited,
     };
   }
 
@@ -601,4 +608,11 @@ export class RequestRouter {
     c.local.answerError(fields, false);
     return true;
   }
+}
+
+/** A plain SELECT (not SELECT INTO). */
+function isSelect(analysis: Analysis | null): boolean {
+  const stmts = analysis?.info.ast?.stmts ?? [];
+  const select = stmts.length === 1 ? stmts[0].stmt?.SelectStmt : undefined;
+  return select !== undefined && (select as { intoClause?: unknown }).intoClause === undefined;
 }

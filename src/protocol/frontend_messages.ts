@@ -69,23 +69,31 @@ export function requestBuffered(buf: Uint8Array, p: number, end: number): boolea
   return false;
 }
 
-/** What the rest of a buffered request holds: its first Bind's values, and whether it executes. */
+/**
+ * What the rest of a buffered request holds: its first Bind's values, whether it executes, and
+ * whether an Execute asks for a limited number of rows.
+ */
 export function scanRequest(
   buf: Uint8Array,
   p: number,
   end: number,
-): { bind: BindParameters | null; executes: boolean } {
+): { bind: BindParameters | null; executes: boolean; limited: boolean } {
   let bind: BindParameters | null = null;
   let executes = false;
+  let limited = false;
   while (end - p >= 5) {
     const type = buf[p];
     const next = p + readInt32(buf, p + 1) + 1;
     if (next > end || type === Msg.Sync || type === Msg.Flush || type === Msg.Query) break;
     if (type === Msg.Bind && bind === null) bind = bindValues(buf, p, next);
-    if (type === Msg.Execute) executes = true;
+    if (type === Msg.Execute) {
+      executes = true;
+      const nameEnd = buf.indexOf(0, p + 5);
+      if (nameEnd > 0 && nameEnd + 5 <= next && readInt32(buf, nameEnd + 1) > 0) limited = true;
+    }
     p = next;
   }
-  return { bind, executes };
+  return { bind, executes, limited };
 }
 
 /** The parameter formats and values of a Bind message (null when it is malformed). */
