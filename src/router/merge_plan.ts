@@ -443,6 +443,21 @@ interface Limits {
 }
 
 /** A negative literal: the shards get the client's own clauses and raise PostgreSQL's error. */
+/**
+ * The shards' copy of a statement with OFFSET: no OFFSET, and LIMIT limit + offset (the merge
+ * applies both). False when there is nothing to change (no OFFSET, or a negative one the shards
+ * must refuse as written).
+ */
+function foldOffset(shard: Node, limits: Limits): boolean {
+  const { limit, offset } = limits;
+  if (offset === null || negative(limits)) return false;
+  delete shard.limitOffset;
+  if (limit === null) delete shard.limitCount;
+  else shard.limitCount = shardLimit(limit, offset);
+  shard.limitOption = limit === null ? "LIMIT_OPTION_DEFAULT" : "LIMIT_OPTION_COUNT";
+  return true;
+}
+
 function negative(l: Limits): boolean {
   return (l.limit !== null && "value" in l.limit && l.limit.value < 0) ||
     (l.offset !== null && "value" in l.offset && l.offset.value < 0);
@@ -798,13 +813,7 @@ function planRows(body: Node, ctx: MergePlanContext): MergePlan {
   if (hidden.length > 0) {
     shard.targetList = [...(body.targetList as Node[]), ...hidden.map((h) => target(h))];
   }
-  if (offset !== null && !negative(limits)) {
-    changed = true;
-    delete shard.limitOffset;
-    if (limit === null) delete shard.limitCount;
-    else shard.limitCount = shardLimit(limit, offset);
-    shard.limitOption = limit === null ? "LIMIT_OPTION_DEFAULT" : "LIMIT_OPTION_COUNT";
-  }
+  if (foldOffset(shard, limits)) changed = true;
   return {
     shardSql: changed ? shardText({ SelectStmt: shard }) : null,
     shardColumns: visible + hidden.length,
@@ -1340,14 +1349,7 @@ function planSetOperation(body: Node, ctx: MergePlanContext): MergePlan {
   if (unions && (top.all ? ops.every((o) => o.all) : true)) {
     // UNION ALL concatenates; a UNION (at the top) removes every duplicate: shards do it too.
     const shard: Node = { ...body };
-    let changed = false;
-    if (offset !== null && !negative(limits)) {
-      changed = true;
-      delete shard.limitOffset;
-      if (limit === null) delete shard.limitCount;
-      else shard.limitCount = shardLimit(limit, offset);
-      shard.limitOption = limit === null ? "LIMIT_OPTION_DEFAULT" : "LIMIT_OPTION_COUNT";
-    }
+    const changed = foldOffset(shard, limits);
     return {
       shardSql: changed ? shardText({ SelectStmt: shard }) : null,
       shardColumns: visible,
