@@ -324,8 +324,7 @@ export class MergeRun {
     if (sql === null) return null;
     const message = parseMessage(sql, shardParameterTypes(sql, { parse, bind }));
     const stmt: PreparedStatement = this.#client.prepared.forParse(message, 0, message.length);
-    const entry = (stmt as PreparedStatement & { merged?: ClientStatement }).merged ??=
-      new ClientStatement(stmt);
+    const entry = stmt.ownUse ??= new ClientStatement(stmt);
     return this.#variant = entry;
   }
 

@@ -57,6 +57,11 @@ export class PreparedStatement {
   scan: SessionScan | null = null;
   /** The router's analysis of its query (when routing). */
   analysis: Analysis | null = null;
+  /**
+   * pgdog's own use of it (the shard SQL of a cross-shard statement, see merge_run.ts): the
+   * entry that readies servers for it and learns of their copies' failures.
+   */
+  ownUse: ClientStatement | null = null;
 
   constructor(name: string, parse: Uint8Array, query: string) {
     this.name = name;
