@@ -227,6 +227,42 @@ print(json.dumps(rows))
       assert.deepEqual(actual, [[[2, 2]], [[3, 3]], [[1, 1]]]);
     });
 
+    await t.step(
+      "psycopg: a pipeline mixing merged cross-shard reads and keyed writes",
+      async () => {
+        await clean(setup);
+        for (const target of [setup.referenceTarget, setup.target]) {
+          for (const [id, user, amount] of [[1, 1, 10], [2, 2, 20], [3, 2, 21], [4, 3, 30]]) {
+            await psql(
+              target,
+              `INSERT INTO orders (id, user_id, amount) VALUES (${id}, ${user}, ${amount})`,
+            );
+          }
+        }
+        // Pipelined as psycopg sends them: each merged statement runs alone, in order, in the
+        // pipeline's implicit transaction (the merge sees the row written before it).
+        const script = `
+with psycopg.connect(DSN) as conn:
+    with conn.pipeline():
+        a = conn.execute("SELECT count(*), sum(amount) FROM orders")
+        conn.execute("INSERT INTO orders (id, user_id, amount) VALUES (%s, %s, %s)", [5, 3, 31])
+        b = conn.execute("SELECT user_id, max(amount) FROM orders GROUP BY user_id ORDER BY user_id")
+        c = conn.execute("SELECT amount FROM orders ORDER BY amount DESC LIMIT %s", [2])
+        d = conn.execute("SELECT amount FROM orders WHERE user_id = %s ORDER BY amount", [2])
+    rows = [[list(r) for r in x.fetchall()] for x in (a, b, c, d)]
+print(json.dumps(rows, default=str))
+`;
+        const expected = await runPsycopg(setup.referenceTarget, script);
+        const actual = await runPsycopg(setup.target, script) as unknown[][];
+        assert.deepEqual(actual, expected);
+        assert.deepEqual(actual[0], [[4, 81]], "the first read, before the write");
+        assert.equal(actual[1].length, 3, "three users' groups, the new row's included");
+        // The pipelined write is on its user's shard, once.
+        const placed = await setup.placement("SELECT id FROM orders WHERE id = 5");
+        assert.deepEqual(placed.get("5"), [shardForBigint(3n, 3)]);
+      },
+    );
+
     await t.step("psycopg executemany: rows on their shards; a failure undoes all", async () => {
       await clean(setup);
       const ids = [100, 101, 102, 103, 104, 105, 7, 8];
