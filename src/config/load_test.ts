@@ -36,6 +36,13 @@ async function load(
 const ONE_DATABASE = '[[databases]]\nname = "shop"\nhost = "127.0.0.1"\n';
 const ONE_USER = '[[users]]\nname = "bob"\ndatabase = "shop"\npassword = "pw"\n';
 
+const DEFAULT_REWRITE = {
+  enabled: false,
+  split_inserts: "error",
+  shard_key: "error",
+  non_deterministic_functions: "ignore",
+} as const;
+
 const DEFAULT_GENERAL = {
   host: "0.0.0.0",
   port: 6432,
@@ -61,6 +68,10 @@ const DEFAULT_GENERAL = {
   query_parser: "auto",
   cross_shard_disabled: false,
   cross_shard_buffer_limit: 134217728,
+  two_phase_commit: false,
+  two_phase_commit_wal_segment_size: 16777216,
+  two_phase_commit_wal_fsync_interval: 0,
+  two_phase_commit_wal_checkpoint_interval: 15000,
   expanded_explain: false,
   query_cache_limit: 1000,
   read_write_strategy: "conservative",
@@ -95,6 +106,30 @@ interface BadCase {
 }
 
 const BAD_CASES: BadCase[] = [
+  {
+    name: "two-phase commit and [rewrite] keys",
+    pgdog: [
+      "[general]", //                          1
+      'two_phase_commit = "yes"', //           2
+      "two_phase_commit_wal_segment_size = 1", // 3
+      "[rewrite]", //                          4
+      'split_inserts = "split"', //            5
+      "shard_key = true", //                   6
+      'non_deterministic_functions = "error"', // 7
+      ONE_DATABASE,
+    ].join("\n"),
+    users: ONE_USER,
+    problems: [
+      'pgdog.toml:2: [general] two_phase_commit: expected true or false, got "yes"',
+      "pgdog.toml:3: [general] two_phase_commit_wal_segment_size: expected an integer >= 4096, " +
+      "got 1",
+      'pgdog.toml:5: [rewrite] split_inserts: "split" is not allowed; expected one of error, ' +
+      "rewrite, ignore",
+      "pgdog.toml:6: [rewrite] shard_key: expected one of error, rewrite, ignore, got true",
+      'pgdog.toml:7: [rewrite] non_deterministic_functions: "error" is not allowed; expected ' +
+      "one of ignore, rewrite",
+    ],
+  },
   {
     name: "wrong types and values in [general]",
     pgdog: [
@@ -308,6 +343,7 @@ Deno.test("loadConfig: defaults everywhere", async () => {
       }],
       users: [{ name: "bob", database: "shop", password: "pw" }],
       admin: { name: "admin", user: "admin" },
+      rewrite: DEFAULT_REWRITE,
       sharded_tables: [],
       sharded_schemas: [],
       omnisharded_tables: [],
@@ -390,6 +426,10 @@ server_password = "bob_srvpw"
       query_parser: "auto",
       cross_shard_disabled: false,
       cross_shard_buffer_limit: 134217728,
+      two_phase_commit: false,
+      two_phase_commit_wal_segment_size: 16777216,
+      two_phase_commit_wal_fsync_interval: 0,
+      two_phase_commit_wal_checkpoint_interval: 15000,
       expanded_explain: false,
       query_cache_limit: 1000,
       read_write_strategy: "conservative",
@@ -441,6 +481,7 @@ server_password = "bob_srvpw"
       server_password: "bob_srvpw",
     }],
     admin: { name: "pgdog", user: "root", password: "adminpw" },
+    rewrite: DEFAULT_REWRITE,
     sharded_tables: [],
     sharded_schemas: [],
     omnisharded_tables: [],
@@ -552,6 +593,7 @@ Deno.test("loadConfig: missing files are warnings; URLs stand in for the databas
       }],
       users: [{ name: "alice", database: "app", password: "secret" }],
       admin: { name: "admin", user: "admin" },
+      rewrite: DEFAULT_REWRITE,
       sharded_tables: [],
       sharded_schemas: [],
       omnisharded_tables: [],

@@ -18,6 +18,7 @@ import type {
   OmniTableConfig,
   PartialShardMapping,
   PluginConfig,
+  RewriteConfig,
   ShardedSchemaConfig,
   ShardedTableConfig,
   UserConfig,
@@ -275,6 +276,36 @@ const GENERAL_KEYS = [
     { default: 134217728, min: 1024 },
   ),
   bool(
+    "two_phase_commit",
+    false,
+    "COMMIT of a transaction that wrote on several shards runs two-phase commit.",
+  ),
+  {
+    name: "two_phase_commit_auto",
+    type: { kind: "boolean" },
+    description: "Single statements writing on several shards use it too (unset: as " +
+      "two_phase_commit).",
+  },
+  str(
+    "two_phase_commit_wal_dir",
+    "Folder of the two-phase commit log, replayed at startup (unset: no crash recovery).",
+  ),
+  int(
+    "two_phase_commit_wal_segment_size",
+    "Bytes of one two-phase commit log file before a new one is started.",
+    { default: 16777216, min: 4096 },
+  ),
+  ms(
+    "two_phase_commit_wal_fsync_interval",
+    0,
+    "Decisions within this long share one fsync of the log (0: each its own).",
+  ),
+  ms(
+    "two_phase_commit_wal_checkpoint_interval",
+    15000,
+    "How often log files whose transactions are all finished are deleted.",
+  ),
+  bool(
     "expanded_explain",
     false,
     "EXPLAIN across shards shows each shard's plan and pgdog's merge (off: shard 0's plan).",
@@ -447,7 +478,51 @@ const USER_KEYS = [
     type: { kind: "boolean" },
     description: "Refuse queries for several shards (overrides [general]).",
   },
+  {
+    name: "two_phase_commit",
+    type: { kind: "boolean" },
+    description: "Two-phase commit for this user's transactions (overrides [general]).",
+  },
+  {
+    name: "two_phase_commit_auto",
+    type: { kind: "boolean" },
+    description: "Two-phase commit for this user's single statements (overrides [general]).",
+  },
 ] satisfies KeySpec<keyof UserConfig>[];
+
+const REWRITE_MODES = ["error", "rewrite", "ignore"] as const;
+
+const REWRITE_KEYS = [
+  bool(
+    "enabled",
+    false,
+    "Turns the rewrites below on; off, split_inserts and shard_key both act as error.",
+  ),
+  oneOf(
+    "split_inserts",
+    REWRITE_MODES,
+    "A multi-row INSERT whose rows belong to several shards: error refuses it (0A000); " +
+      "rewrite sends each shard one INSERT of its rows, atomically; ignore sends it to one " +
+      "shard as written (unsafe: rows land on the wrong shard).",
+    { default: "error" },
+  ),
+  oneOf(
+    "shard_key",
+    REWRITE_MODES,
+    "An UPDATE that changes a row's sharding key: error refuses it (0A000); rewrite moves " +
+      "the row (delete on the old shard, insert on the new one, in one transaction); ignore " +
+      "forwards it as written (unsafe: the row stays on a shard its key does not map to).",
+    { default: "error" },
+  ),
+  oneOf(
+    "non_deterministic_functions",
+    ["ignore", "rewrite"],
+    "A write sent to several shards that calls now(), random(), gen_random_uuid() and " +
+      "the like: rewrite computes each call once in pgdog so every shard stores the same " +
+      "value; ignore lets each shard compute its own.",
+    { default: "ignore" },
+  ),
+] satisfies KeySpec<keyof RewriteConfig>[];
 
 const ADMIN_KEYS = [
   str("name", "Name of the admin database.", { default: "admin" }),
@@ -462,6 +537,8 @@ const _generalComplete: [Missing<GeneralConfig, typeof GENERAL_KEYS>] extends [n
 const _databaseComplete: [Missing<DatabaseConfig, typeof DATABASE_KEYS>] extends [never] ? true
   : never = true;
 const _userComplete: [Missing<UserConfig, typeof USER_KEYS>] extends [never] ? true : never = true;
+const _rewriteComplete: [Missing<RewriteConfig, typeof REWRITE_KEYS>] extends [never] ? true
+  : never = true;
 const _adminComplete: [Missing<AdminConfig, typeof ADMIN_KEYS>] extends [never] ? true
   : never = true;
 const _tableComplete: [
@@ -524,12 +601,6 @@ export const GENERAL: SectionSpec = {
     "mirror_queue",
     "mirror_exposure",
     "pub_sub_channel_size",
-    "two_phase_commit",
-    "two_phase_commit_auto",
-    "two_phase_commit_wal_dir",
-    "two_phase_commit_wal_segment_size",
-    "two_phase_commit_wal_fsync_interval",
-    "two_phase_commit_wal_checkpoint_interval",
     "resharding_copy_format",
     "resharding_parallel_copies",
     "resharding_copy_retry_max_attempts",
@@ -684,8 +755,6 @@ export const USERS: SectionSpec = {
     "idle_timeout",
     "read_only",
     "schema_admin",
-    "two_phase_commit",
-    "two_phase_commit_auto",
     "server_lifetime",
     "server_lifetime_jitter",
     ...ROLE_POOL_KEYS,
@@ -701,6 +770,23 @@ export const ADMIN: SectionSpec = {
     "one in pgdog.toml as a whole.",
   keys: ADMIN_KEYS,
   unsupported: [],
+};
+
+/** `[rewrite]` */
+export const REWRITE: SectionSpec = {
+  name: "rewrite",
+  array: false,
+  files: ["pgdog.toml"],
+  description: 'Writes pgdog rewrites so they keep every row on its shard (see "Writes ' +
+    "across shards\"). Without two_phase_commit a crash between the shards' commits can " +
+    "leave part of a rewritten write committed.",
+  keys: REWRITE_KEYS,
+  unsupported: ["primary_key"],
+  example: `[rewrite]
+enabled = true
+split_inserts = "rewrite"
+shard_key = "rewrite"
+`,
 };
 
 /** `[[sharded_tables.mapping]]` (nested in `[[sharded_tables]]`) */
@@ -903,6 +989,7 @@ export const SECTIONS: readonly SectionSpec[] = [
   DATABASES,
   ADMIN,
   USERS,
+  REWRITE,
   SHARDED_TABLES,
   SHARDED_MAPPINGS,
   SHARDED_SCHEMAS,
@@ -914,7 +1001,6 @@ export const SECTIONS: readonly SectionSpec[] = [
 export const UNSUPPORTED_SECTIONS: readonly UnsupportedSection[] = [
   { name: "query_parsers", array: true },
   { name: "multi_tenant", array: false },
-  { name: "rewrite", array: false },
   { name: "tcp", array: false },
   { name: "memory", array: false },
   { name: "replication", array: false },

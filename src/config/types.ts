@@ -75,6 +75,18 @@ export interface GeneralConfig {
   query_parser: "auto" | "on" | "off";
   /** Queries that would run on several shards are refused (58000). */
   cross_shard_disabled: boolean;
+  /** A COMMIT of a transaction that wrote on several shards runs two-phase commit. */
+  two_phase_commit: boolean;
+  /** Single statements writing on several shards use two-phase commit (unset: `two_phase_commit`). */
+  two_phase_commit_auto?: boolean;
+  /** Folder of the two-phase commit log (unset: no crash recovery). */
+  two_phase_commit_wal_dir?: string;
+  /** Bytes of one log file before the next is started. */
+  two_phase_commit_wal_segment_size: number;
+  /** Decisions within this long share one fsync (0: each its own). */
+  two_phase_commit_wal_fsync_interval: number;
+  /** How often finished log files are deleted. */
+  two_phase_commit_wal_checkpoint_interval: number;
   /** Bytes of rows one cross-shard query may hold to merge; past it that query fails (53200). */
   cross_shard_buffer_limit: number;
   /** EXPLAIN of a cross-shard query shows every shard's plan and pgdog's merge steps. */
@@ -191,6 +203,25 @@ export interface UserConfig {
   server_password?: string;
   /** Refuse this user's queries that would run on several shards; overrides `[general]`'s. */
   cross_shard_disabled?: boolean;
+  /** Two-phase commit for this user's transactions; overrides `[general]`'s. */
+  two_phase_commit?: boolean;
+  /** Two-phase commit for this user's single statements; overrides `[general]`'s. */
+  two_phase_commit_auto?: boolean;
+}
+
+/** What a rewrite setting does with a write it applies to. */
+export type RewriteMode = "error" | "rewrite" | "ignore";
+
+/** `[rewrite]`: how writes that span shards are rewritten. */
+export interface RewriteConfig {
+  /** The rewrites are on; off, `split_inserts` and `shard_key` act as `error`. */
+  enabled: boolean;
+  /** A multi-row INSERT whose rows belong to several shards. */
+  split_inserts: RewriteMode;
+  /** An UPDATE that changes a row's sharding key. */
+  shard_key: RewriteMode;
+  /** now(), random(), gen_random_uuid()... in a write sent to several shards. */
+  non_deterministic_functions: "ignore" | "rewrite";
 }
 
 /** `[admin]`: the admin database's credentials. */
@@ -322,6 +353,8 @@ export interface Config {
   users: UserConfig[];
   /** `[admin]` of users.toml, else of pgdog.toml, else the defaults. */
   admin: AdminConfig;
+  /** `[rewrite]` of pgdog.toml. */
+  rewrite: RewriteConfig;
   /** `[[sharded_tables]]` of pgdog.toml, with their mapping rules. */
   sharded_tables: ShardedTableConfig[];
   /** `[[sharded_schemas]]` of pgdog.toml. */
@@ -400,6 +433,8 @@ export interface PartialConfig {
   users?: Array<Partial<UserConfig> & { name: string; database: string }>;
   /** Admin database credentials. */
   admin?: Partial<AdminConfig>;
+  /** Rewrites of writes that span shards. */
+  rewrite?: Partial<RewriteConfig>;
   /** Sharded tables; `database` and `column` are required. */
   sharded_tables?: Array<
     & Partial<Omit<ShardedTableConfig, "mapping">>

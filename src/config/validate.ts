@@ -13,6 +13,7 @@ import type {
   DatabaseConfig,
   GeneralConfig,
   PluginConfig,
+  RewriteConfig,
   UserConfig,
 } from "./types.ts";
 import type { TomlLocations, TomlPath } from "./locate.ts";
@@ -25,6 +26,7 @@ import {
   findSection,
   GENERAL,
   PLUGINS,
+  REWRITE,
   sectionHeader,
   SECTIONS,
   type SectionSpec,
@@ -321,6 +323,7 @@ export function validateSources(
   const general = withDefaults(GENERAL, generalEntry?.values ?? {});
   // users.toml's [admin] replaces pgdog.toml's: the last source that has one wins.
   const admin = withDefaults(ADMIN, collect("admin").at(-1)?.values ?? {});
+  const rewrite = withDefaults(REWRITE, collect("rewrite")[0]?.values ?? {});
   let databases = collect("databases");
   const users = collect("users");
 
@@ -484,6 +487,7 @@ export function validateSources(
     ),
     users: users.map((entry) => withDefaults(USERS, entry.values) as unknown as UserConfig),
     admin: admin as unknown as AdminConfig,
+    rewrite: rewrite as unknown as RewriteConfig,
     ...sharding,
     plugins: plugins.map((entry) => withDefaults(PLUGINS, entry.values) as unknown as PluginConfig),
   };
