@@ -65,7 +65,11 @@ async function main(): Promise<number> {
   };
   try {
     const started = await Promise.allSettled(
-      Array.from({ length: count }, () => startPostgres({ databases: [DATABASE] })),
+      Array.from(
+        { length: count },
+        // Two-phase commit needs room for prepared transactions on every shard.
+        () => startPostgres({ databases: [DATABASE], settings: { max_prepared_transactions: 64 } }),
+      ),
     );
     for (const r of started) if (r.status === "fulfilled") shards.push(r.value);
     const failed = started.find((r) => r.status === "rejected");
@@ -78,9 +82,17 @@ async function main(): Promise<number> {
   }
 
   let proxy;
+  const walDir = await Deno.makeTempDir({ prefix: "pgdog-demo-2pc-" });
   try {
     proxy = await startProxy({
-      general: { host: "127.0.0.1", port, shutdown_timeout: 5000 },
+      general: {
+        host: "127.0.0.1",
+        port,
+        shutdown_timeout: 5000,
+        two_phase_commit: true,
+        two_phase_commit_wal_dir: walDir,
+      },
+      rewrite: { enabled: true, split_inserts: "rewrite", shard_key: "rewrite" },
       databases: shards.map((s, i) => ({
         name: DATABASE,
         host: s.host,
@@ -97,6 +109,7 @@ async function main(): Promise<number> {
     });
   } catch (e) {
     await cleanup();
+    await Deno.remove(walDir, { recursive: true }).catch(() => {});
     console.error(`demo: could not start pgdog: ${e instanceof Error ? e.message : e}`);
     return 1;
   }
@@ -120,6 +133,11 @@ and try:
   SELECT * FROM users WHERE id = 1;           -- one shard
   SELECT * FROM payments WHERE user_id = 1;   -- the same shard as user 1
   SELECT * FROM users;                        -- every shard, one result
+  SELECT count(*), max(id) FROM users;        -- merged across shards
+  INSERT INTO users (id, email) VALUES (3, 'c@example.com'), (4, 'd@example.com');  -- split
+  UPDATE users SET id = 10 WHERE id = 3;      -- the row moves to id 10's shard
+  BEGIN; UPDATE users SET email = 'x' WHERE id IN (1, 2); COMMIT;  -- two-phase commit
+  \\copy users (id, email) FROM 'users.csv' WITH (FORMAT csv)
   SHOW pgdog.shards;
 
 Ctrl-C stops pgdog and removes the shards.`);
@@ -132,6 +150,7 @@ Ctrl-C stops pgdog and removes the shards.`);
   console.log("\nstopping ...");
   await proxy.shutdown();
   await cleanup();
+  await Deno.remove(walDir, { recursive: true }).catch(() => {});
   console.log("removed the demo shards");
   return 0;
 }
