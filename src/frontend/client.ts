@@ -42,6 +42,7 @@ import type { Forwarder } from "./forward.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 import { planSplit } from "./split_request.ts";
 import { commitOnShards } from "./shard_commit.ts";
+import { planAtomicWrite } from "./atomic_write.ts";
 import { ClientView } from "./client_view.ts";
 import { ClientGate } from "./client_gate.ts";
 import { ShardSwitch } from "./shard_switch.ts";
@@ -359,8 +360,9 @@ export class Client implements ServerLink {
           out.reset(rb.buf);
           continue;
         }
+        const request = { type, buf, p, end, bufferEnd: rb.end };
         const plan = split === null
-          ? planSplit({ type, buf, p, end, bufferEnd: rb.end }, this.#parts)
+          ? planSplit(request, this.#parts) ?? planAtomicWrite(request, this.#parts)
           : null;
         if (plan !== null) {
           await this.#parts.splits.start(plan);

@@ -284,7 +284,9 @@ export class TwoPcManager {
     if (u.shards.size > 0 || !this.#unfinished.has(u.tx.gid)) return;
     if (u.recovered) this.#statsOf(u.tx).recovered++;
     log.info(
-      `two-phase commit: transaction ${u.tx.gid} ${u.commit ? "committed" : "rolled back"} on every shard`,
+      `two-phase commit: transaction ${u.tx.gid} ${
+        u.commit ? "committed" : "rolled back"
+      } on every shard`,
     );
     this.#end(u.tx.gid);
   }

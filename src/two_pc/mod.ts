@@ -18,8 +18,8 @@ export {
   GID_PREFIX,
   type TransactionState,
   TwoPcManager,
-  twoPhaseCommits,
   type TwoPcStats,
+  twoPhaseCommits,
 } from "./manager.ts";
 export { TwoPcWal } from "./wal.ts";
 
