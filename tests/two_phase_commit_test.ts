@@ -233,3 +233,55 @@ print(json.dumps({"second": ok}))
     });
   }
 }
+
+Deno.test({
+  name: "without two-phase commit: deferred constraints are checked on every shard first",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn(t) {
+    await using setup = await startSharded({
+      shardedTables: [{ name: "items", column: "id", data_type: "bigint" }],
+      schema: SCHEMA,
+      settings: { log_statement: "all" },
+    });
+    const [s0, s1] = idsByShard();
+    await dumpLogsOnFailure(setup.proxy, async () => {
+      await t.step("the client's COMMIT", async () => {
+        const r = await psql(
+          setup.target,
+          `BEGIN;
+           INSERT INTO items VALUES (${s0[0]}, ${s0[0]});
+           INSERT INTO items VALUES (${s1[0]}, 999999);
+           COMMIT;`,
+        );
+        assert.match(r.stderr, /violates foreign key constraint/);
+        assert.deepEqual(await rowsOn(setup, "SELECT id FROM items"), [[], [], []]);
+        const log = await setup.shards[0].log();
+        assert.match(log, /SET CONSTRAINTS ALL IMMEDIATE/);
+        assert.doesNotMatch(log, /PREPARE TRANSACTION/);
+      });
+      await t.step("a split request's implicit transaction", async () => {
+        const r = await psql(
+          setup.target,
+          `INSERT INTO items VALUES (${s0[1]}, ${s0[1]}); INSERT INTO items VALUES (${
+            s1[1]
+          }, 999999)`,
+        );
+        assert.match(r.stderr, /violates foreign key constraint/);
+        assert.deepEqual(await rowsOn(setup, "SELECT id FROM items"), [[], [], []]);
+        const ok = await psql(
+          setup.target,
+          `INSERT INTO items VALUES (${s0[1]}, ${s0[1]}); INSERT INTO items VALUES (${s1[1]}, ${
+            s1[1]
+          })`,
+        );
+        assert.equal(ok.code, 0, ok.stderr);
+        assert.deepEqual(await rowsOn(setup, "SELECT id FROM items"), [
+          [[String(s0[1])]],
+          [[String(s1[1])]],
+          [],
+        ]);
+      });
+    });
+  },
+});
