@@ -36,7 +36,7 @@ CREATE TABLE settings (name text PRIMARY KEY, value text);
 `;
 
 /** Ids on shard 0, 1 and 2 (of 3). */
-export function idsByShard(count = 3): bigint[][] {
+function idsByShard(count = 3): bigint[][] {
   const out: bigint[][] = Array.from({ length: count }, () => []);
   for (let i = 1n; out.some((l) => l.length < 4); i++) {
     const s = shardForBigint(i, count);

@@ -208,6 +208,7 @@ async function twoPhaseCommit(
     };
   }
   manager.crashPoint("decided");
+  await manager.pausePoint("decided");
   const pending: number[] = [];
   const commitOne = async (p: Participant): Promise<void> => {
     const r = p.server.closed

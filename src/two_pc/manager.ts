@@ -79,6 +79,8 @@ export class TwoPcManager {
   #retrying = false;
   /** The test-only fault point (PGDOG_2PC_CRASH_AT): pgdog kills itself at that step. */
   crashAt: CrashStep | null = null;
+  /** The test-only pause (PGDOG_2PC_PAUSE_AT, PGDOG_2PC_PAUSE_MS): pgdog waits at that step. */
+  pauseAt: { step: CrashStep; ms: number } | null = null;
 
   /** Takes the configuration (at startup and on RELOAD) and the pools recovery uses. */
   configure(config: Config, options: { databases: Databases }): void {
@@ -121,6 +123,13 @@ export class TwoPcManager {
     Deno.kill(Deno.pid, "SIGKILL");
   }
 
+  /** A test-only pause: pgdog waits at `step` when PGDOG_2PC_PAUSE_AT names it. */
+  async pausePoint(step: CrashStep): Promise<void> {
+    if (this.pauseAt?.step !== step) return;
+    log.warn(`PGDOG_2PC_PAUSE_AT=${step}: waiting ${this.pauseAt.ms} ms (a test's fault point)`);
+    await new Promise((r) => setTimeout(r, this.pauseAt!.ms));
+  }
+
   /**
    * Opens the log and finishes what it left (before clients are accepted), rolls back the
    * prepared transactions older than the log, and starts the retries and the checkpointer.
@@ -131,6 +140,13 @@ export class TwoPcManager {
     try {
       const crash = Deno.env.get("PGDOG_2PC_CRASH_AT");
       if (crash) this.crashAt = crash as CrashStep;
+      const pause = Deno.env.get("PGDOG_2PC_PAUSE_AT");
+      if (pause) {
+        this.pauseAt = {
+          step: pause as CrashStep,
+          ms: Number(Deno.env.get("PGDOG_2PC_PAUSE_MS") ?? 3000),
+        };
+      }
     } catch {
       // No permission: no fault point.
     }
