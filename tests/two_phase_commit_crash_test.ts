@@ -23,9 +23,9 @@ const SCHEMA = "CREATE TABLE accounts (id bigint PRIMARY KEY, balance int NOT NU
 /** Ids on each shard (of `count`). */
 function idsByShard(count: number): bigint[][] {
   const out: bigint[][] = Array.from({ length: count }, () => []);
-  for (let i = 1n; out.some((l) => l.length < 6); i++) {
+  for (let i = 1n; out.some((l) => l.length < 12); i++) {
     const s = shardForBigint(i, count);
-    if (out[s].length < 6) out[s].push(i);
+    if (out[s].length < 12) out[s].push(i);
   }
   return out;
 }
@@ -60,6 +60,35 @@ Deno.test({
       { step: "first_commit", committed: true, preparedBefore: [0, 1] },
     ];
     try {
+      await t.step("prepared transactions the log doesn't know", async () => {
+        // Prepared before the log existed: rolled back at startup; another node's: left alone.
+        const prepare = (gid: string, id: bigint): Promise<string[][]> =>
+          setup.onShard(
+            0,
+            `BEGIN; INSERT INTO accounts VALUES (${id}, 0); PREPARE TRANSACTION '${gid}'`,
+          );
+        await prepare("__pgdog_2pc_0_0_00000000000a_0", s0[10]);
+        await prepare("__pgdog_2pc_7_0_00000000000b_0", s0[11]);
+        await new Promise((r) => setTimeout(r, 50));
+        const first = await setup.startProxy({ two_phase_commit_wal_dir: walDir });
+        await first.proxy.stop();
+        const gids = async (): Promise<string[]> =>
+          (await setup.onShard(0, "SELECT gid FROM pg_prepared_xacts ORDER BY gid")).map((r) =>
+            r[0]
+          );
+        assert.deepEqual(await gids(), ["__pgdog_2pc_7_0_00000000000b_0"]);
+        // Prepared after the log was created and not in it: left alone, with a warning.
+        await prepare("__pgdog_2pc_0_0_00000000000c_0", s0[10]);
+        const second = await setup.startProxy({ two_phase_commit_wal_dir: walDir });
+        const exit = await second.proxy.stop();
+        assert.match(exit.logs, /__pgdog_2pc_0_0_00000000000c_0.*not in the log/);
+        assert.deepEqual(await gids(), [
+          "__pgdog_2pc_0_0_00000000000c_0",
+          "__pgdog_2pc_7_0_00000000000b_0",
+        ]);
+        for (const gid of await gids()) await setup.onShard(0, `ROLLBACK PREPARED '${gid}'`);
+        assert.deepEqual(await rowsOn(setup, "SELECT id FROM accounts"), [[], []]);
+      });
       for (const [i, c] of cases.entries()) {
         await t.step(`killed at ${c.step}`, async () => {
           const general = { two_phase_commit_wal_dir: walDir };
