@@ -157,6 +157,7 @@ export class TwoPcManager {
         workers: this.workers,
         segmentSize: g.two_phase_commit_wal_segment_size,
         fsyncInterval: g.two_phase_commit_wal_fsync_interval,
+        checkpointOnRotate: g.two_phase_commit_wal_checkpoint_interval === 0,
       });
       const left = await this.wal.open();
       if (left.length > 0) {
@@ -167,14 +168,17 @@ export class TwoPcManager {
       await this.#rollBackOrphans().catch((e) =>
         log.warn(`two-phase commit: looking for orphaned prepared transactions: ${errorMessage(e)}`)
       );
-      this.#checkpointTimer = setInterval(() => {
-        try {
-          this.wal?.checkpoint();
-        } catch (e) {
-          log.warn(`two-phase commit log checkpoint: ${errorMessage(e)}`);
-        }
-      }, g.two_phase_commit_wal_checkpoint_interval);
-      Deno.unrefTimer(this.#checkpointTimer);
+      const every = g.two_phase_commit_wal_checkpoint_interval;
+      if (every > 0) {
+        this.#checkpointTimer = setInterval(() => {
+          try {
+            this.wal?.checkpoint();
+          } catch (e) {
+            log.warn(`two-phase commit log checkpoint: ${errorMessage(e)}`);
+          }
+        }, every);
+        Deno.unrefTimer(this.#checkpointTimer);
+      }
     }
     this.#retryTimer = setInterval(() => {
       if (this.#unfinished.size > 0) this.retry().catch(() => {});

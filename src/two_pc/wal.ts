@@ -52,6 +52,8 @@ export interface WalOptions {
   segmentSize: number;
   /** Durable records within this many ms share one fsync (0: each its own). */
   fsyncInterval: number;
+  /** Checkpoint whenever a new segment starts (two_phase_commit_wal_checkpoint_interval = 0). */
+  checkpointOnRotate?: boolean;
 }
 
 const HEADER = 8;
@@ -229,7 +231,10 @@ export class TwoPcWal {
    */
   append(record: WalRecord, options: { durable: boolean }): Promise<void> {
     const frame = frameRecord(record);
-    if (this.#size > 0 && this.#size + frame.length > this.#options.segmentSize) this.#next();
+    if (this.#size > 0 && this.#size + frame.length > this.#options.segmentSize) {
+      this.#next();
+      if (this.#options.checkpointOnRotate) this.checkpoint();
+    }
     const file = this.#file!;
     let at = 0;
     while (at < frame.length) at += file.writeSync(frame.subarray(at));
