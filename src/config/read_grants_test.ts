@@ -87,7 +87,10 @@ Deno.test("read grants: the command line and the messages", () => {
 Deno.test("write grants: the two-phase commit log's folder, read and written", async () => {
   const dir = await Deno.makeTempDir({ prefix: "pgdog-write-grants-" });
   try {
-    await Deno.writeTextFile(`${dir}/pgdog.toml`, `[general]\ntwo_phase_commit_wal_dir = "/var/lib/pgdog-wal"\n`);
+    await Deno.writeTextFile(
+      `${dir}/pgdog.toml`,
+      `[general]\ntwo_phase_commit_wal_dir = "/var/lib/pgdog-wal"\n`,
+    );
     const paths = { config: `${dir}/pgdog.toml`, users: "users.toml" };
     assert.deepEqual(writeGrants(paths, { cwd: "/srv" }), ["/var/lib/pgdog-wal"]);
     assert.ok(readGrants(paths, { cwd: "/srv" }).includes("/var/lib/pgdog-wal"));
