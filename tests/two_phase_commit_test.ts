@@ -285,3 +285,53 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name: "two-phase commit in session mode: the client keeps its servers",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await using setup = await startSharded({
+      shardedTables: [{ name: "accounts", column: "id", data_type: "bigint" }],
+      schema: SCHEMA,
+      settings: { max_prepared_transactions: 10, log_statement: "all" },
+      general: { two_phase_commit: true, pooler_mode: "session" },
+    });
+    const [s0, s1] = idsByShard();
+    await dumpLogsOnFailure(setup.proxy, async () => {
+      const out = await runPsycopg(
+        setup.target,
+        `
+import json, os, psycopg
+with psycopg.connect(os.environ["DSN"]) as conn:
+    pid = lambda: conn.execute("/* pgdog_shard: 0 */ SELECT pg_backend_pid()").fetchone()[0]
+    conn.execute("SET application_name = 'kept'")
+    conn.commit()
+    before = pid()
+    conn.commit()
+    conn.execute("INSERT INTO accounts VALUES (%s, 1)", (${s0[0]},))
+    conn.execute("INSERT INTO accounts VALUES (%s, 1)", (${s1[0]},))
+    conn.commit()
+    status = int(conn.info.transaction_status)
+    after = pid()
+    name = conn.execute("SHOW application_name").fetchone()[0]
+    conn.commit()
+    # Another client gets another server: the first one's was not given back.
+    with psycopg.connect(os.environ["DSN"]) as other:
+        theirs = other.execute("/* pgdog_shard: 0 */ SELECT pg_backend_pid()").fetchone()[0]
+        other.commit()
+print(json.dumps({"same": before == after, "status": status, "name": name,
+                  "shared": theirs == after}))
+`,
+      );
+      assert.deepEqual(out, { same: true, status: 0, name: "kept", shared: false });
+      assert.match(await setup.shards[0].log(), /PREPARE TRANSACTION/);
+      assert.deepEqual(await rowsOn(setup, "SELECT id FROM accounts"), [
+        [[String(s0[0])]],
+        [[String(s1[0])]],
+        [],
+      ]);
+      await noPrepared(setup);
+    });
+  },
+});

@@ -55,6 +55,13 @@ const IN_BLOCK = new Set([
   "CreateDomainStmt",
 ]);
 
+/** The text at `at` starts (after blanks) with "sel" (any case). */
+function startsWithSelect(buf: Uint8Array, at: number): boolean {
+  while (buf[at] === 0x20 || buf[at] === 0x0a || buf[at] === 0x09 || buf[at] === 0x0d) at++;
+  return (buf[at] | 0x20) === 0x73 && (buf[at + 1] | 0x20) === 0x65 &&
+    (buf[at + 2] | 0x20) === 0x6c;
+}
+
 /**
  * A one-statement split plan for a write on several shards outside a transaction, when the
  * client's user has `two_phase_commit_auto`; null otherwise (the request runs as before).
@@ -67,9 +74,13 @@ export function planAtomicWrite(
   const config = client.sharding;
   if (cluster === null || config === null) return null;
   if (client.deferredBegin !== null || client.txStatus() !== TxStatus.Idle) return null;
-  if (client.heldShards().length > 0) return null;
   if (!twoPhaseCommits.enabled(cluster.user, cluster.name, { auto: true })) return null;
   const { type, buf, p, end } = request;
+  // Cheap test first: a SELECT is not a write (WITH ... UPDATE is looked at).
+  if (
+    (type === Msg.Query && startsWithSelect(buf, p + 5)) || (type === Msg.Parse &&
+      startsWithSelect(buf, buf.indexOf(0, p + 5) + 1))
+  ) return null;
   let analysis: Analysis | null = null;
   let bind: BindValues | null = null;
   let requestEnd: number;

@@ -282,7 +282,11 @@ export class Checkout {
       }
       c.reported.resetDone();
     }
-    for (const s of servers) (s.owner as Pool).release(s, { resetSql: null });
+    for (const s of servers) {
+      // In session mode the client keeps its servers (parked, as after a request on several).
+      if (c.sessionMode && !s.closed && c.cluster !== null) c.txn.keep(c.cluster, s);
+      else (s.owner as Pool).release(s, { resetSql: null });
+    }
     return error === null ? null : { ...error, severity: "ERROR" };
   }
 

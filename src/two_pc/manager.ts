@@ -86,13 +86,27 @@ export class TwoPcManager {
   configure(config: Config, options: { databases: Databases }): void {
     this.#config = config;
     this.#databases = options.databases;
+    this.#enabled.clear();
   }
+
+  /** enabled()'s answers, by user, database and kind (cleared when the configuration changes). */
+  readonly #enabled = new Map<string, boolean>();
 
   /**
    * Whether a commit of `user` on `database` uses two-phase commit: `auto` for a transaction pgdog
    * opened (a single statement), else the client's own transaction.
    */
   enabled(user: string, database: string, options: { auto: boolean }): boolean {
+    const key = `${options.auto ? "a" : "e"}${user}\u0000${database}`;
+    let on = this.#enabled.get(key);
+    if (on === undefined) {
+      on = this.#resolve(user, database, options);
+      this.#enabled.set(key, on);
+    }
+    return on;
+  }
+
+  #resolve(user: string, database: string, options: { auto: boolean }): boolean {
     const config = this.#config;
     if (config === null) return false;
     const u: UserConfig | undefined = config.users.find((x) =>
