@@ -140,6 +140,41 @@ Deno.test({
           }
         });
       }
+      await t.step("killed after the decision, a shard down at the restart", async () => {
+        const general = { two_phase_commit_wal_dir: walDir };
+        const crashing = await setup.startProxy(general, {
+          env: { PGDOG_2PC_CRASH_AT: "decided" },
+        });
+        const [a, b] = [s0[8], s1[8]];
+        const r = await psql(
+          crashing.target,
+          `BEGIN; INSERT INTO accounts VALUES (${a}, 8); INSERT INTO accounts VALUES (${b}, 8);
+           COMMIT;`,
+        );
+        assert.notEqual(r.code, 0);
+        await crashing.proxy.waitForExit({ timeoutMs: 10_000 });
+        await setup.shards[1].stop();
+        // It starts all the same (shard 0 finished now, shard 1 retried in the background).
+        const again = await setup.startProxy({ ...general, checkout_timeout: 1000 });
+        try {
+          await dumpLogsOnFailure(again.proxy, async () => {
+            assert.deepEqual(await setup.onShard(0, `SELECT id FROM accounts WHERE id = ${a}`), [[
+              String(a),
+            ]]);
+            await setup.shards[1].start();
+            const deadline = Date.now() + 20_000;
+            while ((await prepared(setup))[1] !== 0) {
+              if (Date.now() > deadline) assert.fail("shard 1 was not finished");
+              await new Promise((r) => setTimeout(r, 250));
+            }
+            assert.deepEqual(await setup.onShard(1, `SELECT id FROM accounts WHERE id = ${b}`), [[
+              String(b),
+            ]]);
+          });
+        } finally {
+          await again.proxy.stop();
+        }
+      });
       await t.step("the log does not grow: finished segments are deleted", async () => {
         const again = await setup.startProxy({
           two_phase_commit_wal_dir: walDir,

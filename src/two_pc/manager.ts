@@ -149,6 +149,7 @@ export class TwoPcManager {
    * prepared transactions older than the log, and starts the retries and the checkpointer.
    */
   async start(): Promise<void> {
+    this.stop();
     const config = this.#config!;
     const g = config.general;
     try {
