@@ -175,6 +175,42 @@ Deno.test({
           await again.proxy.stop();
         }
       });
+      await t.step("workers = 2: each worker has its own log, killed and recovered", async () => {
+        const general = { two_phase_commit_wal_dir: walDir, workers: 2 };
+        const crashing = await setup.startProxy(general, {
+          env: { PGDOG_2PC_CRASH_AT: "decided" },
+        });
+        const files = [...Deno.readDirSync(walDir)].map((e) => e.name);
+        assert.ok(files.some((n) => n.startsWith("w1-")), `worker 1's log: ${files}`);
+        // Several connections: the kernel spreads them over the workers; the first to commit
+        // across shards kills the process.
+        const results = await Promise.all([9, 10, 11].map((k) =>
+          psql(
+            crashing.target,
+            `BEGIN; INSERT INTO accounts VALUES (${s0[k]}, 9); INSERT INTO accounts VALUES (${
+              s1[k]
+            }, 9); COMMIT;`,
+          )
+        ));
+        assert.ok(results.some((r) => r.code !== 0));
+        await crashing.proxy.waitForExit({ timeoutMs: 10_000 });
+        const again = await setup.startProxy(general);
+        try {
+          await dumpLogsOnFailure(again.proxy, async () => {
+            assert.deepEqual(await prepared(setup), [0, 0]);
+            const ids = [9, 10, 11].map((k) => `${s0[k]}, ${s1[k]}`).join(", ");
+            const rows = await rowsOn(setup, `SELECT id FROM accounts WHERE id IN (${ids})`);
+            // Each transfer on both shards or neither.
+            const on0 = new Set(rows[0].map((r) => r[0]));
+            const on1 = new Set(rows[1].map((r) => r[0]));
+            for (const k of [9, 10, 11]) {
+              assert.equal(on0.has(String(s0[k])), on1.has(String(s1[k])), `transfer ${k}`);
+            }
+          });
+        } finally {
+          await again.proxy.stop();
+        }
+      });
       await t.step("the log does not grow: finished segments are deleted", async () => {
         const again = await setup.startProxy({
           two_phase_commit_wal_dir: walDir,
