@@ -65,7 +65,9 @@ async function main(): Promise<number> {
   };
   try {
     const started = await Promise.allSettled(
-      Array.from({ length: count }, () => startPostgres({ databases: [DATABASE] })),
+      Array.from({ length: count }, () =>
+        // Two-phase commit (on in the demo) needs prepared transactions on the shards.
+        startPostgres({ databases: [DATABASE], settings: { max_prepared_transactions: 20 } })),
     );
     for (const r of started) if (r.status === "fulfilled") shards.push(r.value);
     const failed = started.find((r) => r.status === "rejected");
@@ -80,7 +82,7 @@ async function main(): Promise<number> {
   let proxy;
   try {
     proxy = await startProxy({
-      general: { host: "127.0.0.1", port, shutdown_timeout: 5000 },
+      general: { host: "127.0.0.1", port, shutdown_timeout: 5000, two_phase_commit: true },
       databases: shards.map((s, i) => ({
         name: DATABASE,
         host: s.host,
