@@ -11,10 +11,14 @@
  *   postgres.js) and through psycopg;
  * - two_phase_commit_auto: a write without key fanned out to every shard, and a write to an
  *   omnisharded table, commit through two-phase commit;
- * - SHOW TRANSACTIONS and the OpenMetrics counters.
+ * - SHOW TRANSACTIONS and the OpenMetrics counters;
+ * - without two-phase commit: the client's COMMIT and a split request's implicit transaction
+ *   check deferred constraints on every shard before any COMMIT;
+ * - session mode: the client keeps its servers after a multi-shard commit.
  */
 
 import assert from "node:assert/strict";
+import postgres from "postgres";
 import { shardForBigint } from "../src/sharding/hash.ts";
 import {
   connectPg,
@@ -156,6 +160,37 @@ async function steps(
         await client.end();
       }
       assert.deepEqual(await setup.onShard(2, `SELECT balance FROM accounts`), [["30"]]);
+      assert.deepEqual(await rowsOn(setup, "SELECT id FROM items"), [[], [], []]);
+      await noPrepared(setup);
+    });
+
+    await t.step("postgres.js sql.begin across shards (prepared statements)", async () => {
+      const sql = postgres({
+        host: setup.target.host,
+        port: setup.target.port,
+        user: setup.target.user,
+        password: setup.target.password,
+        database: setup.target.database,
+        max: 1,
+        onnotice: () => {},
+      });
+      try {
+        await sql.begin(async (tx) => {
+          await tx`INSERT INTO accounts VALUES (${String(s0[1])}, 50)`;
+          await tx`INSERT INTO accounts VALUES (${String(s1[1])}, 50)`;
+        });
+        await assert.rejects(
+          sql.begin(async (tx) => {
+            await tx`INSERT INTO items VALUES (${String(s0[2])}, ${String(s0[2])})`;
+            await tx`INSERT INTO items VALUES (${String(s1[2])}, 31337)`;
+          }),
+          /foreign key/,
+        );
+      } finally {
+        await sql.end();
+      }
+      const on = await rowsOn(setup, "SELECT id FROM accounts WHERE balance = 50");
+      assert.deepEqual(on, [[[String(s0[1])]], [[String(s1[1])]], []]);
       assert.deepEqual(await rowsOn(setup, "SELECT id FROM items"), [[], [], []]);
       await noPrepared(setup);
     });
