@@ -10,13 +10,16 @@
  * Then the cross-shard group (bench/cross_shard.ts): 3 shards holding 1M rows behind pgdog
  * against one PostgreSQL holding them all, and pgdog's peak memory while streaming a full ORDER
  * BY; written to bench/results/<timestamp>-cross-shard.md and latest-cross-shard.md.
- * `--only pgbench` or `--only cross-shard` runs one group.
+ * Then the two-phase commit group (bench/two_pc.ts): TPC-B style transactions touching two
+ * shards through pgdog without and with two-phase commit; written to
+ * bench/results/<timestamp>-two-pc.md and latest-two-pc.md.
+ * `--only pgbench`, `--only cross-shard` or `--only two-pc` runs one group.
  *
  * ```
  * deno task bench [--seconds 5] [--rounds 1] [--clients 1,16,64,256]
  *   [--workloads select-simple,select-extended,select-prepared,tpcb,select-connect]
  *   [--targets direct,pgdog,pgbouncer] [--workers 1] [--idle 10000] [--out bench/results]
- *   [--only pgbench|cross-shard] [--cross-shard-rows 1000000]
+ *   [--only pgbench|cross-shard|two-pc] [--cross-shard-rows 1000000]
  * ```
  *
  * @module
@@ -40,6 +43,7 @@ import { openFilesLimits, openIdleClients, residentKiB } from "./idle_clients.ts
 import { type Pgbouncer, startPgbouncer } from "./pgbouncer.ts";
 import { connectInspector } from "./inspector.ts";
 import { runCrossShardBench } from "./cross_shard.ts";
+import { runTwoPcBench } from "./two_pc.ts";
 
 /** One pgbench workload. */
 interface Workload {
@@ -113,7 +117,9 @@ const HELP = `deno task bench [options]
   --out DIR          results directory (default bench/results)
   --only GROUP       pgbench (the pgbench table and the idle clients) or cross-shard (3 shards
                      behind pgdog against one PostgreSQL: ORDER BY LIMIT, count, GROUP BY, a
-                     streamed full ORDER BY, and pgdog's peak memory); default: both
+                     streamed full ORDER BY, and pgdog's peak memory) or two-pc (TPC-B style
+                     transactions on two shards, without and with two-phase commit, --seconds
+                     each, 1 and 8 clients); default: all
   --cross-shard-rows N  rows of the cross-shard group, in all (default 1000000)
 `;
 
@@ -179,8 +185,8 @@ const workloads = list(args.workloads).map((name) => {
   return w;
 });
 
-if (!["", "pgbench", "cross-shard"].includes(args.only)) {
-  throw new Error(`--only: expected pgbench or cross-shard, not ${args.only}`);
+if (!["", "pgbench", "cross-shard", "two-pc"].includes(args.only)) {
+  throw new Error(`--only: expected pgbench, cross-shard or two-pc, not ${args.only}`);
 }
 const crossShardRows = positive(args["cross-shard-rows"], "cross-shard-rows", 1000);
 
@@ -209,6 +215,32 @@ async function crossShardGroup(): Promise<void> {
 
 if (args.only === "cross-shard") {
   await crossShardGroup();
+  Deno.exit(0);
+}
+
+/** Runs the two-phase commit group and writes its report next to the others. */
+async function twoPcGroup(): Promise<void> {
+  const started = new Date();
+  const text = await runTwoPcBench({ seconds, clients: [1, 8], accounts: 10_000 });
+  console.log(`\n${text}`);
+  const report = [
+    `# pgdog two-phase commit benchmark, ${
+      started.toISOString().slice(0, 19).replace("T", " ")
+    } UTC`,
+    "",
+    `Command: \`deno task bench${Deno.args.map((a) => ` ${a}`).join("")}\``,
+    "",
+    text,
+  ].join("\n");
+  await Deno.mkdir(outDir, { recursive: true });
+  const stamp = started.toISOString().slice(0, 19).replace(/[:]/g, "-");
+  await Deno.writeTextFile(`${outDir}/${stamp}-two-pc.md`, report);
+  await Deno.writeTextFile(`${outDir}/latest-two-pc.md`, report);
+  console.error(`wrote ${outDir}/${stamp}-two-pc.md and ${outDir}/latest-two-pc.md`);
+}
+
+if (args.only === "two-pc") {
+  await twoPcGroup();
   Deno.exit(0);
 }
 
@@ -466,7 +498,10 @@ try {
   for (const p of proxies) await p.stop();
   await bouncer?.stop();
 }
-if (args.only === "") await crossShardGroup();
+if (args.only === "") {
+  await crossShardGroup();
+  await twoPcGroup();
+}
 
 /** One pgbench run, summarised. */
 interface Run {

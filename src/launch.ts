@@ -12,7 +12,13 @@
  * @module
  */
 
-import { commandOf, configPathsOf, pgdogArgs, readGrants } from "./config/read_grants.ts";
+import {
+  commandOf,
+  configPathsOf,
+  pgdogArgs,
+  readGrants,
+  writeGrants,
+} from "./config/read_grants.ts";
 
 /** The environment variable that tells pgdog a launcher started it (and watches its stdin). */
 export const LAUNCHED_ENV = "PGDOG_LAUNCHED";
@@ -30,12 +36,13 @@ const SIGNALS: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 /** Runs pgdog with `args`; resolves with its exit code. */
 export async function launch(args: string[]): Promise<number> {
   const read = readGrants(configPathsOf(args));
+  const write = writeGrants(configPathsOf(args));
   // The proxy itself: its own session, so that signals reach it once (from here); its stdin
   // stays open while this process lives. Other commands (configcheck, route) run in the
   // foreground as they are.
   const serving = commandOf(args) === "run";
   const child = new Deno.Command(denoCommand(), {
-    args: pgdogArgs(args, read),
+    args: pgdogArgs(args, read, { write }),
     stdin: serving ? "piped" : "inherit",
     stdout: "inherit",
     stderr: "inherit",

@@ -24,6 +24,7 @@ import { nodeIdFromEnv, UniqueIdGenerator } from "./sharding/unique_id.ts";
 import { SqlState } from "./protocol/sqlstate.ts";
 import { closeQuietly } from "./net/stream.ts";
 import type { WorkerShare } from "./config/pool_settings.ts";
+import { twoPhaseCommits } from "./two_pc/mod.ts";
 
 /** How often pools are maintained (waiter deadlines, idle and lifetime limits). */
 function buildDatabases(
@@ -141,6 +142,9 @@ export class Proxy implements ClientHost {
       // No permission to read it: node 0.
     }
     this.uniqueIds = new UniqueIdGenerator({ nodeId: nodeIdFromEnv(nodeId), lane: this.worker });
+    twoPhaseCommits.nodeId = nodeIdFromEnv(nodeId);
+    twoPhaseCommits.worker = this.worker?.index ?? 0;
+    twoPhaseCommits.workers = this.worker?.count ?? 1;
     this.routing = routingSettings(config);
     this.settings = clientSettings(config);
   }
@@ -191,6 +195,7 @@ export class Proxy implements ClientHost {
     this.config = next;
     this.databases = databases;
     this.plugins = plugins;
+    twoPhaseCommits.configure(next, { databases });
     if (!samePlugins) oldPlugins?.close();
     this.routing = routingSettings(next);
     this.settings = clientSettings(next);
@@ -214,6 +219,9 @@ export class Proxy implements ClientHost {
     if (needsParser || this.config.plugins.length > 0) await loadParser();
     this.plugins = await startPlugins(this.config);
     this.databases.startMonitors();
+    // Transactions the last run left half committed are finished before clients come in.
+    twoPhaseCommits.configure(this.config, { databases: this.databases });
+    await twoPhaseCommits.start();
     const { host } = this.config.general;
     const port = this.#port ?? this.config.general.port;
     this.#listener = new Listener(
@@ -463,6 +471,7 @@ export class Proxy implements ClientHost {
     await this.#listener?.done;
     await this.plugins?.close();
     this.router.close();
+    twoPhaseCommits.stop();
     log.info("shutdown complete");
   }
 }

@@ -18,6 +18,7 @@ import { SqlState } from "../protocol/sqlstate.ts";
 import { VERSION } from "../version.ts";
 import type { Gate } from "./gate.ts";
 import { errorMessage } from "../log.ts";
+import { twoPhaseCommits } from "../two_pc/mod.ts";
 
 /** What SHOW CLIENTS reads of a connected client. */
 export interface ClientView {
@@ -130,6 +131,7 @@ export const ADMIN_COMMANDS = [
   "SHOW REPLICATION",
   "SHOW STATS",
   "SHOW PLUGINS",
+  "SHOW TRANSACTIONS",
   "RESET QUERY_CACHE",
   "BAN [id]",
   "UNBAN [id]",
@@ -273,6 +275,8 @@ function show(what: string, host: AdminHost): AdminAnswer {
         ]),
         tag: "SHOW",
       };
+    case "transactions":
+      return showTransactions();
     case "prepared":
       return {
         columns: ["name", "statement", "used_by"],
@@ -283,6 +287,26 @@ function show(what: string, host: AdminHost): AdminAnswer {
       // Client probes (SHOW server_version, ...) get an answer rather than an error.
       return { columns: [what], rows: [], tag: "SHOW" };
   }
+}
+
+/**
+ * The two-phase commits in progress (preparing, committing, rolling back) and those whose second
+ * phase waits for a shard (retried in the background), one row per transaction.
+ */
+function showTransactions(): AdminAnswer {
+  const rows = [...twoPhaseCommits.transactions.values()].map((t) => [
+    t.database,
+    t.user,
+    t.gid,
+    t.state,
+    t.shards.join(","),
+    time(t.at),
+  ]);
+  return {
+    columns: ["database", "user", "transaction", "state", "shards", "started"],
+    rows,
+    tag: "SHOW",
+  };
 }
 
 function formatValue(v: unknown): string {

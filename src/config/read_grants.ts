@@ -87,7 +87,12 @@ export function configPathsOf(args: readonly string[]): ConfigPaths {
 }
 
 /** The `[general]` keys that name files pgdog reads at startup. */
-const FILE_KEYS = ["tls_certificate", "tls_private_key", "tls_server_ca_certificate"] as const;
+const FILE_KEYS = [
+  "tls_certificate",
+  "tls_private_key",
+  "tls_server_ca_certificate",
+  "two_phase_commit_wal_dir",
+] as const;
 
 interface PluginEntry {
   path?: unknown;
@@ -147,16 +152,41 @@ export function readGrants(paths: ConfigPaths, options: { cwd?: string } = {}): 
   return minimal([...grants]);
 }
 
+/**
+ * What pgdog writes for the configuration at `paths`: the two-phase commit log's folder
+ * (`two_phase_commit_wal_dir`), as an absolute path; empty when none is configured.
+ */
+export function writeGrants(paths: ConfigPaths, options: { cwd?: string } = {}): string[] {
+  const cwd = options.cwd ?? Deno.cwd();
+  try {
+    const doc = parseToml(Deno.readTextFileSync(paths.config)) as {
+      general?: Record<string, unknown>;
+    };
+    const dir = doc.general?.two_phase_commit_wal_dir;
+    return typeof dir === "string" ? [absolutePath(dir, cwd)] : [];
+  } catch {
+    return [];
+  }
+}
+
 /** Drops paths another one in the list already covers (a file inside a granted folder). */
 function minimal(paths: string[]): string[] {
   const sorted = [...new Set(paths)].sort();
   return sorted.filter((p) => !sorted.some((q) => q !== p && (q === "/" || p.startsWith(`${q}/`))));
 }
 
-/** The `deno run` arguments that start pgdog with `args`, granted to read `read`. */
-export function pgdogArgs(args: readonly string[], read: readonly string[]): string[] {
+/**
+ * The `deno run` arguments that start pgdog with `args`, granted to read `read` (and to write
+ * `options.write`, see {@linkcode writeGrants}).
+ */
+export function pgdogArgs(
+  args: readonly string[],
+  read: readonly string[],
+  options: { write?: readonly string[] } = {},
+): string[] {
   const entry = PGDOG_ROOT === null ? "mod.ts" : `${PGDOG_ROOT}/mod.ts`;
-  return ["run", ...PGDOG_FLAGS, `--allow-read=${read.join(",")}`, entry, ...args];
+  const write = options.write?.length ? [`--allow-write=${options.write.join(",")}`] : [];
+  return ["run", ...PGDOG_FLAGS, `--allow-read=${read.join(",")}`, ...write, entry, ...args];
 }
 
 /** A command line for a POSIX shell: each argument quoted where it needs to be. */

@@ -8,6 +8,7 @@ import {
   readErrorMessage,
   readGrants,
   shellLine,
+  writeGrants,
 } from "./read_grants.ts";
 
 Deno.test("read grants: the command line's files and command", () => {
@@ -81,4 +82,24 @@ Deno.test("read grants: the command line and the messages", () => {
     ),
     'Requires read access to "/x"',
   );
+});
+
+Deno.test("write grants: the two-phase commit log's folder, read and written", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pgdog-write-grants-" });
+  try {
+    await Deno.writeTextFile(
+      `${dir}/pgdog.toml`,
+      `[general]\ntwo_phase_commit_wal_dir = "/var/lib/pgdog-wal"\n`,
+    );
+    const paths = { config: `${dir}/pgdog.toml`, users: "users.toml" };
+    assert.deepEqual(writeGrants(paths, { cwd: "/srv" }), ["/var/lib/pgdog-wal"]);
+    assert.ok(readGrants(paths, { cwd: "/srv" }).includes("/var/lib/pgdog-wal"));
+    const args = pgdogArgs([], ["/opt/pgdog"], { write: ["/srv/wal"] });
+    assert.ok(args.includes("--allow-write=/srv/wal"));
+    assert.ok(!pgdogArgs([], ["/opt/pgdog"]).some((a) => a.startsWith("--allow-write")));
+    await Deno.writeTextFile(`${dir}/pgdog.toml`, `[general]\n`);
+    assert.deepEqual(writeGrants(paths), []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -303,7 +303,7 @@ const GENERAL_KEYS = [
   ms(
     "two_phase_commit_wal_checkpoint_interval",
     15000,
-    "How often log files whose transactions are all finished are deleted.",
+    "How often finished log files are deleted (0: when a new file starts).",
   ),
   bool(
     "expanded_explain",

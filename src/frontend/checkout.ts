@@ -28,6 +28,7 @@ import { statementMessage } from "./prepared.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 import type { ReportedParameters } from "./reported_parameters.ts";
 import type { OutBatch } from "./out_batch.ts";
+import { commitAcross } from "../two_pc/mod.ts";
 
 /**
  * Cleans a server a client pinned (or left in a state pgdog does not know) before others use it:
@@ -244,17 +245,33 @@ export class Checkout {
   /**
    * Ends the implicit transaction of a split request on `servers` (detached, taken from the
    * client), reads back the settings its statements may have changed, and gives them back.
-   * Returns the first error (a COMMIT can fail, e.g. a deferred constraint).
+   * A commit on several shards is all or nothing: two-phase commit when enabled
+   * (`two_phase_commit_auto`, or `two_phase_commit` for the client's own COMMIT: `explicit`),
+   * else deferred constraints checked everywhere before any COMMIT. Returns the first error (a
+   * COMMIT can fail, e.g. a deferred constraint).
    */
-  async endImplicit(servers: Server[], commit: boolean): Promise<ErrorFields | null> {
+  async endImplicit(
+    servers: Server[],
+    commit: boolean,
+    options: { explicit?: boolean } = {},
+  ): Promise<ErrorFields | null> {
     const c = this.#client;
     const limit = c.pool?.config.rollback_timeout ?? 5000;
-    const sql = commit ? "COMMIT" : "ROLLBACK";
     let error: ErrorFields | null = null;
-    const results = await Promise.all(
-      servers.map((s) => s.query(sql, { timeoutMs: limit }).catch((e) => ({ error: lost(e) }))),
-    );
-    for (const r of results) error ??= r.error;
+    if (commit && servers.length > 1 && c.cluster !== null) {
+      // Several shards: all or nothing (see src/two_pc/coordinator.ts).
+      error = await commitAcross(servers, {
+        cluster: c.cluster,
+        explicit: options.explicit ?? false,
+        timeoutMs: limit,
+      });
+    } else {
+      const sql = commit ? "COMMIT" : "ROLLBACK";
+      const results = await Promise.all(
+        servers.map((s) => s.query(sql, { timeoutMs: limit }).catch((e) => ({ error: lost(e) }))),
+      );
+      for (const r of results) error ??= r.error;
+    }
     if (servers.length > 0 && c.session.needsReadBack && !servers[0].closed) {
       // The statements may have changed settings: every server ran them; read them from one.
       const r = await servers[0].query(c.session.readBackSql(), { timeoutMs: limit })
@@ -265,7 +282,11 @@ export class Checkout {
       }
       c.reported.resetDone();
     }
-    for (const s of servers) (s.owner as Pool).release(s, { resetSql: null });
+    for (const s of servers) {
+      // In session mode the client keeps its servers (parked, as after a request on several).
+      if (c.sessionMode && !s.closed && c.cluster !== null) c.txn.keep(c.cluster, s);
+      else (s.owner as Pool).release(s, { resetSql: null });
+    }
     return error === null ? null : { ...error, severity: "ERROR" };
   }
 

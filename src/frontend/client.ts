@@ -41,6 +41,8 @@ import type { LocalAnswers } from "./local_answers.ts";
 import type { Forwarder } from "./forward.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 import { planSplit } from "./split_request.ts";
+import { commitOnShards } from "./shard_commit.ts";
+import { planAtomicWrite } from "./atomic_write.ts";
 import { ClientView } from "./client_view.ts";
 import { ClientGate } from "./client_gate.ts";
 import { ShardSwitch } from "./shard_switch.ts";
@@ -130,7 +132,7 @@ export class Client implements ServerLink {
         send: () => this.#send(),
         closeBatch: () => this.#shards.closeBatch(),
         settle: () => this.#settle(),
-        endImplicit: (commit) => this.#shards.endImplicit(commit),
+        endImplicit: (commit, options) => this.#shards.endImplicit(commit, options),
         txStatus: () => this.#servers.txStatus(),
         transactionOver: () => this.#transactionOver(),
         answer: (bytes, dropped) => this.#servers.answer(bytes, dropped),
@@ -349,8 +351,18 @@ export class Client implements ServerLink {
           await this.#largeMessage(type, buf, p, end);
           if (this.closed) return false;
         }
+        if (
+          this.#txn.parked.size > 0 &&
+          await commitOnShards(this.#parts, { type, buf, p, end })
+        ) {
+          // A COMMIT of a transaction on several shards: pgdog commits it on each, atomically.
+          if (this.closed) return false;
+          out.reset(rb.buf);
+          continue;
+        }
+        const request = { type, buf, p, end, bufferEnd: rb.end };
         const plan = split === null
-          ? planSplit({ type, buf, p, end, bufferEnd: rb.end }, this.#parts)
+          ? planSplit(request, this.#parts) ?? planAtomicWrite(request, this.#parts)
           : null;
         if (plan !== null) {
           await this.#parts.splits.start(plan);

@@ -79,7 +79,7 @@ export interface ClientActions {
   send(): Promise<void>;
   closeBatch(): Promise<void>;
   settle(): Promise<void>;
-  endImplicit(commit: boolean): Promise<ErrorFields | null>;
+  endImplicit(commit: boolean, options?: { explicit?: boolean }): Promise<ErrorFields | null>;
   txStatus(): number;
   transactionOver(): void;
   answer(bytes: Uint8Array, dropped?: () => void): void;
@@ -244,8 +244,8 @@ export class ClientView implements ClientParts {
     this.checkout.shard = n;
     return await this.checkout.acquire("primary");
   }
-  endImplicit(commit: boolean): Promise<ErrorFields | null> {
-    return this.#actions.endImplicit(commit);
+  endImplicit(commit: boolean, options?: { explicit?: boolean }): Promise<ErrorFields | null> {
+    return this.#actions.endImplicit(commit, options);
   }
   txStatus(): number {
     return this.#actions.txStatus();

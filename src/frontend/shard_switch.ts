@@ -108,10 +108,13 @@ export class ShardSwitch {
   }
 
   /**
-   * Ends the transaction pgdog opened for a split request on every server it reached, and gives
-   * them back. Returns the first error (a COMMIT can fail, e.g. a deferred constraint).
+   * Ends the transaction pgdog opened for a split request (or, `explicit`, the client's own
+   * multi-shard transaction at its COMMIT) on every server it reached, and gives them back. Returns the first error (a COMMIT can fail, e.g. a deferred constraint).
    */
-  async endImplicit(commit: boolean): Promise<ErrorFields | null> {
+  async endImplicit(
+    commit: boolean,
+    options: { explicit?: boolean } = {},
+  ): Promise<ErrorFields | null> {
     const c = this.#client;
     const parts = this.#parts;
     parts.deferredBegin = null;
@@ -125,7 +128,7 @@ export class ShardSwitch {
     }
     parts.transactionOver();
     c.session.pgdogLocal.clear();
-    const error = await parts.checkout.endImplicit(servers, commit);
+    const error = await parts.checkout.endImplicit(servers, commit, options);
     c.transactions++;
     return error;
   }

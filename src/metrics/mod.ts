@@ -11,6 +11,7 @@ import type { Databases, Target } from "../backend/databases.ts";
 import { Pool } from "../backend/pool.ts";
 import type { ClientView } from "../admin/mod.ts";
 import type { PluginStats } from "../plugin/mod.ts";
+import { type TwoPcStats, twoPhaseCommits } from "../two_pc/mod.ts";
 
 /** What the metrics read. */
 export interface MetricsSource {
@@ -181,6 +182,36 @@ export function metricsRegistry(
     (p) => p.state === "ready" ? 1 : 0,
     "gauge",
   );
+  const perTwoPc = (
+    name: string,
+    help: string,
+    value: (s: TwoPcStats) => number,
+  ): void =>
+    fromState(
+      { name, help, labelNames: ["user", "database"], kind: "counter" },
+      () => twoPhaseCommits.stats(),
+      (s) => ({ user: s.user, database: s.database }),
+      value,
+    );
+  perTwoPc("xact_2pc_count", "Transactions committed with two-phase commit.", (s) => s.committed);
+  perTwoPc(
+    "two_pc_failed",
+    "Two-phase commits that failed (the transaction rolled back on every shard).",
+    (s) => s.failed,
+  );
+  perTwoPc(
+    "two_pc_recovered",
+    "Transactions left by a crash or a lost shard that pgdog finished later.",
+    (s) => s.recovered,
+  );
+  new client.Gauge({
+    name: `${ns}two_pc_unfinished`,
+    help: "Second phases (COMMIT PREPARED, ROLLBACK PREPARED) waiting for a shard, retried.",
+    registers: [registry],
+    collect() {
+      this.set(twoPhaseCommits.unfinished);
+    },
+  });
   const waits = new client.Histogram({
     name: `${ns}checkout_wait_seconds`,
     help: "How long each checkout waited for a server connection.",

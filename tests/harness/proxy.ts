@@ -432,6 +432,11 @@ export async function startProxy(options: ProxyOptions = {}): Promise<ProxyProce
   await Deno.writeTextFile(`${dir}/users.toml`, usersText);
   const readable = [REPO_ROOT, dir];
   if (options.cwd) readable.push(options.cwd);
+  // The two-phase commit log's folder: pgdog reads and writes it.
+  const walDir = (options.config?.general as Record<string, unknown> | undefined)
+    ?.two_phase_commit_wal_dir;
+  const writable = typeof walDir === "string" ? [walDir] : [];
+  readable.push(...writable);
   let child: Deno.ChildProcess;
   try {
     child = new Deno.Command(Deno.execPath(), {
@@ -441,6 +446,7 @@ export async function startProxy(options: ProxyOptions = {}): Promise<ProxyProce
         "--allow-net",
         `--allow-read=${readable.join(",")}`,
         "--allow-env=PGDOG_*,NODE_ID",
+        ...(writable.length > 0 ? [`--allow-write=${writable.join(",")}`] : []),
         ...(options.denoFlags ?? []),
         options.entry ?? PROXY_ENTRY,
         "-c",

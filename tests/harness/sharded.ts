@@ -71,7 +71,10 @@ export interface ShardedSetup extends AsyncDisposable {
    * Starts another pgdog in front of the same shards, with the same configuration plus these
    * `[general]` settings (stop it, or dispose of it, yourself); with its target.
    */
-  startProxy(general: TomlDocument): Promise<{ proxy: ProxyProcess; target: PgTarget }>;
+  startProxy(
+    general: TomlDocument,
+    options?: { env?: Record<string, string> },
+  ): Promise<{ proxy: ProxyProcess; target: PgTarget }>;
 }
 
 /** Starts the reference database, the shards and pgdog in front of the shards. */
@@ -89,8 +92,12 @@ export async function startSharded(options: ShardedOptions): Promise<ShardedSetu
   const everywhere = async (sql: string): Promise<void> => {
     await Promise.all(clusters.map((c) => c.sql(sql, { database: SHARDED_DB })));
   };
-  const launch = (general: TomlDocument | undefined): Promise<ProxyProcess> =>
+  const launch = (
+    general: TomlDocument | undefined,
+    env?: Record<string, string>,
+  ): Promise<ProxyProcess> =>
     startProxy({
+      env,
       config: {
         general: { idle_healthcheck_interval: 0, query_timeout: 10_000, ...general },
         databases: shards.map((s, i) => ({
@@ -147,8 +154,11 @@ export async function startSharded(options: ShardedOptions): Promise<ShardedSetu
       }
       return out;
     },
-    async startProxy(general: TomlDocument): Promise<{ proxy: ProxyProcess; target: PgTarget }> {
-      const other = await launch({ ...options.general, ...general });
+    async startProxy(
+      general: TomlDocument,
+      more: { env?: Record<string, string> } = {},
+    ): Promise<{ proxy: ProxyProcess; target: PgTarget }> {
+      const other = await launch({ ...options.general, ...general }, more.env);
       return { proxy: other, target: other.target(login) };
     },
     async [Symbol.asyncDispose](): Promise<void> {
