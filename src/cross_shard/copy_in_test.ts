@@ -1,0 +1,595 @@
+import { deepEqual, equal, ok, throws } from "node:assert/strict";
+import { loadModule, parseSync } from "libpg-query";
+import {
+  type CopyFormat,
+  CopyFormatError,
+  copyFormatOf,
+  CopyInSplitter,
+  type CopyInSplitterOptions,
+} from "./copy_in.ts";
+
+await loadModule();
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** The format of a COPY statement's options (asserting it is valid). */
+function fmt(options: string, columns: string[] = ["a", "b", "c"]): CopyFormat {
+  const f = formatOrError(options, columns);
+  if ("error" in f) throw new Error(f.error);
+  return f;
+}
+
+function formatOrError(
+  options: string,
+  columns: string[] = ["a", "b", "c"],
+): ReturnType<typeof copyFormatOf> {
+  const tree = parseSync(`COPY t FROM STDIN ${options}`) as {
+    stmts: { stmt: { CopyStmt: { options?: unknown[] } } }[];
+  };
+  return copyFormatOf(tree.stmts[0].stmt.CopyStmt.options ?? [], columns);
+}
+
+interface Split {
+  header: string | null;
+  rows: string[];
+  keys: (string | null)[];
+  firstRows: number[];
+  ended: boolean;
+}
+
+/** Feeds `input` in the given pieces (cut positions) and collects what comes out. */
+function split(
+  format: CopyFormat,
+  options: CopyInSplitterOptions,
+  input: Uint8Array,
+  cuts: number[] = [],
+): Split {
+  const s = new CopyInSplitter(format, options);
+  const rows: string[] = [];
+  const keys: (string | null)[] = [];
+  const firstRows: number[] = [];
+  let expectRow = 1;
+  const take = (r: ReturnType<CopyInSplitter["push"]>): void => {
+    equal(r.firstRow, expectRow);
+    for (let i = 0; i < r.starts.length; i++) {
+      rows.push(latin1(r.data.subarray(r.starts[i], r.ends[i])));
+    }
+    expectRow += r.starts.length;
+    if (r.starts.length) firstRows.push(r.firstRow);
+    keys.push(...r.keys);
+    if (options.keyColumn !== null) equal(r.keys.length, r.starts.length);
+    else equal(r.keys.length, 0);
+  };
+  let at = 0;
+  for (const c of [...cuts, input.length]) {
+    take(s.push(input.slice(at, c)));
+    at = c;
+  }
+  take(s.end());
+  return {
+    header: s.header === null ? null : latin1(s.header),
+    rows,
+    keys,
+    firstRows,
+    ended: s.ended,
+  };
+}
+
+function latin1(b: Uint8Array): string {
+  let s = "";
+  for (const c of b) s += String.fromCharCode(c);
+  return s;
+}
+
+/** The same result whole, cut at every position, and byte by byte; returns it. */
+function splitEverywhere(
+  format: CopyFormat,
+  options: CopyInSplitterOptions,
+  input: Uint8Array | string,
+): Split {
+  const bytes = typeof input === "string" ? enc.encode(input) : input;
+  const whole = split(format, options, bytes);
+  const norm = (s: Split): unknown => ({ ...s, firstRows: undefined });
+  for (let i = 0; i <= bytes.length; i++) {
+    deepEqual(norm(split(format, options, bytes, [i])), norm(whole), `cut at ${i}`);
+  }
+  for (let i = 0; i + 3 <= bytes.length; i++) {
+    deepEqual(norm(split(format, options, bytes, [i, i + 1, i + 3])), norm(whole), `cuts ${i}`);
+  }
+  const each = Array.from({ length: bytes.length }, (_, i) => i);
+  deepEqual(norm(split(format, options, bytes, each)), norm(whole), "byte by byte");
+  // Whole rows plus header reproduce the input up to the end marker.
+  return whole;
+}
+
+function throwsCopy(fn: () => unknown, message: string | RegExp, row?: number): void {
+  throws(fn, (e: unknown) => {
+    ok(e instanceof CopyFormatError, String(e));
+    if (typeof message === "string") equal(e.message, message);
+    else ok(message.test(e.message), e.message);
+    if (row !== undefined) equal(e.row, row);
+    return true;
+  });
+}
+
+/** Errors at every cut position too. */
+function throwsEverywhere(
+  format: CopyFormat,
+  options: CopyInSplitterOptions,
+  input: string | Uint8Array,
+  message: string | RegExp,
+  row?: number,
+): void {
+  const bytes = typeof input === "string" ? enc.encode(input) : input;
+  for (let i = 0; i <= bytes.length; i++) {
+    throwsCopy(() => split(format, options, bytes, [i]), message, row);
+  }
+}
+
+const key0 = { keyColumn: 0, columns: 3 };
+
+Deno.test("copyFormatOf: defaults and old syntax", () => {
+  deepEqual(fmt(""), {
+    format: "text",
+    delimiter: "\t",
+    null: "\\N",
+    header: false,
+    quote: "",
+    escape: "",
+    forceNotNull: [],
+    forceNull: [],
+    encoding: null,
+  });
+  deepEqual(fmt("WITH CSV HEADER DELIMITER ';'"), {
+    format: "csv",
+    delimiter: ";",
+    null: "",
+    header: true,
+    quote: '"',
+    escape: '"',
+    forceNotNull: [],
+    forceNull: [],
+    encoding: null,
+  });
+  deepEqual(fmt("WITH CSV FORCE NOT NULL a, b QUOTE AS '''' ESCAPE AS '\\' NULL AS 'n'"), {
+    format: "csv",
+    delimiter: ",",
+    null: "n",
+    header: false,
+    quote: "'",
+    escape: "\\",
+    forceNotNull: ["a", "b"],
+    forceNull: [],
+    encoding: null,
+  });
+  equal(fmt("BINARY").format, "binary");
+  equal(fmt("WITH BINARY").format, "binary");
+  equal(fmt("(FORMAT binary, HEADER false)").header, false);
+  equal(fmt("(FORMAT csv, HEADER match)").header, "match");
+  equal(fmt("(HEADER)").header, true);
+  equal(fmt("(HEADER 1)").header, true);
+  equal(fmt("(HEADER 0)").header, false);
+  equal(fmt("(HEADER on)").header, true);
+  equal(fmt("(HEADER off)").header, false);
+  equal(fmt("(FORMAT csv, FORCE_NULL *)").forceNull, "*");
+  equal(fmt("(FORMAT csv, FORCE_NOT_NULL *)").forceNotNull, "*");
+  deepEqual(fmt("(FORMAT csv, FORCE_NULL (a, c))").forceNull, ["a", "c"]);
+  equal(fmt("(ENCODING 'LATIN1')").encoding, "LATIN1");
+  equal(fmt("(FREEZE)").format, "text");
+  equal(fmt("(FREEZE false, FORMAT text, DELIMITER '|', NULL '')").delimiter, "|");
+  equal(fmt("(FORMAT csv, QUOTE '''', ESCAPE '\\')").escape, "\\");
+});
+
+Deno.test("copyFormatOf: refuses what PostgreSQL 15 refuses, with its message", () => {
+  const cases: [string, string, string][] = [
+    ["(FORMAT 'fixed')", 'COPY format "fixed" not recognized', "22023"],
+    ["(FORMAT csv, FORMAT csv)", "conflicting or redundant options", "42601"],
+    ["(FORMAT binary, HEADER)", "cannot specify HEADER in BINARY mode", "0A000"],
+    ["(FORMAT binary, DELIMITER ',')", "cannot specify DELIMITER in BINARY mode", "42601"],
+    ["(FORMAT binary, NULL 'x')", "cannot specify NULL in BINARY mode", "42601"],
+    ["(DELIMITER '||')", "COPY delimiter must be a single one-byte character", "0A000"],
+    ["(DELIMITER 'é')", "COPY delimiter must be a single one-byte character", "0A000"],
+    ["(DELIMITER E'\\n')", "COPY delimiter cannot be newline or carriage return", "22023"],
+    ["(NULL E'a\\rb')", "COPY null representation cannot use newline or carriage return", "22023"],
+    ["(DELIMITER '\\')", 'COPY delimiter cannot be "\\"', "22023"],
+    ["(DELIMITER 'a')", 'COPY delimiter cannot be "a"', "22023"],
+    ["(DELIMITER '.')", 'COPY delimiter cannot be "."', "22023"],
+    ["(QUOTE '\"')", "COPY quote available only in CSV mode", "0A000"],
+    ["(FORMAT csv, QUOTE '')", "COPY quote must be a single one-byte character", "0A000"],
+    ["(FORMAT csv, DELIMITER '\"')", "COPY delimiter and quote must be different", "22023"],
+    ["(ESCAPE '\\')", "COPY escape available only in CSV mode", "0A000"],
+    ["(FORMAT csv, ESCAPE 'ab')", "COPY escape must be a single one-byte character", "0A000"],
+    ["(FORMAT csv, FORCE_QUOTE *)", "COPY force quote only available using COPY TO", "0A000"],
+    ["(FORCE_QUOTE (a))", "COPY force quote available only in CSV mode", "0A000"],
+    ["(FORCE_NOT_NULL (a))", "COPY force not null available only in CSV mode", "0A000"],
+    ["(FORCE_NULL (a))", "COPY force null available only in CSV mode", "0A000"],
+    ["(NULL 'a\tb')", "COPY delimiter must not appear in the NULL specification", "0A000"],
+    [
+      "(FORMAT csv, NULL 'a\"')",
+      "CSV quote character must not appear in the NULL specification",
+      "0A000",
+    ],
+    ["(FORMAT csv, FORCE_NULL (x))", 'FORCE_NULL column "x" not referenced by COPY', "42P10"],
+    [
+      "(FORMAT csv, FORCE_NOT_NULL (y))",
+      'FORCE_NOT_NULL column "y" not referenced by COPY',
+      "42P10",
+    ],
+    ["(HEADER 2)", 'header requires a Boolean value or "match"', "42601"],
+    ["(HEADER maybe)", 'header requires a Boolean value or "match"', "42601"],
+    ["(FREEZE 2)", "freeze requires a Boolean value", "42601"],
+    ["(DEFAULT 'x')", 'option "default" not recognized', "42601"],
+    ["(ENCODING 'nope')", 'argument to option "encoding" must be a valid encoding name', "22023"],
+    [
+      "(FORMAT csv, FORCE_NULL 'a')",
+      'argument to option "force_null" must be a list of column names',
+      "22023",
+    ],
+  ];
+  for (const [options, error, code] of cases) {
+    deepEqual(formatOrError(options), { error, code }, options);
+  }
+});
+
+Deno.test("text: rows, keys, escapes, NULL", () => {
+  const f = fmt("");
+  const input = "1\ta\tb\n" +
+    "2\tx\\ty\t\\N\n" +
+    "\\N\t\\\\\t\n" +
+    "4\\t5\tq\tr\n" +
+    "\\x41\\101\\n\\r\\b\\f\\v\\z\\\\\t\t\n" +
+    "caf\xc3\xa9\t\t\n" +
+    "ab\\\ncd\t\t\n";
+  const bytes = Uint8Array.from(input, (c) => c.charCodeAt(0));
+  const r = splitEverywhere(f, key0, bytes);
+  deepEqual(r.rows, input.split(/(?<=[^\\]\n)/));
+  deepEqual(r.keys, ["1", "2", null, "4\t5", "AA\n\r\b\f\vz\\", "café", "ab\ncd"]);
+  equal(r.header, null);
+  equal(r.ended, false);
+  // The key in another column.
+  const r1 = splitEverywhere(f, { keyColumn: 1, columns: 3 }, bytes);
+  deepEqual(r1.keys, ["a", "x\ty", "\\", "q", "", "", ""]);
+  const r2 = splitEverywhere(f, { keyColumn: 2, columns: 3 }, bytes);
+  deepEqual(r2.keys, ["b", null, "", "r", "", "", ""]);
+  // No key column: no keys.
+  deepEqual(splitEverywhere(f, { keyColumn: null, columns: 3 }, bytes).keys, []);
+});
+
+Deno.test("text: custom delimiter and NULL string; a quoted delimiter", () => {
+  const f = fmt("(DELIMITER '|', NULL 'nil')");
+  const r = splitEverywhere(f, { keyColumn: 1, columns: 2 }, "a|nil\nb\\|c|d\\|e\nnil|nilx\n");
+  deepEqual(r.keys, [null, "d|e", "nilx"]);
+  const r0 = splitEverywhere(f, { keyColumn: 0, columns: 2 }, "a|nil\nb\\|c|d\\|e\nnil|nilx\n");
+  deepEqual(r0.keys, ["a", "b|c", null]);
+  // An empty NULL string.
+  const e = fmt("(NULL '')");
+  deepEqual(splitEverywhere(e, { keyColumn: 0, columns: 2 }, "\tx\n\\N\tx\n").keys, [null, "N"]);
+});
+
+Deno.test("text: \\r\\n and \\r line endings, mixed endings refused", () => {
+  const f = fmt("");
+  const crlf = splitEverywhere(f, key0, "1\ta\r\n2\tb\r\n\\.\r\nignored");
+  deepEqual(crlf.rows, ["1\ta\r\n", "2\tb\r\n"]);
+  deepEqual(crlf.keys, ["1", "2"]);
+  equal(crlf.ended, true);
+  const cr = splitEverywhere(f, key0, "1\ta\r2\tb\r");
+  deepEqual(cr.rows, ["1\ta\r", "2\tb\r"]);
+  // A last line without terminator is a row; a lone \r at the very end is a CR line end.
+  deepEqual(splitEverywhere(f, key0, "1\ta\n2\tb").rows, ["1\ta\n", "2\tb"]);
+  deepEqual(splitEverywhere(f, key0, "1\ta\r").rows, ["1\ta\r"]);
+  throwsEverywhere(f, key0, "1\ta\n2\r\n", "literal carriage return found in data", 2);
+  throwsEverywhere(f, key0, "1\ta\r\n2\n", "literal newline found in data", 2);
+  throwsEverywhere(f, key0, "1\ta\r2\n", "literal newline found in data", 2);
+  throwsEverywhere(f, key0, "1\ta\r\n2\rx\r\n", "literal carriage return found in data", 2);
+});
+
+Deno.test("text: the end marker, anywhere on a line", () => {
+  const f = fmt("");
+  const r = splitEverywhere(f, key0, "1\ta\n\\.\n2\tb\n");
+  deepEqual(r.rows, ["1\ta\n"]);
+  equal(r.ended, true);
+  // Data before \. on the same line is the last row (PostgreSQL 15).
+  const mid = splitEverywhere(f, key0, "1\ta\n2\tb\\.\nx");
+  deepEqual(mid.rows, ["1\ta\n", "2\tb\\.\n"]);
+  deepEqual(mid.keys, ["1", "2"]);
+  // \\. is an escaped backslash and a dot.
+  deepEqual(splitEverywhere(f, key0, "\\\\.\t\n").keys, ["\\."]);
+  throwsEverywhere(f, key0, "1\ta\n\\.x\n", "end-of-copy marker corrupt", 2);
+  throwsEverywhere(f, key0, "1\ta\n\\.", "end-of-copy marker corrupt", 2);
+  throwsEverywhere(
+    f,
+    key0,
+    "1\ta\r\n\\.\n",
+    "end-of-copy marker does not match previous newline style",
+    2,
+  );
+  throwsEverywhere(
+    f,
+    key0,
+    "1\ta\n\\.\r",
+    "end-of-copy marker does not match previous newline style",
+  );
+});
+
+Deno.test("text: HEADER is the first line", () => {
+  const f = fmt("(HEADER)");
+  const r = splitEverywhere(f, key0, "id\tname\n1\ta\n2\tb\n");
+  equal(r.header, "id\tname\n");
+  deepEqual(r.rows, ["1\ta\n", "2\tb\n"]);
+  deepEqual(r.keys, ["1", "2"]);
+  const empty = splitEverywhere(f, key0, "");
+  equal(empty.header, null);
+  deepEqual(empty.rows, []);
+  equal(splitEverywhere(f, key0, "only header").header, "only header");
+});
+
+Deno.test("text: missing key column", () => {
+  throwsEverywhere(fmt(""), { keyColumn: 2, columns: 3 }, "1\t2\n", "missing data for column 3", 1);
+  throwsEverywhere(
+    fmt(""),
+    { keyColumn: 2, columns: 3, columnNames: ["a", "b", "c"] },
+    "1\t2\t3\n4\n",
+    'missing data for column "b"',
+    2,
+  );
+});
+
+Deno.test("CSV: quotes, escapes, quoted newlines, NULL", () => {
+  const f = fmt("(FORMAT csv)");
+  const input = '1,a,b\n"2","x,y",\n,"",""\n"4""5","line1\nline2\r\nline3",z\n"",,\n' +
+    '"a""b"c"d",1,2\n';
+  const r = splitEverywhere(f, key0, input);
+  deepEqual(r.rows, [
+    "1,a,b\n",
+    '"2","x,y",\n',
+    ',"",""\n',
+    '"4""5","line1\nline2\r\nline3",z\n',
+    '"",,\n',
+    '"a""b"c"d",1,2\n',
+  ]);
+  deepEqual(r.keys, ["1", "2", null, '4"5', "", 'a"bcd']);
+  const r1 = splitEverywhere(f, { keyColumn: 1, columns: 3 }, input);
+  deepEqual(r1.keys, ["a", "x,y", "", "line1\nline2\r\nline3", null, "1"]);
+  const r2 = splitEverywhere(f, { keyColumn: 2, columns: 3 }, input);
+  deepEqual(r2.keys, ["b", null, "", "z", null, "2"]);
+});
+
+Deno.test("CSV: custom delimiter, quote, escape, NULL", () => {
+  const f = fmt("(FORMAT csv, DELIMITER ';', QUOTE '''', ESCAPE '\\', NULL 'NULL')");
+  const input = "'a;b';NULL\n'it\\'s';'NULL'\nNULL;'x\\\\y'\n'\\x';\"q\n";
+  const r = splitEverywhere(f, { keyColumn: 0, columns: 2 }, input);
+  deepEqual(r.rows, ["'a;b';NULL\n", "'it\\'s';'NULL'\n", "NULL;'x\\\\y'\n", "'\\x';\"q\n"]);
+  deepEqual(r.keys, ["a;b", "it's", null, "\\x"]);
+  const r1 = splitEverywhere(f, { keyColumn: 1, columns: 2 }, input);
+  deepEqual(r1.keys, [null, "NULL", "x\\y", '"q']);
+});
+
+Deno.test("CSV: FORCE_NOT_NULL and FORCE_NULL on the key", () => {
+  const names = ["a", "b"];
+  const input = ',1\n"",2\nx,3\n';
+  const plain = fmt("(FORMAT csv)", names);
+  deepEqual(splitEverywhere(plain, { keyColumn: 0, columns: 2, columnNames: names }, input).keys, [
+    null,
+    "",
+    "x",
+  ]);
+  const notNull = fmt("(FORMAT csv, FORCE_NOT_NULL (a))", names);
+  deepEqual(
+    splitEverywhere(notNull, { keyColumn: 0, columns: 2, columnNames: names }, input).keys,
+    ["", "", "x"],
+  );
+  const forceNull = fmt("(FORMAT csv, FORCE_NULL (a))", names);
+  deepEqual(
+    splitEverywhere(forceNull, { keyColumn: 0, columns: 2, columnNames: names }, input).keys,
+    [null, null, "x"],
+  );
+  const star = fmt("(FORMAT csv, FORCE_NULL *, NULL 'x')", names);
+  deepEqual(splitEverywhere(star, { keyColumn: 0, columns: 2 }, input).keys, ["", "", null]);
+  // Another column in the list: the key is untouched.
+  const other = fmt("(FORMAT csv, FORCE_NOT_NULL (b))", names);
+  deepEqual(
+    splitEverywhere(other, { keyColumn: 0, columns: 2, columnNames: names }, input).keys,
+    [null, "", "x"],
+  );
+});
+
+Deno.test("CSV: line endings, end marker alone on a line, header", () => {
+  const f = fmt("(FORMAT csv, HEADER)");
+  const r = splitEverywhere(f, key0, 'id,"na\r\nme"\r\n1,a\r\n"\\.",x\r\n\\.x,y\r\n\\.\r\nrest');
+  equal(r.header, 'id,"na\r\nme"\r\n');
+  deepEqual(r.rows, ["1,a\r\n", '"\\.",x\r\n', "\\.x,y\r\n"]);
+  deepEqual(r.keys, ["1", "\\.", "\\.x"]);
+  equal(r.ended, true);
+  const cr = splitEverywhere(fmt("(FORMAT csv)"), key0, '1,"a\rb"\r2,c\r');
+  deepEqual(cr.rows, ['1,"a\rb"\r', "2,c\r"]);
+  // \. at the very end without a newline is data in CSV.
+  const last = splitEverywhere(fmt("(FORMAT csv)"), key0, "1\n\\.");
+  deepEqual(last.rows, ["1\n", "\\."]);
+  equal(last.ended, false);
+  throwsEverywhere(
+    fmt("(FORMAT csv)"),
+    key0,
+    "1\n2\r\n",
+    "unquoted carriage return found in data",
+    2,
+  );
+  throwsEverywhere(fmt("(FORMAT csv)"), key0, "1\r\n2\n", "unquoted newline found in data", 2);
+});
+
+Deno.test("CSV: an unterminated quote at the end", () => {
+  throwsEverywhere(fmt("(FORMAT csv)"), key0, '1,a\n"2,b\n', "unterminated CSV quoted field", 2);
+  throwsEverywhere(
+    fmt("(FORMAT csv)"),
+    { keyColumn: 1, columns: 2 },
+    '1,a\n"2,b',
+    "unterminated CSV quoted field",
+    2,
+  );
+});
+
+Deno.test("ENCODING: keys decoded from the file's encoding; SJIS trailing bytes are not ASCII", () => {
+  const latin1 = fmt("(ENCODING 'LATIN1')");
+  const r = splitEverywhere(
+    latin1,
+    key0,
+    Uint8Array.from([0xe9, 0x9, 0x61, 0xa, 0x5c, 0x78, 0x34, 0x31, 0xa]),
+  );
+  deepEqual(r.keys, ["é", "A"]);
+  const win = fmt("(FORMAT csv, ENCODING 'WIN1252')");
+  deepEqual(splitEverywhere(win, key0, Uint8Array.from([0x80, 0x2c, 0x31, 0xa])).keys, ["€"]);
+  // SJIS "表" is 0x95 0x5C: its second byte is a backslash.
+  const sjis = fmt("(ENCODING 'SJIS')");
+  const bytes = Uint8Array.from([0x95, 0x5c, 0x09, 0x31, 0x0a, 0x32, 0x09, 0x95, 0x5c, 0x0a]);
+  const s = splitEverywhere(sjis, { keyColumn: 0, columns: 2 }, bytes);
+  deepEqual(s.keys, ["表", "2"]);
+  deepEqual(s.rows.length, 2);
+  const sCsv = splitEverywhere(fmt("(FORMAT csv, ENCODING 'SJIS', QUOTE '\\')"), key0, bytes);
+  deepEqual(sCsv.keys, ["表\t1", "2\t表"]);
+});
+
+/** A binary COPY file: header, tuples of fields (null = SQL NULL), trailer. */
+function binaryFile(
+  tuples: (Uint8Array | null)[][],
+  options: { trailer?: boolean; extension?: number } = {},
+): Uint8Array {
+  const parts: number[] = [0x50, 0x47, 0x43, 0x4f, 0x50, 0x59, 0x0a, 0xff, 0x0d, 0x0a, 0x00];
+  const int = (v: number, n: number): void => {
+    for (let i = n - 1; i >= 0; i--) parts.push((v >> (8 * i)) & 0xff);
+  };
+  int(0, 4);
+  const ext = options.extension ?? 0;
+  int(ext, 4);
+  for (let i = 0; i < ext; i++) parts.push(7);
+  for (const t of tuples) {
+    int(t.length, 2);
+    for (const f of t) {
+      if (f === null) int(-1, 4);
+      else {
+        int(f.length, 4);
+        parts.push(...f);
+      }
+    }
+  }
+  if (options.trailer !== false) int(-1, 2);
+  return Uint8Array.from(parts);
+}
+
+function be(v: bigint, n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  let x = BigInt.asUintN(n * 8, v);
+  for (let i = n - 1; i >= 0; i--) {
+    out[i] = Number(x & 0xffn);
+    x >>= 8n;
+  }
+  return out;
+}
+
+Deno.test("binary: header, tuples, keys by type, trailer", () => {
+  const f = fmt("(FORMAT binary)");
+  const uuid = Uint8Array.from(Array.from({ length: 16 }, (_, i) => i * 17));
+  const file = binaryFile([
+    [be(1n, 8), enc.encode("a")],
+    [be(-2n, 8), null],
+    [null, enc.encode("x")],
+    [be(9007199254740993n, 8), new Uint8Array(0)],
+    [be(-9223372036854775808n, 8), new Uint8Array(0)],
+  ], { extension: 3 });
+  const r = splitEverywhere(f, { keyColumn: 0, columns: 2, keyType: "bigint" }, file);
+  equal(r.header!.length, 19 + 3);
+  equal(r.rows.length, 5);
+  deepEqual(r.keys, ["1", "-2", null, "9007199254740993", "-9223372036854775808"]);
+  equal(r.ended, true);
+  equal(latin1(file), r.header! + r.rows.join("") + "\xff\xff");
+  const ints = binaryFile([[be(-5n, 2)], [be(70000n, 4)], [be(-1n, 4)]]);
+  deepEqual(split(f, { keyColumn: 0, columns: 1, keyType: "bigint" }, ints).keys, [
+    "-5",
+    "70000",
+    "-1",
+  ]);
+  deepEqual(split(f, { keyColumn: 0, columns: 1 }, ints).keys, ["-5", "70000", "-1"]);
+  const texts = binaryFile([[enc.encode("abcd")], [enc.encode("héllo")], [uuid]]);
+  deepEqual(split(f, { keyColumn: 0, columns: 1, keyType: "varchar" }, texts).keys, [
+    "abcd",
+    "héllo",
+    dec.decode(uuid),
+  ]);
+  deepEqual(split(f, { keyColumn: 0, columns: 1, keyType: "uuid" }, binaryFile([[uuid]])).keys, [
+    "00112233-4455-6677-8899-aabbccddeeff",
+  ]);
+  deepEqual(split(f, { keyColumn: 0, columns: 1 }, binaryFile([[uuid]])).keys, [
+    "00112233-4455-6677-8899-aabbccddeeff",
+  ]);
+  // No trailer: PostgreSQL takes the end of data as the end.
+  const noTrailer = splitEverywhere(
+    f,
+    { keyColumn: 1, columns: 2 },
+    binaryFile([[null, be(3n, 4)]], { trailer: false }),
+  );
+  deepEqual(noTrailer.keys, ["3"]);
+  equal(noTrailer.ended, false);
+});
+
+Deno.test("binary: malformed input", () => {
+  const f = fmt("(FORMAT binary)");
+  const o = { keyColumn: 0, columns: 2 };
+  throwsEverywhere(f, o, "PGCOPY\n\xff\r\n\x01", "COPY file signature not recognized", 0);
+  throwsEverywhere(f, o, "", "COPY file signature not recognized", 0);
+  const good = binaryFile([[be(1n, 8), null]]);
+  throwsEverywhere(f, o, good.slice(0, 13), "invalid COPY file header (missing flags)", 0);
+  throwsEverywhere(f, o, good.slice(0, 17), "invalid COPY file header (missing length)", 0);
+  const oids = good.slice();
+  oids[12] = 1;
+  throwsEverywhere(f, o, oids, "invalid COPY file header (WITH OIDS)", 0);
+  throwsEverywhere(f, o, binaryFile([[be(1n, 8)]]), "row field count is 1, expected 2", 1);
+  throwsEverywhere(
+    f,
+    o,
+    binaryFile([[be(1n, 8), null], [be(1n, 8), null, null]]),
+    "row field count is 3, expected 2",
+    2,
+  );
+  const truncated = binaryFile([[be(1n, 8), null], [be(2n, 8), null]], { trailer: false });
+  for (let cut = 1; cut < 4 + 8 + 4; cut++) {
+    throwsEverywhere(
+      f,
+      o,
+      truncated.slice(0, truncated.length - cut),
+      "unexpected EOF in COPY data",
+      2,
+    );
+  }
+  // One stray byte is taken as the end, as PostgreSQL does.
+  const stray = new Uint8Array([...truncated, 0]);
+  deepEqual(split(f, o, stray).keys, ["1", "2"]);
+  throwsEverywhere(f, o, new Uint8Array([...good, 1]), "received copy data after EOF marker");
+  const badSize = binaryFile([[be(1n, 8), null]], { trailer: false });
+  badSize[badSize.length - 1] = 0xfe; // length -2
+  throwsEverywhere(f, o, badSize, "invalid field size", 1);
+  throwsCopy(
+    () =>
+      split(
+        f,
+        { keyColumn: 0, columns: 2, keyType: "bigint" },
+        binaryFile([[enc.encode("abc"), null]]),
+      ),
+    "incorrect binary data format",
+  );
+});
+
+Deno.test("rows handed out stay intact while later pushes arrive", () => {
+  const s = new CopyInSplitter(fmt(""), key0);
+  const kept: Uint8Array[] = [];
+  const take = (r: ReturnType<CopyInSplitter["push"]>): void => {
+    for (let i = 0; i < r.starts.length; i++) kept.push(r.data.subarray(r.starts[i], r.ends[i]));
+  };
+  const rows = Array.from({ length: 200 }, (_, i) => `${i}\t${"x".repeat(i % 37)}\n`);
+  const all = enc.encode(rows.join(""));
+  for (let at = 0; at < all.length; at += 7) take(s.push(all.subarray(at, at + 7)));
+  take(s.end());
+  deepEqual(kept.map((b) => dec.decode(b)), rows);
+});
+
+Deno.test("constructor refuses a key column outside the columns", () => {
+  throws(() => new CopyInSplitter(fmt(""), { keyColumn: 3, columns: 3 }), RangeError);
+});
