@@ -688,11 +688,26 @@ export class CopyInSplitter {
   }
 
   /**
-   * At CopyDone: a last line without its terminator is a row (PostgreSQL takes it), returned
-   * here; anything else left unfinished (an open CSV quote, a partial binary tuple, an
-   * incomplete binary header) is a {@linkcode CopyFormatError}.
+   * At CopyDone: a partial row left is an error (CopyFormatError), including a last text/CSV
+   * line without its line terminator, which PostgreSQL takes as a row: use
+   * {@linkcode CopyInSplitter.finish} to get that row instead.
    */
-  end(): CopyRows {
+  end(): void {
+    const last = this.finish();
+    if (last.starts.length > 0) {
+      throw new CopyFormatError("the last line of the COPY data has no line terminator", {
+        row: last.firstRow,
+      });
+    }
+  }
+
+  /**
+   * At CopyDone, instead of {@linkcode CopyInSplitter.end}: a last line without its terminator
+   * is a row (PostgreSQL takes it), returned here, unterminated (the last bytes any shard gets);
+   * anything else left unfinished (an open CSV quote, a partial binary tuple, an incomplete
+   * binary header, a broken end marker) is a {@linkcode CopyFormatError}.
+   */
+  finish(): CopyRows {
     const firstRow = this.#rows + 1;
     const out: CopyRows = { data: EMPTY, starts: [], ends: [], keys: [], firstRow };
     if (this.#ended) return out;

@@ -66,7 +66,7 @@ function split(
     take(s.push(input.slice(at, c)));
     at = c;
   }
-  take(s.end());
+  take(s.finish());
   return {
     header: s.header === null ? null : latin1(s.header),
     rows,
@@ -586,8 +586,20 @@ Deno.test("rows handed out stay intact while later pushes arrive", () => {
   const rows = Array.from({ length: 200 }, (_, i) => `${i}\t${"x".repeat(i % 37)}\n`);
   const all = enc.encode(rows.join(""));
   for (let at = 0; at < all.length; at += 7) take(s.push(all.subarray(at, at + 7)));
-  take(s.end());
+  take(s.finish());
   deepEqual(kept.map((b) => dec.decode(b)), rows);
+});
+
+Deno.test("end() refuses a last line without terminator, finish() returns it", () => {
+  const s = new CopyInSplitter(fmt(""), key0);
+  deepEqual(s.push(enc.encode("1\ta\n2\tb")).keys, ["1"]);
+  throwsCopy(() => s.end(), "the last line of the COPY data has no line terminator", 2);
+  const t = new CopyInSplitter(fmt(""), key0);
+  t.push(enc.encode("1\ta\n"));
+  t.end();
+  const u = new CopyInSplitter(fmt("(FORMAT csv)"), key0);
+  u.push(enc.encode('1,a\n"2'));
+  throwsCopy(() => u.end(), "unterminated CSV quoted field", 2);
 });
 
 Deno.test("constructor refuses a key column outside the columns", () => {
