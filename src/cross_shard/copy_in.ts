@@ -615,6 +615,8 @@ export class CopyInSplitter {
   #nextBackslash = -1;
   #nextCr = -1;
   #nextQuote = -1;
+  #nextLf = -1;
+  #nextEscape = -1;
 
   /** Bytes every shard gets once before any row: the binary signature+flags+extension, or the text/CSV HEADER line; null until complete / when none. */
   get header(): Uint8Array | null {
@@ -663,27 +665,23 @@ export class CopyInSplitter {
       }
       return { data: EMPTY, starts: [], ends: [], keys: [], firstRow };
     }
-    let data: Uint8Array;
-    let len: number;
-    let from: number;
-    if (this.#carryLen === 0) {
-      data = chunk;
-      len = chunk.length;
-      from = 0;
-    } else {
+    let data = chunk;
+    let from = 0;
+    const fromCarry = this.#carryLen > 0;
+    if (fromCarry) {
       this.#append(chunk);
-      data = this.#carry;
-      len = this.#carryLen;
+      // A view of exactly the carried bytes: scans never see the spare capacity.
+      data = this.#carry.subarray(0, this.#carryLen);
       from = this.#resume;
-      if (this.#binary && len < this.#need) {
+      if (this.#binary && data.length < this.#need) {
         return { data: EMPTY, starts: [], ends: [], keys: [], firstRow };
       }
     }
     const out: CopyRows = { data, starts: [], ends: [], keys: [], firstRow };
     const rest = this.#binary
-      ? this.#splitBinary(data, len, out)
-      : this.#splitLines(data, from, len, false, out);
-    this.#keep(data, rest, len, out.starts.length > 0);
+      ? this.#splitBinary(data, data.length, out)
+      : this.#splitLines(data, from, false, out);
+    this.#keep(data, rest, fromCarry, out.starts.length > 0);
     return out;
   }
 
@@ -724,8 +722,8 @@ export class CopyInSplitter {
       this.#carryLen = 0;
       return out;
     }
-    out.data = data;
-    this.#splitLines(data, this.#resume, len, true, out);
+    out.data = data.subarray(0, len);
+    this.#splitLines(out.data, this.#resume, true, out);
     this.#carry = EMPTY;
     this.#carryLen = 0;
     return out;
@@ -744,14 +742,15 @@ export class CopyInSplitter {
   }
 
   /** Keeps data[rest, len) as the next carry (a fresh buffer when data was handed out). */
-  #keep(data: Uint8Array, rest: number, len: number, handedOut: boolean): void {
+  #keep(data: Uint8Array, rest: number, fromCarry: boolean, handedOut: boolean): void {
+    const len = data.length;
     if (rest >= len || this.#ended) {
-      this.#carry = data === this.#carry && !handedOut ? this.#carry : EMPTY;
+      if (fromCarry && handedOut) this.#carry = EMPTY;
       this.#carryLen = 0;
       this.#resume = 0;
       return;
     }
-    if (data === this.#carry && rest === 0 && !handedOut) return; // still one unfinished row
+    if (fromCarry && rest === 0 && !handedOut) return; // still one unfinished row
     const left = len - rest;
     const fresh = new Uint8Array(Math.max(left * 2, 4096));
     fresh.set(data.subarray(rest, len));
@@ -763,13 +762,19 @@ export class CopyInSplitter {
 
   // ---- text and CSV ----
 
-  /** Splits lines from `from` (a row start, or the resume point in the carry); returns where the unfinished rest starts. */
-  #splitLines(d: Uint8Array, from: number, len: number, eof: boolean, out: CopyRows): number {
-    let rowStart = d === this.#carry ? 0 : from;
+  /**
+   * Splits the lines of `d`, which starts at a row; scanning resumes at `from` (where the last
+   * push stopped in that row). Returns where the unfinished rest starts.
+   */
+  #splitLines(d: Uint8Array, from: number, eof: boolean, out: CopyRows): number {
+    const len = d.length;
+    let rowStart = 0;
     let p = from;
     this.#nextBackslash = -1;
     this.#nextCr = -1;
     this.#nextQuote = -1;
+    this.#nextLf = -1;
+    this.#nextEscape = -1;
     const withKey = this.#keyColumn >= 0;
     const starts = out.starts;
     const ends = out.ends;
@@ -939,31 +944,59 @@ export class CopyInSplitter {
   #scanCsv(d: Uint8Array, s: number, p: number, len: number, eof: boolean): number {
     const eol = this.#eol;
     if (
-      (eol === EOL_NL || eol === EOL_CRNL) && this.#mbLen === null && !this.#inQuote &&
-      !this.#lastWasEsc && (p > s || d[s] !== BACKSLASH)
+      eol === EOL_UNKNOWN || eol === EOL_CR || this.#mbLen !== null || this.#lastWasEsc ||
+      (p === s && d[s] === BACKSLASH)
     ) {
-      const nl = d.indexOf(LF, p);
-      const limit = nl < 0 ? len : nl;
-      if (this.#nextQuote < p) this.#nextQuote = indexOrLen(d, this.#quote, p, len);
-      if (this.#nextCr < p) this.#nextCr = indexOrLen(d, CR, p, len);
-      if (this.#nextQuote >= limit) {
-        if (eol === EOL_NL) {
-          if (this.#nextCr >= limit) {
-            if (nl < 0) return this.#incomplete(len, eof);
-            this.#contentEnd = nl;
-            this.#lineEnd = nl + 1;
-            return LINE;
-          }
-        } else if (nl > p && this.#nextCr === nl - 1) {
-          this.#contentEnd = nl - 1;
-          this.#lineEnd = nl + 1;
-          return LINE;
-        } else if (nl < 0 && this.#nextCr >= len) {
-          return this.#incomplete(len, eof);
-        }
-      }
+      return this.#scanCsvSlow(d, s, p, len, eof);
     }
-    return this.#scanCsvSlow(d, s, p, len, eof);
+    // Fast path: jump from quote to quote and to the line end with indexOf.
+    const quote = this.#quote;
+    const escape = this.#escape === quote ? -1 : this.#escape;
+    for (;;) {
+      if (this.#inQuote) {
+        if (this.#nextQuote < p) this.#nextQuote = indexOrLen(d, quote, p, len);
+        if (escape >= 0) {
+          if (this.#nextEscape < p) this.#nextEscape = indexOrLen(d, escape, p, len);
+          const e = this.#nextEscape;
+          if (e < this.#nextQuote) {
+            if (e + 1 >= len) {
+              if (eof) throw this.#error("unterminated CSV quoted field");
+              return this.#incomplete(e, false);
+            }
+            const next = d[e + 1];
+            p = next === quote || next === escape ? e + 2 : e + 1;
+            continue;
+          }
+        }
+        const q = this.#nextQuote;
+        if (q >= len) {
+          if (eof) throw this.#error("unterminated CSV quoted field");
+          return this.#incomplete(len, false);
+        }
+        this.#inQuote = false;
+        p = q + 1;
+        continue;
+      }
+      if (this.#nextQuote < p) this.#nextQuote = indexOrLen(d, quote, p, len);
+      if (this.#nextLf < p) this.#nextLf = indexOrLen(d, LF, p, len);
+      if (this.#nextCr < p) this.#nextCr = indexOrLen(d, CR, p, len);
+      const q = this.#nextQuote;
+      const nl = this.#nextLf;
+      const cr = this.#nextCr;
+      if (q < nl && q < cr) {
+        this.#inQuote = true;
+        p = q + 1;
+        continue;
+      }
+      if (nl < cr && eol === EOL_NL) {
+        this.#contentEnd = nl;
+        this.#lineEnd = nl + 1;
+        return LINE;
+      }
+      // A CR, or a LF in a CRLF file: the byte-wise scanner decides (and checks).
+      if (nl < len || cr < len) return this.#scanCsvSlow(d, s, nl < cr ? nl : cr, len, eof);
+      return this.#incomplete(len, eof);
+    }
   }
 
   #scanCsvSlow(d: Uint8Array, s: number, p: number, len: number, eof: boolean): number {
@@ -1133,10 +1166,25 @@ export class CopyInSplitter {
       }
       text = textOf(d, start, p);
     } else {
-      text = utf8Decoder.decode(this.#quotedCsv(d, start, e));
+      text = this.#quotedCsvKey(d, start, e);
     }
     if (this.#forceNull && text === this.#format.null) return null;
     return text;
+  }
+
+  /** A CSV field with quotes, from its start: its value; `"simple"` fields without indexOf-free scans. */
+  #quotedCsvKey(d: Uint8Array, start: number, e: number): string {
+    const quote = this.#quote;
+    if (d[start] === quote) {
+      const close = d.indexOf(quote, start + 1);
+      if (
+        close >= 0 && close < e && (close + 1 === e || d[close + 1] === this.#delim) &&
+        (this.#escape === quote || !includes(d, this.#escape, start + 1, close))
+      ) {
+        return textOf(d, start + 1, close);
+      }
+    }
+    return utf8Decoder.decode(this.#quotedCsv(d, start, e));
   }
 
   /** A CSV field with quotes, from its start: its value's bytes. */
@@ -1298,6 +1346,11 @@ export class CopyInSplitter {
 
 function int32(d: Uint8Array, p: number): number {
   return (d[p] << 24) | (d[p + 1] << 16) | (d[p + 2] << 8) | d[p + 3];
+}
+
+function includes(d: Uint8Array, byte: number, from: number, to: number): boolean {
+  const i = d.indexOf(byte, from);
+  return i >= 0 && i < to;
 }
 
 function indexOrLen(d: Uint8Array, byte: number, from: number, len: number): number {
