@@ -832,28 +832,37 @@ export class CopyInSplitter {
    */
   #scanText(d: Uint8Array, p: number, len: number, eof: boolean): number {
     const eol = this.#eol;
-    if ((eol === EOL_NL || eol === EOL_CRNL) && this.#mbLen === null) {
-      // Fast path: the next LF, with no backslash or stray CR before it.
-      const nl = d.indexOf(LF, p);
-      const limit = nl < 0 ? len : nl;
+    if ((eol !== EOL_NL && eol !== EOL_CRNL) || this.#mbLen !== null) {
+      return this.#scanTextSlow(d, p, len, eof);
+    }
+    // Fast path: jump between backslashes and line ends with indexOf; anything unusual (an end
+    // marker, a byte to look ahead at past the end, a stray CR or LF) goes byte by byte.
+    for (;;) {
       if (this.#nextBackslash < p) this.#nextBackslash = indexOrLen(d, BACKSLASH, p, len);
+      if (this.#nextLf < p) this.#nextLf = indexOrLen(d, LF, p, len);
       if (this.#nextCr < p) this.#nextCr = indexOrLen(d, CR, p, len);
+      const bs = this.#nextBackslash;
+      const nl = this.#nextLf;
+      const cr = this.#nextCr;
+      if (bs < nl && bs < cr) {
+        if (bs + 1 >= len || d[bs + 1] === DOT) return this.#scanTextSlow(d, bs, len, eof);
+        p = bs + 2; // the escaped byte, a newline too
+        continue;
+      }
       if (eol === EOL_NL) {
-        if (this.#nextBackslash >= limit && this.#nextCr >= limit) {
-          if (nl < 0) return this.#incomplete(len, eof);
+        if (nl < cr) {
           this.#contentEnd = nl;
           this.#lineEnd = nl + 1;
           return LINE;
         }
-      } else if (nl > p && this.#nextBackslash >= limit && this.#nextCr === nl - 1) {
-        this.#contentEnd = nl - 1;
+      } else if (cr + 1 === nl && nl < len) {
+        this.#contentEnd = cr;
         this.#lineEnd = nl + 1;
         return LINE;
-      } else if (nl < 0 && this.#nextBackslash >= len && this.#nextCr >= len) {
-        return this.#incomplete(len, eof);
       }
+      if (nl < len || cr < len) return this.#scanTextSlow(d, nl < cr ? nl : cr, len, eof);
+      return this.#incomplete(len, eof);
     }
-    return this.#scanTextSlow(d, p, len, eof);
   }
 
   #incomplete(p: number, eof: boolean): number {
@@ -1113,11 +1122,13 @@ export class CopyInSplitter {
       const c = d[p];
       if (c === delim) break;
       if (c === BACKSLASH) {
+        // A backslash ending the line is dropped (and not part of the raw field).
+        if (p + 1 >= e) break;
         escaped = true;
         p += 2;
       } else p++;
     }
-    const end = p > e ? e : p;
+    const end = p;
     const nul = this.#null;
     if (end - start === nul.length && sameBytes(d, start, nul)) return null;
     if (!escaped) return textOf(d, start, end);

@@ -605,3 +605,279 @@ Deno.test("end() refuses a last line without terminator, finish() returns it", (
 Deno.test("constructor refuses a key column outside the columns", () => {
   throws(() => new CopyInSplitter(fmt(""), { keyColumn: 3, columns: 3 }), RangeError);
 });
+
+// ---- A reference: PostgreSQL 15's CopyReadLineText and CopyReadAttributes{Text,CSV}, written
+// plainly over the whole input, against which random inputs are compared. ----
+
+type Reference =
+  | { header: string | null; rows: string[]; keys: (string | null)[]; ended: boolean }
+  | { error: string; row: number };
+
+function reference(f: CopyFormat, d: Uint8Array, keyColumn: number): Reference {
+  const csv = f.format === "csv";
+  const quote = csv ? f.quote.charCodeAt(0) : -1;
+  const escape = csv ? f.escape.charCodeAt(0) : -1;
+  const lineEscape = escape === quote ? -1 : escape;
+  const len = d.length;
+  let eol: "unknown" | "nl" | "cr" | "crnl" = "unknown";
+  let pos = 0;
+  class Fail extends Error {}
+  const fail = (m: string): never => {
+    throw new Fail(m);
+  };
+  /** One line: content end, line end, whether it ended the data. */
+  const readLine = (): { content: number; end: number; marker: boolean } => {
+    let p = pos;
+    let inQuote = false;
+    let lastWasEsc = false;
+    let first = true;
+    for (;;) {
+      if (p >= len) {
+        if (csv && inQuote) fail("unterminated CSV quoted field");
+        return { content: len, end: len, marker: false };
+      }
+      const at = p;
+      const c = d[p++];
+      if (csv) {
+        if (inQuote && c === lineEscape) lastWasEsc = !lastWasEsc;
+        if (c === quote && !lastWasEsc) inQuote = !inQuote;
+        if (c !== lineEscape) lastWasEsc = false;
+      }
+      if (c === 13 && (!csv || !inQuote)) {
+        if (eol === "unknown" || eol === "crnl") {
+          if (p < len && d[p] === 10) {
+            eol = "crnl";
+            return { content: at, end: p + 1, marker: false };
+          }
+          if (eol === "crnl") {
+            fail(
+              csv
+                ? "unquoted carriage return found in data"
+                : "literal carriage return found in data",
+            );
+          }
+          eol = "cr";
+        } else if (eol === "nl") {
+          fail(
+            csv
+              ? "unquoted carriage return found in data"
+              : "literal carriage return found in data",
+          );
+        }
+        return { content: at, end: p, marker: false };
+      }
+      if (c === 10 && (!csv || !inQuote)) {
+        if (eol === "cr" || eol === "crnl") {
+          fail(csv ? "unquoted newline found in data" : "literal newline found in data");
+        }
+        eol = "nl";
+        return { content: at, end: p, marker: false };
+      }
+      if (c === 92 && (!csv || first)) {
+        if (p >= len) return { content: len, end: len, marker: false };
+        if (d[p] === 46) {
+          let q = p + 1;
+          let marker = true;
+          if (eol === "crnl") {
+            const c2 = q < len ? d[q] : 0;
+            q++;
+            if (c2 === 10) {
+              if (!csv) fail("end-of-copy marker does not match previous newline style");
+              marker = false;
+            } else if (c2 !== 13) {
+              if (!csv) fail("end-of-copy marker corrupt");
+              marker = false;
+            }
+          }
+          if (marker) {
+            const c2 = q < len ? d[q] : 0;
+            q++;
+            if (c2 !== 13 && c2 !== 10) {
+              if (!csv) fail("end-of-copy marker corrupt");
+              marker = false;
+            } else if (
+              (eol === "nl" && c2 !== 10) || (eol === "crnl" && c2 !== 10) ||
+              (eol === "cr" && c2 !== 13)
+            ) {
+              fail("end-of-copy marker does not match previous newline style");
+            }
+          }
+          if (marker) return { content: at, end: Math.min(q, len), marker: true };
+        } else if (!csv) p++;
+      }
+      first = false;
+    }
+  };
+  const fields = (s: number, e: number): (Uint8Array | null)[] => {
+    const out: (Uint8Array | null)[] = [];
+    const delim = f.delimiter.charCodeAt(0);
+    const nul = enc.encode(f.null);
+    let p = s;
+    for (;;) {
+      const start = p;
+      const bytes: number[] = [];
+      let sawQuote = false;
+      let foundDelim = false;
+      let rawEnd = p;
+      if (!csv) {
+        for (;;) {
+          rawEnd = p;
+          if (p >= e) break;
+          let c = d[p++];
+          if (c === delim) {
+            foundDelim = true;
+            break;
+          }
+          if (c === 92) {
+            if (p >= e) break;
+            c = d[p++];
+            if (c >= 48 && c <= 55) {
+              let v = c - 48;
+              if (p < e && d[p] >= 48 && d[p] <= 55) {
+                v = v * 8 + d[p++] - 48;
+                if (p < e && d[p] >= 48 && d[p] <= 55) v = v * 8 + d[p++] - 48;
+              }
+              c = v & 255;
+            } else if (c === 120 && p < e && /[0-9a-fA-F]/.test(String.fromCharCode(d[p]))) {
+              let v = parseInt(String.fromCharCode(d[p++]), 16);
+              if (p < e && /[0-9a-fA-F]/.test(String.fromCharCode(d[p]))) {
+                v = v * 16 + parseInt(String.fromCharCode(d[p++]), 16);
+              }
+              c = v;
+            } else {
+              c = ({ 98: 8, 102: 12, 110: 10, 114: 13, 116: 9, 118: 11 } as Record<number, number>)[
+                c
+              ] ?? c;
+            }
+          }
+          bytes.push(c);
+        }
+      } else {
+        let inQuote = false;
+        for (;;) {
+          rawEnd = p;
+          if (p >= e) {
+            if (inQuote) fail("unterminated CSV quoted field");
+            break;
+          }
+          const c = d[p++];
+          if (inQuote) {
+            if (c === escape && p < e && (d[p] === escape || d[p] === quote)) bytes.push(d[p++]);
+            else if (c === quote) inQuote = false;
+            else bytes.push(c);
+          } else if (c === delim) {
+            foundDelim = true;
+            break;
+          } else if (c === quote) {
+            sawQuote = true;
+            inQuote = true;
+          } else bytes.push(c);
+        }
+      }
+      const raw = d.subarray(start, rawEnd);
+      const isNull = !sawQuote && raw.length === nul.length && raw.every((b, i) => b === nul[i]);
+      out.push(isNull ? null : Uint8Array.from(bytes));
+      if (!foundDelim) return out;
+    }
+  };
+  const rows: string[] = [];
+  const keys: (string | null)[] = [];
+  let header: string | null = null;
+  let ended = false;
+  let inHeader = f.header !== false;
+  try {
+    if (inHeader) {
+      const l = readLine();
+      inHeader = false;
+      if (l.end > pos || l.marker) header = latin1(d.subarray(pos, l.marker ? l.content : l.end));
+      pos = l.end;
+      if (l.marker) ended = true;
+    }
+    while (!ended) {
+      if (pos >= len) break;
+      const l = readLine();
+      if (l.marker) {
+        ended = true;
+        if (l.content === pos) break;
+      }
+      const fs = fields(pos, l.content);
+      if (fs.length <= keyColumn) fail(`missing data for column ${fs.length + 1}`);
+      const k = fs[keyColumn];
+      keys.push(k === null ? null : dec.decode(k));
+      rows.push(latin1(d.subarray(pos, l.end)));
+      pos = l.end;
+    }
+  } catch (e) {
+    if (e instanceof Fail) {
+      return {
+        error: e.message,
+        row: inHeader ? 0 : rows.length + 1,
+      };
+    }
+    throw e;
+  }
+  return { header, rows, keys, ended };
+}
+
+Deno.test("random input: the splitter at any cuts agrees with a plain reference of PostgreSQL's parser", () => {
+  const alphabet = [
+    "a",
+    "b",
+    ",",
+    "\t",
+    '"',
+    "'",
+    "\\",
+    ".",
+    "\n",
+    "\r",
+    "\r\n",
+    "N",
+    "\\.\n",
+    "\\N",
+    "é",
+    "0",
+  ];
+  const formats = [
+    fmt(""),
+    fmt("(DELIMITER ',', NULL 'N')"),
+    fmt("(HEADER)"),
+    fmt("(FORMAT csv)"),
+    fmt("(FORMAT csv, QUOTE '''', ESCAPE '\\', NULL 'N')"),
+    fmt("(FORMAT csv, ESCAPE '\\', HEADER)"),
+  ];
+  let seed = 7;
+  const rand = (): number => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed / 0x80000000;
+  };
+  let compared = 0;
+  for (const f of formats) {
+    for (let i = 0; i < 2000; i++) {
+      let text = "";
+      const n = Math.floor(rand() * 24);
+      for (let j = 0; j < n; j++) text += alphabet[Math.floor(rand() * alphabet.length)];
+      const bytes = enc.encode(text);
+      const keyColumn = Math.floor(rand() * 2);
+      const want = reference(f, bytes, keyColumn);
+      const cutSets = [
+        [],
+        [Math.floor(rand() * bytes.length)],
+        Array.from({ length: bytes.length }, (_, k) => k),
+      ];
+      for (const cuts of cutSets) {
+        let got: Reference;
+        try {
+          const s = split(f, { keyColumn, columns: 2 }, bytes, cuts);
+          got = { header: s.header, rows: s.rows, keys: s.keys, ended: s.ended };
+        } catch (e) {
+          if (!(e instanceof CopyFormatError)) throw e;
+          got = { error: e.message, row: e.row };
+        }
+        deepEqual(got, want, `${JSON.stringify(f)} ${JSON.stringify(text)} cuts ${cuts.length}`);
+        compared++;
+      }
+    }
+  }
+  ok(compared > 20000);
+});
