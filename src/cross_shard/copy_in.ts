@@ -485,6 +485,11 @@ export interface CopyInSplitterOptions {
   keyType?: "bigint" | "varchar" | "uuid";
   /** The COPY's column names: FORCE_NOT_NULL / FORCE_NULL lists apply to the key by name. */
   columnNames?: string[];
+  /**
+   * The session's client_encoding (PostgreSQL's name), the data's encoding when the COPY has no
+   * ENCODING option; UTF-8 when unset. Encodings the splitter cannot decode count as UTF-8.
+   */
+  clientEncoding?: string;
 }
 
 const EOL_UNKNOWN = 0;
@@ -649,10 +654,11 @@ export class CopyInSplitter {
       list === "*" || (keyName !== undefined && list.includes(keyName));
     this.#forceNotNull = this.#csv && listed(format.forceNotNull);
     this.#forceNull = this.#csv && listed(format.forceNull);
-    const { decode, utf8 } = decoderFor(format.encoding);
+    const encoding = format.encoding ?? options.clientEncoding ?? null;
+    const { decode, utf8 } = decoderFor(encoding);
     this.#decode = decode;
     this.#convert = !utf8;
-    this.#mbLen = mbLenFor(format.encoding);
+    this.#mbLen = mbLenFor(encoding);
     this.#headerPending = format.header !== false || this.#binary;
   }
 

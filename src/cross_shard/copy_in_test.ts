@@ -262,6 +262,10 @@ Deno.test("text: custom delimiter and NULL string; a quoted delimiter", () => {
   deepEqual(r.keys, [null, "d|e", "nilx"]);
   const r0 = splitEverywhere(f, { keyColumn: 0, columns: 2 }, "a|nil\nb\\|c|d\\|e\nnil|nilx\n");
   deepEqual(r0.keys, ["a", "b|c", null]);
+  // A backslash ending the last line is dropped, and not part of the raw field: NULL.
+  const n = fmt("(NULL 'N')");
+  deepEqual(splitEverywhere(n, { keyColumn: 1, columns: 2 }, "a\tN\\").keys, [null]);
+  deepEqual(splitEverywhere(n, { keyColumn: 1, columns: 2 }, "a\tNN\\").keys, ["NN"]);
   // An empty NULL string.
   const e = fmt("(NULL '')");
   deepEqual(splitEverywhere(e, { keyColumn: 0, columns: 2 }, "\tx\n\\N\tx\n").keys, [null, "N"]);
@@ -436,6 +440,19 @@ Deno.test("ENCODING: keys decoded from the file's encoding; SJIS trailing bytes 
     Uint8Array.from([0xe9, 0x9, 0x61, 0xa, 0x5c, 0x78, 0x34, 0x31, 0xa]),
   );
   deepEqual(r.keys, ["é", "A"]);
+  // The session's client_encoding when the COPY names none.
+  const session = splitEverywhere(
+    fmt(""),
+    { ...key0, clientEncoding: "LATIN1" },
+    Uint8Array.from([0xe9, 0xa]),
+  );
+  deepEqual(session.keys, ["é"]);
+  const named = splitEverywhere(
+    fmt("(ENCODING 'UTF8')"),
+    { ...key0, clientEncoding: "LATIN1" },
+    Uint8Array.from([0xc3, 0xa9, 0xa]),
+  );
+  deepEqual(named.keys, ["é"]);
   const win = fmt("(FORMAT csv, ENCODING 'WIN1252')");
   deepEqual(splitEverywhere(win, key0, Uint8Array.from([0x80, 0x2c, 0x31, 0xa])).keys, ["€"]);
   // SJIS "表" is 0x95 0x5C: its second byte is a backslash.
