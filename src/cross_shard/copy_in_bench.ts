@@ -1,6 +1,6 @@
 /**
  * The COPY splitter's speed: 1M rows in text, CSV and binary, fed as 64 kB CopyData payloads
- * (about what psql and the drivers send), the key in the first column. Each bench prints its
+ * (about what the drivers send; also one row per CopyData), the key in the first column. Each bench prints its
  * time per 1M rows; rows/s = 1e6 / time. `deno bench src/cross_shard/copy_in_bench.ts`
  */
 
@@ -49,6 +49,23 @@ function textRows(csv: boolean): Uint8Array[] {
   return chunks(new TextEncoder().encode(lines.join("")));
 }
 
+/** The same rows, one CopyData each (as a client sending line by line would). */
+function perLine(data: Uint8Array[]): Uint8Array[] {
+  const all = new Uint8Array(data.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of data) {
+    all.set(c, at);
+    at += c.length;
+  }
+  const out: Uint8Array[] = [];
+  for (let p = 0; p < all.length;) {
+    const e = all.indexOf(10, p) + 1;
+    out.push(all.subarray(p, e));
+    p = e;
+  }
+  return out;
+}
+
 function binaryRows(): Uint8Array[] {
   const email = new TextEncoder().encode("user000000@example.com");
   const rowSize = 2 + (4 + 8) + (4 + email.length) + (4 + 4);
@@ -72,6 +89,7 @@ function binaryRows(): Uint8Array[] {
 }
 
 const text = textRows(false);
+const perRow = perLine(text);
 const csv = textRows(true);
 const binary = binaryRows();
 
@@ -85,6 +103,7 @@ function run(format: CopyFormat, data: Uint8Array[], columns: number, key: numbe
 
 Deno.bench("text, 1M rows, key column 0", () => run(TEXT, text, 5, 0));
 Deno.bench("text, 1M rows, no key", () => run(TEXT, text, 5, null));
+Deno.bench("text, 1M rows, one CopyData per row, key column 0", () => run(TEXT, perRow, 5, 0));
 Deno.bench("text, 1M rows, key column 2", () => run(TEXT, text, 5, 2));
 Deno.bench("csv, 1M rows, key column 0", () => run(CSV, csv, 5, 0));
 Deno.bench("csv, 1M rows, key column 2 (quoted)", () => run(CSV, csv, 5, 2));
