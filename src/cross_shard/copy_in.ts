@@ -462,12 +462,18 @@ export class CopyFormatError extends Error {
   readonly code: string;
   /** The client's data row (1-based, header excluded) it is in; 0 for the header. */
   readonly row: number;
+  /**
+   * The line PostgreSQL would name (`COPY t, line N`): the header counts, and in CSV so do
+   * newlines inside quotes; binary: the tuple (0 for the file header).
+   */
+  readonly line: number;
 
-  constructor(message: string, options: { code?: string; row: number }) {
+  constructor(message: string, options: { code?: string; row: number; line?: number }) {
     super(message);
     this.name = "CopyFormatError";
     this.code = options.code ?? "22P04";
     this.row = options.row;
+    this.line = options.line ?? options.row;
   }
 }
 
@@ -613,6 +619,8 @@ export class CopyInSplitter {
   #need = 0;
   #inQuote = false;
   #lastWasEsc = false;
+  /** CSV: newlines inside quotes so far (PostgreSQL counts them as lines in its messages). */
+  #extraLines = 0;
   /** Set by the line scanners: end of the line's content, and of the line with its terminator. */
   #contentEnd = 0;
   #lineEnd = 0;
@@ -667,7 +675,7 @@ export class CopyInSplitter {
     const firstRow = this.#rows + 1;
     if (this.#ended) {
       if (this.#binary && chunk.length > 0) {
-        throw new CopyFormatError("received copy data after EOF marker", { row: this.#rows });
+        throw this.#error("received copy data after EOF marker");
       }
       return { data: EMPTY, starts: [], ends: [], keys: [], firstRow };
     }
@@ -829,7 +837,10 @@ export class CopyInSplitter {
   }
 
   #error(message: string, code = "22P04"): CopyFormatError {
-    return new CopyFormatError(message, { code, row: this.#headerPending ? 0 : this.#rows + 1 });
+    const row = this.#headerPending ? 0 : this.#rows + 1;
+    const headerLine = this.#format.header !== false && !this.#headerPending ? 1 : 0;
+    const line = this.#binary ? row : this.#rows + headerLine + 1 + this.#extraLines;
+    return new CopyFormatError(message, { code, row, line });
   }
 
   /**
@@ -974,6 +985,7 @@ export class CopyInSplitter {
           if (this.#nextEscape < p) this.#nextEscape = indexOrLen(d, escape, p, len);
           const e = this.#nextEscape;
           if (e < this.#nextQuote) {
+            this.#countQuotedNewlines(d, p, e);
             if (e + 1 >= len) {
               if (eof) throw this.#error("unterminated CSV quoted field");
               return this.#incomplete(e, false);
@@ -984,6 +996,7 @@ export class CopyInSplitter {
           }
         }
         const q = this.#nextQuote;
+        this.#countQuotedNewlines(d, p, q);
         if (q >= len) {
           if (eof) throw this.#error("unterminated CSV quoted field");
           return this.#incomplete(len, false);
@@ -1011,6 +1024,24 @@ export class CopyInSplitter {
       // A CR, or a LF in a CRLF file: the byte-wise scanner decides (and checks).
       if (nl < len || cr < len) return this.#scanCsvSlow(d, s, nl < cr ? nl : cr, len, eof);
       return this.#incomplete(len, eof);
+    }
+  }
+
+  /** Counts the line ends (LF, or CR in a CRLF file) in d[from, to), inside quotes. */
+  #countQuotedNewlines(d: Uint8Array, from: number, to: number): void {
+    const len = d.length;
+    if (this.#eol === EOL_NL) {
+      if (this.#nextLf < from) this.#nextLf = indexOrLen(d, LF, from, len);
+      while (this.#nextLf < to) {
+        this.#extraLines++;
+        this.#nextLf = indexOrLen(d, LF, this.#nextLf + 1, len);
+      }
+    } else {
+      if (this.#nextCr < from) this.#nextCr = indexOrLen(d, CR, from, len);
+      while (this.#nextCr < to) {
+        this.#extraLines++;
+        this.#nextCr = indexOrLen(d, CR, this.#nextCr + 1, len);
+      }
     }
   }
 
@@ -1061,6 +1092,7 @@ export class CopyInSplitter {
       if (this.#inQuote && c === escape) this.#lastWasEsc = !this.#lastWasEsc;
       if (c === quote && !this.#lastWasEsc) this.#inQuote = !this.#inQuote;
       if (c !== escape) this.#lastWasEsc = false;
+      if (this.#inQuote && c === (this.#eol === EOL_NL ? LF : CR)) this.#extraLines++;
       if (!this.#inQuote) {
         if (c === CR) {
           if (this.#eol === EOL_UNKNOWN || this.#eol === EOL_CRNL) {
@@ -1294,7 +1326,7 @@ export class CopyInSplitter {
       if (count === -1) {
         this.#ended = true;
         if (p + 2 < len) {
-          throw new CopyFormatError("received copy data after EOF marker", { row: this.#rows });
+          throw this.#error("received copy data after EOF marker");
         }
         return len;
       }

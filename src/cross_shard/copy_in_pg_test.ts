@@ -12,7 +12,13 @@ import { deepEqual, equal, ok } from "node:assert/strict";
 import { loadModule, parseSync } from "libpg-query";
 import { startPostgres } from "../../tests/harness/mod.ts";
 import { concat, errorFields, fe, WireClient } from "../../tests/wire.ts";
-import { type CopyFormat, copyFormatOf, CopyInSplitter, type CopyRows } from "./copy_in.ts";
+import {
+  type CopyFormat,
+  CopyFormatError,
+  copyFormatOf,
+  CopyInSplitter,
+  type CopyRows,
+} from "./copy_in.ts";
 
 await loadModule();
 
@@ -193,6 +199,12 @@ function splitFile(
 
 const TRAILER = new Uint8Array([0xff, 0xff]);
 
+function latin(b: Uint8Array): string {
+  let s = "";
+  for (const x of b) s += String.fromCharCode(x);
+  return s;
+}
+
 Deno.test("COPY splitter against PostgreSQL's own COPY TO output", async (t) => {
   await using pg = await startPostgres({});
   const c = await WireClient.connect({
@@ -324,6 +336,69 @@ Deno.test("COPY splitter against PostgreSQL's own COPY TO output", async (t) => 
         }
       }
     });
+
+    await t.step(
+      "malformed data: the splitter's error is PostgreSQL's, on the same line",
+      async () => {
+        await c.rows("CREATE TABLE m (a int, b text)");
+        const bin = (body: number[]): Uint8Array =>
+          Uint8Array.from([0x50, 0x47, 0x43, 0x4f, 0x50, 0x59, 0x0a, 0xff, 0x0d, 0x0a, 0, ...body]);
+        const tuple = [0, 2, 0, 0, 0, 4, 0, 0, 0, 7, 0xff, 0xff, 0xff, 0xff];
+        const enc = new TextEncoder();
+        const cases: [string, Uint8Array | string][] = [
+          ["", "1\tx\n2\r\n"],
+          ["", "1\tx\r\n2\ty\n"],
+          ["", "1\tx\r2\ty\n"],
+          ["", "1\tx\n\\.x\n"],
+          ["", "1\tx\r\n\\.\n"],
+          ["", "1\tx\n\\."],
+          ["(HEADER)", "a\tb\r\n1\tx\n"],
+          ["(FORMAT csv)", '1,x\n2,"y\n'],
+          ["(FORMAT csv)", "1,x\n2\r\n"],
+          ["(FORMAT csv)", "1,x\r\n2\n"],
+          ["(FORMAT csv, HEADER)", 'a,b\n1,x\n"2,y'],
+          ["(FORMAT binary)", bin([])],
+          ["(FORMAT binary)", "PGCOPY\n"],
+          ["(FORMAT binary)", bin([0, 0])],
+          ["(FORMAT binary)", bin([0, 1, 0, 0, 0, 0, 0, 0, 0])],
+          ["(FORMAT binary)", bin([0, 0, 0, 0, 0, 0, 0, 0])],
+          ["(FORMAT binary)", bin([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 1, 2])],
+          ["(FORMAT binary)", bin([0, 0, 0, 0, 0, 0, 0, 0, ...tuple, 0, 3, 0, 0, 0, 0])],
+          ["(FORMAT binary)", bin([0, 0, 0, 0, 0, 0, 0, 0, ...tuple, ...tuple.slice(0, 9)])],
+          [
+            "(FORMAT binary)",
+            bin([0, 0, 0, 0, 0, 0, 0, 0, ...tuple, 0, 2, 0xff, 0xff, 0xff, 0xfe]),
+          ],
+          ["(FORMAT binary)", bin([0, 0, 0, 0, 0, 0, 0, 0, ...tuple, 0xff, 0xff, 0])],
+        ];
+        for (const [options, input] of cases) {
+          const bytes = typeof input === "string" ? enc.encode(input) : input;
+          const format = formatOf(options, ["a", "b"]);
+          let mine: { error: string; line: number } | null = null;
+          try {
+            const s = new CopyInSplitter(format, { keyColumn: 0, columns: 2, keyType: "bigint" });
+            s.push(bytes);
+            s.finish();
+          } catch (e) {
+            if (!(e instanceof CopyFormatError)) throw e;
+            mine = { error: e.message, line: e.line };
+          }
+          await c.rows("TRUNCATE m");
+          let theirs: { error: string; line: number } | null = null;
+          try {
+            await copyIn(c, `COPY m FROM STDIN ${options}`, [bytes]);
+          } catch (e) {
+            const m = /: (.*) \((.*)\)$/s.exec((e as Error).message)!;
+            theirs = { error: m[1], line: Number(/line (\d+)/.exec(m[2])?.[1] ?? 0) };
+          }
+          deepEqual(
+            mine,
+            theirs,
+            `${options} ${JSON.stringify(latin(bytes))} ${JSON.stringify([mine, theirs])}`,
+          );
+        }
+      },
+    );
 
     await t.step("copyFormatOf accepts and refuses as PostgreSQL does", async () => {
       await c.rows("CREATE TABLE o (a int, b text, c text)");

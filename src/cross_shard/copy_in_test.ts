@@ -628,7 +628,7 @@ Deno.test("constructor refuses a key column outside the columns", () => {
 
 type Reference =
   | { header: string | null; rows: string[]; keys: (string | null)[]; ended: boolean }
-  | { error: string; row: number };
+  | { error: string; row: number; line: number };
 
 function reference(f: CopyFormat, d: Uint8Array, keyColumn: number): Reference {
   const csv = f.format === "csv";
@@ -638,6 +638,7 @@ function reference(f: CopyFormat, d: Uint8Array, keyColumn: number): Reference {
   const len = d.length;
   let eol: "unknown" | "nl" | "cr" | "crnl" = "unknown";
   let pos = 0;
+  let lineNo = 0; // PostgreSQL's cur_lineno
   class Fail extends Error {}
   const fail = (m: string): never => {
     throw new Fail(m);
@@ -648,6 +649,7 @@ function reference(f: CopyFormat, d: Uint8Array, keyColumn: number): Reference {
     let inQuote = false;
     let lastWasEsc = false;
     let first = true;
+    lineNo++;
     for (;;) {
       if (p >= len) {
         if (csv && inQuote) fail("unterminated CSV quoted field");
@@ -659,6 +661,7 @@ function reference(f: CopyFormat, d: Uint8Array, keyColumn: number): Reference {
         if (inQuote && c === lineEscape) lastWasEsc = !lastWasEsc;
         if (c === quote && !lastWasEsc) inQuote = !inQuote;
         if (c !== lineEscape) lastWasEsc = false;
+        if (inQuote && c === (eol === "nl" ? 10 : 13)) lineNo++;
       }
       if (c === 13 && (!csv || !inQuote)) {
         if (eol === "unknown" || eol === "crnl") {
@@ -829,6 +832,7 @@ function reference(f: CopyFormat, d: Uint8Array, keyColumn: number): Reference {
       return {
         error: e.message,
         row: inHeader ? 0 : rows.length + 1,
+        line: lineNo,
       };
     }
     throw e;
@@ -889,7 +893,7 @@ Deno.test("random input: the splitter at any cuts agrees with a plain reference 
           got = { header: s.header, rows: s.rows, keys: s.keys, ended: s.ended };
         } catch (e) {
           if (!(e instanceof CopyFormatError)) throw e;
-          got = { error: e.message, row: e.row };
+          got = { error: e.message, row: e.row, line: e.line };
         }
         deepEqual(got, want, `${JSON.stringify(f)} ${JSON.stringify(text)} cuts ${cuts.length}`);
         compared++;
