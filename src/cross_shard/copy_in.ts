@@ -538,7 +538,10 @@ function mbLenFor(encoding: string | null): MbLen | null {
   const canonical = encoding === null ? "UTF8" : encodingName(encoding) ?? "UTF8";
   switch (canonical) {
     case "SJIS":
+    case "SHIFT_JIS_2004":
       return (d, p) => (d[p] >= 0xa1 && d[p] <= 0xdf ? 1 : 2);
+    case "JOHAB":
+      return (d, p) => (d[p] === 0x8f ? 3 : 2);
     case "BIG5":
     case "GBK":
     case "UHC":
