@@ -961,8 +961,11 @@ export class CopyInSplitter {
         continue;
       }
       if (mbLen !== null && c >= 0x80) {
+        // The whole character must be here (its length may depend on its second byte).
         if (p + 1 >= len && !eof) return this.#incomplete(p, false);
-        p += mbLen(d, p, len);
+        const n = mbLen(d, p, len);
+        if (p + n > len && !eof) return this.#incomplete(p, false);
+        p += n;
         continue;
       }
       p++;
@@ -1091,7 +1094,10 @@ export class CopyInSplitter {
         }
       }
       if (c === CR && p + 1 >= len && !eof) return this.#incomplete(p, false);
-      if (mbLen !== null && c >= 0x80 && p + 1 >= len && !eof) return this.#incomplete(p, false);
+      if (mbLen !== null && c >= 0x80 && !eof) {
+        // The whole character must be here before any state changes.
+        if (p + 1 >= len || p + mbLen(d, p, len) > len) return this.#incomplete(p, false);
+      }
       if (this.#inQuote && c === escape) this.#lastWasEsc = !this.#lastWasEsc;
       if (c === quote && !this.#lastWasEsc) this.#inQuote = !this.#inQuote;
       if (c !== escape) this.#lastWasEsc = false;

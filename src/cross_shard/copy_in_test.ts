@@ -461,6 +461,19 @@ Deno.test("ENCODING: keys decoded from the file's encoding; SJIS trailing bytes 
   const s = splitEverywhere(sjis, { keyColumn: 0, columns: 2 }, bytes);
   deepEqual(s.keys, ["表", "2"]);
   deepEqual(s.rows.length, 2);
+  // GB18030 four-byte characters and JOHAB three-byte ones cut anywhere.
+  const gb = Uint8Array.from([0x81, 0x30, 0x81, 0x30, 0x5c, 0x0a, 0x31, 0x0a, 0x32, 0x0a]);
+  for (const f of [fmt("(ENCODING 'GB18030')"), fmt("(FORMAT csv, ENCODING 'GB18030')")]) {
+    const g = splitEverywhere(f, { keyColumn: 0, columns: 1 }, gb);
+    deepEqual(g.rows.length, f.format === "csv" ? 3 : 2);
+    equal(g.keys[0], f.format === "csv" ? "\u0080\\" : "\u0080\n1");
+  }
+  const johab = Uint8Array.from([0x8f, 0xa1, 0xa1, 0x0a, 0x31, 0x0a]);
+  deepEqual(
+    splitEverywhere(fmt(""), { keyColumn: null, columns: 1, clientEncoding: "JOHAB" }, johab).rows
+      .length,
+    2,
+  );
   const sCsv = splitEverywhere(fmt("(FORMAT csv, ENCODING 'SJIS', QUOTE '\\')"), key0, bytes);
   deepEqual(sCsv.keys, ["表\t1", "2\t表"]);
 });
