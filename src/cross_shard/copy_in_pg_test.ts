@@ -290,52 +290,66 @@ Deno.test("COPY splitter against PostgreSQL's own COPY TO output", async (t) => 
       });
     }
 
-    await t.step("ENCODING: LATIN1 and SJIS (trailing bytes that are backslashes)", async () => {
-      const latin = ["café", "naïve\tß", "\\ÿ", "a,b", '"q"', "x\ny", "\\"];
-      const sjis = ["表", "ソ\t能", "表\\", "日本語", "ﾊﾝｶｸ", "a表b", "表\n"];
-      for (
-        const [encoding, texts] of [["LATIN1", latin], ["SJIS", sjis]] as [string, string[]][]
-      ) {
-        await c.rows(
-          `DROP TABLE IF EXISTS e, e2; CREATE TABLE e (ord int, tx text, tx2 text);
+    await t.step(
+      "ENCODING: LATIN1, SJIS, BIG5, GB18030 (trailing bytes that are backslashes)",
+      async () => {
+        const latin = ["café", "naïve\tß", "\\ÿ", "a,b", '"q"', "x\ny", "\\"];
+        const sjis = ["表", "ソ\t能", "表\\", "日本語", "ﾊﾝｶｸ", "a表b", "表\n"];
+        // Big5 許功蓋 and GB18030 four-byte characters (emoji, U+0080).
+        const big5 = ["許", "功\t蓋", "許\\", "a許b", "蓋\n"];
+        const gb18030 = ["😀", "a😀\\", "\u0080", "€\t許", "ÿ\n"];
+        for (
+          const [encoding, texts] of [
+            ["LATIN1", latin],
+            ["SJIS", sjis],
+            ["BIG5", big5],
+            ["GB18030", gb18030],
+          ] as [string, string[]][]
+        ) {
+          await c.rows(
+            `DROP TABLE IF EXISTS e, e2; CREATE TABLE e (ord int, tx text, tx2 text);
            CREATE TABLE e2 (LIKE e);
            INSERT INTO e SELECT i, x, x FROM generate_series(1, 50) i,
              LATERAL (SELECT (ARRAY[${texts.map(lit).join(",")}])[i % ${texts.length} + 1] x) v`,
-        );
-        const want = (await c.rows("SELECT tx FROM e ORDER BY ord")).map((x) => x[0]);
-        for (const options of ["", "(FORMAT csv)", "(FORMAT csv, QUOTE '\\', ESCAPE '|')"]) {
-          await c.rows(`SET client_encoding TO ${encoding}`);
-          const file = concat(
-            await copyOut(c, `COPY (SELECT tx, ord, tx2 FROM e ORDER BY ord) TO STDOUT ${options}`),
           );
-          await c.rows("RESET client_encoding");
-          const withEncoding = options === ""
-            ? `(ENCODING '${encoding}')`
-            : options.replace(")", `, ENCODING '${encoding}')`);
-          const format = formatOf(withEncoding, ["tx", "ord", "tx2"]);
-          const s = new CopyInSplitter(format, { keyColumn: 0, columns: 3 });
-          const rows: Uint8Array[] = [];
-          const keys: (string | null)[] = [];
-          for (let at = 0; at < file.length; at += 3) {
-            const out = s.push(file.subarray(at, at + 3));
-            for (let i = 0; i < out.starts.length; i++) {
-              rows.push(out.data.slice(out.starts[i], out.ends[i]));
+          const want = (await c.rows("SELECT tx FROM e ORDER BY ord")).map((x) => x[0]);
+          for (const options of ["", "(FORMAT csv)", "(FORMAT csv, QUOTE '\\', ESCAPE '|')"]) {
+            await c.rows(`SET client_encoding TO ${encoding}`);
+            const file = concat(
+              await copyOut(
+                c,
+                `COPY (SELECT tx, ord, tx2 FROM e ORDER BY ord) TO STDOUT ${options}`,
+              ),
+            );
+            await c.rows("RESET client_encoding");
+            const withEncoding = options === ""
+              ? `(ENCODING '${encoding}')`
+              : options.replace(")", `, ENCODING '${encoding}')`);
+            const format = formatOf(withEncoding, ["tx", "ord", "tx2"]);
+            const s = new CopyInSplitter(format, { keyColumn: 0, columns: 3 });
+            const rows: Uint8Array[] = [];
+            const keys: (string | null)[] = [];
+            for (let at = 0; at < file.length; at += 3) {
+              const out = s.push(file.subarray(at, at + 3));
+              for (let i = 0; i < out.starts.length; i++) {
+                rows.push(out.data.slice(out.starts[i], out.ends[i]));
+              }
+              keys.push(...out.keys);
             }
-            keys.push(...out.keys);
+            s.end();
+            deepEqual(keys, want, `${encoding} ${options}`);
+            deepEqual(concat(rows), file);
+            await c.rows("TRUNCATE e2");
+            await copyIn(c, `COPY e2 (tx, ord, tx2) FROM STDIN ${withEncoding}`, rows);
+            const diff = await c.rows(
+              "SELECT (SELECT count(*) FROM (TABLE e EXCEPT ALL TABLE e2) a) + " +
+                "(SELECT count(*) FROM (TABLE e2 EXCEPT ALL TABLE e) b)",
+            );
+            equal(diff[0][0], "0", `${encoding} ${options}`);
           }
-          s.end();
-          deepEqual(keys, want, `${encoding} ${options}`);
-          deepEqual(concat(rows), file);
-          await c.rows("TRUNCATE e2");
-          await copyIn(c, `COPY e2 (tx, ord, tx2) FROM STDIN ${withEncoding}`, rows);
-          const diff = await c.rows(
-            "SELECT (SELECT count(*) FROM (TABLE e EXCEPT ALL TABLE e2) a) + " +
-              "(SELECT count(*) FROM (TABLE e2 EXCEPT ALL TABLE e) b)",
-          );
-          equal(diff[0][0], "0", `${encoding} ${options}`);
         }
-      }
-    });
+      },
+    );
 
     await t.step(
       "malformed data: the splitter's error is PostgreSQL's, on the same line",
