@@ -454,6 +454,18 @@ export interface CopyRows {
   keys: (string | null)[];
   /** Client row number (1-based data line/tuple, header excluded) of the first row. */
   firstRow: number;
+  /**
+   * The line PostgreSQL names in errors about the first row (`COPY t, line N`, its last line:
+   * the header and, in CSV, newlines inside quotes count; binary: the tuple number). Set by push
+   * and finish.
+   */
+  firstLine?: number;
+  /**
+   * Lines each row takes in PostgreSQL's count, when some row of this push takes more than one
+   * (CSV newlines inside quotes): row i is named line firstLine + lines[1] + ... + lines[i].
+   * Null when every row is one line. Set by push and finish.
+   */
+  lines?: number[] | null;
 }
 
 /** Malformed COPY data, as PostgreSQL would report it (SQLSTATE 22P04 mostly). */
@@ -624,6 +636,8 @@ export class CopyInSplitter {
   #lastWasEsc = false;
   /** CSV: newlines inside quotes so far (PostgreSQL counts them as lines in its messages). */
   #extraLines = 0;
+  /** #extraLines when the current row started. */
+  #rowExtraStart = 0;
   /** Set by the line scanners: end of the line's content, and of the line with its terminator. */
   #contentEnd = 0;
   #lineEnd = 0;
@@ -680,7 +694,15 @@ export class CopyInSplitter {
       if (this.#binary && chunk.length > 0) {
         throw this.#error("received copy data after EOF marker");
       }
-      return { data: EMPTY, starts: [], ends: [], keys: [], firstRow };
+      return {
+        data: EMPTY,
+        starts: [],
+        ends: [],
+        keys: [],
+        firstRow,
+        firstLine: firstRow,
+        lines: null,
+      };
     }
     let data = chunk;
     let from = 0;
@@ -691,14 +713,23 @@ export class CopyInSplitter {
       data = this.#carry.subarray(0, this.#carryLen);
       from = this.#resume;
       if (this.#binary && data.length < this.#need) {
-        return { data: EMPTY, starts: [], ends: [], keys: [], firstRow };
+        return {
+          data: EMPTY,
+          starts: [],
+          ends: [],
+          keys: [],
+          firstRow,
+          firstLine: firstRow,
+          lines: null,
+        };
       }
     }
-    const out: CopyRows = { data, starts: [], ends: [], keys: [], firstRow };
+    const out: CopyRows = { data, starts: [], ends: [], keys: [], firstRow, lines: null };
     const rest = this.#binary
       ? this.#splitBinary(data, data.length, out)
       : this.#splitLines(data, from, false, out);
     this.#keep(data, rest, fromCarry, out.starts.length > 0);
+    if (out.firstLine === undefined) out.firstLine = this.#binary ? firstRow : this.#nextLine();
     return out;
   }
 
@@ -724,7 +755,15 @@ export class CopyInSplitter {
    */
   finish(): CopyRows {
     const firstRow = this.#rows + 1;
-    const out: CopyRows = { data: EMPTY, starts: [], ends: [], keys: [], firstRow };
+    const out: CopyRows = {
+      data: EMPTY,
+      starts: [],
+      ends: [],
+      keys: [],
+      firstRow,
+      firstLine: this.#nextLine(),
+      lines: null,
+    };
     if (this.#ended) return out;
     const data = this.#carry;
     const len = this.#carryLen;
@@ -816,6 +855,7 @@ export class CopyInSplitter {
         } else if (contentEnd > rowStart) {
           // Text format: data before a `\.` on the same line is the last row.
           if (withKey) keys.push(this.#key(d, rowStart, contentEnd));
+          this.#countLines(out);
           starts.push(rowStart);
           ends.push(lineEnd);
           this.#rows++;
@@ -827,8 +867,10 @@ export class CopyInSplitter {
       if (this.#headerPending) {
         this.#header = d.slice(rowStart, lineEnd);
         this.#headerPending = false;
+        this.#rowExtraStart = this.#extraLines;
       } else {
         if (withKey) keys.push(this.#key(d, rowStart, contentEnd));
+        this.#countLines(out);
         starts.push(rowStart);
         ends.push(lineEnd);
         this.#rows++;
@@ -839,11 +881,29 @@ export class CopyInSplitter {
     }
   }
 
+  /** Before a row is added to `out`: its PostgreSQL line count (and `out.firstLine` for the first). */
+  #countLines(out: CopyRows): void {
+    const n = out.starts.length;
+    if (n === 0) out.firstLine = this.#nextLine();
+    const rowLines = 1 + this.#extraLines - this.#rowExtraStart;
+    this.#rowExtraStart = this.#extraLines;
+    if (out.lines) out.lines.push(rowLines);
+    else if (rowLines !== 1) {
+      out.lines = new Array<number>(n).fill(1);
+      out.lines.push(rowLines);
+    }
+  }
+
+  /** PostgreSQL's line number for the row being read (its newlines inside quotes so far counted). */
+  #nextLine(): number {
+    if (this.#binary) return this.#rows + 1;
+    const headerLine = this.#format.header !== false && !this.#headerPending ? 1 : 0;
+    return this.#rows + headerLine + 1 + this.#extraLines;
+  }
+
   #error(message: string, code = "22P04"): CopyFormatError {
     const row = this.#headerPending ? 0 : this.#rows + 1;
-    const headerLine = this.#format.header !== false && !this.#headerPending ? 1 : 0;
-    const line = this.#binary ? row : this.#rows + headerLine + 1 + this.#extraLines;
-    return new CopyFormatError(message, { code, row, line });
+    return new CopyFormatError(message, { code, row, line: this.#binary ? row : this.#nextLine() });
   }
 
   /**

@@ -414,6 +414,40 @@ Deno.test("COPY splitter against PostgreSQL's own COPY TO output", async (t) => 
       },
     );
 
+    await t.step(
+      "a bad value: PostgreSQL names the line the splitter says for that row",
+      async () => {
+        await c.rows("CREATE TABLE l (a int, b text)");
+        const inputs: [string, string][] = [
+          ["(FORMAT csv)", '1,"a\nb"\n2,"c\nd\ne"\nx,y\n'],
+          ["(FORMAT csv, HEADER)", 'a,"b\n"\n1,"a\nb"\nx,y\n'],
+          ["(FORMAT csv)", '1,"a\r\nb"\r\n2,"c\r\nd"\r\nx,y\r\n'],
+          ["(FORMAT csv)", '1,"a\rb"\n2,"c\nd\re"\nx,y\n'],
+          ["(HEADER)", "a\tb\n1\ta\\nb\nx\ty\n"],
+        ];
+        for (const [options, input] of inputs) {
+          const bytes = new TextEncoder().encode(input);
+          const s = new CopyInSplitter(formatOf(options, ["a", "b"]), { keyColumn: 0, columns: 2 });
+          const out = s.push(bytes);
+          s.end();
+          const named: number[] = [];
+          let line = out.firstLine!;
+          for (let i = 0; i < out.starts.length; i++) {
+            if (i > 0) line += out.lines === null || out.lines === undefined ? 1 : out.lines[i];
+            named.push(line);
+          }
+          const bad = out.keys.indexOf("x");
+          let theirs = 0;
+          try {
+            await copyIn(c, `COPY l FROM STDIN ${options}`, [bytes]);
+          } catch (e) {
+            theirs = Number(/line (\d+)/.exec((e as Error).message)?.[1]);
+          }
+          equal(named[bad], theirs, `${options} ${JSON.stringify(input)}`);
+        }
+      },
+    );
+
     await t.step("copyFormatOf accepts and refuses as PostgreSQL does", async () => {
       await c.rows("CREATE TABLE o (a int, b text, c text)");
       const cases = [

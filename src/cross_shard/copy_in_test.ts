@@ -33,6 +33,8 @@ function formatOrError(
 interface Split {
   header: string | null;
   rows: string[];
+  /** The line PostgreSQL names for each row (from firstLine and lines). */
+  rowLines: number[];
   keys: (string | null)[];
   firstRows: number[];
   ended: boolean;
@@ -49,6 +51,7 @@ function split(
   const rows: string[] = [];
   const keys: (string | null)[] = [];
   const firstRows: number[] = [];
+  const rowLines: number[] = [];
   let expectRow = 1;
   const take = (r: ReturnType<CopyInSplitter["push"]>): void => {
     equal(r.firstRow, expectRow);
@@ -56,6 +59,13 @@ function split(
       rows.push(latin1(r.data.subarray(r.starts[i], r.ends[i])));
     }
     expectRow += r.starts.length;
+    ok(r.firstLine !== undefined && r.lines !== undefined);
+    if (r.lines !== null) equal(r.lines.length, r.starts.length);
+    let line = r.firstLine;
+    for (let i = 0; i < r.starts.length; i++) {
+      if (i > 0) line += r.lines === null ? 1 : r.lines[i];
+      rowLines.push(line);
+    }
     if (r.starts.length) firstRows.push(r.firstRow);
     keys.push(...r.keys);
     if (options.keyColumn !== null) equal(r.keys.length, r.starts.length);
@@ -70,6 +80,7 @@ function split(
   return {
     header: s.header === null ? null : latin1(s.header),
     rows,
+    rowLines,
     keys,
     firstRows,
     ended: s.ended,
@@ -661,7 +672,13 @@ Deno.test("constructor refuses a key column outside the columns", () => {
 // plainly over the whole input, against which random inputs are compared. ----
 
 type Reference =
-  | { header: string | null; rows: string[]; keys: (string | null)[]; ended: boolean }
+  | {
+    header: string | null;
+    rows: string[];
+    rowLines: number[];
+    keys: (string | null)[];
+    ended: boolean;
+  }
   | { error: string; row: number; line: number };
 
 function reference(f: CopyFormat, d: Uint8Array, keyColumn: number): Reference {
@@ -835,6 +852,7 @@ function reference(f: CopyFormat, d: Uint8Array, keyColumn: number): Reference {
     }
   };
   const rows: string[] = [];
+  const rowLines: number[] = [];
   const keys: (string | null)[] = [];
   let header: string | null = null;
   let ended = false;
@@ -859,6 +877,7 @@ function reference(f: CopyFormat, d: Uint8Array, keyColumn: number): Reference {
       const k = fs[keyColumn];
       keys.push(k === null ? null : dec.decode(k));
       rows.push(latin1(d.subarray(pos, l.end)));
+      rowLines.push(lineNo);
       pos = l.end;
     }
   } catch (e) {
@@ -871,7 +890,7 @@ function reference(f: CopyFormat, d: Uint8Array, keyColumn: number): Reference {
     }
     throw e;
   }
-  return { header, rows, keys, ended };
+  return { header, rows, rowLines, keys, ended };
 }
 
 Deno.test("random input: the splitter at any cuts agrees with a plain reference of PostgreSQL's parser", () => {
@@ -924,7 +943,13 @@ Deno.test("random input: the splitter at any cuts agrees with a plain reference 
         let got: Reference;
         try {
           const s = split(f, { keyColumn, columns: 2 }, bytes, cuts);
-          got = { header: s.header, rows: s.rows, keys: s.keys, ended: s.ended };
+          got = {
+            header: s.header,
+            rows: s.rows,
+            rowLines: s.rowLines,
+            keys: s.keys,
+            ended: s.ended,
+          };
         } catch (e) {
           if (!(e instanceof CopyFormatError)) throw e;
           got = { error: e.message, row: e.row, line: e.line };
