@@ -448,6 +448,41 @@ Deno.test("COPY splitter against PostgreSQL's own COPY TO output", async (t) => 
       },
     );
 
+    await t.step("end markers: the splitter's rows are the rows PostgreSQL loads", async () => {
+      await c.rows("CREATE TABLE em (a text, b text)");
+      const inputs: [string, string][] = [
+        ["", "1\tx\n2\ty\\.\n3\tz\n"],
+        ["", "1\tx\n\\.\n3\tz\n"],
+        ["", "1\tx\r\n\\.\r\n3\tz\r\n"],
+        ["", "1\tx\r2\t\\.\r3\tz\r"],
+        ["(HEADER)", "\\.\n1\tx\n"],
+        ["(FORMAT csv)", "1,x\n\\.\n3,z\n"],
+        ["(FORMAT csv)", '1,x\n"\\.",y\n\\.x,y\n\\.\n4,w\n'],
+        ["(FORMAT csv)", "1,x\r\n\\.\n2,y\r\n"],
+        ["(FORMAT csv)", "1,x\r\n\\.\r\n2,y\r\n"],
+        ["", "1\tx\r\n\\.\n2\ty\r\n"],
+      ];
+      for (const [options, input] of inputs) {
+        const bytes = new TextEncoder().encode(input);
+        const s = new CopyInSplitter(formatOf(options, ["a", "b"]), { keyColumn: 0, columns: 2 });
+        let mine: (string | null)[] | string;
+        try {
+          mine = [...s.push(bytes).keys, ...s.finish().keys];
+        } catch (e) {
+          mine = (e as Error).message;
+        }
+        await c.rows("TRUNCATE em");
+        let theirs: (string | null)[] | string;
+        try {
+          await copyIn(c, `COPY em FROM STDIN ${options}`, [bytes]);
+          theirs = (await c.rows("SELECT a FROM em ORDER BY ctid")).map((r) => r[0]);
+        } catch (e) {
+          theirs = /: (.*) \(/.exec((e as Error).message)![1];
+        }
+        deepEqual(mine, theirs, `${options} ${JSON.stringify(input)}`);
+      }
+    });
+
     await t.step("copyFormatOf accepts and refuses as PostgreSQL does", async () => {
       await c.rows("CREATE TABLE o (a int, b text, c text)");
       const cases = [
