@@ -199,6 +199,8 @@ export class CopyInSplitter {
   readonly #forceNotNull: boolean;
   readonly #forceNull: boolean;
   readonly #decode: Decode;
+  /** Binary text keys: in the session's client_encoding (PostgreSQL's textrecv converts from it). */
+  readonly #binaryDecode: Decode | null;
   readonly #mbLen: MbLen | null;
   /** Line content re-encoded to UTF-8 before fields are parsed (PostgreSQL converts lines first). */
   readonly #convert: boolean;
@@ -266,6 +268,8 @@ export class CopyInSplitter {
     this.#decode = decode;
     this.#convert = !utf8;
     this.#mbLen = mbLenFor(encoding);
+    const session = decoderFor(options.clientEncoding ?? null);
+    this.#binaryDecode = session.utf8 ? null : session.decode;
     this.#headerPending = format.header !== false || this.#binary;
   }
 
@@ -1020,6 +1024,9 @@ export class CopyInSplitter {
       type === "varchar" ||
       (type === undefined && length !== 2 && length !== 4 && length !== 8 && length !== 16)
     ) {
+      if (this.#binaryDecode !== null) {
+        return this.#binaryDecode(d.subarray(start, start + length));
+      }
       return textOf(d, start, start + length);
     }
     if (type === "uuid" || (type === undefined && length === 16)) {
