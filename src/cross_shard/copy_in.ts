@@ -225,7 +225,7 @@ export class CopyInSplitter {
   /** Set by the line scanners: end of the line's content, and of the line with its terminator. */
   #contentEnd = 0;
   #lineEnd = 0;
-  /** Positions of the next backslash, CR and quote at or after the scan position in the buffer being scanned (its length when none). */
+  /** Positions of the next backslash, CR, quote, LF and escape at or after the scan position in the buffer being scanned (its length when none). */
   #nextBackslash = -1;
   #nextCr = -1;
   #nextQuote = -1;
@@ -280,15 +280,7 @@ export class CopyInSplitter {
       if (this.#binary && chunk.length > 0) {
         throw this.#error("received copy data after EOF marker");
       }
-      return {
-        data: EMPTY,
-        starts: [],
-        ends: [],
-        keys: [],
-        firstRow,
-        firstLine: firstRow,
-        lines: null,
-      };
+      return this.#noRows();
     }
     let data = chunk;
     let from = 0;
@@ -298,25 +290,22 @@ export class CopyInSplitter {
       // A view of exactly the carried bytes: scans never see the spare capacity.
       data = this.#carry.subarray(0, this.#carryLen);
       from = this.#resume;
-      if (this.#binary && data.length < this.#need) {
-        return {
-          data: EMPTY,
-          starts: [],
-          ends: [],
-          keys: [],
-          firstRow,
-          firstLine: firstRow,
-          lines: null,
-        };
-      }
+      if (this.#binary && data.length < this.#need) return this.#noRows();
     }
     const out: CopyRows = { data, starts: [], ends: [], keys: [], firstRow, lines: null };
     const rest = this.#binary
       ? this.#splitBinary(data, data.length, out)
       : this.#splitLines(data, from, false, out);
     this.#keep(data, rest, fromCarry, out.starts.length > 0);
+    // Binary rows are tuples, one line each; text and CSV rows set it as they come.
     if (out.firstLine === undefined) out.firstLine = this.#binary ? firstRow : this.#nextLine();
     return out;
+  }
+
+  #noRows(): CopyRows {
+    const firstRow = this.#rows + 1;
+    const firstLine = this.#nextLine();
+    return { data: EMPTY, starts: [], ends: [], keys: [], firstRow, firstLine, lines: null };
   }
 
   /**
