@@ -49,6 +49,7 @@ import type { Node, TableRef } from "./analyze.ts";
 import { walkTree } from "./tree.ts";
 import { isAggregateFunction, mayBeUserAggregate } from "./aggregates.ts";
 import { planMerge, windowsOnKey } from "./merge_plan.ts";
+import { planSplitInsert } from "./split_insert.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
 import {
   describe,
@@ -156,6 +157,51 @@ export interface ProveOptions {
   everyShard?: boolean;
   /** No merge plan: the answers are sent on as they come (COPY). */
   noMerge?: boolean;
+}
+
+/**
+ * A multi-row INSERT whose rows belong to several shards, as `[rewrite] split_inserts` says:
+ * split by shard ("rewrite"), sent as written to its first row's shard ("ignore"), or null
+ * (refused by the caller). `alone`: the INSERT is the statement, nothing else reads or writes a
+ * sharded table in it.
+ */
+function splitInsertDecision(
+  node: Node,
+  options: {
+    ctx: RouteContext;
+    insert: { table: string; column: string };
+    rowShards: (number | null)[];
+    alone: boolean;
+  },
+): ShardDecision | null {
+  const { ctx, insert, alone } = options;
+  const mode = ctx.config.splitInserts ?? "error";
+  if (mode === "error") return null;
+  const first = options.rowShards.find((n) => n !== null)!;
+  if (mode === "ignore") {
+    return {
+      target: { kind: "one", shard: first },
+      reason: `multi-row INSERT ${insert.table}: its first row's shard (split_inserts = "ignore")`,
+      omniWrite: false,
+    };
+  }
+  if (!alone || node.InsertStmt === undefined) {
+    return refuse(
+      `a multi-row INSERT into ${insert.table} whose rows belong to different shards can be ` +
+        "split only as a statement of its own (not inside a CTE or with other sharded tables)",
+    );
+  }
+  // Rows whose key a column default makes go to one shard, with the first row's.
+  const rowShards = options.rowShards.map((n) => n ?? first);
+  const plan = planSplitInsert(node, { rowShards, values: ctx.values, table: insert.table });
+  if ("refused" in plan) return refuse(plan.refused);
+  const shards = plan.statements.map((st) => st.shard);
+  return {
+    target: { kind: "some", shards },
+    reason: `multi-row INSERT ${insert.table}.${insert.column}: split into shards ${shards.join(",")}`,
+    omniWrite: false,
+    splitInsert: plan,
+  };
 }
 
 function allShards(reason: string): ShardDecision {
@@ -1274,9 +1320,14 @@ function prove(
   }
   for (const insert of inserts) {
     const shards = new Set<number>();
+    /** Each row's shard (null: DEFAULT, a column default makes the key). */
+    const rowShards: (number | null)[] = [];
     for (const v of insert.values) {
       // DEFAULT leaves the key to a column default: any shard of the others keeps the row once.
-      if (v.SetToDefault !== undefined) continue;
+      if (v.SetToDefault !== undefined) {
+        rowShards.push(null);
+        continue;
+      }
       const value = valueOf(v, ctx.values);
       const shard = value === null ? null : valueShard(value, insert.spec, shardOptions);
       if (shard === null) {
@@ -1285,11 +1336,20 @@ function prove(
         );
       }
       shards.add(shard);
+      rowShards.push(shard);
     }
     if (shards.size > 1) {
+      const split = splitInsertDecision(node, {
+        ctx,
+        insert,
+        rowShards,
+        alone: inserts.length === 1 && s.occurrences.length === 1 && !options.everyShard,
+      });
+      if (split !== null) return split;
       return refuse(
         `a multi-row INSERT into ${insert.table} whose rows belong to different shards is not ` +
-          "supported: insert them in separate statements",
+          "supported: insert them in separate statements, or let pgdog split it with " +
+          '[rewrite] enabled = true and split_inserts = "rewrite"',
       );
     }
     if (shards.size === 0) {
