@@ -30,7 +30,9 @@ import { ServerConnectError } from "../backend/connect.ts";
 import { ANALYZE_ON_LOOP_MAX } from "../router/mod.ts";
 import type { Role } from "../router/route.ts";
 import { FanOut } from "./fan_out.ts";
-import { MergeRun } from "./merge_run.ts";
+import { type MergeClient, MergeRun } from "./merge_run.ts";
+import { type InsertSplitClient, InsertSplitRun } from "./insert_split.ts";
+import type { SplitInsertPlan } from "../router/split_insert_plan.ts";
 import { OpenFan, type OpenLegs } from "./open_fan.ts";
 import { mergeCollations } from "../backend/collations.ts";
 import type { ColumnCollations } from "../cross_shard/column_collations.ts";
@@ -555,6 +557,7 @@ export class Client implements ServerLink {
       omniWrite: route.omniWrite,
       copyHeader: route.copyHeader,
       merge: route.merge,
+      splitInsert: route.splitInsert,
     });
     return "done";
   }
@@ -582,6 +585,7 @@ export class Client implements ServerLink {
       omniWrite: boolean;
       copyHeader?: boolean;
       merge?: MergePlan | null;
+      splitInsert?: SplitInsertPlan | null;
       /** The request goes on with a run whose portals live on the legs. */
       open?: OpenLegs;
     },
@@ -648,12 +652,12 @@ export class Client implements ServerLink {
       sumCounts: !options.omniWrite,
       keep: this.#sessionMode,
       copyHeader: options.copyHeader,
-      merge: options.open ? options.open.run : options.merge
-        ? new MergeRun({
-          prepared: this.#host.prepared,
-          statementParse: (name) =>
-            name === "" ? this.#forwarder.unnamedParse() : this.statements.get(name)?.parse ?? null,
-        }, {
+      merge: options.open
+        ? options.open.run
+        : options.splitInsert
+        ? new InsertSplitRun(this.#mergeClient(), { plan: options.splitInsert, shardIds: shards })
+        : options.merge
+        ? new MergeRun(this.#mergeClient(), {
           plan: options.merge,
           shards: shards.length,
           shardIds: shards,
@@ -693,6 +697,16 @@ export class Client implements ServerLink {
     }
     this.#openFan = OpenFan.after(fan, { shards, previous: this.#openFan, closed: this.closed });
     if (fan.synced && fan.status === TxStatus.Idle) this.#transactionOver();
+  }
+
+  /** What a merge or split INSERT run reads of the client. */
+  #mergeClient(): MergeClient & InsertSplitClient {
+    return {
+      uniqueIdRun: (name, p) => this.#forwarder.uniqueIdRun(name, p),
+      prepared: this.#host.prepared,
+      statementParse: (name) =>
+        name === "" ? this.#forwarder.unnamedParse() : this.statements.get(name)?.parse ?? null,
+    };
   }
 
   /** The transaction ended: nothing of it is replayed on later shards. */

@@ -50,6 +50,7 @@ import type { LocalAnswers } from "./local_answers.ts";
 import type { RoutedMessage } from "./routed_message.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 import { type MergePlan, PASS_THROUGH } from "../cross_shard/plan.ts";
+import type { SplitInsertPlan } from "../router/split_insert_plan.ts";
 
 /** Where a request on a sharded database runs: the value routing returns. */
 export interface ShardRoute {
@@ -63,6 +64,8 @@ export interface ShardRoute {
   outsideTransaction: boolean;
   /** A cross-shard statement whose answers pgdog merges by this plan. */
   merge: MergePlan | null;
+  /** A multi-row INSERT split by shard: each shard runs its own statement (see insert_split.ts). */
+  splitInsert: SplitInsertPlan | null;
 }
 
 /** What routing reads of the client (and the few things it asks it to do). */
@@ -269,6 +272,20 @@ export class RequestRouter {
       }, type === Msg.Query);
       return "done";
     }
+    if (
+      decision.splitInsert && c.txStatus() === TxStatus.Idle && c.txn.prelude.length === 0 &&
+      c.deferredBegin === null
+    ) {
+      // A split INSERT runs in a transaction on its shards (split_request.ts opens it): never
+      // as independent commits.
+      c.local.answerError({
+        severity: "ERROR",
+        code: SqlState.FeatureNotSupported,
+        message: `the multi-row INSERT into ${decision.splitInsert.table} must be split by shard, ` +
+          "and pgdog could not run it in a transaction: send it as a statement of its own",
+      }, type === Msg.Query);
+      return "done";
+    }
     const held = c.txn.heldShards(c.cluster!, c.server);
     const control = analysis !== null && isSessionControl(analysis);
     const picked = shardsFor(decision, {
@@ -307,6 +324,7 @@ export class RequestRouter {
           // Fetched in parts: the merge gives at most the rows asked for, as one server would.
           ? PASS_THROUGH
           : null),
+      splitInsert: shards.length > 1 ? decision.splitInsert ?? null : null,
       // A request that runs nothing (Parse, Describe) must not open the held-back transaction on
       // the shard it happens to use: the transaction's first statement picks its shards.
       outsideTransaction: !runs && held.length === 0,

@@ -34,6 +34,7 @@ import {
   type ShardTarget,
 } from "../router/shard.ts";
 import { BlockWriter } from "./block_writer.ts";
+import { loneSplitInsert } from "./insert_split.ts";
 import { bindStatementName, parseName, parseQuery } from "./prepared.ts";
 import {
   parseTree,
@@ -53,6 +54,10 @@ export interface SplitClient {
   statementAnalysis(name: string): Analysis | null;
   /** The shards the client's transaction holds. */
   heldShards(): number[];
+  /** The transaction status the client was last told. */
+  txStatus(): number;
+  /** The text with ids an execution of a statement calling pgdog.unique_id() runs. */
+  readonly forwarder: { uniqueIdRun(name: string, p: number): string | null };
 }
 
 /** The BEGIN pgdog sends for a split request run outside a transaction. */
@@ -108,11 +113,11 @@ export function planSplit(
   let requestEnd: number;
   if (type === Msg.Query) {
     const semicolon = buf.indexOf(SEMICOLON, p + 5);
-    if (semicolon < 0 || semicolon >= end) return null;
+    if (semicolon < 0 || semicolon >= end) return loneRequest(request, client);
     const sql = decodeText(buf, p + 5, end - 1);
     const whole = router.analyze(sql);
     if (whole.info.statements < 2 || whole.info.ast === null || whole.directives !== null) {
-      return null;
+      return whole.info.statements === 1 ? loneRequest(request, client) : null;
     }
     // The cached tree is of the text with its constants replaced: locations need the original
     // (a large text's was parsed by the parse worker).
@@ -136,7 +141,7 @@ export function planSplit(
     requestEnd = end;
   } else {
     const pipe = splitPipeline(buf, p, request.bufferEnd);
-    if (pipe === null) return null;
+    if (pipe === null) return loneRequest(request, client);
     // Statements parsed earlier in this request, by name.
     const parsed = new Map<string, Analysis>();
     for (const seg of pipe.segments) {
@@ -219,6 +224,71 @@ export function planSplit(
   }
   return { from: p, to: requestEnd, bytes, ends, shards: [...shards].sort((a, b) => a - b) };
 }
+
+/**
+ * A request of one statement that must still run as a split request: a multi-row INSERT split by
+ * shard outside a transaction (it needs the implicit transaction on every shard it writes, ended
+ * by Checkout.endImplicit). Null for every other request.
+ */
+function loneRequest(
+  request: { type: number; buf: Uint8Array; p: number; end: number; bufferEnd: number },
+  client: SplitClient,
+): SplitPlan | null {
+  const config = client.sharding!;
+  if (config.splitInserts !== "rewrite" || client.txStatus() !== TxStatus.Idle) return null;
+  const { type, buf, p, end } = request;
+  let analysis: Analysis | null = null;
+  let bind: BindValues | null = null;
+  let to: number;
+  if (type === Msg.Query) {
+    const sql = decodeText(buf, p + 5, end - 1);
+    if (!INSERT_START.test(sql)) return null;
+    analysis = client.router.analyze(sql);
+    to = end;
+  } else {
+    // Parse, Bind, Describe, Execute up to the Sync: the one execution's statement and values.
+    let parsed: Analysis | null = null;
+    let q = p;
+    for (;;) {
+      if (request.bufferEnd - q < 5) return null;
+      const next = q + readInt32(buf, q + 1) + 1;
+      if (next > request.bufferEnd) return null;
+      const t = buf[q];
+      if (t === Msg.Parse) {
+        const sql = parseQuery(buf, q, next);
+        parsed = INSERT_START.test(sql) ? client.router.analyze(sql) : null;
+      } else if (t === Msg.Bind) {
+        const name = bindStatementName(buf, q, next);
+        // With its pgdog.unique_id() ids, as routing sees it (the same text: same Bind offset).
+        const run = parsed === null ? client.forwarder.uniqueIdRun(name, q) : null;
+        analysis = parsed ??
+          (run !== null ? client.router.analyze(run) : client.statementAnalysis(name));
+        bind = bindValues(buf, q, next);
+      } else if (t === Msg.Sync) {
+        to = next;
+        break;
+      } else if (t !== Msg.Describe && t !== Msg.Execute && t !== Msg.Close) return null;
+      q = next;
+    }
+  }
+  if (analysis === null) return null;
+  const shards = loneSplitInsert(analysis, {
+    config,
+    session: client.shardSession(),
+    bind,
+  });
+  if (shards === null) return null;
+  return {
+    from: p,
+    to,
+    bytes: buf.slice(p, to),
+    ends: [to],
+    shards: [...shards].sort((a, b) => a - b),
+  };
+}
+
+/** A statement that may be an INSERT (comments and blanks before it aside). */
+const INSERT_START = /^\s*(?:\/\*[\s\S]*?\*\/\s*|--[^\n]*\n\s*)*insert\b/i;
 
 /** What running a split request asks of the client. */
 export interface SplitHost {
