@@ -50,6 +50,7 @@ import { walkTree } from "./tree.ts";
 import { isAggregateFunction, mayBeUserAggregate } from "./aggregates.ts";
 import { planMerge, windowsOnKey } from "./merge_plan.ts";
 import { planSplitInsert } from "./split_insert.ts";
+import { planKeyUpdate } from "./key_update.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
 import {
   describe,
@@ -61,6 +62,7 @@ import {
   type ShardingConfig,
   type ShardTarget,
   tableOf,
+  tableSpec,
   type ValueContext,
   valueOf,
   valueShard,
@@ -100,8 +102,18 @@ export function routeStatement(
     case "SelectStmt":
       if (body.intoClause) return createAs(node, ctx, "SELECT INTO");
       return prove(node, ctx, options);
+    case "UpdateStmt": {
+      const mode = ctx.config.shardKey ?? "error";
+      const key = mode === "error" ? null : keyAssignment(body, ctx.config);
+      if (key === null) return prove(node, ctx, options);
+      // Where the row is: the UPDATE without its new key, decided by its WHERE.
+      const targetList = (body.targetList as Node[]).filter((_, i) => i !== key.at);
+      const d = prove({ UpdateStmt: { ...body, targetList } }, ctx, options);
+      // (EXPLAIN of it plans the UPDATE where the row is.)
+      if (mode === "ignore" || d.unsupported || node !== stmt) return d;
+      return moveDecision(node, { ctx, decision: d, key });
+    }
     case "InsertStmt":
-    case "UpdateStmt":
     case "DeleteStmt":
       return prove(node, ctx, options);
     case "MergeStmt":
@@ -201,6 +213,71 @@ function splitInsertDecision(
     reason: `multi-row INSERT ${insert.table}.${insert.column}: split into shards ${shards.join(",")}`,
     omniWrite: false,
     splitInsert: plan,
+  };
+}
+
+/** The SET item of an UPDATE of a sharded table that assigns its sharding key, or null. */
+function keyAssignment(
+  body: Node,
+  config: ShardingConfig,
+): { at: number; column: string; val: Node; spec: ShardedTable; table: string } | null {
+  const t = tableOf(body.relation as Node);
+  if (!isSharded(t, config)) return null;
+  const spec = tableSpec(t, config);
+  if (spec === undefined) return null;
+  const targets = (body.targetList as Node[] | undefined) ?? [];
+  for (let at = 0; at < targets.length; at++) {
+    const r = targets[at].ResTarget as { name?: string; val?: Node };
+    if (r.name === spec.column && r.val !== undefined) {
+      return { at, column: spec.column, val: r.val, spec, table: describe(t) };
+    }
+  }
+  return null;
+}
+
+/**
+ * An UPDATE that changes a row's sharding key, `shard_key = "rewrite"`: where its WHERE confines
+ * it to one shard and the new key maps there too, the plain UPDATE (`decision`); to another
+ * shard, the row moves (see key_update.ts); otherwise refused.
+ */
+function moveDecision(
+  node: Node,
+  options: {
+    ctx: RouteContext;
+    decision: ShardDecision;
+    key: { column: string; val: Node; spec: ShardedTable; table: string };
+  },
+): ShardDecision {
+  const { ctx, decision, key } = options;
+  const what = `an UPDATE of sharding key ${key.column} of ${key.table}`;
+  if (decision.target.kind !== "one") {
+    return refuse(
+      `${what} must find its row on one shard: give the WHERE clause the row's current key ` +
+        `(WHERE ${key.column} = ...)`,
+    );
+  }
+  const value = valueOf(key.val, ctx.values);
+  const to = value === null
+    ? null
+    : valueShard(value, key.spec, { shards: ctx.config.shards, lookup: ctx.values.lookup });
+  if (to === null) {
+    return refuse(`${what}: the new value of ${key.column} must be a constant or a parameter`);
+  }
+  const from = decision.target.shard;
+  if (to === from) return decision;
+  const plan = planKeyUpdate(node, {
+    from,
+    to,
+    column: key.column,
+    values: ctx.values,
+    table: key.table,
+  });
+  if ("refused" in plan) return refuse(plan.refused);
+  return {
+    target: { kind: "some", shards: from < to ? [from, to] : [to, from] },
+    reason: `UPDATE of ${key.table}.${key.column}: the row moves from shard ${from} to shard ${to}`,
+    omniWrite: false,
+    keyUpdate: plan,
   };
 }
 
@@ -577,7 +654,8 @@ class Statement {
         const name = (c.ResTarget as { name?: string }).name;
         if (name !== undefined && occ.keys.has(name)) {
           this.refusal ??= `changing sharding key ${name} with UPDATE is not supported: the row ` +
-            "would belong to another shard (delete it and insert it again)";
+            "would belong to another shard (delete it and insert it again, or let pgdog move it " +
+            'with [rewrite] enabled = true and shard_key = "rewrite")';
         }
       }
     }

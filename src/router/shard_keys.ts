@@ -9,7 +9,7 @@
 import type { Analysis, Literal, TableRef } from "./mod.ts";
 import type { Node } from "./analyze.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
-import type { SplitInsertPlan } from "./split_insert_plan.ts";
+import type { KeyUpdatePlan, SplitInsertPlan } from "./split_insert_plan.ts";
 import { parseBigint, shardForBigint, shardForText, shardForUuid } from "../sharding/hash.ts";
 
 /** How a sharded table's key is typed and hashed. */
@@ -125,6 +125,8 @@ export interface ShardDecision {
   merge?: MergePlan;
   /** A multi-row INSERT split by shard: each shard runs its own statement (see split_insert.ts). */
   splitInsert?: SplitInsertPlan;
+  /** An UPDATE of a row's sharding key that moves it to another shard (see key_update.ts). */
+  keyUpdate?: KeyUpdatePlan;
 }
 
 /** Bind parameter values of an extended-protocol execution (raw bytes per format code). */

@@ -26,3 +26,22 @@ export interface SplitInsertPlan {
   /** The number of rows of the client's VALUES list. */
   rowCount: number;
 }
+
+/** An UPDATE that moves a row to the shard of its new sharding key (see key_update.ts). */
+export interface KeyUpdatePlan {
+  /** The table written (for messages). */
+  table: string;
+  /** The row's shard now, and the shard of its new key. */
+  from: number;
+  to: number;
+  /** On the old shard: `ctid::text`, the new row as jsonb text; FOR UPDATE. */
+  selectSql: string;
+  /** The table, quoted (schema-qualified when the client wrote it so). */
+  relation: string;
+  /** The alias the client gave the table (its RETURNING list may use it). */
+  alias: string | null;
+  /** The client's RETURNING list as SQL (its parameters renumbered), or null. */
+  returning: string | null;
+  /** For each parameter of `returning` ($1 first): the client's parameter number. */
+  returningParams: number[];
+}
