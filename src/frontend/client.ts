@@ -32,6 +32,7 @@ import type { Role } from "../router/route.ts";
 import { FanOut } from "./fan_out.ts";
 import { type MergeClient, MergeRun } from "./merge_run.ts";
 import { type InsertSplitClient, InsertSplitRun } from "./insert_split.ts";
+import { selectMovedRow } from "./key_move.ts";
 import type { SplitInsertPlan } from "../router/split_insert_plan.ts";
 import { OpenFan, type OpenLegs } from "./open_fan.ts";
 import { mergeCollations } from "../backend/collations.ts";
@@ -550,6 +551,26 @@ export class Client implements ServerLink {
     this.#parts.checkout.outsideTransaction = route.outsideTransaction;
     const shards = route.shards;
     if (shards.length === 1) return await this.#shards.toShard(shards[0]);
+    let splitInsert = route.splitInsert;
+    if (route.keyUpdate !== null) {
+      // The row is read on its shard first; then it moves as a split write (see key_move.ts).
+      const moved = await selectMovedRow({
+        cluster: this.cluster!,
+        txn: this.#txn,
+        server: this.server,
+        letGoOfServer: () => this.server = null,
+        openTransaction: () => {
+          if (this.#deferredBegin === null) return;
+          this.#txn.prelude.unshift(this.#deferredBegin);
+          this.#deferredBegin = null;
+        },
+        answerError: (fields) => this.#local.answerError(fields, type === Msg.Query),
+        timeoutMs: this.pool?.config.rollback_timeout ?? 5000,
+      }, route.keyUpdate);
+      if (moved === "done" || this.closed) return "done";
+      if (moved === "stay") return await this.#shards.toShard(route.keyUpdate.from);
+      splitInsert = moved;
+    }
     await this.#fanOut(shards, {
       type,
       p,
@@ -557,7 +578,7 @@ export class Client implements ServerLink {
       omniWrite: route.omniWrite,
       copyHeader: route.copyHeader,
       merge: route.merge,
-      splitInsert: route.splitInsert,
+      splitInsert,
     });
     return "done";
   }

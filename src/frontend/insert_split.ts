@@ -191,7 +191,8 @@ export class InsertSplitRun {
     }
     const owed = this.#describe;
     this.#describe = null;
-    return owed === null || owed.wanted ? heads[0] : null;
+    const by = this.#legs.findIndex((st) => st.shard === this.#plan.describedBy);
+    return owed === null || owed.wanted ? heads[Math.max(0, by)] : null;
   }
 
   /** A RETURNING row of leg `i`: kept until every leg has answered (rows go out in VALUES order). */
@@ -215,28 +216,23 @@ export class InsertSplitRun {
     if (!this.#executing) return heads[0];
     this.#executing = false;
     const ordered: (Uint8Array | undefined)[] = new Array(this.#plan.rowCount);
-    const extra: Uint8Array[] = [];
     for (let i = 0; i < this.#legs.length; i++) {
       const rows = this.#legs[i].rows;
+      // (A leg whose rows the client doesn't get, a moved row's DELETE, has none listed.)
       this.#rows[i].forEach((row, j) => {
-        if (j < rows.length && ordered[rows[j]] === undefined) ordered[rows[j]] = row;
-        else extra.push(row);
+        if (j < rows.length) ordered[rows[j]] = row;
       });
       this.#rows[i] = [];
     }
     let total = 0;
-    let verb = "INSERT 0";
-    for (const head of heads) {
-      const tag = decoder.decode(head.subarray(5, head.length - 1));
-      const at = tag.lastIndexOf(" ");
-      const n = Number(tag.slice(at + 1));
-      if (Number.isInteger(n)) total += n;
-      verb = tag.slice(0, at);
+    for (let i = 0; i < heads.length; i++) {
+      const tag = decoder.decode(heads[i].subarray(5, heads[i].length - 1));
+      const n = Number(tag.slice(tag.lastIndexOf(" ") + 1));
+      if (Number.isInteger(n) && this.#legs[i].rows.length > 0) total += n;
     }
     const out = new MessageBuilder(256);
     for (const row of ordered) if (row !== undefined) out.bytes(row);
-    for (const row of extra) out.bytes(row);
-    out.begin(Msg.CommandComplete).cstring(`${verb} ${total}`).end();
+    out.begin(Msg.CommandComplete).cstring(`${this.#plan.tag ?? "INSERT 0"} ${total}`).end();
     return out.build();
   }
 
@@ -334,7 +330,8 @@ function executeMessage(name: string): Uint8Array {
 }
 
 /**
- * A request of one statement that is a multi-row INSERT to split (`split_inserts = "rewrite"`):
+ * A request of one statement that is a multi-row INSERT to split (`split_inserts = "rewrite"`), or
+ * an UPDATE that moves a row to another shard (`shard_key = "rewrite"`):
  * the shards its rows go to, as far as known before plugin hashers and pgdog.unique_id() ids are
  * in (the statement is decided again when it runs); null when it is not one. Outside a
  * transaction such a request runs as a split request, in an implicit transaction on every shard
@@ -345,12 +342,15 @@ export function loneSplitInsert(
   options: { config: ShardingConfig; session: ShardSession; bind: BindValues | null },
 ): number[] | null {
   const { config } = options;
-  if (config.splitInserts !== "rewrite") return null;
   const stmts = analysis.info.ast?.stmts ?? [];
-  const insert = stmts.length === 1 ? stmts[0].stmt?.InsertStmt as Node | undefined : undefined;
+  const stmt = stmts.length === 1 ? stmts[0].stmt : undefined;
+  const insert = stmt?.InsertStmt as Node | undefined;
   const select = (insert?.selectStmt as { SelectStmt?: Node } | undefined)?.SelectStmt;
   const rows = select?.valuesLists as Node[] | undefined;
-  if (rows === undefined || rows.length < 2) return null;
+  const splits = config.splitInserts === "rewrite" && rows !== undefined && rows.length > 1;
+  // An UPDATE that may move a row (it sets a sharding key: decided below).
+  const moves = config.shardKey === "rewrite" && stmt?.UpdateStmt !== undefined;
+  if (!splits && !moves) return null;
   const lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
   const d = decideShard(analysis, {
     config,
@@ -359,6 +359,8 @@ export function loneSplitInsert(
     lookup,
   });
   if (d.splitInsert !== undefined) return d.splitInsert.statements.map((s) => s.shard);
+  if (d.keyUpdate !== undefined) return [d.keyUpdate.from, d.keyUpdate.to];
+  if (moves) return lookup.missing.length > 0 ? [] : null;
   // Plugin hashers not asked yet, or ids not made yet: decided when it runs.
   if (lookup.missing.length > 0 || mayCallUniqueId(analysis.entry.query)) return [];
   return null;

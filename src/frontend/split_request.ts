@@ -227,15 +227,17 @@ export function planSplit(
 
 /**
  * A request of one statement that must still run as a split request: a multi-row INSERT split by
- * shard outside a transaction (it needs the implicit transaction on every shard it writes, ended
- * by Checkout.endImplicit). Null for every other request.
+ * shard, or an UPDATE moving a row to another shard, outside a transaction (it needs the implicit
+ * transaction on every shard it writes, ended by Checkout.endImplicit). Null for every other
+ * request.
  */
 function loneRequest(
   request: { type: number; buf: Uint8Array; p: number; end: number; bufferEnd: number },
   client: SplitClient,
 ): SplitPlan | null {
   const config = client.sharding!;
-  if (config.splitInserts !== "rewrite" || client.txStatus() !== TxStatus.Idle) return null;
+  if (config.splitInserts !== "rewrite" && config.shardKey !== "rewrite") return null;
+  if (client.txStatus() !== TxStatus.Idle) return null;
   const { type, buf, p, end } = request;
   let analysis: Analysis | null = null;
   let bind: BindValues | null = null;
@@ -287,8 +289,8 @@ function loneRequest(
   };
 }
 
-/** A statement that may be an INSERT (comments and blanks before it aside). */
-const INSERT_START = /^\s*(?:\/\*[\s\S]*?\*\/\s*|--[^\n]*\n\s*)*insert\b/i;
+/** A statement that may be an INSERT or UPDATE (comments and blanks before it aside). */
+const INSERT_START = /^\s*(?:\/\*[\s\S]*?\*\/\s*|--[^\n]*\n\s*)*(?:insert|update)\b/i;
 
 /** What running a split request asks of the client. */
 export interface SplitHost {

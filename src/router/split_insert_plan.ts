@@ -25,6 +25,10 @@ export interface SplitInsertPlan {
   returning: boolean;
   /** The number of rows of the client's VALUES list. */
   rowCount: number;
+  /** The command tag the client gets (with the rows summed); `INSERT 0` when absent. */
+  tag?: string;
+  /** The shard whose row description the client gets (the first shard's when absent). */
+  describedBy?: number;
 }
 
 /** An UPDATE that moves a row to the shard of its new sharding key (see key_update.ts). */
