@@ -77,7 +77,9 @@ Deno.test("sharding-key UPDATE: the row moves to its new shard", async (t) => {
         assert.equal(r.rowCount, 1);
         assert.deepEqual((await rowsOnShards(setup)).get(String(same)), [s(2)]);
         await dog.query(`UPDATE users SET id = 2 WHERE id = ${same}`);
-        const none = await dog.query(`UPDATE users SET id = ${idFor(3, { from: 300 })} WHERE id = 3`);
+        const none = await dog.query(
+          `UPDATE users SET id = ${idFor(3, { from: 300 })} WHERE id = 3`,
+        );
         assert.equal(none.rowCount, 0);
       });
 
@@ -108,10 +110,13 @@ Deno.test("sharding-key UPDATE: the row moves to its new shard", async (t) => {
           code: "21000",
         });
         await dog.query("BEGIN");
-        await assert.rejects(dog.query("UPDATE events SET user_id = $1 WHERE user_id = $2", [
-          to,
-          5,
-        ]), { code: "21000" });
+        await assert.rejects(
+          dog.query("UPDATE events SET user_id = $1 WHERE user_id = $2", [
+            to,
+            5,
+          ]),
+          { code: "21000" },
+        );
         await assert.rejects(dog.query("SELECT 1"), { code: "25P02" });
         await dog.query("ROLLBACK");
         const events = await setup.placement("SELECT user_id FROM events");

@@ -62,7 +62,9 @@ Deno.test("split multi-row INSERT: rows on their shards, one answer", async (t) 
         const answer = await compareAnswers(
           setup,
           `INSERT INTO users (id, email, n) VALUES (${o + 1}, 'a', 1), (${o + 2}, 'b', 2 * 3), ` +
-            `(${o + 3}, DEFAULT, NULL), (${o + 4}, upper('d'), ${o}) RETURNING id, email, n * 2 AS m`,
+            `(${o + 3}, DEFAULT, NULL), (${
+              o + 4
+            }, upper('d'), ${o}) RETURNING id, email, n * 2 AS m`,
           { protocols: [protocol] },
         );
         assert.equal(answer.rowCount, 4);
@@ -135,26 +137,29 @@ Deno.test("split multi-row INSERT: rows on their shards, one answer", async (t) 
       await assertSameRows(setup);
     });
 
-    await t.step("ON CONFLICT carried to each shard; RETURNING that may skip rows refused", async () => {
-      await compareAnswers(
-        setup,
-        "INSERT INTO users (id, email) VALUES (1, 'again'), (2, 'again'), (300, 'new') " +
-          "ON CONFLICT (id) DO UPDATE SET email = excluded.email || users.email RETURNING id, email",
-        { protocols: ["simple"] },
-      );
-      await compareAnswers(
-        setup,
-        "INSERT INTO users (id, email) VALUES (3, 'skip'), (4, 'skip'), (301, 'new') " +
-          "ON CONFLICT DO NOTHING",
-        { protocols: ["extended"] },
-      );
-      const message = await assertRefused(
-        setup,
-        "INSERT INTO users (id) VALUES (5), (6), (302) ON CONFLICT DO NOTHING RETURNING id",
-      );
-      assert.match(message, /order of the rows returned/);
-      await assertSameRows(setup);
-    });
+    await t.step(
+      "ON CONFLICT carried to each shard; RETURNING that may skip rows refused",
+      async () => {
+        await compareAnswers(
+          setup,
+          "INSERT INTO users (id, email) VALUES (1, 'again'), (2, 'again'), (300, 'new') " +
+            "ON CONFLICT (id) DO UPDATE SET email = excluded.email || users.email RETURNING id, email",
+          { protocols: ["simple"] },
+        );
+        await compareAnswers(
+          setup,
+          "INSERT INTO users (id, email) VALUES (3, 'skip'), (4, 'skip'), (301, 'new') " +
+            "ON CONFLICT DO NOTHING",
+          { protocols: ["extended"] },
+        );
+        const message = await assertRefused(
+          setup,
+          "INSERT INTO users (id) VALUES (5), (6), (302) ON CONFLICT DO NOTHING RETURNING id",
+        );
+        assert.match(message, /order of the rows returned/);
+        await assertSameRows(setup);
+      },
+    );
 
     await t.step("an error on one shard: nothing of the statement anywhere", async () => {
       // 1 exists; the other rows are new and on other shards.

@@ -566,6 +566,8 @@ export class Client implements ServerLink {
         },
         answerError: (fields) => this.#local.answerError(fields, type === Msg.Query),
         timeoutMs: this.pool?.config.rollback_timeout ?? 5000,
+        request: type === Msg.Query ? null : { buf, p, end: this.rbuf.end },
+        statementParse: this.#mergeClient().statementParse,
       }, route.keyUpdate);
       if (moved === "done" || this.closed) return "done";
       if (moved === "stay") return await this.#shards.toShard(route.keyUpdate.from);

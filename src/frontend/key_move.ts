@@ -9,13 +9,22 @@
  * @module
  */
 
-import { decodeText, type ErrorFields } from "../protocol/messages.ts";
+import {
+  decodeText,
+  type ErrorFields,
+  MessageBuilder,
+  Msg,
+  readInt16,
+  readInt32,
+} from "../protocol/messages.ts";
+import { bindValues } from "../protocol/frontend_messages.ts";
+import { Expect } from "../backend/response_queue.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
 import type { Server } from "../backend/server.ts";
 import { ClientFacingError } from "../backend/pool.ts";
 import { ServerConnectError } from "../backend/connect.ts";
 import type { Cluster } from "../backend/databases.ts";
-import { type KeyUpdatePlan, keyMoveDelete, keyMoveInsert } from "../router/key_update.ts";
+import { keyMoveDelete, keyMoveInsert, type KeyUpdatePlan } from "../router/key_update.ts";
 import type { SplitInsertPlan } from "../router/split_insert.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 
@@ -33,6 +42,85 @@ export interface KeyMoveHost {
   answerError(fields: ErrorFields): void;
   /** For pgdog's own short statements (the transaction's prelude, a failure's marker). */
   readonly timeoutMs: number;
+  /** The extended-protocol request being routed (its Bind has the values), null for a Query. */
+  readonly request: { buf: Uint8Array; p: number; end: number } | null;
+  /** The Parse message of the client's statement `name`, for its parameter types. */
+  statementParse(name: string): Uint8Array | null;
+}
+
+/** The Bind of the UPDATE: its values and formats, and the types its statement declares. */
+interface UpdateBind {
+  formats: number[];
+  values: (Uint8Array | null)[];
+  types: number[];
+}
+
+const utf8 = new TextDecoder();
+
+/** The request's Bind (null when there is none), with its statement's declared parameter types. */
+function requestBind(
+  request: { buf: Uint8Array; p: number; end: number },
+  statementParse: (name: string) => Uint8Array | null,
+): UpdateBind | null {
+  const { buf, end } = request;
+  const parsed = new Map<string, Uint8Array>();
+  for (let q = request.p; end - q >= 5;) {
+    const next = q + readInt32(buf, q + 1) + 1;
+    if (next > end) return null;
+    if (buf[q] === Msg.Parse) {
+      const nameEnd = buf.indexOf(0, q + 5);
+      parsed.set(utf8.decode(buf.subarray(q + 5, nameEnd)), buf.subarray(q, next));
+    } else if (buf[q] === Msg.Bind) {
+      const portalEnd = buf.indexOf(0, q + 5);
+      const stmtEnd = buf.indexOf(0, portalEnd + 1);
+      const name = utf8.decode(buf.subarray(portalEnd + 1, stmtEnd));
+      const values = bindValues(buf, q, next);
+      if (values === null) return null;
+      return {
+        ...values,
+        values: values.values.map((v) => v === null ? null : v.slice()),
+        types: declaredTypes(parsed.get(name) ?? statementParse(name)),
+      };
+    } else if (buf[q] === Msg.Sync) return null;
+    q = next;
+  }
+  return null;
+}
+
+/** The parameter type OIDs a Parse message declares. */
+function declaredTypes(parse: Uint8Array | null): number[] {
+  if (parse === null) return [];
+  const nameEnd = parse.indexOf(0, 5);
+  const q = parse.indexOf(0, nameEnd + 1) + 1;
+  const out: number[] = [];
+  for (let i = 0; i < readInt16(parse, q); i++) out.push(readInt32(parse, q + 2 + 4 * i));
+  return out;
+}
+
+/** The UPDATE on the old shard in the extended protocol: the client's values for its parameters. */
+function updateMessages(plan: KeyUpdatePlan, bind: UpdateBind): Uint8Array {
+  const params = plan.updateParams;
+  const formatOf = (n: number): number =>
+    bind.formats.length === 0
+      ? 0
+      : bind.formats.length === 1
+      ? bind.formats[0]
+      : bind.formats[n - 1] ?? 0;
+  const b = new MessageBuilder(512).begin(Msg.Parse).cstring("").cstring(plan.updateSql)
+    .int16(params.length);
+  for (const n of params) b.int32(bind.types[n - 1] ?? 0);
+  b.end().begin(Msg.Bind).cstring("").cstring("").int16(params.length);
+  for (const n of params) b.int16(formatOf(n));
+  b.int16(params.length);
+  for (const n of params) {
+    const v = bind.values[n - 1] ?? null;
+    if (v === null) b.int32(-1);
+    else b.int32(v.length).bytes(v);
+  }
+  b.int16(0).end();
+  b.begin(Msg.Execute).cstring("").int32(0).end();
+  b.begin(Msg.Sync).end();
+  return b.build();
 }
 
 /**
@@ -67,7 +155,16 @@ export async function selectMovedRow(
   let result;
   try {
     // It waits for the row's lock as the client's UPDATE would (no time limit of pgdog's).
-    result = await server.query(plan.selectSql);
+    const bind = host.request === null ? null : requestBind(host.request, host.statementParse);
+    if (bind === null) result = await server.query(plan.updateSql);
+    else {
+      result = await server.queryExtended(updateMessages(plan, bind), [
+        Expect.Parse,
+        Expect.Bind,
+        Expect.Execute,
+        Expect.Sync,
+      ]);
+    }
   } catch (e) {
     txn.keep(cluster, server);
     host.answerError({
@@ -97,7 +194,12 @@ export async function selectMovedRow(
   }
   const [ctid, json] = result.rows[0];
   const del = { shard: plan.from, sql: keyMoveDelete(plan, ctid!), params: [], rows: [] };
-  const ins = { shard: plan.to, sql: keyMoveInsert(plan, json!), params: plan.returningParams, rows: [0] };
+  const ins = {
+    shard: plan.to,
+    sql: keyMoveInsert(plan, json!),
+    params: plan.returningParams,
+    rows: [0],
+  };
   return {
     table: plan.table,
     statements: plan.from < plan.to ? [del, ins] : [ins, del],

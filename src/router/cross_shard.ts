@@ -210,7 +210,9 @@ function splitInsertDecision(
   const shards = plan.statements.map((st) => st.shard);
   return {
     target: { kind: "some", shards },
-    reason: `multi-row INSERT ${insert.table}.${insert.column}: split into shards ${shards.join(",")}`,
+    reason: `multi-row INSERT ${insert.table}.${insert.column}: split into shards ${
+      shards.join(",")
+    }`,
     omniWrite: false,
     splitInsert: plan,
   };

@@ -3,14 +3,14 @@
  * belongs to another shard, the row moves. The plan says what pgdog runs, inside one transaction
  * on both shards:
  *
- * 1. on the old shard, `selectSql`: the row(s) the UPDATE's WHERE matches, locked (FOR UPDATE),
- *    with the new row computed there (the SET expressions evaluated against the old row, merged
- *    into `to_jsonb(row)`), and its ctid;
- * 2. on the new shard, `insertSql(json)`: the new row inserted (`jsonb_populate_record`), with the
- *    client's RETURNING list; and on the old shard `deleteSql(ctid)`.
+ * 1. on the old shard, `updateSql`: the client's UPDATE itself (SET and WHERE as written, its
+ *    parameters renumbered: `updateParams`), returning the new row as jsonb text and its ctid,
+ *    so PostgreSQL computes the new row (SET expressions see the old one) and locks it;
+ * 2. on the new shard, {@linkcode keyMoveInsert}: the new row inserted (`jsonb_populate_record`)
+ *    with the client's RETURNING list (its parameters renumbered: `returningParams`); on the old
+ *    shard {@linkcode keyMoveDelete}: the row deleted by its ctid.
  *
- * The client's parameters are written into `selectSql` as literals (it runs as pgdog's own simple
- * query); the RETURNING list keeps them, renumbered (`returningParams`).
+ * (Triggers on the old shard see an UPDATE then a DELETE; on the new one an INSERT.)
  *
  * @module
  */
@@ -21,8 +21,6 @@ import type { ValueContext } from "./shard_keys.ts";
 import type { KeyUpdatePlan } from "./split_insert_plan.ts";
 
 export type { KeyUpdatePlan } from "./split_insert_plan.ts";
-
-const utf8 = new TextDecoder();
 
 /** An identifier, quoted. */
 function quoteIdent(name: string): string {
@@ -40,64 +38,45 @@ export function planKeyUpdate(
   const { from, to, values, table } = options;
   const body = stmt.UpdateStmt as Node;
   const why = (what: string) => ({
-    refused: `an UPDATE that moves a row of ${table} to another shard (changing ${options.column}) ` +
+    refused:
+      `an UPDATE that moves a row of ${table} to another shard (changing ${options.column}) ` +
       `can't have ${what}`,
   });
   if (body.withClause) return why("a WITH clause");
   if (((body.fromClause as Node[] | undefined) ?? []).length > 0) return why("a FROM clause");
   const targets = (body.targetList as Node[] | undefined) ?? [];
-  const pairs: Node[] = [];
   for (const t of targets) {
-    const r = t.ResTarget as { name?: string; val?: Node; indirection?: unknown[] };
+    const r = t.ResTarget as { name?: string; val?: Node };
     if (r.val === undefined || r.name === undefined) return why("this SET list");
-    if (r.indirection !== undefined) return why("SET of a field or element");
-    if (r.val.SetToDefault !== undefined) return why("SET ... = DEFAULT");
-    if (r.val.MultiAssignRef !== undefined) return why("SET (a, b) = (...)");
-    pairs.push({ A_Const: { sval: { sval: r.name } } }, r.val);
   }
   const relation = body.relation as { relname: string; schemaname?: string; alias?: Node };
   const rel = (relation.schemaname ? `${quoteIdent(relation.schemaname)}.` : "") +
     quoteIdent(relation.relname);
   const alias = (relation.alias as { aliasname?: string } | undefined)?.aliasname ??
     relation.relname;
-  // Literals back in, then the client's parameters as literals (text) for the SELECT.
+  // Literals back in (the tree is of the normalized text); the client's parameters stay.
   const whole = withLiterals(stmt, values) as Node;
   const wholeBody = whole.UpdateStmt as Node;
-  const inlined = inlineParams(
-    {
-      SelectStmt: {
-        targetList: [
+  const returningList = (wholeBody.returningClause as { exprs?: Node[] } | undefined)?.exprs ?? [];
+  // On the old shard: the client's UPDATE, returning the new row (SET applied there, with the
+  // parameter types PostgreSQL infers for the client's own statement) and where it is.
+  const update: Node = {
+    UpdateStmt: {
+      ...wholeBody,
+      returningClause: {
+        exprs: [
           resTarget(cast(column(["ctid"]), "text")),
-          resTarget(cast(
-            {
-              A_Expr: {
-                kind: "AEXPR_OP",
-                name: [{ String: { sval: "||" } }],
-                lexpr: call("to_jsonb", [column([alias, "*"])]),
-                rexpr: call("jsonb_build_object", withLiterals(pairs, values) as Node[]),
-              },
-            },
-            "text",
-          )),
+          resTarget(cast(call("to_jsonb", [column([alias, "*"])]), "text")),
         ],
-        fromClause: [{ RangeVar: wholeBody.relation }],
-        whereClause: wholeBody.whereClause,
-        lockingClause: [{
-          LockingClause: { strength: "LCS_FORUPDATE", waitPolicy: "LockWaitBlock" },
-        }],
-        limitOption: "LIMIT_OPTION_DEFAULT",
-        op: "SETOP_NONE",
       },
     },
-    values,
-  );
-  if ("refused" in inlined) return inlined;
-  const returningList = (wholeBody.returningClause as { exprs?: Node[] } | undefined)?.exprs ?? [];
+  };
+  const updateParams: number[] = [];
   const returningParams: number[] = [];
   let returning: string | null = null;
-  let selectSql: string;
+  let updateSql: string;
   try {
-    selectSql = shardText(inlined.node);
+    updateSql = shardText(renumberParams(update, updateParams) as Node);
     if (returningList.length > 0) {
       const renumbered = renumberParams(returningList, returningParams) as Node[];
       // The RETURNING list, written as a SELECT list of the table's row.
@@ -120,7 +99,8 @@ export function planKeyUpdate(
     table,
     from,
     to,
-    selectSql,
+    updateSql,
+    updateParams,
     relation: rel,
     alias: alias === relation.relname ? null : alias,
     returning,
@@ -132,9 +112,12 @@ export function planKeyUpdate(
 export function keyMoveInsert(plan: KeyUpdatePlan, json: string): string {
   let tag = "pgdog";
   while (json.includes(`$${tag}$`)) tag += "_";
-  const target = plan.alias === null ? plan.relation : `${plan.relation} AS ${quoteIdent(plan.alias)}`;
+  const target = plan.alias === null
+    ? plan.relation
+    : `${plan.relation} AS ${quoteIdent(plan.alias)}`;
   return `INSERT INTO ${target} SELECT * FROM jsonb_populate_record(NULL::${plan.relation}, ` +
-    `$${tag}$${json}$${tag}$::jsonb)` + (plan.returning === null ? "" : ` RETURNING ${plan.returning}`);
+    `$${tag}$${json}$${tag}$::jsonb)` +
+    (plan.returning === null ? "" : ` RETURNING ${plan.returning}`);
 }
 
 /** The old shard's DELETE of the moved row (`ctid` as the SELECT gave it). */
@@ -163,41 +146,9 @@ function cast(arg: Node, type: string): Node {
 }
 
 function call(name: string, args: Node[]): Node {
-  return { FuncCall: { funcname: [{ String: { sval: name } }], args, funcformat: "COERCE_EXPLICIT_CALL" } };
-}
-
-/** `node` with the client's parameters written in as (untyped) literals; binary ones refused. */
-function inlineParams(node: Node, values: ValueContext): { node: Node } | { refused: string } {
-  const bind = values.bind;
-  let refused: string | null = null;
-  const copy = (v: unknown): unknown => {
-    if (Array.isArray(v)) return v.map(copy);
-    if (v === null || typeof v !== "object") return v;
-    const o = v as Node;
-    const ref = o.ParamRef as { number?: number } | undefined;
-    if (ref?.number !== undefined) {
-      const at = ref.number - 1;
-      const raw = bind?.values[at];
-      const formats = bind?.formats ?? [];
-      const format = formats.length === 0 ? 0 : formats.length === 1 ? formats[0] : formats[at];
-      if (raw === undefined) {
-        refused ??= `parameter $${ref.number} has no value`;
-        return o;
-      }
-      if (raw === null) return { A_Const: { isnull: true } };
-      if (format !== 0) {
-        refused ??= "an UPDATE that moves a row to another shard takes its parameters in text " +
-          "format only";
-        return o;
-      }
-      return { A_Const: { sval: { sval: utf8.decode(raw) } } };
-    }
-    const out: Node = {};
-    for (const [k, x] of Object.entries(o)) out[k] = copy(x);
-    return out;
+  return {
+    FuncCall: { funcname: [{ String: { sval: name } }], args, funcformat: "COERCE_EXPLICIT_CALL" },
   };
-  const out = copy(node) as Node;
-  return refused !== null ? { refused } : { node: out };
 }
 
 /** A copy of `node` with its parameters numbered $1.. by first appearance (`params`: originals). */

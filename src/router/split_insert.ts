@@ -57,7 +57,7 @@ export function planSplitInsert(
   // Literals back in (the tree is of the normalized text); the client's parameters stay.
   const whole = withLiterals(stmt, values) as Node;
   const wholeBody = whole.InsertStmt as Node;
-  const wholeRows = ((wholeBody.selectStmt as { SelectStmt: Node }).SelectStmt)
+  const wholeRows = (wholeBody.selectStmt as { SelectStmt: Node }).SelectStmt
     .valuesLists as Node[];
   const byShard = new Map<number, number[]>();
   rowShards.forEach((shard, i) => {
@@ -118,6 +118,8 @@ function renumberParams(node: Node, params: number[]): Node {
 /** `pgdog route`'s line for a split INSERT: each shard's statement. */
 export function describeSplitInsert(plan: SplitInsertPlan): string {
   return `split INSERT into ${plan.table}: ` +
-    plan.statements.map((s) => `shard ${s.shard} rows ${s.rows.map((r) => r + 1).join(",")}: ${s.sql}`)
+    plan.statements.map((s) =>
+      `shard ${s.shard} rows ${s.rows.map((r) => r + 1).join(",")}: ${s.sql}`
+    )
       .join("; ");
 }

@@ -38,8 +38,10 @@ export interface KeyUpdatePlan {
   /** The row's shard now, and the shard of its new key. */
   from: number;
   to: number;
-  /** On the old shard: `ctid::text`, the new row as jsonb text; FOR UPDATE. */
-  selectSql: string;
+  /** On the old shard: the client's UPDATE returning `ctid::text` and the new row as jsonb text. */
+  updateSql: string;
+  /** For each parameter of `updateSql` ($1 first): the client's parameter number. */
+  updateParams: number[];
   /** The table, quoted (schema-qualified when the client wrote it so). */
   relation: string;
   /** The alias the client gave the table (its RETURNING list may use it). */
