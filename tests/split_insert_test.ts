@@ -243,7 +243,7 @@ Deno.test("split multi-row INSERT: rows on their shards, one answer", async (t) 
   });
 });
 
-Deno.test("split multi-row INSERT: error and ignore modes; a plugin hasher places each row", async (t) => {
+Deno.test("split INSERT and key UPDATE with a plugin hasher; enabled = false refuses", async (t) => {
   await using setup = await startSharded({
     shardedTables: [
       { name: "users", column: "id" },
@@ -251,7 +251,7 @@ Deno.test("split multi-row INSERT: error and ignore modes; a plugin hasher place
     ],
     schema: SCHEMA + "CREATE TABLE items (id bigint PRIMARY KEY, v text);",
     extra: {
-      rewrite: { enabled: true, split_inserts: "rewrite" },
+      rewrite: { enabled: true, split_inserts: "rewrite", shard_key: "rewrite" },
       plugins: [{ name: "dir", path: `${REPO_ROOT}/tests/plugins/directives.ts`, timeout: 10_000 }],
     },
     denoFlags: ["--allow-run"],
@@ -268,10 +268,24 @@ Deno.test("split multi-row INSERT: error and ignore modes; a plugin hasher place
       } finally {
         await dog.end();
       }
-      const placed = await setup.placement("SELECT id FROM items");
+      let placed = await setup.placement("SELECT id FROM items");
       for (const id of [3, 4, 5, 7, 9, 10]) {
         assert.deepEqual(placed.get(String(id)), [id % 3], `items id ${id}`);
       }
+      // A key UPDATE asks the plugin too: 3 (shard 0) becomes 8 (shard 2).
+      const dog2 = await connectPg(setup.target);
+      try {
+        const r = await dog2.query("UPDATE items SET id = $1 WHERE id = $2 RETURNING id, v", [
+          8,
+          3,
+        ]);
+        assert.deepEqual(r.rows, [{ id: "8", v: "a" }]);
+      } finally {
+        await dog2.end();
+      }
+      placed = await setup.placement("SELECT id FROM items");
+      assert.deepEqual(placed.get("8"), [2]);
+      assert.equal(placed.get("3"), undefined);
     });
   });
   await using refusing = await startSharded({

@@ -349,7 +349,12 @@ export function loneSplitInsert(
   const rows = select?.valuesLists as Node[] | undefined;
   const splits = config.splitInserts === "rewrite" && rows !== undefined && rows.length > 1;
   // An UPDATE that may move a row (it sets a sharding key: decided below).
-  const moves = config.shardKey === "rewrite" && stmt?.UpdateStmt !== undefined;
+  const update = stmt?.UpdateStmt as { targetList?: Node[] } | undefined;
+  const moves = config.shardKey === "rewrite" && update !== undefined &&
+    (update.targetList ?? []).some((t) => {
+      const name = (t.ResTarget as { name?: string }).name;
+      return config.tables.some((table) => table.column === name);
+    });
   if (!splits && !moves) return null;
   const lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
   const d = decideShard(analysis, {
