@@ -193,6 +193,31 @@ with psycopg.connect(DSN, autocommit=True) as conn:
             );
             assert.deepEqual(result, { ids: [401, 402, 403], moved: 1 });
           }
+          // executemany, a pipeline and a transaction mixing split INSERTs and key moves.
+          const answers = [];
+          for (const target of [setup.referenceTarget, setup.target]) {
+            answers.push(
+              await runPsycopg(
+                target,
+                `
+with psycopg.connect(DSN, autocommit=True) as conn:
+    cur = conn.cursor()
+    cur.executemany("INSERT INTO accounts (id, owner) VALUES (%s, %s), (%s, %s), (%s, %s)",
+        [(501, "a", 502, "b", 503, "c"), (504, "d", 505, "e", 506, "f")])
+    with conn.pipeline():
+        c1 = conn.execute("INSERT INTO accounts (id) VALUES (%s), (%s) RETURNING id", (507, 508))
+        c2 = conn.execute("UPDATE accounts SET id = %s WHERE id = %s RETURNING id, owner", (509, 501))
+        c3 = conn.execute("SELECT count(*) FROM accounts WHERE id > 500")
+    out = [c1.fetchall(), c2.fetchall(), c3.fetchall()]
+    with conn.transaction():
+        conn.execute("INSERT INTO accounts (id) VALUES (%s), (%s)", (520, 521))
+        conn.execute("UPDATE accounts SET id = %s WHERE id = %s", (522, 520))
+    print(json.dumps(out))
+`,
+              ),
+            );
+          }
+          assert.deepEqual(answers[1], answers[0]);
         }
         await assertTablesMatch(setup);
       },
