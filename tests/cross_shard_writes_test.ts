@@ -108,6 +108,12 @@ Deno.test("cross-shard writes: the reference and 3 shards stay the same", async 
         "INSERT INTO accounts (id) VALUES (3), (4), (32), (33) ON CONFLICT DO NOTHING",
         { protocol: "extended" },
       );
+      // Without a column list (pgdog reads the table's column order).
+      await both(
+        setup,
+        "INSERT INTO accounts VALUES (51, 'n', 1.5, '2024-02-02'), (52, 'm'), (53, 'o', 3) " +
+          "RETURNING id, owner",
+      );
       // A failing row: nothing of the statement anywhere, on either side.
       await both(setup, "INSERT INTO accounts (id) VALUES (41), (1), (42), (43)");
       await both(setup, "INSERT INTO accounts (id, owner) VALUES (44, NULL), (45, 'x')");

@@ -356,7 +356,12 @@ export function loneSplitInsert(
       return config.tables.some((table) => table.column === name);
     });
   if (!splits && !moves) return null;
-  const lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
+  const lookup: ShardLookup = {
+    found: [],
+    pluginShards: new Map(),
+    missing: [],
+    missingColumns: [],
+  };
   const d = decideShard(analysis, {
     config,
     session: options.session,
@@ -366,7 +371,11 @@ export function loneSplitInsert(
   if (d.splitInsert !== undefined) return d.splitInsert.statements.map((s) => s.shard);
   if (d.keyUpdate !== undefined) return [d.keyUpdate.from, d.keyUpdate.to];
   if (moves) return lookup.missing.length > 0 ? [] : null;
-  // Plugin hashers not asked yet, or ids not made yet: decided when it runs.
-  if (lookup.missing.length > 0 || mayCallUniqueId(analysis.entry.query)) return [];
+  // Plugin hashers not asked yet, the column order not read yet, or ids not made yet: decided
+  // when it runs.
+  if (
+    lookup.missing.length > 0 || lookup.missingColumns!.length > 0 ||
+    mayCallUniqueId(analysis.entry.query)
+  ) return [];
   return null;
 }
