@@ -101,7 +101,7 @@ Deno.test("cross-shard writes: the reference and 3 shards stay the same", async 
         setup,
         "INSERT INTO accounts (id, owner) VALUES (1, 'again'), (2, 'again'), (31, 'new') " +
           "ON CONFLICT (id) DO UPDATE SET owner = accounts.owner || '+' || excluded.owner " +
-          "RETURNING id, owner",
+          "(53, 'o', 3, NULL) RETURNING id, owner",
       );
       await both(
         setup,
@@ -111,8 +111,8 @@ Deno.test("cross-shard writes: the reference and 3 shards stay the same", async 
       // Without a column list (pgdog reads the table's column order).
       await both(
         setup,
-        "INSERT INTO accounts VALUES (51, 'n', 1.5, '2024-02-02'), (52, 'm'), (53, 'o', 3) " +
-          "RETURNING id, owner",
+        "INSERT INTO accounts VALUES (51, 'n', 1.5, '2024-02-02'), (52, 'm', 2, DEFAULT), " +
+          "(53, 'o', 3, NULL) RETURNING id, owner",
       );
       // A failing row: nothing of the statement anywhere, on either side.
       await both(setup, "INSERT INTO accounts (id) VALUES (41), (1), (42), (43)");
