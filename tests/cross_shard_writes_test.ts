@@ -56,12 +56,18 @@ async function assertTablesMatch(setup: ShardedSetup): Promise<void> {
 async function both(
   setup: ShardedSetup,
   sql: string,
-  options: { protocol?: "simple" | "extended" | "binary"; values?: unknown[] } = {},
+  options: {
+    protocol?: "simple" | "extended" | "binary";
+    values?: unknown[];
+    /** The SQLSTATE both must fail with (else neither may fail). */
+    error?: string;
+  } = {},
 ): Promise<void> {
-  await compareAnswers(setup, sql, {
+  const answer = await compareAnswers(setup, sql, {
     protocols: [options.protocol ?? "simple"],
     values: options.values,
   });
+  assert.equal(answer.error, options.error, `${sql}: ${answer.message}`);
 }
 
 Deno.test("cross-shard writes: the reference and 3 shards stay the same", async (t) => {
@@ -101,7 +107,7 @@ Deno.test("cross-shard writes: the reference and 3 shards stay the same", async 
         setup,
         "INSERT INTO accounts (id, owner) VALUES (1, 'again'), (2, 'again'), (31, 'new') " +
           "ON CONFLICT (id) DO UPDATE SET owner = accounts.owner || '+' || excluded.owner " +
-          "(53, 'o', 3, NULL) RETURNING id, owner",
+          "RETURNING id, owner",
       );
       await both(
         setup,
@@ -115,8 +121,12 @@ Deno.test("cross-shard writes: the reference and 3 shards stay the same", async 
           "(53, 'o', 3, NULL) RETURNING id, owner",
       );
       // A failing row: nothing of the statement anywhere, on either side.
-      await both(setup, "INSERT INTO accounts (id) VALUES (41), (1), (42), (43)");
-      await both(setup, "INSERT INTO accounts (id, owner) VALUES (44, NULL), (45, 'x')");
+      await both(setup, "INSERT INTO accounts (id) VALUES (41), (1), (42), (43)", {
+        error: "23505",
+      });
+      await both(setup, "INSERT INTO accounts (id, owner) VALUES (44, NULL), (45, 'x')", {
+        error: "23502",
+      });
       await assertTablesMatch(setup);
     });
 
@@ -139,7 +149,7 @@ Deno.test("cross-shard writes: the reference and 3 shards stay the same", async 
       );
       await both(setup, "UPDATE accounts SET id = 104 WHERE id = 999");
       // The new key is taken on its shard: an error, nothing moved.
-      await both(setup, "UPDATE accounts SET id = 12 WHERE id = 11");
+      await both(setup, "UPDATE accounts SET id = 12 WHERE id = 11", { error: "23505" });
       await assertTablesMatch(setup);
     });
 

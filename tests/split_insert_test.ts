@@ -24,6 +24,17 @@ const SCHEMA = `
 `;
 const s = (id: number | bigint) => shardForBigint(BigInt(id), 3);
 
+/** compareAnswers, and neither side failed. */
+async function compareOk(
+  setup: ShardedSetup,
+  sql: string,
+  options: Parameters<typeof compareAnswers>[2],
+): ReturnType<typeof compareAnswers> {
+  const answer = await compareAnswers(setup, sql, options);
+  assert.equal(answer.error, undefined, `${sql}: ${answer.message}`);
+  return answer;
+}
+
 /** Every id of `users` sits exactly once, on its shard; returns the ids found. */
 async function assertPlaced(setup: ShardedSetup, shardOf = s): Promise<string[]> {
   const placed = await setup.placement("SELECT id FROM users");
@@ -59,7 +70,7 @@ Deno.test("split multi-row INSERT: rows on their shards, one answer", async (t) 
     await t.step("simple, extended, binary: RETURNING in VALUES order, INSERT 0 n", async () => {
       for (const [i, protocol] of (["simple", "extended", "binary"] as const).entries()) {
         const o = i * 10;
-        const answer = await compareAnswers(
+        const answer = await compareOk(
           setup,
           `INSERT INTO users (id, email, n) VALUES (${o + 1}, 'a', 1), (${o + 2}, 'b', 2 * 3), ` +
             `(${o + 3}, DEFAULT, NULL), (${
@@ -70,7 +81,7 @@ Deno.test("split multi-row INSERT: rows on their shards, one answer", async (t) 
         assert.equal(answer.rowCount, 4);
       }
       // Without RETURNING, and with the rows' shards in an order of their own.
-      await compareAnswers(
+      await compareOk(
         setup,
         "INSERT INTO users (id, email) VALUES (105, 'x'), (101, 'y'), (104, 'z'), (102, 'w')",
         { protocols: ["simple"] },
@@ -81,13 +92,13 @@ Deno.test("split multi-row INSERT: rows on their shards, one answer", async (t) 
     });
 
     await t.step("Bind parameters, renumbered per shard; formats kept", async () => {
-      await compareAnswers(
+      await compareOk(
         setup,
         "INSERT INTO users (id, email, n) VALUES ($1, $2, $5), ($3, $4, $5), ($6, 'lit', $5) " +
           "RETURNING id, email, n",
         { protocols: ["extended"], values: [201, "p", 202, "q", 7, 203] },
       );
-      await compareAnswers(
+      await compareOk(
         setup,
         "INSERT INTO users (id, email, n) VALUES ($1, $2, $5), ($3, $4, $5), ($6, 'lit', $5) " +
           "RETURNING id, email, n",
@@ -100,7 +111,7 @@ Deno.test("split multi-row INSERT: rows on their shards, one answer", async (t) 
       const dog = await connectPg(setup.target);
       await dog.query("INSERT INTO users (id, email) VALUES (221, 'x'), (222, 'y')");
       await dog.end();
-      await compareAnswers(
+      await compareOk(
         setup,
         "INSERT INTO users (id, email) VALUES ($1, 'x'), ($2, 'y') ON CONFLICT (id) DO UPDATE " +
           "SET n = coalesce(users.n, 0) + 1 RETURNING id, n",
@@ -140,13 +151,13 @@ Deno.test("split multi-row INSERT: rows on their shards, one answer", async (t) 
     await t.step(
       "ON CONFLICT carried to each shard; RETURNING that may skip rows refused",
       async () => {
-        await compareAnswers(
+        await compareOk(
           setup,
           "INSERT INTO users (id, email) VALUES (1, 'again'), (2, 'again'), (300, 'new') " +
             "ON CONFLICT (id) DO UPDATE SET email = excluded.email || users.email RETURNING id, email",
           { protocols: ["simple"] },
         );
-        await compareAnswers(
+        await compareOk(
           setup,
           "INSERT INTO users (id, email) VALUES (3, 'skip'), (4, 'skip'), (301, 'new') " +
             "ON CONFLICT DO NOTHING",
