@@ -243,6 +243,11 @@ function loneRequest(
   let bind: BindValues | null = null;
   let to: number;
   if (type === Msg.Query) {
+    // Most queries are told apart by their first letter, before any decoding.
+    let at = p + 5;
+    while (at < end && buf[at] <= 0x20) at++;
+    const first = buf[at] | 0x20;
+    if (first !== 0x69 && first !== 0x75 && buf[at] !== 0x2f && buf[at] !== 0x2d) return null;
     const sql = decodeText(buf, p + 5, end - 1);
     if (!INSERT_START.test(sql)) return null;
     analysis = client.router.analyze(sql);
