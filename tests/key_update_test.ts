@@ -19,6 +19,11 @@ import { shardForBigint } from "../src/sharding/hash.ts";
 const SCHEMA = `
   CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, n int, tags text[]);
   CREATE TABLE events (user_id bigint, v text);
+  CREATE TABLE audit (op text);
+  CREATE FUNCTION log_op() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN INSERT INTO audit VALUES (TG_OP); RETURN NULL; END $$;
+  CREATE TRIGGER users_audit AFTER INSERT OR UPDATE OR DELETE ON users
+    FOR EACH ROW EXECUTE FUNCTION log_op();
 `;
 const s = (id: number | bigint) => shardForBigint(BigInt(id), 3);
 /** The next id after `from` on another shard than `id`'s (or on the same one). */
@@ -69,6 +74,19 @@ Deno.test("sharding-key UPDATE: the row moves to its new shard", async (t) => {
         const again = await rowsOnShards(setup);
         assert.deepEqual(again.get("1"), [s(1)]);
         assert.equal(again.get(String(to)), undefined);
+        // The shards saw a DELETE and an INSERT, never an UPDATE of the row.
+        const ops: string[] = [];
+        for (let i = 0; i < 3; i++) {
+          ops.push(...(await setup.onShard(i, "SELECT op FROM audit")).map((r) => r[0]));
+        }
+        assert.deepEqual(ops.sort(), [
+          "DELETE",
+          "DELETE",
+          "INSERT",
+          "INSERT",
+          "INSERT",
+          "INSERT",
+        ]);
       });
 
       await t.step("same shard: a plain UPDATE; no row: UPDATE 0", async () => {

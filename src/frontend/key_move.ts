@@ -99,14 +99,14 @@ function declaredTypes(parse: Uint8Array | null): number[] {
 
 /** The UPDATE on the old shard in the extended protocol: the client's values for its parameters. */
 function updateMessages(plan: KeyUpdatePlan, bind: UpdateBind): Uint8Array {
-  const params = plan.updateParams;
+  const params = plan.selectParams;
   const formatOf = (n: number): number =>
     bind.formats.length === 0
       ? 0
       : bind.formats.length === 1
       ? bind.formats[0]
       : bind.formats[n - 1] ?? 0;
-  const b = new MessageBuilder(512).begin(Msg.Parse).cstring("").cstring(plan.updateSql)
+  const b = new MessageBuilder(512).begin(Msg.Parse).cstring("").cstring(plan.selectSql)
     .int16(params.length);
   for (const n of params) b.int32(bind.types[n - 1] ?? 0);
   b.end().begin(Msg.Bind).cstring("").cstring("").int16(params.length);
@@ -156,7 +156,7 @@ export async function selectMovedRow(
   try {
     // It waits for the row's lock as the client's UPDATE would (no time limit of pgdog's).
     const bind = host.request === null ? null : requestBind(host.request, host.statementParse);
-    if (bind === null) result = await server.query(plan.updateSql);
+    if (bind === null) result = await server.query(plan.selectSql);
     else {
       result = await server.queryExtended(updateMessages(plan, bind), [
         Expect.Parse,
@@ -197,7 +197,7 @@ export async function selectMovedRow(
   const ins = {
     shard: plan.to,
     sql: keyMoveInsert(plan, json!),
-    params: plan.returningParams,
+    params: plan.insertParams,
     rows: [0],
   };
   return {

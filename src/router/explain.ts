@@ -183,8 +183,8 @@ export function explainRoutes(
     } else if (d.keyUpdate && !d.unsupported) {
       const k = d.keyUpdate;
       explained.split = [
-        { shard: k.from, sql: `${k.updateSql}; then DELETE of the row by its ctid` },
-        { shard: k.to, sql: "INSERT of the new row (jsonb_populate_record)" },
+        { shard: k.from, sql: `${k.selectSql}; then DELETE of the row by its ctid` },
+        { shard: k.to, sql: "INSERT of the new row (the SET list applied to the old one)" },
       ];
     }
     out.push(explained);

@@ -3,14 +3,12 @@
  * belongs to another shard, the row moves. The plan says what pgdog runs, inside one transaction
  * on both shards:
  *
- * 1. on the old shard, `updateSql`: the client's UPDATE itself (SET and WHERE as written, its
- *    parameters renumbered: `updateParams`), returning the new row as jsonb text and its ctid,
- *    so PostgreSQL computes the new row (SET expressions see the old one) and locks it;
- * 2. on the new shard, {@linkcode keyMoveInsert}: the new row inserted (`jsonb_populate_record`)
- *    with the client's RETURNING list (its parameters renumbered: `returningParams`); on the old
- *    shard {@linkcode keyMoveDelete}: the row deleted by its ctid.
- *
- * (Triggers on the old shard see an UPDATE then a DELETE; on the new one an INSERT.)
+ * 1. on the old shard, `selectSql`: the row(s) the UPDATE's WHERE matches (its parameters
+ *    renumbered: `selectParams`), locked (FOR UPDATE), as json text, and where each is (ctid);
+ * 2. on the new shard, {@linkcode keyMoveInsert}: the new row inserted, computed there from the
+ *    old one (`json_populate_record`) with the client's SET expressions (which may use the old
+ *    columns) and its RETURNING list (their parameters renumbered together: `insertParams`); on
+ *    the old shard {@linkcode keyMoveDelete}: the row deleted by its ctid.
  *
  * @module
  */
@@ -44,11 +42,6 @@ export function planKeyUpdate(
   });
   if (body.withClause) return why("a WITH clause");
   if (((body.fromClause as Node[] | undefined) ?? []).length > 0) return why("a FROM clause");
-  const targets = (body.targetList as Node[] | undefined) ?? [];
-  for (const t of targets) {
-    const r = t.ResTarget as { name?: string; val?: Node };
-    if (r.val === undefined || r.name === undefined) return why("this SET list");
-  }
   const relation = body.relation as { relname: string; schemaname?: string; alias?: Node };
   const rel = (relation.schemaname ? `${quoteIdent(relation.schemaname)}.` : "") +
     quoteIdent(relation.relname);
@@ -57,39 +50,49 @@ export function planKeyUpdate(
   // Literals back in (the tree is of the normalized text); the client's parameters stay.
   const whole = withLiterals(stmt, values) as Node;
   const wholeBody = whole.UpdateStmt as Node;
+  const sets: Array<{ column: string; val: Node }> = [];
+  for (const t of (wholeBody.targetList as Node[] | undefined) ?? []) {
+    const r = t.ResTarget as { name?: string; val?: Node; indirection?: unknown[] };
+    if (r.val === undefined || r.name === undefined) return why("this SET list");
+    if (r.indirection !== undefined) return why("SET of a field or an array element");
+    if (r.val.SetToDefault !== undefined) return why("SET ... = DEFAULT");
+    if (r.val.MultiAssignRef !== undefined) return why("SET (a, b) = (...)");
+    // The new row is computed on the new shard, which has other rows of other tables.
+    if (readsTables(r.val)) return why("a subquery in its SET list");
+    sets.push({ column: r.name, val: r.val });
+  }
   const returningList = (wholeBody.returningClause as { exprs?: Node[] } | undefined)?.exprs ?? [];
-  // On the old shard: the client's UPDATE, returning the new row (SET applied there, with the
-  // parameter types PostgreSQL infers for the client's own statement) and where it is.
-  const update: Node = {
-    UpdateStmt: {
-      ...wholeBody,
-      returningClause: {
-        exprs: [
-          resTarget(cast(column(["ctid"]), "text")),
-          resTarget(cast(call("to_jsonb", [column([alias, "*"])]), "text")),
-        ],
-      },
+  if (returningList.some(readsTables)) return why("a subquery in its RETURNING list");
+  // On the old shard: the row (locked) and where it is.
+  const select: Node = {
+    SelectStmt: {
+      targetList: [
+        resTarget(cast(column(["ctid"]), "text")),
+        resTarget(cast(call("to_json", [column([alias, "*"])]), "text")),
+      ],
+      fromClause: [{ RangeVar: wholeBody.relation }],
+      whereClause: wholeBody.whereClause,
+      lockingClause: [{
+        LockingClause: { strength: "LCS_FORUPDATE", waitPolicy: "LockWaitBlock" },
+      }],
+      limitOption: "LIMIT_OPTION_DEFAULT",
+      op: "SETOP_NONE",
     },
   };
-  const updateParams: number[] = [];
-  const returningParams: number[] = [];
+  const selectParams: number[] = [];
+  const insertParams: number[] = [];
+  const set: Record<string, string> = {};
   let returning: string | null = null;
-  let updateSql: string;
+  let selectSql: string;
   try {
-    updateSql = shardText(renumberParams(update, updateParams) as Node);
+    selectSql = shardText(renumberParams(select, selectParams) as Node);
+    // The new row's SET expressions and the RETURNING list, numbered for the new shard's INSERT.
+    for (const { column, val } of sets) {
+      set[column] = expressionText(renumberParams(val, insertParams) as Node);
+    }
     if (returningList.length > 0) {
-      const renumbered = renumberParams(returningList, returningParams) as Node[];
-      // The RETURNING list, written as a SELECT list of the table's row.
-      const text = shardText({
-        SelectStmt: {
-          targetList: renumbered,
-          fromClause: [{ RangeVar: wholeBody.relation }],
-          limitOption: "LIMIT_OPTION_DEFAULT",
-          op: "SETOP_NONE",
-        },
-      });
-      const fromAt = text.lastIndexOf(" FROM ");
-      returning = text.slice("SELECT ".length, fromAt);
+      returning = returningList.map((t) => targetText(renumberParams(t, insertParams) as Node))
+        .join(", ");
     }
   } catch (e) {
     if (e instanceof MergeRefusal) return { refused: e.message };
@@ -99,24 +102,48 @@ export function planKeyUpdate(
     table,
     from,
     to,
-    updateSql,
-    updateParams,
+    selectSql,
+    selectParams,
     relation: rel,
-    alias: alias === relation.relname ? null : alias,
+    alias,
+    set,
     returning,
-    returningParams,
+    insertParams,
   };
 }
 
-/** The new shard's INSERT of the moved row (`json`: its columns as jsonb text). */
+/** One expression as SQL, checked (written as a select list of one item, then cut). */
+function expressionText(expr: Node): string {
+  return targetText({ ResTarget: { val: expr } });
+}
+
+/** One select-list item (`expr [AS name]`) as SQL, checked. */
+function targetText(target: Node): string {
+  const text = shardText({
+    SelectStmt: { targetList: [target], limitOption: "LIMIT_OPTION_DEFAULT", op: "SETOP_NONE" },
+  });
+  return text.slice("SELECT ".length);
+}
+
+/** The expression reads tables (a subquery). */
+function readsTables(node: unknown): boolean {
+  return JSON.stringify(node).includes('"SubLink"');
+}
+
+/**
+ * The new shard's INSERT of the moved row: `json` is the old row as the old shard gave it
+ * (`to_json`, columns in the table's order); the client's SET expressions are evaluated here
+ * against it (its parameters typed by the columns they are assigned to), the rest copied.
+ */
 export function keyMoveInsert(plan: KeyUpdatePlan, json: string): string {
   let tag = "pgdog";
   while (json.includes(`$${tag}$`)) tag += "_";
-  const target = plan.alias === null
-    ? plan.relation
-    : `${plan.relation} AS ${quoteIdent(plan.alias)}`;
-  return `INSERT INTO ${target} SELECT * FROM jsonb_populate_record(NULL::${plan.relation}, ` +
-    `$${tag}$${json}$${tag}$::jsonb)` +
+  const columns = Object.keys(JSON.parse(json) as Record<string, unknown>);
+  const alias = quoteIdent(plan.alias);
+  const values = columns.map((c) => plan.set[c] ?? `${alias}.${quoteIdent(c)}`);
+  return `INSERT INTO ${plan.relation} AS ${alias} (${columns.map(quoteIdent).join(", ")}) ` +
+    `SELECT ${values.join(", ")} FROM json_populate_record(NULL::${plan.relation}, ` +
+    `$${tag}$${json}$${tag}$::json) AS ${alias}` +
     (plan.returning === null ? "" : ` RETURNING ${plan.returning}`);
 }
 

@@ -35,15 +35,16 @@ Deno.test("key UPDATE: a move plan when the new key maps to another shard", () =
   equal(plan.to, s(other));
   deepEqual(d.target, { kind: "some", shards: [s(1), s(other)].sort() });
   equal(
-    plan.updateSql,
-    `UPDATE users AS u SET id = ${other}, email = u.email || 'x' WHERE id = 1 AND ` +
-      "email <> 'it''s' RETURNING ctid::text, (to_jsonb(u.*))::text",
+    plan.selectSql,
+    "SELECT ctid::text, (to_json(u.*))::text FROM users AS u WHERE id = 1 AND email <> 'it''s' " +
+      "FOR UPDATE",
   );
   equal(plan.returning, "u.id, email");
   equal(
-    keyMoveInsert(plan, '{"id": 5}'),
-    'INSERT INTO "users" AS "u" SELECT * FROM jsonb_populate_record(NULL::"users", ' +
-      '$pgdog${"id": 5}$pgdog$::jsonb) RETURNING u.id, email',
+    keyMoveInsert(plan, '{"id":1,"email":"a","n":null}'),
+    'INSERT INTO "users" AS "u" ("id", "email", "n") SELECT ' + other +
+      ', u.email || \'x\', "u"."n" FROM json_populate_record(NULL::"users", ' +
+      '$pgdog${"id":1,"email":"a","n":null}$pgdog$::json) AS "u" RETURNING u.id, email',
   );
   equal(keyMoveDelete(plan, "(0,1)"), `DELETE FROM "users" WHERE ctid = '(0,1)'::tid RETURNING 1`);
 });
@@ -55,12 +56,18 @@ Deno.test("key UPDATE: parameters; same shard is a plain UPDATE; error, ignore, 
   });
   ok(!d.unsupported, d.unsupported);
   equal(
-    d.keyUpdate!.updateSql,
-    "UPDATE users SET id = $1, n = $2 WHERE id = $3 RETURNING ctid::text, (to_jsonb(users.*))::text",
+    d.keyUpdate!.selectSql,
+    "SELECT ctid::text, (to_json(users.*))::text FROM users WHERE id = $1 FOR UPDATE",
   );
-  deepEqual(d.keyUpdate!.updateParams, [1, 3, 2]);
-  equal(d.keyUpdate!.returning, "id, CAST($1 AS int) AS k");
-  deepEqual(d.keyUpdate!.returningParams, [3]);
+  deepEqual(d.keyUpdate!.selectParams, [2]);
+  deepEqual(d.keyUpdate!.set, { id: "$1", n: "$2" });
+  equal(d.keyUpdate!.returning, "id, CAST($2 AS int) AS k");
+  deepEqual(d.keyUpdate!.insertParams, [1, 3]);
+  ok(
+    decide(`UPDATE users SET id = ${other}, n = (SELECT 1) WHERE id = 1`).unsupported?.includes(
+      "subquery",
+    ),
+  );
   const plain = decide(`UPDATE users SET id = ${same} WHERE id = 1`);
   deepEqual(plain.target, { kind: "one", shard: s(1) });
   equal(plain.keyUpdate, undefined);

@@ -38,16 +38,18 @@ export interface KeyUpdatePlan {
   /** The row's shard now, and the shard of its new key. */
   from: number;
   to: number;
-  /** On the old shard: the client's UPDATE returning `ctid::text` and the new row as jsonb text. */
-  updateSql: string;
-  /** For each parameter of `updateSql` ($1 first): the client's parameter number. */
-  updateParams: number[];
+  /** On the old shard: `ctid::text` and the row as json text of the rows matched, FOR UPDATE. */
+  selectSql: string;
+  /** For each parameter of `selectSql` ($1 first): the client's parameter number. */
+  selectParams: number[];
   /** The table, quoted (schema-qualified when the client wrote it so). */
   relation: string;
-  /** The alias the client gave the table (its RETURNING list may use it). */
-  alias: string | null;
-  /** The client's RETURNING list as SQL (its parameters renumbered), or null. */
+  /** The name the client's expressions use for the table (its alias, or its name). */
+  alias: string;
+  /** The client's SET expressions as SQL, by column (parameters numbered as `insertParams`). */
+  set: Record<string, string>;
+  /** The client's RETURNING list as SQL, or null. */
   returning: string | null;
-  /** For each parameter of `returning` ($1 first): the client's parameter number. */
-  returningParams: number[];
+  /** For each parameter of the new shard's INSERT ($1 first): the client's parameter number. */
+  insertParams: number[];
 }
