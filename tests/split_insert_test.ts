@@ -87,6 +87,15 @@ Deno.test("split multi-row INSERT: rows on their shards, one answer", async (t) 
         { protocols: ["simple"] },
       );
       assert.deepEqual(new Set([1, 2, 3, 4].map(s)).size > 1, true);
+      // Several of them in one simple query (an implicit transaction), with the same shards
+      // (0 and 1).
+      assert.deepEqual([111, 114, 113, 123].map(s), [0, 1, 0, 1]);
+      await compareOk(
+        setup,
+        "INSERT INTO users (id) VALUES (111), (114); INSERT INTO users (id) VALUES (113), (123); " +
+          "SELECT count(*) FROM users",
+        { protocols: ["simple"] },
+      );
       await assertPlaced(setup);
       await assertSameRows(setup);
     });

@@ -193,8 +193,11 @@ export function planSplit(
     const lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
     const d = decideShard(a, { config, session, bind: u.bind ?? undefined, lookup });
     if (d.unsupported !== undefined || lookup.missing.length > 0) split = true;
-    // A statement whose shards' answers are merged runs as a request of its own.
-    if (d.merge !== undefined) split = true;
+    // A statement whose shards' answers are merged runs as a request of its own, as does one
+    // that runs a statement of its own on each shard (a split INSERT, a row's move).
+    if (d.merge !== undefined || d.splitInsert !== undefined || d.keyUpdate !== undefined) {
+      split = true;
+    }
     const t = d.target;
     if (t.kind === "one") shards.add(t.shard);
     else if (t.kind === "some") { for (const n of t.shards) shards.add(n); }
