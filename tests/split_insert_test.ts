@@ -262,7 +262,7 @@ Deno.test("split multi-row INSERT: rows on their shards, one answer", async (t) 
   });
 });
 
-Deno.test("split INSERT and key UPDATE with a plugin hasher; enabled = false refuses", async (t) => {
+Deno.test("split INSERT and key UPDATE with a plugin hasher; enabled = false refuses; ignore", async (t) => {
   await using setup = await startSharded({
     shardedTables: [
       { name: "users", column: "id" },
@@ -319,4 +319,26 @@ Deno.test("split INSERT and key UPDATE with a plugin hasher; enabled = false ref
     );
     assert.match(message, /split_inserts = "rewrite"/);
   });
+  await using ignoring = await startSharded({
+    shardedTables: [{ name: "users", column: "id" }],
+    schema: SCHEMA,
+    extra: { rewrite: { enabled: true, split_inserts: "ignore", shard_key: "ignore" } },
+  });
+  await t.step(
+    "ignore: sent as written to the first row's shard (unsafe, as documented)",
+    async () => {
+      const ids = [1, 2, 3, 4, 5, 6];
+      const dog = await connectPg(ignoring.target);
+      try {
+        await dog.query(`INSERT INTO users (id) VALUES ${ids.map((id) => `(${id})`).join(", ")}`);
+        const other = ids.find((id) => s(id) !== s(1))!;
+        await dog.query(`UPDATE users SET id = 100 + ${other} WHERE id = 1`);
+      } finally {
+        await dog.end();
+      }
+      const placed = await ignoring.placement("SELECT id FROM users");
+      for (const [id, shards] of placed) assert.deepEqual(shards, [s(1)], `id ${id}`);
+      assert.equal(placed.size, 6);
+    },
+  );
 });
