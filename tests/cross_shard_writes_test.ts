@@ -153,6 +153,28 @@ Deno.test("cross-shard writes: the reference and 3 shards stay the same", async 
       await assertTablesMatch(setup);
     });
 
+    await t.step("a transaction's write on one shard outlives a read of other shards", async () => {
+      const first = 700;
+      const shard = (id: number) => shardForBigint(BigInt(id), 3);
+      const rest = [701, 702, 703, 704, 705, 706, 707, 708].filter((id) =>
+        shard(id) !== shard(first)
+      );
+      // Two ids on the two other shards: the read runs there, not where the INSERT is.
+      const others = [rest[0], rest.find((id) => shard(id) !== shard(rest[0]))!];
+      for (const target of [setup.referenceTarget, setup.target]) {
+        const c = await connectPg(target);
+        try {
+          await c.query("BEGIN");
+          await c.query(`INSERT INTO accounts (id, owner) VALUES (${first}, 'tx')`);
+          await c.query(`SELECT id FROM accounts WHERE id IN (${others.join(", ")})`);
+          await c.query("COMMIT");
+        } finally {
+          await c.end();
+        }
+      }
+      await assertTablesMatch(setup);
+    });
+
     await t.step("UPDATE and DELETE without a key", async () => {
       await both(setup, "UPDATE accounts SET balance = balance * 2 WHERE owner = 'x'");
       await both(setup, "UPDATE notes SET body = coalesce(body, '') || '!'");

@@ -216,6 +216,31 @@ Deno.test("split multi-row INSERT: rows on their shards, one answer", async (t) 
       await assertSameRows(setup);
     });
 
+    await t.step("a transaction on one shard, then a split INSERT on the others", async () => {
+      const first = 600;
+      const others = [601, 602, 603, 604, 605, 606, 607, 608].filter((id) => s(id) !== s(first));
+      const two = [others[0], others.find((id) => s(id) !== s(others[0]))!];
+      const dog = await connectPg(setup.target);
+      try {
+        await dog.query("BEGIN");
+        await dog.query(`INSERT INTO users (id, email) VALUES (${first}, 'tx')`);
+        await dog.query(
+          `INSERT INTO users (id, email) VALUES (${two[0]}, 'tx'), (${two[1]}, 'tx')`,
+        );
+        await dog.query("COMMIT");
+      } finally {
+        await dog.end();
+      }
+      await setup.reference.sql(
+        `INSERT INTO users (id, email) VALUES (${first}, 'tx'), (${two[0]}, 'tx'), (${
+          two[1]
+        }, 'tx')`,
+        { database: "app" },
+      );
+      await assertPlaced(setup);
+      await assertSameRows(setup);
+    });
+
     await t.step("pgdog.unique_id(): a fresh id per row, each on its shard", async () => {
       const dog = await connectPg(setup.target);
       try {

@@ -618,6 +618,14 @@ export class Client implements ServerLink {
       await this.#settle();
     }
     if (this.closed) return;
+    const attached = this.server;
+    if (
+      attached !== null && attached.txStatus !== TxStatus.Idle &&
+      !shards.includes(this.cluster!.shardOf(attached.owner as Pool))
+    ) {
+      // Its part of the transaction goes on: parked with the others', not dropped.
+      this.#shards.park(attached);
+    }
     if (this.#deferredBegin !== null) {
       this.#txn.prelude.unshift(this.#deferredBegin);
       this.#deferredBegin = null;
