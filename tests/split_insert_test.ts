@@ -12,7 +12,9 @@ import {
   compareAnswers,
   connectPg,
   dumpLogsOnFailure,
+  psycopgAvailable,
   REPO_ROOT,
+  runPsycopg,
   type ShardedSetup,
   startSharded,
 } from "./harness/mod.ts";
@@ -279,6 +281,27 @@ Deno.test("split multi-row INSERT: rows on their shards, one answer", async (t) 
         const placed = await setup.placement("SELECT id FROM users");
         for (const id of ids) assert.deepEqual(placed.get(id), [s(BigInt(id))], `id ${id}`);
         await dog.query("DELETE FROM users WHERE email IN ('u1','u2','u3','u4','e1','e2','p')");
+        if (await psycopgAvailable()) {
+          // psycopg pipelines executemany: split INSERTs and one-shard INSERTs in one
+          // implicit transaction, each execution with its own ids.
+          const count = await runPsycopg<number>(
+            setup.target,
+            `
+with psycopg.connect(DSN, autocommit=True) as conn:
+    cur = conn.cursor()
+    cur.executemany("INSERT INTO users (id, email) VALUES (pgdog.unique_id(), %s), " +
+        "(pgdog.unique_id(), %s)", [("py", "py"), ("py", "py"), ("py", "py"), ("py", "py")])
+    cur.executemany("INSERT INTO users (id, email) VALUES (pgdog.unique_id(), %s)",
+        [("py",), ("py",), ("py",)])
+    print(json.dumps(conn.execute("SELECT count(*) FROM users WHERE email = 'py'").fetchone()[0]))
+`,
+          );
+          assert.equal(count, 11);
+          const rows = await setup.placement("SELECT id FROM users WHERE email = 'py'");
+          assert.equal(rows.size, 11);
+          for (const [id, shards] of rows) assert.deepEqual(shards, [s(BigInt(id))], `id ${id}`);
+          await dog.query("DELETE FROM users WHERE email = 'py'");
+        }
       } finally {
         await dog.end();
       }
