@@ -5,7 +5,9 @@
  * in the client's formats), and the client gets one answer as if one statement ran: one
  * RowDescription, the RETURNING rows in the order of the VALUES list, `INSERT 0 n` with n summed.
  * It runs in a transaction on every shard it writes (the client's, or the implicit one of a split
- * request, see split_request.ts), so an error on any shard leaves nothing of it anywhere.
+ * request, see split_request.ts), so an error on any shard leaves nothing of it anywhere. A row's
+ * move to another shard (key_move.ts) runs the same way: an INSERT on one shard, a DELETE on the
+ * other, answered `UPDATE 1` with the INSERT's row.
  *
  * @module
  */
@@ -65,6 +67,7 @@ export class InsertSplitRun {
   #describe: { wanted: boolean } | null = null;
   /** A statement Describe's ParameterDescription went out: its RowDescription comes next. */
   #statementDescribed = false;
+  /** The statements were executed; their rows are being collected. */
   #executing = false;
 
   constructor(
