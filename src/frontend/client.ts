@@ -734,6 +734,7 @@ export class Client implements ServerLink {
   #mergeClient(): MergeClient & InsertSplitClient {
     return {
       uniqueIdRun: (name, p) => this.#forwarder.uniqueIdRun(name, p),
+      forgetUnnamedServers: () => this.#forwarder.forgetUnnamedServers(),
       prepared: this.#host.prepared,
       statementParse: (name) =>
         name === "" ? this.#forwarder.unnamedParse() : this.statements.get(name)?.parse ?? null,

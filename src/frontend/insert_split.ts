@@ -40,6 +40,8 @@ export interface InsertSplitClient {
    * (see UniqueIdStatements.execution): asked so the ids routing chose count as used.
    */
   uniqueIdRun(name: string, p: number): string | null;
+  /** pgdog replaced the unnamed statement on servers of this request (see Forwarder). */
+  forgetUnnamedServers(): void;
 }
 
 const decoder = new TextDecoder();
@@ -166,15 +168,26 @@ export class InsertSplitRun {
   #bind(bind: BindParts, options: { servers: readonly Server[]; outs: readonly OutBatch[] }): void {
     const { servers, outs } = options;
     const declared = parameterTypes(this.#client.statementParse(bind.statement));
+    const oneOff = this.#plan.oneOff === true;
+    // (The client's unnamed statement, if the request parsed one, is no longer on these servers.)
+    if (oneOff) this.#client.forgetUnnamedServers();
     for (let i = 0; i < servers.length; i++) {
       const st = this.#legs[i];
       const types = st.params.map((n) => declared[n - 1] ?? 0);
       const parse = parseMessage(st.sql, types);
-      const shared = this.#client.prepared.forParse(parse, 0, parse.length);
-      const variant = shared.ownUse ??= new ClientStatement(shared);
-      variant.use(servers[i], outs[i]);
-      outs[i].addBytes(bindMessage(bind, { statement: shared.name, params: st.params }));
-      servers[i].expect(Expect.Bind, Action.Forward, variant);
+      if (oneOff) {
+        // Runs once: the unnamed statement (its errors are the client's answer).
+        outs[i].addBytes(parse);
+        servers[i].expect(Expect.Parse, Action.Inject);
+        outs[i].addBytes(bindMessage(bind, { statement: "", params: st.params }));
+        servers[i].expect(Expect.Bind);
+      } else {
+        const shared = this.#client.prepared.forParse(parse, 0, parse.length);
+        const variant = shared.ownUse ??= new ClientStatement(shared);
+        variant.use(servers[i], outs[i]);
+        outs[i].addBytes(bindMessage(bind, { statement: shared.name, params: st.params }));
+        servers[i].expect(Expect.Bind, Action.Forward, variant);
+      }
       outs[i].addBytes(describePortal(bind.portal));
       servers[i].expect(Expect.DescribePortal);
     }

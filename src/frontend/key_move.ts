@@ -207,5 +207,6 @@ export async function selectMovedRow(
     rowCount: 1,
     tag: "UPDATE",
     describedBy: plan.to,
+    oneOff: true,
   };
 }

@@ -90,7 +90,13 @@ export function planSplitInsert(
     }
     statements.push({ shard, sql, params, rows: picked });
   }
-  return { table, statements, returning, rowCount: rows.length };
+  return {
+    table,
+    statements,
+    returning,
+    rowCount: rows.length,
+    oneOff: values.analysis.literals.length > 0,
+  };
 }
 
 /**

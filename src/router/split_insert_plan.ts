@@ -29,6 +29,11 @@ export interface SplitInsertPlan {
   tag?: string;
   /** The shard whose row description the client gets (the first shard's when absent). */
   describedBy?: number;
+  /**
+   * The statements hold values written in (literals, ids, a moved row): each runs once, as the
+   * unnamed statement, rather than prepared for reuse.
+   */
+  oneOff?: boolean;
 }
 
 /** An UPDATE that moves a row to the shard of its new sharding key (see key_update.ts). */
