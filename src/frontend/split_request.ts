@@ -257,7 +257,8 @@ function loneRequest(
     to = end;
   } else {
     // Parse, Bind, Describe, Execute up to the Sync: the one execution's statement and values.
-    let parsed: Analysis | null = null;
+    // Statements this request parses (null: neither an INSERT nor an UPDATE), by name.
+    const parsed = new Map<string, Analysis | null>();
     let q = p;
     for (;;) {
       if (request.bufferEnd - q < 5) return null;
@@ -266,13 +267,18 @@ function loneRequest(
       const t = buf[q];
       if (t === Msg.Parse) {
         const sql = parseQuery(buf, q, next);
-        parsed = INSERT_START.test(sql) ? client.router.analyze(sql) : null;
+        parsed.set(
+          parseName(buf, q, next),
+          INSERT_START.test(sql) ? client.router.analyze(sql) : null,
+        );
       } else if (t === Msg.Bind) {
         const name = bindStatementName(buf, q, next);
-        // With its pgdog.unique_id() ids, as routing sees it (the same text: same Bind offset).
-        const run = parsed === null ? client.forwarder.uniqueIdRun(name, q) : null;
-        analysis = parsed ??
-          (run !== null ? client.router.analyze(run) : client.statementAnalysis(name));
+        if (parsed.has(name)) analysis = parsed.get(name)!;
+        else {
+          // With its pgdog.unique_id() ids, as routing sees it (the same text: same Bind offset).
+          const run = client.forwarder.uniqueIdRun(name, q);
+          analysis = run !== null ? client.router.analyze(run) : client.statementAnalysis(name);
+        }
         bind = bindValues(buf, q, next);
       } else if (t === Msg.Sync) {
         to = next;
