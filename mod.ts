@@ -183,6 +183,7 @@ async function routeCommand(
     if (r.merge) {
       console.log(`  ${r.merge.steps}\n  each shard runs: ${r.merge.shardSql}`);
     }
+    for (const part of r.split ?? []) console.log(`  shard ${part.shard} runs: ${part.sql}`);
   }
   return 0;
 }

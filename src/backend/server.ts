@@ -421,6 +421,25 @@ export class Server {
   }
 
   /**
+   * Runs an extended-protocol request as the proxy (`messages`, answered as `kinds` expect, the
+   * last a Sync), after whatever is already owed; resolves as {@linkcode query} does (rows as
+   * text: ask for text results).
+   */
+  queryExtended(messages: Uint8Array, kinds: number[]): Promise<InternalResult> {
+    if (this.closed) return Promise.reject(new Error(`${this.label} is closed`));
+    const p = new Promise<InternalResult>((resolve, reject) => {
+      this.#internal.push({
+        result: { error: null, rows: [], tags: [], status: this.txStatus },
+        resolve,
+        reject,
+      });
+    });
+    for (const kind of kinds) this.expect(kind, Action.Collect);
+    this.writer.write(messages).catch((e) => this.#fail(e));
+    return p;
+  }
+
+  /**
    * Optionally sends `extra` (e.g. CopyFail, Sync) as the proxy, then resolves once every owed
    * response has arrived. Call on a detached server: its responses are then dropped.
    */

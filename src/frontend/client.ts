@@ -30,7 +30,10 @@ import { ServerConnectError } from "../backend/connect.ts";
 import { ANALYZE_ON_LOOP_MAX } from "../router/mod.ts";
 import type { Role } from "../router/route.ts";
 import { FanOut } from "./fan_out.ts";
-import { MergeRun } from "./merge_run.ts";
+import { type MergeClient, MergeRun } from "./merge_run.ts";
+import { type InsertSplitClient, InsertSplitRun } from "./insert_split.ts";
+import { selectMovedRow } from "./key_move.ts";
+import type { SplitInsertPlan } from "../router/split_insert_plan.ts";
 import { OpenFan, type OpenLegs } from "./open_fan.ts";
 import { mergeCollations } from "../backend/collations.ts";
 import type { ColumnCollations } from "../cross_shard/column_collations.ts";
@@ -560,6 +563,28 @@ export class Client implements ServerLink {
     this.#parts.checkout.outsideTransaction = route.outsideTransaction;
     const shards = route.shards;
     if (shards.length === 1) return await this.#shards.toShard(shards[0]);
+    let splitInsert = route.splitInsert;
+    if (route.keyUpdate !== null) {
+      // The row is read on its shard first; then it moves as a split write (see key_move.ts).
+      const moved = await selectMovedRow({
+        cluster: this.cluster!,
+        txn: this.#txn,
+        server: this.server,
+        letGoOfServer: () => this.server = null,
+        openTransaction: () => {
+          if (this.#deferredBegin === null) return;
+          this.#txn.prelude.unshift(this.#deferredBegin);
+          this.#deferredBegin = null;
+        },
+        answerError: (fields) => this.#local.answerError(fields, type === Msg.Query),
+        timeoutMs: this.pool?.config.rollback_timeout ?? 5000,
+        request: type === Msg.Query ? null : { buf, p, end: this.rbuf.end },
+        statementParse: this.#mergeClient().statementParse,
+      }, route.keyUpdate);
+      if (moved === "done" || this.closed) return "done";
+      if (moved === "stay") return await this.#shards.toShard(route.keyUpdate.from);
+      splitInsert = moved;
+    }
     await this.#fanOut(shards, {
       type,
       p,
@@ -567,6 +592,7 @@ export class Client implements ServerLink {
       omniWrite: route.omniWrite,
       copyHeader: route.copyHeader,
       merge: route.merge,
+      splitInsert,
     });
     return "done";
   }
@@ -594,6 +620,7 @@ export class Client implements ServerLink {
       omniWrite: boolean;
       copyHeader?: boolean;
       merge?: MergePlan | null;
+      splitInsert?: SplitInsertPlan | null;
       /** The request goes on with a run whose portals live on the legs. */
       open?: OpenLegs;
     },
@@ -603,6 +630,14 @@ export class Client implements ServerLink {
       await this.#settle();
     }
     if (this.closed) return;
+    const attached = this.server;
+    if (
+      attached !== null && attached.txStatus !== TxStatus.Idle &&
+      !shards.includes(this.cluster!.shardOf(attached.owner as Pool))
+    ) {
+      // Its part of the transaction goes on: parked with the others', not dropped.
+      this.#shards.park(attached);
+    }
     if (this.#deferredBegin !== null) {
       this.#txn.prelude.unshift(this.#deferredBegin);
       this.#deferredBegin = null;
@@ -660,12 +695,12 @@ export class Client implements ServerLink {
       sumCounts: !options.omniWrite,
       keep: this.#sessionMode,
       copyHeader: options.copyHeader,
-      merge: options.open ? options.open.run : options.merge
-        ? new MergeRun({
-          prepared: this.#host.prepared,
-          statementParse: (name) =>
-            name === "" ? this.#forwarder.unnamedParse() : this.statements.get(name)?.parse ?? null,
-        }, {
+      merge: options.open
+        ? options.open.run
+        : options.splitInsert
+        ? new InsertSplitRun(this.#mergeClient(), { plan: options.splitInsert, shardIds: shards })
+        : options.merge
+        ? new MergeRun(this.#mergeClient(), {
           plan: options.merge,
           shards: shards.length,
           shardIds: shards,
@@ -705,6 +740,17 @@ export class Client implements ServerLink {
     }
     this.#openFan = OpenFan.after(fan, { shards, previous: this.#openFan, closed: this.closed });
     if (fan.synced && fan.status === TxStatus.Idle) this.#transactionOver();
+  }
+
+  /** What a merge or split INSERT run reads of the client. */
+  #mergeClient(): MergeClient & InsertSplitClient {
+    return {
+      uniqueIdRun: (name, p) => this.#forwarder.uniqueIdRun(name, p),
+      forgetUnnamedServers: () => this.#forwarder.forgetUnnamedServers(),
+      prepared: this.#host.prepared,
+      statementParse: (name) =>
+        name === "" ? this.#forwarder.unnamedParse() : this.statements.get(name)?.parse ?? null,
+    };
   }
 
   /** The transaction ended: nothing of it is replayed on later shards. */

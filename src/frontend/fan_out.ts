@@ -31,6 +31,7 @@ import {
 import { SqlState } from "../protocol/sqlstate.ts";
 import { MergeError } from "../cross_shard/errors.ts";
 import { mergeErrorFields, type MergeRun } from "./merge_run.ts";
+import type { InsertSplitRun } from "./insert_split.ts";
 import { FRONTEND_TYPES, wellFormed } from "../protocol/frontend_messages.ts";
 import type { Server, ServerLink } from "../backend/server.ts";
 import { Action, Expect, type LocalAnswer } from "../backend/response_queue.ts";
@@ -149,6 +150,12 @@ function isMerged(type: number): boolean {
     type === Msg.ParameterDescription;
 }
 
+/**
+ * What rewrites a request's messages per leg and answers for the legs: a merged statement's run,
+ * or a split INSERT's (each leg its own statement).
+ */
+export type LegRun = MergeRun | InsertSplitRun;
+
 /** A shard's COPY OUT stream, as it is merged. */
 interface CopyStream {
   binary: boolean;
@@ -203,7 +210,7 @@ export class FanOut {
   #phase: "new" | "queueing" | "running" | "over" = "new";
 
   /** A cross-shard statement whose answers are merged (see merge_run.ts). */
-  readonly #merge: MergeRun | null;
+  readonly #merge: LegRun | null;
   /** The request ended with a Sync (or Query): every leg's ReadyForQuery came. */
   #synced = true;
   /** Per leg: resumes its server's reading, while it is paused (see #gate). */
@@ -217,7 +224,7 @@ export class FanOut {
       sumCounts: boolean;
       keep: boolean;
       copyHeader?: boolean;
-      merge?: MergeRun | null;
+      merge?: LegRun | null;
     },
   ) {
     this.#host = host;
@@ -253,7 +260,7 @@ export class FanOut {
   }
 
   /** The merge run of the request (null: answers are not merged). */
-  get merge(): MergeRun | null {
+  get merge(): LegRun | null {
     return this.#merge;
   }
 

@@ -11,15 +11,14 @@
  */
 
 import { Msg, TxStatus } from "../protocol/messages.ts";
-import type { FanOut } from "./fan_out.ts";
-import type { MergeRun } from "./merge_run.ts";
+import type { FanOut, LegRun } from "./fan_out.ts";
 
 const decoder = new TextDecoder();
 
 /** Where a request that goes on goes: the legs' shards, and the run of its portal (if any). */
 export interface OpenLegs {
   shards: number[];
-  run: MergeRun | null;
+  run: LegRun | null;
 }
 
 /** Legs a client's next requests may have to go back to. */

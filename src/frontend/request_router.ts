@@ -50,6 +50,7 @@ import type { LocalAnswers } from "./local_answers.ts";
 import type { RoutedMessage } from "./routed_message.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 import { type MergePlan, PASS_THROUGH } from "../cross_shard/plan.ts";
+import type { KeyUpdatePlan, SplitInsertPlan } from "../router/split_insert_plan.ts";
 
 /** Where a request on a sharded database runs: the value routing returns. */
 export interface ShardRoute {
@@ -63,6 +64,10 @@ export interface ShardRoute {
   outsideTransaction: boolean;
   /** A cross-shard statement whose answers pgdog merges by this plan. */
   merge: MergePlan | null;
+  /** A multi-row INSERT split by shard: each shard runs its own statement (see insert_split.ts). */
+  splitInsert: SplitInsertPlan | null;
+  /** An UPDATE of a row's sharding key that moves it to another shard (see key_move.ts). */
+  keyUpdate: KeyUpdatePlan | null;
 }
 
 /** What routing reads of the client (and the few things it asks it to do). */
@@ -269,6 +274,21 @@ export class RequestRouter {
       }, type === Msg.Query);
       return "done";
     }
+    const rewritten = decision.splitInsert ?? decision.keyUpdate;
+    if (
+      rewritten && c.txStatus() === TxStatus.Idle && c.txn.prelude.length === 0 &&
+      c.deferredBegin === null
+    ) {
+      // A split INSERT or a row's move runs in a transaction on its shards (split_request.ts
+      // opens it): never as independent commits.
+      c.local.answerError({
+        severity: "ERROR",
+        code: SqlState.FeatureNotSupported,
+        message: `the write to ${rewritten.table} runs on several shards, and pgdog could not ` +
+          "run it in a transaction: send it as a statement of its own",
+      }, type === Msg.Query);
+      return "done";
+    }
     const held = c.txn.heldShards(c.cluster!, c.server);
     const control = analysis !== null && isSessionControl(analysis);
     const picked = shardsFor(decision, {
@@ -307,6 +327,8 @@ export class RequestRouter {
           // Fetched in parts: the merge gives at most the rows asked for, as one server would.
           ? PASS_THROUGH
           : null),
+      splitInsert: shards.length > 1 ? decision.splitInsert ?? null : null,
+      keyUpdate: shards.length > 1 ? decision.keyUpdate ?? null : null,
       // A request that runs nothing (Parse, Describe) must not open the held-back transaction on
       // the shard it happens to use: the transaction's first statement picks its shards.
       outsideTransaction: !runs && held.length === 0,

@@ -34,6 +34,7 @@ import {
   type ShardTarget,
 } from "../router/shard.ts";
 import { BlockWriter } from "./block_writer.ts";
+import { loneSplitInsert } from "./insert_split.ts";
 import { bindStatementName, parseName, parseQuery } from "./prepared.ts";
 import {
   parseTree,
@@ -53,6 +54,10 @@ export interface SplitClient {
   statementAnalysis(name: string): Analysis | null;
   /** The shards the client's transaction holds. */
   heldShards(): number[];
+  /** The transaction status the client was last told. */
+  txStatus(): number;
+  /** The text with ids an execution of a statement calling pgdog.unique_id() runs. */
+  readonly forwarder: { uniqueIdRun(name: string, p: number): string | null };
 }
 
 /** The BEGIN pgdog sends for a split request run outside a transaction. */
@@ -108,11 +113,11 @@ export function planSplit(
   let requestEnd: number;
   if (type === Msg.Query) {
     const semicolon = buf.indexOf(SEMICOLON, p + 5);
-    if (semicolon < 0 || semicolon >= end) return null;
+    if (semicolon < 0 || semicolon >= end) return loneRequest(request, client);
     const sql = decodeText(buf, p + 5, end - 1);
     const whole = router.analyze(sql);
     if (whole.info.statements < 2 || whole.info.ast === null || whole.directives !== null) {
-      return null;
+      return whole.info.statements === 1 ? loneRequest(request, client) : null;
     }
     // The cached tree is of the text with its constants replaced: locations need the original
     // (a large text's was parsed by the parse worker).
@@ -136,7 +141,7 @@ export function planSplit(
     requestEnd = end;
   } else {
     const pipe = splitPipeline(buf, p, request.bufferEnd);
-    if (pipe === null) return null;
+    if (pipe === null) return loneRequest(request, client);
     // Statements parsed earlier in this request, by name.
     const parsed = new Map<string, Analysis>();
     for (const seg of pipe.segments) {
@@ -188,8 +193,11 @@ export function planSplit(
     const lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
     const d = decideShard(a, { config, session, bind: u.bind ?? undefined, lookup });
     if (d.unsupported !== undefined || lookup.missing.length > 0) split = true;
-    // A statement whose shards' answers are merged runs as a request of its own.
-    if (d.merge !== undefined) split = true;
+    // A statement whose shards' answers are merged runs as a request of its own, as does one
+    // that runs a statement of its own on each shard (a split INSERT, a row's move).
+    if (d.merge !== undefined || d.splitInsert !== undefined || d.keyUpdate !== undefined) {
+      split = true;
+    }
     const t = d.target;
     if (t.kind === "one") shards.add(t.shard);
     else if (t.kind === "some") { for (const n of t.shards) shards.add(n); }
@@ -219,6 +227,84 @@ export function planSplit(
   }
   return { from: p, to: requestEnd, bytes, ends, shards: [...shards].sort((a, b) => a - b) };
 }
+
+/**
+ * A request of one statement that must still run as a split request: a multi-row INSERT split by
+ * shard, or an UPDATE moving a row to another shard, outside a transaction (it needs the implicit
+ * transaction on every shard it writes, ended by Checkout.endImplicit). Null for every other
+ * request.
+ */
+function loneRequest(
+  request: { type: number; buf: Uint8Array; p: number; end: number; bufferEnd: number },
+  client: SplitClient,
+): SplitPlan | null {
+  const config = client.sharding!;
+  if (config.splitInserts !== "rewrite" && config.shardKey !== "rewrite") return null;
+  if (client.txStatus() !== TxStatus.Idle) return null;
+  const { type, buf, p, end } = request;
+  let analysis: Analysis | null = null;
+  let bind: BindValues | null = null;
+  let to: number;
+  if (type === Msg.Query) {
+    // Most queries are told apart by their first letter, before any decoding.
+    let at = p + 5;
+    while (at < end && buf[at] <= 0x20) at++;
+    const first = buf[at] | 0x20;
+    if (first !== 0x69 && first !== 0x75 && buf[at] !== 0x2f && buf[at] !== 0x2d) return null;
+    const sql = decodeText(buf, p + 5, end - 1);
+    if (!INSERT_START.test(sql)) return null;
+    analysis = client.router.analyze(sql);
+    to = end;
+  } else {
+    // Parse, Bind, Describe, Execute up to the Sync: the one execution's statement and values.
+    // Statements this request parses (null: neither an INSERT nor an UPDATE), by name.
+    const parsed = new Map<string, Analysis | null>();
+    let q = p;
+    for (;;) {
+      if (request.bufferEnd - q < 5) return null;
+      const next = q + readInt32(buf, q + 1) + 1;
+      if (next > request.bufferEnd) return null;
+      const t = buf[q];
+      if (t === Msg.Parse) {
+        const sql = parseQuery(buf, q, next);
+        parsed.set(
+          parseName(buf, q, next),
+          INSERT_START.test(sql) ? client.router.analyze(sql) : null,
+        );
+      } else if (t === Msg.Bind) {
+        const name = bindStatementName(buf, q, next);
+        if (parsed.has(name)) analysis = parsed.get(name)!;
+        else {
+          // With its pgdog.unique_id() ids, as routing sees it (the same text: same Bind offset).
+          const run = client.forwarder.uniqueIdRun(name, q);
+          analysis = run !== null ? client.router.analyze(run) : client.statementAnalysis(name);
+        }
+        bind = bindValues(buf, q, next);
+      } else if (t === Msg.Sync) {
+        to = next;
+        break;
+      } else if (t !== Msg.Describe && t !== Msg.Execute && t !== Msg.Close) return null;
+      q = next;
+    }
+  }
+  if (analysis === null) return null;
+  const shards = loneSplitInsert(analysis, {
+    config,
+    session: client.shardSession(),
+    bind,
+  });
+  if (shards === null) return null;
+  return {
+    from: p,
+    to,
+    bytes: buf.slice(p, to),
+    ends: [to],
+    shards: [...shards].sort((a, b) => a - b),
+  };
+}
+
+/** A statement that may be an INSERT or UPDATE (comments and blanks before it aside). */
+const INSERT_START = /^\s*(?:\/\*[\s\S]*?\*\/\s*|--[^\n]*\n\s*)*(?:insert|update)\b/i;
 
 /** What running a split request asks of the client. */
 export interface SplitHost {

@@ -49,6 +49,8 @@ import type { Node, TableRef } from "./analyze.ts";
 import { walkTree } from "./tree.ts";
 import { isAggregateFunction, mayBeUserAggregate } from "./aggregates.ts";
 import { planMerge, windowsOnKey } from "./merge_plan.ts";
+import { planSplitInsert } from "./split_insert.ts";
+import { planKeyUpdate } from "./key_update.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
 import {
   describe,
@@ -60,6 +62,7 @@ import {
   type ShardingConfig,
   type ShardTarget,
   tableOf,
+  tableSpec,
   type ValueContext,
   valueOf,
   valueShard,
@@ -99,8 +102,18 @@ export function routeStatement(
     case "SelectStmt":
       if (body.intoClause) return createAs(node, ctx, "SELECT INTO");
       return prove(node, ctx, options);
+    case "UpdateStmt": {
+      const mode = ctx.config.shardKey ?? "error";
+      const key = mode === "error" ? null : keyAssignment(body, ctx.config);
+      if (key === null) return prove(node, ctx, options);
+      // Where the row is: the UPDATE without its new key, decided by its WHERE.
+      const targetList = (body.targetList as Node[]).filter((_, i) => i !== key.at);
+      const d = prove({ UpdateStmt: { ...body, targetList } }, ctx, options);
+      // (EXPLAIN of it plans the UPDATE where the row is.)
+      if (mode === "ignore" || d.unsupported || node !== stmt) return d;
+      return moveDecision(node, { ctx, decision: d, key });
+    }
     case "InsertStmt":
-    case "UpdateStmt":
     case "DeleteStmt":
       return prove(node, ctx, options);
     case "MergeStmt":
@@ -156,6 +169,118 @@ export interface ProveOptions {
   everyShard?: boolean;
   /** No merge plan: the answers are sent on as they come (COPY). */
   noMerge?: boolean;
+}
+
+/**
+ * A multi-row INSERT whose rows belong to several shards, as `[rewrite] split_inserts` says:
+ * split by shard ("rewrite"), sent as written to its first row's shard ("ignore"), or null
+ * (refused by the caller). `alone`: the INSERT is the statement, nothing else reads or writes a
+ * sharded table in it.
+ */
+function splitInsertDecision(
+  node: Node,
+  options: {
+    ctx: RouteContext;
+    insert: { table: string; column: string };
+    rowShards: (number | null)[];
+    alone: boolean;
+  },
+): ShardDecision | null {
+  const { ctx, insert, alone } = options;
+  const mode = ctx.config.splitInserts ?? "error";
+  if (mode === "error") return null;
+  const first = options.rowShards.find((n) => n !== null)!;
+  if (mode === "ignore") {
+    return {
+      target: { kind: "one", shard: first },
+      reason: `multi-row INSERT ${insert.table}: its first row's shard (split_inserts = "ignore")`,
+      omniWrite: false,
+    };
+  }
+  if (!alone || node.InsertStmt === undefined) {
+    return refuse(
+      `a multi-row INSERT into ${insert.table} whose rows belong to different shards can be ` +
+        "split only as a statement of its own (not inside a CTE or with other sharded tables)",
+    );
+  }
+  // Rows whose key a column default makes go to one shard, with the first row's.
+  const rowShards = options.rowShards.map((n) => n ?? first);
+  const plan = planSplitInsert(node, { rowShards, values: ctx.values, table: insert.table });
+  if ("refused" in plan) return refuse(plan.refused);
+  const shards = plan.statements.map((st) => st.shard);
+  return {
+    target: { kind: "some", shards },
+    reason: `multi-row INSERT ${insert.table}.${insert.column}: split into shards ${
+      shards.join(",")
+    }`,
+    omniWrite: false,
+    splitInsert: plan,
+  };
+}
+
+/** The SET item of an UPDATE of a sharded table that assigns its sharding key, or null. */
+function keyAssignment(
+  body: Node,
+  config: ShardingConfig,
+): { at: number; column: string; val: Node; spec: ShardedTable; table: string } | null {
+  const t = tableOf(body.relation as Node);
+  if (!isSharded(t, config)) return null;
+  const spec = tableSpec(t, config);
+  if (spec === undefined) return null;
+  const targets = (body.targetList as Node[] | undefined) ?? [];
+  for (let at = 0; at < targets.length; at++) {
+    const r = targets[at].ResTarget as { name?: string; val?: Node };
+    if (r.name === spec.column && r.val !== undefined) {
+      return { at, column: spec.column, val: r.val, spec, table: describe(t) };
+    }
+  }
+  return null;
+}
+
+/**
+ * An UPDATE that changes a row's sharding key, `shard_key = "rewrite"`: where its WHERE confines
+ * it to one shard and the new key maps there too, the plain UPDATE (`decision`); to another
+ * shard, the row moves (see key_update.ts); otherwise refused.
+ */
+function moveDecision(
+  node: Node,
+  options: {
+    ctx: RouteContext;
+    decision: ShardDecision;
+    key: { column: string; val: Node; spec: ShardedTable; table: string };
+  },
+): ShardDecision {
+  const { ctx, decision, key } = options;
+  const what = `an UPDATE of sharding key ${key.column} of ${key.table}`;
+  if (decision.target.kind !== "one") {
+    return refuse(
+      `${what} must find its row on one shard: give the WHERE clause the row's current key ` +
+        `(WHERE ${key.column} = ...)`,
+    );
+  }
+  const value = valueOf(key.val, ctx.values);
+  const to = value === null
+    ? null
+    : valueShard(value, key.spec, { shards: ctx.config.shards, lookup: ctx.values.lookup });
+  if (to === null) {
+    return refuse(`${what}: the new value of ${key.column} must be a constant or a parameter`);
+  }
+  const from = decision.target.shard;
+  if (to === from) return decision;
+  const plan = planKeyUpdate(node, {
+    from,
+    to,
+    column: key.column,
+    values: ctx.values,
+    table: key.table,
+  });
+  if ("refused" in plan) return refuse(plan.refused);
+  return {
+    target: { kind: "some", shards: from < to ? [from, to] : [to, from] },
+    reason: `UPDATE of ${key.table}.${key.column}: the row moves from shard ${from} to shard ${to}`,
+    omniWrite: false,
+    keyUpdate: plan,
+  };
 }
 
 function allShards(reason: string): ShardDecision {
@@ -531,7 +656,8 @@ class Statement {
         const name = (c.ResTarget as { name?: string }).name;
         if (name !== undefined && occ.keys.has(name)) {
           this.refusal ??= `changing sharding key ${name} with UPDATE is not supported: the row ` +
-            "would belong to another shard (delete it and insert it again)";
+            "would belong to another shard (delete it and insert it again, or let pgdog move it " +
+            'with [rewrite] enabled = true and shard_key = "rewrite")';
         }
       }
     }
@@ -1274,9 +1400,14 @@ function prove(
   }
   for (const insert of inserts) {
     const shards = new Set<number>();
+    /** Each row's shard (null: DEFAULT, a column default makes the key). */
+    const rowShards: (number | null)[] = [];
     for (const v of insert.values) {
       // DEFAULT leaves the key to a column default: any shard of the others keeps the row once.
-      if (v.SetToDefault !== undefined) continue;
+      if (v.SetToDefault !== undefined) {
+        rowShards.push(null);
+        continue;
+      }
       const value = valueOf(v, ctx.values);
       const shard = value === null ? null : valueShard(value, insert.spec, shardOptions);
       if (shard === null) {
@@ -1285,11 +1416,20 @@ function prove(
         );
       }
       shards.add(shard);
+      rowShards.push(shard);
     }
     if (shards.size > 1) {
+      const split = splitInsertDecision(node, {
+        ctx,
+        insert,
+        rowShards,
+        alone: inserts.length === 1 && s.occurrences.length === 1 && !options.everyShard,
+      });
+      if (split !== null) return split;
       return refuse(
         `a multi-row INSERT into ${insert.table} whose rows belong to different shards is not ` +
-          "supported: insert them in separate statements",
+          "supported: insert them in separate statements, or let pgdog split it with " +
+          '[rewrite] enabled = true and split_inserts = "rewrite"',
       );
     }
     if (shards.size === 0) {

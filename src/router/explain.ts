@@ -34,6 +34,11 @@ export interface ExplainedRoute {
    * describeMergePlan) and the statement each shard runs.
    */
   merge?: { steps: string; shardSql: string };
+  /**
+   * A multi-row INSERT split by shard (`[rewrite] split_inserts = "rewrite"`): the statement each
+   * shard runs; an UPDATE that moves a row: what runs on each of its two shards.
+   */
+  split?: Array<{ shard: number; sql: string }>;
 }
 
 /**
@@ -172,6 +177,15 @@ export function explainRoutes(
         steps: describeMergePlan({ ...d.merge, shardSql: null }),
         shardSql: d.merge.shardSql ?? text,
       };
+    }
+    if (d.splitInsert && !d.unsupported) {
+      explained.split = d.splitInsert.statements.map((st) => ({ shard: st.shard, sql: st.sql }));
+    } else if (d.keyUpdate && !d.unsupported) {
+      const k = d.keyUpdate;
+      explained.split = [
+        { shard: k.from, sql: `${k.selectSql}; then DELETE of the row by its ctid` },
+        { shard: k.to, sql: "INSERT of the new row (the SET list applied to the old one)" },
+      ];
     }
     out.push(explained);
   }

@@ -156,3 +156,26 @@ Deno.test("pgdog route: cross_shard_disabled refuses what would run on several s
   ]);
   ok(routes[0].reason.startsWith("cross-shard queries are disabled"), routes[0].reason);
 });
+
+Deno.test("pgdog route: a split INSERT shows each shard's statement; a key move its two shards", () => {
+  const { config } = resolveConfig({
+    databases: [0, 1, 2].map((shard) => ({ name: "app", host: "127.0.0.1", shard })),
+    sharded_tables: [{ database: "app", name: "users", column: "id" }],
+    rewrite: { enabled: true, split_inserts: "rewrite", shard_key: "rewrite" },
+    ...users,
+  });
+  const ids = [1, 2, 3, 4, 5, 6];
+  const shards = new Set(ids.map((id) => shardForBigint(BigInt(id), 3)));
+  const [insert, update] = explainRoutes(
+    `INSERT INTO users (id, email) VALUES ${ids.map((id) => `(${id}, 'x')`).join(", ")};\n` +
+      "UPDATE users SET id = 2 WHERE id = 1",
+    { config, database: "app" },
+  );
+  ok(insert.reason.includes("split into shards"), insert.reason);
+  deepEqual(insert.split!.map((p) => p.shard), [...shards].sort());
+  for (const part of insert.split!) {
+    ok(part.sql.startsWith("INSERT INTO users (id, email) VALUES ("), part.sql);
+  }
+  const moves = shardForBigint(1n, 3) !== shardForBigint(2n, 3);
+  equal(update.split !== undefined, moves);
+});

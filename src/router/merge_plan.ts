@@ -149,7 +149,7 @@ export function describeMergePlan(plan: MergePlan): string {
 // ---- literals --------------------------------------------------------------------------------
 
 /** A copy of the tree with the literals normalization took out put back (locations dropped). */
-function withLiterals(node: unknown, values: ValueContext): unknown {
+export function withLiterals(node: unknown, values: ValueContext): unknown {
   const { firstParam, literals } = values.analysis;
   const copy = (v: unknown): unknown => {
     if (Array.isArray(v)) return v.map(copy);
@@ -214,7 +214,7 @@ const WRITTEN_MAX = 1000;
  * The SQL of a shard statement, checked: PostgreSQL's parser must read it back as the same tree
  * (pgsql-deparser can drop parentheses an expression needs), else the statement is refused.
  */
-function shardText(stmt: Node): string {
+export function shardText(stmt: Node): string {
   const tree = canonical(stmt);
   let sql = written.get(tree);
   if (sql === undefined) {

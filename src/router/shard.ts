@@ -234,7 +234,9 @@ function searchPath(value: string | undefined): string[] {
  * `[[sharded_schemas]]` and `[[omnisharded_tables]]` entries, for `shards` shards.
  */
 export function shardingConfigFor(
-  config: Pick<Config, "sharded_tables" | "sharded_schemas" | "omnisharded_tables">,
+  config:
+    & Pick<Config, "sharded_tables" | "sharded_schemas" | "omnisharded_tables">
+    & Partial<Pick<Config, "rewrite">>,
   database: string,
   options: { shards: number; crossShardDisabled?: boolean },
 ): ShardingConfig {
@@ -273,6 +275,9 @@ export function shardingConfigFor(
     omni,
     merge: true,
     crossShardDisabled: options.crossShardDisabled === true,
+    // With the rewrites off, both act as "error".
+    splitInserts: config.rewrite?.enabled ? config.rewrite.split_inserts : "error",
+    shardKey: config.rewrite?.enabled ? config.rewrite.shard_key : "error",
   };
 }
 

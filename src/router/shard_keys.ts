@@ -9,6 +9,7 @@
 import type { Analysis, Literal, TableRef } from "./mod.ts";
 import type { Node } from "./analyze.ts";
 import type { MergePlan } from "../cross_shard/plan.ts";
+import type { KeyUpdatePlan, SplitInsertPlan } from "./split_insert_plan.ts";
 import { parseBigint, shardForBigint, shardForText, shardForUuid } from "../sharding/hash.ts";
 
 /** How a sharded table's key is typed and hashed. */
@@ -82,6 +83,16 @@ export interface ShardingConfig {
   merge?: boolean;
   /** `cross_shard_disabled`: a query that would run on several shards is refused (58000). */
   crossShardDisabled?: boolean;
+  /**
+   * `[rewrite] split_inserts` (`error` unless `[rewrite] enabled`): a multi-row INSERT whose rows
+   * belong to several shards is refused, split by shard, or sent to one shard as written.
+   */
+  splitInserts?: "error" | "rewrite" | "ignore";
+  /**
+   * `[rewrite] shard_key` (`error` unless `[rewrite] enabled`): an UPDATE that changes a row's
+   * sharding key is refused, moves the row, or runs where the row is as written.
+   */
+  shardKey?: "error" | "rewrite" | "ignore";
 }
 
 /** Where a statement goes. */
@@ -112,6 +123,10 @@ export interface ShardDecision {
    * limit...); the shards run `merge.shardSql` (null: the statement as the client sent it).
    */
   merge?: MergePlan;
+  /** A multi-row INSERT split by shard: each shard runs its own statement (see split_insert.ts). */
+  splitInsert?: SplitInsertPlan;
+  /** An UPDATE of a row's sharding key that moves it to another shard (see key_update.ts). */
+  keyUpdate?: KeyUpdatePlan;
 }
 
 /** Bind parameter values of an extended-protocol execution (raw bytes per format code). */
