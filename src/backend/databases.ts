@@ -277,6 +277,7 @@ function buildCluster(
       ? shardingConfigFor(config, user.database, {
         shards: shards.length,
         crossShardDisabled: user.cross_shard_disabled ?? config.general.cross_shard_disabled,
+        rewrite: config.rewrite,
       })
       : null,
     columns: options.columns,

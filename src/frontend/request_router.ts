@@ -50,6 +50,7 @@ import type { LocalAnswers } from "./local_answers.ts";
 import type { RoutedMessage } from "./routed_message.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 import { type MergePlan, PASS_THROUGH } from "../cross_shard/plan.ts";
+import { NonDeterministicRewrite } from "./non_deterministic_run.ts";
 
 /** Where a request on a sharded database runs: the value routing returns. */
 export interface ShardRoute {
@@ -215,6 +216,10 @@ export class RequestRouter {
     if (!c.txn.empty) await c.abortEverywhere();
     if (c.closed) return "done";
     const inTxn = c.txStatus() !== TxStatus.Idle;
+    const tx = analysis?.info.transaction;
+    if (!inTxn || tx === "commit" || tx === "rollback" || tx === "begin") {
+      this.#nonDeterministic.transactionOver();
+    }
     const set = analysis ? searchPathSet(analysis) : null;
     if (set !== null && inTxn) c.txn.searchPath = set;
     const session = this.shardSession();
@@ -282,6 +287,22 @@ export class RequestRouter {
     if (disabled !== null) {
       c.local.answerError({ severity: "ERROR", ...disabled }, type === Msg.Query);
       return "done";
+    }
+    if (shards.length > 1 && runs && config.nonDeterministic && analysis!.info.write) {
+      const error = await this.#nonDeterministic.rewrite(c, {
+        type,
+        buf,
+        p,
+        end,
+        bufferEnd: c.rbuf.end,
+        shard: shards[0],
+        inTransaction: inTxn,
+      });
+      if (c.closed) return "done";
+      if (error !== null) {
+        c.local.answerError(error, type === Msg.Query);
+        return "done";
+      }
     }
     if (logEnabled("debug")) {
       log.debug(`client ${c.id}: shards ${shards.join(",")} (${decision.reason})`);
@@ -414,6 +435,8 @@ export class RequestRouter {
 
   /** DDL ran in the open transaction: column orders are read again once it ends. */
   ddlInTransaction = false;
+  /** `[rewrite] non_deterministic_functions = "rewrite"`, with the transaction's instant. */
+  readonly #nonDeterministic = new NonDeterministicRewrite();
   /** The session has created temporary tables. */
   #tempTables = false;
 

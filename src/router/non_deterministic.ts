@@ -14,8 +14,9 @@
  * `uuid_generate_v4()` and `timeofday()` get a value per call.
  *
  * Only calls in expressions count: not a function in FROM (`FROM generate_series(...)` is a
- * table), nor one in a statement other than INSERT, UPDATE, DELETE, MERGE or a SELECT that
- * writes (DDL keeps `DEFAULT now()` a function).
+ * table), nor one in a statement other than INSERT, UPDATE, DELETE, MERGE or a lone SELECT (the
+ * caller asks for writes only; DDL keeps `DEFAULT now()` a function). In a text of several
+ * statements, the calls of every INSERT, UPDATE, DELETE and MERGE count.
  *
  * ```ts
  * import { loadParser } from "./analyze.ts";
@@ -103,8 +104,8 @@ export function mayCallNonDeterministic(sql: string): boolean {
 }
 
 /**
- * The non-deterministic calls of `sql` (one statement), in text order; empty when there is
- * none, when the statement is not a write this applies to, or when the text does not parse.
+ * The non-deterministic calls of `sql`, in text order; empty when there is none, when no
+ * statement is a write this applies to, or when the text does not parse.
  */
 export function findNonDeterministicCalls(sql: string): NonDeterministicCall[] {
   if (!mayCallNonDeterministic(sql) || nestingEstimate(sql) > MAX_NESTING) return [];
@@ -115,11 +116,14 @@ export function findNonDeterministicCalls(sql: string): NonDeterministicCall[] {
     return [];
   }
   const stmts = tree.stmts ?? [];
-  if (stmts.length !== 1 || stmts[0].stmt === undefined) return [];
-  const [kind] = Object.keys(stmts[0].stmt);
-  if (!WRITES.has(kind)) return [];
+  // One SELECT is one the caller knows writes; among several, only the plain writes count.
+  const writes = stmts.map((s) => s.stmt).filter((stmt) =>
+    stmt !== undefined && WRITES.has(Object.keys(stmt)[0]) &&
+    (stmts.length === 1 || Object.keys(stmt)[0] !== "SelectStmt")
+  );
+  if (writes.length === 0) return [];
   const found: Array<{ location: number; source: CallSource; type: string; paren: boolean }> = [];
-  walkTree([stmts[0].stmt], (key, value) => {
+  walkTree(writes, (key, value) => {
     // A function in FROM is a table (FROM generate_series(...)): its calls stay.
     if (key === "RangeFunction") return false;
     if (key === "SQLValueFunction") {

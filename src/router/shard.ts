@@ -9,7 +9,7 @@
  */
 
 import type { Analysis } from "./mod.ts";
-import type { Config } from "../config/types.ts";
+import type { Config, RewriteConfig } from "../config/types.ts";
 import type { Node } from "./analyze.ts";
 import { routeStatement } from "./cross_shard.ts";
 import { errorMessage } from "../log.ts";
@@ -236,7 +236,7 @@ function searchPath(value: string | undefined): string[] {
 export function shardingConfigFor(
   config: Pick<Config, "sharded_tables" | "sharded_schemas" | "omnisharded_tables">,
   database: string,
-  options: { shards: number; crossShardDisabled?: boolean },
+  options: { shards: number; crossShardDisabled?: boolean; rewrite?: RewriteConfig },
 ): ShardingConfig {
   const tables: ShardedTable[] = config.sharded_tables.filter((t) => t.database === database)
     .map((t) => ({
@@ -273,6 +273,9 @@ export function shardingConfigFor(
     omni,
     merge: true,
     crossShardDisabled: options.crossShardDisabled === true,
+    nonDeterministic: options.rewrite?.enabled === true &&
+      options.rewrite.non_deterministic_functions === "rewrite",
+    insertSelect: options.rewrite?.enabled === true && options.rewrite.split_inserts === "rewrite",
   };
 }
 

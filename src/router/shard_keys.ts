@@ -82,6 +82,16 @@ export interface ShardingConfig {
   merge?: boolean;
   /** `cross_shard_disabled`: a query that would run on several shards is refused (58000). */
   crossShardDisabled?: boolean;
+  /**
+   * `[rewrite] non_deterministic_functions = "rewrite"` (with `enabled`): a write that runs on
+   * several shards gets its now(), random()... computed once (see non_deterministic.ts).
+   */
+  nonDeterministic?: boolean;
+  /**
+   * `[rewrite] split_inserts = "rewrite"` (with `enabled`): INSERT ... SELECT into a sharded
+   * table runs the SELECT and routes its rows (see insert_select.ts).
+   */
+  insertSelect?: boolean;
 }
 
 /** Where a statement goes. */
