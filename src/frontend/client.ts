@@ -40,6 +40,7 @@ import { serveAdmin } from "./admin_session.ts";
 import type { LocalAnswers } from "./local_answers.ts";
 import type { Forwarder } from "./forward.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
+import { runInsertSelect } from "./insert_select_run.ts";
 import { planSplit } from "./split_request.ts";
 import { ClientView } from "./client_view.ts";
 import { ClientGate } from "./client_gate.ts";
@@ -348,6 +349,15 @@ export class Client implements ServerLink {
           // Its statements' boundaries come from the parse worker, not the event loop.
           await this.#largeMessage(type, buf, p, end);
           if (this.closed) return false;
+        }
+        if (
+          split === null && type === Msg.Query && this.#parts.sharding.insertSelect &&
+          await runInsertSelect(this.#parts, { buf, p, end })
+        ) {
+          // INSERT ... SELECT into a sharded table: its INSERTs replaced it (or it was answered).
+          if (this.closed) return false;
+          out.reset(rb.buf);
+          continue;
         }
         const plan = split === null
           ? planSplit({ type, buf, p, end, bufferEnd: rb.end }, this.#parts)

@@ -70,6 +70,11 @@ export interface SplitPlan {
   ends: number[];
   /** Every shard a statement goes to, ascending (taken before the first runs). */
   shards: number[];
+  /**
+   * The statements are INSERTs pgdog wrote for one client statement (INSERT ... SELECT): the
+   * client gets one `INSERT 0 n` with their sum, not one tag each.
+   */
+  sumInserts?: boolean;
 }
 
 /** A split request while it runs. */
@@ -220,6 +225,11 @@ export function planSplit(
   return { from: p, to: requestEnd, bytes, ends, shards: [...shards].sort((a, b) => a - b) };
 }
 
+/** CommandComplete `INSERT 0 n`. */
+function insertTag(n: number): Uint8Array {
+  return new MessageBuilder(32).begin(Msg.CommandComplete).cstring(`INSERT 0 ${n}`).end().build();
+}
+
 /** What running a split request asks of the client. */
 export interface SplitHost {
   readonly rbuf: MessageBuffer;
@@ -291,7 +301,7 @@ export class SplitRunner {
       }
       await h.send();
     }
-    const writer = new BlockWriter(h.writer);
+    const writer = new BlockWriter(h.writer, { sumInserts: plan.sumInserts === true });
     h.writer = asSocketWriter(writer);
     this.current = { ends: plan.ends, next: 0, writer, implicit };
   }
@@ -321,6 +331,8 @@ export class SplitRunner {
     }
     this.current = null;
     h.writer = split.writer.target;
+    const inserted = split.writer.inserted;
+    if (inserted !== null && !split.writer.failed) h.writer.enqueue(insertTag(inserted));
     if (
       split.implicit && h.deferredBegin !== IMPLICIT_BEGIN && h.txStatus() !== TxStatus.Idle
     ) {

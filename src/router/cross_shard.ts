@@ -513,8 +513,13 @@ class Statement {
       q.rels.push(otherRel("excluded"));
       if (select && !select.valuesLists) {
         if (occ) {
-          this.refusal ??= `INSERT ... SELECT into sharded table ${describe(t)} is not ` +
-            "supported yet";
+          this.refusal ??= this.config.insertSelect
+            // Run by pgdog (src/frontend/insert_select_run.ts) when sent as a simple query.
+            ? `INSERT ... SELECT into sharded table ${describe(t)} is run by pgdog in the ` +
+              "simple query protocol only: send it without parameters as a simple query"
+            : `INSERT ... SELECT into sharded table ${describe(t)} needs [rewrite] enabled = ` +
+              'true and split_inserts = "rewrite" (pgdog then runs the SELECT and sends each ' +
+              "row to its shard)";
         }
         this.query({ SelectStmt: select }, { outer: q.outer, cteParent: q, place: "a subquery" });
       }

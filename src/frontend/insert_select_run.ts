@@ -1,0 +1,308 @@
+/**
+ * INSERT ... SELECT into a sharded table, run by pgdog (`[rewrite] enabled = true`,
+ * `split_inserts = "rewrite"`; simple protocol). The SELECT runs first: on the one shard it
+ * needs, or on each of its shards with the rows concatenated (a SELECT whose rows need merging
+ * across shards is refused), on the client's own servers of its open transaction where it holds
+ * them, else on pooled ones. Its rows (text) are placed by the router's sharding function (plugin
+ * hashers asked once per distinct key), and the client's statement is replaced in the read buffer
+ * by one multi-row INSERT per shard (see src/router/insert_select.ts), run as a split request
+ * (split_request.ts): in the client's transaction, or in one implicit transaction across the
+ * shards, ended by Checkout.endImplicit. The client gets one `INSERT 0 n`.
+ *
+ * @module
+ */
+
+import {
+  decodeText,
+  type ErrorFields,
+  MessageBuilder,
+  Msg,
+  queryMessage,
+  readyForQuery,
+  TxStatus,
+} from "../protocol/messages.ts";
+import { SqlState } from "../protocol/sqlstate.ts";
+import type { MessageBuffer } from "../net/message_buffer.ts";
+import type { Server } from "../backend/server.ts";
+import type { Cluster } from "../backend/databases.ts";
+import { ClientFacingError, type Pool } from "../backend/pool.ts";
+import { learnColumnOrders } from "../backend/catalog.ts";
+import type { QueryRouter } from "../router/mod.ts";
+import {
+  decideShard,
+  pluginKey,
+  type ShardingConfig,
+  type ShardLookup,
+  type ShardSession,
+  valueShard,
+} from "../router/shard.ts";
+import { type InsertSelect, insertSelectOf, insertStatements } from "../router/insert_select.ts";
+import type { PluginSet } from "../plugin/mod.ts";
+import { errorMessage } from "../log.ts";
+import type { ShardTransaction } from "./shard_transaction.ts";
+import type { SplitPlan, SplitRunner } from "./split_request.ts";
+import type { LocalAnswers } from "./local_answers.ts";
+
+/** What running an INSERT ... SELECT reads of the client. */
+export interface InsertSelectClient {
+  readonly user: string;
+  readonly database: string;
+  readonly cluster: Cluster | null;
+  readonly sharding: ShardingConfig | null;
+  readonly router: QueryRouter;
+  readonly plugins: PluginSet | null;
+  readonly server: Server | null;
+  readonly closed: boolean;
+  readonly txn: ShardTransaction;
+  readonly rbuf: MessageBuffer;
+  readonly splits: SplitRunner;
+  readonly local: LocalAnswers;
+  shardSession(): ShardSession;
+  txStatus(): number;
+  answer(bytes: Uint8Array): void;
+  send(): Promise<void>;
+  closeBatch(): Promise<void>;
+  settle(): Promise<void>;
+}
+
+/**
+ * The Query at [p, end) of the read buffer, when it is an INSERT ... SELECT into a sharded table
+ * and the setting is on: run (its INSERTs started as a split request, or answered) and true;
+ * false for any other statement (left alone).
+ */
+export async function runInsertSelect(
+  c: InsertSelectClient,
+  request: { buf: Uint8Array; p: number; end: number },
+): Promise<boolean> {
+  const config = c.sharding;
+  if (config === null || !config.insertSelect) return false;
+  const { buf, p, end } = request;
+  const sql = decodeText(buf, p + 5, end - 1);
+  const plan = insertSelectOf(sql, config);
+  if (plan === null) return false;
+  // What the client sent before is answered first; its servers are then free to ask.
+  await c.send();
+  await c.closeBatch();
+  await c.settle();
+  if (c.closed) return true;
+  const outcome = "refusal" in plan
+    ? { error: refusal(plan.refusal) }
+    : await planInserts(c, plan, { p, end }).catch((e): { error: ErrorFields } => ({
+      error: e instanceof ClientFacingError ? { ...e.fields, severity: "ERROR" } : {
+        severity: "ERROR",
+        code: SqlState.InternalError,
+        message: `INSERT ... SELECT: ${errorMessage(e)}`,
+      },
+    }));
+  if (c.closed) return true;
+  const rb = c.rbuf;
+  if ("plan" in outcome) {
+    await c.splits.start(outcome.plan);
+    return true;
+  }
+  if ("error" in outcome) {
+    const idle = c.txStatus() === TxStatus.Idle;
+    if (idle) {
+      rb.start = end;
+      c.local.answerError(outcome.error, true);
+    } else {
+      // Inside a transaction the error must fail it, as PostgreSQL's would: a shard raises it.
+      rb.replace(p, end, queryMessage(raiseSql(outcome.error)));
+    }
+    return true;
+  }
+  rb.start = end;
+  const b = new MessageBuilder(64);
+  b.begin(Msg.CommandComplete).cstring("INSERT 0 0").end();
+  b.bytes(readyForQuery(c.txStatus()));
+  c.answer(b.build());
+  return true;
+}
+
+/** The INSERTs of the SELECT's rows as a split plan replacing [p, end); none when no rows. */
+async function planInserts(
+  c: InsertSelectClient,
+  plan: InsertSelect,
+  at: { p: number; end: number },
+): Promise<{ plan: SplitPlan } | { error: ErrorFields } | { empty: true }> {
+  const config = c.sharding!;
+  const cluster = c.cluster!;
+  const session = c.shardSession();
+  const timeoutMs = cluster.settings.checkoutTimeout;
+  const names = { user: c.user, searchPath: session.searchPath };
+  // The SELECT's shards, as the router would send it alone.
+  const analysis = c.router.analyze(plan.selectSql);
+  const lookup: ShardLookup = {
+    found: [],
+    pluginShards: new Map(),
+    missing: [],
+    columns: (t) => cluster.columns.get(t, names),
+    missingColumns: [],
+    aggregates: cluster.columns.aggregates,
+    missingAggregates: false,
+  };
+  const decision = decideShard(analysis, { config, session, lookup });
+  if (decision.unsupported !== undefined) {
+    return { error: refusal(`the SELECT of an INSERT ... SELECT: ${decision.unsupported}`) };
+  }
+  const held = c.txn.heldShards(cluster, c.server);
+  const t = decision.target;
+  let shards = t.kind === "one"
+    ? [t.shard]
+    : t.kind === "some"
+    ? t.shards
+    : t.kind === "any"
+    ? [held[0] ?? c.txn.anyShard(cluster, config.shards)]
+    : Array.from({ length: config.shards }, (_, i) => i);
+  // A key a plugin hasher would place: every shard answers (only that one has the rows).
+  if (lookup.missing.length > 0 && t.kind !== "any") {
+    shards = Array.from({ length: config.shards }, (_, i) => i);
+  }
+  if (shards.length > 1 && decision.merge && !decision.merge.passThrough) {
+    return {
+      error: refusal(
+        "INSERT ... SELECT into a sharded table whose SELECT reads several shards and needs " +
+          "their rows merged (ORDER BY, LIMIT, DISTINCT, GROUP BY, aggregates, ...) is not " +
+          "supported yet: pgdog concatenates the shards' rows only; select from one shard, or " +
+          "without merging",
+      ),
+    };
+  }
+  const rows: (string | null)[][] = [];
+  for (const n of shards) {
+    const own = heldServer(c, n);
+    const server = own ?? await cluster.checkout("primary", { shard: n });
+    let result;
+    try {
+      result = await server.query(plan.selectSql, { timeoutMs: own ? undefined : timeoutMs });
+    } finally {
+      if (own === null) server.owner?.checkin(server);
+    }
+    if (result.error !== null) return { error: { ...result.error, severity: "ERROR" } };
+    for (const row of result.rows) rows.push(row);
+  }
+  if (rows.length === 0) return { empty: true };
+  let columns = plan.columns;
+  if (columns === null) {
+    const known = await learnColumnOrders([plan.table], {
+      cluster,
+      held: null,
+      ownTables: false,
+      timeoutMs,
+      ...names,
+    });
+    columns = (known(plan.table) ?? []).slice(0, rows[0].length);
+  }
+  const keyAt = columns.indexOf(plan.spec.column);
+  const placed = await placeRows(c, plan, { rows, keyAt });
+  if ("error" in placed) return placed;
+  const statements = insertStatements(plan, rows, { columns, shards: placed.shards });
+  const messages = statements.map((s) => queryMessage(s.sql));
+  const bytes = new Uint8Array(messages.reduce((n, m) => n + m.length, 0));
+  const ends: number[] = [];
+  let offset = 0;
+  for (const m of messages) {
+    bytes.set(m, offset);
+    offset += m.length;
+    ends.push(at.p + offset);
+  }
+  const used = new Set<number>();
+  for (const s of statements) if (s.shard !== null) used.add(s.shard);
+  return {
+    plan: {
+      from: at.p,
+      to: at.end,
+      bytes,
+      ends,
+      shards: [...used].sort((a, b) => a - b),
+      sumInserts: true,
+    },
+  };
+}
+
+/** Each row's shard by its key (null: no key in the rows, any one shard), or an error. */
+async function placeRows(
+  c: InsertSelectClient,
+  plan: InsertSelect,
+  options: { rows: (string | null)[][]; keyAt: number },
+): Promise<{ shards: (number | null)[] } | { error: ErrorFields }> {
+  const { rows, keyAt } = options;
+  if (keyAt < 0) return { shards: rows.map(() => null) };
+  const config = c.sharding!;
+  const spec = plan.spec;
+  const lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
+  const place = (): (number | null)[] =>
+    rows.map((row) => {
+      const value = row[keyAt];
+      return value === null || value === undefined
+        ? null
+        : valueShard({ text: value, binary: null }, spec, { shards: config.shards, lookup });
+    });
+  let shards = place();
+  if (lookup.missing.length > 0) {
+    // A plugin hasher: each distinct key asked once, in batches.
+    const plugins = c.plugins;
+    if (plugins === null) return { error: pluginError("no plugins are running") };
+    const distinct = [...new Map(lookup.missing.map((m) => [m.value, m])).values()];
+    const BATCH = 256;
+    try {
+      for (let i = 0; i < distinct.length; i += BATCH) {
+        await Promise.all(
+          distinct.slice(i, i + BATCH).map(async (m) => {
+            const shard = await plugins.shard(m.plugin, m.value, {
+              table: m.spec.name,
+              column: m.spec.column,
+              dataType: m.spec.type,
+              shards: config.shards,
+              database: c.database,
+            });
+            lookup.pluginShards.set(pluginKey(m.plugin, m.value), shard);
+          }),
+        );
+      }
+    } catch (e) {
+      return { error: pluginError(errorMessage(e)) };
+    }
+    lookup.missing = [];
+    shards = place();
+  }
+  const unplaced = shards.findIndex((s) => s === null);
+  if (unplaced >= 0) {
+    const value = rows[unplaced][keyAt];
+    return {
+      error: refusal(
+        value === null
+          ? `INSERT ... SELECT: row ${unplaced + 1} of the SELECT has a NULL sharding key ` +
+            `${spec.column}, which belongs to no shard`
+          : `INSERT ... SELECT: the sharding key ${spec.column} = ${value} of row ${
+            unplaced + 1
+          } belongs to no shard (it matches no mapping)`,
+      ),
+    };
+  }
+  return { shards };
+}
+
+/** The client's own server of shard `n` in its open transaction, when it holds one. */
+function heldServer(c: InsertSelectClient, n: number): Server | null {
+  const server = c.server;
+  if (server !== null && c.cluster!.shardOf(server.owner as Pool) === n) return server;
+  return c.txn.parked.get(n) ?? null;
+}
+
+function refusal(message: string): ErrorFields {
+  return { severity: "ERROR", code: SqlState.FeatureNotSupported, message };
+}
+
+function pluginError(message: string): ErrorFields {
+  return { severity: "ERROR", code: SqlState.SystemError, message };
+}
+
+/** A statement that raises `fields` on the server (in the client's transaction). */
+function raiseSql(fields: ErrorFields): string {
+  const lit = (v: string): string => `'${v.replaceAll("'", "''")}'`;
+  let using = `ERRCODE = ${lit(fields.code)}, MESSAGE = ${lit(fields.message)}`;
+  if (fields.detail) using += `, DETAIL = ${lit(fields.detail)}`;
+  if (fields.hint) using += `, HINT = ${lit(fields.hint)}`;
+  return `DO $pgdog$ BEGIN RAISE EXCEPTION USING ${using}; END $pgdog$`;
+}

@@ -1,0 +1,190 @@
+/**
+ * INSERT ... SELECT into a sharded table (`[rewrite] enabled = true`, `split_inserts =
+ * "rewrite"`): pgdog runs the SELECT, reads its rows as text and inserts each on the shard its
+ * key maps to, with one multi-row `INSERT ... VALUES` per shard (per {@linkcode BATCH_ROWS}
+ * rows). This module is the pure part: what the statement is ({@linkcode insertSelectOf}) and the
+ * statements that insert the rows ({@linkcode insertStatements}); src/frontend/insert_select_run.ts
+ * runs them.
+ *
+ * Each value is written as a string literal of unknown type (`'42'`, or NULL), which PostgreSQL
+ * reads with the input function of the target column's type, as it reads the text the SELECT gave.
+ *
+ * @module
+ */
+
+import { parseSync } from "libpg-query";
+import { deparseSync } from "pgsql-deparser";
+import type { Node } from "./analyze.ts";
+import {
+  describe,
+  isSharded,
+  type RangeTable,
+  type ShardedTable,
+  type ShardingConfig,
+  tableOf,
+  tableSpec,
+} from "./shard_keys.ts";
+
+/** Rows per INSERT statement pgdog writes (several statements per shard beyond it). */
+export const BATCH_ROWS = 1000;
+
+/** An INSERT ... SELECT into a sharded table, as pgdog runs it. */
+export interface InsertSelect {
+  table: RangeTable;
+  /** The sharded_tables entry of the table. */
+  spec: ShardedTable;
+  /** The column list as written; null: none (the table's first columns, in its order). */
+  columns: string[] | null;
+  /** The SELECT (with the INSERT's WITH clause), as a statement of its own. */
+  selectSql: string;
+  /** `ON CONFLICT ...` as written, carried to every INSERT; null when none. */
+  onConflict: string | null;
+}
+
+/** The refusal of a statement pgdog can't run this way (0A000), with why. */
+export interface InsertSelectRefusal {
+  refusal: string;
+}
+
+const MAYBE = /insert/i;
+
+/**
+ * What `sql` is when it is one INSERT ... SELECT (not VALUES, not DEFAULT VALUES) into a sharded
+ * table: the parts pgdog runs, or why it can't; null for any other statement.
+ */
+export function insertSelectOf(
+  sql: string,
+  config: ShardingConfig,
+): InsertSelect | InsertSelectRefusal | null {
+  if (!MAYBE.test(sql)) return null;
+  let tree: { stmts?: Array<{ stmt?: Node; stmt_location?: number; stmt_len?: number }> };
+  try {
+    tree = parseSync(sql);
+  } catch {
+    return null;
+  }
+  const stmts = tree.stmts ?? [];
+  if (stmts.length !== 1) return null;
+  const insert = stmts[0].stmt?.InsertStmt as Node | undefined;
+  if (insert === undefined) return null;
+  const select = (insert.selectStmt as { SelectStmt?: Node } | undefined)?.SelectStmt;
+  if (select === undefined || select.valuesLists !== undefined) return null;
+  const table = tableOf(insert.relation as Record<string, unknown>);
+  if (!isSharded(table, config)) return null;
+  const spec = tableSpec(table, config);
+  if (spec === undefined) return null;
+  const name = describe(table);
+  // (PostgreSQL 18 parses RETURNING as returningClause; earlier ones as returningList.)
+  if (insert.returningList !== undefined || insert.returningClause !== undefined) {
+    return {
+      refusal: `INSERT ... SELECT into sharded table ${name} with RETURNING is not supported: ` +
+        "pgdog inserts the SELECT's rows itself; run the INSERT without RETURNING and read the " +
+        "rows back",
+    };
+  }
+  if (insert.override !== undefined && insert.override !== "OVERRIDING_NOT_SET") {
+    return {
+      refusal: `INSERT ... OVERRIDING ... SELECT into sharded table ${name} is not supported`,
+    };
+  }
+  const columns = ((insert.cols as Node[] | undefined) ?? []).map((c) =>
+    (c.ResTarget as { name: string; indirection?: unknown }).name
+  );
+  if (
+    ((insert.cols as Node[] | undefined) ?? []).some((c) =>
+      (c.ResTarget as { indirection?: unknown }).indirection !== undefined
+    )
+  ) {
+    return {
+      refusal: `INSERT ... SELECT into sharded table ${name} with subscripted or field ` +
+        "columns in its column list is not supported",
+    };
+  }
+  const withClause = insert.withClause as Node | undefined;
+  if (withClause !== undefined && select.withClause !== undefined) {
+    return {
+      refusal: `INSERT ... SELECT into sharded table ${name}: a WITH on both the INSERT ` +
+        "and its SELECT is not supported",
+    };
+  }
+  const selectNode = { SelectStmt: withClause ? { ...select, withClause } : select };
+  let selectSql: string;
+  try {
+    selectSql = deparseSync(selectNode as never, { pretty: false });
+    parseSync(selectSql);
+  } catch {
+    return {
+      refusal: `pgdog can't write the SELECT of this INSERT ... SELECT into sharded table ` +
+        `${name} as a statement of its own`,
+    };
+  }
+  let onConflict: string | null = null;
+  const conflict = insert.onConflictClause as { location?: number } | undefined;
+  if (conflict !== undefined) {
+    const bytes = new TextEncoder().encode(sql);
+    const start = stmts[0].stmt_location ?? 0;
+    const end = stmts[0].stmt_len ? start + stmts[0].stmt_len : bytes.length;
+    onConflict = new TextDecoder().decode(bytes.subarray(conflict.location ?? end, end))
+      .replace(/[\s;]+$/, "");
+  }
+  return {
+    table,
+    spec,
+    columns: columns.length === 0 ? null : columns,
+    selectSql,
+    onConflict,
+  };
+}
+
+/** A name as PostgreSQL reads it back (quoted). */
+export function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}
+
+/** A value of a row as a literal (unknown type) or NULL. */
+function literal(value: string | null): string {
+  return value === null ? "NULL" : `'${value.replaceAll("'", "''")}'`;
+}
+
+/** One INSERT pgdog runs for the rows of one shard. */
+export interface ShardInsert {
+  /** The shard; null: any one shard (no key in the rows: a column default makes it). */
+  shard: number | null;
+  sql: string;
+  rows: number;
+}
+
+/**
+ * The INSERTs of `rows` (the SELECT's, as text) into `columns` of the table: each row goes to
+ * `shards[i]`, grouped per shard in ascending shard order, {@linkcode BATCH_ROWS} rows a
+ * statement at most.
+ */
+export function insertStatements(
+  plan: InsertSelect,
+  rows: readonly (readonly (string | null)[])[],
+  options: { columns: readonly string[]; shards: readonly (number | null)[] },
+): ShardInsert[] {
+  const t = plan.table;
+  const target = (t.schema ? `${quoteIdent(t.schema)}.` : "") + quoteIdent(t.name) +
+    (t.alias ? ` AS ${quoteIdent(t.alias)}` : "");
+  const head = `INSERT INTO ${target} (${options.columns.map(quoteIdent).join(", ")}) VALUES `;
+  const tail = plan.onConflict === null ? "" : ` ${plan.onConflict}`;
+  const byShard = new Map<number | null, number[]>();
+  rows.forEach((_, i) => {
+    const shard = options.shards[i];
+    const list = byShard.get(shard);
+    if (list === undefined) byShard.set(shard, [i]);
+    else list.push(i);
+  });
+  const order = [...byShard.keys()].sort((a, b) => (a ?? -1) - (b ?? -1));
+  const out: ShardInsert[] = [];
+  for (const shard of order) {
+    const indexes = byShard.get(shard)!;
+    for (let from = 0; from < indexes.length; from += BATCH_ROWS) {
+      const part = indexes.slice(from, from + BATCH_ROWS);
+      const values = part.map((i) => `(${rows[i].map(literal).join(", ")})`).join(", ");
+      out.push({ shard, sql: head + values + tail, rows: part.length });
+    }
+  }
+  return out;
+}

@@ -1,0 +1,219 @@
+/**
+ * INSERT ... SELECT into a sharded table (`[rewrite] enabled = true`, `split_inserts =
+ * "rewrite"`): pgdog runs the SELECT (from an omnisharded table, generate_series, one shard or
+ * every shard of another sharded table) and sends each row to its shard. Every row is on
+ * exactly one shard, the one the router sends its key to, and the tables equal the reference
+ * database's after the same statements. Inside a transaction the SELECT sees the transaction's
+ * rows and ROLLBACK undoes the insert; a failing row fails the whole statement (nothing
+ * inserted); a plugin hasher places each row where the plugin says. What is not done is refused
+ * with 0A000 saying so; without the settings, the refusal names them.
+ */
+
+import assert from "node:assert/strict";
+import pg from "pg";
+import { compareAnswers, connectPg, dumpLogsOnFailure, startSharded } from "./harness/mod.ts";
+import type { ShardedSetup } from "./harness/sharded.ts";
+
+const SCHEMA = `
+CREATE TABLE users (id bigint PRIMARY KEY, email text);
+CREATE TABLE archive (id bigint PRIMARY KEY, email text, note text);
+CREATE TABLE src (id bigint, email text);
+CREATE TABLE pusers (id bigint PRIMARY KEY, email text);
+INSERT INTO src SELECT g, 'src' || g FROM generate_series(1, 40) g;
+`;
+
+const HERE = new URL(".", import.meta.url).pathname;
+
+/** Runs `sql` through pgdog and on the reference; asserts the same command tag. */
+async function both(
+  dog: pg.Client,
+  ref: pg.Client,
+  sql: string,
+): Promise<number | null> {
+  const a = await dog.query(sql);
+  const b = await ref.query(sql);
+  assert.equal(a.command, b.command, sql);
+  assert.equal(a.rowCount, b.rowCount, sql);
+  return a.rowCount;
+}
+
+/** Every row of `table` is on exactly one shard, and pgdog finds it by its key there. */
+async function placedOnce(setup: ShardedSetup, dog: pg.Client, table: string): Promise<number> {
+  const placement = await setup.placement(`SELECT id FROM ${table}`);
+  for (const [id, shards] of placement) {
+    assert.equal(shards.length, 1, `${table} id ${id} is on shards ${shards}`);
+    const r = await dog.query(`SELECT id FROM ${table} WHERE id = $1`, [id]);
+    assert.equal(r.rows.length, 1, `${table} id ${id} is not on its key's shard`);
+  }
+  return placement.size;
+}
+
+Deno.test("INSERT ... SELECT into a sharded table: each row on its shard", async (t) => {
+  await using setup = await startSharded({
+    shardedTables: [
+      { name: "users", column: "id" },
+      { name: "archive", column: "id" },
+      { name: "pusers", column: "id", hasher: "plugin:modulo" },
+    ],
+    omnisharded: ["src"],
+    schema: SCHEMA,
+    extra: {
+      rewrite: { enabled: true, split_inserts: "rewrite" },
+      plugins: [{ name: "modulo", path: `${HERE}plugins/cached.ts`, timeout: 10_000 }],
+    },
+    denoFlags: ["--allow-run"],
+  });
+  const dog = await connectPg(setup.target);
+  const ref = await connectPg(setup.referenceTarget);
+  try {
+    await dumpLogsOnFailure(setup.proxy, async () => {
+      await t.step("from an omnisharded table", async () => {
+        assert.equal(
+          await both(dog, ref, "INSERT INTO users (id, email) SELECT id, email FROM src"),
+          40,
+        );
+        assert.equal(await placedOnce(setup, dog, "users"), 40);
+        await compareAnswers(setup, "SELECT id, email FROM users ORDER BY id");
+      });
+
+      await t.step("from generate_series, with a WITH clause", async () => {
+        await both(
+          dog,
+          ref,
+          "WITH g AS (SELECT x FROM generate_series(100, 160) x) " +
+            "INSERT INTO users (email, id) SELECT 'g' || x, x FROM g",
+        );
+        assert.equal(await placedOnce(setup, dog, "users"), 40 + 61);
+        await compareAnswers(setup, "SELECT id, email FROM users ORDER BY id");
+      });
+
+      await t.step("from another sharded table, across shards; without a column list", async () => {
+        assert.equal(
+          await both(
+            dog,
+            ref,
+            "INSERT INTO archive (id, email) SELECT id, email FROM users WHERE id < 150",
+          ),
+          90,
+        );
+        await both(
+          dog,
+          ref,
+          "INSERT INTO archive SELECT id + 1000, email, 'copy' FROM users WHERE id = 7",
+        );
+        assert.equal(await placedOnce(setup, dog, "archive"), 91);
+        await compareAnswers(setup, "SELECT id, email, note FROM archive ORDER BY id");
+      });
+
+      await t.step("no rows: INSERT 0 0; ON CONFLICT DO NOTHING is carried", async () => {
+        assert.equal(
+          await both(dog, ref, "INSERT INTO users SELECT id, email FROM src WHERE false"),
+          0,
+        );
+        assert.equal(
+          await both(
+            dog,
+            ref,
+            "INSERT INTO users (id, email) SELECT id, 'again' FROM src ON CONFLICT DO NOTHING",
+          ),
+          0,
+        );
+        await both(
+          dog,
+          ref,
+          "INSERT INTO users (id, email) SELECT id, 'upd' FROM src WHERE id <= 3 " +
+            "ON CONFLICT (id) DO UPDATE SET email = excluded.email",
+        );
+        await compareAnswers(setup, "SELECT id, email FROM users ORDER BY id");
+      });
+
+      await t.step("a row failing on one shard: nothing is inserted anywhere", async () => {
+        const sql =
+          "INSERT INTO users (id, email) SELECT g, 'x' FROM generate_series(2000, 2010) g " +
+          "UNION ALL SELECT 1, 'duplicate'";
+        await assert.rejects(dog.query(sql), (e: { code?: string }) => e.code === "23505");
+        const left = await setup.placement("SELECT id FROM users WHERE id >= 2000");
+        assert.equal(left.size, 0);
+      });
+
+      await t.step("inside a transaction: sees its rows, ROLLBACK undoes", async () => {
+        for (const c of [dog, ref]) {
+          await c.query("BEGIN");
+          await c.query("INSERT INTO users (id, email) VALUES (500, 'tx')");
+          await c.query(
+            "INSERT INTO archive (id, email, note) SELECT id, email, 'tx' FROM users WHERE id = 500",
+          );
+          await c.query(
+            "INSERT INTO archive (id, email, note) SELECT id + 3000, email, 'tx' FROM users WHERE id < 10",
+          );
+          await c.query("COMMIT");
+        }
+        await compareAnswers(setup, "SELECT id, email, note FROM archive ORDER BY id");
+        await dog.query("BEGIN");
+        await dog.query("INSERT INTO archive (id, email) SELECT id + 5000, email FROM src");
+        await dog.query("ROLLBACK");
+        assert.equal((await setup.placement("SELECT id FROM archive WHERE id >= 5000")).size, 0);
+        await placedOnce(setup, dog, "archive");
+      });
+
+      await t.step("a plugin hasher: each row where the plugin says", async () => {
+        assert.equal(
+          (await dog.query("INSERT INTO pusers SELECT id, email FROM src")).rowCount,
+          40,
+        );
+        const placement = await setup.placement("SELECT id FROM pusers");
+        assert.equal(placement.size, 40);
+        for (const [id, shards] of placement) {
+          assert.deepEqual(shards, [Number(id) % 3], `id ${id}`);
+        }
+      });
+
+      await t.step("refused with 0A000, saying why", async () => {
+        const refused = async (sql: string, why: RegExp, values?: unknown[]): Promise<void> => {
+          await assert.rejects(dog.query(sql, values), (e: { code?: string; message?: string }) => {
+            assert.equal(e.code, "0A000", `${sql}: ${e.message}`);
+            assert.match(e.message ?? "", why);
+            return true;
+          });
+        };
+        await refused(
+          "INSERT INTO archive (id, email) SELECT id + 9000, email FROM users ORDER BY id LIMIT 3",
+          /merged/,
+        );
+        await refused(
+          "INSERT INTO archive (id, email) SELECT id, email FROM src RETURNING id",
+          /RETURNING/,
+        );
+        await refused(
+          "INSERT INTO archive (id, email) SELECT id + $1, email FROM src",
+          /simple query/,
+          [
+            9000,
+          ],
+        );
+      });
+    });
+  } finally {
+    await dog.end();
+    await ref.end();
+  }
+});
+
+Deno.test("INSERT ... SELECT without split_inserts = rewrite: refused, naming the settings", async () => {
+  await using setup = await startSharded({
+    shards: 2,
+    shardedTables: [{ name: "users", column: "id" }],
+    omnisharded: ["src"],
+    schema: SCHEMA,
+  });
+  const dog = await connectPg(setup.target);
+  try {
+    await assert.rejects(
+      dog.query("INSERT INTO users (id, email) SELECT id, email FROM src"),
+      (e: { code?: string; message?: string }) =>
+        e.code === "0A000" && /split_inserts = "rewrite"/.test(e.message ?? ""),
+    );
+  } finally {
+    await dog.end();
+  }
+});
