@@ -10,7 +10,7 @@
  */
 
 import assert from "node:assert/strict";
-import pg from "pg";
+import type pg from "pg";
 import { compareAnswers, connectPg, dumpLogsOnFailure, startSharded } from "./harness/mod.ts";
 import type { ShardedSetup } from "./harness/sharded.ts";
 
