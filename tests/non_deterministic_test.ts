@@ -8,7 +8,7 @@
  */
 
 import assert from "node:assert/strict";
-import { connectPg, dumpLogsOnFailure, startSharded } from "./harness/mod.ts";
+import { connectPg, connectPostgresJs, dumpLogsOnFailure, startSharded } from "./harness/mod.ts";
 import type { ShardedSetup } from "./harness/sharded.ts";
 
 const SCHEMA = `
@@ -112,6 +112,26 @@ Deno.test("non_deterministic_functions = rewrite: every shard stores the same va
           assert.equal(read.rows.length, 1);
         },
       );
+
+      await t.step("postgres.js: prepared statements, in and out of a transaction", async () => {
+        const sql = connectPostgresJs(setup.target, { prepare: true, max: 1 });
+        try {
+          for (const id of [40, 41]) {
+            await sql`INSERT INTO omni (id, ts, r, u) VALUES (${id}, now(), random(), gen_random_uuid())`;
+          }
+          await sql.begin(async (tx) => {
+            await tx`INSERT INTO omni (id, ts, r) VALUES (${42}, now(), random())`;
+            await tx`UPDATE omni SET u = gen_random_uuid(), st = now() WHERE id = ${42}`;
+          });
+        } finally {
+          await sql.end();
+        }
+        const rows = await sameEverywhere(setup, "id BETWEEN 40 AND 42");
+        assert.equal(rows.length, 3);
+        assert.notEqual(rows[0][3], rows[1][3]);
+        // (A BEGIN held back while an idle server is attached: still the transaction's now().)
+        assert.equal(rows[2][1], rows[2][6], "one now() in the transaction");
+      });
 
       await t.step("a function pgdog can't compute is an error of the statement", async () => {
         await assert.rejects(

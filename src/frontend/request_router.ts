@@ -217,7 +217,9 @@ export class RequestRouter {
     if (c.closed) return "done";
     const inTxn = c.txStatus() !== TxStatus.Idle;
     const tx = analysis?.info.transaction;
-    if (!inTxn || tx === "commit" || tx === "rollback" || tx === "begin") {
+    // (A held-back BEGIN with an idle server attached reads as Idle in txStatus().)
+    const ownTxn = inTxn || c.deferredBegin !== null;
+    if (!ownTxn || tx === "commit" || tx === "rollback" || tx === "begin") {
       this.#nonDeterministic.transactionOver();
     }
     const set = analysis ? searchPathSet(analysis) : null;
@@ -296,7 +298,7 @@ export class RequestRouter {
         end,
         bufferEnd: c.rbuf.end,
         shard: shards[0],
-        inTransaction: inTxn,
+        inTransaction: ownTxn,
       });
       if (c.closed) return "done";
       if (error !== null) {
