@@ -351,8 +351,9 @@ export class Client implements ServerLink {
           if (this.closed) return false;
         }
         if (
-          split === null && type === Msg.Query && this.#parts.sharding.insertSelect &&
-          await runInsertSelect(this.#parts, { buf, p, end })
+          split === null && this.#parts.sharding.insertSelect &&
+          (type === Msg.Query || type === Msg.Parse || type === Msg.Bind) &&
+          await runInsertSelect(this.#parts, { type, buf, p, end })
         ) {
           // INSERT ... SELECT into a sharded table: its INSERTs replaced it (or it was answered).
           if (this.closed) return false;

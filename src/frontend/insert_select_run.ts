@@ -18,6 +18,7 @@ import {
   MessageBuilder,
   Msg,
   queryMessage,
+  readInt32,
   readyForQuery,
   TxStatus,
 } from "../protocol/messages.ts";
@@ -42,6 +43,10 @@ import { errorMessage } from "../log.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 import type { SplitPlan, SplitRunner } from "./split_request.ts";
 import type { LocalAnswers } from "./local_answers.ts";
+import type { Forwarder } from "./forward.ts";
+import { bindStatementName, type ClientStatements, parseName, parseQuery } from "./prepared.ts";
+import { bindValues } from "../protocol/frontend_messages.ts";
+import { SEGMENT_SYNC } from "./request_units.ts";
 
 /** What running an INSERT ... SELECT reads of the client. */
 export interface InsertSelectClient {
@@ -57,6 +62,8 @@ export interface InsertSelectClient {
   readonly rbuf: MessageBuffer;
   readonly splits: SplitRunner;
   readonly local: LocalAnswers;
+  readonly forwarder: Forwarder;
+  readonly statements: ClientStatements;
   shardSession(): ShardSession;
   txStatus(): number;
   answer(bytes: Uint8Array): void;
@@ -66,19 +73,34 @@ export interface InsertSelectClient {
 }
 
 /**
- * The Query at [p, end) of the read buffer, when it is an INSERT ... SELECT into a sharded table
- * and the setting is on: run (its INSERTs started as a split request, or answered) and true;
- * false for any other statement (left alone).
+ * The request starting at [p, end) of the read buffer (a Query, or an extended-protocol request:
+ * [Parse] Bind [Describe portal] Execute Sync), when it is an INSERT ... SELECT into a sharded
+ * table and the setting is on: run (its INSERTs started as a split request, or answered) and
+ * true; false for any other request (left alone).
  */
 export async function runInsertSelect(
   c: InsertSelectClient,
-  request: { buf: Uint8Array; p: number; end: number },
+  request: { type: number; buf: Uint8Array; p: number; end: number },
 ): Promise<boolean> {
   const config = c.sharding;
   if (config === null || !config.insertSelect) return false;
-  const { buf, p, end } = request;
-  const sql = decodeText(buf, p + 5, end - 1);
-  const plan = insertSelectOf(sql, config);
+  const { type, buf, p, end } = request;
+  let sql: string;
+  let to = end;
+  let extended: ExtendedRequest | null = null;
+  if (type === Msg.Query) sql = decodeText(buf, p + 5, end - 1);
+  else {
+    extended = extendedRequest(c, { buf, p, bufferEnd: c.rbuf.end });
+    if (extended === null) return false;
+    sql = extended.sql;
+    to = extended.to;
+  }
+  // The cached analysis first: most statements are no INSERT ... SELECT.
+  if (!isInsertSelect(c.router, sql)) return false;
+  const params = extended?.params ?? undefined;
+  const plan = extended?.refusal !== undefined
+    ? { refusal: extended.refusal }
+    : insertSelectOf(sql, config, { params: params ?? undefined });
   if (plan === null) return false;
   // What the client sent before is answered first; its servers are then free to ask.
   await c.send();
@@ -87,7 +109,7 @@ export async function runInsertSelect(
   if (c.closed) return true;
   const outcome = "refusal" in plan
     ? { error: refusal(plan.refusal) }
-    : await planInserts(c, plan, { p, end }).catch((e): { error: ErrorFields } => ({
+    : await planInserts(c, plan, { p, end: to }).catch((e): { error: ErrorFields } => ({
       error: e instanceof ClientFacingError ? { ...e.fields, severity: "ERROR" } : {
         severity: "ERROR",
         code: SqlState.InternalError,
@@ -96,27 +118,145 @@ export async function runInsertSelect(
     }));
   if (c.closed) return true;
   const rb = c.rbuf;
-  if ("plan" in outcome) {
-    await c.splits.start(outcome.plan);
-    return true;
-  }
   if ("error" in outcome) {
-    const idle = c.txStatus() === TxStatus.Idle;
-    if (idle) {
-      rb.start = end;
+    if (c.txStatus() === TxStatus.Idle) {
+      rb.start = to;
       c.local.answerError(outcome.error, true);
     } else {
       // Inside a transaction the error must fail it, as PostgreSQL's would: a shard raises it.
-      rb.replace(p, end, queryMessage(raiseSql(outcome.error)));
+      // (ErrorResponse and ReadyForQuery answer an extended request as they answer the Query.)
+      rb.replace(p, to, queryMessage(raiseSql(outcome.error)));
     }
     return true;
   }
-  rb.start = end;
+  if ("plan" in outcome) {
+    await c.splits.start(withPrefix(outcome.plan, extended));
+    return true;
+  }
+  if (extended !== null) {
+    // No rows: the request's own Parse, Bind and Describe still run (their answers, its state).
+    await c.splits.start(withPrefix(
+      { from: p, to, bytes: new Uint8Array(0), ends: [], shards: [], sumInserts: true },
+      extended,
+    ));
+    return true;
+  }
+  rb.start = to;
   const b = new MessageBuilder(64);
   b.begin(Msg.CommandComplete).cstring("INSERT 0 0").end();
   b.bytes(readyForQuery(c.txStatus()));
   c.answer(b.build());
   return true;
+}
+
+/**
+ * An extended request's plan: first its own messages but Execute, with a Sync of pgdog's (the
+ * server parses, binds and describes, answering ParseComplete, BindComplete, NoData... as to the
+ * request itself; nothing runs), then the INSERTs.
+ */
+function withPrefix(plan: SplitPlan, extended: ExtendedRequest | null): SplitPlan {
+  if (extended === null) return plan;
+  const prefix = extended.prefix;
+  const bytes = new Uint8Array(prefix.length + plan.bytes.length);
+  bytes.set(prefix, 0);
+  bytes.set(plan.bytes, prefix.length);
+  return {
+    ...plan,
+    to: extended.to,
+    bytes,
+    ends: [plan.from + prefix.length, ...plan.ends.map((e) => e + prefix.length)],
+  };
+}
+
+/** An extended-protocol request that runs one statement once: what it runs and with what. */
+interface ExtendedRequest {
+  sql: string;
+  /** The Bind's parameters as text; null for a format pgdog can't write as a literal. */
+  params: (string | null)[] | null;
+  /** Its messages but Execute and Sync, then a Sync of pgdog's. */
+  prefix: Uint8Array;
+  /** The end of its Sync. */
+  to: number;
+  refusal?: string;
+}
+
+const utf8 = new TextDecoder();
+
+/**
+ * [Parse] Bind [Describe] Execute Sync from `p`, whole in the buffer; null for any other shape
+ * (routed as any request), or one whose statement pgdog doesn't know.
+ */
+function extendedRequest(
+  c: InsertSelectClient,
+  at: { buf: Uint8Array; p: number; bufferEnd: number },
+): ExtendedRequest | null {
+  const { buf, bufferEnd } = at;
+  let q = at.p;
+  let parsed: { name: string; sql: string } | null = null;
+  let bind: { statement: string; params: (string | null)[] | null } | null = null;
+  let executes = 0;
+  const kept: Uint8Array[] = [];
+  while (bufferEnd - q >= 5) {
+    const type = buf[q];
+    const next = q + readInt32(buf, q + 1) + 1;
+    if (next > bufferEnd) return null;
+    if (type === Msg.Sync) {
+      if (bind === null || executes !== 1) return null;
+      const sql = parsed !== null && parsed.name === bind.statement
+        ? parsed.sql
+        : bind.statement === ""
+        ? c.forwarder.unnamedSql
+        : c.statements.get(bind.statement)?.query ?? null;
+      if (sql === null) return null;
+      kept.push(SEGMENT_SYNC);
+      const prefix = new Uint8Array(kept.reduce((n, m) => n + m.length, 0));
+      let at = 0;
+      for (const m of kept) {
+        prefix.set(m, at);
+        at += m.length;
+      }
+      const request: ExtendedRequest = { sql, params: bind.params, prefix, to: next };
+      if (bind.params === null) {
+        request.refusal = "INSERT ... SELECT into a sharded table with binary parameters is not " +
+          "supported: send the parameters as text";
+      }
+      return request;
+    }
+    if (type === Msg.Parse) {
+      if (parsed !== null || bind !== null) return null;
+      parsed = { name: parseName(buf, q, next), sql: parseQuery(buf, q, next) };
+    } else if (type === Msg.Bind) {
+      if (bind !== null) return null;
+      const values = bindValues(buf, q, next);
+      if (values === null) return null;
+      const binary = values.values.some((v, i) =>
+        v !== null &&
+        (values.formats.length === 1 ? values.formats[0] : values.formats[i] ?? 0) !== 0
+      );
+      bind = {
+        statement: bindStatementName(buf, q, next),
+        params: binary ? null : values.values.map((v) => v === null ? null : utf8.decode(v)),
+      };
+    } else if (type === Msg.Execute) {
+      if (bind === null) return null;
+      executes++;
+    } else if (type !== Msg.Describe) return null;
+    if (type !== Msg.Execute) kept.push(buf.slice(q, next));
+    q = next;
+  }
+  return null;
+}
+
+/** The statement is one INSERT whose rows come from a SELECT (not VALUES), by its cached analysis. */
+function isInsertSelect(router: QueryRouter, sql: string): boolean {
+  if (!/insert/i.test(sql)) return false;
+  const stmts = router.analyze(sql).info.ast?.stmts;
+  if (stmts === undefined || stmts.length !== 1) return false;
+  const insert = stmts[0].stmt?.InsertStmt as {
+    selectStmt?: { SelectStmt?: Record<string, unknown> };
+  } | undefined;
+  const select = insert?.selectStmt?.SelectStmt;
+  return select !== undefined && select.valuesLists === undefined;
 }
 
 /** The INSERTs of the SELECT's rows as a split plan replacing [p, end); none when no rows. */

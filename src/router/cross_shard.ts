@@ -515,8 +515,9 @@ class Statement {
         if (occ) {
           this.refusal ??= this.config.insertSelect
             // Run by pgdog (src/frontend/insert_select_run.ts) when sent as a simple query.
-            ? `INSERT ... SELECT into sharded table ${describe(t)} is run by pgdog in the ` +
-              "simple query protocol only: send it without parameters as a simple query"
+            ? `INSERT ... SELECT into sharded table ${describe(t)} is run by pgdog only as a ` +
+              "request of its own: a simple query, or one execution (Parse, Bind, Execute) " +
+              "ending with Sync"
             : `INSERT ... SELECT into sharded table ${describe(t)} needs [rewrite] enabled = ` +
               'true and split_inserts = "rewrite" (pgdog then runs the SELECT and sends each ' +
               "row to its shard)";

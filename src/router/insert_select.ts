@@ -15,6 +15,8 @@
 import { parseSync } from "libpg-query";
 import { deparseSync } from "pgsql-deparser";
 import type { Node } from "./analyze.ts";
+import { MAX_NESTING, nestingEstimate } from "./depth.ts";
+import { walkTree } from "./tree.ts";
 import {
   describe,
   isSharded,
@@ -55,8 +57,12 @@ const MAYBE = /insert/i;
 export function insertSelectOf(
   sql: string,
   config: ShardingConfig,
+  options: {
+    /** Bind parameters ($1 is params[0]) as text, written into the SELECT as literals. */
+    params?: readonly (string | null)[];
+  } = {},
 ): InsertSelect | InsertSelectRefusal | null {
-  if (!MAYBE.test(sql)) return null;
+  if (!MAYBE.test(sql) || nestingEstimate(sql) > MAX_NESTING) return null;
   let tree: { stmts?: Array<{ stmt?: Node; stmt_location?: number; stmt_len?: number }> };
   try {
     tree = parseSync(sql);
@@ -107,7 +113,20 @@ export function insertSelectOf(
         "and its SELECT is not supported",
     };
   }
-  const selectNode = { SelectStmt: withClause ? { ...select, withClause } : select };
+  let selectNode: unknown = { SelectStmt: withClause ? { ...select, withClause } : select };
+  if (options.params !== undefined) {
+    if (hasParams(insert.onConflictClause)) {
+      return {
+        refusal: `INSERT ... SELECT into sharded table ${name} with a parameter in its ON ` +
+          "CONFLICT clause is not supported: write the value in the statement",
+      };
+    }
+    const missing = { number: 0 };
+    selectNode = withParams(selectNode, options.params, missing);
+    if (missing.number > 0) {
+      return { refusal: `INSERT ... SELECT: parameter $${missing.number} has no value` };
+    }
+  }
   let selectSql: string;
   try {
     selectSql = deparseSync(selectNode as never, { pretty: false });
@@ -134,6 +153,43 @@ export function insertSelectOf(
     selectSql,
     onConflict,
   };
+}
+
+/** A copy of `node` with each parameter `$n` replaced by its value as a literal. */
+function withParams(
+  node: unknown,
+  params: readonly (string | null)[],
+  missing: { number: number },
+): unknown {
+  if (Array.isArray(node)) return node.map((n) => withParams(n, params, missing));
+  if (node === null || typeof node !== "object") return node;
+  const param = (node as { ParamRef?: { number?: number; location?: number } }).ParamRef;
+  if (param !== undefined) {
+    const n = param.number ?? 0;
+    if (n < 1 || n > params.length) {
+      missing.number ||= n;
+      return node;
+    }
+    const value = params[n - 1];
+    return value === null
+      ? { A_Const: { isnull: true, location: param.location } }
+      : { A_Const: { sval: { sval: value }, location: param.location } };
+  }
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(node as Record<string, unknown>)) {
+    out[k] = withParams(v, params, missing);
+  }
+  return out;
+}
+
+/** Whether a parse tree holds a parameter. */
+function hasParams(node: unknown): boolean {
+  let found = false;
+  walkTree([node], (key) => {
+    if (key === "ParamRef") found = true;
+    return !found;
+  });
+  return found;
 }
 
 /** A name as PostgreSQL reads it back (quoted). */
