@@ -26,6 +26,10 @@ CREATE TABLE archive (id bigint PRIMARY KEY, email text, note text);
 CREATE TABLE src (id bigint, email text);
 CREATE TABLE pusers (id bigint PRIMARY KEY, email text);
 INSERT INTO src SELECT g, 'src' || g FROM generate_series(1, 40) g;
+CREATE SCHEMA other;
+CREATE TABLE other.src2 (id bigint, email text, at date);
+INSERT INTO other.src2 SELECT g, 'other' || g, date '2026-01-02' + g FROM generate_series(1, 5) g;
+CREATE TABLE events (id bigint PRIMARY KEY, at date, span interval);
 `;
 
 const HERE = new URL(".", import.meta.url).pathname;
@@ -59,6 +63,7 @@ Deno.test("INSERT ... SELECT into a sharded table: each row on its shard", async
     shardedTables: [
       { name: "users", column: "id" },
       { name: "archive", column: "id" },
+      { name: "events", column: "id" },
       { name: "pusers", column: "id", hasher: "plugin:modulo" },
     ],
     omnisharded: ["src"],
@@ -203,6 +208,27 @@ Deno.test("INSERT ... SELECT into a sharded table: each row on its shard", async
           "INSERT INTO archive (id, email) SELECT id + 9400, email FROM src WHERE id <= 3",
         );
         await compareAnswers(setup, "SELECT id, email, note FROM archive ORDER BY id");
+      });
+
+      await t.step("the client's search_path and DateStyle", async () => {
+        const conn = await connectPg(setup.target);
+        const direct = await connectPg(setup.referenceTarget);
+        try {
+          for (const c of [conn, direct]) {
+            await c.query("SET search_path TO other, public");
+            await c.query("SET DateStyle = 'SQL, DMY'");
+            await c.query("SET IntervalStyle = 'sql_standard'");
+            const r = await c.query(
+              "INSERT INTO events SELECT id, at, make_interval(days => id::int, secs => 1.5) FROM src2",
+            );
+            assert.equal(r.rowCount, 5);
+          }
+        } finally {
+          await conn.end();
+          await direct.end();
+        }
+        await compareAnswers(setup, "SELECT id, at::text, span::text FROM events ORDER BY id");
+        assert.equal(await placedOnce(setup, dog, "events"), 5);
       });
 
       await t.step("refused with 0A000, saying why", async () => {

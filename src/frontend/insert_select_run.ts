@@ -312,14 +312,20 @@ async function planInserts(
   for (const n of shards) {
     const own = heldServer(c, n);
     const server = own ?? await cluster.checkout("primary", { shard: n });
+    // A pooled server has someone's settings: the SELECT runs with the client's search_path and
+    // writes its values in forms every session reads back alike (SET LOCAL: this query only).
+    const sql = own !== null
+      ? { text: plan.selectSql, skip: 0 }
+      : pooledSelect(plan.selectSql, session.searchPath);
     let result;
     try {
-      result = await server.query(plan.selectSql, { timeoutMs: own ? undefined : timeoutMs });
+      // (Its time is the statement's: query_timeout applies to the client's request as a whole.)
+      result = await server.query(sql.text);
     } finally {
       if (own === null) server.owner?.checkin(server);
     }
     if (result.error !== null) return { error: { ...result.error, severity: "ERROR" } };
-    for (const row of result.rows) rows.push(row);
+    for (const row of result.rows.slice(sql.skip)) rows.push(row);
   }
   if (rows.length === 0) return { empty: true };
   let columns = plan.columns;
@@ -421,6 +427,25 @@ async function placeRows(
     };
   }
   return { shards };
+}
+
+/**
+ * The SELECT for a pooled server, in one implicit transaction: ISO dates, PostgreSQL intervals,
+ * exact floats, hex bytea, and the client's search_path (its `set_config` row is the first
+ * `skip` rows of the answer).
+ */
+function pooledSelect(selectSql: string, searchPath: string | undefined | null): {
+  text: string;
+  skip: number;
+} {
+  let text = "SET LOCAL DateStyle = 'ISO, MDY'; SET LOCAL IntervalStyle = 'postgres'; " +
+    "SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; ";
+  let skip = 0;
+  if (searchPath) {
+    text += `SELECT set_config('search_path', '${searchPath.replaceAll("'", "''")}', true); `;
+    skip = 1;
+  }
+  return { text: text + selectSql, skip };
 }
 
 /** The client's own server of shard `n` in its open transaction, when it holds one. */
