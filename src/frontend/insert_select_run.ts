@@ -24,7 +24,10 @@ import {
 } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
 import type { MessageBuffer } from "../net/message_buffer.ts";
-import type { Server } from "../backend/server.ts";
+import { decodeDataRow, type Server } from "../backend/server.ts";
+import { mergeCollations } from "../backend/collations.ts";
+import { MergePipeline } from "../cross_shard/pipeline.ts";
+import { MergeError } from "../cross_shard/errors.ts";
 import type { Cluster } from "../backend/databases.ts";
 import { ClientFacingError, type Pool } from "../backend/pool.ts";
 import { learnColumnOrders } from "../backend/catalog.ts";
@@ -298,34 +301,73 @@ async function planInserts(
   if (lookup.missing.length > 0 && t.kind !== "any") {
     shards = Array.from({ length: config.shards }, (_, i) => i);
   }
-  if (shards.length > 1 && decision.merge && !decision.merge.passThrough) {
-    return {
-      error: refusal(
-        "INSERT ... SELECT into a sharded table whose SELECT reads several shards and needs " +
-          "their rows merged (ORDER BY, LIMIT, DISTINCT, GROUP BY, aggregates, ...) is not " +
-          "supported yet: pgdog concatenates the shards' rows only; select from one shard, or " +
-          "without merging",
-      ),
-    };
-  }
+  const merge = shards.length > 1 && decision.merge && !decision.merge.passThrough
+    ? decision.merge
+    : null;
   const rows: (string | null)[][] = [];
-  for (const n of shards) {
+  // Merged across shards: each shard runs the plan's statement, the merge engine makes the rows.
+  const pipeline = merge === null ? null : new MergePipeline(merge, {
+    shards: shards.length,
+    // (The rows are all held for the INSERTs anyway.)
+    bufferLimit: Infinity,
+    collation: (await mergeCollations(cluster, { timeoutMs })).collation,
+  });
+  const selectSql = merge?.shardSql ?? plan.selectSql;
+  let failure: unknown = null;
+  for (const [i, n] of shards.entries()) {
     const own = heldServer(c, n);
     const server = own ?? await cluster.checkout("primary", { shard: n });
     // A pooled server has someone's settings: the SELECT runs with the client's search_path and
     // writes its values in forms every session reads back alike (SET LOCAL: this query only).
     const sql = own !== null
-      ? { text: plan.selectSql, skip: 0 }
-      : pooledSelect(plan.selectSql, session.searchPath);
+      ? { text: selectSql, skip: 0 }
+      : pooledSelect(selectSql, session.searchPath);
+    let descriptions = 0;
+    const messages = (msg: Uint8Array): void => {
+      // (Called while the server's answer is read: a merge failure is kept for after it.)
+      if (failure !== null) return;
+      try {
+        if (msg[0] === Msg.RowDescription) {
+          if (++descriptions > sql.skip) pipeline!.rowDescription(i, msg);
+        } else if (descriptions > sql.skip) pipeline!.row(i, msg);
+      } catch (e) {
+        failure = e;
+      }
+    };
     let result;
     try {
       // (Its time is the statement's: query_timeout applies to the client's request as a whole.)
-      result = await server.query(sql.text);
+      result = await server.query(sql.text, { messages: pipeline === null ? undefined : messages });
     } finally {
       if (own === null) server.owner?.checkin(server);
     }
     if (result.error !== null) return { error: { ...result.error, severity: "ERROR" } };
     for (const row of result.rows.slice(sql.skip)) rows.push(row);
+    if (failure === null) pipeline?.shardDone(i);
+  }
+  if (pipeline !== null) {
+    const out = new MessageBuilder(1024);
+    try {
+      if (failure !== null) throw failure;
+      while (pipeline.pull(out) > 0);
+    } catch (e) {
+      if (!(e instanceof MergeError)) throw e;
+      return {
+        error: {
+          severity: "ERROR",
+          code: e.code,
+          message: e.message,
+          detail: e.detail,
+          hint: e.hint,
+        },
+      };
+    }
+    const bytes = out.view();
+    for (let q = 0; q < bytes.length;) {
+      const size = readInt32(bytes, q + 1) + 1;
+      if (bytes[q] === Msg.DataRow) rows.push(decodeDataRow(bytes, q, size));
+      q += size;
+    }
   }
   if (rows.length === 0) return { empty: true };
   let columns = plan.columns;
