@@ -1,13 +1,15 @@
 /**
  * INSERT ... SELECT into a sharded table, run by pgdog (`[rewrite] enabled = true`,
- * `split_inserts = "rewrite"`; simple protocol). The SELECT runs first: on the one shard it
- * needs, or on each of its shards with the rows concatenated (a SELECT whose rows need merging
- * across shards is refused), on the client's own servers of its open transaction where it holds
- * them, else on pooled ones. Its rows (text) are placed by the router's sharding function (plugin
- * hashers asked once per distinct key), and the client's statement is replaced in the read buffer
- * by one multi-row INSERT per shard (see src/router/insert_select.ts), run as a split request
- * (split_request.ts): in the client's transaction, or in one implicit transaction across the
- * shards, ended by Checkout.endImplicit. The client gets one `INSERT 0 n`.
+ * `split_inserts = "rewrite"`), from a simple query or one extended-protocol execution. The
+ * SELECT runs first: on the one shard it needs, or on each of its shards with the rows
+ * concatenated, or merged by the cross-shard engine (MergePipeline) when the router plans a
+ * merge; on the client's own servers of its open transaction where it holds them, else on pooled
+ * ones. Its rows (text) are placed by the router's sharding function (plugin hashers asked once
+ * per distinct key), and the client's request is replaced in the read buffer by its own Parse,
+ * Bind and Describe (extended protocol, without Execute) and one multi-row INSERT per shard (see
+ * src/router/insert_select.ts), run as a split request (split_request.ts): in the client's
+ * transaction, or in one implicit transaction across the shards, ended by Checkout.endImplicit.
+ * The client gets one `INSERT 0 n`.
  *
  * @module
  */
