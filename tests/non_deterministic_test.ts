@@ -12,7 +12,7 @@ import { connectPg, connectPostgresJs, dumpLogsOnFailure, startSharded } from ".
 import type { ShardedSetup } from "./harness/sharded.ts";
 
 const SCHEMA = `
-CREATE TABLE users (id bigint PRIMARY KEY, email text);
+CREATE TABLE users (id bigint PRIMARY KEY, email text, ts timestamptz);
 CREATE TABLE omni (
   id int PRIMARY KEY, ts timestamptz, r float8, u uuid, d date, lt timestamp(3), st timestamptz
 );
@@ -132,6 +132,28 @@ Deno.test("non_deterministic_functions = rewrite: every shard stores the same va
         // (A BEGIN held back while an idle server is attached: still the transaction's now().)
         assert.equal(rows[2][1], rows[2][6], "one now() in the transaction");
       });
+
+      await t.step(
+        "a sharded table's rows on several shards: one now(), a uuid per row",
+        async () => {
+          for (let id = 1; id <= 9; id++) {
+            await dog.query("INSERT INTO users (id) VALUES ($1)", [id]);
+          }
+          await dog.query("UPDATE users SET ts = now(), email = gen_random_uuid()::text");
+          const perShard = await Promise.all(
+            setup.shards.map((_, i) => setup.onShard(i, "SELECT ts, email FROM users")),
+          );
+          assert.ok(perShard.filter((r) => r.length > 0).length >= 2, "rows on several shards");
+          const rows = perShard.flat();
+          assert.equal(rows.length, 9);
+          assert.equal(
+            new Set(rows.map((r) => r[0])).size,
+            1,
+            "one now() on every shard",
+          );
+          assert.equal(new Set(rows.map((r) => r[1])).size, 9, "gen_random_uuid() per row");
+        },
+      );
 
       await t.step("a function pgdog can't compute is an error of the statement", async () => {
         await assert.rejects(

@@ -73,10 +73,21 @@ export class NonDeterministicRewrite {
       bufferEnd: number;
       shard: number;
       inTransaction: boolean;
+      /**
+       * The write is one every shard runs alike (omnisharded tables): random(), the uuids and
+       * clock_timestamp() get one value too. Otherwise (a sharded table's rows on several
+       * shards, each row on one) only the transaction's and statement's times are taken once,
+       * and the per-row functions stay per row.
+       */
+      everyShardAlike: boolean;
     },
   ): Promise<ErrorFields | null> {
     const { type, buf, p, end } = request;
-    const options = { shard: request.shard, inTransaction: request.inTransaction };
+    const options = {
+      shard: request.shard,
+      inTransaction: request.inTransaction,
+      perCall: request.everyShardAlike,
+    };
     if (type === Msg.Query) {
       const substitute = c.msg.substitute;
       const sql = substitute !== null
@@ -128,10 +139,12 @@ export class NonDeterministicRewrite {
   async #rewriteText(
     c: NonDeterministicClient,
     sql: string,
-    options: { shard: number; inTransaction: boolean },
+    options: { shard: number; inTransaction: boolean; perCall: boolean },
   ): Promise<string | Error | null> {
     if (!mayCallNonDeterministic(sql)) return null;
-    const calls = findNonDeterministicCalls(sql);
+    const calls = findNonDeterministicCalls(sql).filter((call) =>
+      options.perCall || call.source !== "call"
+    );
     const query = valuesQuery(calls);
     if (query === null) return null;
     let values: CallValues;

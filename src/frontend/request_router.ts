@@ -299,6 +299,7 @@ export class RequestRouter {
         bufferEnd: c.rbuf.end,
         shard: shards[0],
         inTransaction: ownTxn,
+        everyShardAlike: decision.omniWrite,
       });
       if (c.closed) return "done";
       if (error !== null) {
