@@ -249,6 +249,15 @@ Deno.test("INSERT ... SELECT into a sharded table: each row on its shard", async
         },
       );
 
+      await t.step("routed by hand: /* pgdog_shard: N */ goes where it is told", async () => {
+        await dog.query(
+          "/* pgdog_shard: 1 */ INSERT INTO stats (id, v) SELECT id + 60000, email FROM src",
+        );
+        const placement = await setup.placement("SELECT id FROM stats WHERE id >= 60000");
+        assert.equal(placement.size, 40);
+        for (const shards of placement.values()) assert.deepEqual(shards, [1]);
+      });
+
       await t.step("refused with 0A000, saying why", async () => {
         const refused = async (sql: string, why: RegExp, values?: unknown[]): Promise<void> => {
           await assert.rejects(dog.query(sql, values), (e: { code?: string; message?: string }) => {

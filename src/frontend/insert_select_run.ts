@@ -102,6 +102,13 @@ export async function runInsertSelect(
   }
   // The cached analysis first: most statements are no INSERT ... SELECT.
   if (!isInsertSelect(c.router, sql)) return false;
+  // Routed by hand (a comment or SET pgdog.shard / sharding_key): it goes where it is told.
+  const manual = c.shardSession();
+  const directives = c.router.analyze(sql).directives;
+  if (
+    manual.shard != null || manual.shardingKey != null || directives?.has("shard") ||
+    directives?.has("sharding_key")
+  ) return false;
   const params = extended?.params ?? undefined;
   const plan = extended?.refusal !== undefined
     ? { refusal: extended.refusal }
