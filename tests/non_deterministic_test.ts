@@ -155,6 +155,25 @@ Deno.test("non_deterministic_functions = rewrite: every shard stores the same va
         },
       );
 
+      await t.step(
+        "a transaction on one shard first: the omnisharded write gets its now()",
+        async () => {
+          await dog.query("BEGIN");
+          await dog.query("INSERT INTO users (id, ts) VALUES (100, now())");
+          await new Promise((r) => setTimeout(r, 50));
+          await dog.query("INSERT INTO omni (id, ts) VALUES (60, now())");
+          await dog.query("COMMIT");
+          const [omni] = await sameEverywhere(setup, "id = 60");
+          const user = (await dog.query("SELECT ts::text AS ts FROM users WHERE id = 100")).rows[0];
+          const [own] = (await setup.placement("SELECT ts FROM users WHERE id = 100")).keys();
+          assert.equal(
+            omni[1],
+            own,
+            `omnisharded ${omni[1]}, the shard's own ${JSON.stringify(user)}`,
+          );
+        },
+      );
+
       await t.step("a function pgdog can't compute is an error of the statement", async () => {
         await assert.rejects(
           dog.query("INSERT INTO omni (id, u) VALUES (30, uuid_generate_v4())"),

@@ -2,7 +2,7 @@
  * `[rewrite] non_deterministic_functions = "rewrite"` at run time: a write routed to several
  * shards whose text calls now(), random(), gen_random_uuid()... (see
  * src/router/non_deterministic.ts) has the calls' values computed once, by a `SELECT` on one
- * shard's primary (a pooled connection, outside the client's transaction), and every shard runs
+ * shard's primary (a pooled connection, or see below), and every shard runs
  * the text with those values written in as typed literals:
  *
  * - a simple Query is replaced by the rewritten one (`RoutedMessage.substitute`);
@@ -13,6 +13,8 @@
  * Inside a client's transaction, the transaction's instant (now(), current_timestamp,
  * current_date...) is taken once, at the first write that needs it, and every later statement of
  * the transaction gets the same one: PostgreSQL's now() is the same for a whole transaction.
+ * When the transaction already holds a shard, that shard answers (on the client's own server, in
+ * its transaction): its now() is the one the transaction's statements there got.
  *
  * @module
  */
@@ -23,6 +25,7 @@ import {
   Msg,
   queryMessage,
   readInt32,
+  TxStatus,
 } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
 import type { Cluster } from "../backend/databases.ts";
@@ -39,6 +42,8 @@ import {
 import type { ClientStatements } from "./prepared.ts";
 import type { Forwarder } from "./forward.ts";
 import type { RoutedMessage } from "./routed_message.ts";
+import type { ShardTransaction } from "./shard_transaction.ts";
+import type { Server } from "../backend/server.ts";
 
 /** What the rewrite reads of the client. */
 export interface NonDeterministicClient {
@@ -46,6 +51,10 @@ export interface NonDeterministicClient {
   readonly msg: RoutedMessage;
   readonly forwarder: Forwarder;
   readonly statements: ClientStatements;
+  /** The attached server, and whether it got a Flush and no Sync since. */
+  readonly server: Server | null;
+  readonly unsynced: boolean;
+  readonly txn: ShardTransaction;
 }
 
 /** One client's rewrites of non-deterministic calls, with its transaction's instant. */
@@ -150,12 +159,17 @@ export class NonDeterministicRewrite {
     let values: CallValues;
     try {
       const cluster = c.cluster!;
-      const server = await cluster.checkout("primary", { shard: options.shard });
+      // In a transaction that already holds a shard, that shard's now() is the transaction's
+      // (what its own statements got); else a pooled server's, now.
+      const held = options.inTransaction && this.#transaction === null ? heldServer(c) : null;
+      const server = held ?? await cluster.checkout("primary", { shard: options.shard });
       let result;
       try {
-        result = await server.query(query, { timeoutMs: cluster.settings.checkoutTimeout });
+        result = await server.query(query, {
+          timeoutMs: held === null ? cluster.settings.checkoutTimeout : undefined,
+        });
       } finally {
-        server.owner?.checkin(server);
+        if (held === null) server.owner?.checkin(server);
       }
       if (result.error !== null) {
         return new ClientFacingError(result.error);
@@ -172,6 +186,19 @@ export class NonDeterministicRewrite {
     }
     return substituteCalls(sql, calls, values);
   }
+}
+
+/** A server of the client's open transaction with nothing outstanding, if it holds one. */
+function heldServer(c: NonDeterministicClient): Server | null {
+  const attached = c.server;
+  if (
+    attached !== null && !c.unsynced && attached.queue.length === 0 &&
+    attached.txStatus === TxStatus.InTransaction
+  ) return attached;
+  for (const server of c.txn.parked.values()) {
+    if (server.queue.length === 0 && server.txStatus === TxStatus.InTransaction) return server;
+  }
+  return null;
 }
 
 /** The client's error for values that could not be computed. */
