@@ -258,6 +258,37 @@ Deno.test("INSERT ... SELECT into a sharded table: each row on its shard", async
         for (const shards of placement.values()) assert.deepEqual(shards, [1]);
       });
 
+      await t.step("more rows than cross_shard_buffer_limit: 53200, nothing inserted", async () => {
+        const small = await setup.startProxy({ cross_shard_buffer_limit: 1024 });
+        try {
+          const c = await connectPg(small.target);
+          try {
+            await assert.rejects(
+              c.query(
+                "INSERT INTO stats (id, v) SELECT g + 70000, repeat('x', 100) FROM generate_series(1, 100) g",
+              ),
+              (e: { code?: string }) => e.code === "53200",
+            );
+            await assert.rejects(
+              c.query(
+                "INSERT INTO stats (id, v) SELECT id + 71000, repeat(email, 100) FROM users ORDER BY id",
+              ),
+              (e: { code?: string }) => e.code === "53200",
+            );
+            assert.equal((await c.query("INSERT INTO stats (id) SELECT 72000")).rowCount, 1);
+          } finally {
+            await c.end();
+          }
+        } finally {
+          await small.proxy.stop();
+        }
+        assert.equal(
+          (await setup.placement("SELECT id FROM stats WHERE id > 70000 AND id < 72000")).size,
+          0,
+        );
+        await ref.query("INSERT INTO stats (id) SELECT 72000");
+      });
+
       await t.step("refused with 0A000, saying why", async () => {
         const refused = async (sql: string, why: RegExp, values?: unknown[]): Promise<void> => {
           await assert.rejects(dog.query(sql, values), (e: { code?: string; message?: string }) => {

@@ -69,6 +69,8 @@ export interface InsertSelectClient {
   readonly local: LocalAnswers;
   readonly forwarder: Forwarder;
   readonly statements: ClientStatements;
+  /** `cross_shard_buffer_limit`: the SELECT's rows pgdog may hold, in bytes. */
+  readonly crossShardBufferLimit: number;
   shardSession(): ShardSession;
   txStatus(): number;
   answer(bytes: Uint8Array): void;
@@ -317,12 +319,15 @@ async function planInserts(
   // Merged across shards: each shard runs the plan's statement, the merge engine makes the rows.
   const pipeline = merge === null ? null : new MergePipeline(merge, {
     shards: shards.length,
-    // (The rows are all held for the INSERTs anyway.)
-    bufferLimit: Infinity,
+    bufferLimit: c.crossShardBufferLimit,
     collation: (await mergeCollations(cluster, { timeoutMs })).collation,
   });
+  // (pgdog reads each shard's rows whole, one shard after the other: it can't hold one back.)
+  pipeline?.countWaiting();
   const selectSql = merge?.shardSql ?? plan.selectSql;
   let failure: unknown = null;
+  /** Bytes of rows held (about: one per value besides its text). */
+  let heldBytes = 0;
   for (const [i, n] of shards.entries()) {
     const own = heldServer(c, n);
     const server = own ?? await cluster.checkout("primary", { shard: n });
@@ -351,7 +356,11 @@ async function planInserts(
       if (own === null) server.owner?.checkin(server);
     }
     if (result.error !== null) return { error: { ...result.error, severity: "ERROR" } };
-    for (const row of result.rows.slice(sql.skip)) rows.push(row);
+    for (const row of result.rows.slice(sql.skip)) {
+      rows.push(row);
+      for (const v of row) heldBytes += v === null ? 1 : v.length + 1;
+    }
+    if (heldBytes > c.crossShardBufferLimit) return { error: tooMany(c.crossShardBufferLimit) };
     if (failure === null) pipeline?.shardDone(i);
   }
   if (pipeline !== null) {
@@ -374,10 +383,14 @@ async function planInserts(
     const bytes = out.view();
     for (let q = 0; q < bytes.length;) {
       const size = readInt32(bytes, q + 1) + 1;
-      if (bytes[q] === Msg.DataRow) rows.push(decodeDataRow(bytes, q, size));
+      if (bytes[q] === Msg.DataRow) {
+        rows.push(decodeDataRow(bytes, q, size));
+        heldBytes += size;
+      }
       q += size;
     }
   }
+  if (heldBytes > c.crossShardBufferLimit) return { error: tooMany(c.crossShardBufferLimit) };
   if (rows.length === 0) return { empty: true };
   let columns = plan.columns;
   if (columns === null) {
@@ -504,6 +517,17 @@ function heldServer(c: InsertSelectClient, n: number): Server | null {
   const server = c.server;
   if (server !== null && c.cluster!.shardOf(server.owner as Pool) === n) return server;
   return c.txn.parked.get(n) ?? null;
+}
+
+/** The SELECT gave more rows than pgdog may hold (53200, as a cross-shard merge past its limit). */
+function tooMany(limit: number): ErrorFields {
+  return {
+    severity: "ERROR",
+    code: "53200",
+    message: `INSERT ... SELECT: the SELECT's rows are more than cross_shard_buffer_limit ` +
+      `(${limit} bytes), which pgdog holds to insert them`,
+    hint: "Insert them in parts (a WHERE on ranges of the key), or with COPY.",
+  };
 }
 
 function refusal(message: string): ErrorFields {
