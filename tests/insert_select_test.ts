@@ -256,6 +256,8 @@ Deno.test("INSERT ... SELECT into a sharded table: each row on its shard", async
         const placement = await setup.placement("SELECT id FROM stats WHERE id >= 60000");
         assert.equal(placement.size, 40);
         for (const shards of placement.values()) assert.deepEqual(shards, [1]);
+        // (Off their keys' shards by design: gone again, for the checks that follow.)
+        await setup.onShard(1, "DELETE FROM stats WHERE id >= 60000 AND id < 61000");
       });
 
       await t.step("more rows than cross_shard_buffer_limit: 53200, nothing inserted", async () => {
@@ -289,6 +291,56 @@ Deno.test("INSERT ... SELECT into a sharded table: each row on its shard", async
         await ref.query("INSERT INTO stats (id) SELECT 72000");
       });
 
+      await t.step("RETURNING: every row once, simple and extended, and with no rows", async () => {
+        const cases: Array<[string, unknown[] | undefined]> = [
+          [
+            "INSERT INTO stats (id, v) SELECT id + 80000, email FROM src RETURNING id, v",
+            undefined,
+          ],
+          [
+            "INSERT INTO stats AS s (id, v) SELECT id + 81000, email FROM src WHERE id <= $1 " +
+            "ON CONFLICT (id) DO NOTHING RETURNING s.id * 2 AS twice, *",
+            [7],
+          ],
+          ["INSERT INTO stats (id) SELECT id + 82000 FROM src WHERE false RETURNING id", undefined],
+          ["INSERT INTO stats (id) SELECT id + 83000 FROM src WHERE id < $1 RETURNING id", [0]],
+          [
+            "INSERT INTO stats (id, n) SELECT length(email) + 84000, count(*) FROM users " +
+            "GROUP BY length(email) RETURNING n, id",
+            undefined,
+          ],
+        ];
+        for (const [sql, values] of cases) {
+          const a = await dog.query({ text: sql, values });
+          const b = await ref.query({ text: sql, values });
+          assert.equal(a.command, b.command, sql);
+          assert.equal(a.rowCount, b.rowCount, sql);
+          const names = (r: { fields: { name: string }[] }): string[] =>
+            r.fields.map((f: { name: string }) => f.name);
+          assert.deepEqual(names(a), names(b), sql);
+          const sorted = (rows: unknown[]): string[] => rows.map((r) => JSON.stringify(r)).sort();
+          assert.deepEqual(sorted(a.rows), sorted(b.rows), sql);
+        }
+        const pjs = connectPostgresJs(setup.target, { prepare: true, max: 1 });
+        try {
+          const r =
+            await pjs`INSERT INTO stats (id) SELECT id + ${85000} FROM src WHERE id <= 4 RETURNING id`;
+          assert.deepEqual(r.map((x) => Number(x.id)).sort((x, y) => x - y), [
+            85001,
+            85002,
+            85003,
+            85004,
+          ]);
+        } finally {
+          await pjs.end();
+        }
+        await ref.query(
+          "INSERT INTO stats (id) SELECT id + 85000 FROM src WHERE id <= 4 RETURNING id",
+        );
+        await placedOnce(setup, dog, "stats");
+        await compareAnswers(setup, "SELECT id, v, n FROM stats ORDER BY id");
+      });
+
       await t.step("refused with 0A000, saying why", async () => {
         const refused = async (sql: string, why: RegExp, values?: unknown[]): Promise<void> => {
           await assert.rejects(dog.query(sql, values), (e: { code?: string; message?: string }) => {
@@ -302,8 +354,9 @@ Deno.test("INSERT ... SELECT into a sharded table: each row on its shard", async
           /SELECT of an INSERT \.\.\. SELECT: .*window function/,
         );
         await refused(
-          "INSERT INTO archive (id, email) SELECT id, email FROM src RETURNING id",
+          "INSERT INTO archive (id, email) SELECT id + $1, email FROM src RETURNING id + $2",
           /RETURNING/,
+          [80000, 1],
         );
       });
     });

@@ -21,9 +21,16 @@ export class BlockWriter extends FramedWriter {
   /** With `sumInserts`: the rows of the `INSERT 0 n` tags held back, summed; else null. */
   inserted: number | null;
 
-  constructor(out: SocketWriter, options: { sumInserts?: boolean } = {}) {
+  /** RowDescriptions still passed on (the rest are dropped); null: all. */
+  #rowDescriptions: number | null;
+
+  constructor(
+    out: SocketWriter,
+    options: { sumInserts?: boolean; rowDescriptions?: number } = {},
+  ) {
     super(out);
     this.inserted = options.sumInserts ? 0 : null;
+    this.#rowDescriptions = options.rowDescriptions ?? null;
   }
 
   /** The writer this one feeds. */
@@ -39,7 +46,11 @@ export class BlockWriter extends FramedWriter {
       const type = run[p];
       const next = p + readInt32(run, p + 1) + 1;
       if (type === Msg.ErrorResponse) this.failed = true;
-      if (type === Msg.ReadyForQuery || (type === Msg.CommandComplete && this.#heldTag(run, p))) {
+      if (
+        type === Msg.ReadyForQuery || (type === Msg.CommandComplete && this.#heldTag(run, p)) ||
+        (type === Msg.RowDescription && this.#rowDescriptions !== null &&
+          this.#rowDescriptions-- <= 0)
+      ) {
         if (p > from) this.out.enqueue(run.subarray(from, p));
         from = next;
       }

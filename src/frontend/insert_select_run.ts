@@ -20,6 +20,7 @@ import {
   MessageBuilder,
   Msg,
   queryMessage,
+  readInt16,
   readInt32,
   readyForQuery,
   TxStatus,
@@ -42,7 +43,12 @@ import {
   type ShardSession,
   valueShard,
 } from "../router/shard.ts";
-import { type InsertSelect, insertSelectOf, insertStatements } from "../router/insert_select.ts";
+import {
+  emptyInsert,
+  type InsertSelect,
+  insertSelectOf,
+  insertStatements,
+} from "../router/insert_select.ts";
 import type { PluginSet } from "../plugin/mod.ts";
 import { errorMessage } from "../log.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
@@ -143,14 +149,30 @@ export async function runInsertSelect(
     }
     return true;
   }
+  if ("refusal" in plan) return true; // (its error was answered above)
+  // RETURNING: one RowDescription reaches the client, as from one INSERT: the first
+  // statement's (simple protocol), or those the request's own Describes get (extended).
+  const rowDescriptions = plan.returning === null ? undefined : extended?.describes ?? 1;
   if ("plan" in outcome) {
-    await c.splits.start(withPrefix(outcome.plan, extended));
+    await c.splits.start(withPrefix({ ...outcome.plan, rowDescriptions }, extended));
     return true;
   }
-  if (extended !== null) {
-    // No rows: the request's own Parse, Bind and Describe still run (their answers, its state).
+  if (extended !== null || plan.returning !== null) {
+    // No rows: the request's own Parse, Bind and Describe still run (their answers, its state);
+    // a simple query with RETURNING runs the INSERT over no rows for its RowDescription.
+    const none = extended === null
+      ? queryMessage(emptyInsert(plan, c.txn.heldShards(c.cluster!, c.server)[0] ?? 0))
+      : new Uint8Array(0);
     await c.splits.start(withPrefix(
-      { from: p, to, bytes: new Uint8Array(0), ends: [], shards: [], sumInserts: true },
+      {
+        from: p,
+        to,
+        bytes: none,
+        ends: none.length > 0 ? [p + none.length] : [],
+        shards: [],
+        sumInserts: true,
+        rowDescriptions,
+      },
       extended,
     ));
     return true;
@@ -189,6 +211,8 @@ interface ExtendedRequest {
   params: (string | null)[] | null;
   /** Its messages but Execute and Sync, then a Sync of pgdog's. */
   prefix: Uint8Array;
+  /** Its Describe messages (each gets a RowDescription when the statement returns rows). */
+  describes: number;
   /** The end of its Sync. */
   to: number;
   refusal?: string;
@@ -207,8 +231,10 @@ function extendedRequest(
   const { buf, bufferEnd } = at;
   let q = at.p;
   let parsed: { name: string; sql: string } | null = null;
-  let bind: { statement: string; params: (string | null)[] | null } | null = null;
+  let bind: { statement: string; params: (string | null)[] | null; binaryResults: boolean } | null =
+    null;
   let executes = 0;
+  let describes = 0;
   const kept: Uint8Array[] = [];
   while (bufferEnd - q >= 5) {
     const type = buf[q];
@@ -229,10 +255,14 @@ function extendedRequest(
         prefix.set(m, at);
         at += m.length;
       }
-      const request: ExtendedRequest = { sql, params: bind.params, prefix, to: next };
+      const request: ExtendedRequest = { sql, params: bind.params, prefix, describes, to: next };
       if (bind.params === null) {
         request.refusal = "INSERT ... SELECT into a sharded table with binary parameters is not " +
           "supported: send the parameters as text";
+      } else if (bind.binaryResults) {
+        // (Only RETURNING has results; pgdog's INSERTs answer in text.)
+        request.refusal = "INSERT ... SELECT into a sharded table with binary result formats is " +
+          "not supported: ask for text results";
       }
       return request;
     }
@@ -250,15 +280,34 @@ function extendedRequest(
       bind = {
         statement: bindStatementName(buf, q, next),
         params: binary ? null : values.values.map((v) => v === null ? null : utf8.decode(v)),
+        binaryResults: resultFormats(buf, q, next).some((f) => f !== 0),
       };
     } else if (type === Msg.Execute) {
       if (bind === null) return null;
       executes++;
-    } else if (type !== Msg.Describe) return null;
+    } else if (type === Msg.Describe) describes++;
+    else return null;
     if (type !== Msg.Execute) kept.push(buf.slice(q, next));
     q = next;
   }
   return null;
+}
+
+/** The result format codes of the Bind message at [p, end). */
+function resultFormats(buf: Uint8Array, p: number, end: number): number[] {
+  let q = buf.indexOf(0, buf.indexOf(0, p + 5) + 1) + 1;
+  const formats = readInt16(buf, q);
+  q += 2 + 2 * formats;
+  const values = readInt16(buf, q);
+  q += 2;
+  for (let i = 0; i < values && q + 4 <= end; i++) {
+    const len = readInt32(buf, q);
+    q += 4 + Math.max(len, 0);
+  }
+  const out: number[] = [];
+  const n = q + 2 <= end ? readInt16(buf, q) : 0;
+  for (let i = 0; i < n && q + 4 + 2 * i <= end; i++) out.push(readInt16(buf, q + 2 + 2 * i));
+  return out;
 }
 
 /** The statement is one INSERT whose rows come from a SELECT (not VALUES), by its cached analysis. */

@@ -75,6 +75,8 @@ export interface SplitPlan {
    * client gets one `INSERT 0 n` with their sum, not one tag each.
    */
   sumInserts?: boolean;
+  /** How many RowDescriptions reach the client (the rest are dropped); absent: all. */
+  rowDescriptions?: number;
 }
 
 /** A split request while it runs. */
@@ -301,7 +303,10 @@ export class SplitRunner {
       }
       await h.send();
     }
-    const writer = new BlockWriter(h.writer, { sumInserts: plan.sumInserts === true });
+    const writer = new BlockWriter(h.writer, {
+      sumInserts: plan.sumInserts === true,
+      rowDescriptions: plan.rowDescriptions,
+    });
     h.writer = asSocketWriter(writer);
     this.current = { ends: plan.ends, next: 0, writer, implicit };
   }

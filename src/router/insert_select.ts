@@ -41,6 +41,8 @@ export interface InsertSelect {
   selectSql: string;
   /** `ON CONFLICT ...` as written, carried to every INSERT; null when none. */
   onConflict: string | null;
+  /** `RETURNING ...` as written, carried to every INSERT; null when none. */
+  returning: string | null;
 }
 
 /** The refusal of a statement pgdog can't run this way (0A000), with why. */
@@ -81,11 +83,12 @@ export function insertSelectOf(
   if (spec === undefined) return null;
   const name = describe(table);
   // (PostgreSQL 18 parses RETURNING as returningClause; earlier ones as returningList.)
-  if (insert.returningList !== undefined || insert.returningClause !== undefined) {
+  const returningExprs = (insert.returningClause as { exprs?: Node[] } | undefined)?.exprs ??
+    (insert.returningList as Node[] | undefined);
+  if (options.params !== undefined && hasParams(returningExprs)) {
     return {
-      refusal: `INSERT ... SELECT into sharded table ${name} with RETURNING is not supported: ` +
-        "pgdog inserts the SELECT's rows itself; run the INSERT without RETURNING and read the " +
-        "rows back",
+      refusal: `INSERT ... SELECT into sharded table ${name} with a parameter in its RETURNING ` +
+        "list is not supported: write the value in the statement",
     };
   }
   if (insert.override !== undefined && insert.override !== "OVERRIDING_NOT_SET") {
@@ -137,21 +140,37 @@ export function insertSelectOf(
         `${name} as a statement of its own`,
     };
   }
+  // ON CONFLICT and RETURNING as written: the text from their keywords (locations are bytes).
+  const bytes = new TextEncoder().encode(sql);
+  const text = (from: number, to: number): string =>
+    new TextDecoder().decode(bytes.subarray(from, to)).replace(/[\s;]+$/, "");
+  const start = stmts[0].stmt_location ?? 0;
+  let end = stmts[0].stmt_len ? start + stmts[0].stmt_len : bytes.length;
+  let returning: string | null = null;
+  if (returningExprs !== undefined && returningExprs.length > 0) {
+    const first = returningExprs[0].ResTarget as { location?: number } | undefined;
+    const at = first?.location;
+    // The keyword is the last "RETURNING" before its first expression (only blanks, comments
+    // or PostgreSQL 18's WITH (OLD AS ...) come between).
+    const before = at === undefined ? "" : text(start, at);
+    const keyword = before.search(/returning(?![\s\S]*returning)/i);
+    if (at === undefined || keyword < 0) {
+      return { refusal: `pgdog can't read the RETURNING clause of this INSERT ... SELECT` };
+    }
+    const keywordAt = start + new TextEncoder().encode(before.slice(0, keyword)).length;
+    returning = text(keywordAt, end);
+    end = keywordAt;
+  }
   let onConflict: string | null = null;
   const conflict = insert.onConflictClause as { location?: number } | undefined;
-  if (conflict !== undefined) {
-    const bytes = new TextEncoder().encode(sql);
-    const start = stmts[0].stmt_location ?? 0;
-    const end = stmts[0].stmt_len ? start + stmts[0].stmt_len : bytes.length;
-    onConflict = new TextDecoder().decode(bytes.subarray(conflict.location ?? end, end))
-      .replace(/[\s;]+$/, "");
-  }
+  if (conflict !== undefined) onConflict = text(conflict.location ?? end, end);
   return {
     table,
     spec,
     columns: columns.length === 0 ? null : columns,
     selectSql,
     onConflict,
+    returning,
   };
 }
 
@@ -202,6 +221,21 @@ function literal(value: string | null): string {
   return value === null ? "NULL" : `'${value.replaceAll("'", "''")}'`;
 }
 
+/**
+ * The statement that answers an INSERT ... SELECT ... RETURNING whose SELECT gave no rows (for
+ * its RowDescription and `INSERT 0 0`): the same INSERT over no rows, routed to `shard` by hand.
+ */
+export function emptyInsert(plan: InsertSelect, shard: number): string {
+  const t = plan.table;
+  const target = (t.schema ? `${quoteIdent(t.schema)}.` : "") + quoteIdent(t.name) +
+    (t.alias ? ` AS ${quoteIdent(t.alias)}` : "");
+  const columns = plan.columns === null ? "" : ` (${plan.columns.map(quoteIdent).join(", ")})`;
+  return `/* pgdog_shard: ${shard} */ INSERT INTO ${target}${columns} SELECT * FROM (` +
+    `${plan.selectSql}) AS pgdog_rows WHERE false` +
+    (plan.onConflict === null ? "" : ` ${plan.onConflict}`) +
+    (plan.returning === null ? "" : ` ${plan.returning}`);
+}
+
 /** One INSERT pgdog runs for the rows of one shard. */
 export interface ShardInsert {
   /** The shard; null: any one shard (no key in the rows: a column default makes it). */
@@ -224,7 +258,8 @@ export function insertStatements(
   const target = (t.schema ? `${quoteIdent(t.schema)}.` : "") + quoteIdent(t.name) +
     (t.alias ? ` AS ${quoteIdent(t.alias)}` : "");
   const head = `INSERT INTO ${target} (${options.columns.map(quoteIdent).join(", ")}) VALUES `;
-  const tail = plan.onConflict === null ? "" : ` ${plan.onConflict}`;
+  const tail = (plan.onConflict === null ? "" : ` ${plan.onConflict}`) +
+    (plan.returning === null ? "" : ` ${plan.returning}`);
   const byShard = new Map<number | null, number[]>();
   rows.forEach((_, i) => {
     const shard = options.shards[i];

@@ -46,8 +46,15 @@ Deno.test("insertSelectOf: other statements are not its business; refusals say w
       "INSERT INTO users SELECT 1; SELECT 2",
     ]
   ) assert.equal(insertSelectOf(sql, config), null, sql);
-  const refused = insertSelectOf("INSERT INTO users SELECT * FROM src RETURNING id", config);
+  const refused = insertSelectOf("INSERT INTO users SELECT $1 RETURNING $2", config, {
+    params: ["1", "2"],
+  });
   assert.ok(refused !== null && "refusal" in refused && /RETURNING/.test(refused.refusal));
+  const plan = planOf(
+    "INSERT INTO users (id) SELECT id FROM src ON CONFLICT DO NOTHING /* c */ RETURNING id AS returning_id, *;",
+  );
+  assert.equal(plan.onConflict, "ON CONFLICT DO NOTHING /* c */");
+  assert.equal(plan.returning, "RETURNING id AS returning_id, *");
 });
 
 Deno.test("insertStatements: one INSERT per shard, in shard order, batched, literals quoted", () => {
