@@ -181,6 +181,15 @@ Deno.test("non_deterministic_functions = rewrite: every shard stores the same va
         );
         const after = await sameEverywhere(setup, "id = 30");
         assert.equal(after.length, 0);
+        // Inside a transaction it fails the transaction, as PostgreSQL's error would.
+        await dog.query("BEGIN");
+        await assert.rejects(
+          dog.query("INSERT INTO omni (id, u) VALUES (32, uuid_generate_v4())"),
+          /uuid_generate_v4/,
+        );
+        await assert.rejects(dog.query("SELECT 1"), (e: { code?: string }) => e.code === "25P02");
+        await dog.query("COMMIT");
+        assert.equal((await sameEverywhere(setup, "id = 32")).length, 0);
       });
     });
   } finally {

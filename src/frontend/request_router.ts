@@ -302,10 +302,8 @@ export class RequestRouter {
         everyShardAlike: decision.omniWrite,
       });
       if (c.closed) return "done";
-      if (error !== null) {
-        c.local.answerError(error, type === Msg.Query);
-        return "done";
-      }
+      // (Inside a transaction a simple query goes on as one raising the error on its shards.)
+      if (error !== null && this.#refuse(error, type)) return "done";
     }
     if (logEnabled("debug")) {
       log.debug(`client ${c.id}: shards ${shards.join(",")} (${decision.reason})`);
