@@ -115,6 +115,8 @@ export interface InternalResult {
 interface InternalRequest {
   result: InternalResult;
   onDone?: (r: InternalResult) => void;
+  /** Takes each RowDescription and DataRow as sent (then not decoded into `rows`). */
+  messages?: (msg: Uint8Array) => void;
   resolve: (r: InternalResult) => void;
   reject: (e: Error) => void;
 }
@@ -172,6 +174,8 @@ const WHOLE: Uint8Array[] = [
     Msg.ErrorResponse,
     Msg.CommandComplete,
     Msg.DataRow,
+    // (Handed whole to a query's `messages`, see query.)
+    Msg.RowDescription,
     Msg.CopyInResponse,
   ]),
   typeTable([
@@ -396,16 +400,23 @@ export class Server {
    */
   query(
     sql: string,
-    options?: { timeoutMs?: number; onDone?: (r: InternalResult) => void },
+    options?: {
+      timeoutMs?: number;
+      onDone?: (r: InternalResult) => void;
+      /** Takes each RowDescription and DataRow message as sent, instead of `rows`. */
+      messages?: (msg: Uint8Array) => void;
+    },
   ): Promise<InternalResult> {
     if (this.closed) return Promise.reject(new Error(`${this.label} is closed`));
     const onDone = options?.onDone;
+    const messages = options?.messages;
     const p = new Promise<InternalResult>((resolve, reject) => {
       this.#internal.push({
         result: { error: null, rows: [], tags: [], status: this.txStatus },
         resolve,
         reject,
         onDone,
+        messages,
       });
     });
     this.expect(Expect.Query, Action.Collect);
@@ -928,7 +939,11 @@ export class Server {
         req.result.tags.push(readCString(buf, p + 5, p + size)[0]);
         return;
       case Msg.DataRow:
-        req.result.rows.push(decodeDataRow(buf, p, size));
+        if (req.messages !== undefined) req.messages(buf.slice(p, p + size));
+        else req.result.rows.push(decodeDataRow(buf, p, size));
+        return;
+      case Msg.RowDescription:
+        req.messages?.(buf.slice(p, p + size));
         return;
     }
   }
@@ -992,7 +1007,8 @@ const SYNC_COMMIT = ((): Uint8Array => {
   return b.build();
 })();
 
-function decodeDataRow(buf: Uint8Array, p: number, size: number): (string | null)[] {
+/** The values of the DataRow message of `size` bytes at `p`, as text (null: SQL NULL). */
+export function decodeDataRow(buf: Uint8Array, p: number, size: number): (string | null)[] {
   const n = readInt16(buf, p + 5);
   const row: (string | null)[] = [];
   let q = p + 7;

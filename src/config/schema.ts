@@ -503,7 +503,8 @@ const REWRITE_KEYS = [
     REWRITE_MODES,
     "A multi-row INSERT whose rows belong to several shards: error refuses it (0A000); " +
       "rewrite sends each shard one INSERT of its rows, atomically; ignore sends it to one " +
-      "shard as written (unsafe: rows land on the wrong shard).",
+      "shard as written (unsafe: rows land on the wrong shard). rewrite also runs INSERT ... " +
+      "SELECT into a sharded table (pgdog runs the SELECT and sends each row to its shard).",
     { default: "error" },
   ),
   oneOf(

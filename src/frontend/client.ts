@@ -43,6 +43,7 @@ import { serveAdmin } from "./admin_session.ts";
 import type { LocalAnswers } from "./local_answers.ts";
 import type { Forwarder } from "./forward.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
+import { runInsertSelect } from "./insert_select_run.ts";
 import { planSplit } from "./split_request.ts";
 import { commitOnShards } from "./shard_commit.ts";
 import { planAtomicWrite } from "./atomic_write.ts";
@@ -359,6 +360,16 @@ export class Client implements ServerLink {
           await commitOnShards(this.#parts, { type, buf, p, end })
         ) {
           // A COMMIT of a transaction on several shards: pgdog commits it on each, atomically.
+          if (this.closed) return false;
+          out.reset(rb.buf);
+          continue;
+        }
+        if (
+          split === null && this.#parts.sharding.splitInserts === "rewrite" &&
+          (type === Msg.Query || type === Msg.Parse || type === Msg.Bind) &&
+          await runInsertSelect(this.#parts, { type, buf, p, end })
+        ) {
+          // INSERT ... SELECT into a sharded table: its INSERTs replaced it (or it was answered).
           if (this.closed) return false;
           out.reset(rb.buf);
           continue;

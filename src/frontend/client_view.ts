@@ -65,7 +65,7 @@ export interface ViewedClient {
 
 /** What the view needs of the proxy around the client. */
 export interface ViewHost {
-  readonly settings: { prepared_statements_limit: number };
+  readonly settings: { prepared_statements_limit: number; cross_shard_buffer_limit: number };
   readonly prepared: PreparedCache;
   readonly router: QueryRouter;
   readonly plugins: PluginSet | null;
@@ -212,6 +212,10 @@ export class ClientView implements ClientParts {
   }
   get statementsLimit(): number {
     return this.#host.settings.prepared_statements_limit;
+  }
+  /** `cross_shard_buffer_limit`: bytes of rows pgdog may hold for one statement. */
+  get crossShardBufferLimit(): number {
+    return this.#host.settings.cross_shard_buffer_limit;
   }
   get shardCount(): number {
     return this.#client.cluster!.shards.length;

@@ -288,6 +288,12 @@ export class Forwarder {
     return this.uniqueIds.parse(buf, p, end);
   }
 
+  /** The Bind at `at` runs `run.text` (see UniqueIdStatements.runInstead). */
+  runInstead(name: string, at: number, run: { text: string; types: Uint8Array }): void {
+    this.uniqueIds ??= new UniqueIdStatements(this.#client.uniqueIdGenerator);
+    this.uniqueIds.runInstead(name, at, run);
+  }
+
   /** The text (with its ids) the Bind at `p` runs, when its statement calls pgdog.unique_id(). */
   uniqueIdRun(name: string, p: number): string | null {
     const statements = this.uniqueIds;

@@ -51,6 +51,7 @@ import type { RoutedMessage } from "./routed_message.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 import { type MergePlan, PASS_THROUGH } from "../cross_shard/plan.ts";
 import type { KeyUpdatePlan, SplitInsertPlan } from "../router/split_insert_plan.ts";
+import { NonDeterministicRewrite } from "./non_deterministic_run.ts";
 
 /** Where a request on a sharded database runs: the value routing returns. */
 export interface ShardRoute {
@@ -220,6 +221,12 @@ export class RequestRouter {
     if (!c.txn.empty) await c.abortEverywhere();
     if (c.closed) return "done";
     const inTxn = c.txStatus() !== TxStatus.Idle;
+    const tx = analysis?.info.transaction;
+    // (A held-back BEGIN with an idle server attached reads as Idle in txStatus().)
+    const ownTxn = inTxn || c.deferredBegin !== null;
+    if (!ownTxn || tx === "commit" || tx === "rollback" || tx === "begin") {
+      this.#nonDeterministic.transactionOver();
+    }
     const set = analysis ? searchPathSet(analysis) : null;
     if (set !== null && inTxn) c.txn.searchPath = set;
     const session = this.shardSession();
@@ -302,6 +309,21 @@ export class RequestRouter {
     if (disabled !== null) {
       c.local.answerError({ severity: "ERROR", ...disabled }, type === Msg.Query);
       return "done";
+    }
+    if (shards.length > 1 && runs && config.nonDeterministic && analysis!.info.write) {
+      const error = await this.#nonDeterministic.rewrite(c, {
+        type,
+        buf,
+        p,
+        end,
+        bufferEnd: c.rbuf.end,
+        shard: shards[0],
+        inTransaction: ownTxn,
+        everyShardAlike: decision.omniWrite,
+      });
+      if (c.closed) return "done";
+      // (Inside a transaction a simple query goes on as one raising the error on its shards.)
+      if (error !== null && this.#refuse(error, type)) return "done";
     }
     if (logEnabled("debug")) {
       log.debug(`client ${c.id}: shards ${shards.join(",")} (${decision.reason})`);
@@ -436,6 +458,8 @@ export class RequestRouter {
 
   /** DDL ran in the open transaction: column orders are read again once it ends. */
   ddlInTransaction = false;
+  /** `[rewrite] non_deterministic_functions = "rewrite"`, with the transaction's instant. */
+  readonly #nonDeterministic = new NonDeterministicRewrite();
   /** The session has created temporary tables. */
   #tempTables = false;
 

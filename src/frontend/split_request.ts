@@ -75,6 +75,13 @@ export interface SplitPlan {
   ends: number[];
   /** Every shard a statement goes to, ascending (taken before the first runs). */
   shards: number[];
+  /**
+   * The statements are INSERTs pgdog wrote for one client statement (INSERT ... SELECT): the
+   * client gets one `INSERT 0 n` with their sum, not one tag each.
+   */
+  sumInserts?: boolean;
+  /** How many RowDescriptions reach the client (the rest are dropped); absent: all. */
+  rowDescriptions?: number;
 }
 
 /** A split request while it runs. */
@@ -306,6 +313,11 @@ function loneRequest(
 /** A statement that may be an INSERT or UPDATE (comments and blanks before it aside). */
 const INSERT_START = /^\s*(?:\/\*[\s\S]*?\*\/\s*|--[^\n]*\n\s*)*(?:insert|update)\b/i;
 
+/** CommandComplete `INSERT 0 n`. */
+function insertTag(n: number): Uint8Array {
+  return new MessageBuilder(32).begin(Msg.CommandComplete).cstring(`INSERT 0 ${n}`).end().build();
+}
+
 /** What running a split request asks of the client. */
 export interface SplitHost {
   readonly rbuf: MessageBuffer;
@@ -377,7 +389,10 @@ export class SplitRunner {
       }
       await h.send();
     }
-    const writer = new BlockWriter(h.writer);
+    const writer = new BlockWriter(h.writer, {
+      sumInserts: plan.sumInserts === true,
+      rowDescriptions: plan.rowDescriptions,
+    });
     h.writer = asSocketWriter(writer);
     this.current = { ends: plan.ends, next: 0, writer, implicit };
   }
@@ -407,6 +422,8 @@ export class SplitRunner {
     }
     this.current = null;
     h.writer = split.writer.target;
+    const inserted = split.writer.inserted;
+    if (inserted !== null && !split.writer.failed) h.writer.enqueue(insertTag(inserted));
     if (
       split.implicit && h.deferredBegin !== IMPLICIT_BEGIN && h.txStatus() !== TxStatus.Idle
     ) {

@@ -65,6 +65,11 @@ export class UniqueIdStatements {
   readonly #templates = new Map<string, Template>();
   /** The execution decided for the Bind at this offset of the client's read buffer. */
   #current: { name: string; at: number; text: string } | null = null;
+  /**
+   * Texts Binds at these offsets run instead of their statement's (a write for several shards
+   * with its non-deterministic calls computed, see non_deterministic_run.ts).
+   */
+  readonly #instead = new Map<number, { name: string; text: string; types: Uint8Array }>();
 
   constructor(ids: UniqueIdGenerator) {
     this.#ids = ids;
@@ -72,7 +77,15 @@ export class UniqueIdStatements {
 
   /** No statement of the client calls `pgdog.unique_id()`. */
   get empty(): boolean {
-    return this.#templates.size === 0;
+    return this.#templates.size === 0 && this.#instead.size === 0;
+  }
+
+  /**
+   * The Bind at offset `at` of the read buffer (statement `name`, whose Parse had these parameter
+   * `types`) runs `text` instead, as an execution statement (this batch only).
+   */
+  runInstead(name: string, at: number, run: { text: string; types: Uint8Array }): void {
+    this.#instead.set(at, { name, ...run });
   }
 
   /**
@@ -105,6 +118,7 @@ export class UniqueIdStatements {
   clear(): void {
     this.#templates.clear();
     this.#current = null;
+    this.#instead.clear();
   }
 
   /**
@@ -113,6 +127,7 @@ export class UniqueIdStatements {
    */
   newBatch(): void {
     this.#current = null;
+    this.#instead.clear();
   }
 
   /**
@@ -121,6 +136,8 @@ export class UniqueIdStatements {
    * shard it goes to), it answers the same.
    */
   execution(name: string, at: number): string | null {
+    const instead = this.#instead.get(at);
+    if (instead !== undefined && instead.name === name) return instead.text;
     const template = this.#templates.get(name);
     if (template === undefined) return null;
     const current = this.#current;
@@ -133,10 +150,13 @@ export class UniqueIdStatements {
 
   /** What to send for the Bind at [p, end) of `buf`, which runs `text` (see {@linkcode execution}). */
   messages(buf: Uint8Array, p: number, end: number, name: string, text: string): UniqueIdExecution {
-    const template = this.#templates.get(name)!;
+    const instead = this.#instead.get(p);
+    const types = instead !== undefined && instead.name === name
+      ? instead.types
+      : this.#templates.get(name)!.types;
     return {
       close: statementMessage(Msg.Close, EXECUTION_STATEMENT),
-      parse: parseMessage(EXECUTION_STATEMENT, text, template.types),
+      parse: parseMessage(EXECUTION_STATEMENT, text, types),
       bind: rewriteBind(buf, p, end, EXECUTION_STATEMENT),
     };
   }

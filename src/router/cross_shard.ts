@@ -638,8 +638,14 @@ class Statement {
       q.rels.push(otherRel("excluded"));
       if (select && !select.valuesLists) {
         if (occ) {
-          this.refusal ??= `INSERT ... SELECT into sharded table ${describe(t)} is not ` +
-            "supported yet";
+          this.refusal ??= this.config.splitInserts === "rewrite"
+            // Run by pgdog (src/frontend/insert_select_run.ts) when sent as a simple query.
+            ? `INSERT ... SELECT into sharded table ${describe(t)} is run by pgdog only as a ` +
+              "request of its own: a simple query, or one execution (Parse, Bind, Execute) " +
+              "ending with Sync"
+            : `INSERT ... SELECT into sharded table ${describe(t)} needs [rewrite] enabled = ` +
+              'true and split_inserts = "rewrite" (pgdog then runs the SELECT and sends each ' +
+              "row to its shard)";
         }
         this.query({ SelectStmt: select }, { outer: q.outer, cteParent: q, place: "a subquery" });
       }

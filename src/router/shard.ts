@@ -240,6 +240,8 @@ export function shardingConfigFor(
   database: string,
   options: { shards: number; crossShardDisabled?: boolean },
 ): ShardingConfig {
+  // With the rewrites off, split_inserts and shard_key act as "error".
+  const rewrite = config.rewrite?.enabled ? config.rewrite : undefined;
   const tables: ShardedTable[] = config.sharded_tables.filter((t) => t.database === database)
     .map((t) => ({
       name: t.name,
@@ -275,9 +277,9 @@ export function shardingConfigFor(
     omni,
     merge: true,
     crossShardDisabled: options.crossShardDisabled === true,
-    // With the rewrites off, both act as "error".
-    splitInserts: config.rewrite?.enabled ? config.rewrite.split_inserts : "error",
-    shardKey: config.rewrite?.enabled ? config.rewrite.shard_key : "error",
+    splitInserts: rewrite?.split_inserts ?? "error",
+    shardKey: rewrite?.shard_key ?? "error",
+    nonDeterministic: rewrite?.non_deterministic_functions === "rewrite",
   };
 }
 

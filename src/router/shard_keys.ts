@@ -85,7 +85,8 @@ export interface ShardingConfig {
   crossShardDisabled?: boolean;
   /**
    * `[rewrite] split_inserts` (`error` unless `[rewrite] enabled`): a multi-row INSERT whose rows
-   * belong to several shards is refused, split by shard, or sent to one shard as written.
+   * belong to several shards is refused, split by shard, or sent to one shard as written; with
+   * `rewrite`, INSERT ... SELECT into a sharded table routes the SELECT's rows (insert_select.ts).
    */
   splitInserts?: "error" | "rewrite" | "ignore";
   /**
@@ -93,6 +94,11 @@ export interface ShardingConfig {
    * sharding key is refused, moves the row, or runs where the row is as written.
    */
   shardKey?: "error" | "rewrite" | "ignore";
+  /**
+   * `[rewrite] non_deterministic_functions = "rewrite"` (with `enabled`): a write that runs on
+   * several shards gets its now(), random()... computed once (see non_deterministic.ts).
+   */
+  nonDeterministic?: boolean;
 }
 
 /** Where a statement goes. */

@@ -1,0 +1,386 @@
+/**
+ * INSERT ... SELECT into a sharded table (`[rewrite] enabled = true`, `split_inserts =
+ * "rewrite"`): pgdog runs the SELECT (from an omnisharded table, generate_series, one shard or
+ * every shard of another sharded table) and sends each row to its shard. Every row is on
+ * exactly one shard, the one the router sends its key to, and the tables equal the reference
+ * database's after the same statements. Inside a transaction the SELECT sees the transaction's
+ * rows and ROLLBACK undoes the insert; a failing row fails the whole statement (nothing
+ * inserted); a plugin hasher places each row where the plugin says. What is not done is refused
+ * with 0A000 saying so; without the settings, the refusal names them.
+ */
+
+import assert from "node:assert/strict";
+import type pg from "pg";
+import {
+  compareAnswers,
+  connectPg,
+  connectPostgresJs,
+  dumpLogsOnFailure,
+  startSharded,
+} from "./harness/mod.ts";
+import type { ShardedSetup } from "./harness/sharded.ts";
+
+const SCHEMA = `
+CREATE TABLE users (id bigint PRIMARY KEY, email text);
+CREATE TABLE archive (id bigint PRIMARY KEY, email text, note text);
+CREATE TABLE src (id bigint, email text);
+CREATE TABLE pusers (id bigint PRIMARY KEY, email text);
+INSERT INTO src SELECT g, 'src' || g FROM generate_series(1, 40) g;
+CREATE SCHEMA other;
+CREATE TABLE other.src2 (id bigint, email text, at date);
+INSERT INTO other.src2 SELECT g, 'other' || g, date '2026-01-02' + g FROM generate_series(1, 5) g;
+CREATE TABLE events (id bigint PRIMARY KEY, at date, span interval);
+CREATE TABLE stats (id bigint PRIMARY KEY, v text, n bigint);
+`;
+
+const HERE = new URL(".", import.meta.url).pathname;
+
+/** Runs `sql` through pgdog and on the reference; asserts the same command tag. */
+async function both(
+  dog: pg.Client,
+  ref: pg.Client,
+  sql: string,
+): Promise<number | null> {
+  const a = await dog.query(sql);
+  const b = await ref.query(sql);
+  assert.equal(a.command, b.command, sql);
+  assert.equal(a.rowCount, b.rowCount, sql);
+  return a.rowCount;
+}
+
+/** Every row of `table` is on exactly one shard, and pgdog finds it by its key there. */
+async function placedOnce(setup: ShardedSetup, dog: pg.Client, table: string): Promise<number> {
+  const placement = await setup.placement(`SELECT id FROM ${table}`);
+  for (const [id, shards] of placement) {
+    assert.equal(shards.length, 1, `${table} id ${id} is on shards ${shards}`);
+    const r = await dog.query(`SELECT id FROM ${table} WHERE id = $1`, [id]);
+    assert.equal(r.rows.length, 1, `${table} id ${id} is not on its key's shard`);
+  }
+  return placement.size;
+}
+
+Deno.test("INSERT ... SELECT into a sharded table: each row on its shard", async (t) => {
+  await using setup = await startSharded({
+    shardedTables: [
+      { name: "users", column: "id" },
+      { name: "archive", column: "id" },
+      { name: "events", column: "id" },
+      { name: "stats", column: "id" },
+      { name: "pusers", column: "id", hasher: "plugin:modulo" },
+    ],
+    omnisharded: ["src"],
+    schema: SCHEMA,
+    extra: {
+      rewrite: { enabled: true, split_inserts: "rewrite" },
+      plugins: [{ name: "modulo", path: `${HERE}plugins/cached.ts`, timeout: 10_000 }],
+    },
+    denoFlags: ["--allow-run"],
+  });
+  const dog = await connectPg(setup.target);
+  const ref = await connectPg(setup.referenceTarget);
+  try {
+    await dumpLogsOnFailure(setup.proxy, async () => {
+      await t.step("from an omnisharded table", async () => {
+        assert.equal(
+          await both(dog, ref, "INSERT INTO users (id, email) SELECT id, email FROM src"),
+          40,
+        );
+        assert.equal(await placedOnce(setup, dog, "users"), 40);
+        await compareAnswers(setup, "SELECT id, email FROM users ORDER BY id");
+      });
+
+      await t.step("from generate_series, with a WITH clause", async () => {
+        await both(
+          dog,
+          ref,
+          "WITH g AS (SELECT x FROM generate_series(100, 160) x) " +
+            "INSERT INTO users (email, id) SELECT 'g' || x, x FROM g",
+        );
+        assert.equal(await placedOnce(setup, dog, "users"), 40 + 61);
+        await compareAnswers(setup, "SELECT id, email FROM users ORDER BY id");
+      });
+
+      await t.step("from another sharded table, across shards; without a column list", async () => {
+        assert.equal(
+          await both(
+            dog,
+            ref,
+            "INSERT INTO archive (id, email) SELECT id, email FROM users WHERE id < 150",
+          ),
+          90,
+        );
+        await both(
+          dog,
+          ref,
+          "INSERT INTO archive SELECT id + 1000, email, 'copy' FROM users WHERE id = 7",
+        );
+        assert.equal(await placedOnce(setup, dog, "archive"), 91);
+        await compareAnswers(setup, "SELECT id, email, note FROM archive ORDER BY id");
+      });
+
+      await t.step("no rows: INSERT 0 0; ON CONFLICT DO NOTHING is carried", async () => {
+        assert.equal(
+          await both(dog, ref, "INSERT INTO users SELECT id, email FROM src WHERE false"),
+          0,
+        );
+        assert.equal(
+          await both(
+            dog,
+            ref,
+            "INSERT INTO users (id, email) SELECT id, 'again' FROM src ON CONFLICT DO NOTHING",
+          ),
+          0,
+        );
+        await both(
+          dog,
+          ref,
+          "INSERT INTO users (id, email) SELECT id, 'upd' FROM src WHERE id <= 3 " +
+            "ON CONFLICT (id) DO UPDATE SET email = excluded.email",
+        );
+        await compareAnswers(setup, "SELECT id, email FROM users ORDER BY id");
+      });
+
+      await t.step("a row failing on one shard: nothing is inserted anywhere", async () => {
+        const sql =
+          "INSERT INTO users (id, email) SELECT g, 'x' FROM generate_series(2000, 2010) g " +
+          "UNION ALL SELECT 1, 'duplicate'";
+        await assert.rejects(dog.query(sql), (e: { code?: string }) => e.code === "23505");
+        const left = await setup.placement("SELECT id FROM users WHERE id >= 2000");
+        assert.equal(left.size, 0);
+      });
+
+      await t.step("inside a transaction: sees its rows, ROLLBACK undoes", async () => {
+        for (const c of [dog, ref]) {
+          await c.query("BEGIN");
+          await c.query("INSERT INTO users (id, email) VALUES (500, 'tx')");
+          await c.query(
+            "INSERT INTO archive (id, email, note) SELECT id, email, 'tx' FROM users WHERE id = 500",
+          );
+          await c.query(
+            "INSERT INTO archive (id, email, note) SELECT id + 3000, email, 'tx' FROM users WHERE id < 10",
+          );
+          await c.query("COMMIT");
+        }
+        await compareAnswers(setup, "SELECT id, email, note FROM archive ORDER BY id");
+        await dog.query("BEGIN");
+        await dog.query("INSERT INTO archive (id, email) SELECT id + 5000, email FROM src");
+        await dog.query("ROLLBACK");
+        assert.equal((await setup.placement("SELECT id FROM archive WHERE id >= 5000")).size, 0);
+        await placedOnce(setup, dog, "archive");
+      });
+
+      await t.step("a plugin hasher: each row where the plugin says", async () => {
+        assert.equal(
+          (await dog.query("INSERT INTO pusers SELECT id, email FROM src")).rowCount,
+          40,
+        );
+        const placement = await setup.placement("SELECT id FROM pusers");
+        assert.equal(placement.size, 40);
+        for (const [id, shards] of placement) {
+          assert.deepEqual(shards, [Number(id) % 3], `id ${id}`);
+        }
+      });
+
+      await t.step("extended protocol: Bind parameters, unnamed and named statements", async () => {
+        const text =
+          "INSERT INTO archive (id, email, note) SELECT id + $1, email, $2 FROM src WHERE id <= $3";
+        for (const c of [dog, ref]) {
+          assert.equal((await c.query(text, [9000, "ext", 5])).rowCount, 5);
+          assert.equal(
+            (await c.query({ name: "ins_sel", text, values: [9100, null, 40] })).rowCount,
+            40,
+          );
+          assert.equal(
+            (await c.query({ name: "ins_sel", text, values: [9200, "again", 2] })).rowCount,
+            2,
+          );
+          assert.equal((await c.query(text, [9300, "none", 0])).rowCount, 0);
+        }
+        assert.equal((await placedOnce(setup, dog, "archive")) > 47, true);
+        await compareAnswers(setup, "SELECT id, email, note FROM archive ORDER BY id");
+        const pjs = connectPostgresJs(setup.target, { prepare: true, max: 1 });
+        try {
+          const r =
+            await pjs`INSERT INTO archive (id, email) SELECT id + ${9400}, email FROM src WHERE id <= ${3}`;
+          assert.equal(r.count, 3);
+        } finally {
+          await pjs.end();
+        }
+        await ref.query(
+          "INSERT INTO archive (id, email) SELECT id + 9400, email FROM src WHERE id <= 3",
+        );
+        await compareAnswers(setup, "SELECT id, email, note FROM archive ORDER BY id");
+      });
+
+      await t.step("the client's search_path and DateStyle", async () => {
+        const conn = await connectPg(setup.target);
+        const direct = await connectPg(setup.referenceTarget);
+        try {
+          for (const c of [conn, direct]) {
+            await c.query("SET search_path TO other, public");
+            await c.query("SET DateStyle = 'SQL, DMY'");
+            await c.query("SET IntervalStyle = 'sql_standard'");
+            const r = await c.query(
+              "INSERT INTO events SELECT id, at, make_interval(days => id::int, secs => 1.5) FROM src2",
+            );
+            assert.equal(r.rowCount, 5);
+          }
+        } finally {
+          await conn.end();
+          await direct.end();
+        }
+        await compareAnswers(setup, "SELECT id, at::text, span::text FROM events ORDER BY id");
+        assert.equal(await placedOnce(setup, dog, "events"), 5);
+      });
+
+      await t.step(
+        "a SELECT merged across shards: ORDER BY LIMIT, aggregates, GROUP BY",
+        async () => {
+          for (
+            const sql of [
+              "INSERT INTO stats (id, v) SELECT id + 20000, email FROM users ORDER BY id DESC LIMIT 3",
+              "INSERT INTO stats (id, v) SELECT id + 30000, email FROM users ORDER BY email LIMIT 4 OFFSET 2",
+              "INSERT INTO stats (id, v) SELECT count(*), max(email) FROM users",
+              "INSERT INTO stats (id, n) SELECT length(email), count(*) FROM users GROUP BY length(email)",
+            ]
+          ) await both(dog, ref, sql);
+          assert.equal(await placedOnce(setup, dog, "stats") > 8, true);
+          await compareAnswers(setup, "SELECT id, v, n FROM stats ORDER BY id");
+        },
+      );
+
+      await t.step("routed by hand: /* pgdog_shard: N */ goes where it is told", async () => {
+        await dog.query(
+          "/* pgdog_shard: 1 */ INSERT INTO stats (id, v) SELECT id + 60000, email FROM src",
+        );
+        const placement = await setup.placement("SELECT id FROM stats WHERE id >= 60000");
+        assert.equal(placement.size, 40);
+        for (const shards of placement.values()) assert.deepEqual(shards, [1]);
+        // (Off their keys' shards by design: gone again, for the checks that follow.)
+        await setup.onShard(1, "DELETE FROM stats WHERE id >= 60000 AND id < 61000");
+      });
+
+      await t.step("more rows than cross_shard_buffer_limit: 53200, nothing inserted", async () => {
+        const small = await setup.startProxy({ cross_shard_buffer_limit: 1024 });
+        try {
+          const c = await connectPg(small.target);
+          try {
+            await assert.rejects(
+              c.query(
+                "INSERT INTO stats (id, v) SELECT g + 70000, repeat('x', 100) FROM generate_series(1, 100) g",
+              ),
+              (e: { code?: string }) => e.code === "53200",
+            );
+            await assert.rejects(
+              c.query(
+                "INSERT INTO stats (id, v) SELECT id + 71000, repeat(email, 100) FROM users ORDER BY id",
+              ),
+              (e: { code?: string }) => e.code === "53200",
+            );
+            assert.equal((await c.query("INSERT INTO stats (id) SELECT 72000")).rowCount, 1);
+          } finally {
+            await c.end();
+          }
+        } finally {
+          await small.proxy.stop();
+        }
+        assert.equal(
+          (await setup.placement("SELECT id FROM stats WHERE id > 70000 AND id < 72000")).size,
+          0,
+        );
+        await ref.query("INSERT INTO stats (id) SELECT 72000");
+      });
+
+      await t.step("RETURNING: every row once, simple and extended, and with no rows", async () => {
+        const cases: Array<[string, unknown[] | undefined]> = [
+          [
+            "INSERT INTO stats (id, v) SELECT id + 80000, email FROM src RETURNING id, v",
+            undefined,
+          ],
+          [
+            "INSERT INTO stats AS s (id, v) SELECT id + 81000, email FROM src WHERE id <= $1 " +
+            "ON CONFLICT (id) DO NOTHING RETURNING s.id * 2 AS twice, *",
+            [7],
+          ],
+          ["INSERT INTO stats (id) SELECT id + 82000 FROM src WHERE false RETURNING id", undefined],
+          ["INSERT INTO stats (id) SELECT id + 83000 FROM src WHERE id < $1 RETURNING id", [0]],
+          [
+            "INSERT INTO stats (id, n) SELECT length(email) + 84000, count(*) FROM users " +
+            "GROUP BY length(email) RETURNING n, id",
+            undefined,
+          ],
+        ];
+        for (const [sql, values] of cases) {
+          const a = await dog.query({ text: sql, values });
+          const b = await ref.query({ text: sql, values });
+          assert.equal(a.command, b.command, sql);
+          assert.equal(a.rowCount, b.rowCount, sql);
+          const names = (r: { fields: { name: string }[] }): string[] =>
+            r.fields.map((f: { name: string }) => f.name);
+          assert.deepEqual(names(a), names(b), sql);
+          const sorted = (rows: unknown[]): string[] => rows.map((r) => JSON.stringify(r)).sort();
+          assert.deepEqual(sorted(a.rows), sorted(b.rows), sql);
+        }
+        const pjs = connectPostgresJs(setup.target, { prepare: true, max: 1 });
+        try {
+          const r =
+            await pjs`INSERT INTO stats (id) SELECT id + ${85000} FROM src WHERE id <= 4 RETURNING id`;
+          assert.deepEqual(r.map((x) => Number(x.id)).sort((x, y) => x - y), [
+            85001,
+            85002,
+            85003,
+            85004,
+          ]);
+        } finally {
+          await pjs.end();
+        }
+        await ref.query(
+          "INSERT INTO stats (id) SELECT id + 85000 FROM src WHERE id <= 4 RETURNING id",
+        );
+        await placedOnce(setup, dog, "stats");
+        await compareAnswers(setup, "SELECT id, v, n FROM stats ORDER BY id");
+      });
+
+      await t.step("refused with 0A000, saying why", async () => {
+        const refused = async (sql: string, why: RegExp, values?: unknown[]): Promise<void> => {
+          await assert.rejects(dog.query(sql, values), (e: { code?: string; message?: string }) => {
+            assert.equal(e.code, "0A000", `${sql}: ${e.message}`);
+            assert.match(e.message ?? "", why);
+            return true;
+          });
+        };
+        await refused(
+          "INSERT INTO archive (id) SELECT row_number() OVER (ORDER BY id) + 40000 FROM users",
+          /SELECT of an INSERT \.\.\. SELECT: .*window function/,
+        );
+        await refused(
+          "INSERT INTO archive (id, email) SELECT id + $1, email FROM src RETURNING id + $2",
+          /RETURNING/,
+          [80000, 1],
+        );
+      });
+    });
+  } finally {
+    await dog.end();
+    await ref.end();
+  }
+});
+
+Deno.test("INSERT ... SELECT without split_inserts = rewrite: refused, naming the settings", async () => {
+  await using setup = await startSharded({
+    shards: 2,
+    shardedTables: [{ name: "users", column: "id" }],
+    omnisharded: ["src"],
+    schema: SCHEMA,
+  });
+  const dog = await connectPg(setup.target);
+  try {
+    await assert.rejects(
+      dog.query("INSERT INTO users (id, email) SELECT id, email FROM src"),
+      (e: { code?: string; message?: string }) =>
+        e.code === "0A000" && /split_inserts = "rewrite"/.test(e.message ?? ""),
+    );
+  } finally {
+    await dog.end();
+  }
+});
