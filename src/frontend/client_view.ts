@@ -249,6 +249,8 @@ export class ClientView implements ClientParts {
     return await this.checkout.acquire("primary");
   }
   endImplicit(commit: boolean, options?: { explicit?: boolean }): Promise<ErrorFields | null> {
+    // The transaction ends here (pgdog's own multi-shard COMMIT included): its instant too.
+    this.requests.transactionOver();
     return this.#actions.endImplicit(commit, options);
   }
   txStatus(): number {

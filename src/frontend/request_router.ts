@@ -460,6 +460,11 @@ export class RequestRouter {
   ddlInTransaction = false;
   /** `[rewrite] non_deterministic_functions = "rewrite"`, with the transaction's instant. */
   readonly #nonDeterministic = new NonDeterministicRewrite();
+
+  /** The client's transaction ended (however: pgdog's own multi-shard COMMIT included). */
+  transactionOver(): void {
+    this.#nonDeterministic.transactionOver();
+  }
   /** The session has created temporary tables. */
   #tempTables = false;
 
