@@ -41,6 +41,7 @@ import type { LocalAnswers } from "./local_answers.ts";
 import type { Forwarder } from "./forward.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 import { planSplit } from "./split_request.ts";
+import { runCopyIn } from "./copy_in_run.ts";
 import { ClientView } from "./client_view.ts";
 import { ClientGate } from "./client_gate.ts";
 import { ShardSwitch } from "./shard_switch.ts";
@@ -548,6 +549,10 @@ export class Client implements ServerLink {
     this.#parts.checkout.outsideTransaction = route.outsideTransaction;
     const shards = route.shards;
     if (shards.length === 1) return await this.#shards.toShard(shards[0]);
+    if (route.copyIn !== undefined) {
+      await this.#copyIn({ shards, route: route.copyIn, type, p, end });
+      return "done";
+    }
     await this.#fanOut(shards, {
       type,
       p,
@@ -557,6 +562,64 @@ export class Client implements ServerLink {
       merge: route.merge,
     });
     return "done";
+  }
+
+  /** COPY FROM STDIN on several shards (see copy_in_run.ts). */
+  async #copyIn(request: Parameters<typeof runCopyIn>[1]): Promise<void> {
+    if (this.server !== null) {
+      await this.#closeBatch();
+      await this.#settle();
+    }
+    if (this.closed) return;
+    const client = this;
+    const parts = this.#parts;
+    const plugins = this.#host.plugins;
+    this.state = "active";
+    await runCopyIn({
+      rbuf: this.rbuf,
+      writer: this.writer,
+      get closed() {
+        return client.closed;
+      },
+      cluster: this.cluster!,
+      txn: this.#txn,
+      get server() {
+        return client.server;
+      },
+      set server(server) {
+        client.server = server;
+      },
+      get deferredBegin() {
+        return parts.deferredBegin;
+      },
+      set deferredBegin(begin) {
+        parts.deferredBegin = begin;
+      },
+      txStatus: () => parts.txStatus(),
+      fill: () => this.rbuf.fill(this.conn),
+      syncParams: (server, out) => parts.syncParams(server, out),
+      atGate: () => this.#atGate(),
+      pluginShard: (plugin, value, spec) => {
+        if (plugins === null) return Promise.reject(new Error("no plugins are running"));
+        return plugins.shard(plugin, value, {
+          table: spec.name,
+          column: spec.column,
+          dataType: spec.type,
+          shards: parts.sharding!.shards,
+          database: this.database,
+        });
+      },
+      endImplicit: async (servers, commit) => {
+        this.#transactionOver();
+        this.session.pgdogLocal.clear();
+        const error = await parts.checkout.endImplicit(servers, commit);
+        this.transactions++;
+        return error;
+      },
+      answerError: (fields, simple) => this.#local.answerError(fields, simple),
+    }, request);
+    this.state = "idle";
+    this.lastActivity = Date.now();
   }
 
   /** See ShardSwitch.closeBatch. */

@@ -1,0 +1,704 @@
+/**
+ * COPY FROM STDIN on several shards: every shard runs the client's COPY statement, the client gets
+ * one CopyInResponse, and its data is split among the shards: for a sharded table each row goes to
+ * the shard of its key (the rows found by the splitter of src/cross_shard/copy_in.ts), re-batched
+ * into CopyData of up to {@linkcode BATCH_BYTES} per shard; for a table on every shard every
+ * shard gets all of it. The header (binary signature, HEADER line) goes to every shard first, a
+ * binary trailer to every shard last. The client gets one `COPY n` (summed over the shards; once
+ * for a table on every shard).
+ *
+ * Memory stays flat: each shard has two batch buffers, one filling while the other is written;
+ * while a shard's socket is slow the client is not read (backpressure).
+ *
+ * All or nothing: a bad row, an error on any shard, a client's CopyFail or a lost shard ends the
+ * COPY on every shard (CopyFail to the others); outside a transaction the implicit transaction pgdog
+ * opened on every shard rolls back (and commits through Checkout.endImplicit only when every shard
+ * succeeded); inside one, every shard's part of it fails. The client gets PostgreSQL's error, its
+ * `COPY t, line N` context mapped back to the client's own line where pgdog still remembers which
+ * row that shard line was, and the rest of its COPY data is ignored, as PostgreSQL does.
+ *
+ * @module
+ */
+
+import {
+  appendError,
+  copyFail,
+  type ErrorFields,
+  MessageBuilder,
+  Msg,
+  parseErrorFields,
+  readInt32,
+  readyForQuery,
+  TxStatus,
+} from "../protocol/messages.ts";
+import { SqlState } from "../protocol/sqlstate.ts";
+import type { MessageBuffer } from "../net/message_buffer.ts";
+import type { SocketWriter } from "../net/writer.ts";
+import { asSocketWriter, FramedWriter } from "../net/framer.ts";
+import type { Server, ServerLink } from "../backend/server.ts";
+import { Action, Expect } from "../backend/response_queue.ts";
+import { ClientFacingError, type Pool } from "../backend/pool.ts";
+import { ServerConnectError } from "../backend/connect.ts";
+import type { Cluster } from "../backend/databases.ts";
+import {
+  type CopyFormat,
+  CopyFormatError,
+  copyFormatOf,
+  CopyInSplitter,
+  type CopyRows,
+} from "../cross_shard/copy_in.ts";
+import {
+  type CopyInRoute,
+  describe,
+  pluginKey,
+  type ShardedTable,
+  type ShardLookup,
+  valueShard,
+} from "../router/shard_keys.ts";
+import { errorMessage } from "../log.ts";
+import { OutBatch } from "./out_batch.ts";
+import type { ShardTransaction } from "./shard_transaction.ts";
+import { IMPLICIT_BEGIN } from "./split_request.ts";
+
+/** What a COPY FROM on several shards needs of the client. */
+export interface CopyInHost {
+  readonly rbuf: MessageBuffer;
+  readonly writer: SocketWriter;
+  readonly closed: boolean;
+  readonly cluster: Cluster;
+  readonly txn: ShardTransaction;
+  /** The attached server (a leg of the COPY, or parked, once it runs). */
+  server: Server | null;
+  /** A BEGIN of the client's held back: the COPY runs in the client's transaction. */
+  deferredBegin: Uint8Array | null;
+  txStatus(): number;
+  /** Reads more of the client's messages into `rbuf`; false when the client is gone. */
+  fill(): Promise<boolean>;
+  /** Queues the client's settings where a leg's differ. */
+  syncParams(server: Server, out: OutBatch): void;
+  /** A new transaction waits out PAUSE (false: the client was told, or left). */
+  atGate(): Promise<boolean>;
+  /** The shard of `value` by a plugin hasher (throws when the plugin fails). */
+  pluginShard(plugin: string, value: string, spec: ShardedTable): Promise<number>;
+  /**
+   * Ends the transaction pgdog opened on `servers` (commit or roll back) and gives them back;
+   * returns the first error.
+   */
+  endImplicit(servers: Server[], commit: boolean): Promise<ErrorFields | null>;
+  /** Answers an error of pgdog's own (a simple query: with ReadyForQuery). */
+  answerError(fields: ErrorFields, simple: boolean): void;
+}
+
+/** Rows are re-batched per shard into CopyData messages of about this size. */
+export const BATCH_BYTES = 64 << 10;
+/** Per shard, the client row numbers of this many recent rows (to map a shard's line back). */
+const RING = 8192;
+/** Plugin hasher answers kept across chunks (cleared beyond this). */
+const PLUGIN_ANSWERS = 100_000;
+const FIVE = 5;
+const BINARY_TRAILER = Uint8Array.of(0xff, 0xff);
+const COPY_DONE = Uint8Array.of(Msg.CopyDone, 0, 0, 0, 4);
+/** Ends a shard's COPY when it failed elsewhere (its own error is not the client's). */
+const COPY_FAILED = copyFail("the COPY failed on another shard or in pgdog");
+
+/** One shard's part of the COPY. */
+interface Leg {
+  server: Server;
+  shard: number;
+  fresh: boolean;
+  /** "starting": the COPY statement sent; "copying": CopyInResponse came; "done": ReadyForQuery. */
+  state: "starting" | "copying" | "done";
+  /** CopyInResponse (kept from the first leg, for the client). */
+  response: Uint8Array | null;
+  /** Its first ErrorResponse. */
+  error: Uint8Array | null;
+  count: number;
+  status: number;
+  /** The batch filling (a CopyData message: 5 header bytes, then rows). */
+  buf: Uint8Array;
+  len: number;
+  /** The other batch, being written (or free). */
+  spare: Uint8Array;
+  inflight: Promise<void> | null;
+  /** Rows sent; ring[(n - 1) % RING] is the client row of its n-th row. */
+  rows: number;
+  ring: Float64Array | null;
+  link: ServerLink | null;
+}
+
+/** Frames a leg's answers into whole messages for the run. */
+class LegSink extends FramedWriter {
+  readonly #onMessage: (msg: Uint8Array) => void;
+  constructor(out: SocketWriter, onMessage: (msg: Uint8Array) => void) {
+    super(out);
+    this.#onMessage = onMessage;
+  }
+  override write(data: Uint8Array): Promise<void> {
+    this.enqueue(data);
+    return Promise.resolve();
+  }
+  override flush(): Promise<void> {
+    return Promise.resolve();
+  }
+  protected messages(run: Uint8Array): void {
+    for (let p = 0; p < run.length;) {
+      const size = readInt32(run, p + 1) + 1;
+      this.#onMessage(run.slice(p, p + size));
+      p += size;
+    }
+  }
+}
+
+/**
+ * Runs a COPY FROM STDIN whose Query message is [p, end) of the client's read buffer (already
+ * consumed) on `shards`, reading the client's COPY data from its read buffer until CopyDone or
+ * CopyFail (or an error), and answers the client.
+ */
+export async function runCopyIn(
+  host: CopyInHost,
+  request: { shards: number[]; route: CopyInRoute; type: number; p: number; end: number },
+): Promise<void> {
+  const simple = request.type === Msg.Query;
+  if (!simple) {
+    host.answerError({
+      severity: "ERROR",
+      code: SqlState.FeatureNotSupported,
+      message: "COPY FROM STDIN into a table on several shards runs only as a simple query " +
+        "(send it without parameters)",
+    }, false);
+    return;
+  }
+  const format = copyFormatOf(request.route.options, request.route.columns);
+  if ("error" in format) {
+    host.answerError({ severity: "ERROR", code: "22023", message: format.error }, true);
+    return;
+  }
+  const query = host.rbuf.buf.slice(request.p, request.end);
+  await new CopyInRun(host, { ...request, format }).run(query);
+}
+
+class CopyInRun {
+  readonly #host: CopyInHost;
+  readonly #shards: number[];
+  readonly #route: CopyInRoute;
+  readonly #format: CopyFormat;
+  readonly #legs: Leg[] = [];
+  /** Leg index by shard number. */
+  readonly #legOf: Int32Array;
+  #implicit = false;
+  /** The error the client gets (the first), as an ErrorResponse. */
+  #failure: Uint8Array | null = null;
+  #wake: (() => void) | null = null;
+  readonly #splitter: CopyInSplitter | null;
+  #headerSent = false;
+  /** The COPY failed: legs still copying (or starting to) get a CopyFail. */
+  #aborting = false;
+  /** Lines before the first row on each shard (a HEADER line). */
+  readonly #headerLines: number;
+  readonly #lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
+  /** Reused per chunk: each row's leg. */
+  #rowLegs = new Int32Array(1024);
+
+  constructor(
+    host: CopyInHost,
+    options: { shards: number[]; route: CopyInRoute; format: CopyFormat },
+  ) {
+    this.#host = host;
+    this.#shards = options.shards;
+    this.#route = options.route;
+    this.#format = options.format;
+    const max = Math.max(...options.shards) + 1;
+    this.#legOf = new Int32Array(max).fill(-1);
+    options.shards.forEach((n, i) => this.#legOf[n] = i);
+    const key = options.route.key;
+    this.#splitter = key === null ? null : new CopyInSplitter(options.format, {
+      keyColumn: key.column,
+      columns: options.route.columns.length,
+    });
+    this.#headerLines = options.format.format !== "binary" && options.format.header !== false
+      ? 1
+      : 0;
+  }
+
+  async run(query: Uint8Array): Promise<void> {
+    const host = this.#host;
+    if (!(await this.#takeLegs())) return;
+    // Every leg starts the COPY (in pgdog's implicit transaction outside the client's).
+    for (const leg of this.#legs) {
+      const out = new OutBatch();
+      out.reset(query);
+      host.syncParams(leg.server, out);
+      if (leg.fresh) {
+        for (const msg of host.txn.prelude) {
+          out.addBytes(msg);
+          leg.server.expect(Expect.Query, Action.Swallow);
+        }
+      }
+      if (this.#implicit) {
+        out.addBytes(IMPLICIT_BEGIN);
+        leg.server.expect(Expect.Query, Action.Swallow);
+      }
+      out.addBytes(query);
+      leg.server.expect(Expect.Query, Action.Forward);
+      out.writeTo(leg.server.writer).catch(() => {});
+    }
+    await this.#until(() => this.#legs.every((l) => l.state !== "starting"));
+    if (this.#failure === null && !host.closed) {
+      host.writer.enqueue(this.#legs[0].response!);
+      await host.writer.flush().catch(() => {});
+      await this.#stream();
+    }
+    await this.#finish();
+  }
+
+  /** The servers of every shard: the transaction's own, else checked out (in shard order). */
+  async #takeLegs(): Promise<boolean> {
+    const host = this.#host;
+    this.#implicit = host.txStatus() === TxStatus.Idle;
+    if (host.deferredBegin !== null) {
+      host.txn.prelude.unshift(host.deferredBegin);
+      host.deferredBegin = null;
+    }
+    if (host.txn.empty && !(await host.atGate())) return false;
+    const cluster = host.cluster;
+    try {
+      for (const n of this.#shards) {
+        const leg = await host.txn.leg(cluster, n, { role: "primary", attached: host.server });
+        if (leg.attached) host.server = null;
+        this.#legs.push(this.#newLeg(leg.server, { shard: n, fresh: leg.fresh }));
+      }
+    } catch (e) {
+      for (const leg of this.#legs) {
+        if (leg.fresh) leg.server.owner?.checkin(leg.server);
+        else if (host.closed) (leg.server.owner as Pool).release(leg.server, { resetSql: null });
+        else host.txn.keep(cluster, leg.server);
+      }
+      if (host.closed) return false;
+      const fields = e instanceof ClientFacingError || e instanceof ServerConnectError
+        ? e.fields
+        : { severity: "ERROR", code: SqlState.InternalError, message: String(e) };
+      host.answerError({ ...fields, severity: "ERROR" }, true);
+      return false;
+    }
+    // A server of a shard the COPY does not run on is set aside (the COPY runs on every shard).
+    if (host.server !== null) {
+      host.txn.park(cluster, host.server);
+      host.server = null;
+    }
+    for (let i = 0; i < this.#legs.length; i++) {
+      const leg = this.#legs[i];
+      const sink = new LegSink(host.writer, (msg) => this.#message(i, msg));
+      leg.link = {
+        writer: asSocketWriter(sink),
+        shouldRelease: () => false,
+        parameterStatus: () => new Uint8Array(0),
+        released: () => {},
+        serverLost: (_s, error) => this.#lost(i, error),
+        onServerFatal: () => "keep",
+      };
+      leg.server.attach(leg.link);
+    }
+    return true;
+  }
+
+  #newLeg(server: Server, options: { shard: number; fresh: boolean }): Leg {
+    return {
+      server,
+      shard: options.shard,
+      fresh: options.fresh,
+      state: "starting",
+      response: null,
+      error: null,
+      count: 0,
+      status: TxStatus.Idle,
+      buf: new Uint8Array(FIVE + BATCH_BYTES),
+      len: FIVE,
+      spare: new Uint8Array(FIVE + BATCH_BYTES),
+      inflight: null,
+      rows: 0,
+      ring: this.#route.key === null ? null : new Float64Array(RING),
+      link: null,
+    };
+  }
+
+  /** An answer of leg `i`'s server. */
+  #message(i: number, msg: Uint8Array): void {
+    const leg = this.#legs[i];
+    if (leg.state === "done") return;
+    switch (msg[0]) {
+      case Msg.CopyInResponse:
+        leg.state = "copying";
+        leg.response = msg;
+        if (this.#aborting) this.#abort(leg);
+        break;
+      case Msg.ErrorResponse:
+        leg.error ??= msg;
+        if (this.#failure === null) this.#failure = this.#clientError(leg, msg);
+        break;
+      case Msg.CommandComplete: {
+        const tag = new TextDecoder().decode(msg.subarray(5, msg.length - 1));
+        const n = Number(tag.slice(tag.lastIndexOf(" ") + 1));
+        if (Number.isFinite(n)) leg.count = n;
+        break;
+      }
+      case Msg.ReadyForQuery:
+        leg.state = "done";
+        leg.status = msg[5];
+        break;
+      case Msg.NoticeResponse:
+        this.#host.writer.enqueue(msg);
+        break;
+    }
+    this.#notify();
+  }
+
+  #lost(i: number, error: Error): void {
+    const leg = this.#legs[i];
+    if (leg.state === "done") return;
+    this.#fail({
+      severity: "ERROR",
+      code: SqlState.ConnectionFailure,
+      message: `lost the connection to shard ${leg.shard}: ${error.message}`,
+    });
+    leg.state = "done";
+    leg.status = TxStatus.Failed;
+    this.#notify();
+  }
+
+  #notify(): void {
+    const wake = this.#wake;
+    if (wake !== null) {
+      this.#wake = null;
+      wake();
+    }
+  }
+
+  async #until(done: () => boolean): Promise<void> {
+    while (!done()) await new Promise<void>((resolve) => this.#wake = resolve);
+  }
+
+  /** Fails the COPY with an error of pgdog's own (unless it failed already). */
+  #fail(fields: ErrorFields): void {
+    if (this.#failure !== null) return;
+    const b = new MessageBuilder(128);
+    appendError(b, fields);
+    this.#failure = b.build();
+  }
+
+  /** A shard's error for the client: its `COPY t, line N` in the client's lines. */
+  #clientError(leg: Leg, msg: Uint8Array): Uint8Array {
+    const ring = leg.ring;
+    if (ring === null) return msg;
+    const fields = parseErrorFields(msg, 5, msg.length);
+    const where = fields.other?.W;
+    const m = where === undefined ? null : /^(COPY [^\n]*?, line )(\d+)/.exec(where);
+    if (m === null) return msg;
+    const row = Number(m[2]) - this.#headerLines;
+    if (row < 1 || row > leg.rows || leg.rows - row >= RING) return msg;
+    const line = ring[(row - 1) % RING] + this.#headerLines;
+    fields.other!.W = m[1] + line + where!.slice(m[0].length);
+    const b = new MessageBuilder(msg.length + 16);
+    appendError(b, fields);
+    return b.build();
+  }
+
+  /** Reads the client's COPY data until CopyDone, CopyFail or a failure. */
+  async #stream(): Promise<void> {
+    const host = this.#host;
+    const rb = host.rbuf;
+    for (;;) {
+      if (this.#failure !== null) return;
+      const size = rb.nextMessageSize();
+      if (size === 0) {
+        if (!(await host.fill())) {
+          this.#fail({
+            severity: "ERROR",
+            code: SqlState.ConnectionFailure,
+            message: "the client went away during COPY",
+          });
+          return;
+        }
+        continue;
+      }
+      const p = rb.start;
+      const buf = rb.buf;
+      const type = buf[p];
+      rb.start = p + size;
+      switch (type) {
+        case Msg.CopyData:
+          await this.#data(buf.subarray(p + 5, p + size));
+          break;
+        case Msg.CopyDone:
+          await this.#done();
+          return;
+        case Msg.CopyFail: {
+          const reason = new TextDecoder().decode(buf.subarray(p + 5, p + size - 1));
+          this.#fail({
+            severity: "ERROR",
+            code: SqlState.QueryCanceled,
+            message: `COPY from stdin failed: ${reason}`,
+          });
+          return;
+        }
+        case Msg.Flush:
+        case Msg.Sync:
+          break; // PostgreSQL ignores them during COPY IN
+        default:
+          this.#fail({
+            severity: "ERROR",
+            code: SqlState.ProtocolViolation,
+            message: `unexpected message type 0x${
+              type.toString(16).padStart(2, "0").toUpperCase()
+            } during COPY from stdin`,
+          });
+          return;
+      }
+    }
+  }
+
+  /** One CopyData of the client's. */
+  async #data(chunk: Uint8Array): Promise<void> {
+    const splitter = this.#splitter;
+    if (splitter === null) {
+      // A table on every shard: all of it to every shard.
+      for (const leg of this.#legs) await this.#add(leg, chunk, 0, chunk.length);
+      return;
+    }
+    let rows: CopyRows;
+    try {
+      rows = splitter.push(chunk);
+    } catch (e) {
+      this.#formatError(e);
+      return;
+    }
+    if (!this.#headerSent && splitter.header !== null) await this.#sendHeader(splitter.header);
+    const n = rows.starts.length;
+    if (n === 0) return;
+    if (!(await this.#routeRows(rows))) return;
+    const legs = this.#legs;
+    const rowLegs = this.#rowLegs;
+    const { data, starts, ends } = rows;
+    for (let r = 0; r < n; r++) {
+      const leg = legs[rowLegs[r]];
+      const start = starts[r];
+      const end = ends[r];
+      if (leg.len + (end - start) > leg.buf.length) await this.#add(leg, data, start, end);
+      else {
+        leg.buf.set(data.subarray(start, end), leg.len);
+        leg.len += end - start;
+      }
+      leg.ring![leg.rows % RING] = rows.firstRow + r;
+      leg.rows++;
+    }
+  }
+
+  /** A CopyFormatError (or a bug) fails the COPY with the client's line. */
+  #formatError(e: unknown): void {
+    if (!(e instanceof CopyFormatError)) {
+      this.#fail({ severity: "ERROR", code: SqlState.InternalError, message: errorMessage(e) });
+      return;
+    }
+    this.#fail({
+      severity: "ERROR",
+      code: e.code,
+      message: e.message,
+      other: { W: `COPY ${this.#route.table.name}, line ${e.row + this.#headerLines}` },
+    });
+  }
+
+  /** The header to every shard, once. */
+  async #sendHeader(header: Uint8Array): Promise<void> {
+    this.#headerSent = true;
+    for (const leg of this.#legs) await this.#add(leg, header, 0, header.length);
+  }
+
+  /**
+   * Each row's leg in #rowLegs (the shard of its key, plugin hashers asked once per chunk for the
+   * values they have not answered); false when a row has no shard (the COPY failed).
+   */
+  async #routeRows(rows: CopyRows): Promise<boolean> {
+    const key = this.#route.key!;
+    const spec = key.spec;
+    const n = rows.starts.length;
+    if (this.#rowLegs.length < n) this.#rowLegs = new Int32Array(n * 2);
+    const lookup = this.#lookup;
+    const options = { shards: this.#host.cluster.shards.length, lookup };
+    const value = { text: null as string | null, binary: null };
+    for (let pass = 0; pass < 2; pass++) {
+      lookup.missing.length = 0;
+      for (let r = 0; r < n; r++) {
+        const text = rows.keys[r];
+        if (text === null) {
+          this.#rowFailure(rows.firstRow + r, {
+            code: "22004",
+            message:
+              `the sharding key ${spec.column} of a row is NULL: a row without its key has no shard`,
+          });
+          return false;
+        }
+        value.text = text;
+        lookup.found.length = 0;
+        const shard = valueShard(value, spec, options);
+        const leg = shard === null ? -1 : shard < this.#legOf.length ? this.#legOf[shard] : -1;
+        if (leg < 0) {
+          this.#rowFailure(rows.firstRow + r, {
+            code: "22P02",
+            message: `no shard for the sharding key ${spec.column} = ${JSON.stringify(text)} ` +
+              `(a value of type ${spec.type} that a mapping rule or the hash places)`,
+          });
+          return false;
+        }
+        this.#rowLegs[r] = leg;
+      }
+      if (lookup.missing.length === 0) return true;
+      if (pass === 1) break;
+      if (lookup.pluginShards.size > PLUGIN_ANSWERS) lookup.pluginShards.clear();
+      const asks = new Map<string, { plugin: string; value: string }>();
+      for (const m of lookup.missing) asks.set(pluginKey(m.plugin, m.value), m);
+      try {
+        await Promise.all(
+          [...asks].map(async ([k, m]) =>
+            lookup.pluginShards.set(k, await this.#host.pluginShard(m.plugin, m.value, spec))
+          ),
+        );
+      } catch (e) {
+        this.#fail({ severity: "ERROR", code: SqlState.SystemError, message: errorMessage(e) });
+        return false;
+      }
+    }
+    this.#fail({
+      severity: "ERROR",
+      code: SqlState.InternalError,
+      message: "a plugin hasher gave no shard",
+    });
+    return false;
+  }
+
+  #rowFailure(row: number, error: { code: string; message: string }): void {
+    this.#fail({
+      severity: "ERROR",
+      ...error,
+      other: { W: `COPY ${describe(this.#route.table)}, line ${row + this.#headerLines}` },
+    });
+  }
+
+  /** Appends bytes [start, end) of `data` to a leg's batch, writing the batch when full. */
+  async #add(leg: Leg, data: Uint8Array, start: number, end: number): Promise<void> {
+    const n = end - start;
+    if (leg.len + n > leg.buf.length) await this.#flush(leg);
+    if (n > BATCH_BYTES) {
+      // A row larger than a batch goes as a CopyData of its own.
+      const msg = new Uint8Array(FIVE + n);
+      msg.set(data.subarray(start, end), FIVE);
+      await this.#write(leg, msg);
+      return;
+    }
+    leg.buf.set(data.subarray(start, end), leg.len);
+    leg.len += n;
+  }
+
+  /** Writes a leg's batch (waiting for its previous write first: the other buffer is then free). */
+  async #flush(leg: Leg): Promise<void> {
+    if (leg.len === FIVE) return;
+    const buf = leg.buf;
+    const len = leg.len;
+    leg.buf = leg.spare;
+    leg.spare = buf;
+    leg.len = FIVE;
+    await this.#write(leg, buf.subarray(0, len));
+  }
+
+  /** Writes one CopyData message (its header filled in here) after the leg's previous write. */
+  async #write(leg: Leg, msg: Uint8Array): Promise<void> {
+    msg[0] = Msg.CopyData;
+    new DataView(msg.buffer, msg.byteOffset).setInt32(1, msg.length - 1);
+    if (leg.inflight !== null) await leg.inflight;
+    if (leg.server.closed) return;
+    leg.inflight = leg.server.writer.write(msg).catch(() => {
+      // The server's read loop reports the loss (serverLost).
+    });
+  }
+
+  /** The client's CopyDone: the rest, the trailer, CopyDone to every shard. */
+  async #done(): Promise<void> {
+    const splitter = this.#splitter;
+    if (splitter !== null) {
+      try {
+        splitter.end();
+      } catch (e) {
+        this.#formatError(e);
+        return;
+      }
+      if (!this.#headerSent && splitter.header !== null) await this.#sendHeader(splitter.header);
+      if (this.#format.format === "binary" && this.#headerSent) {
+        for (const leg of this.#legs) await this.#add(leg, BINARY_TRAILER, 0, 2);
+      }
+    }
+    for (const leg of this.#legs) await this.#flush(leg);
+    for (const leg of this.#legs) {
+      if (leg.inflight !== null) await leg.inflight;
+      leg.inflight = null;
+      if (leg.state !== "copying" || leg.server.closed) continue;
+      leg.server.copyEnded = true;
+      leg.server.expect(Expect.CopyEnd);
+      leg.server.writer.write(COPY_DONE).catch(() => {});
+    }
+  }
+
+  /** Ends the COPY on every shard, the transaction (when pgdog's), and answers the client. */
+  async #finish(): Promise<void> {
+    const host = this.#host;
+    const legs = this.#legs;
+    if (this.#failure !== null) {
+      for (const leg of legs) if (leg.inflight !== null) await leg.inflight;
+      this.#aborting = true;
+      for (const leg of legs) this.#abort(leg);
+    }
+    await this.#until(() => legs.every((l) => l.state === "done"));
+    const servers = legs.map((l) => l.server);
+    for (const s of servers) s.detach();
+    const failure = this.#failure;
+    let answer: Uint8Array;
+    let status: number;
+    if (this.#implicit) {
+      const alive = servers.filter((s) => !s.closed);
+      const error = await host.endImplicit(alive, failure === null);
+      status = TxStatus.Idle;
+      if (failure !== null) answer = failure;
+      else if (error !== null) {
+        const b = new MessageBuilder(128);
+        appendError(b, error);
+        answer = b.build();
+      } else answer = this.#complete();
+    } else {
+      status = failure !== null ? TxStatus.Failed : TxStatus.InTransaction;
+      for (const leg of legs) {
+        if (leg.server.closed) continue;
+        if (leg.status === TxStatus.Failed) status = TxStatus.Failed;
+        if (host.closed) (leg.server.owner as Pool).release(leg.server, { resetSql: null });
+        else host.txn.keep(host.cluster, leg.server);
+      }
+      answer = failure ?? this.#complete();
+    }
+    if (host.closed) return;
+    host.writer.enqueue(answer);
+    host.writer.enqueue(readyForQuery(status));
+  }
+
+  /** A leg still copying ends its COPY with an error (the COPY failed elsewhere). */
+  #abort(leg: Leg): void {
+    if (leg.state !== "copying" || leg.server.copyEnded || leg.server.closed) return;
+    leg.server.copyEnded = true;
+    leg.server.expect(Expect.CopyEnd);
+    leg.server.writer.write(COPY_FAILED).catch(() => {});
+  }
+
+  /** `COPY n`: the shards' rows (a table on every shard: once). */
+  #complete(): Uint8Array {
+    let total = 0;
+    if (this.#route.key === null) total = this.#legs[0].count;
+    else for (const leg of this.#legs) total += leg.count;
+    return new MessageBuilder(32).begin(Msg.CommandComplete).cstring(`COPY ${total}`).end()
+      .build();
+  }
+}
