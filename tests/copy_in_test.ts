@@ -373,6 +373,17 @@ Deno.test("COPY FROM STDIN into a sharded database", async (t) => {
         await c2.close();
       }
       assert.deepEqual([...(await setup.placement("SELECT id FROM users")).keys()], ["5"]);
+      // No shard's server was handed back inside a transaction or a COPY.
+      for (let i = 0; i < 3; i++) {
+        assert.deepEqual(
+          await setup.onShard(
+            i,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND " +
+              "(state LIKE 'idle in transaction%' OR query LIKE 'COPY%' AND state <> 'idle')",
+          ),
+          [["0"]],
+        );
+      }
     });
 
     await t.step("inside a transaction: ROLLBACK leaves nothing, COMMIT keeps all", async () => {
@@ -426,3 +437,36 @@ function concatBytes(parts: Uint8Array[]): Uint8Array {
   }
   return out;
 }
+
+Deno.test("COPY FROM STDIN with a plugin hasher: each row where the plugin says", async () => {
+  await using setup = await startSharded({
+    shardedTables: [{ name: "items", column: "id", hasher: "plugin:dir" }],
+    extra: {
+      plugins: [{
+        name: "dir",
+        path: new URL("./plugins/directives.ts", import.meta.url).pathname,
+        timeout: 10_000,
+      }],
+    },
+    schema: "CREATE TABLE items (id bigint PRIMARY KEY, v text);",
+    denoFlags: ["--allow-run"],
+  });
+  await dumpLogsOnFailure(setup.proxy, async () => {
+    // The directives plugin's shard hook: id modulo the number of shards.
+    const ids = Array.from({ length: 5000 }, (_, i) => i * 13 - 2000);
+    for (const format of ["text", "csv"]) {
+      await setup.everywhere("TRUNCATE items");
+      const sep = format === "csv" ? "," : "\t";
+      const r = await psql(setup.target, `COPY items (id, v) FROM STDIN (FORMAT ${format})`, {
+        stdin: ids.map((id) => `${id}${sep}v${id}\n`).join(""),
+      });
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.trim(), "COPY 5000");
+      const placed = await setup.placement("SELECT id FROM items");
+      assert.equal(placed.size, ids.length);
+      for (const [id, shards] of placed) {
+        assert.deepEqual(shards, [((Number(id) % 3) + 3) % 3], `${format}: id ${id}`);
+      }
+    }
+  });
+});

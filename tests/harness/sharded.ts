@@ -50,6 +50,8 @@ export interface ShardedOptions {
    * on the reference alike; the C locale by default.
    */
   icuLocale?: string;
+  /** More deno flags for pgdog (e.g. `--allow-run` for plugins). */
+  denoFlags?: string[];
 }
 
 /** Shards behind pgdog, and a plain database holding the same rows. */
@@ -114,6 +116,7 @@ export async function startSharded(options: ShardedOptions): Promise<ShardedSetu
           ...options.user,
         }],
       },
+      denoFlags: options.denoFlags,
     });
   const login = { user: SHARDED_USER, password: SHARDED_PASSWORD, database: SHARDED_DB };
   let proxy: ProxyProcess;
