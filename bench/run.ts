@@ -10,13 +10,16 @@
  * Then the cross-shard group (bench/cross_shard.ts): 3 shards holding 1M rows behind pgdog
  * against one PostgreSQL holding them all, and pgdog's peak memory while streaming a full ORDER
  * BY; written to bench/results/<timestamp>-cross-shard.md and latest-cross-shard.md.
- * `--only pgbench` or `--only cross-shard` runs one group.
+ * Then the COPY group (bench/copy.ts): COPY FROM STDIN of 1M rows (text and binary) through
+ * pgdog into 3 shards against one PostgreSQL directly, and pgdog's peak memory; written to
+ * bench/results/<timestamp>-copy.md and latest-copy.md.
+ * `--only pgbench`, `--only cross-shard` or `--only copy` runs one group.
  *
  * ```
  * deno task bench [--seconds 5] [--rounds 1] [--clients 1,16,64,256]
  *   [--workloads select-simple,select-extended,select-prepared,tpcb,select-connect]
  *   [--targets direct,pgdog,pgbouncer] [--workers 1] [--idle 10000] [--out bench/results]
- *   [--only pgbench|cross-shard] [--cross-shard-rows 1000000]
+ *   [--only pgbench|cross-shard|copy] [--cross-shard-rows 1000000] [--copy-rows 1000000]
  * ```
  *
  * @module
@@ -40,6 +43,7 @@ import { openFilesLimits, openIdleClients, residentKiB } from "./idle_clients.ts
 import { type Pgbouncer, startPgbouncer } from "./pgbouncer.ts";
 import { connectInspector } from "./inspector.ts";
 import { runCrossShardBench } from "./cross_shard.ts";
+import { runCopyBench } from "./copy.ts";
 
 /** One pgbench workload. */
 interface Workload {
@@ -115,6 +119,9 @@ const HELP = `deno task bench [options]
                      behind pgdog against one PostgreSQL: ORDER BY LIMIT, count, GROUP BY, a
                      streamed full ORDER BY, and pgdog's peak memory); default: both
   --cross-shard-rows N  rows of the cross-shard group, in all (default 1000000)
+  --only copy        COPY FROM STDIN through pgdog into 3 shards against one PostgreSQL (text
+                     and binary), and pgdog's peak memory
+  --copy-rows N      rows per COPY of the copy group (default 1000000)
 `;
 
 const args = parseArgs({
@@ -132,6 +139,7 @@ const args = parseArgs({
     "proxy-cpus": { type: "string", default: "" },
     only: { type: "string", default: "" },
     "cross-shard-rows": { type: "string", default: "1000000" },
+    "copy-rows": { type: "string", default: "1000000" },
     out: {
       type: "string",
       default: decodeURIComponent(new URL("./results", import.meta.url).pathname),
@@ -179,8 +187,33 @@ const workloads = list(args.workloads).map((name) => {
   return w;
 });
 
-if (!["", "pgbench", "cross-shard"].includes(args.only)) {
-  throw new Error(`--only: expected pgbench or cross-shard, not ${args.only}`);
+if (!["", "pgbench", "cross-shard", "copy"].includes(args.only)) {
+  throw new Error(`--only: expected pgbench, cross-shard or copy, not ${args.only}`);
+}
+const copyRows = positive(args["copy-rows"], "copy-rows", 1000);
+
+/** Runs the COPY group and writes its report next to the others. */
+async function copyGroup(): Promise<void> {
+  const started = new Date();
+  const text = await runCopyBench({ rows: copyRows, rounds: Math.max(3, rounds) });
+  console.log(`\n${text}`);
+  const report = [
+    `# pgdog COPY benchmark, ${started.toISOString().slice(0, 19).replace("T", " ")} UTC`,
+    "",
+    `Command: \`deno task bench${Deno.args.map((a) => ` ${a}`).join("")}\``,
+    "",
+    text,
+  ].join("\n");
+  await Deno.mkdir(outDir, { recursive: true });
+  const stamp = started.toISOString().slice(0, 19).replace(/[:]/g, "-");
+  await Deno.writeTextFile(`${outDir}/${stamp}-copy.md`, report);
+  await Deno.writeTextFile(`${outDir}/latest-copy.md`, report);
+  console.error(`wrote ${outDir}/${stamp}-copy.md and ${outDir}/latest-copy.md`);
+}
+
+if (args.only === "copy") {
+  await copyGroup();
+  Deno.exit(0);
 }
 const crossShardRows = positive(args["cross-shard-rows"], "cross-shard-rows", 1000);
 
@@ -466,7 +499,10 @@ try {
   for (const p of proxies) await p.stop();
   await bouncer?.stop();
 }
-if (args.only === "") await crossShardGroup();
+if (args.only === "") {
+  await crossShardGroup();
+  await copyGroup();
+}
 
 /** One pgbench run, summarised. */
 interface Run {

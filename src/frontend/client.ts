@@ -582,6 +582,7 @@ export class Client implements ServerLink {
         return client.closed;
       },
       cluster: this.cluster!,
+      shardCount: parts.sharding!.shards,
       txn: this.#txn,
       get server() {
         return client.server;

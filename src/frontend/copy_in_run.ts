@@ -66,6 +66,8 @@ export interface CopyInHost {
   readonly writer: SocketWriter;
   readonly closed: boolean;
   readonly cluster: Cluster;
+  /** The number of shards the sharding configuration hashes over. */
+  readonly shardCount: number;
   readonly txn: ShardTransaction;
   /** The attached server (a leg of the COPY, or parked, once it runs). */
   server: Server | null;
@@ -443,6 +445,15 @@ class CopyInRun {
         case Msg.Flush:
         case Msg.Sync:
           break; // PostgreSQL ignores them during COPY IN
+        case Msg.Terminate:
+          // Left for the client's loop, which ends the connection.
+          rb.start = p;
+          this.#fail({
+            severity: "ERROR",
+            code: SqlState.ConnectionFailure,
+            message: "the client ended the connection during COPY",
+          });
+          return;
         default:
           this.#fail({
             severity: "ERROR",
@@ -522,7 +533,7 @@ class CopyInRun {
     const n = rows.starts.length;
     if (this.#rowLegs.length < n) this.#rowLegs = new Int32Array(n * 2);
     const lookup = this.#lookup;
-    const options = { shards: this.#host.cluster.shards.length, lookup };
+    const options = { shards: this.#host.shardCount, lookup };
     const value = { text: null as string | null, binary: null };
     for (let pass = 0; pass < 2; pass++) {
       lookup.missing.length = 0;
