@@ -271,10 +271,32 @@ Deno.test("COPY FROM STDIN into a sharded database", async (t) => {
         const done = binary.find((m) => m.type === "C");
         assert.ok(done, JSON.stringify(binary.map((m) => m.type)));
         assert.equal(commandTag(done.body), "COPY 100");
+        // The last line without its line end is a row, as PostgreSQL takes it; a row larger than
+        // a batch goes whole.
+        await c.send(fe.query("COPY users (id, email, note) FROM STDIN"));
+        await c.until("G");
+        const big = "b".repeat(300_000);
+        await c.send(
+          fe.copyData(`2000\tbig\t${big}\n2001\tx\t`),
+          fe.copyData(`y\n2002\tlast\tno-newline`),
+          fe.copyDone(),
+        );
+        const last = await c.untilReady();
+        const lastDone = last.find((m) => m.type === "C");
+        assert.ok(lastDone, JSON.stringify(last.map((m) => m.type)));
+        assert.equal(commandTag(lastDone.body), "COPY 3");
       } finally {
         await c.close();
       }
-      await placedByKey(setup, 400);
+      await placedByKey(setup, 403);
+      assert.deepEqual(
+        await setup.onShard(shardOf(2000), "SELECT length(note) FROM users WHERE id = 2000"),
+        [["300000"]],
+      );
+      assert.deepEqual(
+        await setup.onShard(shardOf(2002), "SELECT note FROM users WHERE id = 2002"),
+        [["no-newline"]],
+      );
     });
 
     await t.step(
@@ -304,6 +326,23 @@ Deno.test("COPY FROM STDIN into a sharded database", async (t) => {
           },
         );
         assert.match(csv.stderr, /COPY users, line 4\b/);
+        // Rows of several lines (CSV newlines inside quotes) count as PostgreSQL counts them: the
+        // same line as the reference names.
+        const multi = "id,email,note\n" +
+          Array.from({ length: 40 }, (_, i) => `${i + 1},a,"x\n${"y\n".repeat(i % 4)}z"\n`).join(
+            "",
+          ) +
+          '777777,c,"1\n2"\n41,d,e\n';
+        const sql = "COPY users (id, email, note) FROM STDIN (FORMAT csv, HEADER)";
+        await setup.reference.sql("INSERT INTO users (id, email) VALUES (777777, 'old')", {
+          database: "app",
+        });
+        const want = await psql(setup.referenceTarget, sql, { stdin: multi });
+        const got = await psql(setup.target, sql, { stdin: multi });
+        await setup.reference.sql("TRUNCATE users", { database: "app" });
+        const context = (stderr: string) => /CONTEXT: {2}(.*)/.exec(stderr)?.[1];
+        assert.ok(context(want.stderr), want.stderr);
+        assert.equal(context(got.stderr), context(want.stderr));
         assert.deepEqual([...(await setup.placement("SELECT id FROM users")).keys()], ["777777"]);
         assert.equal((await psql(setup.target, "SELECT count(*) FROM users")).stdout.trim(), "1");
       },

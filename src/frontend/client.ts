@@ -597,6 +597,7 @@ export class Client implements ServerLink {
         parts.deferredBegin = begin;
       },
       txStatus: () => parts.txStatus(),
+      clientEncoding: () => this.session.params.get("client_encoding") ?? null,
       fill: () => this.rbuf.fill(this.conn),
       syncParams: (server, out) => parts.syncParams(server, out),
       atGate: () => this.#atGate(),

@@ -49,7 +49,6 @@ import {
 } from "../cross_shard/copy_in.ts";
 import {
   type CopyInRoute,
-  describe,
   pluginKey,
   type ShardedTable,
   type ShardLookup,
@@ -74,6 +73,8 @@ export interface CopyInHost {
   /** A BEGIN of the client's held back: the COPY runs in the client's transaction. */
   deferredBegin: Uint8Array | null;
   txStatus(): number;
+  /** The session's client_encoding (null: not set, UTF-8). */
+  clientEncoding(): string | null;
   /** Reads more of the client's messages into `rbuf`; false when the client is gone. */
   fill(): Promise<boolean>;
   /** Queues the client's settings where a leg's differ. */
@@ -122,9 +123,13 @@ interface Leg {
   /** The other batch, being written (or free). */
   spare: Uint8Array;
   inflight: Promise<void> | null;
-  /** Rows sent; ring[(n - 1) % RING] is the client row of its n-th row. */
+  /** Rows sent. */
   rows: number;
-  ring: Float64Array | null;
+  /** Lines sent, as PostgreSQL counts them in its errors (`COPY t, line N`; a header counts). */
+  lines: number;
+  /** Per recent row (row n at (n - 1) % RING): its last line on the shard, and in the client's data. */
+  shardLines: Float64Array | null;
+  clientLines: Float64Array | null;
   link: ServerLink | null;
 }
 
@@ -172,11 +177,12 @@ export async function runCopyIn(
   }
   const format = copyFormatOf(request.route.options, request.route.columns);
   if ("error" in format) {
-    host.answerError({ severity: "ERROR", code: "22023", message: format.error }, true);
+    host.answerError({ severity: "ERROR", code: format.code, message: format.error }, true);
     return;
   }
   const query = host.rbuf.buf.slice(request.p, request.end);
-  await new CopyInRun(host, { ...request, format }).run(query);
+  await new CopyInRun(host, { ...request, format, clientEncoding: host.clientEncoding() })
+    .run(query);
 }
 
 class CopyInRun {
@@ -203,7 +209,12 @@ class CopyInRun {
 
   constructor(
     host: CopyInHost,
-    options: { shards: number[]; route: CopyInRoute; format: CopyFormat },
+    options: {
+      shards: number[];
+      route: CopyInRoute;
+      format: CopyFormat;
+      clientEncoding: string | null;
+    },
   ) {
     this.#host = host;
     this.#shards = options.shards;
@@ -216,6 +227,9 @@ class CopyInRun {
     this.#splitter = key === null ? null : new CopyInSplitter(options.format, {
       keyColumn: key.column,
       columns: options.route.columns.length,
+      keyType: key.spec.type,
+      columnNames: options.route.columns,
+      clientEncoding: options.clientEncoding ?? undefined,
     });
     this.#headerLines = options.format.format !== "binary" && options.format.header !== false
       ? 1
@@ -318,7 +332,9 @@ class CopyInRun {
       spare: new Uint8Array(FIVE + BATCH_BYTES),
       inflight: null,
       rows: 0,
-      ring: this.#route.key === null ? null : new Float64Array(RING),
+      lines: this.#headerLines,
+      shardLines: this.#route.key === null ? null : new Float64Array(RING),
+      clientLines: this.#route.key === null ? null : new Float64Array(RING),
       link: null,
     };
   }
@@ -389,19 +405,38 @@ class CopyInRun {
 
   /** A shard's error for the client: its `COPY t, line N` in the client's lines. */
   #clientError(leg: Leg, msg: Uint8Array): Uint8Array {
-    const ring = leg.ring;
-    if (ring === null) return msg;
+    const shardLines = leg.shardLines;
+    const clientLines = leg.clientLines;
+    if (shardLines === null || clientLines === null) return msg;
     const fields = parseErrorFields(msg, 5, msg.length);
     const where = fields.other?.W;
     const m = where === undefined ? null : /^(COPY [^\n]*?, line )(\d+)/.exec(where);
     if (m === null) return msg;
-    const row = Number(m[2]) - this.#headerLines;
-    if (row < 1 || row > leg.rows || leg.rows - row >= RING) return msg;
-    const line = ring[(row - 1) % RING] + this.#headerLines;
-    fields.other!.W = m[1] + line + where!.slice(m[0].length);
+    const line = Number(m[2]);
+    // The row whose lines hold that line (rows are in order): the first one ending at or after it.
+    let found = -1;
+    for (let n = Math.max(1, leg.rows - RING + 1); n <= leg.rows; n++) {
+      if (shardLines[(n - 1) % RING] >= line) {
+        found = (n - 1) % RING;
+        break;
+      }
+    }
+    if (found < 0) return msg;
+    const client = clientLines[found] - (shardLines[found] - line);
+    fields.other!.W = m[1] + client + where!.slice(m[0].length);
     const b = new MessageBuilder(msg.length + 16);
     appendError(b, fields);
     return b.build();
+  }
+
+  /** The client's line of row r of `rows` (its last line, as PostgreSQL names it). */
+  #clientLine(rows: CopyRows, r: number): number {
+    const first = rows.firstLine ?? rows.firstRow + this.#headerLines;
+    const lines = rows.lines;
+    if (lines === null || lines === undefined) return first + r;
+    let line = first;
+    for (let i = 1; i <= r; i++) line += lines[i];
+    return line;
   }
 
   /** Reads the client's COPY data until CopyDone, CopyFail or a failure. */
@@ -482,6 +517,12 @@ class CopyInRun {
       this.#formatError(e);
       return;
     }
+    await this.#rows(rows);
+  }
+
+  /** Rows of the splitter's, each to the leg of its key (the header first, once). */
+  async #rows(rows: CopyRows): Promise<void> {
+    const splitter = this.#splitter!;
     if (!this.#headerSent && splitter.header !== null) await this.#sendHeader(splitter.header);
     const n = rows.starts.length;
     if (n === 0) return;
@@ -489,6 +530,8 @@ class CopyInRun {
     const legs = this.#legs;
     const rowLegs = this.#rowLegs;
     const { data, starts, ends } = rows;
+    const lines = rows.lines ?? null;
+    let clientLine = rows.firstLine ?? rows.firstRow + this.#headerLines;
     for (let r = 0; r < n; r++) {
       const leg = legs[rowLegs[r]];
       const start = starts[r];
@@ -498,7 +541,12 @@ class CopyInRun {
         leg.buf.set(data.subarray(start, end), leg.len);
         leg.len += end - start;
       }
-      leg.ring![leg.rows % RING] = rows.firstRow + r;
+      const taken = lines === null ? 1 : lines[r];
+      if (r > 0) clientLine += taken;
+      leg.lines += taken;
+      const at = leg.rows % RING;
+      leg.shardLines![at] = leg.lines;
+      leg.clientLines![at] = clientLine;
       leg.rows++;
     }
   }
@@ -513,7 +561,7 @@ class CopyInRun {
       severity: "ERROR",
       code: e.code,
       message: e.message,
-      other: { W: `COPY ${this.#route.table.name}, line ${e.row + this.#headerLines}` },
+      other: { W: `COPY ${this.#route.table.name}, line ${e.line}` },
     });
   }
 
@@ -540,7 +588,7 @@ class CopyInRun {
       for (let r = 0; r < n; r++) {
         const text = rows.keys[r];
         if (text === null) {
-          this.#rowFailure(rows.firstRow + r, {
+          this.#rowFailure(this.#clientLine(rows, r), {
             code: "22004",
             message:
               `the sharding key ${spec.column} of a row is NULL: a row without its key has no shard`,
@@ -552,7 +600,7 @@ class CopyInRun {
         const shard = valueShard(value, spec, options);
         const leg = shard === null ? -1 : shard < this.#legOf.length ? this.#legOf[shard] : -1;
         if (leg < 0) {
-          this.#rowFailure(rows.firstRow + r, {
+          this.#rowFailure(this.#clientLine(rows, r), {
             code: "22P02",
             message: `no shard for the sharding key ${spec.column} = ${JSON.stringify(text)} ` +
               `(a value of type ${spec.type} that a mapping rule or the hash places)`,
@@ -585,11 +633,11 @@ class CopyInRun {
     return false;
   }
 
-  #rowFailure(row: number, error: { code: string; message: string }): void {
+  #rowFailure(line: number, error: { code: string; message: string }): void {
     this.#fail({
       severity: "ERROR",
       ...error,
-      other: { W: `COPY ${describe(this.#route.table)}, line ${row + this.#headerLines}` },
+      other: { W: `COPY ${this.#route.table.name}, line ${line}` },
     });
   }
 
@@ -634,12 +682,16 @@ class CopyInRun {
   async #done(): Promise<void> {
     const splitter = this.#splitter;
     if (splitter !== null) {
+      // A last line without its terminator is a row, as PostgreSQL takes it.
+      let last: CopyRows;
       try {
-        splitter.end();
+        last = splitter.finish();
       } catch (e) {
         this.#formatError(e);
         return;
       }
+      await this.#rows(last);
+      if (this.#failure !== null) return;
       if (!this.#headerSent && splitter.header !== null) await this.#sendHeader(splitter.header);
       if (this.#format.format === "binary" && this.#headerSent) {
         for (const leg of this.#legs) await this.#add(leg, BINARY_TRAILER, 0, 2);
