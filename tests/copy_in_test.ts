@@ -363,6 +363,36 @@ Deno.test("COPY FROM STDIN into a sharded database", async (t) => {
         await placedByKey(setup, 0);
       }
       assert.equal((await psql(setup.target, "SELECT 1")).stdout.trim(), "1");
+      // Refused: the key not among the columns, a server-side file, the extended protocol.
+      for (
+        const sql of [
+          "COPY users (email) FROM STDIN",
+          "COPY users FROM '/etc/hostname'",
+          "COPY users FROM PROGRAM 'true'",
+        ]
+      ) {
+        const r = await psql(setup.target, sql, { stdin: "x\n" });
+        assert.notEqual(r.code, 0, sql);
+        assert.match(r.stderr, /not supported|needs its sharding key/, r.stderr);
+      }
+      const c = await wire(setup);
+      try {
+        await c.send(
+          fe.parse("", "COPY users (id, email) FROM STDIN"),
+          fe.bind("", ""),
+          fe.execute(""),
+          fe.sync(),
+        );
+        const answer = await c.untilReady();
+        const error = answer.find((m) => m.type === "E");
+        assert.ok(error, JSON.stringify(answer.map((m) => m.type)));
+        assert.equal(errorFields(error.body).C, "0A000");
+        await c.send(fe.query("SELECT 1"));
+        assert.ok((await c.untilReady()).some((m) => m.type === "D"));
+      } finally {
+        await c.close();
+      }
+      await placedByKey(setup, 0);
     });
 
     await t.step("the client's CopyFail: nothing anywhere, the connection goes on", async () => {
