@@ -106,7 +106,7 @@ function binaryTuples(data: Uint8Array): string[] {
 
 /** A text or CSV COPY stream's lines: the header (when asked) first, the rest sorted. */
 function textLines(data: string, header: boolean): string[] {
-  const lines = data.trimEnd().split("\n");
+  const lines = data.replace(/\n$/, "").split("\n");
   const head = header ? [lines.shift()!] : [];
   return [...head, ...lines.sort()];
 }

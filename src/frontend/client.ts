@@ -571,30 +571,24 @@ export class Client implements ServerLink {
       await this.#settle();
     }
     if (this.closed) return;
-    const client = this;
     const parts = this.#parts;
     const plugins = this.#host.plugins;
     this.state = "active";
     await runCopyIn({
       rbuf: this.rbuf,
       writer: this.writer,
-      get closed() {
-        return client.closed;
-      },
+      closed: () => this.closed,
       cluster: this.cluster!,
       shardCount: parts.sharding!.shards,
       txn: this.#txn,
-      get server() {
-        return client.server;
+      attached: () => this.server,
+      letGo: () => {
+        this.server = null;
       },
-      set server(server) {
-        client.server = server;
-      },
-      get deferredBegin() {
-        return parts.deferredBegin;
-      },
-      set deferredBegin(begin) {
-        parts.deferredBegin = begin;
+      takeDeferredBegin: () => {
+        const begin = parts.deferredBegin;
+        parts.deferredBegin = null;
+        return begin;
       },
       txStatus: () => parts.txStatus(),
       clientEncoding: () => this.session.params.get("client_encoding") ?? null,

@@ -63,15 +63,18 @@ import { IMPLICIT_BEGIN } from "./split_request.ts";
 export interface CopyInHost {
   readonly rbuf: MessageBuffer;
   readonly writer: SocketWriter;
-  readonly closed: boolean;
+  /** The client is gone. */
+  closed(): boolean;
   readonly cluster: Cluster;
   /** The number of shards the sharding configuration hashes over. */
   readonly shardCount: number;
   readonly txn: ShardTransaction;
   /** The attached server (a leg of the COPY, or parked, once it runs). */
-  server: Server | null;
-  /** A BEGIN of the client's held back: the COPY runs in the client's transaction. */
-  deferredBegin: Uint8Array | null;
+  attached(): Server | null;
+  /** The attached server is the COPY's (or parked) now: the client lets go of it. */
+  letGo(): void;
+  /** A BEGIN of the client's held back (taken: the COPY runs in the client's transaction). */
+  takeDeferredBegin(): Uint8Array | null;
   txStatus(): number;
   /** The session's client_encoding (null: not set, UTF-8). */
   clientEncoding(): string | null;
@@ -259,7 +262,7 @@ class CopyInRun {
       out.writeTo(leg.server.writer).catch(() => {});
     }
     await this.#until(() => this.#legs.every((l) => l.state !== "starting"));
-    if (this.#failure === null && !host.closed) {
+    if (this.#failure === null && !host.closed()) {
       host.writer.enqueue(this.#legs[0].response!);
       await host.writer.flush().catch(() => {});
       await this.#stream();
@@ -271,25 +274,24 @@ class CopyInRun {
   async #takeLegs(): Promise<boolean> {
     const host = this.#host;
     this.#implicit = host.txStatus() === TxStatus.Idle;
-    if (host.deferredBegin !== null) {
-      host.txn.prelude.unshift(host.deferredBegin);
-      host.deferredBegin = null;
-    }
+    const begin = host.takeDeferredBegin();
+    if (begin !== null) host.txn.prelude.unshift(begin);
     if (host.txn.empty && !(await host.atGate())) return false;
     const cluster = host.cluster;
     try {
       for (const n of this.#shards) {
-        const leg = await host.txn.leg(cluster, n, { role: "primary", attached: host.server });
-        if (leg.attached) host.server = null;
+        const attached = host.attached();
+        const leg = await host.txn.leg(cluster, n, { role: "primary", attached });
+        if (leg.attached) host.letGo();
         this.#legs.push(this.#newLeg(leg.server, { shard: n, fresh: leg.fresh }));
       }
     } catch (e) {
       for (const leg of this.#legs) {
         if (leg.fresh) leg.server.owner?.checkin(leg.server);
-        else if (host.closed) (leg.server.owner as Pool).release(leg.server, { resetSql: null });
+        else if (host.closed()) (leg.server.owner as Pool).release(leg.server, { resetSql: null });
         else host.txn.keep(cluster, leg.server);
       }
-      if (host.closed) return false;
+      if (host.closed()) return false;
       const fields = e instanceof ClientFacingError || e instanceof ServerConnectError
         ? e.fields
         : { severity: "ERROR", code: SqlState.InternalError, message: String(e) };
@@ -297,9 +299,10 @@ class CopyInRun {
       return false;
     }
     // A server of a shard the COPY does not run on is set aside (the COPY runs on every shard).
-    if (host.server !== null) {
-      host.txn.park(cluster, host.server);
-      host.server = null;
+    const other = host.attached();
+    if (other !== null) {
+      host.txn.park(cluster, other);
+      host.letGo();
     }
     for (let i = 0; i < this.#legs.length; i++) {
       const leg = this.#legs[i];
@@ -738,12 +741,12 @@ class CopyInRun {
       for (const leg of legs) {
         if (leg.server.closed) continue;
         if (leg.status === TxStatus.Failed) status = TxStatus.Failed;
-        if (host.closed) (leg.server.owner as Pool).release(leg.server, { resetSql: null });
+        if (host.closed()) (leg.server.owner as Pool).release(leg.server, { resetSql: null });
         else host.txn.keep(host.cluster, leg.server);
       }
       answer = failure ?? this.#complete();
     }
-    if (host.closed) return;
+    if (host.closed()) return;
     host.writer.enqueue(answer);
     host.writer.enqueue(readyForQuery(status));
   }
