@@ -455,6 +455,37 @@ Deno.test("COPY FROM STDIN into a sharded database", async (t) => {
       }
     });
 
+    await t.step("a shard lost mid-COPY: an error, nothing on the others", async () => {
+      await truncate(setup);
+      const c = await wire(setup);
+      try {
+        await c.send(fe.query("COPY users (id, email) FROM STDIN"));
+        await c.until("G");
+        await c.send(fe.copyData(Array.from({ length: 3000 }, (_, i) => `${i}\tx\n`).join("")));
+        const killed = await setup.onShard(
+          1,
+          "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity " +
+            "WHERE query LIKE 'COPY users%' AND pid <> pg_backend_pid()",
+        );
+        assert.deepEqual(killed, [["1"]]);
+        for (let i = 1; i <= 5; i++) {
+          await c.send(
+            fe.copyData(Array.from({ length: 3000 }, (_, j) => `${i * 3000 + j}\tx\n`).join("")),
+          );
+        }
+        await c.send(fe.copyDone());
+        const answer = await c.untilReady();
+        const error = answer.find((m) => m.type === "E");
+        assert.ok(error, JSON.stringify(answer.map((m) => m.type)));
+        await c.send(fe.query("SELECT count(*) FROM users"));
+        const after = await c.untilReady();
+        assert.ok(after.some((m) => m.type === "D"), JSON.stringify(after.map((m) => m.type)));
+      } finally {
+        await c.close();
+      }
+      await placedByKey(setup, 0);
+    });
+
     await t.step("inside a transaction: ROLLBACK leaves nothing, COMMIT keeps all", async () => {
       await truncate(setup);
       const data = Array.from({ length: 100 }, (_, i) => `${i}\tt${i}`).join("\n") + "\n";
