@@ -570,3 +570,33 @@ Deno.test("COPY FROM STDIN with a plugin hasher: each row where the plugin says"
     }
   });
 });
+
+Deno.test("a slow COPY FROM on several shards is activity, not an idle client", async () => {
+  await using setup = await startSharded({
+    shardedTables: [{ name: "users", column: "id" }],
+    schema: SCHEMA,
+    general: { client_idle_timeout: 1000 },
+  });
+  await dumpLogsOnFailure(setup.proxy, async () => {
+    const c = await wire(setup);
+    try {
+      await c.send(fe.query("COPY users (id, email) FROM STDIN"));
+      await c.until("G");
+      // A row every 300 ms for about 3 s: longer than client_idle_timeout in all.
+      for (let i = 0; i < 10; i++) {
+        await c.send(fe.copyData(`${i}\tslow\n`));
+        await new Promise((resolve) => setTimeout(resolve, 300));
+      }
+      await c.send(fe.copyDone());
+      const answer = await c.untilReady();
+      const done = answer.find((m) => m.type === "C");
+      assert.ok(
+        done,
+        JSON.stringify(answer.map((m) => [m.type, m.type === "E" ? errorFields(m.body).M : ""])),
+      );
+      assert.equal(commandTag(done.body), "COPY 10");
+    } finally {
+      await c.close();
+    }
+  });
+});

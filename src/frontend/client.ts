@@ -592,7 +592,12 @@ export class Client implements ServerLink {
       },
       txStatus: () => parts.txStatus(),
       clientEncoding: () => this.session.params.get("client_encoding") ?? null,
-      fill: () => this.rbuf.fill(this.conn),
+      // A long COPY is activity (client_idle_timeout).
+      fill: () =>
+        this.rbuf.fill(this.conn).then((more) => {
+          this.lastActivity = Date.now();
+          return more;
+        }),
       syncParams: (server, out) => parts.syncParams(server, out),
       atGate: () => this.#atGate(),
       pluginShard: (plugin, value, spec) => {
