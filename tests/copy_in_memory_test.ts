@@ -29,6 +29,8 @@ Deno.test({
       shardedTables: [{ name: "big", column: "id" }],
       schema: "CREATE UNLOGGED TABLE big (id bigint, pad text);",
       settings: { fsync: "off", synchronous_commit: "off" },
+      // The COPY takes longer than the harness's query_timeout.
+      general: { query_timeout: 0 },
     });
     await setup.onShard(
       0,

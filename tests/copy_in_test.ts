@@ -14,7 +14,13 @@
  */
 
 import assert from "node:assert/strict";
-import { dumpLogsOnFailure, psql, type ShardedSetup, startSharded } from "./harness/mod.ts";
+import {
+  dumpLogsOnFailure,
+  psql,
+  sendCancelRequest,
+  type ShardedSetup,
+  startSharded,
+} from "./harness/mod.ts";
 import { commandTag, errorFields, fe, WireClient } from "./wire.ts";
 import { shardForBigint } from "../src/sharding/hash.ts";
 
@@ -597,6 +603,46 @@ Deno.test("a slow COPY FROM on several shards is activity, not an idle client", 
       assert.equal(commandTag(done.body), "COPY 10");
     } finally {
       await c.close();
+    }
+  });
+});
+
+Deno.test("a COPY FROM on several shards is cancelled by a CancelRequest and query_timeout", async () => {
+  await using setup = await startSharded({
+    shardedTables: [{ name: "users", column: "id" }],
+    schema: SCHEMA,
+    general: { query_timeout: 1500 },
+  });
+  await dumpLogsOnFailure(setup.proxy, async () => {
+    for (const how of ["cancel", "query_timeout"]) {
+      const c = await wire(setup);
+      try {
+        await c.send(fe.query("COPY users (id, email) FROM STDIN"));
+        await c.until("G");
+        await c.send(fe.copyData(Array.from({ length: 1000 }, (_, i) => `${i}\tx\n`).join("")));
+        if (how === "cancel") {
+          await new Promise((resolve) => setTimeout(resolve, 200));
+          await sendCancelRequest(setup.proxy, c.backendPid, c.backendSecret);
+        }
+        // The client goes on sending until it sees the error, as a client copying a file does.
+        let error: Record<string, string> | null = null;
+        for (let i = 1; i < 100 && error === null; i++) {
+          await c.send(fe.copyData(`${i * 1000}\ty\n`));
+          if (await c.hasMessageWithin(100)) {
+            const m = await c.next();
+            if (m.type === "E") error = errorFields(m.body);
+          }
+        }
+        assert.ok(error, `${how}: no error`);
+        assert.equal(error.C, "57014", JSON.stringify(error));
+        if (how === "query_timeout") assert.match(error.M, /query_timeout/);
+        await c.untilReady();
+        await c.send(fe.copyDone(), fe.query("SELECT 1"));
+        assert.ok((await c.untilReady()).some((m) => m.type === "D"));
+      } finally {
+        await c.close();
+      }
+      assert.equal((await setup.placement("SELECT id FROM users")).size, 0, how);
     }
   });
 });

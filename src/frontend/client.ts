@@ -618,6 +618,9 @@ export class Client implements ServerLink {
         return error;
       },
       answerError: (fields, simple) => this.#local.answerError(fields, simple),
+      running: (servers) => {
+        this.#servers.copying = servers;
+      },
     }, request);
     this.state = "idle";
     this.lastActivity = Date.now();

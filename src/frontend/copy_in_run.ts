@@ -91,6 +91,8 @@ export interface CopyInHost {
    * returns the first error.
    */
   endImplicit(servers: Server[], commit: boolean): Promise<ErrorFields | null>;
+  /** The COPY's servers while it runs (null: it is over), for cancels and query_timeout. */
+  running(servers: readonly Server[] | null): void;
   /** Answers an error of pgdog's own (a simple query: with ReadyForQuery). */
   answerError(fields: ErrorFields, simple: boolean): void;
 }
@@ -102,6 +104,8 @@ const RING = 8192;
 /** Plugin hasher answers kept across chunks (cleared beyond this). */
 const PLUGIN_ANSWERS = 100_000;
 const FIVE = 5;
+/** Before waiting for the client, partial batches go out when none did for this long. */
+const FLUSH_AFTER_MS = 20;
 const BINARY_TRAILER = Uint8Array.of(0xff, 0xff);
 const COPY_DONE = Uint8Array.of(Msg.CopyDone, 0, 0, 0, 4);
 /** Ends a shard's COPY when it failed elsewhere (its own error is not the client's). */
@@ -202,6 +206,8 @@ class CopyInRun {
   #wake: (() => void) | null = null;
   readonly #splitter: CopyInSplitter | null;
   #headerSent = false;
+  /** When partial batches were last written (see {@linkcode FLUSH_AFTER_MS}). */
+  #flushedAt = performance.now();
   /** The COPY failed: legs still copying (or starting to) get a CopyFail. */
   #aborting = false;
   /** Lines before the first row on each shard (a HEADER line). */
@@ -317,6 +323,7 @@ class CopyInRun {
       };
       leg.server.attach(leg.link);
     }
+    host.running(this.#legs.map((l) => l.server));
     return true;
   }
 
@@ -450,6 +457,14 @@ class CopyInRun {
       if (this.#failure !== null) return;
       const size = rb.nextMessageSize();
       if (size === 0) {
+        const now = performance.now();
+        if (now - this.#flushedAt >= FLUSH_AFTER_MS) {
+          // A client that sends slowly: what it sent goes on before pgdog waits for more (each
+          // shard sees its rows, and a cancel or an error there takes effect on them).
+          this.#flushedAt = now;
+          for (const leg of this.#legs) await this.#flush(leg);
+          if (this.#failure !== null) return;
+        }
         if (!(await host.fill())) {
           this.#fail({
             severity: "ERROR",
@@ -721,6 +736,7 @@ class CopyInRun {
       for (const leg of legs) this.#abort(leg);
     }
     await this.#until(() => legs.every((l) => l.state === "done"));
+    host.running(null);
     const servers = legs.map((l) => l.server);
     for (const s of servers) s.detach();
     const failure = this.#failure;
