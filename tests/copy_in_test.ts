@@ -177,6 +177,8 @@ Deno.test("COPY FROM STDIN into a sharded database", async (t) => {
         ],
         ["COPY users (id, email) FROM STDIN (FORMAT csv)", '"13",m\n"1"4,n\n'],
         ["COPY users (id, email) FROM STDIN", "15\tend\n\\.\n"],
+        ["COPY public.users (id, email) FROM STDIN (FORMAT csv) WHERE id > 5", "1,a\n7,b\n9,c\n"],
+        ["COPY public.users FROM STDIN (FORMAT csv, ENCODING 'LATIN1')", "16,\xe9t\xe9,x\n"],
       ];
       for (const [sql, data] of cases) {
         await truncate(setup);
