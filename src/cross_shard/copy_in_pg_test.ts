@@ -313,7 +313,15 @@ Deno.test("COPY splitter against PostgreSQL's own COPY TO output", async (t) => 
              LATERAL (SELECT (ARRAY[${texts.map(lit).join(",")}])[i % ${texts.length} + 1] x) v`,
           );
           const want = (await c.rows("SELECT tx FROM e ORDER BY ord")).map((x) => x[0]);
-          for (const options of ["", "(FORMAT csv)", "(FORMAT csv, QUOTE '\\', ESCAPE '|')"]) {
+          const all = [
+            "",
+            "(FORMAT csv)",
+            "(FORMAT csv, QUOTE '\\', ESCAPE '|')",
+            "(FORMAT binary)",
+          ];
+          for (const options of all) {
+            // Binary text is in the session's client_encoding (COPY's ENCODING is for text/CSV).
+            const binary = options === "(FORMAT binary)";
             await c.rows(`SET client_encoding TO ${encoding}`);
             const file = concat(
               await copyOut(
@@ -321,12 +329,19 @@ Deno.test("COPY splitter against PostgreSQL's own COPY TO output", async (t) => 
                 `COPY (SELECT tx, ord, tx2 FROM e ORDER BY ord) TO STDOUT ${options}`,
               ),
             );
-            await c.rows("RESET client_encoding");
-            const withEncoding = options === ""
+            if (!binary) await c.rows("RESET client_encoding");
+            const withEncoding = binary
+              ? options
+              : options === ""
               ? `(ENCODING '${encoding}')`
               : options.replace(")", `, ENCODING '${encoding}')`);
             const format = formatOf(withEncoding, ["tx", "ord", "tx2"]);
-            const s = new CopyInSplitter(format, { keyColumn: 0, columns: 3 });
+            const s = new CopyInSplitter(format, {
+              keyColumn: 0,
+              columns: 3,
+              keyType: "varchar",
+              clientEncoding: binary ? encoding : undefined,
+            });
             const rows: Uint8Array[] = [];
             const keys: (string | null)[] = [];
             for (let at = 0; at < file.length; at += 3) {
@@ -338,9 +353,11 @@ Deno.test("COPY splitter against PostgreSQL's own COPY TO output", async (t) => 
             }
             s.end();
             deepEqual(keys, want, `${encoding} ${options}`);
-            deepEqual(concat(rows), file);
+            const parts = binary ? [s.header!, ...rows, TRAILER] : rows;
+            deepEqual(concat(parts), file);
             await c.rows("TRUNCATE e2");
-            await copyIn(c, `COPY e2 (tx, ord, tx2) FROM STDIN ${withEncoding}`, rows);
+            await copyIn(c, `COPY e2 (tx, ord, tx2) FROM STDIN ${withEncoding}`, parts);
+            if (binary) await c.rows("RESET client_encoding");
             const diff = await c.rows(
               "SELECT (SELECT count(*) FROM (TABLE e EXCEPT ALL TABLE e2) a) + " +
                 "(SELECT count(*) FROM (TABLE e2 EXCEPT ALL TABLE e) b)",

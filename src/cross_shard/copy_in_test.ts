@@ -561,6 +561,16 @@ Deno.test("binary: header, tuples, keys by type, trailer", () => {
   deepEqual(split(f, { keyColumn: 0, columns: 1 }, binaryFile([[uuid]])).keys, [
     "00112233-4455-6677-8899-aabbccddeeff",
   ]);
+  // Text in binary COPY is in the session's client_encoding.
+  deepEqual(
+    split(
+      f,
+      { keyColumn: 0, columns: 1, keyType: "varchar", clientEncoding: "LATIN1" },
+      binaryFile([[Uint8Array.from([0xe9])]]),
+    )
+      .keys,
+    ["é"],
+  );
   // No trailer: PostgreSQL takes the end of data as the end.
   const noTrailer = splitEverywhere(
     f,
