@@ -127,6 +127,18 @@ Deno.test("COPY FROM STDIN into a sharded database", async (t) => {
         "COPY 1",
       );
       assert.deepEqual(await setup.onShard(2, "SELECT count(*) FROM countries"), [["4"]]);
+      // A row one shard refuses (it has that code already): no shard keeps any row.
+      await setup.onShard(2, "INSERT INTO countries VALUES ('xx', 'only here')");
+      const bad = await psql(setup.target, "COPY countries FROM STDIN", {
+        stdin: "pt\tPortugal\nxx\tdup\n",
+      });
+      assert.match(bad.stderr, /duplicate key/);
+      for (let i = 0; i < 3; i++) {
+        assert.deepEqual(
+          await setup.onShard(i, "SELECT count(*) FROM countries WHERE code = 'pt'"),
+          [["0"]],
+        );
+      }
     });
 
     await t.step("mapping rules (list, range, default) place COPY rows", async () => {
