@@ -28,6 +28,7 @@ const SCHEMA = `
   CREATE TABLE users (id bigint PRIMARY KEY, email text, note text);
   CREATE TABLE countries (code text PRIMARY KEY, name text);
   CREATE TABLE regions (code bigint, name text);
+  CREATE TABLE gen (g int GENERATED ALWAYS AS (1) STORED, id bigint, v text);
 `;
 
 const shardOf = (id: number | bigint): number => shardForBigint(BigInt(id), 3);
@@ -71,6 +72,7 @@ Deno.test("COPY FROM STDIN into a sharded database", async (t) => {
   await using setup = await startSharded({
     shardedTables: [
       { name: "users", column: "id" },
+      { name: "gen", column: "id" },
       {
         name: "regions",
         column: "code",
@@ -106,6 +108,16 @@ Deno.test("COPY FROM STDIN into a sharded database", async (t) => {
       );
       await placedByKey(setup, 2004);
       await sameRows(setup, "SELECT * FROM users");
+      // A generated column takes no data: without a column list pgdog can't place the rows.
+      const gen = await psql(setup.target, "COPY gen FROM STDIN", { stdin: "1\ta\n" });
+      assert.match(gen.stderr, /generated columns/);
+      assert.equal(
+        await copyBoth(setup, "COPY gen (id, v) FROM STDIN", "1\ta\n2\tb\n3\tc\n"),
+        "COPY 3",
+      );
+      const genPlaced = await setup.placement("SELECT id FROM gen");
+      for (const [id, shards] of genPlaced) assert.deepEqual(shards, [shardOf(BigInt(id))]);
+      assert.equal(genPlaced.size, 3);
     });
 
     await t.step("a table on every shard gets every row, COPY n once", async () => {

@@ -268,12 +268,32 @@ class CopyInRun {
       out.writeTo(leg.server.writer).catch(() => {});
     }
     await this.#until(() => this.#legs.every((l) => l.state !== "starting"));
+    this.#checkColumns();
     if (this.#failure === null && !host.closed()) {
       host.writer.enqueue(this.#legs[0].response!);
       await host.writer.flush().catch(() => {});
       await this.#stream();
     }
     await this.#finish();
+  }
+
+  /**
+   * The shards take as many columns as pgdog split the rows by: without a column list, the
+   * table's generated columns take no data, so the key is not where the table's order says.
+   */
+  #checkColumns(): void {
+    const response = this.#legs[0].response;
+    if (this.#failure !== null || response === null || this.#route.key === null) return;
+    const columns = (response[6] << 8) | response[7];
+    if (columns === this.#route.columns.length) return;
+    const table = this.#route.table.name;
+    this.#fail({
+      severity: "ERROR",
+      code: SqlState.FeatureNotSupported,
+      message: `COPY into sharded table ${table} without a column list: the table has columns ` +
+        `that take no data (generated columns), so pgdog can't tell where the sharding key is; ` +
+        `name the columns (COPY ${table} (...) FROM STDIN)`,
+    });
   }
 
   /** The servers of every shard: the transaction's own, else checked out (in shard order). */
