@@ -120,6 +120,21 @@ Deno.test("COPY FROM STDIN into a sharded database", async (t) => {
       assert.equal(genPlaced.size, 3);
     });
 
+    await t.step("8 clients COPY at once: every row once, on its shard", async () => {
+      await truncate(setup);
+      const results = await Promise.all(
+        Array.from(
+          { length: 8 },
+          (_, c) =>
+            psql(setup.target, "COPY users (id, email) FROM STDIN", {
+              stdin: Array.from({ length: 2000 }, (_, i) => `${c * 10000 + i}\tc${c}\n`).join(""),
+            }),
+        ),
+      );
+      for (const r of results) assert.equal(r.stdout.trim(), "COPY 2000", r.stderr);
+      await placedByKey(setup, 16000);
+    });
+
     await t.step("a table on every shard gets every row, COPY n once", async () => {
       await truncate(setup);
       const data = "fr\tFrance\nde\tGermany\nit\tItaly\n";
