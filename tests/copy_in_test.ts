@@ -687,3 +687,27 @@ Deno.test("a COPY FROM on several shards is cancelled by a CancelRequest and que
     }
   });
 });
+
+Deno.test("COPY FROM on several shards in session mode: all or nothing, in and out of BEGIN", async () => {
+  await using setup = await startSharded({
+    shardedTables: [{ name: "users", column: "id" }],
+    schema: SCHEMA,
+    user: { pooler_mode: "session" },
+  });
+  await dumpLogsOnFailure(setup.proxy, async () => {
+    const r = await psql(setup.target, "", {
+      stdin: "SET application_name = 'copier';\n" +
+        "COPY users (id, email) FROM STDIN;\n1\ta\n2\tb\n3\tc\n\\.\n" +
+        "SHOW application_name;\n" +
+        "BEGIN;\nCOPY users (id, email) FROM STDIN;\n4\td\n5\te\n6\tf\n\\.\nCOMMIT;\n" +
+        "COPY users (id, email) FROM STDIN;\n7\tg\n8\th\n9\ti\n1\tdup\n\\.\n" +
+        "BEGIN;\nCOPY users (id, email) FROM STDIN;\n10\tj\n11\tk\n12\tl\n\\.\nROLLBACK;\n",
+      extraArgs: ["-v", "ON_ERROR_STOP=0"],
+    });
+    assert.equal(r.stdout, "SET\nCOPY 3\ncopier\nBEGIN\nCOPY 3\nCOMMIT\nBEGIN\nCOPY 3\nROLLBACK\n");
+    // Only the failed COPY's error: no shard ran a COPY outside the transaction.
+    assert.equal(r.stderr.match(/ERROR|WARNING/g)?.length, 1, r.stderr);
+    assert.match(r.stderr, /duplicate key/);
+    await placedByKey(setup, 6);
+  });
+});

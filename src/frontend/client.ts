@@ -590,7 +590,6 @@ export class Client implements ServerLink {
         parts.deferredBegin = null;
         return begin;
       },
-      txStatus: () => parts.txStatus(),
       clientEncoding: () => this.session.params.get("client_encoding") ?? null,
       // A long COPY is activity (client_idle_timeout).
       fill: () =>

@@ -75,7 +75,6 @@ export interface CopyInHost {
   letGo(): void;
   /** A BEGIN of the client's held back (taken: the COPY runs in the client's transaction). */
   takeDeferredBegin(): Uint8Array | null;
-  txStatus(): number;
   /** The session's client_encoding (null: not set, UTF-8). */
   clientEncoding(): string | null;
   /** Reads more of the client's messages into `rbuf`; false when the client is gone. */
@@ -248,19 +247,23 @@ class CopyInRun {
   async run(query: Uint8Array): Promise<void> {
     const host = this.#host;
     if (!(await this.#takeLegs())) return;
-    // Every leg starts the COPY (in pgdog's implicit transaction outside the client's).
+    // Every leg starts the COPY in a transaction: pgdog's implicit one outside the client's;
+    // inside it, a leg not in it yet (checked out now, or a session's server kept idle) joins it
+    // with what opened it (or a BEGIN when pgdog did not see that: session mode).
+    const prelude = host.txn.prelude;
     for (const leg of this.#legs) {
       const out = new OutBatch();
       out.reset(query);
       host.syncParams(leg.server, out);
-      if (leg.fresh) {
-        for (const msg of host.txn.prelude) {
-          out.addBytes(msg);
-          leg.server.expect(Expect.Query, Action.Swallow);
-        }
-      }
-      if (this.#implicit) {
-        out.addBytes(IMPLICIT_BEGIN);
+      const joins = this.#implicit
+        ? [IMPLICIT_BEGIN]
+        : leg.server.txStatus !== TxStatus.Idle
+        ? []
+        : prelude.length > 0
+        ? prelude
+        : [IMPLICIT_BEGIN];
+      for (const msg of joins) {
+        out.addBytes(msg);
         leg.server.expect(Expect.Query, Action.Swallow);
       }
       out.addBytes(query);
@@ -299,7 +302,6 @@ class CopyInRun {
   /** The servers of every shard: the transaction's own, else checked out (in shard order). */
   async #takeLegs(): Promise<boolean> {
     const host = this.#host;
-    this.#implicit = host.txStatus() === TxStatus.Idle;
     const begin = host.takeDeferredBegin();
     if (begin !== null) host.txn.prelude.unshift(begin);
     if (host.txn.empty && !(await host.atGate())) return false;
@@ -324,6 +326,9 @@ class CopyInRun {
       host.answerError({ ...fields, severity: "ERROR" }, true);
       return false;
     }
+    // The client is in a transaction when it sent BEGIN (held back) or a server holds one of its
+    // (txStatus() can't tell: a session's parked servers count as in a transaction).
+    this.#implicit = begin === null && this.#legs.every((l) => l.server.txStatus === TxStatus.Idle);
     // A server of a shard the COPY does not run on is set aside (the COPY runs on every shard).
     const other = host.attached();
     if (other !== null) {
