@@ -698,16 +698,38 @@ Deno.test("COPY FROM on several shards in session mode: all or nothing, in and o
     const r = await psql(setup.target, "", {
       stdin: "SET application_name = 'copier';\n" +
         "COPY users (id, email) FROM STDIN;\n1\ta\n2\tb\n3\tc\n\\.\n" +
-        "SHOW application_name;\n" +
         "BEGIN;\nCOPY users (id, email) FROM STDIN;\n4\td\n5\te\n6\tf\n\\.\nCOMMIT;\n" +
         "COPY users (id, email) FROM STDIN;\n7\tg\n8\th\n9\ti\n1\tdup\n\\.\n" +
         "BEGIN;\nCOPY users (id, email) FROM STDIN;\n10\tj\n11\tk\n12\tl\n\\.\nROLLBACK;\n",
       extraArgs: ["-v", "ON_ERROR_STOP=0"],
     });
-    assert.equal(r.stdout, "SET\nCOPY 3\ncopier\nBEGIN\nCOPY 3\nCOMMIT\nBEGIN\nCOPY 3\nROLLBACK\n");
+    assert.equal(r.stdout, "SET\nCOPY 3\nBEGIN\nCOPY 3\nCOMMIT\nBEGIN\nCOPY 3\nROLLBACK\n");
     // Only the failed COPY's error: no shard ran a COPY outside the transaction.
     assert.equal(r.stderr.match(/ERROR|WARNING/g)?.length, 1, r.stderr);
     assert.match(r.stderr, /duplicate key/);
     await placedByKey(setup, 6);
+  });
+});
+
+Deno.test("COPY FROM on several shards with two_phase_commit: committed everywhere or nowhere", async () => {
+  await using setup = await startSharded({
+    shardedTables: [{ name: "users", column: "id" }],
+    schema: SCHEMA,
+    settings: { max_prepared_transactions: 10 },
+    general: { two_phase_commit: true },
+  });
+  await dumpLogsOnFailure(setup.proxy, async () => {
+    const data = Array.from({ length: 3000 }, (_, i) => `${i}\tt${i}\n`).join("");
+    const ok = await psql(setup.target, "COPY users (id, email) FROM STDIN", { stdin: data });
+    assert.equal(ok.stdout.trim(), "COPY 3000", ok.stderr);
+    await placedByKey(setup, 3000);
+    const bad = await psql(setup.target, "COPY users (id, email) FROM STDIN", {
+      stdin: "5000\tnew\n5001\tnew\n7\tdup\n",
+    });
+    assert.match(bad.stderr, /duplicate key/);
+    await placedByKey(setup, 3000);
+    for (let i = 0; i < 3; i++) {
+      assert.deepEqual(await setup.onShard(i, "SELECT count(*) FROM pg_prepared_xacts"), [["0"]]);
+    }
   });
 });
