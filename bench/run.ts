@@ -13,13 +13,16 @@
  * Then the two-phase commit group (bench/two_pc.ts): TPC-B style transactions touching two
  * shards through pgdog without and with two-phase commit; written to
  * bench/results/<timestamp>-two-pc.md and latest-two-pc.md.
- * `--only pgbench`, `--only cross-shard` or `--only two-pc` runs one group.
+ * Then the COPY group (bench/copy.ts): COPY FROM STDIN of 1M rows (text and binary) through
+ * pgdog into 3 shards against one PostgreSQL directly, and pgdog's peak memory; written to
+ * bench/results/<timestamp>-copy.md and latest-copy.md.
+ * `--only pgbench`, `--only cross-shard`, `--only two-pc` or `--only copy` runs one group.
  *
  * ```
  * deno task bench [--seconds 5] [--rounds 1] [--clients 1,16,64,256]
  *   [--workloads select-simple,select-extended,select-prepared,tpcb,select-connect]
  *   [--targets direct,pgdog,pgbouncer] [--workers 1] [--idle 10000] [--out bench/results]
- *   [--only pgbench|cross-shard|two-pc] [--cross-shard-rows 1000000]
+ *   [--only pgbench|cross-shard|two-pc|copy] [--cross-shard-rows 1000000] [--copy-rows 1000000]
  * ```
  *
  * @module
@@ -44,6 +47,7 @@ import { type Pgbouncer, startPgbouncer } from "./pgbouncer.ts";
 import { connectInspector } from "./inspector.ts";
 import { runCrossShardBench } from "./cross_shard.ts";
 import { runTwoPcBench } from "./two_pc.ts";
+import { runCopyBench } from "./copy.ts";
 
 /** One pgbench workload. */
 interface Workload {
@@ -121,6 +125,9 @@ const HELP = `deno task bench [options]
                      transactions on two shards, without and with two-phase commit, --seconds
                      each, 1 and 8 clients); default: all
   --cross-shard-rows N  rows of the cross-shard group, in all (default 1000000)
+  --only copy        COPY FROM STDIN through pgdog into 3 shards against one PostgreSQL (text
+                     and binary), and pgdog's peak memory
+  --copy-rows N      rows per COPY of the copy group (default 1000000)
 `;
 
 const args = parseArgs({
@@ -138,6 +145,7 @@ const args = parseArgs({
     "proxy-cpus": { type: "string", default: "" },
     only: { type: "string", default: "" },
     "cross-shard-rows": { type: "string", default: "1000000" },
+    "copy-rows": { type: "string", default: "1000000" },
     out: {
       type: "string",
       default: decodeURIComponent(new URL("./results", import.meta.url).pathname),
@@ -185,8 +193,33 @@ const workloads = list(args.workloads).map((name) => {
   return w;
 });
 
-if (!["", "pgbench", "cross-shard", "two-pc"].includes(args.only)) {
-  throw new Error(`--only: expected pgbench, cross-shard or two-pc, not ${args.only}`);
+if (!["", "pgbench", "cross-shard", "two-pc", "copy"].includes(args.only)) {
+  throw new Error(`--only: expected pgbench, cross-shard, two-pc or copy, not ${args.only}`);
+}
+const copyRows = positive(args["copy-rows"], "copy-rows", 1000);
+
+/** Runs the COPY group and writes its report next to the others. */
+async function copyGroup(): Promise<void> {
+  const started = new Date();
+  const text = await runCopyBench({ rows: copyRows, rounds: Math.max(3, rounds) });
+  console.log(`\n${text}`);
+  const report = [
+    `# pgdog COPY benchmark, ${started.toISOString().slice(0, 19).replace("T", " ")} UTC`,
+    "",
+    `Command: \`deno task bench${Deno.args.map((a) => ` ${a}`).join("")}\``,
+    "",
+    text,
+  ].join("\n");
+  await Deno.mkdir(outDir, { recursive: true });
+  const stamp = started.toISOString().slice(0, 19).replace(/[:]/g, "-");
+  await Deno.writeTextFile(`${outDir}/${stamp}-copy.md`, report);
+  await Deno.writeTextFile(`${outDir}/latest-copy.md`, report);
+  console.error(`wrote ${outDir}/${stamp}-copy.md and ${outDir}/latest-copy.md`);
+}
+
+if (args.only === "copy") {
+  await copyGroup();
+  Deno.exit(0);
 }
 const crossShardRows = positive(args["cross-shard-rows"], "cross-shard-rows", 1000);
 
@@ -501,6 +534,7 @@ try {
 if (args.only === "") {
   await crossShardGroup();
   await twoPcGroup();
+  await copyGroup();
 }
 
 /** One pgbench run, summarised. */

@@ -47,6 +47,7 @@ import { runInsertSelect } from "./insert_select_run.ts";
 import { planSplit } from "./split_request.ts";
 import { commitOnShards } from "./shard_commit.ts";
 import { planAtomicWrite } from "./atomic_write.ts";
+import { runCopyIn } from "./copy_in_run.ts";
 import { ClientView } from "./client_view.ts";
 import { ClientGate } from "./client_gate.ts";
 import { ShardSwitch } from "./shard_switch.ts";
@@ -574,6 +575,10 @@ export class Client implements ServerLink {
     this.#parts.checkout.outsideTransaction = route.outsideTransaction;
     const shards = route.shards;
     if (shards.length === 1) return await this.#shards.toShard(shards[0]);
+    if (route.copyIn !== undefined) {
+      await this.#copyIn({ shards, route: route.copyIn, type, p, end });
+      return "done";
+    }
     let splitInsert = route.splitInsert;
     if (route.keyUpdate !== null) {
       // The row is read on its shard first; then it moves as a split write (see key_move.ts).
@@ -606,6 +611,67 @@ export class Client implements ServerLink {
       splitInsert,
     });
     return "done";
+  }
+
+  /** COPY FROM STDIN on several shards (see copy_in_run.ts). */
+  async #copyIn(request: Parameters<typeof runCopyIn>[1]): Promise<void> {
+    if (this.server !== null) {
+      await this.#closeBatch();
+      await this.#settle();
+    }
+    if (this.closed) return;
+    const parts = this.#parts;
+    const plugins = this.#host.plugins;
+    this.state = "active";
+    await runCopyIn({
+      rbuf: this.rbuf,
+      writer: this.writer,
+      closed: () => this.closed,
+      cluster: this.cluster!,
+      shardCount: parts.sharding!.shards,
+      txn: this.#txn,
+      attached: () => this.server,
+      letGo: () => {
+        this.server = null;
+      },
+      takeDeferredBegin: () => {
+        const begin = parts.deferredBegin;
+        parts.deferredBegin = null;
+        return begin;
+      },
+      clientEncoding: () => this.session.params.get("client_encoding") ?? null,
+      // A long COPY is activity (client_idle_timeout).
+      fill: () =>
+        this.rbuf.fill(this.conn).then((more) => {
+          this.lastActivity = Date.now();
+          return more;
+        }),
+      syncParams: (server, out) => parts.syncParams(server, out),
+      atGate: () => this.#atGate(),
+      pluginShard: (plugin, value, spec) => {
+        if (plugins === null) return Promise.reject(new Error("no plugins are running"));
+        return plugins.shard(plugin, value, {
+          table: spec.name,
+          column: spec.column,
+          dataType: spec.type,
+          shards: parts.sharding!.shards,
+          database: this.database,
+        });
+      },
+      endImplicit: async (servers, commit) => {
+        this.#transactionOver();
+        this.session.pgdogLocal.clear();
+        const error = await parts.checkout.endImplicit(servers, commit);
+        this.transactions++;
+        return error;
+      },
+      answerError: (fields, simple) => this.#local.answerError(fields, simple),
+      running: (servers) => {
+        this.#servers.copying = servers;
+      },
+    }, request);
+    this.state = "idle";
+    this.lastActivity = Date.now();
   }
 
   /** See ShardSwitch.closeBatch. */

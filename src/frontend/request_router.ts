@@ -40,6 +40,7 @@ import {
   type ShardLookup,
   type ShardSession,
 } from "../router/shard.ts";
+import type { CopyInRoute } from "../router/shard_keys.ts";
 import type { PluginSet, RouteVerdict } from "../plugin/mod.ts";
 import { errorMessage, log, logEnabled } from "../log.ts";
 import { rewrittenParse, routeContextJson } from "./plugin_context.ts";
@@ -61,6 +62,8 @@ export interface ShardRoute {
   omniWrite: boolean;
   /** COPY TO of several shards in text or CSV with HEADER: only the first header line is sent. */
   copyHeader?: boolean;
+  /** COPY FROM STDIN on several shards: the rows are split among them (copy_in_run.ts). */
+  copyIn?: CopyInRoute;
   /** The request runs nothing (Parse, Describe) and opens no transaction on its shard. */
   outsideTransaction: boolean;
   /** A cross-shard statement whose answers pgdog merges by this plan. */
@@ -342,6 +345,7 @@ export class RequestRouter {
       shards,
       omniWrite: decision.omniWrite,
       copyHeader: decision.copyHeader,
+      copyIn: shards.length > 1 ? decision.copyIn : undefined,
       merge: shards.length <= 1
         ? null
         : decision.merge ?? (limited && decision.concatenates && !decision.omniWrite &&

@@ -51,6 +51,8 @@ export class RequestServers {
   readonly #parts: ServingParts;
   /** The request running on several shards, if any. */
   fan: FanOut | null = null;
+  /** The servers of a COPY FROM running on several shards (copy_in_run.ts), if any. */
+  copying: readonly Server[] | null = null;
 
   constructor(client: ServingClient, parts: ServingParts) {
     this.#client = client;
@@ -135,7 +137,7 @@ export class RequestServers {
       ? [server]
       : fan !== null && fan.running
       ? fan.servers
-      : null;
+      : this.copying;
   }
 
   /**
@@ -148,6 +150,8 @@ export class RequestServers {
       server.sendCancel();
     } else if (this.fan !== null && this.fan.running) {
       for (const s of this.fan.servers) if (s.queue.length > 0 && !s.closed) s.sendCancel();
+    } else if (this.copying !== null) {
+      for (const s of this.copying) if (s.queue.length > 0 && !s.closed) s.sendCancel();
     } else if (this.#parts.checkout.waitAbort) {
       this.#parts.checkout.waitAbort.abort(
         new ClientFacingError({

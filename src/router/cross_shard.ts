@@ -1801,25 +1801,23 @@ function unite(a: Occurrence, b: Occurrence): void {
 
 // ---- statements around queries ---------------------------------------------------------------
 
-/** COPY: out of a table or a query (from every shard, one stream), into a table (refused). */
+/**
+ * COPY: out of a table or a query (from every shard, one stream); from STDIN into a table (every
+ * shard, the rows split by their key, or every row to every shard for tables on every shard).
+ */
 function copy(body: Node, ctx: RouteContext, options: ProveOptions): ShardDecision {
-  const c = body as { relation?: Node; query?: Node; is_from?: boolean; options?: Node[] };
+  const c = body as {
+    relation?: Node;
+    query?: Node;
+    is_from?: boolean;
+    is_program?: boolean;
+    filename?: string;
+    attlist?: Node[];
+    options?: Node[];
+  };
   const { config } = ctx;
   const t = c.relation ? tableOf(c.relation) : undefined;
-  if (c.is_from) {
-    if (t && isSharded(t, config)) {
-      return refuse(
-        "COPY FROM into a sharded table is not supported yet: insert the rows with INSERT",
-      );
-    }
-    return {
-      ...refuse(
-        "COPY FROM into a table copied on every shard is not supported yet: insert the rows " +
-          "with INSERT",
-      ),
-      omniWrite: true,
-    };
-  }
+  if (c.is_from) return copyIn(c, t, ctx);
   const header = copyHeader(c.options ?? []);
   if (c.query) {
     const d = prove(c.query, ctx, { ...options, noMerge: true });
@@ -1836,6 +1834,64 @@ function copy(body: Node, ctx: RouteContext, options: ProveOptions): ShardDecisi
     };
   }
   return { ...allShards("COPY TO from every shard, one stream"), copyHeader: header };
+}
+
+/** COPY FROM: from STDIN only; a sharded table needs its key among the columns the rows hold. */
+function copyIn(
+  c: { is_program?: boolean; filename?: string; attlist?: Node[]; options?: Node[] },
+  t: RangeTable | undefined,
+  ctx: RouteContext,
+): ShardDecision {
+  const { config } = ctx;
+  if (t === undefined) return refuse("COPY FROM without a table");
+  if (c.is_program || c.filename !== undefined) {
+    return refuse(
+      "COPY FROM a file or a program on a sharded database is not supported: each shard would " +
+        "read its own; use COPY FROM STDIN (psql's \\copy)",
+    );
+  }
+  const listed = c.attlist?.map((n) => stringOf(n)) ?? null;
+  const sharded = isSharded(t, config) && !isOmni(t, config);
+  const spec = sharded ? tableSpec(t, config) : undefined;
+  let columns = listed;
+  if (columns === null) {
+    const lookup = ctx.values.lookup;
+    const known = lookup?.columns?.(t);
+    if (known === undefined) {
+      lookup?.missingColumns?.push(
+        t.schema ? { schema: t.schema, name: t.name } : { name: t.name },
+      );
+      return refuse(
+        `COPY into ${describe(t)} without a column list needs the table's column order, which ` +
+          `pgdog reads before the COPY runs: name the columns (COPY ${
+            describe(t)
+          } (...) FROM STDIN)`,
+      );
+    }
+    columns = known;
+  }
+  const route = { table: t, columns, options: c.options ?? [] };
+  if (spec === undefined) {
+    return {
+      target: { kind: "all" },
+      reason: "COPY FROM into a table on every shard: every row to every shard",
+      omniWrite: true,
+      copyIn: { ...route, key: null },
+    };
+  }
+  const column = columns.indexOf(spec.column);
+  if (column < 0) {
+    return refuse(
+      `COPY into sharded table ${describe(t)} needs its sharding key ${spec.column} among the ` +
+        "columns: each row goes to the shard of its key",
+    );
+  }
+  return {
+    target: { kind: "all" },
+    reason: `COPY FROM: each row to the shard of its ${spec.column}`,
+    omniWrite: false,
+    copyIn: { ...route, key: { column, spec } },
+  };
 }
 
 /** COPY ... (HEADER) in text or CSV format: each shard would send the header line. */

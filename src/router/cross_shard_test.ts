@@ -315,7 +315,38 @@ Deno.test("COPY TO: text and CSV with HEADER say so (one header line for every s
   ok(!decide("COPY users TO STDOUT (FORMAT binary)").copyHeader);
   equal(decide("COPY (SELECT * FROM users) TO STDOUT WITH CSV HEADER").copyHeader, true);
   deepEqual(decide("COPY countries TO STDOUT").target, { kind: "any" });
-  refused("COPY users FROM STDIN", /COPY FROM/);
+});
+
+Deno.test("COPY FROM STDIN: every shard, the rows split by the key's column", () => {
+  const listed = decide("COPY users (email, id) FROM STDIN (FORMAT csv)");
+  ok(!listed.unsupported);
+  deepEqual(listed.target, { kind: "all" });
+  deepEqual(listed.copyIn?.columns, ["email", "id"]);
+  equal(listed.copyIn?.key?.column, 1);
+  equal(listed.copyIn?.key?.spec.column, "id");
+  equal(listed.copyIn?.options.length, 1);
+  // Without a column list: the table's column order, read first (until then, refused).
+  const lookup = {
+    found: [],
+    pluginShards: new Map(),
+    missing: [],
+    missingColumns: [] as Array<{ name: string }>,
+  };
+  const unknown = decideShard(router.analyze("COPY users FROM STDIN"), { config, lookup });
+  match(unknown.unsupported ?? "", /column order/);
+  deepEqual(lookup.missingColumns, [{ name: "users" }]);
+  const known = decideShard(router.analyze("COPY users FROM STDIN"), {
+    config,
+    lookup: { ...lookup, columns: () => ["note", "id", "email"] },
+  });
+  equal(known.copyIn?.key?.column, 1);
+  // Tables on every shard: every row to every shard.
+  const omni = decide("COPY countries (code) FROM STDIN");
+  equal(omni.copyIn?.key, null);
+  equal(omni.omniWrite, true);
+  refused("COPY users (email) FROM STDIN", /sharding key id/);
+  refused("COPY users (id) FROM '/tmp/x'", /file or a program/);
+  refused("COPY users (id) FROM PROGRAM 'cat'", /file or a program/);
 });
 
 Deno.test("a statement too deep to parse is refused, unless routed by hand", () => {

@@ -124,6 +124,8 @@ export interface ShardDecision {
   concatenates?: boolean;
   /** COPY TO of several shards in text or CSV with HEADER: only the first header line is sent. */
   copyHeader?: boolean;
+  /** COPY FROM STDIN on every shard: pgdog splits the client's rows among them. */
+  copyIn?: CopyInRoute;
   /**
    * Runs on several shards whose answers pgdog merges by this plan (sort, aggregate, distinct,
    * limit...); the shards run `merge.shardSql` (null: the statement as the client sent it).
@@ -133,6 +135,17 @@ export interface ShardDecision {
   splitInsert?: SplitInsertPlan;
   /** An UPDATE of a row's sharding key that moves it to another shard (see key_update.ts). */
   keyUpdate?: KeyUpdatePlan;
+}
+
+/** Where the rows of a COPY FROM STDIN go (see {@linkcode ShardDecision.copyIn}). */
+export interface CopyInRoute {
+  table: RangeTable;
+  /** The columns the rows hold, in order (the column list, else the table's own order). */
+  columns: string[];
+  /** The COPY statement's options (libpg-query DefElem nodes). */
+  options: unknown[];
+  /** The sharding key: its column's index in `columns` and its table entry; null: every row to every shard. */
+  key: { column: number; spec: ShardedTable } | null;
 }
 
 /** Bind parameter values of an extended-protocol execution (raw bytes per format code). */
