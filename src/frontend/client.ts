@@ -48,6 +48,7 @@ import { planSplit } from "./split_request.ts";
 import { commitOnShards } from "./shard_commit.ts";
 import { planAtomicWrite } from "./atomic_write.ts";
 import { runCopyIn } from "./copy_in_run.ts";
+import { askPluginHashers } from "./plugin_hashers.ts";
 import { ClientView } from "./client_view.ts";
 import { ClientGate } from "./client_gate.ts";
 import { ShardSwitch } from "./shard_switch.ts";
@@ -648,16 +649,11 @@ export class Client implements ServerLink {
         }),
       syncParams: (server, out) => parts.syncParams(server, out),
       atGate: () => this.#atGate(),
-      pluginShard: (plugin, value, spec) => {
-        if (plugins === null) return Promise.reject(new Error("no plugins are running"));
-        return plugins.shard(plugin, value, {
-          table: spec.name,
-          column: spec.column,
-          dataType: spec.type,
+      askPluginHashers: (lookup) =>
+        askPluginHashers(plugins, lookup, {
           shards: parts.sharding!.shards,
           database: this.database,
-        });
-      },
+        }),
       endImplicit: async (servers, commit) => {
         this.#transactionOver();
         this.session.pgdogLocal.clear();

@@ -47,13 +47,7 @@ import {
   CopyInSplitter,
   type CopyRows,
 } from "../cross_shard/copy_in.ts";
-import {
-  type CopyInRoute,
-  pluginKey,
-  type ShardedTable,
-  type ShardLookup,
-  valueShard,
-} from "../router/shard_keys.ts";
+import { type CopyInRoute, type ShardLookup, valueShard } from "../router/shard_keys.ts";
 import { errorMessage } from "../log.ts";
 import { OutBatch } from "./out_batch.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
@@ -83,8 +77,8 @@ export interface CopyInHost {
   syncParams(server: Server, out: OutBatch): void;
   /** A new transaction waits out PAUSE (false: the client was told, or left). */
   atGate(): Promise<boolean>;
-  /** The shard of `value` by a plugin hasher (throws when the plugin fails). */
-  pluginShard(plugin: string, value: string, spec: ShardedTable): Promise<number>;
+  /** Asks the plugin hashers for `lookup.missing` (see plugin_hashers.ts; throws on failure). */
+  askPluginHashers(lookup: ShardLookup): Promise<void>;
   /**
    * Ends the transaction pgdog opened on `servers` (commit or roll back) and gives them back;
    * returns the first error.
@@ -655,14 +649,8 @@ class CopyInRun {
       if (lookup.missing.length === 0) return true;
       if (pass === 1) break;
       if (lookup.pluginShards.size > PLUGIN_ANSWERS) lookup.pluginShards.clear();
-      const asks = new Map<string, { plugin: string; value: string }>();
-      for (const m of lookup.missing) asks.set(pluginKey(m.plugin, m.value), m);
       try {
-        await Promise.all(
-          [...asks].map(async ([k, m]) =>
-            lookup.pluginShards.set(k, await this.#host.pluginShard(m.plugin, m.value, spec))
-          ),
-        );
+        await this.#host.askPluginHashers(lookup);
       } catch (e) {
         this.#fail({ severity: "ERROR", code: SqlState.SystemError, message: errorMessage(e) });
         return false;

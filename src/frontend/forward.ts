@@ -31,6 +31,23 @@ import { type UniqueIdParse, UniqueIdStatements } from "./unique_ids.ts";
 import type { OutBatch } from "./out_batch.ts";
 import type { RoutedMessage } from "./routed_message.ts";
 
+/**
+ * The statement the Bind message at `p` (buffered up to `end`) runs, as its client knows it: the
+ * unnamed one, or a named one pgdog keeps (`renaming`); nulls when pgdog doesn't know its text.
+ */
+export function boundStatement(
+  c: { forwarder: Forwarder; statements: ClientStatements; renaming: boolean },
+  message: { buf: Uint8Array; p: number; end: number },
+): { analysis: Analysis | null; text: string | null } {
+  const name = bindStatementName(message.buf, message.p, message.end);
+  if (name === "") {
+    return { analysis: c.forwarder.unnamedAnalysis, text: c.forwarder.unnamedSql };
+  }
+  if (!c.renaming) return { analysis: null, text: null };
+  const stmt = c.statements.get(name);
+  return { analysis: stmt?.analysis ?? null, text: stmt?.query ?? null };
+}
+
 /** What forwarding asks of the client it forwards for. */
 export interface ForwardClient {
   /** This client's prepared statement names (transaction mode). */

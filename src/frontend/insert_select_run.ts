@@ -14,6 +14,7 @@
  * @module
  */
 
+import { askPluginHashers } from "./plugin_hashers.ts";
 import {
   decodeText,
   type ErrorFields,
@@ -37,7 +38,6 @@ import { learnColumnOrders } from "../backend/catalog.ts";
 import type { QueryRouter } from "../router/mod.ts";
 import {
   decideShard,
-  pluginKey,
   type ShardingConfig,
   type ShardLookup,
   type ShardSession,
@@ -500,29 +500,11 @@ async function placeRows(
   let shards = place();
   if (lookup.missing.length > 0) {
     // A plugin hasher: each distinct key asked once, in batches.
-    const plugins = c.plugins;
-    if (plugins === null) return { error: pluginError("no plugins are running") };
-    const distinct = [...new Map(lookup.missing.map((m) => [m.value, m])).values()];
-    const BATCH = 256;
     try {
-      for (let i = 0; i < distinct.length; i += BATCH) {
-        await Promise.all(
-          distinct.slice(i, i + BATCH).map(async (m) => {
-            const shard = await plugins.shard(m.plugin, m.value, {
-              table: m.spec.name,
-              column: m.spec.column,
-              dataType: m.spec.type,
-              shards: config.shards,
-              database: c.database,
-            });
-            lookup.pluginShards.set(pluginKey(m.plugin, m.value), shard);
-          }),
-        );
-      }
+      await askPluginHashers(c.plugins, lookup, { shards: config.shards, database: c.database });
     } catch (e) {
       return { error: pluginError(errorMessage(e)) };
     }
-    lookup.missing = [];
     shards = place();
   }
   const unplaced = shards.findIndex((s) => s === null);

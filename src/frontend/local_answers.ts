@@ -33,7 +33,6 @@ import type { UniqueIdGenerator } from "../sharding/unique_id.ts";
 import { type AdminAnswer, encodeAnswer } from "../admin/mod.ts";
 import { rewrittenParse } from "./plugin_context.ts";
 import {
-  bindStatementName,
   type ClientStatements,
   describedName,
   parseName,
@@ -43,7 +42,7 @@ import {
 } from "./prepared.ts";
 import { DEALLOCATE_NOOP, noSuchStatement, rewriteDeallocations } from "./deallocate.ts";
 import type { SessionState } from "./session.ts";
-import type { Forwarder } from "./forward.ts";
+import { boundStatement, type Forwarder } from "./forward.ts";
 import type { RoutedMessage } from "./routed_message.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 import { IMPLICIT_BEGIN, type SplitRun } from "./split_request.ts";
@@ -401,15 +400,7 @@ export class LocalAnswers {
     } else {
       // A Bind of a statement parsed earlier (pgbench -M prepared runs BEGIN that way).
       if (buf[p + 5] !== 0) return false;
-      const name = bindStatementName(buf, p, rb.end);
-      if (name === "") {
-        analysis = c.forwarder.unnamedAnalysis;
-        text = c.forwarder.unnamedSql;
-      } else if (c.renaming) {
-        const stmt = c.statements.get(name);
-        analysis = stmt?.analysis ?? null;
-        text = stmt?.query ?? null;
-      }
+      ({ analysis, text } = boundStatement(c, { buf, p, end: rb.end }));
       if (analysis === null || analysis.info.transaction === null) return false;
     }
     let q = p;

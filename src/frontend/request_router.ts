@@ -33,7 +33,6 @@ import {
   type BindValues,
   decideShard,
   isSessionControl,
-  pluginKey,
   searchPathSet,
   type ShardDecision,
   type ShardingConfig,
@@ -53,6 +52,7 @@ import type { ShardTransaction } from "./shard_transaction.ts";
 import { type MergePlan, PASS_THROUGH } from "../cross_shard/plan.ts";
 import type { KeyUpdatePlan, SplitInsertPlan } from "../router/split_insert_plan.ts";
 import { NonDeterministicRewrite } from "./non_deterministic_run.ts";
+import { askPluginHashers } from "./plugin_hashers.ts";
 
 /** Where a request on a sharded database runs: the value routing returns. */
 export interface ShardRoute {
@@ -427,19 +427,8 @@ export class RequestRouter {
       decision = decideShard(analysis, { config, session, bind, lookup });
     }
     if (lookup.missing.length === 0) return decision;
-    const plugins = c.plugins;
     try {
-      if (plugins === null) throw new Error("no plugins are running");
-      await Promise.all(lookup.missing.map(async (m) => {
-        const shard = await plugins.shard(m.plugin, m.value, {
-          table: m.spec.name,
-          column: m.spec.column,
-          dataType: m.spec.type,
-          shards: config.shards,
-          database: c.database,
-        });
-        lookup.pluginShards.set(pluginKey(m.plugin, m.value), shard);
-      }));
+      await askPluginHashers(c.plugins, lookup, { shards: config.shards, database: c.database });
     } catch (e) {
       this.#answerPluginError(errorMessage(e), type);
       return null;

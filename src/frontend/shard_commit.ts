@@ -22,8 +22,8 @@ import {
 import type { MessageBuffer } from "../net/message_buffer.ts";
 import type { Server } from "../backend/server.ts";
 import type { Analysis, QueryRouter } from "../router/mod.ts";
-import { bindStatementName, type ClientStatements, parseQuery } from "./prepared.ts";
-import type { Forwarder } from "./forward.ts";
+import { type ClientStatements, parseQuery } from "./prepared.ts";
+import { boundStatement, type Forwarder } from "./forward.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
 
 /** What a multi-shard COMMIT reads of the client and asks of it. */
@@ -144,15 +144,7 @@ function extendedCommit(
     if (buf[p + 5] !== 0 || !startsLikeCommit(buf, p + 6)) return null;
   } else if (buf[p] === Msg.Bind) {
     if (buf[p + 5] !== 0) return null;
-    const name = bindStatementName(buf, p, rb.end);
-    if (name === "") {
-      analysis = c.forwarder.unnamedAnalysis;
-      text = c.forwarder.unnamedSql;
-    } else if (c.renaming) {
-      const stmt = c.statements.get(name);
-      analysis = stmt?.analysis ?? null;
-      text = stmt?.query ?? null;
-    }
+    ({ analysis, text } = boundStatement(c, { buf, p, end: rb.end }));
     if (!isCommit(analysis)) return null;
   } else return null;
   const answers = new MessageBuilder(64);

@@ -17,6 +17,7 @@ import type { Node } from "./analyze.ts";
 import { MergeRefusal, shardText, withLiterals } from "./merge_plan.ts";
 import type { ValueContext } from "./shard_keys.ts";
 import type { KeyUpdatePlan } from "./split_insert_plan.ts";
+import { renumberParams } from "./split_insert.ts";
 
 export type { KeyUpdatePlan } from "./split_insert_plan.ts";
 
@@ -176,23 +177,4 @@ function call(name: string, args: Node[]): Node {
   return {
     FuncCall: { funcname: [{ String: { sval: name } }], args, funcformat: "COERCE_EXPLICIT_CALL" },
   };
-}
-
-/** A copy of `node` with its parameters numbered $1.. by first appearance (`params`: originals). */
-function renumberParams(node: unknown, params: number[]): unknown {
-  const copy = (v: unknown): unknown => {
-    if (Array.isArray(v)) return v.map(copy);
-    if (v === null || typeof v !== "object") return v;
-    const o = v as Node;
-    const ref = o.ParamRef as { number?: number } | undefined;
-    if (ref?.number !== undefined) {
-      let at = params.indexOf(ref.number);
-      if (at < 0) at = params.push(ref.number) - 1;
-      return { ParamRef: { ...ref, number: at + 1 } };
-    }
-    const out: Node = {};
-    for (const [k, x] of Object.entries(o)) out[k] = copy(x);
-    return out;
-  };
-  return copy(node);
 }

@@ -36,6 +36,7 @@ import { parseSync } from "libpg-query";
 import { skipBlanks } from "./lex.ts";
 import { MAX_NESTING, nestingEstimate } from "./depth.ts";
 import { walkTree } from "./tree.ts";
+import { byteOffsetsToIndexes } from "./unique_id_calls.ts";
 
 /** What a call's value comes from. */
 export type CallSource = "transaction" | "statement" | "call";
@@ -272,25 +273,4 @@ function callEnd(sql: string, start: number, paren: boolean): number {
   if (sql[open] !== "(") return i;
   const close = sql.indexOf(")", open);
   return close < 0 ? start : close + 1;
-}
-
-/** libpg-query's locations are UTF-8 byte offsets; the UTF-16 indexes of `offsets` (ascending). */
-function byteOffsetsToIndexes(sql: string, offsets: readonly number[]): number[] {
-  const out: number[] = [];
-  let bytes = 0;
-  let i = 0;
-  for (const offset of offsets) {
-    while (bytes < offset && i < sql.length) {
-      const c = sql.charCodeAt(i);
-      if (c < 0x80) bytes += 1;
-      else if (c < 0x800) bytes += 2;
-      else if (c >= 0xd800 && c <= 0xdbff) {
-        bytes += 4;
-        i++;
-      } else bytes += 3;
-      i++;
-    }
-    out.push(i);
-  }
-  return out;
 }

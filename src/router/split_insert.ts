@@ -103,7 +103,7 @@ export function planSplitInsert(
  * A copy of `node` with its parameters numbered $1.. in order of first appearance; `params`
  * gets the original number of each.
  */
-function renumberParams(node: Node, params: number[]): Node {
+export function renumberParams(node: Node, params: number[]): Node {
   const copy = (v: unknown): unknown => {
     if (Array.isArray(v)) return v.map(copy);
     if (v === null || typeof v !== "object") return v;

@@ -133,7 +133,7 @@ export function rewriteUniqueIdCalls(sql: string, next: () => string): string | 
  * libpg-query's locations are byte offsets into the UTF-8 text; the matching UTF-16 indexes of
  * `offsets` (ascending).
  */
-function byteOffsetsToIndexes(sql: string, offsets: readonly number[]): number[] {
+export function byteOffsetsToIndexes(sql: string, offsets: readonly number[]): number[] {
   const out: number[] = [];
   let bytes = 0;
   let i = 0;
