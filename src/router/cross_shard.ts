@@ -312,6 +312,11 @@ interface Occurrence {
   parent: Occurrence;
 }
 
+/** A write's RETURNING expressions (PostgreSQL 18 parses them as returningClause). */
+function returningOf(body: Node): unknown {
+  return (body.returningClause as { exprs?: Node[] } | undefined)?.exprs ?? body.returningList;
+}
+
 /** A column that is the sharding key of an occurrence. */
 interface KeyRef {
   occ: Occurrence;
@@ -651,7 +656,7 @@ class Statement {
       }
       this.#expressions(
         q,
-        [select?.valuesLists, body.onConflictClause, body.returningList],
+        [select?.valuesLists, body.onConflictClause, returningOf(body)],
         inEdges,
       );
       return q;
@@ -672,7 +677,7 @@ class Statement {
       body.targetList,
       type === "UpdateStmt" ? body.fromClause : body.usingClause,
       body.whereClause,
-      body.returningList,
+      returningOf(body),
     ], inEdges);
     return q;
   }

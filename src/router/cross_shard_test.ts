@@ -169,6 +169,10 @@ Deno.test("refused: what would need merging across shards, with what to do", () 
   refused("SELECT id FROM users WHERE id IN (SELECT max(id) FROM users)", subquery);
   refused(`SELECT id FROM users WHERE id = ${a} AND id IN (SELECT max(id) FROM users)`, subquery);
   refused("SELECT (SELECT count(*) FROM users)", subquery);
+  // RETURNING is read too: a subquery there would see one shard's rows.
+  refused(`UPDATE users SET name = 'x' WHERE id = ${a} RETURNING (SELECT count(*) FROM users)`);
+  refused(`DELETE FROM users WHERE id = ${a} RETURNING (SELECT max(id) FROM users)`);
+  refused(`INSERT INTO users (id) VALUES (${a}) RETURNING (SELECT count(*) FROM users)`);
   refused("SELECT * FROM countries c WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = c.id)");
   refused("SELECT * FROM users WHERE id NOT IN (SELECT user_id FROM orders)");
   refused("SELECT * FROM users WHERE id IN (SELECT user_id FROM orders LIMIT 5)");
