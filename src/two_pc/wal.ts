@@ -18,6 +18,9 @@
 
 import { log } from "../log.ts";
 
+/** Stands for a pending fsync queued as a microtask (fsync_interval 0). */
+const SYNC_QUEUED = "queued";
+
 /** One participant of a transaction: a shard of a database, reached as a user. */
 export interface WalTransaction {
   /** The gid without its shard suffix (see gid.ts). */
@@ -132,7 +135,7 @@ export class TwoPcWal {
   readonly #ended = new Set<string>();
   /** Waiters for the next fsync (grouped by fsync_interval). */
   #syncWaiters: Array<{ resolve: () => void; reject: (e: unknown) => void }> = [];
-  #syncTimer: ReturnType<typeof setTimeout> | null = null;
+  #syncTimer: ReturnType<typeof setTimeout> | typeof SYNC_QUEUED | null = null;
   /** When this worker's log was first created (ms): prepared transactions older than it can't be in it. */
   createdAt = 0;
 
@@ -245,6 +248,13 @@ export class TwoPcWal {
     return new Promise((resolve, reject) => {
       this.#syncWaiters.push({ resolve, reject });
       if (this.#syncTimer !== null) return;
+      if (this.#options.fsyncInterval === 0) {
+        // No waiting for a timer (a timer turn costs a millisecond or more): records appended
+        // in this turn of the event loop share the fsync.
+        this.#syncTimer = SYNC_QUEUED;
+        queueMicrotask(() => this.#sync());
+        return;
+      }
       this.#syncTimer = setTimeout(() => this.#sync(), this.#options.fsyncInterval);
     });
   }
@@ -252,6 +262,7 @@ export class TwoPcWal {
   #sync(): void {
     this.#syncTimer = null;
     const waiters = this.#syncWaiters;
+    if (waiters.length === 0) return;
     this.#syncWaiters = [];
     try {
       this.#file!.syncDataSync();
@@ -304,7 +315,7 @@ export class TwoPcWal {
   /** Flushes and closes the current segment. */
   close(): void {
     if (this.#syncTimer !== null) {
-      clearTimeout(this.#syncTimer);
+      if (this.#syncTimer !== SYNC_QUEUED) clearTimeout(this.#syncTimer);
       this.#sync();
     }
     if (this.#file !== null) {
