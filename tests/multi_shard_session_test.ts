@@ -13,7 +13,13 @@
 
 import assert from "node:assert/strict";
 import type pg from "pg";
-import { connectPg, dumpLogsOnFailure, type PgTarget, psql } from "./harness/mod.ts";
+import {
+  connectPg,
+  connectPostgresJs,
+  dumpLogsOnFailure,
+  type PgTarget,
+  psql,
+} from "./harness/mod.ts";
 import { type ShardedSetup, startSharded } from "./harness/sharded.ts";
 import { shardForBigint } from "../src/sharding/hash.ts";
 
@@ -230,3 +236,54 @@ for (const twoPhase of [false, true]) {
     });
   });
 }
+
+Deno.test("session mode: a transaction reaches every shard it touches, also its first", async () => {
+  await using setup = await setupOf({ pooler_mode: "session" });
+  const [a, b] = IDS;
+  await dumpLogsOnFailure(setup.proxy, async () => {
+    // A BEGIN in a query that pgdog splits (held back while shard 0's idle server is attached).
+    const c = await connectPg(setup.target);
+    try {
+      await c.query("INSERT INTO t VALUES ($1, 'a')", [a[0]]);
+      await c.query(
+        `BEGIN; INSERT INTO t VALUES (${a[1]}, 'x'); INSERT INTO t VALUES (${b[1]}, 'y')`,
+      );
+      await c.query("ROLLBACK");
+      assert.deepEqual(await placed(setup, [a[1], b[1]]), []);
+      await c.query(
+        `BEGIN; INSERT INTO t VALUES (${a[1]}, 'x'); INSERT INTO t VALUES (${b[1]}, 'y')`,
+      );
+      await c.query("COMMIT");
+      assert.deepEqual(await placed(setup, [a[1], b[1]]), [a[1], b[1]]);
+      // A BEGIN sent to the held shard, then a shard the session has no server on yet.
+      const c3 = IDS[2];
+      await c.query("BEGIN");
+      await c.query("INSERT INTO t VALUES ($1, 'x')", [c3[1]]);
+      await c.query("ROLLBACK");
+      assert.deepEqual(await placed(setup, [c3[1]]), []);
+    } finally {
+      await c.end();
+    }
+    // postgres.js: BEGIN goes to the held shard, then a statement reaches another shard.
+    const sql = connectPostgresJs(setup.target);
+    try {
+      await sql`INSERT INTO t VALUES (${a[2]}, 'a')`;
+      await assert.rejects(
+        sql.begin(async (tx) => {
+          await tx`INSERT INTO t VALUES (${a[3]}, 'x')`;
+          await tx`INSERT INTO t VALUES (${b[3]}, 'y')`;
+          throw new Error("roll back");
+        }),
+        /roll back/,
+      );
+      assert.deepEqual(await placed(setup, [a[3], b[3]]), []);
+      await sql.begin(async (tx) => {
+        await tx`INSERT INTO t VALUES (${b[4]}, 'x')`;
+        await tx`INSERT INTO t VALUES (${a[4]}, 'y')`;
+      });
+      assert.deepEqual(await placed(setup, [a[4], b[4]]), [a[4], b[4]]);
+    } finally {
+      await sql.end();
+    }
+  });
+});
