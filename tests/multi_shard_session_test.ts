@@ -264,6 +264,19 @@ Deno.test("session mode: a transaction reaches every shard it touches, also its 
     } finally {
       await c.end();
     }
+    // The shard reached later starts the transaction as the BEGIN said.
+    const d = await connectPg(setup.target);
+    try {
+      await d.query("INSERT INTO t VALUES ($1, 'a')", [a[5]]);
+      await d.query("BEGIN ISOLATION LEVEL REPEATABLE READ");
+      assert.deepEqual(
+        await rows(d, "/* pgdog_shard: 2 */ SHOW transaction_isolation"),
+        [["repeatable read"]],
+      );
+      await d.query("ROLLBACK");
+    } finally {
+      await d.end();
+    }
     // postgres.js: BEGIN goes to the held shard, then a statement reaches another shard.
     const sql = connectPostgresJs(setup.target);
     try {

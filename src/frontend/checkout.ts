@@ -202,7 +202,8 @@ export class Checkout {
     const session = c.session;
     // Map#clear allocates a new table even when the map is empty: once per transaction here.
     if (session.pgdogLocal.size > 0) session.pgdogLocal.clear();
-    if (c.txn.empty) c.transactionOver();
+    // (A session's other servers, kept idle, are in no transaction.)
+    if (c.txn.status(null) === TxStatus.Idle) c.transactionOver();
     if (session.needsReadBack) {
       this.#readBack(server);
       return false;

@@ -337,6 +337,11 @@ export class RequestRouter {
     }
     if (set !== null && inTxn && type === Msg.Query) {
       c.txn.prelude.push(buf.slice(p, end));
+    } else if (
+      !inTxn && type === Msg.Query && control && (tx === "begin" || tx === "begin_read_only")
+    ) {
+      // A BEGIN sent to the servers held (session mode): shards reached later start as it did.
+      c.txn.opener = buf.slice(p, end);
     }
     if (control && inTxn && runs && analysis!.info.transaction === "savepoint") {
       c.txn.noteSavepoint(analysis!, false);

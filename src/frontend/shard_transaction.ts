@@ -27,6 +27,8 @@ export class ShardTransaction {
   readonly parked: Map<number, Server> = new Map();
   /** What opened the transaction (BEGIN, then SET LOCAL ...): replayed on each shard it reaches. */
   prelude: Uint8Array[] = [];
+  /** The BEGIN pgdog sent to the servers held (not held back): what opens it on others. */
+  opener: Uint8Array | null = null;
   /** search_path set inside the open transaction (it decides schema-sharded routing). */
   searchPath: string | null = null;
   /** The savepoint each SAVEPOINT message of the prelude takes. */
@@ -109,13 +111,16 @@ export class ShardTransaction {
 
   /**
    * What a server joining the open transaction (idle: checked out now, or a session's kept
-   * between transactions) runs first: the prelude, or a plain BEGIN when what opened the
-   * transaction went to the servers directly. Empty outside a transaction.
+   * between transactions) runs first: the prelude, or (what opened the transaction went to the
+   * servers directly) that BEGIN, a plain one when pgdog did not keep it. Empty outside a
+   * transaction.
    */
   joining(attached: Server | null): Uint8Array[] {
     if (this.prelude.length > 0) return this.prelude;
-    if (attached !== null && attached.txStatus !== TxStatus.Idle) this.prelude.push(PLAIN_BEGIN);
-    else if (this.status(null) !== TxStatus.Idle) this.prelude.push(PLAIN_BEGIN);
+    if (
+      (attached !== null && attached.txStatus !== TxStatus.Idle) ||
+      this.status(null) !== TxStatus.Idle
+    ) this.prelude.push(this.opener ?? PLAIN_BEGIN);
     return this.prelude;
   }
 
@@ -196,6 +201,7 @@ export class ShardTransaction {
   /** The transaction ended: nothing of it is replayed on later shards. */
   over(): void {
     if (this.prelude.length > 0) this.prelude = [];
+    this.opener = null;
     if (this.#savepointMarks.size > 0) this.#savepointMarks.clear();
     this.searchPath = null;
   }
