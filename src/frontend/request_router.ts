@@ -225,7 +225,6 @@ export class RequestRouter {
     if (c.closed) return "done";
     const inTxn = c.txStatus() !== TxStatus.Idle;
     const tx = analysis?.info.transaction;
-    // (A held-back BEGIN with an idle server attached reads as Idle in txStatus().)
     const ownTxn = inTxn || c.deferredBegin !== null;
     if (!ownTxn || tx === "commit" || tx === "rollback" || tx === "begin") {
       this.#nonDeterministic.transactionOver();
