@@ -116,6 +116,7 @@ export class Checkout {
     if (parked !== undefined) {
       // The client holds a server there: in its transaction, or (session mode) idle, to join it.
       c.attach(parked, false);
+      this.sentBegin = null;
       if (this.outsideTransaction) this.outsideTransaction = false;
       else this.join(parked);
       return true;

@@ -459,7 +459,10 @@ export class Client implements ServerLink {
           this.#parts.checkout.syncParams(this.server, this.#out);
         }
         // A transaction (a held-back BEGIN) starting on the session's idle attached server.
-        if (this.#deferredBegin !== null && this.server.queue.length === 0) {
+        if (
+          this.#deferredBegin !== null && this.#parts.sharding !== null &&
+          this.server.queue.length === 0
+        ) {
           this.#parts.checkout.join(this.server);
         }
       }
