@@ -211,9 +211,10 @@ async function copyKept(setup: ShardedSetup, target: PgTarget): Promise<void> {
   const r = await psql(target, "", {
     stdin: "SET application_name = 'copier';\n" +
       [0, 1, 2].map((n) => `/* pgdog_shard: ${n} */ CREATE TEMP TABLE tmp (x int);\n`).join("") +
+      `INSERT INTO t VALUES (${c3[2]}, 'dup');\n` +
       state +
       `COPY t (id, v) FROM STDIN;\n${a[7]}\tx\n${b[7]}\ty\n\\.\n` + state +
-      `COPY t (id, v) FROM STDIN;\n${a[0] + 100000}\tx\n${c3[1]}\tdup\n\\.\n` + state,
+      `COPY t (id, v) FROM STDIN;\n${a[0] + 100000}\tx\n${c3[2]}\tdup\n\\.\n` + state,
     extraArgs: ["-v", "ON_ERROR_STOP=0", "-A", "-t"],
   });
   assert.match(r.stderr, /duplicate key/);
