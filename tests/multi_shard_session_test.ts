@@ -20,7 +20,8 @@ import {
   type PgTarget,
   psql,
 } from "./harness/mod.ts";
-import { type ShardedSetup, startSharded } from "./harness/sharded.ts";
+import { SHARDED_PASSWORD, type ShardedSetup, startSharded } from "./harness/sharded.ts";
+import { fe, WireClient } from "./wire.ts";
 import { shardForBigint } from "../src/sharding/hash.ts";
 
 const SCHEMA = "CREATE TABLE t (id bigint PRIMARY KEY, v text);";
@@ -28,9 +29,9 @@ const SCHEMA = "CREATE TABLE t (id bigint PRIMARY KEY, v text);";
 /** The first ids of each shard. */
 function idsByShard(count = 3): number[][] {
   const out: number[][] = Array.from({ length: count }, () => []);
-  for (let i = 1; out.some((l) => l.length < 8); i++) {
+  for (let i = 1; out.some((l) => l.length < 10); i++) {
     const s = shardForBigint(BigInt(i), count);
-    if (out[s].length < 8) out[s].push(i);
+    if (out[s].length < 10) out[s].push(i);
   }
   return out;
 }
@@ -162,6 +163,34 @@ async function sessionKept(
     await c.query(`INSERT INTO t VALUES (${a[3]}, 'x'); INSERT INTO t VALUES (${b[3]}, 'y')`);
     assert.deepEqual(await placed(setup, [a[3], b[3]]), [a[3], b[3]]);
     await still("after a multi-statement query");
+
+    // The same as a pipeline (Parse/Bind/Execute of each, one Sync) on another session.
+    const w = await WireClient.connect({ ...target, password: SHARDED_PASSWORD });
+    try {
+      await w.rows("SET application_name = 'piped'");
+      for (const ids of IDS) await w.rows(`INSERT INTO t VALUES (${ids[7] + 1000}, 'hold')`);
+      const pids = [];
+      for (let n = 0; n < 3; n++) {
+        pids.push(await w.rows(`/* pgdog_shard: ${n} */ SELECT pg_backend_pid()`));
+      }
+      const insert = (id: number): Uint8Array[] => [
+        fe.parse("", "INSERT INTO t VALUES ($1, 'p')"),
+        fe.bind("", "", [String(id)]),
+        fe.execute(""),
+      ];
+      await w.send(...insert(a[8]), ...insert(b[8]), ...insert(c3[1]), fe.sync());
+      const answer = await w.untilReady();
+      assert.ok(answer.some((m) => m.type === "E"));
+      assert.deepEqual(await placed(setup, [a[8], b[8]]), []);
+      for (let n = 0; n < 3; n++) {
+        assert.deepEqual(await w.rows(`/* pgdog_shard: ${n} */ SELECT pg_backend_pid()`), pids[n]);
+        assert.deepEqual(await w.rows(`/* pgdog_shard: ${n} */ SHOW application_name`), [[
+          "piped",
+        ]]);
+      }
+    } finally {
+      await w.close();
+    }
 
     // A split INSERT.
     await c.query(`INSERT INTO t VALUES (${a[4]}, 'x'), (${b[4]}, 'y')`);
