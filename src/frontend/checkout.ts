@@ -9,7 +9,14 @@
  * @module
  */
 
-import { appendError, type ErrorFields, MessageBuilder, Msg, SYNC } from "../protocol/messages.ts";
+import {
+  appendError,
+  type ErrorFields,
+  MessageBuilder,
+  Msg,
+  SYNC,
+  TxStatus,
+} from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
 import type { MessageBuffer } from "../net/message_buffer.ts";
 import type { SocketWriter } from "../net/writer.ts";
@@ -107,8 +114,11 @@ export class Checkout {
     const shard = this.shard;
     const parked = c.sharding !== null ? c.txn.take(shard) : undefined;
     if (parked !== undefined) {
-      // This transaction already runs on that shard.
+      // The client holds a server there: in its transaction, or (session mode) idle, to join it.
       c.attach(parked, false);
+      this.sentBegin = null;
+      if (this.outsideTransaction) this.outsideTransaction = false;
+      else this.join(parked);
       return true;
     }
     const fast = role === "primary" || !cluster.hasReplicas
@@ -161,19 +171,26 @@ export class Checkout {
       out.addBytes(c.deferredBegin);
       server.expect(Expect.Query, Action.Swallow);
       c.deferredBegin = null;
-    } else if (c.sharding !== null) {
-      if (c.deferredBegin !== null) {
-        c.txn.prelude.unshift(c.deferredBegin);
-        c.deferredBegin = null;
-      }
-      // A transaction reaching a shard: it starts there as it did on the first (BEGIN, then
-      // what was held back or must be replayed: SET LOCAL search_path, savepoints).
-      for (const msg of c.txn.prelude) {
-        out.addBytes(msg);
-        server.expect(Expect.Query, Action.Swallow);
-      }
-    }
+    } else if (c.sharding !== null) this.join(server);
     return true;
+  }
+
+  /**
+   * A transaction reaching a server of the client's that is idle (checked out now, or a
+   * session's kept between transactions): it starts there as it did on the first (BEGIN, then
+   * what was held back or must be replayed: SET LOCAL search_path, savepoints).
+   */
+  join(server: Server): void {
+    const c = this.#client;
+    if (c.deferredBegin !== null) {
+      c.txn.prelude.unshift(c.deferredBegin);
+      c.deferredBegin = null;
+    }
+    if (server.txStatus !== TxStatus.Idle) return;
+    for (const msg of c.txn.joining(null)) {
+      c.out.addBytes(msg);
+      server.expect(Expect.Query, Action.Swallow);
+    }
   }
 
   /**
@@ -186,7 +203,8 @@ export class Checkout {
     const session = c.session;
     // Map#clear allocates a new table even when the map is empty: once per transaction here.
     if (session.pgdogLocal.size > 0) session.pgdogLocal.clear();
-    if (c.txn.empty) c.transactionOver();
+    // (A session's other servers, kept idle, are in no transaction.)
+    if (c.txn.status(null) === TxStatus.Idle) c.transactionOver();
     if (session.needsReadBack) {
       this.#readBack(server);
       return false;
@@ -258,9 +276,11 @@ export class Checkout {
     const c = this.#client;
     const limit = c.pool?.config.rollback_timeout ?? 5000;
     let error: ErrorFields | null = null;
-    if (commit && servers.length > 1 && c.cluster !== null) {
+    // A session's servers the transaction did not reach have nothing to end.
+    const ending = servers.filter((s) => s.txStatus !== TxStatus.Idle || s.closed);
+    if (commit && ending.length > 1 && c.cluster !== null) {
       // Several shards: all or nothing (see src/two_pc/coordinator.ts).
-      error = await commitAcross(servers, {
+      error = await commitAcross(ending, {
         cluster: c.cluster,
         explicit: options.explicit ?? false,
         timeoutMs: limit,
@@ -268,7 +288,7 @@ export class Checkout {
     } else {
       const sql = commit ? "COMMIT" : "ROLLBACK";
       const results = await Promise.all(
-        servers.map((s) => s.query(sql, { timeoutMs: limit }).catch((e) => ({ error: lost(e) }))),
+        ending.map((s) => s.query(sql, { timeoutMs: limit }).catch((e) => ({ error: lost(e) }))),
       );
       for (const r of results) error ??= r.error;
     }

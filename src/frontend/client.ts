@@ -454,8 +454,17 @@ export class Client implements ServerLink {
           else this.writer.enqueue(readyForQuery(TxStatus.Idle));
           continue;
         }
-      } else if (this.#parts.checkout.needsSync) {
-        this.#parts.checkout.syncParams(this.server, this.#out);
+      } else {
+        if (this.#parts.checkout.needsSync) {
+          this.#parts.checkout.syncParams(this.server, this.#out);
+        }
+        // A transaction (a held-back BEGIN) starting on the session's idle attached server.
+        if (
+          this.#deferredBegin !== null && this.#parts.sharding !== null &&
+          this.server.queue.length === 0
+        ) {
+          this.#parts.checkout.join(this.server);
+        }
       }
       this.#forwarder.mayWait = true;
       const queued = this.#forwarder.forward(msg, this.server!, this.#out);
@@ -705,16 +714,18 @@ export class Client implements ServerLink {
     if (this.closed) return;
     const attached = this.server;
     if (
-      attached !== null && attached.txStatus !== TxStatus.Idle &&
+      attached !== null && (attached.txStatus !== TxStatus.Idle || this.#sessionMode) &&
       !shards.includes(this.cluster!.shardOf(attached.owner as Pool))
     ) {
-      // Its part of the transaction goes on: parked with the others', not dropped.
+      // Its part of the transaction (or the session) goes on: parked with the others'.
       this.#shards.park(attached);
     }
     if (this.#deferredBegin !== null) {
       this.#txn.prelude.unshift(this.#deferredBegin);
       this.#deferredBegin = null;
     }
+    // (Idle legs join the open transaction with it: see FanOut.run.)
+    this.#txn.joining(this.server);
     const role: Role = "primary";
     if (this.#txn.empty && !(await this.#atGate())) return;
     let collations: { collation: Collation; columns: ColumnCollations } | null = null;

@@ -321,7 +321,7 @@ class CopyInRun {
       return false;
     }
     // The client is in a transaction when it sent BEGIN (held back) or a server holds one of its
-    // (txStatus() can't tell: a session's parked servers count as in a transaction).
+    // (the legs' own status: the COPY's legs are every server the client holds).
     this.#implicit = begin === null && this.#legs.every((l) => l.server.txStatus === TxStatus.Idle);
     // A server of a shard the COPY does not run on is set aside (the COPY runs on every shard).
     const other = host.attached();

@@ -27,6 +27,7 @@ import {
   queryMessage,
   readInt32,
   readyForQuery,
+  TxStatus,
 } from "../protocol/messages.ts";
 import { SqlState } from "../protocol/sqlstate.ts";
 import { MergeError } from "../cross_shard/errors.ts";
@@ -57,7 +58,7 @@ export interface FanOutHost {
 /** The servers a request runs on: one per shard of the fan-out, in the same order. */
 export interface ShardLegs {
   servers: Server[];
-  /** Per leg: checked out for this request (the transaction's prelude goes first there). */
+  /** Per leg: checked out for this request (not the transaction's own, nor the session's). */
   fresh: boolean[];
 }
 
@@ -67,7 +68,7 @@ export interface FanOutSender {
   readonly rbuf: MessageBuffer;
   /** The message being handled (reused). */
   readonly msg: RoutedMessage;
-  /** What opened the client's transaction, replayed on each fresh leg. */
+  /** What opened the client's transaction, replayed on each idle leg. */
   readonly prelude: Uint8Array[];
   /** Answers a message itself where pgdog does (see LocalAnswers.answerLocally). */
   answerLocally(type: number, buf: Uint8Array, p: number, end: number): boolean;
@@ -334,7 +335,8 @@ export class FanOut {
       server.attach(this.link(i, server));
       outs[i].reset(buf);
       client.syncParams(server, outs[i]);
-      if (legs.fresh[i]) {
+      // An idle leg (checked out now, or a session's kept idle) joins the open transaction.
+      if (server.txStatus === TxStatus.Idle) {
         for (const msg of client.prelude) {
           outs[i].addBytes(msg);
           server.expect(Expect.Query, Action.Swallow);

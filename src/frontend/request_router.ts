@@ -225,7 +225,6 @@ export class RequestRouter {
     if (c.closed) return "done";
     const inTxn = c.txStatus() !== TxStatus.Idle;
     const tx = analysis?.info.transaction;
-    // (A held-back BEGIN with an idle server attached reads as Idle in txStatus().)
     const ownTxn = inTxn || c.deferredBegin !== null;
     if (!ownTxn || tx === "commit" || tx === "rollback" || tx === "begin") {
       this.#nonDeterministic.transactionOver();
@@ -337,6 +336,11 @@ export class RequestRouter {
     }
     if (set !== null && inTxn && type === Msg.Query) {
       c.txn.prelude.push(buf.slice(p, end));
+    } else if (
+      !inTxn && type === Msg.Query && control && (tx === "begin" || tx === "begin_read_only")
+    ) {
+      // A BEGIN sent to the servers held (session mode): shards reached later start as it did.
+      c.txn.opener = buf.slice(p, end);
     }
     if (control && inTxn && runs && analysis!.info.transaction === "savepoint") {
       c.txn.noteSavepoint(analysis!, false);

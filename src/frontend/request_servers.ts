@@ -80,13 +80,17 @@ export class RequestServers {
     } else this.#client.writer.enqueue(bytes);
   }
 
-  /** The client's transaction status, across shards. */
+  /**
+   * The client's transaction status, across shards: a BEGIN held back (sent with the
+   * transaction's first statement) counts, even while an idle server is attached (session mode).
+   */
   txStatus(): number {
     const server = this.lead();
     const txn = this.#parts.txn;
-    if (!txn.empty) return txn.status(server);
-    if (server) return server.txStatus;
-    return this.#parts.deferredBegin !== null ? TxStatus.InTransaction : TxStatus.Idle;
+    const status = txn.empty ? server?.txStatus ?? TxStatus.Idle : txn.status(server);
+    return status === TxStatus.Idle && this.#parts.deferredBegin !== null
+      ? TxStatus.InTransaction
+      : status;
   }
 
   /**

@@ -18,12 +18,17 @@ import type { Role } from "../router/route.ts";
 const ABORT_ELSEWHERE =
   "DO $pgdog$ BEGIN RAISE EXCEPTION 'the transaction failed on another shard'; END $pgdog$";
 
+/** Opens a server's part of a transaction whose own BEGIN pgdog did not keep. */
+const PLAIN_BEGIN = queryMessage("BEGIN");
+
 /** One client's transaction across shards: the servers it holds aside, and its prelude. */
 export class ShardTransaction {
   /** Servers of other shards the open transaction holds, by shard. */
   readonly parked: Map<number, Server> = new Map();
   /** What opened the transaction (BEGIN, then SET LOCAL ...): replayed on each shard it reaches. */
   prelude: Uint8Array[] = [];
+  /** The BEGIN pgdog sent to the servers held (not held back): what opens it on others. */
+  opener: Uint8Array | null = null;
   /** search_path set inside the open transaction (it decides schema-sharded routing). */
   searchPath: string | null = null;
   /** The savepoint each SAVEPOINT message of the prelude takes. */
@@ -90,15 +95,33 @@ export class ShardTransaction {
   }
 
   /**
-   * The transaction status across shards, given the attached server's: failed when any parked
-   * part failed.
+   * The transaction status across shards, given the attached server's: failed when any part
+   * failed, idle when no server is in a transaction (a session's servers kept between them).
    */
   status(attached: Server | null): number {
-    let status: number = attached?.txStatus ?? TxStatus.InTransaction;
+    let status: number = attached?.txStatus ?? TxStatus.Idle;
     for (const s of this.parked.values()) {
-      if (s.txStatus === TxStatus.Failed) status = TxStatus.Failed;
+      if (s.txStatus === TxStatus.Failed) return TxStatus.Failed;
+      if (s.txStatus === TxStatus.InTransaction && status === TxStatus.Idle) {
+        status = TxStatus.InTransaction;
+      }
     }
     return status;
+  }
+
+  /**
+   * What a server joining the open transaction (idle: checked out now, or a session's kept
+   * between transactions) runs first: the prelude, or (what opened the transaction went to the
+   * servers directly) that BEGIN, a plain one when pgdog did not keep it. Empty outside a
+   * transaction.
+   */
+  joining(attached: Server | null): Uint8Array[] {
+    if (this.prelude.length > 0) return this.prelude;
+    if (
+      (attached !== null && attached.txStatus !== TxStatus.Idle) ||
+      this.status(null) !== TxStatus.Idle
+    ) this.prelude.push(this.opener ?? PLAIN_BEGIN);
+    return this.prelude;
   }
 
   /**
@@ -178,6 +201,7 @@ export class ShardTransaction {
   /** The transaction ended: nothing of it is replayed on later shards. */
   over(): void {
     if (this.prelude.length > 0) this.prelude = [];
+    this.opener = null;
     if (this.#savepointMarks.size > 0) this.#savepointMarks.clear();
     this.searchPath = null;
   }

@@ -178,6 +178,9 @@ export function planSplit(
   let target: ShardTarget | null = null;
   let split = false;
   let endsTransaction = false;
+  let sets = false;
+  let shows = false;
+  let others = false;
   const shards = new Set<number>();
   for (const u of units) {
     const a = u.analysis;
@@ -194,8 +197,11 @@ export function planSplit(
     if (kind === "VariableSetStmt" || kind === "VariableShowStmt") {
       const name = (stmt![kind] as { name?: string }).name ?? "";
       if (name.toLowerCase().startsWith("pgdog.")) split = true; // pgdog answers these
+      if (kind === "VariableSetStmt") sets = true;
+      else shows = others = true;
       continue;
     }
+    others = true;
     if (kind === "DeallocateStmt" || kind === "DiscardStmt") split = true;
     const lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
     const d = decideShard(a, { config, session, bind: u.bind ?? undefined, lookup });
@@ -217,6 +223,12 @@ export function planSplit(
     !split && endsTransaction &&
     client.heldShards().some((n) => !shards.has(n))
   ) split = true;
+  // A SET must reach every shard the client holds, a SHOW answer once: each runs on its own
+  // when the request as a whole would not do that (it goes where its other statements go).
+  const held = client.heldShards();
+  const reached = shards.size > 0 ? shards : new Set(held.slice(0, 1));
+  if (sets && others && held.some((n) => !reached.has(n))) split = true;
+  if (shows && shards.size > 1) split = true;
   if (!split) return null;
   let size = 0;
   for (const u of units) size += u.bytes.length + (type === Msg.Query ? 0 : 5);

@@ -149,9 +149,15 @@ export function routeStatement(
         reason: "a cursor: the shard the transaction holds",
         omniWrite: false,
       };
+    case "VariableShowStmt":
+      // Every server of the session has the same settings: one answers, as one server would.
+      return {
+        target: { kind: "any" },
+        reason: "SHOW: the settings are the same on every shard; one in use answers",
+        omniWrite: false,
+      };
     case "TransactionStmt":
     case "VariableSetStmt":
-    case "VariableShowStmt":
       return {
         target: { kind: "all" },
         reason: "session and transaction control go to every shard in use",

@@ -283,12 +283,15 @@ export function shardingConfigFor(
   };
 }
 
-/** A single statement that only concerns the session or the transaction (BEGIN, SET, SHOW). */
+/**
+ * A single statement that changes the session or the transaction (BEGIN, SET): it goes to every
+ * shard in use. (SHOW only reads: one of them answers.)
+ */
 export function isSessionControl(analysis: Analysis): boolean {
   const stmts = analysis.info.ast?.stmts ?? [];
   if (stmts.length !== 1 || !stmts[0].stmt) return false;
   const type = Object.keys(stmts[0].stmt)[0];
-  return type === "TransactionStmt" || type === "VariableSetStmt" || type === "VariableShowStmt";
+  return type === "TransactionStmt" || type === "VariableSetStmt";
 }
 
 /** The value a `SET [LOCAL] search_path` statement gives, as written; null for other statements. */
