@@ -52,7 +52,7 @@ import {
 import type { PluginSet } from "../plugin/mod.ts";
 import { errorMessage } from "../log.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
-import type { SplitPlan, SplitRunner } from "./split_request.ts";
+import { raiseSql, type SplitPlan, type SplitRunner } from "./split_request.ts";
 import type { LocalAnswers } from "./local_answers.ts";
 import type { Forwarder } from "./forward.ts";
 import { bindStatementName, type ClientStatements, parseName, parseQuery } from "./prepared.ts";
@@ -118,10 +118,13 @@ export async function runInsertSelect(
     directives?.has("sharding_key")
   ) return false;
   const params = extended?.params ?? undefined;
-  const plan = extended?.refusal !== undefined
+  let plan = extended?.refusal !== undefined
     ? { refusal: extended.refusal }
     : insertSelectOf(sql, config, { params: params ?? undefined });
   if (plan === null) return false;
+  if (!("refusal" in plan) && plan.returning !== null && extended?.limited) {
+    plan = { refusal: LIMITED_EXECUTE };
+  }
   // What the client sent before is answered first; its servers are then free to ask.
   await c.send();
   await c.closeBatch();
@@ -215,8 +218,15 @@ interface ExtendedRequest {
   describes: number;
   /** The end of its Sync. */
   to: number;
+  /** Its Execute asks for a number of rows (max rows > 0). */
+  limited: boolean;
   refusal?: string;
 }
+
+/** The refusal of a row-limited Execute of an INSERT ... SELECT ... RETURNING. */
+const LIMITED_EXECUTE = "INSERT ... SELECT ... RETURNING into a sharded table executed " +
+  "for a limited number of rows (a cursor or fetch size: Execute with max rows) is not " +
+  "supported: execute it for all its rows (max rows 0)";
 
 const utf8 = new TextDecoder();
 
@@ -234,6 +244,7 @@ function extendedRequest(
   let bind: { statement: string; params: (string | null)[] | null; binaryResults: boolean } | null =
     null;
   let executes = 0;
+  let limited = false;
   let describes = 0;
   const kept: Uint8Array[] = [];
   while (bufferEnd - q >= 5) {
@@ -255,7 +266,14 @@ function extendedRequest(
         prefix.set(m, at);
         at += m.length;
       }
-      const request: ExtendedRequest = { sql, params: bind.params, prefix, describes, to: next };
+      const request: ExtendedRequest = {
+        sql,
+        params: bind.params,
+        prefix,
+        describes,
+        to: next,
+        limited,
+      };
       if (bind.params === null) {
         request.refusal = "INSERT ... SELECT into a sharded table with binary parameters is not " +
           "supported: send the parameters as text";
@@ -285,6 +303,8 @@ function extendedRequest(
     } else if (type === Msg.Execute) {
       if (bind === null) return null;
       executes++;
+      const nameEnd = buf.indexOf(0, q + 5);
+      if (nameEnd + 5 <= next && readInt32(buf, nameEnd + 1) > 0) limited = true;
     } else if (type === Msg.Describe) describes++;
     else return null;
     if (type !== Msg.Execute) kept.push(buf.slice(q, next));
@@ -475,6 +495,11 @@ async function planInserts(
       ends,
       shards: [...used].sort((a, b) => a - b),
       sumInserts: true,
+      // The rows come back per shard: held, and answered in the SELECT's order.
+      returning: plan.returning === null ? undefined : {
+        order: statements.map((s) => s.positions),
+        limit: c.crossShardBufferLimit,
+      },
     },
   };
 }
@@ -567,13 +592,4 @@ function refusal(message: string): ErrorFields {
 
 function pluginError(message: string): ErrorFields {
   return { severity: "ERROR", code: SqlState.SystemError, message };
-}
-
-/** A statement that raises `fields` on the server (in the client's transaction). */
-function raiseSql(fields: ErrorFields): string {
-  const lit = (v: string): string => `'${v.replaceAll("'", "''")}'`;
-  let using = `ERRCODE = ${lit(fields.code)}, MESSAGE = ${lit(fields.message)}`;
-  if (fields.detail) using += `, DETAIL = ${lit(fields.detail)}`;
-  if (fields.hint) using += `, HINT = ${lit(fields.hint)}`;
-  return `DO $pgdog$ BEGIN RAISE EXCEPTION USING ${using}; END $pgdog$`;
 }

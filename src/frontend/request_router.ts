@@ -285,6 +285,20 @@ export class RequestRouter {
     }
     const rewritten = decision.splitInsert ?? decision.keyUpdate;
     if (
+      limited &&
+      (decision.splitInsert?.returning === true || (decision.keyUpdate?.returning ?? null) !== null)
+    ) {
+      // Its rows are put together from several shards at the end: not fetched in parts.
+      c.local.answerError({
+        severity: "ERROR",
+        code: SqlState.FeatureNotSupported,
+        message: `the write to ${rewritten!.table} runs on several shards, and RETURNING from it ` +
+          "for a limited number of rows (a cursor or fetch size: Execute with max rows) is not " +
+          "supported: execute it for all its rows (max rows 0)",
+      }, type === Msg.Query);
+      return "done";
+    }
+    if (
       rewritten && c.txStatus() === TxStatus.Idle && c.txn.prelude.length === 0 &&
       c.deferredBegin === null
     ) {
