@@ -389,47 +389,56 @@ Deno.test("INSERT ... SELECT into a sharded table: each row on its shard", async
         },
       );
 
-      await t.step("a row-limited Execute of RETURNING: refused, nothing inserted", async () => {
-        const dogWire = await WireClient.connect(setup.target);
-        const refWire = await WireClient.connect(setup.referenceTarget);
-        try {
-          const run = async (w: WireClient, sql: string): Promise<string[]> => {
-            await w.send(fe.parse("", sql), fe.bind("", ""), fe.execute("", 2), fe.sync());
-            return summary(await w.untilReady());
-          };
-          const selectSql =
-            "INSERT INTO stats (id) SELECT id + 76000 FROM src WHERE id <= 3 RETURNING id";
-          const splitSql = "INSERT INTO users (id, email) VALUES (76001, 'a'), (76002, 'b'), " +
-            "(76003, 'c'), (76004, 'd') RETURNING id";
-          for (const sql of [selectSql, splitSql]) {
-            // PostgreSQL inserts every row and returns the first two, the portal suspended.
-            assert.deepEqual((await run(refWire, sql)).filter((m) => m !== "D").slice(-2), [
-              "s",
-              "Z I",
-            ]);
-            const answer = await run(dogWire, sql);
-            assert.deepEqual(answer.slice(-2), ["E 0A000", "Z I"], sql);
+      await t.step(
+        "a row-limited Execute of RETURNING: all rows when they fit, else refused",
+        async () => {
+          const dogWire = await WireClient.connect(setup.target);
+          const refWire = await WireClient.connect(setup.referenceTarget);
+          try {
+            const run = async (w: WireClient, sql: string, maxRows: number): Promise<string[]> => {
+              await w.send(fe.parse("", sql), fe.bind("", ""), fe.execute("", maxRows), fe.sync());
+              return summary(await w.untilReady());
+            };
+            const selectSql = (base: number): string =>
+              `INSERT INTO stats (id) SELECT id + ${base} FROM src WHERE id <= 3 ORDER BY id DESC ` +
+              "RETURNING id";
+            const splitSql = (base: number): string =>
+              `INSERT INTO users (id, email) VALUES (${base + 1}, 'a'), (${base + 2}, 'b'), ` +
+              `(${base + 3}, 'c'), (${base + 4}, 'd') RETURNING id, email`;
+            // As many rows as the Execute asks for, or more: PostgreSQL inserts every row, returns
+            // the ones asked for and leaves the portal suspended. pgdog refuses, inserting nothing.
+            for (const [sql, maxRows] of [[selectSql(76000), 2], [splitSql(76000), 4]] as const) {
+              const expected = await run(refWire, sql, maxRows);
+              assert.deepEqual(expected.filter((m) => m !== "D").slice(-2), ["s", "Z I"]);
+              const answer = await run(dogWire, sql, maxRows);
+              assert.deepEqual(answer.slice(-2), ["E 0A000", "Z I"], sql);
+            }
+            await refWire.simple("DELETE FROM stats WHERE id > 76000 AND id < 77000");
+            await refWire.simple("DELETE FROM users WHERE id > 76000 AND id < 77000");
+            for (const table of ["stats", "users"]) {
+              const left = await setup.placement(
+                `SELECT id FROM ${table} WHERE id > 76000 AND id < 77000`,
+              );
+              assert.equal(left.size, 0, table);
+            }
+            // Fewer rows than asked for, or no RETURNING: PostgreSQL's answer, rows in order.
+            for (
+              const [sql, maxRows] of [
+                [selectSql(77000), 4],
+                [splitSql(77000), 5],
+                ["INSERT INTO stats (id) SELECT id + 77100 FROM src WHERE id <= 3", 1],
+              ] as const
+            ) assert.deepEqual(await run(dogWire, sql, maxRows), await run(refWire, sql, maxRows));
+          } finally {
+            await dogWire.close();
+            await refWire.close();
           }
-          await refWire.simple("DELETE FROM stats WHERE id > 76000 AND id < 77000");
-          await refWire.simple("DELETE FROM users WHERE id > 76000 AND id < 77000");
-          assert.equal(
-            (await setup.placement("SELECT id FROM stats WHERE id > 76000 AND id < 77000")).size,
-            0,
-          );
-          assert.equal(
-            (await setup.placement("SELECT id FROM users WHERE id > 76000 AND id < 77000")).size,
-            0,
-          );
-          // Without RETURNING a row limit changes nothing: the rows are inserted.
-          const plain = "INSERT INTO stats (id) SELECT id + 77000 FROM src WHERE id <= 3";
-          assert.deepEqual(await run(dogWire, plain), await run(refWire, plain));
-        } finally {
-          await dogWire.close();
-          await refWire.close();
-        }
-        await placedOnce(setup, dog, "stats");
-        await compareAnswers(setup, "SELECT id, v, n FROM stats ORDER BY id");
-      });
+          await placedOnce(setup, dog, "stats");
+          await placedOnce(setup, dog, "users");
+          await compareAnswers(setup, "SELECT id, v, n FROM stats ORDER BY id");
+          await compareAnswers(setup, "SELECT id, email FROM users ORDER BY id");
+        },
+      );
 
       await t.step("refused with 0A000, saying why", async () => {
         const refused = async (sql: string, why: RegExp, values?: unknown[]): Promise<void> => {

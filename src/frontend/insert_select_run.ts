@@ -118,13 +118,10 @@ export async function runInsertSelect(
     directives?.has("sharding_key")
   ) return false;
   const params = extended?.params ?? undefined;
-  let plan = extended?.refusal !== undefined
+  const plan = extended?.refusal !== undefined
     ? { refusal: extended.refusal }
     : insertSelectOf(sql, config, { params: params ?? undefined });
   if (plan === null) return false;
-  if (!("refusal" in plan) && plan.returning !== null && extended?.limited) {
-    plan = { refusal: LIMITED_EXECUTE };
-  }
   // What the client sent before is answered first; its servers are then free to ask.
   await c.send();
   await c.closeBatch();
@@ -132,7 +129,9 @@ export async function runInsertSelect(
   if (c.closed) return true;
   const outcome = "refusal" in plan
     ? { error: refusal(plan.refusal) }
-    : await planInserts(c, plan, { p, end: to }).catch((e): { error: ErrorFields } => ({
+    : await planInserts(c, plan, { p, end: to, maxRows: extended?.maxRows ?? 0 }).catch((
+      e,
+    ): { error: ErrorFields } => ({
       error: e instanceof ClientFacingError ? { ...e.fields, severity: "ERROR" } : {
         severity: "ERROR",
         code: SqlState.InternalError,
@@ -218,15 +217,10 @@ interface ExtendedRequest {
   describes: number;
   /** The end of its Sync. */
   to: number;
-  /** Its Execute asks for a number of rows (max rows > 0). */
-  limited: boolean;
+  /** The rows its Execute asks for (0: all). */
+  maxRows: number;
   refusal?: string;
 }
-
-/** The refusal of a row-limited Execute of an INSERT ... SELECT ... RETURNING. */
-const LIMITED_EXECUTE = "INSERT ... SELECT ... RETURNING into a sharded table executed " +
-  "for a limited number of rows (a cursor or fetch size: Execute with max rows) is not " +
-  "supported: execute it for all its rows (max rows 0)";
 
 const utf8 = new TextDecoder();
 
@@ -244,7 +238,7 @@ function extendedRequest(
   let bind: { statement: string; params: (string | null)[] | null; binaryResults: boolean } | null =
     null;
   let executes = 0;
-  let limited = false;
+  let maxRows = 0;
   let describes = 0;
   const kept: Uint8Array[] = [];
   while (bufferEnd - q >= 5) {
@@ -272,7 +266,7 @@ function extendedRequest(
         prefix,
         describes,
         to: next,
-        limited,
+        maxRows,
       };
       if (bind.params === null) {
         request.refusal = "INSERT ... SELECT into a sharded table with binary parameters is not " +
@@ -304,7 +298,7 @@ function extendedRequest(
       if (bind === null) return null;
       executes++;
       const nameEnd = buf.indexOf(0, q + 5);
-      if (nameEnd + 5 <= next && readInt32(buf, nameEnd + 1) > 0) limited = true;
+      if (nameEnd + 5 <= next) maxRows = Math.max(0, readInt32(buf, nameEnd + 1));
     } else if (type === Msg.Describe) describes++;
     else return null;
     if (type !== Msg.Execute) kept.push(buf.slice(q, next));
@@ -346,7 +340,7 @@ function isInsertSelect(router: QueryRouter, sql: string): boolean {
 async function planInserts(
   c: InsertSelectClient,
   plan: InsertSelect,
-  at: { p: number; end: number },
+  at: { p: number; end: number; maxRows: number },
 ): Promise<{ plan: SplitPlan } | { error: ErrorFields } | { empty: true }> {
   const config = c.sharding!;
   const cluster = c.cluster!;
@@ -461,6 +455,16 @@ async function planInserts(
   }
   if (heldBytes > c.crossShardBufferLimit) return { error: tooMany(c.crossShardBufferLimit) };
   if (rows.length === 0) return { empty: true };
+  if (plan.returning !== null && at.maxRows > 0 && rows.length >= at.maxRows) {
+    // PostgreSQL would leave the portal suspended, its rows fetched in parts: pgdog can't yet.
+    return {
+      error: refusal(
+        `INSERT ... SELECT ... RETURNING into a sharded table, its ${rows.length} rows fetched ` +
+          `${at.maxRows} at a time (a cursor or fetch size: Execute with max rows), is not ` +
+          "supported: execute it for all its rows (max rows 0)",
+      ),
+    };
+  }
   let columns = plan.columns;
   if (columns === null) {
     const known = await learnColumnOrders([plan.table], {

@@ -259,6 +259,24 @@ export class InsertSplitRun {
   }
 }
 
+/**
+ * The max rows of the first Execute in the buffered request from `p` (up to its Sync, Flush or a
+ * Query; `end`: where the buffered bytes end): 0 when none, or when it asks for every row.
+ */
+export function firstExecuteMaxRows(buf: Uint8Array, p: number, end: number): number {
+  while (end - p >= 5) {
+    const type = buf[p];
+    const next = p + readInt32(buf, p + 1) + 1;
+    if (next > end || type === Msg.Sync || type === Msg.Flush || type === Msg.Query) break;
+    if (type === Msg.Execute) {
+      const nameEnd = buf.indexOf(0, p + 5);
+      return nameEnd > 0 && nameEnd + 5 <= next ? Math.max(0, readInt32(buf, nameEnd + 1)) : 0;
+    }
+    p = next;
+  }
+  return 0;
+}
+
 /** A Bind's parts. */
 function readBind(buf: Uint8Array, p: number, end: number): BindParts {
   const portalEnd = buf.indexOf(0, p + 5);

@@ -53,6 +53,7 @@ import { type MergePlan, PASS_THROUGH } from "../cross_shard/plan.ts";
 import type { KeyUpdatePlan, SplitInsertPlan } from "../router/split_insert_plan.ts";
 import { NonDeterministicRewrite } from "./non_deterministic_run.ts";
 import { askPluginHashers } from "./plugin_hashers.ts";
+import { firstExecuteMaxRows } from "./insert_split.ts";
 
 /** Where a request on a sharded database runs: the value routing returns. */
 export interface ShardRoute {
@@ -284,17 +285,22 @@ export class RequestRouter {
       return "done";
     }
     const rewritten = decision.splitInsert ?? decision.keyUpdate;
+    // Its RETURNING rows are put together from several shards at the end: not fetched in parts
+    // (an Execute asking for no more rows than it returns would leave the portal suspended).
+    const maxRows = limited
+      ? firstExecuteMaxRows(buf, type === Msg.Bind ? p : c.rbuf.start, c.rbuf.end)
+      : 0;
     if (
-      limited &&
-      (decision.splitInsert?.returning === true || (decision.keyUpdate?.returning ?? null) !== null)
+      maxRows > 0 &&
+      ((decision.splitInsert?.returning === true && maxRows <= decision.splitInsert.rowCount) ||
+        ((decision.keyUpdate?.returning ?? null) !== null && maxRows <= 1))
     ) {
-      // Its rows are put together from several shards at the end: not fetched in parts.
       c.local.answerError({
         severity: "ERROR",
         code: SqlState.FeatureNotSupported,
-        message: `the write to ${rewritten!.table} runs on several shards, and RETURNING from it ` +
-          "for a limited number of rows (a cursor or fetch size: Execute with max rows) is not " +
-          "supported: execute it for all its rows (max rows 0)",
+        message: `the write to ${rewritten!.table} runs on several shards, and its RETURNING ` +
+          `rows fetched ${maxRows} at a time (a cursor or fetch size: Execute with max rows) ` +
+          "is not supported: execute it for all its rows (max rows 0)",
       }, type === Msg.Query);
       return "done";
     }
