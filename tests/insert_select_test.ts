@@ -472,6 +472,17 @@ Deno.test("INSERT ... SELECT into a sharded table: each row on its shard", async
           /a shard returned \d+ rows for the \d+ it was given/,
         );
         assert.equal((await setup.placement("SELECT id FROM skipping")).size, 0);
+        // So is a split multi-row INSERT's.
+        await refused(
+          "INSERT INTO skipping VALUES (101), (102), (103), (104), (105), (106) RETURNING id",
+          /a shard returned \d+ rows for the \d+ it was given/,
+        );
+        await refused(
+          "INSERT INTO skipping VALUES ($1), ($2), ($3), ($4), ($5), ($6) RETURNING id",
+          /a shard returned \d+ rows for the \d+ it was given/,
+          [111, 112, 113, 114, 115, 116],
+        );
+        assert.equal((await setup.placement("SELECT id FROM skipping")).size, 0);
         assert.equal(await both(dog, ref, "INSERT INTO skipping SELECT id FROM src"), 20);
         await compareAnswers(setup, "SELECT id FROM skipping ORDER BY id");
         // A shard may skip rows: the order of the rows returned can't be known.

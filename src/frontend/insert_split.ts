@@ -27,6 +27,8 @@ import {
   type ShardSession,
 } from "../router/shard.ts";
 import type { OutBatch } from "./out_batch.ts";
+import { MergeError } from "../cross_shard/errors.ts";
+import { SqlState } from "../protocol/sqlstate.ts";
 import { ClientStatement, type PreparedCache } from "./prepared.ts";
 
 /** What a split INSERT reads of the client. */
@@ -231,6 +233,22 @@ export class InsertSplitRun {
   complete(heads: readonly Uint8Array[]): Uint8Array {
     if (!this.#executing) return heads[0];
     this.#executing = false;
+    if (this.#plan.returning && this.#plan.tag === undefined) {
+      const short = this.#legs.findIndex((st, i) =>
+        st.rows.length > 0 && this.#rows[i].length !== st.rows.length
+      );
+      if (short >= 0) {
+        const got = this.#rows[short].length;
+        this.fail();
+        // (The fan-out answers it and fails the shards' transaction, as PostgreSQL's would be.)
+        throw new MergeError(
+          SqlState.FeatureNotSupported,
+          `a multi-row INSERT into ${this.#plan.table} split by shard: a shard returned ${got} ` +
+            `rows for the ${this.#legs[short].rows.length} it was given (a trigger skipped or ` +
+            "added rows), so the order of the rows returned can't be known: drop RETURNING",
+        );
+      }
+    }
     const ordered: (Uint8Array | undefined)[] = new Array(this.#plan.rowCount);
     for (let i = 0; i < this.#legs.length; i++) {
       const rows = this.#legs[i].rows;
