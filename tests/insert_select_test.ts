@@ -395,7 +395,7 @@ Deno.test("INSERT ... SELECT into a sharded table: each row on its shard", async
       );
 
       await t.step(
-        "a row-limited Execute of RETURNING: all rows when they fit, else refused",
+        "a row-limited Execute of RETURNING: PostgreSQL's answer outside a transaction",
         async () => {
           const dogWire = await WireClient.connect(setup.target);
           const refWire = await WireClient.connect(setup.referenceTarget);
@@ -411,25 +411,56 @@ Deno.test("INSERT ... SELECT into a sharded table: each row on its shard", async
               `INSERT INTO users (id, email) VALUES (${base + 1}, 'a'), (${base + 2}, 'b'), ` +
               `(${base + 3}, 'c'), (${base + 4}, 'd') RETURNING id, email`;
             // As many rows as the Execute asks for, or more: PostgreSQL inserts every row, returns
-            // the ones asked for and leaves the portal suspended. pgdog refuses, inserting nothing.
-            for (const [sql, maxRows] of [[selectSql(76000), 2], [splitSql(76000), 4]] as const) {
+            // the ones asked for and leaves the portal suspended (ended by the Sync, outside a
+            // transaction). So does pgdog, the rows in order.
+            for (
+              const [sql, maxRows] of [
+                [selectSql(76000), 2],
+                [selectSql(76100), 3],
+                [splitSql(76200), 2],
+                [splitSql(76300), 4],
+              ] as const
+            ) {
               const expected = await run(refWire, sql, maxRows);
               assert.deepEqual(expected.filter((m) => m !== "D").slice(-2), ["s", "Z I"]);
-              const answer = await run(dogWire, sql, maxRows);
-              assert.deepEqual(answer.slice(-2), ["E 0A000", "Z I"], sql);
+              assert.deepEqual(await run(dogWire, sql, maxRows), expected, sql);
             }
-            await refWire.simple("DELETE FROM stats WHERE id > 76000 AND id < 77000");
-            await refWire.simple("DELETE FROM users WHERE id > 76000 AND id < 77000");
+            // A row's move to another shard returns one row: a limit of 1 suspends it.
+            const move = (from: number, to: number): string =>
+              `UPDATE users SET id = ${to} WHERE id = ${from} RETURNING id, email`;
+            assert.deepEqual(
+              await run(dogWire, move(1, 79001), 1),
+              await run(refWire, move(1, 79001), 1),
+            );
+            assert.deepEqual(
+              await run(dogWire, move(2, 79002), 2),
+              await run(refWire, move(2, 79002), 2),
+            );
+            // Inside a transaction the portal outlives the request, and its next Execute would ask
+            // for more rows: refused, nothing of it kept.
+            for (const sql of [selectSql(76400), splitSql(76500), move(3, 79003)]) {
+              await dogWire.simple("BEGIN");
+              const answer = await run(dogWire, sql, 1);
+              // (Z E from PostgreSQL; pgdog says Z I while the held-back BEGIN reached no shard.)
+              assert.equal(answer.at(-2), "E 0A000", sql);
+              await dogWire.simple("ROLLBACK");
+            }
+            // Executed twice in one request: refused.
+            await dogWire.send(
+              fe.parse("", splitSql(76600)),
+              fe.bind("", ""),
+              fe.execute("", 2),
+              fe.execute("", 2),
+              fe.sync(),
+            );
+            assert.deepEqual(summary(await dogWire.untilReady()).slice(-2), ["E 0A000", "Z I"]);
             for (const table of ["stats", "users"]) {
               const left = await setup.placement(
-                `SELECT id FROM ${table} WHERE id > 76000 AND id < 77000`,
+                `SELECT id FROM ${table} WHERE id > 76400 AND id < 77000`,
               );
               assert.equal(left.size, 0, table);
             }
-            // A row's move to another shard returns one row: a limit of 1 would suspend it.
-            const move = "UPDATE users SET id = 79001 WHERE id = 1 RETURNING id, email";
-            assert.deepEqual((await run(dogWire, move, 1)).slice(-2), ["E 0A000", "Z I"]);
-            assert.deepEqual(await run(dogWire, move, 2), await run(refWire, move, 2));
+            assert.equal((await setup.placement("SELECT id FROM users WHERE id = 79003")).size, 0);
             // Fewer rows than asked for, or no RETURNING: PostgreSQL's answer, rows in order.
             for (
               const [sql, maxRows] of [

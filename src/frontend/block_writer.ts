@@ -23,6 +23,8 @@ export interface HeldReturning {
   order: number[][];
   /** Bytes of rows that may be held (`cross_shard_buffer_limit`). */
   limit: number;
+  /** The client's Execute asks for this many rows (0: all); the portal is suspended after them. */
+  maxRows?: number;
 }
 
 /** A writer that passes messages on to `out`, without their ReadyForQuery. */
@@ -60,19 +62,27 @@ export class BlockWriter extends FramedWriter {
     if (this.#returning !== null) this.#held = [];
   }
 
-  /** The rows held, in order, as one run of DataRows (empty when none or aborted). */
-  takeRows(): Uint8Array {
+  /**
+   * The rows held, in order, as one run of DataRows (empty when none or aborted): all of them, or
+   * the first max rows of the client's Execute, the portal then suspended as PostgreSQL's is when
+   * its rows reach the limit.
+   */
+  takeRows(): { rows: Uint8Array; suspended: boolean } {
     const held = this.#held ?? [];
+    const max = this.#returning?.maxRows ?? 0;
     const out = new Uint8Array(this.#heldBytes);
     let at = 0;
+    let count = 0;
     for (const row of held) {
       if (row === undefined) continue;
+      if (max > 0 && count === max) break;
       out.set(row, at);
       at += row.length;
+      count++;
     }
     this.#held = this.#returning === null ? null : [];
     this.#heldBytes = 0;
-    return at === out.length ? out : out.subarray(0, at);
+    return { rows: out.subarray(0, at), suspended: max > 0 && count === max };
   }
 
   /** The writer this one feeds. */

@@ -455,13 +455,16 @@ async function planInserts(
   }
   if (heldBytes > c.crossShardBufferLimit) return { error: tooMany(c.crossShardBufferLimit) };
   if (rows.length === 0) return { empty: true };
-  if (plan.returning !== null && at.maxRows > 0 && rows.length >= at.maxRows) {
-    // PostgreSQL would leave the portal suspended, its rows fetched in parts: pgdog can't yet.
+  // Fetched in parts (an Execute asking for no more rows than there are): outside a transaction
+  // the portal ends at the Sync, so the first rows and PortalSuspended are the whole answer; in
+  // one, its next Execute would ask for more, which pgdog can't give yet.
+  const suspends = plan.returning !== null && at.maxRows > 0 && rows.length >= at.maxRows;
+  if (suspends && c.txStatus() !== TxStatus.Idle) {
     return {
       error: refusal(
-        `INSERT ... SELECT ... RETURNING into a sharded table, its ${rows.length} rows fetched ` +
-          `${at.maxRows} at a time (a cursor or fetch size: Execute with max rows), is not ` +
-          "supported: execute it for all its rows (max rows 0)",
+        `INSERT ... SELECT ... RETURNING into a sharded table inside a transaction, its ` +
+          `${rows.length} rows fetched ${at.maxRows} at a time (a cursor or fetch size: Execute ` +
+          "with max rows), is not supported: execute it for all its rows (max rows 0)",
       ),
     };
   }
@@ -503,6 +506,7 @@ async function planInserts(
       returning: plan.returning === null ? undefined : {
         order: statements.map((s) => s.positions),
         limit: c.crossShardBufferLimit,
+        maxRows: at.maxRows,
       },
     },
   };

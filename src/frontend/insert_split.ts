@@ -73,6 +73,8 @@ export class InsertSplitRun {
   #statementDescribed = false;
   /** The statements were executed; their rows are being collected. */
   #executing = false;
+  /** The rows the client's Execute asks for (0: all): the portal is suspended after them. */
+  #maxRows = 0;
 
   constructor(
     client: InsertSplitClient,
@@ -129,6 +131,7 @@ export class InsertSplitRun {
       case Msg.Query:
         this.#describe = { wanted: true };
         this.#executing = true;
+        this.#maxRows = 0;
         for (let i = 0; i < servers.length; i++) {
           outs[i].addBytes(queryMessage(this.#legs[i].sql));
           servers[i].expect(Expect.Query);
@@ -153,7 +156,9 @@ export class InsertSplitRun {
         const nameEnd = buf.indexOf(0, p + 5);
         const name = decoder.decode(buf.subarray(p + 5, nameEnd));
         if (this.#portal === null || name !== this.#portal) return false;
-        // An INSERT runs whole: every row it returns is sent (a row limit is not applied).
+        // An INSERT runs whole on every leg; the client gets the rows it asks for (routing
+        // refused a limit that suspends the portal unless the portal ends at this request's Sync).
+        this.#maxRows = nameEnd + 5 <= end ? Math.max(0, readInt32(buf, nameEnd + 1)) : 0;
         const execute = executeMessage(name);
         for (let i = 0; i < servers.length; i++) {
           outs[i].addBytes(execute);
@@ -265,8 +270,17 @@ export class InsertSplitRun {
       if (Number.isInteger(n) && this.#legs[i].rows.length > 0) total += n;
     }
     const out = new MessageBuilder(256);
-    for (const row of ordered) if (row !== undefined) out.bytes(row);
-    out.begin(Msg.CommandComplete).cstring(`${this.#plan.tag ?? "INSERT 0"} ${total}`).end();
+    const max = this.#maxRows;
+    let count = 0;
+    for (const row of ordered) {
+      if (row === undefined) continue;
+      if (max > 0 && count === max) break;
+      out.bytes(row);
+      count++;
+    }
+    // As PostgreSQL: the rows asked for reached, the portal is suspended (its rest never asked).
+    if (max > 0 && count === max) out.begin(Msg.PortalSuspended).end();
+    else out.begin(Msg.CommandComplete).cstring(`${this.#plan.tag ?? "INSERT 0"} ${total}`).end();
     return out.build();
   }
 
@@ -278,21 +292,30 @@ export class InsertSplitRun {
 }
 
 /**
- * The max rows of the first Execute in the buffered request from `p` (up to its Sync, Flush or a
- * Query; `end`: where the buffered bytes end): 0 when none, or when it asks for every row.
+ * The max rows of the first Execute in the buffered request from `p` (0 when none, or when it
+ * asks for every row) and how many Executes it holds, up to its Sync, Flush or a Query (`end`:
+ * where the buffered bytes end).
  */
-export function firstExecuteMaxRows(buf: Uint8Array, p: number, end: number): number {
+export function executeLimits(
+  buf: Uint8Array,
+  p: number,
+  end: number,
+): { maxRows: number; executes: number } {
+  let maxRows = 0;
+  let executes = 0;
   while (end - p >= 5) {
     const type = buf[p];
     const next = p + readInt32(buf, p + 1) + 1;
     if (next > end || type === Msg.Sync || type === Msg.Flush || type === Msg.Query) break;
     if (type === Msg.Execute) {
       const nameEnd = buf.indexOf(0, p + 5);
-      return nameEnd > 0 && nameEnd + 5 <= next ? Math.max(0, readInt32(buf, nameEnd + 1)) : 0;
+      if (executes++ === 0 && nameEnd > 0 && nameEnd + 5 <= next) {
+        maxRows = Math.max(0, readInt32(buf, nameEnd + 1));
+      }
     }
     p = next;
   }
-  return 0;
+  return { maxRows, executes };
 }
 
 /** A Bind's parts. */

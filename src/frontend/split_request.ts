@@ -336,6 +336,8 @@ export function raiseSql(fields: ErrorFields): string {
   return `DO $pgdog$ BEGIN RAISE EXCEPTION USING ${using}; END $pgdog$`;
 }
 
+const PORTAL_SUSPENDED = new MessageBuilder(8).begin(Msg.PortalSuspended).end().build();
+
 /** CommandComplete `INSERT 0 n`. */
 function insertTag(n: number): Uint8Array {
   return new MessageBuilder(32).begin(Msg.CommandComplete).cstring(`INSERT 0 ${n}`).end().build();
@@ -458,9 +460,9 @@ export class SplitRunner {
     h.writer = split.writer.target;
     const inserted = split.writer.inserted;
     if (inserted !== null && !split.writer.failed) {
-      const rows = split.writer.takeRows();
+      const { rows, suspended } = split.writer.takeRows();
       if (rows.length > 0) h.writer.enqueue(rows);
-      h.writer.enqueue(insertTag(inserted));
+      h.writer.enqueue(suspended ? PORTAL_SUSPENDED : insertTag(inserted));
     }
     if (
       split.implicit && h.deferredBegin !== IMPLICIT_BEGIN && h.txStatus() !== TxStatus.Idle
