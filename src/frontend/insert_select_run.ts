@@ -52,7 +52,7 @@ import {
 import type { PluginSet } from "../plugin/mod.ts";
 import { errorMessage } from "../log.ts";
 import type { ShardTransaction } from "./shard_transaction.ts";
-import type { SplitPlan, SplitRunner } from "./split_request.ts";
+import { raiseSql, type SplitPlan, type SplitRunner } from "./split_request.ts";
 import type { LocalAnswers } from "./local_answers.ts";
 import type { Forwarder } from "./forward.ts";
 import { bindStatementName, type ClientStatements, parseName, parseQuery } from "./prepared.ts";
@@ -129,7 +129,9 @@ export async function runInsertSelect(
   if (c.closed) return true;
   const outcome = "refusal" in plan
     ? { error: refusal(plan.refusal) }
-    : await planInserts(c, plan, { p, end: to }).catch((e): { error: ErrorFields } => ({
+    : await planInserts(c, plan, { p, end: to, maxRows: extended?.maxRows ?? 0 }).catch((
+      e,
+    ): { error: ErrorFields } => ({
       error: e instanceof ClientFacingError ? { ...e.fields, severity: "ERROR" } : {
         severity: "ERROR",
         code: SqlState.InternalError,
@@ -215,6 +217,8 @@ interface ExtendedRequest {
   describes: number;
   /** The end of its Sync. */
   to: number;
+  /** The rows its Execute asks for (0: all). */
+  maxRows: number;
   refusal?: string;
 }
 
@@ -234,6 +238,7 @@ function extendedRequest(
   let bind: { statement: string; params: (string | null)[] | null; binaryResults: boolean } | null =
     null;
   let executes = 0;
+  let maxRows = 0;
   let describes = 0;
   const kept: Uint8Array[] = [];
   while (bufferEnd - q >= 5) {
@@ -255,7 +260,14 @@ function extendedRequest(
         prefix.set(m, at);
         at += m.length;
       }
-      const request: ExtendedRequest = { sql, params: bind.params, prefix, describes, to: next };
+      const request: ExtendedRequest = {
+        sql,
+        params: bind.params,
+        prefix,
+        describes,
+        to: next,
+        maxRows,
+      };
       if (bind.params === null) {
         request.refusal = "INSERT ... SELECT into a sharded table with binary parameters is not " +
           "supported: send the parameters as text";
@@ -285,6 +297,8 @@ function extendedRequest(
     } else if (type === Msg.Execute) {
       if (bind === null) return null;
       executes++;
+      const nameEnd = buf.indexOf(0, q + 5);
+      if (nameEnd + 5 <= next) maxRows = Math.max(0, readInt32(buf, nameEnd + 1));
     } else if (type === Msg.Describe) describes++;
     else return null;
     if (type !== Msg.Execute) kept.push(buf.slice(q, next));
@@ -326,7 +340,7 @@ function isInsertSelect(router: QueryRouter, sql: string): boolean {
 async function planInserts(
   c: InsertSelectClient,
   plan: InsertSelect,
-  at: { p: number; end: number },
+  at: { p: number; end: number; maxRows: number },
 ): Promise<{ plan: SplitPlan } | { error: ErrorFields } | { empty: true }> {
   const config = c.sharding!;
   const cluster = c.cluster!;
@@ -441,6 +455,19 @@ async function planInserts(
   }
   if (heldBytes > c.crossShardBufferLimit) return { error: tooMany(c.crossShardBufferLimit) };
   if (rows.length === 0) return { empty: true };
+  // Fetched in parts (an Execute asking for no more rows than there are): outside a transaction
+  // the portal ends at the Sync, so the first rows and PortalSuspended are the whole answer; in
+  // one, its next Execute would ask for more, which pgdog can't give yet.
+  const suspends = plan.returning !== null && at.maxRows > 0 && rows.length >= at.maxRows;
+  if (suspends && c.txStatus() !== TxStatus.Idle) {
+    return {
+      error: refusal(
+        `INSERT ... SELECT ... RETURNING into a sharded table inside a transaction, its ` +
+          `${rows.length} rows fetched ${at.maxRows} at a time (a cursor or fetch size: Execute ` +
+          "with max rows), is not supported: execute it for all its rows (max rows 0)",
+      ),
+    };
+  }
   let columns = plan.columns;
   if (columns === null) {
     const known = await learnColumnOrders([plan.table], {
@@ -475,6 +502,12 @@ async function planInserts(
       ends,
       shards: [...used].sort((a, b) => a - b),
       sumInserts: true,
+      // The rows come back per shard: held, and answered in the SELECT's order.
+      returning: plan.returning === null ? undefined : {
+        order: statements.map((s) => s.positions),
+        limit: c.crossShardBufferLimit,
+        maxRows: at.maxRows,
+      },
     },
   };
 }
@@ -567,13 +600,4 @@ function refusal(message: string): ErrorFields {
 
 function pluginError(message: string): ErrorFields {
   return { severity: "ERROR", code: SqlState.SystemError, message };
-}
-
-/** A statement that raises `fields` on the server (in the client's transaction). */
-function raiseSql(fields: ErrorFields): string {
-  const lit = (v: string): string => `'${v.replaceAll("'", "''")}'`;
-  let using = `ERRCODE = ${lit(fields.code)}, MESSAGE = ${lit(fields.message)}`;
-  if (fields.detail) using += `, DETAIL = ${lit(fields.detail)}`;
-  if (fields.hint) using += `, HINT = ${lit(fields.hint)}`;
-  return `DO $pgdog$ BEGIN RAISE EXCEPTION USING ${using}; END $pgdog$`;
 }

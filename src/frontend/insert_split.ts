@@ -27,6 +27,8 @@ import {
   type ShardSession,
 } from "../router/shard.ts";
 import type { OutBatch } from "./out_batch.ts";
+import { MergeError } from "../cross_shard/errors.ts";
+import { SqlState } from "../protocol/sqlstate.ts";
 import { ClientStatement, type PreparedCache } from "./prepared.ts";
 
 /** What a split INSERT reads of the client. */
@@ -71,6 +73,8 @@ export class InsertSplitRun {
   #statementDescribed = false;
   /** The statements were executed; their rows are being collected. */
   #executing = false;
+  /** The rows the client's Execute asks for (0: all): the portal is suspended after them. */
+  #maxRows = 0;
 
   constructor(
     client: InsertSplitClient,
@@ -127,6 +131,7 @@ export class InsertSplitRun {
       case Msg.Query:
         this.#describe = { wanted: true };
         this.#executing = true;
+        this.#maxRows = 0;
         for (let i = 0; i < servers.length; i++) {
           outs[i].addBytes(queryMessage(this.#legs[i].sql));
           servers[i].expect(Expect.Query);
@@ -151,7 +156,9 @@ export class InsertSplitRun {
         const nameEnd = buf.indexOf(0, p + 5);
         const name = decoder.decode(buf.subarray(p + 5, nameEnd));
         if (this.#portal === null || name !== this.#portal) return false;
-        // An INSERT runs whole: every row it returns is sent (a row limit is not applied).
+        // An INSERT runs whole on every leg; the client gets the rows it asks for (routing
+        // refused a limit that suspends the portal unless the portal ends at this request's Sync).
+        this.#maxRows = nameEnd + 5 <= end ? Math.max(0, readInt32(buf, nameEnd + 1)) : 0;
         const execute = executeMessage(name);
         for (let i = 0; i < servers.length; i++) {
           outs[i].addBytes(execute);
@@ -231,6 +238,22 @@ export class InsertSplitRun {
   complete(heads: readonly Uint8Array[]): Uint8Array {
     if (!this.#executing) return heads[0];
     this.#executing = false;
+    if (this.#plan.returning && this.#plan.tag === undefined) {
+      const short = this.#legs.findIndex((st, i) =>
+        st.rows.length > 0 && this.#rows[i].length !== st.rows.length
+      );
+      if (short >= 0) {
+        const got = this.#rows[short].length;
+        this.fail();
+        // (The fan-out answers it and fails the shards' transaction, as PostgreSQL's would be.)
+        throw new MergeError(
+          SqlState.FeatureNotSupported,
+          `a multi-row INSERT into ${this.#plan.table} split by shard: a shard returned ${got} ` +
+            `rows for the ${this.#legs[short].rows.length} it was given (a trigger skipped or ` +
+            "added rows), so the order of the rows returned can't be known: drop RETURNING",
+        );
+      }
+    }
     const ordered: (Uint8Array | undefined)[] = new Array(this.#plan.rowCount);
     for (let i = 0; i < this.#legs.length; i++) {
       const rows = this.#legs[i].rows;
@@ -247,8 +270,17 @@ export class InsertSplitRun {
       if (Number.isInteger(n) && this.#legs[i].rows.length > 0) total += n;
     }
     const out = new MessageBuilder(256);
-    for (const row of ordered) if (row !== undefined) out.bytes(row);
-    out.begin(Msg.CommandComplete).cstring(`${this.#plan.tag ?? "INSERT 0"} ${total}`).end();
+    const max = this.#maxRows;
+    let count = 0;
+    for (const row of ordered) {
+      if (row === undefined) continue;
+      if (max > 0 && count === max) break;
+      out.bytes(row);
+      count++;
+    }
+    // As PostgreSQL: the rows asked for reached, the portal is suspended (its rest never asked).
+    if (max > 0 && count === max) out.begin(Msg.PortalSuspended).end();
+    else out.begin(Msg.CommandComplete).cstring(`${this.#plan.tag ?? "INSERT 0"} ${total}`).end();
     return out.build();
   }
 
@@ -257,6 +289,33 @@ export class InsertSplitRun {
     this.#executing = false;
     for (let i = 0; i < this.#rows.length; i++) this.#rows[i] = [];
   }
+}
+
+/**
+ * The max rows of the first Execute in the buffered request from `p` (0 when none, or when it
+ * asks for every row) and how many Executes it holds, up to its Sync, Flush or a Query (`end`:
+ * where the buffered bytes end).
+ */
+export function executeLimits(
+  buf: Uint8Array,
+  p: number,
+  end: number,
+): { maxRows: number; executes: number } {
+  let maxRows = 0;
+  let executes = 0;
+  while (end - p >= 5) {
+    const type = buf[p];
+    const next = p + readInt32(buf, p + 1) + 1;
+    if (next > end || type === Msg.Sync || type === Msg.Flush || type === Msg.Query) break;
+    if (type === Msg.Execute) {
+      const nameEnd = buf.indexOf(0, p + 5);
+      if (executes++ === 0 && nameEnd > 0 && nameEnd + 5 <= next) {
+        maxRows = Math.max(0, readInt32(buf, nameEnd + 1));
+      }
+    }
+    p = next;
+  }
+  return { maxRows, executes };
 }
 
 /** A Bind's parts. */

@@ -53,6 +53,8 @@ import { type MergePlan, PASS_THROUGH } from "../cross_shard/plan.ts";
 import type { KeyUpdatePlan, SplitInsertPlan } from "../router/split_insert_plan.ts";
 import { NonDeterministicRewrite } from "./non_deterministic_run.ts";
 import { askPluginHashers } from "./plugin_hashers.ts";
+import { executeLimits } from "./insert_split.ts";
+import type { SplitRun } from "./split_request.ts";
 
 /** Where a request on a sharded database runs: the value routing returns. */
 export interface ShardRoute {
@@ -97,6 +99,8 @@ export interface RouterClient {
   /** The attached server got a Flush and no Sync since. */
   readonly unsynced: boolean;
   readonly deferredBegin: Uint8Array | null;
+  /** The split request running, if any. */
+  readonly split: SplitRun | null;
   readonly session: SessionState;
   readonly statements: ClientStatements;
   readonly rbuf: MessageBuffer;
@@ -284,6 +288,32 @@ export class RequestRouter {
       return "done";
     }
     const rewritten = decision.splitInsert ?? decision.keyUpdate;
+    // Its RETURNING rows are put together from several shards at the end: an Execute asking for
+    // no more rows than it returns suspends the portal, which outside a transaction ends at the
+    // request's Sync (the rows asked for are the whole answer); in one, a later Execute could ask
+    // for the rest, which pgdog can't give yet.
+    const limits = limited
+      ? executeLimits(buf, type === Msg.Bind ? p : c.rbuf.start, c.rbuf.end)
+      : { maxRows: 0, executes: 0 };
+    const maxRows = limits.maxRows;
+    if (
+      maxRows > 0 &&
+      ((decision.splitInsert?.returning === true && maxRows <= decision.splitInsert.rowCount) ||
+        ((decision.keyUpdate?.returning ?? null) !== null && maxRows <= 1)) &&
+      // (Outside a transaction it runs as a split request of its own, in pgdog's implicit
+      // transaction; a pipeline cut into several may execute the portal again.)
+      (c.split?.implicit !== true || c.split.ends.length > 1 || limits.executes > 1)
+    ) {
+      c.local.answerError({
+        severity: "ERROR",
+        code: SqlState.FeatureNotSupported,
+        message: `the write to ${rewritten!.table} runs on several shards, and its RETURNING ` +
+          `rows fetched ${maxRows} at a time (a cursor or fetch size: Execute with max rows) ` +
+          "inside a transaction or executed again are not supported: execute it for all its " +
+          "rows (max rows 0)",
+      }, type === Msg.Query);
+      return "done";
+    }
     if (
       rewritten && c.txStatus() === TxStatus.Idle && c.txn.prelude.length === 0 &&
       c.deferredBegin === null

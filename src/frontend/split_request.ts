@@ -33,7 +33,7 @@ import {
   type ShardSession,
   type ShardTarget,
 } from "../router/shard.ts";
-import { BlockWriter } from "./block_writer.ts";
+import { BlockWriter, type HeldReturning } from "./block_writer.ts";
 import { loneSplitInsert } from "./insert_split.ts";
 import { bindStatementName, parseName, parseQuery } from "./prepared.ts";
 import {
@@ -82,6 +82,8 @@ export interface SplitPlan {
   sumInserts?: boolean;
   /** How many RowDescriptions reach the client (the rest are dropped); absent: all. */
   rowDescriptions?: number;
+  /** The RETURNING rows of the INSERTs, held and answered in the client statement's order. */
+  returning?: HeldReturning;
 }
 
 /** A split request while it runs. */
@@ -325,6 +327,17 @@ function loneRequest(
 /** A statement that may be an INSERT or UPDATE (comments and blanks before it aside). */
 const INSERT_START = /^\s*(?:\/\*[\s\S]*?\*\/\s*|--[^\n]*\n\s*)*(?:insert|update)\b/i;
 
+/** A statement that raises `fields` on the server (in the transaction it runs in). */
+export function raiseSql(fields: ErrorFields): string {
+  const lit = (v: string): string => `'${v.replaceAll("'", "''")}'`;
+  let using = `ERRCODE = ${lit(fields.code)}, MESSAGE = ${lit(fields.message)}`;
+  if (fields.detail) using += `, DETAIL = ${lit(fields.detail)}`;
+  if (fields.hint) using += `, HINT = ${lit(fields.hint)}`;
+  return `DO $pgdog$ BEGIN RAISE EXCEPTION USING ${using}; END $pgdog$`;
+}
+
+const PORTAL_SUSPENDED = new MessageBuilder(8).begin(Msg.PortalSuspended).end().build();
+
 /** CommandComplete `INSERT 0 n`. */
 function insertTag(n: number): Uint8Array {
   return new MessageBuilder(32).begin(Msg.CommandComplete).cstring(`INSERT 0 ${n}`).end().build();
@@ -404,6 +417,7 @@ export class SplitRunner {
     const writer = new BlockWriter(h.writer, {
       sumInserts: plan.sumInserts === true,
       rowDescriptions: plan.rowDescriptions,
+      returning: plan.returning,
     });
     h.writer = asSocketWriter(writer);
     this.current = { ends: plan.ends, next: 0, writer, implicit };
@@ -415,8 +429,18 @@ export class SplitRunner {
     await h.send();
     await h.settle();
     const rb = h.rbuf;
-    const last = split.ends[split.ends.length - 1];
     split.next++;
+    const abort = split.writer.abort;
+    if (abort !== null && !split.writer.failed) {
+      // The rows can't be answered: the statement fails as PostgreSQL's would, failing the
+      // transaction on a shard (a statement raising the error replaces the rest).
+      split.writer.abort = null;
+      const raise = queryMessage(raiseSql(abort));
+      rb.replace(rb.start, split.ends[split.ends.length - 1], raise);
+      split.ends = [...split.ends.slice(0, split.next), rb.start + raise.length];
+      return;
+    }
+    const last = split.ends[split.ends.length - 1];
     if (split.writer.failed && split.next < split.ends.length) {
       // PostgreSQL stops at the first error: the rest of the request is not run.
       rb.start = last;
@@ -435,7 +459,11 @@ export class SplitRunner {
     this.current = null;
     h.writer = split.writer.target;
     const inserted = split.writer.inserted;
-    if (inserted !== null && !split.writer.failed) h.writer.enqueue(insertTag(inserted));
+    if (inserted !== null && !split.writer.failed) {
+      const { rows, suspended } = split.writer.takeRows();
+      if (rows.length > 0) h.writer.enqueue(rows);
+      h.writer.enqueue(suspended ? PORTAL_SUSPENDED : insertTag(inserted));
+    }
     if (
       split.implicit && h.deferredBegin !== IMPLICIT_BEGIN && h.txStatus() !== TxStatus.Idle
     ) {

@@ -96,6 +96,18 @@ export function insertSelectOf(
       refusal: `INSERT ... OVERRIDING ... SELECT into sharded table ${name} is not supported`,
     };
   }
+  const conflict = insert.onConflictClause as { action?: string; whereClause?: Node } | undefined;
+  if (
+    returningExprs !== undefined && returningExprs.length > 0 && conflict !== undefined &&
+    (conflict.action === "ONCONFLICT_NOTHING" ||
+      (conflict.action === "ONCONFLICT_UPDATE" && conflict.whereClause !== undefined))
+  ) {
+    return {
+      refusal: `INSERT ... SELECT into sharded table ${name} with RETURNING and an ON CONFLICT ` +
+        "that may skip rows is not supported: the order of the rows returned can't be known " +
+        "(drop RETURNING, or select the rows inserted afterwards)",
+    };
+  }
   const columns = ((insert.cols as Node[] | undefined) ?? []).map((c) =>
     (c.ResTarget as { name: string; indirection?: unknown }).name
   );
@@ -162,8 +174,9 @@ export function insertSelectOf(
     end = keywordAt;
   }
   let onConflict: string | null = null;
-  const conflict = insert.onConflictClause as { location?: number } | undefined;
-  if (conflict !== undefined) onConflict = text(conflict.location ?? end, end);
+  if (conflict !== undefined) {
+    onConflict = text((conflict as { location?: number }).location ?? end, end);
+  }
   return {
     table,
     spec,
@@ -242,6 +255,8 @@ export interface ShardInsert {
   shard: number | null;
   sql: string;
   rows: number;
+  /** The rows it inserts: their positions in the SELECT's rows (0-based), in its VALUES order. */
+  positions: number[];
 }
 
 /**
@@ -274,7 +289,7 @@ export function insertStatements(
     for (let from = 0; from < indexes.length; from += BATCH_ROWS) {
       const part = indexes.slice(from, from + BATCH_ROWS);
       const values = part.map((i) => `(${rows[i].map(literal).join(", ")})`).join(", ");
-      out.push({ shard, sql: head + values + tail, rows: part.length });
+      out.push({ shard, sql: head + values + tail, rows: part.length, positions: part });
     }
   }
   return out;
