@@ -46,6 +46,7 @@ import type { ShardTransaction } from "./shard_transaction.ts";
 import { runInsertSelect } from "./insert_select_run.ts";
 import { planSplit } from "./split_request.ts";
 import { commitOnShards } from "./shard_commit.ts";
+import { failHeldServers, requestInFailed } from "./failed_transaction.ts";
 import { planAtomicWrite } from "./atomic_write.ts";
 import { runCopyIn } from "./copy_in_run.ts";
 import { askPluginHashers } from "./plugin_hashers.ts";
@@ -348,6 +349,12 @@ export class Client implements ServerLink {
         // a request larger than max_message_size is routed on what has arrived.
         break;
       }
+      if (this.#txn.failedLocally && await requestInFailed(this.#parts, { type, buf, p, end })) {
+        // A transaction that failed on pgdog's own error (see failed_transaction.ts).
+        if (this.closed) return false;
+        out.reset(rb.buf);
+        continue;
+      }
       if (
         this.#parts.sharding !== null && !this.#parts.inRequest && !this.#parts.skipUntilSync &&
         (type === Msg.Query || EXTENDED_START[type] === 1)
@@ -406,8 +413,10 @@ export class Client implements ServerLink {
         if (type !== Msg.Sync) continue;
         this.#parts.skipUntilSync = false;
         this.#parts.inRequest = false;
+        if (this.#txn.failedLocally) await failHeldServers(this.#parts);
+        if (this.closed) return false;
         if (this.server === null) {
-          this.writer.enqueue(readyForQuery(TxStatus.Idle));
+          this.writer.enqueue(readyForQuery(this.#servers.txStatus() as TxStatus));
           continue;
         }
       } else if (this.#local.answerLocally(type, buf, p, end)) {

@@ -127,7 +127,7 @@ export class LocalAnswers {
         // Servers set aside by a request on several shards may owe it (a Flush-ended request).
         if (server !== null || !c.txn.empty) return false;
         // Nothing outstanding: answer locally instead of taking a server for nothing.
-        c.writer.enqueue(readyForQuery(TxStatus.Idle));
+        c.writer.enqueue(readyForQuery(c.txStatus() as TxStatus));
         return true;
       case Msg.Flush:
         return server === null && c.txn.empty;
@@ -370,6 +370,9 @@ export class LocalAnswers {
   /** Answers with an error; a Query also gets its ReadyForQuery, others skip to the next Sync. */
   answerError(fields: ErrorFields, query: boolean): void {
     const c = this.#client;
+    // Inside the client's transaction the error fails it, as PostgreSQL's would (pgdog's
+    // implicit transaction of a split request ends with it instead).
+    if (c.split?.implicit !== true && c.txStatus() !== TxStatus.Idle) c.txn.failedLocally = true;
     const b = new MessageBuilder(128);
     appendError(b, fields);
     if (query) b.bytes(readyForQuery(c.txStatus()));
@@ -475,17 +478,25 @@ export class LocalAnswers {
       }
       return null;
     }
-    const untouched = c.deferredBegin !== null && c.server === null &&
-      c.txn.empty;
+    const failed = c.txn.failedLocally;
+    // (A session's idle servers count as untouched once the transaction failed here.)
+    const untouched = c.deferredBegin !== null &&
+      (failed ? c.txn.status(c.server) === TxStatus.Idle : c.server === null && c.txn.empty);
     if (!untouched) return null;
     if (tx === "commit" || tx === "rollback") {
       c.deferredBegin = null;
       c.transactionOver();
       c.session.pgdogLocal.clear();
-      return tx === "commit" ? "COMMIT" : "ROLLBACK";
+      // COMMIT of a failed transaction rolls it back.
+      return tx === "commit" && !failed ? "COMMIT" : "ROLLBACK";
     }
-    if (tx === "savepoint") return c.txn.noteSavepoint(analysis, true);
-    return null;
+    if (tx !== "savepoint") return null;
+    const tag = c.txn.noteSavepoint(analysis, true);
+    if (failed && tag !== null) {
+      // Only ROLLBACK TO recovers a failed transaction (failed_transaction.ts refuses the others).
+      c.txn.failedLocally = false;
+    }
+    return tag;
   }
 }
 

@@ -87,6 +87,7 @@ export class RequestServers {
   txStatus(): number {
     const server = this.lead();
     const txn = this.#parts.txn;
+    if (txn.failedLocally) return TxStatus.Failed;
     const status = txn.empty ? server?.txStatus ?? TxStatus.Idle : txn.status(server);
     return status === TxStatus.Idle && this.#parts.deferredBegin !== null
       ? TxStatus.InTransaction

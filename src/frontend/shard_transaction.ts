@@ -33,6 +33,11 @@ export class ShardTransaction {
   searchPath: string | null = null;
   /** The savepoint each SAVEPOINT message of the prelude takes. */
   readonly #savepointMarks = new Map<Uint8Array, string>();
+  /**
+   * pgdog answered an error of its own inside the transaction: it failed, as PostgreSQL's would
+   * (see failed_transaction.ts), though its servers did not see the error.
+   */
+  failedLocally = false;
   /** Spreads statements any shard can answer. */
   #nextAnyShard = 0;
 
@@ -200,6 +205,7 @@ export class ShardTransaction {
 
   /** The transaction ended: nothing of it is replayed on later shards. */
   over(): void {
+    this.failedLocally = false;
     if (this.prelude.length > 0) this.prelude = [];
     this.opener = null;
     if (this.#savepointMarks.size > 0) this.#savepointMarks.clear();

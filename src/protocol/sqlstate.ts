@@ -22,6 +22,8 @@ export const SqlState = {
   InvalidParameterValue: "22023",
   QueryCanceled: "57014",
   IdleInTransactionSessionTimeout: "25P03",
+  InFailedSqlTransaction: "25P02",
+  InvalidSavepointSpecification: "3B001",
   IdleSessionTimeout: "57P05",
   AdminShutdown: "57P01",
   CannotConnectNow: "57P03",
