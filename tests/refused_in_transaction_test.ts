@@ -278,3 +278,46 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "a plugin's block inside a sharded transaction fails it",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn(t) {
+    await using setup = await startSharded({
+      shardedTables: [{ name: "t", column: "id" }],
+      schema: "CREATE TABLE t (id bigint PRIMARY KEY, v text);",
+      extra: {
+        plugins: [{
+          name: "dir",
+          path: new URL("./plugins/directives.ts", import.meta.url).pathname,
+          timeout: 10_000,
+        }],
+      },
+      denoFlags: ["--allow-run"],
+    });
+    const ids = await idPerShard(setup);
+    await dumpLogsOnFailure(setup.proxy, async () => {
+      for (const protocol of ["simple", "extended"] as const) {
+        await t.step(`${protocol} protocol: 42501, then 25P02, COMMIT rolls back`, async () => {
+          await setup.everywhere("DELETE FROM t");
+          const w = await WireClient.connect(setup.target);
+          try {
+            assert.deepEqual(simpleOf(await w.simple("BEGIN")), ["C BEGIN", "Z T"]);
+            for (const id of ids) await w.simple(`INSERT INTO t VALUES (${id}, 'a')`);
+            const blocked = "/* plugin: block=not now */ SELECT v FROM t WHERE id = $1";
+            const answer = protocol === "simple"
+              ? simpleOf(await w.simple(blocked.replace("$1", String(ids[0]))))
+              : await extended(w, blocked, [String(ids[0])]);
+            assert.deepEqual(answer, ["E 42501", "Z E"]);
+            assert.deepEqual(await extended(w, "SELECT $1::int", ["1"]), ["E 25P02", "Z E"]);
+            assert.deepEqual(simpleOf(await w.simple("COMMIT")), ["C ROLLBACK", "Z I"]);
+          } finally {
+            await w.close();
+          }
+          assert.deepEqual(await countsOnShards(setup), [0, 0, 0]);
+        });
+      }
+    });
+  },
+});
