@@ -70,7 +70,12 @@ export async function requestInFailed(
   }
   if (await failHeldServers(c)) return false;
   if (c.closed) return true;
-  const analysis = type === Msg.Query
+  // (PostgreSQL closes statements and portals in a failed transaction too.)
+  if (type === Msg.Close) return false;
+  // (Transaction control is short: a long text is not worth parsing to refuse it.)
+  const analysis = end - p > CONTROL_MAX
+    ? null
+    : type === Msg.Query
     ? c.router.analyze(decodeText(buf, p + 5, end - 1))
     : type === Msg.Parse
     ? c.router.analyze(parseQuery(buf, p, end))
@@ -147,6 +152,9 @@ function commandComplete(tag: string, status: TxStatus): Uint8Array {
   return new MessageBuilder(32).begin(Msg.CommandComplete).cstring(tag).end()
     .bytes(readyForQuery(status)).build();
 }
+
+/** Longer messages are no COMMIT, ROLLBACK or ROLLBACK TO (not parsed). */
+const CONTROL_MAX = 1024;
 
 /** PostgreSQL's error for a statement in a failed transaction. */
 const IN_FAILED_TRANSACTION: ErrorFields = {
