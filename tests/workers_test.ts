@@ -102,6 +102,16 @@ Deno.test("workers = 2: both serve, pools split, admin commands and signals reac
         const done = sleepers.map((c) =>
           c.query("select pg_sleep(30)").then(() => "finished", (e: { code: string }) => e.code)
         );
+        // A cancel that arrives before its query reaches PostgreSQL cancels nothing (as with
+        // PostgreSQL itself): send them once the four sleeps run.
+        for (let i = 0; i < 200; i++) {
+          const r = await direct.query(
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'select pg_sleep(30)' " +
+              "AND state = 'active'",
+          );
+          if (r.rows[0].n === 4) break;
+          await new Promise((resolve) => setTimeout(resolve, 25));
+        }
         for (const c of sleepers) {
           const key = c as unknown as { processID: number; secretKey: number };
           await sendCancelRequest(proxy, key.processID, key.secretKey);
