@@ -678,6 +678,9 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
         });
       const helper = serve({ "/note.ts": 'export const note = "from another host";' });
       const helperHost = `127.0.0.1:${helper.addr.port}`;
+      // Deno caches remote modules by URL: a port reused from an earlier run must not bring
+      // back that run's module.
+      const nonce = crypto.randomUUID();
       // Once loaded, a plugin may not import from its own host: that would carry data out.
       const leak = "  if (ctx.query.includes('leak')) {\n" +
         "    const url = new URL(`/leak.ts?q=${encodeURIComponent(ctx.query)}`, import.meta.url);\n" +
@@ -687,7 +690,7 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
         "/plain.ts": 'export const apiVersion = "1.0.0";\n' +
           "export function route(ctx: { query: string }) {\n" + leak +
           '  if (ctx.query.includes("remote")) return { block: "loaded over http" };\n}\n',
-        "/importing.ts": `import { note } from "http://${helperHost}/note.ts";\n` +
+        "/importing.ts": `import { note } from "http://${helperHost}/note.ts?run=${nonce}";\n` +
           'export const apiVersion = "1.0.0";\n' +
           "export function route(ctx: { query: string }) {\n" + leak +
           '  if (ctx.query.includes("remote")) return { block: note };\n}\n',
@@ -698,7 +701,7 @@ Deno.test("plugins: order, and worker isolation", async (t) => {
         assert.match(r.stderr, /ERROR: {2}leak denied: Requires import access/);
         assert.equal(requested.filter((path) => path.startsWith("/leak")).length, 0);
       };
-      const url = (file: string) => `http://127.0.0.1:${origin.addr.port}/${file}`;
+      const url = (file: string) => `http://127.0.0.1:${origin.addr.port}/${file}?run=${nonce}`;
       try {
         {
           await using proxy = await proxyWith(pg, [
