@@ -25,6 +25,9 @@ export interface AtomicWriteClient extends SplitClient {
   txStatus(): number;
 }
 
+/** Writes of rows: never CONCURRENTLY. */
+const DML = new Set(["InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"]);
+
 /** Statements (by parse-tree node) that write and may run inside a transaction block. */
 const IN_BLOCK = new Set([
   "InsertStmt",
@@ -83,6 +86,8 @@ export function planAtomicWrite(
   ) return null;
   let analysis: Analysis | null = null;
   let bind: BindValues | null = null;
+  // The Bind's values are decoded only once the statement is known to be a write.
+  let bindAt: [number, number] | null = null;
   let requestEnd: number;
   if (type === Msg.Query) {
     analysis = client.router.analyze(decodeText(buf, p + 5, end - 1));
@@ -107,7 +112,7 @@ export function planAtomicWrite(
       } else if (t === Msg.Bind) {
         const name = bindStatementName(buf, q, next);
         analysis = parsed ?? client.statementAnalysis(name);
-        bind = bindValues(buf, q, next);
+        bindAt = [q, next];
       } else if (t === Msg.Execute) executes++;
       else if (t !== Msg.Describe) return null;
       q = next;
@@ -120,8 +125,10 @@ export function planAtomicWrite(
   if (stmt === undefined) return null;
   const kind = Object.keys(stmt)[0];
   if (!IN_BLOCK.has(kind)) return null;
-  // CREATE INDEX CONCURRENTLY, DROP INDEX CONCURRENTLY, DETACH PARTITION CONCURRENTLY.
-  if (JSON.stringify(stmt).includes('"concurrent":true')) return null;
+  // CREATE INDEX CONCURRENTLY, DROP INDEX CONCURRENTLY, DETACH PARTITION CONCURRENTLY (DDL is
+  // rare: the tree is looked through only for it, not for every INSERT, UPDATE or DELETE).
+  if (!DML.has(kind) && JSON.stringify(stmt).includes('"concurrent":true')) return null;
+  if (bindAt !== null) bind = bindValues(buf, bindAt[0], bindAt[1]);
   const lookup: ShardLookup = { found: [], pluginShards: new Map(), missing: [] };
   const d = decideShard(analysis, {
     config,

@@ -101,8 +101,12 @@ export async function runInsertSelect(
   let sql: string;
   let to = end;
   let extended: ExtendedRequest | null = null;
-  if (type === Msg.Query) sql = decodeText(buf, p + 5, end - 1);
-  else {
+  // Cheap test first (this runs for every request): the text says "insert" somewhere.
+  if (type === Msg.Query) {
+    if (!mentionsInsert(buf, p + 5, end - 1)) return false;
+    sql = decodeText(buf, p + 5, end - 1);
+  } else {
+    if (!mayInsert(c, buf, p)) return false;
     extended = extendedRequest(c, { buf, p, bufferEnd: c.rbuf.end });
     if (extended === null) return false;
     sql = extended.sql;
@@ -325,6 +329,42 @@ function resultFormats(buf: Uint8Array, p: number, end: number): number[] {
 }
 
 /** The statement is one INSERT whose rows come from a SELECT (not VALUES), by its cached analysis. */
+/** Whether bytes [from, to) of `buf` hold "insert" in any case, without decoding them. */
+function mentionsInsert(buf: Uint8Array, from: number, to: number): boolean {
+  for (let i = from + 1; i + 4 < to; i++) {
+    // "n" first (the rarest letter of the word), then "i" before it and "sert" after it.
+    if (
+      (buf[i] | 0x20) === 0x6e && (buf[i - 1] | 0x20) === 0x69 && (buf[i + 1] | 0x20) === 0x73 &&
+      (buf[i + 2] | 0x20) === 0x65 && (buf[i + 3] | 0x20) === 0x72 && (buf[i + 4] | 0x20) === 0x74
+    ) return true;
+  }
+  return false;
+}
+
+/**
+ * Whether the extended request at `p` (a Parse, or a Bind of a statement parsed before) may run
+ * an INSERT: its text says "insert", or pgdog doesn't know the text.
+ */
+function mayInsert(c: InsertSelectClient, buf: Uint8Array, p: number): boolean {
+  if (c.rbuf.end - p < 5) return true;
+  let end = p + readInt32(buf, p + 1) + 1;
+  if (buf[p] === Msg.Parse) {
+    const text = buf.indexOf(0, p + 5) + 1;
+    if (mentionsInsert(buf, text, Math.min(end, buf.indexOf(0, text)))) return true;
+    // The Bind after it may run another statement, parsed before.
+    p = end;
+    if (c.rbuf.end - p < 5) return true;
+    end = p + readInt32(buf, p + 1) + 1;
+    if (buf[p] === Msg.Bind && end <= c.rbuf.end && bindStatementName(buf, p, end) === "") {
+      return false;
+    }
+  }
+  if (buf[p] !== Msg.Bind || end > c.rbuf.end) return true;
+  const name = bindStatementName(buf, p, end);
+  const sql = name === "" ? c.forwarder.unnamedSql : c.statements.get(name)?.query;
+  return sql === null || sql === undefined || /insert/i.test(sql);
+}
+
 function isInsertSelect(router: QueryRouter, sql: string): boolean {
   if (!/insert/i.test(sql)) return false;
   const stmts = router.analyze(sql).info.ast?.stmts;

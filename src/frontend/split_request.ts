@@ -265,6 +265,8 @@ function loneRequest(
   const { type, buf, p, end } = request;
   let analysis: Analysis | null = null;
   let bind: BindValues | null = null;
+  // The Bind's values are decoded only for an INSERT or UPDATE (most requests are neither).
+  let bindAt: [number, number] | null = null;
   let to: number;
   if (type === Msg.Query) {
     // Most queries are told apart by their first letter, before any decoding.
@@ -300,7 +302,7 @@ function loneRequest(
           const run = client.forwarder.uniqueIdRun(name, q);
           analysis = run !== null ? client.router.analyze(run) : client.statementAnalysis(name);
         }
-        bind = bindValues(buf, q, next);
+        bindAt = [q, next];
       } else if (t === Msg.Sync) {
         to = next;
         break;
@@ -309,6 +311,9 @@ function loneRequest(
     }
   }
   if (analysis === null) return null;
+  const kind = Object.keys(analysis.info.ast?.stmts[0]?.stmt ?? {})[0];
+  if (kind !== "InsertStmt" && kind !== "UpdateStmt") return null;
+  if (bindAt !== null) bind = bindValues(buf, bindAt[0], bindAt[1]);
   const shards = loneSplitInsert(analysis, {
     config,
     session: client.shardSession(),
