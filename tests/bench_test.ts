@@ -65,94 +65,65 @@ Deno.test("bench/run.ts: a short run writes a results table with real numbers", 
 });
 
 Deno.test("bench/run.ts --only cross-shard: a small run writes ratios and pgdog's peak memory", async () => {
-  const out = await Deno.makeTempDir({ prefix: "pgdog-bench-test-" });
-  try {
-    const run = await runCommand(Deno.execPath(), [
-      "run",
-      "--allow-all",
-      `${REPO_ROOT}/bench/run.ts`,
-      "--only",
-      "cross-shard",
-      "--cross-shard-rows",
-      "3000",
-      "--out",
-      out,
-    ], { timeoutMs: 120_000, env: { NO_COLOR: "1" } });
-    ok(run.code === 0, `bench exited with ${run.code}:\n${run.stderr}`);
-    const report = await Deno.readTextFile(`${out}/latest-cross-shard.md`);
-    const rows = report.split("\n").filter((l) =>
-      /^\| (ORDER BY|count|GROUP BY|full ORDER BY)/.test(l)
-    );
-    ok(rows.length === 4, `expected 4 query rows in:\n${report}`);
-    for (const row of rows) {
-      const ratio = Number(row.split("|").at(-2)!.trim());
-      ok(ratio > 0, `no ratio (refused or wrong?): ${row}`);
-    }
-    ok(
-      /\| then streaming 3000 rows \| [\d.]+ \|/.test(report),
-      `no peak memory row in:\n${report}`,
-    );
-  } finally {
-    await Deno.remove(out, { recursive: true });
+  const report = await benchReport(
+    ["--only", "cross-shard", "--cross-shard-rows", "3000"],
+    "latest-cross-shard.md",
+  );
+  const rows = report.split("\n").filter((l) =>
+    /^\| (ORDER BY|count|GROUP BY|full ORDER BY)/.test(l)
+  );
+  ok(rows.length === 4, `expected 4 query rows in:\n${report}`);
+  for (const row of rows) {
+    const ratio = Number(row.split("|").at(-2)!.trim());
+    ok(ratio > 0, `no ratio (refused or wrong?): ${row}`);
   }
+  ok(
+    /\| then streaming 3000 rows \| [\d.]+ \|/.test(report),
+    `no peak memory row in:\n${report}`,
+  );
 });
 
-Deno.test("bench/run.ts --only two-pc: pgbench transfers across two shards stay balanced, with and without two-phase commit", async () => {
+/** Runs `bench/run.ts` with `args` into a fresh folder; the report `file` written there. */
+async function benchReport(args: string[], file: string): Promise<string> {
   const out = await Deno.makeTempDir({ prefix: "pgdog-bench-test-" });
   try {
     const run = await runCommand(Deno.execPath(), [
       "run",
       "--allow-all",
       `${REPO_ROOT}/bench/run.ts`,
-      "--only",
-      "two-pc",
-      "--seconds",
-      "1",
+      ...args,
       "--out",
       out,
     ], { timeoutMs: 180_000, env: { NO_COLOR: "1" } });
     ok(run.code === 0, `bench exited with ${run.code}:\n${run.stderr}`);
-    const report = await Deno.readTextFile(`${out}/latest-two-pc.md`);
-    const rows = report.split("\n").filter((l) => /^\| (direct|pgdog)/.test(l));
-    ok(rows.length === 6, `expected 6 rows in:\n${report}`);
-    for (const row of rows) {
-      const cells = row.split("|").map((c) => c.trim());
-      ok(Number(cells[3]) > 0, `no transactions: ${row}`);
-      ok(cells[5] === "0", `failed transactions: ${row}`);
-    }
-    ok(
-      /Sum of every balance afterwards: 0 .*prepared transactions left: 0, 0\./.test(report),
-      `unbalanced or left prepared:\n${report}`,
-    );
+    return await Deno.readTextFile(`${out}/${file}`);
   } finally {
     await Deno.remove(out, { recursive: true });
   }
+}
+
+Deno.test("bench/run.ts --only two-pc: pgbench transfers across two shards stay balanced, with and without two-phase commit", async () => {
+  const report = await benchReport(["--only", "two-pc", "--seconds", "1"], "latest-two-pc.md");
+  const rows = report.split("\n").filter((l) => /^\| (direct|pgdog)/.test(l));
+  ok(rows.length === 6, `expected 6 rows in:\n${report}`);
+  for (const row of rows) {
+    const cells = row.split("|").map((c) => c.trim());
+    ok(Number(cells[3]) > 0, `no transactions: ${row}`);
+    ok(cells[5] === "0", `failed transactions: ${row}`);
+  }
+  ok(
+    /Sum of every balance afterwards: 0 .*prepared transactions left: 0, 0\./.test(report),
+    `unbalanced or left prepared:\n${report}`,
+  );
 });
 
 Deno.test("bench/run.ts --only copy: a small COPY through pgdog into 3 shards gives ratios", async () => {
-  const out = await Deno.makeTempDir({ prefix: "pgdog-bench-test-" });
-  try {
-    const run = await runCommand(Deno.execPath(), [
-      "run",
-      "--allow-all",
-      `${REPO_ROOT}/bench/run.ts`,
-      "--only",
-      "copy",
-      "--copy-rows",
-      "20000",
-      "--out",
-      out,
-    ], { timeoutMs: 180_000, env: { NO_COLOR: "1" } });
-    ok(run.code === 0, `bench exited with ${run.code}:\n${run.stderr}`);
-    const report = await Deno.readTextFile(`${out}/latest-copy.md`);
-    const rows = report.split("\n").filter((l) => /^\| (text|binary) \|/.test(l));
-    ok(rows.length === 2, `expected 2 format rows in:\n${report}`);
-    for (const row of rows) {
-      const ratio = Number(row.split("|").at(-2)!.trim());
-      ok(ratio > 0, `no ratio: ${row}`);
-    }
-    ok(/peak \(VmHWM\) \d+ MiB/.test(report), `no peak memory in:\n${report}`);
-  } finally {
-    await Deno.remove(out, { recursive: true });
+  const report = await benchReport(["--only", "copy", "--copy-rows", "20000"], "latest-copy.md");
+  const rows = report.split("\n").filter((l) => /^\| (text|binary) \|/.test(l));
+  ok(rows.length === 2, `expected 2 format rows in:\n${report}`);
+  for (const row of rows) {
+    const ratio = Number(row.split("|").at(-2)!.trim());
+    ok(ratio > 0, `no ratio: ${row}`);
   }
+  ok(/peak \(VmHWM\) \d+ MiB/.test(report), `no peak memory in:\n${report}`);
 });
