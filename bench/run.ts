@@ -198,13 +198,14 @@ if (!["", "pgbench", "cross-shard", "two-pc", "copy"].includes(args.only)) {
 }
 const copyRows = positive(args["copy-rows"], "copy-rows", 1000);
 
-/** Runs the COPY group and writes its report next to the others. */
-async function copyGroup(): Promise<void> {
-  const started = new Date();
-  const text = await runCopyBench({ rows: copyRows, rounds: Math.max(3, rounds) });
+/** Prints a group's report and writes it to <stamp>-<suffix>.md and latest-<suffix>.md. */
+async function writeGroupReport(
+  report: { title: string; suffix: string; started: Date; text: string },
+): Promise<void> {
+  const { title, suffix, started, text } = report;
   console.log(`\n${text}`);
-  const report = [
-    `# pgdog COPY benchmark, ${started.toISOString().slice(0, 19).replace("T", " ")} UTC`,
+  const file = [
+    `# pgdog ${title} benchmark, ${started.toISOString().slice(0, 19).replace("T", " ")} UTC`,
     "",
     `Command: \`deno task bench${Deno.args.map((a) => ` ${a}`).join("")}\``,
     "",
@@ -212,9 +213,16 @@ async function copyGroup(): Promise<void> {
   ].join("\n");
   await Deno.mkdir(outDir, { recursive: true });
   const stamp = started.toISOString().slice(0, 19).replace(/[:]/g, "-");
-  await Deno.writeTextFile(`${outDir}/${stamp}-copy.md`, report);
-  await Deno.writeTextFile(`${outDir}/latest-copy.md`, report);
-  console.error(`wrote ${outDir}/${stamp}-copy.md and ${outDir}/latest-copy.md`);
+  await Deno.writeTextFile(`${outDir}/${stamp}-${suffix}.md`, file);
+  await Deno.writeTextFile(`${outDir}/latest-${suffix}.md`, file);
+  console.error(`wrote ${outDir}/${stamp}-${suffix}.md and ${outDir}/latest-${suffix}.md`);
+}
+
+/** Runs the COPY group and writes its report next to the others. */
+async function copyGroup(): Promise<void> {
+  const started = new Date();
+  const text = await runCopyBench({ rows: copyRows, rounds: Math.max(3, rounds) });
+  await writeGroupReport({ title: "COPY", suffix: "copy", started, text });
 }
 
 if (args.only === "copy") {
@@ -231,19 +239,7 @@ async function crossShardGroup(): Promise<void> {
     smallRows: Math.max(1000, Math.floor(crossShardRows / 100)),
     rounds: Math.max(3, rounds),
   });
-  console.log(`\n${text}`);
-  const report = [
-    `# pgdog cross-shard benchmark, ${started.toISOString().slice(0, 19).replace("T", " ")} UTC`,
-    "",
-    `Command: \`deno task bench${Deno.args.map((a) => ` ${a}`).join("")}\``,
-    "",
-    text,
-  ].join("\n");
-  await Deno.mkdir(outDir, { recursive: true });
-  const stamp = started.toISOString().slice(0, 19).replace(/[:]/g, "-");
-  await Deno.writeTextFile(`${outDir}/${stamp}-cross-shard.md`, report);
-  await Deno.writeTextFile(`${outDir}/latest-cross-shard.md`, report);
-  console.error(`wrote ${outDir}/${stamp}-cross-shard.md and ${outDir}/latest-cross-shard.md`);
+  await writeGroupReport({ title: "cross-shard", suffix: "cross-shard", started, text });
 }
 
 if (args.only === "cross-shard") {
@@ -255,21 +251,7 @@ if (args.only === "cross-shard") {
 async function twoPcGroup(): Promise<void> {
   const started = new Date();
   const text = await runTwoPcBench({ seconds, clients: [1, 8], accounts: 10_000 });
-  console.log(`\n${text}`);
-  const report = [
-    `# pgdog two-phase commit benchmark, ${
-      started.toISOString().slice(0, 19).replace("T", " ")
-    } UTC`,
-    "",
-    `Command: \`deno task bench${Deno.args.map((a) => ` ${a}`).join("")}\``,
-    "",
-    text,
-  ].join("\n");
-  await Deno.mkdir(outDir, { recursive: true });
-  const stamp = started.toISOString().slice(0, 19).replace(/[:]/g, "-");
-  await Deno.writeTextFile(`${outDir}/${stamp}-two-pc.md`, report);
-  await Deno.writeTextFile(`${outDir}/latest-two-pc.md`, report);
-  console.error(`wrote ${outDir}/${stamp}-two-pc.md and ${outDir}/latest-two-pc.md`);
+  await writeGroupReport({ title: "two-phase commit", suffix: "two-pc", started, text });
 }
 
 if (args.only === "two-pc") {
