@@ -14,6 +14,7 @@ import {
   compareAnswers,
   connectPg,
   dumpLogsOnFailure,
+  psql,
   psycopgAvailable,
   runPsycopg,
   type ShardedSetup,
@@ -180,6 +181,31 @@ Deno.test("cross-shard writes: the reference and 3 shards stay the same", async 
       await both(setup, "UPDATE notes SET body = coalesce(body, '') || '!'");
       await both(setup, "DELETE FROM accounts WHERE balance < 0");
       await both(setup, "DELETE FROM notes WHERE seq > 1", { protocol: "extended" });
+      await assertTablesMatch(setup);
+    });
+
+    await t.step("COPY FROM (CSV and text) and INSERT ... SELECT", async () => {
+      const csv = Array.from({ length: 300 }, (_, i) => `${1000 + i},copy${i % 7},${i}.5`);
+      const text = Array.from({ length: 100 }, (_, i) => `${1500 + i}\ttext\\t${i}\t\\N`);
+      for (const target of [setup.referenceTarget, setup.target]) {
+        const r = await psql(target, "", {
+          stdin: "\\copy accounts (id, owner, balance) FROM STDIN WITH (FORMAT csv)\n" +
+            `${csv.join("\n")}\n\\.\n` +
+            "\\copy accounts (id, owner, created) FROM STDIN\n" + `${text.join("\n")}\n\\.\n`,
+        });
+        assert.equal(r.code, 0, r.stderr);
+      }
+      // Rows read across shards, each inserted on the shard of its new key.
+      await both(
+        setup,
+        "INSERT INTO notes (author, seq, body) SELECT owner, id::int, 'from accounts' " +
+          "FROM accounts WHERE id >= 1000 AND id < 1050 ON CONFLICT DO NOTHING",
+      );
+      await both(
+        setup,
+        "INSERT INTO accounts (id, owner) SELECT g, $1 FROM generate_series(2000, 2099) g",
+        { protocol: "extended", values: ["series"] },
+      );
       await assertTablesMatch(setup);
     });
 
