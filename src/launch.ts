@@ -33,6 +33,9 @@ function denoCommand(): string {
 
 const SIGNALS: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 
+/** A signal repeated within this many milliseconds is one delivery seen twice. */
+const REPEAT_MS = 300;
+
 /** Runs pgdog with `args`; resolves with its exit code. */
 export async function launch(args: string[]): Promise<number> {
   const read = readGrants(configPathsOf(args));
@@ -51,8 +54,15 @@ export async function launch(args: string[]): Promise<number> {
   }).spawn();
   const forward = new Map<Deno.Signal, () => void>();
   if (serving) {
+    // One Ctrl-C can arrive twice: from the terminal to the whole group and again from
+    // `deno task`, which forwards it. A repeat within REPEAT_MS is that same press.
+    const last = new Map<Deno.Signal, number>();
     for (const signal of SIGNALS) {
       const pass = (): void => {
+        const now = performance.now();
+        const before = last.get(signal);
+        last.set(signal, now);
+        if (before !== undefined && now - before < REPEAT_MS) return;
         try {
           child.kill(signal);
         } catch {
