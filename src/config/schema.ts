@@ -305,6 +305,70 @@ const GENERAL_KEYS = [
     15000,
     "How often finished log files are deleted (0: when a new file starts).",
   ),
+  oneOf(
+    "resharding_copy_format",
+    ["binary", "text"],
+    "Resharding: the COPY format rows travel in from the source to the destination shards.",
+    { default: "binary" },
+  ),
+  int(
+    "resharding_parallel_copies",
+    "Resharding: tables copied at once per source shard.",
+    { default: 1, min: 1 },
+  ),
+  int(
+    "resharding_copy_retry_max_attempts",
+    "Resharding: attempts at one table's copy (its destination truncated before each retry).",
+    { default: 5, min: 1 },
+  ),
+  ms(
+    "resharding_copy_retry_min_delay",
+    1000,
+    "Resharding: wait before a table copy's first retry (doubles, up to 32 times this).",
+  ),
+  int(
+    "resharding_replication_retry_max_attempts",
+    "Resharding: reconnections of the change stream after a failure before the task fails " +
+      "(0: forever).",
+    { default: 5, min: 0 },
+  ),
+  ms(
+    "resharding_replication_retry_min_delay",
+    1000,
+    "Resharding: wait before the change stream's first reconnection (doubles, up to 32 times).",
+  ),
+  int(
+    "cutover_traffic_stop_threshold",
+    "Cutover: replication lag (bytes) under which traffic is stopped (MAINTENANCE ON).",
+    { default: 1000000, min: 0 },
+  ),
+  int(
+    "cutover_replication_lag_threshold",
+    "Cutover: replication lag (bytes) at which, traffic stopped, the swap happens.",
+    { default: 0, min: 0 },
+  ),
+  ms(
+    "cutover_last_transaction_delay",
+    1000,
+    "Cutover: traffic stopped, no replicated transaction for this long also allows the swap.",
+  ),
+  ms(
+    "cutover_timeout",
+    30000,
+    "Cutover: longest wait with traffic stopped before cutover_timeout_action.",
+  ),
+  oneOf(
+    "cutover_timeout_action",
+    ["abort", "cutover"],
+    "Cutover: at cutover_timeout, abort (traffic resumes on the source) or cutover anyway.",
+    { default: "abort" },
+  ),
+  bool(
+    "cutover_save_config",
+    false,
+    "Cutover: write the swapped configuration to pgdog.toml and users.toml (keeping " +
+      "backups as .bak.toml); otherwise it lives in memory until the next RELOAD.",
+  ),
   bool(
     "expanded_explain",
     false,
@@ -488,6 +552,12 @@ const USER_KEYS = [
     type: { kind: "boolean" },
     description: "Two-phase commit for this user's single statements (overrides [general]).",
   },
+  {
+    name: "schema_admin",
+    type: { kind: "boolean" },
+    description: "Resharding (schema sync, copy, replication) connects as this user; it " +
+      "needs the REPLICATION attribute on the source (unset: false).",
+  },
 ] satisfies KeySpec<keyof UserConfig>[];
 
 const REWRITE_MODES = ["error", "rewrite", "ignore"] as const;
@@ -602,18 +672,6 @@ export const GENERAL: SectionSpec = {
     "mirror_queue",
     "mirror_exposure",
     "pub_sub_channel_size",
-    "resharding_copy_format",
-    "resharding_parallel_copies",
-    "resharding_copy_retry_max_attempts",
-    "resharding_copy_retry_min_delay",
-    "resharding_replication_retry_max_attempts",
-    "resharding_replication_retry_min_delay",
-    "cutover_traffic_stop_threshold",
-    "cutover_replication_lag_threshold",
-    "cutover_last_transaction_delay",
-    "cutover_timeout",
-    "cutover_timeout_action",
-    "cutover_save_config",
     "connection_recovery",
     "client_connection_recovery",
     "log_dedup_window",
@@ -755,7 +813,6 @@ export const USERS: SectionSpec = {
     "replication_sharding",
     "idle_timeout",
     "read_only",
-    "schema_admin",
     "server_lifetime",
     "server_lifetime_jitter",
     ...ROLE_POOL_KEYS,

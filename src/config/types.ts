@@ -87,6 +87,30 @@ export interface GeneralConfig {
   two_phase_commit_wal_fsync_interval: number;
   /** How often finished log files are deleted. */
   two_phase_commit_wal_checkpoint_interval: number;
+  /** Resharding: the COPY format rows travel in. */
+  resharding_copy_format: "binary" | "text";
+  /** Resharding: tables copied at once per source shard. */
+  resharding_parallel_copies: number;
+  /** Resharding: attempts at one table's copy. */
+  resharding_copy_retry_max_attempts: number;
+  /** Resharding: wait before a table copy's first retry (doubles, capped at 32×). */
+  resharding_copy_retry_min_delay: number;
+  /** Resharding: change stream reconnections before the task fails (0: forever). */
+  resharding_replication_retry_max_attempts: number;
+  /** Resharding: wait before the change stream's first reconnection (doubles, capped at 32×). */
+  resharding_replication_retry_min_delay: number;
+  /** Cutover: lag in bytes under which traffic stops. */
+  cutover_traffic_stop_threshold: number;
+  /** Cutover: lag in bytes at which the swap happens. */
+  cutover_replication_lag_threshold: number;
+  /** Cutover: no replicated transaction for this long also allows the swap. */
+  cutover_last_transaction_delay: number;
+  /** Cutover: longest wait with traffic stopped. */
+  cutover_timeout: number;
+  /** Cutover: what happens at cutover_timeout. */
+  cutover_timeout_action: "abort" | "cutover";
+  /** Cutover: write the swapped configuration to the files (with backups). */
+  cutover_save_config: boolean;
   /** Bytes of rows one cross-shard query may hold to merge; past it that query fails (53200). */
   cross_shard_buffer_limit: number;
   /** EXPLAIN of a cross-shard query shows every shard's plan and pgdog's merge steps. */
@@ -207,6 +231,8 @@ export interface UserConfig {
   two_phase_commit?: boolean;
   /** Two-phase commit for this user's single statements; overrides `[general]`'s. */
   two_phase_commit_auto?: boolean;
+  /** Resharding connects as this user (it needs REPLICATION on the source). */
+  schema_admin?: boolean;
 }
 
 /** What a rewrite setting does with a write it applies to. */
