@@ -63,6 +63,33 @@ export async function connectServer(
   login: ServerLogin,
   options: { timeoutMs: number },
 ): Promise<Server> {
+  const session = await openServerSession(login, options);
+  const server = new Server(session.conn, login, session.leftover);
+  server.backendPid = session.pid;
+  server.backendSecret = session.secret;
+  for (const [k, v] of session.reported) server.reported.set(k, v);
+  return server;
+}
+
+/** A logged-in server connection, before anything else is sent on it. */
+export interface ServerSession {
+  conn: ByteStream;
+  /** Bytes read after the login's ReadyForQuery. */
+  leftover: Uint8Array | undefined;
+  pid: number;
+  secret: number;
+  /** ParameterStatus values the server reported. */
+  reported: Map<string, string>;
+}
+
+/**
+ * Opens and logs in a connection within `timeoutMs` (TLS as `login.tls` says), for callers that
+ * speak the protocol themselves (resharding's replication and copy connections).
+ */
+export async function openServerSession(
+  login: ServerLogin,
+  options: { timeoutMs: number },
+): Promise<ServerSession> {
   const where = `${login.host}:${login.port}`;
   let conn: ByteStream | null = null;
   let timedOut = false;
@@ -165,7 +192,7 @@ function describeByte(b: number): string {
   return b >= 0x20 && b < 0x7f ? `'${String.fromCharCode(b)}'` : `byte ${b}`;
 }
 
-async function login_(conn: ByteStream, login: ServerLogin): Promise<Server> {
+async function login_(conn: ByteStream, login: ServerLogin): Promise<ServerSession> {
   const params: Record<string, string> = {
     user: login.user,
     database: login.database,
@@ -262,11 +289,7 @@ async function login_(conn: ByteStream, login: ServerLogin): Promise<Server> {
       case Msg.ReadyForQuery: {
         rb.consume(size);
         const leftover = rb.available > 0 ? rb.buf.slice(rb.start, rb.end) : undefined;
-        const server = new Server(conn, login, leftover);
-        server.backendPid = pid;
-        server.backendSecret = secret;
-        for (const [k, v] of reported) server.reported.set(k, v);
-        return server;
+        return { conn, leftover, pid, secret, reported };
       }
       default:
         // NoticeResponse, NegotiateProtocolVersion: nothing to do.
