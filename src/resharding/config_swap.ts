@@ -16,7 +16,10 @@
 import { parse as parseToml } from "smol-toml";
 import { isDeepStrictEqual } from "node:util";
 import type { Config } from "../config/types.ts";
+import { backupPathOf, tempPathOf } from "../config/read_grants.ts";
 import { ReshardingError } from "./shards.ts";
+
+export { backupPathOf, savedPathsOf, tempPathOf } from "../config/read_grants.ts";
 
 /** `name` when it is `a` or `b`, the other one; else `name`. */
 function swapName(name: string, a: string, b: string): string {
@@ -404,29 +407,6 @@ export function swapInToml(text: string, a: string, b: string): string {
     );
   }
   return out;
-}
-
-/** Where the backup of configuration file `path` goes: `pgdog.toml` → `pgdog.bak.toml`. */
-export function backupPathOf(path: string): string {
-  const slash = path.lastIndexOf("/");
-  const dot = path.lastIndexOf(".");
-  // Like Rust's with_extension: a leading dot starts the name, not an extension.
-  const stem = dot > slash + 1 ? path.slice(0, dot) : path;
-  return `${stem}.bak.toml`;
-}
-
-/** The temporary file `path` is written to before it is renamed over `path`. */
-export function tempPathOf(path: string): string {
-  return `${path}.tmp`;
-}
-
-/**
- * Every file {@linkcode saveSwapped} writes for configuration file `path`: the file, its
- * backup, and the temporary files of both (pgdog needs to read and write them all).
- */
-export function savedPathsOf(path: string): string[] {
-  const backup = backupPathOf(path);
-  return [path, tempPathOf(path), backup, tempPathOf(backup)];
 }
 
 /** Options of {@linkcode saveSwapped}. */

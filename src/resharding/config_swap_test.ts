@@ -10,6 +10,7 @@ import {
   tempPathOf,
 } from "./config_swap.ts";
 import { ReshardingError } from "./shards.ts";
+import { readGrants, writeGrants } from "../config/read_grants.ts";
 
 /** A pgdog.toml with a source (`prod`, 1 shard) and a destination (`prod_new`, 2 shards). */
 const PGDOG_TOML = `# pgdog for the shop
@@ -293,4 +294,53 @@ Deno.test("saveSwapped: the backup and temporary files' names", () => {
     "/x/pgdog.bak.toml",
     "/x/pgdog.bak.toml.tmp",
   ]);
+});
+
+Deno.test("saveSwapped: pgdog's own grants (deno task start) allow it, elsewhere nothing", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "pgdog-config-swap-files-" });
+  const cwd = await Deno.makeTempDir({ prefix: "pgdog-config-swap-cwd-" });
+  try {
+    const paths = { config: `${dir}/pgdog.toml`, users: `${dir}/users.toml` };
+    await Deno.writeTextFile(paths.config, PGDOG_TOML);
+    await Deno.writeTextFile(paths.users, USERS_TOML);
+    await Deno.writeTextFile(`${dir}/other.toml`, "x = 1\n");
+    const module = new URL("./config_swap.ts", import.meta.url).href;
+    await Deno.writeTextFile(
+      `${cwd}/save.ts`,
+      `import { saveSwapped } from ${JSON.stringify(module)};\n` +
+        `await saveSwapped({ configPath: Deno.args[0], usersPath: Deno.args[1], a: "prod", ` +
+        `b: "prod_new" });\n` +
+        `try { await Deno.writeTextFile(Deno.args[2], "y = 2\\n"); console.log("wrote"); }\n` +
+        `catch (e) { console.log(e instanceof Deno.errors.NotCapable ? "denied" : String(e)); }\n`,
+    );
+    // The files are outside the working directory: only the grants for them cover them.
+    const grants = { config: paths.config, users: paths.users };
+    const read = readGrants(grants, { cwd });
+    const write = writeGrants(grants, { cwd });
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--no-prompt",
+        `--config=${new URL("../../deno.json", import.meta.url).pathname}`,
+        `--allow-read=${read.join(",")}`,
+        `--allow-write=${write.join(",")}`,
+        `${cwd}/save.ts`,
+        paths.config,
+        paths.users,
+        `${dir}/other.toml`,
+      ],
+      cwd,
+      env: { NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const dec = new TextDecoder();
+    assert.equal(out.code, 0, dec.decode(out.stderr));
+    assert.equal(dec.decode(out.stdout).trim(), "denied");
+    assert.equal(await Deno.readTextFile(paths.config), swapInToml(PGDOG_TOML, "prod", "prod_new"));
+    assert.equal(await Deno.readTextFile(`${dir}/users.bak.toml`), USERS_TOML);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(cwd, { recursive: true });
+  }
 });
