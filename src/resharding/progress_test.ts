@@ -55,9 +55,12 @@ Deno.test("progress: on a terminal, one bar per table redrawn in place; finished
   const lines = view.lines();
   assert.equal(lines.length, 3, lines.join("\n"));
   // The rate is over the last 10 s or more, up to now: 250,000 rows in 12 s.
-  assert.match(lines[0], /^public\.orders +\[#{8}\.{22}\]  25% 250,000\/1,000,000 rows /);
-  assert.match(lines[0], /20,833 rows\/s 2\.1 MB\/s  ETA 36s$/);
-  assert.match(lines[1], /^public\.users +\[#{15}\.{15}\]  50% 5,000\/10,000 rows  2,500 rows\/s/);
+  assert.match(lines[0], /^public\.orders +\[#{8}\.{22}\] {2}25% 250,000\/1,000,000 rows /);
+  assert.match(lines[0], /20,833 rows\/s 2\.1 MB\/s {2}ETA 36s$/);
+  assert.match(
+    lines[1],
+    /^public\.users +\[#{15}\.{15}\] {2}50% 5,000\/10,000 rows {2}2,500 rows\/s/,
+  );
   assert.match(lines[1], /ETA 2s$/);
   assert.equal(lines[2], "0/3 tables done, 2 copying, 1 waiting");
   for (const line of lines) assert.ok(line.length < 120);
@@ -126,7 +129,7 @@ Deno.test("progress: more tables than the terminal holds are summed up; long lin
   assert.equal(lines.length, 4);
   assert.match(lines[3], /^0\/6 tables done, 6 copying \(3 not shown\)$/);
   for (const line of lines) assert.ok(line.length <= 59, line);
-  assert.match(lines[0], /^public\.table_with_a… \[#\.{9}\]  12% 123,456,789\/999,999…$/);
+  assert.match(lines[0], /^public\.table_with_a… \[#\.{9}\] {2}12% 123,456,789\/999,999…$/);
   view.close();
 });
 
@@ -168,7 +171,7 @@ Deno.test("progress: elsewhere, plain lines every few seconds, and one per finis
   view.update("public.orders", { rows: 60_000, bytes: 6_000_000 });
   view.close();
   assert.match(out.text(), /^public\.orders: 60,000\/100,000 rows/);
-  assert.doesNotMatch(out.text(), /\x1b/);
+  assert.ok(!out.text().includes("\x1b"), "no escape sequences");
 });
 
 Deno.test("progress: the timer draws on its own and never keeps the program alive", async () => {
@@ -176,7 +179,7 @@ Deno.test("progress: the timer draws on its own and never keeps the program aliv
   const view = new ProgressView({ output: out, terminal: true, redrawIntervalMs: 20 });
   view.update("t", { rows: 1, bytes: 1 });
   await new Promise((resolve) => setTimeout(resolve, 200));
-  assert.match(out.text(), /\x1b\[1A/, "redrawn in place by the timer");
+  assert.ok(out.text().includes("\x1b[1A"), "redrawn in place by the timer");
   view.close();
   // A program that never closes its view still ends.
   const module = new URL("./progress.ts", import.meta.url).href;
