@@ -83,8 +83,9 @@ export class ProgressView {
   #tables = new Map<string, Table>();
   #output: ProgressOutput;
   #terminal: boolean;
-  #columns: number;
-  #rows: number;
+  #fixedSize: { columns?: number; rows?: number };
+  #columns = 100;
+  #rows = 24;
   #plainIntervalMs: number;
   #now: () => number;
   #timer: ReturnType<typeof setInterval> | null = null;
@@ -99,16 +100,8 @@ export class ProgressView {
   constructor(options: ProgressViewOptions = {}) {
     this.#output = options.output ?? Deno.stderr;
     this.#terminal = options.terminal ?? this.#output.isTerminal?.() ?? false;
-    let size: { columns: number; rows: number } | null = null;
-    if (this.#terminal && (options.columns === undefined || options.rows === undefined)) {
-      try {
-        size = Deno.consoleSize();
-      } catch {
-        // Not a console after all: the defaults.
-      }
-    }
-    this.#columns = Math.max(40, options.columns ?? size?.columns ?? 100);
-    this.#rows = Math.max(3, options.rows ?? size?.rows ?? 24);
+    this.#fixedSize = { columns: options.columns, rows: options.rows };
+    this.#measure();
     this.#plainIntervalMs = options.plainIntervalMs ?? 5000;
     this.#now = options.now ?? Date.now;
     this.#lastPlain = this.#now();
@@ -181,7 +174,7 @@ export class ProgressView {
     else this.#drawPlain(false);
   }
 
-  /** Draws one last time (every table's current line when not on a terminal) and stops. */
+  /** Draws one last time (when not on a terminal, a line for every table still copying). */
   close(): void {
     if (this.#closed) return;
     if (this.#timer !== null) clearInterval(this.#timer);
@@ -241,7 +234,23 @@ export class ProgressView {
     while (off < bytes.length) off += this.#output.writeSync(bytes.subarray(off));
   }
 
+  /** The terminal's size (again at each redraw: it may have been resized), else the options'. */
+  #measure(): void {
+    let size: { columns: number; rows: number } | null = null;
+    const fixed = this.#fixedSize;
+    if (this.#terminal && (fixed.columns === undefined || fixed.rows === undefined)) {
+      try {
+        size = Deno.consoleSize();
+      } catch {
+        // Not a console after all: the defaults.
+      }
+    }
+    this.#columns = Math.max(40, fixed.columns ?? size?.columns ?? 100);
+    this.#rows = Math.max(3, fixed.rows ?? size?.rows ?? 24);
+  }
+
   #drawTerminal(): void {
+    this.#measure();
     // Back to the top of the live area, cleared; the finished tables' lines go there for
     // good, then the live area again below them.
     let out = this.#drawn > 0 ? `\x1b[${this.#drawn}A\r\x1b[J` : "";
@@ -261,7 +270,7 @@ export class ProgressView {
     if (all || now - this.#lastPlain >= this.#plainIntervalMs) {
       this.#lastPlain = now;
       for (const t of this.#tables.values()) {
-        if (t.state !== "copying" || t.rows === t.printedRows) continue;
+        if (t.state !== "copying" || (!all && t.rows === t.printedRows)) continue;
         t.printedRows = t.rows;
         out += `${this.#plainLine(t, now)}\n`;
       }

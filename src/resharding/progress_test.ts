@@ -169,6 +169,11 @@ Deno.test("progress: elsewhere, plain lines every few seconds, and one per finis
   out.clear();
   // No escape sequences in plain output; close prints every table still copying.
   view.update("public.orders", { rows: 60_000, bytes: 6_000_000 });
+  now += 5_000;
+  view.draw();
+  assert.match(out.text(), /^public\.orders: 60,000\/100,000 rows/);
+  out.clear();
+  // Closing prints it again although it has not moved: the last word on every unfinished table.
   view.close();
   assert.match(out.text(), /^public\.orders: 60,000\/100,000 rows/);
   assert.ok(!out.text().includes("\x1b"), "no escape sequences");
