@@ -344,3 +344,83 @@ Deno.test("saveSwapped: pgdog's own grants (deno task start) allow it, elsewhere
     await Deno.remove(cwd, { recursive: true });
   }
 });
+
+Deno.test("swapInToml: random spellings of the same files", () => {
+  // A small seeded generator: the same cases on every run.
+  let seed = 12345;
+  const random = (n: number): number => {
+    seed = (seed * 1103515245 + 12345) % 2147483648;
+    return seed % n;
+  };
+  const pick = <T>(items: readonly T[]): T => items[random(items.length)];
+  const names = ["a", "b", "c", "a b", "b'", 'a"', "é"];
+  const spell = (name: string): string => {
+    const kinds = ["basic", "literal", "multi", "multi_literal", "escaped"];
+    const kind = pick(kinds);
+    const basic = JSON.stringify(name);
+    if (kind === "literal" && !name.includes("'")) return `'${name}'`;
+    if (kind === "multi_literal" && !name.includes("'")) return `'''${name}'''`;
+    if (kind === "multi") return `"""${basic.slice(1, -1)}"""`;
+    if (kind === "escaped") {
+      return `"\\u${name.codePointAt(0)!.toString(16).padStart(4, "0")}${basic.slice(2, -1)}"`;
+    }
+    return basic;
+  };
+  const sections = [
+    ["databases", "name"],
+    ["sharded_tables", "database"],
+    ["sharded_mappings", "database"],
+    ["sharded_schemas", "database"],
+    ["omnisharded_tables", "database"],
+    ["mirroring", "source_db"],
+    ["users", "database"],
+  ] as const;
+  let changed = 0;
+  for (let round = 0; round < 200; round++) {
+    const start = pick(["", "# top\n", "\uFEFF"]);
+    let roots = "";
+    let text = pick(["", "[general]\nport = 6432 # 'a'\n\n"]);
+    const inline: string[] = [];
+    const headers = new Set<string>();
+    for (let i = 0; i < 8; i++) {
+      const [section, key] = pick(sections);
+      const eq = pick([" = ", "=", "   =\t"]);
+      const name = spell(pick(names));
+      const other = spell(pick(names));
+      if (random(4) === 0 && !inline.includes(section)) {
+        // An inline array of tables: its section cannot have headers too.
+        if (headers.has(section)) continue;
+        inline.push(section);
+        roots += `${section} = [ { ${key}${eq}${name}, host = ${other} },\n  # "a"\n` +
+          `  {${key}=${spell(pick(names))}} ]\n`;
+        continue;
+      }
+      if (inline.includes(section)) continue;
+      headers.add(section);
+      text += `${pick(["", "\n", "# a\n"])}[[${pick([section, ` ${section} `, `"${section}"`])}]]` +
+        `${pick(["", " # b"])}\n`;
+      text += `host${eq}${other}\n${key}${eq}${name}${pick(["", "   # a", "\t#b"])}\n`;
+      if (section === "users") text += `databases = [${spell(pick(names))}, ${other}]\n`;
+    }
+    text = start + roots + text;
+    let swapped: string;
+    try {
+      swapped = swapInToml(text, "a", "b");
+    } catch (e) {
+      throw new Error(`${(e as Error).message} in:\n${text}`);
+    }
+    if (swapped !== text) changed++;
+    // Lines without a name key are the same; the swap undone is the same document.
+    const before = text.split("\n");
+    const after = swapped.split("\n");
+    assert.equal(after.length, before.length);
+    for (const [i, line] of before.entries()) {
+      if (!/(name|database|databases|source_db)\s*=/.test(line)) assert.equal(after[i], line);
+    }
+    assert.deepEqual(
+      parseToml(swapInToml(swapped, "a", "b").replace(/^\uFEFF/, "")),
+      parseToml(text.replace(/^\uFEFF/, "")),
+    );
+  }
+  assert.ok(changed > 150, `only ${changed} of 200 files had a name to swap`);
+});
