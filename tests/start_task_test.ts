@@ -3,7 +3,8 @@
  *
  * - `-c` and `-u` naming files anywhere work, and so do the TLS files the configuration names
  *   (a client connects with `sslmode=require`); pgdog itself may read only its folder, the working
- *   directory and those files;
+ *   directory and those files, and write only the configuration files (with their backups and
+ *   temporary files, for a cutover's save);
  * - Ctrl-C (SIGINT to the whole process group) and SIGTERM shut pgdog down gracefully, once;
  *   should the launcher be killed, pgdog does not outlive it;
  * - run by hand without read access to a file, pgdog prints the command line that grants it.
@@ -135,16 +136,22 @@ Deno.test("deno task start: files outside the repository, TLS, signals", async (
           assert.ok(pid, task.output());
           const args = await Deno.readTextFile(`/proc/${pid}/cmdline`);
           const read = args.split("\0").find((a) => a.startsWith("--allow-read="));
+          // The configuration files, and the backups and temporary files of a cutover's save.
+          const saved = ["pgdog", "users"].flatMap((f) =>
+            [".toml", ".toml.tmp", ".bak.toml", ".bak.toml.tmp"].map((e) => `${dir}/${f}${e}`)
+          );
           assert.deepEqual(
             read?.slice("--allow-read=".length).split(",").sort(),
             [
-              `${dir}/pgdog.toml`,
+              ...saved,
               `${dir}/server.key`,
               `${dir}/server.pem`,
-              `${dir}/users.toml`,
               REPO_ROOT.replace(/\/$/, ""),
             ].sort(),
           );
+          // It may write those files (a cutover with cutover_save_config), nothing else.
+          const write = args.split("\0").find((a) => a.startsWith("--allow-write="));
+          assert.deepEqual(write?.slice("--allow-write=".length).split(",").sort(), saved.sort());
           if (signal === "SIGINT") Deno.kill(-task.child.pid, "SIGINT"); // the whole group
           else Deno.kill(task.child.pid, "SIGTERM");
           const status = await task.child.status;

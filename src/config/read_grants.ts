@@ -1,8 +1,9 @@
 /**
- * What pgdog may read, and the command line that grants it. pgdog runs with a narrow
+ * What pgdog may read and write, and the command line that grants it. pgdog runs with a narrow
  * `--allow-read`: a plugin in a Worker can `import()` whatever pgdog itself may read (see
  * src/plugin/sandbox.ts), so pgdog is granted its own folder, the working directory, and the
- * files its configuration names, nothing more. `deno task start` (src/launch.ts) computes that
+ * files its configuration names (and the backups and temporary files of a cutover's save of
+ * them), nothing more. `deno task start` (src/launch.ts) computes that
  * list from the command line and the configuration, and starts pgdog with it; a pgdog started by
  * hand that lacks one prints the command line that grants it.
  *
@@ -117,8 +118,8 @@ export function readGrants(paths: ConfigPaths, options: { cwd?: string } = {}): 
   };
   if (PGDOG_ROOT !== null) add(PGDOG_ROOT);
   add(cwd);
-  add(paths.config);
-  add(paths.users);
+  // The configuration files, and the backups and temporary files of a cutover's save.
+  for (const path of [paths.config, paths.users].flatMap(savedPathsOf)) add(path);
   let doc: { general?: Record<string, unknown>; plugins?: PluginEntry[] } = {};
   try {
     doc = parseToml(Deno.readTextFileSync(paths.config)) as typeof doc;
@@ -153,20 +154,49 @@ export function readGrants(paths: ConfigPaths, options: { cwd?: string } = {}): 
 }
 
 /**
- * What pgdog writes for the configuration at `paths`: the two-phase commit log's folder
- * (`two_phase_commit_wal_dir`), as an absolute path; empty when none is configured.
+ * What pgdog writes for the configuration at `paths`, as absolute paths: the two-phase commit
+ * log's folder (`two_phase_commit_wal_dir`) when one is configured, and what a cutover writes
+ * when it saves the swapped configuration (`cutover_save_config`, which a RELOAD may turn on):
+ * both files, their backups and the temporary files of each (see {@linkcode savedPathsOf}).
  */
 export function writeGrants(paths: ConfigPaths, options: { cwd?: string } = {}): string[] {
   const cwd = options.cwd ?? Deno.cwd();
+  const grants = [paths.config, paths.users].flatMap(savedPathsOf)
+    .map((path) => absolutePath(path, cwd));
   try {
     const doc = parseToml(Deno.readTextFileSync(paths.config)) as {
       general?: Record<string, unknown>;
     };
     const dir = doc.general?.two_phase_commit_wal_dir;
-    return typeof dir === "string" ? [absolutePath(dir, cwd)] : [];
+    if (typeof dir === "string") grants.push(absolutePath(dir, cwd));
   } catch {
-    return [];
+    // Missing, unreadable or invalid: pgdog says which when it loads it.
   }
+  return minimal(grants);
+}
+
+/** Where the backup of configuration file `path` goes: `pgdog.toml` → `pgdog.bak.toml`. */
+export function backupPathOf(path: string): string {
+  const slash = path.lastIndexOf("/");
+  const dot = path.lastIndexOf(".");
+  // Like Rust's with_extension (PgDog's): a leading dot starts the name, not an extension.
+  const stem = dot > slash + 1 ? path.slice(0, dot) : path;
+  return `${stem}.bak.toml`;
+}
+
+/** The temporary file `path` is written to before it is renamed over `path`. */
+export function tempPathOf(path: string): string {
+  return `${path}.tmp`;
+}
+
+/**
+ * Every file a cutover writes for configuration file `path` when it saves the swapped
+ * configuration (src/resharding/config_swap.ts): the file, its backup, and the temporary file
+ * of each. pgdog must read them too: renaming a file needs read access to both names.
+ */
+export function savedPathsOf(path: string): string[] {
+  const backup = backupPathOf(path);
+  return [path, tempPathOf(path), backup, tempPathOf(backup)];
 }
 
 /** Drops paths another one in the list already covers (a file inside a granted folder). */
@@ -213,7 +243,8 @@ export function readErrorMessage(e: unknown): string {
  */
 export function readAccessHint(args: readonly string[]): string {
   const read = readGrants(configPathsOf(args));
+  const write = writeGrants(configPathsOf(args));
   return "no read access to a file the configuration names. `deno task start` grants read " +
     "access to the files the configuration names; to run pgdog by hand, grant it with:\n  " +
-    shellLine(["deno", ...pgdogArgs(args, read)]);
+    shellLine(["deno", ...pgdogArgs(args, read, { write })]);
 }

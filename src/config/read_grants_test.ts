@@ -59,7 +59,19 @@ Deno.test("read grants: folders, both files, TLS files and plugin files; nothing
     });
     assert.deepEqual(
       bare.sort(),
-      [PGDOG_ROOT!, dir, "/nowhere/pgdog.toml", "/nowhere/users.toml"].sort(),
+      [
+        PGDOG_ROOT!,
+        dir,
+        "/nowhere/pgdog.toml",
+        "/nowhere/users.toml",
+        // A cutover's save of the swapped configuration: backups and temporary files.
+        "/nowhere/pgdog.toml.tmp",
+        "/nowhere/pgdog.bak.toml",
+        "/nowhere/pgdog.bak.toml.tmp",
+        "/nowhere/users.toml.tmp",
+        "/nowhere/users.bak.toml",
+        "/nowhere/users.bak.toml.tmp",
+      ].sort(),
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -84,7 +96,7 @@ Deno.test("read grants: the command line and the messages", () => {
   );
 });
 
-Deno.test("write grants: the two-phase commit log's folder, read and written", async () => {
+Deno.test("write grants: the configuration files, their backups and temporary files; the two-phase commit log's folder, read and written", async () => {
   const dir = await Deno.makeTempDir({ prefix: "pgdog-write-grants-" });
   try {
     await Deno.writeTextFile(
@@ -92,13 +104,31 @@ Deno.test("write grants: the two-phase commit log's folder, read and written", a
       `[general]\ntwo_phase_commit_wal_dir = "/var/lib/pgdog-wal"\n`,
     );
     const paths = { config: `${dir}/pgdog.toml`, users: "users.toml" };
-    assert.deepEqual(writeGrants(paths, { cwd: "/srv" }), ["/var/lib/pgdog-wal"]);
-    assert.ok(readGrants(paths, { cwd: "/srv" }).includes("/var/lib/pgdog-wal"));
+    const saved = [
+      `${dir}/pgdog.toml`,
+      `${dir}/pgdog.toml.tmp`,
+      `${dir}/pgdog.bak.toml`,
+      `${dir}/pgdog.bak.toml.tmp`,
+      "/srv/users.toml",
+      "/srv/users.toml.tmp",
+      "/srv/users.bak.toml",
+      "/srv/users.bak.toml.tmp",
+    ];
+    assert.deepEqual(
+      writeGrants(paths, { cwd: "/srv" }).sort(),
+      [...saved, "/var/lib/pgdog-wal"].sort(),
+    );
+    const read = readGrants(paths, { cwd: "/srv" });
+    assert.ok(read.includes("/var/lib/pgdog-wal"));
+    // Renaming needs read access to both names; the working directory covers /srv's files.
+    for (const path of saved) {
+      assert.ok(read.some((r) => r === path || path.startsWith(`${r}/`)), path);
+    }
     const args = pgdogArgs([], ["/opt/pgdog"], { write: ["/srv/wal"] });
     assert.ok(args.includes("--allow-write=/srv/wal"));
     assert.ok(!pgdogArgs([], ["/opt/pgdog"]).some((a) => a.startsWith("--allow-write")));
     await Deno.writeTextFile(`${dir}/pgdog.toml`, `[general]\n`);
-    assert.deepEqual(writeGrants(paths), []);
+    assert.deepEqual(writeGrants(paths, { cwd: "/srv" }).sort(), saved.sort());
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

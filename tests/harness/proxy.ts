@@ -16,6 +16,7 @@
 import { stringify } from "smol-toml";
 import { exitCode, runCommand } from "./command.ts";
 import type { PgTarget } from "./clients.ts";
+import { savedPathsOf } from "../../src/config/read_grants.ts";
 
 /** Root of the repository (two levels up from tests/harness). */
 export const REPO_ROOT: string = decodeURIComponent(new URL("../../", import.meta.url).pathname)
@@ -436,6 +437,8 @@ export async function startProxy(options: ProxyOptions = {}): Promise<ProxyProce
   const walDir = (options.config?.general as Record<string, unknown> | undefined)
     ?.two_phase_commit_wal_dir;
   const writable = typeof walDir === "string" ? [walDir] : [];
+  // A resharding cutover with cutover_save_config rewrites the files (as `deno task start` grants).
+  writable.push(...[`${dir}/pgdog.toml`, `${dir}/users.toml`].flatMap(savedPathsOf));
   readable.push(...writable);
   let child: Deno.ChildProcess;
   try {
