@@ -446,7 +446,7 @@ export interface CopyTableRetryOptions extends CopyTableOptions {
   /** The wait before the first retry; it doubles per retry, up to 32 times this. */
   minDelayMs: number;
   /** Told about each failed attempt that will be retried. */
-  onRetry?: (attempt: number, error: unknown) => void;
+  onRetry?: (attempt: number, error: unknown) => void | Promise<void>;
 }
 
 /**
@@ -465,7 +465,7 @@ export async function copyTableWithRetry(
       return await copyTable(options);
     } catch (e) {
       if (e instanceof ReshardingError || options.signal?.aborted || attempt >= attempts) throw e;
-      options.onRetry?.(attempt, e);
+      await options.onRetry?.(attempt, e);
       const delay = options.minDelayMs * Math.min(2 ** (attempt - 1), 32);
       await sleep(delay, options.signal);
       if (e instanceof TableCopyError && e.committed.length > 0) {
