@@ -202,7 +202,11 @@ const BINARY_KEY_TYPES = new Map<number, "bigint" | "varchar" | "uuid">([
   [1043, "varchar"],
   [2950, "uuid"],
 ]);
-/** OIDs below this are built-in (the same in every database). */
+/**
+ * OIDs below this are built-in (the same in every database). Binary COPY of a composite value or
+ * an array writes its members' type OIDs, which differ between databases for user types: such
+ * columns go as text, as do types without binary I/O functions (aclitem...).
+ */
 const FIRST_NORMAL_OID = 16384;
 
 /** A growable byte buffer. */
@@ -255,7 +259,8 @@ async function describeSource(
      )
      SELECT b.attname, t.oid::int8,
             t.typtype <> 'c' AND t.typsend::oid <> 0 AND t.typreceive::oid <> 0 AND
-            (e.oid IS NULL OR (e.oid < ${FIRST_NORMAL_OID} AND e.typtype <> 'c')),
+            (e.oid IS NULL OR (e.oid < ${FIRST_NORMAL_OID} AND e.typtype <> 'c' AND
+                               e.typsend::oid <> 0 AND e.typreceive::oid <> 0)),
             (SELECT relkind FROM pg_class WHERE oid = $1::regclass)
        FROM base b JOIN pg_type t ON t.oid = b.oid AND t.typtype <> 'd'
        LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'`,

@@ -4,6 +4,7 @@ import { resolveConfig } from "../config/load.ts";
 import type { PartialConfig } from "../config/types.ts";
 import { PgConn, type ServerLogin } from "./pg_conn.ts";
 import { RowPlacer } from "./placement.ts";
+import { PluginSet } from "../plugin/mod.ts";
 import {
   type ReshardingDatabase,
   reshardingDatabase,
@@ -68,7 +69,13 @@ interface Cluster {
 
 function database(
   cluster: Cluster,
-  options: { name: string; shards: string[]; extra?: PartialConfig },
+  options: {
+    name: string;
+    shards: string[];
+    /** More [[sharded_tables]] (items' rule is replaced by one for "items"). */
+    tables?: NonNullable<PartialConfig["sharded_tables"]>;
+    plugins?: unknown[];
+  },
 ): ReshardingDatabase {
   const { config } = resolveConfig({
     databases: options.shards.map((db, shard) => ({
@@ -80,11 +87,12 @@ function database(
     })),
     users: [{ name: USER, database: options.name, password: PASSWORD }],
     sharded_tables: [
+      ...(options.tables ?? []),
       { database: options.name, name: "items", column: "tenant" },
-      { database: options.name, name: "people", column: "id", data_type: "uuid" },
+      { database: options.name, name: "people", column: "id", data_type: "uuid" as const },
       { database: options.name, name: "odd", column: "id" },
-    ],
-    ...options.extra,
+    ].filter((t, i, all) => all.findIndex((u) => u.name === t.name) === i),
+    ...(options.plugins ? { plugins: options.plugins } as never : {}),
   });
   return reshardingDatabase(config, options.name);
 }
@@ -472,5 +480,126 @@ Deno.test("copyTableWithRetry: retried after a failure; a partly committed attem
       copyTableWithRetry({ ...options, signal: stop.signal }),
       /stopped by the operator/,
     );
+  });
+});
+
+Deno.test("copyTable: binary falls back to text for types without binary I/O or with OIDs in it; partitioned roots; identity columns", async () => {
+  await withCluster(["src", "d0", "d1"], async (cluster) => {
+    const types = `
+      CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+      CREATE TYPE pair AS (a int, b text);
+      CREATE TABLE feelings (id bigint PRIMARY KEY, moods mood[], p pair,
+                             n bigint GENERATED ALWAYS AS IDENTITY, acl aclitem[]);
+      CREATE TABLE nums (id bigint PRIMARY KEY, a int[], m mood, at timestamptz);
+      CREATE TABLE parts (id bigint, v text) PARTITION BY RANGE (id);
+      CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (500);
+      CREATE TABLE parts_2 PARTITION OF parts FOR VALUES FROM (500) TO (MAXVALUE);`;
+    // Each database's types get their own OIDs (the counter is the cluster's).
+    for (const db of ["d1", "d0", "src"]) await onDb(cluster.login(db), types);
+    await onDb(
+      cluster.login("src"),
+      `INSERT INTO feelings (id, moods, p)
+         SELECT i, ARRAY['sad', 'happy']::mood[], ROW(i, 'b' || i)::pair FROM generate_series(1, 1000) i;
+       UPDATE feelings SET acl = ARRAY[makeaclitem('app'::regrole, 'app'::regrole, 'SELECT', false)]
+        WHERE id % 2 = 0;
+       INSERT INTO nums SELECT i, ARRAY[i, NULL], 'ok', '2026-01-01' FROM generate_series(1, 1000) i;
+       INSERT INTO parts SELECT i, 'v' || i FROM generate_series(1, 1000) i;
+       CREATE PUBLICATION pr FOR TABLE feelings, nums, parts WITH (publish_via_partition_root = true)`,
+    );
+    const tables = ["feelings", "nums", "parts"].map((name) => ({
+      database: "dest",
+      name,
+      column: "id",
+    }));
+    const source = database(cluster, { name: "source", shards: ["src"] });
+    const destination = database(cluster, { name: "dest", shards: ["d0", "d1"], tables });
+    const results = await copyAll(source, destination, { format: "binary", publication: "pr" });
+    assert.deepEqual(
+      [...results].map(([name, [r]]) => [name, r.format, r.rows]),
+      [["feelings", "text", 1000], ["nums", "binary", 1000], ["parts", "binary", 1000]],
+    );
+    for (const [table, order] of [["feelings", "id"], ["nums", "id"], ["parts", "id"]]) {
+      const all: (string | null)[][] = [];
+      for (const s of destination.shards) {
+        all.push(...await onDb(s.primary, `SELECT * FROM ${table} ORDER BY ${order}`));
+        const [[bad]] = await onDb(
+          s.primary,
+          `SELECT count(*) FROM ${table}
+            WHERE NOT satisfies_hash_partition('hp_bigint'::regclass, 2, ${s.shard}, id)`,
+        );
+        assert.equal(bad, "0");
+      }
+      all.sort((a, b) => Number(a[0]) - Number(b[0]));
+      const expected = await onDb(cluster.login("src"), `SELECT * FROM ${table} ORDER BY ${order}`);
+      assert.deepEqual(all, expected, table);
+    }
+  });
+});
+
+Deno.test("copyTable: a plugin hasher places the rows; stopping mid-copy commits nothing", async () => {
+  await withCluster(["src", "d0", "d1"], async (cluster) => {
+    await onDb(cluster.login("src"), rowsSql(1, 3000) + "CREATE PUBLICATION pub FOR ALL TABLES");
+    const source = database(cluster, { name: "source", shards: ["src"] });
+    const destination = database(cluster, {
+      name: "dest",
+      shards: ["d0", "d1"],
+      tables: [{ database: "dest", name: "items", column: "tenant", hasher: "plugin:dir" }],
+      plugins: [{
+        name: "dir",
+        path: new URL("../../tests/plugins/directives.ts", import.meta.url).pathname,
+        timeout: 10_000,
+      }],
+    });
+    const { config } = resolveConfig({
+      databases: [{ name: "x", host: "127.0.0.1" }],
+      plugins: [{
+        name: "dir",
+        path: new URL("../../tests/plugins/directives.ts", import.meta.url).pathname,
+        timeout: 10_000,
+      }],
+    } as never);
+    const plugins = await PluginSet.start(config.plugins);
+    try {
+      const table = (await publicationTables(source.shards[0].primary, "pub")).find((t) =>
+        t.name === "items"
+      )!;
+      const options = {
+        source: source.shards[0].primary,
+        snapshot: null,
+        table,
+        destination,
+        placer: new RowPlacer(destination, { plugins }),
+        shared: [-1, -1],
+        sourceShard: 0,
+        format: "binary" as const,
+      };
+      // Stopped at the first progress report: nothing is committed anywhere.
+      const stop = new AbortController();
+      await assert.rejects(
+        copyTable({
+          ...options,
+          signal: stop.signal,
+          onProgress: () => stop.abort(new Error("stopped")),
+        }),
+        /stopped/,
+      );
+      for (const s of destination.shards) {
+        assert.deepEqual(await onDb(s.primary, "SELECT count(*) FROM items"), [["0"]]);
+      }
+      const r = await copyTable(options);
+      assert.equal(r.rows, 3000);
+      // The directives plugin's shard hook: the key modulo the shard count (NULL: shard 0).
+      for (const s of destination.shards) {
+        const [[count, wrong]] = await onDb(
+          s.primary,
+          `SELECT count(*), count(*) FILTER (WHERE coalesce(tenant % 2, 0) <> ${s.shard}) FROM items`,
+        );
+        assert.ok(Number(count) > 1000);
+        assert.equal(wrong, "0");
+      }
+      assert.equal(await unionOf(destination, "items"), await unionOf(source, "items"));
+    } finally {
+      await plugins.close();
+    }
   });
 });
