@@ -199,7 +199,8 @@ Deno.test("publicationTables: FOR ALL TABLES, FOR TABLE with a column list; no d
       `ALTER TABLE odd DROP COLUMN note;
        CREATE SCHEMA "Other"; CREATE TABLE "Other"."T x" ("Id" int);
        CREATE PUBLICATION pub FOR ALL TABLES;
-       CREATE PUBLICATION part FOR TABLE items (id, tenant), countries;`,
+       CREATE PUBLICATION part FOR TABLE items (id, tenant), countries;
+       CREATE PUBLICATION other FOR TABLES IN SCHEMA "Other";`,
     );
     const all = await publicationTables(login, "pub");
     assert.deepEqual(
@@ -224,6 +225,9 @@ Deno.test("publicationTables: FOR ALL TABLES, FOR TABLE with a column list; no d
       some.map((t) => [t.name, t.columns.map((c) => c.name)]),
       [["countries", ["code", "name"]], ["items", ["id", "tenant"]]],
     );
+    assert.deepEqual(await publicationTables(login, "other"), [
+      { schema: "Other", name: "T x", columns: [{ name: "Id", type: "integer", typeOid: 23 }] },
+    ]);
     await assert.rejects(publicationTables(login, "nope"), ReshardingError);
   });
 });
