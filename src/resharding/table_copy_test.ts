@@ -352,6 +352,8 @@ Deno.test("copyTable: growing in place 2 → 4 copies only the rows that move; a
          DELETE FROM items WHERE NOT satisfies_hash_partition('hp_bigint'::regclass, 2, ${s.shard}, tenant);
          DELETE FROM people WHERE NOT satisfies_hash_partition('hp_uuid'::regclass, 2, ${s.shard}, id);
          DELETE FROM odd WHERE NOT satisfies_hash_partition('hp_numeric'::regclass, 2, ${s.shard}, id::bigint);
+         -- A NULL key on shard 1 (loaded there directly): it stays where it is.
+         INSERT INTO items SELECT 900000 + ${s.shard}, NULL, 'null key', NULL;
          CREATE PUBLICATION pub FOR ALL TABLES`,
       );
     }
@@ -375,7 +377,8 @@ Deno.test("copyTable: growing in place 2 → 4 copies only the rows that move; a
     for (const s of destination.shards) {
       await onDb(
         s.primary,
-        `DELETE FROM items WHERE NOT satisfies_hash_partition('hp_bigint'::regclass, 4, ${s.shard}, tenant);
+        `DELETE FROM items WHERE NOT satisfies_hash_partition('hp_bigint'::regclass, 4, ${s.shard}, tenant)
+                             AND tenant IS NOT NULL;
          DELETE FROM people WHERE NOT satisfies_hash_partition('hp_uuid'::regclass, 4, ${s.shard}, id);
          DELETE FROM odd WHERE NOT satisfies_hash_partition('hp_numeric'::regclass, 4, ${s.shard}, id::bigint)`,
       );
@@ -605,5 +608,53 @@ Deno.test("copyTable: a plugin hasher places the rows; stopping mid-copy commits
     } finally {
       await plugins.close();
     }
+  });
+});
+
+Deno.test("copyTableWithRetry: a destination connection lost midway is retried without emptying the table", async () => {
+  await withCluster(["src", "d0", "d1"], async (cluster) => {
+    await onDb(cluster.login("src"), rowsSql(1, 2000) + "CREATE PUBLICATION pub FOR ALL TABLES");
+    const source = database(cluster, { name: "source", shards: ["src"] });
+    const destination = database(cluster, { name: "dest", shards: ["d0", "d1"] });
+    const table = (await publicationTables(source.shards[0].primary, "pub")).find((t) =>
+      t.name === "items"
+    )!;
+    // A row another source shard copied already; the retry must keep it.
+    await onDb(destination.shards[0].primary, "INSERT INTO items VALUES (-1, 2, 'other', NULL)");
+    // Shard 1's first COPY ends its own connection at its first row (a sequence is not rolled back).
+    await onDb(
+      destination.shards[1].primary,
+      `CREATE SEQUENCE kills;
+       CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS $$
+       BEGIN
+         IF nextval('kills') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF;
+         RETURN NEW;
+       END $$;
+       CREATE TRIGGER die BEFORE INSERT ON items FOR EACH ROW EXECUTE FUNCTION die();
+       ALTER TABLE items ENABLE ALWAYS TRIGGER die;`,
+    );
+    const failures: unknown[] = [];
+    const r = await copyTableWithRetry({
+      source: source.shards[0].primary,
+      snapshot: null,
+      table,
+      destination,
+      placer: new RowPlacer(destination, { plugins: null }),
+      shared: [-1, -1],
+      sourceShard: 0,
+      format: "text",
+      attempts: 2,
+      minDelayMs: 10,
+      onRetry: (_attempt, e) => {
+        failures.push(e);
+      },
+    });
+    assert.equal(r.rows, 2000);
+    assert.equal(failures.length, 1);
+    assert.ok(failures[0] instanceof TableCopyError);
+    assert.deepEqual(failures[0].committed, []);
+    const copied = JSON.parse(await unionOf(destination, "items"));
+    assert.deepEqual(copied[0], ["-1", "2", "other", null, "5"]);
+    assert.equal(JSON.stringify(copied.slice(1)), await unionOf(source, "items"));
   });
 });
