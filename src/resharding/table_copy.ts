@@ -400,6 +400,11 @@ export async function copyTable(options: CopyTableOptions): Promise<TableCopyRes
         );
       }
       await Promise.all(sends);
+      // A shard that refused the data (a constraint, a bad value) fails the copy now, not at the end.
+      for (const leg of legs) {
+        const refused = leg.conn.copyInError();
+        if (refused !== null) throw refused;
+      }
     };
     const split = async (): Promise<void> => {
       if (pending.length === 0) return;

@@ -658,3 +658,34 @@ Deno.test("copyTableWithRetry: a destination connection lost midway is retried w
     assert.equal(JSON.stringify(copied.slice(1)), await unionOf(source, "items"));
   });
 });
+
+Deno.test("copyTable: a destination shard refusing a row fails the copy early, not at the end", async () => {
+  await withCluster(["src", "d0", "d1"], async (cluster) => {
+    await onDb(cluster.login("src"), rowsSql(1, 20000) + "CREATE PUBLICATION pub FOR ALL TABLES");
+    const source = database(cluster, { name: "source", shards: ["src"] });
+    const destination = database(cluster, { name: "dest", shards: ["d0", "d1"] });
+    const table = (await publicationTables(source.shards[0].primary, "pub")).find((t) =>
+      t.name === "items"
+    )!;
+    // The first row is there already (a copy run twice without emptying the destination).
+    for (const s of destination.shards) {
+      await onDb(s.primary, "INSERT INTO items VALUES (1, 1, 'there', NULL)");
+    }
+    let read = 0;
+    await assert.rejects(
+      copyTable({
+        source: source.shards[0].primary,
+        snapshot: null,
+        table,
+        destination,
+        placer: new RowPlacer(destination, { plugins: null }),
+        shared: [-1, -1],
+        sourceShard: 0,
+        format: "binary",
+        onProgress: (rows) => read = rows,
+      }),
+      (e) => e instanceof TableCopyError && /duplicate key/.test(e.message),
+    );
+    assert.ok(read < 20000, `${read} rows read before the failure was noticed`);
+  });
+});
