@@ -279,6 +279,24 @@ async function describeSource(
   return { partitioned, binaryOk, keyBaseType };
 }
 
+/**
+ * The one shard `[[sharded_schemas]]` puts every table of the table's schema on (as the router
+ * routes a query naming it: the schema's shard, or the default shard when no table is sharded by
+ * key), or null when the table is placed by key or on every shard.
+ */
+export function schemaShard(
+  db: ReshardingDatabase,
+  table: { schema: string; name: string },
+): number | null {
+  const sharding = db.sharding;
+  const shard = sharding.schemas.get(table.schema);
+  if (shard !== undefined) return shard;
+  if (sharding.defaultSchemaShard !== undefined && sharding.tables.length === 0) {
+    return sharding.defaultSchemaShard;
+  }
+  return null;
+}
+
 function aborted(signal: AbortSignal | undefined): unknown {
   return signal?.reason ?? new DOMException("the table copy was stopped", "AbortError");
 }
@@ -293,7 +311,9 @@ function aborted(signal: AbortSignal | undefined): unknown {
  * Growing in place (`shared[d]` is a source shard): a row whose shard is its own source shard is
  * already there (kept, not copied; so is a row with a NULL key, found by queries on every shard);
  * a row that would land on another shared shard is a ReshardingError. A table on every shard is
- * copied from source shard 0 only, to the destination shards that are not shared.
+ * copied from source shard 0 only, to the destination shards that are not shared. A table of a
+ * `[[sharded_schemas]]` schema goes to that schema's shard (not read when that shard is its own
+ * source shard).
  *
  * Throws TableCopyError (its `committed` says which shards may hold rows), or ReshardingError
  * for what no retry fixes.
@@ -301,12 +321,18 @@ function aborted(signal: AbortSignal | undefined): unknown {
 export async function copyTable(options: CopyTableOptions): Promise<TableCopyResult> {
   const { table, destination, shared, sourceShard, signal } = options;
   const names = table.columns.map((c) => c.name);
-  const placement = tablePlacement(destination, { table, columns: names });
+  const pinned = schemaShard(destination, table);
+  const placement = pinned === null
+    ? tablePlacement(destination, { table, columns: names })
+    : { kind: "all" as const };
   const sharded = placement.kind === "sharded" ? placement : null;
-  const newShards = destination.shards.map((s) => s.shard).filter((d) => shared[d] === -1);
+  const newShards = destination.shards.map((s) => s.shard).filter((d) =>
+    shared[d] === -1 && (pinned === null || d === pinned)
+  );
   const keepsOwn = shared.includes(sourceShard);
   const result: TableCopyResult = { rows: 0, bytes: 0, kept: 0, format: options.format };
-  if (placement.kind === "all" && sourceShard !== 0) return result;
+  if (pinned === null && placement.kind === "all" && sourceShard !== 0) return result;
+  if (pinned !== null && shared[pinned] === sourceShard) return result;
   if (signal?.aborted) throw aborted(signal);
 
   const legs: Leg[] = [];
@@ -359,12 +385,19 @@ export async function copyTable(options: CopyTableOptions): Promise<TableCopyRes
     const pending = new Bytes();
     pending.buf = new Uint8Array(SPLIT_BYTES + (64 << 10));
 
+    const moved = (d: number, key: string | null): ReshardingError =>
+      new ReshardingError(
+        `a row of ${table.schema}.${table.name} on source shard ${sourceShard}` +
+          (key === null ? "" : ` (${key})`) + ` belongs on destination shard ${d}, which is ` +
+          `source shard ${shared[d]}: growing in place, rows may only move to new shards`,
+      );
     const route = async (rows: CopyRows): Promise<void> => {
       const n = rows.starts.length;
       if (n === 0) return;
       const { data, starts, ends } = rows;
       result.rows += n;
       if (!sharded) {
+        if (pinned !== null && legOf[pinned] === undefined) throw moved(pinned, null);
         for (const leg of legs) leg.out.add(data, starts[0], ends[n - 1]);
         return;
       }
@@ -380,12 +413,7 @@ export async function copyTable(options: CopyTableOptions): Promise<TableCopyRes
           result.kept++;
           continue;
         }
-        throw new ReshardingError(
-          `a row of ${table.schema}.${table.name} on source shard ${sourceShard} (` +
-            `${sharded.spec.column} = ${JSON.stringify(rows.keys[i])}) belongs on destination ` +
-            `shard ${d}, which is source shard ${shared[d]}: growing in place, rows may only ` +
-            "move to new shards",
-        );
+        throw moved(d, `${sharded.spec.column} = ${JSON.stringify(rows.keys[i])}`);
       }
     };
     const send = async (all: boolean): Promise<void> => {

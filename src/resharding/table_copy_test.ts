@@ -74,6 +74,7 @@ function database(
     shards: string[];
     /** More [[sharded_tables]] (items' rule is replaced by one for "items"). */
     tables?: NonNullable<PartialConfig["sharded_tables"]>;
+    schemas?: NonNullable<PartialConfig["sharded_schemas"]>;
     plugins?: unknown[];
   },
 ): ReshardingDatabase {
@@ -92,6 +93,7 @@ function database(
       { database: options.name, name: "people", column: "id", data_type: "uuid" as const },
       { database: options.name, name: "odd", column: "id" },
     ].filter((t, i, all) => all.findIndex((u) => u.name === t.name) === i),
+    sharded_schemas: options.schemas,
     ...(options.plugins ? { plugins: options.plugins } as never : {}),
   });
   return reshardingDatabase(config, options.name);
@@ -687,5 +689,83 @@ Deno.test("copyTable: a destination shard refusing a row fails the copy early, n
       (e) => e instanceof TableCopyError && /duplicate key/.test(e.message),
     );
     assert.ok(read < 20000, `${read} rows read before the failure was noticed`);
+  });
+});
+
+Deno.test("copyTable: a [[sharded_schemas]] schema's tables go to its shard only", async () => {
+  await withCluster(["s0", "s1", "n2", "n3", "n4"], async (cluster) => {
+    const tenants = `CREATE SCHEMA a; CREATE SCHEMA b;
+      CREATE TABLE a.notes (id int PRIMARY KEY, v text); CREATE TABLE b.notes (id int PRIMARY KEY, v text);`;
+    for (const db of ["s0", "s1", "n2", "n3", "n4"]) await onDb(cluster.login(db), tenants);
+    const schemas = (database: string, a: number, b: number) => [
+      { database, name: "a", shard: a },
+      { database, name: "b", shard: b },
+    ];
+    // The source: schema a on shard 0, b on shard 1; the destination grows in place and moves a
+    // to the new shard 2.
+    await onDb(
+      cluster.login("s0"),
+      "INSERT INTO a.notes SELECT i, 'a' || i FROM generate_series(1, 100) i;" +
+        "CREATE PUBLICATION pub FOR ALL TABLES",
+    );
+    await onDb(
+      cluster.login("s1"),
+      "INSERT INTO b.notes SELECT i, 'b' || i FROM generate_series(1, 50) i;" +
+        "CREATE PUBLICATION pub FOR ALL TABLES",
+    );
+    const source = database(cluster, {
+      name: "source",
+      shards: ["s0", "s1"],
+      schemas: schemas("source", 0, 1),
+    });
+    const destination = database(cluster, {
+      name: "dest",
+      shards: ["s0", "s1", "n2"],
+      schemas: schemas("dest", 2, 1),
+    });
+    const results = await copyAll(source, destination, { format: "binary" });
+    assert.deepEqual(results.get("notes")!.map((r) => r.rows), [100, 0, 0, 0]);
+    const count = async (db: string, table: string) =>
+      (await onDb(cluster.login(db), `SELECT count(*) FROM ${table}`))[0][0];
+    assert.deepEqual(
+      [await count("n2", "a.notes"), await count("n2", "b.notes"), await count("s1", "b.notes")],
+      ["100", "0", "50"],
+    );
+    // Into a new cluster: each schema on its own shard, nowhere else.
+    const fresh = database(cluster, {
+      name: "fresh",
+      shards: ["n3", "n4"],
+      schemas: schemas("fresh", 1, 0),
+    });
+    await copyAll(source, fresh, { format: "text" });
+    assert.deepEqual(
+      [
+        await count("n3", "a.notes"),
+        await count("n3", "b.notes"),
+        await count("n4", "a.notes"),
+        await count("n4", "b.notes"),
+      ],
+      ["0", "50", "100", "0"],
+    );
+    // Moving b from kept shard 1 to kept shard 0 is refused.
+    const swapped = database(cluster, {
+      name: "swapped",
+      shards: ["s0", "s1", "n2"],
+      schemas: schemas("swapped", 2, 0),
+    });
+    const b = (await publicationTables(cluster.login("s1"), "pub")).find((t) => t.schema === "b")!;
+    await assert.rejects(
+      copyTable({
+        source: cluster.login("s1"),
+        snapshot: null,
+        table: b,
+        destination: swapped,
+        placer: new RowPlacer(swapped, { plugins: null }),
+        shared: sharedShards(source, swapped),
+        sourceShard: 1,
+        format: "text",
+      }),
+      (e) => e instanceof ReshardingError && /destination shard 0/.test(e.message),
+    );
   });
 });
