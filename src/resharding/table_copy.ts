@@ -331,7 +331,11 @@ export async function copyTable(options: CopyTableOptions): Promise<TableCopyRes
   );
   const keepsOwn = shared.includes(sourceShard);
   const result: TableCopyResult = { rows: 0, bytes: 0, kept: 0, format: options.format };
-  if (pinned === null && placement.kind === "all" && sourceShard !== 0) return result;
+  if (
+    pinned === null && placement.kind === "all" && (sourceShard !== 0 || newShards.length === 0)
+  ) {
+    return result;
+  }
   if (pinned !== null && shared[pinned] === sourceShard) return result;
   if (signal?.aborted) throw aborted(signal);
 
