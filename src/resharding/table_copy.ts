@@ -470,8 +470,9 @@ export async function copyTable(options: CopyTableOptions): Promise<TableCopyRes
     if (e instanceof ReshardingError) throw e;
     if (e instanceof PgError && e.code === "42501" && /session_replication_role/.test(e.message)) {
       throw new ReshardingError(
-        `${e.message}: the resharding user of "${destination.name}" must be a superuser ` +
-          "(to set session_replication_role = replica, so triggers and foreign keys don't fire)",
+        `${e.message}: the resharding user of "${destination.name}" must be a superuser, or be ` +
+          "granted SET ON PARAMETER session_replication_role (PostgreSQL 15+), to copy with " +
+          "session_replication_role = replica (no triggers, no foreign key checks)",
       );
     }
     throw new TableCopyError(e, committed);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { startPostgres } from "../../tests/harness/mod.ts";
+import { type RoleSpec, startPostgres } from "../../tests/harness/mod.ts";
 import { resolveConfig } from "../config/load.ts";
 import type { PartialConfig } from "../config/types.ts";
 import { PgConn, type ServerLogin } from "./pg_conn.ts";
@@ -146,9 +146,13 @@ async function misplaced(db: ReshardingDatabase): Promise<number> {
 async function withCluster(
   databases: string[],
   body: (cluster: Cluster) => Promise<void>,
+  options: { roles?: RoleSpec[] } = {},
 ): Promise<void> {
   await using pg = await startPostgres({
-    roles: [{ name: USER, password: PASSWORD, auth: "scram", superuser: true }],
+    roles: [
+      { name: USER, password: PASSWORD, auth: "scram", superuser: true },
+      ...options.roles ?? [],
+    ],
     databases,
   });
   const cluster: Cluster = {
@@ -768,4 +772,37 @@ Deno.test("copyTable: a [[sharded_schemas]] schema's tables go to its shard only
       (e) => e instanceof ReshardingError && /destination shard 0/.test(e.message),
     );
   });
+});
+
+Deno.test("copyTable: a destination user that may not set session_replication_role is told what it needs", async () => {
+  await withCluster(["src", "d0"], async (cluster) => {
+    await onDb(cluster.login("src"), rowsSql(1, 10) + "CREATE PUBLICATION pub FOR ALL TABLES");
+    await onDb(cluster.login("d0"), "GRANT ALL ON ALL TABLES IN SCHEMA public TO plain");
+    const source = database(cluster, { name: "source", shards: ["src"] });
+    const dest = database(cluster, { name: "dest", shards: ["d0"] });
+    const plain: ReshardingDatabase = {
+      ...dest,
+      shards: dest.shards.map((s) => ({ ...s, primary: { ...s.primary, user: "plain" } })),
+    };
+    const table = (await publicationTables(source.shards[0].primary, "pub")).find((t) =>
+      t.name === "items"
+    )!;
+    const options = {
+      source: source.shards[0].primary,
+      snapshot: null,
+      table,
+      destination: plain,
+      placer: new RowPlacer(plain, { plugins: null }),
+      shared: [-1],
+      sourceShard: 0,
+      format: "text" as const,
+    };
+    await assert.rejects(
+      copyTable(options),
+      (e) => e instanceof ReshardingError && /must be a superuser/.test(e.message),
+    );
+    // PostgreSQL 15 lets a superuser grant just that parameter.
+    await onDb(cluster.login("d0"), "GRANT SET ON PARAMETER session_replication_role TO plain");
+    assert.equal((await copyTable(options)).rows, 10);
+  }, { roles: [{ name: "plain", password: PASSWORD, auth: "scram" }] });
 });
