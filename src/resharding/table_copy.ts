@@ -45,9 +45,22 @@ function qualified(table: { schema: string; name: string }): string {
   return `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
 }
 
-/** A login that talks UTF-8 (COPY data and keys are then UTF-8 whatever the databases use). */
+/**
+ * A login whose text values read back the same anywhere, as pg_dump sets them: UTF-8 (COPY data
+ * and keys are UTF-8 whatever the databases use), ISO dates (a `SQL, DMY` source read by an `MDY`
+ * destination would swap days and months), floats with every digit, PostgreSQL's intervals.
+ */
 function utf8Login(login: ServerLogin): ServerLogin {
-  return { ...login, params: { ...login.params, client_encoding: "UTF8" } };
+  return {
+    ...login,
+    params: {
+      ...login.params,
+      client_encoding: "UTF8",
+      DateStyle: "ISO",
+      IntervalStyle: "postgres",
+      extra_float_digits: "3",
+    },
+  };
 }
 
 /**
