@@ -48,7 +48,8 @@ function qualified(table: { schema: string; name: string }): string {
 /**
  * A login whose text values read back the same anywhere, as pg_dump sets them: UTF-8 (COPY data
  * and keys are UTF-8 whatever the databases use), ISO dates (a `SQL, DMY` source read by an `MDY`
- * destination would swap days and months), floats with every digit, PostgreSQL's intervals.
+ * destination would swap days and months), floats with every digit, PostgreSQL's intervals; and
+ * no statement, lock or idle timeout a role or database may set (a copy takes as long as it takes).
  */
 function utf8Login(login: ServerLogin): ServerLogin {
   return {
@@ -59,6 +60,9 @@ function utf8Login(login: ServerLogin): ServerLogin {
       DateStyle: "ISO",
       IntervalStyle: "postgres",
       extra_float_digits: "3",
+      statement_timeout: "0",
+      lock_timeout: "0",
+      idle_in_transaction_session_timeout: "0",
     },
   };
 }

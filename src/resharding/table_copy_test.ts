@@ -807,21 +807,24 @@ Deno.test("copyTable: a destination user that may not set session_replication_ro
   }, { roles: [{ name: "plain", password: PASSWORD, auth: "scram" }] });
 });
 
-Deno.test("copyTable (text): dates, floats and intervals survive sources and destinations with other DateStyle, extra_float_digits and IntervalStyle", async () => {
+Deno.test("copyTable (text): dates, floats and intervals survive other DateStyle, extra_float_digits and IntervalStyle settings; statement_timeout does not apply", async () => {
   await withCluster(["src", "d0"], async (cluster) => {
     await onDb(
       cluster.login("src"),
       `CREATE TABLE dated (id bigint PRIMARY KEY, d date, f float8, i interval, t timestamptz);
        INSERT INTO dated VALUES (1, '2026-01-02', 0.1 + 0.2, '1 day 02:03:04', '2026-01-02 03:04:05+00'),
                                 (2, '2026-12-31', 1e-300, '-1 month', NULL);
+       INSERT INTO dated SELECT i, '2026-01-01', i / 7.0, NULL, NULL FROM generate_series(3, 100000) i;
        CREATE PUBLICATION pub FOR TABLE dated;
        ALTER DATABASE src SET DateStyle = 'SQL, DMY'; ALTER DATABASE src SET extra_float_digits = 0;
-       ALTER DATABASE src SET IntervalStyle = 'sql_standard'`,
+       ALTER DATABASE src SET IntervalStyle = 'sql_standard';
+       ALTER DATABASE src SET statement_timeout = '5ms'`,
     );
     await onDb(
       cluster.login("d0"),
       `CREATE TABLE dated (id bigint PRIMARY KEY, d date, f float8, i interval, t timestamptz);
-       ALTER DATABASE d0 SET DateStyle = 'SQL, MDY'; ALTER DATABASE d0 SET IntervalStyle = 'iso_8601'`,
+       ALTER DATABASE d0 SET DateStyle = 'SQL, MDY'; ALTER DATABASE d0 SET IntervalStyle = 'iso_8601';
+       ALTER DATABASE d0 SET statement_timeout = '5ms'`,
     );
     const source = database(cluster, { name: "source", shards: ["src"] });
     const dest = database(cluster, { name: "dest", shards: ["d0"] });
@@ -837,6 +840,7 @@ Deno.test("copyTable (text): dates, floats and intervals survive sources and des
       format: "text",
     });
     const read = "SET DateStyle = ISO; SET extra_float_digits = 3; SET IntervalStyle = postgres; " +
+      "SET statement_timeout = 0; " +
       "SELECT * FROM dated ORDER BY id";
     assert.deepEqual(
       await onDb(dest.shards[0].primary, read),
