@@ -156,15 +156,39 @@ export interface TableCopyResult {
   format: "binary" | "text";
 }
 
-/** A failed table copy; `committed` names destination shards where a COMMIT was sent. */
+/**
+ * A failed table copy: the message starts with where it failed (`destination shard 1
+ * (host:port/db): ...`); `committed` names destination shards where a COMMIT was sent.
+ */
 export class TableCopyError extends Error {
   /** Destination shards that may hold this attempt's rows (a COMMIT was sent there). */
   readonly committed: number[];
-  constructor(cause: unknown, committed: number[]) {
-    super(cause instanceof Error ? cause.message : String(cause), { cause });
+  /** Where it failed (`source shard 0 (host:port/db)`, `destination shard 1 (...)`), if known. */
+  readonly where: string | null;
+  constructor(cause: unknown, options: { committed: number[]; where: string | null }) {
+    const message = cause instanceof Error ? cause.message : String(cause);
+    super(options.where === null ? message : `${options.where}: ${message}`, { cause });
     this.name = "TableCopyError";
-    this.committed = committed;
+    this.committed = options.committed;
+    this.where = options.where;
   }
+}
+
+/** Where each failure of a copy happened (the first place that saw it). */
+const failedAt = new WeakMap<object, string>();
+
+/** `work`, its failure marked as having happened at `where` (unless marked already). */
+async function at<T>(where: string, work: Promise<T>): Promise<T> {
+  try {
+    return await work;
+  } catch (e) {
+    if (e instanceof Object && !failedAt.has(e)) failedAt.set(e, where);
+    throw e;
+  }
+}
+
+function labelOf(login: ServerLogin): string {
+  return `${login.host}:${login.port}/${login.database}`;
 }
 
 const TEXT_FORMAT: CopyFormat = {
@@ -365,15 +389,24 @@ export async function copyTable(options: CopyTableOptions): Promise<TableCopyRes
     for (const leg of legs) leg.conn.close();
   };
   signal?.addEventListener("abort", closeAll);
+  const fromSource = `source shard ${sourceShard} (${labelOf(options.source)})`;
+  const toShard = (shard: number): string =>
+    `destination shard ${shard} (${labelOf(destination.shards[shard].primary)})`;
   try {
-    source = await PgConn.connect(utf8Login(options.source));
-    await source.query(
-      "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" +
-        (options.snapshot === null
-          ? ""
-          : `; SET TRANSACTION SNAPSHOT ${quoteLiteral(options.snapshot)}`),
+    source = await at(fromSource, PgConn.connect(utf8Login(options.source)));
+    await at(
+      fromSource,
+      source.query(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" +
+          (options.snapshot === null
+            ? ""
+            : `; SET TRANSACTION SNAPSHOT ${quoteLiteral(options.snapshot)}`),
+      ),
     );
-    const described = await describeSource(source, table, sharded ? sharded.spec.column : null);
+    const described = await at(
+      fromSource,
+      describeSource(source, table, sharded ? sharded.spec.column : null),
+    );
     let format = options.format;
     const binaryKey = sharded ? BINARY_KEY_TYPES.get(described.keyBaseType) : undefined;
     if (format === "binary" && (!described.binaryOk || (sharded && binaryKey === undefined))) {
@@ -388,12 +421,15 @@ export async function copyTable(options: CopyTableOptions): Promise<TableCopyRes
     const copyIn = `COPY ${qualified(table)} (${columnList}) FROM STDIN${formatOption}`;
 
     for (const shard of newShards) {
-      const conn = await PgConn.connect(utf8Login(destination.shards[shard].primary));
+      const conn = await at(
+        toShard(shard),
+        PgConn.connect(utf8Login(destination.shards[shard].primary)),
+      );
       const leg: Leg = { shard, conn, out: new Bytes() };
       legs.push(leg);
       legOf[shard] = leg;
-      await conn.query("BEGIN; SET LOCAL session_replication_role = replica");
-      await conn.copyIn(copyIn);
+      await at(toShard(shard), conn.query("BEGIN; SET LOCAL session_replication_role = replica"));
+      await at(toShard(shard), conn.copyIn(copyIn));
       if (format === "binary") leg.out.add(BINARY_HEADER);
     }
 
@@ -443,7 +479,7 @@ export async function copyTable(options: CopyTableOptions): Promise<TableCopyRes
         if (leg.out.length === 0 || (!all && leg.out.length < SEND_BYTES)) continue;
         const data = leg.out.view;
         sends.push(
-          leg.conn.copyData(data).then(() => {
+          at(toShard(leg.shard), leg.conn.copyData(data)).then(() => {
             leg.out.length = 0;
           }),
         );
@@ -452,7 +488,10 @@ export async function copyTable(options: CopyTableOptions): Promise<TableCopyRes
       // A shard that refused the data (a constraint, a bad value) fails the copy now, not at the end.
       for (const leg of legs) {
         const refused = leg.conn.copyInError();
-        if (refused !== null) throw refused;
+        if (refused !== null) {
+          failedAt.set(refused, toShard(leg.shard));
+          throw refused;
+        }
       }
     };
     const split = async (): Promise<void> => {
@@ -464,35 +503,47 @@ export async function copyTable(options: CopyTableOptions): Promise<TableCopyRes
       options.onProgress?.(result.rows, result.bytes);
     };
 
-    await source.copyOut(copyOut, (payload) => {
-      pending.add(payload);
-      if (pending.length >= SPLIT_BYTES) return split();
-    });
+    await at(
+      fromSource,
+      source.copyOut(copyOut, (payload) => {
+        pending.add(payload);
+        if (pending.length >= SPLIT_BYTES) return split();
+      }),
+    );
     await split();
     await route(splitter.finish());
     if (format === "binary") { for (const leg of legs) leg.out.add(BINARY_TRAILER); }
     await send(true);
-    await Promise.all(legs.map((leg) => leg.conn.copyDone()));
-    await source.query("COMMIT");
+    await Promise.all(legs.map((leg) => at(toShard(leg.shard), leg.conn.copyDone())));
+    await at(fromSource, source.query("COMMIT"));
     options.onProgress?.(result.rows, result.bytes);
     if (signal?.aborted) throw aborted(signal);
     // Every shard has its rows: commit them (a failure here leaves the others committed).
     for (const leg of legs) {
       committed.push(leg.shard);
-      await leg.conn.query("COMMIT");
+      await at(toShard(leg.shard), leg.conn.query("COMMIT"));
     }
     return result;
   } catch (e) {
     if (signal?.aborted) throw aborted(signal);
     if (e instanceof ReshardingError) throw e;
+    const where = e instanceof Object ? failedAt.get(e) ?? null : null;
+    const prefix = where === null ? "" : `${where}: `;
     if (e instanceof PgError && e.code === "42501" && /session_replication_role/.test(e.message)) {
       throw new ReshardingError(
-        `${e.message}: the resharding user of "${destination.name}" must be a superuser, or be ` +
-          "granted SET ON PARAMETER session_replication_role (PostgreSQL 15+), to copy with " +
-          "session_replication_role = replica (no triggers, no foreign key checks)",
+        `${prefix}${e.message}: the resharding user of "${destination.name}" must be a ` +
+          "superuser, or be granted SET ON PARAMETER session_replication_role (PostgreSQL 15+), " +
+          "to copy with session_replication_role = replica (no triggers, no foreign key checks)",
       );
     }
-    throw new TableCopyError(e, committed);
+    // A table or column missing does not come back by retrying.
+    if (e instanceof PgError && (e.code === "42P01" || e.code === "42703")) {
+      const hint = where?.startsWith("destination")
+        ? ": create the destination's schema first (SCHEMA_SYNC pre)"
+        : "";
+      throw new ReshardingError(`${prefix}${e.message}${hint}`);
+    }
+    throw new TableCopyError(e, { committed, where });
   } finally {
     signal?.removeEventListener("abort", closeAll);
     closeAll();

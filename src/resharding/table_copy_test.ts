@@ -471,18 +471,40 @@ Deno.test("copyTableWithRetry: retried after a failure; a partly committed attem
     // No duplicates (the primary key would have refused them): shard 0 was emptied first.
     assert.equal(await unionOf(destination, "items"), await unionOf(source, "items"));
 
-    // Attempts run out: the last failure is thrown.
-    const missing = { ...table, name: "no_such_table" };
+    // Attempts run out: the last failure is thrown, saying where it happened.
+    for (const s of destination.shards) await onDb(s.primary, "TRUNCATE items");
+    await onDb(destination.shards[1].primary, "INSERT INTO fail_once VALUES (1)");
     let retries = 0;
     await assert.rejects(
       copyTableWithRetry({
         ...options,
-        table: missing,
         onRetry: () => {
           retries++;
         },
       }),
-      (e) => e instanceof TableCopyError && /no_such_table/.test(e.message),
+      (e) =>
+        e instanceof TableCopyError &&
+        e.message.startsWith(`destination shard 1 (127.0.0.1:${cluster.port}/d1): refused`),
+    );
+    assert.equal(retries, 2);
+    await onDb(destination.shards[1].primary, "DELETE FROM fail_once");
+
+    // A table the destination lacks is not retried: its schema must be created first.
+    await onDb(source.shards[0].primary, "CREATE TABLE only_here (id bigint)");
+    const onlyHere = (await publicationTables(source.shards[0].primary, "pub")).find((t) =>
+      t.name === "only_here"
+    )!;
+    await assert.rejects(
+      copyTableWithRetry({
+        ...options,
+        table: onlyHere,
+        onRetry: () => {
+          retries++;
+        },
+      }),
+      (e) =>
+        e instanceof ReshardingError &&
+        /^destination shard 0 .*only_here.*SCHEMA_SYNC/.test(e.message),
     );
     assert.equal(retries, 2);
 
