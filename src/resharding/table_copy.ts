@@ -51,7 +51,7 @@ function qualified(table: { schema: string; name: string }): string {
  * destination would swap days and months), floats with every digit, PostgreSQL's intervals; and
  * no statement, lock or idle timeout a role or database may set (a copy takes as long as it takes).
  */
-function utf8Login(login: ServerLogin): ServerLogin {
+function sessionLogin(login: ServerLogin): ServerLogin {
   return {
     ...login,
     params: {
@@ -75,7 +75,7 @@ export async function publicationTables(
   login: ServerLogin,
   publication: string,
 ): Promise<PublicationTable[]> {
-  const conn = await PgConn.connect(utf8Login(login));
+  const conn = await PgConn.connect(sessionLogin(login));
   try {
     const exists = await conn.execute("SELECT 1 FROM pg_publication WHERE pubname = $1", [
       publication,
@@ -393,7 +393,7 @@ export async function copyTable(options: CopyTableOptions): Promise<TableCopyRes
   const toShard = (shard: number): string =>
     `destination shard ${shard} (${labelOf(destination.shards[shard].primary)})`;
   try {
-    source = await at(fromSource, PgConn.connect(utf8Login(options.source)));
+    source = await at(fromSource, PgConn.connect(sessionLogin(options.source)));
     await at(
       fromSource,
       source.query(
@@ -423,7 +423,7 @@ export async function copyTable(options: CopyTableOptions): Promise<TableCopyRes
     for (const shard of newShards) {
       const conn = await at(
         toShard(shard),
-        PgConn.connect(utf8Login(destination.shards[shard].primary)),
+        PgConn.connect(sessionLogin(destination.shards[shard].primary)),
       );
       const leg: Leg = { shard, conn, out: new Bytes() };
       legs.push(leg);
@@ -593,7 +593,7 @@ async function truncateNew(options: CopyTableOptions): Promise<void> {
   const { destination, shared, table } = options;
   for (const host of destination.shards) {
     if (shared[host.shard] !== -1) continue;
-    const conn = await PgConn.connect(host.primary);
+    const conn = await PgConn.connect(sessionLogin(host.primary));
     try {
       await conn.query(`TRUNCATE ${qualified(table)}`);
     } catch (e) {
