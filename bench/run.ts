@@ -16,13 +16,18 @@
  * Then the COPY group (bench/copy.ts): COPY FROM STDIN of 1M rows (text and binary) through
  * pgdog into 3 shards against one PostgreSQL directly, and pgdog's peak memory; written to
  * bench/results/<timestamp>-copy.md and latest-copy.md.
- * `--only pgbench`, `--only cross-shard`, `--only two-pc` or `--only copy` runs one group.
+ * Then the resharding copy group (bench/reshard_copy.ts): a table of 1M rows copied between two
+ * clusters by resharding's table copy against `pg_dump | psql`; written to
+ * bench/results/<timestamp>-reshard-copy.md and latest-reshard-copy.md.
+ * `--only pgbench`, `--only cross-shard`, `--only two-pc`, `--only copy` or
+ * `--only reshard-copy` runs one group.
  *
  * ```
  * deno task bench [--seconds 5] [--rounds 1] [--clients 1,16,64,256]
  *   [--workloads select-simple,select-extended,select-prepared,tpcb,select-connect]
  *   [--targets direct,pgdog,pgbouncer] [--workers 1] [--idle 10000] [--out bench/results]
- *   [--only pgbench|cross-shard|two-pc|copy] [--cross-shard-rows 1000000] [--copy-rows 1000000]
+ *   [--only pgbench|cross-shard|two-pc|copy|reshard-copy] [--cross-shard-rows 1000000]
+ *   [--copy-rows 1000000] [--reshard-copy-rows 1000000]
  * ```
  *
  * @module
@@ -48,6 +53,7 @@ import { connectInspector } from "./inspector.ts";
 import { runCrossShardBench } from "./cross_shard.ts";
 import { runTwoPcBench } from "./two_pc.ts";
 import { runCopyBench } from "./copy.ts";
+import { runReshardCopyBench } from "./reshard_copy.ts";
 
 /** One pgbench workload. */
 interface Workload {
@@ -128,6 +134,9 @@ const HELP = `deno task bench [options]
   --only copy        COPY FROM STDIN through pgdog into 3 shards against one PostgreSQL (text
                      and binary), and pgdog's peak memory
   --copy-rows N      rows per COPY of the copy group (default 1000000)
+  --only reshard-copy  resharding's table copy between two clusters (text and binary, into 1
+                     and 2 shards) against pg_dump | psql, as rows/s, MB/s and a ratio
+  --reshard-copy-rows N  rows of the reshard-copy group's table (default 1000000)
 `;
 
 const args = parseArgs({
@@ -146,6 +155,7 @@ const args = parseArgs({
     only: { type: "string", default: "" },
     "cross-shard-rows": { type: "string", default: "1000000" },
     "copy-rows": { type: "string", default: "1000000" },
+    "reshard-copy-rows": { type: "string", default: "1000000" },
     out: {
       type: "string",
       default: decodeURIComponent(new URL("./results", import.meta.url).pathname),
@@ -193,10 +203,13 @@ const workloads = list(args.workloads).map((name) => {
   return w;
 });
 
-if (!["", "pgbench", "cross-shard", "two-pc", "copy"].includes(args.only)) {
-  throw new Error(`--only: expected pgbench, cross-shard, two-pc or copy, not ${args.only}`);
+if (!["", "pgbench", "cross-shard", "two-pc", "copy", "reshard-copy"].includes(args.only)) {
+  throw new Error(
+    `--only: expected pgbench, cross-shard, two-pc, copy or reshard-copy, not ${args.only}`,
+  );
 }
 const copyRows = positive(args["copy-rows"], "copy-rows", 1000);
+const reshardCopyRows = positive(args["reshard-copy-rows"], "reshard-copy-rows", 1000);
 
 /** Prints a group's report and writes it to <stamp>-<suffix>.md and latest-<suffix>.md. */
 async function writeGroupReport(
@@ -227,6 +240,18 @@ async function copyGroup(): Promise<void> {
 
 if (args.only === "copy") {
   await copyGroup();
+  Deno.exit(0);
+}
+
+/** Runs the resharding copy group and writes its report next to the others. */
+async function reshardCopyGroup(): Promise<void> {
+  const started = new Date();
+  const text = await runReshardCopyBench({ rows: reshardCopyRows, rounds: Math.max(3, rounds) });
+  await writeGroupReport({ title: "resharding copy", suffix: "reshard-copy", started, text });
+}
+
+if (args.only === "reshard-copy") {
+  await reshardCopyGroup();
   Deno.exit(0);
 }
 const crossShardRows = positive(args["cross-shard-rows"], "cross-shard-rows", 1000);
@@ -517,6 +542,7 @@ if (args.only === "") {
   await crossShardGroup();
   await twoPcGroup();
   await copyGroup();
+  await reshardCopyGroup();
 }
 
 /** One pgbench run, summarised. */

@@ -318,7 +318,8 @@ const GENERAL_KEYS = [
   ),
   int(
     "resharding_copy_retry_max_attempts",
-    "Resharding: attempts at one table's copy (its destination truncated before each retry).",
+    "Resharding: attempts at one table's copy (a retry first empties the table on the new shards " +
+      "when the failed attempt committed rows there).",
     { default: 5, min: 1 },
   ),
   ms(

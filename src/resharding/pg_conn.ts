@@ -59,6 +59,8 @@ export class PgConn {
   readonly #conn: ByteStream;
   readonly #rb = new MessageBuffer(64 << 10, 1 << 30);
   #closed = false;
+  /** A read started by copyInError, awaited by the next request before it reads. */
+  #watch: Promise<void> | null = null;
   /** The transaction status of the last ReadyForQuery ('I', 'T' or 'E'). */
   status = 0x49;
   /** The server's process id (for pg_terminate_backend and cancels). */
@@ -164,6 +166,36 @@ export class PgConn {
     new DataView(msg.buffer).setInt32(1, payload.length + 4);
     msg.set(payload, 5);
     await this.#send(msg);
+  }
+
+  /**
+   * During a COPY FROM STDIN: the server's error when it has already refused the data (a
+   * constraint, a bad value: it ignores the rest, and copyDone throws the same), else null.
+   * Never waits: it looks at what has arrived and keeps one read pending for the next call.
+   */
+  copyInError(): PgError | null {
+    const rb = this.#rb;
+    for (let p = rb.start; p + 5 <= rb.end;) {
+      const size = readInt32(rb.buf, p + 1) + 1;
+      if (p + size > rb.end) break;
+      if (rb.buf[p] === Msg.ErrorResponse) {
+        return new PgError(parseErrorFields(rb.buf, p + 5, p + size));
+      }
+      p += size;
+    }
+    if (this.#watch === null && !this.#closed) {
+      this.#watch = rb.fill(this.#conn).then(
+        (more) => {
+          this.#watch = null;
+          if (!more) this.close();
+        },
+        () => {
+          this.#watch = null;
+          this.close();
+        },
+      );
+    }
+    return null;
   }
 
   /** Ends a COPY FROM STDIN; resolves with its tag (e.g. `COPY 10`). Throws PgError. */
@@ -301,6 +333,10 @@ export class PgConn {
   async #next(): Promise<[number, number, number]> {
     let size: number;
     while ((size = this.#rb.nextMessageSize()) === 0) {
+      if (this.#watch !== null) {
+        await this.#watch;
+        continue;
+      }
       if (this.#closed) throw this.#gone();
       let more: boolean;
       try {
