@@ -1,0 +1,620 @@
+/**
+ * Applies the changes one source shard's logical replication stream delivers to the shards of the
+ * destination database: one destination transaction per source transaction on each destination
+ * shard it touches, rows placed by the destination's sharding rules, and a progress row
+ * (`pgdog_resharding.progress`) committed in the same transaction, so a replay after a crash
+ * skips what a shard already has and never applies a change twice.
+ *
+ * @module
+ */
+
+import {
+  formatLsn,
+  type Lsn,
+  parseLsn,
+  type Relation,
+  type StreamedChange,
+  type TupleValue,
+  UNCHANGED,
+} from "./changes.ts";
+import { PgConn, PgError } from "./pg_conn.ts";
+import { type RowPlacer, type TablePlacement, tablePlacement } from "./placement.ts";
+import { type ReshardingDatabase, ReshardingError } from "./shards.ts";
+
+/** The schema of pgdog's bookkeeping on destination shards (never replicated by pgdog). */
+export const PROGRESS_SCHEMA = "pgdog_resharding";
+
+const CREATE_PROGRESS =
+  "BEGIN; SELECT pg_advisory_xact_lock(hashtext('pgdog_resharding.progress')); " +
+  `CREATE SCHEMA IF NOT EXISTS ${PROGRESS_SCHEMA}; ` +
+  `CREATE TABLE IF NOT EXISTS ${PROGRESS_SCHEMA}.progress (slot text NOT NULL, ` +
+  "source_shard int NOT NULL, lsn pg_lsn NOT NULL, PRIMARY KEY (slot, source_shard)); COMMIT";
+
+const BEGIN = "BEGIN; SET LOCAL session_replication_role = replica";
+
+/** Options of {@linkcode ChangeApplier}. */
+export interface ChangeApplierOptions {
+  /** Where the changes go. */
+  destination: ReshardingDatabase;
+  /** Places rows on the destination's shards. */
+  placer: RowPlacer;
+  /** Per destination shard, the source shard that is the same database, or -1 (sharedShards). */
+  shared: number[];
+  /** The source shard whose stream this applier applies. */
+  sourceShard: number;
+  /** The replication slot (names the progress rows). */
+  slot: string;
+  /** Connect timeout per shard (10 s by default). */
+  connectTimeoutMs?: number;
+}
+
+/** A replicated table as the applier uses it. */
+interface Table {
+  relation: Relation;
+  /** `"schema"."name"`. */
+  qualified: string;
+  /** Quoted column names, in tuple order. */
+  names: string[];
+  placement: TablePlacement;
+  /** Indexes of the replica identity's columns (every column for REPLICA IDENTITY FULL). */
+  identity: number[];
+  full: boolean;
+  /** pgdog's own bookkeeping (not applied). */
+  ignored: boolean;
+  /** `"schema"."name"` for messages. */
+  label: string;
+}
+
+/** The source transaction being applied. */
+interface Transaction {
+  /** Its commit LSN: shards whose progress is at or past it already have it. */
+  finalLsn: Lsn;
+  /** Destination shards with an open transaction for it, in the order they were opened. */
+  open: Set<number>;
+  /** Shards rows were moved away from (committed last: the rows' new copies commit first). */
+  movedFrom: Set<number>;
+}
+
+/**
+ * Applies a source shard's changes (in stream order) to the destination shards. After apply()
+ * throws, close it: a new applier and a stream restarted from the slot carry on (transactions a
+ * shard already committed are skipped there).
+ */
+export class ChangeApplier {
+  readonly #options: ChangeApplierOptions;
+  /** By destination shard: null for shards this applier never writes or reads. */
+  readonly #conns: (PgConn | null)[];
+  /** By destination shard: the commit LSN of the last source transaction it committed. */
+  readonly #progress: Lsn[];
+  readonly #tables = new Map<number, Table>();
+  #txn: Transaction | null = null;
+  #applied: Lsn = 0n;
+  #lastTransactionAt = 0;
+
+  constructor(options: ChangeApplierOptions) {
+    if (options.shared.length !== options.destination.shards.length) {
+      throw new ReshardingError(
+        `shared has ${options.shared.length} entries for ${options.destination.shards.length} ` +
+          "destination shards",
+      );
+    }
+    this.#options = options;
+    this.#conns = options.destination.shards.map(() => null);
+    this.#progress = options.destination.shards.map(() => 0n);
+  }
+
+  /**
+   * Connects to the destination shards (the new ones, and the source shard's own database when
+   * growing in place), creates the progress table where missing and reads this slot's progress.
+   */
+  async start(): Promise<void> {
+    const { destination, shared, sourceShard, slot } = this.#options;
+    const timeoutMs = this.#options.connectTimeoutMs ?? 10_000;
+    try {
+      await Promise.all(destination.shards.map(async (host, d) => {
+        if (shared[d] >= 0 && shared[d] !== sourceShard) return;
+        const conn = await PgConn.connect(host.primary, { timeoutMs });
+        this.#conns[d] = conn;
+        if (shared[d] >= 0) return;
+        await conn.query(CREATE_PROGRESS);
+        const r = await conn.execute(
+          `SELECT lsn::text FROM ${PROGRESS_SCHEMA}.progress WHERE slot = $1 AND source_shard = $2`,
+          [slot, String(sourceShard)],
+        );
+        const text = r.rows[0]?.[0];
+        this.#progress[d] = text ? parseLsn(text) : 0n;
+      }));
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+  }
+
+  /**
+   * The end LSN of the last source transaction committed on every destination shard it touched
+   * (what the stream may confirm); 0 before the first one.
+   */
+  applied(): Lsn {
+    return this.#applied;
+  }
+
+  /** When the last source transaction was applied (ms since the epoch; 0 before the first). */
+  lastTransactionAt(): number {
+    return this.#lastTransactionAt;
+  }
+
+  /** The commit LSN each destination shard has applied up to (0 for shards it does not write). */
+  progress(): readonly Lsn[] {
+    return this.#progress;
+  }
+
+  /** Closes the connections (an open destination transaction is rolled back by the server). */
+  close(): void {
+    for (const c of this.#conns) c?.close();
+    this.#txn = null;
+  }
+
+  /** Applies one change. Throws PgError (a destination failed) or ReshardingError. */
+  async apply(streamed: StreamedChange): Promise<void> {
+    try {
+      await this.#apply(streamed);
+    } catch (e) {
+      await this.#rollback();
+      throw e;
+    }
+  }
+
+  async #apply(streamed: StreamedChange): Promise<void> {
+    const change = streamed.change;
+    switch (change.kind) {
+      case "begin":
+        if (this.#txn) await this.#rollback();
+        this.#txn = { finalLsn: change.finalLsn, open: new Set(), movedFrom: new Set() };
+        return;
+      case "commit":
+        await this.#commit(change.commitLsn, change.endLsn);
+        return;
+      case "relation":
+        this.#tables.set(change.oid, this.#table(change));
+        return;
+      case "other":
+        return;
+      case "insert": {
+        const t = this.#tableOf(change.relation);
+        if (t.ignored) return;
+        await this.#insert(t, change.tuple);
+        return;
+      }
+      case "update": {
+        const t = this.#tableOf(change.relation);
+        if (t.ignored) return;
+        await this.#update(t, change.old, change.tuple);
+        return;
+      }
+      case "delete": {
+        const t = this.#tableOf(change.relation);
+        if (t.ignored) return;
+        await this.#delete(t, change.old);
+        return;
+      }
+      case "truncate": {
+        const tables = change.relations.map((oid) => this.#tableOf(oid)).filter((t) => !t.ignored);
+        if (tables.length === 0) return;
+        let sql = `TRUNCATE ${tables.map((t) => t.qualified).join(", ")}`;
+        if (change.restartIdentity) sql += " RESTART IDENTITY";
+        if (change.cascade) sql += " CASCADE";
+        for (const d of this.#writable()) await this.#run(d, sql, []);
+        return;
+      }
+    }
+  }
+
+  #table(relation: Relation): Table {
+    const qualified = `${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}`;
+    const ignored = relation.schema === PROGRESS_SCHEMA;
+    const full = relation.replicaIdentity === "f";
+    const identity: number[] = [];
+    relation.columns.forEach((c, i) => {
+      if (full || c.key) identity.push(i);
+    });
+    return {
+      relation,
+      qualified,
+      names: relation.columns.map((c) => quoteIdent(c.name)),
+      placement: ignored ? { kind: "all" } : tablePlacement(this.#options.destination, {
+        table: { schema: relation.schema, name: relation.name },
+        columns: relation.columns.map((c) => c.name),
+      }),
+      identity,
+      full,
+      ignored,
+      label: `${relation.schema}.${relation.name}`,
+    };
+  }
+
+  #tableOf(oid: number): Table {
+    if (!this.#txn) {
+      throw new ReshardingError("a replicated change arrived outside a transaction");
+    }
+    const t = this.#tables.get(oid);
+    if (!t) {
+      throw new ReshardingError(
+        `a change names relation ${oid}, which no Relation message described`,
+      );
+    }
+    return t;
+  }
+
+  // ---- where rows go -------------------------------------------------------------------------
+
+  /** The shard is the source shard's own database: the source already made the change there. */
+  #own(d: number): boolean {
+    return this.#options.shared[d] === this.#options.sourceShard;
+  }
+
+  /** The shard is another source shard's database (growing in place). */
+  #otherShared(d: number): boolean {
+    const s = this.#options.shared[d];
+    return s >= 0 && s !== this.#options.sourceShard;
+  }
+
+  /** The shard already committed the current source transaction (a replay). */
+  #done(d: number): boolean {
+    return this.#progress[d] >= this.#txn!.finalLsn;
+  }
+
+  /** New shards that still need the current transaction. */
+  #writable(): number[] {
+    const out: number[] = [];
+    for (let d = 0; d < this.#conns.length; d++) {
+      if (this.#options.shared[d] < 0 && !this.#done(d)) out.push(d);
+    }
+    return out;
+  }
+
+  /** Refuses a row that would land on another source shard's database. */
+  #landing(t: Table, d: number): void {
+    if (!this.#otherShared(d)) return;
+    throw new ReshardingError(
+      `a row of ${t.label} from source shard ${this.#options.sourceShard} belongs on destination ` +
+        `shard ${d}, which is source shard ${this.#options.shared[d]}'s database: growing in ` +
+        "place, rows may only move to new shards",
+    );
+  }
+
+  async #shardOf(t: Table, key: string | null): Promise<number> {
+    if (t.placement.kind !== "sharded") throw new Error("not a sharded table");
+    return (await this.#options.placer.shardsOf(t.placement.spec, [key]))[0];
+  }
+
+  // ---- changes -------------------------------------------------------------------------------
+
+  async #insert(t: Table, tuple: TupleValue[]): Promise<void> {
+    const values = known(t, tuple, "an inserted row");
+    if (t.placement.kind === "all") {
+      const sql = this.#upsertSql(t);
+      for (const d of this.#writable()) await this.#run(d, sql, values);
+      return;
+    }
+    const d = await this.#shardOf(t, values[t.placement.column]);
+    if (this.#own(d)) return;
+    this.#landing(t, d);
+    if (this.#done(d)) return;
+    await this.#run(d, this.#insertSql(t), values);
+  }
+
+  async #update(t: Table, old: TupleValue[] | null, tuple: TupleValue[]): Promise<void> {
+    // With REPLICA IDENTITY FULL the old row is whole: it fills unchanged TOAST values.
+    const row = tuple.slice();
+    if (old && t.full) {
+      for (let i = 0; i < row.length; i++) if (row[i] === UNCHANGED) row[i] = old[i];
+    }
+    const where = this.#identity(t, old ?? tuple);
+    // Without an old key, the identity did not change: leave its columns out of SET (an
+    // identity column GENERATED ALWAYS cannot be set).
+    const set = row.map((_, i) => i).filter((i) =>
+      row[i] !== UNCHANGED && (old !== null || t.full || !t.identity.includes(i))
+    );
+    if (t.placement.kind === "all") {
+      for (const d of this.#writable()) await this.#updateOn(d, t, { row, set, where });
+      return;
+    }
+    const column = t.placement.column;
+    const keyed = t.relation.columns[column].key || t.full;
+    // The old key: in the old tuple when it carries the key column; the new one when the key is
+    // part of an identity that did not change; else unknown.
+    let oldKey: TupleValue | undefined = old
+      ? (keyed ? old[column] : undefined)
+      : (keyed ? row[column] : undefined);
+    if (oldKey === UNCHANGED) oldKey = undefined;
+    let newKey: TupleValue | undefined = row[column];
+    if (newKey === UNCHANGED) newKey = oldKey;
+    if (newKey === undefined) {
+      // An unchanged TOASTed key the stream does not carry: the row is wherever it is.
+      for (const d of this.#writable()) await this.#updateOn(d, t, { row, set, where });
+      return;
+    }
+    const to = await this.#shardOf(t, newKey);
+    let from = oldKey === undefined ? -1 : await this.#shardOf(t, oldKey);
+    if (from === to) {
+      if (this.#own(to)) return;
+      this.#landing(t, to);
+      if (this.#done(to)) return;
+      if (await this.#updateOn(to, t, { row, set, where }) > 0) return;
+      from = -1; // Not where its key says: look for it elsewhere.
+    }
+    await this.#move(t, { row, where, from, to });
+  }
+
+  /**
+   * Moves a row to shard `to`: deletes it where it is (shard `from`, or wherever it is found when
+   * -1), filling the new row's unchanged TOAST values from the old one, and inserts it on `to`.
+   */
+  async #move(
+    t: Table,
+    move: { row: TupleValue[]; where: Where; from: number; to: number },
+  ): Promise<void> {
+    const { row, where, to } = move;
+    let found: (string | null)[] | null = null;
+    let searchedOwn = false;
+    const candidates = move.from >= 0
+      ? [move.from]
+      : this.#conns.map((_, d) => d).filter((d) => d !== to);
+    for (const d of candidates) {
+      if (this.#otherShared(d)) continue;
+      if (this.#own(d)) {
+        searchedOwn = true;
+        continue; // The source already moved it; its values are read below if needed.
+      }
+      if (this.#done(d)) continue;
+      const r = await this.#deleteOn(d, t, where, true);
+      if (r.length > 0) {
+        this.#txn!.movedFrom.add(d);
+        found = r[0];
+        if (move.from < 0) break;
+      }
+    }
+    if (this.#own(to)) return;
+    this.#landing(t, to);
+    if (this.#done(to)) return;
+    if (found) {
+      for (let i = 0; i < row.length; i++) if (row[i] === UNCHANGED) row[i] = found[i];
+    }
+    if (row.includes(UNCHANGED) && (searchedOwn || move.from < 0)) {
+      // Growing in place, the source shard (the same database) has the row as it is now.
+      const own = this.#conns.findIndex((_, d) => this.#own(d));
+      if (own >= 0) {
+        const now = await this.#select(own, t, this.#identity(t, row, { skipUnchanged: true }));
+        if (!now) return; // Gone or re-keyed since: the later changes carry it.
+        for (let i = 0; i < row.length; i++) if (row[i] === UNCHANGED) row[i] = now[i];
+      }
+    }
+    const values = known(t, row, "a moved row (its old row was not found on any shard)");
+    await this.#run(to, this.#insertSql(t), values);
+  }
+
+  async #delete(t: Table, old: TupleValue[]): Promise<void> {
+    const where = this.#identity(t, old);
+    if (t.placement.kind === "all") {
+      for (const d of this.#writable()) await this.#deleteOn(d, t, where, false);
+      return;
+    }
+    const column = t.placement.column;
+    const key = t.full || t.relation.columns[column].key ? old[column] : UNCHANGED;
+    if (key === UNCHANGED) {
+      for (const d of this.#writable()) await this.#deleteOn(d, t, where, false);
+      return;
+    }
+    const d = await this.#shardOf(t, key);
+    if (this.#options.shared[d] >= 0 || this.#done(d)) return;
+    await this.#deleteOn(d, t, where, false);
+  }
+
+  // ---- statements ----------------------------------------------------------------------------
+
+  /** How a row is found: its identity's values, matched by key or (FULL) by every column. */
+  #identity(t: Table, tuple: TupleValue[], options: { skipUnchanged?: boolean } = {}): Where {
+    const columns: number[] = [];
+    const values: (string | null)[] = [];
+    for (const i of t.identity) {
+      const v = tuple[i];
+      if (v === UNCHANGED) {
+        if (options.skipUnchanged || t.full) continue;
+        throw new ReshardingError(`a change of ${t.label} lacks its replica identity's values`);
+      }
+      columns.push(i);
+      values.push(v);
+    }
+    if (columns.length === 0) {
+      throw new ReshardingError(
+        `${t.label} has no replica identity: its updates and deletes cannot be replicated ` +
+          "(add a primary key or set REPLICA IDENTITY FULL on the source)",
+      );
+    }
+    return { columns, values };
+  }
+
+  /** The tests that find a row by `columns`, with parameters from `$first`. */
+  #matchSql(t: Table, columns: readonly number[], first: number): string {
+    return columns.map((i, n) => {
+      const p = `$${first + n}`;
+      const c = t.names[i];
+      if (!t.full) return `${c} = ${p}`;
+      const oid = t.relation.columns[i].typeOid;
+      if (oid === JSON_OID) return `${c}::jsonb IS NOT DISTINCT FROM ${p}::jsonb`;
+      if (NO_EQUALITY.has(oid)) return `${c}::text IS NOT DISTINCT FROM ${p}::text`;
+      return `${c} IS NOT DISTINCT FROM ${p}`;
+    }).join(" AND ");
+  }
+
+  /** `WHERE ...` finding one row, with parameters from `$first`. */
+  #whereSql(t: Table, where: Where, first: number): string {
+    const tests = this.#matchSql(t, where.columns, first);
+    if (!t.full) return `WHERE ${tests}`;
+    // Without a key, rows may be duplicates: change one of them.
+    return `WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM ${t.qualified} WHERE ${tests} ` +
+      "LIMIT 1)";
+  }
+
+  #insertSql(t: Table): string {
+    const params = t.names.map((_, i) => `$${i + 1}`).join(", ");
+    return `INSERT INTO ${t.qualified} (${
+      t.names.join(", ")
+    }) OVERRIDING SYSTEM VALUE VALUES (${params})`;
+  }
+
+  /**
+   * An INSERT that every source shard's stream may send (tables on every shard get each write
+   * once per source shard): it updates the row its identity finds instead of adding a second.
+   */
+  #upsertSql(t: Table): string {
+    const insert = this.#insertSql(t);
+    if (t.identity.length === 0) return insert;
+    if (t.full) {
+      // No key to conflict on: a row equal in every column is the same row.
+      const params = t.names.map((_, i) => `$${i + 1}`).join(", ");
+      return `INSERT INTO ${t.qualified} (${t.names.join(", ")}) OVERRIDING SYSTEM VALUE ` +
+        `SELECT ${params} WHERE NOT EXISTS (SELECT 1 FROM ${t.qualified} WHERE ${
+          this.#matchSql(t, t.identity, 1)
+        })`;
+    }
+    const rest = t.names.filter((_, i) => !t.identity.includes(i));
+    const target = t.identity.map((i) => t.names[i]).join(", ");
+    if (rest.length === 0) return `${insert} ON CONFLICT (${target}) DO NOTHING`;
+    return `${insert} ON CONFLICT (${target}) DO UPDATE SET ${
+      rest.map((c) => `${c} = EXCLUDED.${c}`).join(", ")
+    }`;
+  }
+
+  /** Updates the row on shard `d`; resolves with the number of rows changed. */
+  async #updateOn(
+    d: number,
+    t: Table,
+    u: { row: TupleValue[]; set: number[]; where: Where },
+  ): Promise<number> {
+    if (u.set.length === 0) return 1; // Nothing this stream carries changed.
+    const assignments = u.set.map((i, n) => `${t.names[i]} = $${n + 1}`).join(", ");
+    const sql = `UPDATE ${t.qualified} SET ${assignments} ${
+      this.#whereSql(t, u.where, u.set.length + 1)
+    }`;
+    const params = [...u.set.map((i) => u.row[i] as string | null), ...u.where.values];
+    const r = await this.#run(d, sql, params);
+    return rowCount(r.tags.at(-1));
+  }
+
+  /** Deletes the row on shard `d`; with `returning`, resolves with the deleted rows. */
+  async #deleteOn(
+    d: number,
+    t: Table,
+    where: Where,
+    returning: boolean,
+  ): Promise<(string | null)[][]> {
+    let sql = `DELETE FROM ${t.qualified} ${this.#whereSql(t, where, 1)}`;
+    if (returning) sql += ` RETURNING ${t.names.join(", ")}`;
+    const r = await this.#run(d, sql, where.values);
+    return r.rows;
+  }
+
+  /** The row as shard `d` has it now (outside the transaction), or null. */
+  async #select(d: number, t: Table, where: Where): Promise<(string | null)[] | null> {
+    const conn = this.#conns[d]!;
+    const sql = `SELECT ${t.names.join(", ")} FROM ${t.qualified} ${this.#whereSql(t, where, 1)}`;
+    const r = await conn.execute(t.full ? sql : `${sql} LIMIT 1`, where.values);
+    return r.rows[0] ?? null;
+  }
+
+  /** Runs a statement on shard `d` inside the current transaction there (opened on first use). */
+  async #run(d: number, sql: string, params: (string | null)[]): Promise<{
+    rows: (string | null)[][];
+    tags: string[];
+  }> {
+    const conn = this.#conns[d];
+    if (!conn) throw new Error(`destination shard ${d} is not connected`);
+    const txn = this.#txn!;
+    if (!txn.open.has(d)) {
+      await conn.query(BEGIN);
+      txn.open.add(d);
+    }
+    return await conn.execute(sql, params);
+  }
+
+  // ---- transactions --------------------------------------------------------------------------
+
+  async #commit(commitLsn: Lsn, endLsn: Lsn): Promise<void> {
+    const txn = this.#txn;
+    if (!txn) throw new ReshardingError("a Commit arrived outside a transaction");
+    // Shards that received moved rows first: a crash between commits then leaves the old copy,
+    // which the replay deletes again, rather than losing the row.
+    const order = [...txn.open].filter((d) => !txn.movedFrom.has(d));
+    for (const d of txn.open) if (txn.movedFrom.has(d)) order.push(d);
+    const { slot, sourceShard } = this.#options;
+    const lsn = formatLsn(commitLsn);
+    const record = `INSERT INTO ${PROGRESS_SCHEMA}.progress (slot, source_shard, lsn) VALUES (` +
+      `${quoteLiteral(slot)}, ${sourceShard}, '${lsn}') ON CONFLICT (slot, source_shard) DO ` +
+      "UPDATE SET lsn = EXCLUDED.lsn; COMMIT";
+    for (const d of order) {
+      const conn = this.#conns[d]!;
+      const r = await conn.query(record);
+      if (r.tags.at(-1) !== "COMMIT") {
+        throw new PgError({
+          severity: "ERROR",
+          code: "40000",
+          message: `${conn.label}: the transaction of source LSN ${lsn} was rolled back`,
+        });
+      }
+      txn.open.delete(d);
+      this.#progress[d] = commitLsn;
+    }
+    this.#txn = null;
+    this.#applied = endLsn;
+    this.#lastTransactionAt = Date.now();
+  }
+
+  /** Rolls back what the current transaction opened (best effort: a lost connection did it). */
+  async #rollback(): Promise<void> {
+    const txn = this.#txn;
+    this.#txn = null;
+    if (!txn) return;
+    for (const d of txn.open) {
+      const conn = this.#conns[d];
+      if (!conn || conn.closed) continue;
+      await conn.query("ROLLBACK").catch(() => conn.close());
+    }
+  }
+}
+
+/** A row's identity: column indexes and their values. */
+interface Where {
+  columns: number[];
+  values: (string | null)[];
+}
+
+const JSON_OID = 114;
+/** Built-in types without an equality operator (compared as text). */
+const NO_EQUALITY = new Set([142, /* xml */ 600, 601, 602, 603, 604, 628, 718 /* geometric */]);
+
+/** The tuple's values; throws when one is an unchanged TOAST value nobody supplied. */
+function known(t: Table, tuple: TupleValue[], what: string): (string | null)[] {
+  return tuple.map((v, i) => {
+    if (v === UNCHANGED) {
+      throw new ReshardingError(
+        `${what} of ${t.label} lacks the value of column ${t.relation.columns[i].name} ` +
+          "(an unchanged TOASTed value)",
+      );
+    }
+    return v;
+  });
+}
+
+function rowCount(tag: string | undefined): number {
+  const n = Number(tag?.split(" ").at(-1));
+  return Number.isFinite(n) ? n : 0;
+}
+
+function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}
+
+function quoteLiteral(text: string): string {
+  return `'${text.replaceAll("'", "''")}'`;
+}
