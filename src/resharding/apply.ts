@@ -292,6 +292,19 @@ export class ChangeApplier {
   async #insert(t: Table, tuple: TupleValue[]): Promise<void> {
     const values = known(t, tuple, "an inserted row");
     if (t.placement.kind === "all") {
+      if (t.full) {
+        // No key to conflict on: a row equal in every column is the same row.
+        const exists = `SELECT 1 FROM ${t.qualified} WHERE ${
+          this.#matchSql(t, t.identity, 1)
+        } LIMIT 1`;
+        const insert = this.#insertSql(t);
+        for (const d of this.#writable()) {
+          if ((await this.#run(d, exists, values)).rows.length === 0) {
+            await this.#run(d, insert, values);
+          }
+        }
+        return;
+      }
       const sql = this.#upsertSql(t);
       for (const d of this.#writable()) await this.#run(d, sql, values);
       return;
@@ -336,13 +349,13 @@ export class ChangeApplier {
     }
     const to = await this.#shardOf(t, newKey);
     let from = oldKey === undefined ? -1 : await this.#shardOf(t, oldKey);
-    if (from === to) {
-      if (this.#own(to)) return;
+    if ((from === to || from === -1) && !this.#own(to)) {
+      // Most likely on the new key's shard: update it there.
       this.#landing(t, to);
       if (this.#done(to)) return;
       if (await this.#updateOn(to, t, { row, set, where }) > 0) return;
-      from = -1; // Not where its key says: look for it elsewhere.
-    }
+      from = -1; // Not there: look for it elsewhere.
+    } else if (from === to) return; // The source shard's own database has it.
     await this.#move(t, { row, where, from, to });
   }
 
@@ -470,14 +483,6 @@ export class ChangeApplier {
   #upsertSql(t: Table): string {
     const insert = this.#insertSql(t);
     if (t.identity.length === 0) return insert;
-    if (t.full) {
-      // No key to conflict on: a row equal in every column is the same row.
-      const params = t.names.map((_, i) => `$${i + 1}`).join(", ");
-      return `INSERT INTO ${t.qualified} (${t.names.join(", ")}) OVERRIDING SYSTEM VALUE ` +
-        `SELECT ${params} WHERE NOT EXISTS (SELECT 1 FROM ${t.qualified} WHERE ${
-          this.#matchSql(t, t.identity, 1)
-        })`;
-    }
     const rest = t.names.filter((_, i) => !t.identity.includes(i));
     const target = t.identity.map((i) => t.names[i]).join(", ");
     if (rest.length === 0) return `${insert} ON CONFLICT (${target}) DO NOTHING`;
