@@ -46,6 +46,12 @@ export interface ChangeApplierOptions {
   slot: string;
   /** Connect timeout per shard (10 s by default). */
   connectTimeoutMs?: number;
+  /**
+   * Commit source transactions that move rows between destination shards with two-phase commit
+   * (all or none of the shards have it after a crash). Default: when every new destination shard
+   * allows prepared transactions (`max_prepared_transactions` > 0).
+   */
+  twoPhase?: boolean;
 }
 
 /** A replicated table as the applier uses it. */
@@ -90,6 +96,7 @@ export class ChangeApplier {
   #txn: Transaction | null = null;
   #applied: Lsn = 0n;
   #lastTransactionAt = 0;
+  #twoPhase = false;
 
   constructor(options: ChangeApplierOptions) {
     if (options.shared.length !== options.destination.shards.length) {
@@ -124,10 +131,67 @@ export class ChangeApplier {
         const text = r.rows[0]?.[0];
         this.#progress[d] = text ? parseLsn(text) : 0n;
       }));
+      const fresh = this.#conns.flatMap((c, d) => c && shared[d] < 0 ? [c] : []);
+      const allowed = await Promise.all(
+        fresh.map(async (c) =>
+          Number((await c.query("SHOW max_prepared_transactions")).rows[0][0]) > 0
+        ),
+      );
+      this.#twoPhase = this.#options.twoPhase ?? allowed.every((a) => a);
+      if (this.#twoPhase && !allowed.every((a) => a)) {
+        throw new ReshardingError(
+          "two-phase commit needs max_prepared_transactions > 0 on every new destination shard",
+        );
+      }
+      await this.#recover();
     } catch (e) {
       this.close();
       throw e;
     }
+  }
+
+  /** Whether transactions that move rows between shards commit in two phases. */
+  get twoPhase(): boolean {
+    return this.#twoPhase;
+  }
+
+  /**
+   * Ends the transactions a crash left prepared: committed where one of its shards already
+   * committed it (every shard had prepared it), rolled back everywhere otherwise (the replay
+   * applies it again).
+   */
+  async #recover(): Promise<void> {
+    const prepared = new Map<Lsn, number[]>();
+    for (let d = 0; d < this.#conns.length; d++) {
+      const conn = this.#conns[d];
+      if (!conn || this.#options.shared[d] >= 0) continue;
+      const prefix = this.#gidPrefix(d);
+      const r = await conn.execute(
+        "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND " +
+          "left(gid, length($1)) = $1",
+        [prefix],
+      );
+      for (const [gid] of r.rows) {
+        const lsn = parseLsn(gid!.slice(prefix.length));
+        prepared.set(lsn, [...prepared.get(lsn) ?? [], d]);
+      }
+    }
+    for (const [lsn, shards] of prepared) {
+      const committed = this.#progress.some((p, d) => this.#options.shared[d] < 0 && p >= lsn);
+      for (const d of shards) {
+        const gid = quoteLiteral(`${this.#gidPrefix(d)}${formatLsn(lsn)}`);
+        await this.#conns[d]!.query(`${committed ? "COMMIT" : "ROLLBACK"} PREPARED ${gid}`);
+        if (committed) this.#progress[d] = lsn;
+      }
+    }
+  }
+
+  /**
+   * Names this applier's prepared transactions on shard `d` (followed by the commit LSN; names
+   * are per cluster, and shards may share one).
+   */
+  #gidPrefix(d: number): string {
+    return `pgdog_resharding:${this.#options.slot}:${this.#options.sourceShard}:${d}:`;
   }
 
   /**
@@ -548,31 +612,60 @@ export class ChangeApplier {
   async #commit(commitLsn: Lsn, endLsn: Lsn): Promise<void> {
     const txn = this.#txn;
     if (!txn) throw new ReshardingError("a Commit arrived outside a transaction");
-    // Shards that received moved rows first: a crash between commits then leaves the old copy,
-    // which the replay deletes again, rather than losing the row.
-    const order = [...txn.open].filter((d) => !txn.movedFrom.has(d));
-    for (const d of txn.open) if (txn.movedFrom.has(d)) order.push(d);
     const { slot, sourceShard } = this.#options;
     const lsn = formatLsn(commitLsn);
     const record = `INSERT INTO ${PROGRESS_SCHEMA}.progress (slot, source_shard, lsn) VALUES (` +
       `${quoteLiteral(slot)}, ${sourceShard}, '${lsn}') ON CONFLICT (slot, source_shard) DO ` +
-      "UPDATE SET lsn = EXCLUDED.lsn; COMMIT";
-    for (const d of order) {
-      const conn = this.#conns[d]!;
-      const r = await conn.query(record);
-      if (r.tags.at(-1) !== "COMMIT") {
-        throw new PgError({
-          severity: "ERROR",
-          code: "40000",
-          message: `${conn.label}: the transaction of source LSN ${lsn} was rolled back`,
-        });
+      "UPDATE SET lsn = EXCLUDED.lsn";
+    if (this.#twoPhase && txn.movedFrom.size > 0 && txn.open.size > 1) {
+      await this.#commitTwoPhase(txn, { record, commitLsn });
+    } else {
+      // Shards that received moved rows first: a crash between commits then leaves the old
+      // copy, which the replay deletes again, rather than losing the row.
+      const order = [...txn.open].filter((d) => !txn.movedFrom.has(d));
+      for (const d of txn.open) if (txn.movedFrom.has(d)) order.push(d);
+      for (const d of order) {
+        const conn = this.#conns[d]!;
+        const r = await conn.query(`${record}; COMMIT`);
+        if (r.tags.at(-1) !== "COMMIT") throw rolledBack(conn, lsn);
+        txn.open.delete(d);
+        this.#progress[d] = commitLsn;
       }
-      txn.open.delete(d);
-      this.#progress[d] = commitLsn;
     }
     this.#txn = null;
     this.#applied = endLsn;
     this.#lastTransactionAt = Date.now();
+  }
+
+  /** Prepares the transaction on every shard, then commits it on each. */
+  async #commitTwoPhase(
+    txn: Transaction,
+    commit: { record: string; commitLsn: Lsn },
+  ): Promise<void> {
+    const gid = (d: number) => quoteLiteral(`${this.#gidPrefix(d)}${formatLsn(commit.commitLsn)}`);
+    const prepared: number[] = [];
+    try {
+      for (const d of txn.open) {
+        const conn = this.#conns[d]!;
+        const r = await conn.query(`${commit.record}; PREPARE TRANSACTION ${gid(d)}`);
+        if (r.tags.at(-1) !== "PREPARE TRANSACTION") {
+          throw rolledBack(conn, formatLsn(commit.commitLsn));
+        }
+        prepared.push(d);
+      }
+    } catch (e) {
+      // None committed: undo the prepared ones (a crash here leaves them to start()).
+      for (const d of prepared) {
+        await this.#conns[d]!.query(`ROLLBACK PREPARED ${gid(d)}`).catch(() => {});
+        txn.open.delete(d);
+      }
+      throw e;
+    }
+    txn.open.clear();
+    for (const d of prepared) {
+      await this.#conns[d]!.query(`COMMIT PREPARED ${gid(d)}`);
+      this.#progress[d] = commit.commitLsn;
+    }
   }
 
   /** Rolls back what the current transaction opened (best effort: a lost connection did it). */
@@ -608,6 +701,14 @@ function known(t: Table, tuple: TupleValue[], what: string): (string | null)[] {
       );
     }
     return v;
+  });
+}
+
+function rolledBack(conn: PgConn, lsn: string): PgError {
+  return new PgError({
+    severity: "ERROR",
+    code: "40000",
+    message: `${conn.label}: the transaction of source LSN ${lsn} was rolled back`,
   });
 }
 

@@ -171,6 +171,7 @@ async function keysByShard(
 
 Deno.test("ChangeApplier: replicated changes land on the destination shards", async (t) => {
   await using pg = await startPostgres({
+    settings: { max_prepared_transactions: 10 },
     roles: [{ name: "app", password: "pw", auth: "scram", superuser: true }],
   });
   let n = 0;
@@ -621,4 +622,145 @@ Deno.test("ChangeApplier: replicated changes land on the destination shards", as
       }
     },
   );
+
+  /** A trigger that fails the commit of source LSN `lsn` on a shard (as a crash would). */
+  const failCommit = (lsn: Lsn) =>
+    `CREATE FUNCTION fail_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+       IF NEW.lsn = '${formatLsn(lsn)}' THEN RAISE EXCEPTION 'commit refused'; END IF;
+       RETURN NEW; END $$;
+     CREATE TRIGGER fail_commit BEFORE INSERT OR UPDATE ON pgdog_resharding.progress
+       FOR EACH ROW EXECUTE FUNCTION fail_commit();
+     ALTER TABLE pgdog_resharding.progress ENABLE ALWAYS TRIGGER fail_commit`;
+  const noFail = "DROP TRIGGER fail_commit ON pgdog_resharding.progress";
+
+  await t.step("without two-phase commit, the shard a row moves to commits first", async () => {
+    const names = await fresh(2);
+    const dest = destination(pg, names);
+    const placer = new RowPlacer(dest, { plugins: null });
+    const by = await keysByShard(placer, SPEC, 2);
+    const options = {
+      destination: dest,
+      placer,
+      shared: [-1, -1],
+      sourceShard: 0,
+      slot: "s",
+      twoPhase: false,
+    };
+    const db = await Shards.open(pg, names);
+    let applier = new ChangeApplier(options);
+    await applier.start();
+    assert.equal(applier.twoPhase, false);
+    try {
+      const src = new Source();
+      const [a, b] = [by[0][0], by[1][0]];
+      const t1 = src.txn([T, ins(T, [String(a), "v", "toast"])]);
+      const t2 = src.txn([upd(T, [String(b), "w", UNCHANGED], [String(a), null, null])]);
+      await applyAll(applier, t1);
+      // The shard the row moves to fails its commit: the shard it leaves must not have
+      // committed the delete (the replay could not rebuild the row).
+      await db.conns[1].query(failCommit(src.last.commit));
+      await assert.rejects(
+        applyAll(applier, t2),
+        (e) => e instanceof PgError && /refused/.test(e.message),
+      );
+      applier.close();
+      await db.conns[1].query(noFail);
+      assert.deepEqual(await db.everywhere("SELECT id, big FROM t"), [`0:${a}|toast`]);
+      applier = new ChangeApplier(options);
+      await applier.start();
+      await applyAll(applier, [...t1, ...t2]);
+      assert.deepEqual(await db.everywhere("SELECT id, v, big FROM t"), [`1:${b}|w|toast`]);
+    } finally {
+      applier.close();
+      db.close();
+    }
+  });
+
+  await t.step("two-phase commit: rows swapping shards commit on all shards or none", async () => {
+    const names = await fresh(2);
+    const dest = destination(pg, names);
+    const placer = new RowPlacer(dest, { plugins: null });
+    const by = await keysByShard(placer, SPEC, 2);
+    const options = { destination: dest, placer, shared: [-1, -1], sourceShard: 3, slot: "s" };
+    const db = await Shards.open(pg, names);
+    let applier = new ChangeApplier(options);
+    await applier.start();
+    assert.equal(applier.twoPhase, true);
+    const prepared = async () =>
+      (await db.everywhere("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"))
+        .length;
+    try {
+      const src = new Source();
+      const [a0, a1, b0, b1] = [by[0][0], by[0][1], by[1][0], by[1][1]];
+      const t1 = src.txn([
+        T,
+        ins(T, [String(a0), "x", "big a"]),
+        ins(T, [String(b0), "y", "big b"]),
+      ]);
+      // One row moves 0 -> 1, the other 1 -> 0: no commit order keeps both.
+      const t2 = src.txn([
+        upd(T, [String(b1), "x2", UNCHANGED], [String(a0), null, null]),
+        upd(T, [String(a1), "y2", UNCHANGED], [String(b0), null, null]),
+      ]);
+      await applyAll(applier, t1);
+      await db.conns[1].query(failCommit(src.last.commit));
+      await assert.rejects(
+        applyAll(applier, t2),
+        (e) => e instanceof PgError && /refused/.test(e.message),
+      );
+      applier.close();
+      await db.conns[1].query(noFail);
+      assert.equal(await prepared(), 0);
+      assert.deepEqual(await db.everywhere("SELECT id, big FROM t"), [
+        `0:${a0}|big a`,
+        `1:${b0}|big b`,
+      ]);
+      applier = new ChangeApplier(options);
+      await applier.start();
+      await applyAll(applier, [...t1, ...t2]);
+      const swapped = [`0:${a1}|y2|big b`, `1:${b1}|x2|big a`];
+      assert.deepEqual(await db.everywhere("SELECT id, v, big FROM t"), swapped);
+      applier.close();
+
+      // A crash after both shards prepared t3: committed on shard 0 only, or on none.
+      for (const committedOnZero of [true, false]) {
+        const before = src.last.commit;
+        const t3 = src.txn([
+          T,
+          ins(T, [String(by[0][2]), "z", null]),
+          ins(T, [String(by[1][2]), "z", null]),
+        ]);
+        const gid = (d: number) => `pgdog_resharding:s:3:${d}:${formatLsn(src.last.commit)}`;
+        for (const d of [0, 1]) {
+          await db.conns[d].query(
+            `BEGIN; INSERT INTO t VALUES (${by[d][2]}, 'z', NULL); ` +
+              `UPDATE pgdog_resharding.progress SET lsn = '${formatLsn(src.last.commit)}'; ` +
+              `PREPARE TRANSACTION '${gid(d)}'`,
+          );
+        }
+        if (committedOnZero) await db.conns[0].query(`COMMIT PREPARED '${gid(0)}'`);
+        applier = new ChangeApplier(options);
+        await applier.start();
+        assert.equal(await prepared(), 0);
+        assert.deepEqual(
+          applier.progress(),
+          committedOnZero ? [src.last.commit, src.last.commit] : [before, before],
+        );
+        // The stream resumes before t3: committed or not, it lands once.
+        await applyAll(applier, t3);
+        applier.close();
+        assert.deepEqual(
+          await db.everywhere(`SELECT id FROM t WHERE id IN (${by[0][2]}, ${by[1][2]})`),
+          [`0:${by[0][2]}`, `1:${by[1][2]}`],
+        );
+        await db.conns[0].query(`DELETE FROM t WHERE id = ${by[0][2]}`);
+        await db.conns[1].query(`DELETE FROM t WHERE id = ${by[1][2]}`);
+        by[0].splice(2, 1);
+        by[1].splice(2, 1);
+      }
+    } finally {
+      applier.close();
+      db.close();
+    }
+  });
 });
