@@ -30,7 +30,9 @@ const CREATE_PROGRESS =
   `CREATE TABLE IF NOT EXISTS ${PROGRESS_SCHEMA}.progress (slot text NOT NULL, ` +
   "source_shard int NOT NULL, lsn pg_lsn NOT NULL, PRIMARY KEY (slot, source_shard)); COMMIT";
 
-const BEGIN = "BEGIN; SET LOCAL session_replication_role = replica";
+/** Pending rows travel as literals: their quoting needs standard strings. */
+const BEGIN = "BEGIN; SET LOCAL session_replication_role = replica; " +
+  "SET LOCAL standard_conforming_strings = on";
 
 /** Options of {@linkcode ChangeApplier}. */
 export interface ChangeApplierOptions {
@@ -79,7 +81,13 @@ interface Transaction {
   open: Set<number>;
   /** Shards rows were moved away from (committed last: the rows' new copies commit first). */
   movedFrom: Set<number>;
+  /** By shard: INSERTs not sent yet (sent as one statement before anything else there). */
+  pending: Map<number, { table: Table; rows: (string | null)[][]; bytes: number }>;
 }
+
+/** Rows and (about) bytes of values of one multi-row INSERT at most. */
+const BATCH_ROWS = 1000;
+const BATCH_BYTES = 4 << 20;
 
 /**
  * Applies a source shard's changes (in stream order) to the destination shards. After apply()
@@ -233,7 +241,12 @@ export class ChangeApplier {
     switch (change.kind) {
       case "begin":
         if (this.#txn) await this.#rollback();
-        this.#txn = { finalLsn: change.finalLsn, open: new Set(), movedFrom: new Set() };
+        this.#txn = {
+          finalLsn: change.finalLsn,
+          open: new Set(),
+          movedFrom: new Set(),
+          pending: new Map(),
+        };
         return;
       case "commit":
         await this.#commit(change.commitLsn, change.endLsn);
@@ -377,7 +390,7 @@ export class ChangeApplier {
     if (this.#own(d)) return;
     this.#landing(t, d);
     if (this.#done(d)) return;
-    await this.#run(d, this.#insertSql(t), values);
+    await this.#queueInsert(d, t, values);
   }
 
   async #update(t: Table, old: TupleValue[] | null, tuple: TupleValue[]): Promise<void> {
@@ -535,9 +548,54 @@ export class ChangeApplier {
 
   #insertSql(t: Table): string {
     const params = t.names.map((_, i) => `$${i + 1}`).join(", ");
-    return `INSERT INTO ${t.qualified} (${
-      t.names.join(", ")
-    }) OVERRIDING SYSTEM VALUE VALUES (${params})`;
+    return `INSERT INTO ${t.qualified} (${t.names.join(", ")}) OVERRIDING SYSTEM VALUE ` +
+      `VALUES (${params})`;
+  }
+
+  /** Adds a row to shard `d`'s pending INSERT (one round trip for a run of inserted rows). */
+  async #queueInsert(d: number, t: Table, values: (string | null)[]): Promise<void> {
+    const pending = this.#txn!.pending;
+    let batch = pending.get(d);
+    if (batch && batch.table !== t) {
+      await this.#flush(d);
+      batch = undefined;
+    }
+    if (!batch) pending.set(d, batch = { table: t, rows: [], bytes: 0 });
+    batch.rows.push(values);
+    for (const v of values) batch.bytes += v === null ? 4 : v.length + 4;
+    if (batch.rows.length >= BATCH_ROWS || batch.bytes >= BATCH_BYTES) await this.#flush(d);
+  }
+
+  /** Sends shard `d`'s pending INSERT. */
+  async #flush(d: number): Promise<void> {
+    if (!this.#txn!.pending.has(d)) return;
+    await this.#conns[d]!.query(this.#opening(d) + this.#pendingInsert(d));
+  }
+
+  /** `BEGIN; ...; ` when shard `d` has no transaction open yet (then counted as open). */
+  #opening(d: number): string {
+    const open = this.#txn!.open;
+    if (open.has(d)) return "";
+    open.add(d);
+    return `${BEGIN}; `;
+  }
+
+  /**
+   * Shard `d`'s pending INSERT as SQL text with the values as literals (so it travels with the
+   * BEGIN or COMMIT around it: one round trip), or "".
+   */
+  #pendingInsert(d: number): string {
+    const pending = this.#txn!.pending;
+    const batch = pending.get(d);
+    if (!batch) return "";
+    pending.delete(d);
+    const t = batch.table;
+    const tuples = batch.rows.map((row) =>
+      `(${row.map((v) => (v === null ? "NULL" : quoteLiteral(v))).join(", ")})`
+    );
+    return `INSERT INTO ${t.qualified} (${t.names.join(", ")}) OVERRIDING SYSTEM VALUE VALUES ${
+      tuples.join(", ")
+    }; `;
   }
 
   /**
@@ -597,13 +655,18 @@ export class ChangeApplier {
     rows: (string | null)[][];
     tags: string[];
   }> {
+    await this.#flush(d);
+    return await this.#send(d, sql, params);
+  }
+
+  async #send(d: number, sql: string, params: (string | null)[]): Promise<{
+    rows: (string | null)[][];
+    tags: string[];
+  }> {
     const conn = this.#conns[d];
     if (!conn) throw new Error(`destination shard ${d} is not connected`);
-    const txn = this.#txn!;
-    if (!txn.open.has(d)) {
-      await conn.query(BEGIN);
-      txn.open.add(d);
-    }
+    const opening = this.#opening(d);
+    if (opening) await conn.query(BEGIN);
     return await conn.execute(sql, params);
   }
 
@@ -617,19 +680,28 @@ export class ChangeApplier {
     const record = `INSERT INTO ${PROGRESS_SCHEMA}.progress (slot, source_shard, lsn) VALUES (` +
       `${quoteLiteral(slot)}, ${sourceShard}, '${lsn}') ON CONFLICT (slot, source_shard) DO ` +
       "UPDATE SET lsn = EXCLUDED.lsn";
-    if (this.#twoPhase && txn.movedFrom.size > 0 && txn.open.size > 1) {
-      await this.#commitTwoPhase(txn, { record, commitLsn });
+    const shards = [...new Set([...txn.open, ...txn.pending.keys()])];
+    // First everything but the commit, on all shards at once: a failure there rolls back all.
+    await this.#each(shards, async (d) => {
+      await this.#conns[d]!.query(`${this.#opening(d)}${this.#pendingInsert(d)}${record}`);
+    });
+    if (this.#twoPhase && txn.movedFrom.size > 0 && shards.length > 1) {
+      await this.#commitTwoPhase(txn, { shards, commitLsn });
     } else {
       // Shards that received moved rows first: a crash between commits then leaves the old
       // copy, which the replay deletes again, rather than losing the row.
-      const order = [...txn.open].filter((d) => !txn.movedFrom.has(d));
-      for (const d of txn.open) if (txn.movedFrom.has(d)) order.push(d);
-      for (const d of order) {
-        const conn = this.#conns[d]!;
-        const r = await conn.query(`${record}; COMMIT`);
-        if (r.tags.at(-1) !== "COMMIT") throw rolledBack(conn, lsn);
-        txn.open.delete(d);
-        this.#progress[d] = commitLsn;
+      const groups = [
+        shards.filter((d) => !txn.movedFrom.has(d)),
+        shards.filter((d) => txn.movedFrom.has(d)),
+      ];
+      for (const group of groups) {
+        await this.#each(group, async (d) => {
+          const conn = this.#conns[d]!;
+          const r = await conn.query("COMMIT");
+          if (r.tags.at(-1) !== "COMMIT") throw rolledBack(conn, lsn);
+          txn.open.delete(d);
+          this.#progress[d] = commitLsn;
+        });
       }
     }
     this.#txn = null;
@@ -640,32 +712,40 @@ export class ChangeApplier {
   /** Prepares the transaction on every shard, then commits it on each. */
   async #commitTwoPhase(
     txn: Transaction,
-    commit: { record: string; commitLsn: Lsn },
+    commit: { shards: number[]; commitLsn: Lsn },
   ): Promise<void> {
-    const gid = (d: number) => quoteLiteral(`${this.#gidPrefix(d)}${formatLsn(commit.commitLsn)}`);
+    const lsn = formatLsn(commit.commitLsn);
+    const gid = (d: number) => quoteLiteral(`${this.#gidPrefix(d)}${lsn}`);
     const prepared: number[] = [];
     try {
-      for (const d of txn.open) {
+      await this.#each(commit.shards, async (d) => {
         const conn = this.#conns[d]!;
-        const r = await conn.query(`${commit.record}; PREPARE TRANSACTION ${gid(d)}`);
-        if (r.tags.at(-1) !== "PREPARE TRANSACTION") {
-          throw rolledBack(conn, formatLsn(commit.commitLsn));
-        }
+        const r = await conn.query(`PREPARE TRANSACTION ${gid(d)}`);
+        txn.open.delete(d); // Prepared or rolled back: nothing open on the connection.
+        if (r.tags.at(-1) !== "PREPARE TRANSACTION") throw rolledBack(conn, lsn);
         prepared.push(d);
-      }
+      });
     } catch (e) {
       // None committed: undo the prepared ones (a crash here leaves them to start()).
-      for (const d of prepared) {
-        await this.#conns[d]!.query(`ROLLBACK PREPARED ${gid(d)}`).catch(() => {});
-        txn.open.delete(d);
-      }
+      await this.#each(prepared, async (d) => {
+        await this.#conns[d]!.query(`ROLLBACK PREPARED ${gid(d)}`);
+      }).catch(() => {});
       throw e;
     }
-    txn.open.clear();
-    for (const d of prepared) {
+    await this.#each(prepared, async (d) => {
       await this.#conns[d]!.query(`COMMIT PREPARED ${gid(d)}`);
       this.#progress[d] = commit.commitLsn;
-    }
+    });
+  }
+
+  /**
+   * Runs `work` for each shard at once (each on its own connection), waits for all, and throws
+   * the first failure.
+   */
+  async #each(shards: readonly number[], work: (d: number) => Promise<void>): Promise<void> {
+    const results = await Promise.allSettled(shards.map(work));
+    const failed = results.find((r) => r.status === "rejected");
+    if (failed) throw (failed as PromiseRejectedResult).reason;
   }
 
   /** Rolls back what the current transaction opened (best effort: a lost connection did it). */

@@ -623,13 +623,16 @@ Deno.test("ChangeApplier: replicated changes land on the destination shards", as
     },
   );
 
-  /** A trigger that fails the commit of source LSN `lsn` on a shard (as a crash would). */
+  /**
+   * A trigger that fails the commit of source LSN `lsn` on a shard, at COMMIT or PREPARE (as a
+   * crash there would): a deferred constraint trigger, enabled even for replicated rows.
+   */
   const failCommit = (lsn: Lsn) =>
     `CREATE FUNCTION fail_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
        IF NEW.lsn = '${formatLsn(lsn)}' THEN RAISE EXCEPTION 'commit refused'; END IF;
        RETURN NEW; END $$;
-     CREATE TRIGGER fail_commit BEFORE INSERT OR UPDATE ON pgdog_resharding.progress
-       FOR EACH ROW EXECUTE FUNCTION fail_commit();
+     CREATE CONSTRAINT TRIGGER fail_commit AFTER INSERT OR UPDATE ON pgdog_resharding.progress
+       DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fail_commit();
      ALTER TABLE pgdog_resharding.progress ENABLE ALWAYS TRIGGER fail_commit`;
   const noFail = "DROP TRIGGER fail_commit ON pgdog_resharding.progress";
 
