@@ -30,9 +30,7 @@ const CREATE_PROGRESS =
   `CREATE TABLE IF NOT EXISTS ${PROGRESS_SCHEMA}.progress (slot text NOT NULL, ` +
   "source_shard int NOT NULL, lsn pg_lsn NOT NULL, PRIMARY KEY (slot, source_shard)); COMMIT";
 
-/** Pending rows travel as literals: their quoting needs standard strings. */
-const BEGIN = "BEGIN; SET LOCAL session_replication_role = replica; " +
-  "SET LOCAL standard_conforming_strings = on";
+const BEGIN = "BEGIN; SET LOCAL session_replication_role = replica";
 
 /** Options of {@linkcode ChangeApplier}. */
 export interface ChangeApplierOptions {
@@ -801,6 +799,10 @@ function quoteIdent(name: string): string {
   return `"${name.replaceAll('"', '""')}"`;
 }
 
+/**
+ * A string literal that reads the same whatever `standard_conforming_strings` says (a setting
+ * changed in the same query string comes too late: the whole string is lexed first).
+ */
 function quoteLiteral(text: string): string {
-  return `'${text.replaceAll("'", "''")}'`;
+  return `E'${text.replaceAll("\\", "\\\\").replaceAll("'", "''")}'`;
 }

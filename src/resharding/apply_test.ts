@@ -346,6 +346,46 @@ Deno.test("ChangeApplier: replicated changes land on the destination shards", as
     },
   );
 
+  await t.step("many rows in one transaction, in order, odd values kept", async () => {
+    const names = await fresh(2);
+    // Literals must not depend on the destination's settings.
+    for (const name of names) {
+      await pg.sql(`ALTER DATABASE ${name} SET standard_conforming_strings = off`);
+    }
+    const dest = destination(pg, names);
+    const placer = new RowPlacer(dest, { plugins: null });
+    const applier = new ChangeApplier({
+      destination: dest,
+      placer,
+      shared: [-1, -1],
+      sourceShard: 0,
+      slot: "s",
+    });
+    await applier.start();
+    const db = await Shards.open(pg, names);
+    try {
+      const odd = ["it's", "back\\slash", "", "ünï ☃", "line\nbreak", "$1", "'); DROP TABLE t; --"];
+      const changes: Change[] = [T];
+      for (let i = 1; i <= 2500; i++) {
+        changes.push(ins(T, [String(i), odd[i % odd.length], null]));
+        // An update of a row inserted in the same transaction: after its insert.
+        if (i % 700 === 0) changes.push(upd(T, [String(i), "updated", null]));
+        if (i % 900 === 0) changes.push(del(T, [String(i - 1), null, null]));
+      }
+      await applyAll(applier, new Source().txn(changes));
+      const rows = (await db.everywhere("SELECT id, v FROM t")).map((r) => r.slice(2));
+      assert.equal(rows.length, 2500 - 2);
+      const got = new Map(rows.map((r) => [r.split("|")[0], r.slice(r.indexOf("|") + 1)]));
+      for (let i = 1; i <= 2500; i++) {
+        const want = i % 900 === 899 ? undefined : i % 700 === 0 ? "updated" : odd[i % odd.length];
+        assert.equal(got.get(String(i)), want, `row ${i}`);
+      }
+    } finally {
+      applier.close();
+      db.close();
+    }
+  });
+
   await t.step("REPLICA IDENTITY FULL: one of duplicate rows, NULLs, json", async () => {
     const names = await fresh(2);
     const dest = destination(pg, names);
