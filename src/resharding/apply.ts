@@ -427,9 +427,12 @@ export class ChangeApplier {
     if ((from === to || from === -1) && !this.#own(to)) {
       // Most likely on the new key's shard: update it there.
       this.#landing(t, to);
-      if (this.#done(to)) return;
-      if (await this.#updateOn(to, t, { row, set, where }) > 0) return;
-      from = -1; // Not there: look for it elsewhere.
+      if (!this.#done(to)) {
+        if (await this.#updateOn(to, t, { row, set, where }) > 0) return;
+      } else if (from === to) return;
+      // Not there (or, in a replay, its shard is done): look for it elsewhere (an old copy a
+      // crash left behind is deleted).
+      from = -1;
     } else if (from === to) return; // The source shard's own database has it.
     await this.#move(t, { row, where, from, to });
   }

@@ -719,6 +719,49 @@ Deno.test("ChangeApplier: replicated changes land on the destination shards", as
     }
   });
 
+  await t.step(
+    "a replayed move of a row found by search deletes the copy left behind",
+    async () => {
+      const names = await fresh(2);
+      const dest = destination(pg, names);
+      const placer = new RowPlacer(dest, { plugins: null });
+      const by = await keysByShard(placer, ORDERS, 2);
+      const options = {
+        destination: dest,
+        placer,
+        shared: [-1, -1],
+        sourceShard: 0,
+        slot: "s",
+        twoPhase: false,
+      };
+      const db = await Shards.open(pg, names);
+      let applier = new ChangeApplier(options);
+      await applier.start();
+      try {
+        const src = new Source();
+        const t1 = src.txn([ORDERS_REL, ins(ORDERS_REL, ["7", String(by[0][0]), "n"])]);
+        // customer_id changes, id (the identity) does not: no old tuple, the old shard unknown.
+        const t2 = src.txn([upd(ORDERS_REL, ["7", String(by[1][0]), UNCHANGED])]);
+        await applyAll(applier, t1);
+        // The shard the row leaves fails its commit after the other committed (a crash there).
+        await db.conns[0].query(failCommit(src.last.commit));
+        await assert.rejects(applyAll(applier, t2), (e) => e instanceof PgError);
+        applier.close();
+        await db.conns[0].query(noFail);
+        assert.deepEqual(await db.everywhere("SELECT id FROM orders"), ["0:7", "1:7"]);
+        applier = new ChangeApplier(options);
+        await applier.start();
+        await applyAll(applier, [...t1, ...t2]);
+        assert.deepEqual(await db.everywhere("SELECT id, customer_id, note FROM orders"), [
+          `1:7|${by[1][0]}|n`,
+        ]);
+      } finally {
+        applier.close();
+        db.close();
+      }
+    },
+  );
+
   await t.step("two-phase commit: rows swapping shards commit on all shards or none", async () => {
     const names = await fresh(2);
     const dest = destination(pg, names);
