@@ -250,7 +250,10 @@ export class ChangeApplier {
         await this.#commit(change.commitLsn, change.endLsn);
         return;
       case "relation":
-        this.#tables.set(change.oid, this.#table(change));
+        this.#tables.set(change.oid, {
+          ...this.#table(change),
+          placement: await this.#placement(change),
+        });
         return;
       case "other":
         return;
@@ -296,15 +299,44 @@ export class ChangeApplier {
       relation,
       qualified,
       names: relation.columns.map((c) => quoteIdent(c.name)),
-      placement: ignored ? { kind: "all" } : tablePlacement(this.#options.destination, {
-        table: { schema: relation.schema, name: relation.name },
-        columns: relation.columns.map((c) => c.name),
-      }),
+      placement: { kind: "all" },
       identity,
       full,
       ignored,
       label: `${relation.schema}.${relation.name}`,
     };
+  }
+
+  /**
+   * How the table's rows are placed: as configured for it, or for the partitioned table it is a
+   * partition of (the stream names the partition a row is in; `[[sharded_tables]]` names the
+   * table clients query), found in the destination's catalog.
+   */
+  async #placement(relation: Relation): Promise<TablePlacement> {
+    if (relation.schema === PROGRESS_SCHEMA) return { kind: "all" };
+    const columns = relation.columns.map((c) => c.name);
+    const own = tablePlacement(this.#options.destination, {
+      table: { schema: relation.schema, name: relation.name },
+      columns,
+    });
+    if (own.kind === "sharded") return own;
+    const conn = this.#conns.find((c, d) => c && this.#options.shared[d] < 0) ??
+      this.#conns.find((c) => c);
+    if (!conn) return own;
+    const r = await conn.execute(
+      "SELECT n.nspname, c.relname FROM pg_partition_ancestors(to_regclass($1)) a " +
+        "JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace " +
+        "WHERE a.relid <> to_regclass($1)",
+      [`${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}`],
+    );
+    for (const [schema, name] of r.rows) {
+      const placement = tablePlacement(this.#options.destination, {
+        table: { schema: schema!, name: name! },
+        columns,
+      });
+      if (placement.kind === "sharded") return placement;
+    }
+    return own;
   }
 
   #tableOf(oid: number): Table {

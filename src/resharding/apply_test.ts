@@ -31,7 +31,7 @@ function destination(pg: PgCluster, names: string[]): ReshardingDatabase {
     })),
     sharding: {
       shards: names.length,
-      tables: [SPEC, ORDERS],
+      tables: [SPEC, ORDERS, { name: "ev", column: "id", type: "bigint", mapping: [] }],
       schemas: new Map(),
       omni: new Set(["o", "of"]),
     },
@@ -45,6 +45,9 @@ const SCHEMA = `
   CREATE TABLE o (id int PRIMARY KEY, v text);
   CREATE TABLE "of" (a int, b text);
   CREATE TABLE trips (id bigint PRIMARY KEY);
+  CREATE TABLE ev (id bigint, at int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+  CREATE TABLE ev_1 PARTITION OF ev FOR VALUES FROM (0) TO (100);
+  CREATE TABLE ev_2 PARTITION OF ev FOR VALUES FROM (100) TO (200);
   CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
     $$ BEGIN RAISE EXCEPTION 'a trigger fired'; END $$;
   CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON trips
@@ -979,6 +982,9 @@ Deno.test("ChangeApplier: what PostgreSQL 15 decodes from a workload lands as on
       INSERT INTO f VALUES (1, 'a', '{"x": 1}'), (1, 'a', '{"x": 1}'), (2, NULL, NULL);
       INSERT INTO o VALUES (1, 'one'), (2, 'two');
       INSERT INTO trips VALUES (1), (2);
+      INSERT INTO ev SELECT i, i % 200 FROM generate_series(1, 100) i;
+      UPDATE ev SET at = at + 100 WHERE at < 50;
+      UPDATE ev SET id = id + 1000 WHERE id % 4 = 0;
       BEGIN;
       UPDATE t SET v = 'changed' WHERE id % 7 = 0;
       UPDATE t SET id = id + 1000 WHERE id % 10 = 0 AND id <= 150;
@@ -1019,6 +1025,8 @@ Deno.test("ChangeApplier: what PostgreSQL 15 decodes from a workload lands as on
         ["t", "SELECT id, v, md5(big) FROM t ORDER BY 1, 2, 3"],
         ["orders", "SELECT id, customer_id, md5(note) FROM orders ORDER BY 1, 2, 3"],
         ["f", "SELECT id, v, j::text FROM f ORDER BY 1, 2, 3"],
+        // Partitions: the stream names ev_1 and ev_2, placed as ev.
+        ["ev", "SELECT id, at FROM ev ORDER BY 1, 2"],
       ];
       for (const [table, sql] of queries) {
         const want = (await source.query(sql)).rows;
