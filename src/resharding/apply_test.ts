@@ -599,6 +599,58 @@ Deno.test("ChangeApplier: replicated changes land on the destination shards", as
   });
 
   await t.step(
+    "a destination connection killed mid-transaction: rolled back, replayed",
+    async () => {
+      const names = await fresh(2);
+      const dest = destination(pg, names);
+      const placer = new RowPlacer(dest, { plugins: null });
+      const by = await keysByShard(placer, SPEC, 2);
+      const options = { destination: dest, placer, shared: [-1, -1], sourceShard: 0, slot: "s" };
+      const db = await Shards.open(pg, names);
+      let applier = new ChangeApplier(options);
+      await applier.start();
+      try {
+        const src = new Source();
+        const [a, b] = [by[0][0], by[1][0]];
+        const t1 = src.txn([T, ins(T, [String(a), "a", null]), ins(T, [String(b), "b", null])]);
+        const t1End = src.last.end;
+        const t2 = src.txn([
+          upd(T, [String(a), "a2", null]),
+          upd(T, [String(b), "b2", null]),
+          ins(T, [String(by[0][1]), "c", null]),
+        ]);
+        await applyAll(applier, t1);
+        await applyAll(applier, t2.slice(0, 3));
+        // Shard 1's connection dies with its transaction open (a destination restart would too).
+        await db.rows(
+          1,
+          "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() " +
+            `AND pid <> pg_backend_pid() AND usename = 'app'`,
+        );
+        await assert.rejects(applyAll(applier, t2.slice(3)), PgError);
+        applier.close();
+        assert.deepEqual(await db.everywhere("SELECT id, v FROM t ORDER BY id"), [
+          `0:${a}|a`,
+          `1:${b}|b`,
+        ]);
+        // The stream resumes from the confirmed position (t1's end): t2 lands once.
+        assert.equal(applier.applied(), t1End);
+        applier = new ChangeApplier(options);
+        await applier.start();
+        await applyAll(applier, [...t1, ...t2]);
+        assert.deepEqual(await db.everywhere("SELECT id, v FROM t ORDER BY id"), [
+          `0:${a}|a2`,
+          `0:${by[0][1]}|c`,
+          `1:${b}|b2`,
+        ]);
+      } finally {
+        applier.close();
+        db.close();
+      }
+    },
+  );
+
+  await t.step(
     "growing in place: the source's own shard is skipped, rows move to new shards only",
     async () => {
       const names = await fresh(4);
