@@ -6,6 +6,7 @@ import {
   type Change,
   formatLsn,
   type Lsn,
+  parseLsn,
   type Relation,
   type StreamedChange,
   type TupleValue,
@@ -1058,7 +1059,7 @@ Deno.test("ChangeApplier: what PostgreSQL 15 decodes from a workload lands as on
         "'publication_names', 'p')",
     );
     const changes: StreamedChange[] = r.rows.map(([lsn, hex]) => ({
-      lsn: BigInt(0),
+      lsn: parseLsn(lsn!),
       change: decodeForTest(Uint8Array.from(hex!.match(/../g)!.map((h) => parseInt(h, 16)))),
     }));
     assert.ok(
