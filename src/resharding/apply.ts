@@ -79,11 +79,23 @@ interface Transaction {
   open: Set<number>;
   /** Shards rows were moved away from (committed last: the rows' new copies commit first). */
   movedFrom: Set<number>;
-  /** By shard: INSERTs not sent yet (sent as one statement before anything else there). */
-  pending: Map<number, { table: Table; rows: (string | null)[][]; bytes: number }>;
+  /**
+   * By shard: statements whose answers are not needed, not sent yet (they go in one request with
+   * the next statement there that needs its answer, or with the commit).
+   */
+  pending: Map<number, Queue>;
 }
 
-/** Rows and (about) bytes of values of one multi-row INSERT at most. */
+/** Statements waiting to be sent to a shard, as SQL text with the values as literals. */
+interface Queue {
+  statements: string[];
+  /** Rows being gathered into one multi-row INSERT (one table), not in `statements` yet. */
+  insert: { table: Table; rows: (string | null)[][] } | null;
+  /** About the size of the SQL text. */
+  bytes: number;
+}
+
+/** Rows of one multi-row INSERT, and bytes of queued SQL, at most. */
 const BATCH_ROWS = 1000;
 const BATCH_BYTES = 4 << 20;
 
@@ -281,7 +293,7 @@ export class ChangeApplier {
         let sql = `TRUNCATE ${tables.map((t) => t.qualified).join(", ")}`;
         if (change.restartIdentity) sql += " RESTART IDENTITY";
         if (change.cascade) sql += " CASCADE";
-        for (const d of this.#writable()) await this.#run(d, sql, []);
+        for (const d of this.#writable()) await this.#queue(d, sql);
         return;
       }
     }
@@ -412,8 +424,8 @@ export class ChangeApplier {
         }
         return;
       }
-      const sql = this.#upsertSql(t);
-      for (const d of this.#writable()) await this.#run(d, sql, values);
+      const sql = this.#upsertSql(t, values);
+      for (const d of this.#writable()) await this.#queue(d, sql);
       return;
     }
     const d = await this.#shardOf(t, values[t.placement.column]);
@@ -435,8 +447,9 @@ export class ChangeApplier {
     const set = row.map((_, i) => i).filter((i) =>
       row[i] !== UNCHANGED && (old !== null || t.full || !t.identity.includes(i))
     );
+    const update = { row, set, where };
     if (t.placement.kind === "all") {
-      for (const d of this.#writable()) await this.#updateOn(d, t, { row, set, where });
+      for (const d of this.#writable()) await this.#queue(d, this.#updateSql(t, update));
       return;
     }
     const column = t.placement.column;
@@ -451,20 +464,23 @@ export class ChangeApplier {
     if (newKey === UNCHANGED) newKey = oldKey;
     if (newKey === undefined) {
       // An unchanged TOASTed key the stream does not carry: the row is wherever it is.
-      for (const d of this.#writable()) await this.#updateOn(d, t, { row, set, where });
+      for (const d of this.#writable()) await this.#queue(d, this.#updateSql(t, update));
       return;
     }
     const to = await this.#shardOf(t, newKey);
-    let from = oldKey === undefined ? -1 : await this.#shardOf(t, oldKey);
-    if ((from === to || from === -1) && !this.#own(to)) {
+    const from = oldKey === undefined ? -1 : await this.#shardOf(t, oldKey);
+    if (from === to && !this.#own(to)) {
+      // Where its key says (and the key identifies it: no need to look further).
+      this.#landing(t, to);
+      if (!this.#done(to)) await this.#queue(to, this.#updateSql(t, update));
+      return;
+    }
+    if (from === -1 && !this.#own(to)) {
       // Most likely on the new key's shard: update it there.
       this.#landing(t, to);
-      if (!this.#done(to)) {
-        if (await this.#updateOn(to, t, { row, set, where }) > 0) return;
-      } else if (from === to) return;
+      if (!this.#done(to) && await this.#updateOn(to, t, update) > 0) return;
       // Not there (or, in a replay, its shard is done): look for it elsewhere (an old copy a
       // crash left behind is deleted).
-      from = -1;
     } else if (from === to) return; // The source shard's own database has it.
     await this.#move(t, { row, where, from, to });
   }
@@ -518,19 +534,20 @@ export class ChangeApplier {
 
   async #delete(t: Table, old: TupleValue[]): Promise<void> {
     const where = this.#identity(t, old);
+    const sql = `DELETE FROM ${t.qualified} ${this.#whereSql(t, where, where.values)}`;
     if (t.placement.kind === "all") {
-      for (const d of this.#writable()) await this.#deleteOn(d, t, where, false);
+      for (const d of this.#writable()) await this.#queue(d, sql);
       return;
     }
     const column = t.placement.column;
     const key = t.full || t.relation.columns[column].key ? old[column] : UNCHANGED;
     if (key === UNCHANGED) {
-      for (const d of this.#writable()) await this.#deleteOn(d, t, where, false);
+      for (const d of this.#writable()) await this.#queue(d, sql);
       return;
     }
     const d = await this.#shardOf(t, key);
     if (this.#options.shared[d] >= 0 || this.#done(d)) return;
-    await this.#deleteOn(d, t, where, false);
+    await this.#queue(d, sql);
   }
 
   // ---- statements ----------------------------------------------------------------------------
@@ -557,10 +574,17 @@ export class ChangeApplier {
     return { columns, values };
   }
 
-  /** The tests that find a row by `columns`, with parameters from `$first`. */
-  #matchSql(t: Table, columns: readonly number[], first: number): string {
+  /**
+   * The tests that find a row by `columns`: with parameters from `$values` (a number), or with
+   * the values as literals.
+   */
+  #matchSql(
+    t: Table,
+    columns: readonly number[],
+    values: number | readonly (string | null)[],
+  ): string {
     return columns.map((i, n) => {
-      const p = `$${first + n}`;
+      const p = typeof values === "number" ? `$${values + n}` : literal(values[n]);
       const c = t.names[i];
       if (!t.full) return `${c} = ${p}`;
       const oid = t.relation.columns[i].typeOid;
@@ -570,9 +594,9 @@ export class ChangeApplier {
     }).join(" AND ");
   }
 
-  /** `WHERE ...` finding one row, with parameters from `$first`. */
-  #whereSql(t: Table, where: Where, first: number): string {
-    const tests = this.#matchSql(t, where.columns, first);
+  /** `WHERE ...` finding one row, with parameters from `$values` or literal values. */
+  #whereSql(t: Table, where: Where, values: number | readonly (string | null)[]): string {
+    const tests = this.#matchSql(t, where.columns, values);
     if (!t.full) return `WHERE ${tests}`;
     // Without a key, rows may be duplicates: change one of them.
     return `WHERE (tableoid, ctid) = (SELECT tableoid, ctid FROM ${t.qualified} WHERE ${tests} ` +
@@ -585,24 +609,39 @@ export class ChangeApplier {
       `VALUES (${params})`;
   }
 
-  /** Adds a row to shard `d`'s pending INSERT (one round trip for a run of inserted rows). */
-  async #queueInsert(d: number, t: Table, values: (string | null)[]): Promise<void> {
+  /** The statements waiting for shard `d`. */
+  #queueOf(d: number): Queue {
     const pending = this.#txn!.pending;
-    let batch = pending.get(d);
-    if (batch && batch.table !== t) {
-      await this.#flush(d);
-      batch = undefined;
-    }
-    if (!batch) pending.set(d, batch = { table: t, rows: [], bytes: 0 });
-    batch.rows.push(values);
-    for (const v of values) batch.bytes += v === null ? 4 : v.length + 4;
-    if (batch.rows.length >= BATCH_ROWS || batch.bytes >= BATCH_BYTES) await this.#flush(d);
+    let q = pending.get(d);
+    if (!q) pending.set(d, q = { statements: [], insert: null, bytes: 0 });
+    return q;
   }
 
-  /** Sends shard `d`'s pending INSERT. */
+  /** Queues a statement whose answer is not needed for shard `d`. */
+  async #queue(d: number, sql: string): Promise<void> {
+    const q = this.#queueOf(d);
+    closeInsert(q);
+    q.statements.push(sql);
+    q.bytes += sql.length;
+    if (q.bytes >= BATCH_BYTES) await this.#flush(d);
+  }
+
+  /** Adds a row to shard `d`'s multi-row INSERT (one statement for a run of inserted rows). */
+  async #queueInsert(d: number, t: Table, values: (string | null)[]): Promise<void> {
+    const q = this.#queueOf(d);
+    if (q.insert && q.insert.table !== t) closeInsert(q);
+    q.insert ??= { table: t, rows: [] };
+    q.insert.rows.push(values);
+    for (const v of values) q.bytes += v === null ? 6 : v.length + 6;
+    if (q.insert.rows.length >= BATCH_ROWS) closeInsert(q);
+    if (q.bytes >= BATCH_BYTES) await this.#flush(d);
+  }
+
+  /** Sends shard `d`'s queued statements. */
   async #flush(d: number): Promise<void> {
     if (!this.#txn!.pending.has(d)) return;
-    await this.#conns[d]!.query(this.#opening(d) + this.#pendingInsert(d));
+    const sql = this.#pendingSql(d);
+    await this.#conns[d]!.query(this.#opening(d) + sql);
   }
 
   /** `BEGIN; ...; ` when shard `d` has no transaction open yet (then counted as open). */
@@ -613,36 +652,39 @@ export class ChangeApplier {
     return `${BEGIN}; `;
   }
 
-  /**
-   * Shard `d`'s pending INSERT as SQL text with the values as literals (so it travels with the
-   * BEGIN or COMMIT around it: one round trip), or "".
-   */
-  #pendingInsert(d: number): string {
+  /** Shard `d`'s queued statements as one SQL text (taken off the queue), or "". */
+  #pendingSql(d: number): string {
     const pending = this.#txn!.pending;
-    const batch = pending.get(d);
-    if (!batch) return "";
+    const q = pending.get(d);
+    if (!q) return "";
     pending.delete(d);
-    const t = batch.table;
-    const tuples = batch.rows.map((row) =>
-      `(${row.map((v) => (v === null ? "NULL" : quoteLiteral(v))).join(", ")})`
-    );
-    return `INSERT INTO ${t.qualified} (${t.names.join(", ")}) OVERRIDING SYSTEM VALUE VALUES ${
-      tuples.join(", ")
-    }; `;
+    closeInsert(q);
+    return q.statements.map((sql) => `${sql}; `).join("");
   }
 
   /**
    * An INSERT that every source shard's stream may send (tables on every shard get each write
    * once per source shard): it updates the row its identity finds instead of adding a second.
    */
-  #upsertSql(t: Table): string {
-    const insert = this.#insertSql(t);
+  #upsertSql(t: Table, values: readonly (string | null)[]): string {
+    const insert = `INSERT INTO ${t.qualified} (${t.names.join(", ")}) OVERRIDING SYSTEM VALUE ` +
+      `VALUES (${values.map(literal).join(", ")})`;
     if (t.identity.length === 0) return insert;
     const rest = t.names.filter((_, i) => !t.identity.includes(i));
     const target = t.identity.map((i) => t.names[i]).join(", ");
     if (rest.length === 0) return `${insert} ON CONFLICT (${target}) DO NOTHING`;
     return `${insert} ON CONFLICT (${target}) DO UPDATE SET ${
       rest.map((c) => `${c} = EXCLUDED.${c}`).join(", ")
+    }`;
+  }
+
+  /** An UPDATE of the row, with the values as literals. */
+  #updateSql(t: Table, u: { row: TupleValue[]; set: number[]; where: Where }): string {
+    // Nothing this stream carries changed: a statement that changes nothing.
+    if (u.set.length === 0) return "SELECT";
+    const assignments = u.set.map((i) => `${t.names[i]} = ${literal(u.row[i] as string | null)}`);
+    return `UPDATE ${t.qualified} SET ${assignments.join(", ")} ${
+      this.#whereSql(t, u.where, u.where.values)
     }`;
   }
 
@@ -714,32 +756,54 @@ export class ChangeApplier {
       `${quoteLiteral(slot)}, ${sourceShard}, '${lsn}') ON CONFLICT (slot, source_shard) DO ` +
       "UPDATE SET lsn = EXCLUDED.lsn";
     const shards = [...new Set([...txn.open, ...txn.pending.keys()])];
-    // First everything but the commit, on all shards at once: a failure there rolls back all.
-    await this.#each(shards, async (d) => {
-      await this.#conns[d]!.query(`${this.#opening(d)}${this.#pendingInsert(d)}${record}`);
-    });
-    if (this.#twoPhase && txn.movedFrom.size > 0 && shards.length > 1) {
-      await this.#commitTwoPhase(txn, { shards, commitLsn });
-    } else {
-      // Shards that received moved rows first: a crash between commits then leaves the old
-      // copy, which the replay deletes again, rather than losing the row.
-      const groups = [
-        shards.filter((d) => !txn.movedFrom.has(d)),
-        shards.filter((d) => txn.movedFrom.has(d)),
-      ];
-      for (const group of groups) {
-        await this.#each(group, async (d) => {
-          const conn = this.#conns[d]!;
-          const r = await conn.query("COMMIT");
-          if (r.tags.at(-1) !== "COMMIT") throw rolledBack(conn, lsn);
-          txn.open.delete(d);
-          this.#progress[d] = commitLsn;
-        });
-      }
-    }
+    if (shards.length === 1) await this.#commitOne(shards[0], { record, commitLsn });
+    else if (shards.length > 1) await this.#commitMany(txn, { shards, record, commitLsn });
     this.#txn = null;
     this.#applied = endLsn;
     this.#lastTransactionAt = Date.now();
+  }
+
+  /** Commits on one shard: the queued statements, progress and COMMIT in one request. */
+  async #commitOne(d: number, commit: { record: string; commitLsn: Lsn }): Promise<void> {
+    const conn = this.#conns[d]!;
+    const sql = `${this.#opening(d)}${this.#pendingSql(d)}${commit.record}; COMMIT`;
+    const r = await conn.query(sql);
+    if (r.tags.at(-1) !== "COMMIT") throw rolledBack(conn, formatLsn(commit.commitLsn));
+    this.#txn!.open.delete(d);
+    this.#progress[d] = commit.commitLsn;
+  }
+
+  /**
+   * Commits on several shards: everything but the commit on all at once (a failure there rolls
+   * back everywhere), then two-phase commit, or commits in an order that keeps moved rows.
+   */
+  async #commitMany(
+    txn: Transaction,
+    commit: { shards: number[]; record: string; commitLsn: Lsn },
+  ): Promise<void> {
+    const { shards, record, commitLsn } = commit;
+    await this.#each(shards, async (d) => {
+      await this.#conns[d]!.query(`${this.#opening(d)}${this.#pendingSql(d)}${record}`);
+    });
+    if (this.#twoPhase && txn.movedFrom.size > 0) {
+      await this.#commitTwoPhase(txn, { shards, commitLsn });
+      return;
+    }
+    // Shards that received moved rows first: a crash between commits then leaves the old copy,
+    // which the replay deletes again, rather than losing the row.
+    const groups = [
+      shards.filter((d) => !txn.movedFrom.has(d)),
+      shards.filter((d) => txn.movedFrom.has(d)),
+    ];
+    for (const group of groups) {
+      await this.#each(group, async (d) => {
+        const conn = this.#conns[d]!;
+        const r = await conn.query("COMMIT");
+        if (r.tags.at(-1) !== "COMMIT") throw rolledBack(conn, formatLsn(commitLsn));
+        txn.open.delete(d);
+        this.#progress[d] = commitLsn;
+      });
+    }
   }
 
   /** Prepares the transaction on every shard, then commits it on each. */
@@ -815,6 +879,25 @@ function known(t: Table, tuple: TupleValue[], what: string): (string | null)[] {
     }
     return v;
   });
+}
+
+/** A value as an SQL literal (NULL, or a string the server converts to the column's type). */
+function literal(value: string | null): string {
+  return value === null ? "NULL" : quoteLiteral(value);
+}
+
+/** Moves the rows being gathered into one INSERT statement. */
+function closeInsert(q: Queue): void {
+  const batch = q.insert;
+  if (!batch) return;
+  q.insert = null;
+  const t = batch.table;
+  const tuples = batch.rows.map((row) => `(${row.map(literal).join(", ")})`);
+  q.statements.push(
+    `INSERT INTO ${t.qualified} (${t.names.join(", ")}) OVERRIDING SYSTEM VALUE VALUES ${
+      tuples.join(", ")
+    }`,
+  );
 }
 
 function rolledBack(conn: PgConn, lsn: string): PgError {
