@@ -17,7 +17,7 @@ import {
   type TupleValue,
   UNCHANGED,
 } from "./changes.ts";
-import { PgConn, PgError } from "./pg_conn.ts";
+import { PgConn, PgError, type PgResult } from "./pg_conn.ts";
 import { type RowPlacer, type TablePlacement, tablePlacement } from "./placement.ts";
 import { type ReshardingDatabase, ReshardingError } from "./shards.ts";
 
@@ -506,7 +506,7 @@ export class ChangeApplier {
         continue; // The source already moved it; its values are read below if needed.
       }
       if (this.#done(d)) continue;
-      const r = await this.#deleteOn(d, t, where, true);
+      const r = await this.#take(d, t, where);
       if (r.length > 0) {
         this.#txn!.movedFrom.add(d);
         found = r[0];
@@ -529,7 +529,7 @@ export class ChangeApplier {
       }
     }
     const values = known(t, row, "a moved row (its old row was not found on any shard)");
-    await this.#run(to, this.#insertSql(t), values);
+    await this.#queueInsert(to, t, values);
   }
 
   async #delete(t: Table, old: TupleValue[]): Promise<void> {
@@ -639,9 +639,8 @@ export class ChangeApplier {
 
   /** Sends shard `d`'s queued statements. */
   async #flush(d: number): Promise<void> {
-    if (!this.#txn!.pending.has(d)) return;
     const sql = this.#pendingSql(d);
-    await this.#conns[d]!.query(this.#opening(d) + sql);
+    if (sql) await this.#conns[d]!.query(this.#opening(d) + sql);
   }
 
   /** `BEGIN; ...; ` when shard `d` has no transaction open yet (then counted as open). */
@@ -704,17 +703,11 @@ export class ChangeApplier {
     return rowCount(r.tags.at(-1));
   }
 
-  /** Deletes the row on shard `d`; with `returning`, resolves with the deleted rows. */
-  async #deleteOn(
-    d: number,
-    t: Table,
-    where: Where,
-    returning: boolean,
-  ): Promise<(string | null)[][]> {
-    let sql = `DELETE FROM ${t.qualified} ${this.#whereSql(t, where, 1)}`;
-    if (returning) sql += ` RETURNING ${t.names.join(", ")}`;
-    const r = await this.#run(d, sql, where.values);
-    return r.rows;
+  /** Deletes the row on shard `d`; resolves with what was deleted. */
+  async #take(d: number, t: Table, where: Where): Promise<(string | null)[][]> {
+    const sql = `DELETE FROM ${t.qualified} ${this.#whereSql(t, where, 1)} ` +
+      `RETURNING ${t.names.join(", ")}`;
+    return (await this.#run(d, sql, where.values)).rows;
   }
 
   /** The row as shard `d` has it now (outside the transaction), or null. */
@@ -726,22 +719,12 @@ export class ChangeApplier {
   }
 
   /** Runs a statement on shard `d` inside the current transaction there (opened on first use). */
-  async #run(d: number, sql: string, params: (string | null)[]): Promise<{
-    rows: (string | null)[][];
-    tags: string[];
-  }> {
-    await this.#flush(d);
-    return await this.#send(d, sql, params);
-  }
-
-  async #send(d: number, sql: string, params: (string | null)[]): Promise<{
-    rows: (string | null)[][];
-    tags: string[];
-  }> {
+  async #run(d: number, sql: string, params: (string | null)[]): Promise<PgResult> {
     const conn = this.#conns[d];
     if (!conn) throw new Error(`destination shard ${d} is not connected`);
-    const opening = this.#opening(d);
-    if (opening) await conn.query(BEGIN);
+    // BEGIN and the queued statements first, in one request.
+    const before = this.#opening(d) + this.#pendingSql(d);
+    if (before) await conn.query(before);
     return await conn.execute(sql, params);
   }
 
