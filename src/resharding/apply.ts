@@ -136,7 +136,9 @@ export class ChangeApplier {
     const { destination, shared, sourceShard, slot } = this.#options;
     const timeoutMs = this.#options.connectTimeoutMs ?? 10_000;
     try {
-      await Promise.all(destination.shards.map(async (host, d) => {
+      // Settled, all of them: a connection still opening when one failed is closed too.
+      await this.#each(destination.shards.map((_, d) => d), async (d) => {
+        const host = destination.shards[d];
         if (shared[d] >= 0 && shared[d] !== sourceShard) return;
         const conn = await PgConn.connect(host.primary, { timeoutMs });
         this.#conns[d] = conn;
@@ -148,7 +150,7 @@ export class ChangeApplier {
         );
         const text = r.rows[0]?.[0];
         this.#progress[d] = text ? parseLsn(text) : 0n;
-      }));
+      });
       const fresh = this.#conns.flatMap((c, d) => c && shared[d] < 0 ? [c] : []);
       const allowed = await Promise.all(
         fresh.map(async (c) =>

@@ -652,6 +652,41 @@ Deno.test("ChangeApplier: replicated changes land on the destination shards", as
   );
 
   await t.step(
+    "start() fails when a shard cannot be reached, leaving no connection open",
+    async () => {
+      const [name] = await fresh(1);
+      const dest = destination(pg, [name, "no_such_database"]);
+      const placer = new RowPlacer(dest, { plugins: null });
+      const applier = new ChangeApplier({
+        destination: dest,
+        placer,
+        shared: [-1, -1],
+        sourceShard: 0,
+        slot: "s",
+      });
+      await assert.rejects(applier.start(), /no_such_database/);
+      const db = await Shards.open(pg, [name]);
+      try {
+        // The connection to the reachable shard is closed (the server notices within moments).
+        let others = -1;
+        for (let i = 0; i < 50 && others !== 0; i++) {
+          others = Number(
+            (await db.rows(
+              0,
+              "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() " +
+                "AND pid <> pg_backend_pid()",
+            ))[0][0],
+          );
+          if (others !== 0) await new Promise((r) => setTimeout(r, 100));
+        }
+        assert.equal(others, 0);
+      } finally {
+        db.close();
+      }
+    },
+  );
+
+  await t.step(
     "growing in place: the source's own shard is skipped, rows move to new shards only",
     async () => {
       const names = await fresh(4);
