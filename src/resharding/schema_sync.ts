@@ -415,7 +415,7 @@ const ALREADY_EXISTS = new Set(["42P07", "42710", "42P06", "42723", "42P04", "42
 function alreadyExists(e: PgError): boolean {
   return ALREADY_EXISTS.has(e.code) ||
     (e.code === "55000" && /already an identity column/.test(e.message)) ||
-    (e.code === "42P17" && /already a partition/.test(e.message)) ||
+    (e.code === "42809" && /already a partition/.test(e.message)) ||
     (e.code === "42P16" && /multiple primary keys/.test(e.message));
 }
 
@@ -529,8 +529,9 @@ async function unpublishedTables(
          SELECT format('%I.%I', schemaname, tablename)::regclass AS rel
          FROM pg_publication_tables WHERE pubname = $1
        ), related AS (
-         SELECT a.relid FROM pub, pg_partition_ancestors(pub.rel) a
-         UNION SELECT t.relid FROM pub, pg_partition_tree(pub.rel) t
+         SELECT rel::oid AS relid FROM pub
+         UNION SELECT a.relid::oid FROM pub, pg_partition_ancestors(pub.rel) a
+         UNION SELECT t.relid::oid FROM pub, pg_partition_tree(pub.rel) t
        )
        SELECT n.nspname, c.relname FROM pg_class c
        JOIN pg_namespace n ON n.oid = c.relnamespace
