@@ -160,6 +160,7 @@ export async function planSchema(
   const rest: PlannedStatement[] = [];
   const partitioned = new Set<string>();
   const constraintIndexes = new Set<string>();
+  const referenced = referencedKeys(tree.stmts ?? []);
   for (const raw of tree.stmts ?? []) {
     const start = raw.stmt_location ?? 0;
     const sql = decoder.decode(
@@ -220,7 +221,13 @@ export async function planSchema(
         break;
       case "IndexStmt": {
         const index = { schema: node.relation.schemaname ?? "public", name: node.idxname };
-        if (!node.concurrent && node.relation.inh && !partitioned.has(key(node.relation))) {
+        const columns = (node.indexParams ?? []).map((p: Node) => p.IndexElem?.name ?? "");
+        if (
+          node.unique && !node.whereClause && referenced.has(`${key(node.relation)}(${columns})`)
+        ) {
+          // A foreign key made in pre references it: a foreign key needs its unique index first.
+          pre.push(st("unique"));
+        } else if (!node.concurrent && node.relation.inh && !partitioned.has(key(node.relation))) {
           indexes.push({
             ...st(
               "index",
@@ -316,6 +323,20 @@ export async function planSchema(
     }
   }
   return { session, pre, post: [...indexes, ...validations, ...rest] };
+}
+
+/** The columns foreign keys reference, as "schema.table(a,b)". */
+function referencedKeys(stmts: Node[]): Set<string> {
+  const keys = new Set<string>();
+  for (const raw of stmts) {
+    for (const cmd of raw.stmt?.AlterTableStmt?.cmds ?? []) {
+      const c = cmd.AlterTableCmd?.def?.Constraint;
+      if (c?.contype !== "CONSTR_FOREIGN" || !c.pktable || !c.pk_attrs) continue;
+      const columns = c.pk_attrs.map((a: Node) => a.String?.sval ?? "");
+      keys.add(`${key(c.pktable)}(${columns})`);
+    }
+  }
+  return keys;
 }
 
 /**
@@ -470,9 +491,11 @@ async function runStatements(
             stop.failed = true;
             throw new ReshardingError(
               `schema sync (${options.phase}) failed on shard ${row.shard} of "${row.database}": ` +
-                `${e.message} [${e.code}]${e.fields.detail ? ` (${e.fields.detail})` : ""}, in: ${
-                  row.sql.slice(0, 300)
-                }`,
+                `${e.message} [${e.code}]${e.fields.detail ? ` (${e.fields.detail})` : ""}${
+                  e.code === "42704" && /^role /.test(e.message)
+                    ? " (roles are not synced: create them on the destination first)"
+                    : ""
+                }, in: ${row.sql.slice(0, 300)}`,
             );
           }
         }

@@ -34,6 +34,9 @@ CREATE SEQUENCE app.countdown INCREMENT -1 START -1;
 CREATE VIEW app.named AS SELECT id, name FROM app.parent WHERE name IS NOT NULL;
 COMMENT ON TABLE app.parent IS 'the parents';
 CREATE TABLE app.audit (id int PRIMARY KEY, what text);
+CREATE TABLE app.code (c text);
+CREATE UNIQUE INDEX code_c ON app.code (c);
+CREATE TABLE app.uses (c text REFERENCES app.code (c));
 CREATE PUBLICATION everything FOR ALL TABLES;
 CREATE PUBLICATION families FOR TABLE app.parent, app.child;
 `;
@@ -123,7 +126,7 @@ Deno.test("schemaSync: pre, post and cutover from a 2-shard source onto 3 new sh
             db,
             "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class c JOIN pg_namespace n ON n.oid = relnamespace WHERE nspname = 'app' AND relkind IN ('r', 'p')",
           ),
-          "audit,child,ev,ev_2024,evlog,evlog_2024,evref,parent",
+          "audit,child,code,ev,ev_2024,evlog,evlog_2024,evref,parent,uses",
         );
         assert.equal(await one(db, "SELECT enum_range(NULL::app.mood)::text"), "{ok,sad}");
         assert.equal(
@@ -136,7 +139,7 @@ Deno.test("schemaSync: pre, post and cutover from a 2-shard source onto 3 new sh
             db,
             "SELECT string_agg(indexrelid::regclass::text, ',' ORDER BY indexrelid::regclass::text) FROM pg_index WHERE indrelid::regclass::text LIKE 'app.%'",
           ),
-          "app.audit_pkey,app.child_pkey,app.ev_2024_pkey,app.ev_pkey,app.parent_name_key,app.parent_pkey",
+          "app.audit_pkey,app.child_pkey,app.code_c,app.ev_2024_pkey,app.ev_pkey,app.parent_name_key,app.parent_pkey",
         );
         // Foreign keys on plain tables are NOT VALID; the one on a partitioned table waits for post.
         assert.equal(
@@ -144,7 +147,7 @@ Deno.test("schemaSync: pre, post and cutover from a 2-shard source onto 3 new sh
             db,
             "SELECT string_agg(conname || '=' || convalidated, ',' ORDER BY conname) FROM pg_constraint WHERE contype = 'f' AND conparentid = 0",
           ),
-          "child_pid_fkey=false,evref_id_at_fkey=false",
+          "child_pid_fkey=false,evref_id_at_fkey=false,uses_c_fkey=false",
         );
         assert.equal(await one(db, "SELECT count(*) FROM pg_trigger WHERE tgname = 'touch'"), "0");
         // Sequences and identity columns work; the partition is attached.
@@ -200,7 +203,7 @@ Deno.test("schemaSync: pre, post and cutover from a 2-shard source onto 3 new sh
             db,
             "SELECT string_agg(conname || '=' || convalidated, ',' ORDER BY conname) FROM pg_constraint WHERE contype = 'f' AND conparentid = 0",
           ),
-          "child_pid_fkey=true,evlog_pid_fkey=true,evref_id_at_fkey=true",
+          "child_pid_fkey=true,evlog_pid_fkey=true,evref_id_at_fkey=true,uses_c_fkey=true",
         );
         assert.equal(
           await one(db, "INSERT INTO app.child (pid) VALUES (1) RETURNING note"),
@@ -310,7 +313,10 @@ Deno.test("schemaSync: pre, post and cutover from a 2-shard source onto 3 new sh
           ),
         JSON.stringify(failed),
       );
-      assert.equal(await one("d3", "SELECT count(*) FROM pg_tables WHERE schemaname = 'app'"), "8");
+      assert.equal(
+        await one("d3", "SELECT count(*) FROM pg_tables WHERE schemaname = 'app'"),
+        "10",
+      );
     },
   );
 
