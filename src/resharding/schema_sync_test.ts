@@ -32,11 +32,13 @@ CREATE TABLE app.evlog_2024 PARTITION OF app.evlog FOR VALUES FROM ('2024-01-01'
 CREATE SEQUENCE app.tickets START 1000;
 CREATE SEQUENCE app.countdown INCREMENT -1 START -1;
 CREATE VIEW app.named AS SELECT id, name FROM app.parent WHERE name IS NOT NULL;
-COMMENT ON TABLE app.parent IS 'the parents';
+COMMENT ON TABLE app.parent IS 'les parents, été ☃';
 CREATE TABLE app.audit (id int PRIMARY KEY, what text);
 CREATE TABLE app.code (c text);
 CREATE UNIQUE INDEX code_c ON app.code (c);
 CREATE TABLE app.uses (c text REFERENCES app.code (c));
+CREATE SCHEMA pgdog_resharding;
+CREATE TABLE pgdog_resharding.progress (slot text PRIMARY KEY);
 CREATE PUBLICATION everything FOR ALL TABLES;
 CREATE PUBLICATION families FOR TABLE app.parent, app.child;
 `;
@@ -129,6 +131,11 @@ Deno.test("schemaSync: pre, post and cutover from a 2-shard source onto 3 new sh
           "audit,child,code,ev,ev_2024,evlog,evlog_2024,evref,parent,uses",
         );
         assert.equal(await one(db, "SELECT enum_range(NULL::app.mood)::text"), "{ok,sad}");
+      // pgdog's own bookkeeping schema stays behind.
+      assert.equal(
+        await one(db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgdog_resharding'"),
+        "0",
+      );
         assert.equal(
           await one(db, "SELECT count(*) FROM pg_extension WHERE extname = 'pg_trgm'"),
           "1",
@@ -211,7 +218,7 @@ Deno.test("schemaSync: pre, post and cutover from a 2-shard source onto 3 new sh
         );
         assert.equal(
           await one(db, "SELECT obj_description('app.parent'::regclass)"),
-          "the parents",
+          "les parents, été ☃",
         );
         assert.equal(await one(db, "SELECT count(*) FROM app.named"), "1");
       }
