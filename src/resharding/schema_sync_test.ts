@@ -131,11 +131,11 @@ Deno.test("schemaSync: pre, post and cutover from a 2-shard source onto 3 new sh
           "audit,child,code,ev,ev_2024,evlog,evlog_2024,evref,parent,uses",
         );
         assert.equal(await one(db, "SELECT enum_range(NULL::app.mood)::text"), "{ok,sad}");
-      // pgdog's own bookkeeping schema stays behind.
-      assert.equal(
-        await one(db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgdog_resharding'"),
-        "0",
-      );
+        // pgdog's own bookkeeping schema stays behind.
+        assert.equal(
+          await one(db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgdog_resharding'"),
+          "0",
+        );
         assert.equal(
           await one(db, "SELECT count(*) FROM pg_extension WHERE extname = 'pg_trgm'"),
           "1",
