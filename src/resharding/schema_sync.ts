@@ -644,14 +644,26 @@ interface SequenceState {
   ascending: boolean;
 }
 
-async function readSequences(login: ServerLogin): Promise<SequenceState[]> {
+/** The sequences of a shard; throws when the user may not read one (its value would look unused). */
+async function readSequences(login: ServerLogin, where: string): Promise<SequenceState[]> {
   const conn = await PgConn.connect(login);
   try {
     const r = await conn.query(
-      "SELECT schemaname, sequencename, last_value, increment_by > 0 FROM pg_sequences " +
-        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema', 'pgdog_resharding') " +
+      "SELECT s.schemaname, s.sequencename, s.last_value, s.increment_by > 0, " +
+        "has_sequence_privilege(c.oid, 'SELECT') FROM pg_sequences s " +
+        "JOIN pg_namespace n ON n.nspname = s.schemaname " +
+        "JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.sequencename " +
+        "WHERE s.schemaname NOT IN ('pg_catalog', 'information_schema', 'pgdog_resharding') " +
         "ORDER BY 1, 2",
     );
+    const denied = r.rows.find((row) => row[4] !== "t");
+    if (denied) {
+      const name = `${ident(denied[0]!)}.${ident(denied[1]!)}`;
+      throw new ReshardingError(
+        `schema sync (cutover): ${login.user} may not read sequence ${name} on ${where} ` +
+          `(GRANT SELECT, UPDATE ON SEQUENCE ${name} TO ${ident(login.user)})`,
+      );
+    }
     return r.rows.map(([schema, name, last, up]) => ({
       schema: schema!,
       name: name!,
@@ -670,7 +682,9 @@ async function syncSequences(options: SchemaSyncOptions): Promise<SchemaSyncRow[
   const further = (s: SequenceState, a: bigint, b: bigint): bigint =>
     s.ascending ? (a > b ? a : b) : (a < b ? a : b);
   for (const shard of source.shards) {
-    for (const s of await readSequences(shard.primary)) {
+    for (
+      const s of await readSequences(shard.primary, `shard ${shard.shard} of "${source.name}"`)
+    ) {
       if (s.last === null) continue;
       const k = `${s.schema}.${s.name}`;
       const seen = furthest.get(k);
@@ -680,7 +694,10 @@ async function syncSequences(options: SchemaSyncOptions): Promise<SchemaSyncRow[
   const rows: SchemaSyncRow[] = [];
   let failure: unknown = null;
   for (const shard of destination.shards) {
-    const sequences = await readSequences(shard.primary);
+    const sequences = await readSequences(
+      shard.primary,
+      `shard ${shard.shard} of "${destination.name}"`,
+    );
     const planned: { row: SchemaSyncRow; sql: string }[] = [];
     for (const s of sequences) {
       const k = `${s.schema}.${s.name}`;

@@ -48,14 +48,15 @@ function database(
   name: string,
   pg: { host: string; port: number },
   dbs: string[],
+  user = "app",
 ): ReshardingDatabase {
   const empty = { sharded_tables: [], sharded_schemas: [], omnisharded_tables: [] };
   return {
     name,
-    user: "app",
+    user,
     shards: dbs.map((database, shard) => ({
       shard,
-      primary: { host: pg.host, port: pg.port, user: "app", password: "pw", database },
+      primary: { host: pg.host, port: pg.port, user, password: "pw", database },
       replicas: [],
     })),
     sharding: shardingConfigFor(empty, name, { shards: dbs.length }),
@@ -70,7 +71,10 @@ function states(rows: SchemaSyncRow[]): Record<string, number> {
 
 Deno.test("schemaSync: pre, post and cutover from a 2-shard source onto 3 new shards, run twice", async (t) => {
   await using pg = await startPostgres({
-    roles: [{ name: "app", password: "pw", auth: "scram", superuser: true }],
+    roles: [
+      { name: "app", password: "pw", auth: "scram", superuser: true },
+      { name: "plain", password: "pw", auth: "scram" },
+    ],
     databases: ["s0", "s1", "d0", "d1", "d2", "d3"],
   });
   for (const db of ["s0", "s1"]) await pg.sql(SCHEMA, { database: db });
@@ -323,6 +327,33 @@ Deno.test("schemaSync: pre, post and cutover from a 2-shard source onto 3 new sh
       assert.equal(
         await one("d3", "SELECT count(*) FROM pg_tables WHERE schemaname = 'app'"),
         "10",
+      );
+    },
+  );
+
+  await t.step(
+    "pg_dump missing or failing, a sequence the user may not read: told as such",
+    async () => {
+      const pre = { source, destination, publication: "everything", phase: "pre" } as const;
+      await assert.rejects(
+        schemaSync({ ...pre, pgDump: "/nonexistent/pg_dump" }),
+        (e) =>
+          e instanceof ReshardingError &&
+          /runs \/nonexistent\/pg_dump, which is not installed/.test(e.message),
+      );
+      await assert.rejects(
+        schemaSync({ ...pre, pgDump: "/bin/false" }),
+        (e) =>
+          e instanceof ReshardingError &&
+          /pg_dump of 127\.0\.0\.1:\d+\/s0 failed: exit 1/.test(e.message),
+      );
+      const plain = database("src", pg, ["s0", "s1"], "plain");
+      await assert.rejects(
+        schemaSync({ source: plain, destination, publication: "everything", phase: "cutover" }),
+        (e) =>
+          e instanceof ReshardingError &&
+          /plain may not read sequence "app"\."child_id_seq" on shard 0 of "src" \(GRANT SELECT, UPDATE ON SEQUENCE/
+            .test(e.message),
       );
     },
   );
