@@ -71,7 +71,10 @@ export interface SchemaSyncOptions {
   phase: SchemaSyncPhase;
   /** Per destination shard, the source shard it is (growing in place) or -1; computed if left out. */
   shared?: number[];
-  /** Called when a statement starts and when it ends, with its row (the same object, updated). */
+  /**
+   * Called with each row when it is planned (pending), when its statement starts and when it
+   * ends: the same object each time, updated in place.
+   */
   onStatement?: (row: SchemaSyncRow) => void;
   /** Plan only: the rows, all pending, nothing changed on the destination. */
   dryRun?: boolean;
@@ -102,6 +105,7 @@ export async function schemaSync(options: SchemaSyncOptions): Promise<SchemaSync
     rows: statements.map((st) => newRow(destination, s.shard, st)),
   }));
   const rows = perShard.flatMap((p) => p.rows);
+  for (const row of rows) options.onStatement?.(row);
   if (options.dryRun) return rows;
   const stop = { failed: false };
   const results = await Promise.allSettled(
@@ -714,6 +718,7 @@ async function syncSequences(options: SchemaSyncOptions): Promise<SchemaSyncRow[
       });
       rows.push(row);
       planned.push({ row, sql });
+      options.onStatement?.(row);
     }
     if (options.dryRun || planned.length === 0) continue;
     try {

@@ -125,7 +125,10 @@ Deno.test("schemaSync: pre, post and cutover from a 2-shard source onto 3 new sh
         onStatement: (r) => seen.push(`${r.shard}:${r.sync_state}`),
       });
       assert.deepEqual(states(rows), { done: rows.length });
-      assert.equal(seen.length, rows.length * 2); // running, then done
+      // Planned (pending), running, then done.
+      assert.deepEqual(seen.slice(0, 2), ["0:pending", "0:pending"]);
+      assert.equal(seen.length, rows.length * 3);
+      assert.equal(seen.filter((s) => s.endsWith(":done")).length, rows.length);
       for (const db of ["d0", "d1", "d2"]) {
         assert.equal(
           await one(
