@@ -82,6 +82,8 @@ export interface SchemaSyncOptions {
   ignoreErrors?: boolean;
   /** The pg_dump binary ("pg_dump" on PATH unless set). */
   pgDump?: string;
+  /** Stops the phase: pg_dump is killed, a running statement cancelled, the rest not run. */
+  signal?: AbortSignal;
 }
 
 /**
@@ -91,12 +93,14 @@ export interface SchemaSyncOptions {
  */
 export async function schemaSync(options: SchemaSyncOptions): Promise<SchemaSyncRow[]> {
   const { source, destination } = options;
+  if (options.signal?.aborted) throw stopped(options);
   if (options.phase === "cutover") return await syncSequences(options);
   const shared = options.shared ?? sharedShards(source, destination);
   const sourceLogin = source.shards[0]?.primary;
   if (!sourceLogin) throw new ReshardingError(`database "${source.name}" has no shards`);
   const excluded = await unpublishedTables(sourceLogin, options.publication, source.name);
-  const dump = await dumpSchema(sourceLogin, { pgDump: options.pgDump });
+  const dump = await dumpSchema(sourceLogin, { pgDump: options.pgDump, signal: options.signal });
+  if (options.signal?.aborted) throw stopped(options);
   const plan = await planSchema(dump, { excluded });
   const statements = options.phase === "pre" ? plan.pre : plan.post;
   const targets = destination.shards.filter((s) => (shared[s.shard] ?? -1) < 0);
@@ -456,9 +460,10 @@ async function runStatements(
   },
 ): Promise<void> {
   const { rows, statements, stop, options } = work;
+  const { signal } = options;
   let conn: PgConn;
   try {
-    conn = await PgConn.connect(login);
+    conn = await connect(login);
   } catch (e) {
     stop.failed = true;
     throw new ReshardingError(
@@ -467,10 +472,17 @@ async function runStatements(
       }`,
     );
   }
+  // Stopped: the statement running now is cancelled (a long index build, a wait for a lock).
+  const cancel = () => void cancelBackend(login, conn.pid);
+  signal?.addEventListener("abort", cancel, { once: true });
   try {
     if (work.session.length) await conn.query(work.session.join(";\n"));
     for (let i = 0; i < statements.length; i++) {
       if (stop.failed) return;
+      if (signal?.aborted) {
+        stop.failed = true;
+        throw stopped(options);
+      }
       const row = rows[i];
       const started = Date.now();
       row.sync_state = "running";
@@ -485,6 +497,12 @@ async function runStatements(
           row.sync_state = "error";
           row.error = (e as Error).message;
           throw e;
+        }
+        if (signal?.aborted) {
+          stop.failed = true;
+          row.sync_state = "error";
+          row.error = "stopped";
+          throw stopped(options);
         }
         if (alreadyExists(e)) {
           row.sync_state = "exists";
@@ -509,8 +527,35 @@ async function runStatements(
       }
     }
   } finally {
+    signal?.removeEventListener("abort", cancel);
     conn.close();
   }
+}
+
+/** A connection for schema sync (named so in pg_stat_activity). */
+function connect(login: ServerLogin): Promise<PgConn> {
+  return PgConn.connect({
+    ...login,
+    params: { ...login.params, application_name: "pgdog_schema_sync" },
+  });
+}
+
+/** Cancels what backend `pid` runs (best effort). */
+async function cancelBackend(login: ServerLogin, pid: number): Promise<void> {
+  try {
+    const conn = await connect(login);
+    try {
+      await conn.execute("SELECT pg_cancel_backend($1)", [String(pid)]);
+    } finally {
+      conn.close();
+    }
+  } catch {
+    // Gone already, or unreachable: the statement ends with the connection.
+  }
+}
+
+function stopped(options: SchemaSyncOptions): ReshardingError {
+  return new ReshardingError(`schema sync (${options.phase}) stopped`);
 }
 
 /** Runs one statement; a concurrent index that a failed build left invalid is built again. */
@@ -540,7 +585,7 @@ async function unpublishedTables(
   publication: string,
   database: string,
 ): Promise<Set<string>> {
-  const conn = await PgConn.connect(login);
+  const conn = await connect(login);
   try {
     const pub = await conn.execute("SELECT 1 FROM pg_publication WHERE pubname = $1", [
       publication,
@@ -575,7 +620,7 @@ async function unpublishedTables(
 /** The schema of `login`'s database as `pg_dump --schema-only` prints it. */
 export async function dumpSchema(
   login: ServerLogin,
-  options: { pgDump?: string } = {},
+  options: { pgDump?: string; signal?: AbortSignal } = {},
 ): Promise<string> {
   const program = options.pgDump ?? "pg_dump";
   const env: Record<string, string> = {
@@ -599,11 +644,13 @@ export async function dumpSchema(
       ],
       env,
       clearEnv: true,
+      signal: options.signal,
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
     }).output();
   } catch (e) {
+    if (options.signal?.aborted) throw new ReshardingError("schema sync stopped (pg_dump killed)");
     if (e instanceof Deno.errors.NotFound) {
       throw new ReshardingError(
         `schema sync runs ${program}, which is not installed (or not on PATH)`,
@@ -616,6 +663,7 @@ export async function dumpSchema(
     }
     throw e;
   }
+  if (options.signal?.aborted) throw new ReshardingError("schema sync stopped (pg_dump killed)");
   if (!out.success) {
     const why = new TextDecoder().decode(out.stderr).trim();
     throw new ReshardingError(
@@ -650,7 +698,7 @@ interface SequenceState {
 
 /** The sequences of a shard; throws when the user may not read one (its value would look unused). */
 async function readSequences(login: ServerLogin, where: string): Promise<SequenceState[]> {
-  const conn = await PgConn.connect(login);
+  const conn = await connect(login);
   try {
     const r = await conn.query(
       "SELECT s.schemaname, s.sequencename, s.last_value, s.increment_by > 0, " +

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { REPO_ROOT, startPostgres } from "../../tests/harness/mod.ts";
 import { PGDOG_FLAGS } from "../config/read_grants.ts";
 import { shardingConfigFor } from "../router/shard.ts";
+import { PgConn } from "./pg_conn.ts";
 import { planSchema, schemaSync, type SchemaSyncRow } from "./schema_sync.ts";
 import type { ReshardingDatabase } from "./shards.ts";
 import { ReshardingError } from "./shards.ts";
@@ -358,6 +359,62 @@ Deno.test("schemaSync: pre, post and cutover from a 2-shard source onto 3 new sh
           /plain may not read sequence "app"\."child_id_seq" on shard 0 of "src" \(GRANT SELECT, UPDATE ON SEQUENCE/
             .test(e.message),
       );
+    },
+  );
+
+  await t.step(
+    "stopped: a statement waiting for a lock is cancelled, the rest not run",
+    async () => {
+      const holder = await PgConn.connect({
+        host: pg.host,
+        port: pg.port,
+        user: "app",
+        password: "pw",
+        database: "d1",
+      });
+      try {
+        await holder.query("BEGIN; LOCK TABLE app.audit IN ACCESS EXCLUSIVE MODE");
+        const stop = new AbortController();
+        const seen: SchemaSyncRow[] = [];
+        const run = schemaSync({
+          source,
+          destination,
+          publication: "everything",
+          phase: "pre",
+          signal: stop.signal,
+          onStatement: (r) => {
+            if (r.sync_state === "running" && r.shard === 1 && r.table_name === "audit") {
+              setTimeout(() => stop.abort(), 300);
+            }
+            seen.push(r);
+          },
+        });
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const late = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error("not stopped within 10 s")), 10_000);
+        });
+        try {
+          await assert.rejects(
+            Promise.race([run, late]),
+            (e) => e instanceof ReshardingError && /schema sync \(pre\) stopped/.test(e.message),
+          );
+        } finally {
+          clearTimeout(timer);
+        }
+        const waiting = await one(
+          "d1",
+          "SELECT count(*) FROM pg_stat_activity WHERE datname = 'd1' AND wait_event_type = 'Lock'",
+        );
+        assert.equal(waiting, "0");
+        const audit = seen.filter((r) => r.shard === 1 && r.table_name === "audit");
+        assert.equal(audit.at(-1)?.error, "stopped");
+        // Nothing after it ran on that shard.
+        const rows = [...new Set(seen)].filter((r) => r.shard === 1);
+        const at = rows.indexOf(audit.at(-1)!);
+        assert.ok(rows.slice(at + 1).every((r) => r.sync_state === "pending"));
+      } finally {
+        holder.close();
+      }
     },
   );
 
