@@ -145,7 +145,7 @@ type Node = any;
 /**
  * Splits a plain `pg_dump --schema-only` script into the `pre` and `post` phases. Statements
  * that name a table in `excluded` ("schema.name", tables left out of the publication) are
- * dropped, and so are subscriptions.
+ * dropped, and so are subscriptions and comments on extensions.
  */
 export async function planSchema(
   dump: string,
@@ -181,6 +181,8 @@ export async function planSchema(
       continue;
     }
     if (type === "CreateSubscriptionStmt" || type === "AlterSubscriptionStmt") continue;
+    // CREATE EXTENSION sets the same comment, and only the extension's owner may set it again.
+    if (type === "CommentStmt" && node.objtype === "OBJECT_EXTENSION") continue;
     if (namesExcluded(type, node, excluded)) continue;
     const table = tableOf(type, node);
     const st = (kind: string, text = sql): PlannedStatement => ({ sql: text, kind, table });

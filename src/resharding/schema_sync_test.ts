@@ -463,6 +463,8 @@ Deno.test("planSchema: pg_dump 15's \\restrict lines are dropped, foreign keys s
     "\\restrict abc123",
     "SET statement_timeout = 0;",
     "SELECT pg_catalog.set_config('search_path', '', false);",
+    "CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA public;",
+    "COMMENT ON EXTENSION citext IS 'data type for case-insensitive character strings';",
     "CREATE TABLE public.a (id integer NOT NULL);",
     "CREATE TABLE public.b (a_id integer);",
     "ALTER TABLE ONLY public.a\n    ADD CONSTRAINT a_pkey PRIMARY KEY (id);",
@@ -473,8 +475,14 @@ Deno.test("planSchema: pg_dump 15's \\restrict lines are dropped, foreign keys s
   ].join("\n");
   const plan = await planSchema(dump);
   assert.equal(plan.session.length, 2);
-  assert.deepEqual(plan.pre.map((s) => s.kind), ["table", "table", "primary_key", "foreign_key"]);
-  assert.match(plan.pre[3].sql, /REFERENCES public\.a\(id\) NOT VALID$/);
+  assert.deepEqual(plan.pre.map((s) => s.kind), [
+    "extension",
+    "table",
+    "table",
+    "primary_key",
+    "foreign_key",
+  ]);
+  assert.match(plan.pre[4].sql, /REFERENCES public\.a\(id\) NOT VALID$/);
   assert.deepEqual(plan.post.map((s) => [s.kind, s.sql]), [
     ["index", "CREATE UNIQUE INDEX CONCURRENTLY b_a ON public.b USING btree (a_id)"],
     ["validate", 'ALTER TABLE ONLY "public"."b" VALIDATE CONSTRAINT "b_fk"'],
