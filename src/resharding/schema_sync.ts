@@ -21,7 +21,7 @@
  * @module
  */
 
-import { parse } from "libpg-query";
+import { loadModule, parseSync } from "libpg-query";
 import { PgConn, PgError } from "./pg_conn.ts";
 import type { ServerLogin } from "../backend/connect.ts";
 import { type ReshardingDatabase, ReshardingError, sharedShards } from "./shards.ts";
@@ -152,15 +152,7 @@ export async function planSchema(
   options: { excluded?: ReadonlySet<string> } = {},
 ): Promise<SchemaPlan> {
   const excluded = options.excluded ?? new Set<string>();
-  const text = withoutMetaCommands(dump);
-  let tree: Node;
-  try {
-    tree = await parse(text);
-  } catch (e) {
-    throw new ReshardingError(`pg_dump's output could not be parsed: ${(e as Error).message}`);
-  }
-  const bytes = new TextEncoder().encode(text);
-  const decoder = new TextDecoder();
+  const statements = await splitDump(withoutMetaCommands(dump));
   const session: string[] = [];
   const pre: PlannedStatement[] = [];
   const indexes: PlannedStatement[] = [];
@@ -168,14 +160,8 @@ export async function planSchema(
   const rest: PlannedStatement[] = [];
   const partitioned = new Set<string>();
   const constraintIndexes = new Set<string>();
-  const referenced = referencedKeys(tree.stmts ?? []);
-  for (const raw of tree.stmts ?? []) {
-    const start = raw.stmt_location ?? 0;
-    const sql = decoder.decode(
-      bytes.subarray(start, start + (raw.stmt_len || bytes.length - start)),
-    )
-      .replace(/^(\s|--[^\n]*\n)+/, "").trim();
-    const [type, node] = Object.entries(raw.stmt)[0] as [string, Node];
+  const referenced = referencedKeys(statements);
+  for (const { type, node, sql } of statements) {
     if (type === "VariableSetStmt" || (type === "SelectStmt" && /set_config/.test(sql))) {
       session.push(sql);
       continue;
@@ -336,10 +322,11 @@ export async function planSchema(
 }
 
 /** The columns foreign keys reference, as "schema.table(a,b)". */
-function referencedKeys(stmts: Node[]): Set<string> {
+function referencedKeys(statements: DumpStatement[]): Set<string> {
   const keys = new Set<string>();
-  for (const raw of stmts) {
-    for (const cmd of raw.stmt?.AlterTableStmt?.cmds ?? []) {
+  for (const { type, node } of statements) {
+    if (type !== "AlterTableStmt") continue;
+    for (const cmd of node.cmds ?? []) {
       const c = cmd.AlterTableCmd?.def?.Constraint;
       if (c?.contype !== "CONSTR_FOREIGN" || !c.pktable || !c.pk_attrs) continue;
       const columns = c.pk_attrs.map((a: Node) => a.String?.sval ?? "");
@@ -347,6 +334,57 @@ function referencedKeys(stmts: Node[]): Set<string> {
     }
   }
   return keys;
+}
+
+/** One statement of the dump: its parse tree's node type, the node, its text. */
+interface DumpStatement {
+  type: string;
+  node: Node;
+  sql: string;
+}
+
+/** Where pg_dump's plain format starts an object: its `-- Name: ...` comment header. */
+const TOC_ENTRY = /^--\n-- (?:Data for )?Name: /gm;
+
+/**
+ * The dump's statements. Each object pg_dump wrote is parsed on its own, giving the event loop
+ * a turn every few milliseconds: one parse of a schema of thousands of tables would stall every
+ * client of pgdog for the better part of a second.
+ */
+async function splitDump(text: string): Promise<DumpStatement[]> {
+  await loadModule();
+  const starts = [0, ...[...text.matchAll(TOC_ENTRY)].map((m) => m.index!), text.length];
+  const out: DumpStatement[] = [];
+  const encoder = new TextEncoder();
+  const decoder = new TextDecoder();
+  let pending = "";
+  let slice = performance.now();
+  for (let i = 0; i + 1 < starts.length; i++) {
+    pending += text.slice(starts[i], starts[i + 1]);
+    let tree: Node;
+    try {
+      tree = parseSync(pending);
+    } catch (e) {
+      // A header inside a function's body, say: parse it together with what follows.
+      if (i + 2 < starts.length) continue;
+      throw new ReshardingError(`pg_dump's output could not be parsed: ${(e as Error).message}`);
+    }
+    // The parser's offsets count UTF-8 bytes.
+    const bytes = encoder.encode(pending);
+    for (const raw of tree.stmts ?? []) {
+      const at = raw.stmt_location ?? 0;
+      const sql = decoder.decode(bytes.subarray(at, at + (raw.stmt_len || bytes.length - at)))
+        .replace(/^(\s|--[^\n]*\n)+/, "").trim();
+      const [type, node] = Object.entries(raw.stmt)[0] as [string, Node];
+      out.push({ type, node, sql });
+    }
+    pending = "";
+    if (performance.now() - slice > 10) {
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      slice = performance.now();
+    }
+  }
+  return out;
 }
 
 /**

@@ -532,3 +532,29 @@ Deno.test("schemaSync runs pg_dump with pgdog's own permissions (--allow-run=den
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("planSchema: a big schema is parsed a piece at a time (clients keep being served); a header inside a function body is no split", async () => {
+  let dump = "SET statement_timeout = 0;\n";
+  dump += "--\n-- Name: f(); Type: FUNCTION; Schema: public; Owner: app\n--\n\n" +
+    "CREATE FUNCTION public.f() RETURNS text LANGUAGE sql AS $$SELECT '\n--\n-- Name: x; Type: TABLE; Schema: public; Owner: app\n--\n'::text$$;\n\n";
+  for (let i = 0; i < 3000; i++) {
+    dump += `--\n-- Name: t${i}; Type: TABLE; Schema: app; Owner: app\n--\n\n` +
+      `CREATE TABLE app.t${i} (id bigint NOT NULL, name text);\n\n` +
+      `--\n-- Name: t${i}_name; Type: INDEX; Schema: app; Owner: app\n--\n\n` +
+      `CREATE INDEX t${i}_name ON app.t${i} USING btree (name);\n\n`;
+  }
+  let turns = 0;
+  const ticker = setInterval(() => turns++, 1);
+  try {
+    const plan = await planSchema(dump);
+    assert.equal(plan.pre.length, 3001);
+    assert.equal(plan.post.length, 3000);
+    assert.equal(plan.pre[0].kind, "function");
+    assert.match(plan.pre[0].sql, /-- Name: x; Type: TABLE[^]*'::text\$\$$/);
+    assert.equal(plan.pre[1].sql, "CREATE TABLE app.t0 (id bigint NOT NULL, name text)");
+    // One parse of it all takes hundreds of milliseconds without a turn for anyone else.
+    assert.ok(turns >= 5, `the event loop had ${turns} turns`);
+  } finally {
+    clearInterval(ticker);
+  }
+});
