@@ -275,7 +275,7 @@ export async function planSchema(
             pre.push(st(constraint.contype === "CONSTR_PRIMARY" ? "primary_key" : "unique"));
           } else if (constraint.contype === "CONSTR_FOREIGN") {
             if (partitioned.has(key(node.relation))) {
-              // PostgreSQL before 18 refuses NOT VALID foreign keys on partitioned tables: made after the copy.
+              // PostgreSQL before 18 refuses NOT VALID on partitioned tables: made after the copy.
               validations.push(st("foreign_key"));
             } else if (constraint.skip_validation) {
               pre.push(st("foreign_key")); // NOT VALID on the source as well
