@@ -69,7 +69,7 @@ export interface SchemaSyncOptions {
   /** The publication on the source: only its tables (and what they need) are synced. */
   publication: string;
   phase: SchemaSyncPhase;
-  /** Per destination shard, the source shard it is (growing in place) or -1; computed if left out. */
+  /** Per destination shard, the source shard it is (growing in place) or -1; computed if unset. */
   shared?: number[];
   /**
    * Called with each row when it is planned (pending), when its statement starts and when it
@@ -127,7 +127,7 @@ export interface PlannedStatement {
   sql: string;
   kind: string;
   table: { schema: string; name: string } | null;
-  /** An index built CONCURRENTLY: an invalid one left by a failed build is dropped and built again. */
+  /** Built CONCURRENTLY: an invalid index left by a failed build is dropped and built again. */
   concurrentIndex?: { schema: string; name: string };
 }
 
@@ -736,7 +736,7 @@ interface SequenceState {
   ascending: boolean;
 }
 
-/** The sequences of a shard; throws when the user may not read one (its value would look unused). */
+/** A shard's sequences; throws when the user may not read one (its value would look unused). */
 async function readSequences(login: ServerLogin, where: string): Promise<SequenceState[]> {
   const conn = await connect(login);
   try {
@@ -767,7 +767,7 @@ async function readSequences(login: ServerLogin, where: string): Promise<Sequenc
   }
 }
 
-/** Cutover: each destination shard's sequences set past the greatest value over the source's shards. */
+/** Cutover: each destination shard's sequences set past their greatest value on the source. */
 async function syncSequences(options: SchemaSyncOptions): Promise<SchemaSyncRow[]> {
   const { source, destination } = options;
   const furthest = new Map<string, bigint>();
