@@ -1,11 +1,10 @@
 import assert from "node:assert/strict";
 import { REPO_ROOT, startPostgres } from "../../tests/harness/mod.ts";
 import { PGDOG_FLAGS } from "../config/read_grants.ts";
-import { shardingConfigFor } from "../router/shard.ts";
+import { resolveConfig } from "../config/load.ts";
 import { PgConn } from "./pg_conn.ts";
 import { planSchema, schemaSync, type SchemaSyncRow } from "./schema_sync.ts";
-import type { ReshardingDatabase } from "./shards.ts";
-import { ReshardingError } from "./shards.ts";
+import { type ReshardingDatabase, reshardingDatabase, ReshardingError } from "./shards.ts";
 
 const SCHEMA = `
 CREATE EXTENSION pg_trgm;
@@ -44,24 +43,30 @@ CREATE PUBLICATION everything FOR ALL TABLES;
 CREATE PUBLICATION families FOR TABLE app.parent, app.child;
 `;
 
-/** A ReshardingDatabase over databases of one cluster (no sharding rules needed here). */
+/**
+ * Database `name` with a shard per database of one cluster, as pgdog's configuration gives it
+ * to resharding (its schema_admin user, an ordinary user listed first).
+ */
 function database(
   name: string,
   pg: { host: string; port: number },
   dbs: string[],
   user = "app",
 ): ReshardingDatabase {
-  const empty = { sharded_tables: [], sharded_schemas: [], omnisharded_tables: [] };
-  return {
-    name,
-    user,
-    shards: dbs.map((database, shard) => ({
+  const { config } = resolveConfig({
+    databases: dbs.map((database_name, shard) => ({
+      name,
+      host: pg.host,
+      port: pg.port,
+      database_name,
       shard,
-      primary: { host: pg.host, port: pg.port, user, password: "pw", database },
-      replicas: [],
     })),
-    sharding: shardingConfigFor(empty, name, { shards: dbs.length }),
-  };
+    users: [
+      { name: "someone", database: name, password: "other" },
+      { name: user, database: name, password: "pw", schema_admin: true },
+    ],
+  });
+  return reshardingDatabase(config, name);
 }
 
 function states(rows: SchemaSyncRow[]): Record<string, number> {
