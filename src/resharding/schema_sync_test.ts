@@ -81,7 +81,7 @@ Deno.test("schemaSync: pre, post and cutover from a 2-shard source onto 3 new sh
       { name: "app", password: "pw", auth: "scram", superuser: true },
       { name: "plain", password: "pw", auth: "scram" },
     ],
-    databases: ["s0", "s1", "d0", "d1", "d2", "d3"],
+    databases: ["s0", "s1", "d0", "d1", "d2", "d3", "d4"],
   });
   for (const db of ["s0", "s1"]) await pg.sql(SCHEMA, { database: db });
   const source = database("src", pg, ["s0", "s1"]);
@@ -420,6 +420,34 @@ Deno.test("schemaSync: pre, post and cutover from a 2-shard source onto 3 new sh
       } finally {
         holder.close();
       }
+    },
+  );
+
+  await t.step(
+    "post: a foreign key whose rows are not all on the shard fails its validation, and stops",
+    async () => {
+      const lone = database("lone", pg, ["d4"]);
+      const phase = { source, destination: lone, publication: "everything" };
+      await schemaSync({ ...phase, phase: "pre" });
+      // As the copy writes it: a child whose parent lives on another shard.
+      await pg.sql(
+        "SET session_replication_role = replica; INSERT INTO app.child (pid) VALUES (42)",
+        { database: "d4" },
+      );
+      await assert.rejects(
+        schemaSync({ ...phase, phase: "post" }),
+        (e) =>
+          e instanceof ReshardingError &&
+          /shard 0 of "lone": insert or update on table "child" violates foreign key constraint "child_pid_fkey" \[23503\].*in: ALTER TABLE ONLY "app"\."child" VALIDATE CONSTRAINT "child_pid_fkey"/s
+            .test(e.message),
+      );
+      assert.equal(await one("d4", "SELECT count(*) FROM pg_trigger WHERE tgname = 'touch'"), "0");
+      const rows = await schemaSync({ ...phase, phase: "post", ignoreErrors: true });
+      assert.deepEqual(
+        rows.filter((r) => r.sync_state === "error").map((r) => r.kind),
+        ["validate"],
+      );
+      assert.equal(await one("d4", "SELECT count(*) FROM pg_trigger WHERE tgname = 'touch'"), "1");
     },
   );
 
