@@ -3,8 +3,8 @@
  *
  * - `-c` and `-u` naming files anywhere work, and so do the TLS files the configuration names
  *   (a client connects with `sslmode=require`); pgdog itself may read only its folder, the working
- *   directory and those files, and write only the configuration files (with their backups and
- *   temporary files, for a cutover's save);
+ *   directory and those files, write only the configuration files (with their backups and
+ *   temporary files, for a cutover's save), and run deno and pg_dump only;
  * - Ctrl-C (SIGINT to the whole process group) and SIGTERM shut pgdog down gracefully, once;
  *   should the launcher be killed, pgdog does not outlive it;
  * - run by hand without read access to a file, pgdog prints the command line that grants it.
@@ -136,6 +136,11 @@ Deno.test("deno task start: files outside the repository, TLS, signals", async (
           assert.ok(pid, task.output());
           const args = await Deno.readTextFile(`/proc/${pid}/cmdline`);
           const read = args.split("\0").find((a) => a.startsWith("--allow-read="));
+          // It may run deno (plugin processes) and pg_dump (resharding's schema sync), nothing else.
+          assert.deepEqual(
+            args.split("\0").filter((a) => a.startsWith("--allow-run")),
+            ["--allow-run=deno,pg_dump"],
+          );
           // The configuration files, and the backups and temporary files of a cutover's save.
           const saved = ["pgdog", "users"].flatMap((f) =>
             [".toml", ".toml.tmp", ".bak.toml", ".bak.toml.tmp"].map((e) => `${dir}/${f}${e}`)

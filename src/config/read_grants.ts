@@ -25,13 +25,16 @@ export const PGDOG_ROOT: string | null = (() => {
   return url.protocol === "file:" ? decodeURIComponent(url.pathname).replace(/\/$/, "") : null;
 })();
 
-/** The permission flags pgdog runs with, but for `--allow-read` (see {@linkcode pgdogArgs}). */
+/**
+ * The permission flags pgdog runs with, but for `--allow-read` (see {@linkcode pgdogArgs}):
+ * `deno` for plugin processes, `pg_dump` for resharding's schema sync.
+ */
 export const PGDOG_FLAGS: readonly string[] = [
   "--unstable-net",
   "--unstable-worker-options",
   "--allow-net",
   "--allow-env=PGDOG_*,NODE_ID",
-  "--allow-run=deno",
+  "--allow-run=deno,pg_dump",
 ];
 
 /** `path` made absolute against `cwd`, with `.` and `..` resolved. */
