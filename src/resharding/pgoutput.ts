@@ -43,7 +43,9 @@ class Reader {
     const at = this.#pos;
     if (at + n > this.#bytes.length) {
       throw new PgoutputError(
-        `pgoutput message '${String.fromCharCode(this.tag)}' is truncated (${this.#bytes.length} bytes)`,
+        `pgoutput message '${
+          String.fromCharCode(this.tag)
+        }' is truncated (${this.#bytes.length} bytes)`,
       );
     }
     this.#pos += n;
