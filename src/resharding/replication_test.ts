@@ -1,0 +1,459 @@
+import assert from "node:assert/strict";
+import { type PgCluster, startPostgres } from "../../tests/harness/mod.ts";
+import { type Change, type Relation, type StreamedChange, UNCHANGED } from "./changes.ts";
+import { PgConn, PgError, type ServerLogin } from "./pg_conn.ts";
+import { createSlot, dropSlot, ReplicationStream, slotLag } from "./replication.ts";
+import { ReshardingError } from "./shards.ts";
+
+async function source(
+  settings: Record<string, string | number> = {},
+): Promise<{ pg: PgCluster; login: ServerLogin; sql: PgConn }> {
+  const pg = await startPostgres({
+    settings: { wal_level: "logical", max_replication_slots: 10, max_wal_senders: 10, ...settings },
+    roles: [{ name: "app", password: "pw", auth: "scram", superuser: true }],
+    hba: ["host replication app 127.0.0.1/32 scram-sha-256"],
+  });
+  const login = { host: pg.host, port: pg.port, user: "app", password: "pw", database: "postgres" };
+  const sql = await PgConn.connect(login);
+  return { pg, login, sql };
+}
+
+/** Resolves with `promise`, or fails after `ms` saying what was awaited. */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Reads up to and including the `commits`-th Commit. */
+async function readTransactions(
+  stream: ReplicationStream,
+  commits: number,
+): Promise<StreamedChange[]> {
+  const out: StreamedChange[] = [];
+  let seen = 0;
+  while (seen < commits) {
+    const next = await within(stream.next(), 20_000, `commit ${seen + 1} of ${commits}`);
+    assert.ok(next !== null, "the stream ended early");
+    out.push(next);
+    if (next.change.kind === "commit") seen++;
+  }
+  return out;
+}
+
+/** The changes without Begin, Commit and Relation, each with its table's name. */
+function dataChanges(changes: StreamedChange[]): [string, Change][] {
+  const tables = new Map<number, string>();
+  const out: [string, Change][] = [];
+  for (const { change } of changes) {
+    if (change.kind === "relation") tables.set(change.oid, change.name);
+    else if (change.kind === "insert" || change.kind === "update" || change.kind === "delete") {
+      out.push([tables.get(change.relation) ?? "?", change]);
+    } else if (change.kind === "truncate") {
+      out.push([change.relations.map((oid) => tables.get(oid) ?? "?").join(","), change]);
+    }
+  }
+  return out;
+}
+
+/** The first column of every insert: the ids a stream delivered, in order. */
+function insertedIds(changes: StreamedChange[]): number[] {
+  return changes.flatMap(({ change }) => change.kind === "insert" ? [Number(change.tuple[0])] : []);
+}
+
+function commitsOf(changes: StreamedChange[]): Extract<Change, { kind: "commit" }>[] {
+  return changes.flatMap(({ change }) => change.kind === "commit" ? [change] : []);
+}
+
+Deno.test("replication: inserts, updates (non-key, key, unchanged TOAST), deletes, truncate and REPLICA IDENTITY FULL, one transaction at a time", async () => {
+  const { pg, login, sql } = await source();
+  await using _pg = pg;
+  try {
+    await sql.query(`
+      CREATE TABLE items (id int PRIMARY KEY, note text, doc text);
+      ALTER TABLE items ALTER COLUMN doc SET STORAGE EXTERNAL;
+      CREATE TABLE logs (a int, b text);
+      ALTER TABLE logs REPLICA IDENTITY FULL;
+      CREATE TABLE hidden (id int PRIMARY KEY);
+      CREATE PUBLICATION pub FOR TABLE items, logs;`);
+    const slot = await createSlot(login, { name: "s_all" });
+    slot.conn.close();
+    assert.equal(slot.name, "s_all");
+    assert.equal(slot.snapshot, null);
+    const big = "toast".repeat(2000);
+    await sql.query(`
+      BEGIN;
+      INSERT INTO items VALUES (1, NULL, '${big}'), (2, 'two', 'small');
+      INSERT INTO logs VALUES (1, 'one'), (1, 'one');
+      INSERT INTO hidden VALUES (1);
+      COMMIT;`);
+    await sql.query(`
+      BEGIN;
+      UPDATE items SET note = 'n' WHERE id = 1;
+      UPDATE items SET id = 3 WHERE id = 2;
+      COMMIT;`);
+    await sql.query(`BEGIN; UPDATE logs SET b = 'uno'; DELETE FROM logs; COMMIT;`);
+    await sql.query("INSERT INTO hidden VALUES (2)"); // not published: no transaction at all
+    await sql.query("DELETE FROM items WHERE id = 3");
+    await sql.query("TRUNCATE items");
+
+    const stream = await ReplicationStream.start(login, { slot: "s_all", publication: "pub" });
+    try {
+      const changes = await readTransactions(stream, 5);
+      assert.deepEqual(dataChanges(changes), [
+        ["items", { kind: "insert", relation: oidOf(changes, "items"), tuple: ["1", null, big] }],
+        ["items", {
+          kind: "insert",
+          relation: oidOf(changes, "items"),
+          tuple: ["2", "two", "small"],
+        }],
+        ["logs", { kind: "insert", relation: oidOf(changes, "logs"), tuple: ["1", "one"] }],
+        ["logs", { kind: "insert", relation: oidOf(changes, "logs"), tuple: ["1", "one"] }],
+        ["items", {
+          kind: "update",
+          relation: oidOf(changes, "items"),
+          old: null,
+          oldKind: null,
+          tuple: ["1", "n", UNCHANGED],
+        }],
+        ["items", {
+          kind: "update",
+          relation: oidOf(changes, "items"),
+          old: ["2", null, null],
+          oldKind: "K",
+          tuple: ["3", "two", "small"],
+        }],
+        ...[0, 1].map((): [string, Change] => ["logs", {
+          kind: "update",
+          relation: oidOf(changes, "logs"),
+          old: ["1", "one"],
+          oldKind: "O",
+          tuple: ["1", "uno"],
+        }]),
+        ...[0, 1].map((): [string, Change] => ["logs", {
+          kind: "delete",
+          relation: oidOf(changes, "logs"),
+          old: ["1", "uno"],
+          oldKind: "O",
+        }]),
+        ["items", {
+          kind: "delete",
+          relation: oidOf(changes, "items"),
+          old: ["3", null, null],
+          oldKind: "K",
+        }],
+        ["items", {
+          kind: "truncate",
+          relations: [oidOf(changes, "items")],
+          cascade: false,
+          restartIdentity: false,
+        }],
+      ]);
+      const items = changes.find(({ change }) => change.kind === "relation")?.change as Relation;
+      assert.deepEqual(items.columns.map((c) => [c.name, c.key]), [
+        ["id", true],
+        ["note", false],
+        ["doc", false],
+      ]);
+      // Transactions in commit order, each Begin naming its Commit, positions increasing.
+      let begin: Extract<Change, { kind: "begin" }> | null = null;
+      let last = 0n;
+      for (const { lsn, change } of changes) {
+        assert.ok(lsn > 0n && lsn >= last, "positions go forward");
+        last = lsn;
+        if (change.kind === "begin") begin = change;
+        if (change.kind === "commit") {
+          assert.equal(change.commitLsn, begin?.finalLsn);
+          assert.ok(change.endLsn > change.commitLsn);
+          assert.ok(change.commitLsn >= slot.consistentPoint);
+        }
+      }
+      assert.equal(stream.received, last);
+    } finally {
+      await stream.close();
+    }
+    assert.equal(await dropSlot(login, "s_all"), true);
+  } finally {
+    sql.close();
+  }
+});
+
+function oidOf(changes: StreamedChange[], table: string): number {
+  for (const { change } of changes) {
+    if (change.kind === "relation" && change.name === table) return change.oid;
+  }
+  throw new Error(`no Relation for ${table}`);
+}
+
+Deno.test("createSlot: the exported snapshot has exactly what the slot does not stream; a temporary slot goes with its connection", async () => {
+  const { pg, login, sql } = await source();
+  await using _pg = pg;
+  try {
+    await sql.query(`
+      CREATE TABLE t (id int PRIMARY KEY);
+      INSERT INTO t SELECT generate_series(1, 3);
+      CREATE PUBLICATION pub FOR ALL TABLES;`);
+    const slot = await createSlot(login, { name: "with_snapshot", exportSnapshot: true });
+    await sql.query("INSERT INTO t VALUES (4), (5)");
+    assert.ok(slot.snapshot);
+    const reader = await PgConn.connect(login);
+    try {
+      await reader.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+      await reader.execute("SET TRANSACTION SNAPSHOT '" + slot.snapshot + "'", []);
+      const r = await reader.query("SELECT array_agg(id ORDER BY id) FROM t");
+      assert.deepEqual(r.rows, [["{1,2,3}"]]);
+      await reader.query("COMMIT");
+    } finally {
+      reader.close();
+    }
+    slot.conn.close();
+    const stream = await ReplicationStream.start(login, {
+      slot: "with_snapshot",
+      publication: "pub",
+    });
+    try {
+      assert.deepEqual(insertedIds(await readTransactions(stream, 1)), [4, 5]);
+    } finally {
+      await stream.close();
+    }
+
+    // An existing name is refused.
+    await assert.rejects(
+      createSlot(login, { name: "with_snapshot" }),
+      (e) => e instanceof PgError && e.code === "42710",
+    );
+
+    const temp = await createSlot(login, { name: "temp", temporary: true, exportSnapshot: true });
+    assert.ok(temp.snapshot);
+    const row = await sql.query(
+      "SELECT temporary, active_pid FROM pg_replication_slots WHERE slot_name = 'temp'",
+    );
+    assert.deepEqual(row.rows, [["t", String(temp.conn.pid)]]);
+    temp.conn.close();
+    await within(
+      (async () => {
+        while (
+          (await sql.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'temp'")).rows
+            .length
+        ) {
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      })(),
+      10_000,
+      "the temporary slot to go",
+    );
+  } finally {
+    sql.close();
+  }
+});
+
+Deno.test("ReplicationStream: closed and started again, it resumes after the confirmed position (none lost, none repeated)", async () => {
+  const { pg, login, sql } = await source();
+  await using _pg = pg;
+  try {
+    await sql.query("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR ALL TABLES");
+    (await createSlot(login, { name: "resume" })).conn.close();
+    for (let id = 1; id <= 6; id++) await sql.query(`INSERT INTO t VALUES (${id})`);
+
+    // Reads three, confirms two.
+    const first = await ReplicationStream.start(login, { slot: "resume", publication: "pub" });
+    const read1 = await readTransactions(first, 3);
+    assert.deepEqual(insertedIds(read1), [1, 2, 3]);
+    const [, second] = commitsOf(read1);
+    first.confirm(second.endLsn);
+    first.confirm(second.commitLsn); // never back
+    assert.equal(first.confirmed, second.endLsn);
+    await first.close();
+    assert.equal((await slotLag(login, "resume")).confirmedFlush, second.endLsn);
+
+    // The unconfirmed third comes again, then the rest.
+    const again = await ReplicationStream.start(login, { slot: "resume", publication: "pub" });
+    const read2 = await readTransactions(again, 4);
+    assert.deepEqual(insertedIds(read2), [3, 4, 5, 6]);
+    const commits = commitsOf(read2);
+    again.confirm(commits[1].endLsn); // through 4
+    await again.close();
+
+    // A start position past the confirmed one skips what came before it.
+    const skip = await ReplicationStream.start(login, {
+      slot: "resume",
+      publication: "pub",
+      startLsn: commits[2].endLsn, // after 5
+    });
+    const read3 = await readTransactions(skip, 1);
+    assert.deepEqual(insertedIds(read3), [6]);
+    const sixth = commitsOf(read3)[0].endLsn;
+    skip.confirm(sixth);
+    await skip.close();
+
+    // A start position before the confirmed one does not bring confirmed changes back.
+    await sql.query("INSERT INTO t VALUES (7)");
+    const early = await ReplicationStream.start(login, {
+      slot: "resume",
+      publication: "pub",
+      startLsn: 1n,
+    });
+    // Its status updates never move the slot back to where it was asked to start.
+    await early.sendStatus();
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal((await slotLag(login, "resume")).confirmedFlush, sixth);
+    assert.deepEqual(insertedIds(await readTransactions(early, 1)), [7]);
+    await early.close();
+    assert.equal((await slotLag(login, "resume")).confirmedFlush, sixth);
+  } finally {
+    sql.close();
+  }
+});
+
+Deno.test("ReplicationStream: restarted again and again while a writer commits, every row arrives exactly once", async () => {
+  const { pg, login, sql } = await source();
+  await using _pg = pg;
+  try {
+    await sql.query("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR ALL TABLES");
+    (await createSlot(login, { name: "busy" })).conn.close();
+    const writer = await PgConn.connect(login);
+    const total = 300;
+    const writing = (async () => {
+      for (let id = 1; id <= total; id += 3) {
+        // Some transactions of one row, some of two.
+        if (id % 2) await writer.query(`INSERT INTO t VALUES (${id}), (${id + 1})`);
+        else await writer.query(`INSERT INTO t VALUES (${id}); INSERT INTO t VALUES (${id + 1})`);
+        await writer.query(`INSERT INTO t VALUES (${id + 2})`);
+      }
+    })();
+    const seen: number[] = [];
+    let restarts = 0;
+    try {
+      while (seen.length < total) {
+        const stream = await ReplicationStream.start(login, { slot: "busy", publication: "pub" });
+        restarts++;
+        try {
+          // A few transactions per session; what was read after the last commit is dropped.
+          let pending: number[] = [];
+          let commits = 0;
+          while (commits < 7 && seen.length < total) {
+            const next = await within(stream.next(), 20_000, "a change");
+            assert.ok(next);
+            const { change } = next;
+            if (change.kind === "insert") pending.push(Number(change.tuple[0]));
+            if (change.kind === "commit") {
+              seen.push(...pending);
+              pending = [];
+              stream.confirm(change.endLsn);
+              commits++;
+            }
+          }
+        } finally {
+          await stream.close();
+        }
+      }
+      await writing;
+    } finally {
+      writer.close();
+    }
+    assert.ok(restarts > 10);
+    assert.deepEqual(seen, Array.from({ length: total }, (_, i) => i + 1));
+  } finally {
+    sql.close();
+  }
+});
+
+Deno.test("ReplicationStream: confirmations reach the source on their own, an idle stream shows no lag, and it outlives wal_sender_timeout", async () => {
+  const { pg, login, sql } = await source({ wal_sender_timeout: "2s" });
+  await using _pg = pg;
+  try {
+    await sql.query(`
+      CREATE TABLE t (id int PRIMARY KEY);
+      CREATE TABLE unpublished (id int);
+      CREATE PUBLICATION pub FOR TABLE t;`);
+    (await createSlot(login, { name: "lag" })).conn.close();
+    await sql.query("INSERT INTO t VALUES (1)");
+    await sql.query("INSERT INTO t VALUES (2)");
+    const before = await slotLag(login, "lag");
+    assert.equal(before.active, false);
+    // Counted from the insert position: commits not yet flushed (synchronous_commit = off) count.
+    assert.ok(before.lagBytes > 0n);
+
+    const stream = await ReplicationStream.start(login, { slot: "lag", publication: "pub" });
+    try {
+      const changes = await readTransactions(stream, 1);
+      const end = commitsOf(changes)[0].endLsn;
+      stream.confirm(end);
+      // next() is not called: the status update goes out by itself.
+      await waitFor(async () => (await slotLag(login, "lag")).confirmedFlush === end, "confirm");
+      assert.equal((await slotLag(login, "lag")).active, true);
+
+      // Read the second, confirm it; then WAL the stream has nothing to send for: keepalives
+      // carry the idle stream to the WAL's end.
+      const more = await readTransactions(stream, 1);
+      stream.confirm(commitsOf(more)[0].endLsn);
+      const reading = stream.next();
+      await sql.query("INSERT INTO unpublished SELECT generate_series(1, 1000)");
+      assert.ok((await slotLag(login, "lag")).lagBytes > 0n);
+      await waitFor(async () => (await slotLag(login, "lag")).lagBytes === 0n, "no lag");
+      // Idle for longer than wal_sender_timeout, then a change still arrives.
+      await new Promise((r) => setTimeout(r, 4_000));
+      await sql.query("INSERT INTO t VALUES (3)");
+      let next = await within(reading, 20_000, "the insert after idling");
+      while (next?.change.kind !== "insert") next = await within(stream.next(), 20_000, "insert");
+      assert.deepEqual(next.change.tuple, ["3"]);
+    } finally {
+      await stream.close();
+    }
+  } finally {
+    sql.close();
+  }
+});
+
+async function waitFor(check: () => Promise<boolean>, what: string): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+Deno.test("dropSlot: a missing slot is no error, an active one is taken from its walsender; slotLag of a missing slot is a ReshardingError", async () => {
+  const { pg, login, sql } = await source();
+  await using _pg = pg;
+  try {
+    await sql.query("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR ALL TABLES");
+    assert.equal(await dropSlot(login, "nothing_here"), false);
+    (await createSlot(login, { name: "held" })).conn.close();
+    const stream = await ReplicationStream.start(login, { slot: "held", publication: "pub" });
+    const reading = stream.next().then(
+      (v) => ({ ok: v }),
+      (e) => ({ error: e }),
+    );
+    assert.equal((await slotLag(login, "held")).active, true);
+    assert.equal(await dropSlot(login, "held"), true);
+    const outcome = await within(reading, 20_000, "the stream to end");
+    assert.ok(
+      "error" in outcome && outcome.error instanceof PgError,
+      "the stream reports the loss",
+    );
+    await stream.close();
+    const left = await sql.query("SELECT count(*) FROM pg_replication_slots");
+    assert.deepEqual(left.rows, [["0"]]);
+    await assert.rejects(slotLag(login, "held"), ReshardingError);
+    // A replication login works for both too.
+    const repl = { ...login, params: { replication: "database" } };
+    (await createSlot(repl, { name: "again" })).conn.close();
+    assert.equal((await slotLag(repl, "again")).active, false);
+    assert.equal(await dropSlot(repl, "again"), true);
+    await assert.rejects(
+      ReplicationStream.start(login, { slot: "again", publication: "pub" }),
+      (e) => e instanceof PgError && e.code === "42704",
+    );
+  } finally {
+    sql.close();
+  }
+});
