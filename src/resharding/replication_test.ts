@@ -457,3 +457,35 @@ Deno.test("dropSlot: a missing slot is no error, an active one is taken from its
     sql.close();
   }
 });
+
+Deno.test("replication: a role with REPLICATION (not a superuser) and an ordinary pg_hba.conf line does all of it", async () => {
+  await using pg = await startPostgres({
+    settings: { wal_level: "logical", max_replication_slots: 4, max_wal_senders: 4 },
+    roles: [
+      { name: "app", password: "pw", auth: "scram", superuser: true },
+      { name: "rep", password: "pw", auth: "scram" },
+    ],
+  });
+  const admin = { host: pg.host, port: pg.port, user: "app", password: "pw", database: "postgres" };
+  const login = { ...admin, user: "rep" };
+  const sql = await PgConn.connect(admin);
+  try {
+    await sql.query(`
+      ALTER ROLE rep REPLICATION;
+      CREATE TABLE t (id int PRIMARY KEY);
+      CREATE PUBLICATION pub FOR ALL TABLES;`);
+    (await createSlot(login, { name: "least" })).conn.close();
+    await sql.query("INSERT INTO t VALUES (1)");
+    const stream = await ReplicationStream.start(login, { slot: "least", publication: "pub" });
+    const read = await readTransactions(stream, 1);
+    assert.deepEqual(insertedIds(read), [1]);
+    stream.confirm(commitsOf(read)[0].endLsn);
+    assert.equal((await slotLag(login, "least")).active, true);
+    // Its own walsender, still streaming, is terminated by the drop.
+    assert.equal(await dropSlot(login, "least"), true);
+    await assert.rejects(within(stream.next(), 20_000, "the stream to fail"), PgError);
+    await stream.close();
+  } finally {
+    sql.close();
+  }
+});
