@@ -11,14 +11,18 @@ Deno.test("PgConn: queries, parameters, errors, COPY both ways, a replication co
   const login = { host: pg.host, port: pg.port, user: "app", password: "pw", database: "postgres" };
   const c = await PgConn.connect(login);
   try {
-    const r = await c.query("CREATE TABLE t (id int PRIMARY KEY, v text); SELECT 1 AS one, NULL AS n");
+    const r = await c.query(
+      "CREATE TABLE t (id int PRIMARY KEY, v text); SELECT 1 AS one, NULL AS n",
+    );
     assert.deepEqual(r.columns, ["one", "n"]);
     assert.deepEqual(r.rows, [["1", null]]);
     assert.deepEqual(r.tags, ["CREATE TABLE", "SELECT 1"]);
     const e = await c.execute("INSERT INTO t VALUES ($1, $2) RETURNING v", ["1", "a\tb"]);
     assert.deepEqual(e.rows, [["a\tb"]]);
-    await assert.rejects(c.execute("INSERT INTO t VALUES ($1, $2)", ["1", null]), (err) =>
-      err instanceof PgError && err.code === "23505");
+    await assert.rejects(
+      c.execute("INSERT INTO t VALUES ($1, $2)", ["1", null]),
+      (err) => err instanceof PgError && err.code === "23505",
+    );
     // Still usable after an error.
     await c.copyIn("COPY t FROM STDIN");
     await c.copyData(new TextEncoder().encode("2\tx\n3\t\\N\n"));

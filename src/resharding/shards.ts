@@ -100,7 +100,10 @@ export function sameDatabase(a: ServerLogin, b: ServerLogin): boolean {
  * For each destination shard, the source shard that is the same database (growing in place:
  * its rows are already there), or -1 for a new database.
  */
-export function sharedShards(source: ReshardingDatabase, destination: ReshardingDatabase): number[] {
+export function sharedShards(
+  source: ReshardingDatabase,
+  destination: ReshardingDatabase,
+): number[] {
   return destination.shards.map((d) => {
     const s = source.shards.find((s) => sameDatabase(s.primary, d.primary));
     return s === undefined ? -1 : s.shard;
