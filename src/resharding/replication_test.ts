@@ -489,3 +489,45 @@ Deno.test("replication: a role with REPLICATION (not a superuser) and an ordinar
     sql.close();
   }
 });
+
+Deno.test("ReplicationStream: values in text form (user types, bytea, arrays, NULL and '', UTF-8), a 5 MB value, and 20000 rows in one transaction", async () => {
+  const { pg, login, sql } = await source();
+  await using _pg = pg;
+  try {
+    await sql.query(`
+      CREATE TYPE mood AS ENUM ('sad', 'ok');
+      CREATE TABLE v (id int PRIMARY KEY, m mood, b bytea, a int[], t text, j jsonb);
+      CREATE TABLE many (id int PRIMARY KEY, pad text);
+      CREATE PUBLICATION pub FOR ALL TABLES;`);
+    (await createSlot(login, { name: "values" })).conn.close();
+    await sql.query(`
+      INSERT INTO v VALUES
+        (1, 'ok', '\\x00ff', '{1,NULL,3}', '', '{"k": "é"}'),
+        (2, NULL, NULL, NULL, NULL, NULL),
+        (3, 'sad', '', '{}', 'héllo 🐘 "quoted" \\ back', 'null');`);
+    await sql.query("INSERT INTO v (id, t) VALUES (4, repeat('0123456789', 500000))");
+    await sql.query(
+      "INSERT INTO many SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g",
+    );
+    const stream = await ReplicationStream.start(login, { slot: "values", publication: "pub" });
+    try {
+      const changes = await readTransactions(stream, 3);
+      // The enum's Type message comes before the table's Relation.
+      const kinds = changes.map(({ change }) => change.kind === "other" ? change.tag : change.kind);
+      assert.deepEqual(kinds.slice(0, 3), ["begin", 0x59, "relation"]);
+      const rows = changes.flatMap(({ change }) => change.kind === "insert" ? [change.tuple] : []);
+      assert.deepEqual(rows.slice(0, 3), [
+        ["1", "ok", "\\x00ff", "{1,NULL,3}", "", '{"k": "é"}'],
+        ["2", null, null, null, null, null],
+        ["3", "sad", "\\x", "{}", 'héllo 🐘 "quoted" \\ back', "null"],
+      ]);
+      assert.equal(rows[3][4], "0123456789".repeat(500000));
+      assert.equal(rows.length, 4 + 20000);
+      assert.deepEqual(rows.at(-1), ["20000", "x".repeat(100)]);
+    } finally {
+      await stream.close();
+    }
+  } finally {
+    sql.close();
+  }
+});
