@@ -531,3 +531,108 @@ Deno.test("ReplicationStream: values in text form (user types, bytea, arrays, NU
     sql.close();
   }
 });
+
+/**
+ * Reads until the stream ends or fails, confirming every commit as an applier would (a source
+ * shutting down waits for its walsenders' consumers to confirm everything sent).
+ */
+async function drain(stream: ReplicationStream): Promise<{ ids: number[]; error: unknown }> {
+  const ids: number[] = [];
+  let pending: number[] = [];
+  try {
+    for (;;) {
+      const next = await within(stream.next(), 30_000, "the stream to end");
+      if (next === null) return { ids, error: null };
+      const { change } = next;
+      if (change.kind === "insert") pending.push(Number(change.tuple[0]));
+      if (change.kind === "commit") {
+        ids.push(...pending);
+        pending = [];
+        stream.confirm(change.endLsn);
+      }
+    }
+  } catch (error) {
+    return { ids, error };
+  }
+}
+
+/**
+ * The ids of the transactions a stream sends until it has sent `last`: whole transactions, in
+ * order, each id once.
+ */
+async function idsThrough(stream: ReplicationStream, last: number): Promise<number[]> {
+  const ids: number[] = [];
+  while (!ids.includes(last)) {
+    const read = await readTransactions(stream, 1);
+    ids.push(...insertedIds(read));
+    stream.confirm(commitsOf(read)[0].endLsn);
+  }
+  return ids;
+}
+
+/** `ids` are `from`, `from + 1`, ... `to` for some `from` ≤ `atMost`. */
+function assertRunUpTo(ids: number[], options: { to: number; atMost: number }): void {
+  const from = ids[0];
+  assert.ok(from <= options.atMost, `${ids} starts after ${options.atMost}`);
+  assert.deepEqual(ids, Array.from({ length: options.to - from + 1 }, (_, i) => from + i));
+}
+
+Deno.test("ReplicationStream: the source stopped or killed mid-stream ends the stream; a new one loses no change", async () => {
+  const { pg, login, sql: first } = await source();
+  await using _pg = pg;
+  first.close();
+  const insert = async (id: number): Promise<void> => {
+    const c = await PgConn.connect(login);
+    try {
+      // Durable at commit: a crash must not take the row with it.
+      await c.query(`SET synchronous_commit = on; INSERT INTO t VALUES (${id})`);
+    } finally {
+      c.close();
+    }
+  };
+  const setup = await PgConn.connect(login);
+  await setup.query("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR ALL TABLES");
+  setup.close();
+  (await createSlot(login, { name: "survive" })).conn.close();
+  for (const id of [1, 2, 3]) await insert(id);
+
+  const s1 = await ReplicationStream.start(login, { slot: "survive", publication: "pub" });
+  const read1 = await readTransactions(s1, 2);
+  assert.deepEqual(insertedIds(read1), [1, 2]);
+  s1.confirm(commitsOf(read1)[1].endLsn);
+  // A fast shutdown: the walsender sends what is left and, once it is all confirmed, ends the
+  // stream (a CommandComplete, then it hangs up): next() returns null.
+  const draining1 = drain(s1);
+  await pg.stop();
+  const end1 = await draining1;
+  assert.equal(end1.error, null);
+  assert.deepEqual(end1.ids, [3]);
+  await s1.close();
+  await pg.start();
+
+  // PostgreSQL before 17 writes a slot's confirmed position to disk only now and then (not at a
+  // shutdown checkpoint): a restarted source may send confirmed transactions again, in order,
+  // but it loses none.
+  await insert(4);
+  const s2 = await ReplicationStream.start(login, { slot: "survive", publication: "pub" });
+  let end2: { ids: number[]; error: unknown } = { ids: [], error: null };
+  try {
+    assertRunUpTo(await idsThrough(s2, 4), { to: 4, atMost: 4 });
+    await s2.sendStatus();
+    await insert(5);
+    const draining2 = drain(s2);
+    await pg.kill();
+    end2 = await draining2;
+    assert.ok(end2.error instanceof PgError, `a crash is an error: ${end2.error}`);
+  } finally {
+    await s2.close();
+  }
+  await pg.start();
+  await insert(6);
+  const s3 = await ReplicationStream.start(login, { slot: "survive", publication: "pub" });
+  try {
+    assertRunUpTo(await idsThrough(s3, 6), { to: 6, atMost: end2.ids.includes(5) ? 6 : 5 });
+  } finally {
+    await s3.close();
+  }
+});
