@@ -224,7 +224,8 @@ export class ReplicationStream {
 
   /**
    * Connects (a replication connection) and starts streaming slot `slot` for publication
-   * `publication`. Throws PgError (42704 no such slot; 55006 the slot stayed in use).
+   * `publication`. Throws PgError (42704 no such slot; 55006 the slot stayed in use), or
+   * ReshardingError when there is no such publication.
    */
   static async start(
     login: ServerLogin,
@@ -236,11 +237,20 @@ export class ReplicationStream {
       for (;;) {
         // The slot's own position: a status update must never move it back.
         const r = await conn.query(
-          `SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = ${
+          `SELECT (SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = ${
             quoteLiteral(options.slot)
-          }`,
+          }), EXISTS (SELECT FROM pg_publication WHERE pubname = ${
+            quoteLiteral(options.publication)
+          })`,
         );
-        const slotConfirmed = r.rows[0]?.[0] ? parseLsn(r.rows[0][0]) : 0n;
+        const [confirmedText, publicationExists] = r.rows[0];
+        // Otherwise the stream would fail only at the first change.
+        if (publicationExists !== "t") {
+          throw new ReshardingError(
+            `publication "${options.publication}" does not exist on ${conn.label}`,
+          );
+        }
+        const slotConfirmed = confirmedText ? parseLsn(confirmedText) : 0n;
         const start = options.startLsn ?? 0n;
         try {
           await conn.copyBoth(

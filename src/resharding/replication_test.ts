@@ -453,6 +453,11 @@ Deno.test("dropSlot: a missing slot is no error, an active one is taken from its
       ReplicationStream.start(login, { slot: "again", publication: "pub" }),
       (e) => e instanceof PgError && e.code === "42704",
     );
+    (await createSlot(login, { name: "nopub" })).conn.close();
+    await assert.rejects(
+      ReplicationStream.start(login, { slot: "nopub", publication: "missing" }),
+      (e) => e instanceof ReshardingError && /publication "missing" does not exist/.test(e.message),
+    );
   } finally {
     sql.close();
   }
