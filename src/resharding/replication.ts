@@ -212,6 +212,7 @@ export class ReplicationStream {
   #failure: unknown = null;
   #closed = false;
   #ended = false;
+  #reading = false;
 
   private constructor(conn: PgConn, options: { confirmed: Lsn; statusIntervalMs: number }) {
     this.#conn = conn;
@@ -291,9 +292,19 @@ export class ReplicationStream {
   /**
    * The next change, or null when the stream ended (the source ended it, or close() was called).
    * Throws PgError when the source reports an error or the connection fails, PgoutputError on a
-   * message it cannot decode.
+   * message it cannot decode. One call at a time: a call while another is pending throws.
    */
   async next(): Promise<StreamedChange | null> {
+    if (this.#reading) throw new Error("ReplicationStream.next() called while another is pending");
+    this.#reading = true;
+    try {
+      return await this.#next();
+    } finally {
+      this.#reading = false;
+    }
+  }
+
+  async #next(): Promise<StreamedChange | null> {
     for (;;) {
       if (this.#failure !== null) throw this.#failure;
       if (this.#closed || this.#ended) return null;

@@ -434,6 +434,7 @@ Deno.test("dropSlot: a missing slot is no error, an active one is taken from its
       (e) => ({ error: e }),
     );
     assert.equal((await slotLag(login, "held")).active, true);
+    await assert.rejects(stream.next(), /while another is pending/);
     assert.equal(await dropSlot(login, "held"), true);
     const outcome = await within(reading, 20_000, "the stream to end");
     assert.ok(
