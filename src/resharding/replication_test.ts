@@ -435,13 +435,27 @@ Deno.test("dropSlot: a missing slot is no error, an active one is taken from its
     );
     assert.equal((await slotLag(login, "held")).active, true);
     await assert.rejects(stream.next(), /while another is pending/);
+    // A second stream of the slot waits for the first to let go, for busyWaitMs.
+    await assert.rejects(
+      ReplicationStream.start(login, { slot: "held", publication: "pub", busyWaitMs: 300 }),
+      (e) => e instanceof PgError && e.code === "55006",
+    );
+    const second = ReplicationStream.start(login, { slot: "held", publication: "pub" });
+    await new Promise((r) => setTimeout(r, 500));
+    await stream.close();
+    assert.deepEqual(await reading, { ok: null }, "close() ends a pending next() with null");
+    const stream2 = await within(second, 20_000, "the second stream");
+    const reading2 = stream2.next().then(
+      (v) => ({ ok: v }),
+      (e) => ({ error: e }),
+    );
     assert.equal(await dropSlot(login, "held"), true);
-    const outcome = await within(reading, 20_000, "the stream to end");
+    const outcome = await within(reading2, 20_000, "the stream to end");
     assert.ok(
       "error" in outcome && outcome.error instanceof PgError,
       "the stream reports the loss",
     );
-    await stream.close();
+    await stream2.close();
     const left = await sql.query("SELECT count(*) FROM pg_replication_slots");
     assert.deepEqual(left.rows, [["0"]]);
     await assert.rejects(slotLag(login, "held"), ReshardingError);
