@@ -192,7 +192,9 @@ export interface ReplicationStreamOptions {
  * itself: their flush position is what {@linkcode confirm} was given (the source keeps the WAL
  * after it), sent within a second of changing and at least every `statusIntervalMs`. When every
  * transaction it delivered has been confirmed, a keepalive's WAL end is confirmed too, so an idle
- * stream shows no lag.
+ * stream shows no lag. A change's `lsn` is its XLogData's start (a Begin: the transaction's first
+ * record; a Commit: the end of its commit record); Relation and Type messages, which have none,
+ * get the one of the message before.
  */
 export class ReplicationStream {
   readonly #conn: PgConn;
@@ -205,6 +207,8 @@ export class ReplicationStream {
   /** The flush position last sent. */
   #reported: Lsn = -1n;
   #lastSentAt = 0;
+  /** The start of the last XLogData that had one. */
+  #lastStart: Lsn;
   /** The end LSN of the last Commit delivered by next(). */
   #lastCommitEnd: Lsn = 0n;
   #inTransaction = false;
@@ -218,6 +222,7 @@ export class ReplicationStream {
     this.#conn = conn;
     this.#confirmed = options.confirmed;
     this.#received = options.confirmed;
+    this.#lastStart = options.confirmed;
     this.#statusIntervalMs = options.statusIntervalMs;
     this.#timer = setInterval(() => this.#tick(), Math.min(1_000, this.#statusIntervalMs));
     Deno.unrefTimer(this.#timer);
@@ -325,7 +330,8 @@ export class ReplicationStream {
         // Relation messages carry no position (0): they get the one of the message before.
         const start = view.getBigUint64(1);
         if (start > this.#received) this.#received = start;
-        const lsn = start === 0n ? this.#received : start;
+        if (start !== 0n) this.#lastStart = start;
+        const lsn = this.#lastStart;
         const change = decodePgoutput(payload.subarray(25));
         if (change.kind === "begin") this.#inTransaction = true;
         else if (change.kind === "commit") {
