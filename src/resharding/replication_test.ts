@@ -172,6 +172,7 @@ Deno.test("replication: inserts, updates (non-key, key, unchanged TOAST), delete
         if (change.kind === "begin") begin = change;
         if (change.kind === "commit") {
           assert.equal(change.commitLsn, begin?.finalLsn);
+          assert.equal(lsn, change.endLsn, "a Commit's position is its record's end");
           assert.ok(change.endLsn > change.commitLsn);
           assert.ok(change.commitLsn >= slot.consistentPoint);
         }
