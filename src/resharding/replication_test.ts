@@ -657,3 +657,33 @@ Deno.test("ReplicationStream: the source stopped or killed mid-stream ends the s
     await s3.close();
   }
 });
+
+Deno.test("createSlot: a source without wal_level = logical, or out of slots, is refused with PostgreSQL's reason", async () => {
+  await using plain = await startPostgres({
+    settings: { wal_level: "replica" },
+    roles: [{ name: "app", password: "pw", auth: "scram", superuser: true }],
+  });
+  const login = {
+    host: plain.host,
+    port: plain.port,
+    user: "app",
+    password: "pw",
+    database: "postgres",
+  };
+  await assert.rejects(
+    createSlot(login, { name: "s" }),
+    (e) => e instanceof PgError && e.code === "55000" && /wal_level/.test(e.message),
+  );
+  await using few = await startPostgres({
+    settings: { wal_level: "logical", max_replication_slots: 1, max_wal_senders: 4 },
+    roles: [{ name: "app", password: "pw", auth: "scram", superuser: true }],
+  });
+  const login2 = { ...login, port: few.port };
+  (await createSlot(login2, { name: "one" })).conn.close();
+  await assert.rejects(
+    createSlot(login2, { name: "two" }),
+    (e) =>
+      e instanceof PgError && e.code === "53400" &&
+      /max_replication_slots/.test(e.fields.hint ?? ""),
+  );
+});
