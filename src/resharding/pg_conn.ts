@@ -226,8 +226,9 @@ export class PgConn {
 
   /**
    * The next CopyData payload of a CopyBoth or COPY OUT stream (a copy: it stays valid), or null
-   * when the server ended the stream (CopyDone, then the rest up to ReadyForQuery is read).
-   * Throws PgError when the server reports an error.
+   * when the server ended the stream (CopyDone, then the rest up to ReadyForQuery is read; or a
+   * walsender's CommandComplete and hang-up at shutdown). Throws PgError when the server reports
+   * an error.
    */
   async readCopyData(): Promise<Uint8Array | null> {
     for (;;) {
@@ -237,10 +238,16 @@ export class PgConn {
         this.#rb.consume(end - p);
         return payload;
       }
-      if (type === Msg.CopyDone) {
+      if (type === Msg.CopyDone || type === Msg.CommandComplete) {
+        // CommandComplete without CopyDone: a walsender ending for a shutdown, which hangs up
+        // right after it.
         this.#rb.consume(end - p);
-        await this.#send(COPY_DONE).catch(() => {});
-        await this.#collect();
+        if (type === Msg.CopyDone) await this.#send(COPY_DONE).catch(() => {});
+        try {
+          await this.#collect();
+        } catch (e) {
+          if (!(e instanceof PgError && e.code === "08006")) throw e;
+        }
         return null;
       }
       if (type === Msg.ErrorResponse) {
