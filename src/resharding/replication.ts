@@ -181,6 +181,12 @@ async function slotConfirmedFlush(login: ServerLogin, slot: string): Promise<Lsn
   }
 }
 
+/** An interval's text (`00:01:00`, `00:00:02.5`) in ms; 0 for zero or anything else. */
+function intervalMs(text: string | null): number {
+  const m = /^(\d+):(\d+):(\d+(?:\.\d+)?)$/.exec(text ?? "");
+  return m ? ((Number(m[1]) * 60 + Number(m[2])) * 60 + Number(m[3])) * 1000 : 0;
+}
+
 /** Microseconds from the Unix epoch to PostgreSQL's (2000-01-01). */
 const PG_EPOCH_US = 946_684_800_000_000n;
 
@@ -193,7 +199,10 @@ export interface ReplicationStreamOptions {
    * streams what was confirmed).
    */
   startLsn?: Lsn;
-  /** Longest time between two status updates (default 10 s). */
+  /**
+   * Longest time between two status updates (default 10 s; at most a third of the source's
+   * `wal_sender_timeout`).
+   */
   statusIntervalMs?: number;
   /** How long a slot still held by an ending walsender is waited for (default 10 s). */
   busyWaitMs?: number;
@@ -260,7 +269,7 @@ export class ReplicationStream {
         const r = await conn.query(
           `SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = ${
             quoteLiteral(options.publication)
-          })`,
+          }), current_setting('wal_sender_timeout')::interval`,
         );
         // Otherwise the stream would fail only at the first change.
         if (r.rows[0][0] !== "t") {
@@ -288,9 +297,16 @@ export class ReplicationStream {
         // just let go may have moved it after an earlier look): no status update may send it back
         // (PostgreSQL before 17 would take it), or confirmed transactions would come again.
         const slotConfirmed = await slotConfirmedFlush(login, options.slot);
+        // A source that drops silent standbys sooner than in three intervals hears from it
+        // more often (its keepalives go unanswered while no next() is reading).
+        const senderTimeoutMs = intervalMs(r.rows[0][1]);
+        let statusIntervalMs = options.statusIntervalMs ?? 10_000;
+        if (senderTimeoutMs > 0) {
+          statusIntervalMs = Math.max(100, Math.min(statusIntervalMs, senderTimeoutMs / 3));
+        }
         return new ReplicationStream(conn, {
           confirmed: start > slotConfirmed ? start : slotConfirmed,
-          statusIntervalMs: options.statusIntervalMs ?? 10_000,
+          statusIntervalMs,
         });
       }
     } catch (e) {
