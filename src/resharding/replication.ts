@@ -166,6 +166,27 @@ export async function slotLag(source: ServerLogin | PgConn, slot: string): Promi
   }
 }
 
+/** The slot's confirmed_flush_lsn (0 when it has none), read on a plain connection. */
+async function slotConfirmedFlush(login: ServerLogin, slot: string): Promise<Lsn> {
+  const conn = await PgConn.connect(plainLogin(login));
+  try {
+    const r = await conn.execute(
+      "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1",
+      [slot],
+    );
+    const text = r.rows[0]?.[0];
+    return text ? parseLsn(text) : 0n;
+  } finally {
+    conn.close();
+  }
+}
+
+/** An interval's text (`00:01:00`, `00:00:02.5`) in ms; 0 for zero or anything else. */
+function intervalMs(text: string | null): number {
+  const m = /^(\d+):(\d+):(\d+(?:\.\d+)?)$/.exec(text ?? "");
+  return m ? ((Number(m[1]) * 60 + Number(m[2])) * 60 + Number(m[3])) * 1000 : 0;
+}
+
 /** Microseconds from the Unix epoch to PostgreSQL's (2000-01-01). */
 const PG_EPOCH_US = 946_684_800_000_000n;
 
@@ -178,7 +199,10 @@ export interface ReplicationStreamOptions {
    * streams what was confirmed).
    */
   startLsn?: Lsn;
-  /** Longest time between two status updates (default 10 s). */
+  /**
+   * Longest time between two status updates (default 10 s; at most a third of the source's
+   * `wal_sender_timeout`).
+   */
   statusIntervalMs?: number;
   /** How long a slot still held by an ending walsender is waited for (default 10 s). */
   busyWaitMs?: number;
@@ -215,6 +239,7 @@ export class ReplicationStream {
   #sending: Promise<void> = Promise.resolve();
   #failure: unknown = null;
   #closed = false;
+  #closing: Promise<void> | null = null;
   #ended = false;
   #reading = false;
 
@@ -241,22 +266,17 @@ export class ReplicationStream {
     try {
       const busyUntil = Date.now() + (options.busyWaitMs ?? 10_000);
       for (;;) {
-        // The slot's own position: a status update must never move it back.
         const r = await conn.query(
-          `SELECT (SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = ${
-            quoteLiteral(options.slot)
-          }), EXISTS (SELECT FROM pg_publication WHERE pubname = ${
+          `SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = ${
             quoteLiteral(options.publication)
-          })`,
+          }), current_setting('wal_sender_timeout')::interval`,
         );
-        const [confirmedText, publicationExists] = r.rows[0];
         // Otherwise the stream would fail only at the first change.
-        if (publicationExists !== "t") {
+        if (r.rows[0][0] !== "t") {
           throw new ReshardingError(
             `publication "${options.publication}" does not exist on ${conn.label}`,
           );
         }
-        const slotConfirmed = confirmedText ? parseLsn(confirmedText) : 0n;
         const start = options.startLsn ?? 0n;
         try {
           await conn.copyBoth(
@@ -273,9 +293,20 @@ export class ReplicationStream {
           }
           throw e;
         }
+        // The slot's position, read now that nothing but this stream moves it (a walsender that
+        // just let go may have moved it after an earlier look): no status update may send it back
+        // (PostgreSQL before 17 would take it), or confirmed transactions would come again.
+        const slotConfirmed = await slotConfirmedFlush(login, options.slot);
+        // A source that drops silent standbys sooner than in three intervals hears from it
+        // more often (its keepalives go unanswered while no next() is reading).
+        const senderTimeoutMs = intervalMs(r.rows[0][1]);
+        let statusIntervalMs = options.statusIntervalMs ?? 10_000;
+        if (senderTimeoutMs > 0) {
+          statusIntervalMs = Math.max(100, Math.min(statusIntervalMs, senderTimeoutMs / 3));
+        }
         return new ReplicationStream(conn, {
           confirmed: start > slotConfirmed ? start : slotConfirmed,
-          statusIntervalMs: options.statusIntervalMs ?? 10_000,
+          statusIntervalMs,
         });
       }
     } catch (e) {
@@ -312,12 +343,12 @@ export class ReplicationStream {
   async #next(): Promise<StreamedChange | null> {
     for (;;) {
       if (this.#failure !== null) throw this.#failure;
-      if (this.#closed || this.#ended) return null;
+      if (this.#closing || this.#ended) return null;
       let payload: Uint8Array | null;
       try {
         payload = await this.#conn.readCopyData();
       } catch (e) {
-        if (this.#closed) return null;
+        if (this.#closing) return null;
         throw e;
       }
       if (payload === null) {
@@ -384,11 +415,30 @@ export class ReplicationStream {
     return this.#sending;
   }
 
-  /** Sends the confirmed position a last time, then closes the connection (the slot stays). */
-  async close(): Promise<void> {
-    if (this.#closed) return;
+  /**
+   * Sends the confirmed position a last time and ends the stream (the slot stays). Unless a
+   * next() is pending, it waits (up to 5 s) for the source to end the stream, so that when it
+   * resolves the source has the confirmed position and the slot is free for another stream.
+   */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
     clearInterval(this.#timer);
-    if (!this.#ended && this.#failure === null) await this.sendStatus();
+    if (!this.#ended && this.#failure === null) {
+      await this.sendStatus();
+      if (!this.#reading) {
+        // CopyDone comes after the status: once the source answers it, it has read the status.
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([
+          this.#conn.copyDone().catch(() => {}),
+          new Promise((resolve) => timer = setTimeout(resolve, 5_000)),
+        ]);
+        clearTimeout(timer);
+      }
+    }
     this.#closed = true;
     this.#conn.close();
   }

@@ -314,7 +314,7 @@ Deno.test("ReplicationStream: closed and started again, it resumes after the con
   }
 });
 
-Deno.test("ReplicationStream: restarted again and again while a writer commits, every row arrives exactly once", async () => {
+Deno.test("ReplicationStream: restarted again and again (closed idle or mid-read) while a writer commits, every row arrives exactly once", async () => {
   const { pg, login, sql } = await source();
   await using _pg = pg;
   try {
@@ -353,7 +353,14 @@ Deno.test("ReplicationStream: restarted again and again while a writer commits, 
             }
           }
         } finally {
-          await stream.close();
+          if (restarts % 2) await stream.close();
+          else {
+            // Closed while a next() is pending: no waiting for the source to end the stream, so
+            // the next start may find the slot still held, or its position not yet moved.
+            const last = stream.next().catch(() => null);
+            await stream.close();
+            await last;
+          }
         }
       }
       await writing;
@@ -367,7 +374,7 @@ Deno.test("ReplicationStream: restarted again and again while a writer commits, 
   }
 });
 
-Deno.test("ReplicationStream: confirmations reach the source on their own, an idle stream shows no lag, and it outlives wal_sender_timeout", async () => {
+Deno.test("ReplicationStream: confirmations reach the source on their own, an idle stream shows no lag, and it outlives wal_sender_timeout, read or not", async () => {
   const { pg, login, sql } = await source({ wal_sender_timeout: "2s" });
   await using _pg = pg;
   try {
@@ -406,6 +413,13 @@ Deno.test("ReplicationStream: confirmations reach the source on their own, an id
       let next = await within(reading, 20_000, "the insert after idling");
       while (next?.change.kind !== "insert") next = await within(stream.next(), 20_000, "insert");
       assert.deepEqual(next.change.tuple, ["3"]);
+      // No next() for longer than wal_sender_timeout (an applier busy on a slow destination):
+      // the source's keepalives go unread, the stream's own status updates keep it alive.
+      await new Promise((r) => setTimeout(r, 5_000));
+      await sql.query("INSERT INTO t VALUES (4)");
+      next = await within(stream.next(), 20_000, "a change after not reading");
+      while (next?.change.kind !== "insert") next = await within(stream.next(), 20_000, "insert");
+      assert.deepEqual(next.change.tuple, ["4"]);
     } finally {
       await stream.close();
     }
