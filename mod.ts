@@ -30,6 +30,7 @@ import { explainRoutes } from "./src/router/explain.ts";
 import { smallPoolWarnings, WorkerGroup } from "./src/workers/mod.ts";
 import { READ_DENIED, readAccessHint } from "./src/config/read_grants.ts";
 import { LAUNCHED_ENV } from "./src/launch.ts";
+import { reshardingCli } from "./src/resharding/cli.ts";
 
 export type {
   AdminConfig,
@@ -104,6 +105,14 @@ Usage:
   pgdog configcheck [options]  validate the configuration and exit (0 valid, 1 invalid)
   pgdog route [file] [options] print where each SQL statement of the file (or stdin) would
                                go, and why, without connecting to anything
+  pgdog schema-sync --from-database A --to-database B --publication P [--data-sync-complete |
+                    --cutover] [--dry-run] [--ignore-errors]
+                               resharding: copy the schema of A to B's shards (pre phase; post
+                               with --data-sync-complete; sequences with --cutover)
+  pgdog data-sync --from-database A --to-database B --publication P [--sync-only |
+                  --replicate-only] [--replication-slot S] [--skip-schema-sync]
+                               resharding: copy A's rows onto B's shards, then stream changes
+                               until Ctrl-C
 
 Options:
   -c, --config <path>          pgdog.toml (default: pgdog.toml)
@@ -204,6 +213,17 @@ export async function main(args: string[]): Promise<number> {
         database: { type: "string", short: "D" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
+        "from-database": { type: "string" },
+        "to-database": { type: "string" },
+        publication: { type: "string" },
+        "replication-slot": { type: "string" },
+        "dry-run": { type: "boolean" },
+        "ignore-errors": { type: "boolean" },
+        "data-sync-complete": { type: "boolean" },
+        cutover: { type: "boolean" },
+        "replicate-only": { type: "boolean" },
+        "sync-only": { type: "boolean" },
+        "skip-schema-sync": { type: "boolean" },
       },
     });
   } catch (e) {
@@ -223,7 +243,8 @@ export async function main(args: string[]): Promise<number> {
   const maxArgs = command === "route" ? 2 : 1;
   if (
     positionals.length > maxArgs ||
-    (command !== "run" && command !== "configcheck" && command !== "route")
+    (command !== "run" && command !== "configcheck" && command !== "route" &&
+      command !== "schema-sync" && command !== "data-sync")
   ) {
     console.error(`pgdog: unknown command "${positionals.join(" ")}"\n\n${USAGE}`);
     return 2;
@@ -255,6 +276,24 @@ export async function main(args: string[]): Promise<number> {
   if (command === "route") {
     return await routeCommand(loaded.config, positionals[1], values.database);
   }
+  if (command === "schema-sync" || command === "data-sync") {
+    return await reshardingCli(command, {
+      config: loaded.config,
+      args: {
+        from: values["from-database"] ?? "",
+        to: values["to-database"] ?? "",
+        publication: values.publication ?? "",
+        dryRun: values["dry-run"],
+        ignoreErrors: values["ignore-errors"],
+        dataSyncComplete: values["data-sync-complete"],
+        cutover: values.cutover,
+        replicateOnly: values["replicate-only"],
+        syncOnly: values["sync-only"],
+        slot: values["replication-slot"],
+        skipSchemaSync: values["skip-schema-sync"],
+      },
+    });
+  }
   // SIGHUP is handled from before "listening on" is printed (its default action would end the
   // process); one that arrives while starting reloads once the proxy runs.
   let started: Proxy | null = null;
@@ -282,6 +321,7 @@ export async function main(args: string[]): Promise<number> {
     for (const w of next.warnings) log.warn(w);
     return next.config;
   };
+  proxy.configFiles = { configPath: values.config!, usersPath: values.users! };
   started = proxy;
   if (hupWhileStarting) onHangup();
   let signals = 0;

@@ -13,7 +13,7 @@ import { Client } from "./frontend/client.ts";
 import type { ClientHost } from "./frontend/client_host.ts";
 import { PreparedCache } from "./frontend/prepared.ts";
 import { loadParser, QueryRouter } from "./router/mod.ts";
-import { PluginSet, pluginsKey } from "./plugin/mod.ts";
+import { type PluginSet, pluginsKey, startPlugins } from "./plugin/mod.ts";
 import { Listener } from "./net/listener.ts";
 import { configureLogging, errorMessage, log, setLogWorker } from "./log.ts";
 import { adminCommand, type AdminHost, StatsWindow } from "./admin/mod.ts";
@@ -25,6 +25,9 @@ import { SqlState } from "./protocol/sqlstate.ts";
 import { closeQuietly } from "./net/stream.ts";
 import type { WorkerShare } from "./config/pool_settings.ts";
 import { twoPhaseCommits } from "./two_pc/mod.ts";
+import type { ReshardingHost } from "./resharding/tasks.ts";
+import { saveSwapped, swapDatabases } from "./resharding/config_swap.ts";
+import type { ServerTls } from "./backend/connect.ts";
 
 /** How often pools are maintained (waiter deadlines, idle and lifetime limits). */
 function buildDatabases(
@@ -32,12 +35,16 @@ function buildDatabases(
   options: { previous?: Databases; worker?: WorkerShare },
 ): Databases {
   const g = config.general;
-  const tls = tlsFiles(g);
   return new Databases(config, {
-    serverTls: g.tls_verify === "disabled" ? undefined : { mode: g.tls_verify, ca: tls.serverCa },
+    serverTls: serverTlsOf(g),
     previous: options.previous,
     worker: options.worker,
   });
+}
+
+/** TLS toward servers (`[general] tls_verify`), or undefined when disabled. */
+function serverTlsOf(g: GeneralConfig): ServerTls | undefined {
+  return g.tls_verify === "disabled" ? undefined : { mode: g.tls_verify, ca: tlsFiles(g).serverCa };
 }
 
 function routingSettings(config: Config): ClientHost["routing"] {
@@ -73,8 +80,11 @@ const MAINTENANCE_INTERVAL_MS = 100;
  * cancel requests arriving at one worker must reach all of them.
  */
 export interface WorkerGroupLink {
-  /** Re-reads the configuration files and applies them in every worker. */
-  reload(): Promise<void>;
+  /**
+   * Re-reads the configuration files and applies them in every worker; with `swap`, applies the
+   * running configuration with two databases' names swapped instead (a resharding cutover).
+   */
+  reload(options?: { swap?: ConfigSwap }): Promise<void>;
   /** Starts the shutdown of every worker. */
   shutdown(): void;
   /** Passes a cancel request this worker has no client for to the other workers. */
@@ -86,6 +96,14 @@ export interface WorkerGroupLink {
   admin(sql: string): Promise<void>;
   /** DDL on `database` passed through this worker: the others forget its column orders too. */
   tablesChanged(database: string): void;
+}
+
+/** A cutover's change of the configuration: databases `a` and `b` trade names. */
+export interface ConfigSwap {
+  a: string;
+  b: string;
+  /** Written to the configuration files too (with backups), then read back. */
+  save: boolean;
 }
 
 /** Options for {@linkcode Proxy}. */
@@ -112,6 +130,8 @@ export class Proxy implements ClientHost {
   plugins: PluginSet | null = null;
   /** Reads the configuration files again (set by the CLI; RELOAD and SIGHUP use it). */
   reloader: (() => Promise<Config>) | null = null;
+  /** The configuration files (set by the CLI; a cutover with cutover_save_config writes them). */
+  configFiles: { configPath: string; usersPath: string } | null = null;
   shuttingDown = false;
   /** Set when this proxy is one of several workers (see {@linkcode WorkerGroupLink}). */
   group: WorkerGroupLink | null = null;
@@ -169,12 +189,23 @@ export class Proxy implements ClientHost {
    * startup) and changes nothing when the files are invalid. With several workers, every worker
    * applies the new configuration.
    */
-  async reload(): Promise<void> {
-    if (this.group !== null) return await this.group.reload();
-    if (this.reloader === null) {
+  async reload(options: { swap?: ConfigSwap } = {}): Promise<void> {
+    if (this.group !== null) return await this.group.reload(options);
+    await this.apply(await this.nextConfig(options));
+  }
+
+  /**
+   * The configuration a reload applies: the files as they are now, or (a cutover) the running
+   * one with two databases' names swapped, written to the files first when `save`.
+   */
+  async nextConfig(options: { swap?: ConfigSwap }): Promise<Config> {
+    const swap = options.swap;
+    if (swap && !swap.save) return swapDatabases(this.config, swap.a, swap.b);
+    if (this.reloader === null || this.configFiles === null) {
       throw new Error("pgdog was started without configuration files: nothing to reload");
     }
-    await this.apply(await this.reloader());
+    if (swap) await saveSwapped({ ...this.configFiles, a: swap.a, b: swap.b });
+    return await this.reloader();
   }
 
   /** Applies a configuration read (and validated) already: the second half of a reload. */
@@ -347,6 +378,27 @@ export class Proxy implements ClientHost {
     }
   }
 
+  /** Part of {@linkcode AdminHost}: what resharding tasks use of this proxy. */
+  get resharding(): ReshardingHost {
+    return {
+      config: () => this.config,
+      plugins: () => this.plugins,
+      serverTls: () => serverTlsOf(this.config.general),
+      maintenance: async (on) => {
+        this.gate.maintenance(on);
+        await this.relay(on ? "MAINTENANCE ON" : "MAINTENANCE OFF");
+      },
+      activeServers: (database) => {
+        let n = 0;
+        for (const pool of this.databases.pools()) {
+          if (pool.database === database) n += pool.servers.size - pool.idle.length;
+        }
+        return n;
+      },
+      swapConfig: (swap) => this.reload({ swap }),
+    };
+  }
+
   /** Part of the client host: the admin database reads this proxy. */
   get console(): AdminHost {
     return this;
@@ -474,14 +526,6 @@ export class Proxy implements ClientHost {
     twoPhaseCommits.stop();
     log.info("shutdown complete");
   }
-}
-
-/** Starts the configuration's plugins (null when it has none). */
-async function startPlugins(config: Config): Promise<PluginSet | null> {
-  if (config.plugins.length === 0) return null;
-  const shardHooks = config.sharded_tables.filter((t) => t.hasher.startsWith("plugin:"))
-    .map((t) => t.hasher.slice("plugin:".length));
-  return await PluginSet.start(config.plugins, { shardHooks });
 }
 
 /**

@@ -19,6 +19,8 @@ import { VERSION } from "../version.ts";
 import type { Gate } from "./gate.ts";
 import { errorMessage } from "../log.ts";
 import { twoPhaseCommits } from "../two_pc/mod.ts";
+import type { ReshardingHost } from "../resharding/tasks.ts";
+import { isReshardingCommand, RESHARDING_COMMANDS, reshardingCommand } from "./resharding.ts";
 
 /** What SHOW CLIENTS reads of a connected client. */
 export interface ClientView {
@@ -63,6 +65,8 @@ export interface AdminHost {
    * rejects) once every other worker has started it.
    */
   relay?(sql: string): Promise<void>;
+  /** What resharding tasks use (RESHARD, COPY_DATA, CUTOVER, ...). */
+  readonly resharding?: ReshardingHost;
 }
 
 /** Admin commands (first word) that change state: with several workers, every worker runs them. */
@@ -143,6 +147,7 @@ export const ADMIN_COMMANDS = [
   "RESUME [db]",
   "MAINTENANCE ON|OFF",
   "SHUTDOWN",
+  ...RESHARDING_COMMANDS,
 ];
 
 /** How long PAUSE waits for running transactions before it says they are still running. */
@@ -185,6 +190,9 @@ async function runCommand(text: string, words: string[], host: AdminHost): Promi
   ) {
     host.gate.maintenance(words[1] === "on");
     return { columns: [], rows: [], tag: "MAINTENANCE" };
+  }
+  if (isReshardingCommand(words)) {
+    return await reshardingCommand(text.split(/\s+/), host.resharding);
   }
   if (words[0] === "show" && words.length === 2) return show(words[1], host);
   if (words.length === 2 && words[0] === "reset" && words[1] === "query_cache") {

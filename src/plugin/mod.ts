@@ -7,7 +7,7 @@
  */
 
 import { parse as parseToml } from "smol-toml";
-import type { PluginConfig } from "../config/types.ts";
+import type { Config, PluginConfig } from "../config/types.ts";
 import { errorMessage, log } from "../log.ts";
 import { LruMap } from "../lru.ts";
 import type { RouteAnswer } from "./api.ts";
@@ -651,4 +651,14 @@ function checkAnswer(value: unknown, shards: number): RouteAnswer | null {
     throw new Error(`answered rewrite ${JSON.stringify(a.rewrite)}: not SQL text`);
   }
   return a as RouteAnswer;
+}
+
+/** Starts the configuration's plugins (null when it has none). */
+export async function startPlugins(
+  config: Pick<Config, "plugins" | "sharded_tables">,
+): Promise<PluginSet | null> {
+  if (config.plugins.length === 0) return null;
+  const shardHooks = config.sharded_tables.filter((t) => t.hasher.startsWith("plugin:"))
+    .map((t) => t.hasher.slice("plugin:".length));
+  return await PluginSet.start(config.plugins, { shardHooks });
 }

@@ -19,6 +19,7 @@ export const SqlState = {
   InsufficientPrivilege: "42501",
   /** An error outside PostgreSQL (a plugin failed). */
   SystemError: "58000",
+  ObjectNotInPrerequisiteState: "55000",
   InvalidParameterValue: "22023",
   QueryCanceled: "57014",
   IdleInTransactionSessionTimeout: "25P03",

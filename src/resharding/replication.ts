@@ -394,8 +394,11 @@ export class ReplicationStream {
     if (lsn > this.#confirmed) this.#confirmed = lsn;
   }
 
-  /** Sends a status update now (resolves once written). */
-  sendStatus(): Promise<void> {
+  /**
+   * Sends a status update now (resolves once written); with `reply`, the source answers with a
+   * keepalive at once (an idle stream then confirms the source's WAL end: the cutover's wait).
+   */
+  sendStatus(options: { reply?: boolean } = {}): Promise<void> {
     if (this.#closed || this.#ended) return this.#sending;
     const flush = this.#confirmed;
     const write = this.#received > flush ? this.#received : flush;
@@ -406,7 +409,7 @@ export class ReplicationStream {
     view.setBigUint64(9, flush);
     view.setBigUint64(17, flush);
     view.setBigInt64(25, BigInt(Date.now()) * 1000n - PG_EPOCH_US);
-    msg[33] = 0;
+    msg[33] = options.reply ? 1 : 0;
     this.#reported = flush;
     this.#lastSentAt = Date.now();
     this.#sending = this.#sending.then(() => this.#conn.copyData(msg)).catch((e) => {

@@ -16,7 +16,7 @@
 import type { Config } from "../config/types.ts";
 import { resolvePoolSettings } from "../config/pool_settings.ts";
 import { ConfigError } from "../config/load.ts";
-import type { Proxy } from "../proxy.ts";
+import type { ConfigSwap, Proxy } from "../proxy.ts";
 import { errorMessage, log } from "../log.ts";
 
 /** Messages the main thread sends a worker. */
@@ -35,7 +35,7 @@ export type FromWorker =
   | { type: "started" }
   | { type: "failed"; message: string }
   | { type: "reloaded"; id: number; error?: ReloadError }
-  | { type: "reload"; id: number }
+  | { type: "reload"; id: number; swap?: ConfigSwap }
   | { type: "shutdown" }
   | { type: "cancel"; pid: number; secret: number }
   | { type: "admin"; id: number; sql: string }
@@ -104,7 +104,7 @@ export class WorkerGroup {
       throw e;
     }
     proxy.group = {
-      reload: () => group.reload(),
+      reload: (options) => group.reload(options),
       shutdown: () => group.#shutdown(),
       cancel: (pid, secret) => group.#cancel(pid, secret, null),
       admin: (sql) => group.#admin(sql, null),
@@ -177,7 +177,7 @@ export class WorkerGroup {
         break;
       }
       case "reload":
-        this.reload().then(
+        this.reload({ swap: msg.swap }).then(
           () => this.#post(member, { type: "reload-result", id: msg.id }),
           (e) => this.#post(member, { type: "reload-result", id: msg.id, error: reloadError(e) }),
         );
@@ -206,12 +206,9 @@ export class WorkerGroup {
    * RELOAD or SIGHUP anywhere: reads the files once (in the main thread), applies them here and
    * sends them to every worker. Throws (and changes nothing) when the files are invalid.
    */
-  async reload(): Promise<void> {
+  async reload(options: { swap?: ConfigSwap } = {}): Promise<void> {
     const proxy = this.#proxy;
-    if (proxy.reloader === null) {
-      throw new Error("pgdog was started without configuration files: nothing to reload");
-    }
-    const next = await proxy.reloader();
+    const next = await proxy.nextConfig(options);
     await proxy.apply(next);
     const answers = this.#members.filter((m) => !m.stopped).map((m) => {
       const id = this.#nextId++;

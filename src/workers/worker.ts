@@ -35,11 +35,11 @@ async function start(msg: Extract<ToWorker, { type: "start" }>): Promise<void> {
   let shutdownAsked = false;
   proxy.group = {
     // The main thread reads the files and sends them to every worker, this one included.
-    reload: () => {
+    reload: (options) => {
       const id = nextId++;
       const answer = Promise.withResolvers<void>();
       pending.set(id, answer);
-      post({ type: "reload", id });
+      post({ type: "reload", id, swap: options?.swap });
       return answer.promise;
     },
     shutdown: () => {
