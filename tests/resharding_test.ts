@@ -60,13 +60,19 @@ function sharding(database: string): Record<string, unknown>[] {
 
 async function proxyFor(
   pg: PgCluster,
-  options: { source: string[]; destination: string[]; general?: Record<string, unknown> },
+  options: {
+    source: string[];
+    destination: string[];
+    /** Where the destination's databases are (the source's cluster by default). */
+    destinationCluster?: PgCluster;
+    general?: Record<string, unknown>;
+  },
 ): Promise<ProxyProcess> {
-  const db = (name: string, list: string[]) =>
+  const db = (name: string, list: string[], at: PgCluster) =>
     list.map((database_name, shard) => ({
       name,
-      host: pg.host,
-      port: pg.port,
+      host: at.host,
+      port: at.port,
       database_name,
       shard,
     }));
@@ -82,7 +88,10 @@ async function proxyFor(
       },
       admin: { password: ADMIN },
       rewrite: { enabled: true, shard_key: "rewrite", split_inserts: "rewrite" },
-      databases: [...db("app", options.source), ...db("app_new", options.destination)],
+      databases: [
+        ...db("app", options.source, pg),
+        ...db("app_new", options.destination, options.destinationCluster ?? pg),
+      ],
       sharded_tables: [
         ...sharding("app"),
         ...sharding("app_new"),
@@ -131,55 +140,78 @@ async function waitTask(
   }
 }
 
-/** A workload writing through pgdog until stopped; counts its errors. */
-function workload(proxy: ProxyProcess): { stop(): Promise<string[]>; writes(): number } {
+/**
+ * A workload writing through pgdog until stopped (inserts, updates of key and non-key columns,
+ * deletes, in transactions), each statement also run on a plain reference database: the answer
+ * key for every comparison. Lanes write disjoint rows, so their interleaving does not matter.
+ */
+function workload(
+  proxy: () => ProxyProcess,
+  reference: PgCluster,
+): { stop(): Promise<string[]>; writes(): number; pause(on: boolean): void } {
   let running = true;
+  let paused = false;
   let writes = 0;
   const errors: string[] = [];
   const run = async (lane: number): Promise<void> => {
     let c: pg.Client | null = null;
+    const ref = await connectPg({
+      host: reference.host,
+      port: reference.port,
+      user: USER,
+      password: PASSWORD,
+      database: "ref",
+    });
     let i = 0;
+    const both = async (sql: string, params: unknown[] = []): Promise<void> => {
+      await c!.query(sql, params);
+      await ref.query(sql, params);
+    };
     while (running) {
+      if (paused) {
+        await sleep(50);
+        continue;
+      }
       try {
-        c ??= await connectPg(proxy.target({ user: USER, password: PASSWORD, database: "app" }));
+        c ??= await connectPg(proxy().target({ user: USER, password: PASSWORD, database: "app" }));
         const id = 100_000 + lane * 100_000 + i++;
-        await c.query("BEGIN");
-        await c.query("INSERT INTO users (id, email, bio) VALUES ($1, $2, $3)", [
+        await both("BEGIN");
+        await both("INSERT INTO users (id, email, bio) VALUES ($1, $2, $3)", [
           id,
           `u${id}@x`,
           i % 10 === 0 ? "x".repeat(5000) : null,
         ]);
-        await c.query("INSERT INTO orders (id, user_id, amount) VALUES ($1, $1, 1.5)", [id]);
-        await c.query("COMMIT");
-        await c.query("UPDATE users SET email = $2 WHERE id = $1", [id - 1, `v${id}@x`]);
-        await c.query("UPDATE orders SET amount = amount + 1 WHERE user_id = $1", [id - 2]);
-        if (i % 3 === 0) await c.query("DELETE FROM orders WHERE user_id = $1", [id - 3]);
-        // The sharding key changes: the row moves between the destination's shards.
+        await both("INSERT INTO orders (id, user_id, amount) VALUES ($1, $1, 1.5)", [id]);
+        await both("COMMIT");
+        await both("UPDATE users SET email = $2 WHERE id = $1", [id - 1, `v${id}@x`]);
+        await both("UPDATE orders SET amount = amount + 1 WHERE user_id = $1", [id - 2]);
+        if (i % 3 === 0) await both("DELETE FROM orders WHERE user_id = $1", [id - 3]);
+        // The sharding key changes: the row moves between shards.
         if (i % 5 === 0) {
-          await c.query("UPDATE orders SET user_id = $2 WHERE user_id = $1", [
+          await both("UPDATE orders SET user_id = $2 WHERE user_id = $1", [
             id - 4,
             id - 4 + 5_000_000,
           ]);
         }
         if (i % 7 === 0) {
-          await c.query("INSERT INTO countries VALUES ($1, $2) ON CONFLICT DO NOTHING", [
-            `c${lane}-${i}`,
-            "Somewhere",
-          ]);
+          await both("INSERT INTO countries VALUES ($1, $2)", [`c${lane}-${id}`, "Somewhere"]);
         }
         writes++;
       } catch (e) {
         errors.push(String(e));
+        await ref.query("ROLLBACK").catch(() => {});
         await c?.end().catch(() => {});
         c = null;
         await sleep(100);
       }
     }
     await c?.end().catch(() => {});
+    await ref.end();
   };
   const lanes = [run(0), run(1)];
   return {
     writes: () => writes,
+    pause: (on) => paused = on,
     async stop(): Promise<string[]> {
       running = false;
       await Promise.all(lanes);
@@ -225,84 +257,244 @@ async function assertPlaced(pg: PgCluster, shards: string[]): Promise<void> {
   }
 }
 
-async function seed(pg: PgCluster, shards: string[]): Promise<void> {
-  for (const d of shards) await pg.sql(SCHEMA, { database: d, user: "postgres" });
-  // Rows loaded through the source's own layout (each on its shard).
+/** Creates the schema on every shard and the reference, and loads rows (each on its shard). */
+async function seed(
+  pg: PgCluster,
+  options: { shards: string[]; reference: PgCluster },
+): Promise<void> {
+  const { shards } = options;
+  const load = (ids: number[]): string =>
+    `INSERT INTO users SELECT id, 'user' || id || '@x', CASE WHEN id % 50 = 0 THEN repeat('b', 9000) END
+       FROM unnest('{${ids.join(",")}}'::bigint[]) id;
+     INSERT INTO orders SELECT id, id, id % 100, NULL FROM unnest('{${
+      ids.join(",")
+    }}'::bigint[]) id;
+     INSERT INTO countries VALUES ('fr', 'France'), ('de', 'Germany');
+     SELECT setval('ticket_seq', 500);`;
+  const all = Array.from({ length: 3000 }, (_, i) => i + 1);
   for (let s = 0; s < shards.length; s++) {
-    const ids = [];
-    for (let id = 1; id <= 3000; id++) if (shardForBigint(BigInt(id), shards.length) === s) ids.push(id);
-    await pg.sql(
-      `INSERT INTO users SELECT id, 'user' || id || '@x', CASE WHEN id % 50 = 0 THEN repeat('b', 9000) END
-         FROM unnest('{${ids.join(",")}}'::bigint[]) id;
-       INSERT INTO orders SELECT id, id, id % 100, NULL FROM unnest('{${ids.join(",")}}'::bigint[]) id;
-       INSERT INTO countries VALUES ('fr', 'France'), ('de', 'Germany');
-       SELECT setval('ticket_seq', 500);`,
-      { database: shards[s] },
-    );
+    await pg.sql(SCHEMA, { database: shards[s] });
+    await pg.sql(load(all.filter((id) => shardForBigint(BigInt(id), shards.length) === s)), {
+      database: shards[s],
+    });
   }
+  await options.reference.sql(SCHEMA.replace(/CREATE PUBLICATION.*\n/, ""), { database: "ref" });
+  await options.reference.sql(load(all), { database: "ref" });
 }
 
-Deno.test({
-  name: "resharding 1 -> 2 with a live workload: RESHARD, cutover, then CUTOVER back",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  fn: async () => {
-    const source = ["src0"];
-    const destination = ["dst0", "dst1"];
-    await using pg = await cluster([...source, ...destination]);
-    await seed(pg, source);
-    await using proxy = await proxyFor(pg, { source, destination });
-    const load = workload(proxy);
+/** Waits until `shards` (a sharded layout) hold exactly the reference's rows. */
+async function assertSame(
+  pg: PgCluster,
+  options: { shards: string[]; reference: PgCluster; proxy: ProxyProcess; timeoutMs?: number },
+): Promise<void> {
+  const deadline = Date.now() + (options.timeoutMs ?? 60_000);
+  const expected = await rowsOf(options.reference, "ref");
+  for (;;) {
+    const actual = await layoutRows(pg, options.shards);
     try {
-      await sleep(1000);
-      const [{ task_id }] = await admin(proxy, `RESHARD app app_new ${PUBLICATION}`);
-      await waitTask(proxy, Number(task_id), { status: "done", timeoutMs: 180_000 });
-      // Traffic runs on the new shards now; let it write there for a while.
-      await sleep(1500);
-      const errors = await load.stop();
-      assert.deepEqual(errors, [], "the workload saw errors");
-      assert.ok(load.writes() > 20, `only ${load.writes()} writes`);
-      await assertPlaced(pg, destination);
-      // Replication runs back: once it has caught up, the old source has every write.
-      const reverse = (await admin(proxy, "SHOW TASKS")).find((t) =>
-        t.type === "replicate" && t.status === "running"
-      );
-      assert.ok(reverse, "no reverse replication task");
-      const deadline = Date.now() + 60_000;
-      for (;;) {
-        const [a, b] = [await layoutRows(pg, destination), await layoutRows(pg, source)];
-        try {
-          assert.deepEqual(b, a);
-          break;
-        } catch (e) {
-          if (Date.now() > deadline) {
-            console.error(await admin(proxy, "SHOW TASKS"), await admin(proxy, "SHOW REPLICATION_SLOTS"));
-            console.error(proxy.logs().split("\n").filter((l) => !/ client \d+ /.test(l)).join("\n"));
-            throw e;
-          }
-          await sleep(500);
-        }
+      assert.deepEqual(actual, expected);
+      break;
+    } catch (e) {
+      if (Date.now() > deadline) {
+        console.error(await admin(options.proxy, "SHOW TASKS"));
+        console.error(
+          options.proxy.logs().split("\n").filter((l) => !/ client \d+ /.test(l)).join("\n"),
+        );
+        throw e;
       }
-      // And the sequence moved past the source's value.
-      for (const d of destination) {
-        const [[v]] = await pg.sql("SELECT last_value FROM ticket_seq", { database: d });
-        assert.ok(Number(v) >= 500, `ticket_seq on ${d} is ${v}`);
-      }
-      // CUTOVER back: traffic returns to the old database.
-      const [{ task_id: back }] = await admin(proxy, `CUTOVER ${reverse.id}`);
-      await waitTask(proxy, Number(back), { status: "done" });
-      const c = await connectPg(proxy.target({ user: USER, password: PASSWORD, database: "app" }));
-      try {
-        await c.query("INSERT INTO users (id, email) VALUES (999999, 'back@x')");
-      } finally {
-        await c.end();
-      }
-      const [[n]] = await pg.sql("SELECT count(*) FROM users WHERE id = 999999", {
-        database: "src0",
-      });
-      assert.equal(n, "1");
-    } finally {
-      await load.stop();
+      await sleep(500);
     }
-  },
+  }
+  await assertPlaced(pg, options.shards);
+}
+
+/** The running task of a type. */
+async function runningTask(proxy: ProxyProcess, type: string): Promise<number> {
+  const t = (await admin(proxy, "SHOW TASKS")).find((t) =>
+    t.type === type && t.status === "running"
+  );
+  assert.ok(t, `no running ${type} task`);
+  return Number(t.id);
+}
+
+const test = (name: string, fn: () => Promise<void>): void =>
+  Deno.test({ name, sanitizeOps: false, sanitizeResources: false, fn });
+
+test("resharding 1 -> 2 under a live workload: RESHARD, then CUTOVER back", async () => {
+  const source = ["src0"];
+  const destination = ["dst0", "dst1"];
+  await using pg = await cluster([...source, ...destination, "ref"]);
+  await seed(pg, { shards: source, reference: pg });
+  await using proxy = await proxyFor(pg, { source, destination });
+  const load = workload(() => proxy, pg);
+  try {
+    await sleep(1000);
+    const [{ task_id }] = await admin(proxy, `RESHARD app app_new ${PUBLICATION}`);
+    await waitTask(proxy, Number(task_id), { status: "done", timeoutMs: 180_000 });
+    // Traffic runs on the new shards now; it keeps writing there for a while.
+    await sleep(1500);
+    const errors = await load.stop();
+    assert.deepEqual(errors, [], "the workload saw errors");
+    assert.ok(load.writes() > 20, `only ${load.writes()} writes`);
+    await assertSame(pg, { shards: destination, reference: pg, proxy });
+    // The sequence moved past the source's value.
+    for (const d of destination) {
+      const [[v]] = await pg.sql("SELECT last_value FROM ticket_seq", { database: d });
+      assert.ok(Number(v) >= 500, `ticket_seq on ${d} is ${v}`);
+    }
+    // Replication runs back: the old shards get the writes made since.
+    await assertSame(pg, { shards: source, reference: pg, proxy });
+    const reverse = await runningTask(proxy, "replicate");
+    const [{ task_id: back }] = await admin(proxy, `CUTOVER ${reverse}`);
+    await waitTask(proxy, Number(back), { status: "done" });
+    const c = await connectPg(proxy.target({ user: USER, password: PASSWORD, database: "app" }));
+    try {
+      await c.query("INSERT INTO users (id, email) VALUES (999999, 'back@x')");
+    } finally {
+      await c.end();
+    }
+    const [[n]] = await pg.sql("SELECT count(*) FROM users WHERE id = 999999", {
+      database: "src0",
+    });
+    assert.equal(n, "1", "after CUTOVER back, writes go to the old shards");
+  } finally {
+    await load.stop();
+  }
+});
+
+test("resharding 2 -> 3 step by step; destination shards killed during the copy and the stream", async () => {
+  const source = ["src0", "src1"];
+  const destination = ["dst0", "dst1", "dst2"];
+  await using pg = await cluster([...source, "ref"]);
+  // The destination shards in a cluster of their own, to kill it.
+  await using dst = await cluster(destination);
+  await seed(pg, { shards: source, reference: pg });
+  await using proxy = await proxyFor(pg, {
+    source,
+    destination,
+    destinationCluster: dst,
+    general: {
+      resharding_copy_retry_max_attempts: 20,
+      resharding_replication_retry_max_attempts: 0,
+    },
+  });
+  const load = workload(() => proxy, pg);
+  try {
+    const [{ task_id: pre }] = await admin(proxy, `SCHEMA_SYNC pre app app_new ${PUBLICATION}`);
+    await waitTask(proxy, Number(pre), { status: "done" });
+    // Enough rows that the copy is still running when the destination goes down.
+    await pg.sql(
+      "INSERT INTO countries SELECT 'x' || g, repeat('y', 200) FROM generate_series(1, 200000) g",
+      {
+        database: "src0",
+      },
+    );
+    await pg.sql(
+      "INSERT INTO countries SELECT 'x' || g, repeat('y', 200) FROM generate_series(1, 200000) g",
+      {
+        database: "src1",
+      },
+    );
+    await pg.sql(
+      "INSERT INTO countries SELECT 'x' || g, repeat('y', 200) FROM generate_series(1, 200000) g",
+      {
+        database: "ref",
+      },
+    );
+    const [{ task_id: copy }] = await admin(proxy, `COPY_DATA app app_new ${PUBLICATION}`);
+    await sleep(300);
+    await dst.kill();
+    await sleep(1000);
+    await dst.start();
+    // Copied, then streaming.
+    const deadline = Date.now() + 120_000;
+    while ((await admin(proxy, "SHOW REPLICATION_SLOTS")).some((s) => s.copy_data === "t")) {
+      assert.ok(Date.now() < deadline, "the copy did not finish");
+      await sleep(500);
+    }
+    await sleep(1000);
+    await dst.kill();
+    await sleep(1000);
+    await dst.start();
+    const [{ task_id: post }] = await admin(proxy, `SCHEMA_SYNC post app app_new ${PUBLICATION}`);
+    await waitTask(proxy, Number(post), { status: "done" });
+    const [{ task_id: cut }] = await admin(proxy, `CUTOVER ${copy}`);
+    await waitTask(proxy, Number(cut), { status: "done", timeoutMs: 120_000 });
+    await sleep(1000);
+    const errors = await load.stop();
+    assert.deepEqual(errors, [], "the workload saw errors");
+    await assertSame(dst, { shards: destination, reference: pg, proxy });
+  } finally {
+    await load.stop();
+  }
+});
+
+test("growing in place 2 -> 4: only moved rows are copied, and they leave their old shards", async () => {
+  const source = ["src0", "src1"];
+  const destination = ["src0", "src1", "new2", "new3"];
+  await using pg = await cluster(["src0", "src1", "new2", "new3", "ref"]);
+  await seed(pg, { shards: source, reference: pg });
+  await using proxy = await proxyFor(pg, { source, destination });
+  const load = workload(() => proxy, pg);
+  try {
+    await sleep(500);
+    const [{ task_id }] = await admin(proxy, `RESHARD app app_new ${PUBLICATION}`);
+    await waitTask(proxy, Number(task_id), { status: "done", timeoutMs: 180_000 });
+    await sleep(1000);
+    const errors = await load.stop();
+    assert.deepEqual(errors, [], "the workload saw errors");
+    // Every row on its shard of four, and nowhere else: the moved rows left src0 and src1.
+    await assertSame(pg, { shards: destination, reference: pg, proxy });
+    const copied = (await admin(proxy, "SHOW TABLE_COPIES")).filter((c) => c.table === "users");
+    const rows = copied.reduce((n, c) => n + Number(c.rows), 0);
+    assert.ok(rows < 3000, `${rows} users rows copied: only the moving half should be`);
+  } finally {
+    await load.stop();
+  }
+});
+
+test("pgdog killed while replicating: REPLICATE with the slot resumes; STOP_TASK then a new run", async () => {
+  const source = ["src0"];
+  const destination = ["dst0", "dst1"];
+  await using pg = await cluster([...source, ...destination, "ref"]);
+  await seed(pg, { shards: source, reference: pg });
+  let proxy = await proxyFor(pg, { source, destination });
+  const load = workload(() => proxy, pg);
+  try {
+    // A first run, stopped: its slot is dropped; a new run starts over.
+    const [{ task_id: first }] = await admin(proxy, `RESHARD app app_new ${PUBLICATION}`);
+    await sleep(1500);
+    await admin(proxy, `STOP_TASK ${first}`);
+    const slots = await pg.sql("SELECT count(*) FROM pg_replication_slots", { database: "src0" });
+    assert.equal(slots[0][0], "0", "STOP_TASK left a slot");
+    const [{ task_id: copy, replication_slot: slot }] = await admin(
+      proxy,
+      `COPY_DATA app app_new ${PUBLICATION}`,
+    );
+    while ((await admin(proxy, "SHOW REPLICATION_SLOTS")).some((s) => s.copy_data === "t")) {
+      await sleep(300);
+    }
+    await sleep(1500);
+    // pgdog dies mid-stream; a new pgdog resumes from the slot.
+    load.pause(true);
+    await sleep(300);
+    await proxy.stop({ signal: "SIGKILL" });
+    proxy = await proxyFor(pg, { source, destination });
+    load.pause(false);
+    const [{ task_id: again }] = await admin(
+      proxy,
+      `REPLICATE app app_new ${PUBLICATION} ${slot}`,
+    );
+    assert.ok(Number(again) > 0 && copy !== undefined);
+    await sleep(2000);
+    const [{ task_id: cut }] = await admin(proxy, `CUTOVER ${again}`);
+    await waitTask(proxy, Number(cut), { status: "done", timeoutMs: 120_000 });
+    await sleep(500);
+    const errors = await load.stop();
+    assert.deepEqual(errors.filter((e) => !/ECONNRESET|terminat|Connection/i.test(e)), []);
+    await assertSame(pg, { shards: destination, reference: pg, proxy });
+  } finally {
+    await load.stop();
+    await proxy.stop();
+  }
 });

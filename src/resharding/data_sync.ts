@@ -13,7 +13,7 @@ import { log } from "../log.ts";
 import { errorMessage } from "../log.ts";
 import { ChangeApplier } from "./apply.ts";
 import type { Lsn } from "./changes.ts";
-import { PgConn } from "./pg_conn.ts";
+import { PgConn, PgError } from "./pg_conn.ts";
 import { RowPlacer, tablePlacement } from "./placement.ts";
 import { createSlot, dropSlot, ReplicationStream } from "./replication.ts";
 import { type ReshardingDatabase, ReshardingError, type ShardHost } from "./shards.ts";
@@ -130,6 +130,8 @@ export class DataSync {
     const o = this.#options;
     let copies = 0;
     try {
+      // A copy starts from empty tables: rows an earlier, stopped run left would be doubled.
+      if (!o.replicateOnly) await this.#emptyDestination();
       const runs = o.source.shards.map((s) =>
         this.#runShard(s, () => {
           if (++copies === o.source.shards.length) this.#copied.resolve();
@@ -205,6 +207,28 @@ export class DataSync {
         log.warn(`resharding: could not drop slot ${slotName(o.slot, s.shard)}: ${errorMessage(e)}`)
       )
     ));
+  }
+
+  /** Empties the publication's tables on the destination's new (not shared) shards. */
+  async #emptyDestination(): Promise<void> {
+    const o = this.#options;
+    const tables = (await publicationTables(o.source.shards[0].primary, o.publication))
+      .filter((t) => t.schema !== RESHARDING_SCHEMA);
+    if (tables.length === 0) return;
+    const names = tables.map((t) => `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`).join(", ");
+    o.status("emptying the destination's tables");
+    await Promise.all(o.destination.shards.map(async (d) => {
+      if (o.shared[d.shard] >= 0) return;
+      const conn = await PgConn.connect(d.primary);
+      try {
+        await conn.query(`TRUNCATE ${names}`);
+      } catch (e) {
+        // A table missing there is reported by its copy, with what to do (SCHEMA_SYNC pre).
+        if (!(e instanceof PgError && e.code === "42P01")) throw e;
+      } finally {
+        conn.close();
+      }
+    }));
   }
 
   async #runShard(shard: ShardHost, copiedOne: () => void): Promise<void> {
