@@ -54,6 +54,7 @@ import { runCrossShardBench } from "./cross_shard.ts";
 import { runTwoPcBench } from "./two_pc.ts";
 import { runCopyBench } from "./copy.ts";
 import { runReshardCopyBench } from "./reshard_copy.ts";
+import { runReshardLagBench } from "./reshard_lag.ts";
 
 /** One pgbench workload. */
 interface Workload {
@@ -137,6 +138,8 @@ const HELP = `deno task bench [options]
   --only reshard-copy  resharding's table copy between two clusters (text and binary, into 1
                      and 2 shards) against pg_dump | psql, as rows/s, MB/s and a ratio
   --reshard-copy-rows N  rows of the reshard-copy group's table (default 1000000)
+  --only reshard-lag  resharding's replication lag while pgbench writes to the source at fixed
+                     rates (500 and 2000 tps, --seconds each): lag median, p95, max, catch-up
 `;
 
 const args = parseArgs({
@@ -203,9 +206,13 @@ const workloads = list(args.workloads).map((name) => {
   return w;
 });
 
-if (!["", "pgbench", "cross-shard", "two-pc", "copy", "reshard-copy"].includes(args.only)) {
+if (
+  !["", "pgbench", "cross-shard", "two-pc", "copy", "reshard-copy", "reshard-lag"].includes(
+    args.only,
+  )
+) {
   throw new Error(
-    `--only: expected pgbench, cross-shard, two-pc, copy or reshard-copy, not ${args.only}`,
+    `--only: expected pgbench, cross-shard, two-pc, copy, reshard-copy or reshard-lag, not ${args.only}`,
   );
 }
 const copyRows = positive(args["copy-rows"], "copy-rows", 1000);
@@ -252,6 +259,23 @@ async function reshardCopyGroup(): Promise<void> {
 
 if (args.only === "reshard-copy") {
   await reshardCopyGroup();
+  Deno.exit(0);
+}
+
+/** Runs the replication lag group and writes its report next to the others. */
+async function reshardLagGroup(): Promise<void> {
+  const started = new Date();
+  const text = await runReshardLagBench({ rates: [500, 2000], seconds: Math.max(5, seconds) });
+  await writeGroupReport({
+    title: "resharding replication lag",
+    suffix: "reshard-lag",
+    started,
+    text,
+  });
+}
+
+if (args.only === "reshard-lag") {
+  await reshardLagGroup();
   Deno.exit(0);
 }
 const crossShardRows = positive(args["cross-shard-rows"], "cross-shard-rows", 1000);
@@ -543,6 +567,7 @@ if (args.only === "") {
   await twoPcGroup();
   await copyGroup();
   await reshardCopyGroup();
+  await reshardLagGroup();
 }
 
 /** One pgbench run, summarised. */

@@ -462,9 +462,14 @@ test("pgdog killed while replicating: REPLICATE with the slot resumes; STOP_TASK
   const load = workload(() => proxy, pg);
   try {
     // A first run, stopped: its slot is dropped; a new run starts over.
-    const [{ task_id: first }] = await admin(proxy, `RESHARD app app_new ${PUBLICATION}`);
+    const [{ task_id: pre }] = await admin(proxy, `SCHEMA_SYNC pre app app_new ${PUBLICATION}`);
+    await waitTask(proxy, Number(pre), { status: "done" });
+    const [{ task_id: first }] = await admin(proxy, `COPY_DATA app app_new ${PUBLICATION}`);
     await sleep(1500);
-    await admin(proxy, `STOP_TASK ${first}`);
+    const [stopped] = await admin(proxy, `STOP_TASK ${first}`);
+    assert.equal(Number(stopped.task_id), Number(first));
+    const [task] = (await admin(proxy, "SHOW TASKS")).filter((t) => t.id === stopped.task_id);
+    assert.equal(task.status, "stopped");
     const slots = await pg.sql("SELECT count(*) FROM pg_replication_slots", { database: "src0" });
     assert.equal(slots[0][0], "0", "STOP_TASK left a slot");
     const [{ task_id: copy, replication_slot: slot }] = await admin(
