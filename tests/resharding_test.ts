@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import type pg from "npm:pg@8";
+import type pg from "pg";
 import {
   connectPg,
   type PgCluster,

@@ -21,7 +21,12 @@ import { type ReshardingHost, reshardingTasks, type Task } from "../resharding/t
 
 /** A command's answer (the shape of admin/mod.ts's AdminAnswer). */
 type Answer =
-  | { columns: string[]; rows: (string | number | boolean | null)[][]; tag: string; types?: number[] }
+  | {
+    columns: string[];
+    rows: (string | number | boolean | null)[][];
+    tag: string;
+    types?: number[];
+  }
   | { error: { severity: string; code: string; message: string; hint?: string } };
 
 /** The commands, for the admin database's list. */
@@ -38,7 +43,14 @@ export const RESHARDING_COMMANDS: string[] = [
   "SHOW SCHEMA_SYNC",
 ];
 
-const FIRST_WORDS = new Set(["reshard", "schema_sync", "copy_data", "replicate", "cutover", "stop_task"]);
+const FIRST_WORDS = new Set([
+  "reshard",
+  "schema_sync",
+  "copy_data",
+  "replicate",
+  "cutover",
+  "stop_task",
+]);
 const SHOWS = new Set(["tasks", "table_copies", "replication_slots", "schema_sync"]);
 
 /** Whether `words` (lower case) is a resharding command. */
@@ -57,7 +69,11 @@ export async function reshardingCommand(
   try {
     switch (word) {
       case "reshard": {
-        const [source, destination, publication] = need(args, 3, "RESHARD <source> <destination> <publication>");
+        const [source, destination, publication] = need(
+          args,
+          3,
+          "RESHARD <source> <destination> <publication>",
+        );
         const task = startReshard(host, { source, destination, publication });
         return taskAnswer(task, "RESHARD");
       }
@@ -94,7 +110,9 @@ export async function reshardingCommand(
       }
       case "cutover": {
         if (args.length > 2) throw new ReshardingError("usage: CUTOVER [task]");
-        const task = startCutover(host, { id: args[1] === undefined ? undefined : taskId(args[1]) });
+        const task = startCutover(host, {
+          id: args[1] === undefined ? undefined : taskId(args[1]),
+        });
         return taskAnswer(task, "CUTOVER");
       }
       case "stop_task": {

@@ -108,8 +108,10 @@ export async function reshardingCli(
       await Promise.race([data.copied, running]);
       showCopies(view, { tables: data.tables, shown });
       view.close();
-      console.log(`data-sync: copy done; replication slot ${slot} (resume with --replicate-only ` +
-        `--replication-slot ${slot})`);
+      console.log(
+        `data-sync: copy done; replication slot ${slot} (resume with --replicate-only ` +
+          `--replication-slot ${slot})`,
+      );
       if (args.syncOnly) {
         abort.abort();
         data.stop();

@@ -14,7 +14,12 @@ import { databasesOf, type ReshardingHost, reshardingTasks, type Task } from "./
 /** SCHEMA_SYNC <phase> src dst pub. */
 export function startSchemaSync(
   host: ReshardingHost,
-  options: { phase: "pre" | "post" | "cutover"; source: string; destination: string; publication: string },
+  options: {
+    phase: "pre" | "post" | "cutover";
+    source: string;
+    destination: string;
+    publication: string;
+  },
 ): Task {
   const dbs = databasesOf(host, options);
   return reshardingTasks.start({ type: "schema_sync", ...options }, async (task) => {

@@ -17,12 +17,7 @@ import { PgConn, PgError } from "./pg_conn.ts";
 import { RowPlacer, tablePlacement } from "./placement.ts";
 import { createSlot, dropSlot, ReplicationStream } from "./replication.ts";
 import { type ReshardingDatabase, ReshardingError, type ShardHost } from "./shards.ts";
-import {
-  copyTableWithRetry,
-  publicationTables,
-  quoteIdent,
-  schemaShard,
-} from "./table_copy.ts";
+import { copyTableWithRetry, publicationTables, quoteIdent, schemaShard } from "./table_copy.ts";
 
 /** The schema of pgdog's own bookkeeping on destination shards (apply.ts's progress rows). */
 const RESHARDING_SCHEMA = "pgdog_resharding";
@@ -202,11 +197,15 @@ export class DataSync {
   /** Drops every source shard's slot. */
   async dropSlots(): Promise<void> {
     const o = this.#options;
-    await Promise.all(o.source.shards.map((s) =>
-      dropSlot(s.primary, slotName(o.slot, s.shard)).catch((e) =>
-        log.warn(`resharding: could not drop slot ${slotName(o.slot, s.shard)}: ${errorMessage(e)}`)
-      )
-    ));
+    await Promise.all(
+      o.source.shards.map((s) =>
+        dropSlot(s.primary, slotName(o.slot, s.shard)).catch((e) =>
+          log.warn(
+            `resharding: could not drop slot ${slotName(o.slot, s.shard)}: ${errorMessage(e)}`,
+          )
+        )
+      ),
+    );
   }
 
   /** Empties the publication's tables on the destination's new (not shared) shards. */
@@ -374,7 +373,10 @@ export class DataSync {
             `${max > 0 ? ` of ${max}` : ""}): ${errorMessage(e)}`,
         );
         if (e instanceof ReshardingError || (max > 0 && failures >= max)) throw e;
-        const delay = Math.min(o.replicationRetryDelayMs * 2 ** (failures - 1), o.replicationRetryDelayMs * 32);
+        const delay = Math.min(
+          o.replicationRetryDelayMs * 2 ** (failures - 1),
+          o.replicationRetryDelayMs * 32,
+        );
         await abortableSleep(delay, o.signal);
         // Resume where the slot confirmed; the destination's progress rows skip what was applied.
         startLsn = undefined;
@@ -414,8 +416,7 @@ export class DataSync {
             const table = { schema: c.schema, name: c.name };
             if (placement.kind === "all" && schemaShard(this.#options.source, table) === null) {
               skipped.add(c.oid);
-            }
-            else skipped.delete(c.oid);
+            } else skipped.delete(c.oid);
           }
           break;
         }
@@ -464,7 +465,6 @@ function parseLsnSafe(text: string | null): Lsn {
   const [a, b] = text.split("/");
   return (BigInt(`0x${a}`) << 32n) | BigInt(`0x${b}`);
 }
-
 
 function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {

@@ -116,7 +116,9 @@ export class Tasks {
         else {
           task.status = "failed";
           task.error = errorMessage(e);
-          log.error(`resharding task ${task.id} (${task.type} ${task.scope}) failed: ${task.error}`);
+          log.error(
+            `resharding task ${task.id} (${task.type} ${task.scope}) failed: ${task.error}`,
+          );
         }
       } finally {
         task.updatedAt = Date.now();
@@ -143,7 +145,8 @@ export class Tasks {
   /** The replicating task CUTOVER uses: `id`, else the only running one. */
   replicating(id?: number): Task {
     const running = this.#tasks.filter((t) =>
-      t.status === "running" && t.data !== null && (t.type === "copy_data" || t.type === "replicate")
+      t.status === "running" && t.data !== null &&
+      (t.type === "copy_data" || t.type === "replicate")
     );
     if (id !== undefined) {
       const t = running.find((t) => t.id === id);
@@ -179,4 +182,3 @@ export function databasesOf(
   const shared = sharedShards(source, destination);
   return { source, destination, shared };
 }
-
