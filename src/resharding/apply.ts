@@ -510,6 +510,12 @@ export class ChangeApplier {
     return (await this.#ownersOn([d], t, where))[0];
   }
 
+  /** Whether the source places `key` on this applier's source shard. */
+  async #owns(t: Table, key: string | null): Promise<boolean> {
+    const shard = (await this.#sourcePlacer!.shardsOf(t.owner!.spec, [key]))[0];
+    return shard === this.#options.sourceShard;
+  }
+
   /** {@linkcode #ownerOn} on several shards at once; in the order of `shards`. */
   async #ownersOn(shards: readonly number[], t: Table, where: Where): Promise<Owner[]> {
     const owner = t.owner!;
@@ -579,6 +585,12 @@ export class ChangeApplier {
       // Most likely on the new key's shard: update it there.
       this.#landing(t, to);
       if (t.owner && !this.#done(to)) {
+        // Mostly the row keeps its key, which this source shard owns: one statement then.
+        const key = row[t.owner.column];
+        if (
+          key !== UNCHANGED && await this.#owns(t, key) &&
+          await this.#updateOn(to, t, update, { key }) > 0
+        ) return;
         const owner = await this.#ownerOn(to, t, where);
         if (owner === "other") return; // A newer version, moved in from another source shard.
         if (owner === "mine") {
@@ -808,18 +820,26 @@ export class ChangeApplier {
     }`;
   }
 
-  /** Updates the row on shard `d`; resolves with the number of rows changed. */
+  /**
+   * Updates the row on shard `d` (only when its source key is `only.key`, with `only`); resolves
+   * with the number of rows changed.
+   */
   async #updateOn(
     d: number,
     t: Table,
     u: { row: TupleValue[]; set: number[]; where: Where },
+    only?: { key: string | null },
   ): Promise<number> {
     if (u.set.length === 0) return 1; // Nothing this stream carries changed.
     const assignments = u.set.map((i, n) => `${t.names[i]} = $${n + 1}`).join(", ");
-    const sql = `UPDATE ${t.qualified} SET ${assignments} ${
+    let sql = `UPDATE ${t.qualified} SET ${assignments} ${
       this.#whereSql(t, u.where, u.set.length + 1)
     }`;
     const params = [...u.set.map((i) => u.row[i] as string | null), ...u.where.values];
+    if (only && t.owner) {
+      params.push(only.key);
+      sql += ` AND ${t.names[t.owner.column]} IS NOT DISTINCT FROM $${params.length}`;
+    }
     const r = await this.#run(d, sql, params);
     return rowCount(r.tags.at(-1));
   }
