@@ -19,6 +19,7 @@ import {
 } from "./changes.ts";
 import { PgConn, PgError, type PgResult } from "./pg_conn.ts";
 import { type RowPlacer, type TablePlacement, tablePlacement } from "./placement.ts";
+import type { ShardedTable } from "../router/shard_keys.ts";
 import { type ReshardingDatabase, ReshardingError } from "./shards.ts";
 
 /** The schema of pgdog's bookkeeping on destination shards (never replicated by pgdog). */
@@ -44,6 +45,12 @@ export interface ChangeApplierOptions {
   sourceShard: number;
   /** The replication slot (names the progress rows). */
   slot: string;
+  /**
+   * The source database. With several shards, a row whose key changes may move between source
+   * shards, whose streams arrive in no common order: each applier then changes only the rows its
+   * source shard owns (see {@linkcode ChangeApplier}). Absent: one source shard.
+   */
+  source?: ReshardingDatabase;
   /** Connect timeout per shard (10 s by default). */
   connectTimeoutMs?: number;
   /**
@@ -67,6 +74,12 @@ interface Table {
   full: boolean;
   /** pgdog's own bookkeeping (not applied). */
   ignored: boolean;
+  /**
+   * How the source places the table's rows, when versions of a row from several source shards
+   * can meet on the destination (a sharded source whose key is not in the replica identity):
+   * then a change applies only to a row whose key the source places on this applier's shard.
+   */
+  owner: { spec: ShardedTable; column: number } | null;
   /** `"schema"."name"` for messages. */
   label: string;
 }
@@ -103,6 +116,13 @@ const BATCH_BYTES = 4 << 20;
  * Applies a source shard's changes (in stream order) to the destination shards. After apply()
  * throws, close it: a new applier and a stream restarted from the slot carry on (transactions a
  * shard already committed are skipped there).
+ *
+ * With a sharded source, a row whose key changes moves between source shards (a DELETE in one
+ * stream, an INSERT in another), and the two streams are applied in no common order. A change
+ * from source shard s then applies only to a destination row that s owns (its key is placed on s
+ * by the source's rules): a DELETE or UPDATE that finds a row another source shard owns is older
+ * than that row and is skipped; an INSERT replaces the row of the same identity (a version
+ * another source shard has not deleted yet) wherever it is.
  */
 export class ChangeApplier {
   readonly #options: ChangeApplierOptions;
@@ -115,6 +135,8 @@ export class ChangeApplier {
   #applied: Lsn = 0n;
   #lastTransactionAt = 0;
   #twoPhase = false;
+  /** Places keys on the source's shards; null with one source shard (rows never move there). */
+  readonly #sourcePlacer: RowPlacer | null;
 
   constructor(options: ChangeApplierOptions) {
     if (options.shared.length !== options.destination.shards.length) {
@@ -126,6 +148,10 @@ export class ChangeApplier {
     this.#options = options;
     this.#conns = options.destination.shards.map(() => null);
     this.#progress = options.destination.shards.map(() => 0n);
+    const source = options.source;
+    this.#sourcePlacer = source && source.shards.length > 1
+      ? options.placer.forDatabase(source)
+      : null;
   }
 
   /**
@@ -266,7 +292,7 @@ export class ChangeApplier {
       case "relation":
         this.#tables.set(change.oid, {
           ...this.#table(change),
-          placement: await this.#placement(change),
+          ...await this.#placement(change),
         });
         return;
       case "other":
@@ -318,6 +344,7 @@ export class ChangeApplier {
       full,
       ignored,
       label: `${relation.schema}.${relation.name}`,
+      owner: null,
     };
   }
 
@@ -326,14 +353,17 @@ export class ChangeApplier {
    * partition of (the stream names the partition a row is in; `[[sharded_tables]]` names the
    * table clients query), found in the destination's catalog.
    */
-  async #placement(relation: Relation): Promise<TablePlacement> {
-    if (relation.schema === PROGRESS_SCHEMA) return { kind: "all" };
+  async #placement(
+    relation: Relation,
+  ): Promise<{ placement: TablePlacement; owner: Table["owner"] }> {
+    if (relation.schema === PROGRESS_SCHEMA) return { placement: { kind: "all" }, owner: null };
     const columns = relation.columns.map((c) => c.name);
-    const own = tablePlacement(this.#options.destination, {
-      table: { schema: relation.schema, name: relation.name },
-      columns,
-    });
-    if (own.kind === "sharded") return own;
+    const placed = (table: { schema: string; name: string }) => {
+      const placement = tablePlacement(this.#options.destination, { table, columns });
+      return { placement, owner: this.#owner(relation, { table, placement }) };
+    };
+    const own = placed({ schema: relation.schema, name: relation.name });
+    if (own.placement.kind === "sharded") return own;
     const conn = this.#conns.find((c, d) => c && this.#options.shared[d] < 0) ??
       this.#conns.find((c) => c);
     if (!conn) return own;
@@ -344,13 +374,28 @@ export class ChangeApplier {
       [`${quoteIdent(relation.schema)}.${quoteIdent(relation.name)}`],
     );
     for (const [schema, name] of r.rows) {
-      const placement = tablePlacement(this.#options.destination, {
-        table: { schema: schema!, name: name! },
-        columns,
-      });
-      if (placement.kind === "sharded") return placement;
+      const ancestor = placed({ schema: schema!, name: name! });
+      if (ancestor.placement.kind === "sharded") return ancestor;
     }
     return own;
+  }
+
+  /**
+   * How the source places a table sharded on the destination, when versions of one row from
+   * several source shards can meet: the source is sharded by a column outside the replica
+   * identity (a key change keeps the identity; with the key in it, or FULL, versions differ).
+   */
+  #owner(
+    relation: Relation,
+    options: { table: { schema: string; name: string }; placement: TablePlacement },
+  ): Table["owner"] {
+    const source = this.#options.source;
+    if (!this.#sourcePlacer || !source || options.placement.kind !== "sharded") return null;
+    if (relation.replicaIdentity === "f") return null;
+    const columns = relation.columns.map((c) => c.name);
+    const placement = tablePlacement(source, { table: options.table, columns });
+    if (placement.kind !== "sharded" || relation.columns[placement.column].key) return null;
+    return { spec: placement.spec, column: placement.column };
   }
 
   #tableOf(oid: number): Table {
@@ -431,10 +476,64 @@ export class ChangeApplier {
       return;
     }
     const d = await this.#shardOf(t, values[t.placement.column]);
+    if (t.owner) await this.#replace(t, { values, to: d });
     if (this.#own(d)) return;
     this.#landing(t, d);
     if (this.#done(d)) return;
     await this.#queueInsert(d, t, values);
+  }
+
+  /**
+   * Before inserting a row that can have versions from other source shards: deletes the row of
+   * its identity wherever it is (a version moved away from another source shard, whose DELETE
+   * has not arrived yet). On the row's own shard `to`, a row with the same key stays: this source
+   * shard owns it, and the INSERT fails on it as it would without other source shards.
+   */
+  async #replace(t: Table, row: { values: (string | null)[]; to: number }): Promise<void> {
+    const where = this.#identity(t, row.values);
+    const match = this.#matchSql(t, where.columns, where.values);
+    const column = t.owner!.column;
+    for (const d of this.#writable()) {
+      const same = d === row.to
+        ? ` AND ${t.names[column]} IS DISTINCT FROM ${literal(row.values[column])}`
+        : "";
+      await this.#queue(d, `DELETE FROM ${t.qualified} WHERE ${match}${same}`);
+    }
+  }
+
+  /**
+   * Who owns the row of `where`'s identity on shard `d` (locked until the transaction ends):
+   * "mine" when its key is placed on this applier's source shard, "other" when on another one,
+   * "none" without such a row.
+   */
+  async #ownerOn(d: number, t: Table, where: Where): Promise<Owner> {
+    return (await this.#ownersOn([d], t, where))[0];
+  }
+
+  /** Whether the source places `key` on this applier's source shard. */
+  async #owns(t: Table, key: string | null): Promise<boolean> {
+    const shard = (await this.#sourcePlacer!.shardsOf(t.owner!.spec, [key]))[0];
+    return shard === this.#options.sourceShard;
+  }
+
+  /** {@linkcode #ownerOn} on several shards at once; in the order of `shards`. */
+  async #ownersOn(shards: readonly number[], t: Table, where: Where): Promise<Owner[]> {
+    const owner = t.owner!;
+    const sql = `SELECT ${t.names[owner.column]} FROM ${t.qualified} ${
+      this.#whereSql(t, where, 1)
+    } FOR UPDATE`;
+    const keys: ((string | null)[] | undefined)[] = shards.map(() => undefined);
+    await this.#each(shards.map((_, i) => i), async (i) => {
+      keys[i] = (await this.#run(shards[i], sql, where.values)).rows[0];
+    });
+    const found = keys.flatMap((k) => k ? [k[0]] : []);
+    // Placed after the reads, in one call (the placer is not reentrant).
+    const placed = await this.#sourcePlacer!.shardsOf(owner.spec, found);
+    let n = 0;
+    return keys.map((k) => {
+      if (!k) return "none";
+      return placed[n++] === this.#options.sourceShard ? "mine" : "other";
+    });
   }
 
   async #update(t: Table, old: TupleValue[] | null, tuple: TupleValue[]): Promise<void> {
@@ -466,7 +565,12 @@ export class ChangeApplier {
     if (newKey === UNCHANGED) newKey = oldKey;
     if (newKey === undefined) {
       // An unchanged TOASTed key the stream does not carry: the row is wherever it is.
-      for (const d of this.#writable()) await this.#queue(d, this.#updateSql(t, update));
+      const sql = this.#updateSql(t, update);
+      const shards = this.#writable();
+      const owners = t.owner ? await this.#ownersOn(shards, t, where) : null;
+      for (let i = 0; i < shards.length; i++) {
+        if (!owners || owners[i] === "mine") await this.#queue(shards[i], sql);
+      }
       return;
     }
     const to = await this.#shardOf(t, newKey);
@@ -480,7 +584,20 @@ export class ChangeApplier {
     if (from === -1 && !this.#own(to)) {
       // Most likely on the new key's shard: update it there.
       this.#landing(t, to);
-      if (!this.#done(to) && await this.#updateOn(to, t, update) > 0) return;
+      if (t.owner && !this.#done(to)) {
+        // Mostly the row keeps its key, which this source shard owns: one statement then.
+        const key = row[t.owner.column];
+        if (
+          key !== UNCHANGED && await this.#owns(t, key) &&
+          await this.#updateOn(to, t, update, { key }) > 0
+        ) return;
+        const owner = await this.#ownerOn(to, t, where);
+        if (owner === "other") return; // A newer version, moved in from another source shard.
+        if (owner === "mine") {
+          await this.#updateOn(to, t, update);
+          return;
+        }
+      } else if (!this.#done(to) && await this.#updateOn(to, t, update) > 0) return;
       // Not there (or, in a replay, its shard is done): look for it elsewhere (an old copy a
       // crash left behind is deleted).
     } else if (from === to) return; // The source shard's own database has it.
@@ -508,6 +625,11 @@ export class ChangeApplier {
         continue; // The source already moved it; its values are read below if needed.
       }
       if (this.#done(d)) continue;
+      if (t.owner) {
+        const owner = await this.#ownerOn(d, t, where);
+        if (owner === "none") continue;
+        if (owner === "other") return; // A newer version, moved in from another source shard.
+      }
       const r = await this.#take(d, t, where);
       if (r.length > 0) {
         this.#txn!.movedFrom.add(d);
@@ -539,6 +661,15 @@ export class ChangeApplier {
     const sql = `DELETE FROM ${t.qualified} ${this.#whereSql(t, where, where.values)}`;
     if (t.placement.kind === "all") {
       for (const d of this.#writable()) await this.#queue(d, sql);
+      return;
+    }
+    if (t.owner) {
+      // Only where this source shard owns it: elsewhere it is a newer version moved in.
+      const shards = this.#writable();
+      const owners = await this.#ownersOn(shards, t, where);
+      for (let i = 0; i < shards.length; i++) {
+        if (owners[i] === "mine") await this.#queue(shards[i], sql);
+      }
       return;
     }
     const column = t.placement.column;
@@ -689,18 +820,26 @@ export class ChangeApplier {
     }`;
   }
 
-  /** Updates the row on shard `d`; resolves with the number of rows changed. */
+  /**
+   * Updates the row on shard `d` (only when its source key is `only.key`, with `only`); resolves
+   * with the number of rows changed.
+   */
   async #updateOn(
     d: number,
     t: Table,
     u: { row: TupleValue[]; set: number[]; where: Where },
+    only?: { key: string | null },
   ): Promise<number> {
     if (u.set.length === 0) return 1; // Nothing this stream carries changed.
     const assignments = u.set.map((i, n) => `${t.names[i]} = $${n + 1}`).join(", ");
-    const sql = `UPDATE ${t.qualified} SET ${assignments} ${
+    let sql = `UPDATE ${t.qualified} SET ${assignments} ${
       this.#whereSql(t, u.where, u.set.length + 1)
     }`;
     const params = [...u.set.map((i) => u.row[i] as string | null), ...u.where.values];
+    if (only && t.owner) {
+      params.push(only.key);
+      sql += ` AND ${t.names[t.owner.column]} IS NOT DISTINCT FROM $${params.length}`;
+    }
     const r = await this.#run(d, sql, params);
     return rowCount(r.tags.at(-1));
   }
@@ -842,6 +981,9 @@ export class ChangeApplier {
     }
   }
 }
+
+/** Whose a destination row is: this applier's source shard's, another one's, or no row. */
+type Owner = "mine" | "other" | "none";
 
 /** A row's identity: column indexes and their values. */
 interface Where {

@@ -940,6 +940,151 @@ Deno.test("ChangeApplier: replicated changes land on the destination shards", as
       db.close();
     }
   });
+
+  await t.step(
+    "a row moving between source shards: its streams in any order leave the newest version once",
+    async () => {
+      // The source: two shards, orders sharded by customer_id (not in the primary key).
+      const source: ReshardingDatabase = { ...destination(pg, ["s0", "s1"]), name: "src" };
+      const sourceOwners = await keysByShard(new RowPlacer(source, { plugins: null }), ORDERS, 2);
+      for (const count of [1, 3]) {
+        const probe = new RowPlacer(destination(pg, Array(count).fill("x")), { plugins: null });
+        const shardOf = async (key: number) => (await probe.shardsOf(ORDERS, [String(key)]))[0];
+        // Pairs of keys (one per source shard) on different destination shards, and on one.
+        const pairs: [number, number][] = [];
+        for (const same of count === 1 ? [true] : [false, true]) {
+          for (const a of sourceOwners[0]) {
+            const b = await (async () => {
+              for (const b of sourceOwners[1]) {
+                if ((await shardOf(a) === await shardOf(b)) === same) return b;
+              }
+            })();
+            if (b !== undefined) {
+              pairs.push([a, b]);
+              break;
+            }
+          }
+        }
+        assert.equal(pairs.length, count === 1 ? 1 : 2);
+        // Source shard 0: order 1 inserted, updated, then moved away (deleted); order 2 stays.
+        // Source shard 1: order 1 arrives (inserted) and is updated again.
+        const orders: [string, number[]][] = [
+          ["the DELETE first", [0, 0, 0, 1, 1]],
+          ["the INSERT first, the stale UPDATE and the DELETE last", [0, 1, 1, 0, 0]],
+          ["the INSERT first, interleaved", [0, 1, 0, 1, 0]],
+        ];
+        for (const [a, b] of pairs) {
+          for (const [label, order] of orders) {
+            const names = await fresh(count);
+            const dest = destination(pg, names);
+            const placer = new RowPlacer(dest, { plugins: null });
+            const appliers = [0, 1].map((s) =>
+              new ChangeApplier({
+                destination: dest,
+                placer,
+                shared: names.map(() => -1),
+                sourceShard: s,
+                slot: "m",
+                source,
+              })
+            );
+            const [src0, src1] = [new Source(), new Source()];
+            const streams = [
+              [
+                src0.txn([
+                  ORDERS_REL,
+                  ins(ORDERS_REL, ["1", String(a), "first"]),
+                  ins(ORDERS_REL, ["2", String(a), "kept"]),
+                ]),
+                src0.txn([upd(ORDERS_REL, ["1", String(a), "stale"])]),
+                src0.txn([del(ORDERS_REL, ["1", null, null])]),
+              ],
+              [
+                src1.txn([ORDERS_REL, ins(ORDERS_REL, ["1", String(b), "moved"])]),
+                src1.txn([upd(ORDERS_REL, ["1", String(b), "newest"])]),
+              ],
+            ];
+            const db = await Shards.open(pg, names);
+            try {
+              for (const applier of appliers) await applier.start();
+              for (const s of order) await applyAll(appliers[s], streams[s].shift()!);
+              assert.deepEqual(
+                await db.everywhere("SELECT id, customer_id, note FROM orders ORDER BY id"),
+                [`${await shardOf(b)}:1|${b}|newest`, `${await shardOf(a)}:2|${a}|kept`],
+                `${count} destination shards, keys ${a} and ${b}, ${label}`,
+              );
+              // A row of the same key from the same source shard is still a duplicate.
+              await assert.rejects(
+                applyAll(appliers[0], src0.txn([ins(ORDERS_REL, ["2", String(a), "again"])])),
+                (e) => e instanceof PgError && e.code === "23505",
+              );
+            } finally {
+              for (const applier of appliers) applier.close();
+              db.close();
+            }
+          }
+        }
+      }
+    },
+  );
+
+  await t.step(
+    "a row moving between source shards, growing in place: only the new shards are written",
+    async () => {
+      // Source: shards d_0 and d_1; destination: the same two plus d_2 and d_3 (keys are placed
+      // by the shard count: the databases' names do not matter here).
+      const source: ReshardingDatabase = { ...destination(pg, ["s0", "s1"]), name: "src" };
+      const placer = new RowPlacer(destination(pg, ["d0", "d1", "d2", "d3"]), { plugins: null });
+      const sourceOwners = await keysByShard(new RowPlacer(source, { plugins: null }), ORDERS, 2);
+      const destShards = await keysByShard(placer, ORDERS, 4);
+      // A key of source shard 0 placed on new shard 2, one of source shard 1 on new shard 3.
+      const a = sourceOwners[0].find((k) => destShards[2].includes(k))!;
+      const b = sourceOwners[1].find((k) => destShards[3].includes(k))!;
+      for (const order of [[0, 0, 0, 1, 1], [0, 1, 1, 0, 0], [0, 1, 0, 1, 0]]) {
+        const names = await fresh(4);
+        const dest = destination(pg, names);
+        const appliers = [0, 1].map((s) =>
+          new ChangeApplier({
+            destination: dest,
+            placer,
+            shared: [0, 1, -1, -1],
+            sourceShard: s,
+            slot: "m",
+            source,
+          })
+        );
+        const [src0, src1] = [new Source(), new Source()];
+        const streams = [
+          [
+            src0.txn([
+              ORDERS_REL,
+              ins(ORDERS_REL, ["1", String(a), "first"]),
+              ins(ORDERS_REL, ["2", String(a), "kept"]),
+            ]),
+            src0.txn([upd(ORDERS_REL, ["1", String(a), "stale"])]),
+            src0.txn([del(ORDERS_REL, ["1", null, null])]),
+          ],
+          [
+            src1.txn([ORDERS_REL, ins(ORDERS_REL, ["1", String(b), "moved"])]),
+            src1.txn([upd(ORDERS_REL, ["1", String(b), "newest"])]),
+          ],
+        ];
+        const db = await Shards.open(pg, names);
+        try {
+          for (const applier of appliers) await applier.start();
+          for (const s of order) await applyAll(appliers[s], streams[s].shift()!);
+          assert.deepEqual(
+            await db.everywhere("SELECT id, customer_id, note FROM orders ORDER BY id"),
+            [`2:2|${a}|kept`, `3:1|${b}|newest`],
+            `order ${order}`,
+          );
+        } finally {
+          for (const applier of appliers) applier.close();
+          db.close();
+        }
+      }
+    },
+  );
 });
 
 /**

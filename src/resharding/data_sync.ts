@@ -343,6 +343,7 @@ export class DataSync {
         shared: o.shared,
         sourceShard: shard.shard,
         slot: slot.name,
+        source: o.source,
       });
       let stream: ReplicationStream | null = null;
       try {

@@ -67,6 +67,11 @@ export class RowPlacer {
     this.#plugins = options.plugins;
   }
 
+  /** A placer for another database, asking the same plugin hashers. */
+  forDatabase(db: ReshardingDatabase): RowPlacer {
+    return new RowPlacer(db, { plugins: this.#plugins });
+  }
+
   /** The shard count. */
   get shards(): number {
     return this.#db.shards.length;
