@@ -11,6 +11,7 @@ import {
   connectPg,
   type PgCluster,
   type ProxyProcess,
+  runPgdog,
   sleep,
   startPostgres,
   startProxy,
@@ -68,6 +69,23 @@ async function proxyFor(
     general?: Record<string, unknown>;
   },
 ): Promise<ProxyProcess> {
+  return await startProxy({
+    // As `deno task start` runs it: resharding's schema sync runs pg_dump.
+    denoFlags: ["--allow-run=deno,pg_dump"],
+    ...configFor(pg, options),
+  });
+}
+
+/** pgdog.toml and users.toml with the source "app" and the destination "app_new". */
+function configFor(
+  pg: PgCluster,
+  options: {
+    source: string[];
+    destination: string[];
+    destinationCluster?: PgCluster;
+    general?: Record<string, unknown>;
+  },
+): { config: Record<string, unknown>; users: Record<string, unknown> } {
   const db = (name: string, list: string[], at: PgCluster) =>
     list.map((database_name, shard) => ({
       name,
@@ -76,9 +94,7 @@ async function proxyFor(
       database_name,
       shard,
     }));
-  return await startProxy({
-    // As `deno task start` runs it: resharding's schema sync runs pg_dump.
-    denoFlags: ["--allow-run=deno,pg_dump"],
+  return {
     config: {
       general: {
         cutover_timeout: 60_000,
@@ -107,7 +123,7 @@ async function proxyFor(
         { name: USER, password: PASSWORD, database: "app_new", schema_admin: true },
       ],
     },
-  });
+  };
 }
 
 /** Runs an admin command; rows as objects. */
@@ -300,10 +316,16 @@ async function assertSame(
           for (const t of ["users", "orders"] as const) {
             const a = new Set(actual[t]);
             const e2 = new Set(expected[t]);
-            const ids = [...actual[t].filter((r) => !e2.has(r)), ...expected[t].filter((r) => !a.has(r))]
+            const ids = [
+              ...actual[t].filter((r) => !e2.has(r)),
+              ...expected[t].filter((r) => !a.has(r)),
+            ]
               .map((r) => r.slice(1).split(",")[0]).slice(0, 5);
             for (const db of ["src0", "src1", "dst0", "dst1", "dst2", "ref"]) {
-              const rows = await pg.sql(`SELECT '${db}', t::text FROM ${t} t WHERE id IN (${ids.join(",") || "0"})`, { database: db }).catch(() => []);
+              const rows = await pg.sql(
+                `SELECT '${db}', t::text FROM ${t} t WHERE id IN (${ids.join(",") || "0"})`,
+                { database: db },
+              ).catch(() => []);
               console.error(t, rows);
             }
           }
@@ -514,4 +536,51 @@ test("pgdog killed while replicating: REPLICATE with the slot resumes; STOP_TASK
     await load.stop();
     await proxy.stop();
   }
+});
+
+test("the command line: schema-sync, data-sync --sync-only with progress, schema-sync --data-sync-complete", async () => {
+  const source = ["src0"];
+  const destination = ["dst0", "dst1"];
+  await using pg = await cluster([...source, ...destination, "ref"]);
+  await seed(pg, { shards: source, reference: pg });
+  const files = configFor(pg, { source, destination });
+  const cli = (args: string[]) =>
+    runPgdog([
+      ...args,
+      "--from-database",
+      "app",
+      "--to-database",
+      "app_new",
+      "--publication",
+      PUBLICATION,
+    ], {
+      ...files,
+      denoFlags: ["--allow-run=deno,pg_dump"],
+      timeoutMs: 120_000,
+    });
+  const pre = await cli(["schema-sync"]);
+  assert.equal(pre.code, 0, pre.stdout + pre.stderr);
+  assert.match(pre.stdout, /schema sync \(pre\): \d+ statements/);
+  const copy = await cli(["data-sync", "--sync-only", "--skip-schema-sync"]);
+  assert.equal(copy.code, 0, copy.stdout + copy.stderr);
+  // Not a terminal: plain progress lines, one per finished table.
+  assert.match(copy.stderr, /public\.users \(shard 0\): done, 3,000 rows/);
+  assert.doesNotMatch(copy.stderr, /\x1b\[/);
+  const post = await cli(["schema-sync", "--data-sync-complete"]);
+  assert.equal(post.code, 0, post.stdout + post.stderr);
+  const indexes = await pg.sql(
+    "SELECT indexname FROM pg_indexes WHERE tablename = 'orders' ORDER BY 1",
+    {
+      database: "dst1",
+    },
+  );
+  assert.deepEqual(indexes.map((r) => r[0]), ["orders_pkey", "orders_user"]);
+  const expected = await rowsOf(pg, "ref");
+  assert.deepEqual(await layoutRows(pg, destination), expected);
+  await assertPlaced(pg, destination);
+  const [[slots]] = await pg.sql("SELECT count(*) FROM pg_replication_slots", { database: "src0" });
+  assert.equal(slots, "0", "--sync-only leaves no slot");
+  const bad = await runPgdog(["data-sync", "--from-database", "app"], { ...files });
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--to-database/);
 });

@@ -429,6 +429,13 @@ export class Client implements ServerLink {
             ? await this.#routeShards(type, buf, p, end)
             : await this.#parts.requests.routePlugins(type, buf, p, end);
           if (this.closed) return false;
+          if (routed === "again") {
+            // The configuration changed while it waited at the gate: route it again.
+            rb.start = p;
+            this.#parts.inRequest = false;
+            out.reset(rb.buf);
+            continue;
+          }
           if (routed === "done") {
             out.reset(rb.buf);
             continue;
@@ -443,6 +450,18 @@ export class Client implements ServerLink {
           (this.#parts.unsynced && this.#parts.inRequest);
       }
       if (this.server === null) {
+        if (whole && this.#txn.empty && !this.#gate.open()) {
+          // MAINTENANCE or RELOAD came after this request was routed: it waits, then routes
+          // again by the configuration in force (a cutover may have changed the shards).
+          const before = this.cluster;
+          if (!(await this.#gate.pass())) return false;
+          if (this.cluster !== before) {
+            rb.start = p;
+            this.#parts.inRequest = false;
+            out.reset(rb.buf);
+            continue;
+          }
+        }
         // Nothing is buffered for a server yet: taking one may wait, and nothing else touches the
         // read buffer meanwhile.
         const role = this.#parts.requests.role(type, buf, p, end);
@@ -582,7 +601,7 @@ export class Client implements ServerLink {
     buf: Uint8Array,
     p: number,
     end: number,
-  ): Promise<"go" | "done"> {
+  ): Promise<"go" | "done" | "again"> {
     const open = this.#openFan?.continuedBy(type, buf, p, end) ?? null;
     if (open !== null) {
       // Its portal (or its unsynced request) is on those legs: the request goes on there.
@@ -620,7 +639,7 @@ export class Client implements ServerLink {
       if (moved === "stay") return await this.#shards.toShard(route.keyUpdate.from);
       splitInsert = moved;
     }
-    await this.#fanOut(shards, {
+    const fanned = await this.#fanOut(shards, {
       type,
       p,
       end,
@@ -629,7 +648,7 @@ export class Client implements ServerLink {
       merge: route.merge,
       splitInsert,
     });
-    return "done";
+    return fanned === "again" ? "again" : "done";
   }
 
   /** COPY FROM STDIN on several shards (see copy_in_run.ts). */
@@ -715,7 +734,13 @@ export class Client implements ServerLink {
       /** The request goes on with a run whose portals live on the legs. */
       open?: OpenLegs;
     },
-  ): Promise<void> {
+  ): Promise<void | "again"> {
+    if (this.#txn.empty && this.server === null && !options.open && !this.#gate.open()) {
+      // MAINTENANCE or RELOAD came after routing: wait, and route again if the shards changed.
+      const before = this.cluster;
+      if (!(await this.#atGate())) return;
+      if (this.cluster !== before) return "again";
+    }
     if (this.server !== null) {
       await this.#closeBatch();
       await this.#settle();

@@ -358,6 +358,8 @@ export class DataSync {
         o.status(`replicating from ${this.slots.length} shards`);
         const abort = () => stream?.close();
         o.signal.addEventListener("abort", abort, { once: true });
+        // Stopped while the stream was starting: the listener came too late to hear it.
+        if (o.signal.aborted) abort();
         try {
           await this.#pump(shard.shard, { stream, applier });
         } finally {
