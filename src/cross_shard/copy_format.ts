@@ -28,6 +28,19 @@ export interface CopyFormat {
   encoding: string | null;
 }
 
+/** COPY's defaults: text format, tab-delimited, `\N` for NULL, no header, no options. */
+export const TEXT_COPY_FORMAT: CopyFormat = {
+  format: "text",
+  delimiter: "\t",
+  null: "\\N",
+  header: false,
+  quote: "",
+  escape: "",
+  forceNotNull: [],
+  forceNull: [],
+  encoding: null,
+};
+
 /** A COPY statement's options PostgreSQL refuses: its message and SQLSTATE. */
 export interface CopyFormatInvalid {
   /** PostgreSQL's message. */

@@ -10,7 +10,7 @@
 import type { Config } from "../config/types.ts";
 import { errorMessage, log } from "../log.ts";
 import { startPlugins } from "../plugin/mod.ts";
-import { DataSync, type TableCopyState } from "./data_sync.ts";
+import { DataSync, dataSyncSettings, type TableCopyState } from "./data_sync.ts";
 import { ProgressView } from "./progress.ts";
 import { schemaSync } from "./schema_sync.ts";
 import { randomSuffix } from "./commands.ts";
@@ -90,12 +90,7 @@ export async function reshardingCli(
       replicateOnly: args.replicateOnly === true,
       shared: dbs.shared,
       plugins,
-      format: g.resharding_copy_format,
-      parallelCopies: g.resharding_parallel_copies,
-      copyAttempts: g.resharding_copy_retry_max_attempts,
-      copyRetryDelayMs: g.resharding_copy_retry_min_delay,
-      replicationAttempts: g.resharding_replication_retry_max_attempts,
-      replicationRetryDelayMs: g.resharding_replication_retry_min_delay,
+      ...dataSyncSettings(g),
       signal: abort.signal,
       status: (text) => log.info(`data-sync: ${text}`),
     });

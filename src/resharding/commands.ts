@@ -6,7 +6,7 @@
  * @module
  */
 
-import { DataSync } from "./data_sync.ts";
+import { DataSync, dataSyncSettings } from "./data_sync.ts";
 import { schemaSync } from "./schema_sync.ts";
 import { cutover } from "./cutover.ts";
 import { databasesOf, type ReshardingHost, reshardingTasks, type Task } from "./tasks.ts";
@@ -60,12 +60,7 @@ export function startDataSync(
       replicateOnly: options.replicateOnly,
       shared: dbs.shared,
       plugins: host.plugins(),
-      format: g.resharding_copy_format,
-      parallelCopies: g.resharding_parallel_copies,
-      copyAttempts: g.resharding_copy_retry_max_attempts,
-      copyRetryDelayMs: g.resharding_copy_retry_min_delay,
-      replicationAttempts: g.resharding_replication_retry_max_attempts,
-      replicationRetryDelayMs: g.resharding_replication_retry_min_delay,
+      ...dataSyncSettings(g),
       signal: task.abort.signal,
       status: (text) => task.setStatus(text),
     });
@@ -110,12 +105,7 @@ export function startReshard(
       replicateOnly: false,
       shared: dbs.shared,
       plugins: host.plugins(),
-      format: g.resharding_copy_format,
-      parallelCopies: g.resharding_parallel_copies,
-      copyAttempts: g.resharding_copy_retry_max_attempts,
-      copyRetryDelayMs: g.resharding_copy_retry_min_delay,
-      replicationAttempts: g.resharding_replication_retry_max_attempts,
-      replicationRetryDelayMs: g.resharding_replication_retry_min_delay,
+      ...dataSyncSettings(g),
       signal: task.abort.signal,
       status: (text) => task.setStatus(text),
     });

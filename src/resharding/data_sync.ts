@@ -9,6 +9,7 @@
  */
 
 import type { PluginSet } from "../plugin/mod.ts";
+import type { GeneralConfig } from "../config/types.ts";
 import { log } from "../log.ts";
 import { errorMessage } from "../log.ts";
 import { ChangeApplier } from "./apply.ts";
@@ -79,6 +80,28 @@ export interface DataSyncOptions {
   signal: AbortSignal;
   /** Says what it is doing (SHOW TASKS inner_status). */
   status(text: string): void;
+}
+
+/** The settings of a data sync that come from `[general]`. */
+export function dataSyncSettings(
+  g: GeneralConfig,
+): Pick<
+  DataSyncOptions,
+  | "format"
+  | "parallelCopies"
+  | "copyAttempts"
+  | "copyRetryDelayMs"
+  | "replicationAttempts"
+  | "replicationRetryDelayMs"
+> {
+  return {
+    format: g.resharding_copy_format,
+    parallelCopies: g.resharding_parallel_copies,
+    copyAttempts: g.resharding_copy_retry_max_attempts,
+    copyRetryDelayMs: g.resharding_copy_retry_min_delay,
+    replicationAttempts: g.resharding_replication_retry_max_attempts,
+    replicationRetryDelayMs: g.resharding_replication_retry_min_delay,
+  };
 }
 
 /** A running data sync: copy, then changes applied until stopped. */

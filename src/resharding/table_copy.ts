@@ -8,7 +8,7 @@
  */
 
 import { CopyInSplitter, type CopyRows } from "../cross_shard/copy_in.ts";
-import type { CopyFormat } from "../cross_shard/copy_format.ts";
+import { type CopyFormat, TEXT_COPY_FORMAT } from "../cross_shard/copy_format.ts";
 import { PgConn, PgError, type ServerLogin } from "./pg_conn.ts";
 import { type RowPlacer, tablePlacement } from "./placement.ts";
 import { type ReshardingDatabase, ReshardingError } from "./shards.ts";
@@ -191,17 +191,7 @@ function labelOf(login: ServerLogin): string {
   return `${login.host}:${login.port}/${login.database}`;
 }
 
-const TEXT_FORMAT: CopyFormat = {
-  format: "text",
-  delimiter: "\t",
-  null: "\\N",
-  header: false,
-  quote: "",
-  escape: "",
-  forceNotNull: [],
-  forceNull: [],
-  encoding: null,
-};
+const TEXT_FORMAT: CopyFormat = TEXT_COPY_FORMAT;
 const BINARY_FORMAT: CopyFormat = { ...TEXT_FORMAT, format: "binary", delimiter: "", null: "" };
 
 /** Binary COPY's header (signature, no flags, no extension) and trailer. */
