@@ -351,7 +351,8 @@ const GENERAL_KEYS = [
   ms(
     "cutover_last_transaction_delay",
     1000,
-    "Cutover: traffic stopped, no replicated transaction for this long also allows the swap.",
+    "Cutover: accepted for PgDog's files; pgdog does not swap on a quiet stream alone but waits " +
+      "until the source confirms every change was sent (at once when the source is idle).",
   ),
   ms(
     "cutover_timeout",
