@@ -1087,6 +1087,141 @@ Deno.test("ChangeApplier: replicated changes land on the destination shards", as
   );
 });
 
+/** Every merge of two sequences of `a` and `b` steps: per step, 0 (from a) or 1 (from b). */
+function interleavings(a: number, b: number): number[][] {
+  if (a === 0) return [Array(b).fill(1)];
+  if (b === 0) return [Array(a).fill(0)];
+  return [
+    ...interleavings(a - 1, b).map((rest) => [0, ...rest]),
+    ...interleavings(a, b - 1).map((rest) => [1, ...rest]),
+  ];
+}
+
+Deno.test("ChangeApplier: a row moving between source shards survives every interleaving of the two streams", async (t) => {
+  await using pg = await startPostgres({
+    settings: { max_prepared_transactions: 10 },
+    roles: [{ name: "app", password: "pw", auth: "scram", superuser: true }],
+  });
+  const create = async (names: string[]): Promise<void> => {
+    for (const name of names) {
+      await pg.sql(`CREATE DATABASE ${name}`);
+      await pg.sql(SCHEMA, { database: name });
+    }
+  };
+  const source: ReshardingDatabase = { ...destination(pg, ["s0", "s1"]), name: "src" };
+  const sourceOwners = await keysByShard(new RowPlacer(source, { plugins: null }), ORDERS, 2);
+  const layouts: { label: string; names: string[]; shared: number[] }[] = [
+    { label: "onto 1 shard", names: ["one_0"], shared: [-1] },
+    { label: "onto 3 shards", names: ["three_0", "three_1", "three_2"], shared: [-1, -1, -1] },
+    {
+      label: "growing in place",
+      names: ["grow_0", "grow_1", "grow_2", "grow_3"],
+      shared: [0, 1, -1, -1],
+    },
+  ];
+  let id = 0;
+  for (const layout of layouts) {
+    await create(layout.names);
+    const dest = destination(pg, layout.names);
+    const placer = new RowPlacer(dest, { plugins: null });
+    const newShards = layout.shared.flatMap((s, d) => s < 0 ? [d] : []);
+    const destShards = await keysByShard(placer, ORDERS, layout.names.length);
+    const db = await Shards.open(pg, layout.names);
+    try {
+      await t.step(layout.label, async () => {
+        // s: the shard the row leaves, t: the shard it moves to (both ways).
+        for (const [s, to] of [[0, 1], [1, 0]]) {
+          // Keys owned by s and t, placed on new destination shards: different ones, and one.
+          const pairs: [number, number][] = [];
+          for (const same of newShards.length === 1 ? [true] : [false, true]) {
+            for (
+              const a of sourceOwners[s].filter((k) =>
+                newShards.some((d) => destShards[d].includes(k))
+              )
+            ) {
+              const da = destShards.findIndex((keys) => keys.includes(a));
+              const b = sourceOwners[to].find((k) =>
+                newShards.some((d) => destShards[d].includes(k)) &&
+                (destShards.findIndex((keys) => keys.includes(k)) === da) === same
+              );
+              if (b !== undefined) {
+                pairs.push([a, b]);
+                break;
+              }
+            }
+          }
+          assert.ok(pairs.length > 0);
+          for (const [a, b] of pairs) {
+            for (const sUpdates of [false, true]) {
+              for (const tUpdates of [false, true]) {
+                const sSteps = sUpdates ? 3 : 2;
+                const tSteps = tUpdates ? 2 : 1;
+                for (const order of interleavings(sSteps, tSteps)) {
+                  id++;
+                  const row = String(id);
+                  const slot = `m${id}`;
+                  const appliers = [s, to].map((sourceShard) =>
+                    new ChangeApplier({
+                      destination: dest,
+                      placer,
+                      shared: layout.shared,
+                      sourceShard,
+                      slot,
+                      source,
+                    })
+                  );
+                  const [srcS, srcT] = [new Source(), new Source()];
+                  const streams = [
+                    [
+                      srcS.txn([ORDERS_REL, ins(ORDERS_REL, [row, String(a), "old"])]),
+                      ...(sUpdates ? [srcS.txn([upd(ORDERS_REL, [row, String(a), "old2"])])] : []),
+                      srcS.txn([del(ORDERS_REL, [row, null, null])]),
+                    ],
+                    [
+                      srcT.txn([ORDERS_REL, ins(ORDERS_REL, [row, String(b), "moved"])]),
+                      ...(tUpdates
+                        ? [srcT.txn([upd(ORDERS_REL, [row, String(b), "newest"])])]
+                        : []),
+                    ],
+                  ];
+                  const label = `source shard ${s} -> ${to}, keys ${a} -> ${b}, order ${order}`;
+                  try {
+                    for (const applier of appliers) await applier.start();
+                    for (const i of order) await applyAll(appliers[i], streams[i].shift()!);
+                  } finally {
+                    for (const applier of appliers) applier.close();
+                  }
+                  const shardOfB = destShards.findIndex((keys) => keys.includes(b));
+                  const rows = (await db.everywhere(
+                    `SELECT id, customer_id, note FROM orders WHERE id = ${row}`,
+                  )).filter((r) => newShards.includes(Number(r.split(":")[0])));
+                  assert.deepEqual(
+                    rows,
+                    [`${shardOfB}:${row}|${b}|${tUpdates ? "newest" : "moved"}`],
+                    label,
+                  );
+                  for (const d of newShards) {
+                    assert.deepEqual(
+                      await db.rows(
+                        d,
+                        `SELECT count(*) FROM pgdog_resharding.displaced WHERE slot = '${slot}'`,
+                      ),
+                      [["0"]],
+                      `${label}: displaced versions left on shard ${d}`,
+                    );
+                  }
+                }
+              }
+            }
+          }
+        }
+      });
+    } finally {
+      db.close();
+    }
+  }
+});
+
 /**
  * A minimal pgoutput (protocol 1) decoder for this test, so the applier meets what PostgreSQL
  * really sends (the stream's own decoder is tested beside it).
