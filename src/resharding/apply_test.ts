@@ -1220,6 +1220,88 @@ Deno.test("ChangeApplier: a row moving between source shards survives every inte
       db.close();
     }
   }
+
+  await t.step(
+    "a displaced version is updated where it waits, unchanged TOAST values kept",
+    async () => {
+      const names = ["toast_0", "toast_1", "toast_2"];
+      await create(names);
+      const dest = destination(pg, names);
+      const placer = new RowPlacer(dest, { plugins: null });
+      const destShards = await keysByShard(placer, ORDERS, 3);
+      const shardOf = (k: number) => destShards.findIndex((keys) => keys.includes(k));
+      const a = sourceOwners[0][0];
+      const a2 = sourceOwners[0].find((k) => shardOf(k) !== shardOf(a))!;
+      const b = sourceOwners[1].find((k) =>
+        shardOf(k) !== shardOf(a) && shardOf(k) !== shardOf(a2)
+      )!;
+      const appliers = [0, 1].map((sourceShard) =>
+        new ChangeApplier({
+          destination: dest,
+          placer,
+          shared: [-1, -1, -1],
+          sourceShard,
+          slot: "toast",
+          source,
+        })
+      );
+      const [src0, src1] = [new Source(), new Source()];
+      const db = await Shards.open(pg, names);
+      const displaced = () =>
+        db.everywhere(
+          `SELECT owner, "row"->>'customer_id', "row"->>'note' FROM pgdog_resharding.displaced`,
+        );
+      try {
+        for (const applier of appliers) await applier.start();
+        await applyAll(
+          appliers[1],
+          src1.txn([ORDERS_REL, ins(ORDERS_REL, ["1", String(b), "moved"])]),
+        );
+        await applyAll(
+          appliers[0],
+          src0.txn([ORDERS_REL, ins(ORDERS_REL, ["1", String(a), "old"])]),
+        );
+        assert.deepEqual(await displaced(), [`${shardOf(a)}:0|${a}|old`]);
+        await applyAll(appliers[0], src0.txn([upd(ORDERS_REL, ["1", String(a), "old2"])]));
+        assert.deepEqual(await displaced(), [`${shardOf(a)}:0|${a}|old2`]);
+        await applyAll(appliers[0], src0.txn([upd(ORDERS_REL, ["1", String(a2), UNCHANGED])]));
+        assert.deepEqual(await displaced(), [`${shardOf(a2)}:0|${a2}|old2`]);
+        assert.deepEqual(await db.everywhere("SELECT id, customer_id, note FROM orders"), [
+          `${shardOf(b)}:1|${b}|moved`,
+        ]);
+        // The version in the table is deleted by its source shard: the displaced one takes its place.
+        await applyAll(appliers[1], src1.txn([del(ORDERS_REL, ["1", null, null])]));
+        assert.deepEqual(await displaced(), []);
+        assert.deepEqual(await db.everywhere("SELECT id, customer_id, note FROM orders"), [
+          `${shardOf(a2)}:1|${a2}|old2`,
+        ]);
+        await applyAll(appliers[0], src0.txn([upd(ORDERS_REL, ["1", String(a2), UNCHANGED])]));
+        await applyAll(appliers[0], src0.txn([upd(ORDERS_REL, ["1", String(a), UNCHANGED])]));
+        assert.deepEqual(await db.everywhere("SELECT id, customer_id, note FROM orders"), [
+          `${shardOf(a)}:1|${a}|old2`,
+        ]);
+        // TRUNCATE empties the side table too.
+        await applyAll(
+          appliers[1],
+          src1.txn([ORDERS_REL, ins(ORDERS_REL, ["1", String(b), "again"])]),
+        );
+        assert.equal((await displaced()).length, 1);
+        await applyAll(
+          appliers[1],
+          src1.txn([{
+            kind: "truncate",
+            relations: [ORDERS_REL.oid],
+            cascade: false,
+            restartIdentity: false,
+          }]),
+        );
+        assert.deepEqual(await displaced(), []);
+      } finally {
+        for (const applier of appliers) applier.close();
+        db.close();
+      }
+    },
+  );
 });
 
 /**
