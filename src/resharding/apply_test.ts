@@ -1302,6 +1302,118 @@ Deno.test("ChangeApplier: a row moving between source shards survives every inte
       }
     },
   );
+
+  await t.step(
+    "an INSERT waits for another source shard's open transaction on the row",
+    async () => {
+      const names = ["wait_0", "wait_1", "wait_2"];
+      await create(names);
+      const dest = destination(pg, names);
+      const placer = new RowPlacer(dest, { plugins: null });
+      const destShards = await keysByShard(placer, ORDERS, 3);
+      const shardOf = (k: number) => destShards.findIndex((keys) => keys.includes(k));
+      const a = sourceOwners[0][0];
+      const b = sourceOwners[1].find((k) => shardOf(k) !== shardOf(a))!;
+      const appliers = [0, 1].map((sourceShard) =>
+        new ChangeApplier({
+          destination: dest,
+          placer,
+          shared: [-1, -1, -1],
+          sourceShard,
+          slot: "wait",
+          source,
+        })
+      );
+      const [src0, src1] = [new Source(), new Source()];
+      const db = await Shards.open(pg, names);
+      try {
+        for (const applier of appliers) await applier.start();
+        const moved = src1.txn([ORDERS_REL, ins(ORDERS_REL, ["1", String(b), "moved"])]);
+        // Source shard 1's transaction is open (its row not committed) when shard 0's arrives.
+        await applyAll(appliers[1], moved.slice(0, -1));
+        const old = applyAll(
+          appliers[0],
+          src0.txn([ORDERS_REL, ins(ORDERS_REL, ["1", String(a), "old"])]),
+        );
+        await applyAll(appliers[1], moved.slice(-1));
+        await old;
+        // One version in the table, the other displaced (not both in the table).
+        assert.deepEqual(await db.everywhere("SELECT id, customer_id, note FROM orders"), [
+          `${shardOf(b)}:1|${b}|moved`,
+        ]);
+        assert.deepEqual(
+          await db.everywhere(`SELECT owner, "row"->>'note' FROM pgdog_resharding.displaced`),
+          [`${shardOf(a)}:0|old`],
+        );
+        await applyAll(appliers[0], src0.txn([del(ORDERS_REL, ["1", null, null])]));
+        assert.deepEqual(await db.everywhere("SELECT id, customer_id, note FROM orders"), [
+          `${shardOf(b)}:1|${b}|moved`,
+        ]);
+      } finally {
+        for (const applier of appliers) applier.close();
+        db.close();
+      }
+    },
+  );
+
+  await t.step("both streams applied at once: every moved row kept once, newest", async () => {
+    const names = ["conc_0", "conc_1", "conc_2"];
+    await create(names);
+    const dest = destination(pg, names);
+    const placer = new RowPlacer(dest, { plugins: null });
+    const destShards = await keysByShard(placer, ORDERS, 3);
+    const shardOf = (k: number) => destShards.findIndex((keys) => keys.includes(k));
+    const appliers = [0, 1].map((sourceShard) =>
+      new ChangeApplier({
+        destination: dest,
+        placer,
+        shared: [-1, -1, -1],
+        sourceShard,
+        slot: "conc",
+        source,
+      })
+    );
+    const [src0, src1] = [new Source(), new Source()];
+    const rows = Array.from({ length: 60 }, (_, i) => ({
+      id: String(i + 1),
+      a: sourceOwners[0][i % sourceOwners[0].length],
+      b: sourceOwners[1][(i * 7) % sourceOwners[1].length],
+    }));
+    // Source shard 0: each row inserted, then moved away; source shard 1: each row arrives.
+    const stream0 = [
+      ...src0.txn([ORDERS_REL]),
+      ...rows.flatMap((r) => [
+        ...src0.txn([ins(ORDERS_REL, [r.id, String(r.a), "old"])]),
+        ...src0.txn([del(ORDERS_REL, [r.id, null, null])]),
+      ]),
+    ];
+    const stream1 = [
+      ...src1.txn([ORDERS_REL]),
+      ...rows.map((r) => src1.txn([ins(ORDERS_REL, [r.id, String(r.b), "moved"])])).flat(),
+    ];
+    const db = await Shards.open(pg, names);
+    try {
+      for (const applier of appliers) await applier.start();
+      await Promise.all([applyAll(appliers[0], stream0), applyAll(appliers[1], stream1)]);
+      assert.deepEqual(
+        await db.everywhere("SELECT id, customer_id, note FROM orders ORDER BY id"),
+        rows
+          .map((r) => `${shardOf(r.b)}:${r.id}|${r.b}|moved`)
+          .sort((x, y) => {
+            const [dx, ix] = x.split(/[:|]/).map(Number);
+            const [dy, iy] = y.split(/[:|]/).map(Number);
+            return dx - dy || ix - iy;
+          }),
+      );
+      assert.deepEqual(
+        await db.everywhere("SELECT count(*) FROM pgdog_resharding.displaced"),
+        ["0:0", "1:0", "2:0"],
+      );
+    } finally {
+      for (const applier of appliers) applier.close();
+      db.close();
+    }
+  });
 });
 
 /**
