@@ -614,7 +614,14 @@ export class ChangeApplier {
         `DELETE FROM ${t.qualified} ${this.#whereSql(t, where, where.values)}`,
       );
     }
-    this.#txn!.movedFrom.add(v.d);
+  }
+
+  /**
+   * A version leaves shard `d` for another one in this transaction: `d` commits last (or the
+   * transaction commits in two phases), so a crash between commits cannot lose it.
+   */
+  #leaving(d: number): void {
+    this.#txn!.movedFrom.add(d);
   }
 
   /**
@@ -629,6 +636,7 @@ export class ChangeApplier {
     const next = left.find((other) => other.displaced);
     if (!next) return left;
     await this.#drop(t, next, where);
+    if (next.d !== v.d) this.#leaving(v.d);
     await this.#queueInsert(next.d, t, next.row);
     return left.map((other) => other === next ? { ...next, displaced: false } : other);
   }
@@ -648,7 +656,10 @@ export class ChangeApplier {
       await this.#displace(d, t, values);
       return;
     }
-    if (there && there.d !== d) await this.#drop(t, there, this.#identity(t, values));
+    if (there && there.d !== d) {
+      await this.#drop(t, there, this.#identity(t, values));
+      this.#leaving(there.d);
+    }
     await this.#queueInsert(d, t, values);
   }
 
@@ -685,6 +696,7 @@ export class ChangeApplier {
     const same = JSON.stringify(where.values) === JSON.stringify(u.where.values);
     if (mine) {
       const d = await this.#shardOfRow(t, values);
+      if (d !== mine.d) this.#leaving(mine.d);
       if (same && d === mine.d) {
         if (!mine.displaced) {
           await this.#queue(d, this.#updateSql(t, { ...u, row }));
