@@ -300,10 +300,16 @@ async function assertSame(
           for (const t of ["users", "orders"] as const) {
             const a = new Set(actual[t]);
             const e2 = new Set(expected[t]);
-            const ids = [...actual[t].filter((r) => !e2.has(r)), ...expected[t].filter((r) => !a.has(r))]
+            const ids = [
+              ...actual[t].filter((r) => !e2.has(r)),
+              ...expected[t].filter((r) => !a.has(r)),
+            ]
               .map((r) => r.slice(1).split(",")[0]).slice(0, 5);
             for (const db of ["src0", "src1", "dst0", "dst1", "dst2", "ref"]) {
-              const rows = await pg.sql(`SELECT '${db}', t::text FROM ${t} t WHERE id IN (${ids.join(",") || "0"})`, { database: db }).catch(() => []);
+              const rows = await pg.sql(
+                `SELECT '${db}', t::text FROM ${t} t WHERE id IN (${ids.join(",") || "0"})`,
+                { database: db },
+              ).catch(() => []);
               console.error(t, rows);
             }
           }
