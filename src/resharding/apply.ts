@@ -677,7 +677,6 @@ export class ChangeApplier {
     t: Table,
     u: { row: TupleValue[]; set: number[]; where: Where },
   ): Promise<void> {
-    await this.#lock(t, u.where);
     const versions = await this.#versions(t, u.where);
     const mine = versions.find((v) => v.owner === this.#options.sourceShard);
     const row = u.row.slice();
@@ -748,6 +747,9 @@ export class ChangeApplier {
       return;
     }
     if (t.owner) {
+      // Locked first, even for the one statement below: a row lock taken without the identity's
+      // lock could close a cycle of waits across connections that PostgreSQL cannot see.
+      await this.#lock(t, where);
       // Mostly the row keeps its identity and key, which this source shard owns: one statement.
       const key = row[t.owner.column];
       const destKey = row[t.placement.column];
