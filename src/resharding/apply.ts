@@ -29,7 +29,11 @@ const CREATE_PROGRESS =
   "BEGIN; SELECT pg_advisory_xact_lock(hashtext('pgdog_resharding.progress')); " +
   `CREATE SCHEMA IF NOT EXISTS ${PROGRESS_SCHEMA}; ` +
   `CREATE TABLE IF NOT EXISTS ${PROGRESS_SCHEMA}.progress (slot text NOT NULL, ` +
-  "source_shard int NOT NULL, lsn pg_lsn NOT NULL, PRIMARY KEY (slot, source_shard)); COMMIT";
+  "source_shard int NOT NULL, lsn pg_lsn NOT NULL, PRIMARY KEY (slot, source_shard)); " +
+  // Versions of a row waiting for their source shard to delete them (see ChangeApplier).
+  `CREATE TABLE IF NOT EXISTS ${PROGRESS_SCHEMA}.displaced (slot text NOT NULL, ` +
+  '"table" text NOT NULL, identity text NOT NULL, owner int NOT NULL, "row" jsonb NOT NULL, ' +
+  'PRIMARY KEY (slot, "table", identity, owner)); COMMIT';
 
 const BEGIN = "BEGIN; SET LOCAL session_replication_role = replica";
 
@@ -118,11 +122,14 @@ const BATCH_BYTES = 4 << 20;
  * shard already committed are skipped there).
  *
  * With a sharded source, a row whose key changes moves between source shards (a DELETE in one
- * stream, an INSERT in another), and the two streams are applied in no common order. A change
- * from source shard s then applies only to a destination row that s owns (its key is placed on s
- * by the source's rules): a DELETE or UPDATE that finds a row another source shard owns is older
- * than that row and is skipped; an INSERT replaces the row of the same identity (a version
- * another source shard has not deleted yet) wherever it is.
+ * stream, an INSERT in another), and the two streams are applied in no common order, so versions
+ * of one row (one replica identity) from several source shards can meet, and which is newer is
+ * unknown. Each is kept until its own source shard deletes it (the source holds one at a time, so
+ * all but one are deleted in the end): one in the table, the others in
+ * `pgdog_resharding.displaced` on the destination. A change from source shard s applies to s's
+ * version wherever it is; when s deletes the one in the table, a displaced one takes its place.
+ * Changes of one identity are serialized among the appliers by an advisory lock on the first new
+ * destination shard, held until the source transaction ended everywhere.
  */
 export class ChangeApplier {
   readonly #options: ChangeApplierOptions;
@@ -137,6 +144,10 @@ export class ChangeApplier {
   #twoPhase = false;
   /** Places keys on the source's shards; null with one source shard (rows never move there). */
   readonly #sourcePlacer: RowPlacer | null;
+  /** The shard whose advisory locks serialize changes of one identity (the first new one). */
+  readonly #lockShard: number;
+  /** Whether this applier holds advisory locks there (released after the transaction). */
+  #locked = false;
 
   constructor(options: ChangeApplierOptions) {
     if (options.shared.length !== options.destination.shards.length) {
@@ -152,6 +163,7 @@ export class ChangeApplier {
     this.#sourcePlacer = source && source.shards.length > 1
       ? options.placer.forDatabase(source)
       : null;
+    this.#lockShard = options.shared.findIndex((s) => s < 0);
   }
 
   /**
@@ -322,6 +334,12 @@ export class ChangeApplier {
         if (change.restartIdentity) sql += " RESTART IDENTITY";
         if (change.cascade) sql += " CASCADE";
         for (const d of this.#writable()) await this.#queue(d, sql);
+        const owned = tables.filter((t) => t.owner);
+        if (owned.length === 0) return;
+        const displaced = `DELETE FROM ${PROGRESS_SCHEMA}.displaced WHERE slot = ${
+          quoteLiteral(this.#options.slot)
+        } AND "table" IN (${owned.map((t) => quoteLiteral(t.qualified)).join(", ")})`;
+        for (const d of this.#writable()) await this.#queue(d, displaced);
         return;
       }
     }
@@ -448,6 +466,12 @@ export class ChangeApplier {
     );
   }
 
+  /** The shard of a whole row of a sharded table. */
+  async #shardOfRow(t: Table, values: readonly (string | null)[]): Promise<number> {
+    if (t.placement.kind !== "sharded") throw new Error("not a sharded table");
+    return await this.#shardOf(t, values[t.placement.column]);
+  }
+
   async #shardOf(t: Table, key: string | null): Promise<number> {
     if (t.placement.kind !== "sharded") throw new Error("not a sharded table");
     return (await this.#options.placer.shardsOf(t.placement.spec, [key]))[0];
@@ -475,39 +499,168 @@ export class ChangeApplier {
       for (const d of this.#writable()) await this.#queue(d, sql);
       return;
     }
-    const d = await this.#shardOf(t, values[t.placement.column]);
-    if (t.owner) await this.#replace(t, { values, to: d });
+    if (t.owner) {
+      const where = this.#identity(t, values);
+      await this.#lock(t, where);
+      await this.#place(t, values, await this.#versions(t, where));
+      return;
+    }
+    const d = await this.#shardOfRow(t, values);
     if (this.#own(d)) return;
     this.#landing(t, d);
     if (this.#done(d)) return;
     await this.#queueInsert(d, t, values);
   }
 
+  // ---- versions of a row from several source shards -------------------------------------------
+
   /**
-   * Before inserting a row that can have versions from other source shards: deletes the row of
-   * its identity wherever it is (a version moved away from another source shard, whose DELETE
-   * has not arrived yet). On the row's own shard `to`, a row with the same key stays: this source
-   * shard owns it, and the INSERT fails on it as it would without other source shards.
+   * Serializes the changes of `where`'s identity among the appliers of every source shard: an
+   * advisory lock on the first new destination shard, held by the session until the source
+   * transaction ended on every shard (released by {@linkcode #unlock}).
    */
-  async #replace(t: Table, row: { values: (string | null)[]; to: number }): Promise<void> {
-    const where = this.#identity(t, row.values);
-    const match = this.#matchSql(t, where.columns, where.values);
-    const column = t.owner!.column;
-    for (const d of this.#writable()) {
-      const same = d === row.to
-        ? ` AND ${t.names[column]} IS DISTINCT FROM ${literal(row.values[column])}`
-        : "";
-      await this.#queue(d, `DELETE FROM ${t.qualified} WHERE ${match}${same}`);
+  async #lock(t: Table, where: Where): Promise<void> {
+    const conn = this.#conns[this.#lockShard];
+    if (!conn) return;
+    this.#locked = true;
+    await conn.execute("SELECT pg_advisory_lock(hashtext($1), hashtext($2))", [
+      this.#options.slot,
+      `${t.qualified} ${JSON.stringify(where.values)}`,
+    ]);
+  }
+
+  /** Releases the advisory locks {@linkcode #lock} took. */
+  async #unlock(): Promise<void> {
+    if (!this.#locked) return;
+    this.#locked = false;
+    const conn = this.#conns[this.#lockShard];
+    if (!conn || conn.closed) return;
+    await conn.query("SELECT pg_advisory_unlock_all()").catch(() => conn.close());
+  }
+
+  /**
+   * The versions of `where`'s identity on the new shards that still need the transaction: the
+   * table's rows (locked) and the displaced ones, with their source shard.
+   */
+  async #versions(t: Table, where: Where): Promise<Version[]> {
+    const shards = this.#writable();
+    const select = `SELECT ${t.names.join(", ")} FROM ${t.qualified} ${
+      this.#whereSql(t, where, 1)
+    } FOR UPDATE`;
+    const displaced = `SELECT owner, "row"::text FROM ${PROGRESS_SCHEMA}.displaced WHERE ` +
+      `slot = $1 AND "table" = $2 AND identity = $3 FOR UPDATE`;
+    const found: Version[][] = shards.map(() => []);
+    await this.#each(shards.map((_, i) => i), async (i) => {
+      const d = shards[i];
+      for (const row of (await this.#run(d, select, where.values)).rows) {
+        found[i].push({ d, owner: -1, row, displaced: false });
+      }
+      const r = await this.#run(d, displaced, [
+        this.#options.slot,
+        t.qualified,
+        JSON.stringify(where.values),
+      ]);
+      for (const [owner, json] of r.rows) {
+        const byName = JSON.parse(json!) as Record<string, string | null>;
+        const row = t.relation.columns.map((c) => byName[c.name] ?? null);
+        found[i].push({ d, owner: Number(owner), row, displaced: true });
+      }
+    });
+    const versions = found.flat();
+    const inTable = versions.filter((v) => !v.displaced);
+    // Placed after the reads, in one call (the placer is not reentrant).
+    const owners = await this.#sourcePlacer!.shardsOf(
+      t.owner!.spec,
+      inTable.map((v) => v.row[t.owner!.column]),
+    );
+    inTable.forEach((v, i) => v.owner = owners[i]);
+    return versions;
+  }
+
+  /** The row as `"row"` of the side table: a JSON object of its columns' text values. */
+  #rowJson(t: Table, values: readonly (string | null)[]): string {
+    return JSON.stringify(
+      Object.fromEntries(t.relation.columns.map((c, i) => [c.name, values[i]])),
+    );
+  }
+
+  /** Stores this source shard's version `values` of a row as displaced on shard `d`. */
+  async #displace(d: number, t: Table, values: readonly (string | null)[]): Promise<void> {
+    const where = this.#identity(t, values as TupleValue[]);
+    await this.#queue(
+      d,
+      `INSERT INTO ${PROGRESS_SCHEMA}.displaced (slot, "table", identity, owner, "row") VALUES (${
+        quoteLiteral(this.#options.slot)
+      }, ${quoteLiteral(t.qualified)}, ${
+        quoteLiteral(JSON.stringify(where.values))
+      }, ${this.#options.sourceShard}, ${quoteLiteral(this.#rowJson(t, values))}::jsonb)`,
+    );
+  }
+
+  /** Deletes a version (from the table or the side table). */
+  async #drop(t: Table, v: Version, where: Where): Promise<void> {
+    if (v.displaced) {
+      await this.#queue(
+        v.d,
+        `DELETE FROM ${PROGRESS_SCHEMA}.displaced WHERE slot = ${
+          quoteLiteral(this.#options.slot)
+        } AND "table" = ${quoteLiteral(t.qualified)} AND identity = ${
+          quoteLiteral(JSON.stringify(where.values))
+        } AND owner = ${v.owner}`,
+      );
+    } else {
+      await this.#queue(
+        v.d,
+        `DELETE FROM ${t.qualified} ${this.#whereSql(t, where, where.values)}`,
+      );
     }
   }
 
   /**
-   * Who owns the row of `where`'s identity on shard `d` (locked until the transaction ends):
-   * "mine" when its key is placed on this applier's source shard, "other" when on another one,
-   * "none" without such a row.
+   * A version leaves shard `d` for another one in this transaction: `d` commits last (or the
+   * transaction commits in two phases), so a crash between commits cannot lose it.
    */
-  async #ownerOn(d: number, t: Table, where: Where): Promise<Owner> {
-    return (await this.#ownersOn([d], t, where))[0];
+  #leaving(d: number): void {
+    this.#txn!.movedFrom.add(d);
+  }
+
+  /**
+   * Deletes this source shard's version `v` of a row; when it was the table's, a displaced
+   * version of another source shard takes its place. Resolves with the versions left.
+   */
+  async #remove(t: Table, v: Version, versions: Version[]): Promise<Version[]> {
+    const where = this.#identity(t, v.row);
+    await this.#drop(t, v, where);
+    const left = versions.filter((other) => other !== v);
+    if (v.displaced) return left;
+    const next = left.find((other) => other.displaced);
+    if (!next) return left;
+    await this.#drop(t, next, where);
+    if (next.d !== v.d) this.#leaving(v.d);
+    await this.#queueInsert(next.d, t, next.row);
+    return left.map((other) => other === next ? { ...next, displaced: false } : other);
+  }
+
+  /**
+   * Places this source shard's version `values` of a row, given the versions there are: in the
+   * table, or displaced when another source shard's version is there. A version of its own
+   * elsewhere (an older one) is replaced; on the row's own shard, the INSERT fails on it.
+   */
+  async #place(t: Table, values: (string | null)[], versions: Version[]): Promise<void> {
+    const d = await this.#shardOfRow(t, values);
+    if (this.#own(d)) return;
+    this.#landing(t, d);
+    if (this.#done(d)) return;
+    const there = versions.find((v) => !v.displaced);
+    if (there && there.owner !== this.#options.sourceShard) {
+      await this.#displace(d, t, values);
+      return;
+    }
+    if (there && there.d !== d) {
+      await this.#drop(t, there, this.#identity(t, values));
+      this.#leaving(there.d);
+    }
+    await this.#queueInsert(d, t, values);
   }
 
   /** Whether the source places `key` on this applier's source shard. */
@@ -516,24 +669,64 @@ export class ChangeApplier {
     return shard === this.#options.sourceShard;
   }
 
-  /** {@linkcode #ownerOn} on several shards at once; in the order of `shards`. */
-  async #ownersOn(shards: readonly number[], t: Table, where: Where): Promise<Owner[]> {
-    const owner = t.owner!;
-    const sql = `SELECT ${t.names[owner.column]} FROM ${t.qualified} ${
-      this.#whereSql(t, where, 1)
-    } FOR UPDATE`;
-    const keys: ((string | null)[] | undefined)[] = shards.map(() => undefined);
-    await this.#each(shards.map((_, i) => i), async (i) => {
-      keys[i] = (await this.#run(shards[i], sql, where.values)).rows[0];
-    });
-    const found = keys.flatMap((k) => k ? [k[0]] : []);
-    // Placed after the reads, in one call (the placer is not reentrant).
-    const placed = await this.#sourcePlacer!.shardsOf(owner.spec, found);
-    let n = 0;
-    return keys.map((k) => {
-      if (!k) return "none";
-      return placed[n++] === this.#options.sourceShard ? "mine" : "other";
-    });
+  /**
+   * An UPDATE of this source shard's version of a row, wherever it is (the table or the side
+   * table), moved when its shard or identity changes.
+   */
+  async #updateOwned(
+    t: Table,
+    u: { row: TupleValue[]; set: number[]; where: Where },
+  ): Promise<void> {
+    const versions = await this.#versions(t, u.where);
+    const mine = versions.find((v) => v.owner === this.#options.sourceShard);
+    const row = u.row.slice();
+    if (mine) {
+      for (let i = 0; i < row.length; i++) if (row[i] === UNCHANGED) row[i] = mine.row[i];
+    } else if (row.includes(UNCHANGED)) {
+      // Growing in place, the source shard (the same database) has the row as it is now.
+      const own = this.#conns.findIndex((_, d) => this.#own(d));
+      if (own < 0) return; // Not here (a replay): the shard that had it is done.
+      const now = await this.#select(own, t, u.where);
+      if (!now) return; // Gone or re-keyed since: the later changes carry it.
+      for (let i = 0; i < row.length; i++) if (row[i] === UNCHANGED) row[i] = now[i];
+    }
+    const values = known(t, row, "an updated row");
+    const where = this.#identity(t, values);
+    const same = JSON.stringify(where.values) === JSON.stringify(u.where.values);
+    if (mine) {
+      const d = await this.#shardOfRow(t, values);
+      if (d !== mine.d) this.#leaving(mine.d);
+      if (same && d === mine.d) {
+        if (!mine.displaced) {
+          await this.#queue(d, this.#updateSql(t, { ...u, row }));
+          return;
+        }
+        await this.#queue(
+          d,
+          `UPDATE ${PROGRESS_SCHEMA}.displaced SET "row" = ${
+            quoteLiteral(this.#rowJson(t, values))
+          }::jsonb WHERE slot = ${quoteLiteral(this.#options.slot)} AND "table" = ${
+            quoteLiteral(t.qualified)
+          } AND identity = ${quoteLiteral(JSON.stringify(where.values))} AND owner = ${mine.owner}`,
+        );
+        return;
+      }
+    }
+    const left = mine ? await this.#remove(t, mine, versions) : versions;
+    if (same) {
+      await this.#place(t, values, left);
+      return;
+    }
+    await this.#lock(t, where);
+    await this.#place(t, values, await this.#versions(t, where));
+  }
+
+  /** A DELETE of this source shard's version of a row, wherever it is. */
+  async #deleteOwned(t: Table, where: Where): Promise<void> {
+    await this.#lock(t, where);
+    const versions = await this.#versions(t, where);
+    const mine = versions.find((v) => v.owner === this.#options.sourceShard);
+    if (mine) await this.#remove(t, mine, versions);
   }
 
   async #update(t: Table, old: TupleValue[] | null, tuple: TupleValue[]): Promise<void> {
@@ -553,6 +746,23 @@ export class ChangeApplier {
       for (const d of this.#writable()) await this.#queue(d, this.#updateSql(t, update));
       return;
     }
+    if (t.owner) {
+      // Locked first, even for the one statement below: a row lock taken without the identity's
+      // lock could close a cycle of waits across connections that PostgreSQL cannot see.
+      await this.#lock(t, where);
+      // Mostly the row keeps its identity and key, which this source shard owns: one statement.
+      const key = row[t.owner.column];
+      const destKey = row[t.placement.column];
+      if (old === null && key !== UNCHANGED && destKey !== UNCHANGED && await this.#owns(t, key)) {
+        const to = await this.#shardOf(t, destKey);
+        if (
+          this.#options.shared[to] < 0 && !this.#done(to) &&
+          await this.#updateOn(to, t, update, { key }) > 0
+        ) return;
+      }
+      await this.#updateOwned(t, update);
+      return;
+    }
     const column = t.placement.column;
     const keyed = t.relation.columns[column].key || t.full;
     // The old key: in the old tuple when it carries the key column; the new one when the key is
@@ -566,11 +776,7 @@ export class ChangeApplier {
     if (newKey === undefined) {
       // An unchanged TOASTed key the stream does not carry: the row is wherever it is.
       const sql = this.#updateSql(t, update);
-      const shards = this.#writable();
-      const owners = t.owner ? await this.#ownersOn(shards, t, where) : null;
-      for (let i = 0; i < shards.length; i++) {
-        if (!owners || owners[i] === "mine") await this.#queue(shards[i], sql);
-      }
+      for (const d of this.#writable()) await this.#queue(d, sql);
       return;
     }
     const to = await this.#shardOf(t, newKey);
@@ -584,20 +790,7 @@ export class ChangeApplier {
     if (from === -1 && !this.#own(to)) {
       // Most likely on the new key's shard: update it there.
       this.#landing(t, to);
-      if (t.owner && !this.#done(to)) {
-        // Mostly the row keeps its key, which this source shard owns: one statement then.
-        const key = row[t.owner.column];
-        if (
-          key !== UNCHANGED && await this.#owns(t, key) &&
-          await this.#updateOn(to, t, update, { key }) > 0
-        ) return;
-        const owner = await this.#ownerOn(to, t, where);
-        if (owner === "other") return; // A newer version, moved in from another source shard.
-        if (owner === "mine") {
-          await this.#updateOn(to, t, update);
-          return;
-        }
-      } else if (!this.#done(to) && await this.#updateOn(to, t, update) > 0) return;
+      if (!this.#done(to) && await this.#updateOn(to, t, update) > 0) return;
       // Not there (or, in a replay, its shard is done): look for it elsewhere (an old copy a
       // crash left behind is deleted).
     } else if (from === to) return; // The source shard's own database has it.
@@ -625,11 +818,6 @@ export class ChangeApplier {
         continue; // The source already moved it; its values are read below if needed.
       }
       if (this.#done(d)) continue;
-      if (t.owner) {
-        const owner = await this.#ownerOn(d, t, where);
-        if (owner === "none") continue;
-        if (owner === "other") return; // A newer version, moved in from another source shard.
-      }
       const r = await this.#take(d, t, where);
       if (r.length > 0) {
         this.#txn!.movedFrom.add(d);
@@ -664,12 +852,7 @@ export class ChangeApplier {
       return;
     }
     if (t.owner) {
-      // Only where this source shard owns it: elsewhere it is a newer version moved in.
-      const shards = this.#writable();
-      const owners = await this.#ownersOn(shards, t, where);
-      for (let i = 0; i < shards.length; i++) {
-        if (owners[i] === "mine") await this.#queue(shards[i], sql);
-      }
+      await this.#deleteOwned(t, where);
       return;
     }
     const column = t.placement.column;
@@ -883,6 +1066,7 @@ export class ChangeApplier {
     if (shards.length === 1) await this.#commitOne(shards[0], { record, commitLsn });
     else if (shards.length > 1) await this.#commitMany(txn, { shards, record, commitLsn });
     this.#txn = null;
+    await this.#unlock();
     this.#applied = endLsn;
     this.#lastTransactionAt = Date.now();
   }
@@ -973,17 +1157,25 @@ export class ChangeApplier {
   async #rollback(): Promise<void> {
     const txn = this.#txn;
     this.#txn = null;
-    if (!txn) return;
-    for (const d of txn.open) {
-      const conn = this.#conns[d];
-      if (!conn || conn.closed) continue;
-      await conn.query("ROLLBACK").catch(() => conn.close());
+    if (txn) {
+      for (const d of txn.open) {
+        const conn = this.#conns[d];
+        if (!conn || conn.closed) continue;
+        await conn.query("ROLLBACK").catch(() => conn.close());
+      }
     }
+    await this.#unlock();
   }
 }
 
-/** Whose a destination row is: this applier's source shard's, another one's, or no row. */
-type Owner = "mine" | "other" | "none";
+/** A version of a row on a destination shard: in the table, or displaced (the side table). */
+interface Version {
+  d: number;
+  /** The source shard whose version it is. */
+  owner: number;
+  row: (string | null)[];
+  displaced: boolean;
+}
 
 /** A row's identity: column indexes and their values. */
 interface Where {

@@ -1087,6 +1087,335 @@ Deno.test("ChangeApplier: replicated changes land on the destination shards", as
   );
 });
 
+/** Every merge of two sequences of `a` and `b` steps: per step, 0 (from a) or 1 (from b). */
+function interleavings(a: number, b: number): number[][] {
+  if (a === 0) return [Array(b).fill(1)];
+  if (b === 0) return [Array(a).fill(0)];
+  return [
+    ...interleavings(a - 1, b).map((rest) => [0, ...rest]),
+    ...interleavings(a, b - 1).map((rest) => [1, ...rest]),
+  ];
+}
+
+Deno.test("ChangeApplier: a row moving between source shards survives every interleaving of the two streams", async (t) => {
+  await using pg = await startPostgres({
+    settings: { max_prepared_transactions: 10 },
+    roles: [{ name: "app", password: "pw", auth: "scram", superuser: true }],
+  });
+  const create = async (names: string[]): Promise<void> => {
+    for (const name of names) {
+      await pg.sql(`CREATE DATABASE ${name}`);
+      await pg.sql(SCHEMA, { database: name });
+    }
+  };
+  const source: ReshardingDatabase = { ...destination(pg, ["s0", "s1"]), name: "src" };
+  const sourceOwners = await keysByShard(new RowPlacer(source, { plugins: null }), ORDERS, 2);
+  const layouts: { label: string; names: string[]; shared: number[] }[] = [
+    { label: "onto 1 shard", names: ["one_0"], shared: [-1] },
+    { label: "onto 3 shards", names: ["three_0", "three_1", "three_2"], shared: [-1, -1, -1] },
+    {
+      label: "growing in place",
+      names: ["grow_0", "grow_1", "grow_2", "grow_3"],
+      shared: [0, 1, -1, -1],
+    },
+  ];
+  let id = 0;
+  for (const layout of layouts) {
+    await create(layout.names);
+    const dest = destination(pg, layout.names);
+    const placer = new RowPlacer(dest, { plugins: null });
+    const newShards = layout.shared.flatMap((s, d) => s < 0 ? [d] : []);
+    const destShards = await keysByShard(placer, ORDERS, layout.names.length);
+    const db = await Shards.open(pg, layout.names);
+    try {
+      await t.step(layout.label, async () => {
+        // s: the shard the row leaves, t: the shard it moves to (both ways).
+        for (const [s, to] of [[0, 1], [1, 0]]) {
+          // Keys owned by s and t, placed on new destination shards: different ones, and one.
+          const pairs: [number, number][] = [];
+          for (const same of newShards.length === 1 ? [true] : [false, true]) {
+            for (
+              const a of sourceOwners[s].filter((k) =>
+                newShards.some((d) => destShards[d].includes(k))
+              )
+            ) {
+              const da = destShards.findIndex((keys) => keys.includes(a));
+              const b = sourceOwners[to].find((k) =>
+                newShards.some((d) => destShards[d].includes(k)) &&
+                (destShards.findIndex((keys) => keys.includes(k)) === da) === same
+              );
+              if (b !== undefined) {
+                pairs.push([a, b]);
+                break;
+              }
+            }
+          }
+          assert.ok(pairs.length > 0);
+          for (const [a, b] of pairs) {
+            for (const sUpdates of [false, true]) {
+              for (const tUpdates of [false, true]) {
+                const sSteps = sUpdates ? 3 : 2;
+                const tSteps = tUpdates ? 2 : 1;
+                for (const order of interleavings(sSteps, tSteps)) {
+                  id++;
+                  const row = String(id);
+                  const slot = `m${id}`;
+                  const appliers = [s, to].map((sourceShard) =>
+                    new ChangeApplier({
+                      destination: dest,
+                      placer,
+                      shared: layout.shared,
+                      sourceShard,
+                      slot,
+                      source,
+                    })
+                  );
+                  const [srcS, srcT] = [new Source(), new Source()];
+                  const streams = [
+                    [
+                      srcS.txn([ORDERS_REL, ins(ORDERS_REL, [row, String(a), "old"])]),
+                      ...(sUpdates ? [srcS.txn([upd(ORDERS_REL, [row, String(a), "old2"])])] : []),
+                      srcS.txn([del(ORDERS_REL, [row, null, null])]),
+                    ],
+                    [
+                      srcT.txn([ORDERS_REL, ins(ORDERS_REL, [row, String(b), "moved"])]),
+                      ...(tUpdates
+                        ? [srcT.txn([upd(ORDERS_REL, [row, String(b), "newest"])])]
+                        : []),
+                    ],
+                  ];
+                  const label = `source shard ${s} -> ${to}, keys ${a} -> ${b}, order ${order}`;
+                  try {
+                    for (const applier of appliers) await applier.start();
+                    for (const i of order) await applyAll(appliers[i], streams[i].shift()!);
+                  } finally {
+                    for (const applier of appliers) applier.close();
+                  }
+                  const shardOfB = destShards.findIndex((keys) => keys.includes(b));
+                  const rows = (await db.everywhere(
+                    `SELECT id, customer_id, note FROM orders WHERE id = ${row}`,
+                  )).filter((r) => newShards.includes(Number(r.split(":")[0])));
+                  assert.deepEqual(
+                    rows,
+                    [`${shardOfB}:${row}|${b}|${tUpdates ? "newest" : "moved"}`],
+                    label,
+                  );
+                  for (const d of newShards) {
+                    assert.deepEqual(
+                      await db.rows(
+                        d,
+                        `SELECT count(*) FROM pgdog_resharding.displaced WHERE slot = '${slot}'`,
+                      ),
+                      [["0"]],
+                      `${label}: displaced versions left on shard ${d}`,
+                    );
+                  }
+                }
+              }
+            }
+          }
+        }
+      });
+    } finally {
+      db.close();
+    }
+  }
+
+  await t.step(
+    "a displaced version is updated where it waits, unchanged TOAST values kept",
+    async () => {
+      const names = ["toast_0", "toast_1", "toast_2"];
+      await create(names);
+      const dest = destination(pg, names);
+      const placer = new RowPlacer(dest, { plugins: null });
+      const destShards = await keysByShard(placer, ORDERS, 3);
+      const shardOf = (k: number) => destShards.findIndex((keys) => keys.includes(k));
+      const a = sourceOwners[0][0];
+      const a2 = sourceOwners[0].find((k) => shardOf(k) !== shardOf(a))!;
+      const b = sourceOwners[1].find((k) =>
+        shardOf(k) !== shardOf(a) && shardOf(k) !== shardOf(a2)
+      )!;
+      const appliers = [0, 1].map((sourceShard) =>
+        new ChangeApplier({
+          destination: dest,
+          placer,
+          shared: [-1, -1, -1],
+          sourceShard,
+          slot: "toast",
+          source,
+        })
+      );
+      const [src0, src1] = [new Source(), new Source()];
+      const db = await Shards.open(pg, names);
+      const displaced = () =>
+        db.everywhere(
+          `SELECT owner, "row"->>'customer_id', "row"->>'note' FROM pgdog_resharding.displaced`,
+        );
+      try {
+        for (const applier of appliers) await applier.start();
+        await applyAll(
+          appliers[1],
+          src1.txn([ORDERS_REL, ins(ORDERS_REL, ["1", String(b), "moved"])]),
+        );
+        await applyAll(
+          appliers[0],
+          src0.txn([ORDERS_REL, ins(ORDERS_REL, ["1", String(a), "old"])]),
+        );
+        assert.deepEqual(await displaced(), [`${shardOf(a)}:0|${a}|old`]);
+        await applyAll(appliers[0], src0.txn([upd(ORDERS_REL, ["1", String(a), "old2"])]));
+        assert.deepEqual(await displaced(), [`${shardOf(a)}:0|${a}|old2`]);
+        await applyAll(appliers[0], src0.txn([upd(ORDERS_REL, ["1", String(a2), UNCHANGED])]));
+        assert.deepEqual(await displaced(), [`${shardOf(a2)}:0|${a2}|old2`]);
+        assert.deepEqual(await db.everywhere("SELECT id, customer_id, note FROM orders"), [
+          `${shardOf(b)}:1|${b}|moved`,
+        ]);
+        // The version in the table is deleted by its source shard: the displaced one takes its place.
+        await applyAll(appliers[1], src1.txn([del(ORDERS_REL, ["1", null, null])]));
+        assert.deepEqual(await displaced(), []);
+        assert.deepEqual(await db.everywhere("SELECT id, customer_id, note FROM orders"), [
+          `${shardOf(a2)}:1|${a2}|old2`,
+        ]);
+        await applyAll(appliers[0], src0.txn([upd(ORDERS_REL, ["1", String(a2), UNCHANGED])]));
+        await applyAll(appliers[0], src0.txn([upd(ORDERS_REL, ["1", String(a), UNCHANGED])]));
+        assert.deepEqual(await db.everywhere("SELECT id, customer_id, note FROM orders"), [
+          `${shardOf(a)}:1|${a}|old2`,
+        ]);
+        // TRUNCATE empties the side table too.
+        await applyAll(
+          appliers[1],
+          src1.txn([ORDERS_REL, ins(ORDERS_REL, ["1", String(b), "again"])]),
+        );
+        assert.equal((await displaced()).length, 1);
+        await applyAll(
+          appliers[1],
+          src1.txn([{
+            kind: "truncate",
+            relations: [ORDERS_REL.oid],
+            cascade: false,
+            restartIdentity: false,
+          }]),
+        );
+        assert.deepEqual(await displaced(), []);
+      } finally {
+        for (const applier of appliers) applier.close();
+        db.close();
+      }
+    },
+  );
+
+  await t.step(
+    "an INSERT waits for another source shard's open transaction on the row",
+    async () => {
+      const names = ["wait_0", "wait_1", "wait_2"];
+      await create(names);
+      const dest = destination(pg, names);
+      const placer = new RowPlacer(dest, { plugins: null });
+      const destShards = await keysByShard(placer, ORDERS, 3);
+      const shardOf = (k: number) => destShards.findIndex((keys) => keys.includes(k));
+      const a = sourceOwners[0][0];
+      const b = sourceOwners[1].find((k) => shardOf(k) !== shardOf(a))!;
+      const appliers = [0, 1].map((sourceShard) =>
+        new ChangeApplier({
+          destination: dest,
+          placer,
+          shared: [-1, -1, -1],
+          sourceShard,
+          slot: "wait",
+          source,
+        })
+      );
+      const [src0, src1] = [new Source(), new Source()];
+      const db = await Shards.open(pg, names);
+      try {
+        for (const applier of appliers) await applier.start();
+        const moved = src1.txn([ORDERS_REL, ins(ORDERS_REL, ["1", String(b), "moved"])]);
+        // Source shard 1's transaction is open (its row not committed) when shard 0's arrives.
+        await applyAll(appliers[1], moved.slice(0, -1));
+        const old = applyAll(
+          appliers[0],
+          src0.txn([ORDERS_REL, ins(ORDERS_REL, ["1", String(a), "old"])]),
+        );
+        await applyAll(appliers[1], moved.slice(-1));
+        await old;
+        // One version in the table, the other displaced (not both in the table).
+        assert.deepEqual(await db.everywhere("SELECT id, customer_id, note FROM orders"), [
+          `${shardOf(b)}:1|${b}|moved`,
+        ]);
+        assert.deepEqual(
+          await db.everywhere(`SELECT owner, "row"->>'note' FROM pgdog_resharding.displaced`),
+          [`${shardOf(a)}:0|old`],
+        );
+        await applyAll(appliers[0], src0.txn([del(ORDERS_REL, ["1", null, null])]));
+        assert.deepEqual(await db.everywhere("SELECT id, customer_id, note FROM orders"), [
+          `${shardOf(b)}:1|${b}|moved`,
+        ]);
+      } finally {
+        for (const applier of appliers) applier.close();
+        db.close();
+      }
+    },
+  );
+
+  await t.step("both streams applied at once: every moved row kept once, newest", async () => {
+    const names = ["conc_0", "conc_1", "conc_2"];
+    await create(names);
+    const dest = destination(pg, names);
+    const placer = new RowPlacer(dest, { plugins: null });
+    const destShards = await keysByShard(placer, ORDERS, 3);
+    const shardOf = (k: number) => destShards.findIndex((keys) => keys.includes(k));
+    const appliers = [0, 1].map((sourceShard) =>
+      new ChangeApplier({
+        destination: dest,
+        placer,
+        shared: [-1, -1, -1],
+        sourceShard,
+        slot: "conc",
+        source,
+      })
+    );
+    const [src0, src1] = [new Source(), new Source()];
+    const rows = Array.from({ length: 60 }, (_, i) => ({
+      id: String(i + 1),
+      a: sourceOwners[0][i % sourceOwners[0].length],
+      b: sourceOwners[1][(i * 7) % sourceOwners[1].length],
+    }));
+    // Source shard 0: each row inserted, then moved away; source shard 1: each row arrives.
+    const stream0 = [
+      ...src0.txn([ORDERS_REL]),
+      ...rows.flatMap((r) => [
+        ...src0.txn([ins(ORDERS_REL, [r.id, String(r.a), "old"])]),
+        ...src0.txn([del(ORDERS_REL, [r.id, null, null])]),
+      ]),
+    ];
+    const stream1 = [
+      ...src1.txn([ORDERS_REL]),
+      ...rows.map((r) => src1.txn([ins(ORDERS_REL, [r.id, String(r.b), "moved"])])).flat(),
+    ];
+    const db = await Shards.open(pg, names);
+    try {
+      for (const applier of appliers) await applier.start();
+      await Promise.all([applyAll(appliers[0], stream0), applyAll(appliers[1], stream1)]);
+      assert.deepEqual(
+        await db.everywhere("SELECT id, customer_id, note FROM orders ORDER BY id"),
+        rows
+          .map((r) => `${shardOf(r.b)}:${r.id}|${r.b}|moved`)
+          .sort((x, y) => {
+            const [dx, ix] = x.split(/[:|]/).map(Number);
+            const [dy, iy] = y.split(/[:|]/).map(Number);
+            return dx - dy || ix - iy;
+          }),
+      );
+      assert.deepEqual(
+        await db.everywhere("SELECT count(*) FROM pgdog_resharding.displaced"),
+        ["0:0", "1:0", "2:0"],
+      );
+    } finally {
+      for (const applier of appliers) applier.close();
+      db.close();
+    }
+  });
+});
+
 /**
  * A minimal pgoutput (protocol 1) decoder for this test, so the applier meets what PostgreSQL
  * really sends (the stream's own decoder is tested beside it).
