@@ -35,7 +35,10 @@ const CREATE_PROGRESS =
   '"table" text NOT NULL, identity text NOT NULL, owner int NOT NULL, "row" jsonb NOT NULL, ' +
   'PRIMARY KEY (slot, "table", identity, owner)); COMMIT';
 
-const BEGIN = "BEGIN; SET LOCAL session_replication_role = replica";
+// synchronous_commit: a commit is confirmed to the source (which then forgets the change) only
+// once it is on disk, whatever the destination's own setting.
+const BEGIN =
+  "BEGIN; SET LOCAL session_replication_role = replica; SET LOCAL synchronous_commit = on";
 
 /** Options of {@linkcode ChangeApplier}. */
 export interface ChangeApplierOptions {

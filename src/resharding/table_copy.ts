@@ -418,7 +418,13 @@ export async function copyTable(options: CopyTableOptions): Promise<TableCopyRes
       const leg: Leg = { shard, conn, out: new Bytes() };
       legs.push(leg);
       legOf[shard] = leg;
-      await at(toShard(shard), conn.query("BEGIN; SET LOCAL session_replication_role = replica"));
+      // synchronous_commit: the copied rows are on disk before the stream starts after them.
+      await at(
+        toShard(shard),
+        conn.query(
+          "BEGIN; SET LOCAL session_replication_role = replica; SET LOCAL synchronous_commit = on",
+        ),
+      );
       await at(toShard(shard), conn.copyIn(copyIn));
       if (format === "binary") leg.out.add(BINARY_HEADER);
     }
