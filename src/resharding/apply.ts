@@ -547,23 +547,26 @@ export class ChangeApplier {
    */
   async #versions(t: Table, where: Where): Promise<Version[]> {
     const shards = this.#writable();
-    const select = `SELECT ${t.names.join(", ")} FROM ${t.qualified} ${
-      this.#whereSql(t, where, 1)
-    } FOR UPDATE`;
-    const displaced = `SELECT owner, "row"::text FROM ${PROGRESS_SCHEMA}.displaced WHERE ` +
-      `slot = $1 AND "table" = $2 AND identity = $3 FOR UPDATE`;
+    // One statement per shard: the table's row (its values as text, the output form) and the
+    // displaced ones.
+    const n = where.values.length;
+    const sql =
+      `WITH v AS (SELECT ARRAY[${
+        t.names.map((c) => `${c}::text`).join(", ")
+      }] AS r FROM ${t.qualified} ${this.#whereSql(t, where, 1)} FOR UPDATE), ` +
+      `x AS (SELECT owner, "row" FROM ${PROGRESS_SCHEMA}.displaced WHERE slot = $${n + 1} AND ` +
+      `"table" = $${n + 2} AND identity = $${n + 3} FOR UPDATE) ` +
+      'SELECT -1, array_to_json(r)::text FROM v UNION ALL SELECT owner, "row"::text FROM x';
+    const params = [...where.values, this.#options.slot, t.qualified, JSON.stringify(where.values)];
     const found: Version[][] = shards.map(() => []);
     await this.#each(shards.map((_, i) => i), async (i) => {
       const d = shards[i];
-      for (const row of (await this.#run(d, select, where.values)).rows) {
-        found[i].push({ d, owner: -1, row, displaced: false });
-      }
-      const r = await this.#run(d, displaced, [
-        this.#options.slot,
-        t.qualified,
-        JSON.stringify(where.values),
-      ]);
-      for (const [owner, json] of r.rows) {
+      for (const [owner, json] of (await this.#run(d, sql, params)).rows) {
+        if (owner === "-1") {
+          const row = JSON.parse(json!) as (string | null)[];
+          found[i].push({ d, owner: -1, row, displaced: false });
+          continue;
+        }
         const byName = JSON.parse(json!) as Record<string, string | null>;
         const row = t.relation.columns.map((c) => byName[c.name] ?? null);
         found[i].push({ d, owner: Number(owner), row, displaced: true });
