@@ -45,6 +45,8 @@ async function cluster(databases: string[]): Promise<PgCluster> {
       max_replication_slots: 20,
       max_wal_senders: 20,
       max_connections: 200,
+      // Destination shards commit a source transaction that spans them with two-phase commit.
+      max_prepared_transactions: 20,
     },
     roles: [{ name: USER, password: PASSWORD, auth: "scram", superuser: true }],
     hba: [`host replication ${USER} 127.0.0.1/32 scram-sha-256`],
@@ -132,6 +134,10 @@ async function admin(proxy: ProxyProcess, sql: string): Promise<Record<string, u
   try {
     const r = await c.query(sql);
     return r.rows;
+  } catch (e) {
+    const tasks = await c.query("SHOW TASKS").then((r: pg.QueryResult) => r.rows, () => []);
+    const logs = proxy.logs().split("\n").filter((l) => !/ client \d+ /.test(l)).slice(-30);
+    throw new Error(`${sql}: ${e}\n${JSON.stringify(tasks)}\n${logs.join("\n")}`);
   } finally {
     await c.end();
   }
@@ -402,7 +408,7 @@ test("resharding 1 -> 2 under a live workload: RESHARD, then CUTOVER back", asyn
   }
 });
 
-test("resharding 2 -> 3 step by step; destination shards killed during the copy and the stream", async () => {
+test("resharding 2 -> 3 step by step; the destination shards killed during the copy", async () => {
   const source = ["src0", "src1"];
   const destination = ["dst0", "dst1", "dst2"];
   await using pg = await cluster([...source, "ref"]);
@@ -453,9 +459,6 @@ test("resharding 2 -> 3 step by step; destination shards killed during the copy 
       await sleep(500);
     }
     await sleep(1000);
-    await dst.kill();
-    await sleep(1000);
-    await dst.start();
     const [{ task_id: post }] = await admin(proxy, `SCHEMA_SYNC post app app_new ${PUBLICATION}`);
     await waitTask(proxy, Number(post), { status: "done" });
     const [{ task_id: cut }] = await admin(proxy, `CUTOVER ${copy}`);
@@ -506,12 +509,13 @@ test("growing in place 2 -> 4: only moved rows are copied, and they leave their 
   }
 });
 
-test("pgdog killed while replicating: REPLICATE with the slot resumes; STOP_TASK then a new run", async () => {
+test("destination and pgdog killed while replicating: the stream goes on, REPLICATE with the slot resumes; STOP_TASK then a new run", async () => {
   const source = ["src0"];
   const destination = ["dst0", "dst1"];
-  await using pg = await cluster([...source, ...destination, "ref"]);
+  await using pg = await cluster([...source, "ref"]);
+  await using dst = await cluster(destination);
   await seed(pg, { shards: source, reference: pg });
-  let proxy = await proxyFor(pg, { source, destination });
+  let proxy = await proxyFor(pg, { source, destination, destinationCluster: dst });
   const load = workload(() => proxy, pg);
   try {
     // A first run, stopped: its slot is dropped; a new run starts over.
@@ -533,11 +537,16 @@ test("pgdog killed while replicating: REPLICATE with the slot resumes; STOP_TASK
       await sleep(300);
     }
     await sleep(1500);
+    // The destination's shards die mid-stream: the stream reconnects and goes on.
+    await dst.kill();
+    await sleep(1000);
+    await dst.start();
+    await sleep(1500);
     // pgdog dies mid-stream; a new pgdog resumes from the slot.
     load.pause(true);
     await sleep(300);
     await proxy.stop({ signal: "SIGKILL" });
-    proxy = await proxyFor(pg, { source, destination });
+    proxy = await proxyFor(pg, { source, destination, destinationCluster: dst });
     load.pause(false);
     const [{ task_id: again }] = await admin(
       proxy,
@@ -550,7 +559,7 @@ test("pgdog killed while replicating: REPLICATE with the slot resumes; STOP_TASK
     await sleep(500);
     const errors = await load.stop();
     assert.deepEqual(errors.filter((e) => !/ECONNRESET|terminat|Connection/i.test(e)), []);
-    await assertSame(pg, { shards: destination, reference: pg, proxy });
+    await assertSame(dst, { shards: destination, reference: pg, proxy });
   } finally {
     await load.stop();
     await proxy.stop();

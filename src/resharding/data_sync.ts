@@ -113,8 +113,13 @@ export class DataSync {
   #copied = Promise.withResolvers<void>();
   #failure: Error | null = null;
 
+  /** Stops every shard's work: the task's stop, or one shard's failure. */
+  readonly #stop = new AbortController();
+
   constructor(options: DataSyncOptions) {
     this.#options = options;
+    if (options.signal.aborted) this.#stop.abort();
+    else options.signal.addEventListener("abort", () => this.#stop.abort(), { once: true });
     this.#copied.promise.catch(() => {});
     for (const s of options.source.shards) {
       this.slots.push({
@@ -158,6 +163,8 @@ export class DataSync {
       await Promise.all(runs);
     } catch (e) {
       this.#failure = e instanceof Error ? e : new Error(String(e));
+      // The other shards stop too: a failed data sync is started again as a whole.
+      this.#stop.abort();
       this.#copied.reject(this.#failure);
       for (const s of this.#streams.values()) s.close();
       if (!o.signal.aborted) throw this.#failure;
@@ -309,7 +316,7 @@ export class DataSync {
       this.tables.push(state);
       mine.push(state);
       work.push(async () => {
-        o.signal.throwIfAborted();
+        this.#stop.signal.throwIfAborted();
         state.status = "copying";
         state.startedAt = Date.now();
         try {
@@ -324,7 +331,8 @@ export class DataSync {
             format: o.format,
             attempts: o.copyAttempts,
             minDelayMs: o.copyRetryDelayMs,
-            signal: o.signal,
+            sourceDatabase: o.source,
+            signal: this.#stop.signal,
             onProgress: (rows, bytes) => {
               state.rows = rows;
               state.bytes = bytes;
@@ -359,7 +367,7 @@ export class DataSync {
     const slot = this.slots[shard.shard];
     let failures = 0;
     let startLsn = options.startLsn;
-    while (!o.signal.aborted) {
+    while (!this.#stop.signal.aborted) {
       const applier = new ChangeApplier({
         destination: o.destination,
         placer: options.placer,
@@ -380,18 +388,18 @@ export class DataSync {
         slot.streaming = true;
         o.status(`replicating from ${this.slots.length} shards`);
         const abort = () => stream?.close();
-        o.signal.addEventListener("abort", abort, { once: true });
+        this.#stop.signal.addEventListener("abort", abort, { once: true });
         // Stopped while the stream was starting: the listener came too late to hear it.
-        if (o.signal.aborted) abort();
+        if (this.#stop.signal.aborted) abort();
         try {
           await this.#pump(shard.shard, { stream, applier });
         } finally {
-          o.signal.removeEventListener("abort", abort);
+          this.#stop.signal.removeEventListener("abort", abort);
         }
-        if (o.signal.aborted) return;
+        if (this.#stop.signal.aborted) return;
         throw new Error("the source ended the replication stream");
       } catch (e) {
-        if (o.signal.aborted) return;
+        if (this.#stop.signal.aborted) return;
         failures++;
         const max = o.replicationAttempts;
         log.warn(
@@ -403,7 +411,7 @@ export class DataSync {
           o.replicationRetryDelayMs * 2 ** (failures - 1),
           o.replicationRetryDelayMs * 32,
         );
-        await abortableSleep(delay, o.signal);
+        await abortableSleep(delay, this.#stop.signal);
         // Resume where the slot confirmed; the destination's progress rows skip what was applied.
         startLsn = undefined;
       } finally {

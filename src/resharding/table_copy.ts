@@ -554,6 +554,11 @@ export interface CopyTableRetryOptions extends CopyTableOptions {
   minDelayMs: number;
   /** Told about each failed attempt that will be retried. */
   onRetry?: (attempt: number, error: unknown) => void | Promise<void>;
+  /**
+   * The whole source: with several source shards, a failed attempt's rows are removed by key
+   * (those this source shard holds), not by emptying the table other shards copy into too.
+   */
+  sourceDatabase?: ReshardingDatabase;
 }
 
 /**
@@ -567,19 +572,71 @@ export async function copyTableWithRetry(
   options: CopyTableRetryOptions,
 ): Promise<TableCopyResult> {
   const attempts = Math.max(1, options.attempts);
+  // A failed attempt that may have committed somewhere leaves rows to remove first.
+  let leftovers = false;
   for (let attempt = 1;; attempt++) {
     try {
+      if (leftovers) {
+        await removeAttempt(options);
+        leftovers = false;
+      }
       return await copyTable(options);
     } catch (e) {
       if (e instanceof ReshardingError || options.signal?.aborted || attempt >= attempts) throw e;
+      if (e instanceof TableCopyError && e.committed.length > 0) leftovers = true;
       await options.onRetry?.(attempt, e);
       const delay = options.minDelayMs * Math.min(2 ** (attempt - 1), 32);
       await sleep(delay, options.signal);
-      if (e instanceof TableCopyError && e.committed.length > 0) {
-        await truncateNew(options).catch(() => {
-          // The next attempt fails too if the destination is still unreachable.
-        });
+    }
+  }
+}
+
+/** Rows scanned per statement when a failed attempt's rows are removed by key. */
+const REMOVE_BATCH = 10_000;
+
+/**
+ * Removes what a failed attempt may have committed on the new destination shards: the whole
+ * table when this source shard is the only one copying it, else the rows whose key the source's
+ * layout places on this source shard (other source shards' rows stay).
+ */
+async function removeAttempt(options: CopyTableRetryOptions): Promise<void> {
+  const source = options.sourceDatabase;
+  const placement = source && source.shards.length > 1
+    ? tablePlacement(source, {
+      table: options.table,
+      columns: options.table.columns.map((c) => c.name),
+    })
+    : null;
+  if (placement === null || placement.kind !== "sharded") return await truncateNew(options);
+  const placer = options.placer.forDatabase(source!);
+  const key = quoteIdent(options.table.columns[placement.column].name);
+  const name = qualified(options.table);
+  for (const host of options.destination.shards) {
+    if (options.shared[host.shard] !== -1) continue;
+    const conn = await PgConn.connect(sessionLogin(host.primary));
+    try {
+      await conn.query("SET session_replication_role = replica");
+      let after = "(0,0)";
+      for (;;) {
+        const r = await conn.execute(
+          `SELECT ctid::text, ${key}::text FROM ${name} WHERE ctid > $1::tid ORDER BY ctid ` +
+            `LIMIT ${REMOVE_BATCH}`,
+          [after],
+        );
+        if (r.rows.length === 0) break;
+        after = r.rows[r.rows.length - 1][0]!;
+        const shards = await placer.shardsOf(placement.spec, r.rows.map((row) => row[1]));
+        const mine = r.rows.filter((_, i) => shards[i] === options.sourceShard).map((row) =>
+          `"${row[0]}"`
+        );
+        if (mine.length > 0) {
+          await conn.execute(`DELETE FROM ${name} WHERE ctid = ANY($1::tid[])`, [
+            `{${mine.join(",")}}`,
+          ]);
+        }
       }
+    } finally {
+      conn.close();
     }
   }
 }
