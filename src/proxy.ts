@@ -391,7 +391,10 @@ export class Proxy implements ClientHost {
       activeServers: (database) => {
         let n = 0;
         for (const pool of this.databases.pools()) {
-          if (pool.database === database) n += pool.servers.size - pool.idle.length;
+          // Servers in use, and clients that passed the gate and wait for one.
+          if (pool.database === database) {
+            n += pool.servers.size - pool.idle.length + pool.waiting;
+          }
         }
         return n;
       },

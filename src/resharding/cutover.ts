@@ -12,7 +12,7 @@
  */
 
 import { errorMessage, log } from "../log.ts";
-import type { Lsn } from "./changes.ts";
+import { formatLsn, type Lsn } from "./changes.ts";
 import { PgConn } from "./pg_conn.ts";
 import { RowPlacer, tablePlacement } from "./placement.ts";
 import { createSlot } from "./replication.ts";
@@ -108,6 +108,14 @@ export async function cutover(
       await sleep(50);
     }
 
+    log.info(
+      `cutover: caught up: ${
+        data.slots.map((sl) =>
+          `shard ${sl.sourceShard} target ${formatLsn(targets.get(sl.sourceShard) ?? 0n)} ` +
+          `applied ${formatLsn(sl.applied)} confirmed ${formatLsn(sl.idleUpTo)}`
+        ).join("; ")
+      }`,
+    );
     status("cutover: stopping replication");
     task.abort.abort();
     data.stop();

@@ -28,7 +28,10 @@ export interface ReshardingHost {
   serverTls(): ServerTls | undefined;
   /** MAINTENANCE ON/OFF on every worker. */
   maintenance(on: boolean): Promise<void>;
-  /** Server connections in use (running transactions) for `database` on this worker. */
+  /**
+   * Server connections in use (running transactions) for `database` on this worker, and clients
+   * that passed the gate and wait for one.
+   */
   activeServers(database: string): number;
   /**
    * Makes `next` the running configuration on every worker (written to the files first when
