@@ -5,21 +5,12 @@
  */
 
 import { type CopyFormat, CopyInSplitter } from "./copy_in.ts";
+import { TEXT_COPY_FORMAT } from "./copy_format.ts";
 
 const ROWS = 1_000_000;
 const CHUNK = 64 << 10;
 
-const TEXT: CopyFormat = {
-  format: "text",
-  delimiter: "\t",
-  null: "\\N",
-  header: false,
-  quote: "",
-  escape: "",
-  forceNotNull: [],
-  forceNull: [],
-  encoding: null,
-};
+const TEXT: CopyFormat = TEXT_COPY_FORMAT;
 const CSV: CopyFormat = {
   ...TEXT,
   format: "csv",
