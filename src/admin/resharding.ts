@@ -16,6 +16,7 @@ import {
 } from "../resharding/commands.ts";
 import { slotLagBytes } from "../resharding/data_sync.ts";
 import { formatLsn } from "../resharding/changes.ts";
+import { formatBytes, formatCount, formatDuration } from "../resharding/progress.ts";
 import { ReshardingError } from "../resharding/shards.ts";
 import { type ReshardingHost, reshardingTasks, type Task } from "../resharding/tasks.ts";
 
@@ -177,7 +178,7 @@ async function show(what: string): Promise<Answer> {
             t.innerStatus,
             iso(t.startedAt),
             iso(t.updatedAt),
-            human(end - t.startedAt),
+            formatDuration(end - t.startedAt),
             end - t.startedAt,
           ];
         }),
@@ -195,12 +196,12 @@ async function show(what: string): Promise<Answer> {
             c.table,
             c.status,
             c.rows,
-            count(c.rows),
+            formatCount(c.rows),
             c.bytes,
-            bytes(c.bytes),
+            formatBytes(c.bytes),
             rate,
-            `${bytes(rate)}/s`,
-            human(ms),
+            `${formatBytes(rate)}/s`,
+            formatDuration(ms),
             ms,
             c.sql,
           ]);
@@ -240,10 +241,10 @@ async function show(what: string): Promise<Answer> {
             s.database,
             s.name,
             formatLsn(s.applied),
-            bytes(Number(lag)),
+            formatBytes(Number(lag)),
             Number(lag),
             s.copying,
-            last === null ? null : human(last),
+            last === null ? null : formatDuration(last),
             last,
           ]);
         }
@@ -277,7 +278,7 @@ async function show(what: string): Promise<Answer> {
             r.kind,
             r.sync_state,
             r.started_at === null ? null : r.started_at.toISOString(),
-            human(r.elapsed_ms),
+            formatDuration(r.elapsed_ms),
             r.elapsed_ms,
             r.table_schema,
             r.table_name,
@@ -309,32 +310,4 @@ async function show(what: string): Promise<Answer> {
 
 function iso(ms: number): string {
   return new Date(ms).toISOString();
-}
-
-/** A duration as `1h 2m 3s` / `4.5s` / `12ms`. */
-function human(ms: number): string {
-  if (ms < 1000) return `${Math.round(ms)}ms`;
-  const s = ms / 1000;
-  if (s < 60) return `${s.toFixed(1)}s`;
-  const h = Math.floor(s / 3600);
-  const m = Math.floor((s % 3600) / 60);
-  return h > 0 ? `${h}h ${m}m ${Math.floor(s % 60)}s` : `${m}m ${Math.floor(s % 60)}s`;
-}
-
-function count(n: number): string {
-  if (n < 1000) return String(n);
-  if (n < 1e6) return `${(n / 1e3).toFixed(1)}K`;
-  if (n < 1e9) return `${(n / 1e6).toFixed(1)}M`;
-  return `${(n / 1e9).toFixed(1)}B`;
-}
-
-function bytes(n: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${v} B` : `${v.toFixed(1)} ${units[u]}`;
 }

@@ -11,6 +11,18 @@
  * @module
  */
 
+/** TOML's one-letter string escapes (`\n`, `\"`, ...) and what they stand for. */
+export const TOML_ESCAPES: Readonly<Record<string, string>> = {
+  b: "\b",
+  t: "\t",
+  n: "\n",
+  f: "\f",
+  r: "\r",
+  e: "\x1b",
+  '"': '"',
+  "\\": "\\",
+};
+
 /** A path into a parsed TOML document: table keys and array indexes. */
 export type TomlPath = ReadonlyArray<string | number>;
 
@@ -268,16 +280,7 @@ class Scanner {
 
   escape(): string {
     const c = this.peek(1);
-    const simple: Record<string, string> = {
-      b: "\b",
-      t: "\t",
-      n: "\n",
-      f: "\f",
-      r: "\r",
-      e: "\x1b",
-      '"': '"',
-      "\\": "\\",
-    };
+    const simple = TOML_ESCAPES;
     if (c in simple) {
       this.advance(2);
       return simple[c];

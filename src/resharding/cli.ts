@@ -13,8 +13,7 @@ import { startPlugins } from "../plugin/mod.ts";
 import { DataSync, dataSyncSettings, type TableCopyState } from "./data_sync.ts";
 import { ProgressView } from "./progress.ts";
 import { schemaSync } from "./schema_sync.ts";
-import { randomSuffix } from "./commands.ts";
-import { databasesOf, type ReshardingHost } from "./tasks.ts";
+import { databasesOf, randomSuffix, type ReshardingHost } from "./tasks.ts";
 import { ReshardingError } from "./shards.ts";
 
 /** Options of the two commands. */

@@ -9,7 +9,13 @@
 import { DataSync, dataSyncSettings } from "./data_sync.ts";
 import { schemaSync } from "./schema_sync.ts";
 import { cutover } from "./cutover.ts";
-import { databasesOf, type ReshardingHost, reshardingTasks, type Task } from "./tasks.ts";
+import {
+  databasesOf,
+  randomSuffix,
+  type ReshardingHost,
+  reshardingTasks,
+  type Task,
+} from "./tasks.ts";
 
 /** SCHEMA_SYNC <phase> src dst pub. */
 export function startSchemaSync(
@@ -156,10 +162,4 @@ function replicateBack(host: ReshardingHost, task: Task): (slot: string) => void
       replicateOnly: true,
     });
   };
-}
-
-/** A random suffix for slot names. */
-export function randomSuffix(): string {
-  const b = crypto.getRandomValues(new Uint8Array(4));
-  return [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
 }

@@ -17,6 +17,7 @@ import { parse as parseToml } from "smol-toml";
 import { isDeepStrictEqual } from "node:util";
 import type { Config } from "../config/types.ts";
 import { backupPathOf, tempPathOf } from "../config/read_grants.ts";
+import { TOML_ESCAPES } from "../config/locate.ts";
 import { ReshardingError } from "./shards.ts";
 
 export { backupPathOf, savedPathsOf, tempPathOf } from "../config/read_grants.ts";
@@ -307,17 +308,6 @@ function isEscaped(text: string, i: number): boolean {
   return n % 2 === 1;
 }
 
-const ESCAPES: Record<string, string> = {
-  b: "\b",
-  t: "\t",
-  n: "\n",
-  f: "\f",
-  r: "\r",
-  e: "\x1b",
-  '"': '"',
-  "\\": "\\",
-};
-
 /** A basic string's body decoded, or null for an escape this does not know. */
 function unescapeBasic(body: string): string | null {
   let out = "";
@@ -333,8 +323,8 @@ function unescapeBasic(body: string): string | null {
       i += trim[0].length - 1;
       continue;
     }
-    if (c in ESCAPES) {
-      out += ESCAPES[c];
+    if (c in TOML_ESCAPES) {
+      out += TOML_ESCAPES[c];
       continue;
     }
     const digits = c === "u" ? 4 : c === "U" ? 8 : c === "x" ? 2 : 0;

@@ -17,12 +17,14 @@ import { PgConn } from "./pg_conn.ts";
 import { RowPlacer, tablePlacement } from "./placement.ts";
 import { createSlot } from "./replication.ts";
 import { schemaSync } from "./schema_sync.ts";
-import { type ReshardingDatabase, reshardingDatabase, ReshardingError } from "./shards.ts";
-import { publicationTables, quoteIdent } from "./table_copy.ts";
-import type { ReshardingHost, Task } from "./tasks.ts";
-
-/** Rows deleted per statement when moved rows leave their old shard. */
-const DELETE_BATCH = 10_000;
+import {
+  type ReshardingDatabase,
+  reshardingDatabase,
+  ReshardingError,
+  sharedShards,
+} from "./shards.ts";
+import { deleteRowsByKey, publicationTables, quoteIdent } from "./table_copy.ts";
+import { randomSuffix, type ReshardingHost, type Task } from "./tasks.ts";
 
 /**
  * Cuts over the replicating `task` (its data sync running as `running`). Throws (traffic back
@@ -124,12 +126,7 @@ export async function cutover(
     const tls = host.serverTls();
     const source = reshardingDatabase(config, task.source, { tls });
     const destination = reshardingDatabase(config, task.destination, { tls });
-    const shared = destination.shards.map((d) =>
-      source.shards.findIndex((s) =>
-        s.primary.host === d.primary.host && s.primary.port === d.primary.port &&
-        s.primary.database === d.primary.database
-      )
-    );
+    const shared = sharedShards(source, destination);
     const inPlace = shared.some((s) => s >= 0);
 
     status("cutover: schema (sequences)");
@@ -208,36 +205,19 @@ async function deleteMovedRows(
     const tables = await publicationTables(login, options.publication);
     const conn = await PgConn.connect(login);
     try {
-      await conn.query("SET session_replication_role = replica");
       for (const t of tables) {
         const placement = tablePlacement(destination, {
           table: t,
           columns: t.columns.map((c) => c.name),
         });
         if (placement.kind !== "sharded") continue;
-        const name = `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`;
-        const key = quoteIdent(t.columns[placement.column].name);
-        let after = "(0,0)";
-        for (;;) {
-          const r = await conn.execute(
-            `SELECT ctid::text, ${key}::text FROM ${name} WHERE ctid > $1::tid ORDER BY ctid ` +
-              `LIMIT ${DELETE_BATCH}`,
-            [after],
-          );
-          if (r.rows.length === 0) break;
-          after = r.rows[r.rows.length - 1][0]!;
-          const shards = await placer.shardsOf(placement.spec, r.rows.map((row) => row[1]));
-          const moved: string[] = [];
-          // A NULL key has no shard to move to: its row stays where it is (it was not copied).
-          for (let i = 0; i < r.rows.length; i++) {
-            if (r.rows[i][1] !== null && shards[i] !== d) moved.push(r.rows[i][0]!);
-          }
-          if (moved.length > 0) {
-            await conn.execute(`DELETE FROM ${name} WHERE ctid = ANY($1::tid[])`, [
-              `{${moved.map((c) => `"${c}"`).join(",")}}`,
-            ]);
-          }
-        }
+        // A NULL key has no shard to move to: its row stays where it is (it was not copied).
+        await deleteRowsByKey(conn, {
+          table: t,
+          placement,
+          placer,
+          drop: (shard, nullKey) => !nullKey && shard !== d,
+        });
       }
     } finally {
       conn.close();
@@ -247,9 +227,4 @@ async function deleteMovedRows(
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
-}
-
-function randomSuffix(): string {
-  const b = crypto.getRandomValues(new Uint8Array(4));
-  return [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
 }

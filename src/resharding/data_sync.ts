@@ -13,7 +13,7 @@ import type { GeneralConfig } from "../config/types.ts";
 import { log } from "../log.ts";
 import { errorMessage } from "../log.ts";
 import { ChangeApplier } from "./apply.ts";
-import type { Lsn } from "./changes.ts";
+import { type Lsn, parseLsn } from "./changes.ts";
 import { PgConn, PgError } from "./pg_conn.ts";
 import { RowPlacer, tablePlacement } from "./placement.ts";
 import { createSlot, dropSlot, ReplicationStream } from "./replication.ts";
@@ -55,8 +55,6 @@ export interface SlotState {
   /** Still copying tables (changes are applied after). */
   copying: boolean;
   lastTransactionAt: number;
-  /** The stream is running. */
-  streaming: boolean;
 }
 
 /** What a data sync needs from the running pgdog. */
@@ -133,7 +131,6 @@ export class DataSync {
         idleUpTo: 0n,
         copying: !options.replicateOnly,
         lastTransactionAt: 0,
-        streaming: false,
       });
     }
   }
@@ -211,7 +208,7 @@ export class DataSync {
       try {
         const r = await conn.query("SELECT pg_current_wal_lsn()::text");
         const slot = this.slots[s.shard];
-        slot.current = parseLsnSafe(r.rows[0][0]);
+        slot.current = parseLsn(r.rows[0][0] ?? "0/0");
         this.#readConfirmed();
       } finally {
         conn.close();
@@ -385,7 +382,6 @@ export class DataSync {
           startLsn,
         });
         this.#streams.set(shard.shard, stream);
-        slot.streaming = true;
         o.status(`replicating from ${this.slots.length} shards`);
         const abort = () => stream?.close();
         this.#stop.signal.addEventListener("abort", abort, { once: true });
@@ -415,7 +411,6 @@ export class DataSync {
         // Resume where the slot confirmed; the destination's progress rows skip what was applied.
         startLsn = undefined;
       } finally {
-        slot.streaming = false;
         stream?.close();
         applier.close();
         this.#streams.delete(shard.shard);
@@ -492,12 +487,6 @@ async function slotExists(login: ShardHost["primary"], name: string): Promise<bo
   } finally {
     conn.close();
   }
-}
-
-function parseLsnSafe(text: string | null): Lsn {
-  if (text === null) return 0n;
-  const [a, b] = text.split("/");
-  return (BigInt(`0x${a}`) << 32n) | BigInt(`0x${b}`);
 }
 
 function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {

@@ -10,7 +10,7 @@
 import { CopyInSplitter, type CopyRows } from "../cross_shard/copy_in.ts";
 import { type CopyFormat, TEXT_COPY_FORMAT } from "../cross_shard/copy_format.ts";
 import { PgConn, PgError, type ServerLogin } from "./pg_conn.ts";
-import { type RowPlacer, tablePlacement } from "./placement.ts";
+import { type RowPlacer, type TablePlacement, tablePlacement } from "./placement.ts";
 import { type ReshardingDatabase, ReshardingError } from "./shards.ts";
 
 /** A column a publication carries. */
@@ -591,8 +591,46 @@ export async function copyTableWithRetry(
   }
 }
 
-/** Rows scanned per statement when a failed attempt's rows are removed by key. */
-const REMOVE_BATCH = 10_000;
+/** Rows scanned per statement when rows are deleted by their key's shard. */
+const DELETE_BATCH = 10_000;
+
+/**
+ * Deletes, in batches, the rows of `table` (on `conn`'s database) whose key `placer` places on a
+ * shard `drop` names (`drop` gets the shard and whether the key is NULL), without firing
+ * triggers. Both a failed copy's cleanup and an in-place cutover use it.
+ */
+export async function deleteRowsByKey(
+  conn: PgConn,
+  options: {
+    table: PublicationTable;
+    placement: Extract<TablePlacement, { kind: "sharded" }>;
+    placer: RowPlacer;
+    drop: (shard: number, nullKey: boolean) => boolean;
+  },
+): Promise<void> {
+  const { table, placement, placer } = options;
+  const key = quoteIdent(table.columns[placement.column].name);
+  const name = qualified(table);
+  await conn.query("SET session_replication_role = replica");
+  let after = "(0,0)";
+  for (;;) {
+    const r = await conn.execute(
+      `SELECT ctid::text, ${key}::text FROM ${name} WHERE ctid > $1::tid ORDER BY ctid ` +
+        `LIMIT ${DELETE_BATCH}`,
+      [after],
+    );
+    if (r.rows.length === 0) break;
+    after = r.rows[r.rows.length - 1][0]!;
+    const shards = await placer.shardsOf(placement.spec, r.rows.map((row) => row[1]));
+    const doomed = r.rows.filter((row, i) => options.drop(shards[i], row[1] === null))
+      .map((row) => `"${row[0]}"`);
+    if (doomed.length > 0) {
+      await conn.execute(`DELETE FROM ${name} WHERE ctid = ANY($1::tid[])`, [
+        `{${doomed.join(",")}}`,
+      ]);
+    }
+  }
+}
 
 /**
  * Removes what a failed attempt may have committed on the new destination shards: the whole
@@ -609,32 +647,16 @@ async function removeAttempt(options: CopyTableRetryOptions): Promise<void> {
     : null;
   if (placement === null || placement.kind !== "sharded") return await truncateNew(options);
   const placer = options.placer.forDatabase(source!);
-  const key = quoteIdent(options.table.columns[placement.column].name);
-  const name = qualified(options.table);
   for (const host of options.destination.shards) {
     if (options.shared[host.shard] !== -1) continue;
     const conn = await PgConn.connect(sessionLogin(host.primary));
     try {
-      await conn.query("SET session_replication_role = replica");
-      let after = "(0,0)";
-      for (;;) {
-        const r = await conn.execute(
-          `SELECT ctid::text, ${key}::text FROM ${name} WHERE ctid > $1::tid ORDER BY ctid ` +
-            `LIMIT ${REMOVE_BATCH}`,
-          [after],
-        );
-        if (r.rows.length === 0) break;
-        after = r.rows[r.rows.length - 1][0]!;
-        const shards = await placer.shardsOf(placement.spec, r.rows.map((row) => row[1]));
-        const mine = r.rows.filter((_, i) => shards[i] === options.sourceShard).map((row) =>
-          `"${row[0]}"`
-        );
-        if (mine.length > 0) {
-          await conn.execute(`DELETE FROM ${name} WHERE ctid = ANY($1::tid[])`, [
-            `{${mine.join(",")}}`,
-          ]);
-        }
-      }
+      await deleteRowsByKey(conn, {
+        table: options.table,
+        placement,
+        placer,
+        drop: (shard) => shard === options.sourceShard,
+      });
     } finally {
       conn.close();
     }

@@ -185,3 +185,9 @@ export function databasesOf(
   const shared = sharedShards(source, destination);
   return { source, destination, shared };
 }
+
+/** A random suffix for slot names. */
+export function randomSuffix(): string {
+  const b = crypto.getRandomValues(new Uint8Array(4));
+  return [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+}
